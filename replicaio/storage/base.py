@@ -1,0 +1,79 @@
+"""The storage interface every node's durable state goes through.
+
+A node's durable state is a map from ``str`` keys to ``bytes`` values. The
+deterministic core never touches storage itself: it emits ``Persist`` effects
+(see ``replicaio.core.effects``) and the host applies them here, then calls
+``sync`` once per batch (group commit) before releasing any message that
+depends on them. On (re)start the host calls ``recover`` and hands the map to
+the core.
+
+Contract (checked by ``replicaio.testing.storage_conformance``):
+
+* ``put``/``delete`` are buffered: they take effect for ``recover`` only once a
+  later ``sync`` has returned. A crash before ``sync`` may lose any suffix of
+  the unsynced writes, but never reorders them and never loses synced ones.
+* ``recover`` returns exactly the state after the last completed ``sync``
+  (plus, possibly, a prefix of the writes after it).
+* Keys are non-empty ``str`` of at most ``KEY_BYTES_MAX`` UTF-8 bytes; values
+  are ``bytes`` of at most ``VALUE_BYTES_MAX``. Violations raise
+  ``StorageUsageError`` (a caller bug), never corrupt the store.
+* Corruption that cannot be a torn tail raises ``StorageCorruptError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+KEY_BYTES_MAX = 1024
+VALUE_BYTES_MAX = 64 * 1024 * 1024
+
+
+class StorageError(Exception):
+    """Base class of storage errors."""
+
+
+class StorageUsageError(StorageError):
+    """The caller misused the store (bad key or value, use after close)."""
+
+
+class StorageCorruptError(StorageError):
+    """Durable state is corrupt in a way that is not a torn tail; refuse to start."""
+
+
+class Storage(Protocol):
+    """A durable ``str -> bytes`` map with explicit sync (group commit)."""
+
+    def put(self, key: str, value: bytes) -> None:
+        """Buffer a write of ``value`` under ``key``."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Buffer the removal of ``key`` (no error if absent)."""
+        ...
+
+    def sync(self) -> None:
+        """Make every buffered write durable, in order."""
+        ...
+
+    def recover(self) -> Mapping[str, bytes]:
+        """Return the durable state (after a restart, or at any time)."""
+        ...
+
+    def close(self) -> None:
+        """Release resources; unsynced writes may be lost."""
+        ...
+
+
+def check_key_value(key: str, value: bytes | None) -> None:
+    """Raise ``StorageUsageError`` unless ``key``/``value`` are within the contract."""
+    if not isinstance(key, str) or not key:
+        raise StorageUsageError(f"storage key must be a non-empty str, got {key!r}")
+    if len(key.encode()) > KEY_BYTES_MAX:
+        raise StorageUsageError(f"storage key longer than {KEY_BYTES_MAX} bytes")
+    if value is None:
+        return
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise StorageUsageError(f"storage value must be bytes, got {type(value).__name__}")
+    if len(value) > VALUE_BYTES_MAX:
+        raise StorageUsageError(f"storage value longer than {VALUE_BYTES_MAX} bytes")
