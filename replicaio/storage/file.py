@@ -1,0 +1,793 @@
+"""Durable storage on local disk: a checksummed write-ahead log plus snapshots.
+
+Theory of operation (the full format and the argument are in docs/storage.md):
+
+* **Log.** ``put``/``delete`` only buffer. ``sync`` encodes the buffered writes
+  as one *batch* of records, appends them to the current segment file
+  ``wal-<seq>.log`` with one ``write`` and makes them durable with one
+  ``fsync`` (group commit). Every record carries its batch number; the last
+  record of a batch carries the COMMIT flag. A segment that would exceed
+  ``segment_bytes_max`` is fsynced and closed, and a new one is created
+  atomically (temporary name, header, fsync, rename, directory fsync), so every
+  segment but the last is complete and durable.
+* **Snapshot.** ``compact`` (also triggered when the log outgrows
+  ``wal_bytes_compact_threshold`` and the live data) syncs, starts a new
+  segment, writes the whole map to ``snapshot-<seq>.snap`` atomically, then
+  deletes the segments it covers (``seq`` and below) and older snapshots.
+* **Recovery** (in the constructor): take the lock, load the newest valid
+  snapshot, replay the later segments, checking that batch numbers run on
+  without gaps. A bad record can only be a torn write when it lies in the
+  batch that was being written at the crash: in the last segment, and with
+  no valid record of any *other* batch after it. Then it and everything after
+  it are truncated away, and the batch prefix before it is kept and sealed
+  with a COMMIT-flagged SEAL record. Any other bad record means data that was
+  acknowledged as durable is damaged: ``StorageCorruptError``, naming the file
+  and the offset, and nothing is modified.
+
+Only this process writes the directory: a second opener (another process, or
+another ``FileStorage`` in this one) gets ``StorageUsageError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from replicaio.storage.base import (
+    KEY_BYTES_MAX,
+    VALUE_BYTES_MAX,
+    StorageCorruptError,
+    StorageUsageError,
+    check_key_value,
+)
+
+FORMAT_VERSION = 1
+MEBIBYTE = 1024 * 1024
+
+SEGMENT_MAGIC = b"RWAL"
+# magic, format version, reserved (0), segment sequence number, CRC32 of the preceding fields
+SEGMENT_HEADER = struct.Struct("<4sHHQI")
+RECORD_MAGIC = b"RREC"
+# magic, CRC32 of everything after this field up to the record's end,
+# value length, batch number, flags, kind, key length; then key and value bytes.
+RECORD_HEADER = struct.Struct("<4sIIQBBH")
+RECORD_CHECKSUMMED_FROM = 8
+RECORD_BYTES_MAX = RECORD_HEADER.size + KEY_BYTES_MAX + VALUE_BYTES_MAX
+SNAPSHOT_MAGIC = b"RSNP"
+# magic, format version, reserved (0), last covered segment, its size in bytes,
+# last batch included, number of entries; then the entries, then the trailer.
+SNAPSHOT_HEADER = struct.Struct("<4sHHQQQQ")
+SNAPSHOT_ENTRY = struct.Struct("<HI")  # key length, value length; then key and value bytes
+SNAPSHOT_END_MAGIC = b"RSNE"
+SNAPSHOT_TRAILER = struct.Struct("<I4s")  # CRC32 of every preceding byte, end magic
+
+KIND_PUT = 1
+KIND_DELETE = 2
+KIND_SEAL = 3  # ends a batch whose tail was torn away; carries no data
+FLAG_COMMIT = 1  # the record is the last of its batch
+
+SEGMENT_BYTES_MAX_DEFAULT = 64 * MEBIBYTE
+SEGMENT_BYTES_MIN = SEGMENT_HEADER.size + RECORD_HEADER.size
+WAL_BYTES_COMPACT_THRESHOLD_DEFAULT = 256 * MEBIBYTE
+UNSYNCED_BYTES_MAX_DEFAULT = 256 * MEBIBYTE
+SNAPSHOT_WRITE_CHUNK_BYTES = MEBIBYTE
+
+LOCK_FILE_NAME = "LOCK"
+TEMPORARY_SUFFIX = ".tmp"
+SEGMENT_NAME = re.compile(r"wal-(\d{16})\.log")
+SNAPSHOT_NAME = re.compile(r"snapshot-(\d{16})\.snap")
+
+
+def segment_file_name(seq: int) -> str:
+    """The file name of log segment number ``seq``."""
+    return f"wal-{seq:016d}.log"
+
+
+def snapshot_file_name(covered_segment: int) -> str:
+    """The file name of the snapshot covering segments up to ``covered_segment``."""
+    return f"snapshot-{covered_segment:016d}.snap"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One decoded log record (``key`` is empty and ``value`` ``b""`` for a SEAL)."""
+
+    offset: int
+    end: int
+    batch: int
+    flags: int
+    kind: int
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A decoded snapshot file."""
+
+    path: Path
+    covered_segment: int
+    covered_offset: int
+    batch_last: int
+    state: dict[str, bytes]
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Where replay stands: the last batch seen, and whether it was committed."""
+
+    batch: int
+    committed: bool
+
+    def batch_next(self) -> int:
+        """The batch the next record must belong to."""
+        return self.batch + 1 if self.committed else self.batch
+
+
+class _InvalidRecord(Exception):
+    """A record whose checksum holds but whose content is impossible: never a torn write."""
+
+
+def encode_record(
+    out: bytearray, batch: int, flags: int, kind: int, key: bytes, value: bytes
+) -> None:
+    """Append one record to ``out``."""
+    assert len(key) <= KEY_BYTES_MAX
+    assert len(value) <= VALUE_BYTES_MAX
+    header = RECORD_HEADER.pack(RECORD_MAGIC, 0, len(value), batch, flags, kind, len(key))
+    checksum = zlib.crc32(header[RECORD_CHECKSUMMED_FROM:])
+    checksum = zlib.crc32(value, zlib.crc32(key, checksum))
+    out += header[:4]
+    out += checksum.to_bytes(4, "little")
+    out += header[RECORD_CHECKSUMMED_FROM:]
+    out += key
+    out += value
+
+
+def decode_record(data: bytes, offset: int) -> Record | str:
+    """Decode the record at ``offset``, or return why the bytes there are no record.
+
+    A returned reason describes damage a torn write could cause. A record whose
+    checksum holds but whose fields are impossible raises ``_InvalidRecord``.
+    Lengths beyond ``KEY_BYTES_MAX``/``VALUE_BYTES_MAX`` are rejected before
+    anything is read, so a damaged length never makes us allocate or scan more.
+    """
+    available = len(data) - offset
+    if available < RECORD_HEADER.size:
+        return f"incomplete record header ({available} of {RECORD_HEADER.size} bytes)"
+    magic, checksum, value_length, batch, flags, kind, key_length = RECORD_HEADER.unpack_from(
+        data, offset
+    )
+    if magic != RECORD_MAGIC:
+        return f"bad record magic {bytes(magic)!r}"
+    if key_length > KEY_BYTES_MAX:
+        return f"key length {key_length} exceeds KEY_BYTES_MAX={KEY_BYTES_MAX}"
+    if value_length > VALUE_BYTES_MAX:
+        return f"value length {value_length} exceeds VALUE_BYTES_MAX={VALUE_BYTES_MAX}"
+    key_start = offset + RECORD_HEADER.size
+    value_start = key_start + key_length
+    end = value_start + value_length
+    if end > len(data):
+        return f"incomplete record ({end - offset} bytes long, {available} present)"
+    view = memoryview(data)
+    if zlib.crc32(view[offset + RECORD_CHECKSUMMED_FROM : end]) != checksum:
+        return "checksum mismatch"
+    _check_record_shape(flags, kind, key_length, value_length)
+    try:
+        key = bytes(view[key_start:value_start]).decode()
+    except UnicodeDecodeError as error:
+        raise _InvalidRecord("key is not UTF-8") from error
+    return Record(offset, end, batch, flags, kind, key, bytes(view[value_start:end]))
+
+
+def _check_record_shape(flags: int, kind: int, key_length: int, value_length: int) -> None:
+    if flags & ~FLAG_COMMIT:
+        raise _InvalidRecord(f"unknown flags {flags:#x}")
+    if kind == KIND_SEAL:
+        if key_length or value_length or flags != FLAG_COMMIT:
+            raise _InvalidRecord("SEAL record with data or without COMMIT")
+    elif kind in (KIND_PUT, KIND_DELETE):
+        if key_length == 0:
+            raise _InvalidRecord("empty key")
+        if kind == KIND_DELETE and value_length:
+            raise _InvalidRecord("DELETE record with a value")
+    else:
+        raise _InvalidRecord(f"unknown record kind {kind}")
+
+
+def encode_segment_header(seq: int) -> bytes:
+    """The header every segment file starts with."""
+    fields = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, seq, 0)[:-4]
+    return fields + zlib.crc32(fields).to_bytes(4, "little")
+
+
+def _check_segment_header(path: Path, data: bytes, seq: int) -> None:
+    if len(data) < SEGMENT_HEADER.size:
+        raise StorageCorruptError(f"{path}: segment header truncated ({len(data)} bytes)")
+    magic, version, _, header_seq, checksum = SEGMENT_HEADER.unpack_from(data)
+    if magic != SEGMENT_MAGIC:
+        raise StorageCorruptError(f"{path}: not a replicaio log segment (magic {magic!r})")
+    if zlib.crc32(data[: SEGMENT_HEADER.size - 4]) != checksum:
+        raise StorageCorruptError(f"{path}: segment header checksum mismatch")
+    if version != FORMAT_VERSION:
+        raise StorageCorruptError(
+            f"{path}: log format version {version}; this replicaio reads {FORMAT_VERSION}"
+        )
+    if header_seq != seq:
+        raise StorageCorruptError(f"{path}: header says segment {header_seq}, name says {seq}")
+
+
+def decode_snapshot(path: Path, data: bytes) -> Snapshot:
+    """Decode a snapshot file, raising ``StorageCorruptError`` if it is not intact."""
+    if len(data) < SNAPSHOT_HEADER.size + SNAPSHOT_TRAILER.size:
+        raise StorageCorruptError(f"{path}: snapshot truncated ({len(data)} bytes)")
+    magic, version, _, covered, covered_offset, batch_last, count = SNAPSHOT_HEADER.unpack_from(
+        data
+    )
+    if magic != SNAPSHOT_MAGIC:
+        raise StorageCorruptError(f"{path}: not a replicaio snapshot (magic {magic!r})")
+    body_end = len(data) - SNAPSHOT_TRAILER.size
+    checksum, end_magic = SNAPSHOT_TRAILER.unpack_from(data, body_end)
+    if end_magic != SNAPSHOT_END_MAGIC or zlib.crc32(memoryview(data)[:body_end]) != checksum:
+        raise StorageCorruptError(f"{path}: snapshot checksum mismatch")
+    if version != FORMAT_VERSION:
+        raise StorageCorruptError(
+            f"{path}: snapshot format version {version}; this replicaio reads {FORMAT_VERSION}"
+        )
+    state: dict[str, bytes] = {}
+    offset = SNAPSHOT_HEADER.size
+    for _ in range(count):
+        if offset + SNAPSHOT_ENTRY.size > body_end:
+            raise StorageCorruptError(f"{path}: snapshot entry at offset {offset} truncated")
+        key_length, value_length = SNAPSHOT_ENTRY.unpack_from(data, offset)
+        key_start = offset + SNAPSHOT_ENTRY.size
+        end = key_start + key_length + value_length
+        if not 0 < key_length <= KEY_BYTES_MAX or value_length > VALUE_BYTES_MAX or end > body_end:
+            raise StorageCorruptError(f"{path}: snapshot entry at offset {offset} is malformed")
+        try:
+            key = data[key_start : key_start + key_length].decode()
+        except UnicodeDecodeError as error:
+            raise StorageCorruptError(f"{path}: snapshot key at {offset} is not UTF-8") from error
+        state[key] = data[key_start + key_length : end]
+        offset = end
+    if offset != body_end or len(state) != count:
+        raise StorageCorruptError(f"{path}: snapshot has trailing bytes or duplicate keys")
+    return Snapshot(path, covered, covered_offset, batch_last, state)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        assert written > 0
+        view = view[written:]
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStorage:
+    """A ``Storage`` in a directory: write-ahead log segments plus snapshots.
+
+    Guarantees, given an honest ``fsync`` (see docs/storage.md for the
+    assumptions): once ``sync`` returns, its writes survive power loss and
+    process crashes; a crash during ``sync`` keeps a prefix of that batch;
+    corruption of acknowledged data is detected by CRC32 and reported as
+    ``StorageCorruptError`` rather than silently dropped (except inside the
+    newest batch, where it is indistinguishable from a torn write).
+
+    With ``fsync=False`` data survives process crashes only: for tests and
+    throwaway nodes.
+
+    Bounds: a segment holds at most ``segment_bytes_max`` bytes (a single
+    record larger than that gets a segment of its own); at most
+    ``unsynced_bytes_max`` bytes of encoded records may wait for ``sync``, more
+    raises ``StorageUsageError``; the log is compacted into a snapshot once it
+    exceeds ``wal_bytes_compact_threshold`` and the size of the live data
+    (``None`` disables this; ``compact`` may always be called).
+
+    The map is also held in memory (for ``recover`` and snapshots). One thread
+    at a time; ``close`` discards unsynced writes (``sync`` first to keep them).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT,
+        fsync: bool = True,
+        wal_bytes_compact_threshold: int | None = WAL_BYTES_COMPACT_THRESHOLD_DEFAULT,
+        unsynced_bytes_max: int = UNSYNCED_BYTES_MAX_DEFAULT,
+    ) -> None:
+        if segment_bytes_max < SEGMENT_BYTES_MIN:
+            raise StorageUsageError(f"segment_bytes_max must be >= {SEGMENT_BYTES_MIN}")
+        if unsynced_bytes_max < RECORD_BYTES_MAX:
+            raise StorageUsageError(
+                f"unsynced_bytes_max must be >= {RECORD_BYTES_MAX} (one record of maximal size)"
+            )
+        if wal_bytes_compact_threshold is not None and wal_bytes_compact_threshold < 0:
+            raise StorageUsageError("wal_bytes_compact_threshold must be >= 0 or None")
+        self.directory = Path(directory)
+        self._segment_bytes_max = segment_bytes_max
+        self._fsync_enabled = fsync
+        self._wal_bytes_compact_threshold = wal_bytes_compact_threshold
+        self._unsynced_bytes_max = unsynced_bytes_max
+        # Buffered writes: (key, encoded key, value or None for a delete).
+        self._pending: list[tuple[str, bytes, bytes | None]] = []
+        self._pending_bytes = 0
+        self._state: dict[str, bytes] = {}
+        self._state_bytes = 0  # sum of key and value lengths, to decide when compaction pays
+        self._segments: dict[int, int] = {}  # live segment seq -> size in bytes
+        self._segment_seq = 0  # the segment appended to
+        self._segment_fd = -1
+        self._batch_last = 0  # last batch written and committed
+        self._closed_reason: str | None = None
+        self._lock_fd = -1
+        self._directory_fd = -1
+        self.writes = 0
+        self.syncs = 0
+        self.fsyncs = 0
+        self.bytes_written = 0
+        self.rotations = 0
+        self.compactions = 0
+        self.torn_bytes_discarded = 0  # by the recovery in the constructor
+        try:
+            if not self.directory.is_dir():
+                self.directory.mkdir(parents=True)
+                _fsync_directory(self.directory.parent)
+            self._directory_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            self._lock_fd = self._lock()
+            self._recover_from_disk()
+        except BaseException:
+            self._release_descriptors()
+            raise
+
+    # -- the Storage interface ---------------------------------------------------------------
+
+    def put(self, key: str, value: bytes) -> None:
+        """Buffer ``key := value``; durable once a later ``sync`` returns."""
+        check_key_value(key, value)
+        self._buffer(key, bytes(value), len(value))
+
+    def delete(self, key: str) -> None:
+        """Buffer the removal of ``key`` (absent keys are fine)."""
+        check_key_value(key, None)
+        self._buffer(key, None, 0)
+
+    def sync(self) -> None:
+        """Write every buffered write as one batch and fsync it (group commit).
+
+        On an ``OSError`` the store closes itself (the on-disk tail is unknown;
+        reopening recovers a valid prefix) and the error propagates.
+        """
+        self._check_open()
+        self._sync_batch()
+        threshold = self._wal_bytes_compact_threshold
+        wal_bytes = self.wal_bytes
+        # Compacting only once the log outgrows the live data bounds write amplification.
+        if threshold is not None and wal_bytes > threshold and wal_bytes > self._state_bytes:
+            try:
+                self._compact()
+            except OSError as error:
+                self._fail(error)
+                raise
+
+    def recover(self) -> dict[str, bytes]:
+        """Return a fresh copy of the durable state (as of the last ``sync``)."""
+        self._check_open()
+        return dict(self._state)
+
+    def close(self) -> None:
+        """Release the files and the lock; unsynced writes are discarded. Idempotent."""
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self._closed_reason is None:
+            self._closed_reason = "closed"
+        self._release_descriptors()
+
+    def __enter__(self) -> FileStorage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Dropping the object without close() is a crash: unsynced writes are lost,
+        # and the lock must not outlive the object.
+        with contextlib.suppress(Exception):
+            self._release_descriptors()
+
+    # -- beyond the interface ------------------------------------------------------------------
+
+    @property
+    def wal_bytes(self) -> int:
+        """Bytes in the live log segments (those not yet covered by a snapshot)."""
+        return sum(self._segments.values())
+
+    @property
+    def segment_count(self) -> int:
+        """Number of live log segments."""
+        return len(self._segments)
+
+    def compact(self) -> None:
+        """Sync, then fold the whole log into a snapshot and delete the covered segments.
+
+        Crash-safe at every step: the snapshot becomes visible atomically (by
+        rename, after fsync of the file, followed by fsync of the directory),
+        and segments are deleted only after that.
+        """
+        self._check_open()
+        self._sync_batch()
+        try:
+            self._compact()
+        except OSError as error:
+            self._fail(error)
+            raise
+
+    def _compact(self) -> None:
+        assert not self._pending
+        if self._segments[self._segment_seq] > SEGMENT_HEADER.size:
+            self._rotate()
+        covered = self._segment_seq - 1
+        if covered not in self._segments:
+            return  # nothing but an empty segment since the last snapshot
+        covered_offset = self._segments[covered]
+        fd = self._create_atomically(
+            snapshot_file_name(covered),
+            lambda fd: self._write_snapshot(fd, covered, covered_offset),
+        )
+        os.close(fd)
+        self._delete_covered(covered)
+        self.compactions += 1
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _buffer(self, key: str, value: bytes | None, value_length: int) -> None:
+        self._check_open()
+        key_bytes = key.encode()
+        record_bytes = RECORD_HEADER.size + len(key_bytes) + value_length
+        if self._pending_bytes + record_bytes > self._unsynced_bytes_max:
+            raise StorageUsageError(
+                f"more than unsynced_bytes_max={self._unsynced_bytes_max} bytes buffered; "
+                "the host must sync() each batch"
+            )
+        self._pending.append((key, key_bytes, value))
+        self._pending_bytes += record_bytes
+        self.writes += 1
+
+    def _sync_batch(self) -> None:
+        self.syncs += 1
+        if not self._pending:
+            return  # nothing buffered: everything acknowledged is already durable
+        pending = self._pending
+        self._pending = []
+        self._pending_bytes = 0
+        try:
+            self._write_batch(pending)
+        except OSError as error:
+            self._fail(error)
+            raise
+        for key, key_bytes, value in pending:
+            self._apply(key, len(key_bytes), value)
+
+    def _write_batch(self, pending: list[tuple[str, bytes, bytes | None]]) -> None:
+        """Append ``pending`` as the next batch; rotate segments on the way if needed."""
+        batch = self._batch_last + 1
+        chunk = bytearray()
+        last = len(pending) - 1
+        for index, (_, key_bytes, value) in enumerate(pending):
+            record_bytes = RECORD_HEADER.size + len(key_bytes) + (len(value) if value else 0)
+            used = self._segments[self._segment_seq] + len(chunk)
+            if used + record_bytes > self._segment_bytes_max and used > SEGMENT_HEADER.size:
+                self._append(chunk)
+                chunk = bytearray()
+                self._rotate()
+            flags = FLAG_COMMIT if index == last else 0
+            kind = KIND_DELETE if value is None else KIND_PUT
+            encode_record(chunk, batch, flags, kind, key_bytes, value or b"")
+        self._append(chunk)
+        self._fsync(self._segment_fd)
+        self._batch_last = batch
+
+    def _append(self, data: bytes | bytearray) -> None:
+        _write_all(self._segment_fd, data)
+        self._segments[self._segment_seq] += len(data)
+        self.bytes_written += len(data)
+
+    def _apply(self, key: str, key_length: int, value: bytes | None) -> None:
+        previous = self._state.pop(key, None)
+        if previous is not None:
+            self._state_bytes -= key_length + len(previous)
+        if value is not None:
+            self._state[key] = value
+            self._state_bytes += key_length + len(value)
+        assert self._state_bytes >= 0
+
+    def _rotate(self) -> None:
+        """Make the current segment durable, then start the next one."""
+        self._fsync(self._segment_fd)
+        os.close(self._segment_fd)
+        self._segment_fd = -1
+        self._open_new_segment(self._segment_seq + 1)
+        self.rotations += 1
+
+    def _open_new_segment(self, seq: int) -> None:
+        assert seq not in self._segments
+        header = encode_segment_header(seq)
+        self._segment_fd = self._create_atomically(
+            segment_file_name(seq), lambda fd: _write_all(fd, header)
+        )
+        self._segment_seq = seq
+        self._segments[seq] = len(header)
+
+    def _create_atomically(self, name: str, write: Callable[[int], None]) -> int:
+        """Create ``name`` with the content ``write`` produces, all or nothing.
+
+        Returns a descriptor of the new file, open for appending.
+        """
+        temporary = self.directory / (name + TEMPORARY_SUFFIX)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        try:
+            write(fd)
+            self._fsync(fd)
+            os.rename(temporary, self.directory / name)
+            self._fsync(self._directory_fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _write_snapshot(self, fd: int, covered: int, covered_offset: int) -> None:
+        header = SNAPSHOT_HEADER.pack(
+            SNAPSHOT_MAGIC,
+            FORMAT_VERSION,
+            0,
+            covered,
+            covered_offset,
+            self._batch_last,
+            len(self._state),
+        )
+        checksum = zlib.crc32(header)
+        chunk = bytearray(header)
+        for key, value in self._state.items():
+            key_bytes = key.encode()
+            entry = SNAPSHOT_ENTRY.pack(len(key_bytes), len(value))
+            checksum = zlib.crc32(value, zlib.crc32(key_bytes, zlib.crc32(entry, checksum)))
+            chunk += entry
+            chunk += key_bytes
+            chunk += value
+            if len(chunk) >= SNAPSHOT_WRITE_CHUNK_BYTES:
+                _write_all(fd, chunk)
+                chunk.clear()
+        chunk += SNAPSHOT_TRAILER.pack(checksum, SNAPSHOT_END_MAGIC)
+        _write_all(fd, chunk)
+
+    def _delete_covered(self, covered: int) -> None:
+        """Delete the segments up to ``covered`` and snapshots older than its snapshot."""
+        for seq in sorted(self._segments):
+            if seq <= covered:
+                os.unlink(self.directory / segment_file_name(seq))
+                del self._segments[seq]
+        for name in os.listdir(self.directory):
+            match = SNAPSHOT_NAME.fullmatch(name)
+            if match and int(match.group(1)) < covered:
+                os.unlink(self.directory / name)
+        self._fsync(self._directory_fd)
+
+    def _fsync(self, fd: int) -> None:
+        if self._fsync_enabled:
+            os.fsync(fd)
+            self.fsyncs += 1
+
+    # -- opening and recovery ------------------------------------------------------------------
+
+    def _lock(self) -> int:
+        path = self.directory / LOCK_FILE_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StorageUsageError(
+                f"{self.directory} is already open by another FileStorage (lock {path} is "
+                f"held; pid {holder}); two writers would interleave the log"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _recover_from_disk(self) -> None:
+        segments, snapshots, temporaries = self._list_files()
+        snapshot = self._choose_snapshot(segments, snapshots)
+        covered = snapshot.covered_segment if snapshot else 0
+        cursor = _Cursor(batch=snapshot.batch_last if snapshot else 0, committed=True)
+        if snapshot:
+            self._state = snapshot.state
+            self._state_bytes = sum(len(k.encode()) + len(v) for k, v in snapshot.state.items())
+        live = sorted(seq for seq in segments if seq > covered)
+        if live != list(range(covered + 1, covered + 1 + len(live))):
+            origin = f"snapshot {snapshot.path}" if snapshot else "the first segment"
+            raise StorageCorruptError(
+                f"{self.directory}: log segments {live} do not continue from {origin}: "
+                "a segment is missing"
+            )
+        for seq in live:
+            self._segments[seq] = self._replay_segment(segments[seq], seq, seq == live[-1], cursor)
+        # Nothing was modified before this point: a refusal leaves the evidence intact.
+        obsolete = [path for seq, path in segments.items() if seq <= covered]
+        obsolete += [path for seq, path in snapshots.items() if seq < covered]
+        self._unlink_all(obsolete + temporaries)
+        if live:
+            self._segment_seq = live[-1]
+            path = segments[live[-1]]
+            self._segment_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            self._truncate_torn_tail(path)
+        else:
+            self._open_new_segment(covered + 1)
+        self._batch_last = cursor.batch
+        if not cursor.committed:
+            self._seal(cursor.batch)
+
+    def _list_files(self) -> tuple[dict[int, Path], dict[int, Path], list[Path]]:
+        """Segments and snapshots by number, and leftovers of unfinished atomic creations."""
+        segments: dict[int, Path] = {}
+        snapshots: dict[int, Path] = {}
+        temporaries: list[Path] = []
+        for name in os.listdir(self.directory):
+            path = self.directory / name
+            if name.endswith(TEMPORARY_SUFFIX):
+                temporaries.append(path)
+            elif match := SEGMENT_NAME.fullmatch(name):
+                segments[int(match.group(1))] = path
+            elif match := SNAPSHOT_NAME.fullmatch(name):
+                snapshots[int(match.group(1))] = path
+        return segments, snapshots, temporaries
+
+    def _choose_snapshot(
+        self, segments: dict[int, Path], snapshots: dict[int, Path]
+    ) -> Snapshot | None:
+        """The newest intact snapshot; a damaged one is skipped only if nothing is lost by it."""
+        damaged: list[str] = []
+        chosen: Snapshot | None = None
+        for covered in sorted(snapshots, reverse=True):
+            try:
+                chosen = decode_snapshot(snapshots[covered], snapshots[covered].read_bytes())
+                break
+            except StorageCorruptError as error:
+                damaged.append(str(error))
+        if damaged:
+            covered = chosen.covered_segment if chosen else 0
+            if covered + 1 not in segments:
+                raise StorageCorruptError(
+                    "; ".join(damaged) + f"; and the log segments after {covered} it covered "
+                    "are gone: refusing to open"
+                )
+        return chosen
+
+    def _replay_segment(self, path: Path, seq: int, is_last: bool, cursor: _Cursor) -> int:
+        """Apply the records of one segment; return its valid length.
+
+        Bytes past the returned length form a torn tail (possible only in the
+        last segment); they are truncated by ``_truncate_torn_tail``.
+        """
+        data = path.read_bytes()
+        _check_segment_header(path, data, seq)
+        offset = SEGMENT_HEADER.size
+        while offset < len(data):
+            try:
+                result = decode_record(data, offset)
+            except _InvalidRecord as error:
+                raise StorageCorruptError(
+                    f"{path}: invalid record at offset {offset}: {error}"
+                ) from error
+            if isinstance(result, str):
+                self._check_torn(path, data, offset, result, is_last, cursor)
+                self.torn_bytes_discarded = len(data) - offset
+                return offset
+            if result.batch != cursor.batch_next():
+                raise StorageCorruptError(
+                    f"{path}: record at offset {offset} belongs to batch {result.batch}, "
+                    f"expected {cursor.batch_next()}: records are missing or misplaced"
+                )
+            if result.kind != KIND_SEAL:
+                value = result.value if result.kind == KIND_PUT else None
+                self._apply(result.key, len(result.key.encode()), value)
+            cursor.batch = result.batch
+            cursor.committed = bool(result.flags & FLAG_COMMIT)
+            offset = result.end
+        assert offset == len(data)
+        return offset
+
+    def _check_torn(
+        self, path: Path, data: bytes, offset: int, reason: str, is_last: bool, cursor: _Cursor
+    ) -> None:
+        """Return if the bad record at ``offset`` may be a torn write; raise otherwise."""
+        if not is_last:
+            raise StorageCorruptError(
+                f"{path}: bad record at offset {offset} ({reason}) in a segment that is not "
+                "the last: acknowledged data is damaged; refusing to open"
+            )
+        # A crash tears only the batch being written: the one after the last record.
+        torn_batch = cursor.batch_next()
+        follower = self._find_record(data, offset + 1)
+        while follower is not None:
+            if follower.batch != torn_batch:
+                raise StorageCorruptError(
+                    f"{path}: bad record at offset {offset} ({reason}) but a valid record of "
+                    f"batch {follower.batch} follows at offset {follower.offset}: acknowledged "
+                    "data is damaged (not a torn write); refusing to open"
+                )
+            follower = self._find_record(data, follower.end)
+
+    @staticmethod
+    def _find_record(data: bytes, start: int) -> Record | None:
+        """The first valid record at or after ``start``, found by scanning for its magic."""
+        position = data.find(RECORD_MAGIC, start)
+        while position >= 0:
+            try:
+                result = decode_record(data, position)
+            except _InvalidRecord:
+                result = "invalid"
+            if isinstance(result, Record):
+                return result
+            position = data.find(RECORD_MAGIC, position + 1)
+        return None
+
+    def _truncate_torn_tail(self, path: Path) -> None:
+        length = self._segments[self._segment_seq]
+        if os.fstat(self._segment_fd).st_size != length:
+            assert self.torn_bytes_discarded > 0
+            os.ftruncate(self._segment_fd, length)
+            self._fsync(self._segment_fd)
+
+    def _seal(self, batch: int) -> None:
+        """End ``batch``, whose tail was torn away, so that the next batch may follow it."""
+        record = bytearray()
+        encode_record(record, batch, FLAG_COMMIT, KIND_SEAL, b"", b"")
+        used = self._segments[self._segment_seq]
+        if used + len(record) > self._segment_bytes_max and used > SEGMENT_HEADER.size:
+            self._rotate()
+        self._append(record)
+        self._fsync(self._segment_fd)
+
+    def _unlink_all(self, paths: list[Path]) -> None:
+        """Delete leftovers: segments a snapshot covers, older snapshots, temporaries."""
+        for path in paths:
+            os.unlink(path)
+        if paths:
+            self._fsync(self._directory_fd)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed_reason is not None:
+            reason = self._closed_reason
+            raise StorageUsageError(f"FileStorage({self.directory}) used after {reason}")
+
+    def _fail(self, error: OSError) -> None:
+        self._closed_reason = f"an I/O error ({error}); reopen it to recover"
+        self._pending.clear()
+        self._release_descriptors()
+
+    def _release_descriptors(self) -> None:
+        for name in ("_segment_fd", "_lock_fd", "_directory_fd"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                setattr(self, name, -1)
+                os.close(fd)
