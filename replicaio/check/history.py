@@ -346,18 +346,23 @@ def dump_history(ops: Iterable[Operation], path: str | os.PathLike[str]) -> None
             file.write("\n")
 
 
+def _render(value: str | None) -> str:
+    return "null" if value is None else repr(value)
+
+
 def describe_operation(op: Operation) -> str:
-    """A one-line human rendering, e.g. ``client 3 cas 'k' 'a'->'b' => 'ok' [1.0, 2.5] ok``."""
+    """One human line, e.g. ``client 3 cas 'k' 'a'->'b' => 'ok' [1.0, 2.5] ok``.
+
+    ``null`` stands for an absent value; ``?`` for an unknown return.
+    """
     if op.op == CAS:
-        argument = f" {op.expected!r}->{op.value!r}"
+        argument = f" {_render(op.expected)}->{_render(op.value)}"
     elif op.value is not None:
         argument = f" {op.value!r}"
     else:
         argument = ""
-    if op.status != OK:
-        result = ""
-    elif op.op == GET or op.output is not None:
-        result = f" => {op.output!r}"
+    if op.status == OK and (op.op == GET or op.output is not None):
+        result = f" => {_render(op.output)}"
     else:
         result = ""
     returned = "?" if op.return_ is None or op.status == INFO else repr(op.return_)

@@ -1,0 +1,612 @@
+"""Linearizability checking of client histories against a sequential model.
+
+Theory of operation
+-------------------
+A history is *linearizable* (Herlihy & Wing, 1990) if every completed
+operation can be given a point between its call and its return such that
+executing the operations one by one in the order of their points, on the
+sequential model, produces exactly the outputs the clients saw. Operations
+whose status is ``fail`` did not happen and are dropped; an ``info``
+operation (unknown outcome) is *optional*: it may take effect at any point
+after its call, or never, and its output is unknown.
+
+1. **P-compositionality** (Horn & Kroening, 2015). The key-value model is a
+   product of independent per-key registers and every operation touches one
+   key, so the history is linearizable iff each key's sub-history is. The
+   ``Model.partition`` hook splits the history; each part is searched alone.
+2. **Search** (Wing & Gong, 1993; Lowe, "Testing for linearizability", 2017).
+   A configuration is (the set of operations linearized so far, the model
+   state). From a configuration, the operations that may come next are the
+   unlinearized ones called no later than the earliest return among the
+   unlinearized *required* (``ok``) operations; an ``info`` operation's
+   return is +infinity. The history is linearizable iff a sequence of such
+   moves linearizes every required operation. Depth-first search with an
+   explicit stack; the linearized set is an ``int`` bitset.
+3. **Just-in-time ordering.** Candidates are tried in order of return:
+   first the operation that must be linearized soonest, so that the other
+   ones (and optional ones last of all) are linearized only when an output
+   demands it. This finds the witness of a correct history almost without
+   backtracking.
+4. **Pruning, each one exact:**
+   * *memoization*: a configuration whose search failed is never searched
+     again (Lowe's state caching);
+   * *optional subsumption*: if (S, state) failed, then (S + optional ops,
+     same state) fails too, since any continuation of the latter works from
+     the former; so a failed configuration also prunes its optional
+     supersets;
+   * *forced reads*: if a candidate is read-only in effect (``get``, a
+     ``cas`` that failed) and its output matches the state, linearizing it
+     right now loses no solution (moving a state-preserving operation
+     earlier within its own interval breaks nothing), so it is the only
+     move tried.
+   The linearized set is stored relative to its lowest unlinearized required
+   operation (``base``), so memory and bitset work stay proportional to the
+   window of concurrency, not to the history length.
+
+Guarantees: for a deterministic ``Model`` the verdict is *sound and
+complete*: ``True`` exactly when a linearization exists (the search found
+one), ``False`` exactly when none exists (the search space was exhausted).
+The search is exponential in the worst case (the problem is NP-complete);
+with ``time_budget_s`` it stops and answers ``None`` for the keys it could
+not decide, never a guess. Real-time order is strict: ``a`` precedes ``b``
+only if ``a.return < b.call``; equal times count as concurrent. Nothing here
+uses randomness, and the only clock read is the budget's deadline.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
+
+from replicaio.check.history import (
+    APPEND,
+    CAS,
+    CAS_FAILED,
+    CAS_SUCCEEDED,
+    DELETE,
+    GET,
+    INCR,
+    INFO,
+    OK,
+    PUT,
+    HistoryError,
+    Operation,
+    describe_operation,
+    is_integer_string,
+    load_history,
+    validate_history,
+)
+
+CONTEXT_OPERATIONS_MAX = 8
+"""Operations completed before the culprit's call that an explanation shows."""
+
+WATCHED_STATES_MAX = 16
+"""Distinct model states an explanation lists for the culprit."""
+
+STEPS_PER_DEADLINE_CHECK = 1024
+"""Search steps between two reads of the clock when a budget is set."""
+
+EXIT_LINEARIZABLE = 0
+EXIT_NOT_LINEARIZABLE = 1
+EXIT_INVALID_HISTORY = 2
+EXIT_UNKNOWN = 3
+
+StateT = TypeVar("StateT", bound=Hashable)
+
+
+class Model(Protocol[StateT]):
+    """A deterministic sequential specification the checker replays operations on.
+
+    States must be hashable and immutable (they are memoized). ``step`` is
+    called with operations of status ``ok`` (check the recorded output) and
+    ``info`` (output unknown: take the effect the operation would have if it
+    succeeded, or answer ``False`` if it cannot succeed from this state).
+    """
+
+    def partition(self, ops: Sequence[Operation]) -> dict[str, list[Operation]]:
+        """Split into independent sub-histories (P-compositionality); order is kept."""
+        ...
+
+    def initial_state(self) -> StateT:
+        """The state before any operation."""
+        ...
+
+    def step(self, state: StateT, op: Operation) -> tuple[bool, StateT]:
+        """``(True, next)`` if ``op`` may take effect in ``state``, else ``(False, state)``."""
+        ...
+
+    def is_read_only(self, op: Operation) -> bool:
+        """Whether ``op`` never changes the state, whatever the state."""
+        ...
+
+    def describe_state(self, state: StateT) -> str:
+        """A short human rendering of ``state``."""
+        ...
+
+
+class KeyValueModel:
+    """One register per key: the state is the key's value, ``None`` when absent.
+
+    ``put`` sets; ``delete`` sets ``None``; ``append`` concatenates onto
+    ``""`` if absent; ``cas`` succeeds (output ``"ok"``, sets the new value)
+    iff the state equals ``expected`` (``None`` expects absent), else outputs
+    ``"fail"`` and changes nothing; ``incr`` reads absent as 0, needs a
+    decimal integer state, adds the delta and outputs the new value; ``get``
+    outputs the state.
+    """
+
+    def partition(self, ops: Sequence[Operation]) -> dict[str, list[Operation]]:
+        parts: dict[str, list[Operation]] = {}
+        for op in ops:
+            parts.setdefault(op.key, []).append(op)
+        return parts
+
+    def initial_state(self) -> str | None:
+        return None
+
+    def step(self, state: str | None, op: Operation) -> tuple[bool, str | None]:
+        kind = op.op
+        known = op.status == OK
+        if kind == GET:
+            return (not known or op.output == state), state
+        if kind == PUT:
+            return True, op.value
+        if kind == CAS:
+            if state == op.expected:
+                return (not known or op.output == CAS_SUCCEEDED), op.value
+            return (known and op.output == CAS_FAILED), state
+        if kind == APPEND:
+            assert op.value is not None
+            return True, op.value if state is None else state + op.value
+        if kind == DELETE:
+            return True, None
+        assert kind == INCR
+        assert op.value is not None
+        if state is not None and not is_integer_string(state):
+            return False, state
+        total = (0 if state is None else int(state)) + int(op.value)
+        if known:
+            assert op.output is not None
+            return int(op.output) == total, str(total)
+        return True, str(total)
+
+    def is_read_only(self, op: Operation) -> bool:
+        if op.op == GET:
+            return True
+        return op.op == CAS and (op.value == op.expected or op.output == CAS_FAILED)
+
+    def describe_state(self, state: str | None) -> str:
+        return "absent" if state is None else repr(state)
+
+
+KEY_VALUE_MODEL = KeyValueModel()
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why one key's history is not linearizable.
+
+    ``prefix_operations`` operations (of this key, after dropping ``fail``
+    ones) are the smallest prefix in time, cut at ``culprit``'s return, that
+    has no linearization, while the prefix cut at the previous return has one
+    (operations still running at the cut count as ``info``). ``minimal`` is
+    ``False`` if the budget ran out before that prefix was pinned down (then
+    it is merely a failing prefix). ``window`` is the culprit, the operations
+    overlapping it and up to ``CONTEXT_OPERATIONS_MAX`` completed just before
+    it. ``culprit_states`` are states in which the search tried the culprit
+    and its output or precondition did not match (possibly not all of them).
+    """
+
+    key: str
+    culprit: Operation
+    window: tuple[Operation, ...]
+    prefix_operations: int
+    culprit_states: tuple[str, ...]
+    minimal: bool
+
+    def describe(self) -> str:
+        lines = [
+            f"key {self.key!r}: no linearization of its first {self.prefix_operations} "
+            f"operations (cut at {self.culprit.return_!r})"
+            + ("" if self.minimal else " [not minimized: budget exhausted]"),
+            f"  cannot linearize: {describe_operation(self.culprit)}",
+        ]
+        if self.culprit_states:
+            lines.append(f"  tried it in states: {', '.join(self.culprit_states)}")
+        lines.append("  window:")
+        for op in self.window:
+            marker = "  >> " if op == self.culprit else "     "
+            lines.append(marker + describe_operation(op))
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyResult:
+    """Verdict for one independent part (one key for the key-value model).
+
+    ``operations`` counts what was searched (``fail`` operations and
+    read-only ``info`` ones are dropped first); ``configurations`` counts the
+    search configurations entered; ``seconds`` is wall time spent.
+    """
+
+    key: str
+    linearizable: bool | None
+    operations: int
+    configurations: int
+    seconds: float
+    explanation: Explanation | None
+
+
+@dataclass(frozen=True, slots=True)
+class LinearizabilityResult:
+    """Overall verdict: ``False`` if any key failed, else ``None`` if any is undecided.
+
+    ``explanation`` is that of the first failing key (in key order);
+    ``reason`` summarizes the verdict in one line.
+    """
+
+    linearizable: bool | None
+    per_key: Mapping[str, KeyResult]
+    explanation: Explanation | None
+    reason: str
+    operations: int
+    seconds: float
+
+    def describe(self) -> str:
+        verdict = {True: "linearizable", False: "NOT linearizable", None: "UNKNOWN"}
+        lines = [f"{verdict[self.linearizable]}: {self.reason}"]
+        for result in self.per_key.values():
+            if result.explanation is not None:
+                lines.append(result.explanation.describe())
+            elif result.linearizable is False:
+                lines.append(f"key {result.key!r}: not linearizable (explanation skipped)")
+        return "\n".join(lines)
+
+
+class _BudgetExhausted(Exception):
+    """The deadline passed during a search."""
+
+
+@dataclass(frozen=True, slots=True)
+class _SearchOutcome:
+    linearizable: bool
+    configurations: int
+
+
+class _Search:
+    """One part's history, prepared for the search (see the module docstring).
+
+    Indexing: candidate ``c < required_count`` is the ``c``-th required
+    operation in call order (its bit in ``rel`` is ``c - base``); candidate
+    ``c >= required_count`` is optional operation ``c - required_count`` in
+    call order (its bit in ``opt``).
+    """
+
+    def __init__(self, ops: Sequence[Operation], model: Model[Any]) -> None:
+        required = sorted(
+            (op for op in ops if op.status == OK), key=lambda op: (op.call, op.return_)
+        )
+        optional = sorted((op for op in ops if op.status == INFO), key=lambda op: op.call)
+        self.model = model
+        self.ops: list[Operation] = required + optional
+        self.required_count = len(required)
+        # Required operations by return: the earliest unlinearized one bounds the candidates.
+        self.by_return = sorted(
+            range(len(required)), key=lambda c: (required[c].return_, required[c].call, c)
+        )
+        required_calls = [op.call for op in required]
+        optional_calls = [op.call for op in optional]
+        self.called_required: list[int] = []
+        self.called_optional: list[int] = []
+        for c in self.by_return:
+            returned = required[c].return_
+            assert returned is not None  # validated: an ok operation has returned
+            self.called_required.append(bisect.bisect_right(required_calls, returned))
+            self.called_optional.append(bisect.bisect_right(optional_calls, returned))
+        self.rank = [0] * len(self.ops)
+        for position, c in enumerate(self.by_return):
+            self.rank[c] = position
+        for c in range(len(required), len(self.ops)):
+            self.rank[c] = c
+        self.read_only = [model.is_read_only(op) for op in self.ops]
+
+    def _candidates(
+        self, base: int, rel: int, opt: int, state: Hashable, position: int
+    ) -> tuple[int, list[int]] | None:
+        """(next ``position`` in ``by_return``, candidates in try order); ``None``: all done."""
+        by_return = self.by_return
+        count = self.required_count
+        while position < count:
+            c = by_return[position]
+            if c >= base and not (rel >> (c - base)) & 1:
+                break
+            position += 1
+        else:
+            return None
+        candidates: list[int] = []
+        unlinearized = ~rel & ((1 << (self.called_required[position] - base)) - 1)
+        while unlinearized:
+            lowest = unlinearized & -unlinearized
+            candidates.append(base + lowest.bit_length() - 1)
+            unlinearized ^= lowest
+        called = self.called_optional[position]
+        if called:
+            unlinearized = ~opt & ((1 << called) - 1)
+            while unlinearized:
+                lowest = unlinearized & -unlinearized
+                candidates.append(count + lowest.bit_length() - 1)
+                unlinearized ^= lowest
+        step = self.model.step
+        for c in candidates:
+            if self.read_only[c] and step(state, self.ops[c])[0]:
+                return position, [c]  # a forced read: no alternative needs trying
+        if len(candidates) > 1:
+            candidates.sort(key=self.rank.__getitem__)
+        return position, candidates
+
+    def run(
+        self,
+        deadline: float | None,
+        watch: int | None = None,
+        watched_states: set[Hashable] | None = None,
+    ) -> _SearchOutcome:
+        """Depth-first search; raises ``_BudgetExhausted`` past ``deadline``."""
+        model = self.model
+        step = model.step
+        ops = self.ops
+        count = self.required_count
+        state = model.initial_state()
+        first = self._candidates(0, 0, 0, state, 0)
+        if first is None:
+            return _SearchOutcome(True, 1)
+        # A frame: [base, rel, opt, state, position, candidates, next candidate index].
+        stack: list[list[Any]] = [[0, 0, 0, state, first[0], first[1], 0]]
+        failed: dict[tuple[int, int, Hashable], list[int]] = {}
+        configurations = 1
+        steps = 0
+        while stack:
+            frame = stack[-1]
+            base, rel, opt, state, position, candidates, tried = frame
+            if tried == len(candidates):
+                failed.setdefault((base, rel, state), []).append(opt)
+                stack.pop()
+                continue
+            frame[6] = tried + 1
+            steps += 1
+            if (
+                deadline is not None
+                and steps % STEPS_PER_DEADLINE_CHECK == 0
+                and time.perf_counter() > deadline
+            ):
+                raise _BudgetExhausted
+            c = candidates[tried]
+            ok, after = step(state, ops[c])
+            if not ok:
+                if c == watch and watched_states is not None:
+                    watched_states.add(state)
+                continue
+            if c < count:
+                rel |= 1 << (c - base)
+                if c == base:  # re-anchor on the lowest unlinearized required operation
+                    shift = ((rel + 1) & ~rel).bit_length() - 1
+                    base += shift
+                    rel >>= shift
+            else:
+                opt |= 1 << (c - count)
+            known = failed.get((base, rel, after))
+            if known is not None and any(o & opt == o for o in known):
+                continue
+            following = self._candidates(base, rel, opt, after, position)
+            configurations += 1
+            if following is None:
+                return _SearchOutcome(True, configurations)
+            stack.append([base, rel, opt, after, following[0], following[1], 0])
+        return _SearchOutcome(False, configurations)
+
+
+def _searchable(ops: Sequence[Operation], model: Model[Any]) -> list[Operation]:
+    """Drop what cannot matter: ``fail`` operations, and ``info`` ones that change nothing."""
+    return [
+        op for op in ops if op.status == OK or (op.status == INFO and not model.is_read_only(op))
+    ]
+
+
+def _prefix(ops: Sequence[Operation], cut: float) -> list[Operation]:
+    """The history as it stood at time ``cut``: later calls vanish, running ones become info."""
+    prefix: list[Operation] = []
+    for op in ops:
+        if op.call > cut:
+            continue
+        if op.status == OK and op.return_ is not None and op.return_ > cut:
+            op = replace(op, status=INFO, output=None, return_=None)
+        prefix.append(op)
+    return prefix
+
+
+def _window(ops: Sequence[Operation], culprit: Operation) -> tuple[Operation, ...]:
+    assert culprit.return_ is not None
+    overlapping = [
+        op
+        for op in ops
+        if op.call <= culprit.return_
+        and (op.status == INFO or (op.return_ is not None and op.return_ >= culprit.call))
+    ]
+    before = sorted(
+        (
+            op
+            for op in ops
+            if op.status == OK and op.return_ is not None and op.return_ < culprit.call
+        ),
+        key=lambda op: (op.return_, op.call),
+    )[-CONTEXT_OPERATIONS_MAX:]
+    return tuple(sorted(before + overlapping, key=lambda op: (op.call, op.client)))
+
+
+def _explain(
+    key: str, ops: Sequence[Operation], model: Model[Any], deadline: float | None
+) -> Explanation:
+    """Binary-search the smallest failing prefix (cut at a return time) of a failing part."""
+    cuts = sorted({op.return_ for op in ops if op.status == OK and op.return_ is not None})
+    low, high = -1, len(cuts) - 1  # prefix at cuts[low] is linearizable, at cuts[high] it is not
+    minimal = True
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            outcome = _Search(_searchable(_prefix(ops, cuts[middle]), model), model).run(deadline)
+        except _BudgetExhausted:
+            minimal = False
+            break
+        if outcome.linearizable:
+            low = middle
+        else:
+            high = middle
+    cut = cuts[high]
+    prefix = _searchable(_prefix(ops, cut), model)
+    search = _Search(prefix, model)
+    culprit_index = min(
+        (c for c, op in enumerate(search.ops) if op.status == OK and op.return_ == cut),
+        key=lambda c: (search.ops[c].call, c),
+    )
+    watched: set[Hashable] = set()
+    with contextlib.suppress(_BudgetExhausted):  # the states are a hint; keep what we saw
+        search.run(deadline, culprit_index, watched)
+    described = sorted(model.describe_state(state) for state in watched)
+    culprit = search.ops[culprit_index]
+    return Explanation(
+        key=key,
+        culprit=culprit,
+        window=_window([op for op in ops if op.call <= cut], culprit),
+        prefix_operations=len(prefix),
+        culprit_states=tuple(described[:WATCHED_STATES_MAX]),
+        minimal=minimal,
+    )
+
+
+def _check_part(
+    key: str, ops: Sequence[Operation], model: Model[Any], deadline: float | None
+) -> KeyResult:
+    started = time.perf_counter()
+    searchable = _searchable(ops, model)
+    try:
+        outcome = _Search(searchable, model).run(deadline)
+    except _BudgetExhausted:
+        return KeyResult(key, None, len(searchable), 0, time.perf_counter() - started, None)
+    explanation = None
+    if not outcome.linearizable:
+        explanation = _explain(key, searchable, model, deadline)
+    return KeyResult(
+        key,
+        outcome.linearizable,
+        len(searchable),
+        outcome.configurations,
+        time.perf_counter() - started,
+        explanation,
+    )
+
+
+def _summary(results: Mapping[str, KeyResult], operations: int, seconds: float) -> str:
+    failing = [key for key, result in results.items() if result.linearizable is False]
+    unknown = [key for key, result in results.items() if result.linearizable is None]
+    counts = f"{operations} operations, {len(results)} keys, {seconds:.3f} s"
+    if failing:
+        return f"{len(failing)} key(s) not linearizable, first {failing[0]!r} ({counts})"
+    if unknown:
+        return (
+            f"time budget exhausted: {len(unknown)} key(s) undecided, first {unknown[0]!r}; "
+            f"no violation found in the others ({counts})"
+        )
+    return f"every key linearizable ({counts})"
+
+
+def check_linearizable(
+    ops: Sequence[Operation],
+    *,
+    time_budget_s: float | None = None,
+    model: Model[Any] = KEY_VALUE_MODEL,
+) -> LinearizabilityResult:
+    """Decide whether the history ``ops`` is linearizable with respect to ``model``.
+
+    Validates every operation first (``HistoryError`` names the bad one; the
+    order of ``ops`` does not matter and client sequentiality is not
+    required here). Parts are checked in key order. Sound and complete for a
+    deterministic model: ``True``/``False`` are proofs, never guesses; with
+    ``time_budget_s`` (seconds of wall time, shared by all parts and by the
+    explanation of failures) undecided parts answer ``None``, and the overall
+    verdict is ``None`` unless some part was proved non-linearizable.
+    """
+    if time_budget_s is not None and not (time_budget_s >= 0 and math.isfinite(time_budget_s)):
+        raise ValueError(f"time_budget_s must be a finite number >= 0, got {time_budget_s!r}")
+    started = time.perf_counter()
+    validate_history(ops, clients_sequential=False)
+    deadline = None if time_budget_s is None else started + time_budget_s
+    parts = model.partition(ops)
+    results: dict[str, KeyResult] = {}
+    for key in sorted(parts):
+        if deadline is not None and time.perf_counter() > deadline:
+            results[key] = KeyResult(key, None, len(parts[key]), 0, 0.0, None)
+            continue
+        results[key] = _check_part(key, parts[key], model, deadline)
+    verdicts = [result.linearizable for result in results.values()]
+    if False in verdicts:
+        linearizable: bool | None = False
+    elif None in verdicts:
+        linearizable = None
+    else:
+        linearizable = True
+    explanation = next(
+        (result.explanation for result in results.values() if result.explanation is not None),
+        None,
+    )
+    seconds = time.perf_counter() - started
+    return LinearizabilityResult(
+        linearizable=linearizable,
+        per_key=results,
+        explanation=explanation,
+        reason=_summary(results, len(ops), seconds),
+        operations=len(ops),
+        seconds=seconds,
+    )
+
+
+def main_check_history(path: str | os.PathLike[str], *, time_budget_s: float | None = None) -> int:
+    """Entry point for ``replicaio check-history FILE``: load, check, print, exit code.
+
+    Prints the verdict (and explanations) on stdout, a malformed history on
+    stderr. Returns ``EXIT_LINEARIZABLE`` (0), ``EXIT_NOT_LINEARIZABLE`` (1),
+    ``EXIT_INVALID_HISTORY`` (2: unreadable or malformed file) or
+    ``EXIT_UNKNOWN`` (3: the budget ran out before a verdict).
+    """
+    try:
+        ops = load_history(path)
+    except (OSError, UnicodeDecodeError, HistoryError) as error:
+        print(f"check-history: {os.fspath(path)}: {error}", file=sys.stderr)
+        return EXIT_INVALID_HISTORY
+    result = check_linearizable(ops, time_budget_s=time_budget_s)
+    print(result.describe())
+    if result.linearizable is None:
+        return EXIT_UNKNOWN
+    return EXIT_LINEARIZABLE if result.linearizable else EXIT_NOT_LINEARIZABLE
+
+
+__all__ = [
+    "CONTEXT_OPERATIONS_MAX",
+    "EXIT_INVALID_HISTORY",
+    "EXIT_LINEARIZABLE",
+    "EXIT_NOT_LINEARIZABLE",
+    "EXIT_UNKNOWN",
+    "KEY_VALUE_MODEL",
+    "Explanation",
+    "KeyResult",
+    "KeyValueModel",
+    "LinearizabilityResult",
+    "Model",
+    "check_linearizable",
+    "main_check_history",
+]
