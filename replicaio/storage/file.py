@@ -358,6 +358,8 @@ class FileStorage:
 
     def put(self, key: str, value: bytes) -> None:
         """Buffer ``key := value``; durable once a later ``sync`` returns."""
+        if value is None:
+            raise StorageUsageError("put needs a bytes value (use delete to remove a key)")
         check_key_value(key, value)
         self._buffer(key, bytes(value), len(value))
 

@@ -64,6 +64,8 @@ class MemoryStorage:
     def put(self, key: str, value: bytes) -> None:
         """Buffer ``key := value``; durable only once a later ``sync`` returns."""
         self._check_writable()
+        if value is None:
+            raise StorageUsageError("put needs a bytes value (use delete to remove a key)")
         check_key_value(key, value)
         if type(value) is not bytes:
             value = bytes(value)  # a bytearray/memoryview the caller may still mutate
