@@ -1,0 +1,100 @@
+"""The broadcast family: best-effort, reliable (Bracha) and consistent (echo).
+
+Each protocol is a one-instance ``async`` function (read it first: it is the
+paper's pseudo-code) run for many senders and sequence numbers by
+:class:`~replicaio.protocols.broadcast.instances.Instances`. ``PROTOCOLS``
+maps the CLI names to a :class:`BroadcastSpec` saying what each one claims,
+so the checkers hold each protocol to exactly its own guarantees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from replicaio.core.config import Resilience
+from replicaio.core.context import Context
+from replicaio.protocols.broadcast.bracha import bracha, bracha_weak_echo
+from replicaio.protocols.broadcast.beb import best_effort
+from replicaio.protocols.broadcast.echo import consistent, consistent_weak
+from replicaio.protocols.broadcast.instances import (
+    Accepted,
+    Delivered,
+    InstanceFunction,
+    Instances,
+)
+
+__all__ = [
+    "PROTOCOLS",
+    "Accepted", "BroadcastProtocol", "BroadcastSpec",
+    "Delivered",
+    "Instances",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastSpec:
+    """A broadcast protocol and the properties it claims."""
+
+    name: str
+    instance: InstanceFunction
+    resilience: Resilience
+    agreement: bool  # no two correct nodes deliver different values for one instance
+    totality: bool  # if a correct node delivers an instance, every correct node does
+    broken: bool = False  # a deliberately wrong variant, to show the checkers bite
+    summary: str = ""
+
+
+class BroadcastProtocol:
+    """A node protocol: one :class:`Instances` of a broadcast at path ``("bcast",)``."""
+
+    def __init__(self, spec: BroadcastSpec, context: Context) -> None:
+        self.spec = spec
+        self.instances = Instances(context.child("bcast"), spec.instance)
+
+    def start(self) -> None:
+        self.instances.start()
+
+    def on_request(self, payload: Any) -> str | None:
+        return self.instances.broadcast(payload)
+
+
+class BroadcastFactory:
+    """Builds :class:`BroadcastProtocol` for a spec; what a host is given."""
+
+    def __init__(self, spec: BroadcastSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.resilience = spec.resilience
+
+    def __call__(self, context: Context) -> BroadcastProtocol:
+        return BroadcastProtocol(self.spec, context)
+
+
+PROTOCOLS: dict[str, BroadcastSpec] = {
+    spec.name: spec
+    for spec in (
+        BroadcastSpec(
+            "beb", best_effort, Resilience.ANY, agreement=False, totality=False,
+            summary="best-effort broadcast",
+        ),
+        BroadcastSpec(
+            "bracha", bracha, Resilience.BYZANTINE, agreement=True, totality=True,
+            summary="Bracha's Byzantine reliable broadcast, n >= 3f+1",
+        ),
+        BroadcastSpec(
+            "echo", consistent, Resilience.BYZANTINE, agreement=True, totality=False,
+            summary="consistent (authenticated echo) broadcast, n >= 3f+1",
+        ),
+        BroadcastSpec(
+            "bracha-weak-echo", bracha_weak_echo, Resilience.BYZANTINE, agreement=True,
+            totality=True, broken=True,
+            summary="BROKEN on purpose: Bracha with an echo quorum of f+1",
+        ),
+        BroadcastSpec(
+            "echo-weak", consistent_weak, Resilience.BYZANTINE, agreement=True,
+            totality=False, broken=True,
+            summary="BROKEN on purpose: consistent broadcast delivering on f+1 echoes",
+        ),
+    )
+}

@@ -1,0 +1,298 @@
+"""What protocol code sees: a :class:`Context` per component, and its :class:`Link` s.
+
+A context is a component's place in the node: a *path* (``("rb", 3, 17)`` for
+instance 17 of sender 3 of a reliable broadcast), the links it talks over,
+its own scope of tasks, and its slice of durable storage. Contexts nest; a
+component creates children for its sub-components, lazily when data for them
+arrives (see :meth:`Context.on_unknown_child`), and closes them when done.
+
+Links are *one-shot* authenticated point-to-point channels, the shape most
+broadcast and agreement protocols have (one ECHO per instance per peer):
+
+* sending: a link sends at most one value to each destination, for the life of
+  the instance *and across restarts*. The first value wins; it is made durable
+  (when the link is ``durable``) before it leaves, so a correct node that
+  crashes and recovers can never equivocate. A second, different value is a
+  no-op counted as ``link_second_send``.
+* receiving: the first value from each peer counts; an identical repeat is a
+  duplicate (counted, ignored), a different one is equivocation (counted, kept
+  as evidence, ignored).
+* delivery is reliable: the node retransmits until the peer acknowledges, and
+  replays to a peer that announces a restart (see ``replicaio.core.node``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from replicaio.core.errors import UsageError
+from replicaio.core.lines import Family, Line
+from replicaio.core.scheduler import Scope, Task
+
+if TYPE_CHECKING:
+    from replicaio.core.config import ClusterConfig
+    from replicaio.core.effects import Path
+    from replicaio.core.node import Node
+
+T = TypeVar("T")
+
+ALL = -1  # destination key of a value sent to every node
+
+
+class Ignore:
+    """Why an unknown child path was not created; ``acknowledge`` tells the
+    sender to stop retransmitting (the data is stale, not early)."""
+
+    __slots__ = ("acknowledge", "reason")
+
+    def __init__(self, reason: str, *, acknowledge: bool) -> None:
+        self.reason = reason
+        self.acknowledge = acknowledge
+
+
+ChildHandler = Callable[["Path"], "Context | Ignore"]
+
+
+def accepts_function(body_type: Any) -> Callable[[Any], bool]:
+    """A fast type test for link bodies decoded from the wire."""
+    if body_type is Any or body_type is object:
+        return lambda body: True
+    if body_type is int:
+        return lambda body: type(body) is int
+    if body_type is float:
+        return lambda body: type(body) is float
+    if isinstance(body_type, type):
+        return lambda body: isinstance(body, body_type)
+    raise UsageError(f"link body type must be a class or Any, got {body_type!r}")
+
+
+class Link(Generic[T]):
+    """A one-shot channel of one component; see the module docstring."""
+
+    __slots__ = (
+        "accepts",
+        "context",
+        "counts",
+        "durable",
+        "from_peers",
+        "name",
+        "quorums",
+        "received",
+        "sent",
+    )
+
+    def __init__(
+        self, context: Context, name: str, accepts: Callable[[Any], bool], durable: bool
+    ) -> None:
+        self.context = context
+        self.name = name
+        self.accepts = accepts
+        self.durable = durable
+        self.sent: dict[int, T] = {}
+        self.received: dict[int, T] = {}
+        self.counts: dict[T, int] = {}
+        self.from_peers: Family[int, T] = Family(
+            context.node.scheduler, f"{name}.from", size_max=context.node.config.n
+        )
+        self.quorums: list[tuple[int, Line[T]]] = []
+
+    # -- sending -------------------------------------------------------------
+
+    def to_all(self, value: T) -> None:
+        """Send ``value`` to every node, this one included (once; first wins)."""
+        self._send(ALL, value)
+
+    def to(self, peer: int, value: T) -> None:
+        """Send ``value`` to ``peer`` only (once per peer; first wins)."""
+        if peer not in range(self.context.node.config.n):
+            raise UsageError(f"link {self.name}: no node {peer}")
+        self._send(peer, value)
+
+    def _send(self, destination: int, value: T) -> None:
+        previous = self.sent.get(destination, self.sent.get(ALL))
+        if destination in self.sent or (destination != ALL and ALL in self.sent):
+            if previous != value:
+                self.context.node.count("link_second_send")
+            return
+        self.sent[destination] = value
+        self.context.node.link_send(self, destination, value, persist=self.durable)
+
+    @property
+    def sent_to_all(self) -> T | None:
+        """The value sent to all, if any (after a restart: the recovered one)."""
+        return self.sent.get(ALL)
+
+    # -- receiving -----------------------------------------------------------
+
+    def from_peer(self, peer: int) -> Line[T]:
+        """The first value ``peer`` sent on this link."""
+        return self.from_peers[peer]
+
+    def quorum(self, count: int) -> Line[T]:
+        """The first value that ``count`` distinct peers sent on this link."""
+        if not 1 <= count <= self.context.node.config.n:
+            raise UsageError(f"link {self.name}: quorum of {count} out of range")
+        line: Line[T] = Line(self.context.node.scheduler, f"{self.name}.quorum({count})")
+        for value, seen in self.counts.items():
+            if seen >= count:
+                line.set(value)
+                return line
+        self.quorums.append((count, line))
+        return line
+
+    def receive(self, source: int, value: T) -> None:
+        """Called by the node's router for a validated message from ``source``."""
+        known = self.received.get(source, self)
+        if known is not self:
+            reason = "duplicate" if known == value else "equivocation"
+            self.context.node.count(f"link_{reason}")
+            if reason == "equivocation":
+                self.context.node.evidence(source, self.context.path, self.name, value)
+            return
+        self.received[source] = value
+        seen = self.counts.get(value, 0) + 1
+        self.counts[value] = seen
+        if self.quorums:
+            waiting = []
+            for count, line in self.quorums:
+                if seen >= count:
+                    line.set(value)
+                else:
+                    waiting.append((count, line))
+            self.quorums = waiting
+        line = self.from_peers.lines.get(source)
+        if line is None:
+            line = self.from_peers[source]
+        line.set(value)
+
+
+class Context:
+    """A component's handle on its node. Created by the node or by a parent."""
+
+    __slots__ = ("child_handler", "closed", "links_by_name", "node", "path", "tasks")
+
+    def __init__(self, node: Node, path: Path) -> None:
+        self.node = node
+        self.path = path
+        self.links_by_name: dict[str, Link[Any]] = {}
+        self.tasks = Scope(node.scheduler, "/".join(map(str, path)) or "root")
+        self.child_handler: ChildHandler | None = None
+        self.closed = False
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        """This node's id."""
+        return self.node.node_id
+
+    @property
+    def n(self) -> int:
+        """Number of nodes."""
+        return self.node.config.n
+
+    @property
+    def f(self) -> int:
+        """Number of faults tolerated."""
+        return self.node.config.f
+
+    @property
+    def config(self) -> ClusterConfig:
+        """The cluster configuration."""
+        return self.node.config
+
+    # -- structure -----------------------------------------------------------
+
+    def child(self, *keys: int | str) -> Context:
+        """The sub-component context at ``path + keys`` (created if needed)."""
+        return self.node.context(self.path + keys)
+
+    def on_unknown_child(self, handler: ChildHandler) -> None:
+        """Call ``handler(rest_of_path)`` when a message arrives for a descendant
+        path that has no context yet; it returns the context to deliver to, or
+        an :class:`Ignore` saying why not."""
+        self.child_handler = handler
+        self.node.child_handlers[self.path] = handler
+
+    def links(self, *names: str, body: Any = bytes, durable: bool = True) -> tuple[Link[Any], ...]:
+        """One link per name, all carrying bodies of type ``body``."""
+        return tuple(self.link(name, body=body, durable=durable) for name in names)
+
+    def link(self, name: str, *, body: Any = bytes, durable: bool = True) -> Link[Any]:
+        """The link ``name`` of this component (created once)."""
+        link = self.links_by_name.get(name)
+        if link is None:
+            link = Link(self, name, accepts_function(body), durable)
+            self.links_by_name[name] = link
+            self.node.restore_link(link)
+        return link
+
+    def scope(self, name: str = "") -> Scope:
+        """A new scope for ``async with``: leaving it cancels its tasks."""
+        return Scope(self.node.scheduler, name or self.tasks.name)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, T], name: str = "") -> Task[T]:
+        """Run ``coroutine`` as a task of this component (cancelled by :meth:`close`)."""
+        return self.tasks.spawn(coroutine, name)
+
+    def close(self) -> None:
+        """Cancel the component's tasks and stop routing to it. What it sent stays
+        retained (and retransmitted until acknowledged) until ``forget``."""
+        if self.closed:
+            return
+        self.closed = True
+        self.tasks.cancel()
+        self.node.close_context(self)
+
+    def forget(self) -> None:
+        """Close, and drop everything retained for this path, durable records included."""
+        self.close()
+        self.node.forget_path(self.path)
+
+    # -- time, choice, output ------------------------------------------------
+
+    def sleep(self, delay_us: int) -> Line[None]:
+        """A line set ``delay_us`` microseconds of virtual time from now."""
+        return self.node.timer(delay_us)
+
+    def choose(self, label: str, count: int) -> int:
+        """An explicit choice point among ``count`` alternatives (resolved by the host)."""
+        if count < 1:
+            raise UsageError("choose needs at least one alternative")
+        if count == 1:
+            return 0
+        return self.node.scheduler.choose(label, count)
+
+    def output(self, value: Any) -> None:
+        """Emit an output effect (a delivery, a reply)."""
+        self.node.effects.outputs.append(value)
+
+    # -- durable state -------------------------------------------------------
+
+    def key(self, name: str) -> str:
+        """The storage key of ``name`` in this component's slice of storage."""
+        return self.node.storage_key(self.path, name)
+
+    def persist(self, name: str, value: Any) -> None:
+        """Durably store ``value`` (plain data) before any effect of this step is released."""
+        self.node.persist(self.key(name), self.node.codec.encode_value(value))
+
+    def load(self, name: str) -> Any:
+        """The stored value of ``name``, or ``None``."""
+        data = self.node.storage.get(self.key(name))
+        return None if data is None else self.node.codec.decode_value(data)
+
+    def erase(self, name: str) -> None:
+        """Remove ``name`` from durable storage."""
+        key = self.key(name)
+        if key in self.node.storage:
+            self.node.persist(key, None)
+
+    def stored_names(self, prefix: str = "") -> Iterable[str]:
+        """Names stored in this component's slice that start with ``prefix``."""
+        return self.node.stored_names(self.path, prefix)
+
+    def count(self, counter: str, by: int = 1) -> None:
+        """Bump a node counter (exported as a metric by hosts)."""
+        self.node.count(counter, by)

@@ -1,0 +1,80 @@
+"""The host boundary: what goes into a node's core and what comes out.
+
+A host (the simulator or the live runtime) owns one :class:`~replicaio.core.node.Node`
+per node and calls ``node.step(input)`` with one of the inputs below. The core
+runs until nothing more can happen and returns one :class:`Effects` batch.
+
+The host MUST execute a batch in this order (after etcd raft's ``Ready``):
+
+1. ``persists``: apply every write, in order, then sync storage once. Nothing
+   below may happen before the sync returns, because messages and outputs in
+   the batch may depend on those writes being durable (a vote, an echo).
+2. ``sends``: hand each message to the transport, in order.
+3. ``timers_cancelled`` then ``timers_set``: cancel, then arm timers; a timer
+   fires by feeding :class:`TimerFired` back in.
+4. ``outputs``: hand each output (a delivery, a reply) to the application.
+
+Time is virtual to the core: delays are integers in microseconds, relative to
+the moment the host executes the batch. The core never reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Path = tuple[int | str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Begin an incarnation of the node with its recovered durable state."""
+
+    storage: Mapping[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """A message from peer ``source``: wire bytes, or a decoded message when the
+    host skips encoding (simulation speed mode)."""
+
+    source: int
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """A timer armed by an earlier ``timers_set`` effect expired."""
+
+    timer_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request from a local client or application (e.g. "broadcast this")."""
+
+    payload: Any
+
+
+Input = Start | Receive | TimerFired | Request
+
+
+@dataclass(slots=True)
+class Effects:
+    """One batch of effects from one step; see the module docstring for the order."""
+
+    persists: list[tuple[str, bytes | None]] = field(default_factory=list)
+    sends: list[tuple[int, Any]] = field(default_factory=list)
+    timers_cancelled: list[int] = field(default_factory=list)
+    timers_set: list[tuple[int, int]] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.persists
+            or self.sends
+            or self.timers_cancelled
+            or self.timers_set
+            or self.outputs
+        )

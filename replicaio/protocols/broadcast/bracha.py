@@ -1,0 +1,70 @@
+"""Bracha's reliable broadcast (Bracha 1987; Cachin, Guerraoui, Rodrigues,
+*Introduction to Reliable and Secure Distributed Programming*, Alg. 3.18).
+
+Tolerates f Byzantine nodes out of n >= 3f + 1 over authenticated links.
+Claims, for every instance: validity (a correct sender's value is delivered
+by every correct node), no duplication, integrity (with a correct sender,
+only its value is delivered), consistency (no two correct nodes deliver
+different values) and totality (if one correct node delivers, all do).
+
+The instance below is the whole protocol. The two causes for READY run
+concurrently because they depend on different data; which fires first when
+both are possible is a choice point. Leaving the scope cancels whatever is
+still waiting. Multi-instance operation, retransmission and restart are the
+business of :mod:`replicaio.protocols.broadcast.instances` and the node core.
+"""
+
+from __future__ import annotations
+
+from replicaio.core.context import Context
+from replicaio.core.lines import first
+
+
+def echo_quorum(n: int, f: int) -> int:
+    """ceil((n + f + 1) / 2): two such quorums share a correct node."""
+    return (n + f + 2) // 2
+
+
+async def bracha(node: Context, sender: int, value: bytes | None = None) -> bytes:
+    """Reliable broadcast of one value from ``sender``; needs n >= 3f + 1."""
+    n, f = node.n, node.f
+    send, echo, ready = node.links("SEND", "ECHO", "READY")
+    if value is not None:
+        send.to_all(value)
+
+    async def echo_the_send() -> None:
+        echo.to_all(await send.from_peer(sender))
+
+    async def ready_once_justified() -> None:
+        justified = await first(echo.quorum(echo_quorum(n, f)), ready.quorum(f + 1))
+        ready.to_all(justified)
+
+    async with node.scope() as scope:
+        scope.spawn(echo_the_send())
+        scope.spawn(ready_once_justified())
+        delivered: bytes = await ready.quorum(2 * f + 1)
+        return delivered
+
+
+async def bracha_weak_echo(node: Context, sender: int, value: bytes | None = None) -> bytes:
+    """A deliberately broken Bracha: READY after only f + 1 ECHOs (below the
+    bound). An equivocating sender makes correct nodes READY different values;
+    the checkers must catch it (totality or agreement)."""
+    n, f = node.n, node.f
+    send, echo, ready = node.links("SEND", "ECHO", "READY")
+    if value is not None:
+        send.to_all(value)
+
+    async def echo_the_send() -> None:
+        echo.to_all(await send.from_peer(sender))
+
+    async def ready_once_justified() -> None:
+        justified = await first(echo.quorum(f + 1), ready.quorum(f + 1))
+        ready.to_all(justified)
+
+    del n
+    async with node.scope() as scope:
+        scope.spawn(echo_the_send())
+        scope.spawn(ready_once_justified())
+        delivered: bytes = await ready.quorum(2 * f + 1)
+        return delivered

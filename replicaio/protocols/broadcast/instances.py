@@ -1,0 +1,200 @@
+"""Many broadcast instances at once: senders, sequence numbers, windows, GC.
+
+A one-instance broadcast (``bracha``, ``echo``, ``beb``) is an ``async``
+function ``instance(context, sender, value) -> delivered value``. This
+component runs many of them: every node may broadcast, each sender numbers
+its instances 0, 1, 2, ..., and each instance ``(sender, seq)`` lives at the
+child path ``(sender, seq)`` of this component.
+
+* Instances are created lazily: by a local broadcast request, or by the first
+  message that arrives for them, if ``seq`` is inside the sender's window
+  ``[low, low + window_max)``. Messages beyond the window are not
+  acknowledged, so the sender retransmits them once the window has moved
+  (backpressure); messages for delivered or collected instances are
+  acknowledged and dropped.
+* A delivery is recorded durably, so it is never delivered twice, even across
+  restarts. The instance itself stays open after delivery: tasks it spawned
+  into its own context (not into an ``async with`` scope) keep running, because
+  others may count on them (consistent broadcast's ECHO). What it sent stays
+  retained so that a restarted peer can still catch up. The oldest delivered
+  instances beyond ``retained_max`` per sender are closed and forgotten, and
+  the sender's ``low`` watermark advances over them.
+* After a restart the component rebuilds itself from durable state: the
+  watermarks, the delivered records, and the instances in progress (those
+  whose links had sent something), which are resumed.
+
+Outputs: one :class:`Accepted` per broadcast request taken (durable: the
+value is on disk before the output leaves), one :class:`Delivered` per
+delivery, after its record is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from replicaio.core.codec import message
+from replicaio.core.context import Context, Ignore
+from replicaio.core.effects import Path
+from replicaio.core.errors import ConfigError
+
+InstanceFunction = Callable[[Context, int, Any], Coroutine[Any, Any, Any]]
+
+VALUE_BYTES_MAX = 1 << 20
+
+
+@message(tag="Delivered")
+class Delivered:
+    """Output: ``value`` was delivered as instance ``seq`` of ``sender``.
+
+    ``recovered`` marks a re-announcement after a restart: the delivery record
+    was durable but the node may have crashed before the output left. An
+    application keeping a durable cursor skips those it has seen; deliveries
+    are thereby exactly-once per ``(sender, seq)`` for it.
+    """
+
+    sender: int
+    seq: int
+    value: bytes
+    recovered: bool = False
+
+
+@message(tag="Accepted")
+class Accepted:
+    """Output: this node durably accepted ``value`` for broadcast as its instance ``seq``."""
+
+    sender: int
+    seq: int
+    value: bytes
+
+
+class Instances:
+    """Runs sequence-numbered instances of a one-shot broadcast for every sender."""
+
+    def __init__(
+        self,
+        context: Context,
+        instance: InstanceFunction,
+        *,
+        window_max: int = 64,
+        retained_max: int = 64,
+    ) -> None:
+        if window_max < 1 or retained_max < 0:
+            raise ConfigError("window_max must be >= 1 and retained_max >= 0")
+        self.context = context
+        self.instance = instance
+        self.window_max = window_max
+        self.retained_max = retained_max
+        n = context.n
+        self.low = [0] * n  # every seq below low[s] is delivered and forgotten
+        self.delivered: list[dict[int, None]] = [{} for _ in range(n)]  # seq >= low
+        self.active: list[dict[int, Context]] = [{} for _ in range(n)]
+        self.next_seq = 0
+        context.on_unknown_child(self.on_unknown)
+
+    # -- start and restart ---------------------------------------------------
+
+    def start(self) -> None:
+        """Rebuild from durable state and resume the instances in progress."""
+        context = self.context
+        for sender in range(context.n):
+            self.low[sender] = int(context.load(f"low:{sender}") or 0)
+        for name in context.stored_names("delivered:"):
+            _, sender_text, seq_text = name.split(":")
+            sender, seq = int(sender_text), int(seq_text)
+            if seq >= self.low[sender]:
+                self.delivered[sender][seq] = None
+                value = context.load(name)
+                context.output(Delivered(sender, seq, value, recovered=True))
+        prefix_length = len(context.path)
+        in_progress: list[tuple[int, int]] = []
+        for path in context.node.sent:
+            if path[:prefix_length] != context.path or len(path) != prefix_length + 2:
+                continue
+            sender, seq = path[prefix_length:]
+            assert isinstance(sender, int) and isinstance(seq, int)
+            if seq >= self.low[sender] and seq not in self.delivered[sender]:
+                in_progress.append((sender, seq))
+        mine = [seq for sender, seq in in_progress if sender == context.id]
+        mine += list(self.delivered[context.id])
+        self.next_seq = max([self.low[context.id], *(seq + 1 for seq in mine)])
+        for sender, seq in sorted(in_progress):
+            self.open(sender, seq, None)
+        # Delivered but retained instances run again, already delivered: what
+        # they owe the others (an ECHO not yet sent) must survive the crash.
+        for sender in range(context.n):
+            for seq in sorted(self.delivered[sender]):
+                self.open(sender, seq, None, delivered=True)
+
+    # -- requests and lazily created instances -------------------------------
+
+    def broadcast(self, value: Any) -> str | None:
+        """Start broadcasting ``value`` as this node's next instance, or say why not."""
+        if not isinstance(value, bytes):
+            return "not_bytes"
+        if len(value) > VALUE_BYTES_MAX:
+            return "too_large"
+        me = self.context.id
+        seq = self.next_seq
+        if seq >= self.low[me] + self.window_max:
+            return "window_full"
+        self.next_seq += 1
+        self.open(me, seq, value)
+        self.context.output(Accepted(me, seq, value))
+        return None
+
+    def on_unknown(self, rest: Path) -> Context | Ignore:
+        if len(rest) != 2:
+            return Ignore("bad_instance_path", acknowledge=False)
+        sender, seq = rest
+        if type(sender) is not int or type(seq) is not int or not 0 <= sender < self.context.n:
+            return Ignore("bad_instance_path", acknowledge=False)
+        if seq < self.low[sender] or seq in self.delivered[sender]:
+            return Ignore("instance_delivered", acknowledge=True)
+        if seq >= self.low[sender] + self.window_max:
+            return Ignore("instance_beyond_window", acknowledge=False)
+        return self.open(sender, seq, None)
+
+    def open(self, sender: int, seq: int, value: Any, *, delivered: bool = False) -> Context:
+        instance_context = self.context.child(sender, seq)
+        if not delivered:
+            self.active[sender][seq] = instance_context
+        instance_context.spawn(
+            self.run(instance_context, sender, seq, value, delivered), f"instance{sender}.{seq}"
+        )
+        return instance_context
+
+    async def run(
+        self, instance_context: Context, sender: int, seq: int, value: Any, delivered: bool
+    ) -> None:
+        result = await self.instance(instance_context, sender, value)
+        if not delivered:
+            self.on_delivered(sender, seq, result)
+
+    # -- delivery and garbage collection -------------------------------------
+
+    def on_delivered(self, sender: int, seq: int, value: Any) -> None:
+        """Record and output a delivery. The instance stays open (its remaining
+        tasks keep their obligations to others) until it is collected."""
+        assert seq >= self.low[sender]
+        assert seq not in self.delivered[sender], "instance delivered twice"
+        context = self.context
+        self.delivered[sender][seq] = None
+        del self.active[sender][seq]
+        context.persist(f"delivered:{sender}:{seq}", value)
+        context.output(Delivered(sender, seq, value))
+        self.collect(sender)
+
+    def collect(self, sender: int) -> None:
+        """Forget the oldest delivered instances beyond ``retained_max``."""
+        delivered = self.delivered[sender]
+        moved = False
+        while len(delivered) > self.retained_max and self.low[sender] in delivered:
+            seq = self.low[sender]
+            del delivered[seq]
+            self.context.child(sender, seq).forget()
+            self.context.erase(f"delivered:{sender}:{seq}")
+            self.low[sender] = seq + 1
+            moved = True
+        if moved:
+            self.context.persist(f"low:{sender}", self.low[sender])

@@ -1,0 +1,89 @@
+"""What a simulated run asks of a protocol family: a workload and its checkers.
+
+A :class:`Harness` draws the client requests of a run from its options and
+watches every node output with the checkers of the properties the protocol
+claims. The simulator knows nothing else about the protocol.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Protocol
+
+from replicaio.check.broadcast import BroadcastChecker, Violation
+from replicaio.core.config import ClusterConfig
+from replicaio.core.errors import UsageError
+from replicaio.protocols.broadcast import PROTOCOLS as BROADCASTS
+from replicaio.protocols.broadcast import BroadcastSpec, Delivered
+from replicaio.sim.options import SimOptions
+
+
+class Harness(Protocol):
+    """Workload and checkers of one protocol family."""
+
+    def requests(self, options: SimOptions) -> list[tuple[int, int, Any]]:
+        """``(time_us, node, payload)`` for every client request of the run."""
+        ...
+
+    def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]:
+        """Check one output (safety, as it happens)."""
+        ...
+
+    def finish(self, time_us: int) -> list[Violation]:
+        """Check the liveness properties once the run has settled."""
+        ...
+
+    def settled(self) -> bool:
+        """Whether every liveness obligation is met (the run may stop)."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """Protocol-level figures for the report."""
+        ...
+
+
+class BroadcastHarness:
+    """Every node (correct or not) broadcasts unique values at seeded times."""
+
+    def __init__(self, spec: BroadcastSpec, config: ClusterConfig) -> None:
+        self.spec = spec
+        self.config = config
+        self.checker = BroadcastChecker(spec, config.correct)
+
+    def requests(self, options: SimOptions) -> list[tuple[int, int, Any]]:
+        rng = random.Random(f"replicaio-requests:{options.seed}")
+        found = []
+        for node in range(options.nodes):
+            at_us = rng.randrange(0, options.request_spacing_us + 1)
+            for index in range(options.requests_per_node):
+                value = f"v{node}.{index}.s{options.seed}".encode()
+                found.append((at_us, node, value))
+                at_us += rng.randrange(1, 2 * options.request_spacing_us + 1)
+        return sorted(found, key=lambda request: (request[0], request[1]))
+
+    def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]:
+        return self.checker.on_output(node, output, time_us)
+
+    def finish(self, time_us: int) -> list[Violation]:
+        return self.checker.finish(time_us)
+
+    def settled(self) -> bool:
+        return self.checker.settled()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "instances_accepted": len(self.checker.accepted),
+            "instances_delivered": len(self.checker.delivered),
+            "deliveries": self.checker.deliveries,
+        }
+
+
+def harness_for(protocol: str, config: ClusterConfig) -> Harness:
+    """The harness of ``protocol``."""
+    spec = BROADCASTS.get(protocol)
+    if spec is None:
+        raise UsageError(f"no simulation harness for protocol {protocol!r}")
+    return BroadcastHarness(spec, config)
+
+
+__all__ = ["BroadcastHarness", "Delivered", "Harness", "harness_for"]

@@ -1,0 +1,167 @@
+"""The options of one simulated run, all drawn from its seed.
+
+One seed determines everything (after TigerBeetle's VOPR swarm options):
+the seed draws, within the fault kinds the user allowed, how slow and lossy
+the network is, when partitions start and heal, which nodes crash and for
+how long, how much unsynced data a crash keeps, which behaviour each
+Byzantine node follows, and when clients make requests. Two runs with equal
+options and seed are the same run.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from replicaio.core.errors import UsageError
+
+FAULT_KINDS = ("crash", "partition", "loss", "dup", "reorder")
+BYZANTINE_BEHAVIOURS = ("equivocate", "silent", "garbage", "replay")
+
+
+def parse_faults(text: str | None) -> tuple[str, ...]:
+    """``"crash,loss"`` -> ``("crash", "loss")``, with a clear error for unknown kinds."""
+    if not text:
+        return ()
+    kinds = tuple(kind.strip() for kind in text.split(",") if kind.strip())
+    for kind in kinds:
+        if kind not in FAULT_KINDS:
+            raise UsageError(f"unknown fault kind {kind!r}; choose from {', '.join(FAULT_KINDS)}")
+    return kinds
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """Links cut from ``start_us`` to ``end_us``: between the two sides, or one way."""
+
+    start_us: int
+    end_us: int
+    side: tuple[int, ...]
+    symmetric: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """``node`` crashes at ``at_us`` and restarts ``down_us`` later; a crash that
+    lands inside a step keeps the first ``keep_unsynced`` unsynced writes."""
+
+    node: int
+    at_us: int
+    down_us: int
+    mid_step: bool
+    keep_unsynced: int
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """Everything that shapes one run. Build with :meth:`draw`."""
+
+    seed: int
+    nodes: int
+    byzantine: tuple[int, ...]
+    behaviours: tuple[str, ...]
+    faults: tuple[str, ...]
+    latency_min_us: int
+    latency_mean_us: int
+    reorder_us: int
+    loss: float
+    duplicate: float
+    requests_per_node: int
+    request_spacing_us: int
+    safety_us: int
+    liveness_us: int
+    partitions: tuple[Partition, ...] = ()
+    crashes: tuple[Crash, ...] = ()
+    encode: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def draw(
+        cls,
+        seed: int,
+        nodes: int,
+        byzantine: int = 0,
+        faults: tuple[str, ...] = (),
+        *,
+        behaviour: str | None = None,
+        requests_per_node: int | None = None,
+        encode: bool = True,
+    ) -> SimOptions:
+        """Draw the options of run ``seed`` within the allowed fault kinds."""
+        if byzantine < 0 or byzantine >= nodes:
+            raise UsageError(f"--byzantine must be in [0, {nodes - 1}]")
+        if behaviour is not None and behaviour not in BYZANTINE_BEHAVIOURS:
+            raise UsageError(
+                f"unknown byzantine behaviour {behaviour!r}; choose from "
+                f"{', '.join(BYZANTINE_BEHAVIOURS)}"
+            )
+        rng = random.Random(f"replicaio-options:{seed}")
+        order = list(range(nodes))
+        rng.shuffle(order)
+        faulty = tuple(sorted(order[:byzantine]))
+        behaviours = tuple(
+            behaviour or rng.choice(BYZANTINE_BEHAVIOURS) for _ in faulty
+        )
+        latency_min = rng.choice((100, 500, 1000))
+        latency_mean = latency_min + rng.choice((200, 1000, 5000))
+        reorder = rng.choice((0, 2000, 20000)) if "reorder" in faults else 0
+        loss = rng.choice((0.01, 0.05, 0.2)) if "loss" in faults else 0.0
+        duplicate = rng.choice((0.01, 0.05, 0.2)) if "dup" in faults else 0.0
+        requests = requests_per_node if requests_per_node is not None else rng.randint(1, 6)
+        spacing = rng.choice((1000, 10000, 50000))
+        safety = max(200_000, requests * spacing * 2)
+        correct = [node for node in range(nodes) if node not in faulty]
+        partitions = draw_partitions(rng, nodes, safety) if "partition" in faults else ()
+        crashes = draw_crashes(rng, correct, safety) if "crash" in faults else ()
+        return cls(
+            seed=seed,
+            nodes=nodes,
+            byzantine=faulty,
+            behaviours=behaviours,
+            faults=faults,
+            latency_min_us=latency_min,
+            latency_mean_us=latency_mean,
+            reorder_us=reorder,
+            loss=loss,
+            duplicate=duplicate,
+            requests_per_node=requests,
+            request_spacing_us=spacing,
+            safety_us=safety,
+            liveness_us=safety + 30_000_000,
+            partitions=partitions,
+            crashes=crashes,
+            encode=encode,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, for the event log header and ``--json``."""
+        data = asdict(self)
+        data["partitions"] = [asdict(partition) for partition in self.partitions]
+        data["crashes"] = [asdict(crash) for crash in self.crashes]
+        return data
+
+
+def draw_partitions(rng: random.Random, nodes: int, safety_us: int) -> tuple[Partition, ...]:
+    found = []
+    for _ in range(rng.randint(1, 3)):
+        start = rng.randrange(0, safety_us)
+        end = min(safety_us, start + rng.randrange(10_000, safety_us // 2 + 10_001))
+        size = rng.randint(1, max(1, nodes // 2))
+        side = tuple(sorted(rng.sample(range(nodes), size)))
+        found.append(Partition(start, end, side, symmetric=rng.random() < 0.7))
+    return tuple(found)
+
+
+def draw_crashes(rng: random.Random, correct: list[int], safety_us: int) -> tuple[Crash, ...]:
+    found = []
+    for _ in range(rng.randint(1, 4)):
+        node = rng.choice(correct)
+        found.append(Crash(
+            node=node,
+            at_us=rng.randrange(0, safety_us),
+            down_us=rng.randrange(1_000, safety_us // 2),
+            mid_step=rng.random() < 0.5,
+            keep_unsynced=rng.randint(0, 3),
+        ))
+    return tuple(sorted(found, key=lambda crash: (crash.at_us, crash.node)))

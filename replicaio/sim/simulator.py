@@ -1,0 +1,451 @@
+"""The simulator: every node of a cluster in one process, on virtual time.
+
+One thread, one event heap, one seed (after TigerBeetle's VOPR). The heap
+orders events by ``(time_us, sequence)``, so ties break by insertion order
+and a run is a pure function of its options. The simulator:
+
+* hosts each node's deterministic core exactly as the live runtime would
+  (``Node.step`` and the documented effect order: persist and sync, then
+  sends, timers, outputs), with a :class:`~replicaio.storage.memory.MemoryStorage`
+  per node whose unsynced writes a crash may lose;
+* moves messages across a model network, encoded with the real codec by
+  default: latency, loss, duplication, reordering (links are FIFO unless
+  reordering is on), and symmetric or one-way partitions;
+* crashes and restarts correct nodes (a crash may land between a step's
+  writes and its sync, keeping only a prefix of them), and lets an
+  adversary drive each Byzantine node;
+* runs in two phases: a *safety* phase with every fault the options allow and
+  the checkers watching every output, then a *liveness* phase that heals the
+  network, restarts crashed nodes and requires the protocol's liveness
+  properties to hold once the system is quiet (or the time bound is hit);
+* records every node input, choice and effect in an event log whose SHA-256
+  is the run's fingerprint.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from replicaio.core.codec import Codec
+from replicaio.core.config import ClusterConfig
+from replicaio.core.effects import Effects, Input, Receive, Request, Start, TimerFired
+from replicaio.core.node import Node, NodeParams
+from replicaio.protocols.registry import protocol_factory
+from replicaio.sim.adversary import BEHAVIOURS, Strategy
+from replicaio.sim.harness import Harness, harness_for
+from replicaio.sim.options import Crash, SimOptions
+from replicaio.storage.memory import MemoryStorage
+from replicaio.trace.eventlog import Choice, EventLogWriter, encode_effects, encode_input
+
+DELIVER, TIMER, REQUEST, CRASH, RESTART, LIVENESS = range(6)
+
+
+@dataclass(slots=True)
+class SimNode:
+    """The simulator's view of one node: its core, disk, timers and faults."""
+
+    node_id: int
+    storage: MemoryStorage
+    chooser_rng: random.Random
+    strategy: Strategy | None
+    core: Node | None = None
+    incarnation: int = 0
+    timers: dict[int, int] = field(default_factory=dict)  # timer id -> token
+    choices: list[Choice] = field(default_factory=list)
+    pending_crash: Crash | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+
+@dataclass(slots=True)
+class SimResult:
+    """What one run did and what the checkers found."""
+
+    protocol: str
+    seed: int
+    options: SimOptions
+    violations: list[dict[str, Any]]
+    log_sha256: str
+    stats: dict[str, Any]
+    counters: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+class Simulator:
+    """Runs one protocol under one :class:`SimOptions`; see the module docstring."""
+
+    def __init__(
+        self,
+        protocol: str,
+        options: SimOptions,
+        *,
+        f: int | None = None,
+        log_sink: IO[bytes] | None = None,
+        record: bool = True,
+        params: NodeParams | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.options = options
+        self.factory = protocol_factory(protocol)
+        n = options.nodes
+        if f is None:
+            f = len(options.byzantine) if options.byzantine else (n - 1) // 3
+        self.config = ClusterConfig(
+            n=n, f=f, byzantine=options.byzantine, resilience=self.factory.resilience
+        ).validate()
+        self.params = params or NodeParams()
+        self.codec = Codec()
+        self.harness: Harness = harness_for(protocol, self.config)
+        self.rng = random.Random(f"replicaio-network:{options.seed}")
+        self.heap: list[tuple[int, int, int, int, Any, Any]] = []
+        self.sequence = 0
+        self.now = 0
+        self.liveness = False
+        self.nodes = [self.make_node(node_id) for node_id in range(n)]
+        self.link_clock: dict[tuple[int, int], int] = {}
+        self.log: EventLogWriter | None = None
+        if record:
+            self.log = EventLogWriter(
+                {
+                    "protocol": protocol,
+                    "n": n,
+                    "f": f,
+                    "byzantine": list(options.byzantine),
+                    "seed": options.seed,
+                    "params": {
+                        name: getattr(self.params, name)
+                        for name in self.params.__dataclass_fields__
+                    },
+                    "options": options.as_dict(),
+                },
+                log_sink,
+            )
+        self.stats: dict[str, int] = {
+            "steps": 0,
+            "messages_sent": 0,
+            "messages_delivered": 0,
+            "messages_lost": 0,
+            "messages_partitioned": 0,
+            "messages_duplicated": 0,
+            "messages_to_down_nodes": 0,
+            "crashes": 0,
+            "crashes_mid_step": 0,
+            "restarts": 0,
+            "requests": 0,
+            "requests_to_down_nodes": 0,
+            "outputs": 0,
+        }
+        self.violations: list[dict[str, Any]] = []
+
+    def make_node(self, node_id: int) -> SimNode:
+        seed = self.options.seed
+        strategy = None
+        if node_id in self.options.byzantine:
+            behaviour = self.options.behaviours[self.options.byzantine.index(node_id)]
+            strategy = BEHAVIOURS[behaviour](
+                node_id, self.options.nodes, random.Random(f"replicaio-adversary:{seed}:{node_id}")
+            )
+        return SimNode(
+            node_id=node_id,
+            storage=MemoryStorage(),
+            chooser_rng=random.Random(f"replicaio-choices:{seed}:{node_id}"),
+            strategy=strategy,
+        )
+
+    # -- the event heap ------------------------------------------------------
+
+    def push(self, at_us: int, kind: int, node: int, a: Any = None, b: Any = None) -> None:
+        self.sequence += 1
+        heapq.heappush(self.heap, (at_us, self.sequence, kind, node, a, b))
+
+    def run(self) -> SimResult:
+        """Run both phases and return the verdict."""
+        started = time.perf_counter()
+        options = self.options
+        for node in self.nodes:
+            self.restart(node)
+        for at_us, node_id, payload in self.harness.requests(options):
+            self.push(at_us, REQUEST, node_id, payload)
+        for crash in options.crashes:
+            self.push(crash.at_us, CRASH, crash.node, crash)
+        self.push(options.safety_us, LIVENESS, -1)
+        heap = self.heap
+        pop = heapq.heappop
+        while heap and not self.violations:
+            if self.liveness and self.harness.settled():
+                break
+            at_us, _, kind, node_id, a, b = pop(heap)
+            if at_us > options.liveness_us:
+                break
+            self.now = at_us
+            if kind == DELIVER:
+                self.deliver(node_id, a, b)
+            elif kind == TIMER:
+                self.fire_timer(node_id, a, b)
+            elif kind == REQUEST:
+                self.request(node_id, a)
+            elif kind == CRASH:
+                self.crash(node_id, a)
+            elif kind == RESTART:
+                if not self.nodes[node_id].up:
+                    self.restart(self.nodes[node_id])
+            else:
+                self.begin_liveness()
+        if not self.violations:
+            self.violations.extend(
+                violation.as_dict() for violation in self.harness.finish(self.now)
+            )
+            if not self.violations and not self.harness.settled():
+                self.violations.append({
+                    "property": "liveness",
+                    "detail": f"not settled {options.liveness_us - options.safety_us} us "
+                    "after the network healed",
+                    "node": None,
+                    "time_us": self.now,
+                })
+        counters: dict[str, int] = {}
+        for node in self.nodes:
+            self.collect_counters(node)
+            for name, value in node.counters.items():
+                counters[name] = counters.get(name, 0) + value
+        stats: dict[str, Any] = dict(self.stats)
+        stats["virtual_time_us"] = self.now
+        stats["wall_seconds"] = round(time.perf_counter() - started, 6)
+        stats.update(self.harness.summary())
+        return SimResult(
+            protocol=self.protocol,
+            seed=options.seed,
+            options=options,
+            violations=self.violations,
+            log_sha256=self.log.hexdigest() if self.log else "",
+            stats=stats,
+            counters=dict(sorted(counters.items())),
+        )
+
+    # -- node steps ----------------------------------------------------------
+
+    def step(self, node: SimNode, event: Input) -> None:
+        core = node.core
+        assert core is not None
+        node.choices = []
+        effects = core.step(event)
+        self.stats["steps"] += 1
+        crash = node.pending_crash
+        if crash is not None:
+            self.crash_mid_step(node, effects, crash)
+            return
+        storage = node.storage
+        if effects.persists:
+            for key, value in effects.persists:
+                if value is None:
+                    storage.delete(key)
+                else:
+                    storage.put(key, value)
+            storage.sync()
+        encoded = self.send_all(node, effects)
+        for timer_id in effects.timers_cancelled:
+            node.timers.pop(timer_id, None)
+        for timer_id, delay in effects.timers_set:
+            self.sequence += 1
+            node.timers[timer_id] = self.sequence
+            self.push(self.now + delay, TIMER, node.node_id, timer_id, self.sequence)
+        for output in effects.outputs:
+            self.stats["outputs"] += 1
+            for violation in self.harness.on_output(node.node_id, output, self.now):
+                self.violations.append(violation.as_dict())
+        if self.log is not None:
+            self.log.step(
+                self.now,
+                node.node_id,
+                node.incarnation,
+                encode_input(self.codec, event),
+                node.choices,
+                encode_effects(self.codec, effects, encoded),
+            )
+
+    def send_all(self, node: SimNode, effects: Effects) -> list[bytes] | None:
+        """Put the step's messages on the network; returns their encodings when
+        they were made (for the event log), so nothing is encoded twice."""
+        codec = self.codec
+        wire = self.options.encode
+        encoded: list[bytes] | None = [] if (wire or self.log is not None) else None
+        strategy = node.strategy
+        for destination, message in effects.sends:
+            data = None
+            if encoded is not None:
+                data = codec.encode(message)
+                encoded.append(data)
+            if strategy is None:
+                self.transmit(node.node_id, destination, data if wire else message)
+                continue
+            # The adversary rewrites the honest message (objects, not bytes).
+            for target, rewritten in strategy.rewrite(destination, message):
+                if wire and not isinstance(rewritten, bytes):
+                    rewritten = data if rewritten is message else codec.encode(rewritten)
+                self.transmit(node.node_id, target, rewritten)
+        return encoded
+
+    def choose_for(self, node: SimNode) -> Any:
+        rng = node.chooser_rng
+        strategy = node.strategy
+
+        def choose(label: str, count: int) -> int:
+            if strategy is not None:
+                index = strategy.choose(label, count)
+            else:
+                index = rng.randrange(count)
+            node.choices.append((label, count, index))
+            return index
+
+        return choose
+
+    # -- network -------------------------------------------------------------
+
+    def transmit(self, source: int, destination: int, message: Any) -> None:
+        options = self.options
+        rng = self.rng
+        self.stats["messages_sent"] += 1
+        if options.loss and not self.liveness and rng.random() < options.loss:
+            self.stats["messages_lost"] += 1
+            return
+        copies = 1
+        if options.duplicate and not self.liveness and rng.random() < options.duplicate:
+            copies = 2
+            self.stats["messages_duplicated"] += 1
+        for _ in range(copies):
+            delay = options.latency_min_us + int(
+                rng.expovariate(1.0 / (options.latency_mean_us - options.latency_min_us))
+            )
+            if options.reorder_us:
+                delay += rng.randrange(options.reorder_us)
+                at_us = self.now + delay
+            else:
+                link = (source, destination)
+                at_us = max(self.now + delay, self.link_clock.get(link, 0))
+                self.link_clock[link] = at_us
+            self.push(at_us, DELIVER, destination, source, message)
+
+    def blocked(self, source: int, destination: int) -> bool:
+        if self.liveness:
+            return False
+        for partition in self.options.partitions:
+            if not partition.start_us <= self.now < partition.end_us:
+                continue
+            source_in = source in partition.side
+            destination_in = destination in partition.side
+            if partition.symmetric and source_in != destination_in:
+                return True
+            if not partition.symmetric and source_in and not destination_in:
+                return True
+        return False
+
+    def deliver(self, destination: int, source: int, message: Any) -> None:
+        node = self.nodes[destination]
+        if not node.up:
+            self.stats["messages_to_down_nodes"] += 1
+            return
+        if self.options.partitions and self.blocked(source, destination):
+            self.stats["messages_partitioned"] += 1
+            return
+        self.stats["messages_delivered"] += 1
+        self.step(node, Receive(source, message))
+
+    def fire_timer(self, node_id: int, timer_id: int, token: int) -> None:
+        node = self.nodes[node_id]
+        if not node.up or node.timers.get(timer_id) != token:
+            return
+        del node.timers[timer_id]
+        self.step(node, TimerFired(timer_id))
+
+    def request(self, node_id: int, payload: Any) -> None:
+        node = self.nodes[node_id]
+        if not node.up:
+            self.stats["requests_to_down_nodes"] += 1
+            return
+        self.stats["requests"] += 1
+        self.step(node, Request(payload))
+
+    # -- faults --------------------------------------------------------------
+
+    def crash(self, node_id: int, crash: Crash) -> None:
+        node = self.nodes[node_id]
+        if not node.up or self.liveness:
+            return
+        if crash.mid_step:
+            node.pending_crash = crash  # lands inside the node's next step
+            return
+        self.go_down(node, crash, keep_unsynced=0)
+
+    def crash_mid_step(self, node: SimNode, effects: Effects, crash: Crash) -> None:
+        """The step computed its effects; the machine dies while writing them."""
+        for key, value in effects.persists:
+            if value is None:
+                node.storage.delete(key)
+            else:
+                node.storage.put(key, value)
+        self.stats["crashes_mid_step"] += 1
+        self.go_down(node, crash, keep_unsynced=min(crash.keep_unsynced, len(effects.persists)))
+
+    def go_down(self, node: SimNode, crash: Crash, keep_unsynced: int) -> None:
+        node.storage.crash(keep_unsynced=keep_unsynced)
+        self.collect_counters(node)
+        node.core = None
+        node.timers.clear()
+        node.pending_crash = None
+        self.stats["crashes"] += 1
+        if self.log is not None:
+            self.log.note(self.now, node.node_id, "crash", {"keep_unsynced": keep_unsynced})
+        self.push(self.now + crash.down_us, RESTART, node.node_id)
+
+    def restart(self, node: SimNode) -> None:
+        if node.incarnation:
+            self.stats["restarts"] += 1
+        node.incarnation += 1
+        node.core = Node(
+            node.node_id,
+            self.config,
+            self.factory,
+            choose=self.choose_for(node),
+            params=self.params,
+            codec=self.codec,
+        )
+        self.step(node, Start(node.storage.recover()))
+
+    def collect_counters(self, node: SimNode) -> None:
+        if node.core is None:
+            return
+        for name, value in node.core.counters.items():
+            node.counters[name] = node.counters.get(name, 0) + value
+        node.core.counters.clear()
+
+    def begin_liveness(self) -> None:
+        """Heal: no more loss, duplication, partitions or crashes; restart the dead."""
+        self.liveness = True
+        if self.log is not None:
+            self.log.note(self.now, -1, "liveness", None)
+        for node in self.nodes:
+            node.pending_crash = None
+            if not node.up:
+                self.restart(node)
+
+
+def simulate(
+    protocol: str,
+    options: SimOptions,
+    *,
+    f: int | None = None,
+    log_sink: IO[bytes] | None = None,
+    record: bool = True,
+) -> SimResult:
+    """Run one simulation; see :class:`Simulator`."""
+    return Simulator(protocol, options, f=f, log_sink=log_sink, record=record).run()

@@ -1,0 +1,156 @@
+"""The event log: every input of every node, every choice outcome, every effect.
+
+Format (version 1), documented in ``docs/eventlog.md``: a stream of msgpack
+objects. The first is a header map::
+
+    {"format": "replicaio-eventlog", "version": 1, "protocol": str,
+     "n": int, "f": int, "byzantine": [int], "seed": int, "params": {...},
+     "options": {...}}
+
+Every later object is an array whose first element is the record kind:
+
+* ``[STEP, time_us, node, incarnation, input, choices, effects]``: one call
+  of ``Node.step``. ``input`` is ``["start", {key: bytes}]``,
+  ``["receive", source, bytes]``, ``["timer", timer_id]`` or
+  ``["request", value]``; ``choices`` is ``[[label, count, index], ...]`` in
+  the order they were made; ``effects`` is ``[persists, sends,
+  timers_cancelled, timers_set, outputs]`` with messages and outputs as
+  codec bytes.
+* ``[NOTE, time_us, node, kind, detail]``: what the world did that is not a
+  node input (crash, restart, partition, heal, byzantine rewrite); kept for
+  people and diagrams, ignored by replay.
+
+The SHA-256 of the whole byte stream is the run's fingerprint: the same seed
+gives the same log, byte for byte, in any process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import IO, Any
+
+import msgpack
+
+from replicaio.core.codec import Codec
+from replicaio.core.effects import Effects, Input, Receive, Request, Start, TimerFired
+
+FORMAT = "replicaio-eventlog"
+VERSION = 1
+STEP = 0
+NOTE = 1
+
+Choice = tuple[str, int, int]
+
+
+class EventLogError(Exception):
+    """The log is not a readable replicaio event log of a supported version."""
+
+
+def encode_input(codec: Codec, event: Input) -> list[Any]:
+    """``event`` as a plain record (messages as wire bytes)."""
+    if isinstance(event, Receive):
+        message = event.message
+        data = message if isinstance(message, bytes) else codec.encode(message)
+        return ["receive", event.source, data]
+    if isinstance(event, TimerFired):
+        return ["timer", event.timer_id]
+    if isinstance(event, Request):
+        return ["request", event.payload]
+    assert isinstance(event, Start)
+    return ["start", dict(sorted(event.storage.items()))]
+
+
+def decode_input(record: Any) -> Input:
+    """The input a record describes; raises :class:`EventLogError` if malformed."""
+    try:
+        kind = record[0]
+        if kind == "receive":
+            return Receive(int(record[1]), bytes(record[2]))
+        if kind == "timer":
+            return TimerFired(int(record[1]))
+        if kind == "request":
+            return Request(record[1])
+        if kind == "start":
+            return Start({str(key): bytes(value) for key, value in record[1].items()})
+    except (IndexError, TypeError, ValueError, AttributeError) as error:
+        raise EventLogError(f"malformed input record {record!r}: {error}") from error
+    raise EventLogError(f"unknown input kind {record!r}")
+
+
+def encode_effects(codec: Codec, effects: Effects, sent: list[bytes] | None = None) -> list[Any]:
+    """``effects`` as a plain record; ``sent`` reuses already-encoded messages."""
+    if sent is None:
+        sent = [
+            message if isinstance(message, bytes) else codec.encode(message)
+            for _, message in effects.sends
+        ]
+    return [
+        [[key, value] for key, value in effects.persists],
+        [[destination, data] for (destination, _), data in zip(effects.sends, sent, strict=True)],
+        list(effects.timers_cancelled),
+        [[timer_id, delay] for timer_id, delay in effects.timers_set],
+        [codec.encode(output) for output in effects.outputs],
+    ]
+
+
+class EventLogWriter:
+    """Appends records to an optional file and to a running SHA-256."""
+
+    def __init__(self, header: dict[str, Any], sink: IO[bytes] | None = None) -> None:
+        self.sink = sink
+        self.digest = hashlib.sha256()
+        self.packer = msgpack.Packer(use_bin_type=True)
+        self.records = 0
+        self.write({"format": FORMAT, "version": VERSION, **header})
+
+    def write(self, record: Any) -> None:
+        data = self.packer.pack(record)
+        self.digest.update(data)
+        if self.sink is not None:
+            self.sink.write(data)
+        self.records += 1
+
+    def step(
+        self,
+        time_us: int,
+        node: int,
+        incarnation: int,
+        event: list[Any],
+        choices: list[Choice],
+        effects: list[Any],
+    ) -> None:
+        """Record one node step."""
+        self.write([STEP, time_us, node, incarnation, event, choices, effects])
+
+    def note(self, time_us: int, node: int, kind: str, detail: Any = None) -> None:
+        """Record something the world did (not replayed)."""
+        self.write([NOTE, time_us, node, kind, detail])
+
+    def hexdigest(self) -> str:
+        """SHA-256 of everything written so far."""
+        return self.digest.hexdigest()
+
+
+def read_log(stream: IO[bytes]) -> tuple[dict[str, Any], Iterator[list[Any]]]:
+    """The header and an iterator over the records of an event log."""
+    unpacker = msgpack.Unpacker(stream, raw=False, strict_map_key=False, use_list=True)
+    try:
+        header = next(unpacker)
+    except (StopIteration, ValueError, msgpack.ExtraData) as error:
+        raise EventLogError("empty or unreadable event log") from error
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise EventLogError("not a replicaio event log (bad header)")
+    if header.get("version") != VERSION:
+        raise EventLogError(f"event log version {header.get('version')} is not {VERSION}")
+
+    def records() -> Iterator[list[Any]]:
+        try:
+            for record in unpacker:
+                if not isinstance(record, list) or not record:
+                    raise EventLogError(f"malformed record {record!r}")
+                yield record
+        except (ValueError, msgpack.UnpackException) as error:
+            raise EventLogError(f"truncated or corrupt event log: {error}") from error
+
+    return header, records()
