@@ -414,6 +414,11 @@ class FileStorage:
     # -- beyond the interface ------------------------------------------------------------------
 
     @property
+    def fsync_enabled(self) -> bool:
+        """Whether this store calls ``fsync`` (see the class docstring)."""
+        return self._fsync_enabled
+
+    @property
     def wal_bytes(self) -> int:
         """Bytes in the live log segments (those not yet covered by a snapshot)."""
         return sum(self._segments.values())
@@ -610,8 +615,8 @@ class FileStorage:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Fixed width, no truncation: a truncate-and-rewrite makes ext4 flush on close.
+        os.pwrite(fd, f"{os.getpid():<20}\n".encode(), 0)
         return fd
 
     def _recover_from_disk(self) -> None:
