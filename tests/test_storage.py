@@ -399,7 +399,7 @@ def test_damaged_snapshot(tmp_path: Path) -> None:
         model = store.recover()
     [snapshot] = tmp_path.glob("snapshot-*.snap")
     _flip_byte(snapshot, 40)
-    with pytest.raises(StorageCorruptError, match=f"{snapshot.name}.*checksum.*are gone"):
+    with pytest.raises(StorageCorruptError, match=f"{snapshot.name}.*checksum.*is gone"):
         FileStorage(tmp_path)
     # If the segments it covers are still there, nothing is lost: replay them instead.
     for name, data in segments.items():

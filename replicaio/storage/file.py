@@ -361,7 +361,8 @@ class FileStorage:
         if value is None:
             raise StorageUsageError("put needs a bytes value (use delete to remove a key)")
         check_key_value(key, value)
-        self._buffer(key, bytes(value), len(value))
+        data = bytes(value)  # a copy unless already bytes: the caller may mutate a buffer
+        self._buffer(key, data, len(data))
 
     def delete(self, key: str) -> None:
         """Buffer the removal of ``key`` (absent keys are fine)."""
@@ -682,8 +683,8 @@ class FileStorage:
             covered = chosen.covered_segment if chosen else 0
             if covered + 1 not in segments:
                 raise StorageCorruptError(
-                    "; ".join(damaged) + f"; and the log segments after {covered} it covered "
-                    "are gone: refusing to open"
+                    "; ".join(damaged) + f"; segment {covered + 1} is gone, so nothing else "
+                    "holds the data it covered: refusing to open"
                 )
         return chosen
 
