@@ -40,7 +40,16 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, Union, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    TypeAlias,
+    TypeVar,
+    Union,
+    dataclass_transform,
+    overload,
+)
 
 import msgpack
 
@@ -111,7 +120,7 @@ class CodecDefinitionError(TypeError):
 
 if TYPE_CHECKING:
     Value: TypeAlias = Union[  # noqa: UP007 - a recursive alias needs the string forms
-        bool, int, float, str, bytes, tuple["Value", ...], dict["Value", "Value"], None
+        bool, int, float, str, bytes, tuple["Value", ...], Mapping[Any, "Value"], None
     ]
 else:
 
@@ -305,6 +314,7 @@ def message(cls: type[_T], /) -> type[_T]: ...
 def message(*, tag: str | None = None) -> Callable[[type[_T]], type[_T]]: ...
 
 
+@dataclass_transform(frozen_default=True)
 def message(
     cls: type[_T] | None = None, /, *, tag: str | None = None
 ) -> type[_T] | Callable[[type[_T]], type[_T]]:
@@ -636,29 +646,66 @@ def _literal_field(plan: _Literal) -> _Field:
     return _Field(check, decode, expected, None, True)
 
 
-def _locate_encode(encode: _Encoder, items: Iterable[Any], budget: int) -> typing.NoReturn:
-    """Error path only: find which item failed, for a precise message."""
+def _label(key: object) -> str:
+    text = repr(key)
+    return f"[{text}]" if len(text) <= 40 else f"[{text[:37]}...]"
+
+
+def _ints_in_range(items: Iterable[Any]) -> bool:
+    return all(_INT_MIN <= item <= _INT_MAX for item in items if type(item) is int)
+
+
+# Generic element loops: each failure is located once, on the way out (no re-runs,
+# so the cost of a bad frame stays linear in its size however deep it nests).
+
+
+def _encode_items(encode: _Encoder, items: tuple[Any, ...], budget: int) -> tuple[Any, ...]:
+    result = []
     for index, item in enumerate(items):
         try:
-            encode(item, budget)
+            result.append(encode(item, budget))
         except EncodeError as error:
-            raise _within(error, f"[{index}]") from None
-    raise AssertionError("an item failed to encode, then encoded")
+            raise _within(error, _label(index)) from None
+    return tuple(result)
 
 
-def _locate_decode(decode: _Decoder, items: Iterable[Any], budget: int) -> typing.NoReturn:
+def _decode_items(
+    decode: _Decoder, items: tuple[Any, ...], budget: int, identity: bool
+) -> tuple[Any, ...]:
+    result = []
     for index, item in enumerate(items):
         try:
-            decode(item, budget)
+            result.append(decode(item, budget))
         except DecodeError as error:
-            raise _within(error, f"[{index}]") from None
-    raise AssertionError("an item failed to decode, then decoded")
+            raise _within(error, _label(index)) from None
+    return items if identity else tuple(result)
+
+
+def _encode_entries(encode: _Encoder, entries: dict[Any, Any], budget: int) -> dict[Any, Any]:
+    result = {}
+    for key, item in entries.items():
+        try:
+            result[key] = encode(item, budget)
+        except EncodeError as error:
+            raise _within(error, _label(key)) from None
+    return result
+
+
+def _decode_entries(
+    decode: _Decoder, entries: dict[Any, Any], budget: int, identity: bool
+) -> dict[Any, Any]:
+    result = {}
+    for key, item in entries.items():
+        try:
+            result[key] = decode(item, budget)
+        except DecodeError as error:
+            raise _within(error, _label(key)) from None
+    return entries if identity else result
 
 
 def _tuple_var_field(item: _Field, items_max: int) -> _Field:
     expected = f"tuple[{item.expected}, ...]"
     prim = item.prim
-    exact_ints = prim == frozenset({int})
     item_encode, item_decode = item.encode, item.decode
     identity = item.decode_identity
 
@@ -669,35 +716,20 @@ def _tuple_var_field(item: _Field, items_max: int) -> _Field:
             _encode_deep()
         if len(value) > items_max:
             _encode_long(len(value), items_max)
-        if prim is not None and value:
+        if prim is not None:
             kinds = set(map(type, value))
-            if kinds <= prim and (
-                int not in kinds
-                or (exact_ints and min(value) >= _INT_MIN and max(value) <= _INT_MAX)
-            ):
+            if kinds <= prim and (int not in kinds or _ints_in_range(value)):
                 return value
-        try:
-            return tuple([item_encode(element, budget - 1) for element in value])
-        except EncodeError:
-            _locate_encode(item_encode, value, budget - 1)
+        return _encode_items(item_encode, value, budget - 1)
 
     def decode(value: Any, budget: int) -> Any:
         if type(value) is not tuple:
             _decode_fail(expected, value)
         if budget < 1:
             _decode_deep()
-        if prim is not None:
-            if value and not set(map(type, value)) <= prim:
-                _locate_decode(item_decode, value, budget - 1)
+        if prim is not None and set(map(type, value)) <= prim:
             return value
-        try:
-            if identity:
-                for element in value:
-                    item_decode(element, budget - 1)
-                return value
-            return tuple([item_decode(element, budget - 1) for element in value])
-        except DecodeError:
-            _locate_decode(item_decode, value, budget - 1)
+        return _decode_items(item_decode, value, budget - 1, identity)
 
     return _Field(encode, decode, expected, None, identity)
 
@@ -745,7 +777,8 @@ def _dict_field(key: _Field, item: _Field, items_max: int) -> _Field:
     expected = f"dict[{key.expected}, {item.expected}]"
     key_types = key.prim
     assert key_types is not None
-    key_encode, item_encode, item_decode = key.encode, item.encode, item.decode
+    key_encode, key_decode = key.encode, key.decode
+    item_encode, item_decode = item.encode, item.decode
     item_prim = item.prim
     identity = item.decode_identity
 
@@ -756,22 +789,18 @@ def _dict_field(key: _Field, item: _Field, items_max: int) -> _Field:
             _encode_deep()
         if len(value) > items_max:
             _encode_long(len(value), items_max)
-        if not set(map(type, value)) <= key_types or int in key_types:
+        kinds = set(map(type, value))
+        if not kinds <= key_types or (int in kinds and not _ints_in_range(value)):
             for element in value:
                 try:
                     key_encode(element, budget - 1)
                 except EncodeError as error:
                     raise _within(error, "key") from None
-        if (
-            item_prim is not None
-            and int not in item_prim
-            and set(map(type, value.values())) <= item_prim
-        ):
-            return value
-        try:
-            return {element: item_encode(entry, budget - 1) for element, entry in value.items()}
-        except EncodeError:
-            _locate_encode(item_encode, value.values(), budget - 1)
+        if item_prim is not None:
+            kinds = set(map(type, value.values()))
+            if kinds <= item_prim and (int not in kinds or _ints_in_range(value.values())):
+                return value
+        return _encode_entries(item_encode, value, budget - 1)
 
     def decode(value: Any, budget: int) -> Any:
         if type(value) is not dict:
@@ -779,19 +808,14 @@ def _dict_field(key: _Field, item: _Field, items_max: int) -> _Field:
         if budget < 1:
             _decode_deep()
         if not set(map(type, value)) <= key_types:
-            _locate_decode(key.decode, value, budget - 1)
-        if item_prim is not None:
-            if not set(map(type, value.values())) <= item_prim:
-                _locate_decode(item_decode, value.values(), budget - 1)
+            for element in value:
+                try:
+                    key_decode(element, budget - 1)
+                except DecodeError as error:
+                    raise _within(error, "key") from None
+        if item_prim is not None and set(map(type, value.values())) <= item_prim:
             return value
-        try:
-            if identity:
-                for entry in value.values():
-                    item_decode(entry, budget - 1)
-                return value
-            return {element: item_decode(entry, budget - 1) for element, entry in value.items()}
-        except DecodeError:
-            _locate_decode(item_decode, value.values(), budget - 1)
+        return _decode_entries(item_decode, value, budget - 1, identity)
 
     return _Field(encode, decode, expected, None, identity)
 
@@ -1174,7 +1198,11 @@ class Codec:
         if cls is None or (self._accepted is not None and cls not in self._accepted):
             shown = repr(tag)[:80] if type(tag) is str else f"a {_got(tag)}"
             raise DecodeError("unknown_type", f"no message registered under tag {shown}")
-        return self._compile(cls).decode
+        try:
+            return self._compile(cls).decode
+        except CodecDefinitionError as error:  # our bug, loud on encode; a peer's bytes never crash
+            detail = f"{cls.__qualname__} cannot be compiled: {error}"
+            raise DecodeError("unknown_type", detail) from error
 
     def _unpack(self, data: bytes | bytearray | memoryview) -> Any:
         if type(data) is not bytes:

@@ -1,0 +1,758 @@
+"""The typed message codec: round trips, strictness on both sides, hostile bytes.
+
+The network layer relies on one claim above all: ``Codec.decode`` raises
+``DecodeError`` and nothing else, whatever the bytes. Most tests here attack it:
+generated garbage, every truncation of valid frames, mutations of valid frames,
+a small outcome-guided fuzz loop, and hand-made bombs (deep, long, truncated
+containers that make msgpack preallocate).
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import math
+import pickle
+import random
+import tracemalloc
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replicaio.core import codec as codec_module
+from replicaio.core.codec import (
+    DECODE_REASONS,
+    ENCODE_REASONS,
+    Codec,
+    CodecDefinitionError,
+    DecodeError,
+    EncodeError,
+    Value,
+    message,
+    registered_messages,
+)
+
+# --------------------------------------------------------------------------- messages
+
+
+@message(tag="test_codec.Echo")
+class Echo:
+    sender: int
+    seq: int
+    value: bytes
+
+
+@message(tag="test_codec.Tree")
+class Tree:
+    label: str
+    children: tuple[Tree, ...]  # a forward reference to itself
+    parent_label: Optional[str] = None  # noqa: UP045 - Optional is part of the contract
+
+
+@message(tag="test_codec.Everything")
+class Everything:
+    maybe: int | None
+    ratio: float
+    numbers: tuple[int, ...]
+    triple: tuple[int, str, bytes]
+    table: dict[str, tuple[float, ...]]
+    keyed: dict[int, Echo]
+    blob: Value
+    anything: Any
+    mode: Literal["fast", "safe", 3]
+    nested: Echo | Tree | None
+    flag: bool
+    mixed: tuple[int | str, ...]
+    empty: tuple[()]
+
+
+@message(tag="test_codec.Empty")
+class Empty:
+    pass
+
+
+@message(tag="test_codec.Later")
+class Later:
+    """Refers to a class defined below it."""
+
+    inner: Inner
+
+
+@message(tag="test_codec.Inner")
+class Inner:
+    number: int
+
+
+def everything(**changes: Any) -> Everything:
+    fields: dict[str, Any] = {
+        "maybe": None,
+        "ratio": 1.5,
+        "numbers": (1, -2, 3),
+        "triple": (1, "two", b"3"),
+        "table": {"a": (1.0, 2.5)},
+        "keyed": {7: Echo(1, 2, b"x")},
+        "blob": (1, "a", {"k": (None, True)}),
+        "anything": {b"k": 2.0},
+        "mode": "safe",
+        "nested": Tree("root", (Tree("leaf", ()),)),
+        "flag": False,
+        "mixed": (1, "a"),
+        "empty": (),
+    }
+    fields.update(changes)
+    return Everything(**fields)
+
+
+SAMPLES: list[object] = [
+    Echo(1, 2, b"x"),
+    Echo(-(1 << 63), (1 << 64) - 1, b""),
+    Tree("root", (Tree("a", ()), Tree("b", (Tree("c", (), "b"),))), None),
+    everything(),
+    everything(maybe=5, nested=Echo(0, 0, b"\x00" * 40), anything=None, blob="x"),
+    Empty(),
+    Later(Inner(3)),
+]
+
+
+@pytest.fixture
+def codec() -> Codec:
+    return Codec()
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_message_is_frozen_slotted_hashable_dataclass() -> None:
+    echo = Echo(1, 2, b"x")
+    assert echo == Echo(1, 2, b"x")
+    assert hash(echo) == hash(Echo(1, 2, b"x"))
+    assert not hasattr(echo, "__dict__")
+    with pytest.raises(AttributeError):
+        echo.seq = 3  # type: ignore[misc]
+    assert registered_messages()["test_codec.Echo"] is Echo
+
+
+def test_registry_view_is_read_only() -> None:
+    view = registered_messages()
+    with pytest.raises(TypeError):
+        view["x"] = Echo  # type: ignore[index]
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda sample: type(sample).__name__)
+def test_samples_round_trip_and_re_encode_identically(codec: Codec, sample: object) -> None:
+    data = codec.encode(sample)
+    decoded = codec.decode(data)
+    assert decoded == sample
+    assert type(decoded) is type(sample)
+    assert codec.encode(decoded) == data
+
+
+def test_wire_form_is_tag_then_fields(codec: Codec) -> None:
+    assert msgpack.unpackb(codec.encode(Echo(1, 2, b"x"))) == ["test_codec.Echo", 1, 2, b"x"]
+    nested = msgpack.unpackb(codec.encode(Later(Inner(3))))
+    assert nested == ["test_codec.Later", ["test_codec.Inner", 3]]
+    assert msgpack.unpackb(codec.encode(Empty())) == ["test_codec.Empty"]
+
+
+def test_default_tag_is_the_class_name() -> None:
+    cls: type = message(type("CodecTestDefaultTag", (), {"__annotations__": {"x": int}}))
+    assert registered_messages()["CodecTestDefaultTag"] is cls
+
+
+def test_decoding_yields_declared_types(codec: Codec) -> None:
+    decoded = codec.decode(codec.encode(everything(ratio=2, table={"a": (1, 2.5)})))
+    assert isinstance(decoded, Everything)
+    assert type(decoded.ratio) is float  # an int given for a float field is encoded as float
+    assert [type(item) for item in decoded.table["a"]] == [float, float]
+    assert type(decoded.numbers) is tuple
+    assert type(decoded.blob) is tuple  # Value arrays decode to tuples
+
+
+def test_value_lists_decode_to_hashable_tuples(codec: Codec) -> None:
+    value = [1, [2, [3]], {"k": [4]}]
+    assert codec.decode_value(codec.encode_value(value)) == (1, (2, (3,)), {"k": (4,)})
+    assert hash(codec.decode_value(codec.encode_value([1, [2, "x"]]))) is not None
+
+
+def test_nan_survives_the_round_trip(codec: Codec) -> None:
+    decoded = codec.decode(codec.encode(everything(ratio=math.nan)))
+    assert isinstance(decoded, Everything)
+    assert math.isnan(decoded.ratio)
+
+
+def test_decode_as_checks_the_class(codec: Codec) -> None:
+    data = codec.encode(Echo(1, 2, b"x"))
+    assert codec.decode_as(data, Echo) == Echo(1, 2, b"x")
+    with pytest.raises(DecodeError) as caught:
+        codec.decode_as(data, Inner)
+    assert caught.value.reason == "unknown_type"
+
+
+def test_decode_accepts_bytearray_and_memoryview(codec: Codec) -> None:
+    data = codec.encode(Echo(1, 2, b"x"))
+    assert codec.decode(bytearray(data)) == codec.decode(memoryview(data)) == Echo(1, 2, b"x")
+
+
+def test_restricted_codec_accepts_only_its_messages() -> None:
+    restricted = Codec(messages=[Later])
+    data = restricted.encode(Later(Inner(1)))
+    assert restricted.decode(data) == Later(Inner(1))
+    with pytest.raises(EncodeError) as encode_caught:
+        restricted.encode(Inner(1))
+    assert encode_caught.value.reason == "unregistered"
+    with pytest.raises(DecodeError) as decode_caught:
+        restricted.decode(Codec().encode(Inner(1)))
+    assert decode_caught.value.reason == "unknown_type"
+
+
+def test_errors_carry_reason_and_detail_and_pickle() -> None:
+    error = DecodeError("arity", "Echo has 3 fields")
+    assert (error.reason, error.detail, str(error)) == (
+        "arity",
+        "Echo has 3 fields",
+        "arity: Echo has 3 fields",
+    )
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.reason, copy.detail) == ("arity", "Echo has 3 fields")
+    assert pickle.loads(pickle.dumps(EncodeError("oversized", "x"))).reason == "oversized"
+
+
+def test_codec_module_stays_deterministic() -> None:
+    tree = ast.parse(Path(codec_module.__file__).read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    imported |= {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    }
+    assert not imported & {"asyncio", "socket", "time", "random", "os", "threading"}
+
+
+# --------------------------------------------------------------------------- definitions
+
+_names = itertools.count()
+
+
+def define(annotations: dict[str, Any], **namespace: Any) -> type:
+    """A fresh message class with a unique tag (the registry is append-only)."""
+    name = f"Generated{next(_names)}"
+    cls = type(name, (), {"__annotations__": annotations, "__module__": __name__, **namespace})
+    return message(tag=f"test_codec.generated.{name}")(cls)
+
+
+def test_duplicate_tags_raise() -> None:
+    with pytest.raises(CodecDefinitionError, match="duplicate"):
+        message(tag="test_codec.Echo")(type("Other", (), {"__annotations__": {"x": int}}))
+
+
+@pytest.mark.parametrize(
+    "hint",
+    [
+        list[int],
+        set[int],
+        tuple,
+        dict,
+        dict[float, int],
+        dict[tuple[int], int],
+        object,
+        complex,
+        Literal[True],
+        Literal[1.5],
+        tuple[int, ...] | tuple[str, ...],
+        Echo | tuple[int, ...],
+        dict[str, int] | dict[int, int],
+    ],
+    ids=repr,
+)
+def test_unsupported_field_types_raise_at_definition(hint: Any) -> None:
+    with pytest.raises(CodecDefinitionError):
+        define({"field": hint})
+
+
+def test_behaviour_and_double_dataclass_are_refused() -> None:
+    with pytest.raises(CodecDefinitionError, match="behaviour"):
+        define({"x": int}, __post_init__=lambda self: None)
+    with pytest.raises(CodecDefinitionError):
+        message(Echo)
+    with pytest.raises(CodecDefinitionError):
+        message(tag="")(type("NoTag", (), {}))
+
+
+def test_value_union_is_value_and_annotated_is_unwrapped(codec: Codec) -> None:
+    from typing import Annotated
+
+    cls = define({"a": Value | None, "b": Annotated[int, "units: ms"]})
+    instance = cls((1, (2,)), 5)
+    assert codec.decode(codec.encode(instance)) == instance
+
+
+# --------------------------------------------------------------------------- encode errors
+
+
+def encode_reason(codec: Codec, value: object) -> str:
+    with pytest.raises(EncodeError) as caught:
+        codec.encode(value)
+    assert caught.value.reason in ENCODE_REASONS
+    return caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (object(), "unregistered"),
+        (Echo(True, 2, b"x"), "field_type"),  # bool is not an int
+        (Echo(1.0, 2, b"x"), "field_type"),  # type: ignore[arg-type]
+        (Echo(1 << 64, 2, b"x"), "field_type"),
+        (Echo(-(1 << 63) - 1, 2, b"x"), "field_type"),
+        (Echo(1, 2, bytearray(b"x")), "field_type"),  # type: ignore[arg-type]
+        (everything(numbers=[1, 2]), "field_type"),  # a list is not a tuple
+        (everything(numbers=(1, True)), "field_type"),
+        (everything(numbers=(1, 1 << 70)), "field_type"),
+        (everything(triple=(1, "two")), "field_type"),
+        (everything(table={"a": (1.0, "x")}), "field_type"),
+        (everything(table={1: (1.0,)}), "field_type"),
+        (everything(keyed={1: Inner(1)}), "field_type"),
+        (everything(blob={1, 2}), "field_type"),  # sets are not plain data
+        (everything(blob=Echo(1, 2, b"x")), "field_type"),  # nor are messages
+        (everything(anything=1 << 65), "field_type"),
+        (everything(mode="slow"), "field_type"),
+        (everything(mode=True), "field_type"),
+        (everything(nested=Inner(1)), "field_type"),
+        (everything(mixed=(1, b"x")), "field_type"),
+        (everything(ratio=1 << 1100), "field_type"),
+        (Tree("\ud800", ()), "field_type"),  # a lone surrogate is not UTF-8
+        (Tree("x", (Tree("y", ()), "z")), "field_type"),  # type: ignore[arg-type]
+    ],
+)
+def test_encode_refuses_what_decode_would_refuse(codec: Codec, value: object, reason: str) -> None:
+    assert encode_reason(codec, value) == reason
+
+
+def test_encode_error_names_the_field(codec: Codec) -> None:
+    with pytest.raises(EncodeError, match=r"Everything\.table: \['a'\]: \[1\]: expected float"):
+        codec.encode(everything(table={"a": (1.0, "x")}))
+    with pytest.raises(EncodeError, match=r"Tree\.children: \[0\]: Tree\.label: expected str"):
+        codec.encode(Tree("x", (Tree(3, ()),)))  # type: ignore[arg-type]
+
+
+def test_packer_recovers_after_a_failed_encode(codec: Codec) -> None:
+    good = codec.encode(Echo(1, 2, b"x"))
+    encode_reason(codec, Tree("\ud800", ()))
+    assert codec.encode(Echo(1, 2, b"x")) == good
+
+
+def test_limits_are_enforced_on_both_sides_at_their_boundary() -> None:
+    small = Codec(items_max=4, depth_max=3, frame_bytes_max=64)
+    large = Codec()
+    # items_max: 4 items pass, 5 do not (either side)
+    cls = define({"items": tuple[int, ...], "blob": Value})
+    assert small.decode(small.encode(cls((1, 2, 3, 4), ((),)))) == cls((1, 2, 3, 4), ((),))
+    assert encode_reason(small, cls((1, 2, 3, 4, 5), None)) == "too_long"
+    assert decode_reason(small, large.encode(cls((1, 2, 3, 4, 5), None))) == "too_long"
+    # depth_max=3: message (1) > blob tuple (2) > tuple (3) passes; one more does not
+    assert encode_reason(small, cls((), (((),),))) == "too_deep"
+    assert decode_reason(small, large.encode(cls((), (((),),)))) == "too_deep"
+    # frame_bytes_max
+    assert encode_reason(small, cls((), b"x" * 64)) == "oversized"
+    assert decode_reason(small, large.encode(cls((), b"x" * 64))) == "oversized"
+
+
+def test_recursive_messages_are_bounded_by_depth() -> None:
+    tree = Tree("leaf", ())
+    for _ in range(40):
+        tree = Tree("node", (tree,))
+    assert encode_reason(Codec(), tree) == "too_deep"
+    assert Codec(depth_max=100).decode(Codec(depth_max=100).encode(tree)) == tree
+    assert decode_reason(Codec(), Codec(depth_max=100).encode(tree)) == "too_deep"
+
+
+def test_codec_limits_are_validated() -> None:
+    for bad in ({"depth_max": 0}, {"depth_max": 10_000}, {"items_max": 0}, {"frame_bytes_max": -1}):
+        with pytest.raises(ValueError):
+            Codec(**bad)  # type: ignore[arg-type]
+    with pytest.raises(CodecDefinitionError):
+        Codec(messages=[int])
+
+
+# --------------------------------------------------------------------------- decode errors
+
+
+def decode_reason(codec: Codec, data: bytes) -> str:
+    with pytest.raises(DecodeError) as caught:
+        codec.decode(data)
+    assert caught.value.reason in DECODE_REASONS
+    return caught.value.reason
+
+
+def pack(value: object) -> bytes:
+    return bytes(msgpack.packb(value, use_bin_type=True))
+
+
+ECHO = "test_codec.Echo"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "malformed"),
+        (b"\xc1", "malformed"),  # never-used byte
+        (pack(7), "malformed"),  # not an array
+        (pack([]), "malformed"),
+        (pack([ECHO, 1, 2, b"x"]) + b"\x00", "malformed"),  # trailing bytes
+        (b"\x94\xa4Echo\x01\x02\xa2\xff\xfe", "malformed"),  # invalid UTF-8
+        (pack(["nope", 1]), "unknown_type"),
+        (pack([7, 1]), "unknown_type"),
+        (pack([[ECHO], 1]), "unknown_type"),
+        (pack([ECHO, 1, 2]), "arity"),
+        (pack([ECHO, 1, 2, b"x", 4]), "arity"),
+        (pack([ECHO, True, 2, b"x"]), "field_type"),
+        (pack([ECHO, 1.0, 2, b"x"]), "field_type"),
+        (pack([ECHO, 1, 2, "x"]), "field_type"),
+        (pack([ECHO, 1, 2, [1]]), "field_type"),
+        (pack([ECHO, 1, 2, None]), "field_type"),
+        (pack(["test_codec.Later", ["test_codec.Echo", 1, 2, b"x"]]), "field_type"),
+        (pack(["test_codec.Later", ["test_codec.Inner"]]), "arity"),
+        (pack(["test_codec.Later", ["test_codec.Inner", "3"]]), "field_type"),
+        (pack(["test_codec.Tree", "x", [["test_codec.Tree", "y", [], None, 1]], None]), "arity"),
+        (pack(["test_codec.Tree", "x", {}, None]), "field_type"),
+        (pack(["test_codec.Tree", "x", [], b"bytes"]), "field_type"),
+        (pack(["TEST_codec.Echo", 1, 2, b"x"]), "unknown_type"),  # tags are case-sensitive
+        (b"\x94\xaftest_codec.Echo\x01\x02\xc7\x00\x05", "malformed"),  # ext type
+        (b"\x94\xaftest_codec.Echo\x01\x02\xd6\xff\x00\x00\x00\x01", "malformed"),  # timestamp
+        (b"\x94\xaftest_codec.Echo\x01\x02\x81\x80\x01", "malformed"),  # map as a map key
+        (b"\xdd\xff\xff\xff\xff", "too_long"),  # 4 G items declared
+        (b"\xdf\xff\xff\xff\xff", "too_long"),
+        (b"\x92\xaftest_codec.Echo\xdb\xff\xff\xff\xff", "malformed"),  # 4 GiB str declared
+        (b"\x92\xaftest_codec.Echo\xc6\xff\xff\xff\xff", "malformed"),
+        (b"\x91" * 5000 + b"\x01", "too_deep"),  # larger than the direct-unpack size
+        (b"\x91" * 100 + b"\x01", "unknown_type"),  # the tag is an array
+    ],
+)
+def test_malformed_frames_raise_decode_error_with_reason(
+    codec: Codec, data: bytes, reason: str
+) -> None:
+    assert decode_reason(codec, data) == reason
+
+
+def test_wrong_field_types_everywhere(codec: Codec) -> None:
+    """Replace each field of each sample with values of every other wire type."""
+    wrong_values: list[object] = [None, True, 1, -1, 1.5, "s", b"b", [], [1], {}, {"a": 1}, ["x"]]
+    for sample in SAMPLES:
+        frame = list(msgpack.unpackb(codec.encode(sample), strict_map_key=False))
+        for index in range(1, len(frame)):
+            for wrong in wrong_values:
+                mutated = [*frame[:index], wrong, *frame[index + 1 :]]
+                try:
+                    decoded = codec.decode(pack(mutated))
+                except DecodeError as error:
+                    assert error.reason in DECODE_REASONS
+                else:  # the wrong value happened to be valid there (a Value field, say)
+                    assert codec.encode(decoded) == pack(mutated)
+
+
+def test_every_truncation_of_a_valid_frame_is_malformed(codec: Codec) -> None:
+    for sample in SAMPLES:
+        data = codec.encode(sample)
+        for cut in range(len(data)):
+            assert decode_reason(codec, data[:cut]) == "malformed"
+            with pytest.raises(DecodeError):
+                codec.decode_value(data[:cut])
+
+
+def test_value_depth_bomb_inside_a_small_frame(codec: Codec) -> None:
+    cls = define({"blob": Value})
+    frame = pack([f"test_codec.generated.{cls.__name__}"])
+    bomb = b"\x92" + frame[1:] + b"\x91" * 100 + b"\x01"  # [tag, [[[...1]]]]
+    assert decode_reason(codec, bomb) == "too_deep"
+    with pytest.raises(DecodeError) as caught:
+        codec.decode_value(b"\x91" * 100 + b"\x01")
+    assert caught.value.reason == "too_deep"
+
+
+def test_truncated_container_bomb_does_not_allocate(codec: Codec) -> None:
+    """Nested array16 headers declaring 65535 items each, then nothing: msgpack would
+    preallocate every level. The frame is scanned first, so memory stays flat."""
+    for size in (600, 4000, 100_000):
+        bomb = b"\xdc\xff\xff" * (size // 3)
+        tracemalloc.start()
+        try:
+            reason = decode_reason(codec, bomb)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert reason in {"malformed", "too_deep"}
+        assert peak < 4 * 1024 * 1024, (size, peak)
+
+
+def test_small_frame_bomb_is_bounded() -> None:
+    bomb = b"\xdc\xff\xff" * 170  # 510 bytes: unpacked directly, lengths capped
+    tracemalloc.start()
+    try:
+        assert decode_reason(Codec(), bomb) in {"malformed", "too_long"}
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024
+
+
+def test_large_valid_frames_pass_the_scanner(codec: Codec) -> None:
+    cls = define({"rows": tuple[tuple[int, ...], ...], "blob": Value})
+    rows = tuple(tuple(range(20)) for _ in range(2000))
+    blob = tuple({"k": (index, b"\xdc\xdd\xde\xdf" * 4)} for index in range(500))
+    instance = cls(rows, blob)
+    assert codec.decode(codec.encode(instance)) == instance
+    assert codec.decode_value(codec.encode_value(blob)) == blob
+
+
+def test_scanner_agrees_with_msgpack() -> None:
+    """``_scan`` accepts exactly the complete single objects msgpack accepts."""
+    rng = random.Random(7)
+    codec = Codec()
+    frames = [codec.encode(sample) for sample in SAMPLES]
+    frames += [pack(x) for x in (1.5, 2**40, -(2**40), "s" * 300, b"b" * 70000, [None] * 20)]
+    frames += [
+        pack({"a": [1, {"b": 2}]}),
+        b"\xd4\x01\x02",
+        b"\xc7\x03\x01abc",
+        b"\xca\x00\x00\x00\x00",
+    ]
+    for frame in frames:
+        for candidate in [frame, *(mutate(frame, rng) for _ in range(200))]:
+            scan_ok = msgpack_ok = True
+            try:
+                codec_module._scan(candidate, 1000, 1 << 30)
+            except DecodeError:
+                scan_ok = False
+            try:
+                msgpack.unpackb(candidate, raw=True, strict_map_key=False, use_list=True)
+            except Exception:
+                msgpack_ok = False
+            if msgpack_ok or not scan_ok:
+                assert scan_ok == msgpack_ok, candidate
+
+
+# --------------------------------------------------------------------------- generated round trips
+# A shape is a field type and a strategy for its values; shapes nest, and
+# nested message shapes define fresh message classes.
+
+Shape = tuple[Any, st.SearchStrategy[Any]]
+
+INT64 = st.integers(-(1 << 63), (1 << 64) - 1)
+FLOATS = st.floats(allow_nan=False)
+KEYS: list[Shape] = [(str, st.text(max_size=5)), (int, INT64), (bytes, st.binary(max_size=5))]
+SCALARS = st.none() | st.booleans() | INT64 | FLOATS | st.text(max_size=8) | st.binary(max_size=8)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(st.text(max_size=4) | INT64 | st.binary(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+PRIMITIVE_SHAPES: list[Shape] = [
+    (int, INT64),
+    (bool, st.booleans()),
+    (float, FLOATS | st.integers(-(1 << 53), 1 << 53)),  # ints are accepted for floats
+    (str, st.text(max_size=10)),
+    (bytes, st.binary(max_size=10)),
+    (type(None), st.none()),
+    (Value, VALUES),
+    (Any, VALUES),
+    (int | str, INT64 | st.text(max_size=4)),
+    (Literal["a", "b", 7], st.sampled_from(["a", "b", 7])),
+]
+
+
+@st.composite
+def shapes(draw: st.DrawFn, depth: int = 3) -> Shape:
+    kinds = ["primitive"] + (["optional", "tuple", "fixed", "dict", "message"] if depth else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind == "primitive":
+        return draw(st.sampled_from(PRIMITIVE_SHAPES))
+    if kind == "message":
+        return draw(message_shapes(depth - 1))
+    hint, values = draw(shapes(depth - 1))
+    if kind == "optional":
+        if hint is Value or hint is Any:
+            return hint, values
+        return Optional[hint], st.none() | values  # noqa: UP045
+    if kind == "tuple":
+        return tuple[hint, ...], st.lists(values, max_size=4).map(tuple)  # type: ignore[valid-type]
+    if kind == "fixed":
+        other_hint, other_values = draw(shapes(depth - 1))
+        return tuple[hint, other_hint], st.tuples(values, other_values)  # type: ignore[valid-type]
+    key_hint, key_values = draw(st.sampled_from(KEYS))
+    return dict[key_hint, hint], st.dictionaries(key_values, values, max_size=3)  # type: ignore[valid-type]
+
+
+@st.composite
+def message_shapes(draw: st.DrawFn, depth: int = 3) -> Shape:
+    fields = draw(st.lists(shapes(depth), max_size=4))
+    cls = define({f"field{index}": hint for index, (hint, _) in enumerate(fields)})
+    return cls, st.builds(cls, *(values for _, values in fields))
+
+
+HYPOTHESIS = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@HYPOTHESIS
+@given(st.data())
+def test_generated_messages_round_trip(data: st.DataObject) -> None:
+    cls, instances = data.draw(message_shapes())
+    instance = data.draw(instances)
+    codec = Codec(depth_max=64)
+    encoded = codec.encode(instance)
+    decoded = codec.decode(encoded)
+    assert type(decoded) is cls
+    assert decoded == instance
+    assert codec.encode(decoded) == encoded
+    for cut in range(0, len(encoded), max(1, len(encoded) // 8)):
+        with pytest.raises(DecodeError):
+            codec.decode(encoded[:cut])
+
+
+@HYPOTHESIS
+@given(VALUES)
+def test_values_round_trip(value: Any) -> None:
+    codec = Codec()
+    encoded = codec.encode_value(value)
+    assert codec.decode_value(encoded) == value
+    assert codec.encode_value(codec.decode_value(encoded)) == encoded
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+INTERESTING = [
+    b"\xc1",
+    b"\xdc\xff\xff",
+    b"\xdd\xff\xff\xff\xff",
+    b"\xdb\xff\xff\xff\xff",
+    b"\xc7\x00\x05",
+    b"\xd6\xff",
+    b"\x91",
+    b"\x81",
+    b"\xc3",
+    b"\xcb",
+    b"\xff",
+    b"\x00",
+]
+
+
+def mutate_structure(data: bytes, rng: random.Random) -> bytes | None:
+    """Edit the msgpack tree: drop, duplicate or replace one array item (reaches arity)."""
+    try:
+        tree = msgpack.unpackb(data, strict_map_key=False, raw=True)
+    except Exception:
+        return None
+    arrays: list[list[Any]] = []
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            arrays.append(node)
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+    if not arrays:
+        return None
+    target = rng.choice(arrays)
+    position = rng.randint(0, len(target))
+    choice = rng.randrange(3)
+    if choice == 0 and target:
+        del target[min(position, len(target) - 1)]
+    elif choice == 1 and target:
+        target.insert(position, target[rng.randrange(len(target))])
+    else:
+        target.insert(position, rng.choice([None, 0, -1, 1.5, b"", "", [], {}, True, 1 << 63]))
+    return bytes(msgpack.packb(tree, use_bin_type=False))
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """One to three random edits: flip, insert, delete, duplicate, splice a hostile header."""
+    if rng.randrange(4) == 0:
+        edited = mutate_structure(data, rng)
+        if edited is not None:
+            return edited
+    result = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        position = rng.randint(0, len(result))
+        choice = rng.randrange(6)
+        if choice == 0 and result:
+            result[min(position, len(result) - 1)] ^= 1 << rng.randrange(8)
+        elif choice == 1:
+            result[position:position] = bytes([rng.randrange(256)])
+        elif choice == 2 and result:
+            del result[position : position + rng.randint(1, 4)]
+        elif choice == 3:
+            result[position:position] = rng.choice(INTERESTING)
+        elif choice == 4 and result:
+            result[min(position, len(result) - 1)] = rng.choice([0x00, 0x7F, 0x80, 0xC0, 0xFF])
+        else:
+            start = rng.randint(0, len(result))
+            result[position:position] = result[start : start + rng.randint(1, 8)]
+    return bytes(result)
+
+
+def decode_outcome(codec: Codec, data: bytes) -> tuple[str, str]:
+    """Decode, allowing only DecodeError; summarise the outcome for the fuzz corpus."""
+    try:
+        decoded = codec.decode(data)
+    except DecodeError as error:
+        assert error.reason in DECODE_REASONS
+        return "error", error.reason + ":" + "".join(c for c in error.detail if not c.isdigit())[
+            :40
+        ]
+    assert codec.decode(codec.encode(decoded)) == decoded or decoded != decoded  # NaN inside
+    return "ok", type(decoded).__name__
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_only_ever_raise_decode_error(data: bytes) -> None:
+    codec = Codec()
+    decode_outcome(codec, data)
+    try:
+        codec.decode_value(data)
+    except DecodeError as error:
+        assert error.reason in DECODE_REASONS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(range(len(SAMPLES))), st.randoms(use_true_random=False))
+def test_mutated_frames_only_ever_raise_decode_error(index: int, rng: random.Random) -> None:
+    codec = Codec()
+    data = codec.encode(SAMPLES[index])
+    for _ in range(20):
+        data = mutate(data, rng)
+        decode_outcome(codec, data)
+
+
+def test_outcome_guided_fuzz_loop() -> None:
+    """A small greybox loop: mutants that reach a new outcome join the corpus."""
+    rng = random.Random(20240611)
+    codec = Codec(items_max=64, depth_max=8)
+    corpus = [Codec().encode(sample) for sample in SAMPLES]
+    corpus.append(b"\x92\xaftest_codec.Echo" + b"\xdc\x00\x10" + b"\x01" * 600)
+    seen: set[tuple[str, str]] = set()
+    for _ in range(20_000):
+        candidate = mutate(rng.choice(corpus), rng)
+        outcome = decode_outcome(codec, candidate)
+        if outcome not in seen:
+            seen.add(outcome)
+            corpus.append(candidate)
+    reasons = {detail.split(":")[0] for kind, detail in seen if kind == "error"}
+    assert {"malformed", "unknown_type", "arity", "field_type", "too_long"} <= reasons, reasons
+    assert len(corpus) > 50
