@@ -99,7 +99,7 @@ class Simulator:
         self.factory = protocol_factory(protocol)
         n = options.nodes
         if f is None:
-            f = len(options.byzantine) if options.byzantine else (n - 1) // 3
+            f = (n - 1) // 3
         self.config = ClusterConfig(
             n=n, f=f, byzantine=options.byzantine, resilience=self.factory.resilience
         ).validate()

@@ -34,6 +34,7 @@ import msgpack
 
 from replicaio.core.codec import Codec
 from replicaio.core.effects import Effects, Input, Receive, Request, Start, TimerFired
+from replicaio.core.errors import UsageError
 
 FORMAT = "replicaio-eventlog"
 VERSION = 1
@@ -43,7 +44,7 @@ NOTE = 1
 Choice = tuple[str, int, int]
 
 
-class EventLogError(Exception):
+class EventLogError(UsageError):
     """The log is not a readable replicaio event log of a supported version."""
 
 

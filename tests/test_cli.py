@@ -1,0 +1,115 @@
+"""The `replicaio` command: exact forms, JSON fields, exit codes, determinism
+across separate processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from replicaio.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replicaio.cli", *args],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def test_sim_json_has_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["sim", "bracha", "--nodes", "4", "--byzantine", "1",
+                   "--faults", "crash,partition,loss,dup,reorder", "--seed", "3", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert report["protocol"] == "bracha"
+    assert report["seed"] == 3
+    assert report["violations"] == []
+    assert len(report["log_sha256"]) == 64
+    assert "replicaio sim bracha --nodes 4 --byzantine 1" in report["reproduce"]
+
+
+def test_determinism_across_two_processes() -> None:
+    args = ("sim", "bracha", "--nodes", "4", "--byzantine", "1",
+            "--faults", "crash,partition,loss,dup,reorder", "--seed", "42", "--json")
+    first = run_cli(*args)
+    second = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    one, two = json.loads(first.stdout), json.loads(second.stdout)
+    assert one["log_sha256"] == two["log_sha256"]
+    assert one["stats"]["steps"] == two["stats"]["steps"]
+
+
+def test_violation_exits_1_and_prints_a_reproducing_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = main(["sim", "echo-weak", "--nodes", "4", "--byzantine", "1",
+                   "--behaviour", "equivocate", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "agreement" in out
+    assert "reproduce: replicaio sim echo-weak --nodes 4 --byzantine 1" in out
+
+
+def test_swarm_reports_failures_with_reproduce_commands(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = main(["swarm", "echo-weak", "--nodes", "4", "--byzantine", "1",
+                   "--seeds", "8", "--jobs", "2", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 1
+    assert report["seeds"] == 8
+    assert report["failed"] >= 1
+    assert report["violations"]
+    failure = report["failures"][0]
+    # the printed command really reproduces the failure
+    args = failure["reproduce"].split()[1:] + ["--json"]
+    assert main(args) == 1
+    again = json.loads(capsys.readouterr().out)
+    assert again["violations"] == failure["violations"]
+
+
+def test_swarm_passes_for_a_correct_protocol(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["swarm", "bracha", "--nodes", "4", "--byzantine", "1",
+                   "--seeds", "20", "--jobs", "2", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert report["failed"] == 0
+    assert report["violations"] == []
+
+
+def test_replay_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "run.log"
+    assert main(["sim", "bracha", "--nodes", "4", "--byzantine", "1", "--faults",
+                 "crash,loss", "--seed", "5", "--log", str(log), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["replay", str(log), "--node", "0", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["matched"] is True
+    assert report["steps"] > 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["sim", "nosuch", "--nodes", "4", "--seed", "1"],
+    ["sim", "bracha", "--nodes", "3", "--byzantine", "1", "--seed", "1"],
+    ["sim", "bracha", "--nodes", "4", "--faults", "fire", "--seed", "1"],
+    ["sim", "beb", "--nodes", "4", "--byzantine", "1", "--seed", "1"],
+    ["replay", "/nonexistent/run.log", "--node", "0"],
+])
+def test_usage_errors_exit_2_with_a_message(
+    argv: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(argv) == 2
+    assert "replicaio: error:" in capsys.readouterr().err
+
+
+def test_replay_rejects_a_file_that_is_not_a_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    bogus = tmp_path / "bogus.log"
+    bogus.write_bytes(b"\x00garbage")
+    assert main(["replay", str(bogus), "--node", "0"]) == 2
