@@ -359,9 +359,9 @@ def test_compaction_snapshots_and_deletes_covered_segments(tmp_path: Path) -> No
 
 
 def test_automatic_compaction_bounds_the_log(tmp_path: Path) -> None:
-    threshold = 1024
+    threshold = 512
     with FileStorage(tmp_path, segment_bytes_max=256, wal_bytes_compact_threshold=threshold) as s:
-        for index in range(600):
+        for index in range(300):
             s.put(f"key-{index % 10}", index.to_bytes(8, "little"))
             s.sync()
             assert s.wal_bytes <= threshold + 256
@@ -594,5 +594,5 @@ def test_file_storage_matches_a_dict_model(tmp_path: Path) -> None:
             super().__init__(tmp_path / f"run-{next(names)}")
 
     run_state_machine_as_test(
-        Machine, settings=settings(max_examples=100, stateful_step_count=40, deadline=None)
+        Machine, settings=settings(max_examples=50, stateful_step_count=35, deadline=None)
     )
