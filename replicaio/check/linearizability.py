@@ -33,12 +33,20 @@ after its call, or never, and its output is unknown.
    * *optional subsumption*: if (S, state) failed, then (S + optional ops,
      same state) fails too, since any continuation of the latter works from
      the former; so a failed configuration also prunes its optional
-     supersets;
+     supersets (the converse is false: an unknown write may be needed later);
    * *forced reads*: if a candidate is read-only in effect (``get``, a
      ``cas`` that failed) and its output matches the state, linearizing it
      right now loses no solution (moving a state-preserving operation
      earlier within its own interval breaks nothing), so it is the only
-     move tried.
+     move tried;
+   * *latent optional operations*: the model may certify that an ``info``
+     operation can only matter immediately before an *observer* that could
+     not take effect without it (``Model.latent``); for the key-value model,
+     an unknown write whose value nobody read back matters only to a ``cas``
+     that reported ``fail``. Such an operation is tried only where some
+     observer is blocked, and then must be followed by one of those. Without
+     this, every timed-out append is a candidate at every backtracking point
+     and hot keys cost millions of configurations.
    The linearized set is stored relative to its lowest unlinearized required
    operation (``base``), so memory and bitset work stay proportional to the
    window of concurrency, not to the history length.
@@ -59,6 +67,7 @@ import bisect
 import contextlib
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Hashable, Mapping, Sequence
@@ -100,6 +109,9 @@ EXIT_UNKNOWN = 3
 
 StateT = TypeVar("StateT", bound=Hashable)
 
+_NON_INTEGER_CHARACTER = re.compile(r"[^0-9-]")
+_SEEN_SEPARATOR = "\x00"
+
 
 class Model(Protocol[StateT]):
     """A deterministic sequential specification the checker replays operations on.
@@ -124,6 +136,21 @@ class Model(Protocol[StateT]):
 
     def is_read_only(self, op: Operation) -> bool:
         """Whether ``op`` never changes the state, whatever the state."""
+        ...
+
+    def latent(self, part: Sequence[Operation]) -> list[bool]:
+        """For each operation of ``part``, whether it is a *latent* optional one.
+
+        ``True`` for an ``info`` operation X is the model's proof obligation
+        that any linearization of ``part`` can be rewritten so that X is
+        either absent or immediately followed by an observer
+        (``is_observer``) that cannot take effect in the state just before
+        X. The search then tries X only there. All ``False`` opts out.
+        """
+        ...
+
+    def is_observer(self, op: Operation) -> bool:
+        """Whether ``op`` is an observer in the sense of ``latent``."""
         ...
 
     def describe_state(self, state: StateT) -> str:
@@ -181,6 +208,35 @@ class KeyValueModel:
         if op.op == GET:
             return True
         return op.op == CAS and (op.value == op.expected or op.output == CAS_FAILED)
+
+    def latent(self, part: Sequence[Operation]) -> list[bool]:
+        """Unknown ``put``/``append`` of a value ``v`` nobody could have seen.
+
+        Conditions: no ``get`` output and no ``cas`` expected value of the
+        part contains ``v``, and ``v`` has a character no integer has. Proof
+        sketch: once X has run, the state contains ``v`` until a ``put`` or
+        ``delete`` resets it; meanwhile no ``get``, successful ``cas`` or
+        ``incr`` can run, only appends (valid in any state) and failing
+        ``cas`` (valid in any state containing ``v``). So X can slide later,
+        past everything, until either a reset (drop X) or a failing ``cas``
+        that would have succeeded without X (keep X just before it).
+        """
+        seen = _SEEN_SEPARATOR.join(
+            [op.output for op in part if op.op == GET and op.status == OK and op.output]
+            + [op.expected for op in part if op.op == CAS and op.expected]
+        )
+        return [
+            op.status == INFO
+            and op.op in (PUT, APPEND)
+            and op.value is not None
+            and _NON_INTEGER_CHARACTER.search(op.value) is not None
+            and _SEEN_SEPARATOR not in op.value
+            and op.value not in seen
+            for op in part
+        ]
+
+    def is_observer(self, op: Operation) -> bool:
+        return op.op == CAS and op.status == OK and op.output == CAS_FAILED
 
     def describe_state(self, state: str | None) -> str:
         return "absent" if state is None else repr(state)
@@ -286,7 +342,11 @@ class _Search:
     Indexing: candidate ``c < required_count`` is the ``c``-th required
     operation in call order (its bit in ``rel`` is ``c - base``); candidate
     ``c >= required_count`` is optional operation ``c - required_count`` in
-    call order (its bit in ``opt``).
+    call order (its bit in ``opt``). A configuration is ``(base, rel, opt,
+    state, allowed)``: required operations below ``base`` are all
+    linearized, ``rel`` holds the others' bits shifted by ``base``;
+    ``allowed`` is ``None``, or, right after a latent operation, the
+    observers that may come next.
     """
 
     def __init__(self, ops: Sequence[Operation], model: Model[Any]) -> None:
@@ -316,20 +376,11 @@ class _Search:
         for c in range(len(required), len(self.ops)):
             self.rank[c] = c
         self.read_only = [model.is_read_only(op) for op in self.ops]
+        self.observer = [model.is_observer(op) for op in self.ops]
+        self.latent = model.latent(self.ops)
 
-    def _candidates(
-        self, base: int, rel: int, opt: int, state: Hashable, position: int
-    ) -> tuple[int, list[int]] | None:
-        """(next ``position`` in ``by_return``, candidates in try order); ``None``: all done."""
-        by_return = self.by_return
-        count = self.required_count
-        while position < count:
-            c = by_return[position]
-            if c >= base and not (rel >> (c - base)) & 1:
-                break
-            position += 1
-        else:
-            return None
+    def _called(self, base: int, rel: int, opt: int, position: int) -> list[int]:
+        """Unlinearized operations called by the return of ``by_return[position]``."""
         candidates: list[int] = []
         unlinearized = ~rel & ((1 << (self.called_required[position] - base)) - 1)
         while unlinearized:
@@ -338,18 +389,52 @@ class _Search:
             unlinearized ^= lowest
         called = self.called_optional[position]
         if called:
+            count = self.required_count
             unlinearized = ~opt & ((1 << called) - 1)
             while unlinearized:
                 lowest = unlinearized & -unlinearized
                 candidates.append(count + lowest.bit_length() - 1)
                 unlinearized ^= lowest
+        return candidates
+
+    def _candidates(
+        self,
+        base: int,
+        rel: int,
+        opt: int,
+        state: Hashable,
+        position: int,
+        allowed: frozenset[int] | None,
+    ) -> tuple[int, list[int], frozenset[int]] | None:
+        """Next ``position``, candidates in try order, observers a latent move may precede.
+
+        ``None`` when every required operation is linearized (success).
+        """
+        by_return = self.by_return
+        while position < self.required_count:
+            c = by_return[position]
+            if c >= base and not (rel >> (c - base)) & 1:
+                break
+            position += 1
+        else:
+            return None
+        candidates = self._called(base, rel, opt, position)
+        if allowed is not None:  # right after a latent operation: only its observers
+            return position, [c for c in candidates if c in allowed], _NOTHING
         step = self.model.step
+        ops = self.ops
         for c in candidates:
-            if self.read_only[c] and step(state, self.ops[c])[0]:
-                return position, [c]  # a forced read: no alternative needs trying
+            if self.read_only[c] and step(state, ops[c])[0]:
+                return position, [c], _NOTHING  # a forced read: no alternative needs trying
+        blocked = frozenset(
+            c for c in candidates if self.observer[c] and not step(state, ops[c])[0]
+        )
+        if not blocked:
+            latent = self.latent
+            candidates = [c for c in candidates if not latent[c]]
         if len(candidates) > 1:
             candidates.sort(key=self.rank.__getitem__)
-        return position, candidates
+        return position, candidates, blocked
 
     def run(
         self,
@@ -358,27 +443,27 @@ class _Search:
         watched_states: set[Hashable] | None = None,
     ) -> _SearchOutcome:
         """Depth-first search; raises ``_BudgetExhausted`` past ``deadline``."""
-        model = self.model
-        step = model.step
+        step = self.model.step
         ops = self.ops
         count = self.required_count
-        state = model.initial_state()
-        first = self._candidates(0, 0, 0, state, 0)
+        latent = self.latent
+        state = self.model.initial_state()
+        first = self._candidates(0, 0, 0, state, 0, None)
         if first is None:
             return _SearchOutcome(True, 1)
-        # A frame: [base, rel, opt, state, position, candidates, next candidate index].
-        stack: list[list[Any]] = [[0, 0, 0, state, first[0], first[1], 0]]
-        failed: dict[tuple[int, int, Hashable], list[int]] = {}
+        # A frame: [base, rel, opt, state, allowed, position, candidates, blocked, next to try].
+        stack: list[list[Any]] = [[0, 0, 0, state, None, *first, 0]]
+        failed: dict[tuple[int, int, Hashable], list[tuple[int, frozenset[int] | None]]] = {}
         configurations = 1
         steps = 0
         while stack:
             frame = stack[-1]
-            base, rel, opt, state, position, candidates, tried = frame
+            base, rel, opt, state, allowed, position, candidates, blocked, tried = frame
             if tried == len(candidates):
-                failed.setdefault((base, rel, state), []).append(opt)
+                failed.setdefault((base, rel, state), []).append((opt, allowed))
                 stack.pop()
                 continue
-            frame[6] = tried + 1
+            frame[8] = tried + 1
             steps += 1
             if (
                 deadline is not None
@@ -400,15 +485,38 @@ class _Search:
                     rel >>= shift
             else:
                 opt |= 1 << (c - count)
-            known = failed.get((base, rel, after))
-            if known is not None and any(o & opt == o for o in known):
+            allowed_next = blocked if latent[c] else None
+            if _known_failure(failed.get((base, rel, after)), opt, allowed_next):
                 continue
-            following = self._candidates(base, rel, opt, after, position)
+            following = self._candidates(base, rel, opt, after, position, allowed_next)
             configurations += 1
             if following is None:
                 return _SearchOutcome(True, configurations)
-            stack.append([base, rel, opt, after, following[0], following[1], 0])
+            stack.append([base, rel, opt, after, allowed_next, *following, 0])
         return _SearchOutcome(False, configurations)
+
+
+_NOTHING: frozenset[int] = frozenset()
+
+
+def _known_failure(
+    failures: list[tuple[int, frozenset[int] | None]] | None,
+    opt: int,
+    allowed: frozenset[int] | None,
+) -> bool:
+    """Whether a failed configuration with the same required set and state subsumes this one.
+
+    It does if it had a subset of our optional operations linearized (the
+    same continuations work from it) and allowed at least our next moves.
+    """
+    if failures is None:
+        return False
+    for failed_opt, failed_allowed in failures:
+        if failed_opt & opt != failed_opt:
+            continue
+        if failed_allowed is None or (allowed is not None and allowed <= failed_allowed):
+            return True
+    return False
 
 
 def _searchable(ops: Sequence[Operation], model: Model[Any]) -> list[Operation]:
@@ -431,22 +539,22 @@ def _prefix(ops: Sequence[Operation], cut: float) -> list[Operation]:
 
 
 def _window(ops: Sequence[Operation], culprit: Operation) -> tuple[Operation, ...]:
+    """The culprit, completed operations overlapping it, up to ``CONTEXT_OPERATIONS_MAX``
+    completed before it, and the ``info`` operations called since the first of those."""
     assert culprit.return_ is not None
+    completed = [op for op in ops if op.status == OK]
     overlapping = [
         op
-        for op in ops
-        if op.call <= culprit.return_
-        and (op.status == INFO or (op.return_ is not None and op.return_ >= culprit.call))
+        for op in completed
+        if op.call <= culprit.return_ and op.return_ is not None and op.return_ >= culprit.call
     ]
     before = sorted(
-        (
-            op
-            for op in ops
-            if op.status == OK and op.return_ is not None and op.return_ < culprit.call
-        ),
+        (op for op in completed if op.return_ is not None and op.return_ < culprit.call),
         key=lambda op: (op.return_, op.call),
     )[-CONTEXT_OPERATIONS_MAX:]
-    return tuple(sorted(before + overlapping, key=lambda op: (op.call, op.client)))
+    start = min(op.call for op in before + overlapping)
+    unknown = [op for op in ops if op.status == INFO and start <= op.call <= culprit.return_]
+    return tuple(sorted(before + overlapping + unknown, key=lambda op: (op.call, op.client)))
 
 
 def _explain(
