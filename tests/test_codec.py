@@ -756,3 +756,98 @@ def test_outcome_guided_fuzz_loop() -> None:
     reasons = {detail.split(":")[0] for kind, detail in seen if kind == "error"}
     assert {"malformed", "unknown_type", "arity", "field_type", "too_long"} <= reasons, reasons
     assert len(corpus) > 50
+
+
+# --------------------------------------------------------------------------- maps, canonical form
+
+
+def colliding_pairs(count: int) -> list[tuple[int, int]]:
+    """Int pairs whose tuple hashes are all equal (tuple hashing is not keyed)."""
+    mask = (1 << 64) - 1
+    prime1, prime2, prime5 = 11400714785074694791, 14029467366897019727, 2870177450012600261
+
+    def rotate(value: int, right: int) -> int:
+        return ((value >> right) | (value << (64 - right))) & mask
+
+    target = rotate(
+        (0x1234567890ABCDEF - (2 ^ prime5 ^ 3527539)) * pow(prime1, -1, 1 << 64) & mask, 31
+    )
+    pairs: list[tuple[int, int]] = []
+    first = 0
+    while len(pairs) < count:
+        first += 1
+        accumulator = rotate((prime5 + (hash(first) & mask) * prime2) & mask, 64 - 31) * prime1
+        lane = (target - (accumulator & mask)) * pow(prime2, -1, 1 << 64) & mask
+        second = lane if lane < (1 << 61) - 2 else lane - (1 << 64)
+        if hash(second) & mask == lane:
+            pairs.append((first, second))
+    return pairs
+
+
+def test_array_map_keys_are_refused_before_any_dict_is_built(codec: Codec) -> None:
+    """Thousands of colliding array keys would make dict construction quadratic."""
+    pairs = colliding_pairs(3000)
+    assert len({hash(pair) for pair in pairs}) == 1
+    body = b"".join(pack(list(pair)) + b"\x00" for pair in pairs)
+    frame = b"\xde" + len(pairs).to_bytes(2, "big") + body
+    with pytest.raises(DecodeError) as caught:
+        codec.decode_value(frame)
+    assert caught.value.reason == "malformed"
+    assert "scalars" in caught.value.detail
+
+
+def test_duplicate_map_keys_are_refused(codec: Codec) -> None:
+    for frame in (
+        b"\x82\xa1a\x01\xa1a\x02",
+        b"\x82\x01\x01\xc3\x02",
+        b"\x82\x01\x01\xcb" + pack(1.0)[1:] + b"\x02",
+    ):
+        with pytest.raises(DecodeError) as caught:
+            codec.decode_value(frame)
+        assert caught.value.reason == "malformed"
+
+
+def test_value_map_keys_must_be_scalars_on_encode(codec: Codec) -> None:
+    with pytest.raises(EncodeError):
+        codec.encode_value({(1, 2): "x"})
+    assert codec.decode_value(codec.encode_value({None: 1, 1.5: 2, b"k": 3})) == {
+        None: 1,
+        1.5: 2,
+        b"k": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\x94\xaftest_codec.Echo\xcc\x01\x02\xc4\x01x",  # 1 as uint8
+        b"\x94\xaftest_codec.Echo\xd3" + (1).to_bytes(8, "big") + b"\x02\xc4\x01x",  # as int64
+        b"\x94\xd9\x0ftest_codec.Echo\x01\x02\xc4\x01x",  # short str as str8
+        b"\xdc\x00\x04\xaftest_codec.Echo\x01\x02\xc4\x01x",  # array16 for 4 items
+    ],
+)
+def test_canonical_codec_refuses_other_encodings_of_a_value(frame: bytes) -> None:
+    assert Codec().decode(frame) == Echo(1, 2, b"x")  # lenient by default
+    with pytest.raises(DecodeError) as caught:
+        Codec(canonical=True).decode(frame)
+    assert caught.value.reason == "malformed"
+
+
+def test_canonical_codec_accepts_its_own_frames() -> None:
+    codec = Codec(canonical=True)
+    for sample in SAMPLES:
+        assert codec.decode(codec.encode(sample)) == sample
+    assert codec.decode_value(codec.encode_value((1.5, {"a": b"x"}))) == (1.5, {"a": b"x"})
+    with pytest.raises(DecodeError):
+        codec.decode_value(b"\xca\x3f\xc0\x00\x00")  # 1.5 as float32
+
+
+def test_inheritance_and_defaults(codec: Codec) -> None:
+    base = define({"a": int})
+    child: Any = message(tag="test_codec.Child")(
+        type("Child", (base,), {"__annotations__": {"b": str, "c": int}, "c": 7})
+    )
+    instance = child(1, "x")
+    assert instance.c == 7
+    assert codec.decode(codec.encode(instance)) == instance
+    assert msgpack.unpackb(codec.encode(instance))[1:] == [1, "x", 7]  # every field on the wire

@@ -449,6 +449,8 @@ def _value_encoder(items_max: int) -> _Encoder:
             if len(value) > items_max:
                 _encode_long(len(value), items_max)
             for key, item in value.items():
+                if type(key) not in scalar and type(key) is not int:
+                    raise EncodeError("field_type", f"map keys must be scalars, got {_got(key)}")
                 encode(key, budget - 1)
                 encode(item, budget - 1)
             return value
@@ -469,9 +471,7 @@ def _value_decode(value: Any, budget: int) -> Any:
     elif kind is dict:
         if budget < 1:
             _decode_deep()
-        for key, item in value.items():
-            if type(key) is tuple:
-                _value_decode(key, budget - 1)
+        for item in value.values():  # keys are scalars (see _pairs_to_dict)
             if type(item) is tuple or type(item) is dict:
                 _value_decode(item, budget - 1)
     return value
@@ -1024,6 +1024,38 @@ def _scan(data: bytes, depth_max: int, items_max: int) -> None:
 # --------------------------------------------------------------------------- codec
 
 
+def _as_bytes(data: object) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError("malformed", f"expected bytes, got {_got(data)}")
+    try:
+        return bytes(data)
+    except (TypeError, ValueError) as error:  # e.g. a released memoryview
+        raise DecodeError("malformed", f"unreadable buffer: {error}") from None
+
+
+class _MapRejected(Exception):
+    """Raised from msgpack's pairs hook: a map the wire format does not allow."""
+
+
+def _pairs_to_dict(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Build a decoded map, refusing array/map keys and duplicate keys.
+
+    Keys must be scalars *before* any dict is built: tuple hashes are not
+    keyed, so a peer could send thousands of colliding array keys and make the
+    dict quadratic (seconds of CPU from one frame). Scalar hashes are safe here:
+    str/bytes hashing is keyed per process, and a 64-bit int or a float shares
+    its hash with only a few dozen others. Duplicates would make two different
+    frames decode to one value (and 1, 1.0 and True are one key in Python).
+    """
+    for key, _ in pairs:
+        if type(key) is tuple or type(key) is dict:
+            raise _MapRejected("map keys must be scalars (nil, bool, int, float, str, bytes)")
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _MapRejected("duplicate map keys")
+    return result
+
+
 class _ExtRejected(Exception):
     """Raised from msgpack's ext hook: extension types are not part of the wire format."""
 
@@ -1049,6 +1081,11 @@ class Codec:
     * ``items_max``: the longest array or map anywhere in a frame;
     * ``depth_max``: the deepest nesting of arrays/maps (the message is 1).
 
+    ``canonical=True`` makes ``decode`` also refuse (``malformed``) any frame
+    that is not exactly what ``encode`` would produce for the decoded value, so
+    equal messages always arrive as equal bytes (use it where frames are hashed,
+    signed or compared; it costs one re-encode per decode).
+
     ``messages``, if given, is the exact set of classes this codec accepts
     (others are ``unknown_type`` / ``unregistered``); they are compiled now, so
     definition errors surface at construction, not at the first message.
@@ -1056,6 +1093,7 @@ class Codec:
 
     __slots__ = (
         "_accepted",
+        "_canonical",
         "_compiler",
         "_decoders",
         "_depth_max",
@@ -1074,6 +1112,7 @@ class Codec:
         items_max: int = 1 << 16,
         depth_max: int = 32,
         messages: Iterable[type] | None = None,
+        canonical: bool = False,
     ) -> None:
         for name, limit in (("frame_bytes_max", frame_bytes_max), ("items_max", items_max)):
             if type(limit) is not int or limit < 1:
@@ -1085,6 +1124,7 @@ class Codec:
         self._frame_bytes_max = frame_bytes_max
         self._items_max = items_max
         self._depth_max = depth_max
+        self._canonical = canonical
         self._compiler = _Compiler(items_max)
         self._encoders: dict[type, _Encoder] = {}
         self._decoders: dict[str, _Decoder] = {}
@@ -1108,6 +1148,7 @@ class Codec:
             "strict_map_key": False,
             "use_list": False,
             "ext_hook": _reject_ext,
+            "object_pairs_hook": _pairs_to_dict,
             "max_bin_len": bytes_max,
             "max_str_len": bytes_max,
             "max_ext_len": 0,
@@ -1138,6 +1179,8 @@ class Codec:
 
     def decode(self, data: bytes | bytearray | memoryview) -> object:
         """The message in ``data``; ``DecodeError`` (and nothing else) if it is not one."""
+        if type(data) is not bytes:
+            data = _as_bytes(data)
         frame = self._unpack(data)
         if type(frame) is not tuple or not frame:
             raise DecodeError(
@@ -1147,7 +1190,10 @@ class Codec:
         decoder = self._decoders.get(tag) if type(tag) is str else None
         if decoder is None:
             decoder = self._decoder_for(tag)
-        return decoder(frame, self._depth_max)
+        result = decoder(frame, self._depth_max)
+        if self._canonical:
+            self._check_canonical(data, result, self.encode)
+        return result
 
     def decode_as(self, data: bytes | bytearray | memoryview, expected: type[_T]) -> _T:
         """Like ``decode``, but any message other than an ``expected`` is ``unknown_type``."""
@@ -1167,7 +1213,12 @@ class Codec:
 
     def decode_value(self, data: bytes | bytearray | memoryview) -> Value:
         """Plain data from ``data``; ``DecodeError`` (and nothing else) if invalid."""
-        return _value_decode(self._unpack(data), self._depth_max)  # type: ignore[no-any-return]
+        if type(data) is not bytes:
+            data = _as_bytes(data)
+        result = _value_decode(self._unpack(data), self._depth_max)
+        if self._canonical:
+            self._check_canonical(data, result, self.encode_value)
+        return result  # type: ignore[no-any-return]
 
     # ----------------------------------------------------------------- internals
 
@@ -1204,11 +1255,17 @@ class Codec:
             detail = f"{cls.__qualname__} cannot be compiled: {error}"
             raise DecodeError("unknown_type", detail) from error
 
-    def _unpack(self, data: bytes | bytearray | memoryview) -> Any:
-        if type(data) is not bytes:
-            if not isinstance(data, bytes | bytearray | memoryview):
-                raise DecodeError("malformed", f"expected bytes, got {_got(data)}")
-            data = bytes(data)
+    def _check_canonical(self, data: bytes, result: Any, encode: Callable[[Any], bytes]) -> None:
+        """Refuse a frame our encoder would not produce (another int width, float32,
+        str8 for a short str...), so that a frame and its value correspond one to one."""
+        try:
+            canonical = encode(result)
+        except EncodeError as error:
+            raise DecodeError("malformed", f"not re-encodable: {error}") from None
+        if canonical != data:
+            raise DecodeError("malformed", "not the canonical encoding of its value")
+
+    def _unpack(self, data: bytes) -> Any:
         size = len(data)
         if size > self._frame_bytes_max:
             raise DecodeError(
