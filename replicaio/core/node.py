@@ -183,7 +183,8 @@ class Node:
         self.tick = 0
         self.tick_armed = False
         self.protocol: NodeProtocol | None = None
-        self.root = Context(self, ())
+        # Routed like any other context, so links on the root context receive.
+        self.root = self.context(())
 
     # -- the boundary --------------------------------------------------------
 
