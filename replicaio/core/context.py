@@ -110,6 +110,11 @@ class Link(Generic[T]):
         self._send(peer, value)
 
     def _send(self, destination: int, value: T) -> None:
+        if destination == ALL and self.sent and ALL not in self.sent:
+            # Some peers already have their one value: to each of the others.
+            for peer in range(self.context.node.config.n):
+                self._send(peer, value)
+            return
         previous = self.sent.get(destination, self.sent.get(ALL))
         if destination in self.sent or (destination != ALL and ALL in self.sent):
             if previous != value:
