@@ -851,3 +851,23 @@ def test_inheritance_and_defaults(codec: Codec) -> None:
     assert instance.c == 7
     assert codec.decode(codec.encode(instance)) == instance
     assert msgpack.unpackb(codec.encode(instance))[1:] == [1, "x", 7]  # every field on the wire
+
+
+def test_a_bad_frame_leaves_no_state_behind(codec: Codec) -> None:
+    """The codec reuses one unpacker for small frames; every error must reset it."""
+    good = codec.encode(Echo(1, 2, b"x"))
+    bad_frames = [
+        good[:5],
+        good + b"\x01",
+        b"\xc1",
+        b"\xdc\xff\xff",
+        b"\x82\xa1a\x01\xa1a\x02",
+        b"",
+    ]
+    for bad in bad_frames * 3:
+        with pytest.raises(DecodeError):
+            codec.decode(bad)
+        assert codec.decode(good) == Echo(1, 2, b"x")
+        with pytest.raises(DecodeError):
+            codec.decode_value(bad)
+        assert codec.decode_value(good) == ("test_codec.Echo", 1, 2, b"x")

@@ -652,7 +652,10 @@ def _label(key: object) -> str:
 
 
 def _ints_in_range(items: Iterable[Any]) -> bool:
-    return all(_INT_MIN <= item <= _INT_MAX for item in items if type(item) is int)
+    for item in items:  # noqa: SIM110 - a plain loop beats all() over a generator here
+        if type(item) is int and not _INT_MIN <= item <= _INT_MAX:
+            return False
+    return True
 
 
 # Generic element loops: each failure is located once, on the way out (no re-runs,
@@ -1102,7 +1105,8 @@ class Codec:
         "_items_max",
         "_pack",
         "_unpack_options",
-        "_unpack_options_small",
+        "_unpacked_bytes",
+        "_unpacker",
     )
 
     def __init__(
@@ -1130,7 +1134,8 @@ class Codec:
         self._decoders: dict[str, _Decoder] = {}
         self._pack: Callable[[Any], bytes] = msgpack.Packer(autoreset=True, use_bin_type=True).pack
         self._unpack_options = self._options(items_max)
-        self._unpack_options_small = self._options(min(items_max, _SCAN_BYTES_MIN))
+        self._unpacked_bytes = 0
+        self._unpacker = self._new_unpacker()
         self._accepted: frozenset[type] | None = None
         if messages is not None:
             accepted = frozenset(messages)
@@ -1271,27 +1276,50 @@ class Codec:
             raise DecodeError(
                 "oversized", f"{size} bytes exceeds frame_bytes_max={self._frame_bytes_max}"
             )
-        options = self._unpack_options_small
-        if size > _SCAN_BYTES_MIN:
-            # every item takes at least one byte, so no container may declare more
-            slots_max = min(self._items_max, size)
-            options = {**self._unpack_options, "max_array_len": slots_max}
-            options["max_map_len"] = min(self._items_max, size // 2)
-            heads = sum(data.count(head) for head in _BIG_CONTAINER_HEADS)
-            if heads * slots_max > _PREALLOCATED_SLOTS_MAX:
-                _scan(data, self._depth_max, self._items_max)
+        if size <= _SCAN_BYTES_MIN:
+            # the hot path: a reused Unpacker skips unpackb's per-call option parsing
+            unpacker = self._unpacker
+            try:
+                unpacker.feed(data)
+                result = unpacker.unpack()
+            except Exception as error:
+                self._unpacker = self._new_unpacker()
+                raise self._unpack_error(error) from None
+            self._unpacked_bytes += size
+            if unpacker.tell() != self._unpacked_bytes:
+                self._unpacker = self._new_unpacker()
+                raise DecodeError("malformed", "trailing bytes after the frame")
+            return result
+        # every item takes at least one byte, so no container may declare more
+        slots_max = min(self._items_max, size)
+        options = {**self._unpack_options, "max_array_len": slots_max}
+        options["max_map_len"] = min(self._items_max, size // 2)
+        heads = sum(data.count(head) for head in _BIG_CONTAINER_HEADS)
+        if heads * slots_max > _PREALLOCATED_SLOTS_MAX:
+            _scan(data, self._depth_max, self._items_max)
         try:
             return msgpack.unpackb(data, **options)
-        except msgpack.ExtraData:
-            raise DecodeError("malformed", "trailing bytes after the frame") from None
-        except msgpack.StackError:
-            raise DecodeError("too_deep", "nesting deeper than msgpack allows") from None
-        except UnicodeDecodeError:
-            raise DecodeError("malformed", "str is not valid UTF-8") from None
-        except ValueError as error:
-            raise self._limit_error(str(error)) from None
-        except Exception as error:  # anything else msgpack raises means bad bytes
-            raise DecodeError("malformed", f"{type(error).__name__}: {error}") from None
+        except Exception as error:
+            raise self._unpack_error(error) from None
+
+    def _new_unpacker(self) -> Any:
+        self._unpacked_bytes = 0
+        options = self._options(min(self._items_max, _SCAN_BYTES_MIN))
+        return msgpack.Unpacker(max_buffer_size=_SCAN_BYTES_MIN, **options)
+
+    def _unpack_error(self, error: Exception) -> DecodeError:
+        """The ``DecodeError`` for whatever msgpack (or one of our hooks) raised."""
+        if isinstance(error, msgpack.ExtraData):
+            return DecodeError("malformed", "trailing bytes after the frame")
+        if isinstance(error, msgpack.OutOfData):
+            return DecodeError("malformed", "frame truncated")
+        if isinstance(error, msgpack.StackError):
+            return DecodeError("too_deep", "nesting deeper than msgpack allows")
+        if isinstance(error, UnicodeDecodeError):
+            return DecodeError("malformed", "str is not valid UTF-8")
+        if type(error) is ValueError:
+            return self._limit_error(str(error))
+        return DecodeError("malformed", f"{type(error).__name__}: {error}")
 
     def _limit_error(self, text: str) -> DecodeError:
         """Tell "longer than our limits" from "longer than the frame" in msgpack's errors."""
