@@ -20,18 +20,21 @@ the fields of a message means a new tag.
 How it is fast: ``@message`` parses the type hints once into a plan; each
 ``Codec`` turns a plan, on first use, into a generated encoder and decoder
 (``exec`` of straight-line code, like ``dataclasses`` itself) that check the
-primitive fields inline and build the instance through its slot descriptors.
-No reflection happens per call. Measured on the development machine (Python
-3.11, msgpack 1.2.4 C extension): about 1.0 million encode+decode round trips
-per second for a 3-field ``(int, int, bytes)`` message (~1.0 us each).
+primitive fields inline and build the instance through its slot descriptors;
+small frames reuse one ``msgpack.Unpacker``. No reflection happens per call.
+Measured on the development machine (Python 3.11, msgpack 1.2.4 C extension,
+CPU time, best of 9 runs of 100k): about 970,000 encode+decode round trips per
+second for a 3-field ``(int, int, bytes)`` message (0.31 us encode, 0.61 us
+decode); about 540,000 for the node's ``Envelope(tuple[int | str, ...], str,
+Value)``; about 700,000 for the 3-field message with ``canonical=True``.
 
-Depth counts msgpack containers: the top-level message array is depth 1, a
-nested message or tuple inside it depth 2, and so on. ``depth_max`` bounds the
-whole frame; ``items_max`` bounds every array and map; ``frame_bytes_max``
-bounds the frame (and so every str and bytes in it). Frames larger than
-``_SCAN_BYTES_MIN`` are first walked by a structural scanner that rejects
-truncation and excessive depth before msgpack allocates anything, so a small
-frame declaring huge nested containers cannot make a node allocate gigabytes.
+Hostile input (see docs/codec.md, "Limits"): depth counts msgpack containers
+(the message array is depth 1); ``depth_max`` bounds the whole frame,
+``items_max`` every array and map, ``frame_bytes_max`` the frame (and so every
+str and bytes). msgpack preallocates containers as it reads their headers, so
+frames above ``_SCAN_BYTES_MIN`` that could declare many large containers are
+first walked by a structural scanner that allocates nothing. Map keys must be
+scalars and unique, checked before any dict is built (hash flooding).
 """
 
 from __future__ import annotations
