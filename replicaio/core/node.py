@@ -41,7 +41,7 @@ from replicaio.core.context import ALL, Context, Ignore, Link
 from replicaio.core.effects import Effects, Input, Path, Receive, Request, Start, TimerFired
 from replicaio.core.errors import ConfigError
 from replicaio.core.lines import Line
-from replicaio.core.scheduler import ChooseFunction, Scheduler
+from replicaio.core.scheduler import ChooseFunction, Scheduler, Task
 
 TICK_TIMER = 0  # timer id of the node's own retransmission/ack tick
 HELLO_KEY: tuple[tuple[int | str, ...], str] = ((), "hello")  # Hello's slot in acks
@@ -179,6 +179,9 @@ class Node:
         self.peer_incarnations: list[int] = [0 for _ in config.nodes]
         self.local: deque[Envelope] = deque()
         self.timers: dict[int, Line[None]] = {}
+        # timer id -> (owning task, its finish callback), dropped when the timer
+        # fires, so a long-lived task does not collect one callback per timer.
+        self.timer_finishers: dict[int, tuple[Task[Any], Callable[[], None]]] = {}
         self.timer_next = TICK_TIMER + 1
         self.tick = 0
         self.tick_armed = False
@@ -405,6 +408,10 @@ class Node:
         if line is None:
             self.count("timer_unknown")
             return
+        finisher = self.timer_finishers.pop(timer_id, None)
+        if finisher is not None:
+            owner, callback = finisher
+            owner.on_finish.remove(callback)
         line.set(None)
 
     def on_tick(self) -> None:
@@ -437,12 +444,26 @@ class Node:
         self.effects.timers_set.append((timer_id, delay_us))
         owner = self.scheduler.current
         if owner is not None:
-            owner.on_finish.append(lambda: self.cancel_timer(timer_id))
+
+            def cancel() -> None:
+                self.cancel_timer(timer_id)
+
+            owner.on_finish.append(cancel)
+            self.timer_finishers[timer_id] = (owner, cancel)
         return line
 
     def cancel_timer(self, timer_id: int) -> None:
-        if self.timers.pop(timer_id, None) is not None:
-            self.effects.timers_cancelled.append(timer_id)
+        self.timer_finishers.pop(timer_id, None)
+        if self.timers.pop(timer_id, None) is None:
+            return
+        armed = self.effects.timers_set
+        for index, (armed_id, _) in enumerate(armed):
+            if armed_id == timer_id:
+                # Armed in this very batch: the host cancels before it arms, so
+                # withdraw the arming instead of cancelling.
+                del armed[index]
+                return
+        self.effects.timers_cancelled.append(timer_id)
 
     # -- components ----------------------------------------------------------
 
