@@ -541,6 +541,23 @@ def test_except_exception_does_not_swallow_cancellation() -> None:
     assert task.done
 
 
+def test_task_raising_cancelled_itself_finishes_quietly() -> None:
+    scheduler, scope = make()
+    go: Line[None] = scheduler.line("go")
+
+    async def gives_up() -> int:
+        await go
+        raise Cancelled()
+
+    task = scope.spawn(gives_up())
+    scheduler.run()
+    go.set(None)
+    scheduler.run()
+    assert task.done
+    assert not task.result.ready
+    assert not scope.tasks
+
+
 def test_task_result_line_and_await_task() -> None:
     scheduler, scope = make()
     inputs: Line[int] = scheduler.line("input")
@@ -637,3 +654,52 @@ def test_task_finishing_cancels_its_unfired_timers() -> None:
     effects = node.step(TimerFired(timer_id))  # the host lost the race
     assert not effects.outputs
     assert node.counters["timer_unknown"] == 1
+
+
+class ShortTimeoutProtocol(TimeoutProtocol):
+    """A request spawns a task that arms a timer and may finish in the same step."""
+
+    def on_request(self, payload: Any) -> str | None:
+        if payload == "short":
+            self.context.spawn(self.short_lived(), "short")
+            return None
+        return super().on_request(payload)
+
+    async def short_lived(self) -> None:
+        await first(self.context.sleep(5000), self.value)
+
+
+def test_timer_armed_and_cancelled_in_one_batch_is_never_armed() -> None:
+    node = Node(0, ClusterConfig(1, 0, resilience=Resilience.ANY), ShortTimeoutProtocol)
+    node.step(Start({}))
+    node.step(Request("data"))  # the value is there: "short" will not wait
+    effects = node.step(Request("short"))
+    # The host cancels, then arms: a timer in both lists would be armed for nothing
+    # and fire later as timer_unknown.
+    assert effects.timers_set == []
+    assert effects.timers_cancelled == []
+    assert node.timers == {}
+
+
+def test_long_lived_task_does_not_accumulate_state_per_timer() -> None:
+    class Heartbeat(TimeoutProtocol):
+        def start(self) -> None:
+            async def beat() -> None:
+                while True:
+                    await self.context.sleep(10)
+                    self.context.output("beat")
+
+            self.task = self.context.spawn(beat(), "heartbeat")
+
+    node = Node(0, ClusterConfig(1, 0, resilience=Resilience.ANY), Heartbeat)
+    effects = node.step(Start({}))
+    for _ in range(200):
+        ((timer_id, delay_us),) = effects.timers_set
+        assert delay_us == 10
+        effects = node.step(TimerFired(timer_id))
+        assert effects.outputs == ["beat"]
+    task = node.protocol.task  # type: ignore[union-attr]
+    assert len(node.timers) == 1
+    assert len(task.on_finish) <= 1  # flat memory however long the task lives
+    task.scope.cancel()
+    assert node.timers == {}
