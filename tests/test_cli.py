@@ -67,7 +67,7 @@ def test_swarm_reports_failures_with_reproduce_commands(
     assert report["violations"]
     failure = report["failures"][0]
     # the printed command really reproduces the failure
-    args = failure["reproduce"].split()[1:] + ["--json"]
+    args = [*failure["reproduce"].split()[1:], "--json"]
     assert main(args) == 1
     again = json.loads(capsys.readouterr().out)
     assert again["violations"] == failure["violations"]

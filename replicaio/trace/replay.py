@@ -40,7 +40,7 @@ class ReplayResult:
     counters: dict[str, int] = field(default_factory=dict)
 
 
-class Divergence(Exception):  # noqa: N818
+class Divergence(Exception):
     """A replayed node made a different choice than the one recorded."""
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from replicaio.core.config import Resilience
 from replicaio.core.context import Context
-from replicaio.protocols.broadcast.bracha import bracha, bracha_weak_echo
 from replicaio.protocols.broadcast.beb import best_effort
+from replicaio.protocols.broadcast.bracha import bracha, bracha_weak_echo
 from replicaio.protocols.broadcast.echo import consistent, consistent_weak
 from replicaio.protocols.broadcast.instances import (
     Accepted,

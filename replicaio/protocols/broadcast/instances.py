@@ -111,10 +111,11 @@ class Instances:
         for path in context.node.sent:
             if path[:prefix_length] != context.path or len(path) != prefix_length + 2:
                 continue
-            sender, seq = path[prefix_length:]
-            assert isinstance(sender, int) and isinstance(seq, int)
-            if seq >= self.low[sender] and seq not in self.delivered[sender]:
-                in_progress.append((sender, seq))
+            found_sender, found_seq = path[prefix_length:]
+            assert isinstance(found_sender, int)
+            assert isinstance(found_seq, int)
+            if found_seq >= self.low[found_sender] and found_seq not in self.delivered[found_sender]:
+                in_progress.append((found_sender, found_seq))
         mine = [seq for sender, seq in in_progress if sender == context.id]
         mine += list(self.delivered[context.id])
         self.next_seq = max([self.low[context.id], *(seq + 1 for seq in mine)])
