@@ -871,3 +871,18 @@ def test_a_bad_frame_leaves_no_state_behind(codec: Codec) -> None:
         with pytest.raises(DecodeError):
             codec.decode_value(bad)
         assert codec.decode_value(good) == ("test_codec.Echo", 1, 2, b"x")
+
+
+def test_unresolvable_annotation_fails_loudly_on_encode_but_never_on_decode(codec: Codec) -> None:
+    broken: Any = define({"field": "MissingName"})  # a forward reference never defined
+    with pytest.raises(CodecDefinitionError, match="MissingName"):
+        codec.encode(broken(1))
+    with pytest.raises(DecodeError) as caught:
+        codec.decode(pack([f"test_codec.generated.{broken.__name__}", 1]))
+    assert caught.value.reason == "unknown_type"
+
+
+def test_tags_are_printable_text() -> None:
+    for tag in ("bad\ud800tag", "new\nline", "x" * 300):
+        with pytest.raises(CodecDefinitionError):
+            message(tag=tag)(type("BadTag", (), {}))

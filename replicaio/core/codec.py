@@ -302,9 +302,9 @@ def _plans_for(cls: type) -> tuple[_Plan, ...]:
 def _resolve_plans(cls: type) -> tuple[_Plan, ...]:
     try:
         hints = typing.get_type_hints(cls)
-    except NameError as error:
+    except Exception as error:  # NameError mostly; any failure is a definition error
         raise CodecDefinitionError(
-            f"{cls.__qualname__}: cannot resolve field annotations ({error}); message "
+            f"{cls.__qualname__}: cannot resolve field annotations ({error!r}); message "
             "annotations must name types visible from the module's globals"
         ) from error
     names = _FIELDS_BY_CLASS[cls]
@@ -350,8 +350,10 @@ def _register(target: type[_T], tag: str | None) -> type[_T]:
     wire_tag = target.__name__ if tag is None else tag
     if not isinstance(wire_tag, str) or not wire_tag:
         raise CodecDefinitionError(f"{target.__qualname__}: tag must be a non-empty str")
-    if len(wire_tag.encode("utf-8", "surrogatepass")) > _TAG_BYTES_MAX:
-        raise CodecDefinitionError(f"{target.__qualname__}: tag longer than {_TAG_BYTES_MAX} bytes")
+    if not wire_tag.isprintable() or len(wire_tag.encode("utf-8", "replace")) > _TAG_BYTES_MAX:
+        raise CodecDefinitionError(
+            f"{target.__qualname__}: a tag is printable text of at most {_TAG_BYTES_MAX} bytes"
+        )
     if wire_tag in _CLASS_BY_TAG:
         other = _CLASS_BY_TAG[wire_tag]
         raise CodecDefinitionError(
