@@ -77,10 +77,17 @@ class Instances:
         instance: InstanceFunction,
         *,
         window_max: int = 64,
-        retained_max: int = 64,
+        retained_max: int = 32,
     ) -> None:
         if window_max < 1 or retained_max < 0:
             raise ConfigError("window_max must be >= 1 and retained_max >= 0")
+        if retained_max >= window_max:
+            # Deliveries live in [low, low + window_max): with retained_max >=
+            # window_max, collection never starts, low never moves, and every
+            # sender stalls for good after window_max instances.
+            raise ConfigError(
+                f"retained_max ({retained_max}) must be < window_max ({window_max})"
+            )
         self.context = context
         self.instance = instance
         self.window_max = window_max
