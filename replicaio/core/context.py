@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from replicaio.core.errors import UsageError
 from replicaio.core.lines import Family, Line
 from replicaio.core.scheduler import Scope, Task
+from replicaio.core.stream import Stream
 
 if TYPE_CHECKING:
     from replicaio.core.config import ClusterConfig
@@ -175,7 +176,7 @@ class Link(Generic[T]):
 class Context:
     """A component's handle on its node. Created by the node or by a parent."""
 
-    __slots__ = ("child_handler", "closed", "links_by_name", "node", "path", "tasks")
+    __slots__ = ("child_handler", "closed", "links_by_name", "node", "path", "streams", "tasks")
 
     def __init__(self, node: Node, path: Path) -> None:
         self.node = node
@@ -183,6 +184,7 @@ class Context:
         self.links_by_name: dict[str, Link[Any]] = {}
         self.tasks = Scope(node.scheduler, "/".join(map(str, path)) or "root")
         self.child_handler: ChildHandler | None = None
+        self.streams: list[Stream] = []
         self.closed = False
 
     # -- identity ------------------------------------------------------------
@@ -233,6 +235,28 @@ class Context:
             self.node.restore_link(link)
         return link
 
+    def stream(
+        self,
+        *types: type,
+        handler: Callable[[int, Any], None] | None = None,
+        inbox_max: int = 4096,
+    ) -> Stream:
+        """A datagram stream carrying the ``@message`` classes ``types`` (see
+        ``replicaio.core.stream``); closed with this component."""
+        stream = Stream(self, types, handler=handler, inbox_max=inbox_max)
+        self.node.open_stream(stream)
+        self.streams.append(stream)
+        return stream
+
+    def random_below(self, bound: int) -> int:
+        """A number in ``[0, bound)``: randomness is a choice point the host
+        resolves (seeded in simulation, recorded in the event log)."""
+        if bound < 1:
+            raise UsageError("random_below needs a bound >= 1")
+        if bound == 1:
+            return 0
+        return self.node.scheduler.choose("random", bound)
+
     def scope(self, name: str = "") -> Scope:
         """A new scope for ``async with``: leaving it cancels its tasks."""
         return Scope(self.node.scheduler, name or self.tasks.name)
@@ -247,6 +271,8 @@ class Context:
         if self.closed:
             return
         self.closed = True
+        for stream in self.streams:
+            stream.close()
         self.tasks.cancel()
         self.node.close_context(self)
 

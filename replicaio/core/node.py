@@ -39,7 +39,8 @@ from replicaio.core.codec import Codec, DecodeError, Value, message
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import ALL, Context, Ignore, Link
 from replicaio.core.effects import Effects, Input, Path, Receive, Request, Start, TimerFired
-from replicaio.core.errors import ConfigError
+from replicaio.core.errors import ConfigError, UsageError
+from replicaio.core.stream import Stream
 from replicaio.core.lines import Line
 from replicaio.core.scheduler import ChooseFunction, Scheduler, Task
 
@@ -178,6 +179,8 @@ class Node:
         self.acks_pending: list[dict[tuple[Path, str], None]] = [{} for _ in config.nodes]
         self.peer_incarnations: list[int] = [0 for _ in config.nodes]
         self.local: deque[Envelope] = deque()
+        self.local_stream: deque[Any] = deque()
+        self.streams: dict[type, Stream] = {}
         self.timers: dict[int, Line[None]] = {}
         # timer id -> (owning task, its finish callback), dropped when the timer
         # fires, so a long-lived task does not collect one callback per timer.
@@ -220,9 +223,13 @@ class Node:
         """Run tasks and local deliveries until nothing more can happen."""
         scheduler = self.scheduler
         local = self.local
+        local_stream = self.local_stream
         scheduler.run()
-        while local:
-            self.dispatch(self.node_id, local.popleft())
+        while local or local_stream:
+            if local:
+                self.dispatch(self.node_id, local.popleft())
+            else:
+                self.route_stream(self.node_id, local_stream.popleft())
             scheduler.run()
 
     # -- start ---------------------------------------------------------------
@@ -278,7 +285,36 @@ class Node:
         elif type(data) is Hello:
             self.on_hello(source, data)
         else:
+            self.route_stream(source, data)
+
+    # -- streams (unreliable typed datagrams, see core/stream.py) -------------
+
+    def route_stream(self, source: int, message: Any) -> None:
+        stream = self.streams.get(type(message))
+        if stream is None:
             self.count("rejected_unexpected_message")
+            return
+        stream.deliver(source, message)
+
+    def open_stream(self, stream: Stream) -> None:
+        """Route ``stream``'s message classes to it (one owner per class)."""
+        for cls in stream.types:
+            owner = self.streams.get(cls)
+            if owner is not None and owner is not stream:
+                raise UsageError(f"{cls.__name__} already belongs to stream {owner.name}")
+        for cls in stream.types:
+            self.streams[cls] = stream
+
+    def close_stream(self, stream: Stream) -> None:
+        for cls in stream.types:
+            if self.streams.get(cls) is stream:
+                del self.streams[cls]
+
+    def stream_send(self, destination: int, message: Any) -> None:
+        if destination == self.node_id:
+            self.local_stream.append(message)
+        else:
+            self.effects.sends.append((destination, message))
 
     def dispatch(self, source: int, envelope: Envelope) -> None:
         path = envelope.path

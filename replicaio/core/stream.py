@@ -1,0 +1,112 @@
+"""Streams: typed, unreliable, many-message channels (Raft's shape).
+
+One-shot links (``replicaio.core.context``) fit protocols that send one
+message of a kind per instance. Protocols such as Raft send many messages of
+one kind per term and do their own retransmission (heartbeats, re-sent
+AppendEntries), so they want plain datagrams instead: a :class:`Stream`.
+
+* A stream owns a set of ``@message`` classes; the node routes every message
+  of those classes to it (one owner per class per node).
+* ``send(peer, message)`` is one send effect, nothing more: no
+  acknowledgement, no retransmission, no retention. A message to the node
+  itself is delivered locally, within the step, after the current task.
+* Receiving: either a handler (``Stream(..., handler=...)``), called
+  synchronously for each message in arrival order (the STYLE's plain
+  ``on_<message>`` handlers), or ``await stream.receive()`` in a task, which
+  yields ``(source, message)`` in arrival order from a bounded inbox
+  (``inbox_max``; beyond it the newest message is dropped and counted
+  ``bound_stream_inbox_max``: the protocol's own retransmission recovers).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+from replicaio.core.errors import UsageError
+from replicaio.core.lines import Line
+
+if TYPE_CHECKING:
+    from replicaio.core.context import Context
+
+Handler = Callable[[int, Any], None]
+
+
+class Stream:
+    """A typed datagram channel of one component; see the module docstring."""
+
+    __slots__ = ("context", "handler", "inbox", "inbox_max", "name", "types", "waiting")
+
+    def __init__(
+        self,
+        context: Context,
+        types: tuple[type, ...],
+        *,
+        handler: Handler | None = None,
+        inbox_max: int = 4096,
+    ) -> None:
+        if not types:
+            raise UsageError("a stream needs at least one message class")
+        if inbox_max < 1:
+            raise UsageError("inbox_max must be >= 1")
+        self.context = context
+        self.types = types
+        self.name = ",".join(cls.__name__ for cls in types)
+        self.handler = handler
+        self.inbox: deque[tuple[int, Any]] = deque()
+        self.inbox_max = inbox_max
+        self.waiting: Line[None] | None = None
+
+    def send(self, peer: int, message: Any) -> None:
+        """One unreliable send of ``message`` to ``peer`` (may be this node)."""
+        if type(message) not in self.types:
+            raise UsageError(f"stream {self.name} does not carry {type(message).__name__}")
+        if not 0 <= peer < self.context.n:
+            raise UsageError(f"stream {self.name}: no node {peer}")
+        self.context.node.stream_send(peer, message)
+
+    def send_all(self, message: Any, *, include_self: bool = False) -> None:
+        """``send`` to every other node (and this one when ``include_self``)."""
+        for peer in range(self.context.n):
+            if peer != self.context.id or include_self:
+                self.send(peer, message)
+
+    def deliver(self, source: int, message: Any) -> None:
+        """Called by the node's router for a validated message from ``source``."""
+        if self.handler is not None:
+            self.handler(source, message)
+            return
+        if len(self.inbox) >= self.inbox_max:
+            self.context.node.count("bound_stream_inbox_max")
+            return
+        self.inbox.append((source, message))
+        waiting = self.waiting
+        if waiting is not None:
+            self.waiting = None
+            waiting.set(None)
+
+    def receive(self) -> _Receive:
+        """``await stream.receive()`` -> ``(source, message)``, in arrival order."""
+        if self.handler is not None:
+            raise UsageError(f"stream {self.name} has a handler; it cannot also be awaited")
+        return _Receive(self)
+
+    def close(self) -> None:
+        """Stop routing this stream's message classes to it."""
+        self.context.node.close_stream(self)
+
+
+class _Receive:
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    def __await__(self) -> Generator[Any, None, tuple[int, Any]]:
+        stream = self.stream
+        while not stream.inbox:
+            if stream.waiting is None:
+                stream.waiting = Line(stream.context.node.scheduler, f"{stream.name}.inbox")
+            yield from stream.waiting.__await__()
+        return stream.inbox.popleft()
