@@ -79,6 +79,7 @@ class Link(Generic[T]):
         "from_peers",
         "name",
         "quorums",
+        "reached",
         "received",
         "sent",
     )
@@ -93,6 +94,9 @@ class Link(Generic[T]):
         self.sent: dict[int, T] = {}
         self.received: dict[int, T] = {}
         self.counts: dict[T, int] = {}
+        # reached[k - 1] is the first value that k distinct peers sent, so a
+        # quorum asked for late yields what one asked for early did.
+        self.reached: list[T] = []
         self.from_peers: Family[int, T] = Family(
             context.node.scheduler, f"{name}.from", size_max=context.node.config.n
         )
@@ -140,10 +144,9 @@ class Link(Generic[T]):
         if not 1 <= count <= self.context.node.config.n:
             raise UsageError(f"link {self.name}: quorum of {count} out of range")
         line: Line[T] = Line(self.context.node.scheduler, f"{self.name}.quorum({count})")
-        for value, seen in self.counts.items():
-            if seen >= count:
-                line.set(value)
-                return line
+        if count <= len(self.reached):
+            line.set(self.reached[count - 1])
+            return line
         self.quorums.append((count, line))
         return line
 
@@ -159,6 +162,8 @@ class Link(Generic[T]):
         self.received[source] = value
         seen = self.counts.get(value, 0) + 1
         self.counts[value] = seen
+        if seen > len(self.reached):
+            self.reached.append(value)
         if self.quorums:
             waiting = []
             for count, line in self.quorums:
