@@ -49,8 +49,27 @@ def reproduce_command(args: argparse.Namespace, seed: int) -> str:
     return shlex.join(words)
 
 
-def run_one(args: argparse.Namespace, seed: int, log_path: str | None = None) -> SimResult:
-    options = SimOptions.draw(
+def load_options(path: str) -> SimOptions:
+    """Options from a JSON file (as written by shrinking or ``--json``)."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = json.load(stream)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read options from {path}: {error}") from error
+    if isinstance(data, dict) and "options" in data and "nodes" not in data:
+        data = data["options"]
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: options must be a JSON object")
+    return SimOptions.from_dict(data)
+
+
+def draw_options(args: argparse.Namespace, seed: int) -> SimOptions:
+    if getattr(args, "options", None):
+        options = load_options(args.options)
+        if options.nodes != args.nodes:
+            raise UsageError(f"--nodes {args.nodes} but the options are for {options.nodes}")
+        return options
+    return SimOptions.draw(
         seed,
         args.nodes,
         args.byzantine,
@@ -59,6 +78,10 @@ def run_one(args: argparse.Namespace, seed: int, log_path: str | None = None) ->
         requests_per_node=args.requests,
         encode=not args.no_encode,
     )
+
+
+def run_one(args: argparse.Namespace, seed: int, log_path: str | None = None) -> SimResult:
+    options = draw_options(args, seed)
     if log_path is None:
         return simulate(args.protocol, options, f=args.f)
     with open(log_path, "wb") as sink:
@@ -66,7 +89,9 @@ def run_one(args: argparse.Namespace, seed: int, log_path: str | None = None) ->
 
 
 def command_sim(args: argparse.Namespace) -> int:
-    result = run_one(args, args.seed, args.log)
+    if args.seed is None and not args.options:
+        raise UsageError("give --seed S (or --options FILE)")
+    result = run_one(args, args.seed if args.seed is not None else 0, args.log)
     report: dict[str, Any] = {
         "protocol": result.protocol,
         "seed": result.seed,
@@ -79,8 +104,10 @@ def command_sim(args: argparse.Namespace) -> int:
         "stats": result.stats,
         "counters": result.counters,
         "options": result.options.as_dict(),
-        "reproduce": reproduce_command(args, args.seed),
+        "reproduce": reproduce_command(args, result.seed),
     }
+    if args.options:
+        report["reproduce"] += f" --options {shlex.quote(args.options)}"
     if args.log:
         report["log"] = args.log
     if args.json:
@@ -184,6 +211,10 @@ def command_swarm(args: argparse.Namespace) -> int:
                 first = item["violations"][0]
                 print(f"FAIL seed {item['seed']}: {first['property']}: {first['detail']}")
                 print(f"  reproduce: {item['reproduce']}")
+    shrunk = None
+    if failures and args.shrink:
+        shrunk = shrink_failure(args, failures[0])
+        failures[0]["shrunk"] = shrunk
     elapsed = time.perf_counter() - started
     if args.json:
         print(json.dumps({
@@ -203,9 +234,42 @@ def command_swarm(args: argparse.Namespace) -> int:
             "wall_seconds": round(elapsed, 3),
         }, sort_keys=True))
     else:
+        if shrunk is not None:
+            print(f"shrunk seed {failures[0]['seed']} to {shrunk['crashes']} crash(es), "
+                  f"{shrunk['partitions']} partition(s), loss={shrunk['loss']}, "
+                  f"dup={shrunk['duplicate']}, reorder={shrunk['reorder_us']} us, "
+                  f"{shrunk['requests_per_node']} request(s)/node in {shrunk['runs']} runs:")
+            print(f"  reproduce: {shrunk['reproduce']}")
         verdict = "all passed" if not failures else f"{len(failures)} FAILED"
         print(f"{args.protocol}: {len(results)} seeds, {verdict} ({elapsed:.1f} s, {jobs} jobs)")
     return EXIT_VIOLATION if failures else EXIT_OK
+
+
+def shrink_failure(args: argparse.Namespace, failure: dict[str, Any]) -> dict[str, Any]:
+    """Shrink the fault schedule of a failing seed; write it where a person finds it."""
+    from replicaio.sim.shrink import shrink
+
+    options = draw_options(args, failure["seed"])
+    property_name = failure["violations"][0]["property"]
+    result = shrink(args.protocol, options, property_name, f=args.f)
+    folder = args.shrink_dir
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{args.protocol}-seed{failure['seed']}-shrunk.json")
+    with open(path, "w", encoding="utf-8") as stream:
+        json.dump(result.options.as_dict(), stream, indent=1, sort_keys=True)
+    command = reproduce_command(args, failure["seed"]) + f" --options {shlex.quote(path)}"
+    return {
+        "file": path,
+        "reproduce": command,
+        "property": property_name,
+        "runs": result.runs,
+        "crashes": len(result.options.crashes),
+        "partitions": len(result.options.partitions),
+        "loss": result.options.loss,
+        "duplicate": result.options.duplicate,
+        "reorder_us": result.options.reorder_us,
+        "requests_per_node": result.options.requests_per_node,
+    }
 
 
 def command_replay(args: argparse.Namespace) -> int:
@@ -266,7 +330,7 @@ def command_demo(args: argparse.Namespace) -> int:
     demo = argparse.Namespace(
         protocol="bracha", nodes=4, byzantine=1, f=None, behaviour="equivocate",
         faults="crash,partition,loss,dup,reorder", requests=4, no_encode=False,
-        seed=args.seed, json=False,
+        seed=args.seed, json=False, options=None, shrink=False, shrink_dir="",
     )
     with tempfile.TemporaryDirectory() as folder:
         demo.log = os.path.join(folder, "run.log")
@@ -315,7 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = commands.add_parser("sim", help="run one simulation and check every property")
     add_run_arguments(sim)
-    sim.add_argument("--seed", type=int, required=True)
+    sim.add_argument("--seed", type=int, default=None, help="the run's seed (required "
+                     "unless --options gives the whole schedule)")
+    sim.add_argument("--options", default=None,
+                     help="run exactly these options (JSON, e.g. a shrunk schedule)")
     sim.add_argument("--log", default=None, help="write the event log to FILE")
     sim.set_defaults(handler=command_sim)
 
@@ -324,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     swarm.add_argument("--seeds", type=int, required=True)
     swarm.add_argument("--first-seed", type=int, default=1)
     swarm.add_argument("--jobs", type=int, default=None)
+    swarm.add_argument("--no-shrink", dest="shrink", action="store_false",
+                       help="do not shrink the first failure's fault schedule")
+    swarm.add_argument("--shrink-dir", default="replicaio-failures",
+                       help="where shrunk schedules are written (default: %(default)s)")
     swarm.set_defaults(handler=command_swarm)
 
     replay_parser = commands.add_parser("replay", help="re-execute a node from an event log")

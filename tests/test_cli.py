@@ -113,3 +113,19 @@ def test_replay_rejects_a_file_that_is_not_a_log(
     bogus = tmp_path / "bogus.log"
     bogus.write_bytes(b"\x00garbage")
     assert main(["replay", str(bogus), "--node", "0"]) == 2
+
+
+def test_swarm_shrinks_the_first_failure_and_the_file_replays_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = main(["swarm", "echo-weak", "--nodes", "4", "--byzantine", "1", "--faults",
+                   "crash,partition,loss,dup,reorder", "--seeds", "6", "--jobs", "1",
+                   "--shrink-dir", str(tmp_path), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 1
+    shrunk = report["failures"][0]["shrunk"]
+    assert Path(shrunk["file"]).exists()
+    args = shrunk["reproduce"].split()[1:] + ["--json"]
+    assert main(args) == 1
+    again = json.loads(capsys.readouterr().out)
+    assert again["violations"][0]["property"] == shrunk["property"]

@@ -127,3 +127,46 @@ def test_replay_reports_the_first_divergence() -> None:
     assert not result.matched
     assert result.divergence is not None
     assert result.divergence["part"] == "sends"
+
+
+def test_options_round_trip_through_json() -> None:
+    import json
+
+    options = SimOptions.draw(3, 4, 1, ALL_FAULTS)
+    again = SimOptions.from_dict(json.loads(json.dumps(options.as_dict())))
+    assert again == options
+    assert simulate("bracha", again).log_sha256 == simulate("bracha", options).log_sha256
+
+
+@pytest.mark.parametrize("change", [
+    {"loss": 1.5},
+    {"behaviours": []},
+    {"latency_min_us": 0},
+    {"crashes": [{"node": 9, "at_us": 1, "down_us": 1, "mid_step": False, "keep_unsynced": 0}]},
+    {"nodes": "four"},
+])
+def test_bad_options_are_refused_with_a_usage_error(change: dict[str, object]) -> None:
+    from replicaio.core.errors import UsageError
+
+    data = {**SimOptions.draw(3, 4, 1, ALL_FAULTS).as_dict(), **change}
+    with pytest.raises(UsageError):
+        SimOptions.from_dict(data)
+
+
+def test_shrinking_keeps_the_failure_and_drops_irrelevant_faults() -> None:
+    from replicaio.sim.shrink import fails, shrink
+
+    seed = next(
+        seed for seed in range(1, 40)
+        if (options := SimOptions.draw(seed, 4, 1, ALL_FAULTS, behaviour="equivocate")).crashes
+        and fails("echo-weak", None, options, "agreement")
+    )
+    options = SimOptions.draw(seed, 4, 1, ALL_FAULTS, behaviour="equivocate")
+    result = shrink("echo-weak", options, "agreement")
+    assert fails("echo-weak", None, result.options, "agreement")
+    assert len(result.options.crashes) <= len(options.crashes)
+    assert len(result.options.partitions) <= len(options.partitions)
+    # equivocation alone breaks echo-weak: every fault schedule is irrelevant
+    assert result.options.crashes == ()
+    assert result.options.partitions == ()
+    assert result.options.loss == 0.0

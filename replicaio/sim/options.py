@@ -137,11 +137,64 @@ class SimOptions:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain data, for the event log header and ``--json``."""
+        """Plain data, for the event log header, ``--json`` and ``--options``."""
         data = asdict(self)
         data["partitions"] = [asdict(partition) for partition in self.partitions]
         data["crashes"] = [asdict(crash) for crash in self.crashes]
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SimOptions:
+        """The options :meth:`as_dict` produced (e.g. a shrunk schedule), validated."""
+        try:
+            fields = dict(data)
+            fields["byzantine"] = tuple(int(node) for node in fields["byzantine"])
+            fields["behaviours"] = tuple(str(name) for name in fields["behaviours"])
+            fields["faults"] = parse_faults(",".join(fields["faults"]))
+            fields["partitions"] = tuple(
+                Partition(
+                    int(item["start_us"]), int(item["end_us"]),
+                    tuple(int(node) for node in item["side"]), bool(item["symmetric"]),
+                )
+                for item in fields.get("partitions", ())
+            )
+            fields["crashes"] = tuple(
+                Crash(
+                    int(item["node"]), int(item["at_us"]), int(item["down_us"]),
+                    bool(item["mid_step"]), int(item["keep_unsynced"]),
+                )
+                for item in fields.get("crashes", ())
+            )
+            options = cls(**fields)
+        except (KeyError, TypeError, ValueError) as error:
+            raise UsageError(f"bad simulation options: {error!r}") from error
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` unless the options describe a possible run."""
+        problems = []
+        if self.nodes < 1:
+            problems.append("nodes must be >= 1")
+        if len(self.behaviours) != len(self.byzantine):
+            problems.append("one behaviour per byzantine node")
+        for name in self.behaviours:
+            if name not in BYZANTINE_BEHAVIOURS:
+                problems.append(f"unknown behaviour {name!r}")
+        if not 0 <= self.loss < 1 or not 0 <= self.duplicate < 1:
+            problems.append("loss and duplicate are probabilities in [0, 1)")
+        if not 0 < self.latency_min_us < self.latency_mean_us:
+            problems.append("need 0 < latency_min_us < latency_mean_us")
+        if not 0 < self.safety_us < self.liveness_us:
+            problems.append("need 0 < safety_us < liveness_us")
+        for crash in self.crashes:
+            if not 0 <= crash.node < self.nodes or crash.node in self.byzantine:
+                problems.append(f"crash of node {crash.node}: not a correct node")
+        for partition in self.partitions:
+            if any(not 0 <= node < self.nodes for node in partition.side):
+                problems.append(f"partition side {partition.side} names unknown nodes")
+        if problems:
+            raise UsageError("bad simulation options: " + "; ".join(problems))
 
 
 def draw_partitions(rng: random.Random, nodes: int, safety_us: int) -> tuple[Partition, ...]:
