@@ -1088,8 +1088,11 @@ def run_file(
     *,
     kits: Mapping[str, ProtocolKit] | None = None,
     commands: Mapping[str, CommandHandler] | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> FileResult:
-    """Run every command of the file at ``path``; compare with the expected blocks."""
+    """Run every command of the file at ``path``; compare with the expected blocks.
+    ``echo`` (if given) sees each command and its output as they run, so the
+    trace leading to a :class:`ScenarioError` can be shown."""
     path = Path(path)
     text = path.read_text()
     scenario_file = parse_scenario(text, str(path))
@@ -1105,6 +1108,8 @@ def run_file(
             error.add_note(f"{path}:{directive.line}: while running {directive.text!r}")
             raise
         outputs.append(output)
+        if echo is not None:
+            echo(f"{directive.text}\n{SEPARATOR}\n{output}\n")
         if output != directive.expected:
             mismatches.append(directive.line)
     return FileResult(path, text, render_scenario(scenario_file, outputs), mismatches)
@@ -1114,12 +1119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m replicaio.testing.scenario [--rewrite] FILE...``"""
     parser = argparse.ArgumentParser(prog="python -m replicaio.testing.scenario")
     parser.add_argument("--rewrite", action="store_true", help="write actual outputs into FILEs")
+    parser.add_argument("--show", action="store_true", help="print every command's output")
     parser.add_argument("files", nargs="+", metavar="FILE")
     arguments = parser.parse_args(argv)
     status = 0
     for name in arguments.files:
         try:
-            result = run_file(name)
+            result = run_file(name, echo=print if arguments.show else None)
         except ScenarioError as error:
             print(f"error: {error}", file=sys.stderr)
             status = 2
