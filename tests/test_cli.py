@@ -125,7 +125,7 @@ def test_swarm_shrinks_the_first_failure_and_the_file_replays_it(
     assert status == 1
     shrunk = report["failures"][0]["shrunk"]
     assert Path(shrunk["file"]).exists()
-    args = shrunk["reproduce"].split()[1:] + ["--json"]
+    args = [*shrunk["reproduce"].split()[1:], "--json"]
     assert main(args) == 1
     again = json.loads(capsys.readouterr().out)
     assert again["violations"][0]["property"] == shrunk["property"]

@@ -166,9 +166,9 @@ class SimOptions:
                 for item in fields.get("crashes", ())
             )
             options = cls(**fields)
+            options.validate()
         except (KeyError, TypeError, ValueError) as error:
             raise UsageError(f"bad simulation options: {error!r}") from error
-        options.validate()
         return options
 
     def validate(self) -> None:
