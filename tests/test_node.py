@@ -254,6 +254,43 @@ def test_body_of_the_wrong_type_is_rejected(channel: str, body: Any) -> None:
     assert protocol(node).note.received == {}
 
 
+class Loose:
+    """Links with container bodies: what a peer sends must still be countable."""
+
+    name = "loose"
+    resilience = Resilience.BYZANTINE
+
+    def __init__(self, context: Context) -> None:
+        self.context = context.child(*PATH)
+        self.any = self.context.link("ANY", body=Any)
+        self.tuple = self.context.link("TUPLE", body=tuple)
+
+    def start(self) -> None:
+        pass
+
+    def on_request(self, payload: Any) -> str | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("channel", "body"),
+    [("ANY", {1: 2}), ("ANY", (1, {2: 3})), ("TUPLE", ({},)), ("TUPLE", b"x")],
+)
+def test_unhashable_body_from_a_peer_is_rejected_not_raised(channel: str, body: Any) -> None:
+    node = Node(0, ClusterConfig(N, 1), Loose)
+    node.step(Start({}))
+    effects = node.step(Receive(1, node.codec.encode(envelope(body, channel=channel))))
+    assert not effects
+    assert node.counters == {"rejected_body_type": 1}
+    loose = node.protocol
+    assert isinstance(loose, Loose)
+    assert loose.any.received == {}
+    assert loose.tuple.received == {}
+    # the peer's later, countable value is its first
+    node.step(Receive(1, node.codec.encode(envelope((1, 2), channel=channel))))
+    assert loose.context.links_by_name[channel].received == {1: (1, 2)}
+
+
 def test_link_on_the_root_context_receives() -> None:
     class Root:
         name = "root"
