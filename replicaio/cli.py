@@ -304,6 +304,35 @@ def command_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if result.matched else EXIT_VIOLATION
 
 
+def command_explore(args: argparse.Namespace) -> int:
+    from replicaio.sim.explore import explore
+
+    options = draw_options(args, args.seed)
+    result = explore(args.protocol, options, f=args.f, runs_max=args.runs)
+    report = {
+        "protocol": args.protocol,
+        "seed": args.seed,
+        "runs": result.runs,
+        "exhaustive": result.exhaustive,
+        "choice_points_max": result.choice_points_max,
+        "violations": [
+            {"choices": failure["choices"], **violation}
+            for failure in result.failures for violation in failure["violations"]
+        ],
+    }
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        scope = "every" if result.exhaustive else f"the first {result.runs}"
+        print(f"{args.protocol} seed {args.seed}: explored {scope} choice sequence(s) "
+              f"({result.runs} runs, up to {result.choice_points_max} choice points per run)")
+        for failure in result.failures:
+            first = failure["violations"][0]
+            print(f"  FAIL with choices {failure['choices']}: {first['property']}: "
+                  f"{first['detail']}")
+    return EXIT_VIOLATION if result.failures else EXIT_OK
+
+
 def command_check_history(args: argparse.Namespace) -> int:
     from replicaio.check.linearizability import main_check_history
 
@@ -396,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     swarm.add_argument("--shrink-dir", default="replicaio-failures",
                        help="where shrunk schedules are written (default: %(default)s)")
     swarm.set_defaults(handler=command_swarm)
+
+    explore_parser = commands.add_parser(
+        "explore", help="enumerate every choice-point outcome of one seed's run")
+    add_run_arguments(explore_parser)
+    explore_parser.add_argument("--seed", type=int, required=True)
+    explore_parser.add_argument("--runs", type=int, default=1000, help="re-executions at most")
+    explore_parser.set_defaults(handler=command_explore, options=None)
 
     replay_parser = commands.add_parser("replay", help="re-execute a node from an event log")
     replay_parser.add_argument("file")

@@ -59,7 +59,7 @@ def test_swarm_reports_failures_with_reproduce_commands(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     status = main(["swarm", "echo-weak", "--nodes", "4", "--byzantine", "1",
-                   "--seeds", "8", "--jobs", "2", "--json"])
+                   "--seeds", "8", "--jobs", "2", "--no-shrink", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert status == 1
     assert report["seeds"] == 8

@@ -170,3 +170,42 @@ def test_shrinking_keeps_the_failure_and_drops_irrelevant_faults() -> None:
     assert result.options.crashes == ()
     assert result.options.partitions == ()
     assert result.options.loss == 0.0
+
+
+def test_explore_enumerates_choice_sequences_and_finds_broken_runs() -> None:
+    from replicaio.sim.explore import explore
+
+    options = SimOptions.draw(1, 4, 1, ("crash", "loss"), behaviour="equivocate")
+    good = explore("bracha", options, runs_max=50)
+    assert good.failures == []
+    assert good.runs >= 1
+    bad = explore("echo-weak", SimOptions.draw(1, 4, 1, (), behaviour="equivocate"), runs_max=50)
+    assert bad.failures
+    assert bad.failures[0]["violations"][0]["property"] == "agreement"
+
+
+def test_explore_branches_on_every_alternative() -> None:
+    """With a choice override, the explorer visits every outcome sequence once."""
+    from replicaio.sim import explore as explore_module
+
+    seen: list[tuple[int, ...]] = []
+
+    def fake_simulate(protocol: str, options: SimOptions, **kwargs: object) -> object:
+        choose = kwargs["choose"]
+        picks = (choose(0, "a", 3), choose(0, "b", 2))  # type: ignore[operator]
+        seen.append(picks)
+
+        class Result:
+            violations: list[dict[str, object]] = []
+
+        return Result()
+
+    original = explore_module.simulate
+    explore_module.simulate = fake_simulate  # type: ignore[assignment]
+    try:
+        result = explore_module.explore("bracha", SimOptions.draw(1, 4, 0, ()), runs_max=100)
+    finally:
+        explore_module.simulate = original
+    assert sorted(seen) == [(a, b) for a in range(3) for b in range(2)]
+    assert result.exhaustive
+    assert result.runs == 6

@@ -57,7 +57,7 @@ def candidates(options: SimOptions) -> Iterator[SimOptions]:
             clean = replace(crash, mid_step=False, keep_unsynced=0)
             yield replace(
                 options,
-                crashes=options.crashes[:index] + (clean,) + options.crashes[index + 1 :],
+                crashes=(*options.crashes[:index], clean, *options.crashes[index + 1:]),
             )
     if options.requests_per_node > 1:
         yield replace(options, requests_per_node=options.requests_per_node - 1)

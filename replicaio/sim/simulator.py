@@ -25,6 +25,7 @@ and a run is a pure function of its options. The simulator:
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 import random
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ from replicaio.storage.memory import MemoryStorage
 from replicaio.trace.eventlog import Choice, EventLogWriter, encode_effects, encode_input
 
 DELIVER, TIMER, REQUEST, CRASH, RESTART, LIVENESS = range(6)
+
+# Resolves a correct node's choice point instead of the seeded draw:
+# (node, label, count) -> index. Used by the explorer to enumerate choices.
+ChooseOverride = Callable[[int, str, int], int]
 
 
 @dataclass(slots=True)
@@ -93,7 +98,9 @@ class Simulator:
         log_sink: IO[bytes] | None = None,
         record: bool = True,
         params: NodeParams | None = None,
+        choose: ChooseOverride | None = None,
     ) -> None:
+        self.choose_override = choose
         self.protocol = protocol
         self.options = options
         self.factory = protocol_factory(protocol)
@@ -298,10 +305,14 @@ class Simulator:
     def choose_for(self, node: SimNode) -> Any:
         rng = node.chooser_rng
         strategy = node.strategy
+        override = self.choose_override
+        node_id = node.node_id
 
         def choose(label: str, count: int) -> int:
             if strategy is not None:
                 index = strategy.choose(label, count)
+            elif override is not None:
+                index = override(node_id, label, count)
             else:
                 index = rng.randrange(count)
             node.choices.append((label, count, index))
@@ -446,6 +457,9 @@ def simulate(
     f: int | None = None,
     log_sink: IO[bytes] | None = None,
     record: bool = True,
+    choose: ChooseOverride | None = None,
 ) -> SimResult:
     """Run one simulation; see :class:`Simulator`."""
-    return Simulator(protocol, options, f=f, log_sink=log_sink, record=record).run()
+    return Simulator(
+        protocol, options, f=f, log_sink=log_sink, record=record, choose=choose
+    ).run()
