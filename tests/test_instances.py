@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from replicaio.core.config import ClusterConfig, Resilience
-from replicaio.core.context import Context
+from replicaio.core.context import Context, Ignore
 from replicaio.core.effects import Effects, Receive, Request, Start, TimerFired
 from replicaio.core.errors import ConfigError
 from replicaio.core.node import TICK_TIMER, Envelope, Node
@@ -249,6 +249,17 @@ def test_message_for_a_collected_instance_is_acked_and_ignored() -> None:
     assert host.node.counters == {"ignored_instance_delivered": 1}
     assert (instance_path(1, 0), "SEND") in host.node.acks_pending[2]
     assert instance_path(1, 0) not in host.node.routes
+
+
+def test_unknown_child_for_a_delivered_instance_is_stale_not_early() -> None:
+    # Delivered instances stay routed while retained; should one be asked for
+    # anyway, it is stale (acknowledge: the sender may stop), never reopened.
+    host = Host()
+    host.send(1, 1, 0, b"v0")
+    found = host.instances.on_unknown((1, 0))
+    assert isinstance(found, Ignore)
+    assert found.reason == "instance_delivered"
+    assert found.acknowledge
 
 
 def test_message_for_a_retained_delivered_instance_is_not_delivered_again() -> None:

@@ -113,5 +113,5 @@ class LinkMachine(RuleBasedStateMachine):
         assert len(self.node.evidence_log) == min(self.equivocations, self.node.params.evidence_max)
 
 
-LinkMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+LinkMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestLinkReceive = LinkMachine.TestCase
