@@ -40,9 +40,9 @@ from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import ALL, Context, Ignore, Link
 from replicaio.core.effects import Effects, Input, Path, Receive, Request, Start, TimerFired
 from replicaio.core.errors import ConfigError, UsageError
-from replicaio.core.stream import Stream
 from replicaio.core.lines import Line
 from replicaio.core.scheduler import ChooseFunction, Scheduler, Task
+from replicaio.core.stream import Stream
 
 TICK_TIMER = 0  # timer id of the node's own retransmission/ack tick
 HELLO_KEY: tuple[tuple[int | str, ...], str] = ((), "hello")  # Hello's slot in acks
@@ -169,6 +169,9 @@ class Node:
             maxlen=self.params.evidence_max
         )
         self.storage: dict[str, bytes] = {}
+        # The keys of ``storage`` grouped by path ("i0/i3#" -> keys), in storage
+        # order, so that forgetting a path does not scan every key of the node.
+        self.storage_keys: dict[str, dict[str, None]] = {}
         self.incarnation = 0
         self.started = False
         self.routes: dict[Path, Context] = {}
@@ -238,6 +241,8 @@ class Node:
         assert not self.started, "a Node object lives one incarnation; build a new one"
         self.started = True
         self.storage = dict(storage)
+        for key in self.storage:
+            self.index_key(key)
         stored = self.storage.get(INCARNATION_KEY)
         self.incarnation = (int(self.codec.decode_value(stored)) if stored else 0) + 1
         self.persist(INCARNATION_KEY, self.codec.encode_value(self.incarnation))
@@ -524,19 +529,35 @@ class Node:
         if sent:
             for channel, destination in sent:
                 self.unacked[destination].pop((path, channel), None)
-        prefix = self.storage_key(path, "")
-        for key in [key for key in self.storage if key.startswith(prefix)]:
-            self.persist(key, None)
+        keys = self.storage_keys.get(self.storage_key(path, ""))
+        if keys:
+            for key in list(keys):
+                self.persist(key, None)
 
     # -- storage -------------------------------------------------------------
 
     def persist(self, key: str, value: bytes | None) -> None:
         """Record a durable write (``None`` deletes) in this step's effects."""
+        storage = self.storage
         if value is None:
-            self.storage.pop(key, None)
+            if storage.pop(key, None) is not None:
+                prefix = key[: key.find("#") + 1]
+                keys = self.storage_keys[prefix]
+                del keys[key]
+                if not keys:
+                    del self.storage_keys[prefix]
         else:
-            self.storage[key] = value
+            if key not in storage:
+                self.index_key(key)
+            storage[key] = value
         self.effects.persists.append((key, value))
+
+    def index_key(self, key: str) -> None:
+        prefix = key[: key.find("#") + 1]
+        keys = self.storage_keys.get(prefix)
+        if keys is None:
+            keys = self.storage_keys[prefix] = {}
+        keys[key] = None
 
     @staticmethod
     def storage_key(path: Path, name: str) -> str:
@@ -552,8 +573,10 @@ class Node:
 
     def stored_names(self, path: Path, prefix: str) -> Iterable[str]:
         start = self.storage_key(path, prefix)
-        cut = len(self.storage_key(path, ""))
-        return sorted(key[cut:] for key in self.storage if key.startswith(start))
+        path_prefix = self.storage_key(path, "")
+        cut = len(path_prefix)
+        keys = self.storage_keys.get(path_prefix, ())
+        return sorted(key[cut:] for key in keys if key.startswith(start))
 
     # -- accounting ----------------------------------------------------------
 
