@@ -16,7 +16,7 @@ from replicaio.core.context import Context
 from replicaio.core.effects import Effects, Receive, Request, Start, TimerFired
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.node import (
-    HELLO_KEY,
+    hello_key,
     INCARNATION_KEY,
     TICK_TIMER,
     Acks,
@@ -106,7 +106,7 @@ def envelope(body: Any, channel: str = "VOTE", path: tuple[int | str, ...] = PAT
 
 def ack_hellos(node: Node) -> None:
     for peer in range(1, N):
-        node.step(Receive(peer, node.codec.encode(Acks((HELLO_KEY,)))))
+        node.step(Receive(peer, node.codec.encode(Acks((hello_key(1),)))))
 
 
 def sends_to(effects: Effects, peer: int) -> list[Any]:
@@ -548,7 +548,7 @@ def test_acks_are_batched_up_to_acks_per_message_max() -> None:
         node.step(Receive(1, envelope(b"x", channel=channel)))
     effects = node.step(TimerFired(TICK_TIMER))
     acks = [sent for sent in sends_to(effects, 1) if isinstance(sent, Acks)]
-    expected = [HELLO_KEY] + [(PATH, channel) for channel in EXTRA]
+    expected = [hello_key(1)] + [(PATH, channel) for channel in EXTRA]
     assert [len(ack.items) for ack in acks] == [2, 2, 2]
     assert [item for ack in acks for item in ack.items] == expected
     assert not node.acks_pending[1]
@@ -571,11 +571,11 @@ def test_hello_from_a_restarted_peer_resends_what_it_was_sent() -> None:
     node.step(Request(("note", 1, 5)))
     node.step(Request(("note", 2, 6)))
     for peer in (1, 2, 3):
-        node.step(Receive(peer, Acks(((PATH, "VOTE"), (PATH, "NOTE"), HELLO_KEY))))
+        node.step(Receive(peer, Acks(((PATH, "VOTE"), (PATH, "NOTE"), hello_key(1)))))
     assert not node.has_unacked()
     effects = node.step(Receive(1, node.codec.encode(Hello(1))))
     assert not effects  # a fresh node lost nothing
-    assert HELLO_KEY in node.acks_pending[1]
+    assert hello_key(1) in node.acks_pending[1]
     effects = node.step(Receive(1, node.codec.encode(Hello(2))))
     assert effects.sends == [(1, envelope(b"v")), (1, envelope(5, channel="NOTE"))]
     assert node.counters == {"peer_restarts_seen": 1}

@@ -45,7 +45,12 @@ from replicaio.core.scheduler import ChooseFunction, Scheduler, Task
 from replicaio.core.stream import Stream
 
 TICK_TIMER = 0  # timer id of the node's own retransmission/ack tick
-HELLO_KEY: tuple[tuple[int | str, ...], str] = ((), "hello")  # Hello's slot in acks
+
+
+def hello_key(incarnation: int) -> tuple[tuple[int | str, ...], str]:
+    """Hello's slot in acks. Keyed by incarnation: an ack still owed for a
+    node's previous Hello must not cancel the retransmission of its new one."""
+    return ((), f"hello:{incarnation}")
 INCARNATION_KEY = "node#incarnation"
 LINK_MARK = "#link:"
 
@@ -252,7 +257,7 @@ class Node:
         for peer in self.config.nodes:
             if peer != self.node_id:
                 # Reliable too: a restart nobody hears of would strand this node.
-                self.unacked[peer][HELLO_KEY] = Unacked(hello, due)
+                self.unacked[peer][hello_key(self.incarnation)] = Unacked(hello, due)
                 self.effects.sends.append((peer, hello))
         self.protocol = self.protocol_factory(self.root)
         self.protocol.start()
@@ -366,7 +371,7 @@ class Node:
             unacked.pop(item, None)
 
     def on_hello(self, source: int, hello: Hello) -> None:
-        self.acks_pending[source][HELLO_KEY] = None
+        self.acks_pending[source][hello_key(hello.incarnation)] = None
         if hello.incarnation <= self.peer_incarnations[source]:
             self.count("hello_stale")
             return
