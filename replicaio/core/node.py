@@ -51,6 +51,8 @@ def hello_key(incarnation: int) -> tuple[tuple[int | str, ...], str]:
     """Hello's slot in acks. Keyed by incarnation: an ack still owed for a
     node's previous Hello must not cancel the retransmission of its new one."""
     return ((), f"hello:{incarnation}")
+
+
 INCARNATION_KEY = "node#incarnation"
 LINK_MARK = "#link:"
 
