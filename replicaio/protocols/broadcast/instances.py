@@ -106,9 +106,12 @@ class Instances:
         context = self.context
         for sender in range(context.n):
             self.low[sender] = int(context.load(f"low:{sender}") or 0)
+        recovered = []
         for name in context.stored_names("delivered:"):
             _, sender_text, seq_text = name.split(":")
-            sender, seq = int(sender_text), int(seq_text)
+            recovered.append((int(sender_text), int(seq_text), name))
+        # numeric order: each sender's deliveries are re-announced by sequence number
+        for sender, seq, name in sorted(recovered):
             if seq >= self.low[sender]:
                 self.delivered[sender][seq] = None
                 value = context.load(name)
