@@ -184,10 +184,7 @@ class Link(Generic[T]):
                 else:
                     waiting.append((count, line))
             self.quorums = waiting
-        line = self.from_peers.lines.get(source)
-        if line is None:
-            line = self.from_peers[source]
-        line.set(value)
+        self.from_peers[source].set(value)
 
 
 class Context:

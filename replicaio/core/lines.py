@@ -32,7 +32,7 @@ class Line(Generic[T]):
         self._is_set = False
         self._value: Any = None
         # Insertion-ordered so that wake-up order is deterministic.
-        self.waiters: dict[Task, None] = {}
+        self.waiters: dict[Task[Any], None] = {}
 
     @property
     def ready(self) -> bool:
@@ -81,7 +81,7 @@ class AnyOf:
             yield self
 
 
-async def first(*lines: Line[T], label: str = "first") -> T:
+async def first(*lines: Line[Any], label: str = "first") -> Any:
     """The value of whichever line is available first.
 
     When the waiting task resumes and more than one line is available, which

@@ -251,7 +251,9 @@ class Node:
         for key in self.storage:
             self.index_key(key)
         stored = self.storage.get(INCARNATION_KEY)
-        self.incarnation = (int(self.codec.decode_value(stored)) if stored else 0) + 1
+        previous = self.codec.decode_value(stored) if stored else 0
+        assert isinstance(previous, int), "corrupt incarnation record"
+        self.incarnation = previous + 1
         self.persist(INCARNATION_KEY, self.codec.encode_value(self.incarnation))
         self.restore_sent()
         hello = Hello(self.incarnation)
