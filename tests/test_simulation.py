@@ -209,3 +209,32 @@ def test_explore_branches_on_every_alternative() -> None:
     assert sorted(seen) == [(a, b) for a in range(3) for b in range(2)]
     assert result.exhaustive
     assert result.runs == 6
+
+
+def test_a_custom_strategy_forces_choices_and_rewrites_messages() -> None:
+    """A user-written adversary: lies only in READY messages, and logs the
+    choice points it is asked to resolve. Bracha must still hold."""
+    import random
+    from dataclasses import replace
+    from typing import Any
+
+    from replicaio.core.node import Envelope
+    from replicaio.sim.adversary import Strategy, twist
+    from replicaio.sim.simulator import Simulator
+
+    class LyingReady(Strategy):
+        rewritten = 0
+
+        def rewrite(self, destination: int, message: Any) -> list[tuple[int, Any]]:
+            if type(message) is Envelope and message.channel == "READY" and destination % 2:
+                LyingReady.rewritten += 1
+                return [(destination, replace(message, body=twist(message.body)))]
+            return [(destination, message)]
+
+    options = SimOptions.draw(4, 4, 1, ALL_FAULTS)
+    byzantine = options.byzantine[0]
+    strategy = LyingReady(byzantine, 4, random.Random(0))
+    result = Simulator("bracha", options, strategies={byzantine: strategy}).run()
+    assert result.violations == []
+    assert LyingReady.rewritten > 0
+    assert result.counters.get("link_equivocation", 0) >= 0

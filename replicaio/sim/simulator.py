@@ -34,6 +34,7 @@ from typing import IO, Any
 from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig
 from replicaio.core.effects import Effects, Input, Receive, Request, Start, TimerFired
+from replicaio.core.errors import UsageError
 from replicaio.core.node import Node, NodeParams
 from replicaio.protocols.registry import protocol_factory
 from replicaio.sim.adversary import BEHAVIOURS, Strategy
@@ -99,8 +100,13 @@ class Simulator:
         record: bool = True,
         params: NodeParams | None = None,
         choose: ChooseOverride | None = None,
+        strategies: dict[int, Strategy] | None = None,
     ) -> None:
         self.choose_override = choose
+        self.strategies = dict(strategies or {})
+        for node_id in self.strategies:
+            if node_id not in options.byzantine:
+                raise UsageError(f"a custom strategy for node {node_id}, which is not byzantine")
         self.protocol = protocol
         self.options = options
         self.factory = protocol_factory(protocol)
@@ -156,8 +162,8 @@ class Simulator:
 
     def make_node(self, node_id: int) -> SimNode:
         seed = self.options.seed
-        strategy = None
-        if node_id in self.options.byzantine:
+        strategy = self.strategies.get(node_id)
+        if strategy is None and node_id in self.options.byzantine:
             behaviour = self.options.behaviours[self.options.byzantine.index(node_id)]
             strategy = BEHAVIOURS[behaviour](
                 node_id, self.options.nodes, random.Random(f"replicaio-adversary:{seed}:{node_id}")
