@@ -6,6 +6,9 @@
     replicaio check-history FILE
     replicaio demo
     replicaio protocols
+    replicaio node --config FILE --id I [--event-log FILE]
+    replicaio cluster up --protocol P --nodes N --base-port B --data-dir D | cluster down --data-dir D
+    replicaio broadcast --config FILE --node I VALUE
 
 Exit status: 0 when every property held (or the replay matched), 1 when a
 property was violated (or the replay diverged), 2 for a usage error.
@@ -449,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("protocols", help="list the protocols")
     listing.set_defaults(handler=command_protocols)
+
+    # The live runtime: node, cluster up|down, broadcast (replicaio/runtime/commands.py).
+    from replicaio.runtime.commands import add_runtime_commands
+
+    add_runtime_commands(commands)
     return parser
 
 

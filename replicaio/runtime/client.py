@@ -1,0 +1,313 @@
+"""The client port: pluggable per service, with the output stream as the first service.
+
+A node serves its clients through one :class:`ClientService`, chosen by name
+in the cluster file (``[host] client_service``, default ``"stream"``); a
+service registers its factory with :func:`register_service`. The host calls,
+in this order: ``start`` once its core has started; ``on_outputs`` with every
+released batch of outputs (after the writes they depend on are durable, in
+step order); ``close`` at shutdown. A service submits client requests with
+``host.submit(payload, on_done)``, which waits only for room in the host's
+inbox (backpressure) and later calls ``on_done(reason)`` with ``None`` once the
+request was stepped and its batch released, or the core's rejection reason.
+The Redis (RESP) front of the KV service plugs in here, next to ``"stream"``.
+
+The ``stream`` service (for the broadcast protocols), wire format: frames of a
+4-byte big-endian length and a body (``replicaio.runtime.framing``).
+
+* client -> node: the body is one msgpack value, the request payload (for a
+  broadcast, a ``bin``), decoded strictly with the node's codec limits;
+* node -> client: the body is one codec-encoded message (``[tag, field...]``,
+  see docs/codec.md): the node's outputs (``Accepted``, ``Delivered``, ...),
+  ``RequestRejected(reason)`` for this client's refused requests, and once,
+  right after connecting, ``HistoryEnd(outputs)`` after the replay of the
+  outputs this process released before the client connected (at most
+  ``client_history_max``), so a client sees recovered deliveries too.
+
+Bad input (garbage, an oversized or truncated frame, a payload that does not
+decode) is counted as ``rejected_client_<reason>`` and closes that client only.
+Bounds: ``client_connections_max`` (``bound_client_connections_max``),
+``client_queue_max`` frames waiting for one client (beyond it the client is
+too slow and is disconnected: ``bound_client_queue_max``), and
+``client_history_max`` outputs kept for late joiners
+(``bound_client_history_max`` counts each one forgotten).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from replicaio.core.codec import Codec, DecodeError, Value, message
+from replicaio.core.errors import UsageError
+from replicaio.runtime.config import Address, HostParams
+from replicaio.runtime.counters import Counters
+from replicaio.runtime.framing import LENGTH, LENGTH_BYTES, FrameError, frame_header, read_frame
+from replicaio.runtime.logs import RateLimitedLog
+
+logger = logging.getLogger("replicaio.client")
+
+OnDone = Callable[[str | None], None]
+
+
+@message(tag="RequestRejected")
+class RequestRejected:
+    """To a client: the core refused its request (``reason`` as counted by the core)."""
+
+    reason: str
+
+
+@message(tag="HistoryEnd")
+class HistoryEnd:
+    """To a client: the replay of earlier outputs is over; live outputs follow."""
+
+    outputs: int
+
+
+class ServiceHost(Protocol):
+    """What the node host offers a client service."""
+
+    codec: Codec
+    counters: Counters
+
+    async def submit(self, payload: Any, on_done: OnDone | None = None) -> None: ...
+
+
+class ClientService(Protocol):
+    """A client-facing front of a node; see the module docstring for the call order."""
+
+    async def start(self, host: ServiceHost, address: Address, params: HostParams) -> None: ...
+
+    def on_outputs(self, outputs: list[Any]) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def port(self) -> int: ...
+
+    def connections(self) -> int: ...
+
+
+ServiceFactory = Callable[[], ClientService]
+SERVICES: dict[str, ServiceFactory] = {}
+
+
+def register_service(name: str, factory: ServiceFactory) -> None:
+    """Make ``factory`` available as ``[host] client_service = name``."""
+    if name in SERVICES and SERVICES[name] is not factory:
+        raise UsageError(f"client service {name!r} is already registered")
+    SERVICES[name] = factory
+
+
+def service_factory(name: str) -> ServiceFactory:
+    factory = SERVICES.get(name)
+    if factory is None:
+        raise UsageError(f"unknown client service {name!r}; known: {', '.join(sorted(SERVICES))}")
+    return factory
+
+
+class StreamClientConnection:
+    __slots__ = ("queue", "wakeup", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.queue: deque[bytes] = deque()
+        self.wakeup = asyncio.Event()
+
+
+class StreamService:
+    """Requests in, every output out; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.host: ServiceHost | None = None
+        self.params = HostParams()
+        self.server: asyncio.Server | None = None
+        self.clients: set[StreamClientConnection] = set()
+        self.history: deque[bytes] = deque()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.warn = RateLimitedLog(logger)
+
+    async def start(self, host: ServiceHost, address: Address, params: HostParams) -> None:
+        self.host = host
+        self.params = params
+        self.server = await asyncio.start_server(
+            self.on_client, address.host, address.port, reuse_address=True
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    def connections(self) -> int:
+        return len(self.clients)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def on_outputs(self, outputs: list[Any]) -> None:
+        assert self.host is not None
+        for output in outputs:
+            body = self.host.codec.encode(output)
+            data = frame_header(len(body)) + body
+            if len(self.history) >= self.params.client_history_max:
+                self.history.popleft()
+                self.host.counters.count("bound_client_history_max")
+            self.history.append(data)
+            for client in list(self.clients):
+                self.enqueue(client, data)
+
+    def enqueue(self, client: StreamClientConnection, data: bytes) -> None:
+        assert self.host is not None
+        if len(client.queue) >= self.params.client_queue_max:
+            self.host.counters.count("bound_client_queue_max")
+            self.clients.discard(client)
+            client.writer.close()
+            return
+        client.queue.append(data)
+        client.wakeup.set()
+
+    # -- one client --------------------------------------------------------------------------
+
+    async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host = self.host
+        assert host is not None
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        if len(self.clients) >= self.params.client_connections_max:
+            host.counters.count("bound_client_connections_max")
+            writer.close()
+            return
+        client = StreamClientConnection(writer)
+        self.clients.add(client)
+        for data in self.history:
+            client.queue.append(data)
+        end = host.codec.encode(HistoryEnd(len(self.history)))
+        client.queue.append(frame_header(len(end)) + end)
+        client.wakeup.set()
+        writer_task = asyncio.get_running_loop().create_task(self.write_loop(client))
+        try:
+            await self.read_loop(host, client, reader)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.clients.discard(client)
+            writer_task.cancel()
+            writer.close()
+
+    async def read_loop(
+        self, host: ServiceHost, client: StreamClientConnection, reader: asyncio.StreamReader
+    ) -> None:
+        while True:
+            try:
+                body = await read_frame(reader, self.params.client_frame_bytes_max)
+            except FrameError as error:
+                self.reject(host, error.reason)
+                return
+            except (ConnectionError, OSError):
+                return
+            if body is None:
+                return
+            try:
+                payload = host.codec.decode_value(body)
+            except DecodeError as error:
+                self.reject(host, f"decode_{error.reason}")
+                return
+
+            def on_done(reason: str | None, client: StreamClientConnection = client) -> None:
+                if reason is not None and client in self.clients:
+                    data = host.codec.encode(RequestRejected(reason))
+                    self.enqueue(client, frame_header(len(data)) + data)
+
+            await host.submit(payload, on_done)
+
+    def reject(self, host: ServiceHost, reason: str) -> None:
+        host.counters.count(f"rejected_client_{reason}")
+        self.warn(logging.WARNING, reason, "client input rejected", reason=reason)
+
+    async def write_loop(self, client: StreamClientConnection) -> None:
+        try:
+            while True:
+                if not client.queue:
+                    client.wakeup.clear()
+                    await client.wakeup.wait()
+                    continue
+                data = b"".join(client.queue)
+                client.queue.clear()
+                client.writer.write(data)
+                await client.writer.drain()
+        except (ConnectionError, OSError):
+            client.writer.close()
+
+
+register_service("stream", StreamService)
+
+
+# -- a small blocking client (the CLI's broadcast command, tests) ---------------------------
+
+
+class StreamClient:
+    """A blocking client of the ``stream`` service."""
+
+    def __init__(self, address: Address, *, timeout_s: float = 10.0, codec: Codec | None = None):
+        self.codec = codec or Codec()
+        self.socket = socket.create_connection((address.host, address.port), timeout=timeout_s)
+        self.buffer = bytearray()
+        self.frame_bytes_max = HostParams().client_frame_bytes_max
+
+    def request(self, payload: Value) -> None:
+        body = self.codec.encode_value(payload)
+        self.socket.sendall(frame_header(len(body)) + body)
+
+    def send_raw(self, data: bytes) -> None:
+        self.socket.sendall(data)
+
+    def next_output(self, timeout_s: float) -> Any | None:
+        """The next message from the node, or ``None`` if none came within ``timeout_s``
+        (or the node closed the connection)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if len(self.buffer) >= LENGTH_BYTES:
+                (length,) = LENGTH.unpack_from(self.buffer)
+                if length > self.frame_bytes_max:
+                    raise UsageError(f"node sent an oversized frame ({length} bytes)")
+                if len(self.buffer) >= LENGTH_BYTES + length:
+                    body = bytes(self.buffer[LENGTH_BYTES : LENGTH_BYTES + length])
+                    del self.buffer[: LENGTH_BYTES + length]
+                    return self.codec.decode(body)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.socket.settimeout(remaining)
+            try:
+                chunk = self.socket.recv(65536)
+            except TimeoutError:
+                return None
+            if not chunk:
+                return None
+            self.buffer += chunk
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> StreamClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,335 @@
+"""The runtime's subcommands of ``replicaio``: ``node``, ``cluster up|down``, ``broadcast``.
+
+    replicaio node --config FILE --id I [--event-log FILE] [--log-level L] [--loop L]
+    replicaio cluster up --protocol P --nodes N --base-port B --data-dir D [...]
+    replicaio cluster down --data-dir D
+    replicaio broadcast --config FILE --node I VALUE [--timeout S] [--no-wait]
+
+``cluster up`` writes ``D/cluster.toml`` and ``D/cluster.key`` (a fresh
+cluster secret, mode 0600) on first use and reuses them after, starts one
+``replicaio node`` process per node (data in ``D/node-I``, logs in
+``D/node-I.log``, pid in ``D/node-I.pid``) and waits until every client port
+answers. Ports: peer ``B + i``, client ``B + N + i``, metrics (``--metrics``)
+``B + 2N + i``. ``cluster down`` stops the processes of the pid files with
+SIGTERM (a clean stop), then SIGKILL after ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from replicaio.core.errors import UsageError
+from replicaio.runtime.config import (
+    ClusterFile,
+    load_cluster_file,
+    render_cluster_file,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+CLUSTER_FILE = "cluster.toml"
+SECRET_FILE = "cluster.key"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_runtime_commands(commands: Any) -> None:
+    """Add the runtime subcommands to the ``replicaio`` parser's subparsers."""
+    node = commands.add_parser("node", help="run one node of a live cluster")
+    node.add_argument("--config", required=True, help="the TOML cluster file")
+    node.add_argument("--id", type=int, required=True, help="this node's id")
+    node.add_argument("--event-log", default=None,
+                      help="record every step to FILE (replay with `replicaio replay`)")
+    node.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    node.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                      help="event loop (auto: uvloop when installed)")
+    node.set_defaults(handler=command_node)
+
+    cluster = commands.add_parser("cluster", help="start or stop a local cluster of processes")
+    actions = cluster.add_subparsers(dest="cluster_command", required=True)
+    up = actions.add_parser("up", help="start a local cluster (one process per node)")
+    up.add_argument("--protocol", default="bracha")
+    up.add_argument("--nodes", type=int, default=4)
+    up.add_argument("--f", type=int, default=None, help="faults tolerated (default: the most)")
+    up.add_argument("--base-port", type=int, required=True)
+    up.add_argument("--data-dir", required=True)
+    up.add_argument("--host", default="127.0.0.1", help="address every node binds")
+    up.add_argument("--auth", choices=("hmac", "ed25519"), default="hmac")
+    up.add_argument("--metrics", action="store_true", help="serve Prometheus metrics too")
+    up.add_argument("--no-fsync", action="store_true", help="skip fsync (tests only)")
+    up.add_argument("--event-logs", action="store_true", help="record D/node-I.events")
+    up.add_argument("--ready-timeout", type=float, default=20.0)
+    up.set_defaults(handler=command_cluster_up)
+    down = actions.add_parser("down", help="stop the cluster started in --data-dir")
+    down.add_argument("--data-dir", required=True)
+    down.add_argument("--timeout", type=float, default=10.0)
+    down.set_defaults(handler=command_cluster_down)
+
+    broadcast = commands.add_parser("broadcast", help="broadcast a value through one node")
+    broadcast.add_argument("--config", required=True)
+    broadcast.add_argument("--node", type=int, required=True)
+    broadcast.add_argument("value", help="the value (UTF-8 text)")
+    broadcast.add_argument("--timeout", type=float, default=10.0)
+    broadcast.add_argument("--no-wait", action="store_true",
+                           help="return once accepted, without waiting for the delivery")
+    broadcast.set_defaults(handler=command_broadcast)
+
+
+# -- node ----------------------------------------------------------------------------------
+
+
+def command_node(args: argparse.Namespace) -> int:
+    from replicaio.runtime.host import run_node
+    from replicaio.runtime.logs import configure_logging
+    from replicaio.storage.base import StorageError
+
+    configure_logging(args.log_level, args.id)
+    cluster = load_cluster_file(args.config)
+    cluster.node(args.id)
+    try:
+        run_node(cluster, args.id, event_log=args.event_log, loop=args.loop)
+    except StorageError as error:
+        print(f"replicaio: error: node {args.id} cannot open its storage: {error}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"replicaio: error: node {args.id}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+# -- cluster up / down -------------------------------------------------------------------
+
+
+def command_cluster_up(args: argparse.Namespace) -> int:
+    directory = Path(args.data_dir).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    if running_pids(directory):
+        raise UsageError(f"a cluster is already running in {directory} (cluster down first)")
+    config_path = directory / CLUSTER_FILE
+    if not config_path.exists():
+        write_local_cluster(directory, args)
+    cluster = load_cluster_file(config_path)
+    if cluster.protocol != args.protocol or cluster.n != args.nodes:
+        raise UsageError(
+            f"{config_path} describes {cluster.n} {cluster.protocol} nodes; remove the "
+            "directory to start a different cluster"
+        )
+    processes = []
+    for entry in cluster.nodes:
+        command = [sys.executable, "-m", "replicaio.cli", "node", "--config", str(config_path),
+                   "--id", str(entry.id)]
+        if args.event_logs:
+            command += ["--event-log", str(directory / f"node-{entry.id}.events")]
+        with open(directory / f"node-{entry.id}.log", "ab") as output:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        (directory / f"node-{entry.id}.pid").write_text(f"{process.pid}\n")
+        processes.append(process)
+    failed = wait_until_ready(cluster, processes, args.ready_timeout)
+    if failed is not None:
+        print(f"replicaio: error: {failed}; see {directory}/node-*.log", file=sys.stderr)
+        stop_cluster(directory, timeout_s=5.0)
+        return EXIT_FAILED
+    for entry, process in zip(cluster.nodes, processes, strict=True):
+        metrics = f" metrics {entry.metrics}" if entry.metrics else ""
+        print(f"node {entry.id}: pid {process.pid} peer {entry.peer} client {entry.client}"
+              f"{metrics}")
+    print(f"cluster up: {cluster.n} {cluster.protocol} nodes; config {config_path}")
+    return EXIT_OK
+
+
+def write_local_cluster(directory: Path, args: argparse.Namespace) -> None:
+    """Write the cluster file (and keys) of a cluster on one host."""
+    from replicaio.runtime.crypto import generate_ed25519_key
+
+    n, base, host = args.nodes, args.base_port, args.host
+    if n < 1 or base < 1 or base + 3 * n > 65536:
+        raise UsageError("--nodes must be >= 1 and the ports B .. B+3N-1 must be valid")
+    secret_path = directory / SECRET_FILE
+    write_private(secret_path, secrets.token_hex(32) + "\n")
+    nodes: list[dict[str, Any]] = []
+    for node_id in range(n):
+        node: dict[str, Any] = {
+            "id": node_id,
+            "peer": f"{host}:{base + node_id}",
+            "client": f"{host}:{base + n + node_id}",
+            "data_dir": f"node-{node_id}",
+        }
+        if args.metrics:
+            node["metrics"] = f"{host}:{base + 2 * n + node_id}"
+        if args.auth == "ed25519":
+            private, public = generate_ed25519_key()
+            write_private(directory / f"node-{node_id}.key", private.hex() + "\n")
+            node["key_file"] = f"node-{node_id}.key"
+            node["public_key"] = public.hex()
+        nodes.append(node)
+    sections: dict[str, dict[str, Any]] = {}
+    if args.no_fsync:
+        sections["host"] = {"fsync": False}
+    text = render_cluster_file(
+        protocol=args.protocol, nodes=nodes, auth=args.auth, f=args.f,
+        secret_file=SECRET_FILE if args.auth == "hmac" else None, sections=sections,
+    )
+    (directory / CLUSTER_FILE).write_text(text)
+
+
+def write_private(path: Path, text: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+
+
+def wait_until_ready(
+    cluster: ClusterFile, processes: list[subprocess.Popen[bytes]], timeout_s: float
+) -> str | None:
+    """``None`` once every node's client port accepts, else what went wrong."""
+    deadline = time.monotonic() + timeout_s
+    waiting = {entry.id for entry in cluster.nodes}
+    while waiting:
+        for node_id in sorted(waiting):
+            status = processes[node_id].poll()
+            if status is not None:
+                return f"node {node_id} exited with status {status}"
+            entry = cluster.nodes[node_id]
+            try:
+                with socket.create_connection((entry.client.host, entry.client.port), 0.2):
+                    waiting.discard(node_id)
+            except OSError:
+                pass
+        if waiting and time.monotonic() > deadline:
+            return f"nodes {sorted(waiting)} not ready after {timeout_s} s"
+        if waiting:
+            time.sleep(0.05)
+    return None
+
+
+def command_cluster_down(args: argparse.Namespace) -> int:
+    directory = Path(args.data_dir).resolve()
+    if not (directory / CLUSTER_FILE).exists():
+        raise UsageError(f"no cluster in {directory}")
+    stopped = stop_cluster(directory, timeout_s=args.timeout)
+    print(f"cluster down: {stopped} node process(es) stopped")
+    return EXIT_OK
+
+
+def running_pids(directory: Path) -> dict[Path, int]:
+    """Pid files in ``directory`` whose process is a live node of this cluster."""
+    found: dict[Path, int] = {}
+    for pid_file in sorted(directory.glob("node-*.pid")):
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if is_our_node(pid, directory):
+            found[pid_file] = pid
+    return found
+
+
+def is_our_node(pid: int, directory: Path) -> bool:
+    """True if ``pid`` is alive and runs ``replicaio ... node`` on this directory's
+    cluster file (guards against a recycled pid)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    config = str(directory / CLUSTER_FILE).encode()
+    return state != "Z" and b"node" in command and config in command
+
+
+def stop_cluster(directory: Path, *, timeout_s: float) -> int:
+    running = running_pids(directory)
+    for pid in running.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(
+        is_our_node(pid, directory) for pid in running.values()
+    ):
+        time.sleep(0.05)
+    for pid in running.values():
+        if is_our_node(pid, directory):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for pid_file in directory.glob("node-*.pid"):
+        pid_file.unlink(missing_ok=True)
+    return len(running)
+
+
+# -- broadcast -----------------------------------------------------------------------------
+
+
+def command_broadcast(args: argparse.Namespace) -> int:
+    from replicaio.protocols.broadcast import Accepted, Delivered
+    from replicaio.runtime.client import HistoryEnd, RequestRejected, StreamClient
+
+    cluster = load_cluster_file(args.config)
+    entry = cluster.node(args.node)
+    value = args.value.encode()
+    started = time.monotonic()
+    deadline = started + args.timeout
+    report: dict[str, Any] = {"node": args.node, "value": args.value}
+    try:
+        client = StreamClient(entry.client, timeout_s=args.timeout)
+    except OSError as error:
+        raise UsageError(f"cannot reach node {args.node} at {entry.client}: {error}") from error
+    with client:
+        if not wait_for(client, deadline, lambda message: type(message) is HistoryEnd):
+            return timed_out(report, "the node's greeting")
+        client.request(value)
+        accepted = wait_for(client, deadline, lambda message: (
+            type(message) is RequestRejected
+            or (type(message) is Accepted and message.sender == args.node
+                and message.value == value)
+        ))
+        if accepted is None:
+            return timed_out(report, "acceptance")
+        if type(accepted) is RequestRejected:
+            report["rejected"] = accepted.reason
+            print(json.dumps(report))
+            return EXIT_FAILED
+        assert type(accepted) is Accepted
+        report["seq"] = accepted.seq
+        report["accepted_ms"] = round((time.monotonic() - started) * 1000, 3)
+        if not args.no_wait:
+            delivered = wait_for(client, deadline, lambda message: (
+                type(message) is Delivered and message.sender == args.node
+                and message.seq == accepted.seq
+            ))
+            if delivered is None:
+                return timed_out(report, "delivery")
+            report["delivered_ms"] = round((time.monotonic() - started) * 1000, 3)
+    print(json.dumps(report))
+    return EXIT_OK
+
+
+def wait_for(client: Any, deadline: float, matches: Any) -> Any | None:
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        message = client.next_output(remaining)
+        if message is None:
+            return None  # timed out, or the node closed the connection
+        if matches(message):
+            return message
+
+
+def timed_out(report: dict[str, Any], what: str) -> int:
+    report["error"] = f"no {what} before the timeout"
+    print(json.dumps(report))
+    return EXIT_FAILED

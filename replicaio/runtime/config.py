@@ -1,0 +1,516 @@
+"""The TOML cluster file: who the nodes are, where they listen, how they authenticate.
+
+One file describes a whole cluster and every node process reads the same
+file (``replicaio node --config FILE --id I``). It is validated completely at
+start; any problem raises :class:`ClusterFileError`, whose ``field`` names the
+offending entry (``nodes[2].peer``, ``transport.frame_bytes_max``) and whose
+message says what is expected. Unknown keys are errors too: a typo must not
+silently fall back to a default. The format, with an example, is in
+``docs/runtime.md``; relative paths are relative to the file's directory.
+
+Sections: ``[protocol]`` (name, f, params), ``[auth]`` (kind and secret or
+keys), ``[node]`` (the core's :class:`~replicaio.core.node.NodeParams`),
+``[transport]`` (:class:`TransportParams`), ``[host]`` (:class:`HostParams`),
+and one ``[[nodes]]`` table per node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replicaio.core.config import NODES_MAX, ClusterConfig, Resilience
+from replicaio.core.errors import ConfigError, UsageError
+from replicaio.core.node import NodeParams
+from replicaio.protocols.registry import protocol_factory, protocol_names
+from replicaio.runtime.crypto import (
+    ED25519_KEY_BYTES,
+    SECRET_BYTES_MIN,
+    Authenticator,
+    Ed25519Authenticator,
+    HmacAuthenticator,
+)
+
+AUTH_KINDS = ("hmac", "ed25519")
+
+
+class ClusterFileError(ConfigError):
+    """The cluster file is invalid; ``field`` names the entry, the message the fix."""
+
+    def __init__(self, field: str, problem: str, file: Path | None = None) -> None:
+        where = f"{file}: " if file is not None else ""
+        super().__init__(f"{where}{field}: {problem}")
+        self.field = field
+        self.problem = problem
+        self.file = file
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A TCP endpoint ``host:port``."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TransportParams:
+    """Bounds and periods of the peer transport (``[transport]``)."""
+
+    frame_bytes_max: int = (1 << 20) + 1024  # one codec frame plus header and tag
+    outbound_queue_max: int = 65_536  # messages per peer; beyond it the oldest is dropped
+    handshake_timeout_ms: int = 5_000
+    handshakes_pending_max: int = 64  # unauthenticated inbound connections at once
+    reconnect_delay_ms_min: int = 20
+    reconnect_delay_ms_max: int = 2_000
+    connect_timeout_ms: int = 2_000
+
+    def validate(self) -> TransportParams:
+        for name in (
+            "outbound_queue_max",
+            "handshake_timeout_ms",
+            "handshakes_pending_max",
+            "reconnect_delay_ms_min",
+            "connect_timeout_ms",
+        ):
+            if getattr(self, name) < 1:
+                raise ClusterFileError(f"transport.{name}", "must be >= 1")
+        if self.frame_bytes_max < 1024:
+            raise ClusterFileError("transport.frame_bytes_max", "must be >= 1024")
+        if self.reconnect_delay_ms_max < self.reconnect_delay_ms_min:
+            raise ClusterFileError(
+                "transport.reconnect_delay_ms_max", "must be >= reconnect_delay_ms_min"
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class HostParams:
+    """Bounds of the node host and its client port (``[host]``)."""
+
+    fsync: bool = True
+    inbox_max: int = 16_384  # inputs waiting for a step; readers block beyond it
+    batch_inputs_max: int = 1_024  # inputs stepped together before one sync
+    client_service: str = "stream"
+    client_connections_max: int = 256
+    client_queue_max: int = 65_536  # frames waiting for one client; beyond it, disconnect
+    client_history_max: int = 4_096  # outputs replayed to a client that connects later
+    client_frame_bytes_max: int = (1 << 20) + 1024
+
+    def validate(self) -> HostParams:
+        for name in (
+            "inbox_max",
+            "batch_inputs_max",
+            "client_connections_max",
+            "client_queue_max",
+        ):
+            if getattr(self, name) < 1:
+                raise ClusterFileError(f"host.{name}", "must be >= 1")
+        if self.client_frame_bytes_max < 1024:
+            raise ClusterFileError("host.client_frame_bytes_max", "must be >= 1024")
+        if not 0 <= self.client_history_max < self.client_queue_max:
+            raise ClusterFileError(
+                "host.client_history_max", "must be >= 0 and < client_queue_max"
+            )
+        from replicaio.runtime.client import SERVICES  # the services register on import
+
+        if self.client_service not in SERVICES:
+            raise ClusterFileError(
+                "host.client_service",
+                f"unknown service {self.client_service!r}; known: {', '.join(sorted(SERVICES))}",
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEntry:
+    """One ``[[nodes]]`` table."""
+
+    id: int
+    peer: Address
+    client: Address
+    data_dir: Path
+    metrics: Address | None = None
+    key_file: Path | None = None  # Ed25519 private key (hex), read only by this node
+    public_key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterFile:
+    """A validated cluster file; see the module docstring."""
+
+    protocol: str
+    f: int
+    nodes: tuple[NodeEntry, ...]
+    auth: str
+    secret: bytes | None
+    protocol_params: dict[str, Any] = field(default_factory=dict)
+    node_params: NodeParams = field(default_factory=NodeParams)
+    transport: TransportParams = field(default_factory=TransportParams)
+    host: HostParams = field(default_factory=HostParams)
+    path: Path | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.nodes)
+
+    def node(self, node_id: int) -> NodeEntry:
+        if not 0 <= node_id < self.n:
+            raise ClusterFileError("--id", f"no node {node_id} in 0..{self.n - 1}", self.path)
+        return self.nodes[node_id]
+
+    def cluster_config(self) -> ClusterConfig:
+        resilience: Resilience = protocol_factory(self.protocol).resilience
+        return ClusterConfig(n=self.n, f=self.f, resilience=resilience).validate()
+
+    def authenticator(self, node_id: int) -> Authenticator:
+        """This node's authenticator (reads its private key file for Ed25519)."""
+        entry = self.node(node_id)
+        nodes = tuple(range(self.n))
+        if self.auth == "hmac":
+            assert self.secret is not None
+            return HmacAuthenticator(node_id, self.secret, nodes)
+        field_name = f"nodes[{node_id}].key_file"
+        if entry.key_file is None:
+            raise ClusterFileError(field_name, "ed25519 auth needs this node's key file", self.path)
+        private = read_hex_file(entry.key_file, field_name, self.path)
+        if len(private) != ED25519_KEY_BYTES:
+            raise ClusterFileError(field_name, "must hold 32 bytes of hex", self.path)
+        publics = {node.id: node.public_key or b"" for node in self.nodes}
+        try:
+            return Ed25519Authenticator(node_id, private, publics)
+        except ConfigError as error:
+            raise ClusterFileError(field_name, str(error), self.path) from error
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+def load_cluster_file(path: str | Path) -> ClusterFile:
+    """Read and validate ``path``; raise :class:`ClusterFileError` on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ClusterFileError("(file)", f"cannot read: {error.strerror}", path) from error
+    except UnicodeDecodeError as error:
+        raise ClusterFileError("(file)", "not UTF-8 text", path) from error
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ClusterFileError("(file)", f"not valid TOML: {error}", path) from error
+    try:
+        return parse_cluster(data, base=path.parent.resolve(), path=path)
+    except ClusterFileError as error:
+        if error.file is None:
+            raise ClusterFileError(error.field, error.problem, path) from None
+        raise
+
+
+def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None) -> ClusterFile:
+    """Validate a parsed cluster file (``base`` resolves relative paths)."""
+    check_keys(data, "", {"protocol", "auth", "node", "transport", "host", "nodes"})
+    protocol_table = table(data, "protocol", required=True)
+    check_keys(protocol_table, "protocol", {"name", "f", "params"})
+    protocol = string(protocol_table, "name", "protocol.name", required=True)
+    if protocol not in protocol_names():
+        raise ClusterFileError(
+            "protocol.name", f"unknown protocol {protocol!r}; known: {', '.join(protocol_names())}"
+        )
+    params = table(protocol_table, "params", field_name="protocol.params")
+    if params:
+        # Today's protocols take no parameters; refuse rather than ignore them.
+        raise ClusterFileError(
+            "protocol.params", f"protocol {protocol!r} takes no parameters, got {sorted(params)}"
+        )
+    nodes = parse_nodes(data.get("nodes"), base)
+    resilience = protocol_factory(protocol).resilience
+    f_default = default_f(resilience, len(nodes))
+    f = integer(protocol_table, "f", "protocol.f", default=f_default, minimum=0)
+    try:
+        ClusterConfig(n=len(nodes), f=f, resilience=resilience).validate()
+    except ConfigError as error:
+        raise ClusterFileError("protocol.f", str(error)) from error
+    auth, secret = parse_auth(table(data, "auth", required=True), nodes, base)
+    return ClusterFile(
+        protocol=protocol,
+        f=f,
+        nodes=nodes,
+        auth=auth,
+        secret=secret,
+        protocol_params=dict(params),
+        node_params=parse_dataclass(NodeParams, table(data, "node"), "node"),
+        transport=parse_dataclass(TransportParams, table(data, "transport"), "transport"),
+        host=parse_dataclass(HostParams, table(data, "host"), "host"),
+        path=path,
+    )
+
+
+def default_f(resilience: Resilience, n: int) -> int:
+    """The largest f the protocol tolerates with n nodes."""
+    if resilience is Resilience.ANY:
+        return 0
+    if resilience is Resilience.BYZANTINE:
+        return (n - 1) // 3
+    return (n - 1) // 2
+
+
+def parse_nodes(raw: Any, base: Path) -> tuple[NodeEntry, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ClusterFileError("nodes", "at least one [[nodes]] table is required")
+    if len(raw) > NODES_MAX:
+        raise ClusterFileError("nodes", f"at most {NODES_MAX} nodes")
+    entries: dict[int, NodeEntry] = {}
+    endpoints: dict[tuple[str, int], str] = {}
+    for index, item in enumerate(raw):
+        where = f"nodes[{index}]"
+        if not isinstance(item, dict):
+            raise ClusterFileError(where, "must be a table")
+        check_keys(item, where, {"id", "peer", "client", "data_dir", "metrics", "key_file",
+                                 "public_key"})
+        node_id = integer(item, "id", f"{where}.id", required=True, minimum=0)
+        if node_id in entries:
+            raise ClusterFileError(f"{where}.id", f"node {node_id} is listed twice")
+        entry = NodeEntry(
+            id=node_id,
+            peer=required_address(item, "peer", f"{where}.peer"),
+            client=required_address(item, "client", f"{where}.client"),
+            data_dir=base / string(item, "data_dir", f"{where}.data_dir", required=True),
+            metrics=address(item, "metrics", f"{where}.metrics"),
+            key_file=optional_path(item, "key_file", f"{where}.key_file", base),
+            public_key=optional_hex(item, "public_key", f"{where}.public_key"),
+        )
+        for kind, endpoint in (("peer", entry.peer), ("client", entry.client),
+                               ("metrics", entry.metrics)):
+            if endpoint is None:
+                continue
+            key = (endpoint.host, endpoint.port)
+            if key in endpoints:
+                raise ClusterFileError(
+                    f"{where}.{kind}", f"{endpoint} is already used by {endpoints[key]}"
+                )
+            endpoints[key] = f"{where}.{kind}"
+        entries[node_id] = entry
+    ids = sorted(entries)
+    if ids != list(range(len(ids))):
+        raise ClusterFileError("nodes", f"node ids must be 0..{len(ids) - 1}, got {ids}")
+    directories = [entry.data_dir for entry in entries.values()]
+    if len(set(directories)) != len(directories):
+        raise ClusterFileError("nodes", "every node needs its own data_dir")
+    return tuple(entries[node_id] for node_id in ids)
+
+
+def parse_auth(
+    auth: dict[str, Any], nodes: tuple[NodeEntry, ...], base: Path
+) -> tuple[str, bytes | None]:
+    check_keys(auth, "auth", {"kind", "secret", "secret_file"})
+    kind = string(auth, "kind", "auth.kind", required=True)
+    if kind not in AUTH_KINDS:
+        raise ClusterFileError("auth.kind", f"must be one of {', '.join(AUTH_KINDS)}")
+    if kind == "ed25519":
+        for entry in nodes:
+            if entry.public_key is None or len(entry.public_key) != ED25519_KEY_BYTES:
+                raise ClusterFileError(
+                    f"nodes[{entry.id}].public_key", "ed25519 auth needs 32 bytes of hex"
+                )
+        return kind, None
+    has_secret, has_file = "secret" in auth, "secret_file" in auth
+    if has_secret == has_file:
+        raise ClusterFileError("auth.secret", "give exactly one of secret or secret_file")
+    if has_secret:
+        secret = optional_hex(auth, "secret", "auth.secret") or b""
+    else:
+        secret_path = optional_path(auth, "secret_file", "auth.secret_file", base)
+        assert secret_path is not None
+        secret = read_hex_file(secret_path, "auth.secret_file", None)
+    if len(secret) < SECRET_BYTES_MIN:
+        raise ClusterFileError(
+            "auth.secret", f"must be at least {SECRET_BYTES_MIN} bytes ({2 * SECRET_BYTES_MIN} "
+            "hex digits)"
+        )
+    return kind, secret
+
+
+def parse_dataclass(cls: Any, values: dict[str, Any], section: str) -> Any:
+    """Build a params dataclass from a table, type-checking every key."""
+    fields = {item.name: item for item in dataclasses.fields(cls)}
+    check_keys(values, section, set(fields))
+    arguments: dict[str, Any] = {}
+    for name, value in values.items():
+        expected = type(getattr(cls(), name))
+        if type(value) is not expected:
+            raise ClusterFileError(
+                f"{section}.{name}", f"must be {expected.__name__}, got {value!r}"
+            )
+        arguments[name] = value
+    try:
+        result = cls(**arguments)
+        return result.validate()
+    except ClusterFileError:
+        raise
+    except ConfigError as error:
+        raise ClusterFileError(section, str(error)) from error
+
+
+# -- small typed readers ------------------------------------------------------------------
+
+
+def check_keys(values: dict[str, Any], where: str, allowed: set[str]) -> None:
+    for key in values:
+        if key not in allowed:
+            place = f"[{where}]" if where else "the top level"
+            raise ClusterFileError(
+                f"{where}.{key}" if where else key,
+                f"unknown key in {place}; expected one of {', '.join(sorted(allowed))}",
+            )
+
+
+def table(
+    values: dict[str, Any], key: str, *, required: bool = False, field_name: str | None = None
+) -> dict[str, Any]:
+    found = values.get(key)
+    if found is None:
+        if required:
+            raise ClusterFileError(field_name or key, "this table is required")
+        return {}
+    if not isinstance(found, dict):
+        raise ClusterFileError(field_name or key, "must be a table")
+    return found
+
+
+def string(values: dict[str, Any], key: str, field_name: str, *, required: bool = False) -> str:
+    found = values.get(key)
+    if found is None and not required:
+        return ""
+    if not isinstance(found, str) or not found:
+        raise ClusterFileError(field_name, f"must be a non-empty string, got {found!r}")
+    return found
+
+
+def integer(
+    values: dict[str, Any],
+    key: str,
+    field_name: str,
+    *,
+    required: bool = False,
+    default: int = 0,
+    minimum: int | None = None,
+) -> int:
+    found = values.get(key)
+    if found is None:
+        if required:
+            raise ClusterFileError(field_name, "is required")
+        return default
+    if type(found) is not int:
+        raise ClusterFileError(field_name, f"must be an integer, got {found!r}")
+    if minimum is not None and found < minimum:
+        raise ClusterFileError(field_name, f"must be >= {minimum}, got {found}")
+    return found
+
+
+def required_address(values: dict[str, Any], key: str, field_name: str) -> Address:
+    found = address(values, key, field_name, required=True)
+    assert found is not None
+    return found
+
+
+def address(
+    values: dict[str, Any], key: str, field_name: str, *, required: bool = False
+) -> Address | None:
+    found = values.get(key)
+    if found is None and not required:
+        return None
+    if not isinstance(found, str):
+        raise ClusterFileError(field_name, f"must be a \"host:port\" string, got {found!r}")
+    return parse_address(found, field_name)
+
+
+def parse_address(text: str, field_name: str) -> Address:
+    host, separator, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not separator or not host or not port_text.isdigit():
+        raise ClusterFileError(field_name, f"must be \"host:port\", got {text!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ClusterFileError(field_name, f"port must be in 1..65535, got {port}")
+    return Address(host, port)
+
+
+def optional_path(values: dict[str, Any], key: str, field_name: str, base: Path) -> Path | None:
+    found = values.get(key)
+    if found is None:
+        return None
+    if not isinstance(found, str) or not found:
+        raise ClusterFileError(field_name, f"must be a non-empty path string, got {found!r}")
+    return base / found
+
+
+def optional_hex(values: dict[str, Any], key: str, field_name: str) -> bytes | None:
+    found = values.get(key)
+    if found is None:
+        return None
+    if not isinstance(found, str):
+        raise ClusterFileError(field_name, "must be a hex string")
+    try:
+        return bytes.fromhex(found)
+    except ValueError as error:
+        raise ClusterFileError(field_name, "must be a hex string") from error
+
+
+def read_hex_file(path: Path, field_name: str, file: Path | None) -> bytes:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ClusterFileError(field_name, f"cannot read {path}: {error}", file) from error
+    try:
+        return bytes.fromhex(text)
+    except ValueError as error:
+        raise ClusterFileError(field_name, f"{path} must hold hex text", file) from error
+
+
+# -- writing (cluster up, tests) ------------------------------------------------------------
+
+
+def render_cluster_file(
+    *,
+    protocol: str,
+    nodes: list[dict[str, Any]],
+    secret_file: str | None = None,
+    auth: str = "hmac",
+    f: int | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """A cluster file as TOML text; ``nodes`` are ``[[nodes]]`` tables (str/int values)."""
+    if auth not in AUTH_KINDS:
+        raise UsageError(f"auth must be one of {AUTH_KINDS}")
+    lines = ["# replicaio cluster file (see docs/runtime.md)", "", "[protocol]",
+             f"name = {toml_value(protocol)}"]
+    if f is not None:
+        lines.append(f"f = {f}")
+    lines += ["", "[auth]", f"kind = {toml_value(auth)}"]
+    if secret_file is not None:
+        lines.append(f"secret_file = {toml_value(secret_file)}")
+    for section, values in (sections or {}).items():
+        lines += ["", f"[{section}]"]
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    for node in nodes:
+        lines += ["", "[[nodes]]"]
+        lines += [f"{key} = {toml_value(value)}" for key, value in node.items()]
+    return "\n".join(lines) + "\n"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    raise UsageError(f"cannot render {value!r} as a TOML value")

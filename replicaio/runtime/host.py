@@ -1,0 +1,413 @@
+"""The live node host: one node's deterministic core on asyncio, TCP and disk.
+
+The host owns the world around one :class:`~replicaio.core.node.Node`: its
+:class:`~replicaio.storage.file.FileStorage`, the peer :class:`Transport`,
+the client service, timers and metrics. It feeds the core inputs and
+executes the effects in the order ``replicaio.core.effects`` documents.
+
+Batching and group commit. Inputs (peer messages, client requests, timer
+expiries) wait in one inbox. The batch loop takes every input that is ready
+(at most ``batch_inputs_max``) and steps the core once per input, in arrival
+order. Each step's writes go to the store at once (buffered, not yet
+durable); its sends, timers and outputs are held back. After the last step
+of the batch the host calls ``FileStorage.sync()`` ONCE (in a worker thread,
+so sockets keep being read meanwhile) and only when it returns releases, in
+step order: the sends to the transport, the timers (cancellations were
+applied at once, they have no outside effect), the outputs to the client
+service, and the request completions. So every message and output leaves
+after every write of its own step and of all earlier steps is durable: the
+documented order, with one fsync per batch however many steps it holds.
+
+Choice points are resolved by the production default, the first alternative,
+and recorded. With an event log, every step is written as the simulator
+writes it (``replicaio.trace.eventlog``): ``replicaio replay FILE --node I``
+re-executes a live node exactly like a simulated one. The log is flushed to
+the OS before the batch is released, so whatever left the node is in it.
+
+Timers: one ``loop.call_later`` per armed timer id; expiry puts
+``(timer, id, token)`` in the inbox, and a token that no longer matches (the
+timer was cancelled or re-armed meanwhile) is dropped and counted
+``timers_stale`` instead of reaching the core.
+
+Bounds: ``inbox_max`` inputs from peers and clients wait at most (producers
+block beyond it: TCP backpressure), ``batch_inputs_max`` per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from replicaio.core.codec import Codec
+from replicaio.core.effects import Input, Receive, Request, Start, TimerFired
+from replicaio.core.node import Node
+from replicaio.protocols.registry import protocol_factory
+from replicaio.runtime.client import ClientService, OnDone, service_factory
+from replicaio.runtime.config import ClusterFile
+from replicaio.runtime.counters import Counters
+from replicaio.runtime.logs import log, monotonic_us
+from replicaio.runtime.metrics import NodeMetrics
+from replicaio.runtime.transport import Transport
+from replicaio.storage.file import FileStorage
+from replicaio.trace.eventlog import Choice, EventLogWriter, encode_effects, encode_input
+
+RECEIVE, TIMER, REQUEST, STOP = range(4)
+
+logger = logging.getLogger("replicaio.host")
+
+
+class NodeHost:
+    """Runs node ``node_id`` of ``cluster``; see the module docstring."""
+
+    def __init__(
+        self, cluster: ClusterFile, node_id: int, *, event_log: str | Path | None = None
+    ) -> None:
+        self.cluster = cluster
+        self.entry = cluster.node(node_id)
+        self.node_id = node_id
+        self.params = cluster.host
+        self.codec = Codec()
+        self.counters = Counters()
+        self.event_log_path = Path(event_log) if event_log is not None else None
+        self.event_log: EventLogWriter | None = None
+        self.event_log_file: IO[bytes] | None = None
+        self.storage: FileStorage | None = None
+        self.core: Node | None = None
+        self.transport: Transport | None = None
+        self.service: ClientService | None = None
+        self.metrics = NodeMetrics(self)
+        self.metrics_server: asyncio.Server | None = None
+        self.inbox: asyncio.Queue[tuple[Any, ...]] | None = None
+        self.slots: asyncio.Semaphore | None = None
+        self.choices: list[Choice] = []
+        self.timer_tokens: dict[int, int] = {}
+        self.timer_handles: dict[int, asyncio.TimerHandle] = {}
+        self.timers_to_arm: dict[int, int] = {}
+        self.token = 0
+        self.started_us = monotonic_us()
+        self.stats = {"steps": 0, "batches": 0, "syncs": 0, "outputs": 0, "messages_out": 0,
+                      "messages_in": 0}
+        self.ready = asyncio.Event()
+        self.stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, on_ready: Callable[[NodeHost], None] | None = None) -> None:
+        """Start, serve until :meth:`stop`, then shut down cleanly."""
+        try:
+            await self.start()
+            if on_ready is not None:
+                on_ready(self)
+            await self.batch_loop()
+        finally:
+            await self.shutdown()
+
+    async def start(self) -> None:
+        cluster = self.cluster
+        self.inbox = asyncio.Queue()
+        self.slots = asyncio.Semaphore(self.params.inbox_max)
+        # Refuses to open (StorageCorruptError) if the log is damaged in the middle.
+        self.storage = FileStorage(self.entry.data_dir, fsync=self.params.fsync)
+        config = cluster.cluster_config()
+        self.core = Node(
+            self.node_id,
+            config,
+            protocol_factory(cluster.protocol),
+            choose=self.choose,
+            params=cluster.node_params,
+            codec=Codec(),
+        )
+        if self.event_log_path is not None:
+            self.open_event_log()
+        peers = {entry.id: entry.peer for entry in cluster.nodes if entry.id != self.node_id}
+        self.transport = Transport(
+            self.node_id,
+            self.entry.peer,
+            peers,
+            cluster.authenticator(self.node_id),
+            cluster.transport,
+            self.deliver,
+            self.counters,
+        )
+        await self.transport.start()
+        # The service listens first so that it sees the outputs of the start
+        # (re-announced deliveries); requests wait in the inbox until it is done.
+        service = service_factory(self.params.client_service)()
+        await service.start(self, self.entry.client, self.params)
+        self.service = service
+        await self.process([(None, Start(self.storage.recover()))])
+        if self.entry.metrics is not None:
+            self.metrics_server = await self.metrics.serve(self.entry.metrics)
+        self.ready.set()
+        log(logger, logging.INFO, "node started", protocol=cluster.protocol, n=cluster.n,
+            f=cluster.f, incarnation=self.core.incarnation, peer=str(self.entry.peer),
+            client=str(self.entry.client), metrics=str(self.entry.metrics),
+            data_dir=str(self.entry.data_dir), auth=cluster.auth)
+
+    def open_event_log(self) -> None:
+        assert self.event_log_path is not None and self.core is not None
+        self.event_log_file = open(self.event_log_path, "wb")  # noqa: SIM115 (closed at shutdown)
+        params = self.cluster.node_params
+        self.event_log = EventLogWriter(
+            {
+                "protocol": self.cluster.protocol,
+                "n": self.cluster.n,
+                "f": self.cluster.f,
+                "byzantine": [],
+                "seed": 0,
+                "params": {name: getattr(params, name) for name in params.__dataclass_fields__},
+                "options": {"host": "live", "node": self.node_id},
+            },
+            self.event_log_file,
+        )
+
+    def flush_event_log(self) -> None:
+        """Hand every record to the OS (before the batch is released)."""
+        if self.event_log is None or self.event_log_file is None:
+            return
+        flush = getattr(self.event_log, "flush", None)  # a buffering writer holds records
+        if flush is not None:
+            flush()
+        self.event_log_file.flush()
+
+    def stop(self) -> None:
+        """Ask the batch loop to finish its batch and stop (signal-handler safe)."""
+        if not self.stopping and self.inbox is not None:
+            self.stopping = True
+            self.inbox.put_nowait((STOP,))
+
+    async def shutdown(self) -> None:
+        for timer in self.timer_handles.values():
+            timer.cancel()
+        self.timer_handles.clear()
+        if self.service is not None:
+            await self.service.close()
+        if self.transport is not None:
+            await self.transport.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        if self.storage is not None:
+            self.storage.close()  # every batch was synced before its release
+        if self.event_log_file is not None:
+            self.flush_event_log()
+            self.event_log_file.close()
+        log(logger, logging.INFO, "node stopped", steps=self.stats["steps"])
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    async def deliver(self, peer: int, payload: bytes) -> None:
+        """The transport's callback: an authenticated payload from ``peer``."""
+        assert self.slots is not None and self.inbox is not None
+        await self.slots.acquire()
+        self.inbox.put_nowait((RECEIVE, peer, payload))
+
+    async def submit(self, payload: Any, on_done: OnDone | None = None) -> None:
+        """A client request (called by the client service); waits for inbox room."""
+        assert self.slots is not None and self.inbox is not None
+        await self.slots.acquire()
+        self.inbox.put_nowait((REQUEST, payload, on_done))
+
+    def timer_fired(self, timer_id: int, token: int) -> None:
+        assert self.inbox is not None
+        self.inbox.put_nowait((TIMER, timer_id, token))
+
+    def choose(self, label: str, count: int) -> int:
+        """Production default for choice points: the first alternative, recorded."""
+        self.choices.append((label, count, 0))
+        return 0
+
+    # -- the batch loop ----------------------------------------------------------------------
+
+    async def batch_loop(self) -> None:
+        inbox, slots = self.inbox, self.slots
+        assert inbox is not None and slots is not None
+        batch_max = self.params.batch_inputs_max
+        while True:
+            items = [await inbox.get()]
+            while len(items) < batch_max and not inbox.empty():
+                items.append(inbox.get_nowait())
+            batch: list[tuple[OnDone | None, Input]] = []
+            stop = False
+            for item in items:
+                kind = item[0]
+                if kind == RECEIVE:
+                    slots.release()
+                    batch.append((None, Receive(item[1], item[2])))
+                elif kind == REQUEST:
+                    slots.release()
+                    batch.append((item[2], Request(item[1])))
+                elif kind == TIMER:
+                    if self.timer_tokens.get(item[1]) != item[2]:
+                        self.counters.count("timers_stale")
+                        continue
+                    del self.timer_tokens[item[1]]
+                    del self.timer_handles[item[1]]
+                    batch.append((None, TimerFired(item[1])))
+                else:
+                    stop = True
+            if batch:
+                await self.process(batch)
+            if stop:
+                return
+
+    async def process(self, batch: list[tuple[OnDone | None, Input]]) -> None:
+        """Step every input, sync once, then release the effects in step order."""
+        core, storage = self.core, self.storage
+        assert core is not None and storage is not None
+        sends: list[tuple[int, bytes]] = []
+        outputs: list[Any] = []
+        completions: list[tuple[OnDone, str | None]] = []
+        wrote = False
+        for on_done, event in batch:
+            rejected_before = self.rejections() if isinstance(event, Request) else None
+            wrote = self.step(core, event, sends, outputs) or wrote
+            if rejected_before is not None:
+                reason = self.rejection_reason(rejected_before)
+                if on_done is not None:
+                    completions.append((on_done, reason))
+        if wrote:
+            await self.sync(storage)
+        self.flush_event_log()
+        self.release(sends, outputs, completions)
+        self.stats["batches"] += 1
+        self.metrics.batch_inputs.observe(len(batch))
+
+    def step(
+        self, core: Node, event: Input, sends: list[tuple[int, bytes]], outputs: list[Any]
+    ) -> bool:
+        """One core step; applies its writes (unsynced) and holds back the rest."""
+        storage = self.storage
+        assert storage is not None
+        self.choices = []
+        effects = core.step(event)
+        self.stats["steps"] += 1
+        for key, value in effects.persists:
+            if value is None:
+                storage.delete(key)
+            else:
+                storage.put(key, value)
+        encode = self.codec.encode
+        encoded = [encode(message) for _, message in effects.sends]
+        sends.extend(
+            (destination, data)
+            for (destination, _), data in zip(effects.sends, encoded, strict=True)
+        )
+        for timer_id in effects.timers_cancelled:
+            self.cancel_timer(timer_id)
+        for timer_id, delay_us in effects.timers_set:
+            self.timers_to_arm[timer_id] = delay_us
+        outputs.extend(effects.outputs)
+        if self.event_log is not None:
+            self.event_log.step(
+                monotonic_us() - self.started_us,
+                self.node_id,
+                core.incarnation,
+                encode_input(self.codec, event),
+                self.choices,
+                encode_effects(self.codec, effects, encoded),
+            )
+        return bool(effects.persists)
+
+    async def sync(self, storage: FileStorage) -> None:
+        started = time.perf_counter()
+        if self.params.fsync:
+            await asyncio.to_thread(storage.sync)
+        else:
+            storage.sync()  # no fsync: a write(2), cheaper than a thread hop
+        self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+        self.stats["syncs"] += 1
+
+    def release(
+        self,
+        sends: list[tuple[int, bytes]],
+        outputs: list[Any],
+        completions: list[tuple[OnDone, str | None]],
+    ) -> None:
+        transport = self.transport
+        assert transport is not None
+        for destination, data in sends:
+            transport.send(destination, data)
+        self.stats["messages_out"] += len(sends)
+        loop = asyncio.get_running_loop()
+        for timer_id, delay_us in self.timers_to_arm.items():
+            self.token += 1
+            self.timer_tokens[timer_id] = self.token
+            self.timer_handles[timer_id] = loop.call_later(
+                delay_us / 1_000_000, self.timer_fired, timer_id, self.token
+            )
+        self.timers_to_arm.clear()
+        if outputs:
+            self.stats["outputs"] += len(outputs)
+            if self.service is not None:
+                self.service.on_outputs(outputs)
+        for on_done, reason in completions:
+            on_done(reason)
+
+    def cancel_timer(self, timer_id: int) -> None:
+        if self.timers_to_arm.pop(timer_id, None) is not None:
+            return  # armed earlier in this very batch, never started
+        handle = self.timer_handles.pop(timer_id, None)
+        self.timer_tokens.pop(timer_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    # -- request rejections (the core counts them; the client deserves to know) --------------
+
+    def rejections(self) -> dict[str, int]:
+        assert self.core is not None
+        return {
+            name: value
+            for name, value in self.core.counters.items()
+            if name.startswith("request_rejected_")
+        }
+
+    def rejection_reason(self, before: dict[str, int]) -> str | None:
+        for name, value in self.rejections().items():
+            if value > before.get(name, 0):
+                return name.removeprefix("request_rejected_")
+        return None
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def inbox_depth(self) -> int:
+        return self.inbox.qsize() if self.inbox is not None else 0
+
+
+def run_node(
+    cluster: ClusterFile,
+    node_id: int,
+    *,
+    event_log: str | Path | None = None,
+    loop: str = "auto",
+) -> None:
+    """Run one node until SIGTERM or SIGINT (the ``replicaio node`` command)."""
+    import signal
+
+    async def main() -> None:
+        host = NodeHost(cluster, node_id, event_log=event_log)
+        running = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            running.add_signal_handler(number, host.stop)
+        await host.run()
+
+    run_event_loop(main(), loop)
+
+
+def run_event_loop(coroutine: Any, loop: str = "auto") -> None:
+    """Run ``coroutine`` on uvloop when asked or available (``auto``), else asyncio."""
+    if loop not in ("auto", "asyncio", "uvloop"):
+        raise ValueError(f"loop must be auto, asyncio or uvloop, got {loop!r}")
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise
+        else:
+            uvloop.run(coroutine)
+            return
+    asyncio.run(coroutine)

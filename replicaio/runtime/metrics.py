@@ -1,0 +1,152 @@
+"""Prometheus metrics of one live node, served over HTTP from the node's own loop.
+
+Each node has its own registry (not the process-global one), read at scrape
+time: nothing is copied on the hot path except two histogram observations per
+batch. The endpoint (``[[nodes]] metrics = "host:port"``) is a minimal
+HTTP/1.0 server on the node's asyncio loop, so no thread reads the node's
+state while the loop changes it. Metric names and meanings: docs/runtime.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from replicaio.runtime.config import Address
+
+if TYPE_CHECKING:
+    from replicaio.runtime.host import NodeHost
+
+FSYNC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+REQUEST_HEAD_BYTES_MAX = 8192
+REQUEST_TIMEOUT_S = 5.0
+
+
+class NodeCollector(Collector):
+    """Reads the host's counters, queues and stats at scrape time."""
+
+    def __init__(self, host: NodeHost) -> None:
+        self.host = host
+
+    def collect(self) -> Iterator[Metric]:
+        host = self.host
+        core = CounterMetricFamily(
+            "replicaio_core_events", "Node core events by name (rejections, bounds, "
+            "retransmissions, restarts seen)", labels=["event"]
+        )
+        if host.core is not None:
+            for name, value in sorted(host.core.counters.items()):
+                core.add_metric([name], value)
+        yield core
+        runtime = CounterMetricFamily(
+            "replicaio_runtime_events", "Runtime events by name (transport and client "
+            "rejections, bound hits, connections)", labels=["event"]
+        )
+        for name, value in sorted(host.counters.snapshot().items()):
+            runtime.add_metric([name], value)
+        yield runtime
+        for stat in ("steps", "batches", "syncs", "outputs", "messages_out"):
+            family = CounterMetricFamily(f"replicaio_{stat}", f"Node {stat.replace('_', ' ')}")
+            family.add_metric([], host.stats[stat])
+            yield family
+        yield from self.peers()
+        inbox = GaugeMetricFamily("replicaio_inbox_depth", "Inputs waiting for a step")
+        inbox.add_metric([], host.inbox_depth())
+        yield inbox
+        clients = GaugeMetricFamily("replicaio_client_connections", "Connected clients")
+        clients.add_metric([], host.service.connections() if host.service is not None else 0)
+        yield clients
+        if host.core is not None:
+            incarnation = GaugeMetricFamily("replicaio_incarnation", "This node's incarnation")
+            incarnation.add_metric([], host.core.incarnation)
+            yield incarnation
+        if host.storage is not None:
+            wal = GaugeMetricFamily("replicaio_wal_bytes", "Bytes in the write-ahead log")
+            wal.add_metric([], host.storage.wal_bytes)
+            yield wal
+
+    def peers(self) -> Iterator[Metric]:
+        transport = self.host.transport
+        if transport is None:
+            return
+        frames_out = CounterMetricFamily("replicaio_peer_messages_out", "Frames sent to a peer",
+                                         labels=["peer"])
+        frames_in = CounterMetricFamily("replicaio_peer_messages_in",
+                                        "Authenticated frames received from a peer",
+                                        labels=["peer"])
+        bytes_out = CounterMetricFamily("replicaio_peer_bytes_out", "Bytes sent to a peer",
+                                        labels=["peer"])
+        bytes_in = CounterMetricFamily("replicaio_peer_bytes_in", "Bytes received from a peer",
+                                       labels=["peer"])
+        dropped = CounterMetricFamily("replicaio_peer_queue_dropped",
+                                      "Messages dropped at outbound_queue_max", labels=["peer"])
+        depth = GaugeMetricFamily("replicaio_peer_queue_depth", "Messages queued for a peer",
+                                  labels=["peer"])
+        connected = GaugeMetricFamily("replicaio_peer_connected",
+                                      "1 while an authenticated connection is up",
+                                      labels=["peer"])
+        for peer, channel in sorted(transport.channels.items()):
+            label = [str(peer)]
+            frames_out.add_metric(label, channel.frames_out)
+            frames_in.add_metric(label, channel.frames_in)
+            bytes_out.add_metric(label, channel.bytes_out)
+            bytes_in.add_metric(label, channel.bytes_in)
+            dropped.add_metric(label, channel.dropped)
+            depth.add_metric(label, len(channel.queue))
+            connected.add_metric(label, 1 if channel.connection is not None else 0)
+        yield from (frames_out, frames_in, bytes_out, bytes_in, dropped, depth, connected)
+
+
+class NodeMetrics:
+    """The registry of one node and its HTTP endpoint."""
+
+    def __init__(self, host: NodeHost) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.fsync_seconds = Histogram(
+            "replicaio_fsync_seconds", "Latency of one group-commit sync of a batch",
+            buckets=FSYNC_BUCKETS, registry=self.registry,
+        )
+        self.batch_inputs = Histogram(
+            "replicaio_step_batch_inputs", "Inputs stepped together per batch (per sync)",
+            buckets=BATCH_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(NodeCollector(host))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def serve(self, address: Address) -> asyncio.Server:
+        return await asyncio.start_server(
+            self.on_request, address.host, address.port, reuse_address=True
+        )
+
+    async def on_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError,
+                ConnectionError):
+            writer.close()
+            return
+        if len(head) > REQUEST_HEAD_BYTES_MAX:
+            writer.close()
+            return
+        words = head.split(b" ", 2)
+        if len(words) >= 2 and words[0] == b"GET" and words[1] in (b"/", b"/metrics"):
+            body, status, kind = self.render(), b"200 OK", CONTENT_TYPE_LATEST.encode()
+        else:
+            body, status, kind = b"not found\n", b"404 Not Found", b"text/plain"
+        writer.write(
+            b"HTTP/1.0 " + status + b"\r\nContent-Type: " + kind
+            + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+            + body
+        )
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()

@@ -1,0 +1,513 @@
+"""The peer transport: authenticated, framed TCP between the nodes of a cluster.
+
+Who uses it: the node host (``replicaio.runtime.host``) hands it encoded
+messages with :meth:`Transport.send` and receives authenticated payloads
+through the ``deliver`` coroutine it gave the constructor. The transport
+never decodes payloads (the core does, strictly) and never blocks the host:
+``send`` only queues.
+
+Connections. One TCP connection per pair of nodes, dialled by the lower id;
+the higher id only accepts. A dialler that loses its connection, or cannot
+make one, retries after a jittered exponential back-off between
+``reconnect_delay_ms_min`` and ``reconnect_delay_ms_max`` (the runtime is not
+a deterministic layer: the jitter uses ``random``). When a peer dials again
+(it restarted), the new authenticated connection replaces the old one.
+
+Wire format. Every frame is a 4-byte big-endian length and a body of at most
+``frame_bytes_max`` bytes (``replicaio.runtime.framing``). The handshake
+(bodies are msgpack arrays, at most ``HANDSHAKE_FRAME_BYTES_MAX`` bytes)::
+
+    dialler  -> ["replicaio", 1, "hello", dialler_id, acceptor_id, nonce_d]
+    acceptor -> ["replicaio", 1, "challenge", nonce_a, tag_a]
+    dialler  -> ["replicaio", 1, "proof", tag_d]
+    acceptor -> ["replicaio", 1, "welcome"]
+
+with ``transcript = "replicaio handshake v1" | dialler_id | acceptor_id |
+nonce_d | nonce_a`` (ids 4-byte big-endian, nonces 32 random bytes),
+``tag_a = auth.tag(dialler, transcript | "acceptor")`` and ``tag_d =
+auth.tag(acceptor, transcript | "dialer")``: each end proves it holds the
+pair's key (or its signing key) over fresh nonces from both ends, so neither
+a recorded handshake nor a reflected tag is accepted. After it, every data
+frame body is ``seq (8 bytes BE) | payload | tag`` with ``tag =
+auth.tag(peer, session | direction | seq | payload)``, ``session =
+SHA-256(transcript)`` and ``direction`` one byte (0 from the dialler, 1 from
+the acceptor). Sequence numbers start at 1 on each connection and must run on
+exactly: a replayed, dropped or reordered frame, or one from another
+connection (another session), is rejected.
+
+Bad input never stops the node: garbage, an oversized or truncated frame, an
+unknown peer, a wrong key, a bad tag or sequence number is counted as
+``rejected_<reason>`` and that connection is closed (a stream cannot be
+trusted or resynchronised after it); every other connection keeps going.
+
+Bounds: ``outbound_queue_max`` messages per peer (while it is slow or
+unreachable); beyond it the oldest is dropped and ``bound_outbound_queue_max``
+counted: safe because the core retransmits link messages until acknowledged
+and streams are unreliable by contract. ``handshakes_pending_max``
+unauthenticated connections at once (``bound_handshakes_pending_max``), each
+limited to ``handshake_timeout_ms``. Inbound flow control is TCP's: the host's
+``deliver`` blocks while its inbox is full, so the reader stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import secrets
+import socket
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import msgpack
+
+from replicaio.runtime.config import Address, TransportParams
+from replicaio.runtime.counters import Counters
+from replicaio.runtime.crypto import Authenticator
+from replicaio.runtime.framing import FrameError, frame_header, read_frame
+from replicaio.runtime.logs import RateLimitedLog, log
+
+HANDSHAKE_FRAME_BYTES_MAX = 512
+HANDSHAKE_MAGIC = "replicaio"
+HANDSHAKE_VERSION = 1
+NONCE_BYTES = 32
+TRANSCRIPT_LABEL = b"replicaio handshake v1"
+SEQUENCE = struct.Struct(">Q")
+FROM_DIALER = b"\x00"
+FROM_ACCEPTOR = b"\x01"
+WRITE_BATCH_MAX = 256  # frames sealed and written per drain
+
+Deliver = Callable[[int, bytes], Awaitable[None]]
+
+logger = logging.getLogger("replicaio.transport")
+
+
+class HandshakeRejected(Exception):
+    """The other end failed the handshake; ``reason`` is a stable counter suffix."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class Connection:
+    """An authenticated connection to one peer."""
+
+    __slots__ = (
+        "incoming_prefix",
+        "outgoing_prefix",
+        "peer",
+        "reader",
+        "receive_seq",
+        "send_seq",
+        "task",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        peer: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        session: bytes,
+        dialer: bool,
+    ) -> None:
+        self.peer = peer
+        self.reader = reader
+        self.writer = writer
+        mine, theirs = (FROM_DIALER, FROM_ACCEPTOR) if dialer else (FROM_ACCEPTOR, FROM_DIALER)
+        self.outgoing_prefix = session + mine
+        self.incoming_prefix = session + theirs
+        self.send_seq = 0
+        self.receive_seq = 0
+        self.task: asyncio.Task[Any] | None = None
+
+
+class PeerChannel:
+    """Everything the transport keeps for one peer: its queue, connection, stats."""
+
+    __slots__ = (
+        "address",
+        "bytes_in",
+        "bytes_out",
+        "connection",
+        "connections",
+        "dropped",
+        "frames_in",
+        "frames_out",
+        "peer",
+        "queue",
+        "wakeup",
+    )
+
+    def __init__(self, peer: int, address: Address) -> None:
+        self.peer = peer
+        self.address = address
+        self.queue: deque[bytes] = deque()
+        self.wakeup = asyncio.Event()
+        self.connection: Connection | None = None
+        self.connections = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.dropped = 0
+
+
+def transcript(dialer: int, acceptor: int, nonce_dialer: bytes, nonce_acceptor: bytes) -> bytes:
+    return TRANSCRIPT_LABEL + struct.pack(">II", dialer, acceptor) + nonce_dialer + nonce_acceptor
+
+
+def handshake_frame(*fields: Any) -> bytes:
+    body: bytes = msgpack.packb([HANDSHAKE_MAGIC, HANDSHAKE_VERSION, *fields], use_bin_type=True)
+    return frame_header(len(body)) + body
+
+
+def parse_handshake(body: bytes, kind: str, arity: int) -> list[Any]:
+    """The fields after magic, version and kind; :class:`HandshakeRejected` otherwise."""
+    try:
+        message = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as error:
+        raise HandshakeRejected("bad_handshake", f"not msgpack: {error}") from None
+    if not isinstance(message, list) or len(message) < 3 or message[0] != HANDSHAKE_MAGIC:
+        raise HandshakeRejected("bad_handshake", "not a replicaio handshake")
+    if message[1] != HANDSHAKE_VERSION:
+        raise HandshakeRejected("bad_version", f"handshake version {message[1]!r}")
+    if message[2] != kind or len(message) != 3 + arity:
+        raise HandshakeRejected("bad_handshake", f"expected {kind} with {arity} fields")
+    return message[3:]
+
+
+def nonce_or_reject(value: Any) -> bytes:
+    if type(value) is not bytes or len(value) != NONCE_BYTES:
+        raise HandshakeRejected("bad_handshake", "nonce must be 32 bytes")
+    return value
+
+
+class Transport:
+    """Framed, authenticated TCP to every peer; see the module docstring."""
+
+    def __init__(
+        self,
+        node_id: int,
+        listen: Address,
+        peers: Mapping[int, Address],
+        authenticator: Authenticator,
+        params: TransportParams,
+        deliver: Deliver,
+        counters: Counters,
+    ) -> None:
+        assert node_id not in peers
+        self.node_id = node_id
+        self.listen = listen
+        self.authenticator = authenticator
+        self.params = params
+        self.deliver = deliver
+        self.counters = counters
+        self.channels = {peer: PeerChannel(peer, address) for peer, address in peers.items()}
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.handshakes_pending = 0
+        self.closing = False
+        self.warn = RateLimitedLog(logger)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen (lower ids dial this node) and dial every peer with a higher id."""
+        self.server = await asyncio.start_server(
+            self.on_inbound, self.listen.host, self.listen.port, reuse_address=True
+        )
+        for peer, channel in self.channels.items():
+            if self.node_id < peer:
+                self.spawn(self.dial_loop(channel))
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when the configured one was 0)."""
+        assert self.server is not None
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        """Stop listening and dialling, close every connection."""
+        self.closing = True
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(self, peer: int, payload: bytes) -> None:
+        """Queue ``payload`` for ``peer``; never blocks (drop-oldest beyond the bound)."""
+        channel = self.channels[peer]
+        overhead = SEQUENCE.size + self.authenticator.tag_bytes
+        if len(payload) + overhead > self.params.frame_bytes_max:
+            self.counters.count("rejected_outbound_oversized")
+            return
+        queue = channel.queue
+        if len(queue) >= self.params.outbound_queue_max:
+            queue.popleft()
+            channel.dropped += 1
+            self.counters.count("bound_outbound_queue_max")
+        queue.append(payload)
+        channel.wakeup.set()
+
+    def seal(self, connection: Connection, payload: bytes) -> bytes:
+        connection.send_seq += 1
+        head = SEQUENCE.pack(connection.send_seq)
+        tag = self.authenticator.tag(connection.peer, connection.outgoing_prefix + head + payload)
+        return frame_header(len(head) + len(payload) + len(tag)) + head + payload + tag
+
+    async def write_loop(self, channel: PeerChannel, connection: Connection) -> None:
+        writer = connection.writer
+        try:
+            while channel.connection is connection:
+                if not channel.queue:
+                    channel.wakeup.clear()
+                    await channel.wakeup.wait()
+                    continue
+                frames: list[bytes] = []
+                while channel.queue and len(frames) < WRITE_BATCH_MAX:
+                    frames.append(self.seal(connection, channel.queue.popleft()))
+                data = b"".join(frames)
+                writer.write(data)
+                channel.frames_out += len(frames)
+                channel.bytes_out += len(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            writer.close()  # the reader sees the end and cleans up
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def open_frame(self, connection: Connection, body: bytes) -> bytes:
+        """The payload of a data frame, or :class:`FrameError` if it must be rejected."""
+        tag_bytes = self.authenticator.tag_bytes
+        if len(body) < SEQUENCE.size + tag_bytes:
+            raise FrameError("short_frame", f"{len(body)} bytes")
+        signed, tag = body[:-tag_bytes], body[-tag_bytes:]
+        if not self.authenticator.verify(connection.peer, connection.incoming_prefix + signed, tag):
+            raise FrameError("bad_mac", "frame tag does not verify")
+        (seq,) = SEQUENCE.unpack_from(signed)
+        if seq != connection.receive_seq + 1:
+            raise FrameError(
+                "replayed_frame", f"sequence {seq}, expected {connection.receive_seq + 1}"
+            )
+        connection.receive_seq = seq
+        return signed[SEQUENCE.size :]
+
+    async def serve_connection(self, channel: PeerChannel, connection: Connection) -> None:
+        """Read frames until the connection ends; the caller installed nothing yet."""
+        old = channel.connection
+        if old is not None:
+            self.counters.count("connections_replaced")
+            if old.task is not None:
+                old.task.cancel()
+            old.writer.close()
+        channel.connection = connection
+        channel.connections += 1
+        connection.task = asyncio.current_task()
+        self.counters.count("connections_established")
+        log(logger, logging.INFO, "peer connected", peer=channel.peer)
+        channel.wakeup.set()
+        writer_task = self.spawn(self.write_loop(channel, connection))
+        reason = "closed"
+        try:
+            while True:
+                body = await read_frame(connection.reader, self.params.frame_bytes_max)
+                if body is None:
+                    break
+                payload = self.open_frame(connection, body)
+                channel.frames_in += 1
+                channel.bytes_in += len(body)
+                await self.deliver(channel.peer, payload)
+        except FrameError as error:
+            reason = error.reason
+            self.counters.count(f"rejected_{error.reason}")
+            self.warn(logging.WARNING, f"{channel.peer}:{error.reason}", "peer frame rejected",
+                      peer=channel.peer, reason=error.reason, detail=str(error))
+        except (ConnectionError, OSError) as error:
+            reason = type(error).__name__
+        finally:
+            writer_task.cancel()
+            connection.writer.close()
+            if channel.connection is connection:
+                channel.connection = None
+            log(logger, logging.INFO, "peer disconnected", peer=channel.peer, reason=reason)
+
+    # -- dialling (lower id) -----------------------------------------------------------------
+
+    async def dial_loop(self, channel: PeerChannel) -> None:
+        attempt = 0
+        while not self.closing:
+            connection = await self.dial_once(channel)
+            if connection is None:
+                await asyncio.sleep(self.back_off_seconds(attempt))
+                attempt += 1
+                continue
+            attempt = 0
+            await self.serve_connection(channel, connection)
+            self.counters.count("disconnects")
+            await asyncio.sleep(self.back_off_seconds(0))
+
+    def back_off_seconds(self, attempt: int) -> float:
+        """Jittered exponential back-off: uniform in [delay/2, delay]."""
+        params = self.params
+        delay_ms = min(
+            params.reconnect_delay_ms_max, params.reconnect_delay_ms_min * (1 << min(attempt, 20))
+        )
+        return delay_ms * random.uniform(0.5, 1.0) / 1000
+
+    async def dial_once(self, channel: PeerChannel) -> Connection | None:
+        address = channel.address
+        params = self.params
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address.host, address.port),
+                params.connect_timeout_ms / 1000,
+            )
+        except (OSError, TimeoutError):
+            self.counters.count("connect_failures")
+            return None
+        set_nodelay(writer)
+        try:
+            return await asyncio.wait_for(
+                self.handshake_as_dialer(channel.peer, reader, writer),
+                params.handshake_timeout_ms / 1000,
+            )
+        except (HandshakeRejected, FrameError) as error:
+            self.counters.count(f"rejected_{error.reason}")
+            self.warn(logging.WARNING, f"dial:{channel.peer}:{error.reason}",
+                      "handshake with peer failed", peer=channel.peer, reason=error.reason)
+        except TimeoutError:
+            self.counters.count("rejected_handshake_timeout")
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            self.counters.count("handshake_failures")
+        writer.close()
+        return None
+
+    async def handshake_as_dialer(
+        self, peer: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Connection:
+        nonce_dialer = secrets.token_bytes(NONCE_BYTES)
+        writer.write(handshake_frame("hello", self.node_id, peer, nonce_dialer))
+        await writer.drain()
+        nonce_acceptor, tag_acceptor = parse_handshake(
+            await self.read_handshake(reader), "challenge", 2
+        )
+        nonce_acceptor = nonce_or_reject(nonce_acceptor)
+        text = transcript(self.node_id, peer, nonce_dialer, nonce_acceptor)
+        if type(tag_acceptor) is not bytes or not self.authenticator.verify(
+            peer, text + b"acceptor", tag_acceptor
+        ):
+            raise HandshakeRejected("bad_auth", f"node {peer} failed to prove its key")
+        writer.write(handshake_frame("proof", self.authenticator.tag(peer, text + b"dialer")))
+        await writer.drain()
+        parse_handshake(await self.read_handshake(reader), "welcome", 0)
+        return Connection(peer, reader, writer, hashlib.sha256(text).digest(), dialer=True)
+
+    @staticmethod
+    async def read_handshake(reader: asyncio.StreamReader) -> bytes:
+        body = await read_frame(reader, HANDSHAKE_FRAME_BYTES_MAX)
+        if body is None:
+            raise HandshakeRejected("handshake_closed", "the other end closed")
+        return body
+
+    # -- accepting (higher id) ---------------------------------------------------------------
+
+    async def on_inbound(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        remote = writer.get_extra_info("peername")
+        if self.closing or self.handshakes_pending >= self.params.handshakes_pending_max:
+            self.counters.count("bound_handshakes_pending_max")
+            writer.close()
+            return
+        self.handshakes_pending += 1
+        connection: Connection | None = None
+        try:
+            connection = await asyncio.wait_for(
+                self.handshake_as_acceptor(reader, writer), self.params.handshake_timeout_ms / 1000
+            )
+        except (HandshakeRejected, FrameError) as error:
+            self.counters.count(f"rejected_{error.reason}")
+            self.warn(logging.WARNING, f"accept:{error.reason}", "inbound handshake rejected",
+                      remote=str(remote), reason=error.reason, detail=str(error))
+        except TimeoutError:
+            self.counters.count("rejected_handshake_timeout")
+            self.warn(logging.WARNING, "accept:timeout", "inbound handshake timed out",
+                      remote=str(remote))
+        except (ConnectionError, OSError):
+            self.counters.count("handshake_failures")
+        finally:
+            self.handshakes_pending -= 1
+        if connection is None:
+            writer.close()
+            return
+        # Cancelled when a newer connection from the same peer replaces it, or at shutdown.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.serve_connection(self.channels[connection.peer], connection)
+
+    async def handshake_as_acceptor(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Connection:
+        set_nodelay(writer)
+        dialer, acceptor, nonce_dialer = parse_handshake(
+            await self.read_handshake(reader), "hello", 3
+        )
+        nonce_dialer = nonce_or_reject(nonce_dialer)
+        if acceptor != self.node_id:
+            raise HandshakeRejected(
+                "wrong_node", f"dialled node {acceptor!r}, this is {self.node_id}"
+            )
+        if (
+            type(dialer) is not int
+            or dialer not in self.channels
+            or dialer >= self.node_id
+            or not self.authenticator.knows(dialer)
+        ):
+            raise HandshakeRejected("unknown_peer", f"node {dialer!r} may not dial {self.node_id}")
+        nonce_acceptor = secrets.token_bytes(NONCE_BYTES)
+        text = transcript(dialer, self.node_id, nonce_dialer, nonce_acceptor)
+        writer.write(
+            handshake_frame("challenge", nonce_acceptor,
+                            self.authenticator.tag(dialer, text + b"acceptor"))
+        )
+        await writer.drain()
+        (tag_dialer,) = parse_handshake(await self.read_handshake(reader), "proof", 1)
+        if type(tag_dialer) is not bytes or not self.authenticator.verify(
+            dialer, text + b"dialer", tag_dialer
+        ):
+            raise HandshakeRejected("bad_auth", f"node {dialer} failed to prove its key")
+        writer.write(handshake_frame("welcome"))
+        await writer.drain()
+        return Connection(dialer, reader, writer, hashlib.sha256(text).digest(), dialer=False)
+
+    # -- introspection (metrics) ---------------------------------------------------------
+
+    def queue_depths(self) -> dict[int, int]:
+        return {peer: len(channel.queue) for peer, channel in self.channels.items()}
+
+
+def set_nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
