@@ -1,0 +1,355 @@
+"""The replicated key-value store's state machine: deterministic, bounded, msgpack.
+
+Theory of operation
+-------------------
+:class:`KeyValueStateMachine` implements ``replicaio.smr.api.StateMachine``.
+SMR hands it committed commands in the same order on every replica; it
+executes them against a ``dict[bytes, bytes]`` and answers a result. It reads
+no clock, no randomness and nothing but its inputs, so the same commands from
+the same snapshot give the same results and the same state, byte for byte.
+
+Every command is a msgpack array ``[op, key, arguments...]``; every result is
+``["ok", payload]`` or ``["error", code, detail]``. The exact format, one row
+per operation, is in ``docs/smr.md`` ("The key-value commands") and below:
+
+============  ===============================  ===========================
+op            arguments                         ``ok`` payload
+============  ===============================  ===========================
+``get``       key                               value (bin) or nil
+``put``       key, value                        nil
+``delete``    key                               true if the key existed
+``cas``       key, expected (bin or nil), new   true if swapped, else false
+``append``    key, suffix                       the new length (int)
+``incr``      key, delta (int)                  the new value (int)
+============  ===============================  ===========================
+
+Keys and values are ``bytes``. ``cas`` with ``expected`` nil succeeds only if
+the key is absent. ``append`` onto an absent key creates it. ``incr`` reads an
+absent key as 0, needs the stored value to be a decimal integer (ASCII,
+optional leading ``-``) and keeps values within signed 64 bits.
+
+A bad command is replicated like any other, so it must fail the same way on
+every replica and never raise: it returns an error result with a stable
+``code`` (:data:`ERROR_CODES`) and bumps :attr:`KeyValueStateMachine.errors`.
+Bounds (:class:`KvParams`): key and value sizes, and the number of keys (a
+``put`` of a new key into a full store is ``full``), so memory is bounded.
+
+Snapshots are ``["replicaio.kv", version, [[key, value], ...]]`` with keys in
+byte order (so equal states give equal bytes); :data:`SNAPSHOT_VERSION` is 1.
+``restore`` refuses anything else with :class:`KvSnapshotError`: a snapshot
+comes from our own ``snapshot`` (through SMR and the ordering protocol, which
+verifies it), so a bad one is a caller's bug, not a client's input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from replicaio.core.codec import Codec, DecodeError, EncodeError
+from replicaio.core.errors import ConfigError, UsageError
+
+GET: Final = "get"
+PUT: Final = "put"
+DELETE: Final = "delete"
+CAS: Final = "cas"
+APPEND: Final = "append"
+INCR: Final = "incr"
+OPERATIONS: Final = (GET, PUT, DELETE, CAS, APPEND, INCR)
+
+OK: Final = "ok"
+ERROR: Final = "error"
+
+ERROR_CODES: Final = frozenset(
+    {
+        "malformed",  # not a msgpack array starting with an operation name
+        "unknown_op",  # an operation this store does not have
+        "bad_arguments",  # wrong number or types of arguments
+        "key_too_large",  # key longer than KvParams.key_bytes_max
+        "value_too_large",  # value (or the result of an append) too long
+        "not_integer",  # incr on a value that is not a decimal integer
+        "overflow",  # incr result outside signed 64 bits
+        "full",  # a new key while KvParams.keys_max keys exist
+        "not_read_only",  # a write operation given to read()
+    }
+)
+
+SNAPSHOT_FORMAT: Final = "replicaio.kv"
+SNAPSHOT_VERSION: Final = 1
+
+INT64_MIN: Final = -(1 << 63)
+INT64_MAX: Final = (1 << 63) - 1
+_DECIMAL = re.compile(rb"-?[0-9]{1,19}")
+
+_ARITY: Final = {GET: 2, PUT: 3, DELETE: 2, CAS: 4, APPEND: 3, INCR: 3}
+
+
+class KvSnapshotError(UsageError):
+    """A snapshot that :meth:`KeyValueStateMachine.snapshot` did not produce."""
+
+
+@dataclass(frozen=True, slots=True)
+class KvParams:
+    """Bounds of one store (validated)."""
+
+    key_bytes_max: int = 1024
+    value_bytes_max: int = 64 * 1024
+    keys_max: int = 100_000
+    command_bytes_max: int = 128 * 1024
+
+    def validate(self) -> KvParams:
+        """Raise :class:`ConfigError` unless the bounds are usable."""
+        for name in ("key_bytes_max", "value_bytes_max", "keys_max", "command_bytes_max"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"KvParams.{name} must be >= 1")
+        if self.command_bytes_max < self.key_bytes_max + self.value_bytes_max:
+            raise ConfigError(
+                "KvParams.command_bytes_max must hold a key and a value "
+                f"({self.key_bytes_max} + {self.value_bytes_max})"
+            )
+        return self
+
+
+# -- client side: commands and results ---------------------------------------
+
+_CLIENT_CODEC = Codec(frame_bytes_max=1 << 24)
+
+
+def encode_command(op: str, key: bytes, *arguments: bytes | int | None) -> bytes:
+    """The command bytes of ``op`` on ``key`` (see the module table).
+
+    Raises :class:`UsageError` for an operation or argument the format has no
+    room for (a caller bug); range and size checks are the store's job.
+    """
+    if op not in _ARITY:
+        raise UsageError(f"unknown key-value operation {op!r}")
+    if len(arguments) + 2 != _ARITY[op]:
+        raise UsageError(f"{op} takes {_ARITY[op] - 2} argument(s), got {len(arguments)}")
+    try:
+        return _CLIENT_CODEC.encode_value([op, key, *arguments])
+    except EncodeError as error:
+        raise UsageError(f"cannot encode {op} command: {error}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class KvOk:
+    """A successful result; ``value`` as in the module table."""
+
+    value: bytes | int | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class KvError:
+    """A typed failure: ``code`` is one of :data:`ERROR_CODES` (or ``bad_result``
+    when the result bytes themselves are unreadable)."""
+
+    code: str
+    detail: str
+
+
+KvResult = KvOk | KvError
+
+
+def decode_result(data: bytes) -> KvResult:
+    """Read a result; never raises (unreadable bytes give ``KvError("bad_result")``,
+    since under a Byzantine model they may come from a faulty replica)."""
+    try:
+        value = _CLIENT_CODEC.decode_value(data)
+    except DecodeError as error:
+        return KvError("bad_result", str(error))
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == OK:
+        payload = value[1]
+        if payload is None or isinstance(payload, bytes | int | bool):
+            return KvOk(payload)
+    if (
+        isinstance(value, tuple)
+        and len(value) == 3
+        and value[0] == ERROR
+        and isinstance(value[1], str)
+        and isinstance(value[2], str)
+    ):
+        return KvError(value[1], value[2])
+    return KvError("bad_result", f"not a result: {value!r}"[:200])
+
+
+def is_write(command: bytes) -> bool:
+    """Whether ``command`` may change the state (anything but a well-formed get)."""
+    try:
+        value = _CLIENT_CODEC.decode_value(command)
+    except DecodeError:
+        return True
+    return not (isinstance(value, tuple) and len(value) == 2 and value[0] == GET)
+
+
+# -- the state machine --------------------------------------------------------
+
+
+class _Refused(Exception):
+    """Internal: a command is refused with an error result (never escapes)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        assert code in ERROR_CODES, code
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+
+class KeyValueStateMachine:
+    """A deterministic ``bytes -> bytes`` store; see the module docstring."""
+
+    __slots__ = ("_codec", "_result_codec", "_snapshot_codec", "data", "errors", "params")
+
+    def __init__(self, params: KvParams | None = None) -> None:
+        self.params = (params or KvParams()).validate()
+        self.data: dict[bytes, bytes] = {}
+        # error code -> how many commands failed with it (a client's bad input)
+        self.errors: dict[str, int] = {}
+        self._codec = Codec(frame_bytes_max=self.params.command_bytes_max, items_max=8, depth_max=2)
+        # A result holds at most one value, or an error code and a short detail.
+        self._result_codec = Codec(frame_bytes_max=self.params.value_bytes_max + 1024, items_max=3)
+        pair_bytes = self.params.key_bytes_max + self.params.value_bytes_max + 16
+        self._snapshot_codec = Codec(
+            frame_bytes_max=min(1 << 40, 64 + self.params.keys_max * pair_bytes),
+            items_max=max(8, self.params.keys_max),
+            depth_max=3,
+        )
+
+    # -- StateMachine ----------------------------------------------------------
+
+    def apply(self, command: bytes) -> bytes:
+        """Execute ``command``; an error result for a bad one, never an exception."""
+        try:
+            op, key, arguments = self._parse(command)
+            payload = self._execute(op, key, arguments)
+        except _Refused as refused:
+            return self._error(refused)
+        return self._result_codec.encode_value([OK, payload])
+
+    def read(self, command: bytes) -> bytes:
+        """Execute a read-only command (``get``); anything else is ``not_read_only``."""
+        try:
+            op, key, arguments = self._parse(command)
+            if op != GET:
+                raise _Refused("not_read_only", f"{op} changes the state")
+            payload = self._execute(op, key, arguments)
+        except _Refused as refused:
+            return self._error(refused)
+        return self._result_codec.encode_value([OK, payload])
+
+    def snapshot(self) -> bytes:
+        """The whole state, versioned, keys in byte order (equal states, equal bytes)."""
+        items = [[key, self.data[key]] for key in sorted(self.data)]
+        return self._snapshot_codec.encode_value([SNAPSHOT_FORMAT, SNAPSHOT_VERSION, items])
+
+    def restore(self, snapshot: bytes) -> None:
+        """Replace the state by ``snapshot``; :class:`KvSnapshotError` if it is not one."""
+        try:
+            value = self._snapshot_codec.decode_value(snapshot)
+        except DecodeError as error:
+            raise KvSnapshotError(f"unreadable key-value snapshot: {error}") from None
+        if not (isinstance(value, tuple) and len(value) == 3 and value[0] == SNAPSHOT_FORMAT):
+            raise KvSnapshotError("not a key-value snapshot")
+        if value[1] != SNAPSHOT_VERSION:
+            raise KvSnapshotError(f"key-value snapshot version {value[1]!r} is not supported")
+        items = value[2]
+        if not isinstance(items, tuple) or len(items) > self.params.keys_max:
+            raise KvSnapshotError("key-value snapshot items malformed or over keys_max")
+        data: dict[bytes, bytes] = {}
+        for item in items:
+            if not (
+                isinstance(item, tuple)
+                and len(item) == 2
+                and isinstance(item[0], bytes)
+                and isinstance(item[1], bytes)
+            ):
+                raise KvSnapshotError(f"key-value snapshot item malformed: {item!r}"[:200])
+            if item[0] in data:
+                raise KvSnapshotError("key-value snapshot holds a key twice")
+            data[item[0]] = item[1]
+        self.data = data
+        assert len(self.data) <= self.params.keys_max
+
+    # -- parsing and execution ---------------------------------------------------
+
+    def _parse(self, command: bytes) -> tuple[str, bytes, tuple[object, ...]]:
+        if type(command) is not bytes:
+            raise _Refused("malformed", "a command is bytes")
+        try:
+            value = self._codec.decode_value(command)
+        except DecodeError as error:
+            raise _Refused("malformed", str(error)) from None
+        if not isinstance(value, tuple) or not value or not isinstance(value[0], str):
+            raise _Refused("malformed", "a command is an array starting with the operation")
+        op = value[0]
+        arity = _ARITY.get(op)
+        if arity is None:
+            raise _Refused("unknown_op", f"no operation {op!r}"[:200])
+        if len(value) != arity:
+            raise _Refused("bad_arguments", f"{op} takes {arity - 2} argument(s)")
+        key = value[1]
+        if not isinstance(key, bytes):
+            raise _Refused("bad_arguments", "the key is bytes")
+        if len(key) > self.params.key_bytes_max:
+            raise _Refused("key_too_large", f"key of {len(key)} bytes")
+        return op, key, value[2:]
+
+    def _execute(self, op: str, key: bytes, arguments: tuple[object, ...]) -> object:
+        data = self.data
+        if op == GET:
+            return data.get(key)
+        if op == DELETE:
+            return data.pop(key, None) is not None
+        if op == PUT:
+            self._store(key, self._bytes_argument(arguments[0]))
+            return None
+        if op == CAS:
+            expected, new = arguments
+            if expected is not None and not isinstance(expected, bytes):
+                raise _Refused("bad_arguments", "cas expected is bytes or nil")
+            new_value = self._bytes_argument(new)
+            if data.get(key) != expected:
+                return False
+            self._store(key, new_value)
+            return True
+        if op == APPEND:
+            suffix = self._bytes_argument(arguments[0])
+            appended = data.get(key, b"") + suffix
+            self._store(key, appended)
+            return len(appended)
+        assert op == INCR
+        return self._increment(key, arguments[0])
+
+    def _increment(self, key: bytes, delta: object) -> int:
+        if type(delta) is not int or not INT64_MIN <= delta <= INT64_MAX:
+            raise _Refused("bad_arguments", "incr delta is a signed 64-bit int")
+        current = self.data.get(key)
+        if current is None:
+            number = 0
+        elif _DECIMAL.fullmatch(current) is None:
+            raise _Refused("not_integer", "the value is not a decimal integer")
+        else:
+            number = int(current)
+        total = number + delta
+        if not INT64_MIN <= total <= INT64_MAX:
+            raise _Refused("overflow", "incr result outside signed 64 bits")
+        self._store(key, str(total).encode("ascii"))
+        return total
+
+    def _bytes_argument(self, value: object) -> bytes:
+        if not isinstance(value, bytes):
+            raise _Refused("bad_arguments", "values are bytes")
+        if len(value) > self.params.value_bytes_max:
+            raise _Refused("value_too_large", f"value of {len(value)} bytes")
+        return value
+
+    def _store(self, key: bytes, value: bytes) -> None:
+        if len(value) > self.params.value_bytes_max:
+            raise _Refused("value_too_large", f"value of {len(value)} bytes")
+        if key not in self.data and len(self.data) >= self.params.keys_max:
+            raise _Refused("full", f"{self.params.keys_max} keys already")
+        self.data[key] = value
+
+    def _error(self, refused: _Refused) -> bytes:
+        self.errors[refused.code] = self.errors.get(refused.code, 0) + 1
+        return self._result_codec.encode_value([ERROR, refused.code, refused.detail[:200]])

@@ -1,0 +1,82 @@
+"""SMR's own messages: the batch format, replica-to-replica forwarding, outputs.
+
+Everything here is a frozen ``@message`` (namespaced ``smr.``), so the
+simulator's codec, the event log and a live transport carry it unchanged.
+What clients send and receive (``ClientRequest``, ``Reply``, ``Redirect``,
+``Rejected``) is the contract in ``replicaio.smr.api``.
+"""
+
+from __future__ import annotations
+
+from replicaio.core.codec import message
+from replicaio.smr.api import ClientRequest
+
+# -- the unit of ordering ------------------------------------------------------
+
+
+@message(tag="smr.Batch")
+class Batch:
+    """Requests submitted together; what an ordering protocol orders (as bytes).
+
+    ``(replica, incarnation, number)`` names the batch so its submitter knows
+    when one of its own batches committed (its in-flight window); it plays no
+    part in execution. Every replica executes ``requests`` in order.
+    """
+
+    replica: int
+    incarnation: int
+    number: int
+    requests: tuple[ClientRequest, ...]
+
+
+# -- between replicas (unreliable streams; clients retry on loss) --------------
+
+
+@message(tag="smr.Forward")
+class Forward:
+    """Requests a non-leader replica received from its clients, for the leader to
+    batch. Their replies come from the origin replica's own apply."""
+
+    requests: tuple[ClientRequest, ...]
+
+
+@message(tag="smr.ForwardRefused")
+class ForwardRefused:
+    """The replica a request was forwarded to could not take it: ``reason`` is
+    ``not_leader`` (then ``leader`` is its hint) or ``busy``."""
+
+    client: int
+    seq: int
+    reason: str
+    leader: int
+
+
+@message(tag="smr.ReadIndexRequest")
+class ReadIndexRequest:
+    """Asks the leader for a read index (Raft thesis 6.4: reads on followers);
+    ``number`` correlates the answer."""
+
+    number: int
+
+
+@message(tag="smr.ReadIndexReply")
+class ReadIndexReply:
+    """The index after which a read asked for with ``number`` is linearizable, or
+    ``-1`` if the replica could not give one (``leader`` is then its hint)."""
+
+    number: int
+    index: int
+    leader: int
+
+
+# -- outputs besides the client replies of the api -----------------------------
+
+
+@message(tag="smr.Applied")
+class Applied:
+    """Batch ``index`` was applied; ``digest`` fingerprints its bytes. Emitted only
+    with ``SmrParams.emit_applied``, so a checker outside the nodes can hold every
+    replica to one sequence (state machine safety), whatever the protocol."""
+
+    index: int
+    digest: bytes

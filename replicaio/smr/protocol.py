@@ -1,0 +1,101 @@
+"""SMR as a node protocol: an ordering protocol, a state machine and a replica, by name.
+
+``SmrFactory`` is a ``replicaio.core.node.ProtocolFactory``: the registry
+(``replicaio.protocols.registry``) maps a name such as ``raft`` to one, so the
+node core, the simulator, replay and the CLI build a whole replicated service
+by name. At every start of a node it builds, in this order:
+
+1. the state machine (fresh: its state comes back from the snapshot);
+2. the ordering protocol, on the child context ``(ordering_path,)``;
+3. the :class:`~replicaio.smr.replica.Replica` on ``("smr",)``, which binds
+   itself to the ordering protocol.
+
+``start`` starts the replica, which starts the ordering protocol. A client's
+``Request`` payload goes to the replica; a payload the ordering protocol
+declares its own (an operator's membership change, a leadership transfer)
+goes to the ordering protocol instead (:class:`AdminRequests`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from replicaio.core.config import Resilience
+from replicaio.core.context import Context
+from replicaio.smr.api import Ordering, StateMachine
+from replicaio.smr.auth import ClientAuthenticator
+from replicaio.smr.params import SmrParams
+from replicaio.smr.replica import Replica
+
+
+@runtime_checkable
+class AdminRequests(Protocol):
+    """Optional for an ordering protocol: operator requests it handles itself."""
+
+    admin_types: tuple[type, ...]
+
+    def on_admin(self, payload: Any) -> str | None:
+        """Handle an operator request; return a rejection reason or ``None``."""
+        ...
+
+
+class SmrProtocol:
+    """The node protocol of a replicated service (``NodeProtocol``)."""
+
+    def __init__(
+        self,
+        context: Context,
+        ordering: Ordering,
+        state_machine: StateMachine,
+        params: SmrParams,
+        authenticator: ClientAuthenticator | None = None,
+    ) -> None:
+        self.ordering = ordering
+        self.state_machine = state_machine
+        self.replica = Replica(context.child("smr"), ordering, state_machine, params, authenticator)
+        self.admin: AdminRequests | None = (
+            ordering if isinstance(ordering, AdminRequests) else None
+        )
+
+    def start(self) -> None:
+        self.replica.start()
+
+    def on_request(self, payload: Any) -> str | None:
+        admin = self.admin
+        if admin is not None and type(payload) in admin.admin_types:
+            return admin.on_admin(payload)
+        return self.replica.on_request(payload)
+
+
+OrderingFactory = Callable[[Context], Ordering]
+StateMachineFactory = Callable[[], StateMachine]
+
+
+class SmrFactory:
+    """Builds :class:`SmrProtocol` at every start of a node; what a host is given."""
+
+    def __init__(
+        self,
+        name: str,
+        resilience: Resilience,
+        ordering: OrderingFactory,
+        state_machine: StateMachineFactory,
+        params: SmrParams | None = None,
+        *,
+        ordering_path: str = "order",
+        authenticator: Callable[[], ClientAuthenticator] | None = None,
+    ) -> None:
+        self.name = name
+        self.resilience = resilience
+        self.ordering = ordering
+        self.state_machine = state_machine
+        self.params = (params or SmrParams()).validate()
+        self.ordering_path = ordering_path
+        self.authenticator = authenticator
+
+    def __call__(self, context: Context) -> SmrProtocol:
+        state_machine = self.state_machine()
+        ordering = self.ordering(context.child(self.ordering_path))
+        authenticator = self.authenticator() if self.authenticator is not None else None
+        return SmrProtocol(context, ordering, state_machine, self.params, authenticator)

@@ -1,0 +1,624 @@
+"""The SMR replica: sessions, batching, forwarding, reads, snapshots, over any Ordering.
+
+Theory of operation
+-------------------
+A :class:`Replica` sits between clients and an ordering protocol
+(``replicaio.smr.api.Ordering``: Raft now, PBFT and MinBFT next) on one node.
+It is the protocol-neutral half of state machine replication (Schneider,
+"Implementing fault-tolerant services using the state machine approach",
+1990; Raft thesis chapter 6 for sessions and reads):
+
+1. **Admission** (:meth:`on_request`, the node protocol's ``on_request``): the
+   payload is authenticated (``replicaio.smr.auth``), checked (ids, sizes), and
+   answered at once when it is the client's last executed request (cached
+   result) or older (``stale_seq``). Otherwise it joins ``pending`` (bounded:
+   ``busy`` beyond ``pending_max``) and the replica remembers that it owes
+   this client a reply (``waiting``).
+2. **Batching** (:meth:`flush`, run by the housekeeper task after the step's
+   inputs): pending requests are cut into batches of at most
+   ``batch_requests_max`` requests and ``batch_bytes_max`` bytes and
+   submitted while fewer than ``batches_inflight_max`` own batches are in
+   flight; the window is the backpressure, and it is what makes batches grow
+   under load. An in-flight batch not applied within ``batch_timeout_us`` is
+   presumed lost (leadership changed) and frees its slot.
+3. **Not the leader**: when ``submit`` answers ``NotLeader``, the replica
+   forwards its clients' requests to the leader over a stream (``Forward``), or
+   answers ``Redirect`` when forwarding is off or no leader is known. A
+   forwarded request is never forwarded again: the receiver refuses it
+   (``ForwardRefused``) and the origin tells its client. The reply to a
+   forwarded request comes from the origin's own apply (below), so a leader
+   never answers another replica's client.
+4. **Apply** (:meth:`on_commit`, called by the ordering protocol once per
+   index, in order): every request of the batch goes through the session
+   table (``replicaio.smr.sessions``): new requests execute on the state
+   machine, retries get the remembered result, so a request executes at most
+   once whatever the retries, forwards and leader changes. The replica that
+   owes a client a reply outputs ``Reply``. Every replica applies everything.
+5. **Reads** (``read_only`` requests) skip the log: ``read_barrier()`` gives an
+   index (Raft's read-index), the read waits until that index is applied and
+   runs ``StateMachine.read``. A non-leader asks the leader for the index
+   (``ReadIndexRequest``) and serves the read from its own state (thesis 6.4).
+6. **Snapshots**: after applying every index that is a multiple of
+   ``snapshot_interval`` (the same indices on every replica) the replica
+   snapshots the state machine and the session table (:func:`encode_snapshot`,
+   versioned; equal states give equal bytes) and hands it to
+   ``Ordering.compact`` from the housekeeper; ``on_snapshot`` restores one
+   (restart, state transfer) and answers any owed reply it covers.
+
+SMR keeps no durable state of its own: everything is rebuilt from the ordering
+protocol's snapshot and committed batches at restart. What the ordering must
+guarantee and how PBFT and MinBFT plug in: ``docs/adr/0005-smr-ordering-interface.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from typing import Any, TypeVar
+
+from replicaio.core.codec import Codec, DecodeError, EncodeError
+from replicaio.core.context import Context
+from replicaio.core.errors import UsageError
+from replicaio.core.lines import Line, first
+from replicaio.core.scheduler import Task
+from replicaio.core.stream import Stream
+from replicaio.smr.api import (
+    ClientRequest,
+    Committed,
+    NotLeader,
+    Ordering,
+    Redirect,
+    Rejected,
+    Reply,
+    StateMachine,
+)
+from replicaio.smr.auth import ClientAuthenticator, TrustedClients
+from replicaio.smr.messages import (
+    Applied,
+    Batch,
+    Forward,
+    ForwardRefused,
+    ReadIndexReply,
+    ReadIndexRequest,
+)
+from replicaio.smr.params import BATCH_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES, SmrParams
+from replicaio.smr.sessions import SessionRecord, SessionTable
+
+T = TypeVar("T")
+
+SNAPSHOT_FORMAT = "replicaio.smr"
+SNAPSHOT_VERSION = 1
+
+
+class SmrSnapshotError(UsageError):
+    """Snapshot bytes that :func:`encode_snapshot` did not produce."""
+
+
+def encode_snapshot(
+    codec: Codec, index: int, application: bytes, sessions: list[SessionRecord]
+) -> bytes:
+    """``["replicaio.smr", 1, index, application snapshot, [[client, seq, result, index]...]]``."""
+    return codec.encode_value([SNAPSHOT_FORMAT, SNAPSHOT_VERSION, index, application, sessions])
+
+
+def decode_snapshot(codec: Codec, data: bytes) -> tuple[int, bytes, list[SessionRecord]]:
+    """``(index, application snapshot, sessions)``; :class:`SmrSnapshotError` if malformed."""
+    try:
+        value = codec.decode_value(data)
+    except DecodeError as error:
+        raise SmrSnapshotError(f"unreadable SMR snapshot: {error}") from None
+    if not (isinstance(value, tuple) and len(value) == 5 and value[0] == SNAPSHOT_FORMAT):
+        raise SmrSnapshotError("not an SMR snapshot")
+    _, version, index, application, raw_sessions = value
+    if version != SNAPSHOT_VERSION:
+        raise SmrSnapshotError(f"SMR snapshot version {version!r} is not supported")
+    if type(index) is not int or index < 0 or not isinstance(application, bytes):
+        raise SmrSnapshotError("SMR snapshot index or application state malformed")
+    if not isinstance(raw_sessions, tuple):
+        raise SmrSnapshotError("SMR snapshot sessions malformed")
+    sessions: list[SessionRecord] = []
+    for record in raw_sessions:
+        if not (
+            isinstance(record, tuple)
+            and len(record) == 4
+            and type(record[0]) is int
+            and type(record[1]) is int
+            and isinstance(record[2], bytes)
+            and type(record[3]) is int
+        ):
+            raise SmrSnapshotError(f"SMR snapshot session malformed: {record!r}"[:200])
+        sessions.append((record[0], record[1], record[2], record[3]))
+    return index, application, sessions
+
+
+def batch_digest(batch: bytes) -> bytes:
+    """An 8-byte fingerprint of a batch (for ``Applied`` and state-machine-safety checks)."""
+    return hashlib.blake2b(batch, digest_size=8).digest()
+
+
+async def before(line: Line[T], timeout: Line[None], label: str) -> T | None:
+    """The value of ``line``, or ``None`` if ``timeout`` comes first (a choice point
+    when both are there)."""
+    either: tuple[Line[Any], ...] = (line, timeout)
+    value: T | None = await first(*either, label=label)
+    return value
+
+
+Pending = tuple[ClientRequest, int]  # the request, and the replica whose client sent it
+
+
+class Replica:
+    """One replica's SMR; implements ``OrderingHandlers``. See the module docstring."""
+
+    def __init__(
+        self,
+        context: Context,
+        ordering: Ordering,
+        state_machine: StateMachine,
+        params: SmrParams | None = None,
+        authenticator: ClientAuthenticator | None = None,
+    ) -> None:
+        self.context = context
+        self.ordering = ordering
+        self.state_machine = state_machine
+        self.params = (params or SmrParams()).validate()
+        self.authenticator: ClientAuthenticator = authenticator or TrustedClients()
+        self.sessions = SessionTable(self.params.sessions_max)
+        self.applied = 0  # index of the last applied batch
+        self.snapshot_index = 0  # index of the last snapshot taken or restored
+        self.pending: deque[Pending] = deque()
+        self.waiting: dict[int, int] = {}  # client -> seq this replica owes a reply for
+        # own batch number -> its expiry task (None while submit runs)
+        self.inflight: dict[int, Task[None] | None] = {}
+        self.batch_next = 0
+        self.reads_active = 0
+        self.read_next = 0
+        self.remote_reads: dict[int, Line[tuple[int, int]]] = {}
+        self.applied_waiters: dict[int, Line[None]] = {}
+        self.kick: Line[None] | None = None
+        self.kicked = False
+        self.checkpoint: tuple[int, bytes] | None = None  # taken, not yet handed over
+        self.stream: Stream | None = None
+        self.batch_codec = Codec(frame_bytes_max=self.params.batch_bytes_max)
+        self.snapshot_codec = Codec(
+            frame_bytes_max=1 << 40, items_max=max(16, self.params.sessions_max)
+        )
+        ordering.bind(self)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the replica-to-replica stream, start housekeeping, then the ordering
+        protocol (which may hand back a snapshot and committed batches at once)."""
+        self.stream = self.context.stream(
+            Forward, ForwardRefused, ReadIndexRequest, ReadIndexReply, handler=self.on_message
+        )
+        self.context.spawn(self.housekeeper(), "smr.housekeeper")
+        self.ordering.start()
+
+    async def housekeeper(self) -> None:
+        """After each burst of inputs: take a snapshot if due, then submit batches.
+        Deferred to a task so the ordering protocol is never re-entered from its
+        own ``on_commit`` callback."""
+        while True:
+            if not self.kicked:
+                kick: Line[None] = Line(self.context.node.scheduler, "smr.kick")
+                self.kick = kick
+                await kick
+            self.kick = None
+            self.kicked = False
+            self.hand_over_checkpoint()
+            self.flush()
+
+    def wake(self) -> None:
+        """Ask the housekeeper to run (once more) in this step."""
+        self.kicked = True
+        kick = self.kick
+        if kick is not None and not kick.ready:
+            kick.set(None)
+
+    # -- admission -----------------------------------------------------------------
+
+    def on_request(self, payload: Any) -> str | None:
+        """A client's payload (the node's ``Request`` input). Returns the rejection
+        reason (the node counts ``request_rejected_<reason>``) or ``None``."""
+        request = self.authenticator.authenticate(payload)
+        if isinstance(request, str):
+            claimed = self.authenticator.claimed(payload)
+            if claimed is not None and self.well_formed(claimed) is None:
+                self.context.output(Rejected(claimed.client, claimed.seq, request))
+            return request
+        reason = self.well_formed(request)
+        if reason is not None:
+            if type(request.client) is int and type(request.seq) is int:
+                self.context.output(Rejected(request.client, request.seq, reason))
+            return reason
+        self.context.count("smr_requests")
+        if request.read_only:
+            return self.start_read(request)
+        return self.admit_write(request)
+
+    def well_formed(self, request: ClientRequest) -> str | None:
+        """Why ``request`` is unusable (``bad_request``, ``too_large``), or ``None``."""
+        if type(request.client) is not int or type(request.seq) is not int:
+            return "bad_request"
+        if request.client < 0 or request.seq < 1:
+            return "bad_request"
+        if type(request.command) is not bytes or type(request.read_only) is not bool:
+            return "bad_request"
+        if len(request.command) > self.params.command_bytes_max:
+            return "too_large"
+        return None
+
+    def admit_write(self, request: ClientRequest) -> str | None:
+        session = self.sessions.lookup(request.client)
+        if session is not None and request.seq <= session.last_seq:
+            if request.seq == session.last_seq:
+                self.context.count("smr_replies_cached")
+                self.reply(request.client, request.seq, session.result)
+                return None
+            self.context.output(Rejected(request.client, request.seq, "stale_seq"))
+            return "stale_seq"
+        if len(self.pending) >= self.params.pending_max:
+            self.context.count("bound_smr_pending_max")
+            self.context.output(Rejected(request.client, request.seq, "busy"))
+            return "busy"
+        self.owe_reply(request.client, request.seq)
+        self.pending.append((request, self.context.id))
+        self.wake()
+        return None
+
+    def owe_reply(self, client: int, seq: int) -> None:
+        waiting = self.waiting
+        waiting.pop(client, None)
+        if len(waiting) >= self.params.waiting_max:
+            # The oldest client has long timed out; its reply would go nowhere.
+            del waiting[next(iter(waiting))]
+            self.context.count("bound_smr_waiting_max")
+        waiting[client] = seq
+
+    def reply(self, client: int, seq: int, result: bytes) -> None:
+        self.context.output(Reply(client, seq, result, self.context.id))
+
+    # -- batching --------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Submit pending requests as batches while the in-flight window allows."""
+        params = self.params
+        pending = self.pending
+        while pending and len(self.inflight) < params.batches_inflight_max:
+            taken: list[Pending] = []
+            size = BATCH_OVERHEAD_BYTES
+            while pending and len(taken) < params.batch_requests_max:
+                request_size = len(pending[0][0].command) + REQUEST_OVERHEAD_BYTES
+                if taken and size + request_size > params.batch_bytes_max:
+                    break
+                taken.append(pending.popleft())
+                size += request_size
+            self.submit(taken)
+
+    def submit(self, taken: list[Pending]) -> None:
+        assert taken
+        number = self.batch_next
+        self.batch_next += 1
+        batch = Batch(
+            self.context.id,
+            self.context.node.incarnation,
+            number,
+            tuple(request for request, _ in taken),
+        )
+        try:
+            data = self.batch_codec.encode(batch)
+        except EncodeError as error:  # the size estimate is an upper bound: a bug
+            raise AssertionError(f"{len(taken)} requests do not encode: {error}") from error
+        # In flight before submit: an ordering may commit within the call.
+        self.inflight[number] = None
+        outcome = self.ordering.submit(data)
+        if isinstance(outcome, NotLeader):
+            del self.inflight[number]
+            self.context.count("smr_submit_not_leader")
+            self.on_not_leader(taken, outcome.leader)
+            return
+        assert outcome is None
+        self.context.count("smr_batches_submitted")
+        self.context.count("smr_requests_submitted", len(taken))
+        if number in self.inflight:
+            self.inflight[number] = self.context.spawn(self.expire(number), "smr.inflight")
+
+    async def expire(self, number: int) -> None:
+        await self.context.sleep(self.params.batch_timeout_us)
+        self.context.count("smr_batches_presumed_lost")
+        del self.inflight[number]
+        self.wake()
+
+    def on_not_leader(self, taken: list[Pending], leader: int) -> None:
+        """Forward our clients' requests to ``leader`` (or redirect them); refuse
+        requests other replicas forwarded to us."""
+        me = self.context.id
+        stream = self.stream
+        assert stream is not None
+        forward: list[ClientRequest] = []
+        for request, origin in taken:
+            if origin != me:
+                refused = ForwardRefused(request.client, request.seq, "not_leader", leader)
+                stream.send(origin, refused)
+                self.context.count("smr_forward_refused")
+            elif self.params.forward and 0 <= leader < self.context.n and leader != me:
+                forward.append(request)
+            else:
+                self.redirect(request.client, request.seq, leader)
+        if forward:
+            stream.send(leader, Forward(tuple(forward)))
+            self.context.count("smr_forwarded", len(forward))
+
+    def redirect(self, client: int, seq: int, leader: int) -> None:
+        if self.waiting.get(client) == seq:
+            del self.waiting[client]
+        self.context.count("smr_redirects")
+        self.context.output(Redirect(client, seq, leader if leader != self.context.id else -1))
+
+    # -- between replicas ----------------------------------------------------------------
+
+    def on_message(self, source: int, message: Any) -> None:
+        """Stream handler: forwarded requests, refusals, read indices."""
+        if type(message) is Forward:
+            self.on_forward(source, message)
+        elif type(message) is ForwardRefused:
+            self.on_forward_refused(message)
+        elif type(message) is ReadIndexRequest:
+            self.on_read_index_request(source, message)
+        else:
+            assert type(message) is ReadIndexReply
+            line = self.remote_reads.get(message.number)
+            if line is None or line.ready:
+                self.context.count("smr_read_index_reply_stale")
+                return
+            line.set((message.index, message.leader))
+
+    def on_forward(self, source: int, forward: Forward) -> None:
+        stream = self.stream
+        assert stream is not None
+        for request in forward.requests:
+            if self.well_formed(request) is not None or request.read_only:
+                self.context.count("smr_forward_malformed")  # a faulty peer's doing
+                continue
+            if len(self.pending) >= self.params.pending_max:
+                self.context.count("bound_smr_pending_max")
+                stream.send(source, ForwardRefused(request.client, request.seq, "busy", -1))
+                continue
+            self.pending.append((request, source))
+        self.wake()
+
+    def on_forward_refused(self, refused: ForwardRefused) -> None:
+        if self.waiting.get(refused.client) != refused.seq:
+            return  # already answered, or the client moved on
+        if refused.reason == "not_leader":
+            self.redirect(refused.client, refused.seq, refused.leader)
+        else:
+            del self.waiting[refused.client]
+            self.context.output(Rejected(refused.client, refused.seq, "busy"))
+
+    # -- apply -----------------------------------------------------------------------------
+
+    def on_commit(self, committed: Committed) -> None:
+        """``OrderingHandlers.on_commit``: apply batch ``index`` (exactly once, in order)."""
+        assert committed.index == self.applied + 1, (
+            f"commit {committed.index} after applied {self.applied}: the ordering skipped"
+        )
+        index = committed.index
+        try:
+            batch = self.batch_codec.decode_as(committed.batch, Batch)
+        except DecodeError:
+            # Every correct replica decodes the same bytes the same way, so skipping
+            # is deterministic; only a faulty proposer orders such bytes.
+            self.context.count("smr_batch_undecodable")
+            batch = None
+        if batch is not None:
+            for request in batch.requests:
+                self.execute(request, index)
+            node = self.context.node
+            if batch.replica == node.node_id and batch.incarnation == node.incarnation:
+                expiry = self.inflight.pop(batch.number, None)
+                if expiry is not None:
+                    expiry.cancel()
+        self.applied = index
+        self.context.count("smr_batches_applied")
+        self.maybe_checkpoint(index)
+        if self.params.emit_applied:
+            self.context.output(Applied(index, batch_digest(committed.batch)))
+        self.wake_readers()
+        self.wake()
+
+    def execute(self, request: ClientRequest, index: int) -> None:
+        """One request through the session table: at most once, whatever the retries."""
+        client, seq = request.client, request.seq
+        if self.well_formed(request) is not None:
+            self.context.count("smr_request_malformed_in_batch")
+            return
+        session = self.sessions.lookup(client)
+        if session is not None and seq <= session.last_seq:
+            self.context.count("smr_duplicates")
+            if seq < session.last_seq:
+                return
+            result = session.result
+        else:
+            evictions = self.sessions.evictions
+            result = self.state_machine.apply(request.command)
+            self.sessions.record(client, seq, result, index)
+            self.context.count("smr_requests_applied")
+            if self.sessions.evictions != evictions:
+                self.context.count("smr_sessions_evicted")
+        if self.waiting.get(client) == seq:
+            del self.waiting[client]
+            self.reply(client, seq, result)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def start_read(self, request: ClientRequest) -> str | None:
+        if self.reads_active >= self.params.reads_pending_max:
+            self.context.count("bound_smr_reads_pending_max")
+            self.context.output(Rejected(request.client, request.seq, "busy"))
+            return "busy"
+        barrier = self.ordering.read_barrier()
+        if isinstance(barrier, Line):
+            self.spawn_read(self.serve_read(request, barrier))
+            return None
+        leader = barrier.leader
+        if not (self.params.forward and 0 <= leader < self.context.n and leader != self.context.id):
+            self.redirect(request.client, request.seq, leader)
+            return None
+        number = self.read_next
+        self.read_next += 1
+        remote: Line[tuple[int, int]] = Line(self.context.node.scheduler, f"smr.read{number}")
+        self.remote_reads[number] = remote
+        stream = self.stream
+        assert stream is not None
+        stream.send(leader, ReadIndexRequest(number))
+        self.context.count("smr_read_index_asked")
+        self.spawn_read(self.serve_remote_read(request, number, remote))
+        return None
+
+    def spawn_read(self, coroutine: Any) -> None:
+        self.reads_active += 1
+        task = self.context.spawn(coroutine, "smr.read")
+        task.on_finish.append(self.read_finished)
+
+    def read_finished(self) -> None:
+        self.reads_active -= 1
+        assert self.reads_active >= 0
+
+    async def serve_read(self, request: ClientRequest, barrier: Line[int]) -> None:
+        timeout = self.context.sleep(self.params.read_timeout_us)
+        index = await before(barrier, timeout, "smr.read")
+        if index is None:
+            self.context.output(Rejected(request.client, request.seq, "read_timeout"))
+            return
+        await self.read_at(request, index, timeout)
+
+    async def serve_remote_read(
+        self, request: ClientRequest, number: int, remote: Line[tuple[int, int]]
+    ) -> None:
+        try:
+            timeout = self.context.sleep(self.params.read_timeout_us)
+            answer = await before(remote, timeout, "smr.read")
+            if answer is None:
+                self.context.output(Rejected(request.client, request.seq, "read_timeout"))
+                return
+            index, leader = answer
+            if index < 0:
+                self.redirect(request.client, request.seq, leader)
+                return
+            await self.read_at(request, index, timeout)
+        finally:
+            del self.remote_reads[number]
+
+    async def read_at(self, request: ClientRequest, index: int, timeout: Line[None]) -> None:
+        """Serve ``request`` once batch ``index`` is applied (or refuse at the timeout)."""
+        if index > self.applied:
+            applied = self.applied_line(index)
+            await before(applied, timeout, "smr.read_applied")
+            if index > self.applied:
+                if not applied.waiters:  # nobody else waits for it: do not keep it
+                    self.applied_waiters.pop(index, None)
+                self.context.output(Rejected(request.client, request.seq, "read_timeout"))
+                return
+        self.context.count("smr_reads_served")
+        self.reply(request.client, request.seq, self.state_machine.read(request.command))
+
+    def applied_line(self, index: int) -> Line[None]:
+        line = self.applied_waiters.get(index)
+        if line is None:
+            line = Line(self.context.node.scheduler, f"smr.applied{index}")
+            self.applied_waiters[index] = line
+        return line
+
+    def wake_readers(self) -> None:
+        waiters = self.applied_waiters
+        if not waiters:
+            return
+        for index in [index for index in waiters if index <= self.applied]:
+            waiters.pop(index).set(None)
+
+    def on_read_index_request(self, source: int, request: ReadIndexRequest) -> None:
+        """Another replica's client reads: confirm we may serve a read, give the index."""
+        stream = self.stream
+        assert stream is not None
+        barrier = self.ordering.read_barrier()
+        if not isinstance(barrier, Line):
+            stream.send(source, ReadIndexReply(request.number, -1, barrier.leader))
+            return
+        if self.reads_active >= self.params.reads_pending_max:
+            self.context.count("bound_smr_reads_pending_max")
+            stream.send(source, ReadIndexReply(request.number, -1, -1))
+            return
+        self.spawn_read(self.answer_read_index(source, request.number, barrier))
+
+    async def answer_read_index(self, source: int, number: int, barrier: Line[int]) -> None:
+        timeout = self.context.sleep(self.params.read_timeout_us)
+        index = await before(barrier, timeout, "smr.read")
+        stream = self.stream
+        assert stream is not None
+        if index is None:
+            stream.send(source, ReadIndexReply(number, -1, -1))
+        else:
+            stream.send(source, ReadIndexReply(number, index, self.context.id))
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def maybe_checkpoint(self, index: int) -> None:
+        """Snapshot at every multiple of ``snapshot_interval``: the same indices on
+        every replica, so BFT protocols can certify equal snapshots (ADR 0005)."""
+        interval = self.params.snapshot_interval
+        if interval == 0 or index % interval != 0:
+            return
+        data = encode_snapshot(
+            self.snapshot_codec, index, self.state_machine.snapshot(), self.sessions.records()
+        )
+        self.checkpoint = (index, data)
+        self.context.count("smr_snapshots")
+
+    def hand_over_checkpoint(self) -> None:
+        """Give the latest snapshot to the ordering protocol (outside its callbacks)."""
+        checkpoint = self.checkpoint
+        if checkpoint is None:
+            return
+        self.checkpoint = None
+        self.snapshot_index = checkpoint[0]
+        self.ordering.compact(*checkpoint)
+
+    def on_snapshot(self, index: int, snapshot: bytes) -> None:
+        """``OrderingHandlers.on_snapshot``: replace the state by ``snapshot`` (covering
+        every batch up to ``index``), then answer the owed replies it settles."""
+        snapshot_index, application, records = decode_snapshot(self.snapshot_codec, snapshot)
+        assert snapshot_index == index, f"snapshot of {snapshot_index} handed as {index}"
+        assert index >= self.applied, f"snapshot {index} behind applied {self.applied}"
+        self.state_machine.restore(application)
+        self.sessions.replace(records)
+        self.applied = index
+        self.snapshot_index = index
+        if self.checkpoint is not None and self.checkpoint[0] <= index:
+            self.checkpoint = None
+        self.context.count("smr_snapshots_restored")
+        for client, seq in list(self.waiting.items()):
+            session = self.sessions.lookup(client)
+            if session is not None and session.last_seq >= seq:
+                del self.waiting[client]
+                if session.last_seq == seq:
+                    self.reply(client, seq, session.result)
+        self.wake_readers()
+        self.wake()
+
+    # -- figures -------------------------------------------------------------------------------
+
+    def figures(self) -> dict[str, int]:
+        """Sizes of every bounded structure (for benchmarks and memory checks)."""
+        return {
+            "applied": self.applied,
+            "snapshot_index": self.snapshot_index,
+            "sessions": len(self.sessions),
+            "pending": len(self.pending),
+            "waiting": len(self.waiting),
+            "inflight": len(self.inflight),
+            "reads_active": self.reads_active,
+            "applied_waiters": len(self.applied_waiters),
+        }

@@ -1,0 +1,99 @@
+"""Client sessions: at-most-once execution, bounded, part of every snapshot.
+
+A client numbers its requests and keeps at most one outstanding; a retry
+reuses the number. The table keeps, per client, the last sequence number
+executed and its result (Raft thesis, section 6.3). Applying request
+``(client, seq)``:
+
+* ``seq > last``: a new request; execute it, remember ``(seq, result)``;
+* ``seq == last``: a retry of the last one; answer the remembered result,
+  execute nothing;
+* ``seq < last``: older than what the client already moved past; nothing is
+  executed and nothing is answered (the client no longer waits for it).
+
+The table is bounded by ``sessions_max``. When a new client arrives at a full
+table, the session used least recently (by applied order) is evicted. The
+policy depends only on the order of applied requests, which every replica
+shares, so every replica evicts the same sessions at the same index; the
+table, in that order, is part of snapshots. The cost of the bound: a client
+that stays silent while ``sessions_max`` other clients make requests loses
+its session, and a retry of its last request after that would execute again.
+Size ``sessions_max`` well above the number of concurrently active clients;
+evictions are counted (``smr_sessions_evicted``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from replicaio.core.errors import UsageError
+
+SessionRecord = tuple[int, int, bytes, int]  # client, last_seq, result, last_index
+
+
+@dataclass(slots=True)
+class Session:
+    """The last request a client had executed, its result, and when (batch index)."""
+
+    last_seq: int
+    result: bytes
+    last_index: int
+
+
+class SessionTable:
+    """Per-client last sequence number and result, least recently used first."""
+
+    __slots__ = ("evictions", "sessions", "sessions_max")
+
+    def __init__(self, sessions_max: int) -> None:
+        if sessions_max < 1:
+            raise UsageError("sessions_max must be >= 1")
+        self.sessions_max = sessions_max
+        # Insertion order is recency order: the first entry is evicted first.
+        self.sessions: dict[int, Session] = {}
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.sessions)
+
+    def lookup(self, client: int) -> Session | None:
+        """The session of ``client``, if the table has one (does not touch recency)."""
+        return self.sessions.get(client)
+
+    def record(self, client: int, seq: int, result: bytes, index: int) -> None:
+        """``client`` executed ``seq`` with ``result`` in batch ``index``."""
+        sessions = self.sessions
+        previous = sessions.pop(client, None)
+        assert previous is None or seq > previous.last_seq, "a session only moves forward"
+        assert previous is None or index >= previous.last_index
+        if previous is None and len(sessions) >= self.sessions_max:
+            oldest = next(iter(sessions))
+            del sessions[oldest]
+            self.evictions += 1
+        sessions[client] = Session(seq, result, index)
+        assert len(sessions) <= self.sessions_max
+
+    def records(self) -> list[SessionRecord]:
+        """The table as plain records, in eviction order (for snapshots)."""
+        return [
+            (client, session.last_seq, session.result, session.last_index)
+            for client, session in self.sessions.items()
+        ]
+
+    def replace(self, records: list[SessionRecord]) -> None:
+        """Replace the table by ``records`` (from :meth:`records`, possibly of
+        another replica); raises ``UsageError`` if they do not fit."""
+        if len(records) > self.sessions_max:
+            raise UsageError(
+                f"snapshot holds {len(records)} sessions, over sessions_max={self.sessions_max}"
+            )
+        sessions: dict[int, Session] = {}
+        for client, last_seq, result, last_index in records:
+            if client in sessions:
+                raise UsageError(f"snapshot holds client {client} twice")
+            sessions[client] = Session(last_seq, result, last_index)
+        self.sessions = sessions

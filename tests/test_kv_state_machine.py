@@ -1,0 +1,309 @@
+"""The key-value state machine: each operation, bad commands as typed results,
+bounds, snapshots, determinism."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replicaio.core.codec import Codec
+from replicaio.core.errors import ConfigError, UsageError
+from replicaio.services.kv import (
+    ERROR_CODES,
+    KeyValueStateMachine,
+    KvError,
+    KvOk,
+    KvParams,
+    KvSnapshotError,
+    decode_result,
+    encode_command,
+)
+from replicaio.services.kv.state_machine import INT64_MAX, INT64_MIN, is_write
+
+RAW = Codec()
+
+
+def run(kv: KeyValueStateMachine, op: str, key: bytes, *arguments: bytes | int | None) -> object:
+    result = decode_result(kv.apply(encode_command(op, key, *arguments)))
+    assert isinstance(result, KvOk), result
+    return result.value
+
+
+def fails(kv: KeyValueStateMachine, command: bytes) -> str:
+    result = decode_result(kv.apply(command))
+    assert isinstance(result, KvError), result
+    assert result.code in ERROR_CODES
+    return result.code
+
+
+def test_get_put_delete() -> None:
+    kv = KeyValueStateMachine()
+    assert run(kv, "get", b"k") is None
+    assert run(kv, "put", b"k", b"v1") is None
+    assert run(kv, "get", b"k") == b"v1"
+    assert run(kv, "put", b"k", b"v2") is None
+    assert run(kv, "get", b"k") == b"v2"
+    assert run(kv, "delete", b"k") is True
+    assert run(kv, "delete", b"k") is False
+    assert run(kv, "get", b"k") is None
+
+
+def test_compare_and_set() -> None:
+    kv = KeyValueStateMachine()
+    assert run(kv, "cas", b"k", b"x", b"a") is False  # absent is not b"x"
+    assert run(kv, "get", b"k") is None
+    assert run(kv, "cas", b"k", None, b"a") is True  # nil expects absent
+    assert run(kv, "cas", b"k", None, b"b") is False
+    assert run(kv, "cas", b"k", b"a", b"b") is True
+    assert run(kv, "get", b"k") == b"b"
+
+
+def test_append_creates_and_concatenates() -> None:
+    kv = KeyValueStateMachine()
+    assert run(kv, "append", b"k", b"ab") == 2
+    assert run(kv, "append", b"k", b"cd") == 4
+    assert run(kv, "get", b"k") == b"abcd"
+
+
+def test_increment() -> None:
+    kv = KeyValueStateMachine()
+    assert run(kv, "incr", b"n", 5) == 5  # absent reads as 0
+    assert run(kv, "incr", b"n", -7) == -2
+    assert run(kv, "get", b"n") == b"-2"
+    run(kv, "put", b"n", b"41")
+    assert run(kv, "incr", b"n", 1) == 42
+
+
+def test_increment_errors_are_typed_and_change_nothing() -> None:
+    kv = KeyValueStateMachine()
+    run(kv, "put", b"s", b"hello")
+    assert fails(kv, encode_command("incr", b"s", 1)) == "not_integer"
+    assert run(kv, "get", b"s") == b"hello"
+    run(kv, "put", b"n", str(INT64_MAX).encode())
+    assert fails(kv, encode_command("incr", b"n", 1)) == "overflow"
+    assert run(kv, "get", b"n") == str(INT64_MAX).encode()
+    run(kv, "put", b"m", str(INT64_MIN).encode())
+    assert fails(kv, encode_command("incr", b"m", -1)) == "overflow"
+    assert fails(kv, RAW.encode_value(["incr", b"n", "1"])) == "bad_arguments"
+    assert fails(kv, RAW.encode_value(["incr", b"n", 1.5])) == "bad_arguments"
+    assert fails(kv, RAW.encode_value(["incr", b"n", True])) == "bad_arguments"
+    assert kv.errors == {"not_integer": 1, "overflow": 2, "bad_arguments": 3}
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (b"", "malformed"),
+        (b"\xc1", "malformed"),
+        (RAW.encode_value("get"), "malformed"),
+        (RAW.encode_value([]), "malformed"),
+        (RAW.encode_value([1, b"k"]), "malformed"),
+        (RAW.encode_value(["frobnicate", b"k"]), "unknown_op"),
+        (RAW.encode_value(["get"]), "bad_arguments"),
+        (RAW.encode_value(["get", b"k", b"extra"]), "bad_arguments"),
+        (RAW.encode_value(["get", "k"]), "bad_arguments"),
+        (RAW.encode_value(["put", b"k", "v"]), "bad_arguments"),
+        (RAW.encode_value(["put", b"k", None]), "bad_arguments"),
+        (RAW.encode_value(["cas", b"k", 3, b"v"]), "bad_arguments"),
+        (RAW.encode_value(["append", b"k", 3]), "bad_arguments"),
+        (RAW.encode_value(["get", b"k" * 2000]), "key_too_large"),
+    ],
+)
+def test_bad_commands_are_typed_results(command: bytes, code: str) -> None:
+    kv = KeyValueStateMachine()
+    assert fails(kv, command) == code
+    assert kv.data == {}
+    assert kv.errors == {code: 1}
+
+
+def test_non_bytes_command_is_malformed_not_an_exception() -> None:
+    kv = KeyValueStateMachine()
+    result = decode_result(kv.apply("put k v"))  # type: ignore[arg-type]
+    assert result == KvError("malformed", "a command is bytes")
+
+
+def test_bounds_are_reached() -> None:
+    kv = KeyValueStateMachine(KvParams(key_bytes_max=4, value_bytes_max=8, keys_max=2,
+                                       command_bytes_max=64))
+    assert fails(kv, encode_command("put", b"kkkkk", b"v")) == "key_too_large"
+    assert fails(kv, encode_command("put", b"k", b"v" * 9)) == "value_too_large"
+    run(kv, "append", b"a", b"12345")
+    assert fails(kv, encode_command("append", b"a", b"6789")) == "value_too_large"
+    assert run(kv, "get", b"a") == b"12345"
+    run(kv, "put", b"b", b"x")
+    assert fails(kv, encode_command("put", b"c", b"x")) == "full"
+    assert fails(kv, encode_command("incr", b"c", 1)) == "full"
+    assert fails(kv, encode_command("cas", b"c", None, b"x")) == "full"
+    run(kv, "put", b"b", b"y")  # an existing key still takes writes
+    run(kv, "delete", b"b")
+    run(kv, "put", b"c", b"x")  # and a freed slot is usable
+    assert len(kv.data) == 2
+    assert fails(kv, b"\x92" + b"\xc4\x80" + b"x" * 128) == "malformed"  # over command_bytes_max
+
+
+def test_params_are_validated() -> None:
+    with pytest.raises(ConfigError):
+        KvParams(keys_max=0).validate()
+    with pytest.raises(ConfigError):
+        KvParams(key_bytes_max=10, value_bytes_max=10, command_bytes_max=15).validate()
+
+
+def test_read_serves_gets_only() -> None:
+    kv = KeyValueStateMachine()
+    run(kv, "put", b"k", b"v")
+    assert decode_result(kv.read(encode_command("get", b"k"))) == KvOk(b"v")
+    result = decode_result(kv.read(encode_command("put", b"k", b"w")))
+    assert isinstance(result, KvError)
+    assert result.code == "not_read_only"
+    assert run(kv, "get", b"k") == b"v"
+    assert is_write(encode_command("put", b"k", b"w"))
+    assert not is_write(encode_command("get", b"k"))
+    assert is_write(b"garbage")
+
+
+def test_encode_command_refuses_misuse() -> None:
+    with pytest.raises(UsageError):
+        encode_command("frobnicate", b"k")
+    with pytest.raises(UsageError):
+        encode_command("put", b"k")
+    with pytest.raises(UsageError):
+        encode_command("incr", b"k", 1 << 70)
+
+
+def test_decode_result_never_raises() -> None:
+    assert decode_result(b"\xc1").code == "bad_result"  # type: ignore[union-attr]
+    assert decode_result(RAW.encode_value(["ok"])).code == "bad_result"  # type: ignore[union-attr]
+    assert decode_result(RAW.encode_value(["error", 1, "x"])) == KvError(
+        "bad_result", "not a result: ('error', 1, 'x')"
+    )
+
+
+def test_snapshot_round_trip_and_versioning() -> None:
+    kv = KeyValueStateMachine()
+    for index in range(50):
+        run(kv, "put", f"k{index}".encode(), f"v{index}".encode())
+    run(kv, "incr", b"n", 3)
+    snapshot = kv.snapshot()
+    other = KeyValueStateMachine()
+    other.restore(snapshot)
+    assert other.data == kv.data
+    assert other.snapshot() == snapshot
+    assert RAW.decode_value(snapshot)[:2] == ("replicaio.kv", 1)  # type: ignore[index]
+    # Equal states give equal bytes, whatever the order writes came in.
+    reordered = KeyValueStateMachine()
+    for key in sorted(kv.data, reverse=True):
+        run(reordered, "put", key, kv.data[key])
+    assert reordered.snapshot() == snapshot
+    # Restoring replaces everything.
+    run(other, "put", b"extra", b"x")
+    other.restore(KeyValueStateMachine().snapshot())
+    assert other.data == {}
+
+
+@pytest.mark.parametrize(
+    "snapshot",
+    [
+        b"\xc1",
+        RAW.encode_value(["replicaio.kv", 2, []]),
+        RAW.encode_value(["other", 1, []]),
+        RAW.encode_value(["replicaio.kv", 1, [[b"k", "v"]]]),
+        RAW.encode_value(["replicaio.kv", 1, [[b"k", b"v"], [b"k", b"w"]]]),
+        RAW.encode_value(["replicaio.kv", 1, [[b"k"]]]),
+    ],
+)
+def test_restore_refuses_what_snapshot_did_not_produce(snapshot: bytes) -> None:
+    kv = KeyValueStateMachine()
+    run(kv, "put", b"keep", b"me")
+    with pytest.raises(KvSnapshotError):
+        kv.restore(snapshot)
+    assert kv.data == {b"keep": b"me"}
+
+
+def test_restore_refuses_more_keys_than_keys_max() -> None:
+    big = KeyValueStateMachine()
+    for index in range(5):
+        run(big, "put", bytes([index]), b"v")
+    small = KeyValueStateMachine(KvParams(keys_max=4))
+    with pytest.raises(KvSnapshotError):
+        small.restore(big.snapshot())
+
+
+OPERATION = st.one_of(
+    st.tuples(st.just("get"), st.sampled_from([b"a", b"b", b"c"])),
+    st.tuples(st.just("put"), st.sampled_from([b"a", b"b"]), st.binary(max_size=4)),
+    st.tuples(st.just("delete"), st.sampled_from([b"a", b"b", b"c"])),
+    st.tuples(st.just("cas"), st.sampled_from([b"a", b"c"]),
+              st.one_of(st.none(), st.binary(max_size=2)), st.binary(max_size=2)),
+    st.tuples(st.just("append"), st.sampled_from([b"a", b"b"]), st.binary(max_size=3)),
+    st.tuples(st.just("incr"), st.sampled_from([b"c", b"a"]),
+              st.integers(min_value=INT64_MIN, max_value=INT64_MAX)),
+    st.binary(max_size=6),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(OPERATION, max_size=40), st.integers(min_value=0, max_value=40))
+def test_deterministic_and_snapshot_anywhere(operations: list[object], cut: int) -> None:
+    """Two replicas given the same commands agree on every result and byte of state;
+    a replica restored from a snapshot taken anywhere continues identically."""
+    commands = [
+        item if isinstance(item, bytes) else encode_command(*item)  # type: ignore[misc]
+        for item in operations
+    ]
+    one, two = KeyValueStateMachine(), KeyValueStateMachine()
+    results = [one.apply(command) for command in commands]
+    assert results == [two.apply(command) for command in commands]
+    assert one.snapshot() == two.snapshot()
+    prefix = KeyValueStateMachine()
+    for command in commands[:cut]:
+        prefix.apply(command)
+    restored = KeyValueStateMachine()
+    restored.restore(prefix.snapshot())
+    assert [restored.apply(command) for command in commands[cut:]] == results[cut:]
+    assert restored.snapshot() == one.snapshot()
+
+
+def test_matches_the_checker_model_on_a_random_run() -> None:
+    """The store agrees with the linearizability checker's sequential model, so a
+    history of a correct cluster is judged against what the store really does."""
+    from replicaio.check.history import Operation
+    from replicaio.check.linearizability import KEY_VALUE_MODEL
+
+    rng = random.Random(5)
+    kv = KeyValueStateMachine()
+    states: dict[str, str | None] = {}
+    for step in range(2000):
+        key = rng.choice("ab")
+        kind = rng.choice(["get", "put", "delete", "cas", "append", "incr"])
+        value = expected = output = None
+        if kind == "put":
+            value = rng.choice(["1", "22", f"x{step}"])
+            run(kv, "put", key.encode(), value.encode())
+        elif kind == "append":
+            value = rng.choice(["3", "y"])
+            run(kv, "append", key.encode(), value.encode())
+        elif kind == "cas":
+            expected = rng.choice([None, states.get(key), "1"])
+            value = f"c{step}"
+            swapped = run(kv, "cas", key.encode(), None if expected is None else expected.encode(),
+                          value.encode())
+            output = "ok" if swapped else "fail"
+        elif kind == "incr":
+            value = str(rng.randint(-3, 3))
+            response = decode_result(kv.apply(encode_command("incr", key.encode(), int(value))))
+            if isinstance(response, KvError):
+                assert response.code == "not_integer"
+                continue
+            output = str(response.value)
+        elif kind == "delete":
+            run(kv, "delete", key.encode())
+        else:
+            read = run(kv, "get", key.encode())
+            assert read is None or isinstance(read, bytes)
+            output = None if read is None else read.decode()
+        op = Operation(0, kind, key, value, expected, output, step, step, "ok")
+        accepted, states[key] = KEY_VALUE_MODEL.step(states.get(key), op)
+        assert accepted, (step, op)

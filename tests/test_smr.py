@@ -1,0 +1,674 @@
+"""SMR over a deterministic test-double ordering: sessions and at-most-once across
+retries and snapshots, batching bounds, forwarding, reads, bad input.
+
+The double (:class:`LogOrdering`) keeps one log shared by every node of the
+test cluster: the leader appends, commits (in a task, synchronously inside
+``submit``, or when the test says so) and tells the others with a ``Notice``;
+each node applies from the shared log. Nodes are real ``Node`` cores on a
+hand-driven network (:class:`Cluster`), every message through the codec.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from replicaio.core.codec import Codec, message
+from replicaio.core.config import ClusterConfig, Resilience
+from replicaio.core.context import Context
+from replicaio.core.effects import Effects, Receive, Request, Start, TimerFired
+from replicaio.core.errors import ConfigError
+from replicaio.core.lines import Line
+from replicaio.core.node import Node
+from replicaio.services.kv import KeyValueStateMachine, KvOk, decode_result, encode_command
+from replicaio.smr.api import (
+    ClientRequest,
+    Committed,
+    NotLeader,
+    OrderingHandlers,
+    Redirect,
+    Rejected,
+    Reply,
+)
+from replicaio.smr.messages import Applied, Batch, Forward, ReadIndexRequest
+from replicaio.smr.params import SmrParams
+from replicaio.smr.protocol import SmrFactory, SmrProtocol
+from replicaio.smr.replica import SmrSnapshotError, decode_snapshot, encode_snapshot
+from replicaio.smr.sessions import SessionTable
+from replicaio.storage.memory import MemoryStorage
+
+CODEC = Codec()
+
+# -- the test double -------------------------------------------------------------------
+
+
+@message(tag="test.smr.Notice")
+class Notice:
+    committed: int
+
+
+@dataclass(frozen=True)
+class CommitNow:
+    """Admin payload: the leader commits everything appended (manual mode)."""
+
+
+@dataclass(frozen=True)
+class DropUncommitted:
+    """Admin payload: the leader loses what it appended but did not commit."""
+
+
+@dataclass
+class SharedLog:
+    leader: int = 0
+    mode: str = "task"  # "task": commit in a task; "sync": inside submit; "manual"
+    entries: list[bytes] = field(default_factory=list)
+    committed: int = 0
+    compactions: list[tuple[int, int]] = field(default_factory=list)  # (node, index)
+    snapshots: dict[int, dict[int, bytes]] = field(default_factory=dict)  # index -> node -> data
+    submitted: list[int] = field(default_factory=list)  # requests per submitted batch
+
+
+class LogOrdering:
+    """A deterministic Ordering double over a log shared by the test's nodes."""
+
+    admin_types = (CommitNow, DropUncommitted)
+
+    def __init__(self, context: Context, shared: SharedLog) -> None:
+        self.context = context
+        self.shared = shared
+        self.applied = 0
+        self.handlers: OrderingHandlers | None = None
+
+    def bind(self, handlers: OrderingHandlers) -> None:
+        self.handlers = handlers
+
+    def start(self) -> None:
+        assert self.handlers is not None
+        self.stream = self.context.stream(Notice, handler=lambda source, notice: self.catch_up())
+        stored = self.context.load("snapshot")
+        if stored is not None:
+            index, data = stored
+            self.handlers.on_snapshot(index, data)
+            self.applied = index
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        assert self.handlers is not None
+        while self.applied < self.shared.committed:
+            self.applied += 1
+            self.handlers.on_commit(Committed(self.applied, self.shared.entries[self.applied - 1]))
+
+    def commit(self) -> None:
+        self.shared.committed = len(self.shared.entries)
+        self.catch_up()
+        self.stream.send_all(Notice(self.shared.committed))
+
+    async def commit_soon(self) -> None:
+        self.commit()
+
+    def submit(self, batch: bytes) -> NotLeader | None:
+        if self.context.id != self.shared.leader:
+            return NotLeader(self.shared.leader)
+        self.shared.entries.append(batch)
+        self.shared.submitted.append(len(CODEC.decode_as(batch, Batch).requests))
+        if self.shared.mode == "sync":
+            self.commit()
+        elif self.shared.mode == "task":
+            self.context.spawn(self.commit_soon())
+        return None
+
+    def read_barrier(self) -> Line[int] | NotLeader:
+        if self.context.id != self.shared.leader:
+            return NotLeader(self.shared.leader)
+        line: Line[int] = Line(self.context.node.scheduler, "barrier")
+        line.set(self.shared.committed)
+        return line
+
+    def compact(self, index: int, snapshot: bytes) -> None:
+        assert index <= self.applied
+        self.shared.compactions.append((self.context.id, index))
+        self.shared.snapshots.setdefault(index, {})[self.context.id] = snapshot
+        self.context.persist("snapshot", [index, snapshot])
+
+    @property
+    def leader_hint(self) -> int:
+        return self.shared.leader
+
+    def on_admin(self, payload: Any) -> str | None:
+        if isinstance(payload, DropUncommitted):
+            del self.shared.entries[self.shared.committed :]
+        else:
+            self.commit()
+        return None
+
+
+# -- a hand-driven cluster -----------------------------------------------------------------
+
+
+class Cluster:
+    """Real node cores; messages move only when :meth:`settle` runs; timers only
+    when :meth:`fire` does. ``hold`` keeps matching messages back."""
+
+    def __init__(
+        self, n: int = 3, params: SmrParams | None = None, mode: str = "task"
+    ) -> None:
+        self.shared = SharedLog(mode=mode)
+        self.factory = SmrFactory(
+            "double",
+            Resilience.CRASH,
+            lambda context: LogOrdering(context, self.shared),
+            KeyValueStateMachine,
+            params or SmrParams(),
+        )
+        self.config = ClusterConfig(n=n, f=(n - 1) // 2, resilience=Resilience.CRASH)
+        self.storages = [MemoryStorage() for _ in range(n)]
+        self.nodes: list[Node] = [Node(i, self.config, self.factory) for i in range(n)]
+        self.outputs: list[list[Any]] = [[] for _ in range(n)]
+        self.timers: list[dict[int, int]] = [{} for _ in range(n)]
+        self.network: deque[tuple[int, int, bytes]] = deque()
+        self.held: list[tuple[int, int, bytes]] = []
+        self.hold: Any = None
+        for i in range(n):
+            self.execute(i, self.nodes[i].step(Start(self.storages[i].recover())))
+        self.settle()
+
+    def execute(self, i: int, effects: Effects) -> None:
+        for key, value in effects.persists:
+            if value is None:
+                self.storages[i].delete(key)
+            else:
+                self.storages[i].put(key, value)
+        self.storages[i].sync()
+        for destination, body in effects.sends:
+            self.network.append((i, destination, CODEC.encode(body)))
+        for timer in effects.timers_cancelled:
+            self.timers[i].pop(timer, None)
+        for timer, delay in effects.timers_set:
+            self.timers[i][timer] = delay
+        self.outputs[i].extend(effects.outputs)
+
+    def settle(self) -> None:
+        while self.network:
+            source, destination, data = self.network.popleft()
+            if self.hold is not None and self.hold(source, destination, CODEC.decode(data)):
+                self.held.append((source, destination, data))
+                continue
+            self.execute(destination, self.nodes[destination].step(Receive(source, data)))
+
+    def release(self) -> None:
+        self.hold = None
+        self.network.extend(self.held)
+        self.held.clear()
+        self.settle()
+
+    def request(self, i: int, payload: Any, *, settle: bool = True) -> None:
+        self.execute(i, self.nodes[i].step(Request(payload)))
+        if settle:
+            self.settle()
+
+    def fire(self, i: int, *, longest: bool = False) -> None:
+        """Fire node i's armed timers (only the longest ones with ``longest``)."""
+        armed = dict(self.timers[i])
+        if longest and armed:
+            delay = max(armed.values())
+            armed = {timer: d for timer, d in armed.items() if d == delay}
+        for timer in armed:
+            if self.timers[i].pop(timer, None) is not None:
+                self.execute(i, self.nodes[i].step(TimerFired(timer)))
+        self.settle()
+
+    def restart(self, i: int) -> None:
+        self.storages[i].crash(keep_unsynced=0)
+        self.timers[i].clear()
+        self.nodes[i] = Node(i, self.config, self.factory)
+        self.execute(i, self.nodes[i].step(Start(self.storages[i].recover())))
+        self.settle()
+
+    def protocol(self, i: int) -> SmrProtocol:
+        protocol = self.nodes[i].protocol
+        assert isinstance(protocol, SmrProtocol)
+        return protocol
+
+    def kv(self, i: int) -> KeyValueStateMachine:
+        state_machine = self.protocol(i).state_machine
+        assert isinstance(state_machine, KeyValueStateMachine)
+        return state_machine
+
+    def take(self, i: int) -> list[Any]:
+        found = [o for o in self.outputs[i] if not isinstance(o, Applied)]
+        self.outputs[i].clear()
+        return found
+
+    def counter(self, i: int, name: str) -> int:
+        return self.nodes[i].counters.get(name, 0)
+
+
+def write(client: int, seq: int, op: str, key: bytes, *arguments: Any) -> ClientRequest:
+    return ClientRequest(client, seq, encode_command(op, key, *arguments), False)
+
+
+def read(client: int, seq: int, key: bytes) -> ClientRequest:
+    return ClientRequest(client, seq, encode_command("get", key), True)
+
+
+def value_of(reply: Any) -> Any:
+    assert isinstance(reply, Reply), reply
+    result = decode_result(reply.result)
+    assert isinstance(result, KvOk), result
+    return result.value
+
+
+# -- writes, sessions, at-most-once ----------------------------------------------------------
+
+
+def test_write_is_applied_everywhere_and_answered_by_its_replica_only() -> None:
+    cluster = Cluster()
+    cluster.request(0, write(7, 1, "put", b"k", b"v"))
+    [reply] = cluster.take(0)
+    assert reply == Reply(7, 1, reply.result, 0)
+    assert value_of(reply) is None
+    for i in range(3):
+        assert cluster.kv(i).data == {b"k": b"v"}
+        assert cluster.protocol(i).replica.applied == 1
+    assert cluster.take(1) == cluster.take(2) == []
+
+
+def test_retry_after_commit_answers_the_remembered_result_without_executing() -> None:
+    cluster = Cluster()
+    cluster.request(0, write(7, 1, "incr", b"n", 5))
+    assert value_of(cluster.take(0)[0]) == 5
+    cluster.request(0, write(7, 1, "incr", b"n", 5))  # the reply was lost; retry
+    assert value_of(cluster.take(0)[0]) == 5
+    assert cluster.kv(0).data == {b"n": b"5"}
+    assert cluster.counter(0, "smr_replies_cached") == 1
+    assert len(cluster.shared.entries) == 1  # nothing was submitted again
+
+
+def test_retries_racing_the_original_execute_once() -> None:
+    """The same (client, seq) ordered three times (retries at two replicas before the
+    first commit) executes once; each copy answers the same result."""
+    cluster = Cluster(mode="manual")
+    cluster.request(0, write(7, 1, "incr", b"n", 5))
+    cluster.request(0, write(7, 1, "incr", b"n", 5))
+    cluster.request(1, write(7, 1, "incr", b"n", 5))  # forwarded to the leader
+    assert len(cluster.shared.entries) == 3
+    cluster.request(0, CommitNow())
+    assert [value_of(reply) for reply in cluster.take(0)] == [5]
+    assert [value_of(reply) for reply in cluster.take(1)] == [5]
+    for i in range(3):
+        assert cluster.kv(i).data == {b"n": b"5"}
+    assert cluster.counter(2, "smr_duplicates") == 2
+    assert cluster.counter(2, "smr_requests_applied") == 1
+
+
+def test_stale_sequence_numbers_are_refused_and_never_executed() -> None:
+    cluster = Cluster(mode="manual")
+    cluster.request(0, write(7, 1, "incr", b"n", 1))
+    cluster.request(0, CommitNow())
+    cluster.request(0, write(7, 2, "incr", b"n", 10))
+    cluster.request(0, CommitNow())
+    assert [value_of(reply) for reply in cluster.take(0)] == [1, 11]
+    cluster.request(0, write(7, 1, "incr", b"n", 1))  # older than the last executed
+    assert cluster.take(0) == [Rejected(7, 1, "stale_seq")]
+    assert cluster.counter(0, "request_rejected_stale_seq") == 1
+    # A stale copy that was already ordered is skipped at apply, silently.
+    cluster.shared.entries.append(CODEC.encode(Batch(0, 1, 99, (write(7, 1, "incr", b"n", 1),))))
+    cluster.request(0, CommitNow())
+    assert cluster.kv(2).data == {b"n": b"11"}
+    assert cluster.take(0) == []
+
+
+def test_at_most_once_across_snapshot_and_restart() -> None:
+    """The session table is in the snapshot: a replica restarted from it (and one
+    that never saw the request) still answers a retry without executing again."""
+    cluster = Cluster(params=SmrParams(snapshot_interval=1))
+    cluster.request(0, write(7, 1, "incr", b"n", 5))
+    assert value_of(cluster.take(0)[0]) == 5
+    assert (0, 1) in cluster.shared.compactions
+    cluster.restart(0)
+    replica = cluster.protocol(0).replica
+    assert replica.applied == 1
+    assert cluster.counter(0, "smr_snapshots_restored") == 1
+    cluster.request(0, write(7, 1, "incr", b"n", 5))
+    assert value_of(cluster.take(0)[0]) == 5
+    assert cluster.kv(0).data == {b"n": b"5"}
+    # The retry ordered once more (say by a new leader that had not applied it yet)
+    # is still a duplicate everywhere.
+    cluster.shared.entries.append(CODEC.encode(Batch(1, 1, 0, (write(7, 1, "incr", b"n", 5),))))
+    cluster.request(0, CommitNow())
+    for i in range(3):
+        assert cluster.kv(i).data == {b"n": b"5"}
+
+
+def test_state_transfer_answers_replies_the_snapshot_settles() -> None:
+    """A replica that owes a reply and is brought forward by a snapshot (not by the
+    batch itself) still answers, from the session table."""
+    cluster = Cluster(params=SmrParams(snapshot_interval=1), mode="manual")
+    cluster.request(1, write(7, 1, "put", b"k", b"v"))  # forwarded by 1 to leader 0
+    cluster.hold = lambda source, destination, body: destination == 1
+    cluster.request(0, CommitNow())
+    cluster.held.clear()  # node 1 never hears of the commit
+    leader = cluster.protocol(0).replica
+    snapshot = encode_snapshot(
+        leader.snapshot_codec, 1, cluster.kv(0).snapshot(), leader.sessions.records()
+    )
+    follower = cluster.protocol(1).replica
+    assert follower.waiting == {7: 1}
+    follower.on_snapshot(1, snapshot)
+    replies = [o for o in cluster.nodes[1].effects.outputs if isinstance(o, Reply)]
+    assert [(r.client, r.seq, r.replica) for r in replies] == [(7, 1, 1)]
+    assert follower.waiting == {}
+    assert cluster.kv(1).data == {b"k": b"v"}
+
+
+def test_snapshots_every_interval_and_restart_replays_the_rest() -> None:
+    cluster = Cluster(params=SmrParams(snapshot_interval=3))
+    for seq in range(1, 8):
+        cluster.request(0, write(1, seq, "append", b"log", str(seq).encode()))
+    assert [index for node, index in cluster.shared.compactions if node == 0] == [3, 6]
+    cluster.restart(2)
+    assert cluster.kv(2).data == {b"log": b"1234567"}
+    assert cluster.protocol(2).replica.applied == 7
+    assert cluster.counter(2, "smr_snapshots_restored") == 1
+
+
+def test_every_replica_snapshots_the_same_indices_to_the_same_bytes() -> None:
+    """What a BFT checkpoint certificate needs: equal state, equal snapshot bytes, at
+    indices every replica agrees on, whoever answered which client."""
+    cluster = Cluster(params=SmrParams(snapshot_interval=2, sessions_max=3))
+    for seq in range(1, 6):
+        cluster.request(seq % 3, write(seq, 1, "put", f"k{seq}".encode(), b"v"))
+        cluster.request(seq % 3, write(seq, 2, "incr", b"n", seq))
+    assert sorted(cluster.shared.snapshots) == [2, 4, 6, 8, 10]
+    for by_node in cluster.shared.snapshots.values():
+        assert sorted(by_node) == [0, 1, 2]
+        assert len(set(by_node.values())) == 1
+
+
+def test_snapshot_format_is_versioned_and_checked() -> None:
+    codec = Codec()
+    data = encode_snapshot(codec, 4, b"app", [(7, 2, b"r", 3)])
+    assert decode_snapshot(codec, data) == (4, b"app", [(7, 2, b"r", 3)])
+    for bad in (
+        b"\xc1",
+        codec.encode_value(["replicaio.smr", 2, 4, b"app", []]),
+        codec.encode_value(["replicaio.smr", 1, -1, b"app", []]),
+        codec.encode_value(["replicaio.smr", 1, 4, b"app", [[7, 2, "r", 3]]]),
+        codec.encode_value(["other", 1, 4, b"app", []]),
+    ):
+        with pytest.raises(SmrSnapshotError):
+            decode_snapshot(codec, bad)
+
+
+def test_session_table_evicts_least_recently_used_deterministically() -> None:
+    table = SessionTable(sessions_max=3)
+    for index, client in enumerate([1, 2, 3], start=1):
+        table.record(client, 1, b"r", index)
+    table.record(1, 2, b"r", 4)  # client 1 is now the most recent
+    table.record(4, 1, b"r", 5)  # evicts client 2, the least recently used
+    assert list(table) == [3, 1, 4]
+    assert table.evictions == 1
+    copy = SessionTable(sessions_max=3)
+    copy.replace(table.records())
+    copy.record(5, 1, b"r", 6)
+    table.record(5, 1, b"r", 6)
+    assert copy.records() == table.records()  # the order travels with the snapshot
+
+
+def test_sessions_max_is_reached_in_a_cluster() -> None:
+    cluster = Cluster(params=SmrParams(sessions_max=2, snapshot_interval=1))
+    for client in range(1, 5):
+        cluster.request(0, write(client, 1, "incr", b"n", 1))
+    assert [len(cluster.protocol(i).replica.sessions) for i in range(3)] == [2, 2, 2]
+    assert cluster.counter(1, "smr_sessions_evicted") == 2
+    cluster.restart(1)
+    assert list(cluster.protocol(1).replica.sessions) == list(cluster.protocol(0).replica.sessions)
+
+
+# -- batching and its bounds -----------------------------------------------------------------
+
+
+def test_batches_grow_while_the_inflight_window_is_full_and_pending_max_rejects() -> None:
+    params = SmrParams(batch_requests_max=3, pending_max=5, batches_inflight_max=1)
+    cluster = Cluster(params=params, mode="manual")
+    for client in range(1, 8):
+        cluster.request(0, write(client, 1, "put", b"k", bytes([client])))
+    # 1 went alone (window free); 2..6 wait (pending_max=5); 7 is refused.
+    assert cluster.shared.submitted == [1]
+    assert cluster.take(0) == [Rejected(7, 1, "busy")]
+    assert cluster.counter(0, "request_rejected_busy") == 1
+    assert cluster.counter(0, "bound_smr_pending_max") == 1
+    cluster.request(0, CommitNow())
+    assert cluster.shared.submitted == [1, 3]  # batch_requests_max
+    cluster.request(0, CommitNow())
+    assert cluster.shared.submitted == [1, 3, 2]
+    cluster.request(0, CommitNow())
+    assert sorted(r.client for r in cluster.take(0)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_batch_bytes_max_cuts_batches() -> None:
+    params = SmrParams(
+        batch_bytes_max=2200, command_bytes_max=1000, batches_inflight_max=1, pending_max=64
+    )
+    cluster = Cluster(params=params, mode="manual")
+    for client in range(1, 6):
+        cluster.request(0, write(client, 1, "put", b"k", b"x" * 900))
+    cluster.request(0, CommitNow())
+    cluster.request(0, CommitNow())
+    assert cluster.shared.submitted == [1, 2, 2]
+    for entry in cluster.shared.entries:
+        assert len(entry) <= 2200
+
+
+def test_a_batch_never_applied_frees_its_window_slot_after_batch_timeout() -> None:
+    params = SmrParams(batches_inflight_max=1, batch_timeout_us=500_000)
+    cluster = Cluster(params=params, mode="manual")
+    cluster.request(0, write(1, 1, "put", b"k", b"a"))
+    cluster.request(0, DropUncommitted())  # leadership changed: the batch is gone
+    cluster.request(0, write(2, 1, "put", b"k", b"b"))
+    assert cluster.shared.submitted == [1]
+    cluster.fire(0, longest=True)
+    assert cluster.counter(0, "smr_batches_presumed_lost") == 1
+    assert cluster.shared.submitted == [1, 1]
+    cluster.request(0, CommitNow())
+    assert [r.client for r in cluster.take(0)] == [2]
+
+
+def test_an_ordering_that_commits_inside_submit_is_fine() -> None:
+    cluster = Cluster(mode="sync", params=SmrParams(batches_inflight_max=1))
+    for seq in range(1, 4):
+        cluster.request(0, write(1, seq, "incr", b"n", 1))
+    assert [value_of(r) for r in cluster.take(0)] == [1, 2, 3]
+    assert cluster.protocol(0).replica.inflight == {}
+
+
+def test_params_are_validated() -> None:
+    with pytest.raises(ConfigError):
+        SmrParams(batch_bytes_max=100).validate()
+    with pytest.raises(ConfigError):
+        SmrParams(pending_max=2, batch_requests_max=3).validate()
+    with pytest.raises(ConfigError):
+        SmrParams(snapshot_interval=-1).validate()
+
+
+# -- forwarding and redirection -----------------------------------------------------------------
+
+
+def test_forwarding_the_reply_comes_from_the_origin_apply() -> None:
+    cluster = Cluster()
+    forwards: list[Any] = []
+
+    def watch(source: int, destination: int, body: Any) -> bool:
+        forwards.append(body)
+        return False
+
+    cluster.hold = watch
+    cluster.request(2, write(9, 1, "put", b"k", b"v"))
+    assert any(isinstance(body, Forward) for body in forwards)
+    [reply] = cluster.take(2)
+    assert reply.replica == 2
+    assert cluster.take(0) == []  # the leader ordered it but does not answer
+    assert cluster.counter(2, "smr_forwarded") == 1
+
+
+def test_without_forwarding_followers_redirect() -> None:
+    cluster = Cluster(params=SmrParams(forward=False))
+    cluster.request(2, write(9, 1, "put", b"k", b"v"))
+    assert cluster.take(2) == [Redirect(9, 1, 0)]
+    cluster.request(2, read(9, 2, b"k"))
+    assert cluster.take(2) == [Redirect(9, 2, 0)]
+
+
+def test_a_forwarded_request_is_refused_not_forwarded_again() -> None:
+    cluster = Cluster()
+    cluster.request(2, write(9, 1, "put", b"k", b"v"), settle=False)
+    cluster.shared.leader = 1  # leadership moved while the Forward was in the air
+    cluster.settle()
+    # Node 0 refused (not leader, hint 1); origin 2 redirects its client there.
+    assert cluster.take(2) == [Redirect(9, 1, 1)]
+    assert cluster.counter(0, "smr_forward_refused") == 1
+    assert cluster.shared.entries == []
+
+
+def test_a_full_leader_refuses_forwarded_requests_as_busy() -> None:
+    params = SmrParams(batch_requests_max=1, pending_max=1, batches_inflight_max=1)
+    cluster = Cluster(params=params, mode="manual")
+    cluster.request(0, write(1, 1, "put", b"k", b"a"))  # in flight
+    cluster.request(0, write(2, 1, "put", b"k", b"b"))  # pending: full
+    cluster.request(1, write(3, 1, "put", b"k", b"c"))  # forwarded to a full leader
+    assert cluster.take(1) == [Rejected(3, 1, "busy")]
+
+
+# -- reads -----------------------------------------------------------------------------------------
+
+
+def test_reads_on_the_leader_go_through_the_barrier_not_the_log() -> None:
+    cluster = Cluster()
+    cluster.request(0, write(1, 1, "put", b"k", b"v"))
+    cluster.take(0)
+    cluster.request(0, read(2, 1, b"k"))
+    assert value_of(cluster.take(0)[0]) == b"v"
+    assert len(cluster.shared.entries) == 1
+    assert cluster.counter(0, "smr_reads_served") == 1
+
+
+def test_follower_reads_ask_the_leader_for_the_index_then_wait_to_apply() -> None:
+    cluster = Cluster()
+    cluster.request(0, write(1, 1, "put", b"k", b"old"))
+    cluster.hold = lambda s, d, body: d == 2 and isinstance(body, Notice)
+    cluster.request(0, write(1, 2, "put", b"k", b"new"))
+    assert cluster.kv(2).data == {b"k": b"old"}  # node 2 lags one batch
+    cluster.request(2, read(5, 1, b"k"))
+    assert cluster.take(2) == []  # it has the index (2) but applied only 1: waits
+    assert cluster.counter(2, "smr_read_index_asked") == 1
+    cluster.release()
+    assert value_of(cluster.take(2)[0]) == b"new"  # never the stale b"old"
+
+
+def test_a_read_that_cannot_be_served_times_out_with_a_rejection() -> None:
+    cluster = Cluster(params=SmrParams(read_timeout_us=1000))
+    cluster.hold = lambda s, d, body: isinstance(body, ReadIndexRequest)
+    cluster.request(2, read(5, 1, b"k"))
+    cluster.fire(2)
+    assert cluster.take(2) == [Rejected(5, 1, "read_timeout")]
+    assert cluster.protocol(2).replica.reads_active == 0
+    assert cluster.protocol(2).replica.remote_reads == {}
+
+
+def test_reads_pending_max_is_reached() -> None:
+    cluster = Cluster(params=SmrParams(reads_pending_max=2))
+    cluster.hold = lambda s, d, body: isinstance(body, ReadIndexRequest)
+    for client in range(3):
+        cluster.request(2, read(client, 1, b"k"))
+    assert cluster.take(2) == [Rejected(2, 1, "busy")]
+    assert cluster.counter(2, "bound_smr_reads_pending_max") == 1
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+def test_bad_input_gets_a_typed_rejection_and_a_counter() -> None:
+    cluster = Cluster(params=SmrParams(command_bytes_max=100))
+    cluster.request(0, b"not a request")
+    cluster.request(0, ClientRequest(1, 0, encode_command("get", b"k"), False))
+    cluster.request(0, ClientRequest(-1, 1, encode_command("get", b"k"), False))
+    cluster.request(0, ClientRequest(1, 1, b"x" * 101, False))
+    cluster.request(0, ClientRequest(1, 1, "text", False))  # type: ignore[arg-type]
+    assert cluster.take(0) == [
+        Rejected(1, 0, "bad_request"),
+        Rejected(-1, 1, "bad_request"),
+        Rejected(1, 1, "too_large"),
+        Rejected(1, 1, "bad_request"),
+    ]
+    assert cluster.counter(0, "request_rejected_bad_request") == 4
+    assert cluster.counter(0, "request_rejected_too_large") == 1
+    assert cluster.shared.entries == []
+
+
+def test_a_bad_command_is_replicated_and_answered_with_a_typed_error() -> None:
+    cluster = Cluster()
+    cluster.request(0, ClientRequest(1, 1, b"\x93\xa3bad", False))
+    reply = cluster.take(0)[0]
+    assert decode_result(reply.result).code == "malformed"  # type: ignore[union-attr]
+    assert all(cluster.kv(i).errors == {"malformed": 1} for i in range(3))
+
+
+def test_undecodable_batches_are_skipped_deterministically() -> None:
+    cluster = Cluster(mode="manual")
+    cluster.shared.entries.append(b"\xc1garbage")
+    cluster.request(0, CommitNow())
+    for i in range(3):
+        assert cluster.protocol(i).replica.applied == 1
+        assert cluster.counter(i, "smr_batch_undecodable") == 1
+
+
+def test_waiting_max_drops_the_oldest_owed_reply() -> None:
+    cluster = Cluster(params=SmrParams(waiting_max=2), mode="manual")
+    for client in range(1, 4):
+        cluster.request(0, write(client, 1, "put", b"k", b"v"))
+    assert list(cluster.protocol(0).replica.waiting) == [2, 3]
+    assert cluster.counter(0, "bound_smr_waiting_max") == 1
+    cluster.request(0, CommitNow())
+    assert [r.client for r in cluster.take(0)] == [2, 3]
+
+
+class MacClients:
+    """A stand-in for BFT client authentication: the 'MAC' is the client id + 1000."""
+
+    def authenticate(self, payload: Any) -> ClientRequest | str:
+        if not (isinstance(payload, tuple) and len(payload) == 2):
+            return "bad_request"
+        request, mac = payload
+        if type(request) is not ClientRequest:
+            return "bad_request"
+        return request if mac == request.client + 1000 else "unauthenticated"
+
+    def claimed(self, payload: Any) -> ClientRequest | None:
+        if isinstance(payload, tuple) and len(payload) == 2 and type(payload[0]) is ClientRequest:
+            return payload[0]
+        return None
+
+
+def test_an_authenticator_checks_requests_before_batching() -> None:
+    cluster = Cluster()
+    cluster.factory.authenticator = MacClients
+    for i in range(3):
+        cluster.restart(i)
+    cluster.request(0, (write(1, 1, "put", b"k", b"v"), 1001))
+    cluster.request(0, (write(2, 1, "put", b"k", b"forged"), 1))
+    outputs = cluster.take(0)
+    assert value_of(outputs[0]) is None
+    assert outputs[1] == Rejected(2, 1, "unauthenticated")
+    assert cluster.counter(0, "request_rejected_unauthenticated") == 1
+    assert cluster.kv(1).data == {b"k": b"v"}
+
+
+def test_applied_outputs_fingerprint_every_batch_on_every_replica() -> None:
+    cluster = Cluster(params=SmrParams(emit_applied=True))
+    cluster.request(1, write(1, 1, "put", b"k", b"v"))
+    applied = [[o for o in cluster.outputs[i] if isinstance(o, Applied)] for i in range(3)]
+    assert applied[0] == applied[1] == applied[2]
+    assert [a.index for a in applied[0]] == [1]
