@@ -44,3 +44,52 @@ def test_fast_paths_match_naive_state_under_faults(seed: int) -> None:
     options = SimOptions.draw(seed, 4, 1, faults, requests_per_node=20)
     result = CheckedSimulator("bracha", options).run()
     assert result.ok, result.violations
+
+
+def test_log_sink_holds_exactly_the_hashed_bytes_whatever_the_flush_size() -> None:
+    import hashlib
+    import io
+
+    import msgpack
+
+    from replicaio.trace.eventlog import EventLogWriter
+
+    faults = parse_faults("crash,loss,dup")
+    options = SimOptions.draw(3, 4, 1, faults, requests_per_node=5)
+    sink = io.BytesIO()
+    result = Simulator("bracha", options, log_sink=sink).run()
+    data = sink.getvalue()
+    assert hashlib.sha256(data).hexdigest() == result.log_sha256
+    # Re-pack every record one by one, and with other flush sizes: same bytes.
+    records = list(msgpack.Unpacker(io.BytesIO(data), raw=False, strict_map_key=False))
+    one_by_one = b"".join(msgpack.packb(record, use_bin_type=True) for record in records)
+    assert one_by_one == data
+    for flush_size in (1, 7, 1000):
+        other = io.BytesIO()
+        writer = EventLogWriter(records[0], other, records_per_flush_max=flush_size)
+        for record in records[1:]:
+            writer.write(record)
+        assert writer.hexdigest() == result.log_sha256
+        assert other.getvalue() == data
+
+
+def test_pack_effects_packs_like_encode_effects() -> None:
+    import msgpack
+
+    from replicaio.core.codec import Codec
+    from replicaio.core.effects import Effects
+    from replicaio.core.node import Envelope
+    from replicaio.protocols.broadcast import Delivered
+    from replicaio.trace.eventlog import encode_effects, pack_effects
+
+    codec = Codec()
+    envelope = Envelope(("bcast", 1, 2), "ECHO", b"v")
+    batches = [
+        Effects(),
+        Effects(persists=[("k#a", b"1"), ("k#b", None)]),
+        Effects(sends=[(1, envelope), (2, envelope)], timers_set=[(0, 20000)]),
+        Effects(timers_cancelled=[3], outputs=[Delivered(1, 2, b"v")]),
+    ]
+    for effects in batches:
+        expected = msgpack.packb(encode_effects(codec, effects), use_bin_type=True)
+        assert msgpack.packb(pack_effects(codec, effects), use_bin_type=True) == expected

@@ -25,9 +25,9 @@ and a run is a pure function of its options. The simulator:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -41,7 +41,7 @@ from replicaio.sim.adversary import BEHAVIOURS, Strategy
 from replicaio.sim.harness import Harness, harness_for
 from replicaio.sim.options import Crash, SimOptions
 from replicaio.storage.memory import MemoryStorage
-from replicaio.trace.eventlog import Choice, EventLogWriter, encode_effects, encode_input
+from replicaio.trace.eventlog import Choice, EventLogWriter, encode_input, pack_effects
 
 DELIVER, TIMER, REQUEST, CRASH, RESTART, LIVENESS = range(6)
 
@@ -185,35 +185,18 @@ class Simulator:
         """Run both phases and return the verdict."""
         started = time.perf_counter()
         options = self.options
-        for node in self.nodes:
-            self.restart(node)
-        for at_us, node_id, payload in self.harness.requests(options):
-            self.push(at_us, REQUEST, node_id, payload)
-        for crash in options.crashes:
-            self.push(crash.at_us, CRASH, crash.node, crash)
-        self.push(options.safety_us, LIVENESS, -1)
-        heap = self.heap
-        pop = heapq.heappop
-        while heap and not self.violations:
-            if self.liveness and self.harness.settled():
-                break
-            at_us, _, kind, node_id, a, b = pop(heap)
-            if at_us > options.liveness_us:
-                break
-            self.now = at_us
-            if kind == DELIVER:
-                self.deliver(node_id, a, b)
-            elif kind == TIMER:
-                self.fire_timer(node_id, a, b)
-            elif kind == REQUEST:
-                self.request(node_id, a)
-            elif kind == CRASH:
-                self.crash(node_id, a)
-            elif kind == RESTART:
-                if not self.nodes[node_id].up:
-                    self.restart(self.nodes[node_id])
-            else:
-                self.begin_liveness()
+        try:
+            for node in self.nodes:
+                self.restart(node)
+            for at_us, node_id, payload in self.harness.requests(options):
+                self.push(at_us, REQUEST, node_id, payload)
+            for crash in options.crashes:
+                self.push(crash.at_us, CRASH, crash.node, crash)
+            self.push(options.safety_us, LIVENESS, -1)
+            self.run_events()
+        finally:
+            if self.log is not None:
+                self.log.flush()  # the sink holds every record, even after a bug
         if not self.violations:
             self.violations.extend(
                 violation.as_dict() for violation in self.harness.finish(self.now)
@@ -245,37 +228,68 @@ class Simulator:
             counters=dict(sorted(counters.items())),
         )
 
+    def run_events(self) -> None:
+        """Execute events in heap order until the run is over."""
+        options = self.options
+        heap = self.heap
+        pop = heapq.heappop
+        while heap and not self.violations:
+            if self.liveness and self.harness.settled():
+                break
+            at_us, _, kind, node_id, a, b = pop(heap)
+            if at_us > options.liveness_us:
+                break
+            self.now = at_us
+            if kind == DELIVER:
+                self.deliver(node_id, a, b)
+            elif kind == TIMER:
+                self.fire_timer(node_id, a, b)
+            elif kind == REQUEST:
+                self.request(node_id, a)
+            elif kind == CRASH:
+                self.crash(node_id, a)
+            elif kind == RESTART:
+                if not self.nodes[node_id].up:
+                    self.restart(self.nodes[node_id])
+            else:
+                self.begin_liveness()
+
     # -- node steps ----------------------------------------------------------
 
     def step(self, node: SimNode, event: Input) -> None:
         core = node.core
         assert core is not None
-        node.choices = []
+        if node.choices:
+            node.choices = []
         effects = core.step(event)
-        self.stats["steps"] += 1
+        stats = self.stats
+        stats["steps"] += 1
         crash = node.pending_crash
         if crash is not None:
             self.crash_mid_step(node, effects, crash)
             return
-        storage = node.storage
         if effects.persists:
+            storage = node.storage
             for key, value in effects.persists:
                 if value is None:
                     storage.delete(key)
                 else:
                     storage.put(key, value)
             storage.sync()
-        encoded = self.send_all(node, effects)
-        for timer_id in effects.timers_cancelled:
-            node.timers.pop(timer_id, None)
-        for timer_id, delay in effects.timers_set:
-            self.sequence += 1
-            node.timers[timer_id] = self.sequence
-            self.push(self.now + delay, TIMER, node.node_id, timer_id, self.sequence)
-        for output in effects.outputs:
-            self.stats["outputs"] += 1
-            for violation in self.harness.on_output(node.node_id, output, self.now):
-                self.violations.append(violation.as_dict())
+        encoded = self.send_all(node, effects) if effects.sends else None
+        if effects.timers_cancelled:
+            for timer_id in effects.timers_cancelled:
+                node.timers.pop(timer_id, None)
+        if effects.timers_set:
+            for timer_id, delay in effects.timers_set:
+                self.sequence += 1
+                node.timers[timer_id] = self.sequence
+                self.push(self.now + delay, TIMER, node.node_id, timer_id, self.sequence)
+        if effects.outputs:
+            for output in effects.outputs:
+                stats["outputs"] += 1
+                for violation in self.harness.on_output(node.node_id, output, self.now):
+                    self.violations.append(violation.as_dict())
         if self.log is not None:
             self.log.step(
                 self.now,
@@ -283,29 +297,36 @@ class Simulator:
                 node.incarnation,
                 encode_input(self.codec, event),
                 node.choices,
-                encode_effects(self.codec, effects, encoded),
+                pack_effects(self.codec, effects, encoded),
             )
 
     def send_all(self, node: SimNode, effects: Effects) -> list[bytes] | None:
         """Put the step's messages on the network; returns their encodings when
-        they were made (for the event log), so nothing is encoded twice."""
+        the event log needs them, so nothing is encoded twice. A message object
+        sent to several peers in a row (a link's ``to_all``) is encoded once."""
         codec = self.codec
         wire = self.options.encode
-        encoded: list[bytes] | None = [] if (wire or self.log is not None) else None
+        encoded: list[bytes] | None = [] if self.log is not None else None
         strategy = node.strategy
+        source = node.node_id
+        transmit = self.transmit
+        last: Any = None
+        data: Any = None
         for destination, message in effects.sends:
-            data = None
-            if encoded is not None:
-                data = codec.encode(message)
-                encoded.append(data)
+            if wire or encoded is not None:
+                if message is not last:
+                    last = message
+                    data = codec.encode(message)
+                if encoded is not None:
+                    encoded.append(data)
             if strategy is None:
-                self.transmit(node.node_id, destination, data if wire else message)
+                transmit(source, destination, data if wire else message)
                 continue
             # The adversary rewrites the honest message (objects, not bytes).
             for target, rewritten in strategy.rewrite(destination, message):
                 if wire and not isinstance(rewritten, bytes):
                     rewritten = data if rewritten is message else codec.encode(rewritten)
-                self.transmit(node.node_id, target, rewritten)
+                transmit(source, target, rewritten)
         return encoded
 
     def choose_for(self, node: SimNode) -> Any:
