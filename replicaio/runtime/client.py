@@ -269,6 +269,7 @@ class StreamClient:
         self.codec = codec or Codec()
         self.socket = socket.create_connection((address.host, address.port), timeout=timeout_s)
         self.buffer = bytearray()
+        self.closed = False  # the node ended the connection
         self.frame_bytes_max = HostParams().client_frame_bytes_max
 
     def request(self, payload: Value) -> None:
@@ -292,7 +293,7 @@ class StreamClient:
                     del self.buffer[: LENGTH_BYTES + length]
                     return self.codec.decode(body)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.closed:
                 return None
             self.socket.settimeout(remaining)
             try:
@@ -300,6 +301,7 @@ class StreamClient:
             except TimeoutError:
                 return None
             if not chunk:
+                self.closed = True
                 return None
             self.buffer += chunk
 

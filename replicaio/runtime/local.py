@@ -1,0 +1,163 @@
+"""A cluster of real node processes on 127.0.0.1, for tests and benchmarks.
+
+:class:`LocalCluster` writes a cluster file with free ephemeral ports, starts
+each node as ``python -m replicaio.cli node`` (its own process), and can stop
+(SIGTERM), kill (SIGKILL) and restart any of them with its data directory
+intact. Every run of a node records its own event log
+(``node-I.run-K.events``) and stderr (``node-I.run-K.log``). ``close`` kills
+whatever is still running: use it in a ``finally`` or a fixture finalizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from replicaio.runtime.client import StreamClient
+from replicaio.runtime.config import ClusterFile, load_cluster_file, render_cluster_file
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that were free on 127.0.0.1 a moment ago."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((LOOPBACK, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class LocalCluster:
+    """Node processes of one cluster; see the module docstring."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        protocol: str = "bracha",
+        nodes: int = 4,
+        f: int | None = None,
+        sections: dict[str, dict[str, Any]] | None = None,
+        metrics: bool = False,
+        loops: tuple[str, ...] = ("auto",),
+    ) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(3 * nodes)
+        secret = directory / "cluster.key"
+        secret.write_text("5e" * 32 + "\n")
+        tables: list[dict[str, Any]] = []
+        for node_id in range(nodes):
+            table: dict[str, Any] = {
+                "id": node_id,
+                "peer": f"{LOOPBACK}:{ports[node_id]}",
+                "client": f"{LOOPBACK}:{ports[nodes + node_id]}",
+                "data_dir": f"node-{node_id}",
+            }
+            if metrics:
+                table["metrics"] = f"{LOOPBACK}:{ports[2 * nodes + node_id]}"
+            tables.append(table)
+        self.config_path = directory / "cluster.toml"
+        self.config_path.write_text(
+            render_cluster_file(protocol=protocol, nodes=tables, secret_file="cluster.key", f=f,
+                                sections=sections)
+        )
+        self.cluster: ClusterFile = load_cluster_file(self.config_path)
+        self.loops = loops
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.runs: dict[int, int] = dict.fromkeys(range(nodes), 0)
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def event_log(self, node_id: int, run: int) -> Path:
+        return self.directory / f"node-{node_id}.run-{run}.events"
+
+    def stderr_log(self, node_id: int, run: int) -> Path:
+        return self.directory / f"node-{node_id}.run-{run}.log"
+
+    def start(self, node_id: int) -> subprocess.Popen[bytes]:
+        assert node_id not in self.processes, f"node {node_id} is running"
+        self.runs[node_id] += 1
+        run = self.runs[node_id]
+        command = [
+            sys.executable, "-m", "replicaio.cli", "node", "--config", str(self.config_path),
+            "--id", str(node_id), "--event-log", str(self.event_log(node_id, run)),
+            "--loop", self.loops[node_id % len(self.loops)],
+        ]
+        with open(self.stderr_log(node_id, run), "wb") as output:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+            )
+        self.processes[node_id] = process
+        return process
+
+    def start_all(self, timeout_s: float = 20.0) -> None:
+        for node_id in range(self.cluster.n):
+            self.start(node_id)
+        self.wait_ready(range(self.cluster.n), timeout_s)
+
+    def wait_ready(self, node_ids: Any, timeout_s: float = 20.0) -> None:
+        """Return once every node's client port accepts; raise with its log otherwise."""
+        deadline = time.monotonic() + timeout_s
+        for node_id in node_ids:
+            entry = self.cluster.nodes[node_id]
+            while True:
+                process = self.processes[node_id]
+                if process.poll() is not None:
+                    raise RuntimeError(f"node {node_id} exited: {self.tail(node_id)}")
+                try:
+                    with socket.create_connection((entry.client.host, entry.client.port), 0.2):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"node {node_id} not ready: {self.tail(node_id)}"
+                        ) from None
+                    time.sleep(0.02)
+
+    def tail(self, node_id: int, lines: int = 10) -> str:
+        path = self.stderr_log(node_id, self.runs[node_id])
+        with contextlib.suppress(OSError):
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL: the node dies wherever it is (its data directory stays)."""
+        process = self.processes.pop(node_id)
+        process.kill()
+        process.wait(10)
+
+    def stop(self, node_id: int, timeout_s: float = 10.0) -> int:
+        """SIGTERM and wait: a clean stop; returns the exit status."""
+        process = self.processes.pop(node_id)
+        process.terminate()
+        try:
+            return process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+            raise
+
+    def close(self) -> None:
+        for node_id in list(self.processes):
+            self.kill(node_id)
+
+    def client(self, node_id: int, timeout_s: float = 10.0) -> StreamClient:
+        return StreamClient(self.cluster.nodes[node_id].client, timeout_s=timeout_s)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
