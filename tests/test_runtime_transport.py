@@ -1,0 +1,413 @@
+"""The peer transport over real sockets on 127.0.0.1, in one process.
+
+Each bad input (garbage, oversized and truncated frames, an unknown peer, a
+wrong key, a forged tag, a replayed frame, a silent connection) is rejected
+and counted under its reason, and the node keeps serving: after every attack
+a legitimate peer still connects and its message arrives. Bounds are reached
+and counted too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from replicaio.runtime.config import Address, TransportParams
+from replicaio.runtime.counters import Counters
+from replicaio.runtime.crypto import (
+    Authenticator,
+    Ed25519Authenticator,
+    HmacAuthenticator,
+    generate_ed25519_key,
+)
+from replicaio.runtime.framing import frame_header
+from replicaio.runtime.transport import (
+    NONCE_BYTES,
+    SEQUENCE,
+    HandshakeRejected,
+    Transport,
+    handshake_frame,
+    parse_handshake,
+    transcript,
+)
+
+SECRET = bytes(range(32))
+TIMEOUT_S = 10.0
+PARAMS = TransportParams(
+    reconnect_delay_ms_min=5, reconnect_delay_ms_max=50, handshake_timeout_ms=2_000
+).validate()
+LOCAL = "127.0.0.1"
+
+
+class Node:
+    """A transport plus what it received."""
+
+    def __init__(self, transport: Transport, received: asyncio.Queue[tuple[int, bytes]]) -> None:
+        self.transport = transport
+        self.received = received
+
+    @property
+    def counters(self) -> Counters:
+        return self.transport.counters
+
+
+async def make_node(
+    node_id: int,
+    peers: dict[int, int],
+    *,
+    authenticator: Authenticator | None = None,
+    params: TransportParams = PARAMS,
+    port: int = 0,
+) -> Node:
+    received: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+
+    async def deliver(peer: int, payload: bytes) -> None:
+        received.put_nowait((peer, payload))
+
+    nodes = tuple(range(max([node_id, *peers]) + 1))
+    transport = Transport(
+        node_id,
+        Address(LOCAL, port),
+        {peer: Address(LOCAL, peer_port) for peer, peer_port in peers.items()},
+        authenticator or HmacAuthenticator(node_id, SECRET, nodes),
+        params,
+        deliver,
+        Counters(),
+    )
+    await transport.start()
+    return Node(transport, received)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    async with asyncio.timeout(TIMEOUT_S):
+        while not condition():
+            await asyncio.sleep(0.005)
+    del what
+
+
+async def receive(node: Node) -> tuple[int, bytes]:
+    async with asyncio.timeout(TIMEOUT_S):
+        return await node.received.get()
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())
+
+
+async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    """True once the other end closed the connection (bounded wait)."""
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            while await reader.read(4096):
+                pass
+    except (ConnectionError, TimeoutError):
+        return False
+    return True
+
+
+async def legitimate_peer_still_gets_through(acceptor: Node, payload: bytes) -> None:
+    dialer = await make_node(0, {1: acceptor.transport.port})
+    try:
+        dialer.transport.send(1, payload)
+        assert await receive(acceptor) == (0, payload)
+        acceptor.transport.send(0, b"reply")
+        assert await receive(dialer) == (1, b"reply")
+    finally:
+        await dialer.transport.close()
+
+
+# -- the good case ---------------------------------------------------------------------------
+
+
+def ed25519_pair() -> tuple[Ed25519Authenticator, Ed25519Authenticator]:
+    keys = [generate_ed25519_key() for _ in range(2)]
+    publics = {node: public for node, (_, public) in enumerate(keys)}
+    return (Ed25519Authenticator(0, keys[0][0], publics),
+            Ed25519Authenticator(1, keys[1][0], publics))
+
+
+@pytest.mark.parametrize("kind", ["hmac", "ed25519"])
+def test_messages_flow_both_ways_in_order(kind: str) -> None:
+    async def scenario() -> None:
+        authenticators: tuple[Any, Any] = (None, None)
+        if kind == "ed25519":
+            authenticators = ed25519_pair()
+        acceptor = await make_node(1, {0: 1}, authenticator=authenticators[1])
+        dialer = await make_node(0, {1: acceptor.transport.port},
+                                 authenticator=authenticators[0])
+        try:
+            for index in range(50):
+                dialer.transport.send(1, b"to-1 %d" % index)
+                acceptor.transport.send(0, b"to-0 %d" % index)
+            for index in range(50):
+                assert await receive(acceptor) == (0, b"to-1 %d" % index)
+                assert await receive(dialer) == (1, b"to-0 %d" % index)
+            assert acceptor.counters.get("connections_established") == 1
+            assert not [name for name in acceptor.counters.values if name.startswith("rejected")]
+        finally:
+            await dialer.transport.close()
+            await acceptor.transport.close()
+
+    run(scenario)
+
+
+def test_dialler_reconnects_after_the_acceptor_restarts() -> None:
+    async def scenario() -> None:
+        acceptor = await make_node(1, {0: 1})
+        port = acceptor.transport.port
+        dialer = await make_node(0, {1: port})
+        try:
+            dialer.transport.send(1, b"first")
+            assert await receive(acceptor) == (0, b"first")
+            await acceptor.transport.close()
+            await until(lambda: dialer.transport.channels[1].connection is None, "disconnect")
+            acceptor = await make_node(1, {0: 1}, port=port)
+            dialer.transport.send(1, b"second")
+            assert await receive(acceptor) == (0, b"second")
+            assert dialer.counters.get("connections_established") == 2
+        finally:
+            await dialer.transport.close()
+            await acceptor.transport.close()
+
+    run(scenario)
+
+
+# -- bad input, each rejected and counted, and the node keeps serving ----------------------
+
+
+async def attack_garbage(port: int) -> asyncio.StreamReader:
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # "GET " is a 1.2 GB length
+    await writer.drain()
+    return reader
+
+
+async def attack_garbage_in_a_frame(port: int) -> asyncio.StreamReader:
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    body = secrets.token_bytes(100)
+    writer.write(frame_header(len(body)) + body)
+    await writer.drain()
+    return reader
+
+
+async def attack_oversized_frame(port: int) -> asyncio.StreamReader:
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    writer.write(frame_header(PARAMS.frame_bytes_max + 1))
+    await writer.drain()
+    return reader
+
+
+async def attack_truncated_frame(port: int) -> asyncio.StreamReader:
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    writer.write(frame_header(100) + b"x" * 10)
+    await writer.drain()
+    writer.write_eof()
+    return reader
+
+
+async def attack_unknown_peer(port: int) -> asyncio.StreamReader:
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    writer.write(handshake_frame("hello", 7, 1, secrets.token_bytes(NONCE_BYTES)))
+    await writer.drain()
+    return reader
+
+
+async def attack_wrong_key(port: int) -> asyncio.StreamReader:
+    """A dialler that claims to be node 0 but holds another cluster's secret."""
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    impostor = HmacAuthenticator(0, b"another cluster's secret!", (0, 1))
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    writer.write(handshake_frame("hello", 0, 1, nonce))
+    nonce_acceptor, _ = parse_handshake(await read_body(reader), "challenge", 2)
+    text = transcript(0, 1, nonce, nonce_acceptor)
+    writer.write(handshake_frame("proof", impostor.tag(1, text + b"dialer")))
+    await writer.drain()
+    return reader
+
+
+async def read_body(reader: asyncio.StreamReader) -> bytes:
+    length = int.from_bytes(await reader.readexactly(4), "big")
+    return await reader.readexactly(length)
+
+
+async def authenticated_raw(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A man in the middle with node 0's key: the handshake passes; returns the session."""
+    import hashlib
+
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    key = HmacAuthenticator(0, SECRET, (0, 1))
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    writer.write(handshake_frame("hello", 0, 1, nonce))
+    nonce_acceptor, _ = parse_handshake(await read_body(reader), "challenge", 2)
+    text = transcript(0, 1, nonce, nonce_acceptor)
+    writer.write(handshake_frame("proof", key.tag(1, text + b"dialer")))
+    parse_handshake(await read_body(reader), "welcome", 0)
+    return reader, writer, hashlib.sha256(text).digest()
+
+
+def data_frame(session: bytes, seq: int, payload: bytes, *, forge: bool = False) -> bytes:
+    key = HmacAuthenticator(0, SECRET, (0, 1))
+    head = SEQUENCE.pack(seq)
+    tag = key.tag(1, session + b"\x00" + head + payload)
+    if forge:
+        tag = bytes([tag[0] ^ 1]) + tag[1:]
+    body = head + payload + tag
+    return frame_header(len(body)) + body
+
+
+async def attack_bad_mac(port: int) -> asyncio.StreamReader:
+    reader, writer, session = await authenticated_raw(port)
+    writer.write(data_frame(session, 1, b"forged", forge=True))
+    await writer.drain()
+    return reader
+
+
+async def attack_replayed_frame(port: int) -> asyncio.StreamReader:
+    reader, writer, session = await authenticated_raw(port)
+    frame = data_frame(session, 1, b"once")
+    writer.write(frame + frame)  # the second copy replays sequence number 1
+    await writer.drain()
+    return reader
+
+
+ATTACKS: dict[str, tuple[Callable[[int], Awaitable[asyncio.StreamReader]], str]] = {
+    "garbage bytes": (attack_garbage, "rejected_oversized_frame"),
+    "garbage in a frame": (attack_garbage_in_a_frame, "rejected_bad_handshake"),
+    "oversized frame": (attack_oversized_frame, "rejected_oversized_frame"),
+    "truncated frame": (attack_truncated_frame, "rejected_truncated_frame"),
+    "unknown peer": (attack_unknown_peer, "rejected_unknown_peer"),
+    "wrong key": (attack_wrong_key, "rejected_bad_auth"),
+    "forged tag": (attack_bad_mac, "rejected_bad_mac"),
+    "replayed frame": (attack_replayed_frame, "rejected_replayed_frame"),
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_bad_input_is_rejected_counted_and_the_node_keeps_serving(name: str) -> None:
+    attack, counter = ATTACKS[name]
+
+    async def scenario() -> None:
+        acceptor = await make_node(1, {0: 1})
+        try:
+            reader = await attack(acceptor.transport.port)
+            await until(lambda: acceptor.counters.get(counter) == 1, counter)
+            assert await closed_by_peer(reader)
+            if name == "replayed frame":  # the first copy was genuine and got through
+                assert await receive(acceptor) == (0, b"once")
+            assert acceptor.received.empty()
+            await legitimate_peer_still_gets_through(acceptor, b"still serving")
+            assert acceptor.counters.get(counter) == 1
+        finally:
+            await acceptor.transport.close()
+
+    run(scenario)
+
+
+def test_a_node_with_the_wrong_key_cannot_connect_and_counts_why() -> None:
+    async def scenario() -> None:
+        acceptor = await make_node(1, {0: 1})
+        impostor = await make_node(
+            0, {1: acceptor.transport.port},
+            authenticator=HmacAuthenticator(0, b"not the cluster secret", (0, 1)),
+        )
+        try:
+            impostor.transport.send(1, b"let me in")
+            # The impostor checks the acceptor's proof first, and fails it.
+            await until(lambda: impostor.counters.get("rejected_bad_auth") >= 2, "retries")
+            assert acceptor.received.empty()
+            assert acceptor.counters.get("connections_established") == 0
+        finally:
+            await impostor.transport.close()
+            await acceptor.transport.close()
+
+    run(scenario)
+
+
+def test_a_higher_id_may_not_dial_a_lower_one() -> None:
+    async def scenario() -> None:
+        acceptor = await make_node(1, {0: 1, 2: 1})
+        try:
+            reader, writer = await asyncio.open_connection(LOCAL, acceptor.transport.port)
+            writer.write(handshake_frame("hello", 2, 1, secrets.token_bytes(NONCE_BYTES)))
+            await until(lambda: acceptor.counters.get("rejected_unknown_peer") == 1, "reject")
+            assert await closed_by_peer(reader)
+        finally:
+            await acceptor.transport.close()
+
+    run(scenario)
+
+
+def test_a_silent_connection_times_out_and_pending_handshakes_are_bounded() -> None:
+    params = replace(PARAMS, handshake_timeout_ms=300, handshakes_pending_max=2)
+
+    async def scenario() -> None:
+        acceptor = await make_node(1, {0: 1}, params=params)
+        try:
+            port = acceptor.transport.port
+            silent = [await asyncio.open_connection(LOCAL, port) for _ in range(3)]
+            await until(
+                lambda: acceptor.counters.get("bound_handshakes_pending_max") == 1, "bound"
+            )
+            await until(
+                lambda: acceptor.counters.get("rejected_handshake_timeout") == 2, "timeouts"
+            )
+            for reader, _ in silent:
+                assert await closed_by_peer(reader)
+            await legitimate_peer_still_gets_through(acceptor, b"after the silence")
+        finally:
+            await acceptor.transport.close()
+
+    run(scenario)
+
+
+def test_outbound_queue_bound_drops_the_oldest_and_counts() -> None:
+    params = replace(PARAMS, outbound_queue_max=4)
+
+    async def scenario() -> None:
+        unreachable = 1  # nothing listens on port 1 of 127.0.0.1
+        dialer = await make_node(0, {1: unreachable}, params=params)
+        try:
+            for index in range(10):
+                dialer.transport.send(1, b"m%d" % index)
+            channel = dialer.transport.channels[1]
+            assert list(channel.queue) == [b"m6", b"m7", b"m8", b"m9"]
+            assert channel.dropped == 6
+            assert dialer.counters.get("bound_outbound_queue_max") == 6
+            await until(lambda: dialer.counters.get("connect_failures") >= 2, "retries")
+        finally:
+            await dialer.transport.close()
+
+    run(scenario)
+
+
+def test_an_outbound_message_larger_than_a_frame_is_refused_locally() -> None:
+    async def scenario() -> None:
+        dialer = await make_node(0, {1: 1})
+        try:
+            dialer.transport.send(1, bytes(PARAMS.frame_bytes_max))
+            assert dialer.counters.get("rejected_outbound_oversized") == 1
+            assert not dialer.transport.channels[1].queue
+        finally:
+            await dialer.transport.close()
+
+    run(scenario)
+
+
+def test_handshake_parser_refuses_what_is_not_a_handshake() -> None:
+    import msgpack
+
+    for body, reason in [
+        (b"\xc1", "bad_handshake"),
+        (msgpack.packb(["replicaio", 2, "hello", 0, 1, b""]), "bad_version"),
+        (msgpack.packb(["other", 1, "hello"]), "bad_handshake"),
+        (msgpack.packb(["replicaio", 1, "proof"]), "bad_handshake"),
+        (msgpack.packb({"a": 1}), "bad_handshake"),
+    ]:
+        with pytest.raises(HandshakeRejected) as caught:
+            parse_handshake(body, "proof", 1)
+        assert caught.value.reason == reason
