@@ -206,7 +206,16 @@ class Node:
 
     def step(self, event: Input) -> Effects:
         """Consume one input; return the effects, to be executed in documented order."""
-        self.effects = effects = Effects()
+        effects = self.effects  # fresh: made at the end of the previous step
+        if (
+            effects.persists
+            or effects.sends
+            or effects.timers_cancelled
+            or effects.timers_set
+            or effects.outputs
+        ):
+            # Made outside any step (a host cancelling a scope): not part of this batch.
+            self.effects = effects = Effects()
         if isinstance(event, Receive):
             assert self.started, "input before Start"
             self.receive(event.source, event.message)
@@ -226,6 +235,8 @@ class Node:
         if not self.tick_armed and (self.has_unacked() or self.has_acks_pending()):
             self.tick_armed = True
             effects.timers_set.append((TICK_TIMER, self.params.tick_us))
+        # A fresh batch for the next step, so that nothing done between steps
+        # reaches the one handed to the host.
         self.effects = Effects()
         return effects
 
@@ -234,13 +245,15 @@ class Node:
         scheduler = self.scheduler
         local = self.local
         local_stream = self.local_stream
-        scheduler.run()
+        if scheduler.ready:
+            scheduler.run()
         while local or local_stream:
             if local:
                 self.dispatch(self.node_id, local.popleft())
             else:
                 self.route_stream(self.node_id, local_stream.popleft())
-            scheduler.run()
+            if scheduler.ready:
+                scheduler.run()
 
     # -- start ---------------------------------------------------------------
 
@@ -277,8 +290,9 @@ class Node:
             destination = int(destination_text)
             body = self.codec.decode_value(self.storage[key])
             targets = self.config.nodes if destination == ALL else (destination,)
+            envelope = Envelope(path, channel, body)
             for target in targets:
-                self.remember_and_send(target, Envelope(path, channel, body))
+                self.remember_and_send(target, envelope)
 
     # -- receiving -----------------------------------------------------------
 
@@ -343,15 +357,18 @@ class Node:
             context = found
             # Let the new component declare its links (before its first await).
             self.scheduler.run()
-        link = context.links_by_name.get(envelope.channel)
+        channel = envelope.channel
+        link = context.links_by_name.get(channel)
         if link is None:
             self.count("rejected_unknown_channel")
             return
-        if not link.accepts(envelope.body):
+        body = envelope.body
+        if not link.accepts(body):
             self.count("rejected_body_type")
             return
-        link.receive(source, envelope.body)
-        self.acknowledge(source, envelope)
+        link.receive(source, body)
+        if source != self.node_id:
+            self.acks_pending[source][(path, channel)] = None
 
     def route_unknown(self, path: Path) -> Context | Ignore:
         if not path or len(path) > self.params.path_length_max:
@@ -395,12 +412,33 @@ class Node:
     def link_send(self, link: Link[Any], destination: int, body: Any, *, persist: bool) -> None:
         """Send a link value (called by :class:`Link`), durably first when asked."""
         path = link.context.path
+        channel = link.name
         if persist:
-            key = self.storage_key(path, f"link:{link.name}:{destination}")
+            key = self.storage_key(path, f"link:{channel}:{destination}")
             self.persist(key, self.codec.encode_value(body))
-        targets = self.config.nodes if destination == ALL else (destination,)
-        for target in targets:
-            self.remember_and_send(target, Envelope(path, link.name, body))
+        # One frozen message for every target: retained, sent and encoded once.
+        envelope = Envelope(path, channel, body)
+        sent = self.sent.get(path)
+        if sent is None:
+            sent = self.sent[path] = {}
+        node_id = self.node_id
+        sends = self.effects.sends
+        unacked_by_peer = self.unacked
+        unacked_max = self.params.unacked_max
+        due = self.tick + self.params.retransmit_after_ticks + 1
+        retained_key = (path, channel)
+        for target in self.config.nodes if destination == ALL else (destination,):
+            sent[(channel, target)] = envelope
+            if target == node_id:
+                self.local.append(envelope)
+                continue
+            # What remember_and_send and retain do, inlined for the hot path.
+            unacked = unacked_by_peer[target]
+            if len(unacked) >= unacked_max:
+                self.count("bound_unacked_max")
+            else:
+                unacked[retained_key] = Unacked(envelope, due)
+            sends.append((target, envelope))
 
     def remember_and_send(self, destination: int, envelope: Envelope) -> None:
         sent = self.sent.get(envelope.path)
