@@ -1,0 +1,170 @@
+"""The TOML cluster file: a valid file loads; every invalid one raises a
+ClusterFileError naming the field, before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicaio.core.node import NodeParams
+from replicaio.runtime.config import (
+    ClusterFileError,
+    load_cluster_file,
+    render_cluster_file,
+)
+from replicaio.runtime.crypto import Ed25519Authenticator, HmacAuthenticator, generate_ed25519_key
+
+SECRET_HEX = "ab" * 32
+
+EXAMPLE = f"""
+[protocol]
+name = "bracha"
+f = 1
+
+[auth]
+kind = "hmac"
+secret = "{SECRET_HEX}"
+
+[node]
+tick_us = 10000
+
+[transport]
+outbound_queue_max = 1024
+
+[host]
+fsync = false
+
+[[nodes]]
+id = 0
+peer = "127.0.0.1:7000"
+client = "127.0.0.1:7100"
+data_dir = "data/node0"
+metrics = "127.0.0.1:9100"
+
+[[nodes]]
+id = 1
+peer = "127.0.0.1:7001"
+client = "127.0.0.1:7101"
+data_dir = "data/node1"
+
+[[nodes]]
+id = 2
+peer = "127.0.0.1:7002"
+client = "127.0.0.1:7102"
+data_dir = "data/node2"
+
+[[nodes]]
+id = 3
+peer = "[::1]:7003"
+client = "127.0.0.1:7103"
+data_dir = "/var/lib/replicaio/node3"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cluster.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_valid_file_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
+    cluster = load_cluster_file(write(tmp_path, EXAMPLE))
+    assert cluster.protocol == "bracha"
+    assert (cluster.n, cluster.f) == (4, 1)
+    assert cluster.nodes[0].data_dir == tmp_path.resolve() / "data/node0"
+    assert cluster.nodes[3].data_dir == Path("/var/lib/replicaio/node3")
+    assert str(cluster.nodes[0].metrics) == "127.0.0.1:9100"
+    assert cluster.nodes[1].metrics is None
+    assert cluster.nodes[3].peer.host == "::1"
+    assert cluster.node_params == NodeParams(tick_us=10_000)
+    assert cluster.transport.outbound_queue_max == 1024
+    assert cluster.host.fsync is False
+    assert isinstance(cluster.authenticator(2), HmacAuthenticator)
+    assert cluster.cluster_config().n == 4
+
+
+def test_f_defaults_to_the_most_the_protocol_tolerates(tmp_path: Path) -> None:
+    cluster = load_cluster_file(write(tmp_path, EXAMPLE.replace("f = 1\n", "")))
+    assert cluster.f == 1
+
+
+def test_the_secret_may_come_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "secret.hex").write_text(SECRET_HEX + "\n")
+    text = EXAMPLE.replace(f'secret = "{SECRET_HEX}"', 'secret_file = "secret.hex"')
+    assert load_cluster_file(write(tmp_path, text)).secret == bytes.fromhex(SECRET_HEX)
+
+
+def test_ed25519_nodes_read_their_own_key_file(tmp_path: Path) -> None:
+    nodes: list[dict[str, Any]] = []
+    for node_id in range(4):
+        private, public = generate_ed25519_key()
+        (tmp_path / f"node{node_id}.key").write_text(private.hex())
+        nodes.append({"id": node_id, "peer": f"127.0.0.1:{7000 + node_id}",
+                      "client": f"127.0.0.1:{7100 + node_id}", "data_dir": f"n{node_id}",
+                      "key_file": f"node{node_id}.key", "public_key": public.hex()})
+    text = render_cluster_file(protocol="bracha", nodes=nodes, auth="ed25519")
+    cluster = load_cluster_file(write(tmp_path, text))
+    assert isinstance(cluster.authenticator(1), Ed25519Authenticator)
+    (tmp_path / "node1.key").write_text(generate_ed25519_key()[0].hex())
+    with pytest.raises(ClusterFileError) as caught:
+        cluster.authenticator(1)
+    assert caught.value.field == "nodes[1].key_file"
+
+
+BAD: dict[str, tuple[str, str, str]] = {
+    # name: (text to replace, replacement, field named by the error)
+    "no protocol": ('[protocol]\nname = "bracha"\nf = 1\n', "", "protocol"),
+    "unknown protocol": ('name = "bracha"', 'name = "paxos"', "protocol.name"),
+    "protocol params": ("f = 1\n", "f = 1\n[protocol.params]\nwindow = 3\n", "protocol.params"),
+    "f too large": ("f = 1", "f = 2", "protocol.f"),
+    "negative f": ("f = 1", "f = -1", "protocol.f"),
+    "typo in a key": ("tick_us = 10000", "tick_ms = 10000", "node.tick_ms"),
+    "bad node param": ("tick_us = 10000", "tick_us = 0", "node"),
+    "wrong type": ("outbound_queue_max = 1024", 'outbound_queue_max = "1024"',
+                   "transport.outbound_queue_max"),
+    "bad bound": ("outbound_queue_max = 1024", "outbound_queue_max = 0",
+                  "transport.outbound_queue_max"),
+    "unknown service": ("fsync = false", 'client_service = "resp9"', "host.client_service"),
+    "unknown section": ("[host]", "[hosts]", "hosts"),
+    "no port": ('peer = "127.0.0.1:7001"', 'peer = "127.0.0.1"', "nodes[1].peer"),
+    "bad port": ('peer = "127.0.0.1:7001"', 'peer = "127.0.0.1:70001"', "nodes[1].peer"),
+    "no client": ('client = "127.0.0.1:7101"\n', "", "nodes[1].client"),
+    "duplicate id": ("id = 2", "id = 1", "nodes[2].id"),
+    "gap in ids": ("id = 3", "id = 4", "nodes"),
+    "shared port": ('client = "127.0.0.1:7102"', 'client = "127.0.0.1:7001"',
+                    "nodes[2].client"),
+    "shared data dir": ('data_dir = "data/node1"', 'data_dir = "data/node0"', "nodes"),
+    "short secret": (f'secret = "{SECRET_HEX}"', 'secret = "abcd"', "auth.secret"),
+    "secret not hex": (f'secret = "{SECRET_HEX}"', 'secret = "xyz"', "auth.secret"),
+    "no secret": (f'secret = "{SECRET_HEX}"', "", "auth.secret"),
+    "two secrets": (f'secret = "{SECRET_HEX}"',
+                    f'secret = "{SECRET_HEX}"\nsecret_file = "k"', "auth.secret"),
+    "missing secret file": (f'secret = "{SECRET_HEX}"', 'secret_file = "missing.key"',
+                            "auth.secret_file"),
+    "unknown auth": ('kind = "hmac"', 'kind = "rot13"', "auth.kind"),
+    "ed25519 without keys": ('kind = "hmac"', 'kind = "ed25519"', "nodes[0].public_key"),
+    "not toml": ("[protocol]", "[protocol", "(file)"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_an_invalid_file_is_refused_naming_the_field(tmp_path: Path, name: str) -> None:
+    old, new, field = BAD[name]
+    assert old in EXAMPLE
+    with pytest.raises(ClusterFileError) as caught:
+        load_cluster_file(write(tmp_path, EXAMPLE.replace(old, new, 1)))
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"{tmp_path / 'cluster.toml'}: {field}: ")
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ClusterFileError, match="cannot read"):
+        load_cluster_file(tmp_path / "absent.toml")
+
+
+def test_an_unknown_node_id_is_refused(tmp_path: Path) -> None:
+    cluster = load_cluster_file(write(tmp_path, EXAMPLE))
+    with pytest.raises(ClusterFileError, match="no node 9"):
+        cluster.node(9)
