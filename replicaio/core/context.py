@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from replicaio.core.errors import UsageError
-from replicaio.core.lines import Family, Line
+from replicaio.core.lines import Line
 from replicaio.core.scheduler import Scope, Task
 from replicaio.core.stream import Stream
 
@@ -88,7 +88,7 @@ class Link(Generic[T]):
         "context",
         "counts",
         "durable",
-        "from_peers",
+        "from_lines",
         "name",
         "quorums",
         "reached",
@@ -109,9 +109,9 @@ class Link(Generic[T]):
         # reached[k - 1] is the first value that k distinct peers sent, so a
         # quorum asked for late yields what one asked for early did.
         self.reached: list[T] = []
-        self.from_peers: Family[int, T] = Family(
-            context.node.scheduler, f"{name}.from", size_max=context.node.config.n
-        )
+        # peer -> the line of from_peer(peer), made only when asked for: most
+        # links are only ever counted (quorums), never read per peer.
+        self.from_lines: dict[int, Line[T]] | None = None
         self.quorums: list[tuple[int, Line[T]]] = []
 
     # -- sending -------------------------------------------------------------
@@ -149,7 +149,18 @@ class Link(Generic[T]):
 
     def from_peer(self, peer: int) -> Line[T]:
         """The first value ``peer`` sent on this link."""
-        return self.from_peers[peer]
+        lines = self.from_lines
+        if lines is None:
+            lines = self.from_lines = {}
+        line = lines.get(peer)
+        if line is None:
+            assert len(lines) < self.context.node.config.n, f"link {self.name}: over n peers"
+            line = Line(self.context.node.scheduler, f"{self.name}.from[{peer!r}]")
+            lines[peer] = line
+            received = self.received
+            if peer in received:
+                line.set(received[peer])
+        return line
 
     def quorum(self, count: int) -> Line[T]:
         """The first value that ``count`` distinct peers sent on this link."""
@@ -164,27 +175,37 @@ class Link(Generic[T]):
 
     def receive(self, source: int, value: T) -> None:
         """Called by the node's router for a validated message from ``source``."""
-        known = self.received.get(source, self)
-        if known is not self:
+        received = self.received
+        if source in received:
+            known = received[source]
             reason = "duplicate" if known == value else "equivocation"
             self.context.node.count(f"link_{reason}")
             if reason == "equivocation":
                 self.context.node.evidence(source, self.context.path, self.name, value)
             return
-        self.received[source] = value
-        seen = self.counts.get(value, 0) + 1
-        self.counts[value] = seen
-        if seen > len(self.reached):
-            self.reached.append(value)
-        if self.quorums:
-            waiting = []
-            for count, line in self.quorums:
-                if seen >= count:
-                    line.set(value)
-                else:
-                    waiting.append((count, line))
-            self.quorums = waiting
-        self.from_peers[source].set(value)
+        received[source] = value
+        counts = self.counts
+        seen = counts.get(value, 0) + 1
+        counts[value] = seen
+        reached = self.reached
+        if seen > len(reached):
+            reached.append(value)
+            # Every waiting quorum asks for more than len(reached) peers (the
+            # smaller ones were set when reached grew to them), so only a value
+            # that makes reached grow can complete one.
+            if self.quorums:
+                waiting = []
+                for count, line in self.quorums:
+                    if seen >= count:
+                        line.set(value)
+                    else:
+                        waiting.append((count, line))
+                self.quorums = waiting
+        lines = self.from_lines
+        if lines is not None:
+            line = lines.get(source)
+            if line is not None:
+                line.set(value)
 
 
 class Context:
