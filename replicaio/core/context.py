@@ -203,9 +203,9 @@ class Link(Generic[T]):
                 self.quorums = waiting
         lines = self.from_lines
         if lines is not None:
-            line = lines.get(source)
-            if line is not None:
-                line.set(value)
+            asked = lines.get(source)
+            if asked is not None:
+                asked.set(value)
 
 
 class Context:
