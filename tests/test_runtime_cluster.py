@@ -91,6 +91,10 @@ def pump_until(watchers: list[Watcher], done: Callable[[], bool], what: str) -> 
             watcher.pump(0.01)
 
 
+def has_deliveries(watcher: Watcher, count: int) -> Callable[[], bool]:
+    return lambda: len(watcher.delivered) == count
+
+
 def broadcast(watcher: Watcher, values: list[bytes]) -> None:
     for value in values:
         watcher.client.request(value)
@@ -208,7 +212,7 @@ def test_a_corrupted_wal_record_in_the_middle_makes_the_node_refuse_to_start(
     watcher = watch(cluster, 0)
     for k in range(3):  # one at a time: several batches in the log
         broadcast(watcher, [f"w{k}".encode()])
-        pump_until([watcher], lambda k=k: len(watcher.delivered) == k + 1, "a delivery")
+        pump_until([watcher], has_deliveries(watcher, k + 1), "a delivery")
     assert cluster.stop(0) == 0
     segments = sorted((cluster.directory / "node-0").glob("wal-*.log"))
     data = bytearray(segments[0].read_bytes())

@@ -260,7 +260,8 @@ class NodeHost:
         assert core is not None and storage is not None
         sends: list[tuple[int, bytes]] = []
         outputs: list[Any] = []
-        completions: list[tuple[OnDone, str | None]] = []
+        # (outputs released before it, callback, rejection): completions keep step order.
+        completions: list[tuple[int, OnDone, str | None]] = []
         wrote = False
         for on_done, event in batch:
             rejected_before = self.rejections() if isinstance(event, Request) else None
@@ -268,7 +269,7 @@ class NodeHost:
             if rejected_before is not None:
                 reason = self.rejection_reason(rejected_before)
                 if on_done is not None:
-                    completions.append((on_done, reason))
+                    completions.append((len(outputs), on_done, reason))
         if wrote:
             await self.sync(storage)
         self.flush_event_log()
@@ -325,7 +326,7 @@ class NodeHost:
         self,
         sends: list[tuple[int, bytes]],
         outputs: list[Any],
-        completions: list[tuple[OnDone, str | None]],
+        completions: list[tuple[int, OnDone, str | None]],
     ) -> None:
         transport = self.transport
         assert transport is not None
@@ -340,12 +341,17 @@ class NodeHost:
                 delay_us / 1_000_000, self.timer_fired, timer_id, self.token
             )
         self.timers_to_arm.clear()
-        if outputs:
-            self.stats["outputs"] += len(outputs)
-            if self.service is not None:
-                self.service.on_outputs(outputs)
-        for on_done, reason in completions:
+        self.stats["outputs"] += len(outputs)
+        released = 0
+        for position, on_done, reason in completions:
+            self.release_outputs(outputs[released:position])
+            released = position
             on_done(reason)
+        self.release_outputs(outputs[released:])
+
+    def release_outputs(self, outputs: list[Any]) -> None:
+        if outputs and self.service is not None:
+            self.service.on_outputs(outputs)
 
     def cancel_timer(self, timer_id: int) -> None:
         if self.timers_to_arm.pop(timer_id, None) is not None:

@@ -1,0 +1,241 @@
+"""The node host in one process (several hosts on one asyncio loop, real sockets
+and real FileStorage): group commit, the release-after-sync guarantee, the
+client port's handling of bad input, and bounds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from replicaio.core.effects import Input
+from replicaio.core.node import Node
+from replicaio.protocols.broadcast import Accepted, Delivered
+from replicaio.runtime.client import (
+    HistoryEnd,
+    OnDone,
+    RequestRejected,
+    StreamClientConnection,
+    StreamService,
+)
+from replicaio.runtime.config import ClusterFile, HostParams, load_cluster_file, render_cluster_file
+from replicaio.runtime.counters import Counters
+from replicaio.runtime.framing import frame_header
+from replicaio.runtime.host import NodeHost
+from replicaio.runtime.local import free_ports
+from replicaio.storage.file import FileStorage
+
+TIMEOUT_S = 15.0
+
+
+def cluster_file(tmp_path: Path, nodes: int, host: dict[str, Any] | None = None) -> ClusterFile:
+    ports = free_ports(2 * nodes)
+    (tmp_path / "secret").write_text("42" * 32)
+    tables = [
+        {"id": node, "peer": f"127.0.0.1:{ports[node]}",
+         "client": f"127.0.0.1:{ports[nodes + node]}", "data_dir": f"node{node}"}
+        for node in range(nodes)
+    ]
+    sections = {"node": {"tick_us": 10_000},
+                "transport": {"reconnect_delay_ms_min": 5, "reconnect_delay_ms_max": 50}}
+    if host:
+        sections["host"] = host
+    path = tmp_path / "cluster.toml"
+    path.write_text(render_cluster_file(protocol="bracha", nodes=tables, secret_file="secret",
+                                        sections=sections))
+    return load_cluster_file(path)
+
+
+class RecordingHost(NodeHost):
+    """Records steps, syncs and releases, and checks at every release that the
+    store has nothing unsynced: what leaves the node is durable."""
+
+    def __init__(self, cluster: ClusterFile, node_id: int) -> None:
+        super().__init__(cluster, node_id)
+        self.trace: list[tuple[Any, ...]] = []
+
+    def step(self, core: Node, event: Input, sends: list[tuple[int, bytes]],
+             outputs: list[Any]) -> bool:
+        wrote = super().step(core, event, sends, outputs)
+        self.trace.append(("step", wrote))
+        return wrote
+
+    async def sync(self, storage: FileStorage) -> None:
+        await super().sync(storage)
+        self.trace.append(("sync",))
+
+    def release(self, sends: list[tuple[int, bytes]], outputs: list[Any],
+                completions: list[tuple[int, OnDone, str | None]]) -> None:
+        assert self.storage is not None
+        assert not self.storage._pending, "effects released before their writes were synced"
+        self.trace.append(("release", len(sends), len(outputs)))
+        super().release(sends, outputs, completions)
+
+
+async def run_hosts(hosts: list[NodeHost], body: Callable[[], Awaitable[None]]) -> None:
+    tasks = [asyncio.create_task(host.run()) for host in hosts]
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            for host in hosts:
+                await host.ready.wait()
+            await body()
+    finally:
+        for host in hosts:
+            host.stop()
+        await asyncio.gather(*tasks)
+
+
+async def read_message(reader: asyncio.StreamReader, codec: Any) -> Any:
+    length = int.from_bytes(await reader.readexactly(4), "big")
+    return codec.decode(await reader.readexactly(length))
+
+
+async def read_until(reader: asyncio.StreamReader, codec: Any, matches: Any) -> Any:
+    while True:
+        message = await read_message(reader, codec)
+        if matches(message):
+            return message
+
+
+def test_one_sync_per_batch_and_nothing_leaves_before_its_writes_are_durable(
+    tmp_path: Path,
+) -> None:
+    cluster = cluster_file(tmp_path, 4)
+    hosts = [RecordingHost(cluster, node) for node in range(4)]
+    requests = 40
+
+    async def body() -> None:
+        host = hosts[0]
+        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.nodes[0].client.port)
+        await read_until(reader, host.codec, lambda m: type(m) is HistoryEnd)
+        for index in range(requests):  # all at once: they share batches
+            body = host.codec.encode_value(b"value %d" % index)
+            writer.write(frame_header(len(body)) + body)
+        await read_until(reader, host.codec,
+                         lambda m: type(m) is Delivered and m.seq == requests - 1)
+        writer.close()
+
+    asyncio.run(run_hosts(list(hosts), body))
+    for host in hosts:
+        writing_steps = sum(1 for entry in host.trace if entry[0] == "step" and entry[1])
+        syncs = sum(1 for entry in host.trace if entry[0] == "sync")
+        assert syncs < writing_steps  # group commit: several steps share a sync
+        dirty = False
+        for entry in host.trace:
+            if entry[0] == "step":
+                dirty = dirty or entry[1]
+            elif entry[0] == "sync":
+                dirty = False
+            else:
+                assert not dirty, "a release without the sync of its writes"
+    batches = next(iter(hosts[0].metrics.batch_inputs.collect())).samples
+    assert any(sample.name.endswith("_sum") and sample.value > 0 for sample in batches)
+
+
+def test_a_batch_of_one_input_syncs_every_writing_step(tmp_path: Path) -> None:
+    cluster = cluster_file(tmp_path, 1, host={"batch_inputs_max": 1})
+    host = RecordingHost(cluster, 0)
+
+    async def body() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.nodes[0].client.port)
+        for index in range(10):
+            body = host.codec.encode_value(b"v%d" % index)
+            writer.write(frame_header(len(body)) + body)
+        await read_until(reader, host.codec, lambda m: type(m) is Delivered and m.seq == 9)
+        writer.close()
+
+    asyncio.run(run_hosts([host], body))
+    writing_steps = sum(1 for entry in host.trace if entry[0] == "step" and entry[1])
+    assert sum(1 for entry in host.trace if entry[0] == "sync") == writing_steps
+
+
+def test_client_port_rejects_bad_input_counts_it_and_keeps_serving(tmp_path: Path) -> None:
+    cluster = cluster_file(tmp_path, 1, host={"client_frame_bytes_max": 4096})
+    host = NodeHost(cluster, 0)
+    port = cluster.nodes[0].client.port
+
+    async def bad(data: bytes, eof: bool = False) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        if eof:
+            writer.write_eof()
+        await read_until(reader, host.codec, lambda m: type(m) is HistoryEnd)
+        assert await reader.read() == b""  # the node closed this client only
+
+    async def body() -> None:
+        await bad(b"GET / HTTP/1.1\r\n\r\n")
+        await bad(frame_header(4097))
+        await bad(frame_header(50) + b"abc", eof=True)
+        await bad(frame_header(1) + b"\xc1")  # not msgpack
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for payload in (12345, b"good"):  # a valid frame the core refuses, then a good one
+            data = host.codec.encode_value(payload)
+            writer.write(frame_header(len(data)) + data)
+        refused = await read_until(reader, host.codec, lambda m: type(m) is RequestRejected)
+        assert refused.reason == "not_bytes"
+        accepted = await read_until(reader, host.codec, lambda m: type(m) is Accepted)
+        assert (accepted.seq, accepted.value) == (0, b"good")
+        writer.close()
+
+    asyncio.run(run_hosts([host], body))
+    assert host.counters.get("rejected_client_oversized_frame") == 2
+    assert host.counters.get("rejected_client_truncated_frame") == 1
+    assert host.counters.get("rejected_client_decode_malformed") == 1
+    assert host.core is not None
+    assert host.core.counters["request_rejected_not_bytes"] == 1
+    metrics = host.metrics.render().decode()
+    assert 'replicaio_runtime_events_total{event="rejected_client_oversized_frame"} 2.0' in metrics
+    assert 'replicaio_core_events_total{event="request_rejected_not_bytes"} 1.0' in metrics
+
+
+def test_client_connections_are_bounded(tmp_path: Path) -> None:
+    cluster = cluster_file(tmp_path, 1, host={"client_connections_max": 1})
+    host = NodeHost(cluster, 0)
+    port = cluster.nodes[0].client.port
+
+    async def body() -> None:
+        first_reader, first = await asyncio.open_connection("127.0.0.1", port)
+        await read_until(first_reader, host.codec, lambda m: type(m) is HistoryEnd)
+        second_reader, second = await asyncio.open_connection("127.0.0.1", port)
+        assert await second_reader.read() == b""
+        first.close()
+        second.close()
+
+    asyncio.run(run_hosts([host], body))
+    assert host.counters.get("bound_client_connections_max") == 1
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeHost:
+    def __init__(self) -> None:
+        from replicaio.core.codec import Codec
+
+        self.codec = Codec()
+        self.counters = Counters()
+
+    async def submit(self, payload: Any, on_done: OnDone | None = None) -> None:
+        raise AssertionError("not used")
+
+
+def test_a_slow_client_is_disconnected_and_history_is_bounded() -> None:
+    service = StreamService()
+    host = FakeHost()
+    service.host = host
+    service.params = HostParams(client_queue_max=3, client_history_max=2)
+    writer = FakeWriter()
+    client = StreamClientConnection(writer)  # type: ignore[arg-type]
+    service.clients.add(client)
+    for seq in range(5):  # the client never drains its queue
+        service.on_outputs([Delivered(0, seq, b"x")])
+    assert writer.closed and client not in service.clients
+    assert host.counters.get("bound_client_queue_max") == 1
+    assert len(service.history) == 2
+    assert host.counters.get("bound_client_history_max") == 3
