@@ -1,0 +1,277 @@
+"""Raft's wire messages, its observable outputs, and the admin request.
+
+Wire messages (Figure 2 of the paper, plus pre-vote, TimeoutNow and chunked
+InstallSnapshot from the thesis) travel on one unreliable stream; Raft does
+its own retransmission. Every field is plain data; a receiver validates
+what the codec cannot (ranges, lengths) and drops a bad message with a
+counter (``raft_rejected_<reason>``).
+
+Outputs are what checkers outside the nodes see (``replicaio.check.raft``);
+each names the node that emitted it so a record stands on its own.
+
+``RaftAdmin`` is how a harness or operator asks for a membership change or a
+leadership transfer: the SMR layer hands any ``RaftAdmin`` request payload to
+:meth:`Raft.on_admin <replicaio.protocols.raft.raft.Raft.on_admin>`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from replicaio.core.codec import message
+
+NO_NODE = -1  # votedFor / leader unknown
+UNREGISTERED = 0  # a configuration slot whose disk identity is not known yet
+
+Member = tuple[int, int]  # (node id, disk identity; UNREGISTERED accepts any)
+
+
+@message(tag="raft.Config")
+class Config:
+    """A configuration: voters (they elect and count toward commit) and
+    learners (they receive the log and never count), each a sorted tuple of
+    ``(node, disk identity)``; ``promoting``: learners that any leader
+    promotes to voter once they have caught up."""
+
+    voters: tuple[tuple[int, int], ...]
+    learners: tuple[tuple[int, int], ...]
+    promoting: tuple[int, ...] = ()
+
+
+@message(tag="raft.Entry")
+class Entry:
+    """A log entry: a command batch (``data``), a leader's no-op (``data ==
+    b""`` and no ``config``), or a configuration (``config``; data empty)."""
+
+    term: int
+    data: bytes
+    config: Config | None = None
+
+
+# -- election (section 5.2, thesis 9.6 pre-vote, 3.10 transfer) ---------------
+
+
+@message(tag="raft.RequestVote")
+class RequestVote:
+    """Asks for a vote in ``term`` (for a pre-vote: the term the sender would
+    campaign in; nobody changes state for a pre-vote). ``transfer``: the
+    campaign follows a TimeoutNow, so voters may not hold to a leader lease."""
+
+    term: int
+    candidate: int
+    last_log_index: int
+    last_log_term: int
+    pre: bool
+    transfer: bool
+
+
+@message(tag="raft.RequestVoteResponse")
+class RequestVoteResponse:
+    """The voter's current term, and its answer; ``identity`` is the voter's
+    disk identity (a vote from a disk the configuration does not know is
+    not counted)."""
+
+    term: int
+    granted: bool
+    pre: bool
+    identity: int
+
+
+@message(tag="raft.TimeoutNow")
+class TimeoutNow:
+    """The leader of ``term`` hands leadership over: campaign now."""
+
+    term: int
+    leader: int
+
+
+# -- replication (section 5.3) -------------------------------------------------
+
+
+@message(tag="raft.AppendEntries")
+class AppendEntries:
+    """Figure 2's AppendEntries RPC. ``round`` numbers the leader's heartbeat
+    rounds for read-index; a follower echoes it."""
+
+    term: int
+    leader: int
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[Entry, ...]
+    leader_commit: int
+    round: int
+
+
+@message(tag="raft.AppendEntriesResponse")
+class AppendEntriesResponse:
+    """``success`` with ``match_index`` (the follower's log matches the
+    leader's up to there), or a rejection of ``rejected_index`` (the request's
+    prev_log_index) with the fast back-off hints: ``conflict_term`` (0: the
+    follower's log is too short) and ``conflict_index`` (the first index of
+    that term in the follower's log, or its last index + 1)."""
+
+    term: int
+    success: bool
+    match_index: int
+    rejected_index: int
+    conflict_index: int
+    conflict_term: int
+    round: int
+    identity: int
+
+
+# -- snapshots (section 7) ------------------------------------------------------
+
+
+@message(tag="raft.InstallSnapshot")
+class InstallSnapshot:
+    """Figure 13's InstallSnapshot RPC, one chunk at ``offset`` of ``size``
+    bytes; ``digest`` is the log digest at ``last_included_index``."""
+
+    term: int
+    leader: int
+    last_included_index: int
+    last_included_term: int
+    digest: bytes
+    config: Config
+    size: int
+    offset: int
+    data: bytes
+    round: int
+
+
+@message(tag="raft.InstallSnapshotResponse")
+class InstallSnapshotResponse:
+    """``next_offset``: the follower holds the snapshot's bytes before it;
+    ``done``: it has installed (or already had) the snapshot."""
+
+    term: int
+    last_included_index: int
+    next_offset: int
+    done: bool
+    round: int
+    identity: int
+
+
+# -- admin ------------------------------------------------------------------------
+
+
+@message(tag="raft.Admin")
+class RaftAdmin:
+    """An operator's request to the leader:
+
+    * ``add``: add ``node`` as a learner; it is promoted to voter once it has
+      caught up (two configuration changes, one at a time);
+    * ``add_learner``: add ``node`` as a learner only;
+    * ``promote``: make learner ``node`` a voter (refused until caught up);
+    * ``remove``: take ``node`` out of the configuration (voter or learner);
+    * ``transfer``: hand leadership to voter ``node`` (section 3.10 of the thesis).
+    """
+
+    action: Literal["add", "add_learner", "promote", "remove", "transfer"]
+    node: int
+
+
+# -- outputs (for checkers and reports) --------------------------------------------
+
+
+@message(tag="raft.BecameLeader")
+class BecameLeader:
+    """``node`` won the election of ``term``. Its log at that moment: entries
+    ``snapshot_index + 1 .. last_index``, described by ``runs`` — ``(first
+    index, term)`` of each run of equal terms — on top of a snapshot."""
+
+    node: int
+    term: int
+    snapshot_index: int
+    snapshot_term: int
+    last_index: int
+    runs: tuple[tuple[int, int], ...]
+
+
+@message(tag="raft.LeaderCommitted")
+class LeaderCommitted:
+    """The leader of ``term`` advanced its commit index to ``index``, whose
+    entry has term ``entry_term``: entries up to ``index`` are committed in
+    ``term``."""
+
+    node: int
+    term: int
+    index: int
+    entry_term: int
+
+
+@message(tag="raft.Applied")
+class Applied:
+    """``node`` applied entry ``index`` of ``term``; ``digest`` chains every
+    entry up to it (equal digests: equal log prefixes)."""
+
+    node: int
+    index: int
+    term: int
+    digest: bytes
+
+
+@message(tag="raft.SnapshotInstalled")
+class SnapshotInstalled:
+    """``node`` replaced its state by a leader's snapshot covering ``index``."""
+
+    node: int
+    index: int
+    term: int
+    digest: bytes
+
+
+@message(tag="raft.ReadRequested")
+class ReadRequested:
+    """A linearizable read barrier was asked of ``node`` (the leader of ``term``)."""
+
+    node: int
+    read_id: int
+    term: int
+
+
+@message(tag="raft.ReadConfirmed")
+class ReadConfirmed:
+    """Read ``read_id`` may be served once ``index`` is applied."""
+
+    node: int
+    read_id: int
+    index: int
+
+
+@message(tag="raft.ConfigChanged")
+class ConfigChanged:
+    """``node``'s configuration became ``config`` (appended at ``index``;
+    configurations take effect when appended, not when committed)."""
+
+    node: int
+    index: int
+    config: Config
+
+
+ADMIN_ACTIONS = ("add", "add_learner", "promote", "remove", "transfer")
+
+__all__ = [
+    "ADMIN_ACTIONS",
+    "NO_NODE",
+    "UNREGISTERED",
+    "AppendEntries",
+    "AppendEntriesResponse",
+    "Applied",
+    "BecameLeader",
+    "Config",
+    "ConfigChanged",
+    "Entry",
+    "InstallSnapshot",
+    "InstallSnapshotResponse",
+    "LeaderCommitted",
+    "Member",
+    "RaftAdmin",
+    "ReadConfirmed",
+    "ReadRequested",
+    "RequestVote",
+    "RequestVoteResponse",
+    "SnapshotInstalled",
+    "TimeoutNow",
+]

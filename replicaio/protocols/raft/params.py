@@ -1,0 +1,105 @@
+"""Raft's tunable periods and bounds, validated up front (after etcd raft's
+``Config.validate``), and the deliberately broken variants (mutants) that
+prove the checkers bite.
+
+Times are microseconds of virtual time. Every bound is named ``*_max``; a
+hit is counted as ``bound_raft_<name>`` on the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replicaio.core.errors import ConfigError
+
+MUTANTS = {
+    "": "none: the correct protocol",
+    "commit_previous_term": "a leader commits an entry of a previous term by counting replicas "
+    "(the Figure 8 bug, section 5.4.2)",
+    "forget_vote": "votedFor is kept in memory only: a restarted node votes twice in a term",
+    "follower_reads": "read_barrier on a follower answers its own commit index at once, "
+    "without read-index",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RaftParams:
+    """Periods, bounds and options of one Raft node (the same on every node).
+
+    ``initial_voters``: the voters of the configuration the cluster starts
+    with (``None``: every node of the cluster). Nodes outside the
+    configuration idle until a membership change adds them.
+    """
+
+    heartbeat_us: int = 50_000
+    election_timeout_min_us: int = 300_000
+    election_timeout_max_us: int = 600_000
+    pre_vote: bool = True
+    check_quorum: bool = True
+    initial_voters: tuple[int, ...] | None = None
+    # -- bounds ------------------------------------------------------------
+    inflight_max: int = 8  # AppendEntries in flight per follower (pipelining window)
+    entries_per_message_max: int = 64
+    message_bytes_max: int = 1 << 20  # entry payload bytes per AppendEntries
+    pending_proposals_max: int = 1024  # uncommitted entries in a leader's log
+    reads_pending_max: int = 1024  # read-index requests awaiting confirmation
+    snapshot_chunk_bytes_max: int = 256 * 1024
+    snapshot_bytes_max: int = 64 << 20  # a snapshot a follower will accept
+    # A learner is promoted once it lags the leader's last index by at most this.
+    promote_lag_entries_max: int = 16
+    # -- deliberately broken variants (tests only) ---------------------------
+    mutant: str = ""
+
+    @property
+    def election_timeout_range_us(self) -> int:
+        """How many distinct election timeouts a draw chooses from."""
+        return self.election_timeout_max_us - self.election_timeout_min_us
+
+    def validate(self) -> RaftParams:
+        """Raise :class:`ConfigError` unless the periods and bounds are usable."""
+        if self.heartbeat_us < 1:
+            raise ConfigError("RaftParams.heartbeat_us must be >= 1")
+        if self.election_timeout_min_us <= 2 * self.heartbeat_us:
+            raise ConfigError(
+                "RaftParams.election_timeout_min_us must exceed two heartbeats "
+                f"({2 * self.heartbeat_us} us), got {self.election_timeout_min_us}: a follower "
+                "would start elections against a healthy leader after one lost heartbeat"
+            )
+        if self.election_timeout_max_us <= self.election_timeout_min_us:
+            raise ConfigError(
+                "RaftParams.election_timeout_max_us must exceed election_timeout_min_us: "
+                "randomized timeouts need a range to split votes"
+            )
+        for name in (
+            "inflight_max",
+            "entries_per_message_max",
+            "message_bytes_max",
+            "pending_proposals_max",
+            "reads_pending_max",
+            "snapshot_chunk_bytes_max",
+            "snapshot_bytes_max",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"RaftParams.{name} must be >= 1")
+        if self.promote_lag_entries_max < 0:
+            raise ConfigError("RaftParams.promote_lag_entries_max must be >= 0")
+        if self.initial_voters is not None:
+            if not self.initial_voters:
+                raise ConfigError("RaftParams.initial_voters must name at least one node")
+            if len(set(self.initial_voters)) != len(self.initial_voters):
+                raise ConfigError(f"RaftParams.initial_voters lists a node twice: "
+                                  f"{self.initial_voters}")
+        if self.mutant not in MUTANTS:
+            raise ConfigError(
+                f"unknown RaftParams.mutant {self.mutant!r}; choose from "
+                f"{', '.join(repr(name) for name in MUTANTS)}"
+            )
+        return self
+
+    def voters_for(self, n: int) -> tuple[int, ...]:
+        """The initial voters in a cluster of ``n`` nodes (validated against n)."""
+        voters = tuple(range(n)) if self.initial_voters is None else self.initial_voters
+        for node in voters:
+            if not 0 <= node < n:
+                raise ConfigError(f"RaftParams.initial_voters: no node {node} in 0..{n - 1}")
+        return tuple(sorted(voters))

@@ -1,0 +1,289 @@
+"""The Raft component: shared state, roles, message dispatch, commit and apply.
+
+One :class:`Raft` per node implements :class:`replicaio.smr.api.Ordering`.
+It owns the state every phase shares (hard state, log, commit and applied
+indexes, role, leader) and the role scope; the phases (``election``,
+``replication``, ``snapshot``, ``membership``, ``reads``) are objects over
+that state, each owning its messages and tasks. See the package docstring
+for the map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from replicaio.core.context import Context
+from replicaio.core.errors import UsageError
+from replicaio.core.lines import Line
+from replicaio.core.scheduler import Scope
+from replicaio.protocols.raft.election import Election
+from replicaio.protocols.raft.membership import Membership
+from replicaio.protocols.raft.messages import (
+    NO_NODE,
+    UNREGISTERED,
+    AppendEntries,
+    AppendEntriesResponse,
+    Applied,
+    Config,
+    ConfigChanged,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    RaftAdmin,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from replicaio.protocols.raft.params import RaftParams
+from replicaio.protocols.raft.reads import Reads
+from replicaio.protocols.raft.replication import Replication
+from replicaio.protocols.raft.snapshot import Snapshots
+from replicaio.protocols.raft.state import HardState, RaftLog, Role
+from replicaio.smr.api import Committed, NotLeader, OrderingHandlers
+
+IDENTITY_MAX = (1 << 31) - 1
+
+MESSAGE_TYPES = (
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+    AppendEntries,
+    AppendEntriesResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RaftView:
+    """A read-only snapshot of one node's Raft state, for tests and reports."""
+
+    node: int
+    term: int
+    voted_for: int
+    role: Role
+    leader: int
+    commit_index: int
+    applied_index: int
+    snapshot_index: int
+    last_index: int
+    last_term: int
+    last_digest: bytes
+    config: Config
+    identity: int
+
+
+class Raft:
+    """Raft (Ongaro & Ousterhout 2014; Ongaro's thesis 2014) as an
+    :class:`~replicaio.smr.api.Ordering`. Give it its own context (a child
+    path): it opens one stream for the ``raft.*`` messages there."""
+
+    def __init__(self, context: Context, params: RaftParams | None = None) -> None:
+        self.context = context
+        self.params = (params or RaftParams()).validate()
+        self.id = context.id
+        self.mutant = self.params.mutant
+        initial = Config(
+            tuple((node, UNREGISTERED) for node in self.params.voters_for(context.n)), ()
+        )
+        self.hard = HardState(context, forget_vote=self.mutant == "forget_vote")
+        self.log = RaftLog(context, initial)
+        self.identity = UNREGISTERED
+        self.role = Role.FOLLOWER
+        self.leader_id = NO_NODE
+        self.commit_index = 0
+        self.applied_index = 0
+        self.term_start_index = 0  # index of this leader's no-op (leaders only)
+        self.handlers: OrderingHandlers | None = None
+        self.role_scope: Scope | None = None
+        self.scheduler = context.node.scheduler
+        self.started = False
+        self.election = Election(self)
+        self.replication = Replication(self)
+        self.snapshots = Snapshots(self)
+        self.membership = Membership(self)
+        self.reads = Reads(self)
+        self.stream = context.stream(*MESSAGE_TYPES, handler=self.on_message)
+        self.dispatch: dict[type, Callable[[int, Any], None]] = {
+            RequestVote: self.election.on_request_vote,
+            RequestVoteResponse: self.election.on_request_vote_response,
+            TimeoutNow: self.election.on_timeout_now,
+            AppendEntries: self.replication.on_append_entries,
+            AppendEntriesResponse: self.replication.on_append_entries_response,
+            InstallSnapshot: self.snapshots.on_install_snapshot,
+            InstallSnapshotResponse: self.snapshots.on_install_snapshot_response,
+        }
+
+    # -- Ordering ----------------------------------------------------------------
+
+    def bind(self, handlers: OrderingHandlers) -> None:
+        """Register SMR's handlers; once, before :meth:`start`."""
+        if self.handlers is not None:
+            raise UsageError("Raft.bind called twice")
+        self.handlers = handlers
+
+    def start(self) -> None:
+        """Recover durable state, hand SMR the snapshot, and start as a follower."""
+        if self.handlers is None:
+            raise UsageError("Raft.start before bind")
+        assert not self.started
+        self.started = True
+        identity = self.context.load("identity")
+        if identity is None:
+            # First start on this disk: a fresh identity, written before any
+            # other Raft state (see membership.py: disks that were lost).
+            identity = 1 + self.context.random_below(IDENTITY_MAX)
+            self.context.persist("identity", identity)
+        self.identity = int(identity)
+        self.hard.load()
+        self.log.load()
+        self.commit_index = self.applied_index = self.log.snapshot_index
+        if self.log.snapshot_index > 0:
+            self.handlers.on_snapshot(self.log.snapshot_index, self.log.snapshot_data)
+        self.become_follower(self.hard.term, NO_NODE, force=True)
+
+    def submit(self, batch: bytes) -> NotLeader | None:
+        """Append ``batch`` to the leader's log (Figure 2, leaders: "If command
+        received from client: append entry to local log")."""
+        return self.replication.propose(batch)
+
+    def read_barrier(self) -> Line[int] | NotLeader:
+        """Read-index (thesis section 6.4); see ``reads.py``."""
+        return self.reads.read_barrier()
+
+    def compact(self, index: int, snapshot: bytes) -> None:
+        """SMR's snapshot up to ``index`` replaces the log prefix (section 7)."""
+        self.snapshots.compact(index, snapshot)
+
+    @property
+    def leader_hint(self) -> int:
+        return self.leader_id
+
+    def on_admin(self, request: RaftAdmin) -> str | None:
+        """A membership change or leadership transfer; a rejection reason or None."""
+        return self.membership.on_admin(request)
+
+    def observe(self) -> RaftView:
+        """The node's Raft state now (read-only)."""
+        log = self.log
+        return RaftView(
+            node=self.id, term=self.hard.term, voted_for=self.hard.voted_for, role=self.role,
+            leader=self.leader_id, commit_index=self.commit_index,
+            applied_index=self.applied_index, snapshot_index=log.snapshot_index,
+            last_index=log.last_index, last_term=log.last_term, last_digest=log.last_digest,
+            config=log.config, identity=self.identity,
+        )
+
+    # -- messages ----------------------------------------------------------------
+
+    def on_message(self, source: int, message: Any) -> None:
+        """Every ``raft.*`` message from a peer, in arrival order."""
+        if source == self.id:
+            self.count("raft_rejected_from_self")
+            return
+        self.dispatch[type(message)](source, message)
+
+    def send(self, peer: int, message: Any) -> None:
+        assert peer != self.id
+        self.stream.send(peer, message)
+
+    def count(self, counter: str, by: int = 1) -> None:
+        self.context.count(counter, by)
+
+    # -- roles (Figure 2, "Rules for Servers"; Figure 4) ------------------------------
+
+    @property
+    def term(self) -> int:
+        return self.hard.term
+
+    def start_role(self, role: Role, tasks: list[Coroutine[Any, Any, None]]) -> None:
+        """Leave the current role (cancelling its scope) and run ``tasks`` in a new one."""
+        previous = self.role_scope
+        self.role = role
+        self.role_scope = self.context.scope(f"raft.{role.value}")
+        if previous is not None:
+            previous.cancel()
+        for task in tasks:
+            self.role_scope.spawn(task, f"raft.{role.value}")
+
+    def become_follower(self, term: int, leader: int, *, force: bool = False) -> None:
+        """Adopt ``term`` (a new term clears the vote) and follow ``leader``."""
+        assert term >= self.hard.term
+        if term > self.hard.term:
+            self.hard.save(term, NO_NODE)
+            self.leader_id = NO_NODE
+        if leader != NO_NODE:
+            self.leader_id = leader
+        if self.role is Role.FOLLOWER and not force:
+            return
+        was_leader = self.role is Role.LEADER
+        self.start_role(Role.FOLLOWER, self.election.follower_tasks())
+        if was_leader:
+            self.count("raft_leader_stepped_down")
+            self.reads.on_step_down()
+            self.replication.on_step_down()
+            self.election.on_step_down()
+            self.membership.on_step_down()
+
+    def accept_leader(self, term: int, leader: int) -> bool:
+        """A valid AppendEntries or InstallSnapshot of ``term`` from ``leader``
+        (``term`` is at least ours): follow it. False if it is a second leader
+        in our own term as leader (which election safety rules out)."""
+        if self.role is Role.LEADER and term == self.hard.term:
+            self.count("raft_rejected_second_leader")
+            return False
+        if term > self.hard.term or self.role is not Role.FOLLOWER:
+            self.become_follower(term, leader)
+        self.leader_id = leader
+        self.election.heard = True
+        return True
+
+    # -- commit and apply --------------------------------------------------------------
+
+    def advance_commit(self, index: int) -> None:
+        """Raise the commit index to ``index`` and apply up to it, in order."""
+        assert index > self.commit_index, "the commit index only grows"
+        assert index <= self.log.last_index, "only entries in the log are committed"
+        self.commit_index = index
+        self.apply()
+        self.membership.on_commit()
+        self.reads.on_commit()
+
+    def apply(self) -> None:
+        """Figure 2: "If commitIndex > lastApplied: increment lastApplied, apply
+        log[lastApplied] to state machine"."""
+        handlers = self.handlers
+        assert handlers is not None
+        log = self.log
+        while self.applied_index < self.commit_index:
+            index = self.applied_index + 1
+            entry = log.entry(index)
+            digest = log.digest_at(index)
+            self.applied_index = index
+            handlers.on_commit(Committed(index, entry.data))
+            self.context.output(Applied(self.id, index, entry.term, digest))
+        assert self.applied_index == self.commit_index
+
+    def on_snapshot_installed(self, index: int) -> None:
+        """A leader's snapshot replaced this node's state up to ``index``."""
+        assert index > self.commit_index
+        handlers = self.handlers
+        assert handlers is not None
+        self.commit_index = self.applied_index = index
+        handlers.on_snapshot(index, self.log.snapshot_data)
+
+    def on_config_changed(self) -> None:
+        """The latest configuration in the log changed (appended, truncated away,
+        or replaced by a snapshot's): it is in force now (thesis section 4.1)."""
+        config = self.log.config
+        self.context.output(ConfigChanged(self.id, self.log.config_index, config))
+        self.membership.on_config_changed()
+        if self.role is Role.LEADER:
+            self.replication.sync_peers()
+        elif self.role is Role.FOLLOWER:
+            # A voter needs an election timer; a learner or outsider idles.
+            if self.election.watching != self.membership.is_voter(self.id):
+                self.become_follower(self.hard.term, NO_NODE, force=True)
+        elif not self.membership.is_voter(self.id):
+            self.become_follower(self.hard.term, NO_NODE)

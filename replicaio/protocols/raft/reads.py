@@ -1,0 +1,155 @@
+"""Linearizable reads through read-index (thesis 6.4), no log entry needed.
+
+A read barrier on the leader:
+
+1. waits until the leader has committed an entry of its own term (its
+   no-op), so that its commit index covers every entry committed before
+   it was elected;
+2. takes the commit index as the read index;
+3. confirms that it is still the leader: a heartbeat *round* that started
+   after step 2 is answered by a majority of the voters (any answer in
+   the leader's term counts: the peer had not moved to a newer term);
+4. hands the read index to SMR, which serves the read once it has applied
+   that far.
+
+Rounds are numbered per leader term; every AppendEntries and
+InstallSnapshot carries the current round and followers echo it. Reads
+asked before a round's first message is sent share that round, so a burst
+of reads costs one heartbeat round. Lease reads are not implemented (they
+need a bound on clock drift this framework does not state).
+
+A leader that steps down drops its pending reads: their lines are never
+set and SMR times them out (the ``Ordering.read_barrier`` contract).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from replicaio.core.lines import Line
+from replicaio.protocols.raft.messages import NO_NODE, ReadConfirmed, ReadRequested
+from replicaio.protocols.raft.state import Role
+from replicaio.smr.api import NotLeader
+
+if TYPE_CHECKING:
+    from replicaio.protocols.raft.raft import Raft
+
+
+class PendingRead:
+    __slots__ = ("index", "line", "read_id", "round")
+
+    def __init__(self, read_id: int, line: Line[int]) -> None:
+        self.read_id = read_id
+        self.line = line
+        self.index = 0
+        self.round = 0
+
+
+class Reads:
+    """The leader's read-index rounds."""
+
+    def __init__(self, raft: Raft) -> None:
+        self.raft = raft
+        self.round = 0
+        self.round_sent = True  # the current round's first message has gone out
+        self.waiting_commit: list[PendingRead] = []  # step 1
+        self.confirming: deque[PendingRead] = deque()  # step 3, in round order
+        self.next_id = 0
+
+    def new_id(self) -> int:
+        # Unique across restarts of this node (the incarnation is durable).
+        self.next_id += 1
+        return (self.raft.context.node.incarnation << 32) | self.next_id
+
+    # -- the barrier ------------------------------------------------------------------
+
+    def read_barrier(self) -> Line[int] | NotLeader:
+        raft = self.raft
+        if raft.role is not Role.LEADER:
+            if raft.mutant == "follower_reads":
+                return self.follower_read()
+            return NotLeader(raft.leader_id)
+        if len(self.waiting_commit) + len(self.confirming) >= raft.params.reads_pending_max:
+            raft.count("bound_raft_reads_pending_max")
+            return NotLeader(NO_NODE)
+        read = PendingRead(self.new_id(), Line(raft.scheduler, "raft.read"))
+        raft.context.output(ReadRequested(raft.id, read.read_id, raft.hard.term))
+        if raft.commit_index < raft.term_start_index:
+            self.waiting_commit.append(read)
+        else:
+            self.start(read)
+        return read.line
+
+    def follower_read(self) -> Line[int]:
+        """Mutant ``follower_reads``: answer the local commit index at once."""
+        raft = self.raft
+        read = PendingRead(self.new_id(), Line(raft.scheduler, "raft.read"))
+        raft.context.output(ReadRequested(raft.id, read.read_id, raft.hard.term))
+        raft.context.output(ReadConfirmed(raft.id, read.read_id, raft.commit_index))
+        read.line.set(raft.commit_index)
+        return read.line
+
+    def start(self, read: PendingRead) -> None:
+        raft = self.raft
+        assert raft.commit_index >= raft.term_start_index
+        read.index = raft.commit_index
+        if self.round_sent:
+            self.round += 1
+            self.round_sent = False
+            raft.replication.heartbeat_all()
+        read.round = self.round
+        self.confirming.append(read)
+        self.on_ack()  # a single voter confirms at once
+
+    def take_round(self) -> int:
+        """The round to stamp on an outgoing AppendEntries or InstallSnapshot."""
+        self.round_sent = True
+        return self.round
+
+    # -- confirmation ----------------------------------------------------------------
+
+    def on_ack(self) -> None:
+        """A peer answered a round: confirm the reads a majority has answered."""
+        raft = self.raft
+        if not self.confirming or raft.role is not Role.LEADER:
+            return
+        rounds = []
+        for voter in raft.membership.voters():
+            if voter == raft.id:
+                if raft.membership.counts(voter, raft.identity):
+                    rounds.append(self.round)
+                continue
+            progress = raft.replication.progress.get(voter)
+            if progress is not None and raft.membership.counts(voter, progress.identity):
+                rounds.append(progress.acked_round)
+        quorum = raft.membership.quorum()
+        if len(rounds) < quorum:
+            return
+        rounds.sort(reverse=True)
+        confirmed = rounds[quorum - 1]
+        while self.confirming and self.confirming[0].round <= confirmed:
+            read = self.confirming.popleft()
+            raft.context.output(ReadConfirmed(raft.id, read.read_id, read.index))
+            read.line.set(read.index)
+
+    def on_commit(self) -> None:
+        raft = self.raft
+        if raft.role is not Role.LEADER or raft.commit_index < raft.term_start_index:
+            return
+        waiting, self.waiting_commit = self.waiting_commit, []
+        for read in waiting:
+            self.start(read)
+
+    # -- leadership ------------------------------------------------------------------
+
+    def on_become_leader(self) -> None:
+        self.round = 0
+        self.round_sent = True
+
+    def on_step_down(self) -> None:
+        dropped = len(self.waiting_commit) + len(self.confirming)
+        if dropped:
+            self.raft.count("raft_reads_dropped_stepped_down", dropped)
+        self.waiting_commit = []
+        self.confirming.clear()

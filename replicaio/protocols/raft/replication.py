@@ -1,0 +1,519 @@
+"""Log replication (section 5.3), the commit rule (5.4.2), and the leader's
+per-follower pipelines.
+
+Leader side. Becoming leader appends a no-op of the new term (so that the
+commit rule can commit the entries it inherited, and read-index can start)
+and spawns, in the leader's role scope, one :meth:`Replication.replicate`
+task per peer plus one :meth:`Replication.heartbeat_loop`. Stepping down
+cancels them all. Each peer has a :class:`Progress` in one of three states
+(after etcd raft's progress tracking):
+
+* ``PROBE``: the leader does not know where the follower's log matches its
+  own; one AppendEntries in flight, re-sent on every heartbeat, backing
+  off on rejection by the follower's conflict hints (fast back-off: a whole
+  term per round trip instead of one entry);
+* ``REPLICATE``: the match is known; entries stream optimistically with up
+  to ``inflight_max`` AppendEntries in flight (pipelining). Messages still
+  unacknowledged after a whole heartbeat interval are taken as lost: back
+  to ``PROBE`` from the match (Raft does its own retransmission);
+* ``SNAPSHOT``: the entries the follower needs are compacted away; the
+  snapshot goes chunk by chunk (``snapshot.py``).
+
+Follower side: :meth:`Replication.on_append_entries` is Figure 2's receiver
+rules, with the conflict hints in the rejection.
+
+The commit rule (:meth:`Replication.maybe_commit`): the leader commits the
+highest index stored on a quorum of the voters *only if that entry is of
+the current term*; earlier entries are committed indirectly (Figure 8).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from replicaio.core.lines import Line
+from replicaio.core.scheduler import Scheduler, Task
+from replicaio.protocols.raft.messages import (
+    NO_NODE,
+    AppendEntries,
+    AppendEntriesResponse,
+    Entry,
+    LeaderCommitted,
+)
+from replicaio.protocols.raft.state import Role
+from replicaio.smr.api import NotLeader
+
+if TYPE_CHECKING:
+    from replicaio.protocols.raft.raft import Raft
+
+PROBE, REPLICATE, SNAPSHOT = "probe", "replicate", "snapshot"
+
+
+class Signal:
+    """A resettable wake-up built from one-shot lines: ``notify`` wakes the
+    task waiting in ``wait`` (or the next one to wait, if none waits now)."""
+
+    __slots__ = ("line", "pending", "scheduler")
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.line: Line[None] | None = None
+        self.pending = False
+
+    def notify(self) -> None:
+        line = self.line
+        if line is None:
+            self.pending = True
+            return
+        self.line = None
+        line.set(None)
+
+    def wait(self) -> Line[None]:
+        line: Line[None] = Line(self.scheduler, "raft.wakeup")
+        if self.pending:
+            self.pending = False
+            line.set(None)
+        else:
+            self.line = line
+        return line
+
+
+class Progress:
+    """What the leader knows of one peer's log (Figure 2's nextIndex and
+    matchIndex, plus pipeline and snapshot-transfer state)."""
+
+    __slots__ = (
+        "acked_round",
+        "heartbeat_due",
+        "identity",
+        "inflight",
+        "match_index",
+        "next_index",
+        "probe_tick",
+        "recent_active",
+        "snapshot_index",
+        "snapshot_offset",
+        "snapshot_tick",
+        "state",
+        "wakeup",
+    )
+
+    def __init__(self, scheduler: Scheduler, next_index: int) -> None:
+        self.match_index = 0
+        self.next_index = next_index
+        self.state = PROBE
+        # (last index carried, heartbeat tick it was sent at), oldest first
+        self.inflight: deque[tuple[int, int]] = deque()
+        self.probe_tick: int | None = None  # tick the outstanding probe was sent at
+        self.heartbeat_due = True
+        self.recent_active = False
+        self.acked_round = 0
+        self.identity = 0  # the disk identity the peer last answered with
+        self.snapshot_index = 0
+        self.snapshot_offset = 0
+        self.snapshot_tick: int | None = None
+        self.wakeup = Signal(scheduler)
+
+    def become_probe(self, next_index: int) -> None:
+        self.state = PROBE
+        self.next_index = max(next_index, self.match_index + 1)
+        self.inflight.clear()
+        self.probe_tick = None
+
+
+class Replication:
+    """AppendEntries on both sides, the peers' progress, and the commit rule."""
+
+    def __init__(self, raft: Raft) -> None:
+        self.raft = raft
+        self.progress: dict[int, Progress] = {}
+        self.peer_tasks: dict[int, Task[None]] = {}
+        self.tick = 0  # leader heartbeats so far in this term
+
+    # -- becoming and leaving leader ---------------------------------------------------
+
+    def become_leader(self) -> None:
+        """Figure 2, leaders: "Upon election: send initial empty AppendEntries
+        (heartbeat) to each server"; append a no-op of the new term (section 8)."""
+        raft = self.raft
+        self.progress = {}
+        self.peer_tasks = {}
+        self.tick = 0
+        tasks: list[Coroutine[Any, Any, None]] = [self.heartbeat_loop()]
+        tasks += raft.election.leader_tasks()
+        raft.start_role(Role.LEADER, tasks)
+        raft.reads.on_become_leader()
+        self.sync_peers()  # probes start at the no-op, appended next
+        raft.log.append([Entry(raft.hard.term, b"")])
+        raft.term_start_index = raft.log.last_index
+        raft.membership.on_become_leader()
+        self.maybe_commit()
+
+    def on_step_down(self) -> None:
+        self.progress = {}
+        self.peer_tasks = {}
+
+    def sync_peers(self) -> None:
+        """One replication task per peer of the latest configuration."""
+        raft = self.raft
+        assert raft.role is Role.LEADER and raft.role_scope is not None
+        peers = raft.membership.peers()
+        for peer in list(self.peer_tasks):
+            if peer not in peers:
+                self.peer_tasks.pop(peer).cancel()
+                del self.progress[peer]
+        for peer in peers:
+            if peer not in self.peer_tasks:
+                self.progress[peer] = Progress(raft.scheduler, raft.log.last_index + 1)
+                self.progress[peer].identity = raft.membership.identities_seen.get(peer, 0)
+                self.peer_tasks[peer] = raft.role_scope.spawn(
+                    self.replicate(peer), f"raft.replicate.{peer}"
+                )
+        self.notify_all()
+
+    def notify_all(self) -> None:
+        for progress in self.progress.values():
+            progress.wakeup.notify()
+
+    def match_index(self, peer: int) -> int:
+        progress = self.progress.get(peer)
+        return 0 if progress is None else progress.match_index
+
+    # -- proposals -------------------------------------------------------------------
+
+    def propose(self, batch: bytes) -> NotLeader | None:
+        raft = self.raft
+        if raft.role is not Role.LEADER:
+            return NotLeader(raft.leader_id)
+        if raft.election.transfer_target != NO_NODE:
+            raft.count("raft_proposals_refused_transferring")
+            return NotLeader(NO_NODE)
+        if raft.log.last_index - raft.commit_index >= raft.params.pending_proposals_max:
+            # Accepted-but-lost is within the contract: the client retries.
+            raft.count("bound_raft_pending_proposals_max")
+            return None
+        raft.log.append([Entry(raft.hard.term, batch)])
+        self.notify_all()
+        self.maybe_commit()
+        return None
+
+    # -- leader tasks ----------------------------------------------------------------
+
+    async def heartbeat_loop(self) -> None:
+        """Every ``heartbeat_us``: a heartbeat to each peer, and loss detection."""
+        raft = self.raft
+        while True:
+            self.tick += 1
+            for progress in self.progress.values():
+                self.on_tick(progress)
+            await raft.context.sleep(raft.params.heartbeat_us)
+
+    def on_tick(self, progress: Progress) -> None:
+        lost_before = self.tick - 1  # sent before the previous heartbeat: a full interval
+        inflight = progress.inflight
+        if progress.state == REPLICATE and inflight and inflight[0][1] < lost_before:
+            self.raft.count("raft_append_entries_presumed_lost")
+            progress.become_probe(progress.match_index + 1)
+        progress.heartbeat_due = True
+        progress.wakeup.notify()
+
+    def heartbeat_all(self) -> None:
+        """Send a heartbeat to every peer now (a read-index round)."""
+        for progress in self.progress.values():
+            progress.heartbeat_due = True
+            progress.wakeup.notify()
+
+    async def replicate(self, peer: int) -> None:
+        """The leader's pipeline to one peer: send what the window allows, then
+        wait for an acknowledgement, a new entry or a heartbeat."""
+        progress = self.progress[peer]
+        while True:
+            self.send_to(peer, progress)
+            await progress.wakeup.wait()
+
+    def send_to(self, peer: int, progress: Progress) -> None:
+        raft = self.raft
+        log = raft.log
+        if progress.state == SNAPSHOT or progress.next_index <= log.snapshot_index:
+            raft.snapshots.send_chunk(peer, progress)
+        elif progress.state == PROBE:
+            if progress.probe_tick is None or progress.heartbeat_due:
+                self.send_append(peer, progress)
+                progress.probe_tick = self.tick
+        else:
+            sent = False
+            while progress.next_index <= log.last_index:
+                if len(progress.inflight) >= raft.params.inflight_max:
+                    raft.count("bound_raft_inflight_max")
+                    break
+                last = self.send_append(peer, progress)
+                progress.inflight.append((last, self.tick))
+                progress.next_index = last + 1
+                sent = True
+            if progress.heartbeat_due and not sent:
+                self.send_append(peer, progress, empty=True)
+        progress.heartbeat_due = False
+
+    def send_append(self, peer: int, progress: Progress, *, empty: bool = False) -> int:
+        """One AppendEntries from ``progress.next_index``; returns the last index it carries."""
+        raft = self.raft
+        log = raft.log
+        params = raft.params
+        prev = progress.next_index - 1
+        prev_term = log.term_at(prev)
+        assert prev_term is not None, "entries after the snapshot are in memory"
+        entries: tuple[Entry, ...] = ()
+        if not empty and progress.next_index <= log.last_index:
+            entries = log.slice(
+                progress.next_index, params.entries_per_message_max, params.message_bytes_max
+            )
+            if prev + len(entries) < log.last_index:
+                if len(entries) == params.entries_per_message_max:
+                    raft.count("bound_raft_entries_per_message_max")
+                else:
+                    raft.count("bound_raft_message_bytes_max")
+        raft.send(
+            peer,
+            AppendEntries(
+                raft.hard.term, raft.id, prev, prev_term, entries, raft.commit_index,
+                raft.reads.take_round(),
+            ),
+        )
+        return prev + len(entries)
+
+    # -- follower: Figure 2's AppendEntries receiver -----------------------------------
+
+    def ignore_append_entries(self, source: int, message: AppendEntries) -> str | None:
+        raft = self.raft
+        if message.leader != source:
+            return "leader_not_sender"
+        if message.prev_log_index < 0 or message.leader_commit < 0 or message.prev_log_term < 0:
+            return "negative"
+        if len(message.entries) > raft.params.entries_per_message_max:
+            return "too_many_entries"
+        term = message.prev_log_term
+        for entry in message.entries:
+            if entry.term < term or entry.term > message.term:
+                return "entry_terms_out_of_order"
+            term = entry.term
+        return None
+
+    def on_append_entries(self, source: int, message: AppendEntries) -> None:
+        raft = self.raft
+        reason = self.ignore_append_entries(source, message)
+        if reason is not None:
+            raft.count(f"raft_rejected_{reason}")
+            return
+        if message.term < raft.hard.term:
+            # Figure 2 (1): reply false; the stale leader learns the newer term.
+            self.reject(source, message, 0, 0)
+            return
+        if not raft.accept_leader(message.term, source):
+            return
+        log = raft.log
+        prev, entries = message.prev_log_index, message.entries
+        if prev < raft.commit_index:
+            # Committed entries match the leader's (Leader Completeness): skip them.
+            skip = min(raft.commit_index - prev, len(entries))
+            prev, entries = prev + skip, entries[skip:]
+            if prev < raft.commit_index:
+                self.accept(source, message, raft.commit_index)
+                return
+        here = log.term_at(prev)
+        if here is None:
+            # Figure 2 (2), log too short: hint our last index + 1.
+            self.reject(source, message, log.last_index + 1, 0)
+            return
+        if prev == message.prev_log_index and here != message.prev_log_term:
+            if prev <= raft.commit_index:
+                raft.count("raft_rejected_prev_conflicts_committed")
+                return
+            # Figure 2 (2), term mismatch: hint the first index of our conflicting term.
+            self.reject(source, message, log.first_index_of_term_at(prev), here)
+            return
+        if not self.append_new_entries(prev, entries):
+            return
+        match = prev + len(entries)
+        if message.leader_commit > raft.commit_index:
+            # Figure 2 (5): commitIndex = min(leaderCommit, index of last new entry).
+            commit = min(message.leader_commit, match)
+            if commit > raft.commit_index:
+                raft.advance_commit(commit)
+        self.accept(source, message, match)
+
+    def append_new_entries(self, prev: int, entries: tuple[Entry, ...]) -> bool:
+        """Figure 2 (3) and (4): delete a conflicting suffix, append new entries.
+        False (and nothing changed) if the leader would overwrite a committed entry."""
+        raft = self.raft
+        log = raft.log
+        config_index = log.config_index
+        for offset, entry in enumerate(entries):
+            index = prev + 1 + offset
+            here = log.term_at(index)
+            if here == entry.term:
+                continue  # already have it (Log Matching: the same entry)
+            if here is not None:
+                if index <= raft.commit_index:
+                    raft.count("raft_rejected_overwrites_committed")
+                    return False
+                assert index > raft.commit_index, "committed entries are never truncated"
+                log.truncate_after(index - 1)
+            log.append(entries[offset:])
+            break
+        if log.config_index != config_index:
+            raft.on_config_changed()
+        return True
+
+    def accept(self, source: int, message: AppendEntries, match: int) -> None:
+        raft = self.raft
+        raft.send(
+            source,
+            AppendEntriesResponse(
+                raft.hard.term, True, match, message.prev_log_index, 0, 0, message.round,
+                raft.identity,
+            ),
+        )
+
+    def reject(
+        self, source: int, message: AppendEntries, conflict_index: int, conflict_term: int
+    ) -> None:
+        raft = self.raft
+        raft.send(
+            source,
+            AppendEntriesResponse(
+                raft.hard.term, False, 0, message.prev_log_index, conflict_index,
+                conflict_term, message.round, raft.identity,
+            ),
+        )
+
+    # -- leader: responses ------------------------------------------------------------
+
+    def leader_progress(
+        self, source: int, term: int, round_: int, identity: int
+    ) -> Progress | None:
+        """Common handling of a follower's answer (AppendEntries or snapshot):
+        step down on a newer term; the progress to update, or None if stale."""
+        raft = self.raft
+        if term > raft.hard.term:
+            raft.become_follower(term, NO_NODE)
+            return None
+        if raft.role is not Role.LEADER or term < raft.hard.term:
+            raft.count("raft_ignored_stale_response")
+            return None
+        progress = self.progress.get(source)
+        if progress is None:
+            raft.count("raft_ignored_response_not_peer")
+            return None
+        raft.membership.observe_identity(source, identity)
+        progress.recent_active = True
+        if round_ > progress.acked_round:
+            progress.acked_round = round_
+            raft.reads.on_ack()
+        return progress
+
+    def on_append_entries_response(self, source: int, response: AppendEntriesResponse) -> None:
+        raft = self.raft
+        progress = self.leader_progress(source, response.term, response.round, response.identity)
+        if progress is None or raft.role is not Role.LEADER:
+            return
+        if response.success:
+            if response.match_index > raft.log.last_index:
+                raft.count("raft_rejected_match_beyond_log")
+                return
+            self.on_match(source, progress, response.match_index)
+        else:
+            self.on_reject(progress, response)
+        progress.wakeup.notify()
+
+    def on_match(self, peer: int, progress: Progress, match: int) -> None:
+        raft = self.raft
+        if match >= progress.match_index and progress.state == PROBE:
+            progress.state = REPLICATE
+            progress.probe_tick = None
+            progress.next_index = match + 1
+        if match <= progress.match_index:
+            return
+        progress.match_index = match
+        progress.next_index = max(progress.next_index, match + 1)
+        while progress.inflight and progress.inflight[0][0] <= match:
+            progress.inflight.popleft()
+        self.maybe_commit()
+        if raft.role is Role.LEADER:
+            raft.election.maybe_timeout_now(peer)
+            raft.membership.on_progress(peer)
+
+    def on_reject(self, progress: Progress, response: AppendEntriesResponse) -> None:
+        """Back off ``next_index`` by the follower's hints (a term per round trip)."""
+        raft = self.raft
+        rejected = response.rejected_index
+        if rejected <= progress.match_index:
+            raft.count("raft_ignored_stale_rejection")
+            return
+        if progress.state == PROBE and rejected != progress.next_index - 1:
+            raft.count("raft_ignored_stale_rejection")
+            return
+        if response.conflict_term > 0:
+            last = raft.log.last_index_of_term(response.conflict_term)
+            hint = response.conflict_index if last is None else last + 1
+        else:
+            hint = response.conflict_index
+        progress.become_probe(max(1, min(hint, rejected)))
+        raft.count("raft_append_entries_rejected")
+
+    # -- the commit rule ------------------------------------------------------------
+
+    def maybe_commit(self) -> None:
+        """Section 5.3-5.4.2 / Figure 2, leaders: "If there exists an N such that
+        N > commitIndex, a majority of matchIndex[i] >= N, and log[N].term ==
+        currentTerm: set commitIndex = N"."""
+        raft = self.raft
+        if raft.role is not Role.LEADER:
+            return
+        matches = []
+        for voter in raft.membership.voters():
+            if voter == raft.id:
+                if raft.membership.counts(voter, raft.identity):
+                    matches.append(raft.log.last_index)
+                continue
+            progress = self.progress.get(voter)
+            if progress is not None and raft.membership.counts(voter, progress.identity):
+                matches.append(progress.match_index)
+        quorum = raft.membership.quorum()
+        if len(matches) < quorum:
+            return
+        matches.sort(reverse=True)
+        index = matches[quorum - 1]
+        if index <= raft.commit_index:
+            return
+        if raft.log.term_at(index) != raft.hard.term and raft.mutant != "commit_previous_term":
+            return  # Figure 8: never commit an earlier term's entry by counting replicas
+        raft.context.output(
+            LeaderCommitted(raft.id, raft.hard.term, index, raft.log.term_at(index) or 0)
+        )
+        raft.advance_commit(index)
+        for progress in self.progress.values():
+            progress.wakeup.notify()  # followers learn the new commit index
+
+    # -- check-quorum support ----------------------------------------------------------
+
+    def clear_recent_activity(self) -> None:
+        for progress in self.progress.values():
+            progress.recent_active = False
+
+    def quorum_recently_active(self) -> bool:
+        raft = self.raft
+        active = 0
+        for voter in raft.membership.voters():
+            if voter == raft.id:
+                active += 1
+                continue
+            progress = self.progress.get(voter)
+            if (
+                progress is not None
+                and progress.recent_active
+                and raft.membership.counts(voter, progress.identity)
+            ):
+                active += 1
+        return active >= raft.membership.quorum()

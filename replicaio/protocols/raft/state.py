@@ -1,0 +1,329 @@
+"""Raft's state (Figure 2): durable term, vote and log on top of a snapshot.
+
+Everything durable lives in the Raft component's slice of node storage and
+is written through ``persist``/``erase`` effects, which the host syncs once
+per step before releasing any send or output of that step. A crash may keep
+only a *prefix* of a step's writes, so every write sequence here is ordered
+so that each prefix is a consistent state:
+
+* ``hard`` holds ``(current_term, voted_for)`` in one record: a vote can never
+  survive without the term it was cast in;
+* the log is one record per entry (``e:<index>``); appending writes entries in
+  ascending order, truncating a suffix erases from the *end* backwards, so
+  the entries on disk are always a contiguous run after the snapshot;
+* a snapshot record (``snapshot``) is written *after* every entry it replaces
+  that must go (installing a foreign snapshot first erases the whole log from
+  the end backwards), and *before* the prefix it covers is erased (entries at
+  or below the snapshot index are ignored, then erased, at load);
+* the disk identity (``identity``) is written once, at the first start.
+
+Volatile state (commit index, applied index, role) is rebuilt after a
+restart: commit and applied restart at the snapshot index.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from bisect import bisect_right
+from collections.abc import Iterable
+from typing import Any
+
+from replicaio.core.context import Context
+from replicaio.protocols.raft.messages import NO_NODE, Config, Entry
+
+ENTRY_PREFIX = "e:"
+DIGEST_BYTES = 8
+ZERO_DIGEST = bytes(DIGEST_BYTES)
+
+
+class Role(enum.Enum):
+    """Figure 4's states, with the thesis' pre-candidate (section 9.6)."""
+
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+def entry_name(index: int) -> str:
+    """The storage name of log entry ``index`` (fixed width: names sort by index)."""
+    return f"{ENTRY_PREFIX}{index:015d}"
+
+
+def chain_digest(previous: bytes, entry: Entry) -> bytes:
+    """The log digest after ``entry``: equal digests at an index mean equal
+    prefixes. Observability only (checkers compare logs through it); no
+    protocol decision depends on it."""
+    hasher = hashlib.blake2b(previous, digest_size=DIGEST_BYTES)
+    hasher.update(entry.term.to_bytes(8, "big"))
+    hasher.update(len(entry.data).to_bytes(8, "big"))
+    hasher.update(entry.data)
+    if entry.config is not None:
+        hasher.update(repr(config_to_plain(entry.config)).encode())
+    return hasher.digest()
+
+
+def config_to_plain(config: Config) -> tuple[Any, ...]:
+    return (config.voters, config.learners, config.promoting)
+
+
+def config_from_plain(value: Any) -> Config:
+    voters, learners, promoting = value
+    return Config(
+        tuple((int(node), int(identity)) for node, identity in voters),
+        tuple((int(node), int(identity)) for node, identity in learners),
+        tuple(int(node) for node in promoting),
+    )
+
+
+def entry_to_plain(entry: Entry) -> tuple[Any, ...]:
+    config = None if entry.config is None else config_to_plain(entry.config)
+    return (entry.term, entry.data, config)
+
+
+def entry_from_plain(value: Any) -> Entry:
+    term, data, config = value
+    return Entry(int(term), bytes(data), None if config is None else config_from_plain(config))
+
+
+class HardState:
+    """``currentTerm`` and ``votedFor``, persisted together in one record."""
+
+    __slots__ = ("context", "forget_vote", "term", "voted_for")
+
+    def __init__(self, context: Context, *, forget_vote: bool = False) -> None:
+        self.context = context
+        self.term = 0
+        self.voted_for = NO_NODE
+        # Mutant "forget_vote": the vote lives in memory only.
+        self.forget_vote = forget_vote
+
+    def load(self) -> None:
+        stored = self.context.load("hard")
+        if stored is not None:
+            self.term, self.voted_for = int(stored[0]), int(stored[1])
+        assert self.term >= 0
+
+    def save(self, term: int, voted_for: int) -> None:
+        """Adopt ``(term, voted_for)``; durable before this step's sends."""
+        assert term >= self.term, "currentTerm never decreases"
+        assert term > self.term or self.voted_for in (NO_NODE, voted_for), (
+            "at most one vote per term"
+        )
+        self.term, self.voted_for = term, voted_for
+        self.context.persist("hard", (term, NO_NODE if self.forget_vote else voted_for))
+
+
+class RaftLog:
+    """The log after a snapshot, with the configuration history and digests.
+
+    Entries ``snapshot_index + 1 .. last_index`` are in memory (``entries``);
+    the snapshot (its index, term, digest, configuration and the state
+    machine's bytes) stands for everything before. Terms never decrease
+    along a log, which makes "last index of a term" a binary search.
+    """
+
+    __slots__ = (
+        "config_indexes",
+        "context",
+        "digests",
+        "entries",
+        "snapshot_config",
+        "snapshot_data",
+        "snapshot_digest",
+        "snapshot_index",
+        "snapshot_term",
+    )
+
+    def __init__(self, context: Context, initial: Config) -> None:
+        self.context = context
+        self.snapshot_index = 0
+        self.snapshot_term = 0
+        self.snapshot_digest = ZERO_DIGEST
+        self.snapshot_config = initial
+        self.snapshot_data = b""
+        self.entries: list[Entry] = []
+        self.digests: list[bytes] = []
+        self.config_indexes: list[int] = []  # indexes of configuration entries, ascending
+
+    # -- reading -----------------------------------------------------------------
+
+    @property
+    def last_index(self) -> int:
+        return self.snapshot_index + len(self.entries)
+
+    @property
+    def last_term(self) -> int:
+        return self.entries[-1].term if self.entries else self.snapshot_term
+
+    @property
+    def last_digest(self) -> bytes:
+        return self.digests[-1] if self.digests else self.snapshot_digest
+
+    def term_at(self, index: int) -> int | None:
+        """The term of entry ``index``; ``None`` if compacted away or beyond the end
+        (index 0 has term 0: the empty prefix)."""
+        if index == self.snapshot_index:
+            return self.snapshot_term
+        if self.snapshot_index < index <= self.last_index:
+            return self.entries[index - self.snapshot_index - 1].term
+        return None
+
+    def entry(self, index: int) -> Entry:
+        assert self.snapshot_index < index <= self.last_index, f"no entry {index} in memory"
+        return self.entries[index - self.snapshot_index - 1]
+
+    def digest_at(self, index: int) -> bytes:
+        if index == self.snapshot_index:
+            return self.snapshot_digest
+        assert self.snapshot_index < index <= self.last_index
+        return self.digests[index - self.snapshot_index - 1]
+
+    def slice(self, start: int, count_max: int, bytes_max: int) -> tuple[Entry, ...]:
+        """Entries from ``start`` on, at most ``count_max`` of them and (but for
+        the first) at most ``bytes_max`` payload bytes."""
+        assert start > self.snapshot_index
+        begin = start - self.snapshot_index - 1
+        found: list[Entry] = []
+        size = 0
+        for entry in self.entries[begin : begin + count_max]:
+            size += len(entry.data)
+            if found and size > bytes_max:
+                break
+            found.append(entry)
+        return tuple(found)
+
+    def is_up_to_date(self, last_log_index: int, last_log_term: int) -> bool:
+        """Section 5.4.1: is a log ending at ``(index, term)`` at least as
+        up-to-date as this one?"""
+        if last_log_term != self.last_term:
+            return last_log_term > self.last_term
+        return last_log_index >= self.last_index
+
+    def last_index_of_term(self, term: int) -> int | None:
+        """The last index whose entry has ``term`` (``None``: no such entry here)."""
+        position = bisect_right(self.entries, term, key=lambda entry: entry.term)
+        if position > 0 and self.entries[position - 1].term == term:
+            return self.snapshot_index + position
+        if position == 0 and self.snapshot_term == term and self.snapshot_index > 0:
+            return self.snapshot_index
+        return None
+
+    def first_index_of_term_at(self, index: int) -> int:
+        """The first index of the run of ``term_at(index)`` that contains ``index``
+        (not below ``snapshot_index + 1``)."""
+        term = self.term_at(index)
+        assert term is not None
+        position = bisect_right(self.entries, term - 1, key=lambda entry: entry.term)
+        return max(self.snapshot_index + 1 + position, self.snapshot_index + 1)
+
+    def runs(self) -> tuple[tuple[int, int], ...]:
+        """``(first index, term)`` of each run of equal terms after the snapshot."""
+        found: list[tuple[int, int]] = []
+        previous = None
+        for offset, entry in enumerate(self.entries):
+            if entry.term != previous:
+                found.append((self.snapshot_index + 1 + offset, entry.term))
+                previous = entry.term
+        return tuple(found)
+
+    # -- configuration -------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        """The latest configuration in the log (it takes effect when appended)."""
+        if self.config_indexes:
+            config = self.entry(self.config_indexes[-1]).config
+            assert config is not None
+            return config
+        return self.snapshot_config
+
+    @property
+    def config_index(self) -> int:
+        """The index of the latest configuration entry (the snapshot's index if none)."""
+        return self.config_indexes[-1] if self.config_indexes else self.snapshot_index
+
+    def config_at(self, index: int) -> Config:
+        """The configuration in force at ``index`` (``index >= snapshot_index``)."""
+        assert index >= self.snapshot_index
+        position = bisect_right(self.config_indexes, index)
+        if position == 0:
+            return self.snapshot_config
+        config = self.entry(self.config_indexes[position - 1]).config
+        assert config is not None
+        return config
+
+    # -- writing (each sequence ordered so that every prefix is consistent) -------
+
+    def append(self, entries: Iterable[Entry]) -> None:
+        """Append after the last entry; entries reach the disk in index order."""
+        for entry in entries:
+            assert entry.term >= self.last_term, "terms never decrease along a log"
+            index = self.last_index + 1
+            self.context.persist(entry_name(index), entry_to_plain(entry))
+            self.digests.append(chain_digest(self.last_digest, entry))
+            self.entries.append(entry)
+            if entry.config is not None:
+                self.config_indexes.append(index)
+
+    def truncate_after(self, index: int) -> None:
+        """Drop entries after ``index``, erasing from the end backwards."""
+        assert index >= self.snapshot_index
+        while self.last_index > index:
+            last = self.last_index
+            self.context.erase(entry_name(last))
+            self.entries.pop()
+            self.digests.pop()
+            if self.config_indexes and self.config_indexes[-1] == last:
+                self.config_indexes.pop()
+
+    def install_snapshot(
+        self, index: int, term: int, digest: bytes, config: Config, data: bytes
+    ) -> None:
+        """Make a snapshot at ``(index, term)`` the log's base. When the log holds
+        that very entry, the entries after it stay (compaction, or a leader's
+        snapshot of a prefix this log already has); otherwise the whole log goes
+        first (Figure 13, step 6-7)."""
+        assert index > self.snapshot_index
+        keep_suffix = self.term_at(index) == term
+        if not keep_suffix:
+            self.truncate_after(self.snapshot_index)
+        covered = range(self.snapshot_index + 1, min(index, self.last_index) + 1)
+        self.context.persist("snapshot", (index, term, digest, config_to_plain(config), data))
+        for covered_index in covered:
+            self.context.erase(entry_name(covered_index))
+        del self.entries[: len(covered)]
+        del self.digests[: len(covered)]
+        self.snapshot_index, self.snapshot_term = index, term
+        self.snapshot_digest, self.snapshot_config, self.snapshot_data = digest, config, data
+        self.config_indexes = [i for i in self.config_indexes if i > index]
+        assert self.term_at(index) == term
+
+    # -- recovery --------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Rebuild from durable state (see the module docstring for why every
+        crash leaves a contiguous run of entries after the snapshot)."""
+        context = self.context
+        stored = context.load("snapshot")
+        if stored is not None:
+            index, term, digest, config, data = stored
+            self.snapshot_index, self.snapshot_term = int(index), int(term)
+            self.snapshot_digest = bytes(digest)
+            self.snapshot_config = config_from_plain(config)
+            self.snapshot_data = bytes(data)
+        expected = self.snapshot_index + 1
+        for name in context.stored_names(ENTRY_PREFIX):
+            index = int(name[len(ENTRY_PREFIX) :])
+            if index <= self.snapshot_index:
+                context.erase(name)  # covered by the snapshot; a crash cut compaction short
+                continue
+            assert index == expected, f"log gap at {expected} (found {index})"
+            entry = entry_from_plain(context.load(name))
+            self.digests.append(chain_digest(self.last_digest, entry))
+            self.entries.append(entry)
+            if entry.config is not None:
+                self.config_indexes.append(index)
+            expected += 1
+
