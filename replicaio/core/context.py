@@ -65,31 +65,56 @@ def hashable(body: Any) -> bool:
     return True
 
 
+def accepts_int(body: Any) -> bool:
+    return type(body) is int
+
+
+def accepts_float(body: Any) -> bool:
+    return type(body) is float
+
+
+def accepts_bytes(body: Any) -> bool:
+    return isinstance(body, bytes)
+
+
+def accepts_str(body: Any) -> bool:
+    return isinstance(body, str)
+
+
 def accepts_function(body_type: Any) -> Callable[[Any], bool]:
-    """A fast type test for link bodies decoded from the wire."""
+    """A fast type test for link bodies decoded from the wire (shared, not made
+    per link, for the common body types)."""
     if body_type is Any or body_type is object:
         return hashable
     if body_type is int:
-        return lambda body: type(body) is int
+        return accepts_int
     if body_type is float:
-        return lambda body: type(body) is float
-    if body_type is bytes or body_type is str:
-        return lambda body: isinstance(body, body_type)
+        return accepts_float
+    if body_type is bytes:
+        return accepts_bytes
+    if body_type is str:
+        return accepts_str
     if isinstance(body_type, type):
         return lambda body: isinstance(body, body_type) and hashable(body)
     raise UsageError(f"link body type must be a class or Any, got {body_type!r}")
 
 
 class Link(Generic[T]):
-    """A one-shot channel of one component; see the module docstring."""
+    """A one-shot channel of one component; see the module docstring.
+
+    A link keeps its node and path, not its context: the context holds its
+    links, so a back reference would make every component a reference cycle
+    that only the garbage collector could free once the component is forgotten.
+    """
 
     __slots__ = (
         "accepts",
-        "context",
         "counts",
         "durable",
         "from_lines",
         "name",
+        "node",
+        "path",
         "quorums",
         "reached",
         "received",
@@ -99,7 +124,8 @@ class Link(Generic[T]):
     def __init__(
         self, context: Context, name: str, accepts: Callable[[Any], bool], durable: bool
     ) -> None:
-        self.context = context
+        self.node = context.node
+        self.path = context.path
         self.name = name
         self.accepts = accepts
         self.durable = durable
@@ -122,23 +148,23 @@ class Link(Generic[T]):
 
     def to(self, peer: int, value: T) -> None:
         """Send ``value`` to ``peer`` only (once per peer; first wins)."""
-        if peer not in range(self.context.node.config.n):
+        if peer not in range(self.node.config.n):
             raise UsageError(f"link {self.name}: no node {peer}")
         self._send(peer, value)
 
     def _send(self, destination: int, value: T) -> None:
         if destination == ALL and self.sent and ALL not in self.sent:
             # Some peers already have their one value: to each of the others.
-            for peer in range(self.context.node.config.n):
+            for peer in range(self.node.config.n):
                 self._send(peer, value)
             return
         previous = self.sent.get(destination, self.sent.get(ALL))
         if destination in self.sent or (destination != ALL and ALL in self.sent):
             if previous != value:
-                self.context.node.count("link_second_send")
+                self.node.count("link_second_send")
             return
         self.sent[destination] = value
-        self.context.node.link_send(self, destination, value, persist=self.durable)
+        self.node.link_send(self, destination, value, persist=self.durable)
 
     @property
     def sent_to_all(self) -> T | None:
@@ -154,8 +180,8 @@ class Link(Generic[T]):
             lines = self.from_lines = {}
         line = lines.get(peer)
         if line is None:
-            assert len(lines) < self.context.node.config.n, f"link {self.name}: over n peers"
-            line = Line(self.context.node.scheduler, f"{self.name}.from[{peer!r}]")
+            assert len(lines) < self.node.config.n, f"link {self.name}: over n peers"
+            line = Line(self.node.scheduler, f"{self.name}.from[{peer!r}]")
             lines[peer] = line
             received = self.received
             if peer in received:
@@ -164,9 +190,9 @@ class Link(Generic[T]):
 
     def quorum(self, count: int) -> Line[T]:
         """The first value that ``count`` distinct peers sent on this link."""
-        if not 1 <= count <= self.context.node.config.n:
+        if not 1 <= count <= self.node.config.n:
             raise UsageError(f"link {self.name}: quorum of {count} out of range")
-        line: Line[T] = Line(self.context.node.scheduler, f"{self.name}.quorum({count})")
+        line: Line[T] = Line(self.node.scheduler, f"{self.name}.quorum({count})")
         if count <= len(self.reached):
             line.set(self.reached[count - 1])
             return line
@@ -179,9 +205,9 @@ class Link(Generic[T]):
         if source in received:
             known = received[source]
             reason = "duplicate" if known == value else "equivocation"
-            self.context.node.count(f"link_{reason}")
+            self.node.count(f"link_{reason}")
             if reason == "equivocation":
-                self.context.node.evidence(source, self.context.path, self.name, value)
+                self.node.evidence(source, self.path, self.name, value)
             return
         received[source] = value
         counts = self.counts

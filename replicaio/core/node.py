@@ -411,7 +411,7 @@ class Node:
 
     def link_send(self, link: Link[Any], destination: int, body: Any, *, persist: bool) -> None:
         """Send a link value (called by :class:`Link`), durably first when asked."""
-        path = link.context.path
+        path = link.path
         channel = link.name
         if persist:
             key = self.storage_key(path, f"link:{channel}:{destination}")
@@ -463,7 +463,7 @@ class Node:
     def restore_link(self, link: Link[Any]) -> None:
         """After a restart, a re-created link learns what it had sent (no resend:
         :meth:`restore_sent` already queued it)."""
-        sent = self.sent.get(link.context.path)
+        sent = self.sent.get(link.path)
         if not sent:
             return
         values = {
