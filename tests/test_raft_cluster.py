@@ -117,6 +117,8 @@ class Cluster:
         self.rngs = [random.Random(f"raft-test:{seed}:{node}") for node in range(n)]
         # The node whose election timeouts are the shortest (None: all seeded).
         self.preferred = preferred
+        # Forced election-timeout draws per node, used before any other rule.
+        self.draws: dict[int, list[int]] = {}
         self.mid_step_crash: dict[int, int] = {}
         self.checker = RaftChecker()
         self.outputs: list[tuple[int, int, Any]] = []
@@ -127,12 +129,11 @@ class Cluster:
 
     def choose_for(self, node: int) -> Callable[[str, int], int]:
         def choose(label: str, count: int) -> int:
-            if (
-                self.preferred is not None
-                and label == "random"
-                and count == self.params.election_timeout_range_us
-            ):
-                return 0 if node == self.preferred else count - 1
+            if label == "random" and count == self.params.election_timeout_range_us:
+                if self.draws.get(node):
+                    return self.draws[node].pop(0)
+                if self.preferred is not None:
+                    return 0 if node == self.preferred else count - 1
             return self.rngs[node].randrange(count)
 
         return choose
@@ -229,6 +230,13 @@ class Cluster:
             return until()
         self.now = max(self.now, end)
         return True
+
+    def inject(self, source: int, destination: int, message: Any) -> list[Any]:
+        """Hand ``destination`` a message as if from ``source``, now; returns what
+        ``destination`` sent in that step (its replies also go on the network)."""
+        before = len(self.sent)
+        self.step(destination, Receive(source, self.codec.encode(message)))
+        return [sent[2] for sent in self.sent[before:] if sent[0] == destination]
 
     def request(self, node: int, payload: Any) -> None:
         self.step(node, Request(payload))
