@@ -1,6 +1,7 @@
 """The ``replicaio`` command.
 
     replicaio sim PROTOCOL --nodes N [--byzantine F] [--faults ...] --seed S [--log FILE] [--json]
+    replicaio sim raft --nodes N --seed S [--faults ...] [--clients C] [--ops K] [--history FILE]
     replicaio swarm PROTOCOL --nodes N [--byzantine F] --seeds K [--jobs J] [--json]
     replicaio replay FILE --node I [--json]
     replicaio check-history FILE
@@ -27,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from replicaio.core.errors import ReplicaioError, UsageError
+from replicaio.sim import kv_cli
 from replicaio.sim.options import BYZANTINE_BEHAVIOURS, SimOptions, parse_faults
 from replicaio.sim.simulator import SimResult, simulate
 
@@ -48,6 +50,7 @@ def reproduce_command(args: argparse.Namespace, seed: int) -> str:
         words += ["--faults", args.faults]
     if args.requests is not None:
         words += ["--requests", str(args.requests)]
+    words += kv_cli.reproduce_words(args)
     words += ["--seed", str(seed)]
     return shlex.join(words)
 
@@ -72,6 +75,8 @@ def draw_options(args: argparse.Namespace, seed: int) -> SimOptions:
         if options.nodes != args.nodes:
             raise UsageError(f"--nodes {args.nodes} but the options are for {options.nodes}")
         return options
+    if kv_cli.is_service(args.protocol):
+        return kv_cli.service_options(args, seed)
     return SimOptions.draw(
         seed,
         args.nodes,
@@ -85,6 +90,8 @@ def draw_options(args: argparse.Namespace, seed: int) -> SimOptions:
 
 def run_one(args: argparse.Namespace, seed: int, log_path: str | None = None) -> SimResult:
     options = draw_options(args, seed)
+    if kv_cli.is_service(args.protocol):
+        return kv_cli.run_service(args, options, log_path, getattr(args, "history", None))
     if log_path is None:
         return simulate(args.protocol, options, f=args.f)
     with open(log_path, "wb") as sink:
@@ -109,6 +116,10 @@ def command_sim(args: argparse.Namespace) -> int:
         "options": result.options.as_dict(),
         "reproduce": reproduce_command(args, result.seed),
     }
+    if kv_cli.is_service(args.protocol):
+        report.update(kv_cli.report_fields(result))
+        if args.history:
+            report["history"] = args.history
     if args.options:
         report["reproduce"] += f" --options {shlex.quote(args.options)}"
     if args.log:
@@ -144,7 +155,7 @@ def print_sim_report(report: dict[str, Any]) -> None:
         ("faults", f"{stats['crashes']} crashes ({stats['crashes_mid_step']} mid-step), "
          f"{stats['restarts']} restarts, {len(options['partitions'])} partitions"),
     ]
-    for key in ("instances_accepted", "instances_delivered", "deliveries"):
+    for key in ("instances_accepted", "instances_delivered", "deliveries", *kv_cli.REPORT_ROWS):
         if key in stats:
             rows.append((key.replace("_", " "), str(stats[key])))
     rejected = {k: v for k, v in report["counters"].items() if k.startswith(("rejected", "link_e"))}
@@ -182,6 +193,7 @@ def swarm_worker(job: tuple[argparse.Namespace, int]) -> dict[str, Any]:
         "log_sha256": result.log_sha256,
         "reproduce": reproduce_command(args, seed),
         "deliveries": result.stats.get("deliveries", 0),
+        **(kv_cli.report_fields(result) if kv_cli.is_service(args.protocol) else {}),
     }
 
 
@@ -235,6 +247,7 @@ def command_swarm(args: argparse.Namespace) -> int:
             ],
             "failures": failures,
             "wall_seconds": round(elapsed, 3),
+            **swarm_service_fields(args, results),
         }, sort_keys=True))
     else:
         if shrunk is not None:
@@ -244,8 +257,26 @@ def command_swarm(args: argparse.Namespace) -> int:
                   f"{shrunk['requests_per_node']} request(s)/node in {shrunk['runs']} runs:")
             print(f"  reproduce: {shrunk['reproduce']}")
         verdict = "all passed" if not failures else f"{len(failures)} FAILED"
+        fields = swarm_service_fields(args, results)
+        if fields:
+            verdict += (", every run linearizable" if fields["all_linearizable"] else
+                        f", NOT linearizable: seeds {fields['not_linearizable_seeds'][:10]}")
         print(f"{args.protocol}: {len(results)} seeds, {verdict} ({elapsed:.1f} s, {jobs} jobs)")
     return EXIT_VIOLATION if failures else EXIT_OK
+
+
+def swarm_service_fields(
+    args: argparse.Namespace, results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """For services: whether every run's history was linearizable."""
+    if not kv_cli.is_service(args.protocol):
+        return {}
+    not_linearizable = [item["seed"] for item in results if item.get("linearizable") is not True]
+    return {
+        "all_linearizable": not not_linearizable,
+        "not_linearizable_seeds": not_linearizable,
+        "ops_completed": sum(int(item.get("ops_completed", 0)) for item in results),
+    }
 
 
 def shrink_failure(args: argparse.Namespace, failure: dict[str, Any]) -> dict[str, Any]:
@@ -254,7 +285,11 @@ def shrink_failure(args: argparse.Namespace, failure: dict[str, Any]) -> dict[st
 
     options = draw_options(args, failure["seed"])
     property_name = failure["violations"][0]["property"]
-    result = shrink(args.protocol, options, property_name, f=args.f)
+    if kv_cli.is_service(args.protocol):
+        result = shrink(kv_cli.service_protocol(args), options, property_name,
+                        f=kv_cli.default_f(args))
+    else:
+        result = shrink(args.protocol, options, property_name, f=args.f)
     folder = args.shrink_dir
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{args.protocol}-seed{failure['seed']}-shrunk.json")
@@ -343,10 +378,10 @@ def command_check_history(args: argparse.Namespace) -> int:
 
 
 def command_protocols(args: argparse.Namespace) -> int:
-    from replicaio.protocols.broadcast import PROTOCOLS
+    from replicaio.protocols.registry import protocol_summaries
 
-    for name, spec in PROTOCOLS.items():
-        print(f"{name:18} {spec.summary}")
+    for name, summary in protocol_summaries().items():
+        print(f"{name:26} {summary}")
     return EXIT_OK
 
 
@@ -389,7 +424,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("protocol", help="beb, bracha, echo (see `replicaio protocols`)")
+    parser.add_argument("protocol", help="beb, bracha, echo, raft (see `replicaio protocols`)")
     parser.add_argument("--nodes", type=int, required=True, help="cluster size n")
     parser.add_argument("--byzantine", type=int, default=0, help="number of Byzantine nodes")
     parser.add_argument("--f", type=int, default=None,
@@ -403,6 +438,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-encode", action="store_true",
                         help="skip the wire codec between nodes (faster; the log still encodes)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    kv_cli.add_service_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--options", default=None,
                      help="run exactly these options (JSON, e.g. a shrunk schedule)")
     sim.add_argument("--log", default=None, help="write the event log to FILE")
+    sim.add_argument("--history", default=None,
+                     help="write the client history to FILE (JSON lines; services only)")
     sim.set_defaults(handler=command_sim)
 
     swarm = commands.add_parser("swarm", help="run many seeds in parallel processes")

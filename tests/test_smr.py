@@ -74,8 +74,6 @@ class SharedLog:
 class LogOrdering:
     """A deterministic Ordering double over a log shared by the test's nodes."""
 
-    admin_types = (CommitNow, DropUncommitted)
-
     def __init__(self, context: Context, shared: SharedLog) -> None:
         self.context = context
         self.shared = shared
@@ -162,6 +160,7 @@ class Cluster:
             lambda context: LogOrdering(context, self.shared),
             KeyValueStateMachine,
             params or SmrParams(),
+            admin_types=(CommitNow, DropUncommitted),
         )
         self.config = ClusterConfig(n=n, f=(n - 1) // 2, resilience=Resilience.CRASH)
         self.storages = [MemoryStorage() for _ in range(n)]

@@ -1,21 +1,160 @@
-"""Protocol names, as the CLI, the simulator and replay know them."""
+"""Protocol names, as the CLI, the simulator and replay know them.
+
+Two kinds of names:
+
+* the broadcast family (``beb``, ``bracha``, ``echo`` and their broken
+  variants), one :class:`~replicaio.protocols.broadcast.BroadcastFactory` each;
+* replicated services (:data:`SERVICES`): an ordering protocol under SMR
+  (``replicaio.smr``) serving the key-value store. ``raft`` is Raft; the
+  ``raft-*`` names are its deliberately broken variants (mutants), there to
+  prove the checkers bite.
+
+A service name may carry parameters after a colon, ``raft:snapshot=8``
+(:data:`SERVICE_PARAMETERS`). The whole string is what the event log header
+records, so replay rebuilds exactly the same nodes.
+
+Layering note: a service bundles layers above ``protocols`` (``smr``,
+``services``); they are imported only when such a factory is built, so the
+broadcast family does not depend on them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from replicaio.core.config import Resilience
 from replicaio.core.errors import UsageError
 from replicaio.core.node import ProtocolFactory
 from replicaio.protocols.broadcast import PROTOCOLS as BROADCASTS
 from replicaio.protocols.broadcast import BroadcastFactory
 
+# name parameter -> what it sets (all integers)
+SERVICE_PARAMETERS: dict[str, str] = {
+    "snapshot": "SmrParams.snapshot_interval: applied batches between snapshots (0: never)",
+    "batch": "SmrParams.batch_requests_max: requests per batch",
+}
+RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary runs
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """A replicated service: how to build its nodes, and which family of checkers
+    and operator requests the simulated clients use (``family``)."""
+
+    name: str
+    family: str
+    resilience: Resilience
+    build: Callable[[str, Mapping[str, int]], ProtocolFactory]
+    summary: str
+    broken: bool = False
+
+
+def build_raft(mutant: str) -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
+    """A builder of Raft + SMR + KV nodes, with ``RaftParams.mutant``."""
+
+    def build(name: str, parameters: Mapping[str, int]) -> ProtocolFactory:
+        from replicaio.protocols.raft.messages import RaftAdmin
+        from replicaio.protocols.raft.params import RaftParams
+        from replicaio.protocols.raft.raft import Raft
+        from replicaio.services.kv.state_machine import KeyValueStateMachine
+        from replicaio.smr.params import SmrParams
+        from replicaio.smr.protocol import SmrFactory
+
+        raft_params = RaftParams(mutant=mutant).validate()
+        smr_params = SmrParams(
+            snapshot_interval=parameters.get("snapshot", RAFT_SNAPSHOT_INTERVAL),
+            batch_requests_max=parameters.get("batch", SmrParams().batch_requests_max),
+        )
+        return SmrFactory(
+            name,
+            Resilience.CRASH,
+            lambda context: Raft(context, raft_params),
+            KeyValueStateMachine,
+            smr_params,
+            ordering_path="raft",
+            admin_types=(RaftAdmin,),
+        )
+
+    return build
+
+
+SERVICES: dict[str, ServiceSpec] = {
+    spec.name: spec
+    for spec in (
+        ServiceSpec(
+            "raft", "raft", Resilience.CRASH, build_raft(""),
+            "Raft, with SMR and the key-value store, n >= 2f+1",
+        ),
+        ServiceSpec(
+            "raft-commit-previous-term", "raft", Resilience.CRASH,
+            build_raft("commit_previous_term"),
+            "BROKEN on purpose: a leader commits a previous term's entry by counting replicas",
+            broken=True,
+        ),
+        ServiceSpec(
+            "raft-forget-vote", "raft", Resilience.CRASH, build_raft("forget_vote"),
+            "BROKEN on purpose: votedFor is not persisted",
+            broken=True,
+        ),
+        ServiceSpec(
+            "raft-follower-reads", "raft", Resilience.CRASH, build_raft("follower_reads"),
+            "BROKEN on purpose: followers serve reads without read-index",
+            broken=True,
+        ),
+    )
+}
+
+
+def split_name(name: str) -> tuple[str, dict[str, int]]:
+    """``"raft:snapshot=8,batch=4"`` -> ``("raft", {"snapshot": 8, "batch": 4})``."""
+    base, colon, rest = name.partition(":")
+    parameters: dict[str, int] = {}
+    if not colon:
+        return base, parameters
+    for item in rest.split(","):
+        key, equals, value = item.partition("=")
+        if not equals or key not in SERVICE_PARAMETERS:
+            known = ", ".join(f"{k} ({v})" for k, v in SERVICE_PARAMETERS.items())
+            raise UsageError(f"protocol {name!r}: bad parameter {item!r}; known: {known}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise UsageError(f"protocol {name!r}: {key} must be an integer") from None
+        if number < 0:
+            raise UsageError(f"protocol {name!r}: {key} must be >= 0")
+        parameters[key] = number
+    return base, parameters
+
+
+def service_spec(name: str) -> tuple[ServiceSpec, dict[str, int]] | None:
+    """The replicated service ``name`` names (with its parameters), or ``None``."""
+    base, parameters = split_name(name)
+    spec = SERVICES.get(base)
+    if spec is None:
+        return None
+    return spec, parameters
+
 
 def protocol_names() -> list[str]:
     """Every protocol a host can run, in a stable order."""
-    return list(BROADCASTS)
+    return [*BROADCASTS, *SERVICES]
+
+
+def protocol_summaries() -> dict[str, str]:
+    """One line per protocol name."""
+    found = {name: spec.summary for name, spec in BROADCASTS.items()}
+    found.update({name: spec.summary for name, spec in SERVICES.items()})
+    return found
 
 
 def protocol_factory(name: str) -> ProtocolFactory:
     """The factory a :class:`~replicaio.core.node.Node` is built with for ``name``."""
-    spec = BROADCASTS.get(name)
-    if spec is None:
+    service = service_spec(name)
+    if service is not None:
+        spec, parameters = service
+        return spec.build(name, parameters)
+    spec_broadcast = BROADCASTS.get(name)
+    if spec_broadcast is None:
         raise UsageError(f"unknown protocol {name!r}; known: {', '.join(protocol_names())}")
-    return BroadcastFactory(spec)
+    return BroadcastFactory(spec_broadcast)

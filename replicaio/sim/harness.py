@@ -3,11 +3,19 @@
 A :class:`Harness` draws the client requests of a run from its options and
 watches every node output with the checkers of the properties the protocol
 claims. The simulator knows nothing else about the protocol.
+
+A harness whose clients react to what they see (closed-loop clients with
+timeouts and retries, ``replicaio.sim.kv_harness``) also has ``bind(api)``:
+the simulator calls it once, before ``requests``, with a :class:`HarnessApi`
+through which the harness reads the virtual clock, makes requests and
+schedules its own callbacks during the run. Everything it does that way goes
+through the event heap, so the run stays a pure function of its options.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from replicaio.check.broadcast import BroadcastChecker, Violation
@@ -18,8 +26,26 @@ from replicaio.protocols.broadcast import BroadcastSpec, Delivered
 from replicaio.sim.options import SimOptions
 
 
+class HarnessApi(Protocol):
+    """What the simulator offers a harness that acts during the run."""
+
+    def now(self) -> int:
+        """The virtual time, in microseconds."""
+        ...
+
+    def request(self, node: int, payload: Any) -> None:
+        """Feed ``node`` a ``Request(payload)`` input now (after the current event);
+        dropped and counted if the node is down."""
+        ...
+
+    def call_at(self, time_us: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` at virtual time ``time_us`` (not before now)."""
+        ...
+
+
 class Harness(Protocol):
-    """Workload and checkers of one protocol family."""
+    """Workload and checkers of one protocol family (``bind(api)`` is optional,
+    see the module docstring)."""
 
     def requests(self, options: SimOptions) -> list[tuple[int, int, Any]]:
         """``(time_us, node, payload)`` for every client request of the run."""
@@ -80,10 +106,15 @@ class BroadcastHarness:
 
 def harness_for(protocol: str, config: ClusterConfig) -> Harness:
     """The harness of ``protocol``."""
+    from replicaio.sim.kv_harness import kv_harness_for
+
+    replicated = kv_harness_for(protocol, config)
+    if replicated is not None:
+        return replicated
     spec = BROADCASTS.get(protocol)
     if spec is None:
         raise UsageError(f"no simulation harness for protocol {protocol!r}")
     return BroadcastHarness(spec, config)
 
 
-__all__ = ["BroadcastHarness", "Delivered", "Harness", "harness_for"]
+__all__ = ["BroadcastHarness", "Delivered", "Harness", "HarnessApi", "harness_for"]

@@ -43,7 +43,7 @@ from replicaio.sim.options import Crash, SimOptions
 from replicaio.storage.memory import MemoryStorage
 from replicaio.trace.eventlog import Choice, EventLogWriter, encode_input, pack_effects
 
-DELIVER, TIMER, REQUEST, CRASH, RESTART, LIVENESS = range(6)
+DELIVER, TIMER, REQUEST, CRASH, RESTART, LIVENESS, CALL = range(7)
 
 # Resolves a correct node's choice point instead of the seeded draw:
 # (node, label, count) -> index. Used by the explorer to enumerate choices.
@@ -119,6 +119,9 @@ class Simulator:
         self.params = params or NodeParams()
         self.codec = Codec()
         self.harness: Harness = harness_for(protocol, self.config)
+        bind = getattr(self.harness, "bind", None)
+        if bind is not None:  # a harness acting during the run (see sim/harness.py)
+            bind(SimulatorApi(self))
         self.rng = random.Random(f"replicaio-network:{options.seed}")
         self.heap: list[tuple[int, int, int, int, Any, Any]] = []
         self.sequence = 0
@@ -251,6 +254,8 @@ class Simulator:
             elif kind == RESTART:
                 if not self.nodes[node_id].up:
                     self.restart(self.nodes[node_id])
+            elif kind == CALL:
+                a()
             else:
                 self.begin_liveness()
 
@@ -475,6 +480,27 @@ class Simulator:
             node.pending_crash = None
             if not node.up:
                 self.restart(node)
+
+
+class SimulatorApi:
+    """The :class:`~replicaio.sim.harness.HarnessApi` a simulator gives its harness:
+    requests and callbacks go through the event heap like everything else."""
+
+    __slots__ = ("simulator",)
+
+    def __init__(self, simulator: Simulator) -> None:
+        self.simulator = simulator
+
+    def now(self) -> int:
+        return self.simulator.now
+
+    def request(self, node: int, payload: Any) -> None:
+        simulator = self.simulator
+        simulator.push(simulator.now, REQUEST, node, payload)
+
+    def call_at(self, time_us: int, callback: Callable[[], None]) -> None:
+        simulator = self.simulator
+        simulator.push(max(time_us, simulator.now), CALL, -1, callback)
 
 
 def simulate(

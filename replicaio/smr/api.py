@@ -108,7 +108,11 @@ class NotLeader:
 
 @dataclass(frozen=True, slots=True)
 class Committed:
-    """Batch ``index`` of the total order (indices 1, 2, 3, ... with no gaps)."""
+    """Batch ``index`` of the total order (indices 1, 2, 3, ... with no gaps).
+
+    An empty ``batch`` (``b""``) is an entry of the protocol's own (a new
+    leader's no-op, a configuration change): it occupies the index and carries
+    no command; SMR applies nothing for it."""
 
     index: int
     batch: bytes

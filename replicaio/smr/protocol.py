@@ -11,7 +11,7 @@ by name. At every start of a node it builds, in this order:
    itself to the ordering protocol.
 
 ``start`` starts the replica, which starts the ordering protocol. A client's
-``Request`` payload goes to the replica; a payload the ordering protocol
+``Request`` payload (a ``ClientRequest``, or its wire bytes) goes to the replica; a payload the ordering protocol
 declares its own (an operator's membership change, a leadership transfer)
 goes to the ordering protocol instead (:class:`AdminRequests`).
 """
@@ -21,8 +21,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from replicaio.core.codec import DecodeError
 from replicaio.core.config import Resilience
 from replicaio.core.context import Context
+from replicaio.core.errors import UsageError
 from replicaio.smr.api import Ordering, StateMachine
 from replicaio.smr.auth import ClientAuthenticator
 from replicaio.smr.params import SmrParams
@@ -31,9 +33,8 @@ from replicaio.smr.replica import Replica
 
 @runtime_checkable
 class AdminRequests(Protocol):
-    """Optional for an ordering protocol: operator requests it handles itself."""
-
-    admin_types: tuple[type, ...]
+    """Optional for an ordering protocol: operator requests it handles itself
+    (the payload classes are named by ``SmrFactory(admin_types=...)``)."""
 
     def on_admin(self, payload: Any) -> str | None:
         """Handle an operator request; return a rejection reason or ``None``."""
@@ -50,20 +51,33 @@ class SmrProtocol:
         state_machine: StateMachine,
         params: SmrParams,
         authenticator: ClientAuthenticator | None = None,
+        admin_types: tuple[type, ...] = (),
     ) -> None:
         self.ordering = ordering
         self.state_machine = state_machine
         self.replica = Replica(context.child("smr"), ordering, state_machine, params, authenticator)
-        self.admin: AdminRequests | None = (
-            ordering if isinstance(ordering, AdminRequests) else None
-        )
+        self.admin: AdminRequests | None = None
+        self.admin_types = admin_types
+        self.codec = context.node.codec
+        if admin_types:
+            if not isinstance(ordering, AdminRequests):
+                raise UsageError(f"{type(ordering).__name__} takes no admin requests (on_admin)")
+            self.admin = ordering
 
     def start(self) -> None:
         self.replica.start()
 
     def on_request(self, payload: Any) -> str | None:
+        """A client's (or operator's) payload: a message object, or its wire bytes
+        (what a live client sends, and what the event log records)."""
+        if type(payload) is bytes:
+            try:
+                payload = self.codec.decode(payload)
+            except DecodeError as error:
+                self.replica.context.count(f"request_undecodable_{error.reason}")
+                return "bad_request"
         admin = self.admin
-        if admin is not None and type(payload) in admin.admin_types:
+        if admin is not None and type(payload) in self.admin_types:
             return admin.on_admin(payload)
         return self.replica.on_request(payload)
 
@@ -85,6 +99,7 @@ class SmrFactory:
         *,
         ordering_path: str = "order",
         authenticator: Callable[[], ClientAuthenticator] | None = None,
+        admin_types: tuple[type, ...] = (),
     ) -> None:
         self.name = name
         self.resilience = resilience
@@ -93,9 +108,12 @@ class SmrFactory:
         self.params = (params or SmrParams()).validate()
         self.ordering_path = ordering_path
         self.authenticator = authenticator
+        self.admin_types = admin_types
 
     def __call__(self, context: Context) -> SmrProtocol:
         state_machine = self.state_machine()
         ordering = self.ordering(context.child(self.ordering_path))
         authenticator = self.authenticator() if self.authenticator is not None else None
-        return SmrProtocol(context, ordering, state_machine, self.params, authenticator)
+        return SmrProtocol(
+            context, ordering, state_machine, self.params, authenticator, self.admin_types
+        )

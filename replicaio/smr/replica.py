@@ -406,13 +406,14 @@ class Replica:
             f"commit {committed.index} after applied {self.applied}: the ordering skipped"
         )
         index = committed.index
-        try:
-            batch = self.batch_codec.decode_as(committed.batch, Batch)
-        except DecodeError:
-            # Every correct replica decodes the same bytes the same way, so skipping
-            # is deterministic; only a faulty proposer orders such bytes.
-            self.context.count("smr_batch_undecodable")
-            batch = None
+        batch: Batch | None = None
+        if committed.batch:  # empty: the protocol's own entry (a no-op, a config)
+            try:
+                batch = self.batch_codec.decode_as(committed.batch, Batch)
+            except DecodeError:
+                # Every correct replica decodes the same bytes the same way, so
+                # skipping is deterministic; only a faulty proposer orders such bytes.
+                self.context.count("smr_batch_undecodable")
         if batch is not None:
             for request in batch.requests:
                 self.execute(request, index)

@@ -1,0 +1,153 @@
+"""The command-line side of replicated services (``replicaio sim raft ...``).
+
+``replicaio.cli`` stays protocol-neutral; for a service name (``raft``, its
+mutants, see ``replicaio.protocols.registry.SERVICES``) it asks this module
+for the extra flags, the options of a run, how to run it (keeping the
+harness, for ``--history``) and the report fields:
+
+    replicaio sim raft --nodes 5 --seed 7 --faults crash,partition \\
+        [--clients C] [--ops K] [--membership-every MS] [--snapshot-every B] \\
+        [--json] [--history FILE] [--log FILE]
+    replicaio swarm raft --nodes 5 --seeds 1000 --faults crash,partition,loss,dup,reorder
+
+Membership changes and snapshots happen within ordinary runs: by default a
+change is asked every 400 ms of virtual time during the safety phase
+(``--membership-every 0`` turns them off), and SMR snapshots every 16 applied
+batches (``--snapshot-every``; 0 turns them off).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from replicaio.core.errors import UsageError
+from replicaio.protocols.registry import service_spec
+from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
+from replicaio.sim.options import SimOptions, parse_faults
+from replicaio.sim.simulator import SimResult, Simulator
+
+MEMBERSHIP_EVERY_MS = 400
+
+
+def is_service(protocol: str) -> bool:
+    """Whether ``protocol`` names a replicated service (with the KV clients)."""
+    return service_spec(protocol) is not None
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that only replicated services use (ignored by the broadcast family)."""
+    group = parser.add_argument_group("replicated services (raft)")
+    group.add_argument("--clients", type=int, default=None,
+                       help=f"closed-loop KV clients (default {KvWorkload().clients})")
+    group.add_argument("--ops", type=int, default=None,
+                       help=f"client operations in the run (default {KvWorkload().ops})")
+    group.add_argument("--membership-every", type=int, default=None, metavar="MS",
+                       help="ask for a membership change or leadership transfer every MS "
+                       f"ms of virtual time (default {MEMBERSHIP_EVERY_MS}; 0: never)")
+    group.add_argument("--snapshot-every", type=int, default=None, metavar="B",
+                       help="SMR snapshot (and log compaction) every B applied batches "
+                       "(default 16; 0: never)")
+
+
+def service_protocol(args: argparse.Namespace) -> str:
+    """The protocol name with its parameters (``raft:snapshot=8``), as logged."""
+    name: str = args.protocol
+    snapshot = getattr(args, "snapshot_every", None)
+    if snapshot is not None and ":" not in name:
+        name = f"{name}:snapshot={snapshot}"
+    return name
+
+
+def workload_of(args: argparse.Namespace) -> KvWorkload:
+    base = KvWorkload()
+    membership = getattr(args, "membership_every", None)
+    if membership is None:
+        membership = MEMBERSHIP_EVERY_MS
+    if membership < 0:
+        raise UsageError("--membership-every must be >= 0")
+    return KvWorkload(
+        clients=args.clients if getattr(args, "clients", None) is not None else base.clients,
+        ops=args.ops if getattr(args, "ops", None) is not None else base.ops,
+        membership_every_us=membership * 1000,
+    ).validate()
+
+
+def service_options(args: argparse.Namespace, seed: int) -> SimOptions:
+    """The options of run ``seed`` of a service (workload in ``extra``)."""
+    if args.byzantine:
+        raise UsageError(f"{args.protocol} tolerates crash faults only: no --byzantine")
+    return kv_options(
+        seed, args.nodes, parse_faults(args.faults), workload_of(args),
+        encode=not args.no_encode,
+    )
+
+
+def default_f(args: argparse.Namespace) -> int:
+    f: int | None = args.f
+    return (args.nodes - 1) // 2 if f is None else f
+
+
+def run_service(
+    args: argparse.Namespace,
+    options: SimOptions,
+    log_path: str | None = None,
+    history_path: str | None = None,
+) -> SimResult:
+    """Run one simulation of a service; write its client history if asked."""
+    protocol = service_protocol(args)
+    if log_path is None:
+        simulator = Simulator(protocol, options, f=default_f(args))
+        result = simulator.run()
+    else:
+        with open(log_path, "wb") as sink:
+            simulator = Simulator(protocol, options, f=default_f(args), log_sink=sink)
+            result = simulator.run()
+    if history_path is not None:
+        harness = simulator.harness
+        assert isinstance(harness, KvHarness)
+        harness.require_recorder().dump(history_path)
+    return result
+
+
+def reproduce_words(args: argparse.Namespace) -> list[str]:
+    """The service flags of a reproducing command line."""
+    words: list[str] = []
+    for flag, name in (
+        ("--clients", "clients"),
+        ("--ops", "ops"),
+        ("--membership-every", "membership_every"),
+        ("--snapshot-every", "snapshot_every"),
+    ):
+        value = getattr(args, name, None)
+        if value is not None:
+            words += [flag, str(value)]
+    return words
+
+
+def report_fields(result: SimResult) -> dict[str, Any]:
+    """Top-level JSON fields of a service run."""
+    stats = result.stats
+    return {
+        "linearizable": stats.get("linearizable"),
+        "ops_completed": stats.get("ops_completed", 0),
+        "ops_invoked": stats.get("ops_invoked", 0),
+    }
+
+
+REPORT_ROWS = (
+    "ops_invoked",
+    "ops_completed",
+    "ops_failed",
+    "ops_unknown",
+    "client_attempts",
+    "client_redirects",
+    "client_timeouts",
+    "membership_requests",
+    "raft_leaders_elected",
+    "raft_term_max",
+    "raft_commit_index_max",
+    "raft_reads_confirmed",
+    "linearizable",
+    "linearizability_seconds",
+)

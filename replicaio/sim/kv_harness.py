@@ -1,0 +1,676 @@
+"""Simulated key-value clients for replicated services (Raft + KV), and their checks.
+
+Theory of operation
+-------------------
+A :class:`KvHarness` is the simulator's harness (``replicaio.sim.harness``) for
+a protocol that serves the KV store through SMR (``replicaio.smr``). It does
+not hand the simulator a fixed list of requests: it *binds* to the run
+(:class:`~replicaio.sim.harness.HarnessApi`) and acts during it, as closed-loop
+clients do.
+
+* **Clients** (``KvWorkload.clients`` of them) each run one operation at a
+  time, drawn from a seeded mix of get, put, append, cas, delete and incr over
+  a few string keys and counter keys. Values written are unique per write.
+  Each operation is recorded in a :class:`~replicaio.check.history.HistoryRecorder`
+  on the virtual clock: invoke, then ok / fail / info.
+* **Attempts.** An operation is sent as a ``ClientRequest`` to the replica the
+  client believes leads (first a seeded pick). A ``Redirect`` moves it to the
+  hinted replica; ``Rejected`` (busy, read timeout) and silence for
+  ``attempt_timeout_us`` move it to another replica. Every attempt of one
+  operation keeps its ``(client, seq)``, so SMR executes it at most once.
+  After ``attempts_max`` attempts or ``op_deadline_us`` the client gives up:
+  ``fail`` if every attempt was refused (none can still execute), else
+  ``info`` (unknown), and the client continues under a new client id.
+* **Results** are decoded from the KV result format: ``ok`` with the history
+  output, or ``fail`` for a typed KV error (the command ran and changed nothing).
+* **Membership changes** (``membership_every_us``, Raft only) ask the believed
+  leader to remove a voter or add a removed node back, or to transfer
+  leadership, during the safety phase.
+* **Liveness.** When the network heals, every client must complete at least one
+  operation invoked after the heal; the run is *settled* once the quota of
+  ``ops`` operations is done and every client has such an operation.
+* **Checks.** Every output goes to the protocol's own checkers (Raft's, from
+  ``replicaio.check.raft``, as they happen) and to the client-level checks here
+  (a reply for a request never sent, a ``stale_seq`` or ``bad_request`` for a
+  well-formed current request). At the end the history is checked for
+  linearizability (``replicaio.check.linearizability``).
+
+Everything random is drawn from ``random.Random`` seeded by the run's seed, so a
+run stays a pure function of its options.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+from replicaio.check.broadcast import Violation
+from replicaio.check.history import (
+    APPEND,
+    CAS,
+    DELETE,
+    GET,
+    INCR,
+    PUT,
+    HistoryRecorder,
+    Operation,
+    PendingOperation,
+)
+from replicaio.check.linearizability import LinearizabilityResult, check_linearizable
+from replicaio.core.codec import Codec
+from replicaio.core.config import ClusterConfig
+from replicaio.core.errors import UsageError
+from replicaio.services.kv.state_machine import KvOk, decode_result, encode_command
+from replicaio.sim.harness import HarnessApi
+from replicaio.sim.options import Crash, Partition, SimOptions, draw_crashes, draw_partitions
+from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
+
+EXTRA_KEY = "kv"  # SimOptions.extra[EXTRA_KEY] holds the workload
+
+DEFAULT_MIX: tuple[tuple[str, int], ...] = (
+    (GET, 30),
+    (PUT, 20),
+    (APPEND, 10),
+    (CAS, 15),
+    (DELETE, 5),
+    (INCR, 20),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KvWorkload:
+    """What the simulated clients do (all in the event log header, so replayable)."""
+
+    clients: int = 5
+    ops: int = 200  # operations in the quota (probes after the heal come on top)
+    keys: int = 4  # string keys k0..
+    counters: int = 2  # counter keys n0.. (incr, get, delete)
+    attempt_timeout_us: int = 500_000
+    op_deadline_us: int = 3_000_000
+    attempts_max: int = 16
+    think_us_max: int = 20_000
+    backoff_us: int = 50_000
+    read_via_log: float = 0.2  # share of gets sent as ordinary (logged) requests
+    membership_every_us: int = 0  # 0: no membership changes
+    mix: tuple[tuple[str, int], ...] = DEFAULT_MIX
+    check_budget_s: float | None = 300.0
+
+    def validate(self) -> KvWorkload:
+        """Raise :class:`UsageError` unless the workload is usable."""
+        if self.clients < 1 or self.ops < 0 or self.keys < 1 or self.counters < 0:
+            raise UsageError("--clients and keys must be >= 1, --ops >= 0")
+        for name in ("attempt_timeout_us", "op_deadline_us", "attempts_max", "backoff_us"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"KvWorkload.{name} must be >= 1")
+        if self.think_us_max < 0 or self.membership_every_us < 0:
+            raise UsageError("think time and membership period must be >= 0")
+        if not 0.0 <= self.read_via_log <= 1.0:
+            raise UsageError("read_via_log is a share in [0, 1]")
+        kinds = {kind for kind, weight in self.mix if weight > 0}
+        if not kinds or not kinds <= {GET, PUT, APPEND, CAS, DELETE, INCR}:
+            raise UsageError(f"bad operation mix {self.mix!r}")
+        if INCR in kinds and self.counters < 1:
+            raise UsageError("incr needs at least one counter key")
+        return self
+
+    def as_extra(self) -> dict[str, Any]:
+        """Plain data for ``SimOptions.extra``."""
+        data = asdict(self)
+        data["mix"] = [list(item) for item in self.mix]
+        return data
+
+    @classmethod
+    def from_options(cls, options: SimOptions) -> KvWorkload:
+        """The workload recorded in ``options.extra`` (defaults if none)."""
+        data = dict(options.extra.get(EXTRA_KEY) or {})
+        if "mix" in data:
+            data["mix"] = tuple((str(kind), int(weight)) for kind, weight in data["mix"])
+        return cls(**data).validate()
+
+
+class OutputChecker(Protocol):
+    """A protocol's checker fed with every node output (e.g. Raft's). It may also
+    have ``begin_liveness(time_us)``, ``settled() -> bool`` and ``summary() ->
+    dict``; the harness calls them when present."""
+
+    def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]: ...
+
+    def finish(self, time_us: int) -> list[Violation]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedOp:
+    """One operation as the history and the KV store each see it."""
+
+    kind: str
+    key: str
+    value: str | None
+    expected: str | None
+    read_only: bool
+    command: bytes
+
+
+@dataclass(slots=True)
+class Client:
+    """One closed-loop client slot (its id changes after an unknown outcome)."""
+
+    slot: int
+    client_id: int
+    target: int
+    seq: int = 0
+    op: PlannedOp | None = None
+    handle: PendingOperation | None = None
+    attempts: int = 0
+    refusals: int = 0
+    token: int = 0
+    started_us: int = 0
+    idle: bool = False
+    ok_after_heal: bool = False
+
+
+@dataclass(slots=True)
+class Figures:
+    """What the clients saw."""
+
+    invoked: int = 0
+    ok: int = 0
+    failed: int = 0
+    unknown: int = 0
+    attempts: int = 0
+    redirects: int = 0
+    rejections: int = 0
+    timeouts: int = 0
+    stale_outputs: int = 0
+    membership_requests: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class KvHarness:
+    """Closed-loop KV clients, their history and checks; see the module docstring."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        checkers: list[OutputChecker] | None = None,
+        membership: Callable[[KvHarness], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.checkers = list(checkers or [])
+        self.membership = membership
+        self.api: HarnessApi | None = None
+        self.workload = KvWorkload()
+        self.rng = random.Random(0)
+        self.recorder: HistoryRecorder | None = None
+        self.clients: list[Client] = []
+        self.by_id: dict[int, Client] = {}
+        self.retired: set[int] = set()  # ids given up after an unknown outcome
+        self.quota_left = 0
+        self.healed = False
+        self.healed_at = 0.0
+        self.figures = Figures()
+        self.violations: list[Violation] = []
+        self.result: LinearizabilityResult | None = None
+        self.last_values: dict[str, str | None] = {}
+        self.write_next = 0
+        self.leader_term = (-1, -1)  # (term, node) of the latest leader seen
+        self.observers: list[Callable[[int, Any, int], None]] = []
+        self.codec = Codec()
+
+    # -- the Harness protocol ----------------------------------------------------
+
+    def bind(self, api: HarnessApi) -> None:
+        self.api = api
+        self.recorder = HistoryRecorder(api.now)
+
+    def requests(self, options: SimOptions) -> list[tuple[int, int, Any]]:
+        """Start the clients (nothing is scheduled up front: they act during the run)."""
+        api = self.require_api()
+        self.workload = KvWorkload.from_options(options)
+        self.rng = random.Random(f"replicaio-kv-clients:{options.seed}")
+        self.quota_left = self.workload.ops
+        recorder = self.require_recorder()
+        for slot in range(self.workload.clients):
+            client = Client(slot, recorder.new_client(), self.rng.randrange(self.config.n))
+            self.clients.append(client)
+            self.by_id[client.client_id] = client
+            start = self.rng.randrange(self.workload.think_us_max + 1)
+            api.call_at(start, functools.partial(self.next_op, client))
+        if self.membership is not None and self.workload.membership_every_us:
+            api.call_at(self.workload.membership_every_us, self.membership_tick)
+        api.call_at(options.safety_us + 1, self.on_heal)
+        return []
+
+    def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]:
+        kind = type(output)
+        if kind is Reply or kind is Redirect or kind is Rejected:
+            self.on_client_output(node, output)
+        else:
+            for observer in self.observers:
+                observer(node, output, time_us)
+        found: list[Violation] = []
+        if self.violations:
+            found.extend(self.violations)
+            self.violations.clear()
+        for checker in self.checkers:
+            found.extend(checker.on_output(node, output, time_us))
+        return found
+
+    def finish(self, time_us: int) -> list[Violation]:
+        found: list[Violation] = []
+        for checker in self.checkers:
+            found.extend(checker.finish(time_us))
+        result = self.check()
+        if result.linearizable is False:
+            found.append(Violation("linearizability", result.describe()[:4000], None, time_us))
+        if not self.settled():
+            busy = [c.client_id for c in self.clients if c.op is not None]
+            waiting = [c.client_id for c in self.clients if not c.ok_after_heal]
+            found.append(Violation(
+                "liveness",
+                f"after the heal: {self.quota_left} quota ops never issued, clients "
+                f"{busy[:8]} still in an operation, clients {waiting[:8]} completed no "
+                "operation invoked after the heal",
+                None,
+                time_us,
+            ))
+        return found
+
+    def settled(self) -> bool:
+        if not self.healed or self.quota_left:
+            return False
+        if not all(client.op is None and client.ok_after_heal for client in self.clients):
+            return False
+        for checker in self.checkers:
+            settled = getattr(checker, "settled", None)
+            if settled is not None and not settled():
+                return False
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        result = self.check()
+        figures = self.figures
+        found: dict[str, Any] = {}
+        for checker in self.checkers:
+            summary = getattr(checker, "summary", None)
+            if summary is not None:
+                found.update(summary())
+        return found | {
+            "linearizable": result.linearizable,
+            "linearizability_seconds": round(result.seconds, 3),
+            "ops_invoked": figures.invoked,
+            "ops_completed": figures.ok,
+            "ops_failed": figures.failed,
+            "ops_unknown": figures.unknown,
+            "client_attempts": figures.attempts,
+            "client_redirects": figures.redirects,
+            "client_rejections": dict(sorted(figures.rejected_by_reason.items())),
+            "client_timeouts": figures.timeouts,
+            "client_ids_used": len(self.by_id) + len(self.retired),
+            "membership_requests": figures.membership_requests,
+        }
+
+    # -- history ---------------------------------------------------------------------
+
+    def operations(self) -> list[Operation]:
+        """The history so far (operations still in flight appear as ``info``)."""
+        return self.require_recorder().operations()
+
+    def check(self) -> LinearizabilityResult:
+        """Linearizability of the history (computed once, at the end)."""
+        if self.result is None:
+            self.result = check_linearizable(
+                self.operations(), time_budget_s=self.workload.check_budget_s
+            )
+        return self.result
+
+    # -- one client's loop -------------------------------------------------------------
+
+    def next_op(self, client: Client) -> None:
+        assert client.op is None
+        if self.quota_left > 0:
+            self.quota_left -= 1
+        elif not (self.healed and not client.ok_after_heal):
+            client.idle = True
+            return
+        client.idle = False
+        op = self.plan()
+        client.seq += 1
+        client.op = op
+        client.attempts = client.refusals = 0
+        client.started_us = self.require_api().now()
+        client.handle = self.require_recorder().invoke(
+            client.client_id, op.kind, op.key, op.value, op.expected
+        )
+        self.figures.invoked += 1
+        self.attempt(client)
+
+    def attempt(self, client: Client) -> None:
+        api = self.require_api()
+        op = client.op
+        assert op is not None
+        workload = self.workload
+        if client.attempts >= workload.attempts_max or (
+            api.now() - client.started_us >= workload.op_deadline_us
+        ):
+            self.give_up(client)
+            return
+        client.attempts += 1
+        client.token += 1
+        self.figures.attempts += 1
+        request = ClientRequest(client.client_id, client.seq, op.command, op.read_only)
+        api.request(client.target, self.codec.encode(request))  # as a client sends it
+        token = client.token
+        api.call_at(api.now() + workload.attempt_timeout_us,
+                    lambda: self.on_attempt_timeout(client, token))
+
+    def on_attempt_timeout(self, client: Client, token: int) -> None:
+        if client.op is None or client.token != token:
+            return  # answered, or a later attempt is running
+        self.figures.timeouts += 1
+        client.target = self.rng.randrange(self.config.n)
+        self.attempt(client)
+
+    def retry_later(self, client: Client, delay_us: int) -> None:
+        client.token += 1  # the running attempt's timeout no longer matters
+        token = client.token
+        api = self.require_api()
+
+        def again() -> None:
+            if client.op is not None and client.token == token:
+                self.attempt(client)
+
+        api.call_at(api.now() + delay_us, again)
+
+    def on_client_output(self, node: int, output: Reply | Redirect | Rejected) -> None:
+        client = self.by_id.get(output.client)
+        if client is None:
+            if output.client in self.retired:
+                self.figures.stale_outputs += 1  # a late answer to a retired id
+                return
+            self.violations.append(Violation(
+                "smr_reply_integrity", f"{output!r} for a client that never existed", node, None
+            ))
+            return
+        if client.op is None or output.seq != client.seq:
+            if output.seq > client.seq:
+                self.violations.append(Violation(
+                    "smr_reply_integrity", f"{output!r}: seq never sent", node, None
+                ))
+            self.figures.stale_outputs += 1
+            return
+        if type(output) is Reply:
+            self.complete(client, output)
+        elif type(output) is Redirect:
+            self.figures.redirects += 1
+            client.refusals += 1
+            if output.leader >= 0:
+                client.target = output.leader
+                self.retry_later(client, 0)
+            else:
+                client.target = self.rng.randrange(self.config.n)
+                self.retry_later(client, self.workload.backoff_us)
+        else:
+            assert type(output) is Rejected
+            self.on_rejected(node, client, output)
+
+    def on_rejected(self, node: int, client: Client, rejected: Rejected) -> None:
+        figures = self.figures
+        figures.rejections += 1
+        reasons = figures.rejected_by_reason
+        reasons[rejected.reason] = reasons.get(rejected.reason, 0) + 1
+        if rejected.reason in ("stale_seq", "bad_request", "too_large"):
+            # Our clients never send such a request: SMR lost track of a session.
+            self.violations.append(Violation(
+                "smr_session", f"{rejected!r} for the client's current operation", node, None
+            ))
+            return
+        client.refusals += 1
+        client.target = self.rng.randrange(self.config.n)
+        self.retry_later(client, self.workload.backoff_us)
+
+    def complete(self, client: Client, reply: Reply) -> None:
+        op = client.op
+        handle = client.handle
+        assert op is not None and handle is not None
+        recorder = self.require_recorder()
+        result = decode_result(reply.result)
+        if isinstance(result, KvOk):
+            recorded = recorder.ok(handle, self.output_of(op, result.value))
+            self.figures.ok += 1
+            if op.kind == GET:
+                self.last_values[op.key] = recorded.output
+            elif op.kind == PUT:
+                self.last_values[op.key] = op.value
+            if self.healed and recorded.call >= self.healed_at:
+                client.ok_after_heal = True
+        else:
+            recorder.fail(handle)  # a typed KV error: executed, changed nothing
+            self.figures.failed += 1
+        client.target = reply.replica
+        self.finish_op(client)
+
+    def give_up(self, client: Client) -> None:
+        handle = client.handle
+        assert handle is not None
+        recorder = self.require_recorder()
+        if client.refusals >= client.attempts:
+            recorder.fail(handle)  # every attempt was refused: none can still run
+            self.figures.failed += 1
+        else:
+            recorder.info(handle)
+            self.figures.unknown += 1
+            del self.by_id[client.client_id]
+            self.retired.add(client.client_id)
+            client.client_id = recorder.new_client()
+            self.by_id[client.client_id] = client
+            client.seq = 0
+        self.finish_op(client)
+
+    def finish_op(self, client: Client) -> None:
+        client.op = None
+        client.handle = None
+        client.token += 1
+        api = self.require_api()
+        delay = self.rng.randrange(self.workload.think_us_max + 1)
+        api.call_at(api.now() + delay, lambda: self.next_op(client))
+
+    def on_heal(self) -> None:
+        self.healed = True
+        now = self.require_api().now()
+        self.healed_at = float(now)
+        for checker in self.checkers:
+            begin = getattr(checker, "begin_liveness", None)
+            if begin is not None:
+                begin(now)
+        for client in self.clients:
+            if client.idle:
+                self.next_op(client)
+
+    # -- the operations ------------------------------------------------------------------
+
+    def plan(self) -> PlannedOp:
+        """Draw the next operation (values written are unique per write)."""
+        rng = self.rng
+        workload = self.workload
+        kinds = [kind for kind, _ in workload.mix]
+        weights = [weight for _, weight in workload.mix]
+        kind = rng.choices(kinds, weights)[0]
+        counter = kind == INCR or (
+            kind in (GET, DELETE) and workload.counters and rng.random() < 0.3
+        )
+        if counter:
+            key = f"n{rng.randrange(workload.counters)}"
+        else:
+            key = f"k{rng.randrange(workload.keys)}"
+        self.write_next += 1
+        unique = f"w{self.write_next}"
+        if kind == GET:
+            read_only = rng.random() >= workload.read_via_log
+            return PlannedOp(GET, key, None, None, read_only, encode_command(GET, key.encode()))
+        if kind == DELETE:
+            return PlannedOp(DELETE, key, None, None, False, encode_command(DELETE, key.encode()))
+        if kind == INCR:
+            delta = rng.randint(-5, 20)
+            command = encode_command(INCR, key.encode(), delta)
+            return PlannedOp(INCR, key, str(delta), None, False, command)
+        if kind == CAS:
+            expected = self.last_values.get(key) if rng.random() < 0.7 else None
+            command = encode_command(
+                CAS, key.encode(), None if expected is None else expected.encode(), unique.encode()
+            )
+            return PlannedOp(CAS, key, unique, expected, False, command)
+        assert kind in (PUT, APPEND)
+        command = encode_command(kind, key.encode(), unique.encode())
+        return PlannedOp(kind, key, unique, None, False, command)
+
+    @staticmethod
+    def output_of(op: PlannedOp, value: object) -> str | None:
+        """The history's ``output`` for a KV ``ok`` payload."""
+        if op.kind == GET:
+            assert value is None or isinstance(value, bytes)
+            return None if value is None else value.decode("utf-8", "replace")
+        if op.kind == CAS:
+            return "ok" if value is True else "fail"
+        if op.kind == INCR:
+            assert isinstance(value, int)
+            return str(value)
+        return None
+
+    # -- membership (the protocol-specific part is a callable) ---------------------------
+
+    def membership_tick(self) -> None:
+        if self.healed or self.membership is None:
+            return
+        self.membership(self)
+        api = self.require_api()
+        api.call_at(api.now() + self.workload.membership_every_us, self.membership_tick)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def require_api(self) -> HarnessApi:
+        assert self.api is not None, "KvHarness used before bind()"
+        return self.api
+
+    def require_recorder(self) -> HistoryRecorder:
+        assert self.recorder is not None, "KvHarness used before bind()"
+        return self.recorder
+
+
+FAULT_WINDOW_US = 1_000_000  # faults are drawn per window, so long runs keep churning
+
+
+def kv_options(
+    seed: int,
+    nodes: int,
+    faults: tuple[str, ...],
+    workload: KvWorkload,
+    *,
+    encode: bool = True,
+) -> SimOptions:
+    """Options of a KV run: the usual seeded network and faults, over a safety
+    phase long enough for the workload, with the workload in ``extra``.
+
+    Partitions and crashes are drawn per :data:`FAULT_WINDOW_US` of the safety
+    phase (each window as ``SimOptions.draw`` draws a whole run), so a long run
+    sees leaders fail again and again rather than a few faults early on."""
+    workload.validate()
+    base = SimOptions.draw(seed, nodes, 0, faults, requests_per_node=0, encode=encode)
+    rounds = -(-workload.ops // workload.clients)
+    safety = max(2_000_000, rounds * 30_000)
+    rng = random.Random(f"replicaio-kv-options:{seed}")
+    partitions: list[Partition] = []
+    crashes: list[Crash] = []
+    for start in range(0, safety, FAULT_WINDOW_US):
+        span = min(FAULT_WINDOW_US, safety - start)
+        if span < FAULT_WINDOW_US // 2:
+            break
+        if "partition" in faults:
+            partitions += [
+                replace(cut, start_us=cut.start_us + start, end_us=cut.end_us + start)
+                for cut in draw_partitions(rng, nodes, span)
+            ]
+        if "crash" in faults:
+            crashes += [
+                replace(crash, at_us=crash.at_us + start)
+                for crash in draw_crashes(rng, list(range(nodes)), span)
+            ]
+    return replace(
+        base,
+        safety_us=safety,
+        liveness_us=safety + 30_000_000,
+        partitions=tuple(partitions),
+        crashes=tuple(crashes),
+        extra={**base.extra, EXTRA_KEY: workload.as_extra()},
+    )
+
+
+class RaftMembership:
+    """Drives Raft membership changes from the harness: watches who leads and the
+    leader's configuration (Raft's outputs), and every tick asks the leader to
+    add back a node outside the configuration, else to remove a voter (one at a
+    time, from a full configuration) or to transfer leadership."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.leader = -1
+        self.term = -1
+        self.voters: tuple[int, ...] = config.nodes
+        self.learners: tuple[int, ...] = ()
+        self.config_index = -1
+
+    def observe(self, node: int, output: Any, time_us: int) -> None:
+        from replicaio.protocols.raft.messages import BecameLeader, ConfigChanged
+
+        if type(output) is BecameLeader and output.term > self.term:
+            self.term = output.term
+            self.leader = output.node
+        elif type(output) is ConfigChanged and output.index > self.config_index:
+            self.config_index = output.index
+            self.voters = tuple(member for member, _ in output.config.voters)
+            self.learners = tuple(member for member, _ in output.config.learners)
+
+    def __call__(self, harness: KvHarness) -> None:
+        from replicaio.protocols.raft.messages import RaftAdmin
+
+        if self.leader < 0:
+            return
+        members = set(self.voters) | set(self.learners)
+        outsiders = [node for node in self.config.nodes if node not in members]
+        rng = harness.rng
+        if outsiders:
+            request = RaftAdmin("add", outsiders[0])
+        elif len(self.voters) > 1 and rng.random() < 0.3:
+            others = [node for node in self.voters if node != self.leader]
+            request = RaftAdmin("transfer", rng.choice(others))
+        elif len(self.voters) == self.config.n and self.config.n > 1:
+            request = RaftAdmin("remove", rng.choice(self.voters))
+        else:
+            return
+        harness.figures.membership_requests += 1
+        harness.require_api().request(self.leader, harness.codec.encode(request))
+
+
+def raft_checkers(config: ClusterConfig) -> list[OutputChecker]:
+    """Raft's own checkers (``replicaio.check.raft``), fed with every output."""
+    from replicaio.check.raft import RaftChecker
+
+    return [RaftChecker()]
+
+
+def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
+    """The KV harness of a replicated-service protocol name, or ``None``."""
+    from replicaio.protocols.registry import service_spec
+
+    found = service_spec(protocol)
+    if found is None:
+        return None
+    spec, _ = found
+    if spec.family != "raft":
+        return KvHarness(config)
+    membership = RaftMembership(config)
+    harness = KvHarness(config, raft_checkers(config), membership)
+    harness.observers.append(membership.observe)
+    return harness
