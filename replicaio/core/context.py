@@ -181,7 +181,7 @@ class Link(Generic[T]):
         line = lines.get(peer)
         if line is None:
             assert len(lines) < self.node.config.n, f"link {self.name}: over n peers"
-            line = Line(self.node.scheduler, f"{self.name}.from[{peer!r}]")
+            line = Line(self.node.scheduler, (self.name, ".from[", peer, "]"))
             lines[peer] = line
             received = self.received
             if peer in received:
@@ -192,7 +192,7 @@ class Link(Generic[T]):
         """The first value that ``count`` distinct peers sent on this link."""
         if not 1 <= count <= self.node.config.n:
             raise UsageError(f"link {self.name}: quorum of {count} out of range")
-        line: Line[T] = Line(self.node.scheduler, f"{self.name}.quorum({count})")
+        line: Line[T] = Line(self.node.scheduler, (self.name, ".quorum(", count, ")"))
         if count <= len(self.reached):
             line.set(self.reached[count - 1])
             return line

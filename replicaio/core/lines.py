@@ -22,17 +22,30 @@ K = TypeVar("K", bound=Hashable)
 
 
 class Line(Generic[T]):
-    """A one-shot value. ``await line`` yields the value once it is set."""
+    """A one-shot value. ``await line`` yields the value once it is set.
 
-    __slots__ = ("_is_set", "_value", "name", "scheduler", "waiters")
+    ``name`` is for people (repr, assertion messages); a hot path may pass it
+    as a tuple of parts, joined only when someone reads it.
+    """
 
-    def __init__(self, scheduler: Scheduler, name: str = "") -> None:
+    __slots__ = ("_is_set", "_name", "_value", "scheduler", "waiters")
+
+    def __init__(self, scheduler: Scheduler, name: str | tuple[object, ...] = "") -> None:
         self.scheduler = scheduler
-        self.name = name
+        self._name = name
         self._is_set = False
         self._value: Any = None
-        # Insertion-ordered so that wake-up order is deterministic.
-        self.waiters: dict[Task[Any], None] = {}
+        # Tasks waiting, insertion-ordered so that wake-up order is
+        # deterministic; None until the first one waits (most lines are set
+        # before anyone waits on them, or have exactly one waiter).
+        self.waiters: dict[Task[Any], None] | None = None
+
+    @property
+    def name(self) -> str:
+        name = self._name
+        if isinstance(name, tuple):
+            return "".join(map(str, name))
+        return name
 
     @property
     def ready(self) -> bool:
@@ -50,9 +63,9 @@ class Line(Generic[T]):
         assert not self._is_set, f"line {self.name!r} set twice"
         self._is_set = True
         self._value = value
-        if self.waiters:
-            waiters = self.waiters
-            self.waiters = {}
+        waiters = self.waiters
+        if waiters:
+            self.waiters = None
             for task in waiters:
                 task.wake(self)
 

@@ -527,7 +527,7 @@ class Node:
         assert delay_us >= 0
         timer_id = self.timer_next
         self.timer_next += 1
-        line: Line[None] = Line(self.scheduler, f"timer{timer_id}")
+        line: Line[None] = Line(self.scheduler, ("timer", timer_id))
         self.timers[timer_id] = line
         self.effects.timers_set.append((timer_id, delay_us))
         owner = self.scheduler.current

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Coroutine
+from functools import partial
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -44,17 +45,21 @@ class Task(Generic[T]):
     """A coroutine driven by the scheduler, owned by one scope.
 
     ``result`` is a line set with the coroutine's return value when it
-    completes normally; it is never set if the task is cancelled.
+    completes normally; it is never set if the task is cancelled. It is made
+    when first asked for (most tasks are never awaited), already set if the
+    task has returned by then.
     """
 
     __slots__ = (
+        "_result",
+        "_return_value",
+        "_returned",
         "cancel_pending",
         "cancelled",
         "coroutine",
         "done",
         "name",
         "on_finish",
-        "result",
         "scheduler",
         "scope",
         "waiting",
@@ -67,20 +72,36 @@ class Task(Generic[T]):
         self.scope = scope
         self.coroutine = coroutine
         self.name = name
-        self.result: Line[T] = Line(scheduler, f"{name}.result")
+        self._result: Line[T] | None = None
+        self._returned = False
+        self._return_value: Any = None
         self.waiting: tuple[Line[Any], ...] = ()
         self.done = False
         self.cancelled = False
         self.cancel_pending = False
         self.on_finish: list[Callable[[], None]] = []
 
+    @property
+    def result(self) -> Line[T]:
+        """The line of the task's return value."""
+        line = self._result
+        if line is None:
+            line = self._result = Line(self.scheduler, (self.name, ".result"))
+            if self._returned:
+                line.set(self._return_value)
+        return line
+
     def wake(self, line: Line[Any]) -> None:
         """Called by a line that was set; queue the task if it waited on it."""
-        if not self.waiting:
+        waiting = self.waiting
+        if not waiting:
             return
-        for other in self.waiting:
-            if other is not line:
-                other.waiters.pop(self, None)
+        if len(waiting) > 1:
+            for other in waiting:
+                if other is not line:
+                    waiters = other.waiters
+                    if waiters:
+                        waiters.pop(self, None)
         self.waiting = ()
         self.scheduler.ready.append(self)
 
@@ -93,28 +114,40 @@ class Task(Generic[T]):
             waited = self.coroutine.send(None)
         except StopIteration as stop:
             self._finish()
-            self.result.set(stop.value)
+            if self._result is None:
+                self._returned = True
+                self._return_value = stop.value
+            else:
+                self._result.set(stop.value)
             return
         except Cancelled:
             self._finish()
             return
         finally:
             scheduler.current = previous
-        self._wait_on(waited)
+        if isinstance(waited, Line):
+            assert not waited.ready
+            waiters = waited.waiters
+            if waiters is None:
+                waited.waiters = {self: None}
+            else:
+                waiters[self] = None
+            self.waiting = (waited,)
+        else:
+            self._wait_on_any(waited)
         if self.cancel_pending:
             self.cancel()
 
-    def _wait_on(self, waited: object) -> None:
-        if isinstance(waited, Line):
-            assert not waited.ready
-            waited.waiters[self] = None
-            self.waiting = (waited,)
-        else:
-            assert isinstance(waited, AnyOf), f"task {self.name} awaited {waited!r}: not a line"
-            for line in waited.lines:
-                assert not line.ready
-                line.waiters[self] = None
-            self.waiting = waited.lines
+    def _wait_on_any(self, waited: object) -> None:
+        assert isinstance(waited, AnyOf), f"task {self.name} awaited {waited!r}: not a line"
+        for line in waited.lines:
+            assert not line.ready
+            waiters = line.waiters
+            if waiters is None:
+                line.waiters = {self: None}
+            else:
+                waiters[self] = None
+        self.waiting = waited.lines
 
     def cancel(self) -> None:
         """Throw ``Cancelled`` into the task now, until it finishes."""
@@ -126,7 +159,9 @@ class Task(Generic[T]):
             return
         self.cancelled = True
         for line in self.waiting:
-            line.waiters.pop(self, None)
+            waiters = line.waiters
+            if waiters:
+                waiters.pop(self, None)
         self.waiting = ()
         # A task cancelled while queued must not run again.
         if self in self.scheduler.ready:
@@ -201,7 +236,7 @@ class Scope:
             task = next(iter(self.tasks))
             if not task.done:
                 done: Line[None] = Line(self.scheduler, f"{self.name}.wait")
-                task.on_finish.append(lambda: done.set(None))
+                task.on_finish.append(partial(done.set, None))
                 await done
 
     async def __aenter__(self) -> Scope:
