@@ -122,7 +122,9 @@ def is_integer_string(text: str) -> bool:
 
 
 def _is_time(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if type(value) is int:  # not bool
+        return True
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _type_name(value: object) -> str:
@@ -193,7 +195,7 @@ def validate_operation(op: Operation) -> str | None:
     kind: object = op.op
     key: object = op.key
     status: object = op.status
-    if not isinstance(client, int) or isinstance(client, bool):
+    if type(client) is not int:  # bool is an int subclass: refuse it too
         return f"client must be an integer, got {_type_name(client)}"
     if not isinstance(kind, str) or kind not in OPERATION_KINDS:
         return f"unknown op {kind!r} (expected one of {sorted(OPERATION_KINDS)})"

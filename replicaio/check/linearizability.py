@@ -41,12 +41,22 @@ after its call, or never, and its output is unknown.
      move tried;
    * *latent optional operations*: the model may certify that an ``info``
      operation can only matter immediately before an *observer* that could
-     not take effect without it (``Model.latent``); for the key-value model,
+     not take effect without it (``SearchHints.latent``); for the key-value model,
      an unknown write whose value nobody read back matters only to a ``cas``
      that reported ``fail``. Such an operation is tried only where some
      observer is blocked, and then must be followed by one of those. Without
      this, every timed-out append is a candidate at every backtracking point
-     and hot keys cost millions of configurations.
+     and hot keys cost millions of configurations;
+   * *interchangeable optional operations*: two called ``info`` operations
+     with equal fields can swap places in any linearization, so they are
+     linearized in call order only (subsets become counts: timed-out
+     increments of a hot counter otherwise cost exponential time);
+   * *dead ends* (``SearchHints.dead_end``): the model may certify that an
+     operation can no longer take effect from a state, whatever follows;
+     for a key holding a counter (only ``get`` and non-negative ``incr``),
+     a value above what a pending operation needs. Without it, a search
+     that overshot a counter tries every combination of timed-out
+     increments before backtracking.
    The linearized set is stored relative to its lowest unlinearized required
    operation (``base``), so memory and bitset work stay proportional to the
    window of concurrency, not to the history length.
@@ -70,9 +80,9 @@ import os
 import re
 import sys
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from replicaio.check.history import (
     APPEND,
@@ -113,13 +123,35 @@ _NON_INTEGER_CHARACTER = re.compile(r"[^0-9-]")
 _SEEN_SEPARATOR = "\x00"
 
 
+@dataclass(frozen=True, slots=True)
+class SearchHints(Generic[StateT]):
+    """What a model certifies about one part; each hint is an exact pruning.
+
+    ``latent[i]`` (empty: all ``False``) for an ``info`` operation X of the
+    part is the model's proof obligation that any linearization can be
+    rewritten so that X is either absent or immediately followed by an
+    observer (``Model.is_observer``) that cannot take effect in the state
+    just before X. The search then tries X only there.
+
+    ``dead_end(state, op)`` is ``True`` only if the ``ok`` operation ``op``
+    can take effect in no state reachable from ``state`` by operations of
+    the part; a configuration where some candidate is dead is abandoned.
+    """
+
+    latent: Sequence[bool] = ()
+    dead_end: Callable[[StateT, Operation], bool] | None = None
+
+
 class Model(Protocol[StateT]):
     """A deterministic sequential specification the checker replays operations on.
 
     States must be hashable and immutable (they are memoized). ``step`` is
     called with operations of status ``ok`` (check the recorded output) and
     ``info`` (output unknown: take the effect the operation would have if it
-    succeeded, or answer ``False`` if it cannot succeed from this state).
+    succeeded, or answer ``False`` if it cannot succeed from this state). For
+    an ``info`` operation, ``step`` may depend only on its ``op``, ``key``,
+    ``value`` and ``expected``: the search treats two such operations with
+    equal fields as interchangeable.
     """
 
     def partition(self, ops: Sequence[Operation]) -> dict[str, list[Operation]]:
@@ -138,24 +170,64 @@ class Model(Protocol[StateT]):
         """Whether ``op`` never changes the state, whatever the state."""
         ...
 
-    def latent(self, part: Sequence[Operation]) -> list[bool]:
-        """For each operation of ``part``, whether it is a *latent* optional one.
-
-        ``True`` for an ``info`` operation X is the model's proof obligation
-        that any linearization of ``part`` can be rewritten so that X is
-        either absent or immediately followed by an observer
-        (``is_observer``) that cannot take effect in the state just before
-        X. The search then tries X only there. All ``False`` opts out.
-        """
+    def hints(self, part: Sequence[Operation]) -> SearchHints[StateT]:
+        """Facts about one part that let the search prune; ``SearchHints()`` is always safe."""
         ...
 
     def is_observer(self, op: Operation) -> bool:
-        """Whether ``op`` is an observer in the sense of ``latent``."""
+        """Whether ``op`` is an observer in the sense of ``SearchHints.latent``."""
         ...
 
     def describe_state(self, state: StateT) -> str:
         """A short human rendering of ``state``."""
         ...
+
+
+def _latent_writes(part: Sequence[Operation]) -> list[bool]:
+    """Unknown ``put``/``append`` of a value ``v`` nobody could have seen.
+
+    Conditions: no ``get`` output and no ``cas`` expected value of the part
+    contains ``v``, and ``v`` has a character no integer has. Proof sketch:
+    once X has run, the state contains ``v`` until a ``put`` or ``delete``
+    resets it; meanwhile no ``get``, successful ``cas`` or ``incr`` can run,
+    only appends (valid in any state) and failing ``cas`` (valid in any
+    state containing ``v``). So X can slide later, past everything, until
+    either a reset (drop X) or a failing ``cas`` that would have succeeded
+    without X (keep X just before it).
+    """
+    seen = _SEEN_SEPARATOR.join(
+        [op.output for op in part if op.op == GET and op.status == OK and op.output]
+        + [op.expected for op in part if op.op == CAS and op.expected]
+    )
+    return [
+        op.status == INFO
+        and op.op in (PUT, APPEND)
+        and op.value is not None
+        and _NON_INTEGER_CHARACTER.search(op.value) is not None
+        and _SEEN_SEPARATOR not in op.value
+        and op.value not in seen
+        for op in part
+    ]
+
+
+def _counter_dead_end(state: str | None, op: Operation) -> bool:
+    """For a part of ``get`` and non-negative ``incr`` only: values never decrease.
+
+    The state is absent or a decimal integer; an ``incr`` needs the state
+    ``output - delta`` and a ``get`` of a number needs that number, so a
+    larger state is a dead end; a ``get`` of absent needs the initial state.
+    """
+    if op.op == GET:
+        if op.output is None:
+            return state is not None
+        if not is_integer_string(op.output):
+            return True
+        return state is not None and int(state) > int(op.output)
+    assert op.op == INCR
+    assert op.value is not None
+    assert op.output is not None
+    current = 0 if state is None else int(state)
+    return current > int(op.output) - int(op.value)
 
 
 class KeyValueModel:
@@ -209,31 +281,16 @@ class KeyValueModel:
             return True
         return op.op == CAS and (op.value == op.expected or op.output == CAS_FAILED)
 
-    def latent(self, part: Sequence[Operation]) -> list[bool]:
-        """Unknown ``put``/``append`` of a value ``v`` nobody could have seen.
-
-        Conditions: no ``get`` output and no ``cas`` expected value of the
-        part contains ``v``, and ``v`` has a character no integer has. Proof
-        sketch: once X has run, the state contains ``v`` until a ``put`` or
-        ``delete`` resets it; meanwhile no ``get``, successful ``cas`` or
-        ``incr`` can run, only appends (valid in any state) and failing
-        ``cas`` (valid in any state containing ``v``). So X can slide later,
-        past everything, until either a reset (drop X) or a failing ``cas``
-        that would have succeeded without X (keep X just before it).
-        """
-        seen = _SEEN_SEPARATOR.join(
-            [op.output for op in part if op.op == GET and op.status == OK and op.output]
-            + [op.expected for op in part if op.op == CAS and op.expected]
-        )
-        return [
-            op.status == INFO
-            and op.op in (PUT, APPEND)
-            and op.value is not None
-            and _NON_INTEGER_CHARACTER.search(op.value) is not None
-            and _SEEN_SEPARATOR not in op.value
-            and op.value not in seen
+    def hints(self, part: Sequence[Operation]) -> SearchHints[str | None]:
+        """Latent unknown writes, and dead ends of pure counters (see the two helpers)."""
+        counter = all(
+            op.op == GET or (op.op == INCR and op.value is not None and int(op.value) >= 0)
             for op in part
-        ]
+        )
+        return SearchHints(
+            latent=_latent_writes(part),
+            dead_end=_counter_dead_end if counter and part else None,
+        )
 
     def is_observer(self, op: Operation) -> bool:
         return op.op == CAS and op.status == OK and op.output == CAS_FAILED
@@ -376,25 +433,49 @@ class _Search:
         for c in range(len(required), len(self.ops)):
             self.rank[c] = c
         self.read_only = [model.is_read_only(op) for op in self.ops]
-        self.observer = [model.is_observer(op) for op in self.ops]
-        self.latent = model.latent(self.ops)
+        # Only required operations observe (``blocked`` and ``allowed`` hold required ones).
+        self.observer = [op.status == OK and model.is_observer(op) for op in self.ops]
+        hints = model.hints(self.ops)
+        self.latent = list(hints.latent) or [False] * len(self.ops)
+        assert len(self.latent) == len(self.ops)
+        self.dead_end = hints.dead_end
+        self.latent_mask = sum(
+            1 << j for j, latent in enumerate(self.latent[len(required) :]) if latent
+        )
+        # Unknown operations with equal fields are interchangeable once called: use them in
+        # call order. ``twin_before[j]``: the previous such optional operation, or -1.
+        self.twin_before: list[int] = []
+        last: dict[tuple[str, str, str | None, str | None], int] = {}
+        for j, op in enumerate(optional):
+            signature = (op.op, op.key, op.value, op.expected)
+            self.twin_before.append(last.get(signature, -1))
+            last[signature] = j
 
-    def _called(self, base: int, rel: int, opt: int, position: int) -> list[int]:
-        """Unlinearized operations called by the return of ``by_return[position]``."""
+    def _required_called(self, base: int, rel: int, position: int) -> list[int]:
+        """Unlinearized required operations called by the return of ``by_return[position]``."""
         candidates: list[int] = []
         unlinearized = ~rel & ((1 << (self.called_required[position] - base)) - 1)
         while unlinearized:
             lowest = unlinearized & -unlinearized
             candidates.append(base + lowest.bit_length() - 1)
             unlinearized ^= lowest
-        called = self.called_optional[position]
-        if called:
-            count = self.required_count
-            unlinearized = ~opt & ((1 << called) - 1)
-            while unlinearized:
-                lowest = unlinearized & -unlinearized
-                candidates.append(count + lowest.bit_length() - 1)
-                unlinearized ^= lowest
+        return candidates
+
+    def _optional_called(self, opt: int, position: int, with_latent: bool) -> list[int]:
+        """Optional operations that may be linearized now (see ``twin_before``)."""
+        candidates: list[int] = []
+        unlinearized = ~opt & ((1 << self.called_optional[position]) - 1)
+        if not with_latent:
+            unlinearized &= ~self.latent_mask
+        count = self.required_count
+        twin_before = self.twin_before
+        while unlinearized:
+            lowest = unlinearized & -unlinearized
+            j = lowest.bit_length() - 1
+            twin = twin_before[j]
+            if twin < 0 or (opt >> twin) & 1:
+                candidates.append(count + j)
+            unlinearized ^= lowest
         return candidates
 
     def _candidates(
@@ -418,20 +499,22 @@ class _Search:
             position += 1
         else:
             return None
-        candidates = self._called(base, rel, opt, position)
+        candidates = self._required_called(base, rel, position)
+        ops = self.ops
+        dead_end = self.dead_end
+        if dead_end is not None and any(dead_end(state, ops[c]) for c in candidates):
+            return position, [], _NOTHING
         if allowed is not None:  # right after a latent operation: only its observers
             return position, [c for c in candidates if c in allowed], _NOTHING
         step = self.model.step
-        ops = self.ops
+        read_only = self.read_only
         for c in candidates:
-            if self.read_only[c] and step(state, ops[c])[0]:
+            if read_only[c] and step(state, ops[c])[0]:
                 return position, [c], _NOTHING  # a forced read: no alternative needs trying
-        blocked = frozenset(
-            c for c in candidates if self.observer[c] and not step(state, ops[c])[0]
-        )
-        if not blocked:
-            latent = self.latent
-            candidates = [c for c in candidates if not latent[c]]
+        observer = self.observer
+        blocked = frozenset(c for c in candidates if observer[c] and not step(state, ops[c])[0])
+        if self.called_optional[position]:
+            candidates += self._optional_called(opt, position, bool(blocked))
         if len(candidates) > 1:
             candidates.sort(key=self.rank.__getitem__)
         return position, candidates, blocked
