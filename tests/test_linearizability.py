@@ -206,6 +206,11 @@ def test_unknown_write_needed_only_to_fail_a_cas() -> None:
     assert verdict([history[0], failed_cas]) is False
 
 
+def test_unread_unknown_write_of_a_number_may_explain_an_increment() -> None:
+    # Nobody reads "5" back, but the increment's output reveals it.
+    assert verdict([put("5", 0, None, status="info"), op("incr", value="1", output="6")]) is True
+
+
 def test_identical_unknown_operations_may_all_take_effect() -> None:
     twins = [op("incr", "n", "1", None, 0, None, "info") for _ in range(3)]
     assert verdict([*twins, get("3", 5, 6, key="n")]) is True
