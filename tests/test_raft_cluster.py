@@ -341,7 +341,16 @@ class Cluster:
         committed = self.committed(node)
         return [committed[index] for index in sorted(committed) if committed[index]]
 
+    def caught_up(self) -> bool:
+        """Every up node applied everything the leader's log holds."""
+        leader = self.leader()
+        if leader is None:
+            return False
+        last = self.view(leader).last_index
+        return all(self.view(node).applied_index >= last for node in self.up())
+
     def all_applied(self, batch: bytes, nodes: list[int] | None = None) -> bool:
+        """Every node (of ``nodes``) applied ``batch`` as an entry (not through a snapshot)."""
         return all(batch in self.committed(node).values() for node in (nodes or self.up()))
 
     def messages(self, kind: type, source: int | None = None) -> list[tuple[int, int, Any]]:

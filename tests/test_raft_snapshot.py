@@ -1,0 +1,205 @@
+"""Section 7 of the Raft paper (log compaction, Figure 13's InstallSnapshot),
+on real node cores. The state machine of the test nodes is a hash chain of
+the batches; it snapshots every ``compact_every`` entries."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from test_raft_cluster import FAST_PARAMS, Cluster
+
+from replicaio.core.errors import UsageError
+from replicaio.protocols.raft import (
+    AppendEntries,
+    Entry,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    SnapshotInstalled,
+)
+from replicaio.protocols.raft.state import ENTRY_PREFIX, chain_digest
+
+SMALL_CHUNKS = dataclasses.replace(FAST_PARAMS, snapshot_chunk_bytes_max=4)
+
+
+def states_agree(cluster: Cluster) -> bool:
+    nodes = [cluster.protocol(node) for node in cluster.up()]
+    return len({(node.state_index, node.state) for node in nodes}) == 1
+
+
+def entry_keys(cluster: Cluster, node: int) -> list[str]:
+    return [key for key in cluster.disks[node].recover() if f"#{ENTRY_PREFIX}" in key]
+
+
+def test_7_a_compaction_replaces_the_log_prefix_by_a_durable_snapshot() -> None:
+    cluster = Cluster(3, compact_every=5)
+    cluster.start()
+    cluster.elect(0)
+    for index in range(12):
+        cluster.submit(0, f"c{index}".encode())
+    assert cluster.run(until=lambda: cluster.all_applied(b"c11"))
+    view = cluster.view(1)
+    assert view.snapshot_index == view.applied_index // 5 * 5
+    assert view.snapshot_index > 0
+    indexes = sorted(int(key.rsplit(":", 1)[1]) for key in entry_keys(cluster, 1))
+    assert indexes == list(range(view.snapshot_index + 1, view.last_index + 1))
+    assert cluster.raft(1).log.term_at(view.snapshot_index - 1) is None  # gone from memory
+    cluster.crash(1)
+    cluster.restart(1)
+    restored = cluster.view(1)
+    assert (restored.snapshot_index, restored.last_index) == (view.snapshot_index, view.last_index)
+    assert restored.last_digest == view.last_digest
+    assert cluster.protocol(1).snapshot is not None  # SMR got it back at the start
+    cluster.submit(0, b"after")
+    assert cluster.run(until=lambda: cluster.all_applied(b"after"))
+    assert states_agree(cluster)
+    cluster.assert_safe()
+
+
+def test_7_b_a_lagging_follower_receives_the_snapshot_in_chunks_then_the_rest() -> None:
+    cluster = Cluster(3, SMALL_CHUNKS, compact_every=5)
+    cluster.start()
+    cluster.elect(0)
+    cluster.crash(2)
+    for index in range(23):
+        cluster.submit(0, f"s{index}".encode())
+    assert cluster.run(until=lambda: cluster.all_applied(b"s22", [0, 1]))
+    cluster.restart(2)
+    assert cluster.run(until=cluster.caught_up)
+    chunks = [m for _, d, m in cluster.messages(InstallSnapshot, 0) if d == 2]
+    assert len(chunks) >= 4
+    assert all(len(chunk.data) <= 4 for chunk in chunks)
+    installed = [out for _, node, out in cluster.outputs
+                 if isinstance(out, SnapshotInstalled) and node == 2]
+    assert len(installed) == 1
+    assert states_agree(cluster)
+    cluster.assert_safe()
+
+
+def test_7_c_a_lost_chunk_is_sent_again() -> None:
+    cluster = Cluster(3, SMALL_CHUNKS, compact_every=5)
+    cluster.start()
+    cluster.elect(0)
+    cluster.crash(2)
+    for index in range(12):
+        cluster.submit(0, f"s{index}".encode())
+    assert cluster.run(until=lambda: cluster.all_applied(b"s11", [0, 1]))
+    lost: list[InstallSnapshot] = []
+
+    def drop(source: int, destination: int, message: object) -> bool:
+        if type(message) is InstallSnapshot and message.offset == 4 and not lost:
+            lost.append(message)
+            return True
+        return False
+
+    cluster.drop = drop
+    cluster.restart(2)
+    assert cluster.run(until=cluster.caught_up)
+    assert lost
+    assert states_agree(cluster)
+
+
+def follower_with_log() -> tuple[Cluster, int, int]:
+    """A 3-node cluster, leader 0, follower 1 with 6 committed entries and 2
+    uncommitted; returns the cluster, the term and the commit index."""
+    cluster = Cluster(3, dataclasses.replace(FAST_PARAMS, check_quorum=False))
+    cluster.start()
+    term = cluster.elect(0)
+    for index in range(6):
+        cluster.submit(0, f"e{index}".encode())
+    assert cluster.run(until=lambda: cluster.all_applied(b"e5"))
+    cluster.run(30_000)
+    view = cluster.view(1)
+    entries = (Entry(term, b"u1"), Entry(term, b"u2"))
+    cluster.inject(0, 1, AppendEntries(
+        term, 0, view.last_index, term, entries, view.commit_index, 0))
+    return cluster, term, view.commit_index
+
+
+def snapshot_message(cluster: Cluster, term: int, index: int, entry_term: int,
+                     data: bytes) -> InstallSnapshot:
+    config = cluster.view(0).config
+    digest = chain_digest(b"x", Entry(entry_term, data))
+    return InstallSnapshot(term, 0, index, entry_term, digest, config, len(data), 0, data, 0)
+
+
+def test_7_d_a_snapshot_matching_the_followers_log_keeps_the_entries_after_it() -> None:
+    cluster, term, commit = follower_with_log()
+    last = cluster.view(1).last_index
+    data = (commit + 1).to_bytes(8, "big") + b"state"
+    replies = cluster.inject(0, 1, snapshot_message(cluster, term, commit + 1, term, data))
+    assert replies[-1] == InstallSnapshotResponse(term, commit + 1, len(data), True, 0,
+                                                  cluster.view(1).identity)
+    view = cluster.view(1)
+    assert (view.snapshot_index, view.last_index) == (commit + 1, last)  # u2 kept
+    assert cluster.protocol(1).snapshot == (commit + 1, data)
+
+
+def test_7_e_a_snapshot_that_does_not_match_discards_the_whole_log() -> None:
+    cluster, term, commit = follower_with_log()
+    data = (commit + 1).to_bytes(8, "big") + b"other"
+    message = dataclasses.replace(snapshot_message(cluster, term + 1, commit + 1, term + 1, data),
+                                  leader=2)
+    cluster.inject(2, 1, message)
+    view = cluster.view(1)
+    assert (view.snapshot_index, view.last_index, view.commit_index) == (commit + 1,) * 3
+    assert not entry_keys(cluster, 1) or all(
+        int(key.rsplit(":", 1)[1]) > commit + 1 for key in entry_keys(cluster, 1))
+
+
+@pytest.mark.parametrize("keep", range(6))
+def test_7_f_a_crash_while_installing_leaves_the_old_or_the_new_state(keep: int) -> None:
+    cluster, term, commit = follower_with_log()
+    before = cluster.view(1)
+    data = (commit + 1).to_bytes(8, "big") + b"other"
+    message = dataclasses.replace(snapshot_message(cluster, term + 1, commit + 1, term + 1, data),
+                                  leader=2)
+    cluster.crash_in_next_step(1, keep)
+    cluster.inject(2, 1, message)
+    cluster.restart(1)
+    log = cluster.raft(1).log
+    if log.snapshot_index == commit + 1:  # the snapshot record made it: no old entry survives
+        assert log.last_index == commit + 1
+    else:  # the old snapshot, and a prefix of the old log (erased from the end)
+        assert log.snapshot_index == before.snapshot_index
+        assert before.snapshot_index <= log.last_index <= before.last_index
+        for index in range(log.snapshot_index + 1, log.last_index + 1):
+            assert log.term_at(index) is not None
+
+
+def test_7_g_an_oversized_snapshot_is_refused_and_counted() -> None:
+    cluster, term, commit = follower_with_log()
+    small = dataclasses.replace(cluster.params, snapshot_bytes_max=4)
+    cluster.raft(1).params = small
+    data = (commit + 1).to_bytes(8, "big") + b"state"
+    assert cluster.inject(0, 1, snapshot_message(cluster, term, commit + 1, term, data)) == []
+    assert cluster.node_counters(1)["bound_raft_snapshot_bytes_max"] == 1
+    assert cluster.node_counters(1)["raft_rejected_snapshot_too_large"] == 1
+
+
+def test_7_h_compacting_beyond_the_applied_index_is_a_usage_error() -> None:
+    cluster = Cluster(3)
+    cluster.start()
+    cluster.elect(0)
+    with pytest.raises(UsageError):
+        cluster.raft(0).compact(cluster.view(0).applied_index + 1, b"")
+
+
+def test_7_i_compacting_again_during_a_transfer_restarts_it_with_the_new_snapshot() -> None:
+    cluster = Cluster(3, dataclasses.replace(SMALL_CHUNKS, heartbeat_us=20_000), compact_every=3,
+                      latency_us=4_000)
+    cluster.start()
+    cluster.elect(0)
+    cluster.crash(2)
+    for index in range(10):
+        cluster.submit(0, f"a{index}".encode())
+    assert cluster.run(until=lambda: cluster.all_applied(b"a9", [0, 1]))
+    cluster.restart(2)
+    cluster.run(10_000)  # the transfer has begun
+    for index in range(10):
+        cluster.submit(0, f"b{index}".encode())  # and the leader compacts meanwhile
+    assert cluster.run(until=lambda: cluster.all_applied(b"b9", [0, 1]) and cluster.caught_up())
+    indexes = {m.last_included_index for _, d, m in cluster.messages(InstallSnapshot, 0) if d == 2}
+    assert len(indexes) >= 2
+    assert states_agree(cluster)
+    cluster.assert_safe()
