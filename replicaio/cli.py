@@ -8,7 +8,8 @@
     replicaio demo
     replicaio protocols
     replicaio node --config FILE --id I [--event-log FILE]
-    replicaio cluster up --protocol P --nodes N --base-port B --data-dir D | cluster down --data-dir D
+    replicaio cluster up --protocol P --nodes N --base-port B --data-dir D
+    replicaio cluster down --data-dir D
     replicaio broadcast --config FILE --node I VALUE
 
 Exit status: 0 when every property held (or the replay matched), 1 when a

@@ -36,6 +36,7 @@ block beyond it: TCP backpressure), ``batch_inputs_max`` per batch.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -409,7 +410,8 @@ def run_event_loop(coroutine: Any, loop: str = "auto") -> None:
         raise ValueError(f"loop must be auto, asyncio or uvloop, got {loop!r}")
     if loop != "asyncio":
         try:
-            import uvloop
+            # An optional extra: imported by name so type checking does not need it.
+            uvloop = importlib.import_module("uvloop")
         except ImportError:
             if loop == "uvloop":
                 raise
