@@ -297,15 +297,21 @@ class Cluster:
 
     def elect(self, node: int, limit_us: int = 3_000_000) -> int:
         """Let ``node`` time out first (from its next timeout draw on) and win,
-        with an entry of its term committed; returns its term."""
+        with an entry of its term and its configuration committed (so it takes
+        admin requests); returns its term."""
         self.preferred = node
-        assert self.run(until=lambda: node in self.leaders() and self.committed_in_term(node),
+        assert self.run(until=lambda: node in self.leaders() and self.settled(node),
                         limit_us=limit_us), f"node {node} did not become leader"
         return self.view(node).term
 
     def committed_in_term(self, node: int) -> bool:
         raft = self.raft(node)
         return raft.commit_index >= raft.term_start_index
+
+    def settled(self, node: int) -> bool:
+        """Leader ``node`` committed an entry of its term and has no change pending."""
+        raft = self.raft(node)
+        return self.committed_in_term(node) and raft.commit_index >= raft.log.config_index
 
     def submit(self, node: int, batch: bytes) -> None:
         self.request(node, batch)

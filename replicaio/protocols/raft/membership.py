@@ -147,9 +147,6 @@ class Membership:
             return "not_leader"
         if request.action == "transfer":
             return raft.election.transfer(node)
-        reason = self.can_change()
-        if reason is not None:
-            return reason
         config = self.config
         member = self.registered(node) is not None
         if request.action in ("add", "add_learner"):
@@ -173,6 +170,9 @@ class Membership:
                 return "last_voter"
             promoting = tuple(other for other in config.promoting if other != node)
             new = Config(without(config.voters, node), without(config.learners, node), promoting)
+        reason = self.can_change()
+        if reason is not None:
+            return reason
         self.propose(new)
         return None
 
