@@ -119,6 +119,7 @@ class Link(Generic[T]):
         "reached",
         "received",
         "sent",
+        "storage_prefix_cached",
     )
 
     def __init__(
@@ -126,6 +127,7 @@ class Link(Generic[T]):
     ) -> None:
         self.node = context.node
         self.path = context.path
+        self.storage_prefix_cached: str | None = None
         self.name = name
         self.accepts = accepts
         self.durable = durable
@@ -165,6 +167,13 @@ class Link(Generic[T]):
             return
         self.sent[destination] = value
         self.node.link_send(self, destination, value, persist=self.durable)
+
+    def storage_prefix(self) -> str:
+        """``Node.storage_key(path, "")``, made once per link: every send persists."""
+        prefix = self.storage_prefix_cached
+        if prefix is None:
+            prefix = self.storage_prefix_cached = self.node.storage_key(self.path, "")
+        return prefix
 
     @property
     def sent_to_all(self) -> T | None:
@@ -237,12 +246,22 @@ class Link(Generic[T]):
 class Context:
     """A component's handle on its node. Created by the node or by a parent."""
 
-    __slots__ = ("child_handler", "closed", "links_by_name", "node", "path", "streams", "tasks")
+    __slots__ = (
+        "child_handler",
+        "closed",
+        "links_by_name",
+        "node",
+        "path",
+        "storage_prefix",
+        "streams",
+        "tasks",
+    )
 
     def __init__(self, node: Node, path: Path) -> None:
         self.node = node
         self.path = path
         self.links_by_name: dict[str, Link[Any]] = {}
+        self.storage_prefix: str | None = None  # storage_key(path, ""), made on first use
         self.tasks = Scope(node.scheduler, "/".join(map(str, path)) or "root")
         self.child_handler: ChildHandler | None = None
         self.streams: list[Stream] = []
@@ -364,7 +383,10 @@ class Context:
 
     def key(self, name: str) -> str:
         """The storage key of ``name`` in this component's slice of storage."""
-        return self.node.storage_key(self.path, name)
+        prefix = self.storage_prefix
+        if prefix is None:
+            prefix = self.storage_prefix = self.node.storage_key(self.path, "")
+        return prefix + name
 
     def persist(self, name: str, value: Any) -> None:
         """Durably store ``value`` (plain data) before any effect of this step is released."""

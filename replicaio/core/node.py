@@ -166,6 +166,7 @@ class Node:
             raise ConfigError(f"node id {node_id} not in 0..{config.n - 1}")
         self.node_id = node_id
         self.config = config
+        self.n = config.n
         self.params = (params or NodeParams()).validate()
         self.codec = codec or Codec()
         self.protocol_factory = protocol
@@ -297,10 +298,13 @@ class Node:
     # -- receiving -----------------------------------------------------------
 
     def receive(self, source: int, data: Any) -> None:
-        if not (0 <= source < self.config.n) or source == self.node_id:
+        if not 0 <= source < self.n or source == self.node_id:
             self.count("rejected_unknown_peer")
             return
-        if isinstance(data, bytes | bytearray | memoryview):
+        if type(data) is Envelope:  # the common case, decoded or not
+            self.dispatch(source, data)
+            return
+        if isinstance(data, (bytes, bytearray, memoryview)):  # a tuple: faster than a union
             try:
                 data = self.codec.decode(bytes(data))
             except DecodeError as error:
@@ -414,7 +418,7 @@ class Node:
         path = link.path
         channel = link.name
         if persist:
-            key = self.storage_key(path, f"link:{channel}:{destination}")
+            key = f"{link.storage_prefix()}link:{channel}:{destination}"
             self.persist(key, self.codec.encode_value(body))
         # One frozen message for every target: retained, sent and encoded once.
         envelope = Envelope(path, channel, body)
@@ -619,8 +623,8 @@ class Node:
         return tuple(int(part[1:]) if part[0] == "i" else part[1:] for part in text.split("/"))
 
     def stored_names(self, path: Path, prefix: str) -> Iterable[str]:
-        start = self.storage_key(path, prefix)
         path_prefix = self.storage_key(path, "")
+        start = path_prefix + prefix
         cut = len(path_prefix)
         keys = self.storage_keys.get(path_prefix, ())
         return sorted(key[cut:] for key in keys if key.startswith(start))
