@@ -23,7 +23,7 @@ from replicaio.core.config import ClusterConfig
 from replicaio.core.errors import UsageError
 from replicaio.protocols.broadcast import PROTOCOLS as BROADCASTS
 from replicaio.protocols.broadcast import BroadcastSpec, Delivered
-from replicaio.sim.options import SimOptions
+from replicaio.sim.options import Crash, SimOptions
 
 
 class HarnessApi(Protocol):
@@ -40,6 +40,11 @@ class HarnessApi(Protocol):
 
     def call_at(self, time_us: int, callback: Callable[[], None]) -> None:
         """Call ``callback()`` at virtual time ``time_us`` (not before now)."""
+        ...
+
+    def crash(self, crash: Crash) -> None:
+        """Crash ``crash.node`` now as the options' crashes do (a fault the harness
+        aims, say at the current leader); ignored in the liveness phase."""
         ...
 
 

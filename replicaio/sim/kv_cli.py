@@ -7,13 +7,16 @@ harness, for ``--history``) and the report fields:
 
     replicaio sim raft --nodes 5 --seed 7 --faults crash,partition \\
         [--clients C] [--ops K] [--membership-every MS] [--snapshot-every B] \\
-        [--json] [--history FILE] [--log FILE]
+        [--nemesis MS] [--json] [--history FILE] [--log FILE]
     replicaio swarm raft --nodes 5 --seeds 1000 --faults crash,partition,loss,dup,reorder
 
 Membership changes and snapshots happen within ordinary runs: by default a
 change is asked every 400 ms of virtual time during the safety phase
 (``--membership-every 0`` turns them off), and SMR snapshots every 16 applied
-batches (``--snapshot-every``; 0 turns them off).
+batches (``--snapshot-every``; 0 turns them off). With the ``crash`` fault, a
+nemesis also crashes the current leader about every second (``--nemesis``),
+and half the time a second node briefly, inside a step, during the election
+that follows: random crash times alone rarely hit leaders and elections.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from replicaio.sim.options import SimOptions, parse_faults
 from replicaio.sim.simulator import SimResult, Simulator
 
 MEMBERSHIP_EVERY_MS = 400
+NEMESIS_EVERY_MS = 1000
 
 
 def is_service(protocol: str) -> bool:
@@ -45,6 +49,9 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--membership-every", type=int, default=None, metavar="MS",
                        help="ask for a membership change or leadership transfer every MS "
                        f"ms of virtual time (default {MEMBERSHIP_EVERY_MS}; 0: never)")
+    group.add_argument("--nemesis", type=int, default=None, metavar="MS",
+                       help="with the crash fault: crash the leader about every MS ms "
+                       f"(default {NEMESIS_EVERY_MS}; 0: never)")
     group.add_argument("--snapshot-every", type=int, default=None, metavar="B",
                        help="SMR snapshot (and log compaction) every B applied batches "
                        "(default 16; 0: never)")
@@ -64,12 +71,16 @@ def workload_of(args: argparse.Namespace) -> KvWorkload:
     membership = getattr(args, "membership_every", None)
     if membership is None:
         membership = MEMBERSHIP_EVERY_MS
-    if membership < 0:
-        raise UsageError("--membership-every must be >= 0")
+    nemesis = getattr(args, "nemesis", None)
+    if nemesis is None:
+        nemesis = NEMESIS_EVERY_MS
+    if membership < 0 or nemesis < 0:
+        raise UsageError("--membership-every and --nemesis must be >= 0")
     return KvWorkload(
         clients=args.clients if getattr(args, "clients", None) is not None else base.clients,
         ops=args.ops if getattr(args, "ops", None) is not None else base.ops,
         membership_every_us=membership * 1000,
+        nemesis_every_us=nemesis * 1000,
     ).validate()
 
 
@@ -117,6 +128,7 @@ def reproduce_words(args: argparse.Namespace) -> list[str]:
         ("--clients", "clients"),
         ("--ops", "ops"),
         ("--membership-every", "membership_every"),
+        ("--nemesis", "nemesis"),
         ("--snapshot-every", "snapshot_every"),
     ):
         value = getattr(args, name, None)
@@ -144,6 +156,7 @@ REPORT_ROWS = (
     "client_redirects",
     "client_timeouts",
     "membership_requests",
+    "nemesis_crashes",
     "raft_leaders_elected",
     "raft_term_max",
     "raft_commit_index_max",

@@ -95,6 +95,8 @@ class KvWorkload:
     backoff_us: int = 50_000
     read_via_log: float = 0.2  # share of gets sent as ordinary (logged) requests
     membership_every_us: int = 0  # 0: no membership changes
+    fault_window_us: int = 1_000_000  # faults are drawn per window (smaller: more churn)
+    nemesis_every_us: int = 0  # crash the believed leader (and maybe one more) this often
     mix: tuple[tuple[str, int], ...] = DEFAULT_MIX
     check_budget_s: float | None = 300.0
 
@@ -102,10 +104,12 @@ class KvWorkload:
         """Raise :class:`UsageError` unless the workload is usable."""
         if self.clients < 1 or self.ops < 0 or self.keys < 1 or self.counters < 0:
             raise UsageError("--clients and keys must be >= 1, --ops >= 0")
-        for name in ("attempt_timeout_us", "op_deadline_us", "attempts_max", "backoff_us"):
+        for name in (
+            "attempt_timeout_us", "op_deadline_us", "attempts_max", "backoff_us", "fault_window_us"
+        ):
             if getattr(self, name) < 1:
                 raise UsageError(f"KvWorkload.{name} must be >= 1")
-        if self.think_us_max < 0 or self.membership_every_us < 0:
+        if self.think_us_max < 0 or self.membership_every_us < 0 or self.nemesis_every_us < 0:
             raise UsageError("think time and membership period must be >= 0")
         if not 0.0 <= self.read_via_log <= 1.0:
             raise UsageError("read_via_log is a share in [0, 1]")
@@ -185,6 +189,7 @@ class Figures:
     timeouts: int = 0
     stale_outputs: int = 0
     membership_requests: int = 0
+    nemesis_crashes: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -196,10 +201,12 @@ class KvHarness:
         config: ClusterConfig,
         checkers: list[OutputChecker] | None = None,
         membership: Callable[[KvHarness], None] | None = None,
+        leader_hint: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.checkers = list(checkers or [])
         self.membership = membership
+        self.leader_hint = leader_hint
         self.api: HarnessApi | None = None
         self.workload = KvWorkload()
         self.rng = random.Random(0)
@@ -240,6 +247,8 @@ class KvHarness:
             api.call_at(start, functools.partial(self.next_op, client))
         if self.membership is not None and self.workload.membership_every_us:
             api.call_at(self.workload.membership_every_us, self.membership_tick)
+        if self.workload.nemesis_every_us and "crash" in options.faults:
+            api.call_at(self.workload.nemesis_every_us, self.nemesis_tick)
         api.call_at(options.safety_us + 1, self.on_heal)
         return []
 
@@ -310,6 +319,7 @@ class KvHarness:
             "client_timeouts": figures.timeouts,
             "client_ids_used": len(self.by_id) + len(self.retired),
             "membership_requests": figures.membership_requests,
+            "nemesis_crashes": figures.nemesis_crashes,
         }
 
     # -- history ---------------------------------------------------------------------
@@ -548,6 +558,37 @@ class KvHarness:
         api = self.require_api()
         api.call_at(api.now() + self.workload.membership_every_us, self.membership_tick)
 
+    # -- the nemesis: crashes aimed at the leader ------------------------------------------
+
+    def nemesis_tick(self) -> None:
+        """Crash the believed leader (or, one time in five, any node), and half the
+        time a second node briefly, inside a step (losing some unsynced writes),
+        right after or during the election that follows: the elections and
+        recoveries that random crash times rarely produce. Only in the safety
+        phase, only with the ``crash`` fault."""
+        if self.healed:
+            return
+        api = self.require_api()
+        rng = self.rng
+        leader = self.leader_hint() if self.leader_hint is not None else -1
+        target = leader if leader >= 0 and rng.random() < 0.8 else rng.randrange(self.config.n)
+        api.crash(Crash(target, api.now(), rng.randrange(5_000, 400_000), rng.random() < 0.5,
+                        rng.randint(0, 3)))
+        self.figures.nemesis_crashes += 1
+        if self.config.n > 1 and rng.random() < 0.5:
+            other = rng.choice([node for node in self.config.nodes if node != target])
+            # Right after the leader, or during the election that follows it.
+            at = api.now() + rng.randrange(1_000, 700_000)
+            crash = Crash(other, at, rng.randrange(1_000, 30_000), True, rng.randint(0, 3))
+            api.call_at(at, functools.partial(self.nemesis_crash, crash))
+        period = self.workload.nemesis_every_us
+        api.call_at(api.now() + period // 2 + rng.randrange(period + 1), self.nemesis_tick)
+
+    def nemesis_crash(self, crash: Crash) -> None:
+        if not self.healed:
+            self.require_api().crash(crash)
+            self.figures.nemesis_crashes += 1
+
     # -- plumbing ------------------------------------------------------------------------
 
     def require_api(self) -> HarnessApi:
@@ -557,9 +598,6 @@ class KvHarness:
     def require_recorder(self) -> HistoryRecorder:
         assert self.recorder is not None, "KvHarness used before bind()"
         return self.recorder
-
-
-FAULT_WINDOW_US = 1_000_000  # faults are drawn per window, so long runs keep churning
 
 
 def kv_options(
@@ -573,9 +611,9 @@ def kv_options(
     """Options of a KV run: the usual seeded network and faults, over a safety
     phase long enough for the workload, with the workload in ``extra``.
 
-    Partitions and crashes are drawn per :data:`FAULT_WINDOW_US` of the safety
-    phase (each window as ``SimOptions.draw`` draws a whole run), so a long run
-    sees leaders fail again and again rather than a few faults early on."""
+    Partitions and crashes are drawn per ``workload.fault_window_us`` of the
+    safety phase (each window as ``SimOptions.draw`` draws a whole run), so a
+    long run sees leaders fail again and again rather than a few faults early."""
     workload.validate()
     base = SimOptions.draw(seed, nodes, 0, faults, requests_per_node=0, encode=encode)
     rounds = -(-workload.ops // workload.clients)
@@ -583,9 +621,10 @@ def kv_options(
     rng = random.Random(f"replicaio-kv-options:{seed}")
     partitions: list[Partition] = []
     crashes: list[Crash] = []
-    for start in range(0, safety, FAULT_WINDOW_US):
-        span = min(FAULT_WINDOW_US, safety - start)
-        if span < FAULT_WINDOW_US // 2:
+    window = workload.fault_window_us
+    for start in range(0, safety, window):
+        span = min(window, safety - start)
+        if span < window // 2 or span < 4_000:
             break
         if "partition" in faults:
             partitions += [
@@ -671,6 +710,8 @@ def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
     if spec.family != "raft":
         return KvHarness(config)
     membership = RaftMembership(config)
-    harness = KvHarness(config, raft_checkers(config), membership)
+    harness = KvHarness(
+        config, raft_checkers(config), membership, leader_hint=lambda: membership.leader
+    )
     harness.observers.append(membership.observe)
     return harness

@@ -502,6 +502,10 @@ class SimulatorApi:
         simulator = self.simulator
         simulator.push(max(time_us, simulator.now), CALL, -1, callback)
 
+    def crash(self, crash: Crash) -> None:
+        simulator = self.simulator
+        simulator.push(simulator.now, CRASH, crash.node, crash)
+
 
 def simulate(
     protocol: str,
