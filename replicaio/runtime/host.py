@@ -50,7 +50,7 @@ from replicaio.protocols.registry import protocol_factory
 from replicaio.runtime.client import ClientService, OnDone, service_factory
 from replicaio.runtime.config import ClusterFile
 from replicaio.runtime.counters import Counters
-from replicaio.runtime.logs import log, monotonic_us
+from replicaio.runtime.logs import FIELDS, log, monotonic_us
 from replicaio.runtime.metrics import NodeMetrics
 from replicaio.runtime.transport import Transport
 from replicaio.storage.file import FileStorage
@@ -104,6 +104,10 @@ class NodeHost:
             if on_ready is not None:
                 on_ready(self)
             await self.batch_loop()
+        except Exception:
+            # A bug (a failed assertion in the core) or a failed sync: stop loudly.
+            logger.exception("node failed", extra={FIELDS: {"steps": self.stats["steps"]}})
+            raise
         finally:
             await self.shutdown()
 
