@@ -204,6 +204,49 @@ def test_every_delivery_survives_kill_9_of_all_nodes_and_is_reannounced(
     assert [(a.seq, a.value) for a in again[2].accepted] == [(3, b"e2")]
 
 
+def test_raft_with_smr_and_kv_runs_unchanged_on_the_live_runtime(
+    make_cluster: Callable[..., LocalCluster], capsys: pytest.CaptureFixture[str],
+) -> None:
+    import msgpack
+
+    from replicaio.core.codec import Codec
+    from replicaio.services.kv.state_machine import encode_command
+    from replicaio.smr.api import ClientRequest, Reply
+
+    codec = Codec()
+    cluster = make_cluster(protocol="raft", nodes=3)
+    cluster.start_all()
+    clients = [cluster.client(node) for node in range(3)]
+
+    def call(node: int, client: int, seq: int, command: bytes, read_only: bool) -> list[Any]:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:  # before an election, a request may be refused
+            clients[node].request(codec.encode(ClientRequest(client, seq, command, read_only)))
+            while time.monotonic() < deadline:
+                message = clients[node].next_output(0.5)
+                if message is None:
+                    break  # no answer: retry with the same (client, seq)
+                if type(message) is Reply and (message.client, message.seq) == (client, seq):
+                    result: list[Any] = msgpack.unpackb(message.result)
+                    return result
+                if getattr(message, "client", None) == client:
+                    break  # refused or redirected: retry
+            time.sleep(0.05)
+        raise AssertionError(f"no reply to client {client} seq {seq}")
+
+    for node in range(3):  # followers forward to the leader
+        assert call(node, 100 + node, 1, encode_command("put", b"k%d" % node, b"v%d" % node),
+                    False)[0] == "ok"
+    for node in range(3):
+        assert call(node, 200, node + 1, encode_command("get", b"k%d" % ((node + 1) % 3)),
+                    True) == ["ok", b"v%d" % ((node + 1) % 3)]
+    for node in range(3):
+        assert cluster.stop(node) == 0
+    for node in range(3):
+        assert main(["replay", str(cluster.event_log(node, 1)), "--node", str(node)]) == 0
+    assert "every effect matches" in capsys.readouterr().out
+
+
 def test_a_corrupted_wal_record_in_the_middle_makes_the_node_refuse_to_start(
     make_cluster: Callable[..., LocalCluster],
 ) -> None:

@@ -90,6 +90,18 @@ def test_f_defaults_to_the_most_the_protocol_tolerates(tmp_path: Path) -> None:
     assert cluster.f == 1
 
 
+def test_protocol_params_become_the_registry_name(tmp_path: Path) -> None:
+    text = EXAMPLE.replace('name = "bracha"\nf = 1\n',
+                           'name = "raft"\n[protocol.params]\nsnapshot = 8\nbatch = 4\n')
+    cluster = load_cluster_file(write(tmp_path, text))
+    assert cluster.protocol == "raft:batch=4,snapshot=8"
+    assert cluster.f == 1  # crash resilience: n = 4 tolerates 1
+    bad = text.replace("snapshot = 8", "snapshots = 8")
+    with pytest.raises(ClusterFileError) as caught:
+        load_cluster_file(write(tmp_path, bad))
+    assert caught.value.field == "protocol.params"
+
+
 def test_the_secret_may_come_from_a_file(tmp_path: Path) -> None:
     (tmp_path / "secret.hex").write_text(SECRET_HEX + "\n")
     text = EXAMPLE.replace(f'secret = "{SECRET_HEX}"', 'secret_file = "secret.hex"')

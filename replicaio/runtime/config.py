@@ -8,7 +8,8 @@ message says what is expected. Unknown keys are errors too: a typo must not
 silently fall back to a default. The format, with an example, is in
 ``docs/runtime.md``; relative paths are relative to the file's directory.
 
-Sections: ``[protocol]`` (name, f, params), ``[auth]`` (kind and secret or
+Sections: ``[protocol]`` (name, f, and params: integers a replicated service
+such as ``raft`` takes, ``snapshot`` and ``batch``), ``[auth]`` (kind and secret or
 keys), ``[node]`` (the core's :class:`~replicaio.core.node.NodeParams`),
 ``[transport]`` (:class:`TransportParams`), ``[host]`` (:class:`HostParams`),
 and one ``[[nodes]]`` table per node.
@@ -25,6 +26,7 @@ from typing import Any
 from replicaio.core.config import NODES_MAX, ClusterConfig, Resilience
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.node import NodeParams
+from replicaio.protocols.registry import SERVICES as REPLICATED_SERVICES
 from replicaio.protocols.registry import protocol_factory, protocol_names
 from replicaio.runtime.crypto import (
     ED25519_KEY_BYTES,
@@ -224,11 +226,7 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
             "protocol.name", f"unknown protocol {protocol!r}; known: {', '.join(protocol_names())}"
         )
     params = table(protocol_table, "params", field_name="protocol.params")
-    if params:
-        # Today's protocols take no parameters; refuse rather than ignore them.
-        raise ClusterFileError(
-            "protocol.params", f"protocol {protocol!r} takes no parameters, got {sorted(params)}"
-        )
+    protocol = protocol_with_params(protocol, params)
     nodes = parse_nodes(data.get("nodes"), base)
     resilience = protocol_factory(protocol).resilience
     f_default = default_f(resilience, len(nodes))
@@ -250,6 +248,26 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
         host=parse_dataclass(HostParams, table(data, "host"), "host"),
         path=path,
     )
+
+
+def protocol_with_params(name: str, params: dict[str, Any]) -> str:
+    """The registry's name for ``name`` with ``params``: ``raft`` with ``{snapshot = 8}``
+    is ``raft:snapshot=8`` (what the event log records, so replay builds the same)."""
+    if not params:
+        return name
+    if name not in REPLICATED_SERVICES:
+        raise ClusterFileError(
+            "protocol.params", f"protocol {name!r} takes no parameters, got {sorted(params)}"
+        )
+    for key, value in params.items():
+        if type(value) is not int:
+            raise ClusterFileError(f"protocol.params.{key}", f"must be an integer, got {value!r}")
+    full = name + ":" + ",".join(f"{key}={params[key]}" for key in sorted(params))
+    try:
+        protocol_factory(full)
+    except UsageError as error:
+        raise ClusterFileError("protocol.params", str(error)) from error
+    return full
 
 
 def default_f(resilience: Resilience, n: int) -> int:
