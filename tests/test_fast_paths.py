@@ -93,3 +93,25 @@ def test_pack_effects_packs_like_encode_effects() -> None:
     for effects in batches:
         expected = msgpack.packb(encode_effects(codec, effects), use_bin_type=True)
         assert msgpack.packb(pack_effects(codec, effects), use_bin_type=True) == expected
+
+
+def test_run_restores_the_collector_thresholds() -> None:
+    import gc
+
+    from replicaio.sim.simulator import GC_YOUNG_ALLOCATIONS, young_collections_every
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, ...]] = []
+
+    class Watching(Simulator):
+        def run_events(self) -> None:
+            seen.append(gc.get_threshold())
+            super().run_events()
+
+    options = SimOptions.draw(1, 4, requests_per_node=1)
+    assert Watching("bracha", options).run().ok
+    assert seen[0][0] == max(before[0], GC_YOUNG_ALLOCATIONS)
+    assert gc.get_threshold() == before
+    with pytest.raises(RuntimeError), young_collections_every(GC_YOUNG_ALLOCATIONS + 1):
+        raise RuntimeError("a bug in a run")
+    assert gc.get_threshold() == before

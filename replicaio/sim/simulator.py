@@ -24,11 +24,15 @@ and a run is a pure function of its options. The simulator:
 
 from __future__ import annotations
 
+import gc
 import heapq
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from heapq import heappush
+from math import log
 from typing import IO, Any
 
 from replicaio.core.codec import Codec
@@ -44,6 +48,30 @@ from replicaio.storage.memory import MemoryStorage
 from replicaio.trace.eventlog import Choice, EventLogWriter, encode_input, pack_effects
 
 DELIVER, TIMER, REQUEST, CRASH, RESTART, LIVENESS, CALL = range(7)
+
+# Young-generation collections during a run happen after this many net
+# allocations of tracked objects (CPython's default is 700). A run keeps many
+# small long-lived containers (in-flight messages, retained envelopes, link
+# state) and, since components are freed by reference counting, makes almost
+# no cyclic garbage (10 objects in a 157k-message run at n=16): at the
+# default, that run spent 0.66 s of 2.1 s in the collector re-scanning live
+# state; at 50k, 0.16 s. Memory stays bounded: at most this many objects of
+# cyclic garbage wait for a collection.
+GC_YOUNG_ALLOCATIONS = 50_000
+
+
+@contextmanager
+def young_collections_every(allocations: int) -> Iterator[None]:
+    """Collect the young generation less often for the duration of the block
+    (never more often than the process already does); restored on exit."""
+    threshold = gc.get_threshold()
+    if 0 < threshold[0] < allocations:
+        gc.set_threshold(allocations, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+
 
 # Resolves a correct node's choice point instead of the seeded draw:
 # (node, label, count) -> index. Used by the explorer to enumerate choices.
@@ -188,18 +216,19 @@ class Simulator:
         """Run both phases and return the verdict."""
         started = time.perf_counter()
         options = self.options
-        try:
-            for node in self.nodes:
-                self.restart(node)
-            for at_us, node_id, payload in self.harness.requests(options):
-                self.push(at_us, REQUEST, node_id, payload)
-            for crash in options.crashes:
-                self.push(crash.at_us, CRASH, crash.node, crash)
-            self.push(options.safety_us, LIVENESS, -1)
-            self.run_events()
-        finally:
-            if self.log is not None:
-                self.log.flush()  # the sink holds every record, even after a bug
+        with young_collections_every(GC_YOUNG_ALLOCATIONS):
+            try:
+                for node in self.nodes:
+                    self.restart(node)
+                for at_us, node_id, payload in self.harness.requests(options):
+                    self.push(at_us, REQUEST, node_id, payload)
+                for crash in options.crashes:
+                    self.push(crash.at_us, CRASH, crash.node, crash)
+                self.push(options.safety_us, LIVENESS, -1)
+                self.run_events()
+            finally:
+                if self.log is not None:
+                    self.log.flush()  # the sink holds every record, even after a bug
         if not self.violations:
             self.violations.extend(
                 violation.as_dict() for violation in self.harness.finish(self.now)
@@ -357,26 +386,33 @@ class Simulator:
     def transmit(self, source: int, destination: int, message: Any) -> None:
         options = self.options
         rng = self.rng
-        self.stats["messages_sent"] += 1
+        stats = self.stats
+        stats["messages_sent"] += 1
         if options.loss and not self.liveness and rng.random() < options.loss:
-            self.stats["messages_lost"] += 1
+            stats["messages_lost"] += 1
             return
         copies = 1
         if options.duplicate and not self.liveness and rng.random() < options.duplicate:
             copies = 2
-            self.stats["messages_duplicated"] += 1
+            stats["messages_duplicated"] += 1
+        draw = rng.random
+        rate = 1.0 / (options.latency_mean_us - options.latency_min_us)
+        now = self.now
         for _ in range(copies):
-            delay = options.latency_min_us + int(
-                rng.expovariate(1.0 / (options.latency_mean_us - options.latency_min_us))
-            )
+            # rng.expovariate(rate), inlined: the same draw and the same formula.
+            delay = options.latency_min_us + int(-log(1.0 - draw()) / rate)
             if options.reorder_us:
                 delay += rng.randrange(options.reorder_us)
-                at_us = self.now + delay
+                at_us = now + delay
             else:
                 link = (source, destination)
-                at_us = max(self.now + delay, self.link_clock.get(link, 0))
+                at_us = now + delay
+                previous = self.link_clock.get(link, 0)
+                if previous > at_us:
+                    at_us = previous  # FIFO link: never overtake the previous message
                 self.link_clock[link] = at_us
-            self.push(at_us, DELIVER, destination, source, message)
+            self.sequence += 1
+            heappush(self.heap, (at_us, self.sequence, DELIVER, destination, source, message))
 
     def blocked(self, source: int, destination: int) -> bool:
         if self.liveness:
@@ -394,7 +430,7 @@ class Simulator:
 
     def deliver(self, destination: int, source: int, message: Any) -> None:
         node = self.nodes[destination]
-        if not node.up:
+        if node.core is None:
             self.stats["messages_to_down_nodes"] += 1
             return
         if self.options.partitions and self.blocked(source, destination):
