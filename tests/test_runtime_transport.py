@@ -308,6 +308,24 @@ def test_bad_input_is_rejected_counted_and_the_node_keeps_serving(name: str) -> 
     run(scenario)
 
 
+def test_one_connection_per_pair_a_newer_one_replaces_the_old() -> None:
+    async def scenario() -> None:
+        acceptor = await make_node(1, {0: 1})
+        try:
+            # Node 0's old connection (say, before it restarted) is still open...
+            old_reader, old_writer, _ = await authenticated_raw(acceptor.transport.port)
+            await until(lambda: acceptor.transport.channels[0].connection is not None, "old")
+            # ...when the restarted node 0 dials again: the new connection wins.
+            await legitimate_peer_still_gets_through(acceptor, b"new connection")
+            assert acceptor.counters.get("connections_replaced") == 1
+            assert await closed_by_peer(old_reader)
+            old_writer.close()
+        finally:
+            await acceptor.transport.close()
+
+    run(scenario)
+
+
 def test_a_node_with_the_wrong_key_cannot_connect_and_counts_why() -> None:
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1})
