@@ -42,6 +42,7 @@ PARAMS = TransportParams(
     reconnect_delay_ms_min=5, reconnect_delay_ms_max=50, handshake_timeout_ms=2_000
 ).validate()
 LOCAL = "127.0.0.1"
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class Node:
@@ -180,44 +181,44 @@ def test_dialler_reconnects_after_the_acceptor_restarts() -> None:
 # -- bad input, each rejected and counted, and the node keeps serving ----------------------
 
 
-async def attack_garbage(port: int) -> asyncio.StreamReader:
+async def attack_garbage(port: int) -> Connection:
     reader, writer = await asyncio.open_connection(LOCAL, port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # "GET " is a 1.2 GB length
     await writer.drain()
-    return reader
+    return reader, writer
 
 
-async def attack_garbage_in_a_frame(port: int) -> asyncio.StreamReader:
+async def attack_garbage_in_a_frame(port: int) -> Connection:
     reader, writer = await asyncio.open_connection(LOCAL, port)
     body = secrets.token_bytes(100)
     writer.write(frame_header(len(body)) + body)
     await writer.drain()
-    return reader
+    return reader, writer
 
 
-async def attack_oversized_frame(port: int) -> asyncio.StreamReader:
+async def attack_oversized_frame(port: int) -> Connection:
     reader, writer = await asyncio.open_connection(LOCAL, port)
     writer.write(frame_header(PARAMS.frame_bytes_max + 1))
     await writer.drain()
-    return reader
+    return reader, writer
 
 
-async def attack_truncated_frame(port: int) -> asyncio.StreamReader:
+async def attack_truncated_frame(port: int) -> Connection:
     reader, writer = await asyncio.open_connection(LOCAL, port)
     writer.write(frame_header(100) + b"x" * 10)
     await writer.drain()
     writer.write_eof()
-    return reader
+    return reader, writer
 
 
-async def attack_unknown_peer(port: int) -> asyncio.StreamReader:
+async def attack_unknown_peer(port: int) -> Connection:
     reader, writer = await asyncio.open_connection(LOCAL, port)
     writer.write(handshake_frame("hello", 7, 1, secrets.token_bytes(NONCE_BYTES)))
     await writer.drain()
-    return reader
+    return reader, writer
 
 
-async def attack_wrong_key(port: int) -> asyncio.StreamReader:
+async def attack_wrong_key(port: int) -> Connection:
     """A dialler that claims to be node 0 but holds another cluster's secret."""
     reader, writer = await asyncio.open_connection(LOCAL, port)
     impostor = HmacAuthenticator(0, b"another cluster's secret!", (0, 1))
@@ -227,7 +228,7 @@ async def attack_wrong_key(port: int) -> asyncio.StreamReader:
     text = transcript(0, 1, nonce, nonce_acceptor)
     writer.write(handshake_frame("proof", impostor.tag(1, text + b"dialer")))
     await writer.drain()
-    return reader
+    return reader, writer
 
 
 async def read_body(reader: asyncio.StreamReader) -> bytes:
@@ -260,22 +261,22 @@ def data_frame(session: bytes, seq: int, payload: bytes, *, forge: bool = False)
     return frame_header(len(body)) + body
 
 
-async def attack_bad_mac(port: int) -> asyncio.StreamReader:
+async def attack_bad_mac(port: int) -> Connection:
     reader, writer, session = await authenticated_raw(port)
     writer.write(data_frame(session, 1, b"forged", forge=True))
     await writer.drain()
-    return reader
+    return reader, writer
 
 
-async def attack_replayed_frame(port: int) -> asyncio.StreamReader:
+async def attack_replayed_frame(port: int) -> Connection:
     reader, writer, session = await authenticated_raw(port)
     frame = data_frame(session, 1, b"once")
     writer.write(frame + frame)  # the second copy replays sequence number 1
     await writer.drain()
-    return reader
+    return reader, writer
 
 
-ATTACKS: dict[str, tuple[Callable[[int], Awaitable[asyncio.StreamReader]], str]] = {
+ATTACKS: dict[str, tuple[Callable[[int], Awaitable[Connection]], str]] = {
     "garbage bytes": (attack_garbage, "rejected_oversized_frame"),
     "garbage in a frame": (attack_garbage_in_a_frame, "rejected_bad_handshake"),
     "oversized frame": (attack_oversized_frame, "rejected_oversized_frame"),
@@ -294,7 +295,7 @@ def test_bad_input_is_rejected_counted_and_the_node_keeps_serving(name: str) -> 
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1})
         try:
-            reader = await attack(acceptor.transport.port)
+            reader, writer = await attack(acceptor.transport.port)
             await until(lambda: acceptor.counters.get(counter) == 1, counter)
             assert await closed_by_peer(reader)
             if name == "replayed frame":  # the first copy was genuine and got through
@@ -302,6 +303,7 @@ def test_bad_input_is_rejected_counted_and_the_node_keeps_serving(name: str) -> 
             assert acceptor.received.empty()
             await legitimate_peer_still_gets_through(acceptor, b"still serving")
             assert acceptor.counters.get(counter) == 1
+            writer.close()
         finally:
             await acceptor.transport.close()
 
