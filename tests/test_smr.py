@@ -352,7 +352,7 @@ def test_state_transfer_answers_replies_the_snapshot_settles() -> None:
     cluster.held.clear()  # node 1 never hears of the commit
     leader = cluster.protocol(0).replica
     snapshot = encode_snapshot(
-        leader.snapshot_codec, 1, cluster.kv(0).snapshot(), leader.sessions.records()
+        leader.codec, 1, cluster.kv(0).snapshot(), leader.sessions.records()
     )
     follower = cluster.protocol(1).replica
     assert follower.waiting == {7: 1}

@@ -33,6 +33,7 @@ from replicaio.protocols.broadcast import BroadcastFactory
 SERVICE_PARAMETERS: dict[str, str] = {
     "snapshot": "SmrParams.snapshot_interval: applied batches between snapshots (0: never)",
     "batch": "SmrParams.batch_requests_max: requests per batch",
+    "sessions": "SmrParams.sessions_max: client sessions remembered (LRU beyond)",
 }
 RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary runs
 
@@ -62,9 +63,11 @@ def build_raft(mutant: str) -> Callable[[str, Mapping[str, int]], ProtocolFactor
         from replicaio.smr.protocol import SmrFactory
 
         raft_params = RaftParams(mutant=mutant).validate()
+        defaults = SmrParams()
         smr_params = SmrParams(
             snapshot_interval=parameters.get("snapshot", RAFT_SNAPSHOT_INTERVAL),
-            batch_requests_max=parameters.get("batch", SmrParams().batch_requests_max),
+            batch_requests_max=parameters.get("batch", defaults.batch_requests_max),
+            sessions_max=parameters.get("sessions", defaults.sessions_max),
         )
         return SmrFactory(
             name,

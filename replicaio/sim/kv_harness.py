@@ -97,6 +97,7 @@ class KvWorkload:
     membership_every_us: int = 0  # 0: no membership changes
     fault_window_us: int = 1_000_000  # faults are drawn per window (smaller: more churn)
     nemesis_every_us: int = 0  # crash the believed leader (and maybe one more) this often
+    client_ops_max: int = 0  # a client takes a new id after this many ops (0: never)
     mix: tuple[tuple[str, int], ...] = DEFAULT_MIX
     check_budget_s: float | None = 300.0
 
@@ -109,7 +110,8 @@ class KvWorkload:
         ):
             if getattr(self, name) < 1:
                 raise UsageError(f"KvWorkload.{name} must be >= 1")
-        if self.think_us_max < 0 or self.membership_every_us < 0 or self.nemesis_every_us < 0:
+        if min(self.think_us_max, self.membership_every_us, self.nemesis_every_us,
+               self.client_ops_max) < 0:
             raise UsageError("think time and membership period must be >= 0")
         if not 0.0 <= self.read_via_log <= 1.0:
             raise UsageError("read_via_log is a share in [0, 1]")
@@ -171,6 +173,7 @@ class Client:
     refusals: int = 0
     token: int = 0
     started_us: int = 0
+    ops_done: int = 0  # under the current id
     idle: bool = False
     ok_after_heal: bool = False
 
@@ -472,17 +475,25 @@ class KvHarness:
         else:
             recorder.info(handle)
             self.figures.unknown += 1
-            del self.by_id[client.client_id]
-            self.retired.add(client.client_id)
-            client.client_id = recorder.new_client()
-            self.by_id[client.client_id] = client
-            client.seq = 0
+            self.new_identity(client)
         self.finish_op(client)
+
+    def new_identity(self, client: Client) -> None:
+        """Continue under a new client id (the old one never sends again)."""
+        del self.by_id[client.client_id]
+        self.retired.add(client.client_id)
+        client.client_id = self.require_recorder().new_client()
+        self.by_id[client.client_id] = client
+        client.seq = 0
+        client.ops_done = 0
 
     def finish_op(self, client: Client) -> None:
         client.op = None
         client.handle = None
         client.token += 1
+        client.ops_done += 1
+        if self.workload.client_ops_max and client.ops_done >= self.workload.client_ops_max:
+            self.new_identity(client)  # a client process that comes and goes
         api = self.require_api()
         delay = self.rng.randrange(self.workload.think_us_max + 1)
         api.call_at(api.now() + delay, lambda: self.next_op(client))

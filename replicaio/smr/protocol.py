@@ -11,9 +11,10 @@ by name. At every start of a node it builds, in this order:
    itself to the ordering protocol.
 
 ``start`` starts the replica, which starts the ordering protocol. A client's
-``Request`` payload (a ``ClientRequest``, or its wire bytes) goes to the replica; a payload the ordering protocol
-declares its own (an operator's membership change, a leadership transfer)
-goes to the ordering protocol instead (:class:`AdminRequests`).
+``Request`` payload (a ``ClientRequest``, or its wire bytes) goes to the
+replica; a payload the ordering protocol declares its own (an operator's
+membership change, a leadership transfer) goes to the ordering protocol
+instead (:class:`AdminRequests`).
 """
 
 from __future__ import annotations

@@ -179,9 +179,11 @@ class Replica:
         self.kicked = False
         self.checkpoint: tuple[int, bytes] | None = None  # taken, not yet handed over
         self.stream: Stream | None = None
-        self.batch_codec = Codec(frame_bytes_max=self.params.batch_bytes_max)
-        self.snapshot_codec = Codec(
-            frame_bytes_max=1 << 40, items_max=max(16, self.params.sessions_max)
+        # One codec for batches and snapshots (each codec holds a packer buffer);
+        # a batch's size is checked apart.
+        self.codec = Codec(
+            frame_bytes_max=1 << 40,
+            items_max=max(16, self.params.sessions_max, self.params.batch_requests_max),
         )
         ordering.bind(self)
 
@@ -308,9 +310,10 @@ class Replica:
             tuple(request for request, _ in taken),
         )
         try:
-            data = self.batch_codec.encode(batch)
+            data = self.codec.encode(batch)
         except EncodeError as error:  # the size estimate is an upper bound: a bug
             raise AssertionError(f"{len(taken)} requests do not encode: {error}") from error
+        assert len(data) <= self.params.batch_bytes_max, "the batch size estimate is a bound"
         # In flight before submit: an ordering may commit within the call.
         self.inflight[number] = None
         outcome = self.ordering.submit(data)
@@ -409,7 +412,9 @@ class Replica:
         batch: Batch | None = None
         if committed.batch:  # empty: the protocol's own entry (a no-op, a config)
             try:
-                batch = self.batch_codec.decode_as(committed.batch, Batch)
+                if len(committed.batch) > self.params.batch_bytes_max:
+                    raise DecodeError("oversized", "batch over batch_bytes_max")
+                batch = self.codec.decode_as(committed.batch, Batch)
             except DecodeError:
                 # Every correct replica decodes the same bytes the same way, so
                 # skipping is deterministic; only a faulty proposer orders such bytes.
@@ -573,7 +578,7 @@ class Replica:
         if interval == 0 or index % interval != 0:
             return
         data = encode_snapshot(
-            self.snapshot_codec, index, self.state_machine.snapshot(), self.sessions.records()
+            self.codec, index, self.state_machine.snapshot(), self.sessions.records()
         )
         self.checkpoint = (index, data)
         self.context.count("smr_snapshots")
@@ -590,7 +595,7 @@ class Replica:
     def on_snapshot(self, index: int, snapshot: bytes) -> None:
         """``OrderingHandlers.on_snapshot``: replace the state by ``snapshot`` (covering
         every batch up to ``index``), then answer the owed replies it settles."""
-        snapshot_index, application, records = decode_snapshot(self.snapshot_codec, snapshot)
+        snapshot_index, application, records = decode_snapshot(self.codec, snapshot)
         assert snapshot_index == index, f"snapshot of {snapshot_index} handed as {index}"
         assert index >= self.applied, f"snapshot {index} behind applied {self.applied}"
         self.state_machine.restore(application)

@@ -198,18 +198,17 @@ class _Refused(Exception):
 class KeyValueStateMachine:
     """A deterministic ``bytes -> bytes`` store; see the module docstring."""
 
-    __slots__ = ("_codec", "_result_codec", "_snapshot_codec", "data", "errors", "params")
+    __slots__ = ("_codec", "data", "errors", "params")
 
     def __init__(self, params: KvParams | None = None) -> None:
         self.params = (params or KvParams()).validate()
         self.data: dict[bytes, bytes] = {}
         # error code -> how many commands failed with it (a client's bad input)
         self.errors: dict[str, int] = {}
-        self._codec = Codec(frame_bytes_max=self.params.command_bytes_max, items_max=8, depth_max=2)
-        # A result holds at most one value, or an error code and a short detail.
-        self._result_codec = Codec(frame_bytes_max=self.params.value_bytes_max + 1024, items_max=3)
+        # One codec for commands, results and snapshots (each codec holds a packer
+        # buffer); the size of a command is checked apart, in _parse.
         pair_bytes = self.params.key_bytes_max + self.params.value_bytes_max + 16
-        self._snapshot_codec = Codec(
+        self._codec = Codec(
             frame_bytes_max=min(1 << 40, 64 + self.params.keys_max * pair_bytes),
             items_max=max(8, self.params.keys_max),
             depth_max=3,
@@ -224,7 +223,7 @@ class KeyValueStateMachine:
             payload = self._execute(op, key, arguments)
         except _Refused as refused:
             return self._error(refused)
-        return self._result_codec.encode_value([OK, payload])
+        return self._codec.encode_value([OK, payload])
 
     def read(self, command: bytes) -> bytes:
         """Execute a read-only command (``get``); anything else is ``not_read_only``."""
@@ -235,17 +234,17 @@ class KeyValueStateMachine:
             payload = self._execute(op, key, arguments)
         except _Refused as refused:
             return self._error(refused)
-        return self._result_codec.encode_value([OK, payload])
+        return self._codec.encode_value([OK, payload])
 
     def snapshot(self) -> bytes:
         """The whole state, versioned, keys in byte order (equal states, equal bytes)."""
         items = [[key, self.data[key]] for key in sorted(self.data)]
-        return self._snapshot_codec.encode_value([SNAPSHOT_FORMAT, SNAPSHOT_VERSION, items])
+        return self._codec.encode_value([SNAPSHOT_FORMAT, SNAPSHOT_VERSION, items])
 
     def restore(self, snapshot: bytes) -> None:
         """Replace the state by ``snapshot``; :class:`KvSnapshotError` if it is not one."""
         try:
-            value = self._snapshot_codec.decode_value(snapshot)
+            value = self._codec.decode_value(snapshot)
         except DecodeError as error:
             raise KvSnapshotError(f"unreadable key-value snapshot: {error}") from None
         if not (isinstance(value, tuple) and len(value) == 3 and value[0] == SNAPSHOT_FORMAT):
@@ -275,6 +274,8 @@ class KeyValueStateMachine:
     def _parse(self, command: bytes) -> tuple[str, bytes, tuple[object, ...]]:
         if type(command) is not bytes:
             raise _Refused("malformed", "a command is bytes")
+        if len(command) > self.params.command_bytes_max:
+            raise _Refused("malformed", f"command of {len(command)} bytes over command_bytes_max")
         try:
             value = self._codec.decode_value(command)
         except DecodeError as error:
@@ -352,4 +353,4 @@ class KeyValueStateMachine:
 
     def _error(self, refused: _Refused) -> bytes:
         self.errors[refused.code] = self.errors.get(refused.code, 0) + 1
-        return self._result_codec.encode_value([ERROR, refused.code, refused.detail[:200]])
+        return self._codec.encode_value([ERROR, refused.code, refused.detail[:200]])
