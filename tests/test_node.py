@@ -16,7 +16,6 @@ from replicaio.core.context import Context
 from replicaio.core.effects import Effects, Receive, Request, Start, TimerFired
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.node import (
-    hello_key,
     INCARNATION_KEY,
     TICK_TIMER,
     Acks,
@@ -24,6 +23,7 @@ from replicaio.core.node import (
     Hello,
     Node,
     NodeParams,
+    hello_key,
 )
 
 N = 4

@@ -99,7 +99,7 @@ def test_unknown_message_class_is_rejected_and_counted() -> None:
 
 
 def test_misuse_raises_usage_errors() -> None:
-    node, protocol = make(0)
+    _node, protocol = make(0)
     with pytest.raises(UsageError):
         protocol.pings.send(0, Pong(1))
     with pytest.raises(UsageError):

@@ -22,7 +22,7 @@ class ConfigError(UsageError):
     """A configuration is invalid (for example ``n < 3f + 1`` for a BFT protocol)."""
 
 
-class Cancelled(BaseException):  # noqa: N818 (the Trio name reads best at call sites)
+class Cancelled(BaseException):
     """Thrown into a task whose scope was cancelled.
 
     A ``BaseException`` so that ``except Exception`` in protocol code does not

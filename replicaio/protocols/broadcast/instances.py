@@ -124,7 +124,8 @@ class Instances:
             found_sender, found_seq = path[prefix_length:]
             assert isinstance(found_sender, int)
             assert isinstance(found_seq, int)
-            if found_seq >= self.low[found_sender] and found_seq not in self.delivered[found_sender]:
+            delivered = self.delivered[found_sender]
+            if found_seq >= self.low[found_sender] and found_seq not in delivered:
                 in_progress.append((found_sender, found_seq))
         mine = [seq for sender, seq in in_progress if sender == context.id]
         mine += list(self.delivered[context.id])
