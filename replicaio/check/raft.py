@@ -20,12 +20,24 @@ step that makes it visible:
 * **linearizable reads** — a read barrier confirms an index at least as high
   as every index committed before the read was asked
   (``ReadRequested`` / ``ReadConfirmed``);
+* **durable state** (Figure 2's persistent state) — a node that restarts
+  (``Restarted``) on the same disk still has the term it had reached, the
+  vote it announced in that term, and every entry it applied (a node whose
+  disk was replaced starts afresh: a new disk identity);
+* **one vote per term** — a node never votes for two candidates in one
+  term, across restarts on the same disk (``Voted``; section 5.2, the ground of election
+  safety);
+* **the commit rule** — a leader advances its commit index only to an entry
+  of its own term (``LeaderCommitted``; section 5.4.2: earlier entries are
+  committed only indirectly). The consequence of breaking it (Figure 8) is a
+  leader completeness violation, but only on rare schedules; the rule itself
+  is visible on every commit;
 * **liveness** (after :meth:`RaftChecker.begin_liveness`) — some leader
   commits a new entry beyond what was committed when the faults healed,
   within the host's bound (:meth:`RaftChecker.settled`, :meth:`RaftChecker.finish`).
 
-Memory: one digest per committed index, one record per elected leader, and
-at most ``reads_tracked_max`` unanswered reads.
+Memory: one digest per committed index, one record per elected leader and
+per vote, and at most ``reads_tracked_max`` unanswered reads.
 """
 
 from __future__ import annotations
@@ -41,7 +53,9 @@ from replicaio.protocols.raft.messages import (
     LeaderCommitted,
     ReadConfirmed,
     ReadRequested,
+    Restarted,
     SnapshotInstalled,
+    Voted,
 )
 
 READS_TRACKED_MAX = 65536
@@ -77,6 +91,10 @@ class RaftChecker:
 
     def __init__(self, *, reads_tracked_max: int = READS_TRACKED_MAX) -> None:
         self.leaders: dict[int, int] = {}  # term -> node
+        self.disks: dict[int, int] = {}  # node -> identity of its current disk
+        self.votes: dict[tuple[int, int, int], int] = {}  # (node, disk, term) -> candidate
+        self.terms: dict[int, int] = {}  # node -> highest term it announced (vote, leadership)
+        self.applied_by: dict[int, int] = {}  # node -> highest index it applied or installed
         self.leader_logs: list[LeaderLog] = []
         self.commits: dict[int, tuple[int, int]] = {}  # term -> (highest index, its entry term)
         self.commit_floor = 0  # highest index known committed
@@ -108,6 +126,10 @@ class RaftChecker:
             self.on_read_requested(output)
         elif kind is ReadConfirmed:
             self.on_read_confirmed(output, time_us)
+        elif kind is Voted:
+            self.on_voted(output, time_us)
+        elif kind is Restarted:
+            self.on_restarted(output, time_us)
         return self.violations[before:]
 
     def fail(self, prop: str, detail: str, node: int | None, time_us: int | None) -> None:
@@ -116,6 +138,7 @@ class RaftChecker:
     # -- election safety and leader completeness ----------------------------------------
 
     def on_became_leader(self, output: BecameLeader, time_us: int | None) -> None:
+        self.terms[output.node] = max(self.terms.get(output.node, 0), output.term)
         other = self.leaders.get(output.term)
         if other is not None and other != output.node:
             self.fail(
@@ -134,7 +157,47 @@ class RaftChecker:
             if commit_term < output.term:
                 self.check_complete(leader, commit_term, index, entry_term, time_us)
 
+    def on_restarted(self, output: Restarted, time_us: int | None) -> None:
+        node = output.node
+        if self.disks.get(node, output.identity) != output.identity:
+            # A new disk: nothing was promised from it yet (its votes and acks
+            # count for nothing until Raft re-admits it; see membership.py).
+            self.terms.pop(node, None)
+            self.applied_by.pop(node, None)
+        self.disks[node] = output.identity
+        announced = self.terms.get(node, 0)
+        if output.term < announced:
+            self.fail("durable_state", f"node {node} restarted in term {output.term} after "
+                      f"announcing term {announced}", node, time_us)
+        vote = self.votes.get((node, output.identity, output.term))
+        if vote is not None and output.voted_for != vote:
+            self.fail("durable_state", f"node {node} restarted in term {output.term} with vote "
+                      f"{output.voted_for}, but it had voted for {vote}", node, time_us)
+        applied = self.applied_by.get(node, 0)
+        if output.last_index < applied:
+            self.fail("durable_state", f"node {node} restarted with a log ending at "
+                      f"{output.last_index}, but it had applied index {applied}", node, time_us)
+
+    def on_voted(self, output: Voted, time_us: int | None) -> None:
+        self.terms[output.node] = max(self.terms.get(output.node, 0), output.term)
+        disk = self.disks.get(output.node, 0)
+        earlier = self.votes.setdefault((output.node, disk, output.term), output.candidate)
+        if earlier != output.candidate:
+            self.fail(
+                "one_vote_per_term",
+                f"node {output.node} voted for {earlier} and then for {output.candidate} "
+                f"in term {output.term}",
+                output.node, time_us,
+            )
+
     def on_leader_committed(self, output: LeaderCommitted, time_us: int | None) -> None:
+        if output.entry_term != output.term:
+            self.fail(
+                "commit_rule",
+                f"node {output.node}, leader of term {output.term}, committed index "
+                f"{output.index} whose entry is of term {output.entry_term} by counting replicas",
+                output.node, time_us,
+            )
         known = self.commits.get(output.term)
         if known is None or output.index > known[0]:
             self.commits[output.term] = (output.index, output.entry_term)
@@ -174,6 +237,8 @@ class RaftChecker:
     def compare(
         self, node: int, index: int, term: int, digest: bytes, what: str, time_us: int | None
     ) -> None:
+        if index > self.applied_by.get(node, 0):
+            self.applied_by[node] = index
         known = self.applied.get(index)
         if known is None:
             self.applied[index] = (term, digest, node)

@@ -57,6 +57,7 @@ A crash may keep only a prefix of a step's writes; ``state.py`` orders
 every write sequence so that each prefix is a consistent state.
 
 Observability. Checkers (``replicaio.check.raft``) read typed outputs:
+``Restarted`` (the recovered term, vote and log end), ``Voted``,
 ``BecameLeader`` (with the shape of the leader's log), ``LeaderCommitted``,
 ``Applied`` (with a digest chaining the log prefix), ``SnapshotInstalled``,
 ``ReadRequested``/``ReadConfirmed`` and ``ConfigChanged``. Tests may also
@@ -89,8 +90,10 @@ from replicaio.protocols.raft.messages import (
     ReadRequested,
     RequestVote,
     RequestVoteResponse,
+    Restarted,
     SnapshotInstalled,
     TimeoutNow,
+    Voted,
 )
 from replicaio.protocols.raft.params import MUTANTS, RaftParams
 from replicaio.protocols.raft.raft import Raft, RaftView
@@ -119,9 +122,11 @@ __all__ = [
     "ReadRequested",
     "RequestVote",
     "RequestVoteResponse",
+    "Restarted",
     "Role",
     "SnapshotInstalled",
     "TimeoutNow",
+    "Voted",
 ]
 
 

@@ -26,6 +26,7 @@ from replicaio.protocols.raft.messages import (
     RequestVote,
     RequestVoteResponse,
     TimeoutNow,
+    Voted,
 )
 from replicaio.protocols.raft.state import Role
 
@@ -43,6 +44,7 @@ class Election:
         self.watching = False  # a watch_leader task runs (this node is a voting follower)
         self.granted: dict[int, None] = {}
         self.rejected: dict[int, None] = {}
+        self.request = RequestVote(0, raft.id, 0, 0, False, False)  # the campaign's request
         self.transfer_target = NO_NODE
 
     def timeout_us(self) -> int:
@@ -107,15 +109,25 @@ class Election:
         the election timer, send RequestVote to all other servers."""
         raft = self.raft
         raft.hard.save(raft.hard.term + 1, raft.id)
+        raft.context.output(Voted(raft.id, raft.hard.term, raft.id))
         raft.leader_id = NO_NODE
         raft.start_role(Role.CANDIDATE, [self.election_round()])
         raft.count("raft_elections_started")
         self.request_votes(pre=False, transfer=transfer)
 
     async def election_round(self) -> None:
-        """An election that neither wins nor loses in time starts over."""
-        await self.raft.context.sleep(self.timeout_us())
-        self.raft.count("raft_election_rounds_timed_out")
+        """Re-send the request to voters that have not answered, every heartbeat
+        (requests are datagrams); an election that neither wins nor loses within
+        its randomized timeout starts over."""
+        raft = self.raft
+        remaining = self.timeout_us()
+        while remaining > 0:
+            wait = min(remaining, raft.params.heartbeat_us)
+            await raft.context.sleep(wait)
+            remaining -= wait
+            if remaining > 0:
+                self.send_requests(resend=True)
+        raft.count("raft_election_rounds_timed_out")
         self.campaign(transfer=False)
 
     def request_votes(self, *, pre: bool, transfer: bool) -> None:
@@ -126,11 +138,17 @@ class Election:
         if raft.membership.counts(raft.id, raft.identity):
             self.granted[raft.id] = None
         term = raft.hard.term + 1 if pre else raft.hard.term
-        request = RequestVote(term, raft.id, log.last_index, log.last_term, pre, transfer)
-        for peer in raft.membership.voters():
-            if peer != raft.id:
-                raft.send(peer, request)
+        self.request = RequestVote(term, raft.id, log.last_index, log.last_term, pre, transfer)
+        self.send_requests(resend=False)
         self.tally(pre)
+
+    def send_requests(self, *, resend: bool) -> None:
+        raft = self.raft
+        for peer in raft.membership.voters():
+            if peer != raft.id and peer not in self.granted and peer not in self.rejected:
+                raft.send(peer, self.request)
+                if resend:
+                    raft.count("raft_vote_requests_resent")
 
     def on_request_vote_response(self, source: int, response: RequestVoteResponse) -> None:
         raft = self.raft
@@ -225,6 +243,7 @@ class Election:
         if granted:
             raft.hard.save(raft.hard.term, source)
             self.heard = True  # granting a vote resets the election timer
+            raft.context.output(Voted(raft.id, raft.hard.term, source))
         raft.send(source, RequestVoteResponse(raft.hard.term, granted, False, raft.identity))
 
     # -- leader: check-quorum and transfer ----------------------------------------------

@@ -189,6 +189,30 @@ class BecameLeader:
     runs: tuple[tuple[int, int], ...]
 
 
+@message(tag="raft.Restarted")
+class Restarted:
+    """``node`` started from its durable state on disk ``identity`` (a new
+    identity: a new, empty disk): this term and vote, and a log (with its
+    snapshot) ending at ``last_index``."""
+
+    node: int
+    identity: int
+    term: int
+    voted_for: int
+    snapshot_index: int
+    last_index: int
+
+
+@message(tag="raft.Voted")
+class Voted:
+    """``node`` cast its vote of ``term`` for ``candidate`` (itself, as a
+    candidate); emitted once the vote is durable."""
+
+    node: int
+    term: int
+    candidate: int
+
+
 @message(tag="raft.LeaderCommitted")
 class LeaderCommitted:
     """The leader of ``term`` advanced its commit index to ``index``, whose
@@ -272,6 +296,8 @@ __all__ = [
     "ReadRequested",
     "RequestVote",
     "RequestVoteResponse",
+    "Restarted",
     "SnapshotInstalled",
     "TimeoutNow",
+    "Voted",
 ]

@@ -15,7 +15,9 @@ from replicaio.core.errors import ConfigError
 MUTANTS = {
     "": "none: the correct protocol",
     "commit_previous_term": "a leader commits an entry of a previous term by counting replicas "
-    "(the Figure 8 bug, section 5.4.2)",
+    "(the Figure 8 bug, section 5.4.2); like the paper's Figure 8 it appends no no-op when "
+    "elected (with the no-op, acknowledgements of earlier entries carry it too and the bug "
+    "stays latent)",
     "forget_vote": "votedFor is kept in memory only: a restarted node votes twice in a term",
     "follower_reads": "read_barrier on a follower answers its own commit index at once, "
     "without read-index",

@@ -33,6 +33,7 @@ from replicaio.protocols.raft.messages import (
     RaftAdmin,
     RequestVote,
     RequestVoteResponse,
+    Restarted,
     TimeoutNow,
 )
 from replicaio.protocols.raft.params import RaftParams
@@ -139,6 +140,10 @@ class Raft:
         self.hard.load()
         self.log.load()
         self.commit_index = self.applied_index = self.log.snapshot_index
+        self.context.output(Restarted(
+            self.id, self.identity, self.hard.term, self.hard.voted_for, self.log.snapshot_index,
+            self.log.last_index,
+        ))
         if self.log.snapshot_index > 0:
             self.handlers.on_snapshot(self.log.snapshot_index, self.log.snapshot_data)
         self.become_follower(self.hard.term, NO_NODE, force=True)

@@ -146,8 +146,13 @@ class Replication:
         raft.start_role(Role.LEADER, tasks)
         raft.reads.on_become_leader()
         self.sync_peers()  # probes start at the no-op, appended next
-        raft.log.append([Entry(raft.hard.term, b"")])
-        raft.term_start_index = raft.log.last_index
+        if raft.mutant == "commit_previous_term":
+            # Like the paper's Figure 8 leader: no no-op, so acknowledgements of
+            # earlier terms' entries arrive alone and the broken rule matters.
+            raft.term_start_index = raft.log.last_index + 1
+        else:
+            raft.log.append([Entry(raft.hard.term, b"")])
+            raft.term_start_index = raft.log.last_index
         raft.membership.on_become_leader()
         self.maybe_commit()
 
