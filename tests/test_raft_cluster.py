@@ -75,6 +75,9 @@ class ReadingRaftNode(RaftNode):
         if payload == "read":
             self.reads.append(self.raft.read_barrier())
             return None
+        if isinstance(payload, tuple) and payload[0] == "reads":  # several in one step
+            self.reads.extend(self.raft.read_barrier() for _ in range(payload[1]))
+            return None
         if isinstance(payload, tuple) and payload[0] == "compact":
             self.raft.compact(payload[1], payload[2])
             return None
