@@ -320,7 +320,10 @@ class Replication:
         log = raft.log
         prev, entries = message.prev_log_index, message.entries
         if prev < raft.commit_index:
-            # Committed entries match the leader's (Leader Completeness): skip them.
+            # Committed entries match the leader's (Leader Completeness): skip
+            # them, after checking those still in memory.
+            if not self.matches_committed(prev, message.prev_log_term, entries):
+                return
             skip = min(raft.commit_index - prev, len(entries))
             prev, entries = prev + skip, entries[skip:]
             if prev < raft.commit_index:
@@ -347,6 +350,22 @@ class Replication:
             if commit > raft.commit_index:
                 raft.advance_commit(commit)
         self.accept(source, message, match)
+
+    def matches_committed(self, prev: int, prev_term: int, entries: tuple[Entry, ...]) -> bool:
+        """Whether a leader's entries at or below our commit index agree with
+        ours (where we still hold them); a disagreement is a bad message."""
+        raft = self.raft
+        log = raft.log
+        here = log.term_at(prev)
+        if here is not None and here != prev_term:
+            raft.count("raft_rejected_prev_conflicts_committed")
+            return False
+        for offset, entry in enumerate(entries[: raft.commit_index - prev]):
+            here = log.term_at(prev + 1 + offset)
+            if here is not None and here != entry.term:
+                raft.count("raft_rejected_overwrites_committed")
+                return False
+        return True
 
     def append_new_entries(self, prev: int, entries: tuple[Entry, ...]) -> bool:
         """Figure 2 (3) and (4): delete a conflicting suffix, append new entries.
