@@ -150,7 +150,10 @@ def long_run(ops: int, clients: int, client_ops: int, sessions: int, sample_ms: 
         clients=clients, ops=ops, client_ops_max=client_ops, membership_every_us=1_000_000,
         nemesis_every_us=2_000_000, fault_window_us=10_000_000, check_budget_s=600.0,
     )
-    options = kv_options(seed, nodes, ("crash", "loss"), workload)
+    # Under these faults the clients complete about 300 operations per virtual
+    # second: give the safety phase room for the whole quota.
+    options = kv_options(seed, nodes, ("crash", "loss"), workload,
+                         safety_us=max(2_000_000, ops * 5_000))
     protocol = f"raft:sessions={sessions}"
     simulator = Simulator(protocol, options, f=(nodes - 1) // 2, record=False)
     sampler = Sampler(simulator, sample_ms * 1000, trace_every)
@@ -170,6 +173,7 @@ def long_run(ops: int, clients: int, client_ops: int, sessions: int, sample_ms: 
         "clients": clients,
         "ops_invoked": result.stats["ops_invoked"],
         "ops_completed": result.stats["ops_completed"],
+        "ops_unissued": result.stats["ops_unissued"],
         "client_ids_used": result.stats["client_ids_used"],
         "violations": result.violations[:3],
         "linearizable": result.stats["linearizable"],

@@ -31,7 +31,7 @@ from replicaio.sim.options import SimOptions, parse_faults
 from replicaio.sim.simulator import SimResult, Simulator
 
 MEMBERSHIP_EVERY_MS = 400
-NEMESIS_EVERY_MS = 1000
+NEMESIS_EVERY_MS = 2000
 
 
 def is_service(protocol: str) -> bool:
