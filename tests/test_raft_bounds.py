@@ -125,3 +125,24 @@ def test_memory_stays_flat_over_a_long_run_with_compaction() -> None:
     assert max(sizes) < 100
     assert cluster.view(0).applied_index >= 2000
     cluster.assert_safe()
+
+
+def test_a_commit_that_makes_smr_submit_more_applies_in_order() -> None:
+    """A single voter commits at once; SMR submitting from on_commit must not
+    make Raft apply out of order."""
+    cluster = Cluster(1)
+    cluster.start()
+    cluster.elect(0)
+    node = cluster.protocol(0)
+    original = node.on_commit
+
+    def on_commit(committed: Any) -> None:
+        original(committed)
+        if committed.batch.startswith(b"chain") and len(committed.batch) < 9:
+            node.raft.submit(committed.batch + b"+")
+
+    node.on_commit = on_commit  # type: ignore[method-assign]
+    cluster.submit(0, b"chain")
+    applied = [out.index for _, _, out in cluster.outputs if type(out).__name__ == "Applied"]
+    assert applied == sorted(applied)
+    assert cluster.batches(0)[-5:] == [b"chain", b"chain+", b"chain++", b"chain+++", b"chain++++"]

@@ -100,6 +100,7 @@ class Raft:
         self.role_scope: Scope | None = None
         self.scheduler = context.node.scheduler
         self.started = False
+        self.applying = False
         self.election = Election(self)
         self.replication = Replication(self)
         self.snapshots = Snapshots(self)
@@ -258,16 +259,19 @@ class Raft:
     def apply(self) -> None:
         """Figure 2: "If commitIndex > lastApplied: increment lastApplied, apply
         log[lastApplied] to state machine"."""
+        if self.applying:
+            return  # SMR reacted to a commit by committing more: the loop below takes it
         handlers = self.handlers
         assert handlers is not None
         log = self.log
+        self.applying = True
         while self.applied_index < self.commit_index:
             index = self.applied_index + 1
             entry = log.entry(index)
-            digest = log.digest_at(index)
             self.applied_index = index
+            self.context.output(Applied(self.id, index, entry.term, log.digest_at(index)))
             handlers.on_commit(Committed(index, entry.data))
-            self.context.output(Applied(self.id, index, entry.term, digest))
+        self.applying = False
         assert self.applied_index == self.commit_index
 
     def on_snapshot_installed(self, index: int) -> None:
