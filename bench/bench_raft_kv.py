@@ -6,9 +6,11 @@ Two parts (``--part``):
 * ``throughput``: for each cluster size, ``--runs`` seeds back to back, each
   with ``--clients`` closed-loop clients and ``--ops`` operations, no faults
   (``--faults`` to add some); reports completed client operations per second
-  of wall time (``ops_per_second``), node steps per second, and virtual
+  of wall time (``ops_per_second``) and of CPU time (``ops_per_cpu_second``,
+  steadier on a shared machine), node steps per second, and virtual
   operations per second. Event log on (what ``replicaio sim`` does) unless
-  ``--no-log``. Every run must be violation-free and linearizable.
+  ``--no-log``. Seeds with a violation or a non-linearizable history are
+  listed (``failed_seeds``).
 * ``long``: one run of ``--long-ops`` operations (default 100,000) with crash
   and loss faults (random crashes drawn per 10 s, the leader-aimed nemesis
   every 2 s), a membership change or leadership transfer every second, clients that
@@ -53,15 +55,18 @@ def throughput(sizes: list[int], runs: int, clients: int, ops: int, faults: str,
     for n in sizes:
         completed = steps = 0
         virtual_us = 0
-        wall = 0.0
+        wall = cpu = 0.0
+        failed: list[int] = []
         for seed in range(1, runs + 1):
             workload = KvWorkload(clients=clients, ops=ops)
             options = kv_options(seed, n, parse_faults(faults), workload)
             started = time.perf_counter()
+            started_cpu = time.process_time()
             result = Simulator("raft", options, f=(n - 1) // 2, record=record).run()
             wall += time.perf_counter() - started
-            assert result.violations == [], (n, seed, result.violations[:2])
-            assert result.stats["linearizable"] is True, (n, seed)
+            cpu += time.process_time() - started_cpu
+            if result.violations or result.stats["linearizable"] is not True:
+                failed.append(seed)  # reported: a benchmark is no place to hide a bug
             completed += result.stats["ops_completed"]
             steps += result.stats["steps"]
             virtual_us += result.stats["virtual_time_us"]
@@ -73,7 +78,10 @@ def throughput(sizes: list[int], runs: int, clients: int, ops: int, faults: str,
             "event_log": record,
             "ops_completed": completed,
             "wall_seconds": round(wall, 3),
+            "cpu_seconds": round(cpu, 3),
             "ops_per_second": round(completed / wall),
+            "ops_per_cpu_second": round(completed / cpu),
+            "failed_seeds": failed,
             "steps_per_second": round(steps / wall),
             "virtual_ops_per_second": round(completed / (virtual_us / 1e6)),
         })
@@ -231,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for row in report.get("throughput", []):
         print(f"n={row['n']}: {row['ops_completed']} ops in {row['wall_seconds']} s wall "
-              f"-> {row['ops_per_second']} ops/s ({row['steps_per_second']} steps/s; "
+              f"-> {row['ops_per_second']} ops/s ({row['ops_per_cpu_second']} per CPU second; "
+              f"{row['steps_per_second']} steps/s; failed seeds {row['failed_seeds']}; "
               f"{row['virtual_ops_per_second']} ops per virtual second; faults "
               f"{row['faults']}; event log {'on' if row['event_log'] else 'off'})")
     if "long" in report:

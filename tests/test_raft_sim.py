@@ -155,9 +155,14 @@ def test_swarm_reports_every_run_linearizable(capsys: pytest.CaptureFixture[str]
 # -- the mutants: each caught by a sweep; the reproducing commands are kept here -----------
 
 MUTANT_CATCHES = [
-    # (reproducing command, the property that must be violated)
+    # (reproducing command, the property that must be violated); the Raft
+    # checkers' own sweeps over the same mutants are in test_raft_mutants.py
     ("replicaio sim raft-follower-reads --nodes 5 --faults crash,partition,loss,dup,reorder "
      "--seed 1", "linearizable_read"),
+    ("replicaio sim raft-commit-previous-term --nodes 3 --faults "
+     "crash,partition,loss,dup,reorder --seed 2", "commit_rule"),
+    ("replicaio sim raft-forget-vote --nodes 3 --faults crash,partition,loss,dup,reorder "
+     "--seed 2", "durable_state"),
 ]
 
 
