@@ -8,12 +8,13 @@ SEND, ECHO, READY, Acks and Hello) per second of wall time, in three modes:
 * ``b``: codec on, no event log (``simulate(..., record=False)``);
 * ``c``: no codec, no log (``SimOptions.draw(..., encode=False)``).
 
-A sender can never have more than ``window_max`` = 64 instances (``Instances``
-only moves its window once more than ``retained_max`` = 64 are delivered), so
-one run carries at most 64 requests per node. A configuration therefore runs
-``runs`` seeds back to back (seeds 1, 2, ...; the same seeds in every mode)
-and reports the totals; every run must be free of violations and deliver
-every instance at every node.
+Requests are spread over virtual time by the harness (the seed draws the
+spacing); ``Instances`` rejects a request beyond a sender's window
+(``window_max`` = 64 undelivered-or-retained instances), so a configuration
+runs ``runs`` seeds (seeds 1, 2, ...; the same seeds in every mode) of
+``requests`` per node and refuses to report unless every request was taken,
+every run is free of violations and every instance was delivered at every
+node.
 
     taskset -c 0 .venv/bin/python bench/bench_sim.py              # n = 4, 16, 64; modes a, b, c
     taskset -c 0 .venv/bin/python bench/bench_sim.py --sizes 4 --modes c --json
@@ -49,7 +50,7 @@ MODES = {
 }
 # n -> (requests per node per run, runs): a few seconds per mode before the
 # optimisations; messages per instance grow as ~2n^2, hence fewer requests.
-WORKLOADS = {4: (64, 12), 16: (16, 1), 64: (1, 1)}
+WORKLOADS = {4: (800, 1), 16: (16, 1), 64: (1, 1)}
 
 
 @dataclass(slots=True)
@@ -240,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--sizes", default="4,16,64", help="cluster sizes (default 4,16,64)")
     parser.add_argument("--modes", default="a,b,c", help="modes among a, b, c (default all)")
-    parser.add_argument("--requests", type=int, help="requests per node per run (max 64)")
+    parser.add_argument("--requests", type=int, help="requests per node per run")
     parser.add_argument("--runs", type=int, help="seeds per configuration")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--profile", action="store_true", help="also profile each configuration")
@@ -251,8 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for mode in modes:
         if mode not in MODES:
             parser.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    if arguments.requests is not None and not 1 <= arguments.requests <= 64:
-        parser.error("--requests must be in [1, 64] (the broadcast window)")
+    if arguments.requests is not None and arguments.requests < 1:
+        parser.error("--requests must be >= 1")
     rows: list[Row] = []
     profiles: list[dict[str, Any]] = []
     for n in sizes:
