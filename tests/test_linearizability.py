@@ -16,11 +16,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from replicaio.check import linearizability
 from replicaio.check.history import (
     HistoryError,
     HistoryRecorder,
@@ -102,7 +104,7 @@ def test_stale_read_after_completed_write_is_not_linearizable() -> None:
     assert explanation is not None
     assert explanation.key == "k"
     assert explanation.culprit == history[2]
-    assert explanation.prefix_operations == 3
+    assert explanation.operations == 3
     assert explanation.minimal
     assert explanation.culprit_states == ("'y'",)
     assert set(explanation.window) == set(history)
@@ -344,6 +346,92 @@ def test_stale_read_planted_in_long_history_is_found_and_explained() -> None:
     assert result.explanation is not None
     assert result.explanation.culprit == history[-1]
     assert len(result.explanation.window) <= 2 + 8 + 8
+
+
+def test_covering_states_of_the_key_value_model() -> None:
+    model = KeyValueModel()
+    reads = [get("ab", 0, 1), op("cas", value="q", expected="c", output="fail", call=0, ret=1)]
+    states = model.covering_states(reads)
+    assert states is not None
+    assert states[0] is None
+    assert set(states[1:-1]) == {"ab", "c"}
+    assert states[-1] not in ("a", "ab", "c") and not "ab".startswith(states[-1] or "-")
+    with_append = model.covering_states([*reads, op("append", value="b", call=0, ret=1)])
+    assert with_append is not None
+    assert set(with_append[1:-1]) == {"", "a", "ab", "c"}
+    assert model.covering_states([op("incr", value="1", output="1")]) is None
+
+
+def squeezed_search(per_operation: int = 3) -> mock._patch[int]:
+    """Pause searches early (a correct history needs 1 to 3 configurations per
+    operation), so window proofs are tried before the search goes on."""
+    return mock.patch.multiple(
+        linearizability,
+        CONFIGURATIONS_BEFORE_WINDOWS=0,
+        CONFIGURATIONS_PER_OPERATION_BEFORE_WINDOWS=per_operation,
+    )
+
+
+def refuted(window: list[Operation]) -> bool:
+    """Whether the window has no linearization from any initial state."""
+    model = KeyValueModel()
+    return linearizability._refuted_from_every_state(window, model, None, window[-1], set())
+
+
+def test_window_refutation_considers_every_initial_state() -> None:
+    assert refuted([put("fresh", 0, 1), get("stale", 2, 3)])
+    assert not refuted([get(None, 0, 1)])  # from absent
+    assert not refuted([op("append", value="b", call=0, ret=1), get("ab", 2, 3)])  # from "a"
+    cas_none = op("cas", value="b", expected=None, output="fail", call=0, ret=1)
+    cas_a = op("cas", value="c", expected="a", output="fail", call=2, ret=3)
+    assert not refuted([cas_none, cas_a])  # from any other value
+    assert refuted([cas_none, get(None, 2, 3)])
+
+
+def window_proofs(history: Sequence[Operation]) -> list[linearizability.Explanation]:
+    """Every window proof the checker could find, at every point of every key."""
+    model = KeyValueModel()
+    proofs = []
+    for key, part in model.partition(history).items():
+        searchable = linearizability._searchable(part, model)
+        search = linearizability._Search(searchable, model)
+        for position in range(len(search.by_return)):
+            proof = linearizability._prove_by_window(key, searchable, model, search, position, None)
+            if proof is not None:
+                proofs.append(proof)
+    return proofs
+
+
+def test_windows_keep_unknown_operations_called_before_them() -> None:
+    history = [put("y", 0, None, status="info"), put("z", 1, 2), put("q", 3, 4), get("y", 5, 6)]
+    assert verdict(history) is True
+    assert window_proofs(history) == []
+
+
+def test_windows_free_operations_still_running_at_their_end() -> None:
+    late_read = get("y", 3, 20)
+    history = [put("z", 0, 2), put("q", 2.5, 10), late_read, put("y", 11, 12)]
+    assert verdict(history) is True
+    assert window_proofs(history) == []
+
+
+def test_violation_in_long_history_is_proved_by_a_small_window() -> None:
+    history = simulate_register(operations=2000, clients=8, keys=3, seed=2)
+    last = max(o.return_ for o in history if o.return_ is not None)
+    planted = [
+        put("fresh", last + 1, last + 2, key="key0"),
+        get("stale", last + 3, last + 4, key="key0"),
+    ]
+    with squeezed_search():
+        result = check_linearizable([*history, *planted], time_budget_s=20)
+    assert result.linearizable is False
+    explanation = result.explanation
+    assert explanation is not None
+    assert explanation.start is not None
+    assert explanation.culprit == planted[1]
+    assert set(planted) <= set(explanation.window)
+    assert len(explanation.window) <= 20
+    assert "from any state" in explanation.describe()
 
 
 # ------------------------------------------------------------ history format
@@ -714,8 +802,8 @@ def latent_heavy_histories(draw: st.DrawFn) -> list[Operation]:
             value = None if kind == "delete" else draw(st.sampled_from(("x", "y")))
             history.append(Operation(client, kind, "k", value, None, None, call, ret, "ok"))
         else:
-            output = draw(st.sampled_from((None, "x", "y", "xy")))
-            history.append(Operation(client, "get", "k", None, None, output, call, ret, "ok"))
+            read: str | None = draw(st.sampled_from((None, "x", "y", "xy")))
+            history.append(Operation(client, "get", "k", None, None, read, call, ret, "ok"))
     return history
 
 
@@ -778,6 +866,20 @@ def test_checker_agrees_with_brute_force(history: list[Operation]) -> None:
     earlier_cuts = [t for t in earlier if t < cut]
     if earlier_cuts:
         assert brute_force_linearizable(cut_prefix(key_history, max(earlier_cuts)))
+
+
+@QUICK
+@given(st.one_of(arbitrary_histories(), near_miss_histories(), latent_heavy_histories()))
+def test_window_proofs_are_sound(history: list[Operation]) -> None:
+    for proof in window_proofs(history):
+        assert not brute_force_linearizable([o for o in history if o.key == proof.key])
+
+
+@QUICK
+@given(st.one_of(arbitrary_histories(), near_miss_histories(), counter_histories()))
+def test_paused_search_with_window_proofs_agrees_with_brute_force(history: list[Operation]) -> None:
+    with squeezed_search(per_operation=1):
+        assert verdict(history) is brute_force_linearizable(history)
 
 
 # --------------------------------------------- a simulated correct register

@@ -60,6 +60,16 @@ after its call, or never, and its output is unknown.
    The linearized set is stored relative to its lowest unlinearized required
    operation (``base``), so memory and bitset work stay proportional to the
    window of concurrency, not to the history length.
+5. **Window proofs.** Proving a violation by exhaustion costs every
+   reachable configuration of the whole key; most violations are local. If
+   a search needs more than ``CONFIGURATIONS_BEFORE_WINDOWS`` (plus a few
+   per operation), it pauses and tries time windows ending where it got
+   stuck: if the operations of a window (those running at its edges and all
+   unknown ones made optional) have no linearization from *any* initial
+   state (``Model.covering_states`` gives finitely many that stand for all),
+   the key is not linearizable, and the window is the explanation.
+   Otherwise the search goes on. A failure found by exhaustion is explained
+   by the smallest failing prefix, found by binary search over cut times.
 
 Guarantees: for a deterministic ``Model`` the verdict is *sound and
 complete*: ``True`` exactly when a linearization exists (the search found
@@ -111,6 +121,21 @@ WATCHED_STATES_MAX = 16
 
 STEPS_PER_DEADLINE_CHECK = 1024
 """Search steps between two reads of the clock when a budget is set."""
+
+CONFIGURATIONS_BEFORE_WINDOWS = 10_000
+CONFIGURATIONS_PER_OPERATION_BEFORE_WINDOWS = 8
+"""A part's search may enter ``CONFIGURATIONS_BEFORE_WINDOWS`` plus this many
+configurations per operation before the checker pauses it to try cheap window
+proofs of a violation (a correct history rarely needs more than 3 per operation)."""
+
+WINDOW_CONFIGURATIONS_MAX = 20_000
+"""Configurations one window search (from one initial state) may enter."""
+
+WINDOW_REQUIRED_MAX = 1024
+"""Completed operations a window may span; windows grow 1, 4, 16, ... up to it."""
+
+COVERING_STATES_MAX = 256
+"""Initial states a window proof may try; more and the window is not tried."""
 
 EXIT_LINEARIZABLE = 0
 EXIT_NOT_LINEARIZABLE = 1
@@ -176,6 +201,14 @@ class Model(Protocol[StateT]):
 
     def is_observer(self, op: Operation) -> bool:
         """Whether ``op`` is an observer in the sense of ``SearchHints.latent``."""
+        ...
+
+    def covering_states(self, ops: Sequence[Operation]) -> Sequence[StateT] | None:
+        """States such that from any state, ``ops`` behave as from one of them.
+
+        "Behave": the same sequences of ``ops`` are valid. ``None`` if the
+        model cannot say; window proofs are then skipped.
+        """
         ...
 
     def describe_state(self, state: StateT) -> str:
@@ -295,6 +328,25 @@ class KeyValueModel:
     def is_observer(self, op: Operation) -> bool:
         return op.op == CAS and op.status == OK and op.output == CAS_FAILED
 
+    def covering_states(self, ops: Sequence[Operation]) -> list[str | None] | None:
+        """Absent, every value the state is compared with (and, with appends, their
+        prefixes), and one fresh value that is no prefix of any of them.
+
+        The state only meets ``get`` outputs and ``cas`` expected values, by
+        equality; without appends any other value compares like the fresh
+        one, and with appends a state ``s`` can only ever equal ``m`` (after
+        suffixes) if ``s`` is a prefix of ``m``. ``incr`` parses numbers: no cover.
+        """
+        if any(op.op == INCR for op in ops):
+            return None
+        compared = {op.output for op in ops if op.op == GET and op.status == OK and op.output}
+        compared |= {op.expected for op in ops if op.op == CAS and op.expected is not None}
+        compared |= {""} if any(op.op == GET and op.output == "" for op in ops) else set()
+        if any(op.op == APPEND for op in ops):
+            compared = {value[:end] for value in compared for end in range(len(value) + 1)}
+        fresh = "\x00" * (max((len(value) for value in compared), default=0) + 1)
+        return [None, *sorted(compared), fresh]
+
     def describe_state(self, state: str | None) -> str:
         return "absent" if state is None else repr(state)
 
@@ -304,31 +356,48 @@ KEY_VALUE_MODEL = KeyValueModel()
 
 @dataclass(frozen=True, slots=True)
 class Explanation:
-    """Why one key's history is not linearizable.
+    """Why one key's history is not linearizable: a failing prefix or window.
 
-    ``prefix_operations`` operations (of this key, after dropping ``fail``
-    ones) are the smallest prefix in time, cut at ``culprit``'s return, that
-    has no linearization, while the prefix cut at the previous return has one
-    (operations still running at the cut count as ``info``). ``minimal`` is
-    ``False`` if the budget ran out before that prefix was pinned down (then
-    it is merely a failing prefix). ``window`` is the culprit, the operations
-    overlapping it and up to ``CONTEXT_OPERATIONS_MAX`` completed just before
-    it. ``culprit_states`` are states in which the search tried the culprit
-    and its output or precondition did not match (possibly not all of them).
+    ``start is None``: the key's first ``operations`` operations (after
+    dropping ``fail`` ones), cut at ``culprit``'s return, have no
+    linearization; operations still running at the cut count as ``info``.
+    If ``minimal``, the prefix cut at the previous return has one.
+
+    ``start`` a time: the operations running between ``start`` and the
+    culprit's return (``operations`` of them, with every earlier ``info``
+    operation, and those running at either end counted as ``info``) have no
+    linearization *from any state* the key may have held at ``start``: a
+    proof that needs nothing before it. ``minimal`` is then ``False``.
+
+    ``window`` is what to read: the culprit, the operations overlapping it
+    and up to ``CONTEXT_OPERATIONS_MAX`` completed just before it (for a
+    window proof: every completed one in it), and ``info`` operations called
+    among them. ``culprit_states`` are states in which the search tried the
+    culprit and its output or precondition did not match (not always all).
     """
 
     key: str
     culprit: Operation
     window: tuple[Operation, ...]
-    prefix_operations: int
+    operations: int
+    start: float | None
     culprit_states: tuple[str, ...]
     minimal: bool
 
     def describe(self) -> str:
+        if self.start is None:
+            scope = (
+                f"no linearization of its first {self.operations} operations "
+                f"(cut at {self.culprit.return_!r})"
+                + ("" if self.minimal else " [not minimized: budget exhausted]")
+            )
+        else:
+            scope = (
+                f"no linearization, from any state, of the {self.operations} operations "
+                f"running from {self.start!r} to {self.culprit.return_!r}"
+            )
         lines = [
-            f"key {self.key!r}: no linearization of its first {self.prefix_operations} "
-            f"operations (cut at {self.culprit.return_!r})"
-            + ("" if self.minimal else " [not minimized: budget exhausted]"),
+            f"key {self.key!r}: {scope}",
             f"  cannot linearize: {describe_operation(self.culprit)}",
         ]
         if self.culprit_states:
@@ -387,6 +456,17 @@ class _BudgetExhausted(Exception):
     """The deadline passed during a search."""
 
 
+class _LimitReached(Exception):
+    """A search entered its maximum of configurations; ``deepest`` is how far it got."""
+
+    def __init__(self, deepest: int) -> None:
+        super().__init__(deepest)
+        self.deepest = deepest
+
+
+_MODEL_INITIAL: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class _SearchOutcome:
     linearizable: bool
@@ -406,7 +486,10 @@ class _Search:
     observers that may come next.
     """
 
-    def __init__(self, ops: Sequence[Operation], model: Model[Any]) -> None:
+    def __init__(
+        self, ops: Sequence[Operation], model: Model[Any], initial: Any = _MODEL_INITIAL
+    ) -> None:
+        self.initial = model.initial_state() if initial is _MODEL_INITIAL else initial
         required = sorted(
             (op for op in ops if op.status == OK), key=lambda op: (op.call, op.return_)
         )
@@ -524,13 +607,16 @@ class _Search:
         deadline: float | None,
         watch: int | None = None,
         watched_states: set[Hashable] | None = None,
+        configurations_max: int | None = None,
     ) -> _SearchOutcome:
-        """Depth-first search; raises ``_BudgetExhausted`` past ``deadline``."""
+        """Depth-first search; raises ``_BudgetExhausted`` past ``deadline`` and
+        ``_LimitReached`` when about to enter more than ``configurations_max``."""
         step = self.model.step
         ops = self.ops
         count = self.required_count
         latent = self.latent
-        state = self.model.initial_state()
+        state = self.initial
+        deepest = 0
         first = self._candidates(0, 0, 0, state, 0, None)
         if first is None:
             return _SearchOutcome(True, 1)
@@ -575,6 +661,9 @@ class _Search:
             configurations += 1
             if following is None:
                 return _SearchOutcome(True, configurations)
+            deepest = max(deepest, following[0])
+            if configurations_max is not None and configurations > configurations_max:
+                raise _LimitReached(deepest)
             stack.append([base, rel, opt, after, allowed_next, *following, 0])
         return _SearchOutcome(False, configurations)
 
@@ -674,24 +763,120 @@ def _explain(
         key=key,
         culprit=culprit,
         window=_window([op for op in ops if op.call <= cut], culprit),
-        prefix_operations=len(prefix),
+        operations=len(prefix),
+        start=None,
         culprit_states=tuple(described[:WATCHED_STATES_MAX]),
         minimal=minimal,
     )
 
 
+def _reaches(op: Operation, start: float) -> bool:
+    """Whether ``op`` runs at or after ``start`` (an ``info`` one: was called since)."""
+    if op.status == INFO or op.return_ is None:
+        return op.call >= start
+    return op.return_ >= start
+
+
+def _window_problem(ops: Sequence[Operation], start: float, end: float) -> list[Operation]:
+    """What must be linearizable between ``start`` and ``end`` if the whole is.
+
+    Operations that returned before ``start`` are gone (they took effect
+    before it); ``info`` operations called by ``end`` and operations running
+    at ``start`` or ``end`` become optional with unknown output.
+    """
+    window: list[Operation] = []
+    for op in ops:
+        if op.call > end or (op.status == OK and not _reaches(op, start)):
+            continue
+        running_at_an_end = op.call <= start or (op.return_ is not None and op.return_ > end)
+        if op.status == OK and running_at_an_end:
+            op = replace(op, status=INFO, output=None, return_=None)
+        window.append(op)
+    return window
+
+
+def _refuted_from_every_state(
+    window: Sequence[Operation],
+    model: Model[Any],
+    deadline: float | None,
+    culprit: Operation,
+    watched: set[Hashable],
+) -> bool:
+    """Whether no state at the window's start admits a linearization of ``window``."""
+    states = model.covering_states(window)
+    if states is None or len(states) > COVERING_STATES_MAX:
+        return False
+    searchable = _searchable(window, model)
+    for initial in states:
+        search = _Search(searchable, model, initial)
+        watch = search.ops.index(culprit) if culprit in search.ops else None
+        try:
+            if search.run(deadline, watch, watched, WINDOW_CONFIGURATIONS_MAX).linearizable:
+                return False
+        except _LimitReached:
+            return False
+    return True
+
+
+def _prove_by_window(
+    key: str,
+    ops: Sequence[Operation],
+    model: Model[Any],
+    search: _Search,
+    deepest: int,
+    deadline: float | None,
+) -> Explanation | None:
+    """Try windows ending where the paused search got stuck, growing 1, 4, 16, ... back."""
+    position = min(deepest, len(search.by_return) - 1)
+    culprit = search.ops[search.by_return[position]]
+    end = culprit.return_
+    assert end is not None
+    size = 1
+    while size <= min(WINDOW_REQUIRED_MAX, position):
+        start = search.ops[search.by_return[position - size]].return_
+        assert start is not None
+        window = _window_problem(ops, start, end)
+        watched: set[Hashable] = set()
+        if _refuted_from_every_state(window, model, deadline, culprit, watched):
+            described = sorted(model.describe_state(state) for state in watched)
+            shown = [op for op in ops if op.call <= end and _reaches(op, start)]
+            return Explanation(
+                key=key,
+                culprit=culprit,
+                window=tuple(sorted(shown, key=lambda op: (op.call, op.client))),
+                operations=len(window),
+                start=start,
+                culprit_states=tuple(described[:WATCHED_STATES_MAX]),
+                minimal=False,
+            )
+        size *= 4
+    return None
+
+
 def _check_part(
     key: str, ops: Sequence[Operation], model: Model[Any], deadline: float | None
 ) -> KeyResult:
+    """Search; if that drags on, try window proofs of a violation, then search on."""
     started = time.perf_counter()
     searchable = _searchable(ops, model)
+    search = _Search(searchable, model)
+    allowance = CONFIGURATIONS_BEFORE_WINDOWS + CONFIGURATIONS_PER_OPERATION_BEFORE_WINDOWS * len(
+        searchable
+    )
+    explanation = None
     try:
-        outcome = _Search(searchable, model).run(deadline)
+        try:
+            outcome = search.run(deadline, configurations_max=allowance)
+        except _LimitReached as paused:
+            explanation = _prove_by_window(key, searchable, model, search, paused.deepest, deadline)
+            if explanation is None:
+                outcome = search.run(deadline)
+            else:
+                outcome = _SearchOutcome(False, allowance)
+        if not outcome.linearizable and explanation is None:
+            explanation = _explain(key, searchable, model, deadline)
     except _BudgetExhausted:
         return KeyResult(key, None, len(searchable), 0, time.perf_counter() - started, None)
-    explanation = None
-    if not outcome.linearizable:
-        explanation = _explain(key, searchable, model, deadline)
     return KeyResult(
         key,
         outcome.linearizable,
