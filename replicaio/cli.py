@@ -11,6 +11,9 @@
     replicaio cluster up --protocol P --nodes N --base-port B --data-dir D
     replicaio cluster down --data-dir D
     replicaio broadcast --config FILE --node I VALUE
+    replicaio kv up --nodes N --base-port P --data-dir D [--protocol raft]
+    replicaio kv down --data-dir D
+    replicaio kv node --config FILE --id I
 
 Exit status: 0 when every property held (or the replay matched), 1 when a
 property was violated (or the replay diverged), 2 for a usage error.
@@ -496,6 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     from replicaio.runtime.commands import add_runtime_commands
 
     add_runtime_commands(commands)
+    # The Redis-protocol key-value store: kv up|down|node (replicaio/services/kv/cli.py).
+    from replicaio.services.kv.cli import add_kv_commands
+
+    add_kv_commands(commands)
     return parser
 
 

@@ -9,7 +9,13 @@ step order); ``close`` at shutdown. A service submits client requests with
 ``host.submit(payload, on_done)``, which waits only for room in the host's
 inbox (backpressure) and later calls ``on_done(reason)`` with ``None`` once the
 request was stepped and its batch released, or the core's rejection reason.
-The Redis (RESP) front of the KV service plugs in here, next to ``"stream"``.
+The Redis (RESP) front of the KV service plugs in here, next to ``"stream"``:
+services that live above the runtime (which must not import them) are listed
+by module name in :data:`SERVICE_MODULES` and imported on first use. A service
+may take parameters from the cluster file's ``[service]`` table: its factory's
+``check_params(table)`` validates them when the file is loaded (raising
+``ClusterFileError`` naming ``service.<key>``), and the service reads them from
+``host.cluster.service_params`` at start.
 
 The ``stream`` service (for the broadcast protocols), wire format: frames of a
 4-byte big-endian length and a body (``replicaio.runtime.framing``).
@@ -35,16 +41,17 @@ too slow and is disconnected: ``bound_client_queue_max``), and
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from replicaio.core.codec import Codec, DecodeError, Value, message
 from replicaio.core.errors import UsageError
-from replicaio.runtime.config import Address, HostParams
+from replicaio.runtime.config import Address, ClusterFileError, HostParams
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.framing import LENGTH, LENGTH_BYTES, FrameError, frame_header, read_frame
 from replicaio.runtime.logs import RateLimitedLog
@@ -94,6 +101,8 @@ class ClientService(Protocol):
 
 ServiceFactory = Callable[[], ClientService]
 SERVICES: dict[str, ServiceFactory] = {}
+# Services defined above the runtime, imported by name when first asked for.
+SERVICE_MODULES: dict[str, str] = {"resp": "replicaio.services.kv.service"}
 
 
 def register_service(name: str, factory: ServiceFactory) -> None:
@@ -105,9 +114,28 @@ def register_service(name: str, factory: ServiceFactory) -> None:
 
 def service_factory(name: str) -> ServiceFactory:
     factory = SERVICES.get(name)
+    if factory is None and name in SERVICE_MODULES:
+        importlib.import_module(SERVICE_MODULES[name])  # registers itself on import
+        factory = SERVICES.get(name)
     if factory is None:
-        raise UsageError(f"unknown client service {name!r}; known: {', '.join(sorted(SERVICES))}")
+        raise UsageError(f"unknown client service {name!r}; known: {', '.join(service_names())}")
     return factory
+
+
+def service_names() -> list[str]:
+    """Every client service a cluster file may name."""
+    return sorted(set(SERVICES) | set(SERVICE_MODULES))
+
+
+def check_service_params(name: str, params: Mapping[str, Any]) -> None:
+    """Validate the ``[service]`` table for service ``name`` (``ClusterFileError``)."""
+    factory = service_factory(name)
+    check = getattr(factory, "check_params", None)
+    if check is not None:
+        check(params)
+    elif params:
+        raise ClusterFileError("service", f"service {name!r} takes no parameters, got "
+                               f"{sorted(params)}")
 
 
 class StreamClientConnection:

@@ -12,7 +12,8 @@ Sections: ``[protocol]`` (name, f, and params: integers a replicated service
 such as ``raft`` takes, ``snapshot`` and ``batch``), ``[auth]`` (kind and secret or
 keys), ``[node]`` (the core's :class:`~replicaio.core.node.NodeParams`),
 ``[transport]`` (:class:`TransportParams`), ``[host]`` (:class:`HostParams`),
-and one ``[[nodes]]`` table per node.
+``[service]`` (the client service's own parameters, checked by the service;
+see ``replicaio.runtime.client``), and one ``[[nodes]]`` table per node.
 """
 
 from __future__ import annotations
@@ -120,12 +121,12 @@ class HostParams:
             raise ClusterFileError(
                 "host.client_history_max", "must be >= 0 and < client_queue_max"
             )
-        from replicaio.runtime.client import SERVICES  # the services register on import
+        from replicaio.runtime.client import service_names  # the services register on import
 
-        if self.client_service not in SERVICES:
+        if self.client_service not in service_names():
             raise ClusterFileError(
                 "host.client_service",
-                f"unknown service {self.client_service!r}; known: {', '.join(sorted(SERVICES))}",
+                f"unknown service {self.client_service!r}; known: {', '.join(service_names())}",
             )
         return self
 
@@ -157,6 +158,7 @@ class ClusterFile:
     transport: TransportParams = field(default_factory=TransportParams)
     host: HostParams = field(default_factory=HostParams)
     path: Path | None = None
+    service_params: dict[str, Any] = field(default_factory=dict)  # [service], checked by it
 
     @property
     def n(self) -> int:
@@ -217,7 +219,7 @@ def load_cluster_file(path: str | Path) -> ClusterFile:
 
 def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None) -> ClusterFile:
     """Validate a parsed cluster file (``base`` resolves relative paths)."""
-    check_keys(data, "", {"protocol", "auth", "node", "transport", "host", "nodes"})
+    check_keys(data, "", {"protocol", "auth", "node", "transport", "host", "service", "nodes"})
     protocol_table = table(data, "protocol", required=True)
     check_keys(protocol_table, "protocol", {"name", "f", "params"})
     protocol = string(protocol_table, "name", "protocol.name", required=True)
@@ -236,6 +238,11 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
     except ConfigError as error:
         raise ClusterFileError("protocol.f", str(error)) from error
     auth, secret = parse_auth(table(data, "auth", required=True), nodes, base)
+    host: HostParams = parse_dataclass(HostParams, table(data, "host"), "host")
+    service_params = table(data, "service")
+    from replicaio.runtime.client import check_service_params
+
+    check_service_params(host.client_service, service_params)
     return ClusterFile(
         protocol=protocol,
         f=f,
@@ -245,8 +252,9 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
         protocol_params=dict(params),
         node_params=parse_dataclass(NodeParams, table(data, "node"), "node"),
         transport=parse_dataclass(TransportParams, table(data, "transport"), "transport"),
-        host=parse_dataclass(HostParams, table(data, "host"), "host"),
+        host=host,
         path=path,
+        service_params=dict(service_params),
     )
 
 

@@ -71,6 +71,11 @@ class NodeCollector(Collector):
             wal = GaugeMetricFamily("replicaio_wal_bytes", "Bytes in the write-ahead log")
             wal.add_metric([], host.storage.wal_bytes)
             yield wal
+        # A client service may add its own (the KV service: request latencies per
+        # command, the protocol's gauges); read at scrape time like the rest.
+        service_metrics = getattr(host.service, "collect_metrics", None)
+        if service_metrics is not None:
+            yield from service_metrics()
 
     def peers(self) -> Iterator[Metric]:
         transport = self.host.transport

@@ -21,12 +21,21 @@ op            arguments                         ``ok`` payload
 ``cas``       key, expected (bin or nil), new   true if swapped, else false
 ``append``    key, suffix                       the new length (int)
 ``incr``      key, delta (int)                  the new value (int)
+``batch``     [command bytes, ...]              [result bytes, ...]
 ============  ===============================  ===========================
 
 Keys and values are ``bytes``. ``cas`` with ``expected`` nil succeeds only if
 the key is absent. ``append`` onto an absent key creates it. ``incr`` reads an
 absent key as 0, needs the stored value to be a decimal integer (ASCII,
 optional leading ``-``) and keeps values within signed 64 bits.
+
+``batch`` (used by the Redis front to carry a client's pipeline as one
+replicated request) executes up to :data:`BATCH_COMMANDS_MAX` commands in
+order, at one position of the log, and answers each one's own result, exactly
+as if they had been applied one by one; a failing command does not stop the
+others (no rollback, like a Redis pipeline). ``read`` takes a batch of ``get``
+commands. A batch inside a batch is ``bad_arguments``. Build one with
+:func:`encode_batch`, read its result with :func:`decode_batch_result`.
 
 A bad command is replicated like any other, so it must fail the same way on
 every replica and never raise: it returns an error result with a stable
@@ -57,6 +66,8 @@ CAS: Final = "cas"
 APPEND: Final = "append"
 INCR: Final = "incr"
 OPERATIONS: Final = (GET, PUT, DELETE, CAS, APPEND, INCR)
+BATCH: Final = "batch"  # a sequence of the operations above (not itself an operation)
+BATCH_COMMANDS_MAX: Final = 4096
 
 OK: Final = "ok"
 ERROR: Final = "error"
@@ -82,7 +93,7 @@ INT64_MIN: Final = -(1 << 63)
 INT64_MAX: Final = (1 << 63) - 1
 _DECIMAL = re.compile(rb"-?[0-9]{1,19}")
 
-_ARITY: Final = {GET: 2, PUT: 3, DELETE: 2, CAS: 4, APPEND: 3, INCR: 3}
+_ARITY: Final = {GET: 2, PUT: 3, DELETE: 2, CAS: 4, APPEND: 3, INCR: 3, BATCH: 2}
 
 
 class KvSnapshotError(UsageError):
@@ -122,7 +133,7 @@ def encode_command(op: str, key: bytes, *arguments: bytes | int | None) -> bytes
     Raises :class:`UsageError` for an operation or argument the format has no
     room for (a caller bug); range and size checks are the store's job.
     """
-    if op not in _ARITY:
+    if op not in _ARITY or op == BATCH:
         raise UsageError(f"unknown key-value operation {op!r}")
     if len(arguments) + 2 != _ARITY[op]:
         raise UsageError(f"{op} takes {_ARITY[op] - 2} argument(s), got {len(arguments)}")
@@ -130,6 +141,16 @@ def encode_command(op: str, key: bytes, *arguments: bytes | int | None) -> bytes
         return _CLIENT_CODEC.encode_value([op, key, *arguments])
     except EncodeError as error:
         raise UsageError(f"cannot encode {op} command: {error}") from None
+
+
+def encode_batch(commands: list[bytes] | tuple[bytes, ...]) -> bytes:
+    """The command bytes of a ``batch`` of already encoded commands."""
+    if not 1 <= len(commands) <= BATCH_COMMANDS_MAX:
+        raise UsageError(f"a batch holds 1..{BATCH_COMMANDS_MAX} commands, got {len(commands)}")
+    try:
+        return _CLIENT_CODEC.encode_value([BATCH, list(commands)])
+    except EncodeError as error:
+        raise UsageError(f"cannot encode batch: {error}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +192,27 @@ def decode_result(data: bytes) -> KvResult:
     ):
         return KvError(value[1], value[2])
     return KvError("bad_result", f"not a result: {value!r}"[:200])
+
+
+def decode_batch_result(data: bytes) -> tuple[bytes, ...] | KvError:
+    """The per-command result bytes of a ``batch`` (each one for :func:`decode_result`),
+    or the batch's own error; never raises."""
+    try:
+        value = _CLIENT_CODEC.decode_value(data)
+    except DecodeError as error:
+        return KvError("bad_result", str(error))
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and value[0] == OK
+        and isinstance(value[1], tuple)
+        and all(isinstance(item, bytes) for item in value[1])
+    ):
+        return tuple(item for item in value[1] if isinstance(item, bytes))
+    result = decode_result(data)
+    if isinstance(result, KvError):
+        return result
+    return KvError("bad_result", "not a batch result")
 
 
 def is_write(command: bytes) -> bool:
@@ -218,17 +260,38 @@ class KeyValueStateMachine:
 
     def apply(self, command: bytes) -> bytes:
         """Execute ``command``; an error result for a bad one, never an exception."""
+        return self._apply(command, batch_allowed=True)
+
+    def _apply(self, command: bytes, *, batch_allowed: bool) -> bytes:
         try:
-            op, key, arguments = self._parse(command)
-            payload = self._execute(op, key, arguments)
+            op, key, arguments = self._parse(command, batch_allowed=batch_allowed)
+            if op == BATCH:
+                payload: object = tuple(
+                    self._apply(item, batch_allowed=False)
+                    for item in arguments
+                    if isinstance(item, bytes)  # checked by _batch_commands
+                )
+            else:
+                payload = self._execute(op, key, arguments)
         except _Refused as refused:
             return self._error(refused)
         return self._codec.encode_value([OK, payload])
 
     def read(self, command: bytes) -> bytes:
-        """Execute a read-only command (``get``); anything else is ``not_read_only``."""
+        """Execute a read-only command (``get``, or a batch of them); anything else is
+        ``not_read_only``."""
+        return self._read(command, batch_allowed=True)
+
+    def _read(self, command: bytes, *, batch_allowed: bool) -> bytes:
         try:
-            op, key, arguments = self._parse(command)
+            op, key, arguments = self._parse(command, batch_allowed=batch_allowed)
+            if op == BATCH:
+                results = tuple(
+                    self._read(item, batch_allowed=False)
+                    for item in arguments
+                    if isinstance(item, bytes)  # checked by _batch_commands
+                )
+                return self._codec.encode_value([OK, results])
             if op != GET:
                 raise _Refused("not_read_only", f"{op} changes the state")
             payload = self._execute(op, key, arguments)
@@ -271,7 +334,9 @@ class KeyValueStateMachine:
 
     # -- parsing and execution ---------------------------------------------------
 
-    def _parse(self, command: bytes) -> tuple[str, bytes, tuple[object, ...]]:
+    def _parse(
+        self, command: bytes, *, batch_allowed: bool = False
+    ) -> tuple[str, bytes, tuple[object, ...]]:
         if type(command) is not bytes:
             raise _Refused("malformed", "a command is bytes")
         if len(command) > self.params.command_bytes_max:
@@ -288,12 +353,25 @@ class KeyValueStateMachine:
             raise _Refused("unknown_op", f"no operation {op!r}"[:200])
         if len(value) != arity:
             raise _Refused("bad_arguments", f"{op} takes {arity - 2} argument(s)")
+        if op == BATCH:
+            return op, b"", self._batch_commands(value[1], batch_allowed)
         key = value[1]
         if not isinstance(key, bytes):
             raise _Refused("bad_arguments", "the key is bytes")
         if len(key) > self.params.key_bytes_max:
             raise _Refused("key_too_large", f"key of {len(key)} bytes")
         return op, key, value[2:]
+
+    def _batch_commands(self, commands: object, batch_allowed: bool) -> tuple[object, ...]:
+        if not batch_allowed:
+            raise _Refused("bad_arguments", "a batch inside a batch")
+        if not (
+            isinstance(commands, tuple)
+            and 1 <= len(commands) <= BATCH_COMMANDS_MAX
+            and all(isinstance(item, bytes) for item in commands)
+        ):
+            raise _Refused("bad_arguments", f"a batch is 1..{BATCH_COMMANDS_MAX} command bytes")
+        return commands
 
     def _execute(self, op: str, key: bytes, arguments: tuple[object, ...]) -> object:
         data = self.data

@@ -1,0 +1,203 @@
+"""The ``replicaio kv`` subcommands: a replicated key-value store that Redis clients use.
+
+    replicaio kv up --nodes 3 --base-port P --data-dir D [--protocol raft] [...]
+    replicaio kv down --data-dir D
+    replicaio kv node --config FILE --id I [--event-log FILE] [--log-level L] [--loop L]
+
+``kv up`` writes ``D/cluster.toml`` (client service ``resp``) and a fresh
+secret ``D/cluster.key`` on first use and reuses them after, starts one
+``replicaio kv node`` process per node (data in ``D/node-I``, output in
+``D/node-I.log``, pid in ``D/node-I.pid``), waits until every node answers
+``PING`` and the cluster answers a read (a leader is elected), and prints the
+ports. Ports: RESP (Redis clients) ``P+1 .. P+N``, peers ``P+N+1 .. P+2N``,
+metrics ``P+2N+1 .. P+3N`` (``--no-metrics`` to skip). So with the defaults
+``redis-cli -p 7001 set k v`` works. ``kv down`` stops the processes (SIGTERM,
+then SIGKILL after ``--timeout``). ``kv node`` runs one node from a cluster
+file, for a deployment across hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from replicaio.core.errors import UsageError
+from replicaio.runtime.commands import (
+    CLUSTER_FILE,
+    EXIT_FAILED,
+    EXIT_OK,
+    LOG_LEVELS,
+    SECRET_FILE,
+    command_node,
+    running_pids,
+    stop_cluster,
+    wait_until_ready,
+    write_private,
+)
+from replicaio.runtime.config import ClusterFile, load_cluster_file, render_cluster_file
+
+PROBE_KEY = b"replicaio:kv-up-probe"
+
+
+def add_kv_commands(commands: Any) -> None:
+    """Add ``kv up|down|node`` to the ``replicaio`` parser's subparsers."""
+    kv = commands.add_parser("kv", help="a replicated key-value store for Redis clients")
+    actions = kv.add_subparsers(dest="kv_command", required=True)
+    up = actions.add_parser("up", help="start a local KV cluster (one process per node)")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--base-port", type=int, default=7000,
+                    help="RESP on P+1..P+N, peers P+N+1.., metrics P+2N+1..")
+    up.add_argument("--data-dir", required=True)
+    up.add_argument("--protocol", default="raft", help="a replicated service (default: raft)")
+    up.add_argument("--host", default="127.0.0.1", help="address every node binds")
+    up.add_argument("--no-metrics", action="store_true", help="no Prometheus endpoints")
+    up.add_argument("--no-fsync", action="store_true", help="skip fsync (throwaway clusters)")
+    up.add_argument("--event-logs", action="store_true", help="record D/node-I.events")
+    up.add_argument("--ready-timeout", type=float, default=30.0)
+    up.set_defaults(handler=command_kv_up)
+    down = actions.add_parser("down", help="stop the KV cluster started in --data-dir")
+    down.add_argument("--data-dir", required=True)
+    down.add_argument("--timeout", type=float, default=10.0)
+    down.set_defaults(handler=command_kv_down)
+    node = actions.add_parser("node", help="run one node of a KV cluster")
+    node.add_argument("--config", required=True, help="the TOML cluster file")
+    node.add_argument("--id", type=int, required=True, help="this node's id")
+    node.add_argument("--event-log", default=None,
+                      help="record every step to FILE (replay with `replicaio replay`)")
+    node.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    node.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    node.set_defaults(handler=command_kv_node)
+
+
+def command_kv_node(args: argparse.Namespace) -> int:
+    return command_node(args)
+
+
+def command_kv_up(args: argparse.Namespace) -> int:
+    from replicaio.protocols.registry import service_spec
+
+    if service_spec(args.protocol) is None:
+        raise UsageError(f"--protocol {args.protocol!r} is not a replicated service (try raft)")
+    directory = Path(args.data_dir).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    if running_pids(directory):
+        raise UsageError(f"a cluster is already running in {directory} (kv down first)")
+    config_path = directory / CLUSTER_FILE
+    if not config_path.exists():
+        write_kv_cluster(directory, args)
+    cluster = load_cluster_file(config_path)
+    if cluster.n != args.nodes or cluster.host.client_service != "resp":
+        raise UsageError(
+            f"{config_path} describes {cluster.n} {cluster.protocol} nodes with the "
+            f"{cluster.host.client_service!r} service; remove the directory to start another"
+        )
+    processes = start_nodes(directory, config_path, cluster, args.event_logs)
+    failed = wait_until_ready(cluster, processes, args.ready_timeout)
+    if failed is None:
+        failed = wait_until_serving(cluster, processes, args.ready_timeout)
+    if failed is not None:
+        print(f"replicaio: error: {failed}; see {directory}/node-*.log", file=sys.stderr)
+        stop_cluster(directory, timeout_s=5.0)
+        return EXIT_FAILED
+    for entry, process in zip(cluster.nodes, processes, strict=True):
+        metrics = f" metrics {entry.metrics}" if entry.metrics else ""
+        print(f"node {entry.id}: pid {process.pid} resp {entry.client} peer {entry.peer}"
+              f"{metrics}")
+    ports = " ".join(str(entry.client.port) for entry in cluster.nodes)
+    print(f"kv up: {cluster.n} {cluster.protocol} nodes; RESP ports {ports}; config {config_path}")
+    print(f"try: redis-cli -p {cluster.nodes[0].client.port} set k v")
+    return EXIT_OK
+
+
+def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
+    n, base, host = args.nodes, args.base_port, args.host
+    if n < 1 or base < 1 or base + 3 * n > 65535:
+        raise UsageError("--nodes must be >= 1 and the ports P+1 .. P+3N must be valid")
+    write_private(directory / SECRET_FILE, secrets.token_hex(32) + "\n")
+    nodes: list[dict[str, Any]] = []
+    for node_id in range(n):
+        node: dict[str, Any] = {
+            "id": node_id,
+            "peer": f"{host}:{base + n + 1 + node_id}",
+            "client": f"{host}:{base + 1 + node_id}",
+            "data_dir": f"node-{node_id}",
+        }
+        if not args.no_metrics:
+            node["metrics"] = f"{host}:{base + 2 * n + 1 + node_id}"
+        nodes.append(node)
+    host_section: dict[str, Any] = {"client_service": "resp"}
+    if args.no_fsync:
+        host_section["fsync"] = False
+    text = render_cluster_file(
+        protocol=args.protocol, nodes=nodes, secret_file=SECRET_FILE,
+        sections={"host": host_section},
+    )
+    (directory / CLUSTER_FILE).write_text(text)
+
+
+def start_nodes(
+    directory: Path, config_path: Path, cluster: ClusterFile, event_logs: bool
+) -> list[subprocess.Popen[bytes]]:
+    processes = []
+    for entry in cluster.nodes:
+        command = [sys.executable, "-m", "replicaio.cli", "kv", "node", "--config",
+                   str(config_path), "--id", str(entry.id)]
+        if event_logs:
+            command += ["--event-log", str(directory / f"node-{entry.id}.events")]
+        with open(directory / f"node-{entry.id}.log", "ab") as output:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        (directory / f"node-{entry.id}.pid").write_text(f"{process.pid}\n")
+        processes.append(process)
+    return processes
+
+
+def wait_until_serving(
+    cluster: ClusterFile, processes: list[subprocess.Popen[bytes]], timeout_s: float
+) -> str | None:
+    """``None`` once every node answers PING and a read through node 0 succeeds
+    (so a leader is elected), else what went wrong."""
+    deadline = time.monotonic() + timeout_s
+    for entry in cluster.nodes:
+        if not ask(entry.client.host, entry.client.port, b"*1\r\n$4\r\nPING\r\n", b"+PONG",
+                   deadline):
+            return f"node {entry.id} does not answer PING"
+    first = cluster.nodes[0].client
+    probe = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(PROBE_KEY), PROBE_KEY)
+    while time.monotonic() < deadline:
+        if any(process.poll() is not None for process in processes):
+            return "a node exited"
+        if ask(first.host, first.port, probe, b"$", deadline):
+            return None
+        time.sleep(0.1)
+    return f"no leader elected within {timeout_s} s"
+
+
+def ask(host: str, port: int, request: bytes, expected: bytes, deadline: float) -> bool:
+    """Whether the node at ``host:port`` answers ``request`` with a reply that starts
+    with ``expected`` before ``deadline``."""
+    try:
+        with socket.create_connection((host, port), timeout=2.0) as connection:
+            connection.settimeout(max(0.1, min(10.0, deadline - time.monotonic())))
+            connection.sendall(request)
+            answer = connection.recv(256)
+    except OSError:
+        return False
+    return answer.startswith(expected)
+
+
+def command_kv_down(args: argparse.Namespace) -> int:
+    directory = Path(args.data_dir).resolve()
+    if not (directory / CLUSTER_FILE).exists():
+        raise UsageError(f"no cluster in {directory}")
+    stopped = stop_cluster(directory, timeout_s=args.timeout)
+    print(f"kv down: {stopped} node process(es) stopped")
+    return EXIT_OK

@@ -1,0 +1,640 @@
+"""The Redis front of the replicated key-value store: a client service of the live runtime.
+
+Theory of operation
+-------------------
+:class:`RespService` is the ``resp`` client service (``[host] client_service =
+"resp"``; see ``replicaio.runtime.client``). Each node serves Redis clients on
+its client port; every node takes reads and writes. Commands go through SMR
+(``replicaio.smr``) as ``ClientRequest`` s, so they are linearizable whatever
+node a client talks to: writes are ordered by the log, reads are served after
+the read barrier (Raft's read-index), and a follower forwards both to the leader
+(SMR forwarding; no ``MOVED`` redirections: clients need not know the leader).
+
+One connection, two tasks. The **reader** parses requests (``resp.RespParser``,
+bounded) and queues them; it stops reading while ``pipeline_depth_max``
+commands wait for their replies (TCP backpressure). A protocol violation is
+counted (``rejected_resp_<reason>``), answered ``-ERR Protocol error: ...``
+after the replies to the commands before it, and closes the connection. The
+**dispatcher** takes every queued command, plans each one
+(``redis_commands.plan``), answers local ones at once and packs consecutive
+replicated ones into **one SMR request** (a ``batch`` command when there are
+several; at most ``group_commands_max`` commands and ``group_bytes_max``
+bytes): a pipeline becomes one replicated request, executed at one position
+of the log, in order. Replies are written in request order.
+
+At-most-once. Each connection has its own SMR client id (unique across the
+cluster and across restarts: ``incarnation``, node id and a connection
+counter, :func:`smr_client_id`) and numbers its requests 1, 2, 3, ...; it has
+at most one request in SMR at a time. A request that gets no answer within
+``retry_after_ms``, or is refused for a passing reason (``busy``, no leader
+known, a read timing out), is sent again with the **same** (client, seq): the
+session table executes it at most once. After ``request_timeout_ms`` without
+a result the client gets ``-TRYAGAIN no quorum ...``: a read had no effect; a
+write's outcome is unknown (it may still take effect), which the client must
+treat as such. No reply is ever made up: every answer comes from the state
+machine's execution.
+
+Bounds (:class:`RespParams`, the cluster file's ``[service]`` table): the
+parser's (``bulk_bytes_max``, ``array_items_max``, ``inline_bytes_max``,
+``command_bytes_max``), ``pipeline_depth_max``, ``group_commands_max``,
+``group_bytes_max``, and ``[host] client_connections_max`` clients (beyond
+it: ``-ERR max number of clients reached``, ``bound_client_connections_max``).
+
+Metrics (``collect_metrics``, through the node's endpoint): request latency
+per command (``replicaio_kv_request_seconds``), and the protocol's gauges
+(``replicaio_protocol_<name>``, ``replicaio.services.kv.status``). Counters go
+to the runtime's counters: ``rejected_resp_<reason>`` (protocol violations),
+``rejected_resp_command_<reason>`` (bad commands), ``kv_retries``,
+``kv_redirects``, ``kv_no_quorum``, ``kv_smr_requests``, ``kv_smr_commands``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from replicaio import __version__
+from replicaio.runtime.client import ServiceHost, register_service
+from replicaio.runtime.config import Address, ClusterFileError, HostParams
+from replicaio.runtime.logs import RateLimitedLog
+from replicaio.services.kv.redis_commands import (
+    METRIC_NAMES,
+    Local,
+    Replicated,
+    plan,
+)
+from replicaio.services.kv.resp import (
+    RESP2,
+    Reply,
+    RespError,
+    RespLimits,
+    RespParser,
+    RespProtocolError,
+    encode_reply,
+)
+from replicaio.services.kv.state_machine import (
+    BATCH_COMMANDS_MAX,
+    KvError,
+    KvResult,
+    decode_batch_result,
+    decode_result,
+    encode_batch,
+)
+from replicaio.services.kv.status import protocol_status, role_name
+from replicaio.smr.api import ClientRequest, Redirect, Rejected
+from replicaio.smr.api import Reply as SmrReply
+from replicaio.smr.params import SmrParams
+
+logger = logging.getLogger("replicaio.kv")
+
+READ_BYTES: Final = 64 * 1024
+CONNECTION_BITS: Final = 30  # connections per incarnation of a node
+NODE_BITS: Final = 10  # NODES_MAX = 1024
+CONNECTIONS_MAX: Final = 1 << CONNECTION_BITS
+# Refusals after which the same request may be sent again (it was not executed).
+RETRYABLE: Final = frozenset({"busy", "read_timeout", "no_quorum", "not_leader"})
+LATENCY_BUCKETS: Final = (
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
+)
+SMR_COMMAND_BYTES_MAX: Final = SmrParams().command_bytes_max
+
+
+@dataclass(frozen=True, slots=True)
+class RespParams:
+    """Bounds and periods of the Redis front (the cluster file's ``[service]``)."""
+
+    bulk_bytes_max: int = 512 * 1024  # one bulk string of a request
+    array_items_max: int = 4096  # arguments of one command
+    inline_bytes_max: int = 64 * 1024  # one inline (telnet-style) command line
+    command_bytes_max: int = 1024 * 1024  # all arguments of one command
+    pipeline_depth_max: int = 1024  # commands read from a connection, not yet answered
+    group_commands_max: int = 256  # client commands carried by one SMR request
+    group_bytes_max: int = 60 * 1024  # their key-value commands, encoded
+    retry_after_ms: int = 1000  # send a request again if unanswered this long
+    retry_backoff_ms: int = 50  # wait before sending again after a passing refusal
+    request_timeout_ms: int = 5000  # then -TRYAGAIN no quorum
+
+    def validate(self) -> RespParams:
+        for item in dataclasses.fields(self):
+            if getattr(self, item.name) < 1:
+                raise ClusterFileError(f"service.{item.name}", "must be >= 1")
+        if self.bulk_bytes_max > self.command_bytes_max:
+            raise ClusterFileError("service.bulk_bytes_max", "must be <= command_bytes_max")
+        if not self.group_commands_max <= min(self.pipeline_depth_max, BATCH_COMMANDS_MAX):
+            raise ClusterFileError(
+                "service.group_commands_max",
+                f"must be <= pipeline_depth_max and <= {BATCH_COMMANDS_MAX}",
+            )
+        if self.group_bytes_max > SMR_COMMAND_BYTES_MAX:
+            raise ClusterFileError(
+                "service.group_bytes_max", f"must be <= {SMR_COMMAND_BYTES_MAX} (SMR's bound)"
+            )
+        if self.retry_after_ms > self.request_timeout_ms:
+            raise ClusterFileError("service.retry_after_ms", "must be <= request_timeout_ms")
+        return self
+
+    def limits(self) -> RespLimits:
+        return RespLimits(
+            bulk_bytes_max=self.bulk_bytes_max,
+            array_items_max=self.array_items_max,
+            inline_bytes_max=self.inline_bytes_max,
+            command_bytes_max=self.command_bytes_max,
+        )
+
+
+def parse_resp_params(table: Mapping[str, Any]) -> RespParams:
+    """``RespParams`` from the ``[service]`` table; ``ClusterFileError`` names a bad key."""
+    names = {item.name for item in dataclasses.fields(RespParams)}
+    for name, found in table.items():
+        if name not in names:
+            raise ClusterFileError(
+                f"service.{name}", f"unknown key; expected one of {', '.join(sorted(names))}"
+            )
+        if type(found) is not int:
+            raise ClusterFileError(f"service.{name}", f"must be int, got {found!r}")
+    return RespParams(**dict(table)).validate()
+
+
+def smr_client_id(incarnation: int, node_id: int, connection: int) -> int:
+    """A client id no other connection of the cluster ever had: the node's
+    incarnation grows at every start, so a restarted node never reuses one."""
+    assert 0 <= node_id < 1 << NODE_BITS
+    assert 0 <= connection < CONNECTIONS_MAX
+    high = incarnation << (CONNECTION_BITS + NODE_BITS)
+    return high | (node_id << CONNECTION_BITS) | connection
+
+
+# -- connections -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Command:
+    argv: list[bytes]
+    received: float  # perf_counter at parse: latency is measured from here
+
+
+class EndOfInput:
+    """The reader is done: the client closed, or broke the protocol (``error``)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: RespProtocolError | None = None) -> None:
+        self.error = error
+
+
+Item = Command | EndOfInput
+
+
+class Connection:
+    """One client's connection (implements ``redis_commands.Session``)."""
+
+    __slots__ = (
+        "closing",
+        "connection_id",
+        "finished",
+        "items",
+        "name",
+        "protocol",
+        "room",
+        "seq",
+        "service",
+        "smr_client",
+        "unanswered",
+        "wake",
+        "writer",
+    )
+
+    def __init__(
+        self, service: RespService, writer: asyncio.StreamWriter, connection_id: int,
+        smr_client: int,
+    ) -> None:
+        self.service = service
+        self.writer = writer
+        self.connection_id = connection_id
+        self.smr_client = smr_client
+        self.seq = 0
+        self.protocol = RESP2
+        self.name: bytes | None = None
+        self.closing = False
+        self.finished = False  # the dispatcher is done: the reader stops too
+        self.items: deque[Item] = deque()
+        self.unanswered = 0  # commands read and not yet answered
+        self.wake = asyncio.Event()  # items were queued
+        self.room = asyncio.Event()  # unanswered fell below the pipeline bound
+
+    def server_info(self) -> dict[str, dict[str, str | int]]:
+        return self.service.server_info()
+
+    def push(self, item: Item) -> None:
+        self.items.append(item)
+        if isinstance(item, Command):
+            self.unanswered += 1
+        self.wake.set()
+
+    def write(self, data: bytes, answered: int) -> None:
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+        self.unanswered -= answered
+        assert self.unanswered >= 0
+        self.room.set()
+
+
+# -- SMR requests ------------------------------------------------------------------------------
+
+
+class Retry:
+    """Outcome: send the same request again (after ``delay``)."""
+
+    __slots__ = ("delay",)
+
+    def __init__(self, delay: bool) -> None:
+        self.delay = delay
+
+
+RETRY_NOW: Final = Retry(False)
+RETRY_LATER: Final = Retry(True)
+Outcome = bytes | Retry | RespError
+
+
+@dataclass(slots=True)
+class Waiter:
+    """The one request a connection has in SMR."""
+
+    seq: int
+    future: asyncio.Future[Outcome] | None = None
+
+
+def settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+class RespService:
+    """The ``resp`` client service; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.host: ServiceHost | None = None
+        self.host_params = HostParams()
+        self.params = RespParams()
+        self.limits = self.params.limits()
+        self.server: asyncio.Server | None = None
+        self.connections_open: set[Connection] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.waiters: dict[int, Waiter] = {}
+        self.connection_next = 0
+        self.node_id = 0
+        self.started = time.monotonic()
+        self.warn = RateLimitedLog(logger)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.latency = Histogram(
+            "replicaio_kv_request_seconds",
+            "Redis command latency at the node, from parse to reply, by command",
+            ["command"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+
+    @staticmethod
+    def check_params(table: Mapping[str, Any]) -> None:
+        """Validate the ``[service]`` table (called when the cluster file is loaded)."""
+        parse_resp_params(table)
+
+    # -- ClientService -----------------------------------------------------------------------
+
+    async def start(self, host: ServiceHost, address: Address, params: HostParams) -> None:
+        self.host = host
+        self.host_params = params
+        cluster = getattr(host, "cluster", None)
+        self.params = parse_resp_params(getattr(cluster, "service_params", None) or {})
+        self.limits = self.params.limits()
+        self.node_id = int(getattr(host, "node_id", 0))
+        self.server = await asyncio.start_server(
+            self.on_client, address.host, address.port, reuse_address=True
+        )
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    def connections(self) -> int:
+        return len(self.connections_open)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    def on_outputs(self, outputs: list[Any]) -> None:
+        """Replies, redirections and refusals for our connections' requests."""
+        waiters = self.waiters
+        for output in outputs:
+            kind = type(output)
+            if kind is not SmrReply and kind is not Rejected and kind is not Redirect:
+                continue
+            waiter = waiters.get(output.client)
+            if waiter is None or waiter.seq != output.seq or waiter.future is None:
+                continue  # another node's client, or an answer we no longer wait for
+            if kind is SmrReply:
+                settle(waiter.future, output.result)
+            elif kind is Redirect:
+                self.count("kv_redirects")  # no leader known yet (we forward otherwise)
+                settle(waiter.future, RETRY_LATER)
+            else:
+                settle(waiter.future, self.refused(output.reason))
+
+    def refused(self, reason: str) -> Outcome:
+        if reason in RETRYABLE:
+            return RETRY_LATER
+        return RespError(f"ERR request refused by the replica: {reason}")
+
+    # -- one client ----------------------------------------------------------------------------
+
+    async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host = self.host
+        assert host is not None
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        ready = getattr(host, "ready", None)
+        if isinstance(ready, asyncio.Event):
+            await ready.wait()  # the incarnation is known once the node has started
+        if len(self.connections_open) >= self.host_params.client_connections_max:
+            self.count("bound_client_connections_max")
+            writer.write(b"-ERR max number of clients reached\r\n")
+            writer.close()
+            return
+        if self.connection_next >= CONNECTIONS_MAX:
+            self.count("bound_resp_connections_max")
+            writer.write(b"-ERR this node ran out of client ids; restart it\r\n")
+            writer.close()
+            return
+        connection_id = self.connection_next
+        self.connection_next += 1
+        incarnation = int(getattr(getattr(host, "core", None), "incarnation", 0))
+        connection = Connection(
+            self, writer, connection_id, smr_client_id(incarnation, self.node_id, connection_id)
+        )
+        self.connections_open.add(connection)
+        dispatcher = asyncio.get_running_loop().create_task(self.dispatch(connection))
+        try:
+            await self.read_loop(connection, reader)
+            await dispatcher
+        except asyncio.CancelledError:
+            pass
+        finally:
+            dispatcher.cancel()
+            self.connections_open.discard(connection)
+            writer.close()
+
+    async def read_loop(self, connection: Connection, reader: asyncio.StreamReader) -> None:
+        parser = RespParser(self.limits)
+        depth_max = self.params.pipeline_depth_max
+        try:
+            while True:
+                argv = parser.next_command()
+                if argv is not None:
+                    connection.push(Command(argv, time.perf_counter()))
+                    if connection.unanswered >= depth_max:
+                        self.count("bound_resp_pipeline_depth_max")
+                        while connection.unanswered >= depth_max and not connection.finished:
+                            connection.room.clear()
+                            await connection.room.wait()
+                    if connection.finished:
+                        return
+                    continue
+                data = await reader.read(READ_BYTES)
+                if not data:
+                    if parser.in_command():
+                        self.reject("truncated_frame")
+                    break
+                parser.feed(data)
+        except RespProtocolError as error:
+            self.reject(error.reason)
+            connection.push(EndOfInput(error))
+            return
+        except (ConnectionError, OSError):
+            pass
+        connection.push(EndOfInput())
+
+    def reject(self, reason: str) -> None:
+        self.count(f"rejected_resp_{reason}")
+        self.warn(logging.WARNING, reason, "client input rejected", reason=reason)
+
+    async def dispatch(self, connection: Connection) -> None:
+        """Answer the connection's commands in order, one SMR request at a time."""
+        writer = connection.writer
+        try:
+            while True:
+                if not connection.items:
+                    connection.wake.clear()
+                    await connection.wake.wait()
+                    continue
+                items = list(connection.items)
+                connection.items.clear()
+                done = await self.answer(connection, items)
+                try:
+                    await writer.drain()
+                except (ConnectionError, OSError):
+                    return
+                if done:
+                    return
+        finally:
+            connection.finished = True
+            connection.room.set()
+            writer.close()
+
+    async def answer(self, connection: Connection, items: list[Item]) -> bool:
+        """Answer ``items`` in order; True once the connection must close."""
+        group: list[tuple[Command, Replicated]] = []
+        group_bytes = group_commands = 0
+        for item in items:
+            if isinstance(item, EndOfInput):
+                await self.run_group(connection, group)
+                if item.error is not None:
+                    reply = RespError(f"ERR Protocol error: {item.error.message}")
+                    connection.write(encode_reply(reply, connection.protocol), 0)
+                return True
+            if connection.closing:  # after QUIT: nothing more is answered
+                connection.write(b"", 1)
+                continue
+            planned = plan(connection, item.argv)
+            if isinstance(planned, Local):
+                await self.run_group(connection, group)
+                group_bytes = group_commands = 0
+                if planned.rejected is not None:
+                    self.count(f"rejected_resp_command_{planned.rejected}")
+                self.finish(connection, item, "local", planned.reply)
+                continue
+            size = sum(len(command) for command in planned.commands)
+            if group and (
+                group_bytes + size > self.params.group_bytes_max
+                or group_commands + len(planned.commands) > self.params.group_commands_max
+            ):
+                await self.run_group(connection, group)
+                group_bytes = group_commands = 0
+            group.append((item, planned))
+            group_bytes += size
+            group_commands += len(planned.commands)
+        await self.run_group(connection, group)
+        return connection.closing
+
+    def finish(self, connection: Connection, item: Command, name: str, reply: Reply) -> None:
+        if name == "local":
+            word = item.argv[0].lower().decode("ascii", "replace")
+            name = word if word in METRIC_NAMES else "unknown"
+        connection.write(encode_reply(reply, connection.protocol), 1)
+        self.latency.labels(name).observe(time.perf_counter() - item.received)
+
+    async def run_group(
+        self, connection: Connection, group: list[tuple[Command, Replicated]]
+    ) -> None:
+        """Send a group of replicated commands as one SMR request; answer each."""
+        if not group:
+            return
+        commands = [command for _, planned in group for command in planned.commands]
+        read_only = all(planned.read_only for _, planned in group)
+        payload = commands[0] if len(commands) == 1 else encode_batch(commands)
+        if len(payload) > SMR_COMMAND_BYTES_MAX:
+            self.count("rejected_resp_command_too_large")
+            error = RespError(
+                f"ERR command too large for one replicated request ({len(payload)} > "
+                f"{SMR_COMMAND_BYTES_MAX} bytes)"
+            )
+            for item, planned in group:
+                self.finish(connection, item, planned.name, error)
+            group.clear()
+            return
+        outcome = await self.call(connection, payload, read_only)
+        self.count("kv_smr_requests")
+        self.count("kv_smr_commands", len(group))
+        results = self.results(outcome, len(commands))
+        offset = 0
+        for item, planned in group:
+            count = len(planned.commands)
+            if isinstance(results, RespError):
+                reply: Reply = results
+            else:
+                reply = planned.finish(results[offset : offset + count])
+            offset += count
+            self.finish(connection, item, planned.name, reply)
+        group.clear()
+
+    @staticmethod
+    def results(outcome: bytes | RespError, count: int) -> list[KvResult] | RespError:
+        if isinstance(outcome, RespError):
+            return outcome
+        if count == 1:
+            return [decode_result(outcome)]
+        decoded = decode_batch_result(outcome)
+        if isinstance(decoded, KvError) or len(decoded) != count:
+            return RespError(f"ERR internal error: unreadable batch result: {decoded!r}"[:200])
+        return [decode_result(item) for item in decoded]
+
+    async def call(
+        self, connection: Connection, command: bytes, read_only: bool
+    ) -> bytes | RespError:
+        """One SMR request, sent again with the same (client, seq) until it is answered
+        or ``request_timeout_ms`` passes (then ``-TRYAGAIN``)."""
+        host = self.host
+        assert host is not None
+        connection.seq += 1
+        client, seq = connection.smr_client, connection.seq
+        payload = host.codec.encode(ClientRequest(client, seq, command, read_only))
+        waiter = Waiter(seq)
+        self.waiters[client] = waiter
+        loop = asyncio.get_running_loop()
+        params = self.params
+        deadline = loop.time() + params.request_timeout_ms / 1000
+        try:
+            while True:
+                future: asyncio.Future[Outcome] = loop.create_future()
+                waiter.future = future
+
+                def on_done(reason: str | None, future: asyncio.Future[Outcome] = future) -> None:
+                    if reason is not None:  # refused before SMR even saw it
+                        settle(future, self.refused(reason))
+
+                await host.submit(payload, on_done)
+                wait = max(0.0, min(params.retry_after_ms / 1000, deadline - loop.time()))
+                timer = loop.call_later(wait, settle, future, RETRY_NOW)
+                try:
+                    outcome = await future
+                finally:
+                    timer.cancel()
+                if not isinstance(outcome, Retry):
+                    return outcome
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self.count("kv_no_quorum")
+                    return RespError(
+                        f"TRYAGAIN no quorum: no answer within {params.request_timeout_ms} ms "
+                        "(a write may still take effect)"
+                    )
+                self.count("kv_retries")
+                if outcome.delay:
+                    await asyncio.sleep(min(params.retry_backoff_ms / 1000, remaining))
+        finally:
+            del self.waiters[client]
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def count(self, name: str, by: int = 1) -> None:
+        assert self.host is not None
+        self.host.counters.count(name, by)
+
+    def server_info(self) -> dict[str, dict[str, str | int]]:
+        """INFO: a small, honest picture of this node."""
+        status = protocol_status(self.host)
+        cluster = getattr(self.host, "cluster", None)
+        core = getattr(self.host, "core", None)
+        return {
+            "Server": {
+                "server_name": "replicaio",
+                "replicaio_version": __version__,
+                "resp_versions": "2,3",
+                "process_id": os.getpid(),
+                "tcp_port": self.port if self.server is not None else 0,
+                "uptime_in_seconds": int(time.monotonic() - self.started),
+                "node_id": self.node_id,
+                "incarnation": int(getattr(core, "incarnation", 0)),
+                "protocol": str(getattr(cluster, "protocol", "unknown")),
+                "nodes": int(getattr(cluster, "n", 0)),
+            },
+            "Clients": {"connected_clients": len(self.connections_open)},
+            "Replication": {
+                "role": role_name(self.host),
+                "leader_node": status.get("leader", -1),
+                "term": status.get("term", 0),
+                "commit_index": status.get("commit_index", 0),
+                "applied_index": status.get("applied_index", 0),
+            },
+        }
+
+    def collect_metrics(self) -> Iterator[Metric]:
+        """Latency histograms and protocol gauges (the runtime's metrics hook)."""
+        yield from self.registry.collect()
+        for name, number in sorted(protocol_status(self.host).items()):
+            gauge = GaugeMetricFamily(
+                f"replicaio_protocol_{name}", f"Replication protocol status: {name}"
+            )
+            gauge.add_metric([], number)
+            yield gauge
+
+
+register_service("resp", RespService)
