@@ -162,9 +162,26 @@ def test_7_f_a_crash_while_installing_leaves_the_old_or_the_new_state(keep: int)
         assert log.last_index == commit + 1
     else:  # the old snapshot, and a prefix of the old log (erased from the end)
         assert log.snapshot_index == before.snapshot_index
-        assert before.snapshot_index <= log.last_index <= before.last_index
+        assert before.commit_index <= log.last_index <= before.last_index  # committed: kept
         for index in range(log.snapshot_index + 1, log.last_index + 1):
             assert log.term_at(index) is not None
+    cluster.assert_safe()  # the durable_state check saw the restart
+
+
+@pytest.mark.parametrize("keep", range(10))
+def test_7_f_b_a_crash_while_installing_beyond_the_log_keeps_every_committed_entry(
+    keep: int,
+) -> None:
+    cluster, term, _ = follower_with_log()
+    before = cluster.view(1)
+    index = before.last_index + 5  # beyond the whole log: Figure 13's "discard the log"
+    data = index.to_bytes(8, "big") + b"ahead"
+    cluster.crash_in_next_step(1, keep)
+    cluster.inject(0, 1, snapshot_message(cluster, term, index, term, data))
+    cluster.restart(1)
+    log = cluster.raft(1).log
+    assert log.snapshot_index == index or log.last_index >= before.last_index
+    cluster.assert_safe()  # the durable_state check saw the restart
 
 
 def test_7_g_an_oversized_snapshot_is_refused_and_counted() -> None:

@@ -383,9 +383,13 @@ class Replication:
                     raft.count("raft_rejected_overwrites_committed")
                     return False
                 assert index > raft.commit_index, "committed entries are never truncated"
+                assert raft.role is not Role.LEADER, "Leader Append-Only (Figure 3)"
                 log.truncate_after(index - 1)
             log.append(entries[offset:])
             break
+        if entries:
+            # Log Matching: our log now ends its agreement with the leader's here.
+            assert log.term_at(prev + len(entries)) == entries[-1].term
         if log.config_index != config_index:
             raft.on_config_changed()
         return True
@@ -511,6 +515,7 @@ class Replication:
         index = matches[quorum - 1]
         if index <= raft.commit_index:
             return
+        assert index <= raft.log.last_index, "a quorum matches only what the leader has"
         if raft.log.term_at(index) != raft.hard.term and raft.mutant != "commit_previous_term":
             return  # Figure 8: never commit an earlier term's entry by counting replicas
         raft.context.output(

@@ -11,10 +11,11 @@ so that each prefix is a consistent state:
 * the log is one record per entry (``e:<index>``); appending writes entries in
   ascending order, truncating a suffix erases from the *end* backwards, so
   the entries on disk are always a contiguous run after the snapshot;
-* a snapshot record (``snapshot``) is written *after* every entry it replaces
-  that must go (installing a foreign snapshot first erases the whole log from
-  the end backwards), and *before* the prefix it covers is erased (entries at
-  or below the snapshot index are ignored, then erased, at load);
+* a snapshot record (``snapshot``) is written *before* the entries it covers
+  are erased (entries at or below the snapshot index are ignored, then
+  erased, at load), and *after* any entry above it that must go (installing a
+  snapshot whose last entry conflicts with the log first erases the entries
+  after that index, from the end backwards: none of them can be committed);
 * the disk identity (``identity``) is written once, at the first start.
 
 Volatile state (commit index, applied index, role) is rebuilt after a
@@ -284,11 +285,18 @@ class RaftLog:
         """Make a snapshot at ``(index, term)`` the log's base. When the log holds
         that very entry, the entries after it stay (compaction, or a leader's
         snapshot of a prefix this log already has); otherwise the whole log goes
-        first (Figure 13, step 6-7)."""
+        (Figure 13, steps 6-7).
+
+        Order: entries *after* a conflicting snapshot index first, from the end
+        backwards (they follow an entry that is not the committed one, so Log
+        Matching says none of them is committed); then the snapshot record;
+        then the entries it covers. Entries at or below the snapshot index may
+        be committed and acknowledged: they go only once the snapshot that
+        replaces them is written."""
         assert index > self.snapshot_index
         keep_suffix = self.term_at(index) == term
-        if not keep_suffix:
-            self.truncate_after(self.snapshot_index)
+        if not keep_suffix and self.last_index > index:
+            self.truncate_after(index)
         covered = range(self.snapshot_index + 1, min(index, self.last_index) + 1)
         self.context.persist("snapshot", (index, term, digest, config_to_plain(config), data))
         for covered_index in covered:
@@ -298,6 +306,7 @@ class RaftLog:
         self.snapshot_index, self.snapshot_term = index, term
         self.snapshot_digest, self.snapshot_config, self.snapshot_data = digest, config, data
         self.config_indexes = [i for i in self.config_indexes if i > index]
+        assert keep_suffix or not self.entries, "a foreign snapshot replaces the whole log"
         assert self.term_at(index) == term
 
     # -- recovery --------------------------------------------------------------------
