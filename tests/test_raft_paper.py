@@ -558,3 +558,22 @@ def test_5_6_timing_and_bounds_are_validated_up_front(bad: dict[str, object]) ->
 def test_5_6_initial_voters_must_be_cluster_nodes() -> None:
     with pytest.raises(ConfigError):
         RaftParams(initial_voters=(0, 7)).voters_for(3)
+
+
+def test_5_2_h_a_leader_is_a_scope_of_one_task_per_peer_cancelled_by_stepping_down() -> None:
+    cluster = Cluster(5)
+    cluster.start()
+    cluster.elect(0)
+    raft = cluster.raft(0)
+    scope = raft.role_scope
+    assert scope is not None
+    tasks = list(scope.tasks)
+    assert sorted(raft.replication.peer_tasks) == [1, 2, 3, 4]
+    assert all(task in scope.tasks for task in raft.replication.peer_tasks.values())
+    assert len(tasks) == 4 + 2  # one pipeline per peer, heartbeats, check-quorum
+    timers_before = len(cluster.timer_tokens[0])
+    cluster.inject(1, 0, AppendEntriesResponse(cluster.view(0).term + 1, False, 0, 0, 0, 0, 0, 0))
+    assert cluster.view(0).role is Role.FOLLOWER
+    assert scope.cancelled
+    assert all(task.done for task in tasks)
+    assert len(cluster.timer_tokens[0]) < timers_before  # their timers went with them
