@@ -380,6 +380,7 @@ def refuted(window: list[Operation]) -> bool:
 
 def test_window_refutation_considers_every_initial_state() -> None:
     assert refuted([put("fresh", 0, 1), get("stale", 2, 3)])
+    assert not refuted([get("x", 0, 1), get("x", 2, 3)])  # only reads: not a counter from "x"
     assert not refuted([get(None, 0, 1)])  # from absent
     assert not refuted([op("append", value="b", call=0, ret=1), get("ab", 2, 3)])  # from "a"
     cas_none = op("cas", value="b", expected=None, output="fail", call=0, ret=1)

@@ -246,10 +246,12 @@ def _latent_writes(part: Sequence[Operation]) -> list[bool]:
 def _counter_dead_end(state: str | None, op: Operation) -> bool:
     """For a part of ``get`` and non-negative ``incr`` only: values never decrease.
 
-    The state is absent or a decimal integer; an ``incr`` needs the state
-    ``output - delta`` and a ``get`` of a number needs that number, so a
-    larger state is a dead end; a ``get`` of absent needs the initial state.
+    An ``incr`` needs the state ``output - delta`` and a ``get`` of a number
+    needs that number, so a larger state is a dead end; absent never comes
+    back; a state that is no integer (a window may start there) never changes.
     """
+    if state is not None and not is_integer_string(state):
+        return op.op == INCR or op.output != state
     if op.op == GET:
         if op.output is None:
             return state is not None
@@ -339,9 +341,8 @@ class KeyValueModel:
         """
         if any(op.op == INCR for op in ops):
             return None
-        compared = {op.output for op in ops if op.op == GET and op.status == OK and op.output}
+        compared = {op.output for op in ops if op.op == GET and op.output is not None}
         compared |= {op.expected for op in ops if op.op == CAS and op.expected is not None}
-        compared |= {""} if any(op.op == GET and op.output == "" for op in ops) else set()
         if any(op.op == APPEND for op in ops):
             compared = {value[:end] for value in compared for end in range(len(value) + 1)}
         fresh = "\x00" * (max((len(value) for value in compared), default=0) + 1)
@@ -801,8 +802,13 @@ def _refuted_from_every_state(
     deadline: float | None,
     culprit: Operation,
     watched: set[Hashable],
+    allowance: list[int] | None = None,
 ) -> bool:
-    """Whether no state at the window's start admits a linearization of ``window``."""
+    """Whether no state at the window's start admits a linearization of ``window``.
+
+    ``allowance[0]``: configurations all window searches may still enter
+    (decremented); ``False`` ("not refuted") once it runs out.
+    """
     states = model.covering_states(window)
     if states is None or len(states) > COVERING_STATES_MAX:
         return False
@@ -810,10 +816,17 @@ def _refuted_from_every_state(
     for initial in states:
         search = _Search(searchable, model, initial)
         watch = search.ops.index(culprit) if culprit in search.ops else None
+        limit = WINDOW_CONFIGURATIONS_MAX if allowance is None else allowance[0]
+        limit = min(limit, WINDOW_CONFIGURATIONS_MAX)
         try:
-            if search.run(deadline, watch, watched, WINDOW_CONFIGURATIONS_MAX).linearizable:
-                return False
+            outcome = search.run(deadline, watch, watched, limit)
         except _LimitReached:
+            if allowance is not None:
+                allowance[0] -= limit
+            return False
+        if allowance is not None:
+            allowance[0] -= outcome.configurations
+        if outcome.linearizable:
             return False
     return True
 
@@ -825,8 +838,11 @@ def _prove_by_window(
     search: _Search,
     deepest: int,
     deadline: float | None,
+    configurations_max: int | None = None,
 ) -> Explanation | None:
-    """Try windows ending where the paused search got stuck, growing 1, 4, 16, ... back."""
+    """Try windows ending where the paused search got stuck, growing 1, 4, 16, ... back,
+    entering at most ``configurations_max`` configurations in all."""
+    allowance = None if configurations_max is None else [configurations_max]
     position = min(deepest, len(search.by_return) - 1)
     culprit = search.ops[search.by_return[position]]
     end = culprit.return_
@@ -837,7 +853,9 @@ def _prove_by_window(
         assert start is not None
         window = _window_problem(ops, start, end)
         watched: set[Hashable] = set()
-        if _refuted_from_every_state(window, model, deadline, culprit, watched):
+        if allowance is not None and allowance[0] <= 0:
+            return None
+        if _refuted_from_every_state(window, model, deadline, culprit, watched, allowance):
             described = sorted(model.describe_state(state) for state in watched)
             shown = [op for op in ops if op.call <= end and _reaches(op, start)]
             return Explanation(
@@ -868,7 +886,9 @@ def _check_part(
         try:
             outcome = search.run(deadline, configurations_max=allowance)
         except _LimitReached as paused:
-            explanation = _prove_by_window(key, searchable, model, search, paused.deepest, deadline)
+            explanation = _prove_by_window(
+                key, searchable, model, search, paused.deepest, deadline, allowance
+            )
             if explanation is None:
                 outcome = search.run(deadline)
             else:
