@@ -108,6 +108,7 @@ class CommandSpec:
 
     arity: int
     handler: Callable[[Session, list[bytes]], Plan]
+    replicated: bool = False  # goes through SMR (else: answered by this node)
 
 
 def plan(session: Session, argv: list[bytes]) -> Plan:
@@ -127,6 +128,14 @@ def plan(session: Session, argv: list[bytes]) -> Plan:
         return spec.handler(session, argv)
     except CommandError as error:
         return Local(RespError(error.text), error.reason)
+
+
+def is_replicated(argv: list[bytes]) -> bool:
+    """Whether ``argv`` names a command that goes through SMR (a local command,
+    or a bad one, is answered here: it must wait for the replies before it,
+    since ``HELLO`` changes how they are encoded)."""
+    spec = COMMANDS.get(argv[0].lower())
+    return spec is not None and spec.replicated
 
 
 def printable(data: bytes, limit: int = 64) -> str:
@@ -525,20 +534,20 @@ def command_reset(session: Session, argv: list[bytes]) -> Plan:
 
 
 COMMANDS: Final[dict[bytes, CommandSpec]] = {
-    b"get": CommandSpec(2, command_get),
-    b"strlen": CommandSpec(2, command_strlen),
-    b"set": CommandSpec(-3, command_set),
-    b"setnx": CommandSpec(3, command_setnx),
-    b"cas": CommandSpec(4, command_cas),
-    b"del": CommandSpec(-2, command_del),
-    b"exists": CommandSpec(-2, command_exists),
-    b"incr": CommandSpec(2, command_incr),
-    b"decr": CommandSpec(2, command_decr),
-    b"incrby": CommandSpec(3, command_incrby),
-    b"decrby": CommandSpec(3, command_decrby),
-    b"append": CommandSpec(3, command_append),
-    b"mget": CommandSpec(-2, command_mget),
-    b"mset": CommandSpec(-3, command_mset),
+    b"get": CommandSpec(2, command_get, replicated=True),
+    b"strlen": CommandSpec(2, command_strlen, replicated=True),
+    b"set": CommandSpec(-3, command_set, replicated=True),
+    b"setnx": CommandSpec(3, command_setnx, replicated=True),
+    b"cas": CommandSpec(4, command_cas, replicated=True),
+    b"del": CommandSpec(-2, command_del, replicated=True),
+    b"exists": CommandSpec(-2, command_exists, replicated=True),
+    b"incr": CommandSpec(2, command_incr, replicated=True),
+    b"decr": CommandSpec(2, command_decr, replicated=True),
+    b"incrby": CommandSpec(3, command_incrby, replicated=True),
+    b"decrby": CommandSpec(3, command_decrby, replicated=True),
+    b"append": CommandSpec(3, command_append, replicated=True),
+    b"mget": CommandSpec(-2, command_mget, replicated=True),
+    b"mset": CommandSpec(-3, command_mset, replicated=True),
     b"ping": CommandSpec(-1, command_ping),
     b"echo": CommandSpec(2, command_echo),
     b"hello": CommandSpec(-1, command_hello),

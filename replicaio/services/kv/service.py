@@ -71,6 +71,7 @@ from replicaio.services.kv.redis_commands import (
     METRIC_NAMES,
     Local,
     Replicated,
+    is_replicated,
     plan,
 )
 from replicaio.services.kv.resp import (
@@ -473,9 +474,12 @@ class RespService:
             if connection.closing:  # after QUIT: nothing more is answered
                 connection.write(b"", 1)
                 continue
+            if not is_replicated(item.argv):
+                await self.run_group(connection, group)  # before HELLO changes the encoding
+                group_bytes = group_commands = 0
             planned = plan(connection, item.argv)
             if isinstance(planned, Local):
-                await self.run_group(connection, group)
+                await self.run_group(connection, group)  # a replicated command refused here
                 group_bytes = group_commands = 0
                 if planned.rejected is not None:
                     self.count(f"rejected_resp_command_{planned.rejected}")

@@ -1,0 +1,678 @@
+"""The Redis front of the KV service, in one process: the RESP parser and encoder
+(exact bytes, every bound, Hypothesis fuzzing), and the service itself behind a
+fake node (fault injection: lost replies, silence, redirections) and behind a
+real single-node Raft host, driven by redis-py (retries off).
+
+The multi-process tests (a 3-node cluster, kill -9, linearizability) are in
+``test_kv_service_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from replicaio.core.codec import Codec
+from replicaio.runtime.client import check_service_params, service_factory
+from replicaio.runtime.config import Address, ClusterFileError, HostParams
+from replicaio.runtime.counters import Counters
+from replicaio.services.kv.redis_commands import plan
+from replicaio.services.kv.resp import (
+    RESP2,
+    RESP3,
+    RespError,
+    RespLimits,
+    RespParser,
+    RespProtocolError,
+    RespSimple,
+    encode_reply,
+    split_inline,
+)
+from replicaio.services.kv.service import RespService, smr_client_id
+from replicaio.services.kv.state_machine import KeyValueStateMachine
+from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
+
+LOCAL = "127.0.0.1"
+DEADLINE_S = 10.0
+
+
+def multibulk(*words: bytes) -> bytes:
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%b\r\n" % (len(w), w) for w in words)
+
+
+def parse_all(parser: RespParser) -> list[list[bytes]]:
+    found = []
+    while (command := parser.next_command()) is not None:
+        found.append(command)
+    return found
+
+
+# -- the parser ---------------------------------------------------------------------------------
+
+
+def test_multibulk_and_inline_commands_parse_whole_and_byte_by_byte() -> None:
+    stream = (
+        multibulk(b"SET", b"k", b"a\r\nb")
+        + b"*0\r\n*-1\r\n\r\n"  # empty requests are skipped
+        + b'PING  "hello world" \'it\\\'s\' x"\\x41\\n"\r\n'
+        + b"GET k\n"
+        + multibulk(b"", b"\x00\xff")
+    )
+    expected = [
+        [b"SET", b"k", b"a\r\nb"],
+        [b"PING", b"hello world", b"it's", b"xA\n"],
+        [b"GET", b"k"],
+        [b"", b"\x00\xff"],
+    ]
+    whole = RespParser()
+    whole.feed(stream)
+    assert parse_all(whole) == expected
+    assert whole.buffered() == 0
+    piecewise = RespParser()
+    found = []
+    for index in range(len(stream)):
+        piecewise.feed(stream[index : index + 1])
+        found += parse_all(piecewise)
+    assert found == expected
+    assert not piecewise.in_command()
+
+
+LIMITS = RespLimits(bulk_bytes_max=16, array_items_max=4, inline_bytes_max=32,
+                    command_bytes_max=40)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"*5\r\n", "invalid_multibulk_length"),  # array_items_max
+        (b"*x\r\n", "invalid_multibulk_length"),
+        (b"*1\r\n$17\r\n", "invalid_bulk_length"),  # bulk_bytes_max
+        (b"*1\r\n$-1\r\n", "invalid_bulk_length"),
+        (b"*1\r\n$1x\r\n", "invalid_bulk_length"),
+        (b"*2\r\n:1\r\n", "expected_bulk"),
+        (b"*1\r\n$1\r\nab\r\n", "bulk_not_terminated"),
+        (b"*" + b"1" * 40, "length_line_too_long"),
+        (b"P" * 33, "inline_too_long"),  # inline_bytes_max, no newline yet
+        (b"*3\r\n$16\r\n" + b"a" * 16 + b"\r\n$16\r\n" + b"b" * 16 + b"\r\n$16\r\n",
+         "command_too_large"),  # command_bytes_max
+        (b'GET "k\r\n', "unbalanced_quotes"),
+        (b"GET 'k'x\r\n", "unbalanced_quotes"),
+    ],
+)
+def test_every_bound_and_violation_has_its_reason(data: bytes, reason: str) -> None:
+    parser = RespParser(LIMITS)
+    parser.feed(data)
+    with pytest.raises(RespProtocolError) as raised:
+        parse_all(parser)
+    assert raised.value.reason == reason
+
+
+def test_bounds_are_inclusive_at_the_limit() -> None:
+    parser = RespParser(LIMITS)
+    parser.feed(multibulk(b"a" * 16, b"b" * 16, b"c" * 8) + b"P" * 31 + b"\n")
+    assert parse_all(parser) == [[b"a" * 16, b"b" * 16, b"c" * 8], [b"P" * 31]]
+
+
+def test_inline_splitting() -> None:
+    assert split_inline(b"") == []
+    assert split_inline(b"  a\tb  ") == [b"a", b"b"]
+    assert split_inline(b'"" \'\'') == [b"", b""]
+    assert split_inline(b'"a\\"b" "\\q"') == [b'a"b', b"q"]
+
+
+# Hypothesis: whatever the bytes, the parser answers commands, asks for more, or
+# raises RespProtocolError -- nothing else -- and holds at most one command plus
+# what it was fed since.
+
+HOLD_MAX = LIMITS.command_bytes_max + 64 * LIMITS.array_items_max + LIMITS.inline_bytes_max
+
+
+def feed_in_chunks(
+    data: bytes, cuts: list[int], limits: RespLimits = LIMITS
+) -> list[list[bytes]]:
+    parser = RespParser(limits)
+    found: list[list[bytes]] = []
+    positions = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts)})
+    for start, end in itertools.pairwise(positions):
+        parser.feed(data[start:end])
+        found += parse_all(parser)
+        assert parser.buffered() <= HOLD_MAX + (end - start)
+    return found
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(min_value=0), max_size=8))
+def test_random_bytes_only_ever_raise_a_protocol_error(data: bytes, cuts: list[int]) -> None:
+    with contextlib.suppress(RespProtocolError):
+        feed_in_chunks(data, cuts)
+
+
+ARGUMENTS = st.lists(st.binary(max_size=12), min_size=1, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ARGUMENTS, min_size=1, max_size=5), st.lists(st.integers(min_value=0), max_size=6))
+def test_valid_commands_parse_identically_however_they_are_cut(
+    commands: list[list[bytes]], cuts: list[int]
+) -> None:
+    data = b"".join(multibulk(*words) for words in commands)
+    assert feed_in_chunks(data, cuts, RespLimits()) == commands
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(ARGUMENTS, min_size=1, max_size=4),
+    st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=6),
+    st.lists(st.integers(min_value=0), max_size=4),
+)
+def test_mutated_commands_parse_or_raise_a_protocol_error(
+    commands: list[list[bytes]], mutations: list[tuple[int, int]], cuts: list[int]
+) -> None:
+    data = bytearray(b"".join(multibulk(*words) for words in commands))
+    for position, byte in mutations:
+        kind = byte % 3
+        index = position % (len(data) + 1)
+        if kind == 0 and index < len(data):
+            data[index] = byte  # flip
+        elif kind == 1:
+            data.insert(index, byte)  # insert
+        elif index < len(data):
+            del data[index]  # delete
+    with contextlib.suppress(RespProtocolError):
+        for command in feed_in_chunks(bytes(data), cuts):
+            assert command and all(isinstance(word, bytes) for word in command)
+
+
+# -- the encoder ----------------------------------------------------------------------------------
+
+
+def test_replies_in_resp2_and_resp3() -> None:
+    cases: list[tuple[Any, bytes, bytes]] = [
+        (RespSimple("OK"), b"+OK\r\n", b"+OK\r\n"),
+        (RespError("ERR bad\r\nthing"), b"-ERR bad  thing\r\n", b"-ERR bad  thing\r\n"),
+        (42, b":42\r\n", b":42\r\n"),
+        (True, b":1\r\n", b"#t\r\n"),
+        (b"a\r\nb", b"$4\r\na\r\nb\r\n", b"$4\r\na\r\nb\r\n"),
+        ("é", b"$2\r\n\xc3\xa9\r\n", b"$2\r\n\xc3\xa9\r\n"),
+        (None, b"$-1\r\n", b"_\r\n"),
+        ([b"x", None, 1], b"*3\r\n$1\r\nx\r\n$-1\r\n:1\r\n", b"*3\r\n$1\r\nx\r\n_\r\n:1\r\n"),
+        ({"proto": 3, "modules": []}, b"*4\r\n$5\r\nproto\r\n:3\r\n$7\r\nmodules\r\n*0\r\n",
+         b"%2\r\n$5\r\nproto\r\n:3\r\n$7\r\nmodules\r\n*0\r\n"),
+        ({}, b"*0\r\n", b"%0\r\n"),
+    ]
+    for value, resp2, resp3 in cases:
+        assert encode_reply(value, RESP2) == resp2, value
+        assert encode_reply(value, RESP3) == resp3, value
+
+
+class FakeSession:
+    def __init__(self) -> None:
+        self.protocol = RESP2
+        self.name: bytes | None = None
+        self.connection_id = 7
+        self.closing = False
+
+    def server_info(self) -> dict[str, dict[str, str | int]]:
+        return {"Server": {"server_name": "replicaio"}}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=20), min_size=1, max_size=6))
+def test_planning_any_command_never_raises(argv: list[bytes]) -> None:
+    for words in (argv, [random.Random(len(argv)).choice(
+            [b"SET", b"hello", b"CLIENT", b"INCRBY", b"MSET", b"config", b"cas"]), *argv]):
+        plan(FakeSession(), words)
+
+
+# -- the service behind a fake node ---------------------------------------------------------------
+
+
+class FakeNode:
+    """A ServiceHost that executes requests on a real state machine with SMR's
+    session rule, and can lose replies, stay silent or redirect."""
+
+    def __init__(self, service_params: dict[str, Any] | None = None, **host: Any) -> None:
+        self.codec = Codec()
+        self.counters = Counters()
+        self.node_id = 0
+        self.core = SimpleNamespace(incarnation=1, protocol=None)
+        self.cluster = SimpleNamespace(service_params=service_params or {}, protocol="fake", n=1)
+        self.host_params = HostParams(**host)
+        self.kv = KeyValueStateMachine()
+        self.sessions: dict[int, tuple[int, bytes]] = {}
+        self.requests: list[ClientRequest] = []
+        self.mode = "ok"  # or "silent", "redirect", "busy"
+        self.replies_to_lose = 0
+        self.service = RespService()
+
+    async def submit(
+        self, payload: Any, on_done: Callable[[str | None], None] | None = None
+    ) -> None:
+        request = self.codec.decode(payload)
+        assert type(request) is ClientRequest
+        self.requests.append(request)
+        asyncio.get_running_loop().call_soon(self.execute, request, on_done)
+
+    def execute(self, request: ClientRequest, on_done: Callable[[str | None], None] | None) -> None:
+        output: Any
+        if self.mode == "redirect":
+            output = Redirect(request.client, request.seq, -1)
+        elif self.mode == "busy":
+            output = Rejected(request.client, request.seq, "busy")
+        elif request.read_only:
+            output = Reply(request.client, request.seq, self.kv.read(request.command), 0)
+        else:
+            last = self.sessions.get(request.client)
+            if last is not None and request.seq == last[0]:
+                result = last[1]
+            else:
+                assert last is None or request.seq > last[0]
+                result = self.kv.apply(request.command)
+                self.sessions[request.client] = (request.seq, result)
+            output = Reply(request.client, request.seq, result, 0)
+        if on_done is not None:
+            on_done(None)
+        if self.mode == "silent":
+            return
+        if self.replies_to_lose and not request.read_only:
+            self.replies_to_lose -= 1
+            return
+        self.service.on_outputs([output])
+
+    async def __aenter__(self) -> FakeNode:
+        await self.service.start(self, Address(LOCAL, 0), self.host_params)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.service.close()
+
+    def client(self, **options: Any) -> aioredis.Redis:
+        return aioredis.Redis(host=LOCAL, port=self.service.port, retry=Retry(NoBackoff(), 0),
+                              socket_timeout=DEADLINE_S, **options)
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a scenario; any exception a connection handler raised fails the test."""
+    errors: list[Any] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(
+            context))
+        await asyncio.wait_for(scenario(), 60)
+
+    asyncio.run(main())
+    assert not errors, errors
+
+
+FAST = {"retry_after_ms": 100, "retry_backoff_ms": 10, "request_timeout_ms": 600}
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_every_command_through_redis_py(protocol: int) -> None:
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            client = node.client(protocol=protocol)
+            assert await client.ping() is True
+            assert await client.echo("hi") == b"hi"
+            assert await client.set("k", "v") is True
+            assert await client.get("k") == b"v"
+            assert await client.get("missing") is None
+            assert await client.set("k", "w", nx=True) is None
+            assert await client.set("fresh", "1", nx=True) is True
+            assert await client.setnx("fresh", "2") is False
+            assert await client.incr("n") == 1
+            assert await client.incrby("n", 41) == 42
+            assert await client.decr("n") == 41
+            assert await client.decrby("n", 1) == 40
+            assert await client.append("k", "xyz") == 4
+            assert await client.strlen("k") == 4
+            assert await client.mset({"a": "1", "b": "2"}) is True
+            assert await client.mget("a", "b", "nope") == [b"1", b"2", None]
+            assert await client.exists("a", "b", "nope", "a") == 3
+            assert await client.delete("a", "b", "nope") == 2
+            assert await client.execute_command("CAS", "k", "vxyz", "new") == 1
+            assert await client.execute_command("CAS", "k", "vxyz", "newer") == 0
+            assert await client.execute_command("CAS", "absent", "x", "y") == 0
+            assert await client.get("k") == b"new"
+            assert await client.execute_command("SELECT", 0) in (True, b"OK", "OK")
+            assert await client.client_setname("me") is True
+            assert await client.client_getname() in ("me", b"me")
+            assert await client.config_get("*") == {}
+            info = await client.info()
+            assert info["server_name"] == "replicaio"
+            for call, message in [
+                (client.incr("k"), "not an integer"),
+                (client.incrby("n", "x"), "not an integer"),  # type: ignore[arg-type]
+                (client.set("k", "v", ex=10), "option 'EX' is not supported"),
+                (client.execute_command("FLUSHALL"), "unknown command 'FLUSHALL'"),
+                (client.execute_command("GET"), "wrong number of arguments for 'get'"),
+                (client.execute_command("SELECT", 1), "DB index is out of range"),
+                (client.set("k" * 2000, "v"), "key too large"),
+                (client.set("big", "v" * 70_000), "value too large"),
+            ]:
+                with pytest.raises(redis.ResponseError, match=message):
+                    await call
+            await client.aclose()
+            counters = node.counters.snapshot()
+            assert counters["rejected_resp_command_not_integer"] == 1
+            assert counters["rejected_resp_command_unknown_command"] == 1
+            assert counters["rejected_resp_command_unsupported_option"] == 1
+            assert counters["rejected_resp_command_key_too_large"] == 1
+
+    run(scenario)
+
+
+def test_hello_switches_protocol_and_answers_a_map() -> None:
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            reader, writer = await asyncio.open_connection(LOCAL, node.service.port)
+            writer.write(multibulk(b"GET", b"x") + multibulk(b"HELLO", b"3")
+                         + multibulk(b"GET", b"x") + multibulk(b"HELLO", b"4"))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            data = await read_available(reader)
+            assert data.startswith(b"$-1\r\n%7\r\n$6\r\nserver\r\n$9\r\nreplicaio\r\n")
+            assert b"$5\r\nproto\r\n:3\r\n" in data
+            assert data.endswith(b"_\r\n-NOPROTO unsupported protocol version\r\n")
+            writer.close()
+
+    run(scenario)
+
+
+async def read_available(reader: asyncio.StreamReader, timeout_s: float = 0.5) -> bytes:
+    data = b""
+    with contextlib.suppress(TimeoutError):
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), timeout_s)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def test_a_pipeline_is_answered_in_order_and_travels_as_few_smr_requests() -> None:
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            client = node.client()
+            async with client.pipeline(transaction=False) as pipe:
+                for index in range(200):
+                    pipe.set(f"k{index}", f"v{index}")
+                    pipe.get(f"k{index}")
+                    pipe.incr("counter")
+                    if index % 50 == 0:
+                        pipe.ping()
+                results = await pipe.execute()
+            expected: list[Any] = []
+            for index in range(200):
+                expected += [True, f"v{index}".encode(), index + 1]
+                if index % 50 == 0:
+                    expected.append(True)
+            assert results == expected
+            # 604 commands, at most 256 per request: a handful of replicated requests.
+            assert 3 <= len(node.requests) <= 20, len(node.requests)
+            await client.aclose()
+
+    run(scenario)
+
+
+def test_a_lost_reply_is_retried_with_the_same_seq_and_executes_once() -> None:
+    async def scenario() -> None:
+        async with FakeNode(FAST) as node:
+            client = node.client()
+            node.replies_to_lose = 2
+            assert await client.incr("n") == 1
+            assert await client.incr("n") == 2
+            assert node.kv.data[b"n"] == b"2"
+            seqs = [(request.client, request.seq) for request in node.requests]
+            assert len(seqs) == 3 + 1  # the handshake sends nothing; two sends of the first
+            assert seqs[0] == seqs[1] == seqs[2]
+            assert node.counters.get("kv_retries") == 2
+            await client.aclose()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("mode", ["silent", "redirect", "busy"])
+def test_without_quorum_the_client_gets_tryagain_after_a_bounded_wait(mode: str) -> None:
+    async def scenario() -> None:
+        async with FakeNode(FAST) as node:
+            client = node.client()
+            assert await client.set("k", "v") is True
+            node.mode = mode
+            started = time.monotonic()
+            for call in (client.get("k"), client.set("k", "w")):
+                with pytest.raises(redis.exceptions.TryAgainError, match="no quorum"):
+                    await call
+            elapsed = time.monotonic() - started
+            assert 1.1 <= elapsed < 3.0
+            assert node.counters.get("kv_no_quorum") == 2
+            node.mode = "ok"
+            # Silent: the write took effect, unconfirmed; refused: it did not.
+            assert await client.get("k") == (b"w" if mode == "silent" else b"v")
+            await client.aclose()
+
+    run(scenario)
+
+
+def test_connections_get_distinct_smr_client_ids_across_restarts() -> None:
+    ids = {smr_client_id(incarnation, node, connection)
+           for incarnation in (1, 2, 1 << 20) for node in (0, 1, 1023)
+           for connection in (0, 1, (1 << 30) - 1)}
+    assert len(ids) == 27
+    assert max(ids) < 1 << 63
+
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            first, second = node.client(), node.client()
+            await first.set("a", "1")
+            await second.set("b", "1")
+            assert len({request.client for request in node.requests}) == 2
+            await first.aclose()
+            await second.aclose()
+
+    run(scenario)
+
+
+# -- bad input to the service ----------------------------------------------------------------------
+
+
+async def exchange(port: int, data: bytes, *, eof: bool = False) -> bytes:
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    if data:
+        writer.write(data)
+        await writer.drain()
+    if eof:
+        writer.write_eof()
+    answer = await read_available(reader)
+    writer.close()
+    return answer
+
+
+async def still_serving(node: FakeNode) -> None:
+    client = node.client()
+    assert await client.set("alive", "yes") is True
+    assert await client.get("alive") == b"yes"
+    await client.aclose()
+
+
+NO_NEWLINE = bytes(byte for byte in range(256) if byte != 0x0A)
+BAD_INPUT: list[tuple[bytes, bool, bytes, str]] = [
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + NO_NEWLINE * 300, False,
+     b"-ERR Protocol error: too big inline request", "rejected_resp_inline_too_long"),
+    (multibulk(b"PING") + b"*1\r\n$999999999\r\n", False,
+     b"+PONG\r\n-ERR Protocol error: invalid bulk length", "rejected_resp_invalid_bulk_length"),
+    (b"*99999999\r\n", False, b"-ERR Protocol error: invalid multibulk length",
+     "rejected_resp_invalid_multibulk_length"),
+    (b"*2\r\n$3\r\nGET\r\n$5\r\nab", True, b"", "rejected_resp_truncated_frame"),
+    (b"*1\r\n:1\r\n", False, b"-ERR Protocol error: expected '$'", "rejected_resp_expected_bulk"),
+    (multibulk(b"NOPE", b"x") + multibulk(b"PING"), False,
+     b"-ERR unknown command 'NOPE', with args beginning with: 'x'\r\n+PONG\r\n",
+     "rejected_resp_command_unknown_command"),
+]
+
+
+@pytest.mark.parametrize(("data", "eof", "answer", "counter"), BAD_INPUT)
+def test_bad_input_is_answered_counted_and_the_service_keeps_serving(
+    data: bytes, eof: bool, answer: bytes, counter: str
+) -> None:
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            got = await exchange(node.service.port, data, eof=eof)
+            assert got.startswith(answer), got[:200]
+            assert node.counters.get(counter) == 1
+            await still_serving(node)
+
+    run(scenario)
+
+
+def test_pipeline_depth_and_client_connections_are_bounded() -> None:
+    async def scenario() -> None:
+        async with FakeNode({"pipeline_depth_max": 8, "group_commands_max": 4},
+                            client_connections_max=2) as node:
+            reader, writer = await asyncio.open_connection(LOCAL, node.service.port)
+            writer.write(multibulk(b"INCR", b"n") * 100)
+            await writer.drain()
+            answer = b""
+            while answer.count(b"\r\n") < 100:
+                answer += await asyncio.wait_for(reader.read(65536), DEADLINE_S)
+            assert answer.endswith(b":100\r\n")
+            assert node.counters.get("bound_resp_pipeline_depth_max") >= 1
+            assert max(len(request.command) for request in node.requests) < 200
+            other = node.client()
+            assert await other.ping() is True
+            refused = await exchange(node.service.port, b"")
+            assert refused == b"-ERR max number of clients reached\r\n"
+            assert node.counters.get("bound_client_connections_max") == 1
+            await other.aclose()
+            writer.close()
+
+    run(scenario)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=200),
+            st.lists(st.sampled_from([b"SET", b"GET", b"MSET", b"HELLO", b"CLIENT", b"INCRBY",
+                                      b"k", b"3", b"-1", b"\r\n", b"\x00", b"*", b"$"]),
+                     min_size=1, max_size=6).map(lambda words: multibulk(*words)),
+        ),
+        min_size=1, max_size=6,
+    ),
+)
+def test_random_and_mutated_input_never_crashes_the_service(chunks: list[bytes]) -> None:
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            reader, writer = await asyncio.open_connection(LOCAL, node.service.port)
+            for chunk in chunks:
+                writer.write(chunk)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            await read_available(reader, 0.05)
+            writer.close()
+            await still_serving(node)
+
+    run(scenario)
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def test_service_params_are_validated_when_the_cluster_file_is_loaded() -> None:
+    assert service_factory("resp") is RespService
+    check_service_params("resp", {"request_timeout_ms": 100, "retry_after_ms": 50})
+    for table, field in [
+        ({"bogus": 1}, "service.bogus"),
+        ({"pipeline_depth_max": "8"}, "service.pipeline_depth_max"),
+        ({"retry_after_ms": 0}, "service.retry_after_ms"),
+        ({"retry_after_ms": 900, "request_timeout_ms": 800}, "service.retry_after_ms"),
+        ({"group_bytes_max": 1 << 20}, "service.group_bytes_max"),
+    ]:
+        with pytest.raises(ClusterFileError) as raised:
+            check_service_params("resp", table)
+        assert raised.value.field == field
+    with pytest.raises(ClusterFileError):
+        check_service_params("stream", {"x": 1})
+
+
+# -- the service on a real node host (single-node Raft, in this process) ---------------------------
+
+
+def test_a_real_single_node_raft_host_serves_redis_py(tmp_path: Path) -> None:
+    from replicaio.runtime.config import load_cluster_file, render_cluster_file
+    from replicaio.runtime.host import NodeHost
+    from replicaio.runtime.local import free_ports
+
+    peer, client_port, metrics = free_ports(3)
+    (tmp_path / "cluster.key").write_text("5e" * 32 + "\n")
+    path = tmp_path / "cluster.toml"
+    path.write_text(render_cluster_file(
+        protocol="raft", secret_file="cluster.key",
+        nodes=[{"id": 0, "peer": f"{LOCAL}:{peer}", "client": f"{LOCAL}:{client_port}",
+                "data_dir": "node-0", "metrics": f"{LOCAL}:{metrics}"}],
+        sections={"host": {"client_service": "resp", "fsync": False},
+                  "service": {"request_timeout_ms": 3000}},
+    ))
+    cluster = load_cluster_file(path)
+
+    async def scenario() -> None:
+        host = NodeHost(cluster, 0)
+        running = asyncio.get_running_loop().create_task(host.run())
+        try:
+            await asyncio.wait_for(host.ready.wait(), DEADLINE_S)
+            client = aioredis.Redis(host=LOCAL, port=client_port, retry=Retry(NoBackoff(), 0))
+            await until(lambda: client.set("k", "v"), True)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.append("k", "w").get("k").incr("n").mget("k", "n").exists("k", "z")
+                assert await pipe.execute() == [2, b"vw", 1, [b"vw", b"1"], 1]
+            assert (await client.info("replication"))["role"] == "leader"
+            await client.aclose()
+            metrics_text = await http_get(metrics)
+            assert 'replicaio_kv_request_seconds_count{command="get"}' in metrics_text
+            assert "replicaio_protocol_term 1.0" in metrics_text
+            assert "replicaio_protocol_is_leader 1.0" in metrics_text
+            assert "replicaio_protocol_commit_index" in metrics_text
+            assert "replicaio_protocol_snapshot_bytes" in metrics_text
+        finally:
+            host.stop()
+            await asyncio.wait_for(running, DEADLINE_S)
+
+    run(scenario)
+
+
+async def until(call: Callable[[], Awaitable[Any]], expected: Any) -> None:
+    """Retry ``call`` until it answers ``expected`` (before a leader, -TRYAGAIN)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            if await call() == expected:
+                return
+        except redis.ResponseError:
+            pass
+        assert time.monotonic() < deadline, "no answer before the deadline"
+        await asyncio.sleep(0.05)
+
+
+async def http_get(port: int) -> str:
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    return data.decode()
