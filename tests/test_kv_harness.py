@@ -19,7 +19,7 @@ from replicaio.protocols import registry
 from replicaio.services.kv import KeyValueStateMachine, encode_command
 from replicaio.sim.harness import harness_for
 from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
-from replicaio.sim.options import SimOptions
+from replicaio.sim.options import Crash, SimOptions
 from replicaio.sim.simulator import Simulator
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
 from replicaio.smr.params import SmrParams
@@ -108,6 +108,7 @@ class FakeApi:
         self.time = 0
         self.requests: list[tuple[int, Any]] = []
         self.calls: list[tuple[int, Callable[[], None]]] = []
+        self.crashes: list[Crash] = []
 
     def now(self) -> int:
         return self.time
@@ -117,6 +118,9 @@ class FakeApi:
 
     def call_at(self, time_us: int, callback: Callable[[], None]) -> None:
         self.calls.append((max(time_us, self.time), callback))
+
+    def crash(self, crash: Crash) -> None:
+        self.crashes.append(crash)
 
     def advance(self, until_us: int) -> None:
         while True:
@@ -217,3 +221,20 @@ def test_harness_for_knows_services_and_broadcasts() -> None:
     assert isinstance(harness_for("raft:snapshot=4", config), KvHarness)
     assert not isinstance(harness_for("beb", ClusterConfig(n=3, f=0, resilience=Resilience.ANY)),
                           KvHarness)
+
+
+def test_the_nemesis_aims_at_the_believed_leader() -> None:
+    config = ClusterConfig(n=3, f=1, resilience=Resilience.CRASH)
+    harness = KvHarness(config, leader_hint=lambda: 2)
+    api = FakeApi()
+    harness.bind(api)
+    workload = KvWorkload(clients=1, ops=0, nemesis_every_us=100_000)
+    harness.requests(kv_options(1, 3, ("crash",), workload))
+    api.advance(1_000_000)
+    assert api.crashes
+    aimed = sum(crash.node == 2 for crash in api.crashes)
+    assert aimed >= len(api.crashes) // 3  # the leader, and sometimes a second node
+    api.advance(2_000_001)  # the heal (the safety phase lasts 2 s)
+    before = len(api.crashes)
+    api.advance(api.time + 3_000_000)
+    assert len(api.crashes) == before  # none after the heal
