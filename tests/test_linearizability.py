@@ -13,6 +13,8 @@ import heapq
 import itertools
 import json
 import random
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -433,6 +435,19 @@ def test_violation_in_long_history_is_proved_by_a_small_window() -> None:
     assert set(planted) <= set(explanation.window)
     assert len(explanation.window) <= 20
     assert "from any state" in explanation.describe()
+
+
+def test_benchmark_script_runs() -> None:
+    script = Path(__file__).resolve().parent.parent / "bench" / "bench_linearizability.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--sizes", "300", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "300 ops" in completed.stdout
+    assert "planted violation found and explained" in completed.stdout
 
 
 # ------------------------------------------------------------ history format
