@@ -78,7 +78,8 @@ The search is exponential in the worst case (the problem is NP-complete);
 with ``time_budget_s`` it stops and answers ``None`` for the keys it could
 not decide, never a guess. Real-time order is strict: ``a`` precedes ``b``
 only if ``a.return < b.call``; equal times count as concurrent. Nothing here
-uses randomness, and the only clock read is the budget's deadline.
+uses randomness; the clock is read only for the budget's deadline and to
+report time spent, never to decide anything else.
 """
 
 from __future__ import annotations
