@@ -1,0 +1,481 @@
+"""The Redis front of the KV store with real node processes on 127.0.0.1, driven by
+redis-py with its retries off (``Retry(NoBackoff(), 0)``; ``retry_on_timeout``
+is off by default): a 3-node Raft cluster under concurrent SET/GET/INCR/APPEND/CAS while
+the leader and then a follower are killed with SIGKILL and restarted, and while
+bad input hits one node's client and peer ports; then every node is killed at
+once and restarted. The whole client history (the simulator's JSON-lines
+format; timeouts and lost connections are ``info``) is checked linearizable and
+written to ``artifacts/`` (the CI artifact; its path is printed). Also: a node
+whose WAL has a corrupted middle record refuses to start, and ``replicaio kv
+up`` / ``kv down``.
+
+Every wait is bounded; the fixture's finalizer kills every process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from replicaio.check.history import HistoryRecorder, PendingOperation, dump_history
+from replicaio.check.linearizability import check_linearizable
+from replicaio.runtime.crypto import HmacAuthenticator
+from replicaio.runtime.framing import frame_header
+from replicaio.runtime.local import LocalCluster, free_ports
+from replicaio.runtime.transport import handshake_frame, transcript
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = "127.0.0.1"
+DEADLINE_S = 20.0
+CLIENT_TIMEOUT_S = 5.0
+SECTIONS: dict[str, dict[str, Any]] = {
+    "node": {"tick_us": 10_000},
+    "transport": {"reconnect_delay_ms_min": 10, "reconnect_delay_ms_max": 200},
+    "host": {"client_service": "resp"},  # fsync stays on: acknowledged means durable
+    "service": {"retry_after_ms": 300, "retry_backoff_ms": 20, "request_timeout_ms": 2500},
+}
+REGISTERS = ("r0", "r1", "r2")
+COUNTERS = ("c0", "c1")
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    made: list[LocalCluster] = []
+
+    def make(**options: Any) -> LocalCluster:
+        options.setdefault("sections", SECTIONS)
+        cluster = LocalCluster(tmp_path / f"cluster{len(made)}", protocol="raft", **options)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()
+
+
+def connect(port: int) -> redis.Redis:
+    """A redis-py client with every retry off."""
+    return redis.Redis(
+        host=LOCAL, port=port, socket_timeout=CLIENT_TIMEOUT_S, socket_connect_timeout=2.0,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def port_of(cluster: LocalCluster, node: int) -> int:
+    return cluster.cluster.nodes[node].client.port
+
+
+def leader_of(cluster: LocalCluster, among: list[int]) -> int:
+    """The node that says it leads (bounded wait)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        for node in among:
+            with contextlib.suppress(redis.RedisError, OSError):
+                client = connect(port_of(cluster, node))
+                role = client.info("replication")["role"]
+                client.close()
+                if role == "leader":
+                    return node
+        time.sleep(0.1)
+    raise AssertionError("no leader")
+
+
+class Workload:
+    """Concurrent redis-py clients recording one history (JSON-lines format)."""
+
+    def __init__(self, cluster: LocalCluster, clients: int) -> None:
+        self.cluster = cluster
+        self.recorder = HistoryRecorder(time.monotonic)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self.run_client, args=(index,), daemon=True)
+                        for index in range(clients)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(CLIENT_TIMEOUT_S * 3)
+        assert not any(thread.is_alive() for thread in self.threads)
+        assert not self.errors, self.errors
+
+    def new_client(self) -> int:
+        with self.lock:
+            return self.recorder.new_client()
+
+    def open(self, rng: random.Random) -> redis.Redis:
+        """A connection to a live node (a refused connect is not an operation)."""
+        while not self.stop.is_set():
+            client = connect(port_of(self.cluster, rng.randrange(self.cluster.cluster.n)))
+            try:
+                client.ping()
+                return client
+            except (redis.RedisError, OSError):
+                client.close()
+                time.sleep(0.05)
+        raise InterruptedError
+
+    def run_client(self, index: int) -> None:
+        rng = random.Random(index)
+        seen: dict[str, str] = {}
+        try:
+            client = self.open(rng)
+            actor = self.new_client()
+            count = 0
+            while not self.stop.is_set():
+                count += 1
+                status = self.operation(client, actor, rng, seen, f"{index}.{count}")
+                if status != "ok":
+                    actor = self.new_client()  # after info: a new id (history rule)
+                if status == "lost":
+                    client.close()
+                    client = self.open(rng)
+            client.close()
+        except InterruptedError:
+            pass
+        except BaseException as error:  # reported by finish()
+            self.errors.append(error)
+
+    def operation(
+        self, client: redis.Redis, actor: int, rng: random.Random, seen: dict[str, str],
+        unique: str,
+    ) -> str:
+        kind = rng.choice(("put", "get", "append", "cas", "incr", "get"))
+        key = rng.choice(COUNTERS if kind == "incr" or (kind == "get" and rng.random() < 0.3)
+                         else REGISTERS)
+        expected = seen.get(key) if kind == "cas" else None
+        if kind == "cas" and expected is None:
+            kind = "get"
+        value: str | None = {"put": f"p{unique}", "append": f"[{unique}]", "cas": f"c{unique}",
+                             "incr": "1"}.get(kind)
+        with self.lock:
+            handle = self.recorder.invoke(actor, kind, key, value, expected=expected)
+        try:
+            output = self.execute(client, kind, key, value, expected)
+        except redis.ResponseError:
+            # -TRYAGAIN: a read had no effect; a write's outcome is unknown.
+            self.complete(handle, "fail" if kind == "get" else "info")
+            return "error"
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self.complete(handle, "info")
+            return "lost"
+        if kind == "get" and output is not None:
+            seen[key] = output
+        self.complete(handle, "ok", output)
+        return "ok"
+
+    @staticmethod
+    def execute(
+        client: redis.Redis, kind: str, key: str, value: str | None, expected: str | None
+    ) -> str | int | None:
+        if kind == "get":
+            found = client.get(key)
+            return None if found is None else found.decode()
+        if kind == "put":
+            assert client.set(key, value or "") is True
+            return None
+        if kind == "append":
+            client.append(key, value or "")
+            return None
+        if kind == "incr":
+            result: int = client.incr(key)
+            return result
+        swapped = client.execute_command("CAS", key, expected, value)
+        return "ok" if swapped == 1 else "fail"
+
+    def complete(self, handle: PendingOperation, status: str, output: Any = None) -> None:
+        with self.lock:
+            if status == "ok":
+                self.recorder.ok(handle, output)
+            elif status == "fail":
+                self.recorder.fail(handle)
+            else:
+                self.recorder.info(handle)
+
+    def ok_count(self) -> int:
+        with self.lock:
+            return sum(1 for op in self.recorder.operations() if op.status == "ok")
+
+
+def final_reads(workload: Workload, keys: list[str]) -> dict[str, str | None]:
+    """Read every key through rotating nodes, recorded in the history; retries on
+    -TRYAGAIN (the restarted cluster may still be electing)."""
+    found: dict[str, str | None] = {}
+    cluster = workload.cluster
+    deadline = time.monotonic() + DEADLINE_S
+    for position, key in enumerate(keys):
+        node = position % cluster.cluster.n
+        while key not in found:
+            assert time.monotonic() < deadline, f"cannot read {key} after the restart"
+            actor = workload.new_client()
+            client = connect(port_of(cluster, node))
+            with workload.lock:
+                handle = workload.recorder.invoke(actor, "get", key)
+            try:
+                value = client.get(key)
+            except redis.ResponseError:
+                workload.complete(handle, "fail")
+                time.sleep(0.1)
+                continue
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                workload.complete(handle, "info")
+                time.sleep(0.1)
+                continue
+            finally:
+                client.close()
+            found[key] = None if value is None else value.decode()
+            workload.complete(handle, "ok", found[key])
+    return found
+
+
+# -- bad input on a live node -----------------------------------------------------------------
+
+
+NO_NEWLINE = bytes(byte for byte in range(256) if byte != 0x0A)
+
+
+def send_and_close(port: int, data: bytes, *, half_close: bool = False) -> bytes:
+    with socket.create_connection((LOCAL, port), timeout=5.0) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            sock.settimeout(1.0)
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+
+def attack(cluster: LocalCluster, node: int) -> dict[str, int]:
+    """Bad input on ``node``'s client and peer ports; the counters each must move."""
+    client, peer = port_of(cluster, node), cluster.cluster.nodes[node].peer.port
+    answer = send_and_close(client, b"\x16\x03\x01" + NO_NEWLINE * 300)  # not RESP at all
+    assert answer.startswith(b"-ERR Protocol error: too big inline request")
+    answer = send_and_close(client, b"*2\r\n$3\r\nGET\r\n$999999999\r\n")  # oversized bulk
+    assert answer.startswith(b"-ERR Protocol error: invalid bulk length")
+    send_and_close(client, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\nabc", half_close=True)
+    answer = send_and_close(client, b"*1\r\n$7\r\nFROBNIC\r\n*1\r\n$4\r\nPING\r\n")
+    assert answer == b"-ERR unknown command 'FROBNIC', with args beginning with: \r\n+PONG\r\n"
+    random_bytes = random.Random(7).randbytes(2000)
+    send_and_close(client, random_bytes, half_close=True)  # whatever it parses as
+    # Peer port: a node that is not in the cluster; node 0 with another cluster's key.
+    send_and_close(peer, handshake_frame("hello", 7, node, secrets.token_bytes(32)))
+    with socket.create_connection((LOCAL, peer), timeout=5.0) as sock:
+        nonce = secrets.token_bytes(32)
+        sock.sendall(handshake_frame("hello", 0, node, nonce))
+        challenge = msgpack.unpackb(read_frame(sock))
+        impostor = HmacAuthenticator(0, b"another cluster's secret!", (0, node))
+        proof = impostor.tag(node, transcript(0, node, nonce, challenge[3]) + b"dialer")
+        sock.sendall(handshake_frame("proof", proof))
+        sock.settimeout(2.0)
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            assert sock.recv(100) == b""  # closed by the node
+    send_and_close(peer, frame_header(1 << 30))  # an oversized frame
+    return {
+        "rejected_resp_inline_too_long": 1,
+        "rejected_resp_invalid_bulk_length": 1,
+        "rejected_resp_truncated_frame": 1,
+        "rejected_resp_command_unknown_command": 1,
+        "rejected_unknown_peer": 1,
+        "rejected_bad_auth": 1,
+        "rejected_oversized_frame": 1,
+    }
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    header = sock.recv(4, socket.MSG_WAITALL)
+    return sock.recv(int.from_bytes(header, "big"), socket.MSG_WAITALL)
+
+
+def runtime_counters(cluster: LocalCluster, node: int) -> dict[str, float]:
+    address = cluster.cluster.nodes[node].metrics
+    assert address is not None
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    found = {}
+    prefix = 'replicaio_runtime_events_total{event="'
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            name, _, number = line[len(prefix):].partition('"} ')
+            found[name] = float(number)
+    assert "replicaio_protocol_term" in text and "replicaio_kv_request_seconds_bucket" in text
+    return found
+
+
+# -- the tests ----------------------------------------------------------------------------------
+
+
+def test_redis_clients_see_one_linearizable_durable_store_through_kill_9_and_bad_input(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = make_cluster(nodes=3, metrics=True)
+    cluster.start_all()
+    nodes = list(range(3))
+    leader = leader_of(cluster, nodes)
+    workload = Workload(cluster, clients=6)
+    workload.start()
+    time.sleep(1.5)
+    phases = {"before": workload.ok_count()}
+
+    cluster.kill(leader)  # SIGKILL of the leader under load
+    time.sleep(1.0)
+    cluster.start(leader)
+    cluster.wait_ready([leader])
+    follower = next(node for node in nodes if node != leader_of(cluster, nodes))
+    time.sleep(1.0)
+    phases["leader killed"] = workload.ok_count()
+
+    cluster.kill(follower)  # then a follower
+    time.sleep(1.0)
+    cluster.start(follower)
+    cluster.wait_ready([follower])
+    time.sleep(1.0)
+    phases["follower killed"] = workload.ok_count()
+
+    target = max(nodes)  # a node others dial: its peer port authenticates them
+    expected = attack(cluster, target)
+    time.sleep(1.0)
+    workload.finish()
+    phases["attacked"] = workload.ok_count()
+    assert phases["before"] > 20 and phases["attacked"] - phases["follower killed"] > 20, phases
+    counters = runtime_counters(cluster, target)
+    for name, least in expected.items():
+        assert counters.get(name, 0) >= least, (name, counters)
+    survivor = connect(port_of(cluster, target))  # it keeps serving
+    assert survivor.set("after-attack", "ok") is True and survivor.get("after-attack") == b"ok"
+    survivor.close()
+
+    # Acknowledged writes survive kill -9 of every node at once.
+    acknowledged = {f"durable{index}": f"value{index}" for index in range(30)}
+    writer = connect(port_of(cluster, 0))
+    with writer.pipeline(transaction=False) as pipe, workload.lock:
+        handles = []
+        for key, value in acknowledged.items():  # one pipeline: concurrent operations
+            handles.append(workload.recorder.invoke(workload.recorder.new_client(), "put",
+                                                    key, value))
+            pipe.set(key, value)
+        assert pipe.execute() == [True] * len(acknowledged)
+        for handle in handles:
+            workload.recorder.ok(handle)
+    writer.close()
+    for process in cluster.processes.values():
+        process.kill()
+    for node in nodes:
+        cluster.kill(node)
+    for node in nodes:
+        cluster.start(node)
+    cluster.wait_ready(nodes)
+    found = final_reads(workload, [*REGISTERS, *COUNTERS, *acknowledged])
+    assert {key: found[key] for key in acknowledged} == acknowledged
+
+    operations = workload.recorder.operations()
+    artifacts = ROOT / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    path = artifacts / f"kv-cluster-history-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    dump_history(operations, path)
+    print(f"\nKV history ({len(operations)} operations, {workload.ok_count()} ok): {path}")
+    result = check_linearizable(operations, time_budget_s=60)
+    assert result.linearizable is True, result.describe()
+
+
+def test_a_kv_node_whose_wal_has_a_corrupted_middle_record_refuses_to_start(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = make_cluster(nodes=1)
+    cluster.start_all()
+    client = connect(port_of(cluster, 0))
+    deadline = time.monotonic() + DEADLINE_S
+    written = 0
+    while written < 3:  # one at a time: several batches in the log
+        assert time.monotonic() < deadline
+        try:
+            client.set(f"k{written}", "v")
+            written += 1
+        except redis.ResponseError:  # before the node elects itself
+            time.sleep(0.05)
+    client.close()
+    assert cluster.stop(0) == 0
+    segments = sorted((cluster.directory / "node-0").glob("wal-*.log"))
+    data = bytearray(segments[0].read_bytes())
+    data[20 + 5] ^= 0xFF  # inside the checksum of the first record
+    segments[0].write_bytes(bytes(data))
+    process = cluster.start(0)
+    status = process.wait(DEADLINE_S)
+    cluster.processes.pop(0)
+    output = cluster.stderr_log(0, 2).read_text()
+    assert status == 2
+    assert "cannot open its storage" in output and "refusing to open" in output
+    assert segments[0].name in output
+
+
+def free_block(count: int) -> int:
+    """A base port whose next ``count`` ports are free (bounded attempts)."""
+    for _ in range(50):
+        base = free_ports(1)[0]
+        if base + count > 65535:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sock.bind((LOCAL, port))
+                sockets.append(sock)
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise AssertionError("no block of free ports")
+
+
+def test_kv_up_gives_a_cluster_redis_clients_use_and_kv_down_stops_it(tmp_path: Path) -> None:
+    base = free_block(10)
+    directory = tmp_path / "kv"
+    command = [sys.executable, "-m", "replicaio.cli", "kv"]
+    try:
+        up = subprocess.run(
+            [*command, "up", "--nodes", "3", "--base-port", str(base), "--data-dir",
+             str(directory), "--no-fsync"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert up.returncode == 0, up.stderr + up.stdout
+        ports = [base + 1, base + 2, base + 3]
+        assert f"RESP ports {ports[0]} {ports[1]} {ports[2]}" in up.stdout
+        for index, port in enumerate(ports):  # every node takes writes (followers forward)
+            client = connect(port)
+            assert client.set(f"k{index}", f"v{index}") is True
+            client.close()
+        for index, port in enumerate(ports):
+            client = connect(port)
+            assert client.get(f"k{(index + 1) % 3}") == f"v{(index + 1) % 3}".encode()
+            client.close()
+        with urllib.request.urlopen(f"http://{LOCAL}:{base + 7}/metrics", timeout=10) as page:
+            assert "replicaio_protocol_commit_index" in page.read().decode()
+    finally:
+        down = subprocess.run([*command, "down", "--data-dir", str(directory)],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert down.returncode == 0, down.stderr
+    assert "3 node process(es) stopped" in down.stdout
+    assert not list(directory.glob("*.pid"))
