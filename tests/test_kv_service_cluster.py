@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,35 @@ def final_reads(workload: Workload, keys: list[str]) -> dict[str, str | None]:
     return found
 
 
+def no_quorum(workload: Workload, leader: int) -> None:
+    """With its two peers killed, the leader answers -TRYAGAIN after a bounded wait:
+    no read from a possibly stale state, no write it cannot commit."""
+    cluster = workload.cluster
+    for node in range(cluster.cluster.n):
+        if node != leader:
+            cluster.kill(node)
+
+    def attempt(kind: str, value: str | None) -> None:
+        key = "c0" if kind == "incr" else "r0"
+        client = connect(port_of(cluster, leader))
+        with workload.lock:
+            handle = workload.recorder.invoke(workload.recorder.new_client(), kind, key, value)
+        started = time.monotonic()
+        try:
+            with pytest.raises(redis.exceptions.TryAgainError, match="no quorum"):
+                workload.execute(client, kind, key, value, None)
+            assert time.monotonic() - started < CLIENT_TIMEOUT_S
+        finally:
+            workload.complete(handle, "fail" if kind == "get" else "info")
+            client.close()
+
+    with ThreadPoolExecutor(3) as pool:  # concurrently: one bounded wait for all
+        waits = [pool.submit(attempt, kind, value)
+                 for kind, value in (("get", None), ("put", "lonely"), ("incr", "1"))]
+        for done in waits:
+            done.result()
+
+
 # -- bad input on a live node -----------------------------------------------------------------
 
 
@@ -388,6 +418,7 @@ def test_redis_clients_see_one_linearizable_durable_store_through_kill_9_and_bad
     cluster.wait_ready(nodes)
     found = final_reads(workload, [*REGISTERS, *COUNTERS, *acknowledged])
     assert {key: found[key] for key in acknowledged} == acknowledged
+    no_quorum(workload, leader_of(cluster, nodes))
 
     operations = workload.recorder.operations()
     artifacts = ROOT / "artifacts"
