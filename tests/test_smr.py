@@ -427,6 +427,31 @@ def test_sessions_max_is_reached_in_a_cluster() -> None:
     assert list(cluster.protocol(1).replica.sessions) == list(cluster.protocol(0).replica.sessions)
 
 
+def test_an_evicted_client_is_refused_not_executed_twice() -> None:
+    cluster = Cluster(params=SmrParams(sessions_max=2, snapshot_interval=1))
+    cluster.request(0, write(1, 1, "incr", b"n", 1))
+    cluster.request(0, write(1, 2, "incr", b"n", 1))
+    cluster.take(0)
+    for client in (2, 3):  # client 1 is the least recently used: evicted
+        cluster.request(0, write(client, 1, "put", b"k", b"v"))
+    cluster.take(0)
+    cluster.request(0, write(1, 2, "incr", b"n", 1))  # a late retry of seq 2
+    assert cluster.take(0) == [Rejected(1, 2, "session_expired")]
+    assert cluster.counter(0, "smr_session_expired") == 1
+    cluster.request(0, read(9, 1, b"n"))
+    assert [value_of(reply) for reply in cluster.take(0)] == [b"2"]  # not 3
+
+
+def test_registration_opens_a_session_and_runs_nothing() -> None:
+    cluster = Cluster()
+    cluster.request(0, ClientRequest(5, 1, b"", False))
+    cluster.request(0, ClientRequest(5, 1, b"", False))  # a retried registration
+    replies = cluster.take(0)
+    assert [type(reply).__name__ for reply in replies] == ["Reply", "Reply"]
+    assert cluster.counter(0, "smr_sessions_registered") == 1
+    assert cluster.protocol(0).replica.sessions.lookup(5) is not None
+
+
 # -- batching and its bounds -----------------------------------------------------------------
 
 

@@ -437,6 +437,10 @@ class KvHarness:
         figures.rejections += 1
         reasons = figures.rejected_by_reason
         reasons[rejected.reason] = reasons.get(rejected.reason, 0) + 1
+        if rejected.reason == "session_expired":
+            # The session was evicted: the operation may have run before. Unknown.
+            self.give_up(client)
+            return
         if rejected.reason in ("stale_seq", "bad_request", "too_large"):
             # Our clients never send such a request: SMR lost track of a session.
             self.violations.append(Violation(

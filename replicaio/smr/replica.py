@@ -447,6 +447,20 @@ class Replica:
             if seq < session.last_seq:
                 return
             result = session.result
+        elif session is None and seq > 1:
+            # The client had a session (it is past its first request) that was
+            # evicted: its request may already have run. Never run it again.
+            self.context.count("smr_session_expired")
+            if self.waiting.get(client) == seq:
+                del self.waiting[client]
+                self.context.output(Rejected(client, seq, "session_expired"))
+            return
+        elif not request.command:
+            # Registration: an empty command opens a session and runs nothing,
+            # so a retried registration is harmless (Raft thesis, 6.3).
+            result = b""
+            self.sessions.record(client, seq, result, index)
+            self.context.count("smr_sessions_registered")
         else:
             evictions = self.sessions.evictions
             result = self.state_machine.apply(request.command)

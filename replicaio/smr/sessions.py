@@ -15,11 +15,16 @@ The table is bounded by ``sessions_max``. When a new client arrives at a full
 table, the session used least recently (by applied order) is evicted. The
 policy depends only on the order of applied requests, which every replica
 shares, so every replica evicts the same sessions at the same index; the
-table, in that order, is part of snapshots. The cost of the bound: a client
-that stays silent while ``sessions_max`` other clients make requests loses
-its session, and a retry of its last request after that would execute again.
-Size ``sessions_max`` well above the number of concurrently active clients;
-evictions are counted (``smr_sessions_evicted``).
+table, in that order, is part of snapshots. Evictions are counted
+(``smr_sessions_evicted``).
+
+An evicted session must not turn a retry into a second execution. A request
+with ``seq > 1`` from a client without a session therefore runs nothing and is
+answered ``Rejected("session_expired")`` (the client records the operation's
+outcome as unknown and continues under a new id). A client's first request
+(``seq == 1``) cannot be told apart from a retry after eviction, so clients
+that need the full guarantee *register*: their first request has an empty
+command, which opens the session and runs nothing (retrying it is harmless).
 """
 
 from __future__ import annotations
