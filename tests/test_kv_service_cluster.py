@@ -36,6 +36,7 @@ from redis.retry import Retry
 
 from replicaio.check.history import HistoryRecorder, PendingOperation, dump_history
 from replicaio.check.linearizability import check_linearizable
+from replicaio.cli import main
 from replicaio.runtime.crypto import HmacAuthenticator
 from replicaio.runtime.framing import frame_header
 from replicaio.runtime.local import LocalCluster, free_ports
@@ -431,7 +432,7 @@ def test_redis_clients_see_one_linearizable_durable_store_through_kill_9_and_bad
 
 
 def test_a_kv_node_whose_wal_has_a_corrupted_middle_record_refuses_to_start(
-    make_cluster: Callable[..., LocalCluster],
+    make_cluster: Callable[..., LocalCluster], capsys: pytest.CaptureFixture[str],
 ) -> None:
     cluster = make_cluster(nodes=1)
     cluster.start_all()
@@ -447,6 +448,9 @@ def test_a_kv_node_whose_wal_has_a_corrupted_middle_record_refuses_to_start(
             time.sleep(0.05)
     client.close()
     assert cluster.stop(0) == 0
+    # The live node's event log, RESP requests included, replays exactly.
+    assert main(["replay", str(cluster.event_log(0, 1)), "--node", "0"]) == 0
+    assert "every effect matches" in capsys.readouterr().out
     segments = sorted((cluster.directory / "node-0").glob("wal-*.log"))
     data = bytearray(segments[0].read_bytes())
     data[20 + 5] ^= 0xFF  # inside the checksum of the first record

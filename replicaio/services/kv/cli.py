@@ -92,7 +92,11 @@ def command_kv_up(args: argparse.Namespace) -> int:
     if not config_path.exists():
         write_kv_cluster(directory, args)
     cluster = load_cluster_file(config_path)
-    if cluster.n != args.nodes or cluster.host.client_service != "resp":
+    if (
+        cluster.n != args.nodes
+        or cluster.protocol.partition(":")[0] != args.protocol
+        or cluster.host.client_service != "resp"
+    ):
         raise UsageError(
             f"{config_path} describes {cluster.n} {cluster.protocol} nodes with the "
             f"{cluster.host.client_service!r} service; remove the directory to start another"
