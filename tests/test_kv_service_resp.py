@@ -244,7 +244,9 @@ def test_planning_any_command_never_raises(argv: list[bytes]) -> None:
 
 class FakeNode:
     """A ServiceHost that executes requests on a real state machine with SMR's
-    session rule, and can lose replies, stay silent or redirect."""
+    session rules (at most once; a client past seq 1 without a session is refused
+    ``session_expired``; an empty command registers), and can lose replies, stay
+    silent, redirect or evict sessions."""
 
     def __init__(self, service_params: dict[str, Any] | None = None, **host: Any) -> None:
         self.codec = Codec()
@@ -257,7 +259,8 @@ class FakeNode:
         self.sessions: dict[int, tuple[int, bytes]] = {}
         self.requests: list[ClientRequest] = []
         self.mode = "ok"  # or "silent", "redirect", "busy"
-        self.replies_to_lose = 0
+        self.replies_to_lose = 0  # replies to writes executed and then lost
+        self.evictions_after_write = 0  # evict every session after a write executes
         self.service = RespService()
 
     async def submit(
@@ -278,18 +281,26 @@ class FakeNode:
             output = Reply(request.client, request.seq, self.kv.read(request.command), 0)
         else:
             last = self.sessions.get(request.client)
-            if last is not None and request.seq == last[0]:
-                result = last[1]
+            if last is not None and request.seq <= last[0]:
+                assert request.seq == last[0], "one request at a time per client"
+                output = Reply(request.client, request.seq, last[1], 0)
+            elif last is None and request.seq > 1:
+                output = Rejected(request.client, request.seq, "session_expired")
             else:
-                assert last is None or request.seq > last[0]
-                result = self.kv.apply(request.command)
+                result = self.kv.apply(request.command) if request.command else b""
                 self.sessions[request.client] = (request.seq, result)
-            output = Reply(request.client, request.seq, result, 0)
+                output = Reply(request.client, request.seq, result, 0)
+                if request.command and self.evictions_after_write:
+                    self.evictions_after_write -= 1
+                    self.sessions.clear()
+                    output = None  # and the reply is lost
         if on_done is not None:
             on_done(None)
-        if self.mode == "silent":
+        if self.mode == "silent" or output is None:
             return
-        if self.replies_to_lose and not request.read_only:
+        if self.replies_to_lose and type(output) is Reply and not request.read_only and (
+            request.command
+        ):
             self.replies_to_lose -= 1
             return
         self.service.on_outputs([output])
@@ -434,13 +445,17 @@ def test_a_lost_reply_is_retried_with_the_same_seq_and_executes_once() -> None:
     async def scenario() -> None:
         async with FakeNode(FAST) as node:
             client = node.client()
+            assert await client.get("n") is None  # reads: their own client id
             node.replies_to_lose = 2
             assert await client.incr("n") == 1
             assert await client.incr("n") == 2
             assert node.kv.data[b"n"] == b"2"
-            seqs = [(request.client, request.seq) for request in node.requests]
-            assert len(seqs) == 3 + 1  # the handshake sends nothing; two sends of the first
-            assert seqs[0] == seqs[1] == seqs[2]
+            sent = [(request.client, request.seq, request.command) for request in node.requests]
+            read, registration, *writes = sent
+            assert registration[1:] == (1, b"") and registration[0] != read[0]
+            assert len(writes) == 3 + 1  # three sends of the first INCR, one of the second
+            assert writes[0] == writes[1] == writes[2] and writes[0][:2] == (registration[0], 2)
+            assert writes[3][:2] == (registration[0], 3)
             assert node.counters.get("kv_retries") == 2
             await client.aclose()
 
@@ -464,6 +479,31 @@ def test_without_quorum_the_client_gets_tryagain_after_a_bounded_wait(mode: str)
             node.mode = "ok"
             # Silent: the write took effect, unconfirmed; refused: it did not.
             assert await client.get("k") == (b"w" if mode == "silent" else b"v")
+            await client.aclose()
+
+    run(scenario)
+
+
+def test_an_evicted_session_is_replaced_and_never_runs_a_write_twice() -> None:
+    async def scenario() -> None:
+        async with FakeNode(FAST) as node:
+            client = node.client()
+            assert await client.set("k", "a") is True
+            first = node.requests[-1].client
+            node.sessions.clear()  # evicted: sent once, the next write surely did not run
+            assert await client.set("k", "b") is True
+            second = node.requests[-1].client
+            assert second != first and node.kv.data[b"k"] == b"b"
+            # The first send runs, its reply is lost and the session evicted: the
+            # retry is refused, the client told the outcome is unknown...
+            node.evictions_after_write = 1
+            with pytest.raises(redis.exceptions.TryAgainError, match="session expired"):
+                await client.append("k", "c")
+            assert await client.get("k") == b"bc"  # ... and it ran once, not twice
+            assert await client.set("k", "d") is True  # then a third registered id
+            assert len({request.client for request in node.requests
+                        if not request.read_only}) == 3
+            assert node.counters.get("kv_sessions_expired") == 2
             await client.aclose()
 
     run(scenario)

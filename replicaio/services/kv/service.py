@@ -22,17 +22,23 @@ several; at most ``group_commands_max`` commands and ``group_bytes_max``
 bytes): a pipeline becomes one replicated request, executed at one position
 of the log, in order. Replies are written in request order.
 
-At-most-once. Each connection has its own SMR client id (unique across the
-cluster and across restarts: ``incarnation``, node id and a connection
-counter, :func:`smr_client_id`) and numbers its requests 1, 2, 3, ...; it has
-at most one request in SMR at a time. A request that gets no answer within
+At-most-once. Each connection has its own SMR client ids (unique across the
+cluster and across restarts: ``incarnation``, node id and a counter,
+:func:`smr_client_id`): one for its writes, one for its reads (reads touch no
+session, and a late answer to a read must never pass for a write's). Before
+its first write a connection registers a session (an empty command, seq 1,
+awaited); its writes are then numbered 2, 3, ... and it has at most one
+request in SMR at a time. A request that gets no answer within
 ``retry_after_ms``, or is refused for a passing reason (``busy``, no leader
 known, a read timing out), is sent again with the **same** (client, seq): the
-session table executes it at most once. After ``request_timeout_ms`` without
-a result the client gets ``-TRYAGAIN no quorum ...``: a read had no effect; a
-write's outcome is unknown (it may still take effect), which the client must
-treat as such. No reply is ever made up: every answer comes from the state
-machine's execution.
+session table executes it at most once, even if the session is evicted
+meanwhile (SMR then refuses it: ``session_expired``; sent once, it certainly
+did not run and goes again under a new registered id; sent more than once, its
+outcome is unknown: ``-TRYAGAIN session expired ...``). After
+``request_timeout_ms`` without a result the client gets ``-TRYAGAIN no quorum
+...``: a read had no effect; a write's outcome is unknown (it may still take
+effect), which the client must treat as such. No reply is ever made up: every
+answer comes from the state machine's execution.
 
 Bounds (:class:`RespParams`, the cluster file's ``[service]`` table): the
 parser's (``bulk_bytes_max``, ``array_items_max``, ``inline_bytes_max``,
@@ -99,15 +105,19 @@ from replicaio.smr.params import SmrParams
 logger = logging.getLogger("replicaio.kv")
 
 READ_BYTES: Final = 64 * 1024
-CONNECTION_BITS: Final = 30  # connections per incarnation of a node
+CLIENT_BITS: Final = 30  # SMR client ids per incarnation of a node
 NODE_BITS: Final = 10  # NODES_MAX = 1024
-CONNECTIONS_MAX: Final = 1 << CONNECTION_BITS
+CLIENT_IDS_MAX: Final = 1 << CLIENT_BITS
 # Refusals after which the same request may be sent again (it was not executed).
 RETRYABLE: Final = frozenset({"busy", "read_timeout", "no_quorum", "not_leader"})
 LATENCY_BUCKETS: Final = (
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 )
 SMR_COMMAND_BYTES_MAX: Final = SmrParams().command_bytes_max
+EXPIRED_ERROR: Final = RespError(
+    "TRYAGAIN session expired: this node's session for the connection was evicted "
+    "(a write may have taken effect)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,13 +176,13 @@ def parse_resp_params(table: Mapping[str, Any]) -> RespParams:
     return RespParams(**dict(table)).validate()
 
 
-def smr_client_id(incarnation: int, node_id: int, connection: int) -> int:
+def smr_client_id(incarnation: int, node_id: int, number: int) -> int:
     """A client id no other connection of the cluster ever had: the node's
     incarnation grows at every start, so a restarted node never reuses one."""
     assert 0 <= node_id < 1 << NODE_BITS
-    assert 0 <= connection < CONNECTIONS_MAX
-    high = incarnation << (CONNECTION_BITS + NODE_BITS)
-    return high | (node_id << CONNECTION_BITS) | connection
+    assert 0 <= number < CLIENT_IDS_MAX
+    high = incarnation << (CLIENT_BITS + NODE_BITS)
+    return high | (node_id << CLIENT_BITS) | number
 
 
 # -- connections -----------------------------------------------------------------------------
@@ -206,24 +216,28 @@ class Connection:
         "items",
         "name",
         "protocol",
+        "read_client",
+        "read_seq",
         "room",
-        "seq",
         "service",
-        "smr_client",
         "unanswered",
         "wake",
+        "write_client",
+        "write_seq",
         "writer",
     )
 
     def __init__(
         self, service: RespService, writer: asyncio.StreamWriter, connection_id: int,
-        smr_client: int,
+        read_client: int, write_client: int,
     ) -> None:
         self.service = service
         self.writer = writer
         self.connection_id = connection_id
-        self.smr_client = smr_client
-        self.seq = 0
+        self.read_client = read_client
+        self.read_seq = 0
+        self.write_client = write_client
+        self.write_seq = 0  # 0: no session registered yet; then the last write's seq
         self.protocol = RESP2
         self.name: bytes | None = None
         self.closing = False
@@ -264,7 +278,16 @@ class Retry:
 
 RETRY_NOW: Final = Retry(False)
 RETRY_LATER: Final = Retry(True)
-Outcome = bytes | Retry | RespError
+
+
+class SessionExpired:
+    """Outcome: SMR had no session for the client (evicted) and did not run it."""
+
+    __slots__ = ()
+
+
+SESSION_EXPIRED: Final = SessionExpired()
+Outcome = bytes | Retry | RespError | SessionExpired
 
 
 @dataclass(slots=True)
@@ -293,6 +316,8 @@ class RespService:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.waiters: dict[int, Waiter] = {}
         self.connection_next = 0
+        self.client_next = 0  # SMR client ids handed out in this incarnation
+        self.incarnation = 0
         self.node_id = 0
         self.started = time.monotonic()
         self.warn = RateLimitedLog(logger)
@@ -361,6 +386,8 @@ class RespService:
     def refused(self, reason: str) -> Outcome:
         if reason in RETRYABLE:
             return RETRY_LATER
+        if reason == "session_expired":
+            return SESSION_EXPIRED
         return RespError(f"ERR request refused by the replica: {reason}")
 
     # -- one client ----------------------------------------------------------------------------
@@ -380,17 +407,15 @@ class RespService:
             writer.write(b"-ERR max number of clients reached\r\n")
             writer.close()
             return
-        if self.connection_next >= CONNECTIONS_MAX:
-            self.count("bound_resp_connections_max")
+        self.incarnation = int(getattr(getattr(host, "core", None), "incarnation", 0))
+        read_client, write_client = self.new_client_id(), self.new_client_id()
+        if read_client is None or write_client is None:
             writer.write(b"-ERR this node ran out of client ids; restart it\r\n")
             writer.close()
             return
         connection_id = self.connection_next
         self.connection_next += 1
-        incarnation = int(getattr(getattr(host, "core", None), "incarnation", 0))
-        connection = Connection(
-            self, writer, connection_id, smr_client_id(incarnation, self.node_id, connection_id)
-        )
+        connection = Connection(self, writer, connection_id, read_client, write_client)
         self.connections_open.add(connection)
         dispatcher = asyncio.get_running_loop().create_task(self.dispatch(connection))
         try:
@@ -550,23 +575,64 @@ class RespService:
             return RespError(f"ERR internal error: unreadable batch result: {decoded!r}"[:200])
         return [decode_result(item) for item in decoded]
 
+    def new_client_id(self) -> int | None:
+        """A fresh SMR client id, or None once this incarnation has used them all."""
+        if self.client_next >= CLIENT_IDS_MAX:
+            self.count("bound_resp_client_ids_max")
+            return None
+        self.client_next += 1
+        return smr_client_id(self.incarnation, self.node_id, self.client_next - 1)
+
     async def call(
         self, connection: Connection, command: bytes, read_only: bool
     ) -> bytes | RespError:
+        """Execute ``command`` through SMR for ``connection`` (see the module docstring:
+        reads on the read client id, writes on a registered session)."""
+        if read_only:
+            connection.read_seq += 1
+            outcome, _ = await self.request(connection.read_client, connection.read_seq,
+                                            command, True)
+            return outcome if not isinstance(outcome, SessionExpired) else EXPIRED_ERROR
+        while True:
+            if connection.write_seq == 0:
+                registered, _ = await self.request(connection.write_client, 1, b"", False)
+                if not isinstance(registered, bytes):
+                    return registered if isinstance(registered, RespError) else EXPIRED_ERROR
+                connection.write_seq = 1
+                self.count("kv_sessions_registered")
+            connection.write_seq += 1
+            outcome, attempts = await self.request(
+                connection.write_client, connection.write_seq, command, False
+            )
+            if not isinstance(outcome, SessionExpired):
+                return outcome
+            # Evicted from the session table: continue under a new, registered id.
+            self.count("kv_sessions_expired")
+            fresh = self.new_client_id()
+            if fresh is None:
+                return EXPIRED_ERROR
+            connection.write_client, connection.write_seq = fresh, 0
+            if attempts > 1:
+                return EXPIRED_ERROR  # an earlier attempt may have run before the eviction
+
+    async def request(
+        self, client: int, seq: int, command: bytes, read_only: bool
+    ) -> tuple[bytes | RespError | SessionExpired, int]:
         """One SMR request, sent again with the same (client, seq) until it is answered
-        or ``request_timeout_ms`` passes (then ``-TRYAGAIN``)."""
+        or ``request_timeout_ms`` passes (then ``-TRYAGAIN``); and how many times it
+        was sent."""
         host = self.host
         assert host is not None
-        connection.seq += 1
-        client, seq = connection.smr_client, connection.seq
         payload = host.codec.encode(ClientRequest(client, seq, command, read_only))
         waiter = Waiter(seq)
         self.waiters[client] = waiter
         loop = asyncio.get_running_loop()
         params = self.params
         deadline = loop.time() + params.request_timeout_ms / 1000
+        attempts = 0
         try:
             while True:
+                attempts += 1
                 future: asyncio.Future[Outcome] = loop.create_future()
                 waiter.future = future
 
@@ -582,14 +648,14 @@ class RespService:
                 finally:
                     timer.cancel()
                 if not isinstance(outcome, Retry):
-                    return outcome
+                    return outcome, attempts
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     self.count("kv_no_quorum")
                     return RespError(
                         f"TRYAGAIN no quorum: no answer within {params.request_timeout_ms} ms "
                         "(a write may still take effect)"
-                    )
+                    ), attempts
                 self.count("kv_retries")
                 if outcome.delay:
                     await asyncio.sleep(min(params.retry_backoff_ms / 1000, remaining))
