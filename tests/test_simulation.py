@@ -237,3 +237,18 @@ def test_a_custom_strategy_forces_choices_and_rewrites_messages() -> None:
     result = Simulator("bracha", options, strategies={byzantine: strategy}).run()
     assert result.violations == []
     assert LyingReady.rewritten > 0
+
+
+def test_explore_raft_choice_points_lazily() -> None:
+    """Raft draws election timeouts as choice points with thousands of
+    alternatives; the explorer branches lazily and stays small."""
+    from replicaio.cli import build_parser, draw_options
+    from replicaio.sim.explore import explore
+
+    args = build_parser().parse_args(["explore", "raft", "--nodes", "3", "--seed", "1"])
+    options = draw_options(args, 1)
+    result = explore("raft", options, runs_max=6)
+    assert result.runs == 6
+    assert result.choice_points_max > 0
+    assert not result.exhaustive
+    assert result.failures == []

@@ -43,9 +43,14 @@ def explore(
 ) -> ExploreResult:
     """Run ``options`` once per sequence of choice outcomes; see the module docstring."""
     result = ExploreResult()
-    stack: list[list[int]] = [[]]
+    # Pending branches, generated lazily (a random_below(150_000) choice point
+    # must not push 150k prefixes): (prefix, next alternative, count).
+    stack: list[tuple[list[int], int, int]] = [([], 0, 1)]
     while stack and result.runs < runs_max and len(result.failures) < failures_max:
-        forced = stack.pop()
+        prefix, alternative, count = stack.pop()
+        if alternative + 1 < count:
+            stack.append((prefix, alternative + 1, count))
+        forced = [*prefix, alternative] if count > 1 else prefix
         made: list[tuple[int, int]] = []
 
         def choose(node: int, label: str, count: int, forced: list[int] = forced,
@@ -61,10 +66,12 @@ def explore(
         if run.violations:
             result.failures.append({"choices": [index for index, _ in made],
                                     "violations": run.violations})
-        for position in range(len(made) - 1, len(forced) - 1, -1):
-            taken, count = made[position]
-            prefix = [index for index, _ in made[:position]]
-            for alternative in range(count - 1, taken, -1):
-                stack.append([*prefix, alternative])
+        # Every choice made past the forced prefix took alternative 0: branch on
+        # the others, deepest first (popped first).
+        for position in range(len(forced), len(made)):
+            taken, choices = made[position]
+            assert taken == 0
+            if choices > 1:
+                stack.append(([index for index, _ in made[:position]], 1, choices))
     result.exhaustive = not stack and len(result.failures) < failures_max
     return result
