@@ -194,6 +194,9 @@ def test_every_delivery_survives_kill_9_of_all_nodes_and_is_reannounced(
         cluster.start(node)
     cluster.wait_ready(range(4))
     again = [watch(cluster, node) for node in range(4)]
+    # A watcher may connect before its node has replayed its deliveries: wait
+    # for the re-announcements (no new input has been given yet).
+    pump_until(again, lambda: all(len(w.delivered) == 12 for w in again), "re-announcements")
     for watcher in again:
         # Re-announced at start, before any new input: recovered, same values.
         assert watcher.values() == delivered
