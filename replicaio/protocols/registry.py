@@ -34,6 +34,7 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "snapshot": "SmrParams.snapshot_interval: applied batches between snapshots (0: never)",
     "batch": "SmrParams.batch_requests_max: requests per batch",
     "sessions": "SmrParams.sessions_max: client sessions remembered (LRU beyond)",
+    "inflight": "SmrParams.batches_inflight_max: own batches submitted and not yet applied",
 }
 RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary runs
 
@@ -68,6 +69,7 @@ def build_raft(mutant: str) -> Callable[[str, Mapping[str, int]], ProtocolFactor
             snapshot_interval=parameters.get("snapshot", RAFT_SNAPSHOT_INTERVAL),
             batch_requests_max=parameters.get("batch", defaults.batch_requests_max),
             sessions_max=parameters.get("sessions", defaults.sessions_max),
+            batches_inflight_max=parameters.get("inflight", defaults.batches_inflight_max),
         )
         return SmrFactory(
             name,
