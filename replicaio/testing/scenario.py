@@ -305,11 +305,16 @@ class Checker(Protocol):
 class ProtocolKit:
     """Everything a scenario needs to run a protocol: how to build a node's
     protocol, its checkers (given the validated configuration) and how to
-    print its outputs."""
+    print its outputs; optionally how to print its messages, whether to print
+    choice points, and commands of its own (available once ``cluster`` has
+    picked the kit, e.g. ``elect`` for Raft)."""
 
     factory: ProtocolFactory
     checker: Callable[[ClusterConfig], Checker] | None = None
     format_output: Callable[[Any], str] = format_output
+    format_message: Callable[[Any], str] = format_message
+    show_choices: bool = True
+    commands: Mapping[str, Callable[[Scenario, Command], None]] = field(default_factory=dict)
 
 
 def broadcast_kit(spec: BroadcastSpec) -> ProtocolKit:
@@ -320,8 +325,13 @@ def broadcast_kit(spec: BroadcastSpec) -> ProtocolKit:
 
 
 def builtin_kits() -> dict[str, ProtocolKit]:
-    """The protocols of ``replicaio.protocols``, with their checkers."""
-    return {name: broadcast_kit(spec) for name, spec in PROTOCOLS.items()}
+    """The protocols of ``replicaio.protocols``, with their checkers (and Raft:
+    ``replicaio.testing.raft_kit``, imported here because it builds on this module)."""
+    from replicaio.testing.raft_kit import raft_kit
+
+    kits = {name: broadcast_kit(spec) for name, spec in PROTOCOLS.items()}
+    kits["raft"] = raft_kit()
+    return kits
 
 
 # -- the hand-driven cluster ---------------------------------------------------------------
@@ -510,8 +520,9 @@ class Scenario:
         return [f"{node.node_id}: send {label} -> {','.join(to)}" for label, to in sent.items()]
 
     def label(self, data: bytes) -> str:
+        show = format_message if self.kit is None else self.kit.format_message
         try:
-            return format_message(self.codec.decode(data))
+            return show(self.codec.decode(data))
         except DecodeError as error:
             return f"garbage {plural(len(data), 'byte')} ({error.reason})"
 
@@ -544,7 +555,8 @@ class Scenario:
                 index = node.rng.randrange(count)
             else:
                 index = 0  # the production default: the first alternative
-            node.choices.append(f"{node.node_id}: choose {label}: {index} of {count}")
+            if self.kit is None or self.kit.show_choices:
+                node.choices.append(f"{node.node_id}: choose {label}: {index} of {count}")
             return index
 
         return choose
@@ -737,6 +749,8 @@ def cluster(self: Scenario, command_: Command) -> None:
     except ConfigError as error:
         raise ScenarioError(f"cluster: {error}") from None
     self.kit = kit
+    for name_, handler in kit.commands.items():
+        self.handlers.setdefault(name_, handler)  # never over a built-in or a caller's
     self.checker = kit.checker(self.config) if kit.checker is not None else None
     faulty = f", byzantine {','.join(map(str, behaviours))}" if behaviours else ""
     self.emit(f"cluster {name}: n={n} f={f}{faulty}")
