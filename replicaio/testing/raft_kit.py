@@ -26,13 +26,16 @@ always has a timer armed.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from replicaio.check.raft import RaftChecker
 from replicaio.core.config import ClusterConfig
 from replicaio.core.effects import Request, TimerFired
+from replicaio.core.errors import ConfigError
 from replicaio.core.node import TICK_TIMER
 from replicaio.protocols.raft.messages import (
     AppendEntries,
@@ -53,6 +56,7 @@ from replicaio.protocols.raft.messages import (
     TimeoutNow,
     Voted,
 )
+from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft
 from replicaio.protocols.raft.state import Role
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
@@ -175,10 +179,54 @@ def format_kv_result(result: bytes) -> str:
 # -- the kit --------------------------------------------------------------------------------
 
 
-def raft_factory() -> Any:
+def raft_factory(params: RaftParams | None = None) -> Any:
+    """Raft + SMR + KV exactly as the registry's ``raft`` builds it, or with ``params``."""
     from replicaio.protocols.registry import protocol_factory
 
-    return protocol_factory("raft")
+    factory = protocol_factory("raft")
+    if params is None:
+        return factory
+    from replicaio.smr.protocol import SmrFactory
+
+    assert isinstance(factory, SmrFactory)
+    validated = params.validate()
+    return SmrFactory(
+        factory.name,
+        factory.resilience,
+        lambda context: Raft(context, validated),
+        factory.state_machine,
+        factory.params,
+        ordering_path=factory.ordering_path,
+        admin_types=factory.admin_types,
+    )
+
+
+# RaftParams fields the cluster line may set (integers, booleans as 0/1, mutant)
+RAFT_PARAMETERS = tuple(
+    item.name
+    for item in dataclasses.fields(RaftParams)
+    if item.name not in ("initial_voters", "join")
+)
+
+
+def configure(options: Mapping[str, str]) -> ProtocolKit:
+    values: dict[str, Any] = {}
+    defaults = RaftParams()
+    for key, text in options.items():
+        default = getattr(defaults, key)
+        if isinstance(default, str):
+            values[key] = text
+            continue
+        try:
+            number = int(text)
+        except ValueError:
+            raise ScenarioError(f"cluster: {key} must be an integer, got {text!r}") from None
+        values[key] = bool(number) if isinstance(default, bool) else number
+    try:
+        params = RaftParams(**values).validate()
+    except ConfigError as error:
+        raise ScenarioError(f"cluster: {error}") from None
+    return dataclasses.replace(raft_kit(), factory=raft_factory(params))
 
 
 def raft_checker(config: ClusterConfig) -> Checker:
@@ -364,4 +412,6 @@ def raft_kit() -> ProtocolKit:
         format_raft_message,
         show_choices=False,
         commands=RAFT_COMMANDS,
+        parameters=RAFT_PARAMETERS,
+        configure=configure,
     )

@@ -315,6 +315,10 @@ class ProtocolKit:
     format_message: Callable[[Any], str] = format_message
     show_choices: bool = True
     commands: Mapping[str, Callable[[Scenario, Command], None]] = field(default_factory=dict)
+    # Protocol parameters the ``cluster`` line may set (``name=value``), and how
+    # to build the kit with them (only called when some are given).
+    parameters: tuple[str, ...] = ()
+    configure: Callable[[Mapping[str, str]], ProtocolKit] | None = None
 
 
 def broadcast_kit(spec: BroadcastSpec) -> ProtocolKit:
@@ -719,14 +723,19 @@ CLUSTER_OPTIONS = ("protocol", "n", "f", "byzantine", "seed", "choose", "step_ma
 def cluster(self: Scenario, command_: Command) -> None:
     """cluster protocol=NAME n=N [f=F] [byzantine=ID:BEHAVIOUR,...] [seed=S]
     [choose=first|seeded] [step_max=K] [NodeParams field=value ...]"""
-    positional, options = command_.split(CLUSTER_OPTIONS)
-    no_more(command_, positional, "cluster protocol=NAME n=N [option=value ...]")
     if self.nodes:
         raise ScenarioError("cluster: a scenario has one cluster, already defined")
-    name = options.get("protocol")
+    _, named = command_.split(("protocol",))
+    name = named.get("protocol")
     kit = self.kits.get(name or "")
     if kit is None:
         raise ScenarioError(f"cluster: protocol= must be one of {', '.join(self.kits)}")
+    positional, options = command_.split(CLUSTER_OPTIONS + kit.parameters)
+    no_more(command_, positional, "cluster protocol=NAME n=N [option=value ...]")
+    protocol_options = {key: options[key] for key in kit.parameters if key in options}
+    if protocol_options:
+        assert kit.configure is not None
+        kit = kit.configure(protocol_options)
     if "n" not in options:
         raise ScenarioError("cluster: n= (number of nodes) is required")
     n = parse_int(options["n"], "n", 1)
@@ -753,7 +762,8 @@ def cluster(self: Scenario, command_: Command) -> None:
         self.handlers.setdefault(name_, handler)  # never over a built-in or a caller's
     self.checker = kit.checker(self.config) if kit.checker is not None else None
     faulty = f", byzantine {','.join(map(str, behaviours))}" if behaviours else ""
-    self.emit(f"cluster {name}: n={n} f={f}{faulty}")
+    shown = "".join(f" {key}={value}" for key, value in protocol_options.items())
+    self.emit(f"cluster {name}: n={n} f={f}{faulty}{shown}")
     for node_id in range(n):
         strategy = None
         if node_id in behaviours:
