@@ -75,7 +75,7 @@ from replicaio.testing.scenario import (
     take_quiet,
 )
 
-ELECT_ROUNDS_MAX = 4
+ELECT_ROUNDS_MAX = 32
 CLIENTS: weakref.WeakKeyDictionary[Scenario, int] = weakref.WeakKeyDictionary()
 
 
@@ -306,25 +306,35 @@ def role_of(node: ScenarioNode) -> Role:
     return raft_of(node).observe().role
 
 
+def campaigns(node: ScenarioNode) -> int:
+    core = node.core
+    assert core is not None
+    counters = core.counters
+    return counters.get("raft_election_timeouts", 0) + counters.get(
+        "raft_election_rounds_timed_out", 0
+    )
+
+
 def elect(scenario: Scenario, command: Command) -> None:
-    """elect NODE [quiet]: NODE's election timer runs out (again, until it campaigns)."""
+    """elect NODE [quiet]: NODE's election timer runs out: fire it until NODE
+    starts a campaign (a follower's first period may have heard from a leader;
+    a candidate's round re-sends its requests every heartbeat before it starts over)."""
     positional = list(command.words)
     scenario.quiet = take_quiet(positional)
     if len(positional) != 1:
         raise ScenarioError("elect: usage: elect NODE [quiet]")
     node = scenario.up_node(positional[0])
-    fired = 0
-    while True:
+    before = campaigns(node)
+    for _ in range(ELECT_ROUNDS_MAX):
         if not fire(scenario, node, ("election timeout",)):
             raise ScenarioError(f"elect: node {node.node_id} has no election timer armed")
-        fired += 1
-        if role_of(node) is not Role.FOLLOWER:
+        if not node.up or campaigns(node) > before:
             break
-        if fired >= ELECT_ROUNDS_MAX:
-            raise ScenarioError(
-                f"elect: node {node.node_id} still a follower after {ELECT_ROUNDS_MAX} timeouts"
-            )
-    if scenario.quiet:
+    else:
+        raise ScenarioError(
+            f"elect: node {node.node_id} did not campaign after {ELECT_ROUNDS_MAX} timeouts"
+        )
+    if scenario.quiet and node.up:
         scenario.emit(f"{node.node_id}: {role_of(node).value}")
 
 
