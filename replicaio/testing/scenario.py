@@ -1165,4 +1165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module under its own name: kits (raft_kit) import it by name, and
+    # their ScenarioErrors must be the class main() catches.
+    from replicaio.testing import scenario as canonical
+
+    sys.exit(canonical.main())
