@@ -14,6 +14,7 @@ goes through :class:`~replicaio.check.raft.RaftChecker`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import random
@@ -141,11 +142,16 @@ class Cluster:
 
         return choose
 
-    def start(self, *nodes: int) -> None:
+    def start(self, *nodes: int, join: bool = False) -> None:
+        """Start nodes (all by default); ``join``: on a new disk replacing a lost one."""
+        factory = self.factory
+        if join:
+            params = dataclasses.replace(self.params, join=True)
+            factory = Factory(params, self.factory.compact_every)
         for node in nodes or range(self.n):
             assert self.nodes[node] is None
             self.nodes[node] = Node(
-                node, self.config, self.factory, choose=self.choose_for(node), codec=self.codec
+                node, self.config, factory, choose=self.choose_for(node), codec=self.codec
             )
             self.step(node, Start(self.disks[node].recover()))
 
@@ -266,8 +272,8 @@ class Cluster:
     def crash_in_next_step(self, node: int, keep_unsynced: int) -> None:
         self.mid_step_crash[node] = keep_unsynced
 
-    def restart(self, node: int) -> None:
-        self.start(node)
+    def restart(self, node: int, *, join: bool = False) -> None:
+        self.start(node, join=join)
 
     def wipe(self, node: int) -> None:
         """Lose ``node``'s disk (it must be down)."""
@@ -312,9 +318,20 @@ class Cluster:
         return raft.commit_index >= raft.term_start_index
 
     def settled(self, node: int) -> bool:
-        """Leader ``node`` committed an entry of its term and has no change pending."""
+        """Leader ``node`` committed an entry of its term, has no change pending,
+        and registered the disk of every member it can reach."""
         raft = self.raft(node)
-        return self.committed_in_term(node) and raft.commit_index >= raft.log.config_index
+        config = raft.log.config
+        reachable = [
+            member for member, identity in (*config.voters, *config.learners)
+            if identity == 0 and self.nodes[member] is not None
+            and (node, member) not in self.blocked
+        ]
+        return (
+            self.committed_in_term(node)
+            and raft.commit_index >= raft.log.config_index
+            and not reachable
+        )
 
     def submit(self, node: int, batch: bytes) -> None:
         self.request(node, batch)

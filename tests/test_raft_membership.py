@@ -209,3 +209,30 @@ def test_6_k_admin_requests_are_refused_with_a_reason() -> None:
     single.start()
     single.elect(0)
     assert single.admin(0, "remove", 0) == "last_voter"
+
+
+def test_6_l_a_leader_that_appended_its_own_removal_and_crashed_does_not_block_the_rest() -> None:
+    """Voters {0, 1}; leader 1 appends its own removal ({0}), which never
+    reaches 0, and crashes. 0 cannot win alone ({0, 1} needs 1's vote, and
+    1's log is longer), so 1, out of its own latest configuration but still a
+    voter of the uncommitted one before it, campaigns, leads {0} until the
+    change commits, then steps down (section 6)."""
+    cluster = Cluster(3, preferred=1)
+    cluster.start()
+    cluster.elect(1)
+    assert cluster.admin(1, "remove", 2) is None
+    assert cluster.run(until=lambda: committed_config(cluster, 1))
+    cluster.drop = lambda source, destination, message: (
+        source == 1 and type(message) is AppendEntries
+        and any(entry.config is not None for entry in message.entries))
+    assert cluster.admin(1, "remove", 1) is None
+    cluster.run(5_000)
+    cluster.crash(1)
+    cluster.drop = None
+    cluster.restart(1)
+    assert voters(cluster, 1) == (0,) and voters(cluster, 0) == (0, 1)
+    cluster.preferred = 0
+    assert cluster.run(until=lambda: voters(cluster, 0) == (0,) and 0 in cluster.leaders())
+    cluster.submit(0, b"alone")
+    assert cluster.run(until=lambda: cluster.all_applied(b"alone", [0]))
+    cluster.assert_safe()

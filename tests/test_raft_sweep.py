@@ -19,15 +19,18 @@ from replicaio.protocols.raft import RaftParams
 LAST: dict[str, Cluster] = {}  # the last chaos cluster, for debugging
 
 def registered_everywhere(cluster: Cluster) -> bool:
-    """The leader's configuration knows every member's disk identity, committed."""
+    """Every node is up, and the leader's committed configuration registers the
+    disk each member has now: no earlier disk loss is still being repaired.
+    (Raft tolerates f nodes down or re-admitting a new disk; a majority of
+    blank disks would elect a blank leader, as no protocol can prevent.)"""
     leader = cluster.leader()
-    if leader is None:
+    if leader is None or len(cluster.up()) < cluster.n:
         return False
     view = cluster.view(leader)
     members = (*view.config.voters, *view.config.learners)
-    return all(identity for _, identity in members) and view.commit_index >= cluster.raft(
-        leader
-    ).log.config_index
+    current = all(identity == cluster.view(node).identity for node, identity in members)
+    settled = not view.config.promoting and len(view.config.voters) >= 3
+    return current and settled and view.commit_index >= cluster.raft(leader).log.config_index
 
 
 def chaos(seed: int, n: int = 5, params: RaftParams = FAST_PARAMS, rounds: int = 80,
@@ -41,6 +44,8 @@ def chaos(seed: int, n: int = 5, params: RaftParams = FAST_PARAMS, rounds: int =
     cluster.start()
     LAST["cluster"] = cluster
     down: dict[int, int] = {}  # node -> rounds until restart
+    repairing = False  # a wiped disk is not yet re-admitted
+    wiped: dict[int, None] = {}  # down with a new, empty disk: restart with join
     written = 0
     for _ in range(rounds):
         action = rng.random()
@@ -49,6 +54,8 @@ def chaos(seed: int, n: int = 5, params: RaftParams = FAST_PARAMS, rounds: int =
             target = rng.choice(up) if rng.random() < 0.3 else cluster.leader()
             if target is not None and target in up:
                 for _ in range(rng.randrange(1, 20)):
+                    if cluster.nodes[target] is None:
+                        break  # it crashed inside one of these steps
                     written += 1
                     cluster.submit(target, f"w{written}".encode())
         elif action < 0.45:
@@ -62,17 +69,20 @@ def chaos(seed: int, n: int = 5, params: RaftParams = FAST_PARAMS, rounds: int =
             cluster.partition(tuple(nodes[:cut]), tuple(nodes[cut:]))
         elif action < 0.65:
             cluster.heal()
-        elif action < 0.75 and len(down) < (n - 1) // 2 and len(up) > 1:
+        elif action < 0.75 and len(down) < (n - 1) // 2 and len(up) > 1 and not repairing:
+            # (while a lost disk is being repaired, no other crash)
             victim = rng.choice(up)
             if wipes and rng.random() < 0.2 and registered_everywhere(cluster):
                 cluster.crash(victim)
                 cluster.wipe(victim)
+                wiped[victim] = None
+                repairing = True
             elif rng.random() < 0.5:
                 cluster.crash_in_next_step(victim, rng.randrange(0, 6))
             else:
                 cluster.crash(victim, keep_unsynced=0)
             down[victim] = rng.randrange(1, 4)
-        elif action < 0.85 and membership:
+        elif action < 0.85 and membership and not repairing:
             leader = cluster.leader()
             if leader is not None:
                 target = rng.randrange(n)
@@ -85,20 +95,23 @@ def chaos(seed: int, n: int = 5, params: RaftParams = FAST_PARAMS, rounds: int =
             if down[node] <= 0:
                 del down[node]
                 if cluster.nodes[node] is None:
-                    cluster.restart(node)
+                    cluster.restart(node, join=node in wiped)
+                    wiped.pop(node, None)
         cluster.run(rng.randrange(2_000, 120_000))
+        if repairing and not down and registered_everywhere(cluster):
+            repairing = False
         # a pending mid-step crash that never found a step
         for node in list(cluster.mid_step_crash):
             if node not in down:
                 del cluster.mid_step_crash[node]
         cluster.assert_safe()
-    # Liveness: heal everything, restart the dead, re-add everyone, keep proposing.
+    # Liveness: heal everything, restart the dead, keep proposing.
     cluster.heal()
     cluster.loss = cluster.duplicate = 0.0
     cluster.mid_step_crash.clear()
     for node in range(n):
         if cluster.nodes[node] is None:
-            cluster.restart(node)
+            cluster.restart(node, join=node in wiped)
     cluster.checker.begin_liveness(cluster.now)
     for _ in range(60):
         leader = cluster.leader()

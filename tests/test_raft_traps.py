@@ -5,7 +5,8 @@
 * a leader isolated in a minority steps down (check-quorum) and serves no
   stale read, with or without check-quorum;
 * a node restarting with an empty disk is refused as a voter until it has
-  caught up and been re-admitted (disk identities, see membership.py);
+  caught up and been re-admitted (disk identities and ``RaftParams.join``,
+  see membership.py), and what goes wrong without ``join``;
 * membership changes during a partition.
 """
 
@@ -237,6 +238,50 @@ def test_empty_disk_acknowledgements_do_not_count_toward_commit() -> None:
     cluster.restart(1)
     assert cluster.run(until=lambda: cluster.all_applied(b"y"))
     cluster.assert_safe()
+
+
+def stale_candidate_and_blank_disk(join: bool) -> Cluster:
+    """Node 1 is cut off from the start, so its configuration never learns the
+    disk identities; x is committed by 0 and 2; 0 crashes and 2 loses its
+    disk. Only 1 (empty log, stale configuration) and the blank 2 remain."""
+    cluster = Cluster(3)
+    cluster.isolate(1)
+    cluster.start()
+    cluster.elect(0)
+    cluster.submit(0, b"x")
+    assert cluster.run(until=lambda: cluster.all_applied(b"x", [0, 2]))
+    cluster.crash(0)
+    cluster.crash(2)
+    cluster.wipe(2)
+    cluster.restart(2, join=join)
+    cluster.heal()
+    cluster.preferred = 1
+    cluster.run(1_000_000)
+    return cluster
+
+
+def test_a_joining_disk_does_not_vote_even_for_a_candidate_that_predates_its_registration() -> None:
+    cluster = stale_candidate_and_blank_disk(join=True)
+    assert cluster.leaders() == []  # 1 cannot win: the joining disk refuses
+    assert cluster.node_counters(2)["raft_vote_refused_disk_not_admitted"] >= 1
+    cluster.restart(0)
+    cluster.preferred = 0
+    assert cluster.run(until=lambda: 0 in cluster.leaders())
+    identity = cluster.view(2).identity
+    assert cluster.run(until=lambda: (2, identity) in cluster.view(2).config.voters)
+    assert cluster.raft(2).membership.may_vote()  # re-admitted
+    cluster.submit(0, b"after")
+    assert cluster.run(until=lambda: cluster.all_applied(b"after"))
+    cluster.assert_safe()
+
+
+def test_a_blank_disk_restarted_without_join_can_elect_a_stale_leader() -> None:
+    """Why ``RaftParams.join`` exists: a blank disk cannot tell a first boot
+    from a replacement, and a candidate whose configuration never registered
+    the lost disk counts its vote. The checkers see the loss."""
+    cluster = stale_candidate_and_blank_disk(join=False)
+    properties = {violation.property for violation in cluster.checker.violations}
+    assert properties & {"leader_completeness", "election_safety", "log_matching"}
 
 
 # -- membership changes during a partition -----------------------------------------------------

@@ -68,7 +68,7 @@ class Election:
     # -- follower -------------------------------------------------------------------
 
     def follower_tasks(self) -> list[Coroutine[Any, Any, None]]:
-        self.watching = self.raft.membership.is_voter(self.raft.id)
+        self.watching = self.raft.membership.may_campaign()
         return [self.watch_leader()] if self.watching else []
 
     async def watch_leader(self) -> None:
@@ -91,8 +91,8 @@ class Election:
         """Start a pre-vote, or (after it, without pre-vote, or on TimeoutNow)
         an election: term + 1, vote for self, RequestVote to every voter."""
         raft = self.raft
-        if not raft.membership.is_voter(raft.id):
-            raft.count("raft_campaign_not_voter")
+        if not raft.membership.may_campaign():
+            raft.count("raft_campaign_not_allowed")
             return
         # A campaigner follows no one, so it holds no leader lease.
         raft.leader_id = NO_NODE
@@ -227,6 +227,10 @@ class Election:
             return
         log = raft.log
         up_to_date = log.is_up_to_date(request.last_log_index, request.last_log_term)
+        if not raft.membership.may_vote():
+            # This disk replaced a lost one and is not re-admitted yet.
+            raft.count("raft_vote_refused_disk_not_admitted")
+            up_to_date = False
         if request.pre:
             # Grant what a real vote would get, but change nothing (thesis 9.6).
             granted = request.term > raft.hard.term and up_to_date

@@ -26,10 +26,20 @@ whose disk was wiped comes back with a new identity: its votes and
 acknowledgements no longer count; the leader demotes it to a learner with
 the new identity (one change), catches it up, and promotes it again (a
 second change). So a node that lost the votes and entries it acknowledged
-never counts toward a quorum until it holds the log again. Limitation: a
-disk lost before its identity was registered (the cluster's first
-moments) is not detected. Hosts must resolve ``random`` choice points
-randomly in production for identities to differ.
+never counts toward a quorum until it holds the log again.
+
+The node itself holds back too (:meth:`Membership.may_vote`): a node whose
+configuration registers another disk for it neither votes nor campaigns,
+and a node started with ``RaftParams.join`` on its new, empty disk (the
+operator says it replaces a lost one, as etcd's ``--initial-cluster-state
+existing``) neither votes nor campaigns until a configuration registers its
+new disk as a voter. That covers nodes whose configuration is too old to
+know the lost disk's identity: a blank disk cannot tell a first boot from a
+replacement, so the operator must. A leader registers a peer's identity only
+once the peer has caught up with the commit index. Limitation: a disk lost
+and restarted *without* ``join`` before every node's log registers its
+identity may still vote for a stale candidate. Hosts must resolve
+``random`` choice points randomly in production for identities to differ.
 """
 
 from __future__ import annotations
@@ -99,6 +109,33 @@ class Membership:
             if member == node:
                 return registered in (UNREGISTERED, identity)
         return False
+
+    def may_campaign(self) -> bool:
+        """A voter of the latest configuration may campaign; so may a voter of
+        the previous one while the latest, which removes it, is uncommitted
+        here (section 6: a server outside C_new may lead until C_new commits;
+        otherwise a leader that appended its own removal and crashed could
+        leave the others unable to elect anyone). Its disk must be admitted."""
+        raft = self.raft
+        log = raft.log
+        eligible = self.is_voter(raft.id)
+        if not eligible and log.config_index > raft.commit_index:
+            previous = log.config_at(log.config_index - 1)
+            eligible = any(member == raft.id for member, _ in previous.voters)
+        return eligible and self.may_vote()
+
+    def may_vote(self) -> bool:
+        """Whether this node may vote or campaign, given its disk. A disk that a
+        configuration registers for another identity replaced a lost one
+        (its votes and acknowledgements were lost with it); a joining disk
+        (``RaftParams.join``) waits until it is registered as a voter."""
+        raft = self.raft
+        if raft.joiner:
+            return any(
+                member == raft.id and registered == raft.identity
+                for member, registered in self.config.voters
+            )
+        return self.registered(raft.id) in (None, UNREGISTERED, raft.identity)
 
     def registered(self, node: int) -> int | None:
         config = self.config
@@ -170,10 +207,26 @@ class Membership:
                 return "last_voter"
             promoting = tuple(other for other in config.promoting if other != node)
             new = Config(without(config.voters, node), without(config.learners, node), promoting)
-        reason = self.can_change()
+        reason = self.can_change() or self.operation_in_progress(request)
         if reason is not None:
             return reason
         self.propose(new)
+        return None
+
+    def operation_in_progress(self, request: RaftAdmin) -> str | None:
+        """An operator's change waits while a voter's lost disk is being repaired
+        or a learner is being promoted (removing that learner cancels it):
+        shrinking the voters meanwhile could leave too few intact disks to
+        finish the repair, and an add is one operation, catch-up included."""
+        config = self.config
+        for node, registered in config.voters:
+            seen = self.identities_seen.get(node, UNREGISTERED)
+            if registered not in (UNREGISTERED, seen) and seen:
+                return "disk_replacement_in_progress"
+        if config.promoting and not (
+            request.action == "remove" and request.node in config.promoting
+        ):
+            return "promotion_in_progress"
         return None
 
     # -- the leader's changes, one at a time --------------------------------------------
@@ -248,9 +301,13 @@ class Membership:
                 return
 
     def registration(self, config: Config) -> Config:
-        """``config`` with every unknown identity that has been heard filled in."""
-        seen = dict(self.identities_seen)
-        seen[self.raft.id] = self.raft.identity
+        """``config`` with every unknown identity filled in that has been heard
+        from a peer whose log has caught up with the commit index."""
+        raft = self.raft
+        seen = {raft.id: raft.identity}
+        for node, progress in raft.replication.progress.items():
+            if progress.identity != UNREGISTERED and progress.match_index >= raft.commit_index:
+                seen[node] = progress.identity
 
         def fill(members: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
             return tuple(
@@ -266,7 +323,9 @@ class Membership:
         self.maybe_next_change()
 
     def on_progress(self, node: int) -> None:
-        if node in self.config.promoting:
+        """A peer's match index grew: it may now be caught up enough to be
+        promoted, or to have its disk identity registered."""
+        if node in self.config.promoting or self.registered(node) == UNREGISTERED:
             self.maybe_next_change()
 
     def on_commit(self) -> None:

@@ -31,6 +31,10 @@ class RaftParams:
     ``initial_voters``: the voters of the configuration the cluster starts
     with (``None``: every node of the cluster). Nodes outside the
     configuration idle until a membership change adds them.
+
+    ``join`` is the one per-node option: set it when starting a node on a new,
+    empty disk that replaces a lost one (etcd's ``--initial-cluster-state
+    existing``); it only matters on a blank disk.
     """
 
     heartbeat_us: int = 50_000
@@ -39,6 +43,10 @@ class RaftParams:
     pre_vote: bool = True
     check_quorum: bool = True
     initial_voters: tuple[int, ...] | None = None
+    # Per node start: this node starts an empty disk in an existing cluster (a
+    # replaced disk). It never votes or campaigns until a configuration
+    # registers its new disk as a voter (see membership.py).
+    join: bool = False
     # -- bounds ------------------------------------------------------------
     inflight_max: int = 8  # AppendEntries in flight per follower (pipelining window)
     entries_per_message_max: int = 64

@@ -91,6 +91,7 @@ class Raft:
         self.hard = HardState(context, forget_vote=self.mutant == "forget_vote")
         self.log = RaftLog(context, initial)
         self.identity = UNREGISTERED
+        self.joiner = False  # this disk replaced a lost one (RaftParams.join at its first start)
         self.role = Role.FOLLOWER
         self.leader_id = NO_NODE
         self.commit_index = 0
@@ -131,13 +132,14 @@ class Raft:
             raise UsageError("Raft.start before bind")
         assert not self.started
         self.started = True
-        identity = self.context.load("identity")
-        if identity is None:
-            # First start on this disk: a fresh identity, written before any
-            # other Raft state (see membership.py: disks that were lost).
-            identity = 1 + self.context.random_below(IDENTITY_MAX)
-            self.context.persist("identity", identity)
-        self.identity = int(identity)
+        stored = self.context.load("identity")
+        if stored is None:
+            # First start on this disk: a fresh identity (and whether the disk
+            # replaces a lost one), written before any other Raft state (see
+            # membership.py: disks that were lost).
+            stored = (1 + self.context.random_below(IDENTITY_MAX), self.params.join)
+            self.context.persist("identity", stored)
+        self.identity, self.joiner = int(stored[0]), bool(stored[1])
         self.hard.load()
         self.log.load()
         self.commit_index = self.applied_index = self.log.snapshot_index
@@ -292,7 +294,7 @@ class Raft:
             self.replication.sync_peers()
         elif self.role is Role.FOLLOWER:
             # A voter needs an election timer; a learner or outsider idles.
-            if self.election.watching != self.membership.is_voter(self.id):
+            if self.election.watching != self.membership.may_campaign():
                 self.become_follower(self.hard.term, NO_NODE, force=True)
-        elif not self.membership.is_voter(self.id):
+        elif not self.membership.may_campaign():
             self.become_follower(self.hard.term, NO_NODE)
