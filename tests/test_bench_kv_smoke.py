@@ -1,0 +1,37 @@
+"""The live KV benchmark harness still runs (replicaio only, tiny and bounded), so it
+cannot rot unnoticed. The anchors (PySyncObj, etcd, Redis) are not part of CI: they
+need installing, and ``bench/bench_kv.py`` is run by hand (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_kv.py"
+
+
+def test_bench_kv_against_replicaio_only_json_and_cleanup() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--systems", "replicaio", "--clients", "1,4",
+         "--workloads", "set,mixed", "--duration", "0.7", "--warmup", "0.2",
+         "--idle-seconds", "0", "--redis-benchmark", "", "--pysyncobj-memory", "",
+         "--no-install", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["skipped"].get("replicaio") is None, report["skipped"]
+    rows = {(row["workload"], row["clients"]): row for row in report["rows"]}
+    assert set(rows) == {("set", 1), ("set", 4), ("mixed", 1), ("mixed", 4)}
+    for row in rows.values():
+        assert row["system"] == "replicaio"
+        assert row["ops"] > 0 and row["ops_per_s"] > 0
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+    conditions = report["conditions"]
+    assert conditions["value_bytes"] == 100
+    assert conditions["disk_fdatasync_4k"]["p50_ms"] > 0
+    assert report["systems"]["replicaio"]["nodes"] == 3
+    # Every process was stopped and the temporary directory removed.
+    assert not Path(report["workdir"]["path"]).exists()
