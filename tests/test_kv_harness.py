@@ -142,6 +142,12 @@ def one_client(**changes: Any) -> tuple[KvHarness, FakeApi]:
     workload = KvWorkload(clients=1, ops=3, think_us_max=0, mix=(("incr", 1),), **changes)
     harness.requests(kv_options(1, 3, (), workload))
     api.advance(0)
+    # A new client id registers its session first (seq 1, empty command).
+    node, registration = last_request(api)
+    assert (registration.client, registration.seq, registration.command) == (0, 1, b"")
+    assert harness.on_output(node, Reply(0, 1, b"", node), api.time) == []
+    api.advance(api.time)
+    assert harness.operations() and harness.operations()[0].status == INFO  # invoked
     return harness, api
 
 
@@ -154,23 +160,23 @@ def last_request(api: FakeApi) -> tuple[int, ClientRequest]:
 def test_retries_keep_client_and_seq_and_follow_redirects() -> None:
     harness, api = one_client()
     node, first = last_request(api)
-    assert (first.client, first.seq) == (0, 1)
+    assert (first.client, first.seq) == (0, 2)
     api.advance(api.time + 600_000)  # the attempt times out: retried elsewhere
     _, retry = last_request(api)
-    assert (retry.client, retry.seq, retry.command) == (0, 1, first.command)
-    harness.on_output(1, Redirect(0, 1, 2), api.time)
+    assert (retry.client, retry.seq, retry.command) == (0, 2, first.command)
+    harness.on_output(1, Redirect(0, 2, 2), api.time)
     api.advance(api.time)
     node, redirected = last_request(api)
     assert node == 2
-    assert (redirected.client, redirected.seq) == (0, 1)
-    harness.on_output(2, Reply(0, 1, KeyValueStateMachine().apply(redirected.command), 2),
+    assert (redirected.client, redirected.seq) == (0, 2)
+    harness.on_output(2, Reply(0, 2, KeyValueStateMachine().apply(redirected.command), 2),
                       api.time)
     [op] = harness.operations()
     assert op.status == OK
     assert op.output is not None
     api.advance(api.time)
     _, second = last_request(api)
-    assert (second.client, second.seq) == (0, 2)
+    assert (second.client, second.seq) == (0, 3)
 
 
 def test_an_unknown_outcome_retires_the_client_id() -> None:
@@ -181,26 +187,27 @@ def test_an_unknown_outcome_retires_the_client_id() -> None:
     ops = harness.operations()
     assert ops[0].status == INFO
     _, request = last_request(api)
-    assert request.client != 0 and request.seq == 1
+    # the new id registers first
+    assert request.client != 0 and request.seq == 1 and request.command == b""
     # A late reply to the retired id is no violation, and changes nothing.
-    assert harness.on_output(0, Reply(0, 1, b"", 0), api.time) == []
+    assert harness.on_output(0, Reply(0, 2, b"", 0), api.time) == []
     assert harness.operations()[0].status == INFO
 
 
 def test_an_operation_refused_by_every_attempt_fails() -> None:
     harness, api = one_client(attempts_max=2, backoff_us=10)
-    harness.on_output(0, Rejected(0, 1, "busy"), api.time)
+    harness.on_output(0, Rejected(0, 2, "busy"), api.time)
     api.advance(api.time + 10)
-    harness.on_output(1, Redirect(0, 1, -1), api.time)
+    harness.on_output(1, Redirect(0, 2, -1), api.time)
     api.advance(api.time + 10)
     assert harness.operations()[0].status == "fail"
     _, request = last_request(api)
-    assert (request.client, request.seq) == (0, 2)  # certain: the id carries on
+    assert (request.client, request.seq) == (0, 3)  # certain: the id carries on
 
 
 def test_a_session_error_for_a_current_request_is_a_violation() -> None:
     harness, api = one_client()
-    found = harness.on_output(0, Rejected(0, 1, "stale_seq"), api.time)
+    found = harness.on_output(0, Rejected(0, 2, "stale_seq"), api.time)
     assert [v.property for v in found] == ["smr_session"]
     found = harness.on_output(0, Reply(77, 1, b"", 0), api.time)
     assert [v.property for v in found] == ["smr_reply_integrity"]
@@ -211,7 +218,7 @@ def test_kv_errors_are_recorded_as_failures() -> None:
     kv = KeyValueStateMachine()
     kv.apply(encode_command("incr", b"n", (1 << 63) - 1))
     overflow = kv.apply(encode_command("incr", b"n", 1))  # executed, changed nothing
-    harness.on_output(0, Reply(0, 1, overflow, 0), api.time)
+    harness.on_output(0, Reply(0, 2, overflow, 0), api.time)
     assert harness.operations()[0].status == "fail"
 
 

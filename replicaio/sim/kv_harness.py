@@ -161,6 +161,12 @@ class PlannedOp:
     command: bytes
 
 
+# A new client id first registers its session (an empty command: SMR opens the
+# session and runs nothing), so that no retry of a real operation can ever be
+# mistaken for a first request after its session was evicted. Not recorded.
+REGISTER = PlannedOp("register", "", None, None, False, b"")
+
+
 @dataclass(slots=True)
 class Client:
     """One closed-loop client slot (its id changes after an unknown outcome)."""
@@ -352,6 +358,20 @@ class KvHarness:
             client.idle = True
             return
         client.idle = False
+        if client.seq == 0:
+            self.register(client)
+            return
+        self.begin_op(client)
+
+    def register(self, client: Client) -> None:
+        client.seq = 1
+        client.op = REGISTER
+        client.handle = None
+        client.attempts = client.refusals = 0
+        client.started_us = self.require_api().now()
+        self.attempt(client)
+
+    def begin_op(self, client: Client) -> None:
         op = self.plan()
         client.seq += 1
         client.op = op
@@ -452,6 +472,12 @@ class KvHarness:
         self.retry_later(client, self.workload.backoff_us)
 
     def complete(self, client: Client, reply: Reply) -> None:
+        if client.op is REGISTER:
+            client.op = None
+            client.token += 1
+            client.target = reply.replica
+            self.begin_op(client)
+            return
         op = client.op
         handle = client.handle
         assert op is not None and handle is not None
@@ -473,6 +499,13 @@ class KvHarness:
         self.finish_op(client)
 
     def give_up(self, client: Client) -> None:
+        if client.op is REGISTER:  # nothing recorded; start over under a new id
+            client.op = None
+            client.token += 1
+            self.new_identity(client)
+            api = self.require_api()
+            api.call_at(api.now() + self.workload.backoff_us, lambda: self.register(client))
+            return
         handle = client.handle
         assert handle is not None
         recorder = self.require_recorder()

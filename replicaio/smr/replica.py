@@ -455,17 +455,17 @@ class Replica:
                 del self.waiting[client]
                 self.context.output(Rejected(client, seq, "session_expired"))
             return
-        elif not request.command:
-            # Registration: an empty command opens a session and runs nothing,
-            # so a retried registration is harmless (Raft thesis, 6.3).
-            result = b""
-            self.sessions.record(client, seq, result, index)
-            self.context.count("smr_sessions_registered")
         else:
             evictions = self.sessions.evictions
-            result = self.state_machine.apply(request.command)
+            if request.command:
+                result = self.state_machine.apply(request.command)
+                self.context.count("smr_requests_applied")
+            else:
+                # Registration: an empty command opens a session and runs nothing,
+                # so a retried registration is harmless (Raft thesis, 6.3).
+                result = b""
+                self.context.count("smr_sessions_registered")
             self.sessions.record(client, seq, result, index)
-            self.context.count("smr_requests_applied")
             if self.sessions.evictions != evictions:
                 self.context.count("smr_sessions_evicted")
         if self.waiting.get(client) == seq:
