@@ -239,3 +239,16 @@ def test_a_slow_client_is_disconnected_and_history_is_bounded() -> None:
     assert host.counters.get("bound_client_queue_max") == 1
     assert len(service.history) == 2
     assert host.counters.get("bound_client_history_max") == 3
+
+
+def test_random_choice_points_are_drawn_and_recorded_other_choices_take_the_first(
+    tmp_path: Path,
+) -> None:
+    """Live nodes must not all draw the same election timeout or disk identity."""
+    cluster = cluster_file(tmp_path, 1)
+    host = NodeHost(cluster, 0)
+    draws = {host.choose("random", 1 << 40) for _ in range(8)}
+    assert len(draws) > 1
+    assert host.choose("first", 3) == 0
+    assert [label for label, _, _ in host.choices] == ["random"] * 8 + ["first"]
+    assert {index for _, _, index in host.choices[:8]} == draws  # replay gets them back

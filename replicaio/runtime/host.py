@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +86,7 @@ class NodeHost:
         self.inbox: asyncio.Queue[tuple[Any, ...]] | None = None
         self.slots: asyncio.Semaphore | None = None
         self.choices: list[Choice] = []
+        self.random = random.SystemRandom()
         self.timer_tokens: dict[int, int] = {}
         self.timer_handles: dict[int, asyncio.TimerHandle] = {}
         self.timers_to_arm: dict[int, int] = {}
@@ -221,9 +223,13 @@ class NodeHost:
         self.inbox.put_nowait((TIMER, timer_id, token))
 
     def choose(self, label: str, count: int) -> int:
-        """Production default for choice points: the first alternative, recorded."""
-        self.choices.append((label, count, 0))
-        return 0
+        """Resolve a choice point, recorded for replay. ``random`` choice points
+        (``ctx.random_below``: Raft's election timeouts and disk identities) are
+        drawn from the operating system's entropy, so nodes do not all draw the
+        same value; every other choice takes the first alternative."""
+        index = self.random.randrange(count) if label == "random" else 0
+        self.choices.append((label, count, index))
+        return index
 
     # -- the batch loop ----------------------------------------------------------------------
 
