@@ -46,7 +46,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from replicaio.core.codec import Codec, DecodeError, Value, message
@@ -147,33 +147,35 @@ class StreamClientConnection:
         self.wakeup = asyncio.Event()
 
 
-class StreamService:
-    """Requests in, every output out; see the module docstring."""
+ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class ListeningService:
+    """What every client service shares: the TCP listener, the tasks serving its
+    connections (``track`` each at its start), and an orderly ``close``."""
 
     def __init__(self) -> None:
-        self.host: ServiceHost | None = None
-        self.params = HostParams()
         self.server: asyncio.Server | None = None
-        self.clients: set[StreamClientConnection] = set()
-        self.history: deque[bytes] = deque()
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.warn = RateLimitedLog(logger)
 
-    async def start(self, host: ServiceHost, address: Address, params: HostParams) -> None:
-        self.host = host
-        self.params = params
+    async def listen(self, address: Address, on_client: ClientHandler) -> None:
+        """Accept connections on ``address``; each is served by ``on_client``."""
         self.server = await asyncio.start_server(
-            self.on_client, address.host, address.port, reuse_address=True
+            on_client, address.host, address.port, reuse_address=True
         )
+
+    def track(self) -> None:
+        """Called first by a connection's handler: ``close`` will cancel it."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     @property
     def port(self) -> int:
         assert self.server is not None
         port: int = self.server.sockets[0].getsockname()[1]
         return port
-
-    def connections(self) -> int:
-        return len(self.clients)
 
     async def close(self) -> None:
         if self.server is not None:
@@ -184,6 +186,26 @@ class StreamService:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.wait_closed()
+
+
+class StreamService(ListeningService):
+    """Requests in, every output out; see the module docstring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.host: ServiceHost | None = None
+        self.params = HostParams()
+        self.clients: set[StreamClientConnection] = set()
+        self.history: deque[bytes] = deque()
+        self.warn = RateLimitedLog(logger)
+
+    async def start(self, host: ServiceHost, address: Address, params: HostParams) -> None:
+        self.host = host
+        self.params = params
+        await self.listen(address, self.on_client)
+
+    def connections(self) -> int:
+        return len(self.clients)
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -214,10 +236,7 @@ class StreamService:
     async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host = self.host
         assert host is not None
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.track()
         if len(self.clients) >= self.params.client_connections_max:
             host.counters.count("bound_client_connections_max")
             writer.close()

@@ -70,7 +70,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from replicaio import __version__
-from replicaio.runtime.client import ServiceHost, register_service
+from replicaio.runtime.client import ListeningService, ServiceHost, register_service
 from replicaio.runtime.config import Address, ClusterFileError, HostParams
 from replicaio.runtime.logs import RateLimitedLog
 from replicaio.services.kv.redis_commands import (
@@ -303,17 +303,16 @@ def settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
         future.set_result(outcome)
 
 
-class RespService:
+class RespService(ListeningService):
     """The ``resp`` client service; see the module docstring."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.host: ServiceHost | None = None
         self.host_params = HostParams()
         self.params = RespParams()
         self.limits = self.params.limits()
-        self.server: asyncio.Server | None = None
         self.connections_open: set[Connection] = set()
-        self.tasks: set[asyncio.Task[Any]] = set()
         self.waiters: dict[int, Waiter] = {}
         self.connection_next = 0
         self.client_next = 0  # SMR client ids handed out in this incarnation
@@ -342,28 +341,10 @@ class RespService:
         self.params = parse_resp_params(getattr(cluster, "service_params", None) or {})
         self.limits = self.params.limits()
         self.node_id = int(getattr(host, "node_id", 0))
-        self.server = await asyncio.start_server(
-            self.on_client, address.host, address.port, reuse_address=True
-        )
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        port: int = self.server.sockets[0].getsockname()[1]
-        return port
+        await self.listen(address, self.on_client)
 
     def connections(self) -> int:
         return len(self.connections_open)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for task in list(self.tasks):
-            task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.server is not None:
-            await self.server.wait_closed()
 
     def on_outputs(self, outputs: list[Any]) -> None:
         """Replies, redirections and refusals for our connections' requests."""
@@ -395,10 +376,7 @@ class RespService:
     async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host = self.host
         assert host is not None
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.track()
         ready = getattr(host, "ready", None)
         if isinstance(ready, asyncio.Event):
             await ready.wait()  # the incarnation is known once the node has started
