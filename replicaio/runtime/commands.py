@@ -44,9 +44,8 @@ SECRET_FILE = "cluster.key"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def add_runtime_commands(commands: Any) -> None:
-    """Add the runtime subcommands to the ``replicaio`` parser's subparsers."""
-    node = commands.add_parser("node", help="run one node of a live cluster")
+def add_node_arguments(node: argparse.ArgumentParser) -> None:
+    """The options of every "run one node" command (``node``, ``kv node``)."""
     node.add_argument("--config", required=True, help="the TOML cluster file")
     node.add_argument("--id", type=int, required=True, help="this node's id")
     node.add_argument("--event-log", default=None,
@@ -54,6 +53,18 @@ def add_runtime_commands(commands: Any) -> None:
     node.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     node.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                       help="event loop (auto: uvloop when installed)")
+
+
+def add_down_arguments(down: argparse.ArgumentParser) -> None:
+    """The options of every "stop a local cluster" command."""
+    down.add_argument("--data-dir", required=True)
+    down.add_argument("--timeout", type=float, default=10.0)
+
+
+def add_runtime_commands(commands: Any) -> None:
+    """Add the runtime subcommands to the ``replicaio`` parser's subparsers."""
+    node = commands.add_parser("node", help="run one node of a live cluster")
+    add_node_arguments(node)
     node.set_defaults(handler=command_node)
 
     cluster = commands.add_parser("cluster", help="start or stop a local cluster of processes")
@@ -72,8 +83,7 @@ def add_runtime_commands(commands: Any) -> None:
     up.add_argument("--ready-timeout", type=float, default=20.0)
     up.set_defaults(handler=command_cluster_up)
     down = actions.add_parser("down", help="stop the cluster started in --data-dir")
-    down.add_argument("--data-dir", required=True)
-    down.add_argument("--timeout", type=float, default=10.0)
+    add_down_arguments(down)
     down.set_defaults(handler=command_cluster_down)
 
     broadcast = commands.add_parser("broadcast", help="broadcast a value through one node")

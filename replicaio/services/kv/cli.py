@@ -32,8 +32,9 @@ from replicaio.runtime.commands import (
     CLUSTER_FILE,
     EXIT_FAILED,
     EXIT_OK,
-    LOG_LEVELS,
     SECRET_FILE,
+    add_down_arguments,
+    add_node_arguments,
     command_node,
     running_pids,
     stop_cluster,
@@ -62,16 +63,10 @@ def add_kv_commands(commands: Any) -> None:
     up.add_argument("--ready-timeout", type=float, default=30.0)
     up.set_defaults(handler=command_kv_up)
     down = actions.add_parser("down", help="stop the KV cluster started in --data-dir")
-    down.add_argument("--data-dir", required=True)
-    down.add_argument("--timeout", type=float, default=10.0)
+    add_down_arguments(down)
     down.set_defaults(handler=command_kv_down)
     node = actions.add_parser("node", help="run one node of a KV cluster")
-    node.add_argument("--config", required=True, help="the TOML cluster file")
-    node.add_argument("--id", type=int, required=True, help="this node's id")
-    node.add_argument("--event-log", default=None,
-                      help="record every step to FILE (replay with `replicaio replay`)")
-    node.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    node.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    add_node_arguments(node)
     node.set_defaults(handler=command_kv_node)
 
 
