@@ -323,3 +323,66 @@ def test_restart_resumes_an_instance_in_progress() -> None:
     # two READYs justify its own (f + 1), which makes 2f + 1 with them: delivered
     assert outputs == [[], [Delivered(1, 0, b"v")], []]
     assert restarted.node.counters == {}
+
+
+# -- a Byzantine peer and a crash mid-collection (regressions, issue 7) -------------
+
+
+@pytest.mark.parametrize("seq", [0, 1, WINDOW - 1])
+def test_a_peer_message_never_opens_an_instance_only_its_owner_may_open(seq: int) -> None:
+    # One junk ECHO from node 3 for node 0's own next instance used to open it with
+    # no value; node 0's broadcast then started a second copy of the same instance
+    # and "instance delivered twice" escaped Node.step.
+    host = Host(SmallBracha)
+    effects = host.send(3, 0, seq, b"junk", channel="ECHO")
+    assert not effects.outputs
+    assert host.node.counters == {"ignored_own_instance_not_opened": 1}
+    assert instance_path(0, seq) not in host.node.routes
+    assert not host.node.acks_pending[3]
+    for index in range(seq + 1):
+        effects = host.step(Request(b"real%d" % index))
+        assert effects.outputs == [Accepted(0, index, b"real%d" % index)]
+    assert host.instances.next_seq == seq + 1
+
+
+def test_a_peer_message_for_an_own_instance_in_progress_reaches_it() -> None:
+    host = Host(SmallBracha)
+    host.step(Request(b"mine"))
+    host.send(1, 0, 0, b"mine", channel="ECHO")
+    assert host.node.counters == {}
+    assert instance_path(0, 0) in host.node.routes
+
+
+def test_every_prefix_of_a_collecting_step_restarts_without_delivering_again() -> None:
+    # Collection used to erase the delivered record before saving the advanced
+    # watermark: a crash keeping a prefix of the step's writes restarted with the
+    # old watermark and no record, and a peer's retransmission delivered again.
+    host = Host()
+    for seq in range(RETAINED):
+        host.send(1, 1, seq, b"v%d" % seq)
+    before = dict(host.storage)
+    effects = host.send(1, 1, RETAINED, b"v%d" % RETAINED)  # collects seq 0
+    assert host.instances.low[1] == 1
+    writes = effects.persists
+    for cut in range(len(writes) + 1):
+        storage = dict(before)
+        for key, value in writes[:cut]:
+            if value is None:
+                storage.pop(key, None)
+            else:
+                storage[key] = value
+        restarted = Host(storage=storage)
+        # delivered before the step (their outputs left), or re-announced at start
+        seen = {(1, seq) for seq in range(RETAINED)}
+        seen |= {(o.sender, o.seq) for o in restarted.start_effects.outputs}
+        for seq in range(RETAINED + 1):
+            effects = restarted.send(1, 1, seq, b"v%d" % seq)
+            fresh = [o for o in effects.outputs if isinstance(o, Delivered)]
+            for output in fresh:
+                assert (output.sender, output.seq) not in seen, (cut, output)
+                seen.add((output.sender, output.seq))
+        # whatever lies below the watermark is erased at start
+        low = restarted.instances.low[1]
+        assert all(
+            f"sbcast#delivered:1:{seq}" not in restarted.storage for seq in range(low)
+        ), cut

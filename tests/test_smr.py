@@ -33,7 +33,7 @@ from replicaio.smr.api import (
     Rejected,
     Reply,
 )
-from replicaio.smr.messages import Applied, Batch, Forward, ReadIndexRequest
+from replicaio.smr.messages import Applied, Batch, Forward, ReadIndexReply, ReadIndexRequest
 from replicaio.smr.params import SmrParams
 from replicaio.smr.protocol import SmrFactory, SmrProtocol
 from replicaio.smr.replica import SmrSnapshotError, decode_snapshot, encode_snapshot
@@ -696,3 +696,45 @@ def test_applied_outputs_fingerprint_every_batch_on_every_replica() -> None:
     applied = [[o for o in cluster.outputs[i] if isinstance(o, Applied)] for i in range(3)]
     assert applied[0] == applied[1] == applied[2]
     assert [a.index for a in applied[0]] == [1]
+
+
+def test_a_read_index_reply_delayed_across_a_restart_never_serves_a_new_read() -> None:
+    # Regression (issue 7): read numbers restarted at 0 in every incarnation and a
+    # reply was matched by its number alone, so a reply to the previous
+    # incarnation's read completed a new read at an old index: a stale read.
+    cluster = Cluster()
+    cluster.request(0, write(1, 1, "put", b"k", b"old"))
+    cluster.hold = lambda s, d, body: isinstance(body, ReadIndexReply)
+    cluster.request(2, read(5, 1, b"k"))  # the leader's answer (index 1) is delayed
+    stale = list(cluster.held)
+    assert len(stale) == 1
+    cluster.held.clear()
+    cluster.hold = None
+    cluster.restart(2)
+    cluster.take(2)
+    cluster.hold = lambda s, d, body: d == 2 and isinstance(body, (Notice, ReadIndexRequest))
+    cluster.request(0, write(1, 2, "put", b"k", b"new"))  # acknowledged by the leader
+    assert cluster.kv(2).data == {b"k": b"old"}  # node 2 lags one batch
+    cluster.hold = lambda s, d, body: isinstance(body, (Notice, ReadIndexRequest))
+    cluster.request(2, read(6, 1, b"k"))  # a new read; its request to the leader is held
+    cluster.network.extend(stale)  # the old reply finally arrives
+    cluster.settle()
+    assert cluster.take(2) == []  # not answered from the old index
+    assert cluster.counter(2, "smr_read_index_reply_stale") == 1
+    cluster.release()
+    assert value_of(cluster.take(2)[0]) == b"new"
+
+
+def test_a_read_index_reply_from_a_replica_not_asked_is_dropped() -> None:
+    cluster = Cluster()
+    cluster.request(0, write(1, 1, "put", b"k", b"v"))
+    cluster.hold = lambda s, d, body: isinstance(body, ReadIndexRequest)
+    cluster.request(2, read(5, 1, b"k"))
+    number = next(iter(cluster.protocol(2).replica.remote_reads))
+    forged = ReadIndexReply(number, 0, 1)  # node 1 was not asked
+    cluster.network.append((1, 2, CODEC.encode(forged)))
+    cluster.settle()
+    assert cluster.take(2) == []
+    assert cluster.counter(2, "smr_read_index_reply_wrong_source") == 1
+    cluster.release()
+    assert value_of(cluster.take(2)[0]) == b"v"

@@ -88,6 +88,8 @@ T = TypeVar("T")
 
 SNAPSHOT_FORMAT = "replicaio.smr"
 SNAPSHOT_VERSION = 1
+# Read numbers are (incarnation << READ_NUMBER_BITS) | a counter of this incarnation.
+READ_NUMBER_BITS = 32
 
 
 class SmrSnapshotError(UsageError):
@@ -172,8 +174,9 @@ class Replica:
         self.inflight: dict[int, Task[None] | None] = {}
         self.batch_next = 0
         self.reads_active = 0
-        self.read_next = 0
-        self.remote_reads: dict[int, Line[tuple[int, int]]] = {}
+        self.read_next = 0  # low bits of the next read number; see next_read_number
+        # read number -> (the replica asked, the line its answer sets)
+        self.remote_reads: dict[int, tuple[int, Line[tuple[int, int]]]] = {}
         self.applied_waiters: dict[int, Line[None]] = {}
         self.kick: Line[None] | None = None
         self.kicked = False
@@ -372,11 +375,7 @@ class Replica:
             self.on_read_index_request(source, message)
         else:
             assert type(message) is ReadIndexReply
-            line = self.remote_reads.get(message.number)
-            if line is None or line.ready:
-                self.context.count("smr_read_index_reply_stale")
-                return
-            line.set((message.index, message.leader))
+            self.on_read_index_reply(source, message)
 
     def on_forward(self, source: int, forward: Forward) -> None:
         stream = self.stream
@@ -487,16 +486,35 @@ class Replica:
         if not (self.params.forward and 0 <= leader < self.context.n and leader != self.context.id):
             self.redirect(request.client, request.seq, leader)
             return None
-        number = self.read_next
-        self.read_next += 1
+        number = self.next_read_number()
         remote: Line[tuple[int, int]] = Line(self.context.node.scheduler, f"smr.read{number}")
-        self.remote_reads[number] = remote
+        self.remote_reads[number] = (leader, remote)
         stream = self.stream
         assert stream is not None
         stream.send(leader, ReadIndexRequest(number))
         self.context.count("smr_read_index_asked")
         self.spawn_read(self.serve_remote_read(request, number, remote))
         return None
+
+    def next_read_number(self) -> int:
+        """A read number never used before by this node, in any incarnation (the
+        incarnation is durable and grows at every start): a reply delayed across a
+        restart then matches no read of the new incarnation."""
+        number = (self.context.node.incarnation << READ_NUMBER_BITS) | self.read_next
+        self.read_next = (self.read_next + 1) % (1 << READ_NUMBER_BITS)
+        return number
+
+    def on_read_index_reply(self, source: int, message: ReadIndexReply) -> None:
+        """A read index from the replica this node asked; anything else is dropped."""
+        found = self.remote_reads.get(message.number)
+        if found is None or found[1].ready:
+            self.context.count("smr_read_index_reply_stale")
+            return
+        asked, line = found
+        if source != asked:
+            self.context.count("smr_read_index_reply_wrong_source")
+            return
+        line.set((message.index, message.leader))
 
     def spawn_read(self, coroutine: Any) -> None:
         self.reads_active += 1

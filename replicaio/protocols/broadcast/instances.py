@@ -112,12 +112,16 @@ class Instances:
             recovered.append((int(sender_text), int(seq_text), name))
         # numeric order: each sender's deliveries are re-announced by sequence number
         for sender, seq, name in sorted(recovered):
-            if seq >= self.low[sender]:
+            if seq < self.low[sender]:
+                # a crash during collection, after the watermark was saved
+                self.context.erase(name)
+            else:
                 self.delivered[sender][seq] = None
                 value = context.load(name)
                 context.output(Delivered(sender, seq, value, recovered=True))
         prefix_length = len(context.path)
         in_progress: list[tuple[int, int]] = []
+        stale: list[tuple[int, int]] = []  # sent below the watermark: collected
         for path in context.node.sent:
             if path[:prefix_length] != context.path or len(path) != prefix_length + 2:
                 continue
@@ -125,8 +129,12 @@ class Instances:
             assert isinstance(found_sender, int)
             assert isinstance(found_seq, int)
             delivered = self.delivered[found_sender]
-            if found_seq >= self.low[found_sender] and found_seq not in delivered:
+            if found_seq < self.low[found_sender]:
+                stale.append((found_sender, found_seq))
+            elif found_seq not in delivered:
                 in_progress.append((found_sender, found_seq))
+        for sender, seq in sorted(stale):
+            context.child(sender, seq).forget()
         mine = [seq for sender, seq in in_progress if sender == context.id]
         mine += list(self.delivered[context.id])
         self.next_seq = max([self.low[context.id], *(seq + 1 for seq in mine)])
@@ -165,6 +173,12 @@ class Instances:
             return Ignore("instance_delivered", acknowledge=True)
         if seq >= self.low[sender] + self.window_max:
             return Ignore("instance_beyond_window", acknowledge=False)
+        if sender == self.context.id:
+            # Only this node opens its own instances (by a request, or at restart
+            # from what it sent). A peer's message for one it has not opened is a
+            # Byzantine peer's or a stale one: opening it early, without a value,
+            # would run a second copy once the request comes.
+            return Ignore("own_instance_not_opened", acknowledge=False)
         return self.open(sender, seq, None)
 
     def open(self, sender: int, seq: int, value: Any, *, delivered: bool = False) -> Context:
@@ -200,13 +214,23 @@ class Instances:
     def collect(self, sender: int) -> None:
         """Forget the oldest delivered instances beyond ``retained_max``."""
         delivered = self.delivered[sender]
-        moved = False
-        while len(delivered) > self.retained_max and self.low[sender] in delivered:
-            seq = self.low[sender]
+        low = self.low[sender]
+        while len(delivered) - (low - self.low[sender]) > self.retained_max and low in delivered:
+            low += 1
+        if low == self.low[sender]:
+            return
+        # The watermark is durable before anything below it is erased: a crash
+        # keeping any prefix of this step's writes restarts with the new
+        # watermark (and ``start`` erases what is left below it) or with the old
+        # one and every record intact. Never a collected instance without its
+        # record, which a peer's retransmission would deliver again.
+        self.context.persist(f"low:{sender}", low)
+        for seq in range(self.low[sender], low):
+            self.erase_instance(sender, seq)
             del delivered[seq]
-            self.context.child(sender, seq).forget()
-            self.context.erase(f"delivered:{sender}:{seq}")
-            self.low[sender] = seq + 1
-            moved = True
-        if moved:
-            self.context.persist(f"low:{sender}", self.low[sender])
+        self.low[sender] = low
+
+    def erase_instance(self, sender: int, seq: int) -> None:
+        """Close instance ``(sender, seq)`` and drop everything stored for it."""
+        self.context.child(sender, seq).forget()
+        self.context.erase(f"delivered:{sender}:{seq}")
