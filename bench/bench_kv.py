@@ -23,8 +23,9 @@ closed loop of 1, 16, 64 and 256 concurrent clients (``--clients``), each with
 one request outstanding; 100% SET and 50/50 GET/SET. Each cell warms up for
 ``--warmup`` seconds, then measures for ``--duration`` seconds: throughput is
 the requests completed inside the window per second, p50/p99 their latencies.
-``--repeat`` runs every cell several times and keeps the median throughput
-(with its latencies); the spread is in the JSON.
+``--repeat`` (odd, default 3) runs every cell several times and keeps the run
+with the median throughput (with its latencies); every run's throughput is
+printed beside it and kept in the JSON.
 
 How each system is driven (this affects fairness; docs/benchmarks.md):
 
@@ -1208,7 +1209,11 @@ def measure_cell(system: System, clients: int, workload: str, seed: int) -> dict
 
 def median_row(system: str, workload: str, clients: int,
                runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median throughput (its latencies with it), and every run's figure."""
+    """The run with the median throughput (its latencies with it), and every run's figure.
+
+    ``runs`` has an odd length (``--repeat`` is checked), so the median is one real run.
+    """
+    assert len(runs) % 2 == 1, len(runs)
     ranked = sorted(runs, key=lambda run: run["ops_per_s"])
     median = dict(ranked[(len(ranked) - 1) // 2])
     median["runs_ops_per_s"] = [run["ops_per_s"] for run in runs]
@@ -1247,11 +1252,12 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  {name}: {info}")
     print()
     print(f"{'system':<18}{'workload':<8}{'clients':>8}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'srv cpu ms/kop':>16}  errors")
+          f"{'srv cpu ms/kop':>16}  every run's ops/s  errors")
     for row in sorted(report["rows"], key=lambda r: (r["system"], r["workload"], r["clients"])):
         print(f"{row['system']:<18}{row['workload']:<8}{row['clients']:>8}"
               f"{row['ops_per_s']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
-              f"{row['server_cpu_ms_per_kop'] or 0:>16.1f}  {row['errors'] or ''}")
+              f"{row['server_cpu_ms_per_kop'] or 0:>16.1f}  "
+              f"{'/'.join(f'{run:.0f}' for run in row['runs_ops_per_s'])}  {row['errors'] or ''}")
     if report["ratios"]:
         print()
         print("replicaio / anchor (throughput: >1 is better for replicaio; latency: <1 is better)")
@@ -1335,7 +1341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workloads", default="set,mixed")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median kept)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per cell, odd (the median run is kept, every run shown)")
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--front", choices=("auto", "resp", "stream"), default="auto",
@@ -1369,6 +1376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown:
         print_markdown(json.loads(Path(args.markdown).read_text()))
         return 0
+    if args.repeat < 1 or args.repeat % 2 == 0:
+        parser.error(f"--repeat must be odd (the median run is kept), got {args.repeat}")
     args.clients = [int(value) for value in args.clients.split(",") if value]
     workloads = [value for value in args.workloads.split(",") if value]
     systems = [value for value in args.systems.split(",") if value]

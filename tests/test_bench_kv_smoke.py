@@ -15,7 +15,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_kv.py"
 def test_bench_kv_against_replicaio_only_json_and_cleanup() -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH), "--systems", "replicaio", "--clients", "1,4",
-         "--workloads", "set,mixed", "--duration", "0.7", "--warmup", "0.2",
+         "--workloads", "set,mixed", "--repeat", "1", "--duration", "0.7", "--warmup", "0.2",
          "--idle-seconds", "0", "--redis-benchmark", "", "--pysyncobj-memory", "",
          "--no-install", "--json"],
         capture_output=True, text=True, timeout=60, check=False,

@@ -420,12 +420,15 @@ def run_event_loop(coroutine: Any, loop: str = "auto") -> None:
         raise ValueError(f"loop must be auto, asyncio or uvloop, got {loop!r}")
     if loop != "asyncio":
         try:
-            # An optional extra: imported by name so type checking does not need it.
+            # A default dependency on Linux only: imported by name so that type
+            # checking and other platforms do not need it.
             uvloop = importlib.import_module("uvloop")
         except ImportError:
             if loop == "uvloop":
                 raise
         else:
+            logger.info("event loop: uvloop %s", getattr(uvloop, "__version__", "?"))
             uvloop.run(coroutine)
             return
+    logger.info("event loop: asyncio")
     asyncio.run(coroutine)
