@@ -52,8 +52,11 @@ class ReadingRaftNode(RaftNode):
     snapshots every ``compact_every`` entries, and ``"read"`` requests (a read
     barrier, kept in ``reads``)."""
 
-    def __init__(self, context: Any, params: RaftParams, compact_every: int = 0) -> None:
-        super().__init__(context, params)
+    def __init__(
+        self, context: Any, params: RaftParams, compact_every: int = 0,
+        raft_type: type[Raft] = Raft,
+    ) -> None:
+        super().__init__(context, params, raft_type)
         self.reads: list[Line[int] | NotLeader] = []
         self.compact_every = compact_every
         self.state = b""
@@ -86,12 +89,14 @@ class ReadingRaftNode(RaftNode):
 
 
 class Factory(RaftNodeFactory):
-    def __init__(self, params: RaftParams, compact_every: int = 0) -> None:
-        super().__init__(params)
+    def __init__(
+        self, params: RaftParams, compact_every: int = 0, raft_type: type[Raft] = Raft
+    ) -> None:
+        super().__init__(params, raft_type)
         self.compact_every = compact_every
 
     def __call__(self, context: Any) -> ReadingRaftNode:
-        return ReadingRaftNode(context, self.params, self.compact_every)
+        return ReadingRaftNode(context, self.params, self.compact_every, self.raft_type)
 
 
 class Cluster:
@@ -100,11 +105,11 @@ class Cluster:
     def __init__(
         self, n: int, params: RaftParams = FAST_PARAMS, *, latency_us: int = 1_000, seed: int = 0,
         preferred: int | None = 0, compact_every: int = 0, loss: float = 0.0,
-        duplicate: float = 0.0, jitter_us: int = 0,
+        duplicate: float = 0.0, jitter_us: int = 0, raft_type: type[Raft] = Raft,
     ) -> None:
         self.n = n
         self.params = params
-        self.factory = Factory(params, compact_every)
+        self.factory = Factory(params, compact_every, raft_type)
         self.loss, self.duplicate, self.jitter_us = loss, duplicate, jitter_us
         self.network_rng = random.Random(f"raft-test-network:{seed}")
         self.config = ClusterConfig(n=n, f=(n - 1) // 2, resilience=Resilience.CRASH)
@@ -147,7 +152,7 @@ class Cluster:
         factory = self.factory
         if join:
             params = dataclasses.replace(self.params, join=True)
-            factory = Factory(params, self.factory.compact_every)
+            factory = Factory(params, self.factory.compact_every, self.factory.raft_type)
         for node in nodes or range(self.n):
             assert self.nodes[node] is None
             self.nodes[node] = Node(

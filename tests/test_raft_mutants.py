@@ -1,20 +1,21 @@
 """Proof that the Raft checkers bite: each deliberately broken variant
-(``RaftParams(mutant=...)``) is caught, by a scripted scenario showing the
-consequence and by a seed sweep of the simulator (Raft + SMR + KV clients)
-with a reproducing command; the correct protocol passes the same runs.
+(``replicaio.testing.variants.raft``, a subclass of ``Raft``) is caught, by a
+scripted scenario showing the consequence and by a seed sweep of the
+simulator (Raft + SMR + KV clients) with a reproducing command; the correct
+protocol passes the same runs.
 
-* ``commit_previous_term`` — Figure 8's bug. Its consequence (a committed
+* ``raft-commit-previous-term`` — Figure 8's bug. Its consequence (a committed
   entry missing from a later leader: leader completeness) needs the exact
   Figure 8 schedule, scripted in ``test_raft_traps.py``; sweeps catch the
   broken rule itself (``commit_rule``) on every run that commits an earlier
   term's entry by counting.
-* ``forget_vote`` — a restarted node votes again in a term it voted in: two
+* ``raft-forget-vote`` — a restarted node votes again in a term it voted in: two
   leaders of one term (``election_safety``), scripted below; sweeps catch the
   lost vote at the restart (``durable_state``).
-* ``follower_reads`` — a follower serves reads at its own commit index: a
+* ``raft-follower-reads`` — a follower serves reads at its own commit index: a
   stale read (``linearizable_read``), scripted below and in sweeps.
 
-Reproduce a sweep failure with the command in ``REPRODUCE``.
+Reproduce a sweep failure with the command :func:`reproduce` prints.
 """
 
 from __future__ import annotations
@@ -25,18 +26,23 @@ import pytest
 from test_raft_cluster import FAST_PARAMS, Cluster
 
 from replicaio.core.lines import Line
-from replicaio.protocols.raft import MUTANTS, RequestVote, Voted
+from replicaio.protocols.raft import Raft, RequestVote, Voted
 from replicaio.sim.kv_harness import KvWorkload, kv_options
 from replicaio.sim.simulator import Simulator
 from replicaio.smr.api import NotLeader
+from replicaio.testing.variants.raft import (
+    RAFT_VARIANTS,
+    RaftFollowerReads,
+    RaftForgetVote,
+)
 
 ALL_FAULTS = ("crash", "partition", "loss", "dup", "reorder")
 
-# mutant -> (service name, the property a sweep catches)
+# variant (its protocol name) -> the property a sweep catches it by
 CAUGHT = {
-    "commit_previous_term": ("raft-commit-previous-term", "commit_rule"),
-    "forget_vote": ("raft-forget-vote", "durable_state"),
-    "follower_reads": ("raft-follower-reads", "linearizable_read"),
+    "raft-commit-previous-term": "commit_rule",
+    "raft-forget-vote": "durable_state",
+    "raft-follower-reads": "linearizable_read",
 }
 SWEEP_SEEDS = range(1, 11)
 
@@ -52,33 +58,34 @@ def simulate(service: str, seed: int, nodes: int = 3) -> set[str]:
     return {violation["property"] for violation in result.violations}
 
 
-def test_every_mutant_is_covered() -> None:
-    assert set(CAUGHT) == set(MUTANTS) - {""}
+def test_every_variant_is_covered() -> None:
+    assert set(CAUGHT) == set(RAFT_VARIANTS)
+    assert {name: variant.caught_by for name, variant in RAFT_VARIANTS.items()} == CAUGHT
 
 
 # -- sweeps of the simulator ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mutant", sorted(CAUGHT))
-def test_a_seed_sweep_catches_the_mutant_and_the_correct_protocol_passes_its_seed(
-    mutant: str,
+@pytest.mark.parametrize("variant", sorted(CAUGHT))
+def test_a_seed_sweep_catches_the_variant_and_the_correct_protocol_passes_its_seed(
+    variant: str,
 ) -> None:
-    service, violated = CAUGHT[mutant]
-    caught = [seed for seed in SWEEP_SEEDS if violated in simulate(service, seed)]
-    assert len(caught) >= 3, f"{mutant}: caught only on seeds {caught}"
+    violated = CAUGHT[variant]
+    caught = [seed for seed in SWEEP_SEEDS if violated in simulate(variant, seed)]
+    assert len(caught) >= 3, f"{variant}: caught only on seeds {caught}"
     first = caught[0]
     assert simulate("raft", first) == set(), reproduce("raft", first)
-    print(f"{mutant}: caught by {violated}; reproduce: {reproduce(service, first)}")
+    print(f"{variant}: caught by {violated}; reproduce: {reproduce(variant, first)}")
 
 
 # -- scripted consequences -----------------------------------------------------------------------
 
 
-def double_vote_scenario(mutant: str) -> Cluster:
+def double_vote_scenario(raft_type: type[Raft]) -> Cluster:
     """0 wins term 1 with 2's vote; 2 crashes and restarts; 1, cut off until
     then, campaigns in the same term 1 and asks 2."""
-    params = dataclasses.replace(FAST_PARAMS, pre_vote=False, check_quorum=False, mutant=mutant)
-    cluster = Cluster(3, params)
+    params = dataclasses.replace(FAST_PARAMS, pre_vote=False, check_quorum=False)
+    cluster = Cluster(3, params, raft_type=raft_type)
     cluster.partition((0, 2), (1,))
     cluster.start()
     assert cluster.run(until=lambda: 0 in cluster.leaders())
@@ -92,14 +99,14 @@ def double_vote_scenario(mutant: str) -> Cluster:
     return cluster
 
 
-def test_forget_vote_mutant_elects_two_leaders_in_one_term() -> None:
-    cluster = double_vote_scenario("forget_vote")
+def test_forget_vote_variant_elects_two_leaders_in_one_term() -> None:
+    cluster = double_vote_scenario(RaftForgetVote)
     properties = {violation.property for violation in cluster.checker.violations}
     assert {"election_safety", "one_vote_per_term", "durable_state"} <= properties
 
 
 def test_the_correct_protocol_refuses_the_second_vote() -> None:
-    cluster = double_vote_scenario("")
+    cluster = double_vote_scenario(Raft)
     cluster.assert_safe()
     votes_of_2 = [(out.term, out.candidate) for _, node, out in cluster.outputs
                   if isinstance(out, Voted) and node == 2 and out.term == 1]
@@ -107,9 +114,8 @@ def test_the_correct_protocol_refuses_the_second_vote() -> None:
     assert cluster.checker.leaders[1] == 0
 
 
-def stale_follower_read(mutant: str) -> Cluster:
-    params = dataclasses.replace(FAST_PARAMS, mutant=mutant)
-    cluster = Cluster(3, params)
+def stale_follower_read(raft_type: type[Raft]) -> Cluster:
+    cluster = Cluster(3, FAST_PARAMS, raft_type=raft_type)
     cluster.start()
     cluster.elect(0)
     cluster.isolate(2)
@@ -119,8 +125,8 @@ def stale_follower_read(mutant: str) -> Cluster:
     return cluster
 
 
-def test_follower_reads_mutant_serves_a_stale_read() -> None:
-    cluster = stale_follower_read("follower_reads")
+def test_follower_reads_variant_serves_a_stale_read() -> None:
+    cluster = stale_follower_read(RaftFollowerReads)
     (read,) = cluster.protocol(2).reads
     assert isinstance(read, Line) and read.ready
     properties = {violation.property for violation in cluster.checker.violations}
@@ -128,7 +134,7 @@ def test_follower_reads_mutant_serves_a_stale_read() -> None:
 
 
 def test_the_correct_protocol_refuses_a_read_on_a_follower() -> None:
-    cluster = stale_follower_read("")
+    cluster = stale_follower_read(Raft)
     (read,) = cluster.protocol(2).reads
     assert isinstance(read, NotLeader)
     cluster.assert_safe()

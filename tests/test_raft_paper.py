@@ -548,7 +548,6 @@ def test_5_5_b_a_crash_inside_a_step_leaves_a_consistent_prefix(keep: int) -> No
     {"pending_proposals_max": 0},
     {"initial_voters": ()},
     {"initial_voters": (1, 1)},
-    {"mutant": "nonsense"},
 ])
 def test_5_6_timing_and_bounds_are_validated_up_front(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError):

@@ -1,7 +1,7 @@
 """The classic Raft traps, as readable scripts on real node cores.
 
 * Figure 8 of the paper: a leader must not commit an entry of an earlier
-  term by counting replicas (the mutant that does is caught);
+  term by counting replicas (the broken variant that does is caught);
 * a leader isolated in a minority steps down (check-quorum) and serves no
   stale read, with or without check-quorum;
 * a node restarting with an empty disk is refused as a voter until it has
@@ -22,11 +22,13 @@ from replicaio.protocols.raft import (
     Applied,
     BecameLeader,
     ConfigChanged,
+    Raft,
     RaftParams,
     ReadConfirmed,
     Role,
 )
 from replicaio.smr.api import NotLeader
+from replicaio.testing.variants.raft import RaftCommitPreviousTerm
 
 
 def wait_registered(cluster: Cluster) -> None:
@@ -55,14 +57,14 @@ def settle(cluster: Cluster) -> None:
 # -- Figure 8 ------------------------------------------------------------------------------
 
 
-def figure_8(mutant: str = "") -> tuple[Cluster, int]:
+def figure_8(raft_type: type[Raft] = Raft) -> tuple[Cluster, int]:
     """The paper's Figure 8 with S1..S5 as nodes 0..4; returns the cluster and
     the index the figure is about (the paper's index 2)."""
-    params = dataclasses.replace(FAST_PARAMS, entries_per_message_max=1, mutant=mutant)
-    cluster = Cluster(5, params)
+    params = dataclasses.replace(FAST_PARAMS, entries_per_message_max=1)
+    cluster = Cluster(5, params, raft_type=raft_type)
     cluster.start()
     assert cluster.run(until=lambda: 0 in cluster.leaders())
-    cluster.submit(0, b"init")  # (the mutant's leaders append no no-op)
+    cluster.submit(0, b"init")  # (the variant's leaders append no no-op)
     assert cluster.run(until=lambda: cluster.settled(0))
     settle(cluster)
     index = cluster.view(0).last_index + 1
@@ -74,7 +76,7 @@ def figure_8(mutant: str = "") -> tuple[Cluster, int]:
     term_a = cluster.view(0).term
 
     # (b) S1 crashes; S5 is elected by S3, S4 and itself and appends an entry at
-    # `index` in its own term (its no-op, or with the mutant, which appends no
+    # `index` in its own term (its no-op, or with the variant, which appends no
     # no-op, a client's entry), which it replicates to nobody; then it crashes.
     cluster.crash(0)
     cluster.partition((1,), (2, 3, 4))
@@ -128,8 +130,8 @@ def test_figure_8_an_earlier_term_entry_on_a_majority_is_not_committed_and_is_re
                    for _, _, out in cluster.outputs)
 
 
-def test_figure_8_with_the_commit_previous_term_mutant_breaks_leader_completeness() -> None:
-    cluster, _ = figure_8("commit_previous_term")
+def test_figure_8_with_the_commit_previous_term_variant_breaks_leader_completeness() -> None:
+    cluster, _ = figure_8(RaftCommitPreviousTerm)
     properties = {violation.property for violation in cluster.checker.violations}
     assert "leader_completeness" in properties  # the consequence
     assert "commit_rule" in properties  # and the broken rule itself

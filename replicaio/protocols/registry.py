@@ -6,8 +6,8 @@ Two kinds of names:
   variants), one :class:`~replicaio.protocols.broadcast.BroadcastFactory` each;
 * replicated services (:data:`SERVICES`): an ordering protocol under SMR
   (``replicaio.smr``) serving the key-value store. ``raft`` is Raft; the
-  ``raft-*`` names are its deliberately broken variants (mutants), there to
-  prove the checkers bite.
+  ``raft-*`` names are its deliberately broken variants, there to prove the
+  checkers bite (``replicaio.testing.variants``).
 
 A service name may carry parameters after a colon, ``raft:snapshot=8``
 (:data:`SERVICE_PARAMETERS`). The whole string is what the event log header
@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from replicaio.core.config import Resilience
 from replicaio.core.errors import UsageError
 from replicaio.core.node import ProtocolFactory
-from replicaio.protocols.broadcast import PROTOCOLS as BROADCASTS
-from replicaio.protocols.broadcast import BroadcastFactory
+from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, BroadcastSpec
+from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
+from replicaio.testing.variants.raft import RAFT_VARIANTS
 
 # name parameter -> what it sets (all integers)
 SERVICE_PARAMETERS: dict[str, str] = {
@@ -37,6 +38,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "inflight": "SmrParams.batches_inflight_max: own batches submitted and not yet applied",
 }
 RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary runs
+# The broadcast family, correct and deliberately broken.
+BROADCASTS: dict[str, BroadcastSpec] = {**PROTOCOLS, **BROADCAST_VARIANTS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +55,9 @@ class ServiceSpec:
     broken: bool = False
 
 
-def build_raft(mutant: str) -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
-    """A builder of Raft + SMR + KV nodes, with ``RaftParams.mutant``."""
+def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
+    """A builder of Raft + SMR + KV nodes; with ``variant``, of that broken
+    variant (``replicaio.testing.variants.raft``)."""
 
     def build(name: str, parameters: Mapping[str, int]) -> ProtocolFactory:
         from replicaio.protocols.raft.messages import RaftAdmin
@@ -63,7 +67,8 @@ def build_raft(mutant: str) -> Callable[[str, Mapping[str, int]], ProtocolFactor
         from replicaio.smr.params import SmrParams
         from replicaio.smr.protocol import SmrFactory
 
-        raft_params = RaftParams(mutant=mutant).validate()
+        raft_type = RAFT_VARIANTS[variant].raft_type if variant else Raft
+        raft_params = RaftParams().validate()
         defaults = SmrParams()
         smr_params = SmrParams(
             snapshot_interval=parameters.get("snapshot", RAFT_SNAPSHOT_INTERVAL),
@@ -74,7 +79,7 @@ def build_raft(mutant: str) -> Callable[[str, Mapping[str, int]], ProtocolFactor
         return SmrFactory(
             name,
             Resilience.CRASH,
-            lambda context: Raft(context, raft_params),
+            lambda context: raft_type(context, raft_params),
             KeyValueStateMachine,
             smr_params,
             ordering_path="raft",
@@ -91,24 +96,14 @@ SERVICES: dict[str, ServiceSpec] = {
             "raft", "raft", Resilience.CRASH, build_raft(""),
             "Raft, with SMR and the key-value store, n >= 2f+1",
         ),
-        ServiceSpec(
-            "raft-commit-previous-term", "raft", Resilience.CRASH,
-            build_raft("commit_previous_term"),
-            "BROKEN on purpose: a leader commits a previous term's entry by counting replicas",
-            broken=True,
-        ),
-        ServiceSpec(
-            "raft-forget-vote", "raft", Resilience.CRASH, build_raft("forget_vote"),
-            "BROKEN on purpose: votedFor is not persisted",
-            broken=True,
-        ),
-        ServiceSpec(
-            "raft-follower-reads", "raft", Resilience.CRASH, build_raft("follower_reads"),
-            "BROKEN on purpose: followers serve reads without read-index",
-            broken=True,
-        ),
     )
 }
+# The deliberately broken variants of Raft, with SMR and the key-value store.
+SERVICES.update(
+    (name, ServiceSpec(name, "raft", Resilience.CRASH, build_raft(name),
+                       f"BROKEN on purpose: {variant.summary}", broken=True))
+    for name, variant in RAFT_VARIANTS.items()
+)
 
 
 def split_name(name: str) -> tuple[str, dict[str, int]]:

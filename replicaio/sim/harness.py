@@ -21,8 +21,8 @@ from typing import Any, Protocol
 from replicaio.check.broadcast import BroadcastChecker, Violation
 from replicaio.core.config import ClusterConfig
 from replicaio.core.errors import UsageError
-from replicaio.protocols.broadcast import PROTOCOLS as BROADCASTS
 from replicaio.protocols.broadcast import BroadcastSpec, Delivered
+from replicaio.protocols.registry import BROADCASTS
 from replicaio.sim.options import Crash, SimOptions
 
 

@@ -1,7 +1,7 @@
 """The command-line side of replicated services (``replicaio sim raft ...``).
 
 ``replicaio.cli`` stays protocol-neutral; for a service name (``raft``, its
-mutants, see ``replicaio.protocols.registry.SERVICES``) it asks this module
+broken variants, see ``replicaio.protocols.registry.SERVICES``) it asks this module
 for the extra flags, the options of a run, how to run it (keeping the
 harness, for ``--history``) and the report fields:
 

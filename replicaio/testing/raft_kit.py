@@ -74,6 +74,7 @@ from replicaio.testing.scenario import (
     no_more,
     take_quiet,
 )
+from replicaio.testing.variants.raft import RAFT_VARIANTS
 
 ELECT_ROUNDS_MAX = 32
 CLIENTS: weakref.WeakKeyDictionary[Scenario, int] = weakref.WeakKeyDictionary()
@@ -179,21 +180,22 @@ def format_kv_result(result: bytes) -> str:
 # -- the kit --------------------------------------------------------------------------------
 
 
-def raft_factory(params: RaftParams | None = None) -> Any:
-    """Raft + SMR + KV exactly as the registry's ``raft`` builds it, or with ``params``."""
+def raft_factory(params: RaftParams | None = None, raft_type: type[Raft] = Raft) -> Any:
+    """Raft + SMR + KV exactly as the registry's ``raft`` builds it, or with
+    ``params`` and a broken variant's ``raft_type``."""
     from replicaio.protocols.registry import protocol_factory
 
     factory = protocol_factory("raft")
-    if params is None:
+    if params is None and raft_type is Raft:
         return factory
     from replicaio.smr.protocol import SmrFactory
 
     assert isinstance(factory, SmrFactory)
-    validated = params.validate()
+    validated = (params or RaftParams()).validate()
     return SmrFactory(
         factory.name,
         factory.resilience,
-        lambda context: Raft(context, validated),
+        lambda context: raft_type(context, validated),
         factory.state_machine,
         factory.params,
         ordering_path=factory.ordering_path,
@@ -201,22 +203,28 @@ def raft_factory(params: RaftParams | None = None) -> Any:
     )
 
 
-# RaftParams fields the cluster line may set (integers, booleans as 0/1, mutant)
-RAFT_PARAMETERS = tuple(
-    item.name
-    for item in dataclasses.fields(RaftParams)
-    if item.name not in ("initial_voters", "join")
+# What the cluster line may set: RaftParams fields (integers, booleans as 0/1),
+# and ``variant``, the name of a broken variant (replicaio.testing.variants.raft).
+RAFT_PARAMETERS = (
+    *(item.name for item in dataclasses.fields(RaftParams)
+      if item.name not in ("initial_voters", "join")),
+    "variant",
 )
 
 
 def configure(options: Mapping[str, str]) -> ProtocolKit:
     values: dict[str, Any] = {}
     defaults = RaftParams()
+    raft_type: type[Raft] = Raft
     for key, text in options.items():
-        default = getattr(defaults, key)
-        if isinstance(default, str):
-            values[key] = text
+        if key == "variant":
+            variant = RAFT_VARIANTS.get(text)
+            if variant is None:
+                raise ScenarioError(f"cluster: unknown variant {text!r}; known: "
+                                    f"{', '.join(RAFT_VARIANTS)}")
+            raft_type = variant.raft_type
             continue
+        default = getattr(defaults, key)
         try:
             number = int(text)
         except ValueError:
@@ -226,7 +234,7 @@ def configure(options: Mapping[str, str]) -> ProtocolKit:
         params = RaftParams(**values).validate()
     except ConfigError as error:
         raise ScenarioError(f"cluster: {error}") from None
-    return dataclasses.replace(raft_kit(), factory=raft_factory(params))
+    return dataclasses.replace(raft_kit(), factory=raft_factory(params, raft_type))
 
 
 def raft_checker(config: ClusterConfig) -> Checker:

@@ -332,8 +332,10 @@ def builtin_kits() -> dict[str, ProtocolKit]:
     """The protocols of ``replicaio.protocols``, with their checkers (and Raft:
     ``replicaio.testing.raft_kit``, imported here because it builds on this module)."""
     from replicaio.testing.raft_kit import raft_kit
+    from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
 
-    kits = {name: broadcast_kit(spec) for name, spec in PROTOCOLS.items()}
+    broadcasts = {**PROTOCOLS, **BROADCAST_VARIANTS}
+    kits = {name: broadcast_kit(spec) for name, spec in broadcasts.items()}
     kits["raft"] = raft_kit()
     return kits
 

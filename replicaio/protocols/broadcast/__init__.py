@@ -4,7 +4,8 @@ Each protocol is a one-instance ``async`` function (read it first: it is the
 paper's pseudo-code) run for many senders and sequence numbers by
 :class:`~replicaio.protocols.broadcast.instances.Instances`. ``PROTOCOLS``
 maps the CLI names to a :class:`BroadcastSpec` saying what each one claims,
-so the checkers hold each protocol to exactly its own guarantees.
+so the checkers hold each protocol to exactly its own guarantees. The
+deliberately broken variants live in ``replicaio.testing.variants.broadcast``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 from replicaio.core.config import Resilience
 from replicaio.core.context import Context
 from replicaio.protocols.broadcast.beb import best_effort
-from replicaio.protocols.broadcast.bracha import bracha, bracha_weak_echo
-from replicaio.protocols.broadcast.echo import consistent, consistent_weak
+from replicaio.protocols.broadcast.bracha import bracha
+from replicaio.protocols.broadcast.echo import consistent
 from replicaio.protocols.broadcast.instances import (
     Accepted,
     Delivered,
@@ -85,16 +86,6 @@ PROTOCOLS: dict[str, BroadcastSpec] = {
         BroadcastSpec(
             "echo", consistent, Resilience.BYZANTINE, agreement=True, totality=False,
             summary="consistent (authenticated echo) broadcast, n >= 3f+1",
-        ),
-        BroadcastSpec(
-            "bracha-weak-echo", bracha_weak_echo, Resilience.BYZANTINE, agreement=True,
-            totality=True, broken=True,
-            summary="BROKEN on purpose: Bracha with an echo quorum of f+1",
-        ),
-        BroadcastSpec(
-            "echo-weak", consistent_weak, Resilience.BYZANTINE, agreement=True,
-            totality=False, broken=True,
-            summary="BROKEN on purpose: consistent broadcast delivering on f+1 echoes",
         ),
     )
 }

@@ -44,27 +44,3 @@ async def bracha(node: Context, sender: int, value: bytes | None = None) -> byte
         scope.spawn(ready_once_justified())
         delivered: bytes = await ready.quorum(2 * f + 1)
         return delivered
-
-
-async def bracha_weak_echo(node: Context, sender: int, value: bytes | None = None) -> bytes:
-    """A deliberately broken Bracha: READY after only f + 1 ECHOs (below the
-    bound). An equivocating sender makes correct nodes READY different values;
-    the checkers must catch it (totality or agreement)."""
-    n, f = node.n, node.f
-    send, echo, ready = node.links("SEND", "ECHO", "READY")
-    if value is not None:
-        send.to_all(value)
-
-    async def echo_the_send() -> None:
-        echo.to_all(await send.from_peer(sender))
-
-    async def ready_once_justified() -> None:
-        justified = await first(echo.quorum(f + 1), ready.quorum(f + 1))
-        ready.to_all(justified)
-
-    del n
-    async with node.scope() as scope:
-        scope.spawn(echo_the_send())
-        scope.spawn(ready_once_justified())
-        delivered: bytes = await ready.quorum(2 * f + 1)
-        return delivered

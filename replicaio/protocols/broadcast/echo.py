@@ -33,18 +33,3 @@ async def consistent(node: Context, sender: int, value: bytes | None = None) -> 
     node.spawn(echo_the_send())
     delivered: bytes = await echo.quorum(echo_quorum(node.n, node.f))
     return delivered
-
-
-async def consistent_weak(node: Context, sender: int, value: bytes | None = None) -> bytes:
-    """A deliberately broken consistent broadcast: delivers on f + 1 echoes,
-    below the bound, so an equivocating sender splits the correct nodes."""
-    send, echo = node.links("SEND", "ECHO")
-    if value is not None:
-        send.to_all(value)
-
-    async def echo_the_send() -> None:
-        echo.to_all(await send.from_peer(sender))
-
-    node.spawn(echo_the_send())
-    delivered: bytes = await echo.quorum(node.f + 1)
-    return delivered

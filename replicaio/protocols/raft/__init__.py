@@ -32,7 +32,7 @@ message is dropped and counted as ``raft_rejected_<reason>``).
 Which file owns which step:
 
 * ``params.py`` — :class:`RaftParams`: periods and ``*_max`` bounds
-  (validated, ``ConfigError``), and the mutants.
+  (validated, ``ConfigError``).
 * ``messages.py`` — wire messages, outputs for checkers, ``RaftAdmin``.
 * ``state.py`` — Figure 2's persistent state: ``HardState`` (term and vote,
   one record), ``RaftLog`` (entries after a snapshot, configuration history,
@@ -95,13 +95,12 @@ from replicaio.protocols.raft.messages import (
     TimeoutNow,
     Voted,
 )
-from replicaio.protocols.raft.params import MUTANTS, RaftParams
+from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft, RaftView
 from replicaio.protocols.raft.state import Role
 from replicaio.smr.api import Committed
 
 __all__ = [
-    "MUTANTS",
     "AppendEntries",
     "AppendEntriesResponse",
     "Applied",
@@ -135,8 +134,10 @@ class RaftNode:
     are batches (``bytes``) or :class:`RaftAdmin`; committed batches are kept
     in ``committed`` (index -> batch) for tests."""
 
-    def __init__(self, context: Context, params: RaftParams) -> None:
-        self.raft = Raft(context.child("raft"), params)
+    def __init__(
+        self, context: Context, params: RaftParams, raft_type: type[Raft] = Raft
+    ) -> None:
+        self.raft = raft_type(context.child("raft"), params)
         self.committed: dict[int, bytes] = {}
         self.snapshot: tuple[int, bytes] | None = None
         self.raft.bind(self)
@@ -168,8 +169,9 @@ class RaftNodeFactory:
     name = "raft"
     resilience = Resilience.CRASH
 
-    def __init__(self, params: RaftParams | None = None) -> None:
+    def __init__(self, params: RaftParams | None = None, raft_type: type[Raft] = Raft) -> None:
         self.params = (params or RaftParams()).validate()
+        self.raft_type = raft_type  # Raft, or a subclass (a broken variant in tests)
 
     def __call__(self, context: Context) -> RaftNode:
-        return RaftNode(context, self.params)
+        return RaftNode(context, self.params, self.raft_type)

@@ -1,6 +1,5 @@
 """Raft's tunable periods and bounds, validated up front (after etcd raft's
-``Config.validate``), and the deliberately broken variants (mutants) that
-prove the checkers bite.
+``Config.validate``).
 
 Times are microseconds of virtual time. Every bound is named ``*_max``; a
 hit is counted as ``bound_raft_<name>`` on the node.
@@ -11,17 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from replicaio.core.errors import ConfigError
-
-MUTANTS = {
-    "": "none: the correct protocol",
-    "commit_previous_term": "a leader commits an entry of a previous term by counting replicas "
-    "(the Figure 8 bug, section 5.4.2); like the paper's Figure 8 it appends no no-op when "
-    "elected (with the no-op, acknowledgements of earlier entries carry it too and the bug "
-    "stays latent)",
-    "forget_vote": "votedFor is kept in memory only: a restarted node votes twice in a term",
-    "follower_reads": "read_barrier on a follower answers its own commit index at once, "
-    "without read-index",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +45,6 @@ class RaftParams:
     snapshot_bytes_max: int = 64 << 20  # a snapshot a follower will accept
     # A learner is promoted once it lags the leader's last index by at most this.
     promote_lag_entries_max: int = 16
-    # -- deliberately broken variants (tests only) ---------------------------
-    mutant: str = ""
 
     @property
     def election_timeout_range_us(self) -> int:
@@ -99,11 +85,6 @@ class RaftParams:
             if len(set(self.initial_voters)) != len(self.initial_voters):
                 raise ConfigError(f"RaftParams.initial_voters lists a node twice: "
                                   f"{self.initial_voters}")
-        if self.mutant not in MUTANTS:
-            raise ConfigError(
-                f"unknown RaftParams.mutant {self.mutant!r}; choose from "
-                f"{', '.join(repr(name) for name in MUTANTS)}"
-            )
         return self
 
     def voters_for(self, n: int) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
@@ -78,17 +78,24 @@ class RaftView:
 class Raft:
     """Raft (Ongaro & Ousterhout 2014; Ongaro's thesis 2014) as an
     :class:`~replicaio.smr.api.Ordering`. Give it its own context (a child
-    path): it opens one stream for the ``raft.*`` messages there."""
+    path): it opens one stream for the ``raft.*`` messages there.
+
+    The parts a variant may replace are named by the class attributes below
+    (``replicaio.testing.variants.raft`` builds the deliberately broken
+    variants that way); the protocol itself has no switch for them."""
+
+    hard_state_type: ClassVar[type[HardState]] = HardState
+    replication_type: ClassVar[type[Replication]] = Replication
+    reads_type: ClassVar[type[Reads]] = Reads
 
     def __init__(self, context: Context, params: RaftParams | None = None) -> None:
         self.context = context
         self.params = (params or RaftParams()).validate()
         self.id = context.id
-        self.mutant = self.params.mutant
         initial = Config(
             tuple((node, UNREGISTERED) for node in self.params.voters_for(context.n)), ()
         )
-        self.hard = HardState(context, forget_vote=self.mutant == "forget_vote")
+        self.hard = self.hard_state_type(context)
         self.log = RaftLog(context, initial)
         self.identity = UNREGISTERED
         self.joiner = False  # this disk replaced a lost one (RaftParams.join at its first start)
@@ -103,10 +110,10 @@ class Raft:
         self.started = False
         self.applying = False
         self.election = Election(self)
-        self.replication = Replication(self)
+        self.replication = self.replication_type(self)
         self.snapshots = Snapshots(self)
         self.membership = Membership(self)
-        self.reads = Reads(self)
+        self.reads = self.reads_type(self)
         self.stream = context.stream(*MESSAGE_TYPES, handler=self.on_message)
         self.dispatch: dict[type, Callable[[int, Any], None]] = {
             RequestVote: self.election.on_request_vote,

@@ -67,9 +67,7 @@ class Reads:
     def read_barrier(self) -> Line[int] | NotLeader:
         raft = self.raft
         if raft.role is not Role.LEADER:
-            if raft.mutant == "follower_reads":
-                return self.follower_read()
-            return NotLeader(raft.leader_id)
+            return self.read_on_follower()
         if len(self.waiting_commit) + len(self.confirming) >= raft.params.reads_pending_max:
             raft.count("bound_raft_reads_pending_max")
             return NotLeader(NO_NODE)
@@ -81,14 +79,10 @@ class Reads:
             self.start(read)
         return read.line
 
-    def follower_read(self) -> Line[int]:
-        """Mutant ``follower_reads``: answer the local commit index at once."""
-        raft = self.raft
-        read = PendingRead(self.new_id(), Line(raft.scheduler, "raft.read"))
-        raft.context.output(ReadRequested(raft.id, read.read_id, raft.hard.term))
-        raft.context.output(ReadConfirmed(raft.id, read.read_id, raft.commit_index))
-        read.line.set(raft.commit_index)
-        return read.line
+    def read_on_follower(self) -> Line[int] | NotLeader:
+        """Only a leader serves linearizable reads: a follower's commit index may
+        lag what is already committed (thesis 6.4)."""
+        return NotLeader(self.raft.leader_id)
 
     def start(self, read: PendingRead) -> None:
         raft = self.raft

@@ -146,15 +146,17 @@ class Replication:
         raft.start_role(Role.LEADER, tasks)
         raft.reads.on_become_leader()
         self.sync_peers()  # probes start at the no-op, appended next
-        if raft.mutant == "commit_previous_term":
-            # Like the paper's Figure 8 leader: no no-op, so acknowledgements of
-            # earlier terms' entries arrive alone and the broken rule matters.
-            raft.term_start_index = raft.log.last_index + 1
-        else:
-            raft.log.append([Entry(raft.hard.term, b"")])
-            raft.term_start_index = raft.log.last_index
+        self.start_term()
         raft.membership.on_become_leader()
         self.maybe_commit()
+
+    def start_term(self) -> None:
+        """Section 8: a new leader appends a no-op of its term; committing it
+        commits every earlier entry and marks where the term starts (reads
+        wait for it, thesis 6.4)."""
+        raft = self.raft
+        raft.log.append([Entry(raft.hard.term, b"")])
+        raft.term_start_index = raft.log.last_index
 
     def on_step_down(self) -> None:
         self.progress = {}
@@ -516,14 +518,20 @@ class Replication:
         if index <= raft.commit_index:
             return
         assert index <= raft.log.last_index, "a quorum matches only what the leader has"
-        if raft.log.term_at(index) != raft.hard.term and raft.mutant != "commit_previous_term":
-            return  # Figure 8: never commit an earlier term's entry by counting replicas
+        if not self.may_commit_by_counting(index):
+            return
         raft.context.output(
             LeaderCommitted(raft.id, raft.hard.term, index, raft.log.term_at(index) or 0)
         )
         raft.advance_commit(index)
         for progress in self.progress.values():
             progress.wakeup.notify()  # followers learn the new commit index
+
+    def may_commit_by_counting(self, index: int) -> bool:
+        """Section 5.4.2 (Figure 8): only an entry of the leader's own term is
+        committed by counting replicas; earlier ones are committed with it."""
+        raft = self.raft
+        return raft.log.term_at(index) == raft.hard.term
 
     # -- check-quorum support ----------------------------------------------------------
 

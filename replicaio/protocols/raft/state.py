@@ -91,14 +91,12 @@ def entry_from_plain(value: Any) -> Entry:
 class HardState:
     """``currentTerm`` and ``votedFor``, persisted together in one record."""
 
-    __slots__ = ("context", "forget_vote", "term", "voted_for")
+    __slots__ = ("context", "term", "voted_for")
 
-    def __init__(self, context: Context, *, forget_vote: bool = False) -> None:
+    def __init__(self, context: Context) -> None:
         self.context = context
         self.term = 0
         self.voted_for = NO_NODE
-        # Mutant "forget_vote": the vote lives in memory only.
-        self.forget_vote = forget_vote
 
     def load(self) -> None:
         stored = self.context.load("hard")
@@ -113,7 +111,11 @@ class HardState:
             "at most one vote per term"
         )
         self.term, self.voted_for = term, voted_for
-        self.context.persist("hard", (term, NO_NODE if self.forget_vote else voted_for))
+        self.persist(term, voted_for)
+
+    def persist(self, term: int, voted_for: int) -> None:
+        """Write the record (Figure 2: both are persistent state)."""
+        self.context.persist("hard", (term, voted_for))
 
 
 class RaftLog:

@@ -1,0 +1,16 @@
+"""Deliberately broken variants of the protocols, to prove the checkers bite.
+
+A checker is only trusted once a broken protocol makes it fail. Each variant
+here is a small override of the real protocol (a replaced instance function,
+a subclass replacing one method), never a switch inside the protocol's own
+modules: production code has no broken branches to take by mistake.
+
+* :mod:`replicaio.testing.variants.broadcast` — ``bracha-weak-echo`` and
+  ``echo-weak`` (quorums below the bound);
+* :mod:`replicaio.testing.variants.raft` — ``raft-commit-previous-term``,
+  ``raft-forget-vote`` and ``raft-follower-reads``.
+
+The assembly (``replicaio.assembly``) names them next to the correct
+protocols, marked broken, so the simulator, swarms and scenarios run them
+like any other protocol.
+"""

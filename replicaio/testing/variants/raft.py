@@ -1,0 +1,95 @@
+"""Broken variants of Raft, each a subclass replacing one part of :class:`Raft`.
+
+:class:`~replicaio.protocols.raft.raft.Raft` names its replaceable parts as
+class attributes (``hard_state_type``, ``replication_type``, ``reads_type``);
+a variant overrides one method of one part. :data:`RAFT_VARIANTS` lists them
+with what each breaks and the property that catches it (see ``docs/raft.md``,
+*Broken variants*, and ``tests/test_raft_mutants.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replicaio.core.lines import Line
+from replicaio.protocols.raft.messages import NO_NODE, ReadConfirmed, ReadRequested
+from replicaio.protocols.raft.raft import Raft
+from replicaio.protocols.raft.reads import PendingRead, Reads
+from replicaio.protocols.raft.replication import Replication
+from replicaio.protocols.raft.state import HardState
+from replicaio.smr.api import NotLeader
+
+
+class LeaderWithoutNoop(Replication):
+    """Commits an earlier term's entry by counting replicas (the Figure 8 bug,
+    section 5.4.2). Like the paper's Figure 8 leader it appends no no-op when
+    elected: with the no-op, acknowledgements of earlier entries carry it too
+    and the bug stays latent."""
+
+    def start_term(self) -> None:
+        raft = self.raft
+        raft.term_start_index = raft.log.last_index + 1
+
+    def may_commit_by_counting(self, index: int) -> bool:
+        return True
+
+
+class VoteInMemory(HardState):
+    """``votedFor`` is kept in memory only: a restarted node votes twice in a term."""
+
+    def persist(self, term: int, voted_for: int) -> None:
+        super().persist(term, NO_NODE)
+
+
+class FollowerReads(Reads):
+    """A follower answers a read barrier with its own commit index at once,
+    without read-index: a stale read once it lags the leader."""
+
+    def read_on_follower(self) -> Line[int] | NotLeader:
+        raft = self.raft
+        read = PendingRead(self.new_id(), Line(raft.scheduler, "raft.read"))
+        raft.context.output(ReadRequested(raft.id, read.read_id, raft.hard.term))
+        raft.context.output(ReadConfirmed(raft.id, read.read_id, raft.commit_index))
+        read.line.set(raft.commit_index)
+        return read.line
+
+
+class RaftCommitPreviousTerm(Raft):
+    replication_type = LeaderWithoutNoop
+
+
+class RaftForgetVote(Raft):
+    hard_state_type = VoteInMemory
+
+
+class RaftFollowerReads(Raft):
+    reads_type = FollowerReads
+
+
+@dataclass(frozen=True, slots=True)
+class RaftVariant:
+    """A broken Raft: its protocol name, class, what it breaks, and the
+    property a seed sweep of the simulator catches it by."""
+
+    name: str
+    raft_type: type[Raft]
+    summary: str
+    caught_by: str
+
+
+RAFT_VARIANTS: dict[str, RaftVariant] = {
+    variant.name: variant
+    for variant in (
+        RaftVariant(
+            "raft-commit-previous-term", RaftCommitPreviousTerm,
+            "a leader commits a previous term's entry by counting replicas", "commit_rule",
+        ),
+        RaftVariant(
+            "raft-forget-vote", RaftForgetVote, "votedFor is not persisted", "durable_state",
+        ),
+        RaftVariant(
+            "raft-follower-reads", RaftFollowerReads,
+            "followers serve reads without read-index", "linearizable_read",
+        ),
+    )
+}
