@@ -29,6 +29,8 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as distribution_version
 from typing import Any
 
 from replicaio.core.errors import ReplicaioError, UsageError
@@ -452,11 +454,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     kv_cli.add_service_arguments(parser)
 
 
+def package_version() -> str:
+    """The installed distribution's version (a source tree without one says so)."""
+    try:
+        return distribution_version("replicaio")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="replicaio",
         description="Compose, simulate, check, replay and run replication protocols.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     sim = commands.add_parser("sim", help="run one simulation and check every property")

@@ -129,3 +129,20 @@ def test_swarm_shrinks_the_first_failure_and_the_file_replays_it(
     assert main(args) == 1
     again = json.loads(capsys.readouterr().out)
     assert again["violations"][0]["property"] == shrunk["property"]
+
+
+def test_version_names_the_installed_distribution() -> None:
+    from importlib.metadata import version
+
+    done = run_cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"replicaio {version('replicaio')}"
+
+
+def test_the_package_is_marked_typed_and_licensed() -> None:
+    from importlib.metadata import metadata
+
+    import replicaio
+
+    assert (Path(replicaio.__file__).parent / "py.typed").is_file()
+    assert metadata("replicaio")["License-Expression"] == "Apache-2.0"
