@@ -603,7 +603,7 @@ class ReplicaioSystem(System):
 
         from replicaio.runtime.client import SERVICES
 
-        for module in ("replicaio.services.kv.service", "replicaio.services.kv.resp"):
+        for module in ("replicaio.runtime.kv.service", "replicaio.services.kv.resp"):
             with contextlib.suppress(ImportError):
                 importlib.import_module(module)  # registers the "resp" client service
         return "resp" in SERVICES

@@ -33,6 +33,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as distribution_version
 from typing import Any
 
+from replicaio.assembly import protocol_factory
 from replicaio.core.errors import ReplicaioError, UsageError
 from replicaio.sim import kv_cli
 from replicaio.sim.options import BYZANTINE_BEHAVIOURS, SimOptions, parse_faults
@@ -321,7 +322,7 @@ def command_replay(args: argparse.Namespace) -> int:
 
     try:
         with open(args.file, "rb") as stream:
-            result = replay(stream, args.node)
+            result = replay(stream, args.node, protocol_factory)
     except OSError as error:
         raise UsageError(f"cannot read {args.file}: {error}") from error
     report = {
@@ -384,7 +385,7 @@ def command_check_history(args: argparse.Namespace) -> int:
 
 
 def command_protocols(args: argparse.Namespace) -> int:
-    from replicaio.protocols.registry import protocol_summaries
+    from replicaio.assembly import protocol_summaries
 
     for name, summary in protocol_summaries().items():
         print(f"{name:26} {summary}")
@@ -411,7 +412,7 @@ def command_demo(args: argparse.Namespace) -> int:
         print("\n== 2. Replaying every node of that run from its event log")
         for node in range(demo.nodes):
             with open(demo.log, "rb") as stream:
-                result = replay(stream, node)
+                result = replay(stream, node, protocol_factory)
             verdict = "matches" if result.matched else f"DIVERGED {result.divergence}"
             print(f"   node {node}: {result.steps} steps, {result.incarnations} incarnation(s): "
                   f"{verdict}")
@@ -520,8 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     from replicaio.runtime.commands import add_runtime_commands
 
     add_runtime_commands(commands)
-    # The Redis-protocol key-value store: kv up|down|node (replicaio/services/kv/cli.py).
-    from replicaio.services.kv.cli import add_kv_commands
+    # The Redis-protocol key-value store: kv up|down|node (replicaio/runtime/kv/commands.py).
+    from replicaio.runtime.kv.commands import add_kv_commands
 
     add_kv_commands(commands)
     return parser

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from replicaio.assembly import protocol_factory
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context, Ignore
 from replicaio.core.effects import Effects, Receive, Request, Start, TimerFired
@@ -17,7 +18,6 @@ from replicaio.protocols.broadcast import Accepted, Delivered, Instances
 from replicaio.protocols.broadcast.beb import best_effort
 from replicaio.protocols.broadcast.bracha import bracha
 from replicaio.protocols.broadcast.instances import VALUE_BYTES_MAX
-from replicaio.protocols.registry import protocol_factory
 
 N = 4
 WINDOW = 4

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from test_smr import CommitNow, DropUncommitted, LogOrdering, SharedLog
 
+from replicaio import assembly
 from replicaio.check.history import INFO, OK, validate_history
 from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.errors import UsageError
-from replicaio.protocols import registry
 from replicaio.services.kv import KeyValueStateMachine, encode_command
 from replicaio.sim.harness import harness_for
 from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
@@ -40,13 +40,13 @@ def double() -> Iterator[SharedLog]:
             admin_types=(CommitNow, DropUncommitted),
         )
 
-    registry.SERVICES["double"] = registry.ServiceSpec(
+    assembly.SERVICES["double"] = assembly.ServiceSpec(
         "double", "double", Resilience.CRASH, build, "test double"
     )
     try:
         yield shared
     finally:
-        del registry.SERVICES["double"]
+        del assembly.SERVICES["double"]
 
 
 def test_clients_run_their_quota_and_the_history_is_linearizable(double: SharedLog) -> None:

@@ -31,6 +31,7 @@ from replicaio.core.codec import Codec
 from replicaio.runtime.client import check_service_params, service_factory
 from replicaio.runtime.config import Address, ClusterFileError, HostParams
 from replicaio.runtime.counters import Counters
+from replicaio.runtime.kv.service import RespService, smr_client_id
 from replicaio.services.kv.redis_commands import plan
 from replicaio.services.kv.resp import (
     RESP2,
@@ -43,7 +44,6 @@ from replicaio.services.kv.resp import (
     encode_reply,
     split_inline,
 )
-from replicaio.services.kv.service import RespService, smr_client_id
 from replicaio.services.kv.state_machine import KeyValueStateMachine
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
 

@@ -1,44 +1,63 @@
-"""The import-purity rule of the deterministic layers, checked on the source itself.
+"""The import-purity rules of pyproject.toml's import-linter contracts, checked
+again on the source itself, where import-linter cannot look.
 
-``core``, ``protocols`` and ``smr`` must compute the same effects from the same
-inputs, so they may not reach for I/O, clocks, randomness, threads or the hosts
-(``sim``, ``runtime``) or the file store; ``check`` and ``trace`` observe runs
-and must not depend on the hosts either (DESIGN.md section 3). Every import is
-found with ``ast`` (plain, ``from``, relative, and ``__import__`` /
-``importlib.import_module`` with a literal name), wherever it sits in the file.
+``lint-imports`` (run by ``./run test``) enforces the layer order of
+``docs/architecture.md`` on the import graph. This test reads the same
+contracts (``deterministic`` and ``observers`` in ``[tool.importlinter]``, so
+there is one list) and also catches what the graph does not show: imports by
+``__import__`` / ``importlib.import_module`` with a literal name. Every import
+is found with ``ast`` (plain, ``from``, relative, dynamic), wherever it sits
+in the file.
 """
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DETERMINISTIC_PACKAGES = ("replicaio/core", "replicaio/protocols", "replicaio/smr")
-OBSERVER_PACKAGES = ("replicaio/check", "replicaio/trace")
 
-NONDETERMINISTIC_MODULES = frozenset(
-    {
-        "asyncio",
-        "socket",
-        "time",
-        "random",
-        "os",
-        "threading",
-        "subprocess",
-        "selectors",
-        "multiprocessing",
-        "uuid",
-        "secrets",
-        "datetime",
-    }
+def contract(contract_id: str) -> dict[str, Any]:
+    """The import-linter contract ``contract_id`` of pyproject.toml."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    contracts = config["tool"]["importlinter"]["contracts"]
+    (found,) = [item for item in contracts if item.get("id") == contract_id]
+    assert isinstance(found, dict)
+    return found
+
+
+def package_paths(modules: Iterable[str]) -> tuple[str, ...]:
+    return tuple(module.replace(".", "/") for module in modules)
+
+
+def split_forbidden(modules: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """(outside top-level names, ``replicaio.*`` prefixes) of a forbidden list."""
+    modules = list(modules)
+    outside = frozenset(name for name in modules if not name.startswith("replicaio."))
+    return outside, tuple(name for name in modules if name.startswith("replicaio."))
+
+
+def ignored(contract_config: dict[str, Any]) -> frozenset[tuple[str, str]]:
+    """The contract's ``ignore_imports`` as ``(importer, imported)`` pairs."""
+    pairs = (line.split(" -> ") for line in contract_config.get("ignore_imports", ()))
+    return frozenset((importer.strip(), imported.strip()) for importer, imported in pairs)
+
+
+DETERMINISTIC = contract("deterministic")
+DETERMINISTIC_PACKAGES = package_paths(DETERMINISTIC["source_modules"])
+NONDETERMINISTIC_MODULES, DETERMINISTIC_FORBIDDEN_INTERNAL = split_forbidden(
+    DETERMINISTIC["forbidden_modules"]
 )
+OBSERVERS = contract("observers")
+OBSERVER_PACKAGES = package_paths(OBSERVERS["source_modules"])
+_, OBSERVER_FORBIDDEN_INTERNAL = split_forbidden(OBSERVERS["forbidden_modules"])
 HOST_MODULES = ("replicaio.sim", "replicaio.runtime")
-DETERMINISTIC_FORBIDDEN_INTERNAL = (*HOST_MODULES, "replicaio.storage.file")
 
 
 def module_name(path: Path, root: Path) -> tuple[str, bool]:
@@ -103,9 +122,11 @@ def forbidden(name: str, top_level: frozenset[str], internal: Iterable[str]) -> 
 
 
 def offences(
-    root: Path, packages: Iterable[str], top_level: frozenset[str], internal: Iterable[str]
+    root: Path, packages: Iterable[str], top_level: frozenset[str], internal: Iterable[str],
+    ignore: frozenset[tuple[str, str]] = frozenset(),
 ) -> list[str]:
-    """``module:line imports name`` for every forbidden import under ``packages``."""
+    """``module:line imports name`` for every forbidden import under ``packages``
+    (but the ``(importer, imported)`` pairs of ``ignore``)."""
     internal = tuple(internal)
     found = []
     for package in packages:
@@ -117,6 +138,8 @@ def offences(
                 f"{path.relative_to(root)}:{line} imports {name}"
                 for line, name in names
                 if forbidden(name, top_level, internal)
+                and not any(module == importer and forbidden(name, frozenset(), (imported,))
+                            for importer, imported in ignore)
             ]
     return found
 
@@ -127,6 +150,11 @@ def python_files(packages: Iterable[str]) -> list[Path]:
 
 def test_the_rule_sees_the_code_it_guards() -> None:
     # An empty or mistyped package list would make the rule pass vacuously.
+    assert {"asyncio", "time", "random", "os", "socket", "threading"} <= NONDETERMINISTIC_MODULES
+    assert {"replicaio.sim", "replicaio.runtime"} <= set(DETERMINISTIC_FORBIDDEN_INTERNAL)
+    assert {"replicaio.sim", "replicaio.runtime", "replicaio.protocols"} <= set(
+        OBSERVER_FORBIDDEN_INTERNAL
+    )
     core = {path.name for path in python_files(["replicaio/core"])}
     assert {"scheduler.py", "lines.py", "node.py", "context.py"} <= core
     assert any(path.name == "bracha.py" for path in python_files(["replicaio/protocols"]))
@@ -142,7 +170,9 @@ def test_deterministic_layers_import_nothing_nondeterministic() -> None:
 
 
 def test_checkers_and_traces_do_not_depend_on_the_hosts() -> None:
-    found = offences(ROOT, OBSERVER_PACKAGES, frozenset(), HOST_MODULES)
+    found = offences(
+        ROOT, OBSERVER_PACKAGES, frozenset(), OBSERVER_FORBIDDEN_INTERNAL, ignored(OBSERVERS)
+    )
     assert found == [], "observers import a host:\n" + "\n".join(found)
 
 

@@ -11,6 +11,7 @@ import io
 
 import pytest
 
+from replicaio.assembly import protocol_factory
 from replicaio.sim.options import FAULT_KINDS, SimOptions
 from replicaio.sim.simulator import simulate
 from replicaio.trace.replay import replay
@@ -103,7 +104,7 @@ def test_replay_of_a_faulty_run_matches_for_every_node() -> None:
     data, options = faulty_log(range(1, 50))
     restarted = {crash.node for crash in options.crashes}
     for node in range(4):
-        result = replay(io.BytesIO(data), node)
+        result = replay(io.BytesIO(data), node, protocol_factory)
         assert result.matched, result.divergence
         assert result.steps > 0
         if node in restarted:
@@ -123,7 +124,7 @@ def test_replay_reports_the_first_divergence() -> None:
     )
     records[target][6][1][0][0] = 3 if records[target][6][1][0][0] != 3 else 2
     tampered = b"".join(msgpack.packb(record, use_bin_type=True) for record in records)
-    result = replay(io.BytesIO(tampered), 1)
+    result = replay(io.BytesIO(tampered), 1, protocol_factory)
     assert not result.matched
     assert result.divergence is not None
     assert result.divergence["part"] == "sends"

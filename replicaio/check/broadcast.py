@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from replicaio.protocols.broadcast import Accepted, BroadcastSpec, Delivered
+from replicaio.interfaces.broadcast import Accepted, BroadcastClaims, Delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class Violation:
 class BroadcastChecker:
     """Checks one run of a broadcast protocol; see the module docstring."""
 
-    def __init__(self, spec: BroadcastSpec, correct: tuple[int, ...]) -> None:
+    def __init__(self, spec: BroadcastClaims, correct: tuple[int, ...]) -> None:
         self.spec = spec
         self.correct = frozenset(correct)
         self.accepted: dict[tuple[int, int], bytes] = {}

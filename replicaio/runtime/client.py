@@ -9,9 +9,9 @@ step order); ``close`` at shutdown. A service submits client requests with
 ``host.submit(payload, on_done)``, which waits only for room in the host's
 inbox (backpressure) and later calls ``on_done(reason)`` with ``None`` once the
 request was stepped and its batch released, or the core's rejection reason.
-The Redis (RESP) front of the KV service plugs in here, next to ``"stream"``:
-services that live above the runtime (which must not import them) are listed
-by module name in :data:`SERVICE_MODULES` and imported on first use. A service
+The Redis (RESP) front of the KV service (``replicaio.runtime.kv.service``)
+plugs in here, next to ``"stream"``: fronts with heavier imports are listed by
+module name in :data:`SERVICE_MODULES` and imported on first use. A service
 may take parameters from the cluster file's ``[service]`` table: its factory's
 ``check_params(table)`` validates them when the file is loaded (raising
 ``ClusterFileError`` naming ``service.<key>``), and the service reads them from
@@ -102,7 +102,7 @@ class ClientService(Protocol):
 ServiceFactory = Callable[[], ClientService]
 SERVICES: dict[str, ServiceFactory] = {}
 # Services defined above the runtime, imported by name when first asked for.
-SERVICE_MODULES: dict[str, str] = {"resp": "replicaio.services.kv.service"}
+SERVICE_MODULES: dict[str, str] = {"resp": "replicaio.runtime.kv.service"}
 
 
 def register_service(name: str, factory: ServiceFactory) -> None:

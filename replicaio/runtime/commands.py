@@ -284,7 +284,7 @@ def stop_cluster(directory: Path, *, timeout_s: float) -> int:
 
 
 def command_broadcast(args: argparse.Namespace) -> int:
-    from replicaio.protocols.broadcast import Accepted, Delivered
+    from replicaio.interfaces.broadcast import Accepted, Delivered
     from replicaio.runtime.client import HistoryEnd, RequestRejected, StreamClient
 
     cluster = load_cluster_file(args.config)

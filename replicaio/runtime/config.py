@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from replicaio.assembly import SERVICES as REPLICATED_SERVICES
+from replicaio.assembly import protocol_factory, protocol_names
 from replicaio.core.config import NODES_MAX, ClusterConfig, Resilience
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.node import NodeParams
-from replicaio.protocols.registry import SERVICES as REPLICATED_SERVICES
-from replicaio.protocols.registry import protocol_factory, protocol_names
 from replicaio.runtime.crypto import (
     ED25519_KEY_BYTES,
     SECRET_BYTES_MIN,
@@ -259,7 +259,7 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
 
 
 def protocol_with_params(name: str, params: dict[str, Any]) -> str:
-    """The registry's name for ``name`` with ``params``: ``raft`` with ``{snapshot = 8}``
+    """The assembly's name for ``name`` with ``params``: ``raft`` with ``{snapshot = 8}``
     is ``raft:snapshot=8`` (what the event log records, so replay builds the same)."""
     if not params:
         return name

@@ -44,10 +44,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from replicaio.assembly import protocol_factory
 from replicaio.core.codec import Codec
 from replicaio.core.effects import Input, Receive, Request, Start, TimerFired
 from replicaio.core.node import Node
-from replicaio.protocols.registry import protocol_factory
 from replicaio.runtime.client import ClientService, OnDone, service_factory
 from replicaio.runtime.config import ClusterFile
 from replicaio.runtime.counters import Counters

@@ -18,11 +18,11 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from replicaio.assembly import broadcast_spec
 from replicaio.check.broadcast import BroadcastChecker, Violation
 from replicaio.core.config import ClusterConfig
 from replicaio.core.errors import UsageError
-from replicaio.protocols.broadcast import BroadcastSpec, Delivered
-from replicaio.protocols.registry import BROADCASTS
+from replicaio.interfaces.broadcast import BroadcastClaims, Delivered
 from replicaio.sim.options import Crash, SimOptions
 
 
@@ -76,7 +76,7 @@ class Harness(Protocol):
 class BroadcastHarness:
     """Every node (correct or not) broadcasts unique values at seeded times."""
 
-    def __init__(self, spec: BroadcastSpec, config: ClusterConfig) -> None:
+    def __init__(self, spec: BroadcastClaims, config: ClusterConfig) -> None:
         self.spec = spec
         self.config = config
         self.checker = BroadcastChecker(spec, config.correct)
@@ -116,7 +116,7 @@ def harness_for(protocol: str, config: ClusterConfig) -> Harness:
     replicated = kv_harness_for(protocol, config)
     if replicated is not None:
         return replicated
-    spec = BROADCASTS.get(protocol)
+    spec = broadcast_spec(protocol)
     if spec is None:
         raise UsageError(f"no simulation harness for protocol {protocol!r}")
     return BroadcastHarness(spec, config)

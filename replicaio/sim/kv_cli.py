@@ -1,7 +1,7 @@
 """The command-line side of replicated services (``replicaio sim raft ...``).
 
 ``replicaio.cli`` stays protocol-neutral; for a service name (``raft``, its
-broken variants, see ``replicaio.protocols.registry.SERVICES``) it asks this module
+broken variants, see ``replicaio.assembly.SERVICES``) it asks this module
 for the extra flags, the options of a run, how to run it (keeping the
 harness, for ``--history``) and the report fields:
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from replicaio.assembly import service_spec
 from replicaio.core.errors import UsageError
-from replicaio.protocols.registry import service_spec
 from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
 from replicaio.sim.options import SimOptions, parse_faults
 from replicaio.sim.simulator import SimResult, Simulator

@@ -757,7 +757,7 @@ def raft_checkers(config: ClusterConfig) -> list[OutputChecker]:
 
 def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
     """The KV harness of a replicated-service protocol name, or ``None``."""
-    from replicaio.protocols.registry import service_spec
+    from replicaio.assembly import service_spec
 
     found = service_spec(protocol)
     if found is None:

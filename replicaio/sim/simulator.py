@@ -35,12 +35,12 @@ from heapq import heappush
 from math import log
 from typing import IO, Any
 
+from replicaio.assembly import protocol_factory
 from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig
 from replicaio.core.effects import Effects, Input, Receive, Request, Start, TimerFired
 from replicaio.core.errors import UsageError
 from replicaio.core.node import Node, NodeParams
-from replicaio.protocols.registry import protocol_factory
 from replicaio.sim.adversary import BEHAVIOURS, Strategy
 from replicaio.sim.harness import Harness, harness_for
 from replicaio.sim.options import Crash, SimOptions

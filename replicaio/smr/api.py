@@ -9,6 +9,9 @@ Three layers meet here (see ``docs/adr/0005-smr-ordering-interface.md``):
 * an **ordering protocol** (Raft now; PBFT and MinBFT next) implements
   :class:`Ordering`: it turns submitted batches into one totally ordered,
   gap-free sequence of committed batches, identical on every correct replica.
+  That interface is defined one layer down, in
+  :mod:`replicaio.interfaces.ordering` (protocols may not import ``smr``), and
+  re-exported here as part of SMR's contract.
 
 Clients talk to a replica through the host: a :class:`ClientRequest` arrives
 as a ``Request`` input; the replica answers with a :class:`Reply`,
@@ -20,12 +23,29 @@ for f + 1 matching replies).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from replicaio.core.codec import message
-from replicaio.core.lines import Line
+from replicaio.interfaces.ordering import (
+    Committed,
+    NotLeader,
+    Ordering,
+    OrderingFactory,
+    OrderingHandlers,
+)
+
+__all__ = [
+    "ClientRequest",
+    "Committed",
+    "NotLeader",
+    "Ordering",
+    "OrderingFactory",
+    "OrderingHandlers",
+    "Redirect",
+    "Rejected",
+    "Reply",
+    "StateMachine",
+]
 
 # -- what clients send and receive -------------------------------------------
 
@@ -94,82 +114,3 @@ class StateMachine(Protocol):
     def restore(self, snapshot: bytes) -> None:
         """Replace the state by a snapshot taken by :meth:`snapshot`."""
         ...
-
-
-# -- what an ordering protocol implements -------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NotLeader:
-    """This replica cannot order (or serve a linearizable read) now."""
-
-    leader: int  # -1 when unknown
-
-
-@dataclass(frozen=True, slots=True)
-class Committed:
-    """Batch ``index`` of the total order (indices 1, 2, 3, ... with no gaps).
-
-    An empty ``batch`` (``b""``) is an entry of the protocol's own (a new
-    leader's no-op, a configuration change): it occupies the index and carries
-    no command; SMR applies nothing for it."""
-
-    index: int
-    batch: bytes
-
-
-class OrderingHandlers(Protocol):
-    """What SMR gives the ordering protocol to call (all synchronous, in the
-    node's step)."""
-
-    def on_commit(self, committed: Committed) -> None:
-        """Called exactly once per index, in index order, starting right after
-        the snapshot index (after a restart: after the restored snapshot)."""
-        ...
-
-    def on_snapshot(self, index: int, snapshot: bytes) -> None:
-        """Replace SMR state by ``snapshot``, which covers every index up to
-        ``index`` (state transfer to a lagging replica, or restart)."""
-        ...
-
-
-class Ordering(Protocol):
-    """A total-order protocol under SMR. Implemented by Raft, later PBFT and
-    MinBFT. See ``docs/adr/0005-smr-ordering-interface.md``."""
-
-    def bind(self, handlers: OrderingHandlers) -> None:
-        """Register SMR's handlers; called once, before :meth:`start`."""
-        ...
-
-    def start(self) -> None:
-        """Start (or restart): recover durable state, hand SMR the latest
-        snapshot (``on_snapshot``) if any, then resume committing."""
-        ...
-
-    def submit(self, batch: bytes) -> NotLeader | None:
-        """Propose a batch for ordering. ``None``: accepted for ordering (it
-        may still be lost if leadership changes; clients retry). Leader-based
-        protocols answer :class:`NotLeader` on followers; BFT protocols accept
-        on every replica."""
-        ...
-
-    def read_barrier(self) -> Line[int] | NotLeader:
-        """A line set to an index once a linearizable read may be served after
-        every batch up to that index is applied (Raft's read-index); or
-        :class:`NotLeader`. The line may never be set if leadership is lost:
-        callers time out."""
-        ...
-
-    def compact(self, index: int, snapshot: bytes) -> None:
-        """SMR took ``snapshot`` covering every index up to ``index`` (already
-        committed and applied); the protocol persists it, may discard its log
-        up to there, and uses it for state transfer."""
-        ...
-
-    @property
-    def leader_hint(self) -> int:
-        """The replica believed to be able to order now (-1: unknown)."""
-        ...
-
-
-OrderingFactory = Callable[..., Ordering]

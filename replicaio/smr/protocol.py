@@ -1,7 +1,7 @@
 """SMR as a node protocol: an ordering protocol, a state machine and a replica, by name.
 
-``SmrFactory`` is a ``replicaio.core.node.ProtocolFactory``: the registry
-(``replicaio.protocols.registry``) maps a name such as ``raft`` to one, so the
+``SmrFactory`` is a ``replicaio.core.node.ProtocolFactory``: the assembly
+(``replicaio.assembly``) maps a name such as ``raft`` to one, so the
 node core, the simulator, replay and the CLI build a whole replicated service
 by name. At every start of a node it builds, in this order:
 

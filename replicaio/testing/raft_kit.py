@@ -1,6 +1,6 @@
 """Scenario support for Raft (``cluster protocol=raft``): Raft + SMR + the KV store.
 
-The :class:`~replicaio.testing.scenario.ProtocolKit` for the registry's
+The :class:`~replicaio.testing.scenario.ProtocolKit` for the assembly's
 ``raft`` service, with Raft's checker (``replicaio.check.raft.RaftChecker``),
 an output formatter for Raft's and SMR's outputs, and the commands a Raft
 scenario needs (``docs/scenarios.md``, *Raft scenarios*):
@@ -181,9 +181,9 @@ def format_kv_result(result: bytes) -> str:
 
 
 def raft_factory(params: RaftParams | None = None, raft_type: type[Raft] = Raft) -> Any:
-    """Raft + SMR + KV exactly as the registry's ``raft`` builds it, or with
+    """Raft + SMR + KV exactly as the assembly's ``raft`` builds it, or with
     ``params`` and a broken variant's ``raft_type``."""
-    from replicaio.protocols.registry import protocol_factory
+    from replicaio.assembly import protocol_factory
 
     factory = protocol_factory("raft")
     if params is None and raft_type is Raft:

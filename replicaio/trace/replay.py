@@ -5,18 +5,22 @@ core (a new one at each ``start``, as the host did), the recorded choice
 outcomes are given back at the same choice points, and the effects are
 compared with the recorded ones. The first difference is reported: which
 step, which part, what was expected and what came out.
+
+The log's header names the protocol; the caller gives the function that
+turns that name into a factory (``replicaio.assembly.protocol_factory``):
+``trace`` depends on ``core`` only and knows no protocol.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig
-from replicaio.core.node import Node, NodeParams
-from replicaio.protocols.registry import protocol_factory
+from replicaio.core.node import Node, NodeParams, ProtocolFactory
 from replicaio.trace.eventlog import (
     STEP,
     EventLogError,
@@ -26,6 +30,8 @@ from replicaio.trace.eventlog import (
 )
 
 EFFECT_PARTS = ("persists", "sends", "timers_cancelled", "timers_set", "outputs")
+
+FactoryFor = Callable[[str], ProtocolFactory]
 
 
 @dataclass(slots=True)
@@ -62,9 +68,11 @@ class RecordedChoices:
         return int(index)
 
 
-def node_from_header(header: dict[str, Any], node_id: int, choose: Any) -> Node:
+def node_from_header(
+    header: dict[str, Any], node_id: int, choose: Any, factory_for: FactoryFor
+) -> Node:
     """A fresh core for ``node_id`` configured as the logged run was."""
-    factory = protocol_factory(str(header["protocol"]))
+    factory = factory_for(str(header["protocol"]))
     config = ClusterConfig(
         n=int(header["n"]),
         f=int(header["f"]),
@@ -75,8 +83,9 @@ def node_from_header(header: dict[str, Any], node_id: int, choose: Any) -> Node:
     return Node(node_id, config, factory, choose=choose, params=params)
 
 
-def replay(stream: IO[bytes], node_id: int) -> ReplayResult:
-    """Re-execute ``node_id`` from the log in ``stream``; see the module docstring."""
+def replay(stream: IO[bytes], node_id: int, factory_for: FactoryFor) -> ReplayResult:
+    """Re-execute ``node_id`` from the log in ``stream``, building its cores with
+    ``factory_for(protocol name)``; see the module docstring."""
     header, records = read_log(stream)
     if not 0 <= node_id < int(header["n"]):
         raise EventLogError(f"node {node_id} is not in this run of {header['n']} nodes")
@@ -90,7 +99,7 @@ def replay(stream: IO[bytes], node_id: int) -> ReplayResult:
         _, time_us, _, incarnation, event_record, recorded_choices, recorded = record
         event = decode_input(event_record)
         if event_record[0] == "start":
-            node = node_from_header(header, node_id, choices)
+            node = node_from_header(header, node_id, choices, factory_for)
             result.incarnations += 1
         if node is None:
             raise EventLogError(f"node {node_id} has a step before its start")

@@ -15,15 +15,11 @@ from typing import Any
 
 from replicaio.core.config import Resilience
 from replicaio.core.context import Context
+from replicaio.interfaces.broadcast import Accepted, Delivered
 from replicaio.protocols.broadcast.beb import best_effort
 from replicaio.protocols.broadcast.bracha import bracha
 from replicaio.protocols.broadcast.echo import consistent
-from replicaio.protocols.broadcast.instances import (
-    Accepted,
-    Delivered,
-    InstanceFunction,
-    Instances,
-)
+from replicaio.protocols.broadcast.instances import InstanceFunction, Instances
 
 __all__ = [
     "PROTOCOLS",

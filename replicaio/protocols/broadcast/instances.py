@@ -23,9 +23,10 @@ child path ``(sender, seq)`` of this component.
   watermarks, the delivered records, and the instances in progress (those
   whose links had sent something), which are resumed.
 
-Outputs: one :class:`Accepted` per broadcast request taken (durable: the
-value is on disk before the output leaves), one :class:`Delivered` per
-delivery, after its record is durable.
+Outputs (the broadcast interface, :mod:`replicaio.interfaces.broadcast`):
+one :class:`Accepted` per broadcast request taken (durable: the value is on
+disk before the output leaves), one :class:`Delivered` per delivery, after its
+record is durable.
 """
 
 from __future__ import annotations
@@ -33,39 +34,14 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from replicaio.core.codec import message
 from replicaio.core.context import Context, Ignore
 from replicaio.core.effects import Path
 from replicaio.core.errors import ConfigError
+from replicaio.interfaces.broadcast import Accepted, Delivered
 
 InstanceFunction = Callable[[Context, int, Any], Coroutine[Any, Any, Any]]
 
 VALUE_BYTES_MAX = 1 << 20
-
-
-@message(tag="Delivered")
-class Delivered:
-    """Output: ``value`` was delivered as instance ``seq`` of ``sender``.
-
-    ``recovered`` marks a re-announcement after a restart: the delivery record
-    was durable but the node may have crashed before the output left. An
-    application keeping a durable cursor skips those it has seen; deliveries
-    are thereby exactly-once per ``(sender, seq)`` for it.
-    """
-
-    sender: int
-    seq: int
-    value: bytes
-    recovered: bool = False
-
-
-@message(tag="Accepted")
-class Accepted:
-    """Output: this node durably accepted ``value`` for broadcast as its instance ``seq``."""
-
-    sender: int
-    seq: int
-    value: bytes
 
 
 class Instances:

@@ -7,7 +7,7 @@ Bridging Theory and Practice* (2014): single-server membership changes
 (4.1-4.3), leadership transfer (3.10), read-index (6.4), pre-vote and
 check-quorum (9.6, 6.2). Crash-recovery faults only; n >= 2f + 1 voters.
 
-Interface. :class:`Raft` implements :class:`replicaio.smr.api.Ordering`:
+Interface. :class:`Raft` implements :class:`replicaio.interfaces.ordering.Ordering`:
 SMR ``submit``s batches on the leader, receives every committed entry
 exactly once and in order through ``on_commit`` (no-ops and configuration
 entries arrive as empty batches: they occupy an index and carry no
@@ -74,6 +74,7 @@ from typing import Any
 
 from replicaio.core.config import Resilience
 from replicaio.core.context import Context
+from replicaio.interfaces.ordering import Committed
 from replicaio.protocols.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -98,7 +99,6 @@ from replicaio.protocols.raft.messages import (
 from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft, RaftView
 from replicaio.protocols.raft.state import Role
-from replicaio.smr.api import Committed
 
 __all__ = [
     "AppendEntries",

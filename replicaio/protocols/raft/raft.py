@@ -1,6 +1,6 @@
 """The Raft component: shared state, roles, message dispatch, commit and apply.
 
-One :class:`Raft` per node implements :class:`replicaio.smr.api.Ordering`.
+One :class:`Raft` per node implements :class:`replicaio.interfaces.ordering.Ordering`.
 It owns the state every phase shares (hard state, log, commit and applied
 indexes, role, leader) and the role scope; the phases (``election``,
 ``replication``, ``snapshot``, ``membership``, ``reads``) are objects over
@@ -18,6 +18,7 @@ from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
 from replicaio.core.lines import Line
 from replicaio.core.scheduler import Scope
+from replicaio.interfaces.ordering import Committed, NotLeader, OrderingHandlers
 from replicaio.protocols.raft.election import Election
 from replicaio.protocols.raft.membership import Membership
 from replicaio.protocols.raft.messages import (
@@ -41,7 +42,6 @@ from replicaio.protocols.raft.reads import Reads
 from replicaio.protocols.raft.replication import Replication
 from replicaio.protocols.raft.snapshot import Snapshots
 from replicaio.protocols.raft.state import HardState, RaftLog, Role
-from replicaio.smr.api import Committed, NotLeader, OrderingHandlers
 
 IDENTITY_MAX = (1 << 31) - 1
 
@@ -77,7 +77,7 @@ class RaftView:
 
 class Raft:
     """Raft (Ongaro & Ousterhout 2014; Ongaro's thesis 2014) as an
-    :class:`~replicaio.smr.api.Ordering`. Give it its own context (a child
+    :class:`~replicaio.interfaces.ordering.Ordering`. Give it its own context (a child
     path): it opens one stream for the ``raft.*`` messages there.
 
     The parts a variant may replace are named by the class attributes below

@@ -28,9 +28,9 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from replicaio.core.lines import Line
+from replicaio.interfaces.ordering import NotLeader
 from replicaio.protocols.raft.messages import NO_NODE, ReadConfirmed, ReadRequested
 from replicaio.protocols.raft.state import Role
-from replicaio.smr.api import NotLeader
 
 if TYPE_CHECKING:
     from replicaio.protocols.raft.raft import Raft

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from replicaio.core.lines import Line
 from replicaio.core.scheduler import Scheduler, Task
+from replicaio.interfaces.ordering import NotLeader
 from replicaio.protocols.raft.messages import (
     NO_NODE,
     AppendEntries,
@@ -43,7 +44,6 @@ from replicaio.protocols.raft.messages import (
     LeaderCommitted,
 )
 from replicaio.protocols.raft.state import Role
-from replicaio.smr.api import NotLeader
 
 if TYPE_CHECKING:
     from replicaio.protocols.raft.raft import Raft

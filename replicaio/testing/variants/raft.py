@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from replicaio.core.lines import Line
+from replicaio.interfaces.ordering import NotLeader
 from replicaio.protocols.raft.messages import NO_NODE, ReadConfirmed, ReadRequested
 from replicaio.protocols.raft.raft import Raft
 from replicaio.protocols.raft.reads import PendingRead, Reads
 from replicaio.protocols.raft.replication import Replication
 from replicaio.protocols.raft.state import HardState
-from replicaio.smr.api import NotLeader
 
 
 class LeaderWithoutNoop(Replication):

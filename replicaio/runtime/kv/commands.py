@@ -75,7 +75,7 @@ def command_kv_node(args: argparse.Namespace) -> int:
 
 
 def command_kv_up(args: argparse.Namespace) -> int:
-    from replicaio.protocols.registry import service_spec
+    from replicaio.assembly import service_spec
 
     if service_spec(args.protocol) is None:
         raise UsageError(f"--protocol {args.protocol!r} is not a replicated service (try raft)")

@@ -1,4 +1,11 @@
-"""Protocol names, as the CLI, the simulator and replay know them.
+"""The assembly: which protocol + SMR + service make a node, under which name.
+
+This is the one module that knows protocols by name and wires them into the
+node factories (:class:`~replicaio.core.node.ProtocolFactory`) the hosts run.
+It sits above ``protocols``, ``smr``, ``services`` and the broken variants of
+``replicaio.testing.variants``, and below the programs that use factories
+(``sim``, ``runtime``, ``cli``), which reach a protocol only through it
+(``docs/architecture.md``, enforced by import-linter).
 
 Two kinds of names:
 
@@ -12,10 +19,6 @@ Two kinds of names:
 A service name may carry parameters after a colon, ``raft:snapshot=8``
 (:data:`SERVICE_PARAMETERS`). The whole string is what the event log header
 records, so replay rebuilds exactly the same nodes.
-
-Layering note: a service bundles layers above ``protocols`` (``smr``,
-``services``); they are imported only when such a factory is built, so the
-broadcast family does not depend on them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ from replicaio.core.config import Resilience
 from replicaio.core.errors import UsageError
 from replicaio.core.node import ProtocolFactory
 from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, BroadcastSpec
+from replicaio.protocols.raft.messages import RaftAdmin
+from replicaio.protocols.raft.params import RaftParams
+from replicaio.protocols.raft.raft import Raft
+from replicaio.services.kv.state_machine import KeyValueStateMachine
+from replicaio.smr.params import SmrParams
+from replicaio.smr.protocol import SmrFactory
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
 from replicaio.testing.variants.raft import RAFT_VARIANTS
 
@@ -60,13 +69,6 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
     variant (``replicaio.testing.variants.raft``)."""
 
     def build(name: str, parameters: Mapping[str, int]) -> ProtocolFactory:
-        from replicaio.protocols.raft.messages import RaftAdmin
-        from replicaio.protocols.raft.params import RaftParams
-        from replicaio.protocols.raft.raft import Raft
-        from replicaio.services.kv.state_machine import KeyValueStateMachine
-        from replicaio.smr.params import SmrParams
-        from replicaio.smr.protocol import SmrFactory
-
         raft_type = RAFT_VARIANTS[variant].raft_type if variant else Raft
         raft_params = RaftParams().validate()
         defaults = SmrParams()
@@ -146,6 +148,11 @@ def protocol_summaries() -> dict[str, str]:
     found = {name: spec.summary for name, spec in BROADCASTS.items()}
     found.update({name: spec.summary for name, spec in SERVICES.items()})
     return found
+
+
+def broadcast_spec(name: str) -> BroadcastSpec | None:
+    """The broadcast protocol ``name`` names (with what it claims), or ``None``."""
+    return BROADCASTS.get(name)
 
 
 def protocol_factory(name: str) -> ProtocolFactory:
