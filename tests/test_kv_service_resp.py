@@ -388,6 +388,27 @@ def test_every_command_through_redis_py(protocol: int) -> None:
     run(scenario)
 
 
+def test_incr_takes_and_reads_only_the_integers_redis_accepts() -> None:
+    """Redis's integers: no leading zero, no "-0", no "+", no spaces (string2ll)."""
+
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            client = node.client()
+            for bad in ("05", "-0", "+1", " 1", "1 ", "00", "-", "9223372036854775808"):
+                with pytest.raises(redis.ResponseError, match="not an integer"):
+                    await client.incrby("n", bad)  # type: ignore[arg-type]
+                await client.set("stored", bad)
+                with pytest.raises(redis.ResponseError, match="not an integer"):
+                    await client.incr("stored")
+            for good, after in (("0", 1), ("-7", -6), ("9223372036854775806", 2**63 - 1)):
+                await client.set("stored", good)
+                assert await client.incr("stored") == after
+            assert await client.incrby("n", "-3") == -3  # type: ignore[arg-type]
+            await client.aclose()
+
+    run(scenario)
+
+
 def test_hello_switches_protocol_and_answers_a_map() -> None:
     async def scenario() -> None:
         async with FakeNode() as node:
@@ -434,8 +455,43 @@ def test_a_pipeline_is_answered_in_order_and_travels_as_few_smr_requests() -> No
                 if index % 50 == 0:
                     expected.append(True)
             assert results == expected
-            # 604 commands, at most 256 per request: a handful of replicated requests.
-            assert 3 <= len(node.requests) <= 20, len(node.requests)
+            # 604 commands, at most 256 per request, and a GET among writes counts
+            # its largest reply (64 KiB) against the 768 KiB of one result: a GET
+            # every 12 at most. Still far fewer requests than commands.
+            assert 3 <= len(node.requests) <= 30, len(node.requests)
+            await client.aclose()
+
+    run(scenario)
+
+
+def test_pipelined_reads_of_large_values_are_split_so_every_reply_fits() -> None:
+    """Reads alone travel in groups of up to ``group_commands_max``; when their values
+    do not fit in one result (``result_bytes_max``), the node answers what fit and
+    sends the rest again, so every GET gets its value and no reply is too large."""
+
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            client = node.client()
+            large = b"x" * 60_000
+            await client.set("large", large)
+            await client.set("small", b"s")
+            async with client.pipeline(transaction=False) as pipe:
+                for _ in range(300):
+                    pipe.get("small")
+                small_results = await pipe.execute()
+            assert small_results == [b"s"] * 300
+            requests_before = len(node.requests)
+            async with client.pipeline(transaction=False) as pipe:
+                for _ in range(64):
+                    pipe.get("large")
+                large_results = await pipe.execute()
+            assert large_results == [large] * 64
+            assert node.counters.get("kv_read_groups_split") >= 1
+            # 3.8 MB of values, at most 768 KiB per result: at least 5 requests.
+            assert 5 <= len(node.requests) - requests_before <= 64
+            with pytest.raises(redis.ResponseError, match="reply too large"):
+                await client.mget(["large"] * 20)  # 1.2 MB of values in one command
+            assert await client.get("large") == large
             await client.aclose()
 
     run(scenario)
@@ -555,8 +611,17 @@ BAD_INPUT: list[tuple[bytes, bool, bytes, str]] = [
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + NO_NEWLINE * 300, False,
      b"-ERR Protocol error: too big inline request", "rejected_resp_inline_too_long"),
     (multibulk(b"PING") + b"*1\r\n$999999999\r\n", False,
-     b"+PONG\r\n-ERR Protocol error: invalid bulk length", "rejected_resp_invalid_bulk_length"),
-    (b"*99999999\r\n", False, b"-ERR Protocol error: invalid multibulk length",
+     b"+PONG\r\n-ERR Protocol error: invalid bulk length 999999999: more than bulk_bytes_max "
+     b"(524288 bytes)", "rejected_resp_invalid_bulk_length"),
+    (b"*1\r\n$-5\r\n", False, b"-ERR Protocol error: invalid bulk length -5: negative",
+     "rejected_resp_invalid_bulk_length"),
+    (b"*1\r\n$1e3\r\n", False,
+     b"-ERR Protocol error: invalid bulk length '1e3': not a decimal integer",
+     "rejected_resp_invalid_bulk_length"),
+    (b"*99999999\r\n", False, b"-ERR Protocol error: invalid multibulk length 99999999: more "
+     b"than array_items_max (4096 items)", "rejected_resp_invalid_multibulk_length"),
+    (b"*1e3\r\n", False,
+     b"-ERR Protocol error: invalid multibulk length '1e3': not a decimal integer",
      "rejected_resp_invalid_multibulk_length"),
     (b"*2\r\n$3\r\nGET\r\n$5\r\nab", True, b"", "rejected_resp_truncated_frame"),
     (b"*1\r\n:1\r\n", False, b"-ERR Protocol error: expected '$'", "rejected_resp_expected_bulk"),
@@ -604,6 +669,153 @@ def test_pipeline_depth_and_client_connections_are_bounded() -> None:
     run(scenario)
 
 
+def test_pipeline_bytes_are_bounded() -> None:
+    async def scenario() -> None:
+        async with FakeNode({"pipeline_bytes_max": 4096}) as node:
+            reader, writer = await asyncio.open_connection(LOCAL, node.service.port)
+            value = b"v" * 1000
+            writer.write(b"".join(multibulk(b"SET", b"k%d" % i, value) for i in range(50)))
+            await writer.drain()
+            answer = b""
+            while answer.count(b"\r\n") < 50:
+                answer += await asyncio.wait_for(reader.read(65536), DEADLINE_S)
+            assert answer == b"+OK\r\n" * 50
+            assert node.counters.get("bound_resp_pipeline_bytes_max") >= 1
+            writer.close()
+            await still_serving(node)
+
+    run(scenario)
+
+
+async def unread_connection(port: int, request: bytes) -> tuple[Any, asyncio.StreamWriter]:
+    """A raw socket with a tiny receive buffer that sends ``request`` and reads nothing."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (LOCAL, port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(request)
+    return reader, writer
+
+
+def test_replies_a_client_does_not_read_are_bounded_in_bytes() -> None:
+    """A client that pipelines GETs of a 50 KB value and reads nothing: the node
+    stops answering (and reading) once ``reply_bytes_max`` replies are unsent,
+    serves other clients meanwhile, and answers everything, in order, once read."""
+
+    async def scenario() -> None:
+        reply_max = 64 * 1024
+        async with FakeNode({"reply_bytes_max": reply_max}) as node:
+            client = node.client()
+            value = b"x" * 50_000
+            await client.set("big", value)
+            request = (multibulk(b"GET", b"big") + multibulk(b"PING")) * 300
+            reader, writer = await unread_connection(node.service.port, request)
+            deadline = time.monotonic() + DEADLINE_S
+            while node.counters.get("bound_resp_reply_bytes_max") < 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+            executed = len(node.requests)
+            assert executed < 300  # it stopped: the rest waits for the client
+            (connection,) = [c for c in node.service.connections_open if c.unanswered]
+            assert connection.reply_backlog() <= reply_max + len(value) + 64
+            assert await client.get("big") == value  # another client is served meanwhile
+            assert len(node.requests) == executed + 1
+            answer = bytearray()
+            expected = (b"$50000\r\n" + value + b"\r\n+PONG\r\n") * 300
+            while len(answer) < len(expected):
+                answer += await asyncio.wait_for(reader.read(1 << 20), DEADLINE_S)
+            assert answer == expected
+            writer.close()
+            await client.aclose()
+
+    run(scenario)
+
+
+TIMEOUTS = {"idle_timeout_ms": 300, "request_read_timeout_ms": 400}
+
+
+async def closed_within(reader: asyncio.StreamReader, timeout_s: float) -> bool:
+    """Whether the node closes the connection within ``timeout_s``."""
+    try:
+        while await asyncio.wait_for(reader.read(65536), timeout_s):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+def test_idle_and_half_sent_connections_time_out_and_are_counted() -> None:
+    async def scenario() -> None:
+        async with FakeNode(TIMEOUTS) as node:
+            port = node.service.port
+            idle_reader, idle = await asyncio.open_connection(LOCAL, port)
+            half_reader, half = await asyncio.open_connection(LOCAL, port)
+            half.write(b"*2\r\n$3\r\nGET\r\n")
+            slow_reader, slow = await asyncio.open_connection(LOCAL, port)
+            busy = node.client()
+            started = time.monotonic()
+            for byte in b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n":  # one byte per 50 ms
+                if slow.is_closing():
+                    break
+                slow.write(bytes([byte]))
+                assert await busy.ping() is True  # a client that talks stays
+                await asyncio.sleep(0.05)
+            assert await closed_within(idle_reader, 2.0)
+            assert await closed_within(half_reader, 2.0)
+            assert await closed_within(slow_reader, 2.0)
+            assert time.monotonic() - started < 3.0
+            assert node.counters.get("timeout_resp_idle") == 1
+            assert node.counters.get("timeout_resp_request_read") == 2
+            assert node.counters.get("rejected_resp_truncated_frame") == 0
+            await asyncio.sleep(0.5)
+            assert await busy.ping() is True  # idle 0.5 s < nothing: still open
+            for stream in (idle, half, slow):
+                stream.close()
+            await busy.aclose()
+
+    run(scenario)
+
+
+def test_a_client_that_reads_no_replies_is_closed_after_the_idle_timeout() -> None:
+    async def scenario() -> None:
+        async with FakeNode({**TIMEOUTS, "reply_bytes_max": 4096}) as node:
+            client = node.client()
+            await client.set("big", b"x" * 50_000)
+            request = multibulk(b"GET", b"big") * 200
+            reader, writer = await unread_connection(node.service.port, request)
+            deadline = time.monotonic() + DEADLINE_S
+            while node.counters.get("timeout_resp_stalled") < 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert await closed_within(reader, 2.0)
+            await client.aclose()  # idle meanwhile: closed by the node too
+            assert node.counters.get("timeout_resp_idle") == 1
+            await still_serving(node)
+            writer.close()
+
+    run(scenario)
+
+
+def test_timeouts_of_zero_mean_never() -> None:
+    async def scenario() -> None:
+        async with FakeNode({"idle_timeout_ms": 0, "request_read_timeout_ms": 0}) as node:
+            assert node.service.sweeper is None
+            reader, writer = await asyncio.open_connection(LOCAL, node.service.port)
+            writer.write(b"*1\r\n")
+            assert not await closed_within(reader, 0.5)
+            writer.write(b"$4\r\nPING\r\n")
+            assert await asyncio.wait_for(reader.read(100), DEADLINE_S) == b"+PONG\r\n"
+            writer.close()
+
+    run(scenario)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
@@ -643,6 +855,8 @@ def test_service_params_are_validated_when_the_cluster_file_is_loaded() -> None:
         ({"retry_after_ms": 0}, "service.retry_after_ms"),
         ({"retry_after_ms": 900, "request_timeout_ms": 800}, "service.retry_after_ms"),
         ({"group_bytes_max": 1 << 20}, "service.group_bytes_max"),
+        ({"idle_timeout_ms": -1}, "service.idle_timeout_ms"),
+        ({"reply_bytes_max": 0}, "service.reply_bytes_max"),
     ]:
         with pytest.raises(ClusterFileError) as raised:
             check_service_params("resp", table)

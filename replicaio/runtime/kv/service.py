@@ -11,8 +11,10 @@ the read barrier (Raft's read-index), and a follower forwards both to the leader
 (SMR forwarding; no ``MOVED`` redirections: clients need not know the leader).
 
 One connection, two tasks. The **reader** parses requests (``resp.RespParser``,
-bounded) and queues them; it stops reading while ``pipeline_depth_max``
-commands wait for their replies (TCP backpressure). A protocol violation is
+bounded) and queues them; it stops reading (TCP backpressure) while
+``pipeline_depth_max`` commands, or ``pipeline_bytes_max`` bytes of them, wait
+for their replies, or while more than ``reply_bytes_max`` bytes of replies wait
+to be sent (a client that does not read its replies). A protocol violation is
 counted (``rejected_resp_<reason>``), answered ``-ERR Protocol error: ...``
 after the replies to the commands before it, and closes the connection. The
 **dispatcher** takes every queued command, plans each one
@@ -20,7 +22,23 @@ after the replies to the commands before it, and closes the connection. The
 replicated ones into **one SMR request** (a ``batch`` command when there are
 several; at most ``group_commands_max`` commands and ``group_bytes_max``
 bytes): a pipeline becomes one replicated request, executed at one position
-of the log, in order. Replies are written in request order.
+of the log, in order. Replies are written in request order. Before each
+request and each local reply the dispatcher waits while more than
+``reply_bytes_max`` bytes of replies are unsent, so a connection holds at most
+that plus one request's replies. Those come back as one SMR result, bounded by
+the store's ``result_bytes_max``: a group with writes counts each read's
+largest reply (:func:`reply_bytes_max`) against it; a group of reads only is
+sent whole, and if its values do not all fit (``result_too_large``), the
+commands that got their values are answered and the rest is sent again
+(``kv_read_groups_split``).
+
+Timeouts (a periodic sweep, :meth:`RespService.sweep`): a connection with
+nothing to answer that sends nothing for ``idle_timeout_ms`` (Redis's
+``timeout``), or that stops reading its replies for as long (``stalled``), and
+one that takes more than ``request_read_timeout_ms`` to send a whole command,
+are closed and counted ``timeout_resp_<idle|stalled|request_read>``; 0 turns a
+timeout off. Waiting for SMR is never a timeout here (``request_timeout_ms``
+bounds it).
 
 At-most-once. Each connection has its own SMR client ids (unique across the
 cluster and across restarts: ``incarnation``, node id and a counter,
@@ -43,8 +61,11 @@ answer comes from the state machine's execution.
 Bounds (:class:`RespParams`, the cluster file's ``[service]`` table): the
 parser's (``bulk_bytes_max``, ``array_items_max``, ``inline_bytes_max``,
 ``command_bytes_max``), ``pipeline_depth_max``, ``group_commands_max``,
-``group_bytes_max``, and ``[host] client_connections_max`` clients (beyond
-it: ``-ERR max number of clients reached``, ``bound_client_connections_max``).
+``group_bytes_max``, ``pipeline_bytes_max``, ``reply_bytes_max``, and
+``[host] client_connections_max`` clients (beyond it: ``-ERR max number of
+clients reached``, ``bound_client_connections_max``). So one connection holds
+at most about its parser's buffer, ``pipeline_bytes_max`` plus one command,
+and ``reply_bytes_max`` plus one request's replies.
 
 Metrics (``collect_metrics``, through the node's endpoint): request latency
 per command (``replicaio_kv_request_seconds``), and the protocol's gauges
@@ -57,6 +78,7 @@ to the runtime's counters: ``rejected_resp_<reason>`` (protocol violations),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -74,6 +96,7 @@ from replicaio.runtime.client import ListeningService, ServiceHost, register_ser
 from replicaio.runtime.config import Address, ClusterFileError, HostParams
 from replicaio.runtime.logs import RateLimitedLog
 from replicaio.services.kv.redis_commands import (
+    KV_PARAMS,
     METRIC_NAMES,
     Local,
     Replicated,
@@ -114,6 +137,15 @@ LATENCY_BUCKETS: Final = (
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 )
 SMR_COMMAND_BYTES_MAX: Final = SmrParams().command_bytes_max
+TIMEOUTS_OPTIONAL: Final = frozenset({"idle_timeout_ms", "request_read_timeout_ms"})
+ARGUMENT_OVERHEAD_BYTES: Final = 48  # what one parsed argument costs beyond its bytes
+# The most bytes one key-value command's reply takes: a read returns a value; a
+# write an integer, a flag, OK or an error (a bounded text).
+READ_REPLY_BYTES_MAX: Final = KV_PARAMS.value_bytes_max + 64
+WRITE_REPLY_BYTES_MAX: Final = 512
+# A group's replies, at most: they come back as one SMR reply, which must fit.
+GROUP_REPLY_BYTES_MAX: Final = KV_PARAMS.result_bytes_max
+SWEEP_PERIOD_S_MAX: Final = 1.0  # how often timeouts are checked, at most
 EXPIRED_ERROR: Final = RespError(
     "TRYAGAIN session expired: this node's session for the connection was evicted "
     "(a write may have taken effect)"
@@ -129,16 +161,21 @@ class RespParams:
     inline_bytes_max: int = 64 * 1024  # one inline (telnet-style) command line
     command_bytes_max: int = 1024 * 1024  # all arguments of one command
     pipeline_depth_max: int = 1024  # commands read from a connection, not yet answered
+    pipeline_bytes_max: int = 1024 * 1024  # their bytes
+    reply_bytes_max: int = 1024 * 1024  # replies written to a connection, not yet sent
     group_commands_max: int = 256  # client commands carried by one SMR request
     group_bytes_max: int = 60 * 1024  # their key-value commands, encoded
     retry_after_ms: int = 1000  # send a request again if unanswered this long
     retry_backoff_ms: int = 50  # wait before sending again after a passing refusal
     request_timeout_ms: int = 5000  # then -TRYAGAIN no quorum
+    idle_timeout_ms: int = 300_000  # Redis's `timeout`: close an idle connection (0: never)
+    request_read_timeout_ms: int = 10_000  # close one that sends half a command (0: never)
 
     def validate(self) -> RespParams:
         for item in dataclasses.fields(self):
-            if getattr(self, item.name) < 1:
-                raise ClusterFileError(f"service.{item.name}", "must be >= 1")
+            if getattr(self, item.name) < (0 if item.name in TIMEOUTS_OPTIONAL else 1):
+                minimum = "0 (never)" if item.name in TIMEOUTS_OPTIONAL else "1"
+                raise ClusterFileError(f"service.{item.name}", f"must be >= {minimum}")
         if self.bulk_bytes_max > self.command_bytes_max:
             raise ClusterFileError("service.bulk_bytes_max", "must be <= command_bytes_max")
         if not self.group_commands_max <= min(self.pipeline_depth_max, BATCH_COMMANDS_MAX):
@@ -176,6 +213,29 @@ def parse_resp_params(table: Mapping[str, Any]) -> RespParams:
     return RespParams(**dict(table)).validate()
 
 
+def reply_bytes_max(planned: Replicated) -> int:
+    """The most bytes the replies of ``planned`` may take (a group is planned with
+    this, since its replies come back together)."""
+    each = READ_REPLY_BYTES_MAX if planned.read_only else WRITE_REPLY_BYTES_MAX
+    return each * len(planned.commands)
+
+
+def plans_that_fit(group: list[tuple[Command, Replicated]], results: list[KvResult]) -> int:
+    """How many plans of a read-only ``group`` got all their results: those before
+    the first with a ``result_too_large`` one (at least one plan: a plan whose
+    values do not fit even alone gets that error)."""
+    offset = 0
+    for index, (_, planned) in enumerate(group):
+        count = len(planned.commands)
+        if any(
+            isinstance(result, KvError) and result.code == "result_too_large"
+            for result in results[offset : offset + count]
+        ):
+            return max(index, 1)
+        offset += count
+    return len(group)
+
+
 def smr_client_id(incarnation: int, node_id: int, number: int) -> int:
     """A client id no other connection of the cluster ever had: the node's
     incarnation grows at every start, so a restarted node never reuses one."""
@@ -192,6 +252,11 @@ def smr_client_id(incarnation: int, node_id: int, number: int) -> int:
 class Command:
     argv: list[bytes]
     received: float  # perf_counter at parse: latency is measured from here
+    size: int  # bytes it holds (pipeline_bytes_max)
+
+
+def command_size(argv: list[bytes]) -> int:
+    return sum(len(word) for word in argv) + ARGUMENT_OVERHEAD_BYTES * len(argv)
 
 
 class EndOfInput:
@@ -204,13 +269,19 @@ class EndOfInput:
 
 
 Item = Command | EndOfInput
+# What a connection's reader waits for, which decides the timeout that applies.
+IDLE, REQUEST, ROOM = "idle", "request_read", "room"
+STALLED = "stalled"
+REPLY_BOUND: Final = "bound_resp_reply_bytes_max"  # the timeout of a client that reads no replies
 
 
 class Connection:
     """One client's connection (implements ``redis_commands.Session``)."""
 
     __slots__ = (
+        "active",
         "closing",
+        "command_started",
         "connection_id",
         "finished",
         "items",
@@ -220,7 +291,10 @@ class Connection:
         "read_seq",
         "room",
         "service",
+        "timed_out",
         "unanswered",
+        "unanswered_bytes",
+        "waiting",
         "wake",
         "write_client",
         "write_seq",
@@ -244,8 +318,18 @@ class Connection:
         self.finished = False  # the dispatcher is done: the reader stops too
         self.items: deque[Item] = deque()
         self.unanswered = 0  # commands read and not yet answered
+        self.unanswered_bytes = 0  # their size
         self.wake = asyncio.Event()  # items were queued
         self.room = asyncio.Event()  # unanswered fell below the pipeline bound
+        self.waiting = IDLE  # what the reader waits for (which timeout applies)
+        self.active = time.monotonic()  # when it last read, or wrote a reply
+        self.command_started = 0.0  # when the command being read began to arrive
+        self.timed_out: str | None = None  # the timeout that closed the connection
+
+    def reply_backlog(self) -> int:
+        """Reply bytes written and not yet taken by the kernel."""
+        transport = self.writer.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
     def server_info(self) -> dict[str, dict[str, str | int]]:
         return self.service.server_info()
@@ -254,14 +338,86 @@ class Connection:
         self.items.append(item)
         if isinstance(item, Command):
             self.unanswered += 1
+            self.unanswered_bytes += item.size
         self.wake.set()
 
-    def write(self, data: bytes, answered: int) -> None:
+    def write(self, data: bytes, answered: Command | None) -> None:
         if data and not self.writer.is_closing():
             self.writer.write(data)
-        self.unanswered -= answered
-        assert self.unanswered >= 0
+            self.active = time.monotonic()
+        if answered is not None:
+            self.unanswered -= 1
+            self.unanswered_bytes -= answered.size
+            assert self.unanswered >= 0
+            assert self.unanswered_bytes >= 0
         self.room.set()
+
+    def expired(self, now: float, params: RespParams) -> str | None:
+        """The timeout this connection has run into, if any (see the module docstring)."""
+        if self.waiting is REQUEST:
+            timeout_ms = params.request_read_timeout_ms
+            if timeout_ms and now - self.command_started > timeout_ms / 1000:
+                return REQUEST
+            return None
+        stalled = self.reply_backlog() > params.reply_bytes_max
+        if self.unanswered and not stalled:
+            return None  # its commands are in SMR: request_timeout_ms bounds the wait
+        timeout_ms = params.idle_timeout_ms
+        if timeout_ms and now - self.active > timeout_ms / 1000:
+            return STALLED if stalled else IDLE
+        return None
+
+    def full(self, params: RespParams) -> str | None:
+        """The bound that stops reading this connection now, if any."""
+        if self.unanswered >= params.pipeline_depth_max:
+            return "bound_resp_pipeline_depth_max"
+        if self.unanswered_bytes >= params.pipeline_bytes_max:
+            return "bound_resp_pipeline_bytes_max"
+        if self.reply_backlog() > params.reply_bytes_max:
+            return REPLY_BOUND
+        return None
+
+
+class Group:
+    """Replicated commands gathered for one SMR request, within its bounds: the
+    commands' count and encoded size, and (unless they all only read, which
+    ``run_group`` may split after the fact) the most bytes their replies take."""
+
+    __slots__ = ("commands", "members", "read_only", "replies", "size")
+
+    def __init__(self) -> None:
+        self.members: list[tuple[Command, Replicated]] = []
+        self.commands = 0
+        self.size = 0
+        self.replies = 0
+        self.read_only = True
+
+    def fits(self, planned: Replicated, params: RespParams, reply_budget: int) -> bool:
+        if not self.members:
+            return True
+        if self.size + sum(len(command) for command in planned.commands) > (
+            params.group_bytes_max
+        ):
+            return False
+        if self.commands + len(planned.commands) > params.group_commands_max:
+            return False
+        reads_only = self.read_only and planned.read_only
+        return reads_only or self.replies + reply_bytes_max(planned) <= reply_budget
+
+    def add(self, item: Command, planned: Replicated) -> None:
+        self.members.append((item, planned))
+        self.commands += len(planned.commands)
+        self.size += sum(len(command) for command in planned.commands)
+        self.replies += reply_bytes_max(planned)
+        self.read_only = self.read_only and planned.read_only
+
+    def take(self) -> list[tuple[Command, Replicated]]:
+        """The members, leaving the group empty."""
+        members = self.members
+        self.members = []
+        self.commands = self.size = self.replies = 0
+        self.read_only = True
+        return members
 
 
 # -- SMR requests ------------------------------------------------------------------------------
@@ -315,6 +471,8 @@ class RespService(ListeningService):
         self.connections_open: set[Connection] = set()
         self.waiters: dict[int, Waiter] = {}
         self.connection_next = 0
+        self.sweeper: asyncio.Task[None] | None = None
+        self.reply_budget = min(self.params.reply_bytes_max, GROUP_REPLY_BYTES_MAX)
         self.client_next = 0  # SMR client ids handed out in this incarnation
         self.incarnation = 0
         self.node_id = 0
@@ -340,8 +498,37 @@ class RespService(ListeningService):
         cluster = getattr(host, "cluster", None)
         self.params = parse_resp_params(getattr(cluster, "service_params", None) or {})
         self.limits = self.params.limits()
+        self.reply_budget = min(self.params.reply_bytes_max, GROUP_REPLY_BYTES_MAX)
         self.node_id = int(getattr(host, "node_id", 0))
         await self.listen(address, self.on_client)
+        timeouts = [timeout for timeout in (self.params.idle_timeout_ms,
+                                            self.params.request_read_timeout_ms) if timeout]
+        if timeouts:
+            period = min(SWEEP_PERIOD_S_MAX, min(timeouts) / 4000)
+            self.sweeper = asyncio.get_running_loop().create_task(self.sweep(period))
+
+    async def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sweeper
+        await super().close()
+
+    async def sweep(self, period: float) -> None:
+        """Close the connections that ran into a timeout (counted ``timeout_resp_<kind>``)."""
+        params = self.params
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for connection in list(self.connections_open):
+                kind = connection.expired(now, params)
+                if kind is None or connection.timed_out is not None:
+                    continue
+                connection.timed_out = kind
+                self.count(f"timeout_resp_{kind}")
+                transport = connection.writer.transport
+                if transport is not None:
+                    transport.abort()  # unsent replies are dropped: nobody reads them
 
     def connections(self) -> int:
         return len(self.connections_open)
@@ -394,6 +581,8 @@ class RespService(ListeningService):
         connection_id = self.connection_next
         self.connection_next += 1
         connection = Connection(self, writer, connection_id, read_client, write_client)
+        # drain() waits while more than reply_bytes_max replies are unsent.
+        writer.transport.set_write_buffer_limits(high=self.params.reply_bytes_max)
         self.connections_open.add(connection)
         dispatcher = asyncio.get_running_loop().create_task(self.dispatch(connection))
         try:
@@ -408,23 +597,25 @@ class RespService(ListeningService):
 
     async def read_loop(self, connection: Connection, reader: asyncio.StreamReader) -> None:
         parser = RespParser(self.limits)
-        depth_max = self.params.pipeline_depth_max
         try:
             while True:
                 argv = parser.next_command()
                 if argv is not None:
-                    connection.push(Command(argv, time.perf_counter()))
-                    if connection.unanswered >= depth_max:
-                        self.count("bound_resp_pipeline_depth_max")
-                        while connection.unanswered >= depth_max and not connection.finished:
-                            connection.room.clear()
-                            await connection.room.wait()
+                    connection.push(Command(argv, time.perf_counter(), command_size(argv)))
+                    connection.waiting = IDLE
+                    await self.wait_for_room(connection)
                     if connection.finished:
                         return
                     continue
+                if not parser.in_command():
+                    connection.waiting = IDLE
+                elif connection.waiting is not REQUEST:
+                    connection.waiting = REQUEST
+                    connection.command_started = time.monotonic()
                 data = await reader.read(READ_BYTES)
+                connection.active = time.monotonic()
                 if not data:
-                    if parser.in_command():
+                    if parser.in_command() and connection.timed_out is None:
                         self.reject("truncated_frame")
                     break
                 parser.feed(data)
@@ -435,6 +626,19 @@ class RespService(ListeningService):
         except (ConnectionError, OSError):
             pass
         connection.push(EndOfInput())
+
+    async def wait_for_room(self, connection: Connection) -> None:
+        """Stop reading while the connection is at one of its bounds (backpressure)."""
+        bound = connection.full(self.params)
+        if bound is None:
+            return
+        if bound != REPLY_BOUND:  # (that one is counted by the dispatcher that waits)
+            self.count(bound)
+        connection.waiting = ROOM
+        while connection.full(self.params) is not None and not connection.finished:
+            connection.room.clear()
+            await connection.room.wait()
+        connection.waiting = IDLE
 
     def reject(self, reason: str) -> None:
         self.count(f"rejected_resp_{reason}")
@@ -451,9 +655,9 @@ class RespService(ListeningService):
                     continue
                 items = list(connection.items)
                 connection.items.clear()
-                done = await self.answer(connection, items)
                 try:
-                    await writer.drain()
+                    done = await self.answer(connection, items)
+                    await self.drain(connection)
                 except (ConnectionError, OSError):
                     return
                 if done:
@@ -463,57 +667,65 @@ class RespService(ListeningService):
             connection.room.set()
             writer.close()
 
+    async def drain(self, connection: Connection) -> None:
+        """Wait while more than ``reply_bytes_max`` replies wait to be sent."""
+        if connection.reply_backlog() > self.params.reply_bytes_max:
+            self.count(REPLY_BOUND)
+            await connection.writer.drain()
+            connection.active = time.monotonic()
+            connection.room.set()
+
     async def answer(self, connection: Connection, items: list[Item]) -> bool:
         """Answer ``items`` in order; True once the connection must close."""
-        group: list[tuple[Command, Replicated]] = []
-        group_bytes = group_commands = 0
+        group = Group()
         for item in items:
             if isinstance(item, EndOfInput):
-                await self.run_group(connection, group)
+                await self.run_group(connection, group.take())
                 if item.error is not None:
                     reply = RespError(f"ERR Protocol error: {item.error.message}")
-                    connection.write(encode_reply(reply, connection.protocol), 0)
+                    connection.write(encode_reply(reply, connection.protocol), None)
                 return True
             if connection.closing:  # after QUIT: nothing more is answered
-                connection.write(b"", 1)
+                connection.write(b"", item)
                 continue
-            if not is_replicated(item.argv):
-                await self.run_group(connection, group)  # before HELLO changes the encoding
-                group_bytes = group_commands = 0
+            if not is_replicated(item.argv):  # before HELLO changes the encoding
+                await self.run_group(connection, group.take())
             planned = plan(connection, item.argv)
-            if isinstance(planned, Local):
-                await self.run_group(connection, group)  # a replicated command refused here
-                group_bytes = group_commands = 0
+            if isinstance(planned, Local):  # (a replicated command may be refused here)
+                await self.run_group(connection, group.take())
                 if planned.rejected is not None:
                     self.count(f"rejected_resp_command_{planned.rejected}")
+                await self.drain(connection)
                 self.finish(connection, item, "local", planned.reply)
                 continue
-            size = sum(len(command) for command in planned.commands)
-            if group and (
-                group_bytes + size > self.params.group_bytes_max
-                or group_commands + len(planned.commands) > self.params.group_commands_max
-            ):
-                await self.run_group(connection, group)
-                group_bytes = group_commands = 0
-            group.append((item, planned))
-            group_bytes += size
-            group_commands += len(planned.commands)
-        await self.run_group(connection, group)
+            if not group.fits(planned, self.params, self.reply_budget):
+                await self.run_group(connection, group.take())
+            group.add(item, planned)
+        await self.run_group(connection, group.take())
         return connection.closing
 
     def finish(self, connection: Connection, item: Command, name: str, reply: Reply) -> None:
         if name == "local":
             word = item.argv[0].lower().decode("ascii", "replace")
             name = word if word in METRIC_NAMES else "unknown"
-        connection.write(encode_reply(reply, connection.protocol), 1)
+        connection.write(encode_reply(reply, connection.protocol), item)
         self.latency.labels(name).observe(time.perf_counter() - item.received)
 
     async def run_group(
         self, connection: Connection, group: list[tuple[Command, Replicated]]
     ) -> None:
-        """Send a group of replicated commands as one SMR request; answer each."""
-        if not group:
-            return
+        """Send a group of replicated commands as one SMR request; answer each. A
+        read-only group whose values did not all fit in one result
+        (``result_too_large``) is answered up to there and the rest sent again."""
+        while group:
+            answered = await self.run_group_once(connection, group)
+            del group[:answered]
+
+    async def run_group_once(
+        self, connection: Connection, group: list[tuple[Command, Replicated]]
+    ) -> int:
+        """One SMR request for ``group``; how many of its commands were answered."""
+        await self.drain(connection)
         commands = [command for _, planned in group for command in planned.commands]
         read_only = all(planned.read_only for _, planned in group)
         payload = commands[0] if len(commands) == 1 else encode_batch(commands)
@@ -525,14 +737,18 @@ class RespService(ListeningService):
             )
             for item, planned in group:
                 self.finish(connection, item, planned.name, error)
-            group.clear()
-            return
+            return len(group)
         outcome = await self.call(connection, payload, read_only)
         self.count("kv_smr_requests")
         self.count("kv_smr_commands", len(group))
         results = self.results(outcome, len(commands))
+        answered = len(group)
+        if read_only and not isinstance(results, RespError):
+            answered = plans_that_fit(group, results)
+            if answered < len(group):
+                self.count("kv_read_groups_split")
         offset = 0
-        for item, planned in group:
+        for item, planned in group[:answered]:
             count = len(planned.commands)
             if isinstance(results, RespError):
                 reply: Reply = results
@@ -540,7 +756,7 @@ class RespService(ListeningService):
                 reply = planned.finish(results[offset : offset + count])
             offset += count
             self.finish(connection, item, planned.name, reply)
-        group.clear()
+        return answered
 
     @staticmethod
     def results(outcome: bytes | RespError, count: int) -> list[KvResult] | RespError:

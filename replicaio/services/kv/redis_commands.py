@@ -51,7 +51,8 @@ from replicaio.services.kv.state_machine import (
 )
 
 KV_PARAMS: Final = KvParams()  # the bounds the replicated store enforces (the registry's)
-_INTEGER = re.compile(rb"-?[0-9]{1,19}")
+# Integers as Redis reads them (string2ll): no "+", no leading zero, no "-0".
+_INTEGER = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 _CLIENT_NAME = re.compile(rb"[!-~]*")  # printable ASCII, no spaces (as Redis requires)
 
 
@@ -187,6 +188,10 @@ _KV_ERRORS: Final = {
     "value_too_large": f"ERR value too large (at most {KV_PARAMS.value_bytes_max} bytes)",
     "key_too_large": f"ERR key too large (at most {KV_PARAMS.key_bytes_max} bytes)",
     "full": f"OOM the store holds {KV_PARAMS.keys_max} keys, its limit; new keys are refused",
+    "result_too_large": (
+        f"ERR reply too large: the values read exceed {KV_PARAMS.result_bytes_max} bytes "
+        "(read fewer keys at once)"
+    ),
 }
 
 

@@ -149,10 +149,16 @@ class RespParser:
         if line is None:
             return False
         count = parse_length(line)
-        if count is None or count > self.limits.array_items_max:
+        if count is None:
             raise RespProtocolError(
                 "invalid_multibulk_length",
-                f"invalid multibulk length (at most {self.limits.array_items_max} items)",
+                f"invalid multibulk length {shown(line)}: not a decimal integer",
+            )
+        if count > self.limits.array_items_max:
+            raise RespProtocolError(
+                "invalid_multibulk_length",
+                f"invalid multibulk length {count}: more than array_items_max "
+                f"({self.limits.array_items_max} items)",
             )
         if count > 0:  # *0 and *-1 are empty requests: skipped
             self.arguments = []
@@ -178,12 +184,7 @@ class RespParser:
                 line = self.length_line()
                 if line is None:
                     return None
-                length = parse_length(line)
-                if length is None or length < 0 or length > limits.bulk_bytes_max:
-                    raise RespProtocolError(
-                        "invalid_bulk_length",
-                        f"invalid bulk length (at most {limits.bulk_bytes_max} bytes)",
-                    )
+                length = self.bulk_length_of(line)
                 self.command_bytes += length
                 if self.command_bytes > limits.command_bytes_max:
                     raise RespProtocolError(
@@ -203,6 +204,20 @@ class RespParser:
             self.items_left -= 1
         self.arguments = None
         return arguments
+
+    def bulk_length_of(self, line: bytes) -> int:
+        """The length a ``$`` header announces, or the protocol error that says
+        what is wrong with it."""
+        length = parse_length(line)
+        if length is None:
+            problem = f"{shown(line)}: not a decimal integer"
+        elif length < 0:
+            problem = f"{length}: negative (a request's bulk strings are never null)"
+        elif length > self.limits.bulk_bytes_max:
+            problem = f"{length}: more than bulk_bytes_max ({self.limits.bulk_bytes_max} bytes)"
+        else:
+            return length
+        raise RespProtocolError("invalid_bulk_length", f"invalid bulk length {problem}")
 
     def length_line(self) -> bytes | None:
         """The body of a ``*``/``$`` header line (without its type byte and CRLF)."""
@@ -244,6 +259,11 @@ class RespParser:
         elif self.position >= COMPACT_BYTES_MIN:
             del self.buffer[: self.position]
             self.position = 0
+
+
+def shown(line: bytes) -> str:
+    """A length line as the client is told it (printable, quoted)."""
+    return repr(line.decode("ascii", "replace"))
 
 
 def parse_length(line: bytes) -> int | None:

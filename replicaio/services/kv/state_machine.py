@@ -26,8 +26,9 @@ op            arguments                         ``ok`` payload
 
 Keys and values are ``bytes``. ``cas`` with ``expected`` nil succeeds only if
 the key is absent. ``append`` onto an absent key creates it. ``incr`` reads an
-absent key as 0, needs the stored value to be a decimal integer (ASCII,
-optional leading ``-``) and keeps values within signed 64 bits.
+absent key as 0, needs the stored value to be a decimal integer as Redis
+reads them (ASCII, optional leading ``-``, no leading zero, no ``-0``) and
+keeps values within signed 64 bits.
 
 ``batch`` (used by the Redis front to carry a client's pipeline as one
 replicated request) executes up to :data:`BATCH_COMMANDS_MAX` commands in
@@ -35,7 +36,11 @@ order, at one position of the log, and answers each one's own result, exactly
 as if they had been applied one by one; a failing command does not stop the
 others (no rollback, like a Redis pipeline). ``read`` takes a batch of ``get``
 commands. A batch inside a batch is ``bad_arguments``. Build one with
-:func:`encode_batch`, read its result with :func:`decode_batch_result`.
+:func:`encode_batch`, read its result with :func:`decode_batch_result`. A read
+batch's results add up to at most ``result_bytes_max``: every command runs,
+but a result that would go beyond it is replaced by ``result_too_large``, so a
+result fits in one message of the node's codec whatever a client asks for
+(many ``get`` s of large values).
 
 A bad command is replicated like any other, so it must fail the same way on
 every replica and never raise: it returns an error result with a stable
@@ -53,6 +58,7 @@ verifies it), so a bad one is a caller's bug, not a client's input.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -83,15 +89,19 @@ ERROR_CODES: Final = frozenset(
         "overflow",  # incr result outside signed 64 bits
         "full",  # a new key while KvParams.keys_max keys exist
         "not_read_only",  # a write operation given to read()
+        "result_too_large",  # a batch's results would exceed KvParams.result_bytes_max
     }
 )
 
 SNAPSHOT_FORMAT: Final = "replicaio.kv"
 SNAPSHOT_VERSION: Final = 1
 
+RESULT_OVERHEAD_BYTES: Final = 16  # a result's envelope around its value, at most
+
 INT64_MIN: Final = -(1 << 63)
 INT64_MAX: Final = (1 << 63) - 1
-_DECIMAL = re.compile(rb"-?[0-9]{1,19}")
+# Redis's integers: no sign but "-", no leading zero, no "-0" (string2ll).
+_DECIMAL = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 
 _ARITY: Final = {GET: 2, PUT: 3, DELETE: 2, CAS: 4, APPEND: 3, INCR: 3, BATCH: 2}
 
@@ -108,12 +118,20 @@ class KvParams:
     value_bytes_max: int = 64 * 1024
     keys_max: int = 100_000
     command_bytes_max: int = 128 * 1024
+    # The results of one batch: with the short errors that replace what does not
+    # fit (BATCH_COMMANDS_MAX of them), a reply fits in one 1 MiB codec frame.
+    result_bytes_max: int = 768 * 1024
 
     def validate(self) -> KvParams:
         """Raise :class:`ConfigError` unless the bounds are usable."""
         for name in ("key_bytes_max", "value_bytes_max", "keys_max", "command_bytes_max"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"KvParams.{name} must be >= 1")
+        if self.result_bytes_max < self.value_bytes_max + RESULT_OVERHEAD_BYTES:
+            raise ConfigError(
+                "KvParams.result_bytes_max must hold one value's result "
+                f"({self.value_bytes_max} + {RESULT_OVERHEAD_BYTES})"
+            )
         if self.command_bytes_max < self.key_bytes_max + self.value_bytes_max:
             raise ConfigError(
                 "KvParams.command_bytes_max must hold a key and a value "
@@ -266,16 +284,32 @@ class KeyValueStateMachine:
         try:
             op, key, arguments = self._parse(command, batch_allowed=batch_allowed)
             if op == BATCH:
-                payload: object = tuple(
-                    self._apply(item, batch_allowed=False)
-                    for item in arguments
-                    if isinstance(item, bytes)  # checked by _batch_commands
-                )
+                payload: object = self._batch(arguments, self._apply)
             else:
                 payload = self._execute(op, key, arguments)
         except _Refused as refused:
             return self._error(refused)
         return self._codec.encode_value([OK, payload])
+
+    def _batch(
+        self, commands: tuple[object, ...], run: Callable[..., bytes]
+    ) -> tuple[bytes, ...]:
+        """Each command's result, in order. Every command runs; once the results
+        exceed ``result_bytes_max``, a result that does not fit is replaced by the
+        short ``result_too_large`` error, so a batch result stays below
+        ``result_bytes_max + len(commands) * TOO_LARGE_BYTES``."""
+        results: list[bytes] = []
+        size = 0
+        budget = self.params.result_bytes_max
+        for item in commands:
+            if not isinstance(item, bytes):  # checked by _batch_commands
+                continue
+            result = run(item, batch_allowed=False)
+            if size + len(result) > budget:
+                result = self._error(_Refused("result_too_large", ""))
+            size += len(result)
+            results.append(result)
+        return tuple(results)
 
     def read(self, command: bytes) -> bytes:
         """Execute a read-only command (``get``, or a batch of them); anything else is
@@ -286,12 +320,7 @@ class KeyValueStateMachine:
         try:
             op, key, arguments = self._parse(command, batch_allowed=batch_allowed)
             if op == BATCH:
-                results = tuple(
-                    self._read(item, batch_allowed=False)
-                    for item in arguments
-                    if isinstance(item, bytes)  # checked by _batch_commands
-                )
-                return self._codec.encode_value([OK, results])
+                return self._codec.encode_value([OK, self._batch(arguments, self._read)])
             if op != GET:
                 raise _Refused("not_read_only", f"{op} changes the state")
             payload = self._execute(op, key, arguments)
@@ -405,8 +434,10 @@ class KeyValueStateMachine:
         current = self.data.get(key)
         if current is None:
             number = 0
-        elif _DECIMAL.fullmatch(current) is None:
-            raise _Refused("not_integer", "the value is not a decimal integer")
+        elif _DECIMAL.fullmatch(current) is None or not (
+            INT64_MIN <= int(current) <= INT64_MAX
+        ):
+            raise _Refused("not_integer", "the value is not a signed 64-bit decimal integer")
         else:
             number = int(current)
         total = number + delta
