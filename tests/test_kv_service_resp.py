@@ -773,8 +773,6 @@ def test_idle_and_half_sent_connections_time_out_and_are_counted() -> None:
             assert node.counters.get("timeout_resp_idle") == 1
             assert node.counters.get("timeout_resp_request_read") == 2
             assert node.counters.get("rejected_resp_truncated_frame") == 0
-            await asyncio.sleep(0.5)
-            assert await busy.ping() is True  # idle 0.5 s < nothing: still open
             for stream in (idle, half, slow):
                 stream.close()
             await busy.aclose()
