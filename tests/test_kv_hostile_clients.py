@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -195,3 +196,87 @@ def connected_clients(port: int) -> int:
         return int(client.info("clients")["connected_clients"]) - 1
     finally:
         client.close()
+
+
+# -- the peer port ----------------------------------------------------------------------------
+
+
+class SilentCrowd:
+    """A thread that keeps ``count`` silent connections open to ``port``, opening a
+    new one whenever the node closes one (as an attacker would)."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.count = count
+        self.sockets: list[socket.socket] = []
+        self.opened = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            alive = []
+            for sock in self.sockets:
+                try:
+                    if sock.recv(1) == b"":
+                        sock.close()
+                        continue
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    sock.close()
+                    continue
+                alive.append(sock)
+            self.sockets = alive
+            while len(self.sockets) < self.count and not self.stopping.is_set():
+                with contextlib.suppress(OSError):
+                    sock = socket.create_connection((LOCAL, self.port), timeout=1.0)
+                    sock.setblocking(False)
+                    self.sockets.append(sock)
+                    self.opened += 1
+            time.sleep(0.01)
+
+    def __enter__(self) -> SilentCrowd:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        for sock in self.sockets:
+            sock.close()
+
+
+def peer_connected(cluster: LocalCluster, node: int, peer: int) -> bool:
+    address = cluster.cluster.nodes[node].metrics
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    return f'replicaio_peer_connected{{peer="{peer}"}} 1.0' in text
+
+
+def test_silent_connections_on_the_peer_port_cannot_lock_a_restarted_peer_out(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """80 silent connections from 127.0.0.1 keep node 2's 64 handshake slots full
+    (re-opened as soon as they are closed); node 0 is killed and restarted and
+    joins node 2 again within seconds (27 s were measured before the slots could
+    be won, and longer with a steadier attacker)."""
+    cluster = make_cluster(nodes=3, extra={"transport": {"handshake_timeout_ms": 5000}})
+    cluster.start_all()
+    until(lambda: peer_connected(cluster, 2, 0) and peer_connected(cluster, 2, 1), "a mesh")
+    peer_port = cluster.cluster.nodes[2].peer.port
+    with SilentCrowd(peer_port, 80) as crowd:
+        until(lambda: crowd.opened >= 80, "the crowd")
+        cluster.kill(0)
+        until(lambda: not peer_connected(cluster, 2, 0), "node 2 to see node 0 go")
+        started = time.monotonic()
+        cluster.start(0)
+        until(lambda: peer_connected(cluster, 2, 0), "node 0 back at node 2", timeout_s=30)
+        took = time.monotonic() - started
+        print(f"node 0 rejoined node 2 in {took:.2f} s; the crowd opened {crowd.opened}")
+        assert took < 8.0
+        counters = runtime_counters(cluster, 2)
+        assert counters.get("handshakes_evicted", 0) >= 1
+    client = connect(port_of(cluster, 0))
+    until(lambda: _answers(client), "node 0 to serve")
+    assert client.set("k", "v") is True

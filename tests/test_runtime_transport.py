@@ -10,6 +10,7 @@ and counted too.
 from __future__ import annotations
 
 import asyncio
+import time
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
@@ -379,6 +380,83 @@ def test_a_silent_connection_times_out_and_pending_handshakes_are_bounded() -> N
             for reader, _ in silent:
                 assert await closed_by_peer(reader)
             await legitimate_peer_still_gets_through(acceptor, b"after the silence")
+        finally:
+            await acceptor.transport.close()
+
+    run(scenario)
+
+
+def test_silent_connections_that_fill_every_slot_cannot_keep_a_peer_out() -> None:
+    """An attacker keeps every handshake slot full of silent connections (opening a
+    new one whenever one is closed) and the deadline is long: a peer still gets in
+    at once, because a new connection evicts the oldest that sent nothing."""
+    params = replace(PARAMS, handshake_timeout_ms=60_000, handshakes_pending_max=8,
+                     handshakes_per_source_max=8)
+
+    async def scenario() -> None:
+        acceptor = await make_node(1, {0: 1}, params=params)
+        port = acceptor.transport.port
+        silent: list[Connection] = []
+        stop = asyncio.Event()
+
+        async def attack() -> None:
+            while not stop.is_set():
+                if len(acceptor.transport.pending) < 8:
+                    silent.append(await asyncio.open_connection(LOCAL, port))
+                await asyncio.sleep(0.001)
+
+        attacker = asyncio.get_running_loop().create_task(attack())
+        try:
+            await until(lambda: len(acceptor.transport.pending) == 8, "full slots")
+            started = time.monotonic()
+            await legitimate_peer_still_gets_through(acceptor, b"through the crowd")
+            assert time.monotonic() - started < 2.0
+            assert acceptor.counters.get("handshakes_evicted") >= 1
+            assert acceptor.counters.get("bound_handshakes_per_source_max") >= 1
+            assert await closed_by_peer(silent[0][0])  # the oldest went first
+        finally:
+            stop.set()
+            await attacker
+            for _, writer in silent:
+                writer.close()
+            await acceptor.transport.close()
+
+    run(scenario)
+
+
+def test_one_source_holds_at_most_its_share_and_the_busiest_source_yields() -> None:
+    """Sources are told apart by address (127.0.0.0/8 is all loopback on Linux)."""
+    params = replace(PARAMS, handshake_timeout_ms=60_000, handshakes_pending_max=8,
+                     handshakes_per_source_max=3)
+
+    async def scenario() -> None:
+        acceptor = await make_node(1, {0: 1}, params=params)
+        port = acceptor.transport.port
+
+        async def open_from(address: str) -> Connection:
+            return await asyncio.open_connection(LOCAL, port, local_addr=(address, 0))
+
+        def held() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for slot in acceptor.transport.pending:
+                counts[slot.source] = counts.get(slot.source, 0) + 1
+            return counts
+
+        try:
+            first = [await open_from("127.0.0.2") for _ in range(4)]
+            await until(lambda: acceptor.counters.get("handshakes_evicted") == 1, "eviction")
+            assert acceptor.counters.get("bound_handshakes_per_source_max") == 1
+            assert await closed_by_peer(first[0][0])
+            others = [await open_from(f"127.0.0.{host}") for host in (3, 3, 3, 4, 4)]
+            await until(lambda: held() == {"127.0.0.2": 3, "127.0.0.3": 3, "127.0.0.4": 2},
+                        "slots")
+            late = await open_from("127.0.0.5")  # all 8 taken: the busiest, oldest, goes
+            await until(lambda: held() == {"127.0.0.2": 2, "127.0.0.3": 3, "127.0.0.4": 2,
+                                           "127.0.0.5": 1}, "eviction from the busiest")
+            assert acceptor.counters.get("bound_handshakes_pending_max") == 1
+            assert await closed_by_peer(first[1][0])
+            for _, writer in [*first, *others, late]:
+                writer.close()
         finally:
             await acceptor.transport.close()
 

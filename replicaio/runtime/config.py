@@ -68,8 +68,9 @@ class TransportParams:
 
     frame_bytes_max: int = (1 << 20) + 1024  # one codec frame plus header and tag
     outbound_queue_max: int = 65_536  # messages per peer; beyond it the oldest is dropped
-    handshake_timeout_ms: int = 5_000
+    handshake_timeout_ms: int = 2_000  # two round trips and two tags: short
     handshakes_pending_max: int = 64  # unauthenticated inbound connections at once
+    handshakes_per_source_max: int = 8  # of them from one address
     reconnect_delay_ms_min: int = 20
     reconnect_delay_ms_max: int = 2_000
     connect_timeout_ms: int = 2_000
@@ -79,6 +80,7 @@ class TransportParams:
             "outbound_queue_max",
             "handshake_timeout_ms",
             "handshakes_pending_max",
+            "handshakes_per_source_max",
             "reconnect_delay_ms_min",
             "connect_timeout_ms",
         ):
@@ -86,6 +88,10 @@ class TransportParams:
                 raise ClusterFileError(f"transport.{name}", "must be >= 1")
         if self.frame_bytes_max < 1024:
             raise ClusterFileError("transport.frame_bytes_max", "must be >= 1024")
+        if self.handshakes_per_source_max > self.handshakes_pending_max:
+            raise ClusterFileError(
+                "transport.handshakes_per_source_max", "must be <= handshakes_pending_max"
+            )
         if self.reconnect_delay_ms_max < self.reconnect_delay_ms_min:
             raise ClusterFileError(
                 "transport.reconnect_delay_ms_max", "must be >= reconnect_delay_ms_min"

@@ -43,10 +43,22 @@ trusted or resynchronised after it); every other connection keeps going.
 Bounds: ``outbound_queue_max`` messages per peer (while it is slow or
 unreachable); beyond it the oldest is dropped and ``bound_outbound_queue_max``
 counted: safe because the core retransmits link messages until acknowledged
-and streams are unreliable by contract. ``handshakes_pending_max``
-unauthenticated connections at once (``bound_handshakes_pending_max``), each
-limited to ``handshake_timeout_ms``. Inbound flow control is TCP's: the host's
-``deliver`` blocks while its inbox is full, so the reader stops reading.
+and streams are unreliable by contract. Inbound flow control is TCP's: the
+host's ``deliver`` blocks while its inbox is full, so the reader stops reading.
+
+Handshake slots. Anyone who reaches the peer port can open connections, so
+unauthenticated ones are limited in number and time, and a legitimate peer can
+always win a slot: at most ``handshakes_pending_max`` at once and
+``handshakes_per_source_max`` from one address, each limited to
+``handshake_timeout_ms``. A new connection never waits for a slot: when its
+source holds its share it replaces that source's oldest pending connection
+(``bound_handshakes_per_source_max``), and when every slot is taken it replaces
+the oldest of the source that holds the most (``bound_handshakes_pending_max``);
+in both cases a connection that has not yet sent a valid ``hello`` goes first
+(``handshakes_evicted`` counts them). A dialling peer sends its ``hello`` at
+once and completes in two round trips, so silent connections, however many,
+cannot keep it out; a flood of well-formed ``hello`` s from one address only
+evicts that address's own connections once the others are not the busiest.
 """
 
 from __future__ import annotations
@@ -125,6 +137,32 @@ class Connection:
         self.send_seq = 0
         self.receive_seq = 0
         self.task: asyncio.Task[Any] | None = None
+
+
+class PendingHandshake:
+    """An inbound connection that has not yet authenticated (a handshake slot)."""
+
+    __slots__ = ("evicted", "greeted", "source", "writer")
+
+    def __init__(self, source: str, writer: asyncio.StreamWriter) -> None:
+        self.source = source
+        self.writer = writer
+        self.greeted = False  # it sent a well-formed hello to this node
+        self.evicted = False
+
+    def evict(self) -> None:
+        self.evicted = True
+        transport = self.writer.transport
+        if transport is not None:
+            transport.abort()  # its handshake read ends at once
+
+
+def oldest_evictable(pending: list[PendingHandshake]) -> PendingHandshake:
+    """The oldest connection that has not greeted us, else the oldest."""
+    for candidate in pending:
+        if not candidate.greeted:
+            return candidate
+    return pending[0]
 
 
 class PeerChannel:
@@ -211,7 +249,8 @@ class Transport:
         self.channels = {peer: PeerChannel(peer, address) for peer, address in peers.items()}
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.handshakes_pending = 0
+        # Unauthenticated inbound connections, oldest first (dicts keep insertion order).
+        self.pending: dict[PendingHandshake, None] = {}
         self.closing = False
         self.warn = RateLimitedLog(logger)
 
@@ -436,28 +475,35 @@ class Transport:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         remote = writer.get_extra_info("peername")
-        if self.closing or self.handshakes_pending >= self.params.handshakes_pending_max:
-            self.counters.count("bound_handshakes_pending_max")
+        if self.closing:
             writer.close()
             return
-        self.handshakes_pending += 1
+        source = str(remote[0]) if isinstance(remote, tuple) and remote else str(remote)
+        self.make_room_for(source)
+        slot = PendingHandshake(source, writer)
+        self.pending[slot] = None
         connection: Connection | None = None
         try:
             connection = await asyncio.wait_for(
-                self.handshake_as_acceptor(reader, writer), self.params.handshake_timeout_ms / 1000
+                self.handshake_as_acceptor(reader, writer, slot),
+                self.params.handshake_timeout_ms / 1000,
             )
         except (HandshakeRejected, FrameError) as error:
-            self.counters.count(f"rejected_{error.reason}")
-            self.warn(logging.WARNING, f"accept:{error.reason}", "inbound handshake rejected",
-                      remote=str(remote), reason=error.reason, detail=str(error))
+            if not slot.evicted:
+                self.counters.count(f"rejected_{error.reason}")
+                self.warn(logging.WARNING, f"accept:{error.reason}", "inbound handshake rejected",
+                          remote=str(remote), reason=error.reason, detail=str(error))
         except TimeoutError:
             self.counters.count("rejected_handshake_timeout")
             self.warn(logging.WARNING, "accept:timeout", "inbound handshake timed out",
                       remote=str(remote))
         except (ConnectionError, OSError):
-            self.counters.count("handshake_failures")
+            if not slot.evicted:
+                self.counters.count("handshake_failures")
+        except asyncio.CancelledError:  # shutdown: the task ends here, quietly
+            pass
         finally:
-            self.handshakes_pending -= 1
+            self.pending.pop(slot, None)  # (gone already if it was evicted)
         if connection is None:
             writer.close()
             return
@@ -465,8 +511,30 @@ class Transport:
         with contextlib.suppress(asyncio.CancelledError):
             await self.serve_connection(self.channels[connection.peer], connection)
 
+    def make_room_for(self, source: str) -> None:
+        """Evict a pending handshake if a new one from ``source`` would exceed a bound
+        (see the module docstring: which one goes)."""
+        params = self.params
+        pending = list(self.pending)
+        mine = [slot for slot in pending if slot.source == source]
+        if len(mine) >= params.handshakes_per_source_max:
+            self.counters.count("bound_handshakes_per_source_max")
+            victim = oldest_evictable(mine)
+        elif len(pending) >= params.handshakes_pending_max:
+            self.counters.count("bound_handshakes_pending_max")
+            held: dict[str, int] = {}
+            for slot in pending:
+                held[slot.source] = held.get(slot.source, 0) + 1
+            busiest = max(held, key=lambda name: held[name])  # the first (oldest) on ties
+            victim = oldest_evictable([slot for slot in pending if slot.source == busiest])
+        else:
+            return
+        self.counters.count("handshakes_evicted")
+        del self.pending[victim]
+        victim.evict()
+
     async def handshake_as_acceptor(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: PendingHandshake
     ) -> Connection:
         set_nodelay(writer)
         dialer, acceptor, nonce_dialer = parse_handshake(
@@ -484,6 +552,7 @@ class Transport:
             or not self.authenticator.knows(dialer)
         ):
             raise HandshakeRejected("unknown_peer", f"node {dialer!r} may not dial {self.node_id}")
+        slot.greeted = True
         nonce_acceptor = secrets.token_bytes(NONCE_BYTES)
         text = transcript(dialer, self.node_id, nonce_dialer, nonce_acceptor)
         writer.write(
