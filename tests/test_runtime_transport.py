@@ -10,8 +10,8 @@ and counted too.
 from __future__ import annotations
 
 import asyncio
-import time
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
