@@ -37,6 +37,7 @@ from replicaio.assembly import protocol_factory
 from replicaio.core.errors import ReplicaioError, UsageError
 from replicaio.sim import kv_cli
 from replicaio.sim.options import BYZANTINE_BEHAVIOURS, SimOptions, parse_faults
+from replicaio.sim.profiles import PROFILES, check_profile, long_broadcast
 from replicaio.sim.simulator import SimResult, simulate
 
 EXIT_OK = 0
@@ -57,6 +58,8 @@ def reproduce_command(args: argparse.Namespace, seed: int) -> str:
         words += ["--faults", args.faults]
     if args.requests is not None:
         words += ["--requests", str(args.requests)]
+    if getattr(args, "profile", "default") != "default":
+        words += ["--profile", args.profile]
     words += kv_cli.reproduce_words(args)
     words += ["--seed", str(seed)]
     return shlex.join(words)
@@ -84,7 +87,7 @@ def draw_options(args: argparse.Namespace, seed: int) -> SimOptions:
         return options
     if kv_cli.is_service(args.protocol):
         return kv_cli.service_options(args, seed)
-    return SimOptions.draw(
+    options = SimOptions.draw(
         seed,
         args.nodes,
         args.byzantine,
@@ -93,6 +96,9 @@ def draw_options(args: argparse.Namespace, seed: int) -> SimOptions:
         requests_per_node=args.requests,
         encode=not args.no_encode,
     )
+    if check_profile(getattr(args, "profile", "default")) == "long":
+        options = long_broadcast(options, requests_per_node=args.requests)
+    return options
 
 
 def run_one(args: argparse.Namespace, seed: int, log_path: str | None = None) -> SimResult:
@@ -352,6 +358,8 @@ def command_replay(args: argparse.Namespace) -> int:
 def command_explore(args: argparse.Namespace) -> int:
     from replicaio.sim.explore import explore
 
+    if args.crash_prefixes:
+        return command_crash_prefixes(args)
     options = draw_options(args, args.seed)
     result = explore(args.protocol, options, f=args.f, runs_max=args.runs)
     report = {
@@ -376,6 +384,45 @@ def command_explore(args: argparse.Namespace) -> int:
             print(f"  FAIL with choices {failure['choices']}: {first['property']}: "
                   f"{first['detail']}")
     return EXIT_VIOLATION if result.failures else EXIT_OK
+
+
+def command_crash_prefixes(args: argparse.Namespace) -> int:
+    """``explore --crash-prefixes``: restart from every prefix of every step's writes."""
+    from replicaio.sim.prefixes import check_prefixes
+
+    options = draw_options(args, args.seed)
+    if kv_cli.is_service(args.protocol):
+        protocol, f = kv_cli.service_protocol(args), kv_cli.default_f(args)
+    else:
+        protocol, f = args.protocol, args.f
+    result = check_prefixes(protocol, options, f=f, states_max=args.states)
+    violations = list(result.failures)
+    violations += result.run_violations
+    report = {
+        "protocol": protocol,
+        "seed": args.seed,
+        "steps_checked": result.steps_checked,
+        "states_checked": result.states_checked,
+        "exhaustive": result.exhaustive,
+        "violations": violations,
+        "reproduce": reproduce_command(args, args.seed).replace(" sim ", " explore ", 1)
+        + " --crash-prefixes",
+    }
+    if args.json:
+        print(json.dumps(report, sort_keys=True, default=repr))
+        return EXIT_VIOLATION if violations else EXIT_OK
+    scope = "every" if result.exhaustive else "the first"
+    print(f"{protocol} seed {args.seed}: restarted from {scope} {result.states_checked} prefix "
+          f"state(s) of {result.steps_checked} writing step(s)")
+    for failure in result.failures:
+        print(f"  FAIL node {failure['node']} step {failure['step']} ({failure['input']}, "
+              f"t={failure['time_us']} us) keeping {failure['kept']} of {failure['writes']} "
+              f"writes {failure['keys'][:6]}: {failure['property']}: {failure['detail']}")
+    for violation in result.run_violations:
+        print(f"  FAIL (the run itself): {violation['property']}: {violation['detail']}")
+    if violations:
+        print(f"reproduce: {report['reproduce']}")
+    return EXIT_VIOLATION if violations else EXIT_OK
 
 
 def command_check_history(args: argparse.Namespace) -> int:
@@ -449,6 +496,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma list of crash,partition,loss,dup,reorder")
     parser.add_argument("--requests", type=int, default=None,
                         help="client requests per node (default: drawn from the seed)")
+    parser.add_argument("--profile", choices=PROFILES, default="default",
+                        help="workload profile: 'long' reaches garbage collection, windows, "
+                        "session eviction, snapshots and long partitions (docs/simulation.md)")
     parser.add_argument("--no-encode", action="store_true",
                         help="skip the wire codec between nodes (faster; the log still encodes)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -498,6 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(explore_parser)
     explore_parser.add_argument("--seed", type=int, required=True)
     explore_parser.add_argument("--runs", type=int, default=1000, help="re-executions at most")
+    explore_parser.add_argument(
+        "--crash-prefixes", action="store_true",
+        help="instead of choices: restart each node from every prefix of every step's "
+        "writes and re-check (replicaio.sim.prefixes; small runs)")
+    explore_parser.add_argument("--states", type=int, default=20_000,
+                                help="with --crash-prefixes: prefix states checked at most")
     explore_parser.set_defaults(handler=command_explore, options=None)
 
     replay_parser = commands.add_parser("replay", help="re-execute a node from an event log")

@@ -22,12 +22,22 @@ that follows: random crash times alone rarely hit leaders and elections.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import Any
 
 from replicaio.assembly import service_spec
 from replicaio.core.errors import UsageError
 from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
 from replicaio.sim.options import SimOptions, parse_faults
+from replicaio.sim.profiles import (
+    LONG_CLIENT_OPS_MAX,
+    LONG_FAULT_WINDOW_US,
+    LONG_OPS_FACTOR,
+    LONG_SESSIONS_MAX,
+    LONG_SNAPSHOT_EVERY,
+    check_profile,
+    long_crashes,
+)
 from replicaio.sim.simulator import SimResult, Simulator
 
 MEMBERSHIP_EVERY_MS = 400
@@ -57,13 +67,25 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
                        "(default 16; 0: never)")
 
 
+def is_long(args: argparse.Namespace) -> bool:
+    return check_profile(getattr(args, "profile", "default")) == "long"
+
+
 def service_protocol(args: argparse.Namespace) -> str:
-    """The protocol name with its parameters (``raft:snapshot=8``), as logged."""
+    """The protocol name with its parameters (``raft:snapshot=8``), as logged.
+    The long profile snapshots more often and remembers few sessions."""
     name: str = args.protocol
+    if ":" in name:
+        return name
+    parameters = []
     snapshot = getattr(args, "snapshot_every", None)
-    if snapshot is not None and ":" not in name:
-        name = f"{name}:snapshot={snapshot}"
-    return name
+    if snapshot is None and is_long(args):
+        snapshot = LONG_SNAPSHOT_EVERY
+    if snapshot is not None:
+        parameters.append(f"snapshot={snapshot}")
+    if is_long(args):
+        parameters.append(f"sessions={LONG_SESSIONS_MAX}")
+    return f"{name}:{','.join(parameters)}" if parameters else name
 
 
 def workload_of(args: argparse.Namespace) -> KvWorkload:
@@ -76,11 +98,15 @@ def workload_of(args: argparse.Namespace) -> KvWorkload:
         nemesis = NEMESIS_EVERY_MS
     if membership < 0 or nemesis < 0:
         raise UsageError("--membership-every and --nemesis must be >= 0")
+    long = is_long(args)
+    ops = base.ops * LONG_OPS_FACTOR if long else base.ops
     return KvWorkload(
         clients=args.clients if getattr(args, "clients", None) is not None else base.clients,
-        ops=args.ops if getattr(args, "ops", None) is not None else base.ops,
+        ops=args.ops if getattr(args, "ops", None) is not None else ops,
         membership_every_us=membership * 1000,
         nemesis_every_us=nemesis * 1000,
+        client_ops_max=LONG_CLIENT_OPS_MAX if long else base.client_ops_max,
+        fault_window_us=LONG_FAULT_WINDOW_US if long else base.fault_window_us,
     ).validate()
 
 
@@ -88,10 +114,13 @@ def service_options(args: argparse.Namespace, seed: int) -> SimOptions:
     """The options of run ``seed`` of a service (workload in ``extra``)."""
     if args.byzantine:
         raise UsageError(f"{args.protocol} tolerates crash faults only: no --byzantine")
-    return kv_options(
+    options = kv_options(
         seed, args.nodes, parse_faults(args.faults), workload_of(args),
         encode=not args.no_encode,
     )
+    if is_long(args):
+        options = replace(options, crashes=long_crashes(seed, options.crashes))
+    return options
 
 
 def default_f(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig
 from replicaio.core.effects import Effects, Input, Receive, Request, Start, TimerFired
 from replicaio.core.errors import UsageError
-from replicaio.core.node import Node, NodeParams
+from replicaio.core.node import Node, NodeParams, ProtocolFactory
 from replicaio.sim.adversary import BEHAVIOURS, Strategy
 from replicaio.sim.harness import Harness, harness_for
 from replicaio.sim.options import Crash, SimOptions
@@ -129,6 +129,7 @@ class Simulator:
         params: NodeParams | None = None,
         choose: ChooseOverride | None = None,
         strategies: dict[int, Strategy] | None = None,
+        factory: ProtocolFactory | None = None,
     ) -> None:
         self.choose_override = choose
         self.strategies = dict(strategies or {})
@@ -137,7 +138,9 @@ class Simulator:
                 raise UsageError(f"a custom strategy for node {node_id}, which is not byzantine")
         self.protocol = protocol
         self.options = options
-        self.factory = protocol_factory(protocol)
+        # ``factory`` overrides the name's (a protocol configured for a test); the
+        # event log still names ``protocol``, so such a run does not replay.
+        self.factory = factory if factory is not None else protocol_factory(protocol)
         n = options.nodes
         if f is None:
             f = (n - 1) // 3

@@ -201,6 +201,7 @@ class Instances:
         # one and every record intact. Never a collected instance without its
         # record, which a peer's retransmission would deliver again.
         self.context.persist(f"low:{sender}", low)
+        self.context.count("broadcast_instances_collected", low - self.low[sender])
         for seq in range(self.low[sender], low):
             self.erase_instance(sender, seq)
             del delivered[seq]

@@ -1,0 +1,114 @@
+"""Workload profiles: how much a simulated run does, and for how long.
+
+The ``default`` profile is the short run the swarms always drew: 1-6
+broadcasts per node, 200 KV operations, faults drawn per second of virtual
+time. Short runs find most bugs fast, but never reach the edges a long-lived
+cluster reaches: broadcast garbage collection (after ``retained_max`` = 32
+deliveries per sender), the per-sender window (64 instances), SMR session
+eviction, Raft snapshots installed on followers that fell behind the
+compacted log, and partitions that outlast what the others retain.
+
+The ``long`` profile reaches them (``replicaio sim|swarm ... --profile long``):
+
+* broadcast: 40-120 requests per node, sent faster than a partitioned
+  cluster delivers them, so senders fill their window and everyone collects;
+  one or two *long* partitions (30-70% of the safety phase) besides the usual
+  short ones; crashes that may keep any prefix of a step's unsynced writes
+  (not only the first three), so a crash can land in the middle of a
+  collecting step;
+* replicated services: 3x the operations, clients that come and go (a new
+  client id every few operations) against a session table of
+  ``LONG_SESSIONS_MAX`` entries (eviction), a snapshot every
+  ``LONG_SNAPSHOT_EVERY`` batches, and faults drawn per 4 s window so that a
+  partitioned follower falls behind the compacted log and must take a
+  snapshot.
+
+A profile only shapes how options are *drawn*: the drawn
+:class:`~replicaio.sim.options.SimOptions` describe the run completely, so
+``--options FILE`` replays a long run like any other. The long draws come
+from their own random stream, so the default profile's draws are unchanged.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from replicaio.core.errors import UsageError
+from replicaio.sim.options import Crash, Partition, SimOptions, draw_crashes, draw_partitions
+
+PROFILES = ("default", "long")
+
+LONG_REQUESTS_MIN = 40
+LONG_REQUESTS_MAX = 120
+LONG_KEEP_UNSYNCED_MAX = 64  # a crash may keep this many unsynced writes of its step
+LONG_SESSIONS_MAX = 8  # SMR sessions remembered under the long profile (eviction)
+LONG_SNAPSHOT_EVERY = 8  # applied batches between SMR snapshots under the long profile
+LONG_CLIENT_OPS_MAX = 4  # a simulated client takes a new id after this many operations
+LONG_OPS_FACTOR = 3
+LONG_FAULT_WINDOW_US = 4_000_000
+
+
+def check_profile(profile: str) -> str:
+    """``profile`` if it names a profile, else a :class:`UsageError`."""
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    return profile
+
+
+def long_broadcast(options: SimOptions, *, requests_per_node: int | None = None) -> SimOptions:
+    """The long-profile variant of a broadcast run's ``options`` (same seed)."""
+    rng = random.Random(f"replicaio-long:{options.seed}")
+    requests = requests_per_node
+    if requests is None:
+        requests = rng.randint(LONG_REQUESTS_MIN, LONG_REQUESTS_MAX)
+    spacing = rng.choice((1_000, 5_000, 20_000))
+    safety = max(1_000_000, requests * spacing * 2)
+    correct = [node for node in range(options.nodes) if node not in options.byzantine]
+    partitions: tuple[Partition, ...] = ()
+    crashes: tuple[Crash, ...] = ()
+    if "partition" in options.faults:
+        partitions = draw_partitions(rng, options.nodes, safety)
+        partitions += draw_long_partitions(rng, options.nodes, safety)
+    if "crash" in options.faults:
+        crashes = widen_crashes(rng, draw_crashes(rng, correct, safety))
+    return replace(
+        options,
+        requests_per_node=requests,
+        request_spacing_us=spacing,
+        safety_us=safety,
+        liveness_us=safety + 60_000_000,
+        partitions=tuple(sorted(partitions, key=lambda cut: (cut.start_us, cut.end_us))),
+        crashes=crashes,
+    )
+
+
+def draw_long_partitions(
+    rng: random.Random, nodes: int, safety_us: int
+) -> tuple[Partition, ...]:
+    """One or two partitions lasting 30-70% of the safety phase: long enough that
+    the connected side delivers and collects far more than it retains."""
+    found = []
+    for _ in range(rng.randint(1, 2)):
+        length = rng.randrange(safety_us * 3 // 10, safety_us * 7 // 10)
+        start = rng.randrange(0, safety_us - length)
+        size = rng.randint(1, max(1, nodes // 2))
+        side = tuple(sorted(rng.sample(range(nodes), size)))
+        found.append(Partition(start, start + length, side, symmetric=rng.random() < 0.8))
+    return tuple(found)
+
+
+def widen_crashes(rng: random.Random, crashes: tuple[Crash, ...]) -> tuple[Crash, ...]:
+    """Half the mid-step crashes keep any prefix of the step's writes (up to
+    ``LONG_KEEP_UNSYNCED_MAX``), not only the first few: steps that write a lot
+    (a delivery that collects) are cut in their middle too."""
+    return tuple(
+        replace(crash, keep_unsynced=rng.randint(0, LONG_KEEP_UNSYNCED_MAX))
+        if crash.mid_step and rng.random() < 0.5 else crash
+        for crash in crashes
+    )
+
+
+def long_crashes(seed: int, crashes: tuple[Crash, ...]) -> tuple[Crash, ...]:
+    """:func:`widen_crashes` for a service run's crashes, on its own stream."""
+    return widen_crashes(random.Random(f"replicaio-long-crashes:{seed}"), crashes)

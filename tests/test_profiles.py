@@ -1,0 +1,98 @@
+"""The ``long`` workload profile reaches the edges the default runs never reach.
+
+Each mechanism the profile is for is counted in the runs' node counters, and
+each test asserts that it fired: broadcast garbage collection and the
+per-sender window, SMR session eviction, Raft snapshots (sent, installed) and
+log compaction, and partitions that outlast what the others retain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from typing import Any
+
+from replicaio.cli import build_parser, draw_options, main, run_one
+from replicaio.sim.options import FAULT_KINDS
+from replicaio.sim.profiles import LONG_REQUESTS_MIN
+from replicaio.sim.simulator import SimResult
+
+ALL_FAULTS = ",".join(FAULT_KINDS)
+SAFETY = {"integrity", "agreement", "assertion"}
+
+
+def arguments(*words: str) -> argparse.Namespace:
+    return build_parser().parse_args(["sim", *words, "--seed", "0"])
+
+
+def counters_of(results: list[SimResult]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for result in results:
+        total.update(result.counters)
+    return total
+
+
+def test_long_broadcast_runs_collect_fill_windows_and_partition_for_long() -> None:
+    args = arguments("bracha", "--nodes", "4", "--byzantine", "1", "--faults", ALL_FAULTS,
+                     "--profile", "long")
+    results = [run_one(args, seed) for seed in (1, 2, 3)]
+    counters = counters_of(results)
+    assert counters["broadcast_instances_collected"] > 0
+    assert counters["request_rejected_window_full"] > 0
+    for result in results:
+        options = result.options
+        assert options.requests_per_node >= LONG_REQUESTS_MIN
+        longest = max(cut.end_us - cut.start_us for cut in options.partitions)
+        assert longest >= options.safety_us * 3 // 10
+        # Safety holds; see docs/simulation.md for what long partitions do to
+        # validity and totality (the lagging node's instances were collected).
+        assert not [v for v in result.violations if v["property"] in SAFETY]
+    # the long partitions cut many messages, and the cut-off nodes fell more than
+    # retained_max instances behind: messages for collected instances arrive
+    assert sum(result.stats["messages_partitioned"] for result in results) > 1000
+    assert counters["ignored_instance_delivered"] > 0
+
+
+def test_long_broadcast_without_network_faults_holds_every_property() -> None:
+    args = arguments("bracha", "--nodes", "4", "--byzantine", "1", "--profile", "long")
+    results = [run_one(args, seed) for seed in range(1, 6)]
+    assert [result.violations for result in results] == [[]] * 5
+    assert counters_of(results)["broadcast_instances_collected"] >= 5 * 4 * 8
+
+
+def test_long_raft_runs_evict_sessions_snapshot_and_compact() -> None:
+    args = arguments("raft", "--nodes", "5", "--faults", ALL_FAULTS, "--profile", "long")
+    results = [run_one(args, seed) for seed in (1, 2)]
+    for result in results:
+        assert result.violations == []
+        assert result.stats["linearizable"] is True
+        assert result.protocol == "raft:snapshot=8,sessions=8"
+    counters = counters_of(results)
+    for name in ("smr_sessions_evicted", "raft_compactions", "smr_snapshots",
+                 "raft_snapshots_sent", "raft_snapshots_installed"):
+        assert counters[name] > 0, name
+    assert sum(result.stats["client_rejections"].get("session_expired", 0)
+               for result in results) + counters["smr_session_expired"] > 0
+
+
+def test_the_default_profile_draws_what_it_always_drew() -> None:
+    plain = draw_options(arguments("bracha", "--nodes", "4", "--faults", ALL_FAULTS), 5)
+    default = draw_options(
+        arguments("bracha", "--nodes", "4", "--faults", ALL_FAULTS, "--profile", "default"), 5
+    )
+    long = draw_options(
+        arguments("bracha", "--nodes", "4", "--faults", ALL_FAULTS, "--profile", "long"), 5
+    )
+    assert plain == default
+    assert plain.requests_per_node <= 6 < LONG_REQUESTS_MIN <= long.requests_per_node
+    assert (long.seed, long.latency_mean_us, long.loss) == (5, plain.latency_mean_us, plain.loss)
+
+
+def test_a_long_failure_reproduces_with_the_profile(capsys: Any) -> None:
+    status = main(["sim", "raft", "--nodes", "3", "--seed", "4", "--profile", "long",
+                   "--ops", "30", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert "--profile long" in report["reproduce"]
+    assert report["protocol"] == "raft:snapshot=8,sessions=8"
