@@ -126,7 +126,7 @@ def test_broadcast_request_beyond_the_own_window_is_rejected() -> None:
     assert host.instances.low[0] == 1
     host.step(Request(b"fits"))  # seq WINDOW, inside [1, 1 + WINDOW)
     assert host.instances.low[0] == 2
-    assert host.node.counters == {}
+    assert host.node.counters == {"broadcast_instances_collected": 2}
 
 
 def test_broadcast_request_rejected_when_window_full() -> None:
@@ -221,7 +221,8 @@ def test_memory_stays_flat_under_sustained_broadcasts() -> None:
         host.send(2, 2, seq, b"theirs%d" % seq)
         host.step(TimerFired(TICK_TIMER))
     instances = host.instances
-    assert set(host.node.counters) == {"retransmissions"}  # nobody acks here
+    # nobody acks here
+    assert set(host.node.counters) == {"retransmissions", "broadcast_instances_collected"}
     assert instances.low == [50 - RETAINED, 0, 50 - RETAINED, 0]
     assert len(host.node.routes) <= 1 + 2 * RETAINED + 1  # root, bcast, retained
     assert len(host.node.sent) <= RETAINED
@@ -236,7 +237,7 @@ def test_default_broadcast_never_stalls_after_a_window_of_deliveries() -> None:
     for seq in range(300):
         effects = node.step(Request(b"v%d" % seq))
         assert effects.outputs[0] == Accepted(0, seq, b"v%d" % seq)
-    assert node.counters == {}
+    assert node.counters == {"broadcast_instances_collected": 300 - 32}
 
 
 def test_message_for_a_collected_instance_is_acked_and_ignored() -> None:
@@ -246,7 +247,9 @@ def test_message_for_a_collected_instance_is_acked_and_ignored() -> None:
     host.step(TimerFired(TICK_TIMER))  # flush the acks so far
     effects = host.send(2, 1, 0, b"v0")
     assert not effects.outputs
-    assert host.node.counters == {"ignored_instance_delivered": 1}
+    assert host.node.counters == {
+        "broadcast_instances_collected": 1, "ignored_instance_delivered": 1
+    }
     assert (instance_path(1, 0), "SEND") in host.node.acks_pending[2]
     assert instance_path(1, 0) not in host.node.routes
 
