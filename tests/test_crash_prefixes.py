@@ -1,7 +1,7 @@
 """The crash-prefix mode (replicaio.sim.prefixes): every prefix of every step's
 writes is restarted from and re-checked. The correct protocols pass; the
 garbage-collection write order fixed in issue 7 (records erased before the
-watermark is saved; replicaio.testing.broadcast_variants) is caught."""
+watermark is saved; replicaio.testing.variants.instances) is caught."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from replicaio.cli import main
 from replicaio.sim.kv_harness import KvWorkload, kv_options
 from replicaio.sim.options import SimOptions
 from replicaio.sim.prefixes import check_prefixes
-from replicaio.testing.broadcast_variants import SmallInstancesFactory, WatermarkLastInstances
+from replicaio.testing.variants.instances import SmallInstancesFactory, WatermarkLastInstances
 
 
 @pytest.mark.parametrize("protocol", ["bracha", "echo", "beb"])

@@ -8,7 +8,11 @@ modules: production code has no broken branches to take by mistake.
 * :mod:`replicaio.testing.variants.broadcast` — ``bracha-weak-echo`` and
   ``echo-weak`` (quorums below the bound);
 * :mod:`replicaio.testing.variants.raft` — ``raft-commit-previous-term``,
-  ``raft-forget-vote`` and ``raft-follower-reads``.
+  ``raft-forget-vote`` and ``raft-follower-reads``;
+* :mod:`replicaio.testing.variants.instances` — the multi-instance component
+  with a small window (garbage collection within a few requests) and
+  ``WatermarkLastInstances``, the collection write order fixed in issue 7
+  (caught by the crash-prefix mode, ``replicaio.sim.prefixes``).
 
 The assembly (``replicaio.assembly``) names them next to the correct
 protocols, marked broken, so the simulator, swarms and scenarios run them
