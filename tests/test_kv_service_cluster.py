@@ -39,7 +39,7 @@ from replicaio.check.linearizability import check_linearizable
 from replicaio.cli import main
 from replicaio.runtime.crypto import HmacAuthenticator
 from replicaio.runtime.framing import frame_header
-from replicaio.runtime.local import LocalCluster, free_ports
+from replicaio.runtime.local import LocalCluster, free_port_block
 from replicaio.runtime.transport import handshake_frame, transcript
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -464,29 +464,8 @@ def test_a_kv_node_whose_wal_has_a_corrupted_middle_record_refuses_to_start(
     assert segments[0].name in output
 
 
-def free_block(count: int) -> int:
-    """A base port whose next ``count`` ports are free (bounded attempts)."""
-    for _ in range(50):
-        base = free_ports(1)[0]
-        if base + count > 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sock.bind((LOCAL, port))
-                sockets.append(sock)
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise AssertionError("no block of free ports")
-
-
 def test_kv_up_gives_a_cluster_redis_clients_use_and_kv_down_stops_it(tmp_path: Path) -> None:
-    base = free_block(10)
+    base = free_port_block(10)
     directory = tmp_path / "kv"
     command = [sys.executable, "-m", "replicaio.cli", "kv"]
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -136,6 +137,10 @@ def command_cluster_up(args: argparse.Namespace) -> int:
             f"{config_path} describes {cluster.n} {cluster.protocol} nodes; remove the "
             "directory to start a different cluster"
         )
+    busy = ports_in_use(cluster)
+    if busy:
+        print(f"replicaio: error: cannot start: {'; '.join(busy)}", file=sys.stderr)
+        return EXIT_FAILED
     processes = []
     for entry in cluster.nodes:
         command = [sys.executable, "-m", "replicaio.cli", "node", "--config", str(config_path),
@@ -149,7 +154,7 @@ def command_cluster_up(args: argparse.Namespace) -> int:
             )
         (directory / f"node-{entry.id}.pid").write_text(f"{process.pid}\n")
         processes.append(process)
-    failed = wait_until_ready(cluster, processes, args.ready_timeout)
+    failed = wait_until_ready(cluster, processes, args.ready_timeout, directory)
     if failed is not None:
         print(f"replicaio: error: {failed}; see {directory}/node-*.log", file=sys.stderr)
         stop_cluster(directory, timeout_s=5.0)
@@ -203,17 +208,62 @@ def write_private(path: Path, text: str) -> None:
         file.write(text)
 
 
+def ports_in_use(cluster: ClusterFile, client: str = "client") -> list[str]:
+    """Every port of ``cluster`` that this host cannot listen on now, said as whose
+    port it is and why (checked before starting nodes: a node that cannot listen
+    stops, and another program on its client port would answer in its place)."""
+    problems = []
+    for entry in cluster.nodes:
+        for what, address in (("peer", entry.peer), (client, entry.client),
+                              ("metrics", entry.metrics)):
+            if address is None or address.port == 0:
+                continue
+            problem = cannot_listen(address.host, address.port)
+            if problem is not None:
+                problems.append(f"the {what} port {address} of node {entry.id} {problem}")
+    return problems
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why nothing could listen on ``host:port`` now, or ``None`` if it could."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the node does
+            probe.bind(address)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            return "is already in use"
+        return f"cannot be listened on: {error.strerror or error}"
+    return None
+
+
+def exit_reason(directory: Path | None, node_id: int, status: int) -> str:
+    """``node I exited with status S``, with the last line of its log when there is one."""
+    reason = f"node {node_id} exited with status {status}"
+    if directory is None:
+        return reason
+    with contextlib.suppress(OSError):
+        lines = (directory / f"node-{node_id}.log").read_text(errors="replace").splitlines()
+        errors = [line for line in lines if line.startswith("replicaio: error:")]
+        if errors:
+            return f"{reason}: {errors[-1].removeprefix('replicaio: error: ')}"
+    return reason
+
+
 def wait_until_ready(
-    cluster: ClusterFile, processes: list[subprocess.Popen[bytes]], timeout_s: float
+    cluster: ClusterFile, processes: list[subprocess.Popen[bytes]], timeout_s: float,
+    directory: Path | None = None,
 ) -> str | None:
-    """``None`` once every node's client port accepts, else what went wrong."""
+    """``None`` once every node's client port accepts, else what went wrong (with
+    the error a node that exited wrote to ``directory/node-I.log``)."""
     deadline = time.monotonic() + timeout_s
     waiting = {entry.id for entry in cluster.nodes}
     while waiting:
         for node_id in sorted(waiting):
             status = processes[node_id].poll()
             if status is not None:
-                return f"node {node_id} exited with status {status}"
+                return exit_reason(directory, node_id, status)
             entry = cluster.nodes[node_id]
             try:
                 with socket.create_connection((entry.client.host, entry.client.port), 0.2):

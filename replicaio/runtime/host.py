@@ -40,16 +40,16 @@ import importlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from replicaio.assembly import protocol_factory
 from replicaio.core.codec import Codec
 from replicaio.core.effects import Input, Receive, Request, Start, TimerFired
 from replicaio.core.node import Node
 from replicaio.runtime.client import ClientService, OnDone, service_factory
-from replicaio.runtime.config import ClusterFile
+from replicaio.runtime.config import Address, ClusterFile
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.logs import FIELDS, log, monotonic_us
 from replicaio.runtime.metrics import NodeMetrics
@@ -58,8 +58,29 @@ from replicaio.storage.file import FileStorage
 from replicaio.trace.eventlog import Choice, EventLogWriter, encode_effects, encode_input
 
 RECEIVE, TIMER, REQUEST, STOP = range(4)
+T = TypeVar("T")
 
 logger = logging.getLogger("replicaio.host")
+
+
+class ListenError(OSError):
+    """One of the node's ports cannot be listened on (in use, or not an address of
+    this host): says which port, and why."""
+
+    def __init__(self, what: str, address: Address, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.message = f"cannot listen on the {what} port {address}: {error.strerror or error}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+async def listening(what: str, address: Address, start: Awaitable[T]) -> T:
+    """``await start``, with an :class:`OSError` said as a :class:`ListenError`."""
+    try:
+        return await start
+    except OSError as error:
+        raise ListenError(what, address, error) from error
 
 
 class NodeHost:
@@ -140,15 +161,18 @@ class NodeHost:
             self.deliver,
             self.counters,
         )
-        await self.transport.start()
+        await listening("peer", self.entry.peer, self.transport.start())
         # The service listens first so that it sees the outputs of the start
         # (re-announced deliveries); requests wait in the inbox until it is done.
         service = service_factory(self.params.client_service)()
-        await service.start(self, self.entry.client, self.params)
+        await listening(f"client ({self.params.client_service})", self.entry.client,
+                        service.start(self, self.entry.client, self.params))
         self.service = service
+        if self.entry.metrics is not None:  # before the start: a busy port stops it early
+            self.metrics_server = await listening(
+                "metrics", self.entry.metrics, self.metrics.serve(self.entry.metrics)
+            )
         await self.process([(None, Start(self.storage.recover()))])
-        if self.entry.metrics is not None:
-            self.metrics_server = await self.metrics.serve(self.entry.metrics)
         self.ready.set()
         log(logger, logging.INFO, "node started", protocol=cluster.protocol, n=cluster.n,
             f=cluster.f, incarnation=self.core.incarnation, peer=str(self.entry.peer),

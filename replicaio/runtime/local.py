@@ -38,6 +38,28 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def free_port_block(count: int) -> int:
+    """A base port whose next ``count`` ports were free on 127.0.0.1 a moment ago
+    (for commands that number their ports from a base; bounded attempts)."""
+    for _ in range(50):
+        base = free_ports(1)[0]
+        if base + count > 65535:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sock.bind((LOOPBACK, port))
+                sockets.append(sock)
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no block of {count} free ports on {LOOPBACK}")
+
+
 class LocalCluster:
     """Node processes of one cluster; see the module docstring."""
 

@@ -36,6 +36,8 @@ from replicaio.runtime.commands import (
     add_down_arguments,
     add_node_arguments,
     command_node,
+    exit_reason,
+    ports_in_use,
     running_pids,
     stop_cluster,
     wait_until_ready,
@@ -44,6 +46,8 @@ from replicaio.runtime.commands import (
 from replicaio.runtime.config import ClusterFile, load_cluster_file, render_cluster_file
 
 PROBE_KEY = b"replicaio:kv-up-probe"
+DEFAULT_BASE_PORT = 7000
+DEFAULT_HOST = "127.0.0.1"
 
 
 def add_kv_commands(commands: Any) -> None:
@@ -52,11 +56,11 @@ def add_kv_commands(commands: Any) -> None:
     actions = kv.add_subparsers(dest="kv_command", required=True)
     up = actions.add_parser("up", help="start a local KV cluster (one process per node)")
     up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--base-port", type=int, default=7000,
-                    help="RESP on P+1..P+N, peers P+N+1.., metrics P+2N+1..")
+    up.add_argument("--base-port", type=int, default=None,
+                    help="RESP on P+1..P+N, peers P+N+1.., metrics P+2N+1.. (default 7000)")
     up.add_argument("--data-dir", required=True)
     up.add_argument("--protocol", default="raft", help="a replicated service (default: raft)")
-    up.add_argument("--host", default="127.0.0.1", help="address every node binds")
+    up.add_argument("--host", default=None, help="address every node binds (default 127.0.0.1)")
     up.add_argument("--no-metrics", action="store_true", help="no Prometheus endpoints")
     up.add_argument("--no-fsync", action="store_true", help="skip fsync (throwaway clusters)")
     up.add_argument("--event-logs", action="store_true", help="record D/node-I.events")
@@ -84,7 +88,8 @@ def command_kv_up(args: argparse.Namespace) -> int:
     if running_pids(directory):
         raise UsageError(f"a cluster is already running in {directory} (kv down first)")
     config_path = directory / CLUSTER_FILE
-    if not config_path.exists():
+    existed = config_path.exists()
+    if not existed:
         write_kv_cluster(directory, args)
     cluster = load_cluster_file(config_path)
     if (
@@ -96,10 +101,19 @@ def command_kv_up(args: argparse.Namespace) -> int:
             f"{config_path} describes {cluster.n} {cluster.protocol} nodes with the "
             f"{cluster.host.client_service!r} service; remove the directory to start another"
         )
+    ignored = ignored_options(cluster, args) if existed else []
+    if ignored:
+        print(f"replicaio: warning: {config_path} exists and is used as it is; ignored: "
+              f"{'; '.join(ignored)} (remove the directory, or edit the file, to change them)",
+              file=sys.stderr)
+    busy = ports_in_use(cluster, "RESP")
+    if busy:
+        print(f"replicaio: error: cannot start: {'; '.join(busy)}", file=sys.stderr)
+        return EXIT_FAILED
     processes = start_nodes(directory, config_path, cluster, args.event_logs)
-    failed = wait_until_ready(cluster, processes, args.ready_timeout)
+    failed = wait_until_ready(cluster, processes, args.ready_timeout, directory)
     if failed is None:
-        failed = wait_until_serving(cluster, processes, args.ready_timeout)
+        failed = wait_until_serving(cluster, processes, args.ready_timeout, directory)
     if failed is not None:
         print(f"replicaio: error: {failed}; see {directory}/node-*.log", file=sys.stderr)
         stop_cluster(directory, timeout_s=5.0)
@@ -114,8 +128,30 @@ def command_kv_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def ignored_options(cluster: ClusterFile, args: argparse.Namespace) -> list[str]:
+    """What the options of ``kv up`` ask for that an existing cluster file does not
+    say (the file wins: its nodes have data and each other's addresses)."""
+    ignored = []
+    first = cluster.nodes[0]
+    if args.base_port is not None and args.base_port != first.client.port - 1:
+        ignored.append(f"--base-port {args.base_port} (the file's: {first.client.port - 1})")
+    if args.host is not None and args.host != first.client.host:
+        ignored.append(f"--host {args.host} (the file's: {first.client.host})")
+    if args.no_fsync and cluster.host.fsync:
+        ignored.append("--no-fsync (the file's nodes fsync)")
+    if not args.no_fsync and not cluster.host.fsync:
+        ignored.append("fsync (the file's nodes do not fsync: it was made with --no-fsync)")
+    if args.no_metrics and first.metrics is not None:
+        ignored.append("--no-metrics (the file's nodes serve metrics)")
+    if not args.no_metrics and first.metrics is None:
+        ignored.append("metrics (the file has no metrics ports: it was made with --no-metrics)")
+    return ignored
+
+
 def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
-    n, base, host = args.nodes, args.base_port, args.host
+    n = args.nodes
+    base = DEFAULT_BASE_PORT if args.base_port is None else args.base_port
+    host = DEFAULT_HOST if args.host is None else args.host
     if n < 1 or base < 1 or base + 3 * n > 65535:
         raise UsageError("--nodes must be >= 1 and the ports P+1 .. P+3N must be valid")
     write_private(directory / SECRET_FILE, secrets.token_hex(32) + "\n")
@@ -160,20 +196,30 @@ def start_nodes(
 
 
 def wait_until_serving(
-    cluster: ClusterFile, processes: list[subprocess.Popen[bytes]], timeout_s: float
+    cluster: ClusterFile, processes: list[subprocess.Popen[bytes]], timeout_s: float,
+    directory: Path,
 ) -> str | None:
     """``None`` once every node answers PING and a read through node 0 succeeds
     (so a leader is elected), else what went wrong."""
     deadline = time.monotonic() + timeout_s
+
+    def exited() -> str | None:
+        for entry, process in zip(cluster.nodes, processes, strict=True):
+            status = process.poll()
+            if status is not None:
+                return exit_reason(directory, entry.id, status)
+        return None
+
     for entry in cluster.nodes:
         if not ask(entry.client.host, entry.client.port, b"*1\r\n$4\r\nPING\r\n", b"+PONG",
                    deadline):
-            return f"node {entry.id} does not answer PING"
+            return exited() or f"node {entry.id} does not answer PING at {entry.client}"
     first = cluster.nodes[0].client
     probe = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(PROBE_KEY), PROBE_KEY)
     while time.monotonic() < deadline:
-        if any(process.poll() is not None for process in processes):
-            return "a node exited"
+        failed = exited()
+        if failed is not None:
+            return failed
         if ask(first.host, first.port, probe, b"$", deadline):
             return None
         time.sleep(0.1)
