@@ -21,7 +21,14 @@ from replicaio.services.kv import (
     decode_result,
     encode_command,
 )
-from replicaio.services.kv.state_machine import INT64_MAX, INT64_MIN, is_write
+from replicaio.services.kv.state_machine import (
+    INT64_MAX,
+    INT64_MIN,
+    WATCH_KEYS_MAX,
+    decode_exec_result,
+    encode_exec,
+    is_write,
+)
 
 RAW = Codec()
 
@@ -191,12 +198,14 @@ def test_snapshot_round_trip_and_versioning() -> None:
     other.restore(snapshot)
     assert other.data == kv.data
     assert other.snapshot() == snapshot
-    assert RAW.decode_value(snapshot)[:2] == ("replicaio.kv", 1)  # type: ignore[index]
-    # Equal states give equal bytes, whatever the order writes came in.
-    reordered = KeyValueStateMachine()
-    for key in sorted(kv.data, reverse=True):
-        run(reordered, "put", key, kv.data[key])
-    assert reordered.snapshot() == snapshot
+    assert other.versions == kv.versions
+    assert (other.revision, other.floor) == (kv.revision, kv.floor)
+    assert RAW.decode_value(snapshot)[:2] == ("replicaio.kv", 2)  # type: ignore[index]
+    # Equal states give equal bytes: keys in byte order, whatever dict order they have.
+    shuffled = KeyValueStateMachine()
+    shuffled.restore(snapshot)
+    shuffled.data = dict(sorted(shuffled.data.items(), reverse=True))
+    assert shuffled.snapshot() == snapshot
     # Restoring replaces everything.
     run(other, "put", b"extra", b"x")
     other.restore(KeyValueStateMachine().snapshot())
@@ -207,11 +216,17 @@ def test_snapshot_round_trip_and_versioning() -> None:
     "snapshot",
     [
         b"\xc1",
+        RAW.encode_value(["replicaio.kv", 3, [], 0, 0, []]),
+        RAW.encode_value(["replicaio.kv", 1, [[b"k", b"v"]]]),  # no versions: refused
         RAW.encode_value(["replicaio.kv", 2, []]),
-        RAW.encode_value(["other", 1, []]),
-        RAW.encode_value(["replicaio.kv", 1, [[b"k", "v"]]]),
-        RAW.encode_value(["replicaio.kv", 1, [[b"k", b"v"], [b"k", b"w"]]]),
-        RAW.encode_value(["replicaio.kv", 1, [[b"k"]]]),
+        RAW.encode_value(["other", 2, [], 0, 0, []]),
+        RAW.encode_value(["replicaio.kv", 2, [[b"k", "v", 1]], 1, 0, []]),
+        RAW.encode_value(["replicaio.kv", 2, [[b"k", b"v", 1], [b"k", b"w", 1]], 1, 0, []]),
+        RAW.encode_value(["replicaio.kv", 2, [[b"k", b"v"]], 1, 0, []]),
+        RAW.encode_value(["replicaio.kv", 2, [[b"k", b"v", 2]], 1, 0, []]),  # version > revision
+        RAW.encode_value(["replicaio.kv", 2, [], 1, 2, []]),  # floor > revision
+        RAW.encode_value(["replicaio.kv", 2, [[b"k", b"v", 1]], 2, 0, [[b"k", 2]]]),
+        RAW.encode_value(["replicaio.kv", 2, [], 3, 0, [[b"a", 2], [b"b", 1]]]),  # unordered
     ],
 )
 def test_restore_refuses_what_snapshot_did_not_produce(snapshot: bytes) -> None:
@@ -231,6 +246,152 @@ def test_restore_refuses_more_keys_than_keys_max() -> None:
         small.restore(big.snapshot())
 
 
+# -- versions and transactions (exec) ------------------------------------------------------------
+
+
+def execute(
+    kv: KeyValueStateMachine, watches: list[tuple[bytes, int]], *commands: bytes
+) -> list[object] | None:
+    """An exec's per-command results (KvOk value or KvError), or None if aborted."""
+    found = decode_exec_result(kv.apply(encode_exec(watches, list(commands))))
+    assert not isinstance(found, KvError), found
+    if found is None:
+        return None
+    results = [decode_result(item) for item in found]
+    return [result.value if isinstance(result, KvOk) else result for result in results]
+
+
+def test_every_modification_and_only_a_modification_changes_a_version() -> None:
+    kv = KeyValueStateMachine()
+    assert run(kv, "version", b"k") == 0
+    run(kv, "put", b"k", b"1")
+    assert run(kv, "version", b"k") == 1
+    for unchanged in (
+        encode_command("get", b"k"),
+        encode_command("cas", b"k", b"other", b"x"),  # fails: no change
+        encode_command("delete", b"absent"),
+        encode_command("version", b"k"),
+    ):
+        kv.apply(unchanged)
+    assert run(kv, "version", b"k") == 1
+    assert run(kv, "version", b"absent") == 0
+    run(kv, "put", b"k", b"1")  # the same value: still a modification (as Redis)
+    assert run(kv, "version", b"k") == 2
+    run(kv, "incr", b"k", 0)
+    run(kv, "append", b"k", b"")
+    run(kv, "cas", b"k", b"1", b"1")
+    assert run(kv, "version", b"k") == 5
+    run(kv, "put", b"s", b"text")
+    assert fails(kv, encode_command("incr", b"s", 1)) == "not_integer"
+    assert run(kv, "version", b"s") == 6
+    assert run(kv, "delete", b"k") is True
+    assert run(kv, "version", b"k") == 7  # a tombstone keeps the deletion's version
+    assert kv.revision == 7
+    assert decode_result(kv.read(encode_command("version", b"k"))) == KvOk(7)
+    assert not is_write(encode_command("version", b"k"))
+
+
+def test_exec_runs_every_command_at_one_point_and_a_runtime_error_stops_nothing() -> None:
+    kv = KeyValueStateMachine()
+    run(kv, "put", b"text", b"abc")
+    results = execute(
+        kv, [],
+        encode_command("put", b"a", b"1"),
+        encode_command("incr", b"text", 1),  # a runtime error: only this command fails
+        encode_command("incr", b"a", 4),
+        encode_command("get", b"a"),
+    )
+    assert results is not None
+    assert results[0] is None and results[2] == 5 and results[3] == b"5"
+    assert isinstance(results[1], KvError) and results[1].code == "not_integer"
+    assert kv.data == {b"text": b"abc", b"a": b"5"}
+    assert execute(kv, []) == []  # an empty transaction
+
+
+def test_exec_aborts_whole_if_a_watched_key_changed_after_the_watch() -> None:
+    kv = KeyValueStateMachine()
+    run(kv, "put", b"w", b"0")
+    watched = int(run(kv, "version", b"w"))  # type: ignore[call-overload]
+    run(kv, "put", b"w", b"0")  # modified (to the same value) by anyone
+    before = (dict(kv.data), dict(kv.versions), kv.revision)
+    assert execute(kv, [(b"w", watched)], encode_command("put", b"x", b"1")) is None
+    assert (kv.data, kv.versions, kv.revision) == before  # nothing applied
+    fresh = int(run(kv, "version", b"w"))  # type: ignore[call-overload]
+    assert execute(kv, [(b"w", fresh)], encode_command("put", b"x", b"1")) == [None]
+    assert kv.data[b"x"] == b"1"
+
+
+def test_watching_an_absent_key_sees_it_created_and_deleted_again() -> None:
+    kv = KeyValueStateMachine()
+    absent = int(run(kv, "version", b"ghost"))  # type: ignore[call-overload]
+    run(kv, "put", b"ghost", b"boo")
+    run(kv, "delete", b"ghost")
+    assert b"ghost" not in kv.data
+    assert execute(kv, [(b"ghost", absent)], encode_command("put", b"y", b"1")) is None
+    assert b"y" not in kv.data
+
+
+def test_tombstones_are_bounded_and_versions_never_go_back() -> None:
+    kv = KeyValueStateMachine(KvParams(tombstones_max=2))
+    seen: dict[bytes, int] = {}
+    for key in (b"a", b"b", b"c", b"d"):
+        run(kv, "put", key, b"v")
+        run(kv, "delete", key)
+        seen[key] = int(run(kv, "version", key))  # type: ignore[call-overload]
+    assert len(kv.tombstones) == 2  # the bound was reached: a and b were forgotten
+    assert kv.floor == seen[b"b"]
+    for key, version in seen.items():
+        assert int(run(kv, "version", key)) >= version  # type: ignore[call-overload]
+    # A modification after a watch always changes what the watch read.
+    watched = int(run(kv, "version", b"a"))  # type: ignore[call-overload]
+    run(kv, "put", b"a", b"again")
+    run(kv, "delete", b"a")
+    for key in (b"e", b"f", b"g"):  # push a's new tombstone out too
+        run(kv, "put", key, b"v")
+        run(kv, "delete", key)
+    assert b"a" not in kv.tombstones
+    assert execute(kv, [(b"a", watched)], encode_command("put", b"z", b"1")) is None
+
+
+def test_exec_refuses_nesting_and_bad_watches() -> None:
+    kv = KeyValueStateMachine()
+    nested = execute(
+        kv, [], encode_exec([], [encode_command("put", b"a", b"1")]),
+        encode_command("put", b"b", b"2"),
+    )
+    assert nested is not None and isinstance(nested[0], KvError) and nested[1] is None
+    assert kv.data == {b"b": b"2"}
+    assert fails(kv, RAW.encode_value(["exec", [[b"k"]], []])) == "bad_arguments"
+    assert fails(kv, RAW.encode_value(["exec", [[b"k", "1"]], []])) == "bad_arguments"
+    assert fails(kv, RAW.encode_value(["exec", [], [1]])) == "bad_arguments"
+    inner = RAW.decode_value(kv.apply(RAW.encode_value(["batch", [encode_exec([], [])]])))
+    assert isinstance(inner, tuple)
+    assert decode_result(inner[1][0]) == KvError("bad_arguments", "exec inside a batch or exec")
+    too_many = [[b"k", 0]] * (WATCH_KEYS_MAX + 1)
+    assert fails(kv, RAW.encode_value(["exec", too_many, []])) == "bad_arguments"
+    with pytest.raises(UsageError):
+        encode_exec([(b"k", 0)] * (WATCH_KEYS_MAX + 1), [])
+    with pytest.raises(UsageError):
+        encode_command("exec", b"k")
+
+
+def test_read_serves_an_exec_of_reads_after_checking_its_watches() -> None:
+    kv = KeyValueStateMachine()
+    run(kv, "put", b"a", b"1")
+    version = int(run(kv, "version", b"a"))  # type: ignore[call-overload]
+    command = encode_exec([(b"a", version)], [encode_command("get", b"a")])
+    found = decode_exec_result(kv.read(command))
+    assert found is not None and not isinstance(found, KvError)
+    assert decode_result(found[0]) == KvOk(b"1")
+    run(kv, "put", b"a", b"2")
+    assert decode_exec_result(kv.read(command)) is None
+    writes = encode_exec([], [encode_command("put", b"a", b"3")])
+    found = decode_exec_result(kv.read(writes))
+    assert found is not None and not isinstance(found, KvError)
+    assert decode_result(found[0]) == KvError("not_read_only", "put changes the state")
+    assert kv.data[b"a"] == b"2"
+
+
 OPERATION = st.one_of(
     st.tuples(st.just("get"), st.sampled_from([b"a", b"b", b"c"])),
     st.tuples(st.just("put"), st.sampled_from([b"a", b"b"]), st.binary(max_size=4)),
@@ -240,27 +401,41 @@ OPERATION = st.one_of(
     st.tuples(st.just("append"), st.sampled_from([b"a", b"b"]), st.binary(max_size=3)),
     st.tuples(st.just("incr"), st.sampled_from([b"c", b"a"]),
               st.integers(min_value=INT64_MIN, max_value=INT64_MAX)),
+    st.tuples(st.just("version"), st.sampled_from([b"a", b"b", b"c"])),
     st.binary(max_size=6),
+)
+EXEC = st.tuples(
+    st.just("exec"),
+    st.lists(st.tuples(st.sampled_from([b"a", b"b", b"c"]), st.integers(0, 12)), max_size=2),
+    st.lists(OPERATION, max_size=3),
 )
 
 
+def encoded(item: object) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    assert isinstance(item, tuple)
+    if item[0] == "exec":
+        return encode_exec(item[1], [encoded(command) for command in item[2]])
+    return encode_command(*item)
+
+
 @settings(max_examples=150, deadline=None)
-@given(st.lists(OPERATION, max_size=40), st.integers(min_value=0, max_value=40))
+@given(st.lists(st.one_of(OPERATION, EXEC), max_size=40), st.integers(min_value=0, max_value=40))
 def test_deterministic_and_snapshot_anywhere(operations: list[object], cut: int) -> None:
     """Two replicas given the same commands agree on every result and byte of state;
-    a replica restored from a snapshot taken anywhere continues identically."""
-    commands = [
-        item if isinstance(item, bytes) else encode_command(*item)  # type: ignore[misc]
-        for item in operations
-    ]
-    one, two = KeyValueStateMachine(), KeyValueStateMachine()
+    a replica restored from a snapshot taken anywhere continues identically (versions,
+    tombstones and the floor included: tombstones_max is tiny here)."""
+    commands = [encoded(item) for item in operations]
+    params = KvParams(tombstones_max=2)
+    one, two = KeyValueStateMachine(params), KeyValueStateMachine(params)
     results = [one.apply(command) for command in commands]
     assert results == [two.apply(command) for command in commands]
     assert one.snapshot() == two.snapshot()
-    prefix = KeyValueStateMachine()
+    prefix = KeyValueStateMachine(params)
     for command in commands[:cut]:
         prefix.apply(command)
-    restored = KeyValueStateMachine()
+    restored = KeyValueStateMachine(params)
     restored.restore(prefix.snapshot())
     assert [restored.apply(command) for command in commands[cut:]] == results[cut:]
     assert restored.snapshot() == one.snapshot()

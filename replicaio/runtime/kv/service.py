@@ -30,7 +30,10 @@ the store's ``result_bytes_max``: a group with writes counts each read's
 largest reply (:func:`reply_bytes_max`) against it; a group of reads only is
 sent whole, and if its values do not all fit (``result_too_large``), the
 commands that got their values are answered and the rest is sent again
-(``kv_read_groups_split``).
+(``kv_read_groups_split``). ``MULTI`` ... ``EXEC`` and ``WATCH`` are planned by
+``transactions.plan_transaction`` first: a transaction is queued on the
+connection and sent at ``EXEC`` as one ``exec`` command (all or nothing, at one
+position of the log).
 
 Timeouts (a periodic sweep, :meth:`RespService.sweep`): a connection with
 nothing to answer that sends nothing for ``idle_timeout_ms`` (Redis's
@@ -61,7 +64,8 @@ answer comes from the state machine's execution.
 Bounds (:class:`RespParams`, the cluster file's ``[service]`` table): the
 parser's (``bulk_bytes_max``, ``array_items_max``, ``inline_bytes_max``,
 ``command_bytes_max``), ``pipeline_depth_max``, ``group_commands_max``,
-``group_bytes_max``, ``pipeline_bytes_max``, ``reply_bytes_max``, and
+``group_bytes_max``, ``pipeline_bytes_max``, ``reply_bytes_max``,
+``transaction_commands_max``, ``transaction_bytes_max``, ``watch_keys_max``, and
 ``[host] client_connections_max`` clients (beyond it: ``-ERR max number of
 clients reached``, ``bound_client_connections_max``). So one connection holds
 at most about its parser's buffer, ``pipeline_bytes_max`` plus one command,
@@ -72,7 +76,8 @@ per command (``replicaio_kv_request_seconds``), and the protocol's gauges
 (``replicaio_protocol_<name>``, ``replicaio.services.kv.status``). Counters go
 to the runtime's counters: ``rejected_resp_<reason>`` (protocol violations),
 ``rejected_resp_command_<reason>`` (bad commands), ``kv_retries``,
-``kv_redirects``, ``kv_no_quorum``, ``kv_smr_requests``, ``kv_smr_commands``.
+``kv_redirects``, ``kv_no_quorum``, ``kv_smr_requests``, ``kv_smr_commands``,
+``kv_transactions``, ``kv_transactions_aborted``.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ from replicaio.services.kv.redis_commands import (
     plan,
 )
 from replicaio.services.kv.resp import (
+    NULL_ARRAY,
     RESP2,
     Reply,
     RespError,
@@ -114,6 +120,7 @@ from replicaio.services.kv.resp import (
 )
 from replicaio.services.kv.state_machine import (
     BATCH_COMMANDS_MAX,
+    WATCH_KEYS_MAX,
     KvError,
     KvResult,
     decode_batch_result,
@@ -121,6 +128,15 @@ from replicaio.services.kv.state_machine import (
     encode_batch,
 )
 from replicaio.services.kv.status import protocol_status, role_name
+from replicaio.services.kv.transactions import (
+    TRANSACTION_COMMANDS,
+    Exec,
+    Transaction,
+    TransactionLimits,
+    TransactionPlan,
+    Watch,
+    plan_transaction,
+)
 from replicaio.smr.api import ClientRequest, Redirect, Rejected
 from replicaio.smr.api import Reply as SmrReply
 from replicaio.smr.params import SmrParams
@@ -146,6 +162,7 @@ WRITE_REPLY_BYTES_MAX: Final = 512
 # A group's replies, at most: they come back as one SMR reply, which must fit.
 GROUP_REPLY_BYTES_MAX: Final = KV_PARAMS.result_bytes_max
 SWEEP_PERIOD_S_MAX: Final = 1.0  # how often timeouts are checked, at most
+COMMAND_NAMES: Final = METRIC_NAMES | {name.decode() for name in TRANSACTION_COMMANDS}
 EXPIRED_ERROR: Final = RespError(
     "TRYAGAIN session expired: this node's session for the connection was evicted "
     "(a write may have taken effect)"
@@ -165,6 +182,9 @@ class RespParams:
     reply_bytes_max: int = 1024 * 1024  # replies written to a connection, not yet sent
     group_commands_max: int = 256  # client commands carried by one SMR request
     group_bytes_max: int = 60 * 1024  # their key-value commands, encoded
+    transaction_commands_max: int = 1024  # commands queued after MULTI
+    transaction_bytes_max: int = 60 * 1024  # their key-value commands, encoded
+    watch_keys_max: int = 1024  # keys one connection watches
     retry_after_ms: int = 1000  # send a request again if unanswered this long
     retry_backoff_ms: int = 50  # wait before sending again after a passing refusal
     request_timeout_ms: int = 5000  # then -TRYAGAIN no quorum
@@ -183,13 +203,27 @@ class RespParams:
                 "service.group_commands_max",
                 f"must be <= pipeline_depth_max and <= {BATCH_COMMANDS_MAX}",
             )
-        if self.group_bytes_max > SMR_COMMAND_BYTES_MAX:
+        for name in ("group_bytes_max", "transaction_bytes_max"):
+            if getattr(self, name) > SMR_COMMAND_BYTES_MAX:
+                raise ClusterFileError(
+                    f"service.{name}", f"must be <= {SMR_COMMAND_BYTES_MAX} (SMR's bound)"
+                )
+        if self.transaction_commands_max > BATCH_COMMANDS_MAX:
             raise ClusterFileError(
-                "service.group_bytes_max", f"must be <= {SMR_COMMAND_BYTES_MAX} (SMR's bound)"
+                "service.transaction_commands_max", f"must be <= {BATCH_COMMANDS_MAX}"
             )
+        if self.watch_keys_max > WATCH_KEYS_MAX:
+            raise ClusterFileError("service.watch_keys_max", f"must be <= {WATCH_KEYS_MAX}")
         if self.retry_after_ms > self.request_timeout_ms:
             raise ClusterFileError("service.retry_after_ms", "must be <= request_timeout_ms")
         return self
+
+    def transaction_limits(self) -> TransactionLimits:
+        return TransactionLimits(
+            commands_max=self.transaction_commands_max,
+            bytes_max=self.transaction_bytes_max,
+            watch_keys_max=self.watch_keys_max,
+        )
 
     def limits(self) -> RespLimits:
         return RespLimits(
@@ -292,6 +326,7 @@ class Connection:
         "room",
         "service",
         "timed_out",
+        "transaction",
         "unanswered",
         "unanswered_bytes",
         "waiting",
@@ -315,6 +350,7 @@ class Connection:
         self.protocol = RESP2
         self.name: bytes | None = None
         self.closing = False
+        self.transaction = Transaction()  # MULTI/WATCH state; dropped with the connection
         self.finished = False  # the dispatcher is done: the reader stops too
         self.items: deque[Item] = deque()
         self.unanswered = 0  # commands read and not yet answered
@@ -468,6 +504,7 @@ class RespService(ListeningService):
         self.host_params = HostParams()
         self.params = RespParams()
         self.limits = self.params.limits()
+        self.transaction_limits = self.params.transaction_limits()
         self.connections_open: set[Connection] = set()
         self.waiters: dict[int, Waiter] = {}
         self.connection_next = 0
@@ -499,6 +536,7 @@ class RespService(ListeningService):
         self.params = parse_resp_params(getattr(cluster, "service_params", None) or {})
         self.limits = self.params.limits()
         self.reply_budget = min(self.params.reply_bytes_max, GROUP_REPLY_BYTES_MAX)
+        self.transaction_limits = self.params.transaction_limits()
         self.node_id = int(getattr(host, "node_id", 0))
         await self.listen(address, self.on_client)
         timeouts = [timeout for timeout in (self.params.idle_timeout_ms,
@@ -688,6 +726,14 @@ class RespService(ListeningService):
             if connection.closing:  # after QUIT: nothing more is answered
                 connection.write(b"", item)
                 continue
+            step = plan_transaction(
+                connection.transaction, connection, item.argv, self.transaction_limits
+            )
+            if step is not None:  # MULTI...EXEC, WATCH: after the commands before them
+                await self.run_group(connection, group.take())
+                await self.drain(connection)
+                await self.run_transaction(connection, item, step)
+                continue
             if not is_replicated(item.argv):  # before HELLO changes the encoding
                 await self.run_group(connection, group.take())
             planned = plan(connection, item.argv)
@@ -707,7 +753,7 @@ class RespService(ListeningService):
     def finish(self, connection: Connection, item: Command, name: str, reply: Reply) -> None:
         if name == "local":
             word = item.argv[0].lower().decode("ascii", "replace")
-            name = word if word in METRIC_NAMES else "unknown"
+            name = word if word in COMMAND_NAMES else "unknown"
         connection.write(encode_reply(reply, connection.protocol), item)
         self.latency.labels(name).observe(time.perf_counter() - item.received)
 
@@ -757,6 +803,36 @@ class RespService(ListeningService):
             offset += count
             self.finish(connection, item, planned.name, reply)
         return answered
+
+    async def run_transaction(
+        self, connection: Connection, item: Command, step: TransactionPlan
+    ) -> None:
+        """Answer a transaction command (see ``transactions``): at once, or after one
+        SMR request (WATCH's read of versions; EXEC's whole transaction)."""
+        if isinstance(step, Watch):
+            outcome = await self.call(connection, step.command, True)
+            self.finish(connection, item, "watch", step.finish(connection.transaction, outcome))
+            return
+        if not isinstance(step, Exec):
+            assert step is not None
+            if step.rejected is not None:
+                self.count(f"rejected_resp_command_{step.rejected}")
+            self.finish(connection, item, "local", step.reply)
+            return
+        if len(step.command) > SMR_COMMAND_BYTES_MAX:
+            self.count("rejected_resp_command_too_large")
+            self.finish(connection, item, "exec", RespError(
+                f"ERR transaction too large for one replicated request ({len(step.command)} > "
+                f"{SMR_COMMAND_BYTES_MAX} bytes, watches included); nothing was applied"
+            ))
+            return
+        outcome = await self.call(connection, step.command, step.read_only)
+        self.count("kv_smr_requests")
+        self.count("kv_transactions")
+        reply = step.finish(outcome)
+        if reply is NULL_ARRAY:
+            self.count("kv_transactions_aborted")
+        self.finish(connection, item, "exec", reply)
 
     @staticmethod
     def results(outcome: bytes | RespError, count: int) -> list[KvResult] | RespError:

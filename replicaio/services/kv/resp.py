@@ -39,6 +39,7 @@ value                         RESP2                   RESP3
 ``bool``                      ``:1`` / ``:0``         ``#t`` / ``#f``
 ``bytes`` / ``str``           ``$<len>`` bulk         ``$<len>`` bulk
 ``None``                      ``$-1`` (null bulk)     ``_`` (null)
+``NULL_ARRAY``                ``*-1`` (null array)    ``_`` (null)
 ``list`` / ``tuple``          ``*<n>`` array          ``*<n>`` array
 ``dict``                      ``*<2n>`` flat array    ``%<n>`` map
 ============================  ======================  ===========================
@@ -374,13 +375,20 @@ class RespError:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class RespNullArray:
+    """The null array (``*-1``): what an aborted ``EXEC`` answers."""
+
+
 Reply: TypeAlias = (
-    "RespSimple | RespError | int | bool | bytes | str | Sequence[Reply] | "
+    "RespSimple | RespError | RespNullArray | int | bool | bytes | str | Sequence[Reply] | "
     "Mapping[str | bytes, Reply] | None"
 )
 
 OK: Final = RespSimple("OK")
 PONG: Final = RespSimple("PONG")
+QUEUED: Final = RespSimple("QUEUED")
+NULL_ARRAY: Final = RespNullArray()
 RESP2: Final = 2
 RESP3: Final = 3
 
@@ -416,6 +424,8 @@ def _encode(value: Reply, protocol: int, parts: list[bytes]) -> None:
         parts.append(b"+" + one_line(value.text) + CRLF)
     elif isinstance(value, RespError):
         parts.append(b"-" + one_line(value.text) + CRLF)
+    elif isinstance(value, RespNullArray):
+        parts.append(b"*-1\r\n" if protocol == RESP2 else b"_\r\n")
     elif isinstance(value, Mapping):
         if protocol == RESP2:
             parts.append(b"*%d\r\n" % (2 * len(value)))

@@ -21,7 +21,10 @@ op            arguments                         ``ok`` payload
 ``cas``       key, expected (bin or nil), new   true if swapped, else false
 ``append``    key, suffix                       the new length (int)
 ``incr``      key, delta (int)                  the new value (int)
+``version``   key                               the key's version (int)
 ``batch``     [command bytes, ...]              [result bytes, ...]
+``exec``      [[key, version], ...],            [result bytes, ...], or nil
+              [command bytes, ...]              if a watched key changed
 ============  ===============================  ===========================
 
 Keys and values are ``bytes``. ``cas`` with ``expected`` nil succeeds only if
@@ -42,17 +45,45 @@ but a result that would go beyond it is replaced by ``result_too_large``, so a
 result fits in one message of the node's codec whatever a client asks for
 (many ``get`` s of large values).
 
+``exec`` is a Redis transaction (``MULTI`` ... ``EXEC``, optionally after
+``WATCH``): one replicated command, so it is applied whole at one position of
+the log or not at all. First its *watches* are checked: each names a key and
+the version ``version`` answered for it when the client watched it (a
+linearizable read). If any key's version differs now, the key was modified
+since, and ``exec`` answers nil and applies nothing. Otherwise its commands run
+in order, each answering its own result, like a batch: one failing at run time
+(``incr`` on a non-integer) does not stop or undo the others (Redis's rule).
+Build one with :func:`encode_exec`, read its result with
+:func:`decode_exec_result`. ``read`` takes an ``exec`` of reads.
+
+**Versions.** Every modification of a key (a ``put``, a successful ``cas``, an
+``append``, an ``incr``, a ``delete`` of a present key) takes the next number
+of a store-wide counter, ``revision``, as that key's version. A deleted key
+keeps its version as a *tombstone*, so watching an absent key still sees it
+created and deleted again; at most ``KvParams.tombstones_max`` tombstones are
+kept, the oldest forgotten first, and ``floor`` (the highest revision forgotten)
+is the version of every key without a version: versions only grow, so a
+modification after a watch always changes the version the watch read. The
+price of the bound is a rare spurious abort (a watched absent key whose
+version rose to a new ``floor``), which Redis clients retry as any conflict.
+Versions are part of the replicated state (and of the snapshot): every replica
+computes the same ones.
+
 A bad command is replicated like any other, so it must fail the same way on
 every replica and never raise: it returns an error result with a stable
 ``code`` (:data:`ERROR_CODES`) and bumps :attr:`KeyValueStateMachine.errors`.
 Bounds (:class:`KvParams`): key and value sizes, and the number of keys (a
 ``put`` of a new key into a full store is ``full``), so memory is bounded.
 
-Snapshots are ``["replicaio.kv", version, [[key, value], ...]]`` with keys in
-byte order (so equal states give equal bytes); :data:`SNAPSHOT_VERSION` is 1.
-``restore`` refuses anything else with :class:`KvSnapshotError`: a snapshot
-comes from our own ``snapshot`` (through SMR and the ordering protocol, which
-verifies it), so a bad one is a caller's bug, not a client's input.
+Snapshots are ``["replicaio.kv", 2, [[key, value, version], ...], revision,
+floor, [[key, version], ...]]`` (present keys in byte order, tombstones in
+version order, so equal states give equal bytes); :data:`SNAPSHOT_VERSION` is
+2. A format-1 snapshot (no versions) is refused: versions rebuilt from it
+would depend on where each replica's snapshot was cut, and replicas would
+disagree on transactions. ``restore`` refuses anything else with
+:class:`KvSnapshotError`: a snapshot comes from our own ``snapshot`` (through
+SMR and the ordering protocol, which verifies it), so a bad one is a caller's
+bug, not a client's input.
 """
 
 from __future__ import annotations
@@ -71,9 +102,13 @@ DELETE: Final = "delete"
 CAS: Final = "cas"
 APPEND: Final = "append"
 INCR: Final = "incr"
-OPERATIONS: Final = (GET, PUT, DELETE, CAS, APPEND, INCR)
+VERSION: Final = "version"
+OPERATIONS: Final = (GET, PUT, DELETE, CAS, APPEND, INCR, VERSION)
+READS: Final = frozenset({GET, VERSION})
 BATCH: Final = "batch"  # a sequence of the operations above (not itself an operation)
-BATCH_COMMANDS_MAX: Final = 4096
+EXEC: Final = "exec"  # a transaction: watches, then a sequence of operations
+BATCH_COMMANDS_MAX: Final = 4096  # also the commands of one exec
+WATCH_KEYS_MAX: Final = 4096  # watches carried by one exec
 
 OK: Final = "ok"
 ERROR: Final = "error"
@@ -94,7 +129,7 @@ ERROR_CODES: Final = frozenset(
 )
 
 SNAPSHOT_FORMAT: Final = "replicaio.kv"
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2
 
 RESULT_OVERHEAD_BYTES: Final = 16  # a result's envelope around its value, at most
 
@@ -103,7 +138,9 @@ INT64_MAX: Final = (1 << 63) - 1
 # Redis's integers: no sign but "-", no leading zero, no "-0" (string2ll).
 _DECIMAL = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 
-_ARITY: Final = {GET: 2, PUT: 3, DELETE: 2, CAS: 4, APPEND: 3, INCR: 3, BATCH: 2}
+_ARITY: Final = {
+    GET: 2, PUT: 3, DELETE: 2, CAS: 4, APPEND: 3, INCR: 3, VERSION: 2, BATCH: 2, EXEC: 3
+}
 
 
 class KvSnapshotError(UsageError):
@@ -121,10 +158,13 @@ class KvParams:
     # The results of one batch: with the short errors that replace what does not
     # fit (BATCH_COMMANDS_MAX of them), a reply fits in one 1 MiB codec frame.
     result_bytes_max: int = 768 * 1024
+    tombstones_max: int = 100_000  # versions of deleted keys kept for WATCH
 
     def validate(self) -> KvParams:
         """Raise :class:`ConfigError` unless the bounds are usable."""
-        for name in ("key_bytes_max", "value_bytes_max", "keys_max", "command_bytes_max"):
+        for name in (
+            "key_bytes_max", "value_bytes_max", "keys_max", "command_bytes_max", "tombstones_max"
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"KvParams.{name} must be >= 1")
         if self.result_bytes_max < self.value_bytes_max + RESULT_OVERHEAD_BYTES:
@@ -151,7 +191,7 @@ def encode_command(op: str, key: bytes, *arguments: bytes | int | None) -> bytes
     Raises :class:`UsageError` for an operation or argument the format has no
     room for (a caller bug); range and size checks are the store's job.
     """
-    if op not in _ARITY or op == BATCH:
+    if op not in _ARITY or op in (BATCH, EXEC):
         raise UsageError(f"unknown key-value operation {op!r}")
     if len(arguments) + 2 != _ARITY[op]:
         raise UsageError(f"{op} takes {_ARITY[op] - 2} argument(s), got {len(arguments)}")
@@ -169,6 +209,24 @@ def encode_batch(commands: list[bytes] | tuple[bytes, ...]) -> bytes:
         return _CLIENT_CODEC.encode_value([BATCH, list(commands)])
     except EncodeError as error:
         raise UsageError(f"cannot encode batch: {error}") from None
+
+
+def encode_exec(
+    watches: list[tuple[bytes, int]] | tuple[tuple[bytes, int], ...],
+    commands: list[bytes] | tuple[bytes, ...],
+) -> bytes:
+    """The command bytes of an ``exec``: check ``watches`` (key, version), then run
+    the already encoded ``commands`` (possibly none)."""
+    if len(commands) > BATCH_COMMANDS_MAX or len(watches) > WATCH_KEYS_MAX:
+        raise UsageError(
+            f"an exec holds at most {BATCH_COMMANDS_MAX} commands and {WATCH_KEYS_MAX} watches"
+        )
+    try:
+        return _CLIENT_CODEC.encode_value(
+            [EXEC, [[key, version] for key, version in watches], list(commands)]
+        )
+    except EncodeError as error:
+        raise UsageError(f"cannot encode exec: {error}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,13 +291,25 @@ def decode_batch_result(data: bytes) -> tuple[bytes, ...] | KvError:
     return KvError("bad_result", "not a batch result")
 
 
+def decode_exec_result(data: bytes) -> tuple[bytes, ...] | KvError | None:
+    """The per-command result bytes of an ``exec``, ``None`` if it was aborted (a
+    watched key changed: nothing was applied), or its own error; never raises."""
+    try:
+        value = _CLIENT_CODEC.decode_value(data)
+    except DecodeError as error:
+        return KvError("bad_result", str(error))
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == OK and value[1] is None:
+        return None
+    return decode_batch_result(data)
+
+
 def is_write(command: bytes) -> bool:
-    """Whether ``command`` may change the state (anything but a well-formed get)."""
+    """Whether ``command`` may change the state (anything but a well-formed read)."""
     try:
         value = _CLIENT_CODEC.decode_value(command)
     except DecodeError:
         return True
-    return not (isinstance(value, tuple) and len(value) == 2 and value[0] == GET)
+    return not (isinstance(value, tuple) and len(value) == 2 and value[0] in READS)
 
 
 # -- the state machine --------------------------------------------------------
@@ -258,33 +328,53 @@ class _Refused(Exception):
 class KeyValueStateMachine:
     """A deterministic ``bytes -> bytes`` store; see the module docstring."""
 
-    __slots__ = ("_codec", "data", "errors", "params")
+    __slots__ = (
+        "_codec", "data", "errors", "floor", "params", "revision", "tombstones", "versions"
+    )
 
     def __init__(self, params: KvParams | None = None) -> None:
         self.params = (params or KvParams()).validate()
         self.data: dict[bytes, bytes] = {}
+        self.versions: dict[bytes, int] = {}  # present key -> revision of its last change
+        self.tombstones: dict[bytes, int] = {}  # deleted key -> revision; oldest first
+        self.revision = 0  # modifications so far: the last version handed out
+        self.floor = 0  # the version of a key in neither table (see the module docstring)
         # error code -> how many commands failed with it (a client's bad input)
         self.errors: dict[str, int] = {}
         # One codec for commands, results and snapshots (each codec holds a packer
         # buffer); the size of a command is checked apart, in _parse.
-        pair_bytes = self.params.key_bytes_max + self.params.value_bytes_max + 16
+        params = self.params
+        pair_bytes = params.key_bytes_max + params.value_bytes_max + 32
         self._codec = Codec(
-            frame_bytes_max=min(1 << 40, 64 + self.params.keys_max * pair_bytes),
-            items_max=max(8, self.params.keys_max),
+            frame_bytes_max=min(
+                1 << 40,
+                64 + params.keys_max * pair_bytes
+                + params.tombstones_max * (params.key_bytes_max + 16),
+            ),
+            items_max=max(8, params.keys_max, params.tombstones_max, WATCH_KEYS_MAX),
             depth_max=3,
         )
+
+    def version(self, key: bytes) -> int:
+        """The version of ``key`` (see the module docstring)."""
+        found = self.versions.get(key)
+        if found is None:
+            found = self.tombstones.get(key, self.floor)
+        return found
 
     # -- StateMachine ----------------------------------------------------------
 
     def apply(self, command: bytes) -> bytes:
         """Execute ``command``; an error result for a bad one, never an exception."""
-        return self._apply(command, batch_allowed=True)
+        return self._apply(command, nested=False)
 
-    def _apply(self, command: bytes, *, batch_allowed: bool) -> bytes:
+    def _apply(self, command: bytes, *, nested: bool) -> bytes:
         try:
-            op, key, arguments = self._parse(command, batch_allowed=batch_allowed)
+            op, key, arguments = self._parse(command, nested=nested)
             if op == BATCH:
                 payload: object = self._batch(arguments, self._apply)
+            elif op == EXEC:
+                payload = self._exec(arguments, self._apply)
             else:
                 payload = self._execute(op, key, arguments)
         except _Refused as refused:
@@ -302,9 +392,9 @@ class KeyValueStateMachine:
         size = 0
         budget = self.params.result_bytes_max
         for item in commands:
-            if not isinstance(item, bytes):  # checked by _batch_commands
+            if not isinstance(item, bytes):  # checked by _command_list
                 continue
-            result = run(item, batch_allowed=False)
+            result = run(item, nested=True)
             if size + len(result) > budget:
                 result = self._error(_Refused("result_too_large", ""))
             size += len(result)
@@ -312,26 +402,47 @@ class KeyValueStateMachine:
         return tuple(results)
 
     def read(self, command: bytes) -> bytes:
-        """Execute a read-only command (``get``, or a batch of them); anything else is
-        ``not_read_only``."""
-        return self._read(command, batch_allowed=True)
+        """Execute a read-only command (``get``, ``version``, or a batch or exec of
+        them); anything else is ``not_read_only``."""
+        return self._read(command, nested=False)
 
-    def _read(self, command: bytes, *, batch_allowed: bool) -> bytes:
+    def _read(self, command: bytes, *, nested: bool) -> bytes:
         try:
-            op, key, arguments = self._parse(command, batch_allowed=batch_allowed)
+            op, key, arguments = self._parse(command, nested=nested)
             if op == BATCH:
-                return self._codec.encode_value([OK, self._batch(arguments, self._read)])
-            if op != GET:
+                payload: object = self._batch(arguments, self._read)
+            elif op == EXEC:
+                payload = self._exec(arguments, self._read)
+            elif op not in READS:
                 raise _Refused("not_read_only", f"{op} changes the state")
-            payload = self._execute(op, key, arguments)
+            else:
+                payload = self._execute(op, key, arguments)
         except _Refused as refused:
             return self._error(refused)
         return self._codec.encode_value([OK, payload])
 
+    def _exec(
+        self, arguments: tuple[object, ...], run: Callable[..., bytes]
+    ) -> tuple[bytes, ...] | None:
+        """Check the watches; if none changed, run every command (``run``: apply or read)."""
+        watches, commands = arguments
+        assert isinstance(watches, tuple) and isinstance(commands, tuple)  # checked by _parse
+        for watch in watches:
+            assert isinstance(watch, tuple)
+            key, version = watch
+            assert isinstance(key, bytes)
+            if self.version(key) != version:
+                return None
+        return self._batch(commands, run)
+
     def snapshot(self) -> bytes:
         """The whole state, versioned, keys in byte order (equal states, equal bytes)."""
-        items = [[key, self.data[key]] for key in sorted(self.data)]
-        return self._codec.encode_value([SNAPSHOT_FORMAT, SNAPSHOT_VERSION, items])
+        items = [[key, self.data[key], self.versions[key]] for key in sorted(self.data)]
+        tombstones = sorted(self.tombstones.items(), key=lambda item: (item[1], item[0]))
+        return self._codec.encode_value([
+            SNAPSHOT_FORMAT, SNAPSHOT_VERSION, items, self.revision, self.floor,
+            [[key, version] for key, version in tombstones],
+        ])
 
     def restore(self, snapshot: bytes) -> None:
         """Replace the state by ``snapshot``; :class:`KvSnapshotError` if it is not one."""
@@ -339,32 +450,30 @@ class KeyValueStateMachine:
             value = self._codec.decode_value(snapshot)
         except DecodeError as error:
             raise KvSnapshotError(f"unreadable key-value snapshot: {error}") from None
-        if not (isinstance(value, tuple) and len(value) == 3 and value[0] == SNAPSHOT_FORMAT):
+        if not (isinstance(value, tuple) and len(value) >= 2 and value[0] == SNAPSHOT_FORMAT):
             raise KvSnapshotError("not a key-value snapshot")
         if value[1] != SNAPSHOT_VERSION:
-            raise KvSnapshotError(f"key-value snapshot version {value[1]!r} is not supported")
-        items = value[2]
-        if not isinstance(items, tuple) or len(items) > self.params.keys_max:
-            raise KvSnapshotError("key-value snapshot items malformed or over keys_max")
-        data: dict[bytes, bytes] = {}
-        for item in items:
-            if not (
-                isinstance(item, tuple)
-                and len(item) == 2
-                and isinstance(item[0], bytes)
-                and isinstance(item[1], bytes)
-            ):
-                raise KvSnapshotError(f"key-value snapshot item malformed: {item!r}"[:200])
-            if item[0] in data:
-                raise KvSnapshotError("key-value snapshot holds a key twice")
-            data[item[0]] = item[1]
-        self.data = data
+            raise KvSnapshotError(
+                f"key-value snapshot version {value[1]!r} is not supported (this store reads "
+                f"version {SNAPSHOT_VERSION}; a version-1 snapshot has no key versions)"
+            )
+        if len(value) != 6:
+            raise KvSnapshotError("key-value snapshot malformed")
+        _, _, items, revision, floor, tombstone_items = value
+        if not (type(revision) is int and type(floor) is int and 0 <= floor <= revision):
+            raise KvSnapshotError("key-value snapshot revision or floor malformed")
+        data, versions = _restore_items(items, self.params.keys_max, revision)
+        tombstones = _restore_tombstones(tombstone_items, self.params.tombstones_max, revision)
+        if any(key in data for key in tombstones):
+            raise KvSnapshotError("key-value snapshot holds a key both present and deleted")
+        self.data, self.versions, self.tombstones = data, versions, tombstones
+        self.revision, self.floor = revision, floor
         assert len(self.data) <= self.params.keys_max
 
     # -- parsing and execution ---------------------------------------------------
 
     def _parse(
-        self, command: bytes, *, batch_allowed: bool = False
+        self, command: bytes, *, nested: bool = False
     ) -> tuple[str, bytes, tuple[object, ...]]:
         if type(command) is not bytes:
             raise _Refused("malformed", "a command is bytes")
@@ -382,8 +491,12 @@ class KeyValueStateMachine:
             raise _Refused("unknown_op", f"no operation {op!r}"[:200])
         if len(value) != arity:
             raise _Refused("bad_arguments", f"{op} takes {arity - 2} argument(s)")
+        if op in (BATCH, EXEC) and nested:
+            raise _Refused("bad_arguments", f"{op} inside a batch or exec")
         if op == BATCH:
-            return op, b"", self._batch_commands(value[1], batch_allowed)
+            return op, b"", _command_list(value[1], 1)
+        if op == EXEC:
+            return op, b"", (self._watches(value[1]), _command_list(value[2], 0))
         key = value[1]
         if not isinstance(key, bytes):
             raise _Refused("bad_arguments", "the key is bytes")
@@ -391,23 +504,28 @@ class KeyValueStateMachine:
             raise _Refused("key_too_large", f"key of {len(key)} bytes")
         return op, key, value[2:]
 
-    def _batch_commands(self, commands: object, batch_allowed: bool) -> tuple[object, ...]:
-        if not batch_allowed:
-            raise _Refused("bad_arguments", "a batch inside a batch")
-        if not (
-            isinstance(commands, tuple)
-            and 1 <= len(commands) <= BATCH_COMMANDS_MAX
-            and all(isinstance(item, bytes) for item in commands)
-        ):
-            raise _Refused("bad_arguments", f"a batch is 1..{BATCH_COMMANDS_MAX} command bytes")
-        return commands
+    def _watches(self, watches: object) -> tuple[object, ...]:
+        if not (isinstance(watches, tuple) and len(watches) <= WATCH_KEYS_MAX):
+            raise _Refused("bad_arguments", f"exec watches are at most {WATCH_KEYS_MAX} pairs")
+        for watch in watches:
+            if not (
+                isinstance(watch, tuple)
+                and len(watch) == 2
+                and isinstance(watch[0], bytes)
+                and len(watch[0]) <= self.params.key_bytes_max
+                and type(watch[1]) is int
+            ):
+                raise _Refused("bad_arguments", "an exec watch is [key, version]")
+        return watches
 
     def _execute(self, op: str, key: bytes, arguments: tuple[object, ...]) -> object:
         data = self.data
         if op == GET:
             return data.get(key)
+        if op == VERSION:
+            return self.version(key)
         if op == DELETE:
-            return data.pop(key, None) is not None
+            return self._remove(key)
         if op == PUT:
             self._store(key, self._bytes_argument(arguments[0]))
             return None
@@ -454,12 +572,84 @@ class KeyValueStateMachine:
         return value
 
     def _store(self, key: bytes, value: bytes) -> None:
+        """Set ``key`` (the one way a value changes: it takes a new version)."""
         if len(value) > self.params.value_bytes_max:
             raise _Refused("value_too_large", f"value of {len(value)} bytes")
         if key not in self.data and len(self.data) >= self.params.keys_max:
             raise _Refused("full", f"{self.params.keys_max} keys already")
         self.data[key] = value
+        self.revision += 1
+        self.versions[key] = self.revision
+        self.tombstones.pop(key, None)
+
+    def _remove(self, key: bytes) -> bool:
+        """Delete ``key`` if present (the one way a key goes: its tombstone keeps a
+        new version; the oldest tombstone beyond ``tombstones_max`` raises the floor)."""
+        if self.data.pop(key, None) is None:
+            return False
+        del self.versions[key]
+        self.revision += 1
+        self.tombstones[key] = self.revision
+        if len(self.tombstones) > self.params.tombstones_max:
+            oldest = next(iter(self.tombstones))
+            self.floor = max(self.floor, self.tombstones.pop(oldest))
+        return True
 
     def _error(self, refused: _Refused) -> bytes:
         self.errors[refused.code] = self.errors.get(refused.code, 0) + 1
         return self._codec.encode_value([ERROR, refused.code, refused.detail[:200]])
+
+
+def _command_list(commands: object, count_min: int) -> tuple[bytes, ...]:
+    if not (
+        isinstance(commands, tuple)
+        and count_min <= len(commands) <= BATCH_COMMANDS_MAX
+        and all(isinstance(item, bytes) for item in commands)
+    ):
+        raise _Refused(
+            "bad_arguments", f"a batch or exec holds {count_min}..{BATCH_COMMANDS_MAX} commands"
+        )
+    return tuple(item for item in commands if isinstance(item, bytes))
+
+
+def _restore_items(
+    items: object, keys_max: int, revision: int
+) -> tuple[dict[bytes, bytes], dict[bytes, int]]:
+    if not isinstance(items, tuple) or len(items) > keys_max:
+        raise KvSnapshotError("key-value snapshot items malformed or over keys_max")
+    data: dict[bytes, bytes] = {}
+    versions: dict[bytes, int] = {}
+    for item in items:
+        if not (
+            isinstance(item, tuple)
+            and len(item) == 3
+            and isinstance(item[0], bytes)
+            and isinstance(item[1], bytes)
+            and type(item[2]) is int
+            and 0 < item[2] <= revision
+        ):
+            raise KvSnapshotError(f"key-value snapshot item malformed: {item!r}"[:200])
+        if item[0] in data:
+            raise KvSnapshotError("key-value snapshot holds a key twice")
+        data[item[0]] = item[1]
+        versions[item[0]] = item[2]
+    return data, versions
+
+
+def _restore_tombstones(items: object, tombstones_max: int, revision: int) -> dict[bytes, int]:
+    if not isinstance(items, tuple) or len(items) > tombstones_max:
+        raise KvSnapshotError("key-value snapshot tombstones malformed or over tombstones_max")
+    tombstones: dict[bytes, int] = {}
+    last = 0
+    for item in items:
+        if not (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], bytes)
+            and type(item[1]) is int
+            and last < item[1] <= revision
+            and item[0] not in tombstones
+        ):
+            raise KvSnapshotError(f"key-value snapshot tombstone malformed: {item!r}"[:200])
+        tombstones[item[0]] = last = item[1]
+    return tombstones
