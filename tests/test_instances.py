@@ -103,7 +103,7 @@ def test_message_beyond_the_window_is_ignored_without_ack() -> None:
     assert not effects
     assert host.node.counters == {"ignored_instance_beyond_window": 1}
     assert instance_path(1, WINDOW) not in host.node.routes
-    assert not host.node.acks_pending[1]  # backpressure: the sender retransmits later
+    assert not host.node.reliable.acks_pending[1]  # backpressure: the sender retransmits later
     effects = host.step(TimerFired(TICK_TIMER))
     assert effects.sends == []  # no Acks to node 1
 
@@ -112,7 +112,7 @@ def test_message_inside_the_window_opens_the_instance_and_is_acked() -> None:
     host = Host()
     effects = host.send(1, 1, WINDOW - 1, b"x")
     assert effects.outputs == [Delivered(1, WINDOW - 1, b"x")]
-    assert (instance_path(1, WINDOW - 1), "SEND") in host.node.acks_pending[1]
+    assert (instance_path(1, WINDOW - 1), "SEND") in host.node.reliable.acks_pending[1]
 
 
 def test_broadcast_request_beyond_the_own_window_is_rejected() -> None:
@@ -164,7 +164,7 @@ def test_malformed_instance_path_is_ignored_without_ack(path: tuple[int | str, .
     effects = host.step(Receive(1, Envelope(path, "SEND", b"x")))
     assert not effects
     assert host.node.counters == {"ignored_bad_instance_path": 1}
-    assert not host.node.acks_pending[1]
+    assert not host.node.reliable.acks_pending[1]
 
 
 @pytest.mark.parametrize(("window_max", "retained_max"), [(0, 0), (4, -1), (4, 4), (4, 5)])
@@ -209,8 +209,8 @@ def test_collecting_own_instances_drops_their_retained_sends() -> None:
     assert (link_key, None) in effects.persists
     assert link_key not in host.storage
     assert "sbcast/i0/i1#link:SEND:-1" in host.storage
-    assert path not in host.node.sent
-    assert all((path, "SEND") not in unacked for unacked in host.node.unacked)
+    assert path not in host.node.reliable.sent
+    assert all((path, "SEND") not in unacked for unacked in host.node.reliable.unacked)
     assert host.instances.low[0] == 1
 
 
@@ -225,7 +225,7 @@ def test_memory_stays_flat_under_sustained_broadcasts() -> None:
     assert set(host.node.counters) == {"retransmissions", "broadcast_instances_collected"}
     assert instances.low == [50 - RETAINED, 0, 50 - RETAINED, 0]
     assert len(host.node.routes) <= 1 + 2 * RETAINED + 1  # root, bcast, retained
-    assert len(host.node.sent) <= RETAINED
+    assert len(host.node.reliable.sent) <= RETAINED
     assert len(host.storage) <= 2 * (RETAINED + 1) + 2 + 1
     assert len(host.node.scheduler.ready) == 0
 
@@ -250,7 +250,7 @@ def test_message_for_a_collected_instance_is_acked_and_ignored() -> None:
     assert host.node.counters == {
         "broadcast_instances_collected": 1, "ignored_instance_delivered": 1
     }
-    assert (instance_path(1, 0), "SEND") in host.node.acks_pending[2]
+    assert (instance_path(1, 0), "SEND") in host.node.reliable.acks_pending[2]
     assert instance_path(1, 0) not in host.node.routes
 
 
@@ -341,7 +341,7 @@ def test_a_peer_message_never_opens_an_instance_only_its_owner_may_open(seq: int
     assert not effects.outputs
     assert host.node.counters == {"ignored_own_instance_not_opened": 1}
     assert instance_path(0, seq) not in host.node.routes
-    assert not host.node.acks_pending[3]
+    assert not host.node.reliable.acks_pending[3]
     for index in range(seq + 1):
         effects = host.step(Request(b"real%d" % index))
         assert effects.outputs == [Accepted(0, index, b"real%d" % index)]

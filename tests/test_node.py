@@ -177,7 +177,7 @@ def assert_dropped(node: Node, effects: Effects, source: int, counter: str) -> N
     assert not effects
     assert node.counters == {counter: 1}
     if 0 <= source < N:
-        assert not node.acks_pending[source]  # not acknowledged either
+        assert not node.reliable.acks_pending[source]  # not acknowledged either
     assert protocol(node).vote.received == {}
 
 
@@ -331,10 +331,10 @@ def test_first_value_from_a_peer_counts_and_is_acknowledged() -> None:
     assert link.received == {1: b"a"}
     assert link.from_peer(1).value() == b"a"
     assert link.counts == {b"a": 1}
-    assert (PATH, "VOTE") in node.acks_pending[1]
+    assert (PATH, "VOTE") in node.reliable.acks_pending[1]
     effects = node.step(TimerFired(TICK_TIMER))
     assert sends_to(effects, 1) == [Acks(((PATH, "VOTE"),))]
-    assert not node.acks_pending[1]
+    assert not node.reliable.acks_pending[1]
 
 
 def test_identical_duplicate_is_counted_and_acknowledged_but_not_counted_twice() -> None:
@@ -345,7 +345,7 @@ def test_identical_duplicate_is_counted_and_acknowledged_but_not_counted_twice()
     assert not effects.outputs  # one peer is not a quorum of 2
     assert node.counters == {"link_duplicate": 1}
     assert protocol(node).vote.counts == {b"a": 1}
-    assert (PATH, "VOTE") in node.acks_pending[1]  # the ack may have been lost
+    assert (PATH, "VOTE") in node.reliable.acks_pending[1]  # the ack may have been lost
     assert not node.evidence_log
 
 
@@ -412,7 +412,7 @@ def test_send_to_all_after_send_to_one_peer_never_equivocates() -> None:
     # this correct node look like an equivocator
     assert effects.sends == [(1, envelope(6, channel="NOTE")), (3, envelope(6, channel="NOTE"))]
     assert node.counters == {"link_second_send": 1}
-    assert node.unacked[2][(PATH, "NOTE")].envelope.body == 5
+    assert node.reliable.unacked[2][(PATH, "NOTE")].envelope.body == 5
     assert protocol(node).note.received == {0: 6}
     effects = node.step(Request(("note_all", 6)))
     assert not effects  # the others have it; node 2's conflict is counted again
@@ -460,7 +460,7 @@ def test_restart_restores_what_durable_links_sent_and_requeues_it() -> None:
     assert protocol(restarted).note.sent == {}
     for peer in (1, 2, 3):
         assert sends_to(effects, peer) == [envelope(b"v"), Hello(2)]
-        assert (PATH, "VOTE") in restarted.unacked[peer]
+        assert (PATH, "VOTE") in restarted.reliable.unacked[peer]
     assert link.received == {0: b"v"}  # its own copy, delivered locally again
     # what it received before the crash is gone: peers re-send after the Hello
     assert 1 not in link.received
@@ -493,7 +493,7 @@ def retransmission_ticks(node: Node, peer: int, ticks: int) -> list[int]:
     for _ in range(ticks):
         effects = node.step(TimerFired(TICK_TIMER))
         if envelope(b"v") in sends_to(effects, peer):
-            found.append(node.tick)
+            found.append(node.reliable.tick)
     return found
 
 
@@ -513,12 +513,12 @@ def test_acks_stop_retransmission_to_that_peer_only() -> None:
     ack_hellos(node)
     node.step(Request(("vote", b"v")))
     node.step(Receive(1, node.codec.encode(Acks(((PATH, "VOTE"),)))))
-    assert not node.unacked[1]
+    assert not node.reliable.unacked[1]
     ticks = retransmission_ticks(node, 1, 10)
     assert ticks == []
     node.step(Receive(2, Acks(((PATH, "VOTE"),))))
     node.step(Receive(3, Acks(((PATH, "VOTE"),))))
-    assert not node.has_unacked()
+    assert not node.reliable.has_unacked()
     effects = node.step(TimerFired(TICK_TIMER))
     assert effects.timers_set == []  # nothing to do: the tick is not re-armed
 
@@ -529,7 +529,7 @@ def test_hello_is_retransmitted_until_acknowledged() -> None:
         effects = node.step(TimerFired(TICK_TIMER))
     assert effects.sends == [(peer, Hello(1)) for peer in (1, 2, 3)]
     ack_hellos(node)
-    assert not node.has_unacked()
+    assert not node.reliable.has_unacked()
 
 
 def test_tick_is_armed_once_while_needed() -> None:
@@ -551,18 +551,18 @@ def test_acks_are_batched_up_to_acks_per_message_max() -> None:
     expected = [hello_key(1)] + [(PATH, channel) for channel in EXTRA]
     assert [len(ack.items) for ack in acks] == [2, 2, 2]
     assert [item for ack in acks for item in ack.items] == expected
-    assert not node.acks_pending[1]
+    assert not node.reliable.acks_pending[1]
 
 
 def test_unacked_max_bound_is_reached_and_counted() -> None:
     node, _ = started(params=NodeParams(unacked_max=2))
     node.step(Request(("vote", b"v")))  # Hello + VOTE: full for every peer
-    assert all(len(node.unacked[peer]) == 2 for peer in (1, 2, 3))
+    assert all(len(node.reliable.unacked[peer]) == 2 for peer in (1, 2, 3))
     effects = node.step(Request(("note", 1, 9)))
     assert effects.sends == [(1, envelope(9, channel="NOTE"))]  # still sent once
     assert node.counters == {"bound_unacked_max": 1}
-    assert (PATH, "NOTE") not in node.unacked[1]
-    assert len(node.unacked[1]) == 2
+    assert (PATH, "NOTE") not in node.reliable.unacked[1]
+    assert len(node.reliable.unacked[1]) == 2
 
 
 def test_hello_from_a_restarted_peer_resends_what_it_was_sent() -> None:
@@ -572,15 +572,15 @@ def test_hello_from_a_restarted_peer_resends_what_it_was_sent() -> None:
     node.step(Request(("note", 2, 6)))
     for peer in (1, 2, 3):
         node.step(Receive(peer, Acks(((PATH, "VOTE"), (PATH, "NOTE"), hello_key(1)))))
-    assert not node.has_unacked()
+    assert not node.reliable.has_unacked()
     effects = node.step(Receive(1, node.codec.encode(Hello(1))))
     assert not effects  # a fresh node lost nothing
-    assert hello_key(1) in node.acks_pending[1]
+    assert hello_key(1) in node.reliable.acks_pending[1]
     effects = node.step(Receive(1, node.codec.encode(Hello(2))))
     assert effects.sends == [(1, envelope(b"v")), (1, envelope(5, channel="NOTE"))]
     assert node.counters == {"peer_restarts_seen": 1}
-    assert set(node.unacked[1]) == {(PATH, "VOTE"), (PATH, "NOTE")}
-    assert not node.unacked[2]
+    assert set(node.reliable.unacked[1]) == {(PATH, "VOTE"), (PATH, "NOTE")}
+    assert not node.reliable.unacked[2]
     effects = node.step(Receive(1, Hello(2)))
     assert not effects.sends
     assert node.counters["hello_stale"] == 1
@@ -591,7 +591,7 @@ def test_first_hello_of_a_later_incarnation_also_resends() -> None:
     node.step(Request(("vote", b"v")))
     effects = node.step(Receive(3, Hello(5)))
     assert effects.sends == [(3, envelope(b"v"))]
-    assert node.peer_incarnations[3] == 5
+    assert node.reliable.peer_incarnations[3] == 5
 
 
 # -- configuration -------------------------------------------------------------------------

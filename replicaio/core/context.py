@@ -166,7 +166,7 @@ class Link(Generic[T]):
                 self.node.count("link_second_send")
             return
         self.sent[destination] = value
-        self.node.link_send(self, destination, value, persist=self.durable)
+        self.node.reliable.send(self, destination, value, persist=self.durable)
 
     def storage_prefix(self) -> str:
         """``Node.storage_key(path, "")``, made once per link: every send persists."""
@@ -312,7 +312,7 @@ class Context:
         if link is None:
             link = Link(self, name, accepts_function(body), durable)
             self.links_by_name[name] = link
-            self.node.restore_link(link)
+            self.node.reliable.restore_link(link)
         return link
 
     def stream(

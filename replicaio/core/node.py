@@ -12,16 +12,10 @@ must execute them in). Inside, a step:
 3. returns the batch of effects it collected.
 
 Reliable one-shot delivery (the "perfect link" of the textbooks, for the
-crash-recovery model) lives here, below every protocol:
-
-* every link message is retransmitted on a tick, with exponential back-off,
-  until the destination acknowledges it; acknowledgements are batched per
-  peer and flushed on the tick (``Acks``);
-* at each start a node announces its incarnation (``Hello``); a peer that sees
-  a new incarnation re-sends everything it still retains for that node,
-  because the restarted node lost what it had received;
-* what a component sent is retained until the protocol forgets the component
-  (garbage collection after delivery), durably when its link is durable.
+crash-recovery model: retransmission, acknowledgements, Hello resync after a
+restart) lives below every protocol, in :mod:`replicaio.core.reliable`; the
+node owns one :class:`~replicaio.core.reliable.ReliableLinks` and drives its
+tick (timer ``TICK_TIMER``).
 
 Bad input from the network never raises: it is dropped and counted under
 ``rejected_<reason>``. Nothing here reads a clock, draws randomness, or does
@@ -35,51 +29,36 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from replicaio.core.codec import Codec, DecodeError, Value, message
+from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.config import ClusterConfig, Resilience
-from replicaio.core.context import ALL, Context, Ignore, Link
+from replicaio.core.context import Context, Ignore
 from replicaio.core.effects import Effects, Input, Path, Receive, Request, Start, TimerFired
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.lines import Line
+from replicaio.core.reliable import Acks, Envelope, Hello, ReliableLinks, hello_key
 from replicaio.core.scheduler import ChooseFunction, Scheduler, Task
 from replicaio.core.stream import Stream
+
+__all__ = [
+    "INCARNATION_KEY",
+    "TICK_TIMER",
+    "Acks",
+    "Envelope",
+    "Hello",
+    "Node",
+    "NodeParams",
+    "NodeProtocol",
+    "ProtocolFactory",
+    "choose_first",
+    "hello_key",
+]
 
 TICK_TIMER = 0  # timer id of the node's own retransmission/ack tick
 
 
-def hello_key(incarnation: int) -> tuple[tuple[int | str, ...], str]:
-    """Hello's slot in acks. Keyed by incarnation: an ack still owed for a
-    node's previous Hello must not cancel the retransmission of its new one."""
-    return ((), f"hello:{incarnation}")
-
-
 INCARNATION_KEY = "node#incarnation"
-LINK_MARK = "#link:"
 
 PathElement = int | str
-
-
-@message(tag="Envelope")
-class Envelope:
-    """A one-shot link message: component path, channel name, body."""
-
-    path: tuple[int | str, ...]
-    channel: str
-    body: Value
-
-
-@message(tag="Acks")
-class Acks:
-    """Acknowledges link messages: (path, channel) pairs received from the addressee."""
-
-    items: tuple[tuple[tuple[int | str, ...], str], ...]
-
-
-@message(tag="Hello")
-class Hello:
-    """Announces that the sender (re)started; peers re-send what it may have lost."""
-
-    incarnation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,17 +116,6 @@ def choose_first(label: str, count: int) -> int:
     return 0
 
 
-class Unacked:
-    """A retained message to one peer, awaiting acknowledgement."""
-
-    __slots__ = ("attempts", "due_tick", "envelope")
-
-    def __init__(self, envelope: Envelope | Hello, due_tick: int) -> None:
-        self.envelope = envelope
-        self.due_tick = due_tick
-        self.attempts = 0
-
-
 class Node:
     """One node's deterministic core. See the module docstring."""
 
@@ -184,11 +152,7 @@ class Node:
         self.started = False
         self.routes: dict[Path, Context] = {}
         self.child_handlers: dict[Path, Callable[[Path], Context | Ignore]] = {}
-        # path -> (channel, destination) -> envelope: what each component sent.
-        self.sent: dict[Path, dict[tuple[str, int], Envelope]] = {}
-        self.unacked: list[dict[tuple[Path, str], Unacked]] = [{} for _ in config.nodes]
-        self.acks_pending: list[dict[tuple[Path, str], None]] = [{} for _ in config.nodes]
-        self.peer_incarnations: list[int] = [0 for _ in config.nodes]
+        self.reliable = ReliableLinks(self)
         self.local: deque[Envelope] = deque()
         self.local_stream: deque[Any] = deque()
         self.streams: dict[type, Stream] = {}
@@ -197,7 +161,6 @@ class Node:
         # fires, so a long-lived task does not collect one callback per timer.
         self.timer_finishers: dict[int, tuple[Task[Any], Callable[[], None]]] = {}
         self.timer_next = TICK_TIMER + 1
-        self.tick = 0
         self.tick_armed = False
         self.protocol: NodeProtocol | None = None
         # Routed like any other context, so links on the root context receive.
@@ -233,7 +196,8 @@ class Node:
             assert isinstance(event, Start), f"unknown input {event!r}"
             self.start(event.storage)
         self.run()
-        if not self.tick_armed and (self.has_unacked() or self.has_acks_pending()):
+        reliable = self.reliable
+        if not self.tick_armed and (reliable.has_unacked() or reliable.has_acks_pending()):
             self.tick_armed = True
             effects.timers_set.append((TICK_TIMER, self.params.tick_us))
         # A fresh batch for the next step, so that nothing done between steps
@@ -269,31 +233,10 @@ class Node:
         assert isinstance(previous, int), "corrupt incarnation record"
         self.incarnation = previous + 1
         self.persist(INCARNATION_KEY, self.codec.encode_value(self.incarnation))
-        self.restore_sent()
-        hello = Hello(self.incarnation)
-        due = self.tick + self.params.retransmit_after_ticks + 1
-        for peer in self.config.nodes:
-            if peer != self.node_id:
-                # Reliable too: a restart nobody hears of would strand this node.
-                self.unacked[peer][hello_key(self.incarnation)] = Unacked(hello, due)
-                self.effects.sends.append((peer, hello))
+        self.reliable.restore_sent()
+        self.reliable.announce(self.incarnation)
         self.protocol = self.protocol_factory(self.root)
         self.protocol.start()
-
-    def restore_sent(self) -> None:
-        """Rebuild what durable links had sent, and queue it for every peer again."""
-        for key in sorted(self.storage):
-            mark = key.find(LINK_MARK)
-            if mark < 0:
-                continue
-            path = self.parse_path(key[:mark])
-            channel, _, destination_text = key[mark + len(LINK_MARK) :].rpartition(":")
-            destination = int(destination_text)
-            body = self.codec.decode_value(self.storage[key])
-            targets = self.config.nodes if destination == ALL else (destination,)
-            envelope = Envelope(path, channel, body)
-            for target in targets:
-                self.remember_and_send(target, envelope)
 
     # -- receiving -----------------------------------------------------------
 
@@ -313,9 +256,9 @@ class Node:
         if type(data) is Envelope:
             self.dispatch(source, data)
         elif type(data) is Acks:
-            self.on_acks(source, data)
+            self.reliable.on_acks(source, data)
         elif type(data) is Hello:
-            self.on_hello(source, data)
+            self.reliable.on_hello(source, data)
         else:
             self.route_stream(source, data)
 
@@ -356,7 +299,7 @@ class Node:
             if isinstance(found, Ignore):
                 self.count(f"ignored_{found.reason}")
                 if found.acknowledge:
-                    self.acknowledge(source, envelope)
+                    self.reliable.acknowledge(source, path, envelope.channel)
                 return
             context = found
             # Let the new component declare its links (before its first await).
@@ -372,7 +315,7 @@ class Node:
             return
         link.receive(source, body)
         if source != self.node_id:
-            self.acks_pending[source][(path, channel)] = None
+            self.reliable.acks_pending[source][(path, channel)] = None
 
     def route_unknown(self, path: Path) -> Context | Ignore:
         if not path or len(path) > self.params.path_length_max:
@@ -386,115 +329,12 @@ class Node:
                 return found
         return Ignore("unknown_path", acknowledge=False)
 
-    def acknowledge(self, source: int, envelope: Envelope) -> None:
-        if source != self.node_id:
-            self.acks_pending[source][(envelope.path, envelope.channel)] = None
-
-    def on_acks(self, source: int, acks: Acks) -> None:
-        unacked = self.unacked[source]
-        for item in acks.items:
-            unacked.pop(item, None)
-
-    def on_hello(self, source: int, hello: Hello) -> None:
-        self.acks_pending[source][hello_key(hello.incarnation)] = None
-        if hello.incarnation <= self.peer_incarnations[source]:
-            self.count("hello_stale")
-            return
-        first_contact = self.peer_incarnations[source] == 0
-        self.peer_incarnations[source] = hello.incarnation
-        if first_contact and hello.incarnation == 1:
-            return  # a fresh node has lost nothing
-        self.count("peer_restarts_seen")
-        for sent in self.sent.values():
-            for (_, destination), envelope in sent.items():
-                if destination == source:
-                    self.retain(source, envelope)
-                    self.effects.sends.append((source, envelope))
-
-    # -- sending -------------------------------------------------------------
-
-    def link_send(self, link: Link[Any], destination: int, body: Any, *, persist: bool) -> None:
-        """Send a link value (called by :class:`Link`), durably first when asked."""
-        path = link.path
-        channel = link.name
-        if persist:
-            key = f"{link.storage_prefix()}link:{channel}:{destination}"
-            self.persist(key, self.codec.encode_value(body))
-        # One frozen message for every target: retained, sent and encoded once.
-        envelope = Envelope(path, channel, body)
-        sent = self.sent.get(path)
-        if sent is None:
-            sent = self.sent[path] = {}
-        node_id = self.node_id
-        sends = self.effects.sends
-        unacked_by_peer = self.unacked
-        unacked_max = self.params.unacked_max
-        due = self.tick + self.params.retransmit_after_ticks + 1
-        retained_key = (path, channel)
-        for target in self.config.nodes if destination == ALL else (destination,):
-            sent[(channel, target)] = envelope
-            if target == node_id:
-                self.local.append(envelope)
-                continue
-            # What remember_and_send and retain do, inlined for the hot path.
-            unacked = unacked_by_peer[target]
-            if len(unacked) >= unacked_max:
-                self.count("bound_unacked_max")
-            else:
-                unacked[retained_key] = Unacked(envelope, due)
-            sends.append((target, envelope))
-
-    def remember_and_send(self, destination: int, envelope: Envelope) -> None:
-        sent = self.sent.get(envelope.path)
-        if sent is None:
-            sent = self.sent[envelope.path] = {}
-        sent[(envelope.channel, destination)] = envelope
-        if destination == self.node_id:
-            self.local.append(envelope)
-            return
-        self.retain(destination, envelope)
-        self.effects.sends.append((destination, envelope))
-
-    def retain(self, destination: int, envelope: Envelope) -> None:
-        unacked = self.unacked[destination]
-        if len(unacked) >= self.params.unacked_max:
-            self.count("bound_unacked_max")
-            return
-        # +1: a message sent just before a tick still waits full tick intervals.
-        due = self.tick + self.params.retransmit_after_ticks + 1
-        unacked[(envelope.path, envelope.channel)] = Unacked(envelope, due)
-
-    def restore_link(self, link: Link[Any]) -> None:
-        """After a restart, a re-created link learns what it had sent (no resend:
-        :meth:`restore_sent` already queued it)."""
-        sent = self.sent.get(link.path)
-        if not sent:
-            return
-        values = {
-            destination: envelope.body
-            for (channel, destination), envelope in sent.items()
-            if channel == link.name and destination != self.node_id
-        }
-        if not values:
-            return
-        bodies = list(values.values())
-        if len(values) == self.config.n - 1 and all(body == bodies[0] for body in bodies):
-            link.sent[ALL] = bodies[0]
-        else:
-            link.sent.update(values)
-
-    # -- ticks and timers ----------------------------------------------------
-
-    def has_unacked(self) -> bool:
-        return any(self.unacked)
-
-    def has_acks_pending(self) -> bool:
-        return any(self.acks_pending)
+    # -- timers ----------------------------------------------------
 
     def on_timer(self, timer_id: int) -> None:
         if timer_id == TICK_TIMER:
             self.tick_armed = False
-            self.on_tick()
+            self.reliable.on_tick()
             return
         line = self.timers.pop(timer_id, None)
         if line is None:
@@ -505,26 +345,6 @@ class Node:
             owner, callback = finisher
             owner.on_finish.remove(callback)
         line.set(None)
-
-    def on_tick(self) -> None:
-        self.tick += 1
-        batch = self.params.acks_per_message_max
-        for peer, pending in enumerate(self.acks_pending):
-            if not pending:
-                continue
-            items = list(pending)
-            pending.clear()
-            for offset in range(0, len(items), batch):
-                self.effects.sends.append((peer, Acks(tuple(items[offset : offset + batch]))))
-        for peer, unacked in enumerate(self.unacked):
-            for entry in unacked.values():
-                if entry.due_tick > self.tick:
-                    continue
-                entry.attempts += 1
-                exponent = min(entry.attempts, self.params.backoff_exponent_max)
-                entry.due_tick = self.tick + self.params.retransmit_after_ticks * (1 << exponent)
-                self.effects.sends.append((peer, entry.envelope))
-                self.count("retransmissions")
 
     def timer(self, delay_us: int) -> Line[None]:
         """Arm a timer owned by the running task (cancelled when it finishes)."""
@@ -576,10 +396,7 @@ class Node:
 
     def forget_path(self, path: Path) -> None:
         """Drop what ``path`` sent: retained copies, retransmissions, durable records."""
-        sent = self.sent.pop(path, None)
-        if sent:
-            for channel, destination in sent:
-                self.unacked[destination].pop((path, channel), None)
+        self.reliable.forget(path)
         keys = self.storage_keys.get(self.storage_key(path, ""))
         if keys:
             for key in list(keys):

@@ -680,9 +680,9 @@ class Scenario:
             core = node.core
             assert core is not None
             for peer in sorted(peers - {node.node_id}):
-                if core.unacked[peer]:
+                if core.reliable.unacked[peer]:
                     reasons.append(f"node {node.node_id} awaits acks from {peer}")
-                if core.acks_pending[peer]:
+                if core.reliable.acks_pending[peer]:
                     reasons.append(f"node {node.node_id} owes acks to {peer}")
             if any(timer_id != TICK_TIMER for timer_id in node.timers):
                 reasons.append(f"node {node.node_id} has protocol timers armed")

@@ -98,7 +98,7 @@ class Instances:
         prefix_length = len(context.path)
         in_progress: list[tuple[int, int]] = []
         stale: list[tuple[int, int]] = []  # sent below the watermark: collected
-        for path in context.node.sent:
+        for path in context.node.reliable.sent:
             if path[:prefix_length] != context.path or len(path) != prefix_length + 2:
                 continue
             found_sender, found_seq = path[prefix_length:]
