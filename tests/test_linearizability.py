@@ -40,8 +40,10 @@ from replicaio.check.linearizability import (
     EXIT_NOT_LINEARIZABLE,
     KeyValueModel,
     check_linearizable,
+    explanation,
     main_check_history,
 )
+from replicaio.check.linearizability import search as search_module
 
 # ---------------------------------------------------------------- helpers
 
@@ -377,7 +379,7 @@ def squeezed_search(per_operation: int = 3) -> mock._patch[int]:
 def refuted(window: list[Operation]) -> bool:
     """Whether the window has no linearization from any initial state."""
     model = KeyValueModel()
-    return linearizability._refuted_from_every_state(window, model, None, window[-1], set())
+    return explanation.refuted_from_every_state(window, model, None, window[-1], set())
 
 
 def test_window_refutation_considers_every_initial_state() -> None:
@@ -396,10 +398,10 @@ def window_proofs(history: Sequence[Operation]) -> list[linearizability.Explanat
     model = KeyValueModel()
     proofs = []
     for key, part in model.partition(history).items():
-        searchable = linearizability._searchable(part, model)
-        search = linearizability._Search(searchable, model)
+        searchable = search_module.searchable_operations(part, model)
+        search = search_module.Search(searchable, model)
         for position in range(len(search.by_return)):
-            proof = linearizability._prove_by_window(key, searchable, model, search, position, None)
+            proof = explanation.prove_by_window(key, searchable, model, search, position, None)
             if proof is not None:
                 proofs.append(proof)
     return proofs

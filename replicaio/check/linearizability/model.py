@@ -1,0 +1,240 @@
+"""Sequential models for the linearizability checker: the ``Model`` protocol, the
+pruning hints a model may certify (``SearchHints``), and the key-value model.
+
+See the package docstring (``replicaio.check.linearizability``) for how the
+search uses them; every hint is an exact pruning, never a heuristic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from replicaio.check.history import (
+    APPEND,
+    CAS,
+    CAS_FAILED,
+    CAS_SUCCEEDED,
+    DELETE,
+    GET,
+    INCR,
+    INFO,
+    OK,
+    PUT,
+    Operation,
+    is_integer_string,
+)
+
+StateT = TypeVar("StateT", bound=Hashable)
+
+_NON_INTEGER_CHARACTER = re.compile(r"[^0-9-]")
+_SEEN_SEPARATOR = "\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHints(Generic[StateT]):
+    """What a model certifies about one part; each hint is an exact pruning.
+
+    ``latent[i]`` (empty: all ``False``) for an ``info`` operation X of the
+    part is the model's proof obligation that any linearization can be
+    rewritten so that X is either absent or immediately followed by an
+    observer (``Model.is_observer``) that cannot take effect in the state
+    just before X. The search then tries X only there.
+
+    ``dead_end(state, op)`` is ``True`` only if the ``ok`` operation ``op``
+    can take effect in no state reachable from ``state`` by operations of
+    the part; a configuration where some candidate is dead is abandoned.
+    """
+
+    latent: Sequence[bool] = ()
+    dead_end: Callable[[StateT, Operation], bool] | None = None
+
+
+class Model(Protocol[StateT]):
+    """A deterministic sequential specification the checker replays operations on.
+
+    States must be hashable and immutable (they are memoized). ``step`` is
+    called with operations of status ``ok`` (check the recorded output) and
+    ``info`` (output unknown: take the effect the operation would have if it
+    succeeded, or answer ``False`` if it cannot succeed from this state). For
+    an ``info`` operation, ``step`` may depend only on its ``op``, ``key``,
+    ``value`` and ``expected``: the search treats two such operations with
+    equal fields as interchangeable.
+    """
+
+    def partition(self, ops: Sequence[Operation]) -> dict[str, list[Operation]]:
+        """Split into independent sub-histories (P-compositionality); order is kept."""
+        ...
+
+    def initial_state(self) -> StateT:
+        """The state before any operation."""
+        ...
+
+    def step(self, state: StateT, op: Operation) -> tuple[bool, StateT]:
+        """``(True, next)`` if ``op`` may take effect in ``state``, else ``(False, state)``."""
+        ...
+
+    def is_read_only(self, op: Operation) -> bool:
+        """Whether ``op`` never changes the state, whatever the state."""
+        ...
+
+    def hints(self, part: Sequence[Operation]) -> SearchHints[StateT]:
+        """Facts about one part that let the search prune; ``SearchHints()`` is always safe."""
+        ...
+
+    def is_observer(self, op: Operation) -> bool:
+        """Whether ``op`` is an observer in the sense of ``SearchHints.latent``."""
+        ...
+
+    def covering_states(self, ops: Sequence[Operation]) -> Sequence[StateT] | None:
+        """States such that from any state, ``ops`` behave as from one of them.
+
+        "Behave": the same sequences of ``ops`` are valid. ``None`` if the
+        model cannot say; window proofs are then skipped.
+        """
+        ...
+
+    def describe_state(self, state: StateT) -> str:
+        """A short human rendering of ``state``."""
+        ...
+
+
+def _latent_writes(part: Sequence[Operation]) -> list[bool]:
+    """Unknown ``put``/``append`` of a value ``v`` nobody could have seen.
+
+    Conditions: no ``get`` output and no ``cas`` expected value of the part
+    contains ``v``, and ``v`` has a character no integer has. Proof sketch:
+    once X has run, the state contains ``v`` until a ``put`` or ``delete``
+    resets it; meanwhile no ``get``, successful ``cas`` or ``incr`` can run,
+    only appends (valid in any state) and failing ``cas`` (valid in any
+    state containing ``v``). So X can slide later, past everything, until
+    either a reset (drop X) or a failing ``cas`` that would have succeeded
+    without X (keep X just before it).
+    """
+    seen = _SEEN_SEPARATOR.join(
+        [op.output for op in part if op.op == GET and op.status == OK and op.output]
+        + [op.expected for op in part if op.op == CAS and op.expected]
+    )
+    return [
+        op.status == INFO
+        and op.op in (PUT, APPEND)
+        and op.value is not None
+        and _NON_INTEGER_CHARACTER.search(op.value) is not None
+        and _SEEN_SEPARATOR not in op.value
+        and op.value not in seen
+        for op in part
+    ]
+
+
+def _counter_dead_end(state: str | None, op: Operation) -> bool:
+    """For a part of ``get`` and non-negative ``incr`` only: values never decrease.
+
+    An ``incr`` needs the state ``output - delta`` and a ``get`` of a number
+    needs that number, so a larger state is a dead end; absent never comes
+    back; a state that is no integer (a window may start there) never changes.
+    """
+    if state is not None and not is_integer_string(state):
+        return op.op == INCR or op.output != state
+    if op.op == GET:
+        if op.output is None:
+            return state is not None
+        if not is_integer_string(op.output):
+            return True
+        return state is not None and int(state) > int(op.output)
+    assert op.op == INCR
+    assert op.value is not None
+    assert op.output is not None
+    current = 0 if state is None else int(state)
+    return current > int(op.output) - int(op.value)
+
+
+class KeyValueModel:
+    """One register per key: the state is the key's value, ``None`` when absent.
+
+    ``put`` sets; ``delete`` sets ``None``; ``append`` concatenates onto
+    ``""`` if absent; ``cas`` succeeds (output ``"ok"``, sets the new value)
+    iff the state equals ``expected`` (``None`` expects absent), else outputs
+    ``"fail"`` and changes nothing; ``incr`` reads absent as 0, needs a
+    decimal integer state, adds the delta and outputs the new value; ``get``
+    outputs the state.
+    """
+
+    def partition(self, ops: Sequence[Operation]) -> dict[str, list[Operation]]:
+        parts: dict[str, list[Operation]] = {}
+        for op in ops:
+            parts.setdefault(op.key, []).append(op)
+        return parts
+
+    def initial_state(self) -> str | None:
+        return None
+
+    def step(self, state: str | None, op: Operation) -> tuple[bool, str | None]:
+        kind = op.op
+        known = op.status == OK
+        if kind == GET:
+            return (not known or op.output == state), state
+        if kind == PUT:
+            return True, op.value
+        if kind == CAS:
+            if state == op.expected:
+                return (not known or op.output == CAS_SUCCEEDED), op.value
+            return (known and op.output == CAS_FAILED), state
+        if kind == APPEND:
+            assert op.value is not None
+            return True, op.value if state is None else state + op.value
+        if kind == DELETE:
+            return True, None
+        assert kind == INCR
+        assert op.value is not None
+        if state is not None and not is_integer_string(state):
+            return False, state
+        total = (0 if state is None else int(state)) + int(op.value)
+        if known:
+            assert op.output is not None
+            return int(op.output) == total, str(total)
+        return True, str(total)
+
+    def is_read_only(self, op: Operation) -> bool:
+        if op.op == GET:
+            return True
+        return op.op == CAS and (op.value == op.expected or op.output == CAS_FAILED)
+
+    def hints(self, part: Sequence[Operation]) -> SearchHints[str | None]:
+        """Latent unknown writes, and dead ends of pure counters (see the two helpers)."""
+        counter = all(
+            op.op == GET or (op.op == INCR and op.value is not None and int(op.value) >= 0)
+            for op in part
+        )
+        return SearchHints(
+            latent=_latent_writes(part),
+            dead_end=_counter_dead_end if counter and part else None,
+        )
+
+    def is_observer(self, op: Operation) -> bool:
+        return op.op == CAS and op.status == OK and op.output == CAS_FAILED
+
+    def covering_states(self, ops: Sequence[Operation]) -> list[str | None] | None:
+        """Absent, every value the state is compared with (and, with appends, their
+        prefixes), and one fresh value that is no prefix of any of them.
+
+        The state only meets ``get`` outputs and ``cas`` expected values, by
+        equality; without appends any other value compares like the fresh
+        one, and with appends a state ``s`` can only ever equal ``m`` (after
+        suffixes) if ``s`` is a prefix of ``m``. ``incr`` parses numbers: no cover.
+        """
+        if any(op.op == INCR for op in ops):
+            return None
+        compared = {op.output for op in ops if op.op == GET and op.output is not None}
+        compared |= {op.expected for op in ops if op.op == CAS and op.expected is not None}
+        if any(op.op == APPEND for op in ops):
+            compared = {value[:end] for value in compared for end in range(len(value) + 1)}
+        fresh = "\x00" * (max((len(value) for value in compared), default=0) + 1)
+        return [None, *sorted(compared), fresh]
+
+    def describe_state(self, state: str | None) -> str:
+        return "absent" if state is None else repr(state)
+
+
+KEY_VALUE_MODEL = KeyValueModel()
