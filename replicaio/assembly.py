@@ -23,13 +23,14 @@ records, so replay rebuilds exactly the same nodes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from replicaio.core.config import Resilience
 from replicaio.core.errors import UsageError
 from replicaio.core.node import ProtocolFactory
-from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, BroadcastSpec
+from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, BroadcastSpec, Instances
 from replicaio.protocols.raft.messages import RaftAdmin
 from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft
@@ -165,3 +166,22 @@ def protocol_factory(name: str) -> ProtocolFactory:
     if spec_broadcast is None:
         raise UsageError(f"unknown protocol {name!r}; known: {', '.join(protocol_names())}")
     return BroadcastFactory(spec_broadcast)
+
+
+# -- what the simulator's adversary may aim at (replicaio.sim.adversary) -------
+
+
+def probe_instances(instances: Instances) -> Iterator[int]:
+    """Broadcast instances: each sender's window ``[low, low + window_max)``,
+    its edges, and the node's own next sequence number."""
+    for low in instances.low:
+        yield low - 1
+        yield low + instances.window_max - 1
+        yield low + instances.window_max
+    yield instances.next_seq
+
+
+def adversary_probes() -> dict[type, Callable[[Any], Iterable[int]]]:
+    """Per protocol state class, the numbers at its edges that a generic walk of
+    its attributes cannot find (sums such as the top of a window)."""
+    return {Instances: probe_instances}

@@ -36,7 +36,8 @@ from typing import Any
 from replicaio.assembly import protocol_factory
 from replicaio.core.errors import ReplicaioError, UsageError
 from replicaio.sim import kv_cli
-from replicaio.sim.options import BYZANTINE_BEHAVIOURS, SimOptions, parse_faults
+from replicaio.sim.adversary import BEHAVIOURS
+from replicaio.sim.options import SimOptions, parse_adversary, parse_faults
 from replicaio.sim.profiles import PROFILES, check_profile, long_broadcast
 from replicaio.sim.simulator import SimResult, simulate
 
@@ -54,6 +55,8 @@ def reproduce_command(args: argparse.Namespace, seed: int) -> str:
         words += ["--f", str(args.f)]
     if args.behaviour:
         words += ["--behaviour", args.behaviour]
+    if getattr(args, "adversary", None):
+        words += ["--adversary", args.adversary]
     if args.faults:
         words += ["--faults", args.faults]
     if args.requests is not None:
@@ -95,6 +98,8 @@ def draw_options(args: argparse.Namespace, seed: int) -> SimOptions:
         behaviour=args.behaviour,
         requests_per_node=args.requests,
         encode=not args.no_encode,
+        adversary=parse_adversary(getattr(args, "adversary", None)),
+        protocol=args.protocol,
     )
     if check_profile(getattr(args, "profile", "default")) == "long":
         options = long_broadcast(options, requests_per_node=args.requests)
@@ -490,8 +495,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--byzantine", type=int, default=0, help="number of Byzantine nodes")
     parser.add_argument("--f", type=int, default=None,
                         help="faults tolerated (default: (n-1)//3)")
-    parser.add_argument("--behaviour", choices=BYZANTINE_BEHAVIOURS, default=None,
+    parser.add_argument("--behaviour", choices=list(BEHAVIOURS), default=None,
                         help="force one Byzantine behaviour (default: drawn from the seed)")
+    parser.add_argument("--adversary", default=None, metavar="B1,B2",
+                        help="force every Byzantine node's behaviours, composed (e.g. "
+                        f"forge,replay; from {', '.join(BEHAVIOURS)}; default: drawn from "
+                        "the seed); see docs/adversary.md")
     parser.add_argument("--faults", default="",
                         help="comma list of crash,partition,loss,dup,reorder")
     parser.add_argument("--requests", type=int, default=None,

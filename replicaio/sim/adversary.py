@@ -1,35 +1,202 @@
-"""Byzantine behaviours: what a faulty node does to its own outgoing traffic.
+"""Byzantine behaviours: what a faulty node does besides running the protocol.
 
 A Byzantine node in the simulator runs the honest protocol core (so it keeps
-a plausible state), but an adversary resolves its choice points and rewrites
-every message it sends. Authenticated links mean it cannot forge messages
-from correct nodes; it can lie, equivocate, stay silent, send garbage, and
-replay its own old messages. Behaviours:
+a plausible state), and an adversary (a :class:`Strategy`) resolves its
+choice points, rewrites every message it sends, and after each of its steps
+may *attack*: send any well-typed message to any peer. Authenticated links
+mean it cannot forge messages *from* correct nodes; everything it sends is
+attributed to it. See docs/adversary.md. Behaviours (composable: a node's
+behaviour is a ``+``-joined list, ``"equivocate+forge"``):
 
-* ``silent``: sends nothing at all;
+* ``silent``: drops every honest message (forged ones still leave);
 * ``equivocate``: splits the other nodes into two sides (drawn from the seed)
-  and tells one side the truth and the other a different value, in every
-  message it sends, so that two correct nodes see conflicting claims;
+  and tells one side the truth and the other a different value;
 * ``garbage``: replaces some messages by random bytes (exercising decoders);
-* ``replay``: also re-sends its own earlier messages to random peers.
+* ``replay``: re-sends its own earlier messages to random peers, and a burst
+  of them to a peer that restarted (old traffic across incarnations);
+* ``delay``: holds some honest messages back and releases them later, in
+  another order;
+* ``forge``: after some of its steps, sends a message generated from the
+  registered schemas (:mod:`replicaio.sim.forge`), addressed to real
+  components, with fields near the edges of the run (:class:`RunView`);
+* ``flood``: ``forge`` at every step, in bursts (for resource exhaustion).
 
-A custom :class:`Strategy` may do anything else, within the same powers.
+A protocol adds its own with :func:`register_behaviour`, and teaches the
+adversary where its windows and watermarks are with :func:`register_probe`.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
-from replicaio.core.node import Envelope
+from replicaio.assembly import adversary_probes
+from replicaio.core.node import Node
+from replicaio.core.reliable import Acks, Envelope, Hello
+from replicaio.sim.forge import Forger, Pool
 
 REPLAY_BUFFER_MAX = 256
+REPLAY_BURST_MAX = 16
+DELAYED_MAX = 256
+RECENT_MAX = 256  # messages of the run's traffic a RunView keeps
+POOL_REFRESH_US = 20_000  # virtual time between rebuilds of what the adversary knows
+PATHS_MAX = 256
+PROBE_DEPTH_MAX = 3
+PROBE_ITEMS_MAX = 16
+FLOOD_SENDS_MAX = 4096  # what one flooding node sends in a run, at most
+
+
+class RunView:
+    """What an adversary observes: the run's recent traffic (every message put
+    on the network, as the simulator sees it) and the public state of the
+    nodes' cores. The simulator keeps it current; strategies only read it."""
+
+    def __init__(self, n: int, byzantine: tuple[int, ...]) -> None:
+        self.n = n
+        self.byzantine = byzantine
+        self.correct = tuple(node for node in range(n) if node not in byzantine)
+        self.now = 0
+        self.recent: deque[tuple[int, int, Any]] = deque(maxlen=RECENT_MAX)
+        self.cores: list[Node | None] = [None] * n
+        self.incarnations: list[int] = [0] * n
+        self.knowledge: Knowledge | None = None
+        self.knowledge_at = -POOL_REFRESH_US
+
+    def know(self) -> Knowledge:
+        """What can be learned from the view now (rebuilt at most every
+        ``POOL_REFRESH_US`` of virtual time, so the cost stays off the hot path,
+        or sooner while it knows no component yet and traffic came since)."""
+        knowledge = self.knowledge
+        if (
+            knowledge is None
+            or self.now - self.knowledge_at >= POOL_REFRESH_US
+            or (not knowledge.paths and len(self.recent) != knowledge.traffic)
+        ):
+            knowledge = self.knowledge = Knowledge.learn(self)
+            self.knowledge_at = self.now
+        return knowledge
+
+
+@dataclass(slots=True)
+class Knowledge:
+    """The material of forged messages: a value pool, the component paths and
+    channels seen on links, the link bodies by channel, and the stream
+    messages seen (templates for mutation)."""
+
+    pool: Pool
+    paths: list[tuple[tuple[int | str, ...], str]]
+    bodies: dict[str, list[Any]]
+    streamed: list[Any]
+    traffic: int  # messages in the view when learned
+
+    @classmethod
+    def learn(cls, view: RunView) -> Knowledge:
+        pool = Pool()
+        for node in range(-1, view.n + 1):  # real ids, and the first ones that are not
+            pool.add_number(node)
+        paths: dict[tuple[tuple[int | str, ...], str], None] = {}
+        bodies: dict[str, dict[Any, None]] = {}
+        streamed: list[Any] = []
+        for _, _, message in view.recent:
+            kind = type(message)
+            if kind is Envelope:
+                key = (message.path, message.channel)
+                if key not in paths and len(paths) < PATHS_MAX:
+                    paths[key] = None
+                    for element in message.path:
+                        if type(element) is int:
+                            pool.add_number(element)
+                known = bodies.get(message.channel)
+                if known is None:
+                    known = bodies[message.channel] = {}
+                    pool.add_text(message.channel)
+                body = message.body
+                if len(known) < PATHS_MAX and hashable(body) and body not in known:
+                    known[body] = None
+                    pool.add_value(body)
+                    pool.harvest(body)
+            elif kind is Hello:
+                pool.add_number(message.incarnation)
+            elif kind is not Acks and kind is not bytes and len(streamed) < PATHS_MAX:
+                streamed.append(message)
+                pool.harvest(message)
+        for node in view.correct:
+            core = view.cores[node]
+            if core is not None and core.protocol is not None:
+                for number in probe(core.protocol):
+                    pool.add_number(number)
+        found_bodies = {name: list(found) for name, found in bodies.items()}
+        return cls(pool, list(paths), found_bodies, streamed, len(view.recent))
+
+
+def hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+# -- probes: the honest nodes' public state ----------------------------------
+
+Probe = Callable[[Any], Iterable[int]]
+PROBES: dict[type, Probe] = dict(adversary_probes())  # the assembly's, and registered ones
+PROBE_SKIP = ("replicaio.core.",)
+
+
+def register_probe(cls: type, function: Probe) -> None:
+    """Teach the adversary the edges of ``cls`` (a protocol's state object):
+    ``function(obj)`` yields numbers to aim at, such as ``low + window_max``."""
+    PROBES[cls] = function
+
+
+def probe(root: Any) -> Iterator[int]:
+    """Integers of a protocol object graph (its attributes, a few levels deep),
+    plus what registered probes say; core plumbing (contexts, links) is skipped."""
+    seen: set[int] = set()
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        for cls in type(item).__mro__:  # a subclass (a planted variant) is aimed at alike
+            found = PROBES.get(cls)
+            if found is not None:
+                yield from found(item)
+                break
+        for value in attributes(item):
+            kind = type(value)
+            if kind is int:
+                yield value
+            elif kind is list or kind is tuple:
+                for element in value[:PROBE_ITEMS_MAX]:
+                    if type(element) is int:
+                        yield element
+            elif depth < PROBE_DEPTH_MAX and kind.__module__.startswith("replicaio.") and (
+                not kind.__module__.startswith(PROBE_SKIP)
+            ):
+                stack.append((value, depth + 1))
+
+
+def attributes(item: Any) -> list[Any]:
+    found = getattr(item, "__dict__", None)
+    if found is not None:
+        return list(found.values())
+    return [getattr(item, name, None) for name in getattr(type(item), "__slots__", ())]
+
+
+# -- strategies ------------------------------------------------------------------
+
+Sends = list[tuple[int, Any]]
 
 
 class Strategy:
-    """Base behaviour: honest choices, messages passed through. Override either."""
+    """Base behaviour: honest choices, messages passed through, no attacks.
+    Override any of :meth:`choose`, :meth:`rewrite` and :meth:`attack`."""
 
     def __init__(self, node: int, n: int, rng: random.Random) -> None:
         self.node = node
@@ -40,15 +207,23 @@ class Strategy:
         """Resolve a choice point of the faulty node (may force any alternative)."""
         return self.rng.randrange(count)
 
-    def rewrite(self, destination: int, message: Any) -> list[tuple[int, Any]]:
+    def rewrite(self, destination: int, message: Any) -> Sends:
         """What actually leaves for ``destination`` (messages or raw bytes)."""
         return [(destination, message)]
 
+    def attack(self, view: RunView) -> Sends:
+        """Called after each step of the faulty node: what it sends on its own."""
+        return []
+
+    def peer(self, view: RunView) -> int:
+        """A correct peer to aim at."""
+        return self.rng.choice(view.correct)
+
 
 class Silent(Strategy):
-    """Crash-like from the start, but counted against f."""
+    """Sends none of the honest core's messages (counted against f)."""
 
-    def rewrite(self, destination: int, message: Any) -> list[tuple[int, Any]]:
+    def rewrite(self, destination: int, message: Any) -> Sends:
         return []
 
 
@@ -74,7 +249,7 @@ class Equivocate(Strategy):
         rng.shuffle(others)
         self.lied_to = frozenset(others[: max(1, len(others) // 2)])
 
-    def rewrite(self, destination: int, message: Any) -> list[tuple[int, Any]]:
+    def rewrite(self, destination: int, message: Any) -> Sends:
         if destination in self.lied_to and type(message) is Envelope:
             return [(destination, replace(message, body=twist(message.body)))]
         return [(destination, message)]
@@ -83,7 +258,7 @@ class Equivocate(Strategy):
 class Garbage(Strategy):
     """Sometimes random bytes instead of a message; sometimes both."""
 
-    def rewrite(self, destination: int, message: Any) -> list[tuple[int, Any]]:
+    def rewrite(self, destination: int, message: Any) -> Sends:
         roll = self.rng.random()
         junk = self.rng.randbytes(self.rng.randint(0, 64))
         if roll < 0.3:
@@ -94,13 +269,15 @@ class Garbage(Strategy):
 
 
 class Replay(Strategy):
-    """Also re-send its own old messages to random peers."""
+    """Re-send its own old messages: now and then to a random peer, and in a
+    burst to a peer that restarted (which may take them for new ones)."""
 
     def __init__(self, node: int, n: int, rng: random.Random) -> None:
         super().__init__(node, n, rng)
         self.past: deque[Any] = deque(maxlen=REPLAY_BUFFER_MAX)
+        self.incarnations: list[int] = [0] * n
 
-    def rewrite(self, destination: int, message: Any) -> list[tuple[int, Any]]:
+    def rewrite(self, destination: int, message: Any) -> Sends:
         out = [(destination, message)]
         if self.past and self.rng.random() < 0.5:
             old = self.past[self.rng.randrange(len(self.past))]
@@ -108,10 +285,234 @@ class Replay(Strategy):
         self.past.append(message)
         return [(target, sent) for target, sent in out if target != self.node]
 
+    def attack(self, view: RunView) -> Sends:
+        out: Sends = []
+        for peer in view.correct:
+            incarnation = view.incarnations[peer]
+            if incarnation != self.incarnations[peer]:
+                if self.incarnations[peer] and self.past:
+                    count = min(len(self.past), REPLAY_BURST_MAX)
+                    out.extend((peer, old) for old in self.rng.sample(list(self.past), count))
+                self.incarnations[peer] = incarnation
+        return out
 
-BEHAVIOURS: dict[str, type[Strategy]] = {
-    "equivocate": Equivocate,
-    "silent": Silent,
-    "garbage": Garbage,
-    "replay": Replay,
-}
+
+class Delay(Strategy):
+    """Hold some honest messages back; release them at later steps, shuffled."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.held: list[tuple[int, Any]] = []
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if self.rng.random() < 0.5:
+            return [(destination, message)]
+        self.held.append((destination, message))
+        if len(self.held) > DELAYED_MAX:
+            return [self.held.pop(0)]
+        return []
+
+    def attack(self, view: RunView) -> Sends:
+        if not self.held or self.rng.random() < 0.7:
+            return []
+        count = self.rng.randint(1, len(self.held))
+        released = [self.held.pop(self.rng.randrange(len(self.held))) for _ in range(count)]
+        return released
+
+
+class Forge(Strategy):
+    """Send generated, well-typed messages to correct peers after some steps.
+
+    Most are link messages (``Envelope``) addressed to a component path seen on
+    the network, with path numbers moved to the edges the view reveals, the
+    sender's or the receiver's id put in id positions, and a body seen on that
+    channel or a fresh one of the same kind; some are stream messages (mutated
+    copies of real ones, or fresh ones of any registered class); a few are the
+    node core's own ``Hello`` and ``Acks``. Every choice is a pure function of
+    the node's seeded stream and the view.
+    """
+
+    rates: tuple[float, ...] = (0.02, 0.05, 0.15)  # per step of the faulty node
+    bursts: tuple[int, ...] = (1, 1, 2)
+    stride = 0.1  # how often a path number moves far beyond where it was
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.rate = rng.choice(self.rates)
+        self.burst = rng.choice(self.bursts)
+
+    def attack(self, view: RunView) -> Sends:
+        rng = self.rng
+        if rng.random() >= self.rate:
+            return []
+        knowledge = view.know()
+        forger = Forger(rng, knowledge.pool)
+        out: Sends = []
+        for _ in range(rng.randint(1, self.burst)):
+            destination = self.peer(view)
+            out.append((destination, self.forge(forger, knowledge, destination)))
+        return out
+
+    def forge(self, forger: Forger, knowledge: Knowledge, destination: int) -> Any:
+        rng = self.rng
+        roll = rng.random()
+        if knowledge.paths and roll < 0.75:
+            return self.envelope(forger, knowledge, destination)
+        if knowledge.streamed and roll < 0.85:
+            return forger.mutate(rng.choice(knowledge.streamed))
+        if knowledge.streamed and roll < 0.95:
+            # A fresh one of a class seen on the network. Not of any registered
+            # class: which are registered depends on what the process imported,
+            # and a run must not.
+            return forger.message(type(rng.choice(knowledge.streamed)))
+        if roll < 0.97:
+            return Hello(forger.number())
+        return forger.message(Acks)
+
+    def envelope(self, forger: Forger, knowledge: Knowledge, destination: int) -> Envelope:
+        rng = self.rng
+        path, channel = rng.choice(knowledge.paths)
+        elements = list(path)
+        numbers = [index for index, element in enumerate(elements) if type(element) is int]
+        if numbers:
+            index = rng.choice(numbers)
+            roll = rng.random()
+            if roll < 0.3 and elements[index] in range(self.n):
+                elements[index] = destination  # the receiver's own component
+            elif roll < 0.3 + self.stride:  # beyond its window, by a stride
+                elements[index] = forger.beyond(elements[index])
+            elif roll < 0.9:
+                elements[index] = forger.number()
+            if rng.random() < 0.3:  # and a second number moved
+                other = rng.choice(numbers)
+                elements[other] = forger.number()
+        if rng.random() < 0.1:
+            channel = forger.text()
+        known = knowledge.bodies.get(channel)
+        if known and rng.random() < 0.6:
+            body = rng.choice(known)
+        elif known and rng.random() < 0.5:
+            body = twist(rng.choice(known))
+        else:
+            body = forger.plain(0)
+        return Envelope(tuple(elements), channel, body)
+
+
+class Flood(Forge):
+    """``forge`` at every step, in bursts, aiming past windows: resource
+    exhaustion. Bounded per run (``FLOOD_SENDS_MAX``), to keep swarms fast."""
+
+    rates: tuple[float, ...] = (1.0,)
+    bursts: tuple[int, ...] = (8,)
+    stride = 0.5
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.budget = FLOOD_SENDS_MAX
+
+    def attack(self, view: RunView) -> Sends:
+        if self.budget <= 0:
+            return []
+        out = super().attack(view)[: self.budget]
+        self.budget -= len(out)
+        return out
+
+
+class Composite(Strategy):
+    """Several behaviours at once: each rewrites what the previous one let
+    through; all of them attack. The first one resolves choice points."""
+
+    def __init__(self, node: int, n: int, parts: list[Strategy]) -> None:
+        super().__init__(node, n, parts[0].rng)
+        self.parts = parts
+
+    def choose(self, label: str, count: int) -> int:
+        return self.parts[0].choose(label, count)
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        out: Sends = [(destination, message)]
+        for part in self.parts:
+            out = [sent for target, item in out for sent in part.rewrite(target, item)]
+        return out
+
+    def attack(self, view: RunView) -> Sends:
+        return [sent for part in self.parts for sent in part.attack(view)]
+
+
+# -- registry --------------------------------------------------------------------
+
+BehaviourFactory = Callable[[int, int, random.Random], Strategy]
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """A named behaviour. ``protocols``: the protocols it is drawn for (``None``:
+    all); ``weight``: how often the seed adds it to a Byzantine node's mix."""
+
+    name: str
+    factory: BehaviourFactory
+    summary: str
+    protocols: tuple[str, ...] | None = None
+    weight: float = 0.0
+
+
+BEHAVIOURS: dict[str, Behaviour] = {}
+BASE_BEHAVIOURS = ("equivocate", "silent", "garbage", "replay")  # one is always drawn
+
+
+def register_behaviour(
+    name: str,
+    factory: BehaviourFactory,
+    summary: str,
+    *,
+    protocols: tuple[str, ...] | None = None,
+    weight: float = 0.0,
+) -> None:
+    """Add a behaviour (a protocol's own attacks: PBFT's, MinBFT's). With a
+    ``weight`` > 0 the seed also adds it, with that probability, to the mix of
+    Byzantine nodes of runs of ``protocols``; it is always forcible by name."""
+    if not name.isidentifier() or name in BEHAVIOURS:
+        raise ValueError(f"behaviour name {name!r} is not a new identifier")
+    BEHAVIOURS[name] = Behaviour(name, factory, summary, protocols, weight)
+
+
+def behaviour_names(protocol: str | None = None) -> tuple[str, ...]:
+    """The behaviours a run of ``protocol`` may use (every one when ``None``)."""
+    return tuple(
+        name for name, behaviour in BEHAVIOURS.items()
+        if protocol is None or behaviour.protocols is None or protocol in behaviour.protocols
+    )
+
+
+def draw_extras(rng: random.Random, protocol: str | None) -> list[str]:
+    """The behaviours the seed adds to a node's base behaviour."""
+    return [
+        name for name, behaviour in BEHAVIOURS.items()
+        if behaviour.weight > 0
+        and (behaviour.protocols is None or protocol in behaviour.protocols)
+        and rng.random() < behaviour.weight
+    ]
+
+
+def build_strategy(mix: str, node: int, n: int, seed: int) -> Strategy:
+    """The strategy of Byzantine ``node`` for a mix such as ``"equivocate+forge"``.
+    Each behaviour draws from its own seeded stream."""
+    parts: list[Strategy] = []
+    for index, name in enumerate(mix.split("+")):
+        suffix = "" if index == 0 else f":{name}"
+        rng = random.Random(f"replicaio-adversary:{seed}:{node}{suffix}")
+        parts.append(BEHAVIOURS[name].factory(node, n, rng))
+    return parts[0] if len(parts) == 1 else Composite(node, n, parts)
+
+
+for _behaviour in (
+    Behaviour("equivocate", Equivocate, "tell two halves of the peers different values"),
+    Behaviour("silent", Silent, "send none of the honest messages"),
+    Behaviour("garbage", Garbage, "replace some messages by random bytes"),
+    Behaviour("replay", Replay, "re-send old messages, in bursts to restarted peers", weight=0.2),
+    Behaviour("delay", Delay, "hold messages back, release them later, reordered", weight=0.2),
+    Behaviour("forge", Forge, "send generated well-typed messages near the run's edges",
+              weight=0.7),
+    Behaviour("flood", Flood, "forge at every step, in bursts"),
+):
+    BEHAVIOURS[_behaviour.name] = _behaviour

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from replicaio.core.errors import UsageError
+from replicaio.sim.adversary import BASE_BEHAVIOURS, BEHAVIOURS, draw_extras
 
 FAULT_KINDS = ("crash", "partition", "loss", "dup", "reorder")
-BYZANTINE_BEHAVIOURS = ("equivocate", "silent", "garbage", "replay")
+BYZANTINE_BEHAVIOURS = BASE_BEHAVIOURS  # one of these is drawn for every Byzantine node
 
 
 def parse_faults(text: str | None) -> tuple[str, ...]:
@@ -29,6 +30,20 @@ def parse_faults(text: str | None) -> tuple[str, ...]:
         if kind not in FAULT_KINDS:
             raise UsageError(f"unknown fault kind {kind!r}; choose from {', '.join(FAULT_KINDS)}")
     return kinds
+
+
+def parse_adversary(text: str | None) -> tuple[str, ...] | None:
+    """``"forge,replay"`` -> ``("forge", "replay")`` (every name a registered
+    behaviour, see ``replicaio.sim.adversary``); ``None`` when not given."""
+    if not text:
+        return None
+    names = tuple(name.strip() for name in text.replace("+", ",").split(",") if name.strip())
+    for name in names:
+        if name not in BEHAVIOURS:
+            raise UsageError(
+                f"unknown byzantine behaviour {name!r}; choose from {', '.join(BEHAVIOURS)}"
+            )
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,24 +102,22 @@ class SimOptions:
         behaviour: str | None = None,
         requests_per_node: int | None = None,
         encode: bool = True,
+        adversary: tuple[str, ...] | None = None,
+        protocol: str | None = None,
     ) -> SimOptions:
-        """Draw the options of run ``seed`` within the allowed fault kinds."""
+        """Draw the options of run ``seed`` within the allowed fault kinds.
+        ``adversary`` (or the single ``behaviour``) forces every Byzantine
+        node's behaviours; ``protocol`` lets the seed draw its own ones."""
         if byzantine < 0 or byzantine >= nodes:
             raise UsageError(f"--byzantine must be in [0, {nodes - 1}]")
-        if behaviour is not None and behaviour not in BYZANTINE_BEHAVIOURS:
-            raise UsageError(
-                f"unknown byzantine behaviour {behaviour!r}; choose from "
-                f"{', '.join(BYZANTINE_BEHAVIOURS)}"
-            )
+        if behaviour is not None:
+            adversary = parse_adversary(behaviour)
+        forced = "+".join(parse_adversary(",".join(adversary)) or ()) if adversary else None
         rng = random.Random(f"replicaio-options:{seed}")
         order = list(range(nodes))
         rng.shuffle(order)
         faulty = tuple(sorted(order[:byzantine]))
-        # Equivocation is the behaviour that breaks weak protocols: draw it most.
-        weights = [4 if name == "equivocate" else 2 for name in BYZANTINE_BEHAVIOURS]
-        behaviours = tuple(
-            behaviour or rng.choices(BYZANTINE_BEHAVIOURS, weights)[0] for _ in faulty
-        )
+        behaviours = draw_behaviours(rng, seed, len(faulty), forced, protocol)
         latency_min = rng.choice((100, 500, 1000))
         latency_mean = latency_min + rng.choice((200, 1000, 5000))
         reorder = rng.choice((0, 2000, 20000)) if "reorder" in faults else 0
@@ -178,9 +191,10 @@ class SimOptions:
             problems.append("nodes must be >= 1")
         if len(self.behaviours) != len(self.byzantine):
             problems.append("one behaviour per byzantine node")
-        for name in self.behaviours:
-            if name not in BYZANTINE_BEHAVIOURS:
-                problems.append(f"unknown behaviour {name!r}")
+        for mix in self.behaviours:
+            for name in mix.split("+"):
+                if name not in BEHAVIOURS:
+                    problems.append(f"unknown behaviour {name!r}")
         if not 0 <= self.loss < 1 or not 0 <= self.duplicate < 1:
             problems.append("loss and duplicate are probabilities in [0, 1)")
         if not 0 < self.latency_min_us < self.latency_mean_us:
@@ -195,6 +209,25 @@ class SimOptions:
                 problems.append(f"partition side {partition.side} names unknown nodes")
         if problems:
             raise UsageError("bad simulation options: " + "; ".join(problems))
+
+
+def draw_behaviours(
+    rng: random.Random, seed: int, count: int, forced: str | None, protocol: str | None
+) -> tuple[str, ...]:
+    """Each Byzantine node's mix: one base behaviour from the options stream
+    (as before mixes existed, so older seeds keep their schedules), plus the
+    weighted extras (forging, delaying, ...) from a stream of their own. The
+    base is drawn even when the mix is ``forced``, so forcing the adversary
+    leaves the rest of the run's schedule as the seed draws it."""
+    # Equivocation is the behaviour that breaks weak protocols: draw it most.
+    weights = [4 if name == "equivocate" else 2 for name in BYZANTINE_BEHAVIOURS]
+    extras_rng = random.Random(f"replicaio-adversary-mix:{seed}")
+    found = []
+    for _ in range(count):
+        base = rng.choices(BYZANTINE_BEHAVIOURS, weights)[0]
+        extras = [name for name in draw_extras(extras_rng, protocol) if name != base]
+        found.append(forced or "+".join([base, *extras]))
+    return tuple(found)
 
 
 def draw_partitions(rng: random.Random, nodes: int, safety_us: int) -> tuple[Partition, ...]:

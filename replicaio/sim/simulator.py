@@ -13,7 +13,13 @@ and a run is a pure function of its options. The simulator:
   reordering is on), and symmetric or one-way partitions;
 * crashes and restarts correct nodes (a crash may land between a step's
   writes and its sync, keeping only a prefix of them), and lets an
-  adversary drive each Byzantine node;
+  adversary drive each Byzantine node: rewriting what its core sends, and
+  after each of its steps sending what it forges from a view of the run
+  (``replicaio.sim.adversary``);
+* holds every node to two rules besides the protocol's properties: a node
+  that raises (a failed assertion included) on any input is a
+  ``node-raised`` violation, and a correct node whose footprint exceeds the
+  protocol's bound is a ``bounded-memory`` one (``replicaio.sim.footprint``);
 * runs in two phases: a *safety* phase with every fault the options allow and
   the checkers watching every output, then a *liveness* phase that heals the
   network, restarts crashed nodes and requires the protocol's liveness
@@ -41,7 +47,8 @@ from replicaio.core.config import ClusterConfig
 from replicaio.core.effects import Effects, Input, Receive, Request, Start, TimerFired
 from replicaio.core.errors import UsageError
 from replicaio.core.node import Node, NodeParams, ProtocolFactory
-from replicaio.sim.adversary import BEHAVIOURS, Strategy
+from replicaio.sim.adversary import RunView, Strategy, build_strategy
+from replicaio.sim.footprint import CHECK_EVERY_STEPS, footprint, footprint_bounds, over_bounds
 from replicaio.sim.harness import Harness, harness_for
 from replicaio.sim.options import Crash, SimOptions
 from replicaio.storage.memory import MemoryStorage
@@ -159,6 +166,11 @@ class Simulator:
         self.now = 0
         self.liveness = False
         self.nodes = [self.make_node(node_id) for node_id in range(n)]
+        # What the adversary sees: only kept when some node has a strategy.
+        self.view: RunView | None = None
+        if any(node.strategy is not None for node in self.nodes):
+            self.view = RunView(n, options.byzantine)
+        self.footprint_max = footprint_bounds(self.factory, self.config)
         self.link_clock: dict[tuple[int, int], int] = {}
         self.log: EventLogWriter | None = None
         if record:
@@ -191,6 +203,7 @@ class Simulator:
             "requests": 0,
             "requests_to_down_nodes": 0,
             "outputs": 0,
+            "adversary_sends": 0,
         }
         self.violations: list[dict[str, Any]] = []
 
@@ -198,10 +211,8 @@ class Simulator:
         seed = self.options.seed
         strategy = self.strategies.get(node_id)
         if strategy is None and node_id in self.options.byzantine:
-            behaviour = self.options.behaviours[self.options.byzantine.index(node_id)]
-            strategy = BEHAVIOURS[behaviour](
-                node_id, self.options.nodes, random.Random(f"replicaio-adversary:{seed}:{node_id}")
-            )
+            mix = self.options.behaviours[self.options.byzantine.index(node_id)]
+            strategy = build_strategy(mix, node_id, self.options.nodes, seed)
         return SimNode(
             node_id=node_id,
             storage=MemoryStorage(),
@@ -229,6 +240,9 @@ class Simulator:
                     self.push(crash.at_us, CRASH, crash.node, crash)
                 self.push(options.safety_us, LIVENESS, -1)
                 self.run_events()
+                if self.footprint_max and not self.violations:
+                    for node in self.nodes:
+                        self.check_footprint(node)
             finally:
                 if self.log is not None:
                     self.log.flush()  # the sink holds every record, even after a bug
@@ -298,9 +312,15 @@ class Simulator:
         assert core is not None
         if node.choices:
             node.choices = []
-        effects = core.step(event)
+        try:
+            effects = core.step(event)
+        except Exception as error:  # a failed assertion included: see node_raised
+            self.node_raised(node, event, error)
+            return
         stats = self.stats
         stats["steps"] += 1
+        if not stats["steps"] & (CHECK_EVERY_STEPS - 1) and self.footprint_max:
+            self.check_footprint(node)
         crash = node.pending_crash
         if crash is not None:
             self.crash_mid_step(node, effects, crash)
@@ -314,6 +334,8 @@ class Simulator:
                     storage.put(key, value)
             storage.sync()
         encoded = self.send_all(node, effects) if effects.sends else None
+        if node.strategy is not None and self.view is not None:
+            self.attack(node)
         if effects.timers_cancelled:
             for timer_id in effects.timers_cancelled:
                 node.timers.pop(timer_id, None)
@@ -349,7 +371,12 @@ class Simulator:
         transmit = self.transmit
         last: Any = None
         data: Any = None
+        recent = self.view.recent if self.view is not None else None
         for destination, message in effects.sends:
+            if recent is not None and message is not last:
+                recent.append((source, destination, message))
+                if not (wire or encoded is not None):
+                    last = message
             if wire or encoded is not None:
                 if message is not last:
                     last = message
@@ -365,6 +392,63 @@ class Simulator:
                     rewritten = data if rewritten is message else codec.encode(rewritten)
                 transmit(source, target, rewritten)
         return encoded
+
+    def attack(self, node: SimNode) -> None:
+        """What the Byzantine ``node``'s strategy sends on its own after a step."""
+        view = self.view
+        strategy = node.strategy
+        assert view is not None and strategy is not None
+        view.now = self.now
+        wire = self.options.encode
+        for target, message in strategy.attack(view):
+            if target == node.node_id or not 0 <= target < self.options.nodes:
+                continue
+            self.stats["adversary_sends"] += 1
+            if wire and not isinstance(message, bytes):
+                message = self.codec.encode(message)
+            self.transmit(node.node_id, target, message)
+
+    def node_raised(self, node: SimNode, event: Input, error: Exception) -> None:
+        """A node's step raised: no input may do that to a node (correct or not:
+        a Byzantine node runs the honest core on the inputs a correct node
+        would get). The node stops; the run ends with the violation."""
+        frame = error.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        where = ""
+        if frame is not None:
+            code = frame.tb_frame.f_code
+            where = f" at {code.co_filename.rsplit('/replicaio/', 1)[-1]}:{frame.tb_lineno}"
+        cause = type(event).__name__
+        if isinstance(event, Receive):
+            cause += f" from node {event.source}"
+        role = "byzantine" if node.node_id in self.options.byzantine else "correct"
+        self.violations.append({
+            "property": "node-raised",
+            "detail": f"{role} node {node.node_id} raised {error!r} on {cause}{where}",
+            "node": node.node_id,
+            "time_us": self.now,
+        })
+        if self.log is not None:
+            self.log.note(self.now, node.node_id, "raised", {"error": repr(error)})
+        node.core = None
+        node.timers.clear()
+        if self.view is not None:
+            self.view.cores[node.node_id] = None
+
+    def check_footprint(self, node: SimNode) -> None:
+        """Hold a correct node to the protocol's footprint bound."""
+        core = node.core
+        if core is None or node.node_id in self.options.byzantine:
+            return
+        over = over_bounds(footprint(core), self.footprint_max)
+        if over:
+            self.violations.append({
+                "property": "bounded-memory",
+                "detail": f"node {node.node_id} holds {', '.join(over)}",
+                "node": node.node_id,
+                "time_us": self.now,
+            })
 
     def choose_for(self, node: SimNode) -> Any:
         rng = node.chooser_rng
@@ -482,6 +566,8 @@ class Simulator:
         node.storage.crash(keep_unsynced=keep_unsynced)
         self.collect_counters(node)
         node.core = None
+        if self.view is not None:
+            self.view.cores[node.node_id] = None
         node.timers.clear()
         node.pending_crash = None
         self.stats["crashes"] += 1
@@ -501,6 +587,9 @@ class Simulator:
             params=self.params,
             codec=self.codec,
         )
+        if self.view is not None:
+            self.view.cores[node.node_id] = node.core
+            self.view.incarnations[node.node_id] = node.incarnation
         self.step(node, Start(node.storage.recover()))
 
     def collect_counters(self, node: SimNode) -> None:

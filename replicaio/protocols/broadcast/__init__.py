@@ -10,10 +10,11 @@ deliberately broken variants live in ``replicaio.testing.variants.broadcast``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from replicaio.core.config import Resilience
+from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context
 from replicaio.interfaces.broadcast import Accepted, Delivered
 from replicaio.protocols.broadcast.beb import best_effort
@@ -40,6 +41,10 @@ class BroadcastSpec:
     totality: bool  # if a correct node delivers an instance, every correct node does
     broken: bool = False  # a deliberately wrong variant, to show the checkers bite
     summary: str = ""
+    window_max: int = 64  # Instances: open instances per sender
+    retained_max: int = 32  # Instances: delivered instances kept per sender
+    # What runs the instances (a test-support module may plant a bug in a subclass).
+    runner: Callable[..., Instances] = Instances
 
 
 class BroadcastProtocol:
@@ -47,7 +52,12 @@ class BroadcastProtocol:
 
     def __init__(self, spec: BroadcastSpec, context: Context) -> None:
         self.spec = spec
-        self.instances = Instances(context.child("bcast"), spec.instance)
+        self.instances = spec.runner(
+            context.child("bcast"),
+            spec.instance,
+            window_max=spec.window_max,
+            retained_max=spec.retained_max,
+        )
 
     def start(self) -> None:
         self.instances.start()
@@ -66,6 +76,22 @@ class BroadcastFactory:
 
     def __call__(self, context: Context) -> BroadcastProtocol:
         return BroadcastProtocol(self.spec, context)
+
+    def footprint_max(self, config: ClusterConfig) -> dict[str, int]:
+        """What a node may hold whatever its peers send (checked by the simulator,
+        see ``replicaio.sim.footprint``): every open instance lies in its
+        sender's window, so at most ``n * window_max`` of them, each with a
+        task or two and a few durable records (a link's value per destination
+        and the delivery record)."""
+        instances = config.n * self.spec.window_max
+        links_per_instance = 3
+        records = instances * (links_per_instance * (config.n + 1) + 1)
+        return {
+            "contexts": instances + 8,
+            "tasks": 2 * instances + 8,
+            "sent_paths": instances + 8,
+            "storage_keys": records + config.n + 8,
+        }
 
 
 PROTOCOLS: dict[str, BroadcastSpec] = {

@@ -95,7 +95,7 @@ def cluster(self: Scenario, command_: Command) -> None:
         strategy = None
         if node_id in behaviours:
             rng = random.Random(f"replicaio-scenario-adversary:{seed}:{node_id}")
-            strategy = BEHAVIOURS[behaviours[node_id]](node_id, n, rng)
+            strategy = BEHAVIOURS[behaviours[node_id]].factory(node_id, n, rng)
             lied_to = getattr(strategy, "lied_to", None)
             lies = f", lies to {','.join(map(str, sorted(lied_to)))}" if lied_to else ""
             self.emit(f"{node_id}: byzantine: {behaviours[node_id]}{lies}")

@@ -6,7 +6,10 @@ a subclass replacing one method), never a switch inside the protocol's own
 modules: production code has no broken branches to take by mistake.
 
 * :mod:`replicaio.testing.variants.broadcast` — ``bracha-weak-echo`` and
-  ``echo-weak`` (quorums below the bound);
+  ``echo-weak`` (quorums below the bound), ``bracha-opens-own`` (the escaped
+  bug of issue 7: a peer's message opens this node's own next instance) and
+  ``bracha-unwindowed`` (no window: unbounded growth), the last two for the
+  adversary's rules (docs/adversary.md);
 * :mod:`replicaio.testing.variants.raft` — ``raft-commit-previous-term``,
   ``raft-forget-vote`` and ``raft-follower-reads``;
 * :mod:`replicaio.testing.variants.instances` — the multi-instance component

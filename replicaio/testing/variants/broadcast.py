@@ -1,16 +1,29 @@
-"""Broken variants of the broadcast family: a quorum below the bound.
+"""Broken variants of the broadcast family.
 
-Each is the protocol's one-instance function with one quorum lowered to
-f + 1, so an equivocating Byzantine sender splits the correct nodes; the
-broadcast checker must report agreement or totality.
+A quorum below the bound: the protocol's one-instance function with one
+quorum lowered to f + 1, so an equivocating Byzantine sender splits the
+correct nodes; the broadcast checker must report agreement or totality.
+
+Planted in the multi-instance runner (an :class:`Instances` subclass), for
+the adversary's two rules (docs/adversary.md):
+
+* ``bracha-opens-own``: the escaped bug of issue 7: a peer's message for this
+  node's own next instance opens it early, without a value; the owner's later
+  ``broadcast()`` runs a second copy and both deliver, so the "instance
+  delivered twice" assertion fails inside ``Node.step`` (``node-raised``);
+* ``bracha-unwindowed``: no window: a peer's message for *any* sequence
+  number opens an instance, so a Byzantine peer makes a correct node hold
+  ever more of them (``bounded-memory``, under ``--adversary flood``).
 """
 
 from __future__ import annotations
 
 from replicaio.core.config import Resilience
-from replicaio.core.context import Context
+from replicaio.core.context import Context, Ignore
+from replicaio.core.effects import Path
 from replicaio.core.lines import first
-from replicaio.protocols.broadcast import BroadcastSpec
+from replicaio.protocols.broadcast import BroadcastSpec, Instances
+from replicaio.protocols.broadcast.bracha import bracha
 
 
 async def bracha_weak_echo(node: Context, sender: int, value: bytes | None = None) -> bytes:
@@ -48,6 +61,38 @@ async def consistent_weak(node: Context, sender: int, value: bytes | None = None
     return delivered
 
 
+class OpensOwnInstances(Instances):
+    """BROKEN on purpose: opens this node's own instances on a peer's message."""
+
+    def on_unknown(self, rest: Path) -> Context | Ignore:
+        if len(rest) != 2:
+            return Ignore("bad_instance_path", acknowledge=False)
+        sender, seq = rest
+        if type(sender) is not int or type(seq) is not int or not 0 <= sender < self.context.n:
+            return Ignore("bad_instance_path", acknowledge=False)
+        if seq < self.low[sender] or seq in self.delivered[sender]:
+            return Ignore("instance_delivered", acknowledge=True)
+        if seq >= self.low[sender] + self.window_max:
+            return Ignore("instance_beyond_window", acknowledge=False)
+        return self.open(sender, seq, None)
+
+
+class Unwindowed(Instances):
+    """BROKEN on purpose: opens an instance for any sequence number above ``low``."""
+
+    def on_unknown(self, rest: Path) -> Context | Ignore:
+        if len(rest) != 2:
+            return Ignore("bad_instance_path", acknowledge=False)
+        sender, seq = rest
+        if type(sender) is not int or type(seq) is not int or not 0 <= sender < self.context.n:
+            return Ignore("bad_instance_path", acknowledge=False)
+        if seq < self.low[sender] or seq in self.delivered[sender]:
+            return Ignore("instance_delivered", acknowledge=True)
+        if sender == self.context.id:
+            return Ignore("own_instance_not_opened", acknowledge=False)
+        return self.open(sender, seq, None)
+
+
 BROADCAST_VARIANTS: dict[str, BroadcastSpec] = {
     spec.name: spec
     for spec in (
@@ -60,6 +105,16 @@ BROADCAST_VARIANTS: dict[str, BroadcastSpec] = {
             "echo-weak", consistent_weak, Resilience.BYZANTINE, agreement=True,
             totality=False, broken=True,
             summary="BROKEN on purpose: consistent broadcast delivering on f+1 echoes",
+        ),
+        BroadcastSpec(
+            "bracha-opens-own", bracha, Resilience.BYZANTINE, agreement=True, totality=True,
+            broken=True, runner=OpensOwnInstances,
+            summary="BROKEN on purpose: a peer's message opens this node's own next instance",
+        ),
+        BroadcastSpec(
+            "bracha-unwindowed", bracha, Resilience.BYZANTINE, agreement=True, totality=True,
+            broken=True, runner=Unwindowed, window_max=16, retained_max=8,
+            summary="BROKEN on purpose: instances open beyond the window (unbounded)",
         ),
     )
 }
