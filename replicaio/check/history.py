@@ -29,6 +29,7 @@ recording is as deterministic as that clock.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -45,7 +46,10 @@ APPEND: Final = "append"
 CAS: Final = "cas"
 DELETE: Final = "delete"
 INCR: Final = "incr"
-OPERATION_KINDS: Final = frozenset({GET, PUT, APPEND, CAS, DELETE, INCR})
+TXN: Final = "txn"  # a transaction: several of the above, applied at one point
+SINGLE_KINDS: Final = frozenset({GET, PUT, APPEND, CAS, DELETE, INCR})
+OPERATION_KINDS: Final = SINGLE_KINDS | {TXN}
+TRANSACTION_OPERATIONS_MAX: Final = 64  # operations of one recorded transaction
 
 OK: Final = "ok"
 FAIL: Final = "fail"
@@ -103,6 +107,15 @@ class Operation:
     the value read by ``get`` (``None``: absent), ``"ok"``/``"fail"`` for
     ``cas``, the new value for ``incr`` (decimal string), ``None`` otherwise
     and always ``None`` unless ``status`` is ``ok``.
+
+    A ``txn`` (a transaction: its operations take effect together, at one
+    point) carries its operations in ``value``, as the JSON array
+    :func:`encode_transaction` writes (``[[op, key, value, expected], ...]``,
+    each as above), and their outputs in ``output`` (:func:`encode_outputs`:
+    a JSON array, one per operation, as above; an ``incr`` inside a
+    transaction may output ``null``: it found no integer and changed nothing,
+    while the others took effect). ``key`` is :func:`transaction_key` of the
+    operations (their keys, sorted, joined by ``,``); ``expected`` is ``None``.
     """
 
     client: int
@@ -119,6 +132,82 @@ class Operation:
 def is_integer_string(text: str) -> bool:
     """Whether ``text`` is a decimal integer as ``incr`` reads and writes them."""
     return _INTEGER.fullmatch(text) is not None
+
+
+MicroOperation = tuple[str, str, str | None, str | None]  # op, key, value, expected
+
+
+def encode_transaction(operations: Sequence[MicroOperation]) -> str:
+    """A ``txn``'s ``value``: its operations as a JSON array (validated by the history)."""
+    return json.dumps([list(operation) for operation in operations], ensure_ascii=False)
+
+
+def encode_outputs(outputs: Sequence[str | None]) -> str:
+    """A ``txn``'s ``output``: one output per operation, as a JSON array."""
+    return json.dumps(list(outputs), ensure_ascii=False)
+
+
+def transaction_key(operations: Sequence[MicroOperation]) -> str:
+    """A ``txn``'s ``key``: the keys it touches, sorted, joined by ``,``."""
+    return ",".join(sorted({operation[1] for operation in operations}))
+
+
+@functools.lru_cache(maxsize=4096)
+def decode_transaction(value: str) -> tuple[MicroOperation, ...]:
+    """The operations of a validated ``txn``'s ``value`` (cached: the checker asks often)."""
+    return tuple(
+        (str(kind), str(key), argument, expected)
+        for kind, key, argument, expected in json.loads(value)
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def decode_outputs(output: str) -> tuple[str | None, ...]:
+    """The outputs of a validated ``ok`` ``txn``."""
+    return tuple(json.loads(output))
+
+
+def _validate_transaction(key: object, value: object, expected: object) -> str | None:
+    if expected is not None:
+        return f"only cas takes 'expected', txn got {expected!r}"
+    try:
+        operations = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        operations = None
+    if not (isinstance(operations, list) and 1 <= len(operations) <= TRANSACTION_OPERATIONS_MAX):
+        return (
+            f"a txn value is a JSON array of 1..{TRANSACTION_OPERATIONS_MAX} operations, "
+            f"got {value!r}"[:200]
+        )
+    for operation in operations:
+        if not (isinstance(operation, list) and len(operation) == 4):
+            return f"a txn operation is [op, key, value, expected], got {operation!r}"[:200]
+        kind, inner_key, inner_value, inner_expected = operation
+        if kind not in SINGLE_KINDS or not isinstance(inner_key, str):
+            return f"a txn operation needs a known op and a string key, got {operation!r}"[:200]
+        reason = _validate_value(kind, inner_value, inner_expected)
+        if reason is not None:
+            return f"in a txn: {reason}"
+    if key != transaction_key([tuple(operation) for operation in operations]):
+        return f"a txn's key names its keys, sorted, joined by ',', got {key!r}"[:200]
+    return None
+
+
+def _validate_transaction_output(value: str, output: object) -> str | None:
+    try:
+        outputs = json.loads(output) if isinstance(output, str) else None
+    except ValueError:
+        outputs = None
+    operations = json.loads(value)
+    if not (isinstance(outputs, list) and len(outputs) == len(operations)):
+        return f"a txn output is a JSON array with one output per operation, got {output!r}"[:200]
+    for operation, inner in zip(operations, outputs, strict=True):
+        if operation[0] == INCR and inner is None:
+            continue  # no integer found: this one changed nothing
+        reason = _validate_output(operation[0], OK, inner)
+        if reason is not None:
+            return f"in a txn: {reason}"
+    return None
 
 
 def _is_time(value: object) -> bool:
@@ -203,6 +292,16 @@ def validate_operation(op: Operation) -> str | None:
         return f"key must be a string, got {_type_name(key)}"
     if not isinstance(status, str) or status not in STATUSES:
         return f"unknown status {status!r} (expected one of {sorted(STATUSES)})"
+    if kind == TXN:
+        reason = _validate_times(status, op.call, op.return_) or _validate_transaction(
+            key, op.value, op.expected
+        )
+        if reason is None and status == OK:
+            assert isinstance(op.value, str)
+            return _validate_transaction_output(op.value, op.output)
+        if reason is None and op.output is not None:
+            return f"a {status} operation has no output, got {op.output!r}"
+        return reason
     return (
         _validate_times(status, op.call, op.return_)
         or _validate_value(kind, op.value, op.expected)
@@ -357,6 +456,8 @@ def describe_operation(op: Operation) -> str:
 
     ``null`` stands for an absent value; ``?`` for an unknown return.
     """
+    if op.op == TXN:
+        return _describe_transaction(op)
     if op.op == CAS:
         argument = f" {_render(op.expected)}->{_render(op.value)}"
     elif op.value is not None:
@@ -372,6 +473,23 @@ def describe_operation(op: Operation) -> str:
         f"client {op.client} {op.op} {op.key!r}{argument}{result} "
         f"[{op.call!r}, {returned}] {op.status}"
     )
+
+
+def _describe_transaction(op: Operation) -> str:
+    assert op.value is not None
+    operations = decode_transaction(op.value)
+    outputs = decode_outputs(op.output) if op.status == OK and op.output is not None else None
+    parts = []
+    for index, (kind, key, value, expected) in enumerate(operations):
+        inner = Operation(
+            op.client, kind, key, value, expected,
+            None if outputs is None else outputs[index], op.call, op.return_,
+            OK if outputs is not None else INFO,
+        )
+        text = describe_operation(inner)
+        parts.append(text[len(f"client {op.client} ") : text.rindex(" [")])
+    returned = "?" if op.return_ is None or op.status == INFO else repr(op.return_)
+    return f"client {op.client} txn [{'; '.join(parts)}] [{op.call!r}, {returned}] {op.status}"
 
 
 @dataclass(frozen=True, slots=True)

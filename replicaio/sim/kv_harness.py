@@ -10,7 +10,9 @@ clients do.
 
 * **Clients** (``KvWorkload.clients`` of them) each run one operation at a
   time, drawn from a seeded mix of get, put, append, cas, delete and incr over
-  a few string keys and counter keys. Values written are unique per write.
+  a few string keys and counter keys, and transactions (``txn``: one ``exec``
+  of several operations over their own keys, ``replicaio.sim.kv_transactions``).
+  Values written are unique per write.
   Each operation is recorded in a :class:`~replicaio.check.history.HistoryRecorder`
   on the virtual clock: invoke, then ok / fail / info.
 * **Attempts.** An operation is sent as a ``ClientRequest`` to the replica the
@@ -57,16 +59,26 @@ from replicaio.check.history import (
     GET,
     INCR,
     PUT,
+    TXN,
     HistoryRecorder,
     Operation,
     PendingOperation,
+    decode_outputs,
+    decode_transaction,
+    encode_transaction,
 )
+from replicaio.check.history import transaction_key as key_of_transaction
 from replicaio.check.linearizability import LinearizabilityResult, check_linearizable
 from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig
 from replicaio.core.errors import UsageError
 from replicaio.services.kv.state_machine import KvOk, decode_result, encode_command
 from replicaio.sim.harness import HarnessApi
+from replicaio.sim.kv_transactions import (
+    draw_transaction,
+    transaction_command,
+    transaction_outputs,
+)
 from replicaio.sim.options import Crash, Partition, SimOptions, draw_crashes, draw_partitions
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
 
@@ -79,6 +91,7 @@ DEFAULT_MIX: tuple[tuple[str, int], ...] = (
     (CAS, 15),
     (DELETE, 5),
     (INCR, 20),
+    (TXN, 10),
 )
 
 
@@ -118,7 +131,7 @@ class KvWorkload:
         if not 0.0 <= self.read_via_log <= 1.0:
             raise UsageError("read_via_log is a share in [0, 1]")
         kinds = {kind for kind, weight in self.mix if weight > 0}
-        if not kinds or not kinds <= {GET, PUT, APPEND, CAS, DELETE, INCR}:
+        if not kinds or not kinds <= {GET, PUT, APPEND, CAS, DELETE, INCR, TXN}:
             raise UsageError(f"bad operation mix {self.mix!r}")
         if INCR in kinds and self.counters < 1:
             raise UsageError("incr needs at least one counter key")
@@ -482,6 +495,9 @@ class KvHarness:
         handle = client.handle
         assert op is not None and handle is not None
         recorder = self.require_recorder()
+        if op.kind == TXN:
+            self.complete_transaction(client, op, handle, reply)
+            return
         result = decode_result(reply.result)
         if isinstance(result, KvOk):
             recorded = recorder.ok(handle, self.output_of(op, result.value))
@@ -495,6 +511,29 @@ class KvHarness:
         else:
             recorder.fail(handle)  # a typed KV error: executed, changed nothing
             self.figures.failed += 1
+        client.target = reply.replica
+        self.finish_op(client)
+
+    def complete_transaction(
+        self, client: Client, op: PlannedOp, handle: PendingOperation, reply: Reply
+    ) -> None:
+        assert op.value is not None
+        operations = list(decode_transaction(op.value))
+        outputs = transaction_outputs(operations, reply.result)
+        recorder = self.require_recorder()
+        if outputs is None:  # not a result the store gives: its effect is unknown
+            recorder.info(handle)
+            self.figures.unknown += 1
+            self.new_identity(client)
+        else:
+            recorded = recorder.ok(handle, outputs)
+            self.figures.ok += 1
+            for (kind, key, _, _), output in zip(operations, decode_outputs(outputs),
+                                                 strict=True):
+                if kind == GET:
+                    self.last_values[key] = output
+            if self.healed and recorded.call >= self.healed_at:
+                client.ok_after_heal = True
         client.target = reply.replica
         self.finish_op(client)
 
@@ -572,6 +611,14 @@ class KvHarness:
             key = f"k{rng.randrange(workload.keys)}"
         self.write_next += 1
         unique = f"w{self.write_next}"
+        if kind == TXN:
+            operations = draw_transaction(rng, self.last_values, unique)
+            read_only = all(operation[0] == GET for operation in operations)
+            return PlannedOp(
+                TXN, key_of_transaction(operations), encode_transaction(operations), None,
+                read_only and rng.random() >= workload.read_via_log,
+                transaction_command(operations),
+            )
         if kind == GET:
             read_only = rng.random() >= workload.read_via_log
             return PlannedOp(GET, key, None, None, read_only, encode_command(GET, key.encode()))

@@ -15,9 +15,12 @@ operation (unknown outcome) is *optional*: it may take effect at any point
 after its call, or never, and its output is unknown.
 
 1. **P-compositionality** (Horn & Kroening, 2015). The key-value model is a
-   product of independent per-key registers and every operation touches one
-   key, so the history is linearizable iff each key's sub-history is. The
-   ``Model.partition`` hook splits the history; each part is searched alone.
+   product of independent per-key registers, so the history is linearizable
+   iff each independent part's sub-history is. The ``Model.partition`` hook
+   splits the history; each part is searched alone. A part is one key, or,
+   where transactions (``txn``: several operations at one point) tie keys
+   together, every key a chain of transactions connects, with all their
+   operations (the part's state is then the values of all its keys).
 2. **Search** (Wing & Gong, 1993; Lowe, "Testing for linearizability", 2017).
    A configuration is (the set of operations linearized so far, the model
    state). From a configuration, the operations that may come next are the

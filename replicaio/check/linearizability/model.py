@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from replicaio.check.history import (
     APPEND,
@@ -23,8 +23,15 @@ from replicaio.check.history import (
     INFO,
     OK,
     PUT,
+    TXN,
     Operation,
     is_integer_string,
+)
+from replicaio.check.linearizability.transactions import (
+    is_stored_integer,
+    partition_by_transactions,
+    step_transaction,
+    transaction_read_only,
 )
 
 StateT = TypeVar("StateT", bound=Hashable)
@@ -135,7 +142,7 @@ def _counter_dead_end(state: str | None, op: Operation) -> bool:
     needs that number, so a larger state is a dead end; absent never comes
     back; a state that is no integer (a window may start there) never changes.
     """
-    if state is not None and not is_integer_string(state):
+    if state is not None and not is_stored_integer(state):
         return op.op == INCR or op.output != state
     if op.op == GET:
         if op.output is None:
@@ -159,19 +166,25 @@ class KeyValueModel:
     ``"fail"`` and changes nothing; ``incr`` reads absent as 0, needs a
     decimal integer state, adds the delta and outputs the new value; ``get``
     outputs the state.
+
+    A ``txn`` runs its operations in order at one point (``transactions.py``).
+    A part that holds a transaction has every operation as a ``txn`` (a single
+    one becomes a one-operation ``txn``) and its state is the sorted tuple of
+    its present keys and values (``None``: all absent); other parts keep the
+    single-register state and every per-key pruning below.
     """
 
     def partition(self, ops: Sequence[Operation]) -> dict[str, list[Operation]]:
-        parts: dict[str, list[Operation]] = {}
-        for op in ops:
-            parts.setdefault(op.key, []).append(op)
-        return parts
+        """One part per key, except that keys a ``txn`` touches together share one."""
+        return partition_by_transactions(ops)
 
     def initial_state(self) -> str | None:
         return None
 
-    def step(self, state: str | None, op: Operation) -> tuple[bool, str | None]:
+    def step(self, state: Any, op: Operation) -> tuple[bool, Any]:
         kind = op.op
+        if kind == TXN:
+            return step_transaction(state, op)
         known = op.status == OK
         if kind == GET:
             return (not known or op.output == state), state
@@ -188,7 +201,7 @@ class KeyValueModel:
             return True, None
         assert kind == INCR
         assert op.value is not None
-        if state is not None and not is_integer_string(state):
+        if state is not None and not is_stored_integer(state):
             return False, state
         total = (0 if state is None else int(state)) + int(op.value)
         if known:
@@ -197,12 +210,17 @@ class KeyValueModel:
         return True, str(total)
 
     def is_read_only(self, op: Operation) -> bool:
+        if op.op == TXN:
+            return transaction_read_only(op)
         if op.op == GET:
             return True
         return op.op == CAS and (op.value == op.expected or op.output == CAS_FAILED)
 
     def hints(self, part: Sequence[Operation]) -> SearchHints[str | None]:
-        """Latent unknown writes, and dead ends of pure counters (see the two helpers)."""
+        """Latent unknown writes, and dead ends of pure counters (see the two helpers);
+        nothing for a part of transactions."""
+        if any(op.op == TXN for op in part):
+            return SearchHints()
         counter = all(
             op.op == GET or (op.op == INCR and op.value is not None and int(op.value) >= 0)
             for op in part
@@ -222,9 +240,10 @@ class KeyValueModel:
         The state only meets ``get`` outputs and ``cas`` expected values, by
         equality; without appends any other value compares like the fresh
         one, and with appends a state ``s`` can only ever equal ``m`` (after
-        suffixes) if ``s`` is a prefix of ``m``. ``incr`` parses numbers: no cover.
+        suffixes) if ``s`` is a prefix of ``m``. ``incr`` parses numbers: no cover;
+        nor is there one for a part of transactions.
         """
-        if any(op.op == INCR for op in ops):
+        if any(op.op in (INCR, TXN) for op in ops):
             return None
         compared = {op.output for op in ops if op.op == GET and op.output is not None}
         compared |= {op.expected for op in ops if op.op == CAS and op.expected is not None}
@@ -233,7 +252,9 @@ class KeyValueModel:
         fresh = "\x00" * (max((len(value) for value in compared), default=0) + 1)
         return [None, *sorted(compared), fresh]
 
-    def describe_state(self, state: str | None) -> str:
+    def describe_state(self, state: Any) -> str:
+        if isinstance(state, tuple):
+            return "{" + ", ".join(f"{key!r}: {value!r}" for key, value in state) + "}"
         return "absent" if state is None else repr(state)
 
 
