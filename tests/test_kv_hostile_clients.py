@@ -274,7 +274,7 @@ def test_silent_connections_on_the_peer_port_cannot_lock_a_restarted_peer_out(
         until(lambda: peer_connected(cluster, 2, 0), "node 0 back at node 2", timeout_s=30)
         took = time.monotonic() - started
         print(f"node 0 rejoined node 2 in {took:.2f} s; the crowd opened {crowd.opened}")
-        assert took < 8.0
+        assert took < 12.0  # (25 s before; process start included)
         counters = runtime_counters(cluster, 2)
         assert counters.get("handshakes_evicted", 0) >= 1
     client = connect(port_of(cluster, 0))

@@ -410,7 +410,7 @@ def test_silent_connections_that_fill_every_slot_cannot_keep_a_peer_out() -> Non
             await until(lambda: len(acceptor.transport.pending) == 8, "full slots")
             started = time.monotonic()
             await legitimate_peer_still_gets_through(acceptor, b"through the crowd")
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 3.0
             assert acceptor.counters.get("handshakes_evicted") >= 1
             assert acceptor.counters.get("bound_handshakes_per_source_max") >= 1
             assert await closed_by_peer(silent[0][0])  # the oldest went first
