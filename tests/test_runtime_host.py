@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from replicaio.core.effects import Input
 from replicaio.core.node import Node
 from replicaio.protocols.broadcast import Accepted, Delivered
@@ -19,7 +21,13 @@ from replicaio.runtime.client import (
     StreamClientConnection,
     StreamService,
 )
-from replicaio.runtime.config import ClusterFile, HostParams, load_cluster_file, render_cluster_file
+from replicaio.runtime.config import (
+    ClusterFile,
+    ClusterFileError,
+    HostParams,
+    load_cluster_file,
+    render_cluster_file,
+)
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.framing import frame_header
 from replicaio.runtime.host import NodeHost
@@ -239,6 +247,30 @@ def test_a_slow_client_is_disconnected_and_history_is_bounded() -> None:
     assert host.counters.get("bound_client_queue_max") == 1
     assert len(service.history) == 2
     assert host.counters.get("bound_client_history_max") == 3
+
+
+def test_queue_and_history_are_bounded_in_bytes_too() -> None:
+    service = StreamService()
+    host = FakeHost()
+    service.host = host
+    frame = 1 << 20
+    service.params = HostParams(client_frame_bytes_max=frame, client_queue_bytes_max=3 * frame,
+                                client_history_bytes_max=frame).validate()
+    writer = FakeWriter()
+    client = StreamClientConnection(writer)  # type: ignore[arg-type]
+    service.clients.add(client)
+    value = b"x" * 700_000
+    for seq in range(4):  # 2.8 MB fit in 3 MiB; the 5th does not
+        service.on_outputs([Delivered(0, seq, value)])
+    assert not writer.closed and client.queued_bytes > 4 * len(value)
+    service.on_outputs([Delivered(0, 4, value)])
+    assert writer.closed and client not in service.clients
+    assert host.counters.get("bound_client_queue_bytes_max") == 1
+    assert len(service.history) == 1  # one 700 KB output fits in 1 MiB of history
+    assert service.history_bytes <= frame
+    assert host.counters.get("bound_client_history_max") == 4
+    with pytest.raises(ClusterFileError, match="client_history_bytes_max"):
+        HostParams(client_history_bytes_max=16 << 20).validate()
 
 
 def test_random_choice_points_are_drawn_and_recorded_other_choices_take_the_first(

@@ -32,10 +32,13 @@ The ``stream`` service (for the broadcast protocols), wire format: frames of a
 Bad input (garbage, an oversized or truncated frame, a payload that does not
 decode) is counted as ``rejected_client_<reason>`` and closes that client only.
 Bounds: ``client_connections_max`` (``bound_client_connections_max``),
-``client_queue_max`` frames waiting for one client (beyond it the client is
-too slow and is disconnected: ``bound_client_queue_max``), and
-``client_history_max`` outputs kept for late joiners
-(``bound_client_history_max`` counts each one forgotten).
+``client_queue_max`` frames and ``client_queue_bytes_max`` bytes waiting for
+one client (beyond either the client is too slow and is disconnected:
+``bound_client_queue_max``, ``bound_client_queue_bytes_max``), and
+``client_history_max`` outputs, at most ``client_history_bytes_max`` bytes,
+kept for late joiners (``bound_client_history_max`` counts each one forgotten).
+So a client that never reads costs at most about twice
+``client_queue_bytes_max`` (its queue, and the batch being written to it).
 """
 
 from __future__ import annotations
@@ -139,12 +142,17 @@ def check_service_params(name: str, params: Mapping[str, Any]) -> None:
 
 
 class StreamClientConnection:
-    __slots__ = ("queue", "wakeup", "writer")
+    __slots__ = ("queue", "queued_bytes", "wakeup", "writer")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
         self.wakeup = asyncio.Event()
+
+    def append(self, data: bytes) -> None:
+        self.queue.append(data)
+        self.queued_bytes += len(data)
 
 
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -197,6 +205,7 @@ class StreamService(ListeningService):
         self.params = HostParams()
         self.clients: set[StreamClientConnection] = set()
         self.history: deque[bytes] = deque()
+        self.history_bytes = 0
         self.warn = RateLimitedLog(logger)
 
     async def start(self, host: ServiceHost, address: Address, params: HostParams) -> None:
@@ -214,22 +223,36 @@ class StreamService(ListeningService):
         for output in outputs:
             body = self.host.codec.encode(output)
             data = frame_header(len(body)) + body
-            if len(self.history) >= self.params.client_history_max:
-                self.history.popleft()
-                self.host.counters.count("bound_client_history_max")
-            self.history.append(data)
+            self.remember(data)
             for client in list(self.clients):
                 self.enqueue(client, data)
+
+    def remember(self, data: bytes) -> None:
+        """Keep ``data`` for clients that connect later, forgetting the oldest."""
+        assert self.host is not None
+        params = self.params
+        self.history.append(data)
+        self.history_bytes += len(data)
+        while self.history and (
+            len(self.history) > params.client_history_max
+            or self.history_bytes > params.client_history_bytes_max
+        ):
+            self.history_bytes -= len(self.history.popleft())
+            self.host.counters.count("bound_client_history_max")
 
     def enqueue(self, client: StreamClientConnection, data: bytes) -> None:
         assert self.host is not None
         if len(client.queue) >= self.params.client_queue_max:
-            self.host.counters.count("bound_client_queue_max")
-            self.clients.discard(client)
-            client.writer.close()
+            bound = "bound_client_queue_max"
+        elif client.queued_bytes + len(data) > self.params.client_queue_bytes_max:
+            bound = "bound_client_queue_bytes_max"
+        else:
+            client.append(data)
+            client.wakeup.set()
             return
-        client.queue.append(data)
-        client.wakeup.set()
+        self.host.counters.count(bound)
+        self.clients.discard(client)
+        client.writer.close()
 
     # -- one client --------------------------------------------------------------------------
 
@@ -243,10 +266,10 @@ class StreamService(ListeningService):
             return
         client = StreamClientConnection(writer)
         self.clients.add(client)
-        for data in self.history:
-            client.queue.append(data)
+        for data in self.history:  # at most client_history_bytes_max: it fits
+            client.append(data)
         end = host.codec.encode(HistoryEnd(len(self.history)))
-        client.queue.append(frame_header(len(end)) + end)
+        client.append(frame_header(len(end)) + end)
         client.wakeup.set()
         writer_task = asyncio.get_running_loop().create_task(self.write_loop(client))
         try:
@@ -297,6 +320,7 @@ class StreamService(ListeningService):
                     continue
                 data = b"".join(client.queue)
                 client.queue.clear()
+                client.queued_bytes = 0
                 client.writer.write(data)
                 await client.writer.drain()
         except (ConnectionError, OSError):

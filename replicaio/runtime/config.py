@@ -109,7 +109,9 @@ class HostParams:
     client_service: str = "stream"
     client_connections_max: int = 256
     client_queue_max: int = 65_536  # frames waiting for one client; beyond it, disconnect
+    client_queue_bytes_max: int = 16 << 20  # their bytes
     client_history_max: int = 4_096  # outputs replayed to a client that connects later
+    client_history_bytes_max: int = 4 << 20  # their bytes
     client_frame_bytes_max: int = (1 << 20) + 1024
 
     def validate(self) -> HostParams:
@@ -126,6 +128,17 @@ class HostParams:
         if not 0 <= self.client_history_max < self.client_queue_max:
             raise ClusterFileError(
                 "host.client_history_max", "must be >= 0 and < client_queue_max"
+            )
+        if self.client_queue_bytes_max < 2 * self.client_frame_bytes_max:
+            raise ClusterFileError(
+                "host.client_queue_bytes_max", "must be >= 2 * client_frame_bytes_max"
+            )
+        if not 0 <= self.client_history_bytes_max <= (
+            self.client_queue_bytes_max - self.client_frame_bytes_max
+        ):
+            raise ClusterFileError(
+                "host.client_history_bytes_max",
+                "must be >= 0 and leave client_frame_bytes_max of client_queue_bytes_max",
             )
         from replicaio.runtime.client import service_names  # the services register on import
 
