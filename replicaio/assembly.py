@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from replicaio.core.config import Resilience
+from replicaio.check.raft import RaftChecker
+from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.errors import UsageError
 from replicaio.core.node import ProtocolFactory
 from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, BroadcastSpec, Instances
-from replicaio.protocols.raft.messages import RaftAdmin
+from replicaio.protocols.raft.messages import BecameLeader, ConfigChanged, RaftAdmin
 from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft
 from replicaio.services.kv.state_machine import KeyValueStateMachine
@@ -52,10 +53,31 @@ RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary
 BROADCASTS: dict[str, BroadcastSpec] = {**PROTOCOLS, **BROADCAST_VARIANTS}
 
 
+MembershipAction = Literal["add", "remove", "transfer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """How the simulator's membership nemesis reads and drives an ordering
+    protocol's configuration without naming the protocol: which outputs
+    announce a leader or a configuration, and how an operator's request reads."""
+
+    leader_of: Callable[[Any], tuple[int, int] | None]  # output -> (term, leader)
+    config_of: Callable[[Any], tuple[int, tuple[int, ...], tuple[int, ...]] | None]
+    # ^ output -> (index, voters, learners)
+    request: Callable[[MembershipAction, int], Any]  # (action, node) -> the operator's payload
+
+
+def no_checkers(config: ClusterConfig) -> list[Any]:
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
-    """A replicated service: how to build its nodes, and which family of checkers
-    and operator requests the simulated clients use (``family``)."""
+    """A replicated service: how to build its nodes, the checkers of its ordering
+    protocol's own properties (``checkers``, fed every output) and how the
+    simulated operator changes its membership (``membership``; ``None``: never).
+    ``family`` names the ordering protocol, for reports."""
 
     name: str
     family: str
@@ -63,6 +85,30 @@ class ServiceSpec:
     build: Callable[[str, Mapping[str, int]], ProtocolFactory]
     summary: str
     broken: bool = False
+    checkers: Callable[[ClusterConfig], list[Any]] = no_checkers
+    membership: Membership | None = None
+
+
+def raft_checkers(config: ClusterConfig) -> list[Any]:
+    """Raft's own checkers (``replicaio.check.raft``), fed with every output."""
+    return [RaftChecker()]
+
+
+def raft_leader_of(output: Any) -> tuple[int, int] | None:
+    if type(output) is BecameLeader:
+        return output.term, output.node
+    return None
+
+
+def raft_config_of(output: Any) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
+    if type(output) is ConfigChanged:
+        config = output.config
+        voters = tuple(member for member, _ in config.voters)
+        return output.index, voters, tuple(member for member, _ in config.learners)
+    return None
+
+
+RAFT_MEMBERSHIP = Membership(raft_leader_of, raft_config_of, RaftAdmin)
 
 
 def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
@@ -98,13 +144,15 @@ SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec(
             "raft", "raft", Resilience.CRASH, build_raft(""),
             "Raft, with SMR and the key-value store, n >= 2f+1",
+            checkers=raft_checkers, membership=RAFT_MEMBERSHIP,
         ),
     )
 }
 # The deliberately broken variants of Raft, with SMR and the key-value store.
 SERVICES.update(
     (name, ServiceSpec(name, "raft", Resilience.CRASH, build_raft(name),
-                       f"BROKEN on purpose: {variant.summary}", broken=True))
+                       f"BROKEN on purpose: {variant.summary}", broken=True,
+                       checkers=raft_checkers, membership=RAFT_MEMBERSHIP))
     for name, variant in RAFT_VARIANTS.items()
 )
 

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
+from replicaio.assembly import Membership
 from replicaio.check.broadcast import Violation
 from replicaio.check.history import (
     APPEND,
@@ -749,14 +750,16 @@ def kv_options(
     )
 
 
-class RaftMembership:
-    """Drives Raft membership changes from the harness: watches who leads and the
-    leader's configuration (Raft's outputs), and every tick asks the leader to
-    add back a node outside the configuration, else to remove a voter (one at a
-    time, from a full configuration) or to transfer leadership."""
+class MembershipNemesis:
+    """Drives membership changes from the harness: watches who leads and the
+    leader's configuration (through the service's :class:`~replicaio.assembly.Membership`,
+    so no protocol is named here), and every tick asks the leader to add back a
+    node outside the configuration, else to remove a voter (one at a time, from
+    a full configuration) or to transfer leadership."""
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, ops: Membership) -> None:
         self.config = config
+        self.ops = ops
         self.leader = -1
         self.term = -1
         self.voters: tuple[int, ...] = config.nodes
@@ -764,42 +767,33 @@ class RaftMembership:
         self.config_index = -1
 
     def observe(self, node: int, output: Any, time_us: int) -> None:
-        from replicaio.protocols.raft.messages import BecameLeader, ConfigChanged
-
-        if type(output) is BecameLeader and output.term > self.term:
-            self.term = output.term
-            self.leader = output.node
-        elif type(output) is ConfigChanged and output.index > self.config_index:
-            self.config_index = output.index
-            self.voters = tuple(member for member, _ in output.config.voters)
-            self.learners = tuple(member for member, _ in output.config.learners)
+        leader = self.ops.leader_of(output)
+        if leader is not None:
+            term, who = leader
+            if term > self.term:
+                self.term, self.leader = term, who
+            return
+        configuration = self.ops.config_of(output)
+        if configuration is not None and configuration[0] > self.config_index:
+            self.config_index, self.voters, self.learners = configuration
 
     def __call__(self, harness: KvHarness) -> None:
-        from replicaio.protocols.raft.messages import RaftAdmin
-
         if self.leader < 0:
             return
         members = set(self.voters) | set(self.learners)
         outsiders = [node for node in self.config.nodes if node not in members]
         rng = harness.rng
         if outsiders:
-            request = RaftAdmin("add", outsiders[0])
+            request = self.ops.request("add", outsiders[0])
         elif len(self.voters) > 1 and rng.random() < 0.3:
             others = [node for node in self.voters if node != self.leader]
-            request = RaftAdmin("transfer", rng.choice(others))
+            request = self.ops.request("transfer", rng.choice(others))
         elif len(self.voters) == self.config.n and self.config.n > 1:
-            request = RaftAdmin("remove", rng.choice(self.voters))
+            request = self.ops.request("remove", rng.choice(self.voters))
         else:
             return
         harness.figures.membership_requests += 1
         harness.require_api().request(self.leader, harness.codec.encode(request))
-
-
-def raft_checkers(config: ClusterConfig) -> list[OutputChecker]:
-    """Raft's own checkers (``replicaio.check.raft``), fed with every output."""
-    from replicaio.check.raft import RaftChecker
-
-    return [RaftChecker()]
 
 
 def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
@@ -810,11 +804,10 @@ def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
     if found is None:
         return None
     spec, _ = found
-    if spec.family != "raft":
-        return KvHarness(config)
-    membership = RaftMembership(config)
-    harness = KvHarness(
-        config, raft_checkers(config), membership, leader_hint=lambda: membership.leader
-    )
-    harness.observers.append(membership.observe)
+    checkers = spec.checkers(config)
+    if spec.membership is None:
+        return KvHarness(config, checkers)
+    nemesis = MembershipNemesis(config, spec.membership)
+    harness = KvHarness(config, checkers, nemesis, leader_hint=lambda: nemesis.leader)
+    harness.observers.append(nemesis.observe)
     return harness
