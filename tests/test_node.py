@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from replicaio.core.codec import message
+from replicaio.core.codec import Message
 from replicaio.core.config import ClusterConfig, Fault, Resilience
 from replicaio.core.context import Context
 from replicaio.core.effects import Effects, Receive, Request, Start, TimerFired
@@ -69,8 +69,7 @@ class Tiny:
         return None
 
 
-@message(tag="test_node.Unexpected")
-class Unexpected:
+class Unexpected(Message, tag="test_node.Unexpected"):
     """A valid, registered message that no node core expects."""
 
     number: int

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgspec
 import pytest
 from test_raft_cluster import FAST_PARAMS, Cluster
 
@@ -138,8 +139,9 @@ def test_7_d_a_snapshot_matching_the_followers_log_keeps_the_entries_after_it() 
 def test_7_e_a_snapshot_that_does_not_match_discards_the_whole_log() -> None:
     cluster, term, commit = follower_with_log()
     data = (commit + 1).to_bytes(8, "big") + b"other"
-    message = dataclasses.replace(snapshot_message(cluster, term + 1, commit + 1, term + 1, data),
-                                  leader=2)
+    message = msgspec.structs.replace(
+        snapshot_message(cluster, term + 1, commit + 1, term + 1, data), leader=2
+    )
     cluster.inject(2, 1, message)
     view = cluster.view(1)
     assert (view.snapshot_index, view.last_index, view.commit_index) == (commit + 1,) * 3
@@ -152,8 +154,9 @@ def test_7_f_a_crash_while_installing_leaves_the_old_or_the_new_state(keep: int)
     cluster, term, commit = follower_with_log()
     before = cluster.view(1)
     data = (commit + 1).to_bytes(8, "big") + b"other"
-    message = dataclasses.replace(snapshot_message(cluster, term + 1, commit + 1, term + 1, data),
-                                  leader=2)
+    message = msgspec.structs.replace(
+        snapshot_message(cluster, term + 1, commit + 1, term + 1, data), leader=2
+    )
     cluster.crash_in_next_step(1, keep)
     cluster.inject(2, 1, message)
     cluster.restart(1)

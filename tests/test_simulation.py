@@ -130,6 +130,25 @@ def test_replay_reports_the_first_divergence() -> None:
     assert result.divergence["part"] == "sends"
 
 
+def test_a_log_of_another_version_is_refused_naming_its_version() -> None:
+    """Version 1 logs (the hand-written codec's) are refused with a clear message."""
+    import msgpack
+
+    from replicaio.trace.eventlog import VERSION, EventLogError, read_log
+
+    data, _ = faulty_log(range(1, 50))
+    unpacker = msgpack.Unpacker(io.BytesIO(data), raw=False, strict_map_key=False)
+    records = list(unpacker)
+    assert records[0]["version"] == VERSION == 2
+    for old in (1, 3, "x"):
+        records[0]["version"] = old
+        tampered = b"".join(msgpack.packb(record, use_bin_type=True) for record in records)
+        with pytest.raises(EventLogError, match=f"event log version {old!r}: .* only version 2"):
+            read_log(io.BytesIO(tampered))
+        with pytest.raises(EventLogError, match=f"version {old!r}"):
+            replay(io.BytesIO(tampered), 0)
+
+
 def test_options_round_trip_through_json() -> None:
     import json
 
@@ -216,8 +235,9 @@ def test_a_custom_strategy_forces_choices_and_rewrites_messages() -> None:
     """A user-written adversary: lies only in READY messages, and logs the
     choice points it is asked to resolve. Bracha must still hold."""
     import random
-    from dataclasses import replace
     from typing import Any
+
+    from msgspec.structs import replace
 
     from replicaio.core.node import Envelope
     from replicaio.sim.adversary import Strategy, twist

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from replicaio.core.codec import Codec, message
+from replicaio.core.codec import Codec, Message
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context
 from replicaio.core.effects import Effects, Receive, Request, Start, TimerFired
@@ -45,8 +45,7 @@ CODEC = Codec()
 # -- the test double -------------------------------------------------------------------
 
 
-@message(tag="test.smr.Notice")
-class Notice:
+class Notice(Message, tag="test.smr.Notice"):
     committed: int
 
 

@@ -32,6 +32,7 @@ from replicaio.storage.file import (
     RECORD_HEADER,
     SEGMENT_HEADER,
     SEGMENT_MAGIC,
+    SNAPSHOT_TRAILER,
     FileStorage,
     Record,
     decode_record,
@@ -292,6 +293,35 @@ def test_bad_segment_header_and_unknown_version_refuse(tmp_path: Path) -> None:
     header = fields + zlib.crc32(fields).to_bytes(4, "little")
     segment.write_bytes(header + original[SEGMENT_HEADER.size :])
     with pytest.raises(StorageCorruptError, match=f"version {FORMAT_VERSION + 1}"):
+        FileStorage(tmp_path)
+
+
+def test_a_version_1_segment_is_refused_naming_its_version(tmp_path: Path) -> None:
+    """Files of the format before the msgspec codec are refused, not misread."""
+    assert FORMAT_VERSION == 2
+    _write_batches(tmp_path, batches=1)
+    [segment] = _segments(tmp_path)
+    original = segment.read_bytes()
+    fields = struct.pack("<4sHHQ", SEGMENT_MAGIC, 1, 0, 1)
+    segment.write_bytes(fields + zlib.crc32(fields).to_bytes(4, "little")
+                        + original[SEGMENT_HEADER.size :])
+    with pytest.raises(StorageCorruptError, match=r"log format version 1; .*only version 2"):
+        FileStorage(tmp_path)
+
+
+def test_a_version_1_snapshot_is_refused_naming_its_version(tmp_path: Path) -> None:
+    with FileStorage(tmp_path, segment_bytes_max=150, wal_bytes_compact_threshold=None) as store:
+        for index in range(8):
+            store.put(f"k{index}", b"v" * 40)
+            store.sync()
+        store.compact()
+    [snapshot] = tmp_path.glob("snapshot-*.snap")
+    data = bytearray(snapshot.read_bytes())
+    data[4:6] = (1).to_bytes(2, "little")  # the version field, after the magic
+    body_end = len(data) - SNAPSHOT_TRAILER.size
+    data[body_end : body_end + 4] = zlib.crc32(data[:body_end]).to_bytes(4, "little")
+    snapshot.write_bytes(bytes(data))
+    with pytest.raises(StorageCorruptError, match=r"snapshot format version 1; .*only version 2"):
         FileStorage(tmp_path)
 
 

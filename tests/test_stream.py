@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from replicaio.core.codec import Codec, message
+from replicaio.core.codec import Codec, Message
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context
 from replicaio.core.effects import Receive, Request, Start
@@ -14,13 +14,11 @@ from replicaio.core.errors import UsageError
 from replicaio.core.node import Node, NodeParams
 
 
-@message(tag="test.Ping")
-class Ping:
+class Ping(Message, tag="test.Ping"):
     number: int
 
 
-@message(tag="test.Pong")
-class Pong:
+class Pong(Message, tag="test.Pong"):
     number: int
 
 
@@ -91,8 +89,7 @@ def test_inbox_bound_drops_newest_and_counts() -> None:
 def test_unknown_message_class_is_rejected_and_counted() -> None:
     node, _ = make(0)
 
-    @message(tag="test.Stranger")
-    class Stranger:
+    class Stranger(Message, tag="test.Stranger"):
         number: int
 
     node.step(Receive(2, Codec().encode(Stranger(1))))

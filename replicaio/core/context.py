@@ -321,7 +321,7 @@ class Context:
         handler: Callable[[int, Any], None] | None = None,
         inbox_max: int = 4096,
     ) -> Stream:
-        """A datagram stream carrying the ``@message`` classes ``types`` (see
+        """A datagram stream carrying the ``Message`` classes ``types`` (see
         ``replicaio.core.stream``); closed with this component."""
         stream = Stream(self, types, handler=handler, inbox_max=inbox_max)
         self.node.open_stream(stream)

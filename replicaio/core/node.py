@@ -35,7 +35,15 @@ from replicaio.core.context import Context, Ignore
 from replicaio.core.effects import Effects, Input, Path, Receive, Request, Start, TimerFired
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.lines import Line
-from replicaio.core.reliable import Acks, Envelope, Hello, ReliableLinks, hello_key
+from replicaio.core.reliable import (
+    ACKS_PER_MESSAGE_MAX,
+    PATH_LENGTH_MAX,
+    Acks,
+    Envelope,
+    Hello,
+    ReliableLinks,
+    hello_key,
+)
 from replicaio.core.scheduler import ChooseFunction, Scheduler, Task
 from replicaio.core.stream import Stream
 
@@ -87,6 +95,12 @@ class NodeParams:
                 raise ConfigError(f"NodeParams.{name} must be >= 1")
         if not 0 <= self.backoff_exponent_max <= 16:
             raise ConfigError("NodeParams.backoff_exponent_max must be in [0, 16]")
+        if self.path_length_max > PATH_LENGTH_MAX:
+            raise ConfigError(f"NodeParams.path_length_max must be <= {PATH_LENGTH_MAX}")
+        if self.acks_per_message_max > ACKS_PER_MESSAGE_MAX:
+            raise ConfigError(
+                f"NodeParams.acks_per_message_max must be <= {ACKS_PER_MESSAGE_MAX}"
+            )
         return self
 
 

@@ -28,9 +28,9 @@ messages per peer (beyond it a message is sent once, not retained, and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from replicaio.core.codec import Value, message
+from replicaio.core.codec import Message, Meta, Name, Value
 from replicaio.core.context import ALL, Link
 from replicaio.core.effects import Path
 
@@ -46,24 +46,26 @@ def hello_key(incarnation: int) -> tuple[tuple[int | str, ...], str]:
     return ((), f"hello:{incarnation}")
 
 
-@message(tag="Envelope")
-class Envelope:
+PATH_LENGTH_MAX = 64  # the wire bound; NodeParams.path_length_max is at most this
+ACKS_PER_MESSAGE_MAX = 1 << 16  # the wire bound; NodeParams.acks_per_message_max likewise
+WirePath = Annotated[tuple[int | Name, ...], Meta(max_length=PATH_LENGTH_MAX)]
+
+
+class Envelope(Message, tag="Envelope"):
     """A one-shot link message: component path, channel name, body."""
 
-    path: tuple[int | str, ...]
-    channel: str
+    path: WirePath
+    channel: Name
     body: Value
 
 
-@message(tag="Acks")
-class Acks:
+class Acks(Message, tag="Acks"):
     """Acknowledges link messages: (path, channel) pairs received from the addressee."""
 
-    items: tuple[tuple[tuple[int | str, ...], str], ...]
+    items: Annotated[tuple[tuple[WirePath, Name], ...], Meta(max_length=ACKS_PER_MESSAGE_MAX)]
 
 
-@message(tag="Hello")
-class Hello:
+class Hello(Message, tag="Hello"):
     """Announces that the sender (re)started; peers re-send what it may have lost."""
 
     incarnation: int

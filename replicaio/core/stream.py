@@ -5,7 +5,7 @@ message of a kind per instance. Protocols such as Raft send many messages of
 one kind per term and do their own retransmission (heartbeats, re-sent
 AppendEntries), so they want plain datagrams instead: a :class:`Stream`.
 
-* A stream owns a set of ``@message`` classes; the node routes every message
+* A stream owns a set of ``Message`` classes; the node routes every message
   of those classes to it (one owner per class per node).
 * ``send(peer, message)`` is one send effect, nothing more: no
   acknowledgement, no retransmission, no retention. A message to the node

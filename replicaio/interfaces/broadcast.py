@@ -9,13 +9,14 @@ protocol's description the checkers hold it to.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Annotated, Protocol
 
-from replicaio.core.codec import message
+from replicaio.core.codec import Message, Meta
+
+VALUE_BYTES_MAX = 1 << 20  # a broadcast value, at most (the wire bound)
 
 
-@message(tag="Delivered")
-class Delivered:
+class Delivered(Message, tag="Delivered"):
     """Output: ``value`` was delivered as instance ``seq`` of ``sender``.
 
     ``recovered`` marks a re-announcement after a restart: the delivery record
@@ -26,17 +27,16 @@ class Delivered:
 
     sender: int
     seq: int
-    value: bytes
+    value: Annotated[bytes, Meta(max_length=VALUE_BYTES_MAX)]
     recovered: bool = False
 
 
-@message(tag="Accepted")
-class Accepted:
+class Accepted(Message, tag="Accepted"):
     """Output: this node durably accepted ``value`` for broadcast as its instance ``seq``."""
 
     sender: int
     seq: int
-    value: bytes
+    value: Annotated[bytes, Meta(max_length=VALUE_BYTES_MAX)]
 
 
 class BroadcastClaims(Protocol):

@@ -52,7 +52,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from replicaio.core.codec import Codec, DecodeError, Value, message
+from replicaio.core.codec import Codec, DecodeError, Message, Name, Value
 from replicaio.core.errors import UsageError
 from replicaio.runtime.config import Address, ClusterFileError, HostParams
 from replicaio.runtime.counters import Counters
@@ -64,15 +64,13 @@ logger = logging.getLogger("replicaio.client")
 OnDone = Callable[[str | None], None]
 
 
-@message(tag="RequestRejected")
-class RequestRejected:
+class RequestRejected(Message, tag="RequestRejected"):
     """To a client: the core refused its request (``reason`` as counted by the core)."""
 
-    reason: str
+    reason: Name
 
 
-@message(tag="HistoryEnd")
-class HistoryEnd:
+class HistoryEnd(Message, tag="HistoryEnd"):
     """To a client: the replay of earlier outputs is over; live outputs follow."""
 
     outputs: int

@@ -23,9 +23,9 @@ for f + 1 matching replies).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Annotated, Protocol
 
-from replicaio.core.codec import message
+from replicaio.core.codec import Message, Meta, Name
 from replicaio.interfaces.ordering import (
     Committed,
     NotLeader,
@@ -49,31 +49,32 @@ __all__ = [
 
 # -- what clients send and receive -------------------------------------------
 
+# Wire bounds (SmrParams are validated against them).
+COMMAND_BYTES_MAX = 1 << 26
+RESULT_BYTES_MAX = 1 << 26
 
-@message(tag="smr.ClientRequest")
-class ClientRequest:
+
+class ClientRequest(Message, tag="smr.ClientRequest"):
     """A client's command. ``(client, seq)`` identifies it for at-most-once
     execution: a client numbers its requests 1, 2, 3, ... and has at most one
     outstanding; a retry reuses the number."""
 
     client: int
     seq: int
-    command: bytes
+    command: Annotated[bytes, Meta(max_length=COMMAND_BYTES_MAX)]
     read_only: bool
 
 
-@message(tag="smr.Reply")
-class Reply:
+class Reply(Message, tag="smr.Reply"):
     """The result of request ``(client, seq)`` as executed by ``replica``."""
 
     client: int
     seq: int
-    result: bytes
+    result: Annotated[bytes, Meta(max_length=RESULT_BYTES_MAX)]
     replica: int
 
 
-@message(tag="smr.Redirect")
-class Redirect:
+class Redirect(Message, tag="smr.Redirect"):
     """This replica cannot order requests; ``leader`` may (-1: unknown)."""
 
     client: int
@@ -81,14 +82,13 @@ class Redirect:
     leader: int
 
 
-@message(tag="smr.Rejected")
-class Rejected:
+class Rejected(Message, tag="smr.Rejected"):
     """The request was refused and certainly not executed (``reason`` says why:
     ``busy``, ``too_large``, ``stale_seq``, ``no_quorum``...)."""
 
     client: int
     seq: int
-    reason: str
+    reason: Name
 
 
 # -- what the application implements -----------------------------------------

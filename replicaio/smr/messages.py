@@ -1,6 +1,6 @@
 """SMR's own messages: the batch format, replica-to-replica forwarding, outputs.
 
-Everything here is a frozen ``@message`` (namespaced ``smr.``), so the
+Everything here is a frozen ``Message`` struct (namespaced ``smr.``), so the
 simulator's codec, the event log and a live transport carry it unchanged.
 What clients send and receive (``ClientRequest``, ``Reply``, ``Redirect``,
 ``Rejected``) is the contract in ``replicaio.smr.api``.
@@ -8,14 +8,19 @@ What clients send and receive (``ClientRequest``, ``Reply``, ``Redirect``,
 
 from __future__ import annotations
 
-from replicaio.core.codec import message
+from typing import Annotated
+
+from replicaio.core.codec import Message, Meta, Name
 from replicaio.smr.api import ClientRequest
 
 # -- the unit of ordering ------------------------------------------------------
 
+BATCH_REQUESTS_MAX = 1 << 16  # the wire bound; SmrParams.batch_requests_max is at most this
+DIGEST_BYTES_MAX = 64
+Requests = Annotated[tuple[ClientRequest, ...], Meta(max_length=BATCH_REQUESTS_MAX)]
 
-@message(tag="smr.Batch")
-class Batch:
+
+class Batch(Message, tag="smr.Batch"):
     """Requests submitted together; what an ordering protocol orders (as bytes).
 
     ``(replica, incarnation, number)`` names the batch so its submitter knows
@@ -26,41 +31,37 @@ class Batch:
     replica: int
     incarnation: int
     number: int
-    requests: tuple[ClientRequest, ...]
+    requests: Requests
 
 
 # -- between replicas (unreliable streams; clients retry on loss) --------------
 
 
-@message(tag="smr.Forward")
-class Forward:
+class Forward(Message, tag="smr.Forward"):
     """Requests a non-leader replica received from its clients, for the leader to
     batch. Their replies come from the origin replica's own apply."""
 
-    requests: tuple[ClientRequest, ...]
+    requests: Requests
 
 
-@message(tag="smr.ForwardRefused")
-class ForwardRefused:
+class ForwardRefused(Message, tag="smr.ForwardRefused"):
     """The replica a request was forwarded to could not take it: ``reason`` is
     ``not_leader`` (then ``leader`` is its hint) or ``busy``."""
 
     client: int
     seq: int
-    reason: str
+    reason: Name
     leader: int
 
 
-@message(tag="smr.ReadIndexRequest")
-class ReadIndexRequest:
+class ReadIndexRequest(Message, tag="smr.ReadIndexRequest"):
     """Asks the leader for a read index (Raft thesis 6.4: reads on followers);
     ``number`` correlates the answer."""
 
     number: int
 
 
-@message(tag="smr.ReadIndexReply")
-class ReadIndexReply:
+class ReadIndexReply(Message, tag="smr.ReadIndexReply"):
     """The index after which a read asked for with ``number`` is linearizable, or
     ``-1`` if the replica could not give one (``leader`` is then its hint)."""
 
@@ -72,11 +73,10 @@ class ReadIndexReply:
 # -- outputs besides the client replies of the api -----------------------------
 
 
-@message(tag="smr.Applied")
-class Applied:
+class Applied(Message, tag="smr.Applied"):
     """Batch ``index`` was applied; ``digest`` fingerprints its bytes. Emitted only
     with ``SmrParams.emit_applied``, so a checker outside the nodes can hold every
     replica to one sequence (state machine safety), whatever the protocol."""
 
     index: int
-    digest: bytes
+    digest: Annotated[bytes, Meta(max_length=DIGEST_BYTES_MAX)]

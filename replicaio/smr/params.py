@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from replicaio.core.errors import ConfigError
+from replicaio.smr.api import COMMAND_BYTES_MAX
+from replicaio.smr.messages import BATCH_REQUESTS_MAX
 
 # What a batch frame adds around its requests, and each request around its
 # command, at most (msgpack headers, tag strings, 64-bit integers).
@@ -60,6 +62,10 @@ class SmrParams:
                 f"command_bytes_max={self.command_bytes_max} (needs "
                 f"{BATCH_OVERHEAD_BYTES + request_bytes_max})"
             )
+        if self.batch_requests_max > BATCH_REQUESTS_MAX:
+            raise ConfigError(f"SmrParams.batch_requests_max must be <= {BATCH_REQUESTS_MAX}")
+        if self.command_bytes_max > COMMAND_BYTES_MAX:
+            raise ConfigError(f"SmrParams.command_bytes_max must be <= {COMMAND_BYTES_MAX}")
         if self.pending_max < self.batch_requests_max:
             raise ConfigError("SmrParams.pending_max must be >= batch_requests_max")
         return self

@@ -48,7 +48,9 @@ from replicaio.storage.base import (
     check_key_value,
 )
 
-FORMAT_VERSION = 1
+# 2: values are frames of the msgspec codec (docs/codec.md); a file of another
+# version is refused, naming its version (docs/storage.md, "Format versions").
+FORMAT_VERSION = 2
 MEBIBYTE = 1024 * 1024
 
 SEGMENT_MAGIC = b"RWAL"
@@ -218,7 +220,8 @@ def _check_segment_header(path: Path, data: bytes, seq: int) -> None:
         raise StorageCorruptError(f"{path}: segment header checksum mismatch")
     if version != FORMAT_VERSION:
         raise StorageCorruptError(
-            f"{path}: log format version {version}; this replicaio reads {FORMAT_VERSION}"
+            f"{path}: log format version {version}; this replicaio reads only version "
+            f"{FORMAT_VERSION} (see docs/storage.md, 'Format versions')"
         )
     if header_seq != seq:
         raise StorageCorruptError(f"{path}: header says segment {header_seq}, name says {seq}")
@@ -239,7 +242,8 @@ def decode_snapshot(path: Path, data: bytes) -> Snapshot:
         raise StorageCorruptError(f"{path}: snapshot checksum mismatch")
     if version != FORMAT_VERSION:
         raise StorageCorruptError(
-            f"{path}: snapshot format version {version}; this replicaio reads {FORMAT_VERSION}"
+            f"{path}: snapshot format version {version}; this replicaio reads only version "
+            f"{FORMAT_VERSION} (see docs/storage.md, 'Format versions')"
         )
     state: dict[str, bytes] = {}
     offset = SNAPSHOT_HEADER.size

@@ -1,9 +1,9 @@
 """The event log: every input of every node, every choice outcome, every effect.
 
-Format (version 1), documented in ``docs/eventlog.md``: a stream of msgpack
+Format (version 2), documented in ``docs/eventlog.md``: a stream of msgpack
 objects. The first is a header map::
 
-    {"format": "replicaio-eventlog", "version": 1, "protocol": str,
+    {"format": "replicaio-eventlog", "version": 2, "protocol": str,
      "n": int, "f": int, "byzantine": [int], "seed": int, "params": {...},
      "options": {...}}
 
@@ -37,7 +37,9 @@ from replicaio.core.effects import Effects, Input, Receive, Request, Start, Time
 from replicaio.core.errors import UsageError
 
 FORMAT = "replicaio-eventlog"
-VERSION = 1
+# 2: messages are frames of the msgspec codec (docs/codec.md). A log of
+# another version is refused, naming its version (docs/eventlog.md).
+VERSION = 2
 STEP = 0
 NOTE = 1
 
@@ -211,7 +213,11 @@ def read_log(stream: IO[bytes]) -> tuple[dict[str, Any], Iterator[list[Any]]]:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise EventLogError("not a replicaio event log (bad header)")
     if header.get("version") != VERSION:
-        raise EventLogError(f"event log version {header.get('version')} is not {VERSION}")
+        raise EventLogError(
+            f"event log version {header.get('version')!r}: this replicaio reads only version "
+            f"{VERSION} (see docs/eventlog.md, 'Versions'); replay it with the replicaio "
+            "that wrote it"
+        )
 
     def records() -> Iterator[list[Any]]:
         try:

@@ -37,12 +37,9 @@ from typing import Any
 from replicaio.core.context import Context, Ignore
 from replicaio.core.effects import Path
 from replicaio.core.errors import ConfigError
-from replicaio.interfaces.broadcast import Accepted, Delivered
+from replicaio.interfaces.broadcast import VALUE_BYTES_MAX, Accepted, Delivered
 
 InstanceFunction = Callable[[Context, int, Any], Coroutine[Any, Any, Any]]
-
-VALUE_BYTES_MAX = 1 << 20
-
 
 class Instances:
     """Runs sequence-numbered instances of a one-shot broadcast for every sender."""

@@ -16,43 +16,50 @@ leadership transfer: the SMR layer hands any ``RaftAdmin`` request payload to
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from replicaio.core.codec import message
+from replicaio.core.codec import Message, Meta
 
 NO_NODE = -1  # votedFor / leader unknown
 UNREGISTERED = 0  # a configuration slot whose disk identity is not known yet
 
 Member = tuple[int, int]  # (node id, disk identity; UNREGISTERED accepts any)
 
+# Wire bounds (RaftParams are validated against them).
+MEMBERS_MAX = 4096
+ENTRIES_PER_MESSAGE_MAX = 1 << 16
+ENTRY_BYTES_MAX = 1 << 26
+SNAPSHOT_CHUNK_BYTES_MAX = 1 << 26
+DIGEST_BYTES_MAX = 64
+RUNS_MAX = 1 << 24
+Members = Annotated[tuple[tuple[int, int], ...], Meta(max_length=MEMBERS_MAX)]
+Digest = Annotated[bytes, Meta(max_length=DIGEST_BYTES_MAX)]
 
-@message(tag="raft.Config")
-class Config:
+
+class Config(Message, tag="raft.Config"):
     """A configuration: voters (they elect and count toward commit) and
     learners (they receive the log and never count), each a sorted tuple of
     ``(node, disk identity)``; ``promoting``: learners that any leader
     promotes to voter once they have caught up."""
 
-    voters: tuple[tuple[int, int], ...]
-    learners: tuple[tuple[int, int], ...]
-    promoting: tuple[int, ...] = ()
+    voters: Members
+    learners: Members
+    promoting: Annotated[tuple[int, ...], Meta(max_length=MEMBERS_MAX)] = ()
 
 
-@message(tag="raft.Entry")
-class Entry:
+class Entry(Message, tag="raft.Entry"):
     """A log entry: a command batch (``data``), a leader's no-op (``data ==
     b""`` and no ``config``), or a configuration (``config``; data empty)."""
 
     term: int
-    data: bytes
+    data: Annotated[bytes, Meta(max_length=ENTRY_BYTES_MAX)]
     config: Config | None = None
 
 
 # -- election (section 5.2, thesis 9.6 pre-vote, 3.10 transfer) ---------------
 
 
-@message(tag="raft.RequestVote")
-class RequestVote:
+class RequestVote(Message, tag="raft.RequestVote"):
     """Asks for a vote in ``term`` (for a pre-vote: the term the sender would
     campaign in; nobody changes state for a pre-vote). ``transfer``: the
     campaign follows a TimeoutNow, so voters may not hold to a leader lease."""
@@ -65,8 +72,7 @@ class RequestVote:
     transfer: bool
 
 
-@message(tag="raft.RequestVoteResponse")
-class RequestVoteResponse:
+class RequestVoteResponse(Message, tag="raft.RequestVoteResponse"):
     """The voter's current term, and its answer; ``identity`` is the voter's
     disk identity (a vote from a disk the configuration does not know is
     not counted)."""
@@ -77,8 +83,7 @@ class RequestVoteResponse:
     identity: int
 
 
-@message(tag="raft.TimeoutNow")
-class TimeoutNow:
+class TimeoutNow(Message, tag="raft.TimeoutNow"):
     """The leader of ``term`` hands leadership over: campaign now."""
 
     term: int
@@ -88,8 +93,7 @@ class TimeoutNow:
 # -- replication (section 5.3) -------------------------------------------------
 
 
-@message(tag="raft.AppendEntries")
-class AppendEntries:
+class AppendEntries(Message, tag="raft.AppendEntries"):
     """Figure 2's AppendEntries RPC. ``round`` numbers the leader's heartbeat
     rounds for read-index; a follower echoes it."""
 
@@ -97,13 +101,12 @@ class AppendEntries:
     leader: int
     prev_log_index: int
     prev_log_term: int
-    entries: tuple[Entry, ...]
+    entries: Annotated[tuple[Entry, ...], Meta(max_length=ENTRIES_PER_MESSAGE_MAX)]
     leader_commit: int
     round: int
 
 
-@message(tag="raft.AppendEntriesResponse")
-class AppendEntriesResponse:
+class AppendEntriesResponse(Message, tag="raft.AppendEntriesResponse"):
     """``success`` with ``match_index`` (the follower's log matches the
     leader's up to there), or a rejection of ``rejected_index`` (the request's
     prev_log_index) with the fast back-off hints: ``conflict_term`` (0: the
@@ -123,8 +126,7 @@ class AppendEntriesResponse:
 # -- snapshots (section 7) ------------------------------------------------------
 
 
-@message(tag="raft.InstallSnapshot")
-class InstallSnapshot:
+class InstallSnapshot(Message, tag="raft.InstallSnapshot"):
     """Figure 13's InstallSnapshot RPC, one chunk at ``offset`` of ``size``
     bytes; ``digest`` is the log digest at ``last_included_index``."""
 
@@ -132,16 +134,15 @@ class InstallSnapshot:
     leader: int
     last_included_index: int
     last_included_term: int
-    digest: bytes
+    digest: Digest
     config: Config
     size: int
     offset: int
-    data: bytes
+    data: Annotated[bytes, Meta(max_length=SNAPSHOT_CHUNK_BYTES_MAX)]
     round: int
 
 
-@message(tag="raft.InstallSnapshotResponse")
-class InstallSnapshotResponse:
+class InstallSnapshotResponse(Message, tag="raft.InstallSnapshotResponse"):
     """``next_offset``: the follower holds the snapshot's bytes before it;
     ``done``: it has installed (or already had) the snapshot."""
 
@@ -156,8 +157,7 @@ class InstallSnapshotResponse:
 # -- admin ------------------------------------------------------------------------
 
 
-@message(tag="raft.Admin")
-class RaftAdmin:
+class RaftAdmin(Message, tag="raft.Admin"):
     """An operator's request to the leader:
 
     * ``add``: add ``node`` as a learner; it is promoted to voter once it has
@@ -175,8 +175,7 @@ class RaftAdmin:
 # -- outputs (for checkers and reports) --------------------------------------------
 
 
-@message(tag="raft.BecameLeader")
-class BecameLeader:
+class BecameLeader(Message, tag="raft.BecameLeader"):
     """``node`` won the election of ``term``. Its log at that moment: entries
     ``snapshot_index + 1 .. last_index``, described by ``runs`` — ``(first
     index, term)`` of each run of equal terms — on top of a snapshot."""
@@ -186,11 +185,10 @@ class BecameLeader:
     snapshot_index: int
     snapshot_term: int
     last_index: int
-    runs: tuple[tuple[int, int], ...]
+    runs: Annotated[tuple[tuple[int, int], ...], Meta(max_length=RUNS_MAX)]
 
 
-@message(tag="raft.Restarted")
-class Restarted:
+class Restarted(Message, tag="raft.Restarted"):
     """``node`` started from its durable state on disk ``identity`` (a new
     identity: a new, empty disk): this term and vote, and a log (with its
     snapshot) ending at ``last_index``."""
@@ -203,8 +201,7 @@ class Restarted:
     last_index: int
 
 
-@message(tag="raft.Voted")
-class Voted:
+class Voted(Message, tag="raft.Voted"):
     """``node`` cast its vote of ``term`` for ``candidate`` (itself, as a
     candidate); emitted once the vote is durable."""
 
@@ -213,8 +210,7 @@ class Voted:
     candidate: int
 
 
-@message(tag="raft.LeaderCommitted")
-class LeaderCommitted:
+class LeaderCommitted(Message, tag="raft.LeaderCommitted"):
     """The leader of ``term`` advanced its commit index to ``index``, whose
     entry has term ``entry_term``: entries up to ``index`` are committed in
     ``term``."""
@@ -225,29 +221,26 @@ class LeaderCommitted:
     entry_term: int
 
 
-@message(tag="raft.Applied")
-class Applied:
+class Applied(Message, tag="raft.Applied"):
     """``node`` applied entry ``index`` of ``term``; ``digest`` chains every
     entry up to it (equal digests: equal log prefixes)."""
 
     node: int
     index: int
     term: int
-    digest: bytes
+    digest: Digest
 
 
-@message(tag="raft.SnapshotInstalled")
-class SnapshotInstalled:
+class SnapshotInstalled(Message, tag="raft.SnapshotInstalled"):
     """``node`` replaced its state by a leader's snapshot covering ``index``."""
 
     node: int
     index: int
     term: int
-    digest: bytes
+    digest: Digest
 
 
-@message(tag="raft.ReadRequested")
-class ReadRequested:
+class ReadRequested(Message, tag="raft.ReadRequested"):
     """A linearizable read barrier was asked of ``node`` (the leader of ``term``)."""
 
     node: int
@@ -255,8 +248,7 @@ class ReadRequested:
     term: int
 
 
-@message(tag="raft.ReadConfirmed")
-class ReadConfirmed:
+class ReadConfirmed(Message, tag="raft.ReadConfirmed"):
     """Read ``read_id`` may be served once ``index`` is applied."""
 
     node: int
@@ -264,8 +256,7 @@ class ReadConfirmed:
     index: int
 
 
-@message(tag="raft.ConfigChanged")
-class ConfigChanged:
+class ConfigChanged(Message, tag="raft.ConfigChanged"):
     """``node``'s configuration became ``config`` (appended at ``index``;
     configurations take effect when appended, not when committed)."""
 

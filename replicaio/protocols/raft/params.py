@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from replicaio.core.errors import ConfigError
+from replicaio.protocols.raft.messages import ENTRIES_PER_MESSAGE_MAX, SNAPSHOT_CHUNK_BYTES_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,12 @@ class RaftParams:
                 raise ConfigError(f"RaftParams.{name} must be >= 1")
         if self.promote_lag_entries_max < 0:
             raise ConfigError("RaftParams.promote_lag_entries_max must be >= 0")
+        for name, wire_max in (
+            ("entries_per_message_max", ENTRIES_PER_MESSAGE_MAX),
+            ("snapshot_chunk_bytes_max", SNAPSHOT_CHUNK_BYTES_MAX),
+        ):
+            if getattr(self, name) > wire_max:
+                raise ConfigError(f"RaftParams.{name} must be <= {wire_max} (the wire bound)")
         if self.initial_voters is not None:
             if not self.initial_voters:
                 raise ConfigError("RaftParams.initial_voters must name at least one node")

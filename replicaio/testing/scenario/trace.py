@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
+
+import msgspec
 
 from replicaio.check.broadcast import Violation
 from replicaio.core.node import Acks, Envelope, Hello
@@ -47,10 +48,10 @@ def format_message(message: Any) -> str:
             for path, channels in by_path.items()
         ]
         return "Acks " + " ".join(groups)
-    if dataclasses.is_dataclass(message) and not isinstance(message, type):
+    if isinstance(message, msgspec.Struct):
         fields = " ".join(
-            f"{item.name}={format_value(getattr(message, item.name))}"
-            for item in dataclasses.fields(message)
+            f"{name}={format_value(getattr(message, name))}"
+            for name in message.__struct_fields__
         )
         return f"{type(message).__name__} {fields}".rstrip()
     return format_value(message)
