@@ -146,7 +146,7 @@ def test_a_log_of_another_version_is_refused_naming_its_version() -> None:
         with pytest.raises(EventLogError, match=f"event log version {old!r}: .* only version 2"):
             read_log(io.BytesIO(tampered))
         with pytest.raises(EventLogError, match=f"version {old!r}"):
-            replay(io.BytesIO(tampered), 0)
+            replay(io.BytesIO(tampered), 0, protocol_factory)
 
 
 def test_options_round_trip_through_json() -> None:

@@ -41,6 +41,7 @@ from replicaio.interfaces.broadcast import VALUE_BYTES_MAX, Accepted, Delivered
 
 InstanceFunction = Callable[[Context, int, Any], Coroutine[Any, Any, Any]]
 
+
 class Instances:
     """Runs sequence-numbered instances of a one-shot broadcast for every sender."""
 
