@@ -13,7 +13,7 @@ import pytest
 import replicaio.protocols.raft.messages
 import replicaio.runtime.client
 import replicaio.smr.messages
-from replicaio.core.codec import Codec, message, registered_messages
+from replicaio.core.codec import Codec, Message, Meta, registered_messages
 from replicaio.core.errors import UsageError
 from replicaio.core.reliable import Envelope
 from replicaio.sim.adversary import (
@@ -33,16 +33,7 @@ from replicaio.sim.simulator import Simulator, simulate
 ALL_FAULTS = ("crash", "partition", "loss", "dup", "reorder")
 
 
-class Meta:
-    """Stands for ``msgspec.Meta``: the generator reads bounds by attribute name."""
-
-    def __init__(self, **bounds: int) -> None:
-        for name in ("ge", "gt", "le", "lt", "min_length", "max_length"):
-            setattr(self, name, bounds.get(name))
-
-
-@message(tag="test.adversary.Bounded")
-class Bounded:
+class Bounded(Message, tag="test.adversary.Bounded"):
     count: Annotated[int, Meta(ge=0, le=9)]
     name: Annotated[str, Meta(min_length=2, max_length=4)]
     items: Annotated[tuple[int, ...], Meta(max_length=1)]

@@ -156,13 +156,31 @@ Name: TypeAlias = Annotated[str, Meta(max_length=NAME_LENGTH_MAX)]
 
 _CLASS_BY_TAG: dict[str, type[Message]] = {}
 _VALUE_FIELDS: dict[type, tuple[tuple[str, ValueBounds], ...]] = {}
-_UNCHECKED: set[type] = set()  # registered, hints not yet resolvable (forward references)
+# Defined, but naming a class not defined yet (a forward reference): checked and
+# moved to _CLASS_BY_TAG at first use; until then its tag is reserved.
+_PENDING: dict[str, type[Message]] = {}
 _REGISTRY_VERSION = [0]  # bumped on every registration: codecs rebuild their decoders
 
 
 def registered_messages() -> Mapping[str, type[Message]]:
-    """A read-only view of the registry (tag -> class); registration is append-only."""
+    """A read-only view of the registry (tag -> class); registration is append-only.
+
+    It holds every checked message class; a class whose hints name a class not
+    defined yet joins once they resolve (a class whose hints never resolve,
+    a definition bug, never does: encoding it raises ``CodecDefinitionError``).
+    """
+    _resolve_pending()
     return types.MappingProxyType(_CLASS_BY_TAG)
+
+
+def _resolve_pending() -> None:
+    for tag, cls in list(_PENDING.items()):
+        # a class still unresolvable stays out: its tag is unknown_type on decode
+        with contextlib.suppress(NameError, CodecDefinitionError):
+            _check_class(cls)
+            del _PENDING[tag]
+            _CLASS_BY_TAG[tag] = cls
+            _REGISTRY_VERSION[0] += 1
 
 
 @typing.dataclass_transform(frozen_default=True, field_specifiers=(msgspec.field,))
@@ -212,7 +230,7 @@ def _register(cls: type) -> None:
         raise CodecDefinitionError(
             f"{owner}: messages stay frozen, array_like and forbid_unknown_fields"
         )
-    other = _CLASS_BY_TAG.get(tag)
+    other = _CLASS_BY_TAG.get(tag) or _PENDING.get(tag)
     if other is not None:
         raise CodecDefinitionError(
             f"duplicate message tag {tag!r}: {owner} and "
@@ -221,7 +239,8 @@ def _register(cls: type) -> None:
     try:
         _check_class(cls)
     except NameError:
-        _UNCHECKED.add(cls)  # a forward reference: checked at first use
+        _PENDING[tag] = cls  # a forward reference: checked at first use
+        return
     _CLASS_BY_TAG[tag] = cls
     _REGISTRY_VERSION[0] += 1
 
@@ -258,20 +277,22 @@ def _check_class(cls: type) -> None:
     except TypeError as error:  # a type msgspec cannot decode unambiguously
         raise CodecDefinitionError(f"{owner}: {error}") from error
     _VALUE_FIELDS[cls] = tuple(values)
-    _UNCHECKED.discard(cls)
 
 
 def _resolve(cls: type) -> tuple[tuple[str, ValueBounds], ...]:
     """Check a class whose hints named a class not yet defined; its Value fields."""
-    try:
-        _check_class(cls)
-    except NameError as error:
-        raise CodecDefinitionError(
-            f"{cls.__qualname__}: cannot resolve field annotations ({error!r}); message "
-            "annotations must name types visible from the module's globals"
-        ) from error
-    _REGISTRY_VERSION[0] += 1
-    return _VALUE_FIELDS[cls]
+    _resolve_pending()
+    values = _VALUE_FIELDS.get(cls)
+    if values is None:
+        try:
+            _check_class(cls)
+        except NameError as error:
+            raise CodecDefinitionError(
+                f"{cls.__qualname__}: cannot resolve field annotations ({error!r}); message "
+                "annotations must name types visible from the module's globals"
+            ) from error
+        raise AssertionError("a pending class that checks is registered by _resolve_pending")
+    return values
 
 
 def _value_bounds(hint: Any) -> ValueBounds | None:
@@ -661,14 +682,12 @@ class Codec:
 
     def _rebuild(self) -> None:
         """(Re)build the typed decoder over the accepted registered classes."""
-        for cls in list(_UNCHECKED):
-            # a class still unresolvable stays out of the decoder: its tag is unknown_type
-            with contextlib.suppress(NameError, CodecDefinitionError):
-                _check_class(cls)
+        if _PENDING:
+            _resolve_pending()
         classes = [
             cls
             for cls in _CLASS_BY_TAG.values()
-            if cls in _VALUE_FIELDS and (self._accepted is None or cls in self._accepted)
+            if self._accepted is None or cls in self._accepted
         ]
         self._decoder_version = _REGISTRY_VERSION[0]
         if not classes:
@@ -687,7 +706,7 @@ class Codec:
         """The Value fields of ``cls`` if this codec encodes it, else ``EncodeError``."""
         values = _VALUE_FIELDS.get(cls)
         if values is None:
-            if cls not in _UNCHECKED:
+            if cls not in _PENDING.values():
                 raise EncodeError("unregistered", f"{cls.__qualname__} is not a message")
             values = _resolve(cls)  # CodecDefinitionError: our bug, loud here
         if self._accepted is not None and cls not in self._accepted:
