@@ -158,7 +158,20 @@ def field_hints(cls: type) -> tuple[tuple[str, Any], ...]:
 
 
 def is_message_class(hint: Any) -> bool:
-    return isinstance(hint, type) and bool(field_names(hint)) and hint not in (int, str, bytes)
+    """A message class, also one without fields (it still has a tag on the wire)."""
+    return isinstance(hint, type) and (
+        hasattr(hint, "__struct_fields__") or dataclasses.is_dataclass(hint)
+    )
+
+
+def admits_any_int(hint: Any) -> bool:
+    """Whether ``hint`` takes any int (not only a Literal's values): ``int``,
+    possibly ``Annotated`` or in a union."""
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return any(admits_any_int(arg) for arg in typing.get_args(hint))
+    return hint is int
 
 
 def digest(data: bytes) -> bytes:
@@ -198,7 +211,7 @@ class Forger:
         bounds = NO_BOUNDS
         if typing.get_origin(hint) is typing.Annotated:
             bounds = Bounds.of(typing.get_args(hint)[1:])
-        if type(value) is int and self.rng.random() < 0.7:
+        if type(value) is int and admits_any_int(hint) and self.rng.random() < 0.7:
             return bounds.clamp(value + self.rng.choice((-1, 1, -2, 2)))
         return self.value(hint, depth)
 
