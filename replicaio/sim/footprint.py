@@ -31,7 +31,7 @@ from typing import Any
 
 from replicaio.core.node import Node
 
-CHECK_EVERY_STEPS = 64  # a power of two: the check is a mask on the step count
+CHECK_EVERY_STEPS = 256  # a power of two: the check is a mask on the step count
 
 
 def footprint(core: Node) -> dict[str, int]:

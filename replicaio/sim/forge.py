@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from replicaio.core.codec import Value, registered_messages
+from replicaio.core.codec import Value
 
 INT_MIN = -(1 << 63)
 INT_MAX = (1 << 63) - 1
@@ -184,7 +184,6 @@ class Forger:
     def __init__(self, rng: random.Random, pool: Pool) -> None:
         self.rng = rng
         self.pool = pool
-        self.by_tag = dict(registered_messages())
 
     # -- messages ------------------------------------------------------------
 
