@@ -51,7 +51,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from replicaio.assembly import Membership
 from replicaio.check.broadcast import Violation
 from replicaio.check.history import (
     APPEND,
@@ -80,6 +79,7 @@ from replicaio.sim.kv_transactions import (
     transaction_command,
     transaction_outputs,
 )
+from replicaio.sim.membership import MembershipNemesis
 from replicaio.sim.options import Crash, Partition, SimOptions, draw_crashes, draw_partitions
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
 
@@ -748,52 +748,6 @@ def kv_options(
         crashes=tuple(crashes),
         extra={**base.extra, EXTRA_KEY: workload.as_extra()},
     )
-
-
-class MembershipNemesis:
-    """Drives membership changes from the harness: watches who leads and the
-    leader's configuration (through the service's :class:`~replicaio.assembly.Membership`,
-    so no protocol is named here), and every tick asks the leader to add back a
-    node outside the configuration, else to remove a voter (one at a time, from
-    a full configuration) or to transfer leadership."""
-
-    def __init__(self, config: ClusterConfig, ops: Membership) -> None:
-        self.config = config
-        self.ops = ops
-        self.leader = -1
-        self.term = -1
-        self.voters: tuple[int, ...] = config.nodes
-        self.learners: tuple[int, ...] = ()
-        self.config_index = -1
-
-    def observe(self, node: int, output: Any, time_us: int) -> None:
-        leader = self.ops.leader_of(output)
-        if leader is not None:
-            term, who = leader
-            if term > self.term:
-                self.term, self.leader = term, who
-            return
-        configuration = self.ops.config_of(output)
-        if configuration is not None and configuration[0] > self.config_index:
-            self.config_index, self.voters, self.learners = configuration
-
-    def __call__(self, harness: KvHarness) -> None:
-        if self.leader < 0:
-            return
-        members = set(self.voters) | set(self.learners)
-        outsiders = [node for node in self.config.nodes if node not in members]
-        rng = harness.rng
-        if outsiders:
-            request = self.ops.request("add", outsiders[0])
-        elif len(self.voters) > 1 and rng.random() < 0.3:
-            others = [node for node in self.voters if node != self.leader]
-            request = self.ops.request("transfer", rng.choice(others))
-        elif len(self.voters) == self.config.n and self.config.n > 1:
-            request = self.ops.request("remove", rng.choice(self.voters))
-        else:
-            return
-        harness.figures.membership_requests += 1
-        harness.require_api().request(self.leader, harness.codec.encode(request))
 
 
 def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
