@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replicaio.core import codec as codec_module
+from replicaio.core import msgpack_scan
 from replicaio.core.codec import (
     DECODE_REASONS,
     ENCODE_REASONS,
@@ -600,7 +601,7 @@ def test_large_valid_frames_pass_the_scanner(codec: Codec) -> None:
 
 
 def test_scanner_agrees_with_msgpack() -> None:
-    """``_scan`` accepts exactly the complete single objects msgpack accepts."""
+    """``scan`` accepts exactly the complete single objects msgpack accepts."""
     rng = random.Random(7)
     codec = Codec()
     frames = [codec.encode(sample) for sample in SAMPLES]
@@ -615,8 +616,8 @@ def test_scanner_agrees_with_msgpack() -> None:
         for candidate in [frame, *(mutate(frame, rng) for _ in range(200))]:
             scan_ok = msgpack_ok = True
             try:
-                codec_module._scan(candidate, 1000, 1 << 30)
-            except DecodeError:
+                msgpack_scan.scan(candidate, 1000, 1 << 30)
+            except msgpack_scan.ScanRefused:
                 scan_ok = False
             try:
                 msgpack.unpackb(candidate, raw=True, strict_map_key=False, use_list=True)
@@ -882,7 +883,24 @@ def test_array_map_keys_are_refused_before_any_dict_is_built(codec: Codec) -> No
     with pytest.raises(DecodeError) as caught:
         codec.decode_value(frame)
     assert caught.value.reason == "malformed"
-    assert "scalars" in caught.value.detail
+    assert "scalars (nil, bool" in caught.value.detail  # the scanner refused it, no dict built
+
+
+def test_array_map_keys_inside_a_message_value_field_are_refused_before_decoding(
+    codec: Codec,
+) -> None:
+    """The same attack through a message's Value field (the node's link bodies)."""
+    from replicaio.core.node import Envelope
+
+    pairs = colliding_pairs(3000)
+    body = b"".join(pack(list(pair)) + b"\x00" for pair in pairs)
+    value = b"\xde" + len(pairs).to_bytes(2, "big") + body
+    frame = b"\x94" + pack("Envelope") + pack([1]) + pack("ECHO") + value
+    assert codec.decode(codec.encode(Envelope((1,), "ECHO", b"x"))) == Envelope((1,), "ECHO", b"x")
+    with pytest.raises(DecodeError) as caught:
+        codec.decode(frame)
+    assert caught.value.reason == "malformed"
+    assert "scalars (nil, bool" in caught.value.detail  # the scanner refused it, no dict built
 
 
 def test_duplicate_map_keys_are_refused_by_a_canonical_codec() -> None:
