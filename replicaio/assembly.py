@@ -47,6 +47,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "batch": "SmrParams.batch_requests_max: requests per batch",
     "sessions": "SmrParams.sessions_max: client sessions remembered (LRU beyond)",
     "inflight": "SmrParams.batches_inflight_max: own batches submitted and not yet applied",
+    "lease": "RaftParams.read_lease: 1 serves reads from a leader lease (0: read-index only)",
+    "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
 }
 RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary runs
 # The broadcast family, correct and deliberately broken.
@@ -117,7 +119,11 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
 
     def build(name: str, parameters: Mapping[str, int]) -> ProtocolFactory:
         raft_type = RAFT_VARIANTS[variant].raft_type if variant else Raft
-        raft_params = RaftParams().validate()
+        defaults_raft = RaftParams()
+        raft_params = RaftParams(
+            read_lease=bool(parameters.get("lease", 0)),
+            clock_drift_ppm_max=parameters.get("drift", defaults_raft.clock_drift_ppm_max),
+        ).validate()
         defaults = SmrParams()
         smr_params = SmrParams(
             snapshot_interval=parameters.get("snapshot", RAFT_SNAPSHOT_INTERVAL),

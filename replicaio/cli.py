@@ -37,7 +37,12 @@ from replicaio.assembly import protocol_factory
 from replicaio.core.errors import ReplicaioError, UsageError
 from replicaio.sim import kv_cli
 from replicaio.sim.adversary import BEHAVIOURS
-from replicaio.sim.options import SimOptions, parse_adversary, parse_faults
+from replicaio.sim.options import (
+    CLOCK_DRIFT_PPM_DEFAULT,
+    SimOptions,
+    parse_adversary,
+    parse_faults,
+)
 from replicaio.sim.profiles import PROFILES, check_profile, long_broadcast
 from replicaio.sim.simulator import SimResult, simulate
 
@@ -63,6 +68,8 @@ def reproduce_command(args: argparse.Namespace, seed: int) -> str:
         words += ["--requests", str(args.requests)]
     if getattr(args, "profile", "default") != "default":
         words += ["--profile", args.profile]
+    if getattr(args, "clock_drift", None) is not None:
+        words += ["--clock-drift", str(args.clock_drift)]
     words += kv_cli.reproduce_words(args)
     words += ["--seed", str(seed)]
     return shlex.join(words)
@@ -100,6 +107,7 @@ def draw_options(args: argparse.Namespace, seed: int) -> SimOptions:
         encode=not args.no_encode,
         adversary=parse_adversary(getattr(args, "adversary", None)),
         protocol=args.protocol,
+        clock_drift_ppm=kv_cli.clock_drift_of(args),
     )
     if check_profile(getattr(args, "profile", "default")) == "long":
         options = long_broadcast(options, requests_per_node=args.requests)
@@ -502,12 +510,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         f"forge,replay; from {', '.join(BEHAVIOURS)}; default: drawn from "
                         "the seed); see docs/adversary.md")
     parser.add_argument("--faults", default="",
-                        help="comma list of crash,partition,loss,dup,reorder")
+                        help="comma list of crash,partition,loss,dup,reorder,clock")
     parser.add_argument("--requests", type=int, default=None,
                         help="client requests per node (default: drawn from the seed)")
     parser.add_argument("--profile", choices=PROFILES, default="default",
                         help="workload profile: 'long' reaches garbage collection, windows, "
                         "session eviction, snapshots and long partitions (docs/simulation.md)")
+    parser.add_argument("--clock-drift", type=int, default=None, metavar="PPM",
+                        help="node clock rates are drawn within +-PPM parts per million "
+                        f"(default {CLOCK_DRIFT_PPM_DEFAULT}); the clock fault goes beyond")
     parser.add_argument("--no-encode", action="store_true",
                         help="skip the wire codec between nodes (faster; the log still encodes)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")

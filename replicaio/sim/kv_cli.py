@@ -28,7 +28,7 @@ from typing import Any
 from replicaio.assembly import service_spec
 from replicaio.core.errors import UsageError
 from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
-from replicaio.sim.options import SimOptions, parse_faults
+from replicaio.sim.options import CLOCK_DRIFT_PPM_DEFAULT, SimOptions, parse_faults
 from replicaio.sim.profiles import (
     LONG_CLIENT_OPS_MAX,
     LONG_FAULT_WINDOW_US,
@@ -74,18 +74,17 @@ def is_long(args: argparse.Namespace) -> bool:
 def service_protocol(args: argparse.Namespace) -> str:
     """The protocol name with its parameters (``raft:snapshot=8``), as logged.
     The long profile snapshots more often and remembers few sessions."""
-    name: str = args.protocol
-    if ":" in name:
-        return name
-    parameters = []
+    base, _, given = str(args.protocol).partition(":")
+    parameters = [item for item in given.split(",") if item]
+    named = {item.partition("=")[0] for item in parameters}
     snapshot = getattr(args, "snapshot_every", None)
     if snapshot is None and is_long(args):
         snapshot = LONG_SNAPSHOT_EVERY
-    if snapshot is not None:
+    if snapshot is not None and "snapshot" not in named:
         parameters.append(f"snapshot={snapshot}")
-    if is_long(args):
+    if is_long(args) and "sessions" not in named:
         parameters.append(f"sessions={LONG_SESSIONS_MAX}")
-    return f"{name}:{','.join(parameters)}" if parameters else name
+    return f"{base}:{','.join(parameters)}" if parameters else base
 
 
 def workload_of(args: argparse.Namespace) -> KvWorkload:
@@ -116,11 +115,17 @@ def service_options(args: argparse.Namespace, seed: int) -> SimOptions:
         raise UsageError(f"{args.protocol} tolerates crash faults only: no --byzantine")
     options = kv_options(
         seed, args.nodes, parse_faults(args.faults), workload_of(args),
-        encode=not args.no_encode,
+        encode=not args.no_encode, clock_drift_ppm=clock_drift_of(args),
     )
     if is_long(args):
         options = replace(options, crashes=long_crashes(seed, options.crashes))
     return options
+
+
+def clock_drift_of(args: argparse.Namespace) -> int:
+    """``--clock-drift`` (ppm), or the default bound."""
+    drift = getattr(args, "clock_drift", None)
+    return CLOCK_DRIFT_PPM_DEFAULT if drift is None else int(drift)
 
 
 def default_f(args: argparse.Namespace) -> int:

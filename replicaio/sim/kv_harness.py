@@ -80,7 +80,14 @@ from replicaio.sim.kv_transactions import (
     transaction_outputs,
 )
 from replicaio.sim.membership import MembershipNemesis
-from replicaio.sim.options import Crash, Partition, SimOptions, draw_crashes, draw_partitions
+from replicaio.sim.options import (
+    CLOCK_DRIFT_PPM_DEFAULT,
+    Crash,
+    Partition,
+    SimOptions,
+    draw_crashes,
+    draw_partitions,
+)
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
 
 EXTRA_KEY = "kv"  # SimOptions.extra[EXTRA_KEY] holds the workload
@@ -711,6 +718,7 @@ def kv_options(
     *,
     encode: bool = True,
     safety_us: int | None = None,
+    clock_drift_ppm: int = CLOCK_DRIFT_PPM_DEFAULT,
 ) -> SimOptions:
     """Options of a KV run: the usual seeded network and faults, over a safety
     phase long enough for the workload, with the workload in ``extra``.
@@ -719,7 +727,8 @@ def kv_options(
     safety phase (each window as ``SimOptions.draw`` draws a whole run), so a
     long run sees leaders fail again and again rather than a few faults early."""
     workload.validate()
-    base = SimOptions.draw(seed, nodes, 0, faults, requests_per_node=0, encode=encode)
+    base = SimOptions.draw(seed, nodes, 0, faults, requests_per_node=0, encode=encode,
+                           clock_drift_ppm=clock_drift_ppm)
     rounds = -(-workload.ops // workload.clients)
     safety = safety_us if safety_us is not None else max(2_000_000, rounds * 50_000)
     rng = random.Random(f"replicaio-kv-options:{seed}")

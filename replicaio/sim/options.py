@@ -6,6 +6,16 @@ the network is, when partitions start and heal, which nodes crash and for
 how long, how much unsynced data a crash keeps, which behaviour each
 Byzantine node follows, and when clients make requests. Two runs with equal
 options and seed are the same run.
+
+Clocks. Each node's clock runs at its own rate, ``1 + clock_rates_ppm[i] /
+10**6`` of true (virtual) time, and reads ``clock_offsets_us[i]`` ahead of it
+(after TigerBeetle's simulated clocks): a timer of ``d`` microseconds set by
+node ``i`` fires after ``d / rate`` of true time. Rates are drawn within
+``clock_drift_ppm`` (``--clock-drift``, default ``CLOCK_DRIFT_PPM_DEFAULT``);
+only the ``clock`` fault draws rates beyond it, for up to half the nodes
+(from 10% to 2x fast, or up to 4x slow). Nodes read no clock, only timers, so
+today only rates shape a run; offsets are drawn and recorded for components
+that will.
 """
 
 from __future__ import annotations
@@ -17,7 +27,11 @@ from typing import Any
 from replicaio.core.errors import UsageError
 from replicaio.sim.adversary import BASE_BEHAVIOURS, BEHAVIOURS, draw_extras
 
-FAULT_KINDS = ("crash", "partition", "loss", "dup", "reorder")
+FAULT_KINDS = ("crash", "partition", "loss", "dup", "reorder", "clock")
+CLOCK_DRIFT_PPM_DEFAULT = 1_000  # rates drawn within +-0.1% unless told otherwise
+CLOCK_OFFSET_US_MAX = 1_000_000_000
+# The clock fault's rates beyond the bound: 10%, 30%, 2x fast; 10%, 30%, 2x, 4x slow.
+CLOCK_FAULT_RATES_PPM = (100_000, 300_000, 1_000_000, -100_000, -300_000, -500_000, -750_000)
 BYZANTINE_BEHAVIOURS = BASE_BEHAVIOURS  # one of these is drawn for every Byzantine node
 
 
@@ -88,6 +102,9 @@ class SimOptions:
     liveness_us: int
     partitions: tuple[Partition, ...] = ()
     crashes: tuple[Crash, ...] = ()
+    clock_drift_ppm: int = 0
+    clock_rates_ppm: tuple[int, ...] = ()  # per node; empty: every clock exact
+    clock_offsets_us: tuple[int, ...] = ()
     encode: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -104,6 +121,7 @@ class SimOptions:
         encode: bool = True,
         adversary: tuple[str, ...] | None = None,
         protocol: str | None = None,
+        clock_drift_ppm: int = CLOCK_DRIFT_PPM_DEFAULT,
     ) -> SimOptions:
         """Draw the options of run ``seed`` within the allowed fault kinds.
         ``adversary`` (or the single ``behaviour``) forces every Byzantine
@@ -129,6 +147,7 @@ class SimOptions:
         correct = [node for node in range(nodes) if node not in faulty]
         partitions = draw_partitions(rng, nodes, safety) if "partition" in faults else ()
         crashes = draw_crashes(rng, correct, safety) if "crash" in faults else ()
+        rates, offsets = draw_clocks(seed, nodes, clock_drift_ppm, beyond="clock" in faults)
         return cls(
             seed=seed,
             nodes=nodes,
@@ -146,6 +165,9 @@ class SimOptions:
             liveness_us=safety + 30_000_000,
             partitions=partitions,
             crashes=crashes,
+            clock_drift_ppm=clock_drift_ppm,
+            clock_rates_ppm=rates,
+            clock_offsets_us=offsets,
             encode=encode,
         )
 
@@ -178,6 +200,8 @@ class SimOptions:
                 )
                 for item in fields.get("crashes", ())
             )
+            for name in ("clock_rates_ppm", "clock_offsets_us"):
+                fields[name] = tuple(int(value) for value in fields.get(name, ()))
             options = cls(**fields)
             options.validate()
         except (KeyError, TypeError, ValueError) as error:
@@ -207,8 +231,43 @@ class SimOptions:
         for partition in self.partitions:
             if any(not 0 <= node < self.nodes for node in partition.side):
                 problems.append(f"partition side {partition.side} names unknown nodes")
+        problems += self.clock_problems()
         if problems:
             raise UsageError("bad simulation options: " + "; ".join(problems))
+
+    def clock_problems(self) -> list[str]:
+        problems = []
+        if not 0 <= self.clock_drift_ppm < 1_000_000:
+            problems.append("clock_drift_ppm must be in [0, 1000000)")
+        for name in ("clock_rates_ppm", "clock_offsets_us"):
+            if len(getattr(self, name)) not in (0, self.nodes):
+                problems.append(f"{name} needs one value per node (or none)")
+        for rate in self.clock_rates_ppm:
+            if rate <= -1_000_000:
+                problems.append(f"clock rate {rate} ppm: a clock must run forward")
+            elif abs(rate) > self.clock_drift_ppm and "clock" not in self.faults:
+                problems.append(
+                    f"clock rate {rate} ppm beyond the drift bound {self.clock_drift_ppm} "
+                    "without the clock fault"
+                )
+        return problems
+
+
+def draw_clocks(
+    seed: int, nodes: int, drift_ppm: int, *, beyond: bool
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-node clock rates (ppm) within ``drift_ppm`` and offsets; with ``beyond``
+    (the clock fault), up to half the nodes get a rate far beyond the bound.
+    Their own random stream: drawing clocks changes no other option."""
+    if not drift_ppm and not beyond:
+        return (), ()
+    rng = random.Random(f"replicaio-clocks:{seed}")
+    rates = [rng.randint(-drift_ppm, drift_ppm) for _ in range(nodes)]
+    offsets = tuple(rng.randrange(CLOCK_OFFSET_US_MAX) for _ in range(nodes))
+    if beyond:
+        for node in rng.sample(range(nodes), rng.randint(1, max(1, nodes // 2))):
+            rates[node] = rng.choice(CLOCK_FAULT_RATES_PPM)
+    return tuple(rates), offsets
 
 
 def draw_behaviours(

@@ -52,6 +52,12 @@ def candidates(options: SimOptions) -> Iterator[SimOptions]:
         yield replace(options, duplicate=0.0)
     if options.reorder_us:
         yield replace(options, reorder_us=0)
+    bound = options.clock_drift_ppm
+    if any(abs(rate) > bound for rate in options.clock_rates_ppm):
+        # the clock fault off: every rate back within the bound
+        yield replace(options, clock_rates_ppm=tuple(
+            max(-bound, min(bound, rate)) for rate in options.clock_rates_ppm
+        ))
     for index, crash in enumerate(options.crashes):
         if crash.mid_step:
             clean = replace(crash, mid_step=False, keep_unsynced=0)

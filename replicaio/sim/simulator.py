@@ -171,6 +171,8 @@ class Simulator:
         if any(node.strategy is not None for node in self.nodes):
             self.view = RunView(n, options.byzantine)
         self.footprint_max = footprint_bounds(self.factory, self.config)
+        # Each node's clock rate, in parts per million off true time (options.py).
+        self.clock_ppm = list(options.clock_rates_ppm or (0,) * n)
         self.link_clock: dict[tuple[int, int], int] = {}
         self.log: EventLogWriter | None = None
         if record:
@@ -340,9 +342,12 @@ class Simulator:
             for timer_id in effects.timers_cancelled:
                 node.timers.pop(timer_id, None)
         if effects.timers_set:
+            ppm = self.clock_ppm[node.node_id]
             for timer_id, delay in effects.timers_set:
                 self.sequence += 1
                 node.timers[timer_id] = self.sequence
+                if ppm:  # the node's clock runs fast or slow: so do its timers
+                    delay = -(-delay * 1_000_000 // (1_000_000 + ppm))
                 self.push(self.now + delay, TIMER, node.node_id, timer_id, self.sequence)
         if effects.outputs:
             for output in effects.outputs:
@@ -591,6 +596,12 @@ class Simulator:
             self.view.cores[node.node_id] = node.core
             self.view.incarnations[node.node_id] = node.incarnation
         self.step(node, Start(node.storage.recover()))
+
+    def clock_us(self, node_id: int) -> int:
+        """What node ``node_id``'s clock reads now (its offset and rate applied)."""
+        offsets = self.options.clock_offsets_us
+        offset = offsets[node_id] if offsets else 0
+        return offset + self.now * (1_000_000 + self.clock_ppm[node_id]) // 1_000_000
 
     def collect_counters(self, node: SimNode) -> None:
         if node.core is None:

@@ -59,6 +59,8 @@ class Election:
         ignores vote requests (thesis 4.2.3; needs check-quorum so that a
         leader that lost its quorum steps down and frees its followers)."""
         raft = self.raft
+        if raft.reads.lease.holds_votes():
+            return True  # restarted recently, with lease reads on (lease.py)
         if not raft.params.check_quorum:
             return False
         if raft.role is Role.LEADER:
@@ -279,6 +281,7 @@ class Election:
         if self.transfer_target != NO_NODE:
             return "transfer_in_progress"
         self.transfer_target = target
+        raft.reads.lease.on_transfer()
         assert raft.role_scope is not None
         raft.role_scope.spawn(self.transfer_deadline(target), "raft.transfer")
         raft.count("raft_transfers_started")

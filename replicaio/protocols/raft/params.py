@@ -46,11 +46,27 @@ class RaftParams:
     snapshot_bytes_max: int = 64 << 20  # a snapshot a follower will accept
     # A learner is promoted once it lags the leader's last index by at most this.
     promote_lag_entries_max: int = 16
+    # -- reads ---------------------------------------------------------------
+    # Lease reads (lease.py): a leader holding a lease answers reads locally,
+    # without a heartbeat round. Safe only while clock rates differ by at most
+    # clock_drift_ppm_max (parts per million); off: read-index only.
+    read_lease: bool = False
+    clock_drift_ppm_max: int = 10_000
 
     @property
     def election_timeout_range_us(self) -> int:
         """How many distinct election timeouts a draw chooses from."""
         return self.election_timeout_max_us - self.election_timeout_min_us
+
+    @property
+    def lease_us(self) -> int:
+        """How long a lease lasts on the leader's clock after its round started:
+        the election timeout shortened by the drift bound (lease.py)."""
+        million = 1_000_000
+        return (
+            self.election_timeout_min_us * (million - self.clock_drift_ppm_max)
+            // (million + self.clock_drift_ppm_max)
+        )
 
     def validate(self) -> RaftParams:
         """Raise :class:`ConfigError` unless the periods and bounds are usable."""
@@ -86,6 +102,7 @@ class RaftParams:
         ):
             if getattr(self, name) > wire_max:
                 raise ConfigError(f"RaftParams.{name} must be <= {wire_max} (the wire bound)")
+        self.validate_lease()
         if self.initial_voters is not None:
             if not self.initial_voters:
                 raise ConfigError("RaftParams.initial_voters must name at least one node")
@@ -93,6 +110,22 @@ class RaftParams:
                 raise ConfigError(f"RaftParams.initial_voters lists a node twice: "
                                   f"{self.initial_voters}")
         return self
+
+    def validate_lease(self) -> None:
+        if not 0 <= self.clock_drift_ppm_max < 1_000_000:
+            raise ConfigError("RaftParams.clock_drift_ppm_max must be in [0, 1000000)")
+        if not self.read_lease:
+            return
+        if not self.check_quorum:
+            raise ConfigError(
+                "RaftParams.read_lease needs check_quorum: voters hold to a leader they "
+                "heard from (leader stickiness) only with it, and the lease relies on that"
+            )
+        if self.lease_us <= self.heartbeat_us:
+            raise ConfigError(
+                f"RaftParams.read_lease: the lease ({self.lease_us} us, the election timeout "
+                "shortened by the drift bound) must outlast a heartbeat, or it never holds"
+            )
 
     def voters_for(self, n: int) -> tuple[int, ...]:
         """The initial voters in a cluster of ``n`` nodes (validated against n)."""

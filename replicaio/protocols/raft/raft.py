@@ -156,6 +156,7 @@ class Raft:
         ))
         if self.log.snapshot_index > 0:
             self.handlers.on_snapshot(self.log.snapshot_index, self.log.snapshot_data)
+        self.reads.lease.on_start()
         self.become_follower(self.hard.term, NO_NODE, force=True)
 
     def submit(self, batch: bytes) -> NotLeader | None:

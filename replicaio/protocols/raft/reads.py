@@ -15,8 +15,11 @@ A read barrier on the leader:
 Rounds are numbered per leader term; every AppendEntries and
 InstallSnapshot carries the current round and followers echo it. Reads
 asked before a round's first message is sent share that round, so a burst
-of reads costs one heartbeat round. Lease reads are not implemented (they
-need a bound on clock drift this framework does not state).
+of reads costs one heartbeat round.
+
+Lease reads (``RaftParams.read_lease``, ``lease.py``) skip step 3 while the
+leader holds a lease: every heartbeat then starts a round, and a majority's
+answers to a round extend the lease. They assume a bound on clock drift.
 
 A leader that steps down drops its pending reads: their lines are never
 set and SMR times them out (the ``Ordering.read_barrier`` contract).
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from replicaio.core.lines import Line
 from replicaio.interfaces.ordering import NotLeader
+from replicaio.protocols.raft.lease import Lease
 from replicaio.protocols.raft.messages import NO_NODE, ReadConfirmed, ReadRequested
 from replicaio.protocols.raft.state import Role
 
@@ -56,6 +60,7 @@ class Reads:
         self.waiting_commit: list[PendingRead] = []  # step 1
         self.confirming: deque[PendingRead] = deque()  # step 3, in round order
         self.next_id = 0
+        self.lease = Lease(raft)
 
     def new_id(self) -> int:
         # Unique across restarts of this node (the incarnation is durable).
@@ -73,7 +78,11 @@ class Reads:
             return NotLeader(NO_NODE)
         read = PendingRead(self.new_id(), Line(raft.scheduler, "raft.read"))
         raft.context.output(ReadRequested(raft.id, read.read_id, raft.hard.term))
-        if raft.commit_index < raft.term_start_index:
+        if self.lease.valid():
+            raft.count("raft_reads_lease")
+            raft.context.output(ReadConfirmed(raft.id, read.read_id, raft.commit_index))
+            read.line.set(raft.commit_index)
+        elif raft.commit_index < raft.term_start_index:
             self.waiting_commit.append(read)
         else:
             self.start(read)
@@ -89,12 +98,23 @@ class Reads:
         assert raft.commit_index >= raft.term_start_index
         read.index = raft.commit_index
         if self.round_sent:
-            self.round += 1
-            self.round_sent = False
+            self.new_round()
             raft.replication.heartbeat_all()
         read.round = self.round
         self.confirming.append(read)
         self.on_ack()  # a single voter confirms at once
+
+    def new_round(self) -> None:
+        self.round += 1
+        self.round_sent = False
+        self.lease.on_round_started(self.round)
+
+    def on_heartbeat(self) -> None:
+        """The leader's heartbeat is due: in lease mode it starts a round, so that
+        the answers extend the lease."""
+        if self.lease.enabled and self.round_sent:
+            self.new_round()
+            self.on_ack()  # a single voter confirms at once
 
     def take_round(self) -> int:
         """The round to stamp on an outgoing AppendEntries or InstallSnapshot."""
@@ -106,7 +126,7 @@ class Reads:
     def on_ack(self) -> None:
         """A peer answered a round: confirm the reads a majority has answered."""
         raft = self.raft
-        if not self.confirming or raft.role is not Role.LEADER:
+        if raft.role is not Role.LEADER or not (self.confirming or self.lease.enabled):
             return
         rounds = []
         for voter in raft.membership.voters():
@@ -122,6 +142,7 @@ class Reads:
             return
         rounds.sort(reverse=True)
         confirmed = rounds[quorum - 1]
+        self.lease.on_confirmed(confirmed)
         while self.confirming and self.confirming[0].round <= confirmed:
             read = self.confirming.popleft()
             raft.context.output(ReadConfirmed(raft.id, read.read_id, read.index))
@@ -140,6 +161,7 @@ class Reads:
     def on_become_leader(self) -> None:
         self.round = 0
         self.round_sent = True
+        self.lease.on_become_leader()
 
     def on_step_down(self) -> None:
         dropped = len(self.waiting_commit) + len(self.confirming)

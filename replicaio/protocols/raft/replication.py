@@ -213,6 +213,7 @@ class Replication:
         raft = self.raft
         while True:
             self.tick += 1
+            raft.reads.on_heartbeat()
             for progress in self.progress.values():
                 self.on_tick(progress)
             await raft.context.sleep(raft.params.heartbeat_us)
