@@ -72,8 +72,6 @@ def test_long_raft_runs_evict_sessions_snapshot_and_compact() -> None:
     for name in ("smr_sessions_evicted", "raft_compactions", "smr_snapshots",
                  "raft_snapshots_sent", "raft_snapshots_installed"):
         assert counters[name] > 0, name
-    assert sum(result.stats["client_rejections"].get("session_expired", 0)
-               for result in results) + counters["smr_session_expired"] > 0
 
 
 def test_the_default_profile_draws_what_it_always_drew() -> None:

@@ -23,7 +23,7 @@ from replicaio.check.broadcast import BroadcastChecker, Violation
 from replicaio.core.config import ClusterConfig
 from replicaio.core.errors import UsageError
 from replicaio.interfaces.broadcast import BroadcastClaims, Delivered
-from replicaio.sim.options import Crash, SimOptions
+from replicaio.sim.options import Crash, Partition, SimOptions
 
 
 class HarnessApi(Protocol):
@@ -45,6 +45,11 @@ class HarnessApi(Protocol):
     def crash(self, crash: Crash) -> None:
         """Crash ``crash.node`` now as the options' crashes do (a fault the harness
         aims, say at the current leader); ignored in the liveness phase."""
+        ...
+
+    def partition(self, partition: Partition) -> None:
+        """Cut links as the options' partitions do (a fault the harness aims, say
+        isolating the current leader); none holds in the liveness phase."""
         ...
 
 

@@ -50,7 +50,7 @@ from replicaio.core.node import Node, NodeParams, ProtocolFactory
 from replicaio.sim.adversary import RunView, Strategy, build_strategy
 from replicaio.sim.footprint import CHECK_EVERY_STEPS, footprint, footprint_bounds, over_bounds
 from replicaio.sim.harness import Harness, harness_for
-from replicaio.sim.options import Crash, SimOptions
+from replicaio.sim.options import Crash, Partition, SimOptions
 from replicaio.storage.memory import MemoryStorage
 from replicaio.trace.eventlog import Choice, EventLogWriter, encode_input, pack_effects
 
@@ -171,6 +171,8 @@ class Simulator:
         if any(node.strategy is not None for node in self.nodes):
             self.view = RunView(n, options.byzantine)
         self.footprint_max = footprint_bounds(self.factory, self.config)
+        # The options' partitions and those a harness adds during the run.
+        self.partitions: list[Partition] = list(options.partitions)
         # Each node's clock rate, in parts per million off true time (options.py).
         self.clock_ppm = list(options.clock_rates_ppm or (0,) * n)
         self.link_clock: dict[tuple[int, int], int] = {}
@@ -509,7 +511,7 @@ class Simulator:
     def blocked(self, source: int, destination: int) -> bool:
         if self.liveness:
             return False
-        for partition in self.options.partitions:
+        for partition in self.partitions:
             if not partition.start_us <= self.now < partition.end_us:
                 continue
             source_in = source in partition.side
@@ -525,7 +527,7 @@ class Simulator:
         if node.core is None:
             self.stats["messages_to_down_nodes"] += 1
             return
-        if self.options.partitions and self.blocked(source, destination):
+        if self.partitions and self.blocked(source, destination):
             self.stats["messages_partitioned"] += 1
             return
         self.stats["messages_delivered"] += 1
@@ -644,6 +646,12 @@ class SimulatorApi:
     def crash(self, crash: Crash) -> None:
         simulator = self.simulator
         simulator.push(simulator.now, CRASH, crash.node, crash)
+
+    def partition(self, partition: Partition) -> None:
+        simulator = self.simulator
+        now = simulator.now
+        simulator.partitions = [cut for cut in simulator.partitions if cut.end_us > now]
+        simulator.partitions.append(partition)
 
 
 def simulate(
