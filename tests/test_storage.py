@@ -376,7 +376,7 @@ def test_compaction_snapshots_and_deletes_covered_segments(tmp_path: Path) -> No
     [snapshot] = tmp_path.glob("snapshot-*.snap")
     covered = int(snapshot.stem.removeprefix("snapshot-"))
     names = sorted(path.name for path in tmp_path.iterdir())
-    assert names == ["LOCK", snapshot.name, segment_file_name(covered + 1)]
+    assert names == ["LOCK", "SUPERBLOCK", snapshot.name, segment_file_name(covered + 1)]
     with FileStorage(tmp_path, segment_bytes_max=200) as store:
         assert store.recover() == model
         store.put("after-snapshot", b"1")

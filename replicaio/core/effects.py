@@ -22,16 +22,39 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 Path = tuple[int | str, ...]
+
+_T = TypeVar("_T")
+
+# Output types a host logs at warning as it releases them: rare events an
+# operator must see (a follower whose log went backwards). Registered at import.
+NOTICE_TYPES: set[type] = set()
+
+
+def notice(cls: type[_T]) -> type[_T]:
+    """Register the output type ``cls`` as one hosts log at warning."""
+    NOTICE_TYPES.add(cls)
+    return cls
 
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Begin an incarnation of the node with its recovered durable state."""
+    """Begin an incarnation of the node with its recovered durable state.
+
+    ``damaged``: the storage reported that it may have lost writes it had
+    acknowledged (see ``replicaio.storage.base.StorageDamage``); the protocol
+    must not act on what it may have promised and forgotten (a vote, an
+    acknowledged entry) until it has recovered from its peers.
+    ``incarnation_floor``: every incarnation this node ever used is at most
+    this (the storage's epoch, which survives damage to the log); the new
+    incarnation is above it even if the stored one went back.
+    """
 
     storage: Mapping[str, bytes]
+    damaged: bool = False
+    incarnation_floor: int = 0
 
 
 @dataclass(frozen=True, slots=True)

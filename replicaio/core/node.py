@@ -163,6 +163,7 @@ class Node:
         # order, so that forgetting a path does not scan every key of the node.
         self.storage_keys: dict[str, dict[str, None]] = {}
         self.incarnation = 0
+        self.storage_damaged = False  # this incarnation started on a damaged disk
         self.started = False
         self.routes: dict[Path, Context] = {}
         self.child_handlers: dict[Path, Callable[[Path], Context | Ignore]] = {}
@@ -208,7 +209,7 @@ class Node:
                 self.count(f"request_rejected_{reason}")
         else:
             assert isinstance(event, Start), f"unknown input {event!r}"
-            self.start(event.storage)
+            self.start(event.storage, event.damaged, event.incarnation_floor)
         self.run()
         reliable = self.reliable
         if not self.tick_armed and (reliable.has_unacked() or reliable.has_acks_pending()):
@@ -236,16 +237,20 @@ class Node:
 
     # -- start ---------------------------------------------------------------
 
-    def start(self, storage: Any) -> None:
+    def start(self, storage: Any, damaged: bool = False, incarnation_floor: int = 0) -> None:
         assert not self.started, "a Node object lives one incarnation; build a new one"
         self.started = True
+        self.storage_damaged = damaged
+        if damaged:
+            self.count("storage_damage_reported")
         self.storage = dict(storage)
         for key in self.storage:
             self.index_key(key)
         stored = self.storage.get(INCARNATION_KEY)
         previous = self.codec.decode_value(stored) if stored else 0
         assert isinstance(previous, int), "corrupt incarnation record"
-        self.incarnation = previous + 1
+        # A damaged log may hold an older incarnation than the last one used.
+        self.incarnation = max(previous, incarnation_floor) + 1
         self.persist(INCARNATION_KEY, self.codec.encode_value(self.incarnation))
         self.reliable.restore_sent()
         self.reliable.announce(self.incarnation)

@@ -36,6 +36,7 @@ block beyond it: TCP backpressure), ``batch_inputs_max`` per batch.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import random
@@ -46,7 +47,7 @@ from typing import IO, Any, TypeVar
 
 from replicaio.assembly import protocol_factory
 from replicaio.core.codec import Codec
-from replicaio.core.effects import Input, Receive, Request, Start, TimerFired
+from replicaio.core.effects import NOTICE_TYPES, Input, Receive, Request, TimerFired
 from replicaio.core.node import Node
 from replicaio.runtime.client import ClientService, OnDone, service_factory
 from replicaio.runtime.config import Address, ClusterFile
@@ -54,6 +55,7 @@ from replicaio.runtime.counters import Counters
 from replicaio.runtime.logs import FIELDS, log, monotonic_us
 from replicaio.runtime.metrics import NodeMetrics
 from replicaio.runtime.transport import Transport
+from replicaio.storage.base import after_start, start_input
 from replicaio.storage.file import FileStorage
 from replicaio.trace.eventlog import Choice, EventLogWriter, encode_effects, encode_input
 
@@ -81,6 +83,14 @@ async def listening(what: str, address: Address, start: Awaitable[T]) -> T:
         return await start
     except OSError as error:
         raise ListenError(what, address, error) from error
+
+
+def output_fields(output: Any) -> dict[str, Any]:
+    """The fields of an output message, for a log line."""
+    names = getattr(type(output), "__struct_fields__", None)
+    if names is None:
+        names = [field.name for field in dataclasses.fields(output)]
+    return {name: getattr(output, name) for name in names}
 
 
 class NodeHost:
@@ -172,12 +182,29 @@ class NodeHost:
             self.metrics_server = await listening(
                 "metrics", self.entry.metrics, self.metrics.serve(self.entry.metrics)
             )
-        await self.process([(None, Start(self.storage.recover()))])
+        await self.start_core(self.storage)
         self.ready.set()
         log(logger, logging.INFO, "node started", protocol=cluster.protocol, n=cluster.n,
             f=cluster.f, incarnation=self.core.incarnation, peer=str(self.entry.peer),
             client=str(self.entry.client), metrics=str(self.entry.metrics),
             data_dir=str(self.entry.data_dir), auth=cluster.auth)
+
+    async def start_core(self, storage: FileStorage) -> None:
+        """Step ``Start``. Damage the storage found is logged and handed to the
+        core; once the core's reaction is durable (the start batch synced), the
+        new incarnation is made the storage's epoch and the damage cleared, both
+        before any message of the incarnation leaves."""
+        damage = storage.damage
+        if damage is not None:
+            log(logger, logging.WARNING, "storage lost writes it may have acknowledged; "
+                "this node recovers them from its peers before it votes or counts",
+                kind=damage.kind, detail=damage.detail, bytes_discarded=damage.bytes_discarded)
+
+        def before_release() -> None:
+            assert self.core is not None
+            after_start(storage, self.core.incarnation)
+
+        await self.process([(None, start_input(storage))], before_release=before_release)
 
     def open_event_log(self) -> None:
         assert self.event_log_path is not None and self.core is not None
@@ -289,8 +316,14 @@ class NodeHost:
             if stop:
                 return
 
-    async def process(self, batch: list[tuple[OnDone | None, Input]]) -> None:
-        """Step every input, sync once, then release the effects in step order."""
+    async def process(
+        self,
+        batch: list[tuple[OnDone | None, Input]],
+        *,
+        before_release: Callable[[], None] | None = None,
+    ) -> None:
+        """Step every input, sync once, then release the effects in step order
+        (``before_release`` runs between the two)."""
         core, storage = self.core, self.storage
         assert core is not None and storage is not None
         sends: list[tuple[int, bytes]] = []
@@ -307,6 +340,8 @@ class NodeHost:
                     completions.append((len(outputs), on_done, reason))
         if wrote:
             await self.sync(storage)
+        if before_release is not None:
+            before_release()
         self.flush_event_log()
         self.release(sends, outputs, completions)
         self.stats["batches"] += 1
@@ -385,6 +420,9 @@ class NodeHost:
         self.release_outputs(outputs[released:])
 
     def release_outputs(self, outputs: list[Any]) -> None:
+        for output in outputs:
+            if type(output) in NOTICE_TYPES:
+                log(logger, logging.WARNING, type(output).__name__, **output_fields(output))
         if outputs and self.service is not None:
             self.service.on_outputs(outputs)
 

@@ -71,6 +71,19 @@ class NodeCollector(Collector):
             wal = GaugeMetricFamily("replicaio_wal_bytes", "Bytes in the write-ahead log")
             wal.add_metric([], host.storage.wal_bytes)
             yield wal
+            damage = host.storage.damage
+            damaged = GaugeMetricFamily(
+                "replicaio_storage_damage", "1 if the storage lost writes it may have "
+                "acknowledged when this incarnation started (see the log's warning)",
+            )
+            damaged.add_metric([], 0 if damage is None else 1)
+            yield damaged
+            discarded = GaugeMetricFamily(
+                "replicaio_storage_bytes_discarded", "Bytes of a damaged or torn log tail "
+                "discarded when this incarnation started",
+            )
+            discarded.add_metric([], host.storage.torn_bytes_discarded)
+            yield discarded
         # A client service may add its own (the KV service: request latencies per
         # command, the protocol's gauges); read at scrape time like the rest.
         service_metrics = getattr(host.service, "collect_metrics", None)

@@ -44,13 +44,14 @@ from typing import IO, Any
 from replicaio.assembly import protocol_factory
 from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig
-from replicaio.core.effects import Effects, Input, Receive, Request, Start, TimerFired
+from replicaio.core.effects import Effects, Input, Receive, Request, TimerFired
 from replicaio.core.errors import UsageError
 from replicaio.core.node import Node, NodeParams, ProtocolFactory
 from replicaio.sim.adversary import RunView, Strategy, build_strategy
 from replicaio.sim.footprint import CHECK_EVERY_STEPS, footprint, footprint_bounds, over_bounds
 from replicaio.sim.harness import Harness, harness_for
 from replicaio.sim.options import Crash, Partition, SimOptions
+from replicaio.storage.base import after_start, start_input
 from replicaio.storage.memory import MemoryStorage
 from replicaio.trace.eventlog import Choice, EventLogWriter, encode_input, pack_effects
 
@@ -597,7 +598,10 @@ class Simulator:
         if self.view is not None:
             self.view.cores[node.node_id] = node.core
             self.view.incarnations[node.node_id] = node.incarnation
-        self.step(node, Start(node.storage.recover()))
+        core = node.core
+        self.step(node, start_input(node.storage))
+        if node.core is core:  # the start step was synced (no crash inside it)
+            after_start(node.storage, core.incarnation)
 
     def clock_us(self, node_id: int) -> int:
         """What node ``node_id``'s clock reads now (its offset and rate applied)."""

@@ -23,6 +23,13 @@ Theory of operation (the full format and the argument are in docs/storage.md):
   with a COMMIT-flagged SEAL record. Any other bad record means data that was
   acknowledged as durable is damaged: ``StorageCorruptError``, naming the file
   and the offset, and nothing is modified.
+* **What was lost** (``damage``): the superblock (``superblock.py``) remembers
+  the last batch known to be synced. A log that recovers to an earlier batch
+  (a cut, a lost write, a flipped bit in the last batch) lost acknowledged
+  data; the store says so in ``damage`` and keeps saying so at every open
+  until ``clear_damage``. With ``mark_syncs`` (the default) every sync is
+  marked before it returns, so a torn batch after the mark is an honest torn
+  write and reported as nothing.
 
 Only this process writes the directory: a second opener (another process, or
 another ``FileStorage`` in this one) gets ``StorageUsageError``.
@@ -37,15 +44,25 @@ import re
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from replicaio.storage.base import (
     KEY_BYTES_MAX,
     VALUE_BYTES_MAX,
     StorageCorruptError,
+    StorageDamage,
     StorageUsageError,
     check_key_value,
+)
+from replicaio.storage.superblock import (
+    DAMAGE_NAMES,
+    DAMAGE_NONE,
+    Superblock,
+    SuperblockRead,
+    SuperblockState,
+    classify,
+    read_superblock,
 )
 
 # 2: values are frames of the msgspec codec (docs/codec.md); a file of another
@@ -295,6 +312,13 @@ class FileStorage:
     With ``fsync=False`` data survives process crashes only: for tests and
     throwaway nodes.
 
+    Damage that may have cost acknowledged writes (see ``damage``) is reported
+    rather than refused when the log still makes sense: a lost or damaged
+    tail. ``mark_syncs`` (default) marks every sync in the superblock before
+    ``sync`` returns (one more ``fdatasync`` of a 64-byte slot), which makes
+    that report exact; without it only closes, rotations and compactions are
+    marked, and any torn tail is reported as possibly acknowledged.
+
     Bounds: a segment holds at most ``segment_bytes_max`` bytes (a single
     record larger than that gets a segment of its own); at most
     ``unsynced_bytes_max`` bytes of encoded records may wait for ``sync``, more
@@ -314,6 +338,7 @@ class FileStorage:
         fsync: bool = True,
         wal_bytes_compact_threshold: int | None = WAL_BYTES_COMPACT_THRESHOLD_DEFAULT,
         unsynced_bytes_max: int = UNSYNCED_BYTES_MAX_DEFAULT,
+        mark_syncs: bool = True,
     ) -> None:
         if segment_bytes_max < SEGMENT_BYTES_MIN:
             raise StorageUsageError(f"segment_bytes_max must be >= {SEGMENT_BYTES_MIN}")
@@ -328,6 +353,9 @@ class FileStorage:
         self._fsync_enabled = fsync
         self._wal_bytes_compact_threshold = wal_bytes_compact_threshold
         self._unsynced_bytes_max = unsynced_bytes_max
+        self._mark_syncs = mark_syncs
+        self._superblock: Superblock | None = None
+        self.damage: StorageDamage | None = None  # what the recovery below found lost
         # Buffered writes: (key, encoded key, value or None for a delete).
         self._pending: list[tuple[str, bytes, bytes | None]] = []
         self._pending_bytes = 0
@@ -381,6 +409,8 @@ class FileStorage:
         """
         self._check_open()
         self._sync_batch()
+        if self._mark_syncs:
+            self._mark()
         threshold = self._wal_bytes_compact_threshold
         wal_bytes = self.wal_bytes
         # Compacting only once the log outgrows the live data bounds write amplification.
@@ -397,11 +427,17 @@ class FileStorage:
         return dict(self._state)
 
     def close(self) -> None:
-        """Release the files and the lock; unsynced writes are discarded. Idempotent."""
+        """Release the files and the lock; unsynced writes are discarded. Idempotent.
+
+        Marks the last sync in the superblock if it was not yet (``mark_syncs``
+        off), so that a clean shutdown is always exact about what it synced.
+        """
         self._pending.clear()
         self._pending_bytes = 0
         if self._closed_reason is None:
             self._closed_reason = "closed"
+            with contextlib.suppress(OSError):
+                self._mark()
         self._release_descriptors()
 
     def __enter__(self) -> FileStorage:
@@ -433,6 +469,45 @@ class FileStorage:
         """Number of live log segments."""
         return len(self._segments)
 
+    @property
+    def epoch(self) -> int:
+        """The highest number ever passed to ``set_epoch``; survives any damage to the log."""
+        return self._superblock.state.epoch if self._superblock is not None else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Durably raise the epoch (written to every superblock copy before returning)."""
+        self._check_open()
+        if epoch < self.epoch:
+            raise StorageUsageError(f"the epoch never goes back: {epoch} < {self.epoch}")
+        assert self._superblock is not None
+        try:
+            self._superblock.write(replace(self._superblock.state, epoch=epoch), every_slot=True)
+        except OSError as error:
+            self._fail(error)
+            raise
+
+    def clear_damage(self) -> None:
+        """The node has durably reacted to ``damage``: later opens no longer report it."""
+        self._check_open()
+        assert self._superblock is not None
+        if self._superblock.state.damage == DAMAGE_NONE:
+            return
+        try:
+            self._superblock.write(replace(self._superblock.state, damage=DAMAGE_NONE))
+        except OSError as error:
+            self._fail(error)
+            raise
+
+    def _mark(self) -> None:
+        """Record in the superblock that every batch so far is synced."""
+        superblock = self._superblock
+        if superblock is not None and superblock.state.synced_batch < self._batch_last:
+            try:
+                superblock.write(replace(superblock.state, synced_batch=self._batch_last))
+            except OSError as error:
+                self._fail(error)
+                raise
+
     def compact(self) -> None:
         """Sync, then fold the whole log into a snapshot and delete the covered segments.
 
@@ -444,6 +519,7 @@ class FileStorage:
         self._sync_batch()
         try:
             self._compact()
+            self._mark()
         except OSError as error:
             self._fail(error)
             raise
@@ -534,6 +610,8 @@ class FileStorage:
         self._segment_fd = -1
         self._open_new_segment(self._segment_seq + 1)
         self.rotations += 1
+        if not self._mark_syncs:
+            self._mark()  # the closed segment is durable: mark what it held
 
     def _open_new_segment(self, seq: int) -> None:
         assert seq not in self._segments
@@ -625,6 +703,7 @@ class FileStorage:
         return fd
 
     def _recover_from_disk(self) -> None:
+        read = read_superblock(self.directory)
         segments, snapshots, temporaries = self._list_files()
         snapshot = self._choose_snapshot(segments, snapshots)
         covered = snapshot.covered_segment if snapshot else 0
@@ -645,6 +724,8 @@ class FileStorage:
         obsolete = [path for seq, path in segments.items() if seq <= covered]
         obsolete += [path for seq, path in snapshots.items() if seq < covered]
         self._unlink_all(obsolete + temporaries)
+        # Record what was lost before the log changes: a crash from here on keeps the report.
+        self._open_superblock(read, cursor.batch if cursor.committed else cursor.batch - 1)
         if live:
             self._segment_seq = live[-1]
             path = segments[live[-1]]
@@ -655,6 +736,32 @@ class FileStorage:
         self._batch_last = cursor.batch
         if not cursor.committed:
             self._seal(cursor.batch)
+        self._mark()
+
+    def _open_superblock(self, read: SuperblockRead, committed: int) -> None:
+        """Classify what the replay lost (``self.damage``) and make it durable."""
+        previous = read.state
+        code, detail = classify(read, committed, self.torn_bytes_discarded, self.directory)
+        state = previous or SuperblockState()
+        target = replace(
+            state,
+            synced_batch=min(state.synced_batch, committed) if previous else committed,
+            damage=state.damage or code,
+            exact=self._mark_syncs,
+        )
+        if state.damage:
+            earlier = DAMAGE_NAMES.get(state.damage, f"damage code {state.damage}")
+            detail = f"{self.directory}: {earlier} found at an earlier start and not yet " + (
+                f"recovered from; {detail}" if detail else "recovered from"
+            )
+            self.damage = StorageDamage("reported earlier", detail, self.torn_bytes_discarded)
+        elif code:
+            self.damage = StorageDamage(DAMAGE_NAMES[code], detail, self.torn_bytes_discarded)
+        superblock = Superblock(self.directory, target, fsync=self._fsync_enabled)
+        superblock.open_or_create(previous is not None, self._directory_fd)
+        self._superblock = superblock
+        if previous is not None and target != state:
+            superblock.write(target)
 
     def _list_files(self) -> tuple[dict[int, Path], dict[int, Path], list[Path]]:
         """Segments and snapshots by number, and leftovers of unfinished atomic creations."""
@@ -798,6 +905,9 @@ class FileStorage:
         self._release_descriptors()
 
     def _release_descriptors(self) -> None:
+        superblock = getattr(self, "_superblock", None)
+        if superblock is not None:
+            superblock.close()
         for name in ("_segment_fd", "_lock_fd", "_directory_fd"):
             fd = getattr(self, name, -1)
             if fd >= 0:

@@ -8,6 +8,15 @@ rest are lost. The simulator draws ``k`` from its seed (``0 <= k <=
 unsynced_count``) so that every prefix the contract allows is reachable, and
 nothing the contract forbids (reordering, losing synced writes) ever is.
 
+Storage faults (``docs/storage.md``, "Damage"): ``crash(lose_synced=j)`` also
+reverts the last ``j`` synced writes (a torn or lost write of synced data, a
+flipped bit in the last records: what ``FileStorage`` recovers as a shorter
+log), and ``wipe_log()`` loses the whole map (damage in the middle of the log
+that the operator cleared by removing the log files). Both are reported in
+``damage``, exactly as ``FileStorage`` reports them, until ``clear_damage``;
+the ``epoch`` survives both (it lives in the superblock, which these faults
+spare).
+
 Cost model (this runs for every protocol step in the simulator): ``put`` and
 ``delete`` are O(1) plus key validation, ``sync`` is O(number of buffered
 writes), ``recover`` is O(size of the map) because it returns a copy.
@@ -15,9 +24,13 @@ writes), ``recover`` is O(size of the map) because it returns a copy.
 
 from __future__ import annotations
 
-from replicaio.storage.base import StorageUsageError, check_key_value
+from collections import deque
+
+from replicaio.storage.base import StorageDamage, StorageUsageError, check_key_value
 
 UNSYNCED_WRITES_MAX_DEFAULT = 1_000_000
+SYNCED_HISTORY_MAX_DEFAULT = 256  # synced writes ``crash(lose_synced=...)`` may revert
+LOST_SYNCED_WRITES = "lost synced writes"
 
 
 class MemoryStorage:
@@ -37,15 +50,24 @@ class MemoryStorage:
 
     __slots__ = (
         "_closed",
+        "_damage_pending",
         "_durable",
+        "_epoch",
+        "_history",
         "_pending",
         "_unsynced_writes_max",
         "crashes",
+        "damage",
         "syncs",
         "writes",
     )
 
-    def __init__(self, *, unsynced_writes_max: int = UNSYNCED_WRITES_MAX_DEFAULT) -> None:
+    def __init__(
+        self,
+        *,
+        unsynced_writes_max: int = UNSYNCED_WRITES_MAX_DEFAULT,
+        synced_history_max: int = SYNCED_HISTORY_MAX_DEFAULT,
+    ) -> None:
         if unsynced_writes_max < 1:
             raise StorageUsageError(
                 f"unsynced_writes_max must be at least 1, got {unsynced_writes_max}"
@@ -54,7 +76,12 @@ class MemoryStorage:
         # Buffered writes in issue order; a value of None is a delete.
         self._pending: list[tuple[str, bytes | None]] = []
         self._unsynced_writes_max = unsynced_writes_max
+        # Undo records of the latest synced writes: (key, value before it), oldest first.
+        self._history: deque[tuple[str, bytes | None]] = deque(maxlen=synced_history_max)
         self._closed = False
+        self._epoch = 0
+        self._damage_pending = ""  # the kind of a loss not yet cleared, survives crashes
+        self.damage: StorageDamage | None = None
         self.writes = 0
         self.syncs = 0
         self.crashes = 0
@@ -82,7 +109,7 @@ class MemoryStorage:
     def sync(self) -> None:
         """Make every buffered write durable, in order. O(buffered writes)."""
         self._check_open()
-        self._apply(len(self._pending))
+        self._apply(len(self._pending), remember=True)
         self.syncs += 1
         assert not self._pending
 
@@ -103,21 +130,73 @@ class MemoryStorage:
         """How many buffered writes a ``crash`` could keep (the bound of ``keep_unsynced``)."""
         return len(self._pending)
 
-    def crash(self, keep_unsynced: int = 0) -> None:
+    @property
+    def synced_history_count(self) -> int:
+        """How many synced writes ``crash(lose_synced=...)`` can revert."""
+        return len(self._history)
+
+    def crash(self, keep_unsynced: int = 0, *, lose_synced: int = 0) -> None:
         """Simulate a power loss and restart; the store is usable again afterwards.
 
         The durable state survives. Of the buffered writes, exactly the first
         ``keep_unsynced`` survive (they had reached the disk), the rest are lost.
         Works on a closed store too (a restart after a clean shutdown).
+
+        ``lose_synced=j`` is a storage fault on top: the last ``j`` synced writes
+        are lost too (and any unsynced ones after them), and ``damage`` says so.
         """
         if not 0 <= keep_unsynced <= len(self._pending):
             raise StorageUsageError(
                 f"keep_unsynced must be in [0, {len(self._pending)}], got {keep_unsynced}"
             )
+        if not 0 <= lose_synced <= len(self._history):
+            raise StorageUsageError(
+                f"lose_synced must be in [0, {len(self._history)}], got {lose_synced}"
+            )
+        if lose_synced:
+            self._pending.clear()
+            for _ in range(lose_synced):
+                key, previous = self._history.pop()
+                if previous is None:
+                    self._durable.pop(key, None)
+                else:
+                    self._durable[key] = previous
+            self._damage_pending = LOST_SYNCED_WRITES
         self._apply(keep_unsynced)
+        self._restart(f"{lose_synced} synced writes lost")
+
+    def wipe_log(self) -> None:
+        """A storage fault: the whole map is lost (the epoch survives); a restart."""
+        self._pending.clear()
+        self._durable.clear()
+        self._history.clear()
+        self._damage_pending = LOST_SYNCED_WRITES
+        self._restart("the whole log lost")
+
+    def _restart(self, detail: str) -> None:
         self._pending.clear()
         self._closed = False
         self.crashes += 1
+        self.damage = (
+            StorageDamage(self._damage_pending, detail) if self._damage_pending else None
+        )
+
+    @property
+    def epoch(self) -> int:
+        """The highest number passed to ``set_epoch``; survives every fault."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Raise the epoch (durable at once)."""
+        self._check_open()
+        if epoch < self._epoch:
+            raise StorageUsageError(f"the epoch never goes back: {epoch} < {self._epoch}")
+        self._epoch = epoch
+
+    def clear_damage(self) -> None:
+        """The node has durably reacted to ``damage``: later restarts no longer report it."""
+        self._check_open()
+        self._damage_pending = ""
 
     def clone(self) -> MemoryStorage:
         """Return an independent copy (durable state and buffered writes).
@@ -125,19 +204,30 @@ class MemoryStorage:
         Lets a test or a model checker explore several crash outcomes from one
         point without replaying the history that led there.
         """
-        twin = MemoryStorage(unsynced_writes_max=self._unsynced_writes_max)
+        twin = MemoryStorage(
+            unsynced_writes_max=self._unsynced_writes_max,
+            synced_history_max=self._history.maxlen or 0,
+        )
         twin._durable = dict(self._durable)
         twin._pending = list(self._pending)
+        twin._history = deque(self._history, maxlen=self._history.maxlen)
         twin._closed = self._closed
+        twin._epoch = self._epoch
+        twin._damage_pending = self._damage_pending
+        twin.damage = self.damage
         return twin
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _apply(self, count: int) -> None:
-        """Move the first ``count`` buffered writes into the durable state."""
+    def _apply(self, count: int, *, remember: bool = False) -> None:
+        """Move the first ``count`` buffered writes into the durable state
+        (``remember``: keep undo records, these writes are synced)."""
         durable = self._durable
         pending = self._pending
+        history = self._history
         for key, value in pending[:count] if count < len(pending) else pending:
+            if remember and history.maxlen:
+                history.append((key, durable.get(key)))
             if value is None:
                 durable.pop(key, None)
             else:

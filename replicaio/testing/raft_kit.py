@@ -45,6 +45,7 @@ from replicaio.protocols.raft.messages import (
     Config,
     ConfigChanged,
     Entry,
+    FollowerLogRegressed,
     LeaderCommitted,
     RaftAdmin,
     ReadConfirmed,
@@ -142,6 +143,11 @@ def format_raft_output(output: Any) -> str:
         )
     if kind is Voted:
         return f"voted t{output.term} for {output.candidate}"
+    if kind is FollowerLogRegressed:
+        return (
+            f"follower {output.follower}'s log went back: it had acknowledged "
+            f"{output.match_index}, now ends at {output.last_index_hint}"
+        )
     if kind is BecameLeader:
         return f"became leader t{output.term} last_index={output.last_index}"
     if kind is LeaderCommitted:

@@ -43,6 +43,7 @@ from replicaio.storage.file import (
     FileStorage,
 )
 from replicaio.storage.memory import MemoryStorage
+from replicaio.storage.superblock import SUPERBLOCK_FILE_NAME
 
 S = TypeVar("S", bound=Storage)
 Operation = tuple[str, bytes | None]  # (key, value); a value of None is a delete
@@ -361,6 +362,11 @@ def _check_outcome(
             f"which is not the previous state plus a prefix of the batch: {states!r}"
         )
     prefix = states.index(state)
+    if outcome.damage is not None:
+        raise AssertionError(
+            f"batch {number}: a crash during sync lost no synced write, but the store "
+            f"reports damage: {outcome.damage}"
+        )
     outcome.put("written-after-recovery", b"x")
     outcome.sync()
     reopened = crash_and_reopen(outcome)
@@ -437,6 +443,8 @@ class FileStorageCrashes:
     def crash_during_sync(self, store: FileStorage) -> Iterator[FileStorage]:
         """Sync ``store``; yield the store recovered after each crash point within it."""
         before = _log_files(store.directory)
+        superblock = store.directory / SUPERBLOCK_FILE_NAME
+        marks = superblock.read_bytes()  # the sync marks itself only after its fsync
         store.sync()
         after = _log_files(store.directory)
         if any(name not in after for name in before) or any(
@@ -450,7 +458,7 @@ class FileStorageCrashes:
                 for later, _, _ in regions[index + 1 :]:
                     del files[later]  # created after this crash point
                 files[name] = after[name][:cut]
-                yield from self._outcome(files)
+                yield from self._outcome({**files, superblock.name: marks})
         if regions:
             name, start, end = regions[-1]
             first_sector = start - start % self._sector_bytes
@@ -458,7 +466,7 @@ class FileStorageCrashes:
                 low, high = max(sector, start), min(sector + self._sector_bytes, end)
                 damaged = bytearray(after[name])
                 damaged[low:high] = bytes(high - low)
-                yield from self._outcome({**after, name: bytes(damaged)})
+                yield from self._outcome({**after, name: bytes(damaged), superblock.name: marks})
 
     @staticmethod
     def _volatile_regions(

@@ -10,7 +10,8 @@ objects. The first is a header map::
 Every later object is an array whose first element is the record kind:
 
 * ``[STEP, time_us, node, incarnation, input, choices, effects]``: one call
-  of ``Node.step``. ``input`` is ``["start", {key: bytes}]``,
+  of ``Node.step``. ``input`` is ``["start", {key: bytes}]`` (with a third
+  element ``{"damaged": bool, "incarnation_floor": int}`` when either is set),
   ``["receive", source, bytes]``, ``["timer", timer_id]`` or
   ``["request", value]``; ``choices`` is ``[[label, count, index], ...]`` in
   the order they were made; ``effects`` is ``[persists, sends,
@@ -61,7 +62,10 @@ def encode_input(codec: Codec, event: Input) -> list[Any]:
     if isinstance(event, Request):
         return ["request", event.payload]
     assert isinstance(event, Start)
-    return ["start", dict(sorted(event.storage.items()))]
+    record: list[Any] = ["start", dict(sorted(event.storage.items()))]
+    if event.damaged or event.incarnation_floor:
+        record.append({"damaged": event.damaged, "incarnation_floor": event.incarnation_floor})
+    return record
 
 
 def decode_input(record: Any) -> Input:
@@ -75,7 +79,11 @@ def decode_input(record: Any) -> Input:
         if kind == "request":
             return Request(record[1])
         if kind == "start":
-            return Start({str(key): bytes(value) for key, value in record[1].items()})
+            storage = {str(key): bytes(value) for key, value in record[1].items()}
+            extra = record[2] if len(record) > 2 else {}
+            return Start(
+                storage, bool(extra.get("damaged", False)), int(extra.get("incarnation_floor", 0))
+            )
     except (IndexError, TypeError, ValueError, AttributeError) as error:
         raise EventLogError(f"malformed input record {record!r}: {error}") from error
     raise EventLogError(f"unknown input kind {record!r}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from replicaio.core.codec import Message, Meta
+from replicaio.core.effects import notice
 
 NO_NODE = -1  # votedFor / leader unknown
 UNREGISTERED = 0  # a configuration slot whose disk identity is not known yet
@@ -199,6 +200,19 @@ class Restarted(Message, tag="raft.Restarted"):
     voted_for: int
     snapshot_index: int
     last_index: int
+
+
+@notice
+class FollowerLogRegressed(Message, tag="raft.FollowerLogRegressed"):
+    """``node``, leader of ``term``, heard ``follower`` reject a probe at or below
+    what it had acknowledged (``match_index``): its log went backwards (lost
+    storage); the leader probes it again from ``last_index_hint``."""
+
+    node: int
+    term: int
+    follower: int
+    match_index: int
+    last_index_hint: int
 
 
 class Voted(Message, tag="raft.Voted"):

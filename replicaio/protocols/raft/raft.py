@@ -73,6 +73,7 @@ class RaftView:
     last_digest: bytes
     config: Config
     identity: int
+    recovering: int  # 1 while a replaced or damaged disk may not vote (membership.py)
 
 
 class Raft:
@@ -140,11 +141,21 @@ class Raft:
         assert not self.started
         self.started = True
         stored = self.context.load("identity")
-        if stored is None:
+        damaged = self.context.node.storage_damaged
+        if stored is None or damaged:
             # First start on this disk: a fresh identity (and whether the disk
             # replaces a lost one), written before any other Raft state (see
-            # membership.py: disks that were lost).
-            stored = (1 + self.context.random_below(IDENTITY_MAX), self.params.join)
+            # membership.py: disks that were lost). A disk that lost writes it
+            # had acknowledged is a replaced disk too: its old identity's votes
+            # and acknowledgements may be gone, so it takes a new one and joins.
+            if damaged:
+                self.count("raft_storage_damaged_rejoining")
+            joiner = self.params.join or damaged
+            previous = 0 if stored is None else int(stored[0])
+            identity = 1 + self.context.random_below(IDENTITY_MAX - 1)
+            if identity >= previous > 0:
+                identity += 1  # drawn among the identities other than the lost one
+            stored = (identity, joiner)
             self.context.persist("identity", stored)
         self.identity, self.joiner = int(stored[0]), bool(stored[1])
         self.hard.load()
@@ -189,6 +200,7 @@ class Raft:
             applied_index=self.applied_index, snapshot_index=log.snapshot_index,
             last_index=log.last_index, last_term=log.last_term, last_digest=log.last_digest,
             config=log.config, identity=self.identity,
+            recovering=int(not self.membership.may_vote()),
         )
 
     # -- messages ----------------------------------------------------------------

@@ -41,6 +41,7 @@ from replicaio.protocols.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Entry,
+    FollowerLogRegressed,
     LeaderCommitted,
 )
 from replicaio.protocols.raft.state import Role
@@ -455,7 +456,7 @@ class Replication:
                 return
             self.on_match(source, progress, response.match_index)
         else:
-            self.on_reject(progress, response)
+            self.on_reject(source, progress, response)
         progress.wakeup.notify()
 
     def on_match(self, peer: int, progress: Progress, match: int) -> None:
@@ -475,23 +476,46 @@ class Replication:
             raft.election.maybe_timeout_now(peer)
             raft.membership.on_progress(peer)
 
-    def on_reject(self, progress: Progress, response: AppendEntriesResponse) -> None:
+    def on_regressed(
+        self, source: int, progress: Progress, response: AppendEntriesResponse
+    ) -> None:
+        """The follower rejected our outstanding probe at or below its match index:
+        it no longer holds entries it acknowledged (its storage lost them). What
+        it acknowledged stays counted where it was counted (commitment is never
+        undone); from now on it counts only for what it acknowledges again."""
+        raft = self.raft
+        raft.count("raft_follower_log_regressed")
+        hint = self.reject_hint(response)
+        raft.context.output(
+            FollowerLogRegressed(raft.id, raft.hard.term, source, progress.match_index, hint - 1)
+        )
+        progress.match_index = 0
+        progress.become_probe(max(1, min(hint, response.rejected_index)))
+
+    def on_reject(
+        self, source: int, progress: Progress, response: AppendEntriesResponse
+    ) -> None:
         """Back off ``next_index`` by the follower's hints (a term per round trip)."""
         raft = self.raft
         rejected = response.rejected_index
         if rejected <= progress.match_index:
+            if progress.state == PROBE and rejected == progress.next_index - 1:
+                self.on_regressed(source, progress, response)
+                return
             raft.count("raft_ignored_stale_rejection")
             return
         if progress.state == PROBE and rejected != progress.next_index - 1:
             raft.count("raft_ignored_stale_rejection")
             return
-        if response.conflict_term > 0:
-            last = raft.log.last_index_of_term(response.conflict_term)
-            hint = response.conflict_index if last is None else last + 1
-        else:
-            hint = response.conflict_index
-        progress.become_probe(max(1, min(hint, rejected)))
+        progress.become_probe(max(1, min(self.reject_hint(response), rejected)))
         raft.count("raft_append_entries_rejected")
+
+    def reject_hint(self, response: AppendEntriesResponse) -> int:
+        """Where to probe next after a rejection (the fast back-off of section 5.3)."""
+        if response.conflict_term > 0:
+            last = self.raft.log.last_index_of_term(response.conflict_term)
+            return response.conflict_index if last is None else last + 1
+        return response.conflict_index
 
     # -- the commit rule ------------------------------------------------------------
 

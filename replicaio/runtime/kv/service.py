@@ -127,7 +127,7 @@ from replicaio.services.kv.state_machine import (
     decode_result,
     encode_batch,
 )
-from replicaio.services.kv.status import protocol_status, role_name
+from replicaio.services.kv.status import protocol_status, role_name, storage_info
 from replicaio.services.kv.transactions import (
     TRANSACTION_COMMANDS,
     Exec,
@@ -957,6 +957,7 @@ class RespService(ListeningService):
                 "nodes": int(getattr(cluster, "n", 0)),
             },
             "Clients": {"connected_clients": len(self.connections_open)},
+            "Persistence": storage_info(getattr(self.host, "storage", None)),
             "Replication": {
                 "role": role_name(self.host),
                 "leader_node": status.get("leader", -1),

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 VIEW_FIELDS = ("term", "leader", "commit_index", "applied_index", "snapshot_index",
-               "last_index", "voted_for")
+               "last_index", "voted_for", "recovering")
 
 
 def protocol_status(host: Any) -> dict[str, int]:
@@ -75,3 +75,17 @@ def role_name(host: Any) -> str:
 
 def integers(values: Mapping[str, Any]) -> dict[str, int]:
     return {str(name): number for name, number in values.items() if type(number) is int}
+
+
+def storage_info(storage: Any) -> dict[str, str | int]:
+    """INFO's ``Persistence`` section: what the storage found lost at this start."""
+    if storage is None:
+        return {}
+    damage = getattr(storage, "damage", None)
+    return {
+        "storage_damage": "none" if damage is None else str(damage.kind),
+        "storage_damage_detail": "" if damage is None else str(damage.detail),
+        "storage_bytes_discarded": int(getattr(storage, "torn_bytes_discarded", 0)),
+        "storage_epoch": int(getattr(storage, "epoch", 0)),
+        "wal_bytes": int(getattr(storage, "wal_bytes", 0)),
+    }

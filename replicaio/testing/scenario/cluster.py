@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from replicaio.check.broadcast import BroadcastChecker, Violation
 from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.config import ClusterConfig
-from replicaio.core.effects import Effects, Input, Receive, Start, TimerFired
+from replicaio.core.effects import Effects, Input, Receive, TimerFired
 from replicaio.core.node import TICK_TIMER, Node, NodeParams, ProtocolFactory
 from replicaio.protocols.broadcast import (
     PROTOCOLS,
@@ -25,6 +25,7 @@ from replicaio.protocols.broadcast import (
     Delivered,
 )
 from replicaio.sim.adversary import Strategy
+from replicaio.storage.base import after_start, start_input
 from replicaio.storage.memory import MemoryStorage
 from replicaio.testing.scenario.script import Command, ScenarioError, parse_int
 from replicaio.testing.scenario.trace import (
@@ -334,8 +335,8 @@ class Scenario:
             f"{plural(len(effects.outputs), 'output')} never left"
         )
 
-    def go_down(self, node: ScenarioNode, keep_unsynced: int) -> None:
-        node.storage.crash(keep_unsynced=keep_unsynced)
+    def go_down(self, node: ScenarioNode, keep_unsynced: int, lose_synced: int = 0) -> None:
+        node.storage.crash(keep_unsynced=keep_unsynced, lose_synced=lose_synced)
         core = node.core
         assert core is not None
         for name, value in core.counters.items():
@@ -354,7 +355,10 @@ class Scenario:
             params=self.params,
             codec=self.codec,
         )
-        self.step(node, Start(node.storage.recover()), header)
+        core = node.core
+        self.step(node, start_input(node.storage), header)
+        if node.core is core:  # the start step was synced (no crash inside it)
+            after_start(node.storage, core.incarnation)
 
     # -- the network --------------------------------------------------------------------
 

@@ -255,10 +255,12 @@ def heal(self: Scenario, command_: Command) -> None:
 def crash(self: Scenario, command_: Command) -> None:
     """crash NODE: power loss now (every write was synced). crash NODE keep_unsynced=K:
     power loss inside the node's next step, after its writes were issued and before
-    the sync returned; the first K writes survive, its sends and outputs never leave."""
-    positional, options = command_.split(("keep_unsynced",))
+    the sync returned; the first K writes survive, its sends and outputs never leave.
+    crash NODE lose_synced=K: a storage fault too, the last K synced writes are lost
+    (a cut or torn tail, a flipped bit in the last records); the storage reports it."""
+    positional, options = command_.split(("keep_unsynced", "lose_synced"))
     if len(positional) != 1:
-        raise ScenarioError("crash: usage: crash NODE [keep_unsynced=K]")
+        raise ScenarioError("crash: usage: crash NODE [keep_unsynced=K | lose_synced=K]")
     node = self.up_node(positional[0])
     if node.crash_armed is not None:
         raise ScenarioError(f"crash: a crash of node {node.node_id} is already armed")
@@ -268,6 +270,15 @@ def crash(self: Scenario, command_: Command) -> None:
             f"{node.node_id}: crash armed: inside its next step, keeping the first "
             f"{plural(node.crash_armed, 'unsynced write')}"
         )
+        return
+    if "lose_synced" in options:
+        lose = parse_int(options["lose_synced"], "lose_synced")
+        if not 0 <= lose <= node.storage.synced_history_count:
+            raise ScenarioError(
+                f"crash: lose_synced must be in [0, {node.storage.synced_history_count}]"
+            )
+        self.go_down(node, 0, lose)
+        self.emit(f"{node.node_id}: crashed, losing its last {plural(lose, 'synced write')}")
         return
     self.go_down(node, 0)
     self.emit(f"{node.node_id}: crashed")
@@ -283,7 +294,9 @@ def restart(self: Scenario, command_: Command) -> None:
     if node.up:
         raise ScenarioError(f"restart: node {node.node_id} is up (crash it first)")
     recovered = len(node.storage.recover())
-    self.start(node, f"{node.node_id}: restart, {plural(recovered, 'durable key')}")
+    damage = node.storage.damage
+    reported = "" if damage is None else f" (the storage reports {damage.kind})"
+    self.start(node, f"{node.node_id}: restart, {plural(recovered, 'durable key')}{reported}")
 
 
 @command("tick")
