@@ -181,6 +181,9 @@ def print_sim_report(report: dict[str, Any]) -> None:
         ("faults", f"{stats['crashes']} crashes ({stats['crashes_mid_step']} mid-step), "
          f"{stats['restarts']} restarts, {len(options['partitions'])} partitions"),
     ]
+    if stats.get("disk_faults"):
+        rows.append(("disk faults", f"{stats['disk_faults']} ({stats['disk_synced_writes_lost']} "
+                     f"synced writes lost, {stats['disk_read_errors']} failed restarts)"))
     for key in ("instances_accepted", "instances_delivered", "deliveries", *kv_cli.REPORT_ROWS):
         if key in stats:
             rows.append((key.replace("_", " "), str(stats[key])))
@@ -510,7 +513,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         f"forge,replay; from {', '.join(BEHAVIOURS)}; default: drawn from "
                         "the seed); see docs/adversary.md")
     parser.add_argument("--faults", default="",
-                        help="comma list of crash,partition,loss,dup,reorder,clock")
+                        help="comma list of crash,partition,loss,dup,reorder,clock,disk")
     parser.add_argument("--requests", type=int, default=None,
                         help="client requests per node (default: drawn from the seed)")
     parser.add_argument("--profile", choices=PROFILES, default="default",

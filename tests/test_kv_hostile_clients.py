@@ -249,8 +249,11 @@ class SilentCrowd:
 
 def peer_connected(cluster: LocalCluster, node: int, peer: int) -> bool:
     address = cluster.cluster.nodes[node].metrics
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
-        text = page.read().decode()
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
+            text = page.read().decode()
+    except OSError:  # the metrics port opens just after the client port
+        return False
     return f'replicaio_peer_connected{{peer="{peer}"}} 1.0' in text
 
 

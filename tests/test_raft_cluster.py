@@ -26,7 +26,7 @@ import pytest
 from replicaio.check.raft import RaftChecker
 from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig, Resilience
-from replicaio.core.effects import Input, Receive, Request, Start, TimerFired
+from replicaio.core.effects import Input, Receive, Request, TimerFired
 from replicaio.core.lines import Line
 from replicaio.core.node import Node
 from replicaio.protocols.raft import (
@@ -39,6 +39,7 @@ from replicaio.protocols.raft import (
     Role,
 )
 from replicaio.smr.api import Committed, NotLeader
+from replicaio.storage.base import after_start, start_input
 from replicaio.storage.memory import MemoryStorage
 
 DELIVER, TIMER = 0, 1
@@ -158,7 +159,10 @@ class Cluster:
             self.nodes[node] = Node(
                 node, self.config, factory, choose=self.choose_for(node), codec=self.codec
             )
-            self.step(node, Start(self.disks[node].recover()))
+            self.step(node, start_input(self.disks[node]))
+            core = self.nodes[node]
+            if core is not None:  # the start step was synced
+                after_start(self.disks[node], core.incarnation)
 
     def step(self, node: int, event: Input) -> None:
         core = self.nodes[node]
@@ -202,12 +206,12 @@ class Cluster:
         self.sequence += 1
         heapq.heappush(self.heap, (at_us, self.sequence, kind, node, payload))
 
-    def go_down(self, node: int, keep_unsynced: int = 0) -> None:
+    def go_down(self, node: int, keep_unsynced: int = 0, lose_synced: int = 0) -> None:
         core = self.nodes[node]
         assert core is not None
         for name, value in core.counters.items():
             self.counters[name] = self.counters.get(name, 0) + value
-        self.disks[node].crash(keep_unsynced=keep_unsynced)
+        self.disks[node].crash(keep_unsynced=keep_unsynced, lose_synced=lose_synced)
         self.nodes[node] = None
         self.timer_tokens[node] = {}
 
@@ -271,8 +275,9 @@ class Cluster:
     def heal(self) -> None:
         self.blocked = set()
 
-    def crash(self, node: int, keep_unsynced: int = 0) -> None:
-        self.go_down(node, keep_unsynced)
+    def crash(self, node: int, keep_unsynced: int = 0, *, lose_synced: int = 0) -> None:
+        """Power loss; ``lose_synced``: a storage fault loses that many synced writes too."""
+        self.go_down(node, keep_unsynced, lose_synced)
 
     def crash_in_next_step(self, node: int, keep_unsynced: int) -> None:
         self.mid_step_crash[node] = keep_unsynced

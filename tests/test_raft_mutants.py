@@ -14,6 +14,11 @@ protocol passes the same runs.
   lost vote at the restart (``durable_state``).
 * ``raft-follower-reads`` — a follower serves reads at its own commit index: a
   stale read (``linearizable_read``), scripted below and in sweeps.
+* ``raft-trust-damaged-tail`` — a node whose storage lost acknowledged writes
+  votes and counts at once: with one more fault a committed write is lost
+  (scripted in ``scenarios/raft_trust_damaged_tail_caught.txt``); sweeps with
+  the ``disk`` fault kind catch the shortened log at the restart
+  (``durable_state``) and its consequences.
 
 Reproduce a sweep failure with the command :func:`reproduce` prints.
 """
@@ -37,23 +42,28 @@ from replicaio.testing.variants.raft import (
 )
 
 ALL_FAULTS = ("crash", "partition", "loss", "dup", "reorder")
+# A variant that only storage faults expose is swept with them on.
+FAULTS = {"raft-trust-damaged-tail": (*ALL_FAULTS, "disk")}
 
 # variant (its protocol name) -> the property a sweep catches it by
 CAUGHT = {
     "raft-commit-previous-term": "commit_rule",
     "raft-forget-vote": "durable_state",
     "raft-follower-reads": "linearizable_read",
+    "raft-trust-damaged-tail": "durable_state",
 }
 SWEEP_SEEDS = range(1, 11)
 
 
-def reproduce(service: str, seed: int, nodes: int = 3) -> str:
+def reproduce(service: str, seed: int, nodes: int = 3, faults: tuple[str, ...] = ALL_FAULTS) -> str:
     """The command that replays run ``seed`` of ``service``."""
-    return f"replicaio sim {service} --nodes {nodes} --faults {','.join(ALL_FAULTS)} --seed {seed}"
+    return f"replicaio sim {service} --nodes {nodes} --faults {','.join(faults)} --seed {seed}"
 
 
-def simulate(service: str, seed: int, nodes: int = 3) -> set[str]:
-    options = kv_options(seed, nodes, ALL_FAULTS, KvWorkload())
+def simulate(
+    service: str, seed: int, nodes: int = 3, faults: tuple[str, ...] = ALL_FAULTS
+) -> set[str]:
+    options = kv_options(seed, nodes, faults, KvWorkload())
     result = Simulator(service, options, f=(nodes - 1) // 2, record=False).run()
     return {violation["property"] for violation in result.violations}
 
@@ -71,11 +81,13 @@ def test_a_seed_sweep_catches_the_variant_and_the_correct_protocol_passes_its_se
     variant: str,
 ) -> None:
     violated = CAUGHT[variant]
-    caught = [seed for seed in SWEEP_SEEDS if violated in simulate(variant, seed)]
+    faults = FAULTS.get(variant, ALL_FAULTS)
+    caught = [seed for seed in SWEEP_SEEDS if violated in simulate(variant, seed, faults=faults)]
     assert len(caught) >= 3, f"{variant}: caught only on seeds {caught}"
     first = caught[0]
-    assert simulate("raft", first) == set(), reproduce("raft", first)
-    print(f"{variant}: caught by {violated}; reproduce: {reproduce(variant, first)}")
+    assert simulate("raft", first, faults=faults) == set(), reproduce("raft", first, faults=faults)
+    print(f"{variant}: caught by {violated}; reproduce: "
+          f"{reproduce(variant, first, faults=faults)}")
 
 
 # -- scripted consequences -----------------------------------------------------------------------

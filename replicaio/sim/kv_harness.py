@@ -86,6 +86,8 @@ from replicaio.sim.options import (
     Partition,
     SimOptions,
     draw_crashes,
+    draw_disk_faults,
+    draw_disk_nodes,
     draw_partitions,
 )
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
@@ -243,6 +245,7 @@ class KvHarness:
         self.api: HarnessApi | None = None
         self.workload = KvWorkload()
         self.rng = random.Random(0)
+        self.disk_nodes: frozenset[int] = frozenset()  # nodes whose storage may fail
         self.recorder: HistoryRecorder | None = None
         self.clients: list[Client] = []
         self.by_id: dict[int, Client] = {}
@@ -270,6 +273,7 @@ class KvHarness:
         api = self.require_api()
         self.workload = KvWorkload.from_options(options)
         self.rng = random.Random(f"replicaio-kv-clients:{options.seed}")
+        self.disk_nodes = frozenset(crash.node for crash in options.crashes if crash.disk)
         self.quota_left = self.workload.ops
         recorder = self.require_recorder()
         for slot in range(self.workload.clients):
@@ -735,6 +739,9 @@ def kv_options(
     partitions: list[Partition] = []
     crashes: list[Crash] = []
     window = workload.fault_window_us
+    # Faulty disks: a fixed set of at most f nodes, faults drawn per window too.
+    disks = draw_disk_nodes(seed, list(range(nodes)), (nodes - 1) // 2) if "disk" in faults else []
+    disk_rng = random.Random(f"replicaio-kv-disk-faults:{seed}")
     for start in range(0, safety, window):
         span = min(window, safety - start)
         if span < window // 2 or span < 4_000:
@@ -749,6 +756,10 @@ def kv_options(
                 replace(crash, at_us=crash.at_us + start)
                 for crash in draw_crashes(rng, list(range(nodes)), span)
             ]
+        crashes += [
+            replace(crash, at_us=crash.at_us + start)
+            for crash in draw_disk_faults(disk_rng, disks, span)
+        ]
     return replace(
         base,
         safety_us=safety,

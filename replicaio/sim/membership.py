@@ -55,8 +55,23 @@ class MembershipNemesis:
             others = [node for node in self.voters if node != self.leader]
             request = self.ops.request("transfer", rng.choice(others))
         elif len(self.voters) == self.config.n and self.config.n > 1:
-            request = self.ops.request("remove", rng.choice(self.voters))
+            removable = self.removable(harness.disk_nodes)
+            if not removable:
+                return
+            request = self.ops.request("remove", rng.choice(removable))
         else:
             return
         harness.figures.membership_requests += 1
         harness.require_api().request(self.leader, harness.codec.encode(request))
+
+    def removable(self, disk_nodes: frozenset[int]) -> list[int]:
+        """Voters whose removal leaves a configuration that tolerates its nodes
+        with faulty disks (as an operator must: a configuration with more damaged
+        voters than it tolerates is unavailable until repaired by hand)."""
+        found = []
+        for node in self.voters:
+            remaining = [voter for voter in self.voters if voter != node]
+            faulty = sum(1 for voter in remaining if voter in disk_nodes)
+            if faulty <= (len(remaining) - 1) // 2:
+                found.append(node)
+        return found

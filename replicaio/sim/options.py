@@ -27,11 +27,20 @@ from typing import Any
 from replicaio.core.errors import UsageError
 from replicaio.sim.adversary import BASE_BEHAVIOURS, BEHAVIOURS, draw_extras
 
-FAULT_KINDS = ("crash", "partition", "loss", "dup", "reorder", "clock")
+FAULT_KINDS = ("crash", "partition", "loss", "dup", "reorder", "clock", "disk")
 CLOCK_DRIFT_PPM_DEFAULT = 1_000  # rates drawn within +-0.1% unless told otherwise
 CLOCK_OFFSET_US_MAX = 1_000_000_000
 # The clock fault's rates beyond the bound: 10%, 30%, 2x fast; 10%, 30%, 2x, 4x slow.
 CLOCK_FAULT_RATES_PPM = (100_000, 300_000, 1_000_000, -100_000, -300_000, -500_000, -750_000)
+# Storage faults (the "disk" kind; after TigerBeetle's storage fault model), each a
+# crash of the node with damage found at its restart, see docs/storage.md:
+# * lost_writes: its last ``lose_synced`` synced writes are lost (a torn or lost
+#   write of synced data, a flipped bit in the last records);
+# * corrupt: a flipped bit or misdirected write in the middle of the log, which
+#   the store refuses; the operator removes the log (keeping the superblock);
+# * read_error: the next restart fails to read the disk and is retried later;
+# * disk_full: a sync fails inside a step (no space), a prefix of it written.
+DISK_FAULTS = ("lost_writes", "corrupt", "read_error", "disk_full")
 BYZANTINE_BEHAVIOURS = BASE_BEHAVIOURS  # one of these is drawn for every Byzantine node
 
 
@@ -80,6 +89,8 @@ class Crash:
     down_us: int
     mid_step: bool
     keep_unsynced: int
+    disk: str = ""  # a storage fault with the crash: one of DISK_FAULTS, or none
+    lose_synced: int = 0  # lost_writes: how many synced writes are lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +159,15 @@ class SimOptions:
         partitions = draw_partitions(rng, nodes, safety) if "partition" in faults else ()
         crashes = draw_crashes(rng, correct, safety) if "crash" in faults else ()
         rates, offsets = draw_clocks(seed, nodes, clock_drift_ppm, beyond="clock" in faults)
+        if "disk" in faults:
+            # At most as many nodes with faulty disks as the crash model allows
+            # failures, Byzantine nodes included: a quorum of intact disks remains.
+            disks = draw_disk_nodes(seed, correct, (nodes - 1) // 2 - len(faulty))
+            disk_rng = random.Random(f"replicaio-disk-faults:{seed}")
+            crashes = tuple(sorted(
+                crashes + draw_disk_faults(disk_rng, disks, safety),
+                key=lambda crash: (crash.at_us, crash.node),
+            ))
         return cls(
             seed=seed,
             nodes=nodes,
@@ -197,6 +217,7 @@ class SimOptions:
                 Crash(
                     int(item["node"]), int(item["at_us"]), int(item["down_us"]),
                     bool(item["mid_step"]), int(item["keep_unsynced"]),
+                    str(item.get("disk", "")), int(item.get("lose_synced", 0)),
                 )
                 for item in fields.get("crashes", ())
             )
@@ -228,6 +249,8 @@ class SimOptions:
         for crash in self.crashes:
             if not 0 <= crash.node < self.nodes or crash.node in self.byzantine:
                 problems.append(f"crash of node {crash.node}: not a correct node")
+            if crash.disk and crash.disk not in DISK_FAULTS:
+                problems.append(f"unknown disk fault {crash.disk!r}")
         for partition in self.partitions:
             if any(not 0 <= node < self.nodes for node in partition.side):
                 problems.append(f"partition side {partition.side} names unknown nodes")
@@ -312,3 +335,32 @@ def draw_crashes(rng: random.Random, correct: list[int], safety_us: int) -> tupl
             keep_unsynced=rng.randint(0, 3),
         ))
     return tuple(sorted(found, key=lambda crash: (crash.at_us, crash.node)))
+
+
+def draw_disk_nodes(seed: int, correct: list[int], disks_max: int) -> list[int]:
+    """The nodes whose disks may fail in run ``seed``: at most ``disks_max`` of
+    the correct ones (drawn from their own generator, so that switching the
+    "disk" kind on leaves every other fault of the seed as it was)."""
+    if disks_max < 1 or not correct:
+        return []
+    rng = random.Random(f"replicaio-disk-nodes:{seed}")
+    return sorted(rng.sample(correct, rng.randint(1, min(disks_max, len(correct)))))
+
+
+def draw_disk_faults(rng: random.Random, disks: list[int], safety_us: int) -> tuple[Crash, ...]:
+    """Storage faults on the nodes ``disks`` within ``safety_us``."""
+    if not disks:
+        return ()
+    found = []
+    for _ in range(rng.randint(1, 4)):
+        disk = rng.choices(DISK_FAULTS, (6, 2, 1, 1))[0]
+        found.append(Crash(
+            node=rng.choice(disks),
+            at_us=rng.randrange(0, safety_us),
+            down_us=rng.randrange(1_000, safety_us // 2),
+            mid_step=disk == "disk_full",
+            keep_unsynced=rng.randint(0, 3),
+            disk=disk,
+            lose_synced=rng.randint(1, 40) if disk == "lost_writes" else 0,
+        ))
+    return tuple(found)

@@ -99,6 +99,7 @@ class SimNode:
     timers: dict[int, int] = field(default_factory=dict)  # timer id -> token
     choices: list[Choice] = field(default_factory=list)
     pending_crash: Crash | None = None
+    read_errors: int = 0  # restarts that will fail to read the disk (a storage fault)
     counters: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -204,6 +205,9 @@ class Simulator:
             "messages_to_down_nodes": 0,
             "crashes": 0,
             "crashes_mid_step": 0,
+            "disk_faults": 0,
+            "disk_synced_writes_lost": 0,
+            "disk_read_errors": 0,
             "restarts": 0,
             "requests": 0,
             "requests_to_down_nodes": 0,
@@ -304,7 +308,7 @@ class Simulator:
                 self.crash(node_id, a)
             elif kind == RESTART:
                 if not self.nodes[node_id].up:
-                    self.restart(self.nodes[node_id])
+                    self.restart(self.nodes[node_id], a or 0)
             elif kind == CALL:
                 a()
             else:
@@ -571,7 +575,18 @@ class Simulator:
         self.go_down(node, crash, keep_unsynced=min(crash.keep_unsynced, len(effects.persists)))
 
     def go_down(self, node: SimNode, crash: Crash, keep_unsynced: int) -> None:
-        node.storage.crash(keep_unsynced=keep_unsynced)
+        storage = node.storage
+        lose_synced = 0
+        if crash.disk == "lost_writes":
+            lose_synced = min(crash.lose_synced, storage.synced_history_count)
+            self.stats["disk_synced_writes_lost"] += lose_synced
+        storage.crash(keep_unsynced=keep_unsynced, lose_synced=lose_synced)
+        if crash.disk:
+            self.stats["disk_faults"] += 1
+        if crash.disk == "corrupt":
+            storage.wipe_log()
+        elif crash.disk == "read_error":
+            node.read_errors += 1
         self.collect_counters(node)
         node.core = None
         if self.view is not None:
@@ -580,10 +595,20 @@ class Simulator:
         node.pending_crash = None
         self.stats["crashes"] += 1
         if self.log is not None:
-            self.log.note(self.now, node.node_id, "crash", {"keep_unsynced": keep_unsynced})
-        self.push(self.now + crash.down_us, RESTART, node.node_id)
+            detail: dict[str, Any] = {"keep_unsynced": keep_unsynced}
+            if crash.disk:
+                detail.update(disk=crash.disk, lose_synced=lose_synced)
+            self.log.note(self.now, node.node_id, "crash", detail)
+        self.push(self.now + crash.down_us, RESTART, node.node_id, crash.down_us)
 
-    def restart(self, node: SimNode) -> None:
+    def restart(self, node: SimNode, retry_us: int = 0) -> None:
+        if node.read_errors and not self.liveness:
+            # The disk cannot be read now: the start fails, the node stays down.
+            node.read_errors -= 1
+            self.stats["disk_read_errors"] += 1
+            self.push(self.now + max(1_000, retry_us), RESTART, node.node_id)
+            return
+        node.read_errors = 0
         if node.incarnation:
             self.stats["restarts"] += 1
         node.incarnation += 1

@@ -29,7 +29,7 @@ from collections import deque
 from replicaio.storage.base import StorageDamage, StorageUsageError, check_key_value
 
 UNSYNCED_WRITES_MAX_DEFAULT = 1_000_000
-SYNCED_HISTORY_MAX_DEFAULT = 256  # synced writes ``crash(lose_synced=...)`` may revert
+SYNCED_HISTORY_MAX_DEFAULT = 256  # durable writes ``crash(lose_synced=...)`` may revert
 LOST_SYNCED_WRITES = "lost synced writes"
 
 
@@ -135,7 +135,9 @@ class MemoryStorage:
         """How many synced writes ``crash(lose_synced=...)`` can revert."""
         return len(self._history)
 
-    def crash(self, keep_unsynced: int = 0, *, lose_synced: int = 0) -> None:
+    def crash(
+        self, keep_unsynced: int = 0, *, lose_synced: int = 0, reported: bool = True
+    ) -> None:
         """Simulate a power loss and restart; the store is usable again afterwards.
 
         The durable state survives. Of the buffered writes, exactly the first
@@ -143,7 +145,9 @@ class MemoryStorage:
         Works on a closed store too (a restart after a clean shutdown).
 
         ``lose_synced=j`` is a storage fault on top: the last ``j`` synced writes
-        are lost too (and any unsynced ones after them), and ``damage`` says so.
+        are lost too (and any unsynced ones after them), and ``damage`` says so
+        (``reported=False``: a loss the store cannot detect, for tests of what a
+        node does without the report).
         """
         if not 0 <= keep_unsynced <= len(self._pending):
             raise StorageUsageError(
@@ -161,8 +165,10 @@ class MemoryStorage:
                     self._durable.pop(key, None)
                 else:
                     self._durable[key] = previous
-            self._damage_pending = LOST_SYNCED_WRITES
-        self._apply(keep_unsynced)
+            if reported:
+                self._damage_pending = LOST_SYNCED_WRITES
+        # The kept writes reached the disk: a later fault may lose them again.
+        self._apply(keep_unsynced, remember=True)
         self._restart(f"{lose_synced} synced writes lost")
 
     def wipe_log(self) -> None:
@@ -221,7 +227,7 @@ class MemoryStorage:
 
     def _apply(self, count: int, *, remember: bool = False) -> None:
         """Move the first ``count`` buffered writes into the durable state
-        (``remember``: keep undo records, these writes are synced)."""
+        (``remember``: keep undo records, for ``crash(lose_synced=...)``)."""
         durable = self._durable
         pending = self._pending
         history = self._history

@@ -141,7 +141,7 @@ class Raft:
         assert not self.started
         self.started = True
         stored = self.context.load("identity")
-        damaged = self.context.node.storage_damaged
+        damaged = self.lost_acknowledged_state()
         if stored is None or damaged:
             # First start on this disk: a fresh identity (and whether the disk
             # replaces a lost one), written before any other Raft state (see
@@ -169,6 +169,11 @@ class Raft:
             self.handlers.on_snapshot(self.log.snapshot_index, self.log.snapshot_data)
         self.reads.lease.on_start()
         self.become_follower(self.hard.term, NO_NODE, force=True)
+
+    def lost_acknowledged_state(self) -> bool:
+        """Whether the storage reported that it may have lost writes it had
+        acknowledged (``Start.damaged``): votes and entries this node promised."""
+        return self.context.node.storage_damaged
 
     def submit(self, batch: bytes) -> NotLeader | None:
         """Append ``batch`` to the leader's log (Figure 2, leaders: "If command

@@ -964,6 +964,7 @@ class RespService(ListeningService):
                 "term": status.get("term", 0),
                 "commit_index": status.get("commit_index", 0),
                 "applied_index": status.get("applied_index", 0),
+                "recovering": status.get("recovering", 0),
             },
         }
 

@@ -66,6 +66,15 @@ class RaftFollowerReads(Raft):
     reads_type = FollowerReads
 
 
+class RaftTrustDamagedTail(Raft):
+    """Ignores the storage's report of lost acknowledged writes: the node keeps
+    its disk identity and votes and counts at once with a log and a vote that
+    went back (what every node did before issue 9)."""
+
+    def lost_acknowledged_state(self) -> bool:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class RaftVariant:
     """A broken Raft: its protocol name, class, what it breaks, and the
@@ -90,6 +99,11 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
         RaftVariant(
             "raft-follower-reads", RaftFollowerReads,
             "followers serve reads without read-index", "linearizable_read",
+        ),
+        RaftVariant(
+            "raft-trust-damaged-tail", RaftTrustDamagedTail,
+            "a node whose storage lost acknowledged writes votes and counts at once",
+            "durable_state",
         ),
     )
 }
