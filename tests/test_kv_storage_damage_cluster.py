@@ -175,12 +175,15 @@ def damage_a_follower(
     cluster.start(follower)
     cluster.wait_ready([follower])
     what = f"round {round_}: {how_stop} then {how_damage}"
-    assert WARNING in cluster.stderr_log(follower, cluster.runs[follower]).read_text(), what
+    # The client port opens just before the start step: wait for its effects.
+    log = cluster.stderr_log(follower, cluster.runs[follower])
+    wait_for(lambda: WARNING in log.read_text(), f"{what}: the warning in the node's log")
+    wait_for(lambda: int(info(cluster, follower, "server")["incarnation"]) > incarnation,
+             f"{what}: a new incarnation")
     persistence = info(cluster, follower, "persistence")
     assert persistence["storage_damage"] == "lost synced writes", (what, persistence)
     wait_for(lambda: metric(cluster, follower, "replicaio_storage_damage") == 1,
              f"{what}: the damage metric")
-    assert int(info(cluster, follower, "server")["incarnation"]) > incarnation, what
     # It recovers from its peers: registered again, caught up, right answers.
     wait_for(lambda: int(info(cluster, follower, "replication")["recovering"]) == 0,
              f"{what}: the damaged node to be re-admitted")
