@@ -18,7 +18,7 @@ from replicaio.sim.options import FAULT_KINDS
 from replicaio.sim.profiles import LONG_REQUESTS_MIN
 from replicaio.sim.simulator import SimResult
 
-ALL_FAULTS = ",".join(FAULT_KINDS)
+ALL_FAULTS = ",".join(kind for kind in FAULT_KINDS if kind != "disk")  # disk: Raft only
 SAFETY = {"integrity", "agreement", "assertion"}
 
 
