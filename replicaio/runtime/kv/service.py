@@ -84,13 +84,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -98,7 +95,35 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from replicaio import __version__
 from replicaio.runtime.client import ListeningService, ServiceHost, register_service
-from replicaio.runtime.config import Address, ClusterFileError, HostParams
+from replicaio.runtime.config import Address, HostParams
+from replicaio.runtime.kv.connection import (
+    IDLE,
+    REPLY_BOUND,
+    REQUEST,
+    ROOM,
+    Command,
+    Connection,
+    EndOfInput,
+    Group,
+    Item,
+    command_size,
+    plans_that_fit,
+)
+from replicaio.runtime.kv.params import SMR_COMMAND_BYTES_MAX, RespParams, parse_resp_params
+from replicaio.runtime.kv.requests import (
+    CLIENT_IDS_MAX,
+    EXPIRED_ERROR,
+    RETRY_LATER,
+    RETRY_NOW,
+    RETRYABLE,
+    SESSION_EXPIRED,
+    Outcome,
+    Retry,
+    SessionExpired,
+    Waiter,
+    settle,
+    smr_client_id,
+)
 from replicaio.runtime.logs import RateLimitedLog
 from replicaio.services.kv.redis_commands import (
     KV_PARAMS,
@@ -110,17 +135,13 @@ from replicaio.services.kv.redis_commands import (
 )
 from replicaio.services.kv.resp import (
     NULL_ARRAY,
-    RESP2,
     Reply,
     RespError,
-    RespLimits,
     RespParser,
     RespProtocolError,
     encode_reply,
 )
 from replicaio.services.kv.state_machine import (
-    BATCH_COMMANDS_MAX,
-    WATCH_KEYS_MAX,
     KvError,
     KvResult,
     decode_batch_result,
@@ -131,368 +152,24 @@ from replicaio.services.kv.status import protocol_status, role_name, storage_inf
 from replicaio.services.kv.transactions import (
     TRANSACTION_COMMANDS,
     Exec,
-    Transaction,
-    TransactionLimits,
     TransactionPlan,
     Watch,
     plan_transaction,
 )
 from replicaio.smr.api import ClientRequest, Redirect, Rejected
 from replicaio.smr.api import Reply as SmrReply
-from replicaio.smr.params import SmrParams
+
+__all__ = ["RespParams", "RespService", "parse_resp_params", "smr_client_id"]
 
 logger = logging.getLogger("replicaio.kv")
 
 READ_BYTES: Final = 64 * 1024
-CLIENT_BITS: Final = 30  # SMR client ids per incarnation of a node
-NODE_BITS: Final = 10  # NODES_MAX = 1024
-CLIENT_IDS_MAX: Final = 1 << CLIENT_BITS
-# Refusals after which the same request may be sent again (it was not executed).
-RETRYABLE: Final = frozenset({"busy", "read_timeout", "no_quorum", "not_leader"})
 LATENCY_BUCKETS: Final = (
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 )
-SMR_COMMAND_BYTES_MAX: Final = SmrParams().command_bytes_max
-TIMEOUTS_OPTIONAL: Final = frozenset({"idle_timeout_ms", "request_read_timeout_ms"})
-ARGUMENT_OVERHEAD_BYTES: Final = 48  # what one parsed argument costs beyond its bytes
-# The most bytes one key-value command's reply takes: a read returns a value; a
-# write an integer, a flag, OK or an error (a bounded text).
-READ_REPLY_BYTES_MAX: Final = KV_PARAMS.value_bytes_max + 64
-WRITE_REPLY_BYTES_MAX: Final = 512
-# A group's replies, at most: they come back as one SMR reply, which must fit.
 GROUP_REPLY_BYTES_MAX: Final = KV_PARAMS.result_bytes_max
 SWEEP_PERIOD_S_MAX: Final = 1.0  # how often timeouts are checked, at most
 COMMAND_NAMES: Final = METRIC_NAMES | {name.decode() for name in TRANSACTION_COMMANDS}
-EXPIRED_ERROR: Final = RespError(
-    "TRYAGAIN session expired: this node's session for the connection was evicted "
-    "(a write may have taken effect)"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class RespParams:
-    """Bounds and periods of the Redis front (the cluster file's ``[service]``)."""
-
-    bulk_bytes_max: int = 512 * 1024  # one bulk string of a request
-    array_items_max: int = 4096  # arguments of one command
-    inline_bytes_max: int = 64 * 1024  # one inline (telnet-style) command line
-    command_bytes_max: int = 1024 * 1024  # all arguments of one command
-    pipeline_depth_max: int = 1024  # commands read from a connection, not yet answered
-    pipeline_bytes_max: int = 1024 * 1024  # their bytes
-    reply_bytes_max: int = 1024 * 1024  # replies written to a connection, not yet sent
-    group_commands_max: int = 256  # client commands carried by one SMR request
-    group_bytes_max: int = 60 * 1024  # their key-value commands, encoded
-    transaction_commands_max: int = 1024  # commands queued after MULTI
-    transaction_bytes_max: int = 60 * 1024  # their key-value commands, encoded
-    watch_keys_max: int = 1024  # keys one connection watches
-    retry_after_ms: int = 1000  # send a request again if unanswered this long
-    retry_backoff_ms: int = 50  # wait before sending again after a passing refusal
-    request_timeout_ms: int = 5000  # then -TRYAGAIN no quorum
-    idle_timeout_ms: int = 300_000  # Redis's `timeout`: close an idle connection (0: never)
-    request_read_timeout_ms: int = 10_000  # close one that sends half a command (0: never)
-
-    def validate(self) -> RespParams:
-        for item in dataclasses.fields(self):
-            if getattr(self, item.name) < (0 if item.name in TIMEOUTS_OPTIONAL else 1):
-                minimum = "0 (never)" if item.name in TIMEOUTS_OPTIONAL else "1"
-                raise ClusterFileError(f"service.{item.name}", f"must be >= {minimum}")
-        if self.bulk_bytes_max > self.command_bytes_max:
-            raise ClusterFileError("service.bulk_bytes_max", "must be <= command_bytes_max")
-        if not self.group_commands_max <= min(self.pipeline_depth_max, BATCH_COMMANDS_MAX):
-            raise ClusterFileError(
-                "service.group_commands_max",
-                f"must be <= pipeline_depth_max and <= {BATCH_COMMANDS_MAX}",
-            )
-        for name in ("group_bytes_max", "transaction_bytes_max"):
-            if getattr(self, name) > SMR_COMMAND_BYTES_MAX:
-                raise ClusterFileError(
-                    f"service.{name}", f"must be <= {SMR_COMMAND_BYTES_MAX} (SMR's bound)"
-                )
-        if self.transaction_commands_max > BATCH_COMMANDS_MAX:
-            raise ClusterFileError(
-                "service.transaction_commands_max", f"must be <= {BATCH_COMMANDS_MAX}"
-            )
-        if self.watch_keys_max > WATCH_KEYS_MAX:
-            raise ClusterFileError("service.watch_keys_max", f"must be <= {WATCH_KEYS_MAX}")
-        if self.retry_after_ms > self.request_timeout_ms:
-            raise ClusterFileError("service.retry_after_ms", "must be <= request_timeout_ms")
-        return self
-
-    def transaction_limits(self) -> TransactionLimits:
-        return TransactionLimits(
-            commands_max=self.transaction_commands_max,
-            bytes_max=self.transaction_bytes_max,
-            watch_keys_max=self.watch_keys_max,
-        )
-
-    def limits(self) -> RespLimits:
-        return RespLimits(
-            bulk_bytes_max=self.bulk_bytes_max,
-            array_items_max=self.array_items_max,
-            inline_bytes_max=self.inline_bytes_max,
-            command_bytes_max=self.command_bytes_max,
-        )
-
-
-def parse_resp_params(table: Mapping[str, Any]) -> RespParams:
-    """``RespParams`` from the ``[service]`` table; ``ClusterFileError`` names a bad key."""
-    names = {item.name for item in dataclasses.fields(RespParams)}
-    for name, found in table.items():
-        if name not in names:
-            raise ClusterFileError(
-                f"service.{name}", f"unknown key; expected one of {', '.join(sorted(names))}"
-            )
-        if type(found) is not int:
-            raise ClusterFileError(f"service.{name}", f"must be int, got {found!r}")
-    return RespParams(**dict(table)).validate()
-
-
-def reply_bytes_max(planned: Replicated) -> int:
-    """The most bytes the replies of ``planned`` may take (a group is planned with
-    this, since its replies come back together)."""
-    each = READ_REPLY_BYTES_MAX if planned.read_only else WRITE_REPLY_BYTES_MAX
-    return each * len(planned.commands)
-
-
-def plans_that_fit(group: list[tuple[Command, Replicated]], results: list[KvResult]) -> int:
-    """How many plans of a read-only ``group`` got all their results: those before
-    the first with a ``result_too_large`` one (at least one plan: a plan whose
-    values do not fit even alone gets that error)."""
-    offset = 0
-    for index, (_, planned) in enumerate(group):
-        count = len(planned.commands)
-        if any(
-            isinstance(result, KvError) and result.code == "result_too_large"
-            for result in results[offset : offset + count]
-        ):
-            return max(index, 1)
-        offset += count
-    return len(group)
-
-
-def smr_client_id(incarnation: int, node_id: int, number: int) -> int:
-    """A client id no other connection of the cluster ever had: the node's
-    incarnation grows at every start, so a restarted node never reuses one."""
-    assert 0 <= node_id < 1 << NODE_BITS
-    assert 0 <= number < CLIENT_IDS_MAX
-    high = incarnation << (CLIENT_BITS + NODE_BITS)
-    return high | (node_id << CLIENT_BITS) | number
-
-
-# -- connections -----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Command:
-    argv: list[bytes]
-    received: float  # perf_counter at parse: latency is measured from here
-    size: int  # bytes it holds (pipeline_bytes_max)
-
-
-def command_size(argv: list[bytes]) -> int:
-    return sum(len(word) for word in argv) + ARGUMENT_OVERHEAD_BYTES * len(argv)
-
-
-class EndOfInput:
-    """The reader is done: the client closed, or broke the protocol (``error``)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: RespProtocolError | None = None) -> None:
-        self.error = error
-
-
-Item = Command | EndOfInput
-# What a connection's reader waits for, which decides the timeout that applies.
-IDLE, REQUEST, ROOM = "idle", "request_read", "room"
-STALLED = "stalled"
-REPLY_BOUND: Final = "bound_resp_reply_bytes_max"  # the timeout of a client that reads no replies
-
-
-class Connection:
-    """One client's connection (implements ``redis_commands.Session``)."""
-
-    __slots__ = (
-        "active",
-        "closing",
-        "command_started",
-        "connection_id",
-        "finished",
-        "items",
-        "name",
-        "protocol",
-        "read_client",
-        "read_seq",
-        "room",
-        "service",
-        "timed_out",
-        "transaction",
-        "unanswered",
-        "unanswered_bytes",
-        "waiting",
-        "wake",
-        "write_client",
-        "write_seq",
-        "writer",
-    )
-
-    def __init__(
-        self, service: RespService, writer: asyncio.StreamWriter, connection_id: int,
-        read_client: int, write_client: int,
-    ) -> None:
-        self.service = service
-        self.writer = writer
-        self.connection_id = connection_id
-        self.read_client = read_client
-        self.read_seq = 0
-        self.write_client = write_client
-        self.write_seq = 0  # 0: no session registered yet; then the last write's seq
-        self.protocol = RESP2
-        self.name: bytes | None = None
-        self.closing = False
-        self.transaction = Transaction()  # MULTI/WATCH state; dropped with the connection
-        self.finished = False  # the dispatcher is done: the reader stops too
-        self.items: deque[Item] = deque()
-        self.unanswered = 0  # commands read and not yet answered
-        self.unanswered_bytes = 0  # their size
-        self.wake = asyncio.Event()  # items were queued
-        self.room = asyncio.Event()  # unanswered fell below the pipeline bound
-        self.waiting = IDLE  # what the reader waits for (which timeout applies)
-        self.active = time.monotonic()  # when it last read, or wrote a reply
-        self.command_started = 0.0  # when the command being read began to arrive
-        self.timed_out: str | None = None  # the timeout that closed the connection
-
-    def reply_backlog(self) -> int:
-        """Reply bytes written and not yet taken by the kernel."""
-        transport = self.writer.transport
-        return 0 if transport is None else transport.get_write_buffer_size()
-
-    def server_info(self) -> dict[str, dict[str, str | int]]:
-        return self.service.server_info()
-
-    def push(self, item: Item) -> None:
-        self.items.append(item)
-        if isinstance(item, Command):
-            self.unanswered += 1
-            self.unanswered_bytes += item.size
-        self.wake.set()
-
-    def write(self, data: bytes, answered: Command | None) -> None:
-        if data and not self.writer.is_closing():
-            self.writer.write(data)
-            self.active = time.monotonic()
-        if answered is not None:
-            self.unanswered -= 1
-            self.unanswered_bytes -= answered.size
-            assert self.unanswered >= 0
-            assert self.unanswered_bytes >= 0
-        self.room.set()
-
-    def expired(self, now: float, params: RespParams) -> str | None:
-        """The timeout this connection has run into, if any (see the module docstring)."""
-        if self.waiting is REQUEST:
-            timeout_ms = params.request_read_timeout_ms
-            if timeout_ms and now - self.command_started > timeout_ms / 1000:
-                return REQUEST
-            return None
-        stalled = self.reply_backlog() > params.reply_bytes_max
-        if self.unanswered and not stalled:
-            return None  # its commands are in SMR: request_timeout_ms bounds the wait
-        timeout_ms = params.idle_timeout_ms
-        if timeout_ms and now - self.active > timeout_ms / 1000:
-            return STALLED if stalled else IDLE
-        return None
-
-    def full(self, params: RespParams) -> str | None:
-        """The bound that stops reading this connection now, if any."""
-        if self.unanswered >= params.pipeline_depth_max:
-            return "bound_resp_pipeline_depth_max"
-        if self.unanswered_bytes >= params.pipeline_bytes_max:
-            return "bound_resp_pipeline_bytes_max"
-        if self.reply_backlog() > params.reply_bytes_max:
-            return REPLY_BOUND
-        return None
-
-
-class Group:
-    """Replicated commands gathered for one SMR request, within its bounds: the
-    commands' count and encoded size, and (unless they all only read, which
-    ``run_group`` may split after the fact) the most bytes their replies take."""
-
-    __slots__ = ("commands", "members", "read_only", "replies", "size")
-
-    def __init__(self) -> None:
-        self.members: list[tuple[Command, Replicated]] = []
-        self.commands = 0
-        self.size = 0
-        self.replies = 0
-        self.read_only = True
-
-    def fits(self, planned: Replicated, params: RespParams, reply_budget: int) -> bool:
-        if not self.members:
-            return True
-        if self.size + sum(len(command) for command in planned.commands) > (
-            params.group_bytes_max
-        ):
-            return False
-        if self.commands + len(planned.commands) > params.group_commands_max:
-            return False
-        reads_only = self.read_only and planned.read_only
-        return reads_only or self.replies + reply_bytes_max(planned) <= reply_budget
-
-    def add(self, item: Command, planned: Replicated) -> None:
-        self.members.append((item, planned))
-        self.commands += len(planned.commands)
-        self.size += sum(len(command) for command in planned.commands)
-        self.replies += reply_bytes_max(planned)
-        self.read_only = self.read_only and planned.read_only
-
-    def take(self) -> list[tuple[Command, Replicated]]:
-        """The members, leaving the group empty."""
-        members = self.members
-        self.members = []
-        self.commands = self.size = self.replies = 0
-        self.read_only = True
-        return members
-
-
-# -- SMR requests ------------------------------------------------------------------------------
-
-
-class Retry:
-    """Outcome: send the same request again (after ``delay``)."""
-
-    __slots__ = ("delay",)
-
-    def __init__(self, delay: bool) -> None:
-        self.delay = delay
-
-
-RETRY_NOW: Final = Retry(False)
-RETRY_LATER: Final = Retry(True)
-
-
-class SessionExpired:
-    """Outcome: SMR had no session for the client (evicted) and did not run it."""
-
-    __slots__ = ()
-
-
-SESSION_EXPIRED: Final = SessionExpired()
-Outcome = bytes | Retry | RespError | SessionExpired
-
-
-@dataclass(slots=True)
-class Waiter:
-    """The one request a connection has in SMR."""
-
-    seq: int
-    future: asyncio.Future[Outcome] | None = None
-
-
-def settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
-    if not future.done():
-        future.set_result(outcome)
 
 
 class RespService(ListeningService):

@@ -1,0 +1,232 @@
+"""One Redis client connection of the front, and the group of commands it sends as
+one SMR request.
+
+A :class:`Connection` holds what its reader queued (``items``), what is read and
+not yet answered (bounded by ``pipeline_depth_max`` and ``pipeline_bytes_max``),
+and its SMR client ids and MULTI/WATCH state; :meth:`Connection.full` names the
+bound that stops its reader, :meth:`Connection.expired` the timeout it ran into.
+A :class:`Group` gathers consecutive replicated commands within the bounds of one
+SMR request. The asyncio tasks that drive both live in ``service``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from replicaio.runtime.kv.params import RespParams
+from replicaio.services.kv.redis_commands import KV_PARAMS, Replicated
+from replicaio.services.kv.resp import RESP2, RespProtocolError
+from replicaio.services.kv.state_machine import KvError, KvResult
+from replicaio.services.kv.transactions import Transaction
+
+if TYPE_CHECKING:
+    from replicaio.runtime.kv.service import RespService
+
+ARGUMENT_OVERHEAD_BYTES: Final = 48  # what one parsed argument costs beyond its bytes
+# The most bytes one key-value command's reply takes: a read returns a value; a
+# write an integer, a flag, OK or an error (a bounded text).
+READ_REPLY_BYTES_MAX: Final = KV_PARAMS.value_bytes_max + 64
+WRITE_REPLY_BYTES_MAX: Final = 512
+
+
+def reply_bytes_max(planned: Replicated) -> int:
+    """The most bytes the replies of ``planned`` may take (a group is planned with
+    this, since its replies come back together)."""
+    each = READ_REPLY_BYTES_MAX if planned.read_only else WRITE_REPLY_BYTES_MAX
+    return each * len(planned.commands)
+
+
+def plans_that_fit(group: list[tuple[Command, Replicated]], results: list[KvResult]) -> int:
+    """How many plans of a read-only ``group`` got all their results: those before
+    the first with a ``result_too_large`` one (at least one plan: a plan whose
+    values do not fit even alone gets that error)."""
+    offset = 0
+    for index, (_, planned) in enumerate(group):
+        count = len(planned.commands)
+        if any(
+            isinstance(result, KvError) and result.code == "result_too_large"
+            for result in results[offset : offset + count]
+        ):
+            return max(index, 1)
+        offset += count
+    return len(group)
+
+
+
+@dataclass(slots=True)
+class Command:
+    argv: list[bytes]
+    received: float  # perf_counter at parse: latency is measured from here
+    size: int  # bytes it holds (pipeline_bytes_max)
+
+
+def command_size(argv: list[bytes]) -> int:
+    return sum(len(word) for word in argv) + ARGUMENT_OVERHEAD_BYTES * len(argv)
+
+
+class EndOfInput:
+    """The reader is done: the client closed, or broke the protocol (``error``)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: RespProtocolError | None = None) -> None:
+        self.error = error
+
+
+Item = Command | EndOfInput
+# What a connection's reader waits for, which decides the timeout that applies.
+IDLE, REQUEST, ROOM = "idle", "request_read", "room"
+STALLED = "stalled"
+REPLY_BOUND: Final = "bound_resp_reply_bytes_max"  # the timeout of a client that reads no replies
+
+
+class Connection:
+    """One client's connection (implements ``redis_commands.Session``)."""
+
+    __slots__ = (
+        "active",
+        "closing",
+        "command_started",
+        "connection_id",
+        "finished",
+        "items",
+        "name",
+        "protocol",
+        "read_client",
+        "read_seq",
+        "room",
+        "service",
+        "timed_out",
+        "transaction",
+        "unanswered",
+        "unanswered_bytes",
+        "waiting",
+        "wake",
+        "write_client",
+        "write_seq",
+        "writer",
+    )
+
+    def __init__(
+        self, service: RespService, writer: asyncio.StreamWriter, connection_id: int,
+        read_client: int, write_client: int,
+    ) -> None:
+        self.service = service
+        self.writer = writer
+        self.connection_id = connection_id
+        self.read_client = read_client
+        self.read_seq = 0
+        self.write_client = write_client
+        self.write_seq = 0  # 0: no session registered yet; then the last write's seq
+        self.protocol = RESP2
+        self.name: bytes | None = None
+        self.closing = False
+        self.transaction = Transaction()  # MULTI/WATCH state; dropped with the connection
+        self.finished = False  # the dispatcher is done: the reader stops too
+        self.items: deque[Item] = deque()
+        self.unanswered = 0  # commands read and not yet answered
+        self.unanswered_bytes = 0  # their size
+        self.wake = asyncio.Event()  # items were queued
+        self.room = asyncio.Event()  # unanswered fell below the pipeline bound
+        self.waiting = IDLE  # what the reader waits for (which timeout applies)
+        self.active = time.monotonic()  # when it last read, or wrote a reply
+        self.command_started = 0.0  # when the command being read began to arrive
+        self.timed_out: str | None = None  # the timeout that closed the connection
+
+    def reply_backlog(self) -> int:
+        """Reply bytes written and not yet taken by the kernel."""
+        transport = self.writer.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def server_info(self) -> dict[str, dict[str, str | int]]:
+        return self.service.server_info()
+
+    def push(self, item: Item) -> None:
+        self.items.append(item)
+        if isinstance(item, Command):
+            self.unanswered += 1
+            self.unanswered_bytes += item.size
+        self.wake.set()
+
+    def write(self, data: bytes, answered: Command | None) -> None:
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+            self.active = time.monotonic()
+        if answered is not None:
+            self.unanswered -= 1
+            self.unanswered_bytes -= answered.size
+            assert self.unanswered >= 0
+            assert self.unanswered_bytes >= 0
+        self.room.set()
+
+    def expired(self, now: float, params: RespParams) -> str | None:
+        """The timeout this connection has run into, if any (see the module docstring)."""
+        if self.waiting is REQUEST:
+            timeout_ms = params.request_read_timeout_ms
+            if timeout_ms and now - self.command_started > timeout_ms / 1000:
+                return REQUEST
+            return None
+        stalled = self.reply_backlog() > params.reply_bytes_max
+        if self.unanswered and not stalled:
+            return None  # its commands are in SMR: request_timeout_ms bounds the wait
+        timeout_ms = params.idle_timeout_ms
+        if timeout_ms and now - self.active > timeout_ms / 1000:
+            return STALLED if stalled else IDLE
+        return None
+
+    def full(self, params: RespParams) -> str | None:
+        """The bound that stops reading this connection now, if any."""
+        if self.unanswered >= params.pipeline_depth_max:
+            return "bound_resp_pipeline_depth_max"
+        if self.unanswered_bytes >= params.pipeline_bytes_max:
+            return "bound_resp_pipeline_bytes_max"
+        if self.reply_backlog() > params.reply_bytes_max:
+            return REPLY_BOUND
+        return None
+
+
+class Group:
+    """Replicated commands gathered for one SMR request, within its bounds: the
+    commands' count and encoded size, and (unless they all only read, which
+    ``run_group`` may split after the fact) the most bytes their replies take."""
+
+    __slots__ = ("commands", "members", "read_only", "replies", "size")
+
+    def __init__(self) -> None:
+        self.members: list[tuple[Command, Replicated]] = []
+        self.commands = 0
+        self.size = 0
+        self.replies = 0
+        self.read_only = True
+
+    def fits(self, planned: Replicated, params: RespParams, reply_budget: int) -> bool:
+        if not self.members:
+            return True
+        if self.size + sum(len(command) for command in planned.commands) > (
+            params.group_bytes_max
+        ):
+            return False
+        if self.commands + len(planned.commands) > params.group_commands_max:
+            return False
+        reads_only = self.read_only and planned.read_only
+        return reads_only or self.replies + reply_bytes_max(planned) <= reply_budget
+
+    def add(self, item: Command, planned: Replicated) -> None:
+        self.members.append((item, planned))
+        self.commands += len(planned.commands)
+        self.size += sum(len(command) for command in planned.commands)
+        self.replies += reply_bytes_max(planned)
+        self.read_only = self.read_only and planned.read_only
+
+    def take(self) -> list[tuple[Command, Replicated]]:
+        """The members, leaving the group empty."""
+        members = self.members
+        self.members = []
+        self.commands = self.size = self.replies = 0
+        self.read_only = True
+        return members
+

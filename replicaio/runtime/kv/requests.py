@@ -1,0 +1,71 @@
+"""What a connection's SMR request may come back as, and the client ids it uses.
+
+Each connection has its own SMR client ids, unique across the cluster and across
+restarts (:func:`smr_client_id`); a request is answered by the node's outputs
+(a reply, a refusal, a redirection) settling the connection's :class:`Waiter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Final
+
+from replicaio.services.kv.resp import RespError
+
+CLIENT_BITS: Final = 30  # SMR client ids per incarnation of a node
+NODE_BITS: Final = 10  # NODES_MAX = 1024
+CLIENT_IDS_MAX: Final = 1 << CLIENT_BITS
+# Refusals after which the same request may be sent again (it was not executed).
+RETRYABLE: Final = frozenset({"busy", "read_timeout", "no_quorum", "not_leader"})
+EXPIRED_ERROR: Final = RespError(
+    "TRYAGAIN session expired: this node's session for the connection was evicted "
+    "(a write may have taken effect)"
+)
+
+
+def smr_client_id(incarnation: int, node_id: int, number: int) -> int:
+    """A client id no other connection of the cluster ever had: the node's
+    incarnation grows at every start, so a restarted node never reuses one."""
+    assert 0 <= node_id < 1 << NODE_BITS
+    assert 0 <= number < CLIENT_IDS_MAX
+    high = incarnation << (CLIENT_BITS + NODE_BITS)
+    return high | (node_id << CLIENT_BITS) | number
+
+
+
+class Retry:
+    """Outcome: send the same request again (after ``delay``)."""
+
+    __slots__ = ("delay",)
+
+    def __init__(self, delay: bool) -> None:
+        self.delay = delay
+
+
+RETRY_NOW: Final = Retry(False)
+RETRY_LATER: Final = Retry(True)
+
+
+class SessionExpired:
+    """Outcome: SMR had no session for the client (evicted) and did not run it."""
+
+    __slots__ = ()
+
+
+SESSION_EXPIRED: Final = SessionExpired()
+Outcome = bytes | Retry | RespError | SessionExpired
+
+
+@dataclass(slots=True)
+class Waiter:
+    """The one request a connection has in SMR."""
+
+    seq: int
+    future: asyncio.Future[Outcome] | None = None
+
+
+def settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
