@@ -33,6 +33,7 @@ from replicaio.core.stream import Stream
 
 if TYPE_CHECKING:
     from replicaio.core.config import ClusterConfig
+    from replicaio.core.signing import Signer
     from replicaio.core.effects import Path
     from replicaio.core.node import Node
 
@@ -378,6 +379,21 @@ class Context:
     def output(self, value: Any) -> None:
         """Emit an output effect (a delivery, a reply)."""
         self.node.effects.outputs.append(value)
+
+    # -- signatures (replicaio.core.signing) ----------------------------------
+
+    @property
+    def signer(self) -> Signer:
+        """This node's signer (configuration of the node, never a key)."""
+        return self.node.signer
+
+    def sign(self, data: bytes) -> bytes:
+        """This node's signature of ``data``: deterministic, checkable by any node."""
+        return self.node.signer.sign(data)
+
+    def verify(self, node: int, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is ``node``'s signature of ``data`` (never raises)."""
+        return self.node.signer.verify(node, data, signature)
 
     # -- durable state -------------------------------------------------------
 

@@ -45,6 +45,7 @@ from replicaio.core.reliable import (
     hello_key,
 )
 from replicaio.core.scheduler import ChooseFunction, Scheduler, Task
+from replicaio.core.signing import Signer, simulation_signer
 from replicaio.core.stream import Stream
 
 __all__ = [
@@ -142,6 +143,7 @@ class Node:
         choose: ChooseFunction = choose_first,
         params: NodeParams | None = None,
         codec: Codec | None = None,
+        signer: Signer | None = None,
     ) -> None:
         config.validate()
         if node_id not in config.nodes:
@@ -151,6 +153,11 @@ class Node:
         self.n = config.n
         self.params = (params or NodeParams()).validate()
         self.codec = codec or Codec()
+        # Signs as this node (``replicaio.core.signing``): the host's, or the
+        # simulator's keyed hashes.
+        self.signer: Signer = signer or simulation_signer(node_id, config.n)
+        if self.signer.node_id != node_id:
+            raise ConfigError(f"node {node_id} given the signer of node {self.signer.node_id}")
         self.protocol_factory = protocol
         self.scheduler = Scheduler(choose)
         self.effects = Effects()

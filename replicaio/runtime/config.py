@@ -29,6 +29,7 @@ from replicaio.assembly import protocol_factory, protocol_names
 from replicaio.core.config import NODES_MAX, ClusterConfig, Resilience
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.node import NodeParams
+from replicaio.core.signing import Ed25519Signer, KeyedHashSigner, Signer
 from replicaio.runtime.crypto import (
     ED25519_KEY_BYTES,
     SECRET_BYTES_MIN,
@@ -191,6 +192,19 @@ class ClusterFile:
     def cluster_config(self) -> ClusterConfig:
         resilience: Resilience = protocol_factory(self.protocol).resilience
         return ClusterConfig(n=self.n, f=self.f, resilience=resilience).validate()
+
+    def signer(self, node_id: int) -> Signer:
+        """This node's signer for protocol code (``replicaio.core.signing``): Ed25519
+        with the ``ed25519`` auth keys; with ``hmac`` auth, keyed hashes under the
+        cluster secret (members trust each other not to sign for one another)."""
+        if self.auth == "hmac":
+            assert self.secret is not None
+            return KeyedHashSigner(node_id, self.secret, self.n)
+        authenticator = self.authenticator(node_id)
+        assert isinstance(authenticator, Ed25519Authenticator)
+        private = authenticator.private.private_bytes_raw()
+        publics = {node.id: node.public_key or b"" for node in self.nodes}
+        return Ed25519Signer(node_id, private, publics)
 
     def authenticator(self, node_id: int) -> Authenticator:
         """This node's authenticator (reads its private key file for Ed25519)."""

@@ -158,6 +158,7 @@ class NodeHost:
             choose=self.choose,
             params=cluster.node_params,
             codec=Codec(),
+            signer=cluster.signer(self.node_id),
         )
         if self.event_log_path is not None:
             self.open_event_log()
