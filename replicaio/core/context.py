@@ -33,9 +33,9 @@ from replicaio.core.stream import Stream
 
 if TYPE_CHECKING:
     from replicaio.core.config import ClusterConfig
-    from replicaio.core.signing import Signer
     from replicaio.core.effects import Path
     from replicaio.core.node import Node
+    from replicaio.core.signing import Signer
 
 T = TypeVar("T")
 
