@@ -101,6 +101,11 @@ class Signer(Protocol):
         ...
 
 
+def well_typed(node: object, data: object, signature: object) -> bool:
+    """Whether verify's arguments have the types it needs (a peer may send anything)."""
+    return type(node) is int and isinstance(data, bytes) and isinstance(signature, bytes)
+
+
 def node_key(secret: bytes, node: int) -> bytes:
     """Node ``node``'s signing key under the cluster ``secret``."""
     return hmac.digest(secret, SIGN_LABEL + struct.pack(">I", node), hashlib.sha256)
@@ -127,9 +132,7 @@ class KeyedHashSigner:
         return hmac.digest(self.own_key, data, hashlib.sha256)
 
     def verify(self, node: int, data: bytes, signature: bytes) -> bool:
-        if type(node) is not int or not 0 <= node < len(self.keys):
-            return False
-        if not isinstance(data, bytes) or not isinstance(signature, bytes):
+        if not well_typed(node, data, signature) or not 0 <= node < len(self.keys):
             return False
         if len(signature) != HMAC_SIGNATURE_BYTES:
             return False
@@ -163,10 +166,10 @@ class Ed25519Signer:
         return self.private.sign(data)
 
     def verify(self, node: int, data: bytes, signature: bytes) -> bool:
-        if type(node) is not int:
+        if not well_typed(node, data, signature):
             return False
         public = self.publics.get(node)
-        if public is None or not isinstance(data, bytes) or not isinstance(signature, bytes):
+        if public is None:
             return False
         if len(signature) != ED25519_SIGNATURE_BYTES:
             return False
