@@ -5,6 +5,7 @@
     replicaio swarm PROTOCOL --nodes N [--byzantine F] --seeds K [--jobs J] [--json]
     replicaio replay FILE --node I [--json]
     replicaio check-history FILE
+    replicaio check-transactions FILE [--bank-total N]
     replicaio demo
     replicaio protocols
     replicaio node --config FILE --id I [--event-log FILE]
@@ -447,6 +448,12 @@ def command_check_history(args: argparse.Namespace) -> int:
     return main_check_history(args.file)
 
 
+def command_check_transactions(args: argparse.Namespace) -> int:
+    from replicaio.check.transactions import main_check_transactions
+
+    return main_check_transactions(args.file, bank_total=args.bank_total)
+
+
 def command_protocols(args: argparse.Namespace) -> int:
     from replicaio.assembly import protocol_summaries
 
@@ -588,6 +595,16 @@ def build_parser() -> argparse.ArgumentParser:
     history = commands.add_parser("check-history", help="check a JSON-lines history")
     history.add_argument("file")
     history.set_defaults(handler=command_check_history)
+
+    transactions = commands.add_parser(
+        "check-transactions",
+        help="check a JSON-lines transaction history (list-append: strict serializability; "
+        "bank: the total)",
+    )
+    transactions.add_argument("file")
+    transactions.add_argument("--bank-total", type=int, default=None,
+                              help="the bank's total (a bank history needs it)")
+    transactions.set_defaults(handler=command_check_transactions)
 
     demo = commands.add_parser("demo", help="a guided tour of the framework")
     demo.add_argument("--seed", type=int, default=7)
