@@ -621,6 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
     from replicaio.runtime.kv.commands import add_kv_commands
 
     add_kv_commands(commands)
+    # Live torture in network namespaces (replicaio/torture/commands.py).
+    from replicaio.torture.commands import add_torture_command
+
+    add_torture_command(commands)
     return parser
 
 

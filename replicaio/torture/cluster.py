@@ -1,0 +1,156 @@
+"""Node processes of a torture, one per network namespace.
+
+:class:`NamespacedCluster` writes the cluster file (every node on its own
+address, the same ports on each), starts ``replicaio kv node`` inside each
+node's namespace (``ip netns exec``), and kills (SIGKILL), pauses (SIGSTOP),
+resumes (SIGCONT) and restarts nodes with their data directories intact.
+Each run of a node writes its output to ``node-I.run-K.log``. ``close``
+resumes and kills whatever still runs; it is idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from replicaio.runtime.config import ClusterFile, load_cluster_file, render_cluster_file
+from replicaio.torture.network import Testbed
+from replicaio.torture.workload import Endpoint
+
+PEER_PORT = 7100
+CLIENT_PORT = 6379
+METRICS_PORT = 9100
+SECRET = "7e" * 32
+SECTIONS: dict[str, dict[str, Any]] = {
+    "node": {"tick_us": 10_000},
+    "transport": {"reconnect_delay_ms_min": 10, "reconnect_delay_ms_max": 300},
+    "host": {"client_service": "resp"},  # fsync stays on: acknowledged means durable
+    "service": {"retry_after_ms": 300, "retry_backoff_ms": 20, "request_timeout_ms": 2500},
+}
+READY_TIMEOUT_S = 30.0
+
+
+class NamespacedCluster:
+    """See the module docstring."""
+
+    def __init__(self, directory: Path, testbed: Testbed, protocol: str) -> None:
+        self.directory = directory
+        self.testbed = testbed
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "cluster.key").write_text(SECRET + "\n")
+        tables = [
+            {
+                "id": node,
+                "peer": f"{testbed.address(node)}:{PEER_PORT}",
+                "client": f"{testbed.address(node)}:{CLIENT_PORT}",
+                "metrics": f"{testbed.address(node)}:{METRICS_PORT}",
+                "data_dir": f"node-{node}",
+            }
+            for node in range(testbed.nodes)
+        ]
+        self.config_path = directory / "cluster.toml"
+        self.config_path.write_text(render_cluster_file(
+            protocol=protocol, nodes=tables, secret_file="cluster.key", sections=SECTIONS))
+        self.cluster: ClusterFile = load_cluster_file(self.config_path)
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.paused: set[int] = set()
+        self.runs: dict[int, int] = dict.fromkeys(range(testbed.nodes), 0)
+
+    @property
+    def n(self) -> int:
+        return self.cluster.n
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(entry.client.host, entry.client.port) for entry in self.cluster.nodes]
+
+    def data_dir(self, node: int) -> Path:
+        return self.cluster.nodes[node].data_dir
+
+    def log_path(self, node: int) -> Path:
+        return self.directory / f"node-{node}.run-{self.runs[node]}.log"
+
+    def start(self, node: int) -> None:
+        assert node not in self.processes, f"node {node} is running"
+        self.runs[node] += 1
+        command = [*self.testbed.exec_prefix(node), sys.executable, "-m", "replicaio.cli",
+                   "kv", "node", "--config", str(self.config_path), "--id", str(node)]
+        with open(self.log_path(node), "wb") as output:
+            self.processes[node] = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def running(self, node: int) -> bool:
+        process = self.processes.get(node)
+        return process is not None and process.poll() is None
+
+    def kill(self, node: int) -> None:
+        """SIGKILL (``kill -9``): the node dies wherever it is; its data stays."""
+        process = self.processes.pop(node, None)
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        self.paused.discard(node)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(10)
+
+    def pause(self, node: int) -> None:
+        process = self.processes.get(node)
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGSTOP)
+            self.paused.add(node)
+
+    def resume(self, node: int) -> None:
+        process = self.processes.get(node)
+        if process is not None and node in self.paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGCONT)
+        self.paused.discard(node)
+
+    def restart_dead(self) -> list[int]:
+        """Start every node whose process is gone (killed, or exited by itself)."""
+        restarted = []
+        for node in range(self.n):
+            process = self.processes.get(node)
+            if process is not None and process.poll() is not None:
+                self.processes.pop(node)
+            if node not in self.processes:
+                self.start(node)
+                restarted.append(node)
+        return restarted
+
+    def wait_ready(self, nodes: list[int], timeout_s: float = READY_TIMEOUT_S) -> str | None:
+        """``None`` once every node in ``nodes`` accepts on its client port, else why not."""
+        deadline = time.monotonic() + timeout_s
+        for node in nodes:
+            entry = self.cluster.nodes[node]
+            while True:
+                if not self.running(node):
+                    return f"node {node} exited: {self.tail(node)}"
+                try:
+                    with socket.create_connection((entry.client.host, entry.client.port), 0.5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        return f"node {node} not ready after {timeout_s} s: {self.tail(node)}"
+                    time.sleep(0.05)
+        return None
+
+    def tail(self, node: int, lines: int = 5) -> str:
+        with contextlib.suppress(OSError):
+            text = self.log_path(node).read_text(errors="replace")
+            return " | ".join(text.splitlines()[-lines:])
+        return ""
+
+    def close(self) -> None:
+        for node in list(self.processes):
+            self.resume(node)
+            self.kill(node)

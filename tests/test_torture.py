@@ -1,0 +1,158 @@
+"""``replicaio torture``: the seed's fault schedule (pure), and, as root with ``ip``,
+``tc`` and ``nft``/``iptables``, a short live torture of a Raft cluster across
+network namespaces, an interrupted one that must leave nothing behind, and the
+plain refusal without root.
+
+The live tests run the real command as a subprocess (as a user would) and look
+at the machine afterwards: no namespace, link or mount of the run's tag may
+remain. They print the report (the CI log keeps it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from replicaio.torture.nemesis import FAULT_KINDS, LEADER, PARTITION_KINDS, draw_schedule
+from replicaio.torture.network import missing_requirements, run_command
+
+MISSING = missing_requirements()
+needs_root = pytest.mark.skipif(MISSING is not None, reason=f"live torture skipped: {MISSING}")
+COMMAND = [sys.executable, "-m", "replicaio.cli", "torture"]
+
+
+# -- the schedule (pure) ---------------------------------------------------------------------
+
+
+def test_the_schedule_is_a_function_of_the_seed_and_covers_every_kind() -> None:
+    first = draw_schedule(7, 5, 120.0, FAULT_KINDS, disk_node=3)
+    assert first == draw_schedule(7, 5, 120.0, FAULT_KINDS, disk_node=3)
+    assert first != draw_schedule(8, 5, 120.0, FAULT_KINDS, disk_node=3)
+    kinds = [fault.kind for fault in first]
+    assert set(kinds[:len(FAULT_KINDS)]) == set(FAULT_KINDS)  # a shuffled bag
+    for before, after in zip(first, first[1:], strict=False):
+        assert before.end_s < after.start_s  # one at a time, with a quiet gap
+    assert first[-1].end_s <= 120.0
+    assert all(fault.nodes == (3,) for fault in first if fault.kind == "disk-full")
+
+
+def test_without_a_tmpfs_node_or_a_second_node_some_kinds_are_left_out() -> None:
+    kinds = {fault.kind for fault in draw_schedule(1, 5, 200.0, FAULT_KINDS, disk_node=None)}
+    assert "disk-full" not in kinds and "kill" in kinds
+    single = {fault.kind for fault in draw_schedule(1, 1, 200.0, FAULT_KINDS, disk_node=0)}
+    assert single.isdisjoint(PARTITION_KINDS)
+
+
+def test_partitions_block_what_their_kind_says() -> None:
+    schedule = draw_schedule(3, 5, 1000.0, PARTITION_KINDS, disk_node=None)
+    seen = set()
+    for fault in schedule:
+        seen.add(fault.kind)
+        blocks = fault.blocks(5)
+        if fault.kind == "partition-asymmetric":
+            senders, receivers = fault.groups
+            assert blocks == {node: senders for node in receivers}
+        elif fault.kind == "partition-bridge":
+            left, (middle,), right = fault.groups
+            assert middle not in blocks  # the bridge hears both sides
+            assert all(blocks[node] == right for node in left)
+            assert all(blocks[node] == left for node in right)
+        else:
+            first, second = fault.groups
+            assert all(blocks[node] == second for node in first)
+            assert all(blocks[node] == first for node in second)
+            if fault.kind == "partition-majority":
+                assert 1 <= len(first) <= 2 < len(second)
+    assert seen == set(PARTITION_KINDS)
+
+
+def test_kill_and_pause_sometimes_aim_at_the_leader() -> None:
+    targets = [fault.nodes for seed in range(10)
+               for fault in draw_schedule(seed, 5, 200.0, ("kill", "pause"), disk_node=None)]
+    assert (LEADER,) in targets and any(LEADER not in nodes for nodes in targets)
+    assert all(len(nodes) <= 2 for nodes in targets)  # at most f = 2 killed at once
+
+
+# -- live ------------------------------------------------------------------------------------
+
+
+def leftovers(tag: str) -> list[str]:
+    """Namespaces, links and mounts of the run ``tag`` still on the machine."""
+    found = [line for line in run_command(["ip", "netns", "list"]).splitlines()
+             if f"replicaio-{tag}-" in line]
+    found += [line for line in run_command(["ip", "-o", "link", "show"]).splitlines()
+              if f"rtb{tag}" in line or f"rtv{tag}" in line]
+    found += [line for line in Path("/proc/mounts").read_text().splitlines()
+              if f"-{tag}/" in line]
+    return found
+
+
+def run_tag(output: str) -> str:
+    found = re.search(r"namespaces replicaio-([0-9a-f]{5})-n\*", output)
+    assert found is not None, output
+    return found.group(1)
+
+
+@needs_root
+def test_a_short_live_torture_of_raft_passes_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [*COMMAND, "--nodes", "3", "--duration", "40", "--seed", "11", "--clients", "6",
+         "--out", str(tmp_path), "--check-budget", "60", "--json"],
+        capture_output=True, text=True, timeout=240, check=False,
+    )
+    print(f"\n{done.stdout}\n{done.stderr}\nwall time {time.monotonic() - started:.1f} s")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["passed"] is True and result["linearizable"] is True
+    assert result["problems"] == [] and result["leftovers"] == []
+    kinds = {fault["kind"] for fault in result["faults"]}
+    assert len(kinds - {"exit"}) >= 5, kinds
+    assert result["ok"] > 100 and result["acknowledged"] > 10
+    assert leftovers(run_tag(done.stdout)) == []
+    (run,) = tmp_path.iterdir()
+    for name in ("history.jsonl", "faults.json", "timeline.csv", "report.txt", "cluster.toml"):
+        assert (run / name).stat().st_size > 0, name
+    assert (run / "throughput.png").read_bytes().startswith(b"\x89PNG")
+
+
+@needs_root
+def test_an_interrupted_torture_tears_everything_down(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [*COMMAND, "--nodes", "3", "--duration", "60", "--seed", "5", "--clients", "2",
+         "--out", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the first fault is on
+            line = process.stdout.readline()
+            lines.append(line)
+            if not line or re.match(r"\s+\d+\.\d+ s ", line):
+                break
+        tag = run_tag("".join(lines))
+        assert leftovers(tag) != []  # it did build something
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    print("".join(lines) + output)
+    assert process.returncode == 1
+    assert "interrupted" in output and "verdict: FAIL" in output
+    assert leftovers(tag) == []
+
+
+def test_without_root_the_torture_says_plainly_why_it_cannot_run() -> None:
+    reason = missing_requirements(euid=1000)
+    assert reason is not None and reason.startswith("replicaio torture needs root")
