@@ -10,6 +10,7 @@ remain. They print the report (the CI log keeps it).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -37,7 +38,7 @@ def test_the_schedule_is_a_function_of_the_seed_and_covers_every_kind() -> None:
     assert first != draw_schedule(8, 5, 120.0, FAULT_KINDS, disk_node=3)
     kinds = [fault.kind for fault in first]
     assert set(kinds[:len(FAULT_KINDS)]) == set(FAULT_KINDS)  # a shuffled bag
-    for before, after in zip(first, first[1:], strict=False):
+    for before, after in itertools.pairwise(first):
         assert before.end_s < after.start_s  # one at a time, with a quiet gap
     assert first[-1].end_s <= 120.0
     assert all(fault.nodes == (3,) for fault in first if fault.kind == "disk-full")
