@@ -17,6 +17,7 @@ from replicaio.core.node import TICK_TIMER, Envelope, Node
 from replicaio.protocols.broadcast import Accepted, Delivered, Instances
 from replicaio.protocols.broadcast.beb import best_effort
 from replicaio.protocols.broadcast.bracha import bracha
+from replicaio.protocols.broadcast.catchup import CATCHUP_INTERVAL_US, Archived, Fetch, Gone
 from replicaio.protocols.broadcast.instances import VALUE_BYTES_MAX
 
 N = 4
@@ -32,6 +33,8 @@ class Small:
     instance: Any = staticmethod(best_effort)
     window_max = WINDOW
     retained_max = RETAINED
+    archived_max = 0  # the archive (catch-up) has its own tests below
+    vouch_link: str | None = None
 
     def __init__(self, context: Context) -> None:
         self.instances = Instances(
@@ -39,6 +42,8 @@ class Small:
             self.instance,
             window_max=self.window_max,
             retained_max=self.retained_max,
+            archived_max=self.archived_max,
+            vouch_link=self.vouch_link,
         )
 
     def start(self) -> None:
@@ -100,7 +105,9 @@ def instance_path(sender: int, seq: int) -> tuple[int | str, ...]:
 def test_message_beyond_the_window_is_ignored_without_ack() -> None:
     host = Host()
     effects = host.send(1, 1, WINDOW, b"late")
-    assert not effects
+    assert not effects.sends and not effects.persists and not effects.outputs
+    # only the catch-up watch starts: a peer is ahead of this node's window
+    assert effects.timers_set == [(1, CATCHUP_INTERVAL_US)]
     assert host.node.counters == {"ignored_instance_beyond_window": 1}
     assert instance_path(1, WINDOW) not in host.node.routes
     assert not host.node.reliable.acks_pending[1]  # backpressure: the sender retransmits later
@@ -389,3 +396,113 @@ def test_every_prefix_of_a_collecting_step_restarts_without_delivering_again() -
         assert all(
             f"sbcast#delivered:1:{seq}" not in restarted.storage for seq in range(low)
         ), cut
+
+
+# -- catch-up from the peers' archives (catchup.py) --------------------------------
+
+
+class Archiving(Small):
+    archived_max = 4
+
+
+class ArchivingBracha(Archiving):
+    instance = staticmethod(bracha)
+    vouch_link = "READY"
+
+
+def stream_message(host: Host, source: int, message: Any) -> Effects:
+    return host.step(Receive(source, host.node.codec.encode(message)))
+
+
+def sent_messages(effects: Effects, kind: type) -> list[tuple[int, Any]]:
+    return [(peer, message) for peer, message in effects.sends if type(message) is kind]
+
+
+def fired(host: Host, effects: Effects) -> Effects:
+    """Fire the catch-up timer that ``effects`` set."""
+    [timer] = [t for t, d in effects.timers_set if d == CATCHUP_INTERVAL_US]
+    return host.step(TimerFired(timer))
+
+
+def test_collected_values_stay_archived_and_are_served_to_a_fetching_peer() -> None:
+    host = Host(Archiving)
+    for seq in range(RETAINED + 3):
+        host.send(1, 1, seq, b"v%d" % seq)
+    assert host.instances.low[1] == 3
+    assert host.instances.archive_low(1) == 0
+    effects = stream_message(host, 2, Fetch(1, 0))
+    assert sent_messages(effects, Archived) == [
+        (2, Archived(1, seq, b"v%d" % seq)) for seq in range(RETAINED + 3)
+    ]
+    # the archive survives a restart (and is not delivered again)
+    restarted = Host(Archiving, storage=host.storage)
+    assert [o.seq for o in restarted.start_effects.outputs] == [3, 4]
+    effects = stream_message(restarted, 2, Fetch(1, 1))
+    assert [m.seq for _, m in sent_messages(effects, Archived)] == [1, 2, 3, 4]
+
+
+def test_a_fetch_below_the_archive_hears_gone() -> None:
+    host = Host(Archiving)
+    for seq in range(RETAINED + Archiving.archived_max + 2):  # 8 deliveries, low = 6
+        host.send(1, 1, seq, b"v%d" % seq)
+    assert host.instances.archive_low(1) == 2
+    assert "sbcast#delivered:1:1" not in host.storage  # erased beyond the archive
+    effects = stream_message(host, 2, Fetch(1, 0))
+    assert sent_messages(effects, Gone) == [(2, Gone(1, 2))]
+    assert [m.seq for _, m in sent_messages(effects, Archived)] == list(range(2, 8))
+
+
+def test_a_lagging_node_fetches_and_delivers_on_f_plus_one_matching_values() -> None:
+    host = Host(Archiving)
+    first = host.send(1, 1, 1, b"v1")  # instance 0 of sender 1 never reached this node
+    host.send(1, 1, 2, b"v2")
+    assert host.instances.delivered[1] == {1: None, 2: None}
+    # the first look notes where the node is stuck, the second asks everyone
+    effects = fired(host, first)
+    assert not sent_messages(effects, Fetch)
+    effects = fired(host, effects)
+    assert sorted(sent_messages(effects, Fetch)) == [(p, Fetch(1, 0)) for p in (1, 2, 3)]
+    # one peer's word (f = 1) delivers nothing, a Byzantine one's different value neither
+    assert not stream_message(host, 3, Archived(1, 0, b"forged")).outputs
+    assert not stream_message(host, 2, Archived(1, 0, b"v0")).outputs
+    assert not stream_message(host, 2, Archived(1, 0, b"v0")).outputs  # repeated
+    effects = stream_message(host, 1, Archived(1, 0, b"v0"))
+    assert effects.outputs == [Delivered(1, 0, b"v0")]
+    assert host.node.counters["broadcast_catchup_delivered"] == 1
+    assert host.node.counters["ignored_catchup_repeated"] == 1
+    # late or needless values are dropped and counted
+    assert not stream_message(host, 3, Archived(1, 0, b"v0")).outputs
+    assert host.node.counters["ignored_catchup_not_needed"] == 1
+
+
+def test_catch_up_stops_an_open_instance_so_it_never_delivers_twice() -> None:
+    host = Host(Archiving)
+    host.send(1, 1, 0, b"v0", channel="ECHO")  # best effort ignores ECHO; opens (1, 0)
+    assert instance_path(1, 0) in host.node.routes
+    stream_message(host, 2, Archived(1, 0, b"v0"))
+    effects = stream_message(host, 3, Archived(1, 0, b"v0"))
+    assert effects.outputs == [Delivered(1, 0, b"v0")]
+    assert instance_path(1, 0) not in host.node.routes
+    effects = host.send(1, 1, 0, b"v0")  # the SEND arrives at last
+    assert not effects.outputs
+
+
+def test_bracha_counts_a_peers_delivery_as_its_ready() -> None:
+    """Long profile, seed 47: only one correct node delivered before it forgot
+    the instance, and its READY was lost to a partition. Its archived value
+    counts as that READY, so the laggard completes 2f + 1 READYs."""
+    host = Host(ArchivingBracha)
+    host.send(1, 1, 0, b"v", channel="READY")
+    assert not host.instances.delivered[1]
+    # node 3's delivery stands for its READY: f + 1 READYs, so this node sends
+    # its own, and that makes 2f + 1
+    effects = stream_message(host, 3, Archived(1, 0, b"v"))
+    assert effects.outputs == [Delivered(1, 0, b"v")]
+    assert (2, Envelope(instance_path(1, 0), "READY", b"v")) in effects.sends
+
+
+def test_a_peer_archive_never_opens_this_nodes_own_instance() -> None:
+    host = Host(ArchivingBracha)
+    effects = stream_message(host, 3, Archived(0, 0, b"junk"))
+    assert not effects.outputs
+    assert instance_path(0, 0) not in host.node.routes

@@ -43,6 +43,9 @@ class BroadcastSpec:
     summary: str = ""
     window_max: int = 64  # Instances: open instances per sender
     retained_max: int = 32  # Instances: delivered instances kept per sender
+    archived_max: int = 96  # Instances: collected instances whose values stay for catch-up
+    # The link whose message a peer's delivery vouches for (catch-up), if any.
+    vouch_link: str | None = None
     # What runs the instances (a test-support module may plant a bug in a subclass).
     runner: Callable[..., Instances] = Instances
 
@@ -57,6 +60,8 @@ class BroadcastProtocol:
             spec.instance,
             window_max=spec.window_max,
             retained_max=spec.retained_max,
+            archived_max=spec.archived_max,
+            vouch_link=spec.vouch_link,
         )
 
     def start(self) -> None:
@@ -82,13 +87,15 @@ class BroadcastFactory:
         see ``replicaio.sim.footprint``): every open instance lies in its
         sender's window, so at most ``n * window_max`` of them, each with a
         task or two and a few durable records (a link's value per destination
-        and the delivery record)."""
+        and the delivery record), plus the archived delivery records of up to
+        ``archived_max`` collected instances per sender, and one catch-up task."""
         instances = config.n * self.spec.window_max
         links_per_instance = 3
         records = instances * (links_per_instance * (config.n + 1) + 1)
+        records += config.n * self.spec.archived_max
         return {
             "contexts": instances + 8,
-            "tasks": 2 * instances + 8,
+            "tasks": 2 * instances + 9,
             "sent_paths": instances + 8,
             "storage_keys": records + config.n + 8,
         }
@@ -104,6 +111,7 @@ PROTOCOLS: dict[str, BroadcastSpec] = {
         BroadcastSpec(
             "bracha", bracha, Resilience.BYZANTINE, agreement=True, totality=True,
             summary="Bracha's Byzantine reliable broadcast, n >= 3f+1",
+            vouch_link="READY",
         ),
         BroadcastSpec(
             "echo", consistent, Resilience.BYZANTINE, agreement=True, totality=False,

@@ -18,7 +18,10 @@ child path ``(sender, seq)`` of this component.
   others may count on them (consistent broadcast's ECHO). What it sent stays
   retained so that a restarted peer can still catch up. The oldest delivered
   instances beyond ``retained_max`` per sender are closed and forgotten, and
-  the sender's ``low`` watermark advances over them.
+  the sender's ``low`` watermark advances over them; their delivery records
+  (the values) stay archived for ``archived_max`` more instances.
+* A node that fell behind further than that catches up from the archives:
+  a delivered value attested by f + 1 peers (:mod:`.catchup`).
 * After a restart the component rebuilds itself from durable state: the
   watermarks, the delivered records, and the instances in progress (those
   whose links had sent something), which are resumed.
@@ -38,6 +41,7 @@ from replicaio.core.context import Context, Ignore
 from replicaio.core.effects import Path
 from replicaio.core.errors import ConfigError
 from replicaio.interfaces.broadcast import VALUE_BYTES_MAX, Accepted, Delivered
+from replicaio.protocols.broadcast.catchup import CatchUp
 
 InstanceFunction = Callable[[Context, int, Any], Coroutine[Any, Any, Any]]
 
@@ -52,9 +56,13 @@ class Instances:
         *,
         window_max: int = 64,
         retained_max: int = 32,
+        archived_max: int = 96,
+        vouch_link: str | None = None,
     ) -> None:
-        if window_max < 1 or retained_max < 0:
-            raise ConfigError("window_max must be >= 1 and retained_max >= 0")
+        if window_max < 1 or retained_max < 0 or archived_max < 0:
+            raise ConfigError(
+                "window_max must be >= 1, retained_max and archived_max >= 0"
+            )
         if retained_max >= window_max:
             # Deliveries live in [low, low + window_max): with retained_max >=
             # window_max, collection never starts, low never moves, and every
@@ -66,12 +74,15 @@ class Instances:
         self.instance = instance
         self.window_max = window_max
         self.retained_max = retained_max
+        self.archived_max = archived_max
+        self.vouch_link = vouch_link
         n = context.n
         self.low = [0] * n  # every seq below low[s] is delivered and forgotten
         self.delivered: list[dict[int, None]] = [{} for _ in range(n)]  # seq >= low
         self.active: list[dict[int, Context]] = [{} for _ in range(n)]
         self.next_seq = 0
         context.on_unknown_child(self.on_unknown)
+        self.catchup = CatchUp(self)
 
     # -- start and restart ---------------------------------------------------
 
@@ -86,9 +97,11 @@ class Instances:
             recovered.append((int(sender_text), int(seq_text), name))
         # numeric order: each sender's deliveries are re-announced by sequence number
         for sender, seq, name in sorted(recovered):
-            if seq < self.low[sender]:
+            if seq < self.archive_low(sender):
                 # a crash during collection, after the watermark was saved
                 self.context.erase(name)
+            elif seq < self.low[sender]:
+                pass  # archived: kept for peers that fell behind (catch-up)
             else:
                 self.delivered[sender][seq] = None
                 value = context.load(name)
@@ -119,6 +132,7 @@ class Instances:
         for sender in range(context.n):
             for seq in sorted(self.delivered[sender]):
                 self.open(sender, seq, None, delivered=True)
+            self.catchup.suspect(sender)
 
     # -- requests and lazily created instances -------------------------------
 
@@ -146,6 +160,7 @@ class Instances:
         if seq < self.low[sender] or seq in self.delivered[sender]:
             return Ignore("instance_delivered", acknowledge=True)
         if seq >= self.low[sender] + self.window_max:
+            self.catchup.suspect(sender, beyond_window=True)
             return Ignore("instance_beyond_window", acknowledge=False)
         if sender == self.context.id:
             # Only this node opens its own instances (by a request, or at restart
@@ -178,12 +193,52 @@ class Instances:
         tasks keep their obligations to others) until it is collected."""
         assert seq >= self.low[sender]
         assert seq not in self.delivered[sender], "instance delivered twice"
-        context = self.context
-        self.delivered[sender][seq] = None
         del self.active[sender][seq]
-        context.persist(f"delivered:{sender}:{seq}", value)
-        context.output(Delivered(sender, seq, value))
+        self.record(sender, seq, value)
+
+    def deliver_caught_up(self, sender: int, seq: int, value: Any) -> None:
+        """Deliver ``value`` for ``(sender, seq)`` on f + 1 peers' word
+        (:mod:`.catchup`); the instance, if open here, stops: its task must not
+        deliver a second time."""
+        assert self.low[sender] <= seq < self.low[sender] + self.window_max
+        assert seq not in self.delivered[sender], "instance delivered twice"
+        instance_context = self.active[sender].pop(seq, None)
+        if instance_context is not None:
+            instance_context.close()
+        self.record(sender, seq, value)
+
+    def vouch(self, sender: int, seq: int, peer: int, value: bytes) -> None:
+        """``peer`` says it delivered ``value`` for ``(sender, seq)``: where the
+        protocol names the message a delivery vouches for (``vouch_link``),
+        count it as that message from ``peer`` in the instance."""
+        if self.vouch_link is None:
+            return
+        instance_context = self.active[sender].get(seq)
+        if instance_context is None:
+            if sender == self.context.id:
+                return  # only this node opens its own instances
+            instance_context = self.open(sender, seq, None)
+        instance_context.link(self.vouch_link).receive(peer, value)
+
+    def record(self, sender: int, seq: int, value: Any) -> None:
+        """The delivery record is durable before the output leaves."""
+        self.delivered[sender][seq] = None
+        self.context.persist(f"delivered:{sender}:{seq}", value)
+        self.context.output(Delivered(sender, seq, value))
         self.collect(sender)
+        self.catchup.suspect(sender)
+
+    def archive_low(self, sender: int) -> int:
+        """The lowest instance of ``sender`` whose delivery record is kept."""
+        return max(0, self.low[sender] - self.archived_max)
+
+    def archived_value(self, sender: int, seq: int) -> Any:
+        """The delivered value of ``(sender, seq)`` if its record is kept, else ``None``."""
+        if seq < self.archive_low(sender):
+            return None
+        if seq >= self.low[sender] and seq not in self.delivered[sender]:
+            return None
+        return self.context.load(f"delivered:{sender}:{seq}")
 
     def collect(self, sender: int) -> None:
         """Forget the oldest delivered instances beyond ``retained_max``."""
@@ -200,12 +255,11 @@ class Instances:
         # record, which a peer's retransmission would deliver again.
         self.context.persist(f"low:{sender}", low)
         self.context.count("broadcast_instances_collected", low - self.low[sender])
+        old_archive_low = self.archive_low(sender)
         for seq in range(self.low[sender], low):
-            self.erase_instance(sender, seq)
+            self.context.child(sender, seq).forget()
             del delivered[seq]
         self.low[sender] = low
-
-    def erase_instance(self, sender: int, seq: int) -> None:
-        """Close instance ``(sender, seq)`` and drop everything stored for it."""
-        self.context.child(sender, seq).forget()
-        self.context.erase(f"delivered:{sender}:{seq}")
+        for seq in range(old_archive_low, self.archive_low(sender)):
+            self.context.erase(f"delivered:{sender}:{seq}")
+        self.catchup.advanced(sender)

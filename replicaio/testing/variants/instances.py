@@ -34,11 +34,13 @@ class WatermarkLastInstances(Instances):
         while len(delivered) > self.retained_max and self.low[sender] in delivered:
             seq = self.low[sender]
             del delivered[seq]
-            self.erase_instance(sender, seq)
+            self.context.child(sender, seq).forget()
+            self.context.erase(f"delivered:{sender}:{seq}")
             self.low[sender] = seq + 1
             moved = True
         if moved:
             self.context.persist(f"low:{sender}", self.low[sender])
+
 
 
 class SmallInstancesProtocol:
