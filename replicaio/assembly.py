@@ -27,23 +27,29 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from replicaio.check.pbft import PbftChecker
 from replicaio.check.raft import RaftChecker
 from replicaio.core.config import ClusterConfig, Resilience
+from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
 from replicaio.core.node import ProtocolFactory
 from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, BroadcastSpec, Instances
+from replicaio.protocols.pbft.params import PbftParams
+from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.raft.messages import BecameLeader, ConfigChanged, RaftAdmin
 from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft
 from replicaio.services.kv.state_machine import KeyValueStateMachine
 from replicaio.smr.params import SmrParams
-from replicaio.smr.protocol import SmrFactory
+from replicaio.smr.protocol import SmrFactory, SmrProtocol
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
+from replicaio.testing.variants.pbft import PBFT_VARIANTS
 from replicaio.testing.variants.raft import RAFT_VARIANTS
 
 # name parameter -> what it sets (all integers)
 SERVICE_PARAMETERS: dict[str, str] = {
-    "snapshot": "SmrParams.snapshot_interval: applied batches between snapshots (0: never)",
+    "snapshot": "SmrParams.snapshot_interval: applied batches between snapshots (0: never; "
+    "PBFT: the checkpoint interval K, L = 2K)",
     "batch": "SmrParams.batch_requests_max: requests per batch",
     "sessions": "SmrParams.sessions_max: client sessions remembered (LRU beyond)",
     "inflight": "SmrParams.batches_inflight_max: own batches submitted and not yet applied",
@@ -144,6 +150,102 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
     return build
 
 
+# -- PBFT ----------------------------------------------------------------------------
+
+PBFT_CHECKPOINT_INTERVAL = 16  # K (and SMR's snapshot interval); L = 2K
+# Bounded so that a VIEW-CHANGE (L batches) and a NEW-VIEW fit in one frame.
+PBFT_COMMAND_BYTES_MAX = 8 * 1024
+PBFT_BATCH_BYTES_MAX = 16 * 1024
+
+
+def pbft_checkers(config: ClusterConfig) -> list[Any]:
+    """PBFT's own checkers (``replicaio.check.pbft``), fed with every output."""
+    return [PbftChecker(config.byzantine)]
+
+
+class PbftSmrProtocol(SmrProtocol):
+    """SMR over PBFT, reporting the sizes of its buffers (``footprint``)."""
+
+    def footprint(self) -> dict[str, int]:
+        ordering = self.ordering
+        assert isinstance(ordering, Pbft)
+        figures = self.replica.figures()
+        found = ordering.footprint()
+        for name in ("sessions", "pending", "waiting", "inflight", "reads_active",
+                     "applied_waiters"):
+            found[f"smr_{name}"] = figures[name]
+        return found
+
+
+class PbftFactory(SmrFactory):
+    """Builds PBFT + SMR + KV nodes, and declares their bounds (``footprint_max``)."""
+
+    def __init__(self, name: str, pbft_type: type[Pbft], pbft_params: PbftParams,
+                 smr_params: SmrParams) -> None:
+        super().__init__(
+            name, Resilience.BYZANTINE, lambda context: pbft_type(context, pbft_params),
+            KeyValueStateMachine, smr_params, ordering_path="pbft",
+        )
+        self.pbft_params = pbft_params
+
+    def __call__(self, context: Context) -> SmrProtocol:
+        state_machine = self.state_machine()
+        ordering = self.ordering(context.child(self.ordering_path))
+        return PbftSmrProtocol(context, ordering, state_machine, self.params)
+
+    def footprint_max(self, config: ClusterConfig) -> dict[str, int]:
+        """Every buffer within the watermarks or its named bound."""
+        pbft, smr, n = self.pbft_params, self.params, config.n
+        window = pbft.log_size
+        checkpoints = window // pbft.checkpoint_interval + 1
+        reads = smr.reads_pending_max
+        return {
+            "pbft_slots": window,
+            "pbft_prepared_proofs": window,
+            "pbft_relayed": pbft.relayed_max,
+            "pbft_barriers": pbft.barriers_max,
+            "pbft_proposals": pbft.proposals_max,
+            "pbft_checkpoint_votes": (checkpoints + 1) * n,
+            "pbft_snapshots": checkpoints,
+            "pbft_view_changes": n,
+            "smr_sessions": smr.sessions_max,
+            "smr_pending": smr.pending_max,
+            "smr_waiting": smr.waiting_max,
+            "smr_inflight": smr.batches_inflight_max,
+            "smr_reads_active": reads,
+            "smr_applied_waiters": reads,
+            "storage_keys": 3 * window + 16,
+            "tasks": reads + smr.batches_inflight_max + 16,
+            "timers": reads + smr.batches_inflight_max + 16,
+            "contexts": 8,
+        }
+
+
+def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
+    """A builder of PBFT + SMR + KV nodes; with ``variant``, of that broken
+    variant (``replicaio.testing.variants.pbft``)."""
+
+    def build(name: str, parameters: Mapping[str, int]) -> ProtocolFactory:
+        pbft_type = PBFT_VARIANTS[variant].pbft_type if variant else Pbft
+        interval = parameters.get("snapshot", PBFT_CHECKPOINT_INTERVAL) or PBFT_CHECKPOINT_INTERVAL
+        pbft_params = PbftParams(
+            checkpoint_interval=interval, log_size=2 * interval,
+            batch_bytes_max=PBFT_BATCH_BYTES_MAX,
+        ).validate()
+        defaults = SmrParams()
+        smr_params = SmrParams(
+            snapshot_interval=interval,
+            batch_requests_max=parameters.get("batch", defaults.batch_requests_max),
+            batch_bytes_max=PBFT_BATCH_BYTES_MAX,
+            command_bytes_max=PBFT_COMMAND_BYTES_MAX,
+            sessions_max=parameters.get("sessions", defaults.sessions_max),
+            batches_inflight_max=parameters.get("inflight", defaults.batches_inflight_max),
+        )
+        return PbftFactory(name, pbft_type, pbft_params, smr_params)
+
+    return build
+
+
 SERVICES: dict[str, ServiceSpec] = {
     spec.name: spec
     for spec in (
@@ -151,6 +253,11 @@ SERVICES: dict[str, ServiceSpec] = {
             "raft", "raft", Resilience.CRASH, build_raft(""),
             "Raft, with SMR and the key-value store, n >= 2f+1",
             checkers=raft_checkers, membership=RAFT_MEMBERSHIP,
+        ),
+        ServiceSpec(
+            "pbft", "pbft", Resilience.BYZANTINE, build_pbft(""),
+            "PBFT, with SMR and the key-value store, n >= 3f+1 (f Byzantine)",
+            checkers=pbft_checkers,
         ),
     )
 }
@@ -160,6 +267,13 @@ SERVICES.update(
                        f"BROKEN on purpose: {variant.summary}", broken=True,
                        checkers=raft_checkers, membership=RAFT_MEMBERSHIP))
     for name, variant in RAFT_VARIANTS.items()
+)
+# The deliberately broken variants of PBFT.
+SERVICES.update(
+    (name, ServiceSpec(name, "pbft", Resilience.BYZANTINE, build_pbft(name),
+                       f"BROKEN on purpose: {variant.summary}", broken=True,
+                       checkers=pbft_checkers))
+    for name, variant in PBFT_VARIANTS.items()
 )
 
 

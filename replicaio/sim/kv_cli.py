@@ -26,9 +26,15 @@ from dataclasses import replace
 from typing import Any
 
 from replicaio.assembly import service_spec
+from replicaio.core.config import Resilience
 from replicaio.core.errors import UsageError
 from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
-from replicaio.sim.options import CLOCK_DRIFT_PPM_DEFAULT, SimOptions, parse_faults
+from replicaio.sim.options import (
+    CLOCK_DRIFT_PPM_DEFAULT,
+    SimOptions,
+    parse_adversary,
+    parse_faults,
+)
 from replicaio.sim.profiles import (
     LONG_CLIENT_OPS_MAX,
     LONG_FAULT_WINDOW_US,
@@ -111,11 +117,19 @@ def workload_of(args: argparse.Namespace) -> KvWorkload:
 
 def service_options(args: argparse.Namespace, seed: int) -> SimOptions:
     """The options of run ``seed`` of a service (workload in ``extra``)."""
-    if args.byzantine:
+    found = service_spec(args.protocol)
+    assert found is not None
+    spec, _ = found
+    if args.byzantine and spec.resilience is not Resilience.BYZANTINE:
         raise UsageError(f"{args.protocol} tolerates crash faults only: no --byzantine")
     options = kv_options(
         seed, args.nodes, parse_faults(args.faults), workload_of(args),
         encode=not args.no_encode, clock_drift_ppm=clock_drift_of(args),
+        byzantine=args.byzantine,
+        adversary=parse_adversary(
+            getattr(args, "adversary", None) or getattr(args, "behaviour", None)
+        ),
+        protocol=args.protocol.partition(":")[0],
     )
     if is_long(args):
         options = replace(options, crashes=long_crashes(seed, options.crashes))
@@ -130,7 +144,13 @@ def clock_drift_of(args: argparse.Namespace) -> int:
 
 def default_f(args: argparse.Namespace) -> int:
     f: int | None = args.f
-    return (args.nodes - 1) // 2 if f is None else f
+    if f is not None:
+        return f
+    nodes: int = args.nodes
+    found = service_spec(args.protocol)
+    if found is not None and found[0].resilience is Resilience.BYZANTINE:
+        return (nodes - 1) // 3
+    return (nodes - 1) // 2
 
 
 def run_service(

@@ -225,6 +225,7 @@ class Figures:
     membership_requests: int = 0
     nemesis_crashes: int = 0
     unissued: int = 0  # quota operations the safety phase had no time for
+    byzantine_outputs: int = 0  # client outputs of Byzantine replicas, ignored
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -292,6 +293,11 @@ class KvHarness:
     def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]:
         kind = type(output)
         if kind is Reply or kind is Redirect or kind is Rejected:
+            if node in self.config.byzantine:
+                # A Byzantine replica's answers prove nothing (clients of BFT
+                # services vote on f+1 replies); these clients ignore them.
+                self.figures.byzantine_outputs += 1
+                return []
             self.on_client_output(node, output)
         else:
             for observer in self.observers:
@@ -723,6 +729,9 @@ def kv_options(
     encode: bool = True,
     safety_us: int | None = None,
     clock_drift_ppm: int = CLOCK_DRIFT_PPM_DEFAULT,
+    byzantine: int = 0,
+    adversary: tuple[str, ...] | None = None,
+    protocol: str | None = None,
 ) -> SimOptions:
     """Options of a KV run: the usual seeded network and faults, over a safety
     phase long enough for the workload, with the workload in ``extra``.
@@ -731,8 +740,10 @@ def kv_options(
     safety phase (each window as ``SimOptions.draw`` draws a whole run), so a
     long run sees leaders fail again and again rather than a few faults early."""
     workload.validate()
-    base = SimOptions.draw(seed, nodes, 0, faults, requests_per_node=0, encode=encode,
-                           clock_drift_ppm=clock_drift_ppm)
+    base = SimOptions.draw(seed, nodes, byzantine, faults, requests_per_node=0, encode=encode,
+                           clock_drift_ppm=clock_drift_ppm, adversary=adversary,
+                           protocol=protocol)
+    correct = [node for node in range(nodes) if node not in base.byzantine]
     rounds = -(-workload.ops // workload.clients)
     safety = safety_us if safety_us is not None else max(2_000_000, rounds * 50_000)
     rng = random.Random(f"replicaio-kv-options:{seed}")
@@ -740,7 +751,8 @@ def kv_options(
     crashes: list[Crash] = []
     window = workload.fault_window_us
     # Faulty disks: a fixed set of at most f nodes, faults drawn per window too.
-    disks = draw_disk_nodes(seed, list(range(nodes)), (nodes - 1) // 2) if "disk" in faults else []
+    disks_max = (nodes - 1) // 2 - byzantine
+    disks = draw_disk_nodes(seed, correct, disks_max) if "disk" in faults else []
     disk_rng = random.Random(f"replicaio-kv-disk-faults:{seed}")
     for start in range(0, safety, window):
         span = min(window, safety - start)
@@ -754,7 +766,7 @@ def kv_options(
         if "crash" in faults:
             crashes += [
                 replace(crash, at_us=crash.at_us + start)
-                for crash in draw_crashes(rng, list(range(nodes)), span)
+                for crash in draw_crashes(rng, correct, span)
             ]
         crashes += [
             replace(crash, at_us=crash.at_us + start)

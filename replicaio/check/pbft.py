@@ -1,0 +1,112 @@
+"""Checkers for PBFT's properties, fed with the replicas' outputs as a host sees them.
+
+With at most f Byzantine replicas, PBFT promises (Castro and Liskov, OSDI
+1999, section 4.5):
+
+* **agreement** (safety): no two correct replicas execute different batches
+  at one sequence number (``Executed``; a correct replica restarting and
+  executing a number again must execute the same batch);
+* **certified state**: a correct replica installs by state transfer only the
+  state correct replicas certified (``StateInstalled``: two correct replicas
+  never install different digests at one checkpoint);
+* **deterministic execution**: a correct replica never finds its checkpoint
+  digest outvoted by 2f+1 others (``CheckpointDisagreement``; our state
+  machines are deterministic, so a report from a correct replica is a bug:
+  reported, not ignored);
+* **liveness** (after :meth:`PbftChecker.begin_liveness`): some correct
+  replica executes a number beyond what any had executed when the faults
+  healed, within the host's bound.
+
+Byzantine replicas' outputs are not held to anything (their cores may be fed
+with their own lies). Memory: one digest per executed number and per
+installed checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replicaio.check.broadcast import Violation
+from replicaio.protocols.pbft.messages import CheckpointDisagreement, Executed, StateInstalled
+
+
+class PbftChecker:
+    """Agreement, certified state, determinism and liveness; see the module docstring."""
+
+    def __init__(self, byzantine: tuple[int, ...] = ()) -> None:
+        self.byzantine = frozenset(byzantine)
+        self.executed: dict[int, tuple[bytes, int]] = {}  # seq -> (digest, first node)
+        self.installed: dict[int, tuple[bytes, int]] = {}
+        self.executed_max = 0
+        self.healed_at: int | None = None
+        self.executed_at_heal = 0
+        self.views_max = 0
+        self.state_transfers = 0
+
+    def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]:
+        if node in self.byzantine:
+            return []
+        kind = type(output)
+        if kind is Executed:
+            return self.on_executed(node, output, time_us)
+        if kind is StateInstalled:
+            self.state_transfers += 1
+            return self.agree(self.installed, "state-transfer", node, output.seq,
+                              output.digest, time_us)
+        if kind is CheckpointDisagreement:
+            return [Violation(
+                "checkpoint-determinism",
+                f"node {node}: its state at {output.seq} has digest {output.own.hex()[:16]}, "
+                f"2f+1 replicas certified {output.certified.hex()[:16]}",
+                node, time_us,
+            )]
+        view = getattr(output, "view", None)
+        if type(view) is int and view > self.views_max:
+            self.views_max = view
+        return []
+
+    def on_executed(self, node: int, output: Executed, time_us: int) -> list[Violation]:
+        if output.seq > self.executed_max:
+            self.executed_max = output.seq
+        return self.agree(self.executed, "agreement", node, output.seq, output.digest, time_us)
+
+    @staticmethod
+    def agree(
+        table: dict[int, tuple[bytes, int]], name: str, node: int, seq: int, digest: bytes,
+        time_us: int,
+    ) -> list[Violation]:
+        known = table.get(seq)
+        if known is None:
+            table[seq] = (digest, node)
+            return []
+        if known[0] == digest:
+            return []
+        return [Violation(
+            name,
+            f"node {node} has {digest.hex()[:16]} at {seq}, node {known[1]} had "
+            f"{known[0].hex()[:16]}",
+            node, time_us,
+        )]
+
+    def begin_liveness(self, time_us: int) -> None:
+        self.healed_at = time_us
+        self.executed_at_heal = self.executed_max
+
+    def settled(self) -> bool:
+        return self.healed_at is not None and self.executed_max > self.executed_at_heal
+
+    def finish(self, time_us: int) -> list[Violation]:
+        if self.healed_at is None or self.settled():
+            return []
+        return [Violation(
+            "liveness",
+            f"no correct replica executed past {self.executed_at_heal} after the heal",
+            None, time_us,
+        )]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pbft_executed_max": self.executed_max,
+            "pbft_view_max": self.views_max,
+            "pbft_state_transfers": self.state_transfers,
+        }

@@ -1,0 +1,397 @@
+"""Normal-case operation: Castro and Liskov, OSDI 1999, section 4.2.
+
+The primary of view v assigns the next sequence number n in the window
+(h, H] to a batch and multicasts PRE-PREPARE(v, n, d) with the batch. A
+backup accepts it if it is in view v, the signature is the primary's, d is
+the batch's digest, h < n <= H, and it accepted no other PRE-PREPARE for
+(v, n); it then multicasts PREPARE(v, n, d, i). A replica is *prepared* for
+(v, n, d) once it has the PRE-PREPARE and 2f PREPAREs from distinct backups
+matching it (the prepared certificate, kept for the P set of a later
+VIEW-CHANGE); it then multicasts COMMIT(v, n, d, i). It *commits* once it is
+prepared and has 2f+1 matching COMMITs, and executes committed batches in
+number order.
+
+Batches reach the primary from every replica (``submit``): the primary
+queues its own and relayed ones (``proposals_max``) and assigns numbers
+while the window allows: the window is the bound on batches in flight. A
+backup relays its batch to the primary, keeps it (``relayed_max``) until it
+executes, re-relays it while it waits, and moves to the next view if the
+primary leaves it waiting for ``view_change_timeout_us`` (section 4.4: the
+view-change timer runs while a backup waits for a request to execute).
+
+Retransmission (messages travel on unreliable streams): every ``status_us``
+a replica re-sends its messages for numbers that made no progress since the
+previous tick, and answers a STATUS from a replica that executed less with
+the PRE-PREPAREs, PREPAREs and COMMITs it holds above that replica's point
+(signed messages, so anyone may forward them).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from replicaio.protocols.pbft.messages import (
+    Commit,
+    Prepare,
+    PreparedProof,
+    PrePrepare,
+    Relay,
+    digest_of,
+)
+
+if TYPE_CHECKING:
+    from replicaio.protocols.pbft.pbft import Pbft
+
+
+class Slot:
+    """What one replica holds for one sequence number in the current view."""
+
+    __slots__ = ("commits", "committed", "pre_prepare", "prepared", "prepares", "seq", "stalled")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.pre_prepare: PrePrepare | None = None
+        self.prepares: dict[int, Prepare] = {}  # first PREPARE of each replica
+        self.commits: dict[int, Commit] = {}  # first COMMIT of each replica
+        self.prepared = False  # in this view
+        self.committed: PrePrepare | None = None  # what committed here (any view)
+        self.stalled = 0  # status ticks without progress
+
+
+class NormalCase:
+    """Section 4.2 over the shared state of a :class:`Pbft`."""
+
+    def __init__(self, pbft: Pbft) -> None:
+        self.pbft = pbft
+        self.proposals: deque[bytes] = deque()  # primary: batches waiting for a number
+        self.seq_next = 1  # primary: the next number to assign
+        self.relay_ticks: dict[bytes, int] = {}  # relayed digest -> status ticks waited
+
+    # -- slots ------------------------------------------------------------------------
+
+    def slot(self, seq: int) -> Slot:
+        slots = self.pbft.slots
+        found = slots.get(seq)
+        if found is None:
+            assert self.pbft.in_window(seq), f"slot {seq} outside the window"
+            found = slots[seq] = Slot(seq)
+        return found
+
+    def tasks(self) -> list[Coroutine[Any, Any, None]]:
+        """The tasks of an active view: a backup watches the primary."""
+        return [] if self.pbft.is_primary else [self.watch_primary()]
+
+    def on_view_started(self, *, max_sequence: int) -> None:
+        """The view is active: the primary continues numbering after the highest
+        number of the view; backups re-relay what they wait for."""
+        pbft = self.pbft
+        self.seq_next = max(max_sequence, pbft.stable_seq) + 1
+        if pbft.is_primary:
+            for batch in pbft.relayed.values():
+                self.enqueue(batch)
+            self.assign()
+        else:
+            self.proposals.clear()
+            for batch in pbft.relayed.values():
+                pbft.send(pbft.primary(), Relay(batch))
+
+    # -- proposing (the primary) -------------------------------------------------------
+
+    def submit(self, batch: bytes) -> None:
+        """A batch of this replica's clients: kept until executed, queued on the
+        primary, relayed by a backup."""
+        pbft = self.pbft
+        digest = digest_of(batch)
+        relayed = pbft.relayed
+        if digest not in relayed:
+            if len(relayed) >= pbft.params.relayed_max:
+                oldest = next(iter(relayed))
+                del relayed[oldest]
+                self.relay_ticks.pop(oldest, None)
+                pbft.count("bound_pbft_relayed_max")
+            relayed[digest] = batch
+            self.relay_ticks[digest] = 0
+        if not pbft.active:
+            return  # re-relayed (or queued) when the next view starts
+        if pbft.is_primary:
+            self.enqueue(batch)
+            self.assign()
+        else:
+            pbft.send(pbft.primary(), Relay(batch))
+
+    def on_relay(self, source: int, relay: Relay) -> None:
+        pbft = self.pbft
+        if not pbft.active or not pbft.is_primary:
+            pbft.reject("relay_not_primary")
+            return
+        if len(relay.batch) > pbft.params.batch_bytes_max:
+            pbft.reject("relay_oversized")
+            return
+        self.enqueue(relay.batch)
+        self.assign()
+
+    def enqueue(self, batch: bytes) -> None:
+        pbft = self.pbft
+        digest = digest_of(batch)
+        if batch in self.proposals or any(
+            slot.pre_prepare is not None and slot.pre_prepare.digest == digest
+            for slot in pbft.slots.values()
+        ):
+            pbft.count("pbft_relay_duplicate")
+            return
+        if len(self.proposals) >= pbft.params.proposals_max:
+            pbft.count("bound_pbft_proposals_max")
+            return
+        self.proposals.append(batch)
+
+    def assign(self) -> None:
+        """Assign numbers to queued batches while the window allows (the bound
+        on batches in flight)."""
+        pbft = self.pbft
+        if not pbft.active or not pbft.is_primary:
+            return
+        self.seq_next = max(self.seq_next, pbft.stable_seq + 1)
+        while self.proposals and self.seq_next <= pbft.high:
+            batch = self.proposals.popleft()
+            seq = self.seq_next
+            self.seq_next += 1
+            unsigned = PrePrepare(pbft.view, seq, digest_of(batch), batch, b"")
+            pre_prepare = PrePrepare(
+                pbft.view, seq, unsigned.digest, batch, pbft.sign(unsigned)
+            )
+            self.accept_pre_prepare(pre_prepare)
+            pbft.send_all(pre_prepare)
+        if self.proposals:
+            pbft.count("pbft_window_full")
+
+    # -- PRE-PREPARE ---------------------------------------------------------------------
+
+    def ignore_pre_prepare(self, pre_prepare: PrePrepare) -> str | None:
+        pbft = self.pbft
+        if not pbft.active:
+            return "pre_prepare_not_active"
+        if pre_prepare.view != pbft.view:
+            return "pre_prepare_other_view"
+        if pbft.is_primary:
+            return "pre_prepare_to_primary"
+        if not pbft.in_window(pre_prepare.seq):
+            return "pre_prepare_out_of_window"
+        if len(pre_prepare.batch) > pbft.params.batch_bytes_max:
+            return "pre_prepare_oversized"
+        if digest_of(pre_prepare.batch) != pre_prepare.digest:
+            return "pre_prepare_digest_mismatch"
+        if not pbft.verify(pbft.primary(), pre_prepare):
+            return "pre_prepare_bad_signature"
+        known = pbft.slots.get(pre_prepare.seq)
+        if known is not None and known.pre_prepare is not None:
+            if known.pre_prepare.digest != pre_prepare.digest:
+                pbft.count("pbft_primary_equivocation_seen")
+                return "pre_prepare_conflicting"
+            return "pre_prepare_duplicate"
+        return None
+
+    def on_pre_prepare(self, source: int, pre_prepare: PrePrepare) -> None:
+        reason = self.ignore_pre_prepare(pre_prepare)
+        if reason is not None:
+            self.pbft.reject(reason)
+            return
+        self.accept_pre_prepare(pre_prepare)
+
+    def accept_pre_prepare(self, pre_prepare: PrePrepare) -> None:
+        """Log the PRE-PREPARE (durably, before the PREPARE it causes) and prepare."""
+        pbft = self.pbft
+        assert pre_prepare.view == pbft.view and pbft.active
+        slot = self.slot(pre_prepare.seq)
+        assert slot.pre_prepare is None or slot.pre_prepare == pre_prepare
+        slot.pre_prepare = pre_prepare
+        slot.stalled = 0
+        pbft.context.persist(f"pp{pre_prepare.seq}", pbft.encode(pre_prepare))
+        if not pbft.is_primary:
+            unsigned = Prepare(pbft.view, pre_prepare.seq, pre_prepare.digest, pbft.id, b"")
+            prepare = Prepare(
+                unsigned.view, unsigned.seq, unsigned.digest, pbft.id, pbft.sign(unsigned)
+            )
+            slot.prepares[pbft.id] = prepare
+            pbft.send_all(prepare)
+        self.check_prepared(slot)
+
+    # -- PREPARE and COMMIT ---------------------------------------------------------------
+
+    def ignore_vote(self, vote: Prepare | Commit) -> str | None:
+        pbft = self.pbft
+        if not pbft.active:
+            return "vote_not_active"
+        if vote.view != pbft.view:
+            return "vote_other_view"
+        if not pbft.in_window(vote.seq):
+            return "vote_out_of_window"
+        if not pbft.verify(vote.replica, vote):
+            return "vote_bad_signature"
+        return None
+
+    def on_prepare(self, source: int, prepare: Prepare) -> None:
+        pbft = self.pbft
+        reason = self.ignore_vote(prepare)
+        if reason is None and prepare.replica == pbft.primary():
+            reason = "prepare_from_primary"
+        if reason is not None:
+            pbft.reject(reason)
+            return
+        slot = self.slot(prepare.seq)
+        known = slot.prepares.get(prepare.replica)
+        if known is not None:
+            if known.digest != prepare.digest:
+                pbft.count("pbft_prepare_equivocation_seen")
+            return
+        slot.prepares[prepare.replica] = prepare
+        self.check_prepared(slot)
+
+    def on_commit(self, source: int, commit: Commit) -> None:
+        pbft = self.pbft
+        reason = self.ignore_vote(commit)
+        if reason is not None:
+            pbft.reject(reason)
+            return
+        slot = self.slot(commit.seq)
+        known = slot.commits.get(commit.replica)
+        if known is not None:
+            if known.digest != commit.digest:
+                pbft.count("pbft_commit_equivocation_seen")
+            return
+        slot.commits[commit.replica] = commit
+        self.check_committed(slot)
+
+    def prepared_quorum(self) -> int:
+        """PREPAREs from distinct backups that, with the PRE-PREPARE, prepare: 2f."""
+        return 2 * self.pbft.f
+
+    def check_prepared(self, slot: Slot) -> None:
+        """prepared(m, v, n, i): the PRE-PREPARE and 2f matching PREPAREs."""
+        pbft = self.pbft
+        pre_prepare = slot.pre_prepare
+        if slot.prepared or pre_prepare is None:
+            return
+        matching = sorted(
+            (prepare for prepare in slot.prepares.values() if prepare.digest == pre_prepare.digest),
+            key=lambda prepare: prepare.replica,
+        )
+        if len(matching) < self.prepared_quorum():
+            return
+        slot.prepared = True
+        slot.stalled = 0
+        proof = PreparedProof(pre_prepare, tuple(matching[: self.prepared_quorum()]))
+        pbft.prepared_proofs[slot.seq] = proof
+        pbft.context.persist(f"pc{slot.seq}", pbft.encode(proof))
+        unsigned = Commit(pbft.view, slot.seq, pre_prepare.digest, pbft.id, b"")
+        commit = Commit(unsigned.view, unsigned.seq, unsigned.digest, pbft.id, pbft.sign(unsigned))
+        slot.commits[pbft.id] = commit
+        pbft.send_all(commit)
+        self.check_committed(slot)
+
+    def commit_quorum(self) -> int:
+        """COMMITs that, with a prepared certificate, commit: 2f + 1."""
+        return self.pbft.quorum
+
+    def check_committed(self, slot: Slot) -> None:
+        """committed-local(m, v, n, i): prepared and 2f+1 matching COMMITs."""
+        pbft = self.pbft
+        pre_prepare = slot.pre_prepare
+        if not slot.prepared or slot.committed is not None or pre_prepare is None:
+            return
+        matching = sum(
+            1 for commit in slot.commits.values() if commit.digest == pre_prepare.digest
+        )
+        if matching < self.commit_quorum():
+            return
+        slot.committed = pre_prepare
+        slot.stalled = 0
+        if slot.seq > pbft.executed:
+            pbft.context.persist(f"cm{slot.seq}", pre_prepare.digest)
+            pbft.execute_ready()
+
+    # -- the view-change timer of a backup (section 4.4) -------------------------------------
+
+    def waiting_for_execution(self) -> bool:
+        pbft = self.pbft
+        return any(
+            seq > pbft.executed and slot.pre_prepare is not None
+            for seq, slot in pbft.slots.items()
+        )
+
+    async def watch_primary(self) -> None:
+        """Move to the next view when a batch this backup waits for (its own, or
+        one pre-prepared) is not executed within the timeout."""
+        pbft = self.pbft
+        while True:
+            waited = set(pbft.relayed)
+            executed = pbft.executed
+            waiting = self.waiting_for_execution()
+            await pbft.context.sleep(pbft.params.view_change_timeout_us)
+            still = any(digest in pbft.relayed for digest in waited)
+            if still or (waiting and pbft.executed == executed):
+                pbft.count("pbft_primary_suspected")
+                pbft.view_changes.start(pbft.view + 1)
+                return
+
+    # -- retransmission ------------------------------------------------------------------------
+
+    def retransmit_stalled(self) -> None:
+        """Re-send this replica's own messages for numbers stuck since the last
+        tick, and re-relay batches the primary has not ordered."""
+        pbft = self.pbft
+        budget = pbft.params.retransmit_max
+        for seq in sorted(pbft.slots):
+            slot = pbft.slots[seq]
+            if seq <= pbft.executed or slot.pre_prepare is None:
+                continue
+            slot.stalled += 1
+            if slot.stalled < 2:
+                continue
+            if budget <= 0:
+                break
+            budget -= 1
+            self.resend_own(slot, None)
+        if not pbft.is_primary:
+            for digest, batch in pbft.relayed.items():
+                ticks = self.relay_ticks.get(digest, 0) + 1
+                self.relay_ticks[digest] = ticks
+                if ticks >= 2:
+                    pbft.send(pbft.primary(), Relay(batch))
+        for digest in [digest for digest in self.relay_ticks if digest not in pbft.relayed]:
+            del self.relay_ticks[digest]
+
+    def resend_own(self, slot: Slot, peer: int | None) -> None:
+        pbft = self.pbft
+        messages: list[Any] = []
+        if pbft.is_primary and slot.pre_prepare is not None:
+            messages.append(slot.pre_prepare)
+        for own in (slot.prepares.get(pbft.id), slot.commits.get(pbft.id)):
+            if own is not None:
+                messages.append(own)
+        for message in messages:
+            if peer is None:
+                pbft.send_all(message)
+            else:
+                pbft.send(peer, message)
+
+    def retransmit_to(self, peer: int, their_executed: int) -> None:
+        """A replica of this view executed less: send it what this one holds
+        above its point (the primary's signed PRE-PREPARE and every matching
+        PREPARE and COMMIT), up to ``retransmit_max`` numbers."""
+        pbft = self.pbft
+        start = max(their_executed, pbft.stable_seq) + 1
+        end = min(pbft.executed, start + pbft.params.retransmit_max - 1)
+        for seq in range(start, end + 1):
+            slot = pbft.slots.get(seq)
+            if slot is None or slot.pre_prepare is None:
+                continue
+            pre_prepare = slot.pre_prepare
+            pbft.send(peer, pre_prepare)
+            for prepare in slot.prepares.values():
+                if prepare.digest == pre_prepare.digest and prepare.replica != peer:
+                    pbft.send(peer, prepare)
+            for commit in slot.commits.values():
+                if commit.digest == pre_prepare.digest and commit.replica != peer:
+                    pbft.send(peer, commit)

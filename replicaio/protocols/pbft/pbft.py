@@ -1,0 +1,388 @@
+"""The PBFT component: shared state, the Ordering API, dispatch, execution, recovery.
+
+One :class:`Pbft` per replica implements :class:`replicaio.interfaces.ordering.Ordering`.
+It owns what every phase shares (the view, the watermarks, the message log,
+prepared certificates, what was executed) and its durable form; the phases
+(``normal``, ``checkpoint``, ``view_change``, ``state_transfer``) are objects
+over that state, each owning its messages and tasks. See the package
+docstring for the map.
+
+Durable records (in this component's slice of storage), and why each prefix
+of a step's writes is a state to restart from:
+
+* ``view``: ``(view, active)``: written before any message of the view is
+  sent (a VIEW-CHANGE for a view this replica may forget it joined would let it
+  go back to an older view and prepare there);
+* ``pp<seq>``: the PRE-PREPARE accepted (or, on the primary, sent) for ``seq``
+  in the newest view it had one in; written before the PREPARE it causes (a
+  restarted replica never prepares a second batch at one number in one view);
+* ``pc<seq>``: the prepared certificate of ``seq`` from the newest view, before
+  the COMMIT it causes (the P set of a later VIEW-CHANGE must show it);
+* ``cm<seq>``: the digest committed at ``seq``, before it is executed
+  (execution is rebuilt at restart from the stable checkpoint and these);
+* ``stable``: ``(seq, digest, snapshot, certificate)``, the stable checkpoint,
+  written before the records below it are erased (a restart ignores and
+  erases records at or below it).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar
+
+from replicaio.core.codec import Codec, DecodeError
+from replicaio.core.context import Context
+from replicaio.core.errors import UsageError
+from replicaio.core.lines import Line
+from replicaio.core.scheduler import Scope
+from replicaio.interfaces.ordering import Committed, NotLeader, OrderingHandlers
+from replicaio.protocols.pbft.checkpoint import Checkpoints
+from replicaio.protocols.pbft.messages import (
+    WIRE_TYPES,
+    Checkpoint,
+    Commit,
+    Executed,
+    NewView,
+    Prepare,
+    PreparedProof,
+    PrePrepare,
+    Relay,
+    StateReply,
+    StateRequest,
+    Status,
+    ViewChange,
+    ViewStarted,
+    digest_of,
+    signed_bytes,
+)
+from replicaio.protocols.pbft.normal import NormalCase, Slot
+from replicaio.protocols.pbft.params import PbftParams
+from replicaio.protocols.pbft.state_transfer import StateTransfer
+from replicaio.protocols.pbft.view_change import ViewChanges
+
+# A read barrier is a batch of this replica's own: ordered like any other, handed
+# to SMR as an empty batch (section 5.1.3's read-only optimisation needs the
+# client library's 2f+1 replies; until then reads go through the order).
+BARRIER_MAGIC = b"\x00pbft-read-barrier\x00"
+RECORD_FRAME_BYTES_MAX = 1 << 28
+
+
+class Pbft:
+    """PBFT (Castro and Liskov, OSDI 1999; TOCS 2002) as an
+    :class:`~replicaio.interfaces.ordering.Ordering`. Give it its own context (a
+    child path): it opens one stream for the ``pbft.*`` messages there.
+
+    The parts a broken variant may replace are named by the class attributes
+    below (``replicaio.testing.variants.pbft``); the protocol has no switch."""
+
+    normal_type: ClassVar[type[NormalCase]] = NormalCase
+    checkpoints_type: ClassVar[type[Checkpoints]] = Checkpoints
+    view_changes_type: ClassVar[type[ViewChanges]] = ViewChanges
+    transfer_type: ClassVar[type[StateTransfer]] = StateTransfer
+
+    def __init__(self, context: Context, params: PbftParams | None = None) -> None:
+        self.context = context
+        self.params = (params or PbftParams()).validate()
+        self.id = context.id
+        self.n = context.n
+        self.f = context.f
+        self.view = 0
+        self.active = True  # False while changing to ``view``
+        self.stable_seq = 0  # h, the low watermark
+        self.stable_digest = b""
+        self.stable_proof: tuple[Checkpoint, ...] = ()
+        self.stable_snapshot = b""
+        self.executed = 0
+        self.slots: dict[int, Slot] = {}  # seq in (h, H] -> its messages in this view
+        self.prepared_proofs: dict[int, PreparedProof] = {}  # the P set, seq in (h, H]
+        self.relayed: dict[bytes, bytes] = {}  # own batches not yet executed: digest -> batch
+        self.barriers: dict[bytes, Line[int]] = {}  # read barriers not yet executed
+        self.barrier_next = 0
+        self.handlers: OrderingHandlers | None = None
+        self.view_scope: Scope | None = None
+        self.started = False
+        self.executing = False
+        self.codec = Codec(frame_bytes_max=RECORD_FRAME_BYTES_MAX)
+        self.normal = self.normal_type(self)
+        self.checkpoints = self.checkpoints_type(self)
+        self.view_changes = self.view_changes_type(self)
+        self.transfer = self.transfer_type(self)
+        self.stream = context.stream(*WIRE_TYPES, handler=self.on_message)
+        self.dispatch: dict[type, Callable[[int, Any], None]] = {
+            PrePrepare: self.normal.on_pre_prepare,
+            Prepare: self.normal.on_prepare,
+            Commit: self.normal.on_commit,
+            Relay: self.normal.on_relay,
+            Checkpoint: self.checkpoints.on_checkpoint,
+            ViewChange: self.view_changes.on_view_change,
+            NewView: self.view_changes.on_new_view,
+            Status: self.on_status,
+            StateRequest: self.transfer.on_state_request,
+            StateReply: self.transfer.on_state_reply,
+        }
+
+    # -- quorums and windows -----------------------------------------------------
+
+    def primary(self, view: int | None = None) -> int:
+        """The primary of ``view`` (section 4.1: p = v mod |R|)."""
+        return (self.view if view is None else view) % self.n
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary() == self.id
+
+    @property
+    def high(self) -> int:
+        """H, the high watermark: h + L."""
+        return self.stable_seq + self.params.log_size
+
+    def in_window(self, seq: int) -> bool:
+        return self.stable_seq < seq <= self.high
+
+    @property
+    def quorum(self) -> int:
+        """2f + 1: any two quorums share a correct replica."""
+        return 2 * self.f + 1
+
+    # -- Ordering ----------------------------------------------------------------
+
+    def bind(self, handlers: OrderingHandlers) -> None:
+        """Register SMR's handlers; once, before :meth:`start`."""
+        if self.handlers is not None:
+            raise UsageError("Pbft.bind called twice")
+        self.handlers = handlers
+
+    def start(self) -> None:
+        """Recover durable state, hand SMR the stable checkpoint and re-execute
+        what committed above it, then resume the view (or the view change)."""
+        if self.handlers is None:
+            raise UsageError("Pbft.start before bind")
+        assert not self.started
+        self.started = True
+        self.load()
+        self.context.spawn(self.status_loop(), "pbft.status")
+        if self.active:
+            self.context.output(ViewStarted(self.id, self.view, self.primary()))
+            self.start_view_tasks(self.normal.tasks())
+            self.normal.on_view_started(max_sequence=self.max_pre_prepared())
+        else:
+            self.view_changes.resume()
+
+    def submit(self, batch: bytes) -> NotLeader | None:
+        """Order ``batch``: the primary assigns it a number; a backup relays it to
+        the primary and watches that it gets executed (ADR 0005)."""
+        if len(batch) > self.params.batch_bytes_max:
+            self.count("pbft_submit_oversized")
+            return None
+        self.normal.submit(batch)
+        return None
+
+    def read_barrier(self) -> Line[int] | NotLeader:
+        """A line set to the number at which this replica's own barrier batch
+        executed: every write that completed before the call is below it."""
+        barriers = self.barriers
+        if len(barriers) >= self.params.barriers_max:
+            del barriers[next(iter(barriers))]  # the oldest has long timed out in SMR
+            self.count("bound_pbft_barriers_max")
+        number = self.barrier_next
+        self.barrier_next += 1
+        data = BARRIER_MAGIC + struct.pack(">IQQ", self.id, self.context.node.incarnation, number)
+        line: Line[int] = Line(self.context.node.scheduler, ("pbft.barrier", number))
+        barriers[data] = line
+        self.normal.submit(data)
+        return line
+
+    def compact(self, index: int, snapshot: bytes) -> None:
+        """SMR's snapshot at ``index``: a checkpoint when ``index`` is a multiple of K."""
+        self.checkpoints.on_snapshot(index, snapshot)
+
+    @property
+    def leader_hint(self) -> int:
+        return self.primary()
+
+    # -- messages ----------------------------------------------------------------
+
+    def on_message(self, source: int, message: Any) -> None:
+        """Every ``pbft.*`` message from a peer, in arrival order."""
+        if source == self.id:
+            self.count("pbft_rejected_from_self")
+            return
+        self.dispatch[type(message)](source, message)
+
+    def send(self, peer: int, message: Any) -> None:
+        assert peer != self.id
+        self.stream.send(peer, message)
+
+    def send_all(self, message: Any) -> None:
+        self.stream.send_all(message)
+
+    def sign(self, message: Any) -> bytes:
+        return self.context.sign(signed_bytes(message))
+
+    def verify(self, node: int, message: Any) -> bool:
+        """Whether ``message`` carries ``node``'s signature (never raises)."""
+        if type(node) is not int or not 0 <= node < self.n:
+            return False
+        return self.context.verify(node, signed_bytes(message), message.signature)
+
+    def reject(self, reason: str) -> None:
+        """A peer's message dropped: counted, never asserted on."""
+        self.context.count(f"pbft_rejected_{reason}")
+
+    def count(self, counter: str, by: int = 1) -> None:
+        self.context.count(counter, by)
+
+    # -- views ---------------------------------------------------------------------
+
+    def start_view_tasks(self, tasks: list[Coroutine[Any, Any, None]]) -> None:
+        """Leave the current view's tasks (cancelling them) and run ``tasks``."""
+        previous = self.view_scope
+        self.view_scope = self.context.scope(f"pbft.view{self.view}")
+        if previous is not None:
+            previous.cancel()
+        for task in tasks:
+            self.view_scope.spawn(task, f"pbft.view{self.view}")
+
+    def save_view(self) -> None:
+        self.context.persist("view", (self.view, self.active))
+
+    def max_pre_prepared(self) -> int:
+        """The highest number with a PRE-PREPARE of this view (else h)."""
+        found = [seq for seq, slot in self.slots.items() if slot.pre_prepare is not None]
+        return max(found, default=self.stable_seq)
+
+    # -- execution -----------------------------------------------------------------
+
+    def execute_ready(self) -> None:
+        """Execute committed batches in number order (section 4.2: "after all
+        requests with lower sequence numbers have been executed")."""
+        if self.executing:
+            return  # SMR reacted to a commit by committing more: the loop takes it
+        handlers = self.handlers
+        assert handlers is not None
+        self.executing = True
+        while True:
+            slot = self.slots.get(self.executed + 1)
+            if slot is None or slot.committed is None:
+                break
+            pre_prepare = slot.committed
+            self.executed = slot.seq
+            self.deliver(handlers, slot.seq, pre_prepare)
+        self.executing = False
+
+    def deliver(self, handlers: OrderingHandlers, seq: int, pre_prepare: PrePrepare) -> None:
+        batch = pre_prepare.batch
+        self.context.output(Executed(self.id, pre_prepare.view, seq, pre_prepare.digest))
+        self.relayed.pop(pre_prepare.digest, None)
+        if batch.startswith(BARRIER_MAGIC):
+            line = self.barriers.pop(batch, None)
+            if line is not None:
+                line.set(seq)
+            batch = b""
+        handlers.on_commit(Committed(seq, batch))
+
+    # -- status and retransmission (TOCS 5.2) ---------------------------------------
+
+    async def status_loop(self) -> None:
+        """Every ``status_us``: tell every replica where this one is; re-send what
+        is stuck; re-relay batches the primary has not ordered."""
+        while True:
+            await self.context.sleep(self.params.status_us)
+            self.send_all(Status(self.view, self.active, self.stable_seq, self.executed, self.id))
+            if self.active:
+                self.normal.retransmit_stalled()
+            self.view_changes.on_status_tick()
+
+    def on_status(self, source: int, status: Status) -> None:
+        if status.replica != source:
+            self.reject("status_forged")
+            return
+        if status.stable_seq < self.stable_seq and self.stable_seq > 0:
+            for checkpoint in self.stable_proof:  # signed: forwardable
+                self.send(source, checkpoint)
+        if status.view < self.view or (status.view == self.view and not status.active):
+            self.view_changes.help_peer(source, status)
+            return
+        if status.view == self.view and self.active and status.executed < self.executed:
+            self.normal.retransmit_to(source, status.executed)
+
+    # -- durable state ----------------------------------------------------------------
+
+    def encode(self, message: Any) -> bytes:
+        return self.codec.encode(message)
+
+    def load(self) -> None:
+        """Recover the records (see the module docstring) and rebuild execution."""
+        context = self.context
+        stored_view = context.load("view")
+        if stored_view is not None:
+            self.view, self.active = int(stored_view[0]), bool(stored_view[1])
+        stable = context.load("stable")
+        if stable is not None:
+            seq, digest, snapshot, proof = stable
+            self.stable_seq, self.stable_digest, self.stable_snapshot = seq, digest, snapshot
+            self.stable_proof = tuple(self.codec.decode_as(item, Checkpoint) for item in proof)
+            self.executed = seq
+        pre_prepares = self.load_records("pp", PrePrepare)
+        for seq, proof in self.load_records("pc", PreparedProof).items():
+            self.prepared_proofs[seq] = proof
+        committed: dict[int, bytes] = {}
+        for name in sorted(context.stored_names("cm")):
+            seq = int(name[2:])
+            if seq <= self.stable_seq:
+                context.erase(name)
+            else:
+                committed[seq] = context.load(name)
+        for seq, pre_prepare in pre_prepares.items():
+            slot = self.normal.slot(seq)
+            if pre_prepare.view == self.view and self.active:
+                slot.pre_prepare = pre_prepare
+            if committed.get(seq) == pre_prepare.digest:
+                slot.committed = pre_prepare
+        handlers = self.handlers
+        assert handlers is not None
+        if self.stable_seq > 0:
+            handlers.on_snapshot(self.stable_seq, self.stable_snapshot)
+        self.execute_ready()
+
+    def load_records(self, prefix: str, kind: type[Any]) -> dict[int, Any]:
+        """Records ``<prefix><seq>`` above h (those at or below it are erased)."""
+        found: dict[int, Any] = {}
+        for name in sorted(self.context.stored_names(prefix)):
+            seq = int(name[len(prefix):])
+            if seq <= self.stable_seq:
+                self.context.erase(name)
+                continue
+            data = self.context.load(name)
+            try:
+                found[seq] = self.codec.decode_as(data, kind)
+            except DecodeError as error:  # our own write: storage damage
+                raise AssertionError(f"record {name} unreadable: {error}") from error
+        return found
+
+    def erase_below(self, old: int, new: int) -> None:
+        """Erase the records of numbers in (old, new] (after ``stable`` moved to new)."""
+        for seq in range(old + 1, new + 1):
+            for prefix in ("pp", "pc", "cm"):
+                self.context.erase(f"{prefix}{seq}")
+
+    # -- observation -------------------------------------------------------------------
+
+    def footprint(self) -> dict[str, int]:
+        """Sizes of every buffer (checked against ``footprint_max`` in simulation)."""
+        return {
+            "pbft_slots": len(self.slots),
+            "pbft_prepared_proofs": len(self.prepared_proofs),
+            "pbft_relayed": len(self.relayed),
+            "pbft_barriers": len(self.barriers),
+            "pbft_proposals": len(self.normal.proposals),
+            "pbft_checkpoint_votes": self.checkpoints.votes_held(),
+            "pbft_snapshots": len(self.checkpoints.snapshots),
+            "pbft_view_changes": len(self.view_changes.received),
+        }
+
+
+def batch_digest(batch: bytes) -> bytes:
+    """The digest PRE-PREPAREs carry for ``batch``."""
+    return digest_of(batch)

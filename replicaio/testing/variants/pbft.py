@@ -1,0 +1,106 @@
+"""Broken variants of PBFT, each a subclass replacing one part of :class:`Pbft`.
+
+:class:`~replicaio.protocols.pbft.pbft.Pbft` names its replaceable parts as
+class attributes (``normal_type``, ``checkpoints_type``, ``view_changes_type``,
+``transfer_type``); a variant overrides one method of one part.
+:data:`PBFT_VARIANTS` lists them with what each breaks and the property that
+catches it (see ``docs/pbft.md``, *Broken variants*, and
+``tests/test_pbft_variants.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from replicaio.protocols.pbft.messages import ViewChange
+from replicaio.protocols.pbft.normal import NormalCase
+from replicaio.protocols.pbft.pbft import Pbft
+from replicaio.protocols.pbft.view_change import Chosen, ViewChanges
+
+
+class CommitQuorumOffByOne(NormalCase):
+    """Commits on 2f matching COMMITs instead of 2f+1."""
+
+    def commit_quorum(self) -> int:
+        return 2 * self.pbft.f
+
+
+class PrepareQuorumOffByOne(NormalCase):
+    """Prepared on 2f-1 PREPAREs instead of 2f."""
+
+    def prepared_quorum(self) -> int:
+        return max(1, 2 * self.pbft.f - 1)
+
+
+class ForgetPrePrepares(NormalCase):
+    """PRE-PREPAREs are logged in memory only: a restarted primary assigns a
+    number it already assigned in this view to another batch."""
+
+    def accept_pre_prepare(self, pre_prepare: object) -> None:
+        context = self.pbft.context
+        persist = context.persist
+        try:
+            context.persist = lambda name, value: None  # type: ignore[method-assign]
+            super().accept_pre_prepare(pre_prepare)  # type: ignore[arg-type]
+        finally:
+            context.persist = persist  # type: ignore[method-assign]
+
+
+class IgnorePreparedSet(ViewChanges):
+    """The new primary ignores the P sets: every number above min-s gets a null
+    request, so a batch committed in the old view may be replaced."""
+
+    def choose(self, view_changes: Sequence[ViewChange]) -> tuple[ViewChange, Chosen]:
+        best, chosen = super().choose(view_changes)
+        return best, [(seq, None) for seq, _ in chosen]
+
+
+class PbftCommitOffByOne(Pbft):
+    normal_type = CommitQuorumOffByOne
+
+
+class PbftPrepareOffByOne(Pbft):
+    normal_type = PrepareQuorumOffByOne
+
+
+class PbftForgetPrePrepares(Pbft):
+    normal_type = ForgetPrePrepares
+
+
+class PbftIgnorePreparedSet(Pbft):
+    view_changes_type = IgnorePreparedSet
+
+
+@dataclass(frozen=True, slots=True)
+class PbftVariant:
+    """A broken PBFT: its protocol name, class, what it breaks, and the property
+    a seed sweep of the simulator catches it by."""
+
+    name: str
+    pbft_type: type[Pbft]
+    summary: str
+    caught_by: str
+
+
+PBFT_VARIANTS: dict[str, PbftVariant] = {
+    variant.name: variant
+    for variant in (
+        PbftVariant(
+            "pbft-commit-off-by-one", PbftCommitOffByOne,
+            "commits on 2f COMMITs instead of 2f+1", "agreement",
+        ),
+        PbftVariant(
+            "pbft-prepare-off-by-one", PbftPrepareOffByOne,
+            "prepares on 2f-1 PREPAREs instead of 2f", "agreement",
+        ),
+        PbftVariant(
+            "pbft-forget-pre-prepares", PbftForgetPrePrepares,
+            "PRE-PREPAREs are not persisted before the PREPARE they cause", "agreement",
+        ),
+        PbftVariant(
+            "pbft-ignore-prepared-set", PbftIgnorePreparedSet,
+            "the new primary ignores the P sets of the VIEW-CHANGEs", "agreement",
+        ),
+    )
+}
