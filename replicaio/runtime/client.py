@@ -58,6 +58,7 @@ from replicaio.runtime.config import Address, ClusterFileError, HostParams
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.framing import LENGTH, LENGTH_BYTES, FrameError, frame_header, read_frame
 from replicaio.runtime.logs import RateLimitedLog
+from replicaio.runtime.tls import TlsAcceptor, TlsServer, start_tls_server
 
 logger = logging.getLogger("replicaio.client")
 
@@ -87,6 +88,8 @@ class ServiceHost(Protocol):
 
 class ClientService(Protocol):
     """A client-facing front of a node; see the module docstring for the call order."""
+
+    tls: TlsAcceptor | None  # the host sets it before ``start`` when the port speaks TLS
 
     async def start(self, host: ServiceHost, address: Address, params: HostParams) -> None: ...
 
@@ -161,11 +164,20 @@ class ListeningService:
     connections (``track`` each at its start), and an orderly ``close``."""
 
     def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
+        self.server: asyncio.Server | TlsServer | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.tls: TlsAcceptor | None = None  # set by the host before start: mutual TLS
 
     async def listen(self, address: Address, on_client: ClientHandler) -> None:
-        """Accept connections on ``address``; each is served by ``on_client``."""
+        """Accept connections on ``address``; each is served by ``on_client`` (after
+        the TLS handshake, when ``tls`` is set: a refused one never reaches it)."""
+        if self.tls is not None:
+            async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                self.track()
+                await on_client(reader, writer)
+
+            self.server = await start_tls_server(self.tls, tracked, address.host, address.port)
+            return
         self.server = await asyncio.start_server(
             on_client, address.host, address.port, reuse_address=True
         )

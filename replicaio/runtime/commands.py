@@ -96,6 +96,10 @@ def add_runtime_commands(commands: Any) -> None:
                            help="return once accepted, without waiting for the delivery")
     broadcast.set_defaults(handler=command_broadcast)
 
+    from replicaio.runtime.certs import add_certs_command
+
+    add_certs_command(commands)
+
 
 # -- node ----------------------------------------------------------------------------------
 

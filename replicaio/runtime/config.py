@@ -13,7 +13,10 @@ such as ``raft`` takes, ``snapshot`` and ``batch``), ``[auth]`` (kind and secret
 keys), ``[node]`` (the core's :class:`~replicaio.core.node.NodeParams`),
 ``[transport]`` (:class:`TransportParams`), ``[host]`` (:class:`HostParams`),
 ``[service]`` (the client service's own parameters, checked by the service;
-see ``replicaio.runtime.client``), and one ``[[nodes]]`` table per node.
+see ``replicaio.runtime.client``), ``[tls]`` (mutual TLS: ``ca_file``, ``peer``,
+``client``, ``handshake_timeout_ms``, ``handshakes_pending_max``; each node then
+names its ``tls_cert`` and ``tls_key``; see ``replicaio.runtime.tls``), and one
+``[[nodes]]`` table per node.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from replicaio.runtime.crypto import (
     Ed25519Authenticator,
     HmacAuthenticator,
 )
+from replicaio.runtime.tls import TlsConfig
 
 AUTH_KINDS = ("hmac", "ed25519")
 
@@ -152,6 +156,17 @@ class HostParams:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSection:
+    """The ``[tls]`` table (paths resolved)."""
+
+    ca_file: Path
+    peer: bool = True
+    client: bool = True
+    handshake_timeout_ms: int = 5_000
+    handshakes_pending_max: int = 64
+
+
+@dataclass(frozen=True, slots=True)
 class NodeEntry:
     """One ``[[nodes]]`` table."""
 
@@ -162,6 +177,8 @@ class NodeEntry:
     metrics: Address | None = None
     key_file: Path | None = None  # Ed25519 private key (hex), read only by this node
     public_key: bytes | None = None
+    tls_cert: Path | None = None  # PEM certificate of urn:replicaio:node:<id>
+    tls_key: Path | None = None  # its private key
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +196,20 @@ class ClusterFile:
     host: HostParams = field(default_factory=HostParams)
     path: Path | None = None
     service_params: dict[str, Any] = field(default_factory=dict)  # [service], checked by it
+    tls: TlsSection | None = None
+
+    def tls_config(self, node_id: int) -> TlsConfig | None:
+        """This node's TLS settings, ``None`` without a ``[tls]`` table."""
+        if self.tls is None:
+            return None
+        entry = self.node(node_id)
+        assert entry.tls_cert is not None and entry.tls_key is not None  # checked at parse
+        return TlsConfig(
+            ca_file=self.tls.ca_file, cert_file=entry.tls_cert, key_file=entry.tls_key,
+            peer=self.tls.peer, client=self.tls.client,
+            handshake_timeout_ms=self.tls.handshake_timeout_ms,
+            handshakes_pending_max=self.tls.handshakes_pending_max,
+        )
 
     @property
     def n(self) -> int:
@@ -252,7 +283,8 @@ def load_cluster_file(path: str | Path) -> ClusterFile:
 
 def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None) -> ClusterFile:
     """Validate a parsed cluster file (``base`` resolves relative paths)."""
-    check_keys(data, "", {"protocol", "auth", "node", "transport", "host", "service", "nodes"})
+    check_keys(data, "", {"protocol", "auth", "node", "transport", "host", "service", "nodes",
+                          "tls"})
     protocol_table = table(data, "protocol", required=True)
     check_keys(protocol_table, "protocol", {"name", "f", "params"})
     protocol = string(protocol_table, "name", "protocol.name", required=True)
@@ -276,7 +308,9 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
     from replicaio.runtime.client import check_service_params
 
     check_service_params(host.client_service, service_params)
+    tls = parse_tls(table(data, "tls"), nodes, base) if "tls" in data else None
     return ClusterFile(
+        tls=tls,
         protocol=protocol,
         f=f,
         nodes=nodes,
@@ -332,7 +366,7 @@ def parse_nodes(raw: Any, base: Path) -> tuple[NodeEntry, ...]:
         if not isinstance(item, dict):
             raise ClusterFileError(where, "must be a table")
         check_keys(item, where, {"id", "peer", "client", "data_dir", "metrics", "key_file",
-                                 "public_key"})
+                                 "public_key", "tls_cert", "tls_key"})
         node_id = integer(item, "id", f"{where}.id", required=True, minimum=0)
         if node_id in entries:
             raise ClusterFileError(f"{where}.id", f"node {node_id} is listed twice")
@@ -344,6 +378,8 @@ def parse_nodes(raw: Any, base: Path) -> tuple[NodeEntry, ...]:
             metrics=address(item, "metrics", f"{where}.metrics"),
             key_file=optional_path(item, "key_file", f"{where}.key_file", base),
             public_key=optional_hex(item, "public_key", f"{where}.public_key"),
+            tls_cert=optional_path(item, "tls_cert", f"{where}.tls_cert", base),
+            tls_key=optional_path(item, "tls_key", f"{where}.tls_key", base),
         )
         for kind, endpoint in (("peer", entry.peer), ("client", entry.client),
                                ("metrics", entry.metrics)):
@@ -363,6 +399,32 @@ def parse_nodes(raw: Any, base: Path) -> tuple[NodeEntry, ...]:
     if len(set(directories)) != len(directories):
         raise ClusterFileError("nodes", "every node needs its own data_dir")
     return tuple(entries[node_id] for node_id in ids)
+
+
+def parse_tls(values: dict[str, Any], nodes: tuple[NodeEntry, ...], base: Path) -> TlsSection:
+    check_keys(values, "tls", {"ca_file", "peer", "client", "handshake_timeout_ms",
+                               "handshakes_pending_max"})
+    ca_file = optional_path(values, "ca_file", "tls.ca_file", base)
+    if ca_file is None:
+        raise ClusterFileError("tls.ca_file", "the cluster CA's certificate (PEM) is required")
+    flags = {}
+    for name in ("peer", "client"):
+        value = values.get(name, True)
+        if type(value) is not bool:
+            raise ClusterFileError(f"tls.{name}", f"must be true or false, got {value!r}")
+        flags[name] = value
+    for entry in nodes:
+        for name in ("tls_cert", "tls_key"):
+            if getattr(entry, name) is None:
+                raise ClusterFileError(f"nodes[{entry.id}].{name}",
+                                       "[tls] needs every node's certificate and key")
+    return TlsSection(
+        ca_file=ca_file, peer=flags["peer"], client=flags["client"],
+        handshake_timeout_ms=integer(values, "handshake_timeout_ms", "tls.handshake_timeout_ms",
+                                     default=5_000, minimum=1),
+        handshakes_pending_max=integer(values, "handshakes_pending_max",
+                                       "tls.handshakes_pending_max", default=64, minimum=1),
+    )
 
 
 def parse_auth(

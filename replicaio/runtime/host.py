@@ -54,6 +54,7 @@ from replicaio.runtime.config import Address, ClusterFile
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.logs import FIELDS, log, monotonic_us
 from replicaio.runtime.metrics import NodeMetrics
+from replicaio.runtime.tls import TlsAcceptor
 from replicaio.runtime.transport import Transport
 from replicaio.storage.base import after_start, start_input
 from replicaio.storage.file import FileStorage
@@ -163,6 +164,7 @@ class NodeHost:
         if self.event_log_path is not None:
             self.open_event_log()
         peers = {entry.id: entry.peer for entry in cluster.nodes if entry.id != self.node_id}
+        tls = cluster.tls_config(self.node_id)
         self.transport = Transport(
             self.node_id,
             self.entry.peer,
@@ -171,11 +173,14 @@ class NodeHost:
             cluster.transport,
             self.deliver,
             self.counters,
+            tls=tls if tls is not None and tls.peer else None,
         )
         await listening("peer", self.entry.peer, self.transport.start())
         # The service listens first so that it sees the outputs of the start
         # (re-announced deliveries); requests wait in the inbox until it is done.
         service = service_factory(self.params.client_service)()
+        if tls is not None and tls.client:
+            service.tls = TlsAcceptor(tls, self.counters, nodes_only=False)
         await listening(f"client ({self.params.client_service})", self.entry.client,
                         service.start(self, self.entry.client, self.params))
         self.service = service
@@ -188,7 +193,9 @@ class NodeHost:
         log(logger, logging.INFO, "node started", protocol=cluster.protocol, n=cluster.n,
             f=cluster.f, incarnation=self.core.incarnation, peer=str(self.entry.peer),
             client=str(self.entry.client), metrics=str(self.entry.metrics),
-            data_dir=str(self.entry.data_dir), auth=cluster.auth)
+            data_dir=str(self.entry.data_dir), auth=cluster.auth,
+            tls=("off" if tls is None else
+                 "+".join(name for name in ("peer", "client") if getattr(tls, name)) or "off"))
 
     async def start_core(self, storage: FileStorage) -> None:
         """Step ``Start``. Damage the storage found is logged and handed to the

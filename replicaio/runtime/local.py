@@ -4,7 +4,8 @@
 each node as ``python -m replicaio.cli node`` (its own process), and can stop
 (SIGTERM), kill (SIGKILL) and restart any of them with its data directory
 intact. Every run of a node records its own event log
-(``node-I.run-K.events``) and stderr (``node-I.run-K.log``). ``close`` kills
+(``node-I.run-K.events``) and stderr (``node-I.run-K.log``). With ``tls``,
+``certs init`` makes ``directory/certs`` and both ports speak mutual TLS. ``close`` kills
 whatever is still running: use it in a ``finally`` or a fixture finalizer.
 """
 
@@ -73,6 +74,7 @@ class LocalCluster:
         sections: dict[str, dict[str, Any]] | None = None,
         metrics: bool = False,
         loops: tuple[str, ...] = ("auto",),
+        tls: bool = False,
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -89,7 +91,15 @@ class LocalCluster:
             }
             if metrics:
                 table["metrics"] = f"{LOOPBACK}:{ports[2 * nodes + node_id]}"
+            if tls:
+                table["tls_cert"] = f"certs/node-{node_id}.pem"
+                table["tls_key"] = f"certs/node-{node_id}.key"
             tables.append(table)
+        if tls:  # mutual TLS on both ports, certificates in directory/certs
+            from replicaio.runtime.certs import init_certs
+
+            init_certs(directory / "certs", nodes)
+            sections = {**(sections or {}), "tls": {"ca_file": "certs/ca.pem"}}
         self.config_path = directory / "cluster.toml"
         self.config_path.write_text(
             render_cluster_file(protocol=protocol, nodes=tables, secret_file="cluster.key", f=f,

@@ -35,6 +35,16 @@ the acceptor). Sequence numbers start at 1 on each connection and must run on
 exactly: a replayed, dropped or reordered frame, or one from another
 connection (another session), is rejected.
 
+Mutual TLS (``[tls] peer = true``; ``replicaio.runtime.tls``). Every connection
+is TLS 1.3 first, both ends presenting a certificate of the cluster CA that
+names a node; the acceptor checks that it names the node the ``hello`` claims,
+the dialler that it names the node it dialled (``rejected_tls_identity``). The
+handshake and the tagged frames above then run inside TLS unchanged: they
+bind the connection to the cluster's own keys as well (a certificate alone,
+without the cluster secret or signing key, is not enough), and they are all
+that protects a cluster without TLS. TLS refusals count as
+``rejected_tls_<reason>``.
+
 Bad input never stops the node: garbage, an oversized or truncated frame, an
 unknown peer, a wrong key, a bad tag or sequence number is counted as
 ``rejected_<reason>`` and that connection is closed (a stream cannot be
@@ -70,6 +80,7 @@ import logging
 import random
 import secrets
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -82,6 +93,16 @@ from replicaio.runtime.counters import Counters
 from replicaio.runtime.crypto import Authenticator
 from replicaio.runtime.framing import FrameError, frame_header, read_frame
 from replicaio.runtime.logs import RateLimitedLog, log
+from replicaio.runtime.tls import (
+    TlsAcceptor,
+    TlsConfig,
+    TlsServer,
+    client_context,
+    identity,
+    node_of,
+    rejection_reason,
+    start_tls_server,
+)
 
 HANDSHAKE_FRAME_BYTES_MAX = 512
 HANDSHAKE_MAGIC = "replicaio"
@@ -238,6 +259,7 @@ class Transport:
         params: TransportParams,
         deliver: Deliver,
         counters: Counters,
+        tls: TlsConfig | None = None,
     ) -> None:
         assert node_id not in peers
         self.node_id = node_id
@@ -247,20 +269,29 @@ class Transport:
         self.deliver = deliver
         self.counters = counters
         self.channels = {peer: PeerChannel(peer, address) for peer, address in peers.items()}
-        self.server: asyncio.Server | None = None
+        self.server: asyncio.Server | TlsServer | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         # Unauthenticated inbound connections, oldest first (dicts keep insertion order).
         self.pending: dict[PendingHandshake, None] = {}
         self.closing = False
         self.warn = RateLimitedLog(logger)
+        # Mutual TLS (replicaio.runtime.tls): the handshake below then runs inside it.
+        self.tls_acceptor = (None if tls is None
+                             else TlsAcceptor(tls, counters, nodes_only=True))
+        self.tls_dial = None if tls is None else client_context(tls)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Listen (lower ids dial this node) and dial every peer with a higher id."""
-        self.server = await asyncio.start_server(
-            self.on_inbound, self.listen.host, self.listen.port, reuse_address=True
-        )
+        if self.tls_acceptor is not None:
+            self.server = await start_tls_server(
+                self.tls_acceptor, self.on_inbound, self.listen.host, self.listen.port
+            )
+        else:
+            self.server = await asyncio.start_server(
+                self.on_inbound, self.listen.host, self.listen.port, reuse_address=True
+            )
         for peer, channel in self.channels.items():
             if self.node_id < peer:
                 self.spawn(self.dial_loop(channel))
@@ -417,12 +448,27 @@ class Transport:
         params = self.params
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address.host, address.port),
+                asyncio.open_connection(address.host, address.port, ssl=self.tls_dial),
                 params.connect_timeout_ms / 1000,
             )
+        except ssl.SSLError as error:
+            reason = rejection_reason(error)
+            self.counters.count(f"rejected_tls_{reason}")
+            self.warn(logging.WARNING, f"dial:{channel.peer}:tls", "TLS to peer refused",
+                      peer=channel.peer, reason=reason, detail=str(error)[:200])
+            return None
         except (OSError, TimeoutError):
             self.counters.count("connect_failures")
             return None
+        if self.tls_dial is not None:
+            found = identity(writer.get_extra_info("ssl_object"))
+            if node_of(found) != channel.peer:
+                self.counters.count("rejected_tls_identity")
+                self.warn(logging.WARNING, f"dial:{channel.peer}:tls_identity",
+                          "peer's certificate names another identity", peer=channel.peer,
+                          identity=str(found))
+                writer.close()
+                return None
         set_nodelay(writer)
         try:
             return await asyncio.wait_for(
@@ -552,6 +598,10 @@ class Transport:
             or not self.authenticator.knows(dialer)
         ):
             raise HandshakeRejected("unknown_peer", f"node {dialer!r} may not dial {self.node_id}")
+        if self.tls_acceptor is not None and node_of(
+            identity(writer.get_extra_info("ssl_object"))
+        ) != dialer:
+            raise HandshakeRejected("tls_identity", f"node {dialer}'s hello, another's certificate")
         slot.greeted = True
         nonce_acceptor = secrets.token_bytes(NONCE_BYTES)
         text = transcript(dialer, self.node_id, nonce_dialer, nonce_acceptor)
