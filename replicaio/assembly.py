@@ -40,11 +40,15 @@ from replicaio.protocols.raft.messages import BecameLeader, ConfigChanged, RaftA
 from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft
 from replicaio.services.kv.state_machine import KeyValueStateMachine
+from replicaio.services.txn.protocol import TxnFactory, TxnNode
+from replicaio.services.txn.slots import SlotMap
+from replicaio.services.txn.store import TxnStore
 from replicaio.smr.params import SmrParams
 from replicaio.smr.protocol import SmrFactory, SmrProtocol
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
 from replicaio.testing.variants.pbft import PBFT_VARIANTS
 from replicaio.testing.variants.raft import RAFT_VARIANTS
+from replicaio.testing.variants.txn import TXN_VARIANTS
 
 # name parameter -> what it sets (all integers)
 SERVICE_PARAMETERS: dict[str, str] = {
@@ -55,6 +59,7 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "inflight": "SmrParams.batches_inflight_max: own batches submitted and not yet applied",
     "lease": "RaftParams.read_lease: 1 serves reads from a leader lease (0: read-index only)",
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
+    "groups": "transactional clusters (txn): replicated groups, keys by hash slot (default 3)",
 }
 RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary runs
 # The broadcast family, correct and deliberately broken.
@@ -277,6 +282,56 @@ SERVICES.update(
 )
 
 
+TXN_GROUPS_DEFAULT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionalSpec:
+    """A transactional cluster: G groups of Raft + SMR + the transaction store
+    (``replicaio.services.txn``), with the transaction protocol on every node."""
+
+    name: str
+    summary: str
+    node_type: type[TxnNode] = TxnNode
+    store_type: type[TxnStore] = TxnStore
+    broken: bool = False
+
+
+def build_transactional(spec: TransactionalSpec, name: str,
+                        parameters: Mapping[str, int]) -> TxnFactory:
+    groups = parameters.get("groups", TXN_GROUPS_DEFAULT)
+    raft_params = RaftParams().validate()
+    defaults = SmrParams()
+    smr_params = SmrParams(
+        snapshot_interval=parameters.get("snapshot", RAFT_SNAPSHOT_INTERVAL),
+        batch_requests_max=parameters.get("batch", defaults.batch_requests_max),
+        sessions_max=parameters.get("sessions", defaults.sessions_max),
+    )
+    group_factory = SmrFactory(
+        name, Resilience.CRASH, lambda context: Raft(context, raft_params),
+        spec.store_type, smr_params, ordering_path="raft",
+    )
+    return TxnFactory(name, SlotMap.even(groups), group_factory, node_type=spec.node_type)
+
+
+TRANSACTIONAL: dict[str, TransactionalSpec] = {
+    "txn": TransactionalSpec(
+        "txn", "atomic transactions across G Raft groups (txn:groups=G), keys by hash slot"),
+}
+TRANSACTIONAL.update(
+    (name, TransactionalSpec(name, f"BROKEN on purpose: {variant.summary}",
+                             variant.node_type, variant.store_type, broken=True))
+    for name, variant in TXN_VARIANTS.items()
+)
+
+
+def transactional_spec(name: str) -> tuple[TransactionalSpec, dict[str, int]] | None:
+    """The transactional cluster ``name`` names (with its parameters), or ``None``."""
+    base, parameters = split_name(name)
+    spec = TRANSACTIONAL.get(base)
+    return None if spec is None else (spec, parameters)
+
+
 def split_name(name: str) -> tuple[str, dict[str, int]]:
     """``"raft:snapshot=8,batch=4"`` -> ``("raft", {"snapshot": 8, "batch": 4})``."""
     base, colon, rest = name.partition(":")
@@ -309,13 +364,14 @@ def service_spec(name: str) -> tuple[ServiceSpec, dict[str, int]] | None:
 
 def protocol_names() -> list[str]:
     """Every protocol a host can run, in a stable order."""
-    return [*BROADCASTS, *SERVICES]
+    return [*BROADCASTS, *SERVICES, *TRANSACTIONAL]
 
 
 def protocol_summaries() -> dict[str, str]:
     """One line per protocol name."""
     found = {name: spec.summary for name, spec in BROADCASTS.items()}
     found.update({name: spec.summary for name, spec in SERVICES.items()})
+    found.update({name: spec.summary for name, spec in TRANSACTIONAL.items()})
     return found
 
 
@@ -330,6 +386,9 @@ def protocol_factory(name: str) -> ProtocolFactory:
     if service is not None:
         spec, parameters = service
         return spec.build(name, parameters)
+    transactional = transactional_spec(name)
+    if transactional is not None:
+        return build_transactional(transactional[0], name, transactional[1])
     spec_broadcast = BROADCASTS.get(name)
     if spec_broadcast is None:
         raise UsageError(f"unknown protocol {name!r}; known: {', '.join(protocol_names())}")

@@ -6,6 +6,8 @@
     replicaio replay FILE --node I [--json]
     replicaio check-history FILE
     replicaio check-transactions FILE [--bank-total N]
+    replicaio sim txn --groups G --nodes N --seed S [--faults ...] [--workload bank]
+    replicaio swarm txn --groups G --nodes N --seeds K [--faults ...]
     replicaio demo
     replicaio protocols
     replicaio node --config FILE --id I [--event-log FILE]
@@ -36,7 +38,7 @@ from typing import Any
 
 from replicaio.assembly import protocol_factory
 from replicaio.core.errors import ReplicaioError, UsageError
-from replicaio.sim import kv_cli
+from replicaio.sim import kv_cli, txn_cli
 from replicaio.sim.adversary import BEHAVIOURS
 from replicaio.sim.options import (
     CLOCK_DRIFT_PPM_DEFAULT,
@@ -72,6 +74,7 @@ def reproduce_command(args: argparse.Namespace, seed: int) -> str:
     if getattr(args, "clock_drift", None) is not None:
         words += ["--clock-drift", str(args.clock_drift)]
     words += kv_cli.reproduce_words(args)
+    words += txn_cli.reproduce_words(args)
     words += ["--seed", str(seed)]
     return shlex.join(words)
 
@@ -98,6 +101,8 @@ def draw_options(args: argparse.Namespace, seed: int) -> SimOptions:
         return options
     if kv_cli.is_service(args.protocol):
         return kv_cli.service_options(args, seed)
+    if txn_cli.is_transactional(args.protocol):
+        return txn_cli.options_of(args, seed)
     options = SimOptions.draw(
         seed,
         args.nodes,
@@ -185,7 +190,8 @@ def print_sim_report(report: dict[str, Any]) -> None:
     if stats.get("disk_faults"):
         rows.append(("disk faults", f"{stats['disk_faults']} ({stats['disk_synced_writes_lost']} "
                      f"synced writes lost, {stats['disk_read_errors']} failed restarts)"))
-    for key in ("instances_accepted", "instances_delivered", "deliveries", *kv_cli.REPORT_ROWS):
+    for key in ("instances_accepted", "instances_delivered", "deliveries", *kv_cli.REPORT_ROWS,
+                "transactions", "outcomes", "coordinator_leader_crashes"):
         if key in stats:
             rows.append((key.replace("_", " "), str(stats[key])))
     rejected = {k: v for k, v in report["counters"].items() if k.startswith(("rejected", "link_e"))}
@@ -533,6 +539,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the wire codec between nodes (faster; the log still encodes)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     kv_cli.add_service_arguments(parser)
+    txn_cli.add_txn_arguments(parser)
 
 
 def package_version() -> str:
@@ -632,6 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if isinstance(getattr(args, "protocol", None), str):
+            txn_cli.normalize(args)
         status: int = args.handler(args)
     except ReplicaioError as error:
         print(f"replicaio: error: {error}", file=sys.stderr)

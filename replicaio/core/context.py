@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from replicaio.core.errors import UsageError
 from replicaio.core.lines import Line
 from replicaio.core.scheduler import Scope, Task
-from replicaio.core.stream import Stream
+from replicaio.core.stream import Stream, group_of_path
 
 if TYPE_CHECKING:
     from replicaio.core.config import ClusterConfig
@@ -250,6 +250,7 @@ class Context:
     __slots__ = (
         "child_handler",
         "closed",
+        "group",
         "links_by_name",
         "node",
         "path",
@@ -267,6 +268,9 @@ class Context:
         self.child_handler: ChildHandler | None = None
         self.streams: list[Stream] = []
         self.closed = False
+        # The replicated group this component belongs to (paths under
+        # ("group", g)): its streams and outputs are routed by group.
+        self.group = group_of_path(path)
 
     # -- identity ------------------------------------------------------------
 
@@ -377,8 +381,12 @@ class Context:
         return self.node.scheduler.choose(label, count)
 
     def output(self, value: Any) -> None:
-        """Emit an output effect (a delivery, a reply)."""
-        self.node.effects.outputs.append(value)
+        """Emit an output effect (a delivery, a reply); a group's component's output
+        goes to the group's output handler, or out as a ``GroupOutput``."""
+        if self.group is None:
+            self.node.effects.outputs.append(value)
+        else:
+            self.node.group_output(self.group, value)
 
     # -- signatures (replicaio.core.signing) ----------------------------------
 

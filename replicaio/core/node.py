@@ -46,7 +46,7 @@ from replicaio.core.reliable import (
 )
 from replicaio.core.scheduler import ChooseFunction, Scheduler, Task
 from replicaio.core.signing import Signer, simulation_signer
-from replicaio.core.stream import Stream
+from replicaio.core.stream import GroupDatagram, GroupOutput, Stream
 
 __all__ = [
     "INCARNATION_KEY",
@@ -176,8 +176,11 @@ class Node:
         self.child_handlers: dict[Path, Callable[[Path], Context | Ignore]] = {}
         self.reliable = ReliableLinks(self)
         self.local: deque[Envelope] = deque()
-        self.local_stream: deque[Any] = deque()
-        self.streams: dict[type, Stream] = {}
+        self.local_stream: deque[tuple[int | None, Any]] = deque()
+        # Streams by (group, message class); group None: not a group's stream.
+        self.streams: dict[tuple[int | None, type], Stream] = {}
+        # Who takes a group's outputs (a component of the node); else they go out.
+        self.group_output_handlers: dict[int, Callable[[Any], None]] = {}
         self.timers: dict[int, Line[None]] = {}
         # timer id -> (owning task, its finish callback), dropped when the timer
         # fires, so a long-lived task does not collect one callback per timer.
@@ -238,7 +241,8 @@ class Node:
             if local:
                 self.dispatch(self.node_id, local.popleft())
             else:
-                self.route_stream(self.node_id, local_stream.popleft())
+                group, message = local_stream.popleft()
+                self.route_stream(self.node_id, message, group)
             if scheduler.ready:
                 scheduler.run()
 
@@ -290,32 +294,56 @@ class Node:
 
     # -- streams (unreliable typed datagrams, see core/stream.py) -------------
 
-    def route_stream(self, source: int, message: Any) -> None:
-        stream = self.streams.get(type(message))
+    def route_stream(self, source: int, message: Any, group: int | None = None) -> None:
+        if type(message) is GroupDatagram:
+            if group is not None:
+                self.count("rejected_nested_group_datagram")
+                return
+            group = message.group
+            try:
+                message = self.codec.decode(message.body)
+            except DecodeError as error:
+                self.count(f"rejected_decode_{error.reason}")
+                return
+            if type(message) is GroupDatagram:
+                self.count("rejected_nested_group_datagram")
+                return
+        stream = self.streams.get((group, type(message)))
         if stream is None:
             self.count("rejected_unexpected_message")
             return
         stream.deliver(source, message)
 
     def open_stream(self, stream: Stream) -> None:
-        """Route ``stream``'s message classes to it (one owner per class)."""
+        """Route ``stream``'s message classes of its group to it (one owner each)."""
         for cls in stream.types:
-            owner = self.streams.get(cls)
+            owner = self.streams.get((stream.group, cls))
             if owner is not None and owner is not stream:
                 raise UsageError(f"{cls.__name__} already belongs to stream {owner.name}")
         for cls in stream.types:
-            self.streams[cls] = stream
+            self.streams[(stream.group, cls)] = stream
 
     def close_stream(self, stream: Stream) -> None:
         for cls in stream.types:
-            if self.streams.get(cls) is stream:
-                del self.streams[cls]
+            if self.streams.get((stream.group, cls)) is stream:
+                del self.streams[(stream.group, cls)]
 
-    def stream_send(self, destination: int, message: Any) -> None:
+    def stream_send(self, destination: int, message: Any, group: int | None = None) -> None:
         if destination == self.node_id:
-            self.local_stream.append(message)
-        else:
+            self.local_stream.append((group, message))
+        elif group is None:
             self.effects.sends.append((destination, message))
+        else:
+            body = self.codec.encode(message)
+            self.effects.sends.append((destination, GroupDatagram(group, body)))
+
+    def group_output(self, group: int, value: Any) -> None:
+        """An output of group ``group``: to its handler if one is set, else out."""
+        handler = self.group_output_handlers.get(group)
+        if handler is not None:
+            handler(value)
+        else:
+            self.effects.outputs.append(GroupOutput(group, self.codec.encode(value)))
 
     def dispatch(self, source: int, envelope: Envelope) -> None:
         path = envelope.path

@@ -16,6 +16,18 @@ AppendEntries), so they want plain datagrams instead: a :class:`Stream`.
   yields ``(source, message)`` in arrival order from a bounded inbox
   (``inbox_max``; beyond it the newest message is dropped and counted
   ``bound_stream_inbox_max``: the protocol's own retransmission recovers).
+
+**Routing by group.** A node may host replicas of several replicated groups
+(``docs/transactions.md``): group ``g``'s components live under the path
+``("group", g, ...)``. Streams are routed by ``(group, message class)``, so
+every group has its own Raft, its own SMR streams: a stream of a group sends
+its messages wrapped in a :class:`GroupDatagram` naming the group (the body
+encoded by the node's codec), and the receiving node hands the body to the
+same group's stream. A datagram for a group the node does not host, or whose
+body does not decode, is dropped and counted (``rejected_*``). Outputs of a
+group's components are routed the same way (``Context.output``): to the
+group's output handler on the node if one is set, else out as a
+:class:`GroupOutput`.
 """
 
 from __future__ import annotations
@@ -24,6 +36,9 @@ from collections import deque
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from typing import Annotated, Final
+
+from replicaio.core.codec import Message, Meta
 from replicaio.core.errors import UsageError
 from replicaio.core.lines import Line
 
@@ -32,11 +47,39 @@ if TYPE_CHECKING:
 
 Handler = Callable[[int, Any], None]
 
+GROUP_PATH: Final = "group"  # ("group", g, ...) is a component of replicated group g
+GROUPS_MAX: Final = 1 << 16
+DATAGRAM_BYTES_MAX: Final = 1 << 26
+
+
+def group_of_path(path: tuple[int | str, ...]) -> int | None:
+    """The group of a component at ``path`` (``None``: not a group's component)."""
+    if len(path) >= 2 and path[0] == GROUP_PATH and type(path[1]) is int:
+        return path[1]
+    return None
+
+
+class GroupDatagram(Message, tag="core.GroupDatagram"):
+    """A stream message of group ``group``; ``body`` is its encoded form."""
+
+    group: Annotated[int, Meta(ge=0, lt=GROUPS_MAX)]
+    body: Annotated[bytes, Meta(max_length=DATAGRAM_BYTES_MAX)]
+
+
+class GroupOutput(Message, tag="core.GroupOutput"):
+    """An output of group ``group``'s components (a reply, a leader change);
+    ``body`` is its encoded form (outputs are messages: the event log records them)."""
+
+    group: Annotated[int, Meta(ge=0, lt=GROUPS_MAX)]
+    body: Annotated[bytes, Meta(max_length=DATAGRAM_BYTES_MAX)]
+
 
 class Stream:
     """A typed datagram channel of one component; see the module docstring."""
 
-    __slots__ = ("context", "handler", "inbox", "inbox_max", "name", "types", "waiting")
+    __slots__ = (
+        "context", "group", "handler", "inbox", "inbox_max", "name", "types", "waiting"
+    )
 
     def __init__(
         self,
@@ -51,6 +94,7 @@ class Stream:
         if inbox_max < 1:
             raise UsageError("inbox_max must be >= 1")
         self.context = context
+        self.group: int | None = context.group
         self.types = types
         self.name = ",".join(cls.__name__ for cls in types)
         self.handler = handler
@@ -64,7 +108,7 @@ class Stream:
             raise UsageError(f"stream {self.name} does not carry {type(message).__name__}")
         if not 0 <= peer < self.context.n:
             raise UsageError(f"stream {self.name}: no node {peer}")
-        self.context.node.stream_send(peer, message)
+        self.context.node.stream_send(peer, message, self.group)
 
     def send_all(self, message: Any, *, include_self: bool = False) -> None:
         """``send`` to every other node (and this one when ``include_self``)."""

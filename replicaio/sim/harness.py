@@ -117,7 +117,11 @@ class BroadcastHarness:
 def harness_for(protocol: str, config: ClusterConfig) -> Harness:
     """The harness of ``protocol``."""
     from replicaio.sim.kv_harness import kv_harness_for
+    from replicaio.sim.txn_harness import txn_harness_for
 
+    transactional = txn_harness_for(protocol, config)
+    if transactional is not None:
+        return transactional
     replicated = kv_harness_for(protocol, config)
     if replicated is not None:
         return replicated

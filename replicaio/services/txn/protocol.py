@@ -1,0 +1,326 @@
+"""Atomic transactions across replicated groups: the protocol, as a component of each node.
+
+Theory of operation
+-------------------
+IPC's atomic execution (Filecoin's Interplanetary Consensus; ipc-actors
+``atomic-exec``), done completely, over groups replicated by any ``Ordering``
+(``replicaio.smr.groups``): every node hosts one replica of each of the G
+groups, keys live in groups by hash slot (``slots.py``), and every group runs
+the :class:`~replicaio.services.txn.store.TxnStore` state machine, which
+holds each group's part of the protocol as replicated state. This module is
+what moves between groups: a node's components call a group through the
+node's own replica of it (``GroupCaller``: a command, replicated, answered
+once). ``docs/transactions.md`` states the protocol and its guarantees.
+
+* :meth:`TxnNode.transaction` is one *attempt* (a fresh id: client id and
+  nonce), written as the protocol reads: the coordinator group records it
+  with a lease; every participant group prepares its part through its own
+  replication (locks exactly the keys read and written, checks read
+  versions, records the local effect; prepared or refused); the coordinator
+  decides commit if every participant prepared, else abort; every
+  participant applies the outcome; the coordinator is told it may forget.
+  The client gets the outcome (and the reads) once it is decided.
+* :meth:`TxnNode.resolver` is what makes it total: on the node that leads a
+  group, it ticks the group's lease clock while the group holds locks or
+  open records, asks the coordinator about every prepared transaction whose
+  lease ran out (the coordinator decides abort once *its* lease runs out),
+  applies the answer, and delivers every decision the coordinator group
+  holds to the participants that did not acknowledge it. So a crashed
+  driver, a lost message or a crashed leader never leaves a key locked
+  beyond its lease.
+
+Fault model: crash-recovery nodes, the network may lose, duplicate, delay and
+reorder messages; each group tolerates what its ``Ordering`` tolerates. No
+wall clock anywhere: leases are counted in ticks of the groups' logs.
+Deterministic: everything runs on the node's scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
+
+from replicaio.core.codec import Codec, DecodeError, Message, Meta, Name
+from replicaio.core.config import Resilience
+from replicaio.core.context import Context
+from replicaio.core.errors import ConfigError
+from replicaio.smr.groups import CallerParams, GroupCaller, GroupRequest, Groups
+from replicaio.smr.protocol import SmrFactory
+from replicaio.services.txn.slots import SlotMap
+from replicaio.services.txn.store import (
+    ABORT,
+    ABORTED,
+    COMMIT,
+    COMMITTED,
+    DISCARD,
+    PENDING,
+    PREPARED,
+    READ,
+    TxnId,
+    TxnStore,
+)
+
+UNKNOWN: Final = "unknown"
+TXN_OPS_BYTES_MAX: Final = 1 << 20
+
+
+class TxnRequest(Message, tag="txn.TxnRequest"):
+    """A client's transaction attempt: ``ops`` is the codec value
+    ``[[kind, key, argument], ...]`` (kinds ``append``, ``r``, ``add``, ``check``)."""
+
+    client: Annotated[int, Meta(ge=0, lt=1 << 56)]
+    nonce: Annotated[int, Meta(ge=0, lt=1 << 62)]
+    ops: Annotated[bytes, Meta(max_length=TXN_OPS_BYTES_MAX)]
+
+
+class TxnResult(Message, tag="txn.TxnResult"):
+    """The outcome of attempt ``(client, nonce)``: ``committed`` (``reads``: the
+    codec value of one entry per op, the value read or ``None``), ``aborted``
+    (``reason``), or ``unknown`` (the driver gave up; the attempt may commit)."""
+
+    client: int
+    nonce: int
+    outcome: Name
+    reason: Name
+    reads: Annotated[bytes, Meta(max_length=TXN_OPS_BYTES_MAX)]
+
+
+class LockReport(Message, tag="txn.LockReport"):
+    """Output by every node when what its replica of ``group`` holds changes."""
+
+    group: int
+    locks: int
+    prepared: int
+    open_records: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxnParams:
+    resolve_every_us: int = 50_000
+    drivers_max: int = 256  # attempts driven by one node at once
+    resolve_max: int = 32  # resolutions in flight per group
+    ops_max: int = 64
+    caller: CallerParams = CallerParams()
+
+    def validate(self) -> TxnParams:
+        for name in ("resolve_every_us", "drivers_max", "resolve_max", "ops_max"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TxnParams.{name} must be >= 1")
+        self.caller.validate()
+        return self
+
+
+class TxnNode:
+    """The node protocol of a transactional cluster (see the module docstring)."""
+
+    def __init__(self, context: Context, factory: TxnFactory) -> None:
+        self.context = context
+        self.params = factory.params
+        self.slots = factory.slots
+        self.codec = Codec()
+        self.groups = Groups(context, factory.slots.groups, factory.group_factory)
+        self.stores: list[TxnStore] = []
+        for replica in self.groups.replicas:
+            store = replica.state_machine
+            assert isinstance(store, TxnStore)
+            self.stores.append(store)
+        self.caller: GroupCaller | None = None
+        self.drivers = 0
+        self.in_flight: dict[tuple[Any, ...], None] = {}
+        self.reported: list[tuple[int, int, int] | None] = [None] * len(self.stores)
+
+    def start(self) -> None:
+        self.groups.start()
+        self.caller = GroupCaller(self.context, self.groups, self.params.caller)
+        self.context.spawn(self.resolver(), "txn.resolver")
+
+    def on_request(self, payload: Any) -> str | None:
+        if type(payload) is bytes:
+            try:
+                payload = self.context.node.codec.decode(payload)
+            except DecodeError as error:
+                self.context.count(f"request_undecodable_{error.reason}")
+                return "bad_request"
+        if type(payload) is GroupRequest:
+            return self.groups.on_request(payload)
+        if type(payload) is not TxnRequest:
+            return "bad_request"
+        if self.drivers >= self.params.drivers_max:
+            self.answer(payload, ABORTED, "busy")
+            return "busy"
+        self.drivers += 1
+        self.context.spawn(self.drive(payload), "txn.driver")
+        return None
+
+    # -- one attempt ------------------------------------------------------------
+
+    async def call(self, group: int, *command: Any) -> tuple[Any, ...] | None:
+        assert self.caller is not None
+        result = await self.caller.call(group, self.codec.encode_value(list(command)))
+        if result is None:
+            return None
+        decoded = self.codec.decode_value(result)
+        assert isinstance(decoded, tuple) and decoded, "the store answers a non-empty list"
+        return decoded
+
+    async def together(self, *calls: Coroutine[Any, Any, Any]) -> list[Any]:
+        """Run ``calls`` concurrently; their results, in order."""
+        async with self.context.scope("txn.together") as scope:
+            tasks = [scope.spawn(call) for call in calls]
+            return [await task.result for task in tasks]
+
+    async def drive(self, request: TxnRequest) -> None:
+        try:
+            outcome, reason, reads = await self.transaction(request)
+        finally:
+            self.drivers -= 1
+        self.answer(request, outcome, reason, reads)
+
+    async def transaction(self, request: TxnRequest) -> tuple[str, str, list[Any]]:
+        """Two-phase commit of one attempt across the groups its keys live in."""
+        plan = self.plan(request)
+        if isinstance(plan, str):
+            return ABORTED, plan, []
+        client, nonce = request.client, request.nonce
+        participants = sorted(plan)
+        coordinator = participants[(client + nonce) % len(participants)]
+        # The coordinator group records the attempt, with its lease.
+        begun = await self.call(coordinator, "begin", client, nonce, participants)
+        if begun is None:
+            return UNKNOWN, "no_answer", []
+        if begun[0] != PENDING:
+            return (ABORTED, str(begun[-1]), []) if begun[0] != COMMITTED else (
+                UNKNOWN, "already_decided", [])
+        # Every participant prepares its part through its own replication.
+        votes = await self.together(*(
+            self.call(group, "prepare", client, nonce, coordinator,
+                      [op for _, op in plan[group]])
+            for group in participants))
+        prepared = all(vote is not None and vote[0] == PREPARED for vote in votes)
+        # The coordinator decides: commit only if all prepared (and its lease runs).
+        decided = await self.call(coordinator, "decide", client, nonce,
+                                  COMMIT if prepared else ABORT)
+        if decided is None:
+            return UNKNOWN, "no_decision", []
+        outcome = str(decided[0])
+        # Every participant applies the outcome; then the coordinator may forget it.
+        finish = "commit" if outcome == COMMITTED else "abort"
+        applied = await self.together(*(self.call(group, finish, client, nonce)
+                                        for group in participants))
+        if all(answer is not None for answer in applied):
+            await self.call(coordinator, "ack", client, nonce, participants)
+        if outcome != COMMITTED:
+            refusals = [str(v[1]) for v in votes if v is not None and v[0] != PREPARED]
+            return ABORTED, (refusals[0] if refusals else "lease"), []
+        reads: list[Any] = [None] * sum(len(ops) for ops in plan.values())
+        for group, vote in zip(participants, votes, strict=True):
+            assert vote is not None
+            values = iter(vote[1])
+            for index, op in plan[group]:
+                if op[0] == READ:
+                    reads[index] = next(values)
+        return COMMITTED, "", reads
+
+    def plan(self, request: TxnRequest) -> dict[int, list[tuple[int, list[Any]]]] | str:
+        """The request's micro-operations by group (with their positions), or why not."""
+        try:
+            ops: Any = self.codec.decode_value(request.ops)
+        except DecodeError:
+            return "bad_ops"
+        if not (isinstance(ops, tuple) and 1 <= len(ops) <= self.params.ops_max):
+            return "bad_ops"
+        plan: dict[int, list[tuple[int, list[Any]]]] = {}
+        for index, op in enumerate(ops):
+            if not (isinstance(op, tuple) and len(op) == 3 and isinstance(op[1], bytes)):
+                return "bad_ops"
+            plan.setdefault(self.slots.group_of(op[1]), []).append((index, list(op)))
+        return plan
+
+    def answer(self, request: TxnRequest, outcome: str, reason: str,
+               reads: list[Any] | None = None) -> None:
+        self.context.output(TxnResult(request.client, request.nonce, outcome, reason[:64],
+                                      self.codec.encode_value(reads or [])))
+
+    # -- leases: nothing stays locked -------------------------------------------
+
+    async def resolver(self) -> None:
+        """Tick, resolve and deliver, for every group this node leads."""
+        while True:
+            await self.context.sleep(self.params.resolve_every_us)
+            for group, store in enumerate(self.stores):
+                self.report(group, store)
+                ordering = self.groups.replicas[group].ordering
+                if ordering.leader_hint != self.context.id or not store.busy():
+                    continue
+                self.once(("tick", group), self.call(group, "tick"))
+                for txn, coordinator in list(store.expired())[: self.params.resolve_max]:
+                    self.once(("resolve", group, txn), self.resolve(group, txn, coordinator))
+                for txn, decision, missing in list(store.undelivered())[
+                        : self.params.resolve_max]:
+                    self.once(("deliver", group, txn),
+                              self.deliver(group, txn, decision, missing))
+
+    def once(self, key: tuple[Any, ...], call: Coroutine[Any, Any, Any]) -> None:
+        """Run ``call`` unless the same one is still in flight (bounded)."""
+        if key in self.in_flight or len(self.in_flight) >= (
+                self.params.resolve_max * 2 + 1) * len(self.stores):
+            call.close()
+            return
+        self.in_flight[key] = None
+
+        async def run() -> None:
+            try:
+                await call
+            finally:
+                self.in_flight.pop(key, None)
+
+        self.context.spawn(run(), "txn.resolve")
+
+    async def resolve(self, group: int, txn: TxnId, coordinator: int) -> None:
+        """A prepared transaction's lease ran out here: ask its coordinator."""
+        answer = await self.call(coordinator, "resolve", txn[0], txn[1], group)
+        if answer is None or answer[0] == PENDING:
+            return
+        finish = {COMMITTED: "commit", ABORTED: "abort", DISCARD: "discard"}[str(answer[0])]
+        await self.call(group, finish, txn[0], txn[1])
+
+    async def deliver(self, coordinator: int, txn: TxnId, decision: str,
+                      missing: tuple[int, ...]) -> None:
+        """Push a decision to the participants that did not acknowledge it (or,
+        for a pending attempt past its lease, have it decided: abort)."""
+        if decision == PENDING:
+            await self.call(coordinator, "resolve", txn[0], txn[1], -1)
+            return
+        finish = "commit" if decision == COMMITTED else "abort"
+        for group in missing:
+            if await self.call(group, finish, txn[0], txn[1]) is not None:
+                await self.call(coordinator, "ack", txn[0], txn[1], [group])
+
+    def report(self, group: int, store: TxnStore) -> None:
+        now = (len(store.locks), len(store.prepared),
+               sum(record.decision is None or len(record.acked) < len(record.participants)
+                   for record in store.coordinated.values()))
+        if now != self.reported[group]:
+            self.reported[group] = now
+            self.context.output(LockReport(group, *now))
+
+    def footprint(self) -> dict[str, int]:
+        return {"txn_drivers": self.drivers, "txn_in_flight": len(self.in_flight)}
+
+
+class TxnFactory:
+    """Builds :class:`TxnNode` at every start: G groups of ``group_factory``'s SMR."""
+
+    def __init__(self, name: str, slots: SlotMap, group_factory: SmrFactory,
+                 params: TxnParams | None = None, *,
+                 node_type: type[TxnNode] = TxnNode) -> None:
+        self.name = name
+        self.node_type = node_type
+        self.resilience: Resilience = group_factory.resilience
+        self.slots = slots.validate()
+        self.group_factory = group_factory
+        self.params = (params or TxnParams()).validate()
+
+    def __call__(self, context: Context) -> TxnNode:
+        return self.node_type(context, self)

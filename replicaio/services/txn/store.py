@@ -1,0 +1,442 @@
+"""The state machine of one group: its keys, the participant's locks, the coordinator's records.
+
+Theory of operation
+-------------------
+Every group of a transactional cluster runs this one deterministic state
+machine under SMR (``replicaio.smr``), over any ``Ordering`` (Raft today; a
+BFT protocol later: nothing here trusts a single replica). A group plays two
+roles for a transaction ``(client, nonce)`` (``docs/transactions.md``):
+
+**Participant** (its keys are touched):
+
+* ``prepare``: refused if the transaction already finished here (a late
+  duplicate), if a key it names is locked by another transaction (*no-wait*:
+  never wait for a lock, so no deadlock; ``docs/adr/0008-...``), if a
+  ``check`` finds another version (an optimistic read, Redis's ``WATCH``), or
+  if an ``add`` would make a balance negative. Otherwise it locks exactly the
+  keys the transaction reads and writes, computes the reads and the *local
+  effect* (the new values of the keys it writes) on the locked state, and
+  records them with a lease deadline, counted in this group's ticks.
+* ``commit``: applies the recorded effect, but only on keys locked for this
+  transaction (any other is refused and counted ``effect_outside_locks``:
+  the collusion hole of IPC's first design), releases the locks.
+* ``abort``: releases the locks and drops the effect. Both remember the
+  outcome (a bounded FIFO, ``finished_max``), so a late ``prepare`` is refused.
+
+**Coordinator** (chosen by the client at the start of the attempt):
+
+* ``begin`` records the attempt as pending with a lease deadline;
+* ``decide`` records the decision (commit only while the lease runs; the
+  first decision stands forever after);
+* ``resolve`` (a participant whose lease ran out asks) answers the decision;
+  a pending attempt whose lease ran out is decided *abort* then; an unknown
+  one is *presumed aborted* (and recorded so); a participant that already
+  acknowledged the outcome is told ``discard`` (its prepared state is a late
+  duplicate whose effect was applied or dropped already);
+* ``ack`` records that a participant applied the outcome; records whose
+  every participant acknowledged may be forgotten (oldest first) when the
+  table (``coordinated_max``) is full, and ``begin`` is refused ``busy`` if
+  nothing can be.
+
+**Time** is ``ticks``: the count of ``tick`` commands in this group's log,
+which the group's leader submits while it holds locks or pending records
+(``replicaio.services.txn.protocol``). Leases are never a wall clock, and
+every replica sees the same deadlines.
+
+Every command and result is a codec value (``encode``/``decode``); a
+malformed command is answered ``["error", why]`` and changes nothing, never
+raises. Every table is bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from replicaio.core.codec import Codec, DecodeError, EncodeError
+
+APPEND: Final = "append"
+READ: Final = "r"
+ADD: Final = "add"
+CHECK: Final = "check"
+OP_KINDS: Final = frozenset({APPEND, READ, ADD, CHECK})
+
+COMMIT: Final = "commit"
+ABORT: Final = "abort"
+COMMITTED: Final = "committed"
+ABORTED: Final = "aborted"
+PENDING: Final = "pending"
+DISCARD: Final = "discard"
+PREPARED: Final = "prepared"
+REFUSED: Final = "refused"
+
+SNAPSHOT_FORMAT: Final = "replicaio.txn-store"
+SNAPSHOT_VERSION: Final = 1
+
+TxnId = tuple[int, int]  # (client, nonce)
+Value = int | tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreParams:
+    """Bounds and leases of one group's store (every replica must agree)."""
+
+    lease_ticks: int = 16  # a lock's (and a pending record's) lease, in this group's ticks
+    prepared_max: int = 1024  # transactions holding locks at once
+    finished_max: int = 8192  # outcomes remembered against late duplicates
+    coordinated_max: int = 4096  # coordinator records
+    ops_max: int = 64  # micro-operations of one transaction in one group
+    list_length_max: int = 4096  # elements of one list value
+    keys_max: int = 1 << 16  # keys of the store
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            assert getattr(self, name) >= 1, name
+
+
+@dataclass(slots=True)
+class Prepared:
+    coordinator: int
+    keys: tuple[bytes, ...]
+    effects: dict[bytes, Value]
+    reads: list[Any]
+    deadline: int
+
+
+@dataclass(slots=True)
+class Coordinated:
+    participants: tuple[int, ...]
+    deadline: int
+    decision: str | None = None
+    acked: set[int] = field(default_factory=set)
+
+
+class TxnStore:
+    """One group's state machine (``replicaio.smr.api.StateMachine``); see the module docstring."""
+
+    def __init__(self, params: StoreParams | None = None) -> None:
+        self.params = params or StoreParams()
+        self.codec = Codec()
+        self.data: dict[bytes, Value] = {}
+        self.versions: dict[bytes, int] = {}
+        self.revision = 0
+        self.ticks = 0
+        self.locks: dict[bytes, TxnId] = {}
+        self.prepared: dict[TxnId, Prepared] = {}
+        self.finished: dict[TxnId, str] = {}
+        self.coordinated: dict[TxnId, Coordinated] = {}
+        self.counters: dict[str, int] = {}
+
+    # -- the StateMachine interface -------------------------------------------
+
+    def apply(self, command: bytes) -> bytes:
+        try:
+            value: Any = self.codec.decode_value(command)
+        except DecodeError as error:
+            return self.result("error", f"undecodable command: {error.reason}")
+        if not (isinstance(value, tuple) and value and isinstance(value[0], str)):
+            return self.result("error", "a command is [name, ...]")
+        if value[0] not in COMMANDS:
+            return self.result("error", f"unknown command {value[0][:40]!r}")
+        handler = getattr(self, "on_" + value[0])  # a subclass's override counts
+        try:
+            return self.encode(handler(*value[1:]))
+        except (TypeError, ValueError) as error:
+            self.count("malformed_command")
+            return self.result("error", f"malformed {value[0]}: {error}"[:200])
+
+    def read(self, command: bytes) -> bytes:
+        """Read-only: ``["get", key]`` -> ``[value, version]``."""
+        try:
+            value: Any = self.codec.decode_value(command)
+        except DecodeError as error:
+            return self.result("error", f"undecodable command: {error.reason}")
+        if not (isinstance(value, tuple) and len(value) == 2 and value[0] == "get"
+                and isinstance(value[1], bytes)):
+            return self.result("error", "a read is [get, key]")
+        return self.encode(["ok", self.data.get(value[1]), self.versions.get(value[1], 0)])
+
+    def snapshot(self) -> bytes:
+        state = [
+            SNAPSHOT_FORMAT, SNAPSHOT_VERSION, self.revision, self.ticks,
+            [[key, value, self.versions.get(key, 0)] for key, value in self.data.items()],
+            [[key, version] for key, version in self.versions.items() if key not in self.data],
+            [[list(txn), p.coordinator, list(p.keys), [[k, v] for k, v in p.effects.items()],
+              p.reads, p.deadline] for txn, p in self.prepared.items()],
+            [[list(txn), outcome] for txn, outcome in self.finished.items()],
+            [[list(txn), list(c.participants), c.deadline, c.decision, sorted(c.acked)]
+             for txn, c in self.coordinated.items()],
+            sorted(self.counters.items()),
+        ]
+        return self.codec.encode_value(state)
+
+    def restore(self, snapshot: bytes) -> None:
+        value: Any = self.codec.decode_value(snapshot)
+        assert isinstance(value, tuple) and value[:2] == (SNAPSHOT_FORMAT, SNAPSHOT_VERSION)
+        _, _, revision, ticks, data, tombstones, prepared, finished, coordinated, counters = value
+        self.__init__(self.params)  # type: ignore[misc]
+        self.revision, self.ticks = revision, ticks
+        for key, stored, version in data:
+            self.data[key] = stored
+            self.versions[key] = version
+        for key, version in tombstones:
+            self.versions[key] = version
+        for txn, coordinator, keys, effects, reads, deadline in prepared:
+            record = Prepared(coordinator, tuple(keys), dict(effects), list(reads), deadline)
+            self.prepared[(txn[0], txn[1])] = record
+            for key in keys:
+                self.locks[key] = (txn[0], txn[1])
+        self.finished = {(txn[0], txn[1]): outcome for txn, outcome in finished}
+        for txn, participants, deadline, decision, acked in coordinated:
+            self.coordinated[(txn[0], txn[1])] = Coordinated(
+                tuple(participants), deadline, decision, set(acked))
+        self.counters = dict(counters)
+
+    # -- helpers --------------------------------------------------------------
+
+    def encode(self, value: list[Any]) -> bytes:
+        try:
+            return self.codec.encode_value(value)
+        except EncodeError as error:
+            return self.result("error", f"result too large: {error.reason}")
+
+    def result(self, *value: Any) -> bytes:
+        return self.codec.encode_value(list(value))
+
+    def count(self, counter: str) -> None:
+        self.counters[counter] = self.counters.get(counter, 0) + 1
+
+    def expired(self) -> Iterator[tuple[TxnId, int]]:
+        """Prepared transactions whose lease ran out: ``(txn, coordinator)``."""
+        for txn, record in self.prepared.items():
+            if record.deadline < self.ticks:
+                yield txn, record.coordinator
+
+    def undelivered(self) -> Iterator[tuple[TxnId, str, tuple[int, ...]]]:
+        """Coordinator records: decided ones some participant has not acknowledged,
+        ``(txn, decision, those participants)``, and pending ones past their lease
+        (decision ``pending``)."""
+        for txn, record in self.coordinated.items():
+            if record.decision is None:
+                if record.deadline < self.ticks:
+                    yield txn, PENDING, record.participants
+                continue
+            missing = tuple(g for g in record.participants if g not in record.acked)
+            if missing:
+                yield txn, record.decision, missing
+
+    def busy(self) -> bool:
+        """Whether time must advance here: locks held or coordinator records open."""
+        return bool(self.prepared) or any(
+            record.decision is None or len(record.acked) < len(record.participants)
+            for record in self.coordinated.values()
+        )
+
+    def remember(self, txn: TxnId, outcome: str) -> None:
+        self.finished[txn] = outcome
+        while len(self.finished) > self.params.finished_max:
+            del self.finished[next(iter(self.finished))]
+
+    # -- participant ------------------------------------------------------------
+
+    def on_prepare(self, client: int, nonce: int, coordinator: int, ops: Any) -> list[Any]:
+        txn = (_int(client), _int(nonce))
+        if txn in self.prepared:
+            return [PREPARED, self.prepared[txn].reads]  # a retry of the same attempt
+        if txn in self.finished:
+            return [REFUSED, "finished"]
+        parsed = _ops(ops, self.params.ops_max)
+        keys = tuple(dict.fromkeys(key for _, key, _ in parsed))
+        if any(self.locks.get(key, txn) != txn for key in keys):
+            self.count("refused_locked")
+            return [REFUSED, "locked"]
+        if len(self.prepared) >= self.params.prepared_max:
+            self.count("refused_prepared_max")
+            return [REFUSED, "busy"]
+        outcome = self.local_effect(parsed)
+        if isinstance(outcome, str):
+            self.count(f"refused_{outcome}")
+            return [REFUSED, outcome]
+        effects, reads = outcome
+        self.prepared[txn] = Prepared(_int(coordinator), keys, effects, reads,
+                                      self.ticks + self.params.lease_ticks)
+        for key in keys:
+            self.locks[key] = txn
+        return [PREPARED, reads]
+
+    def local_effect(self, ops: list[tuple[str, bytes, Any]]
+                     ) -> tuple[dict[bytes, Value], list[Any]] | str:
+        """The new values and the reads of ``ops`` on the current state, or why not."""
+        effects: dict[bytes, Value] = {}
+        reads: list[Any] = []
+        for kind, key, argument in ops:
+            current = effects.get(key, self.data.get(key))
+            if kind == READ:
+                reads.append(current)
+            elif kind == CHECK:
+                if self.versions.get(key, 0) != argument:
+                    return "version"
+            elif kind == APPEND:
+                items = () if current is None else current
+                if not isinstance(items, tuple) or len(items) >= self.params.list_length_max:
+                    return "wrong_type"
+                effects[key] = (*items, argument)
+            else:
+                balance = 0 if current is None else current
+                if not isinstance(balance, int):
+                    return "wrong_type"
+                if balance + argument < 0:
+                    return "insufficient"
+                effects[key] = balance + argument
+        fresh = sum(key not in self.data for key in effects)
+        if len(self.data) + fresh > self.params.keys_max:
+            return "keys_max"
+        return effects, reads
+
+    def on_commit(self, client: int, nonce: int) -> list[Any]:
+        txn = (_int(client), _int(nonce))
+        record = self.prepared.pop(txn, None)
+        if record is None:
+            known = self.finished.get(txn)
+            if known is None:
+                self.count("commit_unprepared")  # a correct coordinator never sends it
+                return ["unknown"]
+            return [known]
+        for key, value in record.effects.items():
+            if self.locks.get(key) != txn or key not in record.keys:
+                self.count("effect_outside_locks")  # refused: only locked keys change
+                continue
+            self.data[key] = value
+            self.revision += 1
+            self.versions[key] = self.revision
+        self.release(txn, record)
+        self.remember(txn, COMMITTED)
+        return [COMMITTED]
+
+    def on_abort(self, client: int, nonce: int) -> list[Any]:
+        txn = (_int(client), _int(nonce))
+        record = self.prepared.pop(txn, None)
+        if record is not None:
+            self.release(txn, record)
+        known = self.finished.get(txn)
+        if known == COMMITTED:
+            self.count("abort_after_commit")  # a correct coordinator never sends it
+            return [COMMITTED]
+        self.remember(txn, ABORTED)
+        return [ABORTED]
+
+    def on_discard(self, client: int, nonce: int) -> list[Any]:
+        """Drop a late duplicate's prepared state; the outcome stays as it was."""
+        txn = (_int(client), _int(nonce))
+        record = self.prepared.pop(txn, None)
+        if record is not None:
+            self.release(txn, record)
+            self.count("discarded_duplicates")
+        if txn not in self.finished:
+            self.remember(txn, ABORTED)
+        return [DISCARD]
+
+    def release(self, txn: TxnId, record: Prepared) -> None:
+        for key in record.keys:
+            if self.locks.get(key) == txn:
+                del self.locks[key]
+
+    def on_tick(self) -> list[Any]:
+        self.ticks += 1
+        return ["ok", self.ticks]
+
+    # -- coordinator ------------------------------------------------------------
+
+    def on_begin(self, client: int, nonce: int, participants: Any) -> list[Any]:
+        txn = (_int(client), _int(nonce))
+        record = self.coordinated.get(txn)
+        if record is not None:
+            return [record.decision or PENDING]
+        groups = tuple(sorted({_int(group) for group in participants}))
+        if not groups:
+            raise ValueError("a transaction has at least one participant")
+        if len(self.coordinated) >= self.params.coordinated_max and not self.forget_one():
+            self.count("refused_coordinated_max")
+            return [REFUSED, "busy"]
+        self.coordinated[txn] = Coordinated(groups, self.ticks + self.params.lease_ticks)
+        return [PENDING]
+
+    def forget_one(self) -> bool:
+        for txn, record in self.coordinated.items():
+            if record.decision is not None and len(record.acked) == len(record.participants):
+                del self.coordinated[txn]
+                return True
+        return False
+
+    def decided(self, txn: TxnId, decision: str) -> Coordinated:
+        record = self.coordinated.get(txn)
+        if record is None:  # presumed abort, recorded so that it stands
+            if len(self.coordinated) >= self.params.coordinated_max:
+                self.forget_one()
+            record = self.coordinated[txn] = Coordinated((), self.ticks, ABORTED)
+            self.count("presumed_aborts")
+        if record.decision is None:
+            lease_ran_out = record.deadline < self.ticks
+            record.decision = COMMITTED if decision == COMMIT and not lease_ran_out else ABORTED
+            if decision == COMMIT and lease_ran_out:
+                self.count("aborted_lease_ran_out")
+        return record
+
+    def on_decide(self, client: int, nonce: int, decision: Any) -> list[Any]:
+        if decision not in (COMMIT, ABORT):
+            raise ValueError(f"a decision is commit or abort, got {decision!r}")
+        record = self.decided((_int(client), _int(nonce)), decision)
+        assert record.decision is not None
+        return [record.decision]
+
+    def on_resolve(self, client: int, nonce: int, group: int) -> list[Any]:
+        txn = (_int(client), _int(nonce))
+        record = self.coordinated.get(txn)
+        if record is not None and _int(group) in record.acked:
+            return [DISCARD]
+        if record is not None and record.decision is None and record.deadline >= self.ticks:
+            return [PENDING]
+        record = self.decided(txn, ABORT)
+        assert record.decision is not None
+        return [record.decision]
+
+    def on_ack(self, client: int, nonce: int, groups: Any) -> list[Any]:
+        record = self.coordinated.get((_int(client), _int(nonce)))
+        if record is not None and record.decision is not None:
+            record.acked.update(g for g in (_int(group) for group in groups)
+                                if g in record.participants)
+        return ["ok"]
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _ops(ops: Any, ops_max: int) -> list[tuple[str, bytes, Any]]:
+    if not isinstance(ops, tuple) or not 1 <= len(ops) <= ops_max:
+        raise ValueError(f"ops is a list of 1..{ops_max} micro-operations")
+    parsed = []
+    for op in ops:
+        if not (isinstance(op, tuple) and len(op) == 3 and op[0] in OP_KINDS
+                and isinstance(op[1], bytes)):
+            raise ValueError("a micro-operation is [kind, key, argument]")
+        kind, key, argument = op
+        if kind == READ:
+            if argument is not None:
+                raise ValueError("a read takes no argument")
+        else:
+            _int(argument)
+        parsed.append((kind, key, argument))
+    return parsed
+
+
+COMMANDS: Final = frozenset(
+    {"prepare", "commit", "abort", "discard", "tick", "begin", "decide", "resolve", "ack"}
+)
+
+
+def encode_command(codec: Codec, *value: Any) -> bytes:
+    return codec.encode_value(list(value))

@@ -1,0 +1,69 @@
+"""The command-line side of transactional clusters (``replicaio sim txn ...``).
+
+    replicaio sim txn --groups 3 --nodes 3 --faults crash,partition,loss,dup,reorder --seed 7
+    replicaio swarm txn --groups 3 --nodes 3 --faults crash,partition,loss,dup,reorder \\
+        --seeds 1000 [--workload bank]
+
+``--groups G`` becomes the protocol name's parameter (``txn:groups=3``), which
+the event log records, so a replay rebuilds the same nodes. ``--workload``
+picks list-append (strict serializability, the default) or bank (the total).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from replicaio.assembly import transactional_spec
+from replicaio.check.transactions import BANK, LIST_APPEND
+from replicaio.core.errors import UsageError
+from replicaio.sim.options import SimOptions, parse_faults
+from replicaio.sim.txn_harness import TxnWorkload, txn_options
+
+
+def add_txn_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("transactional clusters (txn)")
+    group.add_argument("--groups", type=int, default=None,
+                       help="replicated groups, each on every node (default 3)")
+    group.add_argument("--workload", choices=(LIST_APPEND, BANK), default=LIST_APPEND,
+                       help="list-append (strict serializability) or bank (the total)")
+    group.add_argument("--transactions", type=int, default=None,
+                       help=f"transactions in the run (default {TxnWorkload().transactions})")
+
+
+def is_transactional(protocol: str) -> bool:
+    return transactional_spec(protocol) is not None
+
+
+def normalize(args: argparse.Namespace) -> None:
+    """Fold ``--groups`` into the protocol name (what the event log records)."""
+    groups = getattr(args, "groups", None)
+    if groups is None or not is_transactional(args.protocol):
+        return
+    base, _, given = str(args.protocol).partition(":")
+    parameters = [item for item in given.split(",") if item and not item.startswith("groups=")]
+    args.protocol = f"{base}:{','.join([f'groups={groups}', *parameters])}"
+    args.groups = None
+
+
+def options_of(args: argparse.Namespace, seed: int) -> SimOptions:
+    if args.byzantine:
+        raise UsageError(f"{args.protocol} tolerates crash faults only: no --byzantine")
+    base = TxnWorkload()
+    workload = TxnWorkload(
+        workload=args.workload,
+        transactions=args.transactions if args.transactions is not None else base.transactions,
+        clients=args.clients if getattr(args, "clients", None) is not None else base.clients,
+    )
+    return txn_options(seed, args.nodes, parse_faults(args.faults), workload,
+                       encode=not args.no_encode)
+
+
+def reproduce_words(args: argparse.Namespace) -> list[str]:
+    if not is_transactional(args.protocol):
+        return []
+    words = []
+    if getattr(args, "workload", LIST_APPEND) != LIST_APPEND:
+        words += ["--workload", args.workload]
+    if getattr(args, "transactions", None) is not None:
+        words += ["--transactions", str(args.transactions)]
+    return words

@@ -1,0 +1,389 @@
+"""Simulated transaction clients for transactional clusters (``txn``), and their checks.
+
+Theory of operation
+-------------------
+A :class:`TxnHarness` drives G Raft groups hosted on n nodes (every node one
+replica of each group; ``replicaio.services.txn``) with closed-loop clients:
+
+* **Workloads.** *list-append*: each transaction is 1 to ``ops_max``
+  micro-operations over ``keys`` keys (spread over the groups by hash slot):
+  appends of elements unique per key, and reads. *bank*: ``accounts``
+  accounts funded once (a deposit guarded by ``check`` of version 0, so a
+  retried deposit never doubles, and not part of the history), then
+  transfers (``add -x``, ``add x``) and reads of every account.
+* **Attempts.** Every attempt has a fresh id (client id, nonce) and goes to a
+  seeded node, which drives it (``TxnRequest``). ``committed`` is recorded
+  ``ok`` with its reads, ``aborted`` is ``fail`` (the client goes on; its
+  next attempt has a new nonce), ``unknown`` or silence for
+  ``attempt_timeout_us`` is ``info`` and the client continues under a new id.
+* **Nemesis.** With the crash fault, about every ``nemesis_every_us`` during
+  the safety phase the harness picks a transaction in flight and crashes
+  the node that leads its *coordinator group* (learnt from the groups'
+  leader outputs), half the time inside a step: a coordinator's leader
+  crashed mid-transaction.
+* **Checks.** Every group's Raft checkers see that group's outputs as they
+  happen. At the end, the history goes to ``replicaio.check.transactions``:
+  strict serializability (list-append) or the bank total. Liveness: after
+  the heal every client completes a transaction invoked after it, and every
+  replica of every group reports no lock held and no open coordinator
+  record (``LockReport``): nothing stays locked once the leases run out.
+
+Everything random comes from ``random.Random`` seeded by the run's seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from replicaio.assembly import raft_checkers, raft_leader_of, transactional_spec
+from replicaio.check.broadcast import Violation
+from replicaio.check.transactions import (
+    BANK,
+    LIST_APPEND,
+    TransactionCheckResult,
+    TransactionRecorder,
+    check_transactions,
+)
+from replicaio.check.transactions.history import ADD, APPEND, READ, Transaction
+from replicaio.core.codec import Codec
+from replicaio.core.config import ClusterConfig
+from replicaio.core.errors import UsageError
+from replicaio.core.stream import GroupOutput
+from replicaio.services.txn.protocol import LockReport, TxnRequest, TxnResult
+from replicaio.services.txn.slots import SlotMap
+from replicaio.sim.harness import HarnessApi
+from replicaio.sim.kv_harness import KvWorkload, kv_options
+from replicaio.sim.options import Crash, SimOptions
+
+EXTRA_KEY = "txn"
+
+
+@dataclass(frozen=True, slots=True)
+class TxnWorkload:
+    workload: str = LIST_APPEND
+    clients: int = 6
+    transactions: int = 120
+    keys: int = 6
+    ops_max: int = 4
+    accounts: int = 5
+    balance: int = 10
+    attempt_timeout_us: int = 1_500_000
+    think_us_max: int = 30_000
+    nemesis_every_us: int = 700_000
+
+    def validate(self) -> TxnWorkload:
+        if self.workload not in (LIST_APPEND, BANK):
+            raise UsageError(f"workload is {LIST_APPEND} or {BANK}")
+        for name in self.__dataclass_fields__:
+            if name != "workload" and getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0")
+        if self.clients < 1 or self.keys < 1 or self.ops_max < 1 or self.accounts < 2:
+            raise UsageError("clients, keys, ops_max >= 1 and accounts >= 2")
+        return self
+
+    @classmethod
+    def from_options(cls, options: SimOptions) -> TxnWorkload:
+        return cls(**dict(options.extra.get(EXTRA_KEY) or {})).validate()
+
+
+def txn_options(seed: int, nodes: int, faults: tuple[str, ...], workload: TxnWorkload,
+                *, encode: bool = True) -> SimOptions:
+    """The KV runs' seeded network and faults, sized for ``workload``."""
+    sizing = KvWorkload(clients=workload.clients, ops=workload.transactions)
+    safety_us = max(4_000_000, workload.transactions * 200_000 // workload.clients)
+    options = kv_options(seed, nodes, tuple(f for f in faults if f != "disk"), sizing,
+                         encode=encode, safety_us=safety_us)
+    return replace(options, extra={EXTRA_KEY: asdict(workload.validate())})
+
+
+@dataclass(slots=True)
+class Client:
+    client_id: int
+    nonce: int = 0
+    handle: int | None = None
+    node: int = -1
+    ops: list[tuple[str, str, Any]] = field(default_factory=list)
+    ok_after_heal: bool = False
+    timeout_token: int = 0
+
+
+class TxnHarness:
+    """See the module docstring."""
+
+    def __init__(self, config: ClusterConfig, groups: int) -> None:
+        self.config = config
+        self.slots = SlotMap.even(groups)
+        self.checkers = [raft_checkers(config) for _ in range(groups)]
+        self.leaders: dict[int, tuple[int, int]] = {}  # group -> (term, node)
+        self.reports: dict[tuple[int, int], LockReport] = {}
+        self.codec = Codec()
+        self.violations: list[Violation] = []
+        self.history: TransactionCheckResult | None = None
+        self.api: HarnessApi | None = None
+        self.clients: list[Client] = []
+        self.by_id: dict[int, Client] = {}
+        self.next_client = 1
+        self.issued = 0
+        self.healed = False
+        self.healed_at = 0.0
+        self.funded = False
+        self.crashes = 0
+        self.outcomes: dict[str, int] = {}
+
+    # -- set-up ------------------------------------------------------------------
+
+    def bind(self, api: HarnessApi) -> None:
+        self.api = api
+
+    def requests(self, options: SimOptions) -> list[tuple[int, int, Any]]:
+        assert self.api is not None
+        self.options = options
+        self.workload = TxnWorkload.from_options(options)
+        self.rng = random.Random(f"replicaio-txn:{options.seed}")
+        self.recorder = TransactionRecorder(lambda: float(self.api.now()) if self.api else 0.0)
+        self.elements: dict[str, int] = {}
+        for _ in range(self.workload.clients):
+            self.clients.append(self.new_client())
+        api = self.api
+        api.call_at(options.safety_us + 1, self.on_heal)
+        if self.workload.workload == BANK:
+            self.fund(self.clients[0])
+        else:
+            self.start_clients()
+        if "crash" in options.faults and self.workload.nemesis_every_us:
+            api.call_at(self.workload.nemesis_every_us, self.nemesis)
+        return []
+
+    def new_client(self) -> Client:
+        client = Client(self.next_client)
+        self.next_client += 1
+        self.by_id[client.client_id] = client
+        return client
+
+    def start_clients(self) -> None:
+        assert self.api is not None
+        for client in self.clients:
+            self.next_transaction(client)
+
+    # -- transactions --------------------------------------------------------------
+
+    def fund(self, client: Client) -> None:
+        ops: list[list[Any]] = []
+        for account in range(self.workload.accounts):
+            key = f"a{account}".encode()
+            ops += [["check", key, 0], ["add", key, self.workload.balance]]
+        self.send(client, ops, None)
+
+    def draw(self) -> list[tuple[str, str, Any]]:
+        rng, workload = self.rng, self.workload
+        if workload.workload == BANK:
+            if rng.random() < 0.3:
+                return [(READ, f"a{a}", None) for a in range(workload.accounts)]
+            source, target = rng.sample(range(workload.accounts), 2)
+            amount = rng.randrange(1, 6)
+            return [(ADD, f"a{source}", -amount), (ADD, f"a{target}", amount)]
+        ops: list[tuple[str, str, Any]] = []
+        for _ in range(rng.randrange(1, workload.ops_max + 1)):
+            key = f"k{rng.randrange(workload.keys)}"
+            if rng.random() < 0.5:
+                element = self.elements.get(key, 0) + 1
+                self.elements[key] = element
+                ops.append((APPEND, key, element))
+            else:
+                ops.append((READ, key, None))
+        return ops
+
+    def begin(self, client: Client) -> None:
+        assert self.api is not None
+        if client.handle is not None or self.by_id.get(client.client_id) is not client:
+            return
+        if not self.healed and self.issued >= self.workload.transactions:
+            return
+        if self.healed and client.ok_after_heal:
+            return
+        self.issued += 1
+        ops = self.draw()
+        client.ops = ops
+        handle = self.recorder.invoke(client.client_id, ops)
+        self.send(client, [[kind, key.encode(), value] for kind, key, value in ops], handle)
+
+    def send(self, client: Client, ops: list[list[Any]], handle: int | None) -> None:
+        assert self.api is not None
+        client.nonce += 1
+        client.handle = handle
+        client.node = self.rng.randrange(self.config.n)
+        client.timeout_token += 1
+        token = client.timeout_token
+        request = TxnRequest(client.client_id, client.nonce, self.codec.encode_value(ops))
+        self.api.request(client.node, self.codec.encode(request))
+        self.api.call_at(self.api.now() + self.workload.attempt_timeout_us,
+                         lambda: self.on_timeout(client, token))
+
+    def on_timeout(self, client: Client, token: int) -> None:
+        if token != client.timeout_token or self.by_id.get(client.client_id) is not client:
+            return
+        self.give_up(client)
+
+    def give_up(self, client: Client) -> None:
+        """Unknown outcome: ``info``; the client continues under a new id."""
+        if client.handle is not None:
+            self.recorder.info(client.handle)
+        funding = client.handle is None and not self.funded
+        self.count("info")
+        del self.by_id[client.client_id]
+        successor = self.new_client()
+        self.clients[self.clients.index(client)] = successor
+        if funding:
+            self.fund(successor)
+        else:
+            self.next_transaction(successor)
+
+    def next_transaction(self, client: Client) -> None:
+        assert self.api is not None
+        delay = self.rng.randrange(1, self.workload.think_us_max + 1)
+        self.api.call_at(self.api.now() + delay, lambda: self.begin(client))
+
+    def on_result(self, result: TxnResult) -> None:
+        client = self.by_id.get(result.client)
+        if client is None or result.nonce != client.nonce:
+            return  # an earlier attempt's late answer (it was recorded already)
+        client.timeout_token += 1
+        self.count(result.outcome)
+        if result.outcome == "unknown":
+            self.give_up(client)
+            return
+        handle, client.handle = client.handle, None
+        if handle is None:  # the bank's deposit
+            if result.outcome == "committed" or result.reason == "version":
+                self.funded = True
+                self.start_clients()
+            else:
+                self.fund(client)
+            return
+        if result.outcome == "committed":
+            reads: Any = self.codec.decode_value(result.reads)  # one entry per op
+            recorded = []
+            for (kind, key, value), read in zip(client.ops, reads, strict=True):
+                recorded.append((kind, key, read if kind == READ else value))
+            self.recorder.ok(handle, recorded)
+            if self.healed and self.recorder.done[-1].call >= self.healed_at:
+                client.ok_after_heal = True
+        else:
+            self.recorder.fail(handle)
+        self.next_transaction(client)
+
+    # -- the coordinator group's leader crashed mid-transaction -----------------
+
+    def nemesis(self) -> None:
+        assert self.api is not None
+        if self.healed:
+            return
+        busy = [c for c in self.clients if c.handle is not None and c.ops]
+        if busy:
+            client = self.rng.choice(busy)
+            groups = sorted({self.slots.group_of(key.encode()) for _, key, _ in client.ops})
+            coordinator = groups[(client.client_id + client.nonce) % len(groups)]
+            leader = self.leaders.get(coordinator)
+            if leader is not None:
+                mid_step = self.rng.random() < 0.5
+                self.api.crash(Crash(leader[1], self.api.now(), self.rng.randrange(100_000, 600_000),
+                                     mid_step, self.rng.randrange(0, 4)))
+                self.crashes += 1
+        self.api.call_at(self.api.now() + self.workload.nemesis_every_us, self.nemesis)
+
+    # -- outputs and checks -------------------------------------------------------
+
+    def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]:
+        if type(output) is TxnResult:
+            self.on_result(output)
+            return []
+        if type(output) is LockReport:
+            self.reports[(node, output.group)] = output
+            return []
+        if type(output) is GroupOutput:
+            value = self.codec.decode(output.body)
+            leader = raft_leader_of(value)
+            if leader is not None and leader >= self.leaders.get(output.group, (-1, -1)):
+                self.leaders[output.group] = leader
+            found = []
+            for checker in self.checkers[output.group]:
+                found += checker.on_output(node, value, time_us)
+            return found
+        return []
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def on_heal(self) -> None:
+        assert self.api is not None
+        self.healed = True
+        self.healed_at = float(self.api.now())
+        for checkers in self.checkers:
+            for checker in checkers:
+                begin = getattr(checker, "begin_liveness", None)
+                if begin is not None:
+                    begin(self.api.now())
+        for client in self.clients:
+            if client.handle is None and (self.funded or self.workload.workload != BANK):
+                self.next_transaction(client)
+
+    def held(self) -> list[str]:
+        return [f"node {node} group {group}: {report.locks} locks, {report.prepared} prepared, "
+                f"{report.open_records} open records"
+                for (node, group), report in sorted(self.reports.items())
+                if report.locks or report.prepared or report.open_records]
+
+    def settled(self) -> bool:
+        if not self.healed or self.held():
+            return False
+        if not all(c.ok_after_heal and c.handle is None for c in self.clients):
+            return False
+        return all(getattr(checker, "settled", lambda: True)()
+                   for checkers in self.checkers for checker in checkers)
+
+    def transactions(self) -> list[Transaction]:
+        return self.recorder.transactions()
+
+    def finish(self, time_us: int) -> list[Violation]:
+        found: list[Violation] = []
+        for checkers in self.checkers:
+            for checker in checkers:
+                found += checker.finish(time_us)
+        total = self.workload.accounts * self.workload.balance
+        self.history = check_transactions(self.transactions(), bank_total=total)
+        if not self.history.valid:
+            found.append(Violation(
+                "strict_serializability" if self.workload.workload == LIST_APPEND else "bank",
+                self.history.describe()[:4000], None, time_us))
+        if self.healed:
+            held = self.held()
+            if held:
+                found.append(Violation("locks_released", "; ".join(held[:6]), None, time_us))
+            waiting = [c.client_id for c in self.clients if not c.ok_after_heal]
+            if waiting:
+                found.append(Violation(
+                    "liveness", f"after the heal clients {waiting[:8]} committed nothing",
+                    None, time_us))
+        return found
+
+    def summary(self) -> dict[str, Any]:
+        history = self.history
+        return {
+            "transactions": len(self.recorder.done),
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "coordinator_leader_crashes": self.crashes,
+            "committed": history.committed if history else None,
+            "edges": history.edges if history else None,
+        }
+
+
+def txn_harness_for(protocol: str, config: ClusterConfig) -> TxnHarness | None:
+    found = transactional_spec(protocol)
+    if found is None:
+        return None
+    _, parameters = found
+    from replicaio.assembly import TXN_GROUPS_DEFAULT
+
+    return TxnHarness(config, parameters.get("groups", TXN_GROUPS_DEFAULT))
