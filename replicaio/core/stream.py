@@ -34,9 +34,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
-
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from replicaio.core.codec import Message, Meta
 from replicaio.core.errors import UsageError

@@ -288,8 +288,9 @@ class TxnHarness:
             leader = self.leaders.get(coordinator)
             if leader is not None:
                 mid_step = self.rng.random() < 0.5
-                self.api.crash(Crash(leader[1], self.api.now(), self.rng.randrange(100_000, 600_000),
-                                     mid_step, self.rng.randrange(0, 4)))
+                down_us = self.rng.randrange(100_000, 600_000)
+                self.api.crash(Crash(leader[1], self.api.now(), down_us, mid_step,
+                                     self.rng.randrange(0, 4)))
                 self.crashes += 1
         self.api.call_at(self.api.now() + self.workload.nemesis_every_us, self.nemesis)
 

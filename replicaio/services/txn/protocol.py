@@ -38,15 +38,13 @@ Deterministic: everything runs on the node's scheduler.
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
 from replicaio.core.codec import Codec, DecodeError, Message, Meta, Name
 from replicaio.core.config import Resilience
 from replicaio.core.context import Context
 from replicaio.core.errors import ConfigError
-from replicaio.smr.groups import CallerParams, GroupCaller, GroupRequest, Groups
-from replicaio.smr.protocol import SmrFactory
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import (
     ABORT,
@@ -60,6 +58,8 @@ from replicaio.services.txn.store import (
     TxnId,
     TxnStore,
 )
+from replicaio.smr.groups import CallerParams, GroupCaller, GroupRequest, Groups
+from replicaio.smr.protocol import SmrFactory
 
 UNKNOWN: Final = "unknown"
 TXN_OPS_BYTES_MAX: Final = 1 << 20
@@ -101,7 +101,7 @@ class TxnParams:
     drivers_max: int = 256  # attempts driven by one node at once
     resolve_max: int = 32  # resolutions in flight per group
     ops_max: int = 64
-    caller: CallerParams = CallerParams()
+    caller: CallerParams = field(default_factory=CallerParams)
 
     def validate(self) -> TxnParams:
         for name in ("resolve_every_us", "drivers_max", "resolve_max", "ops_max"):
