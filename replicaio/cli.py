@@ -3,7 +3,9 @@
     replicaio sim PROTOCOL --nodes N [--byzantine F] [--faults ...] --seed S [--log FILE] [--json]
     replicaio sim raft --nodes N --seed S [--faults ...] [--clients C] [--ops K] [--history FILE]
     replicaio swarm PROTOCOL --nodes N [--byzantine F] --seeds K [--jobs J] [--json]
+    replicaio sim ... --html OUT               (the run's space-time diagram)
     replicaio replay FILE --node I [--json]
+    replicaio replay FILE... --html OUT        (one run, or live nodes' logs merged)
     replicaio check-history FILE
     replicaio check-transactions FILE [--bank-total N]
     replicaio sim txn --groups G --nodes N --seed S [--faults ...] [--workload bank]
@@ -133,7 +135,17 @@ def run_one(args: argparse.Namespace, seed: int, log_path: str | None = None) ->
 def command_sim(args: argparse.Namespace) -> int:
     if args.seed is None and not args.options:
         raise UsageError("give --seed S (or --options FILE)")
-    result = run_one(args, args.seed if args.seed is not None else 0, args.log)
+    html = getattr(args, "html", None)
+    log_path = args.log
+    if html and not log_path:  # the diagram is drawn from the event log
+        log_path = temporary_path(".log")
+    try:
+        result = run_one(args, args.seed if args.seed is not None else 0, log_path)
+        if html:
+            draw_html([log_path], html)
+    finally:
+        if log_path != args.log:
+            os.unlink(log_path)
     report: dict[str, Any] = {
         "protocol": result.protocol,
         "seed": result.seed,
@@ -346,9 +358,39 @@ def shrink_failure(args: argparse.Namespace, failure: dict[str, Any]) -> dict[st
     }
 
 
+def temporary_path(suffix: str) -> str:
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="replicaio-", suffix=suffix)
+    os.close(handle)
+    return path
+
+
+def draw_html(logs: list[str], html: str) -> None:
+    """Write the space-time diagram of ``logs`` to ``html`` (said on stderr, so that
+    ``--json`` output stays one object)."""
+    from replicaio.trace.html import write_logs_html
+
+    try:
+        drawn = write_logs_html(logs, html)
+    except OSError as error:
+        raise UsageError(f"cannot draw {', '.join(logs)} into {html}: {error}") from error
+    print(f"diagram: {drawn['steps']} steps, {drawn['messages']} messages, "
+          f"{drawn['violations']} violation(s) -> {html}", file=sys.stderr)
+
+
 def command_replay(args: argparse.Namespace) -> int:
     from replicaio.trace.replay import replay
 
+    if args.html:
+        draw_html(args.files, args.html)
+        if args.node is None:
+            return EXIT_OK
+    if args.node is None:
+        raise UsageError("give --node I (replay one node) or --html FILE (draw the run)")
+    if len(args.files) != 1:
+        raise UsageError("--node replays one log: give exactly one FILE")
+    args.file = args.files[0]
     try:
         with open(args.file, "rb") as stream:
             result = replay(stream, args.node, protocol_factory)
@@ -565,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--options", default=None,
                      help="run exactly these options (JSON, e.g. a shrunk schedule)")
     sim.add_argument("--log", default=None, help="write the event log to FILE")
+    sim.add_argument("--html", default=None, metavar="OUT",
+                     help="draw the run's space-time diagram into OUT (one self-contained "
+                     "page; docs/visualisation.md)")
     sim.add_argument("--history", default=None,
                      help="write the client history to FILE (JSON lines; services only)")
     sim.set_defaults(handler=command_sim)
@@ -593,9 +638,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="with --crash-prefixes: prefix states checked at most")
     explore_parser.set_defaults(handler=command_explore, options=None)
 
-    replay_parser = commands.add_parser("replay", help="re-execute a node from an event log")
-    replay_parser.add_argument("file")
-    replay_parser.add_argument("--node", type=int, required=True)
+    replay_parser = commands.add_parser(
+        "replay", help="re-execute a node from an event log, or draw the run (--html)")
+    replay_parser.add_argument("files", nargs="+", metavar="FILE",
+                               help="an event log (several with --html: live nodes' logs, "
+                               "merged by time)")
+    replay_parser.add_argument("--node", type=int, default=None, help="the node to re-execute")
+    replay_parser.add_argument("--html", default=None, metavar="OUT",
+                               help="draw the run's space-time diagram into OUT (one "
+                               "self-contained page; docs/visualisation.md)")
     replay_parser.add_argument("--json", action="store_true")
     replay_parser.set_defaults(handler=command_replay)
 

@@ -226,7 +226,11 @@ class NodeHost:
                 "byzantine": [],
                 "seed": 0,
                 "params": {name: getattr(params, name) for name in params.__dataclass_fields__},
-                "options": {"host": "live", "node": self.node_id},
+                # Step times count from started_us; this is that instant on the
+                # wall clock, so logs of several nodes merge by time (trace/diagram.py).
+                "options": {"host": "live", "node": self.node_id,
+                            "started_unix_us": time.time_ns() // 1000
+                            - (monotonic_us() - self.started_us)},
             },
             self.event_log_file,
         )

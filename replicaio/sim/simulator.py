@@ -267,6 +267,12 @@ class Simulator:
                     "node": None,
                     "time_us": self.now,
                 })
+        if self.log is not None:
+            for violation in self.violations:  # for people and diagrams (trace/diagram.py)
+                self.log.note(self.now, violation_node(violation), "violation", {
+                    key: violation[key] for key in ("property", "detail", "node", "time_us")
+                    if key in violation
+                })
         counters: dict[str, int] = {}
         for node in self.nodes:
             self.collect_counters(node)
@@ -681,6 +687,17 @@ class SimulatorApi:
         now = simulator.now
         simulator.partitions = [cut for cut in simulator.partitions if cut.end_us > now]
         simulator.partitions.append(partition)
+        if simulator.log is not None:
+            simulator.log.note(now, -1, "partition", {
+                "start_us": partition.start_us, "end_us": partition.end_us,
+                "side": list(partition.side), "symmetric": partition.symmetric,
+            })
+
+
+def violation_node(violation: dict[str, Any]) -> int:
+    """The node a violation names, or -1 (cluster-wide)."""
+    node = violation.get("node")
+    return node if isinstance(node, int) else -1
 
 
 def simulate(
