@@ -369,8 +369,10 @@ def test_every_command_through_redis_py(protocol: int) -> None:
             for call, message in [
                 (client.incr("k"), "not an integer"),
                 (client.incrby("n", "x"), "not an integer"),  # type: ignore[arg-type]
-                (client.set("k", "v", ex=10), "option 'EX' is not supported"),
-                (client.execute_command("FLUSHALL"), "unknown command 'FLUSHALL'"),
+                (client.set("k", "v", ex=0), "invalid expire time in 'set' command .EX 0."),
+                (client.execute_command("SET", "k", "v", "NOPE"), "unknown SET option 'NOPE'"),
+                (client.execute_command("BLPOP", "k", 0), "BLPOP is not supported"),
+                (client.execute_command("FLUSHEVERYTHING"), "unknown command 'FLUSHEVERYTHING'"),
                 (client.execute_command("GET"), "wrong number of arguments for 'get'"),
                 (client.execute_command("SELECT", 1), "DB index is out of range"),
                 (client.set("k" * 2000, "v"), "key too large"),
@@ -382,7 +384,7 @@ def test_every_command_through_redis_py(protocol: int) -> None:
             counters = node.counters.snapshot()
             assert counters["rejected_resp_command_not_integer"] == 1
             assert counters["rejected_resp_command_unknown_command"] == 1
-            assert counters["rejected_resp_command_unsupported_option"] == 1
+            assert counters["rejected_resp_command_blocking_unsupported"] == 1
             assert counters["rejected_resp_command_key_too_large"] == 1
 
     run(scenario)

@@ -200,7 +200,7 @@ def test_snapshot_round_trip_and_versioning() -> None:
     assert other.snapshot() == snapshot
     assert other.versions == kv.versions
     assert (other.revision, other.floor) == (kv.revision, kv.floor)
-    assert RAW.decode_value(snapshot)[:2] == ("replicaio.kv", 2)  # type: ignore[index]
+    assert RAW.decode_value(snapshot)[:2] == ("replicaio.kv", 3)  # type: ignore[index]
     # Equal states give equal bytes: keys in byte order, whatever dict order they have.
     shuffled = KeyValueStateMachine()
     shuffled.restore(snapshot)

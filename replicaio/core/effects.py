@@ -15,7 +15,12 @@ The host MUST execute a batch in this order (after etcd raft's ``Ready``):
 4. ``outputs``: hand each output (a delivery, a reply) to the application.
 
 Time is virtual to the core: delays are integers in microseconds, relative to
-the moment the host executes the batch. The core never reads a clock.
+the moment the host executes the batch. The core never reads a clock. A
+protocol that needs to know the time of day (SMR stamps each batch so that
+key expiry is deterministic) asks through a choice point labelled
+:data:`CLOCK_CHOICE` with ``count`` above any reading: the host answers its
+clock in milliseconds (the live host: the wall clock; the simulator: virtual
+time; replay: the recorded answer; a Byzantine node's adversary: anything).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 Path = tuple[int | str, ...]
+
+CLOCK_CHOICE = "clock_ms"  # a choice point the host resolves with its clock (ms)
 
 _T = TypeVar("_T")
 

@@ -47,7 +47,7 @@ from typing import IO, Any, TypeVar
 
 from replicaio.assembly import protocol_factory
 from replicaio.core.codec import Codec
-from replicaio.core.effects import NOTICE_TYPES, Input, Receive, Request, TimerFired
+from replicaio.core.effects import CLOCK_CHOICE, NOTICE_TYPES, Input, Receive, Request, TimerFired
 from replicaio.core.node import Node
 from replicaio.runtime.client import ClientService, OnDone, service_factory
 from replicaio.runtime.config import Address, ClusterFile
@@ -289,8 +289,14 @@ class NodeHost:
         """Resolve a choice point, recorded for replay. ``random`` choice points
         (``ctx.random_below``: Raft's election timeouts and disk identities) are
         drawn from the operating system's entropy, so nodes do not all draw the
-        same value; every other choice takes the first alternative."""
-        index = self.random.randrange(count) if label == "random" else 0
+        same value; ``clock_ms`` ones read the wall clock; every other choice
+        takes the first alternative."""
+        if label == "random":
+            index = self.random.randrange(count)
+        elif label == CLOCK_CHOICE:  # the wall clock, in ms (SMR's batch time stamps)
+            index = min(max(0, time.time_ns() // 1_000_000), count - 1)
+        else:
+            index = 0
         self.choices.append((label, count, index))
         return index
 

@@ -44,7 +44,7 @@ from typing import IO, Any
 from replicaio.assembly import protocol_factory
 from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig
-from replicaio.core.effects import Effects, Input, Receive, Request, TimerFired
+from replicaio.core.effects import CLOCK_CHOICE, Effects, Input, Receive, Request, TimerFired
 from replicaio.core.errors import UsageError
 from replicaio.core.node import Node, NodeParams, ProtocolFactory
 from replicaio.sim.adversary import RunView, Strategy, build_strategy
@@ -475,8 +475,10 @@ class Simulator:
         node_id = node.node_id
 
         def choose(label: str, count: int) -> int:
-            if strategy is not None:
+            if strategy is not None:  # a Byzantine node's clock too is the adversary's
                 index = strategy.choose(label, count)
+            elif label == CLOCK_CHOICE:  # virtual time, in ms (never explored)
+                index = min(self.now // 1000, count - 1)
             elif override is not None:
                 index = override(node_id, label, count)
             else:

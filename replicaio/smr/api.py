@@ -23,7 +23,7 @@ for f + 1 matching replies).
 
 from __future__ import annotations
 
-from typing import Annotated, Protocol
+from typing import Annotated, Protocol, runtime_checkable
 
 from replicaio.core.codec import Message, Meta, Name
 from replicaio.interfaces.ordering import (
@@ -36,6 +36,7 @@ from replicaio.interfaces.ordering import (
 
 __all__ = [
     "ClientRequest",
+    "Clocked",
     "Committed",
     "NotLeader",
     "Ordering",
@@ -113,4 +114,21 @@ class StateMachine(Protocol):
 
     def restore(self, snapshot: bytes) -> None:
         """Replace the state by a snapshot taken by :meth:`snapshot`."""
+        ...
+
+
+@runtime_checkable
+class Clocked(Protocol):
+    """Optional for a state machine: it keeps the time of the log (key expiry).
+
+    Before the requests of each committed batch run, SMR calls
+    :meth:`advance_clock` with the batch's ``time_ms``: the clock of the
+    replica that cut it (the leader), read through the ``clock_ms`` choice
+    point. The state machine must never let its time go back (a new leader's
+    clock may be behind), so every replica computes the same time at every
+    position of the log.
+    """
+
+    def advance_clock(self, time_ms: int) -> None:
+        """The log's time is now at least ``time_ms`` (milliseconds)."""
         ...

@@ -26,12 +26,17 @@ class Batch(Message, tag="smr.Batch"):
     ``(replica, incarnation, number)`` names the batch so its submitter knows
     when one of its own batches committed (its in-flight window); it plays no
     part in execution. Every replica executes ``requests`` in order.
+
+    ``time_ms`` is the submitter's (the leader's) clock when it cut the batch
+    (0: no clock); a state machine that keeps time (``api.Clocked``) is
+    advanced to it before the requests run, on every replica alike.
     """
 
     replica: int
     incarnation: int
     number: int
     requests: Requests
+    time_ms: int = 0
 
 
 # -- between replicas (unreliable streams; clients retry on loss) --------------

@@ -20,7 +20,10 @@ It is the protocol-neutral half of state machine replication (Schneider,
    submitted while fewer than ``batches_inflight_max`` own batches are in
    flight; the window is the backpressure, and it is what makes batches grow
    under load. An in-flight batch not applied within ``batch_timeout_us`` is
-   presumed lost (leadership changed) and frees its slot.
+   presumed lost (leadership changed) and frees its slot. If the state machine
+   keeps time (``api.Clocked``), each batch is stamped with the host's clock
+   (the ``clock_ms`` choice point), never below an earlier stamp; on apply,
+   every replica advances the state machine to the stamp before its requests.
 3. **Not the leader**: when ``submit`` answers ``NotLeader``, the replica
    forwards its clients' requests to the leader over a stream (``Forward``), or
    answers ``Redirect`` when forwarding is off or no leader is known. A
@@ -58,12 +61,14 @@ from typing import Any, TypeVar
 
 from replicaio.core.codec import Codec, DecodeError, EncodeError
 from replicaio.core.context import Context
+from replicaio.core.effects import CLOCK_CHOICE
 from replicaio.core.errors import UsageError
 from replicaio.core.lines import Line, first
 from replicaio.core.scheduler import Task
 from replicaio.core.stream import Stream
 from replicaio.smr.api import (
     ClientRequest,
+    Clocked,
     Committed,
     NotLeader,
     Ordering,
@@ -90,6 +95,7 @@ SNAPSHOT_FORMAT = "replicaio.smr"
 SNAPSHOT_VERSION = 1
 # Read numbers are (incarnation << READ_NUMBER_BITS) | a counter of this incarnation.
 READ_NUMBER_BITS = 32
+CLOCK_MS_MAX = 1 << 47  # a clock_ms choice point's alternatives: beyond any wall clock
 
 
 class SmrSnapshotError(UsageError):
@@ -182,6 +188,10 @@ class Replica:
         self.kicked = False
         self.checkpoint: tuple[int, bytes] | None = None  # taken, not yet handed over
         self.stream: Stream | None = None
+        # Time stamps (only for a Clocked state machine): at least every stamp
+        # applied or cut here, so stamps never go back in the log.
+        self.clocked = isinstance(state_machine, Clocked)
+        self.clock_ms = 0
         # One codec for batches and snapshots (each codec holds a packer buffer);
         # a batch's size is checked apart.
         self.codec = Codec(
@@ -311,6 +321,7 @@ class Replica:
             self.context.node.incarnation,
             number,
             tuple(request for request, _ in taken),
+            self.stamp(),
         )
         try:
             data = self.codec.encode(batch)
@@ -330,6 +341,15 @@ class Replica:
         self.context.count("smr_requests_submitted", len(taken))
         if number in self.inflight:
             self.inflight[number] = self.context.spawn(self.expire(number), "smr.inflight")
+
+    def stamp(self) -> int:
+        """The time stamp of a batch cut now: the host's clock (a choice point),
+        never below an earlier stamp; 0 if the state machine keeps no time."""
+        if not self.clocked:
+            return 0
+        reading = self.context.choose(CLOCK_CHOICE, CLOCK_MS_MAX)
+        self.clock_ms = max(self.clock_ms, reading)
+        return self.clock_ms
 
     async def expire(self, number: int) -> None:
         await self.context.sleep(self.params.batch_timeout_us)
@@ -419,6 +439,9 @@ class Replica:
                 # skipping is deterministic; only a faulty proposer orders such bytes.
                 self.context.count("smr_batch_undecodable")
         if batch is not None:
+            if self.clocked and batch.time_ms > 0:
+                self.clock_ms = max(self.clock_ms, batch.time_ms)
+                self.state_machine.advance_clock(batch.time_ms)  # type: ignore[attr-defined]
             for request in batch.requests:
                 self.execute(request, index)
             node = self.context.node

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from replicaio.runtime.kv.params import RespParams
 from replicaio.services.kv.redis_commands import KV_PARAMS, Replicated
-from replicaio.services.kv.resp import RESP2, RespProtocolError
+from replicaio.services.kv.resp import RESP2, Reply, RespProtocolError
 from replicaio.services.kv.state_machine import KvError, KvResult
 from replicaio.services.kv.transactions import Transaction
 
@@ -94,7 +94,9 @@ class Connection:
         "connection_id",
         "finished",
         "items",
+        "last_command",
         "name",
+        "opened",
         "protocol",
         "read_client",
         "read_seq",
@@ -136,6 +138,8 @@ class Connection:
         self.active = time.monotonic()  # when it last read, or wrote a reply
         self.command_started = 0.0  # when the command being read began to arrive
         self.timed_out: str | None = None  # the timeout that closed the connection
+        self.opened = time.monotonic()
+        self.last_command = "NULL"  # CLIENT LIST's cmd
 
     def reply_backlog(self) -> int:
         """Reply bytes written and not yet taken by the kernel."""
@@ -144,6 +148,41 @@ class Connection:
 
     def server_info(self) -> dict[str, dict[str, str | int]]:
         return self.service.server_info()
+
+    @property
+    def scripts(self) -> dict[str, str]:
+        return self.service.scripts
+
+    def clients(self) -> list[dict[str, str | int]]:
+        return self.service.clients()
+
+    def kill_clients(self, client_id: int | None, address: str | None, skip_me: bool) -> int:
+        return self.service.kill_clients(client_id, address, None if not skip_me else self)
+
+    def server_time_us(self) -> int:
+        return time.time_ns() // 1000
+
+    def role(self) -> Reply:
+        return self.service.role()
+
+    def address(self) -> str:
+        peer = self.writer.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+
+    def describe(self, now: float) -> dict[str, str | int]:
+        """This connection as a CLIENT LIST line's fields."""
+        return {
+            "id": self.connection_id,
+            "addr": self.address(),
+            "name": (self.name or b"").decode("utf-8", "replace"),
+            "age": int(now - self.opened),
+            "idle": int(now - self.active),
+            "db": 0,
+            "multi": len(self.transaction.queued) if self.transaction.active else -1,
+            "watch": len(self.transaction.watches),
+            "resp": self.protocol,
+            "cmd": self.last_command,
+        }
 
     def push(self, item: Item) -> None:
         self.items.append(item)

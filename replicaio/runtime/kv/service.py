@@ -85,7 +85,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -93,7 +92,6 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from replicaio import __version__
 from replicaio.runtime.client import ListeningService, ServiceHost, register_service
 from replicaio.runtime.config import Address, HostParams
 from replicaio.runtime.kv.connection import (
@@ -109,6 +107,7 @@ from replicaio.runtime.kv.connection import (
     command_size,
     plans_that_fit,
 )
+from replicaio.runtime.kv.info import role_reply, server_info
 from replicaio.runtime.kv.params import SMR_COMMAND_BYTES_MAX, RespParams, parse_resp_params
 from replicaio.runtime.kv.requests import (
     CLIENT_IDS_MAX,
@@ -146,9 +145,10 @@ from replicaio.services.kv.state_machine import (
     KvResult,
     decode_batch_result,
     decode_result,
+    encode_at,
     encode_batch,
 )
-from replicaio.services.kv.status import protocol_status, role_name, storage_info
+from replicaio.services.kv.status import protocol_status
 from replicaio.services.kv.transactions import (
     TRANSACTION_COMMANDS,
     Exec,
@@ -188,6 +188,9 @@ class RespService(ListeningService):
         self.sweeper: asyncio.Task[None] | None = None
         self.reply_budget = min(self.params.reply_bytes_max, GROUP_REPLY_BYTES_MAX)
         self.client_next = 0  # SMR client ids handed out in this incarnation
+        self.scripts: dict[str, str] = {}  # SCRIPT LOAD: sha1 -> store command (bounded)
+        self.connections_received = 0
+        self.commands_processed = 0
         self.incarnation = 0
         self.node_id = 0
         self.started = time.monotonic()
@@ -295,6 +298,7 @@ class RespService(ListeningService):
             return
         connection_id = self.connection_next
         self.connection_next += 1
+        self.connections_received += 1
         connection = Connection(self, writer, connection_id, read_client, write_client)
         # drain() waits while more than reply_bytes_max replies are unsent.
         writer.transport.set_write_buffer_limits(high=self.params.reply_bytes_max)
@@ -428,6 +432,8 @@ class RespService(ListeningService):
         return connection.closing
 
     def finish(self, connection: Connection, item: Command, name: str, reply: Reply) -> None:
+        self.commands_processed += 1
+        connection.last_command = item.argv[0][:32].lower().decode("ascii", "replace")
         if name == "local":
             word = item.argv[0].lower().decode("ascii", "replace")
             name = word if word in COMMAND_NAMES else "unknown"
@@ -536,6 +542,9 @@ class RespService(ListeningService):
         """Execute ``command`` through SMR for ``connection`` (see the module docstring:
         reads on the read client id, writes on a registered session)."""
         if read_only:
+            # Run at this node's clock, so keys due by now read as expired even if
+            # no write has advanced the log's clock since (docs/kv.md, Expiry).
+            command = encode_at(time.time_ns() // 1_000_000, command)
             connection.read_seq += 1
             outcome, _ = await self.request(connection.read_client, connection.read_seq,
                                             command, True)
@@ -616,34 +625,34 @@ class RespService(ListeningService):
         self.host.counters.count(name, by)
 
     def server_info(self) -> dict[str, dict[str, str | int]]:
-        """INFO: a small, honest picture of this node."""
-        status = protocol_status(self.host)
-        cluster = getattr(self.host, "cluster", None)
-        core = getattr(self.host, "core", None)
-        return {
-            "Server": {
-                "server_name": "replicaio",
-                "replicaio_version": __version__,
-                "resp_versions": "2,3",
-                "process_id": os.getpid(),
-                "tcp_port": self.port if self.server is not None else 0,
-                "uptime_in_seconds": int(time.monotonic() - self.started),
-                "node_id": self.node_id,
-                "incarnation": int(getattr(core, "incarnation", 0)),
-                "protocol": str(getattr(cluster, "protocol", "unknown")),
-                "nodes": int(getattr(cluster, "n", 0)),
-            },
-            "Clients": {"connected_clients": len(self.connections_open)},
-            "Persistence": storage_info(getattr(self.host, "storage", None)),
-            "Replication": {
-                "role": role_name(self.host),
-                "leader_node": status.get("leader", -1),
-                "term": status.get("term", 0),
-                "commit_index": status.get("commit_index", 0),
-                "applied_index": status.get("applied_index", 0),
-                "recovering": status.get("recovering", 0),
-            },
-        }
+        """INFO: a small, honest picture of this node (see ``info``)."""
+        return server_info(self)
+
+    def clients(self) -> list[dict[str, str | int]]:
+        now = time.monotonic()
+        return [connection.describe(now) for connection in
+                sorted(self.connections_open, key=lambda found: found.connection_id)]
+
+    def kill_clients(self, client_id: int | None, address: str | None,
+                     skip: Connection | None) -> int:
+        """Close the connections matching every filter given (not ``skip``)."""
+        killed = 0
+        for connection in list(self.connections_open):
+            if connection is skip:
+                continue
+            if client_id is not None and connection.connection_id != client_id:
+                continue
+            if address is not None and connection.address() != address:
+                continue
+            transport = connection.writer.transport
+            if transport is not None:
+                transport.abort()
+            killed += 1
+        self.count("kv_clients_killed", killed)
+        return killed
+
+    def role(self) -> Reply:
+        return role_reply(self)
 
     def collect_metrics(self) -> Iterator[Metric]:
         """Latency histograms and protocol gauges (the runtime's metrics hook)."""

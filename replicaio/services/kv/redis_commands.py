@@ -68,6 +68,27 @@ class Session(Protocol):
         """INFO's sections, by name, each ``field -> value``."""
         ...
 
+    @property
+    def scripts(self) -> dict[str, str]:
+        """The node's recognised scripts: SHA1 (hex) -> store command (bounded)."""
+        ...
+
+    def clients(self) -> list[dict[str, str | int]]:
+        """CLIENT LIST: this node's connections, each ``field -> value``."""
+        ...
+
+    def kill_clients(self, client_id: int | None, address: str | None, skip_me: bool) -> int:
+        """CLIENT KILL: close this node's matching connections; how many."""
+        ...
+
+    def server_time_us(self) -> int:
+        """TIME: the node's wall clock, in microseconds."""
+        ...
+
+    def role(self) -> Reply:
+        """ROLE: Redis's answer for this node's replication role."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Local:
@@ -183,11 +204,18 @@ def value(word: bytes) -> bytes:
 # -- results to replies ------------------------------------------------------------------------
 
 _KV_ERRORS: Final = {
+    "wrong_type": "WRONGTYPE Operation against a key holding the wrong kind of value",
+    "too_many_items": (
+        f"OOM a collection holds at most {KV_PARAMS.items_max} items (KvParams.items_max)"
+    ),
     "not_integer": "ERR value is not an integer or out of range",
     "overflow": "ERR increment or decrement would overflow",
     "value_too_large": f"ERR value too large (at most {KV_PARAMS.value_bytes_max} bytes)",
     "key_too_large": f"ERR key too large (at most {KV_PARAMS.key_bytes_max} bytes)",
-    "full": f"OOM the store holds {KV_PARAMS.keys_max} keys, its limit; new keys are refused",
+    "full": (
+        f"OOM the store is full ({KV_PARAMS.keys_max} keys or {KV_PARAMS.bytes_max} bytes, its "
+        "limits); new data is refused"
+    ),
     "result_too_large": (
         f"ERR reply too large: the values read exceed {KV_PARAMS.result_bytes_max} bytes "
         "(read fewer keys at once)"
@@ -272,19 +300,9 @@ def command_set(session: Session, argv: list[bytes]) -> Plan:
             [encode_command("cas", target, None, data)],
             lambda results: single(results[0], lambda swapped: OK if swapped is True else None),
         )
-    for option in options:
-        if option in _SET_OPTIONS:
-            raise CommandError(
-                "unsupported_option",
-                f"ERR SET option '{printable(option)}' is not supported by replicaio "
-                "(supported: NX; no expiry, no XX, no GET)",
-            )
-    raise CommandError("syntax", "ERR syntax error")
+    from replicaio.services.kv.redis_typed import typed  # (that module imports this one)
 
-
-_SET_OPTIONS: Final = frozenset(
-    {b"NX", b"XX", b"GET", b"EX", b"PX", b"EXAT", b"PXAT", b"KEEPTTL", b"IFEQ"}
-)
+    return typed(session, "set", argv[1:])  # the store parses the options, naming a bad one
 
 
 def ok(payload: object) -> Reply:
@@ -320,14 +338,9 @@ def command_del(session: Session, argv: list[bytes]) -> Plan:
 
 
 def command_exists(session: Session, argv: list[bytes]) -> Plan:
-    def finish(results: Sequence[KvResult]) -> Reply:
-        error = first_error(results)
-        if error is not None:
-            return error
-        return sum(1 for result in results if isinstance(result, KvOk) and result.value is not None)
+    from replicaio.services.kv.redis_typed import typed
 
-    commands = [encode_command("get", key(word)) for word in argv[1:]]
-    return replicated("exists", commands, finish, read_only=True)
+    return typed(session, "exists", [key(word) for word in argv[1:]])
 
 
 def increment(name: str, target: bytes, delta: int) -> Replicated:
@@ -367,10 +380,13 @@ def command_append(session: Session, argv: list[bytes]) -> Plan:
 
 def command_mget(session: Session, argv: list[bytes]) -> Plan:
     def finish(results: Sequence[KvResult]) -> Reply:
-        error = first_error(results)
+        # A key of another type reads as nil (as Redis); any other error is the reply.
+        error = first_error([result for result in results
+                             if not (isinstance(result, KvError) and result.code == "wrong_type")])
         if error is not None:
             return error
-        return [as_bulk(result.value) for result in results if isinstance(result, KvOk)]
+        return [as_bulk(result.value) if isinstance(result, KvOk) else None
+                for result in results]
 
     commands = [encode_command("get", key(word)) for word in argv[1:]]
     return replicated("mget", commands, finish, read_only=True)
@@ -464,6 +480,14 @@ def command_client(session: Session, argv: list[bytes]) -> Plan:
         return Local(session.name)
     if sub == b"ID" and len(argv) == 2:
         return Local(session.connection_id)
+    if sub == b"LIST":
+        from replicaio.services.kv.redis_typed import client_list
+
+        return Local(client_list(session))
+    if sub == b"KILL" and len(argv) >= 3:
+        from replicaio.services.kv.redis_typed import client_kill
+
+        return Local(client_kill(session, argv))
     if sub in (b"SETINFO", b"SETNAME", b"GETNAME", b"ID"):
         raise CommandError(
             "wrong_arity", f"ERR wrong number of arguments for 'client|{printable(sub.lower())}'"
@@ -471,7 +495,7 @@ def command_client(session: Session, argv: list[bytes]) -> Plan:
     raise CommandError(
         "unknown_subcommand",
         f"ERR unknown subcommand '{printable(argv[1])}'. replicaio's CLIENT takes SETINFO, "
-        "SETNAME, GETNAME, ID",
+        "SETNAME, GETNAME, ID, LIST, KILL",
     )
 
 
@@ -564,4 +588,14 @@ COMMANDS: Final[dict[bytes, CommandSpec]] = {
     b"quit": CommandSpec(-1, command_quit),
     b"reset": CommandSpec(1, command_reset),
 }
+
+def _merge_typed_commands() -> None:
+    from replicaio.services.kv.redis_typed import TYPED_COMMANDS
+
+    for name, spec in TYPED_COMMANDS.items():
+        COMMANDS.setdefault(name, spec)  # SET, EXISTS above plan their own fast paths
+    COMMANDS[b"unlink"] = COMMANDS[b"del"]
+
+
+_merge_typed_commands()
 METRIC_NAMES: Final = frozenset(name.decode() for name in COMMANDS)

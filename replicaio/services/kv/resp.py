@@ -42,6 +42,8 @@ value                         RESP2                   RESP3
 ``NULL_ARRAY``                ``*-1`` (null array)    ``_`` (null)
 ``list`` / ``tuple``          ``*<n>`` array          ``*<n>`` array
 ``dict``                      ``*<2n>`` flat array    ``%<n>`` map
+``RespDouble(b"1.5")``        ``$3`` bulk             ``,1.5`` double
+``RespSet([...])``            ``*<n>`` array          ``~<n>`` set
 ============================  ======================  ===========================
 
 The parser never copies code from another implementation: it follows the
@@ -380,9 +382,24 @@ class RespNullArray:
     """The null array (``*-1``): what an aborted ``EXEC`` answers."""
 
 
+@dataclass(frozen=True, slots=True)
+class RespDouble:
+    """A floating point reply (``ZSCORE``), as Redis prints it: a bulk string in
+    RESP2, a double (``,1.5``) in RESP3."""
+
+    text: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RespSet:
+    """A set reply (``SMEMBERS``): an array in RESP2, a set (``~<n>``) in RESP3."""
+
+    items: Sequence[Reply]
+
+
 Reply: TypeAlias = (
-    "RespSimple | RespError | RespNullArray | int | bool | bytes | str | Sequence[Reply] | "
-    "Mapping[str | bytes, Reply] | None"
+    "RespSimple | RespError | RespNullArray | RespDouble | RespSet | int | bool | bytes | "
+    "str | Sequence[Reply] | Mapping[str | bytes, Reply] | None"
 )
 
 OK: Final = RespSimple("OK")
@@ -426,6 +443,15 @@ def _encode(value: Reply, protocol: int, parts: list[bytes]) -> None:
         parts.append(b"-" + one_line(value.text) + CRLF)
     elif isinstance(value, RespNullArray):
         parts.append(b"*-1\r\n" if protocol == RESP2 else b"_\r\n")
+    elif isinstance(value, RespDouble):
+        if protocol == RESP2:
+            parts.append(b"$%d\r\n%b\r\n" % (len(value.text), value.text))
+        else:
+            parts.append(b"," + value.text + CRLF)
+    elif isinstance(value, RespSet):
+        parts.append((b"*%d\r\n" if protocol == RESP2 else b"~%d\r\n") % len(value.items))
+        for item in value.items:
+            _encode(item, protocol, parts)
     elif isinstance(value, Mapping):
         if protocol == RESP2:
             parts.append(b"*%d\r\n" % (2 * len(value)))

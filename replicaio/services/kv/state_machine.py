@@ -25,7 +25,30 @@ op            arguments                         ``ok`` payload
 ``batch``     [command bytes, ...]              [result bytes, ...]
 ``exec``      [[key, version], ...],            [result bytes, ...], or nil
               [command bytes, ...]              if a watched key changed
+``redis``     name (str), [argument bytes...]   the command's reply (see below)
+``at``        time_ms, a read command           the read's payload (reads only)
 ============  ===============================  ===========================
+
+**Redis commands.** ``redis`` runs one of the Redis commands of
+:data:`~replicaio.services.kv.commands_table.REDIS_COMMANDS` (hashes, lists,
+sets, sorted sets, expiry, keyspace, the string commands with options) on
+typed values (``values``); its payload is bytes, an int, nil, a ``str`` (a
+Redis simple string), or an array of those; its Redis errors are ``["error",
+"redis", text]`` with the exact Redis text. The string operations above
+(``get``, ``incr``...) on a key of another type fail ``wrong_type``.
+
+**Time and expiry.** The store keeps the time of the log, ``now_ms``: SMR
+calls :meth:`KeyValueStateMachine.advance_clock` with each committed batch's
+time stamp (the leader's clock), and the store never lets it go back. A key
+with a deadline at or before ``now_ms`` is gone: it is removed (through the
+ordinary removal, so its version changes and ``WATCH`` sees it) when a command
+touches it, and up to ``expire_per_batch_max`` due keys are removed, earliest
+deadline first, whenever the clock advances, so expired keys do not pile up.
+A read runs on the state at its read index, which may be older than the
+clock of the node serving it: ``["at", time_ms, read]`` (the front sends
+reads so, with its own clock) sees the keys due by ``max(now_ms, time_ms)``
+as absent, without removing anything. Every replica computes the same state:
+time enters only through the log.
 
 Keys and values are ``bytes``. ``cas`` with ``expected`` nil succeeds only if
 the key is absent. ``append`` onto an absent key creates it. ``incr`` reads an
@@ -72,29 +95,48 @@ computes the same ones.
 A bad command is replicated like any other, so it must fail the same way on
 every replica and never raise: it returns an error result with a stable
 ``code`` (:data:`ERROR_CODES`) and bumps :attr:`KeyValueStateMachine.errors`.
-Bounds (:class:`KvParams`): key and value sizes, and the number of keys (a
-``put`` of a new key into a full store is ``full``), so memory is bounded.
+Bounds (:class:`KvParams`): key and value sizes, the number of keys (a
+``put`` of a new key into a full store is ``full``), the items of one
+collection (``items_max``) and the bytes of the whole store (``bytes_max``,
+counted by ``values.value_bytes``: a command that would go beyond it is
+``full``), so memory is bounded.
 
-Snapshots are ``["replicaio.kv", 2, [[key, value, version], ...], revision,
-floor, [[key, version], ...]]`` (present keys in byte order, tombstones in
-version order, so equal states give equal bytes); :data:`SNAPSHOT_VERSION` is
-2. A format-1 snapshot (no versions) is refused: versions rebuilt from it
-would depend on where each replica's snapshot was cut, and replicas would
-disagree on transactions. ``restore`` refuses anything else with
-:class:`KvSnapshotError`: a snapshot comes from our own ``snapshot`` (through
-SMR and the ordering protocol, which verifies it), so a bad one is a caller's
-bug, not a client's input.
+Snapshots (``kv_snapshot``) are ``["replicaio.kv", 3, [[key, type, value,
+version, deadline], ...], revision, floor, [[key, version], ...], now_ms]``;
+:data:`SNAPSHOT_VERSION` is 3. Format 2 (strings only, no expiry) is still
+read; format 1 (no versions) is refused, as is any unknown version, with
+:class:`KvSnapshotError` naming it.
 """
 
 from __future__ import annotations
 
-import re
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from replicaio.core.codec import Codec, DecodeError, EncodeError
 from replicaio.core.errors import ConfigError, UsageError
+from replicaio.services.kv.commands_table import REDIS_COMMANDS
+from replicaio.services.kv.kv_snapshot import (
+    SNAPSHOT_FORMAT,
+    SNAPSHOT_VERSION,
+    decode_snapshot,
+    encode_snapshot,
+)
+from replicaio.services.kv.values import (
+    DECIMAL,
+    ERROR_CODES,
+    INT64_MAX,
+    INT64_MIN,
+    WRONGTYPE,
+    Collection,
+    Refused,
+    Value,
+    value_bytes,
+)
+
+__all__ = ["ERROR_CODES", "INT64_MAX", "INT64_MIN", "SNAPSHOT_FORMAT", "SNAPSHOT_VERSION"]
 
 GET: Final = "get"
 PUT: Final = "put"
@@ -103,7 +145,9 @@ CAS: Final = "cas"
 APPEND: Final = "append"
 INCR: Final = "incr"
 VERSION: Final = "version"
-OPERATIONS: Final = (GET, PUT, DELETE, CAS, APPEND, INCR, VERSION)
+REDIS: Final = "redis"  # one Redis command on typed values (commands_table)
+AT: Final = "at"  # a read at a node's clock
+OPERATIONS: Final = (GET, PUT, DELETE, CAS, APPEND, INCR, VERSION, REDIS)
 READS: Final = frozenset({GET, VERSION})
 BATCH: Final = "batch"  # a sequence of the operations above (not itself an operation)
 EXEC: Final = "exec"  # a transaction: watches, then a sequence of operations
@@ -113,34 +157,16 @@ WATCH_KEYS_MAX: Final = 4096  # watches carried by one exec
 OK: Final = "ok"
 ERROR: Final = "error"
 
-ERROR_CODES: Final = frozenset(
-    {
-        "malformed",  # not a msgpack array starting with an operation name
-        "unknown_op",  # an operation this store does not have
-        "bad_arguments",  # wrong number or types of arguments
-        "key_too_large",  # key longer than KvParams.key_bytes_max
-        "value_too_large",  # value (or the result of an append) too long
-        "not_integer",  # incr on a value that is not a decimal integer
-        "overflow",  # incr result outside signed 64 bits
-        "full",  # a new key while KvParams.keys_max keys exist
-        "not_read_only",  # a write operation given to read()
-        "result_too_large",  # a batch's results would exceed KvParams.result_bytes_max
-    }
-)
-
-SNAPSHOT_FORMAT: Final = "replicaio.kv"
-SNAPSHOT_VERSION: Final = 2
 
 RESULT_OVERHEAD_BYTES: Final = 16  # a result's envelope around its value, at most
 
-INT64_MIN: Final = -(1 << 63)
-INT64_MAX: Final = (1 << 63) - 1
-# Redis's integers: no sign but "-", no leading zero, no "-0" (string2ll).
-_DECIMAL = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+_DECIMAL = DECIMAL
 
 _ARITY: Final = {
-    GET: 2, PUT: 3, DELETE: 2, CAS: 4, APPEND: 3, INCR: 3, VERSION: 2, BATCH: 2, EXEC: 3
+    GET: 2, PUT: 3, DELETE: 2, CAS: 4, APPEND: 3, INCR: 3, VERSION: 2, BATCH: 2, EXEC: 3,
+    REDIS: 3, AT: 3,
 }
+COMPOUND: Final = frozenset({BATCH, EXEC, REDIS, AT})  # not built by encode_command
 
 
 class KvSnapshotError(UsageError):
@@ -159,11 +185,15 @@ class KvParams:
     # fit (BATCH_COMMANDS_MAX of them), a reply fits in one 1 MiB codec frame.
     result_bytes_max: int = 768 * 1024
     tombstones_max: int = 100_000  # versions of deleted keys kept for WATCH
+    items_max: int = 65_536  # fields, elements or members of one collection
+    bytes_max: int = 512 * 1024 * 1024  # the whole store (values.value_bytes of every key)
+    expire_per_batch_max: int = 256  # due keys removed each time the clock advances
 
     def validate(self) -> KvParams:
         """Raise :class:`ConfigError` unless the bounds are usable."""
         for name in (
-            "key_bytes_max", "value_bytes_max", "keys_max", "command_bytes_max", "tombstones_max"
+            "key_bytes_max", "value_bytes_max", "keys_max", "command_bytes_max", "tombstones_max",
+            "items_max", "bytes_max", "expire_per_batch_max",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"KvParams.{name} must be >= 1")
@@ -191,7 +221,7 @@ def encode_command(op: str, key: bytes, *arguments: bytes | int | None) -> bytes
     Raises :class:`UsageError` for an operation or argument the format has no
     room for (a caller bug); range and size checks are the store's job.
     """
-    if op not in _ARITY or op in (BATCH, EXEC):
+    if op not in _ARITY or op in COMPOUND:
         raise UsageError(f"unknown key-value operation {op!r}")
     if len(arguments) + 2 != _ARITY[op]:
         raise UsageError(f"{op} takes {_ARITY[op] - 2} argument(s), got {len(arguments)}")
@@ -199,6 +229,22 @@ def encode_command(op: str, key: bytes, *arguments: bytes | int | None) -> bytes
         return _CLIENT_CODEC.encode_value([op, key, *arguments])
     except EncodeError as error:
         raise UsageError(f"cannot encode {op} command: {error}") from None
+
+
+def encode_redis(name: str, *arguments: bytes) -> bytes:
+    """The command bytes of the Redis command ``name`` (lower case) on typed values."""
+    try:
+        return _CLIENT_CODEC.encode_value([REDIS, name, list(arguments)])
+    except EncodeError as error:
+        raise UsageError(f"cannot encode {name} command: {error}") from None
+
+
+def encode_at(time_ms: int, command: bytes) -> bytes:
+    """A read ``command`` to run as if the log's clock were at least ``time_ms``."""
+    try:
+        return _CLIENT_CODEC.encode_value([AT, time_ms, command])
+    except EncodeError as error:
+        raise UsageError(f"cannot encode at: {error}") from None
 
 
 def encode_batch(commands: list[bytes] | tuple[bytes, ...]) -> bytes:
@@ -233,7 +279,7 @@ def encode_exec(
 class KvOk:
     """A successful result; ``value`` as in the module table."""
 
-    value: bytes | int | bool | None
+    value: bytes | int | bool | str | tuple[object, ...] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +303,7 @@ def decode_result(data: bytes) -> KvResult:
         return KvError("bad_result", str(error))
     if isinstance(value, tuple) and len(value) == 2 and value[0] == OK:
         payload = value[1]
-        if payload is None or isinstance(payload, bytes | int | bool):
+        if payload is None or isinstance(payload, bytes | int | bool | str | tuple):
             return KvOk(payload)
     if (
         isinstance(value, tuple)
@@ -309,50 +355,57 @@ def is_write(command: bytes) -> bool:
         value = _CLIENT_CODEC.decode_value(command)
     except DecodeError:
         return True
+    if isinstance(value, tuple) and len(value) == 3 and value[0] == AT:
+        return not isinstance(value[2], bytes) or is_write(value[2])
+    if isinstance(value, tuple) and len(value) == 3 and value[0] == REDIS:
+        spec = REDIS_COMMANDS.get(value[1]) if isinstance(value[1], str) else None
+        return spec is None or not spec.read_only
     return not (isinstance(value, tuple) and len(value) == 2 and value[0] in READS)
 
 
 # -- the state machine --------------------------------------------------------
 
 
-class _Refused(Exception):
-    """Internal: a command is refused with an error result (never escapes)."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        assert code in ERROR_CODES, code
-        super().__init__(code, detail)
-        self.code = code
-        self.detail = detail
+_Refused = Refused  # (the store's historical name)
 
 
 class KeyValueStateMachine:
-    """A deterministic ``bytes -> bytes`` store; see the module docstring."""
+    """A deterministic store of typed values with expiry; see the module docstring."""
 
     __slots__ = (
-        "_codec", "data", "errors", "floor", "params", "revision", "tombstones", "versions"
+        "_codec", "data", "errors", "expires", "expiry_heap", "floor", "now_ms", "params",
+        "reading", "revision", "sizes", "tombstones", "used_bytes", "versions", "view_ms",
     )
 
     def __init__(self, params: KvParams | None = None) -> None:
         self.params = (params or KvParams()).validate()
-        self.data: dict[bytes, bytes] = {}
+        self.data: dict[bytes, Value] = {}
         self.versions: dict[bytes, int] = {}  # present key -> revision of its last change
         self.tombstones: dict[bytes, int] = {}  # deleted key -> revision; oldest first
         self.revision = 0  # modifications so far: the last version handed out
         self.floor = 0  # the version of a key in neither table (see the module docstring)
+        self.expires: dict[bytes, int] = {}  # key -> deadline (ms of the log's clock)
+        # (deadline, key), possibly stale (checked against expires); popped in order
+        self.expiry_heap: list[tuple[int, bytes]] = []
+        self.now_ms = 0  # the log's clock: the largest batch time stamp applied
+        self.reading = False  # a read runs: expired keys are hidden, never removed
+        self.view_ms = 0  # a read's clock: max(now_ms, the time it was sent at)
+        self.sizes: dict[bytes, int] = {}  # key -> values.value_bytes
+        self.used_bytes = 0
         # error code -> how many commands failed with it (a client's bad input)
         self.errors: dict[str, int] = {}
         # One codec for commands, results and snapshots (each codec holds a packer
         # buffer); the size of a command is checked apart, in _parse.
         params = self.params
-        pair_bytes = params.key_bytes_max + params.value_bytes_max + 32
         self._codec = Codec(
             frame_bytes_max=min(
                 1 << 40,
-                64 + params.keys_max * pair_bytes
+                1024 + 2 * params.bytes_max + params.keys_max * 128
                 + params.tombstones_max * (params.key_bytes_max + 16),
             ),
-            items_max=max(8, params.keys_max, params.tombstones_max, WATCH_KEYS_MAX),
-            depth_max=3,
+            items_max=max(8, params.keys_max, params.tombstones_max, WATCH_KEYS_MAX,
+                          2 * params.items_max),
+            depth_max=4,
         )
 
     def version(self, key: bytes) -> int:
@@ -361,6 +414,26 @@ class KeyValueStateMachine:
         if found is None:
             found = self.tombstones.get(key, self.floor)
         return found
+
+    # -- Clocked -----------------------------------------------------------------
+
+    def advance_clock(self, time_ms: int) -> None:
+        """``smr.api.Clocked``: the log's clock is now at least ``time_ms``; remove up
+        to ``expire_per_batch_max`` keys that are due, earliest deadline first."""
+        if type(time_ms) is not int or time_ms <= self.now_ms:
+            return
+        self.now_ms = time_ms
+        heap, expires = self.expiry_heap, self.expires
+        removed = 0
+        while heap and heap[0][0] <= time_ms and removed < self.params.expire_per_batch_max:
+            deadline, key = heapq.heappop(heap)
+            if expires.get(key) == deadline:
+                self._remove(key)
+                removed += 1
+
+    def now(self) -> int:
+        """The clock commands run at: the log's, or a read's (never earlier)."""
+        return self.view_ms if self.reading else self.now_ms
 
     # -- StateMachine ----------------------------------------------------------
 
@@ -375,6 +448,8 @@ class KeyValueStateMachine:
                 payload: object = self._batch(arguments, self._apply)
             elif op == EXEC:
                 payload = self._exec(arguments, self._apply)
+            elif op == AT:
+                raise _Refused("bad_arguments", "at is for reads only")
             else:
                 payload = self._execute(op, key, arguments)
         except _Refused as refused:
@@ -402,17 +477,29 @@ class KeyValueStateMachine:
         return tuple(results)
 
     def read(self, command: bytes) -> bytes:
-        """Execute a read-only command (``get``, ``version``, or a batch or exec of
-        them); anything else is ``not_read_only``."""
-        return self._read(command, nested=False)
+        """Execute a read-only command (``get``, ``version``, a read ``redis``
+        command, or a batch or exec of them, possibly inside ``at``); anything
+        else is ``not_read_only``. Never changes the state."""
+        self.reading, self.view_ms = True, self.now_ms
+        try:
+            return self._read(command, nested=False)
+        finally:
+            self.reading = False
 
     def _read(self, command: bytes, *, nested: bool) -> bytes:
         try:
             op, key, arguments = self._parse(command, nested=nested)
+            if op == AT:
+                time_ms, inner = arguments
+                assert type(time_ms) is int and isinstance(inner, bytes)  # checked by _parse
+                self.view_ms = max(self.now_ms, time_ms)
+                return self._read(inner, nested=False)
             if op == BATCH:
                 payload: object = self._batch(arguments, self._read)
             elif op == EXEC:
                 payload = self._exec(arguments, self._read)
+            elif op == REDIS and REDIS_COMMANDS[str(key.decode())].read_only:
+                payload = self._execute(op, key, arguments)
             elif op not in READS:
                 raise _Refused("not_read_only", f"{op} changes the state")
             else:
@@ -431,18 +518,15 @@ class KeyValueStateMachine:
             assert isinstance(watch, tuple)
             key, version = watch
             assert isinstance(key, bytes)
+            if not self.reading:
+                self.lookup(key)  # a key due to expire goes now: its version changes
             if self.version(key) != version:
                 return None
         return self._batch(commands, run)
 
     def snapshot(self) -> bytes:
         """The whole state, versioned, keys in byte order (equal states, equal bytes)."""
-        items = [[key, self.data[key], self.versions[key]] for key in sorted(self.data)]
-        tombstones = sorted(self.tombstones.items(), key=lambda item: (item[1], item[0]))
-        return self._codec.encode_value([
-            SNAPSHOT_FORMAT, SNAPSHOT_VERSION, items, self.revision, self.floor,
-            [[key, version] for key, version in tombstones],
-        ])
+        return encode_snapshot(self, self._codec)
 
     def restore(self, snapshot: bytes) -> None:
         """Replace the state by ``snapshot``; :class:`KvSnapshotError` if it is not one."""
@@ -450,24 +534,14 @@ class KeyValueStateMachine:
             value = self._codec.decode_value(snapshot)
         except DecodeError as error:
             raise KvSnapshotError(f"unreadable key-value snapshot: {error}") from None
-        if not (isinstance(value, tuple) and len(value) >= 2 and value[0] == SNAPSHOT_FORMAT):
-            raise KvSnapshotError("not a key-value snapshot")
-        if value[1] != SNAPSHOT_VERSION:
-            raise KvSnapshotError(
-                f"key-value snapshot version {value[1]!r} is not supported (this store reads "
-                f"version {SNAPSHOT_VERSION}; a version-1 snapshot has no key versions)"
-            )
-        if len(value) != 6:
-            raise KvSnapshotError("key-value snapshot malformed")
-        _, _, items, revision, floor, tombstone_items = value
-        if not (type(revision) is int and type(floor) is int and 0 <= floor <= revision):
-            raise KvSnapshotError("key-value snapshot revision or floor malformed")
-        data, versions = _restore_items(items, self.params.keys_max, revision)
-        tombstones = _restore_tombstones(tombstone_items, self.params.tombstones_max, revision)
-        if any(key in data for key in tombstones):
-            raise KvSnapshotError("key-value snapshot holds a key both present and deleted")
-        self.data, self.versions, self.tombstones = data, versions, tombstones
-        self.revision, self.floor = revision, floor
+        state = decode_snapshot(value, self.params, KvSnapshotError)
+        self.data, self.versions, self.tombstones, self.expires = (
+            state.data, state.versions, state.tombstones, state.expires
+        )
+        self.revision, self.floor, self.now_ms = state.revision, state.floor, state.now_ms
+        self.expiry_heap = sorted((deadline, key) for key, deadline in self.expires.items())
+        self.sizes = {key: value_bytes(key, item) for key, item in self.data.items()}
+        self.used_bytes = sum(self.sizes.values())
         assert len(self.data) <= self.params.keys_max
 
     # -- parsing and execution ---------------------------------------------------
@@ -491,12 +565,23 @@ class KeyValueStateMachine:
             raise _Refused("unknown_op", f"no operation {op!r}"[:200])
         if len(value) != arity:
             raise _Refused("bad_arguments", f"{op} takes {arity - 2} argument(s)")
-        if op in (BATCH, EXEC) and nested:
+        if op in (BATCH, EXEC, AT) and nested:
             raise _Refused("bad_arguments", f"{op} inside a batch or exec")
         if op == BATCH:
             return op, b"", _command_list(value[1], 1)
         if op == EXEC:
             return op, b"", (self._watches(value[1]), _command_list(value[2], 0))
+        if op == AT:
+            if type(value[1]) is not int or not isinstance(value[2], bytes):
+                raise _Refused("bad_arguments", "at is [time_ms, command]")
+            return op, b"", value[1:]
+        if op == REDIS:
+            name, arguments = value[1], value[2]
+            if not isinstance(name, str) or name not in REDIS_COMMANDS:
+                raise _Refused("unknown_op", f"no Redis command {name!r}"[:200])
+            if not isinstance(arguments, tuple):
+                raise _Refused("bad_arguments", "a Redis command's arguments are an array")
+            return op, name.encode(), arguments
         key = value[1]
         if not isinstance(key, bytes):
             raise _Refused("bad_arguments", "the key is bytes")
@@ -519,12 +604,16 @@ class KeyValueStateMachine:
         return watches
 
     def _execute(self, op: str, key: bytes, arguments: tuple[object, ...]) -> object:
-        data = self.data
+        if op == REDIS:
+            return REDIS_COMMANDS[key.decode()].handler(self, arguments)
         if op == GET:
-            return data.get(key)
+            return self.string(key)
         if op == VERSION:
+            if not self.reading:
+                self.lookup(key)
             return self.version(key)
         if op == DELETE:
+            self.lookup(key)
             return self._remove(key)
         if op == PUT:
             self._store(key, self._bytes_argument(arguments[0]))
@@ -534,14 +623,14 @@ class KeyValueStateMachine:
             if expected is not None and not isinstance(expected, bytes):
                 raise _Refused("bad_arguments", "cas expected is bytes or nil")
             new_value = self._bytes_argument(new)
-            if data.get(key) != expected:
+            if self.string(key) != expected:
                 return False
             self._store(key, new_value)
             return True
         if op == APPEND:
             suffix = self._bytes_argument(arguments[0])
-            appended = data.get(key, b"") + suffix
-            self._store(key, appended)
+            appended = (self.string(key) or b"") + suffix
+            self._store(key, appended, keep_ttl=True)
             return len(appended)
         assert op == INCR
         return self._increment(key, arguments[0])
@@ -549,7 +638,7 @@ class KeyValueStateMachine:
     def _increment(self, key: bytes, delta: object) -> int:
         if type(delta) is not int or not INT64_MIN <= delta <= INT64_MAX:
             raise _Refused("bad_arguments", "incr delta is a signed 64-bit int")
-        current = self.data.get(key)
+        current = self.string(key)
         if current is None:
             number = 0
         elif _DECIMAL.fullmatch(current) is None or not (
@@ -561,7 +650,7 @@ class KeyValueStateMachine:
         total = number + delta
         if not INT64_MIN <= total <= INT64_MAX:
             raise _Refused("overflow", "incr result outside signed 64 bits")
-        self._store(key, str(total).encode("ascii"))
+        self._store(key, str(total).encode("ascii"), keep_ttl=True)
         return total
 
     def _bytes_argument(self, value: object) -> bytes:
@@ -571,16 +660,81 @@ class KeyValueStateMachine:
             raise _Refused("value_too_large", f"value of {len(value)} bytes")
         return value
 
-    def _store(self, key: bytes, value: bytes) -> None:
-        """Set ``key`` (the one way a value changes: it takes a new version)."""
-        if len(value) > self.params.value_bytes_max:
+    # -- the store's primitives (the typed commands use only these) ---------------
+
+    def lookup(self, key: bytes) -> Value | None:
+        """The value of ``key``, or None if absent or expired (an expired key is
+        removed, unless a read runs: then it is only hidden)."""
+        found = self.data.get(key)
+        if found is None:
+            return None
+        deadline = self.expires.get(key)
+        if deadline is not None and deadline <= self.now():
+            if not self.reading:
+                self._remove(key)
+            return None
+        return found
+
+    def string(self, key: bytes) -> bytes | None:
+        """The string at ``key``; ``wrong_type`` if it holds a collection."""
+        found = self.lookup(key)
+        if found is not None and not isinstance(found, bytes):
+            raise _Refused("wrong_type", WRONGTYPE)
+        return found
+
+    def collection(self, key: bytes, kind: type[Collection]) -> Collection | None:
+        """The collection of type ``kind`` at ``key``; a Redis WRONGTYPE otherwise."""
+        found = self.lookup(key)
+        if found is not None and type(found) is not kind:
+            raise _Refused("redis", WRONGTYPE)
+        return found
+
+    def room(self, extra_bytes: int) -> None:
+        """Refuse (``full``) a change that would take the store beyond ``bytes_max``."""
+        if self.used_bytes + extra_bytes > self.params.bytes_max:
+            raise _Refused("full", f"the store holds {self.used_bytes} bytes (bytes_max)")
+
+    def _store(self, key: bytes, value: Value, *, keep_ttl: bool = False) -> None:
+        """Set ``key`` to ``value`` (a new version; the expiry is dropped unless
+        ``keep_ttl``)."""
+        if isinstance(value, bytes) and len(value) > self.params.value_bytes_max:
             raise _Refused("value_too_large", f"value of {len(value)} bytes")
         if key not in self.data and len(self.data) >= self.params.keys_max:
             raise _Refused("full", f"{self.params.keys_max} keys already")
+        size = value_bytes(key, value)
+        self.room(size - self.sizes.get(key, 0))
         self.data[key] = value
+        if not keep_ttl:
+            self.expires.pop(key, None)
+        self.touch(key, size)
+
+    def touch(self, key: bytes, size: int | None = None) -> None:
+        """``key`` was changed in place: a new version, its size counted again; an
+        emptied collection is removed (as Redis does)."""
+        value = self.data[key]
+        if not isinstance(value, bytes) and not value:
+            self._remove(key)
+            return
+        size = value_bytes(key, value) if size is None else size
+        self.used_bytes += size - self.sizes.get(key, 0)
+        self.sizes[key] = size
         self.revision += 1
         self.versions[key] = self.revision
         self.tombstones.pop(key, None)
+
+    def set_deadline(self, key: bytes, deadline: int | None) -> None:
+        """Give ``key`` (present) a deadline, or none; a modification (new version)."""
+        assert key in self.data
+        if deadline is None:
+            if self.expires.pop(key, None) is None:
+                return
+        else:
+            self.expires[key] = deadline
+            heap = self.expiry_heap
+            heapq.heappush(heap, (deadline, key))
+            if len(heap) > 2 * len(self.expires) + 64:  # stale entries: rebuild
+                self.expiry_heap = sorted((due, name) for name, due in self.expires.items())
+        self.touch(key)
 
     def _remove(self, key: bytes) -> bool:
         """Delete ``key`` if present (the one way a key goes: its tombstone keeps a
@@ -588,12 +742,17 @@ class KeyValueStateMachine:
         if self.data.pop(key, None) is None:
             return False
         del self.versions[key]
+        self.expires.pop(key, None)
+        self.used_bytes -= self.sizes.pop(key, 0)
         self.revision += 1
         self.tombstones[key] = self.revision
         if len(self.tombstones) > self.params.tombstones_max:
             oldest = next(iter(self.tombstones))
             self.floor = max(self.floor, self.tombstones.pop(oldest))
         return True
+
+    def remove(self, key: bytes) -> bool:
+        return self._remove(key)
 
     def _error(self, refused: _Refused) -> bytes:
         self.errors[refused.code] = self.errors.get(refused.code, 0) + 1
@@ -610,46 +769,3 @@ def _command_list(commands: object, count_min: int) -> tuple[bytes, ...]:
             "bad_arguments", f"a batch or exec holds {count_min}..{BATCH_COMMANDS_MAX} commands"
         )
     return tuple(item for item in commands if isinstance(item, bytes))
-
-
-def _restore_items(
-    items: object, keys_max: int, revision: int
-) -> tuple[dict[bytes, bytes], dict[bytes, int]]:
-    if not isinstance(items, tuple) or len(items) > keys_max:
-        raise KvSnapshotError("key-value snapshot items malformed or over keys_max")
-    data: dict[bytes, bytes] = {}
-    versions: dict[bytes, int] = {}
-    for item in items:
-        if not (
-            isinstance(item, tuple)
-            and len(item) == 3
-            and isinstance(item[0], bytes)
-            and isinstance(item[1], bytes)
-            and type(item[2]) is int
-            and 0 < item[2] <= revision
-        ):
-            raise KvSnapshotError(f"key-value snapshot item malformed: {item!r}"[:200])
-        if item[0] in data:
-            raise KvSnapshotError("key-value snapshot holds a key twice")
-        data[item[0]] = item[1]
-        versions[item[0]] = item[2]
-    return data, versions
-
-
-def _restore_tombstones(items: object, tombstones_max: int, revision: int) -> dict[bytes, int]:
-    if not isinstance(items, tuple) or len(items) > tombstones_max:
-        raise KvSnapshotError("key-value snapshot tombstones malformed or over tombstones_max")
-    tombstones: dict[bytes, int] = {}
-    last = 0
-    for item in items:
-        if not (
-            isinstance(item, tuple)
-            and len(item) == 2
-            and isinstance(item[0], bytes)
-            and type(item[1]) is int
-            and last < item[1] <= revision
-            and item[0] not in tombstones
-        ):
-            raise KvSnapshotError(f"key-value snapshot tombstone malformed: {item!r}"[:200])
-        tombstones[item[0]] = last = item[1]
-    return tombstones

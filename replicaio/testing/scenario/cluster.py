@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from replicaio.check.broadcast import BroadcastChecker, Violation
 from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.config import ClusterConfig
-from replicaio.core.effects import Effects, Input, Receive, TimerFired
+from replicaio.core.effects import CLOCK_CHOICE, Effects, Input, Receive, TimerFired
 from replicaio.core.node import TICK_TIMER, Node, NodeParams, ProtocolFactory
 from replicaio.protocols.broadcast import (
     PROTOCOLS,
@@ -303,6 +303,8 @@ class Scenario:
 
     def chooser(self, node: ScenarioNode) -> Callable[[str, int], int]:
         def choose(label: str, count: int) -> int:
+            if label == CLOCK_CHOICE:
+                return 0  # scenarios have no clock: batches go unstamped (time_ms 0)
             if node.strategy is not None:
                 index = node.strategy.choose(label, count)
             elif node.rng is not None:
