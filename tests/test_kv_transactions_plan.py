@@ -89,9 +89,8 @@ def test_redis_state_rules() -> None:
     assert replies[1:5] == [QUEUED] * 4
     assert isinstance(replies[5], RespError) and "transaction_commands_max" in replies[5].text
     assert replies[6] == EXECABORT
-    # A run-time error (a bad SET option) is queued and becomes its element of the reply.
-    replies = plan_all(transaction, [b"MULTI"], [b"SET", b"k", b"v", b"EX", b"5"], [b"PING"],
-                       [b"EXEC"])
+    # A run-time error (a bad argument) is queued and becomes its element of the reply.
+    replies = plan_all(transaction, [b"MULTI"], [b"INCRBY", b"k", b"x"], [b"PING"], [b"EXEC"])
     assert replies[1:3] == [QUEUED, QUEUED]
     error, pong = replies[3]  # type: ignore[misc]
-    assert isinstance(error, RespError) and "'EX'" in error.text and pong == PONG
+    assert isinstance(error, RespError) and "not an integer" in error.text and pong == PONG

@@ -47,8 +47,14 @@ CAS: Final = "cas"
 DELETE: Final = "delete"
 INCR: Final = "incr"
 TXN: Final = "txn"  # a transaction: several of the above, applied at one point
+PUTX: Final = "putx"  # put with an absolute deadline (expected: ms of the service's clock)
+RPUSH: Final = "rpush"  # append one element to a list (output: the new length)
+LRANGE: Final = "lrange"  # read a whole list (output: a JSON array of its elements)
+TIMED_KINDS: Final = frozenset({PUTX})
+LIST_KINDS: Final = frozenset({RPUSH, LRANGE})
 SINGLE_KINDS: Final = frozenset({GET, PUT, APPEND, CAS, DELETE, INCR})
-OPERATION_KINDS: Final = SINGLE_KINDS | {TXN}
+SIMPLE_KINDS: Final = SINGLE_KINDS | TIMED_KINDS | LIST_KINDS  # all but txn
+OPERATION_KINDS: Final = SIMPLE_KINDS | {TXN}
 TRANSACTION_OPERATIONS_MAX: Final = 64  # operations of one recorded transaction
 
 OK: Final = "ok"
@@ -72,8 +78,8 @@ FIELDS: Final = (
 )
 
 _INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
-_WRITES_STRING = frozenset({PUT, APPEND, CAS})
-_OUTPUT_NONE = frozenset({PUT, APPEND, DELETE})
+_WRITES_STRING = frozenset({PUT, APPEND, CAS, PUTX, RPUSH})
+_OUTPUT_NONE = frozenset({PUT, APPEND, DELETE, PUTX})
 
 
 class HistoryError(ValueError):
@@ -221,7 +227,13 @@ def _type_name(value: object) -> str:
 
 
 def _validate_value(kind: str, value: object, expected: object) -> str | None:
-    if kind in (GET, DELETE):
+    if kind == PUTX:
+        if not isinstance(value, str):
+            return f"putx needs a string value, got {_type_name(value)}"
+        if not (isinstance(expected, str) and is_integer_string(expected)):
+            return f"putx needs its deadline (ms) as a decimal string, got {expected!r}"
+        return None
+    if kind in (GET, DELETE, LRANGE):
         if value is not None:
             return f"{kind} takes no value, got {value!r}"
     elif kind in _WRITES_STRING:
@@ -251,8 +263,22 @@ def _validate_output(kind: str, status: str, output: object) -> str | None:
     elif kind == CAS:
         if output not in (CAS_SUCCEEDED, CAS_FAILED):
             return f"cas output must be 'ok' or 'fail', got {output!r}"
+    elif kind == LRANGE:
+        if not isinstance(output, str) or _json_strings(output) is None:
+            return f"lrange output must be a JSON array of strings, got {output!r}"
     elif not (isinstance(output, str) and is_integer_string(output)):
         return f"incr output must be the new value as a decimal integer, got {output!r}"
+    return None
+
+
+def _json_strings(text: str) -> list[str] | None:
+    """``text`` as a JSON array of strings (an ``lrange`` output), or None."""
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(found, list) and all(isinstance(item, str) for item in found):
+        return found
     return None
 
 

@@ -58,7 +58,10 @@ from replicaio.check.history import (
     DELETE,
     GET,
     INCR,
+    LRANGE,
     PUT,
+    PUTX,
+    RPUSH,
     TXN,
     HistoryRecorder,
     Operation,
@@ -72,8 +75,9 @@ from replicaio.check.linearizability import LinearizabilityResult, check_lineari
 from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig
 from replicaio.core.errors import UsageError
-from replicaio.services.kv.state_machine import KvOk, decode_result, encode_command
+from replicaio.services.kv.state_machine import KvOk, decode_result, encode_at, encode_command
 from replicaio.sim.harness import HarnessApi
+from replicaio.sim.kv_ops import PlannedOp, lrange_output, plan_typed
 from replicaio.sim.kv_transactions import (
     draw_transaction,
     transaction_command,
@@ -102,6 +106,9 @@ DEFAULT_MIX: tuple[tuple[str, int], ...] = (
     (DELETE, 5),
     (INCR, 20),
     (TXN, 10),
+    (PUTX, 8),
+    (RPUSH, 5),
+    (LRANGE, 4),
 )
 
 
@@ -141,7 +148,8 @@ class KvWorkload:
         if not 0.0 <= self.read_via_log <= 1.0:
             raise UsageError("read_via_log is a share in [0, 1]")
         kinds = {kind for kind, weight in self.mix if weight > 0}
-        if not kinds or not kinds <= {GET, PUT, APPEND, CAS, DELETE, INCR, TXN}:
+        if not kinds or not kinds <= {GET, PUT, APPEND, CAS, DELETE, INCR, TXN, PUTX, RPUSH,
+                                      LRANGE}:
             raise UsageError(f"bad operation mix {self.mix!r}")
         if INCR in kinds and self.counters < 1:
             raise UsageError("incr needs at least one counter key")
@@ -170,18 +178,6 @@ class OutputChecker(Protocol):
     def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]: ...
 
     def finish(self, time_us: int) -> list[Violation]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedOp:
-    """One operation as the history and the KV store each see it."""
-
-    kind: str
-    key: str
-    value: str | None
-    expected: str | None
-    read_only: bool
-    command: bytes
 
 
 # A new client id first registers its session (an empty command: SMR opens the
@@ -427,7 +423,10 @@ class KvHarness:
         client.attempts += 1
         client.token += 1
         self.figures.attempts += 1
-        request = ClientRequest(client.client_id, client.seq, op.command, op.read_only)
+        command = op.command
+        if op.read_only:  # a read runs at the client's clock (the front's, live)
+            command = encode_at(api.now() // 1000, command)
+        request = ClientRequest(client.client_id, client.seq, command, op.read_only)
         api.request(client.target, self.codec.encode(request))  # as a client sends it
         token = client.token
         api.call_at(api.now() + workload.attempt_timeout_us,
@@ -623,7 +622,15 @@ class KvHarness:
         counter = kind == INCR or (
             kind in (GET, DELETE) and workload.counters and rng.random() < 0.3
         )
-        if counter:
+        timed = kind == PUTX or (
+            kind in (GET, DELETE) and any(name == PUTX for name, _ in workload.mix)
+            and rng.random() < 0.3
+        )
+        if kind in (RPUSH, LRANGE):
+            key = f"l{rng.randrange(workload.keys)}"
+        elif timed:
+            key = f"x{rng.randrange(workload.keys)}"  # (t0.. are the transactions' keys)
+        elif counter:
             key = f"n{rng.randrange(workload.counters)}"
         else:
             key = f"k{rng.randrange(workload.keys)}"
@@ -640,6 +647,9 @@ class KvHarness:
         if kind == GET:
             read_only = rng.random() >= workload.read_via_log
             return PlannedOp(GET, key, None, None, read_only, encode_command(GET, key.encode()))
+        if kind in (PUTX, RPUSH, LRANGE):
+            now_us = self.require_api().now()
+            return plan_typed(kind, key, unique, now_us, rng, workload.read_via_log)
         if kind == DELETE:
             return PlannedOp(DELETE, key, None, None, False, encode_command(DELETE, key.encode()))
         if kind == INCR:
@@ -664,9 +674,11 @@ class KvHarness:
             return None if value is None else value.decode("utf-8", "replace")
         if op.kind == CAS:
             return "ok" if value is True else "fail"
-        if op.kind == INCR:
+        if op.kind in (INCR, RPUSH):
             assert isinstance(value, int)
             return str(value)
+        if op.kind == LRANGE:
+            return lrange_output(value)
         return None
 
     # -- membership (the protocol-specific part is a callable) ---------------------------

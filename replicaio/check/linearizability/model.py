@@ -21,12 +21,17 @@ from replicaio.check.history import (
     GET,
     INCR,
     INFO,
+    LIST_KINDS,
+    LRANGE,
     OK,
     PUT,
+    PUTX,
+    TIMED_KINDS,
     TXN,
     Operation,
     is_integer_string,
 )
+from replicaio.check.linearizability.timed import Timed, describe, step_list, step_timed
 from replicaio.check.linearizability.transactions import (
     is_stored_integer,
     partition_by_transactions,
@@ -172,6 +177,9 @@ class KeyValueModel:
     one becomes a one-operation ``txn``) and its state is the sorted tuple of
     its present keys and values (``None``: all absent); other parts keep the
     single-register state and every per-key pruning below.
+
+    Keys with an expiry (``putx``) and lists (``rpush``, ``lrange``) are in
+    ``timed.py``; their parts get no pruning hints.
     """
 
     def partition(self, ops: Sequence[Operation]) -> dict[str, list[Operation]]:
@@ -185,6 +193,13 @@ class KeyValueModel:
         kind = op.op
         if kind == TXN:
             return step_transaction(state, op)
+        if kind in LIST_KINDS:
+            return step_list(state, op)
+        if kind == PUTX or isinstance(state, Timed):
+            if kind in (GET, PUT, DELETE, PUTX):
+                return step_timed(state, op)
+            allowed, value = self.step(state.value, op)  # as if not expired (timed.py)
+            return allowed, Timed(value, state.deadline, state.floor_ms)
         known = op.status == OK
         if kind == GET:
             return (not known or op.output == state), state
@@ -212,14 +227,14 @@ class KeyValueModel:
     def is_read_only(self, op: Operation) -> bool:
         if op.op == TXN:
             return transaction_read_only(op)
-        if op.op == GET:
+        if op.op in (GET, LRANGE):
             return True
         return op.op == CAS and (op.value == op.expected or op.output == CAS_FAILED)
 
     def hints(self, part: Sequence[Operation]) -> SearchHints[str | None]:
         """Latent unknown writes, and dead ends of pure counters (see the two helpers);
         nothing for a part of transactions."""
-        if any(op.op == TXN for op in part):
+        if any(op.op == TXN or op.op in TIMED_KINDS or op.op in LIST_KINDS for op in part):
             return SearchHints()
         counter = all(
             op.op == GET or (op.op == INCR and op.value is not None and int(op.value) >= 0)
@@ -243,7 +258,7 @@ class KeyValueModel:
         suffixes) if ``s`` is a prefix of ``m``. ``incr`` parses numbers: no cover;
         nor is there one for a part of transactions.
         """
-        if any(op.op in (INCR, TXN) for op in ops):
+        if any(op.op in (INCR, TXN) or op.op in TIMED_KINDS or op.op in LIST_KINDS for op in ops):
             return None
         compared = {op.output for op in ops if op.op == GET and op.output is not None}
         compared |= {op.expected for op in ops if op.op == CAS and op.expected is not None}
@@ -253,6 +268,9 @@ class KeyValueModel:
         return [None, *sorted(compared), fresh]
 
     def describe_state(self, state: Any) -> str:
+        special = describe(state)
+        if special is not None:
+            return special
         if isinstance(state, tuple):
             return "{" + ", ".join(f"{key!r}: {value!r}" for key, value in state) + "}"
         return "absent" if state is None else repr(state)
