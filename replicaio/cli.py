@@ -39,7 +39,15 @@ from importlib.metadata import version as distribution_version
 from typing import Any
 
 from replicaio.assembly import protocol_factory
-from replicaio.core.errors import ReplicaioError, UsageError
+from replicaio.cli_common import (
+    finish_parser,
+    non_negative_int,
+    positive_int,
+    print_json,
+    run_command,
+    seed_or_random,
+)
+from replicaio.core.errors import UsageError
 from replicaio.sim import kv_cli, txn_cli
 from replicaio.sim.adversary import BEHAVIOURS
 from replicaio.sim.options import (
@@ -250,6 +258,8 @@ def command_swarm(args: argparse.Namespace) -> int:
         raise UsageError("--seeds must be >= 1")
     jobs = args.jobs or max(1, min(os.cpu_count() or 1, 8))
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    if not args.json:
+        print(f"{args.protocol}: seeds {seeds.start}..{seeds.stop - 1}", flush=True)
     started = time.perf_counter()
     failures: list[dict[str, Any]] = []
     show_progress = sys.stderr.isatty() and not args.json
@@ -493,7 +503,7 @@ def command_crash_prefixes(args: argparse.Namespace) -> int:
 def command_check_history(args: argparse.Namespace) -> int:
     from replicaio.check.linearizability import main_check_history
 
-    return main_check_history(args.file)
+    return main_check_history(args.file, as_json=args.json)
 
 
 def command_check_transactions(args: argparse.Namespace) -> int:
@@ -505,7 +515,11 @@ def command_check_transactions(args: argparse.Namespace) -> int:
 def command_protocols(args: argparse.Namespace) -> int:
     from replicaio.assembly import protocol_summaries
 
-    for name, summary in protocol_summaries().items():
+    summaries = protocol_summaries()
+    if args.json:
+        print_json({"protocols": summaries})
+        return EXIT_OK
+    for name, summary in summaries.items():
         print(f"{name:26} {summary}")
     return EXIT_OK
 
@@ -557,8 +571,9 @@ def command_demo(args: argparse.Namespace) -> int:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("protocol", help="beb, bracha, echo, raft (see `replicaio protocols`)")
-    parser.add_argument("--nodes", type=int, required=True, help="cluster size n")
-    parser.add_argument("--byzantine", type=int, default=0, help="number of Byzantine nodes")
+    parser.add_argument("--nodes", type=positive_int, required=True, help="cluster size n")
+    parser.add_argument("--byzantine", type=non_negative_int, default=0,
+                        help="number of Byzantine nodes")
     parser.add_argument("--f", type=int, default=None,
                         help="faults tolerated (default: (n-1)//3)")
     parser.add_argument("--behaviour", choices=list(BEHAVIOURS), default=None,
@@ -568,7 +583,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         f"forge,replay; from {', '.join(BEHAVIOURS)}; default: drawn from "
                         "the seed); see docs/adversary.md")
     parser.add_argument("--faults", default="",
-                        help="comma list of crash,partition,loss,dup,reorder,clock,disk")
+                        help="comma list of crash,partition,loss,dup,reorder,clock,disk "
+                        "(default: none: a run without faults unless you name them)")
     parser.add_argument("--requests", type=int, default=None,
                         help="client requests per node (default: drawn from the seed)")
     parser.add_argument("--profile", choices=PROFILES, default="default",
@@ -616,9 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     swarm = commands.add_parser("swarm", help="run many seeds in parallel processes")
     add_run_arguments(swarm)
-    swarm.add_argument("--seeds", type=int, required=True)
-    swarm.add_argument("--first-seed", type=int, default=1)
-    swarm.add_argument("--jobs", type=int, default=None)
+    swarm.add_argument("--seeds", type=positive_int, required=True, help="how many seeds")
+    swarm.add_argument("--first-seed", type=seed_or_random, default=1, metavar="N|random",
+                       help="the first seed; 'random' draws one (the seed range is printed) "
+                       "so that repeated swarms explore new seeds")
+    swarm.add_argument("--jobs", type=positive_int, default=None,
+                       help="worker processes (default: the CPUs, at most 8)")
     swarm.add_argument("--no-shrink", dest="shrink", action="store_false",
                        help="do not shrink the first failure's fault schedule")
     swarm.add_argument("--shrink-dir", default="replicaio-failures",
@@ -629,7 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
         "explore", help="enumerate every choice-point outcome of one seed's run")
     add_run_arguments(explore_parser)
     explore_parser.add_argument("--seed", type=int, required=True)
-    explore_parser.add_argument("--runs", type=int, default=1000, help="re-executions at most")
+    explore_parser.add_argument("--runs", type=positive_int, default=1000,
+                                help="re-executions at most")
     explore_parser.add_argument(
         "--crash-prefixes", action="store_true",
         help="instead of choices: restart each node from every prefix of every step's "
@@ -652,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     history = commands.add_parser("check-history", help="check a JSON-lines history")
     history.add_argument("file")
+    history.add_argument("--json", action="store_true", help="one JSON object on stdout")
     history.set_defaults(handler=command_check_history)
 
     transactions = commands.add_parser(
@@ -669,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=command_demo)
 
     listing = commands.add_parser("protocols", help="list the protocols")
+    listing.add_argument("--json", action="store_true", help="one JSON object on stdout")
     listing.set_defaults(handler=command_protocols)
 
     # The live runtime: node, cluster up|down, broadcast (replicaio/runtime/commands.py).
@@ -683,19 +705,19 @@ def build_parser() -> argparse.ArgumentParser:
     from replicaio.torture.commands import add_torture_command
 
     add_torture_command(commands)
-    return parser
+    return finish_parser(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if isinstance(getattr(args, "protocol", None), str):
-            txn_cli.normalize(args)
-        status: int = args.handler(args)
-    except ReplicaioError as error:
-        print(f"replicaio: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    args = parser.parse_args(argv)  # (a bad option: argparse prints the usage, exits 2)
+    return run_command(parser, args, dispatch)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if isinstance(getattr(args, "protocol", None), str):
+        txn_cli.normalize(args)
+    status: int = args.handler(args)
     return status
 
 

@@ -3,6 +3,7 @@ across separate processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -104,7 +105,63 @@ def test_usage_errors_exit_2_with_a_message(
     argv: list[str], capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(argv) == 2
-    assert "replicaio: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"replicaio {argv[0]}: error:" in err  # the subcommand's usage and the reason
+    assert f"usage: replicaio {argv[0]}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "reason"), [
+    (["sim", "beb", "--nodes", "0", "--seed", "1"], "--nodes: must be >= 1"),
+    (["swarm", "beb", "--nodes", "3", "--seeds", "0"], "--seeds: must be >= 1"),
+    (["sim", "beb", "--nodes", "3", "--seed", "1", "--history", "/nonexistent/h.jsonl"],
+     "no such directory"),
+    (["sim", "beb", "--nodes", "3", "--seed", "1", "--log", "/proc/x.log"], "cannot write"),
+    (["sim", "beb", "--nodes", "3", "--seed", "1", "--log", "/"], "is a directory"),
+])
+def test_usage_errors_show_the_subcommand_usage_never_a_traceback(
+    argv: list[str], reason: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with contextlib.suppress(SystemExit):  # argparse's own errors exit 2 themselves
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert reason in err and f"usage: replicaio {argv[0]}" in err and "Traceback" not in err
+
+
+def test_printing_commands_take_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["protocols", "--json"]) == 0
+    assert "raft" in json.loads(capsys.readouterr().out)["protocols"]
+    history = tmp_path / "h.jsonl"
+    assert main(["sim", "raft", "--nodes", "3", "--seed", "2", "--ops", "30",
+                 "--history", str(history)]) == 0
+    capsys.readouterr()
+    assert main(["check-history", str(history), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["linearizable"] is True
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    reader = subprocess.Popen(  # a reader that goes away at once
+        [sys.executable, "-m", "replicaio.cli", "protocols"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None
+    reader.stdout.close()
+    _, err = reader.communicate(timeout=60)
+    assert reader.returncode in (0, 141) and b"Traceback" not in err
+
+
+def test_swarm_first_seed_random_prints_its_range(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["swarm", "beb", "--nodes", "3", "--seeds", "2", "--first-seed", "random",
+                 "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    start, end = map(int, out.split("seeds ")[1].split()[0].split(".."))
+    assert end == start + 1
+
+
+def test_help_states_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["swarm", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # (however the lines wrap)
+    assert "(default: 1)" in out and "(default: replicaio-failures)" in out
 
 
 def test_replay_rejects_a_file_that_is_not_a_log(

@@ -60,7 +60,10 @@ def test_clients_run_their_quota_and_the_history_is_linearizable(double: SharedL
     assert isinstance(harness, KvHarness)
     operations = harness.operations()
     validate_history(operations)  # clients are sequential, ids retire after info
-    assert {op.op for op in operations} == {"get", "put", "append", "cas", "delete", "incr", "txn"}
+    kinds = {op.op for op in operations}
+    assert {"get", "put", "append", "cas", "delete", "incr", "txn", "putx"} <= kinds
+    assert kinds <= {"get", "put", "append", "cas", "delete", "incr", "txn", "putx", "rpush",
+                     "lrange"}
     written = [op.value for op in operations if op.op in ("put", "append", "cas")]
     assert len(written) == len(set(written))  # values are unique per write
     # Liveness: every client completed an operation invoked after the heal.

@@ -27,9 +27,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from replicaio.cli_common import positive_int, print_json
 from replicaio.core.errors import UsageError
 from replicaio.runtime.config import (
     ClusterFile,
@@ -59,7 +61,9 @@ def add_node_arguments(node: argparse.ArgumentParser) -> None:
 def add_down_arguments(down: argparse.ArgumentParser) -> None:
     """The options of every "stop a local cluster" command."""
     down.add_argument("--data-dir", required=True)
-    down.add_argument("--timeout", type=float, default=10.0)
+    down.add_argument("--timeout", type=float, default=10.0,
+                      help="seconds to wait for a node to stop before it is killed")
+    down.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
 
 def add_runtime_commands(commands: Any) -> None:
@@ -72,7 +76,7 @@ def add_runtime_commands(commands: Any) -> None:
     actions = cluster.add_subparsers(dest="cluster_command", required=True)
     up = actions.add_parser("up", help="start a local cluster (one process per node)")
     up.add_argument("--protocol", default="bracha")
-    up.add_argument("--nodes", type=int, default=4)
+    up.add_argument("--nodes", type=positive_int, default=4, help="cluster size")
     up.add_argument("--f", type=int, default=None, help="faults tolerated (default: the most)")
     up.add_argument("--base-port", type=int, required=True)
     up.add_argument("--data-dir", required=True)
@@ -82,6 +86,7 @@ def add_runtime_commands(commands: Any) -> None:
     up.add_argument("--no-fsync", action="store_true", help="skip fsync (tests only)")
     up.add_argument("--event-logs", action="store_true", help="record D/node-I.events")
     up.add_argument("--ready-timeout", type=float, default=20.0)
+    up.add_argument("--json", action="store_true", help="one JSON object on stdout")
     up.set_defaults(handler=command_cluster_up)
     down = actions.add_parser("down", help="stop the cluster started in --data-dir")
     add_down_arguments(down)
@@ -163,12 +168,28 @@ def command_cluster_up(args: argparse.Namespace) -> int:
         print(f"replicaio: error: {failed}; see {directory}/node-*.log", file=sys.stderr)
         stop_cluster(directory, timeout_s=5.0)
         return EXIT_FAILED
+    if args.json:
+        print_json(cluster_report("cluster up", cluster, processes, config_path))
+        return EXIT_OK
     for entry, process in zip(cluster.nodes, processes, strict=True):
         metrics = f" metrics {entry.metrics}" if entry.metrics else ""
         print(f"node {entry.id}: pid {process.pid} peer {entry.peer} client {entry.client}"
               f"{metrics}")
     print(f"cluster up: {cluster.n} {cluster.protocol} nodes; config {config_path}")
     return EXIT_OK
+
+
+def cluster_report(command: str, cluster: ClusterFile, processes: Sequence[Any],
+                   config_path: Path) -> dict[str, Any]:
+    """What ``cluster up``/``kv up --json`` print: the nodes and where they listen."""
+    return {
+        "command": command, "protocol": cluster.protocol, "nodes": [
+            {"id": entry.id, "pid": process.pid, "peer": str(entry.peer),
+             "client": str(entry.client),
+             "metrics": None if entry.metrics is None else str(entry.metrics)}
+            for entry, process in zip(cluster.nodes, processes, strict=True)
+        ], "config": str(config_path),
+    }
 
 
 def write_local_cluster(directory: Path, args: argparse.Namespace) -> None:
@@ -286,7 +307,10 @@ def command_cluster_down(args: argparse.Namespace) -> int:
     if not (directory / CLUSTER_FILE).exists():
         raise UsageError(f"no cluster in {directory}")
     stopped = stop_cluster(directory, timeout_s=args.timeout)
-    print(f"cluster down: {stopped} node process(es) stopped")
+    if args.json:
+        print_json({"command": "cluster down", "stopped": stopped, "data_dir": str(directory)})
+    else:
+        print(f"cluster down: {stopped} node process(es) stopped")
     return EXIT_OK
 
 

@@ -475,10 +475,12 @@ class Simulator:
         node_id = node.node_id
 
         def choose(label: str, count: int) -> int:
-            if strategy is not None:  # a Byzantine node's clock too is the adversary's
-                index = strategy.choose(label, count)
-            elif label == CLOCK_CHOICE:  # virtual time, in ms (never explored)
+            if label == CLOCK_CHOICE:
+                # Virtual time, in ms; never explored, and honest even on a Byzantine
+                # node: SMR does not check a primary's stamp yet (docs/adr/0008).
                 index = min(self.now // 1000, count - 1)
+            elif strategy is not None:
+                index = strategy.choose(label, count)
             elif override is not None:
                 index = override(node_id, label, count)
             else:

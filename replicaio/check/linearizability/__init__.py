@@ -92,6 +92,7 @@ report time spent, never to decide anything else.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -277,11 +278,14 @@ def check_linearizable(
     )
 
 
-def main_check_history(path: str | os.PathLike[str], *, time_budget_s: float | None = None) -> int:
+def main_check_history(
+    path: str | os.PathLike[str], *, time_budget_s: float | None = None, as_json: bool = False
+) -> int:
     """Entry point for ``replicaio check-history FILE``: load, check, print, exit code.
 
-    Prints the verdict (and explanations) on stdout, a malformed history on
-    stderr. Returns ``EXIT_LINEARIZABLE`` (0), ``EXIT_NOT_LINEARIZABLE`` (1),
+    Prints the verdict (and explanations) on stdout (``as_json``: one JSON
+    object with ``linearizable``, ``operations``, ``detail``), a malformed
+    history on stderr. Returns ``EXIT_LINEARIZABLE`` (0), ``EXIT_NOT_LINEARIZABLE`` (1),
     ``EXIT_INVALID_HISTORY`` (2: unreadable or malformed file) or
     ``EXIT_UNKNOWN`` (3: the budget ran out before a verdict).
     """
@@ -291,7 +295,13 @@ def main_check_history(path: str | os.PathLike[str], *, time_budget_s: float | N
         print(f"check-history: {os.fspath(path)}: {error}", file=sys.stderr)
         return EXIT_INVALID_HISTORY
     result = check_linearizable(ops, time_budget_s=time_budget_s)
-    print(result.describe())
+    if as_json:
+        print(json.dumps({
+            "file": os.fspath(path), "linearizable": result.linearizable,
+            "operations": len(ops), "detail": result.describe(),
+        }, sort_keys=True))
+    else:
+        print(result.describe())
     if result.linearizable is None:
         return EXIT_UNKNOWN
     return EXIT_LINEARIZABLE if result.linearizable else EXIT_NOT_LINEARIZABLE

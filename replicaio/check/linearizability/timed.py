@@ -10,11 +10,15 @@ clock at each operation's point; it keeps a *lower bound* in the state
 the same clock the deadlines are in milliseconds of (the simulator records
 them so). So, with ``t`` = max(bound, call):
 
-* a ``get`` may read the value if the deadline is above ``t`` (then the bound
-  becomes ``t``); it may read absent if the key is absent or its deadline is
-  at most its ``return`` (then the bound rises to the deadline: it was seen
-  passed), or at any time for an ``info`` one;
-* ``put`` and ``delete`` drop the deadline; ``putx`` sets value and deadline.
+* a ``get`` may read the value if the deadline is above ``t``; it may read
+  absent if the key is absent or its deadline is at most its ``return``. A
+  ``get`` changes nothing, not even the bound: the search takes a read as
+  soon as it can take effect (a read-only operation must not change the
+  state), so what a read learns about the clock is not kept; the check is
+  weaker (a read may see a value after another saw it expired, if no write
+  came between) but never rejects a valid history;
+* ``put``, ``putx`` and ``delete`` raise the bound to their ``call``; ``put``
+  and ``delete`` drop the deadline; ``putx`` sets value and deadline.
 
 Only ``get``, ``put``, ``putx`` and ``delete`` meet deadlines here (the
 simulated workload uses ``putx`` keys with nothing else): ``append``, ``cas``
@@ -77,18 +81,16 @@ def step_timed(state: object, op: Operation) -> tuple[bool, object]:
         return True, Timed(op.value, None, now)
     if kind == DELETE:
         return True, Timed(None, None, now)
-    assert kind == GET
+    assert kind == GET  # a pure read: it never changes the state (see the docstring)
     deadline = current.deadline
-    present = current.value is not None and (deadline is None or deadline > now)
     if op.status != OK:
-        return True, current
+        return True, state
     if op.output is not None:
-        return (present and op.output == current.value), Timed(current.value, deadline, now)
+        present = current.value is not None and (deadline is None or deadline > now)
+        return (present and op.output == current.value), state
     if current.value is None:
-        return True, Timed(None, None, now)
-    if deadline is not None and deadline <= return_ms(op):
-        return True, Timed(None, None, max(now, deadline))  # seen expired
-    return False, current
+        return True, state
+    return deadline is not None and deadline <= return_ms(op), state  # seen expired
 
 
 def step_list(state: object, op: Operation) -> tuple[bool, object]:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from replicaio.cli_common import positive_int, print_json
 from replicaio.core.errors import UsageError
 from replicaio.runtime.commands import (
     CLUSTER_FILE,
@@ -35,6 +36,7 @@ from replicaio.runtime.commands import (
     SECRET_FILE,
     add_down_arguments,
     add_node_arguments,
+    cluster_report,
     command_node,
     exit_reason,
     ports_in_use,
@@ -55,7 +57,7 @@ def add_kv_commands(commands: Any) -> None:
     kv = commands.add_parser("kv", help="a replicated key-value store for Redis clients")
     actions = kv.add_subparsers(dest="kv_command", required=True)
     up = actions.add_parser("up", help="start a local KV cluster (one process per node)")
-    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--nodes", type=positive_int, default=3, help="cluster size")
     up.add_argument("--base-port", type=int, default=None,
                     help="RESP on P+1..P+N, peers P+N+1.., metrics P+2N+1.. (default 7000)")
     up.add_argument("--data-dir", required=True)
@@ -65,6 +67,7 @@ def add_kv_commands(commands: Any) -> None:
     up.add_argument("--no-fsync", action="store_true", help="skip fsync (throwaway clusters)")
     up.add_argument("--event-logs", action="store_true", help="record D/node-I.events")
     up.add_argument("--ready-timeout", type=float, default=30.0)
+    up.add_argument("--json", action="store_true", help="one JSON object on stdout")
     up.set_defaults(handler=command_kv_up)
     down = actions.add_parser("down", help="stop the KV cluster started in --data-dir")
     add_down_arguments(down)
@@ -118,6 +121,9 @@ def command_kv_up(args: argparse.Namespace) -> int:
         print(f"replicaio: error: {failed}; see {directory}/node-*.log", file=sys.stderr)
         stop_cluster(directory, timeout_s=5.0)
         return EXIT_FAILED
+    if args.json:
+        print_json(cluster_report("kv up", cluster, processes, config_path))
+        return EXIT_OK
     for entry, process in zip(cluster.nodes, processes, strict=True):
         metrics = f" metrics {entry.metrics}" if entry.metrics else ""
         print(f"node {entry.id}: pid {process.pid} resp {entry.client} peer {entry.peer}"
@@ -244,5 +250,8 @@ def command_kv_down(args: argparse.Namespace) -> int:
     if not (directory / CLUSTER_FILE).exists():
         raise UsageError(f"no cluster in {directory}")
     stopped = stop_cluster(directory, timeout_s=args.timeout)
-    print(f"kv down: {stopped} node process(es) stopped")
+    if args.json:
+        print_json({"command": "kv down", "stopped": stopped, "data_dir": str(directory)})
+    else:
+        print(f"kv down: {stopped} node process(es) stopped")
     return EXIT_OK
