@@ -172,26 +172,24 @@ class TxnNode:
 
     async def drive(self, request: TxnRequest) -> None:
         try:
-            outcome, reason, reads = await self.transaction(request)
+            await self.transaction(request)
         finally:
             self.drivers -= 1
-        self.answer(request, outcome, reason, reads)
 
-    async def transaction(self, request: TxnRequest) -> tuple[str, str, list[Any]]:
+    async def transaction(self, request: TxnRequest) -> None:
         """Two-phase commit of one attempt across the groups its keys live in."""
         plan = self.plan(request)
         if isinstance(plan, str):
-            return ABORTED, plan, []
+            self.answer(request, ABORTED, plan)
+            return
         client, nonce = request.client, request.nonce
         participants = sorted(plan)
         coordinator = participants[(client + nonce) % len(participants)]
         # The coordinator group records the attempt, with its lease.
         begun = await self.call(coordinator, "begin", client, nonce, participants)
-        if begun is None:
-            return UNKNOWN, "no_answer", []
-        if begun[0] != PENDING:
-            return (ABORTED, str(begun[-1]), []) if begun[0] != COMMITTED else (
-                UNKNOWN, "already_decided", [])
+        if begun is None or begun[0] != PENDING:
+            self.answer(request, *self.not_begun(begun))
+            return
         # Every participant prepares its part through its own replication.
         votes = await self.together(*(
             self.call(group, "prepare", client, nonce, coordinator,
@@ -202,25 +200,42 @@ class TxnNode:
         decided = await self.call(coordinator, "decide", client, nonce,
                                   COMMIT if prepared else ABORT)
         if decided is None:
-            return UNKNOWN, "no_decision", []
+            self.answer(request, UNKNOWN, "no_decision")
+            return
+        # The client learns the outcome now: the participants hold their locks
+        # until they applied it, so nobody can see the state before it.
         outcome = str(decided[0])
+        if outcome == COMMITTED:
+            self.answer(request, COMMITTED, "", self.reads(plan, participants, votes))
+        else:
+            refusals = [str(v[1]) for v in votes if v is not None and v[0] != PREPARED]
+            self.answer(request, ABORTED, refusals[0] if refusals else "lease")
         # Every participant applies the outcome; then the coordinator may forget it.
         finish = "commit" if outcome == COMMITTED else "abort"
         applied = await self.together(*(self.call(group, finish, client, nonce)
                                         for group in participants))
         if all(answer is not None for answer in applied):
             await self.call(coordinator, "ack", client, nonce, participants)
-        if outcome != COMMITTED:
-            refusals = [str(v[1]) for v in votes if v is not None and v[0] != PREPARED]
-            return ABORTED, (refusals[0] if refusals else "lease"), []
+
+    @staticmethod
+    def not_begun(begun: tuple[Any, ...] | None) -> tuple[str, str]:
+        if begun is None:
+            return UNKNOWN, "no_answer"
+        if begun[0] == COMMITTED:
+            return UNKNOWN, "already_decided"  # a duplicate of a decided attempt
+        return ABORTED, str(begun[-1])
+
+    @staticmethod
+    def reads(plan: dict[int, list[tuple[int, list[Any]]]], participants: list[int],
+              votes: list[Any]) -> list[Any]:
+        """The values read, one entry per micro-operation (``None``: not a read)."""
         reads: list[Any] = [None] * sum(len(ops) for ops in plan.values())
         for group, vote in zip(participants, votes, strict=True):
-            assert vote is not None
             values = iter(vote[1])
             for index, op in plan[group]:
                 if op[0] == READ:
                     reads[index] = next(values)
-        return COMMITTED, "", reads
+        return reads
 
     def plan(self, request: TxnRequest) -> dict[int, list[tuple[int, list[Any]]]] | str:
         """The request's micro-operations by group (with their positions), or why not."""

@@ -1,0 +1,232 @@
+"""A Python client of a transactional cluster: ``async with client.transaction() as t:``.
+
+A :class:`TxnClient` connects to the nodes' client ports (the ``stream``
+client service: requests in as frames, every output out) and runs
+transactions across groups (``docs/transactions.md``)::
+
+    client = await TxnClient.connect([Address("127.0.0.1", 7004), ...])
+    async with client.transaction() as t:
+        t.add("a", -5)
+        t.add("b", 5)
+        balance = t.read("a")        # a handle: its value once committed
+    print(t.value(balance))
+    await client.close()
+
+Leaving the block sends the transaction (one attempt, a fresh nonce) to a
+node and waits for its outcome: committed (``t.value`` gives the reads),
+:class:`TransactionAborted` (refused: a key was locked, a ``check`` failed,
+an overdraft; nothing applied: retry), or :class:`TransactionUnknown` (no
+answer within ``timeout_s``, or the node gave up: it may have committed).
+Leaving by an exception sends nothing. ``client.run(body, attempts=...)``
+retries aborted attempts with a fresh id after a random pause.
+
+Bounds: ``ops_max`` micro-operations per transaction; outputs are read as
+they come and only those for this client are kept (one per attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Final
+
+from replicaio.assembly import raft_leader_of
+from replicaio.core.codec import Codec, DecodeError
+from replicaio.core.errors import UsageError
+from replicaio.core.stream import GroupOutput
+from replicaio.runtime.config import Address
+from replicaio.runtime.framing import LENGTH, LENGTH_BYTES, frame_header
+from replicaio.services.txn.protocol import LockReport, TxnRequest, TxnResult
+
+OPS_MAX: Final = 64
+FRAME_BYTES_MAX: Final = 1 << 24
+
+
+class TransactionAborted(Exception):
+    """The attempt was refused and applied nothing (``reason``); it may be retried."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"transaction aborted: {reason}")
+        self.reason = reason
+
+
+class TransactionUnknown(Exception):
+    """No outcome known: the attempt may or may not have committed."""
+
+
+class Transaction:
+    """The micro-operations of one attempt, then its outcome."""
+
+    def __init__(self, client: TxnClient) -> None:
+        self.client = client
+        self.ops: list[list[Any]] = []
+        self.reads: list[Any] | None = None
+
+    def _add(self, kind: str, key: str | bytes, argument: Any) -> int:
+        if len(self.ops) >= OPS_MAX:
+            raise UsageError(f"at most {OPS_MAX} operations in one transaction")
+        name = key.encode() if isinstance(key, str) else key
+        self.ops.append([kind, name, argument])
+        return len(self.ops) - 1
+
+    def read(self, key: str | bytes) -> int:
+        """Read ``key`` (under its lock); the value comes with :meth:`value`."""
+        return self._add("r", key, None)
+
+    def append(self, key: str | bytes, element: int) -> None:
+        self._add("append", key, element)
+
+    def add(self, key: str | bytes, delta: int) -> None:
+        self._add("add", key, delta)
+
+    def check(self, key: str | bytes, version: int) -> None:
+        """Commit only if ``key`` still has ``version`` (an optimistic read)."""
+        self._add("check", key, version)
+
+    def value(self, handle: int) -> Any:
+        if self.reads is None:
+            raise UsageError("the transaction has not committed")
+        return self.reads[handle]
+
+    async def __aenter__(self) -> Transaction:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        if kind is None and self.ops:
+            self.reads = await self.client.commit(self.ops)
+
+
+class TxnClient:
+    """Connections to a cluster's nodes and the transactions sent over them."""
+
+    def __init__(self, addresses: list[Address], *, timeout_s: float = 10.0) -> None:
+        if not addresses:
+            raise UsageError("give at least one node address")
+        self.addresses = addresses
+        self.timeout_s = timeout_s
+        self.codec = Codec()
+        self.client_id = secrets.randbelow(1 << 48)
+        self.nonce = 0
+        self.waiting: dict[int, asyncio.Future[TxnResult]] = {}
+        self.streams: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+        self.readers: dict[int, asyncio.Task[None]] = {}
+        self.next_node = secrets.randbelow(len(addresses))
+        # What the nodes stream besides results: each group's leader as last
+        # announced ((term, node)), and each node's lock report per group.
+        self.leaders: dict[int, tuple[int, int]] = {}
+        self.reports: dict[tuple[int, int], LockReport] = {}
+
+    @classmethod
+    async def connect(cls, addresses: list[Address], *, timeout_s: float = 10.0) -> TxnClient:
+        return cls(addresses, timeout_s=timeout_s)
+
+    def transaction(self) -> Transaction:
+        return Transaction(self)
+
+    async def run(self, body: Callable[[Transaction], Awaitable[None] | None], *,
+                  attempts: int = 20) -> Transaction:
+        """Run ``body(t)`` in a transaction until it commits (aborts are retried)."""
+        for attempt in range(attempts):
+            transaction = self.transaction()
+            outcome = body(transaction)
+            if outcome is not None:
+                await outcome
+            try:
+                async with transaction:
+                    pass
+                return transaction
+            except TransactionAborted:
+                await asyncio.sleep(0.005 * (1 + secrets.randbelow(4 << min(attempt, 5))))
+        raise TransactionAborted(f"still aborted after {attempts} attempts")
+
+    async def stream(self, node: int) -> asyncio.StreamWriter:
+        if node not in self.streams:
+            address = self.addresses[node]
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            self.streams[node] = (reader, writer)
+            self.readers[node] = asyncio.get_running_loop().create_task(self.read_loop(node))
+        return self.streams[node][1]
+
+    async def read_loop(self, node: int) -> None:
+        reader, _ = self.streams[node]
+        try:
+            while True:
+                header = await reader.readexactly(LENGTH_BYTES)
+                (length,) = LENGTH.unpack(header)
+                if length > FRAME_BYTES_MAX:
+                    break
+                body = await reader.readexactly(length)
+                try:
+                    message = self.codec.decode(body)
+                except DecodeError:
+                    continue
+                self.on_message(node, message)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            self.streams.pop(node, None)
+
+    def on_message(self, node: int, message: Any) -> None:
+        if type(message) is TxnResult and message.client == self.client_id:
+            future = self.waiting.get(message.nonce)
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif type(message) is LockReport:
+            self.reports[(node, message.group)] = message
+        elif type(message) is GroupOutput:
+            try:
+                leader = raft_leader_of(self.codec.decode(message.body))
+            except DecodeError:
+                return
+            if leader is not None and leader > self.leaders.get(message.group, (-1, -1)):
+                self.leaders[message.group] = leader
+
+    async def watch(self) -> None:
+        """Connect to every node now (to hear leaders and lock reports from all)."""
+        for node in range(len(self.addresses)):
+            with contextlib.suppress(OSError):
+                await self.stream(node)
+
+    def held(self) -> list[LockReport]:
+        """The lock reports that still show something held."""
+        return [report for report in self.reports.values()
+                if report.locks or report.prepared or report.open_records]
+
+    async def commit(self, ops: list[list[Any]]) -> list[Any]:
+        """One attempt: its reads if committed; raises otherwise (see the module docstring)."""
+        self.nonce += 1
+        nonce = self.nonce
+        request = self.codec.encode(TxnRequest(self.client_id, nonce, self.codec.encode_value(ops)))
+        body = self.codec.encode_value(request)
+        future: asyncio.Future[TxnResult] = asyncio.get_running_loop().create_future()
+        self.waiting[nonce] = future
+        node = self.next_node
+        self.next_node = (self.next_node + 1) % len(self.addresses)
+        try:
+            try:
+                writer = await self.stream(node)
+                writer.write(frame_header(len(body)) + body)
+                await writer.drain()
+                result = await asyncio.wait_for(future, self.timeout_s)
+            except (TimeoutError, OSError) as error:
+                raise TransactionUnknown(f"node {node}: {error!r}") from None
+        finally:
+            del self.waiting[nonce]
+        if result.outcome == "committed":
+            reads: Any = self.codec.decode_value(result.reads)
+            return list(reads)
+        if result.outcome == "aborted":
+            raise TransactionAborted(result.reason)
+        raise TransactionUnknown(result.reason)
+
+    async def close(self) -> None:
+        for _, writer in list(self.streams.values()):
+            writer.close()
+        for task in self.readers.values():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
