@@ -60,6 +60,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "lease": "RaftParams.read_lease: 1 serves reads from a leader lease (0: read-index only)",
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
     "groups": "transactional clusters (txn): replicated groups, keys by hash slot (default 3)",
+    "join": "RaftParams.join: 1 on ONE node started on a new, empty disk that replaces a lost "
+    "one (set per node: `replicaio kv node --join`)",
 }
 RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary runs
 # The broadcast family, correct and deliberately broken.
@@ -134,6 +136,7 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
         raft_params = RaftParams(
             read_lease=bool(parameters.get("lease", 0)),
             clock_drift_ppm_max=parameters.get("drift", defaults_raft.clock_drift_ppm_max),
+            join=bool(parameters.get("join", 0)),
         ).validate()
         defaults = SmrParams()
         smr_params = SmrParams(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -56,6 +57,9 @@ def add_node_arguments(node: argparse.ArgumentParser) -> None:
     node.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     node.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                       help="event loop (auto: uvloop when installed)")
+    node.add_argument("--join", action="store_true",
+                      help="this node starts on a new, empty disk replacing a lost one (Raft: "
+                      "it does not vote until it caught up; only matters on a blank disk)")
 
 
 def add_down_arguments(down: argparse.ArgumentParser) -> None:
@@ -117,6 +121,8 @@ def command_node(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.id)
     cluster = load_cluster_file(args.config)
     cluster.node(args.id)
+    if getattr(args, "join", False):
+        cluster = joining(cluster)
     try:
         run_node(cluster, args.id, event_log=args.event_log, loop=args.loop)
     except StorageError as error:
@@ -127,6 +133,20 @@ def command_node(args: argparse.Namespace) -> int:
         print(f"replicaio: error: node {args.id}: {error}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
+
+
+def joining(cluster: ClusterFile) -> ClusterFile:
+    """``cluster`` with this node's protocol told it joins on a new disk (``join=1``;
+    the event log records the name, so a replay builds the same node)."""
+    from replicaio.assembly import protocol_factory
+
+    name = cluster.protocol
+    full = name + (",join=1" if ":" in name else ":join=1")
+    try:
+        protocol_factory(full)
+    except UsageError as error:
+        raise UsageError(f"--join: protocol {name!r} has no join option ({error})") from None
+    return dataclasses.replace(cluster, protocol=full)
 
 
 # -- cluster up / down -------------------------------------------------------------------

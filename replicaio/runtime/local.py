@@ -118,7 +118,8 @@ class LocalCluster:
     def stderr_log(self, node_id: int, run: int) -> Path:
         return self.directory / f"node-{node_id}.run-{run}.log"
 
-    def start(self, node_id: int) -> subprocess.Popen[bytes]:
+    def start(self, node_id: int, *, join: bool = False) -> subprocess.Popen[bytes]:
+        """Start node ``node_id`` (``join``: on a new disk replacing a lost one)."""
         assert node_id not in self.processes, f"node {node_id} is running"
         self.runs[node_id] += 1
         run = self.runs[node_id]
@@ -127,6 +128,8 @@ class LocalCluster:
             "--id", str(node_id), "--event-log", str(self.event_log(node_id, run)),
             "--loop", self.loops[node_id % len(self.loops)],
         ]
+        if join:
+            command.append("--join")
         with open(self.stderr_log(node_id, run), "wb") as output:
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT

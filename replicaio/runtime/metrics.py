@@ -5,20 +5,30 @@ time: nothing is copied on the hot path except two histogram observations per
 batch. The endpoint (``[[nodes]] metrics = "host:port"``) is a minimal
 HTTP/1.0 server on the node's asyncio loop, so no thread reads the node's
 state while the loop changes it. Metric names and meanings: docs/runtime.md.
+
+Next to ``/metrics``: ``/healthz`` answers 200 with a JSON report when the node
+should get traffic (a readiness probe): it is serving (started, not stopping),
+a leader is known (for protocols that have one), it is not recovering a lost
+disk, and its applied index is at most ``HEALTH_LAG_MAX`` entries behind its
+commit index; otherwise 503 with the reasons. ``/livez`` answers 200 while
+the node's loop answers at all (a liveness probe: an election must not get
+pods restarted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from replicaio.runtime.config import Address
+from replicaio.services.kv.status import protocol_status
 
 if TYPE_CHECKING:
     from replicaio.runtime.host import NodeHost
@@ -27,6 +37,7 @@ FSYNC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 REQUEST_HEAD_BYTES_MAX = 8192
 REQUEST_TIMEOUT_S = 5.0
+HEALTH_LAG_MAX = 10_000  # log entries committed but not yet applied, beyond which: unhealthy
 
 
 class NodeCollector(Collector):
@@ -136,9 +147,40 @@ class NodeMetrics:
             buckets=BATCH_BUCKETS, registry=self.registry,
         )
         self.registry.register(NodeCollector(host))
+        self.host = host
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``/healthz``: whether this node should get traffic, and why (see the docstring
+        of ``replicaio.runtime.metrics``)."""
+        host = self.host
+        status = protocol_status(host)
+        reasons = []
+        serving = host.ready.is_set() and not host.stopping and host.service is not None
+        if not serving:
+            reasons.append("not serving (starting or stopping)")
+        leader = status.get("leader")
+        if "term" in status and (leader is None or leader < 0):
+            reasons.append("no leader known")
+        if status.get("recovering", 0):
+            reasons.append("recovering: may not vote until it caught up")
+        lag = None
+        if "commit_index" in status and "applied_index" in status:
+            lag = status["commit_index"] - status["applied_index"]
+            if lag > HEALTH_LAG_MAX:
+                reasons.append(f"applied index {lag} behind the commit index")
+        body: dict[str, Any] = {
+            "healthy": not reasons, "serving": serving, "reasons": reasons,
+            "node": host.node_id, "leader": leader, "term": status.get("term"),
+            "commit_index": status.get("commit_index"),
+            "applied_index": status.get("applied_index"), "lag": lag,
+            "peers_connected": sum(1 for channel in (
+                host.transport.channels.values() if host.transport is not None else ())
+                if channel.connection is not None),
+        }
+        return not reasons, body
 
     async def serve(self, address: Address) -> asyncio.Server:
         return await asyncio.start_server(
@@ -156,8 +198,16 @@ class NodeMetrics:
             writer.close()
             return
         words = head.split(b" ", 2)
-        if len(words) >= 2 and words[0] == b"GET" and words[1] in (b"/", b"/metrics"):
+        path = words[1] if len(words) >= 2 and words[0] == b"GET" else b""
+        if path in (b"/", b"/metrics"):
             body, status, kind = self.render(), b"200 OK", CONTENT_TYPE_LATEST.encode()
+        elif path == b"/healthz":
+            healthy, report = self.health()
+            body = (json.dumps(report) + "\n").encode()
+            status = b"200 OK" if healthy else b"503 Service Unavailable"
+            kind = b"application/json"
+        elif path == b"/livez":  # the loop answers: restart the process only if it does not
+            body, status, kind = b"ok\n", b"200 OK", b"text/plain"
         else:
             body, status, kind = b"not found\n", b"404 Not Found", b"text/plain"
         writer.write(
