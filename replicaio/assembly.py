@@ -290,36 +290,58 @@ TXN_GROUPS_DEFAULT = 3
 
 @dataclass(frozen=True, slots=True)
 class TransactionalSpec:
-    """A transactional cluster: G groups of Raft + SMR + the transaction store
-    (``replicaio.services.txn``), with the transaction protocol on every node."""
+    """A transactional cluster: G groups of an ordering protocol (``raft`` or
+    ``pbft``) + SMR + the transaction store (``replicaio.services.txn``), with the
+    transaction protocol on every node; ``checkers`` are each group's own."""
 
     name: str
     summary: str
     node_type: type[TxnNode] = TxnNode
     store_type: type[TxnStore] = TxnStore
     broken: bool = False
+    ordering: str = "raft"
+    checkers: Callable[[ClusterConfig], list[Any]] = raft_checkers
 
 
 def build_transactional(spec: TransactionalSpec, name: str,
                         parameters: Mapping[str, int]) -> TxnFactory:
     groups = parameters.get("groups", TXN_GROUPS_DEFAULT)
-    raft_params = RaftParams().validate()
     defaults = SmrParams()
-    smr_params = SmrParams(
-        snapshot_interval=parameters.get("snapshot", RAFT_SNAPSHOT_INTERVAL),
-        batch_requests_max=parameters.get("batch", defaults.batch_requests_max),
-        sessions_max=parameters.get("sessions", defaults.sessions_max),
-    )
-    group_factory = SmrFactory(
-        name, Resilience.CRASH, lambda context: Raft(context, raft_params),
-        spec.store_type, smr_params, ordering_path="raft",
-    )
+    group_factory: SmrFactory
+    if spec.ordering == "pbft":
+        interval = PBFT_CHECKPOINT_INTERVAL
+        pbft_params = PbftParams(checkpoint_interval=interval, log_size=2 * interval,
+                                 batch_bytes_max=PBFT_BATCH_BYTES_MAX).validate()
+        smr_params = SmrParams(
+            snapshot_interval=interval, batch_bytes_max=PBFT_BATCH_BYTES_MAX,
+            command_bytes_max=PBFT_COMMAND_BYTES_MAX,
+            sessions_max=parameters.get("sessions", defaults.sessions_max),
+        )
+        group_factory = SmrFactory(
+            name, Resilience.BYZANTINE, lambda context: Pbft(context, pbft_params),
+            spec.store_type, smr_params, ordering_path="pbft",
+        )
+    else:
+        raft_params = RaftParams().validate()
+        smr_params = SmrParams(
+            snapshot_interval=parameters.get("snapshot", RAFT_SNAPSHOT_INTERVAL),
+            batch_requests_max=parameters.get("batch", defaults.batch_requests_max),
+            sessions_max=parameters.get("sessions", defaults.sessions_max),
+        )
+        group_factory = SmrFactory(
+            name, Resilience.CRASH, lambda context: Raft(context, raft_params),
+            spec.store_type, smr_params, ordering_path="raft",
+        )
     return TxnFactory(name, SlotMap.even(groups), group_factory, node_type=spec.node_type)
 
 
 TRANSACTIONAL: dict[str, TransactionalSpec] = {
     "txn": TransactionalSpec(
         "txn", "atomic transactions across G Raft groups (txn:groups=G), keys by hash slot"),
+    "txn-pbft": TransactionalSpec(
+        "txn-pbft", "atomic transactions across G PBFT groups (crash faults only: a node "
+        "trusts its own replica's answers), keys by hash slot",
+        ordering="pbft", checkers=pbft_checkers),
 }
 TRANSACTIONAL.update(
     (name, TransactionalSpec(name, f"BROKEN on purpose: {variant.summary}",

@@ -102,6 +102,11 @@ def test_protocol_params_become_the_registry_name(tmp_path: Path) -> None:
     assert caught.value.field == "protocol.params"
 
 
+def test_transactional_clusters_take_their_groups(tmp_path: Path) -> None:
+    text = EXAMPLE.replace('name = "bracha"\nf = 1\n', 'name = "txn"\n[protocol.params]\ngroups = 5\n')
+    assert load_cluster_file(write(tmp_path, text)).protocol == "txn:groups=5"
+
+
 def test_the_secret_may_come_from_a_file(tmp_path: Path) -> None:
     (tmp_path / "secret.hex").write_text(SECRET_HEX + "\n")
     text = EXAMPLE.replace(f'secret = "{SECRET_HEX}"', 'secret_file = "secret.hex"')

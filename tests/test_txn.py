@@ -120,6 +120,7 @@ def test_participant_lease_expires_in_ticks() -> None:
     for _ in range(4):
         run(store, "tick")
     assert list(store.expired()) == [((4, 1), 2)]
+    assert list(store.expired(slack=3)) == []  # other nodes wait a lease more
     assert run(store, "discard", 4, 1) == ("discard",)
     assert not store.locks and not store.busy()
 
@@ -175,6 +176,14 @@ def test_simulated_cluster_holds_under_faults(workload: str) -> None:
     assert committed > 0
     if workload == "list-append":  # (the bank's clients start once the deposit commits)
         assert crashes > 0, "the coordinator group's leader is crashed mid-transaction"
+
+
+def test_pbft_groups() -> None:
+    """The protocol over another Ordering: three PBFT groups on four nodes."""
+    options = txn_options(4, 4, ("crash", "loss", "dup", "reorder"), TxnWorkload())
+    result = Simulator("txn-pbft", options).run()
+    assert result.ok, result.violations
+    assert result.stats["outcomes"].get("committed", 0) > 0
 
 
 def test_same_seed_same_log() -> None:

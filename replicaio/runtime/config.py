@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from replicaio.assembly import SERVICES as REPLICATED_SERVICES
+from replicaio.assembly import TRANSACTIONAL
 from replicaio.assembly import protocol_factory, protocol_names
 from replicaio.core.config import NODES_MAX, ClusterConfig, Resilience
 from replicaio.core.errors import ConfigError, UsageError
@@ -330,7 +331,7 @@ def protocol_with_params(name: str, params: dict[str, Any]) -> str:
     is ``raft:snapshot=8`` (what the event log records, so replay builds the same)."""
     if not params:
         return name
-    if name not in REPLICATED_SERVICES:
+    if name not in REPLICATED_SERVICES and name not in TRANSACTIONAL:
         raise ClusterFileError(
             "protocol.params", f"protocol {name!r} takes no parameters, got {sorted(params)}"
         )

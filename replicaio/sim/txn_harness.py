@@ -26,7 +26,8 @@ replica of each group; ``replicaio.services.txn``) with closed-loop clients:
   strict serializability (list-append) or the bank total. Liveness: after
   the heal every client completes a transaction invoked after it, and every
   replica of every group reports no lock held and no open coordinator
-  record (``LockReport``): nothing stays locked once the leases run out.
+  record (``LockReport``): nothing stays locked once the leases run out (for
+  PBFT groups: n - f replicas of each, see ``clean_quorum``).
 
 Everything random comes from ``random.Random`` seeded by the run's seed.
 """
@@ -37,7 +38,7 @@ import random
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from replicaio.assembly import raft_checkers, raft_leader_of, transactional_spec
+from replicaio.assembly import TransactionalSpec, raft_leader_of, transactional_spec
 from replicaio.check.broadcast import Violation
 from replicaio.check.transactions import (
     BANK,
@@ -112,10 +113,16 @@ class Client:
 class TxnHarness:
     """See the module docstring."""
 
-    def __init__(self, config: ClusterConfig, groups: int) -> None:
+    def __init__(self, config: ClusterConfig, groups: int, spec: TransactionalSpec) -> None:
         self.config = config
         self.slots = SlotMap.even(groups)
-        self.checkers = [raft_checkers(config) for _ in range(groups)]
+        self.checkers = [spec.checkers(config) for _ in range(groups)]
+        # Replicas of a group that must end with nothing held: all of them for a
+        # crash-tolerant ordering (followers catch up by heartbeats); n - f for a
+        # BFT one, whose replica left behind in an idle group need not catch up
+        # (its stale view holds no lock the group's log does).
+        self.clean_quorum = (config.n if spec.ordering == "raft"
+                             else config.n - config.f)
         self.leaders: dict[int, tuple[int, int]] = {}  # group -> (term, node)
         self.reports: dict[tuple[int, int], LockReport] = {}
         self.codec = Codec()
@@ -331,10 +338,18 @@ class TxnHarness:
                 self.next_transaction(client)
 
     def held(self) -> list[str]:
-        return [f"node {node} group {group}: {report.locks} locks, {report.prepared} prepared, "
-                f"{report.open_records} open records"
-                for (node, group), report in sorted(self.reports.items())
-                if report.locks or report.prepared or report.open_records]
+        """Replicas still reporting locks or open records, for every group where
+        fewer than ``clean_quorum`` replicas report none."""
+        found = []
+        for group in range(self.slots.groups):
+            reports = {node: report for (node, g), report in self.reports.items() if g == group}
+            busy = [f"node {node} group {group}: {report.locks} locks, {report.prepared} "
+                    f"prepared, {report.open_records} open records"
+                    for node, report in sorted(reports.items())
+                    if report.locks or report.prepared or report.open_records]
+            if self.config.n - len(busy) < self.clean_quorum:
+                found += busy
+        return found
 
     def settled(self) -> bool:
         if not self.healed or self.held():
@@ -384,7 +399,7 @@ def txn_harness_for(protocol: str, config: ClusterConfig) -> TxnHarness | None:
     found = transactional_spec(protocol)
     if found is None:
         return None
-    _, parameters = found
+    spec, parameters = found
     from replicaio.assembly import TXN_GROUPS_DEFAULT
 
-    return TxnHarness(config, parameters.get("groups", TXN_GROUPS_DEFAULT))
+    return TxnHarness(config, parameters.get("groups", TXN_GROUPS_DEFAULT), spec)

@@ -265,13 +265,19 @@ class TxnNode:
             await self.context.sleep(self.params.resolve_every_us)
             for group, store in enumerate(self.stores):
                 self.report(group, store)
-                ordering = self.groups.replicas[group].ordering
-                if ordering.leader_hint != self.context.id or not store.busy():
+                if not store.busy():
                     continue
-                self.once(("tick", group), self.call(group, "tick"))
-                for txn, coordinator in list(store.expired())[: self.params.resolve_max]:
+                # The leader's node acts at once and paces the clock; every other
+                # node once a lease more has passed (its leader's node may have a
+                # replica of another group stuck behind: the work still gets done).
+                slack = 0
+                if self.groups.replicas[group].ordering.leader_hint == self.context.id:
+                    self.once(("tick", group), self.call(group, "tick"))
+                else:
+                    slack = store.params.lease_ticks
+                for txn, coordinator in list(store.expired(slack))[: self.params.resolve_max]:
                     self.once(("resolve", group, txn), self.resolve(group, txn, coordinator))
-                for txn, decision, missing in list(store.undelivered())[
+                for txn, decision, missing in list(store.undelivered(slack))[
                         : self.params.resolve_max]:
                     self.once(("deliver", group, txn),
                               self.deliver(group, txn, decision, missing))

@@ -207,20 +207,23 @@ class TxnStore:
     def count(self, counter: str) -> None:
         self.counters[counter] = self.counters.get(counter, 0) + 1
 
-    def expired(self) -> Iterator[tuple[TxnId, int]]:
-        """Prepared transactions whose lease ran out: ``(txn, coordinator)``."""
+    def expired(self, slack: int = 0) -> Iterator[tuple[TxnId, int]]:
+        """Prepared transactions whose lease ran out ``slack`` ticks ago or more:
+        ``(txn, coordinator)``."""
         for txn, record in self.prepared.items():
-            if record.deadline < self.ticks:
+            if record.deadline + slack < self.ticks:
                 yield txn, record.coordinator
 
-    def undelivered(self) -> Iterator[tuple[TxnId, str, tuple[int, ...]]]:
+    def undelivered(self, slack: int = 0) -> Iterator[tuple[TxnId, str, tuple[int, ...]]]:
         """Coordinator records: decided ones some participant has not acknowledged,
         ``(txn, decision, those participants)``, and pending ones past their lease
-        (decision ``pending``)."""
+        (decision ``pending``); with ``slack``, only those whose lease ran out
+        ``slack`` ticks ago or more."""
         for txn, record in self.coordinated.items():
+            if record.deadline + slack >= self.ticks:
+                continue
             if record.decision is None:
-                if record.deadline < self.ticks:
-                    yield txn, PENDING, record.participants
+                yield txn, PENDING, record.participants
                 continue
             missing = tuple(g for g in record.participants if g not in record.acked)
             if missing:
