@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from replicaio.assembly import SERVICES as REPLICATED_SERVICES
-from replicaio.assembly import TRANSACTIONAL
-from replicaio.assembly import protocol_factory, protocol_names
+from replicaio.assembly import TRANSACTIONAL, protocol_factory, protocol_names
 from replicaio.core.config import NODES_MAX, ClusterConfig, Resilience
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.node import NodeParams
