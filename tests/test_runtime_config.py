@@ -103,7 +103,8 @@ def test_protocol_params_become_the_registry_name(tmp_path: Path) -> None:
 
 
 def test_transactional_clusters_take_their_groups(tmp_path: Path) -> None:
-    text = EXAMPLE.replace('name = "bracha"\nf = 1\n', 'name = "txn"\n[protocol.params]\ngroups = 5\n')
+    text = EXAMPLE.replace('name = "bracha"\nf = 1\n',
+                           'name = "txn"\n[protocol.params]\ngroups = 5\n')
     assert load_cluster_file(write(tmp_path, text)).protocol == "txn:groups=5"
 
 
