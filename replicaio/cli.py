@@ -32,7 +32,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as distribution_version
@@ -264,19 +264,17 @@ def command_swarm(args: argparse.Namespace) -> int:
     failures: list[dict[str, Any]] = []
     show_progress = sys.stderr.isatty() and not args.json
     work = [(args, seed) for seed in seeds]
-    results: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        stream = pool.map(swarm_worker, work, chunksize=max(1, len(work) // (jobs * 8)))
-        if show_progress:
-            from rich.progress import Progress
+    if args.dask is not None:
+        from replicaio.sim.fleet import map_on_dask
 
-            with Progress(transient=True) as progress:
-                task = progress.add_task(f"{args.protocol} swarm", total=len(work))
-                for item in stream:
-                    results.append(item)
-                    progress.advance(task)
-        else:
-            results = list(stream)
+        results = collect(map_on_dask(args.dask, swarm_worker, work,
+                                      connect_timeout_s=args.dask_timeout),
+                          len(work), args, show_progress)
+        results.sort(key=lambda item: int(item["seed"]))  # completion order -> seed order
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            stream = pool.map(swarm_worker, work, chunksize=max(1, len(work) // (jobs * 8)))
+            results = collect(stream, len(work), args, show_progress)
     for item in results:
         if item["violations"]:
             failures.append(item)
@@ -305,6 +303,7 @@ def command_swarm(args: argparse.Namespace) -> int:
             ],
             "failures": failures,
             "wall_seconds": round(elapsed, 3),
+            "log_sha256": {str(item["seed"]): item.get("log_sha256") for item in results},
             **swarm_service_fields(args, results),
         }, sort_keys=True))
     else:
@@ -319,8 +318,26 @@ def command_swarm(args: argparse.Namespace) -> int:
         if fields:
             verdict += (", every run linearizable" if fields["all_linearizable"] else
                         f", NOT linearizable: seeds {fields['not_linearizable_seeds'][:10]}")
-        print(f"{args.protocol}: {len(results)} seeds, {verdict} ({elapsed:.1f} s, {jobs} jobs)")
+        where = f"on {args.dask}" if args.dask else f"{jobs} jobs"
+        print(f"{args.protocol}: {len(results)} seeds, {verdict} ({elapsed:.1f} s, {where})")
     return EXIT_VIOLATION if failures else EXIT_OK
+
+
+def collect(stream: Iterator[dict[str, Any]], total: int, args: argparse.Namespace,
+            show_progress: bool) -> list[dict[str, Any]]:
+    """Every result of ``stream``, with a progress bar on a terminal."""
+    if not show_progress:
+        return list(stream)
+    from rich.progress import Progress
+
+    results = []
+    where = f" on {args.dask}" if args.dask else ""
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"{args.protocol} swarm{where}", total=total)
+        for item in stream:
+            results.append(item)
+            progress.advance(task)
+    return results
 
 
 def swarm_service_fields(
@@ -638,6 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "so that repeated swarms explore new seeds")
     swarm.add_argument("--jobs", type=positive_int, default=None,
                        help="worker processes (default: the CPUs, at most 8)")
+    swarm.add_argument("--dask", default=None, metavar="tcp://HOST:8786",
+                       help="run the seeds on this Dask scheduler's workers instead of local "
+                       "processes (same verdicts and hashes; docs/simulation.md)")
+    swarm.add_argument("--dask-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="give up connecting to the Dask scheduler after this long "
+                       "(default: %(default)s)")
     swarm.add_argument("--no-shrink", dest="shrink", action="store_false",
                        help="do not shrink the first failure's fault schedule")
     swarm.add_argument("--shrink-dir", default="replicaio-failures",
