@@ -105,6 +105,8 @@ def health(cluster: LocalCluster, node: int, path: str = "/healthz") -> tuple[in
             status = page.status
     except urllib.error.HTTPError as error:
         body, status = error.read().decode(), error.code
+    except urllib.error.URLError:  # not listening yet (it opens after the client port)
+        return 0, {}
     return status, json.loads(body) if path == "/healthz" else body
 
 
