@@ -631,6 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compose, simulate, check, replay and run replication protocols.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--log-level", dest="cli_log_level", default=None,
+                        choices=("debug", "info", "warning", "error"),
+                        help="this command's own logs (JSON lines on stderr, ISO timestamps); "
+                        "nodes started by cluster up / kv up take their own --log-level "
+                        "(default: warnings only)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     sim = commands.add_parser("sim", help="run one simulation and check every property")
@@ -724,6 +729,10 @@ def build_parser() -> argparse.ArgumentParser:
     from replicaio.runtime.kv.commands import add_kv_commands
 
     add_kv_commands(commands)
+    # The operator's view of a live key-value cluster (replicaio/runtime/ctl.py).
+    from replicaio.runtime.ctl import add_ctl_command
+
+    add_ctl_command(commands)
     # Live torture in network namespaces (replicaio/torture/commands.py).
     from replicaio.torture.commands import add_torture_command
 
@@ -734,6 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # (a bad option: argparse prints the usage, exits 2)
+    if args.cli_log_level is not None:
+        from replicaio.runtime.logs import configure_logging
+
+        configure_logging(args.cli_log_level)
     return run_command(parser, args, dispatch)
 
 

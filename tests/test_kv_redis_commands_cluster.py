@@ -13,6 +13,7 @@ ROLE, and SET's errors naming the offending option.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -284,3 +285,29 @@ def test_resp2_clients_get_flat_replies(cluster: LocalCluster) -> None:
     assert old.zrange("r2:z", 0, -1, withscores=True) == [(b"m", 1.5)]
     assert old.smembers("r2:s") == {b"x"}
     old.close()
+
+
+def test_ctl_status_and_health(cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """``replicaio ctl`` (runs last in this module: it kills a node)."""
+    from replicaio.cli import main
+
+    path = str(cluster.config_path)
+    assert main(["ctl", "--cluster", path, "status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    nodes = report["nodes"]
+    assert [item["node"] for item in nodes] == [0, 1, 2]
+    assert all(item["reachable"] and item["term"] >= 1 for item in nodes)
+    assert sorted(item["role"] for item in nodes) == ["follower", "follower", "leader"]
+    assert len({item["leader"] for item in nodes}) == 1
+    assert main(["ctl", "--cluster", path, "health"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["node", "address", "role"]
+    assert table.count(" yes ") + table.count(" yes\n") >= 3 or table.count("yes") == 3
+    follower = next(item["node"] for item in nodes if item["role"] == "follower")
+    cluster.kill(follower)
+    assert main(["ctl", "--cluster", path, "health", "--json", "--timeout", "2"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    down = next(item for item in report["nodes"] if item["node"] == follower)
+    assert down["reachable"] is False and report["healthy"] is False
+    assert main(["ctl", "--cluster", path, "status"]) == 0
+    assert "DOWN" in capsys.readouterr().out

@@ -25,7 +25,7 @@ time; replay: the recorded answer; a Byzantine node's adversary: anything).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,6 +44,21 @@ def notice(cls: type[_T]) -> type[_T]:
     """Register the output type ``cls`` as one hosts log at warning."""
     NOTICE_TYPES.add(cls)
     return cls
+
+
+# Output types a live host logs at info as it releases them, with the message
+# an operator reads (a leader elected, a membership change, a snapshot).
+OPERATOR_EVENTS: dict[type, str] = {}
+
+
+def operator_event(message: str) -> Callable[[type[_T]], type[_T]]:
+    """Register an output type as an operator event logged with ``message``."""
+
+    def register(cls: type[_T]) -> type[_T]:
+        OPERATOR_EVENTS[cls] = message
+        return cls
+
+    return register
 
 
 @dataclass(frozen=True, slots=True)

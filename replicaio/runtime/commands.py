@@ -89,7 +89,9 @@ def add_runtime_commands(commands: Any) -> None:
     up.add_argument("--metrics", action="store_true", help="serve Prometheus metrics too")
     up.add_argument("--no-fsync", action="store_true", help="skip fsync (tests only)")
     up.add_argument("--event-logs", action="store_true", help="record D/node-I.events")
-    up.add_argument("--ready-timeout", type=float, default=20.0)
+    up.add_argument("--ready-timeout", type=float, default=20.0,
+                    help="seconds to wait for the nodes to listen")
+    up.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="the nodes' log level")
     up.add_argument("--json", action="store_true", help="one JSON object on stdout")
     up.set_defaults(handler=command_cluster_up)
     down = actions.add_parser("down", help="stop the cluster started in --data-dir")
@@ -173,7 +175,7 @@ def command_cluster_up(args: argparse.Namespace) -> int:
     processes = []
     for entry in cluster.nodes:
         command = [sys.executable, "-m", "replicaio.cli", "node", "--config", str(config_path),
-                   "--id", str(entry.id)]
+                   "--id", str(entry.id), "--log-level", args.log_level]
         if args.event_logs:
             command += ["--event-log", str(directory / f"node-{entry.id}.events")]
         with open(directory / f"node-{entry.id}.log", "ab") as output:
@@ -335,7 +337,10 @@ def command_cluster_down(args: argparse.Namespace) -> int:
 
 
 def running_pids(directory: Path) -> dict[Path, int]:
-    """Pid files in ``directory`` whose process is a live node of this cluster."""
+    """The live nodes of this directory's cluster: those of its pid files, and any
+    other process running ``replicaio ... node --config`` on its cluster file
+    (started by hand, or by a ``kv up`` whose pid file is gone), keyed by
+    ``/proc/<pid>``."""
     found: dict[Path, int] = {}
     for pid_file in sorted(directory.glob("node-*.pid")):
         try:
@@ -344,19 +349,43 @@ def running_pids(directory: Path) -> dict[Path, int]:
             continue
         if is_our_node(pid, directory):
             found[pid_file] = pid
+    known = set(found.values())
+    for entry in Path("/proc").iterdir():
+        pid = int(entry.name) if entry.name.isdigit() else 0
+        if pid and pid not in known and pid != os.getpid() and is_our_node(pid, directory):
+            found[entry] = pid
     return found
 
 
 def is_our_node(pid: int, directory: Path) -> bool:
     """True if ``pid`` is alive and runs ``replicaio ... node`` on this directory's
-    cluster file (guards against a recycled pid)."""
+    cluster file, named in any way (guards against a recycled pid)."""
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return False
-    config = str(directory / CLUSTER_FILE).encode()
-    return state != "Z" and b"node" in command and config in command
+    if state == "Z" or b"node" not in command or b"--config" not in command:
+        return False
+    position = command.index(b"--config") + 1
+    if position >= len(command):
+        return False
+    named = Path(os.fsdecode(command[position]))
+    if not named.is_absolute():
+        try:
+            named = Path(os.readlink(f"/proc/{pid}/cwd")) / named
+        except OSError:
+            return False
+    return os.path.normpath(named) == os.path.normpath(directory / CLUSTER_FILE)
+
+
+def node_id_of(pid: int) -> int | None:
+    """The ``--id`` a node process was started with, if it can be read."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return int(command[command.index(b"--id") + 1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def stop_cluster(directory: Path, *, timeout_s: float) -> int:

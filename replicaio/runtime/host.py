@@ -47,7 +47,15 @@ from typing import IO, Any, TypeVar
 
 from replicaio.assembly import protocol_factory
 from replicaio.core.codec import Codec
-from replicaio.core.effects import CLOCK_CHOICE, NOTICE_TYPES, Input, Receive, Request, TimerFired
+from replicaio.core.effects import (
+    CLOCK_CHOICE,
+    NOTICE_TYPES,
+    OPERATOR_EVENTS,
+    Input,
+    Receive,
+    Request,
+    TimerFired,
+)
 from replicaio.core.node import Node
 from replicaio.runtime.client import ClientService, OnDone, service_factory
 from replicaio.runtime.config import Address, ClusterFile
@@ -439,8 +447,12 @@ class NodeHost:
 
     def release_outputs(self, outputs: list[Any]) -> None:
         for output in outputs:
-            if type(output) in NOTICE_TYPES:
-                log(logger, logging.WARNING, type(output).__name__, **output_fields(output))
+            kind = type(output)
+            if kind in NOTICE_TYPES:
+                log(logger, logging.WARNING, kind.__name__, **output_fields(output))
+            elif kind in OPERATOR_EVENTS:
+                log(logger, logging.INFO, OPERATOR_EVENTS[kind], event=kind.__name__,
+                    **output_fields(output))
         if outputs and self.service is not None:
             self.service.on_outputs(outputs)
 

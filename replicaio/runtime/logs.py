@@ -1,6 +1,7 @@
 """Structured logs: one JSON object per line on stderr, with a level.
 
-Every line has ``time`` (Unix seconds), ``level``, ``logger``, ``message`` and
+Every line has ``time`` (Unix seconds), ``at`` (the same instant in ISO 8601,
+UTC, to the microsecond, for people), ``level``, ``logger``, ``message`` and
 the node's ``node`` id, plus the fields of the event (``peer``, ``reason``,
 ``address``, ...): machine-readable first, still legible. Repeated warnings of
 one kind (a flood of garbage connections) are rate-limited per key so a
@@ -10,6 +11,7 @@ kind are logged, then one in every ``every``, each carrying the running count.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import sys
@@ -29,6 +31,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": round(record.created, 6),
+            "at": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="microseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -477,7 +477,7 @@ class Simulator:
         def choose(label: str, count: int) -> int:
             if label == CLOCK_CHOICE:
                 # Virtual time, in ms; never explored, and honest even on a Byzantine
-                # node: SMR does not check a primary's stamp yet (docs/adr/0008).
+                # node: SMR does not check a primary's stamp yet (docs/adr/0010).
                 index = min(self.now // 1000, count - 1)
             elif strategy is not None:
                 index = strategy.choose(label, count)

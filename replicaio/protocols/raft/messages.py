@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from replicaio.core.codec import Message, Meta
-from replicaio.core.effects import notice
+from replicaio.core.effects import notice, operator_event
 
 NO_NODE = -1  # votedFor / leader unknown
 UNREGISTERED = 0  # a configuration slot whose disk identity is not known yet
@@ -176,6 +176,7 @@ class RaftAdmin(Message, tag="raft.Admin"):
 # -- outputs (for checkers and reports) --------------------------------------------
 
 
+@operator_event("leader elected")
 class BecameLeader(Message, tag="raft.BecameLeader"):
     """``node`` won the election of ``term``. Its log at that moment: entries
     ``snapshot_index + 1 .. last_index``, described by ``runs`` — ``(first
@@ -215,6 +216,7 @@ class FollowerLogRegressed(Message, tag="raft.FollowerLogRegressed"):
     last_index_hint: int
 
 
+@operator_event("voted in a new term")
 class Voted(Message, tag="raft.Voted"):
     """``node`` cast its vote of ``term`` for ``candidate`` (itself, as a
     candidate); emitted once the vote is durable."""
@@ -245,6 +247,7 @@ class Applied(Message, tag="raft.Applied"):
     digest: Digest
 
 
+@operator_event("snapshot installed from the leader")
 class SnapshotInstalled(Message, tag="raft.SnapshotInstalled"):
     """``node`` replaced its state by a leader's snapshot covering ``index``."""
 
@@ -270,6 +273,7 @@ class ReadConfirmed(Message, tag="raft.ReadConfirmed"):
     index: int
 
 
+@operator_event("membership changed")
 class ConfigChanged(Message, tag="raft.ConfigChanged"):
     """``node``'s configuration became ``config`` (appended at ``index``;
     configurations take effect when appended, not when committed)."""

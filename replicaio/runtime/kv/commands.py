@@ -19,6 +19,7 @@ file, for a deployment across hosts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import secrets
 import socket
 import subprocess
@@ -33,12 +34,14 @@ from replicaio.runtime.commands import (
     CLUSTER_FILE,
     EXIT_FAILED,
     EXIT_OK,
+    LOG_LEVELS,
     SECRET_FILE,
     add_down_arguments,
     add_node_arguments,
     cluster_report,
     command_node,
     exit_reason,
+    node_id_of,
     ports_in_use,
     running_pids,
     stop_cluster,
@@ -66,7 +69,12 @@ def add_kv_commands(commands: Any) -> None:
     up.add_argument("--no-metrics", action="store_true", help="no Prometheus endpoints")
     up.add_argument("--no-fsync", action="store_true", help="skip fsync (throwaway clusters)")
     up.add_argument("--event-logs", action="store_true", help="record D/node-I.events")
-    up.add_argument("--ready-timeout", type=float, default=30.0)
+    up.add_argument("--ready-timeout", type=float, default=30.0,
+                    help="seconds to wait for the nodes to serve")
+    up.add_argument("--node", type=int, default=None, metavar="I",
+                    help="start (or restart) only node I of the cluster in --data-dir")
+    up.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                    help="the nodes' log level")
     up.add_argument("--json", action="store_true", help="one JSON object on stdout")
     up.set_defaults(handler=command_kv_up)
     down = actions.add_parser("down", help="stop the KV cluster started in --data-dir")
@@ -87,9 +95,12 @@ def command_kv_up(args: argparse.Namespace) -> int:
     if service_spec(args.protocol) is None:
         raise UsageError(f"--protocol {args.protocol!r} is not a replicated service (try raft)")
     directory = Path(args.data_dir).resolve()
+    if args.node is not None:
+        return start_one_node(directory, args)
     directory.mkdir(parents=True, exist_ok=True)
     if running_pids(directory):
-        raise UsageError(f"a cluster is already running in {directory} (kv down first)")
+        raise UsageError(f"a cluster is already running in {directory} (kv down first, or "
+                         "kv up --node I to start one stopped node)")
     config_path = directory / CLUSTER_FILE
     existed = config_path.exists()
     if not existed:
@@ -113,7 +124,7 @@ def command_kv_up(args: argparse.Namespace) -> int:
     if busy:
         print(f"replicaio: error: cannot start: {'; '.join(busy)}", file=sys.stderr)
         return EXIT_FAILED
-    processes = start_nodes(directory, config_path, cluster, args.event_logs)
+    processes = start_nodes(directory, config_path, cluster, args.event_logs, args.log_level)
     failed = wait_until_ready(cluster, processes, args.ready_timeout, directory)
     if failed is None:
         failed = wait_until_serving(cluster, processes, args.ready_timeout, directory)
@@ -183,12 +194,15 @@ def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
 
 
 def start_nodes(
-    directory: Path, config_path: Path, cluster: ClusterFile, event_logs: bool
+    directory: Path, config_path: Path, cluster: ClusterFile, event_logs: bool,
+    log_level: str = "info", only: int | None = None,
 ) -> list[subprocess.Popen[bytes]]:
     processes = []
     for entry in cluster.nodes:
+        if only is not None and entry.id != only:
+            continue
         command = [sys.executable, "-m", "replicaio.cli", "kv", "node", "--config",
-                   str(config_path), "--id", str(entry.id)]
+                   str(config_path), "--id", str(entry.id), "--log-level", log_level]
         if event_logs:
             command += ["--event-log", str(directory / f"node-{entry.id}.events")]
         with open(directory / f"node-{entry.id}.log", "ab") as output:
@@ -199,6 +213,46 @@ def start_nodes(
         (directory / f"node-{entry.id}.pid").write_text(f"{process.pid}\n")
         processes.append(process)
     return processes
+
+
+def start_one_node(directory: Path, args: argparse.Namespace) -> int:
+    """``kv up --node I``: start (or restart) node I of the cluster in ``directory``,
+    which must exist; the other nodes are left as they are."""
+    config_path = directory / CLUSTER_FILE
+    if not config_path.exists():
+        raise UsageError(f"no cluster in {directory} (kv up without --node creates one)")
+    cluster = load_cluster_file(config_path)
+    if args.node not in {entry.id for entry in cluster.nodes}:
+        raise UsageError(f"--node {args.node}: the cluster has nodes 0..{cluster.n - 1}")
+    running = [pid for pid in running_pids(directory).values() if node_id_of(pid) == args.node]
+    if running:
+        raise UsageError(f"node {args.node} is already running (pid {running[0]})")
+    entry = cluster.nodes[args.node]
+    busy = ports_in_use(dataclasses.replace(cluster, nodes=(entry,)), "RESP")
+    if busy:
+        print(f"replicaio: error: cannot start: {'; '.join(busy)}", file=sys.stderr)
+        return EXIT_FAILED
+    process = start_nodes(directory, config_path, cluster, args.event_logs, args.log_level,
+                          only=args.node)[0]
+    deadline = time.monotonic() + args.ready_timeout
+    while not ask(entry.client.host, entry.client.port, b"*1\r\n$4\r\nPING\r\n", b"+PONG",
+                  time.monotonic() + 1.0):
+        status = process.poll()
+        if status is not None:
+            print(f"replicaio: error: {exit_reason(directory, args.node, status)}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        if time.monotonic() > deadline:
+            print(f"replicaio: error: node {args.node} not serving after {args.ready_timeout} s"
+                  f"; see {directory}/node-{args.node}.log", file=sys.stderr)
+            return EXIT_FAILED
+        time.sleep(0.05)
+    if args.json:
+        print_json({"command": "kv up", "node": args.node, "pid": process.pid,
+                    "client": str(entry.client), "config": str(config_path)})
+    else:
+        print(f"node {args.node}: pid {process.pid} resp {entry.client} peer {entry.peer}")
+    return EXIT_OK
 
 
 def wait_until_serving(

@@ -1,0 +1,204 @@
+"""``replicaio ctl --cluster FILE status|health``: an operator's view of a live KV cluster.
+
+Every node of a key-value cluster (``[host] client_service = "resp"``) answers
+Redis's ``INFO`` on its client port; ``ctl`` asks each node in turn (a plain
+socket, a bounded reply) and reports, per node: reachable or not, its role,
+term and leader as the protocol sees them, its commit and applied indexes, its
+lag (the highest commit index any node reported minus its applied index), and
+the replicaio version it runs. ``status`` prints a table (``--json``: one JSON
+object) and exits 0 whatever it finds; ``health`` also reads a key on every
+node through the read barrier (a linearizable read: it needs a leader and a
+quorum) and exits 0 only if every node answered it, else 1.
+
+Nothing here changes the cluster. Membership changes, leadership transfer and
+snapshot save/restore are not in ``ctl`` yet (docs/runtime.md says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+from replicaio.cli_common import print_json
+from replicaio.core.errors import UsageError
+from replicaio.runtime.config import Address, ClusterFile, load_cluster_file
+
+EXIT_OK: Final = 0
+EXIT_UNHEALTHY: Final = 1
+REPLY_BYTES_MAX: Final = 1 << 20  # an INFO reply, at most
+HEALTH_KEY: Final = b"replicaio:health"
+
+
+class ReplyError(Exception):
+    """A node answered with a Redis error, or not in RESP."""
+
+
+@dataclass(slots=True)
+class NodeStatus:
+    node: int
+    address: str
+    reachable: bool
+    role: str = "?"
+    term: int = 0
+    leader: int = -1
+    commit_index: int = 0
+    applied_index: int = 0
+    lag: int = 0
+    version: str = "?"
+    error: str = ""
+    healthy: bool | None = None  # health only: the read through the barrier answered
+    read_ms: float | None = None
+
+
+def command(*words: bytes) -> bytes:
+    parts = [b"*%d\r\n" % len(words)]
+    for word in words:
+        parts.append(b"$%d\r\n%b\r\n" % (len(word), word))
+    return b"".join(parts)
+
+
+def read_reply(stream: BinaryIO) -> bytes | None:
+    """One RESP reply of a bulk string, a simple string or nil (what INFO, GET,
+    PING answer); ``ReplyError`` for an error or anything else."""
+    line = stream.readline(REPLY_BYTES_MAX)
+    if not line.endswith(b"\r\n"):
+        raise ReplyError("connection closed or reply line too long")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise ReplyError(rest.decode("utf-8", "replace"))
+    if kind in (b"$", b"_"):
+        size = int(rest) if kind == b"$" and rest else -1
+        if size < 0:
+            return None
+        if size > REPLY_BYTES_MAX:
+            raise ReplyError("reply too large")
+        data = stream.read(size + 2)
+        if len(data) != size + 2:
+            raise ReplyError("connection closed inside a reply")
+        return bytes(data[:-2])
+    raise ReplyError(f"unexpected reply {line[:40]!r}")
+
+
+def ask(address: Address, timeout_s: float, *words: bytes) -> bytes | None:
+    with socket.create_connection((address.host, address.port), timeout=timeout_s) as sock:
+        sock.sendall(command(*words))
+        with sock.makefile("rb") as stream:
+            return read_reply(stream)
+
+
+def parse_info(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and ":" in line:
+            name, _, value = line.partition(":")
+            fields[name] = value
+    return fields
+
+
+def integer(fields: dict[str, str], name: str, default: int) -> int:
+    try:
+        return int(fields.get(name, default))
+    except ValueError:
+        return default
+
+
+def node_status(node: int, address: Address, timeout_s: float) -> NodeStatus:
+    try:
+        reply = ask(address, timeout_s, b"INFO")
+    except (OSError, ReplyError, ValueError) as error:
+        return NodeStatus(node, str(address), False, error=str(error)[:200])
+    fields = parse_info((reply or b"").decode("utf-8", "replace"))
+    return NodeStatus(
+        node, str(address), True, role=fields.get("role", "?"),
+        term=integer(fields, "term", 0), leader=integer(fields, "leader_node", -1),
+        commit_index=integer(fields, "commit_index", 0),
+        applied_index=integer(fields, "applied_index", 0),
+        version=fields.get("replicaio_version", "?"),
+    )
+
+
+def cluster_status(cluster: ClusterFile, timeout_s: float) -> list[NodeStatus]:
+    found = [node_status(entry.id, entry.client, timeout_s) for entry in cluster.nodes]
+    committed = max((item.commit_index for item in found if item.reachable), default=0)
+    for item in found:
+        if item.reachable:
+            item.lag = max(0, committed - item.applied_index)
+    return found
+
+
+def check_health(cluster: ClusterFile, found: list[NodeStatus], timeout_s: float) -> None:
+    """Read a key through every reachable node's read barrier (linearizable: it needs a
+    leader and a quorum behind it)."""
+    addresses = {entry.id: entry.client for entry in cluster.nodes}
+    for item in found:
+        if not item.reachable:
+            item.healthy = False
+            continue
+        started = time.perf_counter()
+        try:
+            ask(addresses[item.node], timeout_s, b"GET", HEALTH_KEY)
+        except (OSError, ReplyError, ValueError) as error:
+            item.healthy, item.error = False, str(error)[:200]
+            continue
+        item.healthy = True
+        item.read_ms = round((time.perf_counter() - started) * 1000, 2)
+
+
+def render(found: list[NodeStatus], health: bool) -> str:
+    header = ["node", "address", "role", "term", "leader", "commit", "applied", "lag",
+              "version"] + (["healthy", "read ms"] if health else [])
+    rows = [header]
+    for item in found:
+        if not item.reachable:
+            row = [str(item.node), item.address, "DOWN", "", "", "", "", "", item.error[:40]]
+        else:
+            row = [str(item.node), item.address, item.role, str(item.term), str(item.leader),
+                   str(item.commit_index), str(item.applied_index), str(item.lag), item.version]
+        if health:
+            row += ["yes" if item.healthy else "NO",
+                    "" if item.read_ms is None else str(item.read_ms)]
+        rows.append(row)
+    widths = [max(len(row[index]) for row in rows) for index in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
+                                                                         strict=True)).rstrip()
+                     for row in rows)
+
+
+def command_ctl(args: argparse.Namespace) -> int:
+    path = Path(args.cluster)
+    cluster = load_cluster_file(path)
+    if cluster.host.client_service != "resp":
+        raise UsageError(f"{path}: ctl speaks to key-value clusters (client_service = "
+                         f"\"resp\"), not {cluster.host.client_service!r}")
+    found = cluster_status(cluster, args.timeout)
+    health = args.action == "health"
+    if health:
+        check_health(cluster, found, args.timeout)
+    if args.json:
+        print_json({"cluster": str(path), "protocol": cluster.protocol,
+                    "nodes": [asdict(item) for item in found],
+                    **({"healthy": all(item.healthy for item in found)} if health else {})})
+    else:
+        print(render(found, health))
+    if health and not all(item.healthy for item in found):
+        return EXIT_UNHEALTHY
+    return EXIT_OK
+
+
+def add_ctl_command(commands: Any) -> None:
+    ctl = commands.add_parser(
+        "ctl", help="an operator's view of a live key-value cluster (status, health)")
+    ctl.add_argument("--cluster", required=True, help="the cluster's TOML file")
+    ctl.add_argument("--timeout", type=float, default=5.0, help="seconds per node and request")
+    ctl.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ctl.add_argument("action", choices=("status", "health"),
+                     help="status: each node's role, term, leader, indexes, lag, version; "
+                     "health: also a linearizable read through every node (exit 1 if one "
+                     "fails)")
+    ctl.set_defaults(handler=command_ctl)
