@@ -303,6 +303,23 @@ def test_ctl_status_and_health(cluster: LocalCluster, capsys: pytest.CaptureFixt
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:3] == ["node", "address", "role"]
     assert table.count(" yes ") + table.count(" yes\n") >= 3 or table.count("yes") == 3
+    assert main(["ctl", "member", "list", "--cluster", path, "--json"]) == 0
+    members = json.loads(capsys.readouterr().out)
+    assert members["voters"] == "0,1,2" and members["learners"] == ""
+    follower = next(item["node"] for item in nodes if item["role"] == "follower")
+    assert main(["ctl", "--cluster", path, "move-leader", str(follower), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["visible"] is True
+    other = next(node for node in range(3) if node != follower)
+    assert main(["ctl", "--cluster", path, "member", "remove", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["visible"] is True
+    assert main(["ctl", "--cluster", path, "member", "remove", str(other)]) == 1
+    assert "refused: not_a_member" in capsys.readouterr().err
+    assert main(["ctl", "--cluster", path, "member", "add", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["visible"] is True
+    assert main(["ctl", "--cluster", path, "member", "list"]) == 0
+    assert "voters: 0,1,2" in capsys.readouterr().out
+    nodes = json.loads((main(["ctl", "--cluster", path, "status", "--json"]) == 0
+                       and capsys.readouterr().out) or "{}")["nodes"]
     follower = next(item["node"] for item in nodes if item["role"] == "follower")
     cluster.kill(follower)
     assert main(["ctl", "--cluster", path, "health", "--json", "--timeout", "2"]) == 1

@@ -1,4 +1,4 @@
-"""``replicaio ctl --cluster FILE status|health``: an operator's view of a live KV cluster.
+"""``replicaio ctl --cluster FILE status|health|member|move-leader``: operating a live KV cluster.
 
 Every node of a key-value cluster (``[host] client_service = "resp"``) answers
 Redis's ``INFO`` on its client port; ``ctl`` asks each node in turn (a plain
@@ -10,14 +10,19 @@ object) and exits 0 whatever it finds; ``health`` also reads a key on every
 node through the read barrier (a linearizable read: it needs a leader and a
 quorum) and exits 0 only if every node answered it, else 1.
 
-Nothing here changes the cluster. Membership changes, leadership transfer and
-snapshot save/restore are not in ``ctl`` yet (docs/runtime.md says so).
+``member list`` prints the voters, learners and learners being promoted as
+the leader sees them; ``member add|remove|promote N`` and ``move-leader N``
+send ``REPLICAIO.ADMIN`` (``runtime/kv/admin.py``) to the leader, which
+accepts or refuses the change (exit 1 with its reason, e.g. ``not_caught_up``);
+``ctl`` then waits until the leader's configuration (or leadership) shows it.
+Snapshot save/restore is not in ``ctl`` yet.
 """
 
 from __future__ import annotations
 
 import argparse
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +57,9 @@ class NodeStatus:
     error: str = ""
     healthy: bool | None = None  # health only: the read through the barrier answered
     read_ms: float | None = None
+    voters: str = ""
+    learners: str = ""
+    promoting: str = ""
 
 
 def command(*words: bytes) -> bytes:
@@ -119,7 +127,8 @@ def node_status(node: int, address: Address, timeout_s: float) -> NodeStatus:
         term=integer(fields, "term", 0), leader=integer(fields, "leader_node", -1),
         commit_index=integer(fields, "commit_index", 0),
         applied_index=integer(fields, "applied_index", 0),
-        version=fields.get("replicaio_version", "?"),
+        version=fields.get("replicaio_version", "?"), voters=fields.get("voters", ""),
+        learners=fields.get("learners", ""), promoting=fields.get("promoting", ""),
     )
 
 
@@ -170,18 +179,25 @@ def render(found: list[NodeStatus], health: bool) -> str:
                      for row in rows)
 
 
-def command_ctl(args: argparse.Namespace) -> int:
-    path = Path(args.cluster)
+def load_kv_cluster(name: str | None) -> ClusterFile:
+    if name is None:
+        raise UsageError("--cluster FILE is required (the cluster's TOML file)")
+    path = Path(name)
     cluster = load_cluster_file(path)
     if cluster.host.client_service != "resp":
         raise UsageError(f"{path}: ctl speaks to key-value clusters (client_service = "
                          f"\"resp\"), not {cluster.host.client_service!r}")
+    return cluster
+
+
+def command_ctl(args: argparse.Namespace) -> int:
+    cluster = load_kv_cluster(getattr(args, "cluster", None))
     found = cluster_status(cluster, args.timeout)
     health = args.action == "health"
     if health:
         check_health(cluster, found, args.timeout)
     if args.json:
-        print_json({"cluster": str(path), "protocol": cluster.protocol,
+        print_json({"cluster": args.cluster, "protocol": cluster.protocol,
                     "nodes": [asdict(item) for item in found],
                     **({"healthy": all(item.healthy for item in found)} if health else {})})
     else:
@@ -191,14 +207,97 @@ def command_ctl(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def leader_of(found: list[NodeStatus]) -> NodeStatus | None:
+    return next((item for item in found if item.reachable and item.role == "leader"), None)
+
+
+def command_member(args: argparse.Namespace) -> int:
+    """``member list|add|remove|promote`` and ``move-leader``."""
+    cluster = load_kv_cluster(getattr(args, "cluster", None))
+    action = "transfer" if args.action == "move-leader" else args.member_action
+    found = cluster_status(cluster, args.timeout)
+    leader = leader_of(found)
+    if leader is None:
+        print("replicaio ctl: no node says it leads: try again, or see ctl status",
+              file=sys.stderr)
+        return EXIT_UNHEALTHY
+    if action == "list":
+        report = {"leader": leader.node, "term": leader.term, "voters": leader.voters,
+                  "learners": leader.learners, "promoting": leader.promoting}
+        if args.json:
+            print_json(report)
+        else:
+            print("\n".join(f"{name}: {value}" for name, value in report.items()))
+        return EXIT_OK
+    if args.node is None:
+        raise UsageError(f"{args.action} needs a node id")
+    address = {entry.id: entry.client for entry in cluster.nodes}[leader.node]
+    try:
+        ask(address, args.timeout, b"REPLICAIO.ADMIN", action.encode(), str(args.node).encode())
+    except ReplyError as error:
+        print(f"replicaio ctl: {action} {args.node}: {error}", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    except OSError as error:
+        print(f"replicaio ctl: cannot reach the leader {address}: {error}", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    done = wait_for_change(cluster, action, args.node, args.timeout * 4)
+    if args.json:
+        print_json({"action": action, "node": args.node, "accepted": True, "visible": done})
+    else:
+        print(f"{action} {args.node}: accepted by leader {leader.node}"
+              + ("" if done else " (not visible yet: see ctl member list)"))
+    return EXIT_OK
+
+
+def wait_for_change(cluster: ClusterFile, action: str, node: int, timeout_s: float) -> bool:
+    """Whether the leader's view shows the change within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        leader = leader_of(cluster_status(cluster, 2.0))
+        if leader is not None:
+            voters = set(filter(None, leader.voters.split(",")))
+            learners = set(filter(None, leader.learners.split(",")))
+            name = str(node)
+            if (action == "transfer" and leader.node == node) or (
+                action == "remove" and name not in voters | learners) or (
+                action in ("add", "promote") and name in voters) or (
+                action == "add_learner" and name in learners):
+                return True
+        time.sleep(0.1)
+    return False
+
+
 def add_ctl_command(commands: Any) -> None:
     ctl = commands.add_parser(
-        "ctl", help="an operator's view of a live key-value cluster (status, health)")
-    ctl.add_argument("--cluster", required=True, help="the cluster's TOML file")
-    ctl.add_argument("--timeout", type=float, default=5.0, help="seconds per node and request")
-    ctl.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    ctl.add_argument("action", choices=("status", "health"),
-                     help="status: each node's role, term, leader, indexes, lag, version; "
-                     "health: also a linearizable read through every node (exit 1 if one "
-                     "fails)")
-    ctl.set_defaults(handler=command_ctl)
+        "ctl", help="operate a live key-value cluster (status, health, member, move-leader)")
+    actions = ctl.add_subparsers(dest="action", required=True)
+    ctl.set_defaults(timeout=5.0, json=False)
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        # Before or after the action (ctl --cluster F status, ctl status --cluster F).
+        parser.add_argument("--cluster", default=argparse.SUPPRESS,
+                            help="the cluster's TOML file (required)")
+        parser.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                            help="seconds per node and request (default: 5)")
+        parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                            help="one JSON object on stdout")
+
+    common(ctl)
+
+    status = actions.add_parser("status", help="each node's role, term, leader, commit and "
+                                "applied index, lag, version")
+    health = actions.add_parser("health", help="status, and a linearizable read through "
+                                "every node (exit 1 if one fails)")
+    for parser in (status, health):
+        common(parser)
+        parser.set_defaults(handler=command_ctl)
+    member = actions.add_parser("member", help="list, add, remove or promote a member")
+    common(member)
+    member.add_argument("member_action", choices=("list", "add", "add_learner", "remove",
+                                                  "promote"))
+    member.add_argument("node", type=int, nargs="?", default=None, help="the node id")
+    member.set_defaults(handler=command_member)
+    move = actions.add_parser("move-leader", help="hand leadership to voter NODE")
+    common(move)
+    move.add_argument("node", type=int, help="the node id")
+    move.set_defaults(handler=command_member, member_action="transfer")

@@ -48,6 +48,23 @@ def human(size: int) -> str:
     return f"{size}B"
 
 
+def members(host: Any) -> dict[str, str | int]:
+    """The configuration as this node's protocol sees it (Raft's ``observe()``):
+    ``voters``, ``learners`` and ``promoting``, comma-separated node ids."""
+    ordering = getattr(getattr(getattr(host, "core", None), "protocol", None), "ordering", None)
+    observe = getattr(ordering, "observe", None)
+    config = getattr(observe(), "config", None) if callable(observe) else None
+    if config is None:
+        return {}
+
+    def ids(items: Any) -> str:
+        return ",".join(str(item[0] if isinstance(item, tuple) else item) for item in items)
+
+    return {"voters": ids(getattr(config, "voters", ())),
+            "learners": ids(getattr(config, "learners", ())),
+            "promoting": ids(getattr(config, "promoting", ()))}
+
+
 def keyspace(store: Any) -> dict[str, str | int]:
     data = getattr(store, "data", None)
     if not isinstance(data, dict) or not data:
@@ -106,6 +123,7 @@ def server_info(service: RespService) -> dict[str, dict[str, str | int]]:
             "commit_index": status.get("commit_index", 0),
             "applied_index": status.get("applied_index", 0),
             "recovering": status.get("recovering", 0),
+            **members(host),
         },
         "Keyspace": keyspace(store),
     }

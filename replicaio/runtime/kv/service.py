@@ -94,6 +94,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from replicaio.runtime.client import ListeningService, ServiceHost, register_service
 from replicaio.runtime.config import Address, HostParams
+from replicaio.runtime.kv.admin import ADMIN_COMMAND, run_admin
 from replicaio.runtime.kv.connection import (
     IDLE,
     REPLY_BOUND,
@@ -406,6 +407,10 @@ class RespService(ListeningService):
                 return True
             if connection.closing:  # after QUIT: nothing more is answered
                 connection.write(b"", item)
+                continue
+            if item.argv[0].lower() == ADMIN_COMMAND:  # an operator's membership request
+                await self.run_group(connection, group.take())
+                self.finish(connection, item, "local", await run_admin(self.host, item.argv))
                 continue
             step = plan_transaction(
                 connection.transaction, connection, item.argv, self.transaction_limits
