@@ -28,6 +28,14 @@ def kv(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
                           check=False, cwd=cwd)
 
 
+def answers_ping(port: int) -> bool:
+    try:
+        with redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2) as client:
+            return client.ping() is True
+    except (redis.RedisError, OSError):
+        return False
+
+
 def pid_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -68,11 +76,16 @@ def test_kv_up_one_node_kv_down_every_node_and_operator_logs(tmp_path: Path) -> 
         with open(tmp_path / "hand.log", "wb") as output:
             hand = subprocess.Popen([*KV, "node", "--config", "kv/cluster.toml", "--id", "2"],
                                     cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT)
-        time.sleep(1.0)
-        assert hand.poll() is None
+        hand_port = int(nodes[2]["client"].rsplit(":", 1)[1])
+        deadline = time.monotonic() + 60
+        while not answers_ping(hand_port):
+            log = (tmp_path / "hand.log").read_text(errors="replace")[-2000:]
+            assert hand.poll() is None, f"the node started by hand exited: {log}"
+            assert time.monotonic() < deadline, f"the node started by hand never served: {log}"
+            time.sleep(0.1)
         down = kv("down", "--data-dir", str(directory), "--json")
         assert down.returncode == 0, down.stderr
-        assert json.loads(down.stdout)["stopped"] == 3
+        assert json.loads(down.stdout)["stopped"] == 3, (down.stdout, down.stderr)
         assert hand.wait(timeout=30) is not None
         assert not pid_alive(pids[0]) and not pid_alive(restarted)
     finally:
