@@ -53,7 +53,7 @@ from replicaio.torture.network import (
 from replicaio.torture.report import FaultEvent, timeline, write_plot, write_timeline
 from replicaio.torture.workload import COUNTERS, REGISTERS, Workload, connect, leader_of
 
-TMPFS_BYTES_DEFAULT = 64 << 20
+TMPFS_BYTES_DEFAULT = 256 << 20  # > 2 WAL segments (64 MiB each) and their snapshots
 LEADER_TIMEOUT_S = 30.0
 NODES_MAX = 15
 DURATION_S_MAX = 24 * 3600.0
@@ -325,37 +325,41 @@ class Nemesis:
 
 def demand_progress(workload: Workload, cluster: NamespacedCluster, timeout_s: float
                     ) -> list[str]:
-    """A write through every node within ``timeout_s`` (recorded in the history)."""
-    problems = []
+    """A write through every node within ``timeout_s`` (recorded in the history). The
+    nodes are tried in turn, so one that never answers cannot use up the others' time."""
     deadline = time.monotonic() + timeout_s
-    for node, endpoint in enumerate(cluster.endpoints()):
-        done = False
-        attempt = 0
-        while not done and time.monotonic() < deadline:
-            attempt += 1
+    endpoints = cluster.endpoints()
+    waiting = list(range(len(endpoints)))
+    attempt = 0
+    while waiting and time.monotonic() < deadline:
+        attempt += 1
+        for node in list(waiting):
             key, value = f"progress{node}", f"after-heal-{attempt}"
             actor = workload.new_client()
             with workload.lock:
                 handle = workload.recorder.invoke(actor, "put", key, value)
-            client = connect(endpoint)
+            client = connect(endpoints[node])
             try:
                 done = client.set(key, value) is True
                 workload.complete(handle, "ok" if done else "info")
             except (redis.RedisError, OSError):
+                done = False
                 workload.complete(handle, "info")
-                time.sleep(0.2)
             finally:
                 client.close()
-        if not done:
-            problems.append(f"no progress: no write through node {node} within {timeout_s} s "
-                            "of healing")
-    return problems
+            if done:
+                waiting.remove(node)
+        if waiting:
+            time.sleep(0.2)
+    return [f"no progress: no write through node {node} within {timeout_s} s of healing"
+            for node in waiting]
 
 
 def judge(options: TortureOptions, workload: Workload, cluster: NamespacedCluster,
           result: TortureResult, origin: float, say: Callable[[str], None]) -> None:
     """Read back the acknowledged writes, check the history, write the artifacts."""
     acknowledged = dict(workload.acknowledged)
+    read_back_s = time.monotonic() - origin  # the plot stops here: MGET batches are no load
     deadline = time.monotonic() + options.progress_timeout_s
     keys = [*sorted(acknowledged), *REGISTERS, *COUNTERS]
     found = workload.read_back(cluster.endpoints()[0], keys, deadline)
@@ -380,7 +384,7 @@ def judge(options: TortureOptions, workload: Workload, cluster: NamespacedCluste
     write_timeline(buckets, directory / "timeline.csv")
     (directory / "faults.json").write_text(json.dumps([asdict(e) for e in result.faults],
                                                       indent=1) + "\n")
-    skipped = write_plot(buckets, result.faults, directory / "throughput.png",
+    skipped = write_plot(buckets[:int(read_back_s)], result.faults, directory / "throughput.png",
                          f"replicaio torture: {options.nodes} {options.protocol} nodes, "
                          f"seed {options.seed}", result.healed_s)
     if skipped is not None:
