@@ -134,6 +134,8 @@ def run_one(args: argparse.Namespace, seed: int, log_path: str | None = None) ->
     options = draw_options(args, seed)
     if kv_cli.is_service(args.protocol):
         return kv_cli.run_service(args, options, log_path, getattr(args, "history", None))
+    if txn_cli.is_transactional(args.protocol):
+        return txn_cli.run(args, options, log_path, getattr(args, "history", None))
     if log_path is None:
         return simulate(args.protocol, options, f=args.f)
     with open(log_path, "wb") as sink:
@@ -170,8 +172,9 @@ def command_sim(args: argparse.Namespace) -> int:
     }
     if kv_cli.is_service(args.protocol):
         report.update(kv_cli.report_fields(result))
-        if args.history:
-            report["history"] = args.history
+    if args.history and (kv_cli.is_service(args.protocol)
+                         or txn_cli.is_transactional(args.protocol)):
+        report["history"] = args.history
     if args.options:
         report["reproduce"] += f" --options {shlex.quote(args.options)}"
     if args.log:
@@ -649,7 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="draw the run's space-time diagram into OUT (one self-contained "
                      "page; docs/visualisation.md)")
     sim.add_argument("--history", default=None,
-                     help="write the client history to FILE (JSON lines; services only)")
+                     help="write the client history to FILE (JSON lines; services and txn: "
+                     "a transaction history for check-transactions)")
     sim.set_defaults(handler=command_sim)
 
     swarm = commands.add_parser("swarm", help="run many seeds in parallel processes")

@@ -5,6 +5,7 @@ coordinator leader and a deliberately broken variant the checker catches."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -204,7 +205,11 @@ def test_bank_variant_is_caught() -> None:
     assert caught is not None, "the bank total should expose lost transfers"
 
 
-def test_cli_sim_txn(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_sim_txn(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    history = tmp_path / "bank.jsonl"
     assert main(["sim", "txn", "--groups", "2", "--nodes", "3", "--seed", "2",
-                 "--faults", "crash,loss"]) == 0
+                 "--faults", "crash,loss", "--workload", "bank", "--history", str(history)]) == 0
     assert "all properties hold" in capsys.readouterr().out
+    assert main(["check-transactions", str(history), "--bank-total", "50"]) == 0
+    assert "bank invariant holds" in capsys.readouterr().out
+    assert main(["check-transactions", str(history), "--bank-total", "51"]) == 1

@@ -130,6 +130,7 @@ class TxnClient:
     async def run(self, body: Callable[[Transaction], Awaitable[None] | None], *,
                   attempts: int = 20) -> Transaction:
         """Run ``body(t)`` in a transaction until it commits (aborts are retried)."""
+        reason = ""
         for attempt in range(attempts):
             transaction = self.transaction()
             outcome = body(transaction)
@@ -139,9 +140,10 @@ class TxnClient:
                 async with transaction:
                     pass
                 return transaction
-            except TransactionAborted:
+            except TransactionAborted as error:
+                reason = error.reason
                 await asyncio.sleep(0.005 * (1 + secrets.randbelow(4 << min(attempt, 5))))
-        raise TransactionAborted(f"still aborted after {attempts} attempts")
+        raise TransactionAborted(f"{reason} (still, after {attempts} attempts)")
 
     async def stream(self, node: int) -> asyncio.StreamWriter:
         if node not in self.streams:

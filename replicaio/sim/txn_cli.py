@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 
 from replicaio.assembly import transactional_spec
-from replicaio.check.transactions import BANK, LIST_APPEND
+from replicaio.check.transactions import BANK, LIST_APPEND, dump_transactions
 from replicaio.core.errors import UsageError
 from replicaio.sim.options import SimOptions, parse_faults
-from replicaio.sim.txn_harness import TxnWorkload, txn_options
+from replicaio.sim.simulator import SimResult, Simulator
+from replicaio.sim.txn_harness import TxnHarness, TxnWorkload, txn_options
 
 
 def add_txn_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +57,24 @@ def options_of(args: argparse.Namespace, seed: int) -> SimOptions:
     )
     return txn_options(seed, args.nodes, parse_faults(args.faults), workload,
                        encode=not args.no_encode)
+
+
+def run(args: argparse.Namespace, options: SimOptions, log_path: str | None,
+        history_path: str | None) -> SimResult:
+    """Run one simulation; write its transaction history (JSON lines) if asked,
+    for ``replicaio check-transactions``."""
+    if log_path is None:
+        simulator = Simulator(args.protocol, options)
+        result = simulator.run()
+    else:
+        with open(log_path, "wb") as sink:
+            simulator = Simulator(args.protocol, options, log_sink=sink)
+            result = simulator.run()
+    if history_path is not None:
+        harness = simulator.harness
+        assert isinstance(harness, TxnHarness)
+        dump_transactions(harness.transactions(), history_path)
+    return result
 
 
 def reproduce_words(args: argparse.Namespace) -> list[str]:
