@@ -154,3 +154,33 @@ def test_healthz_follows_the_leader_and_a_replaced_disk_joining_with_join(
         assert "no leader known" in report["reasons"], report
         assert health(cluster, 0, "/livez")[0] == 200
         client.close()
+
+
+def test_a_cluster_whose_addresses_are_dns_names_serves(tmp_path: Path) -> None:
+    """Every address in the cluster file a host name (``localhost``), as on several
+    hosts or in Kubernetes: each node binds and dials names, not numbers."""
+    import subprocess
+    import sys
+
+    from replicaio.runtime.local import free_port_block
+
+    base = free_port_block(10)
+    directory = tmp_path / "dns"
+    command = [sys.executable, "-m", "replicaio.cli", "kv"]
+    try:
+        up = subprocess.run([*command, "up", "--nodes", "3", "--base-port", str(base),
+                             "--data-dir", str(directory), "--host", "localhost", "--no-fsync"],
+                            capture_output=True, text=True, timeout=90, check=False)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert 'peer = "localhost:' in (directory / "cluster.toml").read_text()
+        writer = redis.Redis(host="localhost", port=base + 1, socket_timeout=5,
+                             retry=Retry(NoBackoff(), 0))
+        assert writer.set("named", "yes") is True
+        reader = redis.Redis(host="localhost", port=base + 3, socket_timeout=5,
+                             retry=Retry(NoBackoff(), 0))
+        assert reader.get("named") == b"yes"
+        with urllib.request.urlopen(f"http://localhost:{base + 7}/healthz", timeout=5) as page:
+            assert json.loads(page.read())["healthy"] is True
+    finally:
+        subprocess.run([*command, "down", "--data-dir", str(directory)], capture_output=True,
+                       timeout=60, check=False)
