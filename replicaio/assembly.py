@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Literal
 
 from replicaio.check.pbft import PbftChecker
@@ -34,6 +35,7 @@ from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
 from replicaio.core.node import ProtocolFactory
 from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, BroadcastSpec, Instances
+from replicaio.protocols.pbft import messages as pbft_messages
 from replicaio.protocols.pbft.params import PbftParams
 from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.raft.messages import BecameLeader, ConfigChanged, RaftAdmin
@@ -166,6 +168,12 @@ PBFT_COMMAND_BYTES_MAX = 8 * 1024
 PBFT_BATCH_BYTES_MAX = 16 * 1024
 
 
+def pbft_wire() -> ModuleType:
+    """PBFT's wire messages and how they are signed, for the simulator's PBFT
+    behaviours (``replicaio.sim.pbft_adversary``), which attack with them."""
+    return pbft_messages
+
+
 def pbft_checkers(config: ClusterConfig) -> list[Any]:
     """PBFT's own checkers (``replicaio.check.pbft``), fed with every output."""
     return [PbftChecker(config.byzantine)]
@@ -215,7 +223,7 @@ class PbftFactory(SmrFactory):
             "pbft_proposals": pbft.proposals_max,
             "pbft_checkpoint_votes": (checkpoints + 1) * n,
             "pbft_snapshots": checkpoints,
-            "pbft_view_changes": n,
+            "pbft_view_changes": 2 * n,
             "smr_sessions": smr.sessions_max,
             "smr_pending": smr.pending_max,
             "smr_waiting": smr.waiting_max,

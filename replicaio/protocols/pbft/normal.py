@@ -207,7 +207,7 @@ class NormalCase:
         assert slot.pre_prepare is None or slot.pre_prepare == pre_prepare
         slot.pre_prepare = pre_prepare
         slot.stalled = 0
-        pbft.context.persist(f"pp{pre_prepare.seq}", pbft.encode(pre_prepare))
+        self.log_pre_prepare(pre_prepare)
         if not pbft.is_primary:
             unsigned = Prepare(pbft.view, pre_prepare.seq, pre_prepare.digest, pbft.id, b"")
             prepare = Prepare(
@@ -216,6 +216,13 @@ class NormalCase:
             slot.prepares[pbft.id] = prepare
             pbft.send_all(prepare)
         self.check_prepared(slot)
+
+    def log_pre_prepare(self, pre_prepare: PrePrepare) -> None:
+        """The ``pp`` record: before the PREPARE (or, on the primary, the
+        PRE-PREPARE itself) leaves, so a restart never assigns or accepts a
+        second batch at this number in this view."""
+        pbft = self.pbft
+        pbft.context.persist(f"pp{pre_prepare.seq}", pbft.encode(pre_prepare))
 
     # -- PREPARE and COMMIT ---------------------------------------------------------------
 

@@ -20,6 +20,8 @@ of a step's writes is a state to restart from:
   the COMMIT it causes (the P set of a later VIEW-CHANGE must show it);
 * ``cm<seq>``: the digest committed at ``seq``, before it is executed
   (execution is rebuilt at restart from the stable checkpoint and these);
+* ``nv``: the NEW-VIEW that started the current view, before ``view`` says it
+  is active (re-sent to replicas still changing to it, after restarts too);
 * ``stable``: ``(seq, digest, snapshot, certificate)``, the stable checkpoint,
   written before the records below it are erased (a restart ignores and
   erases records at or below it).
@@ -324,6 +326,12 @@ class Pbft:
             self.stable_seq, self.stable_digest, self.stable_snapshot = seq, digest, snapshot
             self.stable_proof = tuple(self.codec.decode_as(item, Checkpoint) for item in proof)
             self.executed = seq
+        stored_new_view = context.load("nv")
+        if stored_new_view is not None:
+            new_view = self.codec.decode_as(stored_new_view, NewView)
+            if new_view.view == self.view and self.active:
+                self.view_changes.new_view = new_view
+                self.view_changes.last_active_view = self.view
         pre_prepares = self.load_records("pp", PrePrepare)
         for seq, proof in self.load_records("pc", PreparedProof).items():
             self.prepared_proofs[seq] = proof
@@ -379,7 +387,8 @@ class Pbft:
             "pbft_proposals": len(self.normal.proposals),
             "pbft_checkpoint_votes": self.checkpoints.votes_held(),
             "pbft_snapshots": len(self.checkpoints.snapshots),
-            "pbft_view_changes": len(self.view_changes.received),
+            "pbft_view_changes": len(self.view_changes.received)
+            + len(self.view_changes.for_view),
         }
 
 

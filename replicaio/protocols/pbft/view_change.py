@@ -68,6 +68,9 @@ class ViewChanges:
     def __init__(self, pbft: Pbft) -> None:
         self.pbft = pbft
         self.received: dict[int, ViewChange] = {}  # replica -> its newest valid VIEW-CHANGE
+        # replica -> its VIEW-CHANGE for the view this replica changes to (one
+        # that moved on beyond it still counts toward starting it)
+        self.for_view: dict[int, ViewChange] = {}
         self.own: ViewChange | None = None
         self.new_view: NewView | None = None  # what started the current view (re-sent)
         self.last_active_view = 0
@@ -106,12 +109,16 @@ class ViewChanges:
         own = self.build()
         self.own = own
         self.received[pbft.id] = own
+        self.for_view = {
+            replica: vc for replica, vc in self.received.items() if vc.view == pbft.view
+        }
         pbft.send_all(own)
         pbft.start_view_tasks([self.resend(pbft.view)])
         self.check_quorum()
 
-    def build(self) -> ViewChange:
-        """VIEW-CHANGE(v+1, n, C, P, i) from this replica's state."""
+    def build(self, view: int | None = None) -> ViewChange:
+        """VIEW-CHANGE(v+1, n, C, P, i) from this replica's state (for ``view``,
+        by default the one it is changing to)."""
         pbft = self.pbft
         prepared = tuple(
             pbft.prepared_proofs[seq]
@@ -119,8 +126,8 @@ class ViewChanges:
             if seq > pbft.stable_seq
         )
         unsigned = ViewChange(
-            pbft.view, pbft.stable_seq, pbft.stable_digest, pbft.stable_proof, prepared,
-            pbft.id, b"",
+            pbft.view if view is None else view, pbft.stable_seq, pbft.stable_digest,
+            pbft.stable_proof, prepared, pbft.id, b"",
         )
         return replace(unsigned, signature=pbft.sign(unsigned))
 
@@ -153,14 +160,20 @@ class ViewChanges:
         if view_change.view < pbft.view or (view_change.view == pbft.view and pbft.active):
             pbft.reject("view_change_old")
             return
-        known = self.received.get(view_change.replica)
-        if known is not None and known.view >= view_change.view:
+        replica = view_change.replica
+        known = self.received.get(replica)
+        newer = known is None or known.view < view_change.view
+        counts = view_change.view == pbft.view and replica not in self.for_view
+        if not newer and not counts:
             return
         reason = self.invalid(view_change, batches=True)
         if reason is not None:
             pbft.reject(reason)
             return
-        self.received[view_change.replica] = view_change
+        if newer:
+            self.received[replica] = view_change
+        if counts:
+            self.for_view[replica] = view_change
         self.maybe_join()
         self.check_quorum()
 
@@ -236,7 +249,7 @@ class ViewChanges:
         if pbft.active:
             return
         view = pbft.view
-        if sum(1 for vc in self.received.values() if vc.view == view) < pbft.quorum:
+        if len(self.for_view) < pbft.quorum:
             return
         if self.timer_view != view:
             self.timer_view = view
@@ -268,10 +281,9 @@ class ViewChanges:
 
     def send_new_view(self, view: int) -> None:
         pbft = self.pbft
-        own = self.received[pbft.id]
+        own = self.for_view[pbft.id]
         others = [
-            self.received[replica] for replica in sorted(self.received)
-            if replica != pbft.id and self.received[replica].view == view
+            self.for_view[replica] for replica in sorted(self.for_view) if replica != pbft.id
         ]
         view_changes = [own, *others][: pbft.quorum]
         _, chosen = self.choose(view_changes)
@@ -354,10 +366,14 @@ class ViewChanges:
         self.last_active_view = pbft.view
         for replica in [r for r, vc in self.received.items() if vc.view <= pbft.view]:
             del self.received[replica]
+        self.for_view = {}
         self.own = None
         for pre_prepare in new_view.pre_prepares:
             if pbft.in_window(pre_prepare.seq):
                 pbft.normal.accept_pre_prepare(pre_prepare)  # durable, then PREPARE
+        # Kept to show replicas still changing to this view, across restarts too
+        # (a primary that restarts must still be able to start its backups).
+        pbft.context.persist("nv", pbft.encode(new_view))
         pbft.save_view()
         pbft.count("pbft_views_started")
         pbft.context.output(ViewStarted(pbft.id, pbft.view, pbft.primary()))
@@ -376,8 +392,16 @@ class ViewChanges:
         if pbft.active:
             if self.new_view is not None and self.new_view.view == pbft.view:
                 pbft.send(peer, self.new_view)
-        elif self.own is not None:
+            return
+        if self.own is not None:
             pbft.send(peer, self.own)
+        if self.last_active_view < status.view < pbft.view and not status.active:
+            # It still gathers VIEW-CHANGEs for a view this replica passed through
+            # without starting it: ours for that view (it may have been lost,
+            # and no longer re-sent). Safe: since its last active view this
+            # replica prepared nothing, and it takes part in no view below ours.
+            pbft.send(peer, self.build(status.view))
+            pbft.count("pbft_view_change_sent_for_older_view")
 
     def on_status_tick(self) -> None:
         """Nothing periodic beyond the resend task (kept for variants)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from replicaio.protocols.pbft.messages import ViewChange
+from replicaio.protocols.pbft.messages import PrePrepare, ViewChange
 from replicaio.protocols.pbft.normal import NormalCase
 from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.pbft.view_change import Chosen, ViewChanges
@@ -37,14 +37,8 @@ class ForgetPrePrepares(NormalCase):
     """PRE-PREPAREs are logged in memory only: a restarted primary assigns a
     number it already assigned in this view to another batch."""
 
-    def accept_pre_prepare(self, pre_prepare: object) -> None:
-        context = self.pbft.context
-        persist = context.persist
-        try:
-            context.persist = lambda name, value: None  # type: ignore[method-assign]
-            super().accept_pre_prepare(pre_prepare)  # type: ignore[arg-type]
-        finally:
-            context.persist = persist  # type: ignore[method-assign]
+    def log_pre_prepare(self, pre_prepare: PrePrepare) -> None:
+        return
 
 
 class IgnorePreparedSet(ViewChanges):

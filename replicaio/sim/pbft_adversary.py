@@ -1,0 +1,220 @@
+"""PBFT's own Byzantine behaviours, registered with the adversary (docs/adversary.md).
+
+The generic behaviours (``equivocate``, ``forge``, ...) twist link messages or
+mutate stream messages without a valid signature; these attack PBFT where it
+is subtle, with messages the faulty replica *signs as itself* (it holds its
+own key, never another replica's: :func:`replicaio.core.signing.simulation_signer`
+of its own id). Each is drawn by the seed for ``pbft`` runs with its weight,
+and forcible by name (``--adversary pbft-equivocate``):
+
+* ``pbft_equivocate``: as primary, sends half of the backups a PRE-PREPARE for
+  another batch (an earlier real one, or a null) at the same number;
+* ``pbft_silent_primary``: sends no PRE-PREPARE and no NEW-VIEW (it still
+  prepares, commits and checkpoints: only the primary's role goes quiet);
+* ``pbft_censor``: as primary, replaces every batch of one client (the first
+  seen) by a null request, re-signed: the other clients go on;
+* ``pbft_wrong_digest``: PREPAREs and COMMITs for a digest nobody proposed;
+* ``pbft_drop_prepared``: VIEW-CHANGEs with an empty P set (a lie by omission
+  the signature cannot reveal: what the 2f+1 quorums are there for);
+* ``pbft_inflate_prepared``: VIEW-CHANGEs whose P set claims batches that never
+  prepared (forged certificates: other batches under real PREPAREs);
+* ``pbft_forge_checkpoint``: CHECKPOINTs for wrong digests, and for numbers
+  far ahead (a lone voice must not trigger a state transfer);
+* ``pbft_replay_old``: re-sends its messages of views that ended, after the
+  view changed (they must be ignored, not re-counted);
+* ``pbft_lag``: holds every message back for a long while and releases it late
+  (a replica lagging on purpose; its old messages arrive in newer views).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Any
+
+from msgspec.structs import replace
+
+from replicaio.assembly import SERVICES, pbft_wire
+from replicaio.core.codec import Codec, DecodeError
+from replicaio.core.signing import simulation_signer
+from replicaio.sim.adversary import RunView, Sends, Strategy, register_behaviour
+from replicaio.smr.messages import Batch
+
+REMEMBERED_MAX = 64
+HELD_MAX = 512
+LAG_US = 1_500_000
+wire: Any = pbft_wire()
+# PBFT and its broken variants: their runs draw these behaviours too.
+PBFT_FAMILY = tuple(name for name, spec in SERVICES.items() if spec.family == "pbft")
+
+
+class PbftStrategy(Strategy):
+    """A PBFT behaviour: signs what it changes with its own node's key."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.signer = simulation_signer(node, n)
+
+    def signed(self, message: Any) -> Any:
+        return replace(message, signature=self.signer.sign(wire.signed_bytes(message)))
+
+
+class Equivocate(PbftStrategy):
+    """Another batch at the same number for half of the backups."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        others = [peer for peer in range(n) if peer != node]
+        rng.shuffle(others)
+        self.lied_to = frozenset(others[: max(1, len(others) // 2)])
+        self.batches: deque[bytes] = deque(maxlen=REMEMBERED_MAX)
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is not wire.PrePrepare:
+            return [(destination, message)]
+        if message.batch and message.batch not in self.batches:
+            self.batches.append(message.batch)
+        if destination not in self.lied_to:
+            return [(destination, message)]
+        others = [batch for batch in self.batches if batch != message.batch]
+        batch = self.rng.choice(others) if others and self.rng.random() < 0.7 else b""
+        lie = replace(message, batch=batch, digest=wire.digest_of(batch))
+        return [(destination, self.signed(lie))]
+
+
+class SilentPrimary(PbftStrategy):
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) in (wire.PrePrepare, wire.NewView):
+            return []
+        return [(destination, message)]
+
+
+class Censor(PbftStrategy):
+    """Nulls every batch of one client (the first seen in a batch)."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.victim: int | None = None
+        self.codec = Codec(frame_bytes_max=1 << 24)
+
+    def clients(self, batch: bytes) -> set[int]:
+        try:
+            decoded = self.codec.decode_as(batch, Batch)
+        except DecodeError:
+            return set()
+        return {request.client for request in decoded.requests}
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is not wire.PrePrepare or not message.batch:
+            return [(destination, message)]
+        clients = self.clients(message.batch)
+        if self.victim is None and clients:
+            self.victim = min(clients)
+        if self.victim in clients:
+            null = replace(message, batch=b"", digest=wire.NULL_DIGEST)
+            return [(destination, self.signed(null))]
+        return [(destination, message)]
+
+
+class WrongDigest(PbftStrategy):
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) in (wire.Prepare, wire.Commit) and self.rng.random() < 0.7:
+            wrong = replace(message, digest=wire.digest_of(message.digest + b"~"))
+            return [(destination, self.signed(wrong))]
+        return [(destination, message)]
+
+
+class DropPrepared(PbftStrategy):
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is wire.ViewChange and message.prepared:
+            return [(destination, self.signed(replace(message, prepared=())))]
+        return [(destination, message)]
+
+
+class InflatePrepared(PbftStrategy):
+    """Claims other batches under the real certificates' PREPAREs, and numbers
+    that never prepared (the PREPAREs' signatures then do not match)."""
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is not wire.ViewChange:
+            return [(destination, message)]
+        forged = []
+        for proof in message.prepared:
+            batch = proof.pre_prepare.batch + b"~"
+            pre_prepare = replace(proof.pre_prepare, batch=batch, digest=wire.digest_of(batch))
+            forged.append(replace(proof, pre_prepare=pre_prepare))
+        if forged and len(forged) < 8:
+            last = forged[-1]
+            later = replace(last.pre_prepare, seq=last.pre_prepare.seq + 1)
+            forged.append(replace(last, pre_prepare=later))
+        return [(destination, self.signed(replace(message, prepared=tuple(forged))))]
+
+
+class ForgeCheckpoint(PbftStrategy):
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is not wire.Checkpoint:
+            return [(destination, message)]
+        wrong = replace(message, digest=wire.digest_of(message.digest + b"~"))
+        ahead = replace(message, seq=message.seq * (2 + self.rng.randrange(4)))
+        return [(destination, self.signed(wrong)), (destination, self.signed(ahead))]
+
+
+class ReplayOld(PbftStrategy):
+    """Keeps its signed messages; once the view moved on, re-sends old ones."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.old: deque[Any] = deque(maxlen=REMEMBERED_MAX)
+        self.view = 0
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        view = getattr(message, "view", None)
+        if type(view) is int:
+            self.view = max(self.view, view)
+            if len(self.old) < REMEMBERED_MAX or self.rng.random() < 0.1:
+                self.old.append(message)
+        return [(destination, message)]
+
+    def attack(self, view: RunView) -> Sends:
+        stale = [message for message in self.old if message.view < self.view]
+        if not stale or self.rng.random() > 0.2:
+            return []
+        return [(self.peer(view), self.rng.choice(stale)) for _ in range(2)]
+
+
+class Lag(PbftStrategy):
+    """Everything leaves ``LAG_US`` late, at most ``HELD_MAX`` held."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.held: deque[tuple[int, int, Any]] = deque()
+        self.now = 0
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if len(self.held) >= HELD_MAX:
+            return []
+        self.held.append((self.now + LAG_US, destination, message))
+        return []
+
+    def attack(self, view: RunView) -> Sends:
+        self.now = view.now
+        out: Sends = []
+        while self.held and self.held[0][0] <= view.now:
+            _, destination, message = self.held.popleft()
+            out.append((destination, message))
+        return out
+
+
+for _name, _factory, _summary, _weight in (
+    ("pbft_equivocate", Equivocate, "as primary, another batch at one number for half", 0.3),
+    ("pbft_silent_primary", SilentPrimary, "send no PRE-PREPARE and no NEW-VIEW", 0.2),
+    ("pbft_censor", Censor, "as primary, null every batch of one client", 0.2),
+    ("pbft_wrong_digest", WrongDigest, "PREPARE and COMMIT for a wrong digest", 0.2),
+    ("pbft_drop_prepared", DropPrepared, "VIEW-CHANGE with an empty P set", 0.3),
+    ("pbft_inflate_prepared", InflatePrepared, "VIEW-CHANGE with forged prepared batches", 0.2),
+    ("pbft_forge_checkpoint", ForgeCheckpoint, "CHECKPOINT for wrong digests and far numbers",
+     0.2),
+    ("pbft_replay_old", ReplayOld, "re-send messages of views that ended", 0.2),
+    ("pbft_lag", Lag, "hold every message back 1.5 s (a replica lagging on purpose)", 0.1),
+):
+    register_behaviour(_name, _factory, _summary, protocols=PBFT_FAMILY, weight=_weight)
