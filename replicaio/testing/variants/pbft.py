@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from replicaio.protocols.pbft.messages import PrePrepare, ViewChange
+from replicaio.protocols.pbft.messages import PrePrepare, Status, ViewChange
 from replicaio.protocols.pbft.normal import NormalCase
 from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.pbft.view_change import Chosen, ViewChanges
@@ -50,6 +50,18 @@ class IgnorePreparedSet(ViewChanges):
         return best, [(seq, None) for seq, _ in chosen]
 
 
+class NoViewChangeResend(ViewChanges):
+    """A VIEW-CHANGE is sent once: never re-sent, nor shown to a replica whose
+    STATUS says it is behind (Fabric issue 1917)."""
+
+    async def resend(self, view: int) -> None:
+        return
+
+    def help_peer(self, peer: int, status: Status) -> None:
+        if self.pbft.active:
+            super().help_peer(peer, status)
+
+
 class PbftCommitOffByOne(Pbft):
     normal_type = CommitQuorumOffByOne
 
@@ -64,6 +76,10 @@ class PbftForgetPrePrepares(Pbft):
 
 class PbftIgnorePreparedSet(Pbft):
     view_changes_type = IgnorePreparedSet
+
+
+class PbftNoViewChangeResend(Pbft):
+    view_changes_type = NoViewChangeResend
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +102,16 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
         ),
         PbftVariant(
             "pbft-prepare-off-by-one", PbftPrepareOffByOne,
-            "prepares on 2f-1 PREPAREs instead of 2f", "agreement",
+            "prepares on 2f-1 PREPAREs instead of 2f (its certificates are refused in "
+            "view changes)", "liveness",
         ),
         PbftVariant(
             "pbft-forget-pre-prepares", PbftForgetPrePrepares,
             "PRE-PREPAREs are not persisted before the PREPARE they cause", "agreement",
+        ),
+        PbftVariant(
+            "pbft-no-view-change-resend", PbftNoViewChangeResend,
+            "a VIEW-CHANGE is never re-sent (Fabric issue 1917)", "liveness",
         ),
         PbftVariant(
             "pbft-ignore-prepared-set", PbftIgnorePreparedSet,

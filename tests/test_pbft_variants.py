@@ -1,0 +1,47 @@
+"""A checker is only trusted once a deliberately broken protocol makes it fail:
+each broken PBFT variant (``replicaio.testing.variants.pbft``) is caught, on a
+pinned seed of the default swarm (n=4, one Byzantine replica, every fault
+kind), by the property it breaks; the real protocol passes the same run.
+Seeds to first failure over longer sweeps: docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import pytest
+
+from replicaio.assembly import SERVICES
+from replicaio.sim.kv_harness import KvWorkload, kv_options
+from replicaio.sim.simulator import Simulator
+from replicaio.testing.variants.pbft import PBFT_VARIANTS
+
+ALL_FAULTS = ("crash", "partition", "loss", "dup", "reorder")
+
+# variant -> (seed, forced adversary or None for the seed's own draw)
+PINNED: dict[str, tuple[int, tuple[str, ...] | None]] = {
+    "pbft-commit-off-by-one": (8, ("pbft_drop_prepared",)),
+    "pbft-prepare-off-by-one": (1, None),
+    "pbft-forget-pre-prepares": (15, None),
+    "pbft-no-view-change-resend": (4, None),
+    "pbft-ignore-prepared-set": (4, None),
+}
+
+
+def violations(protocol: str, seed: int, adversary: tuple[str, ...] | None) -> set[str]:
+    options = kv_options(
+        seed, 4, ALL_FAULTS, KvWorkload(nemesis_every_us=2_000_000), byzantine=1,
+        adversary=adversary, protocol="pbft",
+    )
+    result = Simulator(protocol, options, f=1, record=False).run()
+    return {violation["property"] for violation in result.violations}
+
+
+def test_every_variant_is_pinned_and_registered() -> None:
+    assert set(PINNED) == set(PBFT_VARIANTS)
+    for name in PBFT_VARIANTS:
+        assert SERVICES[name].broken and SERVICES[name].family == "pbft"
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_the_swarm_catches_the_variant_and_passes_the_real_protocol(name: str) -> None:
+    seed, adversary = PINNED[name]
+    assert PBFT_VARIANTS[name].caught_by in violations(name, seed, adversary)
+    assert violations("pbft", seed, adversary) == set()
