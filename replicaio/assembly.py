@@ -45,7 +45,7 @@ from replicaio.services.kv.state_machine import KeyValueStateMachine
 from replicaio.services.txn.protocol import TxnFactory, TxnNode
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import TxnStore
-from replicaio.smr.params import SmrParams
+from replicaio.smr.params import SmrConstants, SmrParams
 from replicaio.smr.protocol import SmrFactory, SmrProtocol
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
 from replicaio.testing.variants.pbft import PBFT_VARIANTS
@@ -54,10 +54,10 @@ from replicaio.testing.variants.txn import TXN_VARIANTS
 
 # name parameter -> what it sets (all integers)
 SERVICE_PARAMETERS: dict[str, str] = {
-    "snapshot": "SmrParams.snapshot_interval: applied batches between snapshots (0: never; "
+    "snapshot": "SmrConstants.snapshot_interval: applied batches between snapshots (0: never; "
     "PBFT: the checkpoint interval K, L = 2K)",
-    "batch": "SmrParams.batch_requests_max: requests per batch",
-    "sessions": "SmrParams.sessions_max: client sessions remembered (LRU beyond)",
+    "batch": "SmrConstants.batch_requests_max: requests per batch",
+    "sessions": "SmrConstants.sessions_max: client sessions remembered (LRU beyond)",
     "inflight": "SmrParams.batches_inflight_max: own batches submitted and not yet applied",
     "lease": "RaftParams.read_lease: 1 serves reads from a leader lease (0: read-index only)",
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
@@ -128,6 +128,22 @@ def raft_config_of(output: Any) -> tuple[int, tuple[int, ...], tuple[int, ...]] 
 RAFT_MEMBERSHIP = Membership(raft_leader_of, raft_config_of, RaftAdmin)
 
 
+def smr_constants(
+    parameters: Mapping[str, int], snapshot_interval: int, **fixed: int
+) -> SmrConstants:
+    """SMR's cluster constants, from the protocol name's parameters alone (the
+    cluster file's ``[protocol] params``, the event log header) and the
+    protocol's own ``fixed`` ones: what every node of a cluster shares, so
+    replicas cannot diverge on a committed batch."""
+    defaults = SmrConstants()
+    return SmrConstants(
+        snapshot_interval=parameters.get("snapshot", snapshot_interval),
+        batch_requests_max=parameters.get("batch", defaults.batch_requests_max),
+        sessions_max=parameters.get("sessions", defaults.sessions_max),
+        **fixed,
+    ).validate()
+
+
 def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
     """A builder of Raft + SMR + KV nodes; with ``variant``, of that broken
     variant (``replicaio.testing.variants.raft``)."""
@@ -140,12 +156,8 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             clock_drift_ppm_max=parameters.get("drift", defaults_raft.clock_drift_ppm_max),
             join=bool(parameters.get("join", 0)),
         ).validate()
-        defaults = SmrParams()
         smr_params = SmrParams(
-            snapshot_interval=parameters.get("snapshot", RAFT_SNAPSHOT_INTERVAL),
-            batch_requests_max=parameters.get("batch", defaults.batch_requests_max),
-            sessions_max=parameters.get("sessions", defaults.sessions_max),
-            batches_inflight_max=parameters.get("inflight", defaults.batches_inflight_max),
+            batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
         )
         return SmrFactory(
             name,
@@ -155,6 +167,7 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             smr_params,
             ordering_path="raft",
             admin_types=(RaftAdmin,),
+            constants=smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL),
         )
 
     return build
@@ -197,21 +210,26 @@ class PbftFactory(SmrFactory):
     """Builds PBFT + SMR + KV nodes, and declares their bounds (``footprint_max``)."""
 
     def __init__(self, name: str, pbft_type: type[Pbft], pbft_params: PbftParams,
-                 smr_params: SmrParams) -> None:
+                 smr_params: SmrParams, constants: SmrConstants) -> None:
         super().__init__(
             name, Resilience.BYZANTINE, lambda context: pbft_type(context, pbft_params),
-            KeyValueStateMachine, smr_params, ordering_path="pbft",
+            KeyValueStateMachine, smr_params, ordering_path="pbft", constants=constants,
         )
         self.pbft_params = pbft_params
 
     def __call__(self, context: Context) -> SmrProtocol:
         state_machine = self.state_machine()
         ordering = self.ordering(context.child(self.ordering_path))
-        return PbftSmrProtocol(context, ordering, state_machine, self.params)
+        assert self.authenticator is not None  # Byzantine: signed clients
+        return PbftSmrProtocol(
+            context, ordering, state_machine, self.params,
+            self.authenticator(context, self.params), (), self.constants,
+        )
 
     def footprint_max(self, config: ClusterConfig) -> dict[str, int]:
         """Every buffer within the watermarks or its named bound."""
         pbft, smr, n = self.pbft_params, self.params, config.n
+        constants = self.constants
         window = pbft.log_size
         checkpoints = window // pbft.checkpoint_interval + 1
         reads = smr.reads_pending_max
@@ -224,7 +242,7 @@ class PbftFactory(SmrFactory):
             "pbft_checkpoint_votes": (checkpoints + 1) * n,
             "pbft_snapshots": checkpoints,
             "pbft_view_changes": 2 * n,
-            "smr_sessions": smr.sessions_max,
+            "smr_sessions": constants.sessions_max,
             "smr_pending": smr.pending_max,
             "smr_waiting": smr.waiting_max,
             "smr_inflight": smr.batches_inflight_max,
@@ -248,16 +266,14 @@ def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             checkpoint_interval=interval, log_size=2 * interval,
             batch_bytes_max=PBFT_BATCH_BYTES_MAX,
         ).validate()
-        defaults = SmrParams()
         smr_params = SmrParams(
-            snapshot_interval=interval,
-            batch_requests_max=parameters.get("batch", defaults.batch_requests_max),
-            batch_bytes_max=PBFT_BATCH_BYTES_MAX,
-            command_bytes_max=PBFT_COMMAND_BYTES_MAX,
-            sessions_max=parameters.get("sessions", defaults.sessions_max),
-            batches_inflight_max=parameters.get("inflight", defaults.batches_inflight_max),
+            batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
         )
-        return PbftFactory(name, pbft_type, pbft_params, smr_params)
+        constants = smr_constants(
+            {**parameters, "snapshot": interval}, interval,
+            batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
+        )
+        return PbftFactory(name, pbft_type, pbft_params, smr_params, constants)
 
     return build
 
@@ -314,31 +330,25 @@ class TransactionalSpec:
 def build_transactional(spec: TransactionalSpec, name: str,
                         parameters: Mapping[str, int]) -> TxnFactory:
     groups = parameters.get("groups", TXN_GROUPS_DEFAULT)
-    defaults = SmrParams()
     group_factory: SmrFactory
     if spec.ordering == "pbft":
         interval = PBFT_CHECKPOINT_INTERVAL
         pbft_params = PbftParams(checkpoint_interval=interval, log_size=2 * interval,
                                  batch_bytes_max=PBFT_BATCH_BYTES_MAX).validate()
-        smr_params = SmrParams(
-            snapshot_interval=interval, batch_bytes_max=PBFT_BATCH_BYTES_MAX,
-            command_bytes_max=PBFT_COMMAND_BYTES_MAX,
-            sessions_max=parameters.get("sessions", defaults.sessions_max),
-        )
         group_factory = SmrFactory(
             name, Resilience.BYZANTINE, lambda context: Pbft(context, pbft_params),
-            spec.store_type, smr_params, ordering_path="pbft",
+            spec.store_type, SmrParams(), ordering_path="pbft",
+            constants=smr_constants(
+                {"sessions": parameters.get("sessions", SmrConstants().sessions_max)}, interval,
+                batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
+            ),
         )
     else:
         raft_params = RaftParams().validate()
-        smr_params = SmrParams(
-            snapshot_interval=parameters.get("snapshot", RAFT_SNAPSHOT_INTERVAL),
-            batch_requests_max=parameters.get("batch", defaults.batch_requests_max),
-            sessions_max=parameters.get("sessions", defaults.sessions_max),
-        )
         group_factory = SmrFactory(
             name, Resilience.CRASH, lambda context: Raft(context, raft_params),
-            spec.store_type, smr_params, ordering_path="raft",
+            spec.store_type, SmrParams(), ordering_path="raft",
+            constants=smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL),
         )
     return TxnFactory(name, SlotMap.even(groups), group_factory, node_type=spec.node_type)
 

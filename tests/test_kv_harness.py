@@ -22,7 +22,7 @@ from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
 from replicaio.sim.options import Crash, SimOptions
 from replicaio.sim.simulator import Simulator
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
-from replicaio.smr.params import SmrParams
+from replicaio.smr.params import SmrConstants, SmrParams
 from replicaio.smr.protocol import SmrFactory
 
 CODEC = Codec()
@@ -36,7 +36,7 @@ def double() -> Iterator[SharedLog]:
     def build(name: str, parameters: Any) -> SmrFactory:
         return SmrFactory(
             name, Resilience.CRASH, lambda context: LogOrdering(context, shared),
-            KeyValueStateMachine, SmrParams(snapshot_interval=4),
+            KeyValueStateMachine, SmrParams(), constants=SmrConstants(snapshot_interval=4),
             admin_types=(CommitNow, DropUncommitted),
         )
 

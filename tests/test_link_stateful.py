@@ -5,7 +5,8 @@ between receipts, the protocol asks for ``quorum(k)`` and ``from_peer(p)``. The
 model: the first value from each peer counts once; repeats are duplicates or
 equivocations and never count; ``quorum(k)`` yields the first value that k
 distinct peers sent (whenever it was asked for); ``from_peer(p)`` yields p's
-first value.
+first value; ``certificate(k, key)`` yields the first key that k distinct
+peers' first values share, with exactly those k peers and their values.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from replicaio.core.config import ClusterConfig
-from replicaio.core.context import Context, Link
+from replicaio.core.context import Certificate, Context, Link
 from replicaio.core.effects import Receive, Start
 from replicaio.core.lines import Line
 from replicaio.core.node import Envelope, Node
@@ -57,6 +58,8 @@ class LinkMachine(RuleBasedStateMachine):
         self.rejected = 0
         self.quorums: list[tuple[int, Line[bytes]]] = []
         self.from_peers: list[tuple[int, Line[bytes]]] = []
+        self.certificates: list[tuple[int, bool, Line[Certificate[bytes]]]] = []
+        self.arrivals: list[tuple[int, bytes]] = []  # first values, in arrival order
 
     @rule(peer=st.integers(0, N - 1), value=st.sampled_from(VALUES))
     def receive(self, peer: int, value: bytes) -> None:
@@ -66,6 +69,7 @@ class LinkMachine(RuleBasedStateMachine):
             self.rejected += 1
         elif peer not in self.first:
             self.first[peer] = value
+            self.arrivals.append((peer, value))
             count = self.supporters.get(value, 0) + 1
             self.supporters[value] = count
             if count > len(self.reached):
@@ -94,6 +98,19 @@ class LinkMachine(RuleBasedStateMachine):
             else:
                 assert not line.ready
 
+    @rule(count=st.integers(1, N), grouped=st.booleans())
+    def ask_certificate(self, count: int, grouped: bool) -> None:
+        key = group_key if grouped else None
+        self.certificates.append((count, grouped, self.link.certificate(count, key)))
+
+    @invariant()
+    def certificates_carry_the_first_key_to_reach_their_count(self) -> None:
+        for count, grouped, line in self.certificates:
+            expected = expected_certificate(self.arrivals, count, grouped)
+            assert line.ready == (expected is not None)
+            if expected is not None:
+                assert line.value() == expected
+
     @invariant()
     def from_peer_yields_the_first_value(self) -> None:
         for peer, line in self.from_peers:
@@ -111,6 +128,25 @@ class LinkMachine(RuleBasedStateMachine):
         assert counters.get("link_equivocation", 0) == self.equivocations
         assert counters.get("rejected_unknown_peer", 0) == self.rejected
         assert len(self.node.evidence_log) == min(self.equivocations, self.node.params.evidence_max)
+
+
+def group_key(value: bytes) -> str:
+    return "ab" if value in (b"a", b"b") else "c"
+
+
+def expected_certificate(
+    arrivals: list[tuple[int, bytes]], count: int, grouped: bool
+) -> Certificate[bytes] | None:
+    """The naive model: replay first values in arrival order until a key has ``count``."""
+    groups: dict[object, list[int]] = {}
+    values = dict(arrivals)
+    for peer, value in arrivals:
+        key = group_key(value) if grouped else value
+        groups.setdefault(key, []).append(peer)
+        if len(groups[key]) == count:
+            senders = tuple(sorted(groups[key]))
+            return Certificate(key, senders, tuple(values[p] for p in senders))
+    return None
 
 
 LinkMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)

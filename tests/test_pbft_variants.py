@@ -17,8 +17,8 @@ ALL_FAULTS = ("crash", "partition", "loss", "dup", "reorder")
 
 # variant -> (seed, forced adversary or None for the seed's own draw)
 PINNED: dict[str, tuple[int, tuple[str, ...] | None]] = {
-    "pbft-commit-off-by-one": (8, ("pbft_drop_prepared",)),
-    "pbft-prepare-off-by-one": (1, None),
+    "pbft-commit-off-by-one": (6, ("pbft_drop_prepared",)),
+    "pbft-prepare-off-by-one": (3, None),
     "pbft-forget-pre-prepares": (15, None),
     "pbft-no-view-change-resend": (4, None),
     "pbft-ignore-prepared-set": (4, None),

@@ -25,6 +25,7 @@ from replicaio.core.lines import Line
 from replicaio.core.node import Node
 from replicaio.services.kv import KeyValueStateMachine, KvOk, decode_result, encode_command
 from replicaio.smr.api import (
+    AuthenticatedRequest,
     ClientRequest,
     Committed,
     NotLeader,
@@ -33,8 +34,16 @@ from replicaio.smr.api import (
     Rejected,
     Reply,
 )
-from replicaio.smr.messages import Applied, Batch, Forward, ReadIndexReply, ReadIndexRequest
-from replicaio.smr.params import SmrParams
+from replicaio.smr.auth import KEYED, KeyedClientSigner, SignedClients
+from replicaio.smr.messages import (
+    Applied,
+    Batch,
+    Forward,
+    ReadIndexReply,
+    ReadIndexRequest,
+    SignedBatch,
+)
+from replicaio.smr.params import SmrConstants, SmrParams
 from replicaio.smr.protocol import SmrFactory, SmrProtocol
 from replicaio.smr.replica import SmrSnapshotError, decode_snapshot, encode_snapshot
 from replicaio.smr.sessions import SessionTable
@@ -110,7 +119,8 @@ class LogOrdering:
         if self.context.id != self.shared.leader:
             return NotLeader(self.shared.leader)
         self.shared.entries.append(batch)
-        self.shared.submitted.append(len(CODEC.decode_as(batch, Batch).requests))
+        kind = SignedBatch if CODEC.decode(batch).__class__ is SignedBatch else Batch
+        self.shared.submitted.append(len(CODEC.decode_as(batch, kind).requests))
         if self.shared.mode == "sync":
             self.commit()
         elif self.shared.mode == "task":
@@ -150,18 +160,30 @@ class Cluster:
     when :meth:`fire` does. ``hold`` keeps matching messages back."""
 
     def __init__(
-        self, n: int = 3, params: SmrParams | None = None, mode: str = "task"
+        self,
+        n: int = 3,
+        params: SmrParams | None = None,
+        mode: str = "task",
+        constants: SmrConstants | None = None,
+        resilience: Resilience = Resilience.CRASH,
+        authenticator: Any = None,
+        ordering: Any = None,
+        admin_types: tuple[type, ...] = (),
     ) -> None:
         self.shared = SharedLog(mode=mode)
+        ordering_type = ordering or LogOrdering
         self.factory = SmrFactory(
             "double",
-            Resilience.CRASH,
-            lambda context: LogOrdering(context, self.shared),
+            resilience,
+            lambda context: ordering_type(context, self.shared),
             KeyValueStateMachine,
             params or SmrParams(),
-            admin_types=(CommitNow, DropUncommitted),
+            admin_types=(CommitNow, DropUncommitted, *admin_types),
+            constants=constants,
+            authenticator=authenticator,
         )
-        self.config = ClusterConfig(n=n, f=(n - 1) // 2, resilience=Resilience.CRASH)
+        f = (n - 1) // 3 if resilience is Resilience.BYZANTINE else (n - 1) // 2
+        self.config = ClusterConfig(n=n, f=f, resilience=resilience)
         self.storages = [MemoryStorage() for _ in range(n)]
         self.nodes: list[Node] = [Node(i, self.config, self.factory) for i in range(n)]
         self.outputs: list[list[Any]] = [[] for _ in range(n)]
@@ -266,7 +288,7 @@ def test_write_is_applied_everywhere_and_answered_by_its_replica_only() -> None:
     cluster = Cluster()
     cluster.request(0, write(7, 1, "put", b"k", b"v"))
     [reply] = cluster.take(0)
-    assert reply == Reply(7, 1, reply.result, 0)
+    assert reply == Reply(7, 1, reply.result, 0, leader=0)
     assert value_of(reply) is None
     for i in range(3):
         assert cluster.kv(i).data == {b"k": b"v"}
@@ -285,21 +307,27 @@ def test_retry_after_commit_answers_the_remembered_result_without_executing() ->
     assert len(cluster.shared.entries) == 1  # nothing was submitted again
 
 
-def test_retries_racing_the_original_execute_once() -> None:
-    """The same (client, seq) ordered three times (retries at two replicas before the
-    first commit) executes once; each copy answers the same result."""
+def test_retries_racing_the_original_are_ordered_once_and_execute_once() -> None:
+    """Copies of one (client, seq) (a retry at the leader and one at another replica,
+    relayed, before the first commit) are queued once: one batch orders the
+    request. A copy ordered anyway (a second leader's batch) executes nothing and
+    answers the same result."""
     cluster = Cluster(mode="manual")
     cluster.request(0, write(7, 1, "incr", b"n", 5))
     cluster.request(0, write(7, 1, "incr", b"n", 5))
     cluster.request(1, write(7, 1, "incr", b"n", 5))  # forwarded to the leader
-    assert len(cluster.shared.entries) == 3
+    assert len(cluster.shared.entries) == 1
+    assert cluster.counter(0, "smr_requests_queued_again") == 1
+    assert cluster.counter(0, "smr_forward_duplicate") == 1
+    cluster.shared.entries.append(CODEC.encode(Batch(2, 1, 0, (write(7, 1, "incr", b"n", 5),))))
     cluster.request(0, CommitNow())
     assert [value_of(reply) for reply in cluster.take(0)] == [5]
     assert [value_of(reply) for reply in cluster.take(1)] == [5]
     for i in range(3):
         assert cluster.kv(i).data == {b"n": b"5"}
-    assert cluster.counter(2, "smr_duplicates") == 2
+    assert cluster.counter(2, "smr_duplicates") == 1
     assert cluster.counter(2, "smr_requests_applied") == 1
+    assert cluster.protocol(0).replica.queued == {}
 
 
 def test_stale_sequence_numbers_are_refused_and_never_executed() -> None:
@@ -322,7 +350,7 @@ def test_stale_sequence_numbers_are_refused_and_never_executed() -> None:
 def test_at_most_once_across_snapshot_and_restart() -> None:
     """The session table is in the snapshot: a replica restarted from it (and one
     that never saw the request) still answers a retry without executing again."""
-    cluster = Cluster(params=SmrParams(snapshot_interval=1))
+    cluster = Cluster(constants=SmrConstants(snapshot_interval=1))
     cluster.request(0, write(7, 1, "incr", b"n", 5))
     assert value_of(cluster.take(0)[0]) == 5
     assert (0, 1) in cluster.shared.compactions
@@ -344,7 +372,7 @@ def test_at_most_once_across_snapshot_and_restart() -> None:
 def test_state_transfer_answers_replies_the_snapshot_settles() -> None:
     """A replica that owes a reply and is brought forward by a snapshot (not by the
     batch itself) still answers, from the session table."""
-    cluster = Cluster(params=SmrParams(snapshot_interval=1), mode="manual")
+    cluster = Cluster(constants=SmrConstants(snapshot_interval=1), mode="manual")
     cluster.request(1, write(7, 1, "put", b"k", b"v"))  # forwarded by 1 to leader 0
     cluster.hold = lambda source, destination, body: destination == 1
     cluster.request(0, CommitNow())
@@ -363,7 +391,7 @@ def test_state_transfer_answers_replies_the_snapshot_settles() -> None:
 
 
 def test_snapshots_every_interval_and_restart_replays_the_rest() -> None:
-    cluster = Cluster(params=SmrParams(snapshot_interval=3))
+    cluster = Cluster(constants=SmrConstants(snapshot_interval=3))
     for seq in range(1, 8):
         cluster.request(0, write(1, seq, "append", b"log", str(seq).encode()))
     assert [index for node, index in cluster.shared.compactions if node == 0] == [3, 6]
@@ -376,7 +404,7 @@ def test_snapshots_every_interval_and_restart_replays_the_rest() -> None:
 def test_every_replica_snapshots_the_same_indices_to_the_same_bytes() -> None:
     """What a BFT checkpoint certificate needs: equal state, equal snapshot bytes, at
     indices every replica agrees on, whoever answered which client."""
-    cluster = Cluster(params=SmrParams(snapshot_interval=2, sessions_max=3))
+    cluster = Cluster(constants=SmrConstants(snapshot_interval=2, sessions_max=3))
     for seq in range(1, 6):
         cluster.request(seq % 3, write(seq, 1, "put", f"k{seq}".encode(), b"v"))
         cluster.request(seq % 3, write(seq, 2, "incr", b"n", seq))
@@ -417,7 +445,7 @@ def test_session_table_evicts_least_recently_used_deterministically() -> None:
 
 
 def test_sessions_max_is_reached_in_a_cluster() -> None:
-    cluster = Cluster(params=SmrParams(sessions_max=2, snapshot_interval=1))
+    cluster = Cluster(constants=SmrConstants(sessions_max=2, snapshot_interval=1))
     for client in range(1, 5):
         cluster.request(0, write(client, 1, "incr", b"n", 1))
     assert [len(cluster.protocol(i).replica.sessions) for i in range(3)] == [2, 2, 2]
@@ -427,7 +455,7 @@ def test_sessions_max_is_reached_in_a_cluster() -> None:
 
 
 def test_an_evicted_client_is_refused_not_executed_twice() -> None:
-    cluster = Cluster(params=SmrParams(sessions_max=2, snapshot_interval=1))
+    cluster = Cluster(constants=SmrConstants(sessions_max=2, snapshot_interval=1))
     cluster.request(0, write(1, 1, "incr", b"n", 1))
     cluster.request(0, write(1, 2, "incr", b"n", 1))
     cluster.take(0)
@@ -455,8 +483,10 @@ def test_registration_opens_a_session_and_runs_nothing() -> None:
 
 
 def test_batches_grow_while_the_inflight_window_is_full_and_pending_max_rejects() -> None:
-    params = SmrParams(batch_requests_max=3, pending_max=5, batches_inflight_max=1)
-    cluster = Cluster(params=params, mode="manual")
+    params = SmrParams(pending_max=5, batches_inflight_max=1)
+    cluster = Cluster(
+        params=params, mode="manual", constants=SmrConstants(batch_requests_max=3)
+    )
     for client in range(1, 8):
         cluster.request(0, write(client, 1, "put", b"k", bytes([client])))
     # 1 went alone (window free); 2..6 wait (pending_max=5); 7 is refused.
@@ -473,10 +503,9 @@ def test_batches_grow_while_the_inflight_window_is_full_and_pending_max_rejects(
 
 
 def test_batch_bytes_max_cuts_batches() -> None:
-    params = SmrParams(
-        batch_bytes_max=2200, command_bytes_max=1000, batches_inflight_max=1, pending_max=64
-    )
-    cluster = Cluster(params=params, mode="manual")
+    params = SmrParams(batches_inflight_max=1, pending_max=64)
+    constants = SmrConstants(batch_bytes_max=2200, command_bytes_max=1000)
+    cluster = Cluster(params=params, mode="manual", constants=constants)
     for client in range(1, 6):
         cluster.request(0, write(client, 1, "put", b"k", b"x" * 900))
     cluster.request(0, CommitNow())
@@ -510,11 +539,13 @@ def test_an_ordering_that_commits_inside_submit_is_fine() -> None:
 
 def test_params_are_validated() -> None:
     with pytest.raises(ConfigError):
-        SmrParams(batch_bytes_max=100).validate()
+        SmrConstants(batch_bytes_max=100).validate()
     with pytest.raises(ConfigError):
-        SmrParams(pending_max=2, batch_requests_max=3).validate()
+        SmrParams(pending_max=2).validate(SmrConstants(batch_requests_max=3))
     with pytest.raises(ConfigError):
-        SmrParams(snapshot_interval=-1).validate()
+        SmrConstants(snapshot_interval=-1).validate()
+    with pytest.raises(ConfigError):
+        SmrParams(checkpoints_pending_max=0).validate()
 
 
 # -- forwarding and redirection -----------------------------------------------------------------
@@ -557,8 +588,10 @@ def test_a_forwarded_request_is_refused_not_forwarded_again() -> None:
 
 
 def test_a_full_leader_refuses_forwarded_requests_as_busy() -> None:
-    params = SmrParams(batch_requests_max=1, pending_max=1, batches_inflight_max=1)
-    cluster = Cluster(params=params, mode="manual")
+    params = SmrParams(pending_max=1, batches_inflight_max=1)
+    cluster = Cluster(
+        params=params, mode="manual", constants=SmrConstants(batch_requests_max=1)
+    )
     cluster.request(0, write(1, 1, "put", b"k", b"a"))  # in flight
     cluster.request(0, write(2, 1, "put", b"k", b"b"))  # pending: full
     cluster.request(1, write(3, 1, "put", b"k", b"c"))  # forwarded to a full leader
@@ -614,7 +647,7 @@ def test_reads_pending_max_is_reached() -> None:
 
 
 def test_bad_input_gets_a_typed_rejection_and_a_counter() -> None:
-    cluster = Cluster(params=SmrParams(command_bytes_max=100))
+    cluster = Cluster(constants=SmrConstants(command_bytes_max=100))
     cluster.request(0, b"not a request")
     cluster.request(0, ClientRequest(1, 0, encode_command("get", b"k"), False))
     cluster.request(0, ClientRequest(-1, 1, encode_command("get", b"k"), False))
@@ -658,35 +691,25 @@ def test_waiting_max_drops_the_oldest_owed_reply() -> None:
     assert [r.client for r in cluster.take(0)] == [2, 3]
 
 
-class MacClients:
-    """A stand-in for BFT client authentication: the 'MAC' is the client id + 1000."""
-
-    def authenticate(self, payload: Any) -> ClientRequest | str:
-        if not (isinstance(payload, tuple) and len(payload) == 2):
-            return "bad_request"
-        request, mac = payload
-        if type(request) is not ClientRequest:
-            return "bad_request"
-        return request if mac == request.client + 1000 else "unauthenticated"
-
-    def claimed(self, payload: Any) -> ClientRequest | None:
-        if isinstance(payload, tuple) and len(payload) == 2 and type(payload[0]) is ClientRequest:
-            return payload[0]
-        return None
+def keyed_clients(context: Context, params: SmrParams) -> SignedClients:
+    return SignedClients(context.node.codec, KEYED)
 
 
 def test_an_authenticator_checks_requests_before_batching() -> None:
-    cluster = Cluster()
-    cluster.factory.authenticator = MacClients
-    for i in range(3):
-        cluster.restart(i)
-    cluster.request(0, (write(1, 1, "put", b"k", b"v"), 1001))
-    cluster.request(0, (write(2, 1, "put", b"k", b"forged"), 1))
+    cluster = Cluster(authenticator=keyed_clients)
+    good = KeyedClientSigner(CODEC, 1).wrap(write(1, 1, "put", b"k", b"v"))
+    forged = AuthenticatedRequest(write(2, 1, "put", b"k", b"forged"), b"", b"\0" * 32)
+    cluster.request(0, good)
+    cluster.request(0, forged)
+    cluster.request(0, write(3, 1, "put", b"k", b"bare"))  # no authenticator at all
     outputs = cluster.take(0)
     assert value_of(outputs[0]) is None
     assert outputs[1] == Rejected(2, 1, "unauthenticated")
     assert cluster.counter(0, "request_rejected_unauthenticated") == 1
+    assert cluster.counter(0, "request_rejected_bad_request") == 1
     assert cluster.kv(1).data == {b"k": b"v"}
+    # The request travelled with its signature inside the batch.
+    assert CODEC.decode_as(cluster.shared.entries[0], SignedBatch).requests == (good,)
 
 
 def test_applied_outputs_fingerprint_every_batch_on_every_replica() -> None:

@@ -21,7 +21,7 @@ from test_smr import Cluster, CommitNow, DropUncommitted
 
 from replicaio.services.kv import KvOk, decode_result, encode_command
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
-from replicaio.smr.params import SmrParams
+from replicaio.smr.params import SmrConstants, SmrParams
 
 CLIENTS = 3
 NODES = 3
@@ -30,9 +30,9 @@ NODES = 3
 class SessionMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        params = SmrParams(snapshot_interval=2, batch_requests_max=2, pending_max=4,
-                           batches_inflight_max=2)
-        self.cluster = Cluster(NODES, params=params, mode="manual")
+        params = SmrParams(pending_max=4, batches_inflight_max=2)
+        constants = SmrConstants(snapshot_interval=2, batch_requests_max=2)
+        self.cluster = Cluster(NODES, params=params, mode="manual", constants=constants)
         self.seq = [1] * CLIENTS  # the operation each client is on
         self.answered = [False] * CLIENTS
 

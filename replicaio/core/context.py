@@ -23,7 +23,8 @@ broadcast and agreement protocols have (one ECHO per instance per peer):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Hashable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from replicaio.core.errors import UsageError
@@ -100,6 +101,47 @@ def accepts_function(body_type: Any) -> Callable[[Any], bool]:
     raise UsageError(f"link body type must be a class or Any, got {body_type!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class Certificate(Generic[T]):
+    """A quorum *with its evidence*: ``count`` distinct peers sent messages whose
+    key is ``key``; ``senders`` (ascending) and ``messages`` (what each of them
+    sent, in the same order) prove it to a third party when the messages are
+    signed (PBFT's prepared and checkpoint certificates). With no key function
+    ``key`` is the value itself and every message equals it."""
+
+    key: Hashable
+    senders: tuple[int, ...]
+    messages: tuple[T, ...]
+
+
+class CertificateWait(Generic[T]):
+    """A certificate asked for and not yet complete: senders grouped by key."""
+
+    __slots__ = ("count", "groups", "key_of", "line")
+
+    def __init__(self, count: int, key_of: Callable[[T], Hashable], line: Line[Certificate[T]]):
+        self.count = count
+        self.key_of = key_of
+        self.line = line
+        self.groups: dict[Hashable, list[int]] = {}
+
+    def add(self, source: int, value: T, received: dict[int, T]) -> bool:
+        """Count ``source``'s message; True once the certificate is complete (and set)."""
+        key = self.key_of(value)
+        group = self.groups.setdefault(key, [])
+        group.append(source)
+        if len(group) < self.count:
+            return False
+        senders = tuple(sorted(group))
+        self.line.set(Certificate(key, senders, tuple(received[peer] for peer in senders)))
+        return True
+
+
+def identity(value: Any) -> Hashable:
+    result: Hashable = value
+    return result
+
+
 class Link(Generic[T]):
     """A one-shot channel of one component; see the module docstring.
 
@@ -110,6 +152,7 @@ class Link(Generic[T]):
 
     __slots__ = (
         "accepts",
+        "certificates",
         "counts",
         "durable",
         "from_lines",
@@ -142,6 +185,7 @@ class Link(Generic[T]):
         # links are only ever counted (quorums), never read per peer.
         self.from_lines: dict[int, Line[T]] | None = None
         self.quorums: list[tuple[int, Line[T]]] = []
+        self.certificates: list[CertificateWait[T]] = []
 
     # -- sending -------------------------------------------------------------
 
@@ -209,6 +253,28 @@ class Link(Generic[T]):
         self.quorums.append((count, line))
         return line
 
+    def certificate(
+        self, count: int, key: Callable[[T], Hashable] | None = None
+    ) -> Line[Certificate[T]]:
+        """Like :meth:`quorum`, with the evidence: the first key (``key(message)``,
+        or the message itself) that ``count`` distinct peers sent, with those
+        peers and their messages (:class:`Certificate`). Peers' first messages
+        count, in arrival order, as for quorums; ``key`` is protocol code and sees
+        whatever body the link accepts (an exception counts the message as
+        unreadable, never raises)."""
+        if not 1 <= count <= self.node.config.n:
+            raise UsageError(f"link {self.name}: certificate of {count} out of range")
+        line: Line[Certificate[T]] = Line(
+            self.node.scheduler, (self.name, ".certificate(", count, ")")
+        )
+        wait = CertificateWait(count, key or identity, line)
+        received = self.received
+        for source, value in received.items():
+            if wait.add(source, value, received):
+                return line
+        self.certificates.append(wait)
+        return line
+
     def receive(self, source: int, value: T) -> None:
         """Called by the node's router for a validated message from ``source``."""
         received = self.received
@@ -237,6 +303,10 @@ class Link(Generic[T]):
                     else:
                         waiting.append((count, line))
                 self.quorums = waiting
+        if self.certificates:
+            self.certificates = [
+                wait for wait in self.certificates if not wait.add(source, value, received)
+            ]
         lines = self.from_lines
         if lines is not None:
             asked = lines.get(source)

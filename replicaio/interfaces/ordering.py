@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from replicaio.core.lines import Line
 
@@ -51,6 +51,18 @@ class OrderingHandlers(Protocol):
         ``index`` (state transfer to a lagging replica, or restart)."""
         ...
 
+    def validate_batch(self, batch: bytes) -> bool:
+        """Whether a batch another replica proposes may be ordered: it decodes
+        within the cluster constants and every request in it carries a valid
+        client authenticator. A Byzantine fault tolerant backup calls it before
+        accepting a primary's proposal (PBFT's PRE-PREPARE, Castro and Liskov
+        section 4.2) and refuses the proposal when it answers False; an empty
+        batch (the protocol's own null request) is not asked about. Pure: the
+        same bytes give the same answer on every correct replica (for the
+        ``mac`` client scheme, on this replica). Crash-fault protocols need not
+        call it."""
+        ...
+
 
 class Ordering(Protocol):
     """A total-order protocol under SMR. Implemented by Raft, later PBFT and
@@ -67,9 +79,13 @@ class Ordering(Protocol):
 
     def submit(self, batch: bytes) -> NotLeader | None:
         """Propose a batch for ordering. ``None``: accepted for ordering (it
-        may still be lost if leadership changes; clients retry). Leader-based
-        protocols answer :class:`NotLeader` on followers; BFT protocols accept
-        on every replica."""
+        may still be lost if leadership changes; clients retry). Only the
+        replica that orders now accepts: the other replicas answer
+        :class:`NotLeader` with their hint, and SMR relays the requests to it
+        (one request a client multicasts is then ordered once, not up to n
+        times). A Byzantine fault tolerant backup answers ``NotLeader(primary)``
+        and may take the call as "requests are waiting" (PBFT arms its
+        view-change timer, section 4.4)."""
         ...
 
     def read_barrier(self) -> Line[int] | NotLeader:
@@ -82,12 +98,26 @@ class Ordering(Protocol):
     def compact(self, index: int, snapshot: bytes) -> None:
         """SMR took ``snapshot`` covering every index up to ``index`` (already
         committed and applied); the protocol persists it, may discard its log
-        up to there, and uses it for state transfer."""
+        up to there, and uses it for state transfer. Called for *every*
+        checkpoint, in index order: at each multiple of the cluster constant
+        ``snapshot_interval``, the same indices with byte-identical snapshots on
+        every correct replica (a BFT protocol certifies each one)."""
         ...
 
     @property
     def leader_hint(self) -> int:
         """The replica believed to be able to order now (-1: unknown)."""
+        ...
+
+
+@runtime_checkable
+class Views(Protocol):
+    """Optional for an ordering protocol: its view (PBFT) or term (Raft), which
+    SMR puts in every reply as a hint for clients."""
+
+    @property
+    def view_hint(self) -> int:
+        """The current view or term (-1: none)."""
         ...
 
 

@@ -96,6 +96,8 @@ from replicaio.sim.options import (
     draw_partitions,
 )
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
+from replicaio.smr.auth import KeyedClientSigner
+from replicaio.smr.client import BYZANTINE, Accepted, Refused, Votes, reply_quorum
 
 EXTRA_KEY = "kv"  # SimOptions.extra[EXTRA_KEY] holds the workload
 
@@ -204,6 +206,7 @@ class Client:
     ops_done: int = 0  # under the current id
     idle: bool = False
     ok_after_heal: bool = False
+    votes: Votes | None = None  # answers to the current (client_id, seq), BFT only
 
 
 @dataclass(slots=True)
@@ -222,7 +225,7 @@ class Figures:
     membership_requests: int = 0
     nemesis_crashes: int = 0
     unissued: int = 0  # quota operations the safety phase had no time for
-    byzantine_outputs: int = 0  # client outputs of Byzantine replicas, ignored
+    byzantine_outputs: int = 0  # client outputs of Byzantine replicas (votes like any)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -259,6 +262,10 @@ class KvHarness:
         self.leader_term = (-1, -1)  # (term, node) of the latest leader seen
         self.observers: list[Callable[[int, Any, int], None]] = []
         self.codec = Codec()
+        # Clients of a Byzantine fault tolerant service sign their requests and
+        # accept f+1 matching answers (replicaio.smr.client); of Raft, one.
+        self.bft = config.resilience in BYZANTINE
+        self.quorum = reply_quorum(config.resilience, config.f)
 
     # -- the Harness protocol ----------------------------------------------------
 
@@ -291,10 +298,9 @@ class KvHarness:
         kind = type(output)
         if kind is Reply or kind is Redirect or kind is Rejected:
             if node in self.config.byzantine:
-                # A Byzantine replica's answers prove nothing (clients of BFT
-                # services vote on f+1 replies); these clients ignore them.
+                # A Byzantine replica's answers prove nothing alone: they are
+                # votes among others (f+1 must match), never checked for integrity.
                 self.figures.byzantine_outputs += 1
-                return []
             self.on_client_output(node, output)
         else:
             for observer in self.observers:
@@ -428,10 +434,43 @@ class KvHarness:
         if op.read_only:  # a read runs at the client's clock (the front's, live)
             command = encode_at(api.now() // 1000, command)
         request = ClientRequest(client.client_id, client.seq, command, op.read_only)
-        api.request(client.target, self.codec.encode(request))  # as a client sends it
+        if self.bft:
+            self.send_signed(client, request)
+        else:
+            api.request(client.target, self.codec.encode(request))  # as a client sends it
         token = client.token
         api.call_at(api.now() + workload.attempt_timeout_us,
                     lambda: self.on_attempt_timeout(client, token))
+
+    def send_signed(self, client: Client, request: ClientRequest) -> None:
+        """BFT: the request signed, to the believed primary; to every replica for
+        a retry (the primary may be faulty) and for a read (each replica answers
+        from its own state after its read barrier)."""
+        votes = client.votes
+        if votes is None or votes.client != request.client or votes.seq != request.seq:
+            client.votes = Votes(request.client, request.seq, self.quorum, self.config.n)
+        data = self.codec.encode(KeyedClientSigner(self.codec, request.client).wrap(request))
+        api = self.require_api()
+        if client.attempts > 1 or request.read_only:
+            for node in self.config.nodes:
+                api.request(node, data)
+        else:
+            api.request(client.target, data)
+
+    def on_vote(self, node: int, client: Client, output: Reply | Rejected) -> None:
+        """BFT: count ``output`` as ``node``'s vote; act once f+1 agree."""
+        votes = client.votes
+        if votes is None:
+            return
+        decision = votes.add(output, node)
+        if isinstance(decision, Accepted):
+            leader = output.leader if type(output) is Reply else -1
+            self.complete(client, Reply(client.client_id, client.seq, decision.result,
+                                        decision.replicas[0], leader))
+        elif isinstance(decision, Refused):
+            client.votes = None  # the next attempt is voted on afresh
+            self.on_rejected(node, client, Rejected(client.client_id, client.seq,
+                                                    decision.reason))
 
     def on_attempt_timeout(self, client: Client, token: int) -> None:
         if client.op is None or client.token != token:
@@ -453,8 +492,9 @@ class KvHarness:
 
     def on_client_output(self, node: int, output: Reply | Redirect | Rejected) -> None:
         client = self.by_id.get(output.client)
+        correct = node not in self.config.byzantine
         if client is None:
-            if output.client in self.retired:
+            if output.client in self.retired or not correct:
                 self.figures.stale_outputs += 1  # a late answer to a retired id
                 return
             self.violations.append(Violation(
@@ -462,13 +502,15 @@ class KvHarness:
             ))
             return
         if client.op is None or output.seq != client.seq:
-            if output.seq > client.seq:
+            if output.seq > client.seq and correct:
                 self.violations.append(Violation(
                     "smr_reply_integrity", f"{output!r}: seq never sent", node, None
                 ))
             self.figures.stale_outputs += 1
             return
-        if type(output) is Reply:
+        if self.bft and not isinstance(output, Redirect):
+            self.on_vote(node, client, output)
+        elif type(output) is Reply:
             self.complete(client, output)
         elif type(output) is Redirect:
             self.figures.redirects += 1
@@ -503,10 +545,14 @@ class KvHarness:
         self.retry_later(client, self.workload.backoff_us)
 
     def complete(self, client: Client, reply: Reply) -> None:
+        client.votes = None
+        if 0 <= reply.leader < self.config.n and self.bft:
+            client.target = reply.leader
         if client.op is REGISTER:
             client.op = None
             client.token += 1
-            client.target = reply.replica
+            if not self.bft:
+                client.target = reply.replica
             self.begin_op(client)
             return
         op = client.op
@@ -529,7 +575,8 @@ class KvHarness:
         else:
             recorder.fail(handle)  # a typed KV error: executed, changed nothing
             self.figures.failed += 1
-        client.target = reply.replica
+        if not self.bft:
+            client.target = reply.replica
         self.finish_op(client)
 
     def complete_transaction(
@@ -552,7 +599,8 @@ class KvHarness:
                     self.last_values[key] = output
             if self.healed and recorded.call >= self.healed_at:
                 client.ok_after_heal = True
-        client.target = reply.replica
+        if not self.bft:
+            client.target = reply.replica
         self.finish_op(client)
 
     def give_up(self, client: Client) -> None:

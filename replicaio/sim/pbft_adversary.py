@@ -38,7 +38,7 @@ from replicaio.assembly import SERVICES, pbft_wire
 from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.signing import simulation_signer
 from replicaio.sim.adversary import RunView, Sends, Strategy, register_behaviour
-from replicaio.smr.messages import Batch
+from replicaio.smr.messages import Batch, SignedBatch
 
 REMEMBERED_MAX = 64
 HELD_MAX = 512
@@ -99,10 +99,14 @@ class Censor(PbftStrategy):
 
     def clients(self, batch: bytes) -> set[int]:
         try:
-            decoded = self.codec.decode_as(batch, Batch)
+            decoded = self.codec.decode(batch)
         except DecodeError:
             return set()
-        return {request.client for request in decoded.requests}
+        if type(decoded) is SignedBatch:
+            return {carried.request.client for carried in decoded.requests}
+        if type(decoded) is Batch:
+            return {request.client for request in decoded.requests}
+        return set()
 
     def rewrite(self, destination: int, message: Any) -> Sends:
         if type(message) is not wire.PrePrepare or not message.batch:

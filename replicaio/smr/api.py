@@ -32,9 +32,11 @@ from replicaio.interfaces.ordering import (
     Ordering,
     OrderingFactory,
     OrderingHandlers,
+    Views,
 )
 
 __all__ = [
+    "AuthenticatedRequest",
     "ClientRequest",
     "Clocked",
     "Committed",
@@ -46,6 +48,7 @@ __all__ = [
     "Rejected",
     "Reply",
     "StateMachine",
+    "Views",
 ]
 
 # -- what clients send and receive -------------------------------------------
@@ -53,6 +56,8 @@ __all__ = [
 # Wire bounds (SmrParams are validated against them).
 COMMAND_BYTES_MAX = 1 << 26
 RESULT_BYTES_MAX = 1 << 26
+KEY_BYTES_MAX = 64  # a client's public key, when its authenticator scheme names one
+AUTHENTICATOR_BYTES_MAX = 32 * 1024  # a signature, or a MAC vector (one MAC per replica)
 
 
 class ClientRequest(Message, tag="smr.ClientRequest"):
@@ -66,13 +71,37 @@ class ClientRequest(Message, tag="smr.ClientRequest"):
     read_only: bool
 
 
+class AuthenticatedRequest(Message, tag="smr.AuthenticatedRequest"):
+    """A request with its client's authenticator, as a client of a Byzantine
+    fault tolerant service sends it. It stays whole inside batches, so every
+    replica can check every request it executes (``replicaio.smr.auth``):
+
+    * ``ed25519``: ``key`` is the client's public key (the client id is derived
+      from it, :func:`replicaio.smr.auth.client_id_of`), ``authenticator`` its
+      signature of the request;
+    * ``keyed`` (simulation, and clusters with ``hmac`` auth): ``key`` empty,
+      ``authenticator`` a keyed hash with the client's key;
+    * ``mac``: ``key`` empty, ``authenticator`` one MAC per replica.
+    """
+
+    request: ClientRequest
+    key: Annotated[bytes, Meta(max_length=KEY_BYTES_MAX)]
+    authenticator: Annotated[bytes, Meta(max_length=AUTHENTICATOR_BYTES_MAX)]
+
+
 class Reply(Message, tag="smr.Reply"):
-    """The result of request ``(client, seq)`` as executed by ``replica``."""
+    """The result of request ``(client, seq)`` as executed by ``replica``, with its
+    hints: ``leader``, the replica it believes orders now (-1: unknown), and
+    ``view``, the ordering protocol's view or term (-1: none given). A client of
+    a Byzantine fault tolerant service accepts ``result`` once f+1 replicas sent
+    the same one (``replicaio.smr.client``); hints are not part of the match."""
 
     client: int
     seq: int
     result: Annotated[bytes, Meta(max_length=RESULT_BYTES_MAX)]
     replica: int
+    leader: int = -1
+    view: int = -1
 
 
 class Redirect(Message, tag="smr.Redirect"):

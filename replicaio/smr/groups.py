@@ -38,9 +38,15 @@ from replicaio.core.errors import ConfigError
 from replicaio.core.lines import Line, first
 from replicaio.core.stream import GROUP_PATH, GROUPS_MAX, GroupOutput
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
+from replicaio.smr.auth import (
+    NODE_CLIENT_COUNTER_BITS,
+    NODE_CLIENT_INCARNATION_BITS,
+    NodeClientSigner,
+    node_client_id,
+    vouching_node,
+)
 from replicaio.smr.protocol import SmrFactory, SmrProtocol
 
-IN_NODE_CLIENT_BASE: Final = 1 << 56  # in-node client ids are above every external one
 GIVE_UP_REASONS: Final = frozenset({"stale_seq", "session_expired", "bad_request", "too_large"})
 
 
@@ -94,10 +100,12 @@ class GroupCaller:
         self.groups = groups
         self.params = params.validate()
         node = context.node
-        # Unique per node and incarnation (sessions are per group: no group bits).
-        base = IN_NODE_CLIENT_BASE + (
-            ((node.incarnation & 0xFFFFF) * context.n + context.id) << 32
-        )
+        # Unique per node and incarnation (sessions are per group: no group bits),
+        # and ids this node may vouch for (``replicaio.smr.auth``): in a Byzantine
+        # fault tolerant group its calls are signed as the node.
+        incarnation = node.incarnation % (1 << NODE_CLIENT_INCARNATION_BITS)
+        base = node_client_id(incarnation, context.id, 0)
+        self.vouch = NodeClientSigner(node.codec, node.signer)
         self.free: list[deque[tuple[int, int]]] = []  # per group: (client, last seq)
         self.live = [0] * len(groups.replicas)  # sessions in use or free, per group
         self.minted = [0] * len(groups.replicas)  # sessions ever made (their ids)
@@ -119,6 +127,9 @@ class GroupCaller:
                     line.set(value)
                 return
             node = self.context.node
+            owner = vouching_node(value.client) if type(value) in (Reply, Rejected) else None
+            if owner is not None:
+                return  # another node's in-node call, answered by every replica: not ours
             node.effects.outputs.append(GroupOutput(group, node.codec.encode(value)))
 
         return on_output
@@ -133,7 +144,7 @@ class GroupCaller:
             if self.live[group] < self.params.callers_max:
                 self.live[group] += 1
                 self.minted[group] += 1
-                client = self.base + (self.minted[group] & 0xFFFFFFFF)
+                client = self.base + (self.minted[group] & ((1 << NODE_CLIENT_COUNTER_BITS) - 1))
                 if await self.attempts(group, ClientRequest(client, 1, b"", False)) is None:
                     self.live[group] -= 1
                     continue
@@ -172,7 +183,8 @@ class GroupCaller:
             for _ in range(self.params.attempts_max):
                 answer: Line[Any] = Line(self.context.node.scheduler, "caller.answer")
                 self.waiting[(group, client)] = answer
-                replica.on_request(request)
+                carries = replica.replica.authenticator.carries
+                replica.on_request(self.vouch.wrap(request) if carries else request)
                 got = await first(answer, self.context.sleep(self.params.attempt_timeout_us))
                 if type(got) is Reply and got.seq == request.seq:
                     return bytes(got.result)

@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from replicaio.core.codec import Message, Meta, Name
-from replicaio.smr.api import ClientRequest
+from replicaio.smr.api import AuthenticatedRequest, ClientRequest
 
 # -- the unit of ordering ------------------------------------------------------
 
 BATCH_REQUESTS_MAX = 1 << 16  # the wire bound; SmrParams.batch_requests_max is at most this
 DIGEST_BYTES_MAX = 64
 Requests = Annotated[tuple[ClientRequest, ...], Meta(max_length=BATCH_REQUESTS_MAX)]
+SignedRequests = Annotated[tuple[AuthenticatedRequest, ...], Meta(max_length=BATCH_REQUESTS_MAX)]
 
 
 class Batch(Message, tag="smr.Batch"):
@@ -39,6 +40,18 @@ class Batch(Message, tag="smr.Batch"):
     time_ms: int = 0
 
 
+class SignedBatch(Message, tag="smr.SignedBatch"):
+    """A :class:`Batch` whose requests keep their clients' authenticators (Byzantine
+    fault tolerant services): a backup checks them before accepting the batch
+    (``validate_batch``), and every replica before executing one."""
+
+    replica: int
+    incarnation: int
+    number: int
+    requests: SignedRequests
+    time_ms: int = 0
+
+
 # -- between replicas (unreliable streams; clients retry on loss) --------------
 
 
@@ -47,6 +60,13 @@ class Forward(Message, tag="smr.Forward"):
     batch. Their replies come from the origin replica's own apply."""
 
     requests: Requests
+
+
+class SignedForward(Message, tag="smr.SignedForward"):
+    """A :class:`Forward` of authenticated requests: a backup relays its clients'
+    requests to the primary, which checks each before batching it."""
+
+    requests: SignedRequests
 
 
 class ForwardRefused(Message, tag="smr.ForwardRefused"):

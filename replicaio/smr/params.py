@@ -1,4 +1,17 @@
-"""SMR's bounds and periods, validated up front (after etcd raft's ``Config.validate``)."""
+"""SMR's bounds and periods, validated up front (after etcd raft's ``Config.validate``).
+
+Two kinds, kept apart on purpose:
+
+* :class:`SmrConstants`, the **cluster constants**: every bound that decides
+  what a *committed* batch does (whether it decodes, which requests in it run,
+  which session is evicted, where snapshots are taken). Replicas that disagreed
+  on one would diverge on the same log, so they come only from the cluster's
+  shared configuration: the protocol name's parameters (``raft:sessions=256``,
+  the cluster file's ``[protocol] params``, the event log header), through the
+  assembly. Nothing local can change them.
+* :class:`SmrParams`, **local settings**: how much a replica queues, how long it
+  waits. Two replicas with different ones still agree on every committed batch.
+"""
 
 from __future__ import annotations
 
@@ -9,63 +22,90 @@ from replicaio.smr.api import COMMAND_BYTES_MAX
 from replicaio.smr.messages import BATCH_REQUESTS_MAX
 
 # What a batch frame adds around its requests, and each request around its
-# command, at most (msgpack headers, tag strings, 64-bit integers).
+# command (and around its authenticator, when it carries one), at most
+# (msgpack headers, tag strings, 64-bit integers).
 BATCH_OVERHEAD_BYTES = 64
 REQUEST_OVERHEAD_BYTES = 48
+AUTHENTICATED_OVERHEAD_BYTES = 48
+
+
+@dataclass(frozen=True, slots=True)
+class SmrConstants:
+    """The cluster constants of SMR: identical on every replica (module docstring)."""
+
+    batch_requests_max: int = 64  # requests per batch
+    batch_bytes_max: int = 256 * 1024  # encoded batch size
+    command_bytes_max: int = 64 * 1024 + 1024  # one client command
+    sessions_max: int = 4096  # clients with a remembered last request (LRU eviction)
+    snapshot_interval: int = 64  # applied batches between snapshots (checkpoints); 0: never
+
+    @property
+    def items_max(self) -> int:
+        """The codec's bound on items in one array or map of a batch or snapshot."""
+        return max(16, self.sessions_max, self.batch_requests_max)
+
+    @property
+    def request_bytes_max(self) -> int:
+        """The most one request of a trusted client takes in a batch. An
+        authenticated request adds its authenticator; one that would not fit a
+        batch alone is refused at admission (``too_large``)."""
+        return self.command_bytes_max + REQUEST_OVERHEAD_BYTES
+
+    def validate(self) -> SmrConstants:
+        """Raise :class:`ConfigError` unless every constant is usable."""
+        for name in ("batch_requests_max", "batch_bytes_max", "command_bytes_max", "sessions_max"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"SmrConstants.{name} must be >= 1")
+        if self.snapshot_interval < 0:
+            raise ConfigError("SmrConstants.snapshot_interval must be >= 0 (0: never)")
+        if BATCH_OVERHEAD_BYTES + self.request_bytes_max > self.batch_bytes_max:
+            raise ConfigError(
+                f"SmrConstants.batch_bytes_max={self.batch_bytes_max} cannot hold one command of "
+                f"command_bytes_max={self.command_bytes_max} (needs "
+                f"{BATCH_OVERHEAD_BYTES + self.request_bytes_max})"
+            )
+        if self.batch_requests_max > BATCH_REQUESTS_MAX:
+            raise ConfigError(f"SmrConstants.batch_requests_max must be <= {BATCH_REQUESTS_MAX}")
+        if self.command_bytes_max > COMMAND_BYTES_MAX:
+            raise ConfigError(f"SmrConstants.command_bytes_max must be <= {COMMAND_BYTES_MAX}")
+        return self
 
 
 @dataclass(frozen=True, slots=True)
 class SmrParams:
-    """Every queue, window and table of a replica has a named bound here.
+    """Every local queue, window and table of a replica has a named bound here.
 
     Beyond a bound a client gets ``Rejected(reason="busy")`` (pending requests,
     pending reads), the oldest entry is dropped and counted (waiting replies,
-    sessions), or the request waits (in-flight batches: backpressure).
+    checkpoints not yet handed over), or the request waits (in-flight batches:
+    backpressure).
     """
 
-    batch_requests_max: int = 64  # requests per batch
-    batch_bytes_max: int = 256 * 1024  # encoded batch size
     pending_max: int = 1024  # requests accepted but not yet submitted
     batches_inflight_max: int = 4  # own batches submitted, not yet applied
     batch_timeout_us: int = 1_000_000  # an in-flight batch not applied by then is presumed lost
-    command_bytes_max: int = 64 * 1024 + 1024  # one client command
-    sessions_max: int = 4096  # clients with a remembered last request (LRU eviction)
     waiting_max: int = 4096  # local requests awaiting their reply (oldest evicted)
     reads_pending_max: int = 1024  # reads in progress, local and for other replicas
     read_timeout_us: int = 1_000_000  # a read not served by then is refused
-    snapshot_interval: int = 64  # applied batches between snapshots; 0: never
+    checkpoints_pending_max: int = 64  # checkpoints taken in one step, not yet handed over
+    verified_max: int = 4096  # request authenticators remembered as checked (BFT)
     forward: bool = True  # non-leaders forward to the leader (else they redirect)
     emit_applied: bool = False  # output Applied(index, digest) for outside checkers
 
-    def validate(self) -> SmrParams:
-        """Raise :class:`ConfigError` unless every bound is usable."""
+    def validate(self, constants: SmrConstants | None = None) -> SmrParams:
+        """Raise :class:`ConfigError` unless every bound is usable (with ``constants``)."""
         for name in (
-            "batch_requests_max",
-            "batch_bytes_max",
             "pending_max",
             "batches_inflight_max",
             "batch_timeout_us",
-            "command_bytes_max",
-            "sessions_max",
             "waiting_max",
             "reads_pending_max",
             "read_timeout_us",
+            "checkpoints_pending_max",
+            "verified_max",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SmrParams.{name} must be >= 1")
-        if self.snapshot_interval < 0:
-            raise ConfigError("SmrParams.snapshot_interval must be >= 0 (0: never)")
-        request_bytes_max = self.command_bytes_max + REQUEST_OVERHEAD_BYTES
-        if BATCH_OVERHEAD_BYTES + request_bytes_max > self.batch_bytes_max:
-            raise ConfigError(
-                f"SmrParams.batch_bytes_max={self.batch_bytes_max} cannot hold one command of "
-                f"command_bytes_max={self.command_bytes_max} (needs "
-                f"{BATCH_OVERHEAD_BYTES + request_bytes_max})"
-            )
-        if self.batch_requests_max > BATCH_REQUESTS_MAX:
-            raise ConfigError(f"SmrParams.batch_requests_max must be <= {BATCH_REQUESTS_MAX}")
-        if self.command_bytes_max > COMMAND_BYTES_MAX:
-            raise ConfigError(f"SmrParams.command_bytes_max must be <= {COMMAND_BYTES_MAX}")
-        if self.pending_max < self.batch_requests_max:
-            raise ConfigError("SmrParams.pending_max must be >= batch_requests_max")
+        if constants is not None and self.pending_max < constants.batch_requests_max:
+            raise ConfigError("SmrParams.pending_max must be >= SmrConstants.batch_requests_max")
         return self

@@ -27,8 +27,8 @@ from replicaio.core.config import Resilience
 from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
 from replicaio.smr.api import Ordering, StateMachine
-from replicaio.smr.auth import ClientAuthenticator
-from replicaio.smr.params import SmrParams
+from replicaio.smr.auth import ED25519, KEYED, ClientAuthenticator, SignedClients
+from replicaio.smr.params import SmrConstants, SmrParams
 from replicaio.smr.replica import Replica
 
 
@@ -53,10 +53,13 @@ class SmrProtocol:
         params: SmrParams,
         authenticator: ClientAuthenticator | None = None,
         admin_types: tuple[type, ...] = (),
+        constants: SmrConstants | None = None,
     ) -> None:
         self.ordering = ordering
         self.state_machine = state_machine
-        self.replica = Replica(context.child("smr"), ordering, state_machine, params, authenticator)
+        self.replica = Replica(
+            context.child("smr"), ordering, state_machine, params, authenticator, constants
+        )
         self.admin: AdminRequests | None = None
         self.admin_types = admin_types
         self.codec = context.node.codec
@@ -85,10 +88,28 @@ class SmrProtocol:
 
 OrderingFactory = Callable[[Context], Ordering]
 StateMachineFactory = Callable[[], StateMachine]
+AuthenticatorFactory = Callable[[Context, SmrParams], ClientAuthenticator]
+BYZANTINE = (Resilience.BYZANTINE, Resilience.BYZANTINE_TRUSTED)
+
+
+def signed_clients(context: Context, params: SmrParams) -> ClientAuthenticator:
+    """The default authenticator of a Byzantine fault tolerant service: client
+    signatures of the scheme the node's own signatures use (``ed25519`` on a live
+    cluster with Ed25519 keys; the keyed-hash stand-in in the simulator and on
+    ``hmac`` clusters); see ``replicaio.smr.auth``."""
+    scheme = ED25519 if context.node.signer.name == "ed25519" else KEYED
+    return SignedClients(
+        context.node.codec, scheme, verified_max=params.verified_max, nodes=context.node.signer
+    )
 
 
 class SmrFactory:
-    """Builds :class:`SmrProtocol` at every start of a node; what a host is given."""
+    """Builds :class:`SmrProtocol` at every start of a node; what a host is given.
+
+    ``constants`` are the cluster constants (``replicaio.smr.params``): the
+    assembly derives them from the protocol name's parameters only, which every
+    node of a cluster shares. ``authenticator`` defaults to trusted clients for
+    crash-fault services and to :func:`signed_clients` for Byzantine ones."""
 
     def __init__(
         self,
@@ -99,22 +120,34 @@ class SmrFactory:
         params: SmrParams | None = None,
         *,
         ordering_path: str = "order",
-        authenticator: Callable[[], ClientAuthenticator] | None = None,
+        authenticator: AuthenticatorFactory | None = None,
         admin_types: tuple[type, ...] = (),
+        constants: SmrConstants | None = None,
     ) -> None:
         self.name = name
         self.resilience = resilience
         self.ordering = ordering
         self.state_machine = state_machine
-        self.params = (params or SmrParams()).validate()
+        self.constants = (constants or SmrConstants()).validate()
+        self.params = (params or SmrParams()).validate(self.constants)
         self.ordering_path = ordering_path
+        if authenticator is None and resilience in BYZANTINE:
+            authenticator = signed_clients
         self.authenticator = authenticator
         self.admin_types = admin_types
 
     def __call__(self, context: Context) -> SmrProtocol:
         state_machine = self.state_machine()
         ordering = self.ordering(context.child(self.ordering_path))
-        authenticator = self.authenticator() if self.authenticator is not None else None
+        authenticator = (
+            self.authenticator(context, self.params) if self.authenticator is not None else None
+        )
         return SmrProtocol(
-            context, ordering, state_machine, self.params, authenticator, self.admin_types
+            context,
+            ordering,
+            state_machine,
+            self.params,
+            authenticator,
+            self.admin_types,
+            self.constants,
         )

@@ -60,6 +60,7 @@ from collections import deque
 from typing import Any, TypeVar
 
 from replicaio.core.codec import Codec, DecodeError, EncodeError
+from replicaio.core.config import Resilience
 from replicaio.core.context import Context
 from replicaio.core.effects import CLOCK_CHOICE
 from replicaio.core.errors import UsageError
@@ -67,6 +68,7 @@ from replicaio.core.lines import Line, first
 from replicaio.core.scheduler import Task
 from replicaio.core.stream import Stream
 from replicaio.smr.api import (
+    AuthenticatedRequest,
     ClientRequest,
     Clocked,
     Committed,
@@ -76,6 +78,7 @@ from replicaio.smr.api import (
     Rejected,
     Reply,
     StateMachine,
+    Views,
 )
 from replicaio.smr.auth import ClientAuthenticator, TrustedClients
 from replicaio.smr.messages import (
@@ -85,8 +88,16 @@ from replicaio.smr.messages import (
     ForwardRefused,
     ReadIndexReply,
     ReadIndexRequest,
+    SignedBatch,
+    SignedForward,
 )
-from replicaio.smr.params import BATCH_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES, SmrParams
+from replicaio.smr.params import (
+    AUTHENTICATED_OVERHEAD_BYTES,
+    BATCH_OVERHEAD_BYTES,
+    REQUEST_OVERHEAD_BYTES,
+    SmrConstants,
+    SmrParams,
+)
 from replicaio.smr.sessions import SessionRecord, SessionTable
 
 T = TypeVar("T")
@@ -152,7 +163,18 @@ async def before(line: Line[T], timeout: Line[None], label: str) -> T | None:
     return value
 
 
-Pending = tuple[ClientRequest, int]  # the request, and the replica whose client sent it
+# The request, what travels with it (its authenticator; None for trusted
+# clients), and the replica whose client sent it.
+Pending = tuple[ClientRequest, AuthenticatedRequest | None, int]
+BYZANTINE = (Resilience.BYZANTINE, Resilience.BYZANTINE_TRUSTED)
+
+
+def request_size(request: ClientRequest, carried: AuthenticatedRequest | None) -> int:
+    """An upper bound of what ``request`` takes in an encoded batch."""
+    size = len(request.command) + REQUEST_OVERHEAD_BYTES
+    if carried is not None:
+        size += len(carried.key) + len(carried.authenticator) + AUTHENTICATED_OVERHEAD_BYTES
+    return size
 
 
 class Replica:
@@ -165,19 +187,28 @@ class Replica:
         state_machine: StateMachine,
         params: SmrParams | None = None,
         authenticator: ClientAuthenticator | None = None,
+        constants: SmrConstants | None = None,
     ) -> None:
         self.context = context
         self.ordering = ordering
         self.state_machine = state_machine
-        self.params = (params or SmrParams()).validate()
+        self.constants = (constants or SmrConstants()).validate()
+        self.params = (params or SmrParams()).validate(self.constants)
         self.authenticator: ClientAuthenticator = authenticator or TrustedClients()
-        self.sessions = SessionTable(self.params.sessions_max)
+        # Byzantine fault tolerant services: every replica answers every request
+        # it executes (clients wait for f+1 matching replies).
+        self.reply_all = context.config.resilience in BYZANTINE
+        self.sessions = SessionTable(self.constants.sessions_max)
         self.applied = 0  # index of the last applied batch
         self.snapshot_index = 0  # index of the last snapshot taken or restored
         self.pending: deque[Pending] = deque()
+        # client -> seq of its request pending here or in one of our in-flight
+        # batches: a copy (a multicast, a retry, a relay) is not batched again.
+        self.queued: dict[int, int] = {}
         self.waiting: dict[int, int] = {}  # client -> seq this replica owes a reply for
         # own batch number -> its expiry task (None while submit runs)
         self.inflight: dict[int, Task[None] | None] = {}
+        self.inflight_requests: dict[int, tuple[tuple[int, int], ...]] = {}
         self.batch_next = 0
         self.reads_active = 0
         self.read_next = 0  # low bits of the next read number; see next_read_number
@@ -186,7 +217,7 @@ class Replica:
         self.applied_waiters: dict[int, Line[None]] = {}
         self.kick: Line[None] | None = None
         self.kicked = False
-        self.checkpoint: tuple[int, bytes] | None = None  # taken, not yet handed over
+        self.checkpoints: deque[tuple[int, bytes]] = deque()  # taken, not yet handed over
         self.stream: Stream | None = None
         # Time stamps (only for a Clocked state machine): at least every stamp
         # applied or cut here, so stamps never go back in the log.
@@ -194,10 +225,7 @@ class Replica:
         self.clock_ms = 0
         # One codec for batches and snapshots (each codec holds a packer buffer);
         # a batch's size is checked apart.
-        self.codec = Codec(
-            frame_bytes_max=1 << 40,
-            items_max=max(16, self.params.sessions_max, self.params.batch_requests_max),
-        )
+        self.codec = Codec(frame_bytes_max=1 << 40, items_max=self.constants.items_max)
         ordering.bind(self)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -206,7 +234,12 @@ class Replica:
         """Open the replica-to-replica stream, start housekeeping, then the ordering
         protocol (which may hand back a snapshot and committed batches at once)."""
         self.stream = self.context.stream(
-            Forward, ForwardRefused, ReadIndexRequest, ReadIndexReply, handler=self.on_message
+            Forward,
+            SignedForward,
+            ForwardRefused,
+            ReadIndexRequest,
+            ReadIndexReply,
+            handler=self.on_message,
         )
         self.context.spawn(self.housekeeper(), "smr.housekeeper")
         self.ordering.start()
@@ -222,7 +255,7 @@ class Replica:
                 await kick
             self.kick = None
             self.kicked = False
-            self.hand_over_checkpoint()
+            self.hand_over_checkpoints()
             self.flush()
 
     def wake(self) -> None:
@@ -237,21 +270,25 @@ class Replica:
     def on_request(self, payload: Any) -> str | None:
         """A client's payload (the node's ``Request`` input). Returns the rejection
         reason (the node counts ``request_rejected_<reason>``) or ``None``."""
-        request = self.authenticator.authenticate(payload)
-        if isinstance(request, str):
+        admitted = self.authenticator.authenticate(payload)
+        if isinstance(admitted, str):
             claimed = self.authenticator.claimed(payload)
             if claimed is not None and self.well_formed(claimed) is None:
-                self.context.output(Rejected(claimed.client, claimed.seq, request))
-            return request
+                self.context.output(Rejected(claimed.client, claimed.seq, admitted))
+            return admitted
+        request, carried = admitted
         reason = self.well_formed(request)
         if reason is not None:
             if type(request.client) is int and type(request.seq) is int:
                 self.context.output(Rejected(request.client, request.seq, reason))
             return reason
         self.context.count("smr_requests")
+        if BATCH_OVERHEAD_BYTES + request_size(request, carried) > self.constants.batch_bytes_max:
+            self.context.output(Rejected(request.client, request.seq, "too_large"))
+            return "too_large"
         if request.read_only:
             return self.start_read(request)
-        return self.admit_write(request)
+        return self.admit_write(request, carried)
 
     def well_formed(self, request: ClientRequest) -> str | None:
         """Why ``request`` is unusable (``bad_request``, ``too_large``), or ``None``."""
@@ -261,11 +298,13 @@ class Replica:
             return "bad_request"
         if type(request.command) is not bytes or type(request.read_only) is not bool:
             return "bad_request"
-        if len(request.command) > self.params.command_bytes_max:
+        if len(request.command) > self.constants.command_bytes_max:
             return "too_large"
         return None
 
-    def admit_write(self, request: ClientRequest) -> str | None:
+    def admit_write(
+        self, request: ClientRequest, carried: AuthenticatedRequest | None
+    ) -> str | None:
         session = self.sessions.lookup(request.client)
         if session is not None and request.seq <= session.last_seq:
             if request.seq == session.last_seq:
@@ -274,14 +313,31 @@ class Replica:
                 return None
             self.context.output(Rejected(request.client, request.seq, "stale_seq"))
             return "stale_seq"
+        if self.queued.get(request.client) == request.seq:
+            # Already on its way here (a client's retry or multicast, a relay):
+            # ordered once; its reply is owed all the same.
+            self.context.count("smr_requests_queued_again")
+            self.owe_reply(request.client, request.seq)
+            return None
         if len(self.pending) >= self.params.pending_max:
             self.context.count("bound_smr_pending_max")
             self.context.output(Rejected(request.client, request.seq, "busy"))
             return "busy"
         self.owe_reply(request.client, request.seq)
-        self.pending.append((request, self.context.id))
+        self.enqueue(request, carried, self.context.id)
         self.wake()
         return None
+
+    def enqueue(
+        self, request: ClientRequest, carried: AuthenticatedRequest | None, origin: int
+    ) -> None:
+        self.pending.append((request, carried, origin))
+        self.queued[request.client] = request.seq
+
+    def dequeue(self, client: int, seq: int) -> None:
+        """``(client, seq)`` left this replica's queue (applied, lost or relayed)."""
+        if self.queued.get(client) == seq:
+            del self.queued[client]
 
     def owe_reply(self, client: int, seq: int) -> None:
         waiting = self.waiting
@@ -293,46 +349,56 @@ class Replica:
         waiting[client] = seq
 
     def reply(self, client: int, seq: int, result: bytes) -> None:
-        self.context.output(Reply(client, seq, result, self.context.id))
+        ordering = self.ordering
+        view = ordering.view_hint if isinstance(ordering, Views) else -1
+        leader = ordering.leader_hint
+        self.context.output(Reply(client, seq, result, self.context.id, leader, view))
 
     # -- batching --------------------------------------------------------------------
 
     def flush(self) -> None:
         """Submit pending requests as batches while the in-flight window allows."""
         params = self.params
+        constants = self.constants
         pending = self.pending
         while pending and len(self.inflight) < params.batches_inflight_max:
             taken: list[Pending] = []
             size = BATCH_OVERHEAD_BYTES
-            while pending and len(taken) < params.batch_requests_max:
-                request_size = len(pending[0][0].command) + REQUEST_OVERHEAD_BYTES
-                if taken and size + request_size > params.batch_bytes_max:
+            while pending and len(taken) < constants.batch_requests_max:
+                request, carried, _ = pending[0]
+                size_next = request_size(request, carried)
+                if taken and size + size_next > constants.batch_bytes_max:
                     break
                 taken.append(pending.popleft())
-                size += request_size
+                size += size_next
             self.submit(taken)
 
     def submit(self, taken: list[Pending]) -> None:
         assert taken
         number = self.batch_next
         self.batch_next += 1
-        batch = Batch(
-            self.context.id,
-            self.context.node.incarnation,
-            number,
-            tuple(request for request, _ in taken),
-            self.stamp(),
-        )
+        batch: Batch | SignedBatch
+        node = self.context.node
+        if self.authenticator.carries:
+            carried = tuple(entry for _, entry, _ in taken if entry is not None)
+            assert len(carried) == len(taken), "an unauthenticated request was queued"
+            batch = SignedBatch(self.context.id, node.incarnation, number, carried, self.stamp())
+        else:
+            requests = tuple(request for request, _, _ in taken)
+            batch = Batch(self.context.id, node.incarnation, number, requests, self.stamp())
         try:
             data = self.codec.encode(batch)
         except EncodeError as error:  # the size estimate is an upper bound: a bug
             raise AssertionError(f"{len(taken)} requests do not encode: {error}") from error
-        assert len(data) <= self.params.batch_bytes_max, "the batch size estimate is a bound"
+        assert len(data) <= self.constants.batch_bytes_max, "the batch size estimate is a bound"
         # In flight before submit: an ordering may commit within the call.
         self.inflight[number] = None
+        self.inflight_requests[number] = tuple((r.client, r.seq) for r, _, _ in taken)
         outcome = self.ordering.submit(data)
         if isinstance(outcome, NotLeader):
             del self.inflight[number]
+            for client, seq in self.inflight_requests.pop(number):
+                self.dequeue(client, seq)
             self.context.count("smr_submit_not_leader")
             self.on_not_leader(taken, outcome.leader)
             return
@@ -355,7 +421,17 @@ class Replica:
         await self.context.sleep(self.params.batch_timeout_us)
         self.context.count("smr_batches_presumed_lost")
         del self.inflight[number]
+        for client, seq in self.inflight_requests.pop(number, ()):
+            self.dequeue(client, seq)
         self.wake()
+
+    def batch_applied(self, number: int) -> None:
+        """One of this incarnation's batches committed: it leaves the window."""
+        expiry = self.inflight.pop(number, None)
+        if expiry is not None:
+            expiry.cancel()
+        for client, seq in self.inflight_requests.pop(number, ()):
+            self.dequeue(client, seq)
 
     def on_not_leader(self, taken: list[Pending], leader: int) -> None:
         """Forward our clients' requests to ``leader`` (or redirect them); refuse
@@ -363,19 +439,24 @@ class Replica:
         me = self.context.id
         stream = self.stream
         assert stream is not None
-        forward: list[ClientRequest] = []
-        for request, origin in taken:
+        forward: list[Pending] = []
+        for request, carried, origin in taken:
             if origin != me:
                 refused = ForwardRefused(request.client, request.seq, "not_leader", leader)
                 stream.send(origin, refused)
                 self.context.count("smr_forward_refused")
             elif self.params.forward and 0 <= leader < self.context.n and leader != me:
-                forward.append(request)
+                forward.append((request, carried, origin))
             else:
                 self.redirect(request.client, request.seq, leader)
-        if forward:
-            stream.send(leader, Forward(tuple(forward)))
-            self.context.count("smr_forwarded", len(forward))
+        if not forward:
+            return
+        if self.authenticator.carries:
+            relayed = tuple(carried for _, carried, _ in forward if carried is not None)
+            stream.send(leader, SignedForward(relayed))
+        else:
+            stream.send(leader, Forward(tuple(request for request, _, _ in forward)))
+        self.context.count("smr_forwarded", len(forward))
 
     def redirect(self, client: int, seq: int, leader: int) -> None:
         if self.waiting.get(client) == seq:
@@ -387,7 +468,7 @@ class Replica:
 
     def on_message(self, source: int, message: Any) -> None:
         """Stream handler: forwarded requests, refusals, read indices."""
-        if type(message) is Forward:
+        if type(message) is Forward or type(message) is SignedForward:
             self.on_forward(source, message)
         elif type(message) is ForwardRefused:
             self.on_forward_refused(message)
@@ -397,19 +478,40 @@ class Replica:
             assert type(message) is ReadIndexReply
             self.on_read_index_reply(source, message)
 
-    def on_forward(self, source: int, forward: Forward) -> None:
+    def on_forward(self, source: int, forward: Forward | SignedForward) -> None:
+        """Requests another replica relays: checked like a client's, queued once."""
+        for item in forward.requests:
+            if type(item) is AuthenticatedRequest:
+                if not (self.authenticator.carries and self.authenticator.check(item)):
+                    self.context.count("smr_forward_unauthenticated")  # a faulty peer's doing
+                    continue
+                self.take_forwarded(source, item.request, item)
+            elif self.authenticator.carries:
+                self.context.count("smr_forward_unauthenticated")
+            else:
+                assert type(item) is ClientRequest
+                self.take_forwarded(source, item, None)
+        self.wake()
+
+    def take_forwarded(
+        self, source: int, request: ClientRequest, carried: AuthenticatedRequest | None
+    ) -> None:
         stream = self.stream
         assert stream is not None
-        for request in forward.requests:
-            if self.well_formed(request) is not None or request.read_only:
-                self.context.count("smr_forward_malformed")  # a faulty peer's doing
-                continue
-            if len(self.pending) >= self.params.pending_max:
-                self.context.count("bound_smr_pending_max")
-                stream.send(source, ForwardRefused(request.client, request.seq, "busy", -1))
-                continue
-            self.pending.append((request, source))
-        self.wake()
+        if self.well_formed(request) is not None or request.read_only:
+            self.context.count("smr_forward_malformed")  # a faulty peer's doing
+            return
+        session = self.sessions.lookup(request.client)
+        if self.queued.get(request.client) == request.seq or (
+            session is not None and request.seq <= session.last_seq
+        ):
+            self.context.count("smr_forward_duplicate")  # ordered once already
+            return
+        if len(self.pending) >= self.params.pending_max:
+            self.context.count("bound_smr_pending_max")
+            stream.send(source, ForwardRefused(request.client, request.seq, "busy", -1))
+            return
+        self.enqueue(request, carried, source)
 
     def on_forward_refused(self, refused: ForwardRefused) -> None:
         if self.waiting.get(refused.client) != refused.seq:
@@ -428,27 +530,30 @@ class Replica:
             f"commit {committed.index} after applied {self.applied}: the ordering skipped"
         )
         index = committed.index
-        batch: Batch | None = None
+        batch: Batch | SignedBatch | None = None
         if committed.batch:  # empty: the protocol's own entry (a no-op, a config)
-            try:
-                if len(committed.batch) > self.params.batch_bytes_max:
-                    raise DecodeError("oversized", "batch over batch_bytes_max")
-                batch = self.codec.decode_as(committed.batch, Batch)
-            except DecodeError:
+            batch = self.decode_batch(committed.batch)
+            if batch is None:
                 # Every correct replica decodes the same bytes the same way, so
                 # skipping is deterministic; only a faulty proposer orders such bytes.
                 self.context.count("smr_batch_undecodable")
-        if batch is not None:
-            if self.clocked and batch.time_ms > 0:
-                self.clock_ms = max(self.clock_ms, batch.time_ms)
-                self.state_machine.advance_clock(batch.time_ms)  # type: ignore[attr-defined]
+        if batch is not None and self.clocked and batch.time_ms > 0:
+            self.clock_ms = max(self.clock_ms, batch.time_ms)
+            self.state_machine.advance_clock(batch.time_ms)  # type: ignore[attr-defined]
+        if type(batch) is SignedBatch:
+            recheck = self.authenticator.rechecks
+            for carried in batch.requests:
+                if recheck and not self.authenticator.check(carried):
+                    self.context.count("smr_request_unauthenticated_in_batch")
+                    continue
+                self.execute(carried.request, index)
+        elif type(batch) is Batch:
             for request in batch.requests:
                 self.execute(request, index)
+        if batch is not None:
             node = self.context.node
             if batch.replica == node.node_id and batch.incarnation == node.incarnation:
-                expiry = self.inflight.pop(batch.number, None)
-                if expiry is not None:
-                    expiry.cancel()
+                self.batch_applied(batch.number)
         self.applied = index
         self.context.count("smr_batches_applied")
         self.maybe_checkpoint(index)
@@ -456,6 +561,39 @@ class Replica:
             self.context.output(Applied(index, batch_digest(committed.batch)))
         self.wake_readers()
         self.wake()
+
+    def decode_batch(self, data: bytes) -> Batch | SignedBatch | None:
+        """The batch in ``data``, of the kind this cluster orders (``SignedBatch``
+        when clients authenticate), within the cluster constants; else ``None``."""
+        if len(data) > self.constants.batch_bytes_max:
+            return None
+        kind: type[Batch] | type[SignedBatch] = (
+            SignedBatch if self.authenticator.carries else Batch
+        )
+        try:
+            batch: Batch | SignedBatch = self.codec.decode_as(data, kind)
+        except DecodeError:
+            return None
+        if len(batch.requests) > self.constants.batch_requests_max:
+            return None
+        return batch
+
+    def validate_batch(self, batch: bytes) -> bool:
+        """``OrderingHandlers.validate_batch``: a proposed batch decodes within the
+        cluster constants and every request in it is authentic and well formed."""
+        decoded = self.decode_batch(batch)
+        if decoded is None:
+            self.context.count("smr_validate_undecodable")
+            return False
+        if type(decoded) is SignedBatch:
+            for carried in decoded.requests:
+                if self.well_formed(carried.request) is not None:
+                    self.context.count("smr_validate_malformed")
+                    return False
+                if not self.authenticator.check(carried):
+                    self.context.count("smr_validate_unauthenticated")
+                    return False
+        return True
 
     def execute(self, request: ClientRequest, index: int) -> None:
         """One request through the session table: at most once, whatever the retries."""
@@ -473,8 +611,10 @@ class Replica:
             # The client had a session (it is past its first request) that was
             # evicted: its request may already have run. Never run it again.
             self.context.count("smr_session_expired")
-            if self.waiting.get(client) == seq:
+            owed = self.waiting.get(client) == seq
+            if owed:
                 del self.waiting[client]
+            if owed or self.reply_all:
                 self.context.output(Rejected(client, seq, "session_expired"))
             return
         else:
@@ -492,6 +632,8 @@ class Replica:
                 self.context.count("smr_sessions_evicted")
         if self.waiting.get(client) == seq:
             del self.waiting[client]
+            self.reply(client, seq, result)
+        elif self.reply_all:
             self.reply(client, seq, result)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -629,23 +771,27 @@ class Replica:
     def maybe_checkpoint(self, index: int) -> None:
         """Snapshot at every multiple of ``snapshot_interval``: the same indices on
         every replica, so BFT protocols can certify equal snapshots (ADR 0005)."""
-        interval = self.params.snapshot_interval
+        interval = self.constants.snapshot_interval
         if interval == 0 or index % interval != 0:
             return
         data = encode_snapshot(
             self.codec, index, self.state_machine.snapshot(), self.sessions.records()
         )
-        self.checkpoint = (index, data)
+        checkpoints = self.checkpoints
+        if len(checkpoints) >= self.params.checkpoints_pending_max:
+            checkpoints.popleft()
+            self.context.count("bound_smr_checkpoints_pending_max")
+        checkpoints.append((index, data))
         self.context.count("smr_snapshots")
 
-    def hand_over_checkpoint(self) -> None:
-        """Give the latest snapshot to the ordering protocol (outside its callbacks)."""
-        checkpoint = self.checkpoint
-        if checkpoint is None:
-            return
-        self.checkpoint = None
-        self.snapshot_index = checkpoint[0]
-        self.ordering.compact(*checkpoint)
+    def hand_over_checkpoints(self) -> None:
+        """Give every snapshot taken since the last time to the ordering protocol, in
+        index order (outside its callbacks): a BFT protocol certifies each one."""
+        checkpoints = self.checkpoints
+        while checkpoints:
+            index, data = checkpoints.popleft()
+            self.snapshot_index = index
+            self.ordering.compact(index, data)
 
     def on_snapshot(self, index: int, snapshot: bytes) -> None:
         """``OrderingHandlers.on_snapshot``: replace the state by ``snapshot`` (covering
@@ -657,8 +803,8 @@ class Replica:
         self.sessions.replace(records)
         self.applied = index
         self.snapshot_index = index
-        if self.checkpoint is not None and self.checkpoint[0] <= index:
-            self.checkpoint = None
+        while self.checkpoints and self.checkpoints[0][0] <= index:
+            self.checkpoints.popleft()
         self.context.count("smr_snapshots_restored")
         for client, seq in list(self.waiting.items()):
             session = self.sessions.lookup(client)
@@ -680,6 +826,8 @@ class Replica:
             "pending": len(self.pending),
             "waiting": len(self.waiting),
             "inflight": len(self.inflight),
+            "queued": len(self.queued),
+            "checkpoints": len(self.checkpoints),
             "reads_active": self.reads_active,
             "applied_waiters": len(self.applied_waiters),
         }

@@ -192,6 +192,11 @@ class Raft:
     def leader_hint(self) -> int:
         return self.leader_id
 
+    @property
+    def view_hint(self) -> int:
+        """The term (``replicaio.interfaces.ordering.Views``): a hint in SMR's replies."""
+        return self.hard.term
+
     def on_admin(self, request: RaftAdmin) -> str | None:
         """A membership change or leadership transfer; a rejection reason or None."""
         return self.membership.on_admin(request)

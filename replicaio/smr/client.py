@@ -1,0 +1,117 @@
+"""What a client accepts: f+1 matching replies (Castro and Liskov, section 4.1).
+
+One rule, shared by every client of a replicated service, so the simulator's
+clients (``replicaio.sim.kv_harness``), the asyncio client library
+(``replicaio.runtime.smr_client``) and the Redis gateway decide alike:
+
+* with **crash faults** (Raft) one reply is enough: a replica never lies;
+* with **Byzantine faults** (PBFT; n >= 3f+1) a result is accepted once f+1
+  distinct replicas sent the same ``result`` for the same ``(client, seq)``:
+  at least one of them is correct, and a correct replica answers only what its
+  execution of the totally ordered requests gave. A **read-only** request
+  answered without ordering (section 5.1.3) needs 2f+1 matching replies (a
+  read quorum intersecting every write quorum in a correct replica); without
+  them the client sends it again as an ordinary request;
+* a **refusal** is the same kind of claim ("this was not executed", "your
+  session expired") and needs as many matching ``Rejected`` reasons;
+* each replica has one vote per request: a later answer from the same replica
+  replaces its earlier one (a ``busy`` that became a result), so a Byzantine
+  replica can never vote twice. Hints (``Reply.leader``, ``Reply.view``) are
+  not part of the match; a client may follow them.
+
+:class:`Votes` counts one request's answers; it is pure and deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replicaio.core.config import Resilience
+from replicaio.core.errors import UsageError
+from replicaio.smr.api import Rejected, Reply
+
+BYZANTINE = (Resilience.BYZANTINE, Resilience.BYZANTINE_TRUSTED)
+
+
+def reply_quorum(resilience: Resilience, f: int, *, read_only: bool = False) -> int:
+    """How many matching answers a client needs (1; f+1; 2f+1 for unordered reads)."""
+    if f < 0:
+        raise UsageError("f must be >= 0")
+    if resilience not in BYZANTINE:
+        return 1
+    return 2 * f + 1 if read_only else f + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The result f+1 (or the quorum of) replicas agree on, and who vouched."""
+
+    result: bytes
+    replicas: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A refusal as many replicas agree on (``Rejected.reason``)."""
+
+    reason: str
+    replicas: tuple[int, ...]
+
+
+Decision = Accepted | Refused
+
+
+class Votes:
+    """The answers to one ``(client, seq)``; see the module docstring."""
+
+    __slots__ = ("client", "decision", "n", "quorum", "seq", "votes")
+
+    def __init__(self, client: int, seq: int, quorum: int, n: int) -> None:
+        if not 1 <= quorum <= n:
+            raise UsageError(f"a reply quorum of {quorum} out of {n} replicas")
+        self.client = client
+        self.seq = seq
+        self.quorum = quorum
+        self.n = n
+        self.votes: dict[int, tuple[str, bytes | str]] = {}  # replica -> its answer
+        self.decision: Decision | None = None
+
+    def add(self, answer: Reply | Rejected, replica: int) -> Decision | None:
+        """Count ``answer`` from ``replica`` (who sent it, as the channel says:
+        never ``Reply.replica``, which a liar fills in as it likes). Returns the
+        decision once one is reached (and again for later answers)."""
+        if self.decision is not None:
+            return self.decision
+        if answer.client != self.client or answer.seq != self.seq:
+            return None
+        if not 0 <= replica < self.n:
+            return None
+        if isinstance(answer, Reply):
+            vote: tuple[str, bytes | str] = ("reply", answer.result)
+        else:
+            vote = ("rejected", answer.reason)
+        self.votes[replica] = vote
+        voters = tuple(sorted(peer for peer, other in self.votes.items() if other == vote))
+        if len(voters) < self.quorum:
+            return None
+        kind, value = vote
+        if kind == "reply":
+            assert isinstance(value, bytes)
+            self.decision = Accepted(value, voters)
+        else:
+            assert isinstance(value, str)
+            self.decision = Refused(value, voters)
+        return self.decision
+
+    def split(self) -> bool:
+        """Whether no answer can reach the quorum any more (every replica voted,
+        or too few are left to make any answer reach it): for reads answered
+        without ordering, the cue to retry through the log."""
+        if self.decision is not None:
+            return False
+        counts: dict[tuple[str, bytes | str], int] = {}
+        for vote in self.votes.values():
+            counts[vote] = counts.get(vote, 0) + 1
+        silent = self.n - len(self.votes)
+        best = max(counts.values(), default=0)
+        return best + silent < self.quorum
