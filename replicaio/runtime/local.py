@@ -75,6 +75,7 @@ class LocalCluster:
         metrics: bool = False,
         loops: tuple[str, ...] = ("auto",),
         tls: bool = False,
+        auth: str = "hmac",
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,15 @@ class LocalCluster:
             }
             if metrics:
                 table["metrics"] = f"{LOOPBACK}:{ports[2 * nodes + node_id]}"
+            if auth == "ed25519":  # node keys, and with them Ed25519 client signatures
+                from replicaio.runtime.crypto import generate_ed25519_key
+
+                private, public = generate_ed25519_key()
+                key_path = directory / f"node-{node_id}.key"
+                key_path.write_text(private.hex() + "\n")
+                key_path.chmod(0o600)
+                table["key_file"] = f"node-{node_id}.key"
+                table["public_key"] = public.hex()
             if tls:
                 table["tls_cert"] = f"certs/node-{node_id}.pem"
                 table["tls_key"] = f"certs/node-{node_id}.key"
@@ -102,7 +112,8 @@ class LocalCluster:
             sections = {**(sections or {}), "tls": {"ca_file": "certs/ca.pem"}}
         self.config_path = directory / "cluster.toml"
         self.config_path.write_text(
-            render_cluster_file(protocol=protocol, nodes=tables, secret_file="cluster.key", f=f,
+            render_cluster_file(protocol=protocol, nodes=tables, auth=auth, f=f,
+                                secret_file="cluster.key" if auth == "hmac" else None,
                                 sections=sections)
         )
         self.cluster: ClusterFile = load_cluster_file(self.config_path)

@@ -3,6 +3,7 @@
     replicaio kv up --nodes 3 --base-port P --data-dir D [--protocol raft] [...]
     replicaio kv down --data-dir D
     replicaio kv node --config FILE --id I [--event-log FILE] [--log-level L] [--loop L]
+    replicaio kv gateway --cluster FILE --port P [--host H]
 
 ``kv up`` writes ``D/cluster.toml`` (client service ``resp``) and a fresh
 secret ``D/cluster.key`` on first use and reuses them after, starts one
@@ -13,7 +14,9 @@ ports. Ports: RESP (Redis clients) ``P+1 .. P+N``, peers ``P+N+1 .. P+2N``,
 metrics ``P+2N+1 .. P+3N`` (``--no-metrics`` to skip). So with the defaults
 ``redis-cli -p 7001 set k v`` works. ``kv down`` stops the processes (SIGTERM,
 then SIGKILL after ``--timeout``). ``kv node`` runs one node from a cluster
-file, for a deployment across hosts.
+file, for a deployment across hosts. ``kv gateway`` serves Redis clients on
+``--port`` and answers each command only once f+1 replicas agree on its result
+(``replicaio.runtime.gateway``); a node's own RESP port is a trusted shortcut.
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ def add_kv_commands(commands: Any) -> None:
     up.add_argument("--data-dir", required=True)
     up.add_argument("--protocol", default="raft", help="a replicated service (default: raft)")
     up.add_argument("--host", default=None, help="address every node binds (default 127.0.0.1)")
+    up.add_argument("--auth", choices=("hmac", "ed25519"), default=None,
+                    help="node keys (default: ed25519 for Byzantine fault tolerant protocols, "
+                    "whose clients sign with Ed25519 too; hmac otherwise)")
     up.add_argument("--no-metrics", action="store_true", help="no Prometheus endpoints")
     up.add_argument("--no-fsync", action="store_true", help="skip fsync (throwaway clusters)")
     up.add_argument("--event-logs", action="store_true", help="record D/node-I.events")
@@ -83,6 +89,35 @@ def add_kv_commands(commands: Any) -> None:
     node = actions.add_parser("node", help="run one node of a KV cluster")
     add_node_arguments(node)
     node.set_defaults(handler=command_kv_node)
+    gateway = actions.add_parser(
+        "gateway", help="a local Redis endpoint that trusts no single replica (f+1 matching)"
+    )
+    gateway.add_argument("--cluster", required=True, help="the cluster file")
+    gateway.add_argument("--port", type=int, required=True, help="RESP port to serve")
+    gateway.add_argument("--host", default=DEFAULT_HOST, help="address to bind")
+    gateway.add_argument("--log-level", default="info")
+    gateway.set_defaults(handler=command_kv_gateway)
+
+
+def command_kv_gateway(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from replicaio.runtime.config import Address
+    from replicaio.runtime.gateway import serve_gateway
+    from replicaio.runtime.logs import configure_logging
+
+    configure_logging(args.log_level)
+    cluster = load_cluster_file(args.cluster)
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be in 0..65535")
+    try:
+        asyncio.run(serve_gateway(cluster, Address(args.host, args.port)))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except OSError as error:
+        print(f"replicaio: error: gateway: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def command_kv_node(args: argparse.Namespace) -> int:
@@ -171,7 +206,17 @@ def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
     host = DEFAULT_HOST if args.host is None else args.host
     if n < 1 or base < 1 or base + 3 * n > 65535:
         raise UsageError("--nodes must be >= 1 and the ports P+1 .. P+3N must be valid")
-    write_private(directory / SECRET_FILE, secrets.token_hex(32) + "\n")
+    from replicaio.assembly import service_spec
+    from replicaio.core.config import Resilience
+    from replicaio.runtime.crypto import generate_ed25519_key
+
+    auth = getattr(args, "auth", None)
+    if auth is None:
+        found = service_spec(args.protocol)
+        byzantine = found is not None and found[0].resilience is not Resilience.CRASH
+        auth = "ed25519" if byzantine else "hmac"
+    if auth == "hmac":
+        write_private(directory / SECRET_FILE, secrets.token_hex(32) + "\n")
     nodes: list[dict[str, Any]] = []
     for node_id in range(n):
         node: dict[str, Any] = {
@@ -182,13 +227,18 @@ def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
         }
         if not args.no_metrics:
             node["metrics"] = f"{host}:{base + 2 * n + 1 + node_id}"
+        if auth == "ed25519":
+            private, public = generate_ed25519_key()
+            write_private(directory / f"node-{node_id}.key", private.hex() + "\n")
+            node["key_file"] = f"node-{node_id}.key"
+            node["public_key"] = public.hex()
         nodes.append(node)
     host_section: dict[str, Any] = {"client_service": "resp"}
     if args.no_fsync:
         host_section["fsync"] = False
     text = render_cluster_file(
-        protocol=args.protocol, nodes=nodes, secret_file=SECRET_FILE,
-        sections={"host": host_section},
+        protocol=args.protocol, nodes=nodes, auth=auth,
+        secret_file=SECRET_FILE if auth == "hmac" else None, sections={"host": host_section},
     )
     (directory / CLUSTER_FILE).write_text(text)
 

@@ -17,9 +17,9 @@ from replicaio.runtime.config import ClusterFileError
 from replicaio.services.kv.resp import RespLimits
 from replicaio.services.kv.state_machine import BATCH_COMMANDS_MAX, WATCH_KEYS_MAX
 from replicaio.services.kv.transactions import TransactionLimits
-from replicaio.smr.params import SmrParams
+from replicaio.smr.params import SmrConstants
 
-SMR_COMMAND_BYTES_MAX: Final = SmrParams().command_bytes_max
+SMR_COMMAND_BYTES_MAX: Final = SmrConstants().command_bytes_max
 TIMEOUTS_OPTIONAL: Final = frozenset({"idle_timeout_ms", "request_read_timeout_ms"})
 
 

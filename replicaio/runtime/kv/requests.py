@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from replicaio.services.kv.resp import RespError
+from replicaio.smr.auth import NODE_CLIENT_INCARNATION_BITS, node_client_id
 
 CLIENT_BITS: Final = 30  # SMR client ids per incarnation of a node
 NODE_BITS: Final = 10  # NODES_MAX = 1024
@@ -26,11 +27,12 @@ EXPIRED_ERROR: Final = RespError(
 
 def smr_client_id(incarnation: int, node_id: int, number: int) -> int:
     """A client id no other connection of the cluster ever had: the node's
-    incarnation grows at every start, so a restarted node never reuses one."""
+    incarnation grows at every start, so a restarted node never reuses one. It is
+    one the node may vouch for (``replicaio.smr.auth.node_client_id``): on a
+    Byzantine fault tolerant cluster the front signs its requests as the node."""
     assert 0 <= node_id < 1 << NODE_BITS
     assert 0 <= number < CLIENT_IDS_MAX
-    high = incarnation << (CLIENT_BITS + NODE_BITS)
-    return high | (node_id << CLIENT_BITS) | number
+    return node_client_id(incarnation % (1 << NODE_CLIENT_INCARNATION_BITS), node_id, number)
 
 
 

@@ -110,6 +110,7 @@ from replicaio.runtime.kv.connection import (
 )
 from replicaio.runtime.kv.info import role_reply, server_info
 from replicaio.runtime.kv.params import SMR_COMMAND_BYTES_MAX, RespParams, parse_resp_params
+from replicaio.runtime.kv.relay import GATEWAY_COMMANDS, GatewaySubmits
 from replicaio.runtime.kv.requests import (
     CLIENT_IDS_MAX,
     EXPIRED_ERROR,
@@ -159,8 +160,20 @@ from replicaio.services.kv.transactions import (
 )
 from replicaio.smr.api import ClientRequest, Redirect, Rejected
 from replicaio.smr.api import Reply as SmrReply
+from replicaio.smr.auth import NodeClientSigner
+from replicaio.smr.client import BYZANTINE
 
 __all__ = ["RespParams", "RespService", "parse_resp_params", "smr_client_id"]
+
+
+def node_vouch(host: ServiceHost) -> NodeClientSigner | None:
+    """On a Byzantine fault tolerant cluster, the front's requests are signed by its
+    node (the trusted shortcut: ``replicaio.smr.auth``, scheme ``node``); else None."""
+    core = getattr(host, "core", None)
+    config = getattr(core, "config", None)
+    if core is None or config is None or config.resilience not in BYZANTINE:
+        return None
+    return NodeClientSigner(host.codec, core.signer)
 
 logger = logging.getLogger("replicaio.kv")
 
@@ -194,6 +207,8 @@ class RespService(ListeningService):
         self.commands_processed = 0
         self.incarnation = 0
         self.node_id = 0
+        self.vouch: NodeClientSigner | None = None  # Byzantine clusters: sign as the node
+        self.gateway_submits = GatewaySubmits()
         self.started = time.monotonic()
         self.warn = RateLimitedLog(logger)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -219,6 +234,7 @@ class RespService(ListeningService):
         self.reply_budget = min(self.params.reply_bytes_max, GROUP_REPLY_BYTES_MAX)
         self.transaction_limits = self.params.transaction_limits()
         self.node_id = int(getattr(host, "node_id", 0))
+        self.vouch = node_vouch(host)
         await self.listen(address, self.on_client)
         timeouts = [timeout for timeout in (self.params.idle_timeout_ms,
                                             self.params.request_read_timeout_ms) if timeout]
@@ -255,10 +271,13 @@ class RespService(ListeningService):
     def on_outputs(self, outputs: list[Any]) -> None:
         """Replies, redirections and refusals for our connections' requests."""
         waiters = self.waiters
+        submits = self.gateway_submits
         for output in outputs:
             kind = type(output)
             if kind is not SmrReply and kind is not Rejected and kind is not Redirect:
                 continue
+            if submits.waiting:
+                submits.on_output(output)
             waiter = waiters.get(output.client)
             if waiter is None or waiter.seq != output.seq or waiter.future is None:
                 continue  # another node's client, or an answer we no longer wait for
@@ -419,6 +438,17 @@ class RespService(ListeningService):
                 await self.run_group(connection, group.take())
                 await self.drain(connection)
                 await self.run_transaction(connection, item, step)
+                continue
+            if item.argv and item.argv[0].lower() in GATEWAY_COMMANDS:  # from a gateway
+                await self.run_group(connection, group.take())
+                await self.drain(connection)
+                assert self.host is not None
+                submitted, rejected = await self.gateway_submits.answer(
+                    self.host, item.argv, self.params.request_timeout_ms / 1000
+                )
+                if rejected is not None:
+                    self.count(f"rejected_resp_command_gateway_{rejected}")
+                self.finish(connection, item, "local", submitted)
                 continue
             if not is_replicated(item.argv):  # before HELLO changes the encoding
                 await self.run_group(connection, group.take())
@@ -584,7 +614,9 @@ class RespService(ListeningService):
         was sent."""
         host = self.host
         assert host is not None
-        payload = host.codec.encode(ClientRequest(client, seq, command, read_only))
+        request = ClientRequest(client, seq, command, read_only)
+        vouch = self.vouch
+        payload = host.codec.encode(request if vouch is None else vouch.wrap(request))
         waiter = Waiter(seq)
         self.waiters[client] = waiter
         loop = asyncio.get_running_loop()

@@ -1,0 +1,191 @@
+"""The client-side gateway: Redis clients on a BFT cluster, trusting no single replica.
+
+``replicaio kv gateway --cluster FILE --port P`` runs, next to the Redis
+clients (on their host), a RESP server that is the very Redis front a node
+runs (``replicaio.runtime.kv.service.RespService``: parsing, pipelines,
+transactions, sessions, retries), over a different host: :class:`GatewayHost`.
+Where a node's front hands a request to its own replica, the gateway
+
+1. signs it as a client of its own (``replicaio.smr.auth``: one key, hence one
+   client id, per front session; Ed25519 when the cluster's nodes use Ed25519,
+   else the keyed-hash scheme of ``hmac`` clusters, which trust their clients),
+2. sends it with ``REPLICAIO.SUBMIT`` to the replica it believes is the primary
+   (the replies' leader hint) and asks the others for their answer with
+   ``REPLICAIO.AWAIT`` (``replicaio.runtime.kv.relay``); when the front sends
+   the same ``(client, seq)`` again (no decision in time: a faulty or changed
+   primary), ``SUBMIT`` goes to **every** replica, and the backups relay it to
+   the primary,
+3. counts each replica's answer as that replica's vote (the connection says who
+   answered, never the answer), and gives the front a result only once f+1
+   replicas sent the same one (``replicaio.smr.client.Votes``); refusals
+   likewise. With no decision by ``retry_after_ms`` the front sends the same
+   ``(client, seq)`` again; a replica that lies, or f that do, cannot make the
+   client see a result no correct replica computed.
+
+A node's own RESP port stays a *trusted shortcut*: it answers from that one
+replica (which is all a Raft client ever trusts). Use the gateway when the
+replica you would talk to may be Byzantine.
+
+The voting and the replica connections are the client library's
+(``replicaio.runtime.smr_client.SmrClient``). Bounds: the library's
+connections per replica, ``SIGNERS_MAX`` client keys (the oldest forgotten: its session then
+starts over under a new id), every wait bounded by the front's timeouts.
+Counters (``/metrics`` is not served; ``INFO`` shows the front's): ``gateway_*``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Final
+
+from replicaio.core.codec import Codec, DecodeError
+from replicaio.runtime.config import Address, ClusterFile, HostParams
+from replicaio.runtime.counters import Counters
+from replicaio.runtime.kv.service import RespService
+from replicaio.runtime.smr_client import SmrClient
+from replicaio.smr.api import ClientRequest, Rejected, Reply
+from replicaio.smr.auth import ClientSigner
+from replicaio.smr.client import Accepted, Refused
+
+logger = logging.getLogger("replicaio.gateway")
+
+# A request still undecided this long after it was first sent goes to every
+# replica (its primary may be faulty, or changed): sooner only loads the primary
+# with copies, and a Byzantine fault tolerant backup that relays a request
+# arms its view-change timer.
+MULTICAST_AFTER_S: Final = 1.0
+SIGNERS_MAX: Final = 65_536
+OnDone = Callable[[str | None], None]
+
+
+def unwrap_read(codec: Codec, command: bytes) -> bytes:
+    """The read inside the front's ``["at", time_ms, read]`` (the command itself
+    if it is not one)."""
+    try:
+        value = codec.decode_value(command)
+    except DecodeError:
+        return command
+    if (isinstance(value, tuple) and len(value) == 3 and value[0] == "at"
+            and isinstance(value[2], bytes)):
+        return value[2]
+    return command
+
+
+class GatewayHost:
+    """What the Redis front needs of a host (``ServiceHost``), over the replicas."""
+
+    def __init__(self, cluster: ClusterFile, service: RespService) -> None:
+        self.cluster = cluster
+        self.service = service
+        self.codec = Codec()
+        self.counters = Counters()
+        self.smr = SmrClient(cluster, self.counters)
+        self.n = self.smr.n
+        self.quorum = self.smr.quorum
+        self.signers: OrderedDict[int, ClientSigner] = OrderedDict()
+        # front client id -> (seq, when first sent, multicast yet) of its request
+        self.sent: OrderedDict[int, tuple[int, float, bool]] = OrderedDict()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.node_id = 0
+
+    def signer(self, local: int) -> ClientSigner:
+        """The signer (and so the cluster-wide client id) of the front's id ``local``."""
+        signer = self.signers.get(local)
+        if signer is not None:
+            self.signers.move_to_end(local)
+            return signer
+        if len(self.signers) >= SIGNERS_MAX:
+            self.signers.popitem(last=False)
+            self.counters.count("bound_gateway_signers_max")
+        signer = self.smr.new_signer()
+        self.signers[local] = signer
+        return signer
+
+    async def submit(self, payload: Any, on_done: OnDone | None = None) -> None:
+        """A front's request: sign it, send it to every replica, vote (in a task)."""
+        try:
+            request = self.codec.decode_as(payload, ClientRequest)
+        except DecodeError:
+            if on_done is not None:
+                on_done("bad_request")
+            return
+        if on_done is not None:
+            on_done(None)
+        loop = asyncio.get_running_loop()
+        sent = self.sent.get(request.client)
+        multicast = False
+        if sent is not None and sent[0] == request.seq:
+            # The front sends it again: it is either still being voted on, or
+            # long undecided; then, once, to every replica.
+            if sent[2] or loop.time() - sent[1] < MULTICAST_AFTER_S:
+                self.counters.count("gateway_resends_absorbed")
+                return
+            multicast = True
+            self.counters.count("gateway_multicasts")
+        first_sent = sent[1] if sent is not None and sent[0] == request.seq else loop.time()
+        self.remember_sent(request.client, (request.seq, first_sent, multicast))
+        task = loop.create_task(self.vote(request, multicast))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def vote(self, local: ClientRequest, multicast: bool) -> None:
+        signer = self.signer(local.client)
+        # Reads go through the log like writes: every replica executes them at the
+        # same position and answers alike, so f+1 can match (a read served from
+        # each replica's own state would need 2f+1 matching, and rarely get it
+        # under writes). The front's clock wrapper is for unordered reads only.
+        command = unwrap_read(self.codec, local.command) if local.read_only else local.command
+        request = ClientRequest(signer.client, local.seq, command, False)
+        timeout_s = self.service.params.request_timeout_ms / 1000
+        self.counters.count("gateway_requests")
+        decision = await self.smr.attempt(signer, request, multicast, timeout_s)
+        if decision is not None:
+            self.decide(local, decision)
+            return
+        self.counters.count("gateway_undecided")  # the front sends it again: multicast
+        sent = self.sent.get(local.client)
+        if sent is not None and sent[0] == local.seq:
+            self.sent[local.client] = (sent[0], sent[1] - MULTICAST_AFTER_S, False)
+
+    def remember_sent(self, client: int, state: tuple[int, float, bool]) -> None:
+        sent = self.sent
+        sent.pop(client, None)
+        if len(sent) >= SIGNERS_MAX:
+            sent.popitem(last=False)
+        sent[client] = state
+
+    def decide(self, local: ClientRequest, decision: Accepted | Refused) -> None:
+        if isinstance(decision, Accepted):
+            self.counters.count("gateway_accepted")
+            output: Reply | Rejected = Reply(local.client, local.seq, decision.result,
+                                             decision.replicas[0])
+        else:
+            self.counters.count(f"gateway_refused_{decision.reason}")
+            output = Rejected(local.client, local.seq, decision.reason)
+        self.service.on_outputs([output])
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.smr.close()
+
+
+async def serve_gateway(
+    cluster: ClusterFile, address: Address, ready: asyncio.Event | None = None
+) -> None:
+    """Run the gateway on ``address`` until cancelled."""
+    service = RespService()
+    host = GatewayHost(cluster, service)
+    await service.start(host, address, HostParams())
+    logger.info("gateway listening on %s:%s for %d replicas (f+1 = %d)",
+                address.host, service.port, host.n, host.quorum)
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        host.close()
+        await service.close()
