@@ -201,7 +201,9 @@ def test_session_table_stays_bounded_while_clients_come_and_go() -> None:
     result, simulator = come_and_go(sessions=16, clients=4)
     assert result.violations == []
     assert result.stats["linearizable"] is True
-    assert result.stats["client_ids_used"] >= 50
+    # 16 sessions, far more ids: (43 since refused forwards count as "may
+    # still run", so a few operations end unknown and the churn is slower)
+    assert result.stats["client_ids_used"] >= 40
     assert result.counters["smr_sessions_evicted"] > 0
     for node in simulator.nodes:
         assert node.core is not None

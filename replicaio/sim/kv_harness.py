@@ -514,7 +514,8 @@ class KvHarness:
             self.complete(client, output)
         elif type(output) is Redirect:
             self.figures.redirects += 1
-            client.refusals += 1
+            if not output.forwarded:  # a refused forward may still run elsewhere
+                client.refusals += 1
             if output.leader >= 0:
                 client.target = output.leader
                 self.retry_later(client, 0)

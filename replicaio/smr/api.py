@@ -105,11 +105,19 @@ class Reply(Message, tag="smr.Reply"):
 
 
 class Redirect(Message, tag="smr.Redirect"):
-    """This replica cannot order requests; ``leader`` may (-1: unknown)."""
+    """This replica cannot order requests; ``leader`` may (-1: unknown).
+
+    ``forwarded``: the replica had handed the request to another replica
+    (``Forward``), which refused that copy. The network may still hold other
+    copies of the ``Forward`` (duplicated, delayed) that a later leader takes,
+    so the request **may still execute**: a client must not count this answer
+    as a refusal. Without ``forwarded`` the request never left this replica
+    in this attempt."""
 
     client: int
     seq: int
     leader: int
+    forwarded: bool = False
 
 
 class Rejected(Message, tag="smr.Rejected"):

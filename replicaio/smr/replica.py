@@ -458,11 +458,12 @@ class Replica:
             stream.send(leader, Forward(tuple(request for request, _, _ in forward)))
         self.context.count("smr_forwarded", len(forward))
 
-    def redirect(self, client: int, seq: int, leader: int) -> None:
+    def redirect(self, client: int, seq: int, leader: int, *, forwarded: bool = False) -> None:
         if self.waiting.get(client) == seq:
             del self.waiting[client]
         self.context.count("smr_redirects")
-        self.context.output(Redirect(client, seq, leader if leader != self.context.id else -1))
+        hint = leader if leader != self.context.id else -1
+        self.context.output(Redirect(client, seq, hint, forwarded))
 
     # -- between replicas ----------------------------------------------------------------
 
@@ -516,11 +517,10 @@ class Replica:
     def on_forward_refused(self, refused: ForwardRefused) -> None:
         if self.waiting.get(refused.client) != refused.seq:
             return  # already answered, or the client moved on
-        if refused.reason == "not_leader":
-            self.redirect(refused.client, refused.seq, refused.leader)
-        else:
-            del self.waiting[refused.client]
-            self.context.output(Rejected(refused.client, refused.seq, "busy"))
+        # Not Rejected: another copy of the Forward (duplicated or delayed by
+        # the network) may still be taken by a leader, so the request may run.
+        leader = refused.leader if refused.reason == "not_leader" else -1
+        self.redirect(refused.client, refused.seq, leader, forwarded=True)
 
     # -- apply -----------------------------------------------------------------------------
 
