@@ -23,6 +23,7 @@ records, so replay rebuilds exactly the same nodes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -47,6 +48,7 @@ from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import TxnStore
 from replicaio.smr.params import SmrConstants, SmrParams
 from replicaio.smr.protocol import SmrFactory, SmrProtocol
+from replicaio.smr.replica import Replica
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
 from replicaio.testing.variants.pbft import PBFT_VARIANTS
 from replicaio.testing.variants.raft import RAFT_VARIANTS
@@ -150,6 +152,7 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
 
     def build(name: str, parameters: Mapping[str, int]) -> ProtocolFactory:
         raft_type = RAFT_VARIANTS[variant].raft_type if variant else Raft
+        replica_type = RAFT_VARIANTS[variant].replica_type if variant else Replica
         defaults_raft = RaftParams()
         raft_params = RaftParams(
             read_lease=bool(parameters.get("lease", 0)),
@@ -159,6 +162,7 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
         smr_params = SmrParams(
             batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
         )
+        constants = smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL)
         return SmrFactory(
             name,
             Resilience.CRASH,
@@ -167,10 +171,45 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             smr_params,
             ordering_path="raft",
             admin_types=(RaftAdmin,),
-            constants=smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL),
+            constants=constants,
+            replica_type=replica_type,
+            ordering_footprint_max=functools.partial(
+                raft_footprint_max, raft_params, smr_params, constants
+            ),
         )
 
     return build
+
+
+def raft_footprint_max(
+    raft: RaftParams, smr: SmrParams, constants: SmrConstants, config: ClusterConfig
+) -> dict[str, int]:
+    """What a Raft + SMR node may hold (the simulator's bounded-memory check).
+
+    The log past the snapshot: at most ``snapshot_interval`` committed entries
+    (SMR snapshots at every multiple and Raft compacts there), plus the
+    uncommitted tail a leader accepts (``pending_proposals_max``), plus what a
+    follower may have received beyond it in one pipelined window. Every entry
+    is one durable record. Tasks and timers: one per read in progress (SMR's
+    and Raft's bounds) plus the fixed ones. Without snapshots the log grows
+    by design, so it is not bounded."""
+    fixed = 32 + 4 * config.n
+    bounds = {
+        "contexts": 16,
+        "tasks": smr.reads_pending_max + raft.reads_pending_max + fixed,
+        "timers": smr.reads_pending_max + raft.reads_pending_max + fixed,
+        "unacked": 64 * config.n,
+        "stream_inbox": 0,
+    }
+    if constants.snapshot_interval:
+        entries = (
+            constants.snapshot_interval
+            + raft.pending_proposals_max
+            + raft.entries_per_message_max * raft.inflight_max
+        )
+        bounds["raft_log_entries"] = entries
+        bounds["storage_keys"] = entries + fixed
+    return bounds
 
 
 # -- PBFT ----------------------------------------------------------------------------

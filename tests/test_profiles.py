@@ -9,14 +9,15 @@ log compaction, and partitions that outlast what the others retain.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections import Counter
 from typing import Any
 
 from replicaio.cli import build_parser, draw_options, main, run_one
-from replicaio.sim.options import FAULT_KINDS
+from replicaio.sim.options import FAULT_KINDS, Crash, SimOptions
 from replicaio.sim.profiles import LONG_REQUESTS_MIN
-from replicaio.sim.simulator import SimResult
+from replicaio.sim.simulator import SimResult, simulate
 
 ALL_FAULTS = ",".join(kind for kind in FAULT_KINDS if kind != "disk")  # disk: Raft only
 
@@ -96,3 +97,37 @@ def test_a_long_failure_reproduces_with_the_profile(capsys: Any) -> None:
     assert status == 0
     assert "--profile long" in report["reproduce"]
     assert report["protocol"] == "raft:snapshot=8,sessions=8"
+
+
+def test_long_runs_aim_crashes_at_heavy_steps_and_hold_messages_across_restarts() -> None:
+    """Two faults the long profile adds because the swarm missed bugs without
+    them: crashes cut steps that write much strictly inside (the broadcast
+    collection write order), and messages that reach a crashed node arrive after
+    its restart (a read-index reply to the previous incarnation)."""
+    args = arguments("raft", "--nodes", "5", "--faults", ALL_FAULTS, "--profile", "long")
+    results = [run_one(args, seed) for seed in (1, 2, 3)]
+    for result in results:
+        assert result.violations == []
+        assert result.options.hold_across_restart > 0
+    stats: Counter[str] = Counter()
+    for result in results:
+        stats.update({k: v for k, v in result.stats.items() if isinstance(v, int)})
+    assert stats["messages_held_across_restart"] > 0
+    # old replies reached the new incarnations, and were dropped, not served
+    assert counters_of(results)["smr_read_index_reply_stale"] > 0
+    # an aimed crash waits for a step that writes at least two records (a
+    # delivery that collects: its record and the watermark) and cuts inside it
+    bracha = arguments("bracha", "--nodes", "4", "--byzantine", "1", "--faults", "crash",
+                       "--profile", "long")
+    options = draw_options(bracha, 1)
+    aimed = Crash(0, 200_000, 50_000, mid_step=True, keep_unsynced=5, heavy=True)
+    result = simulate("bracha", dataclasses.replace(options, crashes=(aimed,)))
+    assert result.stats["crashes_heavy_step"] == 1
+    assert result.violations == []
+
+
+def test_aimed_crashes_and_held_messages_replay_from_an_options_file() -> None:
+    options = draw_options(
+        arguments("raft", "--nodes", "5", "--faults", ALL_FAULTS, "--profile", "long"), 7
+    )
+    assert SimOptions.from_dict(json.loads(json.dumps(options.as_dict()))) == options

@@ -38,6 +38,7 @@ from replicaio.sim.options import (
 from replicaio.sim.profiles import (
     LONG_CLIENT_OPS_MAX,
     LONG_FAULT_WINDOW_US,
+    LONG_HOLD_ACROSS_RESTART,
     LONG_OPS_FACTOR,
     LONG_SESSIONS_MAX,
     LONG_SNAPSHOT_EVERY,
@@ -132,7 +133,11 @@ def service_options(args: argparse.Namespace, seed: int) -> SimOptions:
         protocol=args.protocol.partition(":")[0],
     )
     if is_long(args):
-        options = replace(options, crashes=long_crashes(seed, options.crashes))
+        options = replace(
+            options,
+            crashes=long_crashes(seed, options.crashes),
+            hold_across_restart=LONG_HOLD_ACROSS_RESTART,
+        )
     return options
 
 

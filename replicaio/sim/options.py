@@ -79,10 +79,24 @@ class Partition:
     symmetric: bool
 
 
+HELD_MAX = 64  # messages held for one crashed node (hold_across_restart)
+HOLD_SPREAD_US = 1_000_000  # held messages arrive within this long after the restart
+HEAVY_STEP_WRITES = 2
+HEAVY_WAIT_US = 500_000
+
+
 @dataclass(frozen=True, slots=True)
 class Crash:
     """``node`` crashes at ``at_us`` and restarts ``down_us`` later; a crash that
-    lands inside a step keeps the first ``keep_unsynced`` unsynced writes."""
+    lands inside a step keeps the first ``keep_unsynced`` unsynced writes.
+
+    ``heavy`` (mid-step crashes only) aims the crash: it lands in the node's
+    first step from ``at_us`` on that writes at least ``HEAVY_STEP_WRITES``
+    records (a delivery that collects, a snapshot, a log append), within
+    ``HEAVY_WAIT_US`` (then in whatever step comes), and keeps
+    ``keep_unsynced`` modulo that step's writes: always a strict prefix, so the
+    step is cut in its middle. Plain mid-step crashes mostly land in steps
+    that write nothing or one record, where no write order can be wrong."""
 
     node: int
     at_us: int
@@ -91,6 +105,7 @@ class Crash:
     keep_unsynced: int
     disk: str = ""  # a storage fault with the crash: one of DISK_FAULTS, or none
     lose_synced: int = 0  # lost_writes: how many synced writes are lost
+    heavy: bool = False  # aimed at a step that writes much (see above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +133,11 @@ class SimOptions:
     clock_offsets_us: tuple[int, ...] = ()
     encode: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    # A message that reaches a crashed node is, with this probability, held
+    # and delivered right after the node restarts (a peer's send queue that
+    # flushes once the connection is back): replies to a request of the old
+    # incarnation reach the new one. Safety phase only; at most HELD_MAX per node.
+    hold_across_restart: float = 0.0
 
     @classmethod
     def draw(
@@ -218,6 +238,7 @@ class SimOptions:
                     int(item["node"]), int(item["at_us"]), int(item["down_us"]),
                     bool(item["mid_step"]), int(item["keep_unsynced"]),
                     str(item.get("disk", "")), int(item.get("lose_synced", 0)),
+                    bool(item.get("heavy", False)),
                 )
                 for item in fields.get("crashes", ())
             )
@@ -242,6 +263,8 @@ class SimOptions:
                     problems.append(f"unknown behaviour {name!r}")
         if not 0 <= self.loss < 1 or not 0 <= self.duplicate < 1:
             problems.append("loss and duplicate are probabilities in [0, 1)")
+        if not 0 <= self.hold_across_restart <= 1:
+            problems.append("hold_across_restart is a probability in [0, 1]")
         if not 0 < self.latency_min_us < self.latency_mean_us:
             problems.append("need 0 < latency_min_us < latency_mean_us")
         if not 0 < self.safety_us < self.liveness_us:

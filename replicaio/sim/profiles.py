@@ -16,6 +16,10 @@ The ``long`` profile reaches them (``replicaio sim|swarm ... --profile long``):
   short ones; crashes that may keep any prefix of a step's unsynced writes
   (not only the first three), so a crash can land in the middle of a
   collecting step;
+* both: half the messages that reach a crashed node are held and delivered
+  right after it restarts (a peer's queue flushing on reconnection), so
+  replies to the old incarnation's requests reach the new one; and half the
+  mid-step crashes are aimed at steps that write much (``Crash.heavy``);
 * replicated services: 3x the operations, clients that come and go (a new
   client id every few operations) against a session table of
   ``LONG_SESSIONS_MAX`` entries (eviction), a snapshot every
@@ -47,6 +51,9 @@ LONG_SNAPSHOT_EVERY = 8  # applied batches between SMR snapshots under the long 
 LONG_CLIENT_OPS_MAX = 4  # a simulated client takes a new id after this many operations
 LONG_OPS_FACTOR = 3
 LONG_FAULT_WINDOW_US = 4_000_000
+# Messages reaching a crashed node delivered after its restart instead (replies
+# to the old incarnation's requests): how a stale read-index reply was missed.
+LONG_HOLD_ACROSS_RESTART = 0.5
 
 
 def check_profile(profile: str) -> str:
@@ -80,6 +87,7 @@ def long_broadcast(options: SimOptions, *, requests_per_node: int | None = None)
         liveness_us=safety + 60_000_000,
         partitions=tuple(sorted(partitions, key=lambda cut: (cut.start_us, cut.end_us))),
         crashes=crashes,
+        hold_across_restart=LONG_HOLD_ACROSS_RESTART if crashes else 0.0,
     )
 
 
@@ -99,14 +107,23 @@ def draw_long_partitions(
 
 
 def widen_crashes(rng: random.Random, crashes: tuple[Crash, ...]) -> tuple[Crash, ...]:
-    """Half the mid-step crashes keep any prefix of the step's writes (up to
-    ``LONG_KEEP_UNSYNCED_MAX``), not only the first few: steps that write a lot
-    (a delivery that collects) are cut in their middle too."""
-    return tuple(
-        replace(crash, keep_unsynced=rng.randint(0, LONG_KEEP_UNSYNCED_MAX))
-        if crash.mid_step and rng.random() < 0.5 else crash
-        for crash in crashes
-    )
+    """Of the mid-step crashes, a quarter keep any prefix of the step's writes
+    (up to ``LONG_KEEP_UNSYNCED_MAX``), not only the first few, and half are
+    *heavy*: aimed at the node's next step that writes much (a delivery that
+    collects, a snapshot), and cut strictly inside it. A crash at a random
+    moment mostly lands in a step that writes one record or none, where no
+    write order can be wrong (docs/simulation.md)."""
+    found = []
+    for crash in crashes:
+        if crash.mid_step:
+            draw = rng.random()
+            keep = rng.randint(0, LONG_KEEP_UNSYNCED_MAX)
+            if draw < 1 / 4:
+                crash = replace(crash, keep_unsynced=keep)
+            elif draw < 3 / 4:
+                crash = replace(crash, keep_unsynced=keep, heavy=True)
+        found.append(crash)
+    return tuple(found)
 
 
 def long_crashes(seed: int, crashes: tuple[Crash, ...]) -> tuple[Crash, ...]:

@@ -50,7 +50,15 @@ from replicaio.core.node import Node, NodeParams, ProtocolFactory
 from replicaio.sim.adversary import RunView, Strategy, build_strategy
 from replicaio.sim.footprint import CHECK_EVERY_STEPS, footprint, footprint_bounds, over_bounds
 from replicaio.sim.harness import Harness, harness_for
-from replicaio.sim.options import Crash, Partition, SimOptions
+from replicaio.sim.options import (
+    HEAVY_STEP_WRITES,
+    HEAVY_WAIT_US,
+    HELD_MAX,
+    HOLD_SPREAD_US,
+    Crash,
+    Partition,
+    SimOptions,
+)
 from replicaio.storage.base import after_start, start_input
 from replicaio.storage.memory import MemoryStorage
 from replicaio.trace.eventlog import Choice, EventLogWriter, encode_input, pack_effects
@@ -99,6 +107,7 @@ class SimNode:
     timers: dict[int, int] = field(default_factory=dict)  # timer id -> token
     choices: list[Choice] = field(default_factory=list)
     pending_crash: Crash | None = None
+    held: list[tuple[int, Any]] = field(default_factory=list)  # for after the restart
     read_errors: int = 0  # restarts that will fail to read the disk (a storage fault)
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -163,6 +172,7 @@ class Simulator:
         if bind is not None:  # a harness acting during the run (see sim/harness.py)
             bind(SimulatorApi(self))
         self.rng = random.Random(f"replicaio-network:{options.seed}")
+        self.hold_rng = random.Random(f"replicaio-hold:{options.seed}")
         self.heap: list[tuple[int, int, int, int, Any, Any]] = []
         self.sequence = 0
         self.now = 0
@@ -205,6 +215,8 @@ class Simulator:
             "messages_to_down_nodes": 0,
             "crashes": 0,
             "crashes_mid_step": 0,
+            "crashes_heavy_step": 0,
+            "messages_held_across_restart": 0,
             "disk_faults": 0,
             "disk_synced_writes_lost": 0,
             "disk_read_errors": 0,
@@ -337,7 +349,11 @@ class Simulator:
         if not stats["steps"] & (CHECK_EVERY_STEPS - 1) and self.footprint_max:
             self.check_footprint(node)
         crash = node.pending_crash
-        if crash is not None:
+        if crash is not None and (
+            not crash.heavy
+            or len(effects.persists) >= HEAVY_STEP_WRITES
+            or self.now - crash.at_us >= HEAVY_WAIT_US
+        ):
             self.crash_mid_step(node, effects, crash)
             return
         if effects.persists:
@@ -540,6 +556,14 @@ class Simulator:
     def deliver(self, destination: int, source: int, message: Any) -> None:
         node = self.nodes[destination]
         if node.core is None:
+            hold = self.options.hold_across_restart
+            if (
+                hold and not self.liveness and len(node.held) < HELD_MAX
+                and self.hold_rng.random() < hold
+            ):
+                node.held.append((source, message))
+                self.stats["messages_held_across_restart"] += 1
+                return
             self.stats["messages_to_down_nodes"] += 1
             return
         if self.partitions and self.blocked(source, destination):
@@ -582,7 +606,13 @@ class Simulator:
             else:
                 node.storage.put(key, value)
         self.stats["crashes_mid_step"] += 1
-        self.go_down(node, crash, keep_unsynced=min(crash.keep_unsynced, len(effects.persists)))
+        writes = len(effects.persists)
+        if crash.heavy:
+            keep = crash.keep_unsynced % writes if writes else 0  # a strict prefix
+            self.stats["crashes_heavy_step"] += writes >= HEAVY_STEP_WRITES
+        else:
+            keep = min(crash.keep_unsynced, writes)
+        self.go_down(node, crash, keep_unsynced=keep)
 
     def go_down(self, node: SimNode, crash: Crash, keep_unsynced: int) -> None:
         storage = node.storage
@@ -637,6 +667,11 @@ class Simulator:
         self.step(node, start_input(node.storage))
         if node.core is core:  # the start step was synced (no crash inside it)
             after_start(node.storage, core.incarnation)
+        held, node.held = node.held, []
+        for source, message in held:  # after the start step, spread over a while
+            self.sequence += 1
+            at_us = self.now + 1 + self.hold_rng.randrange(HOLD_SPREAD_US)
+            heappush(self.heap, (at_us, self.sequence, DELIVER, node.node_id, source, message))
 
     def clock_us(self, node_id: int) -> int:
         """What node ``node_id``'s clock reads now (its offset and rate applied)."""

@@ -19,11 +19,11 @@ instead (:class:`AdminRequests`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from replicaio.core.codec import DecodeError
-from replicaio.core.config import Resilience
+from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
 from replicaio.smr.api import Ordering, StateMachine
@@ -54,10 +54,11 @@ class SmrProtocol:
         authenticator: ClientAuthenticator | None = None,
         admin_types: tuple[type, ...] = (),
         constants: SmrConstants | None = None,
+        replica_type: type[Replica] = Replica,
     ) -> None:
         self.ordering = ordering
         self.state_machine = state_machine
-        self.replica = Replica(
+        self.replica = replica_type(
             context.child("smr"), ordering, state_machine, params, authenticator, constants
         )
         self.admin: AdminRequests | None = None
@@ -70,6 +71,16 @@ class SmrProtocol:
 
     def start(self) -> None:
         self.replica.start()
+
+    def footprint(self) -> dict[str, int]:
+        """What this node's SMR and ordering protocol hold now (checked against
+        :meth:`SmrFactory.footprint_max` by the simulator)."""
+        figures = self.replica.figures()
+        measured = {f"smr_{name}": figures[name] for name in SMR_BOUNDED}
+        own = getattr(self.ordering, "footprint", None)
+        if own is not None:
+            measured.update(own())
+        return measured
 
     def on_request(self, payload: Any) -> str | None:
         """A client's (or operator's) payload: a message object, or its wire bytes
@@ -85,6 +96,9 @@ class SmrProtocol:
             return admin.on_admin(payload)
         return self.replica.on_request(payload)
 
+
+# Replica.figures() names held by a bound (SmrFactory.footprint_max).
+SMR_BOUNDED = ("sessions", "pending", "waiting", "inflight", "reads_active", "applied_waiters")
 
 OrderingFactory = Callable[[Context], Ordering]
 StateMachineFactory = Callable[[], StateMachine]
@@ -123,6 +137,8 @@ class SmrFactory:
         authenticator: AuthenticatorFactory | None = None,
         admin_types: tuple[type, ...] = (),
         constants: SmrConstants | None = None,
+        replica_type: type[Replica] = Replica,
+        ordering_footprint_max: Callable[[ClusterConfig], Mapping[str, int]] | None = None,
     ) -> None:
         self.name = name
         self.resilience = resilience
@@ -135,6 +151,24 @@ class SmrFactory:
             authenticator = signed_clients
         self.authenticator = authenticator
         self.admin_types = admin_types
+        self.replica_type = replica_type  # a test-support variant may replace it
+        self.ordering_footprint_max = ordering_footprint_max
+
+    def footprint_max(self, config: ClusterConfig) -> dict[str, int]:
+        """What a node may hold whatever clients and peers send: SMR's own
+        structures by its parameters, plus the ordering protocol's bounds."""
+        params = self.params
+        bounds = {
+            "smr_sessions": self.constants.sessions_max,
+            "smr_pending": params.pending_max,
+            "smr_waiting": params.waiting_max,
+            "smr_inflight": params.batches_inflight_max,
+            "smr_reads_active": params.reads_pending_max,
+            "smr_applied_waiters": params.reads_pending_max,
+        }
+        if self.ordering_footprint_max is not None:
+            bounds.update(self.ordering_footprint_max(config))
+        return bounds
 
     def __call__(self, context: Context) -> SmrProtocol:
         state_machine = self.state_machine()
@@ -150,4 +184,5 @@ class SmrFactory:
             authenticator,
             self.admin_types,
             self.constants,
+            self.replica_type,
         )

@@ -188,6 +188,11 @@ class Raft:
         """SMR's snapshot up to ``index`` replaces the log prefix (section 7)."""
         self.snapshots.compact(index, snapshot)
 
+    def footprint(self) -> dict[str, int]:
+        """The log entries held in memory past the snapshot (the simulator's
+        bounded-memory check; bounds in ``replicaio.assembly``)."""
+        return {"raft_log_entries": len(self.log.entries)}
+
     @property
     def leader_hint(self) -> int:
         return self.leader_id

@@ -13,7 +13,12 @@ the adversary's two rules (docs/adversary.md):
   delivered twice" assertion fails inside ``Node.step`` (``node-raised``);
 * ``bracha-unwindowed``: no window: a peer's message for *any* sequence
   number opens an instance, so a Byzantine peer makes a correct node hold
-  ever more of them (``bounded-memory``, under ``--adversary flood``).
+  ever more of them (``bounded-memory``, under ``--adversary flood``);
+* ``bracha-watermark-last``: the other escaped bug of issue 7: collection
+  erases the delivered records before it saves the advanced watermark, so a
+  crash inside a collecting step restarts with the old watermark and no
+  record, and a peer's re-send delivers the instance again
+  (``no-duplication``; the long profile's crashes aimed at heavy steps).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from replicaio.core.effects import Path
 from replicaio.core.lines import first
 from replicaio.protocols.broadcast import BroadcastSpec, Instances
 from replicaio.protocols.broadcast.bracha import bracha
+from replicaio.testing.variants.instances import WatermarkLastInstances
 
 
 async def bracha_weak_echo(node: Context, sender: int, value: bytes | None = None) -> bytes:
@@ -108,13 +114,20 @@ BROADCAST_VARIANTS: dict[str, BroadcastSpec] = {
         ),
         BroadcastSpec(
             "bracha-opens-own", bracha, Resilience.BYZANTINE, agreement=True, totality=True,
-            broken=True, runner=OpensOwnInstances,
+            broken=True, runner=OpensOwnInstances, vouch_link="READY",
             summary="BROKEN on purpose: a peer's message opens this node's own next instance",
         ),
         BroadcastSpec(
             "bracha-unwindowed", bracha, Resilience.BYZANTINE, agreement=True, totality=True,
             broken=True, runner=Unwindowed, window_max=16, retained_max=8,
+            vouch_link="READY",
             summary="BROKEN on purpose: instances open beyond the window (unbounded)",
+        ),
+        BroadcastSpec(
+            "bracha-watermark-last", bracha, Resilience.BYZANTINE, agreement=True,
+            totality=True, broken=True, runner=WatermarkLastInstances, vouch_link="READY",
+            archived_max=0,
+            summary="BROKEN on purpose: collection erases before it saves the watermark",
         ),
     )
 }

@@ -10,6 +10,7 @@ with what each breaks and the property that catches it (see ``docs/raft.md``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from replicaio.core.lines import Line
 from replicaio.interfaces.ordering import NotLeader
@@ -18,6 +19,9 @@ from replicaio.protocols.raft.raft import Raft
 from replicaio.protocols.raft.reads import PendingRead, Reads
 from replicaio.protocols.raft.replication import Replication
 from replicaio.protocols.raft.state import HardState
+from replicaio.smr.messages import ReadIndexReply
+from replicaio.smr.replica import Replica
+from replicaio.smr.sessions import SessionTable
 
 
 class LeaderWithoutNoop(Replication):
@@ -75,6 +79,15 @@ class RaftTrustDamagedTail(Raft):
         return False
 
 
+class UnboundedSessionsReplica(Replica):
+    """BROKEN on purpose: the session table never evicts, so clients that come
+    and go make every replica hold ever more sessions (``bounded-memory``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sessions = SessionTable(1 << 30)
+
+
 @dataclass(frozen=True, slots=True)
 class RaftVariant:
     """A broken Raft: its protocol name, class, what it breaks, and the
@@ -84,6 +97,25 @@ class RaftVariant:
     raft_type: type[Raft]
     summary: str
     caught_by: str
+    replica_type: type[Replica] = Replica  # SMR's replica, or a broken one
+
+
+class StaleReadIndexReplica(Replica):
+    """BROKEN on purpose (issue 7 §1, the fix reverted): read numbers restart at
+    0 in every incarnation and a read-index reply is matched by its number
+    alone, so a reply delayed across a restart completes a newer read at an
+    older index (a stale read)."""
+
+    def next_read_number(self) -> int:
+        number = self.read_next
+        self.read_next += 1
+        return number
+
+    def on_read_index_reply(self, source: int, message: ReadIndexReply) -> None:
+        found = self.remote_reads.get(message.number)
+        if found is None or found[1].ready:
+            return
+        found[1].set((message.index, message.leader))
 
 
 RAFT_VARIANTS: dict[str, RaftVariant] = {
@@ -99,6 +131,16 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
         RaftVariant(
             "raft-follower-reads", RaftFollowerReads,
             "followers serve reads without read-index", "linearizable_read",
+        ),
+        RaftVariant(
+            "raft-stale-read-index", Raft,
+            "read-index replies matched by a number reused across restarts",
+            "linearizable", StaleReadIndexReplica,
+        ),
+        RaftVariant(
+            "raft-unbounded-sessions", Raft,
+            "the session table never evicts (clients that come and go)",
+            "bounded-memory", UnboundedSessionsReplica,
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
