@@ -140,6 +140,7 @@ class CatchUp:
         while self.suspects:
             await self.context.sleep(self.interval_us)
             for sender in sorted(self.suspects):
+                self.owner.collect(sender)  # deliveries of earlier steps may go now
                 if not self.behind(sender):
                     self.suspects.discard(sender)
                     self.stuck_at.pop(sender, None)
