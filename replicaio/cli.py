@@ -172,9 +172,10 @@ def command_sim(args: argparse.Namespace) -> int:
     }
     if kv_cli.is_service(args.protocol):
         report.update(kv_cli.report_fields(result))
-    if args.history and (kv_cli.is_service(args.protocol)
-                         or txn_cli.is_transactional(args.protocol)):
-        report["history"] = args.history
+    history = getattr(args, "history", None)  # the demo builds its own arguments
+    if history and (kv_cli.is_service(args.protocol)
+                    or txn_cli.is_transactional(args.protocol)):
+        report["history"] = history
     if args.options:
         report["reproduce"] += f" --options {shlex.quote(args.options)}"
     if args.log:
@@ -553,11 +554,16 @@ def command_demo(args: argparse.Namespace) -> int:
 
     print("== 1. Bracha's reliable broadcast, 4 nodes, 1 equivocating Byzantine node,")
     print("==    crashes, partitions, loss, duplication and reordering")
-    demo = argparse.Namespace(
-        protocol="bracha", nodes=4, byzantine=1, f=None, behaviour="equivocate",
-        faults="crash,partition,loss,dup,reorder", requests=4, no_encode=False,
-        seed=args.seed, json=False, options=None, shrink=False, shrink_dir="",
-    )
+    # Every run is built by the parser, so new options always have their defaults.
+    def parse(words: list[str]) -> argparse.Namespace:
+        parsed = build_parser().parse_args(words)
+        vars(parsed).pop("command_parser", None)  # a parser does not pickle (swarm workers)
+        return parsed
+
+    common = ["--nodes", "4", "--byzantine", "1", "--requests", "4"]
+    faults = ["--faults", "crash,partition,loss,dup,reorder"]
+    demo = parse(["sim", "bracha", *common, *faults, "--behaviour", "equivocate",
+                  "--seed", str(args.seed)])
     with tempfile.TemporaryDirectory() as folder:
         demo.log = os.path.join(folder, "run.log")
         status = command_sim(demo)
@@ -570,18 +576,16 @@ def command_demo(args: argparse.Namespace) -> int:
                   f"{verdict}")
             status = status or (0 if result.matched else 1)
     print("\n== 3. A swarm of 50 seeds with random faults and Byzantine behaviours")
-    swarm = argparse.Namespace(**{**vars(demo), "behaviour": None, "seeds": 50,
-                                  "first_seed": 1, "jobs": None, "log": None})
+    swarm = parse(["swarm", "bracha", *common, *faults, "--seeds", "50", "--first-seed", "1"])
     status = status or command_swarm(swarm)
     print("\n== 4. The checkers bite: consistent broadcast delivering on f+1 echoes (broken)")
-    broken = argparse.Namespace(**{**vars(demo), "protocol": "echo-weak", "faults": "",
-                                   "log": None, "seed": 1})
+    broken = parse(["sim", "echo-weak", *common, "--behaviour", "equivocate", "--seed", "1"])
     caught = command_sim(broken) == EXIT_VIOLATION
     print("   -> the violation above is expected: the checker caught the broken variant"
           if caught else "   -> NOT CAUGHT: the checker failed to bite")
     print("\n== 5. Raft + state machine replication + a key-value store, 5 nodes, every fault;")
     print("==    closed-loop clients; the client history checked for linearizability")
-    raft_args = build_parser().parse_args([
+    raft_args = parse([
         "sim", "raft", "--nodes", "5", "--faults", "crash,partition,loss,dup,reorder",
         "--seed", str(args.seed), "--clients", "5", "--ops", "300",
     ])

@@ -203,3 +203,14 @@ def test_the_package_is_marked_typed_and_licensed() -> None:
 
     assert (Path(replicaio.__file__).parent / "py.typed").is_file()
     assert metadata("replicaio")["License-Expression"] == "Apache-2.0"
+
+
+def test_the_guided_demo_runs_to_the_end(capsys: pytest.CaptureFixture[str]) -> None:
+    """``./run demo`` is the README's first command: it must keep working as
+    options are added (it once built its arguments by hand and broke)."""
+    from replicaio.cli import main as cli_main
+
+    assert cli_main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "the checker caught the broken variant" in out
+    assert "DIVERGED" not in out
