@@ -7,6 +7,7 @@
     replicaio replay FILE --node I [--json]
     replicaio replay FILE... --html OUT        (one run, or live nodes' logs merged)
     replicaio check-history FILE
+    replicaio status --cluster FILE [--once] [--json]
     replicaio check-transactions FILE [--bank-total N]
     replicaio sim txn --groups G --nodes N --seed S [--faults ...] [--workload bank]
     replicaio swarm txn --groups G --nodes N --seeds K [--faults ...]
@@ -57,6 +58,7 @@ from replicaio.sim.options import (
     parse_faults,
 )
 from replicaio.sim.profiles import PROFILES, check_profile, long_broadcast
+from replicaio.sim.progress import RunProgress
 from replicaio.sim.simulator import SimResult, simulate
 
 EXIT_OK = 0
@@ -266,19 +268,17 @@ def command_swarm(args: argparse.Namespace) -> int:
         print(f"{args.protocol}: seeds {seeds.start}..{seeds.stop - 1}", flush=True)
     started = time.perf_counter()
     failures: list[dict[str, Any]] = []
-    show_progress = sys.stderr.isatty() and not args.json
     work = [(args, seed) for seed in seeds]
     if args.dask is not None:
         from replicaio.sim.fleet import map_on_dask
 
         results = collect(map_on_dask(args.dask, swarm_worker, work,
-                                      connect_timeout_s=args.dask_timeout),
-                          len(work), args, show_progress)
+                                      connect_timeout_s=args.dask_timeout), len(work), args)
         results.sort(key=lambda item: int(item["seed"]))  # completion order -> seed order
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             stream = pool.map(swarm_worker, work, chunksize=max(1, len(work) // (jobs * 8)))
-            results = collect(stream, len(work), args, show_progress)
+            results = collect(stream, len(work), args)
     for item in results:
         if item["violations"]:
             failures.append(item)
@@ -327,20 +327,16 @@ def command_swarm(args: argparse.Namespace) -> int:
     return EXIT_VIOLATION if failures else EXIT_OK
 
 
-def collect(stream: Iterator[dict[str, Any]], total: int, args: argparse.Namespace,
-            show_progress: bool) -> list[dict[str, Any]]:
-    """Every result of ``stream``, with a progress bar on a terminal."""
-    if not show_progress:
-        return list(stream)
-    from rich.progress import Progress
-
+def collect(stream: Iterator[dict[str, Any]], total: int,
+            args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every result of ``stream``, with a progress bar (rate, failures, ETA) on stderr
+    when it is a terminal (replicaio/sim/progress.py)."""
     results = []
     where = f" on {args.dask}" if args.dask else ""
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"{args.protocol} swarm{where}", total=total)
+    with RunProgress(f"{args.protocol} swarm{where}", total, unit="seeds") as progress:
         for item in stream:
             results.append(item)
-            progress.advance(task)
+            progress.advance(failed=bool(item["violations"]))
     return results
 
 
@@ -457,7 +453,9 @@ def command_explore(args: argparse.Namespace) -> int:
     if args.crash_prefixes:
         return command_crash_prefixes(args)
     options = draw_options(args, args.seed)
-    result = explore(args.protocol, options, f=args.f, runs_max=args.runs)
+    with RunProgress(f"{args.protocol} explore", args.runs, unit="runs") as progress:
+        result = explore(args.protocol, options, f=args.f, runs_max=args.runs,
+                         on_run=lambda failed: progress.advance(failed=failed))
     report = {
         "protocol": args.protocol,
         "seed": args.seed,
@@ -745,6 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
     from replicaio.torture.commands import add_torture_command
 
     add_torture_command(commands)
+    # Each live node's state from its metrics endpoint (replicaio/runtime/status.py).
+    from replicaio.runtime.status import add_status_command
+
+    add_status_command(commands)
     return finish_parser(parser)
 
 

@@ -14,6 +14,7 @@ whether it was. Byzantine nodes' choices stay with their adversary.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +41,10 @@ def explore(
     f: int | None = None,
     runs_max: int = RUNS_MAX,
     failures_max: int = 5,
+    on_run: Callable[[bool], None] | None = None,
 ) -> ExploreResult:
-    """Run ``options`` once per sequence of choice outcomes; see the module docstring."""
+    """Run ``options`` once per sequence of choice outcomes; see the module docstring.
+    ``on_run(failed)`` is called after each run (a progress bar)."""
     result = ExploreResult()
     # Pending branches, generated lazily (a random_below(150_000) choice point
     # must not push 150k prefixes): (prefix, next alternative, count).
@@ -66,6 +69,8 @@ def explore(
         if run.violations:
             result.failures.append({"choices": [index for index, _ in made],
                                     "violations": run.violations})
+        if on_run is not None:
+            on_run(bool(run.violations))
         # Every choice made past the forced prefix took alternative 0: branch on
         # the others, deepest first (popped first).
         for position in range(len(forced), len(made)):

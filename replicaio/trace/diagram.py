@@ -27,7 +27,8 @@ What the log does not say, the model infers, and says that it inferred:
 * **Reordering.** A delivery whose send came before that of a delivery
   already made on the same link.
 * **Downtime.** From a ``crash``/``raised`` note (or, for live logs, a node's
-  last step) to its next ``start``.
+  last step) to its next ``start``; a live node whose log ends before the
+  end of the diagram is down from its last step on.
 
 The checker's violations come from ``violation`` notes (the simulator writes
 one per violation at the end of a failing run); each is tied to the step it
@@ -252,6 +253,7 @@ class DiagramBuilder:
         self.previous: list[int] = []  # event -> the node's previous event (-1)
         self.cause: list[int] = []  # event -> the event its input came from (-1)
         self.nodes_logged: set[int] = set()
+        self.live = any(log.header.get("options", {}).get("host") == "live" for log in logs)
 
     # -- payloads ------------------------------------------------------------
 
@@ -431,6 +433,12 @@ class DiagramBuilder:
             restarted = [started for started in starts.get(node, []) if started >= at]
             if not restarted:
                 spans.append([node, at, end_us, why])
+        if self.live:  # a live node whose log ends before the others' stopped then
+            for node, last in self.last_event.items():
+                stopped = data["t"][last]
+                if stopped < end_us and not any(span[0] == node and span[2] >= end_us
+                                                for span in spans):
+                    spans.append([node, stopped, end_us, "log ends"])
         return sorted(spans, key=lambda span: (span[1], span[0]))
 
     def partitions(self, notes: list[list[Any]]) -> list[list[Any]]:
@@ -548,7 +556,7 @@ class DiagramBuilder:
         header = self.header
         n = max([int(header.get("n", 0)), *(node + 1 for node in self.nodes_logged)])
         byzantine = [int(node) for node in header.get("byzantine", [])]
-        live = any(log.header.get("options", {}).get("host") == "live" for log in self.logs)
+        live = self.live
         return {
             "meta": {
                 "protocol": header.get("protocol"),

@@ -700,6 +700,12 @@ class RespService(ListeningService):
             )
             gauge.add_metric([], number)
             yield gauge
+        role = GaugeMetricFamily("replicaio_protocol_role", "1 for the protocol role this "
+                                 "node is in (leader, follower, candidate, ...)", labels=["role"])
+        name = role_name(self.host)
+        if name != "unknown":
+            role.add_metric([name], 1)
+        yield role
 
 
 register_service("resp", RespService)
