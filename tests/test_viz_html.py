@@ -160,7 +160,7 @@ def test_faults_are_drawn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert partition_tint > 1000, "the partition band is not drawn"
     if os.environ.get("REPLICAIO_WRITE_DOC_IMAGES") == "1":
         DOC_IMAGES.mkdir(exist_ok=True)
-        shutil.copy(screenshot(CHROMIUM, page.as_uri() + "#t=95000-112000",
+        shutil.copy(screenshot(CHROMIUM, page.as_uri() + "#mode=order&t=0-40000",
                                tmp_path / "doc.png", width=1400, height=860),
                     DOC_IMAGES / "diagram-faults.png")
 

@@ -107,7 +107,7 @@ def read_status(node: int, address: str, text: str) -> NodeStatus:
     status.commit_index = gauge("replicaio_protocol_commit_index")
     status.applied_index = gauge("replicaio_protocol_applied_index")
     if status.applied_index is None:
-        status.applied_index = gauge("replicaio_protocol_smr_applied_index")
+        status.applied_index = gauge("replicaio_protocol_smr_applied")
     status.last_index = gauge("replicaio_protocol_last_index")
     status.clients = gauge("replicaio_client_connections")
     status.incarnation = gauge("replicaio_incarnation")

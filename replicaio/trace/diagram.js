@@ -772,7 +772,13 @@
     else if (event.key === "-") zoom(1 / 1.5);
     else if (event.key === "0") fit();
   });
-  window.addEventListener("resize", () => { layout(); draw(); });
+  window.addEventListener("resize", () => {
+    // Keep the same stretch of time in view (a taller window shows it larger).
+    const low = pOf(HEADER), high = pOf(state.height);
+    layout();
+    if (high > low && state.height > HEADER) state.scale = (state.height - HEADER) / (high - low);
+    draw();
+  });
 
   // ---------------------------------------------------------------- start
   function applyFragment() {

@@ -150,7 +150,7 @@ from replicaio.services.kv.state_machine import (
     encode_at,
     encode_batch,
 )
-from replicaio.services.kv.status import protocol_status
+from replicaio.services.kv.status import protocol_status, role_name
 from replicaio.services.kv.transactions import (
     TRANSACTION_COMMANDS,
     Exec,
