@@ -83,6 +83,9 @@ HELD_MAX = 64  # messages held for one crashed node (hold_across_restart)
 HOLD_SPREAD_US = 1_000_000  # held messages arrive within this long after the restart
 HEAVY_STEP_WRITES = 2
 HEAVY_WAIT_US = 500_000
+RARE_SEND_SHARE = 0.05  # a message kind below this share of a node's sends is rare
+RARE_SENDS_MIN = 100  # ... once the node has sent this many messages
+RARE_WAIT_US = 2_000_000  # an aimed crash that finds no rare send lands after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +99,15 @@ class Crash:
     ``HEAVY_WAIT_US`` (then in whatever step comes), and keeps
     ``keep_unsynced`` modulo that step's writes: always a strict prefix, so the
     step is cut in its middle. Plain mid-step crashes mostly land in steps
-    that write nothing or one record, where no write order can be wrong."""
+    that write nothing or one record, where no write order can be wrong.
+
+    ``rare`` (mid-step crashes only; > 0) aims the crash elsewhere: right
+    after the ``rare``-th step from ``at_us`` that sends a message of a kind
+    making up less than ``RARE_SEND_SHARE`` of what the node sent so far (a
+    read-index request, a vote, a fetch), with all its writes synced, or after
+    ``RARE_WAIT_US``. The reply to that rare request then finds the node down
+    or restarted: the schedules where replies get matched to the wrong
+    incarnation's requests."""
 
     node: int
     at_us: int
@@ -106,6 +117,7 @@ class Crash:
     disk: str = ""  # a storage fault with the crash: one of DISK_FAULTS, or none
     lose_synced: int = 0  # lost_writes: how many synced writes are lost
     heavy: bool = False  # aimed at a step that writes much (see above)
+    rare: int = 0  # aimed just after the rare-th step that sends a rare kind (see above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +227,7 @@ class SimOptions:
         """Plain data, for the event log header, ``--json`` and ``--options``."""
         data = asdict(self)
         data["partitions"] = [asdict(partition) for partition in self.partitions]
-        data["crashes"] = [asdict(crash) for crash in self.crashes]
+        data["crashes"] = [crash_dict(crash) for crash in self.crashes]
         return data
 
     @classmethod
@@ -239,6 +251,7 @@ class SimOptions:
                     bool(item["mid_step"]), int(item["keep_unsynced"]),
                     str(item.get("disk", "")), int(item.get("lose_synced", 0)),
                     bool(item.get("heavy", False)),
+                    int(item.get("rare", 0)),
                 )
                 for item in fields.get("crashes", ())
             )
@@ -344,6 +357,15 @@ def draw_partitions(rng: random.Random, nodes: int, safety_us: int) -> tuple[Par
         side = tuple(sorted(rng.sample(range(nodes), size)))
         found.append(Partition(start, end, side, symmetric=rng.random() < 0.7))
     return tuple(found)
+
+
+def crash_dict(crash: Crash) -> dict[str, Any]:
+    """``crash`` as plain data; ``rare`` only when it is aimed that way, so the
+    event log headers (and hashes) of runs without such crashes stay as they were."""
+    data = asdict(crash)
+    if not crash.rare:
+        del data["rare"]
+    return data
 
 
 def draw_crashes(rng: random.Random, correct: list[int], safety_us: int) -> tuple[Crash, ...]:

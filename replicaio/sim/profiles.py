@@ -20,6 +20,8 @@ The ``long`` profile reaches them (``replicaio sim|swarm ... --profile long``):
   right after it restarts (a peer's queue flushing on reconnection), so
   replies to the old incarnation's requests reach the new one; and half the
   mid-step crashes are aimed at steps that write much (``Crash.heavy``);
+* replicated services: a third of the crashes start a crash loop (the node
+  crashes again soon after it restarts, up to three times);
 * replicated services: 3x the operations, clients that come and go (a new
   client id every few operations) against a session table of
   ``LONG_SESSIONS_MAX`` entries (eviction), a snapshot every
@@ -54,6 +56,12 @@ LONG_FAULT_WINDOW_US = 4_000_000
 # Messages reaching a crashed node delivered after its restart instead (replies
 # to the old incarnation's requests): how a stale read-index reply was missed.
 LONG_HOLD_ACROSS_RESTART = 0.5
+RELAPSE_CHANCE = 1 / 3  # of a service run's crashes, how many start a crash loop
+RELAPSES_MAX = 3  # crashes again after one restart, at most
+RELAPSE_AFTER_US = (2_000, 300_000)  # how long after its restart a node relapses
+RELAPSE_DOWN_US = (1_000, 200_000)  # how long a relapsed node stays down
+RELAPSE_RARE = 2 / 3  # of the relapses, how many are aimed at a rare send (Crash.rare)
+RARE_AIM_MAX = 3  # an aimed relapse lands after the 1st..3rd step that sends a rare kind
 
 
 def check_profile(profile: str) -> str:
@@ -127,5 +135,38 @@ def widen_crashes(rng: random.Random, crashes: tuple[Crash, ...]) -> tuple[Crash
 
 
 def long_crashes(seed: int, crashes: tuple[Crash, ...]) -> tuple[Crash, ...]:
-    """:func:`widen_crashes` for a service run's crashes, on its own stream."""
-    return widen_crashes(random.Random(f"replicaio-long-crashes:{seed}"), crashes)
+    """:func:`widen_crashes` for a service run's crashes, on its own stream, then
+    :func:`relapse_crashes` on another (so the widened crashes stay as drawn)."""
+    widened = widen_crashes(random.Random(f"replicaio-long-crashes:{seed}"), crashes)
+    return relapse_crashes(random.Random(f"replicaio-long-relapse:{seed}"), widened)
+
+
+def relapse_crashes(rng: random.Random, crashes: tuple[Crash, ...]) -> tuple[Crash, ...]:
+    """A crash loop: after a third of the crashes the node crashes again soon
+    after it restarts (``RELAPSE_AFTER_US``), and that restart too may relapse,
+    up to ``RELAPSES_MAX`` times. A node that keeps restarting issues the first
+    numbers of each incarnation again and again, so what its previous
+    incarnation left in flight (a read-index reply held across the restart)
+    meets a request of the new one with the same low number. Two thirds of the
+    relapses are aimed just after the node sent a rare kind of message
+    (``Crash.rare``: a read-index request, a vote), so that the reply is in
+    flight when it goes down: the schedule the reverted stale read-index fix
+    needs, which crashes at random moments almost never made
+    (docs/benchmarks.md)."""
+    found = list(crashes)
+    for crash in crashes:
+        if rng.random() >= RELAPSE_CHANCE:
+            continue
+        up_us = crash.at_us + crash.down_us
+        for _ in range(rng.randint(1, RELAPSES_MAX)):
+            relapse = Crash(
+                node=crash.node,
+                at_us=up_us + rng.randrange(*RELAPSE_AFTER_US),
+                down_us=rng.randrange(*RELAPSE_DOWN_US),
+                mid_step=True,
+                keep_unsynced=rng.randint(0, 3),
+                rare=rng.randint(1, RARE_AIM_MAX) if rng.random() < RELAPSE_RARE else 0,
+            )
+            found.append(relapse)
+            up_us = relapse.at_us + relapse.down_us
+    return tuple(sorted(found, key=lambda crash: (crash.at_us, crash.node)))

@@ -55,6 +55,9 @@ from replicaio.sim.options import (
     HEAVY_WAIT_US,
     HELD_MAX,
     HOLD_SPREAD_US,
+    RARE_SEND_SHARE,
+    RARE_SENDS_MIN,
+    RARE_WAIT_US,
     Crash,
     Partition,
     SimOptions,
@@ -110,6 +113,11 @@ class SimNode:
     held: list[tuple[int, Any]] = field(default_factory=list)  # for after the restart
     read_errors: int = 0  # restarts that will fail to read the disk (a storage fault)
     counters: dict[str, int] = field(default_factory=dict)
+    # what the node sent so far, by message kind (only counted when a crash is
+    # aimed at rare sends: Crash.rare)
+    sent_kinds: dict[str, int] = field(default_factory=dict)
+    sent_total: int = 0
+    rare_steps: int = 0  # steps since the pending crash's at_us that sent a rare kind
 
     @property
     def up(self) -> bool:
@@ -188,6 +196,8 @@ class Simulator:
         # Each node's clock rate, in parts per million off true time (options.py).
         self.clock_ppm = list(options.clock_rates_ppm or (0,) * n)
         self.link_clock: dict[tuple[int, int], int] = {}
+        # Sends are counted by kind only when some crash is aimed at rare ones.
+        self.count_kinds = any(crash.rare for crash in options.crashes)
         self.log: EventLogWriter | None = None
         if record:
             self.log = EventLogWriter(
@@ -216,6 +226,7 @@ class Simulator:
             "crashes": 0,
             "crashes_mid_step": 0,
             "crashes_heavy_step": 0,
+            "crashes_after_rare_send": 0,
             "messages_held_across_restart": 0,
             "disk_faults": 0,
             "disk_synced_writes_lost": 0,
@@ -349,7 +360,7 @@ class Simulator:
         if not stats["steps"] & (CHECK_EVERY_STEPS - 1) and self.footprint_max:
             self.check_footprint(node)
         crash = node.pending_crash
-        if crash is not None and (
+        if crash is not None and not crash.rare and (
             not crash.heavy
             or len(effects.persists) >= HEAVY_STEP_WRITES
             or self.now - crash.at_us >= HEAVY_WAIT_US
@@ -392,6 +403,28 @@ class Simulator:
                 node.choices,
                 pack_effects(self.codec, effects, encoded),
             )
+        if self.count_kinds:
+            self.after_sends(node, effects)
+
+    def after_sends(self, node: SimNode, effects: Effects) -> None:
+        """Counts what ``node`` sent by kind; lands a crash aimed at rare sends
+        (``Crash.rare``) right after the step that sent one, every write synced."""
+        kinds = node.sent_kinds
+        rare = False
+        for _, message in effects.sends:
+            kind = message_kind(message)
+            seen = kinds.get(kind, 0)
+            if node.sent_total >= RARE_SENDS_MIN and seen < RARE_SEND_SHARE * node.sent_total:
+                rare = True
+            kinds[kind] = seen + 1
+            node.sent_total += 1
+        crash = node.pending_crash
+        if crash is None or not crash.rare or not node.up:
+            return
+        node.rare_steps += rare
+        if node.rare_steps >= crash.rare or self.now - crash.at_us >= RARE_WAIT_US:
+            self.stats["crashes_after_rare_send"] += rare
+            self.go_down(node, crash, keep_unsynced=0)
 
     def send_all(self, node: SimNode, effects: Effects) -> list[bytes] | None:
         """Put the step's messages on the network; returns their encodings when
@@ -595,6 +628,7 @@ class Simulator:
             return
         if crash.mid_step:
             node.pending_crash = crash  # lands inside the node's next step
+            node.rare_steps = 0
             return
         self.go_down(node, crash, keep_unsynced=0)
 
@@ -731,6 +765,12 @@ class SimulatorApi:
                 "start_us": partition.start_us, "end_us": partition.end_us,
                 "side": list(partition.side), "symmetric": partition.symmetric,
             })
+
+
+def message_kind(message: Any) -> str:
+    """What kind of message ``message`` is: a link envelope by its body's type."""
+    body = getattr(message, "body", None)
+    return type(message if body is None else body).__name__
 
 
 def violation_node(violation: dict[str, Any]) -> int:
