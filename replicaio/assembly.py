@@ -462,6 +462,21 @@ def broadcast_spec(name: str) -> BroadcastSpec | None:
     return BROADCASTS.get(name)
 
 
+# Orderings whose nodes recover what a damaged disk lost from their peers (they
+# honour ``Start.damaged``: Raft rejoins like a replaced disk, docs/raft.md).
+RECOVERING_ORDERINGS = frozenset({"raft"})
+
+
+def recovers_lost_state(name: str) -> bool:
+    """Whether nodes of protocol ``name`` recover lost acknowledged state from
+    their peers, so that their storage may cut a log damaged in its middle back
+    to its intact prefix rather than refuse to start (docs/storage.md)."""
+    factory = protocol_factory(name)
+    if isinstance(factory, SmrFactory):
+        return factory.ordering_path in RECOVERING_ORDERINGS
+    return False
+
+
 def protocol_factory(name: str) -> ProtocolFactory:
     """The factory a :class:`~replicaio.core.node.Node` is built with for ``name``."""
     service = service_spec(name)

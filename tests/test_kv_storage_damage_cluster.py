@@ -5,6 +5,10 @@ storage lost writes"), with real node processes, real files and fsync on 127.0.0
   by 10 bytes or to half, or a flipped bit in its last record): the node warns
   at start (log, ``INFO``, metrics), starts with a new incarnation, recovers from
   its peers, catches up and serves correct reads.
+* A follower's WAL has a flipped byte in a record in its middle (later batches
+  follow): the node starts anyway, cuts its log back to the intact prefix (the
+  rest kept in ``damaged-1/``), reports it, rejoins like a replaced disk and
+  recovers what it lost from its peers (protocol-aware recovery).
 * The two-fault sequence: a follower loses the tail of its WAL, then the leader
   is killed. No acknowledged write is lost and no read ever answers wrong; the
   cluster may be unavailable until the leader returns.
@@ -108,15 +112,20 @@ def last_segment(cluster: LocalCluster, node: int) -> Path:
     return sorted((cluster.directory / f"node-{node}").glob("wal-*.log"))[-1]
 
 
-def last_record(path: Path) -> Record:
+def records(path: Path) -> list[Record]:
     data = path.read_bytes()
-    offset, record = SEGMENT_HEADER.size, None
+    offset, found = SEGMENT_HEADER.size, []
     while offset < len(data):
         decoded = decode_record(data, offset)
         assert isinstance(decoded, Record)
-        record, offset = decoded, decoded.end
-    assert record is not None
-    return record
+        found.append(decoded)
+        offset = decoded.end
+    assert found
+    return found
+
+
+def last_record(path: Path) -> Record:
+    return records(path)[-1]
 
 
 def damage(path: Path, how: str) -> None:
@@ -127,6 +136,13 @@ def damage(path: Path, how: str) -> None:
     elif how == "cut-half":
         with path.open("r+b") as file:
             file.truncate(size // 2)
+    elif how == "flip-middle":  # a record with many later batches after it
+        found = records(path)
+        middle = found[len(found) // 2]
+        assert found[-1].batch > middle.batch + 10
+        data = bytearray(path.read_bytes())
+        data[middle.end - 1] ^= 0x10
+        path.write_bytes(bytes(data))
     else:
         data = bytearray(path.read_bytes())
         data[last_record(path).end - 1] ^= 0x10
@@ -162,9 +178,25 @@ def test_a_follower_whose_wal_lost_its_tail_warns_recovers_and_reads_right(
         check_reads(cluster, node, model)
 
 
-def damage_a_follower(
-    cluster: LocalCluster, model: dict[str, str], round_: int, how_stop: str, how_damage: str
+def test_a_follower_whose_wal_is_damaged_mid_log_starts_and_recovers_from_its_peers(
+    make_cluster: Callable[..., LocalCluster],
 ) -> None:
+    cluster = make_cluster(nodes=3, metrics=True)
+    cluster.start_all()
+    model: dict[str, str] = {}
+    for round_, how_stop in enumerate(("kill", "sigterm")):
+        follower = damage_a_follower(cluster, model, round_, how_stop, "flip-middle",
+                                     kind="damaged log cut back to its intact prefix")
+        quarantine = cluster.directory / f"node-{follower}" / "damaged-1"
+        assert [path.suffix for path in quarantine.iterdir()] == [".log"], quarantine
+    for node in range(3):
+        check_reads(cluster, node, model)
+
+
+def damage_a_follower(
+    cluster: LocalCluster, model: dict[str, str], round_: int, how_stop: str, how_damage: str,
+    kind: str = "lost synced writes",
+) -> int:
     leader = leader_of(cluster, [0, 1, 2])
     follower = (leader + 1 + round_ % 2) % 3
     write(cluster, leader, model, f"r{round_}", 25)
@@ -181,7 +213,7 @@ def damage_a_follower(
     wait_for(lambda: int(info(cluster, follower, "server")["incarnation"]) > incarnation,
              f"{what}: a new incarnation")
     persistence = info(cluster, follower, "persistence")
-    assert persistence["storage_damage"] == "lost synced writes", (what, persistence)
+    assert persistence["storage_damage"] == kind, (what, persistence)
     wait_for(lambda: metric(cluster, follower, "replicaio_storage_damage") == 1,
              f"{what}: the damage metric")
     # It recovers from its peers: registered again, caught up, right answers.
@@ -190,6 +222,7 @@ def damage_a_follower(
     current = leader_of(cluster, [0, 1, 2])
     wait_for(lambda: caught_up(cluster, follower, current), f"{what}: catch-up")
     check_reads(cluster, follower, model)
+    return follower
 
 
 def test_tail_loss_on_a_follower_then_a_leader_crash_loses_no_acknowledged_write(

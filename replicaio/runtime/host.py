@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from replicaio.assembly import protocol_factory
+from replicaio.assembly import protocol_factory, recovers_lost_state
 from replicaio.core.codec import Codec
 from replicaio.core.effects import (
     CLOCK_CHOICE,
@@ -157,8 +157,10 @@ class NodeHost:
         cluster = self.cluster
         self.inbox = asyncio.Queue()
         self.slots = asyncio.Semaphore(self.params.inbox_max)
-        # Refuses to open (StorageCorruptError) if the log is damaged in the middle.
-        self.storage = FileStorage(self.entry.data_dir, fsync=self.params.fsync)
+        # A log damaged in its middle is cut back to its intact prefix (reported, and
+        # recovered from the peers) if the protocol can do that; else it is refused.
+        self.storage = FileStorage(self.entry.data_dir, fsync=self.params.fsync,
+                                   repair=recovers_lost_state(cluster.protocol))
         config = cluster.cluster_config()
         self.core = Node(
             self.node_id,

@@ -36,11 +36,19 @@ CLOCK_FAULT_RATES_PPM = (100_000, 300_000, 1_000_000, -100_000, -300_000, -500_0
 # crash of the node with damage found at its restart, see docs/storage.md:
 # * lost_writes: its last ``lose_synced`` synced writes are lost (a torn or lost
 #   write of synced data, a flipped bit in the last records);
-# * corrupt: a flipped bit or misdirected write in the middle of the log, which
-#   the store refuses; the operator removes the log (keeping the superblock);
+# * corrupt: a flipped bit in the middle of the log: the store cuts the log back
+#   to the intact prefix before it (its last ``lose_synced`` synced writes are
+#   lost; more than the store remembers, or 0: the whole log, as for a damaged
+#   snapshot whose segments are gone);
+# * misdirected: a write of synced data landed at the wrong place: where it was
+#   meant to go holds stale bytes (the write is lost), and where it landed an
+#   older record is overwritten, which the store finds (a record of the wrong
+#   batch, or a bad checksum) and cuts the log before; ``lose_synced`` reaches
+#   back to the overwritten record (1: it landed on no live record);
 # * read_error: the next restart fails to read the disk and is retried later;
 # * disk_full: a sync fails inside a step (no space), a prefix of it written.
-DISK_FAULTS = ("lost_writes", "corrupt", "read_error", "disk_full")
+DISK_FAULTS = ("lost_writes", "corrupt", "misdirected", "read_error", "disk_full")
+DISK_FAULT_WEIGHTS = (6, 2, 2, 1, 1)
 BYZANTINE_BEHAVIOURS = BASE_BEHAVIOURS  # one of these is drawn for every Byzantine node
 
 
@@ -398,7 +406,7 @@ def draw_disk_faults(rng: random.Random, disks: list[int], safety_us: int) -> tu
         return ()
     found = []
     for _ in range(rng.randint(1, 4)):
-        disk = rng.choices(DISK_FAULTS, (6, 2, 1, 1))[0]
+        disk = rng.choices(DISK_FAULTS, DISK_FAULT_WEIGHTS)[0]
         found.append(Crash(
             node=rng.choice(disks),
             at_us=rng.randrange(0, safety_us),
@@ -406,6 +414,17 @@ def draw_disk_faults(rng: random.Random, disks: list[int], safety_us: int) -> tu
             mid_step=disk == "disk_full",
             keep_unsynced=rng.randint(0, 3),
             disk=disk,
-            lose_synced=rng.randint(1, 40) if disk == "lost_writes" else 0,
+            lose_synced=draw_lose_synced(rng, disk),
         ))
     return tuple(found)
+
+
+def draw_lose_synced(rng: random.Random, disk: str) -> int:
+    """How many synced writes the storage fault ``disk`` takes back (see DISK_FAULTS)."""
+    if disk == "lost_writes":
+        return rng.randint(1, 40)
+    if disk == "corrupt":  # anywhere in the log; 0: the whole log
+        return rng.choice((0, rng.randint(1, 400)))
+    if disk == "misdirected":  # onto free space, or onto an older record
+        return rng.choice((1, rng.randint(2, 200)))
+    return 0

@@ -63,7 +63,7 @@ from replicaio.sim.options import (
     SimOptions,
 )
 from replicaio.storage.base import after_start, start_input
-from replicaio.storage.memory import MemoryStorage
+from replicaio.storage.memory import DAMAGED_MID_LOG, LOST_SYNCED_WRITES, MemoryStorage
 from replicaio.trace.eventlog import Choice, EventLogWriter, encode_input, pack_effects
 
 DELIVER, TIMER, REQUEST, CRASH, RESTART, LIVENESS, CALL = range(7)
@@ -230,6 +230,7 @@ class Simulator:
             "messages_held_across_restart": 0,
             "disk_faults": 0,
             "disk_synced_writes_lost": 0,
+            "disk_mid_log_cuts": 0,
             "disk_read_errors": 0,
             "restarts": 0,
             "requests": 0,
@@ -526,7 +527,7 @@ class Simulator:
         def choose(label: str, count: int) -> int:
             if label == CLOCK_CHOICE:
                 # Virtual time, in ms; never explored, and honest even on a Byzantine
-                # node: SMR does not check a primary's stamp yet (docs/adr/0010).
+                # node: SMR does not check a primary's stamp yet (docs/adr/0012).
                 index = min(self.now // 1000, count - 1)
             elif strategy is not None:
                 index = strategy.choose(label, count)
@@ -651,14 +652,19 @@ class Simulator:
     def go_down(self, node: SimNode, crash: Crash, keep_unsynced: int) -> None:
         storage = node.storage
         lose_synced = 0
-        if crash.disk == "lost_writes":
+        if crash.disk in ("lost_writes", "corrupt", "misdirected"):
             lose_synced = min(crash.lose_synced, storage.synced_history_count)
             self.stats["disk_synced_writes_lost"] += lose_synced
-        storage.crash(keep_unsynced=keep_unsynced, lose_synced=lose_synced)
+        # A misdirected write that clobbered an older record, and a flipped bit
+        # mid-log, are cut back to the intact prefix (FileStorage(repair=True)).
+        mid_log = crash.disk == "corrupt" or (crash.disk == "misdirected" and lose_synced > 1)
+        storage.crash(keep_unsynced=keep_unsynced, lose_synced=lose_synced,
+                      kind=DAMAGED_MID_LOG if mid_log else LOST_SYNCED_WRITES)
         if crash.disk:
             self.stats["disk_faults"] += 1
-        if crash.disk == "corrupt":
-            storage.wipe_log()
+            self.stats["disk_mid_log_cuts"] += mid_log
+        if crash.disk == "corrupt" and (lose_synced < crash.lose_synced or not crash.lose_synced):
+            storage.wipe_log()  # the damage lies before what the store remembers
         elif crash.disk == "read_error":
             node.read_errors += 1
         self.collect_counters(node)

@@ -57,14 +57,19 @@ class StorageDamage:
 
     ``kind``: ``"lost synced writes"`` (proof: a write that a completed
     ``sync`` covered is gone), ``"damaged tail, possibly acknowledged"`` (a
-    torn tail the store cannot tell from lost acknowledged data), or
+    torn tail the store cannot tell from lost acknowledged data), ``"damaged
+    log cut back to its intact prefix"`` (damage in the middle of the log: every
+    batch after it is dropped, ``FileStorage(repair=True)``), or
     ``"reported earlier"`` (found at an earlier start and not yet cleared).
     ``bytes_discarded``: bytes of the log dropped at this start.
+    ``quarantine``: where the dropped part of a log damaged in its middle was
+    moved (a directory name inside the store's directory), or ``""``.
     """
 
     kind: str
     detail: str
     bytes_discarded: int = 0
+    quarantine: str = ""
 
 
 class Storage(Protocol):

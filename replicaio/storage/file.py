@@ -55,7 +55,15 @@ from replicaio.storage.base import (
     StorageUsageError,
     check_key_value,
 )
+from replicaio.storage.repair import (
+    Cut,
+    LogDamageError,
+    bytes_past,
+    quarantine,
+    quarantine_path,
+)
 from replicaio.storage.superblock import (
+    DAMAGE_MID_LOG,
     DAMAGE_NAMES,
     DAMAGE_NONE,
     Superblock,
@@ -229,19 +237,19 @@ def encode_segment_header(seq: int) -> bytes:
 
 def _check_segment_header(path: Path, data: bytes, seq: int) -> None:
     if len(data) < SEGMENT_HEADER.size:
-        raise StorageCorruptError(f"{path}: segment header truncated ({len(data)} bytes)")
+        raise LogDamageError(f"{path}: segment header truncated ({len(data)} bytes)", seq, 0)
     magic, version, _, header_seq, checksum = SEGMENT_HEADER.unpack_from(data)
     if magic != SEGMENT_MAGIC:
-        raise StorageCorruptError(f"{path}: not a replicaio log segment (magic {magic!r})")
+        raise LogDamageError(f"{path}: not a replicaio log segment (magic {magic!r})", seq, 0)
     if zlib.crc32(data[: SEGMENT_HEADER.size - 4]) != checksum:
-        raise StorageCorruptError(f"{path}: segment header checksum mismatch")
+        raise LogDamageError(f"{path}: segment header checksum mismatch", seq, 0)
     if version != FORMAT_VERSION:
         raise StorageCorruptError(
             f"{path}: log format version {version}; this replicaio reads only version "
             f"{FORMAT_VERSION} (see docs/storage.md, 'Format versions')"
         )
     if header_seq != seq:
-        raise StorageCorruptError(f"{path}: header says segment {header_seq}, name says {seq}")
+        raise LogDamageError(f"{path}: header says segment {header_seq}, name says {seq}", seq, 0)
 
 
 def decode_snapshot(path: Path, data: bytes) -> Snapshot:
@@ -314,10 +322,16 @@ class FileStorage:
 
     Damage that may have cost acknowledged writes (see ``damage``) is reported
     rather than refused when the log still makes sense: a lost or damaged
-    tail. ``mark_syncs`` (default) marks every sync in the superblock before
-    ``sync`` returns (one more ``fdatasync`` of a 64-byte slot), which makes
-    that report exact; without it only closes, rotations and compactions are
-    marked, and any torn tail is reported as possibly acknowledged.
+    tail. With ``repair``, damage in the middle of the log (a bad or misplaced
+    record followed by later batches, a damaged segment header, a missing
+    segment, a damaged snapshot whose segments are gone) is reported too: the
+    log is cut back to its intact prefix and the rest moved to ``damaged-<n>/``
+    (``repair.py``), for a node that recovers what it lost from its peers
+    (``Start.damaged``). Without ``repair`` it is refused. ``mark_syncs``
+    (default) marks every sync in the superblock before ``sync`` returns (one
+    more ``fdatasync`` of a 64-byte slot), which makes that report exact;
+    without it only closes, rotations and compactions are marked, and any torn
+    tail is reported as possibly acknowledged.
 
     Bounds: a segment holds at most ``segment_bytes_max`` bytes (a single
     record larger than that gets a segment of its own); at most
@@ -339,6 +353,7 @@ class FileStorage:
         wal_bytes_compact_threshold: int | None = WAL_BYTES_COMPACT_THRESHOLD_DEFAULT,
         unsynced_bytes_max: int = UNSYNCED_BYTES_MAX_DEFAULT,
         mark_syncs: bool = True,
+        repair: bool = False,
     ) -> None:
         if segment_bytes_max < SEGMENT_BYTES_MIN:
             raise StorageUsageError(f"segment_bytes_max must be >= {SEGMENT_BYTES_MIN}")
@@ -354,6 +369,7 @@ class FileStorage:
         self._wal_bytes_compact_threshold = wal_bytes_compact_threshold
         self._unsynced_bytes_max = unsynced_bytes_max
         self._mark_syncs = mark_syncs
+        self._repair = repair
         self._superblock: Superblock | None = None
         self.damage: StorageDamage | None = None  # what the recovery below found lost
         # Buffered writes: (key, encoded key, value or None for a delete).
@@ -704,31 +720,29 @@ class FileStorage:
 
     def _recover_from_disk(self) -> None:
         read = read_superblock(self.directory)
+        # Cutting needs the superblock: without it the epoch and what was synced are unknown.
+        repair = self._repair and read.state is not None
         segments, snapshots, temporaries = self._list_files()
-        snapshot = self._choose_snapshot(segments, snapshots)
+        snapshot, cut = self._choose_snapshot(segments, snapshots, repair)
         covered = snapshot.covered_segment if snapshot else 0
         cursor = _Cursor(batch=snapshot.batch_last if snapshot else 0, committed=True)
         if snapshot:
             self._state = snapshot.state
             self._state_bytes = sum(len(k.encode()) + len(v) for k, v in snapshot.state.items())
-        live = sorted(seq for seq in segments if seq > covered)
-        if live != list(range(covered + 1, covered + 1 + len(live))):
+        if cut is None:
             origin = f"snapshot {snapshot.path}" if snapshot else "the first segment"
-            raise StorageCorruptError(
-                f"{self.directory}: log segments {live} do not continue from {origin}: "
-                "a segment is missing"
-            )
-        for seq in live:
-            self._segments[seq] = self._replay_segment(segments[seq], seq, seq == live[-1], cursor)
+            cut = self._replay_log(segments, covered, origin, cursor, repair)
         # Nothing was modified before this point: a refusal leaves the evidence intact.
         obsolete = [path for seq, path in segments.items() if seq <= covered]
         obsolete += [path for seq, path in snapshots.items() if seq < covered]
         self._unlink_all(obsolete + temporaries)
         # Record what was lost before the log changes: a crash from here on keeps the report.
-        self._open_superblock(read, cursor.batch if cursor.committed else cursor.batch - 1)
-        if live:
-            self._segment_seq = live[-1]
-            path = segments[live[-1]]
+        self._open_superblock(read, cursor.batch if cursor.committed else cursor.batch - 1, cut)
+        if cut is not None:
+            self._cut(cut)
+        if self._segments:
+            self._segment_seq = max(self._segments)
+            path = self.directory / segment_file_name(self._segment_seq)
             self._segment_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             self._truncate_torn_tail(path)
         else:
@@ -738,10 +752,51 @@ class FileStorage:
             self._seal(cursor.batch)
         self._mark()
 
-    def _open_superblock(self, read: SuperblockRead, committed: int) -> None:
+    def _replay_log(self, segments: dict[int, Path], covered: int, origin: str,
+                    cursor: _Cursor, repair: bool) -> Cut | None:
+        """Replay the segments after ``covered``; where the log is damaged, the cut
+        (``repair``) or a refusal."""
+        live = sorted(seq for seq in segments if seq > covered)
+        try:
+            for expected, seq in enumerate(live, start=covered + 1):
+                if seq != expected:
+                    raise LogDamageError(
+                        f"{self.directory}: log segments {live} do not continue from {origin}: "
+                        f"a segment is missing", expected, 0,
+                    )
+                self._segments[seq] = self._replay_segment(
+                    segments[seq], seq, seq == live[-1], cursor
+                )
+        except LogDamageError as error:
+            if not repair:
+                raise StorageCorruptError(f"{error}; refusing to open") from error
+            if error.offset:
+                self._segments[error.seq] = error.offset
+            later = [path for seq, path in segments.items() if seq > error.seq]
+            return Cut(error.seq, error.offset, str(error), later)
+        return None
+
+    def _cut(self, cut: Cut) -> None:
+        """Take the log past ``cut`` out of use (into the quarantine the report names)."""
+        assert self.damage is not None
+        segment = self.directory / segment_file_name(cut.seq)
+        quarantine(self.directory, self._directory_fd, segment, cut,
+                   self.directory / self.damage.quarantine, fsync=self._fsync_enabled)
+
+    def _open_superblock(self, read: SuperblockRead, committed: int, cut: Cut | None) -> None:
         """Classify what the replay lost (``self.damage``) and make it durable."""
         previous = read.state
-        code, detail = classify(read, committed, self.torn_bytes_discarded, self.directory)
+        quarantined = ""
+        if cut is not None:
+            segment = self.directory / segment_file_name(cut.seq)
+            self.torn_bytes_discarded = bytes_past(cut, segment)
+            quarantined = quarantine_path(self.directory).name
+            code, detail = DAMAGE_MID_LOG, (
+                f"{cut.reason}: the log is cut back to batch {committed}, its intact prefix; "
+                f"{self.torn_bytes_discarded} bytes of log after it moved to {quarantined}/"
+            )
+        else:
+            code, detail = classify(read, committed, self.torn_bytes_discarded, self.directory)
         state = previous or SuperblockState()
         target = replace(
             state,
@@ -754,9 +809,13 @@ class FileStorage:
             detail = f"{self.directory}: {earlier} found at an earlier start and not yet " + (
                 f"recovered from; {detail}" if detail else "recovered from"
             )
-            self.damage = StorageDamage("reported earlier", detail, self.torn_bytes_discarded)
+            self.damage = StorageDamage(
+                "reported earlier", detail, self.torn_bytes_discarded, quarantined
+            )
         elif code:
-            self.damage = StorageDamage(DAMAGE_NAMES[code], detail, self.torn_bytes_discarded)
+            self.damage = StorageDamage(
+                DAMAGE_NAMES[code], detail, self.torn_bytes_discarded, quarantined
+            )
         superblock = Superblock(self.directory, target, fsync=self._fsync_enabled)
         superblock.open_or_create(previous is not None, self._directory_fd)
         self._superblock = superblock
@@ -779,10 +838,13 @@ class FileStorage:
         return segments, snapshots, temporaries
 
     def _choose_snapshot(
-        self, segments: dict[int, Path], snapshots: dict[int, Path]
-    ) -> Snapshot | None:
-        """The newest intact snapshot; a damaged one is skipped only if nothing is lost by it."""
+        self, segments: dict[int, Path], snapshots: dict[int, Path], repair: bool
+    ) -> tuple[Snapshot | None, Cut | None]:
+        """The newest intact snapshot; a damaged one is skipped only if nothing is
+        lost by it, else the store refuses or (``repair``) cuts the log after the
+        older snapshot chosen (or all of it)."""
         damaged: list[str] = []
+        damaged_paths: list[Path] = []
         chosen: Snapshot | None = None
         for covered in sorted(snapshots, reverse=True):
             try:
@@ -790,14 +852,18 @@ class FileStorage:
                 break
             except StorageCorruptError as error:
                 damaged.append(str(error))
+                damaged_paths.append(snapshots[covered])
         if damaged:
             covered = chosen.covered_segment if chosen else 0
             if covered + 1 not in segments:
-                raise StorageCorruptError(
-                    "; ".join(damaged) + f"; segment {covered + 1} is gone, so nothing else "
-                    "holds the data it covered: refusing to open"
+                reason = "; ".join(damaged) + (
+                    f"; segment {covered + 1} is gone, so nothing else holds the data it covered"
                 )
-        return chosen
+                if not repair:
+                    raise StorageCorruptError(f"{reason}: refusing to open")
+                later = [path for seq, path in segments.items() if seq > covered]
+                return chosen, Cut(covered + 1, 0, reason, later + damaged_paths)
+        return chosen, None
 
     def _replay_segment(self, path: Path, seq: int, is_last: bool, cursor: _Cursor) -> int:
         """Apply the records of one segment; return its valid length.
@@ -812,17 +878,18 @@ class FileStorage:
             try:
                 result = decode_record(data, offset)
             except _InvalidRecord as error:
-                raise StorageCorruptError(
-                    f"{path}: invalid record at offset {offset}: {error}"
+                raise LogDamageError(
+                    f"{path}: invalid record at offset {offset}: {error}", seq, offset
                 ) from error
             if isinstance(result, str):
-                self._check_torn(path, data, offset, result, is_last, cursor)
+                self._check_torn(path, seq, data, offset, result, is_last, cursor)
                 self.torn_bytes_discarded = len(data) - offset
                 return offset
             if result.batch != cursor.batch_next():
-                raise StorageCorruptError(
+                raise LogDamageError(
                     f"{path}: record at offset {offset} belongs to batch {result.batch}, "
-                    f"expected {cursor.batch_next()}: records are missing or misplaced"
+                    f"expected {cursor.batch_next()}: records are missing or misplaced",
+                    seq, offset,
                 )
             if result.kind != KIND_SEAL:
                 value = result.value if result.kind == KIND_PUT else None
@@ -834,23 +901,24 @@ class FileStorage:
         return offset
 
     def _check_torn(
-        self, path: Path, data: bytes, offset: int, reason: str, is_last: bool, cursor: _Cursor
+        self, path: Path, seq: int, data: bytes, offset: int, reason: str, is_last: bool,
+        cursor: _Cursor,
     ) -> None:
         """Return if the bad record at ``offset`` may be a torn write; raise otherwise."""
         if not is_last:
-            raise StorageCorruptError(
+            raise LogDamageError(
                 f"{path}: bad record at offset {offset} ({reason}) in a segment that is not "
-                "the last: acknowledged data is damaged; refusing to open"
+                "the last: acknowledged data is damaged", seq, offset,
             )
         # A crash tears only the batch being written: the one after the last record.
         torn_batch = cursor.batch_next()
         follower = self._find_record(data, offset + 1)
         while follower is not None:
             if follower.batch != torn_batch:
-                raise StorageCorruptError(
+                raise LogDamageError(
                     f"{path}: bad record at offset {offset} ({reason}) but a valid record of "
                     f"batch {follower.batch} follows at offset {follower.offset}: acknowledged "
-                    "data is damaged (not a torn write); refusing to open"
+                    "data is damaged (not a torn write)", seq, offset,
                 )
             follower = self._find_record(data, follower.end)
 

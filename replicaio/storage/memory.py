@@ -9,13 +9,15 @@ unsynced_count``) so that every prefix the contract allows is reachable, and
 nothing the contract forbids (reordering, losing synced writes) ever is.
 
 Storage faults (``docs/storage.md``, "Damage"): ``crash(lose_synced=j)`` also
-reverts the last ``j`` synced writes (a torn or lost write of synced data, a
-flipped bit in the last records: what ``FileStorage`` recovers as a shorter
-log), and ``wipe_log()`` loses the whole map (damage in the middle of the log
-that the operator cleared by removing the log files). Both are reported in
-``damage``, exactly as ``FileStorage`` reports them, until ``clear_damage``;
-the ``epoch`` survives both (it lives in the superblock, which these faults
-spare).
+reverts the last ``j`` synced writes: a torn or lost write of synced data, a
+flipped bit in the last records (what ``FileStorage`` recovers as a shorter
+log), or, with ``kind=DAMAGED_MID_LOG``, damage in the middle of the log that
+``FileStorage(repair=True)`` cuts back to the intact prefix before it (a
+flipped bit, a misdirected write). ``wipe_log()`` loses the whole map (a
+damaged snapshot whose segments are gone, or an operator who removed the log
+files). All are reported in ``damage``, exactly as ``FileStorage`` reports
+them, until ``clear_damage``; the ``epoch`` survives them (it lives in the
+superblock, which these faults spare).
 
 Cost model (this runs for every protocol step in the simulator): ``put`` and
 ``delete`` are O(1) plus key validation, ``sync`` is O(number of buffered
@@ -31,6 +33,7 @@ from replicaio.storage.base import StorageDamage, StorageUsageError, check_key_v
 UNSYNCED_WRITES_MAX_DEFAULT = 1_000_000
 SYNCED_HISTORY_MAX_DEFAULT = 256  # durable writes ``crash(lose_synced=...)`` may revert
 LOST_SYNCED_WRITES = "lost synced writes"
+DAMAGED_MID_LOG = "damaged log cut back to its intact prefix"
 
 
 class MemoryStorage:
@@ -136,7 +139,8 @@ class MemoryStorage:
         return len(self._history)
 
     def crash(
-        self, keep_unsynced: int = 0, *, lose_synced: int = 0, reported: bool = True
+        self, keep_unsynced: int = 0, *, lose_synced: int = 0, reported: bool = True,
+        kind: str = LOST_SYNCED_WRITES,
     ) -> None:
         """Simulate a power loss and restart; the store is usable again afterwards.
 
@@ -147,7 +151,7 @@ class MemoryStorage:
         ``lose_synced=j`` is a storage fault on top: the last ``j`` synced writes
         are lost too (and any unsynced ones after them), and ``damage`` says so
         (``reported=False``: a loss the store cannot detect, for tests of what a
-        node does without the report).
+        node does without the report), as ``kind``.
         """
         if not 0 <= keep_unsynced <= len(self._pending):
             raise StorageUsageError(
@@ -165,8 +169,8 @@ class MemoryStorage:
                     self._durable.pop(key, None)
                 else:
                     self._durable[key] = previous
-            if reported:
-                self._damage_pending = LOST_SYNCED_WRITES
+            if reported and not self._damage_pending:
+                self._damage_pending = kind
         # The kept writes reached the disk: a later fault may lose them again.
         self._apply(keep_unsynced, remember=True)
         self._restart(f"{lose_synced} synced writes lost")
@@ -176,7 +180,7 @@ class MemoryStorage:
         self._pending.clear()
         self._durable.clear()
         self._history.clear()
-        self._damage_pending = LOST_SYNCED_WRITES
+        self._damage_pending = self._damage_pending or DAMAGED_MID_LOG
         self._restart("the whole log lost")
 
     def _restart(self, detail: str) -> None:

@@ -53,9 +53,11 @@ FLAG_EXACT = 1  # every sync was marked before it returned
 DAMAGE_NONE = 0
 DAMAGE_LOST_SYNCED = 1  # the log recovered to before a batch known to be synced
 DAMAGE_TAIL_UNCERTAIN = 2  # a torn tail that may have been acknowledged (marks not exact)
+DAMAGE_MID_LOG = 3  # damage inside the log: cut back to its intact prefix (repair.py)
 DAMAGE_NAMES = {
     DAMAGE_LOST_SYNCED: "lost synced writes",
     DAMAGE_TAIL_UNCERTAIN: "damaged tail, possibly acknowledged",
+    DAMAGE_MID_LOG: "damaged log cut back to its intact prefix",
 }
 
 assert SLOT.size + SLOT_CHECKSUM.size <= SLOT_BYTES
