@@ -158,9 +158,10 @@ class NodeHost:
         self.inbox = asyncio.Queue()
         self.slots = asyncio.Semaphore(self.params.inbox_max)
         # A log damaged in its middle is cut back to its intact prefix (reported, and
-        # recovered from the peers) if the protocol can do that; else it is refused.
-        self.storage = FileStorage(self.entry.data_dir, fsync=self.params.fsync,
-                                   repair=recovers_lost_state(cluster.protocol))
+        # recovered from the peers) if the protocol can do that and the cluster
+        # tolerates a node that does not count until then; else it is refused.
+        repair = cluster.f >= 1 and recovers_lost_state(cluster.protocol)
+        self.storage = FileStorage(self.entry.data_dir, fsync=self.params.fsync, repair=repair)
         config = cluster.cluster_config()
         self.core = Node(
             self.node_id,
