@@ -1,0 +1,322 @@
+"""The USIG: MinBFT's trusted Unique Sequential Identifier Generator.
+
+Veronese et al., *Efficient Byzantine Fault-Tolerance* (IEEE Transactions on
+Computers 2013), section 3.2. Every replica has one small trusted component
+that stays correct even when the rest of the replica is Byzantine. It holds a
+counter and a key, and offers:
+
+* ``create_ui(message) -> UI(counter, certificate)``: increments the counter
+  and certifies ``(this USIG's identity, counter, digest(message))``;
+* ``verify_ui(message, ui, usig_id) -> bool``: whether ``ui`` was created by
+  the USIG ``usig_id`` for ``message``;
+* ``id()``: this USIG's identity.
+
+What it promises (the whole reason MinBFT needs only n = 2f + 1):
+
+* **unique**: no two messages ever get a UI with one counter value from one
+  USIG (so a faulty replica cannot tell two peers different things under one
+  sequence number: equivocation becomes *visible* as a gap or a second number);
+* **monotonic and sequential**: counter values are 1, 2, 3, ... without gaps,
+  in creation order (so a receiver that processes a peer's messages in counter
+  order sees every one of them, or waits);
+* **unforgeable**: no one but the USIG can produce a certificate that
+  verifies, not even the replica that hosts it.
+
+Durability: the counter is written durably *before* the UI leaves the USIG
+(``UsigStore.save`` is called inside ``create_ui``, before it returns). In
+protocol code the store is the component's storage slice
+(:class:`ContextUsigStore`): a ``persist`` of the step, released with the
+step's writes before any of the step's messages, and the simulator's mid-step
+crash releases none of a step's messages if it cuts the step's writes (a
+prefix of the writes survives, the sends do not). So a UI never reaches
+anyone unless its counter, or a later one, is on disk: after a restart the
+USIG resumes above every counter it ever released. What it may lose is only
+counters no one saw. A USIG whose state is lost (a disk replaced, a wiped
+volume) must not resume at all under its old identity: it takes a new one
+(``epoch``), see docs/minbft.md, *Recovery*.
+
+Schemes (the certificate, :class:`UsigScheme`):
+
+* :class:`HmacUsigScheme` (``hmac-sha256``): HMAC-SHA256 under one key shared
+  by every replica's trusted component (never by the untrusted rest of the
+  replica): fast, verifiable only by trusted components (a verifier must hold
+  the key). In the simulator the key derives from the public
+  :data:`USIG_SIMULATION_SECRET`, unforgeable against code that is never
+  handed it: the adversary reaches a USIG only through :class:`Usig` objects
+  (``replicaio.sim.minbft_adversary``), as ADR 0008 does for signatures.
+* :class:`Ed25519UsigScheme` (``ed25519``): RFC 8032 signatures, one key pair
+  per USIG identity; publicly verifiable (anyone with the public key), so a
+  UI-certified message is a transferable proof, as MinBFT's VIEW-CHANGE needs.
+  Here the key pairs derive from a secret seed (a software stand-in for keys
+  born inside an enclave; docs/minbft.md says what hardware must promise).
+
+A hardware implementation (SGX enclave, TPM monotonic counter, a secure
+element) implements :class:`Usig`'s three methods with the counter and the
+key inside the device; see docs/minbft.md, *The trusted component*.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable
+from typing import Annotated, Any, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from replicaio.core.codec import Message, Meta
+from replicaio.core.errors import ConfigError
+
+CERTIFICATE_BYTES_MAX = 64
+COUNTER_MAX = (1 << 63) - 1
+EPOCH_MAX = (1 << 62) - 1
+USIG_LABEL = b"replicaio usig v1"
+# Public on purpose: simulated runs replay from their seed alone. Unforgeable in
+# simulation because the adversary is never handed it (nor a scheme built on it).
+USIG_SIMULATION_SECRET = b"replicaio simulation usig secret v1"
+SECRET_BYTES_MIN = 16
+PUBLIC_KEYS_CACHED_MAX = 1024
+
+
+class UI(Message, tag="minbft.UI"):
+    """A unique identifier: USIG ``epoch`` of the sending replica gave ``counter``
+    to the message, and ``certificate`` proves it."""
+
+    epoch: Annotated[int, Meta(ge=0, le=EPOCH_MAX)]
+    counter: Annotated[int, Meta(ge=1, le=COUNTER_MAX)]
+    certificate: Annotated[bytes, Meta(max_length=CERTIFICATE_BYTES_MAX)]
+
+
+class UsigId(Message, tag="minbft.UsigId"):
+    """A USIG's identity: the replica hosting it and the epoch of its state (a
+    USIG whose state was lost comes back under a new epoch)."""
+
+    replica: Annotated[int, Meta(ge=0)]
+    epoch: Annotated[int, Meta(ge=0, le=EPOCH_MAX)]
+
+
+def certified_bytes(usig: UsigId, counter: int, digest: bytes) -> bytes:
+    """What a certificate covers: the USIG, the counter and the message digest."""
+    return USIG_LABEL + struct.pack(">QQQ", usig.replica, usig.epoch, counter) + digest
+
+
+def message_digest(message: bytes) -> bytes:
+    return hashlib.sha256(message).digest()
+
+
+class UsigScheme(Protocol):
+    """How certificates are made and checked. ``certify`` belongs inside the
+    trusted component; ``check`` never raises on bad input."""
+
+    @property
+    def name(self) -> str: ...
+
+    def certify(self, usig: UsigId, counter: int, digest: bytes) -> bytes: ...
+
+    def check(self, usig: UsigId, counter: int, digest: bytes, certificate: bytes) -> bool: ...
+
+
+class HmacUsigScheme:
+    """HMAC-SHA256 under a key shared by the trusted components only."""
+
+    __slots__ = ("key",)
+
+    name = "hmac-sha256"
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < SECRET_BYTES_MIN:
+            raise ConfigError(f"a USIG secret is at least {SECRET_BYTES_MIN} bytes")
+        self.key = hmac.digest(secret, USIG_LABEL + b" hmac", hashlib.sha256)
+
+    def certify(self, usig: UsigId, counter: int, digest: bytes) -> bytes:
+        return hmac.digest(self.key, certified_bytes(usig, counter, digest), hashlib.sha256)
+
+    def check(self, usig: UsigId, counter: int, digest: bytes, certificate: bytes) -> bool:
+        if not isinstance(certificate, bytes) or len(certificate) != 32:
+            return False
+        return hmac.compare_digest(self.certify(usig, counter, digest), certificate)
+
+
+class Ed25519UsigScheme:
+    """Ed25519: one key pair per USIG identity, derived from a secret seed (the
+    software stand-in for a key generated inside the enclave); publicly
+    verifiable by anyone holding the public keys."""
+
+    __slots__ = ("privates", "publics", "secret")
+
+    name = "ed25519"
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < SECRET_BYTES_MIN:
+            raise ConfigError(f"a USIG secret is at least {SECRET_BYTES_MIN} bytes")
+        self.secret = secret
+        self.privates: dict[UsigId, Ed25519PrivateKey] = {}
+        self.publics: dict[UsigId, Ed25519PublicKey] = {}
+
+    def private_key(self, usig: UsigId) -> Ed25519PrivateKey:
+        found = self.privates.get(usig)
+        if found is None:
+            seed = hmac.digest(
+                self.secret, USIG_LABEL + struct.pack(">QQ", usig.replica, usig.epoch),
+                hashlib.sha256,
+            )
+            if len(self.privates) >= PUBLIC_KEYS_CACHED_MAX:
+                self.privates.clear()
+            found = self.privates[usig] = Ed25519PrivateKey.from_private_bytes(seed)
+        return found
+
+    def public_key(self, usig: UsigId) -> Ed25519PublicKey:
+        found = self.publics.get(usig)
+        if found is None:
+            if len(self.publics) >= PUBLIC_KEYS_CACHED_MAX:
+                self.publics.clear()
+            found = self.publics[usig] = self.private_key(usig).public_key()
+        return found
+
+    def certify(self, usig: UsigId, counter: int, digest: bytes) -> bytes:
+        return self.private_key(usig).sign(certified_bytes(usig, counter, digest))
+
+    def check(self, usig: UsigId, counter: int, digest: bytes, certificate: bytes) -> bool:
+        if not isinstance(certificate, bytes) or len(certificate) != 64:
+            return False
+        try:
+            self.public_key(usig).verify(certificate, certified_bytes(usig, counter, digest))
+        except InvalidSignature:
+            return False
+        return True
+
+
+def simulation_scheme() -> UsigScheme:
+    """The scheme of simulated runs (fast, deterministic, under the public
+    simulation secret: see the module docstring)."""
+    return HmacUsigScheme(USIG_SIMULATION_SECRET)
+
+
+def valid_usig_id(usig: Any) -> bool:
+    return (
+        type(usig) is UsigId
+        and type(usig.replica) is int and usig.replica >= 0
+        and type(usig.epoch) is int and 0 <= usig.epoch <= EPOCH_MAX
+    )
+
+
+def verify_ui(scheme: UsigScheme, message: bytes, ui: Any, usig_id: UsigId) -> bool:
+    """Whether ``ui`` is the USIG ``usig_id``'s identifier for ``message``
+    (never raises: a peer may send anything)."""
+    if not isinstance(message, bytes):
+        return False
+    return verify_ui_digest(scheme, message_digest(message), ui, usig_id)
+
+
+def verify_ui_digest(scheme: UsigScheme, digest: bytes, ui: Any, usig_id: UsigId) -> bool:
+    """:func:`verify_ui` for a message known by its digest (a log entry kept
+    as a stub: the certificate covers the digest)."""
+    if type(ui) is not UI or not valid_usig_id(usig_id) or ui.epoch != usig_id.epoch:
+        return False
+    if type(ui.counter) is not int or not 1 <= ui.counter <= COUNTER_MAX:
+        return False
+    if not isinstance(digest, bytes) or len(digest) != 32:
+        return False
+    return scheme.check(usig_id, ui.counter, digest, ui.certificate)
+
+
+class UsigStore(Protocol):
+    """Where a USIG keeps its counter durably. ``save`` returns once the value
+    is as durable as anything the caller sends afterwards."""
+
+    def load(self) -> tuple[int, int, bytes] | None:
+        """``(epoch, counter, digest)`` as last saved (``digest``: of the message
+        the counter went to), or ``None`` if never saved or lost."""
+        ...
+
+    def save(self, epoch: int, counter: int, digest: bytes) -> None: ...
+
+
+class ContextUsigStore:
+    """The counter in a protocol component's storage slice (``usig`` record):
+    a write of the current step, durable before the step's messages leave."""
+
+    __slots__ = ("load_value", "persist_value")
+
+    NAME = "usig"
+
+    def __init__(self, load: Callable[[str], Any], persist: Callable[[str, Any], None]) -> None:
+        self.load_value = load
+        self.persist_value = persist
+
+    def load(self) -> tuple[int, int, bytes] | None:
+        stored = self.load_value(self.NAME)
+        if stored is None:
+            return None
+        return int(stored[0]), int(stored[1]), bytes(stored[2])
+
+    def save(self, epoch: int, counter: int, digest: bytes) -> None:
+        self.persist_value(self.NAME, (epoch, counter, digest))
+
+
+class UsigExhausted(Exception):
+    """The counter reached :data:`COUNTER_MAX` (never in practice: 2^63 UIs)."""
+
+
+class Usig:
+    """One replica's USIG: a counter, an identity and a scheme (see the module
+    docstring for the promises). Not thread-safe: one step at a time."""
+
+    __slots__ = ("counter", "identity", "last_digest", "scheme", "store")
+
+    def __init__(self, scheme: UsigScheme, identity: UsigId, store: UsigStore,
+                 counter: int = 0, last_digest: bytes = b"") -> None:
+        assert 0 <= counter <= COUNTER_MAX
+        self.scheme = scheme
+        self.identity = identity
+        self.store = store
+        self.counter = counter  # the last value given out (0: none yet)
+        self.last_digest = last_digest  # the digest of the message it went to
+
+    @classmethod
+    def open(cls, scheme: UsigScheme, replica: int, store: UsigStore,
+             fresh_epoch: Callable[[], int]) -> Usig:
+        """The USIG as ``store`` left it, or, if it holds nothing, a new one
+        under a fresh epoch (``fresh_epoch``: 0 for the very first start of a
+        replica; otherwise a value never used before, see docs/minbft.md)."""
+        stored = store.load()
+        if stored is not None:
+            epoch, counter, digest = stored
+            return cls(scheme, UsigId(replica, epoch), store, counter, digest)
+        epoch = fresh_epoch()
+        assert 0 <= epoch <= EPOCH_MAX
+        store.save(epoch, 0, b"")
+        return cls(scheme, UsigId(replica, epoch), store, 0)
+
+    def id(self) -> UsigId:
+        return self.identity
+
+    def create_ui(self, message: bytes) -> UI:
+        """The next UI, certified for ``message``; its counter is durable first."""
+        if self.counter >= COUNTER_MAX:
+            raise UsigExhausted(f"USIG {self.identity} has no counter values left")
+        counter = self.counter + 1
+        digest = message_digest(message)
+        self.store.save(self.identity.epoch, counter, digest)  # durable BEFORE release
+        self.counter, self.last_digest = counter, digest
+        certificate = self.scheme.certify(self.identity, counter, digest)
+        return UI(self.identity.epoch, counter, certificate)
+
+    def reissue_last(self, message: bytes) -> UI | None:
+        """The UI of the last value again, if it went to ``message`` (the same
+        bytes: a host that crashed before it stored what it certified gets the
+        identical UI back; never a second message for one value)."""
+        if self.counter == 0 or message_digest(message) != self.last_digest:
+            return None
+        certificate = self.scheme.certify(self.identity, self.counter, self.last_digest)
+        return UI(self.identity.epoch, self.counter, certificate)
+
+    def verify_ui(self, message: bytes, ui: Any, usig_id: UsigId) -> bool:
+        """Whether ``ui`` is ``usig_id``'s identifier for ``message`` (any USIG's,
+        this one's included); never raises."""
+        return verify_ui(self.scheme, message, ui, usig_id)
