@@ -84,7 +84,7 @@ def test_nothing_verifies_that_the_usig_did_not_certify(scheme: UsigScheme) -> N
     for bad in (None, 3, b"x", UI(0, 1, b"x" * 64), (0, 1, ui.certificate)):
         assert not usig.verify_ui(b"hello", bad, usig.id())
     assert not verify_ui(scheme, b"hello", ui, 0)  # type: ignore[arg-type]
-    assert not verify_ui(scheme, "hello", ui, usig.id())  # type: ignore[arg-type]
+    assert not verify_ui(scheme, "hello", ui, usig.id())
 
 
 def test_the_simulation_usig_key_is_not_the_signing_key() -> None:

@@ -205,7 +205,7 @@ def valid_usig_id(usig: Any) -> bool:
     )
 
 
-def verify_ui(scheme: UsigScheme, message: bytes, ui: Any, usig_id: UsigId) -> bool:
+def verify_ui(scheme: UsigScheme, message: Any, ui: Any, usig_id: UsigId) -> bool:
     """Whether ``ui`` is the USIG ``usig_id``'s identifier for ``message``
     (never raises: a peer may send anything)."""
     if not isinstance(message, bytes):
@@ -213,7 +213,7 @@ def verify_ui(scheme: UsigScheme, message: bytes, ui: Any, usig_id: UsigId) -> b
     return verify_ui_digest(scheme, message_digest(message), ui, usig_id)
 
 
-def verify_ui_digest(scheme: UsigScheme, digest: bytes, ui: Any, usig_id: UsigId) -> bool:
+def verify_ui_digest(scheme: UsigScheme, digest: Any, ui: Any, usig_id: UsigId) -> bool:
     """:func:`verify_ui` for a message known by its digest (a log entry kept
     as a stub: the certificate covers the digest)."""
     if type(ui) is not UI or not valid_usig_id(usig_id) or ui.epoch != usig_id.epoch:
