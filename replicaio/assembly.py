@@ -36,6 +36,9 @@ from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
 from replicaio.core.node import ProtocolFactory
 from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, BroadcastSpec, Instances
+from replicaio.protocols.minbft import messages as minbft_messages
+from replicaio.protocols.minbft.minbft import Minbft
+from replicaio.protocols.minbft.params import MinbftParams
 from replicaio.protocols.pbft import messages as pbft_messages
 from replicaio.protocols.pbft.params import PbftParams
 from replicaio.protocols.pbft.pbft import Pbft
@@ -50,6 +53,7 @@ from replicaio.smr.params import SmrConstants, SmrParams
 from replicaio.smr.protocol import SmrFactory, SmrProtocol
 from replicaio.smr.replica import Replica
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
+from replicaio.testing.variants.minbft import MINBFT_VARIANTS
 from replicaio.testing.variants.pbft import PBFT_VARIANTS
 from replicaio.testing.variants.raft import RAFT_VARIANTS
 from replicaio.testing.variants.txn import TXN_VARIANTS
@@ -317,6 +321,105 @@ def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
     return build
 
 
+# -- MinBFT --------------------------------------------------------------------------
+
+MINBFT_CHECKPOINT_INTERVAL = 16  # K (and SMR's snapshot interval); L = 2K
+
+
+def minbft_wire() -> ModuleType:
+    """MinBFT's wire messages, for its simulator behaviours
+    (``replicaio.sim.minbft_adversary``)."""
+    return minbft_messages
+
+
+class MinbftSmrProtocol(SmrProtocol):
+    """SMR over MinBFT, reporting the sizes of its buffers (``footprint``)."""
+
+    def footprint(self) -> dict[str, int]:
+        ordering = self.ordering
+        assert isinstance(ordering, Minbft)
+        figures = self.replica.figures()
+        found = ordering.footprint()
+        for name in ("sessions", "pending", "waiting", "inflight", "reads_active",
+                     "applied_waiters"):
+            found[f"smr_{name}"] = figures[name]
+        return found
+
+
+class MinbftFactory(SmrFactory):
+    """Builds MinBFT + SMR + KV nodes (n >= 2f+1, a USIG per replica), and
+    declares their bounds (``footprint_max``)."""
+
+    def __init__(self, name: str, minbft_type: type[Minbft], minbft_params: MinbftParams,
+                 smr_params: SmrParams, constants: SmrConstants) -> None:
+        super().__init__(
+            name, Resilience.BYZANTINE_TRUSTED,
+            lambda context: minbft_type(context, minbft_params),
+            KeyValueStateMachine, smr_params, ordering_path="minbft", constants=constants,
+        )
+        self.minbft_params = minbft_params
+
+    def __call__(self, context: Context) -> SmrProtocol:
+        ordering = self.ordering(context.child(self.ordering_path))
+        assert self.authenticator is not None  # Byzantine: signed clients
+        return MinbftSmrProtocol(
+            context, ordering, self.state_machine(), self.params,
+            self.authenticator(context, self.params), (), self.constants,
+        )
+
+    def footprint_max(self, config: ClusterConfig) -> dict[str, int]:
+        minbft, smr, n = self.minbft_params, self.params, config.n
+        window = minbft.log_size
+        checkpoints = window // minbft.checkpoint_interval + 1
+        reads = smr.reads_pending_max
+        return {
+            "minbft_slots": window,
+            "minbft_relayed": minbft.relayed_max,
+            "minbft_barriers": minbft.barriers_max,
+            "minbft_proposals": minbft.proposals_max,
+            "minbft_held": minbft.held_max * n,
+            "minbft_own_log": 4 * window + 16,
+            "minbft_checkpoint_votes": (checkpoints + 1) * n,
+            "minbft_snapshots": checkpoints,
+            "minbft_view_changes": n,
+            "minbft_requests": n,
+            "smr_sessions": self.constants.sessions_max,
+            "smr_pending": smr.pending_max,
+            "smr_waiting": smr.waiting_max,
+            "smr_inflight": smr.batches_inflight_max,
+            "smr_reads_active": reads,
+            "smr_applied_waiters": reads,
+            "storage_keys": 8 * window + 4 * n + 32,
+            "tasks": reads + smr.batches_inflight_max + 16,
+            "timers": reads + smr.batches_inflight_max + 16,
+            "contexts": 8,
+        }
+
+
+def build_minbft(variant: str = "") -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
+    """A builder of MinBFT + SMR + KV nodes; with ``variant``, of that broken
+    variant (``replicaio.testing.variants.minbft``)."""
+
+    def build(name: str, parameters: Mapping[str, int]) -> ProtocolFactory:
+        minbft_type = MINBFT_VARIANTS[variant].minbft_type if variant else Minbft
+        interval = parameters.get("snapshot", MINBFT_CHECKPOINT_INTERVAL) or \
+            MINBFT_CHECKPOINT_INTERVAL
+        minbft_params = MinbftParams(
+            checkpoint_interval=interval, log_size=2 * interval,
+            batch_bytes_max=PBFT_BATCH_BYTES_MAX,
+        ).validate()
+        smr_params = SmrParams(
+            batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
+        )
+        constants = smr_constants(
+            {**parameters, "snapshot": interval}, interval,
+            batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
+        )
+        return MinbftFactory(name, minbft_type, minbft_params, smr_params, constants)
+
+    return build
+
+
 SERVICES: dict[str, ServiceSpec] = {
     spec.name: spec
     for spec in (
@@ -330,6 +433,12 @@ SERVICES: dict[str, ServiceSpec] = {
             "PBFT, with SMR and the key-value store, n >= 3f+1 (f Byzantine)",
             checkers=pbft_checkers,
         ),
+        ServiceSpec(
+            "minbft", "minbft", Resilience.BYZANTINE_TRUSTED, build_minbft(""),
+            "MinBFT, with SMR and the key-value store, n >= 2f+1 (f Byzantine, a trusted "
+            "USIG each)",
+            checkers=pbft_checkers,
+        ),
     )
 }
 # The deliberately broken variants of Raft, with SMR and the key-value store.
@@ -338,6 +447,13 @@ SERVICES.update(
                        f"BROKEN on purpose: {variant.summary}", broken=True,
                        checkers=raft_checkers, membership=RAFT_MEMBERSHIP))
     for name, variant in RAFT_VARIANTS.items()
+)
+# The deliberately broken variants of MinBFT.
+SERVICES.update(
+    (name, ServiceSpec(name, "minbft", Resilience.BYZANTINE_TRUSTED, build_minbft(name),
+                       f"BROKEN on purpose: {variant.summary}", broken=True,
+                       checkers=pbft_checkers))
+    for name, variant in MINBFT_VARIANTS.items()
 )
 # The deliberately broken variants of PBFT.
 SERVICES.update(

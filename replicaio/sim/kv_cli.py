@@ -121,7 +121,8 @@ def service_options(args: argparse.Namespace, seed: int) -> SimOptions:
     found = service_spec(args.protocol)
     assert found is not None
     spec, _ = found
-    if args.byzantine and spec.resilience is not Resilience.BYZANTINE:
+    if args.byzantine and spec.resilience not in (Resilience.BYZANTINE,
+                                                  Resilience.BYZANTINE_TRUSTED):
         raise UsageError(f"{args.protocol} tolerates crash faults only: no --byzantine")
     options = kv_options(
         seed, args.nodes, parse_faults(args.faults), workload_of(args),

@@ -1,0 +1,231 @@
+"""Checkpoints, garbage collection, and the trigger of state transfer (section 4.3).
+
+SMR snapshots after every K-th number (the same bytes on every correct
+replica) and hands it over with ``compact``. The replica multicasts a
+UI-certified CHECKPOINT(n, d). f+1 matching CHECKPOINTs from distinct
+replicas are a certificate (one of them is correct, so d is the state at n).
+A replica whose own snapshot at n has digest d then makes it *stable*:
+durably keeps the snapshot, the certificate and its own CHECKPOINT of n (the
+start of its VIEW-CHANGE log), then erases the slots, records and own
+messages below it. A certificate for a number it has not executed makes it
+fetch the state (PBFT's ``StateTransfer``, over this state); a certificate for
+a digest other than its own is reported (``CheckpointDisagreement``).
+
+After installing a fetched state a replica certifies its own CHECKPOINT of
+it: its VIEW-CHANGE log starts there, and its window (K above its own latest
+CHECKPOINT) moves.
+
+Bounds: votes for numbers in (h, H], one per replica each, and each
+replica's newest vote beyond H (``far``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from replicaio.protocols.minbft.messages import (
+    EMPTY_UI,
+    Checkpoint,
+    CheckpointDisagreement,
+    digest_of,
+)
+
+if TYPE_CHECKING:
+    from replicaio.protocols.minbft.minbft import Minbft
+
+
+class Checkpoints:
+    """Section 4.3 over the shared state of a :class:`Minbft`."""
+
+    def __init__(self, minbft: Minbft) -> None:
+        self.minbft = minbft
+        self.snapshots: dict[int, tuple[bytes, bytes]] = {}  # own: seq -> (digest, snapshot)
+        self.own: dict[int, Checkpoint] = {}  # own CHECKPOINTs above h
+        self.votes: dict[int, dict[int, Checkpoint]] = {}
+        self.far: dict[int, Checkpoint] = {}
+        self.reported: set[int] = set()
+
+    def votes_held(self) -> int:
+        return sum(len(votes) for votes in self.votes.values()) + len(self.far)
+
+    # -- own checkpoints -------------------------------------------------------------------
+
+    def on_snapshot(self, index: int, snapshot: bytes) -> None:
+        minbft = self.minbft
+        if index % minbft.params.checkpoint_interval != 0 or index <= minbft.stable_seq:
+            return
+        assert index <= minbft.executed, "SMR snapshots only what was executed"
+        digest = digest_of(snapshot)
+        self.snapshots[index] = (digest, snapshot)
+        self.certify_own(index, digest)
+
+    def certify_own(self, seq: int, digest: bytes) -> Checkpoint | None:
+        """This replica's CHECKPOINT of ``seq`` (its window moves)."""
+        minbft = self.minbft
+        if seq <= minbft.own_last_checkpoint:
+            return self.own.get(seq)
+        checkpoint: Checkpoint = minbft.emit(Checkpoint(seq, digest, minbft.id, EMPTY_UI))
+        minbft.own_last_checkpoint = seq
+        self.own[seq] = checkpoint
+        self.record(checkpoint)
+        minbft.normal.on_checkpoint_sent()
+        return checkpoint
+
+    # -- CHECKPOINT messages -------------------------------------------------------------------
+
+    def on_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """A CHECKPOINT its author's stream admitted, or one forwarded (checked here)."""
+        minbft = self.minbft
+        if checkpoint.seq <= minbft.stable_seq:
+            return
+        self.record(checkpoint)
+
+    def on_forwarded(self, checkpoint: Checkpoint) -> None:
+        if not self.minbft.verify_ui(checkpoint.replica, checkpoint):
+            self.minbft.reject("checkpoint_bad_ui")
+            return
+        self.on_checkpoint(checkpoint)
+
+    def record(self, checkpoint: Checkpoint) -> None:
+        minbft = self.minbft
+        seq = checkpoint.seq
+        if seq > minbft.high:
+            known = self.far.get(checkpoint.replica)
+            if known is None or known.seq < seq:
+                self.far[checkpoint.replica] = checkpoint
+            self.check_far()
+            return
+        votes = self.votes.setdefault(seq, {})
+        if checkpoint.replica in votes:
+            return
+        votes[checkpoint.replica] = checkpoint
+        self.check_certificate(seq)
+
+    def certificate(self, votes: list[Checkpoint]) -> tuple[Checkpoint, ...] | None:
+        """f+1 matching votes, lowest replicas first; or None."""
+        by_digest: dict[bytes, list[Checkpoint]] = {}
+        for vote in votes:
+            by_digest.setdefault(vote.digest, []).append(vote)
+        for digest in sorted(by_digest):
+            matching = sorted(by_digest[digest], key=lambda vote: vote.replica)
+            if len(matching) >= self.minbft.quorum:
+                return tuple(matching[: self.minbft.quorum])
+        return None
+
+    def check_certificate(self, seq: int) -> None:
+        votes = self.votes.get(seq)
+        if votes is None:
+            return
+        proof = self.certificate(list(votes.values()))
+        if proof is not None:
+            self.on_certificate(seq, proof[0].digest, proof)
+
+    def check_far(self) -> None:
+        by_seq: dict[int, list[Checkpoint]] = {}
+        for vote in self.far.values():
+            by_seq.setdefault(vote.seq, []).append(vote)
+        for seq in sorted(by_seq, reverse=True):
+            proof = self.certificate(by_seq[seq])
+            if proof is not None:
+                self.on_certificate(seq, proof[0].digest, proof)
+                return
+
+    def valid_certificate(self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...]) -> bool:
+        """f+1 distinct replicas' UI-certified matching CHECKPOINTs (the initial
+        state, number 0, needs none)."""
+        minbft = self.minbft
+        if seq == 0:
+            return digest == b"" and not proof
+        if seq < 0 or seq % minbft.params.checkpoint_interval != 0:
+            return False
+        signers: set[int] = set()
+        for vote in proof:
+            if vote.seq != seq or vote.digest != digest or vote.replica in signers:
+                return False
+            if not minbft.verify_ui(vote.replica, vote):
+                return False
+            signers.add(vote.replica)
+        return len(signers) >= minbft.quorum
+
+    def on_certificate(self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
+        minbft = self.minbft
+        if seq <= minbft.stable_seq:
+            return
+        own = self.snapshots.get(seq)
+        if own is not None:
+            if own[0] == digest:
+                self.make_stable(seq, digest, own[1], proof)
+            else:
+                self.report_disagreement(seq, own[0], digest)
+            return
+        if seq > minbft.executed:
+            minbft.transfer.fetch(seq, digest, proof)  # type: ignore[arg-type]
+        else:
+            minbft.count("minbft_checkpoint_without_snapshot")
+
+    def report_disagreement(self, seq: int, own: bytes, certified: bytes) -> None:
+        minbft = self.minbft
+        if seq in self.reported:
+            return
+        if len(self.reported) >= minbft.params.log_size:
+            self.reported.clear()
+        self.reported.add(seq)
+        minbft.count("minbft_checkpoint_disagreement")
+        minbft.context.output(CheckpointDisagreement(minbft.id, seq, own, certified))
+
+    def make_stable(
+        self, seq: int, digest: bytes, snapshot: bytes, proof: tuple[Checkpoint, ...]
+    ) -> None:
+        """Keep the checkpoint with its certificate and this replica's own
+        CHECKPOINT of it (durably, first), then discard everything below it."""
+        minbft = self.minbft
+        assert seq > minbft.stable_seq
+        own = self.own.get(seq)
+        if own is None and seq > minbft.own_last_checkpoint:
+            own = self.certify_own(seq, digest)  # a fetched state: certify it as ours
+        minbft.context.persist("stable", (
+            seq, digest, snapshot, tuple(minbft.encode(vote) for vote in proof),
+        ))
+        old = minbft.stable_seq
+        minbft.stable_seq, minbft.stable_digest = seq, digest
+        minbft.stable_snapshot, minbft.stable_proof = snapshot, proof
+        if own is not None:
+            minbft.context.persist("anchor", (minbft.encode(own),
+                                              tuple(minbft.encode(vote) for vote in proof)))
+            minbft.own_checkpoint, minbft.anchor_proof = own, proof
+            minbft.trim_own_log(own.ui.counter)
+        for number in range(old + 1, seq + 1):
+            for prefix in ("pp", "vt", "cm"):
+                minbft.context.erase(f"{prefix}{number}")
+        for table in (minbft.slots, self.snapshots, self.votes, self.own):
+            for below in [key for key in table if key <= seq]:
+                del table[below]
+        for replica in [replica for replica, vote in self.far.items() if vote.seq <= minbft.high]:
+            vote = self.far.pop(replica)
+            if vote.seq > seq:
+                self.votes.setdefault(vote.seq, {}).setdefault(replica, vote)
+        minbft.count("minbft_checkpoints_stable")
+        minbft.normal.assign()
+        for pending in sorted(self.votes):
+            self.check_certificate(pending)
+
+    def load(self) -> None:
+        minbft = self.minbft
+        stable = minbft.context.load("stable")
+        if stable is None:
+            return
+        seq, digest, snapshot, proof = stable
+        minbft.stable_seq, minbft.stable_digest, minbft.stable_snapshot = seq, digest, snapshot
+        minbft.stable_proof = tuple(minbft.codec.decode_as(item, Checkpoint) for item in proof)
+        minbft.executed = seq
+        anchor = minbft.context.load("anchor")
+        if anchor is not None:
+            own, anchor_proof = anchor
+            minbft.own_checkpoint = minbft.codec.decode_as(own, Checkpoint)
+            minbft.anchor_proof = tuple(
+                minbft.codec.decode_as(item, Checkpoint) for item in anchor_proof)
+            minbft.own_last_checkpoint = max(minbft.own_last_checkpoint,
+                                             minbft.own_checkpoint.seq)
+        for _, (message, _) in minbft.own_log.items():
+            if type(message) is Checkpoint and message.seq > seq:
+                self.own[message.seq] = message

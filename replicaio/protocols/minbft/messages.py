@@ -1,0 +1,292 @@
+"""MinBFT's wire messages, what their UIs cover, and its observable outputs.
+
+Veronese et al., *Efficient Byzantine Fault-Tolerance* (IEEE TC 2013), section
+4: PREPARE, COMMIT (4.2), CHECKPOINT (4.3), REQ-VIEW-CHANGE, VIEW-CHANGE and
+NEW-VIEW (4.4). Every message that orders, votes, checkpoints or changes views
+carries a UI of its author's USIG (``usig.py``); a replica processes each
+peer's UI-certified messages strictly in counter order. What a UI covers
+(:func:`certified_bytes`): the message's msgpack form with its ``ui`` emptied
+and the parts that travel only as evidence emptied (a PREPARE's batch: its
+digest stays and binds it; a VIEW-CHANGE's batches; a NEW-VIEW's VIEW-CHANGEs
+and batches), behind the label ``minbft``, so no UI of one kind of message can
+pass for another.
+
+``ReqViewChange`` is signed (``context.sign``), not UI-certified: it only asks;
+``Status`` and ``Relay`` travel on authenticated channels. State transfer uses
+PBFT's ``StateRequest``/``StateReply`` (``replicaio.protocols.pbft``): fetched
+state is checked against a certified digest either way.
+
+The outputs (``Executed``, ``StateInstalled``, ``CheckpointDisagreement``,
+``ViewStarted``) are PBFT's: they are the outputs of a BFT ordering under SMR,
+and ``replicaio.check.pbft`` checks them for either protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec.structs import replace
+
+from replicaio.core.codec import Message, Meta
+from replicaio.core.signing import SIGNATURE_BYTES_MAX
+from replicaio.protocols.minbft.usig import UI
+from replicaio.protocols.pbft.messages import (
+    BATCH_BYTES_MAX,
+    DIGEST_BYTES,
+    REPLICAS_MAX,
+    SNAPSHOT_BYTES_MAX,
+    CheckpointDisagreement,
+    Executed,
+    StateInstalled,
+    StateReply,
+    StateRequest,
+    ViewStarted,
+    digest_of,
+)
+
+LOG_ENTRIES_MAX = 4096  # the wire bound on a VIEW-CHANGE's log
+CHOSEN_MAX = 4096
+
+Digest = Annotated[bytes, Meta(max_length=DIGEST_BYTES)]
+BatchBytes = Annotated[bytes, Meta(max_length=BATCH_BYTES_MAX)]
+Signature = Annotated[bytes, Meta(max_length=SIGNATURE_BYTES_MAX)]
+Count = Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]
+NULL_DIGEST = digest_of(b"")
+
+
+# -- normal case (section 4.2) --------------------------------------------------------
+
+
+class Prepare(Message, tag="minbft.Prepare"):
+    """The primary of ``view`` orders the batch with ``digest`` at ``seq``; its
+    UI is the unique identifier of the proposal (``seq`` must follow the
+    previous PREPARE of the view in the primary's counter order)."""
+
+    view: Count
+    seq: Count
+    digest: Digest
+    batch: BatchBytes
+    replica: Count
+    ui: UI
+
+
+class Commit(Message, tag="minbft.Commit"):
+    """``replica`` accepted the PREPARE of ``(view, seq, digest)`` whose UI is
+    ``primary_ui`` (so a COMMIT proves the PREPARE it answers)."""
+
+    view: Count
+    seq: Count
+    digest: Digest
+    primary_ui: UI
+    replica: Count
+    ui: UI
+
+
+class Relay(Message, tag="minbft.Relay"):
+    """A batch a backup's clients sent, relayed to the primary."""
+
+    batch: BatchBytes
+
+
+# -- checkpoints (section 4.3) -----------------------------------------------------------
+
+
+class Checkpoint(Message, tag="minbft.Checkpoint"):
+    """``replica``'s state after executing ``seq`` has digest ``digest``. f+1
+    matching ones are a certificate; the author's own one also marks where its
+    VIEW-CHANGE log starts (every later UI of it is in that log)."""
+
+    seq: Count
+    digest: Digest
+    replica: Count
+    ui: UI
+
+
+Certificate = Annotated[tuple[Checkpoint, ...], Meta(max_length=REPLICAS_MAX)]
+
+
+# -- view change (section 4.4) ---------------------------------------------------------------
+
+
+class ReqViewChange(Message, tag="minbft.ReqViewChange"):
+    """``replica`` asks to move to ``view`` (no current-view field: a replica
+    whose view lags must still be able to join, Hyperledger MinBFT's issue)."""
+
+    view: Count
+    replica: Count
+    signature: Signature
+
+
+class Stub(Message, tag="minbft.Stub"):
+    """A logged message kept by its digest (a VIEW-CHANGE or NEW-VIEW of the
+    author's): enough to check its UI, so the log's counters stay contiguous."""
+
+    digest: Digest
+    ui: UI
+
+
+class Chosen(Message, tag="minbft.Chosen"):
+    """A NEW-VIEW's decision for one number: the batch digest (or the null)."""
+
+    seq: Count
+    digest: Digest
+
+
+class NewViewHeader(Message, tag="minbft.NewViewHeader"):
+    """What a NEW-VIEW decides: its stable base and the batch of every number
+    above it up to the last one any VIEW-CHANGE showed."""
+
+    view: Count
+    replica: Count
+    base: Count
+    base_digest: Digest
+    chosen: Annotated[tuple[Chosen, ...], Meta(max_length=CHOSEN_MAX)]
+
+
+class NewViewCommit(Message, tag="minbft.NewViewCommit"):
+    """``replica`` accepted the NEW-VIEW with ``header`` (UI ``primary_ui``)."""
+
+    header: NewViewHeader
+    primary_ui: UI
+    replica: Count
+    ui: UI
+
+
+LogEntry = Prepare | Commit | Checkpoint | NewViewCommit | Stub
+
+
+class ViewChange(Message, tag="minbft.ViewChange"):
+    """``replica`` moves to ``view``: its own CHECKPOINT of its stable checkpoint
+    (``None``: the initial state) with that checkpoint's certificate, and every
+    message its USIG certified since (``log``, counters contiguous up to this
+    message's own); ``batches``: the batches its logged COMMITs refer to."""
+
+    view: Count
+    replica: Count
+    checkpoint: Checkpoint | None
+    proof: Certificate
+    log: Annotated[tuple[LogEntry, ...], Meta(max_length=LOG_ENTRIES_MAX)]
+    batches: Annotated[tuple[BatchBytes, ...], Meta(max_length=LOG_ENTRIES_MAX)]
+    ui: UI
+
+
+class NewView(Message, tag="minbft.NewView"):
+    """The primary of ``header.view`` starts it with f+1 VIEW-CHANGEs (without
+    their batches) and the batches of ``header.chosen``; its UI covers the header."""
+
+    header: NewViewHeader
+    view_changes: Annotated[tuple[ViewChange, ...], Meta(max_length=REPLICAS_MAX)]
+    batches: Annotated[tuple[BatchBytes, ...], Meta(max_length=CHOSEN_MAX)]
+    ui: UI
+
+
+# -- status and retransmission ----------------------------------------------------------------
+
+
+class Status(Message, tag="minbft.Status"):
+    """Where ``replica`` is, and the next counter it expects from each replica
+    (peers re-send what it misses)."""
+
+    view: Count
+    active: bool
+    stable_seq: Count
+    executed: Count
+    replica: Count
+    expected: Annotated[tuple[Count, ...], Meta(max_length=REPLICAS_MAX)]
+
+
+class Resume(Message, tag="minbft.Resume"):
+    """The sender no longer keeps the messages a peer waits for (they are below
+    its stable checkpoint): it offers its own CHECKPOINT of that checkpoint,
+    with the certificate, as the point to resume its stream from."""
+
+    checkpoint: Checkpoint
+    proof: Certificate
+
+
+UI_TYPES: tuple[type, ...] = (Prepare, Commit, Checkpoint, NewViewCommit, ViewChange, NewView)
+WIRE_TYPES: tuple[type, ...] = (
+    *UI_TYPES, Relay, ReqViewChange, Resume, Status, StateRequest, StateReply,
+)
+
+
+# -- what a UI covers ---------------------------------------------------------------------------
+
+_ENCODER = msgspec.msgpack.Encoder()
+EMPTY_UI = UI(0, 1, b"")
+
+
+def stripped(message: Any) -> Any:
+    """``message`` as its UI covers it (see the module docstring)."""
+    kind = type(message)
+    if kind is Prepare:
+        return replace(message, batch=b"", ui=EMPTY_UI)
+    if kind is ViewChange:
+        log = tuple(
+            replace(entry, batch=b"") if type(entry) is Prepare else entry for entry in message.log
+        )
+        return replace(message, log=log, batches=(), ui=EMPTY_UI)
+    if kind is NewView:
+        return message.header
+    if kind is NewViewHeader:
+        return message
+    return replace(message, ui=EMPTY_UI)
+
+
+def certified_bytes(message: Any) -> bytes:
+    """The bytes whose digest a message's UI certifies."""
+    return b"minbft\x00" + _ENCODER.encode(stripped(message))
+
+
+def certified_digest(message: Any) -> bytes:
+    return digest_of(certified_bytes(message))
+
+
+def prepare_header(view: int, seq: int, digest: bytes, primary: int) -> Prepare:
+    """The PREPARE a COMMIT refers to, as its UI covers it."""
+    return Prepare(view, seq, digest, b"", primary, EMPTY_UI)
+
+
+def without_batches(view_change: ViewChange) -> ViewChange:
+    """A VIEW-CHANGE as a NEW-VIEW carries it (its UI still verifies)."""
+    log = tuple(
+        replace(entry, batch=b"") if type(entry) is Prepare else entry for entry in view_change.log
+    )
+    return replace(view_change, log=log, batches=())
+
+
+def signed_request(request: ReqViewChange) -> bytes:
+    return b"minbft-req\x00" + _ENCODER.encode(replace(request, signature=b""))
+
+
+__all__ = [
+    "NULL_DIGEST",
+    "SNAPSHOT_BYTES_MAX",
+    "UI",
+    "WIRE_TYPES",
+    "Checkpoint",
+    "CheckpointDisagreement",
+    "Chosen",
+    "Commit",
+    "Executed",
+    "NewView",
+    "NewViewCommit",
+    "NewViewHeader",
+    "Prepare",
+    "Relay",
+    "ReqViewChange",
+    "Resume",
+    "StateInstalled",
+    "StateReply",
+    "StateRequest",
+    "Status",
+    "Stub",
+    "ViewChange",
+    "ViewStarted",
+    "certified_bytes",
+    "certified_digest",
+    "digest_of",
+    "prepare_header",
+    "without_batches",
+]

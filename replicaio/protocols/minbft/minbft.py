@@ -1,0 +1,513 @@
+"""The MinBFT component: shared state, the Ordering API, USIG streams, execution, recovery.
+
+One :class:`Minbft` per replica implements :class:`replicaio.interfaces.ordering.Ordering`.
+It owns what every phase shares: the view, the stable checkpoint, the slots of
+the numbers in flight, this replica's USIG and its own certified messages, and
+one :class:`PeerStream` per peer, through which every UI-certified message of
+that peer passes *in counter order* (a gap is held, up to ``held_max``
+messages, and filled by retransmission: peers answer a STATUS with their own
+messages from the counter it expects). The stream's rules depend only on the
+stream (so every correct replica judges a peer's message alike):
+
+* a PREPARE is valid only from the primary of a view whose NEW-VIEW came
+  before it in the stream, numbered one above the previous PREPARE of that
+  view (the first one above the NEW-VIEW's last number), within K above the
+  primary's own latest CHECKPOINT, with the batch its digest names; anything
+  else marks the primary faulty for the view (no further PREPARE counts);
+* a COMMIT counts only for the view its author is in (a VIEW-CHANGE in its
+  stream moves it on: a COMMIT it certified later for an older view is void,
+  which is what keeps its VIEW-CHANGE log complete), within K above its own
+  latest CHECKPOINT;
+* CHECKPOINTs go up in K steps.
+
+Durable records, and why each prefix of a step's writes restarts:
+
+* ``usig`` (the USIG's counter, through ``ContextUsigStore``) and ``own<c>``
+  (own message ``c`` with its batch): ``own<c>`` is written without its UI
+  first, then the USIG's counter, then ``own<c>`` with its UI; a restart drops
+  an ``own<c>`` above the counter (never released) and asks the USIG again for
+  the last one's UI (``reissue_last``: the same bytes get the same UI);
+* ``rx<j>``: peer ``j``'s stream (the next counter, the view, the latest
+  CHECKPOINT and PREPARE it showed), after each message processed;
+* ``view`` (view, active); ``nv`` (the NEW-VIEW of the current view);
+* ``pp<seq>`` (the PREPARE accepted), ``vt<seq>`` (the votes counted),
+  ``cm<seq>`` (the digest committed, before execution);
+* ``stable`` (seq, digest, snapshot, certificate, own CHECKPOINT), written
+  before anything below it is erased.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar
+
+from msgspec.structs import replace
+
+from replicaio.core.codec import Codec
+from replicaio.core.context import Context
+from replicaio.core.errors import UsageError
+from replicaio.core.lines import Line
+from replicaio.core.scheduler import Scope
+from replicaio.interfaces.ordering import Committed, NotLeader, OrderingHandlers
+from replicaio.protocols.minbft.checkpoint import Checkpoints
+from replicaio.protocols.minbft.messages import (
+    EMPTY_UI,
+    UI,
+    WIRE_TYPES,
+    Checkpoint,
+    Commit,
+    Executed,
+    NewView,
+    NewViewCommit,
+    Prepare,
+    Relay,
+    ReqViewChange,
+    Resume,
+    StateReply,
+    StateRequest,
+    Status,
+    ViewChange,
+    ViewStarted,
+    certified_bytes,
+)
+from replicaio.protocols.minbft.normal import BARRIER_MAGIC, NormalCase, Slot
+from replicaio.protocols.minbft.params import MinbftParams
+from replicaio.protocols.minbft.streams import PeerStream
+from replicaio.protocols.minbft.usig import (
+    ContextUsigStore,
+    Usig,
+    UsigId,
+    UsigScheme,
+    simulation_scheme,
+)
+from replicaio.protocols.minbft.view_change import ViewChanges
+from replicaio.protocols.pbft.state_transfer import StateTransfer
+
+RECORD_FRAME_BYTES_MAX = 1 << 28
+
+
+class Minbft:
+    """MinBFT (Veronese et al., IEEE TC 2013) as an
+    :class:`~replicaio.interfaces.ordering.Ordering`; n >= 2f+1 with a USIG per
+    replica. Give it its own context (a child path) and the USIG scheme of the
+    cluster (default: the simulation's)."""
+
+    normal_type: ClassVar[type[NormalCase]] = NormalCase
+    checkpoints_type: ClassVar[type[Checkpoints]] = Checkpoints
+    view_changes_type: ClassVar[type[ViewChanges]] = ViewChanges
+    usig_type: ClassVar[type[Usig]] = Usig
+
+    def __init__(self, context: Context, params: MinbftParams | None = None,
+                 scheme: UsigScheme | None = None) -> None:
+        self.context = context
+        self.params = (params or MinbftParams()).validate()
+        self.id = context.id
+        self.n = context.n
+        self.f = context.f
+        self.scheme = scheme or simulation_scheme()
+        self.view = 0
+        self.active = True
+        self.stable_seq = 0
+        self.stable_digest = b""
+        self.stable_proof: tuple[Checkpoint, ...] = ()
+        self.stable_snapshot = b""
+        # Own CHECKPOINT of the (newest) stable checkpoint that has one, with that
+        # checkpoint's certificate: where VIEW-CHANGE logs start.
+        self.own_checkpoint: Checkpoint | None = None
+        self.anchor_proof: tuple[Checkpoint, ...] = ()
+        self.own_last_checkpoint = 0  # the highest number of an own CHECKPOINT
+        self.executed = 0
+        self.slots: dict[int, Slot] = {}
+        self.prepared_proofs: dict[int, Any] = {}  # (PBFT's state transfer clears it)
+        self.relayed: dict[bytes, bytes] = {}
+        self.barriers: dict[bytes, Line[int]] = {}
+        self.barrier_next = 0
+        self.own_log: dict[int, tuple[Any, bytes]] = {}  # counter -> (own message, batch)
+        self.streams: dict[int, PeerStream] = {
+            peer: PeerStream(peer) for peer in range(self.n) if peer != self.id
+        }
+        self.handlers: OrderingHandlers | None = None
+        self.view_scope: Scope | None = None
+        self.started = False
+        self.executing = False
+        self.codec = Codec(frame_bytes_max=RECORD_FRAME_BYTES_MAX)
+        self.usig: Usig | None = None
+        self.normal = self.normal_type(self)
+        self.checkpoints = self.checkpoints_type(self)
+        self.view_changes = self.view_changes_type(self)
+        # PBFT's state transfer over this state (the same attribute names): a
+        # certified snapshot is fetched and checked the same way.
+        self.transfer = StateTransfer(self)  # type: ignore[arg-type]
+        self.stream = context.stream(*WIRE_TYPES, handler=self.on_message)
+        self.dispatch: dict[type, Callable[[int, Any], None]] = {
+            Relay: self.normal.on_relay,
+            ReqViewChange: self.view_changes.on_request,
+            Resume: self.on_resume,
+            Status: self.on_status,
+            StateRequest: self.transfer.on_state_request,
+            StateReply: self.transfer.on_state_reply,
+        }
+
+    # -- quorums and windows ----------------------------------------------------
+
+    def primary(self, view: int | None = None) -> int:
+        return (self.view if view is None else view) % self.n
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary() == self.id
+
+    @property
+    def quorum(self) -> int:
+        """f + 1: with n = 2f+1 and unique counters, any two share a replica
+        whose USIG-ordered messages show what it did."""
+        return self.f + 1
+
+    @property
+    def high(self) -> int:
+        return self.stable_seq + self.params.log_size
+
+    def in_window(self, seq: int) -> bool:
+        return self.stable_seq < seq <= self.high
+
+    # -- Ordering ------------------------------------------------------------------
+
+    def bind(self, handlers: OrderingHandlers) -> None:
+        if self.handlers is not None:
+            raise UsageError("Minbft.bind called twice")
+        self.handlers = handlers
+
+    def start(self) -> None:
+        if self.handlers is None:
+            raise UsageError("Minbft.start before bind")
+        assert not self.started
+        self.started = True
+        self.load()
+        self.context.spawn(self.status_loop(), "minbft.status")
+        if self.active:
+            self.context.output(ViewStarted(self.id, self.view, self.primary()))
+            self.start_view_tasks(self.normal.tasks())
+            self.normal.on_view_started()
+        else:
+            self.view_changes.resume()
+
+    def submit(self, batch: bytes) -> NotLeader | None:
+        if len(batch) > self.params.batch_bytes_max:
+            self.count("minbft_submit_oversized")
+            return None
+        self.normal.submit(batch)
+        return None
+
+    def read_barrier(self) -> Line[int] | NotLeader:
+        barriers = self.barriers
+        if len(barriers) >= self.params.barriers_max:
+            del barriers[next(iter(barriers))]
+            self.count("bound_minbft_barriers_max")
+        number = self.barrier_next
+        self.barrier_next += 1
+        data = BARRIER_MAGIC + struct.pack(">IQQ", self.id, self.context.node.incarnation, number)
+        line: Line[int] = Line(self.context.node.scheduler, ("minbft.barrier", number))
+        barriers[data] = line
+        self.normal.submit(data)
+        return line
+
+    def compact(self, index: int, snapshot: bytes) -> None:
+        self.checkpoints.on_snapshot(index, snapshot)
+
+    @property
+    def leader_hint(self) -> int:
+        return self.primary()
+
+    # -- messages --------------------------------------------------------------------
+
+    def on_message(self, source: int, message: Any) -> None:
+        if source == self.id or not 0 <= source < self.n:
+            self.reject("from_self")
+            return
+        handler = self.dispatch.get(type(message))
+        if handler is not None:
+            handler(source, message)
+            return
+        if type(message) is Checkpoint and message.replica != source:
+            self.checkpoints.on_forwarded(message)  # a certificate shown to a laggard
+            return
+        stream = self.streams[source]
+        for admitted in stream.receive(self, message):
+            self.on_certified(source, admitted)
+        if stream.dirty:
+            stream.dirty = False
+            self.context.persist(f"rx{source}", stream.record())
+
+    def on_certified(self, source: int, message: Any) -> None:
+        """A peer's UI message, in its counter order, that its stream admitted."""
+        kind = type(message)
+        if kind is Prepare:
+            self.normal.on_prepare(message)
+        elif kind is Commit:
+            self.normal.on_commit(message)
+        elif kind is Checkpoint:
+            self.checkpoints.on_checkpoint(message)
+        elif kind is ViewChange:
+            self.view_changes.on_view_change(message)
+        elif kind is NewView:
+            self.view_changes.on_new_view(message)
+        elif kind is NewViewCommit:
+            self.view_changes.on_new_view_commit(message)
+
+    def usig_id(self, replica: int) -> UsigId:
+        """The USIG identity this replica accepts messages of ``replica`` under."""
+        if replica == self.id:
+            assert self.usig is not None
+            return self.usig.id()
+        return UsigId(replica, self.streams[replica].epoch)
+
+    def verify_ui(self, replica: int, message: Any) -> bool:
+        """Whether ``message`` carries a valid UI of ``replica``'s USIG."""
+        if type(replica) is not int or not 0 <= replica < self.n:
+            return False
+        assert self.usig is not None
+        return self.usig.verify_ui(certified_bytes(message), message.ui, self.usig_id(replica))
+
+    def usig_verify(self, replica: int, message: Any, ui: Any) -> bool:
+        """Whether ``ui`` is ``replica``'s UI for ``message`` (a header whose UI
+        travels in another message: a COMMIT's PREPARE, a NEW-VIEW's header)."""
+        if type(replica) is not int or not 0 <= replica < self.n:
+            return False
+        assert self.usig is not None
+        return self.usig.verify_ui(certified_bytes(message), ui, self.usig_id(replica))
+
+    def emit(self, message: Any, batch: bytes = b"") -> Any:
+        """Certify ``message`` (a UI message with an empty ``ui``) with this
+        replica's USIG, log it durably and multicast it; returns it certified."""
+        usig = self.usig
+        assert usig is not None
+        counter = usig.counter + 1
+        self.context.persist(f"own{counter}", (self.encode(message), batch, b""))
+        ui = usig.create_ui(certified_bytes(message))  # writes the counter first
+        assert ui.counter == counter
+        certified = replace(message, ui=ui)
+        self.context.persist(f"own{counter}", (self.encode(certified), batch, b"\x01"))
+        if len(self.own_log) >= self.params.own_log_max:
+            self.count("bound_minbft_own_log_max")  # a VIEW-CHANGE cannot be built: liveness only
+        self.own_log[counter] = (certified, batch)
+        self.send_all(certified)
+        return certified
+
+    def send(self, peer: int, message: Any) -> None:
+        assert peer != self.id
+        self.stream.send(peer, message)
+
+    def send_all(self, message: Any) -> None:
+        self.stream.send_all(message)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.context.sign(data)
+
+    def reject(self, reason: str) -> None:
+        self.context.count(f"minbft_rejected_{reason}")
+
+    def count(self, counter: str, by: int = 1) -> None:
+        self.context.count(counter, by)
+
+    # -- views -------------------------------------------------------------------------
+
+    def start_view_tasks(self, tasks: list[Coroutine[Any, Any, None]]) -> None:
+        previous = self.view_scope
+        self.view_scope = self.context.scope(f"minbft.view{self.view}")
+        if previous is not None:
+            previous.cancel()
+        for task in tasks:
+            self.view_scope.spawn(task, f"minbft.view{self.view}")
+
+    def save_view(self) -> None:
+        self.context.persist("view", (self.view, self.active))
+
+    # -- execution -----------------------------------------------------------------------
+
+    def execute_ready(self) -> None:
+        """Execute committed batches in number order."""
+        if self.executing:
+            return
+        handlers = self.handlers
+        assert handlers is not None
+        self.executing = True
+        while True:
+            slot = self.slots.get(self.executed + 1)
+            if slot is None or not slot.committed:
+                break
+            self.executed = slot.seq
+            self.deliver(handlers, slot)
+        self.executing = False
+
+    def deliver(self, handlers: OrderingHandlers, slot: Slot) -> None:
+        batch = slot.batch
+        assert batch is not None, "a committed slot has its batch"
+        self.context.output(Executed(self.id, slot.view, slot.seq, slot.digest))
+        self.relayed.pop(slot.digest, None)
+        if batch.startswith(BARRIER_MAGIC):
+            line = self.barriers.pop(batch, None)
+            if line is not None:
+                line.set(slot.seq)
+            batch = b""
+        handlers.on_commit(Committed(slot.seq, batch))
+
+    # -- status and retransmission --------------------------------------------------------
+
+    async def status_loop(self) -> None:
+        while True:
+            await self.context.sleep(self.params.status_us)
+            expected = tuple(
+                self.streams[peer].next if peer != self.id else 0 for peer in range(self.n)
+            )
+            self.send_all(Status(self.view, self.active, self.stable_seq, self.executed,
+                                 self.id, expected))
+            self.normal.on_status_tick()
+            self.view_changes.on_status_tick()
+
+    def on_status(self, source: int, status: Status) -> None:
+        if status.replica != source or len(status.expected) != self.n:
+            self.reject("status_forged")
+            return
+        if status.stable_seq < self.stable_seq:
+            for checkpoint in self.stable_proof:  # UI-certified: forwardable
+                self.send(source, checkpoint)
+        self.resend_own(source, status.expected[self.id])
+        self.view_changes.help_peer(source, status)
+
+    def resend_own(self, peer: int, start: int) -> None:
+        """Re-send own messages from counter ``start`` (what ``peer`` waits for);
+        if they are gone (below the stable checkpoint), offer a resume point."""
+        if start < 1:
+            return
+        budget = self.params.retransmit_max
+        usig = self.usig
+        assert usig is not None
+        anchor = self.own_checkpoint
+        if start <= usig.counter and start not in self.own_log and anchor is not None \
+                and start < anchor.ui.counter:
+            self.send(peer, Resume(anchor, self.anchor_proof))
+            return
+        for counter in range(start, usig.counter + 1):
+            entry = self.own_log.get(counter)
+            if entry is None:
+                if counter == start:
+                    self.count("minbft_resend_gone")  # below the stable checkpoint: gone
+                continue
+            if budget <= 0:
+                break
+            budget -= 1
+            self.send(peer, entry[0])
+
+    def on_resume(self, source: int, resume: Resume) -> None:
+        """``source`` no longer has what this replica waits for from it: skip to
+        its own CHECKPOINT of a stable checkpoint this replica's state covers."""
+        checkpoint = resume.checkpoint
+        stream = self.streams[source]
+        if checkpoint.replica != source or checkpoint.ui.epoch != stream.epoch:
+            self.reject("resume_forged")
+            return
+        if checkpoint.ui.counter <= stream.next:
+            return
+        if not self.verify_ui(source, checkpoint) or not self.checkpoints.valid_certificate(
+                checkpoint.seq, checkpoint.digest, resume.proof):
+            self.reject("resume_invalid")
+            return
+        if checkpoint.seq > self.stable_seq:
+            # Catch up to it first (state transfer); the offer comes again.
+            self.checkpoints.on_certificate(checkpoint.seq, checkpoint.digest, resume.proof)
+            return
+        self.count("minbft_streams_resumed")
+        stream.resume(checkpoint.ui.counter, checkpoint.seq, self.view,
+                      self.params.checkpoint_interval)
+        for admitted in stream.receive(self, checkpoint):
+            self.on_certified(source, admitted)
+        stream.dirty = False
+        self.context.persist(f"rx{source}", stream.record())
+
+    # -- durable state ---------------------------------------------------------------------
+
+    def encode(self, message: Any) -> bytes:
+        return self.codec.encode(message)
+
+    def decode(self, data: bytes) -> Any:
+        return self.codec.decode(data)
+
+    def fresh_epoch(self) -> int:
+        """The epoch of a new USIG: 0 for a replica's very first start; a
+        replica whose USIG state is gone while other state survived must not
+        resume (docs/minbft.md, Recovery)."""
+        return 0
+
+    def load(self) -> None:
+        """Recover the records (see the module docstring) and rebuild execution."""
+        context = self.context
+        store = ContextUsigStore(context.load, context.persist)
+        self.usig = self.usig_type.open(self.scheme, self.id, store, self.fresh_epoch)
+        stored_view = context.load("view")
+        if stored_view is not None:
+            self.view, self.active = int(stored_view[0]), bool(stored_view[1])
+        for peer, stream in self.streams.items():
+            stream.restore(context.load(f"rx{peer}"))
+        self.load_own_log()
+        self.checkpoints.load()
+        self.view_changes.load()
+        self.executing = True  # nothing executes before SMR has the stable snapshot
+        self.normal.load()
+        self.executing = False
+        handlers = self.handlers
+        assert handlers is not None
+        if self.stable_seq > 0:
+            handlers.on_snapshot(self.stable_seq, self.stable_snapshot)
+        self.execute_ready()
+
+    def load_own_log(self) -> None:
+        context = self.context
+        usig = self.usig
+        assert usig is not None
+        for name in sorted(context.stored_names("own"), key=lambda name: int(name[3:])):
+            counter = int(name[3:])
+            data, batch, complete = context.load(name)
+            if counter > usig.counter:
+                context.erase(name)  # written, never certified, never sent
+                continue
+            message = self.decode(data)
+            if not complete:
+                ui = usig.reissue_last(certified_bytes(message))
+                assert ui is not None and ui.counter == counter, f"own message {counter} lost"
+                message = replace(message, ui=ui)
+                context.persist(name, (self.encode(message), batch, b"\x01"))
+            self.own_log[counter] = (message, batch)
+            if type(message) is Checkpoint:
+                self.own_last_checkpoint = max(self.own_last_checkpoint, message.seq)
+
+    def trim_own_log(self, start: int) -> None:
+        """Forget own messages below counter ``start`` (below the own CHECKPOINT
+        of the stable checkpoint: no VIEW-CHANGE needs them again)."""
+        for counter in [counter for counter in self.own_log if counter < start]:
+            del self.own_log[counter]
+            self.context.erase(f"own{counter}")
+
+    # -- observation ---------------------------------------------------------------------------
+
+    def footprint(self) -> dict[str, int]:
+        return {
+            "minbft_slots": len(self.slots),
+            "minbft_relayed": len(self.relayed),
+            "minbft_barriers": len(self.barriers),
+            "minbft_proposals": len(self.normal.proposals),
+            "minbft_held": sum(len(stream.held) for stream in self.streams.values()),
+            "minbft_own_log": len(self.own_log),
+            "minbft_checkpoint_votes": self.checkpoints.votes_held(),
+            "minbft_snapshots": len(self.checkpoints.snapshots),
+            "minbft_view_changes": len(self.view_changes.received),
+            "minbft_requests": len(self.view_changes.requests),
+        }
+
+
+def unsigned(message: Any) -> Any:
+    """``message`` with an empty UI (before :meth:`Minbft.emit` certifies it)."""
+    return replace(message, ui=EMPTY_UI)
+
+
+__all__ = ["UI", "Minbft", "unsigned"]

@@ -1,0 +1,355 @@
+"""Normal-case operation: Veronese et al., IEEE TC 2013, section 4.2.
+
+The primary of view v numbers a batch ``seq`` (one above its previous one),
+asks its USIG for a UI and multicasts PREPARE(v, seq, d, batch, UI). A backup
+takes it in the primary's counter order (``streams.py``), logs it durably and
+multicasts COMMIT(v, seq, d, UI_p, UI_i), which carries the PREPARE's UI so
+that the COMMIT proves what it answers. A replica *commits* ``seq`` once it
+holds the PREPARE and f+1 matching commitments, the PREPARE counting as the
+primary's (with n = 2f+1 any two such sets share a replica, and that
+replica's USIG-ordered messages show which batch it accepted: no second
+batch can get f+1 at one number in one view); it executes in number order.
+
+Batches reach the primary from every replica (``submit``), as in PBFT: a
+backup relays its batch, keeps it (``relayed_max``) until it executes,
+re-relays it, and asks for a view change (REQ-VIEW-CHANGE) if the primary
+leaves it waiting for ``view_change_timeout_us``.
+
+Windows: the primary numbers up to ``log_size`` above the stable checkpoint;
+nobody sends a PREPARE or COMMIT for a number more than K above its own
+latest CHECKPOINT (a COMMIT waits: ``commit_pending``). That keeps every
+VIEW-CHANGE log within about 2K + a few messages.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from replicaio.protocols.minbft.messages import (
+    EMPTY_UI,
+    Commit,
+    Prepare,
+    Relay,
+    digest_of,
+)
+
+if TYPE_CHECKING:
+    from replicaio.protocols.minbft.minbft import Minbft
+
+BARRIER_MAGIC = b"\x00minbft-read-barrier\x00"
+
+Vote = tuple[int, bytes, int]  # (view, digest, key: the PREPARE's counter, -NEW-VIEW's)
+
+
+class Slot:
+    """What one replica holds for one number."""
+
+    __slots__ = ("batch", "commit_pending", "committed", "digest", "key", "seq", "view",
+                 "votes")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.view = -1
+        self.digest = b""
+        self.key = 0
+        self.batch: bytes | None = None  # known once the PREPARE (or NEW-VIEW) is taken
+        self.votes: dict[int, Vote] = {}
+        self.committed = False
+        self.commit_pending = False
+
+    def take(self, view: int, digest: bytes, batch: bytes, key: int) -> None:
+        self.view, self.digest, self.batch, self.key = view, digest, batch, key
+
+    def matching(self) -> int:
+        vote = (self.view, self.digest, self.key)
+        return sum(1 for cast in self.votes.values() if cast == vote)
+
+
+class NormalCase:
+    """Section 4.2 over the shared state of a :class:`Minbft`."""
+
+    def __init__(self, minbft: Minbft) -> None:
+        self.minbft = minbft
+        self.proposals: deque[bytes] = deque()
+        self.last_prepared = 0  # primary: the number of its last PREPARE of this view
+        self.relay_ticks: dict[bytes, int] = {}
+
+    def slot(self, seq: int) -> Slot:
+        slots = self.minbft.slots
+        found = slots.get(seq)
+        if found is None:
+            assert self.minbft.in_window(seq), f"slot {seq} outside the window"
+            found = slots[seq] = Slot(seq)
+        return found
+
+    def tasks(self) -> list[Coroutine[Any, Any, None]]:
+        return [] if self.minbft.is_primary else [self.watch_primary()]
+
+    def on_view_started(self) -> None:
+        minbft = self.minbft
+        if minbft.is_primary:
+            for batch in minbft.relayed.values():
+                self.enqueue(batch)
+            self.assign()
+        else:
+            self.proposals.clear()
+            for batch in minbft.relayed.values():
+                minbft.send(minbft.primary(), Relay(batch))
+
+    # -- proposing ------------------------------------------------------------------------
+
+    def submit(self, batch: bytes) -> None:
+        minbft = self.minbft
+        digest = digest_of(batch)
+        relayed = minbft.relayed
+        if digest not in relayed:
+            if len(relayed) >= minbft.params.relayed_max:
+                oldest = next(iter(relayed))
+                del relayed[oldest]
+                self.relay_ticks.pop(oldest, None)
+                minbft.count("bound_minbft_relayed_max")
+            relayed[digest] = batch
+            self.relay_ticks[digest] = 0
+        if not minbft.active:
+            return
+        if minbft.is_primary:
+            self.enqueue(batch)
+            self.assign()
+        else:
+            minbft.send(minbft.primary(), Relay(batch))
+
+    def on_relay(self, source: int, relay: Relay) -> None:
+        minbft = self.minbft
+        if not minbft.active or not minbft.is_primary:
+            minbft.reject("relay_not_primary")
+            return
+        if len(relay.batch) > minbft.params.batch_bytes_max:
+            minbft.reject("relay_oversized")
+            return
+        if not self.valid_batch(relay.batch):
+            minbft.reject("relay_invalid_batch")  # backups would refuse to commit it
+            return
+        self.enqueue(relay.batch)
+        self.assign()
+
+    def enqueue(self, batch: bytes) -> None:
+        minbft = self.minbft
+        digest = digest_of(batch)
+        if batch in self.proposals or any(
+            slot.digest == digest and slot.view == minbft.view for slot in minbft.slots.values()
+        ):
+            minbft.count("minbft_relay_duplicate")
+            return
+        if len(self.proposals) >= minbft.params.proposals_max:
+            minbft.count("bound_minbft_proposals_max")
+            return
+        self.proposals.append(batch)
+
+    def limit(self) -> int:
+        """The highest number this replica may send a PREPARE or COMMIT for."""
+        minbft = self.minbft
+        return min(minbft.high, minbft.own_last_checkpoint + minbft.params.checkpoint_interval)
+
+    def assign(self) -> None:
+        minbft = self.minbft
+        if not minbft.active or not minbft.is_primary:
+            return
+        self.last_prepared = max(self.last_prepared, minbft.stable_seq)
+        while self.proposals and self.last_prepared + 1 <= self.limit():
+            batch = self.proposals.popleft()
+            seq = self.last_prepared + 1
+            self.last_prepared = seq
+            prepare = Prepare(minbft.view, seq, digest_of(batch), batch, minbft.id, EMPTY_UI)
+            prepare = minbft.emit(prepare, batch)
+            minbft.context.persist("lp", (minbft.view, seq))  # (the own log has it first)
+            self.take_prepare(prepare)
+        if self.proposals:
+            minbft.count("minbft_window_full")
+
+    # -- PREPARE and COMMIT ----------------------------------------------------------------
+
+    def on_prepare(self, prepare: Prepare) -> None:
+        """A PREPARE its primary's stream admitted: take it if it is of this view."""
+        minbft = self.minbft
+        if prepare.view != minbft.view or not minbft.active:
+            minbft.reject("prepare_other_view")
+            return
+        if not minbft.in_window(prepare.seq):
+            minbft.reject("prepare_out_of_window")
+            return
+        handlers = minbft.handlers
+        assert handlers is not None
+        if not self.valid_batch(prepare.batch):
+            minbft.reject("prepare_invalid_batch")  # the primary's: its view will end
+            return
+        self.take_prepare(prepare)
+
+    def valid_batch(self, batch: bytes) -> bool:
+        """SMR's check of a proposed batch (a barrier, executed as an empty
+        batch, and the empty batch need none)."""
+        if not batch or batch.startswith(BARRIER_MAGIC):
+            return True
+        handlers = self.minbft.handlers
+        assert handlers is not None
+        return handlers.validate_batch(batch)
+
+    def take_prepare(self, prepare: Prepare) -> None:
+        """Log the PREPARE durably, count it as the primary's vote, commit."""
+        minbft = self.minbft
+        slot = self.slot(prepare.seq)
+        if slot.committed:
+            if slot.digest != prepare.digest:
+                minbft.count("minbft_prepare_conflicts_committed")
+            return
+        slot.take(prepare.view, prepare.digest, prepare.batch, prepare.ui.counter)
+        slot.votes[prepare.replica] = (prepare.view, prepare.digest, prepare.ui.counter)
+        minbft.context.persist(f"pp{prepare.seq}", minbft.encode(prepare))
+        if prepare.replica != minbft.id:
+            slot.commit_pending = True
+            self.send_commit(slot, prepare)
+        self.check_committed(slot)
+
+    def send_commit(self, slot: Slot, prepare: Prepare) -> None:
+        minbft = self.minbft
+        if slot.seq > self.limit():
+            minbft.count("minbft_commit_waits_for_checkpoint")
+            return
+        slot.commit_pending = False
+        commit = Commit(prepare.view, prepare.seq, prepare.digest, prepare.ui, minbft.id,
+                        EMPTY_UI)
+        minbft.emit(commit, prepare.batch)
+        slot.votes[minbft.id] = (prepare.view, prepare.digest, prepare.ui.counter)
+        self.save_votes(slot)
+
+    def on_checkpoint_sent(self) -> None:
+        """The own window moved: send the COMMITs that waited, number more."""
+        minbft = self.minbft
+        for seq in sorted(minbft.slots):
+            slot = minbft.slots[seq]
+            if slot.commit_pending and slot.view == minbft.view and slot.seq <= self.limit():
+                data = minbft.context.load(f"pp{seq}")
+                if data is not None:
+                    self.send_commit(slot, minbft.codec.decode_as(data, Prepare))
+                    self.check_committed(slot)
+        self.assign()
+
+    def on_commit(self, commit: Commit) -> None:
+        minbft = self.minbft
+        if commit.view != minbft.view or not minbft.active:
+            minbft.reject("commit_other_view")
+            return
+        if not minbft.in_window(commit.seq):
+            minbft.reject("commit_out_of_window")
+            return
+        slot = self.slot(commit.seq)
+        if commit.replica in slot.votes or slot.committed:
+            return
+        slot.votes[commit.replica] = (commit.view, commit.digest, commit.primary_ui.counter)
+        self.save_votes(slot)
+        self.check_committed(slot)
+
+    def save_votes(self, slot: Slot) -> None:
+        votes = sorted((replica, *vote) for replica, vote in slot.votes.items())
+        self.minbft.context.persist(f"vt{slot.seq}", votes)
+
+    def commit_quorum(self) -> int:
+        """Matching commitments (the PREPARE's included) that commit: f + 1."""
+        return self.minbft.quorum
+
+    def check_committed(self, slot: Slot) -> None:
+        if slot.committed or slot.batch is None or slot.matching() < self.commit_quorum():
+            return
+        self.commit(slot)
+
+    def commit(self, slot: Slot) -> None:
+        minbft = self.minbft
+        assert slot.batch is not None
+        slot.committed = True
+        if slot.seq > minbft.executed:
+            minbft.context.persist(f"cm{slot.seq}", (slot.view, slot.digest, slot.batch))
+            minbft.execute_ready()
+
+    # -- the backup's timer -----------------------------------------------------------------
+
+    def waiting_for_execution(self) -> bool:
+        minbft = self.minbft
+        return any(
+            seq > minbft.executed and slot.batch is not None for seq, slot in minbft.slots.items()
+        )
+
+    async def watch_primary(self) -> None:
+        """Ask for the next view when what this backup waits for does not execute."""
+        minbft = self.minbft
+        while True:
+            waited = set(minbft.relayed)
+            executed = minbft.executed
+            waiting = self.waiting_for_execution()
+            await minbft.context.sleep(minbft.params.view_change_timeout_us)
+            still = any(digest in minbft.relayed for digest in waited)
+            if still or (waiting and minbft.executed == executed):
+                minbft.count("minbft_primary_suspected")
+                minbft.view_changes.request(minbft.view + 1)
+                return
+
+    def on_status_tick(self) -> None:
+        minbft = self.minbft
+        if not minbft.active or minbft.is_primary:
+            return
+        for digest, batch in minbft.relayed.items():
+            ticks = self.relay_ticks.get(digest, 0) + 1
+            self.relay_ticks[digest] = ticks
+            if ticks % 2 == 0:
+                minbft.send(minbft.primary(), Relay(batch))
+        for digest in [digest for digest in self.relay_ticks if digest not in minbft.relayed]:
+            del self.relay_ticks[digest]
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Slots from the ``pp``, ``vt`` and ``cm`` records above the stable checkpoint."""
+        minbft = self.minbft
+        context = minbft.context
+        stored = context.load("lp")
+        if stored is not None and int(stored[0]) == minbft.view:
+            self.last_prepared = int(stored[1])
+        for prefix in ("pp", "vt", "cm"):
+            for name in sorted(context.stored_names(prefix), key=lambda name: int(name[2:])):
+                seq = int(name[2:])
+                if not minbft.in_window(seq):
+                    context.erase(name)
+                    continue
+                self.load_record(prefix, self.slot(seq), context.load(name))
+        # A step cut after its own message was logged but before the records
+        # that follow it: the own log (what peers may have) is the truth.
+        for message, _ in minbft.own_log.values():
+            if type(message) is Prepare and message.view == minbft.view:
+                self.last_prepared = max(self.last_prepared, message.seq)
+            if type(message) is Commit and message.view == minbft.view and minbft.active \
+                    and minbft.in_window(message.seq):
+                slot = self.slot(message.seq)
+                slot.votes.setdefault(minbft.id, (message.view, message.digest,
+                                                  message.primary_ui.counter))
+                slot.commit_pending = False
+        for seq in sorted(minbft.slots):
+            self.check_committed(minbft.slots[seq])  # its votes may have come in before a crash
+
+    def load_record(self, prefix: str, slot: Slot, value: Any) -> None:
+        minbft = self.minbft
+        if prefix == "pp":
+            prepare = minbft.codec.decode_as(value, Prepare)
+            if prepare.view == minbft.view and minbft.active:
+                slot.take(prepare.view, prepare.digest, prepare.batch, prepare.ui.counter)
+                slot.votes[prepare.replica] = (prepare.view, prepare.digest, prepare.ui.counter)
+                slot.commit_pending = minbft.id not in slot.votes and not minbft.is_primary
+        elif prefix == "vt":
+            for replica, view, digest, key in value:
+                if int(view) == minbft.view:
+                    slot.votes.setdefault(int(replica), (int(view), bytes(digest), int(key)))
+            if minbft.id in slot.votes:
+                slot.commit_pending = False
+        else:
+            view, digest, batch = value
+            slot.take(int(view), bytes(digest), bytes(batch), slot.key)
+            slot.committed = True

@@ -1,0 +1,501 @@
+"""View changes: Veronese et al., IEEE TC 2013, section 4.4.
+
+A backup whose timer expires multicasts a signed REQ-VIEW-CHANGE(v+1) (no
+current-view field: a replica that lags behind must still be able to join).
+A replica holding requests (or VIEW-CHANGEs) from f+1 replicas for views
+above its own moves to the f+1-th highest: it stops taking messages of its
+view and multicasts a UI-certified VIEW-CHANGE(v', C, O): C is its own
+CHECKPOINT of its stable checkpoint with that checkpoint's certificate, O is
+every message its USIG certified since, with contiguous counters up to the
+VIEW-CHANGE's own (checked by every receiver): since each peer's messages are
+taken in counter order, whatever a replica committed before its VIEW-CHANGE is
+in O, and whatever it certified after it no longer counts in the old view.
+O is bounded by the checkpoint interval (nobody commits more than K above its
+own latest CHECKPOINT), not by the history (Hyperledger MinBFT's PR 246).
+
+The primary of v' with f+1 valid VIEW-CHANGEs computes the NEW-VIEW's header
+(:func:`choose`): the base is the newest checkpoint among them, and every
+number above it up to the highest any log shows gets the batch of the entry
+from the highest view (within a view, the lowest PREPARE counter: the first
+one a correct replica could have taken), or the null request. Receivers take
+the NEW-VIEW in the new primary's counter order, check every VIEW-CHANGE and
+recompute the header; they then *commit to the NEW-VIEW* (NEW-VIEW-COMMIT,
+UI-certified) and execute its numbers once f+1 replicas did (the NEW-VIEW
+counting as the primary's), before anything of the new view executes.
+PREPAREs of the new view continue above the header's last number.
+
+Timers: the VIEW-CHANGE is re-sent until the view starts; once f+1
+VIEW-CHANGEs for its view are in, a replica starts the new-view timer,
+doubled per view that fails in a row, and asks for the next view when it
+expires.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from msgspec.structs import replace
+
+from replicaio.protocols.minbft.messages import (
+    EMPTY_UI,
+    NULL_DIGEST,
+    Checkpoint,
+    Chosen,
+    Commit,
+    NewView,
+    NewViewCommit,
+    NewViewHeader,
+    Prepare,
+    ReqViewChange,
+    Status,
+    Stub,
+    ViewChange,
+    ViewStarted,
+    certified_digest,
+    digest_of,
+    prepare_header,
+    signed_request,
+    without_batches,
+)
+from replicaio.protocols.minbft.normal import Slot
+from replicaio.protocols.minbft.usig import UsigId, verify_ui_digest
+
+if TYPE_CHECKING:
+    from replicaio.protocols.minbft.minbft import Minbft
+
+Candidate = tuple[int, int, bytes]  # (view, key, digest): the highest view, then the lowest key
+
+
+class ViewChanges:
+    """Section 4.4 over the shared state of a :class:`Minbft`."""
+
+    def __init__(self, minbft: Minbft) -> None:
+        self.minbft = minbft
+        self.requests: dict[int, int] = {}  # replica -> the highest view it asked for
+        self.received: dict[int, ViewChange] = {}  # replica -> its VIEW-CHANGE for our view
+        self.own: ViewChange | None = None
+        self.new_view: NewView | None = None  # what started the current view
+        self.new_view_votes: set[int] = set()
+        self.last_active_view = 0
+        self.timer_view = -1
+        self.sent_new_view_for = -1
+
+    # -- asking and moving -----------------------------------------------------------------
+
+    def request(self, view: int) -> None:
+        """Ask to move to ``view`` (the backup's timer, or the new-view timer)."""
+        minbft = self.minbft
+        unsigned = ReqViewChange(view, minbft.id, b"")
+        request = replace(unsigned, signature=minbft.sign(signed_request(unsigned)))
+        self.requests[minbft.id] = max(view, self.requests.get(minbft.id, 0))
+        minbft.send_all(request)
+        self.check_requests()
+
+    def on_request(self, source: int, request: ReqViewChange) -> None:
+        minbft = self.minbft
+        if request.replica != source:
+            minbft.reject("request_forged")
+            return
+        if request.view <= minbft.view or request.view <= self.requests.get(source, 0):
+            return
+        if not minbft.context.verify(source, signed_request(request), request.signature):
+            minbft.reject("request_bad_signature")
+            return
+        self.requests[source] = request.view
+        self.check_requests()
+
+    def check_requests(self) -> None:
+        """f+1 replicas ask for views above ours: move to the highest view f+1
+        of them reach."""
+        minbft = self.minbft
+        views = sorted((view for view in self.requests.values() if view > minbft.view),
+                       reverse=True)
+        if len(views) >= minbft.quorum:
+            self.start(views[minbft.f])
+
+    def start(self, view: int) -> None:
+        """Move to ``view``: leave the current one, multicast a VIEW-CHANGE."""
+        minbft = self.minbft
+        assert view > minbft.view
+        if minbft.active:
+            self.last_active_view = minbft.view
+        minbft.view = view
+        minbft.active = False
+        minbft.save_view()
+        kept: dict[int, Slot] = {}
+        for seq, slot in minbft.slots.items():
+            if slot.committed:
+                kept[seq] = slot
+        minbft.slots = kept
+        minbft.normal.proposals.clear()
+        self.received = {
+            replica: vc for replica, vc in self.received.items() if vc.view == view
+        }
+        self.new_view = None
+        self.new_view_votes = set()
+        minbft.count("minbft_view_changes")
+        self.own = minbft.emit(self.build(view))
+        self.received[minbft.id] = self.own
+        self.announce()
+
+    def resume(self) -> None:
+        """After a restart in the middle of a view change: the VIEW-CHANGE sent
+        (from the own log) again, or a new one."""
+        minbft = self.minbft
+        self.last_active_view = max(self.last_active_view, minbft.view - 1)
+        for _, (message, _) in sorted(minbft.own_log.items(), reverse=True):
+            if type(message) is ViewChange and message.view == minbft.view:
+                self.own = message
+                break
+        if self.own is None:
+            self.own = minbft.emit(self.build(minbft.view))
+        self.received[minbft.id] = self.own
+        minbft.send_all(self.own)
+        self.announce()
+
+    def announce(self) -> None:
+        minbft = self.minbft
+        minbft.start_view_tasks([self.resend(minbft.view)])
+        self.check_quorum()
+
+    def build(self, view: int) -> ViewChange:
+        """VIEW-CHANGE(view, C, O) from this replica's own log."""
+        minbft = self.minbft
+        anchor = minbft.own_checkpoint
+        start = 1 if anchor is None else anchor.ui.counter + 1
+        log: list[Any] = []
+        batches: dict[bytes, bytes] = {}
+        for counter in sorted(minbft.own_log):
+            if counter < start:
+                continue
+            message, batch = minbft.own_log[counter]
+            kind = type(message)
+            if kind in (ViewChange, NewView):
+                log.append(Stub(certified_digest(message), message.ui))
+                continue
+            if kind is Commit:
+                batches[message.digest] = batch
+            log.append(message)
+        proof = minbft.anchor_proof if anchor is not None else ()
+        return ViewChange(view, minbft.id, anchor, proof, tuple(log),
+                          tuple(batches[digest] for digest in sorted(batches)), EMPTY_UI)
+
+    async def resend(self, view: int) -> None:
+        minbft = self.minbft
+        while True:
+            await minbft.context.sleep(minbft.params.view_change_resend_us)
+            if minbft.view != view or minbft.active:
+                return
+            if self.own is not None:
+                minbft.send_all(self.own)
+            own_request = self.requests.get(minbft.id, 0)
+            if own_request >= view:
+                unsigned = ReqViewChange(own_request, minbft.id, b"")
+                minbft.send_all(replace(unsigned,
+                                        signature=minbft.sign(signed_request(unsigned))))
+
+    async def new_view_timer(self, view: int) -> None:
+        minbft = self.minbft
+        attempt = max(0, view - self.last_active_view - 1)
+        exponent = min(attempt, minbft.params.view_change_backoff_exponent_max)
+        await minbft.context.sleep(minbft.params.view_change_timeout_us << exponent)
+        if minbft.view == view and not minbft.active:
+            minbft.count("minbft_new_view_timeouts")
+            self.request(view + 1)
+
+    # -- VIEW-CHANGE messages --------------------------------------------------------------
+
+    def on_view_change(self, view_change: ViewChange) -> None:
+        """A VIEW-CHANGE its author's stream admitted."""
+        minbft = self.minbft
+        replica = view_change.replica
+        if view_change.view > self.requests.get(replica, 0):
+            self.requests[replica] = view_change.view
+        reason = self.invalid_view_change(view_change, batches=True)
+        if reason is not None:
+            minbft.reject(reason)
+            return
+        if view_change.view == minbft.view and not minbft.active:
+            self.received[replica] = view_change
+            self.check_quorum()
+        elif view_change.view > minbft.view:
+            self.received[replica] = view_change  # for when this replica gets there
+            self.check_requests()
+
+    def check_quorum(self) -> None:
+        minbft = self.minbft
+        if minbft.active:
+            return
+        view = minbft.view
+        count = sum(1 for vc in self.received.values() if vc.view == view)
+        if count < minbft.quorum:
+            return
+        if self.timer_view != view:
+            self.timer_view = view
+            assert minbft.view_scope is not None
+            minbft.view_scope.spawn(self.new_view_timer(view), "minbft.new_view_timer")
+        if minbft.primary(view) == minbft.id and self.sent_new_view_for != view:
+            self.send_new_view(view)
+
+    def invalid_view_change(self, vc: ViewChange, *, batches: bool) -> str | None:
+        """Why ``vc`` is not a valid VIEW-CHANGE (None if it is)."""
+        minbft = self.minbft
+        if vc.view < 1:
+            return "view_change_view_zero"
+        anchor = vc.checkpoint
+        start = 1
+        if anchor is None:
+            if vc.proof:
+                return "view_change_proof_without_checkpoint"
+        else:
+            if anchor.replica != vc.replica or not minbft.verify_ui(vc.replica, anchor):
+                return "view_change_bad_checkpoint"
+            if not minbft.checkpoints.valid_certificate(anchor.seq, anchor.digest, vc.proof):
+                return "view_change_bad_certificate"
+            start = anchor.ui.counter + 1
+        if vc.ui.counter != start + len(vc.log) or (anchor is not None and \
+                anchor.ui.epoch != vc.ui.epoch):
+            return "view_change_log_not_contiguous"
+        usig = UsigId(vc.replica, vc.ui.epoch)
+        for offset, entry in enumerate(vc.log):
+            if entry.ui.counter != start + offset or entry.ui.epoch != vc.ui.epoch:
+                return "view_change_log_not_contiguous"
+            reason = self.invalid_entry(vc, entry, usig, batches=batches)
+            if reason is not None:
+                return reason
+        return None
+
+    def invalid_entry(self, vc: ViewChange, entry: Any, usig: UsigId, *,
+                      batches: bool) -> str | None:
+        minbft = self.minbft
+        kind = type(entry)
+        if kind is Stub:
+            ok = verify_ui_digest(minbft.scheme, entry.digest, entry.ui, usig)
+            return None if ok else "view_change_bad_stub"
+        if entry.replica != vc.replica or not minbft.verify_ui(vc.replica, entry):
+            return "view_change_bad_entry"
+        if kind is Prepare:
+            if minbft.primary(entry.view) != vc.replica:
+                return "view_change_prepare_not_primary"
+            if batches and digest_of(entry.batch) != entry.digest:
+                return "view_change_prepare_batch"
+        elif kind is Commit:
+            header = prepare_header(entry.view, entry.seq, entry.digest, minbft.primary(entry.view))
+            if not minbft.usig_verify(minbft.primary(entry.view), header, entry.primary_ui):
+                return "view_change_commit_bad_prepare"
+            if batches and not any(digest_of(batch) == entry.digest for batch in vc.batches):
+                return "view_change_commit_batch_missing"
+        elif kind is NewViewCommit:
+            header = entry.header
+            if not minbft.usig_verify(minbft.primary(header.view), header, entry.primary_ui):
+                return "view_change_new_view_commit_bad"
+        return None
+
+    # -- NEW-VIEW -----------------------------------------------------------------------------
+
+    def send_new_view(self, view: int) -> None:
+        minbft = self.minbft
+        view_changes = [self.received[replica] for replica in sorted(self.received)
+                        if self.received[replica].view == view]
+        header, batches = choose(minbft, view, view_changes)
+        if batches is None:
+            minbft.count("minbft_new_view_batch_missing")
+            return
+        self.sent_new_view_for = view
+        new_view = NewView(header, tuple(without_batches(vc) for vc in view_changes),
+                           tuple(batches), EMPTY_UI)
+        new_view = minbft.emit(new_view)
+        self.enter(new_view)
+
+    def invalid_new_view(self, new_view: NewView) -> str | None:
+        """Why a NEW-VIEW is not valid: its VIEW-CHANGEs, its header (recomputed)
+        and its batches are all checked."""
+        minbft = self.minbft
+        header = new_view.header
+        if header.view < 1 or header.replica != minbft.primary(header.view):
+            return "new_view_not_primary"
+        replicas = [vc.replica for vc in new_view.view_changes]
+        if len(set(replicas)) != len(replicas) or len(replicas) < minbft.quorum:
+            return "new_view_too_few_view_changes"
+        if replicas != sorted(replicas):
+            return "new_view_view_changes_unsorted"
+        for vc in new_view.view_changes:
+            if vc.view != header.view or not 0 <= vc.replica < minbft.n:
+                return "new_view_view_change_other_view"
+            if not minbft.verify_ui(vc.replica, vc):
+                return "new_view_view_change_bad_ui"
+            reason = self.invalid_view_change(vc, batches=False)
+            if reason is not None:
+                return "new_view_" + reason
+        expected, _ = choose(minbft, header.view, list(new_view.view_changes),
+                             need_batches=False)
+        if expected != header:
+            return "new_view_wrong_header"
+        wanted = [chosen.digest for chosen in header.chosen if chosen.digest != NULL_DIGEST]
+        if [digest_of(batch) for batch in new_view.batches] != wanted:
+            return "new_view_wrong_batches"
+        return None
+
+    def on_new_view(self, new_view: NewView) -> None:
+        """A valid NEW-VIEW its primary's stream admitted."""
+        minbft = self.minbft
+        view = new_view.header.view
+        if view < minbft.view or (view == minbft.view and minbft.active):
+            return
+        self.enter(new_view)
+
+    def enter(self, new_view: NewView) -> None:
+        """Start the NEW-VIEW's view: its numbers wait for f+1 commitments."""
+        minbft = self.minbft
+        header = new_view.header
+        if minbft.active:
+            self.last_active_view = minbft.view
+        minbft.view = header.view
+        minbft.active = True
+        minbft.context.persist("nv", minbft.encode(new_view))
+        minbft.save_view()
+        minbft.slots = {seq: slot for seq, slot in minbft.slots.items() if slot.committed}
+        self.new_view = new_view
+        self.new_view_votes = {minbft.primary(header.view)}
+        self.take_chosen(new_view)
+        minbft.context.output(ViewStarted(minbft.id, minbft.view, minbft.primary()))
+        minbft.count("minbft_views_started")
+        minbft.start_view_tasks(minbft.normal.tasks())
+        minbft.normal.last_prepared = max(
+            (chosen.seq for chosen in header.chosen), default=header.base)
+        # The primary commits to its own NEW-VIEW too: its VIEW-CHANGE logs then
+        # show the numbers the NEW-VIEW decided, like every other replica's.
+        minbft.emit(NewViewCommit(header, new_view.ui, minbft.id, EMPTY_UI))
+        self.new_view_votes.add(minbft.id)
+        minbft.context.persist("nvv", sorted(self.new_view_votes))
+        if header.base > minbft.stable_seq:
+            proof = self.base_proof(new_view)
+            if proof is not None:
+                minbft.checkpoints.on_certificate(header.base, header.base_digest, proof)
+        self.check_new_view_committed()
+        minbft.normal.on_view_started()
+
+    def take_chosen(self, new_view: NewView) -> None:
+        minbft = self.minbft
+        header = new_view.header
+        batches = iter(new_view.batches)
+        for chosen in header.chosen:
+            batch = b"" if chosen.digest == NULL_DIGEST else next(batches)
+            if not minbft.in_window(chosen.seq):
+                continue
+            slot = minbft.normal.slot(chosen.seq)
+            if slot.committed:
+                if slot.digest != chosen.digest:
+                    minbft.count("minbft_new_view_conflicts_executed")
+                continue
+            slot.take(header.view, chosen.digest, batch, -new_view.ui.counter)
+
+    def base_proof(self, new_view: NewView) -> tuple[Checkpoint, ...] | None:
+        for vc in new_view.view_changes:
+            if vc.checkpoint is not None and vc.checkpoint.seq == new_view.header.base:
+                return vc.proof
+        return None
+
+    def on_new_view_commit(self, commit: NewViewCommit) -> None:
+        minbft = self.minbft
+        new_view = self.new_view
+        if new_view is None or commit.header != new_view.header or not minbft.active:
+            minbft.reject("new_view_commit_other")
+            return
+        if commit.replica in self.new_view_votes:
+            return
+        self.new_view_votes.add(commit.replica)
+        minbft.context.persist("nvv", sorted(self.new_view_votes))
+        self.check_new_view_committed()
+
+    def check_new_view_committed(self) -> None:
+        minbft = self.minbft
+        new_view = self.new_view
+        if new_view is None or len(self.new_view_votes) < minbft.quorum:
+            return
+        key = -new_view.ui.counter
+        for chosen in new_view.header.chosen:
+            slot = minbft.slots.get(chosen.seq)
+            if slot is not None and not slot.committed and slot.key == key:
+                minbft.normal.commit(slot)
+
+    # -- status, recovery -----------------------------------------------------------------------
+
+    def on_status_tick(self) -> None:
+        minbft = self.minbft
+        own_request = self.requests.get(minbft.id, 0)
+        if minbft.active and own_request > minbft.view:
+            unsigned = ReqViewChange(own_request, minbft.id, b"")
+            minbft.send_all(replace(unsigned, signature=minbft.sign(signed_request(unsigned))))
+
+    def help_peer(self, source: int, status: Status) -> None:
+        """A peer behind in views learns of ours from our request."""
+        minbft = self.minbft
+        if status.view < minbft.view and minbft.view > 0:
+            unsigned = ReqViewChange(minbft.view, minbft.id, b"")
+            minbft.send(source, replace(unsigned, signature=minbft.sign(signed_request(unsigned))))
+
+    def load(self) -> None:
+        minbft = self.minbft
+        stored = minbft.context.load("nv")
+        if stored is None:
+            return
+        new_view = minbft.codec.decode_as(stored, NewView)
+        if new_view.header.view != minbft.view or not minbft.active:
+            return
+        self.new_view = new_view
+        self.last_active_view = minbft.view
+        votes = minbft.context.load("nvv") or []
+        self.new_view_votes = {int(vote) for vote in votes} | {minbft.primary()}
+
+
+def choose(minbft: Minbft, view: int, view_changes: list[ViewChange], *,
+           need_batches: bool = True) -> tuple[NewViewHeader, list[bytes] | None]:
+    """The NEW-VIEW header the VIEW-CHANGEs imply, and the batches it needs
+    (None if one is missing); deterministic in its arguments."""
+    base, base_digest = 0, b""
+    for vc in view_changes:
+        if vc.checkpoint is not None and vc.checkpoint.seq > base:
+            base, base_digest = vc.checkpoint.seq, vc.checkpoint.digest
+    limit = base + 4 * minbft.params.log_size
+    best: dict[int, Candidate] = {}
+    batches: dict[bytes, bytes] = {}
+
+    def offer(entry_view: int, seq: int, key: int, digest: bytes) -> None:
+        if not base < seq <= limit:
+            return
+        known = best.get(seq)
+        candidate = (entry_view, key, digest)
+        if known is None or (entry_view, -key) > (known[0], -known[1]):
+            best[seq] = candidate
+
+    for vc in view_changes:
+        for batch in vc.batches:
+            batches[digest_of(batch)] = batch
+        for entry in vc.log:
+            if isinstance(entry, Prepare):
+                offer(entry.view, entry.seq, entry.ui.counter, entry.digest)
+                if entry.batch:
+                    batches[entry.digest] = entry.batch
+            elif isinstance(entry, Commit):
+                offer(entry.view, entry.seq, entry.primary_ui.counter, entry.digest)
+            elif isinstance(entry, NewViewCommit):
+                for decided in entry.header.chosen:
+                    offer(entry.header.view, decided.seq, -1, decided.digest)
+    top = max(best, default=base)
+    chosen = tuple(
+        Chosen(seq, best[seq][2] if seq in best else NULL_DIGEST)
+        for seq in range(base + 1, top + 1)
+    )
+    header = NewViewHeader(view, minbft.primary(view), base, base_digest, chosen)
+    if not need_batches:
+        return header, None
+    needed: list[bytes] = []
+    for item in chosen:
+        if item.digest == NULL_DIGEST:
+            continue
+        found = batches.get(item.digest)
+        if found is None:
+            return header, None
+        needed.append(found)
+    return header, needed

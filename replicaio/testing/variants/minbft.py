@@ -1,0 +1,67 @@
+"""Broken variants of MinBFT, each a subclass replacing one part of :class:`Minbft`.
+
+:class:`~replicaio.protocols.minbft.minbft.Minbft` names its replaceable parts
+as class attributes (``normal_type``, ``checkpoints_type``,
+``view_changes_type``, ``usig_type``); a variant overrides one method of one
+part. See ``docs/minbft.md``, *Broken variants*, and
+``tests/test_minbft_variants.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replicaio.protocols.minbft.minbft import Minbft
+from replicaio.protocols.minbft.normal import NormalCase
+from replicaio.protocols.minbft.usig import UI, Usig, message_digest
+
+
+class CommitQuorumOffByOne(NormalCase):
+    """Commits on f matching commitments instead of f+1."""
+
+    def commit_quorum(self) -> int:
+        return max(1, self.minbft.f)
+
+
+class CounterWrittenAfterRelease(Usig):
+    """The USIG writes a counter value only when it gives out the next one: a
+    crash loses the last value it released, which it then gives to another
+    message (the trusted counter's one duty broken)."""
+
+    __slots__ = ()
+
+    def create_ui(self, message: bytes) -> UI:
+        self.store.save(self.identity.epoch, self.counter, self.last_digest)  # the previous
+        self.counter += 1
+        self.last_digest = message_digest(message)
+        return UI(self.identity.epoch, self.counter,
+                  self.scheme.certify(self.identity, self.counter, self.last_digest))
+
+    def reissue_last(self, message: bytes) -> UI | None:
+        return None
+
+
+class MinbftCommitOffByOne(Minbft):
+    normal_type = CommitQuorumOffByOne
+
+
+class MinbftUsigLateWrite(Minbft):
+    usig_type = CounterWrittenAfterRelease
+
+
+@dataclass(frozen=True, slots=True)
+class MinbftVariant:
+    name: str
+    minbft_type: type[Minbft]
+    summary: str
+
+
+MINBFT_VARIANTS: dict[str, MinbftVariant] = {
+    variant.name: variant
+    for variant in (
+        MinbftVariant("minbft-commit-off-by-one", MinbftCommitOffByOne,
+                      "executes on f matching commitments instead of f+1"),
+        MinbftVariant("minbft-usig-late-write", MinbftUsigLateWrite,
+                      "the USIG writes its counter after releasing the UI"),
+    )
+}
