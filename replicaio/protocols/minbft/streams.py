@@ -75,7 +75,7 @@ class PeerStream:
         which the receiver's state already covers: every PREPARE or COMMIT the
         peer certified before it is for a number at or below it). What the
         skipped messages said about views is unknown: the peer's PREPAREs and
-        COMMITs count again only for views above ``view`` that its stream
+        COMMITs count again only for views from ``view`` on that its stream
         enters after the resume (its VIEW-CHANGE, its NEW-VIEW)."""
         assert counter > self.next
         self.next = counter
@@ -84,7 +84,7 @@ class PeerStream:
         self.last_seq = 0
         self.last_checkpoint = checkpoint_seq - interval
         self.faulty_view = -1
-        self.resumed_below = view + 1
+        self.resumed_below = view
         self.held = {key: value for key, value in self.held.items() if key > counter}
         self.dirty = True
 
@@ -131,7 +131,8 @@ class PeerStream:
         if kind is Prepare:
             return self.admit_prepare(minbft, message)
         if kind is Commit:
-            if message.view != self.view or not 1 <= message.seq <= self.last_checkpoint + interval \
+            window = self.last_checkpoint + interval
+            if message.view != self.view or not 1 <= message.seq <= window \
                     or message.view < self.resumed_below:
                 minbft.reject("commit_out_of_stream")
                 return False
