@@ -332,6 +332,13 @@ def minbft_wire() -> ModuleType:
     return minbft_messages
 
 
+def minbft_of(protocol: Any) -> Minbft | None:
+    """The MinBFT replica inside a node's protocol (for the simulator's
+    adversary, which asks a Byzantine replica's own USIG for UIs)."""
+    ordering = getattr(protocol, "ordering", None)
+    return ordering if isinstance(ordering, Minbft) else None
+
+
 class MinbftSmrProtocol(SmrProtocol):
     """SMR over MinBFT, reporting the sizes of its buffers (``footprint``)."""
 

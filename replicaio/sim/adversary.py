@@ -66,6 +66,9 @@ class RunView:
         self.incarnations: list[int] = [0] * n
         self.knowledge: Knowledge | None = None
         self.knowledge_at = -POOL_REFRESH_US
+        # (node, storage key, value): a durable write of a Byzantine node's
+        # trusted component outside a step (``replicaio.sim.minbft_adversary``).
+        self.trusted_write: Callable[[int, str, bytes], None] | None = None
 
     def know(self) -> Knowledge:
         """What can be learned from the view now (rebuilt at most every

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
+import replicaio.sim.minbft_adversary  # registers MinBFT's behaviours
 import replicaio.sim.pbft_adversary  # noqa: F401  (registers PBFT's behaviours)
 from replicaio.check.broadcast import Violation
 from replicaio.check.history import (

@@ -190,6 +190,7 @@ class Simulator:
         self.view: RunView | None = None
         if any(node.strategy is not None for node in self.nodes):
             self.view = RunView(n, options.byzantine)
+            self.view.trusted_write = self.trusted_write
         self.footprint_max = footprint_bounds(self.factory, self.config)
         # The options' partitions and those a harness adds during the run.
         self.partitions: list[Partition] = list(options.partitions)
@@ -460,6 +461,14 @@ class Simulator:
                     rewritten = data if rewritten is message else codec.encode(rewritten)
                 transmit(source, target, rewritten)
         return encoded
+
+    def trusted_write(self, node_id: int, key: str, value: bytes) -> None:
+        """A Byzantine node's trusted component (MinBFT's USIG) writes durably
+        outside a step, when the adversary asks it for something: what it
+        gives out is as durable as what it gives the node (docs/minbft.md)."""
+        storage = self.nodes[node_id].storage
+        storage.put(key, value)
+        storage.sync()
 
     def attack(self, node: SimNode) -> None:
         """What the Byzantine ``node``'s strategy sends on its own after a step."""

@@ -1,0 +1,164 @@
+"""MinBFT's own Byzantine behaviours, registered with the adversary (docs/adversary.md).
+
+A Byzantine MinBFT replica controls everything but its USIG (the hybrid fault
+model, docs/minbft.md). These behaviours attack where MinBFT is subtle, and
+they get UIs the only way the model allows: by asking the replica's own USIG
+(:class:`UsigOracle`), which gives each request the next counter value and
+writes it durably first (``RunView.trusted_write``: the same durability as
+the replica's own requests, so a crash of the replica never lets it reuse a
+value). A message changed without asking keeps a UI made for other bytes,
+and every receiver drops it.
+
+* ``minbft_equivocate``: as primary, sends half of the backups another batch
+  at the same number, under a fresh UI (the USIG forces it onto another
+  counter: the honest PREPARE leaves a gap they wait at, and the lie, once
+  they take it in order, breaks the numbering: the view ends);
+* ``minbft_withhold``: drops each UI message to one victim with probability
+  1/2 (re-sent ones too): gaps the victim holds and asks for again;
+* ``minbft_selective``: sends its UI messages to half of the peers only
+  (re-sends included): the others are left behind, and resume or change views;
+* ``minbft_forge_log``: VIEW-CHANGEs whose log drops its last entries (and
+  NEW-VIEW-COMMITs and COMMITs alike), re-certified under a fresh UI: the
+  counters are no longer contiguous and receivers refuse them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from msgspec.structs import replace
+
+from replicaio.assembly import SERVICES, minbft_of, minbft_wire
+from replicaio.sim.adversary import RunView, Sends, Strategy, register_behaviour
+
+wire: Any = minbft_wire()
+MINBFT_FAMILY = tuple(name for name, spec in SERVICES.items() if spec.family == "minbft")
+LIES_MAX = 256
+
+
+class UsigOracle:
+    """A Byzantine replica's access to its own USIG: any message, the next
+    counter value, durably first; never a chosen value, never a certificate
+    for another replica."""
+
+    def __init__(self, node: int) -> None:
+        self.node = node
+
+    def certify(self, view: RunView | None, message: Any) -> Any | None:
+        """``message`` with a fresh UI of this replica's USIG (None if the
+        replica is down or has not started)."""
+        if view is None or view.trusted_write is None:
+            return None
+        core = view.cores[self.node]
+        minbft = None if core is None else minbft_of(core.protocol)
+        if core is None or minbft is None or minbft.usig is None:
+            return None
+        usig = minbft.usig
+        ui = usig.create_ui(wire.certified_bytes(message))
+        value = core.codec.encode_value((usig.identity.epoch, usig.counter, usig.last_digest))
+        view.trusted_write(self.node, minbft.context.key("usig"), value)
+        return replace(message, ui=ui)
+
+
+class MinbftStrategy(Strategy):
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.oracle = UsigOracle(node)
+        self.view: RunView | None = None
+
+    def attack(self, view: RunView) -> Sends:
+        self.view = view
+        return []
+
+
+class Equivocate(MinbftStrategy):
+    """Another batch at the same number, under a fresh UI, for half the backups."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        others = [peer for peer in range(n) if peer != node]
+        rng.shuffle(others)
+        self.lied_to = frozenset(others[: max(1, len(others) // 2)])
+        self.batches: list[bytes] = []
+        self.lies: dict[tuple[int, int], Any] = {}  # (view, seq) -> the lie told
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is not wire.Prepare or destination not in self.lied_to:
+            return [(destination, message)]
+        if message.batch and message.batch not in self.batches:
+            self.batches = [*self.batches[-31:], message.batch]
+        key = (message.view, message.seq)
+        lie = self.lies.get(key)
+        if lie is None:
+            others = [batch for batch in self.batches if batch != message.batch]
+            batch = self.rng.choice(others) if others else b""
+            lie = self.oracle.certify(self.view, replace(
+                message, batch=batch, digest=wire.digest_of(batch), ui=wire.EMPTY_UI))
+            if lie is None:
+                return [(destination, message)]
+            if len(self.lies) >= LIES_MAX:
+                self.lies.clear()
+            self.lies[key] = lie
+        return [(destination, lie)]
+
+
+def certified(message: Any) -> bool:
+    return type(message) in wire.UI_TYPES
+
+
+class Withhold(MinbftStrategy):
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.victim = rng.choice([peer for peer in range(n) if peer != node])
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if destination == self.victim and certified(message) and self.rng.random() < 0.5:
+            return []
+        return [(destination, message)]
+
+
+class Selective(MinbftStrategy):
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        others = [peer for peer in range(n) if peer != node]
+        rng.shuffle(others)
+        self.told = frozenset(others[: max(1, len(others) // 2)])
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if certified(message) and destination not in self.told:
+            return []
+        return [(destination, message)]
+
+
+class ForgeLog(MinbftStrategy):
+    """VIEW-CHANGEs that hide their newest entries, re-certified."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.forged: dict[int, Any] = {}  # view -> the forged VIEW-CHANGE
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is not wire.ViewChange or not message.log:
+            return [(destination, message)]
+        forged = self.forged.get(message.view)
+        if forged is None:
+            hidden = 1 + self.rng.randrange(len(message.log))
+            forged = self.oracle.certify(self.view, replace(
+                message, log=message.log[:-hidden], ui=wire.EMPTY_UI))
+            if forged is None:
+                return [(destination, message)]
+            if len(self.forged) >= LIES_MAX:
+                self.forged.clear()
+            self.forged[message.view] = forged
+        return [(destination, forged)]
+
+
+for _name, _factory, _summary, _weight in (
+    ("minbft_equivocate", Equivocate,
+     "as primary, another batch at one number for half, under a fresh UI", 0.3),
+    ("minbft_withhold", Withhold, "drop half the UI messages to one victim", 0.2),
+    ("minbft_selective", Selective, "UI messages to half of the peers only", 0.2),
+    ("minbft_forge_log", ForgeLog, "VIEW-CHANGE logs with entries hidden, re-certified", 0.3),
+):
+    register_behaviour(_name, _factory, _summary, protocols=MINBFT_FAMILY, weight=_weight)

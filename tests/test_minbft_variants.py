@@ -1,0 +1,41 @@
+"""Each broken MinBFT variant (``replicaio.testing.variants.minbft``) is caught
+by the agreement checker on a pinned seed of the default swarm (n=3, one
+Byzantine replica, every fault kind); the real protocol passes the same run.
+A quorum of f commitments lets two batches execute at one number; a USIG
+that writes its counter after releasing the UI gives one value to two
+messages after a crash (the trusted component's one duty)."""
+
+from __future__ import annotations
+
+import pytest
+
+from replicaio.assembly import SERVICES
+from replicaio.sim.kv_harness import KvWorkload, kv_options
+from replicaio.sim.simulator import Simulator
+from replicaio.testing.variants.minbft import MINBFT_VARIANTS
+
+ALL_FAULTS = ("crash", "partition", "loss", "dup", "reorder")
+PINNED: dict[str, int] = {  # variant -> the first seed its agreement breaks on
+    "minbft-commit-off-by-one": 1,
+    "minbft-usig-late-write": 12,
+}
+
+
+def properties_violated(protocol: str, seed: int) -> set[str]:
+    workload = KvWorkload(nemesis_every_us=2_000_000)
+    options = kv_options(seed, 3, ALL_FAULTS, workload, byzantine=1, adversary=None,
+                         protocol="minbft")
+    outcome = Simulator(protocol, options, f=1, record=False).run()
+    return {violation["property"] for violation in outcome.violations}
+
+
+def test_every_variant_is_pinned_and_registered() -> None:
+    assert set(PINNED) == set(MINBFT_VARIANTS)
+    for name in MINBFT_VARIANTS:
+        assert SERVICES[name].broken and SERVICES[name].family == "minbft"
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_the_swarm_catches_the_variant_and_passes_the_real_protocol(name: str) -> None:
+    assert "agreement" in properties_violated(name, PINNED[name])
+    assert properties_violated("minbft", PINNED[name]) == set()
