@@ -50,7 +50,7 @@ from replicaio.services.txn.protocol import TxnFactory, TxnNode
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import TxnStore
 from replicaio.smr.params import SmrConstants, SmrParams
-from replicaio.smr.protocol import SmrFactory, SmrProtocol
+from replicaio.smr.protocol import SmrFactory
 from replicaio.smr.replica import Replica
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
 from replicaio.testing.variants.minbft import MINBFT_VARIANTS
@@ -235,67 +235,31 @@ def pbft_checkers(config: ClusterConfig) -> list[Any]:
     return [PbftChecker(config.byzantine)]
 
 
-class PbftSmrProtocol(SmrProtocol):
-    """SMR over PBFT, reporting the sizes of its buffers (``footprint``)."""
-
-    def footprint(self) -> dict[str, int]:
-        ordering = self.ordering
-        assert isinstance(ordering, Pbft)
-        figures = self.replica.figures()
-        found = ordering.footprint()
-        for name in ("sessions", "pending", "waiting", "inflight", "reads_active",
-                     "applied_waiters"):
-            found[f"smr_{name}"] = figures[name]
-        return found
-
-
-class PbftFactory(SmrFactory):
-    """Builds PBFT + SMR + KV nodes, and declares their bounds (``footprint_max``)."""
-
-    def __init__(self, name: str, pbft_type: type[Pbft], pbft_params: PbftParams,
-                 smr_params: SmrParams, constants: SmrConstants) -> None:
-        super().__init__(
-            name, Resilience.BYZANTINE, lambda context: pbft_type(context, pbft_params),
-            KeyValueStateMachine, smr_params, ordering_path="pbft", constants=constants,
-        )
-        self.pbft_params = pbft_params
-
-    def __call__(self, context: Context) -> SmrProtocol:
-        state_machine = self.state_machine()
-        ordering = self.ordering(context.child(self.ordering_path))
-        assert self.authenticator is not None  # Byzantine: signed clients
-        return PbftSmrProtocol(
-            context, ordering, state_machine, self.params,
-            self.authenticator(context, self.params), (), self.constants,
-        )
-
-    def footprint_max(self, config: ClusterConfig) -> dict[str, int]:
-        """Every buffer within the watermarks or its named bound."""
-        pbft, smr, n = self.pbft_params, self.params, config.n
-        constants = self.constants
-        window = pbft.log_size
-        checkpoints = window // pbft.checkpoint_interval + 1
-        reads = smr.reads_pending_max
-        return {
-            "pbft_slots": window,
-            "pbft_prepared_proofs": window,
-            "pbft_relayed": pbft.relayed_max,
-            "pbft_barriers": pbft.barriers_max,
-            "pbft_proposals": pbft.proposals_max,
-            "pbft_checkpoint_votes": (checkpoints + 1) * n,
-            "pbft_snapshots": checkpoints,
-            "pbft_view_changes": 2 * n,
-            "smr_sessions": constants.sessions_max,
-            "smr_pending": smr.pending_max,
-            "smr_waiting": smr.waiting_max,
-            "smr_inflight": smr.batches_inflight_max,
-            "smr_reads_active": reads,
-            "smr_applied_waiters": reads,
-            "storage_keys": 3 * window + 16,
-            "tasks": reads + smr.batches_inflight_max + 16,
-            "timers": reads + smr.batches_inflight_max + 16,
-            "contexts": 8,
-        }
+def pbft_footprint_max(
+    pbft: PbftParams, smr: SmrParams, config: ClusterConfig
+) -> dict[str, int]:
+    """What PBFT may hold on top of SMR's own tables (the simulator's
+    bounded-memory check): every buffer within the watermarks or its named
+    bound; SMR's tables are declared by :meth:`SmrFactory.footprint_max`."""
+    n = config.n
+    window = pbft.log_size
+    checkpoints = window // pbft.checkpoint_interval + 1
+    reads = smr.reads_pending_max
+    return {
+        "pbft_slots": window,
+        "pbft_prepared_proofs": window,
+        "pbft_relayed": pbft.relayed_max,
+        "pbft_awaited": pbft.awaited_max,
+        "pbft_barriers": pbft.barriers_max,
+        "pbft_proposals": pbft.proposals_max,
+        "pbft_checkpoint_votes": (checkpoints + 1) * n,
+        "pbft_snapshots": checkpoints,
+        "pbft_view_changes": 2 * n,
+        "storage_keys": 3 * window + 16,
+        "tasks": reads + smr.batches_inflight_max + 16,
+        "timers": reads + smr.batches_inflight_max + 16,
+        "contexts": 8,
+    }
 
 
 def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
@@ -316,7 +280,16 @@ def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             {**parameters, "snapshot": interval}, interval,
             batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
         )
-        return PbftFactory(name, pbft_type, pbft_params, smr_params, constants)
+        return SmrFactory(
+            name,
+            Resilience.BYZANTINE,
+            lambda context: pbft_type(context, pbft_params),
+            KeyValueStateMachine,
+            smr_params,
+            ordering_path="pbft",
+            constants=constants,
+            ordering_footprint_max=functools.partial(pbft_footprint_max, pbft_params, smr_params),
+        )
 
     return build
 

@@ -63,6 +63,15 @@ class OrderingHandlers(Protocol):
         call it."""
         ...
 
+    def requests_of(self, batch: bytes) -> tuple[tuple[int, int], ...]:
+        """The ``(client, seq)`` of every request in ``batch`` (``()`` if it does
+        not decode as this cluster's batches). A Byzantine fault tolerant backup
+        that answered :meth:`Ordering.submit` with :class:`NotLeader` watches
+        these requests execute and suspects the primary when they do not
+        (PBFT's per-request timer, Castro and Liskov section 4.4): the ordering
+        cannot read SMR's batches itself. Pure."""
+        ...
+
 
 class Ordering(Protocol):
     """A total-order protocol under SMR. Implemented by Raft, later PBFT and

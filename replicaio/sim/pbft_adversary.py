@@ -13,6 +13,11 @@ and forcible by name (``--adversary pbft-equivocate``):
   prepares, commits and checkpoints: only the primary's role goes quiet);
 * ``pbft_censor``: as primary, replaces every batch of one client (the first
   seen) by a null request, re-signed: the other clients go on;
+* ``pbft_invalid_batch``: as primary, proposes (to every backup alike, signed)
+  batches no correct backup may prepare: a request with a forged
+  authenticator, one claiming another client, more requests than the cluster's
+  ``batch_requests_max``, or bytes that are no batch at all (section 4.2:
+  backups accept a PRE-PREPARE only for valid requests);
 * ``pbft_wrong_digest``: PREPAREs and COMMITs for a digest nobody proposed;
 * ``pbft_drop_prepared``: VIEW-CHANGEs with an empty P set (a lie by omission
   the signature cannot reveal: what the 2f+1 quorums are there for);
@@ -120,6 +125,56 @@ class Censor(PbftStrategy):
         return [(destination, message)]
 
 
+class InvalidBatch(PbftStrategy):
+    """Turns every client batch it proposes into one that must not be ordered."""
+
+    REQUESTS_OVER = 65  # above SmrConstants.batch_requests_max (64)
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.codec = Codec(frame_bytes_max=1 << 24)
+        self.lie: dict[tuple[int, int], Any] = {}  # (view, seq) -> the same lie for all
+        self.made = 0  # lies made: each kind in turn
+
+    def corrupt(self, batch: bytes) -> bytes | None:
+        try:
+            decoded = self.codec.decode(batch)
+        except DecodeError:
+            return None
+        if type(decoded) is not SignedBatch or not decoded.requests:
+            return None
+        first = decoded.requests[0]
+        kind = self.made % 4
+        self.made += 1
+        if kind == 0:  # a forged authenticator
+            forged = replace(first, authenticator=bytes(len(first.authenticator) or 16))
+            requests = (forged, *decoded.requests[1:])
+        elif kind == 1:  # another client's request under this one's authenticator
+            other = replace(first.request, client=first.request.client ^ 1)
+            requests = (replace(first, request=other), *decoded.requests[1:])
+        elif kind == 2:  # more requests than a batch may hold
+            requests = (first,) * self.REQUESTS_OVER
+        else:
+            return b"\x01not a batch" + batch[:32]
+        return self.codec.encode(replace(decoded, requests=requests))
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is not wire.PrePrepare or not message.batch:
+            return [(destination, message)]
+        key = (message.view, message.seq)
+        lie = self.lie.get(key)
+        if lie is None:
+            batch = self.corrupt(message.batch)
+            if batch is None:
+                return [(destination, message)]
+            if len(self.lie) >= REMEMBERED_MAX:
+                del self.lie[next(iter(self.lie))]
+            lie = self.lie[key] = self.signed(
+                replace(message, batch=batch, digest=wire.digest_of(batch))
+            )
+        return [(destination, lie)]
+
+
 class WrongDigest(PbftStrategy):
     def rewrite(self, destination: int, message: Any) -> Sends:
         if type(message) in (wire.Prepare, wire.Commit) and self.rng.random() < 0.7:
@@ -213,6 +268,8 @@ for _name, _factory, _summary, _weight in (
     ("pbft_equivocate", Equivocate, "as primary, another batch at one number for half", 0.3),
     ("pbft_silent_primary", SilentPrimary, "send no PRE-PREPARE and no NEW-VIEW", 0.2),
     ("pbft_censor", Censor, "as primary, null every batch of one client", 0.2),
+    ("pbft_invalid_batch", InvalidBatch, "as primary, batches with forged or too many requests",
+     0.2),
     ("pbft_wrong_digest", WrongDigest, "PREPARE and COMMIT for a wrong digest", 0.2),
     ("pbft_drop_prepared", DropPrepared, "VIEW-CHANGE with an empty P set", 0.3),
     ("pbft_inflate_prepared", InflatePrepared, "VIEW-CHANGE with forged prepared batches", 0.2),

@@ -595,6 +595,15 @@ class Replica:
                     return False
         return True
 
+    def requests_of(self, batch: bytes) -> tuple[tuple[int, int], ...]:
+        """``OrderingHandlers.requests_of``: who asked for what in ``batch``."""
+        decoded = self.decode_batch(batch)
+        if decoded is None:
+            return ()
+        if type(decoded) is SignedBatch:
+            return tuple((item.request.client, item.request.seq) for item in decoded.requests)
+        return tuple((request.client, request.seq) for request in decoded.requests)
+
     def execute(self, request: ClientRequest, index: int) -> None:
         """One request through the session table: at most once, whatever the retries."""
         client, seq = request.client, request.seq

@@ -68,6 +68,8 @@ class NormalCase:
         self.proposals: deque[bytes] = deque()  # primary: batches waiting for a number
         self.seq_next = 1  # primary: the next number to assign
         self.relay_ticks: dict[bytes, int] = {}  # relayed digest -> status ticks waited
+        # backup: client -> the request seq it waits to see executed (SMR relayed it)
+        self.awaited: dict[int, int] = {}
 
     # -- slots ------------------------------------------------------------------------
 
@@ -96,6 +98,9 @@ class NormalCase:
             self.proposals.clear()
             for batch in pbft.relayed.values():
                 pbft.send(pbft.primary(), Relay(batch))
+        # Requests relayed to an older primary are lost with it: the clients
+        # retry (to every replica), which arms the timer of this view again.
+        self.awaited.clear()
 
     # -- proposing (the primary) -------------------------------------------------------
 
@@ -121,6 +126,29 @@ class NormalCase:
         else:
             pbft.send(pbft.primary(), Relay(batch))
 
+    def await_requests(self, batch: bytes) -> None:
+        """A backup's clients' requests, relayed to the primary by SMR: watched
+        until they execute (a censoring primary is suspected, section 4.4)."""
+        pbft = self.pbft
+        handlers = pbft.handlers
+        assert handlers is not None
+        awaited = self.awaited
+        for client, seq in handlers.requests_of(batch):
+            if awaited.get(client, 0) >= seq:
+                continue
+            awaited.pop(client, None)  # the newest request of a client, last
+            if len(awaited) >= pbft.params.awaited_max:
+                del awaited[next(iter(awaited))]
+                pbft.count("bound_pbft_awaited_max")
+            awaited[client] = seq
+
+    def on_executed_requests(self, requests: tuple[tuple[int, int], ...]) -> None:
+        """A batch executed: stop waiting for its requests (and older ones)."""
+        awaited = self.awaited
+        for client, seq in requests:
+            if awaited.get(client, seq + 1) <= seq:
+                del awaited[client]
+
     def on_relay(self, source: int, relay: Relay) -> None:
         pbft = self.pbft
         if not pbft.active or not pbft.is_primary:
@@ -128,6 +156,11 @@ class NormalCase:
             return
         if len(relay.batch) > pbft.params.batch_bytes_max:
             pbft.reject("relay_oversized")
+            return
+        if not pbft.valid_batch(relay.batch):
+            # A faulty backup's: proposed, correct backups would refuse it and
+            # this (correct) primary would be suspected.
+            pbft.reject("relay_invalid_batch")
             return
         self.enqueue(relay.batch)
         self.assign()
@@ -190,6 +223,11 @@ class NormalCase:
                 pbft.count("pbft_primary_equivocation_seen")
                 return "pre_prepare_conflicting"
             return "pre_prepare_duplicate"
+        if not pbft.valid_batch(pre_prepare.batch):
+            # Signed by the primary: its fault. Not prepared, the batch never
+            # commits, and the backup's timer replaces the primary.
+            pbft.count("pbft_primary_invalid_batch_seen")
+            return "pre_prepare_invalid_batch"
         return None
 
     def on_pre_prepare(self, source: int, pre_prepare: PrePrepare) -> None:
@@ -328,15 +366,19 @@ class NormalCase:
         )
 
     async def watch_primary(self) -> None:
-        """Move to the next view when a batch this backup waits for (its own, or
-        one pre-prepared) is not executed within the timeout."""
+        """Move to the next view when what this backup waits for (its own barrier
+        batches, its clients' requests SMR relayed, or a batch pre-prepared) is
+        not executed within the timeout."""
         pbft = self.pbft
         while True:
             waited = set(pbft.relayed)
+            awaited = dict(self.awaited)
             executed = pbft.executed
             waiting = self.waiting_for_execution()
             await pbft.context.sleep(pbft.params.view_change_timeout_us)
-            still = any(digest in pbft.relayed for digest in waited)
+            still = any(digest in pbft.relayed for digest in waited) or any(
+                self.awaited.get(client) == seq for client, seq in awaited.items()
+            )
             if still or (waiting and pbft.executed == executed):
                 pbft.count("pbft_primary_suspected")
                 pbft.view_changes.start(pbft.view + 1)

@@ -67,6 +67,12 @@ from replicaio.protocols.pbft.view_change import ViewChanges
 # to SMR as an empty batch (section 5.1.3's read-only optimisation needs the
 # client library's 2f+1 replies; until then reads go through the order).
 BARRIER_MAGIC = b"\x00pbft-read-barrier\x00"
+BARRIER_BYTES = len(BARRIER_MAGIC) + struct.calcsize(">IQQ")
+
+
+def is_barrier(batch: bytes) -> bool:
+    """Whether ``batch`` is a read barrier (ordered, executed as nothing)."""
+    return len(batch) == BARRIER_BYTES and batch.startswith(BARRIER_MAGIC)
 RECORD_FRAME_BYTES_MAX = 1 << 28
 
 
@@ -101,6 +107,8 @@ class Pbft:
         self.relayed: dict[bytes, bytes] = {}  # own batches not yet executed: digest -> batch
         self.barriers: dict[bytes, Line[int]] = {}  # read barriers not yet executed
         self.barrier_next = 0
+        self.status_tick = 0  # status periods elapsed (this incarnation)
+        self.status_answered: dict[int, int] = {}  # peer -> the period its STATUS was answered
         self.handlers: OrderingHandlers | None = None
         self.view_scope: Scope | None = None
         self.started = False
@@ -172,13 +180,19 @@ class Pbft:
             self.view_changes.resume()
 
     def submit(self, batch: bytes) -> NotLeader | None:
-        """Order ``batch``: the primary assigns it a number; a backup relays it to
-        the primary and watches that it gets executed (ADR 0005)."""
+        """Order ``batch`` (ADR 0011): the primary assigns it a number (and the
+        primary of a view being started keeps it for then); a backup answers
+        ``NotLeader(primary)``, so SMR relays the *requests* to the primary (a
+        request multicast to every replica is ordered once), and watches them
+        execute: the per-request timer of section 4.4 (``normal.watch_primary``)."""
         if len(batch) > self.params.batch_bytes_max:
             self.count("pbft_submit_oversized")
             return None
-        self.normal.submit(batch)
-        return None
+        if self.is_primary:
+            self.normal.submit(batch)
+            return None
+        self.normal.await_requests(batch)
+        return NotLeader(self.primary())
 
     def read_barrier(self) -> Line[int] | NotLeader:
         """A line set to the number at which this replica's own barrier batch
@@ -190,6 +204,7 @@ class Pbft:
         number = self.barrier_next
         self.barrier_next += 1
         data = BARRIER_MAGIC + struct.pack(">IQQ", self.id, self.context.node.incarnation, number)
+        assert is_barrier(data)
         line: Line[int] = Line(self.context.node.scheduler, ("pbft.barrier", number))
         barriers[data] = line
         self.normal.submit(data)
@@ -202,6 +217,11 @@ class Pbft:
     @property
     def leader_hint(self) -> int:
         return self.primary()
+
+    @property
+    def view_hint(self) -> int:
+        """The view (``Views``): every reply carries it, with the primary."""
+        return self.view
 
     # -- messages ----------------------------------------------------------------
 
@@ -227,6 +247,17 @@ class Pbft:
         if type(node) is not int or not 0 <= node < self.n:
             return False
         return self.context.verify(node, signed_bytes(message), message.signature)
+
+    def valid_batch(self, batch: bytes) -> bool:
+        """Whether a batch another replica gives this one may be ordered (section
+        4.2: a backup accepts a PRE-PREPARE only if "the request is valid"): the
+        null request, a read barrier, or what SMR's ``validate_batch`` accepts
+        (decodes within the cluster constants, every request authentic)."""
+        if not batch or is_barrier(batch):
+            return True
+        handlers = self.handlers
+        assert handlers is not None
+        return handlers.validate_batch(batch)
 
     def reject(self, reason: str) -> None:
         """A peer's message dropped: counted, never asserted on."""
@@ -277,7 +308,9 @@ class Pbft:
         batch = pre_prepare.batch
         self.context.output(Executed(self.id, pre_prepare.view, seq, pre_prepare.digest))
         self.relayed.pop(pre_prepare.digest, None)
-        if batch.startswith(BARRIER_MAGIC):
+        if self.normal.awaited:
+            self.normal.on_executed_requests(handlers.requests_of(batch))
+        if is_barrier(batch):
             line = self.barriers.pop(batch, None)
             if line is not None:
                 line.set(seq)
@@ -291,6 +324,7 @@ class Pbft:
         is stuck; re-relay batches the primary has not ordered."""
         while True:
             await self.context.sleep(self.params.status_us)
+            self.status_tick += 1
             self.send_all(Status(self.view, self.active, self.stable_seq, self.executed, self.id))
             if self.active:
                 self.normal.retransmit_stalled()
@@ -300,6 +334,13 @@ class Pbft:
         if status.replica != source:
             self.reject("status_forged")
             return
+        # One answer per peer per status period: a STATUS costs its sender one
+        # message and may cost this replica 2f+1 and more, so a faulty peer that
+        # replays them must not turn that into a storm.
+        if self.status_answered.get(source) == self.status_tick:
+            self.count("pbft_status_throttled")
+            return
+        self.status_answered[source] = self.status_tick
         if status.stable_seq < self.stable_seq and self.stable_seq > 0:
             for checkpoint in self.stable_proof:  # signed: forwardable
                 self.send(source, checkpoint)
@@ -383,6 +424,7 @@ class Pbft:
             "pbft_slots": len(self.slots),
             "pbft_prepared_proofs": len(self.prepared_proofs),
             "pbft_relayed": len(self.relayed),
+            "pbft_awaited": len(self.normal.awaited),
             "pbft_barriers": len(self.barriers),
             "pbft_proposals": len(self.normal.proposals),
             "pbft_checkpoint_votes": self.checkpoints.votes_held(),

@@ -167,6 +167,9 @@ class RaftNode:
     def validate_batch(self, batch: bytes) -> bool:
         return True  # Raft trusts its leader's entries (crash faults only)
 
+    def requests_of(self, batch: bytes) -> tuple[tuple[int, int], ...]:
+        return ()  # Raft's followers do not watch the leader's requests
+
 
 class RaftNodeFactory:
     """A :class:`~replicaio.core.node.ProtocolFactory` for :class:`RaftNode`."""
