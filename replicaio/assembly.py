@@ -32,7 +32,6 @@ from typing import Any, Literal
 from replicaio.check.pbft import PbftChecker
 from replicaio.check.raft import RaftChecker
 from replicaio.core.config import ClusterConfig, Resilience
-from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
 from replicaio.core.node import ProtocolFactory
 from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, BroadcastSpec, Instances

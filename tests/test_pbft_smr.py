@@ -21,7 +21,8 @@ CLIENT = 1 << 40  # no harness client has this id
 def multicast(sim: object, time_us: int, seq: int) -> None:
     """At ``time_us``, one signed request of ``CLIENT`` to every replica."""
     codec = Codec()
-    data = codec.encode(KeyedClientSigner(codec, CLIENT).wrap(ClientRequest(CLIENT, seq, b"", False)))
+    request = ClientRequest(CLIENT, seq, b"", False)
+    data = codec.encode(KeyedClientSigner(codec, CLIENT).wrap(request))
 
     def send() -> None:
         for node in range(4):

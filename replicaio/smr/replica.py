@@ -602,6 +602,7 @@ class Replica:
             return ()
         if type(decoded) is SignedBatch:
             return tuple((item.request.client, item.request.seq) for item in decoded.requests)
+        assert type(decoded) is Batch
         return tuple((request.client, request.seq) for request in decoded.requests)
 
     def execute(self, request: ClientRequest, index: int) -> None:

@@ -418,6 +418,19 @@ class Pbft:
 
     # -- observation -------------------------------------------------------------------
 
+    def status(self) -> dict[str, int]:
+        """Read-only figures for metrics and ``INFO`` (``replicaio.services.kv.status``):
+        the view as ``term``, the primary as ``leader``."""
+        return {
+            "term": self.view,
+            "view": self.view,
+            "view_active": int(self.active),
+            "leader": self.primary(),
+            "is_leader": int(self.is_primary and self.active),
+            "commit_index": self.executed,
+            "snapshot_index": self.stable_seq,
+        }
+
     def footprint(self) -> dict[str, int]:
         """Sizes of every buffer (checked against ``footprint_max`` in simulation)."""
         return {
