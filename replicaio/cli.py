@@ -33,7 +33,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as distribution_version
@@ -747,7 +747,40 @@ def build_parser() -> argparse.ArgumentParser:
     from replicaio.runtime.status import add_status_command
 
     add_status_command(commands)
+    for node_parser in parsers_with_option(parser, "--byzantine"):
+        node_parser.set_defaults(byzantine_builder=live_byzantine)
     return finish_parser(parser)
+
+
+def parsers_with_option(parser: argparse.ArgumentParser, option: str) -> Iterator[Any]:
+    """``parser`` and its subcommands' parsers, those that take ``option``."""
+    if option in parser._option_string_actions:
+        yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from parsers_with_option(sub, option)
+
+
+def live_byzantine(mix: str, cluster: Any, node_id: int) -> Callable[[int, Any], list[Any]]:
+    """``replicaio node --byzantine MIX``: the simulator's adversary behaviours
+    (``replicaio.sim.adversary``, ``replicaio.sim.pbft_adversary``) rewriting a
+    live node's messages. Behaviours that re-sign sign with the node's own key
+    (it holds no other). Only ``rewrite`` runs live: what a behaviour would send
+    on its own (``attack``) needs the simulator's view of the run."""
+    import replicaio.sim.pbft_adversary  # noqa: F401  (registers the PBFT behaviours)
+    from replicaio.sim.adversary import BEHAVIOURS, Composite, build_strategy
+
+    unknown = [name for name in mix.split("+") if name not in BEHAVIOURS]
+    if unknown:
+        known = ", ".join(sorted(BEHAVIOURS))
+        raise UsageError(f"unknown behaviour {unknown[0]!r}; known: {known}")
+    strategy = build_strategy(mix, node_id, cluster.n, int.from_bytes(os.urandom(4), "big"))
+    parts = strategy.parts if isinstance(strategy, Composite) else [strategy]
+    for part in parts:
+        if hasattr(part, "signer"):
+            part.signer = cluster.signer(node_id)
+    return strategy.rewrite
 
 
 def main(argv: Sequence[str] | None = None) -> int:

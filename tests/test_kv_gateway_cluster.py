@@ -33,6 +33,7 @@ from test_kv_service_cluster import (
     SECTIONS,
     Workload,
     connect,
+    runtime_counters,
     send_and_close,
 )
 
@@ -193,6 +194,45 @@ def test_redis_clients_through_the_gateway_survive_kill_9_of_the_primary(
     artifacts.mkdir(exist_ok=True)
     path = artifacts / "kv-gateway-pbft-primary-kill-history.jsonl"
     dump_history(operations, path)
+    result = check_linearizable(operations, time_budget_s=120)
+    assert result.linearizable is True, result.describe()[:2000]
+
+
+@pytest.mark.parametrize(("node", "behaviour"), [
+    (0, "pbft_invalid_batch"),  # the primary of view 0: must be replaced
+    (2, "pbft_wrong_digest+pbft_forge_checkpoint+pbft_drop_prepared"),  # a lying backup
+])
+def test_a_live_byzantine_replica_does_not_stop_correct_answers(
+    tmp_path: Path, node: int, behaviour: str
+) -> None:
+    """``replicaio node --byzantine``: one replica runs the simulator's PBFT
+    behaviours on its real messages (signed with its own Ed25519 key); clients
+    through the gateway keep getting answers, and the history is linearizable."""
+    cluster = LocalCluster(tmp_path / "cluster", protocol="pbft", nodes=4, sections=SECTIONS,
+                           auth="ed25519", metrics=True)
+    gateway: Gateway | None = None
+    try:
+        for replica in range(4):
+            cluster.start(replica, byzantine=behaviour if replica == node else None)
+        cluster.wait_ready(range(4))
+        gateway = Gateway(cluster, tmp_path / "gateway.log")
+        workload = GatewayWorkload(cluster, 4, gateway.port)
+        workload.start()
+        try:
+            wait_for_progress(workload, 60)
+        finally:
+            workload.finish()
+        views = [int(replication(cluster, replica)["term"]) for replica in range(4)
+                 if replica != node]
+        lies = runtime_counters(cluster, node).get("byzantine_sends", 0)
+    finally:
+        if gateway is not None:
+            gateway.close()
+        cluster.close()
+    assert lies > 0
+    if node == 0:
+        assert min(views) >= 1, views  # the faulty primary was replaced
+    operations = workload.recorder.operations()
     result = check_linearizable(operations, time_budget_s=120)
     assert result.linearizable is True, result.describe()[:2000]
 

@@ -57,6 +57,11 @@ def add_node_arguments(node: argparse.ArgumentParser) -> None:
     node.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     node.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                       help="event loop (auto: uvloop when installed)")
+    node.add_argument("--byzantine", default=None, metavar="BEHAVIOUR[+BEHAVIOUR]",
+                      help="run this node as a faulty replica: the simulator's adversary "
+                      "behaviours (`replicaio protocols --json` lists them; e.g. "
+                      "pbft_equivocate, pbft_silent_primary, pbft_invalid_batch) rewrite every "
+                      "message it sends, signed with its own key (tests and demos)")
     node.add_argument("--join", action="store_true",
                       help="this node starts on a new, empty disk replacing a lost one (Raft: "
                       "it does not vote until it caught up; only matters on a blank disk)")
@@ -125,8 +130,15 @@ def command_node(args: argparse.Namespace) -> int:
     cluster.node(args.id)
     if getattr(args, "join", False):
         cluster = joining(cluster)
+    outgoing = None
+    if getattr(args, "byzantine", None):
+        # The cli wires the simulator's behaviours in (runtime does not import sim).
+        build = getattr(args, "byzantine_builder", None)
+        if build is None:
+            raise UsageError("--byzantine is not available from this entry point")
+        outgoing = build(args.byzantine, cluster, args.id)
     try:
-        run_node(cluster, args.id, event_log=args.event_log, loop=args.loop)
+        run_node(cluster, args.id, event_log=args.event_log, loop=args.loop, outgoing=outgoing)
     except StorageError as error:
         print(f"replicaio: error: node {args.id} cannot open its storage: {error}",
               file=sys.stderr)

@@ -70,6 +70,8 @@ from replicaio.trace.eventlog import Choice, EventLogWriter, encode_effects, enc
 
 RECEIVE, TIMER, REQUEST, STOP = range(4)
 T = TypeVar("T")
+# A live Byzantine node's behaviour: (destination, honest message) -> what leaves.
+Outgoing = Callable[[int, Any], "list[tuple[int, Any]]"]
 
 logger = logging.getLogger("replicaio.host")
 
@@ -106,9 +108,17 @@ class NodeHost:
     """Runs node ``node_id`` of ``cluster``; see the module docstring."""
 
     def __init__(
-        self, cluster: ClusterFile, node_id: int, *, event_log: str | Path | None = None
+        self,
+        cluster: ClusterFile,
+        node_id: int,
+        *,
+        event_log: str | Path | None = None,
+        outgoing: Outgoing | None = None,
     ) -> None:
         self.cluster = cluster
+        # A live Byzantine replica (tests, demos): what actually leaves for whom
+        # instead of each honest message (``replicaio node --byzantine``).
+        self.outgoing = outgoing
         self.entry = cluster.node(node_id)
         self.node_id = node_id
         self.params = cluster.host
@@ -392,10 +402,13 @@ class NodeHost:
                 storage.put(key, value)
         encode = self.codec.encode
         encoded = [encode(message) for _, message in effects.sends]
-        sends.extend(
-            (destination, data)
-            for (destination, _), data in zip(effects.sends, encoded, strict=True)
-        )
+        if self.outgoing is None:
+            sends.extend(
+                (destination, data)
+                for (destination, _), data in zip(effects.sends, encoded, strict=True)
+            )
+        else:
+            self.rewrite_sends(effects.sends, sends)
         for timer_id in effects.timers_cancelled:
             self.cancel_timer(timer_id)
         for timer_id, delay_us in effects.timers_set:
@@ -411,6 +424,22 @@ class NodeHost:
                 encode_effects(self.codec, effects, encoded),
             )
         return bool(effects.persists)
+
+    def rewrite_sends(
+        self, honest: list[tuple[int, Any]], sends: list[tuple[int, bytes]]
+    ) -> None:
+        """A Byzantine node: what its behaviour sends instead of ``honest`` (the
+        event log keeps the honest effects: replay re-executes the core)."""
+        outgoing = self.outgoing
+        assert outgoing is not None
+        n = self.cluster.n
+        for destination, message in honest:
+            for target, rewritten in outgoing(destination, message):
+                if target == self.node_id or not 0 <= target < n:
+                    continue
+                data = rewritten if isinstance(rewritten, bytes) else self.codec.encode(rewritten)
+                sends.append((target, data))
+                self.counters.count("byzantine_sends")
 
     async def sync(self, storage: FileStorage) -> None:
         started = time.perf_counter()
@@ -495,12 +524,13 @@ def run_node(
     *,
     event_log: str | Path | None = None,
     loop: str = "auto",
+    outgoing: Outgoing | None = None,
 ) -> None:
     """Run one node until SIGTERM or SIGINT (the ``replicaio node`` command)."""
     import signal
 
     async def main() -> None:
-        host = NodeHost(cluster, node_id, event_log=event_log)
+        host = NodeHost(cluster, node_id, event_log=event_log, outgoing=outgoing)
         running = asyncio.get_running_loop()
         for number in (signal.SIGTERM, signal.SIGINT):
             running.add_signal_handler(number, host.stop)

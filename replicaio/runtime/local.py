@@ -129,8 +129,11 @@ class LocalCluster:
     def stderr_log(self, node_id: int, run: int) -> Path:
         return self.directory / f"node-{node_id}.run-{run}.log"
 
-    def start(self, node_id: int, *, join: bool = False) -> subprocess.Popen[bytes]:
-        """Start node ``node_id`` (``join``: on a new disk replacing a lost one)."""
+    def start(
+        self, node_id: int, *, join: bool = False, byzantine: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start node ``node_id`` (``join``: on a new disk replacing a lost one;
+        ``byzantine``: as a faulty replica with these adversary behaviours)."""
         assert node_id not in self.processes, f"node {node_id} is running"
         self.runs[node_id] += 1
         run = self.runs[node_id]
@@ -141,6 +144,8 @@ class LocalCluster:
         ]
         if join:
             command.append("--join")
+        if byzantine is not None:
+            command.extend(("--byzantine", byzantine))
         with open(self.stderr_log(node_id, run), "wb") as output:
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT

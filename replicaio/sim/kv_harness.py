@@ -517,7 +517,7 @@ class KvHarness:
             self.figures.redirects += 1
             if not output.forwarded:  # a refused forward may still run elsewhere
                 client.refusals += 1
-            if output.leader >= 0:
+            if 0 <= output.leader < self.config.n:  # a hint: never trusted blindly
                 client.target = output.leader
                 self.retry_later(client, 0)
             else:

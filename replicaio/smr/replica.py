@@ -520,6 +520,8 @@ class Replica:
         # Not Rejected: another copy of the Forward (duplicated or delayed by
         # the network) may still be taken by a leader, so the request may run.
         leader = refused.leader if refused.reason == "not_leader" else -1
+        if not 0 <= leader < self.context.n:
+            leader = -1  # a faulty peer's hint (ids out of range): none
         self.redirect(refused.client, refused.seq, leader, forwarded=True)
 
     # -- apply -----------------------------------------------------------------------------

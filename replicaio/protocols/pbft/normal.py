@@ -105,8 +105,8 @@ class NormalCase:
     # -- proposing (the primary) -------------------------------------------------------
 
     def submit(self, batch: bytes) -> None:
-        """A batch of this replica's clients: kept until executed, queued on the
-        primary, relayed by a backup."""
+        """A batch of this replica's own (a read barrier): kept until executed,
+        queued on the primary, relayed by a backup, re-relayed after a view change."""
         pbft = self.pbft
         digest = digest_of(batch)
         relayed = pbft.relayed
@@ -125,6 +125,13 @@ class NormalCase:
             self.assign()
         else:
             pbft.send(pbft.primary(), Relay(batch))
+
+    def propose(self, batch: bytes) -> None:
+        """A batch of this primary's SMR: numbered while the window allows."""
+        pbft = self.pbft
+        assert pbft.active and pbft.is_primary
+        self.enqueue(batch)
+        self.assign()
 
     def await_requests(self, batch: bytes) -> None:
         """A backup's clients' requests, relayed to the primary by SMR: watched
@@ -376,13 +383,22 @@ class NormalCase:
             executed = pbft.executed
             waiting = self.waiting_for_execution()
             await pbft.context.sleep(pbft.params.view_change_timeout_us)
-            still = any(digest in pbft.relayed for digest in waited) or any(
-                self.awaited.get(client) == seq for client, seq in awaited.items()
-            )
-            if still or (waiting and pbft.executed == executed):
+            cause = self.suspicion(waited, awaited, waiting and pbft.executed == executed)
+            if cause is not None:
                 pbft.count("pbft_primary_suspected")
+                pbft.count(f"pbft_primary_suspected_{cause}")
                 pbft.view_changes.start(pbft.view + 1)
                 return
+
+    def suspicion(
+        self, waited: set[bytes], awaited: dict[int, int], stalled: bool
+    ) -> str | None:
+        """Why the primary is suspected after a timeout (``None``: it is not)."""
+        if any(digest in self.pbft.relayed for digest in waited):
+            return "relayed"
+        if any(self.awaited.get(client) == seq for client, seq in awaited.items()):
+            return "requests"
+        return "stalled" if stalled else None
 
     # -- retransmission ------------------------------------------------------------------------
 

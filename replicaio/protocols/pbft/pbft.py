@@ -180,18 +180,22 @@ class Pbft:
             self.view_changes.resume()
 
     def submit(self, batch: bytes) -> NotLeader | None:
-        """Order ``batch`` (ADR 0011): the primary assigns it a number (and the
-        primary of a view being started keeps it for then); a backup answers
+        """Order ``batch`` (ADR 0011): the primary of an active view assigns it a
+        number (it is not kept beyond the view: clients retry); a backup answers
         ``NotLeader(primary)``, so SMR relays the *requests* to the primary (a
         request multicast to every replica is ordered once), and watches them
         execute: the per-request timer of section 4.4 (``normal.watch_primary``)."""
         if len(batch) > self.params.batch_bytes_max:
             self.count("pbft_submit_oversized")
             return None
-        if self.is_primary:
-            self.normal.submit(batch)
+        if self.active and self.is_primary:
+            self.normal.propose(batch)
             return None
-        self.normal.await_requests(batch)
+        if self.active:
+            self.normal.await_requests(batch)
+        # Changing views: the requests wait in SMR for the view to start (the
+        # primary-to-be takes no batch it would have to keep across a failed view
+        # change; its clients retry, as the paper's do).
         return NotLeader(self.primary())
 
     def read_barrier(self) -> Line[int] | NotLeader:
