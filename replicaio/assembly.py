@@ -311,68 +311,31 @@ def minbft_of(protocol: Any) -> Minbft | None:
     return ordering if isinstance(ordering, Minbft) else None
 
 
-class MinbftSmrProtocol(SmrProtocol):
-    """SMR over MinBFT, reporting the sizes of its buffers (``footprint``)."""
-
-    def footprint(self) -> dict[str, int]:
-        ordering = self.ordering
-        assert isinstance(ordering, Minbft)
-        figures = self.replica.figures()
-        found = ordering.footprint()
-        for name in ("sessions", "pending", "waiting", "inflight", "reads_active",
-                     "applied_waiters"):
-            found[f"smr_{name}"] = figures[name]
-        return found
-
-
-class MinbftFactory(SmrFactory):
-    """Builds MinBFT + SMR + KV nodes (n >= 2f+1, a USIG per replica), and
-    declares their bounds (``footprint_max``)."""
-
-    def __init__(self, name: str, minbft_type: type[Minbft], minbft_params: MinbftParams,
-                 smr_params: SmrParams, constants: SmrConstants) -> None:
-        super().__init__(
-            name, Resilience.BYZANTINE_TRUSTED,
-            lambda context: minbft_type(context, minbft_params),
-            KeyValueStateMachine, smr_params, ordering_path="minbft", constants=constants,
-        )
-        self.minbft_params = minbft_params
-
-    def __call__(self, context: Context) -> SmrProtocol:
-        ordering = self.ordering(context.child(self.ordering_path))
-        assert self.authenticator is not None  # Byzantine: signed clients
-        return MinbftSmrProtocol(
-            context, ordering, self.state_machine(), self.params,
-            self.authenticator(context, self.params), (), self.constants,
-        )
-
-    def footprint_max(self, config: ClusterConfig) -> dict[str, int]:
-        minbft, smr, n = self.minbft_params, self.params, config.n
-        window = minbft.log_size
-        checkpoints = window // minbft.checkpoint_interval + 1
-        reads = smr.reads_pending_max
-        return {
-            "minbft_slots": window,
-            "minbft_relayed": minbft.relayed_max,
-            "minbft_barriers": minbft.barriers_max,
-            "minbft_proposals": minbft.proposals_max,
-            "minbft_held": minbft.held_max * n,
-            "minbft_own_log": 4 * window + 16,
-            "minbft_checkpoint_votes": (checkpoints + 1) * n,
-            "minbft_snapshots": checkpoints,
-            "minbft_view_changes": n,
-            "minbft_requests": n,
-            "smr_sessions": self.constants.sessions_max,
-            "smr_pending": smr.pending_max,
-            "smr_waiting": smr.waiting_max,
-            "smr_inflight": smr.batches_inflight_max,
-            "smr_reads_active": reads,
-            "smr_applied_waiters": reads,
-            "storage_keys": 8 * window + 4 * n + 32,
-            "tasks": reads + smr.batches_inflight_max + 16,
-            "timers": reads + smr.batches_inflight_max + 16,
-            "contexts": 8,
-        }
+def minbft_footprint_max(
+    minbft: MinbftParams, smr: SmrParams, config: ClusterConfig
+) -> dict[str, int]:
+    """What MinBFT may hold on top of SMR's own tables (declared by
+    :meth:`SmrFactory.footprint_max`): every buffer within its window or bound."""
+    n = config.n
+    window = minbft.log_size
+    checkpoints = window // minbft.checkpoint_interval + 1
+    reads = smr.reads_pending_max
+    return {
+        "minbft_slots": window,
+        "minbft_relayed": minbft.relayed_max,
+        "minbft_barriers": minbft.barriers_max,
+        "minbft_proposals": minbft.proposals_max,
+        "minbft_held": minbft.held_max * n,
+        "minbft_own_log": 4 * window + 16,
+        "minbft_checkpoint_votes": (checkpoints + 1) * n,
+        "minbft_snapshots": checkpoints,
+        "minbft_view_changes": n,
+        "minbft_requests": n,
+        "storage_keys": 8 * window + 4 * n + 32,
+        "tasks": reads + smr.batches_inflight_max + 16,
+        "timers": reads + smr.batches_inflight_max + 16,
+        "contexts": 8,
+    }
 
 
 def build_minbft(variant: str = "") -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
@@ -394,7 +357,18 @@ def build_minbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protoc
             {**parameters, "snapshot": interval}, interval,
             batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
         )
-        return MinbftFactory(name, minbft_type, minbft_params, smr_params, constants)
+        return SmrFactory(
+            name,
+            Resilience.BYZANTINE_TRUSTED,
+            lambda context: minbft_type(context, minbft_params),
+            KeyValueStateMachine,
+            smr_params,
+            ordering_path="minbft",
+            constants=constants,
+            ordering_footprint_max=functools.partial(
+                minbft_footprint_max, minbft_params, smr_params
+            ),
+        )
 
     return build
 
