@@ -45,6 +45,7 @@ from replicaio.protocols.raft.messages import BecameLeader, ConfigChanged, RaftA
 from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft
 from replicaio.services.kv.state_machine import KeyValueStateMachine
+from replicaio.services.txn.kv_store import KvTxnStore
 from replicaio.services.txn.protocol import TxnFactory, TxnNode
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import TxnStore
@@ -464,6 +465,10 @@ def build_transactional(spec: TransactionalSpec, name: str,
 TRANSACTIONAL: dict[str, TransactionalSpec] = {
     "txn": TransactionalSpec(
         "txn", "atomic transactions across G Raft groups (txn:groups=G), keys by hash slot"),
+    "txn-kv": TransactionalSpec(
+        "txn-kv", "a sharded Redis store: G Raft groups (txn-kv:groups=G), keys by hash "
+        "slot, MULTI/EXEC across groups by the transaction protocol",
+        store_type=KvTxnStore),
     "txn-pbft": TransactionalSpec(
         "txn-pbft", "atomic transactions across G PBFT groups (crash faults only: a node "
         "trusts its own replica's answers), keys by hash slot",

@@ -47,6 +47,9 @@ from replicaio.smr.auth import (
 )
 from replicaio.smr.protocol import SmrFactory, SmrProtocol
 
+# In a client id this node vouches for, the bit of its client front's ids (its
+# in-node callers' counters stay below it): their replies are output.
+FRONT_CLIENT_BIT: Final = 1 << (NODE_CLIENT_COUNTER_BITS - 1)
 GIVE_UP_REASONS: Final = frozenset({"stale_seq", "session_expired", "bad_request", "too_large"})
 
 
@@ -128,8 +131,9 @@ class GroupCaller:
                 return
             node = self.context.node
             owner = vouching_node(value.client) if type(value) in (Reply, Rejected) else None
-            if owner is not None:
-                return  # another node's in-node call, answered by every replica: not ours
+            if owner is not None and (owner != self.context.id
+                                      or not value.client & FRONT_CLIENT_BIT):
+                return  # another node's call, or a late answer to one of ours: not output
             node.effects.outputs.append(GroupOutput(group, node.codec.encode(value)))
 
         return on_output
@@ -144,7 +148,7 @@ class GroupCaller:
             if self.live[group] < self.params.callers_max:
                 self.live[group] += 1
                 self.minted[group] += 1
-                client = self.base + (self.minted[group] & ((1 << NODE_CLIENT_COUNTER_BITS) - 1))
+                client = self.base + (self.minted[group] % FRONT_CLIENT_BIT)
                 if await self.attempts(group, ClientRequest(client, 1, b"", False)) is None:
                     self.live[group] -= 1
                     continue

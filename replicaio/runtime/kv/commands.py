@@ -54,6 +54,7 @@ from replicaio.runtime.commands import (
 from replicaio.runtime.config import ClusterFile, load_cluster_file, render_cluster_file
 
 PROBE_KEY = b"replicaio:kv-up-probe"
+SHARDED_PROTOCOL = "txn-kv"  # kv up --groups G: txn-kv:groups=G
 DEFAULT_BASE_PORT = 7000
 DEFAULT_HOST = "127.0.0.1"
 
@@ -68,6 +69,9 @@ def add_kv_commands(commands: Any) -> None:
                     help="RESP on P+1..P+N, peers P+N+1.., metrics P+2N+1.. (default 7000)")
     up.add_argument("--data-dir", required=True)
     up.add_argument("--protocol", default="raft", help="a replicated service (default: raft)")
+    up.add_argument("--groups", type=positive_int, default=None, metavar="G",
+                    help="G replicated groups, keys by hash slot, MULTI/EXEC across them "
+                    "(protocol txn-kv:groups=G; every node hosts a replica of each group)")
     up.add_argument("--host", default=None, help="address every node binds (default 127.0.0.1)")
     up.add_argument("--auth", choices=("hmac", "ed25519"), default=None,
                     help="node keys (default: ed25519 for Byzantine fault tolerant protocols, "
@@ -129,6 +133,10 @@ def command_kv_up(args: argparse.Namespace) -> int:
 
     if service_spec(args.protocol) is None:
         raise UsageError(f"--protocol {args.protocol!r} is not a replicated service (try raft)")
+    if args.groups is not None:
+        if args.protocol != "raft":
+            raise UsageError("--groups runs Raft groups (--protocol raft)")
+        args.protocol = f"{SHARDED_PROTOCOL}:groups={args.groups}"
     directory = Path(args.data_dir).resolve()
     if args.node is not None:
         return start_one_node(directory, args)
@@ -143,7 +151,7 @@ def command_kv_up(args: argparse.Namespace) -> int:
     cluster = load_cluster_file(config_path)
     if (
         cluster.n != args.nodes
-        or cluster.protocol.partition(":")[0] != args.protocol
+        or cluster.protocol != args.protocol
         or cluster.host.client_service != "resp"
     ):
         raise UsageError(
@@ -236,9 +244,13 @@ def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
     host_section: dict[str, Any] = {"client_service": "resp"}
     if args.no_fsync:
         host_section["fsync"] = False
+    sections: dict[str, dict[str, Any]] = {"host": host_section}
+    groups = getattr(args, "groups", None)
+    if groups is not None:  # the slot map: G groups sharing the slots evenly
+        sections["protocol.params"] = {"groups": groups}
     text = render_cluster_file(
-        protocol=args.protocol, nodes=nodes, auth=auth,
-        secret_file=SECRET_FILE if auth == "hmac" else None, sections={"host": host_section},
+        protocol=args.protocol.partition(":")[0], nodes=nodes, auth=auth,
+        secret_file=SECRET_FILE if auth == "hmac" else None, sections=sections,
     )
     (directory / CLUSTER_FILE).write_text(text)
 
@@ -325,15 +337,38 @@ def wait_until_serving(
                    deadline):
             return exited() or f"node {entry.id} does not answer PING at {entry.client}"
     first = cluster.nodes[0].client
-    probe = b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(PROBE_KEY), PROBE_KEY)
+    probes = [b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key)
+              for key in probe_keys(cluster.protocol)]
     while time.monotonic() < deadline:
         failed = exited()
         if failed is not None:
             return failed
-        if ask(first.host, first.port, probe, b"$", deadline):
+        if all(ask(first.host, first.port, probe, b"$", deadline) for probe in probes):
             return None
         time.sleep(0.1)
     return f"no leader elected within {timeout_s} s"
+
+
+def probe_keys(protocol: str) -> list[bytes]:
+    """Keys to read until the cluster serves: one in each group of a sharded one."""
+    from replicaio.services.txn.slots import SlotMap
+
+    base, _, rest = protocol.partition(":")
+    if base != SHARDED_PROTOCOL:
+        return [PROBE_KEY]
+    groups = 3
+    for item in rest.split(","):
+        name, _, value = item.partition("=")
+        if name == "groups" and value.isdigit():
+            groups = int(value)
+    slots = SlotMap.even(groups)
+    found: dict[int, bytes] = {}
+    number = 0
+    while len(found) < groups:
+        key = PROBE_KEY + b"-%d" % number
+        found.setdefault(slots.group_of(key), key)
+        number += 1
+    return [found[group] for group in sorted(found)]
 
 
 def ask(host: str, port: int, request: bytes, expected: bytes, deadline: float) -> bool:

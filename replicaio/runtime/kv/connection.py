@@ -93,9 +93,11 @@ class Connection:
         "command_started",
         "connection_id",
         "finished",
+        "group_seqs",
         "items",
         "last_command",
         "name",
+        "nonce",
         "opened",
         "protocol",
         "read_client",
@@ -124,6 +126,8 @@ class Connection:
         self.read_seq = 0
         self.write_client = write_client
         self.write_seq = 0  # 0: no session registered yet; then the last write's seq
+        self.group_seqs: dict[int, int] = {}  # a sharded cluster: write_seq per group
+        self.nonce = 0  # a sharded cluster: the last transaction attempt's nonce
         self.protocol = RESP2
         self.name: bytes | None = None
         self.closing = False
@@ -233,9 +237,10 @@ class Group:
     commands' count and encoded size, and (unless they all only read, which
     ``run_group`` may split after the fact) the most bytes their replies take."""
 
-    __slots__ = ("commands", "members", "read_only", "replies", "size")
+    __slots__ = ("commands", "members", "read_only", "replies", "size", "target")
 
     def __init__(self) -> None:
+        self.target = 0  # a sharded cluster: the group the members' keys live in
         self.members: list[tuple[Command, Replicated]] = []
         self.commands = 0
         self.size = 0

@@ -92,8 +92,11 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from replicaio.core.codec import DecodeError
+from replicaio.core.stream import GroupOutput
 from replicaio.runtime.client import ListeningService, ServiceHost, register_service
 from replicaio.runtime.config import Address, HostParams
+from replicaio.runtime.kv import sharded
 from replicaio.runtime.kv.admin import ADMIN_COMMAND, run_admin
 from replicaio.runtime.kv.connection import (
     IDLE,
@@ -158,10 +161,13 @@ from replicaio.services.kv.transactions import (
     Watch,
     plan_transaction,
 )
+from replicaio.services.txn.protocol import TxnResult
+from replicaio.services.txn.slots import SlotMap
 from replicaio.smr.api import ClientRequest, Redirect, Rejected
 from replicaio.smr.api import Reply as SmrReply
 from replicaio.smr.auth import NodeClientSigner
 from replicaio.smr.client import BYZANTINE
+from replicaio.smr.groups import FRONT_CLIENT_BIT, GroupRequest
 
 __all__ = ["RespParams", "RespService", "parse_resp_params", "smr_client_id"]
 
@@ -209,6 +215,8 @@ class RespService(ListeningService):
         self.node_id = 0
         self.vouch: NodeClientSigner | None = None  # Byzantine clusters: sign as the node
         self.gateway_submits = GatewaySubmits()
+        self.slots: SlotMap | None = None  # a sharded cluster's (``sharded``)
+        self.transactions: dict[int, tuple[int, asyncio.Future[Any]]] = {}  # across groups
         self.started = time.monotonic()
         self.warn = RateLimitedLog(logger)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -235,6 +243,7 @@ class RespService(ListeningService):
         self.transaction_limits = self.params.transaction_limits()
         self.node_id = int(getattr(host, "node_id", 0))
         self.vouch = node_vouch(host)
+        self.slots = sharded.slots_of(self)
         await self.listen(address, self.on_client)
         timeouts = [timeout for timeout in (self.params.idle_timeout_ms,
                                             self.params.request_read_timeout_ms) if timeout]
@@ -274,6 +283,9 @@ class RespService(ListeningService):
         submits = self.gateway_submits
         for output in outputs:
             kind = type(output)
+            if kind is GroupOutput or kind is TxnResult:
+                output = self.on_group_output(output)
+                kind = type(output)
             if kind is not SmrReply and kind is not Rejected and kind is not Redirect:
                 continue
             if submits.waiting:
@@ -288,6 +300,25 @@ class RespService(ListeningService):
                 settle(waiter.future, RETRY_LATER)
             else:
                 settle(waiter.future, self.refused(output.reason))
+
+    def on_group_output(self, output: Any) -> Any:
+        """A sharded cluster's output: a group's reply (unwrapped, for the loop of
+        ``on_outputs``) or a transaction's outcome (settled here)."""
+        if type(output) is GroupOutput:
+            assert self.host is not None
+            try:
+                return self.host.codec.decode(output.body)
+            except DecodeError:
+                return None
+        expected = self.transactions.get(output.client)
+        if expected is not None and expected[0] == output.nonce and not expected[1].done():
+            expected[1].set_result(output)
+        return None
+
+    def expect_transaction(self, client: int, nonce: int) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.transactions[client] = (nonce, future)
+        return future
 
     def refused(self, reason: str) -> Outcome:
         if reason in RETRYABLE:
@@ -305,6 +336,8 @@ class RespService(ListeningService):
         ready = getattr(host, "ready", None)
         if isinstance(ready, asyncio.Event):
             await ready.wait()  # the incarnation is known once the node has started
+        if self.slots is None:
+            self.slots = sharded.slots_of(self)  # (the node protocol exists by now)
         if len(self.connections_open) >= self.host_params.client_connections_max:
             self.count("bound_client_connections_max")
             writer.write(b"-ERR max number of clients reached\r\n")
@@ -460,6 +493,16 @@ class RespService(ListeningService):
                 await self.drain(connection)
                 self.finish(connection, item, "local", planned.reply)
                 continue
+            if self.slots is not None:  # sharded: by group, or across groups
+                where = sharded.target(self.slots, planned.commands)
+                if not isinstance(where, int):
+                    await self.run_group(connection, group.take())
+                    await self.drain(connection)
+                    await self.run_spread(connection, item, planned, where)
+                    continue
+                if group.members and where != group.target:
+                    await self.run_group(connection, group.take())
+                group.target = where
             if not group.fits(planned, self.params, self.reply_budget):
                 await self.run_group(connection, group.take())
             group.add(item, planned)
@@ -502,7 +545,12 @@ class RespService(ListeningService):
             for item, planned in group:
                 self.finish(connection, item, planned.name, error)
             return len(group)
-        outcome = await self.call(connection, payload, read_only)
+        if self.slots is None:
+            outcome = await self.call(connection, payload, read_only)
+        else:
+            where = sharded.target(self.slots, commands)
+            assert isinstance(where, int)  # (answer() groups commands by group)
+            outcome = await sharded.call_group(self, connection, payload, read_only, where)
         self.count("kv_smr_requests")
         self.count("kv_smr_commands", len(group))
         results = self.results(outcome, len(commands))
@@ -528,7 +576,10 @@ class RespService(ListeningService):
         """Answer a transaction command (see ``transactions``): at once, or after one
         SMR request (WATCH's read of versions; EXEC's whole transaction)."""
         if isinstance(step, Watch):
-            outcome = await self.call(connection, step.command, True)
+            if self.slots is not None:
+                outcome = await self.watch_across(connection, step.keys)
+            else:
+                outcome = await self.call(connection, step.command, True)
             self.finish(connection, item, "watch", step.finish(connection.transaction, outcome))
             return
         if not isinstance(step, Exec):
@@ -544,13 +595,87 @@ class RespService(ListeningService):
                 f"{SMR_COMMAND_BYTES_MAX} bytes, watches included); nothing was applied"
             ))
             return
-        outcome = await self.call(connection, step.command, step.read_only)
+        if self.slots is None:
+            outcome = await self.call(connection, step.command, step.read_only)
+        else:
+            outcome = await self.exec_across(connection, step.command, step.read_only)
         self.count("kv_smr_requests")
         self.count("kv_transactions")
         reply = step.finish(outcome)
         if reply is NULL_ARRAY:
             self.count("kv_transactions_aborted")
         self.finish(connection, item, "exec", reply)
+
+    # -- a sharded cluster (``sharded``) -------------------------------------------------------
+
+    async def run_spread(self, connection: Connection, item: Command, planned: Replicated,
+                         where: sharded.Target | RespError) -> None:
+        """A command whose key-value commands live in several groups (one transaction
+        across them), or none (keyless: every group in turn), or CROSSSLOT."""
+        assert self.slots is not None
+        reply: Reply
+        if isinstance(where, RespError):
+            reply = where
+        elif where is None:
+            reply = await self.fan_out(connection, planned)
+        else:
+            ops = sharded.transaction_ops(self.slots, planned.commands, [])
+            results = ops if isinstance(ops, RespError) else await sharded.transact(
+                self, connection, ops)
+            if results is None or isinstance(results, RespError):
+                reply = results or RespError("ERR internal error: no results")
+            else:
+                reply = planned.finish([decode_result(result) for result in results])
+        self.finish(connection, item, planned.name, reply)
+
+    async def fan_out(self, connection: Connection, planned: Replicated) -> Reply:
+        assert self.slots is not None
+        name = sharded.fan_out_name(planned.commands[0]) if len(planned.commands) == 1 else None
+        if name is None:
+            return RespError(f"ERR {planned.name} is not supported on a cluster of several "
+                             "groups")
+        results: list[bytes] = []
+        for group in range(self.slots.groups):
+            outcome = await sharded.call_group(self, connection, planned.commands[0],
+                                               planned.read_only, group)
+            if isinstance(outcome, RespError):
+                return outcome
+            results.append(outcome)
+        return planned.finish([decode_result(sharded.combine(name, results))])
+
+    async def watch_across(self, connection: Connection, keys: tuple[bytes, ...]
+                           ) -> bytes | RespError:
+        """WATCH's versions, each read in its key's group (a batch-shaped result)."""
+        assert self.slots is not None
+        results: list[bytes] = []
+        for key in keys:
+            outcome = await sharded.call_group(self, connection, sharded.version_command(key),
+                                               True, self.slots.group_of(key))
+            if isinstance(outcome, RespError):
+                return outcome
+            results.append(outcome)
+        return results[0] if len(results) == 1 else sharded.batch_result(results)
+
+    async def exec_across(self, connection: Connection, command: bytes, read_only: bool
+                          ) -> bytes | RespError:
+        """EXEC: in its one group as one command, or across groups as a transaction."""
+        assert self.slots is not None
+        parts = sharded.exec_parts(command)
+        if parts is None:
+            return RespError("ERR internal error: unreadable exec")
+        watches, commands = parts
+        groups = {self.slots.group_of(key) for key, _ in watches}
+        for one in commands:
+            found = sharded.command_groups(self.slots, one)
+            groups |= found if found is not None else {-1}
+        if len(groups) <= 1 and -1 not in groups:
+            return await sharded.call_group(self, connection, command, read_only,
+                                            min(groups, default=0))
+        ops = sharded.transaction_ops(self.slots, commands, watches)
+        if isinstance(ops, RespError):
+            return ops
+        results = await sharded.transact(self, connection, ops)
+        return results if isinstance(results, RespError) else sharded.exec_result(results)
 
     @staticmethod
     def results(outcome: bytes | RespError, count: int) -> list[KvResult] | RespError:
@@ -565,35 +690,50 @@ class RespService(ListeningService):
 
     def new_client_id(self) -> int | None:
         """A fresh SMR client id, or None once this incarnation has used them all."""
-        if self.client_next >= CLIENT_IDS_MAX:
+        if self.client_next >= CLIENT_IDS_MAX // 2:
             self.count("bound_resp_client_ids_max")
             return None
         self.client_next += 1
-        return smr_client_id(self.incarnation, self.node_id, self.client_next - 1)
+        # Apart from the node's own in-node callers' ids (a sharded cluster's).
+        number = (self.client_next - 1) | FRONT_CLIENT_BIT
+        return smr_client_id(self.incarnation, self.node_id, number)
 
     async def call(
-        self, connection: Connection, command: bytes, read_only: bool
+        self, connection: Connection, command: bytes, read_only: bool, group: int | None = None
     ) -> bytes | RespError:
         """Execute ``command`` through SMR for ``connection`` (see the module docstring:
-        reads on the read client id, writes on a registered session)."""
+        reads on the read client id, writes on a registered session; on a sharded
+        cluster, in ``group``, under the connection's session there)."""
+        if group is not None:
+            connection.write_seq = connection.group_seqs.get(group, 0)
+            try:
+                return await self.call_in(connection, command, read_only, group)
+            finally:
+                connection.group_seqs[group] = connection.write_seq
+        return await self.call_in(connection, command, read_only, None)
+
+    async def call_in(
+        self, connection: Connection, command: bytes, read_only: bool, group: int | None
+    ) -> bytes | RespError:
         if read_only:
             # Run at this node's clock, so keys due by now read as expired even if
             # no write has advanced the log's clock since (docs/kv.md, Expiry).
             command = encode_at(time.time_ns() // 1_000_000, command)
             connection.read_seq += 1
             outcome, _ = await self.request(connection.read_client, connection.read_seq,
-                                            command, True)
+                                            command, True, group)
             return outcome if not isinstance(outcome, SessionExpired) else EXPIRED_ERROR
         while True:
             if connection.write_seq == 0:
-                registered, _ = await self.request(connection.write_client, 1, b"", False)
+                registered, _ = await self.request(connection.write_client, 1, b"", False,
+                                                   group)
                 if not isinstance(registered, bytes):
                     return registered if isinstance(registered, RespError) else EXPIRED_ERROR
                 connection.write_seq = 1
                 self.count("kv_sessions_registered")
             connection.write_seq += 1
             outcome, attempts = await self.request(
-                connection.write_client, connection.write_seq, command, False
+                connection.write_client, connection.write_seq, command, False, group
             )
             if not isinstance(outcome, SessionExpired):
                 return outcome
@@ -603,11 +743,12 @@ class RespService(ListeningService):
             if fresh is None:
                 return EXPIRED_ERROR
             connection.write_client, connection.write_seq = fresh, 0
+            connection.group_seqs.clear()  # a new id: a new session in every group
             if attempts > 1:
                 return EXPIRED_ERROR  # an earlier attempt may have run before the eviction
 
     async def request(
-        self, client: int, seq: int, command: bytes, read_only: bool
+        self, client: int, seq: int, command: bytes, read_only: bool, group: int | None = None
     ) -> tuple[bytes | RespError | SessionExpired, int]:
         """One SMR request, sent again with the same (client, seq) until it is answered
         or ``request_timeout_ms`` passes (then ``-TRYAGAIN``); and how many times it
@@ -617,6 +758,8 @@ class RespService(ListeningService):
         request = ClientRequest(client, seq, command, read_only)
         vouch = self.vouch
         payload = host.codec.encode(request if vouch is None else vouch.wrap(request))
+        if group is not None:
+            payload = host.codec.encode(GroupRequest(group, payload))
         waiter = Waiter(seq)
         self.waiters[client] = waiter
         loop = asyncio.get_running_loop()

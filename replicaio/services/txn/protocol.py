@@ -45,6 +45,7 @@ from replicaio.core.codec import Codec, DecodeError, Message, Meta, Name
 from replicaio.core.config import Resilience
 from replicaio.core.context import Context
 from replicaio.core.errors import ConfigError
+from replicaio.services.txn.kv_store import KV
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import (
     ABORT,
@@ -69,7 +70,7 @@ class TxnRequest(Message, tag="txn.TxnRequest"):
     """A client's transaction attempt: ``ops`` is the codec value
     ``[[kind, key, argument], ...]`` (kinds ``append``, ``r``, ``add``, ``check``)."""
 
-    client: Annotated[int, Meta(ge=0, lt=1 << 56)]
+    client: Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]
     nonce: Annotated[int, Meta(ge=0, lt=1 << 62)]
     ops: Annotated[bytes, Meta(max_length=TXN_OPS_BYTES_MAX)]
 
@@ -203,17 +204,22 @@ class TxnNode:
             self.answer(request, UNKNOWN, "no_decision")
             return
         # The client learns the outcome now: the participants hold their locks
-        # until they applied it, so nobody can see the state before it.
+        # until they applied it, so nobody can see the state before it. (Key-value
+        # commands' replies come from the commit itself: the client waits for it.)
         outcome = str(decided[0])
-        if outcome == COMMITTED:
+        deferred = any(op[0] == KV for ops in plan.values() for _, op in ops)
+        if outcome == COMMITTED and not deferred:
             self.answer(request, COMMITTED, "", self.reads(plan, participants, votes))
-        else:
+        elif outcome != COMMITTED:
             refusals = [str(v[1]) for v in votes if v is not None and v[0] != PREPARED]
             self.answer(request, ABORTED, refusals[0] if refusals else "lease")
         # Every participant applies the outcome; then the coordinator may forget it.
         finish = "commit" if outcome == COMMITTED else "abort"
         applied = await self.together(*(self.call(group, finish, client, nonce)
                                         for group in participants))
+        if outcome == COMMITTED and deferred:
+            replies = self.replies(plan, participants, applied)
+            self.answer(request, COMMITTED, "" if replies else "replies_lost", replies)
         if all(answer is not None for answer in applied):
             await self.call(coordinator, "ack", client, nonce, participants)
 
@@ -236,6 +242,22 @@ class TxnNode:
                 if op[0] == READ:
                     reads[index] = next(values)
         return reads
+
+    @staticmethod
+    def replies(plan: dict[int, list[tuple[int, list[Any]]]], participants: list[int],
+                applied: list[Any]) -> list[Any] | None:
+        """The results of the key-value commands, one entry per micro-operation, from
+        the participants' commits (``None``: a commit's results were not heard, as
+        when the resolver applied it first)."""
+        replies: list[Any] = [None] * sum(len(ops) for ops in plan.values())
+        for group, answer in zip(participants, applied, strict=True):
+            if not (answer is not None and len(answer) == 2 and isinstance(answer[1], tuple)):
+                return None
+            results = iter(answer[1])
+            for index, op in plan[group]:
+                if op[0] == KV:
+                    replies[index] = next(results, None)
+        return replies
 
     def plan(self, request: TxnRequest) -> dict[int, list[tuple[int, list[Any]]]] | str:
         """The request's micro-operations by group (with their positions), or why not."""
@@ -325,6 +347,24 @@ class TxnNode:
         if now != self.reported[group]:
             self.reported[group] = now
             self.context.output(LockReport(group, *now))
+
+    def status(self) -> dict[str, int]:
+        """Read-only figures for ``INFO``, metrics and ``replicaio status``: per group,
+        its leader as this node sees it, its term or view, its locks."""
+        found = {"groups": len(self.stores), "txn_drivers": self.drivers,
+                 "groups_led": 0}
+        for group, replica in enumerate(self.groups.replicas):
+            leader = replica.ordering.leader_hint
+            found[f"group_{group}_leader"] = leader
+            found["groups_led"] += int(leader == self.context.id)
+            observe = getattr(replica.ordering, "observe", None)
+            view = observe() if callable(observe) else None
+            for name in ("term", "commit_index", "applied_index"):
+                number = getattr(view, name, None)
+                if type(number) is int:
+                    found[f"group_{group}_{name}"] = number
+            found[f"group_{group}_locks"] = len(self.stores[group].locks)
+        return found
 
     def footprint(self) -> dict[str, int]:
         return {"txn_drivers": self.drivers, "txn_in_flight": len(self.in_flight)}

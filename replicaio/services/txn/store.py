@@ -249,8 +249,8 @@ class TxnStore:
             return [PREPARED, self.prepared[txn].reads]  # a retry of the same attempt
         if txn in self.finished:
             return [REFUSED, "finished"]
-        parsed = _ops(ops, self.params.ops_max)
-        keys = tuple(dict.fromkeys(key for _, key, _ in parsed))
+        parsed = self.parse_ops(ops)
+        keys = self.op_keys(parsed)
         if any(self.locks.get(key, txn) != txn for key in keys):
             self.count("refused_locked")
             return [REFUSED, "locked"]
@@ -267,6 +267,14 @@ class TxnStore:
         for key in keys:
             self.locks[key] = txn
         return [PREPARED, reads]
+
+    def parse_ops(self, ops: Any) -> list[tuple[str, bytes, Any]]:
+        """A prepare's micro-operations, checked (``ValueError``/``TypeError`` if bad)."""
+        return _ops(ops, self.params.ops_max)
+
+    def op_keys(self, ops: list[tuple[str, bytes, Any]]) -> tuple[bytes, ...]:
+        """The keys a prepare locks: exactly those its micro-operations touch."""
+        return tuple(dict.fromkeys(key for _, key, _ in ops))
 
     def local_effect(self, ops: list[tuple[str, bytes, Any]]
                      ) -> tuple[dict[bytes, Value], list[Any]] | str:
@@ -306,6 +314,14 @@ class TxnStore:
                 self.count("commit_unprepared")  # a correct coordinator never sends it
                 return ["unknown"]
             return [known]
+        results = self.apply_effect(txn, record)
+        self.release(txn, record)
+        self.remember(txn, COMMITTED)
+        return [COMMITTED, *results]
+
+    def apply_effect(self, txn: TxnId, record: Prepared) -> list[Any]:
+        """Write ``record``'s effect, only on keys locked for ``txn``; extra result
+        items of ``commit`` (none here)."""
         for key, value in record.effects.items():
             if self.locks.get(key) != txn or key not in record.keys:
                 self.count("effect_outside_locks")  # refused: only locked keys change
@@ -313,9 +329,7 @@ class TxnStore:
             self.data[key] = value
             self.revision += 1
             self.versions[key] = self.revision
-        self.release(txn, record)
-        self.remember(txn, COMMITTED)
-        return [COMMITTED]
+        return []
 
     def on_abort(self, client: int, nonce: int) -> list[Any]:
         txn = (_int(client), _int(nonce))
