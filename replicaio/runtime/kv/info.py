@@ -126,7 +126,17 @@ def server_info(service: RespService) -> dict[str, dict[str, str | int]]:
             **members(host),
         },
         "Keyspace": keyspace(store),
+        **groups_section(status),
     }
+
+
+def groups_section(status: dict[str, int]) -> dict[str, dict[str, str | int]]:
+    """A sharded cluster's ``# Groups``: each group's leader, term, indexes and locks
+    as this node sees them (``TxnNode.status``)."""
+    if "groups" not in status:
+        return {}
+    return {"Groups": {name: number for name, number in status.items()
+                       if name.startswith("group") or name == "txn_drivers"}}
 
 
 def role_reply(service: RespService) -> Reply:
