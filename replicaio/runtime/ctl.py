@@ -60,6 +60,7 @@ class NodeStatus:
     voters: str = ""
     learners: str = ""
     promoting: str = ""
+    groups: str = ""  # a sharded cluster: each group's leader as this node sees it
 
 
 def command(*words: bytes) -> bytes:
@@ -122,6 +123,8 @@ def node_status(node: int, address: Address, timeout_s: float) -> NodeStatus:
     except (OSError, ReplyError, ValueError) as error:
         return NodeStatus(node, str(address), False, error=str(error)[:200])
     fields = parse_info((reply or b"").decode("utf-8", "replace"))
+    if "groups" in fields:
+        return sharded_status(node, address, fields)
     return NodeStatus(
         node, str(address), True, role=fields.get("role", "?"),
         term=integer(fields, "term", 0), leader=integer(fields, "leader_node", -1),
@@ -129,6 +132,25 @@ def node_status(node: int, address: Address, timeout_s: float) -> NodeStatus:
         applied_index=integer(fields, "applied_index", 0),
         version=fields.get("replicaio_version", "?"), voters=fields.get("voters", ""),
         learners=fields.get("learners", ""), promoting=fields.get("promoting", ""),
+    )
+
+
+def sharded_status(node: int, address: Address, fields: dict[str, str]) -> NodeStatus:
+    """A node of a sharded cluster (INFO's ``# Groups``): its role names the groups it
+    leads; term is the highest of its groups'; commit and applied indexes are its
+    groups' sums (so lag adds up over them); ``groups`` is ``group:leader`` pairs."""
+    count = integer(fields, "groups", 0)
+    leaders = [integer(fields, f"group_{group}_leader", -1) for group in range(count)]
+    led = [str(group) for group, leader in enumerate(leaders) if leader == node]
+    return NodeStatus(
+        node, str(address), True,
+        role=f"leader of {','.join(led)}" if led else "follower",
+        term=max((integer(fields, f"group_{g}_term", 0) for g in range(count)), default=0),
+        commit_index=sum(integer(fields, f"group_{g}_commit_index", 0) for g in range(count)),
+        applied_index=sum(integer(fields, f"group_{g}_applied_index", 0)
+                          for g in range(count)),
+        version=fields.get("replicaio_version", "?"),
+        groups=" ".join(f"{group}:{leader}" for group, leader in enumerate(leaders)),
     )
 
 
@@ -167,7 +189,8 @@ def render(found: list[NodeStatus], health: bool) -> str:
         if not item.reachable:
             row = [str(item.node), item.address, "DOWN", "", "", "", "", "", item.error[:40]]
         else:
-            row = [str(item.node), item.address, item.role, str(item.term), str(item.leader),
+            leader = item.groups or str(item.leader)  # (sharded: group:leader pairs)
+            row = [str(item.node), item.address, item.role, str(item.term), leader,
                    str(item.commit_index), str(item.applied_index), str(item.lag), item.version]
         if health:
             row += ["yes" if item.healthy else "NO",
