@@ -16,7 +16,16 @@ committed one (no-wait refusals of locked keys), unknown outcomes, and the
 latency of committed ones (p50, p99). Nothing is asserted: figures go to
 docs/benchmarks.md with the machine's load.
 
+``--front redis`` measures the Redis front of a sharded store instead
+(``txn-kv``, ``kv up --groups 3``), through redis-py's asyncio client, shapes
+side by side in one run: ``get-set`` (one single-group command: ``INCRBY`` of
+one account), ``multi-1`` (``MULTI``/``EXEC`` transferring between two accounts
+of one group: one replicated command), ``multi-cross`` (the same transfer
+between accounts of two groups: a transaction across groups). Lock conflicts
+are retried inside the front; ``errors`` counts what reached the client.
+
     .venv/bin/python bench/bench_txn.py --seconds 10 --json
+    .venv/bin/python bench/bench_txn.py --front redis --seconds 8 --json
 """
 
 from __future__ import annotations
@@ -106,18 +115,118 @@ async def measure(addresses: list[Any], accounts: list[list[str]], clients: int,
                 counts["unknown"] += 1
         await client.close()
 
-    started = time.monotonic()
-    await asyncio.gather(*(worker(i) for i in range(clients)))
-    elapsed = time.monotonic() - started
-    ordered = sorted(latencies)
+    elapsed = await run_workers(worker, clients)
     return {
         "clients": clients, "shape": shape,
         "committed_per_s": round(counts["committed"] / elapsed, 1),
         "aborts_per_commit": round(counts["aborted"] / max(1, counts["committed"]), 2),
-        "unknown": counts["unknown"],
-        "p50_ms": round(1000 * statistics.median(ordered), 1) if ordered else None,
-        "p99_ms": round(1000 * ordered[int(0.99 * (len(ordered) - 1))], 1) if ordered else None,
+        "unknown": counts["unknown"], **percentiles(latencies),
     }
+
+
+async def run_workers(worker: Any, clients: int) -> float:
+    """Run ``clients`` workers to the end; the seconds they took."""
+    started = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    return time.monotonic() - started
+
+
+def percentiles(latencies: list[float]) -> dict[str, float | None]:
+    ordered = sorted(latencies)
+    if not ordered:
+        return {"p50_ms": None, "p99_ms": None}
+    return {"p50_ms": round(1000 * statistics.median(ordered), 1),
+            "p99_ms": round(1000 * ordered[int(0.99 * (len(ordered) - 1))], 1)}
+
+
+async def measure_redis(port: int, accounts: list[list[str]], clients: int, shape: str,
+                        seconds: float) -> dict[str, Any]:
+    import redis.asyncio as aioredis
+    from redis import RedisError
+
+    latencies: list[float] = []
+    counts = {"done": 0, "errors": 0}
+    groups = len(accounts)
+    deadline = time.monotonic() + seconds
+
+    async def worker(index: int) -> None:
+        client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=30.0)
+        step = index
+        while time.monotonic() < deadline:
+            step += 1
+            first = step % groups
+            second = (first + 1) % groups if shape == "multi-cross" else first
+            a = accounts[first][(step * 7) % len(accounts[first])]
+            b = accounts[second][(step * 13 + 1) % len(accounts[second])]
+            if shape == "multi-1":  # two keys of one slot: one group, one command
+                a, b = "{" + a + "}x", "{" + a + "}y"
+            started = time.monotonic()
+            try:
+                if shape == "get-set":
+                    await client.incrby(a, 1)
+                else:
+                    pipe = client.pipeline(transaction=True)
+                    pipe.decrby(a, 1)
+                    pipe.incrby(b, 1)
+                    await pipe.execute()
+                latencies.append(time.monotonic() - started)
+                counts["done"] += 1
+            except RedisError:
+                counts["errors"] += 1
+        await client.aclose()
+
+    elapsed = await run_workers(worker, clients)
+    return {
+        "clients": clients, "shape": shape,
+        "per_s": round(counts["done"] / elapsed, 1), "errors": counts["errors"],
+        **percentiles(latencies),
+    }
+
+
+def redis_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    sections: dict[str, dict[str, Any]] = {
+        **FAST, "host": {"client_service": "resp"},
+        "protocol.params": {"groups": TXN_GROUPS_DEFAULT},
+        "service": {"request_timeout_ms": 20_000},
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        cluster = LocalCluster(Path(directory), protocol="txn-kv", nodes=args.nodes,
+                               sections=sections)
+        try:
+            cluster.start_all()
+            ports = [entry.client.port for entry in cluster.cluster.nodes]
+            asyncio.run(redis_ready(ports[0]))
+            for contention, per_group in (("low", args.accounts), ("high", 2)):
+                accounts = accounts_by_group(TXN_GROUPS_DEFAULT, per_group)
+                for clients in args.clients:
+                    for shape in ("get-set", "multi-1", "multi-cross"):
+                        row = asyncio.run(measure_redis(ports[0], accounts, clients, shape,
+                                                        args.seconds))
+                        row["contention"] = contention
+                        rows.append(row)
+                        if not args.json:
+                            print(row, flush=True)
+        finally:
+            cluster.close()
+    return rows
+
+
+async def redis_ready(port: int) -> None:
+    """Wait until every group answers (a leader each)."""
+    import redis.asyncio as aioredis
+    from redis import RedisError
+
+    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=10.0)
+    keys = [names[0] for names in accounts_by_group(TXN_GROUPS_DEFAULT, 1)]
+    for _ in range(300):
+        try:
+            for key in keys:
+                await client.get(key)
+            break
+        except RedisError:
+            await asyncio.sleep(0.2)
+    await client.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--accounts", type=int, default=1000, help="per group, low contention")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--front", choices=("api", "redis"), default="api",
+                        help="the Python API over txn, or redis-py over txn-kv")
     args = parser.parse_args(argv)
+    if args.front == "redis":
+        rows = redis_rows(args)
+        if args.json:
+            print(json.dumps({"load": os.getloadavg(), "python": sys.version.split()[0],
+                              "rows": rows}))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         cluster = LocalCluster(Path(directory), protocol="txn", nodes=args.nodes,

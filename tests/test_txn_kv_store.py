@@ -1,0 +1,109 @@
+"""One group of a sharded Redis store (``services/txn/kv_store.py``), as its state
+machine: locks bind single-group commands, a cross-group transaction's commands
+run at commit on its locked keys only, WATCH versions are checked at prepare,
+and a snapshot keeps prepared commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replicaio.core.codec import Codec
+from replicaio.services.kv.state_machine import (
+    decode_result,
+    encode_batch,
+    encode_command,
+    encode_redis,
+)
+from replicaio.services.txn.kv_store import LOCKED_RESULT, KvTxnStore, command_keys
+
+CODEC = Codec()
+
+
+def run(store: KvTxnStore, *command: Any) -> tuple[Any, ...]:
+    answer = CODEC.decode_value(store.apply(CODEC.encode_value(list(command))))
+    assert isinstance(answer, tuple)
+    return answer
+
+
+def value(result: bytes) -> object:
+    decoded = decode_result(result)
+    return getattr(decoded, "value", decoded)
+
+
+def prepare(store: KvTxnStore, nonce: int, *ops: list[Any]) -> tuple[Any, ...]:
+    return run(store, "prepare", 7, nonce, 0, list(ops))
+
+
+def test_command_keys_of_every_shape() -> None:
+    assert command_keys(("get", b"a")) == (b"a",)
+    assert command_keys(("redis", "rename", (b"a", b"b"))) == (b"a", b"b")
+    assert command_keys(("redis", "msetnx", (b"a", b"1", b"b", b"2"))) == (b"a", b"b")
+    assert command_keys(("redis", "sunionstore", (b"d", b"s1", b"s2"))) == (b"d", b"s1", b"s2")
+    assert command_keys(("redis", "hset", (b"h", b"f", b"v"))) == (b"h",)
+    assert command_keys(("redis", "dbsize", ())) is None
+    batch = CODEC.decode_value(encode_batch([encode_command("get", b"x"),
+                                             encode_command("put", b"y", b"1")]))
+    assert command_keys(batch) == (b"x", b"y")
+
+
+def test_locked_keys_refuse_single_group_commands_until_commit() -> None:
+    store = KvTxnStore()
+    assert value(store.apply(encode_command("put", b"a", b"1"))) is None
+    assert prepare(store, 1, ["kv", b"a", encode_command("incr", b"a", 5)])[0] == "prepared"
+    assert store.apply(encode_command("put", b"a", b"9")) == LOCKED_RESULT
+    assert store.read(encode_command("get", b"a")) == LOCKED_RESULT
+    assert store.apply(encode_redis("dbsize")) == LOCKED_RESULT  # keyless while locked
+    assert value(store.apply(encode_command("put", b"other", b"x"))) is None  # not locked
+    committed = run(store, "commit", 7, 1)
+    assert committed[0] == "committed"
+    assert [value(result) for result in committed[1]] == [6]
+    assert value(store.read(encode_command("get", b"a"))) == b"6"
+    assert not store.locks and not store.commands
+
+
+def test_abort_drops_the_commands() -> None:
+    store = KvTxnStore()
+    prepare(store, 1, ["kv", b"a", encode_command("put", b"a", b"x")])
+    assert run(store, "abort", 7, 1) == ("aborted",)
+    assert value(store.read(encode_command("get", b"a"))) is None
+    assert not store.locks and not store.commands
+
+
+def test_a_watched_version_that_changed_refuses_the_prepare() -> None:
+    store = KvTxnStore()
+    store.apply(encode_command("put", b"w", b"1"))
+    version = value(store.read(encode_command("version", b"w")))
+    store.apply(encode_command("put", b"w", b"2"))
+    refused = prepare(store, 1, ["check", b"w", version],
+                      ["kv", b"z", encode_command("put", b"z", b"1")])
+    assert refused == ("refused", "version")
+    current = value(store.read(encode_command("version", b"w")))
+    assert prepare(store, 2, ["check", b"w", current])[0] == "prepared"
+
+
+def test_a_command_outside_its_locks_is_refused_at_commit() -> None:
+    store = KvTxnStore()
+    prepare(store, 1, ["kv", b"a", encode_command("put", b"a", b"1")])
+    store.commands[(7, 1)] = (encode_command("put", b"b", b"stolen"),)  # a forged effect
+    committed = run(store, "commit", 7, 1)
+    assert decode_result(committed[1][0]).code == "outside_locks"  # type: ignore[union-attr]
+    assert value(store.read(encode_command("get", b"b"))) is None
+    assert store.counters["effect_outside_locks"] == 1
+
+
+def test_a_kv_operation_must_name_one_of_its_keys() -> None:
+    store = KvTxnStore()
+    answer = prepare(store, 1, ["kv", b"x", encode_command("put", b"a", b"1")])
+    assert answer[0] == "error" and not store.locks
+
+
+def test_snapshot_keeps_prepared_commands_and_the_store() -> None:
+    store = KvTxnStore()
+    store.apply(encode_command("put", b"k", b"v"))
+    prepare(store, 1, ["kv", b"a", encode_command("append", b"a", b"xy")])
+    copy = KvTxnStore()
+    copy.restore(store.snapshot())
+    assert copy.snapshot() == store.snapshot()
+    assert copy.apply(encode_command("get", b"a")) == LOCKED_RESULT
+    assert [value(result) for result in run(copy, "commit", 7, 1)[1]] == [2]
+    assert value(copy.read(encode_command("get", b"k"))) == b"v"
