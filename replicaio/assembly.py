@@ -19,11 +19,21 @@ Two kinds of names:
 A service name may carry parameters after a colon, ``raft:snapshot=8``
 (:data:`SERVICE_PARAMETERS`). The whole string is what the event log header
 records, so replay rebuilds exactly the same nodes.
+
+Protocols from other packages join through the entry point group
+``replicaio.protocols`` (:data:`PLUGIN_GROUP`): each entry point, named after
+its protocol, refers to a :class:`BroadcastSpec` or a :class:`ServiceSpec`
+(or a callable returning one). They are loaded once, the first time a name is
+looked up, so every host (sim, swarm, replay, explore, the live runtime) sees
+them without any edit here; a plug-in that fails to load never hides the
+built-in protocols, it says why when its own name is asked for
+(``docs/tutorial.md``, ADR 0019).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -488,6 +498,64 @@ def transactional_spec(name: str) -> tuple[TransactionalSpec, dict[str, int]] | 
     return None if spec is None else (spec, parameters)
 
 
+# -- protocols from other packages (entry point group replicaio.protocols) ------------
+
+PLUGIN_GROUP = "replicaio.protocols"
+# name -> (the distribution it came from, why it did not load: "" when it did)
+PLUGINS: dict[str, tuple[str, str]] = {}
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Register every protocol of the ``replicaio.protocols`` entry point group, once.
+
+    An entry point's name is the protocol's name; its object is a
+    :class:`BroadcastSpec`, a :class:`ServiceSpec`, or a callable returning one.
+    A plug-in may not take a built-in name; one that fails to load is recorded
+    in :data:`PLUGINS` with the reason and never hides the others."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry in sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP),
+                        key=lambda found: found.name):
+        distribution = entry.dist.name if entry.dist is not None else "?"
+        PLUGINS[entry.name] = (distribution, register_plugin(entry))
+
+
+def register_plugin(entry: importlib.metadata.EntryPoint) -> str:
+    """Register one entry point's protocol; why it was refused, or ``""``."""
+    name = entry.name
+    if name in BROADCASTS or name in SERVICES or name in TRANSACTIONAL:
+        return f"the name {name!r} is taken by a built-in protocol"
+    if not name or ":" in name or "," in name:
+        return f"{name!r} is not a protocol name (no ':' or ',')"
+    try:
+        found = entry.load()
+        spec = found() if callable(found) else found
+    except Exception as error:  # a plug-in's own failure, reported, never fatal here
+        return f"{entry.value}: {type(error).__name__}: {error}"
+    if not isinstance(spec, BroadcastSpec | ServiceSpec):
+        return (f"{entry.value} is a {type(spec).__name__}, not a BroadcastSpec or "
+                "ServiceSpec")
+    if spec.name != name:
+        return f"{entry.value} names itself {spec.name!r}, its entry point {name!r}"
+    if isinstance(spec, BroadcastSpec):
+        BROADCASTS[name] = spec
+    else:
+        SERVICES[name] = spec
+    return ""
+
+
+def plugin_error(name: str) -> str | None:
+    """Why the plug-in protocol ``name`` (without parameters) did not load, if it did not."""
+    load_plugins()
+    found = PLUGINS.get(name.partition(":")[0])
+    if found is None or not found[1]:
+        return None
+    return f"plug-in protocol {name!r} (from {found[0]}) did not load: {found[1]}"
+
+
 def split_name(name: str) -> tuple[str, dict[str, int]]:
     """``"raft:snapshot=8,batch=4"`` -> ``("raft", {"snapshot": 8, "batch": 4})``."""
     base, colon, rest = name.partition(":")
@@ -511,6 +579,7 @@ def split_name(name: str) -> tuple[str, dict[str, int]]:
 
 def service_spec(name: str) -> tuple[ServiceSpec, dict[str, int]] | None:
     """The replicated service ``name`` names (with its parameters), or ``None``."""
+    load_plugins()
     base, parameters = split_name(name)
     spec = SERVICES.get(base)
     if spec is None:
@@ -519,20 +588,26 @@ def service_spec(name: str) -> tuple[ServiceSpec, dict[str, int]] | None:
 
 
 def protocol_names() -> list[str]:
-    """Every protocol a host can run, in a stable order."""
+    """Every protocol a host can run, in a stable order (plug-ins included)."""
+    load_plugins()
     return [*BROADCASTS, *SERVICES, *TRANSACTIONAL]
 
 
 def protocol_summaries() -> dict[str, str]:
-    """One line per protocol name."""
+    """One line per protocol name (a plug-in that did not load says why)."""
+    load_plugins()
     found = {name: spec.summary for name, spec in BROADCASTS.items()}
     found.update({name: spec.summary for name, spec in SERVICES.items()})
     found.update({name: spec.summary for name, spec in TRANSACTIONAL.items()})
+    for name, (distribution, error) in PLUGINS.items():
+        if error:
+            found[name] = f"NOT LOADED (plug-in from {distribution}): {error}"
     return found
 
 
 def broadcast_spec(name: str) -> BroadcastSpec | None:
     """The broadcast protocol ``name`` names (with what it claims), or ``None``."""
+    load_plugins()
     return BROADCASTS.get(name)
 
 
@@ -560,8 +635,11 @@ def protocol_factory(name: str) -> ProtocolFactory:
     transactional = transactional_spec(name)
     if transactional is not None:
         return build_transactional(transactional[0], name, transactional[1])
-    spec_broadcast = BROADCASTS.get(name)
+    spec_broadcast = broadcast_spec(name)
     if spec_broadcast is None:
+        error = plugin_error(name)
+        if error is not None:
+            raise UsageError(error)
         raise UsageError(f"unknown protocol {name!r}; known: {', '.join(protocol_names())}")
     return BroadcastFactory(spec_broadcast)
 

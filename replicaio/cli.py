@@ -12,7 +12,8 @@
     replicaio sim txn --groups G --nodes N --seed S [--faults ...] [--workload bank]
     replicaio swarm txn --groups G --nodes N --seeds K [--faults ...]
     replicaio demo
-    replicaio protocols
+    replicaio protocols [--json]
+    replicaio conformance PROTOCOL... | --all [--seeds K] [--json]
     replicaio node --config FILE --id I [--event-log FILE]
     replicaio cluster up --protocol P --nodes N --base-port B --data-dir D
     replicaio cluster down --data-dir D
@@ -743,6 +744,10 @@ def build_parser() -> argparse.ArgumentParser:
     from replicaio.torture.commands import add_torture_command
 
     add_torture_command(commands)
+    # The standard checks of any registered protocol (replicaio/conformance.py).
+    from replicaio.conformance import add_conformance_command
+
+    add_conformance_command(commands)
     # Each live node's state from its metrics endpoint (replicaio/runtime/status.py).
     from replicaio.runtime.status import add_status_command
 

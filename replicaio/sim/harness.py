@@ -128,6 +128,9 @@ def harness_for(protocol: str, config: ClusterConfig) -> Harness:
     spec = broadcast_spec(protocol)
     if spec is None:
         raise UsageError(f"no simulation harness for protocol {protocol!r}")
+    if spec.nodes_min is not None and config.n < spec.nodes_min(config.f):
+        raise UsageError(f"{protocol} with f={config.f} needs n >= {spec.nodes_min(config.f)}, "
+                         f"got n={config.n} (--nodes, --f)")
     return BroadcastHarness(spec, config)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context
+from replicaio.core.errors import ConfigError
 from replicaio.interfaces.broadcast import Accepted, Delivered
 from replicaio.protocols.broadcast.beb import best_effort
 from replicaio.protocols.broadcast.bracha import bracha
@@ -48,12 +49,18 @@ class BroadcastSpec:
     vouch_link: str | None = None
     # What runs the instances (a test-support module may plant a bug in a subclass).
     runner: Callable[..., Instances] = Instances
+    # The least n for f faults when the protocol needs more than its resilience
+    # says (Imbs and Raynal's two-step broadcast: n >= 5f + 1); None: the resilience's.
+    nodes_min: Callable[[int], int] | None = None
 
 
 class BroadcastProtocol:
     """A node protocol: one :class:`Instances` of a broadcast at path ``("bcast",)``."""
 
     def __init__(self, spec: BroadcastSpec, context: Context) -> None:
+        if spec.nodes_min is not None and context.n < spec.nodes_min(context.f):
+            raise ConfigError(f"{spec.name} with f={context.f} needs n >= "
+                              f"{spec.nodes_min(context.f)}, got n={context.n}")
         self.spec = spec
         self.instances = spec.runner(
             context.child("bcast"),
