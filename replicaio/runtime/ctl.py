@@ -15,7 +15,10 @@ the leader sees them; ``member add|remove|promote N`` and ``move-leader N``
 send ``REPLICAIO.ADMIN`` (``runtime/kv/admin.py``) to the leader, which
 accepts or refuses the change (exit 1 with its reason, e.g. ``not_caught_up``);
 ``ctl`` then waits until the leader's configuration (or leadership) shows it.
-Snapshot save/restore is not in ``ctl`` yet.
+``snapshot save PATH`` writes a consistent backup of the store (taken by one
+node after a linearizable read); ``snapshot restore PATH --out DIR`` makes a NEW
+cluster in DIR holding the backup's data, left stopped for ``kv up --data-dir
+DIR`` (``runtime/kv/backup.py``, ADR 0020).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ EXIT_OK: Final = 0
 EXIT_UNHEALTHY: Final = 1
 REPLY_BYTES_MAX: Final = 1 << 20  # an INFO reply, at most
 HEALTH_KEY: Final = b"replicaio:health"
+BACKUP_BYTES_MAX: Final = 1 << 31  # a backup ctl accepts, at most (the store: 512 MiB)
 
 
 class ReplyError(Exception):
@@ -292,7 +296,8 @@ def wait_for_change(cluster: ClusterFile, action: str, node: int, timeout_s: flo
 
 def add_ctl_command(commands: Any) -> None:
     ctl = commands.add_parser(
-        "ctl", help="operate a live key-value cluster (status, health, member, move-leader)")
+        "ctl", help="operate a live key-value cluster (status, health, member, move-leader, "
+        "snapshot)")
     actions = ctl.add_subparsers(dest="action", required=True)
     ctl.set_defaults(timeout=5.0, json=False)
 
@@ -324,3 +329,68 @@ def add_ctl_command(commands: Any) -> None:
     common(move)
     move.add_argument("node", type=int, help="the node id")
     move.set_defaults(handler=command_member, member_action="transfer")
+    add_snapshot_commands(actions, common)
+
+
+def add_snapshot_commands(actions: Any, common: Any) -> None:
+    snapshot = actions.add_parser("snapshot", help="save a consistent backup, or restore one "
+                                  "into a new cluster")
+    which = snapshot.add_subparsers(dest="snapshot_action", required=True)
+    save = which.add_parser("save", help="write a consistent backup of the store to PATH")
+    common(save)
+    save.add_argument("path", help="the backup file to write")
+    save.add_argument("--bytes-max", type=int, default=BACKUP_BYTES_MAX,
+                      help="refuse a backup larger than this")
+    save.set_defaults(handler=command_snapshot_save)
+    restore = which.add_parser("restore", help="make a NEW cluster in --out DIR holding the "
+                               "backup's data (left stopped: start it with kv up --data-dir DIR)")
+    common(restore)
+    restore.add_argument("path", help="the backup file to restore")
+    restore.add_argument("--out", required=True, help="the new cluster's data directory "
+                         "(must be missing or empty)")
+    restore.add_argument("--nodes", type=int, default=3, help="the new cluster's size")
+    restore.add_argument("--base-port", type=int, default=None,
+                         help="the new cluster's base port (kv up's default otherwise)")
+    restore.add_argument("--protocol", default="raft", help="the new cluster's service")
+    restore.set_defaults(handler=command_snapshot_restore)
+
+
+def command_snapshot_save(args: argparse.Namespace) -> int:
+    from replicaio.runtime.kv.backup import save
+
+    cluster = load_kv_cluster(getattr(args, "cluster", None))
+    path = Path(args.path)
+    if not path.parent.is_dir():
+        raise UsageError(f"{path}: no such directory {path.parent}")
+    errors = []
+    for entry in cluster.nodes:  # the first node that answers the read barrier
+        try:
+            header = save(entry.client.host, entry.client.port, path, args.timeout,
+                          args.bytes_max)
+        except (OSError, UsageError) as error:
+            errors.append(f"node {entry.id}: {error}")
+            continue
+        if args.json:
+            print_json({"path": str(path), **header})
+        else:
+            print(f"snapshot saved to {path}: {header['keys']} keys, {header['bytes']} bytes, "
+                  f"applied index {header['applied_index']} (node {header['node']})")
+        return EXIT_OK
+    print("replicaio ctl: no node saved a snapshot: " + "; ".join(errors), file=sys.stderr)
+    return EXIT_UNHEALTHY
+
+
+def command_snapshot_restore(args: argparse.Namespace) -> int:
+    from replicaio.runtime.kv.backup import restore
+
+    if args.nodes < 1:
+        raise UsageError("--nodes must be >= 1")
+    found = restore(Path(args.path), Path(args.out), args.nodes, args.base_port,
+                    args.protocol, args.timeout)
+    if args.json:
+        print_json(found)
+    else:
+        print(f"restored {found['keys_restored']} of {found['keys_saved']} keys from "
+              f"{found['from']} into a new {found['nodes']}-node cluster in {found['out']}; "
+              f"start it with: replicaio kv up --data-dir {found['out']}")
+    return EXIT_OK if found["keys_restored"] == found["keys_saved"] else EXIT_UNHEALTHY

@@ -98,6 +98,7 @@ from replicaio.runtime.client import ListeningService, ServiceHost, register_ser
 from replicaio.runtime.config import Address, HostParams
 from replicaio.runtime.kv import sharded
 from replicaio.runtime.kv.admin import ADMIN_COMMAND, run_admin
+from replicaio.runtime.kv.backup import SNAPSHOT_COMMAND, run_snapshot
 from replicaio.runtime.kv.connection import (
     IDLE,
     REPLY_BOUND,
@@ -463,6 +464,11 @@ class RespService(ListeningService):
             if item.argv[0].lower() == ADMIN_COMMAND:  # an operator's membership request
                 await self.run_group(connection, group.take())
                 self.finish(connection, item, "local", await run_admin(self.host, item.argv))
+                continue
+            if item.argv[0].lower() == SNAPSHOT_COMMAND:  # an operator's backup (ctl)
+                await self.run_group(connection, group.take())
+                await self.drain(connection)
+                self.finish(connection, item, "local", await run_snapshot(self, connection))
                 continue
             step = plan_transaction(
                 connection.transaction, connection, item.argv, self.transaction_limits
