@@ -8,7 +8,7 @@
     replicaio replay FILE... --html OUT        (one run, or live nodes' logs merged)
     replicaio check-history FILE
     replicaio status --cluster FILE [--once] [--json]
-    replicaio check-transactions FILE [--bank-total N]
+    replicaio check-transactions FILE [--bank-total N] [--json]
     replicaio sim txn --groups G --nodes N --seed S [--faults ...] [--workload bank]
     replicaio swarm txn --groups G --nodes N --seeds K [--faults ...]
     replicaio demo
@@ -21,6 +21,9 @@
     replicaio kv up --nodes N --base-port P --data-dir D [--protocol raft]
     replicaio kv down --data-dir D
     replicaio kv node --config FILE --id I
+
+Every subcommand takes ``--log-level`` (this command's own logs; as ``replicaio
+--log-level L COMMAND``); every command that prints a result takes ``--json``.
 
 Exit status: 0 when every property held (or the replay matched), 1 when a
 property was violated (or the replay diverged), 2 for a usage error.
@@ -529,7 +532,7 @@ def command_check_history(args: argparse.Namespace) -> int:
 def command_check_transactions(args: argparse.Namespace) -> int:
     from replicaio.check.transactions import main_check_transactions
 
-    return main_check_transactions(args.file, bank_total=args.bank_total)
+    return main_check_transactions(args.file, bank_total=args.bank_total, as_json=args.json)
 
 
 def command_protocols(args: argparse.Namespace) -> int:
@@ -718,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     transactions.add_argument("file")
     transactions.add_argument("--bank-total", type=int, default=None,
                               help="the bank's total (a bank history needs it)")
+    transactions.add_argument("--json", action="store_true", help="one JSON object on stdout")
     transactions.set_defaults(handler=command_check_transactions)
 
     demo = commands.add_parser("demo", help="a guided tour of the framework")

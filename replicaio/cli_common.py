@@ -26,7 +26,8 @@ EXIT_USAGE: Final = 2
 EXIT_CLOSED_PIPE: Final = 141
 # Options naming a file a command writes: checked before anything runs.
 OUTPUT_PATH_OPTIONS: Final = ("log", "history", "event_log")
-RANDOM_SEEDS_MAX: Final = 1 << 31  # --first-seed random draws below this
+RANDOM_SEEDS_MAX: Final = 1 << 31
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")  # --first-seed random draws below this
 
 
 def positive_int(text: str) -> int:
@@ -89,6 +90,14 @@ def finish_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     for found in subparsers(parser):
         found.formatter_class = HelpFormatter
         found.set_defaults(command_parser=found)
+        options = {option for action in found._actions for option in action.option_strings}
+        leaf = not any(isinstance(action, argparse._SubParsersAction)
+                       for action in found._actions)
+        if found is not parser and leaf and "--log-level" not in options:
+            # `replicaio sim ... --log-level debug` as well as `replicaio --log-level debug sim`
+            found.add_argument("--log-level", dest="cli_log_level", default=argparse.SUPPRESS,
+                               choices=LOG_LEVELS, help="this command's own logs (JSON lines "
+                               "on stderr, ISO timestamps; default: warnings only)")
     return parser
 
 

@@ -27,6 +27,7 @@ Deterministic: no clock, no randomness, sorted traversal.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -155,9 +156,9 @@ def check_transactions(
 
 
 def main_check_transactions(
-    path: str | os.PathLike[str], *, bank_total: int | None = None
+    path: str | os.PathLike[str], *, bank_total: int | None = None, as_json: bool = False
 ) -> int:
-    """``replicaio check-transactions FILE``: load, check, print; exit 0 valid,
+    """``replicaio check-transactions FILE [--json]``: load, check, print; exit 0 valid,
     1 anomalies, 2 unreadable or malformed history."""
     try:
         history = load_transactions(path)
@@ -165,7 +166,16 @@ def main_check_transactions(
     except (OSError, UnicodeDecodeError, HistoryError) as error:
         print(f"check-transactions: {os.fspath(path)}: {error}", file=sys.stderr)
         return EXIT_INVALID_HISTORY
-    print(result.describe())
+    if as_json:
+        print(json.dumps({
+            "file": os.fspath(path), "workload": result.workload, "valid": result.valid,
+            "transactions": result.transactions, "committed": result.committed,
+            "edges": result.edges,
+            "anomalies": [{"name": anomaly.name, "transactions": list(anomaly.transactions),
+                           "evidence": list(anomaly.evidence)} for anomaly in result.anomalies],
+        }, sort_keys=True))
+    else:
+        print(result.describe())
     return EXIT_VALID if result.valid else EXIT_ANOMALIES
 
 
