@@ -66,7 +66,7 @@ def test_the_tutorial_files_are_the_example_package() -> None:
     files = tutorial_files()
     assert set(files) == {"pyproject.toml", "replicaio_double_echo/__init__.py",
                           "replicaio_double_echo/protocol.py",
-                          "replicaio_double_echo/broken.py"}
+                          "replicaio_double_echo/broken.py", "tests/test_double_echo.py"}
     for path, body in files.items():
         assert (EXAMPLE / path).read_text() == body, f"docs/tutorial.md's {path} differs"
 
