@@ -163,7 +163,9 @@ def test_idle_and_half_sent_connections_cannot_lock_clients_out(
     client is refused at first, then gets in once the timeouts free the slots."""
     cluster = make_cluster(nodes=1, extra={
         "host": {"client_connections_max": 16},
-        "service": {"idle_timeout_ms": 1000, "request_read_timeout_ms": 1000},
+        # Eviction off: this test is about the timeouts alone (eviction: below).
+        "service": {"idle_timeout_ms": 1000, "request_read_timeout_ms": 1000,
+                    "evict_idle_after_ms": 0},
     })
     ready_single_node(cluster).close()
     port = port_of(cluster, 0)
@@ -188,6 +190,62 @@ def test_idle_and_half_sent_connections_cannot_lock_clients_out(
         assert client.set("k", "v") is True
     finally:
         for sock in hostile:
+            sock.close()
+
+
+def test_a_new_client_evicts_the_longest_idle_connection_when_every_slot_is_taken(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """Every slot taken: a new client gets the slot of the connection idle the
+    longest (if idle long enough), counted; connections that are not idle (a
+    command half sent) are never evicted, and with none idle the new client is
+    refused as before."""
+    cluster = make_cluster(nodes=1, extra={
+        "host": {"client_connections_max": 4},
+        "service": {"idle_timeout_ms": 0, "request_read_timeout_ms": 0,
+                    "evict_idle_after_ms": 2000},
+    })
+    ready_single_node(cluster).close()
+    port = port_of(cluster, 0)
+    until(lambda: connected_clients(port) == 0, "the probe clients to go")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(4):  # the oldest first, each after a pause
+            sock = socket.create_connection((LOCAL, port), timeout=5.0)
+            sock.sendall(b"PING\r\n")
+            assert sock.recv(100) == b"+PONG\r\n"
+            held.append(sock)
+            time.sleep(0.15)
+        held[0].sendall(b"PING\r\n")  # the oldest becomes the most recently active
+        assert held[0].recv(100) == b"+PONG\r\n"
+        time.sleep(2.2)
+        client = connect(port)
+        assert client.set("k", "v") is True  # it got a slot
+        assert held[1].recv(100) == b""  # from the connection idle the longest
+        for sock in (held[0], held[2], held[3]):
+            sock.sendall(b"PING\r\n")
+            assert sock.recv(100) == b"+PONG\r\n"
+        # Just active: nobody idle long enough, the next client is refused.
+        with socket.create_connection((LOCAL, port), timeout=5.0) as refused:
+            assert refused.recv(100) == b"-ERR max number of clients reached\r\n"
+        assert int(client.info("stats")["evicted_clients"]) == 1
+        assert runtime_counters(cluster, 0).get("kv_clients_evicted_idle") == 1
+        # Half-sent commands are not idle: never evicted, however old.
+        client.close()
+        for sock in held:
+            sock.close()
+        until(lambda: connected_clients(port) == 0, "the clients to go")
+        held = []
+        for _ in range(4):
+            sock = socket.create_connection((LOCAL, port), timeout=5.0)
+            sock.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100\r\nabc")
+            held.append(sock)
+        time.sleep(2.3)
+        with socket.create_connection((LOCAL, port), timeout=5.0) as refused:
+            assert refused.recv(100) == b"-ERR max number of clients reached\r\n"
+        assert runtime_counters(cluster, 0).get("kv_clients_evicted_idle") == 1
+    finally:
+        for sock in held:
             sock.close()
 
 

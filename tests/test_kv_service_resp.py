@@ -649,8 +649,8 @@ def test_bad_input_is_answered_counted_and_the_service_keeps_serving(
 
 def test_pipeline_depth_and_client_connections_are_bounded() -> None:
     async def scenario() -> None:
-        async with FakeNode({"pipeline_depth_max": 8, "group_commands_max": 4},
-                            client_connections_max=2) as node:
+        async with FakeNode({"pipeline_depth_max": 8, "group_commands_max": 4,
+                             "evict_idle_after_ms": 0}, client_connections_max=2) as node:
             reader, writer = await asyncio.open_connection(LOCAL, node.service.port)
             writer.write(multibulk(b"INCR", b"n") * 100)
             await writer.drain()

@@ -221,6 +221,15 @@ class Connection:
             return STALLED if stalled else IDLE
         return None
 
+    def idle_since(self) -> float | None:
+        """When this connection went idle: nothing to answer, nothing unsent, no
+        command half read, not closing (``None``: it is not idle)."""
+        if self.waiting is not IDLE or self.unanswered or self.timed_out is not None:
+            return None
+        if self.items or self.reply_backlog():
+            return None
+        return self.active
+
     def full(self, params: RespParams) -> str | None:
         """The bound that stops reading this connection now, if any."""
         if self.unanswered >= params.pipeline_depth_max:

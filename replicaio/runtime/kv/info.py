@@ -113,6 +113,7 @@ def server_info(service: RespService) -> dict[str, dict[str, str | int]]:
         "Persistence": storage_info(getattr(host, "storage", None)),
         "Stats": {
             "total_connections_received": service.connections_received,
+            "evicted_clients": service.clients_evicted,  # idle ones, for a new client
             "total_commands_processed": service.commands_processed,
             "expired_keys_pending": len(getattr(store, "expires", {})),
         },

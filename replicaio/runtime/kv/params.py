@@ -20,7 +20,8 @@ from replicaio.services.kv.transactions import TransactionLimits
 from replicaio.smr.params import SmrConstants
 
 SMR_COMMAND_BYTES_MAX: Final = SmrConstants().command_bytes_max
-TIMEOUTS_OPTIONAL: Final = frozenset({"idle_timeout_ms", "request_read_timeout_ms"})
+TIMEOUTS_OPTIONAL: Final = frozenset({"idle_timeout_ms", "request_read_timeout_ms",
+                                      "evict_idle_after_ms"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,9 @@ class RespParams:
     request_timeout_ms: int = 5000  # then -TRYAGAIN no quorum
     idle_timeout_ms: int = 300_000  # Redis's `timeout`: close an idle connection (0: never)
     request_read_timeout_ms: int = 10_000  # close one that sends half a command (0: never)
+    # With every client slot taken, a new client evicts the connection idle the
+    # longest, if idle at least this long (0: never evict, refuse the new client).
+    evict_idle_after_ms: int = 1_000
 
     def validate(self) -> RespParams:
         for item in dataclasses.fields(self):

@@ -66,8 +66,10 @@ parser's (``bulk_bytes_max``, ``array_items_max``, ``inline_bytes_max``,
 ``command_bytes_max``), ``pipeline_depth_max``, ``group_commands_max``,
 ``group_bytes_max``, ``pipeline_bytes_max``, ``reply_bytes_max``,
 ``transaction_commands_max``, ``transaction_bytes_max``, ``watch_keys_max``, and
-``[host] client_connections_max`` clients (beyond it: ``-ERR max number of
-clients reached``, ``bound_client_connections_max``). So one connection holds
+``[host] client_connections_max`` clients. A client beyond it evicts the
+connection idle the longest, if idle at least ``evict_idle_after_ms``
+(``kv_clients_evicted_idle``, ``INFO`` ``evicted_clients``); if none is, it gets
+``-ERR max number of clients reached`` (``bound_client_connections_max``). So one connection holds
 at most about its parser's buffer, ``pipeline_bytes_max`` plus one command,
 and ``reply_bytes_max`` plus one request's replies.
 
@@ -211,6 +213,7 @@ class RespService(ListeningService):
         self.client_next = 0  # SMR client ids handed out in this incarnation
         self.scripts: dict[str, str] = {}  # SCRIPT LOAD: sha1 -> store command (bounded)
         self.connections_received = 0
+        self.clients_evicted = 0  # idle connections closed for a new client (evict_idle)
         self.commands_processed = 0
         self.incarnation = 0
         self.node_id = 0
@@ -339,7 +342,8 @@ class RespService(ListeningService):
             await ready.wait()  # the incarnation is known once the node has started
         if self.slots is None:
             self.slots = sharded.slots_of(self)  # (the node protocol exists by now)
-        if len(self.connections_open) >= self.host_params.client_connections_max:
+        if (len(self.connections_open) >= self.host_params.client_connections_max
+                and not self.evict_idle()):
             self.count("bound_client_connections_max")
             writer.write(b"-ERR max number of clients reached\r\n")
             writer.close()
@@ -818,6 +822,31 @@ class RespService(ListeningService):
         now = time.monotonic()
         return [connection.describe(now) for connection in
                 sorted(self.connections_open, key=lambda found: found.connection_id)]
+
+    def evict_idle(self) -> bool:
+        """Every client slot is taken: close the connection idle the longest, if
+        it has been idle at least ``evict_idle_after_ms`` (counted
+        ``kv_clients_evicted_idle``), so that a new client is not locked out by
+        clients that went quiet. Returns whether a slot was freed."""
+        after_ms = self.params.evict_idle_after_ms
+        if not after_ms:
+            return False
+        idle = [(since, connection.connection_id, connection)
+                for connection in self.connections_open
+                if (since := connection.idle_since()) is not None]
+        if not idle:
+            return False
+        since, _, connection = min(idle, key=lambda found: found[:2])
+        if time.monotonic() - since < after_ms / 1000:
+            return False
+        connection.timed_out = "evicted"
+        self.connections_open.discard(connection)  # its slot is the new client's now
+        self.clients_evicted += 1
+        self.count("kv_clients_evicted_idle")
+        transport = connection.writer.transport
+        if transport is not None:
+            transport.abort()
+        return True
 
     def kill_clients(self, client_id: int | None, address: str | None,
                      skip: Connection | None) -> int:
