@@ -406,6 +406,9 @@ def draw_html(logs: list[str], html: str) -> None:
         drawn = write_logs_html(logs, html)
     except OSError as error:
         raise UsageError(f"cannot draw {', '.join(logs)} into {html}: {error}") from error
+    for name, why in sorted(drawn["cut"].items()):
+        print(f"warning: event log {name} was {why}; drawn up to its last whole record",
+              file=sys.stderr)
     print(f"diagram: {drawn['steps']} steps, {drawn['messages']} messages, "
           f"{drawn['violations']} violation(s) -> {html}", file=sys.stderr)
 
@@ -493,7 +496,11 @@ def command_crash_prefixes(args: argparse.Namespace) -> int:
         protocol, f = kv_cli.service_protocol(args), kv_cli.default_f(args)
     else:
         protocol, f = args.protocol, args.f
-    result = check_prefixes(protocol, options, f=f, states_max=args.states)
+    # The bar counts prefix states against the bound (--states): a run with fewer
+    # writing steps ends early, and the bar with it.
+    with RunProgress(f"{protocol} crash prefixes", args.states, unit="states") as progress:
+        result = check_prefixes(protocol, options, f=f, states_max=args.states,
+                                on_state=lambda failed: progress.advance(failed=failed))
     violations = list(result.failures)
     violations += result.run_violations
     report = {

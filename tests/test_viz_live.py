@@ -179,6 +179,7 @@ def test_live_event_logs_draw_as_one_diagram(
     restarts = [i for i, kind in enumerate(events["kind"]) if kind == 0 and events["inc"][i] > 1]
     assert {events["node"][i] for i in restarts} == {2}
     assert any(span[0] == 2 for span in model["downs"])
+    check_cut_logs(logs, model, tmp_path, capsys)
     chromium, _ = find_chromium()
     if chromium is not None:
         dom = dump_dom(chromium, page.as_uri())
@@ -187,3 +188,27 @@ def test_live_event_logs_draw_as_one_diagram(
         if os.environ.get("REPLICAIO_WRITE_DOC_IMAGES") == "1":
             screenshot(chromium, page.as_uri() + "#mode=order", ROOT / "docs" / "images" /
                        "diagram-live.png", width=1400, height=860)
+
+
+def check_cut_logs(logs: list[Path], whole: dict[str, Any], tmp_path: Path,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A live log cut mid-record (a node killed while writing it), or ending in
+    garbage, still draws: every whole record, and the page and stderr say it was cut."""
+    steps = len(whole["events"]["t"])
+    for how in ("mid-record", "garbage"):
+        cut = []
+        for path in logs:
+            copy = tmp_path / how / path.name
+            copy.parent.mkdir(exist_ok=True)
+            data = path.read_bytes()
+            copy.write_bytes(data[:-7] if how == "mid-record" else data + bytes(16))
+            cut.append(copy)
+        page = tmp_path / f"{how}.html"
+        assert main(["replay", *map(str, cut), "--html", str(page)]) == 0
+        said = capsys.readouterr().err
+        assert said.count("warning: event log") == len(logs), said
+        assert ("cut mid-record" if how == "mid-record" else "malformed record") in said
+        html = page.read_text()
+        assert html.count('class="cut-log"') == len(logs)
+        drawn = int(re.search(r"diagram: (\d+) steps", said).group(1))  # type: ignore[union-attr]
+        assert 0 < steps - len(logs) <= drawn <= steps

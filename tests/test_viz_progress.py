@@ -70,3 +70,14 @@ def test_explore_shows_its_progress_too() -> None:
     plain, quiet = run(EXPLORE, terminal=False)
     assert quiet == ""
     assert report == plain
+
+
+def test_explore_crash_prefixes_shows_its_progress_too() -> None:
+    argv = ["explore", "bracha", "--nodes", "4", "--seed", "1", "--crash-prefixes",
+            "--states", "300", "--json"]
+    report, shown = run(argv, terminal=True)
+    assert "states/s" in shown and "bracha crash prefixes" in shown and "/300" in shown
+    assert report["states_checked"] > 0
+    plain, quiet = run(argv, terminal=False)
+    assert quiet == ""
+    assert report == plain

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,9 +85,11 @@ class PrefixSimulator(Simulator):
         states_max: int = STATES_MAX,
         received_max: int = RECEIVED_MAX,
         failures_max: int = FAILURES_MAX,
+        on_state: Callable[[bool], None] | None = None,
     ) -> None:
         super().__init__(protocol, options, f=f, record=False, factory=factory, params=params)
         self.result = PrefixResult()
+        self.on_state = on_state  # called after each prefix state checked (a progress bar)
         self.states_max = states_max
         self.failures_max = failures_max
         self.received: list[deque[tuple[int, Any]]] = [
@@ -150,6 +153,8 @@ class PrefixSimulator(Simulator):
                 return
             result.states_checked += 1
             found = self.shadow(node, before, writes[:keep], self.fork_checkers(checkers))
+            if self.on_state is not None:
+                self.on_state(found is not None)
             if found is not None:
                 result.failures.append({
                     "node": node.node_id,
@@ -219,13 +224,15 @@ def check_prefixes(
     factory: ProtocolFactory | None = None,
     states_max: int = STATES_MAX,
     received_max: int = RECEIVED_MAX,
+    on_state: Callable[[bool], None] | None = None,
 ) -> PrefixResult:
     """Run ``options`` once and restart a shadow from every prefix of every step's
     writes; see the module docstring. ``factory`` overrides the protocol's
-    (a protocol configured small, or a broken variant under test)."""
+    (a protocol configured small, or a broken variant under test); ``on_state(failed)``
+    is called after each prefix state checked."""
     simulator = PrefixSimulator(
         protocol, options, f=f, factory=factory, states_max=states_max,
-        received_max=received_max,
+        received_max=received_max, on_state=on_state,
     )
     run = simulator.run()
     result = simulator.result

@@ -49,7 +49,7 @@ from typing import IO, Any
 import msgpack
 
 from replicaio.core.codec import registered_messages
-from replicaio.trace.eventlog import NOTE, STEP, read_log
+from replicaio.trace.eventlog import NOTE, STEP, read_log_prefix
 
 VALUE_ITEMS_MAX = 16
 BYTES_SHOWN_MAX = 48
@@ -87,11 +87,13 @@ class LoadedLog:
     steps: list[list[Any]]
     notes: list[list[Any]]
     offset_us: int = 0
+    cut: str = ""  # why the log ends before its end (killed mid-write), or ""
 
 
 def load_log(stream: IO[bytes], name: str) -> LoadedLog:
-    """Read a whole event log (raises ``EventLogError`` on a bad one)."""
-    header, records = read_log(stream)
+    """Read a whole event log (raises ``EventLogError`` on a bad header). A log cut
+    mid-record, or with a damaged tail, gives its whole records and says so in ``cut``."""
+    header, records, cut = read_log_prefix(stream.read())
     steps: list[list[Any]] = []
     notes: list[list[Any]] = []
     for record in records:
@@ -99,7 +101,7 @@ def load_log(stream: IO[bytes], name: str) -> LoadedLog:
             steps.append(record)
         elif record[0] == NOTE and len(record) == 5:
             notes.append(record)
-    return LoadedLog(name, header, steps, notes)
+    return LoadedLog(name, header, steps, notes, cut=cut)
 
 
 def align_clocks(logs: list[LoadedLog]) -> None:
@@ -566,6 +568,7 @@ class DiagramBuilder:
                 "byzantine": byzantine,
                 "live": live,
                 "sources": [log.name for log in self.logs],
+                "cut": {log.name: log.cut for log in self.logs if log.cut},
                 "end_us": end_us,
                 "options": json.loads(json.dumps(header.get("options", {}), default=repr)),
             },

@@ -214,6 +214,50 @@ class EventLogWriter:
 def read_log(stream: IO[bytes]) -> tuple[dict[str, Any], Iterator[list[Any]]]:
     """The header and an iterator over the records of an event log."""
     unpacker = msgpack.Unpacker(stream, raw=False, strict_map_key=False, use_list=True)
+    header = _read_header(unpacker)
+
+    def records() -> Iterator[list[Any]]:
+        try:
+            for record in unpacker:
+                if not isinstance(record, list) or not record:
+                    raise EventLogError(f"malformed record {record!r}")
+                yield record
+        except (ValueError, msgpack.UnpackException) as error:
+            raise EventLogError(f"truncated or corrupt event log: {error}") from error
+
+    return header, records()
+
+
+def read_log_prefix(data: bytes) -> tuple[dict[str, Any], list[list[Any]], str]:
+    """The header and every whole record of the event log ``data``, and why it
+    ends early (``""``: it ends after a whole record). A live node killed in the
+    middle of a write, or a log copied while it grew, ends in part of a record;
+    what comes before is still good. A bad header still raises ``EventLogError``."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True)
+    unpacker.feed(data)
+    header = _read_header(unpacker)
+    records: list[list[Any]] = []
+    consumed = unpacker.tell()
+    try:
+        for record in unpacker:
+            if not isinstance(record, list) or not record:
+                return header, records, (
+                    f"cut or corrupt after byte {consumed} of {len(data)} "
+                    f"(a malformed record follows)"
+                )
+            records.append(record)
+            consumed = unpacker.tell()
+    except (ValueError, msgpack.UnpackException) as error:
+        return header, records, f"corrupt after byte {consumed} of {len(data)} ({error})"
+    if consumed < len(data):
+        return header, records, (
+            f"cut mid-record: {len(data) - consumed} bytes after its last whole record "
+            f"(byte {consumed} of {len(data)})"
+        )
+    return header, records, ""
+
+
+def _read_header(unpacker: msgpack.Unpacker) -> dict[str, Any]:
     try:
         header = next(unpacker)
     except (StopIteration, ValueError, msgpack.ExtraData) as error:
@@ -226,14 +270,4 @@ def read_log(stream: IO[bytes]) -> tuple[dict[str, Any], Iterator[list[Any]]]:
             f"{VERSION} (see docs/eventlog.md, 'Versions'); replay it with the replicaio "
             "that wrote it"
         )
-
-    def records() -> Iterator[list[Any]]:
-        try:
-            for record in unpacker:
-                if not isinstance(record, list) or not record:
-                    raise EventLogError(f"malformed record {record!r}")
-                yield record
-        except (ValueError, msgpack.UnpackException) as error:
-            raise EventLogError(f"truncated or corrupt event log: {error}") from error
-
-    return header, records()
+    return header

@@ -32,6 +32,7 @@ __CSS__
 <header id="top">
   <h1 id="title">__TITLE__</h1>
   <span id="summary"></span>
+  __CUT__
   <span id="perf"></span>
   <span class="spacer"></span>
   <label>time <select id="mode"><option value="time">virtual time</option>
@@ -88,7 +89,13 @@ def render_html(model: dict[str, Any]) -> str:
     style = folder.joinpath("diagram.css").read_text(encoding="utf-8")
     # Inside <script>, "</" could end the element early; JSON allows "<\/".
     data = json.dumps(model, separators=(",", ":"), ensure_ascii=True).replace("</", "<\\/")
-    parts = {"__TITLE__": escape_html(page_title(model)), "__CSS__": style, "__JS__": script}
+    cut = model["meta"].get("cut") or {}
+    notice = "".join(
+        f'<span class="cut-log" style="color:#b00;font-weight:bold">{escape_html(name)} was '
+        f"{escape_html(why)}: drawn up to its last whole record.</span> "
+        for name, why in sorted(cut.items()))
+    parts = {"__TITLE__": escape_html(page_title(model)), "__CSS__": style, "__JS__": script,
+             "__CUT__": notice}
     page = TEMPLATE
     for key, value in parts.items():
         page = page.replace(key, value)
@@ -118,4 +125,5 @@ def write_logs_html(logs: Sequence[str | Path], path: str | Path) -> dict[str, A
         "steps": len(model["events"]["t"]),
         "messages": len(model["messages"]["t0"]),
         "violations": len(model["violations"]),
+        "cut": dict(model["meta"]["cut"]),
     }
