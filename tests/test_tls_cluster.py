@@ -224,3 +224,66 @@ def test_a_node_restarted_with_another_cas_certificate_is_shut_out(
     log = cluster.stderr_log(0, 1).read_text()
     assert '"TLS to peer refused"' in log and '"peer": 2' in log
     client.close()
+
+
+def test_kv_up_tls_serves_redis_py_over_tls_and_its_peers_over_mutual_tls(
+    tmp_path: Path,
+) -> None:
+    """``kv up --tls`` makes the certificates, and its nodes speak TLS 1.3 to a
+    certified redis-py client and mutual TLS between themselves; a plaintext
+    client, and a TLS client without a certificate, are refused."""
+    import sys
+
+    from replicaio.runtime.local import free_port_block
+
+    base = free_port_block(10)
+    directory = tmp_path / "kv"
+    command = [sys.executable, "-m", "replicaio.cli", "kv"]
+    try:
+        up = subprocess.run([*command, "up", "--nodes", "3", "--base-port", str(base),
+                             "--data-dir", str(directory), "--no-fsync", "--tls"],
+                            capture_output=True, text=True, timeout=90, check=False)
+        assert up.returncode == 0, up.stderr
+        assert "redis-cli --tls --cacert" in up.stdout
+        certs = directory / "certs"
+        assert (certs / "ca.pem").exists() and (certs / "client.key").exists()
+        text = (directory / "cluster.toml").read_text()
+        assert "[tls]" in text and "tls_cert" in text
+        port = base + 1
+        client = redis.Redis(port=port, ssl=True, ssl_ca_certs=str(certs / "ca.pem"),
+                             ssl_check_hostname=False, ssl_certfile=str(certs / "client.pem"),
+                             ssl_keyfile=str(certs / "client.key"), socket_timeout=5.0,
+                             retry=Retry(NoBackoff(), 0))
+        write_until_ok(client, "k", "over tls")
+        assert client.get("k") == b"over tls"
+        version = client.connection_pool.get_connection()
+        try:
+            assert version._sock.version() == "TLSv1.3"  # type: ignore[attr-defined]
+        finally:
+            client.connection_pool.release(version)
+        for node in (1, 2):  # replicated to the others over the peers' mutual TLS
+            other = redis.Redis(port=base + 1 + node, ssl=True,
+                                ssl_ca_certs=str(certs / "ca.pem"), ssl_check_hostname=False,
+                                ssl_certfile=str(certs / "client.pem"),
+                                ssl_keyfile=str(certs / "client.key"), socket_timeout=5.0,
+                                retry=Retry(NoBackoff(), 0))
+            assert other.get("k") == b"over tls"
+            other.close()
+        client.close()
+        plain = redis.Redis(port=port, socket_timeout=3.0, retry=Retry(NoBackoff(), 0))
+        refused(plain.ping)
+        anonymous = redis.Redis(port=port, ssl=True, ssl_ca_certs=str(certs / "ca.pem"),
+                                ssl_check_hostname=False, socket_timeout=3.0,
+                                retry=Retry(NoBackoff(), 0))
+        refused(anonymous.ping)
+        with socket.create_connection(("127.0.0.1", base + 4), timeout=3.0) as peer:
+            peer.sendall(b"hello in plaintext\r\n")  # the peer port wants TLS too
+            peer.settimeout(3.0)
+            try:
+                answer = peer.recv(100)
+            except ConnectionResetError:
+                answer = b""  # closed with a reset: refused just the same
+            assert answer == b""
+    finally:
+        subprocess.run([*command, "down", "--data-dir", str(directory)], capture_output=True,
+                       timeout=60, check=False)

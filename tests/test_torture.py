@@ -125,6 +125,29 @@ def test_a_short_live_torture_of_raft_passes_and_leaves_nothing_behind(tmp_path:
 
 
 @needs_root
+def test_a_short_live_torture_over_mutual_tls_passes(tmp_path: Path) -> None:
+    """The same torture with ``--tls``: certificates from ``certs init``, mutual TLS
+    1.3 between the nodes and to every redis-py client, through the same faults."""
+    done = subprocess.run(
+        [*COMMAND, "--nodes", "3", "--duration", "25", "--seed", "1", "--clients", "4",
+         "--out", str(tmp_path), "--check-budget", "60", "--tls", "--json"],
+        capture_output=True, text=True, timeout=240, check=False,
+    )
+    print(f"\n{done.stdout}\n{done.stderr}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "mutual TLS" in done.stdout
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["passed"] is True and result["linearizable"] is True
+    assert result["ok"] > 50 and result["acknowledged"] > 5
+    assert "kill" in {fault["kind"] for fault in result["faults"]}  # TLS set up again
+    assert leftovers(run_tag(done.stdout)) == []
+    (run,) = tmp_path.iterdir()
+    assert "[tls]" in (run / "cluster.toml").read_text()
+    assert (run / "certs" / "client.pem").exists()
+    assert "--tls" in result["rerun"]  # the rerun command keeps it
+
+
+@needs_root
 def test_an_interrupted_torture_tears_everything_down(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [*COMMAND, "--nodes", "3", "--duration", "60", "--seed", "5", "--clients", "2",

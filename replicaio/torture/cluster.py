@@ -5,7 +5,10 @@ address, the same ports on each), starts ``replicaio kv node`` inside each
 node's namespace (``ip netns exec``), and kills (SIGKILL), pauses (SIGSTOP),
 resumes (SIGCONT) and restarts nodes with their data directories intact.
 Each run of a node writes its output to ``node-I.run-K.log``. ``close``
-resumes and kills whatever still runs; it is idempotent.
+resumes and kills whatever still runs; it is idempotent. With ``tls``, ``certs
+init`` makes ``certs/`` (each node's certificate names its namespace address)
+and both ports speak mutual TLS 1.3; the workload's clients present
+``certs/client.pem``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from replicaio.runtime.config import ClusterFile, load_cluster_file, render_cluster_file
 from replicaio.torture.network import Testbed
-from replicaio.torture.workload import Endpoint
+from replicaio.torture.workload import ClientCertificate, Endpoint
 
 PEER_PORT = 7100
 CLIENT_PORT = 6379
@@ -40,7 +43,8 @@ READY_TIMEOUT_S = 30.0
 class NamespacedCluster:
     """See the module docstring."""
 
-    def __init__(self, directory: Path, testbed: Testbed, protocol: str) -> None:
+    def __init__(self, directory: Path, testbed: Testbed, protocol: str, *,
+                 tls: bool = False) -> None:
         self.directory = directory
         self.testbed = testbed
         directory.mkdir(parents=True, exist_ok=True)
@@ -55,9 +59,23 @@ class NamespacedCluster:
             }
             for node in range(testbed.nodes)
         ]
+        sections = dict(SECTIONS)
+        self.client_tls: ClientCertificate | None = None
+        if tls:
+            from replicaio.runtime.certs import init_certs
+
+            certs = directory / "certs"
+            init_certs(certs, testbed.nodes,
+                       hosts=tuple(str(testbed.address(node)) for node in range(testbed.nodes)))
+            sections["tls"] = {"ca_file": "certs/ca.pem", "peer": True, "client": True}
+            for table in tables:
+                table["tls_cert"] = f"certs/node-{table['id']}.pem"
+                table["tls_key"] = f"certs/node-{table['id']}.key"
+            self.client_tls = ClientCertificate(str(certs / "ca.pem"), str(certs / "client.pem"),
+                                                str(certs / "client.key"))
         self.config_path = directory / "cluster.toml"
         self.config_path.write_text(render_cluster_file(
-            protocol=protocol, nodes=tables, secret_file="cluster.key", sections=SECTIONS))
+            protocol=protocol, nodes=tables, secret_file="cluster.key", sections=sections))
         self.cluster: ClusterFile = load_cluster_file(self.config_path)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.paused: set[int] = set()
@@ -68,7 +86,8 @@ class NamespacedCluster:
         return self.cluster.n
 
     def endpoints(self) -> list[Endpoint]:
-        return [Endpoint(entry.client.host, entry.client.port) for entry in self.cluster.nodes]
+        return [Endpoint(entry.client.host, entry.client.port, self.client_tls)
+                for entry in self.cluster.nodes]
 
     def data_dir(self, node: int) -> Path:
         return self.cluster.nodes[node].data_dir

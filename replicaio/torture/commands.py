@@ -36,6 +36,8 @@ def add_torture_command(commands: Any) -> None:
                         help="seconds the linearizability check may take")
     parser.add_argument("--progress-timeout", type=float, default=30.0)
     parser.add_argument("--json", action="store_true", help="print the result as JSON too")
+    parser.add_argument("--tls", action="store_true",
+                        help="mutual TLS 1.3 on the peer and client ports (certs init)")
     parser.set_defaults(handler=command_torture)
 
 
@@ -51,6 +53,7 @@ def command_torture(args: argparse.Namespace) -> int:
         protocol=args.protocol, nodes=args.nodes, duration_s=args.duration, seed=args.seed,
         clients=args.clients, faults=faults, out=Path(args.out),
         check_budget_s=args.check_budget, progress_timeout_s=args.progress_timeout,
+        tls=args.tls,
     )
     result = run_torture(options, say=lambda line: print(line, flush=True))
     text = summary(result)

@@ -71,6 +71,7 @@ class TortureOptions:
     check_budget_s: float = 120.0
     progress_timeout_s: float = 30.0
     tmpfs_bytes: int = TMPFS_BYTES_DEFAULT
+    tls: bool = False  # mutual TLS on the peer and client ports (certs init)
 
     def validate(self) -> TortureOptions:
         if not 1 <= self.nodes <= NODES_MAX:
@@ -88,6 +89,8 @@ class TortureOptions:
                  "--clients", str(self.clients)]
         if tuple(self.faults) != FAULT_KINDS:
             words += ["--faults", ",".join(self.faults)]
+        if self.tls:
+            words.append("--tls")
         return shlex.join(words)
 
 
@@ -150,7 +153,8 @@ def run_torture(options: TortureOptions, say: Callable[[str], None] = print) -> 
     result = TortureResult(options, directory, tag)
     testbed = Testbed(tag, options.nodes, choose_subnet(options.seed))
     say(f"torture: {options.nodes} {options.protocol} nodes in namespaces replicaio-{tag}-n*, "
-        f"subnet {testbed.subnet}, seed {options.seed}, {options.duration_s:g} s; out {directory}")
+        f"subnet {testbed.subnet}, seed {options.seed}, {options.duration_s:g} s"
+        f"{', mutual TLS' if options.tls else ''}; out {directory}")
     (directory / "testbed.json").write_text(json.dumps({
         "tag": tag, "namespaces": [testbed.namespace(n) for n in range(options.nodes)],
         "bridge": testbed.bridge_name(), "subnet": str(testbed.subnet)}, indent=1))
@@ -159,7 +163,7 @@ def run_torture(options: TortureOptions, say: Callable[[str], None] = print) -> 
     with interrupts_as_keyboard_interrupt() as shield:
         try:
             testbed.create()
-            cluster = NamespacedCluster(directory, testbed, options.protocol)
+            cluster = NamespacedCluster(directory, testbed, options.protocol, tls=options.tls)
             workload = torture(options, testbed, cluster, result, say)
         except KeyboardInterrupt:
             result.problems.append("interrupted (Ctrl-C or SIGTERM)")

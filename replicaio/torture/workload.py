@@ -43,16 +43,34 @@ JOIN_TIMEOUT_S = 3 * SOCKET_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """The files a TLS client presents and trusts (``certs init``'s ``client.*``)."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     host: str
     port: int
+    tls: ClientCertificate | None = None  # mutual TLS on the client port
 
 
 def connect(endpoint: Endpoint, timeout_s: float = SOCKET_TIMEOUT_S) -> redis.Redis:
     """A redis-py client with its retries off: every failure is recorded, not hidden."""
+    tls = endpoint.tls
+    if tls is None:
+        return redis.Redis(
+            host=endpoint.host, port=endpoint.port, socket_timeout=timeout_s,
+            socket_connect_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
+        )
     return redis.Redis(
         host=endpoint.host, port=endpoint.port, socket_timeout=timeout_s,
         socket_connect_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
+        ssl=True, ssl_ca_certs=tls.ca_file, ssl_certfile=tls.cert_file,
+        ssl_keyfile=tls.key_file, ssl_check_hostname=False,
     )
 
 

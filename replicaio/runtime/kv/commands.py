@@ -12,7 +12,12 @@ secret ``D/cluster.key`` on first use and reuses them after, starts one
 ``PING`` and the cluster answers a read (a leader is elected), and prints the
 ports. Ports: RESP (Redis clients) ``P+1 .. P+N``, peers ``P+N+1 .. P+2N``,
 metrics ``P+2N+1 .. P+3N`` (``--no-metrics`` to skip). So with the defaults
-``redis-cli -p 7001 set k v`` works. ``kv down`` stops the processes (SIGTERM,
+``redis-cli -p 7001 set k v`` works. With ``--tls`` (on first use) ``kv up``
+also makes a cluster CA and certificates in ``D/certs`` (``certs init``) and
+the nodes speak mutual TLS 1.3 on both ports: peers authenticate each other
+by certificate, and a Redis client needs one of the CA's certificates
+(``redis-cli --tls --cacert D/certs/ca.pem --cert D/certs/client.pem --key
+D/certs/client.key``). ``kv down`` stops the processes (SIGTERM,
 then SIGKILL after ``--timeout``). ``kv node`` runs one node from a cluster
 file, for a deployment across hosts. ``kv gateway`` serves Redis clients on
 ``--port`` and answers each command only once f+1 replicas agree on its result
@@ -22,9 +27,11 @@ file, for a deployment across hosts. ``kv gateway`` serves Redis clients on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -79,6 +86,8 @@ def add_kv_commands(commands: Any) -> None:
     up.add_argument("--no-metrics", action="store_true", help="no Prometheus endpoints")
     up.add_argument("--no-fsync", action="store_true", help="skip fsync (throwaway clusters)")
     up.add_argument("--event-logs", action="store_true", help="record D/node-I.events")
+    up.add_argument("--tls", action="store_true",
+                    help="mutual TLS on the peer and RESP ports (certificates made in D/certs)")
     up.add_argument("--ready-timeout", type=float, default=30.0,
                     help="seconds to wait for the nodes to serve")
     up.add_argument("--node", type=int, default=None, metavar="I",
@@ -184,7 +193,12 @@ def command_kv_up(args: argparse.Namespace) -> int:
               f"{metrics}")
     ports = " ".join(str(entry.client.port) for entry in cluster.nodes)
     print(f"kv up: {cluster.n} {cluster.protocol} nodes; RESP ports {ports}; config {config_path}")
-    print(f"try: redis-cli -p {cluster.nodes[0].client.port} set k v")
+    tls = ""
+    if cluster.tls is not None and cluster.tls.client:
+        certs = directory / "certs"
+        tls = (f"--tls --cacert {cluster.tls.ca_file} --cert {certs / 'client.pem'} "
+               f"--key {certs / 'client.key'} ")
+    print(f"try: redis-cli {tls}-p {cluster.nodes[0].client.port} set k v")
     return EXIT_OK
 
 
@@ -205,6 +219,10 @@ def ignored_options(cluster: ClusterFile, args: argparse.Namespace) -> list[str]
         ignored.append("--no-metrics (the file's nodes serve metrics)")
     if not args.no_metrics and first.metrics is None:
         ignored.append("metrics (the file has no metrics ports: it was made with --no-metrics)")
+    if args.tls and cluster.tls is None:
+        ignored.append("--tls (the file's nodes speak plaintext)")
+    if not args.tls and cluster.tls is not None:
+        ignored.append("plaintext (the file's nodes speak TLS: it was made with --tls)")
     return ignored
 
 
@@ -248,6 +266,15 @@ def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
     groups = getattr(args, "groups", None)
     if groups is not None:  # the slot map: G groups sharing the slots evenly
         sections["protocol.params"] = {"groups": groups}
+    if args.tls:
+        from replicaio.runtime.certs import init_certs
+
+        local = host in (DEFAULT_HOST, "localhost")
+        init_certs(directory / "certs", n, hosts=() if local else (host,) * n)
+        sections["tls"] = {"ca_file": "certs/ca.pem", "peer": True, "client": True}
+        for node in nodes:
+            node["tls_cert"] = f"certs/node-{node['id']}.pem"
+            node["tls_key"] = f"certs/node-{node['id']}.key"
     text = render_cluster_file(
         protocol=args.protocol.partition(":")[0], nodes=nodes, auth=auth,
         secret_file=SECRET_FILE if auth == "hmac" else None, sections=sections,
@@ -298,7 +325,7 @@ def start_one_node(directory: Path, args: argparse.Namespace) -> int:
                           only=args.node)[0]
     deadline = time.monotonic() + args.ready_timeout
     while not ask(entry.client.host, entry.client.port, b"*1\r\n$4\r\nPING\r\n", b"+PONG",
-                  time.monotonic() + 1.0):
+                  time.monotonic() + 1.0, client_tls(cluster)):
         status = process.poll()
         if status is not None:
             print(f"replicaio: error: {exit_reason(directory, args.node, status)}",
@@ -332,9 +359,10 @@ def wait_until_serving(
                 return exit_reason(directory, entry.id, status)
         return None
 
+    tls = client_tls(cluster)
     for entry in cluster.nodes:
         if not ask(entry.client.host, entry.client.port, b"*1\r\n$4\r\nPING\r\n", b"+PONG",
-                   deadline):
+                   deadline, tls):
             return exited() or f"node {entry.id} does not answer PING at {entry.client}"
     first = cluster.nodes[0].client
     probes = [b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key)
@@ -343,7 +371,7 @@ def wait_until_serving(
         failed = exited()
         if failed is not None:
             return failed
-        if all(ask(first.host, first.port, probe, b"$", deadline) for probe in probes):
+        if all(ask(first.host, first.port, probe, b"$", deadline, tls) for probe in probes):
             return None
         time.sleep(0.1)
     return f"no leader elected within {timeout_s} s"
@@ -371,14 +399,30 @@ def probe_keys(protocol: str) -> list[bytes]:
     return [found[group] for group in sorted(found)]
 
 
-def ask(host: str, port: int, request: bytes, expected: bytes, deadline: float) -> bool:
+def client_tls(cluster: ClusterFile) -> ssl.SSLContext | None:
+    """How ``kv up`` itself speaks to the RESP ports: plaintext, or (``[tls]
+    client``) TLS with node 0's certificate, which the client port accepts as it
+    accepts any certificate of the cluster's CA (``replicaio.runtime.tls``)."""
+    if cluster.tls is None or not cluster.tls.client:
+        return None
+    from replicaio.runtime.tls import client_context
+
+    config = cluster.tls_config(cluster.nodes[0].id)
+    assert config is not None
+    return client_context(config)
+
+
+def ask(host: str, port: int, request: bytes, expected: bytes, deadline: float,
+        tls: ssl.SSLContext | None = None) -> bool:
     """Whether the node at ``host:port`` answers ``request`` with a reply that starts
-    with ``expected`` before ``deadline``."""
+    with ``expected`` before ``deadline`` (over TLS with ``tls``)."""
     try:
-        with socket.create_connection((host, port), timeout=2.0) as connection:
-            connection.settimeout(max(0.1, min(10.0, deadline - time.monotonic())))
-            connection.sendall(request)
-            answer = connection.recv(256)
+        with socket.create_connection((host, port), timeout=2.0) as plain:
+            plain.settimeout(max(0.1, min(10.0, deadline - time.monotonic())))
+            with (tls.wrap_socket(plain) if tls is not None
+                  else contextlib.nullcontext(plain)) as connection:
+                connection.sendall(request)
+                answer = connection.recv(256)
     except OSError:
         return False
     return answer.startswith(expected)
