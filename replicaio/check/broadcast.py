@@ -16,6 +16,10 @@ They watch node outputs from outside the nodes (``Accepted`` and
 * **totality** (end of run, ``bracha``): an instance delivered by one correct
   node is delivered by every correct node.
 
+A node that outputs ``StorageLost`` (its storage lost writes, and it abstains
+from then on) counts as faulty from that output on: what it delivered before
+is still checked against the others, and it is no longer expected to deliver.
+
 Safety properties are checked on every output; validity and totality are
 liveness properties, checked by :meth:`BroadcastChecker.finish` once the
 network has healed.
@@ -26,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from replicaio.interfaces.broadcast import Accepted, BroadcastClaims, Delivered
+from replicaio.interfaces.broadcast import Accepted, BroadcastClaims, Delivered, StorageLost
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,9 @@ class BroadcastChecker:
     def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]:
         """Check one output; returns (and keeps) any new violations."""
         if node not in self.correct:
+            return []
+        if type(output) is StorageLost:
+            self.lost_storage(node)
             return []
         found: list[Violation] = []
         if type(output) is Accepted:
@@ -142,9 +149,19 @@ class BroadcastChecker:
         self.update_settled(key)
         return found
 
+    def lost_storage(self, node: int) -> None:
+        """``node``'s storage lost writes: it abstains from now on and counts as
+        faulty (what it delivered before stays checked against the others)."""
+        self.correct = self.correct - {node}
+        for key in list(self.unsettled):
+            self.update_settled(key)
+
     def update_settled(self, key: tuple[int, int]) -> None:
-        expected = key in self.accepted or (self.spec.totality and key in self.delivered)
-        if expected and len(self.delivered.get(key, ())) < len(self.correct):
+        holders = self.correct.intersection(self.delivered.get(key, ()))
+        expected = (key in self.accepted and key[0] in self.correct) or (
+            self.spec.totality and bool(holders)
+        )
+        if expected and len(holders) < len(self.correct):
             self.unsettled[key] = None
         else:
             self.unsettled.pop(key, None)
@@ -173,7 +190,9 @@ class BroadcastChecker:
         if self.spec.totality:
             for key in sorted(self.delivered):
                 missing = sorted(self.correct - set(self.delivered[key]))
-                if missing and key not in self.accepted:
+                holders = self.correct.intersection(self.delivered[key])
+                # (an instance a still-correct sender accepted is validity's)
+                if missing and holders and (key not in self.accepted or key[0] not in self.correct):
                     found.append(
                         Violation(
                             "totality",

@@ -39,6 +39,15 @@ class Accepted(Message, tag="Accepted"):
     value: Annotated[bytes, Meta(max_length=VALUE_BYTES_MAX)]
 
 
+class StorageLost(Message, tag="StorageLost"):
+    """Output: this node's storage lost writes it may have acted on (``Start.damaged``),
+    so it no longer takes part: it sends nothing new, delivers nothing and
+    accepts no broadcast, for good (see ``replicaio.protocols.broadcast.instances``).
+    From here on it counts as a faulty node, against the protocol's f."""
+
+    incarnation: int
+
+
 class BroadcastClaims(Protocol):
     """The properties a broadcast protocol claims beyond integrity, no
     duplication and validity (which every one of them claims)."""

@@ -200,9 +200,11 @@ class SimOptions:
         crashes = draw_crashes(rng, correct, safety) if "crash" in faults else ()
         rates, offsets = draw_clocks(seed, nodes, clock_drift_ppm, beyond="clock" in faults)
         if "disk" in faults:
-            # At most as many nodes with faulty disks as the crash model allows
-            # failures, Byzantine nodes included: a quorum of intact disks remains.
-            disks = draw_disk_nodes(seed, correct, (nodes - 1) // 2 - len(faulty))
+            # At most f nodes with faulty disks, Byzantine nodes included, for the
+            # Byzantine bound n >= 3f + 1 of the broadcast family (a node that lost
+            # writes abstains and counts as faulty; the KV harness draws its own,
+            # for Raft's n >= 2f + 1): a quorum of intact disks remains.
+            disks = draw_disk_nodes(seed, correct, (nodes - 1) // 3 - len(faulty))
             disk_rng = random.Random(f"replicaio-disk-faults:{seed}")
             crashes = tuple(sorted(
                 crashes + draw_disk_faults(disk_rng, disks, safety),

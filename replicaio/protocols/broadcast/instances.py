@@ -25,6 +25,20 @@ child path ``(sender, seq)`` of this component.
 * After a restart the component rebuilds itself from durable state: the
   watermarks, the delivered records, and the instances in progress (those
   whose links had sent something), which are resumed.
+* **A node whose storage lost writes** (``Start.damaged``: a lost tail, a
+  flipped bit, a misdirected write) may have forgotten any of the latest: a
+  delivery record (it would deliver again), what its links sent (it could
+  ECHO or READY a different value than before, or, as a sender, reuse a
+  sequence number for a new value), a watermark. It cannot tell which, so it
+  **abstains for good** (durably, key ``abstain``, written in the start step
+  before the damage is cleared): it opens no instance, sends nothing new,
+  delivers nothing (not even its surviving records again), takes no
+  broadcast request (``storage_lost``), and outputs :class:`StorageLost`.
+  What it still retains of its own past sends is retransmitted: those are
+  true. It thus behaves like a crashed node, and counts against f with the
+  Byzantine ones (the simulator gives faulty disks to at most f minus the
+  Byzantine nodes); the checkers stop holding it to validity and totality.
+  Rejoining would need a fresh identity (not built).
 
 Outputs (the broadcast interface, :mod:`replicaio.interfaces.broadcast`):
 one :class:`Accepted` per broadcast request taken (durable: the value is on
@@ -40,10 +54,11 @@ from typing import Any
 from replicaio.core.context import Context, Ignore
 from replicaio.core.effects import Path
 from replicaio.core.errors import ConfigError
-from replicaio.interfaces.broadcast import VALUE_BYTES_MAX, Accepted, Delivered
+from replicaio.interfaces.broadcast import VALUE_BYTES_MAX, Accepted, Delivered, StorageLost
 from replicaio.protocols.broadcast.catchup import CatchUp
 
 InstanceFunction = Callable[[Context, int, Any], Coroutine[Any, Any, Any]]
+ABSTAIN_KEY = "abstain"  # durable: this node lost writes and no longer takes part
 
 
 class Instances:
@@ -81,6 +96,7 @@ class Instances:
         self.delivered: list[dict[int, None]] = [{} for _ in range(n)]  # seq >= low
         self.active: list[dict[int, Context]] = [{} for _ in range(n)]
         self.next_seq = 0
+        self.abstaining = False  # the storage lost writes: see the module docstring
         # Deliveries of the step in progress (keyed by its effects object): their
         # outputs leave only if the step completes, so collection must not pass them.
         self.step_effects: object = None
@@ -93,6 +109,9 @@ class Instances:
     def start(self) -> None:
         """Rebuild from durable state and resume the instances in progress."""
         context = self.context
+        if self.lost_writes():
+            self.abstain()
+            return
         for sender in range(context.n):
             self.low[sender] = int(context.load(f"low:{sender}") or 0)
         recovered = []
@@ -138,6 +157,19 @@ class Instances:
                 self.open(sender, seq, None, delivered=True)
             self.catchup.suspect(sender)
 
+    def lost_writes(self) -> bool:
+        """Whether this node's storage lost writes, now or at an earlier start."""
+        return self.context.node.storage_damaged or self.context.load(ABSTAIN_KEY) is not None
+
+    def abstain(self) -> None:
+        """Take no further part (see the module docstring); durable in this step."""
+        context = self.context
+        self.abstaining = True
+        if context.load(ABSTAIN_KEY) is None:
+            context.persist(ABSTAIN_KEY, 1)
+            context.count("broadcast_storage_lost_abstaining")
+        context.output(StorageLost(context.node.incarnation))
+
     # -- requests and lazily created instances -------------------------------
 
     def broadcast(self, value: Any) -> str | None:
@@ -146,6 +178,8 @@ class Instances:
             return "not_bytes"
         if len(value) > VALUE_BYTES_MAX:
             return "too_large"
+        if self.abstaining:
+            return "storage_lost"
         me = self.context.id
         seq = self.next_seq
         if seq >= self.low[me] + self.window_max:
@@ -161,6 +195,8 @@ class Instances:
         if len(rest) != 2:
             return Ignore("bad_instance_path", acknowledge=False)
         sender, seq = rest
+        if self.abstaining:
+            return Ignore("storage_lost", acknowledge=True)
         if type(sender) is not int or type(seq) is not int or not 0 <= sender < self.context.n:
             return Ignore("bad_instance_path", acknowledge=False)
         if seq < self.low[sender] or seq in self.delivered[sender]:
@@ -210,6 +246,8 @@ class Instances:
         deliver a second time."""
         assert self.low[sender] <= seq < self.low[sender] + self.window_max
         assert seq not in self.delivered[sender], "instance delivered twice"
+        if self.abstaining:
+            return
         instance_context = self.active[sender].pop(seq, None)
         if instance_context is not None:
             instance_context.close()
@@ -219,7 +257,7 @@ class Instances:
         """``peer`` says it delivered ``value`` for ``(sender, seq)``: where the
         protocol names the message a delivery vouches for (``vouch_link``),
         count it as that message from ``peer`` in the instance."""
-        if self.vouch_link is None:
+        if self.vouch_link is None or self.abstaining:
             return
         instance_context = self.active[sender].get(seq)
         if instance_context is None:

@@ -19,6 +19,9 @@ the adversary's two rules (docs/adversary.md):
   crash inside a collecting step restarts with the old watermark and no
   record, and a peer's re-send delivers the instance again
   (``no-duplication``; the long profile's crashes aimed at heavy steps).
+* ``bracha-trust-damaged-disk``: ignores ``Start.damaged`` and goes on after
+  its storage lost writes, as before issue 9: it delivers again what it had
+  delivered (``no-duplication``, under ``--faults crash,disk``).
 """
 
 from __future__ import annotations
@@ -83,6 +86,13 @@ class OpensOwnInstances(Instances):
         return self.open(sender, seq, None)
 
 
+class TrustDamagedDisk(Instances):
+    """BROKEN on purpose: takes part as usual after its storage lost writes."""
+
+    def lost_writes(self) -> bool:
+        return False
+
+
 class Unwindowed(Instances):
     """BROKEN on purpose: opens an instance for any sequence number above ``low``."""
 
@@ -122,6 +132,11 @@ BROADCAST_VARIANTS: dict[str, BroadcastSpec] = {
             broken=True, runner=Unwindowed, window_max=16, retained_max=8,
             vouch_link="READY",
             summary="BROKEN on purpose: instances open beyond the window (unbounded)",
+        ),
+        BroadcastSpec(
+            "bracha-trust-damaged-disk", bracha, Resilience.BYZANTINE, agreement=True,
+            totality=True, broken=True, runner=TrustDamagedDisk, vouch_link="READY",
+            summary="BROKEN on purpose: goes on as usual after its storage lost writes",
         ),
         BroadcastSpec(
             "bracha-watermark-last", bracha, Resilience.BYZANTINE, agreement=True,
