@@ -40,6 +40,15 @@ SECTIONS: dict[str, dict[str, Any]] = {
 READY_TIMEOUT_S = 30.0
 
 
+def byzantine(protocol: str) -> bool:
+    """Whether ``protocol`` (a replicated service) tolerates Byzantine nodes."""
+    from replicaio.assembly import service_spec
+    from replicaio.core.config import Resilience
+
+    found = service_spec(protocol)
+    return found is not None and found[0].resilience is not Resilience.CRASH
+
+
 class NamespacedCluster:
     """See the module docstring."""
 
@@ -49,7 +58,7 @@ class NamespacedCluster:
         self.testbed = testbed
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "cluster.key").write_text(SECRET + "\n")
-        tables = [
+        tables: list[dict[str, Any]] = [
             {
                 "id": node,
                 "peer": f"{testbed.address(node)}:{PEER_PORT}",
@@ -73,9 +82,21 @@ class NamespacedCluster:
                 table["tls_key"] = f"certs/node-{table['id']}.key"
             self.client_tls = ClientCertificate(str(certs / "ca.pem"), str(certs / "client.pem"),
                                                 str(certs / "client.key"))
+        auth = "ed25519" if byzantine(protocol) else "hmac"
+        if auth == "ed25519":  # BFT nodes (and their clients' requests) sign with Ed25519
+            from replicaio.runtime.crypto import generate_ed25519_key
+
+            for table in tables:
+                private, public = generate_ed25519_key()
+                key_file = directory / f"node-{table['id']}.key"
+                key_file.write_text(private.hex() + "\n")
+                key_file.chmod(0o600)
+                table["key_file"] = key_file.name
+                table["public_key"] = public.hex()
         self.config_path = directory / "cluster.toml"
         self.config_path.write_text(render_cluster_file(
-            protocol=protocol, nodes=tables, secret_file="cluster.key", sections=sections))
+            protocol=protocol, nodes=tables, auth=auth,
+            secret_file="cluster.key" if auth == "hmac" else None, sections=sections))
         self.cluster: ClusterFile = load_cluster_file(self.config_path)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.paused: set[int] = set()
