@@ -226,6 +226,7 @@ class FakeSession:
         self.name: bytes | None = None
         self.connection_id = 7
         self.closing = False
+        self.scripts: dict[str, str] = {}  # SCRIPT LOAD's table (Session.scripts)
 
     def server_info(self) -> dict[str, dict[str, str | int]]:
         return {"Server": {"server_name": "replicaio"}}
