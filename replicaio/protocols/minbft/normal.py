@@ -326,6 +326,13 @@ class NormalCase:
         for message, _ in minbft.own_log.values():
             if type(message) is Prepare and message.view == minbft.view:
                 self.last_prepared = max(self.last_prepared, message.seq)
+                if minbft.active and minbft.in_window(message.seq):
+                    slot = self.slot(message.seq)
+                    if slot.batch is None:  # its ``pp`` record was cut off
+                        slot.take(message.view, message.digest, message.batch,
+                                  message.ui.counter)
+                        slot.votes[minbft.id] = (message.view, message.digest,
+                                                 message.ui.counter)
             if type(message) is Commit and message.view == minbft.view and minbft.active \
                     and minbft.in_window(message.seq):
                 slot = self.slot(message.seq)

@@ -100,6 +100,13 @@ class PeerStream:
             minbft.reject("stream_other_epoch")
             return []
         if ui.counter < self.next:
+            # Taken before. A VIEW-CHANGE of the view the peer is still in is
+            # handed over again (its UI is unique: it is the one taken): a
+            # receiver that restarted has lost the VIEW-CHANGEs it counted.
+            if type(message) is ViewChange and message.view == self.view \
+                    and minbft.verify_ui(self.peer, message):
+                minbft.count("minbft_view_change_again")
+                return [message]
             minbft.count("minbft_stream_duplicate")
             return []
         if ui.counter > self.next and (ui.counter in self.held or

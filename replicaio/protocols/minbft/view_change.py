@@ -112,6 +112,8 @@ class ViewChanges:
                        reverse=True)
         if len(views) >= minbft.quorum:
             self.start(views[minbft.f])
+        else:
+            self.check_quorum()
 
     def start(self, view: int) -> None:
         """Move to ``view``: leave the current one, multicast a VIEW-CHANGE."""
@@ -221,20 +223,28 @@ class ViewChanges:
         elif view_change.view > minbft.view:
             self.received[replica] = view_change  # for when this replica gets there
             self.check_requests()
+        else:
+            self.check_quorum()
 
     def check_quorum(self) -> None:
         minbft = self.minbft
         if minbft.active:
             return
         view = minbft.view
-        count = sum(1 for vc in self.received.values() if vc.view == view)
-        if count < minbft.quorum:
+        changing = {replica for replica, vc in self.received.items() if vc.view == view}
+        # Replicas asking for this view or a later one are in the change too
+        # (a restarted replica has lost the VIEW-CHANGEs it counted; a peer
+        # already active in the view no longer re-sends its own).
+        changing.update(replica for replica, asked in self.requests.items() if asked >= view)
+        if len(changing) < minbft.quorum:
             return
         if self.timer_view != view:
             self.timer_view = view
             assert minbft.view_scope is not None
             minbft.view_scope.spawn(self.new_view_timer(view), "minbft.new_view_timer")
-        if minbft.primary(view) == minbft.id and self.sent_new_view_for != view:
+        have = sum(1 for vc in self.received.values() if vc.view == view)
+        if minbft.primary(view) == minbft.id and self.sent_new_view_for != view \
+                and have >= minbft.quorum:
             self.send_new_view(view)
 
     def invalid_view_change(self, vc: ViewChange, *, batches: bool) -> str | None:
