@@ -42,6 +42,7 @@ from typing import Any, Literal
 from replicaio.check.pbft import PbftChecker
 from replicaio.check.raft import RaftChecker
 from replicaio.core.config import ClusterConfig, Resilience
+from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
 from replicaio.core.node import ProtocolFactory
 from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, BroadcastSpec, Instances
@@ -59,6 +60,7 @@ from replicaio.services.txn.kv_store import KvTxnStore
 from replicaio.services.txn.protocol import TxnFactory, TxnNode
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import TxnStore
+from replicaio.smr.auth import ClientAuthenticator, MacClients
 from replicaio.smr.params import SmrConstants, SmrParams
 from replicaio.smr.protocol import SmrFactory
 from replicaio.smr.replica import Replica
@@ -77,6 +79,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "inflight": "SmrParams.batches_inflight_max: own batches submitted and not yet applied",
     "lease": "RaftParams.read_lease: 1 serves reads from a leader lease (0: read-index only)",
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
+    "macs": "PBFT: 1 authenticates client requests with a vector of per-replica MACs "
+    "(the paper's option) instead of signatures (simulation: the harness's clients sign so)",
     "groups": "transactional clusters (txn): replicated groups, keys by hash slot (default 3)",
     "join": "RaftParams.join: 1 on ONE node started on a new, empty disk that replaces a lost "
     "one (set per node: `replicaio kv node --join`)",
@@ -272,6 +276,15 @@ def pbft_footprint_max(
     }
 
 
+def mac_clients(context: Context, params: SmrParams) -> ClientAuthenticator:
+    """``pbft:macs=1``: clients authenticate with one MAC per replica (Castro and
+    Liskov's authenticators; each replica checks its own entry, so validity is
+    per replica: a faulty client can get a correct primary suspected, the price
+    the paper pays for cheap authentication). Simulation secret only."""
+    return MacClients(context.node.codec, context.id, context.n,
+                      verified_max=params.verified_max)
+
+
 def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
     """A builder of PBFT + SMR + KV nodes; with ``variant``, of that broken
     variant (``replicaio.testing.variants.pbft``)."""
@@ -298,6 +311,7 @@ def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             smr_params,
             ordering_path="pbft",
             constants=constants,
+            authenticator=mac_clients if parameters.get("macs", 0) else None,
             ordering_footprint_max=functools.partial(pbft_footprint_max, pbft_params, smr_params),
         )
 

@@ -599,7 +599,30 @@ def command_demo(args: argparse.Namespace) -> int:
         "--seed", str(args.seed), "--clients", "5", "--ops", "300",
     ])
     status = status or command_sim(raft_args)
+    status = status or demo_pbft()
     return status if caught else EXIT_VIOLATION
+
+
+def demo_pbft() -> int:
+    """The demo's PBFT part: a Byzantine primary replaced, the history checked."""
+    import tempfile
+
+    print("\n== 6. PBFT + SMR + KV, 4 replicas; replica 0, the primary of view 0, is Byzantine")
+    print("==    (pbft_invalid_batch: it proposes forged requests, which no correct backup")
+    print("==    prepares): it is replaced (pbft view max >= 1), clients keep their answers,")
+    print("==    and the client history is checked with check-history")
+    with tempfile.TemporaryDirectory() as folder:
+        history = os.path.join(folder, "pbft-history.jsonl")
+        # Seed 12 draws replica 0 as the Byzantine one (the primary of view 0).
+        pbft_args = build_parser().parse_args([
+            "sim", "pbft", "--nodes", "4", "--byzantine", "1", "--adversary",
+            "pbft_invalid_batch", "--seed", "12", "--history", history,
+        ])
+        vars(pbft_args).pop("command_parser", None)
+        status = command_sim(pbft_args)
+        check = build_parser().parse_args(["check-history", history])
+        vars(check).pop("command_parser", None)
+        return status or int(check.handler(check))
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,6 @@ def test_the_guided_demo_runs_to_the_end(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert "the checker caught the broken variant" in out
     assert "DIVERGED" not in out
+    assert "byzantine=[0] ['pbft_invalid_batch']" in out  # the primary of view 0
+    assert re.search(r"pbft view max +[1-9]", out)  # ... was replaced
+    assert "linearizable: every key linearizable" in out

@@ -221,6 +221,9 @@ REPORT_ROWS = (
     "raft_term_max",
     "raft_commit_index_max",
     "raft_reads_confirmed",
+    "pbft_view_max",
+    "pbft_executed_max",
+    "pbft_state_transfers",
     "linearizable",
     "linearizability_seconds",
 )

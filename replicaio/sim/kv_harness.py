@@ -97,7 +97,7 @@ from replicaio.sim.options import (
     draw_partitions,
 )
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
-from replicaio.smr.auth import KeyedClientSigner
+from replicaio.smr.auth import KeyedClientSigner, MacClientSigner
 from replicaio.smr.client import BYZANTINE, Accepted, Refused, Votes, reply_quorum
 
 EXTRA_KEY = "kv"  # SimOptions.extra[EXTRA_KEY] holds the workload
@@ -239,8 +239,11 @@ class KvHarness:
         checkers: list[OutputChecker] | None = None,
         membership: Callable[[KvHarness], None] | None = None,
         leader_hint: Callable[[], int] | None = None,
+        *,
+        client_macs: bool = False,
     ) -> None:
         self.config = config
+        self.client_macs = client_macs  # BFT clients authenticate with MAC vectors
         self.checkers = list(checkers or [])
         self.membership = membership
         self.leader_hint = leader_hint
@@ -450,7 +453,11 @@ class KvHarness:
         votes = client.votes
         if votes is None or votes.client != request.client or votes.seq != request.seq:
             client.votes = Votes(request.client, request.seq, self.quorum, self.config.n)
-        data = self.codec.encode(KeyedClientSigner(self.codec, request.client).wrap(request))
+        signer: KeyedClientSigner | MacClientSigner = (
+            MacClientSigner(self.codec, request.client, self.config.n) if self.client_macs
+            else KeyedClientSigner(self.codec, request.client)
+        )
+        data = self.codec.encode(signer.wrap(request))
         api = self.require_api()
         if client.attempts > 1 or request.read_only:
             for node in self.config.nodes:
@@ -852,10 +859,10 @@ def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
     found = service_spec(protocol)
     if found is None:
         return None
-    spec, _ = found
+    spec, parameters = found
     checkers = spec.checkers(config)
     if spec.membership is None:
-        return KvHarness(config, checkers)
+        return KvHarness(config, checkers, client_macs=bool(parameters.get("macs", 0)))
     nemesis = MembershipNemesis(config, spec.membership)
     harness = KvHarness(config, checkers, nemesis, leader_hint=lambda: nemesis.leader)
     harness.observers.append(nemesis.observe)

@@ -18,6 +18,9 @@ and forcible by name (``--adversary pbft-equivocate``):
   authenticator, one claiming another client, more requests than the cluster's
   ``batch_requests_max``, or bytes that are no batch at all (section 4.2:
   backups accept a PRE-PREPARE only for valid requests);
+* ``pbft_clock_ahead``: as primary, stamps every batch an hour ahead (signed;
+  backups bound a stamp by their own clocks, ADR 0015, or keys would expire an
+  hour early);
 * ``pbft_wrong_digest``: PREPAREs and COMMITs for a digest nobody proposed;
 * ``pbft_drop_prepared``: VIEW-CHANGEs with an empty P set (a lie by omission
   the signature cannot reveal: what the 2f+1 quorums are there for);
@@ -27,6 +30,8 @@ and forcible by name (``--adversary pbft-equivocate``):
   far ahead (a lone voice must not trigger a state transfer);
 * ``pbft_replay_old``: re-sends its messages of views that ended, after the
   view changed (they must be ignored, not re-counted);
+* ``pbft_bad_state``: answers state transfer with damaged manifests and chunks
+  (each must be refused on arrival, and the transfer go on with another peer);
 * ``pbft_lag``: holds every message back for a long while and releases it late
   (a replica lagging on purpose; its old messages arrive in newer views).
 """
@@ -175,6 +180,29 @@ class InvalidBatch(PbftStrategy):
         return [(destination, lie)]
 
 
+class ClockAhead(PbftStrategy):
+    """Moves the time stamp of every batch it proposes ``AHEAD_MS`` forward."""
+
+    AHEAD_MS = 3_600_000
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.codec = Codec(frame_bytes_max=1 << 24)
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is not wire.PrePrepare or not message.batch:
+            return [(destination, message)]
+        try:
+            decoded = self.codec.decode(message.batch)
+        except DecodeError:
+            return [(destination, message)]
+        if not isinstance(decoded, (Batch, SignedBatch)) or decoded.time_ms <= 0:
+            return [(destination, message)]
+        batch = self.codec.encode(replace(decoded, time_ms=decoded.time_ms + self.AHEAD_MS))
+        lie = replace(message, batch=batch, digest=wire.digest_of(batch))
+        return [(destination, self.signed(lie))]
+
+
 class WrongDigest(PbftStrategy):
     def rewrite(self, destination: int, message: Any) -> Sends:
         if type(message) in (wire.Prepare, wire.Commit) and self.rng.random() < 0.7:
@@ -241,6 +269,17 @@ class ReplayOld(PbftStrategy):
         return [(self.peer(view), self.rng.choice(stale)) for _ in range(2)]
 
 
+class BadState(PbftStrategy):
+    """Flips a byte in every state-transfer answer it sends."""
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is not wire.StateReply or not message.data:
+            return [(destination, message)]
+        data = bytearray(message.data)
+        data[self.rng.randrange(len(data))] ^= 0x01
+        return [(destination, replace(message, data=bytes(data)))]
+
+
 class Lag(PbftStrategy):
     """Everything leaves ``LAG_US`` late, at most ``HELD_MAX`` held."""
 
@@ -270,12 +309,14 @@ for _name, _factory, _summary, _weight in (
     ("pbft_censor", Censor, "as primary, null every batch of one client", 0.2),
     ("pbft_invalid_batch", InvalidBatch, "as primary, batches with forged or too many requests",
      0.2),
+    ("pbft_clock_ahead", ClockAhead, "as primary, stamp batches an hour ahead", 0.1),
     ("pbft_wrong_digest", WrongDigest, "PREPARE and COMMIT for a wrong digest", 0.2),
     ("pbft_drop_prepared", DropPrepared, "VIEW-CHANGE with an empty P set", 0.3),
     ("pbft_inflate_prepared", InflatePrepared, "VIEW-CHANGE with forged prepared batches", 0.2),
     ("pbft_forge_checkpoint", ForgeCheckpoint, "CHECKPOINT for wrong digests and far numbers",
      0.2),
     ("pbft_replay_old", ReplayOld, "re-send messages of views that ended", 0.2),
+    ("pbft_bad_state", BadState, "damaged state-transfer manifests and chunks", 0.1),
     ("pbft_lag", Lag, "hold every message back 1.5 s (a replica lagging on purpose)", 0.1),
 ):
     register_behaviour(_name, _factory, _summary, protocols=PBFT_FAMILY, weight=_weight)

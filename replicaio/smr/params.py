@@ -89,6 +89,10 @@ class SmrParams:
     read_timeout_us: int = 1_000_000  # a read not served by then is refused
     checkpoints_pending_max: int = 64  # checkpoints taken in one step, not yet handed over
     verified_max: int = 4096  # request authenticators remembered as checked (BFT)
+    # A proposed batch (BFT: a primary's) stamped further ahead of this replica's
+    # clock is refused (docs/adr/0015): a faulty primary cannot move the store's
+    # time (key expiry) by more. Correct clocks must agree within it.
+    stamp_ahead_ms_max: int = 2_000
     forward: bool = True  # non-leaders forward to the leader (else they redirect)
     emit_applied: bool = False  # output Applied(index, digest) for outside checkers
 
@@ -103,6 +107,7 @@ class SmrParams:
             "read_timeout_us",
             "checkpoints_pending_max",
             "verified_max",
+            "stamp_ahead_ms_max",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SmrParams.{name} must be >= 1")

@@ -587,6 +587,14 @@ class Replica:
         if decoded is None:
             self.context.count("smr_validate_undecodable")
             return False
+        if self.clocked and decoded.time_ms > 0:
+            # Castro and Liskov 4.6 (non-determinism): the primary chooses the time,
+            # backups check it against their own clocks. Only ahead is bounded:
+            # applying never moves the store's clock back (ADR 0015).
+            reading = self.context.choose(CLOCK_CHOICE, CLOCK_MS_MAX)
+            if decoded.time_ms > reading + self.params.stamp_ahead_ms_max:
+                self.context.count("smr_validate_stamp_ahead")
+                return False
         if type(decoded) is SignedBatch:
             for carried in decoded.requests:
                 if self.well_formed(carried.request) is not None:

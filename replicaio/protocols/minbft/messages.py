@@ -42,6 +42,7 @@ from replicaio.protocols.pbft.messages import (
     StateReply,
     StateRequest,
     ViewStarted,
+    checkpoint_digest,
     digest_of,
 )
 
@@ -286,6 +287,7 @@ __all__ = [
     "ViewStarted",
     "certified_bytes",
     "certified_digest",
+    "checkpoint_digest",
     "digest_of",
     "prepare_header",
     "without_batches",

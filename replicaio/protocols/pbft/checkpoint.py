@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from replicaio.protocols.pbft.messages import (
     Checkpoint,
     CheckpointDisagreement,
-    digest_of,
+    checkpoint_digest,
 )
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class Checkpoints:
         if index % pbft.params.checkpoint_interval != 0 or index <= pbft.stable_seq:
             return
         assert index <= pbft.executed, "SMR snapshots only what was executed"
-        digest = digest_of(snapshot)
+        digest = checkpoint_digest(snapshot)
         self.snapshots[index] = (digest, snapshot)
         unsigned = Checkpoint(index, digest, pbft.id, b"")
         checkpoint = Checkpoint(index, digest, pbft.id, pbft.sign(unsigned))

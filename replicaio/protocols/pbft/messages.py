@@ -53,6 +53,22 @@ def digest_of(data: bytes) -> bytes:
 
 
 NULL_DIGEST = digest_of(b"")  # the null request of a NEW-VIEW gap (section 4.4)
+STATE_CHUNK_BYTES = 64 * 1024  # state transfer: one chunk of a snapshot per message
+DIGEST_BYTES = 32
+
+
+def state_manifest(snapshot: bytes) -> bytes:
+    """The digests of ``snapshot``'s chunks of ``STATE_CHUNK_BYTES``, concatenated
+    (at least one chunk, possibly empty)."""
+    size = STATE_CHUNK_BYTES
+    chunks = [snapshot[start:start + size] for start in range(0, len(snapshot), size)]
+    return b"".join(digest_of(chunk) for chunk in chunks or [b""])
+
+
+def checkpoint_digest(snapshot: bytes) -> bytes:
+    """The digest CHECKPOINTs certify: of the chunks' digests, so that state
+    transfer can check every chunk on arrival against the certified digest."""
+    return digest_of(state_manifest(snapshot))
 
 
 # -- normal case (section 4.2) ---------------------------------------------------
@@ -163,18 +179,22 @@ class Status(Message, tag="pbft.Status"):
 
 
 class StateRequest(Message, tag="pbft.StateRequest"):
-    """Asks for the state at checkpoint ``seq`` with ``digest`` (section 4.3 and
-    TOCS 5.3.2: a replica behind the others' stable checkpoint)."""
+    """Asks for part of the state at checkpoint ``seq`` with ``digest`` (section
+    4.3 and TOCS 5.3.2: a replica behind the others' stable checkpoint):
+    ``chunk`` -1 for the manifest (the chunks' digests), else that chunk."""
 
     seq: int
     digest: Digest
+    chunk: int = -1
 
 
 class StateReply(Message, tag="pbft.StateReply"):
-    """The snapshot at ``seq``; the requester checks its digest."""
+    """Chunk ``chunk`` of the snapshot at ``seq`` (-1: its manifest); the
+    requester checks it against the certified digest."""
 
     seq: int
-    snapshot: Annotated[bytes, Meta(max_length=SNAPSHOT_BYTES_MAX)]
+    chunk: int
+    data: Annotated[bytes, Meta(max_length=STATE_CHUNK_BYTES)]
 
 
 WIRE_TYPES: tuple[type, ...] = (

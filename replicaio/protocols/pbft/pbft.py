@@ -55,6 +55,7 @@ from replicaio.protocols.pbft.messages import (
     Status,
     ViewChange,
     ViewStarted,
+    checkpoint_digest,
     digest_of,
     signed_bytes,
 )
@@ -368,8 +369,12 @@ class Pbft:
         stable = context.load("stable")
         if stable is not None:
             seq, digest, snapshot, proof = stable
+            certificate = self.verified_stable(seq, digest, snapshot, proof)
+            if certificate is None:
+                self.forget_damaged_log()
+                return
             self.stable_seq, self.stable_digest, self.stable_snapshot = seq, digest, snapshot
-            self.stable_proof = tuple(self.codec.decode_as(item, Checkpoint) for item in proof)
+            self.stable_proof = certificate
             self.executed = seq
         stored_new_view = context.load("nv")
         if stored_new_view is not None:
@@ -398,6 +403,42 @@ class Pbft:
         if self.stable_seq > 0:
             handlers.on_snapshot(self.stable_seq, self.stable_snapshot)
         self.execute_ready()
+
+    def verified_stable(
+        self, seq: Any, digest: Any, snapshot: Any, proof: Any
+    ) -> tuple[Checkpoint, ...] | None:
+        """The stored stable checkpoint's certificate, if the record is whole: its
+        snapshot has its digest and 2f+1 valid signatures certify it (issue 9:
+        checkpoints are verified on load; a damaged disk must not become state)."""
+        if type(seq) is not int or type(digest) is not bytes or type(snapshot) is not bytes:
+            return None
+        if type(proof) not in (list, tuple) or checkpoint_digest(snapshot) != digest:
+            return None
+        try:
+            certificate = tuple(self.codec.decode_as(item, Checkpoint) for item in proof)
+        except (DecodeError, TypeError):
+            return None
+        if not self.checkpoints.valid_certificate(seq, digest, certificate):
+            return None
+        return certificate
+
+    def forget_damaged_log(self) -> None:
+        """The stable checkpoint did not verify: storage damage. Erase every log
+        record (they cannot be trusted either, and nothing below them can be
+        executed), and join the next view: this replica may have voted in its
+        view before the damage, and must never vote there again. It counts as one
+        of the f faulty replicas until a certificate from its peers brings it
+        their state (state transfer, ``checkpoints.on_certificate``)."""
+        context = self.context
+        self.count("pbft_stable_checkpoint_damaged")
+        for prefix in ("pp", "pc", "cm"):
+            for name in sorted(context.stored_names(prefix)):
+                context.erase(name)
+        context.erase("nv")
+        context.erase("stable")
+        self.view += 1
+        self.active = False
+        self.save_view()
 
     def load_records(self, prefix: str, kind: type[Any]) -> dict[int, Any]:
         """Records ``<prefix><seq>`` above h (those at or below it are erased)."""
