@@ -71,3 +71,16 @@ def test_a_silent_primary_is_replaced() -> None:
 def test_the_event_log_is_a_function_of_the_seed() -> None:
     options = options_for(5, 4, 1)
     assert run(options, record=True).log_sha256 == run(options, record=True).log_sha256
+
+
+@pytest.mark.parametrize("seed", [811, 1721])
+def test_swarm_seeds_found_by_the_goal_sweep_stay_safe_and_live(seed: int) -> None:
+    """Seed 811: the simulator's client counted one replica's redirect as a refusal
+    and recorded an APPEND the cluster executed as failed (under BFT a retry goes
+    to every replica; one refusal proves nothing). Seed 1721: a faulty primary of
+    view 1 sent its NEW-VIEW to one correct replica only; that one moved on to view
+    2 and the other two, holding 2f VIEW-CHANGEs for view 1, never started the timer
+    that would follow it (a VIEW-CHANGE for a later view now counts toward it)."""
+    result = run(options_for(seed, 4, 1))
+    assert result.violations == [], result.violations[:2]
+    assert result.stats["linearizable"] is True

@@ -522,7 +522,12 @@ class KvHarness:
             self.complete(client, output)
         elif type(output) is Redirect:
             self.figures.redirects += 1
-            if not output.forwarded:  # a refused forward may still run elsewhere
+            if not output.forwarded and not self.bft:
+                # Crash faults: the attempt went to this replica only, and it never
+                # left it. A refused forward may still run elsewhere; and under BFT a
+                # retry went to every replica (the primary may take the copy this one
+                # refused), and a faulty one may refuse what it relayed: one replica's
+                # redirect proves nothing (seed 811 recorded an applied APPEND as failed).
                 client.refusals += 1
             if 0 <= output.leader < self.config.n:  # a hint: never trusted blindly
                 client.target = output.leader
@@ -549,7 +554,8 @@ class KvHarness:
                 "smr_session", f"{rejected!r} for the client's current operation", node, None
             ))
             return
-        client.refusals += 1
+        if not self.bft:  # BFT: f+1 said busy, but the primary may hold a copy
+            client.refusals += 1
         client.target = self.rng.randrange(self.config.n)
         self.retry_later(client, self.workload.backoff_us)
 

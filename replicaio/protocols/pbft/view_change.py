@@ -243,19 +243,32 @@ class ViewChanges:
             self.start(views[pbft.f])
 
     def check_quorum(self) -> None:
-        """2f+1 VIEW-CHANGEs for our view: start the new-view timer, and as its
-        primary, start the view."""
+        """2f+1 replicas left the views below ours: start the new-view timer; 2f+1
+        VIEW-CHANGEs for our view, as its primary: start the view.
+
+        The timer counts a replica whose newest VIEW-CHANGE is for a *later* view
+        too (section 4.5.2 asks for 2f+1 VIEW-CHANGEs for v+1; one for v+2 says the
+        same and more). Without it a faulty primary of v+1 that sent its NEW-VIEW
+        to one correct replica only strands the others: that one times out in v+1
+        and asks for v+2, its VIEW-CHANGE for v+1 is replaced by the newer one,
+        the rest hold 2f of them for v+1 and never start the timer that would take
+        them to v+2 (swarm seed 1721, n=4)."""
         pbft = self.pbft
         if pbft.active:
             return
         view = pbft.view
-        if len(self.for_view) < pbft.quorum:
+        moved_on = {replica for replica, vc in self.received.items() if vc.view > view}
+        if len(moved_on | self.for_view.keys()) < pbft.quorum:
             return
         if self.timer_view != view:
             self.timer_view = view
             assert pbft.view_scope is not None
             pbft.view_scope.spawn(self.new_view_timer(view), "pbft.new_view_timer")
-        if pbft.primary(view) == pbft.id and self.sent_new_view_for != view:
+        if (
+            pbft.primary(view) == pbft.id
+            and self.sent_new_view_for != view
+            and len(self.for_view) >= pbft.quorum
+        ):
             self.send_new_view(view)
 
     # -- NEW-VIEW ------------------------------------------------------------------------------
