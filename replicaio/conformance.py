@@ -152,13 +152,24 @@ class Runner:
         """(the run's result, its reproduce line)."""
         from replicaio.cli import reproduce_command, run_one
 
-        args = self.parser.parse_args(self.words(seed, *extra))
+        args = self.parse(self.words(seed, *extra))
         return run_one(args, seed, log), reproduce_command(args, seed)
 
     def reproduce(self, seed: int) -> str:
         from replicaio.cli import reproduce_command
 
-        return reproduce_command(self.parser.parse_args(self.words(seed)), seed)
+        return reproduce_command(self.parse(self.words(seed)), seed)
+
+    def parse(self, words: list[str]) -> argparse.Namespace:
+        """The words parsed as ``replicaio`` parses them, ``--groups`` folded into the
+        protocol name included (without it the in-process run of a transactional
+        protocol was another cluster than the reproduce line and the fresh
+        processes ran)."""
+        from replicaio.sim import txn_cli
+
+        args = self.parser.parse_args(words)
+        txn_cli.normalize(args)
+        return args
 
 
 def check_registered(name: str) -> Check:

@@ -52,11 +52,13 @@ from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig
 from replicaio.core.errors import UsageError
 from replicaio.core.stream import GroupOutput
+from replicaio.services.txn.kv_store import KvTxnStore
 from replicaio.services.txn.protocol import LockReport, TxnRequest, TxnResult
 from replicaio.services.txn.slots import SlotMap
 from replicaio.sim.harness import HarnessApi
 from replicaio.sim.kv_harness import KvWorkload, kv_options
 from replicaio.sim.options import Crash, SimOptions
+from replicaio.sim.txn_kv_ops import COUNTERS, LISTS, ReplyError, read_of, to_kv
 
 EXTRA_KEY = "txn"
 
@@ -128,6 +130,10 @@ class TxnHarness:
         self.codec = Codec()
         self.violations: list[Violation] = []
         self.history: TransactionCheckResult | None = None
+        # A sharded key-value cluster (txn-kv) runs the workloads as key-value
+        # commands (``txn_kv_ops``): LISTS or COUNTERS say how reads come back.
+        self.key_value = issubclass(spec.store_type, KvTxnStore)
+        self.reads = LISTS
         self.api: HarnessApi | None = None
         self.clients: list[Client] = []
         self.by_id: dict[int, Client] = {}
@@ -148,6 +154,7 @@ class TxnHarness:
         assert self.api is not None
         self.options = options
         self.workload = TxnWorkload.from_options(options)
+        self.reads = COUNTERS if self.workload.workload == BANK else LISTS
         self.rng = random.Random(f"replicaio-txn:{options.seed}")
         self.recorder = TransactionRecorder(lambda: float(self.api.now()) if self.api else 0.0)
         self.elements: dict[str, int] = {}
@@ -223,6 +230,8 @@ class TxnHarness:
         client.node = self.rng.randrange(self.config.n)
         client.timeout_token += 1
         token = client.timeout_token
+        if self.key_value:
+            ops = [to_kv(kind, key, value, self.reads) for kind, key, value in ops]
         request = TxnRequest(client.client_id, client.nonce, self.codec.encode_value(ops))
         self.api.request(client.node, self.codec.encode(request))
         self.api.call_at(self.api.now() + self.workload.attempt_timeout_us,
@@ -271,6 +280,12 @@ class TxnHarness:
             return
         if result.outcome == "committed":
             reads: Any = self.codec.decode_value(result.reads)  # one entry per op
+            if self.key_value:
+                reads = self.key_value_reads(client, reads)
+                if reads is None:  # committed, but what it read was not heard
+                    client.handle = handle
+                    self.give_up(client)  # info; the client goes on under a new id
+                    return
             recorded = []
             for (kind, key, value), read in zip(client.ops, reads, strict=True):
                 recorded.append((kind, key, read if kind == READ else value))
@@ -280,6 +295,23 @@ class TxnHarness:
         else:
             self.recorder.fail(handle)
         self.next_transaction(client)
+
+    def key_value_reads(self, client: Client, replies: Any) -> list[Any] | None:
+        """A committed txn-kv transaction's reads from its commands' replies
+        (``None``: the replies were lost, ``replies_lost``); a reply no command
+        gives is a violation (``txn_kv_reply``)."""
+        if not isinstance(replies, tuple) or len(replies) != len(client.ops):
+            return None
+        reads: list[Any] = []
+        for (kind, _, _), reply in zip(client.ops, replies, strict=True):
+            try:
+                reads.append(read_of(kind, reply, self.reads))
+            except ReplyError as error:
+                if reply is None:
+                    return None
+                self.violations.append(Violation("txn_kv_reply", str(error)))
+                return None
+        return reads
 
     # -- the coordinator group's leader crashed mid-transaction -----------------
 
@@ -363,7 +395,7 @@ class TxnHarness:
         return self.recorder.transactions()
 
     def finish(self, time_us: int) -> list[Violation]:
-        found: list[Violation] = []
+        found: list[Violation] = list(self.violations)
         for checkers in self.checkers:
             for checker in checkers:
                 found += checker.finish(time_us)
