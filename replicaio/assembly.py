@@ -468,20 +468,25 @@ def build_transactional(spec: TransactionalSpec, name: str,
         interval = PBFT_CHECKPOINT_INTERVAL
         pbft_params = PbftParams(checkpoint_interval=interval, log_size=2 * interval,
                                  batch_bytes_max=PBFT_BATCH_BYTES_MAX).validate()
+        smr_params = SmrParams()
         group_factory = SmrFactory(
             name, Resilience.BYZANTINE, lambda context: Pbft(context, pbft_params),
-            spec.store_type, SmrParams(), ordering_path="pbft",
+            spec.store_type, smr_params, ordering_path="pbft",
             constants=smr_constants(
                 {"sessions": parameters.get("sessions", SmrConstants().sessions_max)}, interval,
                 batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
             ),
+            ordering_footprint_max=functools.partial(pbft_footprint_max, pbft_params, smr_params),
         )
     else:
         raft_params = RaftParams().validate()
+        smr_params = SmrParams()
+        constants = smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL)
         group_factory = SmrFactory(
             name, Resilience.CRASH, lambda context: Raft(context, raft_params),
-            spec.store_type, SmrParams(), ordering_path="raft",
-            constants=smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL),
+            spec.store_type, smr_params, ordering_path="raft", constants=constants,
+            ordering_footprint_max=functools.partial(
+                raft_footprint_max, raft_params, smr_params, constants),
         )
     return TxnFactory(name, SlotMap.even(groups), group_factory, node_type=spec.node_type)
 

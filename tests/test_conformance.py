@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SEEDS = {"txn-pbft": 1}
 # The cross-process (PYTHONHASHSEED) check costs two fresh processes: one of each family.
 ACROSS_PROCESSES = {"bracha", "raft"}
-# Transactional clusters declare no footprint bound yet (TxnFactory has no
-# footprint_max): the kit reports it, and every other check must pass.
-NO_FOOTPRINT_YET = {"txn", "txn-pbft", "txn-kv"}
+# Protocols that declare no footprint bound: the kit reports it, and every other
+# check must pass (none today; the transactional clusters declare theirs since
+# TxnFactory.footprint_max).
+NO_FOOTPRINT_YET: set[str] = set()
 # Known failures of the checkers, by protocol (none today). txn-kv's
 # locks_released on seed 1 was the simulator driving a key-value group with the
 # transaction store's micro-operations (every attempt refused); fixed by

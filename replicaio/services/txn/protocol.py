@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Final
 
 from replicaio.core.codec import Codec, DecodeError, Message, Meta, Name
-from replicaio.core.config import Resilience
+from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context
 from replicaio.core.errors import ConfigError
 from replicaio.services.txn.kv_store import KV
@@ -63,6 +63,8 @@ from replicaio.smr.groups import CallerParams, GroupCaller, GroupRequest, Groups
 from replicaio.smr.protocol import SmrFactory
 
 UNKNOWN: Final = "unknown"
+# What a node's core holds for all its groups together: their bounds add up.
+NODE_WIDE: Final = ("contexts", "tasks", "timers", "unacked", "storage_keys", "stream_inbox")
 TXN_OPS_BYTES_MAX: Final = 1 << 20
 
 
@@ -130,6 +132,26 @@ class TxnNode:
         self.drivers = 0
         self.in_flight: dict[tuple[Any, ...], None] = {}
         self.reported: list[tuple[int, int, int] | None] = [None] * len(self.stores)
+
+    def footprint(self) -> dict[str, int]:
+        """What this node holds now, by the names of :meth:`TxnFactory.footprint_max`
+        (per-group figures: the largest over the groups)."""
+        measured: dict[str, int] = {}
+
+        def most(name: str, value: int) -> None:
+            measured[name] = max(measured.get(name, 0), value)
+
+        for replica, store in zip(self.groups.replicas, self.stores, strict=True):
+            for name, value in replica.footprint().items():
+                most(name, value)
+            most("txn_prepared", len(store.prepared))
+            most("txn_locks", len(store.locks))
+            most("txn_finished", len(store.finished))
+            most("txn_coordinated", len(store.coordinated))
+        measured["txn_drivers"] = self.drivers
+        measured["txn_in_flight"] = len(self.in_flight)
+        measured["txn_callers"] = max(self.caller.live) if self.caller is not None else 0
+        return measured
 
     def start(self) -> None:
         self.groups.start()
@@ -366,9 +388,6 @@ class TxnNode:
             found[f"group_{group}_locks"] = len(self.stores[group].locks)
         return found
 
-    def footprint(self) -> dict[str, int]:
-        return {"txn_drivers": self.drivers, "txn_in_flight": len(self.in_flight)}
-
 
 class TxnFactory:
     """Builds :class:`TxnNode` at every start: G groups of ``group_factory``'s SMR."""
@@ -385,3 +404,42 @@ class TxnFactory:
 
     def __call__(self, context: Context) -> TxnNode:
         return self.node_type(context, self)
+
+    def footprint_max(self, config: ClusterConfig) -> dict[str, int]:
+        """What a node may hold whatever clients and peers send (the simulator's
+        bounded-memory check; :meth:`TxnNode.footprint` measures it).
+
+        Per group (the largest over the node's groups): the group's SMR and
+        ordering bounds, and its store's tables (``prepared_max``, its locks at
+        ``ops_max`` keys each, ``finished_max``, ``coordinated_max``). Per node,
+        summed over the G groups: what the node's core holds for them (contexts,
+        tasks, timers, durable records, retransmissions), plus the transaction
+        layer's own tasks and timers: ``drivers_max`` attempts, each waiting on
+        at most one call per group and its attempt timer, the resolutions in
+        flight, and the in-node sessions' calls."""
+        groups = self.slots.groups
+        per_group = self.group_factory.footprint_max(config)
+        store = self.group_factory.state_machine()
+        assert isinstance(store, TxnStore)
+        limits = store.params
+        params = self.params
+        resolving = (params.resolve_max * 2 + 1) * groups
+        calls = params.caller.callers_max * groups
+        own_tasks = params.drivers_max * (groups + 2) + resolving + calls + 8
+        bounds = {name: value for name, value in per_group.items()
+                  if name not in NODE_WIDE}
+        for name in NODE_WIDE:
+            if name in per_group:
+                bounds[name] = per_group[name] * groups
+        bounds["tasks"] = bounds.get("tasks", 0) + own_tasks
+        bounds["timers"] = bounds.get("timers", 0) + own_tasks
+        bounds.update({
+            "txn_prepared": limits.prepared_max,
+            "txn_locks": limits.prepared_max * limits.ops_max,
+            "txn_finished": limits.finished_max,
+            "txn_coordinated": limits.coordinated_max,
+            "txn_drivers": params.drivers_max,
+            "txn_in_flight": resolving,
+            "txn_callers": params.caller.callers_max,
+        })
+        return bounds
