@@ -246,7 +246,7 @@ def pbft_wire() -> ModuleType:
 
 def pbft_checkers(config: ClusterConfig) -> list[Any]:
     """PBFT's own checkers (``replicaio.check.pbft``), fed with every output."""
-    return [PbftChecker(config.byzantine)]
+    return [PbftChecker(config.byzantine, config.f)]
 
 
 def pbft_footprint_max(
@@ -631,8 +631,26 @@ def broadcast_spec(name: str) -> BroadcastSpec | None:
 
 
 # Orderings whose nodes recover what a damaged disk lost from their peers (they
-# honour ``Start.damaged``: Raft rejoins like a replaced disk, docs/raft.md).
-RECOVERING_ORDERINGS = frozenset({"raft"})
+# honour ``Start.damaged``: Raft rejoins like a replaced disk, docs/raft.md; a
+# PBFT replica withholds its votes until a stable checkpoint passes what it
+# may have voted on, docs/pbft.md).
+RECOVERING_ORDERINGS = frozenset({"raft", "pbft"})
+
+
+def damaged_disks_max(name: str | None, nodes: int, byzantine: int) -> int:
+    """How many nodes of a simulated ``name`` cluster may have faulty disks:
+    at most f Raft nodes, Byzantine ones included (n >= 2f + 1 stays with a
+    quorum of intact disks); for PBFT, which withholds the votes a damaged
+    replica may have lost, up to f besides the Byzantine ones (more than f
+    faults together may stop it: its checker excuses liveness then, never
+    safety)."""
+    crash_bound = (nodes - 1) // 2 - byzantine
+    if name is None or not recovers_lost_state(name):
+        return crash_bound
+    spec = service_spec(name)
+    if spec is None or spec[0].resilience is not Resilience.BYZANTINE:
+        return crash_bound
+    return max(crash_bound, (nodes - 1) // 3)
 
 
 def recovers_lost_state(name: str) -> bool:

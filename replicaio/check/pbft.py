@@ -15,7 +15,10 @@ With at most f Byzantine replicas, PBFT promises (Castro and Liskov, OSDI
   reported, not ignored);
 * **liveness** (after :meth:`PbftChecker.begin_liveness`): some correct
   replica executes a number beyond what any had executed when the faults
-  healed, within the host's bound.
+  healed, within the host's bound; excused (:meth:`PbftChecker.excused`) while
+  the Byzantine replicas and those withholding their votes after storage
+  damage (``VotesWithheld``) are more than f: too many faults may stop the
+  cluster, never make it answer wrongly (issue 9).
 
 Byzantine replicas' outputs are not held to anything (their cores may be fed
 with their own lies). Memory: one digest per executed number and per
@@ -27,14 +30,21 @@ from __future__ import annotations
 from typing import Any
 
 from replicaio.check.broadcast import Violation
-from replicaio.protocols.pbft.messages import CheckpointDisagreement, Executed, StateInstalled
+from replicaio.protocols.pbft.messages import (
+    CheckpointDisagreement,
+    Executed,
+    StateInstalled,
+    VotesWithheld,
+)
 
 
 class PbftChecker:
     """Agreement, certified state, determinism and liveness; see the module docstring."""
 
-    def __init__(self, byzantine: tuple[int, ...] = ()) -> None:
+    def __init__(self, byzantine: tuple[int, ...] = (), f: int | None = None) -> None:
         self.byzantine = frozenset(byzantine)
+        self.f = len(self.byzantine) if f is None else f
+        self.withheld: set[int] = set()  # correct replicas withholding their votes
         self.executed: dict[int, tuple[bytes, int]] = {}  # seq -> (digest, first node)
         self.installed: dict[int, tuple[bytes, int]] = {}
         self.executed_max = 0
@@ -49,6 +59,12 @@ class PbftChecker:
         kind = type(output)
         if kind is Executed:
             return self.on_executed(node, output, time_us)
+        if kind is VotesWithheld:
+            if output.withheld:
+                self.withheld.add(node)
+            else:
+                self.withheld.discard(node)
+            return []
         if kind is StateInstalled:
             self.state_transfers += 1
             return self.agree(self.installed, "state-transfer", node, output.seq,
@@ -95,8 +111,13 @@ class PbftChecker:
     def settled(self) -> bool:
         return self.healed_at is not None and self.executed_max > self.executed_at_heal
 
+    def excused(self) -> bool:
+        """Whether liveness is beyond the fault model now: more than f replicas
+        Byzantine or withholding their votes after storage damage."""
+        return len(self.byzantine) + len(self.withheld) > self.f
+
     def finish(self, time_us: int) -> list[Violation]:
-        if self.healed_at is None or self.settled():
+        if self.healed_at is None or self.settled() or self.excused():
             return []
         return [Violation(
             "liveness",
@@ -109,4 +130,5 @@ class PbftChecker:
             "pbft_executed_max": self.executed_max,
             "pbft_view_max": self.views_max,
             "pbft_state_transfers": self.state_transfers,
+            "pbft_withholding_at_end": len(self.withheld),
         }

@@ -202,6 +202,7 @@ class Checkpoints:
             if vote.seq > seq:
                 self.votes.setdefault(vote.seq, {}).setdefault(replica, vote)
         pbft.count("pbft_checkpoints_stable")
+        pbft.recovery.maybe_recovered()
         pbft.normal.assign()
         for pending in sorted(self.votes):
             self.check_certificate(pending)

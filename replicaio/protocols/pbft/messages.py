@@ -272,3 +272,13 @@ class CheckpointDisagreement(Message, tag="pbft.CheckpointDisagreement"):
     seq: int
     own: Digest
     certified: Digest
+
+
+@notice
+class VotesWithheld(Message, tag="pbft.VotesWithheld"):
+    """``node`` started (``withheld``) or stopped withholding its votes: its
+    storage lost writes and it does not count towards quorums until it has
+    recovered (``recovery.py``); the checkers count it faulty meanwhile."""
+
+    node: int
+    withheld: bool

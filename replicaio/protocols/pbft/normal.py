@@ -192,6 +192,12 @@ class NormalCase:
         pbft = self.pbft
         if not pbft.active or not pbft.is_primary:
             return
+        if pbft.withholding:
+            # Its storage lost PRE-PREPAREs it may have sent: a number assigned
+            # now could be one it assigned before (recovery.py).
+            if self.proposals:
+                pbft.count("pbft_withheld_pre_prepares")
+            return
         self.seq_next = max(self.seq_next, pbft.stable_seq + 1)
         while self.proposals and self.seq_next <= pbft.high:
             batch = self.proposals.popleft()
@@ -253,14 +259,41 @@ class NormalCase:
         slot.pre_prepare = pre_prepare
         slot.stalled = 0
         self.log_pre_prepare(pre_prepare)
-        if not pbft.is_primary:
-            unsigned = Prepare(pbft.view, pre_prepare.seq, pre_prepare.digest, pbft.id, b"")
-            prepare = Prepare(
-                unsigned.view, unsigned.seq, unsigned.digest, pbft.id, pbft.sign(unsigned)
-            )
-            slot.prepares[pbft.id] = prepare
-            pbft.send_all(prepare)
+        if pbft.withholding:
+            pbft.count("pbft_withheld_prepares")
+        elif not pbft.is_primary:
+            self.vote(slot, Prepare, pre_prepare)
         self.check_prepared(slot)
+
+    def on_recovered(self) -> None:
+        """Votes withheld while recovering, for numbers above the stable
+        checkpoint (never voted on before the damage: recovery.py), sent now."""
+        pbft = self.pbft
+        if not pbft.active:
+            pbft.view_changes.on_recovered()
+            return
+        for seq in sorted(pbft.slots):
+            slot = pbft.slots[seq]
+            pre_prepare = slot.pre_prepare
+            if pre_prepare is None or slot.committed is not None:
+                continue
+            if not pbft.is_primary and pbft.id not in slot.prepares:
+                self.vote(slot, Prepare, pre_prepare)
+            if slot.prepared and pbft.id not in slot.commits:
+                self.vote(slot, Commit, pre_prepare)
+            self.check_committed(slot)
+        self.assign()
+
+    def vote(self, slot: Slot, kind: type[Prepare] | type[Commit], pre_prepare: PrePrepare) -> None:
+        """Sign and multicast this replica's PREPARE or COMMIT for ``slot``."""
+        pbft = self.pbft
+        unsigned = kind(pbft.view, slot.seq, pre_prepare.digest, pbft.id, b"")
+        message = kind(unsigned.view, unsigned.seq, unsigned.digest, pbft.id, pbft.sign(unsigned))
+        if isinstance(message, Prepare):
+            slot.prepares[pbft.id] = message
+        else:
+            slot.commits[pbft.id] = message
+        pbft.send_all(message)
 
     def log_pre_prepare(self, pre_prepare: PrePrepare) -> None:
         """The ``pp`` record: before the PREPARE (or, on the primary, the
@@ -336,11 +369,11 @@ class NormalCase:
         proof = PreparedProof(pre_prepare, tuple(matching[: self.prepared_quorum()]))
         pbft.prepared_proofs[slot.seq] = proof
         pbft.context.persist(f"pc{slot.seq}", pbft.encode(proof))
-        unsigned = Commit(pbft.view, slot.seq, pre_prepare.digest, pbft.id, b"")
-        commit = Commit(unsigned.view, unsigned.seq, unsigned.digest, pbft.id, pbft.sign(unsigned))
-        slot.commits[pbft.id] = commit
-        pbft.send_all(commit)
-        self.check_committed(slot)
+        if pbft.withholding:
+            pbft.count("pbft_withheld_commits")
+        else:
+            self.vote(slot, Commit, pre_prepare)
+        self.check_committed(slot)  # withholding: on 2f+1 COMMITs of others
 
     def commit_quorum(self) -> int:
         """COMMITs that, with a prepared certificate, commit: 2f + 1."""

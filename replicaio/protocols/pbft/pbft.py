@@ -24,7 +24,9 @@ of a step's writes is a state to restart from:
   is active (re-sent to replicas still changing to it, after restarts too);
 * ``stable``: ``(seq, digest, snapshot, certificate)``, the stable checkpoint,
   written before the records below it are erased (a restart ignores and
-  erases records at or below it).
+  erases records at or below it);
+* ``recovering``: present while the replica withholds its votes after its
+  storage lost writes (``recovery.py``), written in the start step.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from replicaio.protocols.pbft.messages import (
 )
 from replicaio.protocols.pbft.normal import NormalCase, Slot
 from replicaio.protocols.pbft.params import PbftParams
+from replicaio.protocols.pbft.recovery import Recovery
 from replicaio.protocols.pbft.state_transfer import StateTransfer
 from replicaio.protocols.pbft.view_change import ViewChanges
 
@@ -89,6 +92,7 @@ class Pbft:
     checkpoints_type: ClassVar[type[Checkpoints]] = Checkpoints
     view_changes_type: ClassVar[type[ViewChanges]] = ViewChanges
     transfer_type: ClassVar[type[StateTransfer]] = StateTransfer
+    recovery_type: ClassVar[type[Recovery]] = Recovery
 
     def __init__(self, context: Context, params: PbftParams | None = None) -> None:
         self.context = context
@@ -119,6 +123,7 @@ class Pbft:
         self.checkpoints = self.checkpoints_type(self)
         self.view_changes = self.view_changes_type(self)
         self.transfer = self.transfer_type(self)
+        self.recovery = self.recovery_type(self)
         self.stream = context.stream(*WIRE_TYPES, handler=self.on_message)
         self.dispatch: dict[type, Callable[[int, Any], None]] = {
             PrePrepare: self.normal.on_pre_prepare,
@@ -152,6 +157,11 @@ class Pbft:
         return self.stable_seq < seq <= self.high
 
     @property
+    def withholding(self) -> bool:
+        """Whether this replica sends no votes (storage damage: ``recovery.py``)."""
+        return self.recovery.recovering
+
+    @property
     def quorum(self) -> int:
         """2f + 1: any two quorums share a correct replica."""
         return 2 * self.f + 1
@@ -171,6 +181,7 @@ class Pbft:
             raise UsageError("Pbft.start before bind")
         assert not self.started
         self.started = True
+        self.recovery.on_start()
         self.load()
         self.context.spawn(self.status_loop(), "pbft.status")
         if self.active:
@@ -346,6 +357,7 @@ class Pbft:
             self.count("pbft_status_throttled")
             return
         self.status_answered[source] = self.status_tick
+        self.recovery.on_status(source, status.executed)
         if status.stable_seq < self.stable_seq and self.stable_seq > 0:
             for checkpoint in self.stable_proof:  # signed: forwardable
                 self.send(source, checkpoint)
@@ -439,6 +451,7 @@ class Pbft:
         self.view += 1
         self.active = False
         self.save_view()
+        self.recovery.begin()
 
     def load_records(self, prefix: str, kind: type[Any]) -> dict[int, Any]:
         """Records ``<prefix><seq>`` above h (those at or below it are erased)."""

@@ -106,6 +106,15 @@ class ViewChanges:
 
     def announce(self) -> None:
         pbft = self.pbft
+        if pbft.withholding:
+            # Its P set may lack certificates it showed before (recovery.py): it
+            # follows the view change, counted out of it.
+            self.own = None
+            self.for_view = {r: vc for r, vc in self.received.items() if vc.view == pbft.view}
+            pbft.count("pbft_withheld_view_changes")
+            pbft.start_view_tasks([])
+            self.check_quorum()
+            return
         own = self.build()
         self.own = own
         self.received[pbft.id] = own
@@ -114,6 +123,20 @@ class ViewChanges:
         }
         pbft.send_all(own)
         pbft.start_view_tasks([self.resend(pbft.view)])
+        self.check_quorum()
+
+    def on_recovered(self) -> None:
+        """Recovered in the middle of a view change: the VIEW-CHANGE withheld
+        so far is sent now (its checkpoint is past every lost vote)."""
+        pbft = self.pbft
+        assert not pbft.active and not pbft.withholding
+        own = self.build()
+        self.own = own
+        self.received[pbft.id] = own
+        self.for_view[pbft.id] = own
+        pbft.send_all(own)
+        assert pbft.view_scope is not None
+        pbft.view_scope.spawn(self.resend(pbft.view), f"pbft.view{pbft.view}")
         self.check_quorum()
 
     def build(self, view: int | None = None) -> ViewChange:
@@ -269,6 +292,9 @@ class ViewChanges:
             and self.sent_new_view_for != view
             and len(self.for_view) >= pbft.quorum
         ):
+            if pbft.withholding:
+                pbft.count("pbft_withheld_new_views")
+                return
             self.send_new_view(view)
 
     # -- NEW-VIEW ------------------------------------------------------------------------------
@@ -408,6 +434,8 @@ class ViewChanges:
             return
         if self.own is not None:
             pbft.send(peer, self.own)
+        if pbft.withholding:
+            return
         if self.last_active_view < status.view < pbft.view and not status.active:
             # It still gathers VIEW-CHANGEs for a view this replica passed through
             # without starting it: ours for that view (it may have been lost,

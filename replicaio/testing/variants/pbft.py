@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from replicaio.protocols.pbft.messages import PrePrepare, Status, ViewChange
 from replicaio.protocols.pbft.normal import NormalCase
 from replicaio.protocols.pbft.pbft import Pbft
+from replicaio.protocols.pbft.recovery import Recovery
 from replicaio.protocols.pbft.view_change import Chosen, ViewChanges
 
 
@@ -62,6 +63,16 @@ class NoViewChangeResend(ViewChanges):
             super().help_peer(peer, status)
 
 
+class TrustDamagedTail(Recovery):
+    """Ignores the storage's report of lost writes: the replica votes at once
+    from the older state (what PBFT did before issue 9), so it may PREPARE a
+    second batch at a number and view it prepared another one in, or send a
+    VIEW-CHANGE without a certificate it had shown."""
+
+    def lost_acknowledged_state(self) -> bool:
+        return False
+
+
 class PbftCommitOffByOne(Pbft):
     normal_type = CommitQuorumOffByOne
 
@@ -80,6 +91,10 @@ class PbftIgnorePreparedSet(Pbft):
 
 class PbftNoViewChangeResend(Pbft):
     view_changes_type = NoViewChangeResend
+
+
+class PbftTrustDamagedTail(Pbft):
+    recovery_type = TrustDamagedTail
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +131,11 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
         PbftVariant(
             "pbft-ignore-prepared-set", PbftIgnorePreparedSet,
             "the new primary ignores the P sets of the VIEW-CHANGEs", "agreement",
+        ),
+        PbftVariant(
+            "pbft-trust-damaged-tail", PbftTrustDamagedTail,
+            "a replica whose storage lost writes votes at once from the older state",
+            "agreement",
         ),
     )
 }
