@@ -17,6 +17,7 @@ from replicaio.protocols.raft import (
     InstallSnapshot,
     InstallSnapshotResponse,
     SnapshotInstalled,
+    SnapshotTaken,
 )
 from replicaio.protocols.raft.state import ENTRY_PREFIX, chain_digest
 
@@ -45,6 +46,10 @@ def test_7_a_compaction_replaces_the_log_prefix_by_a_durable_snapshot() -> None:
     indexes = sorted(int(key.rsplit(":", 1)[1]) for key in entry_keys(cluster, 1))
     assert indexes == list(range(view.snapshot_index + 1, view.last_index + 1))
     assert cluster.raft(1).log.term_at(view.snapshot_index - 1) is None  # gone from memory
+    # Each compaction is reported (a live host logs it: "snapshot taken").
+    taken = [out for _, node, out in cluster.outputs if isinstance(out, SnapshotTaken) and node == 1]
+    assert [out.index for out in taken] == list(range(5, view.snapshot_index + 1, 5))
+    assert taken[-1].size == len(cluster.raft(1).log.snapshot_data) > 0
     cluster.crash(1)
     cluster.restart(1)
     restored = cluster.view(1)

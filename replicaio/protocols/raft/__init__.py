@@ -59,7 +59,8 @@ every write sequence so that each prefix is a consistent state.
 Observability. Checkers (``replicaio.check.raft``) read typed outputs:
 ``Restarted`` (the recovered term, vote and log end), ``Voted``,
 ``BecameLeader`` (with the shape of the leader's log), ``LeaderCommitted``,
-``Applied`` (with a digest chaining the log prefix), ``SnapshotInstalled``,
+``Applied`` (with a digest chaining the log prefix), ``SnapshotTaken``,
+``SnapshotInstalled``,
 ``ReadRequested``/``ReadConfirmed`` and ``ConfigChanged``. Tests may also
 read :meth:`Raft.observe`, a :class:`RaftView` of one node.
 
@@ -94,6 +95,7 @@ from replicaio.protocols.raft.messages import (
     RequestVoteResponse,
     Restarted,
     SnapshotInstalled,
+    SnapshotTaken,
     TimeoutNow,
     Voted,
 )
@@ -126,6 +128,7 @@ __all__ = [
     "Restarted",
     "Role",
     "SnapshotInstalled",
+    "SnapshotTaken",
     "TimeoutNow",
     "Voted",
 ]

@@ -247,6 +247,17 @@ class Applied(Message, tag="raft.Applied"):
     digest: Digest
 
 
+@operator_event("snapshot taken")
+class SnapshotTaken(Message, tag="raft.SnapshotTaken"):
+    """``node`` compacted its log: its own snapshot of ``size`` bytes now covers
+    entries up to ``index`` (of ``term``), which it erased from its log."""
+
+    node: int
+    index: int
+    term: int
+    size: int
+
+
 @operator_event("snapshot installed from the leader")
 class SnapshotInstalled(Message, tag="raft.SnapshotInstalled"):
     """``node`` replaced its state by a leader's snapshot covering ``index``."""

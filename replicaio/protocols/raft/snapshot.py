@@ -23,6 +23,7 @@ from replicaio.protocols.raft.messages import (
     InstallSnapshot,
     InstallSnapshotResponse,
     SnapshotInstalled,
+    SnapshotTaken,
 )
 from replicaio.protocols.raft.replication import PROBE, SNAPSHOT, Progress
 from replicaio.protocols.raft.state import Role
@@ -57,6 +58,7 @@ class Snapshots:
         assert term is not None
         log.install_snapshot(index, term, log.digest_at(index), log.config_at(index), snapshot)
         raft.count("raft_compactions")
+        raft.context.output(SnapshotTaken(raft.id, index, term, len(snapshot)))
 
     # -- leader -------------------------------------------------------------------
 
