@@ -47,7 +47,8 @@ def test_7_a_compaction_replaces_the_log_prefix_by_a_durable_snapshot() -> None:
     assert indexes == list(range(view.snapshot_index + 1, view.last_index + 1))
     assert cluster.raft(1).log.term_at(view.snapshot_index - 1) is None  # gone from memory
     # Each compaction is reported (a live host logs it: "snapshot taken").
-    taken = [out for _, node, out in cluster.outputs if isinstance(out, SnapshotTaken) and node == 1]
+    taken = [out for _, node, out in cluster.outputs
+             if isinstance(out, SnapshotTaken) and node == 1]
     assert [out.index for out in taken] == list(range(5, view.snapshot_index + 1, 5))
     assert taken[-1].size == len(cluster.raft(1).log.snapshot_data) > 0
     cluster.crash(1)
