@@ -32,7 +32,7 @@ from replicaio.runtime.client import check_service_params, service_factory
 from replicaio.runtime.config import Address, ClusterFileError, HostParams
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.kv.service import RespService, smr_client_id
-from replicaio.services.kv.redis_commands import plan
+from replicaio.services.kv.redis_commands import KV_PARAMS, plan
 from replicaio.services.kv.resp import (
     RESP2,
     RESP3,
@@ -377,7 +377,7 @@ def test_every_command_through_redis_py(protocol: int) -> None:
                 (client.execute_command("GET"), "wrong number of arguments for 'get'"),
                 (client.execute_command("SELECT", 1), "DB index is out of range"),
                 (client.set("k" * 2000, "v"), "key too large"),
-                (client.set("big", "v" * 70_000), "value too large"),
+                (client.set("big", "v" * (KV_PARAMS.value_bytes_max + 1)), "value too large"),
             ]:
                 with pytest.raises(redis.ResponseError, match=message):
                     await call
@@ -615,7 +615,7 @@ BAD_INPUT: list[tuple[bytes, bool, bytes, str]] = [
      b"-ERR Protocol error: too big inline request", "rejected_resp_inline_too_long"),
     (multibulk(b"PING") + b"*1\r\n$999999999\r\n", False,
      b"+PONG\r\n-ERR Protocol error: invalid bulk length 999999999: more than bulk_bytes_max "
-     b"(524288 bytes)", "rejected_resp_invalid_bulk_length"),
+     b"(8454144 bytes)", "rejected_resp_invalid_bulk_length"),
     (b"*1\r\n$-5\r\n", False, b"-ERR Protocol error: invalid bulk length -5: negative",
      "rejected_resp_invalid_bulk_length"),
     (b"*1\r\n$1e3\r\n", False,
@@ -855,7 +855,7 @@ def test_service_params_are_validated_when_the_cluster_file_is_loaded() -> None:
         ({"pipeline_depth_max": "8"}, "service.pipeline_depth_max"),
         ({"retry_after_ms": 0}, "service.retry_after_ms"),
         ({"retry_after_ms": 900, "request_timeout_ms": 800}, "service.retry_after_ms"),
-        ({"group_bytes_max": 1 << 20}, "service.group_bytes_max"),
+        ({"group_bytes_max": 1 << 24}, "service.group_bytes_max"),
         ({"idle_timeout_ms": -1}, "service.idle_timeout_ms"),
         ({"reply_bytes_max": 0}, "service.reply_bytes_max"),
     ]:

@@ -25,7 +25,9 @@ from replicaio.services.kv.state_machine import (
     INT64_MAX,
     INT64_MIN,
     WATCH_KEYS_MAX,
+    decode_batch_result,
     decode_exec_result,
+    encode_batch,
     encode_exec,
     is_write,
 )
@@ -156,6 +158,36 @@ def test_params_are_validated() -> None:
         KvParams(keys_max=0).validate()
     with pytest.raises(ConfigError):
         KvParams(key_bytes_max=10, value_bytes_max=10, command_bytes_max=15).validate()
+
+
+def test_a_value_far_above_64_kib_is_stored_and_a_batch_stops_after_its_budget() -> None:
+    kv = KeyValueStateMachine()
+    big = bytes(range(256)) * (4 * 1024 * 1024 // 256)  # 4 MiB
+    assert run(kv, "put", b"big", big) is None
+    assert run(kv, "get", b"big") == big
+    too_big = b"x" * (kv.params.value_bytes_max + 1)
+    assert fails(kv, encode_command("put", b"k", too_big)) == "value_too_large"
+    # A batch: the first result is always whole; once the results pass
+    # result_bytes_max, the rest does not run (answered result_too_large), so a
+    # front sends it again and every command still runs once, in order.
+    commands = [encode_command("incr", b"n", 1), encode_command("get", b"big"),
+                encode_command("incr", b"n", 1), encode_command("get", b"big")]
+    results = decode_batch_result(kv.apply(encode_batch(commands)))
+    assert isinstance(results, tuple)
+    decoded = [decode_result(result) for result in results]
+    assert decoded[:2] == [KvOk(1), KvOk(big)]
+    assert [item.code for item in decoded[2:] if isinstance(item, KvError)] == [
+        "result_too_large", "result_too_large"]
+    assert run(kv, "get", b"n") == b"1"  # the INCR after the cut did not run
+    first_big = decode_batch_result(kv.read(encode_batch(commands[1::2])))
+    assert isinstance(first_big, tuple) and decode_result(first_big[0]) == KvOk(big)
+    # An exec is all or nothing: every command runs, its results may hold one
+    # value more, and a result that does not fit is replaced.
+    outcome = decode_exec_result(kv.apply(encode_exec([], [*commands, commands[1]])))
+    assert isinstance(outcome, tuple) and run(kv, "get", b"n") == b"3"
+    assert decode_result(outcome[1]) == decode_result(outcome[3]) == KvOk(big)
+    last = decode_result(outcome[4])
+    assert isinstance(last, KvError) and last.code == "result_too_large"
 
 
 def test_read_serves_gets_only() -> None:

@@ -19,7 +19,8 @@ from replicaio.protocols.raft import (
     SnapshotInstalled,
     SnapshotTaken,
 )
-from replicaio.protocols.raft.state import ENTRY_PREFIX, chain_digest
+from replicaio.protocols.raft import state as raft_state
+from replicaio.protocols.raft.state import ENTRY_PREFIX, PIECE_PREFIX, chain_digest, piece_name
 
 SMALL_CHUNKS = dataclasses.replace(FAST_PARAMS, snapshot_chunk_bytes_max=4)
 
@@ -228,4 +229,38 @@ def test_7_i_compacting_again_during_a_transfer_restarts_it_with_the_new_snapsho
     indexes = {m.last_included_index for _, d, m in cluster.messages(InstallSnapshot, 0) if d == 2}
     assert len(indexes) >= 2
     assert states_agree(cluster)
+    cluster.assert_safe()
+
+
+def piece_keys(cluster: Cluster, node: int) -> list[str]:
+    return sorted(key for key in cluster.disks[node].recover() if f"#{PIECE_PREFIX}" in key)
+
+
+@pytest.mark.parametrize("keep", range(0, 24, 2))
+def test_7_j_a_snapshot_in_pieces_survives_a_crash_at_any_write_of_its_step(
+    keep: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A snapshot larger than SNAPSHOT_PIECE_BYTES is written in pieces before its
+    record (shrunk here to 4 bytes, so a 30-byte state takes 8 pieces): a crash
+    after any prefix of the step's writes restarts on the old snapshot with its
+    own pieces, or on the new one whole; no piece of another snapshot stays."""
+    monkeypatch.setattr(raft_state, "SNAPSHOT_PIECE_BYTES", 4)
+    cluster, term, commit = follower_with_log()
+    old = (commit + 1).to_bytes(8, "big") + b"old state, in pieces"
+    cluster.inject(2, 1, msgspec.structs.replace(
+        snapshot_message(cluster, term + 1, commit + 1, term + 1, old), leader=2))
+    assert cluster.raft(1).log.snapshot_data == old and cluster.raft(1).log.snapshot_pieces == 7
+    assert len(piece_keys(cluster, 1)) == 7
+    new = (commit + 9).to_bytes(8, "big") + b"the new state, in more pieces"
+    cluster.crash_in_next_step(1, keep)
+    cluster.inject(2, 1, msgspec.structs.replace(
+        snapshot_message(cluster, term + 1, commit + 9, term + 1, new), leader=2))
+    cluster.restart(1)
+    log = cluster.raft(1).log
+    if log.snapshot_index == commit + 9:
+        assert log.snapshot_data == new and log.snapshot_pieces == 10
+    else:
+        assert (log.snapshot_index, log.snapshot_data) == (commit + 1, old)
+    names = {key.split("#", 1)[1] for key in piece_keys(cluster, 1)}
+    assert names == {piece_name(log.snapshot_index, piece) for piece in range(log.snapshot_pieces)}
     cluster.assert_safe()

@@ -70,6 +70,9 @@ _TAG_BYTES_MAX = 255
 # a few hundred map entries fit, so colliding keys cost microseconds. Larger
 # ones are scanned first (see the module docstring).
 _SCAN_BYTES_MIN = 2048
+# A frame's default bound: one message carrying a batch of SMR's largest (a
+# key-value store's 8 MiB value with room to spare; docs/codec.md).
+FRAME_BYTES_MAX_DEFAULT = 16 << 20
 
 DECODE_REASONS = frozenset(
     {"oversized", "malformed", "unknown_type", "arity", "field_type", "too_deep", "too_long"}
@@ -532,7 +535,7 @@ class Codec:
     def __init__(
         self,
         *,
-        frame_bytes_max: int = 1 << 20,
+        frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         items_max: int = VALUE_BOUNDS.items_max,
         depth_max: int = VALUE_BOUNDS.depth_max,
         messages: Iterable[type] | None = None,

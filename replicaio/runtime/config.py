@@ -29,6 +29,7 @@ from typing import Any
 
 from replicaio.assembly import SERVICES as REPLICATED_SERVICES
 from replicaio.assembly import TRANSACTIONAL, protocol_factory, protocol_names
+from replicaio.core.codec import FRAME_BYTES_MAX_DEFAULT
 from replicaio.core.config import NODES_MAX, ClusterConfig, Resilience
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.node import NodeParams
@@ -71,7 +72,7 @@ class Address:
 class TransportParams:
     """Bounds and periods of the peer transport (``[transport]``)."""
 
-    frame_bytes_max: int = (1 << 20) + 1024  # one codec frame plus header and tag
+    frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT + 1024  # one codec frame plus header and tag
     outbound_queue_max: int = 65_536  # messages per peer; beyond it the oldest is dropped
     handshake_timeout_ms: int = 2_000  # two round trips and two tags: short
     handshakes_pending_max: int = 64  # unauthenticated inbound connections at once
@@ -114,10 +115,10 @@ class HostParams:
     client_service: str = "stream"
     client_connections_max: int = 256
     client_queue_max: int = 65_536  # frames waiting for one client; beyond it, disconnect
-    client_queue_bytes_max: int = 16 << 20  # their bytes
+    client_queue_bytes_max: int = 40 << 20  # their bytes
     client_history_max: int = 4_096  # outputs replayed to a client that connects later
     client_history_bytes_max: int = 4 << 20  # their bytes
-    client_frame_bytes_max: int = (1 << 20) + 1024
+    client_frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT + 1024
 
     def validate(self) -> HostParams:
         for name in (

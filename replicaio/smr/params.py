@@ -34,8 +34,10 @@ class SmrConstants:
     """The cluster constants of SMR: identical on every replica (module docstring)."""
 
     batch_requests_max: int = 64  # requests per batch
-    batch_bytes_max: int = 256 * 1024  # encoded batch size
-    command_bytes_max: int = 64 * 1024 + 1024  # one client command
+    # One command holds a key-value store's largest value (8 MiB) and its key;
+    # a batch holds one such command, or many small ones.
+    batch_bytes_max: int = 8 * 1024 * 1024 + 512 * 1024  # encoded batch size
+    command_bytes_max: int = 8 * 1024 * 1024 + 128 * 1024  # one client command
     sessions_max: int = 4096  # clients with a remembered last request (LRU eviction)
     snapshot_interval: int = 64  # applied batches between snapshots (checkpoints); 0: never
 

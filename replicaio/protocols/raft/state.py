@@ -16,6 +16,11 @@ so that each prefix is a consistent state:
   erased, at load), and *after* any entry above it that must go (installing a
   snapshot whose last entry conflicts with the log first erases the entries
   after that index, from the end backwards: none of them can be committed);
+* a snapshot larger than ``SNAPSHOT_PIECE_BYTES`` keeps its state in pieces
+  (``sp:<index>:<i>``, each within one codec frame and one WAL record),
+  written *before* the ``snapshot`` record that names their count; the
+  previous snapshot's pieces are erased after it (pieces of another index
+  than the recorded snapshot's are leftovers of a cut step, erased at load);
 * the disk identity (``identity``) is written once, at the first start.
 
 Volatile state (commit index, applied index, role) is rebuilt after a
@@ -34,6 +39,10 @@ from replicaio.core.context import Context
 from replicaio.protocols.raft.messages import NO_NODE, Config, Entry
 
 ENTRY_PREFIX = "e:"
+PIECE_PREFIX = "sp:"
+# A snapshot's state beyond this is persisted in pieces of this size (one record
+# each, well within a codec frame): a key-value store far larger than one frame.
+SNAPSHOT_PIECE_BYTES = 4 << 20
 DIGEST_BYTES = 8
 ZERO_DIGEST = bytes(DIGEST_BYTES)
 
@@ -45,6 +54,11 @@ class Role(enum.Enum):
     PRE_CANDIDATE = "pre-candidate"
     CANDIDATE = "candidate"
     LEADER = "leader"
+
+
+def piece_name(index: int, piece: int) -> str:
+    """The storage name of piece ``piece`` of the snapshot at ``index``."""
+    return f"{PIECE_PREFIX}{index:015d}:{piece:06d}"
 
 
 def entry_name(index: int) -> str:
@@ -136,6 +150,7 @@ class RaftLog:
         "snapshot_data",
         "snapshot_digest",
         "snapshot_index",
+        "snapshot_pieces",
         "snapshot_term",
     )
 
@@ -146,6 +161,7 @@ class RaftLog:
         self.snapshot_digest = ZERO_DIGEST
         self.snapshot_config = initial
         self.snapshot_data = b""
+        self.snapshot_pieces = 0  # the snapshot's state is in this many pieces (0: inline)
         self.entries: list[Entry] = []
         self.digests: list[bytes] = []
         self.config_indexes: list[int] = []  # indexes of configuration entries, ascending
@@ -300,7 +316,7 @@ class RaftLog:
         if not keep_suffix and self.last_index > index:
             self.truncate_after(index)
         covered = range(self.snapshot_index + 1, min(index, self.last_index) + 1)
-        self.context.persist("snapshot", (index, term, digest, config_to_plain(config), data))
+        self.persist_snapshot(index, term, digest, config, data)
         for covered_index in covered:
             self.context.erase(entry_name(covered_index))
         del self.entries[: len(covered)]
@@ -311,19 +327,52 @@ class RaftLog:
         assert keep_suffix or not self.entries, "a foreign snapshot replaces the whole log"
         assert self.term_at(index) == term
 
+    def persist_snapshot(
+        self, index: int, term: int, digest: bytes, config: Config, data: bytes
+    ) -> None:
+        """Write the ``snapshot`` record (its state inline, or in pieces written
+        first), then erase the previous snapshot's pieces."""
+        plain = config_to_plain(config)
+        if len(data) <= SNAPSHOT_PIECE_BYTES:
+            self.context.persist("snapshot", (index, term, digest, plain, data))
+        else:
+            pieces = range(0, len(data), SNAPSHOT_PIECE_BYTES)
+            for piece, start in enumerate(pieces):
+                chunk = data[start : start + SNAPSHOT_PIECE_BYTES]
+                self.context.persist(piece_name(index, piece), chunk)
+            self.context.persist("snapshot", (index, term, digest, plain, b"", len(pieces)))
+        for piece in range(self.snapshot_pieces):
+            self.context.erase(piece_name(self.snapshot_index, piece))
+        self.snapshot_pieces = 0 if len(data) <= SNAPSHOT_PIECE_BYTES else len(pieces)
+
+    def load_snapshot(self) -> None:
+        """The ``snapshot`` record and its pieces; leftover pieces are erased."""
+        context = self.context
+        stored = context.load("snapshot")
+        if stored is not None:
+            index, term, digest, config, data, *more = stored
+            self.snapshot_index, self.snapshot_term = int(index), int(term)
+            self.snapshot_digest = bytes(digest)
+            self.snapshot_config = config_from_plain(config)
+            self.snapshot_pieces = int(more[0]) if more else 0
+            parts = [bytes(data)]
+            for piece in range(self.snapshot_pieces):
+                chunk = context.load(piece_name(self.snapshot_index, piece))
+                assert chunk is not None, f"snapshot {index}: piece {piece} missing"
+                parts.append(bytes(chunk))
+            self.snapshot_data = b"".join(parts)
+        mine = {piece_name(self.snapshot_index, piece) for piece in range(self.snapshot_pieces)}
+        for name in list(context.stored_names(PIECE_PREFIX)):
+            if name not in mine:
+                context.erase(name)
+
     # -- recovery --------------------------------------------------------------------
 
     def load(self) -> None:
         """Rebuild from durable state (see the module docstring for why every
         crash leaves a contiguous run of entries after the snapshot)."""
         context = self.context
-        stored = context.load("snapshot")
-        if stored is not None:
-            index, term, digest, config, data = stored
-            self.snapshot_index, self.snapshot_term = int(index), int(term)
-            self.snapshot_digest = bytes(digest)
-            self.snapshot_config = config_from_plain(config)
-            self.snapshot_data = bytes(data)
+        self.load_snapshot()
         expected = self.snapshot_index + 1
         for name in context.stored_names(ENTRY_PREFIX):
             index = int(name[len(ENTRY_PREFIX) :])

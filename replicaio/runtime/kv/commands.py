@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from replicaio.assembly import split_name
 from replicaio.cli_common import positive_int, print_json
 from replicaio.core.errors import UsageError
 from replicaio.runtime.commands import (
@@ -58,7 +59,12 @@ from replicaio.runtime.commands import (
     wait_until_ready,
     write_private,
 )
-from replicaio.runtime.config import ClusterFile, load_cluster_file, render_cluster_file
+from replicaio.runtime.config import (
+    ClusterFile,
+    load_cluster_file,
+    protocol_with_params,
+    render_cluster_file,
+)
 
 PROBE_KEY = b"replicaio:kv-up-probe"
 SHARDED_PROTOCOL = "txn-kv"  # kv up --groups G: txn-kv:groups=G
@@ -158,9 +164,10 @@ def command_kv_up(args: argparse.Namespace) -> int:
     if not existed:
         write_kv_cluster(directory, args)
     cluster = load_cluster_file(config_path)
+    base, parameters = split_name(args.protocol)
     if (
         cluster.n != args.nodes
-        or cluster.protocol != args.protocol
+        or cluster.protocol != protocol_with_params(base, dict(parameters))
         or cluster.host.client_service != "resp"
     ):
         raise UsageError(
@@ -264,8 +271,12 @@ def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
         host_section["fsync"] = False
     sections: dict[str, dict[str, Any]] = {"host": host_section}
     groups = getattr(args, "groups", None)
+    # --protocol raft:snapshot=8 goes to the file as [protocol] params.
+    parameters: dict[str, Any] = dict(split_name(args.protocol)[1])
     if groups is not None:  # the slot map: G groups sharing the slots evenly
-        sections["protocol.params"] = {"groups": groups}
+        parameters["groups"] = groups
+    if parameters:
+        sections["protocol.params"] = parameters
     if args.tls:
         from replicaio.runtime.certs import init_certs
 

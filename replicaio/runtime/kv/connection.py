@@ -27,31 +27,35 @@ if TYPE_CHECKING:
     from replicaio.runtime.kv.service import RespService
 
 ARGUMENT_OVERHEAD_BYTES: Final = 48  # what one parsed argument costs beyond its bytes
-# The most bytes one key-value command's reply takes: a read returns a value; a
-# write an integer, a flag, OK or an error (a bounded text).
-READ_REPLY_BYTES_MAX: Final = KV_PARAMS.value_bytes_max + 64
+# What one key-value command's reply is planned to take: a read returns a value
+# (planned as one of 64 KiB; a larger one makes the store stop the batch after
+# it, and the rest is sent again); a write an integer, a flag, OK or an error.
+READ_REPLY_BYTES_MAX: Final = min(KV_PARAMS.value_bytes_max, 64 * 1024) + 64
 WRITE_REPLY_BYTES_MAX: Final = 512
 
 
 def reply_bytes_max(planned: Replicated) -> int:
-    """The most bytes the replies of ``planned`` may take (a group is planned with
-    this, since its replies come back together)."""
+    """The bytes the replies of ``planned`` are planned to take (a group is planned
+    with this, since its replies come back together)."""
     each = READ_REPLY_BYTES_MAX if planned.read_only else WRITE_REPLY_BYTES_MAX
     return each * len(planned.commands)
 
 
 def plans_that_fit(group: list[tuple[Command, Replicated]], results: list[KvResult]) -> int:
-    """How many plans of a read-only ``group`` got all their results: those before
-    the first with a ``result_too_large`` one (at least one plan: a plan whose
-    values do not fit even alone gets that error)."""
+    """How many plans of ``group`` to answer: those before the first with a
+    ``result_too_large`` result, where the store stopped the batch (the rest did
+    not run and is sent again). The first plan is always answered (a plan whose
+    values do not fit even alone gets that error), and so is a plan that writes
+    and ran in part (it must not run twice)."""
     offset = 0
     for index, (_, planned) in enumerate(group):
         count = len(planned.commands)
-        if any(
-            isinstance(result, KvError) and result.code == "result_too_large"
-            for result in results[offset : offset + count]
-        ):
-            return max(index, 1)
+        mine = results[offset : offset + count]
+        cut = [isinstance(result, KvError) and result.code == "result_too_large"
+               for result in mine]
+        if any(cut):
+            ran_in_part = not cut[0]
+            return index + 1 if index == 0 or (ran_in_part and not planned.read_only) else index
         offset += count
     return len(group)
 

@@ -15,7 +15,11 @@ from typing import Any, Final
 
 from replicaio.runtime.config import ClusterFileError
 from replicaio.services.kv.resp import RespLimits
-from replicaio.services.kv.state_machine import BATCH_COMMANDS_MAX, WATCH_KEYS_MAX
+from replicaio.services.kv.state_machine import (
+    BATCH_COMMANDS_MAX,
+    VALUE_BYTES_MAX_DEFAULT,
+    WATCH_KEYS_MAX,
+)
 from replicaio.services.kv.transactions import TransactionLimits
 from replicaio.smr.params import SmrConstants
 
@@ -28,17 +32,20 @@ TIMEOUTS_OPTIONAL: Final = frozenset({"idle_timeout_ms", "request_read_timeout_m
 class RespParams:
     """Bounds and periods of the Redis front (the cluster file's ``[service]``)."""
 
-    bulk_bytes_max: int = 512 * 1024  # one bulk string of a request
+    # One bulk string of a request: above the store's largest value, so a value
+    # just too large is parsed and refused by name (ERR value too large).
+    bulk_bytes_max: int = VALUE_BYTES_MAX_DEFAULT + 64 * 1024
     array_items_max: int = 4096  # arguments of one command
     inline_bytes_max: int = 64 * 1024  # one inline (telnet-style) command line
-    command_bytes_max: int = 1024 * 1024  # all arguments of one command
+    command_bytes_max: int = VALUE_BYTES_MAX_DEFAULT + 128 * 1024  # all arguments of one command
     pipeline_depth_max: int = 1024  # commands read from a connection, not yet answered
     pipeline_bytes_max: int = 1024 * 1024  # their bytes
     reply_bytes_max: int = 1024 * 1024  # replies written to a connection, not yet sent
     group_commands_max: int = 256  # client commands carried by one SMR request
     group_bytes_max: int = 60 * 1024  # their key-value commands, encoded
     transaction_commands_max: int = 1024  # commands queued after MULTI
-    transaction_bytes_max: int = 60 * 1024  # their key-value commands, encoded
+    # their key-value commands, encoded (one of the store's largest values fits)
+    transaction_bytes_max: int = VALUE_BYTES_MAX_DEFAULT + 64 * 1024
     watch_keys_max: int = 1024  # keys one connection watches
     retry_after_ms: int = 1000  # send a request again if unanswered this long
     retry_backoff_ms: int = 50  # wait before sending again after a passing refusal

@@ -565,7 +565,7 @@ class RespService(ListeningService):
         self.count("kv_smr_commands", len(group))
         results = self.results(outcome, len(commands))
         answered = len(group)
-        if read_only and not isinstance(results, RespError):
+        if not isinstance(results, RespError):
             answered = plans_that_fit(group, results)
             if answered < len(group):
                 self.count("kv_read_groups_split")

@@ -77,10 +77,10 @@ class RespProtocolError(Exception):
 class RespLimits:
     """Bounds of one connection's parser (validated by the service's params)."""
 
-    bulk_bytes_max: int = 512 * 1024  # one bulk string
+    bulk_bytes_max: int = 8 * 1024 * 1024 + 64 * 1024  # one bulk string (above a store's value)
     array_items_max: int = 4096  # arguments of one multibulk command
     inline_bytes_max: int = 64 * 1024  # one inline command line
-    command_bytes_max: int = 1024 * 1024  # all bulk strings of one command
+    command_bytes_max: int = 8 * 1024 * 1024 + 128 * 1024  # all bulk strings of one command
 
 
 class RespParser:

@@ -62,11 +62,14 @@ order, at one position of the log, and answers each one's own result, exactly
 as if they had been applied one by one; a failing command does not stop the
 others (no rollback, like a Redis pipeline). ``read`` takes a batch of ``get``
 commands. A batch inside a batch is ``bad_arguments``. Build one with
-:func:`encode_batch`, read its result with :func:`decode_batch_result`. A read
-batch's results add up to at most ``result_bytes_max``: every command runs,
-but a result that would go beyond it is replaced by ``result_too_large``, so a
-result fits in one message of the node's codec whatever a client asks for
-(many ``get`` s of large values).
+:func:`encode_batch`, read its result with :func:`decode_batch_result`. A
+batch's results beyond its first command's (one value, at most
+``value_bytes_max``) add up to at most ``result_bytes_max``: the batch stops
+after the command whose result goes beyond it, and every command after that
+one is answered ``result_too_large`` *without running*, so a result fits in
+one message of the node's codec whatever a client asks for (many ``get`` s of
+large values), and a front sends the rest again as the next request: the
+commands still run in order, each once.
 
 ``exec`` is a Redis transaction (``MULTI`` ... ``EXEC``, optionally after
 ``WATCH``): one replicated command, so it is applied whole at one position of
@@ -159,6 +162,10 @@ ERROR: Final = "error"
 
 
 RESULT_OVERHEAD_BYTES: Final = 16  # a result's envelope around its value, at most
+# A string value (or one field, element or member), at most: Redis's own limit is
+# 512 MB; this one keeps a value, its command and its batch within one log entry,
+# one peer message and one WAL record (docs/kv.md, "Large values").
+VALUE_BYTES_MAX_DEFAULT: Final = 8 * 1024 * 1024
 
 _DECIMAL = DECIMAL
 
@@ -178,11 +185,12 @@ class KvParams:
     """Bounds of one store (validated)."""
 
     key_bytes_max: int = 1024
-    value_bytes_max: int = 64 * 1024
+    value_bytes_max: int = VALUE_BYTES_MAX_DEFAULT
     keys_max: int = 100_000
-    command_bytes_max: int = 128 * 1024
-    # The results of one batch: with the short errors that replace what does not
-    # fit (BATCH_COMMANDS_MAX of them), a reply fits in one 1 MiB codec frame.
+    command_bytes_max: int = VALUE_BYTES_MAX_DEFAULT + 64 * 1024
+    # The results of one batch beyond its first command's (a value, at most):
+    # with the short errors that replace what does not fit (BATCH_COMMANDS_MAX of
+    # them), a batch's reply stays within one codec frame.
     result_bytes_max: int = 768 * 1024
     tombstones_max: int = 100_000  # versions of deleted keys kept for WATCH
     items_max: int = 65_536  # fields, elements or members of one collection
@@ -197,11 +205,8 @@ class KvParams:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"KvParams.{name} must be >= 1")
-        if self.result_bytes_max < self.value_bytes_max + RESULT_OVERHEAD_BYTES:
-            raise ConfigError(
-                "KvParams.result_bytes_max must hold one value's result "
-                f"({self.value_bytes_max} + {RESULT_OVERHEAD_BYTES})"
-            )
+        if self.result_bytes_max < RESULT_OVERHEAD_BYTES:
+            raise ConfigError(f"KvParams.result_bytes_max must be >= {RESULT_OVERHEAD_BYTES}")
         if self.command_bytes_max < self.key_bytes_max + self.value_bytes_max:
             raise ConfigError(
                 "KvParams.command_bytes_max must hold a key and a value "
@@ -445,7 +450,7 @@ class KeyValueStateMachine:
         try:
             op, key, arguments = self._parse(command, nested=nested)
             if op == BATCH:
-                payload: object = self._batch(arguments, self._apply)
+                payload: object = self._batch(arguments, self._apply, stop=True)
             elif op == EXEC:
                 payload = self._exec(arguments, self._apply)
             elif op == AT:
@@ -457,20 +462,33 @@ class KeyValueStateMachine:
         return self._codec.encode_value([OK, payload])
 
     def _batch(
-        self, commands: tuple[object, ...], run: Callable[..., bytes]
+        self, commands: tuple[object, ...], run: Callable[..., bytes], *, stop: bool = False
     ) -> tuple[bytes, ...]:
-        """Each command's result, in order. Every command runs; once the results
-        exceed ``result_bytes_max``, a result that does not fit is replaced by the
-        short ``result_too_large`` error, so a batch result stays below
-        ``result_bytes_max + len(commands) * TOO_LARGE_BYTES``."""
+        """Each command's result, in order. With ``stop`` (a batch), once the
+        results exceed ``result_bytes_max`` the commands after the one that went
+        beyond do not run and are answered ``result_too_large`` (a front sends
+        them again): a result stays below ``result_bytes_max`` + one result (one
+        value) + ``len(commands) * TOO_LARGE_BYTES``. Without (an exec: all or
+        nothing) every command runs, its results may add up to one value more
+        (``value_bytes_max``: a transaction that writes and reads back one large
+        value), and a result that does not fit is replaced by
+        ``result_too_large``."""
         results: list[bytes] = []
         size = 0
         budget = self.params.result_bytes_max
+        if not stop:
+            budget += self.params.value_bytes_max + RESULT_OVERHEAD_BYTES
+        stopped = False
         for item in commands:
             if not isinstance(item, bytes):  # checked by _command_list
                 continue
+            if stopped:
+                results.append(self._error(_Refused("result_too_large", "not run")))
+                continue
             result = run(item, nested=True)
-            if size + len(result) > budget:
+            if stop:
+                stopped = size + len(result) > budget
+            elif size + len(result) > budget:
                 result = self._error(_Refused("result_too_large", ""))
             size += len(result)
             results.append(result)
@@ -495,7 +513,7 @@ class KeyValueStateMachine:
                 self.view_ms = max(self.now_ms, time_ms)
                 return self._read(inner, nested=False)
             if op == BATCH:
-                payload: object = self._batch(arguments, self._read)
+                payload: object = self._batch(arguments, self._read, stop=True)
             elif op == EXEC:
                 payload = self._exec(arguments, self._read)
             elif op == REDIS and REDIS_COMMANDS[str(key.decode())].read_only:
