@@ -270,7 +270,7 @@ def test_queue_and_history_are_bounded_in_bytes_too() -> None:
     assert service.history_bytes <= frame
     assert host.counters.get("bound_client_history_max") == 4
     with pytest.raises(ClusterFileError, match="client_history_bytes_max"):
-        HostParams(client_history_bytes_max=16 << 20).validate()
+        HostParams(client_history_bytes_max=HostParams().client_queue_bytes_max).validate()
 
 
 def test_random_choice_points_are_drawn_and_recorded_other_choices_take_the_first(
