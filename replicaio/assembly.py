@@ -351,6 +351,7 @@ def minbft_footprint_max(
         "minbft_barriers": minbft.barriers_max,
         "minbft_proposals": minbft.proposals_max,
         "minbft_held": minbft.held_max * n,
+        "minbft_deferred": minbft.held_max * n,
         "minbft_own_log": 4 * window + 16,
         "minbft_checkpoint_votes": (checkpoints + 1) * n,
         "minbft_snapshots": checkpoints,

@@ -88,3 +88,18 @@ def test_a_replica_behind_a_peers_stable_checkpoint_resumes_its_stream() -> None
 def test_the_event_log_is_a_function_of_the_seed() -> None:
     first, second = run_seed(5, 3, 1, record=True), run_seed(5, 3, 1, record=True)
     assert first.log_sha256 == second.log_sha256
+
+
+@pytest.mark.parametrize("seed", [382, 67])
+def test_seeds_found_by_the_goal_sweep_n5_stay_safe_and_live(seed: int) -> None:
+    """Found by `swarm minbft --nodes 5 --byzantine 2 --seeds 500`. Seed 382 broke
+    agreement: a replica's VIEW-CHANGE log began after its anchor CHECKPOINT,
+    so its commitments to numbers above the checkpoint certified *before* that
+    CHECKPOINT (a NEW-VIEW deciding 17..48, COMMITs that outrun execution) were
+    left out, and the next NEW-VIEW chose null where a correct replica had
+    executed batches (``Minbft.log_start``). Seed 67 stalled: a backup's COMMITs
+    taken from its stream before the primary's NEW-VIEW were dropped, one
+    commitment short of f+1 for ever (``Minbft.defer``)."""
+    result = run_seed(seed, 5, 2)
+    assert result.violations == [], result.violations[:2]
+    assert result.stats["linearizable"] is True

@@ -194,7 +194,8 @@ class Checkpoints:
             minbft.context.persist("anchor", (minbft.encode(own),
                                               tuple(minbft.encode(vote) for vote in proof)))
             minbft.own_checkpoint, minbft.anchor_proof = own, proof
-            minbft.trim_own_log(own.ui.counter)
+            # keep the anchor itself too: a peer may still ask for it (its resume point)
+            minbft.trim_own_log(min(minbft.log_start(), own.ui.counter))
         for number in range(old + 1, seq + 1):
             for prefix in ("pp", "vt", "cm"):
                 minbft.context.erase(f"{prefix}{number}")

@@ -119,14 +119,6 @@ class ReqViewChange(Message, tag="minbft.ReqViewChange"):
     signature: Signature
 
 
-class Stub(Message, tag="minbft.Stub"):
-    """A logged message kept by its digest (a VIEW-CHANGE or NEW-VIEW of the
-    author's): enough to check its UI, so the log's counters stay contiguous."""
-
-    digest: Digest
-    ui: UI
-
-
 class Chosen(Message, tag="minbft.Chosen"):
     """A NEW-VIEW's decision for one number: the batch digest (or the null)."""
 
@@ -152,6 +144,18 @@ class NewViewCommit(Message, tag="minbft.NewViewCommit"):
     primary_ui: UI
     replica: Count
     ui: UI
+
+
+class Stub(Message, tag="minbft.Stub"):
+    """A logged message kept by its digest (a VIEW-CHANGE or NEW-VIEW of the
+    author's): enough to check its UI, so the log's counters stay contiguous.
+    A NEW-VIEW's stub keeps its ``header`` (what its UI covers): the new
+    primary's decision counts as its commitment to every number it chose, and a
+    later VIEW-CHANGE must show it like a backup's NEW-VIEW-COMMIT."""
+
+    digest: Digest
+    ui: UI
+    header: NewViewHeader | None = None
 
 
 LogEntry = Prepare | Commit | Checkpoint | NewViewCommit | Stub

@@ -127,6 +127,11 @@ class Minbft:
         self.streams: dict[int, PeerStream] = {
             peer: PeerStream(peer) for peer in range(self.n) if peer != self.id
         }
+        # peer -> its COMMITs and NEW-VIEW-COMMITs for a view not started here yet,
+        # taken from its stream (which will not bring them again) before the
+        # NEW-VIEW from the primary's; replayed when the view starts. At most
+        # ``held_max`` per peer, of its newest view.
+        self.deferred: dict[int, list[Commit | NewViewCommit]] = {}
         self.handlers: OrderingHandlers | None = None
         self.view_scope: Scope | None = None
         self.started = False
@@ -245,15 +250,54 @@ class Minbft:
         if kind is Prepare:
             self.normal.on_prepare(message)
         elif kind is Commit:
-            self.normal.on_commit(message)
+            if not self.defer(source, message, message.view):
+                self.normal.on_commit(message)
         elif kind is Checkpoint:
             self.checkpoints.on_checkpoint(message)
         elif kind is ViewChange:
             self.view_changes.on_view_change(message)
         elif kind is NewView:
             self.view_changes.on_new_view(message)
-        elif kind is NewViewCommit:
+        elif kind is NewViewCommit and not self.defer(source, message, message.header.view):
             self.view_changes.on_new_view_commit(message)
+
+    def defer(self, source: int, message: Commit | NewViewCommit, view: int) -> bool:
+        """Keep a commitment for a view this replica has not started (yet): a
+        backup's COMMIT or NEW-VIEW-COMMIT may be taken from its stream before
+        the primary's NEW-VIEW is taken from the primary's. Dropping it lost it
+        for good, one commitment short of f+1 (swarm n=5 b=2 seed 67)."""
+        if view < self.view or (view == self.view and self.active):
+            return False
+        kept = self.deferred.get(source, [])
+        newest = max((deferred_view(item) for item in kept), default=view)
+        if view > newest:
+            kept = []  # the peer moved on: its commitments of older views are moot
+        elif view < newest:
+            self.reject("deferred_older")
+            return True
+        if len(kept) >= self.params.held_max:
+            self.count("bound_minbft_deferred_max")
+            return True
+        kept.append(message)
+        self.deferred[source] = kept
+        self.count("minbft_deferred")
+        return True
+
+    def replay_deferred(self) -> None:
+        """The view started: its deferred commitments count now."""
+        for source in sorted(self.deferred):
+            kept = self.deferred[source]
+            now = [item for item in kept if deferred_view(item) == self.view]
+            later = [item for item in kept if deferred_view(item) > self.view]
+            if later:
+                self.deferred[source] = later
+            else:
+                del self.deferred[source]
+            for item in now:
+                if isinstance(item, Commit):
+                    self.normal.on_commit(item)
+                else:
+                    self.view_changes.on_new_view_commit(item)
 
     def usig_id(self, replica: int) -> UsigId:
         """The USIG identity this replica accepts messages of ``replica`` under."""
@@ -481,6 +525,23 @@ class Minbft:
             if type(message) is Checkpoint:
                 self.own_last_checkpoint = max(self.own_last_checkpoint, message.seq)
 
+    def log_start(self) -> int:
+        """The first own counter a VIEW-CHANGE shows: right after the anchor (the
+        own CHECKPOINT of the stable checkpoint), or earlier, from the first own
+        message about a number above it certified before it. A COMMIT for s+1 may
+        leave before the CHECKPOINT of s (execution lags), and a NEW-VIEW decides
+        many numbers at once: starting at the anchor lost them, and a later
+        NEW-VIEW chose null where this replica's commitment had made a batch
+        execute (swarm n=5 b=2 seed 382, an agreement violation)."""
+        anchor = self.own_checkpoint
+        if anchor is None:
+            return 1
+        start = anchor.ui.counter + 1
+        for counter, (message, _) in self.own_log.items():
+            if counter < start and concerns_above(message, anchor.seq):
+                start = counter
+        return start
+
     def trim_own_log(self, start: int) -> None:
         """Forget own messages below counter ``start`` (below the own CHECKPOINT
         of the stable checkpoint: no VIEW-CHANGE needs them again)."""
@@ -497,6 +558,7 @@ class Minbft:
             "minbft_barriers": len(self.barriers),
             "minbft_proposals": len(self.normal.proposals),
             "minbft_held": sum(len(stream.held) for stream in self.streams.values()),
+            "minbft_deferred": sum(len(kept) for kept in self.deferred.values()),
             "minbft_own_log": len(self.own_log),
             "minbft_checkpoint_votes": self.checkpoints.votes_held(),
             "minbft_snapshots": len(self.checkpoints.snapshots),
@@ -511,3 +573,18 @@ def unsigned(message: Any) -> Any:
 
 
 __all__ = ["UI", "Minbft", "unsigned"]
+
+
+def concerns_above(message: Any, seq: int) -> bool:
+    """Whether an own UI message commits to a number above ``seq``."""
+    kind = type(message)
+    if kind is Prepare or kind is Commit:
+        return bool(message.seq > seq)
+    if kind is NewView or kind is NewViewCommit:
+        chosen = message.header.chosen
+        return bool(chosen) and chosen[-1].seq > seq
+    return False
+
+
+def deferred_view(message: Commit | NewViewCommit) -> int:
+    return message.view if isinstance(message, Commit) else message.header.view

@@ -164,7 +164,7 @@ class ViewChanges:
         """VIEW-CHANGE(view, C, O) from this replica's own log."""
         minbft = self.minbft
         anchor = minbft.own_checkpoint
-        start = 1 if anchor is None else anchor.ui.counter + 1
+        start = minbft.log_start()
         log: list[Any] = []
         batches: dict[bytes, bytes] = {}
         for counter in sorted(minbft.own_log):
@@ -172,8 +172,11 @@ class ViewChanges:
                 continue
             message, batch = minbft.own_log[counter]
             kind = type(message)
-            if kind in (ViewChange, NewView):
+            if kind is ViewChange:
                 log.append(Stub(certified_digest(message), message.ui))
+                continue
+            if kind is NewView:
+                log.append(Stub(certified_digest(message), message.ui, message.header))
                 continue
             if kind is Commit:
                 batches[message.digest] = batch
@@ -262,7 +265,11 @@ class ViewChanges:
                 return "view_change_bad_checkpoint"
             if not minbft.checkpoints.valid_certificate(anchor.seq, anchor.digest, vc.proof):
                 return "view_change_bad_certificate"
+            # The log starts right after the anchor, or earlier when a message
+            # about a number above it was certified before it (Minbft.log_start).
             start = anchor.ui.counter + 1
+            if vc.log and 1 <= vc.log[0].ui.counter < start:
+                start = vc.log[0].ui.counter
         if vc.ui.counter != start + len(vc.log) or (anchor is not None and \
                 anchor.ui.epoch != vc.ui.epoch):
             return "view_change_log_not_contiguous"
@@ -281,6 +288,10 @@ class ViewChanges:
         kind = type(entry)
         if kind is Stub:
             ok = verify_ui_digest(minbft.scheme, entry.digest, entry.ui, usig)
+            header = entry.header
+            if ok and header is not None:  # the author's own NEW-VIEW, by its header
+                ok = (header.replica == vc.replica == minbft.primary(header.view)
+                      and certified_digest(header) == entry.digest)
             return None if ok else "view_change_bad_stub"
         if entry.replica != vc.replica or not minbft.verify_ui(vc.replica, entry):
             return "view_change_bad_entry"
@@ -384,6 +395,7 @@ class ViewChanges:
                 minbft.checkpoints.on_certificate(header.base, header.base_digest, proof)
         self.check_new_view_committed()
         minbft.normal.on_view_started()
+        minbft.replay_deferred()
 
     def take_chosen(self, new_view: NewView) -> None:
         minbft = self.minbft
@@ -489,7 +501,9 @@ def choose(minbft: Minbft, view: int, view_changes: list[ViewChange], *,
                     batches[entry.digest] = entry.batch
             elif isinstance(entry, Commit):
                 offer(entry.view, entry.seq, entry.primary_ui.counter, entry.digest)
-            elif isinstance(entry, NewViewCommit):
+            elif isinstance(entry, NewViewCommit) or (
+                    isinstance(entry, Stub) and entry.header is not None):
+                assert entry.header is not None
                 for decided in entry.header.chosen:
                     offer(entry.header.view, decided.seq, -1, decided.digest)
     top = max(best, default=base)
