@@ -92,7 +92,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 ANCHORS_VENV = BENCH_DIR / ".venv-anchors"
 PYSYNCOBJ_NODE = BENCH_DIR / "kv_pysyncobj_node.py"
 LOOPBACK = "127.0.0.1"
-SYSTEMS = ("replicaio", "pysyncobj", "etcd", "redis")
+SYSTEMS = ("replicaio", "replicaio-pbft", "pysyncobj", "etcd", "redis")
 OP_TIMEOUT_S = 5.0  # one request; beyond it the client counts a timeout (and retries)
 
 
@@ -581,6 +581,8 @@ def parse_variant(text: str) -> tuple[str, dict[str, int], dict[str, int]]:
 class ReplicaioSystem(System):
     name = "replicaio"
     nodes = 3
+    protocol = "raft"
+    auth = "hmac"
 
     def __init__(self, settings: Settings, label: str = "replicaio",
                  node_params: dict[str, int] | None = None,
@@ -628,13 +630,13 @@ class ReplicaioSystem(System):
         if self.protocol_params:
             sections["protocol.params"] = dict(self.protocol_params)
         directory = self.settings.workdir / re.sub(r"[^A-Za-z0-9_.=-]", "_", self.name)
-        self.cluster = LocalCluster(directory, protocol="raft", nodes=3, sections=sections,
-                                    metrics=True)
+        self.cluster = LocalCluster(directory, protocol=self.protocol, nodes=self.nodes,
+                                    sections=sections, metrics=True, auth=self.auth)
         # No event log: LocalCluster records one per run; a benchmark node does not.
-        for node_id in range(3):
+        for node_id in range(self.nodes):
             self.start_node(node_id)
-        self.cluster.wait_ready(range(3), 30.0)
-        wait_for(self.find_leader, 30.0, "a replicaio Raft leader")
+        self.cluster.wait_ready(range(self.nodes), 30.0)
+        wait_for(self.find_leader, 30.0, f"a replicaio {self.protocol} leader")
         log(f"{self.name}: leader is node {self.leader}, front {self.front}")
         if self.front == "stream":
             self.warm_stream()
@@ -664,7 +666,7 @@ class ReplicaioSystem(System):
 
     def find_leader(self) -> bool:
         leaders = []
-        for node_id in range(3):
+        for node_id in range(self.nodes):
             figures = self.metrics(node_id)
             won = figures.get('replicaio_core_events_total{event="raft_elections_won"}', 0)
             down = figures.get('replicaio_core_events_total{event="raft_leader_stepped_down"}', 0)
@@ -697,7 +699,7 @@ class ReplicaioSystem(System):
 
     def elections(self) -> int:
         total = 0
-        for node_id in range(3):
+        for node_id in range(self.nodes):
             with contextlib.suppress(Exception):
                 total += int(self.metrics(node_id).get(
                     'replicaio_core_events_total{event="raft_elections_won"}', 0))
@@ -753,7 +755,7 @@ class ReplicaioSystem(System):
                 "step_batch_inputs_sum", "step_batch_inputs_count", "timers_stale",
                 "raft_elections_won", "bound_", "read", "timeout", "busy", "rejected")
         nodes = {}
-        for node_id in range(3):
+        for node_id in range(self.nodes):
             with contextlib.suppress(Exception):
                 figures = self.metrics(node_id)
                 nodes[node_id] = {name: value for name, value in figures.items()
@@ -765,6 +767,34 @@ class ReplicaioSystem(System):
             return
         for node_id in list(self.cluster.processes):
             PROCESSES.stop(self.cluster.processes.pop(node_id))
+
+
+class PbftSystem(ReplicaioSystem):
+    """The same KV store on PBFT, n = 4 (f = 1), Ed25519 node and client keys,
+    clients on the RESP port of view 0's primary (a replica's own port is the
+    trusted shortcut, docs/pbft.md; the gateway adds a hop and f+1 voting)."""
+
+    name = "replicaio-pbft"
+    nodes = 4
+    protocol = "pbft"
+    auth = "ed25519"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "replicaio-pbft", {}, {})
+
+    def find_leader(self) -> bool:
+        # Backups relay to the primary (SMR forwarding), so any replica serves;
+        # view 0's primary saves the relay hop while the view holds.
+        self.leader = 0
+        return True
+
+    def elections(self) -> int:
+        total = 0
+        for node_id in range(self.nodes):
+            with contextlib.suppress(Exception):
+                total += int(self.metrics(node_id).get(
+                    'replicaio_core_events_total{event="pbft_view_changes"}', 0))
+        return total
 
 
 class RedisSystem(System):
@@ -1428,6 +1458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 label, node, protocol = parse_variant(variant)
                 plan.append((ReplicaioSystem(settings, label, node, protocol), args.clients,
                              workloads))
+        elif name == "replicaio-pbft":
+            plan.append((PbftSystem(settings), args.clients, workloads))
         elif name == "pysyncobj":
             plan.append((PySyncObjSystem(settings, journal=True), args.clients, workloads))
             if args.pysyncobj_memory:
