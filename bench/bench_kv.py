@@ -92,7 +92,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 ANCHORS_VENV = BENCH_DIR / ".venv-anchors"
 PYSYNCOBJ_NODE = BENCH_DIR / "kv_pysyncobj_node.py"
 LOOPBACK = "127.0.0.1"
-SYSTEMS = ("replicaio", "replicaio-pbft", "pysyncobj", "etcd", "redis")
+SYSTEMS = ("replicaio", "replicaio-pbft", "replicaio-minbft", "pysyncobj", "etcd", "redis")
 OP_TIMEOUT_S = 5.0  # one request; beyond it the client counts a timeout (and retries)
 
 
@@ -797,6 +797,27 @@ class PbftSystem(ReplicaioSystem):
         return total
 
 
+class MinbftSystem(PbftSystem):
+    """The same KV store on MinBFT, n = 3 (f = 1: the USIG's hybrid model), clients
+    on the RESP port of view 0's primary. Live, the USIG is the software stand-in
+    (docs/minbft.md)."""
+
+    name = "replicaio-minbft"
+    nodes = 3
+    protocol = "minbft"
+
+    def __init__(self, settings: Settings) -> None:
+        ReplicaioSystem.__init__(self, settings, "replicaio-minbft", {}, {})
+
+    def elections(self) -> int:
+        total = 0
+        for node_id in range(self.nodes):
+            with contextlib.suppress(Exception):
+                total += int(self.metrics(node_id).get(
+                    'replicaio_core_events_total{event="minbft_view_changes"}', 0))
+        return total
+
+
 class RedisSystem(System):
     name = "redis"
     durability = "appendonly yes, appendfsync always (fsync before every reply)"
@@ -1460,6 +1481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              workloads))
         elif name == "replicaio-pbft":
             plan.append((PbftSystem(settings), args.clients, workloads))
+        elif name == "replicaio-minbft":
+            plan.append((MinbftSystem(settings), args.clients, workloads))
         elif name == "pysyncobj":
             plan.append((PySyncObjSystem(settings, journal=True), args.clients, workloads))
             if args.pysyncobj_memory:
