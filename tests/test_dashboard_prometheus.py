@@ -13,8 +13,10 @@ query, makes a panel empty and this test fail.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -28,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from replicaio.runtime.local import LocalCluster, free_ports
+from replicaio.testing.browser import find_chromium, read_png, screenshot
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "replicaio-dashboard.json"
@@ -39,6 +42,16 @@ QUERY_DEADLINE_S = 40.0
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None,
     reason="no prometheus binary (./run setup installs Debian's package as root)",
+)
+
+
+# Graphed in the screenshot: four of the dashboard's main panels.
+SCREENSHOT_QUERIES = (
+    "replicaio_protocol_commit_index",
+    f"rate(replicaio_kv_request_seconds_count[{RATE_WINDOW}])",
+    f"histogram_quantile(0.99, sum by (le, instance) "
+    f"(rate(replicaio_fsync_seconds_bucket[{RATE_WINDOW}])))",
+    "sum by (instance) (replicaio_peer_connected)",
 )
 
 
@@ -95,6 +108,36 @@ def start_prometheus(directory: Path, targets: list[str]) -> tuple[subprocess.Po
     raise AssertionError("prometheus never became ready")
 
 
+def write(clients: list[redis.Redis], seconds: float, start: int = 0) -> int:
+    """SET and GET on every node for ``seconds``; returns the count of writes."""
+    written = start
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for client in clients:
+            try:
+                client.set(f"k{written % 50}", written)
+                client.get(f"k{written % 50}")
+            except redis.ResponseError:
+                pass  # a node that cannot serve it yet: fine, it is counted
+            written += 1
+    return written
+
+
+def graph_screenshot(port: int) -> None:
+    chromium, why_not = find_chromium()
+    assert chromium is not None, why_not
+    parameters: dict[str, str] = {}
+    for index, expression in enumerate(SCREENSHOT_QUERIES):
+        parameters |= {f"g{index}.expr": expression, f"g{index}.tab": "0",
+                       f"g{index}.range_input": "1m", f"g{index}.stacked": "0"}
+    url = f"http://127.0.0.1:{port}/graph?" + urllib.parse.urlencode(parameters)
+    path = ROOT / "docs" / "images" / "prometheus-dashboard.png"
+    # Taller than the page: a viewport that must scroll renders shifted.
+    screenshot(chromium, url, path, width=1300, height=3300, budget_ms=15000)
+    width, height, _rows = read_png(path)
+    assert (width, height) == (1300, 3300)
+
+
 def test_every_dashboard_query_returns_data_from_a_live_cluster(tmp_path: Path) -> None:
     sections: dict[str, dict[str, Any]] = {
         "node": {"tick_us": 10_000},
@@ -114,21 +157,19 @@ def test_every_dashboard_query_returns_data_from_a_live_cluster(tmp_path: Path) 
             deadline = time.monotonic() + QUERY_DEADLINE_S
             written = 0
             while empty and time.monotonic() < deadline:
-                for _ in range(20):  # writes keep every rate() above zero
-                    for client in clients:
-                        try:
-                            client.set(f"k{written % 50}", written)
-                            client.get(f"k{written % 50}")
-                        except redis.ResponseError:
-                            pass  # a follower that cannot forward yet: fine, it is counted
-                        written += 1
+                written = write(clients, 0.5, written)  # keeps every rate() above zero
                 empty = [(title, expression) for title, expression in empty
                          if not query(port, expression)]
-                time.sleep(0.5)
             assert not empty, f"dashboard queries with no data after {QUERY_DEADLINE_S}s: {empty}"
             up = query(port, 'up{job="replicaio"}')
             assert sorted(sample["metric"]["instance"] for sample in up) == sorted(targets)
             assert all(sample["value"][1] == "1" for sample in up)
+            if os.environ.get("REPLICAIO_WRITE_DOC_IMAGES") == "1":
+                written = write(clients, 45, written)
+                writer = threading.Thread(target=write, args=(clients, 20, written))
+                writer.start()  # still under load while the page queries
+                graph_screenshot(port)
+                writer.join()
         finally:
             for client in clients:
                 client.close()
