@@ -133,6 +133,7 @@ class Cluster:
         self.checker = RaftChecker()
         self.outputs: list[tuple[int, int, Any]] = []
         self.sent: list[tuple[int, int, Any]] = []  # (source, destination, message), all of them
+        self.sent_before_sync: list[tuple[int, int, Any]] = []  # those marked sends_before_sync
         self.counters: dict[str, int] = {}
 
     # -- hosting ------------------------------------------------------------------
@@ -174,12 +175,18 @@ class Cluster:
                 disk.delete(key)
             else:
                 disk.put(key, value)
+        early = effects.sends_before_sync or []
         if node in self.mid_step_crash:
+            # What a live host sends before its sync is out before the crash.
+            for position in early:
+                self.transmit(node, *effects.sends[position])
             keep = min(self.mid_step_crash.pop(node), disk.unsynced_count)
             self.go_down(node, keep)
             return
         disk.sync()
-        for destination, message in effects.sends:
+        for position, (destination, message) in enumerate(effects.sends):
+            if position in early:
+                self.sent_before_sync.append((node, destination, message))
             self.transmit(node, destination, message)
         for timer_id in effects.timers_cancelled:
             self.timer_tokens[node].pop(timer_id, None)

@@ -9,9 +9,16 @@ The host MUST execute a batch in this order (after etcd raft's ``Ready``):
 1. ``persists``: apply every write, in order, then sync storage once. Nothing
    below may happen before the sync returns, because messages and outputs in
    the batch may depend on those writes being durable (a vote, an echo).
+   Exception: the sends whose positions ``sends_before_sync`` lists depend on
+   no write that is not yet durable (a Raft leader's AppendEntries, thesis
+   10.2.1: the leader counts its own copy only once it is durable); a host
+   may hand them to the transport before the sync, and a crash in the middle
+   of the writes may let them out while the writes are lost.
 2. ``sends``: hand each message to the transport, in order.
 3. ``timers_cancelled`` then ``timers_set``: cancel, then arm timers; a timer
-   fires by feeding :class:`TimerFired` back in.
+   fires by feeding :class:`TimerFired` back in. A timer is armed only after
+   the sync of its step (and of every earlier step), so a timer of delay 0 tells
+   the core that everything it wrote up to that step is durable.
 4. ``outputs``: hand each output (a delivery, a reply) to the application.
 
 Time is virtual to the core: delays are integers in microseconds, relative to
@@ -114,6 +121,9 @@ class Effects:
     timers_cancelled: list[int] = field(default_factory=list)
     timers_set: list[tuple[int, int]] = field(default_factory=list)
     outputs: list[Any] = field(default_factory=list)
+    # Positions in ``sends`` that may leave before the sync (see the module
+    # docstring); None when there are none (the common case, no list made).
+    sends_before_sync: list[int] | None = None
 
     def __bool__(self) -> bool:
         return bool(

@@ -162,6 +162,8 @@ class Node:
         self.scheduler = Scheduler(choose)
         self.effects = Effects()
         self.counters: dict[str, int] = {}
+        # The reason the last Request step was refused (None: taken), for the host.
+        self.request_rejection: str | None = None
         self.evidence_log: deque[tuple[int, Path, str, Any]] = deque(
             maxlen=self.params.evidence_max
         )
@@ -215,6 +217,7 @@ class Node:
             assert self.started, "input before Start"
             assert self.protocol is not None
             reason = self.protocol.on_request(event.payload)
+            self.request_rejection = reason
             if reason is not None:
                 self.count(f"request_rejected_{reason}")
         else:
@@ -328,14 +331,24 @@ class Node:
             if self.streams.get((stream.group, cls)) is stream:
                 del self.streams[(stream.group, cls)]
 
-    def stream_send(self, destination: int, message: Any, group: int | None = None) -> None:
+    def stream_send(
+        self, destination: int, message: Any, group: int | None = None,
+        before_sync: bool = False,
+    ) -> None:
         if destination == self.node_id:
             self.local_stream.append((group, message))
-        elif group is None:
-            self.effects.sends.append((destination, message))
+            return
+        effects = self.effects
+        if before_sync:
+            early = effects.sends_before_sync
+            if early is None:
+                effects.sends_before_sync = early = []
+            early.append(len(effects.sends))
+        if group is None:
+            effects.sends.append((destination, message))
         else:
             body = self.codec.encode(message)
-            self.effects.sends.append((destination, GroupDatagram(group, body)))
+            effects.sends.append((destination, GroupDatagram(group, body)))
 
     def group_output(self, group: int, value: Any) -> None:
         """An output of group ``group``: to its handler if one is set, else out."""

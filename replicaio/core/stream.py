@@ -100,13 +100,16 @@ class Stream:
         self.inbox_max = inbox_max
         self.waiting: Line[None] | None = None
 
-    def send(self, peer: int, message: Any) -> None:
-        """One unreliable send of ``message`` to ``peer`` (may be this node)."""
+    def send(self, peer: int, message: Any, *, before_sync: bool = False) -> None:
+        """One unreliable send of ``message`` to ``peer`` (may be this node).
+        ``before_sync``: the message depends on no write of this node that is
+        not yet durable, so the host may send it before its sync
+        (``replicaio.core.effects``); the sender answers for that claim."""
         if type(message) not in self.types:
             raise UsageError(f"stream {self.name} does not carry {type(message).__name__}")
         if not 0 <= peer < self.context.n:
             raise UsageError(f"stream {self.name}: no node {peer}")
-        self.context.node.stream_send(peer, message, self.group)
+        self.context.node.stream_send(peer, message, self.group, before_sync)
 
     def send_all(self, message: Any, *, include_self: bool = False) -> None:
         """``send`` to every other node (and this one when ``include_self``)."""

@@ -18,6 +18,16 @@ service, and the request completions. So every message and output leaves
 after every write of its own step and of all earlier steps is durable: the
 documented order, with one fsync per batch however many steps it holds.
 
+Two kinds of effects leave before the sync, because they depend on no write
+that is not durable yet (ADR 0021): the sends a step marks
+``sends_before_sync`` (a Raft leader's AppendEntries, thesis 10.2.1), and
+everything (sends, outputs, completions) of the steps that come before the
+batch's first writing step: every earlier batch was synced before it was
+released. Peer messages and timers are stepped before client requests in a
+batch, so that prefix holds the acknowledgements, commits and replies that
+new requests would otherwise hold back behind their fsync. Timers are armed
+only after the sync (a timer of delay 0 tells the core its writes are durable).
+
 Choice points are resolved by the production default, the first alternative,
 and recorded. With an event log, every step is written as the simulator
 writes it (``replicaio.trace.eventlog``): ``replicaio replay FILE --node I``
@@ -332,6 +342,7 @@ class NodeHost:
             while len(items) < batch_max and not inbox.empty():
                 items.append(inbox.get_nowait())
             batch: list[tuple[OnDone | None, Input]] = []
+            requests: list[tuple[OnDone | None, Input]] = []  # stepped after the rest
             stop = False
             for item in items:
                 kind = item[0]
@@ -340,7 +351,7 @@ class NodeHost:
                     batch.append((None, Receive(item[1], item[2])))
                 elif kind == REQUEST:
                     slots.release()
-                    batch.append((item[2], Request(item[1])))
+                    requests.append((item[2], Request(item[1])))
                 elif kind == TIMER:
                     if self.timer_tokens.get(item[1]) != item[2]:
                         self.counters.count("timers_stale")
@@ -350,6 +361,7 @@ class NodeHost:
                     batch.append((None, TimerFired(item[1])))
                 else:
                     stop = True
+            batch += requests
             if batch:
                 await self.process(batch)
             if stop:
@@ -362,34 +374,54 @@ class NodeHost:
         before_release: Callable[[], None] | None = None,
     ) -> None:
         """Step every input, sync once, then release the effects in step order
-        (``before_release`` runs between the two)."""
+        (``before_release`` runs between the two). What depends on no unsynced
+        write leaves before the sync (see the module docstring)."""
         core, storage = self.core, self.storage
         assert core is not None and storage is not None
         sends: list[tuple[int, bytes]] = []
+        early: list[tuple[int, bytes]] = []  # sends_before_sync of the writing steps
         outputs: list[Any] = []
         # (outputs released before it, callback, rejection): completions keep step order.
         completions: list[tuple[int, OnDone, str | None]] = []
         wrote = False
+        clean = (0, 0, 0)  # sends, outputs, completions of the steps before the first write
         for on_done, event in batch:
-            rejected_before = self.rejections() if isinstance(event, Request) else None
-            wrote = self.step(core, event, sends, outputs) or wrote
-            if rejected_before is not None:
-                reason = self.rejection_reason(rejected_before)
-                if on_done is not None:
-                    completions.append((len(outputs), on_done, reason))
+            if self.step(core, event, sends, outputs, early):
+                wrote = True
+            if isinstance(event, Request) and on_done is not None:
+                completions.append((len(outputs), on_done, core.request_rejection))
+            if not wrote:
+                clean = (len(sends), len(outputs), len(completions))
+        if wrote and before_release is None and (clean != (0, 0, 0) or early):
+            self.flush_event_log()
+            self.release_sends(sends[: clean[0]] + early)
+            self.release_replies(outputs[: clean[1]], completions[: clean[2]])
+        else:
+            clean = (0, 0, 0)
+            sends += early  # nothing left early: they go with the rest
         if wrote:
             await self.sync(storage)
         if before_release is not None:
             before_release()
         self.flush_event_log()
-        self.release(sends, outputs, completions)
+        self.release_sends(sends[clean[0]:])
+        self.arm_timers()
+        position = clean[1]
+        self.release_replies(
+            outputs[position:],
+            [(index - position, on_done, reason)
+             for index, on_done, reason in completions[clean[2]:]],
+        )
         self.stats["batches"] += 1
         self.metrics.batch_inputs.observe(len(batch))
 
     def step(
-        self, core: Node, event: Input, sends: list[tuple[int, bytes]], outputs: list[Any]
+        self, core: Node, event: Input, sends: list[tuple[int, bytes]], outputs: list[Any],
+        early: list[tuple[int, bytes]],
     ) -> bool:
-        """One core step; applies its writes (unsynced) and holds back the rest."""
+        """One core step; applies its writes (unsynced) and holds back the rest:
+        the sends it marks ``sends_before_sync`` go to ``early``, the others to
+        ``sends``."""
         storage = self.storage
         assert storage is not None
         self.choices = []
@@ -402,13 +434,19 @@ class NodeHost:
                 storage.put(key, value)
         encode = self.codec.encode
         encoded = [encode(message) for _, message in effects.sends]
-        if self.outgoing is None:
+        marked = effects.sends_before_sync
+        if self.outgoing is not None:
+            self.rewrite_sends(effects.sends, sends)
+        elif marked:
+            for position, ((destination, _), data) in enumerate(
+                zip(effects.sends, encoded, strict=True)
+            ):
+                (early if position in marked else sends).append((destination, data))
+        else:
             sends.extend(
                 (destination, data)
                 for (destination, _), data in zip(effects.sends, encoded, strict=True)
             )
-        else:
-            self.rewrite_sends(effects.sends, sends)
         for timer_id in effects.timers_cancelled:
             self.cancel_timer(timer_id)
         for timer_id, delay_us in effects.timers_set:
@@ -450,17 +488,15 @@ class NodeHost:
         self.metrics.fsync_seconds.observe(time.perf_counter() - started)
         self.stats["syncs"] += 1
 
-    def release(
-        self,
-        sends: list[tuple[int, bytes]],
-        outputs: list[Any],
-        completions: list[tuple[int, OnDone, str | None]],
-    ) -> None:
+    def release_sends(self, sends: list[tuple[int, bytes]]) -> None:
         transport = self.transport
         assert transport is not None
         for destination, data in sends:
             transport.send(destination, data)
         self.stats["messages_out"] += len(sends)
+
+    def arm_timers(self) -> None:
+        """Arm the batch's timers: only after its sync (``replicaio.core.effects``)."""
         loop = asyncio.get_running_loop()
         for timer_id, delay_us in self.timers_to_arm.items():
             self.token += 1
@@ -469,6 +505,12 @@ class NodeHost:
                 delay_us / 1_000_000, self.timer_fired, timer_id, self.token
             )
         self.timers_to_arm.clear()
+
+    def release_replies(
+        self, outputs: list[Any], completions: list[tuple[int, OnDone, str | None]]
+    ) -> None:
+        """Outputs to the client service and request completions, in step order
+        (a completion's position counts the outputs released before it)."""
         self.stats["outputs"] += len(outputs)
         released = 0
         for position, on_done, reason in completions:
@@ -495,22 +537,6 @@ class NodeHost:
         self.timer_tokens.pop(timer_id, None)
         if handle is not None:
             handle.cancel()
-
-    # -- request rejections (the core counts them; the client deserves to know) --------------
-
-    def rejections(self) -> dict[str, int]:
-        assert self.core is not None
-        return {
-            name: value
-            for name, value in self.core.counters.items()
-            if name.startswith("request_rejected_")
-        }
-
-    def rejection_reason(self, before: dict[str, int]) -> str | None:
-        for name, value in self.rejections().items():
-            if value > before.get(name, 0):
-                return name.removeprefix("request_rejected_")
-        return None
 
     # -- introspection -----------------------------------------------------------------------
 

@@ -648,7 +648,15 @@ class Simulator:
         self.go_down(node, crash, keep_unsynced=0)
 
     def crash_mid_step(self, node: SimNode, effects: Effects, crash: Crash) -> None:
-        """The step computed its effects; the machine dies while writing them."""
+        """The step computed its effects; the machine dies while writing them.
+        The sends it marked ``sends_before_sync`` are out already (a live host
+        hands them to the transport before its sync)."""
+        early = effects.sends_before_sync
+        if early:
+            sends = effects.sends
+            effects.sends = [sends[position] for position in early]
+            self.send_all(node, effects)
+            effects.sends = sends
         for key, value in effects.persists:
             if value is None:
                 node.storage.delete(key)

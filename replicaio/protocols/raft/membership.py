@@ -248,6 +248,7 @@ class Membership:
         assert config.voters, "a configuration has voters"
         raft.count("raft_config_changes_proposed")
         raft.log.append([Entry(raft.hard.term, b"", config)])
+        raft.replication.appended.notify()
         raft.on_config_changed()
         raft.replication.notify_all()
         raft.replication.maybe_commit()

@@ -227,9 +227,9 @@ class Raft:
             return
         self.dispatch[type(message)](source, message)
 
-    def send(self, peer: int, message: Any) -> None:
+    def send(self, peer: int, message: Any, *, before_sync: bool = False) -> None:
         assert peer != self.id
-        self.stream.send(peer, message)
+        self.stream.send(peer, message, before_sync=before_sync)
 
     def count(self, counter: str, by: int = 1) -> None:
         self.context.count(counter, by)

@@ -25,6 +25,20 @@ rules, with the conflict hints in the rejection.
 The commit rule (:meth:`Replication.maybe_commit`): the leader commits the
 highest index stored on a quorum of the voters *only if that entry is of
 the current term*; earlier entries are committed indirectly (Figure 8).
+
+The leader's own disk write in parallel (thesis 10.2.1). The leader hands
+its AppendEntries to the host *before* its own writes are durable
+(``before_sync`` sends, ``replicaio.core.effects``), so its fsync and the
+followers' overlap, and it counts its own copy in the commit rule only up to
+:attr:`Replication.synced_index`: what :meth:`Replication.durability_loop`
+learned is durable (a timer of delay 0 is armed only after the sync of the
+step that set it). Sending entries the leader may still lose is safe: the
+followers' copies are ordinary uncommitted entries, and nothing is counted
+as stored on the leader before it is. AppendEntries go before the sync only
+once the no-op of the term is durable (so the term and vote they carry are),
+and they carry a commit index computed only from durable copies.
+When the commit index advances, every follower hears of it at once (an
+AppendEntries, empty if need be), not at the next heartbeat.
 """
 
 from __future__ import annotations
@@ -132,6 +146,9 @@ class Replication:
         self.progress: dict[int, Progress] = {}
         self.peer_tasks: dict[int, Task[None]] = {}
         self.tick = 0  # leader heartbeats so far in this term
+        # The leader's log is durable up to here (thesis 10.2.1; leaders only).
+        self.synced_index = 0
+        self.appended = Signal(raft.scheduler)  # the leader appended: learn when durable
 
     # -- becoming and leaving leader ---------------------------------------------------
 
@@ -142,7 +159,9 @@ class Replication:
         self.progress = {}
         self.peer_tasks = {}
         self.tick = 0
-        tasks: list[Coroutine[Any, Any, None]] = [self.heartbeat_loop()]
+        self.synced_index = 0  # nothing counted before the first sync of the term
+        self.appended = Signal(raft.scheduler)
+        tasks: list[Coroutine[Any, Any, None]] = [self.heartbeat_loop(), self.durability_loop()]
         tasks += raft.election.leader_tasks()
         raft.start_role(Role.LEADER, tasks)
         raft.reads.on_become_leader()
@@ -158,6 +177,7 @@ class Replication:
         raft = self.raft
         raft.log.append([Entry(raft.hard.term, b"")])
         raft.term_start_index = raft.log.last_index
+        self.appended.notify()
 
     def on_step_down(self) -> None:
         self.progress = {}
@@ -203,11 +223,30 @@ class Replication:
             raft.count("bound_raft_pending_proposals_max")
             return None
         raft.log.append([Entry(raft.hard.term, batch)])
+        self.appended.notify()
         self.notify_all()
         self.maybe_commit()
         return None
 
     # -- leader tasks ----------------------------------------------------------------
+
+    async def durability_loop(self) -> None:
+        """Learn how far the leader's own log is durable: after each append, a
+        timer of delay 0 that the host arms only once the writes of the step
+        that armed it (and of every earlier step) are synced."""
+        raft = self.raft
+        while True:
+            await self.appended.wait()
+            index = raft.log.last_index
+            await raft.context.sleep(0)
+            if index > self.synced_index:
+                self.synced_index = index
+                self.maybe_commit()
+
+    def may_send_before_sync(self) -> bool:
+        """Whether this leader's AppendEntries may leave before its writes are
+        durable: once the no-op of its term is (then its term and vote are)."""
+        return self.synced_index >= self.raft.term_start_index > 0
 
     async def heartbeat_loop(self) -> None:
         """Every ``heartbeat_us``: a heartbeat to each peer, and loss detection."""
@@ -289,6 +328,7 @@ class Replication:
                 raft.hard.term, raft.id, prev, prev_term, entries, raft.commit_index,
                 raft.reads.take_round(),
             ),
+            before_sync=self.may_send_before_sync(),
         )
         return prev + len(entries)
 
@@ -530,7 +570,7 @@ class Replication:
         for voter in raft.membership.voters():
             if voter == raft.id:
                 if raft.membership.counts(voter, raft.identity):
-                    matches.append(raft.log.last_index)
+                    matches.append(self.self_match_index())
                 continue
             progress = self.progress.get(voter)
             if progress is not None and raft.membership.counts(voter, progress.identity):
@@ -550,7 +590,12 @@ class Replication:
         )
         raft.advance_commit(index)
         for progress in self.progress.values():
-            progress.wakeup.notify()  # followers learn the new commit index
+            progress.heartbeat_due = True  # followers learn the new commit index now
+            progress.wakeup.notify()
+
+    def self_match_index(self) -> int:
+        """What the leader counts as stored on itself: only what is durable."""
+        return self.synced_index
 
     def may_commit_by_counting(self, index: int) -> bool:
         """Section 5.4.2 (Figure 8): only an entry of the leader's own term is

@@ -38,6 +38,16 @@ class LeaderWithoutNoop(Replication):
         return True
 
 
+class CountLeaderUnsynced(Replication):
+    """The leader counts its own copy of an entry as soon as it is appended,
+    while it sends AppendEntries before its own write is durable: thesis
+    10.2.1 without its condition. A commit may then rest on a copy the leader
+    loses in a crash."""
+
+    def self_match_index(self) -> int:
+        return self.raft.log.last_index
+
+
 class VoteInMemory(HardState):
     """``votedFor`` is kept in memory only: a restarted node votes twice in a term."""
 
@@ -68,6 +78,10 @@ class RaftForgetVote(Raft):
 
 class RaftFollowerReads(Raft):
     reads_type = FollowerReads
+
+
+class RaftCountLeaderUnsynced(Raft):
+    replication_type = CountLeaderUnsynced
 
 
 class RaftTrustDamagedTail(Raft):
@@ -141,6 +155,11 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-unbounded-sessions", Raft,
             "the session table never evicts (clients that come and go)",
             "bounded-memory", UnboundedSessionsReplica,
+        ),
+        RaftVariant(
+            "raft-count-leader-unsynced", RaftCountLeaderUnsynced,
+            "the leader counts its own unsynced entry toward a commit (thesis 10.2.1)",
+            "leader_counts_synced",
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
