@@ -128,7 +128,8 @@ def test_memory_stays_flat_over_a_long_run_with_compaction() -> None:
 
 
 def test_a_commit_that_makes_smr_submit_more_applies_in_order() -> None:
-    """A single voter commits at once; SMR submitting from on_commit must not
+    """A single voter commits as soon as its write is durable (its durability
+    timer of delay 0, thesis 10.2.1); SMR submitting from on_commit must not
     make Raft apply out of order."""
     cluster = Cluster(1)
     cluster.start()
@@ -143,6 +144,9 @@ def test_a_commit_that_makes_smr_submit_more_applies_in_order() -> None:
 
     node.on_commit = on_commit  # type: ignore[method-assign]
     cluster.submit(0, b"chain")
+    start = cluster.now
+    assert cluster.run(until=lambda: cluster.batches(0)[-1:] == [b"chain++++"])
+    assert cluster.now == start  # no time passes: each commit waits only for its sync
     applied = [out.index for _, _, out in cluster.outputs if type(out).__name__ == "Applied"]
     assert applied == sorted(applied)
     assert cluster.batches(0)[-5:] == [b"chain", b"chain+", b"chain++", b"chain+++", b"chain++++"]

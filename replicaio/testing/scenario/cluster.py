@@ -217,8 +217,11 @@ class Scenario:
         lines.extend(self.send_all(node, effects))
         for timer_id in effects.timers_cancelled:
             node.timers.pop(timer_id, None)
-        for timer_id, _ in effects.timers_set:
+        synced: list[int] = []  # timers of delay 0: they fire once the sync returned
+        for timer_id, delay_us in effects.timers_set:
             node.timers[timer_id] = None
+            if delay_us == 0:
+                synced.append(timer_id)
         important: list[str] = []
         for output in effects.outputs:
             important.extend(self.on_output(node, output))
@@ -228,9 +231,24 @@ class Scenario:
                 lines.append(
                     f"{node.node_id}: count {name} +{value - counters_before.get(name, 0)}"
                 )
-        if idle_silent and not lines:
-            return
-        self.print_step(header, lines, important)
+        if not (idle_silent and not lines):
+            self.print_step(header, lines, important)
+        self.fire_synced(node, synced)
+
+    def fire_synced(self, node: ScenarioNode, timer_ids: list[int]) -> None:
+        """Fire the timers of delay 0 a step armed, right after it: the step's
+        writes are synced, and a live host fires them as soon as its sync
+        returns (``replicaio.core.effects``: a Raft leader learns that its log
+        is durable). Part of the same command; a step that does nothing is not
+        printed."""
+        for timer_id in timer_ids:
+            if not node.up or timer_id not in node.timers:
+                continue
+            del node.timers[timer_id]
+            self.step(
+                node, TimerFired(timer_id), f"{node.node_id}: synced (timer {timer_id})",
+                idle_silent=True,
+            )
 
     def print_step(self, header: str, lines: list[str], important: list[str]) -> None:
         if self.quiet:
