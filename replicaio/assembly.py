@@ -505,8 +505,10 @@ TRANSACTIONAL: dict[str, TransactionalSpec] = {
         ordering="pbft", checkers=pbft_checkers),
 }
 TRANSACTIONAL.update(
-    (name, TransactionalSpec(name, f"BROKEN on purpose: {variant.summary}",
-                             variant.node_type, variant.store_type, broken=True))
+    (name, TransactionalSpec(
+        name, f"BROKEN on purpose: {variant.summary}", variant.node_type, variant.store_type,
+        broken=True, ordering=variant.ordering,
+        checkers=pbft_checkers if variant.ordering == "pbft" else raft_checkers))
     for name, variant in TXN_VARIANTS.items()
 )
 

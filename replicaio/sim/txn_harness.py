@@ -16,6 +16,11 @@ replica of each group; ``replicaio.services.txn``) with closed-loop clients:
   ``ok`` with its reads, ``aborted`` is ``fail`` (the client goes on; its
   next attempt has a new nonce), ``unknown`` or silence for
   ``attempt_timeout_us`` is ``info`` and the client continues under a new id.
+* **txn-kv.** A sharded key-value cluster gets the same workloads as a
+  Redis client's ``MULTI``/``EXEC`` across groups sends them
+  (``txn_kv_ops``), with ``WATCH``: a list-append attempt also reads the
+  versions of the keys it reads, and a third of a client's attempts check
+  a version it read before (aborted ``version`` if the key changed since).
 * **Nemesis.** With the crash fault, about every ``nemesis_every_us`` during
   the safety phase the harness picks a transaction in flight and crashes
   the node that leads its *coordinator group* (learnt from the groups'
@@ -55,10 +60,19 @@ from replicaio.core.stream import GroupOutput
 from replicaio.services.txn.kv_store import KvTxnStore
 from replicaio.services.txn.protocol import LockReport, TxnRequest, TxnResult
 from replicaio.services.txn.slots import SlotMap
+from replicaio.services.txn.store import CHECK
 from replicaio.sim.harness import HarnessApi
 from replicaio.sim.kv_harness import KvWorkload, kv_options
 from replicaio.sim.options import Crash, SimOptions
-from replicaio.sim.txn_kv_ops import COUNTERS, LISTS, ReplyError, read_of, to_kv
+from replicaio.sim.txn_kv_ops import (
+    COUNTERS,
+    LISTS,
+    ReplyError,
+    read_of,
+    to_kv,
+    version_of,
+    version_op,
+)
 
 EXTRA_KEY = "txn"
 
@@ -110,6 +124,11 @@ class Client:
     ops: list[tuple[str, str, Any]] = field(default_factory=list)
     ok_after_heal: bool = False
     timeout_token: int = 0
+    # txn-kv, list-append: keys whose versions the attempt in flight reads (after
+    # its operations; then its WATCH check, if any), and the versions read so far.
+    version_reads: list[bytes] = field(default_factory=list)
+    watching: bool = False
+    versions: dict[bytes, int] = field(default_factory=dict)
 
 
 class TxnHarness:
@@ -231,11 +250,26 @@ class TxnHarness:
         client.timeout_token += 1
         token = client.timeout_token
         if self.key_value:
-            ops = [to_kv(kind, key, value, self.reads) for kind, key, value in ops]
+            watch = self.watch_ops(client, ops) if handle is not None else []
+            ops = [to_kv(kind, key, value, self.reads) for kind, key, value in ops] + watch
         request = TxnRequest(client.client_id, client.nonce, self.codec.encode_value(ops))
         self.api.request(client.node, self.codec.encode(request))
         self.api.call_at(self.api.now() + self.workload.attempt_timeout_us,
                          lambda: self.on_timeout(client, token))
+
+    def watch_ops(self, client: Client, ops: list[list[Any]]) -> list[list[Any]]:
+        """txn-kv, list-append: the version reads and the WATCH check sent after
+        ``ops`` (``txn_kv_ops``); none for the bank."""
+        client.version_reads, client.watching = [], False
+        if self.reads != LISTS:
+            return []
+        client.version_reads = list(dict.fromkeys(key for kind, key, _ in ops if kind == READ))
+        extra = [version_op(key) for key in client.version_reads]
+        if client.versions and self.rng.random() < 1 / 3:
+            key = self.rng.choice(sorted(client.versions))
+            extra.append([CHECK, key, client.versions[key]])
+            client.watching = True
+        return extra
 
     def on_timeout(self, client: Client, token: int) -> None:
         if token != client.timeout_token or self.by_id.get(client.client_id) is not client:
@@ -300,17 +334,21 @@ class TxnHarness:
         """A committed txn-kv transaction's reads from its commands' replies
         (``None``: the replies were lost, ``replies_lost``); a reply no command
         gives is a violation (``txn_kv_reply``)."""
-        if not isinstance(replies, tuple) or len(replies) != len(client.ops):
+        expected = len(client.ops) + len(client.version_reads) + client.watching
+        if not isinstance(replies, tuple) or len(replies) != expected:
             return None
         reads: list[Any] = []
-        for (kind, _, _), reply in zip(client.ops, replies, strict=True):
-            try:
+        versions = replies[len(client.ops):len(client.ops) + len(client.version_reads)]
+        try:
+            for (kind, _, _), reply in zip(client.ops, replies, strict=False):
                 reads.append(read_of(kind, reply, self.reads))
-            except ReplyError as error:
-                if reply is None:
-                    return None
-                self.violations.append(Violation("txn_kv_reply", str(error)))
+            for key, reply in zip(client.version_reads, versions, strict=True):
+                client.versions[key] = version_of(reply)
+        except ReplyError as error:
+            if None in replies[:expected - client.watching]:
                 return None
+            self.violations.append(Violation("txn_kv_reply", str(error)))
+            return None
         return reads
 
     # -- the coordinator group's leader crashed mid-transaction -----------------

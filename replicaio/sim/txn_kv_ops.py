@@ -19,6 +19,14 @@ workload op   key-value command             read back as
 ``check``     ``check`` (a version)        nothing
 ============  ===========================  ===================================
 
+``WATCH`` (list-append): every key a transaction reads is also asked its
+version (``version_op``, after the workload's operations, so replies line up),
+which the client remembers; a third of its later transactions carry a
+``check`` of one remembered version, as a client that ``WATCH``ed the key
+before its ``MULTI`` sends: the attempt aborts ``version`` if the key was
+written since. The check adds no operation to the history (an aborted attempt
+is a ``fail`` there like any other).
+
 An absent list reads as ``None`` (``LRANGE`` answers an empty list), as the
 transaction store answers a key never written.
 """
@@ -29,6 +37,7 @@ from typing import Any, Final
 
 from replicaio.check.transactions.history import ADD, APPEND, READ
 from replicaio.services.kv.state_machine import (
+    VERSION,
     KvOk,
     decode_result,
     encode_command,
@@ -88,3 +97,16 @@ def read_of(kind: str, reply: object, reads: str) -> Any:
         return int(value)
     except ValueError as error:
         raise ReplyError(f"GET answered {value!r}") from error
+
+
+def version_op(key: bytes) -> list[Any]:
+    """The ``kv`` micro-operation that reads ``key``'s version (what WATCH checks)."""
+    return [KV, key, encode_command(VERSION, key)]
+
+
+def version_of(reply: object) -> int:
+    """The version a :func:`version_op` answered; :class:`ReplyError` if it did not."""
+    result = decode_result(reply) if isinstance(reply, bytes) else None
+    if not (isinstance(result, KvOk) and type(result.value) is int and result.value >= 0):
+        raise ReplyError(f"VERSION answered {result!r}")
+    return result.value

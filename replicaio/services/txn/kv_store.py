@@ -174,6 +174,13 @@ class KvTxnStore(TxnStore):
         self.kv.restore(kv)
         self.commands = {(txn[0], txn[1]): tuple(items) for txn, items in commands}
 
+    def footprint(self) -> dict[str, int]:
+        return {**super().footprint(), "txn_kv_commands": len(self.commands)}
+
+    def footprint_max(self) -> dict[str, int]:
+        # Commands are recorded only for a prepared transaction and dropped with it.
+        return {**super().footprint_max(), "txn_kv_commands": self.params.prepared_max}
+
     # -- single-group commands meet the locks ------------------------------------
 
     @staticmethod

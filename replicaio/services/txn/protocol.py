@@ -144,10 +144,8 @@ class TxnNode:
         for replica, store in zip(self.groups.replicas, self.stores, strict=True):
             for name, value in replica.footprint().items():
                 most(name, value)
-            most("txn_prepared", len(store.prepared))
-            most("txn_locks", len(store.locks))
-            most("txn_finished", len(store.finished))
-            most("txn_coordinated", len(store.coordinated))
+            for name, value in store.footprint().items():
+                most(name, value)
         measured["txn_drivers"] = self.drivers
         measured["txn_in_flight"] = len(self.in_flight)
         measured["txn_callers"] = max(self.caller.live) if self.caller is not None else 0
@@ -222,8 +220,8 @@ class TxnNode:
         # The coordinator decides: commit only if all prepared (and its lease runs).
         decided = await self.call(coordinator, "decide", client, nonce,
                                   COMMIT if prepared else ABORT)
-        if decided is None:
-            self.answer(request, UNKNOWN, "no_decision")
+        if decided is None or decided[0] not in (COMMITTED, ABORTED):
+            self.answer(request, UNKNOWN, "no_decision")  # (busy: no record to decide)
             return
         # The client learns the outcome now: the participants hold their locks
         # until they applied it, so nobody can see the state before it. (Key-value
@@ -410,8 +408,10 @@ class TxnFactory:
         bounded-memory check; :meth:`TxnNode.footprint` measures it).
 
         Per group (the largest over the node's groups): the group's SMR and
-        ordering bounds, and its store's tables (``prepared_max``, its locks at
-        ``ops_max`` keys each, ``finished_max``, ``coordinated_max``). Per node,
+        ordering bounds, and its store's tables (``TxnStore.footprint_max``:
+        ``prepared_max``, its locks at ``prepare_keys_max`` keys each,
+        ``finished_max``, ``coordinated_max``; a key-value group's recorded
+        commands, one entry per prepared transaction). Per node,
         summed over the G groups: what the node's core holds for them (contexts,
         tasks, timers, durable records, retransmissions), plus the transaction
         layer's own tasks and timers: ``drivers_max`` attempts, each waiting on
@@ -421,7 +421,6 @@ class TxnFactory:
         per_group = self.group_factory.footprint_max(config)
         store = self.group_factory.state_machine()
         assert isinstance(store, TxnStore)
-        limits = store.params
         params = self.params
         resolving = (params.resolve_max * 2 + 1) * groups
         calls = params.caller.callers_max * groups
@@ -433,11 +432,8 @@ class TxnFactory:
                 bounds[name] = per_group[name] * groups
         bounds["tasks"] = bounds.get("tasks", 0) + own_tasks
         bounds["timers"] = bounds.get("timers", 0) + own_tasks
+        bounds.update(store.footprint_max())
         bounds.update({
-            "txn_prepared": limits.prepared_max,
-            "txn_locks": limits.prepared_max * limits.ops_max,
-            "txn_finished": limits.finished_max,
-            "txn_coordinated": limits.coordinated_max,
             "txn_drivers": params.drivers_max,
             "txn_in_flight": resolving,
             "txn_callers": params.caller.callers_max,

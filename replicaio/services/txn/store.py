@@ -36,7 +36,8 @@ roles for a transaction ``(client, nonce)`` (``docs/transactions.md``):
 * ``ack`` records that a participant applied the outcome; records whose
   every participant acknowledged may be forgotten (oldest first) when the
   table (``coordinated_max``) is full, and ``begin`` is refused ``busy`` if
-  nothing can be.
+  nothing can be (a presumed abort is then not recorded: ``resolve``
+  answers ``pending``, to be asked again, and ``decide`` ``busy``).
 
 **Time** is ``ticks``: the count of ``tick`` commands in this group's log,
 which the group's leader submits while it holds locks or pending records
@@ -87,6 +88,7 @@ class StoreParams:
     finished_max: int = 8192  # outcomes remembered against late duplicates
     coordinated_max: int = 4096  # coordinator records
     ops_max: int = 64  # micro-operations of one transaction in one group
+    prepare_keys_max: int = 256  # keys one prepare locks (a command may name several)
     list_length_max: int = 4096  # elements of one list value
     keys_max: int = 1 << 16  # keys of the store
 
@@ -236,6 +238,19 @@ class TxnStore:
             for record in self.coordinated.values()
         )
 
+    def footprint(self) -> dict[str, int]:
+        """What this replica's tables hold now (bounded by :meth:`footprint_max`)."""
+        return {"txn_locks": len(self.locks), "txn_prepared": len(self.prepared),
+                "txn_finished": len(self.finished), "txn_coordinated": len(self.coordinated)}
+
+    def footprint_max(self) -> dict[str, int]:
+        """The bound of every table, whatever drivers and clients send: a prepare
+        locks at most ``prepare_keys_max`` keys; the others are their ``*_max``."""
+        params = self.params
+        return {"txn_locks": params.prepared_max * params.prepare_keys_max,
+                "txn_prepared": params.prepared_max, "txn_finished": params.finished_max,
+                "txn_coordinated": params.coordinated_max}
+
     def remember(self, txn: TxnId, outcome: str) -> None:
         self.finished[txn] = outcome
         while len(self.finished) > self.params.finished_max:
@@ -251,6 +266,8 @@ class TxnStore:
             return [REFUSED, "finished"]
         parsed = self.parse_ops(ops)
         keys = self.op_keys(parsed)
+        if len(keys) > self.params.prepare_keys_max:
+            raise ValueError(f"a prepare locks at most {self.params.prepare_keys_max} keys")
         if any(self.locks.get(key, txn) != txn for key in keys):
             self.count("refused_locked")
             return [REFUSED, "locked"]
@@ -386,11 +403,15 @@ class TxnStore:
                 return True
         return False
 
-    def decided(self, txn: TxnId, decision: str) -> Coordinated:
+    def decided(self, txn: TxnId, decision: str) -> Coordinated | None:
+        """``txn``'s record, decided ``decision`` unless it was decided before (or its
+        lease ran out: abort); ``None`` if it is unknown and the table is full of
+        records nobody may forget yet (the caller answers: try again later)."""
         record = self.coordinated.get(txn)
         if record is None:  # presumed abort, recorded so that it stands
-            if len(self.coordinated) >= self.params.coordinated_max:
-                self.forget_one()
+            if len(self.coordinated) >= self.params.coordinated_max and not self.forget_one():
+                self.count("refused_coordinated_max")
+                return None
             record = self.coordinated[txn] = Coordinated((), self.ticks, ABORTED)
             self.count("presumed_aborts")
         if record.decision is None:
@@ -404,6 +425,8 @@ class TxnStore:
         if decision not in (COMMIT, ABORT):
             raise ValueError(f"a decision is commit or abort, got {decision!r}")
         record = self.decided((_int(client), _int(nonce)), decision)
+        if record is None:
+            return [REFUSED, "busy"]  # no record to decide (a correct driver began one)
         assert record.decision is not None
         return [record.decision]
 
@@ -415,6 +438,8 @@ class TxnStore:
         if record is not None and record.decision is None and record.deadline >= self.ticks:
             return [PENDING]
         record = self.decided(txn, ABORT)
+        if record is None:
+            return [PENDING]  # asked again once a record may be forgotten
         assert record.decision is not None
         return [record.decision]
 
