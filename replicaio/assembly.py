@@ -81,6 +81,9 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
     "macs": "PBFT: 1 authenticates client requests with a vector of per-replica MACs "
     "(the paper's option) instead of signatures (simulation: the harness's clients sign so)",
+    "reads": "PBFT: 1 makes the simulator's clients read with the read-only optimisation "
+    "(2f+1 matching unordered answers, else the read again, ordered; writes then need 2f+1 "
+    "matching replies too)",
     "groups": "transactional clusters (txn): replicated groups, keys by hash slot (default 3)",
     "join": "RaftParams.join: 1 on ONE node started on a new, empty disk that replaces a lost "
     "one (set per node: `replicaio kv node --join`)",
@@ -269,6 +272,7 @@ def pbft_footprint_max(
         "pbft_checkpoint_votes": (checkpoints + 1) * n,
         "pbft_snapshots": checkpoints,
         "pbft_view_changes": 2 * n,
+        "pbft_late": window,
         "storage_keys": 3 * window + 16,
         "tasks": reads + smr.batches_inflight_max + 16,
         "timers": reads + smr.batches_inflight_max + 16,

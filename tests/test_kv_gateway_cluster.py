@@ -50,13 +50,13 @@ ROOT = Path(__file__).resolve().parent.parent
 class Gateway:
     """A ``replicaio kv gateway`` process."""
 
-    def __init__(self, cluster: LocalCluster, log: Path) -> None:
+    def __init__(self, cluster: LocalCluster, log: Path, *options: str) -> None:
         self.port = free_ports(1)[0]
         self.log = log
         with open(log, "wb") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "replicaio.cli", "kv", "gateway", "--cluster",
-                 str(cluster.config_path), "--port", str(self.port)],
+                 str(cluster.config_path), "--port", str(self.port), *options],
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + DEADLINE_S
@@ -198,6 +198,45 @@ def test_redis_clients_through_the_gateway_survive_kill_9_of_the_primary(
     assert result.linearizable is True, result.describe()[:2000]
 
 
+def run_with_a_byzantine_replica(
+    tmp_path: Path, node: int, behaviour: str, *gateway_options: str
+) -> tuple[GatewayWorkload, dict[int, dict[str, float]], list[int]]:
+    """Four replicas, ``node`` running ``behaviour``, four clients through a
+    gateway until 60 more operations completed: the workload, every replica's
+    counters (host's and core's together) and the correct replicas' views."""
+    cluster = LocalCluster(tmp_path / "cluster", protocol="pbft", nodes=4, sections=SECTIONS,
+                           auth="ed25519", metrics=True)
+    gateway: Gateway | None = None
+    try:
+        for replica in range(4):
+            cluster.start(replica, byzantine=behaviour if replica == node else None)
+        cluster.wait_ready(range(4))
+        gateway = Gateway(cluster, tmp_path / "gateway.log", *gateway_options)
+        workload = GatewayWorkload(cluster, 4, gateway.port)
+        workload.start()
+        try:
+            wait_for_progress(workload, 60)
+        finally:
+            workload.finish()
+        views = [int(replication(cluster, replica)["term"]) for replica in range(4)
+                 if replica != node]
+        counters = {
+            replica: runtime_counters(cluster, replica) | runtime_counters(cluster, replica, "core")
+            for replica in range(4)
+        }
+    finally:
+        if gateway is not None:
+            gateway.close()
+        cluster.close()
+    return workload, counters, views
+
+
+def assert_linearizable(workload: GatewayWorkload) -> None:
+    operations = workload.recorder.operations()
+    result = check_linearizable(operations, time_budget_s=120)
+    assert result.linearizable is True, result.describe()[:2000]
+
+
 @pytest.mark.parametrize(("node", "behaviour"), [
     (0, "pbft_invalid_batch"),  # the primary of view 0: must be replaced
     (2, "pbft_wrong_digest+pbft_forge_checkpoint+pbft_drop_prepared"),  # a lying backup
@@ -208,33 +247,28 @@ def test_a_live_byzantine_replica_does_not_stop_correct_answers(
     """``replicaio node --byzantine``: one replica runs the simulator's PBFT
     behaviours on its real messages (signed with its own Ed25519 key); clients
     through the gateway keep getting answers, and the history is linearizable."""
-    cluster = LocalCluster(tmp_path / "cluster", protocol="pbft", nodes=4, sections=SECTIONS,
-                           auth="ed25519", metrics=True)
-    gateway: Gateway | None = None
-    try:
-        for replica in range(4):
-            cluster.start(replica, byzantine=behaviour if replica == node else None)
-        cluster.wait_ready(range(4))
-        gateway = Gateway(cluster, tmp_path / "gateway.log")
-        workload = GatewayWorkload(cluster, 4, gateway.port)
-        workload.start()
-        try:
-            wait_for_progress(workload, 60)
-        finally:
-            workload.finish()
-        views = [int(replication(cluster, replica)["term"]) for replica in range(4)
-                 if replica != node]
-        lies = runtime_counters(cluster, node).get("byzantine_sends", 0)
-    finally:
-        if gateway is not None:
-            gateway.close()
-        cluster.close()
-    assert lies > 0
+    workload, counters, views = run_with_a_byzantine_replica(tmp_path, node, behaviour)
+    assert counters[node].get("byzantine_sends", 0) > 0
     if node == 0:
         assert min(views) >= 1, views  # the faulty primary was replaced
-    operations = workload.recorder.operations()
-    result = check_linearizable(operations, time_budget_s=120)
-    assert result.linearizable is True, result.describe()[:2000]
+    assert_linearizable(workload)
+
+
+def test_fast_reads_through_the_gateway_outvote_a_replica_answering_stale_values(
+    tmp_path: Path,
+) -> None:
+    """``kv gateway --fast-reads`` (the read-only optimisation, section 5.1.3):
+    reads answered by 2f+1 matching replicas from their own state, with replica 2
+    answering every client with a result it gave earlier; the history of the
+    clients through the gateway is linearizable, and the correct replicas did
+    serve unordered reads."""
+    workload, counters, _ = run_with_a_byzantine_replica(
+        tmp_path, 2, "pbft_stale_reads", "--fast-reads"
+    )
+    unordered = [counters[replica].get("smr_reads_unordered", 0) for replica in (0, 1, 3)]
+    assert min(unordered) > 0, unordered
+    assert counters[2].get("byzantine_outputs", 0) > 0
+    assert_linearizable(workload)
 
 
 def test_bad_input_on_the_gateway_and_on_submit_is_rejected_and_counted(

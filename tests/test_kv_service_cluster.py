@@ -339,13 +339,16 @@ def read_frame(sock: socket.socket) -> bytes:
     return sock.recv(int.from_bytes(header, "big"), socket.MSG_WAITALL)
 
 
-def runtime_counters(cluster: LocalCluster, node: int) -> dict[str, float]:
+def runtime_counters(
+    cluster: LocalCluster, node: int, kind: str = "runtime"
+) -> dict[str, float]:
+    """A node's counters from /metrics: the host's (``runtime``) or its core's (``core``)."""
     address = cluster.cluster.nodes[node].metrics
     assert address is not None
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
         text = page.read().decode()
     found = {}
-    prefix = 'replicaio_runtime_events_total{event="'
+    prefix = f'replicaio_{kind}_events_total{{event="'
     for line in text.splitlines():
         if line.startswith(prefix):
             name, _, number = line[len(prefix):].partition('"} ')

@@ -22,6 +22,14 @@ Where a node's front hands a request to its own replica, the gateway
    ``(client, seq)`` again; a replica that lies, or f that do, cannot make the
    client see a result no correct replica computed.
 
+With ``--fast-reads`` (the read-only optimisation, Castro and Liskov, TOCS
+2002, section 5.1.3) a read goes first *unordered* to every replica, under a
+reader identity of its own (its numbers never meet the ordered ones), and is
+answered once 2f+1 replicas sent the same result from their current state; on
+a mismatch or a timeout (``FAST_READ_TIMEOUT_S``) it goes through the log as
+before. Writes then need 2f+1 matching replies too: a read's 2f+1 then meet
+every completed write in a correct replica that executed it.
+
 A node's own RESP port stays a *trusted shortcut*: it answers from that one
 replica (which is all a Raft client ever trusts). Use the gateway when the
 replica you would talk to may be Byzantine.
@@ -48,7 +56,7 @@ from replicaio.runtime.kv.service import RespService
 from replicaio.runtime.smr_client import SmrClient
 from replicaio.smr.api import ClientRequest, Rejected, Reply
 from replicaio.smr.auth import ClientSigner
-from replicaio.smr.client import Accepted, Refused
+from replicaio.smr.client import BYZANTINE, Accepted, Refused, reply_quorum
 
 logger = logging.getLogger("replicaio.gateway")
 
@@ -58,6 +66,7 @@ logger = logging.getLogger("replicaio.gateway")
 # arms its view-change timer.
 MULTICAST_AFTER_S: Final = 1.0
 SIGNERS_MAX: Final = 65_536
+FAST_READ_TIMEOUT_S: Final = 0.5
 OnDone = Callable[[str | None], None]
 
 
@@ -77,15 +86,23 @@ def unwrap_read(codec: Codec, command: bytes) -> bytes:
 class GatewayHost:
     """What the Redis front needs of a host (``ServiceHost``), over the replicas."""
 
-    def __init__(self, cluster: ClusterFile, service: RespService) -> None:
+    def __init__(
+        self, cluster: ClusterFile, service: RespService, *, fast_reads: bool = False
+    ) -> None:
         self.cluster = cluster
         self.service = service
         self.codec = Codec()
         self.counters = Counters()
         self.smr = SmrClient(cluster, self.counters)
         self.n = self.smr.n
-        self.quorum = self.smr.quorum
+        config = cluster.cluster_config()
+        self.fast_reads = fast_reads and config.resilience in BYZANTINE
+        read_quorum = reply_quorum(config.resilience, config.f, read_only=True)
+        self.read_quorum = read_quorum
+        self.quorum = read_quorum if self.fast_reads else self.smr.quorum
         self.signers: OrderedDict[int, ClientSigner] = OrderedDict()
+        # unordered reads: one reader identity per front client, and its numbers
+        self.readers: OrderedDict[int, tuple[ClientSigner, int]] = OrderedDict()
         # front client id -> (seq, when first sent, multicast yet) of its request
         self.sent: OrderedDict[int, tuple[int, float, bool]] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -131,7 +148,36 @@ class GatewayHost:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def reader(self, local: int) -> tuple[ClientSigner, int]:
+        """The reader identity of the front's id ``local`` and its next number."""
+        found = self.readers.pop(local, None)
+        if found is None:
+            if len(self.readers) >= SIGNERS_MAX:
+                self.readers.popitem(last=False)
+            found = (self.smr.new_signer(), 0)
+        signer, number = found[0], found[1] + 1
+        self.readers[local] = (signer, number)
+        return signer, number
+
+    async def read_unordered(self, local: ClientRequest) -> bool:
+        """The read-only optimisation: whether 2f+1 replicas' matching answers
+        from their current state decided ``local`` (else it goes through the log)."""
+        signer, number = self.reader(local.client)
+        request = ClientRequest(signer.client, number, local.command, True, True)
+        self.counters.count("gateway_reads_unordered")
+        decision = await self.smr.attempt(
+            signer, request, True, FAST_READ_TIMEOUT_S, quorum=self.read_quorum
+        )
+        if isinstance(decision, Accepted):
+            self.decide(local, decision)
+            return True
+        self.counters.count("gateway_reads_unordered_fallbacks")
+        return False
+
     async def vote(self, local: ClientRequest, multicast: bool) -> None:
+        unordered = self.fast_reads and local.read_only and not multicast
+        if unordered and await self.read_unordered(local):
+            return
         signer = self.signer(local.client)
         # Reads go through the log like writes: every replica executes them at the
         # same position and answers alike, so f+1 can match (a read served from
@@ -141,7 +187,7 @@ class GatewayHost:
         request = ClientRequest(signer.client, local.seq, command, False)
         timeout_s = self.service.params.request_timeout_ms / 1000
         self.counters.count("gateway_requests")
-        decision = await self.smr.attempt(signer, request, multicast, timeout_s)
+        decision = await self.smr.attempt(signer, request, multicast, timeout_s, self.quorum)
         if decision is not None:
             self.decide(local, decision)
             return
@@ -174,14 +220,16 @@ class GatewayHost:
 
 
 async def serve_gateway(
-    cluster: ClusterFile, address: Address, ready: asyncio.Event | None = None
+    cluster: ClusterFile, address: Address, ready: asyncio.Event | None = None,
+    *, fast_reads: bool = False,
 ) -> None:
     """Run the gateway on ``address`` until cancelled."""
     service = RespService()
-    host = GatewayHost(cluster, service)
+    host = GatewayHost(cluster, service, fast_reads=fast_reads)
     await service.start(host, address, HostParams())
-    logger.info("gateway listening on %s:%s for %d replicas (f+1 = %d)",
-                address.host, service.port, host.n, host.quorum)
+    logger.info("gateway listening on %s:%s for %d replicas (%d matching replies%s)",
+                address.host, service.port, host.n, host.quorum,
+                ", unordered reads" if host.fast_reads else "")
     if ready is not None:
         ready.set()
     try:

@@ -129,6 +129,12 @@ class NodeHost:
         # A live Byzantine replica (tests, demos): what actually leaves for whom
         # instead of each honest message (``replicaio node --byzantine``).
         self.outgoing = outgoing
+        # ... and what it tells clients (a behaviour's ``rewrite_output``, when
+        # ``outgoing`` is a behaviour's ``rewrite``; replicaio.sim.adversary).
+        behaviour = getattr(outgoing, "__self__", None)
+        self.rewrite_output: Callable[[Any], Any] | None = getattr(
+            behaviour, "rewrite_output", None
+        )
         self.entry = cluster.node(node_id)
         self.node_id = node_id
         self.params = cluster.host
@@ -528,6 +534,13 @@ class NodeHost:
                 log(logger, logging.INFO, OPERATOR_EVENTS[kind], event=kind.__name__,
                     **output_fields(output))
         if outputs and self.service is not None:
+            rewrite = self.rewrite_output
+            if rewrite is not None:
+                honest = outputs
+                outputs = [rewrite(output) for output in honest]
+                lies = sum(1 for said, did in zip(outputs, honest, strict=True) if said != did)
+                if lies:
+                    self.counters.count("byzantine_outputs", lies)
             self.service.on_outputs(outputs)
 
     def cancel_timer(self, timer_id: int) -> None:

@@ -159,12 +159,14 @@ class SmrClient:
         return SmrSession(self)
 
     async def attempt(
-        self, signer: ClientSigner, request: ClientRequest, multicast: bool, timeout_s: float
+        self, signer: ClientSigner, request: ClientRequest, multicast: bool, timeout_s: float,
+        quorum: int | None = None,
     ) -> Decision | None:
         """Send ``request`` (signed by ``signer``) once; the decision, or ``None`` if
-        no answer reached the quorum within ``timeout_s``."""
+        no answer reached the quorum (``self.quorum`` unless given) within
+        ``timeout_s``, or every replica answered and none can reach it."""
         payload = self.codec.encode(signer.wrap(request))
-        votes = Votes(request.client, request.seq, self.quorum, self.n)
+        votes = Votes(request.client, request.seq, quorum or self.quorum, self.n)
         submit = (b"REPLICAIO.SUBMIT", payload)
         wait = (b"REPLICAIO.AWAIT", b"%d" % request.client, b"%d" % request.seq)
         primary = self.primary
@@ -182,6 +184,8 @@ class SmrClient:
                     decision = self.count_vote(votes, replica, answer)
                     if decision is not None:
                         return decision
+                if votes.split():
+                    return None  # the answers differ: no quorum any more
             return None
         finally:
             for task in pending:

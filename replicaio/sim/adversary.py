@@ -220,6 +220,11 @@ class Strategy:
         """Called after each step of the faulty node: what it sends on its own."""
         return []
 
+    def rewrite_output(self, output: Any) -> Any:
+        """What the faulty node's host tells the world for ``output`` (a reply to
+        a client, say); the event log keeps the honest one."""
+        return output
+
     def peer(self, view: RunView) -> int:
         """A correct peer to aim at."""
         return self.rng.choice(view.correct)
@@ -442,6 +447,11 @@ class Composite(Strategy):
 
     def attack(self, view: RunView) -> Sends:
         return [sent for part in self.parts for sent in part.attack(view)]
+
+    def rewrite_output(self, output: Any) -> Any:
+        for part in self.parts:
+            output = part.rewrite_output(output)
+        return output
 
 
 # -- registry --------------------------------------------------------------------

@@ -210,6 +210,7 @@ class Client:
     idle: bool = False
     ok_after_heal: bool = False
     votes: Votes | None = None  # answers to the current (client_id, seq), BFT only
+    unordered: bool = False  # the current attempt is a read without ordering (5.1.3)
 
 
 @dataclass(slots=True)
@@ -229,6 +230,7 @@ class Figures:
     nemesis_crashes: int = 0
     unissued: int = 0  # quota operations the safety phase had no time for
     byzantine_outputs: int = 0  # client outputs of Byzantine replicas (votes like any)
+    unordered_fallbacks: int = 0  # unordered reads whose answers split: read again, ordered
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -243,9 +245,12 @@ class KvHarness:
         leader_hint: Callable[[], int] | None = None,
         *,
         client_macs: bool = False,
+        fast_reads: bool = False,
     ) -> None:
         self.config = config
         self.client_macs = client_macs  # BFT clients authenticate with MAC vectors
+        # BFT clients read with the read-only optimisation (section 5.1.3)
+        self.fast_reads = fast_reads and config.resilience in BYZANTINE
         self.checkers = list(checkers or [])
         self.membership = membership
         self.leader_hint = leader_hint
@@ -272,6 +277,12 @@ class KvHarness:
         # accept f+1 matching answers (replicaio.smr.client); of Raft, one.
         self.bft = config.resilience in BYZANTINE
         self.quorum = reply_quorum(config.resilience, config.f)
+        # With unordered reads, a write completes on 2f+1 matching replies: a
+        # read's 2f+1 then meet it in a correct replica that executed it (with
+        # f+1 a read could still find 2f+1 replicas that had not).
+        self.write_quorum = self.quorum_unordered = reply_quorum(
+            config.resilience, config.f, read_only=True
+        ) if self.fast_reads else self.quorum
 
     # -- the Harness protocol ----------------------------------------------------
 
@@ -378,6 +389,7 @@ class KvHarness:
             "ops_unknown": figures.unknown,
             "ops_unissued": figures.unissued,
             "client_attempts": figures.attempts,
+            "client_unordered_fallbacks": figures.unordered_fallbacks,
             "client_redirects": figures.redirects,
             "client_rejections": dict(sorted(figures.rejected_by_reason.items())),
             "client_timeouts": figures.timeouts,
@@ -420,6 +432,7 @@ class KvHarness:
         client.op = REGISTER
         client.handle = None
         client.attempts = client.refusals = 0
+        client.unordered = False
         client.started_us = self.require_api().now()
         self.attempt(client)
 
@@ -428,6 +441,7 @@ class KvHarness:
         client.seq += 1
         client.op = op
         client.attempts = client.refusals = 0
+        client.unordered = False
         client.started_us = self.require_api().now()
         client.handle = self.require_recorder().invoke(
             client.client_id, op.kind, op.key, op.value, op.expected
@@ -451,7 +465,17 @@ class KvHarness:
         command = op.command
         if op.read_only:  # a read runs at the client's clock (the front's, live)
             command = encode_at(api.now() // 1000, command)
-        request = ClientRequest(client.client_id, client.seq, command, op.read_only)
+        if client.unordered:
+            # The unordered try failed (split answers, or a timeout): the read
+            # again, ordered, under a new number, so that no unordered answer
+            # still on its way counts towards it.
+            client.unordered = False
+            client.seq += 1
+            client.votes = None
+        elif self.fast_reads and op.read_only and client.attempts == 1:
+            client.unordered = True
+        request = ClientRequest(client.client_id, client.seq, command, op.read_only,
+                                client.unordered)
         if self.bft:
             self.send_signed(client, request)
         else:
@@ -466,7 +490,11 @@ class KvHarness:
         from its own state after its read barrier)."""
         votes = client.votes
         if votes is None or votes.client != request.client or votes.seq != request.seq:
-            client.votes = Votes(request.client, request.seq, self.quorum, self.config.n)
+            quorum = (
+                self.quorum_unordered if request.unordered
+                else self.quorum if request.read_only else self.write_quorum
+            )
+            client.votes = Votes(request.client, request.seq, quorum, self.config.n)
         signer: KeyedClientSigner | MacClientSigner = (
             MacClientSigner(self.codec, request.client, self.config.n) if self.client_macs
             else KeyedClientSigner(self.codec, request.client)
@@ -493,6 +521,9 @@ class KvHarness:
             client.votes = None  # the next attempt is voted on afresh
             self.on_rejected(node, client, Rejected(client.client_id, client.seq,
                                                     decision.reason))
+        elif client.unordered and votes.split():
+            self.figures.unordered_fallbacks += 1
+            self.retry_later(client, 0)  # ordered, at once
 
     def on_attempt_timeout(self, client: Client, token: int) -> None:
         if client.op is None or client.token != token:
@@ -888,7 +919,8 @@ def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
     spec, parameters = found
     checkers = spec.checkers(config)
     if spec.membership is None:
-        return KvHarness(config, checkers, client_macs=bool(parameters.get("macs", 0)))
+        return KvHarness(config, checkers, client_macs=bool(parameters.get("macs", 0)),
+                         fast_reads=bool(parameters.get("reads", 0)))
     nemesis = MembershipNemesis(config, spec.membership)
     harness = KvHarness(config, checkers, nemesis, leader_hint=lambda: nemesis.leader)
     harness.observers.append(nemesis.observe)

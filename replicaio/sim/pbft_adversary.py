@@ -32,6 +32,9 @@ and forcible by name (``--adversary pbft-equivocate``):
   view changed (they must be ignored, not re-counted);
 * ``pbft_bad_state``: answers state transfer with damaged manifests and chunks
   (each must be refused on arrival, and the transfer go on with another peer);
+* ``pbft_stale_reads``: answers clients with a result it gave earlier (for
+  reads: a stale value, what a lagging replica would say), never what it
+  executed (the read-only optimisation's 2f+1 must outvote it);
 * ``pbft_lag``: holds every message back for a long while and releases it late
   (a replica lagging on purpose; its old messages arrive in newer views).
 """
@@ -48,6 +51,7 @@ from replicaio.assembly import SERVICES, pbft_wire
 from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.signing import simulation_signer
 from replicaio.sim.adversary import RunView, Sends, Strategy, register_behaviour
+from replicaio.smr.api import Reply
 from replicaio.smr.messages import Batch, SignedBatch
 
 REMEMBERED_MAX = 64
@@ -269,6 +273,25 @@ class ReplayOld(PbftStrategy):
         return [(self.peer(view), self.rng.choice(stale)) for _ in range(2)]
 
 
+class StaleReads(PbftStrategy):
+    """Every reply to a client carries a result this replica gave earlier."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.results: deque[bytes] = deque(maxlen=REMEMBERED_MAX)
+
+    def rewrite_output(self, output: Any) -> Any:
+        if type(output) is not Reply:
+            return output
+        honest = output.result
+        others = [result for result in self.results if result != honest]
+        if honest not in self.results:
+            self.results.append(honest)
+        if not others:
+            return output
+        return replace(output, result=self.rng.choice(others))
+
+
 class BadState(PbftStrategy):
     """Flips a byte in every state-transfer answer it sends."""
 
@@ -318,5 +341,7 @@ for _name, _factory, _summary, _weight in (
     ("pbft_replay_old", ReplayOld, "re-send messages of views that ended", 0.2),
     ("pbft_bad_state", BadState, "damaged state-transfer manifests and chunks", 0.1),
     ("pbft_lag", Lag, "hold every message back 1.5 s (a replica lagging on purpose)", 0.1),
+    # Never drawn (weight 0: the seeds' schedules stay as they were), forced by name.
+    ("pbft_stale_reads", StaleReads, "answer clients with results given earlier", 0.0),
 ):
     register_behaviour(_name, _factory, _summary, protocols=PBFT_FAMILY, weight=_weight)

@@ -397,8 +397,11 @@ class Simulator:
                     delay = -(-delay * 1_000_000 // (1_000_000 + ppm))
                 self.push(self.now + delay, TIMER, node.node_id, timer_id, self.sequence)
         if effects.outputs:
+            strategy = node.strategy
             for output in effects.outputs:
                 stats["outputs"] += 1
+                if strategy is not None:
+                    output = strategy.rewrite_output(output)
                 for violation in self.harness.on_output(node.node_id, output, self.now):
                     self.violations.append(violation.as_dict())
         if self.log is not None:

@@ -63,12 +63,19 @@ AUTHENTICATOR_BYTES_MAX = 32 * 1024  # a signature, or a MAC vector (one MAC per
 class ClientRequest(Message, tag="smr.ClientRequest"):
     """A client's command. ``(client, seq)`` identifies it for at-most-once
     execution: a client numbers its requests 1, 2, 3, ... and has at most one
-    outstanding; a retry reuses the number."""
+    outstanding; a retry reuses the number.
+
+    ``unordered`` (with ``read_only``; Byzantine fault tolerant services only):
+    the read-only optimisation of Castro and Liskov (TOCS 2002, section 5.1.3):
+    each replica answers at once from its current state, without ordering; the
+    client accepts 2f+1 matching answers, and otherwise sends the read again,
+    ordered, under a new ``seq`` (``replicaio.smr.client``)."""
 
     client: int
     seq: int
     command: Annotated[bytes, Meta(max_length=COMMAND_BYTES_MAX)]
     read_only: bool
+    unordered: bool = False
 
 
 class AuthenticatedRequest(Message, tag="smr.AuthenticatedRequest"):

@@ -298,6 +298,8 @@ class Replica:
             return "bad_request"
         if type(request.command) is not bytes or type(request.read_only) is not bool:
             return "bad_request"
+        if type(request.unordered) is not bool or (request.unordered and not request.read_only):
+            return "bad_request"
         if len(request.command) > self.constants.command_bytes_max:
             return "too_large"
         return None
@@ -659,6 +661,13 @@ class Replica:
     # -- reads ---------------------------------------------------------------------------------
 
     def start_read(self, request: ClientRequest) -> str | None:
+        if request.unordered and self.reply_all:
+            # Section 5.1.3: answered from the current (executed, committed)
+            # state; the client needs 2f+1 matching answers. A crash-fault
+            # service's client takes one answer: there it is read as ordered.
+            self.context.count("smr_reads_unordered")
+            self.reply(request.client, request.seq, self.state_machine.read(request.command))
+            return None
         if self.reads_active >= self.params.reads_pending_max:
             self.context.count("bound_smr_reads_pending_max")
             self.context.output(Rejected(request.client, request.seq, "busy"))

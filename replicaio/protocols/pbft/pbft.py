@@ -41,6 +41,7 @@ from replicaio.core.errors import UsageError
 from replicaio.core.lines import Line
 from replicaio.core.scheduler import Scope
 from replicaio.interfaces.ordering import Committed, NotLeader, OrderingHandlers
+from replicaio.protocols.pbft.catch_up import LateCommits
 from replicaio.protocols.pbft.checkpoint import Checkpoints
 from replicaio.protocols.pbft.messages import (
     WIRE_TYPES,
@@ -124,6 +125,7 @@ class Pbft:
         self.view_changes = self.view_changes_type(self)
         self.transfer = self.transfer_type(self)
         self.recovery = self.recovery_type(self)
+        self.late = LateCommits(self)
         self.stream = context.stream(*WIRE_TYPES, handler=self.on_message)
         self.dispatch: dict[type, Callable[[int, Any], None]] = {
             PrePrepare: self.normal.on_pre_prepare,
@@ -246,7 +248,11 @@ class Pbft:
         if source == self.id:
             self.count("pbft_rejected_from_self")
             return
-        self.dispatch[type(message)](source, message)
+        kind = type(message)
+        late = (kind is PrePrepare or kind is Commit) and message.view < self.view
+        if late and self.late.offer(message):  # committed certificates of older views
+            return
+        self.dispatch[kind](source, message)
 
     def send(self, peer: int, message: Any) -> None:
         assert peer != self.id
@@ -366,6 +372,8 @@ class Pbft:
             return
         if status.view == self.view and self.active and status.executed < self.executed:
             self.normal.retransmit_to(source, status.executed)
+        elif status.view > self.view and status.executed < self.executed:
+            self.late.send(source, status.executed)  # catch_up.py
 
     # -- durable state ----------------------------------------------------------------
 
@@ -500,6 +508,7 @@ class Pbft:
             "pbft_proposals": len(self.normal.proposals),
             "pbft_checkpoint_votes": self.checkpoints.votes_held(),
             "pbft_snapshots": len(self.checkpoints.snapshots),
+            "pbft_late": self.late.footprint(),
             "pbft_view_changes": len(self.view_changes.received)
             + len(self.view_changes.for_view),
         }

@@ -115,6 +115,11 @@ def add_kv_commands(commands: Any) -> None:
     gateway.add_argument("--port", type=int, required=True, help="RESP port to serve")
     gateway.add_argument("--host", default=DEFAULT_HOST, help="address to bind")
     gateway.add_argument("--log-level", default="info")
+    gateway.add_argument(
+        "--fast-reads", action="store_true",
+        help="the read-only optimisation: reads answered by 2f+1 matching replicas from "
+        "their current state, else through the log; writes then need 2f+1 matching too",
+    )
     gateway.set_defaults(handler=command_kv_gateway)
 
 
@@ -130,7 +135,8 @@ def command_kv_gateway(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be in 0..65535")
     try:
-        asyncio.run(serve_gateway(cluster, Address(args.host, args.port)))
+        asyncio.run(serve_gateway(cluster, Address(args.host, args.port),
+                                  fast_reads=args.fast_reads))
     except KeyboardInterrupt:
         return EXIT_OK
     except OSError as error:
