@@ -20,7 +20,7 @@ PINNED: dict[str, tuple[int, tuple[str, ...] | None]] = {
     "pbft-commit-off-by-one": (35, ("pbft_drop_prepared",)),
     "pbft-prepare-off-by-one": (3, None),
     "pbft-forget-pre-prepares": (15, None),
-    "pbft-no-view-change-resend": (4, None),
+    "pbft-no-view-change-resend": (10, None),
     "pbft-ignore-prepared-set": (4, None),
     "pbft-trust-damaged-tail": (4, None),
 }
