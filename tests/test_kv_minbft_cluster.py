@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_kv_gateway_cluster import Gateway, GatewayWorkload, wait_for_progress
+from test_kv_hostile_clients import runtime_counters
 from test_kv_service_cluster import COUNTERS, REGISTERS, SECTIONS, connect
 
 from replicaio.check.history import dump_history
@@ -68,3 +69,37 @@ def test_redis_clients_through_the_gateway_survive_kill_9_of_the_primary(
     assert result.linearizable is True, result.describe()[:2000]
     assert workload.ok_count() >= 60
     assert set(REGISTERS) | set(COUNTERS)
+
+
+def test_an_hmac_usig_cluster_serves_past_a_live_byzantine_primary(tmp_path: Path) -> None:
+    """The other USIG scheme, live: one HMAC key shared by the trusted
+    components (``[usig] kind = "hmac"``, its own file, not the cluster's auth
+    secret). The primary of view 0 runs ``--byzantine`` with MinBFT's
+    withholding behaviour (half of its UI messages to one backup dropped, the
+    gaps held and asked for again) plus garbage; clients through the gateway
+    keep getting answers and the history is linearizable."""
+    cluster = LocalCluster(tmp_path / "cluster", protocol="minbft", nodes=3, sections=SECTIONS,
+                           auth="ed25519", usig="hmac", metrics=True)
+    assert cluster.cluster.usig == "hmac"
+    assert cluster.cluster.usig_secret not in (None, cluster.cluster.secret)
+    gateway: Gateway | None = None
+    try:
+        for replica in range(3):
+            cluster.start(replica, byzantine="minbft_withhold+garbage" if replica == 0 else None)
+        cluster.wait_ready(range(3))
+        gateway = Gateway(cluster, tmp_path / "gateway.log")
+        workload = GatewayWorkload(cluster, 3, gateway.port)
+        workload.start()
+        try:
+            wait_for_progress(workload, 60)
+        finally:
+            workload.finish()
+        lies = runtime_counters(cluster, 0).get("byzantine_sends", 0)
+    finally:
+        if gateway is not None:
+            gateway.close()
+        cluster.close()
+    assert lies > 0
+    operations = workload.recorder.operations()
+    result = check_linearizable(operations, time_budget_s=120)
+    assert result.linearizable is True, result.describe()[:2000]

@@ -8,15 +8,35 @@ from typing import Any
 
 import pytest
 
-from replicaio.core.node import NodeParams
+from replicaio.assembly import minbft_of, protocol_factory
+from replicaio.core.node import Node, NodeParams
+from replicaio.protocols.minbft.usig import (
+    Ed25519KeyedUsigScheme,
+    HmacUsigScheme,
+    Usig,
+    simulation_scheme,
+    verify_ui,
+)
 from replicaio.runtime.config import (
     ClusterFileError,
     load_cluster_file,
     render_cluster_file,
+    write_usig_keys,
 )
 from replicaio.runtime.crypto import Ed25519Authenticator, HmacAuthenticator, generate_ed25519_key
 
 SECRET_HEX = "ab" * 32
+
+
+class DictUsigStore:
+    def __init__(self) -> None:
+        self.value: tuple[int, int, bytes] | None = None
+
+    def load(self) -> tuple[int, int, bytes] | None:
+        return self.value
+
+    def save(self, epoch: int, counter: int, digest: bytes) -> None:
+        self.value = (epoch, counter, digest)
 
 EXAMPLE = f"""
 [protocol]
@@ -186,3 +206,77 @@ def test_an_unknown_node_id_is_refused(tmp_path: Path) -> None:
     cluster = load_cluster_file(write(tmp_path, EXAMPLE))
     with pytest.raises(ClusterFileError, match="no node 9"):
         cluster.node(9)
+
+
+def minbft_file(tmp_path: Path, usig: str) -> tuple[Path, list[dict[str, Any]]]:
+    nodes: list[dict[str, Any]] = [
+        {"id": node_id, "peer": f"127.0.0.1:{7000 + node_id}",
+         "client": f"127.0.0.1:{7100 + node_id}", "data_dir": f"n{node_id}"}
+        for node_id in range(3)
+    ]
+    sections = write_usig_keys(tmp_path, "minbft", nodes, usig)
+    (tmp_path / "secret.hex").write_text(SECRET_HEX + "\n")
+    text = render_cluster_file(protocol="minbft", nodes=nodes, secret_file="secret.hex",
+                               sections=sections)
+    return write(tmp_path, text), nodes
+
+
+def test_minbft_nodes_get_their_own_ed25519_usig_keys(tmp_path: Path) -> None:
+    path, nodes = minbft_file(tmp_path, "ed25519")
+    cluster = load_cluster_file(path)
+    assert cluster.usig == "ed25519"
+    schemes = [cluster.usig_scheme(node_id) for node_id in range(3)]
+    assert all(isinstance(scheme, Ed25519KeyedUsigScheme) for scheme in schemes)
+    assert len({node["usig_public_key"] for node in nodes}) == 3
+    assert (tmp_path / "node-1.usig").stat().st_mode & 0o077 == 0
+    usig = Usig.open(schemes[1], 1, DictUsigStore(), lambda: 0)  # type: ignore[arg-type]
+    ui = usig.create_ui(b"m")
+    assert verify_ui(schemes[0], b"m", ui, usig.id())  # type: ignore[arg-type]
+    assert not verify_ui(simulation_scheme(), b"m", ui, usig.id())
+    # A key file that does not match the node's public key is refused at start.
+    (tmp_path / "node-1.usig").write_text(generate_ed25519_key()[0].hex())
+    with pytest.raises(ClusterFileError) as caught:
+        cluster.usig_scheme(1)
+    assert caught.value.field == "nodes[1].usig_key_file"
+
+
+def test_an_hmac_usig_reads_the_shared_key_from_its_file(tmp_path: Path) -> None:
+    path, _ = minbft_file(tmp_path, "hmac")
+    cluster = load_cluster_file(path)
+    assert cluster.usig == "hmac"
+    assert cluster.usig_secret == bytes.fromhex((tmp_path / "usig.secret").read_text().strip())
+    assert cluster.usig_secret != cluster.secret
+    assert isinstance(cluster.usig_scheme(0), HmacUsigScheme)
+
+
+def test_a_minbft_file_without_usig_keys_is_refused(tmp_path: Path) -> None:
+    path, _ = minbft_file(tmp_path, "ed25519")
+    text = path.read_text()
+    without = text.replace('[usig]\nkind = "ed25519"\n', "")
+    for bad, field_name in ((without, "usig"),
+                            (text.replace('usig_key_file = "node-2.usig"\n', ""),
+                             "nodes[2].usig_key_file"),
+                            (text.replace('kind = "ed25519"', 'kind = "rot13"'), "usig.kind"),
+                            (EXAMPLE + '\n[usig]\nkind = "ed25519"\n', "usig")):
+        with pytest.raises(ClusterFileError) as caught:
+            load_cluster_file(write(tmp_path, bad))
+        assert caught.value.field == field_name
+    assert load_cluster_file(write(tmp_path, EXAMPLE)).usig_scheme(0) is None
+
+
+def test_a_minbft_node_certifies_with_the_configured_usig(tmp_path: Path) -> None:
+    # As the live host builds it (replicaio.runtime.host): the scheme reaches MinBFT.
+    path, _ = minbft_file(tmp_path, "ed25519")
+    cluster = load_cluster_file(path)
+    scheme = cluster.usig_scheme(2)
+    node = Node(2, cluster.cluster_config(), protocol_factory(cluster.protocol),
+                signer=cluster.signer(2), usig_scheme=scheme)
+    node.start({})
+    node.run()  # its first step, as the host runs it
+    minbft = minbft_of(node.protocol)
+    assert minbft is not None and minbft.scheme is scheme
+    usig = minbft.usig
+    assert usig is not None
+    ui = usig.create_ui(b"m")
+    assert verify_ui(cluster.usig_scheme(0), b"m", ui, usig.id())  # type: ignore[arg-type]
+    assert not verify_ui(simulation_scheme(), b"m", ui, usig.id())

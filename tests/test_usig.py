@@ -14,6 +14,7 @@ from replicaio.core.signing import SIMULATION_SECRET
 from replicaio.protocols.minbft.usig import (
     UI,
     USIG_SIMULATION_SECRET,
+    Ed25519KeyedUsigScheme,
     Ed25519UsigScheme,
     HmacUsigScheme,
     Usig,
@@ -25,6 +26,7 @@ from replicaio.protocols.minbft.usig import (
     verify_ui,
     verify_ui_digest,
 )
+from replicaio.runtime.crypto import generate_ed25519_key
 from replicaio.storage.memory import MemoryStorage
 
 SCHEMES: dict[str, Callable[[], UsigScheme]] = {
@@ -221,3 +223,37 @@ def test_verify_ui_digest_checks_stubs(scheme: UsigScheme) -> None:
     assert verify_ui_digest(scheme, message_digest(b"m"), ui, usig.id())
     assert not verify_ui_digest(scheme, message_digest(b"n"), ui, usig.id())
     assert not verify_ui_digest(scheme, b"short", ui, usig.id())
+
+
+def keyed_schemes(n: int) -> list[Ed25519KeyedUsigScheme]:
+    keys = [generate_ed25519_key() for _ in range(n)]
+    publics = {replica: public for replica, (_, public) in enumerate(keys)}
+    return [Ed25519KeyedUsigScheme(replica, private, publics)
+            for replica, (private, _) in enumerate(keys)]
+
+
+def test_per_replica_ed25519_keys_verify_across_replicas_and_refuse_others() -> None:
+    schemes = keyed_schemes(3)
+    usigs = [new_usig(scheme, replica=replica) for replica, scheme in enumerate(schemes)]
+    uis = [usig.create_ui(b"m") for usig in usigs]
+    for verifier in schemes:
+        for replica, ui in enumerate(uis):
+            assert verify_ui(verifier, b"m", ui, UsigId(replica=replica, epoch=0))
+            assert not verify_ui(verifier, b"m", ui, UsigId(replica=(replica + 1) % 3, epoch=0))
+            assert not verify_ui(verifier, b"n", ui, UsigId(replica=replica, epoch=0))
+            assert not verify_ui(verifier, b"m", ui, UsigId(replica=replica, epoch=1))
+    # A replica's key cannot certify for another replica, and one not listed is unknown.
+    assert not verify_ui(schemes[0], b"m", uis[0], UsigId(replica=7, epoch=0))
+    # A whole other cluster's keys (same replica ids) certify nothing here.
+    stranger = new_usig(keyed_schemes(3)[1], replica=1).create_ui(b"m")
+    assert not verify_ui(schemes[0], b"m", stranger, UsigId(replica=1, epoch=0))
+
+
+def test_per_replica_ed25519_keys_are_checked_up_front() -> None:
+    (private, public), (_, other) = generate_ed25519_key(), generate_ed25519_key()
+    with pytest.raises(ConfigError):
+        Ed25519KeyedUsigScheme(0, private, {0: other, 1: public})
+    with pytest.raises(ConfigError):
+        Ed25519KeyedUsigScheme(0, private, {0: public, 1: b"short"})
+    with pytest.raises(ConfigError):
+        Ed25519KeyedUsigScheme(0, private[:31], {0: public})

@@ -465,6 +465,12 @@ class Context:
         """This node's signer (configuration of the node, never a key)."""
         return self.node.signer
 
+    @property
+    def usig_scheme(self) -> object | None:
+        """The node's trusted-component scheme as configured (MinBFT's USIG), or
+        ``None`` for the protocol's simulation scheme."""
+        return self.node.usig_scheme
+
     def sign(self, data: bytes) -> bytes:
         """This node's signature of ``data``: deterministic, checkable by any node."""
         return self.node.signer.sign(data)

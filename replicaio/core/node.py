@@ -144,6 +144,7 @@ class Node:
         params: NodeParams | None = None,
         codec: Codec | None = None,
         signer: Signer | None = None,
+        usig_scheme: object | None = None,
     ) -> None:
         config.validate()
         if node_id not in config.nodes:
@@ -158,6 +159,10 @@ class Node:
         self.signer: Signer = signer or simulation_signer(node_id, config.n)
         if self.signer.node_id != node_id:
             raise ConfigError(f"node {node_id} given the signer of node {self.signer.node_id}")
+        # The trusted component's certificates for protocols that have one (MinBFT's
+        # UsigScheme, from the cluster file's [usig]); None: the protocol's simulation
+        # scheme. Opaque to the core.
+        self.usig_scheme = usig_scheme
         self.protocol_factory = protocol
         self.scheduler = Scheduler(choose)
         self.effects = Effects()

@@ -38,6 +38,7 @@ from replicaio.runtime.config import (
     ClusterFile,
     load_cluster_file,
     render_cluster_file,
+    write_usig_keys,
 )
 
 EXIT_OK = 0
@@ -251,7 +252,7 @@ def write_local_cluster(directory: Path, args: argparse.Namespace) -> None:
             node["key_file"] = f"node-{node_id}.key"
             node["public_key"] = public.hex()
         nodes.append(node)
-    sections: dict[str, dict[str, Any]] = {}
+    sections = write_usig_keys(directory, args.protocol, nodes)
     if args.no_fsync:
         sections["host"] = {"fsync": False}
     text = render_cluster_file(

@@ -15,8 +15,11 @@ keys), ``[node]`` (the core's :class:`~replicaio.core.node.NodeParams`),
 ``[service]`` (the client service's own parameters, checked by the service;
 see ``replicaio.runtime.client``), ``[tls]`` (mutual TLS: ``ca_file``, ``peer``,
 ``client``, ``handshake_timeout_ms``, ``handshakes_pending_max``; each node then
-names its ``tls_cert`` and ``tls_key``; see ``replicaio.runtime.tls``), and one
-``[[nodes]]`` table per node.
+names its ``tls_cert`` and ``tls_key``; see ``replicaio.runtime.tls``), ``[usig]``
+(required by protocols with a trusted component, MinBFT: ``kind = "ed25519"``,
+each node naming its ``usig_key_file`` and ``usig_public_key``, or ``kind =
+"hmac"`` with a ``secret_file`` shared by the trusted components; see
+docs/minbft.md, *Live*), and one ``[[nodes]]`` table per node.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from replicaio.runtime.crypto import (
 from replicaio.runtime.tls import TlsConfig
 
 AUTH_KINDS = ("hmac", "ed25519")
+USIG_KINDS = ("ed25519", "hmac")
+USIG_SECRET_FILE = "usig.secret"
 
 
 class ClusterFileError(ConfigError):
@@ -180,6 +185,8 @@ class NodeEntry:
     public_key: bytes | None = None
     tls_cert: Path | None = None  # PEM certificate of urn:replicaio:node:<id>
     tls_key: Path | None = None  # its private key
+    usig_key_file: Path | None = None  # its USIG's Ed25519 private key (hex)
+    usig_public_key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +205,29 @@ class ClusterFile:
     path: Path | None = None
     service_params: dict[str, Any] = field(default_factory=dict)  # [service], checked by it
     tls: TlsSection | None = None
+    usig: str | None = None  # the [usig] kind
+    usig_secret: bytes | None = None  # kind hmac: the trusted components' shared key
+
+    def usig_scheme(self, node_id: int) -> object | None:
+        """This node's USIG certificates (``replicaio.protocols.minbft.usig``):
+        ``None`` without a ``[usig]`` table (a protocol without a trusted
+        component). Reads the node's USIG key file."""
+        from replicaio.protocols.minbft.usig import Ed25519KeyedUsigScheme, HmacUsigScheme
+
+        if self.usig is None:
+            return None
+        if self.usig == "hmac":
+            assert self.usig_secret is not None
+            return HmacUsigScheme(self.usig_secret)
+        entry = self.node(node_id)
+        field_name = f"nodes[{node_id}].usig_key_file"
+        assert entry.usig_key_file is not None  # checked at parse
+        private = read_hex_file(entry.usig_key_file, field_name, self.path)
+        publics = {node.id: node.usig_public_key or b"" for node in self.nodes}
+        try:
+            return Ed25519KeyedUsigScheme(node_id, private, publics)
+        except ConfigError as error:
+            raise ClusterFileError(field_name, str(error), self.path) from error
 
     def tls_config(self, node_id: int) -> TlsConfig | None:
         """This node's TLS settings, ``None`` without a ``[tls]`` table."""
@@ -285,7 +315,7 @@ def load_cluster_file(path: str | Path) -> ClusterFile:
 def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None) -> ClusterFile:
     """Validate a parsed cluster file (``base`` resolves relative paths)."""
     check_keys(data, "", {"protocol", "auth", "node", "transport", "host", "service", "nodes",
-                          "tls"})
+                          "tls", "usig"})
     protocol_table = table(data, "protocol", required=True)
     check_keys(protocol_table, "protocol", {"name", "f", "params"})
     protocol = string(protocol_table, "name", "protocol.name", required=True)
@@ -310,8 +340,11 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
 
     check_service_params(host.client_service, service_params)
     tls = parse_tls(table(data, "tls"), nodes, base) if "tls" in data else None
+    usig, usig_secret = parse_usig(data, nodes, base, resilience)
     return ClusterFile(
         tls=tls,
+        usig=usig,
+        usig_secret=usig_secret,
         protocol=protocol,
         f=f,
         nodes=nodes,
@@ -367,7 +400,8 @@ def parse_nodes(raw: Any, base: Path) -> tuple[NodeEntry, ...]:
         if not isinstance(item, dict):
             raise ClusterFileError(where, "must be a table")
         check_keys(item, where, {"id", "peer", "client", "data_dir", "metrics", "key_file",
-                                 "public_key", "tls_cert", "tls_key"})
+                                 "public_key", "tls_cert", "tls_key", "usig_key_file",
+                                 "usig_public_key"})
         node_id = integer(item, "id", f"{where}.id", required=True, minimum=0)
         if node_id in entries:
             raise ClusterFileError(f"{where}.id", f"node {node_id} is listed twice")
@@ -381,6 +415,8 @@ def parse_nodes(raw: Any, base: Path) -> tuple[NodeEntry, ...]:
             public_key=optional_hex(item, "public_key", f"{where}.public_key"),
             tls_cert=optional_path(item, "tls_cert", f"{where}.tls_cert", base),
             tls_key=optional_path(item, "tls_key", f"{where}.tls_key", base),
+            usig_key_file=optional_path(item, "usig_key_file", f"{where}.usig_key_file", base),
+            usig_public_key=optional_hex(item, "usig_public_key", f"{where}.usig_public_key"),
         )
         for kind, endpoint in (("peer", entry.peer), ("client", entry.client),
                                ("metrics", entry.metrics)):
@@ -426,6 +462,77 @@ def parse_tls(values: dict[str, Any], nodes: tuple[NodeEntry, ...], base: Path) 
         handshakes_pending_max=integer(values, "handshakes_pending_max",
                                        "tls.handshakes_pending_max", default=64, minimum=1),
     )
+
+
+def parse_usig(
+    data: dict[str, Any], nodes: tuple[NodeEntry, ...], base: Path, resilience: Resilience
+) -> tuple[str | None, bytes | None]:
+    """The ``[usig]`` table: required by (and only by) protocols with a trusted
+    component, so a MinBFT cluster never runs on the public simulation key."""
+    trusted = resilience is Resilience.BYZANTINE_TRUSTED
+    if "usig" not in data:
+        if trusted:
+            raise ClusterFileError("usig", "this protocol needs a [usig] table (its trusted "
+                                   "component's keys; kv up writes one)")
+        return None, None
+    if not trusted:
+        raise ClusterFileError("usig", "this protocol has no trusted component")
+    values = table(data, "usig")
+    check_keys(values, "usig", {"kind", "secret_file"})
+    kind = string(values, "kind", "usig.kind", required=True)
+    if kind not in USIG_KINDS:
+        raise ClusterFileError("usig.kind", f"must be one of {', '.join(USIG_KINDS)}")
+    if kind == "ed25519":
+        if "secret_file" in values:
+            raise ClusterFileError("usig.secret_file", "only for kind = \"hmac\"")
+        for entry in nodes:
+            where = f"nodes[{entry.id}]"
+            if entry.usig_key_file is None:
+                raise ClusterFileError(f"{where}.usig_key_file", "ed25519 USIGs need it")
+            if entry.usig_public_key is None or len(entry.usig_public_key) != ED25519_KEY_BYTES:
+                raise ClusterFileError(f"{where}.usig_public_key", "needs 32 bytes of hex")
+        return kind, None
+    secret_path = optional_path(values, "secret_file", "usig.secret_file", base)
+    if secret_path is None:
+        raise ClusterFileError("usig.secret_file", "an hmac USIG needs the shared key's file")
+    secret = read_hex_file(secret_path, "usig.secret_file", None)
+    if len(secret) < SECRET_BYTES_MIN:
+        raise ClusterFileError("usig.secret_file", f"must hold at least {SECRET_BYTES_MIN} bytes")
+    return kind, secret
+
+
+def write_usig_keys(
+    directory: Path, protocol: str, nodes: list[dict[str, Any]], kind: str = "ed25519"
+) -> dict[str, dict[str, Any]]:
+    """For a protocol with a trusted component: write its USIG keys into
+    ``directory`` (mode 0600), add each node's ``usig_key_file`` /
+    ``usig_public_key`` to ``nodes`` and return the ``[usig]`` section;
+    ``{}`` for any other protocol."""
+    import os
+    import secrets
+
+    from replicaio.runtime.crypto import generate_ed25519_key
+
+    if protocol_factory(protocol).resilience is not Resilience.BYZANTINE_TRUSTED:
+        return {}
+    if kind not in USIG_KINDS:
+        raise UsageError(f"--usig must be one of {', '.join(USIG_KINDS)}")
+
+    def private(name: str, text: str) -> None:
+        descriptor = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+
+    if kind == "hmac":
+        private(USIG_SECRET_FILE, secrets.token_hex(32) + "\n")
+        return {"usig": {"kind": "hmac", "secret_file": USIG_SECRET_FILE}}
+    for node in nodes:
+        key, public = generate_ed25519_key()
+        name = f"node-{node['id']}.usig"
+        private(name, key.hex() + "\n")
+        node["usig_key_file"] = name
+        node["usig_public_key"] = public.hex()
+    return {"usig": {"kind": "ed25519"}}
 
 
 def parse_auth(

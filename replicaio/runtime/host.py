@@ -197,6 +197,7 @@ class NodeHost:
             params=cluster.node_params,
             codec=Codec(),
             signer=cluster.signer(self.node_id),
+            usig_scheme=cluster.usig_scheme(self.node_id),
         )
         if self.event_log_path is not None:
             self.open_event_log()

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from replicaio.runtime.client import StreamClient
-from replicaio.runtime.config import ClusterFile, load_cluster_file, render_cluster_file
+from replicaio.runtime.config import (
+    ClusterFile,
+    load_cluster_file,
+    render_cluster_file,
+    write_usig_keys,
+)
 
 LOOPBACK = "127.0.0.1"
 
@@ -76,6 +81,7 @@ class LocalCluster:
         loops: tuple[str, ...] = ("auto",),
         tls: bool = False,
         auth: str = "hmac",
+        usig: str = "ed25519",
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -110,6 +116,7 @@ class LocalCluster:
 
             init_certs(directory / "certs", nodes)
             sections = {**(sections or {}), "tls": {"ca_file": "certs/ca.pem"}}
+        sections = {**(sections or {}), **write_usig_keys(directory, protocol, tables, usig)}
         self.config_path = directory / "cluster.toml"
         self.config_path.write_text(
             render_cluster_file(protocol=protocol, nodes=tables, auth=auth, f=f,

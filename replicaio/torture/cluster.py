@@ -23,7 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replicaio.runtime.config import ClusterFile, load_cluster_file, render_cluster_file
+from replicaio.runtime.config import (
+    ClusterFile,
+    load_cluster_file,
+    render_cluster_file,
+    write_usig_keys,
+)
 from replicaio.torture.network import Testbed
 from replicaio.torture.workload import ClientCertificate, Endpoint
 
@@ -93,6 +98,7 @@ class NamespacedCluster:
                 key_file.chmod(0o600)
                 table["key_file"] = key_file.name
                 table["public_key"] = public.hex()
+        sections = {**sections, **write_usig_keys(directory, protocol, tables)}
         self.config_path = directory / "cluster.toml"
         self.config_path.write_text(render_cluster_file(
             protocol=protocol, nodes=tables, auth=auth,

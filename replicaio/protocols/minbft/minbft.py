@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Coroutine
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from msgspec.structs import replace
 
@@ -105,7 +105,8 @@ class Minbft:
         self.id = context.id
         self.n = context.n
         self.f = context.f
-        self.scheme = scheme or simulation_scheme()
+        configured = cast("UsigScheme | None", context.usig_scheme)
+        self.scheme = scheme or configured or simulation_scheme()
         self.view = 0
         self.active = True
         self.stable_seq = 0

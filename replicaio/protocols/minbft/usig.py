@@ -191,6 +191,48 @@ class Ed25519UsigScheme:
         return True
 
 
+class Ed25519KeyedUsigScheme:
+    """Ed25519 with one key pair per replica, as a live cluster configures it
+    (the cluster file's ``[usig] kind = "ed25519"``): this replica's private key
+    (read from its own key file, never from the cluster file) and every
+    replica's public key. It certifies only for its own replica (anything else
+    is our bug); any epoch of a replica is checked against that replica's
+    public key, the epoch being inside what is signed. The software stand-in
+    for a key born in the replica's enclave: whoever reads the key file can mint
+    UIs (docs/minbft.md, *Live*)."""
+
+    __slots__ = ("private", "publics", "replica")
+
+    name = "ed25519"
+
+    def __init__(self, replica: int, private_key: bytes, public_keys: dict[int, bytes]) -> None:
+        if len(private_key) != 32:
+            raise ConfigError("a USIG Ed25519 private key is 32 raw bytes")
+        self.replica = replica
+        self.private = Ed25519PrivateKey.from_private_bytes(private_key)
+        if public_keys.get(replica) != self.private.public_key().public_bytes_raw():
+            raise ConfigError(f"replica {replica}: USIG private key does not match its public key")
+        self.publics: dict[int, Ed25519PublicKey] = {}
+        for peer, raw in public_keys.items():
+            if len(raw) != 32:
+                raise ConfigError(f"replica {peer}: a USIG Ed25519 public key is 32 raw bytes")
+            self.publics[peer] = Ed25519PublicKey.from_public_bytes(raw)
+
+    def certify(self, usig: UsigId, counter: int, digest: bytes) -> bytes:
+        assert usig.replica == self.replica, "a USIG certifies for its own replica only"
+        return self.private.sign(certified_bytes(usig, counter, digest))
+
+    def check(self, usig: UsigId, counter: int, digest: bytes, certificate: bytes) -> bool:
+        public = self.publics.get(usig.replica) if valid_usig_id(usig) else None
+        if public is None or not isinstance(certificate, bytes) or len(certificate) != 64:
+            return False
+        try:
+            public.verify(certificate, certified_bytes(usig, counter, digest))
+        except InvalidSignature:
+            return False
+        return True
+
+
 def simulation_scheme() -> UsigScheme:
     """The scheme of simulated runs (fast, deterministic, under the public
     simulation secret: see the module docstring)."""

@@ -64,6 +64,7 @@ from replicaio.runtime.config import (
     load_cluster_file,
     protocol_with_params,
     render_cluster_file,
+    write_usig_keys,
 )
 
 PROBE_KEY = b"replicaio:kv-up-probe"
@@ -89,6 +90,9 @@ def add_kv_commands(commands: Any) -> None:
     up.add_argument("--auth", choices=("hmac", "ed25519"), default=None,
                     help="node keys (default: ed25519 for Byzantine fault tolerant protocols, "
                     "whose clients sign with Ed25519 too; hmac otherwise)")
+    up.add_argument("--usig", choices=("ed25519", "hmac"), default=None,
+                    help="the trusted USIG's keys, for MinBFT: ed25519 (default; a key pair "
+                    "per node) or hmac (one key shared by the trusted components)")
     up.add_argument("--no-metrics", action="store_true", help="no Prometheus endpoints")
     up.add_argument("--no-fsync", action="store_true", help="skip fsync (throwaway clusters)")
     up.add_argument("--event-logs", action="store_true", help="record D/node-I.events")
@@ -292,6 +296,8 @@ def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
         for node in nodes:
             node["tls_cert"] = f"certs/node-{node['id']}.pem"
             node["tls_key"] = f"certs/node-{node['id']}.key"
+    sections.update(write_usig_keys(directory, args.protocol, nodes,
+                                    getattr(args, "usig", None) or "ed25519"))
     text = render_cluster_file(
         protocol=args.protocol.partition(":")[0], nodes=nodes, auth=auth,
         secret_file=SECRET_FILE if auth == "hmac" else None, sections=sections,
