@@ -49,6 +49,7 @@ from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, Broadcast
 from replicaio.protocols.minbft import messages as minbft_messages
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.params import MinbftParams
+from replicaio.protocols.minbft.usig import Ed25519KeyedUsigScheme, HmacUsigScheme, UsigScheme
 from replicaio.protocols.pbft import messages as pbft_messages
 from replicaio.protocols.pbft.params import PbftParams
 from replicaio.protocols.pbft.pbft import Pbft
@@ -331,6 +332,21 @@ def minbft_wire() -> ModuleType:
     """MinBFT's wire messages, for its simulator behaviours
     (``replicaio.sim.minbft_adversary``)."""
     return minbft_messages
+
+
+def usig_scheme(
+    kind: str, replica: int, secret: bytes | None, private: bytes | None,
+    publics: Mapping[int, bytes],
+) -> UsigScheme:
+    """A live node's USIG certificates (the cluster file's ``[usig]``): ``hmac``
+    under the trusted components' shared ``secret``; ``ed25519`` with this
+    replica's ``private`` key and every replica's public key. Raises
+    ``ConfigError`` on keys that do not fit."""
+    if kind == "hmac":
+        assert secret is not None
+        return HmacUsigScheme(secret)
+    assert kind == "ed25519" and private is not None
+    return Ed25519KeyedUsigScheme(replica, private, dict(publics))
 
 
 def minbft_of(protocol: Any) -> Minbft | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from replicaio.assembly import SERVICES as REPLICATED_SERVICES
-from replicaio.assembly import TRANSACTIONAL, protocol_factory, protocol_names
+from replicaio.assembly import TRANSACTIONAL, protocol_factory, protocol_names, usig_scheme
 from replicaio.core.codec import FRAME_BYTES_MAX_DEFAULT
 from replicaio.core.config import NODES_MAX, ClusterConfig, Resilience
 from replicaio.core.errors import ConfigError, UsageError
@@ -212,20 +212,17 @@ class ClusterFile:
         """This node's USIG certificates (``replicaio.protocols.minbft.usig``):
         ``None`` without a ``[usig]`` table (a protocol without a trusted
         component). Reads the node's USIG key file."""
-        from replicaio.protocols.minbft.usig import Ed25519KeyedUsigScheme, HmacUsigScheme
-
         if self.usig is None:
             return None
         if self.usig == "hmac":
-            assert self.usig_secret is not None
-            return HmacUsigScheme(self.usig_secret)
+            return usig_scheme("hmac", node_id, self.usig_secret, None, {})
         entry = self.node(node_id)
         field_name = f"nodes[{node_id}].usig_key_file"
         assert entry.usig_key_file is not None  # checked at parse
         private = read_hex_file(entry.usig_key_file, field_name, self.path)
         publics = {node.id: node.usig_public_key or b"" for node in self.nodes}
         try:
-            return Ed25519KeyedUsigScheme(node_id, private, publics)
+            return usig_scheme("ed25519", node_id, None, private, publics)
         except ConfigError as error:
             raise ClusterFileError(field_name, str(error), self.path) from error
 
