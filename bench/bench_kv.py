@@ -799,8 +799,8 @@ class PbftSystem(ReplicaioSystem):
 
 class MinbftSystem(PbftSystem):
     """The same KV store on MinBFT, n = 3 (f = 1: the USIG's hybrid model), clients
-    on the RESP port of view 0's primary. Live, the USIG is the software stand-in
-    (docs/minbft.md)."""
+    on the RESP port of view 0's primary. Live, the USIG is software with a per-node
+    Ed25519 key ([usig] in the cluster file, docs/minbft.md)."""
 
     name = "replicaio-minbft"
     nodes = 3
