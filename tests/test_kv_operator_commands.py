@@ -1,7 +1,8 @@
 """The operator's commands on a real KV cluster (issue 8, section 3): ``kv up --node I``
 (re)starts one node, ``kv down`` stops every node of the cluster however it was
 started (a node started by hand with a relative ``--config`` included), and the
-nodes' logs say when a leader is elected, with ISO timestamps.
+nodes' logs say when a leader is elected and when a term changes, with ISO
+timestamps.
 """
 
 from __future__ import annotations
@@ -97,3 +98,7 @@ def test_kv_up_one_node_kv_down_every_node_and_operator_logs(tmp_path: Path) -> 
     elected = [event for event in events if event["message"] == "leader elected"]
     assert elected and ISO.fullmatch(elected[0]["at"]) and elected[0]["term"] >= 1
     assert any(event["message"] == "voted in a new term" for event in events)
+    # The leader won a term in which some other node did not campaign: it took the
+    # term from a peer, and says so.
+    changed = [event for event in events if event["message"] == "term changed"]
+    assert changed and all(event["term"] > event["previous"] for event in changed)

@@ -8,12 +8,16 @@ also when no write follows), redis-py's ``Lock`` (acquire, contention, release,
 extend, expiry), the keyspace (SCAN with MATCH/COUNT/TYPE, KEYS, DBSIZE, TYPE,
 RENAME, COPY, UNLINK, FLUSHDB), hashes, lists, sets and sorted sets, the string
 commands, WATCH seeing an expiry, INFO's sections, CLIENT LIST/KILL, TIME and
-ROLE, and SET's errors naming the offending option.
+ROLE, SET's errors naming the offending option, and redis-cli's ``--scan``,
+``--bigkeys`` and ``--stat``.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -285,6 +289,45 @@ def test_resp2_clients_get_flat_replies(cluster: LocalCluster) -> None:
     assert old.zrange("r2:z", 0, -1, withscores=True) == [(b"m", 1.5)]
     assert old.smembers("r2:s") == {b"x"}
     old.close()
+
+
+def redis_cli_binary() -> str:
+    found = shutil.which("redis-cli")
+    assert found is not None, "redis-cli is part of the test environment"
+    return found
+
+
+def test_redis_cli_scan_bigkeys_and_stat(cluster: LocalCluster) -> None:
+    """The tools operators point at a Redis: ``redis-cli --scan``, ``--bigkeys``
+    (SCAN, TYPE and the length commands) and ``--stat`` (INFO), against the
+    node a client did not write through."""
+    redis_cli = redis_cli_binary()
+    writer = connect(port_of(cluster, 0))
+    writer.set("cli:string", "x" * 70_000)
+    writer.rpush("cli:list", *range(9))
+    writer.hset("cli:hash", mapping={"a": "1", "b": "2"})
+    writer.close()
+    port = str(port_of(cluster, 1))
+    scan = subprocess.run([redis_cli, "-p", port, "--scan", "--pattern", "cli:*"],
+                          capture_output=True, timeout=30, check=True)
+    assert sorted(scan.stdout.decode().split()) == ["cli:hash", "cli:list", "cli:string"]
+    big = subprocess.run([redis_cli, "-p", port, "--bigkeys"], capture_output=True,
+                         timeout=60, check=True).stdout.decode()
+    assert "-------- summary -------" in big
+    assert "Biggest string found '\"cli:string\"' has 70000 bytes" in big
+    assert re.search(r"Biggest +list found '\"[^\"]+\"' has \d+ items", big)
+    # --stat prints a line of INFO's figures every interval, until stopped.
+    stat = subprocess.Popen(["stdbuf", "-o0", redis_cli, "-p", port, "--stat", "-i", "0.2"],
+                            stdout=subprocess.PIPE)
+    try:
+        assert stat.stdout is not None
+        lines = [stat.stdout.readline().decode() for _ in range(4)]
+    finally:
+        stat.kill()
+        stat.wait(timeout=10)
+    assert lines[1].split()[:5] == ["keys", "mem", "clients", "blocked", "requests"]
+    keys, _, clients, blocked = lines[2].split()[:4]
+    assert int(keys) >= 3 and int(clients) >= 1 and blocked == "0"
 
 
 def test_ctl_status_and_health(cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:

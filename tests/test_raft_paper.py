@@ -28,6 +28,7 @@ from replicaio.protocols.raft import (
     RaftParams,
     RequestVote,
     Role,
+    TermChanged,
 )
 
 NO_LEASE = dataclasses.replace(FAST_PARAMS, check_quorum=False)
@@ -577,3 +578,21 @@ def test_5_2_h_a_leader_is_a_scope_of_one_task_per_peer_cancelled_by_stepping_do
     assert scope.cancelled
     assert all(task.done for task in tasks)
     assert len(cluster.timer_tokens[0]) < timers_before  # their timers went with them
+
+
+def test_5_1_x_a_node_reports_each_term_it_adopts_from_a_peer() -> None:
+    """Operators see term changes (issue 8): a node that hears of a higher term
+    from a peer reports it (a live node logs "term changed")."""
+    cluster = Cluster(3)
+    cluster.start()
+    term = cluster.elect(0)
+    changed = [out for _, _, out in cluster.outputs if isinstance(out, TermChanged)]
+    assert {out.node for out in changed if out.term == term} == {1, 2}
+    assert all(out.previous < out.term for out in changed)
+    cluster.crash(0)
+    later = cluster.elect(1)
+    again = [out for _, _, out in cluster.outputs
+             if isinstance(out, TermChanged) and out.term == later]
+    assert {out.node for out in again} - {1} == {2}
+    assert all(out.previous >= term for out in again)
+    cluster.assert_safe()

@@ -54,6 +54,8 @@ from replicaio.protocols.raft.messages import (
     RequestVoteResponse,
     Restarted,
     SnapshotInstalled,
+    SnapshotTaken,
+    TermChanged,
     TimeoutNow,
     Voted,
 )
@@ -143,6 +145,11 @@ def format_raft_output(output: Any) -> str:
         )
     if kind is Voted:
         return f"voted t{output.term} for {output.candidate}"
+    if kind is TermChanged:
+        led = f", led by {output.leader}" if output.leader >= 0 else ""
+        return f"term t{output.term} (from t{output.previous}){led}"
+    if kind is SnapshotTaken:
+        return f"snapshot taken {output.index} (t{output.term}), {output.size} bytes"
     if kind is FollowerLogRegressed:
         return (
             f"follower {output.follower}'s log went back: it had acknowledged "

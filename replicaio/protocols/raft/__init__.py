@@ -57,7 +57,7 @@ A crash may keep only a prefix of a step's writes; ``state.py`` orders
 every write sequence so that each prefix is a consistent state.
 
 Observability. Checkers (``replicaio.check.raft``) read typed outputs:
-``Restarted`` (the recovered term, vote and log end), ``Voted``,
+``Restarted`` (the recovered term, vote and log end), ``Voted``, ``TermChanged``,
 ``BecameLeader`` (with the shape of the leader's log), ``LeaderCommitted``,
 ``Applied`` (with a digest chaining the log prefix), ``SnapshotTaken``,
 ``SnapshotInstalled``,
@@ -96,6 +96,7 @@ from replicaio.protocols.raft.messages import (
     Restarted,
     SnapshotInstalled,
     SnapshotTaken,
+    TermChanged,
     TimeoutNow,
     Voted,
 )
@@ -129,6 +130,7 @@ __all__ = [
     "Role",
     "SnapshotInstalled",
     "SnapshotTaken",
+    "TermChanged",
     "TimeoutNow",
     "Voted",
 ]

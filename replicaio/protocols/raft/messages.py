@@ -216,6 +216,18 @@ class FollowerLogRegressed(Message, tag="raft.FollowerLogRegressed"):
     last_index_hint: int
 
 
+@operator_event("term changed")
+class TermChanged(Message, tag="raft.TermChanged"):
+    """``node`` adopted ``term`` (from ``previous``) on hearing of it from a peer
+    (a vote it then casts is a separate ``Voted``); ``leader``: that peer, if it
+    leads the term, else -1. Emitted once the new term is durable."""
+
+    node: int
+    term: int
+    previous: int
+    leader: int
+
+
 @operator_event("voted in a new term")
 class Voted(Message, tag="raft.Voted"):
     """``node`` cast its vote of ``term`` for ``candidate`` (itself, as a

@@ -35,6 +35,7 @@ from replicaio.protocols.raft.messages import (
     RequestVote,
     RequestVoteResponse,
     Restarted,
+    TermChanged,
     TimeoutNow,
 )
 from replicaio.protocols.raft.params import RaftParams
@@ -254,8 +255,10 @@ class Raft:
         """Adopt ``term`` (a new term clears the vote) and follow ``leader``."""
         assert term >= self.hard.term
         if term > self.hard.term:
+            previous = self.hard.term
             self.hard.save(term, NO_NODE)
             self.leader_id = NO_NODE
+            self.context.output(TermChanged(self.id, term, previous, leader))
         if leader != NO_NODE:
             self.leader_id = leader
         if self.role is Role.FOLLOWER and not force:
