@@ -1,17 +1,20 @@
 """A cluster of real node processes on 127.0.0.1, for tests and benchmarks.
 
-:class:`LocalCluster` writes a cluster file with free ephemeral ports, starts
-each node as ``python -m replicaio.cli node`` (its own process), and can stop
-(SIGTERM), kill (SIGKILL) and restart any of them with its data directory
-intact. Every run of a node records its own event log
-(``node-I.run-K.events``) and stderr (``node-I.run-K.log``). With ``tls``,
-``certs init`` makes ``directory/certs`` and both ports speak mutual TLS. ``close`` kills
-whatever is still running: use it in a ``finally`` or a fixture finalizer.
+:class:`LocalCluster` writes a cluster file with free ports (below the
+kernel's ephemeral range, see :func:`free_port_block`), starts each node as
+``python -m replicaio.cli node`` (its own process), and can stop (SIGTERM),
+kill (SIGKILL) and restart any of them with its data directory intact. Every
+run of a node records its own event log (``node-I.run-K.events``) and stderr
+(``node-I.run-K.log``). With ``tls``, ``certs init`` makes ``directory/certs``
+and both ports speak mutual TLS. ``close`` kills whatever is still running:
+use it in a ``finally`` or a fixture finalizer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import random
 import socket
 import subprocess
 import sys
@@ -30,40 +33,66 @@ from replicaio.runtime.config import (
 LOOPBACK = "127.0.0.1"
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports that were free on 127.0.0.1 a moment ago."""
-    sockets = []
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux), or
+    the IANA dynamic range elsewhere."""
     try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((LOOPBACK, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def _listen_region() -> range:
+    """Where this process picks listening ports: below the ephemeral range, so
+    that no outgoing connection (ours or another test's) can take a port
+    between our check and the node's bind, and split between pytest-xdist
+    workers so that two workers never hand out the same port."""
+    low, high = _ephemeral_range()
+    start, stop = (10000, low) if low - 10000 >= 4000 else (high + 1, 65536)
+    if stop - start < 4000:
+        return range(1024, 65536)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or "1")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    if workers > 1:
+        width = (stop - start) // workers
+        start = start + (index % workers) * width
+        stop = start + width
+    return range(start, stop)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port_block(count: int) -> int:
-    """A base port whose next ``count`` ports were free on 127.0.0.1 a moment ago
-    (for commands that number their ports from a base; bounded attempts)."""
-    for _ in range(50):
-        base = free_ports(1)[0]
-        if base + count > 65535:
+    """A base port whose next ``count`` ports were free on 127.0.0.1 a moment
+    ago, taken from below the kernel's ephemeral range (see
+    :func:`_listen_region`) at a random place, so that concurrent test runs
+    rarely collide and outgoing connections never do (bounded attempts)."""
+    assert count >= 1
+    region = _listen_region()
+    chooser = random.Random()  # not protocol code: spreading test ports apart
+    for _ in range(200):
+        base = chooser.randrange(region.start, max(region.start + 1, region.stop - count))
+        if base + count > 65536:
             continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sock.bind((LOOPBACK, port))
-                sockets.append(sock)
+        if all(_bindable(port) for port in range(base, base + count)):
             return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError(f"no block of {count} free ports on {LOOPBACK}")
+    raise RuntimeError(f"no block of {count} free ports on {LOOPBACK} in {region}")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that were free on 127.0.0.1 a moment ago, from
+    below the ephemeral range (see :func:`free_port_block`)."""
+    base = free_port_block(count)
+    return list(range(base, base + count))
 
 
 class LocalCluster:
