@@ -32,6 +32,7 @@ built-in protocols, it says why when its own name is asked for
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -43,7 +44,7 @@ from replicaio.check.pbft import PbftChecker
 from replicaio.check.raft import RaftChecker
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context
-from replicaio.core.errors import UsageError
+from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.node import ProtocolFactory
 from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, BroadcastSpec, Instances
 from replicaio.protocols.minbft import messages as minbft_messages
@@ -56,7 +57,7 @@ from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.raft.messages import BecameLeader, ConfigChanged, RaftAdmin
 from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft
-from replicaio.services.kv.state_machine import KeyValueStateMachine
+from replicaio.services.kv.state_machine import KeyValueStateMachine, KvParams
 from replicaio.services.txn.kv_store import KvTxnStore
 from replicaio.services.txn.protocol import TxnFactory, TxnNode
 from replicaio.services.txn.slots import SlotMap
@@ -86,10 +87,14 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "(2f+1 matching unordered answers, else the read again, ordered; writes then need 2f+1 "
     "matching replies too)",
     "groups": "transactional clusters (txn): replicated groups, keys by hash slot (default 3)",
+    "memory": "KvParams.bytes_max in MiB: what the key-value store holds (Redis's maxmemory; "
+    "writes beyond are refused with OOM). Default 512 (Raft), 32 (PBFT, MinBFT: a checkpoint "
+    "must fit one state transfer)",
     "join": "RaftParams.join: 1 on ONE node started on a new, empty disk that replaces a lost "
     "one (set per node: `replicaio kv node --join`)",
 }
 RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary runs
+RAFT_SNAPSHOT_BYTES_CEILING = 8 << 30  # what a follower assembles in memory, at most
 # The broadcast family, correct and deliberately broken.
 BROADCASTS: dict[str, BroadcastSpec] = {**PROTOCOLS, **BROADCAST_VARIANTS}
 
@@ -168,6 +173,38 @@ def smr_constants(
     ).validate()
 
 
+# A BFT cluster's store: its checkpoint state (store, tombstones, sessions) must
+# fit one state transfer (PBFT's and MinBFT's SNAPSHOT_BYTES_MAX, 64 MiB).
+BFT_STORE_BYTES_DEFAULT = 32 << 20
+BFT_TOMBSTONES_MAX = 8192
+BFT_SESSION_RESULTS_BYTES_MAX = 8 << 20
+
+
+def kv_params(parameters: Mapping[str, int], bytes_default: int, **fixed: int) -> KvParams:
+    """The store's bounds: ``memory`` (MiB) from the protocol name's
+    parameters, else ``bytes_default``; cluster constants like SMR's."""
+    memory = parameters.get("memory")
+    bytes_max = bytes_default if memory is None else memory << 20
+    return KvParams(bytes_max=bytes_max, **fixed).validate()
+
+
+def snapshot_bytes_needed(name: str, kv: KvParams, constants: SmrConstants,
+                          carried_max: int) -> int:
+    """What the protocol must carry to a lagging replica for the store and SMR's
+    sessions at their fullest. Raises ``ConfigError`` if that is more than
+    ``carried_max`` (the protocol's own ceiling): such a cluster would work
+    until the store grew that large, then leave every replica that needs a
+    snapshot behind for good, which is worse than refusing the configuration."""
+    needed = constants.snapshot_bytes_bound(kv.snapshot_bytes_bound(), kv.result_bytes_bound())
+    if needed > carried_max:
+        raise ConfigError(
+            f"{name}: a snapshot of the key-value store can reach {needed} bytes (store "
+            f"{kv.bytes_max}, tombstones, sessions), more than the protocol carries to a "
+            f"lagging replica ({carried_max}); lower memory= (MiB)"
+        )
+    return needed
+
+
 def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
     """A builder of Raft + SMR + KV nodes; with ``variant``, of that broken
     variant (``replicaio.testing.variants.raft``)."""
@@ -185,11 +222,15 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
         )
         constants = smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL)
+        kv = kv_params(parameters, KvParams().bytes_max)
+        # A follower accepts a snapshot as large as the store can make one.
+        raft_params = dataclasses.replace(raft_params, snapshot_bytes_max=snapshot_bytes_needed(
+            name, kv, constants, RAFT_SNAPSHOT_BYTES_CEILING))
         return SmrFactory(
             name,
             Resilience.CRASH,
             lambda context: raft_type(context, raft_params),
-            KeyValueStateMachine,
+            functools.partial(KeyValueStateMachine, kv),
             smr_params,
             ordering_path="raft",
             admin_types=(RaftAdmin,),
@@ -240,6 +281,22 @@ PBFT_CHECKPOINT_INTERVAL = 16  # K (and SMR's snapshot interval); L = 2K
 # Bounded so that a VIEW-CHANGE (L batches) and a NEW-VIEW fit in one frame.
 PBFT_COMMAND_BYTES_MAX = 8 * 1024
 PBFT_BATCH_BYTES_MAX = 16 * 1024
+
+
+def bft_constants(parameters: Mapping[str, int], interval: int) -> SmrConstants:
+    """SMR's cluster constants for PBFT and MinBFT: small commands and batches
+    (a VIEW-CHANGE carries L of them in one frame) and session results that
+    fit a checkpoint's state transfer with the store."""
+    return smr_constants(
+        {**parameters, "snapshot": interval}, interval,
+        batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
+        session_results_bytes_max=BFT_SESSION_RESULTS_BYTES_MAX,
+    )
+
+
+def bft_kv_params(parameters: Mapping[str, int]) -> KvParams:
+    """The store's bounds on PBFT and MinBFT (see ``BFT_STORE_BYTES_DEFAULT``)."""
+    return kv_params(parameters, BFT_STORE_BYTES_DEFAULT, tombstones_max=BFT_TOMBSTONES_MAX)
 
 
 def pbft_wire() -> ModuleType:
@@ -297,22 +354,22 @@ def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
     def build(name: str, parameters: Mapping[str, int]) -> ProtocolFactory:
         pbft_type = PBFT_VARIANTS[variant].pbft_type if variant else Pbft
         interval = parameters.get("snapshot", PBFT_CHECKPOINT_INTERVAL) or PBFT_CHECKPOINT_INTERVAL
-        pbft_params = PbftParams(
-            checkpoint_interval=interval, log_size=2 * interval,
-            batch_bytes_max=PBFT_BATCH_BYTES_MAX,
-        ).validate()
         smr_params = SmrParams(
             batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
         )
-        constants = smr_constants(
-            {**parameters, "snapshot": interval}, interval,
-            batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
-        )
+        constants = bft_constants(parameters, interval)
+        kv = bft_kv_params(parameters)
+        pbft_params = PbftParams(
+            checkpoint_interval=interval, log_size=2 * interval,
+            batch_bytes_max=PBFT_BATCH_BYTES_MAX,
+            snapshot_bytes_max=snapshot_bytes_needed(
+                name, kv, constants, pbft_messages.SNAPSHOT_BYTES_MAX),
+        ).validate()
         return SmrFactory(
             name,
             Resilience.BYZANTINE,
             lambda context: pbft_type(context, pbft_params),
-            KeyValueStateMachine,
+            functools.partial(KeyValueStateMachine, kv),
             smr_params,
             ordering_path="pbft",
             constants=constants,
@@ -392,22 +449,22 @@ def build_minbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protoc
         minbft_type = MINBFT_VARIANTS[variant].minbft_type if variant else Minbft
         interval = parameters.get("snapshot", MINBFT_CHECKPOINT_INTERVAL) or \
             MINBFT_CHECKPOINT_INTERVAL
-        minbft_params = MinbftParams(
-            checkpoint_interval=interval, log_size=2 * interval,
-            batch_bytes_max=PBFT_BATCH_BYTES_MAX,
-        ).validate()
         smr_params = SmrParams(
             batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
         )
-        constants = smr_constants(
-            {**parameters, "snapshot": interval}, interval,
-            batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
-        )
+        constants = bft_constants(parameters, interval)
+        kv = bft_kv_params(parameters)
+        minbft_params = MinbftParams(
+            checkpoint_interval=interval, log_size=2 * interval,
+            batch_bytes_max=PBFT_BATCH_BYTES_MAX,
+            snapshot_bytes_max=snapshot_bytes_needed(
+                name, kv, constants, minbft_messages.SNAPSHOT_BYTES_MAX),
+        ).validate()
         return SmrFactory(
             name,
             Resilience.BYZANTINE_TRUSTED,
             lambda context: minbft_type(context, minbft_params),
-            KeyValueStateMachine,
+            functools.partial(KeyValueStateMachine, kv),
             smr_params,
             ordering_path="minbft",
             constants=constants,
@@ -500,7 +557,9 @@ def build_transactional(spec: TransactionalSpec, name: str,
             ordering_footprint_max=functools.partial(pbft_footprint_max, pbft_params, smr_params),
         )
     else:
-        raft_params = RaftParams().validate()
+        # The group's store adds transaction tables to the key-value store: a
+        # follower takes whatever snapshot the leader made (crash faults only).
+        raft_params = RaftParams(snapshot_bytes_max=RAFT_SNAPSHOT_BYTES_CEILING).validate()
         smr_params = SmrParams()
         constants = smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL)
         group_factory = SmrFactory(

@@ -27,6 +27,10 @@ from replicaio.smr.messages import BATCH_REQUESTS_MAX
 BATCH_OVERHEAD_BYTES = 64
 REQUEST_OVERHEAD_BYTES = 48
 AUTHENTICATED_OVERHEAD_BYTES = 48
+# An SMR snapshot around its application state, and each session in it
+# (``replica.encode_snapshot``: headers, the index, four fields per session).
+SNAPSHOT_OVERHEAD_BYTES = 64
+SESSION_OVERHEAD_BYTES = 48
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +43,24 @@ class SmrConstants:
     batch_bytes_max: int = 8 * 1024 * 1024 + 512 * 1024  # encoded batch size
     command_bytes_max: int = 8 * 1024 * 1024 + 128 * 1024  # one client command
     sessions_max: int = 4096  # clients with a remembered last request (LRU eviction)
+    # Their remembered results, in bytes (LRU eviction beyond; the newest stays).
+    session_results_bytes_max: int = 64 * 1024 * 1024
     snapshot_interval: int = 64  # applied batches between snapshots (checkpoints); 0: never
 
     @property
     def items_max(self) -> int:
         """The codec's bound on items in one array or map of a batch or snapshot."""
         return max(16, self.sessions_max, self.batch_requests_max)
+
+    def snapshot_bytes_bound(self, application_bytes_max: int, result_bytes_max: int) -> int:
+        """The most an SMR snapshot takes, encoded, around an application
+        snapshot of at most ``application_bytes_max`` bytes whose results are
+        at most ``result_bytes_max`` bytes each: what a protocol must be able
+        to carry to a lagging replica (``assembly.check_snapshot_fits``)."""
+        sessions = self.sessions_max * SESSION_OVERHEAD_BYTES + max(
+            self.session_results_bytes_max, result_bytes_max
+        )
+        return SNAPSHOT_OVERHEAD_BYTES + application_bytes_max + sessions
 
     @property
     def request_bytes_max(self) -> int:
@@ -55,7 +71,8 @@ class SmrConstants:
 
     def validate(self) -> SmrConstants:
         """Raise :class:`ConfigError` unless every constant is usable."""
-        for name in ("batch_requests_max", "batch_bytes_max", "command_bytes_max", "sessions_max"):
+        for name in ("batch_requests_max", "batch_bytes_max", "command_bytes_max", "sessions_max",
+                     "session_results_bytes_max"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SmrConstants.{name} must be >= 1")
         if self.snapshot_interval < 0:

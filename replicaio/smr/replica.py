@@ -198,7 +198,9 @@ class Replica:
         # Byzantine fault tolerant services: every replica answers every request
         # it executes (clients wait for f+1 matching replies).
         self.reply_all = context.config.resilience in BYZANTINE
-        self.sessions = SessionTable(self.constants.sessions_max)
+        self.sessions = SessionTable(
+            self.constants.sessions_max, self.constants.session_results_bytes_max
+        )
         self.applied = 0  # index of the last applied batch
         self.snapshot_index = 0  # index of the last snapshot taken or restored
         self.pending: deque[Pending] = deque()

@@ -11,8 +11,13 @@ executed and its result (Raft thesis, section 6.3). Applying request
 * ``seq < last``: older than what the client already moved past; nothing is
   executed and nothing is answered (the client no longer waits for it).
 
-The table is bounded by ``sessions_max``. When a new client arrives at a full
-table, the session used least recently (by applied order) is evicted. The
+The table is bounded by ``sessions_max`` sessions and ``results_bytes_max``
+bytes of remembered results. When a new client arrives at a full table, the
+session used least recently (by applied order) is evicted; when the results
+add up to more than ``results_bytes_max``, the least recently used sessions are
+evicted until they fit or only the newest is left (so the table holds at most
+``max(results_bytes_max, one result)`` bytes of results, which bounds a
+replica's memory and its snapshots whatever its clients read). The
 policy depends only on the order of applied requests, which every replica
 shares, so every replica evicts the same sessions at the same index; the
 table, in that order, is part of snapshots. Evictions are counted
@@ -49,14 +54,18 @@ class Session:
 class SessionTable:
     """Per-client last sequence number and result, least recently used first."""
 
-    __slots__ = ("evictions", "sessions", "sessions_max")
+    __slots__ = ("evictions", "result_bytes", "results_bytes_max", "sessions", "sessions_max")
 
-    def __init__(self, sessions_max: int) -> None:
+    def __init__(self, sessions_max: int, results_bytes_max: int = 1 << 62) -> None:
         if sessions_max < 1:
             raise UsageError("sessions_max must be >= 1")
+        if results_bytes_max < 1:
+            raise UsageError("results_bytes_max must be >= 1")
         self.sessions_max = sessions_max
+        self.results_bytes_max = results_bytes_max
         # Insertion order is recency order: the first entry is evicted first.
         self.sessions: dict[int, Session] = {}
+        self.result_bytes = 0  # the remembered results' bytes, in all
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -75,12 +84,20 @@ class SessionTable:
         previous = sessions.pop(client, None)
         assert previous is None or seq > previous.last_seq, "a session only moves forward"
         assert previous is None or index >= previous.last_index
+        if previous is not None:
+            self.result_bytes -= len(previous.result)
         if previous is None and len(sessions) >= self.sessions_max:
-            oldest = next(iter(sessions))
-            del sessions[oldest]
-            self.evictions += 1
+            self._evict_oldest()
         sessions[client] = Session(seq, result, index)
+        self.result_bytes += len(result)
+        while self.result_bytes > self.results_bytes_max and len(sessions) > 1:
+            self._evict_oldest()
         assert len(sessions) <= self.sessions_max
+
+    def _evict_oldest(self) -> None:
+        oldest = next(iter(self.sessions))
+        self.result_bytes -= len(self.sessions.pop(oldest).result)
+        self.evictions += 1
 
     def records(self) -> list[SessionRecord]:
         """The table as plain records, in eviction order (for snapshots)."""
@@ -97,8 +114,16 @@ class SessionTable:
                 f"snapshot holds {len(records)} sessions, over sessions_max={self.sessions_max}"
             )
         sessions: dict[int, Session] = {}
+        result_bytes = 0
         for client, last_seq, result, last_index in records:
             if client in sessions:
                 raise UsageError(f"snapshot holds client {client} twice")
             sessions[client] = Session(last_seq, result, last_index)
+            result_bytes += len(result)
+        if result_bytes > self.results_bytes_max and len(sessions) > 1:
+            raise UsageError(
+                f"snapshot holds {result_bytes} bytes of session results, over "
+                f"results_bytes_max={self.results_bytes_max}"
+            )
         self.sessions = sessions
+        self.result_bytes = result_bytes

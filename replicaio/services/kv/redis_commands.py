@@ -213,8 +213,8 @@ _KV_ERRORS: Final = {
     "value_too_large": f"ERR value too large (at most {KV_PARAMS.value_bytes_max} bytes)",
     "key_too_large": f"ERR key too large (at most {KV_PARAMS.key_bytes_max} bytes)",
     "full": (
-        f"OOM the store is full ({KV_PARAMS.keys_max} keys or {KV_PARAMS.bytes_max} bytes, its "
-        "limits); new data is refused"
+        "OOM the store is full (its keys_max keys, or maxmemory bytes as INFO memory shows: "
+        "the protocol's memory= parameter); new data is refused"
     ),
     "result_too_large": (
         f"ERR reply too large: the values read exceed {KV_PARAMS.result_bytes_max} bytes "

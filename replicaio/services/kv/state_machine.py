@@ -162,6 +162,8 @@ ERROR: Final = "error"
 
 
 RESULT_OVERHEAD_BYTES: Final = 16  # a result's envelope around its value, at most
+SNAPSHOT_HEADER_BYTES: Final = 256  # a snapshot's format, version, counters and array headers
+TOMBSTONE_OVERHEAD_BYTES: Final = 16  # a tombstone's encoding beyond its key's bytes
 # A string value (or one field, element or member), at most: Redis's own limit is
 # 512 MB; this one keeps a value, its command and its batch within one log entry,
 # one peer message and one WAL record (docs/kv.md, "Large values").
@@ -213,6 +215,22 @@ class KvParams:
                 f"({self.key_bytes_max} + {self.value_bytes_max})"
             )
         return self
+
+    def snapshot_bytes_bound(self) -> int:
+        """The most :meth:`KeyValueStateMachine.snapshot` takes, encoded: the
+        counted bytes (``bytes_max``; ``values.KEY_OVERHEAD_BYTES`` and
+        ``ITEM_OVERHEAD_BYTES`` cover each entry's encoding), the tombstones,
+        and the header. A protocol that cannot carry this much to a lagging
+        replica would leave it behind for good once the store grew that large
+        (``assembly.check_snapshot_fits`` refuses such a cluster)."""
+        tombstones = self.tombstones_max * (self.key_bytes_max + TOMBSTONE_OVERHEAD_BYTES)
+        return SNAPSHOT_HEADER_BYTES + self.bytes_max + tombstones
+
+    def result_bytes_bound(self) -> int:
+        """The most one command's (or batch's) encoded result takes: its first
+        value, the rest within ``result_bytes_max``, and the short errors of
+        the commands that did not fit."""
+        return self.value_bytes_max + self.result_bytes_max + BATCH_COMMANDS_MAX * 64
 
 
 # -- client side: commands and results ---------------------------------------
