@@ -180,3 +180,77 @@ def test_an_interrupted_torture_tears_everything_down(tmp_path: Path) -> None:
 def test_without_root_the_torture_says_plainly_why_it_cannot_run() -> None:
     reason = missing_requirements(euid=1000)
     assert reason is not None and reason.startswith("replicaio torture needs root")
+
+
+# -- delay without sch_netem: the NFQUEUE shaper ------------------------------------------
+
+
+ECHO = """
+import socket, sys, time
+if sys.argv[1] == "serve":
+    server = socket.socket()
+    server.bind((sys.argv[2], 7000))
+    server.listen()
+    print("listening", flush=True)
+    connection, _ = server.accept()
+    while data := connection.recv(64):
+        connection.sendall(data)
+else:
+    client = socket.create_connection((sys.argv[2], 7000), timeout=30)
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rounds = []
+    for _ in range(5):
+        started = time.monotonic()
+        client.sendall(b"x")
+        client.recv(64)
+        rounds.append(time.monotonic() - started)
+    print(min(rounds))
+"""
+
+
+def round_trip(testbed: object, source: int, target: int) -> float:
+    """The shortest of five TCP round trips from ``source``'s namespace to ``target``'s."""
+    from replicaio.torture.network import Testbed
+
+    assert isinstance(testbed, Testbed)
+    server = subprocess.Popen(
+        [*testbed.exec_prefix(target), sys.executable, "-c", ECHO, "serve",
+         testbed.address(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        client = subprocess.run(
+            [*testbed.exec_prefix(source), sys.executable, "-c", ECHO, "ask",
+             testbed.address(target)], capture_output=True, text=True, timeout=60, check=True)
+        return float(client.stdout)
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+@needs_root
+def test_the_shaper_delays_real_packets_where_the_kernel_has_no_netem() -> None:
+    """What ``netem`` faults do on kernels without ``sch_netem``: every packet a
+    node sends waits in userspace. Only a lower bound is asserted (a delay
+    cannot make a round trip shorter; a loaded machine only makes it longer)."""
+    from replicaio.torture.network import LinkShape, Testbed, choose_subnet
+
+    testbed = Testbed(f"s{int(time.time() * 1000) % 100000}", 2, choose_subnet(3))
+    try:
+        testbed.create()
+        if testbed.netem_available:
+            pytest.skip("this kernel has sch_netem: the torture uses tc netem, not the shaper")
+        assert testbed.nfqueue_available, "iptables NFQUEUE is part of the torture's setup"
+        applied = testbed.shape(0, LinkShape(delay_ms=120, jitter_ms=20, reorder_percent=0))
+        assert "delay 120ms jitter 20ms reorder 0% (NFQUEUE shaper)" in applied, applied
+        # one way is shaped: each round trip waits at least delay - jitter
+        assert round_trip(testbed, 0, 1) >= 0.100
+        assert round_trip(testbed, 1, 0) >= 0.100  # node 0's answers are held too
+        said = testbed.stop_shaper(0)
+        assert re.search(r"packets (\d+), released \1, overflowed 0", said), said
+        assert int(re.search(r"packets (\d+)", said).group(1)) >= 10  # type: ignore[union-attr]
+        testbed.clear_shape(0)
+        assert testbed.shapers == {}
+    finally:
+        left = testbed.teardown()
+    assert left == []
+    assert leftovers(testbed.tag) == []

@@ -11,7 +11,9 @@ Faults on the network are applied *inside* the node namespaces only, so
 nothing outside the testbed is ever touched: packet filters in a table of
 our own (``nft``, or ``iptables`` where ``nft`` is missing) drop inbound
 packets from chosen peers; ``tc netem`` on a node's ``eth0`` delays, drops,
-duplicates and reorders what it sends. A small ``tmpfs`` mounted on one
+duplicates and reorders what it sends (on kernels without netem: ``nft``
+loss and duplication, and :mod:`replicaio.torture.shaper` holding the real
+packets in an NFQUEUE for delay, jitter and reordering). A small ``tmpfs`` mounted on one
 node's data directory lets the nemesis fill its disk.
 
 Teardown (:meth:`Testbed.teardown`) deletes exactly what :meth:`create`
@@ -25,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import select
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +44,8 @@ SHAPE_TABLE = "replicaio_torture_shape"
 SUBNET_ATTEMPTS_MAX = 32
 FILL_CHUNK_BYTES = 1 << 20
 LEFTOVER_WAIT_S = 10.0
+SHAPER_QUEUE = 1  # NFQUEUE numbers are per namespace: one per node's namespace
+SHAPER_READY_TIMEOUT_S = 10.0
 
 
 class TortureError(ReplicaioError):
@@ -115,6 +121,9 @@ class Testbed:
     mounts: list[Path] = field(default_factory=list)
     firewall: str = "nft"
     netem_available: bool = False
+    nfqueue_available: bool = False
+    shapers: dict[int, subprocess.Popen[str]] = field(default_factory=dict)
+    shapes_made: int = 0
 
     def __post_init__(self) -> None:
         assert 1 <= self.nodes <= 200
@@ -160,10 +169,13 @@ class Testbed:
             run_command(["ip", "-n", namespace, "link", "set", "lo", "up"])
             self.install_filter(node)
         self.netem_available = self.detect_netem()
+        self.nfqueue_available = not self.netem_available and self.detect_nfqueue()
 
     def teardown(self) -> list[str]:
         """Remove everything :meth:`create` and :meth:`mount_tmpfs` made; what failed."""
         problems = []
+        for node in list(self.shapers):
+            self.stop_shaper(node)
         for directory in reversed(self.mounts):
             if run_command(["umount", str(directory)], check=False) == "" and is_mount(directory):
                 run_command(["umount", "-l", str(directory)], check=False)
@@ -252,13 +264,26 @@ class Testbed:
         run_command([*prefix, "tc", "qdisc", "del", "dev", "lo", "root"], check=False)
         return added is not None
 
+    def detect_nfqueue(self) -> bool:
+        """Whether an ``NFQUEUE`` rule can be added (for :mod:`shaper`)."""
+        if not self.namespaces or shutil.which("iptables") is None:
+            return False
+        rule = ["OUTPUT", "-o", "lo", "-j", "NFQUEUE", "--queue-num", str(SHAPER_QUEUE),
+                "--queue-bypass"]
+        prefix = self.exec_prefix(0)
+        added = attempt_command([*prefix, "iptables", "-A", *rule])
+        run_command([*prefix, "iptables", "-D", *rule], check=False)
+        return added is not None
+
     def shape(self, node: int, link: LinkShape) -> str:
         """Make what ``node`` sends late, lost, duplicated, reordered; what was applied.
 
         With ``sch_netem``: one ``tc netem`` qdisc on ``eth0`` does it all. Without
         it (some VM kernels): loss and duplication by ``nft`` rules on output
-        (``numgen random``, ``dup to``), a slow link by ``htb``; delay, jitter and
-        reordering cannot be injected and the description says so.
+        (``numgen random``, ``dup to``), a slow link by ``htb``, and delay, jitter
+        and reordering by the userspace :mod:`shaper` holding the real packets in
+        an NFQUEUE; where even that is missing, the description says what was not
+        injected.
         """
         self.clear_shape(node)
         prefix = self.exec_prefix(node)
@@ -286,16 +311,62 @@ class Testbed:
             run_command([*prefix, "tc", "class", "add", "dev", "eth0", "parent", "1:",
                          "classid", "1:10", "htb", "rate", f"{link.rate_kbit}kbit"])
             applied.append(f"rate {link.rate_kbit}kbit (htb)")
-        skipped = [name for name, value in (("delay", link.delay_ms), ("jitter", link.jitter_ms),
-                                            ("reorder", link.reorder_percent)) if value]
-        if skipped:
-            applied.append(f"no {'/'.join(skipped)}: this kernel has no sch_netem")
+        if link.delay_ms or link.jitter_ms or link.reorder_percent:
+            applied.append(self.start_shaper(node, link))
         return "nft/htb " + ", ".join(applied)
+
+    def start_shaper(self, node: int, link: LinkShape) -> str:
+        """Delay, jitter and reorder ``node``'s outgoing packets in userspace
+        (:mod:`replicaio.torture.shaper`); what was applied, or why not."""
+        wanted = (f"delay {link.delay_ms}ms jitter {link.jitter_ms}ms reorder "
+                  f"{link.reorder_percent}%")
+        if not self.nfqueue_available:
+            return f"no {wanted}: this kernel has no sch_netem and no NFQUEUE"
+        prefix = self.exec_prefix(node)
+        self.shapes_made += 1
+        process = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "replicaio.torture.shaper",
+             "--queue", str(SHAPER_QUEUE), "--delay-ms", str(link.delay_ms),
+             "--jitter-ms", str(link.jitter_ms), "--reorder-percent", str(link.reorder_percent),
+             "--seed", str(self.shapes_made)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.shapers[node] = process
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], SHAPER_READY_TIMEOUT_S)
+        if not ready or process.stdout.readline().strip() != "ready":
+            self.stop_shaper(node)
+            return f"no {wanted}: the shaper did not start"
+        run_command([*prefix, "iptables", "-A", *shaper_rule()])
+        return f"{wanted} (NFQUEUE shaper)"
+
+    def stop_shaper(self, node: int) -> str:
+        """Stop ``node``'s shaper (its held packets go out first); its counters."""
+        run_command([*self.exec_prefix(node), "iptables", "-D", *shaper_rule()], check=False)
+        process = self.shapers.pop(node, None)
+        if process is None:
+            return ""
+        if process.poll() is None:
+            process.terminate()
+        try:
+            _, said = process.communicate(timeout=COMMAND_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, said = process.communicate(timeout=COMMAND_TIMEOUT_S)
+        return said.strip()
 
     def clear_shape(self, node: int) -> None:
         prefix = self.exec_prefix(node)
+        self.stop_shaper(node)
         run_command([*prefix, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
         run_command([*prefix, "nft", "delete", "table", "ip", SHAPE_TABLE], check=False)
+
+
+def shaper_rule() -> list[str]:
+    """The ``iptables`` rule that hands a node's outgoing packets to its shaper
+    (they pass untouched while no shaper listens: ``--queue-bypass``)."""
+    return ["OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", str(SHAPER_QUEUE),
+            "--queue-bypass"]
 
 
 @dataclass(frozen=True, slots=True)
