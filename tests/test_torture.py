@@ -95,6 +95,35 @@ def leftovers(tag: str) -> list[str]:
     return found
 
 
+def stop_gracefully(process: subprocess.Popen[str]) -> None:
+    """Interrupt a torture that is still running, as Ctrl-C would, so that it
+    tears its testbed down (a SIGKILL would leave namespaces and mounts behind);
+    kill it only if that does not end it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def torture(arguments: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` of the torture command, interrupted (not killed) on timeout."""
+    process = subprocess.Popen([*COMMAND, *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_gracefully(process)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"torture ran over {timeout_s} s and was interrupted:\n"
+                             f"{stdout}\n{stderr}") from None
+    finally:
+        stop_gracefully(process)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def run_tag(output: str) -> str:
     found = re.search(r"namespaces replicaio-([0-9a-f]{5})-n\*", output)
     assert found is not None, output
@@ -104,10 +133,9 @@ def run_tag(output: str) -> str:
 @needs_root
 def test_a_short_live_torture_of_raft_passes_and_leaves_nothing_behind(tmp_path: Path) -> None:
     started = time.monotonic()
-    done = subprocess.run(
-        [*COMMAND, "--nodes", "3", "--duration", "40", "--seed", "11", "--clients", "6",
-         "--out", str(tmp_path), "--check-budget", "60", "--json"],
-        capture_output=True, text=True, timeout=240, check=False,
+    done = torture(
+        ["--nodes", "3", "--duration", "40", "--seed", "11", "--clients", "6",
+         "--out", str(tmp_path), "--check-budget", "60", "--json"], timeout_s=240,
     )
     print(f"\n{done.stdout}\n{done.stderr}\nwall time {time.monotonic() - started:.1f} s")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -128,10 +156,9 @@ def test_a_short_live_torture_of_raft_passes_and_leaves_nothing_behind(tmp_path:
 def test_a_short_live_torture_over_mutual_tls_passes(tmp_path: Path) -> None:
     """The same torture with ``--tls``: certificates from ``certs init``, mutual TLS
     1.3 between the nodes and to every redis-py client, through the same faults."""
-    done = subprocess.run(
-        [*COMMAND, "--nodes", "3", "--duration", "25", "--seed", "1", "--clients", "4",
-         "--out", str(tmp_path), "--check-budget", "60", "--tls", "--json"],
-        capture_output=True, text=True, timeout=240, check=False,
+    done = torture(
+        ["--nodes", "3", "--duration", "25", "--seed", "1", "--clients", "4",
+         "--out", str(tmp_path), "--check-budget", "60", "--tls", "--json"], timeout_s=240,
     )
     print(f"\n{done.stdout}\n{done.stderr}")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -168,9 +195,7 @@ def test_an_interrupted_torture_tears_everything_down(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        stop_gracefully(process)
     print("".join(lines) + output)
     assert process.returncode == 1
     assert "interrupted" in output and "verdict: FAIL" in output
