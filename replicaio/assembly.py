@@ -78,6 +78,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "PBFT: the checkpoint interval K, L = 2K)",
     "batch": "SmrConstants.batch_requests_max: requests per batch",
     "sessions": "SmrConstants.sessions_max: client sessions remembered (LRU beyond)",
+    "results": "SmrConstants.session_results_bytes_max: bytes of results the sessions remember "
+    "(LRU beyond; small values make swarms evict sessions all the time)",
     "inflight": "SmrParams.batches_inflight_max: own batches submitted and not yet applied",
     "lease": "RaftParams.read_lease: 1 serves reads from a leader lease (0: read-index only)",
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
@@ -165,6 +167,8 @@ def smr_constants(
     protocol's own ``fixed`` ones: what every node of a cluster shares, so
     replicas cannot diverge on a committed batch."""
     defaults = SmrConstants()
+    if "results" in parameters:
+        fixed = {**fixed, "session_results_bytes_max": parameters["results"]}
     return SmrConstants(
         snapshot_interval=parameters.get("snapshot", snapshot_interval),
         batch_requests_max=parameters.get("batch", defaults.batch_requests_max),

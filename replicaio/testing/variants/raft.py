@@ -21,7 +21,7 @@ from replicaio.protocols.raft.replication import Replication
 from replicaio.protocols.raft.state import HardState
 from replicaio.smr.messages import ReadIndexReply
 from replicaio.smr.replica import Replica
-from replicaio.smr.sessions import SessionTable
+from replicaio.smr.sessions import SessionRecord, SessionTable
 
 
 class LeaderWithoutNoop(Replication):
@@ -102,6 +102,27 @@ class UnboundedSessionsReplica(Replica):
         self.sessions = SessionTable(1 << 30)
 
 
+class ForgetResultBytesSessions(SessionTable):
+    """BROKEN on purpose: a table restored from a snapshot starts counting its
+    results' bytes from zero, so a replica that caught up by snapshot evicts
+    later than the others (``session_results_bytes_max``) and the replicas'
+    tables diverge on the same log."""
+
+    def replace(self, records: list[SessionRecord]) -> None:
+        super().replace(records)
+        self.result_bytes = 0
+
+
+class ForgetResultBytesReplica(Replica):
+    """SMR's replica with :class:`ForgetResultBytesSessions`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sessions = ForgetResultBytesSessions(
+            self.constants.sessions_max, self.constants.session_results_bytes_max
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RaftVariant:
     """A broken Raft: its protocol name, class, what it breaks, and the
@@ -155,6 +176,12 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-unbounded-sessions", Raft,
             "the session table never evicts (clients that come and go)",
             "bounded-memory", UnboundedSessionsReplica,
+        ),
+        RaftVariant(
+            "raft-session-bytes-forgotten", Raft,
+            "a session table restored from a snapshot forgets its results' bytes "
+            "(run with results=64,snapshot=4: replicas evict sessions differently)",
+            "linearizability", ForgetResultBytesReplica,
         ),
         RaftVariant(
             "raft-count-leader-unsynced", RaftCountLeaderUnsynced,
