@@ -807,8 +807,8 @@ def live_byzantine(mix: str, cluster: Any, node_id: int) -> Callable[[int, Any],
     live node's messages. Behaviours that re-sign sign with the node's own key
     (it holds no other). Only ``rewrite`` runs live: what a behaviour would send
     on its own (``attack``) needs the simulator's view of the run."""
-    # Registers PBFT's and MinBFT's behaviours (MinBFT's live: only those that drop
-    # or redirect; minting UIs needs the simulator's USIG oracle).
+    # Registers PBFT's and MinBFT's behaviours (MinBFT's that mint UIs ask the
+    # node's own USIG through the host's live view: Host.attach_live_view).
     import replicaio.sim.minbft_adversary
     import replicaio.sim.pbft_adversary  # noqa: F401
     from replicaio.sim.adversary import BEHAVIOURS, Composite, build_strategy

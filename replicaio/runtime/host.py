@@ -86,6 +86,16 @@ Outgoing = Callable[[int, Any], "list[tuple[int, Any]]"]
 logger = logging.getLogger("replicaio.host")
 
 
+
+@dataclasses.dataclass(slots=True)
+class LiveView:
+    """What a live Byzantine behaviour may use of its own node (see
+    ``Host.attach_live_view``): the simulator's ``RunView`` offers the same
+    two fields."""
+
+    cores: list[Node | None]
+    trusted_write: Callable[[int, str, bytes], None]
+
 class ListenError(OSError):
     """One of the node's ports cannot be listened on (in use, or not an address of
     this host): says which port, and why."""
@@ -145,6 +155,7 @@ class NodeHost:
         self.event_log_file: IO[bytes] | None = None
         self.storage: FileStorage | None = None
         self.core: Node | None = None
+        self.trusted_wrote = False  # a live Byzantine behaviour wrote its USIG state
         self.transport: Transport | None = None
         self.service: ClientService | None = None
         self.metrics = NodeMetrics(self)
@@ -199,6 +210,7 @@ class NodeHost:
             signer=cluster.signer(self.node_id),
             usig_scheme=cluster.usig_scheme(self.node_id),
         )
+        self.attach_live_view()
         if self.event_log_path is not None:
             self.open_event_log()
         peers = {entry.id: entry.peer for entry in cluster.nodes if entry.id != self.node_id}
@@ -468,7 +480,29 @@ class NodeHost:
                 self.choices,
                 encode_effects(self.codec, effects, encoded),
             )
-        return bool(effects.persists)
+        wrote, self.trusted_wrote = self.trusted_wrote, False
+        return bool(effects.persists) or wrote
+
+    def attach_live_view(self) -> None:
+        """A live Byzantine behaviour that needs its node's trusted component
+        (MinBFT's, which mint UIs through their own USIG: the hybrid model lets
+        a Byzantine replica ask its USIG for any message) gets what the
+        simulator's view would give it: this node's core, and a durable write
+        for the component's state. The write goes into the current step's
+        writes, so the counter is synced before any message carrying its UI
+        leaves (``trusted_wrote`` makes the step count as writing)."""
+        behaviour = getattr(self.outgoing, "__self__", None)
+        attach = getattr(behaviour, "attach_live", None)
+        if attach is None:
+            return
+        cores: list[Node | None] = [None] * self.cluster.n
+        cores[self.node_id] = self.core
+        attach(LiveView(cores, self.trusted_write))
+
+    def trusted_write(self, node: int, key: str, value: bytes) -> None:
+        assert node == self.node_id and self.storage is not None
+        self.storage.put(key, value)
+        self.trusted_wrote = True
 
     def rewrite_sends(
         self, honest: list[tuple[int, Any]], sends: list[tuple[int, bytes]]

@@ -225,6 +225,12 @@ class Strategy:
         a client, say); the event log keeps the honest one."""
         return output
 
+    def attach_live(self, view: Any) -> None:
+        """Running live (``replicaio node --byzantine``): ``view`` is the host's
+        stand-in for the simulator's view (its own core and a durable write for
+        its trusted component, ``runtime.host.LiveView``). Most behaviours need
+        nothing of it."""
+
     def peer(self, view: RunView) -> int:
         """A correct peer to aim at."""
         return self.rng.choice(view.correct)
@@ -452,6 +458,10 @@ class Composite(Strategy):
         for part in self.parts:
             output = part.rewrite_output(output)
         return output
+
+    def attach_live(self, view: Any) -> None:
+        for part in self.parts:
+            part.attach_live(view)
 
 
 # -- registry --------------------------------------------------------------------

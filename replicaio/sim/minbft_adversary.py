@@ -71,6 +71,12 @@ class MinbftStrategy(Strategy):
         self.view = view
         return []
 
+    def attach_live(self, view: Any) -> None:
+        """Live, the host's view stands in for the simulator's: the UIs come
+        from this node's own USIG, its counter written durably before any
+        message carrying one leaves."""
+        self.view = view
+
 
 class Equivocate(MinbftStrategy):
     """Another batch at the same number, under a fresh UI, for half the backups."""
