@@ -639,8 +639,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         f"forge,replay; from {', '.join(BEHAVIOURS)}; default: drawn from "
                         "the seed); see docs/adversary.md")
     parser.add_argument("--faults", default="",
-                        help="comma list of crash,partition,loss,dup,reorder,clock,disk "
-                        "(default: none: a run without faults unless you name them)")
+                        help="comma list of crash,partition,loss,dup,reorder,clock,disk,sync "
+                        "(sync: group commit, a sync takes time while the node keeps "
+                        "stepping; default: none: a run without faults unless you name them)")
     parser.add_argument("--requests", type=int, default=None,
                         help="client requests per node (default: drawn from the seed)")
     parser.add_argument("--profile", choices=PROFILES, default="default",

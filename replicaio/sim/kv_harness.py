@@ -88,9 +88,12 @@ from replicaio.sim.kv_transactions import (
 from replicaio.sim.membership import MembershipNemesis
 from replicaio.sim.options import (
     CLOCK_DRIFT_PPM_DEFAULT,
+    SYNC_AIM_MAX,
+    SYNC_AIMED_SHARE,
     Crash,
     Partition,
     SimOptions,
+    aim_at_syncs,
     draw_crashes,
     draw_disk_faults,
     draw_disk_nodes,
@@ -254,6 +257,7 @@ class KvHarness:
         self.checkers = list(checkers or [])
         self.membership = membership
         self.leader_hint = leader_hint
+        self.nemesis_aims_at_syncs = False  # set at the start of a run with group commit
         self.api: HarnessApi | None = None
         self.workload = KvWorkload()
         self.rng = random.Random(0)
@@ -307,6 +311,7 @@ class KvHarness:
         if self.membership is not None and self.workload.membership_every_us:
             api.call_at(self.workload.membership_every_us, self.membership_tick)
         if self.workload.nemesis_every_us and "crash" in options.faults:
+            self.nemesis_aims_at_syncs = options.sync_us_mean > 0
             api.call_at(self.workload.nemesis_every_us, self.nemesis_tick)
         api.call_at(options.safety_us + 1, self.on_heal)
         return []
@@ -813,8 +818,12 @@ class KvHarness:
         rng = self.rng
         leader = self.leader_hint() if self.leader_hint is not None else -1
         target = leader if leader >= 0 and rng.random() < 0.8 else rng.randrange(self.config.n)
-        api.crash(Crash(target, api.now(), rng.randrange(5_000, 400_000), rng.random() < 0.5,
-                        rng.randint(0, 3)))
+        crash = Crash(target, api.now(), rng.randrange(5_000, 400_000), rng.random() < 0.5,
+                      rng.randint(0, 3))
+        if self.nemesis_aims_at_syncs and rng.random() < SYNC_AIMED_SHARE:
+            # Under group commit: right after an early send while a sync is pending.
+            crash = replace(crash, mid_step=True, unsynced=rng.randint(1, SYNC_AIM_MAX))
+        api.crash(crash)
         self.figures.nemesis_crashes += 1
         if self.config.n > 1 and rng.random() < 0.5:
             other = rng.choice([node for node in self.config.nodes if node != target])
@@ -899,6 +908,8 @@ def kv_options(
             replace(crash, at_us=crash.at_us + start)
             for crash in draw_disk_faults(disk_rng, disks, span)
         ]
+    if "sync" in faults:
+        crashes = list(aim_at_syncs(seed, tuple(crashes)))
     return replace(
         base,
         safety_us=safety,

@@ -21,13 +21,16 @@ that will.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from replicaio.core.errors import UsageError
 from replicaio.sim.adversary import BASE_BEHAVIOURS, BEHAVIOURS, draw_extras
 
-FAULT_KINDS = ("crash", "partition", "loss", "dup", "reorder", "clock", "disk")
+FAULT_KINDS = ("crash", "partition", "loss", "dup", "reorder", "clock", "disk", "sync")
+# Group commit (the "sync" kind, docs/adr/0024): a sync takes time, drawn per
+# sync with one of these means, while the node keeps stepping.
+SYNC_US_MEANS = (200, 1_000, 5_000)
 CLOCK_DRIFT_PPM_DEFAULT = 1_000  # rates drawn within +-0.1% unless told otherwise
 CLOCK_OFFSET_US_MAX = 1_000_000_000
 # The clock fault's rates beyond the bound: 10%, 30%, 2x fast; 10%, 30%, 2x, 4x slow.
@@ -115,7 +118,15 @@ class Crash:
     read-index request, a vote, a fetch), with all its writes synced, or after
     ``RARE_WAIT_US``. The reply to that rare request then finds the node down
     or restarted: the schedules where replies get matched to the wrong
-    incarnation's requests."""
+    incarnation's requests.
+
+    ``unsynced`` (mid-step crashes under group commit, the ``sync`` kind; > 0)
+    aims the crash at what group commit opens: it lands in the ``unsynced``-th
+    step from ``at_us`` that sends before the sync (``sends_before_sync``)
+    while writes of an earlier step are still unsynced, after those sends
+    left, and keeps ``keep_unsynced`` modulo the unsynced writes (a strict
+    prefix); or in whatever step comes after ``HEAVY_WAIT_US``. Messages that
+    claimed to depend on nothing unsynced are out, and the writes are lost."""
 
     node: int
     at_us: int
@@ -126,6 +137,7 @@ class Crash:
     lose_synced: int = 0  # lost_writes: how many synced writes are lost
     heavy: bool = False  # aimed at a step that writes much (see above)
     rare: int = 0  # aimed just after the rare-th step that sends a rare kind (see above)
+    unsynced: int = 0  # aimed at the unsynced-th early send during a sync (see above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +170,10 @@ class SimOptions:
     # flushes once the connection is back): replies to a request of the old
     # incarnation reach the new one. Safety phase only; at most HELD_MAX per node.
     hold_across_restart: float = 0.0
+    # Group commit ("sync" kind): 0 syncs every writing step at once, as before;
+    # above 0, a step's writes become durable only when a sync completes, on
+    # average this long after the first write it covers (docs/adr/0024).
+    sync_us_mean: int = 0
 
     @classmethod
     def draw(
@@ -210,6 +226,10 @@ class SimOptions:
                 crashes + draw_disk_faults(disk_rng, disks, safety),
                 key=lambda crash: (crash.at_us, crash.node),
             ))
+        sync = 0
+        if "sync" in faults:
+            sync = draw_sync_us_mean(seed)
+            crashes = aim_at_syncs(seed, crashes)
         return cls(
             seed=seed,
             nodes=nodes,
@@ -231,6 +251,7 @@ class SimOptions:
             clock_rates_ppm=rates,
             clock_offsets_us=offsets,
             encode=encode,
+            sync_us_mean=sync,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -238,6 +259,8 @@ class SimOptions:
         data = asdict(self)
         data["partitions"] = [asdict(partition) for partition in self.partitions]
         data["crashes"] = [crash_dict(crash) for crash in self.crashes]
+        if not self.sync_us_mean:  # event log headers (and hashes) of runs without it unchanged
+            del data["sync_us_mean"]
         return data
 
     @classmethod
@@ -262,6 +285,7 @@ class SimOptions:
                     str(item.get("disk", "")), int(item.get("lose_synced", 0)),
                     bool(item.get("heavy", False)),
                     int(item.get("rare", 0)),
+                    int(item.get("unsynced", 0)),
                 )
                 for item in fields.get("crashes", ())
             )
@@ -290,6 +314,8 @@ class SimOptions:
             problems.append("hold_across_restart is a probability in [0, 1]")
         if not 0 < self.latency_min_us < self.latency_mean_us:
             problems.append("need 0 < latency_min_us < latency_mean_us")
+        if self.sync_us_mean < 0:
+            problems.append("sync_us_mean must be >= 0")
         if not 0 < self.safety_us < self.liveness_us:
             problems.append("need 0 < safety_us < liveness_us")
         for crash in self.crashes:
@@ -339,6 +365,31 @@ def draw_clocks(
     return tuple(rates), offsets
 
 
+def draw_sync_us_mean(seed: int) -> int:
+    """The mean sync latency of run ``seed`` with group commit on. Its own random
+    stream: switching the "sync" kind on changes no other option of the seed."""
+    return random.Random(f"replicaio-sync:{seed}").choice(SYNC_US_MEANS)
+
+
+# Under group commit, the share of crashes aimed at an early send during a
+# sync (Crash.unsynced), and the most steps such an aimed crash waits for.
+SYNC_AIMED_SHARE = 0.5
+SYNC_AIM_MAX = 3
+
+
+def aim_at_syncs(seed: int, crashes: tuple[Crash, ...]) -> tuple[Crash, ...]:
+    """A share of ``crashes`` (storage faults excepted) aimed at group commit
+    (``Crash.unsynced``), drawn from a stream of their own."""
+    rng = random.Random(f"replicaio-sync-aims:{seed}")
+    aimed = []
+    for crash in crashes:
+        if not crash.disk and not crash.rare and rng.random() < SYNC_AIMED_SHARE:
+            crash = replace(crash, mid_step=True, heavy=False,
+                            unsynced=rng.randint(1, SYNC_AIM_MAX))
+        aimed.append(crash)
+    return tuple(aimed)
+
+
 def draw_behaviours(
     rng: random.Random, seed: int, count: int, forced: str | None, protocol: str | None
 ) -> tuple[str, ...]:
@@ -370,11 +421,14 @@ def draw_partitions(rng: random.Random, nodes: int, safety_us: int) -> tuple[Par
 
 
 def crash_dict(crash: Crash) -> dict[str, Any]:
-    """``crash`` as plain data; ``rare`` only when it is aimed that way, so the
-    event log headers (and hashes) of runs without such crashes stay as they were."""
+    """``crash`` as plain data; ``rare`` and ``unsynced`` only when it is aimed
+    that way, so the event log headers (and hashes) of runs without such crashes
+    stay as they were."""
     data = asdict(crash)
     if not crash.rare:
         del data["rare"]
+    if not crash.unsynced:
+        del data["unsynced"]
     return data
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from replicaio.core.effects import Input, Receive, Start
@@ -87,6 +87,9 @@ class PrefixSimulator(Simulator):
         failures_max: int = FAILURES_MAX,
         on_state: Callable[[bool], None] | None = None,
     ) -> None:
+        # Every step syncs at once here (no group commit): the shadows restart
+        # from the durable state before a step plus a prefix of that step's writes.
+        options = replace(options, sync_us_mean=0)
         super().__init__(protocol, options, f=f, record=False, factory=factory, params=params)
         self.result = PrefixResult()
         self.on_state = on_state  # called after each prefix state checked (a progress bar)

@@ -52,6 +52,8 @@ def candidates(options: SimOptions) -> Iterator[SimOptions]:
         yield replace(options, duplicate=0.0)
     if options.reorder_us:
         yield replace(options, reorder_us=0)
+    if options.sync_us_mean:
+        yield replace(options, sync_us_mean=0)  # every sync at once again
     bound = options.clock_drift_ppm
     if any(abs(rate) > bound for rate in options.clock_rates_ppm):
         # the clock fault off: every rate back within the bound

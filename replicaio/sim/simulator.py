@@ -7,7 +7,9 @@ and a run is a pure function of its options. The simulator:
 * hosts each node's deterministic core exactly as the live runtime would
   (``Node.step`` and the documented effect order: persist and sync, then
   sends, timers, outputs), with a :class:`~replicaio.storage.memory.MemoryStorage`
-  per node whose unsynced writes a crash may lose;
+  per node whose unsynced writes a crash may lose; with the ``sync`` fault
+  kind a sync takes time while the node keeps stepping (group commit,
+  ``replicaio.sim.group_commit``);
 * moves messages across a model network, encoded with the real codec by
   default: latency, loss, duplication, reordering (links are FIFO unless
   reordering is on), and symmetric or one-way partitions;
@@ -44,11 +46,20 @@ from typing import IO, Any
 from replicaio.assembly import protocol_factory
 from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig
-from replicaio.core.effects import CLOCK_CHOICE, Effects, Input, Receive, Request, TimerFired
+from replicaio.core.effects import (
+    CLOCK_CHOICE,
+    Effects,
+    Input,
+    Receive,
+    Request,
+    Start,
+    TimerFired,
+)
 from replicaio.core.errors import UsageError
 from replicaio.core.node import Node, NodeParams, ProtocolFactory
 from replicaio.sim.adversary import RunView, Strategy, build_strategy
 from replicaio.sim.footprint import CHECK_EVERY_STEPS, footprint, footprint_bounds, over_bounds
+from replicaio.sim.group_commit import SYNC, finish_sync, hold, send_some
 from replicaio.sim.harness import Harness, harness_for
 from replicaio.sim.options import (
     HEAVY_STEP_WRITES,
@@ -118,6 +129,11 @@ class SimNode:
     sent_kinds: dict[str, int] = field(default_factory=dict)
     sent_total: int = 0
     rare_steps: int = 0  # steps since the pending crash's at_us that sent a rare kind
+    # Group commit (SimOptions.sync_us_mean): the effects of the steps since the
+    # pending sync began, released when it completes; None: no sync pending.
+    waiting: list[Effects] | None = None
+    timers_to_arm: dict[int, int] = field(default_factory=dict)  # timer id -> delay
+    sync_token: int = 0  # the pending sync's event (0: none)
 
     @property
     def up(self) -> bool:
@@ -181,6 +197,7 @@ class Simulator:
             bind(SimulatorApi(self))
         self.rng = random.Random(f"replicaio-network:{options.seed}")
         self.hold_rng = random.Random(f"replicaio-hold:{options.seed}")
+        self.sync_rng = random.Random(f"replicaio-sync-latency:{options.seed}")
         self.heap: list[tuple[int, int, int, int, Any, Any]] = []
         self.sequence = 0
         self.now = 0
@@ -238,6 +255,9 @@ class Simulator:
             "requests_to_down_nodes": 0,
             "outputs": 0,
             "adversary_sends": 0,
+            "syncs_delayed": 0,
+            "crashes_during_sync": 0,
+            "steps_during_sync": 0,
         }
         self.violations: list[dict[str, Any]] = []
 
@@ -345,6 +365,8 @@ class Simulator:
             elif kind == RESTART:
                 if not self.nodes[node_id].up:
                     self.restart(self.nodes[node_id], a or 0)
+            elif kind == SYNC:
+                finish_sync(self, self.nodes[node_id], a)
             elif kind == CALL:
                 a()
             else:
@@ -367,12 +389,13 @@ class Simulator:
         if not stats["steps"] & (CHECK_EVERY_STEPS - 1) and self.footprint_max:
             self.check_footprint(node)
         crash = node.pending_crash
-        if crash is not None and not crash.rare and (
-            not crash.heavy
-            or len(effects.persists) >= HEAVY_STEP_WRITES
-            or self.now - crash.at_us >= HEAVY_WAIT_US
-        ):
+        if crash is not None and not crash.rare and self.crash_lands(node, effects, crash):
             self.crash_mid_step(node, effects, crash)
+            return
+        if node.waiting is not None or (
+            effects.persists and self.options.sync_us_mean and type(event) is not Start
+        ):
+            hold(self, node, event, effects)
             return
         if effects.persists:
             storage = node.storage
@@ -389,21 +412,10 @@ class Simulator:
             for timer_id in effects.timers_cancelled:
                 node.timers.pop(timer_id, None)
         if effects.timers_set:
-            ppm = self.clock_ppm[node.node_id]
             for timer_id, delay in effects.timers_set:
-                self.sequence += 1
-                node.timers[timer_id] = self.sequence
-                if ppm:  # the node's clock runs fast or slow: so do its timers
-                    delay = -(-delay * 1_000_000 // (1_000_000 + ppm))
-                self.push(self.now + delay, TIMER, node.node_id, timer_id, self.sequence)
+                self.arm_timer(node, timer_id, delay)
         if effects.outputs:
-            strategy = node.strategy
-            for output in effects.outputs:
-                stats["outputs"] += 1
-                if strategy is not None:
-                    output = strategy.rewrite_output(output)
-                for violation in self.harness.on_output(node.node_id, output, self.now):
-                    self.violations.append(violation.as_dict())
+            self.release_outputs(node, effects.outputs)
         if self.log is not None:
             self.log.step(
                 self.now,
@@ -415,6 +427,23 @@ class Simulator:
             )
         if self.count_kinds:
             self.after_sends(node, effects)
+
+    def arm_timer(self, node: SimNode, timer_id: int, delay: int) -> None:
+        self.sequence += 1
+        node.timers[timer_id] = self.sequence
+        ppm = self.clock_ppm[node.node_id]
+        if ppm:  # the node's clock runs fast or slow: so do its timers
+            delay = -(-delay * 1_000_000 // (1_000_000 + ppm))
+        self.push(self.now + delay, TIMER, node.node_id, timer_id, self.sequence)
+
+    def release_outputs(self, node: SimNode, outputs: list[Any]) -> None:
+        strategy = node.strategy
+        for output in outputs:
+            self.stats["outputs"] += 1
+            if strategy is not None:
+                output = strategy.rewrite_output(output)
+            for violation in self.harness.on_output(node.node_id, output, self.now):
+                self.violations.append(violation.as_dict())
 
     def after_sends(self, node: SimNode, effects: Effects) -> None:
         """Counts what ``node`` sent by kind; lands a crash aimed at rare sends
@@ -436,13 +465,15 @@ class Simulator:
             self.stats["crashes_after_rare_send"] += rare
             self.go_down(node, crash, keep_unsynced=0)
 
-    def send_all(self, node: SimNode, effects: Effects) -> list[bytes] | None:
+    def send_all(
+        self, node: SimNode, effects: Effects, *, log: bool = True
+    ) -> list[bytes] | None:
         """Put the step's messages on the network; returns their encodings when
-        the event log needs them, so nothing is encoded twice. A message object
-        sent to several peers in a row (a link's ``to_all``) is encoded once."""
+        the event log needs them (``log``), so nothing is encoded twice. A message
+        object sent to several peers in a row (a link's ``to_all``) is encoded once."""
         codec = self.codec
         wire = self.options.encode
-        encoded: list[bytes] | None = [] if self.log is not None else None
+        encoded: list[bytes] | None = [] if log and self.log is not None else None
         strategy = node.strategy
         source = node.node_id
         transmit = self.transmit
@@ -518,6 +549,8 @@ class Simulator:
             self.log.note(self.now, node.node_id, "raised", {"error": repr(error)})
         node.core = None
         node.timers.clear()
+        node.waiting = None
+        node.timers_to_arm.clear()
         if self.view is not None:
             self.view.cores[node.node_id] = None
 
@@ -648,18 +681,30 @@ class Simulator:
             node.pending_crash = crash  # lands inside the node's next step
             node.rare_steps = 0
             return
-        self.go_down(node, crash, keep_unsynced=0)
+        # Between steps: only group commit leaves writes unsynced there.
+        self.go_down(node, crash, keep_unsynced=min(crash.keep_unsynced,
+                                                    node.storage.unsynced_count))
+
+    def crash_lands(self, node: SimNode, effects: Effects, crash: Crash) -> bool:
+        """Whether the pending mid-step ``crash`` lands in this step of ``node``."""
+        if self.now - crash.at_us >= HEAVY_WAIT_US:
+            return True
+        if crash.heavy:
+            return len(effects.persists) >= HEAVY_STEP_WRITES
+        if crash.unsynced:  # an early send while an earlier step's writes are unsynced
+            if node.waiting is None or not effects.sends_before_sync:
+                return False
+            node.rare_steps += 1
+            return node.rare_steps >= crash.unsynced
+        return True
 
     def crash_mid_step(self, node: SimNode, effects: Effects, crash: Crash) -> None:
         """The step computed its effects; the machine dies while writing them.
         The sends it marked ``sends_before_sync`` are out already (a live host
         hands them to the transport before its sync)."""
-        early = effects.sends_before_sync
-        if early:
-            sends = effects.sends
-            effects.sends = [sends[position] for position in early]
-            self.send_all(node, effects)
-            effects.sends = sends
+        if effects.sends_before_sync:
+            send_some(self, node, effects, effects.sends_before_sync, early=True)
+        earlier = node.storage.unsynced_count  # of earlier steps, under group commit
         for key, value in effects.persists:
             if value is None:
                 node.storage.delete(key)
@@ -667,11 +712,15 @@ class Simulator:
                 node.storage.put(key, value)
         self.stats["crashes_mid_step"] += 1
         writes = len(effects.persists)
-        if crash.heavy:
-            keep = crash.keep_unsynced % writes if writes else 0  # a strict prefix
+        if crash.heavy:  # every earlier write and a strict prefix of the step's
+            keep = earlier + crash.keep_unsynced % writes if writes else min(
+                crash.keep_unsynced, earlier)
             self.stats["crashes_heavy_step"] += writes >= HEAVY_STEP_WRITES
+        elif crash.unsynced:  # a strict prefix of every unsynced write
+            keep = crash.keep_unsynced % (earlier + writes) if earlier + writes else 0
+            self.stats["crashes_during_sync"] += node.waiting is not None
         else:
-            keep = min(crash.keep_unsynced, writes)
+            keep = min(crash.keep_unsynced, earlier + writes)
         self.go_down(node, crash, keep_unsynced=keep)
 
     def go_down(self, node: SimNode, crash: Crash, keep_unsynced: int) -> None:
@@ -698,6 +747,9 @@ class Simulator:
             self.view.cores[node.node_id] = None
         node.timers.clear()
         node.pending_crash = None
+        node.waiting = None  # what waited for the sync never left
+        node.timers_to_arm.clear()
+        node.sync_token = 0
         self.stats["crashes"] += 1
         if self.log is not None:
             detail: dict[str, Any] = {"keep_unsynced": keep_unsynced}

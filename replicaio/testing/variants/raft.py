@@ -186,7 +186,7 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
         RaftVariant(
             "raft-count-leader-unsynced", RaftCountLeaderUnsynced,
             "the leader counts its own unsynced entry toward a commit (thesis 10.2.1)",
-            "leader_counts_synced",
+            "state_machine_safety",
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
