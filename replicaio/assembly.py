@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 from replicaio.check.pbft import PbftChecker
 from replicaio.check.raft import RaftChecker
+from replicaio.core.codec import FRAME_BYTES_MAX_DEFAULT
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context
 from replicaio.core.errors import ConfigError, UsageError
@@ -57,7 +58,12 @@ from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.raft.messages import BecameLeader, ConfigChanged, RaftAdmin
 from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft
-from replicaio.services.kv.state_machine import KeyValueStateMachine, KvParams
+from replicaio.services.kv.state_machine import (
+    VALUE_BYTES_CEILING,
+    VALUE_BYTES_MAX_DEFAULT,
+    KeyValueStateMachine,
+    KvParams,
+)
 from replicaio.services.txn.kv_store import KvTxnStore
 from replicaio.services.txn.protocol import TxnFactory, TxnNode
 from replicaio.services.txn.slots import SlotMap
@@ -89,6 +95,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "(2f+1 matching unordered answers, else the read again, ordered; writes then need 2f+1 "
     "matching replies too)",
     "groups": "transactional clusters (txn): replicated groups, keys by hash slot (default 3)",
+    "values": "Raft: KvParams.value_bytes_max in KiB, the largest value (default 8192, at most "
+    "32768; SMR's command and batch bounds and the node's frames follow)",
     "memory": "KvParams.bytes_max in MiB: what the key-value store holds (Redis's maxmemory; "
     "writes beyond are refused with OOM). Default 512 (Raft), 32 (PBFT, MinBFT: a checkpoint "
     "must fit one state transfer)",
@@ -192,6 +200,56 @@ def kv_params(parameters: Mapping[str, int], bytes_default: int, **fixed: int) -
     return KvParams(bytes_max=bytes_max, **fixed).validate()
 
 
+def value_bytes_max(name: str, parameters: Mapping[str, int]) -> int:
+    """The largest value a Raft store takes: ``values`` (KiB) from the
+    protocol name's parameters, else 8 MiB; at most ``VALUE_BYTES_CEILING``
+    (a value is one log entry, one peer frame and one WAL record)."""
+    kib = parameters.get("values")
+    if kib is None:
+        return VALUE_BYTES_MAX_DEFAULT
+    if not 1 <= kib << 10 <= VALUE_BYTES_CEILING:
+        raise ConfigError(
+            f"{name}: values={kib} KiB must be in 1..{VALUE_BYTES_CEILING >> 10} KiB"
+        )
+    return kib << 10
+
+
+def value_sized(name: str, parameters: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """The store's and SMR's bounds that follow the largest value (see
+    :func:`value_bytes_max`): a command holds a key and a value, a batch one
+    such command."""
+    value = value_bytes_max(name, parameters)
+    store = {"value_bytes_max": value, "command_bytes_max": value + 64 * 1024}
+    smr = {"command_bytes_max": value + 128 * 1024, "batch_bytes_max": value + 512 * 1024}
+    return store, smr
+
+
+def kv_value_sizes(name: str | None) -> tuple[int, int]:
+    """``(largest value, SMR's largest command)`` of key-value protocol
+    ``name`` (the defaults unless its ``values=`` says otherwise): what the
+    Redis front sizes its parser and its requests by."""
+    spec = None if name is None else service_spec(name)
+    if spec is None or "values" not in spec[1]:
+        return VALUE_BYTES_MAX_DEFAULT, SmrConstants().command_bytes_max
+    assert name is not None
+    store, smr = value_sized(name, spec[1])
+    return store["value_bytes_max"], smr["command_bytes_max"]
+
+
+def frame_bytes_needed(name: str) -> int:
+    """The codec frame a node of protocol ``name`` needs (a peer message
+    carrying one batch, a client frame carrying one command): the codec's
+    default, or more where ``values=`` raised the largest value."""
+    spec = service_spec(name)
+    if spec is None:
+        return FRAME_BYTES_MAX_DEFAULT
+    _, parameters = spec
+    if "values" not in parameters:
+        return FRAME_BYTES_MAX_DEFAULT
+    _, smr = value_sized(name, parameters)
+    return max(FRAME_BYTES_MAX_DEFAULT, smr["batch_bytes_max"] + 1024 * 1024)
+
+
 def snapshot_bytes_needed(name: str, kv: KvParams, constants: SmrConstants,
                           carried_max: int) -> int:
     """What the protocol must carry to a lagging replica for the store and SMR's
@@ -225,8 +283,9 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
         smr_params = SmrParams(
             batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
         )
-        constants = smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL)
-        kv = kv_params(parameters, KvParams().bytes_max)
+        store_sizes, smr_sizes = value_sized(name, parameters)
+        constants = smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL, **smr_sizes)
+        kv = kv_params(parameters, KvParams().bytes_max, **store_sizes)
         # A follower accepts a snapshot as large as the store can make one.
         raft_params = dataclasses.replace(raft_params, snapshot_bytes_max=snapshot_bytes_needed(
             name, kv, constants, RAFT_SNAPSHOT_BYTES_CEILING))
@@ -300,6 +359,11 @@ def bft_constants(parameters: Mapping[str, int], interval: int) -> SmrConstants:
 
 def bft_kv_params(parameters: Mapping[str, int]) -> KvParams:
     """The store's bounds on PBFT and MinBFT (see ``BFT_STORE_BYTES_DEFAULT``)."""
+    if "values" in parameters:
+        raise ConfigError(
+            f"values= applies to Raft; PBFT and MinBFT order commands of at most "
+            f"{PBFT_COMMAND_BYTES_MAX} bytes (a VIEW-CHANGE carries L batches in one frame)"
+        )
     return kv_params(parameters, BFT_STORE_BYTES_DEFAULT, tombstones_max=BFT_TOMBSTONES_MAX)
 
 

@@ -145,3 +145,39 @@ def test_large_values_reach_a_follower_by_snapshot_and_are_served_whole(
     assert taken and max(int(str(event["size"])) for event in taken) > 12 * MIB
     assert all(str(event["at"]).endswith("Z") and int(str(event["index"])) >= 4
                for event in taken)
+
+
+def test_values_sets_a_larger_value_bound_and_the_whole_path_follows(tmp_path: Path) -> None:
+    """``raft:values=20480``: values up to 20 MiB (the protocol's parameter, a
+    cluster constant); SMR's command and batch bounds, the peer and client
+    frames and the Redis front's parser follow it, so a 20 MiB value is
+    replicated (a majority wrote it: its AppendEntries crossed the transport)
+    and read back whole, one byte more is refused naming the bound, and a
+    bound beyond what a log entry and a WAL record carry is refused by name."""
+    too_large = cli("kv", "up", "--protocol", "raft:values=65536", "--nodes", "3",
+                    "--data-dir", str(tmp_path / "refused"), "--no-fsync")
+    assert too_large.returncode == 2, too_large.stderr
+    assert "values=65536 KiB must be in 1..32768 KiB" in too_large.stderr
+    base = free_port_block(10)
+    directory = tmp_path / "kv"
+    up = cli("kv", "up", "--protocol", "raft:values=20480", "--nodes", "3", "--base-port",
+             str(base), "--data-dir", str(directory))
+    try:
+        assert up.returncode == 0, up.stderr
+        cluster = (directory / "cluster.toml").read_text()
+        assert "values = 20480" in cluster
+        leader = next(int(str(item["node"])) for item in status(directory)
+                      if item["role"] == "leader")
+        port = base + 1 + leader
+        client = redis.Redis(port=port, socket_timeout=120)
+        largest = pattern(20 * MIB, b"twenty")
+        assert client.set("largest", largest) is True
+        assert client.get("largest") == largest
+        assert client.strlen("largest") == 20 * MIB
+        with pytest.raises(redis.ResponseError, match=r"value too large \(at most 20971520 bytes"):
+            client.set("over", largest + b"!")
+        with pytest.raises(redis.ResponseError, match=r"value too large \(at most 20971520 bytes"):
+            client.append("largest", b"!")  # the result of an append is a value too
+        assert client.get("largest") == largest
+    finally:
+        cli("kv", "down", "--data-dir", str(directory))

@@ -122,6 +122,26 @@ def test_protocol_params_become_the_registry_name(tmp_path: Path) -> None:
     assert caught.value.field == "protocol.params"
 
 
+def test_the_frames_follow_the_protocols_largest_value(tmp_path: Path) -> None:
+    """``values=`` (KiB) raises the largest value; the peer and client frames a
+    node needs follow it by default, and a smaller explicit frame is refused
+    naming the field (it would cut the value's log entry short)."""
+    text = EXAMPLE.replace('name = "bracha"\nf = 1\n',
+                           'name = "raft"\n[protocol.params]\nvalues = 20480\n')
+    cluster = load_cluster_file(write(tmp_path, text))
+    assert cluster.protocol == "raft:values=20480"
+    assert cluster.transport.frame_bytes_max > 20 << 20
+    assert cluster.host.client_frame_bytes_max > 20 << 20
+    assert cluster.host.client_queue_bytes_max >= 2 * cluster.host.client_frame_bytes_max
+    small = text.replace("[transport]\n", "[transport]\nframe_bytes_max = 16778240\n")
+    assert small != text
+    with pytest.raises(ClusterFileError) as caught:
+        load_cluster_file(write(tmp_path, small))
+    assert caught.value.field == "transport.frame_bytes_max"
+    plain = load_cluster_file(write(tmp_path, EXAMPLE))  # no values=: the defaults stay
+    assert plain.transport.frame_bytes_max == (16 << 20) + 1024
+
+
 def test_transactional_clusters_take_their_groups(tmp_path: Path) -> None:
     text = EXAMPLE.replace('name = "bracha"\nf = 1\n',
                            'name = "txn"\n[protocol.params]\ngroups = 5\n')

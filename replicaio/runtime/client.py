@@ -131,12 +131,14 @@ def service_names() -> list[str]:
     return sorted(set(SERVICES) | set(SERVICE_MODULES))
 
 
-def check_service_params(name: str, params: Mapping[str, Any]) -> None:
-    """Validate the ``[service]`` table for service ``name`` (``ClusterFileError``)."""
+def check_service_params(name: str, params: Mapping[str, Any], protocol: str | None = None
+                         ) -> None:
+    """Validate the ``[service]`` table for service ``name`` (``ClusterFileError``)
+    of a cluster running ``protocol``."""
     factory = service_factory(name)
     check = getattr(factory, "check_params", None)
     if check is not None:
-        check(params)
+        check(params, protocol)
     elif params:
         raise ClusterFileError("service", f"service {name!r} takes no parameters, got "
                                f"{sorted(params)}")

@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from replicaio.assembly import SERVICES as REPLICATED_SERVICES
-from replicaio.assembly import TRANSACTIONAL, protocol_factory, protocol_names, usig_scheme
+from replicaio.assembly import (
+    TRANSACTIONAL,
+    frame_bytes_needed,
+    protocol_factory,
+    protocol_names,
+    usig_scheme,
+)
 from replicaio.core.codec import FRAME_BYTES_MAX_DEFAULT
 from replicaio.core.config import NODES_MAX, ClusterConfig, Resilience
 from replicaio.core.errors import ConfigError, UsageError
@@ -331,11 +337,16 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
     except ConfigError as error:
         raise ClusterFileError("protocol.f", str(error)) from error
     auth, secret = parse_auth(table(data, "auth", required=True), nodes, base)
-    host: HostParams = parse_dataclass(HostParams, table(data, "host"), "host")
+    frame = frame_bytes_needed(protocol) + 1024  # one codec frame plus header and tag
+    host_table = sized(table(data, "host"), "host", "client_frame_bytes_max", frame)
+    if "client_frame_bytes_max" not in table(data, "host"):
+        host_table.setdefault("client_queue_bytes_max", max(
+            HostParams().client_queue_bytes_max, 2 * frame + HostParams().client_history_bytes_max))
+    host: HostParams = parse_dataclass(HostParams, host_table, "host")
     service_params = table(data, "service")
     from replicaio.runtime.client import check_service_params
 
-    check_service_params(host.client_service, service_params)
+    check_service_params(host.client_service, service_params, protocol)
     tls = parse_tls(table(data, "tls"), nodes, base) if "tls" in data else None
     usig, usig_secret = parse_usig(data, nodes, base, resilience)
     return ClusterFile(
@@ -349,11 +360,28 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
         secret=secret,
         protocol_params=dict(params),
         node_params=parse_dataclass(NodeParams, table(data, "node"), "node"),
-        transport=parse_dataclass(TransportParams, table(data, "transport"), "transport"),
+        transport=parse_dataclass(
+            TransportParams, sized(table(data, "transport"), "transport", "frame_bytes_max", frame),
+            "transport"),
         host=host,
         path=path,
         service_params=dict(service_params),
     )
+
+
+def sized(values: dict[str, Any], section: str, key: str, needed: int) -> dict[str, Any]:
+    """``values`` with ``key`` at least ``needed`` (the frame the protocol's
+    largest value needs, ``assembly.frame_bytes_needed``): the default is
+    raised to it, a smaller explicit value is refused by name."""
+    found = values.get(key)
+    if found is None:
+        default = getattr(HostParams() if section == "host" else TransportParams(), key)
+        return {**values, key: max(default, needed)}
+    if type(found) is int and found < needed:
+        raise ClusterFileError(
+            f"{section}.{key}", f"must be >= {needed} for the protocol's largest value (values=)"
+        )
+    return dict(values)
 
 
 def protocol_with_params(name: str, params: dict[str, Any]) -> str:

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from replicaio.assembly import protocol_factory, recovers_lost_state
-from replicaio.core.codec import Codec
+from replicaio.core.codec import FRAME_BYTES_MAX_DEFAULT, Codec
 from replicaio.core.effects import (
     CLOCK_CHOICE,
     NOTICE_TYPES,
@@ -148,7 +148,11 @@ class NodeHost:
         self.entry = cluster.node(node_id)
         self.node_id = node_id
         self.params = cluster.host
-        self.codec = Codec()
+        # One codec frame per peer frame (less its header and tag): larger than
+        # the codec's default where the protocol's values= asks for it.
+        self.frame_bytes_max = max(FRAME_BYTES_MAX_DEFAULT,
+                                   cluster.transport.frame_bytes_max - 1024)
+        self.codec = Codec(frame_bytes_max=self.frame_bytes_max)
         self.counters = Counters()
         self.event_log_path = Path(event_log) if event_log is not None else None
         self.event_log: EventLogWriter | None = None
@@ -206,7 +210,7 @@ class NodeHost:
             protocol_factory(cluster.protocol),
             choose=self.choose,
             params=cluster.node_params,
-            codec=Codec(),
+            codec=Codec(frame_bytes_max=self.frame_bytes_max),
             signer=cluster.signer(self.node_id),
             usig_scheme=cluster.usig_scheme(self.node_id),
         )

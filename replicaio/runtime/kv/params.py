@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from replicaio.assembly import kv_value_sizes
 from replicaio.runtime.config import ClusterFileError
 from replicaio.services.kv.resp import RespLimits
 from replicaio.services.kv.state_machine import (
@@ -56,7 +57,9 @@ class RespParams:
     # longest, if idle at least this long (0: never evict, refuse the new client).
     evict_idle_after_ms: int = 1_000
 
-    def validate(self) -> RespParams:
+    def validate(self, smr_command_bytes_max: int = SMR_COMMAND_BYTES_MAX) -> RespParams:
+        """Raise ``ClusterFileError`` naming a bad bound; ``smr_command_bytes_max``
+        is the protocol's (``values=`` raises it)."""
         for item in dataclasses.fields(self):
             if getattr(self, item.name) < (0 if item.name in TIMEOUTS_OPTIONAL else 1):
                 minimum = "0 (never)" if item.name in TIMEOUTS_OPTIONAL else "1"
@@ -69,9 +72,9 @@ class RespParams:
                 f"must be <= pipeline_depth_max and <= {BATCH_COMMANDS_MAX}",
             )
         for name in ("group_bytes_max", "transaction_bytes_max"):
-            if getattr(self, name) > SMR_COMMAND_BYTES_MAX:
+            if getattr(self, name) > smr_command_bytes_max:
                 raise ClusterFileError(
-                    f"service.{name}", f"must be <= {SMR_COMMAND_BYTES_MAX} (SMR's bound)"
+                    f"service.{name}", f"must be <= {smr_command_bytes_max} (SMR's bound)"
                 )
         if self.transaction_commands_max > BATCH_COMMANDS_MAX:
             raise ClusterFileError(
@@ -99,8 +102,16 @@ class RespParams:
         )
 
 
-def parse_resp_params(table: Mapping[str, Any]) -> RespParams:
-    """``RespParams`` from the ``[service]`` table; ``ClusterFileError`` names a bad key."""
+def parse_resp_params(table: Mapping[str, Any], protocol: str | None = None) -> RespParams:
+    """``RespParams`` from the ``[service]`` table; ``ClusterFileError`` names a bad key.
+    The bounds that hold one value default to what ``protocol``'s largest value
+    needs (its ``values=``; 8 MiB by default)."""
+    value_bytes_max, smr_command_bytes_max = kv_value_sizes(protocol)
+    sized = {
+        "bulk_bytes_max": value_bytes_max + 64 * 1024,
+        "command_bytes_max": value_bytes_max + 128 * 1024,
+        "transaction_bytes_max": value_bytes_max + 64 * 1024,
+    }
     names = {item.name for item in dataclasses.fields(RespParams)}
     for name, found in table.items():
         if name not in names:
@@ -109,5 +120,5 @@ def parse_resp_params(table: Mapping[str, Any]) -> RespParams:
             )
         if type(found) is not int:
             raise ClusterFileError(f"service.{name}", f"must be int, got {found!r}")
-    return RespParams(**dict(table)).validate()
+    return RespParams(**{**sized, **dict(table)}).validate(smr_command_bytes_max)
 

@@ -94,6 +94,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from replicaio.assembly import kv_value_sizes
 from replicaio.core.codec import DecodeError
 from replicaio.core.stream import GroupOutput
 from replicaio.runtime.client import ListeningService, ServiceHost, register_service
@@ -115,7 +116,7 @@ from replicaio.runtime.kv.connection import (
     plans_that_fit,
 )
 from replicaio.runtime.kv.info import role_reply, server_info
-from replicaio.runtime.kv.params import SMR_COMMAND_BYTES_MAX, RespParams, parse_resp_params
+from replicaio.runtime.kv.params import RespParams, parse_resp_params
 from replicaio.runtime.kv.relay import GATEWAY_COMMANDS, GatewaySubmits
 from replicaio.runtime.kv.requests import (
     CLIENT_IDS_MAX,
@@ -203,6 +204,8 @@ class RespService(ListeningService):
         self.host: ServiceHost | None = None
         self.host_params = HostParams()
         self.params = RespParams()
+        # the protocol's largest value and SMR command (values=), from start()
+        self.value_bytes_max, self.smr_command_bytes_max = kv_value_sizes(None)
         self.limits = self.params.limits()
         self.transaction_limits = self.params.transaction_limits()
         self.connections_open: set[Connection] = set()
@@ -231,9 +234,9 @@ class RespService(ListeningService):
         )
 
     @staticmethod
-    def check_params(table: Mapping[str, Any]) -> None:
+    def check_params(table: Mapping[str, Any], protocol: str | None = None) -> None:
         """Validate the ``[service]`` table (called when the cluster file is loaded)."""
-        parse_resp_params(table)
+        parse_resp_params(table, protocol)
 
     # -- ClientService -----------------------------------------------------------------------
 
@@ -241,7 +244,11 @@ class RespService(ListeningService):
         self.host = host
         self.host_params = params
         cluster = getattr(host, "cluster", None)
-        self.params = parse_resp_params(getattr(cluster, "service_params", None) or {})
+        protocol = getattr(cluster, "protocol", None)
+        self.params = parse_resp_params(getattr(cluster, "service_params", None) or {},
+                                        protocol if isinstance(protocol, str) else None)
+        self.value_bytes_max, self.smr_command_bytes_max = kv_value_sizes(
+            protocol if isinstance(protocol, str) else None)
         self.limits = self.params.limits()
         self.reply_budget = min(self.params.reply_bytes_max, GROUP_REPLY_BYTES_MAX)
         self.transaction_limits = self.params.transaction_limits()
@@ -496,6 +503,12 @@ class RespService(ListeningService):
             if not is_replicated(item.argv):  # before HELLO changes the encoding
                 await self.run_group(connection, group.take())
             planned = plan(connection, item.argv)
+            if not isinstance(planned, Local) and any(
+                len(word) > self.value_bytes_max for word in item.argv[2:]
+            ):  # the store would refuse it: say so before it costs a request
+                planned = Local(RespError(
+                    f"ERR value too large (at most {self.value_bytes_max} bytes)"
+                ), "value_too_large")
             if isinstance(planned, Local):  # (a replicated command may be refused here)
                 await self.run_group(connection, group.take())
                 if planned.rejected is not None:
@@ -546,11 +559,11 @@ class RespService(ListeningService):
         commands = [command for _, planned in group for command in planned.commands]
         read_only = all(planned.read_only for _, planned in group)
         payload = commands[0] if len(commands) == 1 else encode_batch(commands)
-        if len(payload) > SMR_COMMAND_BYTES_MAX:
+        if len(payload) > self.smr_command_bytes_max:
             self.count("rejected_resp_command_too_large")
             error = RespError(
                 f"ERR command too large for one replicated request ({len(payload)} > "
-                f"{SMR_COMMAND_BYTES_MAX} bytes)"
+                f"{self.smr_command_bytes_max} bytes)"
             )
             for item, planned in group:
                 self.finish(connection, item, planned.name, error)
@@ -598,11 +611,11 @@ class RespService(ListeningService):
                 self.count(f"rejected_resp_command_{step.rejected}")
             self.finish(connection, item, "local", step.reply)
             return
-        if len(step.command) > SMR_COMMAND_BYTES_MAX:
+        if len(step.command) > self.smr_command_bytes_max:
             self.count("rejected_resp_command_too_large")
             self.finish(connection, item, "exec", RespError(
                 f"ERR transaction too large for one replicated request ({len(step.command)} > "
-                f"{SMR_COMMAND_BYTES_MAX} bytes, watches included); nothing was applied"
+                f"{self.smr_command_bytes_max} bytes, watches included); nothing was applied"
             ))
             return
         if self.slots is None:

@@ -60,7 +60,7 @@ def grow(store: Store, key: bytes, collection: Collection, items: Sequence[bytes
         raise Refused("too_many_items", f"a collection holds at most {params.items_max} items")
     for item in items:
         if len(item) > params.value_bytes_max:
-            raise Refused("value_too_large", f"value of {len(item)} bytes")
+            raise Refused("value_too_large", f"at most {params.value_bytes_max} bytes")
     store.room(sum(item_bytes(item) for item in items))
 
 

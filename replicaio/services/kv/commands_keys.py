@@ -57,7 +57,7 @@ def string_value(store: Store, key: bytes) -> bytes | None:
 
 def checked_value(store: Store, data: bytes) -> bytes:
     if len(data) > store.params.value_bytes_max:
-        raise Refused("value_too_large", f"value of {len(data)} bytes")
+        raise Refused("value_too_large", f"at most {store.params.value_bytes_max} bytes")
     return data
 
 

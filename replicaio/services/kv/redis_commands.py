@@ -43,6 +43,7 @@ from replicaio.services.kv.resp import (
 from replicaio.services.kv.state_machine import (
     INT64_MAX,
     INT64_MIN,
+    VALUE_BYTES_CEILING,
     KvError,
     KvOk,
     KvParams,
@@ -193,10 +194,12 @@ def key(word: bytes) -> bytes:
 
 
 def value(word: bytes) -> bytes:
-    if len(word) > KV_PARAMS.value_bytes_max:
+    """A value argument: longer than any store takes is refused here; the
+    store refuses one over its own ``value_bytes_max`` (the protocol's
+    ``values=``), naming it."""
+    if len(word) > VALUE_BYTES_CEILING:
         raise CommandError(
-            "value_too_large",
-            f"ERR value too large (at most {KV_PARAMS.value_bytes_max} bytes)",
+            "value_too_large", f"ERR value too large (at most {VALUE_BYTES_CEILING} bytes)"
         )
     return word
 
@@ -210,7 +213,6 @@ _KV_ERRORS: Final = {
     ),
     "not_integer": "ERR value is not an integer or out of range",
     "overflow": "ERR increment or decrement would overflow",
-    "value_too_large": f"ERR value too large (at most {KV_PARAMS.value_bytes_max} bytes)",
     "key_too_large": f"ERR key too large (at most {KV_PARAMS.key_bytes_max} bytes)",
     "full": (
         "OOM the store is full (its keys_max keys, or maxmemory bytes as INFO memory shows: "
@@ -225,6 +227,8 @@ _KV_ERRORS: Final = {
 
 def kv_error(error: KvError) -> RespError:
     """The Redis error for a key-value error result."""
+    if error.code == "value_too_large":  # the store says its own bound
+        return RespError(f"ERR value too large ({error.detail[:80]})")
     text = _KV_ERRORS.get(error.code)
     if text is None:  # our own bug (a malformed command), said as such
         return RespError(f"ERR internal error: {error.code}: {error.detail[:120]}")

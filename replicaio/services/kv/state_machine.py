@@ -168,6 +168,10 @@ TOMBSTONE_OVERHEAD_BYTES: Final = 16  # a tombstone's encoding beyond its key's 
 # 512 MB; this one keeps a value, its command and its batch within one log entry,
 # one peer message and one WAL record (docs/kv.md, "Large values").
 VALUE_BYTES_MAX_DEFAULT: Final = 8 * 1024 * 1024
+# The largest a cluster may set it to (the protocol's values= parameter): a value
+# is one Raft log entry, sent alone in one peer frame, and one WAL record (at
+# most 64 MiB, storage.base).
+VALUE_BYTES_CEILING: Final = 32 * 1024 * 1024
 
 _DECIMAL = DECIMAL
 
@@ -235,7 +239,7 @@ class KvParams:
 
 # -- client side: commands and results ---------------------------------------
 
-_CLIENT_CODEC = Codec(frame_bytes_max=1 << 24)
+_CLIENT_CODEC = Codec(frame_bytes_max=VALUE_BYTES_CEILING + (1 << 20))
 
 
 def encode_command(op: str, key: bytes, *arguments: bytes | int | None) -> bytes:
@@ -693,7 +697,7 @@ class KeyValueStateMachine:
         if not isinstance(value, bytes):
             raise _Refused("bad_arguments", "values are bytes")
         if len(value) > self.params.value_bytes_max:
-            raise _Refused("value_too_large", f"value of {len(value)} bytes")
+            raise _Refused("value_too_large", f"at most {self.params.value_bytes_max} bytes")
         return value
 
     # -- the store's primitives (the typed commands use only these) ---------------
@@ -734,7 +738,7 @@ class KeyValueStateMachine:
         """Set ``key`` to ``value`` (a new version; the expiry is dropped unless
         ``keep_ttl``)."""
         if isinstance(value, bytes) and len(value) > self.params.value_bytes_max:
-            raise _Refused("value_too_large", f"value of {len(value)} bytes")
+            raise _Refused("value_too_large", f"at most {self.params.value_bytes_max} bytes")
         if key not in self.data and len(self.data) >= self.params.keys_max:
             raise _Refused("full", f"{self.params.keys_max} keys already")
         size = value_bytes(key, value)
