@@ -18,8 +18,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -29,6 +30,7 @@ from replicaio.services.kv.redis_commands import KV_PARAMS
 
 CLI = [sys.executable, "-m", "replicaio.cli"]
 MIB = 1 << 20
+T = TypeVar("T")
 
 
 def cli(*arguments: str) -> subprocess.CompletedProcess[str]:
@@ -41,6 +43,19 @@ def pattern(size: int, seed: bytes) -> bytes:
     blocks = (hashlib.blake2b(seed + index.to_bytes(8, "little")).digest()
               for index in range(size // 64 + 1))
     return b"".join(blocks)[:size]
+
+
+def patient(call: Callable[[], T], timeout_s: float = 120.0) -> T:
+    """``call()``, again while the cluster answers TRYAGAIN (a large write with
+    fsync on a loaded machine can outlast the front's 5 s request timeout; SET
+    and GET are safe to repeat)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except redis.exceptions.TryAgainError:
+            assert time.monotonic() < deadline, "the cluster kept answering TRYAGAIN"
+            time.sleep(0.5)
 
 
 def pid_alive(pid: int) -> bool:
@@ -148,9 +163,10 @@ def test_large_values_reach_a_follower_by_snapshot_and_are_served_whole(
 
 
 def test_values_sets_a_larger_value_bound_and_the_whole_path_follows(tmp_path: Path) -> None:
-    """``raft:values=20480``: values up to 20 MiB (the protocol's parameter, a
-    cluster constant); SMR's command and batch bounds, the peer and client
-    frames and the Redis front's parser follow it, so a 20 MiB value is
+    """``raft:values=12288``: values up to 12 MiB, above the default 8 MiB
+    (the protocol's parameter, a cluster constant); SMR's command and batch
+    bounds, the peer and client frames and the Redis front's parser follow it,
+    so a 12 MiB value is
     replicated (a majority wrote it: its AppendEntries crossed the transport)
     and read back whole, one byte more is refused naming the bound, and a
     bound beyond what a log entry and a WAL record carry is refused by name."""
@@ -160,23 +176,23 @@ def test_values_sets_a_larger_value_bound_and_the_whole_path_follows(tmp_path: P
     assert "values=65536 KiB must be in 1..32768 KiB" in too_large.stderr
     base = free_port_block(10)
     directory = tmp_path / "kv"
-    up = cli("kv", "up", "--protocol", "raft:values=20480", "--nodes", "3", "--base-port",
+    up = cli("kv", "up", "--protocol", "raft:values=12288", "--nodes", "3", "--base-port",
              str(base), "--data-dir", str(directory))
     try:
         assert up.returncode == 0, up.stderr
         cluster = (directory / "cluster.toml").read_text()
-        assert "values = 20480" in cluster
+        assert "values = 12288" in cluster
         leader = next(int(str(item["node"])) for item in status(directory)
                       if item["role"] == "leader")
         port = base + 1 + leader
         client = redis.Redis(port=port, socket_timeout=120)
-        largest = pattern(20 * MIB, b"twenty")
-        assert client.set("largest", largest) is True
-        assert client.get("largest") == largest
-        assert client.strlen("largest") == 20 * MIB
-        with pytest.raises(redis.ResponseError, match=r"value too large \(at most 20971520 bytes"):
+        largest = pattern(12 * MIB, b"twelve")
+        assert patient(lambda: client.set("largest", largest)) is True
+        assert patient(lambda: client.get("largest")) == largest
+        assert client.strlen("largest") == 12 * MIB
+        with pytest.raises(redis.ResponseError, match=r"value too large \(at most 12582912 bytes"):
             client.set("over", largest + b"!")
-        with pytest.raises(redis.ResponseError, match=r"value too large \(at most 20971520 bytes"):
+        with pytest.raises(redis.ResponseError, match=r"value too large \(at most 12582912 bytes"):
             client.append("largest", b"!")  # the result of an append is a value too
         assert client.get("largest") == largest
     finally:

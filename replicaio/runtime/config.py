@@ -374,10 +374,10 @@ def sized(values: dict[str, Any], section: str, key: str, needed: int) -> dict[s
     largest value needs, ``assembly.frame_bytes_needed``): the default is
     raised to it, a smaller explicit value is refused by name."""
     found = values.get(key)
+    default = getattr(HostParams() if section == "host" else TransportParams(), key)
     if found is None:
-        default = getattr(HostParams() if section == "host" else TransportParams(), key)
         return {**values, key: max(default, needed)}
-    if type(found) is int and found < needed:
+    if type(found) is int and found < needed and needed > default:
         raise ClusterFileError(
             f"{section}.{key}", f"must be >= {needed} for the protocol's largest value (values=)"
         )
