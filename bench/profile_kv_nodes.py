@@ -1,12 +1,14 @@
-"""Where a live 3-node replicaio KV spends its CPU: every node under cProfile.
+"""Where a live replicaio KV spends its CPU: every node under cProfile.
 
-Starts 3 ``replicaio node`` processes (Raft + SMR + KV, RESP front, fsync on
-unless ``--no-fsync``), each inside :func:`profiled_node`, which runs the node's
-main thread under ``cProfile`` with **thread CPU time** as its clock (so time a
-process spends waiting for the CPU on a loaded machine, or for the disk, is not
-counted: the figures are CPU, not wall time). A closed loop of ``--clients``
-RESP clients SETs 100-byte values for ``--seconds``; then the nodes are
-stopped (SIGTERM, a clean exit writes each profile) and the script prints:
+Starts ``replicaio node`` processes (Raft n=3 by default; ``--protocol pbft``:
+PBFT n=4 with Ed25519 node and client keys, as ``bench_kv.py`` runs it), with
+SMR, KV and the RESP front, fsync on unless ``--no-fsync``, each inside
+:func:`profiled_node`, which runs the node's main thread under ``cProfile``
+with **thread CPU time** as its clock (so time a process spends waiting for
+the CPU on a loaded machine, or for the disk, is not counted: the figures are
+CPU, not wall time). A closed loop of ``--clients`` RESP clients SETs 100-byte
+values for ``--seconds``; then the nodes are stopped (SIGTERM, a clean exit
+writes each profile) and the script prints:
 
 * ops, wall rate, p50, and per node: CPU per 1,000 operations from /proc
   (user and system, every thread, so the fsync thread's system time too);
@@ -15,6 +17,7 @@ stopped (SIGTERM, a clean exit writes each profile) and the script prints:
 
     .venv/bin/python bench/profile_kv_nodes.py --clients 1 --seconds 10
     .venv/bin/python bench/profile_kv_nodes.py --clients 64 --seconds 10 --top 40
+    .venv/bin/python bench/profile_kv_nodes.py --protocol pbft --clients 64 --seconds 10
 
 cProfile slows Python code (about 1.5-2x), so absolute CPU figures are higher
 than without it; the shares are what to read. Load average and the disk's
@@ -63,8 +66,11 @@ def profiled_node(output: str, argv: list[str]) -> None:
         profile.dump_stats(output)
 
 
-def leader_of(cluster: LocalCluster) -> int:
+def leader_of(cluster: LocalCluster, protocol: str) -> int:
     import urllib.request
+
+    if protocol != "raft":
+        return 0  # the primary of view 0 (bench_kv.py's PbftSystem)
 
     for _ in range(300):
         for node in range(3):
@@ -132,6 +138,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-fsync", action="store_true", help="fsync off (labelled)")
     parser.add_argument("--protocol-params", default="", help="e.g. snapshot=256")
+    parser.add_argument("--protocol", choices=("raft", "pbft"), default="raft")
+    parser.add_argument("--auth", choices=("hmac", "ed25519"), default="",
+                        help="channel and node keys (default: hmac for raft, ed25519 for pbft)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="profile-kv-"))
     sections: dict[str, dict[str, Any]] = {
@@ -140,9 +149,12 @@ def main() -> None:
         sections["protocol.params"] = {
             key: int(value) for key, value in
             (item.split("=") for item in args.protocol_params.split(","))}
-    cluster = LocalCluster(workdir, protocol="raft", nodes=3, sections=sections, metrics=True)
+    nodes = 3 if args.protocol == "raft" else 4
+    auth = args.auth or ("hmac" if args.protocol == "raft" else "ed25519")
+    cluster = LocalCluster(workdir, protocol=args.protocol, nodes=nodes, sections=sections,
+                           metrics=True, auth=auth)
     processes = []
-    for node in range(3):
+    for node in range(nodes):
         output = workdir / f"node-{node}.prof"
         code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); "
                 f"from profile_kv_nodes import profiled_node; "
@@ -153,8 +165,8 @@ def main() -> None:
         processes.append(process)
         cluster.processes[node] = process
     try:
-        cluster.wait_ready(range(3), 30.0)
-        leader = leader_of(cluster)
+        cluster.wait_ready(range(nodes), 30.0)
+        leader = leader_of(cluster, args.protocol)
         port = int(cluster.cluster.nodes[leader].client.port)
         load_before = os.getloadavg()
         disk = fsync_probe(workdir)
@@ -172,16 +184,17 @@ def main() -> None:
             process.wait(30)
     latencies.sort()
     ops = len(latencies)
-    print(f"clients {args.clients}, fsync {'off (labelled)' if args.no_fsync else 'on'}, "
+    fsync = "off (labelled)" if args.no_fsync else "on"
+    print(f"{args.protocol} n={nodes} auth {auth}, clients {args.clients}, fsync {fsync}, "
           f"{ops} SETs in {wall:.1f} s = {ops / wall:.0f}/s, "
           f"p50 {1e3 * latencies[ops // 2]:.2f} ms, p99 {1e3 * latencies[int(ops * 0.99)]:.2f} ms")
     print(f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}; disk 4 KiB append + "
           f"fdatasync p50 {disk['p50_ms']} ms, p99 {disk['p99_ms']} ms (cProfile on)")
-    for node in range(3):
+    for node in range(nodes):
         role = "leader" if node == leader else "follower"
         print(f"  node {node} ({role}): {1e3 * cpu[node] / ops * 1000:.0f} ms CPU per 1,000 ops")
     report(workdir / f"node-{leader}.prof", f"leader (node {leader})", args.top)
-    follower = next(node for node in range(3) if node != leader)
+    follower = next(node for node in range(nodes) if node != leader)
     report(workdir / f"node-{follower}.prof", f"follower (node {follower})", args.top)
 
 

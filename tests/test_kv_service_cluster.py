@@ -40,7 +40,7 @@ from replicaio.cli import main
 from replicaio.runtime.crypto import HmacAuthenticator
 from replicaio.runtime.framing import frame_header
 from replicaio.runtime.local import LocalCluster, free_port_block
-from replicaio.runtime.transport import handshake_frame, transcript
+from replicaio.runtime.transport import ephemeral_share, handshake_frame, transcript
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = "127.0.0.1"
@@ -311,13 +311,16 @@ def attack(cluster: LocalCluster, node: int) -> dict[str, int]:
     random_bytes = random.Random(7).randbytes(2000)
     send_and_close(client, random_bytes, half_close=True)  # whatever it parses as
     # Peer port: a node that is not in the cluster; node 0 with another cluster's key.
-    send_and_close(peer, handshake_frame("hello", 7, node, secrets.token_bytes(32)))
+    send_and_close(peer, handshake_frame("hello", 7, node, secrets.token_bytes(32),
+                                         ephemeral_share()[1]))
     with socket.create_connection((LOCAL, peer), timeout=5.0) as sock:
         nonce = secrets.token_bytes(32)
-        sock.sendall(handshake_frame("hello", 0, node, nonce))
+        _, share = ephemeral_share()
+        sock.sendall(handshake_frame("hello", 0, node, nonce, share))
         challenge = msgpack.unpackb(read_frame(sock))
         impostor = HmacAuthenticator(0, b"another cluster's secret!", (0, node))
-        proof = impostor.tag(node, transcript(0, node, nonce, challenge[3]) + b"dialer")
+        text = transcript(0, node, nonce, challenge[3], share, challenge[4])
+        proof = impostor.tag(node, text + b"dialer")
         sock.sendall(handshake_frame("proof", proof))
         sock.settimeout(2.0)
         with contextlib.suppress(TimeoutError, ConnectionError):

@@ -32,8 +32,12 @@ from replicaio.runtime.transport import (
     SEQUENCE,
     HandshakeRejected,
     Transport,
+    ephemeral_share,
+    frame_tag,
     handshake_frame,
     parse_handshake,
+    session_keys,
+    shared_secret,
     transcript,
 )
 
@@ -214,7 +218,27 @@ async def attack_truncated_frame(port: int) -> Connection:
 
 async def attack_unknown_peer(port: int) -> Connection:
     reader, writer = await asyncio.open_connection(LOCAL, port)
-    writer.write(handshake_frame("hello", 7, 1, secrets.token_bytes(NONCE_BYTES)))
+    writer.write(handshake_frame("hello", 7, 1, secrets.token_bytes(NONCE_BYTES),
+                                 ephemeral_share()[1]))
+    await writer.drain()
+    return reader, writer
+
+
+async def attack_low_order_share(port: int) -> Connection:
+    """A hello whose X25519 share is the all-zero point: no usable session key."""
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    writer.write(handshake_frame("hello", 0, 1, secrets.token_bytes(NONCE_BYTES), bytes(32)))
+    await writer.drain()
+    return reader, writer
+
+
+async def attack_frame_of_another_session(port: int) -> Connection:
+    """Node 0's key, a valid handshake, then a frame MAC'd under the session key of
+    an earlier connection (a recorded frame replayed into a new session)."""
+    _, first_writer, earlier = await authenticated_raw(port)
+    reader, writer, _ = await authenticated_raw(port)  # replaces the first connection
+    first_writer.close()
+    writer.write(data_frame(earlier, 1, b"recorded"))
     await writer.drain()
     return reader, writer
 
@@ -224,9 +248,10 @@ async def attack_wrong_key(port: int) -> Connection:
     reader, writer = await asyncio.open_connection(LOCAL, port)
     impostor = HmacAuthenticator(0, b"another cluster's secret!", (0, 1))
     nonce = secrets.token_bytes(NONCE_BYTES)
-    writer.write(handshake_frame("hello", 0, 1, nonce))
-    nonce_acceptor, _ = parse_handshake(await read_body(reader), "challenge", 2)
-    text = transcript(0, 1, nonce, nonce_acceptor)
+    _, share = ephemeral_share()
+    writer.write(handshake_frame("hello", 0, 1, nonce, share))
+    nonce_acceptor, share_acceptor, _ = parse_handshake(await read_body(reader), "challenge", 3)
+    text = transcript(0, 1, nonce, nonce_acceptor, share, share_acceptor)
     writer.write(handshake_frame("proof", impostor.tag(1, text + b"dialer")))
     await writer.drain()
     return reader, writer
@@ -238,24 +263,24 @@ async def read_body(reader: asyncio.StreamReader) -> bytes:
 
 
 async def authenticated_raw(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
-    """A man in the middle with node 0's key: the handshake passes; returns the session."""
-    import hashlib
-
+    """A man in the middle with node 0's key: the handshake passes; returns the
+    session key of frames from the dialler."""
     reader, writer = await asyncio.open_connection(LOCAL, port)
     key = HmacAuthenticator(0, SECRET, (0, 1))
     nonce = secrets.token_bytes(NONCE_BYTES)
-    writer.write(handshake_frame("hello", 0, 1, nonce))
-    nonce_acceptor, _ = parse_handshake(await read_body(reader), "challenge", 2)
-    text = transcript(0, 1, nonce, nonce_acceptor)
+    private, share = ephemeral_share()
+    writer.write(handshake_frame("hello", 0, 1, nonce, share))
+    nonce_acceptor, share_acceptor, _ = parse_handshake(await read_body(reader), "challenge", 3)
+    text = transcript(0, 1, nonce, nonce_acceptor, share, share_acceptor)
     writer.write(handshake_frame("proof", key.tag(1, text + b"dialer")))
     parse_handshake(await read_body(reader), "welcome", 0)
-    return reader, writer, hashlib.sha256(text).digest()
+    from_dialer, _ = session_keys(shared_secret(private, share_acceptor), text)
+    return reader, writer, from_dialer
 
 
-def data_frame(session: bytes, seq: int, payload: bytes, *, forge: bool = False) -> bytes:
-    key = HmacAuthenticator(0, SECRET, (0, 1))
+def data_frame(session_key: bytes, seq: int, payload: bytes, *, forge: bool = False) -> bytes:
     head = SEQUENCE.pack(seq)
-    tag = key.tag(1, session + b"\x00" + head + payload)
+    tag = frame_tag(session_key, head, payload)
     if forge:
         tag = bytes([tag[0] ^ 1]) + tag[1:]
     body = head + payload + tag
@@ -285,6 +310,8 @@ ATTACKS: dict[str, tuple[Callable[[int], Awaitable[Connection]], str]] = {
     "unknown peer": (attack_unknown_peer, "rejected_unknown_peer"),
     "wrong key": (attack_wrong_key, "rejected_bad_auth"),
     "forged tag": (attack_bad_mac, "rejected_bad_mac"),
+    "low-order key share": (attack_low_order_share, "rejected_bad_handshake"),
+    "frame of another session": (attack_frame_of_another_session, "rejected_bad_mac"),
     "replayed frame": (attack_replayed_frame, "rejected_replayed_frame"),
 }
 
@@ -354,7 +381,8 @@ def test_a_higher_id_may_not_dial_a_lower_one() -> None:
         acceptor = await make_node(1, {0: 1, 2: 1})
         try:
             reader, writer = await asyncio.open_connection(LOCAL, acceptor.transport.port)
-            writer.write(handshake_frame("hello", 2, 1, secrets.token_bytes(NONCE_BYTES)))
+            writer.write(handshake_frame("hello", 2, 1, secrets.token_bytes(NONCE_BYTES),
+                                         ephemeral_share()[1]))
             await until(lambda: acceptor.counters.get("rejected_unknown_peer") == 1, "reject")
             assert await closed_by_peer(reader)
         finally:
@@ -501,9 +529,10 @@ def test_handshake_parser_refuses_what_is_not_a_handshake() -> None:
 
     for body, reason in [
         (b"\xc1", "bad_handshake"),
-        (msgpack.packb(["replicaio", 2, "hello", 0, 1, b""]), "bad_version"),
-        (msgpack.packb(["other", 1, "hello"]), "bad_handshake"),
-        (msgpack.packb(["replicaio", 1, "proof"]), "bad_handshake"),
+        (msgpack.packb(["replicaio", 1, "hello", 0, 1, b""]), "bad_version"),
+        (msgpack.packb(["replicaio", 3, "hello", 0, 1, b""]), "bad_version"),
+        (msgpack.packb(["other", 2, "hello"]), "bad_handshake"),
+        (msgpack.packb(["replicaio", 2, "proof"]), "bad_handshake"),
         (msgpack.packb({"a": 1}), "bad_handshake"),
     ]:
         with pytest.raises(HandshakeRejected) as caught:

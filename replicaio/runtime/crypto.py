@@ -1,7 +1,9 @@
 """Channel authentication behind one interface: pairwise MACs or Ed25519 signatures.
 
 Who uses it: the transport (``replicaio.runtime.transport``) authenticates the
-handshake and every frame through an :class:`Authenticator`; protocol code
+handshake through an :class:`Authenticator`, which also covers the ephemeral
+X25519 shares that the connection's per-frame MAC keys come from (so an
+Ed25519 cluster signs once per connection, not once per frame); protocol code
 never sees it, so switching a cluster from MACs to signatures changes the
 cluster file, not the protocol (STYLE: crypto is injected; after Mir's crypto
 modules).
@@ -24,8 +26,8 @@ Implementations:
   pair's key reveals nothing about the secret or other pairs' keys. Tags are
   32 bytes, cost about a microsecond per small message.
 * :class:`Ed25519Authenticator`: an Ed25519 signature (64 bytes) by the sender's
-  private key, checked with its public key from the cluster file. Transferable,
-  for protocols that forward proofs; about 50x slower than a MAC.
+  private key, checked with its public key from the cluster file. Transferable;
+  about 50x slower than a MAC.
 """
 
 from __future__ import annotations

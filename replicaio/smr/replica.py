@@ -224,6 +224,7 @@ class Replica:
         # Time stamps (only for a Clocked state machine): at least every stamp
         # applied or cut here, so stamps never go back in the log.
         self.clocked = isinstance(state_machine, Clocked)
+        self.has_views = isinstance(ordering, Views)
         self.clock_ms = 0
         # One codec for batches and snapshots (each codec holds a packer buffer);
         # a batch's size is checked apart.
@@ -354,7 +355,8 @@ class Replica:
 
     def reply(self, client: int, seq: int, result: bytes) -> None:
         ordering = self.ordering
-        view = ordering.view_hint if isinstance(ordering, Views) else -1
+        # (not isinstance: a runtime-checkable Protocol costs microseconds per reply)
+        view: int = getattr(ordering, "view_hint", -1) if self.has_views else -1
         leader = ordering.leader_hint
         self.context.output(Reply(client, seq, result, self.context.id, leader, view))
 

@@ -486,8 +486,13 @@ class Pbft:
 
     def status(self) -> dict[str, int]:
         """Read-only figures for metrics and ``INFO`` (``replicaio.services.kv.status``):
-        the view as ``term``, the primary as ``leader``."""
+        the view as ``term``, the primary as ``leader``; ``recovering`` 1 while
+        this replica withholds its votes after storage damage (``recovery.py``;
+        ``/healthz`` then reports it unhealthy), with the stable checkpoint that
+        ends it (``recovery_target_seq``, 0 until 2f+1 peers reported)."""
         return {
+            "recovering": int(self.withholding),
+            "recovery_target_seq": self.recovery.target_seq or 0,
             "term": self.view,
             "view": self.view,
             "view_active": int(self.active),
