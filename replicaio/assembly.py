@@ -91,6 +91,9 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
     "macs": "PBFT: 1 authenticates client requests with a vector of per-replica MACs "
     "(the paper's option) instead of signatures (simulation: the harness's clients sign so)",
+    "replica_macs": "PBFT: 1 lets a COMMIT from its author count on the authenticated channel "
+    "(MAC authenticators between replicas, ADR 0024): its signature is checked only before it is "
+    "shown to a third replica; what enters certificates stays checked",
     "reads": "PBFT: 1 makes the simulator's clients read with the read-only optimisation "
     "(2f+1 matching unordered answers, else the read again, ordered; writes then need 2f+1 "
     "matching replies too)",
@@ -432,6 +435,7 @@ def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             batch_bytes_max=PBFT_BATCH_BYTES_MAX,
             snapshot_bytes_max=snapshot_bytes_needed(
                 name, kv, constants, pbft_messages.SNAPSHOT_BYTES_MAX),
+            commits_on_channel=bool(parameters.get("replica_macs", 0)),
         ).validate()
         return SmrFactory(
             name,

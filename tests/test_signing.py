@@ -15,6 +15,7 @@ from replicaio.core.config import ClusterConfig
 from replicaio.core.errors import ConfigError
 from replicaio.core.node import Node
 from replicaio.core.signing import (
+    OWN_SIGNATURES_MAX,
     SIGNATURE_BYTES_MAX,
     SIMULATION_SECRET,
     Ed25519Signer,
@@ -52,6 +53,26 @@ def test_any_node_verifies_a_signature_a_third_party_made(signers: dict[int, Sig
     assert len(signature) == signers[0].signature_bytes <= SIGNATURE_BYTES_MAX
     for node in range(N):  # the signer itself too: a certificate is checked by everyone
         assert signers[node].verify(0, b"PREPARE v=1 n=7", signature)
+
+
+def test_own_signatures_verify_from_memory_with_ed25519_s_answers() -> None:
+    """An Ed25519 signer verifies the signatures it made by lookup; a lookup never
+    accepts what Ed25519 would refuse (another signature of the same data, a
+    signature of other data, another node's claim), and the memo is bounded."""
+    signers = make_ed25519()
+    own = signers[1]
+    assert isinstance(own, Ed25519Signer)
+    signature = own.sign(b"request")
+    assert own.verify(1, b"request", signature)
+    flipped = bytes([signature[0] ^ 1]) + signature[1:]
+    assert not own.verify(1, b"request", flipped)
+    assert not own.verify(1, b"requesT", signature)
+    assert not own.verify(0, b"request", signature)
+    assert signers[0].verify(1, b"request", signature)  # and others agree
+    for number in range(OWN_SIGNATURES_MAX + 5):
+        own.sign(b"%d" % number)
+    assert len(own.own) == OWN_SIGNATURES_MAX
+    assert own.verify(1, b"request", signature)  # forgotten: Ed25519 answers the same
 
 
 def test_signing_is_deterministic(signers: dict[int, Signer]) -> None:

@@ -140,10 +140,7 @@ class LateCommits:
             if slot is None or slot.pre_prepare is None or slot.committed is None:
                 continue
             pre_prepare = slot.pre_prepare
-            commits = [
-                commit for commit in slot.commits.values()
-                if commit.digest == pre_prepare.digest
-            ]
+            commits = pbft.normal.forwardable_commits(slot, pre_prepare.digest)
             if len(commits) < pbft.quorum:
                 continue
             pbft.send(peer, pre_prepare)

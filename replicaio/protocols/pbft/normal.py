@@ -48,13 +48,20 @@ if TYPE_CHECKING:
 class Slot:
     """What one replica holds for one sequence number in the current view."""
 
-    __slots__ = ("commits", "committed", "pre_prepare", "prepared", "prepares", "seq", "stalled")
+    __slots__ = (
+        "commits", "committed", "pre_prepare", "prepared", "prepares", "seq", "stalled",
+        "unchecked",
+    )
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
         self.pre_prepare: PrePrepare | None = None
         self.prepares: dict[int, Prepare] = {}  # first PREPARE of each replica
         self.commits: dict[int, Commit] = {}  # first COMMIT of each replica
+        # Replicas whose COMMIT above counted on the channel's word, its signature
+        # not (yet) checked (``PbftParams.commits_on_channel``); None: checked,
+        # bad (never forwarded), so not checked again.
+        self.unchecked: dict[int, bool | None] = {}
         self.prepared = False  # in this view
         self.committed: PrePrepare | None = None  # what committed here (any view)
         self.stalled = 0  # status ticks without progress
@@ -304,7 +311,10 @@ class NormalCase:
 
     # -- PREPARE and COMMIT ---------------------------------------------------------------
 
-    def ignore_vote(self, vote: Prepare | Commit) -> str | None:
+    def ignore_vote(self, vote: Prepare | Commit, *, on_channel: bool = False) -> str | None:
+        """Why ``vote`` is dropped (``None``: it is not). ``on_channel``: it came
+        from its author on the authenticated channel and its signature need not
+        be checked now (``PbftParams.commits_on_channel``)."""
         pbft = self.pbft
         if not pbft.active:
             return "vote_not_active"
@@ -312,7 +322,7 @@ class NormalCase:
             return "vote_other_view"
         if not pbft.in_window(vote.seq):
             return "vote_out_of_window"
-        if not pbft.verify(vote.replica, vote):
+        if not on_channel and not pbft.verify(vote.replica, vote):
             return "vote_bad_signature"
         return None
 
@@ -335,7 +345,10 @@ class NormalCase:
 
     def on_commit(self, source: int, commit: Commit) -> None:
         pbft = self.pbft
-        reason = self.ignore_vote(commit)
+        # The channel authenticates its source: a COMMIT from its author is that
+        # replica's vote whatever its signature (a MAC authenticator, TOCS 3.2).
+        on_channel = pbft.params.commits_on_channel and source == commit.replica
+        reason = self.ignore_vote(commit, on_channel=on_channel)
         if reason is not None:
             pbft.reject(reason)
             return
@@ -346,7 +359,32 @@ class NormalCase:
                 pbft.count("pbft_commit_equivocation_seen")
             return
         slot.commits[commit.replica] = commit
+        if on_channel:
+            slot.unchecked[commit.replica] = True
+            pbft.count("pbft_commits_on_channel")
         self.check_committed(slot)
+
+    def forwardable_commits(self, slot: Slot, digest: bytes) -> list[Commit]:
+        """The COMMITs for ``digest`` a third replica will accept: one that counted
+        on the channel's word has its signature checked now (once); a bad one
+        still counted here (its author sent it) but is never forwarded."""
+        pbft = self.pbft
+        found = []
+        for replica, commit in slot.commits.items():
+            if commit.digest != digest:
+                continue
+            state = slot.unchecked.get(replica, False)
+            if state is None:
+                continue
+            if state:
+                if pbft.verify(replica, commit):
+                    del slot.unchecked[replica]
+                else:
+                    slot.unchecked[replica] = None
+                    pbft.reject("commit_on_channel_bad_signature")
+                    continue
+            found.append(commit)
+        return found
 
     def prepared_quorum(self) -> int:
         """PREPAREs from distinct backups that, with the PRE-PREPARE, prepare: 2f."""
@@ -490,6 +528,6 @@ class NormalCase:
             for prepare in slot.prepares.values():
                 if prepare.digest == pre_prepare.digest and prepare.replica != peer:
                     pbft.send(peer, prepare)
-            for commit in slot.commits.values():
-                if commit.digest == pre_prepare.digest and commit.replica != peer:
+            for commit in self.forwardable_commits(slot, pre_prepare.digest):
+                if commit.replica != peer:
                     pbft.send(peer, commit)

@@ -37,6 +37,15 @@ class PbftParams:
     barriers_max: int = 1024  # read barriers waiting for their null batch to execute
     retransmit_max: int = 64  # sequence numbers re-sent in one answer to a STATUS
     snapshot_bytes_max: int = 16 << 20  # a state this replica will fetch
+    # -- authentication ----------------------------------------------------------
+    # MAC authenticators between replicas (Castro and Liskov, TOCS 2002 section
+    # 3.2; docs/adr/0024): a COMMIT that comes from its author on the
+    # authenticated channel counts towards committing without its signature
+    # being checked; the signature is checked only before the COMMIT is shown to
+    # a third replica (retransmission, committed certificates). Everything that
+    # enters a certificate (PRE-PREPARE, PREPARE, CHECKPOINT, VIEW-CHANGE,
+    # NEW-VIEW) is checked as before.
+    commits_on_channel: bool = False
 
     def validate(self) -> PbftParams:
         """Raise :class:`ConfigError` unless the parameters are usable."""
