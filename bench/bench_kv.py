@@ -94,7 +94,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 ANCHORS_VENV = BENCH_DIR / ".venv-anchors"
 PYSYNCOBJ_NODE = BENCH_DIR / "kv_pysyncobj_node.py"
 LOOPBACK = "127.0.0.1"
-SYSTEMS = ("replicaio", "replicaio-pbft", "replicaio-minbft", "pysyncobj", "etcd", "redis")
+SYSTEMS = ("replicaio", "replicaio-pbft", "replicaio-pbft-gateway", "replicaio-minbft",
+           "pysyncobj", "etcd", "redis")
 OP_TIMEOUT_S = 5.0  # one request; beyond it the client counts a timeout (and retries)
 
 
@@ -518,6 +519,7 @@ class Settings:
     node_params: dict[str, int]
     protocol_params: dict[str, int]
     install: bool
+    pbft_params: dict[str, int] = field(default_factory=dict)
 
 
 class System:
@@ -768,8 +770,8 @@ class PbftSystem(ReplicaioSystem):
     protocol = "pbft"
     auth = "ed25519"
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, "replicaio-pbft", {}, {})
+    def __init__(self, settings: Settings, label: str = "replicaio-pbft") -> None:
+        super().__init__(settings, label, {}, dict(settings.pbft_params))
 
     def find_leader(self) -> bool:
         # Backups relay to the primary (SMR forwarding), so any replica serves;
@@ -784,6 +786,55 @@ class PbftSystem(ReplicaioSystem):
                 total += int(self.metrics(node_id).get(
                     'replicaio_core_events_total{event="pbft_view_changes"}', 0))
         return total
+
+
+class PbftGatewaySystem(PbftSystem):
+    """PBFT n=4 reached the way a Redis client without trust in any one replica
+    reaches it: RESP clients -> ``replicaio kv gateway`` (signs each command with
+    its client key, sends it to the replicas, answers on f+1 matching replies)
+    -> the replicas. The gateway's CPU is counted with the servers'."""
+
+    name = "replicaio-pbft-gateway"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "replicaio-pbft-gateway")
+        self.gateway: subprocess.Popen[Any] | None = None
+        self.gateway_port = 0
+
+    def start(self) -> None:
+        super().start()
+        self.gateway_port = free_ports(1)[0]
+        command = [sys.executable, "-m", "replicaio.cli", "kv", "gateway", "--cluster",
+                   str(self.cluster.config_path), "--port", str(self.gateway_port)]
+        self.gateway = PROCESSES.start(command, self.cluster.directory / "gateway.log",
+                                       stdin=subprocess.DEVNULL)
+
+        def listening() -> bool:
+            assert self.gateway is not None
+            if self.gateway.poll() is not None:
+                raise Skip("the gateway exited: "
+                           + (self.cluster.directory / "gateway.log").read_text()[-300:])
+            with contextlib.suppress(OSError):
+                socket.create_connection((LOOPBACK, self.gateway_port), 0.2).close()
+                return True
+            return False
+
+        wait_for(listening, 30.0, "the PBFT gateway's port")
+        self.driven = ("this process, asyncio, one RESP connection per client, to "
+                       "`replicaio kv gateway` (f+1 matching replies)")
+
+    def client_port(self) -> int:
+        return self.gateway_port
+
+    def server_pids(self) -> list[int]:
+        gateway = [] if self.gateway is None else [self.gateway.pid]
+        return super().server_pids() + gateway
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            PROCESSES.stop(self.gateway)
+            self.gateway = None
+        super().stop()
 
 
 class MinbftSystem(PbftSystem):
@@ -1283,6 +1334,24 @@ def ratios(rows: list[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
     return found
 
 
+def bft_vs_raft(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each BFT cluster against Raft (``replicaio``) per (workload, clients):
+    throughput ratio and server CPU per operation ratio."""
+    by_key = {(row["system"], row["workload"], row["clients"]): row for row in rows}
+    found = []
+    for (system, workload, clients), row in sorted(by_key.items()):
+        raft = by_key.get(("replicaio", workload, clients))
+        if system == "replicaio" or raft is None or not raft["ops_per_s"]:
+            continue
+        cpu, raft_cpu = row.get("server_cpu_ms_per_kop"), raft.get("server_cpu_ms_per_kop")
+        found.append({
+            "system": system, "workload": workload, "clients": clients,
+            "throughput": round(row["ops_per_s"] / raft["ops_per_s"], 2),
+            "cpu_per_op": round(cpu / raft_cpu, 2) if cpu and raft_cpu else None,
+        })
+    return found
+
+
 def print_report(report: dict[str, Any]) -> None:
     print("Conditions")
     for key, value in report["conditions"].items():
@@ -1291,10 +1360,10 @@ def print_report(report: dict[str, Any]) -> None:
     for name, info in report["systems"].items():
         print(f"  {name}: {info}")
     print()
-    print(f"{'system':<18}{'workload':<8}{'clients':>8}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+    print(f"{'system':<24}{'workload':<8}{'clients':>8}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'srv cpu ms/kop':>16}  every run's ops/s  errors")
     for row in sorted(report["rows"], key=lambda r: (r["system"], r["workload"], r["clients"])):
-        print(f"{row['system']:<18}{row['workload']:<8}{row['clients']:>8}"
+        print(f"{row['system']:<24}{row['workload']:<8}{row['clients']:>8}"
               f"{row['ops_per_s']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
               f"{row['server_cpu_ms_per_kop'] or 0:>16.1f}  "
               f"{'/'.join(f'{run:.0f}' for run in row['runs_ops_per_s'])}  {row['errors'] or ''}")
@@ -1306,6 +1375,15 @@ def print_report(report: dict[str, Any]) -> None:
                                                               r["clients"])):
             print(f"{ratio['anchor']:<18}{ratio['workload']:<8}{ratio['clients']:>8}"
                   f"{ratio['throughput']:>8.2f}{ratio['p50']:>8.2f}{ratio['p99']:>8.2f}")
+    if report.get("bft_vs_raft"):
+        print()
+        print("BFT cluster / Raft n=3 (throughput: >1 is better for the BFT cluster; "
+              "server CPU per operation: <1 is better)")
+        print(f"{'system':<24}{'workload':<8}{'clients':>8}{'thr':>8}{'cpu/op':>8}")
+        for ratio in report["bft_vs_raft"]:
+            cpu = "" if ratio["cpu_per_op"] is None else f"{ratio['cpu_per_op']:.2f}"
+            print(f"{ratio['system']:<24}{ratio['workload']:<8}{ratio['clients']:>8}"
+                  f"{ratio['throughput']:>8.2f}{cpu:>8}")
     for target, result in report.get("redis_benchmark", {}).items():
         print()
         print(f"redis-benchmark against {target}: {result.get('command', '')}")
@@ -1392,6 +1470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "retransmit_after_ticks=10")
     parser.add_argument("--protocol-params", default="",
                         help="replicaio [protocol.params], e.g. snapshot=64,batch=128")
+    parser.add_argument("--pbft-params", default="",
+                        help="[protocol.params] of the PBFT clusters, e.g. replica_macs=1")
+    parser.add_argument("--gateway-clients", default="16",
+                        help="client counts for replicaio-pbft-gateway")
     parser.add_argument("--variant", action="append", default=[],
                         help="another replicaio cluster measured alongside, e.g. "
                              "'fast-tick:node.tick_us=5000' or 'snap64:protocol.snapshot=64' "
@@ -1438,7 +1520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     settings = Settings(workdir, args.warmup, args.duration, args.keys, args.value_bytes,
                         args.front, parse_params(args.node_params),
-                        parse_params(args.protocol_params), not args.no_install)
+                        parse_params(args.protocol_params), not args.no_install,
+                        parse_params(args.pbft_params))
     report: dict[str, Any] = {"conditions": conditions(args, workdir), "systems": {},
                               "rows": [], "skipped": {}, "redis_benchmark": {}}
     redis_pairs = [tuple(int(x) for x in pair.split(":"))
@@ -1470,6 +1553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              workloads))
         elif name == "replicaio-pbft":
             plan.append((PbftSystem(settings), args.clients, workloads))
+        elif name == "replicaio-pbft-gateway":
+            plan.append((PbftGatewaySystem(settings),
+                         [int(c) for c in args.gateway_clients.split(",") if c], workloads))
         elif name == "replicaio-minbft":
             plan.append((MinbftSystem(settings), args.clients, workloads))
         elif name == "pysyncobj":
@@ -1544,6 +1630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"kept {workdir}")
     report["workdir"] = {"path": str(workdir), "kept": args.keep}
     report["ratios"] = ratios(report["rows"], "replicaio")
+    report["bft_vs_raft"] = bft_vs_raft(report["rows"])
     report["conditions"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True))

@@ -28,6 +28,12 @@ Two parts (``--part``):
     .venv/bin/python bench/bench_raft_kv.py                       # both parts
     .venv/bin/python bench/bench_raft_kv.py --part throughput --sizes 3 --json
     .venv/bin/python bench/bench_raft_kv.py --part long --long-ops 20000
+    .venv/bin/python bench/bench_raft_kv.py --part throughput --protocol pbft --sizes 4
+
+``--protocol`` measures another ordering protocol under the same SMR and KV
+store in the throughput part (``pbft``, ``pbft:replica_macs=1``, ``minbft``;
+f is the most the protocol tolerates at each size): simulated PBFT client
+operations per second (issue 10 section 5).
 """
 
 from __future__ import annotations
@@ -49,8 +55,16 @@ from replicaio.sim.simulator import Simulator
 from replicaio.smr.protocol import SmrProtocol
 
 
+def tolerated(protocol: str, n: int) -> int:
+    """The most faulty replicas ``protocol`` tolerates with ``n`` replicas."""
+    name = protocol.partition(":")[0]
+    if name == "pbft":
+        return (n - 1) // 3
+    return (n - 1) // 2  # raft (crash faults) and minbft (hybrid: 2f+1)
+
+
 def throughput(sizes: list[int], runs: int, clients: int, ops: int, faults: str,
-               record: bool) -> list[dict[str, Any]]:
+               record: bool, protocol: str = "raft") -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
         completed = steps = 0
@@ -59,10 +73,12 @@ def throughput(sizes: list[int], runs: int, clients: int, ops: int, faults: str,
         failed: list[int] = []
         for seed in range(1, runs + 1):
             workload = KvWorkload(clients=clients, ops=ops)
-            options = kv_options(seed, n, parse_faults(faults), workload)
+            name = protocol.partition(":")[0]
+            options = kv_options(seed, n, parse_faults(faults), workload,
+                                 protocol=None if name == "raft" else name)
             started = time.perf_counter()
             started_cpu = time.process_time()
-            result = Simulator("raft", options, f=(n - 1) // 2, record=record).run()
+            result = Simulator(protocol, options, f=tolerated(protocol, n), record=record).run()
             wall += time.perf_counter() - started
             cpu += time.process_time() - started_cpu
             if result.violations or result.stats["linearizable"] is not True:
@@ -71,6 +87,7 @@ def throughput(sizes: list[int], runs: int, clients: int, ops: int, faults: str,
             steps += result.stats["steps"]
             virtual_us += result.stats["virtual_time_us"]
         rows.append({
+            "protocol": protocol,
             "n": n,
             "runs": runs,
             "clients": clients,
@@ -218,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-trace", action="store_true", help="do not measure node_kib")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--protocol", default="raft",
+                        help="throughput part: raft, pbft, pbft:replica_macs=1, minbft")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     report: dict[str, Any] = {
@@ -227,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.part in ("throughput", "both"):
         sizes = [int(size) for size in args.sizes.split(",")]
         report["throughput"] = throughput(
-            sizes, args.runs, args.clients, args.ops, args.faults, not args.no_log
+            sizes, args.runs, args.clients, args.ops, args.faults, not args.no_log,
+            args.protocol,
         )
     if args.part in ("long", "both"):
         report["long"] = long_run(
@@ -238,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report, sort_keys=True))
         return 0
     for row in report.get("throughput", []):
-        print(f"n={row['n']}: {row['ops_completed']} ops in {row['wall_seconds']} s wall "
+        print(f"{row['protocol']} n={row['n']}: {row['ops_completed']} ops in "
+              f"{row['wall_seconds']} s wall "
               f"-> {row['ops_per_second']} ops/s ({row['ops_per_cpu_second']} per CPU second; "
               f"{row['steps_per_second']} steps/s; failed seeds {row['failed_seeds']}; "
               f"{row['virtual_ops_per_second']} ops per virtual second; faults "

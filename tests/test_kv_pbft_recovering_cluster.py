@@ -2,8 +2,8 @@
 damage: votes withheld until recovered*), with real node processes, real files
 and fsync on 127.0.0.1: ``INFO replication`` shows ``recovering:1`` and
 ``/healthz`` answers 503 with the reason while it withholds its votes, then
-``recovering:0`` and 200 once its stable checkpoint passed its target; its
-reads are right throughout. Raft's damaged-tail reporting is the model
+``recovering:0`` and 200 once its stable checkpoint passed its target, having
+executed what the others committed. Raft's damaged-tail reporting is the model
 (``tests/test_kv_storage_damage_cluster.py``).
 
 Every wait is bounded; the fixture's finalizer kills every process.
@@ -87,4 +87,8 @@ def test_a_pbft_replica_recovering_from_storage_damage_is_reported_until_it_reco
         write(cluster, PRIMARY, model, f"after{round_}", 20)
         round_ += 1
     wait_for(lambda: health(cluster, DAMAGED)[0] == 200, "the recovered replica to be healthy")
-    check_reads(cluster, DAMAGED, model)
+    # It executes what the others committed (its state is theirs), and the
+    # cluster's answers are right.
+    wait_for(lambda: executed(cluster, DAMAGED) >= executed(cluster, PRIMARY),
+             "the recovered replica to execute what the primary did")
+    check_reads(cluster, PRIMARY, model)
