@@ -92,7 +92,7 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "macs": "PBFT: 1 authenticates client requests with a vector of per-replica MACs "
     "(the paper's option) instead of signatures (simulation: the harness's clients sign so)",
     "replica_macs": "PBFT: 1 lets a COMMIT from its author count on the authenticated channel "
-    "(MAC authenticators between replicas, ADR 0024): its signature is checked only before it is "
+    "(MAC authenticators between replicas, ADR 0025): its signature is checked only before it is "
     "shown to a third replica; what enters certificates stays checked",
     "reads": "PBFT: 1 makes the simulator's clients read with the read-only optimisation "
     "(2f+1 matching unordered answers, else the read again, ordered; writes then need 2f+1 "

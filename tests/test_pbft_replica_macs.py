@@ -1,4 +1,4 @@
-"""MAC authenticators between replicas (``pbft:replica_macs=1``, docs/adr/0024):
+"""MAC authenticators between replicas (``pbft:replica_macs=1``, docs/adr/0025):
 a COMMIT from its author counts on the authenticated channel without its
 signature being checked; one relayed by a third replica is checked as before;
 a COMMIT is checked before this replica shows it to another, and one whose

@@ -39,7 +39,7 @@ class PbftParams:
     snapshot_bytes_max: int = 16 << 20  # a state this replica will fetch
     # -- authentication ----------------------------------------------------------
     # MAC authenticators between replicas (Castro and Liskov, TOCS 2002 section
-    # 3.2; docs/adr/0024): a COMMIT that comes from its author on the
+    # 3.2; docs/adr/0025): a COMMIT that comes from its author on the
     # authenticated channel counts towards committing without its signature
     # being checked; the signature is checked only before the COMMIT is shown to
     # a third replica (retransmission, committed certificates). Everything that
