@@ -69,6 +69,7 @@ from replicaio.services.txn.protocol import TxnFactory, TxnNode
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import TxnStore
 from replicaio.smr.auth import ClientAuthenticator, MacClients
+from replicaio.smr.client import read_only_quorum
 from replicaio.smr.params import SmrConstants, SmrParams
 from replicaio.smr.protocol import SmrFactory
 from replicaio.smr.replica import Replica
@@ -136,7 +137,10 @@ class ServiceSpec:
     """A replicated service: how to build its nodes, the checkers of its ordering
     protocol's own properties (``checkers``, fed every output) and how the
     simulated operator changes its membership (``membership``; ``None``: never).
-    ``family`` names the ordering protocol, for reports."""
+    ``family`` names the ordering protocol, for reports. The simulator's
+    clients accept an unordered read (section 5.1.3) on ``read_only_quorum``
+    matching answers, and read so if ``reads`` (else with the ``reads``
+    parameter): a broken client's rule is a variant like any other."""
 
     name: str
     family: str
@@ -146,6 +150,8 @@ class ServiceSpec:
     broken: bool = False
     checkers: Callable[[ClusterConfig], list[Any]] = no_checkers
     membership: Membership | None = None
+    read_only_quorum: Callable[[Resilience, int], int] = read_only_quorum
+    reads: bool = False
 
 
 def raft_checkers(config: ClusterConfig) -> list[Any]:
@@ -478,6 +484,14 @@ def usig_scheme(
     return Ed25519KeyedUsigScheme(replica, private, dict(publics))
 
 
+def smr_replica_of(protocol: Any) -> Replica | None:
+    """The SMR replica inside a node's protocol (for the simulator's adversary,
+    which sees every replica's state: ``pbft_lagging_reads`` answers reads as
+    the correct replica that executed least would)."""
+    replica = getattr(protocol, "replica", None)
+    return replica if isinstance(replica, Replica) else None
+
+
 def minbft_of(protocol: Any) -> Minbft | None:
     """The MinBFT replica inside a node's protocol (for the simulator's
     adversary, which asks a Byzantine replica's own USIG for UIs)."""
@@ -587,7 +601,8 @@ SERVICES.update(
 SERVICES.update(
     (name, ServiceSpec(name, "pbft", Resilience.BYZANTINE, build_pbft(name),
                        f"BROKEN on purpose: {variant.summary}", broken=True,
-                       checkers=pbft_checkers))
+                       checkers=pbft_checkers, read_only_quorum=variant.read_only_quorum,
+                       reads=variant.reads))
     for name, variant in PBFT_VARIANTS.items()
 )
 

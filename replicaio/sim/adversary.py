@@ -201,7 +201,8 @@ Sends = list[tuple[int, Any]]
 
 class Strategy:
     """Base behaviour: honest choices, messages passed through, no attacks.
-    Override any of :meth:`choose`, :meth:`rewrite` and :meth:`attack`."""
+    Override any of :meth:`choose`, :meth:`rewrite`, :meth:`attack`,
+    :meth:`rewrite_output` and :meth:`observe_input`."""
 
     def __init__(self, node: int, n: int, rng: random.Random) -> None:
         self.node = node
@@ -230,6 +231,11 @@ class Strategy:
         stand-in for the simulator's view (its own core and a durable write for
         its trusted component, ``runtime.host.LiveView``). Most behaviours need
         nothing of it."""
+
+    def observe_input(self, event: Any) -> None:
+        """Called with each input of the faulty node before its step (what it
+        receives is its own to know: a client's request, say)."""
+        return
 
     def peer(self, view: RunView) -> int:
         """A correct peer to aim at."""
@@ -462,6 +468,10 @@ class Composite(Strategy):
     def attach_live(self, view: Any) -> None:
         for part in self.parts:
             part.attach_live(view)
+
+    def observe_input(self, event: Any) -> None:
+        for part in self.parts:
+            part.observe_input(event)
 
 
 # -- registry --------------------------------------------------------------------

@@ -75,7 +75,7 @@ from replicaio.check.history import (
 from replicaio.check.history import transaction_key as key_of_transaction
 from replicaio.check.linearizability import LinearizabilityResult, check_linearizable
 from replicaio.core.codec import Codec
-from replicaio.core.config import ClusterConfig
+from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.errors import UsageError
 from replicaio.services.kv.state_machine import KvOk, decode_result, encode_at, encode_command
 from replicaio.sim.harness import HarnessApi
@@ -101,7 +101,14 @@ from replicaio.sim.options import (
 )
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
 from replicaio.smr.auth import KeyedClientSigner, MacClientSigner
-from replicaio.smr.client import BYZANTINE, Accepted, Refused, Votes, reply_quorum
+from replicaio.smr.client import (
+    BYZANTINE,
+    Accepted,
+    Refused,
+    Votes,
+    read_only_quorum,
+    reply_quorum,
+)
 
 EXTRA_KEY = "kv"  # SimOptions.extra[EXTRA_KEY] holds the workload
 
@@ -249,6 +256,7 @@ class KvHarness:
         *,
         client_macs: bool = False,
         fast_reads: bool = False,
+        read_only_quorum: Callable[[Resilience, int], int] = read_only_quorum,
     ) -> None:
         self.config = config
         self.client_macs = client_macs  # BFT clients authenticate with MAC vectors
@@ -284,8 +292,13 @@ class KvHarness:
         # With unordered reads, a write completes on 2f+1 matching replies: a
         # read's 2f+1 then meet it in a correct replica that executed it (with
         # f+1 a read could still find 2f+1 replicas that had not).
-        self.write_quorum = self.quorum_unordered = reply_quorum(
+        self.write_quorum = reply_quorum(
             config.resilience, config.f, read_only=True
+        ) if self.fast_reads else self.quorum
+        # How many matching unordered answers a read accepts (2f+1; a broken
+        # client's rule in ``replicaio.testing.variants.pbft``).
+        self.quorum_unordered = read_only_quorum(
+            config.resilience, config.f
         ) if self.fast_reads else self.quorum
 
     # -- the Harness protocol ----------------------------------------------------
@@ -931,7 +944,8 @@ def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
     checkers = spec.checkers(config)
     if spec.membership is None:
         return KvHarness(config, checkers, client_macs=bool(parameters.get("macs", 0)),
-                         fast_reads=bool(parameters.get("reads", 0)))
+                         fast_reads=spec.reads or bool(parameters.get("reads", 0)),
+                         read_only_quorum=spec.read_only_quorum)
     nemesis = MembershipNemesis(config, spec.membership)
     harness = KvHarness(config, checkers, nemesis, leader_hint=lambda: nemesis.leader)
     harness.observers.append(nemesis.observe)

@@ -36,7 +36,14 @@ and forcible by name (``--adversary pbft-equivocate``):
   reads: a stale value, what a lagging replica would say), never what it
   executed (the read-only optimisation's 2f+1 must outvote it);
 * ``pbft_lag``: holds every message back for a long while and releases it late
-  (a replica lagging on purpose; its old messages arrive in newer views).
+  (a replica lagging on purpose; its old messages arrive in newer views);
+* ``pbft_lagging_reads``: answers each unordered read (section 5.1.3) as the
+  correct replica that executed least would answer it now: the adversary
+  sees every replica's state (it runs the network), so its lie matches a
+  lagging correct replica's honest answer, and together they are f+1 stale
+  votes. 2f+1 outvote them; a client accepting f+1
+  (``pbft-read-only-f-plus-1``) reads a value overwritten before it asked.
+  Drawn for that variant's runs, forced by name for the others.
 """
 
 from __future__ import annotations
@@ -47,11 +54,12 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from replicaio.assembly import SERVICES, pbft_wire
+from replicaio.assembly import SERVICES, pbft_wire, smr_replica_of
 from replicaio.core.codec import Codec, DecodeError
+from replicaio.core.effects import Request
 from replicaio.core.signing import simulation_signer
 from replicaio.sim.adversary import RunView, Sends, Strategy, register_behaviour
-from replicaio.smr.api import Reply
+from replicaio.smr.api import AuthenticatedRequest, ClientRequest, Reply
 from replicaio.smr.messages import Batch, SignedBatch
 
 REMEMBERED_MAX = 64
@@ -60,6 +68,9 @@ LAG_US = 1_500_000
 wire: Any = pbft_wire()
 # PBFT and its broken variants: their runs draw these behaviours too.
 PBFT_FAMILY = tuple(name for name, spec in SERVICES.items() if spec.family == "pbft")
+# Those whose simulated clients always read unordered (broken ones: plain
+# ``pbft:reads=1`` runs keep the schedules their seeds had).
+PBFT_READERS = tuple(name for name in PBFT_FAMILY if SERVICES[name].reads)
 
 
 class PbftStrategy(Strategy):
@@ -292,6 +303,56 @@ class StaleReads(PbftStrategy):
         return replace(output, result=self.rng.choice(others))
 
 
+class LaggingReads(PbftStrategy):
+    """Answers every unordered read as the correct replica that executed least
+    would: its state machine's answer to the same command, now."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.codec = Codec()
+        self.reads: dict[tuple[int, int], bytes] = {}  # (client, seq) -> command
+        self.view: RunView | None = None
+
+    def observe_input(self, event: Any) -> None:
+        if type(event) is not Request or not isinstance(event.payload, bytes):
+            return
+        try:
+            message = self.codec.decode(event.payload)
+        except DecodeError:
+            return
+        request = message.request if type(message) is AuthenticatedRequest else message
+        if type(request) is ClientRequest and request.unordered:
+            if len(self.reads) >= REMEMBERED_MAX:
+                del self.reads[next(iter(self.reads))]
+            self.reads[(request.client, request.seq)] = request.command
+
+    def attack(self, view: RunView) -> Sends:
+        self.view = view
+        return []
+
+    def rewrite_output(self, output: Any) -> Any:
+        if type(output) is not Reply:
+            return output
+        command = self.reads.pop((output.client, output.seq), None)
+        lagging = self.lagging()
+        if command is None or lagging is None:
+            return output
+        return replace(output, result=lagging.state_machine.read(command))
+
+    def lagging(self) -> Any:
+        """The SMR replica of the up correct replica that applied least."""
+        view = self.view
+        if view is None:
+            return None
+        replicas = [
+            replica for replica in (
+                smr_replica_of(core.protocol) for core in
+                (view.cores[node] for node in view.correct) if core is not None
+            ) if replica is not None
+        ]
+        return min(replicas, key=lambda replica: replica.applied, default=None)
+
+
 class BadState(PbftStrategy):
     """Flips a byte in every state-transfer answer it sends."""
 
@@ -345,3 +406,10 @@ for _name, _factory, _summary, _weight in (
     ("pbft_stale_reads", StaleReads, "answer clients with results given earlier", 0.0),
 ):
     register_behaviour(_name, _factory, _summary, protocols=PBFT_FAMILY, weight=_weight)
+# Drawn for runs whose clients always read unordered, forcible in any run.
+register_behaviour(
+    "pbft_lagging_reads", LaggingReads,
+    "answer unordered reads as the correct replica that executed least would",
+    protocols=PBFT_READERS, weight=0.5,
+)
+

@@ -379,6 +379,8 @@ class Simulator:
         assert core is not None
         if node.choices:
             node.choices = []
+        if node.strategy is not None:
+            node.strategy.observe_input(event)
         try:
             effects = core.step(event)
         except Exception as error:  # a failed assertion included: see node_raised

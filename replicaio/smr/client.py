@@ -42,6 +42,13 @@ def reply_quorum(resilience: Resilience, f: int, *, read_only: bool = False) -> 
     return 2 * f + 1 if read_only else f + 1
 
 
+def read_only_quorum(resilience: Resilience, f: int) -> int:
+    """How many matching answers an unordered read needs (2f+1 with Byzantine
+    faults): :func:`reply_quorum` with ``read_only``, as a rule a service names
+    (``replicaio.assembly.ServiceSpec.read_only_quorum``)."""
+    return reply_quorum(resilience, f, read_only=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """The result f+1 (or the quorum of) replicas agree on, and who vouched."""

@@ -6,18 +6,28 @@ class attributes (``normal_type``, ``checkpoints_type``, ``view_changes_type``,
 :data:`PBFT_VARIANTS` lists them with what each breaks and the property that
 catches it (see ``docs/pbft.md``, *Broken variants*, and
 ``tests/test_pbft_variants.py``).
+
+One variant is broken on the client's side, not the replicas':
+``pbft-read-only-f-plus-1`` runs the real :class:`Pbft` and its simulated
+clients read with the read-only optimisation (section 5.1.3), but accept an
+unordered read on f+1 matching answers instead of 2f+1
+(:func:`read_only_quorum_f_plus_1`): a Byzantine replica answering as a
+lagging correct one does then makes the client read a stale value
+(``pbft_lagging_reads``, ``replicaio.sim.pbft_adversary``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from replicaio.core.config import Resilience
 from replicaio.protocols.pbft.messages import PrePrepare, Status, ViewChange
 from replicaio.protocols.pbft.normal import NormalCase
 from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.pbft.recovery import Recovery
 from replicaio.protocols.pbft.view_change import Chosen, ViewChanges
+from replicaio.smr.client import read_only_quorum, reply_quorum
 
 
 class CommitQuorumOffByOne(NormalCase):
@@ -97,15 +107,26 @@ class PbftTrustDamagedTail(Pbft):
     recovery_type = TrustDamagedTail
 
 
+def read_only_quorum_f_plus_1(resilience: Resilience, f: int) -> int:
+    """An unordered read accepted on f+1 matching answers (the quorum of an
+    ordered reply) instead of 2f+1: f+1 may be one faulty replica and f correct
+    ones that have not executed a write the client saw complete."""
+    return reply_quorum(resilience, f)
+
+
 @dataclass(frozen=True, slots=True)
 class PbftVariant:
     """A broken PBFT: its protocol name, class, what it breaks, and the property
-    a seed sweep of the simulator catches it by."""
+    a seed sweep of the simulator catches it by. ``read_only_quorum`` is the
+    rule its clients accept unordered reads by, and ``reads`` whether they read
+    so (section 5.1.3) whatever the protocol's parameters say."""
 
     name: str
     pbft_type: type[Pbft]
     summary: str
     caught_by: str
+    read_only_quorum: Callable[[Resilience, int], int] = read_only_quorum
+    reads: bool = False
 
 
 PBFT_VARIANTS: dict[str, PbftVariant] = {
@@ -136,6 +157,11 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
             "pbft-trust-damaged-tail", PbftTrustDamagedTail,
             "a replica whose storage lost writes votes at once from the older state",
             "agreement",
+        ),
+        PbftVariant(
+            "pbft-read-only-f-plus-1", Pbft,
+            "clients read unordered and accept f+1 matching answers instead of 2f+1",
+            "linearizability", read_only_quorum=read_only_quorum_f_plus_1, reads=True,
         ),
     )
 }
