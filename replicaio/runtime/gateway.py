@@ -26,9 +26,10 @@ With ``--fast-reads`` (the read-only optimisation, Castro and Liskov, TOCS
 2002, section 5.1.3) a read goes first *unordered* to every replica, under a
 reader identity of its own (its numbers never meet the ordered ones), and is
 answered once 2f+1 replicas sent the same result from their current state; on
-a mismatch or a timeout (``FAST_READ_TIMEOUT_S``) it goes through the log as
-before. Writes then need 2f+1 matching replies too: a read's 2f+1 then meet
-every completed write in a correct replica that executed it.
+a mismatch or a timeout (``READ_UNORDERED_TIMEOUT_S``) it goes through the log
+as before (the client library's read: ``SmrClient.read_unordered``). Writes
+then need 2f+1 matching replies too: a read's 2f+1 then meet every completed
+write in a correct replica that executed it.
 
 A node's own RESP port stays a *trusted shortcut*: it answers from that one
 replica (which is all a Raft client ever trusts). Use the gateway when the
@@ -56,7 +57,7 @@ from replicaio.runtime.kv.service import RespService
 from replicaio.runtime.smr_client import SmrClient
 from replicaio.smr.api import ClientRequest, Rejected, Reply
 from replicaio.smr.auth import ClientSigner
-from replicaio.smr.client import BYZANTINE, Accepted, Refused, reply_quorum
+from replicaio.smr.client import Accepted, Refused
 
 logger = logging.getLogger("replicaio.gateway")
 
@@ -66,7 +67,6 @@ logger = logging.getLogger("replicaio.gateway")
 # arms its view-change timer.
 MULTICAST_AFTER_S: Final = 1.0
 SIGNERS_MAX: Final = 65_536
-FAST_READ_TIMEOUT_S: Final = 0.5
 OnDone = Callable[[str | None], None]
 
 
@@ -93,13 +93,10 @@ class GatewayHost:
         self.service = service
         self.codec = Codec()
         self.counters = Counters()
-        self.smr = SmrClient(cluster, self.counters)
+        self.smr = SmrClient(cluster, self.counters, fast_reads=fast_reads)
         self.n = self.smr.n
-        config = cluster.cluster_config()
-        self.fast_reads = fast_reads and config.resilience in BYZANTINE
-        read_quorum = reply_quorum(config.resilience, config.f, read_only=True)
-        self.read_quorum = read_quorum
-        self.quorum = read_quorum if self.fast_reads else self.smr.quorum
+        self.fast_reads = self.smr.fast_reads
+        self.quorum = self.smr.quorum  # 2f+1 with fast reads (the module docstring)
         self.signers: OrderedDict[int, ClientSigner] = OrderedDict()
         # unordered reads: one reader identity per front client, and its numbers
         self.readers: OrderedDict[int, tuple[ClientSigner, int]] = OrderedDict()
@@ -163,12 +160,9 @@ class GatewayHost:
         """The read-only optimisation: whether 2f+1 replicas' matching answers
         from their current state decided ``local`` (else it goes through the log)."""
         signer, number = self.reader(local.client)
-        request = ClientRequest(signer.client, number, local.command, True, True)
         self.counters.count("gateway_reads_unordered")
-        decision = await self.smr.attempt(
-            signer, request, True, FAST_READ_TIMEOUT_S, quorum=self.read_quorum
-        )
-        if isinstance(decision, Accepted):
+        decision = await self.smr.read_unordered(signer, number, local.command)
+        if decision is not None:
             self.decide(local, decision)
             return True
         self.counters.count("gateway_reads_unordered_fallbacks")

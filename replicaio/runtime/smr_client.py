@@ -16,9 +16,25 @@ keyed-hash scheme of ``hmac`` clusters), a registered session and numbered
 requests, each retried with the same ``(client, seq)`` (at most once
 execution) until decided or ``timeout_s`` passes::
 
-    client = SmrClient(load_cluster_file("cluster.toml"))
+    client = SmrClient(load_cluster_file("cluster.toml"), fast_reads=True)
     session = client.session()
     result = await session.execute(encode_command("incr", b"n", 1))
+    value = await session.read(encode_command("get", b"n"))
+
+:meth:`SmrSession.read` runs a read-only command. With ``fast_reads`` (the
+read-only optimisation, Castro and Liskov, TOCS 2002, section 5.1.3; Byzantine
+fault tolerant clusters only) it goes first *unordered* to every replica, which
+answers at once from its current (executed, committed) state, and is accepted
+on 2f+1 matching answers; on answers that can no longer reach 2f+1, or none
+within ``READ_UNORDERED_TIMEOUT_S``, it runs through the log like any request,
+under a new number (so that no unordered answer still on its way counts
+towards it). Every write of the client then needs 2f+1 matching replies too:
+a read's 2f+1 and a completed write's 2f+1 share f+1 replicas, one of them
+correct and past the write. The guarantee holds only if *every* client that
+writes to what fast readers read uses 2f+1 for its writes (an f+1 writer's
+write may be completed at a single correct replica, and a read's 2f+1 can miss
+it): give the whole deployment ``fast_reads``, or none of it. Without
+``fast_reads``, and on a crash-fault cluster, a read is ordered like a write.
 
 The Redis gateway (``replicaio.runtime.gateway``) is this library under the
 node's Redis front. Bounds: ``CONNECTIONS_PER_REPLICA_MAX`` idle connections
@@ -33,11 +49,12 @@ import os
 from typing import Final
 
 from replicaio.core.codec import Codec, DecodeError
+from replicaio.core.errors import UsageError
 from replicaio.runtime.config import Address, ClusterFile
 from replicaio.runtime.counters import Counters
 from replicaio.smr.api import ClientRequest, Rejected, Reply
 from replicaio.smr.auth import ClientSigner, Ed25519ClientSigner, KeyedClientSigner
-from replicaio.smr.client import Accepted, Refused, Votes, reply_quorum
+from replicaio.smr.client import BYZANTINE, Accepted, Refused, Votes, reply_quorum
 
 logger = logging.getLogger("replicaio.smr_client")
 
@@ -46,6 +63,9 @@ REPLY_LINE_BYTES_MAX: Final = 64
 ANSWER_BYTES_MAX: Final = 1 << 27
 ATTEMPT_TIMEOUT_S: Final = 2.5
 MULTICAST_AFTER_S: Final = 1.0
+# An unordered read undecided this long goes through the log: replicas answer
+# it at once, so only a down or slow replica (or a split) makes it wait.
+READ_UNORDERED_TIMEOUT_S: Final = 0.5
 Decision = Accepted | Refused
 
 
@@ -138,13 +158,21 @@ class ReplicaPool:
 class SmrClient:
     """Signed requests to every replica of a cluster, decided by vote (module docstring)."""
 
-    def __init__(self, cluster: ClusterFile, counters: Counters | None = None) -> None:
+    def __init__(
+        self, cluster: ClusterFile, counters: Counters | None = None, *, fast_reads: bool = False
+    ) -> None:
         self.cluster = cluster
         self.codec = Codec()
         self.counters = counters or Counters()
         config = cluster.cluster_config()
         self.n = config.n
-        self.quorum = reply_quorum(config.resilience, config.f)
+        # The read-only optimisation (module docstring): unordered reads on
+        # 2f+1 matching answers, and then writes on 2f+1 too.
+        self.fast_reads = fast_reads and config.resilience in BYZANTINE
+        self.read_quorum = reply_quorum(config.resilience, config.f, read_only=True)
+        self.quorum = (
+            self.read_quorum if self.fast_reads else reply_quorum(config.resilience, config.f)
+        )
         self.ed25519 = cluster.auth == "ed25519"
         self.pools = [ReplicaPool(entry.client, self.counters) for entry in cluster.nodes]
         self.primary = 0  # the leader hint of the last decision
@@ -191,6 +219,21 @@ class SmrClient:
             for task in pending:
                 task.cancel()
 
+    async def read_unordered(
+        self, signer: ClientSigner, seq: int, command: bytes,
+        timeout_s: float = READ_UNORDERED_TIMEOUT_S,
+    ) -> Accepted | None:
+        """The read-only optimisation's first try: the read-only ``command`` as
+        ``(signer's client, seq)``, unordered, to every replica; the result once
+        2f+1 of them answered alike from their current state, else ``None`` (the
+        caller orders it, under another number)."""
+        if not self.fast_reads:
+            raise UsageError("unordered reads need fast_reads, on a Byzantine fault tolerant "
+                             "cluster")
+        request = ClientRequest(signer.client, seq, command, True, True)
+        decision = await self.attempt(signer, request, True, timeout_s, self.read_quorum)
+        return decision if isinstance(decision, Accepted) else None
+
     def count_vote(self, votes: Votes, replica: int, answer: bytes | None) -> Decision | None:
         if answer is None:
             return None
@@ -220,13 +263,40 @@ class SmrSession:
         self.timeout_s = timeout_s
         self.signer = client.new_signer()
         self.seq = 0
+        self.registered = False
 
     async def execute(self, command: bytes) -> bytes:
         """Run ``command`` (at most once) and return its result, once f+1 replicas
-        agree; :class:`SmrRefused` or :class:`SmrTimeout` otherwise."""
-        if self.seq == 0:
-            await self.request(b"")  # register: opens the session, runs nothing
+        agree (2f+1 with ``fast_reads``); :class:`SmrRefused` or
+        :class:`SmrTimeout` otherwise."""
+        await self.register()
         return await self.request(command)
+
+    async def register(self) -> None:
+        """Open the session (its first request, number 1, runs nothing): a
+        replica refuses a later number of a client it has no session of
+        (``session_expired``: its session may have been evicted)."""
+        if not self.registered:
+            await self.request(b"")
+            self.registered = True
+
+    async def read(self, command: bytes) -> bytes:
+        """Run the read-only ``command`` and return its result: with the
+        client's ``fast_reads``, unordered first (2f+1 matching answers), else
+        or then ordered as :meth:`execute` runs it (module docstring). A command
+        that is not read-only gets the service's refusal as its result (the KV
+        store's ``not_read_only``) if it went unordered: send writes with
+        :meth:`execute`."""
+        client = self.client
+        if client.fast_reads:
+            await self.register()  # numbers after the first need a session
+            self.seq += 1  # unordered: this number is never executed
+            client.counters.count("smr_client_reads_unordered")
+            decision = await client.read_unordered(self.signer, self.seq, command)
+            if decision is not None:
+                return decision.result
+            client.counters.count("smr_client_reads_unordered_fallbacks")
+        return await self.execute(command)
 
     async def request(self, command: bytes) -> bytes:
         self.seq += 1
