@@ -32,7 +32,7 @@ from replicaio.runtime.client import check_service_params, service_factory
 from replicaio.runtime.config import Address, ClusterFileError, HostParams
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.kv.service import RespService, smr_client_id
-from replicaio.services.kv.redis_commands import KV_PARAMS, plan
+from replicaio.services.kv.redis_commands import KV_PARAMS, Local, plan
 from replicaio.services.kv.resp import (
     RESP2,
     RESP3,
@@ -44,6 +44,7 @@ from replicaio.services.kv.resp import (
     encode_reply,
     split_inline,
 )
+from replicaio.services.kv.resp import Reply as RespReply
 from replicaio.services.kv.state_machine import KeyValueStateMachine
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
 
@@ -230,6 +231,26 @@ class FakeSession:
 
     def server_info(self) -> dict[str, dict[str, str | int]]:
         return {"Server": {"server_name": "replicaio"}}
+
+    # The rest of redis_commands.Session, so that no generated command (TIME,
+    # ROLE, CLIENT LIST or KILL) meets a missing method instead of the planner.
+    def clients(self) -> list[dict[str, str | int]]:
+        return [{"id": self.connection_id, "addr": "127.0.0.1:1"}]
+
+    def kill_clients(self, client_id: int | None, address: str | None, skip_me: bool) -> int:
+        return 0
+
+    def server_time_us(self) -> int:
+        return 1_700_000_000_000_000
+
+    def role(self) -> RespReply:
+        return [b"master", 0, []]
+
+
+def test_the_fake_session_is_a_whole_session() -> None:
+    for name in ("time", "role", "client list", "client kill id 3"):
+        planned = plan(FakeSession(), name.encode().split())
+        assert isinstance(planned, Local), (name, planned)
 
 
 @settings(max_examples=300, deadline=None)
