@@ -435,7 +435,7 @@ def minbft_footprint_max(
         "minbft_deferred": minbft.held_max * n,
         "minbft_own_log": 4 * window + 16,
         "minbft_checkpoint_votes": (checkpoints + 1) * n,
-        "minbft_snapshots": checkpoints,
+        "minbft_snapshots": checkpoints + minbft.snapshots_served_max,
         "minbft_view_changes": n,
         "minbft_requests": n,
         "storage_keys": 8 * window + 4 * n + 32,
@@ -720,7 +720,7 @@ def broadcast_spec(name: str) -> BroadcastSpec | None:
 # honour ``Start.damaged``: Raft rejoins like a replaced disk, docs/raft.md; a
 # PBFT replica withholds its votes until a stable checkpoint passes what it
 # may have voted on, docs/pbft.md).
-RECOVERING_ORDERINGS = frozenset({"raft", "pbft"})
+RECOVERING_ORDERINGS = frozenset({"raft", "pbft", "minbft"})
 
 
 def damaged_disks_max(name: str | None, nodes: int, byzantine: int) -> int:
