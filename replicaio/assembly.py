@@ -50,7 +50,13 @@ from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, Broadcast
 from replicaio.protocols.minbft import messages as minbft_messages
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.params import MinbftParams
-from replicaio.protocols.minbft.usig import Ed25519KeyedUsigScheme, HmacUsigScheme, UsigScheme
+from replicaio.protocols.minbft.recovery import UsigLost
+from replicaio.protocols.minbft.usig import (
+    USIG_SIMULATION_SECRET,
+    Ed25519KeyedUsigScheme,
+    HmacUsigScheme,
+    UsigScheme,
+)
 from replicaio.protocols.pbft import messages as pbft_messages
 from replicaio.protocols.pbft.params import PbftParams
 from replicaio.protocols.pbft.pbft import Pbft
@@ -393,6 +399,20 @@ def minbft_wire() -> ModuleType:
     """MinBFT's wire messages, for its simulator behaviours
     (``replicaio.sim.minbft_adversary``)."""
     return minbft_messages
+
+
+def usig_lost(output: Any) -> tuple[int, int] | None:
+    """``(replica, epoch)`` if ``output`` is MinBFT's report that a replica's
+    USIG state may be lost (``UsigLost``), for the simulated operator."""
+    if type(output) is UsigLost:
+        return output.replica, output.epoch
+    return None
+
+
+def simulation_admission(replica: int, epoch: int) -> object:
+    """The operator's admission of USIG ``epoch`` for ``replica`` under the
+    simulation scheme (``replicaio/sim/operator.py``; ADR 0024)."""
+    return HmacUsigScheme(USIG_SIMULATION_SECRET).admit(replica, epoch)
 
 
 def usig_scheme(

@@ -19,8 +19,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-from replicaio.protocols.minbft.recovery import UsigLost
-from replicaio.protocols.minbft.usig import USIG_SIMULATION_SECRET, HmacUsigScheme
+from replicaio.assembly import simulation_admission, usig_lost
 from replicaio.sim.options import Crash
 
 if TYPE_CHECKING:
@@ -39,17 +38,17 @@ class SimOperator:
         self.rng = random.Random(f"replicaio-operator:{seed}")
         self.epochs: dict[int, int] = {}  # node -> the last epoch admitted for it
         self.pending: set[int] = set()  # nodes with an admission on its way
-        self.scheme = HmacUsigScheme(USIG_SIMULATION_SECRET)
         self.admissions = 0
 
     def on_output(self, node_id: int, output: Any) -> None:
-        if type(output) is not UsigLost or output.replica != node_id:
+        lost = usig_lost(output)
+        if lost is None or lost[0] != node_id:
             return
         simulator = self.simulator
         if node_id in simulator.options.byzantine or node_id in self.pending:
             return  # (a report repeated by a restart: one admission answers both)
         self.pending.add(node_id)
-        epoch = max(self.epochs.get(node_id, 0), output.epoch) + 1
+        epoch = max(self.epochs.get(node_id, 0), lost[1]) + 1
         self.epochs[node_id] = epoch
         delay = self.rng.randrange(OPERATOR_DELAY_US_MIN, OPERATOR_DELAY_US_MAX)
         from replicaio.sim.simulator import CALL
@@ -60,7 +59,7 @@ class SimOperator:
         """Write the admission into the node's configuration and restart it."""
         simulator = self.simulator
         node = simulator.nodes[node_id]
-        node.usig_admission = self.scheme.admit(node_id, epoch)
+        node.usig_admission = simulation_admission(node_id, epoch)
         self.pending.discard(node_id)
         self.admissions += 1
         simulator.stats["operator_usig_admissions"] = self.admissions
