@@ -55,7 +55,9 @@ from replicaio.protocols.minbft.usig import (
     USIG_SIMULATION_SECRET,
     Ed25519KeyedUsigScheme,
     HmacUsigScheme,
+    UsigAdmission,
     UsigScheme,
+    sign_admission,
 )
 from replicaio.protocols.pbft import messages as pbft_messages
 from replicaio.protocols.pbft.params import PbftParams
@@ -415,9 +417,25 @@ def simulation_admission(replica: int, epoch: int) -> object:
     return HmacUsigScheme(USIG_SIMULATION_SECRET).admit(replica, epoch)
 
 
+def admit_usig(kind: str, replica: int, epoch: int, key: bytes | None) -> bytes:
+    """The operator's admission certificate of USIG ``epoch`` for ``replica``:
+    ``hmac`` under the trusted components' shared secret ``key``; ``ed25519``
+    with the operator's private ``key`` (``replicaio kv admit-usig``)."""
+    assert key is not None
+    if kind == "hmac":
+        return HmacUsigScheme(key).admit(replica, epoch).certificate
+    return sign_admission(key, replica, epoch).certificate
+
+
+def usig_admission(replica: int, epoch: int, certificate: bytes) -> object:
+    """MinBFT's ``UsigAdmission`` as a cluster file names it (checked by the
+    replica's scheme when the node starts)."""
+    return UsigAdmission(replica, epoch, certificate)
+
+
 def usig_scheme(
     kind: str, replica: int, secret: bytes | None, private: bytes | None,
-    publics: Mapping[int, bytes],
+    publics: Mapping[int, bytes], operator_public_key: bytes | None = None,
 ) -> UsigScheme:
     """A live node's USIG certificates (the cluster file's ``[usig]``): ``hmac``
     under the trusted components' shared ``secret``; ``ed25519`` with this
@@ -427,7 +445,7 @@ def usig_scheme(
         assert secret is not None
         return HmacUsigScheme(secret)
     assert kind == "ed25519" and private is not None
-    return Ed25519KeyedUsigScheme(replica, private, dict(publics))
+    return Ed25519KeyedUsigScheme(replica, private, dict(publics), operator_public_key)
 
 
 def minbft_of(protocol: Any) -> Minbft | None:

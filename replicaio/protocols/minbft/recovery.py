@@ -47,7 +47,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 from replicaio.core.codec import Message, Meta
-from replicaio.core.effects import operator_event
+from replicaio.core.effects import notice
 from replicaio.protocols.minbft.messages import Status
 from replicaio.protocols.minbft.usig import (
     EPOCH_MAX,
@@ -69,7 +69,7 @@ EPOCH_RECORD_PREFIXES = ("own", "pp", "vt", "cm")
 EPOCH_RECORDS = ("anchor", "lp", "nv", "nvv")
 
 
-@operator_event("minbft USIG state lost: admit a new USIG epoch for this replica")
+@notice  # logged at warning: the operator must act (replicaio kv admit-usig)
 class UsigLost(Message, tag="minbft.UsigLost"):
     """Output: ``replica`` found its storage damaged (its USIG counter may have
     gone back) and sends nothing until the operator admits a USIG epoch above
