@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from replicaio.assembly import admit_usig
+from replicaio.cli_common import print_json
 from replicaio.core.errors import UsageError
 from replicaio.runtime.config import (
     USIG_OPERATOR_KEY_FILE,
@@ -42,13 +43,17 @@ def add_admit_usig_command(actions: Any) -> None:
     admit.add_argument("--operator-key", default=None,
                        help=f"the operator's key (default: {USIG_OPERATOR_KEY_FILE} next to "
                        "the cluster file; kind ed25519 only)")
+    admit.add_argument("--json", action="store_true", help="one JSON object on stdout")
     admit.set_defaults(handler=command_kv_admit_usig)
 
 
 def command_kv_admit_usig(args: argparse.Namespace) -> int:
     path = Path(args.cluster)
     epoch = admit_usig_epoch(path, args.node, args.operator_key)
-    print(f"node {args.node}: USIG epoch {epoch} admitted in {path}; restart the node")
+    if args.json:
+        print_json({"node": args.node, "usig_epoch": epoch, "cluster": str(path)})
+    else:
+        print(f"node {args.node}: USIG epoch {epoch} admitted in {path}; restart the node")
     return 0
 
 
