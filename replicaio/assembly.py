@@ -413,7 +413,7 @@ def usig_lost(output: Any) -> tuple[int, int] | None:
 
 def simulation_admission(replica: int, epoch: int) -> object:
     """The operator's admission of USIG ``epoch`` for ``replica`` under the
-    simulation scheme (``replicaio/sim/operator.py``; ADR 0024)."""
+    simulation scheme (``replicaio/sim/operator.py``; ADR 0025)."""
     return HmacUsigScheme(USIG_SIMULATION_SECRET).admit(replica, epoch)
 
 

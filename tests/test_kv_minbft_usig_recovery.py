@@ -1,5 +1,5 @@
 """A live MinBFT replica whose USIG state and data are wiped rejoins once the
-operator admits a new USIG epoch (issue 11's recovery, ADR 0024): real
+operator admits a new USIG epoch (issue 11's recovery, ADR 0025): real
 processes on 127.0.0.1, fsync, Ed25519 USIG keys, redis-py through the
 gateway. Node 2 is killed with SIGKILL and its data directory deleted; the
 operator runs ``kv admit-usig``'s code on the cluster file and restarts it;

@@ -1,5 +1,5 @@
 """A MinBFT replica whose USIG state may be lost (issue 11's recovery, issue 9's
-storage faults; ``replicaio/protocols/minbft/recovery.py``, ADR 0024): after
+storage faults; ``replicaio/protocols/minbft/recovery.py``, ADR 0025): after
 storage damage it stays inert until the operator admits a new USIG epoch
 (``replicaio/sim/operator.py`` in the simulator), its peers switch its stream
 to the admitted epoch, it withholds its votes until its stable checkpoint

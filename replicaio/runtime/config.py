@@ -194,7 +194,7 @@ class NodeEntry:
     tls_key: Path | None = None  # its private key
     usig_key_file: Path | None = None  # its USIG's Ed25519 private key (hex)
     usig_public_key: bytes | None = None
-    usig_epoch: int = 0  # above 0: the operator admitted a new USIG (ADR 0024)
+    usig_epoch: int = 0  # above 0: the operator admitted a new USIG (ADR 0025)
     usig_admission: bytes | None = None  # the operator's certificate of that epoch
 
 

@@ -1,6 +1,6 @@
 """The simulated operator: it admits a new USIG epoch for a MinBFT replica
 whose USIG state was lost, as a live operator does with ``replicaio kv
-admit-usig`` (docs/minbft.md, *Recovery*; ADR 0024).
+admit-usig`` (docs/minbft.md, *Recovery*; ADR 0025).
 
 A replica that starts on damaged storage stays inert and outputs ``UsigLost``
 (a live node logs it at warning, as an operator event). The operator reacts

@@ -1,5 +1,5 @@
 """A replica whose USIG state may be lost: a new USIG admitted by the operator,
-votes withheld until the replica recovered (docs/minbft.md, *Recovery*; ADR 0024).
+votes withheld until the replica recovered (docs/minbft.md, *Recovery*; ADR 0025).
 
 MinBFT's USIG promises that no counter value goes to two messages. Its counter
 lives in the replica's storage (``usig``), so storage that lost synced writes

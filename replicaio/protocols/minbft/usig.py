@@ -106,7 +106,7 @@ class UsigAdmission(Message, tag="minbft.UsigAdmission"):
     whose predecessor's state was lost): ``certificate`` is the operator's,
     checked by :meth:`UsigScheme.check_admission`. Peers take a replica's
     messages under an epoch above the first only with its admission
-    (docs/minbft.md, *Recovery*; ADR 0024); a replica cannot admit itself."""
+    (docs/minbft.md, *Recovery*; ADR 0025); a replica cannot admit itself."""
 
     replica: Annotated[int, Meta(ge=0)]
     epoch: Annotated[int, Meta(ge=1, le=EPOCH_MAX)]

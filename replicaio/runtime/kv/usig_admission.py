@@ -1,5 +1,5 @@
 """``replicaio kv admit-usig --cluster FILE --node I``: the operator admits a
-new USIG epoch for a MinBFT replica whose USIG state was lost (ADR 0024,
+new USIG epoch for a MinBFT replica whose USIG state was lost (ADR 0025,
 docs/minbft.md *Recovery*).
 
 A replica that finds its storage damaged stays inert and logs ``minbft USIG
