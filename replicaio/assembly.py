@@ -51,7 +51,15 @@ from replicaio.protocols.broadcast import PROTOCOLS, BroadcastFactory, Broadcast
 from replicaio.protocols.minbft import messages as minbft_messages
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.params import MinbftParams
-from replicaio.protocols.minbft.usig import Ed25519KeyedUsigScheme, HmacUsigScheme, UsigScheme
+from replicaio.protocols.minbft.recovery import UsigLost
+from replicaio.protocols.minbft.usig import (
+    USIG_SIMULATION_SECRET,
+    Ed25519KeyedUsigScheme,
+    HmacUsigScheme,
+    UsigAdmission,
+    UsigScheme,
+    sign_admission,
+)
 from replicaio.protocols.pbft import messages as pbft_messages
 from replicaio.protocols.pbft.params import PbftParams
 from replicaio.protocols.pbft.pbft import Pbft
@@ -469,9 +477,39 @@ def minbft_wire() -> ModuleType:
     return minbft_messages
 
 
+def usig_lost(output: Any) -> tuple[int, int] | None:
+    """``(replica, epoch)`` if ``output`` is MinBFT's report that a replica's
+    USIG state may be lost (``UsigLost``), for the simulated operator."""
+    if type(output) is UsigLost:
+        return output.replica, output.epoch
+    return None
+
+
+def simulation_admission(replica: int, epoch: int) -> object:
+    """The operator's admission of USIG ``epoch`` for ``replica`` under the
+    simulation scheme (``replicaio/sim/operator.py``; ADR 0026)."""
+    return HmacUsigScheme(USIG_SIMULATION_SECRET).admit(replica, epoch)
+
+
+def admit_usig(kind: str, replica: int, epoch: int, key: bytes | None) -> bytes:
+    """The operator's admission certificate of USIG ``epoch`` for ``replica``:
+    ``hmac`` under the trusted components' shared secret ``key``; ``ed25519``
+    with the operator's private ``key`` (``replicaio kv admit-usig``)."""
+    assert key is not None
+    if kind == "hmac":
+        return HmacUsigScheme(key).admit(replica, epoch).certificate
+    return sign_admission(key, replica, epoch).certificate
+
+
+def usig_admission(replica: int, epoch: int, certificate: bytes) -> object:
+    """MinBFT's ``UsigAdmission`` as a cluster file names it (checked by the
+    replica's scheme when the node starts)."""
+    return UsigAdmission(replica, epoch, certificate)
+
+
 def usig_scheme(
     kind: str, replica: int, secret: bytes | None, private: bytes | None,
-    publics: Mapping[int, bytes],
+    publics: Mapping[int, bytes], operator_public_key: bytes | None = None,
 ) -> UsigScheme:
     """A live node's USIG certificates (the cluster file's ``[usig]``): ``hmac``
     under the trusted components' shared ``secret``; ``ed25519`` with this
@@ -481,7 +519,7 @@ def usig_scheme(
         assert secret is not None
         return HmacUsigScheme(secret)
     assert kind == "ed25519" and private is not None
-    return Ed25519KeyedUsigScheme(replica, private, dict(publics))
+    return Ed25519KeyedUsigScheme(replica, private, dict(publics), operator_public_key)
 
 
 def smr_replica_of(protocol: Any) -> Replica | None:
@@ -517,7 +555,7 @@ def minbft_footprint_max(
         "minbft_deferred": minbft.held_max * n,
         "minbft_own_log": 4 * window + 16,
         "minbft_checkpoint_votes": (checkpoints + 1) * n,
-        "minbft_snapshots": checkpoints,
+        "minbft_snapshots": checkpoints + minbft.snapshots_served_max,
         "minbft_view_changes": n,
         "minbft_requests": n,
         "storage_keys": 8 * window + 4 * n + 32,
@@ -803,7 +841,7 @@ def broadcast_spec(name: str) -> BroadcastSpec | None:
 # honour ``Start.damaged``: Raft rejoins like a replaced disk, docs/raft.md; a
 # PBFT replica withholds its votes until a stable checkpoint passes what it
 # may have voted on, docs/pbft.md).
-RECOVERING_ORDERINGS = frozenset({"raft", "pbft"})
+RECOVERING_ORDERINGS = frozenset({"raft", "pbft", "minbft"})
 
 
 def damaged_disks_max(name: str | None, nodes: int, byzantine: int) -> int:

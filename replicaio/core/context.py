@@ -471,6 +471,12 @@ class Context:
         ``None`` for the protocol's simulation scheme."""
         return self.node.usig_scheme
 
+    @property
+    def usig_admission(self) -> object | None:
+        """The operator's admission of this node's USIG epoch as configured, or
+        ``None`` (MinBFT's recovery of a lost USIG, docs/minbft.md)."""
+        return self.node.usig_admission
+
     def sign(self, data: bytes) -> bytes:
         """This node's signature of ``data``: deterministic, checkable by any node."""
         return self.node.signer.sign(data)

@@ -145,6 +145,7 @@ class Node:
         codec: Codec | None = None,
         signer: Signer | None = None,
         usig_scheme: object | None = None,
+        usig_admission: object | None = None,
     ) -> None:
         config.validate()
         if node_id not in config.nodes:
@@ -163,6 +164,9 @@ class Node:
         # UsigScheme, from the cluster file's [usig]); None: the protocol's simulation
         # scheme. Opaque to the core.
         self.usig_scheme = usig_scheme
+        # The operator's admission of this node's current USIG epoch (MinBFT's
+        # UsigAdmission: after its USIG state was lost), or None. Opaque here.
+        self.usig_admission = usig_admission
         self.protocol_factory = protocol
         self.scheduler = Scheduler(choose)
         self.effects = Effects()

@@ -36,6 +36,7 @@ from replicaio.assembly import (
     frame_bytes_needed,
     protocol_factory,
     protocol_names,
+    usig_admission,
     usig_scheme,
 )
 from replicaio.core.codec import FRAME_BYTES_MAX_DEFAULT
@@ -55,6 +56,7 @@ from replicaio.runtime.tls import TlsConfig
 AUTH_KINDS = ("hmac", "ed25519")
 USIG_KINDS = ("ed25519", "hmac")
 USIG_SECRET_FILE = "usig.secret"
+USIG_OPERATOR_KEY_FILE = "usig-operator.key"
 
 
 class ClusterFileError(ConfigError):
@@ -193,6 +195,8 @@ class NodeEntry:
     tls_key: Path | None = None  # its private key
     usig_key_file: Path | None = None  # its USIG's Ed25519 private key (hex)
     usig_public_key: bytes | None = None
+    usig_epoch: int = 0  # above 0: the operator admitted a new USIG (ADR 0026)
+    usig_admission: bytes | None = None  # the operator's certificate of that epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +217,15 @@ class ClusterFile:
     tls: TlsSection | None = None
     usig: str | None = None  # the [usig] kind
     usig_secret: bytes | None = None  # kind hmac: the trusted components' shared key
+    usig_operator_public_key: bytes | None = None  # kind ed25519: checks admissions
+
+    def usig_admission(self, node_id: int) -> object | None:
+        """The operator's admission of this node's current USIG epoch (ADR
+        0024), or ``None`` (epoch 0: the first USIG)."""
+        entry = self.node(node_id)
+        if self.usig is None or entry.usig_admission is None:
+            return None
+        return usig_admission(node_id, entry.usig_epoch, entry.usig_admission)
 
     def usig_scheme(self, node_id: int) -> object | None:
         """This node's USIG certificates (``replicaio.protocols.minbft.usig``):
@@ -228,7 +241,8 @@ class ClusterFile:
         private = read_hex_file(entry.usig_key_file, field_name, self.path)
         publics = {node.id: node.usig_public_key or b"" for node in self.nodes}
         try:
-            return usig_scheme("ed25519", node_id, None, private, publics)
+            return usig_scheme("ed25519", node_id, None, private, publics,
+                               self.usig_operator_public_key)
         except ConfigError as error:
             raise ClusterFileError(field_name, str(error), self.path) from error
 
@@ -348,11 +362,12 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
 
     check_service_params(host.client_service, service_params, protocol)
     tls = parse_tls(table(data, "tls"), nodes, base) if "tls" in data else None
-    usig, usig_secret = parse_usig(data, nodes, base, resilience)
+    usig, usig_secret, usig_operator = parse_usig(data, nodes, base, resilience)
     return ClusterFile(
         tls=tls,
         usig=usig,
         usig_secret=usig_secret,
+        usig_operator_public_key=usig_operator,
         protocol=protocol,
         f=f,
         nodes=nodes,
@@ -426,7 +441,7 @@ def parse_nodes(raw: Any, base: Path) -> tuple[NodeEntry, ...]:
             raise ClusterFileError(where, "must be a table")
         check_keys(item, where, {"id", "peer", "client", "data_dir", "metrics", "key_file",
                                  "public_key", "tls_cert", "tls_key", "usig_key_file",
-                                 "usig_public_key"})
+                                 "usig_public_key", "usig_epoch", "usig_admission"})
         node_id = integer(item, "id", f"{where}.id", required=True, minimum=0)
         if node_id in entries:
             raise ClusterFileError(f"{where}.id", f"node {node_id} is listed twice")
@@ -442,7 +457,12 @@ def parse_nodes(raw: Any, base: Path) -> tuple[NodeEntry, ...]:
             tls_key=optional_path(item, "tls_key", f"{where}.tls_key", base),
             usig_key_file=optional_path(item, "usig_key_file", f"{where}.usig_key_file", base),
             usig_public_key=optional_hex(item, "usig_public_key", f"{where}.usig_public_key"),
+            usig_epoch=integer(item, "usig_epoch", f"{where}.usig_epoch", default=0, minimum=0),
+            usig_admission=optional_hex(item, "usig_admission", f"{where}.usig_admission"),
         )
+        if (entry.usig_epoch > 0) != (entry.usig_admission is not None):
+            raise ClusterFileError(f"{where}.usig_admission", "usig_epoch above 0 and "
+                                   "usig_admission go together (replicaio kv admit-usig)")
         for kind, endpoint in (("peer", entry.peer), ("client", entry.client),
                                ("metrics", entry.metrics)):
             if endpoint is None:
@@ -491,19 +511,20 @@ def parse_tls(values: dict[str, Any], nodes: tuple[NodeEntry, ...], base: Path) 
 
 def parse_usig(
     data: dict[str, Any], nodes: tuple[NodeEntry, ...], base: Path, resilience: Resilience
-) -> tuple[str | None, bytes | None]:
+) -> tuple[str | None, bytes | None, bytes | None]:
     """The ``[usig]`` table: required by (and only by) protocols with a trusted
-    component, so a MinBFT cluster never runs on the public simulation key."""
+    component, so a MinBFT cluster never runs on the public simulation key.
+    Returns the kind, the hmac secret and the operator's public key."""
     trusted = resilience is Resilience.BYZANTINE_TRUSTED
     if "usig" not in data:
         if trusted:
             raise ClusterFileError("usig", "this protocol needs a [usig] table (its trusted "
                                    "component's keys; kv up writes one)")
-        return None, None
+        return None, None, None
     if not trusted:
         raise ClusterFileError("usig", "this protocol has no trusted component")
     values = table(data, "usig")
-    check_keys(values, "usig", {"kind", "secret_file"})
+    check_keys(values, "usig", {"kind", "secret_file", "operator_public_key"})
     kind = string(values, "kind", "usig.kind", required=True)
     if kind not in USIG_KINDS:
         raise ClusterFileError("usig.kind", f"must be one of {', '.join(USIG_KINDS)}")
@@ -516,14 +537,22 @@ def parse_usig(
                 raise ClusterFileError(f"{where}.usig_key_file", "ed25519 USIGs need it")
             if entry.usig_public_key is None or len(entry.usig_public_key) != ED25519_KEY_BYTES:
                 raise ClusterFileError(f"{where}.usig_public_key", "needs 32 bytes of hex")
-        return kind, None
+        operator = optional_hex(values, "operator_public_key", "usig.operator_public_key")
+        if operator is not None and len(operator) != ED25519_KEY_BYTES:
+            raise ClusterFileError("usig.operator_public_key", "needs 32 bytes of hex")
+        if operator is None and any(entry.usig_epoch for entry in nodes):
+            raise ClusterFileError("usig.operator_public_key",
+                                   "an admitted USIG epoch needs the operator's key")
+        return kind, None, operator
+    if "operator_public_key" in values:
+        raise ClusterFileError("usig.operator_public_key", "only for kind = \"ed25519\"")
     secret_path = optional_path(values, "secret_file", "usig.secret_file", base)
     if secret_path is None:
         raise ClusterFileError("usig.secret_file", "an hmac USIG needs the shared key's file")
     secret = read_hex_file(secret_path, "usig.secret_file", None)
     if len(secret) < SECRET_BYTES_MIN:
         raise ClusterFileError("usig.secret_file", f"must hold at least {SECRET_BYTES_MIN} bytes")
-    return kind, secret
+    return kind, secret, None
 
 
 def write_usig_keys(
@@ -557,7 +586,11 @@ def write_usig_keys(
         private(name, key.hex() + "\n")
         node["usig_key_file"] = name
         node["usig_public_key"] = public.hex()
-    return {"usig": {"kind": "ed25519"}}
+    # The operator's key, which admits a new USIG epoch (kv admit-usig): the
+    # operator's, not the nodes' (no node reads it).
+    operator, operator_public = generate_ed25519_key()
+    private(USIG_OPERATOR_KEY_FILE, operator.hex() + "\n")
+    return {"usig": {"kind": "ed25519", "operator_public_key": operator_public.hex()}}
 
 
 def parse_auth(

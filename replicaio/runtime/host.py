@@ -213,6 +213,7 @@ class NodeHost:
             codec=Codec(frame_bytes_max=self.frame_bytes_max),
             signer=cluster.signer(self.node_id),
             usig_scheme=cluster.usig_scheme(self.node_id),
+            usig_admission=cluster.usig_admission(self.node_id),
         )
         self.attach_live_view()
         if self.event_log_path is not None:

@@ -61,6 +61,7 @@ from replicaio.sim.adversary import RunView, Strategy, build_strategy
 from replicaio.sim.footprint import CHECK_EVERY_STEPS, footprint, footprint_bounds, over_bounds
 from replicaio.sim.group_commit import SYNC, finish_sync, hold, send_some
 from replicaio.sim.harness import Harness, harness_for
+from replicaio.sim.operator import SimOperator
 from replicaio.sim.options import (
     HEAVY_STEP_WRITES,
     HEAVY_WAIT_US,
@@ -123,6 +124,7 @@ class SimNode:
     pending_crash: Crash | None = None
     held: list[tuple[int, Any]] = field(default_factory=list)  # for after the restart
     read_errors: int = 0  # restarts that will fail to read the disk (a storage fault)
+    usig_admission: Any = None  # the operator's admission of a new USIG (sim/operator.py)
     counters: dict[str, int] = field(default_factory=dict)
     # what the node sent so far, by message kind (only counted when a crash is
     # aimed at rare sends: Crash.rare)
@@ -203,6 +205,7 @@ class Simulator:
         self.now = 0
         self.liveness = False
         self.nodes = [self.make_node(node_id) for node_id in range(n)]
+        self.operator = SimOperator(self, options.seed)
         # What the adversary sees: only kept when some node has a strategy.
         self.view: RunView | None = None
         if any(node.strategy is not None for node in self.nodes):
@@ -446,6 +449,7 @@ class Simulator:
                 output = strategy.rewrite_output(output)
             for violation in self.harness.on_output(node.node_id, output, self.now):
                 self.violations.append(violation.as_dict())
+            self.operator.on_output(node.node_id, output)
 
     def after_sends(self, node: SimNode, effects: Effects) -> None:
         """Counts what ``node`` sent by kind; lands a crash aimed at rare sends
@@ -778,6 +782,7 @@ class Simulator:
             choose=self.choose_for(node),
             params=self.params,
             codec=self.codec,
+            usig_admission=node.usig_admission,
         )
         if self.view is not None:
             self.view.cores[node.node_id] = node.core

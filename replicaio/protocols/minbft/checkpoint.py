@@ -199,7 +199,11 @@ class Checkpoints:
         for number in range(old + 1, seq + 1):
             for prefix in ("pp", "vt", "cm"):
                 minbft.context.erase(f"{prefix}{number}")
-        for table in (minbft.slots, self.snapshots, self.votes, self.own):
+        self.snapshots[seq] = (digest, snapshot)
+        served = sorted(key for key in self.snapshots if key <= seq)
+        for below in served[:-minbft.params.snapshots_served_max]:
+            del self.snapshots[below]  # the newest stable ones stay, to serve fetches
+        for table in (minbft.slots, self.votes, self.own):
             for below in [key for key in table if key <= seq]:
                 del table[below]
         for replica in [replica for replica, vote in self.far.items() if vote.seq <= minbft.high]:
@@ -210,6 +214,7 @@ class Checkpoints:
         minbft.normal.assign()
         for pending in sorted(self.votes):
             self.check_certificate(pending)
+        minbft.recovery.maybe_recovered()
 
     def load(self) -> None:
         minbft = self.minbft

@@ -30,7 +30,7 @@ from msgspec.structs import replace
 
 from replicaio.core.codec import Message, Meta
 from replicaio.core.signing import SIGNATURE_BYTES_MAX
-from replicaio.protocols.minbft.usig import UI
+from replicaio.protocols.minbft.usig import UI, UsigAdmission
 from replicaio.protocols.pbft.messages import (
     BATCH_BYTES_MAX,
     DIGEST_BYTES,
@@ -199,6 +199,11 @@ class Status(Message, tag="minbft.Status"):
     executed: Count
     replica: Count
     expected: Annotated[tuple[Count, ...], Meta(max_length=REPLICAS_MAX)]
+    # The USIG epoch this replica takes each replica's messages under (its own:
+    # its USIG's), and the operator's admission of its own epoch if above 0:
+    # peers switch its stream to an admitted epoch (docs/minbft.md, Recovery).
+    epochs: Annotated[tuple[Count, ...], Meta(max_length=REPLICAS_MAX)] = ()
+    admission: UsigAdmission | None = None
 
 
 class Resume(Message, tag="minbft.Resume"):

@@ -73,9 +73,9 @@ from replicaio.protocols.minbft.messages import (
 )
 from replicaio.protocols.minbft.normal import BARRIER_MAGIC, NormalCase, Slot
 from replicaio.protocols.minbft.params import MinbftParams
+from replicaio.protocols.minbft.recovery import Recovery
 from replicaio.protocols.minbft.streams import PeerStream
 from replicaio.protocols.minbft.usig import (
-    ContextUsigStore,
     Usig,
     UsigId,
     UsigScheme,
@@ -97,6 +97,7 @@ class Minbft:
     checkpoints_type: ClassVar[type[Checkpoints]] = Checkpoints
     view_changes_type: ClassVar[type[ViewChanges]] = ViewChanges
     usig_type: ClassVar[type[Usig]] = Usig
+    recovery_type: ClassVar[type[Recovery]] = Recovery
 
     def __init__(self, context: Context, params: MinbftParams | None = None,
                  scheme: UsigScheme | None = None) -> None:
@@ -138,7 +139,8 @@ class Minbft:
         self.started = False
         self.executing = False
         self.codec = Codec(frame_bytes_max=RECORD_FRAME_BYTES_MAX)
-        self.usig: Usig | None = None
+        self.usig: Usig | None = None  # None: not started, or inert (its state lost)
+        self.recovery = self.recovery_type(self)
         self.normal = self.normal_type(self)
         self.checkpoints = self.checkpoints_type(self)
         self.view_changes = self.view_changes_type(self)
@@ -190,6 +192,9 @@ class Minbft:
         assert not self.started
         self.started = True
         self.load()
+        self.recovery.on_start()
+        if self.usig is None:
+            return  # inert until the operator admits a new USIG (recovery.py)
         self.context.spawn(self.status_loop(), "minbft.status")
         if self.active:
             self.context.output(ViewStarted(self.id, self.view, self.primary()))
@@ -198,7 +203,15 @@ class Minbft:
         else:
             self.view_changes.resume()
 
+    @property
+    def withholding(self) -> bool:
+        """Whether this replica sends no votes (its USIG state was lost: recovery.py)."""
+        return self.recovery.withholding
+
     def submit(self, batch: bytes) -> NotLeader | None:
+        if self.usig is None:
+            self.count("minbft_submit_inert")
+            return None
         if len(batch) > self.params.batch_bytes_max:
             self.count("minbft_submit_oversized")
             return None
@@ -228,6 +241,9 @@ class Minbft:
     # -- messages --------------------------------------------------------------------
 
     def on_message(self, source: int, message: Any) -> None:
+        if self.usig is None:
+            self.count("minbft_inert_dropped")
+            return
         if source == self.id or not 0 <= source < self.n:
             self.reject("from_self")
             return
@@ -301,26 +317,37 @@ class Minbft:
                     self.view_changes.on_new_view_commit(item)
 
     def usig_id(self, replica: int) -> UsigId:
-        """The USIG identity this replica accepts messages of ``replica`` under."""
+        """The USIG identity this replica takes ``replica``'s stream under."""
         if replica == self.id:
             assert self.usig is not None
             return self.usig.id()
         return UsigId(replica, self.streams[replica].epoch)
 
+    def known_usig(self, replica: int, ui: Any) -> UsigId | None:
+        """The identity of ``ui``'s USIG if it is ``replica``'s current epoch or
+        an older one (a UI of an epoch replaced after its state was lost is
+        still a true statement: the old USIG never gave a value twice, as its
+        replica never resumed it; recovery.py). Stream messages are held to
+        the current epoch by the stream itself."""
+        current = self.usig_id(replica)
+        epoch = getattr(ui, "epoch", None)
+        if type(epoch) is not int or not 0 <= epoch <= current.epoch:
+            return None
+        return current if epoch == current.epoch else UsigId(replica, epoch)
+
     def verify_ui(self, replica: int, message: Any) -> bool:
         """Whether ``message`` carries a valid UI of ``replica``'s USIG."""
-        if type(replica) is not int or not 0 <= replica < self.n:
-            return False
-        assert self.usig is not None
-        return self.usig.verify_ui(certified_bytes(message), message.ui, self.usig_id(replica))
+        return self.usig_verify(replica, message, message.ui)
 
     def usig_verify(self, replica: int, message: Any, ui: Any) -> bool:
         """Whether ``ui`` is ``replica``'s UI for ``message`` (a header whose UI
         travels in another message: a COMMIT's PREPARE, a NEW-VIEW's header)."""
         if type(replica) is not int or not 0 <= replica < self.n:
             return False
-        assert self.usig is not None
-        return self.usig.verify_ui(certified_bytes(message), ui, self.usig_id(replica))
+        usig = self.usig
+        assert usig is not None
+        known = self.known_usig(replica, ui)
+        return known is not None and usig.verify_ui(certified_bytes(message), ui, known)
 
     def emit(self, message: Any, batch: bytes = b"") -> Any:
         """Certify ``message`` (a UI message with an empty ``ui``) with this
@@ -405,8 +432,9 @@ class Minbft:
             expected = tuple(
                 self.streams[peer].next if peer != self.id else 0 for peer in range(self.n)
             )
+            epochs = tuple(self.usig_id(replica).epoch for replica in range(self.n))
             self.send_all(Status(self.view, self.active, self.stable_seq, self.executed,
-                                 self.id, expected))
+                                 self.id, expected, epochs, self.recovery.admission))
             self.normal.on_status_tick()
             self.view_changes.on_status_tick()
 
@@ -414,11 +442,42 @@ class Minbft:
         if status.replica != source or len(status.expected) != self.n:
             self.reject("status_forged")
             return
+        if status.admission is not None:
+            self.on_admission(source, status.admission)
         if status.stable_seq < self.stable_seq:
             for checkpoint in self.stable_proof:  # UI-certified: forwardable
                 self.send(source, checkpoint)
-        self.resend_own(source, status.expected[self.id])
+        assert self.usig is not None
+        epochs = status.epochs
+        if not epochs or (len(epochs) == self.n and epochs[self.id] == self.usig.id().epoch):
+            # (what it expects of an epoch of ours it has not switched to yet is moot)
+            self.resend_own(source, status.expected[self.id])
         self.view_changes.help_peer(source, status)
+        self.recovery.on_status(source, status)
+
+    def on_admission(self, source: int, admission: Any) -> None:
+        """A peer shows the operator's admission of its new USIG epoch: switch
+        its stream to it (its old epoch's messages are dropped from now on)."""
+        stream = self.streams[source]
+        if getattr(admission, "replica", None) != source or \
+                not isinstance(getattr(admission, "epoch", None), int) or \
+                admission.epoch <= stream.epoch:
+            return
+        if not self.scheme.check_admission(admission):
+            self.reject("admission_invalid")
+            return
+        stream.switch_epoch(admission.epoch, self.view)
+        stream.dirty = False
+        self.context.persist(f"rx{source}", stream.record())
+        self.deferred.pop(source, None)
+        self.count("minbft_stream_epoch_switched")
+
+    def on_recovered(self) -> None:
+        """The recovery's target is met (recovery.py): vote as any replica."""
+        if not self.active:
+            self.view_changes.resume()
+        else:
+            self.normal.on_checkpoint_sent()  # the COMMITs that waited, numbering
 
     def resend_own(self, peer: int, start: int) -> None:
         """Re-send own messages from counter ``start`` (what ``peer`` waits for);
@@ -487,8 +546,9 @@ class Minbft:
     def load(self) -> None:
         """Recover the records (see the module docstring) and rebuild execution."""
         context = self.context
-        store = ContextUsigStore(context.load, context.persist)
-        self.usig = self.usig_type.open(self.scheme, self.id, store, self.fresh_epoch)
+        self.usig = self.recovery.open_usig()
+        if self.usig is None:
+            return  # inert: nothing of the old state is acted on
         stored_view = context.load("view")
         if stored_view is not None:
             self.view, self.active = int(stored_view[0]), bool(stored_view[1])

@@ -156,6 +156,8 @@ class NormalCase:
         minbft = self.minbft
         if not minbft.active or not minbft.is_primary:
             return
+        if self.proposals and minbft.recovery.withheld("prepare"):
+            return
         self.last_prepared = max(self.last_prepared, minbft.stable_seq)
         while self.proposals and self.last_prepared + 1 <= self.limit():
             batch = self.proposals.popleft()
@@ -216,6 +218,8 @@ class NormalCase:
         if slot.seq > self.limit():
             minbft.count("minbft_commit_waits_for_checkpoint")
             return
+        if minbft.recovery.withheld("commit"):
+            return  # (still pending: sent once recovered if still wanted)
         slot.commit_pending = False
         commit = Commit(prepare.view, prepare.seq, prepare.digest, prepare.ui, minbft.id,
                         EMPTY_UI)

@@ -40,13 +40,17 @@ class MinbftParams:
     own_log_max: int = LOG_ENTRIES_MAX  # own UI messages kept since the stable checkpoint
     requests_max: int = 64  # REQ-VIEW-CHANGEs kept (one per replica, for views ahead)
     snapshot_bytes_max: int = 16 << 20
+    # Stable snapshots kept to serve state transfers (the newest included): a
+    # lagging replica's request for a certificate that was the newest when it
+    # left arrives after the cluster moved on by a checkpoint or two.
+    snapshots_served_max: int = 4
 
     def validate(self) -> MinbftParams:
         for name in (
             "checkpoint_interval", "log_size", "view_change_timeout_us", "view_change_resend_us",
             "status_us", "state_fetch_timeout_us", "batch_bytes_max", "proposals_max",
             "relayed_max", "barriers_max", "held_max", "retransmit_max", "own_log_max",
-            "requests_max", "snapshot_bytes_max",
+            "requests_max", "snapshot_bytes_max", "snapshots_served_max",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"MinbftParams.{name} must be >= 1")

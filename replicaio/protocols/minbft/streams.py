@@ -88,6 +88,23 @@ class PeerStream:
         self.held = {key: value for key, value in self.held.items() if key > counter}
         self.dirty = True
 
+    def switch_epoch(self, epoch: int, view: int) -> None:
+        """Take the peer's messages under its new USIG ``epoch`` (admitted by the
+        operator) from counter 1, and drop the old epoch's: the peer forgot
+        what it certified there. As after a resume, its PREPAREs and COMMITs
+        count only for views from ``view`` on that the new stream enters."""
+        assert epoch > self.epoch
+        self.epoch = epoch
+        self.next = 1
+        self.view = -1
+        self.nv_view = -1
+        self.last_seq = 0
+        self.last_checkpoint = 0
+        self.faulty_view = -1
+        self.resumed_below = view
+        self.held = {}
+        self.dirty = True
+
     def receive(self, minbft: Minbft, message: Any) -> list[Any]:
         """Take ``message`` (any UI message from the peer); returns the messages
         admitted now, in counter order (``message`` and held ones after it)."""

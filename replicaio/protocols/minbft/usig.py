@@ -76,6 +76,7 @@ CERTIFICATE_BYTES_MAX = 64
 COUNTER_MAX = (1 << 63) - 1
 EPOCH_MAX = (1 << 62) - 1
 USIG_LABEL = b"replicaio usig v1"
+ADMISSION_LABEL = b"replicaio usig admission v1"
 # Public on purpose: simulated runs replay from their seed alone. Unforgeable in
 # simulation because the adversary is never handed it (nor a scheme built on it).
 USIG_SIMULATION_SECRET = b"replicaio simulation usig secret v1"
@@ -100,6 +101,52 @@ class UsigId(Message, tag="minbft.UsigId"):
     epoch: Annotated[int, Meta(ge=0, le=EPOCH_MAX)]
 
 
+class UsigAdmission(Message, tag="minbft.UsigAdmission"):
+    """The operator's act admitting USIG ``epoch`` of ``replica`` (a new USIG
+    whose predecessor's state was lost): ``certificate`` is the operator's,
+    checked by :meth:`UsigScheme.check_admission`. Peers take a replica's
+    messages under an epoch above the first only with its admission
+    (docs/minbft.md, *Recovery*; ADR 0026); a replica cannot admit itself."""
+
+    replica: Annotated[int, Meta(ge=0)]
+    epoch: Annotated[int, Meta(ge=1, le=EPOCH_MAX)]
+    certificate: Annotated[bytes, Meta(max_length=CERTIFICATE_BYTES_MAX)]
+
+
+def admission_bytes(replica: int, epoch: int) -> bytes:
+    """What an admission's certificate covers."""
+    return ADMISSION_LABEL + struct.pack(">QQ", replica, epoch)
+
+
+def sign_admission(operator_key: bytes, replica: int, epoch: int) -> UsigAdmission:
+    """The operator's Ed25519 admission of ``epoch`` for ``replica`` (live: the
+    operator's private key, ``replicaio kv admit-usig``)."""
+    if len(operator_key) != 32:
+        raise ConfigError("a USIG operator key is 32 raw bytes")
+    key = Ed25519PrivateKey.from_private_bytes(operator_key)
+    return UsigAdmission(replica, epoch, key.sign(admission_bytes(replica, epoch)))
+
+
+def check_admission_ed25519(public: Ed25519PublicKey | None, admission: Any) -> bool:
+    """Whether ``admission`` is signed by the operator key ``public`` (never raises)."""
+    if public is None or not valid_admission(admission) or len(admission.certificate) != 64:
+        return False
+    try:
+        public.verify(admission.certificate, admission_bytes(admission.replica, admission.epoch))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def valid_admission(admission: Any) -> bool:
+    return (
+        type(admission) is UsigAdmission
+        and type(admission.replica) is int and admission.replica >= 0
+        and type(admission.epoch) is int and 1 <= admission.epoch <= EPOCH_MAX
+        and isinstance(admission.certificate, bytes)
+    )
+
+
 def certified_bytes(usig: UsigId, counter: int, digest: bytes) -> bytes:
     """What a certificate covers: the USIG, the counter and the message digest."""
     return USIG_LABEL + struct.pack(">QQQ", usig.replica, usig.epoch, counter) + digest
@@ -120,11 +167,15 @@ class UsigScheme(Protocol):
 
     def check(self, usig: UsigId, counter: int, digest: bytes, certificate: bytes) -> bool: ...
 
+    def check_admission(self, admission: Any) -> bool:
+        """Whether ``admission`` is the operator's (never raises)."""
+        ...
+
 
 class HmacUsigScheme:
     """HMAC-SHA256 under a key shared by the trusted components only."""
 
-    __slots__ = ("key",)
+    __slots__ = ("admission_key", "key")
 
     name = "hmac-sha256"
 
@@ -132,6 +183,22 @@ class HmacUsigScheme:
         if len(secret) < SECRET_BYTES_MIN:
             raise ConfigError(f"a USIG secret is at least {SECRET_BYTES_MIN} bytes")
         self.key = hmac.digest(secret, USIG_LABEL + b" hmac", hashlib.sha256)
+        # Admissions under a key of their own, derived from the same secret: the
+        # operator holds the secret (usig.secret live; the simulator's operator).
+        self.admission_key = hmac.digest(secret, ADMISSION_LABEL + b" hmac", hashlib.sha256)
+
+    def admit(self, replica: int, epoch: int) -> UsigAdmission:
+        """The operator's admission of ``epoch`` for ``replica`` (never called by
+        a replica: the simulator's operator, ``replicaio kv admit-usig``)."""
+        certificate = hmac.digest(self.admission_key, admission_bytes(replica, epoch),
+                                  hashlib.sha256)
+        return UsigAdmission(replica, epoch, certificate)
+
+    def check_admission(self, admission: Any) -> bool:
+        if not valid_admission(admission) or len(admission.certificate) != 32:
+            return False
+        expected = self.admit(admission.replica, admission.epoch).certificate
+        return hmac.compare_digest(expected, admission.certificate)
 
     def certify(self, usig: UsigId, counter: int, digest: bytes) -> bytes:
         return hmac.digest(self.key, certified_bytes(usig, counter, digest), hashlib.sha256)
@@ -181,6 +248,17 @@ class Ed25519UsigScheme:
     def certify(self, usig: UsigId, counter: int, digest: bytes) -> bytes:
         return self.private_key(usig).sign(certified_bytes(usig, counter, digest))
 
+    def operator_key(self) -> bytes:
+        return hmac.digest(self.secret, ADMISSION_LABEL, hashlib.sha256)
+
+    def admit(self, replica: int, epoch: int) -> UsigAdmission:
+        """The operator's admission of ``epoch`` for ``replica``."""
+        return sign_admission(self.operator_key(), replica, epoch)
+
+    def check_admission(self, admission: Any) -> bool:
+        public = Ed25519PrivateKey.from_private_bytes(self.operator_key()).public_key()
+        return check_admission_ed25519(public, admission)
+
     def check(self, usig: UsigId, counter: int, digest: bytes, certificate: bytes) -> bool:
         if not isinstance(certificate, bytes) or len(certificate) != 64:
             return False
@@ -201,11 +279,12 @@ class Ed25519KeyedUsigScheme:
     for a key born in the replica's enclave: whoever reads the key file can mint
     UIs (docs/minbft.md, *Live*)."""
 
-    __slots__ = ("private", "publics", "replica")
+    __slots__ = ("operator", "private", "publics", "replica")
 
     name = "ed25519"
 
-    def __init__(self, replica: int, private_key: bytes, public_keys: dict[int, bytes]) -> None:
+    def __init__(self, replica: int, private_key: bytes, public_keys: dict[int, bytes],
+                 operator_public_key: bytes | None = None) -> None:
         if len(private_key) != 32:
             raise ConfigError("a USIG Ed25519 private key is 32 raw bytes")
         self.replica = replica
@@ -217,6 +296,15 @@ class Ed25519KeyedUsigScheme:
             if len(raw) != 32:
                 raise ConfigError(f"replica {peer}: a USIG Ed25519 public key is 32 raw bytes")
             self.publics[peer] = Ed25519PublicKey.from_public_bytes(raw)
+        # The operator's key, which admits a new USIG epoch (None: no admissions).
+        self.operator: Ed25519PublicKey | None = None
+        if operator_public_key is not None:
+            if len(operator_public_key) != 32:
+                raise ConfigError("a USIG operator public key is 32 raw bytes")
+            self.operator = Ed25519PublicKey.from_public_bytes(operator_public_key)
+
+    def check_admission(self, admission: Any) -> bool:
+        return check_admission_ed25519(self.operator, admission)
 
     def certify(self, usig: UsigId, counter: int, digest: bytes) -> bytes:
         assert usig.replica == self.replica, "a USIG certifies for its own replica only"

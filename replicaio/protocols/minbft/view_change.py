@@ -136,8 +136,11 @@ class ViewChanges:
         self.new_view = None
         self.new_view_votes = set()
         minbft.count("minbft_view_changes")
-        self.own = minbft.emit(self.build(view))
-        self.received[minbft.id] = self.own
+        if minbft.recovery.withheld("view_change"):
+            self.own = None  # it follows the view others start (recovery.py)
+        else:
+            self.own = minbft.emit(self.build(view))
+            self.received[minbft.id] = self.own
         self.announce()
 
     def resume(self) -> None:
@@ -149,10 +152,11 @@ class ViewChanges:
             if type(message) is ViewChange and message.view == minbft.view:
                 self.own = message
                 break
-        if self.own is None:
+        if self.own is None and not minbft.recovery.withheld("view_change"):
             self.own = minbft.emit(self.build(minbft.view))
-        self.received[minbft.id] = self.own
-        minbft.send_all(self.own)
+        if self.own is not None:
+            self.received[minbft.id] = self.own
+            minbft.send_all(self.own)
         self.announce()
 
     def announce(self) -> None:
@@ -316,6 +320,8 @@ class ViewChanges:
 
     def send_new_view(self, view: int) -> None:
         minbft = self.minbft
+        if minbft.recovery.withheld("new_view"):
+            return
         view_changes = [self.received[replica] for replica in sorted(self.received)
                         if self.received[replica].view == view]
         header, batches = choose(minbft, view, view_changes)
@@ -386,8 +392,9 @@ class ViewChanges:
             (chosen.seq for chosen in header.chosen), default=header.base)
         # The primary commits to its own NEW-VIEW too: its VIEW-CHANGE logs then
         # show the numbers the NEW-VIEW decided, like every other replica's.
-        minbft.emit(NewViewCommit(header, new_view.ui, minbft.id, EMPTY_UI))
-        self.new_view_votes.add(minbft.id)
+        if not minbft.recovery.withheld("new_view_commit"):
+            minbft.emit(NewViewCommit(header, new_view.ui, minbft.id, EMPTY_UI))
+            self.new_view_votes.add(minbft.id)
         minbft.context.persist("nvv", sorted(self.new_view_votes))
         if header.base > minbft.stable_seq:
             proof = self.base_proof(new_view)

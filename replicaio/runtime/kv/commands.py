@@ -125,6 +125,9 @@ def add_kv_commands(commands: Any) -> None:
         "their current state, else through the log; writes then need 2f+1 matching too",
     )
     gateway.set_defaults(handler=command_kv_gateway)
+    from replicaio.runtime.kv.usig_admission import add_admit_usig_command
+
+    add_admit_usig_command(actions)
 
 
 def command_kv_gateway(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 :class:`~replicaio.protocols.minbft.minbft.Minbft` names its replaceable parts
 as class attributes (``normal_type``, ``checkpoints_type``,
-``view_changes_type``, ``usig_type``); a variant overrides one method of one
+``view_changes_type``, ``usig_type``, ``recovery_type``); a variant overrides one method of one
 part. See ``docs/minbft.md``, *Broken variants*, and
 ``tests/test_minbft_variants.py``.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.normal import NormalCase
+from replicaio.protocols.minbft.recovery import Recovery
 from replicaio.protocols.minbft.usig import UI, Usig, message_digest
 
 
@@ -41,12 +42,25 @@ class CounterWrittenAfterRelease(Usig):
         return None
 
 
+class VotesWithoutRecovering(Recovery):
+    """Under a newly admitted USIG epoch, votes at once: COMMITs, VIEW-CHANGEs
+    and NEW-VIEWs before its stable checkpoint passed what its peers report
+    (it has forgotten the commitments it made under the old epoch)."""
+
+    def withheld(self, what: str) -> bool:
+        return self.lost
+
+
 class MinbftCommitOffByOne(Minbft):
     normal_type = CommitQuorumOffByOne
 
 
 class MinbftUsigLateWrite(Minbft):
     usig_type = CounterWrittenAfterRelease
+
+
+class MinbftVoteWhileRecovering(Minbft):
+    recovery_type = VotesWithoutRecovering
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,5 +77,7 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
                       "executes on f matching commitments instead of f+1"),
         MinbftVariant("minbft-usig-late-write", MinbftUsigLateWrite,
                       "the USIG writes its counter after releasing the UI"),
+        MinbftVariant("minbft-vote-while-recovering", MinbftVoteWhileRecovering,
+                      "a replica under a new USIG epoch votes before it recovered"),
     )
 }
