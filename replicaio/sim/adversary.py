@@ -231,6 +231,12 @@ class Strategy:
         its trusted component, ``runtime.host.LiveView``). Most behaviours need
         nothing of it."""
 
+    def core_factory(self, factory: Any) -> Any:
+        """The protocol factory the faulty node's core is built from: the honest
+        one, or a behaviour's own (a component that acts as a Byzantine one
+        would from inside the node, such as a lying transaction driver)."""
+        return factory
+
     def peer(self, view: RunView) -> int:
         """A correct peer to aim at."""
         return self.rng.choice(view.correct)
@@ -462,6 +468,11 @@ class Composite(Strategy):
     def attach_live(self, view: Any) -> None:
         for part in self.parts:
             part.attach_live(view)
+
+    def core_factory(self, factory: Any) -> Any:
+        for part in self.parts:
+            factory = part.core_factory(factory)
+        return factory
 
 
 # -- registry --------------------------------------------------------------------
