@@ -59,7 +59,7 @@ from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft
 from replicaio.services.kv.state_machine import KeyValueStateMachine, KvParams
 from replicaio.services.txn.kv_store import KvTxnStore
-from replicaio.services.txn.protocol import TxnFactory, TxnNode
+from replicaio.services.txn.protocol import TxnFactory, TxnNode, TxnParams
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import TxnStore
 from replicaio.smr.auth import ClientAuthenticator, MacClients
@@ -89,6 +89,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "(2f+1 matching unordered answers, else the read again, ordered; writes then need 2f+1 "
     "matching replies too)",
     "groups": "transactional clusters (txn): replicated groups, keys by hash slot (default 3)",
+    "wait": "transactional clusters: ms a prepare refused for a locked key is asked again "
+    "within the attempt (bounded waiting; default 0: no-wait)",
     "memory": "KvParams.bytes_max in MiB: what the key-value store holds (Redis's maxmemory; "
     "writes beyond are refused with OOM). Default 512 (Raft), 32 (PBFT, MinBFT: a checkpoint "
     "must fit one state transfer)",
@@ -572,7 +574,9 @@ def build_transactional(spec: TransactionalSpec, name: str,
             ordering_footprint_max=functools.partial(
                 raft_footprint_max, raft_params, smr_params, constants),
         )
-    return TxnFactory(name, SlotMap.even(groups), group_factory, node_type=spec.node_type)
+    params = TxnParams(lock_wait_us=parameters.get("wait", 0) * 1000)
+    return TxnFactory(name, SlotMap.even(groups), group_factory, params,
+                      node_type=spec.node_type)
 
 
 TRANSACTIONAL: dict[str, TransactionalSpec] = {

@@ -57,6 +57,7 @@ from replicaio.services.txn.store import (
     PENDING,
     PREPARED,
     READ,
+    REFUSED,
     TxnId,
     TxnStore,
 )
@@ -107,12 +108,20 @@ class TxnParams:
     drivers_max: int = 256  # attempts driven by one node at once
     resolve_max: int = 32  # resolutions in flight per group
     ops_max: int = 64
+    # A prepare refused because a key is locked is asked again every
+    # ``lock_retry_us`` within the same attempt, for at most ``lock_wait_us``
+    # (0: no-wait, the default; ADR 0009 and docs/benchmarks.md).
+    lock_wait_us: int = 0
+    lock_retry_us: int = 20_000
     caller: CallerParams = field(default_factory=CallerParams)
 
     def validate(self) -> TxnParams:
-        for name in ("resolve_every_us", "drivers_max", "resolve_max", "ops_max"):
+        for name in ("resolve_every_us", "drivers_max", "resolve_max", "ops_max",
+                     "lock_retry_us"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TxnParams.{name} must be >= 1")
+        if self.lock_wait_us < 0:
+            raise ConfigError("TxnParams.lock_wait_us must be >= 0")
         self.caller.validate()
         return self
 
@@ -307,9 +316,26 @@ class TxnNode:
                       coordinator: int) -> list[tuple[tuple[Any, ...], Any] | None]:
         """Every participant's vote, with its certificate (``call_certified``)."""
         return await self.together(*(
-            self.call_certified(group, "prepare", request.client, request.nonce, coordinator,
-                                [op for _, op in plan[group]], participants)
+            self.prepare_in(group, request, [op for _, op in plan[group]], coordinator,
+                            participants)
             for group in participants))
+
+    async def prepare_in(self, group: int, request: TxnRequest, ops: list[Any],
+                         coordinator: int, participants: list[int]
+                         ) -> tuple[tuple[Any, ...], Any] | None:
+        """One participant's vote; a refusal for a locked key is asked again for at
+        most ``lock_wait_us`` (bounded waiting: a cycle of waiters dissolves once
+        the first gives up, well within the attempt's lease)."""
+        waited = 0
+        while True:
+            vote = await self.call_certified(group, "prepare", request.client, request.nonce,
+                                             coordinator, ops, participants)
+            if vote is None or vote[0][:2] != (REFUSED, "locked") or (
+                    waited >= self.params.lock_wait_us):
+                return vote
+            await self.context.sleep(self.params.lock_retry_us)
+            waited += self.params.lock_retry_us
+            self.context.count("txn_lock_waits")
 
     @staticmethod
     def not_begun(begun: tuple[Any, ...] | None) -> tuple[str, str]:
