@@ -73,7 +73,7 @@ from replicaio.services.kv.state_machine import (
     KvParams,
 )
 from replicaio.services.txn.kv_store import KvTxnStore
-from replicaio.services.txn.protocol import TxnFactory, TxnNode
+from replicaio.services.txn.protocol import TxnFactory, TxnNode, TxnParams
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import TxnStore
 from replicaio.smr.auth import ClientAuthenticator, MacClients
@@ -109,6 +109,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "groups": "transactional clusters (txn): replicated groups, keys by hash slot (default 3)",
     "values": "Raft: KvParams.value_bytes_max in KiB, the largest value (default 8192, at most "
     "32768; SMR's command and batch bounds and the node's frames follow)",
+    "wait": "transactional clusters: ms a prepare refused for a locked key is asked again "
+    "within the attempt (bounded waiting; default 0: no-wait)",
     "memory": "KvParams.bytes_max in MiB: what the key-value store holds (Redis's maxmemory; "
     "writes beyond are refused with OOM). Default 512 (Raft), 32 (PBFT, MinBFT: a checkpoint "
     "must fit one state transfer)",
@@ -693,7 +695,9 @@ def build_transactional(spec: TransactionalSpec, name: str,
             ordering_footprint_max=functools.partial(
                 raft_footprint_max, raft_params, smr_params, constants),
         )
-    return TxnFactory(name, SlotMap.even(groups), group_factory, node_type=spec.node_type)
+    params = TxnParams(lock_wait_us=parameters.get("wait", 0) * 1000)
+    return TxnFactory(name, SlotMap.even(groups), group_factory, params,
+                      node_type=spec.node_type)
 
 
 TRANSACTIONAL: dict[str, TransactionalSpec] = {

@@ -11,14 +11,15 @@ from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.services.kv.state_machine import encode_redis
 from replicaio.services.txn.kv_store import KvTxnStore
-from replicaio.services.txn.store import StoreParams, TxnStore
+from replicaio.services.txn.store import StoreParams, TxnStore, unclaimed
 
 codec = Codec()
 SMALL = StoreParams(prepared_max=3, finished_max=4, coordinated_max=3, prepare_keys_max=4)
 
 
 def run(store: TxnStore, *command: Any) -> Any:
-    return codec.decode_value(store.apply(codec.encode_value(list(command))))
+    """The store's answer without what it claims (tests/test_txn_certificates.py)."""
+    return unclaimed(codec.decode_value(store.apply(codec.encode_value(list(command)))))
 
 
 def within(store: TxnStore) -> None:

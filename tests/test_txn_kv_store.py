@@ -15,12 +15,14 @@ from replicaio.services.kv.state_machine import (
     encode_redis,
 )
 from replicaio.services.txn.kv_store import LOCKED_RESULT, KvTxnStore, command_keys
+from replicaio.services.txn.store import unclaimed
 
 CODEC = Codec()
 
 
 def run(store: KvTxnStore, *command: Any) -> tuple[Any, ...]:
-    answer = CODEC.decode_value(store.apply(CODEC.encode_value(list(command))))
+    """The store's answer without what it claims (tests/test_txn_certificates.py)."""
+    answer = unclaimed(CODEC.decode_value(store.apply(CODEC.encode_value(list(command)))))
     assert isinstance(answer, tuple)
     return answer
 

@@ -314,6 +314,20 @@ class Link(Generic[T]):
                 asked.set(value)
 
 
+GROUP_DOMAIN_LABEL = b"replicaio group "
+
+
+def group_domain(group: int | None, data: bytes) -> bytes:
+    """What a node signs for ``data`` in replicated group ``group`` (``None``: no
+    group, ``data`` itself). Groups on one node share the node's key; without
+    this, a message one group's replica signed (a PBFT PREPARE, a prepared
+    certificate) would verify in another group whose log has the same view,
+    sequence number and digest, and a Byzantine node could replay it there."""
+    if group is None:
+        return data
+    return GROUP_DOMAIN_LABEL + group.to_bytes(4, "big") + data
+
+
 class Context:
     """A component's handle on its node. Created by the node or by a parent."""
 
@@ -478,12 +492,17 @@ class Context:
         return self.node.usig_admission
 
     def sign(self, data: bytes) -> bytes:
-        """This node's signature of ``data``: deterministic, checkable by any node."""
-        return self.node.signer.sign(data)
+        """This node's signature of ``data``: deterministic, checkable by any node.
+        A replicated group's component signs within its group's domain
+        (:func:`group_domain`), so its signatures never count in another group."""
+        return self.node.signer.sign(group_domain(self.group, data))
 
     def verify(self, node: int, data: bytes, signature: bytes) -> bool:
-        """Whether ``signature`` is ``node``'s signature of ``data`` (never raises)."""
-        return self.node.signer.verify(node, data, signature)
+        """Whether ``signature`` is ``node``'s signature of ``data`` (never raises),
+        made by a component of this component's group (if it belongs to one)."""
+        if type(data) is not bytes:
+            return False
+        return self.node.signer.verify(node, group_domain(self.group, data), signature)
 
     # -- durable state -------------------------------------------------------
 

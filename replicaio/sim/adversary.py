@@ -237,6 +237,12 @@ class Strategy:
         receives is its own to know: a client's request, say)."""
         return
 
+    def core_factory(self, factory: Any) -> Any:
+        """The protocol factory the faulty node's core is built from: the honest
+        one, or a behaviour's own (a component that acts as a Byzantine one
+        would from inside the node, such as a lying transaction driver)."""
+        return factory
+
     def peer(self, view: RunView) -> int:
         """A correct peer to aim at."""
         return self.rng.choice(view.correct)
@@ -472,6 +478,11 @@ class Composite(Strategy):
     def observe_input(self, event: Any) -> None:
         for part in self.parts:
             part.observe_input(event)
+
+    def core_factory(self, factory: Any) -> Any:
+        for part in self.parts:
+            factory = part.core_factory(factory)
+        return factory
 
 
 # -- registry --------------------------------------------------------------------

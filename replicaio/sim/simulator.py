@@ -775,10 +775,13 @@ class Simulator:
         if node.incarnation:
             self.stats["restarts"] += 1
         node.incarnation += 1
+        factory = self.factory
+        if node.strategy is not None:  # a behaviour may act from inside the node
+            factory = node.strategy.core_factory(factory)
         node.core = Node(
             node.node_id,
             self.config,
-            self.factory,
+            factory,
             choose=self.choose_for(node),
             params=self.params,
             codec=self.codec,

@@ -16,7 +16,7 @@ import argparse
 from replicaio.assembly import transactional_spec
 from replicaio.check.transactions import BANK, LIST_APPEND, dump_transactions
 from replicaio.core.errors import UsageError
-from replicaio.sim.options import SimOptions, parse_faults
+from replicaio.sim.options import SimOptions, parse_adversary, parse_faults
 from replicaio.sim.simulator import SimResult, Simulator
 from replicaio.sim.txn_harness import TxnHarness, TxnWorkload, txn_options
 
@@ -47,7 +47,9 @@ def normalize(args: argparse.Namespace) -> None:
 
 
 def options_of(args: argparse.Namespace, seed: int) -> SimOptions:
-    if args.byzantine:
+    found = transactional_spec(args.protocol)
+    assert found is not None
+    if args.byzantine and found[0].ordering == "raft":
         raise UsageError(f"{args.protocol} tolerates crash faults only: no --byzantine")
     base = TxnWorkload()
     workload = TxnWorkload(
@@ -55,8 +57,11 @@ def options_of(args: argparse.Namespace, seed: int) -> SimOptions:
         transactions=args.transactions if args.transactions is not None else base.transactions,
         clients=args.clients if getattr(args, "clients", None) is not None else base.clients,
     )
+    adversary = getattr(args, "adversary", None) or getattr(args, "behaviour", None)
     return txn_options(seed, args.nodes, parse_faults(args.faults), workload,
-                       encode=not args.no_encode)
+                       encode=not args.no_encode, byzantine=args.byzantine,
+                       adversary=parse_adversary(adversary) if adversary else None,
+                       protocol=args.protocol.partition(":")[0])
 
 
 def run(args: argparse.Namespace, options: SimOptions, log_path: str | None,

@@ -43,6 +43,7 @@ import random
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import replicaio.sim.txn_adversary  # noqa: F401  (registers the lying driver)
 from replicaio.assembly import TransactionalSpec, raft_leader_of, transactional_spec
 from replicaio.check.broadcast import Violation
 from replicaio.check.transactions import (
@@ -106,12 +107,17 @@ class TxnWorkload:
 
 
 def txn_options(seed: int, nodes: int, faults: tuple[str, ...], workload: TxnWorkload,
-                *, encode: bool = True) -> SimOptions:
-    """The KV runs' seeded network and faults, sized for ``workload``."""
+                *, encode: bool = True, byzantine: int = 0,
+                adversary: tuple[str, ...] | None = None,
+                protocol: str | None = None) -> SimOptions:
+    """The KV runs' seeded network and faults, sized for ``workload``; ``byzantine``
+    nodes behave as ``adversary`` says, else as the seed draws for ``protocol``
+    (BFT groups only; ``txn_adversary``'s lying driver is always in the mix)."""
     sizing = KvWorkload(clients=workload.clients, ops=workload.transactions)
     safety_us = max(4_000_000, workload.transactions * 200_000 // workload.clients)
     options = kv_options(seed, nodes, tuple(f for f in faults if f != "disk"), sizing,
-                         encode=encode, safety_us=safety_us)
+                         encode=encode, safety_us=safety_us, byzantine=byzantine,
+                         adversary=adversary, protocol=protocol)
     return replace(options, extra={EXTRA_KEY: asdict(workload.validate())})
 
 
@@ -144,6 +150,7 @@ class TxnHarness:
         # (its stale view holds no lock the group's log does).
         self.clean_quorum = (config.n if spec.ordering == "raft"
                              else config.n - config.f)
+        self.correct = [node for node in range(config.n) if node not in config.byzantine]
         self.leaders: dict[int, tuple[int, int]] = {}  # group -> (term, node)
         self.reports: dict[tuple[int, int], LockReport] = {}
         self.codec = Codec()
@@ -247,6 +254,10 @@ class TxnHarness:
         client.nonce += 1
         client.handle = handle
         client.node = self.rng.randrange(self.config.n)
+        if self.healed and client.node in self.config.byzantine:
+            # Liveness asks correct drivers: a Byzantine one's answers prove nothing,
+            # and a client that asked it in vain would move on to another node.
+            client.node = self.rng.choice(self.correct)
         client.timeout_token += 1
         token = client.timeout_token
         if self.key_value:
@@ -363,7 +374,7 @@ class TxnHarness:
             groups = sorted({self.slots.group_of(key.encode()) for _, key, _ in client.ops})
             coordinator = groups[(client.client_id + client.nonce) % len(groups)]
             leader = self.leaders.get(coordinator)
-            if leader is not None:
+            if leader is not None and leader[1] not in self.config.byzantine:
                 mid_step = self.rng.random() < 0.5
                 down_us = self.rng.randrange(100_000, 600_000)
                 self.api.crash(Crash(leader[1], self.api.now(), down_us, mid_step,
@@ -375,6 +386,11 @@ class TxnHarness:
 
     def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]:
         if type(output) is TxnResult:
+            if node in self.config.byzantine:
+                # A Byzantine driver's word proves nothing: the client learns no
+                # outcome from it (info), as a client trusting one node would not.
+                self.count("byzantine_answers")
+                output = TxnResult(output.client, output.nonce, "unknown", "byzantine", b"")
             self.on_result(output)
             return []
         if type(output) is LockReport:

@@ -45,6 +45,7 @@ from replicaio.smr.auth import (
     node_client_id,
     vouching_node,
 )
+from replicaio.smr.certified import Attest, Attestations
 from replicaio.smr.protocol import SmrFactory, SmrProtocol
 
 # In a client id this node vouches for, the bit of its client front's ids (its
@@ -98,10 +99,18 @@ class Groups:
 class GroupCaller:
     """In-node calls into the groups of :class:`Groups` (see the module docstring)."""
 
-    def __init__(self, context: Context, groups: Groups, params: CallerParams) -> None:
+    def __init__(self, context: Context, groups: Groups, params: CallerParams,
+                 attest: Attest | None = None) -> None:
         self.context = context
         self.groups = groups
         self.params = params.validate()
+        # Byzantine fault tolerant groups: results certified by f+1 replicas
+        # (``replicaio.smr.certified``), when the service says what they claim.
+        self.attestations: Attestations | None = None
+        if attest is not None:
+            self.attestations = Attestations(
+                context, groups, attest, context.f + 1, self.params.attempts_max,
+                self.params.attempt_timeout_us)
         node = context.node
         # Unique per node and incarnation (sessions are per group: no group bits),
         # and ids this node may vouch for (``replicaio.smr.auth``): in a Byzantine
@@ -133,7 +142,13 @@ class GroupCaller:
             owner = vouching_node(value.client) if type(value) in (Reply, Rejected) else None
             if owner is not None and (owner != self.context.id
                                       or not value.client & FRONT_CLIENT_BIT):
-                return  # another node's call, or a late answer to one of ours: not output
+                # Another node's call (attested to it in a BFT group), or a late
+                # answer to one of ours: not output.
+                if (self.attestations is not None and owner != self.context.id
+                        and type(value) is Reply and not value.client & FRONT_CLIENT_BIT):
+                    self.attestations.on_reply(group, owner, value.client, value.seq,
+                                               bytes(value.result))
+                return
             node.effects.outputs.append(GroupOutput(group, node.codec.encode(value)))
 
         return on_output
@@ -178,6 +193,28 @@ class GroupCaller:
             result = await self.attempts(group, ClientRequest(client, seq, command, False))
             return result
         finally:
+            self.release(group, client, seq, usable=result is not None)
+
+    async def call_certified(self, group: int, command: bytes
+                             ) -> tuple[bytes, Any | None] | None:
+        """:meth:`call`, and the certificate of what the result claims (``None`` if it
+        claims nothing or f+1 matching attestations did not come): the group's
+        answer in a form any third party checks (``replicaio.smr.certified``)."""
+        attestations = self.attestations
+        if attestations is None:
+            result = await self.call(group, command)
+            return None if result is None else (result, None)
+        client, seq = await self.session(group)
+        seq += 1
+        result = None
+        attestations.open(group, client, seq)
+        try:
+            result = await self.attempts(group, ClientRequest(client, seq, command, False))
+            if result is None:
+                return None
+            return result, await attestations.certify(group, client, result)
+        finally:
+            attestations.close(group, client)
             self.release(group, client, seq, usable=result is not None)
 
     async def attempts(self, group: int, request: ClientRequest) -> bytes | None:

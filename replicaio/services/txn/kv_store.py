@@ -239,8 +239,9 @@ class KvTxnStore(TxnStore):
                     return "version"
         return {}, []
 
-    def on_prepare(self, client: int, nonce: int, coordinator: int, ops: Any) -> list[Any]:
-        answer = super().on_prepare(client, nonce, coordinator, ops)
+    def on_prepare(self, client: int, nonce: int, coordinator: int, ops: Any,
+                   participants: Any = ()) -> list[Any]:
+        answer = super().on_prepare(client, nonce, coordinator, ops, participants)
         txn = (client, nonce)
         if txn in self.prepared and txn not in self.commands:
             self.commands[txn] = tuple(

@@ -50,22 +50,26 @@ from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import (
     ABORT,
     ABORTED,
+    CLAIM,
     COMMIT,
     COMMITTED,
     DISCARD,
     PENDING,
     PREPARED,
     READ,
+    REFUSED,
     TxnId,
     TxnStore,
 )
+from replicaio.smr.certified import Certifier
 from replicaio.smr.groups import CallerParams, GroupCaller, GroupRequest, Groups
-from replicaio.smr.protocol import SmrFactory
+from replicaio.smr.protocol import BYZANTINE, SmrFactory
 
 UNKNOWN: Final = "unknown"
 # What a node's core holds for all its groups together: their bounds add up.
 NODE_WIDE: Final = ("contexts", "tasks", "timers", "unacked", "storage_keys", "stream_inbox")
 TXN_OPS_BYTES_MAX: Final = 1 << 20
+Plan = dict[int, list[tuple[int, list[Any]]]]  # group -> (position, micro-operation)
 
 
 class TxnRequest(Message, tag="txn.TxnRequest"):
@@ -104,12 +108,20 @@ class TxnParams:
     drivers_max: int = 256  # attempts driven by one node at once
     resolve_max: int = 32  # resolutions in flight per group
     ops_max: int = 64
+    # A prepare refused because a key is locked is asked again every
+    # ``lock_retry_us`` within the same attempt, for at most ``lock_wait_us``
+    # (0: no-wait, the default; ADR 0009 and docs/benchmarks.md).
+    lock_wait_us: int = 0
+    lock_retry_us: int = 20_000
     caller: CallerParams = field(default_factory=CallerParams)
 
     def validate(self) -> TxnParams:
-        for name in ("resolve_every_us", "drivers_max", "resolve_max", "ops_max"):
+        for name in ("resolve_every_us", "drivers_max", "resolve_max", "ops_max",
+                     "lock_retry_us"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TxnParams.{name} must be >= 1")
+        if self.lock_wait_us < 0:
+            raise ConfigError("TxnParams.lock_wait_us must be >= 0")
         self.caller.validate()
         return self
 
@@ -124,14 +136,26 @@ class TxnNode:
         self.codec = Codec()
         self.groups = Groups(context, factory.slots.groups, factory.group_factory)
         self.stores: list[TxnStore] = []
-        for replica in self.groups.replicas:
+        # Byzantine fault tolerant groups take only certified votes, decisions and
+        # acknowledgements (f+1 replicas of the group that made them).
+        self.certify = self.certifies(factory)
+        certifier = Certifier(context.signer.verify, lambda group: range(context.n),
+                              context.f + 1)
+        for group, replica in enumerate(self.groups.replicas):
             store = replica.state_machine
             assert isinstance(store, TxnStore)
+            store.group = group
+            store.certifier = certifier if self.certify else None
             self.stores.append(store)
         self.caller: GroupCaller | None = None
         self.drivers = 0
         self.in_flight: dict[tuple[Any, ...], None] = {}
         self.reported: list[tuple[int, int, int] | None] = [None] * len(self.stores)
+
+    def certifies(self, factory: TxnFactory) -> bool:
+        """Whether the groups take only certified votes, decisions and acks: in
+        Byzantine fault tolerant groups (no single node's word moves a group)."""
+        return factory.resilience in BYZANTINE
 
     def footprint(self) -> dict[str, int]:
         """What this node holds now, by the names of :meth:`TxnFactory.footprint_max`
@@ -153,7 +177,8 @@ class TxnNode:
 
     def start(self) -> None:
         self.groups.start()
-        self.caller = GroupCaller(self.context, self.groups, self.params.caller)
+        self.caller = GroupCaller(self.context, self.groups, self.params.caller,
+                                  attest=self.claim_of if self.certify else None)
         self.context.spawn(self.resolver(), "txn.resolver")
 
     def on_request(self, payload: Any) -> str | None:
@@ -185,6 +210,32 @@ class TxnNode:
         assert isinstance(decoded, tuple) and decoded, "the store answers a non-empty list"
         return decoded
 
+    async def call_certified(self, group: int, *command: Any
+                             ) -> tuple[tuple[Any, ...], Any] | None:
+        """:meth:`call`, with the certificate of what the answer claims (``None``
+        when it claims nothing, it could not be collected, or groups take none)."""
+        assert self.caller is not None
+        answer = await self.caller.call_certified(group, self.codec.encode_value(list(command)))
+        if answer is None:
+            return None
+        result, certificate = answer
+        decoded = self.codec.decode_value(result)
+        assert isinstance(decoded, tuple) and decoded, "the store answers a non-empty list"
+        return decoded, certificate
+
+    def claim_of(self, result: bytes) -> bytes | None:
+        """What a store's result claims (its last item, ``store.CLAIM``), encoded."""
+        try:
+            value: Any = self.codec.decode_value(result)
+        except DecodeError:
+            return None
+        if not (isinstance(value, tuple) and len(value) >= 2):
+            return None
+        claim = value[-1]
+        if not (isinstance(claim, tuple) and claim and claim[0] == CLAIM):
+            return None
+        return self.codec.encode_value(list(claim))
+
     async def together(self, *calls: Coroutine[Any, Any, Any]) -> list[Any]:
         """Run ``calls`` concurrently; their results, in order."""
         async with self.context.scope("txn.together") as scope:
@@ -199,30 +250,27 @@ class TxnNode:
 
     async def transaction(self, request: TxnRequest) -> None:
         """Two-phase commit of one attempt across the groups its keys live in."""
-        plan = self.plan(request)
-        if isinstance(plan, str):
-            self.answer(request, ABORTED, plan)
+        opened = await self.begin(request)
+        if opened is None:
             return
+        plan, participants, coordinator = opened
         client, nonce = request.client, request.nonce
-        participants = sorted(plan)
-        coordinator = participants[(client + nonce) % len(participants)]
-        # The coordinator group records the attempt, with its lease.
-        begun = await self.call(coordinator, "begin", client, nonce, participants)
-        if begun is None or begun[0] != PENDING:
-            self.answer(request, *self.not_begun(begun))
-            return
         # Every participant prepares its part through its own replication.
-        votes = await self.together(*(
-            self.call(group, "prepare", client, nonce, coordinator,
-                      [op for _, op in plan[group]])
-            for group in participants))
-        prepared = all(vote is not None and vote[0] == PREPARED for vote in votes)
-        # The coordinator decides: commit only if all prepared (and its lease runs).
-        decided = await self.call(coordinator, "decide", client, nonce,
-                                  COMMIT if prepared else ABORT)
+        certified_votes = await self.prepare(request, plan, participants, coordinator)
+        votes = [None if vote is None else vote[0] for vote in certified_votes]
+        proofs = [None if vote is None else vote[1] for vote in certified_votes]
+        prepared = all(vote is not None and vote[0] == PREPARED for vote in votes) and (
+            not self.certify or all(proof is not None for proof in proofs))
+        # The coordinator decides: commit only if all prepared (and its lease runs),
+        # on the participants' certified votes.
+        certified = await self.call_certified(
+            coordinator, "decide", client, nonce, *((COMMIT, proofs) if prepared else (ABORT,)))
+        decided = None if certified is None else certified[0]
         if decided is None or decided[0] not in (COMMITTED, ABORTED):
             self.answer(request, UNKNOWN, "no_decision")  # (busy: no record to decide)
             return
+        assert certified is not None
+        decision_proof = certified[1]
         # The client learns the outcome now: the participants hold their locks
         # until they applied it, so nobody can see the state before it. (Key-value
         # commands' replies come from the commit itself: the client waits for it.)
@@ -233,15 +281,61 @@ class TxnNode:
         elif outcome != COMMITTED:
             refusals = [str(v[1]) for v in votes if v is not None and v[0] != PREPARED]
             self.answer(request, ABORTED, refusals[0] if refusals else "lease")
-        # Every participant applies the outcome; then the coordinator may forget it.
+        # Every participant applies the outcome (on the coordinator's certified
+        # decision); then the coordinator may forget it (on their certified acks).
         finish = "commit" if outcome == COMMITTED else "abort"
-        applied = await self.together(*(self.call(group, finish, client, nonce)
-                                        for group in participants))
+        finished = await self.together(*(
+            self.call_certified(group, finish, client, nonce, decision_proof)
+            for group in participants))
+        applied = [None if answer is None else answer[0] for answer in finished]
         if outcome == COMMITTED and deferred:
             replies = self.replies(plan, participants, applied)
             self.answer(request, COMMITTED, "" if replies else "replies_lost", replies)
-        if all(answer is not None for answer in applied):
-            await self.call(coordinator, "ack", client, nonce, participants)
+        acks = [answer[1] for answer in finished if answer is not None]
+        if len(acks) == len(participants) and (
+                not self.certify or all(ack is not None for ack in acks)):
+            await self.call(coordinator, "ack", client, nonce, participants, acks)
+
+    async def begin(self, request: TxnRequest) -> tuple[Plan, list[int], int] | None:
+        """Plan the attempt, choose its coordinator group and have it record the
+        attempt with its lease; ``None`` once the client was answered (it cannot)."""
+        plan = self.plan(request)
+        if isinstance(plan, str):
+            self.answer(request, ABORTED, plan)
+            return None
+        participants = sorted(plan)
+        coordinator = participants[(request.client + request.nonce) % len(participants)]
+        begun = await self.call(coordinator, "begin", request.client, request.nonce,
+                                participants)
+        if begun is None or begun[0] != PENDING:
+            self.answer(request, *self.not_begun(begun))
+            return None
+        return plan, participants, coordinator
+
+    async def prepare(self, request: TxnRequest, plan: Plan, participants: list[int],
+                      coordinator: int) -> list[tuple[tuple[Any, ...], Any] | None]:
+        """Every participant's vote, with its certificate (``call_certified``)."""
+        return await self.together(*(
+            self.prepare_in(group, request, [op for _, op in plan[group]], coordinator,
+                            participants)
+            for group in participants))
+
+    async def prepare_in(self, group: int, request: TxnRequest, ops: list[Any],
+                         coordinator: int, participants: list[int]
+                         ) -> tuple[tuple[Any, ...], Any] | None:
+        """One participant's vote; a refusal for a locked key is asked again for at
+        most ``lock_wait_us`` (bounded waiting: a cycle of waiters dissolves once
+        the first gives up, well within the attempt's lease)."""
+        waited = 0
+        while True:
+            vote = await self.call_certified(group, "prepare", request.client, request.nonce,
+                                             coordinator, ops, participants)
+            if vote is None or vote[0][:2] != (REFUSED, "locked") or (
+                    waited >= self.params.lock_wait_us):
+                return vote
+            await self.context.sleep(self.params.lock_retry_us)
+            waited += self.params.lock_retry_us
+            self.context.count("txn_lock_waits")
 
     @staticmethod
     def not_begun(begun: tuple[Any, ...] | None) -> tuple[str, str]:
@@ -252,7 +346,7 @@ class TxnNode:
         return ABORTED, str(begun[-1])
 
     @staticmethod
-    def reads(plan: dict[int, list[tuple[int, list[Any]]]], participants: list[int],
+    def reads(plan: Plan, participants: list[int],
               votes: list[Any]) -> list[Any]:
         """The values read, one entry per micro-operation (``None``: not a read)."""
         reads: list[Any] = [None] * sum(len(ops) for ops in plan.values())
@@ -264,14 +358,14 @@ class TxnNode:
         return reads
 
     @staticmethod
-    def replies(plan: dict[int, list[tuple[int, list[Any]]]], participants: list[int],
+    def replies(plan: Plan, participants: list[int],
                 applied: list[Any]) -> list[Any] | None:
         """The results of the key-value commands, one entry per micro-operation, from
         the participants' commits (``None``: a commit's results were not heard, as
         when the resolver applied it first)."""
         replies: list[Any] = [None] * sum(len(ops) for ops in plan.values())
         for group, answer in zip(participants, applied, strict=True):
-            if not (answer is not None and len(answer) == 2 and isinstance(answer[1], tuple)):
+            if not (answer is not None and len(answer) >= 2 and isinstance(answer[1], tuple)):
                 return None
             results = iter(answer[1])
             for index, op in plan[group]:
@@ -279,7 +373,7 @@ class TxnNode:
                     replies[index] = next(results, None)
         return replies
 
-    def plan(self, request: TxnRequest) -> dict[int, list[tuple[int, list[Any]]]] | str:
+    def plan(self, request: TxnRequest) -> Plan | str:
         """The request's micro-operations by group (with their positions), or why not."""
         try:
             ops: Any = self.codec.decode_value(request.ops)
@@ -287,7 +381,7 @@ class TxnNode:
             return "bad_ops"
         if not (isinstance(ops, tuple) and 1 <= len(ops) <= self.params.ops_max):
             return "bad_ops"
-        plan: dict[int, list[tuple[int, list[Any]]]] = {}
+        plan: Plan = {}
         for index, op in enumerate(ops):
             if not (isinstance(op, tuple) and len(op) == 3 and isinstance(op[1], bytes)):
                 return "bad_ops"
@@ -340,25 +434,34 @@ class TxnNode:
 
         self.context.spawn(run(), "txn.resolve")
 
-    async def resolve(self, group: int, txn: TxnId, coordinator: int) -> None:
-        """A prepared transaction's lease ran out here: ask its coordinator."""
-        answer = await self.call(coordinator, "resolve", txn[0], txn[1], group)
-        if answer is None or answer[0] == PENDING:
-            return
+    async def resolve(self, group: int, txn: TxnId, coordinator: int) -> bool:
+        """A prepared transaction's lease ran out in ``group`` (or ``group`` has not
+        acknowledged a decision): ask the coordinator, and apply its certified
+        answer there; tell the coordinator once applied. Whether it was applied."""
+        certified = await self.call_certified(coordinator, "resolve", txn[0], txn[1], group)
+        if certified is None or certified[0][0] == PENDING:
+            return False
+        answer, proof = certified
         finish = {COMMITTED: "commit", ABORTED: "abort", DISCARD: "discard"}[str(answer[0])]
-        await self.call(group, finish, txn[0], txn[1])
+        applied = await self.call_certified(group, finish, txn[0], txn[1], proof)
+        if applied is None or finish == "discard" or applied[0][0] not in (
+                COMMITTED, ABORTED, UNKNOWN):
+            return False
+        if self.certify and applied[1] is None:
+            return False
+        await self.call(coordinator, "ack", txn[0], txn[1], [group], [applied[1]])
+        return True
 
     async def deliver(self, coordinator: int, txn: TxnId, decision: str,
                       missing: tuple[int, ...]) -> None:
         """Push a decision to the participants that did not acknowledge it (or,
-        for a pending attempt past its lease, have it decided: abort)."""
+        for a pending attempt past its lease, have it decided: abort). The
+        decision travels certified: it is asked of the coordinator group."""
         if decision == PENDING:
             await self.call(coordinator, "resolve", txn[0], txn[1], -1)
             return
-        finish = "commit" if decision == COMMITTED else "abort"
         for group in missing:
-            if await self.call(group, finish, txn[0], txn[1]) is not None:
-                await self.call(coordinator, "ack", txn[0], txn[1], [group])
+            await self.resolve(group, txn, coordinator)
 
     def report(self, group: int, store: TxnStore) -> None:
         now = (len(store.locks), len(store.prepared),
@@ -402,6 +505,12 @@ class TxnFactory:
 
     def __call__(self, context: Context) -> TxnNode:
         return self.node_type(context, self)
+
+    def with_node_type(self, node_type: type[TxnNode]) -> TxnFactory:
+        """The same cluster, its nodes built as ``node_type`` (the simulator's
+        adversary gives a Byzantine node a lying driver this way)."""
+        return TxnFactory(self.name, self.slots, self.group_factory, self.params,
+                          node_type=node_type)
 
     def footprint_max(self, config: ClusterConfig) -> dict[str, int]:
         """What a node may hold whatever clients and peers send (the simulator's

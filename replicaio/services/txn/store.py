@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from replicaio.core.codec import Codec, DecodeError, EncodeError
+from replicaio.smr.certified import Certifier
 
 APPEND: Final = "append"
 READ: Final = "r"
@@ -73,7 +74,17 @@ PREPARED: Final = "prepared"
 REFUSED: Final = "refused"
 
 SNAPSHOT_FORMAT: Final = "replicaio.txn-store"
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2  # 2: prepared records keep their participants
+
+# What a certifiable result claims (its last item), for certificates
+# (``replicaio.smr.certified``): ("claim", kind, client, nonce, ...).
+CLAIM: Final = "claim"
+VOTE: Final = "vote"  # ..., coordinator, participants: this group prepared it so
+DECISION: Final = "decision"  # ..., committed|aborted: this coordinator decided it
+DISCARDED: Final = "discard"  # ..., group: that participant's prepared state is stale
+APPLIED: Final = "applied"  # ..., committed|aborted: this participant finished it so
+UNCERTIFIED: Final = "uncertified"
+UNKNOWN_HERE: Final = "unknown"  # a participant holds nothing for the transaction
 
 TxnId = tuple[int, int]  # (client, nonce)
 Value = int | tuple[int, ...]
@@ -104,6 +115,7 @@ class Prepared:
     effects: dict[bytes, Value]
     reads: list[Any]
     deadline: int
+    participants: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -129,6 +141,11 @@ class TxnStore:
         self.finished: dict[TxnId, str] = {}
         self.coordinated: dict[TxnId, Coordinated] = {}
         self.counters: dict[str, int] = {}
+        # Set by the node for Byzantine fault tolerant groups (kept across
+        # restores): votes, decisions and acknowledgements must then carry
+        # certificates of the groups that made them (docs/transactions.md).
+        self.certifier: Certifier | None = getattr(self, "certifier", None)
+        self.group: int = getattr(self, "group", -1)
 
     # -- the StateMachine interface -------------------------------------------
 
@@ -165,7 +182,7 @@ class TxnStore:
             [[key, value, self.versions.get(key, 0)] for key, value in self.data.items()],
             [[key, version] for key, version in self.versions.items() if key not in self.data],
             [[list(txn), p.coordinator, list(p.keys), [[k, v] for k, v in p.effects.items()],
-              p.reads, p.deadline] for txn, p in self.prepared.items()],
+              p.reads, p.deadline, list(p.participants)] for txn, p in self.prepared.items()],
             [[list(txn), outcome] for txn, outcome in self.finished.items()],
             [[list(txn), list(c.participants), c.deadline, c.decision, sorted(c.acked)]
              for txn, c in self.coordinated.items()],
@@ -175,7 +192,8 @@ class TxnStore:
 
     def restore(self, snapshot: bytes) -> None:
         value: Any = self.codec.decode_value(snapshot)
-        assert isinstance(value, tuple) and value[:2] == (SNAPSHOT_FORMAT, SNAPSHOT_VERSION)
+        assert isinstance(value, tuple) and value[0] == SNAPSHOT_FORMAT
+        assert value[1] in (1, SNAPSHOT_VERSION), value[1]
         _, _, revision, ticks, data, tombstones, prepared, finished, coordinated, counters = value
         self.__init__(self.params)  # type: ignore[misc]
         self.revision, self.ticks = revision, ticks
@@ -184,8 +202,10 @@ class TxnStore:
             self.versions[key] = version
         for key, version in tombstones:
             self.versions[key] = version
-        for txn, coordinator, keys, effects, reads, deadline in prepared:
-            record = Prepared(coordinator, tuple(keys), dict(effects), list(reads), deadline)
+        for txn, coordinator, keys, effects, reads, deadline, *rest in prepared:
+            participants = tuple(rest[0]) if rest else ()  # (version 1: none kept)
+            record = Prepared(coordinator, tuple(keys), dict(effects), list(reads), deadline,
+                              participants)
             self.prepared[(txn[0], txn[1])] = record
             for key in keys:
                 self.locks[key] = (txn[0], txn[1])
@@ -251,6 +271,28 @@ class TxnStore:
                 "txn_prepared": params.prepared_max, "txn_finished": params.finished_max,
                 "txn_coordinated": params.coordinated_max}
 
+    def certified(self, certificate: Any, group: int, *claim: Any) -> bool:
+        """Whether ``certificate`` proves ``group`` claimed ``claim`` (always, in a
+        group that takes no certificates: crash faults only); else counted."""
+        if self.certifier is None:
+            return True
+        expected = self.codec.encode_value([CLAIM, *claim])
+        if self.certifier.claim(certificate, group) == expected:
+            return True
+        self.count(f"uncertified_{claim[0]}")
+        return False
+
+    def applied(self, certificate: Any, group: int, txn: TxnId, decision: str) -> bool:
+        """Whether ``certificate`` proves participant ``group`` finished ``txn`` as
+        decided, or holds nothing for it (forgotten: nothing left to apply there)."""
+        assert self.certifier is not None
+        claim = self.certifier.claim(certificate, group)
+        if claim is not None and claim in [self.codec.encode_value([CLAIM, APPLIED, *txn, outcome])
+                                           for outcome in (decision, UNKNOWN_HERE)]:
+            return True
+        self.count("uncertified_applied")
+        return False
+
     def remember(self, txn: TxnId, outcome: str) -> None:
         self.finished[txn] = outcome
         while len(self.finished) > self.params.finished_max:
@@ -258,10 +300,12 @@ class TxnStore:
 
     # -- participant ------------------------------------------------------------
 
-    def on_prepare(self, client: int, nonce: int, coordinator: int, ops: Any) -> list[Any]:
+    def on_prepare(self, client: int, nonce: int, coordinator: int, ops: Any,
+                   participants: Any = ()) -> list[Any]:
         txn = (_int(client), _int(nonce))
-        if txn in self.prepared:
-            return [PREPARED, self.prepared[txn].reads]  # a retry of the same attempt
+        if txn in self.prepared:  # a retry of the same attempt
+            record = self.prepared[txn]
+            return [PREPARED, record.reads, self.vote(txn, record)]
         if txn in self.finished:
             return [REFUSED, "finished"]
         parsed = self.parse_ops(ops)
@@ -279,11 +323,16 @@ class TxnStore:
             self.count(f"refused_{outcome}")
             return [REFUSED, outcome]
         effects, reads = outcome
-        self.prepared[txn] = Prepared(_int(coordinator), keys, effects, reads,
-                                      self.ticks + self.params.lease_ticks)
+        record = self.prepared[txn] = Prepared(
+            _int(coordinator), keys, effects, reads, self.ticks + self.params.lease_ticks,
+            _groups(participants))
         for key in keys:
             self.locks[key] = txn
-        return [PREPARED, reads]
+        return [PREPARED, reads, self.vote(txn, record)]
+
+    @staticmethod
+    def vote(txn: TxnId, record: Prepared) -> tuple[Any, ...]:
+        return (CLAIM, VOTE, *txn, record.coordinator, record.participants)
 
     def parse_ops(self, ops: Any) -> list[tuple[str, bytes, Any]]:
         """A prepare's micro-operations, checked (``ValueError``/``TypeError`` if bad)."""
@@ -322,19 +371,22 @@ class TxnStore:
             return "keys_max"
         return effects, reads
 
-    def on_commit(self, client: int, nonce: int) -> list[Any]:
+    def on_commit(self, client: int, nonce: int, certificate: Any = None) -> list[Any]:
         txn = (_int(client), _int(nonce))
-        record = self.prepared.pop(txn, None)
+        record = self.prepared.get(txn)
         if record is None:
             known = self.finished.get(txn)
             if known is None:
                 self.count("commit_unprepared")  # a correct coordinator never sends it
-                return ["unknown"]
-            return [known]
+                return [UNKNOWN_HERE, (CLAIM, APPLIED, *txn, UNKNOWN_HERE)]
+            return [known, (CLAIM, APPLIED, *txn, known)]
+        if not self.certified(certificate, record.coordinator, DECISION, *txn, COMMITTED):
+            return [REFUSED, UNCERTIFIED]
+        del self.prepared[txn]
         results = self.apply_effect(txn, record)
         self.release(txn, record)
         self.remember(txn, COMMITTED)
-        return [COMMITTED, *results]
+        return [COMMITTED, *results, (CLAIM, APPLIED, *txn, COMMITTED)]
 
     def apply_effect(self, txn: TxnId, record: Prepared) -> list[Any]:
         """Write ``record``'s effect, only on keys locked for ``txn``; extra result
@@ -348,22 +400,32 @@ class TxnStore:
             self.versions[key] = self.revision
         return []
 
-    def on_abort(self, client: int, nonce: int) -> list[Any]:
+    def on_abort(self, client: int, nonce: int, certificate: Any = None) -> list[Any]:
+        """Drop a prepared transaction's effect and locks (on its coordinator's
+        decision); for one not prepared here, refuse its later prepare. (Only the
+        former needs a certificate: refusing a prepare is always safe.)"""
         txn = (_int(client), _int(nonce))
-        record = self.prepared.pop(txn, None)
+        record = self.prepared.get(txn)
         if record is not None:
+            if not self.certified(certificate, record.coordinator, DECISION, *txn, ABORTED):
+                return [REFUSED, UNCERTIFIED]
+            del self.prepared[txn]
             self.release(txn, record)
         known = self.finished.get(txn)
         if known == COMMITTED:
             self.count("abort_after_commit")  # a correct coordinator never sends it
-            return [COMMITTED]
+            return [COMMITTED, (CLAIM, APPLIED, *txn, COMMITTED)]
         self.remember(txn, ABORTED)
-        return [ABORTED]
+        return [ABORTED, (CLAIM, APPLIED, *txn, ABORTED)]
 
-    def on_discard(self, client: int, nonce: int) -> list[Any]:
+    def on_discard(self, client: int, nonce: int, certificate: Any = None) -> list[Any]:
         """Drop a late duplicate's prepared state; the outcome stays as it was."""
         txn = (_int(client), _int(nonce))
-        record = self.prepared.pop(txn, None)
+        record = self.prepared.get(txn)
+        if record is not None and not self.certified(
+                certificate, record.coordinator, DISCARDED, *txn, self.group):
+            return [REFUSED, UNCERTIFIED]
+        self.prepared.pop(txn, None)
         if record is not None:
             self.release(txn, record)
             self.count("discarded_duplicates")
@@ -403,7 +465,7 @@ class TxnStore:
                 return True
         return False
 
-    def decided(self, txn: TxnId, decision: str) -> Coordinated | None:
+    def decided(self, txn: TxnId, decision: str, certificates: Any = ()) -> Coordinated | None:
         """``txn``'s record, decided ``decision`` unless it was decided before (or its
         lease ran out: abort); ``None`` if it is unknown and the table is full of
         records nobody may forget yet (the caller answers: try again later)."""
@@ -416,45 +478,88 @@ class TxnStore:
             self.count("presumed_aborts")
         if record.decision is None:
             lease_ran_out = record.deadline < self.ticks
+            if decision == COMMIT and not lease_ran_out and not self.votes_certified(
+                    txn, record, certificates):
+                return record  # a commit without every vote's certificate: stays pending
             record.decision = COMMITTED if decision == COMMIT and not lease_ran_out else ABORTED
             if decision == COMMIT and lease_ran_out:
                 self.count("aborted_lease_ran_out")
         return record
 
-    def on_decide(self, client: int, nonce: int, decision: Any) -> list[Any]:
+    def votes_certified(self, txn: TxnId, record: Coordinated, certificates: Any) -> bool:
+        """Whether ``certificates`` hold, in order, every participant's certified
+        vote: prepared, with this coordinator and these participants."""
+        if self.certifier is None:
+            return True
+        if not (isinstance(certificates, tuple)
+                and len(certificates) == len(record.participants)):
+            self.count("uncertified_vote")
+            return False
+        return all(self.certified(certificate, group, VOTE, *txn, self.group,
+                                  record.participants)
+                   for group, certificate in zip(record.participants, certificates, strict=True))
+
+    def on_decide(self, client: int, nonce: int, decision: Any,
+                  certificates: Any = ()) -> list[Any]:
         if decision not in (COMMIT, ABORT):
             raise ValueError(f"a decision is commit or abort, got {decision!r}")
-        record = self.decided((_int(client), _int(nonce)), decision)
+        txn = (_int(client), _int(nonce))
+        record = self.decided(txn, decision, certificates)
         if record is None:
             return [REFUSED, "busy"]  # no record to decide (a correct driver began one)
-        assert record.decision is not None
-        return [record.decision]
+        if record.decision is None:
+            return [REFUSED, UNCERTIFIED]
+        return [record.decision, (CLAIM, DECISION, *txn, record.decision)]
 
     def on_resolve(self, client: int, nonce: int, group: int) -> list[Any]:
         txn = (_int(client), _int(nonce))
         record = self.coordinated.get(txn)
         if record is not None and _int(group) in record.acked:
-            return [DISCARD]
+            return [DISCARD, (CLAIM, DISCARDED, *txn, group)]
         if record is not None and record.decision is None and record.deadline >= self.ticks:
             return [PENDING]
         record = self.decided(txn, ABORT)
         if record is None:
             return [PENDING]  # asked again once a record may be forgotten
         assert record.decision is not None
-        return [record.decision]
+        return [record.decision, (CLAIM, DECISION, *txn, record.decision)]
 
-    def on_ack(self, client: int, nonce: int, groups: Any) -> list[Any]:
-        record = self.coordinated.get((_int(client), _int(nonce)))
+    def on_ack(self, client: int, nonce: int, groups: Any, certificates: Any = ()) -> list[Any]:
+        """Participants ``groups`` applied the decision (each with its certificate,
+        in order, in a group that takes them): the record may be forgotten once all did."""
+        txn = (_int(client), _int(nonce))
+        record = self.coordinated.get(txn)
+        acked = [_int(group) for group in groups]
+        if self.certifier is not None:
+            if not isinstance(certificates, tuple) or len(certificates) != len(acked):
+                self.count("uncertified_applied")
+                return [REFUSED, UNCERTIFIED]
+            acked = [group for group, certificate in zip(acked, certificates, strict=True)
+                     if record is not None and record.decision is not None
+                     and self.applied(certificate, group, txn, record.decision)]
         if record is not None and record.decision is not None:
-            record.acked.update(g for g in (_int(group) for group in groups)
-                                if g in record.participants)
+            record.acked.update(g for g in acked if g in record.participants)
         return ["ok"]
+
+
+def unclaimed(answer: Any) -> Any:
+    """A decoded answer without the claim it ends with, if any (``CLAIM``)."""
+    if isinstance(answer, tuple) and answer and isinstance(answer[-1], tuple) and (
+            answer[-1][:1] == (CLAIM,)):
+        return answer[:-1]
+    return answer
 
 
 def _int(value: Any) -> int:
     if type(value) is not int:
         raise TypeError(f"expected an integer, got {type(value).__name__}")
     return value
+
+
+def _groups(participants: Any) -> tuple[int, ...]:
+    if not isinstance(participants, tuple):
+        raise TypeError("participants is a list of groups")
+    return tuple(sorted({_int(group) for group in participants}))
 
 
 def _ops(ops: Any, ops_max: int) -> list[tuple[str, bytes, Any]]:

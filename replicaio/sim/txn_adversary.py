@@ -1,0 +1,118 @@
+"""A Byzantine node of a transactional cluster: it drives transactions as a liar would.
+
+The transaction protocol moves groups with other groups' answers
+(``replicaio.services.txn``): the coordinator decides on the participants'
+votes, the participants apply the coordinator's decision. A node that drives
+an attempt carries those answers from group to group, so a Byzantine node's
+most damaging move is not on the wire but *inside* the node: its in-node
+client is vouched for by its node key and its groups order whatever it asks.
+The behaviour ``txn_lying_driver`` (for ``txn-pbft`` and its variants) builds
+the faulty node's core with :class:`LyingDriver` (``Strategy.core_factory``);
+its replicas, its resolver and everything it sends stay honest, and every
+other node drives correctly. For every attempt a client sends it, it:
+
+* **decides commit whatever the votes**: ``decide commit`` in the
+  coordinator group with the certificates it collected, and, for a
+  participant that refused, a forged one (its own signature of a prepared
+  vote, twice: one node's word, never f+1);
+* **commits undecided**: ``commit`` in every participant that prepared, with
+  whatever decision certificate it got (an abort's, or none);
+* **aborts decided-commit**: when the coordinator did decide commit, ``abort``
+  in the first participant (with the commit's certificate);
+* answers the client ``committed`` with the reads it saw (the harness takes a
+  Byzantine node's answers as unknown: a client cannot trust one node).
+
+Against groups that check no certificates (``txn-pbft-uncertified``, the code
+before issue 12's fix) this breaks atomicity: a bank run loses its total.
+Against certified groups every lie is refused and counted (``uncertified_*``)
+and the leases resolve what it left prepared.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from replicaio.services.txn.protocol import TxnFactory, TxnNode, TxnRequest
+from replicaio.services.txn.store import (
+    CLAIM,
+    COMMIT,
+    COMMITTED,
+    PREPARED,
+    VOTE,
+)
+from replicaio.sim.adversary import Strategy, register_behaviour
+from replicaio.smr.certified import attestation_bytes
+
+TXN_BFT_FAMILY = ("txn-pbft", "txn-pbft-uncertified")
+
+
+class LyingDriver(TxnNode):
+    """A transaction driver that lies (see the module docstring); a mixin base
+    for the cluster's own node type (:func:`lying`)."""
+
+    async def transaction(self, request: TxnRequest) -> None:
+        opened = await self.begin(request)
+        if opened is None:
+            return
+        plan, participants, coordinator = opened
+        client, nonce = request.client, request.nonce
+        votes = await self.prepare(request, plan, participants, coordinator)
+        prepared = [vote is not None and vote[0][0] == PREPARED for vote in votes]
+        proofs = [vote[1] if vote is not None and vote[1] is not None
+                  else self.forged_vote(group, client, nonce, coordinator, participants)
+                  for group, vote in zip(participants, votes, strict=True)]
+        decided = await self.call_certified(coordinator, "decide", client, nonce, COMMIT,
+                                            proofs)  # whatever the votes
+        committed = decided is not None and decided[0][0] == COMMITTED
+        proof = None if decided is None else decided[1]
+        for index, group in enumerate(participants):
+            if prepared[index]:  # commit undecided; abort one part of a decided commit
+                finish = "abort" if committed and index == 0 else "commit"
+                await self.call(group, finish, client, nonce, proof)
+        if all(prepared):
+            self.answer(request, COMMITTED, "", self.reads(
+                plan, participants, [vote[0] for vote in votes if vote is not None]))
+        else:
+            self.answer(request, COMMITTED, "")
+
+    def forged_vote(self, group: int, client: int, nonce: int, coordinator: int,
+                    participants: list[int]) -> Any:
+        """A certificate of a prepared vote that ``group`` never gave: this node's
+        own signature, twice (all it can sign)."""
+        claim = self.codec.encode_value([CLAIM, VOTE, client, nonce, coordinator, participants])
+        signature = self.context.sign(attestation_bytes(group, claim))
+        return [group, claim, [[self.context.id, signature], [self.context.id, signature]]]
+
+
+_LYING: dict[type[TxnNode], type[TxnNode]] = {}
+
+
+def lying(node_type: type[TxnNode]) -> type[TxnNode]:
+    """``node_type`` (the cluster's own: certified or not) with a lying driver."""
+    if issubclass(node_type, LyingDriver):
+        return node_type
+    found = _LYING.get(node_type)
+    if found is None:
+        found = _LYING[node_type] = type(f"Lying{node_type.__name__}",
+                                         (LyingDriver, node_type), {})
+    return found
+
+
+class LyingDriverStrategy(Strategy):
+    """Builds the faulty node's core with a lying driver; its messages pass as they are."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+
+    def core_factory(self, factory: Any) -> Any:
+        if isinstance(factory, TxnFactory):
+            return factory.with_node_type(lying(factory.node_type))
+        return factory
+
+
+register_behaviour(
+    "txn_lying_driver", LyingDriverStrategy,
+    "drives transactions as a liar: decides commit whatever the votes, commits undecided, "
+    "aborts decided-commit (transactional clusters over BFT groups)",
+    protocols=TXN_BFT_FAMILY, weight=1.0)
