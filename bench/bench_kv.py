@@ -917,10 +917,11 @@ class EtcdSystem(System):
         ensure_apt("etcd", "etcd-server", self.settings.install)
         self.version = subprocess.run(["etcd", "--version"], capture_output=True, text=True,
                                       check=False, timeout=20).stdout.splitlines()[0]
-        ports = free_ports(6)
-        peer_ports, self.client_ports = ports[:3], ports[3:]
-        initial = ",".join(f"m{i}=http://{LOOPBACK}:{peer_ports[i]}" for i in range(3))
-        for i in range(3):
+        members = self.nodes
+        ports = free_ports(2 * members)
+        peer_ports, self.client_ports = ports[:members], ports[members:]
+        initial = ",".join(f"m{i}=http://{LOOPBACK}:{peer_ports[i]}" for i in range(members))
+        for i in range(members):
             directory = self.settings.workdir / "etcd" / f"m{i}"
             directory.mkdir(parents=True, exist_ok=True)
             command = [
@@ -986,9 +987,9 @@ class PySyncObjSystem(System):
         self.version = subprocess.run(
             [str(python), "-c", "import pysyncobj.version as v; print(v.VERSION)"],
             capture_output=True, text=True, check=False, timeout=30).stdout.strip()
-        ports = free_ports(3)
+        ports = free_ports(self.nodes)
         addresses = [f"{LOOPBACK}:{port}" for port in ports]
-        for i in range(3):
+        for i in range(self.nodes):
             directory = self.settings.workdir / self.name / f"n{i}"
             directory.mkdir(parents=True, exist_ok=True)
             command = [str(python), str(PYSYNCOBJ_NODE), "--self", addresses[i], "--partners",
@@ -1255,7 +1256,7 @@ def conditions(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
         "python": platform.python_version(),
         "event_loop": loop,
-        "nodes": "3 (replicaio, pysyncobj, etcd), 1 (redis)",
+        "nodes": f"{args.nodes} (replicaio, pysyncobj, etcd), 1 (redis)",
         "clients": args.clients,
         "workloads": {"set": "100% SET", "mixed": "50% GET / 50% SET"},
         "value_bytes": args.value_bytes,
@@ -1463,6 +1464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="runs per cell, odd (the median run is kept, every run shown)")
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--nodes", type=int, default=3,
+                        help="cluster size of replicaio (Raft), etcd and PySyncObj")
     parser.add_argument("--front", choices=("auto", "resp", "stream"), default="auto",
                         help="replicaio client front (auto: resp when registered)")
     parser.add_argument("--node-params", default="",
@@ -1518,6 +1521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    for system_type in (ReplicaioSystem, EtcdSystem, PySyncObjSystem):
+        system_type.nodes = args.nodes
     settings = Settings(workdir, args.warmup, args.duration, args.keys, args.value_bytes,
                         args.front, parse_params(args.node_params),
                         parse_params(args.protocol_params), not args.no_install,

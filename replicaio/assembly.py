@@ -78,7 +78,7 @@ from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import TxnStore
 from replicaio.smr.auth import ClientAuthenticator, MacClients
 from replicaio.smr.client import read_only_quorum
-from replicaio.smr.params import SmrConstants, SmrParams
+from replicaio.smr.params import SNAPSHOT_DEFERRALS_MAX, SmrConstants, SmrParams
 from replicaio.smr.protocol import SmrFactory
 from replicaio.smr.replica import Replica
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
@@ -91,6 +91,9 @@ from replicaio.testing.variants.txn import TXN_VARIANTS
 SERVICE_PARAMETERS: dict[str, str] = {
     "snapshot": "SmrConstants.snapshot_interval: applied batches between snapshots (0: never; "
     "PBFT: the checkpoint interval K, L = 2K)",
+    "snapshotkib": "Raft: SmrConstants.snapshot_log_bytes_min in KiB: snapshots sized by "
+    "bytes, a multiple of `snapshot` skipped while the log since the last snapshot is smaller "
+    "than this and than that snapshot (at most 63 in a row; 0: off, the default)",
     "batch": "SmrConstants.batch_requests_max: requests per batch",
     "sessions": "SmrConstants.sessions_max: client sessions remembered (LRU beyond)",
     "results": "SmrConstants.session_results_bytes_max: bytes of results the sessions remember "
@@ -303,7 +306,10 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
         )
         store_sizes, smr_sizes = value_sized(name, parameters)
-        constants = smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL, **smr_sizes)
+        constants = smr_constants(
+            parameters, RAFT_SNAPSHOT_INTERVAL,
+            snapshot_log_bytes_min=parameters.get("snapshotkib", 0) * 1024, **smr_sizes,
+        )
         kv = kv_params(parameters, KvParams().bytes_max, **store_sizes)
         # A follower accepts a snapshot as large as the store can make one.
         raft_params = dataclasses.replace(raft_params, snapshot_bytes_max=snapshot_bytes_needed(
@@ -347,8 +353,9 @@ def raft_footprint_max(
         "stream_inbox": 0,
     }
     if constants.snapshot_interval:
+        deferrals = SNAPSHOT_DEFERRALS_MAX if constants.snapshot_log_bytes_min else 0
         entries = (
-            constants.snapshot_interval
+            constants.snapshot_interval * (deferrals + 1)
             + raft.pending_proposals_max
             + raft.entries_per_message_max * raft.inflight_max
         )

@@ -22,7 +22,13 @@ PINNED: dict[str, tuple[int, tuple[str, ...] | None]] = {
     "pbft-forget-pre-prepares": (15, None),
     "pbft-no-view-change-resend": (10, None),
     "pbft-ignore-prepared-set": (4, None),
-    "pbft-trust-damaged-tail": (4, None),
+    # Re-pinned from 4 when SMR's replica gained int attributes (snapshots sized
+    # by bytes): the adversary's pool (``sim/adversary.py`` ``probe``) takes every
+    # int attribute of the correct replicas, so any new one shifts the forged
+    # values and every later draw; PBFT's own steps are unchanged (seed 4 is still
+    # caught with that attribute a string). The variant is rare in the plain swarm
+    # (seeds 1-67 miss it now); its targeted schedule is test_pbft_storage_damage.
+    "pbft-trust-damaged-tail": (68, None),
     # The client's side: a Byzantine replica answering unordered reads as the
     # lagging correct replica would (the variant's own runs draw it, seed 1 of
     # its swarm fails alike; forced here, so the real client runs the same run).

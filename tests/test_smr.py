@@ -10,6 +10,7 @@ hand-driven network (:class:`Cluster`), every message through the codec.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -764,3 +765,37 @@ def test_a_read_index_reply_from_a_replica_not_asked_is_dropped() -> None:
     assert cluster.counter(2, "smr_read_index_reply_wrong_source") == 1
     cluster.release()
     assert value_of(cluster.take(2)[0]) == b"v"
+
+
+def test_snapshots_sized_by_bytes_wait_until_the_log_outgrows_the_last_one() -> None:
+    """``snapshot_log_bytes_min``: a multiple of the interval is skipped while the
+    batches applied since the last snapshot hold fewer bytes than the floor and
+    than that snapshot. The choice is a function of the log: every replica skips
+    the same multiples and snapshots the same bytes, a restarted one included."""
+    constants = SmrConstants(snapshot_interval=2, snapshot_log_bytes_min=300)
+    cluster = Cluster(constants=constants)
+    value = b"x" * 200
+    for seq in range(1, 25):
+        cluster.request(seq % 3, write(1, seq, "put", f"k{seq % 3}".encode(), value))
+        if seq == 12:
+            cluster.restart(2)
+    taken = sorted(cluster.shared.snapshots)
+    assert taken and set(taken) < set(range(2, 25, 2)), taken
+    assert cluster.counter(0, "smr_snapshots_deferred") > 0
+    for by_node in cluster.shared.snapshots.values():
+        assert sorted(by_node) == [0, 1, 2]
+        assert len(set(by_node.values())) == 1
+    # The first snapshot (two values, 472 bytes) is outgrown by two batches; from the
+    # second on, each holds three values (682 bytes): three batches or more, so the
+    # next multiple of 2 taken is at least 4 later.
+    sizes = {index: len(by_node[0]) for index, by_node in cluster.shared.snapshots.items()}
+    assert taken[:3] == [2, 4, 8], sizes
+    assert all(later - earlier >= 4 for earlier, later in itertools.pairwise(taken[1:])), sizes
+
+
+def test_snapshots_sized_by_bytes_are_deferred_at_most_63_times_in_a_row() -> None:
+    cluster = Cluster(constants=SmrConstants(snapshot_interval=1, snapshot_log_bytes_min=1 << 30))
+    for seq in range(1, 71):
+        cluster.request(0, write(1, seq, "append", b"log", b"."))
+    assert [index for node, index in cluster.shared.compactions if node == 0] == [64]
+    assert cluster.counter(0, "smr_snapshots_deferred") == 63 + 6

@@ -31,6 +31,8 @@ AUTHENTICATED_OVERHEAD_BYTES = 48
 # (``replica.encode_snapshot``: headers, the index, four fields per session).
 SNAPSHOT_OVERHEAD_BYTES = 64
 SESSION_OVERHEAD_BYTES = 48
+# Snapshots sized by bytes: at most this many multiples of the interval skipped in a row.
+SNAPSHOT_DEFERRALS_MAX = 63
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,12 @@ class SmrConstants:
     # Their remembered results, in bytes (LRU eviction beyond; the newest stays).
     session_results_bytes_max: int = 64 * 1024 * 1024
     snapshot_interval: int = 64  # applied batches between snapshots (checkpoints); 0: never
+    # Snapshots sized by bytes (0: off, a snapshot at every multiple of the
+    # interval): a multiple is skipped while the batches applied since the last
+    # snapshot hold fewer bytes than this and than that snapshot, so writing
+    # snapshots costs at most about what the log costs; at most
+    # SNAPSHOT_DEFERRALS_MAX multiples in a row (the log stays bounded).
+    snapshot_log_bytes_min: int = 0
 
     @property
     def items_max(self) -> int:
@@ -75,6 +83,8 @@ class SmrConstants:
                      "session_results_bytes_max"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SmrConstants.{name} must be >= 1")
+        if self.snapshot_log_bytes_min < 0:
+            raise ConfigError("SmrConstants.snapshot_log_bytes_min must be >= 0 (0: off)")
         if self.snapshot_interval < 0:
             raise ConfigError("SmrConstants.snapshot_interval must be >= 0 (0: never)")
         if BATCH_OVERHEAD_BYTES + self.request_bytes_max > self.batch_bytes_max:

@@ -95,6 +95,7 @@ from replicaio.smr.params import (
     AUTHENTICATED_OVERHEAD_BYTES,
     BATCH_OVERHEAD_BYTES,
     REQUEST_OVERHEAD_BYTES,
+    SNAPSHOT_DEFERRALS_MAX,
     SmrConstants,
     SmrParams,
 )
@@ -203,6 +204,11 @@ class Replica:
         )
         self.applied = 0  # index of the last applied batch
         self.snapshot_index = 0  # index of the last snapshot taken or restored
+        # Snapshots sized by bytes (SmrConstants.snapshot_log_bytes_min): the last
+        # one taken or restored, its size, and the batch bytes applied since.
+        self.checkpoint_index = 0
+        self.checkpoint_bytes = 0
+        self.log_bytes = 0
         self.pending: deque[Pending] = deque()
         # client -> seq of its request pending here or in one of our in-flight
         # batches: a copy (a multicast, a retry, a relay) is not batched again.
@@ -564,6 +570,7 @@ class Replica:
                 self.batch_applied(batch.number)
         self.applied = index
         self.context.count("smr_batches_applied")
+        self.log_bytes += len(committed.batch)
         self.maybe_checkpoint(index)
         if self.params.emit_applied:
             self.context.output(Applied(index, batch_digest(committed.batch)))
@@ -807,9 +814,18 @@ class Replica:
         interval = self.constants.snapshot_interval
         if interval == 0 or index % interval != 0:
             return
+        floor = self.constants.snapshot_log_bytes_min
+        if (
+            floor
+            and self.log_bytes < max(floor, self.checkpoint_bytes)
+            and index - self.checkpoint_index <= interval * SNAPSHOT_DEFERRALS_MAX
+        ):
+            self.context.count("smr_snapshots_deferred")  # (a function of the log alone)
+            return
         data = encode_snapshot(
             self.codec, index, self.state_machine.snapshot(), self.sessions.records()
         )
+        self.checkpoint_index, self.checkpoint_bytes, self.log_bytes = index, len(data), 0
         checkpoints = self.checkpoints
         if len(checkpoints) >= self.params.checkpoints_pending_max:
             checkpoints.popleft()
@@ -836,6 +852,7 @@ class Replica:
         self.sessions.replace(records)
         self.applied = index
         self.snapshot_index = index
+        self.checkpoint_index, self.checkpoint_bytes, self.log_bytes = index, len(snapshot), 0
         while self.checkpoints and self.checkpoints[0][0] <= index:
             self.checkpoints.popleft()
         self.context.count("smr_snapshots_restored")
