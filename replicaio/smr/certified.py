@@ -191,7 +191,7 @@ class Attestations:
     def on_attestation(self, source: int, attestation: Attestation) -> None:
         collection = self.collections.get((attestation.group, attestation.client))
         if collection is None or collection.seq != attestation.seq:
-            self.context.count("attestation_unexpected")
+            self.context.count(self.unmatched(attestation, collection))
             return
         data = attestation_bytes(attestation.group, attestation.claim)
         if not self.context.verify(source, data, attestation.signature):
@@ -200,6 +200,19 @@ class Attestations:
         collection.signed[source] = (attestation.claim, attestation.signature)
         if not collection.changed.ready:
             collection.changed.set(None)
+
+    def unmatched(self, attestation: Attestation, collection: Collection | None) -> str:
+        """The counter for an attestation no open call waits for. Correct peers
+        send such ones all the time: every replica attests every in-node call of
+        ours it executes, so the n-f-1 beyond the certificate arrive after the
+        call closed, and calls made without a certificate (``GroupCaller.call``)
+        are attested too (``attestation_late``). Misbehaviour is only a call that
+        is not ours or a request number we have not sent yet."""
+        if vouching_node(attestation.client) != self.context.id:
+            return "attestation_unexpected"
+        if collection is not None and attestation.seq > collection.seq:
+            return "attestation_unexpected"
+        return "attestation_late"
 
     # -- this node's calls ---------------------------------------------------------------
 
