@@ -19,7 +19,18 @@ and every receiver drops it.
   (re-sends included): the others are left behind, and resume or change views;
 * ``minbft_forge_log``: VIEW-CHANGEs whose log drops its last entries (and
   NEW-VIEW-COMMITs and COMMITs alike), re-certified under a fresh UI: the
-  counters are no longer contiguous and receivers refuse them.
+  counters are no longer contiguous and receivers refuse them;
+* ``minbft_hide_before_anchor``: runs a core whose VIEW-CHANGE logs start
+  right after its anchor CHECKPOINT, leaving out its commitments to numbers
+  above the anchor that it certified before it (docs/minbft.md, *Safety
+  argument gaps*): the counters stay contiguous, so receivers cannot tell.
+  Forcible by name only (weight 0);
+* ``minbft_prepare_unseen_view``: before each VIEW-CHANGE, as the primary of
+  an earlier view that no correct replica started, certifies PREPAREs of that
+  view for the numbers its log shows above its anchor, each with another of
+  those batches: the log is contiguous and every entry verifies, and the
+  NEW-VIEW choice ranks the higher view first (docs/minbft.md, *The NEW-VIEW
+  choice*). Forcible by name only (weight 0).
 """
 
 from __future__ import annotations
@@ -30,6 +41,9 @@ from typing import Any
 from msgspec.structs import replace
 
 from replicaio.assembly import SERVICES, minbft_of, minbft_wire
+from replicaio.protocols.minbft.messages import EMPTY_UI, Commit, Prepare, ViewChange, digest_of
+from replicaio.protocols.minbft.minbft import Minbft
+from replicaio.protocols.minbft.view_change import ViewChanges
 from replicaio.sim.adversary import RunView, Sends, Strategy, register_behaviour
 
 wire: Any = minbft_wire()
@@ -160,11 +174,93 @@ class ForgeLog(MinbftStrategy):
         return [(destination, forged)]
 
 
+class HidingMinbft(Minbft):
+    """The Byzantine replica's own code: VIEW-CHANGE logs from right after the
+    anchor, whatever it certified before it (its USIG is untouched)."""
+
+    def log_start(self) -> int:
+        anchor = self.own_checkpoint
+        return 1 if anchor is None else anchor.ui.counter + 1
+
+
+class HideBeforeAnchor(MinbftStrategy):
+    """Swaps its core's code for :class:`HidingMinbft` (a Byzantine replica
+    controls everything but its USIG), again after every restart."""
+
+    def attack(self, view: RunView) -> Sends:
+        self.view = view
+        core = view.cores[self.node]
+        minbft = None if core is None else minbft_of(core.protocol)
+        if minbft is not None and not isinstance(minbft, HidingMinbft):
+            hiding = HIDING_TYPES.get(type(minbft))
+            if hiding is None:
+                hiding = type("Hiding" + type(minbft).__name__, (HidingMinbft, type(minbft)), {})
+                HIDING_TYPES[type(minbft)] = hiding
+            minbft.__class__ = hiding
+        return []
+
+
+HIDING_TYPES: dict[type, type] = {}  # a core's Minbft type -> the hiding one
+
+
+class UnseenViewChanges(ViewChanges):
+    """Before each VIEW-CHANGE, PREPAREs of the latest earlier view this
+    replica is the primary of, reordering the batches its log shows above the
+    anchor (each lie certified by its own USIG, once per view); as primary it
+    sends no NEW-VIEW."""
+
+    lied_in: set[int]
+
+    def build(self, view: int) -> ViewChange:
+        minbft = self.minbft
+        lie_view = max((v for v in range(1, view) if minbft.primary(v) == minbft.id), default=0)
+        lied_in: set[int] = getattr(self, "lied_in", set())
+        self.lied_in = lied_in
+        if lie_view > 0 and lie_view not in lied_in:
+            lied_in.add(lie_view)
+            anchor = minbft.own_checkpoint
+            base = 0 if anchor is None else anchor.seq
+            found: dict[int, bytes] = {}
+            for message, batch in list(minbft.own_log.values()):
+                if type(message) is Prepare and message.seq > base and message.view < lie_view:
+                    found[message.seq] = message.batch
+                elif type(message) is Commit and message.seq > base \
+                        and message.view < lie_view and batch:
+                    found[message.seq] = batch
+            seqs = sorted(found)
+            if len(set(found.values())) > 1:
+                for index, seq in enumerate(seqs):
+                    batch = found[seqs[(index + 1) % len(seqs)]]
+                    minbft.emit(Prepare(lie_view, seq, digest_of(batch), batch, minbft.id,
+                                        EMPTY_UI))
+        return super().build(view)
+
+    def send_new_view(self, view: int) -> None:
+        """Never starts a view it is the primary of: the views it lies about
+        stay ones no correct replica started."""
+
+
+class PrepareUnseenView(MinbftStrategy):
+    """Swaps its core's view-change code for :class:`UnseenViewChanges`."""
+
+    def attack(self, view: RunView) -> Sends:
+        self.view = view
+        core = view.cores[self.node]
+        minbft = None if core is None else minbft_of(core.protocol)
+        if minbft is not None and type(minbft.view_changes) is ViewChanges:
+            minbft.view_changes.__class__ = UnseenViewChanges
+        return []
+
+
 for _name, _factory, _summary, _weight in (
     ("minbft_equivocate", Equivocate,
      "as primary, another batch at one number for half, under a fresh UI", 0.3),
     ("minbft_withhold", Withhold, "drop half the UI messages to one victim", 0.2),
     ("minbft_selective", Selective, "UI messages to half of the peers only", 0.2),
     ("minbft_forge_log", ForgeLog, "VIEW-CHANGE logs with entries hidden, re-certified", 0.3),
+    ("minbft_hide_before_anchor", HideBeforeAnchor,
+     "VIEW-CHANGE logs from the anchor on, hiding earlier commitments above it", 0.0),
+    ("minbft_prepare_unseen_view", PrepareUnseenView,
+     "PREPAREs of an earlier view nobody started, in its VIEW-CHANGE logs", 0.0),
 ):
     register_behaviour(_name, _factory, _summary, protocols=MINBFT_FAMILY, weight=_weight)
