@@ -83,6 +83,7 @@ from replicaio.smr.protocol import SmrFactory
 from replicaio.smr.replica import Replica
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
 from replicaio.testing.variants.minbft import MINBFT_VARIANTS
+from replicaio.testing.variants.minbft_byzantine import HidingMinbft, UnseenViewChanges
 from replicaio.testing.variants.pbft import PBFT_VARIANTS
 from replicaio.testing.variants.raft import RAFT_VARIANTS
 from replicaio.testing.variants.txn import TXN_VARIANTS
@@ -484,6 +485,12 @@ def minbft_wire() -> ModuleType:
     """MinBFT's wire messages, for its simulator behaviours
     (``replicaio.sim.minbft_adversary``)."""
     return minbft_messages
+
+
+def minbft_byzantine_code() -> tuple[type[Minbft], type[Any]]:
+    """The code a Byzantine MinBFT replica's behaviours swap into its core (the
+    hiding ``Minbft``, the lying ``ViewChanges``), for the simulator."""
+    return HidingMinbft, UnseenViewChanges
 
 
 def usig_lost(output: Any) -> tuple[int, int] | None:

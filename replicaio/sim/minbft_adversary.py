@@ -40,15 +40,14 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from replicaio.assembly import SERVICES, minbft_of, minbft_wire
-from replicaio.protocols.minbft.messages import EMPTY_UI, Commit, Prepare, ViewChange, digest_of
-from replicaio.protocols.minbft.minbft import Minbft
-from replicaio.protocols.minbft.view_change import ViewChanges
+from replicaio.assembly import SERVICES, minbft_byzantine_code, minbft_of, minbft_wire
 from replicaio.sim.adversary import RunView, Sends, Strategy, register_behaviour
 
 wire: Any = minbft_wire()
 MINBFT_FAMILY = tuple(name for name, spec in SERVICES.items() if spec.family == "minbft")
 LIES_MAX = 256
+# The Byzantine replica's own code (replicaio/testing/variants/minbft_byzantine.py).
+HidingMinbft, UnseenViewChanges = minbft_byzantine_code()
 
 
 class UsigOracle:
@@ -174,17 +173,8 @@ class ForgeLog(MinbftStrategy):
         return [(destination, forged)]
 
 
-class HidingMinbft(Minbft):
-    """The Byzantine replica's own code: VIEW-CHANGE logs from right after the
-    anchor, whatever it certified before it (its USIG is untouched)."""
-
-    def log_start(self) -> int:
-        anchor = self.own_checkpoint
-        return 1 if anchor is None else anchor.ui.counter + 1
-
-
 class HideBeforeAnchor(MinbftStrategy):
-    """Swaps its core's code for :class:`HidingMinbft` (a Byzantine replica
+    """Swaps its core's code for ``HidingMinbft`` (a Byzantine replica
     controls everything but its USIG), again after every restart."""
 
     def attack(self, view: RunView) -> Sends:
@@ -203,51 +193,15 @@ class HideBeforeAnchor(MinbftStrategy):
 HIDING_TYPES: dict[type, type] = {}  # a core's Minbft type -> the hiding one
 
 
-class UnseenViewChanges(ViewChanges):
-    """Before each VIEW-CHANGE, PREPAREs of the latest earlier view this
-    replica is the primary of, reordering the batches its log shows above the
-    anchor (each lie certified by its own USIG, once per view); as primary it
-    sends no NEW-VIEW."""
-
-    lied_in: set[int]
-
-    def build(self, view: int) -> ViewChange:
-        minbft = self.minbft
-        lie_view = max((v for v in range(1, view) if minbft.primary(v) == minbft.id), default=0)
-        lied_in: set[int] = getattr(self, "lied_in", set())
-        self.lied_in = lied_in
-        if lie_view > 0 and lie_view not in lied_in:
-            lied_in.add(lie_view)
-            anchor = minbft.own_checkpoint
-            base = 0 if anchor is None else anchor.seq
-            found: dict[int, bytes] = {}
-            for message, batch in list(minbft.own_log.values()):
-                if type(message) is Prepare and message.seq > base and message.view < lie_view:
-                    found[message.seq] = message.batch
-                elif type(message) is Commit and message.seq > base \
-                        and message.view < lie_view and batch:
-                    found[message.seq] = batch
-            seqs = sorted(found)
-            if len(set(found.values())) > 1:
-                for index, seq in enumerate(seqs):
-                    batch = found[seqs[(index + 1) % len(seqs)]]
-                    minbft.emit(Prepare(lie_view, seq, digest_of(batch), batch, minbft.id,
-                                        EMPTY_UI))
-        return super().build(view)
-
-    def send_new_view(self, view: int) -> None:
-        """Never starts a view it is the primary of: the views it lies about
-        stay ones no correct replica started."""
-
-
 class PrepareUnseenView(MinbftStrategy):
-    """Swaps its core's view-change code for :class:`UnseenViewChanges`."""
+    """Swaps its core's view-change code for ``UnseenViewChanges`` (lies in
+    VIEW-CHANGE logs about a view it never starts)."""
 
     def attack(self, view: RunView) -> Sends:
         self.view = view
         core = view.cores[self.node]
         minbft = None if core is None else minbft_of(core.protocol)
-        if minbft is not None and type(minbft.view_changes) is ViewChanges:
+        if minbft is not None and not isinstance(minbft.view_changes, UnseenViewChanges):
             minbft.view_changes.__class__ = UnseenViewChanges
         return []
 
