@@ -107,6 +107,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "replica_macs": "PBFT: 1 lets a COMMIT from its author count on the authenticated channel "
     "(MAC authenticators between replicas, ADR 0025): its signature is checked only before it is "
     "shown to a third replica; what enters certificates stays checked",
+    "view_timeout": "PBFT: PbftParams.view_change_timeout_us in ms, the backups' request timer "
+    "(default 400; doubled for every view in a row that times out, section 4.5.2)",
     "reads": "PBFT: 1 makes the simulator's clients read with the read-only optimisation "
     "(2f+1 matching unordered answers, else the read again, ordered; writes then need 2f+1 "
     "matching replies too)",
@@ -460,6 +462,8 @@ def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             snapshot_bytes_max=snapshot_bytes_needed(
                 name, kv, constants, pbft_messages.SNAPSHOT_BYTES_MAX),
             commits_on_channel=bool(parameters.get("replica_macs", 0)),
+            view_change_timeout_us=1000 * parameters.get(
+                "view_timeout", PbftParams().view_change_timeout_us // 1000),
         ).validate()
         return SmrFactory(
             name,

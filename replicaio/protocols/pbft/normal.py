@@ -77,6 +77,8 @@ class NormalCase:
         self.relay_ticks: dict[bytes, int] = {}  # relayed digest -> status ticks waited
         # backup: client -> the request seq it waits to see executed (SMR relayed it)
         self.awaited: dict[int, int] = {}
+        # The backup's request timer is view_change_timeout_us << timeout_exponent.
+        self.timeout_exponent = 0
 
     # -- slots ------------------------------------------------------------------------
 
@@ -436,40 +438,61 @@ class NormalCase:
 
     # -- the view-change timer of a backup (section 4.4) -------------------------------------
 
-    def waiting_for_execution(self) -> bool:
+    def oldest_waits(self) -> tuple[bytes | None, tuple[int, int] | None, int | None]:
+        """What this backup has waited for longest, of each kind: its oldest
+        relayed batch, its clients' oldest awaited request, the lowest number
+        pre-prepared and not executed (the primary orders FIFO, so the oldest
+        comes first; a request it censors becomes the oldest)."""
         pbft = self.pbft
-        return any(
-            seq > pbft.executed and slot.pre_prepare is not None
-            for seq, slot in pbft.slots.items()
-        )
+        digest = next(iter(pbft.relayed), None)
+        request = next(iter(self.awaited.items()), None)
+        pending = [
+            seq for seq, slot in pbft.slots.items()
+            if seq > pbft.executed and slot.pre_prepare is not None
+        ]
+        return digest, request, min(pending) if pending else None
+
+    def request_timeout_us(self) -> int:
+        return self.pbft.params.view_change_timeout_us << self.timeout_exponent
 
     async def watch_primary(self) -> None:
-        """Move to the next view when what this backup waits for (its own barrier
-        batches, its clients' requests SMR relayed, or a batch pre-prepared) is
-        not executed within the timeout."""
+        """Section 4.4: the backup's timer runs while it waits for something to
+        execute (its own barrier batches, its clients' requests SMR relayed, a
+        batch pre-prepared); it is restarted when what it timed executes, so a
+        primary that keeps executing is not replaced for a long queue of
+        requests while one that skips a request (or leaves a hole) is, within
+        two timeouts. The timeout doubles for every primary replaced this way
+        (section 4.5.2: a timeout too short for the load, a queue longer than
+        the timeout's worth of batches, cannot replace primary after primary
+        forever) and is back to ``view_change_timeout_us`` once this backup
+        waited for nothing at both ends of a timeout."""
         pbft = self.pbft
         while True:
-            waited = set(pbft.relayed)
-            awaited = dict(self.awaited)
-            executed = pbft.executed
-            waiting = self.waiting_for_execution()
-            await pbft.context.sleep(pbft.params.view_change_timeout_us)
-            cause = self.suspicion(waited, awaited, waiting and pbft.executed == executed)
+            tracked = self.oldest_waits()
+            await pbft.context.sleep(self.request_timeout_us())
+            if tracked == self.oldest_waits() == (None, None, None):
+                self.timeout_exponent = 0  # idle: the load that needed it is gone
+            cause = self.suspicion(*tracked)
             if cause is not None:
                 pbft.count("pbft_primary_suspected")
                 pbft.count(f"pbft_primary_suspected_{cause}")
+                exponent_max = pbft.params.view_change_backoff_exponent_max
+                self.timeout_exponent = min(self.timeout_exponent + 1, exponent_max)
                 pbft.view_changes.start(pbft.view + 1)
                 return
 
     def suspicion(
-        self, waited: set[bytes], awaited: dict[int, int], stalled: bool
+        self, digest: bytes | None, request: tuple[int, int] | None, seq: int | None
     ) -> str | None:
         """Why the primary is suspected after a timeout (``None``: it is not)."""
-        if any(digest in self.pbft.relayed for digest in waited):
+        pbft = self.pbft
+        if digest is not None and digest in pbft.relayed:
             return "relayed"
-        if any(self.awaited.get(client) == seq for client, seq in awaited.items()):
+        if request is not None and self.awaited.get(request[0]) == request[1]:
             return "requests"
-        return "stalled" if stalled else None
+        if seq is not None and pbft.executed < seq:
+            return "stalled"
+        return None
 
     # -- retransmission ------------------------------------------------------------------------
 
