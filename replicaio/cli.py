@@ -148,9 +148,39 @@ def run_one(args: argparse.Namespace, seed: int, log_path: str | None = None) ->
         return simulate(args.protocol, options, f=args.f, log_sink=sink)
 
 
+def inert_disk_faults(args: argparse.Namespace) -> str | None:
+    """Why ``--faults disk`` would inject nothing in these runs, or ``None``: the
+    fault model gives no node a faulty disk (a Byzantine node uses up the bound),
+    or the harness has no storage faults. Said on stderr, so that a swarm is not
+    read as having survived storage faults it never met."""
+    if getattr(args, "options", None) or "disk" not in parse_faults(args.faults):
+        return None
+    protocol, nodes, byzantine = args.protocol, args.nodes, args.byzantine
+    if txn_cli.is_transactional(protocol):
+        return f"{protocol}: the transaction harness injects no disk faults"
+    if kv_cli.is_service(protocol):
+        from replicaio.assembly import damaged_disks_max
+
+        bound = damaged_disks_max(protocol, nodes, byzantine)
+    else:
+        bound = (nodes - 1) // 3 - byzantine
+    if bound >= 1:
+        return None
+    return (f"{protocol} with {nodes} nodes and {byzantine} Byzantine tolerates no node with "
+            "a faulty disk besides them: no disk fault is injected (fewer Byzantine nodes "
+            "or more nodes make room)")
+
+
+def warn_inert_faults(args: argparse.Namespace) -> None:
+    reason = inert_disk_faults(args)
+    if reason is not None:
+        print(f"warning: --faults disk: {reason}", file=sys.stderr)
+
+
 def command_sim(args: argparse.Namespace) -> int:
     if args.seed is None and not args.options:
         raise UsageError("give --seed S (or --options FILE)")
+    warn_inert_faults(args)
     html = getattr(args, "html", None)
     log_path = args.log
     if html and not log_path:  # the diagram is drawn from the event log
@@ -217,7 +247,7 @@ def print_sim_report(report: dict[str, Any]) -> None:
         ("faults", f"{stats['crashes']} crashes ({stats['crashes_mid_step']} mid-step), "
          f"{stats['restarts']} restarts, {len(options['partitions'])} partitions"),
     ]
-    if stats.get("disk_faults"):
+    if stats.get("disk_faults") or "disk" in report["faults"]:
         rows.append(("disk faults", f"{stats['disk_faults']} ({stats['disk_synced_writes_lost']} "
                      f"synced writes lost, {stats['disk_read_errors']} failed restarts)"))
     for key in ("instances_accepted", "instances_delivered", "deliveries", *kv_cli.REPORT_ROWS,
@@ -266,6 +296,7 @@ def swarm_worker(job: tuple[argparse.Namespace, int]) -> dict[str, Any]:
 def command_swarm(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise UsageError("--seeds must be >= 1")
+    warn_inert_faults(args)
     jobs = args.jobs or max(1, min(os.cpu_count() or 1, 8))
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     if not args.json:

@@ -218,3 +218,22 @@ def test_the_guided_demo_runs_to_the_end(capsys: pytest.CaptureFixture[str]) -> 
     assert "byzantine=[0] ['pbft_invalid_batch']" in out  # the primary of view 0
     assert re.search(r"pbft view max +[1-9]", out)  # ... was replaced
     assert "linearizable: every key linearizable" in out
+
+
+def test_disk_faults_the_fault_model_leaves_no_room_for_are_said_to_be_inert(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A swarm asked for disk faults where the bound gives no node a faulty disk
+    (MinBFT n=3 with its one Byzantine replica) used to pass silently, as if it
+    had survived storage faults: it says so on stderr, and the run shows 0."""
+    from replicaio.cli import main as cli_main
+
+    base = ["--nodes", "3", "--faults", "crash,disk", "--seed", "1"]
+    assert cli_main(["sim", "minbft", *base, "--byzantine", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: --faults disk: minbft with 3 nodes and 1 Byzantine" in captured.err
+    assert re.search(r"disk faults +0 ", captured.out)
+    assert cli_main(["sim", "minbft", *base]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    assert re.search(r"disk faults +[1-9]", captured.out)
