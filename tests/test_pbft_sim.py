@@ -86,26 +86,42 @@ def test_swarm_seeds_found_by_the_goal_sweep_stay_safe_and_live(seed: int) -> No
     assert result.stats["linearizable"] is True
 
 
-@pytest.mark.parametrize("seed", [2, 3])
-def test_a_request_timer_shorter_than_the_queue_does_not_replace_primaries_forever(
-    seed: int,
-) -> None:
-    """Section 4.4 and 4.5.2 (the live 256-client run that made no progress): 40
-    clients without think time keep the primary's queue longer than an 8 ms
+def short_timer_options(seed: int) -> SimOptions:
+    """40 clients without think time keep the primary's queue longer than an 8 ms
     request timer's worth of batches, and one batch round (three one-way
-    latencies of 5-6 ms plus three syncs) takes longer than the timer. A backup's
-    timer restarts when what it timed executes and doubles with every primary it
-    replaces, so the views settle and every operation completes. Before: the timer
-    expired on any request older than the timeout and never doubled, and these
-    seeds ended with clients that completed nothing after the heal."""
+    latencies of 5-6 ms plus three syncs) takes longer than the timer; the
+    liveness phase is cut to 3 s (the real protocol settles within one)."""
     options = replace(
         kv_options(seed, 4, (), KvWorkload(clients=40, ops=600, think_us_max=0),
                    byzantine=0, protocol="pbft"),
         sync_us_mean=2_000,
     )
-    result = run(options, protocol="pbft:view_timeout=8")
+    return replace(options, liveness_us=options.safety_us + 3_000_000)
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_a_request_timer_shorter_than_the_queue_does_not_replace_primaries_forever(
+    seed: int,
+) -> None:
+    """Section 4.4 and 4.5.2 (the live 256-client run that made no progress). A
+    backup's timer restarts when what it timed executes and doubles with every
+    primary it replaces, so the views settle and every operation completes.
+    Before: the timer expired on any request older than the timeout and never
+    doubled, and these seeds ended with clients that completed nothing after the
+    heal."""
+    result = run(short_timer_options(seed), protocol="pbft:view_timeout=8")
     assert result.violations == [], result.violations[:2]
     assert result.stats["linearizable"] is True
     assert result.stats["ops_completed"] > 400
     assert result.stats["pbft_view_max"] < 40
     assert result.counters.get("pbft_primary_suspected", 0) > 0  # the timer did fire
+
+
+def test_a_request_timer_that_never_doubles_is_caught_by_liveness() -> None:
+    """The same run with the timer's doubling taken out
+    (``pbft-request-timer-not-doubled``): every view is replaced before one batch
+    round ends, hundreds of views go by, and the liveness check (every client
+    completes an operation invoked after the heal, with no replica faulty) fails."""
+    result = run(short_timer_options(2), protocol="pbft-request-timer-not-doubled:view_timeout=8")
+    assert "liveness" in {violation["property"] for violation in result.violations}
+    assert result.stats["pbft_view_max"] > 100

@@ -83,6 +83,15 @@ class TrustDamagedTail(Recovery):
         return False
 
 
+class RequestTimerNotDoubled(NormalCase):
+    """The backup's request timer never doubles (section 4.5.2 ignored): a
+    timeout shorter than one batch round under the load replaces primary after
+    primary, and no view lasts long enough to execute anything."""
+
+    def request_timeout_us(self) -> int:
+        return self.pbft.params.view_change_timeout_us
+
+
 class PbftCommitOffByOne(Pbft):
     normal_type = CommitQuorumOffByOne
 
@@ -101,6 +110,10 @@ class PbftIgnorePreparedSet(Pbft):
 
 class PbftNoViewChangeResend(Pbft):
     view_changes_type = NoViewChangeResend
+
+
+class PbftRequestTimerNotDoubled(Pbft):
+    normal_type = RequestTimerNotDoubled
 
 
 class PbftTrustDamagedTail(Pbft):
@@ -157,6 +170,10 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
             "pbft-trust-damaged-tail", PbftTrustDamagedTail,
             "a replica whose storage lost writes votes at once from the older state",
             "agreement",
+        ),
+        PbftVariant(
+            "pbft-request-timer-not-doubled", PbftRequestTimerNotDoubled,
+            "the backups' request timer never doubles (section 4.5.2)", "liveness",
         ),
         PbftVariant(
             "pbft-read-only-f-plus-1", Pbft,
