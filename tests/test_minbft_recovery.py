@@ -160,21 +160,23 @@ def forgotten_commitments_options(seed: int) -> SimOptions:
     """n = 3, no Byzantine replica. Replica 2 is cut off while 0 (primary) and
     1 order the clients' batches (1's COMMITs make them execute at 0); then 1's
     storage loses everything, the operator admits epoch 1 for it, and the
-    primary crashes as 2 comes back. A VIEW-CHANGE from 1, which forgot its
+    primary crashes before its own timer could end the view (it would, its
+    PREPAREs no longer executing: test_minbft_unfollowable_view.py) and stays
+    down after 2 comes back. A VIEW-CHANGE from 1, which forgot its
     commitments, with 2's would let view 1 decide other batches at numbers 0
     executed."""
     return replace(
         quiet(seed, ops=600, clients=4),
         safety_us=6_000_000, liveness_us=36_000_000,
-        partitions=(Partition(50_000, 3_000_000, (2,), True),),
+        partitions=(Partition(50_000, 1_000_000, (2,), True),),
         crashes=(
             Crash(1, 700_000, 50_000, False, 0, disk="lost_writes", lose_synced=100_000),
-            Crash(0, 3_000_000, 2_500_000, False, 0),
+            Crash(0, 800_000, 2_500_000, False, 0),
         ),
     )
 
 
-@pytest.mark.parametrize("seed", [1, 2])  # the seeds the variant breaks on (of 1..8)
+@pytest.mark.parametrize("seed", [2, 3])  # the variant breaks on 2, 3, 4, 5, 8 of 1..8
 def test_a_replica_under_a_new_epoch_withholds_what_it_may_have_forgotten(seed: int) -> None:
     """Replica 1 sends no VIEW-CHANGE while it withholds (a peer is down, so its
     target is not even set): the view change waits for the primary, and no

@@ -30,7 +30,12 @@ and every receiver drops it.
   view for the numbers its log shows above its anchor, each with another of
   those batches: the log is contiguous and every entry verifies, and the
   NEW-VIEW choice ranks the higher view first (docs/minbft.md, *The NEW-VIEW
-  choice*). Forcible by name only (weight 0).
+  choice*). Forcible by name only (weight 0);
+* ``minbft_claim_unfollowable``: as soon as a view starts, asks for the next
+  one, saying it cannot follow (``ReqViewChange.unfollowable``), so correct
+  primaries step down once their view ran one timeout: a faulty backup can end
+  views that often, never faster (docs/minbft.md, *A backup that cannot
+  follow*). Forcible by name only (weight 0).
 """
 
 from __future__ import annotations
@@ -206,6 +211,27 @@ class PrepareUnseenView(MinbftStrategy):
         return []
 
 
+class ClaimUnfollowable(MinbftStrategy):
+    """Every view it sees start, a signed REQ-VIEW-CHANGE for the next one,
+    flagged unfollowable, to every peer."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.claimed = -1  # the last view it claimed it cannot follow
+
+    def attack(self, view: RunView) -> Sends:
+        self.view = view
+        core = view.cores[self.node]
+        minbft = None if core is None else minbft_of(core.protocol)
+        if minbft is None or minbft.usig is None or not minbft.active \
+                or minbft.view <= self.claimed:
+            return []
+        self.claimed = minbft.view
+        unsigned = wire.ReqViewChange(minbft.view + 1, self.node, b"", True)
+        signed = replace(unsigned, signature=minbft.sign(wire.signed_request(unsigned)))
+        return [(peer, signed) for peer in range(self.n) if peer != self.node]
+
+
 for _name, _factory, _summary, _weight in (
     ("minbft_equivocate", Equivocate,
      "as primary, another batch at one number for half, under a fresh UI", 0.3),
@@ -216,5 +242,7 @@ for _name, _factory, _summary, _weight in (
      "VIEW-CHANGE logs from the anchor on, hiding earlier commitments above it", 0.0),
     ("minbft_prepare_unseen_view", PrepareUnseenView,
      "PREPAREs of an earlier view nobody started, in its VIEW-CHANGE logs", 0.0),
+    ("minbft_claim_unfollowable", ClaimUnfollowable,
+     "asks for the next view as soon as one starts, claiming it cannot follow", 0.0),
 ):
     register_behaviour(_name, _factory, _summary, protocols=MINBFT_FAMILY, weight=_weight)

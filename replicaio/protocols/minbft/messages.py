@@ -112,11 +112,17 @@ Certificate = Annotated[tuple[Checkpoint, ...], Meta(max_length=REPLICAS_MAX)]
 
 class ReqViewChange(Message, tag="minbft.ReqViewChange"):
     """``replica`` asks to move to ``view`` (no current-view field: a replica
-    whose view lags must still be able to join, Hyperledger MinBFT's issue)."""
+    whose view lags must still be able to join, Hyperledger MinBFT's issue).
+
+    ``unfollowable``: it cannot take part in the view it leaves (it resumed a
+    peer's stream in it, so that peer's PREPAREs or COMMITs no longer count for
+    it until a view change); the primary then joins the request once its view
+    has run one timeout (normal.py, *the primary's timer*)."""
 
     view: Count
     replica: Count
     signature: Signature
+    unfollowable: bool = False
 
 
 class Chosen(Message, tag="minbft.Chosen"):

@@ -75,6 +75,8 @@ class NormalCase:
         self.proposals: deque[bytes] = deque()
         self.last_prepared = 0  # primary: the number of its last PREPARE of this view
         self.relay_ticks: dict[bytes, int] = {}
+        # Primary: a backup that cannot follow this view asked for the next one.
+        self.step_down_asked = False
 
     def slot(self, seq: int) -> Slot:
         slots = self.minbft.slots
@@ -85,7 +87,8 @@ class NormalCase:
         return found
 
     def tasks(self) -> list[Coroutine[Any, Any, None]]:
-        return [] if self.minbft.is_primary else [self.watch_primary()]
+        self.step_down_asked = False
+        return [self.watch_own_view()] if self.minbft.is_primary else [self.watch_primary()]
 
     def on_view_started(self) -> None:
         minbft = self.minbft
@@ -284,16 +287,56 @@ class NormalCase:
         )
 
     async def watch_primary(self) -> None:
-        """Ask for the next view when what this backup waits for does not execute."""
+        """Ask for the next view when what this backup waits for does not
+        execute, or when it cannot take part in this view: it resumed a peer's
+        stream (``streams.py``), so that peer's PREPAREs or COMMITs count for it
+        again only in a view entered later. Until then it follows by state
+        transfer alone and does not count towards any quorum, so with one more
+        replica down a view would stall with f+1 replicas up."""
         minbft = self.minbft
+        view_changes = minbft.view_changes
+        asked = False
         while True:
             waited = set(minbft.relayed)
             executed = minbft.executed
             waiting = self.waiting_for_execution()
             await minbft.context.sleep(minbft.params.view_change_timeout_us)
             still = any(digest in minbft.relayed for digest in waited)
-            if still or (waiting and minbft.executed == executed):
+            unfollowable = self.unfollowable() and not minbft.withholding
+            if not asked and (still or (waiting and minbft.executed == executed)):
                 minbft.count("minbft_primary_suspected")
+                view_changes.request(minbft.view + 1, unfollowable=unfollowable)
+                asked = True
+            elif unfollowable and view_changes.unfollowable_view != minbft.view + 1:
+                # (also after asking: the request says so now, and is re-sent)
+                minbft.count("minbft_view_unfollowable")
+                view_changes.request(minbft.view + 1, unfollowable=True)
+                asked = True
+
+    def unfollowable(self) -> bool:
+        """Whether a peer's stream was resumed (or switched to a new USIG epoch)
+        in this view: its messages of this view no longer count here."""
+        minbft = self.minbft
+        return any(stream.view < 0 for peer, stream in minbft.streams.items() if peer != minbft.id)
+
+    async def watch_own_view(self) -> None:
+        """The primary's timer: ask for the next view when its own PREPAREs do
+        not execute for a whole timeout (the backups that could commit them are
+        down or cannot follow: a backup's timer alone, one request, cannot end
+        the view), or when a backup that cannot follow asked for it. Either way
+        only after the view ran one timeout, so a faulty backup cannot end views
+        faster than that (docs/minbft.md, *A backup that cannot follow*)."""
+        minbft = self.minbft
+        while True:
+            executed = minbft.executed
+            waiting = self.waiting_for_execution()
+            await minbft.context.sleep(minbft.params.view_change_timeout_us)
+            if waiting and minbft.executed == executed:
+                minbft.count("minbft_primary_stalled")
+                minbft.view_changes.request(minbft.view + 1)
+                return
+            if self.step_down_asked:
+                minbft.count("minbft_primary_steps_down")
                 minbft.view_changes.request(minbft.view + 1)
                 return
 

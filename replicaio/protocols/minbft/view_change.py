@@ -79,29 +79,46 @@ class ViewChanges:
         self.last_active_view = 0
         self.timer_view = -1
         self.sent_new_view_for = -1
+        self.unfollowable_view = -1  # the view this replica asked for as unfollowable
 
     # -- asking and moving -----------------------------------------------------------------
 
-    def request(self, view: int) -> None:
-        """Ask to move to ``view`` (the backup's timer, or the new-view timer)."""
+    def request(self, view: int, *, unfollowable: bool = False) -> None:
+        """Ask to move to ``view`` (the backup's timer, or the new-view timer);
+        ``unfollowable``: this replica cannot take part in its current view
+        (:class:`ReqViewChange`)."""
         minbft = self.minbft
-        unsigned = ReqViewChange(view, minbft.id, b"")
-        request = replace(unsigned, signature=minbft.sign(signed_request(unsigned)))
+        if unfollowable:
+            self.unfollowable_view = view
         self.requests[minbft.id] = max(view, self.requests.get(minbft.id, 0))
-        minbft.send_all(request)
+        minbft.send_all(self.own_request(view))
         self.check_requests()
+
+    def own_request(self, view: int) -> ReqViewChange:
+        """This replica's signed REQ-VIEW-CHANGE(``view``)."""
+        minbft = self.minbft
+        unsigned = ReqViewChange(view, minbft.id, b"", view == self.unfollowable_view)
+        return replace(unsigned, signature=minbft.sign(signed_request(unsigned)))
 
     def on_request(self, source: int, request: ReqViewChange) -> None:
         minbft = self.minbft
         if request.replica != source:
             minbft.reject("request_forged")
             return
-        if request.view <= minbft.view or request.view <= self.requests.get(source, 0):
+        fresh = request.view > self.requests.get(source, 0)
+        # A backup that cannot follow the view asks its primary to end it
+        # (ReqViewChange); it may say so in a request it already made.
+        step_down = request.unfollowable and request.view == minbft.view + 1 \
+            and minbft.active and minbft.is_primary and not minbft.normal.step_down_asked
+        if request.view <= minbft.view or not (fresh or step_down):
             return
         if not minbft.context.verify(source, signed_request(request), request.signature):
             minbft.reject("request_bad_signature")
             return
-        self.requests[source] = request.view
+        if fresh:
+            self.requests[source] = request.view
+        if step_down:
+            minbft.normal.step_down_asked = True  # acted on by the primary's timer
         self.check_requests()
 
     def check_requests(self) -> None:
@@ -199,9 +216,7 @@ class ViewChanges:
                 minbft.send_all(self.own)
             own_request = self.requests.get(minbft.id, 0)
             if own_request >= view:
-                unsigned = ReqViewChange(own_request, minbft.id, b"")
-                minbft.send_all(replace(unsigned,
-                                        signature=minbft.sign(signed_request(unsigned))))
+                minbft.send_all(self.own_request(own_request))
 
     async def new_view_timer(self, view: int) -> None:
         minbft = self.minbft
@@ -210,7 +225,9 @@ class ViewChanges:
         await minbft.context.sleep(minbft.params.view_change_timeout_us << exponent)
         if minbft.view == view and not minbft.active:
             minbft.count("minbft_new_view_timeouts")
-            self.request(view + 1)
+            # A replica that resumed the new primary's stream past its NEW-VIEW
+            # can never take it: the primary, active in the view, must end it.
+            self.request(view + 1, unfollowable=minbft.normal.unfollowable())
 
     # -- VIEW-CHANGE messages --------------------------------------------------------------
 
@@ -454,15 +471,13 @@ class ViewChanges:
         minbft = self.minbft
         own_request = self.requests.get(minbft.id, 0)
         if minbft.active and own_request > minbft.view:
-            unsigned = ReqViewChange(own_request, minbft.id, b"")
-            minbft.send_all(replace(unsigned, signature=minbft.sign(signed_request(unsigned))))
+            minbft.send_all(self.own_request(own_request))
 
     def help_peer(self, source: int, status: Status) -> None:
         """A peer behind in views learns of ours from our request."""
         minbft = self.minbft
         if status.view < minbft.view and minbft.view > 0:
-            unsigned = ReqViewChange(minbft.view, minbft.id, b"")
-            minbft.send(source, replace(unsigned, signature=minbft.sign(signed_request(unsigned))))
+            minbft.send(source, self.own_request(minbft.view))
 
     def load(self) -> None:
         minbft = self.minbft
