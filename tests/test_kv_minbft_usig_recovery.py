@@ -10,6 +10,7 @@ linearizable. Every wait is bounded; the finalizer kills every process."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 import urllib.request
@@ -43,8 +44,10 @@ def core_counters(cluster: LocalCluster, node: int) -> dict[str, float]:
 def wait_for_counter(cluster: LocalCluster, node: int, name: str, what: str) -> None:
     deadline = time.monotonic() + RECOVERY_DEADLINE_S
     while time.monotonic() < deadline:
-        if core_counters(cluster, node).get(name, 0) >= 1:
-            return
+        # (the metrics endpoint may open after the client port wait_ready saw)
+        with contextlib.suppress(OSError):
+            if core_counters(cluster, node).get(name, 0) >= 1:
+                return
         time.sleep(0.5)
     raise AssertionError(f"{what}: no {name} on node {node} in {RECOVERY_DEADLINE_S} s; "
                          f"log: {cluster.tail(node, 20)}")

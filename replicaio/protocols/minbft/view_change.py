@@ -207,11 +207,23 @@ class ViewChanges:
                           tuple(batches[digest] for digest in sorted(batches)), EMPTY_UI)
 
     async def resend(self, view: int) -> None:
+        """Re-send the VIEW-CHANGE (and the request) until the view starts. A
+        replica that waited a whole timeout without the f+1 VIEW-CHANGEs that
+        start the new-view timer asks for the next view: the others may have
+        started this one with a NEW-VIEW its stream of the primary resumed
+        past, which it can never take (docs/minbft.md, *A backup that cannot
+        follow*); alone, the request moves nobody."""
         minbft = self.minbft
+        waited = 0
         while True:
             await minbft.context.sleep(minbft.params.view_change_resend_us)
             if minbft.view != view or minbft.active:
                 return
+            waited += minbft.params.view_change_resend_us
+            if waited >= minbft.params.view_change_timeout_us and self.timer_view != view \
+                    and self.requests.get(minbft.id, 0) <= view and not minbft.withholding:
+                minbft.count("minbft_view_change_stuck")
+                self.request(view + 1, unfollowable=minbft.normal.unfollowable())
             if self.own is not None:
                 minbft.send_all(self.own)
             own_request = self.requests.get(minbft.id, 0)
