@@ -160,7 +160,8 @@ def main() -> None:
     if args.tracemalloc:
         args.tracemalloc.mkdir(parents=True, exist_ok=True)
     for node in range(3):
-        wrapper = ([str(HERE / "tracemalloc_node.py"), "--dir", str(args.tracemalloc), "--"]
+        wrapper = ([str(HERE / "tracemalloc_node.py"), "--dir", str(args.tracemalloc),
+                    "--frames", "1", "--"]
                    if args.tracemalloc else ["-m", "replicaio.cli"])
         command = [sys.executable, *wrapper, "node", "--config",
                    str(cluster.config_path), "--id", str(node), "--log-level", "warning"]
@@ -169,7 +170,7 @@ def main() -> None:
         processes.append(process)
         cluster.processes[node] = process
     try:
-        cluster.wait_ready(range(3), 120.0 if args.tracemalloc else 30.0)
+        cluster.wait_ready(range(3), 300.0 if args.tracemalloc else 30.0)
         leader = leader_when_up(cluster)
         port = int(cluster.cluster.nodes[leader].client.port)
         load_before = os.getloadavg()
@@ -183,6 +184,10 @@ def main() -> None:
     result.update(leader=leader, load=[round(load_before[0], 2), round(load_after[0], 2)],
                   options=vars(args), nodes=summary(result["samples"], args.ops, 3))
     if args.tracemalloc:
+        result["traced_kib"] = {str(node): [
+            [int(value) // 1024 for value in (args.tracemalloc / (
+                f"node-{process.pid}-{number}.snapshot.done")).read_text().split()]
+            for number in (0, 1)] for node, process in enumerate(processes)}
         result["tracemalloc"] = {
             str(node): tracemalloc_diff(args.tracemalloc / f"node-{process.pid}-0.snapshot",
                                         args.tracemalloc / f"node-{process.pid}-1.snapshot", 20)
@@ -202,6 +207,10 @@ def main() -> None:
         print(f"node {node}{' (leader)' if node == leader else ''}: warm (after 10% of the ops) "
               f"{figures['warm_kib'] / 1024:.1f} MiB, last {figures['last_kib'] / 1024:.1f} MiB, "
               f"max {figures['max_kib'] / 1024:.1f} MiB")
+    for node, ((warm, warm_peak), (last, peak)) in result.get("traced_kib", {}).items():
+        print(f"node {node}: traced heap {warm / 1024:.1f} MiB at the warm tenth (peak "
+              f"{warm_peak / 1024:.1f} before it), {last / 1024:.1f} MiB at the end (peak "
+              f"{peak / 1024:.1f} in between)")
     for node, lines in result.get("tracemalloc", {}).items():
         print(f"node {node}: allocation sites that grew from the warm tenth to the end")
         print("\n".join(lines))

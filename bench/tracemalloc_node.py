@@ -2,7 +2,9 @@
 
 A development aid for ``bench/bench_kv_rss.py --tracemalloc DIR``: the node
 process starts ``tracemalloc`` (``--frames`` deep) before anything else and,
-on each SIGUSR1, writes ``DIR/node-<pid>-<k>.snapshot`` (``Snapshot.dump``).
+on each SIGUSR1, writes ``DIR/node-<pid>-<k>.snapshot`` (``Snapshot.dump``) and,
+in ``DIR/node-<pid>-<k>.snapshot.done``, the traced bytes then and at their peak
+since the previous snapshot.
 Comparing two snapshots of one process names the lines whose allocations grew
 between them (``python bench/tracemalloc_node.py --diff A B``).
 
@@ -58,7 +60,12 @@ def main() -> int:
         path = args.dir / f"node-{os.getpid()}-{taken[0]}.snapshot"
         taken[0] += 1
         tracemalloc.take_snapshot().dump(str(path))
-        (args.dir / f"{path.name}.done").touch()
+        # The traced heap now and at its peak since the previous dump: a peak far
+        # above the live heap is a transient burst (an allocator high-water mark
+        # in RSS), not a leak.
+        current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        (args.dir / f"{path.name}.done").write_text(f"{current} {peak}\n")
 
     signal.signal(signal.SIGUSR1, dump)
     from replicaio.cli import main as replicaio_main

@@ -133,6 +133,36 @@ def test_memory_unsynced_writes_max_is_enforced() -> None:
         MemoryStorage(unsynced_writes_max=0)
 
 
+def test_memory_write_and_sync_is_put_delete_then_sync() -> None:
+    """The simulator's one-call batch ends in the same state, counts and undo
+    history as the calls it stands for, and refuses what they refuse."""
+    writes: list[tuple[str, bytes | None]] = [
+        ("a", b"1"), ("b", bytearray(b"2")), ("a", None), ("c", b"3"), ("zz", None)]
+    one, other = MemoryStorage(), MemoryStorage()
+    one.put("a", b"0")
+    other.put("a", b"0")
+    one.sync()
+    other.sync()
+    one.write_and_sync(writes)
+    for key, value in writes:
+        if value is None:
+            other.delete(key)
+        else:
+            other.put(key, value)
+    other.sync()
+    assert one.recover() == other.recover() == {"b": b"2", "c": b"3"}
+    assert type(one.recover()["b"]) is bytes
+    assert (one.writes, one.syncs, one.unsynced_count) == (other.writes, other.syncs, 0)
+    one.crash(lose_synced=2)
+    other.crash(lose_synced=2)
+    assert one.recover() == other.recover()
+    bounded = MemoryStorage(unsynced_writes_max=2)
+    with pytest.raises(StorageUsageError, match="unsynced_writes_max=2"):
+        bounded.write_and_sync([("k0", b"v"), ("k1", b"v"), ("k2", b"v")])
+    with pytest.raises(StorageUsageError):
+        MemoryStorage().write_and_sync([("", b"v")])
+
+
 def test_memory_sync_cost_does_not_grow_with_the_map() -> None:
     store = MemoryStorage()
     for index in range(200_000):

@@ -27,6 +27,7 @@ writes), ``recover`` is O(size of the map) because it returns a copy.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 from replicaio.storage.base import StorageDamage, StorageUsageError, check_key_value
 
@@ -108,6 +109,23 @@ class MemoryStorage:
         check_key_value(key, None)
         self._pending.append((key, None))
         self.writes += 1
+
+    def write_and_sync(self, writes: Iterable[tuple[str, bytes | None]]) -> None:
+        """``put`` (or ``delete``, for a value of None) each of ``writes`` in
+        order, then ``sync``: the same checks, counts and outcome as those calls,
+        in one call (a simulated step's batch of writes)."""
+        self._check_open()
+        pending = self._pending
+        for key, value in writes:
+            if len(pending) >= self._unsynced_writes_max:
+                self._check_writable()  # raises
+            check_key_value(key, value)
+            if value is not None and type(value) is not bytes:
+                value = bytes(value)  # a bytearray/memoryview the caller may still mutate
+            pending.append((key, value))
+            self.writes += 1
+        self._apply(len(pending), remember=True)
+        self.syncs += 1
 
     def sync(self) -> None:
         """Make every buffered write durable, in order. O(buffered writes)."""
