@@ -17,7 +17,8 @@ ALL_FAULTS = ("crash", "partition", "loss", "dup", "reorder")
 
 # variant -> (seed, forced adversary or None for the seed's own draw)
 PINNED: dict[str, tuple[int, tuple[str, ...] | None]] = {
-    "pbft-commit-off-by-one": (35, ("pbft_drop_prepared",)),
+    # 35 -> 6 when reads began to share barrier batches (other numbers, other runs).
+    "pbft-commit-off-by-one": (6, ("pbft_drop_prepared",)),
     "pbft-prepare-off-by-one": (3, None),
     "pbft-forget-pre-prepares": (15, None),
     "pbft-no-view-change-resend": (10, None),
@@ -30,7 +31,9 @@ PINNED: dict[str, tuple[int, tuple[str, ...] | None]] = {
     # (seeds 1-67 miss it now); its targeted schedule is test_pbft_storage_damage.
     # Then 68 -> 118 when the backups' request timer stopped replacing busy
     # primaries (fewer view changes; seeds 1-117 miss it).
-    "pbft-trust-damaged-tail": (118, None),
+    # Then 118 -> 68 when reads began to share barrier batches (seeds 1-67 miss
+    # it; 179 is the next).
+    "pbft-trust-damaged-tail": (68, None),
     # The client's side: a Byzantine replica answering unordered reads as the
     # lagging correct replica would (the variant's own runs draw it, seed 1 of
     # its swarm fails alike; forced here, so the real client runs the same run).

@@ -113,6 +113,11 @@ class Pbft:
         self.relayed: dict[bytes, bytes] = {}  # own batches not yet executed: digest -> batch
         self.barriers: dict[bytes, Line[int]] = {}  # read barriers not yet executed
         self.barrier_next = 0
+        # Reads share barriers: one in flight (submitted), and the next one open
+        # (its line handed to every read that comes meanwhile, submitted when the
+        # one in flight executes, or at the next status tick if that one is lost).
+        self.barrier_in_flight: bytes | None = None
+        self.barrier_open: tuple[bytes, Line[int]] | None = None
         self.status_tick = 0  # status periods elapsed (this incarnation)
         self.status_answered: dict[int, int] = {}  # peer -> the period its STATUS was answered
         self.handlers: OrderingHandlers | None = None
@@ -213,8 +218,15 @@ class Pbft:
         return NotLeader(self.primary())
 
     def read_barrier(self) -> Line[int] | NotLeader:
-        """A line set to the number at which this replica's own barrier batch
-        executed: every write that completed before the call is below it."""
+        """A line set to the number at which a barrier batch of this replica's
+        executed, a barrier submitted after this call: every write that
+        completed before the call is below it. Reads share barriers (one in
+        flight, the next one open to every read until it is submitted), so a
+        read costs no sequence number of its own under load."""
+        found = self.barrier_open
+        if found is not None:
+            self.count("pbft_reads_sharing_barrier")
+            return found[1]
         barriers = self.barriers
         if len(barriers) >= self.params.barriers_max:
             del barriers[next(iter(barriers))]  # the oldest has long timed out in SMR
@@ -225,8 +237,25 @@ class Pbft:
         assert is_barrier(data)
         line: Line[int] = Line(self.context.node.scheduler, ("pbft.barrier", number))
         barriers[data] = line
-        self.normal.submit(data)
+        if self.barrier_in_flight is None:
+            self.submit_barrier(data)
+        else:
+            self.barrier_open = (data, line)
         return line
+
+    def submit_barrier(self, data: bytes) -> None:
+        self.barrier_in_flight = data
+        self.normal.submit(data)
+
+    def submit_open_barrier(self) -> None:
+        """The open barrier, if any, leaves (the one in flight executed, or a
+        status period went by: it may have been lost with a primary)."""
+        found = self.barrier_open
+        self.barrier_in_flight = None
+        if found is not None:
+            self.barrier_open = None
+            if found[0] in self.barriers:
+                self.submit_barrier(found[0])
 
     def compact(self, index: int, snapshot: bytes) -> None:
         """SMR's snapshot at ``index``: a checkpoint when ``index`` is a multiple of K."""
@@ -336,6 +365,8 @@ class Pbft:
             line = self.barriers.pop(batch, None)
             if line is not None:
                 line.set(seq)
+            if batch == self.barrier_in_flight:
+                self.submit_open_barrier()
             batch = b""
         handlers.on_commit(Committed(seq, batch))
 
@@ -347,6 +378,8 @@ class Pbft:
         while True:
             await self.context.sleep(self.params.status_us)
             self.status_tick += 1
+            if self.barrier_open is not None:
+                self.submit_open_barrier()
             self.send_all(Status(self.view, self.active, self.stable_seq, self.executed, self.id))
             if self.active:
                 self.normal.retransmit_stalled()
