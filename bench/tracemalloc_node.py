@@ -59,11 +59,11 @@ def main() -> int:
     def dump(signum: int, frame: FrameType | None) -> None:
         path = args.dir / f"node-{os.getpid()}-{taken[0]}.snapshot"
         taken[0] += 1
-        tracemalloc.take_snapshot().dump(str(path))
-        # The traced heap now and at its peak since the previous dump: a peak far
-        # above the live heap is a transient burst (an allocator high-water mark
-        # in RSS), not a leak.
+        # The traced heap now and at its peak since the previous dump (read
+        # before the snapshot, which allocates): a peak far above the live heap
+        # is a transient burst (an allocator high-water mark in RSS), not a leak.
         current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.take_snapshot().dump(str(path))
         tracemalloc.reset_peak()
         (args.dir / f"{path.name}.done").write_text(f"{current} {peak}\n")
 
