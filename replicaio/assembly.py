@@ -882,6 +882,16 @@ def damaged_disks_max(name: str | None, nodes: int, byzantine: int) -> int:
     return max(crash_bound, (nodes - 1) // 3)
 
 
+def faults_tolerated(name: str | None, nodes: int) -> int:
+    """The f of a simulated ``name`` cluster of ``nodes``: (n - 1) / 3 for a
+    Byzantine protocol without a trusted component, (n - 1) / 2 otherwise (Raft,
+    MinBFT with its USIG)."""
+    found = service_spec(name) if name is not None else None
+    if found is not None and found[0].resilience is Resilience.BYZANTINE:
+        return (nodes - 1) // 3
+    return (nodes - 1) // 2
+
+
 def recovers_lost_state(name: str) -> bool:
     """Whether nodes of protocol ``name`` recover lost acknowledged state from
     their peers, so that their storage may cut a log damaged in its middle back

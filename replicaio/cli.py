@@ -171,10 +171,35 @@ def inert_disk_faults(args: argparse.Namespace) -> str | None:
             "or more nodes make room)")
 
 
+def inert_degraded(args: argparse.Namespace) -> str | None:
+    """Why ``--faults degraded`` would keep no node down in these runs, or
+    ``None``: the Byzantine nodes already use up the fault bound, or the harness
+    does not take the kind. (A seed whose disk faults use up the room keeps
+    none down either; the run's report says so.)"""
+    if getattr(args, "options", None) or "degraded" not in parse_faults(args.faults):
+        return None
+    protocol, nodes, byzantine = args.protocol, args.nodes, args.byzantine
+    if txn_cli.is_transactional(protocol):
+        return f"{protocol}: the transaction harness keeps no node down"
+    if kv_cli.is_service(protocol):
+        from replicaio.assembly import faults_tolerated
+
+        room = faults_tolerated(protocol, nodes) - byzantine
+    else:
+        room = (nodes - 1) // 3 - byzantine
+    if room >= 1:
+        return None
+    return (f"{protocol} with {nodes} nodes and {byzantine} Byzantine has no room for a "
+            "node kept down besides them: no node is kept down")
+
+
 def warn_inert_faults(args: argparse.Namespace) -> None:
     reason = inert_disk_faults(args)
     if reason is not None:
         print(f"warning: --faults disk: {reason}", file=sys.stderr)
+    reason = inert_degraded(args)
+    if reason is not None:
+        print(f"warning: --faults degraded: {reason}", file=sys.stderr)
 
 
 def command_sim(args: argparse.Namespace) -> int:
@@ -250,6 +275,10 @@ def print_sim_report(report: dict[str, Any]) -> None:
     if stats.get("disk_faults") or "disk" in report["faults"]:
         rows.append(("disk faults", f"{stats['disk_faults']} ({stats['disk_synced_writes_lost']} "
                      f"synced writes lost, {stats['disk_read_errors']} failed restarts)"))
+    if "degraded" in report["faults"]:
+        kept = options.get("kept_down", [])
+        rows.append(("kept down",
+                     f"nodes {list(kept)} from the heal on" if kept else "none (no room)"))
     for key in ("instances_accepted", "instances_delivered", "deliveries", *kv_cli.REPORT_ROWS,
                 "transactions", "outcomes", "coordinator_leader_crashes"):
         if key in stats:
@@ -670,9 +699,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         f"forge,replay; from {', '.join(BEHAVIOURS)}; default: drawn from "
                         "the seed); see docs/adversary.md")
     parser.add_argument("--faults", default="",
-                        help="comma list of crash,partition,loss,dup,reorder,clock,disk,sync "
-                        "(sync: group commit, a sync takes time while the node keeps "
-                        "stepping; default: none: a run without faults unless you name them)")
+                        help="comma list of crash,partition,loss,dup,reorder,clock,disk,sync,"
+                        "degraded (sync: group commit, a sync takes time while the node keeps "
+                        "stepping; degraded: f nodes in all, Byzantine ones included, stay "
+                        "down after the heal; default: none: a run without faults unless you "
+                        "name them)")
     parser.add_argument("--requests", type=int, default=None,
                         help="client requests per node (default: drawn from the seed)")
     parser.add_argument("--profile", choices=PROFILES, default="default",

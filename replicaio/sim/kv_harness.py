@@ -97,6 +97,7 @@ from replicaio.sim.options import (
     draw_crashes,
     draw_disk_faults,
     draw_disk_nodes,
+    draw_kept_down,
     draw_partitions,
 )
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
@@ -898,7 +899,7 @@ def kv_options(
     crashes: list[Crash] = []
     window = workload.fault_window_us
     # Faulty disks: a fixed set of nodes, faults drawn per window too.
-    from replicaio.assembly import damaged_disks_max
+    from replicaio.assembly import damaged_disks_max, faults_tolerated
 
     disks_max = damaged_disks_max(protocol, nodes, byzantine)
     disks = draw_disk_nodes(seed, correct, disks_max) if "disk" in faults else []
@@ -923,8 +924,17 @@ def kv_options(
         ]
     if "sync" in faults:
         crashes = list(aim_at_syncs(seed, tuple(crashes)))
+    kept_down: tuple[int, ...] = ()
+    if "degraded" in faults:
+        # A bare quorum after the heal: f faults in all, Byzantine nodes and
+        # damaged disks included. Without membership changes, which could
+        # leave the heal with a configuration of fewer voters than f counts on.
+        workload = replace(workload, membership_every_us=0)
+        kept_down = draw_kept_down(seed, correct, tuple(crashes),
+                                   faults_tolerated(protocol, nodes) - byzantine)
     return replace(
         base,
+        kept_down=kept_down,
         safety_us=safety,
         liveness_us=safety + 30_000_000,
         partitions=tuple(partitions),

@@ -27,7 +27,9 @@ from typing import Any
 from replicaio.core.errors import UsageError
 from replicaio.sim.adversary import BASE_BEHAVIOURS, BEHAVIOURS, draw_extras
 
-FAULT_KINDS = ("crash", "partition", "loss", "dup", "reorder", "clock", "disk", "sync")
+FAULT_KINDS = (
+    "crash", "partition", "loss", "dup", "reorder", "clock", "disk", "sync", "degraded",
+)
 # Group commit (the "sync" kind, docs/adr/0024): a sync takes time, drawn per
 # sync with one of these means, while the node keeps stepping.
 SYNC_US_MEANS = (200, 1_000, 5_000)
@@ -174,6 +176,11 @@ class SimOptions:
     # above 0, a step's writes become durable only when a sync completes, on
     # average this long after the first write it covers (docs/adr/0024).
     sync_us_mean: int = 0
+    # The "degraded" kind: correct nodes crashed when the network heals and kept
+    # down through the liveness phase, so that liveness is demanded of a bare
+    # quorum (as many faulty nodes as the fault model allows, Byzantine and
+    # damaged disks included). Empty: every crashed node restarts at the heal.
+    kept_down: tuple[int, ...] = ()
 
     @classmethod
     def draw(
@@ -230,6 +237,9 @@ class SimOptions:
         if "sync" in faults:
             sync = draw_sync_us_mean(seed)
             crashes = aim_at_syncs(seed, crashes)
+        kept_down: tuple[int, ...] = ()
+        if "degraded" in faults:  # the broadcast family's bound n >= 3f + 1
+            kept_down = draw_kept_down(seed, correct, crashes, (nodes - 1) // 3 - len(faulty))
         return cls(
             seed=seed,
             nodes=nodes,
@@ -252,6 +262,7 @@ class SimOptions:
             clock_offsets_us=offsets,
             encode=encode,
             sync_us_mean=sync,
+            kept_down=kept_down,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -261,6 +272,8 @@ class SimOptions:
         data["crashes"] = [crash_dict(crash) for crash in self.crashes]
         if not self.sync_us_mean:  # event log headers (and hashes) of runs without it unchanged
             del data["sync_us_mean"]
+        if not self.kept_down:  # the same for the degraded kind
+            del data["kept_down"]
         return data
 
     @classmethod
@@ -289,6 +302,7 @@ class SimOptions:
                 )
                 for item in fields.get("crashes", ())
             )
+            fields["kept_down"] = tuple(int(node) for node in fields.get("kept_down", ()))
             for name in ("clock_rates_ppm", "clock_offsets_us"):
                 fields[name] = tuple(int(value) for value in fields.get(name, ()))
             options = cls(**fields)
@@ -323,6 +337,11 @@ class SimOptions:
                 problems.append(f"crash of node {crash.node}: not a correct node")
             if crash.disk and crash.disk not in DISK_FAULTS:
                 problems.append(f"unknown disk fault {crash.disk!r}")
+        for node in self.kept_down:
+            if not 0 <= node < self.nodes or node in self.byzantine:
+                problems.append(f"node {node} kept down: not a correct node")
+        if len(set(self.kept_down)) != len(self.kept_down):
+            problems.append("a node kept down twice")
         for partition in self.partitions:
             if any(not 0 <= node < self.nodes for node in partition.side):
                 problems.append(f"partition side {partition.side} names unknown nodes")
@@ -454,6 +473,23 @@ def draw_disk_nodes(seed: int, correct: list[int], disks_max: int) -> list[int]:
         return []
     rng = random.Random(f"replicaio-disk-nodes:{seed}")
     return sorted(rng.sample(correct, rng.randint(1, min(disks_max, len(correct)))))
+
+
+def draw_kept_down(
+    seed: int, correct: list[int], crashes: tuple[Crash, ...], room: int
+) -> tuple[int, ...]:
+    """The correct nodes run ``seed`` keeps down through its liveness phase (the
+    "degraded" kind): between 1 and ``room`` of them (``room``: the faults the
+    model tolerates besides the Byzantine nodes), never a node with a faulty
+    disk (it already counts as faulty). Drawn from a generator of their own, so
+    that switching the kind on leaves every other fault of the seed as it was."""
+    damaged = {crash.node for crash in crashes if crash.disk}
+    room -= len(damaged)
+    candidates = [node for node in correct if node not in damaged]
+    if room < 1 or not candidates:
+        return ()
+    rng = random.Random(f"replicaio-degraded:{seed}")
+    return tuple(sorted(rng.sample(candidates, rng.randint(1, min(room, len(candidates))))))
 
 
 def draw_disk_faults(rng: random.Random, disks: list[int], safety_us: int) -> tuple[Crash, ...]:

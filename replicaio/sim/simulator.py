@@ -204,6 +204,7 @@ class Simulator:
         self.sequence = 0
         self.now = 0
         self.liveness = False
+        self.kept_down = frozenset(options.kept_down)
         self.nodes = [self.make_node(node_id) for node_id in range(n)]
         self.operator = SimOperator(self, options.seed)
         # What the adversary sees: only kept when some node has a strategy.
@@ -768,6 +769,8 @@ class Simulator:
         self.push(self.now + crash.down_us, RESTART, node.node_id, crash.down_us)
 
     def restart(self, node: SimNode, retry_us: int = 0) -> None:
+        if self.liveness and node.node_id in self.kept_down:
+            return  # kept down through the liveness phase (options.kept_down)
         if node.read_errors and not self.liveness:
             # The disk cannot be read now: the start fails, the node stays down.
             node.read_errors -= 1
@@ -821,9 +824,15 @@ class Simulator:
         self.liveness = True
         if self.log is not None:
             self.log.note(self.now, -1, "liveness", None)
+        kept_down = self.kept_down
         for node in self.nodes:
             node.pending_crash = None
-            if not node.up:
+            if node.node_id in kept_down:  # the "degraded" kind: down for good
+                if node.up:
+                    self.go_down(node, Crash(node.node_id, self.now, 0, False, 0),
+                                 keep_unsynced=0)
+                self.stats["degraded_kept_down"] = self.stats.get("degraded_kept_down", 0) + 1
+            elif not node.up:
                 self.restart(node)
 
 

@@ -115,7 +115,8 @@ def txn_options(seed: int, nodes: int, faults: tuple[str, ...], workload: TxnWor
     (BFT groups only; ``txn_adversary``'s lying driver is always in the mix)."""
     sizing = KvWorkload(clients=workload.clients, ops=workload.transactions)
     safety_us = max(4_000_000, workload.transactions * 200_000 // workload.clients)
-    options = kv_options(seed, nodes, tuple(f for f in faults if f != "disk"), sizing,
+    kinds = tuple(kind for kind in faults if kind not in ("disk", "degraded"))
+    options = kv_options(seed, nodes, kinds, sizing,
                          encode=encode, safety_us=safety_us, byzantine=byzantine,
                          adversary=adversary, protocol=protocol)
     return replace(options, extra={EXTRA_KEY: asdict(workload.validate())})

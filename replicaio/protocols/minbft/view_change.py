@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from msgspec.structs import replace
 
 from replicaio.protocols.minbft.messages import (
@@ -201,6 +202,9 @@ class ViewChanges:
                 continue
             if kind is Commit:
                 batches[message.digest] = batch
+            elif kind is NewViewCommit:
+                for decided in unpack_batches(batch):
+                    batches[digest_of(decided)] = decided
             log.append(message)
         proof = minbft.anchor_proof if anchor is not None else ()
         return ViewChange(view, minbft.id, anchor, proof, tuple(log),
@@ -422,7 +426,11 @@ class ViewChanges:
         # The primary commits to its own NEW-VIEW too: its VIEW-CHANGE logs then
         # show the numbers the NEW-VIEW decided, like every other replica's.
         if not minbft.recovery.withheld("new_view_commit"):
-            minbft.emit(NewViewCommit(header, new_view.ui, minbft.id, EMPTY_UI))
+            # Logged with the batches its header decided: a later VIEW-CHANGE
+            # that shows this commitment must carry them, or the next primary
+            # cannot build its NEW-VIEW (degraded swarm, minbft n=3 seed 177).
+            minbft.emit(NewViewCommit(header, new_view.ui, minbft.id, EMPTY_UI),
+                        pack_batches(new_view.batches))
             self.new_view_votes.add(minbft.id)
         minbft.context.persist("nvv", sorted(self.new_view_votes))
         if header.base > minbft.stable_seq:
@@ -503,6 +511,17 @@ class ViewChanges:
         self.last_active_view = minbft.view
         votes = minbft.context.load("nvv") or []
         self.new_view_votes = {int(vote) for vote in votes} | {minbft.primary()}
+
+
+def pack_batches(batches: tuple[bytes, ...]) -> bytes:
+    """The batches a NEW-VIEW decided, as the own log keeps them with this
+    replica's NEW-VIEW-COMMIT."""
+    return msgspec.msgpack.encode(batches) if batches else b""
+
+
+def unpack_batches(data: bytes) -> list[bytes]:
+    """What :func:`pack_batches` kept (this replica's own durable log)."""
+    return msgspec.msgpack.decode(data, type=list[bytes]) if data else []
 
 
 def choose(minbft: Minbft, view: int, view_changes: list[ViewChange], *,

@@ -14,6 +14,7 @@ from typing import Any
 
 from replicaio.core.lines import Line
 from replicaio.interfaces.ordering import NotLeader
+from replicaio.protocols.raft.membership import Membership
 from replicaio.protocols.raft.messages import NO_NODE, ReadConfirmed, ReadRequested
 from replicaio.protocols.raft.raft import Raft
 from replicaio.protocols.raft.reads import PendingRead, Reads
@@ -66,6 +67,21 @@ class FollowerReads(Reads):
         raft.context.output(ReadConfirmed(raft.id, read.read_id, raft.commit_index))
         read.line.set(raft.commit_index)
         return read.line
+
+
+class QuorumOneTooMany(Membership):
+    """A quorum one voter larger than a majority (every voter of three, four
+    of five): safe, since any two such quorums still intersect, but a cluster
+    with f voters down stops. Only liveness demanded of a bare quorum (the
+    simulator's ``degraded`` fault kind) catches it: plain swarms restart
+    every crashed node at the heal."""
+
+    def quorum(self) -> int:
+        return min(len(self.config.voters), super().quorum() + 1)
+
+
+class RaftQuorumOneTooMany(Raft):
+    membership_type = QuorumOneTooMany
 
 
 class RaftCommitPreviousTerm(Raft):
@@ -187,6 +203,11 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-count-leader-unsynced", RaftCountLeaderUnsynced,
             "the leader counts its own unsynced entry toward a commit (thesis 10.2.1)",
             "state_machine_safety",
+        ),
+        RaftVariant(
+            "raft-quorum-one-too-many", RaftQuorumOneTooMany,
+            "a quorum one voter larger than a majority: the cluster stops with f nodes down",
+            "liveness",
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
