@@ -25,7 +25,7 @@ DEGRADED = (*FAULTS, "degraded")
     ("raft", 3, 0, 1), ("raft", 5, 0, 2), ("pbft", 4, 0, 1), ("pbft", 7, 1, 1),
     ("minbft", 5, 1, 1),
 ])
-def test_the_nodes_kept_down_are_correct_within_the_bound_and_switching_the_kind_on_changes_nothing_else(
+def test_kept_down_nodes_are_correct_within_the_bound_and_change_no_other_fault(
     protocol: str, nodes: int, byzantine: int, room: int,
 ) -> None:
     drawn: set[int] = set()

@@ -108,10 +108,12 @@ def test_a_quorum_one_too_large_is_caught_only_when_liveness_is_demanded_of_a_ba
     plain = [seed for seed in SWEEP_SEEDS if simulate(variant, seed)]
     assert plain == [], f"caught without the degraded kind on seeds {plain}"
     degraded = (*ALL_FAULTS, "degraded")
-    caught = [seed for seed in SWEEP_SEEDS if "liveness" in simulate(variant, seed, faults=degraded)]
+    caught = [seed for seed in SWEEP_SEEDS
+              if "liveness" in simulate(variant, seed, faults=degraded)]
     assert len(caught) >= 8, f"caught only on seeds {caught}"
     for seed in caught[:3]:
-        assert simulate("raft", seed, faults=degraded) == set(), reproduce("raft", seed, faults=degraded)
+        assert simulate("raft", seed, faults=degraded) == set(), \
+            reproduce("raft", seed, faults=degraded)
 
 
 def test_a_session_table_that_never_evicts_is_caught_as_unbounded(
