@@ -473,6 +473,54 @@ def draw_html(logs: list[str], html: str) -> None:
           f"{drawn['violations']} violation(s) -> {html}", file=sys.stderr)
 
 
+def live_node_extras(path: str) -> Callable[[dict[str, Any], int], dict[str, Any]]:
+    """What a live node of the cluster file at ``path`` was built with besides
+    its protocol: its signer, USIG scheme and the USIG admission its log's
+    header names (not the cluster file's, which may be newer)."""
+    from replicaio.assembly import usig_admission
+    from replicaio.runtime.config import ClusterFileError, load_cluster_file
+
+    try:
+        cluster = load_cluster_file(path)
+    except ClusterFileError as error:
+        raise UsageError(str(error)) from error
+
+    def extras(header: dict[str, Any], node_id: int) -> dict[str, Any]:
+        if int(header["n"]) != cluster.n or str(header["protocol"]) != cluster.protocol:
+            raise UsageError(f"{path} is not the cluster of this log ({cluster.protocol} with "
+                             f"{cluster.n} nodes; the log: {header['protocol']} with "
+                             f"{header['n']})")
+        options = header.get("options") or {}
+        admission = None
+        if "usig_admission" in options:
+            admission = usig_admission(node_id, int(options["usig_epoch"]),
+                                       bytes.fromhex(str(options["usig_admission"])))
+        return {"signer": cluster.signer(node_id), "usig_scheme": cluster.usig_scheme(node_id),
+                "usig_admission": admission}
+
+    return extras
+
+
+def refuse_live_bft_log_without_keys(stream: Any, path: str) -> None:
+    """A live Byzantine-tolerant node signs what it sends with its own keys:
+    without them its replay diverges at its first signature, which would read
+    as a bug of the node. Say what is missing instead."""
+    from replicaio.core.config import Resilience
+    from replicaio.trace.eventlog import EventLogError, read_log
+
+    try:
+        header, _ = read_log(stream)
+        live = (header.get("options") or {}).get("host") == "live"
+        resilience = protocol_factory(str(header["protocol"])).resilience
+    except (EventLogError, KeyError, UsageError):
+        return  # replay reports what is wrong with the log
+    finally:
+        stream.seek(0)
+    if live and resilience in (Resilience.BYZANTINE, Resilience.BYZANTINE_TRUSTED):
+        raise UsageError(f"{path} is a live {header['protocol']} node's log: its replay needs "
+                         "the node's keys: give --cluster FILE (the cluster file it ran with)")
+
+
 def command_replay(args: argparse.Namespace) -> int:
     from replicaio.trace.replay import replay
 
@@ -485,9 +533,12 @@ def command_replay(args: argparse.Namespace) -> int:
     if len(args.files) != 1:
         raise UsageError("--node replays one log: give exactly one FILE")
     args.file = args.files[0]
+    extras = live_node_extras(args.cluster) if args.cluster else None
     try:
         with open(args.file, "rb") as stream:
-            result = replay(stream, args.node, protocol_factory)
+            if extras is None:
+                refuse_live_bft_log_without_keys(stream, args.file)
+            result = replay(stream, args.node, protocol_factory, extras)
     except OSError as error:
         raise UsageError(f"cannot read {args.file}: {error}") from error
     report = {
@@ -798,6 +849,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay_parser.add_argument("--html", default=None, metavar="OUT",
                                help="draw the run's space-time diagram into OUT (one "
                                "self-contained page; docs/visualisation.md)")
+    replay_parser.add_argument("--cluster", default=None, metavar="FILE",
+                               help="the cluster file a live node ran with: its signing "
+                               "and USIG keys (needed to replay a live PBFT or MinBFT node)")
     replay_parser.add_argument("--json", action="store_true")
     replay_parser.set_defaults(handler=command_replay)
 

@@ -156,6 +156,11 @@ class BroadcastChecker:
         for key in list(self.unsettled):
             self.update_settled(key)
 
+    def kept_down(self, node: int) -> None:
+        """``node`` stays down from now on (the simulator's ``degraded`` fault
+        kind): a crash for good, so it counts as faulty, as after lost storage."""
+        self.lost_storage(node)
+
     def update_settled(self, key: tuple[int, int]) -> None:
         holders = self.correct.intersection(self.delivered.get(key, ()))
         expected = (key in self.accepted and key[0] in self.correct) or (

@@ -285,10 +285,20 @@ class NodeHost:
                 # wall clock, so logs of several nodes merge by time (trace/diagram.py).
                 "options": {"host": "live", "node": self.node_id,
                             "started_unix_us": time.time_ns() // 1000
-                            - (monotonic_us() - self.started_us)},
+                            - (monotonic_us() - self.started_us),
+                            **self.usig_header()},
             },
             self.event_log_file,
         )
+
+    def usig_header(self) -> dict[str, Any]:
+        """The USIG epoch this run was admitted with (ADR 0026), for the event
+        log: ``replay --cluster`` must not take a later admission from the
+        cluster file."""
+        entry = self.cluster.node(self.node_id)
+        if self.cluster.usig is None or entry.usig_admission is None:
+            return {}
+        return {"usig_epoch": entry.usig_epoch, "usig_admission": entry.usig_admission.hex()}
 
     def flush_event_log(self) -> None:
         """Hand every record to the OS (before the batch is released)."""

@@ -55,7 +55,8 @@ class HarnessApi(Protocol):
 
 class Harness(Protocol):
     """Workload and checkers of one protocol family (``bind(api)`` is optional,
-    see the module docstring)."""
+    see the module docstring; so is ``kept_down(node)``, told before the
+    liveness phase of each node the ``degraded`` kind keeps down for good)."""
 
     def requests(self, options: SimOptions) -> list[tuple[int, int, Any]]:
         """``(time_us, node, payload)`` for every client request of the run."""
@@ -102,6 +103,9 @@ class BroadcastHarness:
 
     def finish(self, time_us: int) -> list[Violation]:
         return self.checker.finish(time_us)
+
+    def kept_down(self, node: int) -> None:
+        self.checker.kept_down(node)
 
     def settled(self) -> bool:
         return self.checker.settled()

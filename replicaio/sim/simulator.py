@@ -825,6 +825,10 @@ class Simulator:
         if self.log is not None:
             self.log.note(self.now, -1, "liveness", None)
         kept_down = self.kept_down
+        told = getattr(self.harness, "kept_down", None)  # a harness whose checkers must know
+        for node_id in sorted(kept_down):
+            if told is not None:
+                told(node_id)
         for node in self.nodes:
             node.pending_crash = None
             if node.node_id in kept_down:  # the "degraded" kind: down for good

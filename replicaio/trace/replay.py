@@ -32,6 +32,9 @@ from replicaio.trace.eventlog import (
 EFFECT_PARTS = ("persists", "sends", "timers_cancelled", "timers_set", "outputs")
 
 FactoryFor = Callable[[str], ProtocolFactory]
+# What a node needs beyond its protocol, read from the log's header: a live
+# node's signer, USIG scheme and USIG admission (keyword arguments of Node).
+NodeExtras = Callable[[dict[str, Any], int], dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -69,9 +72,11 @@ class RecordedChoices:
 
 
 def node_from_header(
-    header: dict[str, Any], node_id: int, choose: Any, factory_for: FactoryFor
+    header: dict[str, Any], node_id: int, choose: Any, factory_for: FactoryFor,
+    extras: NodeExtras | None = None,
 ) -> Node:
-    """A fresh core for ``node_id`` configured as the logged run was."""
+    """A fresh core for ``node_id`` configured as the logged run was (with
+    ``extras``' keys and trusted component for a live node's log)."""
     factory = factory_for(str(header["protocol"]))
     config = ClusterConfig(
         n=int(header["n"]),
@@ -80,12 +85,16 @@ def node_from_header(
         resilience=factory.resilience,
     )
     params = NodeParams(**header.get("params", {}))
-    return Node(node_id, config, factory, choose=choose, params=params)
+    more = extras(header, node_id) if extras is not None else {}
+    return Node(node_id, config, factory, choose=choose, params=params, **more)
 
 
-def replay(stream: IO[bytes], node_id: int, factory_for: FactoryFor) -> ReplayResult:
+def replay(stream: IO[bytes], node_id: int, factory_for: FactoryFor,
+           extras: NodeExtras | None = None) -> ReplayResult:
     """Re-execute ``node_id`` from the log in ``stream``, building its cores with
-    ``factory_for(protocol name)``; see the module docstring."""
+    ``factory_for(protocol name)`` and, for a live node, ``extras(header,
+    node_id)`` (its signer and USIG: what it signs must come out the same, and
+    Ed25519 signatures are deterministic); see the module docstring."""
     header, records = read_log(stream)
     if not 0 <= node_id < int(header["n"]):
         raise EventLogError(f"node {node_id} is not in this run of {header['n']} nodes")
@@ -99,7 +108,7 @@ def replay(stream: IO[bytes], node_id: int, factory_for: FactoryFor) -> ReplayRe
         _, time_us, _, incarnation, event_record, recorded_choices, recorded = record
         event = decode_input(event_record)
         if event_record[0] == "start":
-            node = node_from_header(header, node_id, choices, factory_for)
+            node = node_from_header(header, node_id, choices, factory_for, extras)
             result.incarnations += 1
         if node is None:
             raise EventLogError(f"node {node_id} has a step before its start")
