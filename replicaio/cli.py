@@ -501,24 +501,25 @@ def live_node_extras(path: str) -> Callable[[dict[str, Any], int], dict[str, Any
     return extras
 
 
-def refuse_live_bft_log_without_keys(stream: Any, path: str) -> None:
-    """A live Byzantine-tolerant node signs what it sends with its own keys:
-    without them its replay diverges at its first signature, which would read
-    as a bug of the node. Say what is missing instead."""
+def keys_hint(stream: Any) -> str | None:
+    """Why a live node's replay may have diverged without being wrong: a live
+    PBFT or MinBFT node signs what it sends (Ed25519 signatures are
+    deterministic) and certifies with its USIG, and a replay without its keys
+    signs differently. ``None`` for a simulated run or a crash-tolerant node."""
     from replicaio.core.config import Resilience
     from replicaio.trace.eventlog import EventLogError, read_log
 
+    stream.seek(0)
     try:
         header, _ = read_log(stream)
         live = (header.get("options") or {}).get("host") == "live"
         resilience = protocol_factory(str(header["protocol"])).resilience
     except (EventLogError, KeyError, UsageError):
-        return  # replay reports what is wrong with the log
-    finally:
-        stream.seek(0)
+        return None
     if live and resilience in (Resilience.BYZANTINE, Resilience.BYZANTINE_TRUSTED):
-        raise UsageError(f"{path} is a live {header['protocol']} node's log: its replay needs "
-                         "the node's keys: give --cluster FILE (the cluster file it ran with)")
+        return (f"a live {header['protocol']} node signs with its own keys: replay it with "
+                "--cluster FILE (the cluster file it ran with)")
+    return None
 
 
 def command_replay(args: argparse.Namespace) -> int:
@@ -536,9 +537,8 @@ def command_replay(args: argparse.Namespace) -> int:
     extras = live_node_extras(args.cluster) if args.cluster else None
     try:
         with open(args.file, "rb") as stream:
-            if extras is None:
-                refuse_live_bft_log_without_keys(stream, args.file)
             result = replay(stream, args.node, protocol_factory, extras)
+            hint = None if result.matched or extras is not None else keys_hint(stream)
     except OSError as error:
         raise UsageError(f"cannot read {args.file}: {error}") from error
     report = {
@@ -550,6 +550,8 @@ def command_replay(args: argparse.Namespace) -> int:
         "divergence": result.divergence,
         "violations": [] if result.matched else [{"property": "replay", "detail": "diverged"}],
     }
+    if hint is not None:
+        report["hint"] = hint
     if args.json:
         print(json.dumps(report, sort_keys=True, default=repr))
     elif result.matched:
@@ -562,6 +564,8 @@ def command_replay(args: argparse.Namespace) -> int:
               f"in {divergence.get('part')}")
         print(f"  expected: {divergence.get('expected')!r}"[:2000])
         print(f"  actual:   {divergence.get('actual')!r}"[:2000])
+        if hint is not None:
+            print(f"  hint: {hint}")
     return EXIT_OK if result.matched else EXIT_VIOLATION
 
 
