@@ -44,7 +44,10 @@ def warned_usig_lost(cluster: LocalCluster, node: int) -> bool:
         with contextlib.suppress(ValueError):
             entry = json.loads(line)
             if entry.get("level") == "warning" and entry.get("message") == "UsigLost":
-                return bool(entry.get("replica") == node)
+                # the line says what to do, not only what happened
+                advice = str(entry.get("advice", ""))
+                return (entry.get("replica") == node
+                        and f"replicaio kv admit-usig --cluster FILE --node {node}" in advice)
     return False
 
 

@@ -53,6 +53,22 @@ def notice(cls: type[_T]) -> type[_T]:
     return cls
 
 
+# What an operator reads with a notice: a sentence with the output's fields in
+# braces (``str.format``), saying what happened and what to do about it.
+NOTICE_ADVICE: dict[type, str] = {}
+
+
+def notice_advising(advice: str) -> Callable[[type[_T]], type[_T]]:
+    """Register a notice (logged at warning) with the ``advice`` its log line
+    carries, formatted with the output's fields."""
+
+    def register(cls: type[_T]) -> type[_T]:
+        NOTICE_ADVICE[cls] = advice
+        return notice(cls)
+
+    return register
+
+
 # Output types a live host logs at info as it releases them, with the message
 # an operator reads (a leader elected, a membership change, a snapshot).
 OPERATOR_EVENTS: dict[type, str] = {}

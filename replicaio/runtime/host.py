@@ -59,6 +59,7 @@ from replicaio.assembly import protocol_factory, recovers_lost_state
 from replicaio.core.codec import FRAME_BYTES_MAX_DEFAULT, Codec
 from replicaio.core.effects import (
     CLOCK_CHOICE,
+    NOTICE_ADVICE,
     NOTICE_TYPES,
     OPERATOR_EVENTS,
     Input,
@@ -579,7 +580,11 @@ class NodeHost:
         for output in outputs:
             kind = type(output)
             if kind in NOTICE_TYPES:
-                log(logger, logging.WARNING, kind.__name__, **output_fields(output))
+                fields = output_fields(output)
+                advice = NOTICE_ADVICE.get(kind)
+                if advice is not None:
+                    fields["advice"] = advice.format(**fields)
+                log(logger, logging.WARNING, kind.__name__, **fields)
             elif kind in OPERATOR_EVENTS:
                 log(logger, logging.INFO, OPERATOR_EVENTS[kind], event=kind.__name__,
                     **output_fields(output))

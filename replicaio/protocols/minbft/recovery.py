@@ -47,7 +47,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 from replicaio.core.codec import Message, Meta
-from replicaio.core.effects import notice
+from replicaio.core.effects import notice_advising
 from replicaio.protocols.minbft.messages import Status
 from replicaio.protocols.minbft.usig import (
     EPOCH_MAX,
@@ -69,7 +69,12 @@ EPOCH_RECORD_PREFIXES = ("own", "pp", "vt", "cm")
 EPOCH_RECORDS = ("anchor", "lp", "nv", "nvv")
 
 
-@notice  # logged at warning: the operator must act (replicaio kv admit-usig)
+@notice_advising(
+    "replica {replica} found its storage damaged: its USIG counter may have gone back, so it "
+    "sends nothing (it could otherwise certify two messages with one counter value); the "
+    "cluster goes on without it. To bring it back, an operator admits a new USIG epoch "
+    "above {epoch}: replicaio kv admit-usig --cluster FILE --node {replica}, then restart "
+    "it (docs/minbft.md, Recovery of a lost USIG)")
 class UsigLost(Message, tag="minbft.UsigLost"):
     """Output: ``replica`` found its storage damaged (its USIG counter may have
     gone back) and sends nothing until the operator admits a USIG epoch above

@@ -33,7 +33,7 @@ import msgspec
 from msgspec.structs import replace
 
 from replicaio.core.codec import Message, Meta
-from replicaio.core.effects import notice
+from replicaio.core.effects import notice, notice_advising
 from replicaio.core.signing import SIGNATURE_BYTES_MAX
 
 DIGEST_BYTES = 32  # SHA-256
@@ -274,7 +274,11 @@ class CheckpointDisagreement(Message, tag="pbft.CheckpointDisagreement"):
     certified: Digest
 
 
-@notice
+@notice_advising(
+    "replica {node} withholding its votes: {withheld}. True: its storage lost writes it may "
+    "have acknowledged, so it counts towards no quorum until state transfer brings it past "
+    "what it may have voted for; a second notice with False says it has. Nothing to do "
+    "unless no second notice comes (then its peers cannot give it their state)")
 class VotesWithheld(Message, tag="pbft.VotesWithheld"):
     """``node`` started (``withheld``) or stopped withholding its votes: its
     storage lost writes and it does not count towards quorums until it has
