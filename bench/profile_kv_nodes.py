@@ -91,7 +91,7 @@ def leader_of(cluster: LocalCluster, protocol: str) -> int:
     raise RuntimeError("no leader")
 
 
-async def drive(port: int, clients: int, seconds: float) -> list[float]:
+async def drive(port: int, clients: int, seconds: float, mixed: bool = False) -> list[float]:
     connections = [await RespClient.connect(port) for _ in range(clients)]
     value = b"v" * 100
     latencies: list[float] = []
@@ -104,7 +104,10 @@ async def drive(port: int, clients: int, seconds: float) -> list[float]:
             key = (key * 7 + index + 1) % 1000
             begun = time.perf_counter()
             try:
-                await client.set(b"key:%d" % key, value)
+                if mixed and key % 2:  # 50/50 GET/SET, as bench_kv.py's mixed workload
+                    await client.get(b"key:%d" % key)
+                else:
+                    await client.set(b"key:%d" % key, value)
             except OpError:  # refused or timed out (a loaded machine): counted, not timed
                 refusals.append(index)
                 continue
@@ -143,6 +146,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--workload", choices=("set", "mixed"), default="set",
+                        help="mixed: half GETs, half SETs")
     parser.add_argument("--no-fsync", action="store_true", help="fsync off (labelled)")
     parser.add_argument("--protocol-params", default="", help="e.g. snapshot=256")
     parser.add_argument("--protocol", choices=("raft", "pbft"), default="raft")
@@ -179,7 +184,8 @@ def main() -> None:
         disk = fsync_probe(workdir)
         cpu_before = [cpu_seconds([process.pid]) for process in processes]
         began = time.perf_counter()
-        latencies = asyncio.run(drive(port, args.clients, args.seconds))
+        latencies = asyncio.run(drive(port, args.clients, args.seconds,
+                                      args.workload == "mixed"))
         wall = time.perf_counter() - began
         cpu = [cpu_seconds([process.pid]) - before
                for process, before in zip(processes, cpu_before, strict=True)]
@@ -192,8 +198,9 @@ def main() -> None:
     latencies.sort()
     ops = len(latencies)
     fsync = "off (labelled)" if args.no_fsync else "on"
+    what = "SETs" if args.workload == "set" else "GETs/SETs"
     print(f"{args.protocol} n={nodes} auth {auth}, clients {args.clients}, fsync {fsync}, "
-          f"{ops} SETs in {wall:.1f} s = {ops / wall:.0f}/s, "
+          f"{ops} {what} in {wall:.1f} s = {ops / wall:.0f}/s, "
           f"p50 {1e3 * latencies[ops // 2]:.2f} ms, p99 {1e3 * latencies[int(ops * 0.99)]:.2f} ms")
     print(f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}; disk 4 KiB append + "
           f"fdatasync p50 {disk['p50_ms']} ms, p99 {disk['p99_ms']} ms (cProfile on)")

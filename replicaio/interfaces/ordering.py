@@ -51,12 +51,16 @@ class OrderingHandlers(Protocol):
         ``index`` (state transfer to a lagging replica, or restart)."""
         ...
 
-    def validate_batch(self, batch: bytes) -> bool:
+    def validate_batch(self, batch: bytes, proposer: int | None = None) -> bool:
         """Whether a batch another replica proposes may be ordered: it decodes
         within the cluster constants and every request in it carries a valid
-        client authenticator. A Byzantine fault tolerant backup calls it before
-        accepting a primary's proposal (PBFT's PRE-PREPARE, Castro and Liskov
-        section 4.2) and refuses the proposal when it answers False; an empty
+        client authenticator. ``proposer``: the replica whose own signed proposal
+        carries the batch (PBFT's primary of the PRE-PREPARE's view), whose own
+        in-node clients' requests are taken on the proposal's word (ADR 0028);
+        ``None`` when the batch comes otherwise (every request checked). A
+        Byzantine fault tolerant backup calls it before accepting a primary's
+        proposal (PBFT's PRE-PREPARE, Castro and Liskov section 4.2) and
+        refuses the proposal when it answers False; an empty
         batch (the protocol's own null request) is not asked about. Pure: the
         same bytes give the same answer on every correct replica (for the
         ``mac`` client scheme, on this replica). Crash-fault protocols need not

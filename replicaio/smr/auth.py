@@ -80,6 +80,7 @@ NODE_CLIENT_COUNTER_BITS = 30
 NODE_CLIENT_NODE_BITS = 10
 NODE_CLIENT_INCARNATION_BITS = 62 - NODE_CLIENT_COUNTER_BITS - NODE_CLIENT_NODE_BITS
 NODE_KEY_PREFIX = b"node"
+NODE_KEY_BYTES = len(NODE_KEY_PREFIX) + 2  # the prefix and the node's id (node_key)
 # The simulator's client secret: public on purpose, as the nodes' signing secret
 # (replicaio.core.signing): runs replay from their seed alone.
 SIMULATION_CLIENT_SECRET = b"replicaio simulation client secret v1"
@@ -122,6 +123,16 @@ class ClientAuthenticator(Protocol):
         """Whether ``carried`` (from a batch or a forward) is authentic; never raises."""
         ...
 
+    def check_proposed(self, carried: AuthenticatedRequest, proposer: int) -> bool:
+        """:meth:`check` of a request in a batch replica ``proposer`` proposed and
+        authenticated (a PRE-PREPARE it signed): a request ``proposer`` itself
+        vouches for (its in-node client's) needs no signature of its own."""
+        ...
+
+    def check_committed(self, carried: AuthenticatedRequest) -> bool:
+        """The check at execution (only when :attr:`rechecks`)."""
+        ...
+
 
 class TrustedClients:
     """Crash-fault model: clients are who they say they are."""
@@ -139,6 +150,12 @@ class TrustedClients:
 
     def check(self, carried: AuthenticatedRequest) -> bool:
         return False  # nothing authenticated ever travels in a trusted cluster
+
+    def check_proposed(self, carried: AuthenticatedRequest, proposer: int) -> bool:
+        return False
+
+    def check_committed(self, carried: AuthenticatedRequest) -> bool:
+        return False
 
 
 def client_id_of(public_key: bytes) -> int:
@@ -249,6 +266,12 @@ class AuthenticatedClients:
         self.memo.add(memo_key)
         return True
 
+    def check_proposed(self, carried: AuthenticatedRequest, proposer: int) -> bool:
+        return self.check(carried)
+
+    def check_committed(self, carried: AuthenticatedRequest) -> bool:
+        return self.check(carried)
+
     def verify(self, client: int, key: bytes, data: bytes, authenticator: bytes) -> bool:
         raise NotImplementedError
 
@@ -271,6 +294,30 @@ class SignedClients(AuthenticatedClients):
         self.secret = secret
         self.nodes = nodes  # checks node-vouched requests (None: refuses them)
 
+    def check_proposed(self, carried: AuthenticatedRequest, proposer: int) -> bool:
+        """A request the proposer vouches for is taken on the proposal's signature
+        (ADR 0028): the proposer could sign it as easily, so checking its own
+        signature proves nothing more. Any other request: :meth:`check`."""
+        request = carried.request
+        if (
+            type(request) is ClientRequest
+            and type(request.client) is int
+            and vouching_node(request.client) == proposer
+            and carried.key == node_key(proposer)
+        ):
+            return True
+        return self.check(carried)
+
+    def check_committed(self, carried: AuthenticatedRequest) -> bool:
+        """Node-vouched requests are not checked again at execution (ADR 0028):
+        a committed batch was validated by a correct replica (its signature, or
+        its proposer's own), and a request the proposer vouched for may carry no
+        valid signature of its own. Client-signed requests are checked again."""
+        key = carried.key
+        if len(key) == NODE_KEY_BYTES and key.startswith(NODE_KEY_PREFIX):
+            return True
+        return self.check(carried)
+
     def verify(self, client: int, key: bytes, data: bytes, authenticator: bytes) -> bool:
         if key.startswith(NODE_KEY_PREFIX):
             return self.verify_vouched(client, key, data, authenticator)
@@ -292,7 +339,7 @@ class SignedClients(AuthenticatedClients):
 
     def verify_vouched(self, client: int, key: bytes, data: bytes, authenticator: bytes) -> bool:
         nodes = self.nodes
-        if nodes is None or len(key) != len(NODE_KEY_PREFIX) + 2:
+        if nodes is None or len(key) != NODE_KEY_BYTES:
             return False
         (node,) = struct.unpack(">H", key[len(NODE_KEY_PREFIX) :])
         if vouching_node(client) != node:

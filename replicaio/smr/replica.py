@@ -557,7 +557,7 @@ class Replica:
         if type(batch) is SignedBatch:
             recheck = self.authenticator.rechecks
             for carried in batch.requests:
-                if recheck and not self.authenticator.check(carried):
+                if recheck and not self.authenticator.check_committed(carried):
                     self.context.count("smr_request_unauthenticated_in_batch")
                     continue
                 self.execute(carried.request, index)
@@ -593,9 +593,10 @@ class Replica:
             return None
         return batch
 
-    def validate_batch(self, batch: bytes) -> bool:
+    def validate_batch(self, batch: bytes, proposer: int | None = None) -> bool:
         """``OrderingHandlers.validate_batch``: a proposed batch decodes within the
-        cluster constants and every request in it is authentic and well formed."""
+        cluster constants and every request in it is authentic and well formed
+        (``proposer``'s own in-node clients' requests on its word, ADR 0028)."""
         decoded = self.decode_batch(batch)
         if decoded is None:
             self.context.count("smr_validate_undecodable")
@@ -613,7 +614,11 @@ class Replica:
                 if self.well_formed(carried.request) is not None:
                     self.context.count("smr_validate_malformed")
                     return False
-                if not self.authenticator.check(carried):
+                authentic = (
+                    self.authenticator.check(carried) if proposer is None
+                    else self.authenticator.check_proposed(carried, proposer)
+                )
+                if not authentic:
                     self.context.count("smr_validate_unauthenticated")
                     return False
         return True

@@ -245,7 +245,7 @@ class NormalCase:
                 pbft.count("pbft_primary_equivocation_seen")
                 return "pre_prepare_conflicting"
             return "pre_prepare_duplicate"
-        if not pbft.valid_batch(pre_prepare.batch):
+        if not pbft.valid_batch(pre_prepare.batch, pbft.primary()):
             # Signed by the primary: its fault. Not prepared, the batch never
             # commits, and the backup's timer replaces the primary.
             pbft.count("pbft_primary_invalid_batch_seen")

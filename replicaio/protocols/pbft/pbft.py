@@ -299,16 +299,18 @@ class Pbft:
             return False
         return self.context.verify(node, signed_bytes(message), message.signature)
 
-    def valid_batch(self, batch: bytes) -> bool:
+    def valid_batch(self, batch: bytes, proposer: int | None = None) -> bool:
         """Whether a batch another replica gives this one may be ordered (section
         4.2: a backup accepts a PRE-PREPARE only if "the request is valid"): the
         null request, a read barrier, or what SMR's ``validate_batch`` accepts
-        (decodes within the cluster constants, every request authentic)."""
+        (decodes within the cluster constants, every request authentic; the
+        requests ``proposer``, the primary whose signed PRE-PREPARE carries the
+        batch, vouches for itself on that signature, ADR 0028)."""
         if not batch or is_barrier(batch):
             return True
         handlers = self.handlers
         assert handlers is not None
-        return handlers.validate_batch(batch)
+        return handlers.validate_batch(batch, proposer)
 
     def reject(self, reason: str) -> None:
         """A peer's message dropped: counted, never asserted on."""

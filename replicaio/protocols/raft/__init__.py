@@ -169,7 +169,7 @@ class RaftNode:
         self.snapshot = (index, snapshot)
         self.committed = {key: value for key, value in self.committed.items() if key > index}
 
-    def validate_batch(self, batch: bytes) -> bool:
+    def validate_batch(self, batch: bytes, proposer: int | None = None) -> bool:
         return True  # Raft trusts its leader's entries (crash faults only)
 
     def requests_of(self, batch: bytes) -> tuple[tuple[int, int], ...]:
