@@ -30,7 +30,10 @@ Schemes (``AuthenticatedRequest`` names the fields):
   that node's own signer (``replicaio.core.signing``). Its client ids carry the
   node's id (:func:`node_client_id`, a space apart from ``ed25519`` ids), and a
   node can vouch only for its own: a Byzantine replica cannot act for anyone
-  else's clients.
+  else's clients. A backup takes the requests a proposal's author vouches for
+  on the proposal's signature (:meth:`SignedClients.check_proposed`, ADR
+  0028: the author could sign them as easily), so node-vouched requests are
+  not checked again at execution (a correct replica validated the batch).
 * ``mac`` (:class:`MacClients`, an option): a vector of one HMAC per replica
   (PBFT's authenticators, Castro and Liskov TOCS 2002 section 3.2), keys
   ``HMAC-SHA256(secret, "replicaio client mac v1" | replica | client)``. A
