@@ -884,11 +884,14 @@ def damaged_disks_max(name: str | None, nodes: int, byzantine: int) -> int:
 
 def faults_tolerated(name: str | None, nodes: int) -> int:
     """The f of a simulated ``name`` cluster of ``nodes``: (n - 1) / 3 for a
-    Byzantine protocol without a trusted component, (n - 1) / 2 otherwise (Raft,
-    MinBFT with its USIG)."""
+    Byzantine protocol without a trusted component (PBFT, transactions over
+    PBFT groups), (n - 1) / 2 otherwise (Raft, MinBFT with its USIG)."""
     found = service_spec(name) if name is not None else None
     if found is not None and found[0].resilience is Resilience.BYZANTINE:
         return (nodes - 1) // 3
+    transactional = transactional_spec(name) if name is not None else None
+    if transactional is not None and transactional[0].ordering == "pbft":
+        return (nodes - 1) // 3  # every group of a transactional cluster spans the nodes
     return (nodes - 1) // 2
 
 

@@ -179,9 +179,7 @@ def inert_degraded(args: argparse.Namespace) -> str | None:
     if getattr(args, "options", None) or "degraded" not in parse_faults(args.faults):
         return None
     protocol, nodes, byzantine = args.protocol, args.nodes, args.byzantine
-    if txn_cli.is_transactional(protocol):
-        return f"{protocol}: the transaction harness keeps no node down"
-    if kv_cli.is_service(protocol):
+    if kv_cli.is_service(protocol) or txn_cli.is_transactional(protocol):
         from replicaio.assembly import faults_tolerated
 
         room = faults_tolerated(protocol, nodes) - byzantine

@@ -90,3 +90,21 @@ def test_a_minbft_view_change_carries_the_batches_its_new_view_commits_decided(
     result = Simulator("minbft", options, f=(nodes - 1) // 2, record=False).run()
     assert result.violations == []
     assert result.counters.get("minbft_views_started", 0) > 0
+
+
+@pytest.mark.parametrize("protocol", ["txn:groups=2", "txn-kv:groups=2"])
+def test_transactions_commit_and_release_every_lock_with_a_node_kept_down(protocol: str) -> None:
+    """The transaction harness takes the kind: clients stop asking the node
+    kept down, the locks it last reported are not demanded back, and every
+    other replica of every group must still release everything and every
+    client commit after the heal."""
+    from replicaio.sim.txn_harness import TxnWorkload, txn_options
+
+    options = txn_options(3, 3, DEGRADED, TxnWorkload(), protocol=protocol)
+    assert options.kept_down
+    simulator = Simulator(protocol, options, f=1, record=False)
+    result = simulator.run()
+    assert result.violations == []
+    assert result.stats["outcomes"].get("committed", 0) > 0
+    for node in simulator.nodes:
+        assert node.up is (node.node_id not in options.kept_down)

@@ -115,7 +115,7 @@ def txn_options(seed: int, nodes: int, faults: tuple[str, ...], workload: TxnWor
     (BFT groups only; ``txn_adversary``'s lying driver is always in the mix)."""
     sizing = KvWorkload(clients=workload.clients, ops=workload.transactions)
     safety_us = max(4_000_000, workload.transactions * 200_000 // workload.clients)
-    kinds = tuple(kind for kind in faults if kind not in ("disk", "degraded"))
+    kinds = tuple(kind for kind in faults if kind != "disk")
     options = kv_options(seed, nodes, kinds, sizing,
                          encode=encode, safety_us=safety_us, byzantine=byzantine,
                          adversary=adversary, protocol=protocol)
@@ -152,6 +152,7 @@ class TxnHarness:
         self.clean_quorum = (config.n if spec.ordering == "raft"
                              else config.n - config.f)
         self.correct = [node for node in range(config.n) if node not in config.byzantine]
+        self.down: set[int] = set()  # kept down for good (the degraded kind)
         self.leaders: dict[int, tuple[int, int]] = {}  # group -> (term, node)
         self.reports: dict[tuple[int, int], LockReport] = {}
         self.codec = Codec()
@@ -255,7 +256,7 @@ class TxnHarness:
         client.nonce += 1
         client.handle = handle
         client.node = self.rng.randrange(self.config.n)
-        if self.healed and client.node in self.config.byzantine:
+        if self.healed and (client.node in self.config.byzantine or client.node in self.down):
             # Liveness asks correct drivers: a Byzantine one's answers prove nothing,
             # and a client that asked it in vain would move on to another node.
             client.node = self.rng.choice(self.correct)
@@ -428,15 +429,24 @@ class TxnHarness:
         """Replicas still reporting locks or open records, for every group where
         fewer than ``clean_quorum`` replicas report none."""
         found = []
+        alive = self.config.n - len(self.down)  # a node kept down reports nothing more
+        needed = min(self.clean_quorum, alive)
         for group in range(self.slots.groups):
-            reports = {node: report for (node, g), report in self.reports.items() if g == group}
+            reports = {node: report for (node, g), report in self.reports.items()
+                       if g == group and node not in self.down}
             busy = [f"node {node} group {group}: {report.locks} locks, {report.prepared} "
                     f"prepared, {report.open_records} open records"
                     for node, report in sorted(reports.items())
                     if report.locks or report.prepared or report.open_records]
-            if self.config.n - len(busy) < self.clean_quorum:
+            if alive - len(busy) < needed:
                 found += busy
         return found
+
+    def kept_down(self, node: int) -> None:
+        """``node`` stays down from the heal on (the ``degraded`` kind): clients
+        stop asking it, and the locks it last reported are not demanded back."""
+        self.down.add(node)
+        self.correct = [other for other in self.correct if other != node]
 
     def settled(self) -> bool:
         if not self.healed or self.held():
