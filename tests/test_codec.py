@@ -1001,3 +1001,19 @@ def test_tags_are_printable_text() -> None:
     for tag in ("bad\ud800tag", "new\nline", "x" * 300):
         with pytest.raises(CodecDefinitionError):
             MessageMeta("BadTag", (Message,), {}, tag=tag)
+
+
+def test_plain_values_check_every_int_inline_or_nested() -> None:
+    """The encode-side check inlines scalars of arrays (snapshots hold thousands):
+    an int out of the 64-bit range is refused wherever it sits."""
+    codec = Codec()
+    for value in ([1, 1 << 64], [[b"k", -(1 << 63) - 1]], {b"k": [1 << 64]}, [True, 1.5, None]):
+        try:
+            codec.encode_value(value)
+        except EncodeError as error:
+            assert error.reason == "field_type"
+            assert value != [True, 1.5, None]
+        else:
+            assert value == [True, 1.5, None]
+    assert codec.decode_value(codec.encode_value([(1 << 64) - 1, -(1 << 63)])) == (
+        (1 << 64) - 1, -(1 << 63))

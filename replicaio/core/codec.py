@@ -412,11 +412,19 @@ def _check_value(value: Any, budget: int, items_max: int) -> Any:
     raise DecodeError("malformed", f"{kind.__name__} is not plain msgpack data")
 
 
+# Scalars that need no check of their own (an int needs its range checked).
+_LEAVES = frozenset((bool, float, str, bytes, type(None)))
+_INT_MIN = -(1 << 63)
+_INT_END = 1 << 64
+
+
 def _check_plain(value: Any, budget: int, items_max: int) -> None:
     """Encode side: refuse what is not plain data within the bounds (``EncodeError``)."""
     kind = type(value)
-    if kind in _SCALARS:
-        if kind is int and not -(1 << 63) <= value < (1 << 64):
+    if kind in _LEAVES:
+        return
+    if kind is int:
+        if not _INT_MIN <= value < _INT_END:
             raise EncodeError("field_type", f"int {value} outside the 64-bit range")
         return
     if kind is tuple or kind is list or kind is dict:
@@ -431,7 +439,12 @@ def _check_plain(value: Any, budget: int, items_max: int) -> None:
                 _check_plain(key, budget, items_max)
                 _check_plain(item, budget - 1, items_max)
         else:
+            leaves = _LEAVES
             for item in value:
+                # Scalars inline: a snapshot's thousands of them cost no call each.
+                item_kind = type(item)
+                if item_kind in leaves or (item_kind is int and _INT_MIN <= item < _INT_END):
+                    continue
                 _check_plain(item, budget - 1, items_max)
         return
     raise EncodeError("field_type", f"expected plain msgpack data (Value), got {_got(value)}")
