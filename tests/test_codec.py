@@ -1007,7 +1007,9 @@ def test_plain_values_check_every_int_inline_or_nested() -> None:
     """The encode-side check inlines scalars of arrays (snapshots hold thousands):
     an int out of the 64-bit range is refused wherever it sits."""
     codec = Codec()
-    for value in ([1, 1 << 64], [[b"k", -(1 << 63) - 1]], {b"k": [1 << 64]}, [True, 1.5, None]):
+    values: list[Any] = [[1, 1 << 64], [[b"k", -(1 << 63) - 1]], {b"k": [1 << 64]},
+                         [True, 1.5, None]]
+    for value in values:
         try:
             codec.encode_value(value)
         except EncodeError as error:
