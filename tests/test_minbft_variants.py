@@ -23,6 +23,8 @@ PINNED: dict[str, int] = {  # variant -> the first seed its agreement breaks on
 TARGETED: dict[str, str] = {
     "minbft-vote-while-recovering": "test_minbft_recovery.py::"
     "test_a_replica_under_a_new_epoch_withholds_what_it_may_have_forgotten",
+    "minbft-new-view-uncertified": "test_minbft_new_view_gap.py::"
+    "test_without_the_certificate_the_lies_outrank_an_executed_batch",
 }
 
 

@@ -144,12 +144,40 @@ class NewViewHeader(Message, tag="minbft.NewViewHeader"):
 
 
 class NewViewCommit(Message, tag="minbft.NewViewCommit"):
-    """``replica`` accepted the NEW-VIEW with ``header`` (UI ``primary_ui``)."""
+    """``replica`` accepted the NEW-VIEW with ``header`` (UI ``primary_ui``).
+
+    ``certified``: ``replica`` holds the view's :class:`NewViewCertificate`
+    (f+1 replicas committed to this header). The NEW-VIEW's numbers execute on
+    f+1 certified ones, so the replica a commit quorum shares with a later
+    view-change quorum can show the certificate (docs/minbft.md, *The NEW-VIEW
+    choice*). A backup whose own commitment completes the certificate sends
+    only the certified one; the primary sends only that one."""
 
     header: NewViewHeader
     primary_ui: UI
     replica: Count
     ui: UI
+    certified: bool = False
+
+
+class NewViewVote(Message, tag="minbft.NewViewVote"):
+    """One backup's NEW-VIEW-COMMIT inside a :class:`NewViewCertificate`: what
+    its UI covers is the NEW-VIEW-COMMIT rebuilt from the certificate's header."""
+
+    replica: Count
+    certified: bool
+    ui: UI
+
+
+class NewViewCertificate(Message, tag="minbft.NewViewCertificate"):
+    """f+1 replicas committed to the NEW-VIEW with ``header``: its primary (by
+    ``primary_ui``, its UI on the header) and f backups (``votes``). One of
+    them is correct and validated the NEW-VIEW, so the view was started the
+    way the protocol demands and ``header`` is what it decided."""
+
+    header: NewViewHeader
+    primary_ui: UI
+    votes: Annotated[tuple[NewViewVote, ...], Meta(max_length=REPLICAS_MAX)]
 
 
 class Stub(Message, tag="minbft.Stub"):
@@ -180,6 +208,11 @@ class ViewChange(Message, tag="minbft.ViewChange"):
     log: Annotated[tuple[LogEntry, ...], Meta(max_length=LOG_ENTRIES_MAX)]
     batches: Annotated[tuple[BatchBytes, ...], Meta(max_length=LOG_ENTRIES_MAX)]
     ui: UI
+    # The NEW-VIEW certificate of every view its log shows an entry of (one per
+    # view, views increasing): a PREPARE, COMMIT or certified NEW-VIEW-COMMIT of
+    # a view above 0 without it makes the VIEW-CHANGE invalid.
+    certificates: Annotated[tuple[NewViewCertificate, ...],
+                            Meta(max_length=LOG_ENTRIES_MAX)] = ()
 
 
 class NewView(Message, tag="minbft.NewView"):
@@ -287,8 +320,10 @@ __all__ = [
     "Commit",
     "Executed",
     "NewView",
+    "NewViewCertificate",
     "NewViewCommit",
     "NewViewHeader",
+    "NewViewVote",
     "Prepare",
     "Relay",
     "ReqViewChange",

@@ -81,7 +81,7 @@ from replicaio.protocols.minbft.usig import (
     UsigScheme,
     simulation_scheme,
 )
-from replicaio.protocols.minbft.view_change import ViewChanges
+from replicaio.protocols.minbft.view_change import ViewChanges, message_view
 from replicaio.protocols.pbft.state_transfer import StateTransfer
 
 RECORD_FRAME_BYTES_MAX = 1 << 28
@@ -199,6 +199,7 @@ class Minbft:
         if self.active:
             self.context.output(ViewStarted(self.id, self.view, self.primary()))
             self.start_view_tasks(self.normal.tasks())
+            self.view_changes.on_restart()
             self.normal.on_view_started()
         else:
             self.view_changes.resume()
@@ -477,6 +478,7 @@ class Minbft:
         if not self.active:
             self.view_changes.resume()
         else:
+            self.view_changes.on_restart()  # its commitment to the NEW-VIEW, if certified
             self.normal.on_checkpoint_sent()  # the COMMITs that waited, numbering
 
     def resend_own(self, peer: int, start: int) -> None:
@@ -609,6 +611,8 @@ class Minbft:
         for counter in [counter for counter in self.own_log if counter < start]:
             del self.own_log[counter]
             self.context.erase(f"own{counter}")
+        self.view_changes.trim_certificates(
+            {message_view(message) for message, _ in self.own_log.values()})
 
     # -- observation ---------------------------------------------------------------------------
 

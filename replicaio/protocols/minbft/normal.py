@@ -159,6 +159,9 @@ class NormalCase:
         minbft = self.minbft
         if not minbft.active or not minbft.is_primary:
             return
+        if self.proposals and not minbft.view_changes.certified(minbft.view):
+            minbft.count("minbft_prepare_waits_for_new_view_certificate")
+            return  # (sent once the certificate is in: ViewChanges.check_certificate)
         if self.proposals and minbft.recovery.withheld("prepare"):
             return
         self.last_prepared = max(self.last_prepared, minbft.stable_seq)
@@ -220,6 +223,10 @@ class NormalCase:
         minbft = self.minbft
         if slot.seq > self.limit():
             minbft.count("minbft_commit_waits_for_checkpoint")
+            return
+        if not minbft.view_changes.certified(prepare.view):
+            # (still pending: sent once the certificate is in)
+            minbft.count("minbft_commit_waits_for_new_view_certificate")
             return
         if minbft.recovery.withheld("commit"):
             return  # (still pending: sent once recovered if still wanted)

@@ -65,8 +65,8 @@ if TYPE_CHECKING:
 RECOVERING_KEY = "recovering"
 USIG_LOST_KEY = "usig_lost"
 # Records tied to the USIG epoch they were made under: forgotten with it.
-EPOCH_RECORD_PREFIXES = ("own", "pp", "vt", "cm")
-EPOCH_RECORDS = ("anchor", "lp", "nv", "nvv")
+EPOCH_RECORD_PREFIXES = ("own", "pp", "vt", "cm", "nvc")
+EPOCH_RECORDS = ("anchor", "lp", "nv", "nvv", "nvw")
 
 
 @notice_advising(

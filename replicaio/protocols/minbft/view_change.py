@@ -32,7 +32,7 @@ expires.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 from msgspec.structs import replace
@@ -44,8 +44,10 @@ from replicaio.protocols.minbft.messages import (
     Chosen,
     Commit,
     NewView,
+    NewViewCertificate,
     NewViewCommit,
     NewViewHeader,
+    NewViewVote,
     Prepare,
     ReqViewChange,
     Status,
@@ -70,13 +72,26 @@ Candidate = tuple[int, int, bytes]  # (view, key, digest): the highest view, the
 class ViewChanges:
     """Section 4.4 over the shared state of a :class:`Minbft`."""
 
+    # A VIEW-CHANGE showing an entry of a view above 0 must carry the view's
+    # NEW-VIEW certificate, and ``choose`` counts a view only through it (the
+    # broken variant ``minbft-new-view-uncertified`` turns this off).
+    certificates_required: ClassVar[bool] = True
+
     def __init__(self, minbft: Minbft) -> None:
         self.minbft = minbft
         self.requests: dict[int, int] = {}  # replica -> the highest view it asked for
         self.received: dict[int, ViewChange] = {}  # replica -> its VIEW-CHANGE for our view
         self.own: ViewChange | None = None
         self.new_view: NewView | None = None  # what started the current view
+        # Replicas whose *certified* NEW-VIEW-COMMIT of the current view counted:
+        # the NEW-VIEW's numbers execute once f+1 did.
         self.new_view_votes: set[int] = set()
+        # Backups' NEW-VIEW-COMMITs of the current view (this replica's own
+        # included): f of them and the primary's NEW-VIEW are its certificate.
+        self.new_view_commits: dict[int, NewViewCommit] = {}
+        # view -> its NEW-VIEW certificate, for every view this replica's own
+        # log shows an entry of (and the current one): durable, ``nvc<view>``.
+        self.certificates: dict[int, NewViewCertificate] = {}
         self.last_active_view = 0
         self.timer_view = -1
         self.sent_new_view_for = -1
@@ -189,11 +204,13 @@ class ViewChanges:
         start = minbft.log_start()
         log: list[Any] = []
         batches: dict[bytes, bytes] = {}
+        views: set[int] = set()
         for counter in sorted(minbft.own_log):
             if counter < start:
                 continue
             message, batch = minbft.own_log[counter]
             kind = type(message)
+            views.add(message_view(message))
             if kind is ViewChange:
                 log.append(Stub(certified_digest(message), message.ui))
                 continue
@@ -207,8 +224,11 @@ class ViewChanges:
                     batches[digest_of(decided)] = decided
             log.append(message)
         proof = minbft.anchor_proof if anchor is not None else ()
+        certificates = tuple(self.certificates[shown] for shown in sorted(views)
+                             if shown > 0 and shown in self.certificates)
         return ViewChange(view, minbft.id, anchor, proof, tuple(log),
-                          tuple(batches[digest] for digest in sorted(batches)), EMPTY_UI)
+                          tuple(batches[digest] for digest in sorted(batches)), EMPTY_UI,
+                          certificates)
 
     async def resend(self, view: int) -> None:
         """Re-send the VIEW-CHANGE (and the request) until the view starts. A
@@ -311,13 +331,39 @@ class ViewChanges:
                 anchor.ui.epoch != vc.ui.epoch):
             return "view_change_log_not_contiguous"
         usig = UsigId(vc.replica, vc.ui.epoch)
+        shown: set[int] = set()  # the views of its entries
+        needed: set[int] = set()  # ... that need their NEW-VIEW certificate
         for offset, entry in enumerate(vc.log):
             if entry.ui.counter != start + offset or entry.ui.epoch != vc.ui.epoch:
                 return "view_change_log_not_contiguous"
             reason = self.invalid_entry(vc, entry, usig, batches=batches)
             if reason is not None:
                 return reason
-        return None
+            view = message_view(entry)
+            shown.add(view)
+            if view > 0 and (isinstance(entry, (Prepare, Commit)) or (
+                    isinstance(entry, NewViewCommit) and entry.certified)):
+                needed.add(view)
+        return self.invalid_certificates(vc, shown, needed)
+
+    def invalid_certificates(self, vc: ViewChange, shown: set[int],
+                             needed: set[int]) -> str | None:
+        """A PREPARE, COMMIT or certified NEW-VIEW-COMMIT of a view above 0 in a
+        VIEW-CHANGE must come with that view's NEW-VIEW certificate: without it
+        the view may be one no correct replica started, whose PREPAREs (the
+        faulty primary's own) could outrank an executed batch (docs/minbft.md,
+        *The NEW-VIEW choice*). One certificate per view its log shows, views
+        increasing: bounded by the log."""
+        previous = 0
+        for certificate in vc.certificates:
+            view = certificate.header.view
+            if view <= previous or view not in shown:
+                return "view_change_certificate_unexpected"
+            previous = view
+            if not self.valid_certificate(certificate):
+                return "view_change_bad_new_view_certificate"
+            needed.discard(view)
+        return "view_change_uncertified_view" if needed and self.certificates_required else None
 
     def invalid_entry(self, vc: ViewChange, entry: Any, usig: UsigId, *,
                       batches: bool) -> str | None:
@@ -416,28 +462,28 @@ class ViewChanges:
         minbft.save_view()
         minbft.slots = {seq: slot for seq, slot in minbft.slots.items() if slot.committed}
         self.new_view = new_view
-        self.new_view_votes = {minbft.primary(header.view)}
+        self.new_view_votes = set()
+        self.new_view_commits = {}
         self.take_chosen(new_view)
         minbft.context.output(ViewStarted(minbft.id, minbft.view, minbft.primary()))
         minbft.count("minbft_views_started")
         minbft.start_view_tasks(minbft.normal.tasks())
         minbft.normal.last_prepared = max(
             (chosen.seq for chosen in header.chosen), default=header.base)
-        # The primary commits to its own NEW-VIEW too: its VIEW-CHANGE logs then
-        # show the numbers the NEW-VIEW decided, like every other replica's.
-        if not minbft.recovery.withheld("new_view_commit"):
-            # Logged with the batches its header decided: a later VIEW-CHANGE
-            # that shows this commitment must carry them, or the next primary
-            # cannot build its NEW-VIEW (degraded swarm, minbft n=3 seed 177).
-            minbft.emit(NewViewCommit(header, new_view.ui, minbft.id, EMPTY_UI),
-                        pack_batches(new_view.batches))
-            self.new_view_votes.add(minbft.id)
-        minbft.context.persist("nvv", sorted(self.new_view_votes))
+        # A backup commits to the NEW-VIEW; the primary commits only once it
+        # holds the certificate (check_certificate), as does a backup whose own
+        # commitment does not complete it.
+        if not minbft.is_primary and not minbft.recovery.withheld("new_view_commit"):
+            completes = len(self.new_view_commits) + 1 >= minbft.f
+            own = minbft.emit(NewViewCommit(header, new_view.ui, minbft.id, EMPTY_UI,
+                                            completes), pack_batches(new_view.batches))
+            self.take_commit(own)
+        self.save_votes()
         if header.base > minbft.stable_seq:
             proof = self.base_proof(new_view)
             if proof is not None:
                 minbft.checkpoints.on_certificate(header.base, header.base_digest, proof)
-        self.check_new_view_committed()
+        self.check_certificate()
         minbft.normal.on_view_started()
         minbft.replay_deferred()
 
@@ -465,14 +511,102 @@ class ViewChanges:
     def on_new_view_commit(self, commit: NewViewCommit) -> None:
         minbft = self.minbft
         new_view = self.new_view
-        if new_view is None or commit.header != new_view.header or not minbft.active:
+        if new_view is None or commit.header != new_view.header or not minbft.active \
+                or commit.primary_ui != new_view.ui:
             minbft.reject("new_view_commit_other")
             return
-        if commit.replica in self.new_view_votes:
-            return
-        self.new_view_votes.add(commit.replica)
+        if self.take_commit(commit):
+            self.save_votes()
+            self.check_certificate()
+
+    def take_commit(self, commit: NewViewCommit) -> bool:
+        """Count a NEW-VIEW-COMMIT of the current NEW-VIEW (a peer's or this
+        replica's own); whether anything changed."""
+        minbft = self.minbft
+        changed = False
+        if commit.replica != minbft.primary() and commit.replica not in self.new_view_commits:
+            self.new_view_commits[commit.replica] = commit
+            changed = True
+        if commit.certified and commit.replica not in self.new_view_votes:
+            self.new_view_votes.add(commit.replica)
+            changed = True
+        return changed
+
+    def save_votes(self) -> None:
+        minbft = self.minbft
         minbft.context.persist("nvv", sorted(self.new_view_votes))
+        minbft.context.persist("nvw", [minbft.encode(commit) for _, commit in
+                                       sorted(self.new_view_commits.items())])
+
+    def certified(self, view: int) -> bool:
+        """Whether this replica holds the NEW-VIEW certificate of ``view`` (view
+        0 starts without a NEW-VIEW and needs none)."""
+        return view == 0 or view in self.certificates
+
+    def check_certificate(self) -> None:
+        """With f backups' NEW-VIEW-COMMITs (and the NEW-VIEW, the primary's) the
+        current view is certified: keep the certificate durably, commit to the
+        NEW-VIEW as certified, then send what waited for it (COMMITs, the
+        primary's PREPAREs). Each prefix restarts: a certificate kept without
+        the certified commitment is completed at start (``on_restart``)."""
+        minbft = self.minbft
+        new_view = self.new_view
+        if new_view is None or not minbft.active:
+            return
+        header = new_view.header
+        view = header.view
+        if view not in self.certificates:
+            if len(self.new_view_commits) < minbft.f:
+                return
+            votes = tuple(NewViewVote(commit.replica, commit.certified, commit.ui)
+                          for _, commit in sorted(self.new_view_commits.items())[:minbft.f])
+            certificate = NewViewCertificate(header, new_view.ui, votes)
+            minbft.context.persist(f"nvc{view}", minbft.encode(certificate))
+            self.certificates[view] = certificate
+            minbft.count("minbft_new_view_certified")
+        if minbft.id not in self.new_view_votes and not minbft.withholding:
+            # Logged with the batches its header decided: a later VIEW-CHANGE
+            # that shows this commitment must carry them, or the next primary
+            # cannot build its NEW-VIEW (degraded swarm, minbft n=3 seed 177).
+            own = minbft.emit(NewViewCommit(header, new_view.ui, minbft.id, EMPTY_UI, True),
+                              pack_batches(new_view.batches))
+            self.take_commit(own)
+            self.save_votes()
         self.check_new_view_committed()
+        minbft.normal.on_checkpoint_sent()  # the COMMITs and PREPAREs that waited
+
+    def on_restart(self) -> None:
+        """Started (or recovered) in an active view: finish what a cut step left."""
+        if self.new_view is not None:
+            self.check_certificate()
+
+    def trim_certificates(self, views: set[int]) -> None:
+        """Forget certificates of views no own logged message is of (any more)."""
+        minbft = self.minbft
+        for view in [view for view in self.certificates if view not in views
+                     and view != minbft.view]:
+            del self.certificates[view]
+            minbft.context.erase(f"nvc{view}")
+
+    def valid_certificate(self, certificate: NewViewCertificate) -> bool:
+        """The primary's UI on the header and f distinct backups' NEW-VIEW-COMMITs of it."""
+        minbft = self.minbft
+        header = certificate.header
+        primary = minbft.primary(header.view)
+        if header.view < 1 or header.replica != primary or \
+                not minbft.usig_verify(primary, header, certificate.primary_ui):
+            return False
+        signers: set[int] = set()
+        for vote in certificate.votes:
+            replica = vote.replica
+            if replica == primary or replica in signers or not 0 <= replica < minbft.n:
+                return False
+            commit = NewViewCommit(header, certificate.primary_ui, replica, EMPTY_UI,
+                                   vote.certified)
+            if not minbft.usig_verify(replica, commit, vote.ui):
+                return False
+            signers.add(replica)
+        return len(signers) >= minbft.f
 
     def check_new_view_committed(self) -> None:
         minbft = self.minbft
@@ -501,6 +635,7 @@ class ViewChanges:
 
     def load(self) -> None:
         minbft = self.minbft
+        self.load_certificates()
         stored = minbft.context.load("nv")
         if stored is None:
             return
@@ -510,7 +645,22 @@ class ViewChanges:
         self.new_view = new_view
         self.last_active_view = minbft.view
         votes = minbft.context.load("nvv") or []
-        self.new_view_votes = {int(vote) for vote in votes} | {minbft.primary()}
+        self.new_view_votes = {int(vote) for vote in votes}
+        for data in minbft.context.load("nvw") or []:
+            commit = minbft.codec.decode_as(data, NewViewCommit)
+            self.new_view_commits[commit.replica] = commit
+        # A step cut after its own NEW-VIEW-COMMIT was logged: the own log is the truth.
+        for message, _ in minbft.own_log.values():
+            if type(message) is NewViewCommit and message.header == new_view.header:
+                self.take_commit(message)
+
+    def load_certificates(self) -> None:
+        minbft = self.minbft
+        for name in minbft.context.stored_names("nvc"):
+            if name[3:].isdigit():
+                certificate = minbft.codec.decode_as(minbft.context.load(name),
+                                                     NewViewCertificate)
+                self.certificates[certificate.header.view] = certificate
 
 
 def pack_batches(batches: tuple[bytes, ...]) -> bytes:
@@ -544,19 +694,46 @@ def choose(minbft: Minbft, view: int, view_changes: list[ViewChange], *,
         if known is None or (entry_view, -key) > (known[0], -known[1]):
             best[seq] = candidate
 
+    # A view's decisions count through its NEW-VIEW certificate (one correct
+    # replica of its f+1 validated them), never through a NEW-VIEW-COMMIT or a
+    # NEW-VIEW stub alone (a faulty primary certifies any header it likes);
+    # they outrank every PREPARE of their view, and a PREPARE or COMMIT of a
+    # view counts only above the last number its NEW-VIEW decided (a correct
+    # primary numbers from there).
+    certified: dict[int, NewViewHeader] = {}
+    for vc in view_changes:
+        for certificate in vc.certificates:
+            certified.setdefault(certificate.header.view, certificate.header)
+    decided_up_to: dict[int, int] = {}
+    for certified_view, certified_header in sorted(certified.items()):
+        decided_up_to[certified_view] = max(
+            (decided.seq for decided in certified_header.chosen), default=certified_header.base)
+        for decided in certified_header.chosen:
+            offer(certified_view, decided.seq, -1, decided.digest)
+    strict = minbft.view_changes.certificates_required
+
+    def counts(entry_view: int, seq: int) -> bool:
+        if entry_view == 0:
+            return True
+        if entry_view not in decided_up_to:
+            return not strict
+        return seq > decided_up_to[entry_view]
+
     for vc in view_changes:
         for batch in vc.batches:
             batches[digest_of(batch)] = batch
         for entry in vc.log:
             if isinstance(entry, Prepare):
-                offer(entry.view, entry.seq, entry.ui.counter, entry.digest)
                 if entry.batch:
                     batches[entry.digest] = entry.batch
+                if counts(entry.view, entry.seq):
+                    offer(entry.view, entry.seq, entry.ui.counter, entry.digest)
             elif isinstance(entry, Commit):
-                offer(entry.view, entry.seq, entry.primary_ui.counter, entry.digest)
-            elif isinstance(entry, NewViewCommit) or (
-                    isinstance(entry, Stub) and entry.header is not None):
-                assert entry.header is not None
+                if counts(entry.view, entry.seq):
+                    offer(entry.view, entry.seq, entry.primary_ui.counter, entry.digest)
+            elif not strict and (isinstance(entry, NewViewCommit) or (
+                    isinstance(entry, Stub) and entry.header is not None)):
+                assert entry.header is not None  # (the variant: uncertified headers count)
                 for decided in entry.header.chosen:
                     offer(entry.header.view, decided.seq, -1, decided.digest)
     top = max(best, default=base)
@@ -576,3 +753,15 @@ def choose(minbft: Minbft, view: int, view_changes: list[ViewChange], *,
             return header, None
         needed.append(found)
     return header, needed
+
+
+def message_view(message: Any) -> int:
+    """The view an own logged message (or a VIEW-CHANGE log entry) is of."""
+    kind = type(message)
+    if kind is NewViewCommit or kind is NewView:
+        return int(message.header.view)
+    if kind is Stub:
+        return -1 if message.header is None else int(message.header.view)
+    if kind is Prepare or kind is Commit:
+        return int(message.view)
+    return -1  # (a VIEW-CHANGE is shown as a stub without a view)

@@ -15,6 +15,7 @@ from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.normal import NormalCase
 from replicaio.protocols.minbft.recovery import Recovery
 from replicaio.protocols.minbft.usig import UI, Usig, message_digest
+from replicaio.protocols.minbft.view_change import ViewChanges
 
 
 class CommitQuorumOffByOne(NormalCase):
@@ -51,6 +52,17 @@ class VotesWithoutRecovering(Recovery):
         return self.lost
 
 
+class UncertifiedViewChanges(ViewChanges):
+    """The NEW-VIEW choice before the new-view certificate (docs/minbft.md,
+    *The NEW-VIEW choice*): a VIEW-CHANGE showing PREPAREs or COMMITs of a view
+    without that view's certificate is valid, and ``choose`` counts them, and
+    the headers of NEW-VIEW-COMMITs and NEW-VIEW stubs, whatever view they
+    claim. A faulty primary's PREPAREs of a view no correct replica started
+    then outrank a batch executed in an older view."""
+
+    certificates_required = False
+
+
 class MinbftCommitOffByOne(Minbft):
     normal_type = CommitQuorumOffByOne
 
@@ -61,6 +73,10 @@ class MinbftUsigLateWrite(Minbft):
 
 class MinbftVoteWhileRecovering(Minbft):
     recovery_type = VotesWithoutRecovering
+
+
+class MinbftNewViewUncertified(Minbft):
+    view_changes_type = UncertifiedViewChanges
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,5 +95,8 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
                       "the USIG writes its counter after releasing the UI"),
         MinbftVariant("minbft-vote-while-recovering", MinbftVoteWhileRecovering,
                       "a replica under a new USIG epoch votes before it recovered"),
+        MinbftVariant("minbft-new-view-uncertified", MinbftNewViewUncertified,
+                      "a VIEW-CHANGE's entries of a view count without its NEW-VIEW "
+                      "certificate"),
     )
 }
