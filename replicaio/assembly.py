@@ -578,7 +578,11 @@ def minbft_footprint_max(
         "minbft_snapshots": checkpoints + minbft.snapshots_served_max,
         "minbft_view_changes": n,
         "minbft_requests": n,
-        "storage_keys": 8 * window + 4 * n + 32,
+        # One NEW-VIEW certificate per view the own log shows an entry of (each
+        # such view has two own messages at least: its VIEW-CHANGE and a
+        # commitment), and the current view's.
+        "minbft_certificates": 2 * window + 9,
+        "storage_keys": 8 * window + 4 * n + 32 + 2 * window + 9,
         "tasks": reads + smr.batches_inflight_max + 16,
         "timers": reads + smr.batches_inflight_max + 16,
         "contexts": 8,

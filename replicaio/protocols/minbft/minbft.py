@@ -628,6 +628,7 @@ class Minbft:
             "minbft_checkpoint_votes": self.checkpoints.votes_held(),
             "minbft_snapshots": len(self.checkpoints.snapshots),
             "minbft_view_changes": len(self.view_changes.received),
+            "minbft_certificates": len(self.view_changes.certificates),
             "minbft_requests": len(self.view_changes.requests),
         }
 

@@ -66,7 +66,7 @@ RECOVERING_KEY = "recovering"
 USIG_LOST_KEY = "usig_lost"
 # Records tied to the USIG epoch they were made under: forgotten with it.
 EPOCH_RECORD_PREFIXES = ("own", "pp", "vt", "cm", "nvc")
-EPOCH_RECORDS = ("anchor", "lp", "nv", "nvv", "nvw")
+EPOCH_RECORDS = ("anchor", "lp", "nv", "nvv")
 
 
 @notice_advising(

@@ -533,10 +533,13 @@ class ViewChanges:
         return changed
 
     def save_votes(self) -> None:
+        """``nvv``: the view, the certified votes and the backups'
+        NEW-VIEW-COMMITs (a record of an older view is ignored at load: ``nv``
+        is written first when a view starts)."""
         minbft = self.minbft
-        minbft.context.persist("nvv", sorted(self.new_view_votes))
-        minbft.context.persist("nvw", [minbft.encode(commit) for _, commit in
-                                       sorted(self.new_view_commits.items())])
+        minbft.context.persist("nvv", (minbft.view, sorted(self.new_view_votes),
+                                       [minbft.encode(commit) for _, commit in
+                                        sorted(self.new_view_commits.items())]))
 
     def certified(self, view: int) -> bool:
         """Whether this replica holds the NEW-VIEW certificate of ``view`` (view
@@ -644,11 +647,15 @@ class ViewChanges:
             return
         self.new_view = new_view
         self.last_active_view = minbft.view
-        votes = minbft.context.load("nvv") or []
-        self.new_view_votes = {int(vote) for vote in votes}
-        for data in minbft.context.load("nvw") or []:
-            commit = minbft.codec.decode_as(data, NewViewCommit)
-            self.new_view_commits[commit.replica] = commit
+        stored_votes = minbft.context.load("nvv")
+        if stored_votes is not None and len(stored_votes) == 3 and \
+                int(stored_votes[0]) == minbft.view:
+            _, votes, commits = stored_votes
+            for data in commits:
+                commit = minbft.codec.decode_as(data, NewViewCommit)
+                if commit.header == new_view.header:
+                    self.new_view_commits[commit.replica] = commit
+            self.new_view_votes = {int(vote) for vote in votes}
         # A step cut after its own NEW-VIEW-COMMIT was logged: the own log is the truth.
         for message, _ in minbft.own_log.values():
             if type(message) is NewViewCommit and message.header == new_view.header:
