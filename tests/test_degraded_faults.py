@@ -108,3 +108,17 @@ def test_transactions_commit_and_release_every_lock_with_a_node_kept_down(protoc
     assert result.stats["outcomes"].get("committed", 0) > 0
     for node in simulator.nodes:
         assert node.up is (node.node_id not in options.kept_down)
+
+
+def test_a_minbft_primary_waiting_for_its_new_view_certificate_asks_for_the_next_view() -> None:
+    """Found by the degraded swarm once PREPAREs of a view above 0 wait for its
+    NEW-VIEW certificate (docs/minbft.md, *View change*): node 0 kept down,
+    the primary of view 1 had resumed node 2's stream past node 2's
+    VIEW-CHANGE, so node 2's NEW-VIEW-COMMIT did not count there; the primary
+    never numbered a batch, and its timer, which watched only numbered
+    batches, never ended the view. Liveness failed on seed 200."""
+    options = kv_options(200, 3, DEGRADED, KvWorkload(), byzantine=0, protocol="minbft")
+    assert options.kept_down
+    result = Simulator("minbft", options, f=1, record=False).run()
+    assert result.violations == []
+    assert result.counters.get("minbft_primary_uncertified", 0) > 0

@@ -22,15 +22,17 @@ and every receiver drops it.
   counters are no longer contiguous and receivers refuse them;
 * ``minbft_hide_before_anchor``: runs a core whose VIEW-CHANGE logs start
   right after its anchor CHECKPOINT, leaving out its commitments to numbers
-  above the anchor that it certified before it (docs/minbft.md, *Safety
-  argument gaps*): the counters stay contiguous, so receivers cannot tell.
+  above the anchor that it certified before it (docs/minbft.md, *The
+  pre-anchor hiding gap*): the counters stay contiguous, so receivers cannot tell.
   Forcible by name only (weight 0);
 * ``minbft_prepare_unseen_view``: before each VIEW-CHANGE, as the primary of
   an earlier view that no correct replica started, certifies PREPAREs of that
   view for the numbers its log shows above its anchor, each with another of
-  those batches: the log is contiguous and every entry verifies, and the
-  NEW-VIEW choice ranks the higher view first (docs/minbft.md, *The NEW-VIEW
-  choice*). Forcible by name only (weight 0);
+  those batches: the log is contiguous and every entry verifies, but the
+  view has no NEW-VIEW certificate, so correct replicas refuse the
+  VIEW-CHANGE (without the certificate, the variant
+  ``minbft-new-view-uncertified``, the lies outrank executed batches:
+  docs/minbft.md, *The NEW-VIEW choice*). Forcible by name only (weight 0);
 * ``minbft_claim_unfollowable``: as soon as a view starts, asks for the next
   one, saying it cannot follow (``ReqViewChange.unfollowable``), so correct
   primaries step down once their view ran one timeout: a faulty backup can end
