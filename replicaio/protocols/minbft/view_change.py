@@ -20,9 +20,15 @@ from the highest view (within a view, the lowest PREPARE counter: the first
 one a correct replica could have taken), or the null request. Receivers take
 the NEW-VIEW in the new primary's counter order, check every VIEW-CHANGE and
 recompute the header; they then *commit to the NEW-VIEW* (NEW-VIEW-COMMIT,
-UI-certified) and execute its numbers once f+1 replicas did (the NEW-VIEW
-counting as the primary's), before anything of the new view executes.
-PREPAREs of the new view continue above the header's last number.
+UI-certified). The NEW-VIEW and f backups' NEW-VIEW-COMMITs are the view's
+*certificate* (:class:`NewViewCertificate`): a replica holding it commits
+again, *certified* (a backup whose own commitment completes it does so at
+once; the primary only so), and only then sends PREPAREs or COMMITs of the
+view; the NEW-VIEW's numbers execute on f+1 certified commitments, before
+anything of the new view. A VIEW-CHANGE carries the certificate of each view
+its log shows an entry of, and :func:`choose` counts a view only through it
+(docs/minbft.md, *The NEW-VIEW choice*). PREPAREs of the new view continue
+above the header's last number.
 
 Timers: the VIEW-CHANGE is re-sent until the view starts; once f+1
 VIEW-CHANGEs for its view are in, a replica starts the new-view timer,
