@@ -7,6 +7,11 @@ then prepare against the same state and the second commit overwrites the
 first: lost appends and write skew, which the list-append checker names
 (``incompatible-order``, ``G-single``, ``G2``) and the bank total exposes.
 
+``txn-wait-unordered``: with bounded lock waiting, an attempt prepares in
+every group at once and waits in each (the code before ordered locking): 64
+clients on 3 keys hold some locks each while waiting for the others' and
+starve; some commit nothing for the whole liveness phase (``liveness``).
+
 ``txn-pbft-uncertified``: PBFT groups that take votes, decisions and
 acknowledgements on a node's word, without certificates (the code before
 issue 12's fix, ``docs/transactions.md``): a node driving an attempt may order
@@ -22,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from replicaio.services.txn.protocol import TxnFactory, TxnNode
+from replicaio.services.txn.protocol import Plan, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import PREPARED, TxnStore
 
 
@@ -53,6 +58,17 @@ class UncertifiedNode(TxnNode):
         return False
 
 
+class UnorderedWaitNode(TxnNode):
+    """Prepares in every participant at once even when it waits for locks."""
+
+    async def prepare(self, request: TxnRequest, plan: Plan, participants: list[int],
+                      coordinator: int) -> list[tuple[tuple[Any, ...], Any] | None]:
+        return await self.together(*(
+            self.prepare_in(group, request, [op for _, op in plan[group]], coordinator,
+                            participants)
+            for group in participants))
+
+
 @dataclass(frozen=True, slots=True)
 class TxnVariant:
     summary: str
@@ -64,6 +80,10 @@ class TxnVariant:
 TXN_VARIANTS: dict[str, TxnVariant] = {
     "txn-unlock-early": TxnVariant(
         "a participant unlocks at prepare, before the commit", store_type=UnlockEarlyStore),
+    "txn-wait-unordered": TxnVariant(
+        "bounded lock waiting in every group at once (no lock order): clients starve "
+        "under high contention (run with wait=400, 64 clients, 3 keys)",
+        node_type=UnorderedWaitNode),
     "txn-pbft-uncertified": TxnVariant(
         "PBFT groups taking votes and decisions without certificates (one Byzantine "
         "driver breaks atomicity: run with --byzantine 1 --behaviour txn_lying_driver)",
