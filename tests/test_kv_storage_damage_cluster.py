@@ -112,16 +112,31 @@ def last_segment(cluster: LocalCluster, node: int) -> Path:
     return sorted((cluster.directory / f"node-{node}").glob("wal-*.log"))[-1]
 
 
-def records(path: Path) -> list[Record]:
+def records(path: Path, *, live: bool = False) -> list[Record]:
+    """The segment's records; ``live``: of a segment a running node is writing
+    (stop at a record still being written)."""
     data = path.read_bytes()
     offset, found = SEGMENT_HEADER.size, []
     while offset < len(data):
         decoded = decode_record(data, offset)
+        if live and not isinstance(decoded, Record):
+            break
         assert isinstance(decoded, Record)
         found.append(decoded)
         offset = decoded.end
-    assert found
+    assert found or live
     return found
+
+
+# A record flipped in the middle of the last segment has at least this many
+# batches after it (a damage mid-log, not of the tail).
+LATER_BATCHES_MIN = 10
+
+
+def batches_span(cluster: LocalCluster, node: int) -> int:
+    """How many batches the last segment of a running node holds (first to last)."""
+    found = records(last_segment(cluster, node), live=True)
+    return found[-1].batch - found[0].batch if found else 0
 
 
 def last_record(path: Path) -> Record:
@@ -140,9 +155,11 @@ def damage(path: Path, how: str) -> None:
         found = records(path)
         # The middle by batch, not by record: a compaction writes a burst of
         # deletes in one batch, and how many batches a run takes moves with
-        # how the leader paces its AppendEntries.
-        middle = next(record for record in found if record.batch >= found[-1].batch // 2)
-        assert found[-1].batch > middle.batch + 10
+        # how the leader paces its AppendEntries (the caller wrote until the
+        # segment held enough of them).
+        halfway = (found[0].batch + found[-1].batch) // 2
+        middle = next(record for record in found if record.batch >= halfway)
+        assert found[-1].batch >= middle.batch + LATER_BATCHES_MIN, (found[0], middle, found[-1])
         data = bytearray(path.read_bytes())
         data[middle.end - 1] ^= 0x10
         path.write_bytes(bytes(data))
@@ -204,6 +221,16 @@ def damage_a_follower(
     follower = (leader + 1 + round_ % 2) % 3
     write(cluster, leader, model, f"r{round_}", 25)
     wait_for(lambda: caught_up(cluster, follower, leader), "the follower to apply")
+    if how_damage == "flip-middle":
+        # How many batches 25 writes make on the follower depends on timing (its
+        # group commit coalesces AppendEntries under load; its segment may have
+        # just rolled over): write on until its last segment holds enough.
+        more = 0
+        while batches_span(cluster, follower) < 2 * LATER_BATCHES_MIN + 2:
+            assert more < 40, f"round {round_}: {more} more writes, too few follower batches"
+            write(cluster, leader, model, f"r{round_}-more-{more}", 5)
+            wait_for(lambda: caught_up(cluster, follower, leader), "the follower to apply")
+            more += 1
     incarnation = int(info(cluster, follower, "server")["incarnation"])
     stop(cluster, follower, how_stop)
     damage(last_segment(cluster, follower), how_damage)
