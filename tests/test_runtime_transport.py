@@ -30,6 +30,7 @@ from replicaio.runtime.framing import frame_header
 from replicaio.runtime.transport import (
     NONCE_BYTES,
     SEQUENCE,
+    WRITE_BATCH_BYTES_MAX,
     HandshakeRejected,
     Transport,
     ephemeral_share,
@@ -507,6 +508,66 @@ def test_outbound_queue_bound_drops_the_oldest_and_counts() -> None:
             await until(lambda: dialer.counters.get("connect_failures") >= 2, "retries")
         finally:
             await dialer.transport.close()
+
+    run(scenario)
+
+
+def test_outbound_queue_to_a_peer_that_stopped_reading_is_bounded_in_bytes() -> None:
+    """A peer that stops reading (its host's inbox full: ``deliver`` blocks) while
+    256 KiB frames (snapshot chunks, large values) keep coming: the queue holds
+    at most ``outbound_queue_bytes_max`` bytes, dropping the oldest, and the
+    writer holds at most one write batch beyond it."""
+    chunk = 256 * 1024
+    bound = 2 << 20
+    params = replace(PARAMS, frame_bytes_max=chunk + 1024, outbound_queue_bytes_max=bound)
+
+    async def scenario() -> None:
+        stalled = asyncio.Event()
+        release = asyncio.Event()
+        received: list[bytes] = []
+
+        async def deliver(peer: int, payload: bytes) -> None:
+            received.append(payload)
+            stalled.set()
+            await release.wait()  # the reader stops reading: TCP pushes back
+
+        acceptor = Transport(1, Address(LOCAL, 0), {0: Address(LOCAL, 1)},
+                             HmacAuthenticator(1, SECRET, (0, 1)),
+                             params, deliver, Counters())
+        await acceptor.start()
+        dialer = await make_node(0, {1: acceptor.port}, params=params)
+        channel = dialer.transport.channels[1]
+        try:
+            dialer.transport.send(1, b"first")
+            async with asyncio.timeout(TIMEOUT_S):
+                await stalled.wait()
+            held = 0
+            for index in range(400):  # 100 MiB, far beyond what the sockets buffer
+                dialer.transport.send(1, index.to_bytes(4, "big") + bytes(chunk - 4))
+                assert channel.queued_bytes == sum(len(item) for item in channel.queue)
+                assert channel.queued_bytes <= bound
+                if index % 16 == 0:
+                    await asyncio.sleep(0.001)  # the writer drains what the socket takes
+                connection = channel.connection
+                assert connection is not None
+                buffered = connection.writer.transport.get_write_buffer_size()
+                held = max(held, buffered)
+            assert dialer.counters.get("bound_outbound_queue_bytes_max") > 300
+            assert channel.dropped == dialer.counters.get("bound_outbound_queue_bytes_max")
+            # Beyond the queue: at most one write batch (1 MiB of payload and its
+            # frames' overhead) waits in the writer's buffer.
+            assert held <= WRITE_BATCH_BYTES_MAX + chunk + 1024, held
+            release.set()  # the peer reads again: the newest frames arrive, in order
+            await until(lambda: not channel.queue, "the queue to drain")
+            last = 399
+            await until(lambda: bool(received) and received[-1][:4] == last.to_bytes(4, "big"),
+                        "the last frame")
+            numbers = [int.from_bytes(item[:4], "big") for item in received[1:]]
+            assert numbers == sorted(numbers) and len(numbers) < 400
+        finally:
+            release.set()
+            await dialer.transport.close()
+            await acceptor.close()
 
     run(scenario)
 

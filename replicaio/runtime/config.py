@@ -87,6 +87,9 @@ class TransportParams:
 
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT + 1024  # one codec frame plus header and tag
     outbound_queue_max: int = 65_536  # messages per peer; beyond it the oldest is dropped
+    # Bytes of the messages queued for one peer (snapshot chunks, large values);
+    # beyond it the oldest are dropped. At least one frame.
+    outbound_queue_bytes_max: int = 64 << 20
     handshake_timeout_ms: int = 2_000  # two round trips and two tags: short
     handshakes_pending_max: int = 64  # unauthenticated inbound connections at once
     handshakes_per_source_max: int = 8  # of them from one address
@@ -107,6 +110,10 @@ class TransportParams:
                 raise ClusterFileError(f"transport.{name}", "must be >= 1")
         if self.frame_bytes_max < 1024:
             raise ClusterFileError("transport.frame_bytes_max", "must be >= 1024")
+        if self.outbound_queue_bytes_max < self.frame_bytes_max:
+            raise ClusterFileError(
+                "transport.outbound_queue_bytes_max", "must be >= frame_bytes_max"
+            )
         if self.handshakes_per_source_max > self.handshakes_pending_max:
             raise ClusterFileError(
                 "transport.handshakes_per_source_max", "must be <= handshakes_pending_max"
@@ -376,12 +383,24 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
         protocol_params=dict(params),
         node_params=parse_dataclass(NodeParams, table(data, "node"), "node"),
         transport=parse_dataclass(
-            TransportParams, sized(table(data, "transport"), "transport", "frame_bytes_max", frame),
-            "transport"),
+            TransportParams, transport_values(table(data, "transport"), frame), "transport"
+        ),
         host=host,
         path=path,
         service_params=dict(service_params),
     )
+
+
+def transport_values(values: dict[str, Any], frame: int) -> dict[str, Any]:
+    """``[transport]`` with ``frame_bytes_max`` at least ``frame`` (see :func:`sized`)
+    and, unless given, an outbound queue of at least two such frames."""
+    found = sized(values, "transport", "frame_bytes_max", frame)
+    if "outbound_queue_bytes_max" not in values:
+        frame_bytes = found.get("frame_bytes_max", TransportParams().frame_bytes_max)
+        if isinstance(frame_bytes, int):
+            found.setdefault("outbound_queue_bytes_max", max(
+                TransportParams().outbound_queue_bytes_max, 2 * frame_bytes))
+    return found
 
 
 def sized(values: dict[str, Any], section: str, key: str, needed: int) -> dict[str, Any]:

@@ -114,10 +114,13 @@ class NodeCollector(Collector):
                                         labels=["peer"])
         bytes_in = CounterMetricFamily("replicaio_peer_bytes_in", "Bytes received from a peer",
                                        labels=["peer"])
-        dropped = CounterMetricFamily("replicaio_peer_queue_dropped",
-                                      "Messages dropped at outbound_queue_max", labels=["peer"])
+        dropped = CounterMetricFamily(
+            "replicaio_peer_queue_dropped",
+            "Messages dropped at outbound_queue_max or outbound_queue_bytes_max", labels=["peer"])
         depth = GaugeMetricFamily("replicaio_peer_queue_depth", "Messages queued for a peer",
                                   labels=["peer"])
+        queued = GaugeMetricFamily("replicaio_peer_queue_bytes", "Bytes queued for a peer",
+                                   labels=["peer"])
         connected = GaugeMetricFamily("replicaio_peer_connected",
                                       "1 while an authenticated connection is up",
                                       labels=["peer"])
@@ -129,8 +132,9 @@ class NodeCollector(Collector):
             bytes_in.add_metric(label, channel.bytes_in)
             dropped.add_metric(label, channel.dropped)
             depth.add_metric(label, len(channel.queue))
+            queued.add_metric(label, channel.queued_bytes)
             connected.add_metric(label, 1 if channel.connection is not None else 0)
-        yield from (frames_out, frames_in, bytes_out, bytes_in, dropped, depth, connected)
+        yield from (frames_out, frames_in, bytes_out, bytes_in, dropped, depth, queued, connected)
 
 
 class NodeMetrics:

@@ -59,11 +59,17 @@ unknown peer, a wrong key, a bad tag or sequence number is counted as
 ``rejected_<reason>`` and that connection is closed (a stream cannot be
 trusted or resynchronised after it); every other connection keeps going.
 
-Bounds: ``outbound_queue_max`` messages per peer (while it is slow or
-unreachable); beyond it the oldest is dropped and ``bound_outbound_queue_max``
-counted: safe because the core retransmits link messages until acknowledged
-and streams are unreliable by contract. Inbound flow control is TCP's: the
-host's ``deliver`` blocks while its inbox is full, so the reader stops reading.
+Bounds: ``outbound_queue_max`` messages and ``outbound_queue_bytes_max``
+bytes per peer (while it is slow or unreachable); beyond either the oldest
+are dropped and ``bound_outbound_queue_max`` or
+``bound_outbound_queue_bytes_max`` counted: safe because the core retransmits
+link messages until acknowledged and streams are unreliable by contract.
+What has left the queue is bounded too: the writer takes at most
+``WRITE_BATCH_BYTES_MAX`` bytes (or one larger frame) per write and waits for
+the connection to drain before it takes more, so a peer that stops reading
+holds at most the queue's bound, one write and the socket's buffers. Inbound
+flow control is TCP's: the host's ``deliver`` blocks while its inbox is full,
+so the reader stops reading.
 
 Handshake slots. Anyone who reaches the peer port can open connections, so
 unauthenticated ones are limited in number and time, and a legitimate peer can
@@ -127,6 +133,7 @@ SEQUENCE = struct.Struct(">Q")
 FROM_DIALER = b"\x00"
 FROM_ACCEPTOR = b"\x01"
 WRITE_BATCH_MAX = 256  # frames sealed and written per drain
+WRITE_BATCH_BYTES_MAX = 1 << 20  # payload bytes per drain (a larger frame goes alone)
 
 Deliver = Callable[[int, bytes], Awaitable[None]]
 
@@ -214,6 +221,7 @@ class PeerChannel:
         "frames_out",
         "peer",
         "queue",
+        "queued_bytes",
         "wakeup",
     )
 
@@ -221,6 +229,7 @@ class PeerChannel:
         self.peer = peer
         self.address = address
         self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0  # payload bytes in ``queue``
         self.wakeup = asyncio.Event()
         self.connection: Connection | None = None
         self.connections = 0
@@ -386,10 +395,16 @@ class Transport:
             return
         queue = channel.queue
         if len(queue) >= self.params.outbound_queue_max:
-            queue.popleft()
+            channel.queued_bytes -= len(queue.popleft())
             channel.dropped += 1
             self.counters.count("bound_outbound_queue_max")
+        bytes_max = self.params.outbound_queue_bytes_max
+        while queue and channel.queued_bytes + len(payload) > bytes_max:
+            channel.queued_bytes -= len(queue.popleft())
+            channel.dropped += 1
+            self.counters.count("bound_outbound_queue_bytes_max")
         queue.append(payload)
+        channel.queued_bytes += len(payload)
         channel.wakeup.set()
 
     def seal(self, connection: Connection, payload: bytes) -> bytes:
@@ -407,8 +422,13 @@ class Transport:
                     await channel.wakeup.wait()
                     continue
                 frames: list[bytes] = []
-                while channel.queue and len(frames) < WRITE_BATCH_MAX:
-                    frames.append(self.seal(connection, channel.queue.popleft()))
+                taken = 0
+                queue = channel.queue
+                while queue and len(frames) < WRITE_BATCH_MAX and taken < WRITE_BATCH_BYTES_MAX:
+                    payload = queue.popleft()
+                    taken += len(payload)
+                    frames.append(self.seal(connection, payload))
+                channel.queued_bytes -= taken
                 data = b"".join(frames)
                 writer.write(data)
                 channel.frames_out += len(frames)
@@ -685,6 +705,9 @@ class Transport:
 
     def queue_depths(self) -> dict[int, int]:
         return {peer: len(channel.queue) for peer, channel in self.channels.items()}
+
+    def queue_bytes(self) -> dict[int, int]:
+        return {peer: channel.queued_bytes for peer, channel in self.channels.items()}
 
 
 def set_nodelay(writer: asyncio.StreamWriter) -> None:
