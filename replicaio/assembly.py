@@ -342,6 +342,7 @@ def raft_footprint_max(
 
     The log past the snapshot: at most ``snapshot_interval`` committed entries
     (SMR snapshots at every multiple and Raft compacts there), plus the
+    trailing window a compaction keeps (``snapshot_trailing_entries_max``), plus the
     uncommitted tail a leader accepts (``pending_proposals_max``), plus what a
     follower may have received beyond it in one pipelined window. Every entry
     is one durable record. Tasks and timers: one per read in progress (SMR's
@@ -361,6 +362,7 @@ def raft_footprint_max(
             constants.snapshot_interval * (deferrals + 1)
             + raft.pending_proposals_max
             + raft.entries_per_message_max * raft.inflight_max
+            + raft.snapshot_trailing_entries_max
         )
         bounds["raft_log_entries"] = entries
         bounds["storage_keys"] = entries + fixed

@@ -199,7 +199,7 @@ class Election:
         raft.count("raft_elections_won")
         raft.context.output(
             BecameLeader(
-                raft.id, raft.hard.term, log.snapshot_index, log.snapshot_term,
+                raft.id, raft.hard.term, log.base_index, log.base_term,
                 log.last_index, log.runs(),
             )
         )

@@ -180,7 +180,9 @@ class RaftAdmin(Message, tag="raft.Admin"):
 class BecameLeader(Message, tag="raft.BecameLeader"):
     """``node`` won the election of ``term``. Its log at that moment: entries
     ``snapshot_index + 1 .. last_index``, described by ``runs`` — ``(first
-    index, term)`` of each run of equal terms — on top of a snapshot."""
+    index, term)`` of each run of equal terms — on top of a snapshot (here:
+    the log's base, which a compaction's trailing window keeps behind the
+    snapshot it took)."""
 
     node: int
     term: int

@@ -44,6 +44,11 @@ class RaftParams:
     reads_pending_max: int = 1024  # read-index requests awaiting confirmation
     snapshot_chunk_bytes_max: int = 256 * 1024
     snapshot_bytes_max: int = 64 << 20  # a snapshot a follower will accept
+    # A compaction keeps up to this many entries (and payload bytes) that the
+    # snapshot covers, so that a follower a little behind catches up by entries,
+    # not by the whole snapshot (etcd's SnapshotCatchUpEntries). 0: none kept.
+    snapshot_trailing_entries_max: int = 1024
+    snapshot_trailing_bytes_max: int = 4 << 20
     # A learner is promoted once it lags the leader's last index by at most this.
     promote_lag_entries_max: int = 16
     # -- reads ---------------------------------------------------------------
@@ -94,8 +99,13 @@ class RaftParams:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RaftParams.{name} must be >= 1")
-        if self.promote_lag_entries_max < 0:
-            raise ConfigError("RaftParams.promote_lag_entries_max must be >= 0")
+        for name in (
+            "promote_lag_entries_max",
+            "snapshot_trailing_entries_max",
+            "snapshot_trailing_bytes_max",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"RaftParams.{name} must be >= 0")
         for name, wire_max in (
             ("entries_per_message_max", ENTRIES_PER_MESSAGE_MAX),
             ("snapshot_chunk_bytes_max", SNAPSHOT_CHUNK_BYTES_MAX),

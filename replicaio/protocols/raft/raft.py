@@ -90,6 +90,7 @@ class Raft:
     replication_type: ClassVar[type[Replication]] = Replication
     reads_type: ClassVar[type[Reads]] = Reads
     membership_type: ClassVar[type[Membership]] = Membership
+    snapshots_type: ClassVar[type[Snapshots]] = Snapshots
 
     def __init__(self, context: Context, params: RaftParams | None = None) -> None:
         self.context = context
@@ -114,7 +115,7 @@ class Raft:
         self.applying = False
         self.election = Election(self)
         self.replication = self.replication_type(self)
-        self.snapshots = Snapshots(self)
+        self.snapshots = self.snapshots_type(self)
         self.membership = self.membership_type(self)
         self.reads = self.reads_type(self)
         self.stream = context.stream(*MESSAGE_TYPES, handler=self.on_message)

@@ -54,6 +54,7 @@ from replicaio.protocols.raft.messages import (
     NO_NODE,
     AppendEntries,
     AppendEntriesResponse,
+    Config,
     Entry,
     FollowerLogRegressed,
     LeaderCommitted,
@@ -95,6 +96,20 @@ class Signal:
         return line
 
 
+class SentSnapshot:
+    """The snapshot a leader is sending one peer: held until installed, however
+    often the leader compacts meanwhile (bytes are immutable: no copy)."""
+
+    __slots__ = ("config", "data", "digest", "index", "term")
+
+    def __init__(self, index: int, term: int, digest: bytes, config: Config, data: bytes) -> None:
+        self.index = index
+        self.term = term
+        self.digest = digest
+        self.config = config
+        self.data = data
+
+
 class Progress:
     """What the leader knows of one peer's log (Figure 2's nextIndex and
     matchIndex, plus pipeline and snapshot-transfer state)."""
@@ -108,7 +123,7 @@ class Progress:
         "next_index",
         "probe_tick",
         "recent_active",
-        "snapshot_index",
+        "snapshot",
         "snapshot_offset",
         "snapshot_tick",
         "state",
@@ -126,7 +141,7 @@ class Progress:
         self.recent_active = False
         self.acked_round = 0
         self.identity = 0  # the disk identity the peer last answered with
-        self.snapshot_index = 0
+        self.snapshot: SentSnapshot | None = None  # the transfer in progress (SNAPSHOT)
         self.snapshot_offset = 0
         self.snapshot_tick: int | None = None
         self.wakeup = Signal(scheduler)
@@ -136,6 +151,7 @@ class Progress:
         self.next_index = max(next_index, self.match_index + 1)
         self.inflight.clear()
         self.probe_tick = None
+        self.snapshot = None
 
 
 class Replication:
@@ -284,7 +300,7 @@ class Replication:
     def send_to(self, peer: int, progress: Progress) -> None:
         raft = self.raft
         log = raft.log
-        if progress.state == SNAPSHOT or progress.next_index <= log.snapshot_index:
+        if progress.state == SNAPSHOT or progress.next_index <= log.base_index:
             raft.snapshots.send_chunk(peer, progress)
         elif progress.state == PROBE:
             if progress.probe_tick is None or progress.heartbeat_due:

@@ -1,12 +1,22 @@
 """Log compaction and snapshot installation (section 7, Figure 13).
 
 * :meth:`Snapshots.compact` is SMR's ``Ordering.compact``: the state
-  machine's snapshot up to an applied index becomes the log's base and the
-  entries it covers are erased (the write order is in ``state.py``).
+  machine's snapshot up to an applied index is made durable and the entries
+  it covers are erased, but for a trailing window of the latest ones (at most
+  ``snapshot_trailing_entries_max`` entries and
+  ``snapshot_trailing_bytes_max`` payload bytes, and no more bytes than the
+  snapshot itself, etcd's ``SnapshotCatchUpEntries``): a follower a few batches behind (a lost
+  AppendEntries under load) catches up by entries instead of by the whole
+  snapshot. The write order is in ``state.py``.
 * A leader whose peer needs entries that are compacted away switches that
   peer's progress to ``SNAPSHOT`` and sends the snapshot in chunks of at most
-  ``snapshot_chunk_bytes_max`` bytes, one chunk in flight, re-sent on every
-  heartbeat until acknowledged (:meth:`Snapshots.send_chunk`).
+  ``snapshot_chunk_bytes_max`` bytes, one chunk in flight, re-sent once a
+  whole heartbeat interval passed without an answer
+  (:meth:`Snapshots.send_chunk`). The progress holds the snapshot it sends
+  (immutable bytes: at most one snapshot per peer besides the log's): a
+  later compaction does not restart a transfer in progress. Once it is
+  installed, the follower catches up by entries, or by the next snapshot if
+  the leader compacted past it meanwhile.
 * A follower assembles the chunks in memory (at most ``snapshot_bytes_max``
   bytes; a restart drops a partial transfer and the leader starts over) and,
   once complete, installs it: it keeps the log suffix if its log has the
@@ -25,7 +35,7 @@ from replicaio.protocols.raft.messages import (
     SnapshotInstalled,
     SnapshotTaken,
 )
-from replicaio.protocols.raft.replication import PROBE, SNAPSHOT, Progress
+from replicaio.protocols.raft.replication import PROBE, SNAPSHOT, Progress, SentSnapshot
 from replicaio.protocols.raft.state import Role
 
 if TYPE_CHECKING:
@@ -54,41 +64,67 @@ class Snapshots:
         if index <= log.snapshot_index:
             raft.count("raft_compact_not_newer")
             return
-        term = log.term_at(index)
-        assert term is not None
-        log.install_snapshot(index, term, log.digest_at(index), log.config_at(index), snapshot)
+        log.compact(index, snapshot, self.trailing_base(index, len(snapshot)))
         raft.count("raft_compactions")
-        raft.context.output(SnapshotTaken(raft.id, index, term, len(snapshot)))
+        raft.context.output(SnapshotTaken(raft.id, index, log.snapshot_term, len(snapshot)))
+
+    def trailing_base(self, index: int, snapshot_bytes: int) -> int:
+        """Where the log starts after compacting to ``index`` with a snapshot of
+        ``snapshot_bytes``: the latest entries up to ``index`` stay, within the
+        trailing window's bounds."""
+        raft = self.raft
+        log = raft.log
+        params = raft.params
+        entries_left = params.snapshot_trailing_entries_max
+        # Entries beyond the snapshot's own size would cost a follower more
+        # than the snapshot does: the window holds at most that many bytes.
+        bytes_left = min(params.snapshot_trailing_bytes_max, snapshot_bytes)
+        base = index
+        while base > log.base_index and entries_left > 0:
+            bytes_left -= len(log.entry(base).data)
+            if bytes_left < 0:
+                break
+            entries_left -= 1
+            base -= 1
+        return base
 
     # -- leader -------------------------------------------------------------------
 
     def send_chunk(self, peer: int, progress: Progress) -> None:
-        """Send the next chunk of the current snapshot (restarting the transfer if
-        the leader compacted again meanwhile); re-send on a heartbeat."""
+        """Start a transfer of the latest snapshot, or go on with the one in
+        progress (whatever the leader compacted since); send the next chunk,
+        or send the outstanding one again once a whole heartbeat interval
+        passed without an answer."""
         raft = self.raft
         log = raft.log
-        if progress.state != SNAPSHOT or progress.snapshot_index != log.snapshot_index:
+        tick = raft.replication.tick
+        if progress.state != SNAPSHOT or progress.snapshot is None:
             progress.state = SNAPSHOT
             progress.inflight.clear()
-            progress.snapshot_index = log.snapshot_index
+            progress.snapshot = SentSnapshot(
+                log.snapshot_index, log.snapshot_term, log.snapshot_digest,
+                log.snapshot_config, log.snapshot_data,
+            )
             progress.snapshot_offset = 0
             progress.snapshot_tick = None
             raft.count("raft_snapshots_sent")
-        elif progress.snapshot_tick is not None and not progress.heartbeat_due:
-            return  # one chunk in flight
-        data = log.snapshot_data
+        elif progress.snapshot_tick is not None:
+            if progress.snapshot_tick >= tick - 1:
+                return  # one chunk in flight, sent less than an interval ago
+            raft.count("raft_snapshot_chunks_resent")
+        snapshot = progress.snapshot
+        data = snapshot.data
         offset = progress.snapshot_offset
         chunk = data[offset : offset + raft.params.snapshot_chunk_bytes_max]
         raft.send(
             peer,
             InstallSnapshot(
-                raft.hard.term, raft.id, log.snapshot_index, log.snapshot_term,
-                log.snapshot_digest, log.snapshot_config, len(data), offset, chunk,
-                raft.reads.take_round(),
+                raft.hard.term, raft.id, snapshot.index, snapshot.term, snapshot.digest,
+                snapshot.config, len(data), offset, chunk, raft.reads.take_round(),
             ),
         )
-        progress.snapshot_tick = raft.replication.tick
-
+        raft.count("raft_snapshot_chunks_sent")
+        progress.snapshot_tick = tick
     def on_install_snapshot_response(
         self, source: int, response: InstallSnapshotResponse
     ) -> None:
@@ -107,12 +143,14 @@ class Snapshots:
             if progress.state == SNAPSHOT:
                 progress.state = PROBE
                 progress.probe_tick = None
+                progress.snapshot = None
             replication.on_match(source, progress, response.last_included_index)
             progress.next_index = max(progress.next_index, progress.match_index + 1)
         elif (
             progress.state == SNAPSHOT
-            and response.last_included_index == progress.snapshot_index
-            and 0 <= response.next_offset <= len(raft.log.snapshot_data)
+            and progress.snapshot is not None
+            and response.last_included_index == progress.snapshot.index
+            and 0 <= response.next_offset <= len(progress.snapshot.data)
         ):
             progress.snapshot_offset = response.next_offset
             progress.snapshot_tick = None

@@ -12,10 +12,15 @@ so that each prefix is a consistent state:
   ascending order, truncating a suffix erases from the *end* backwards, so
   the entries on disk are always a contiguous run after the snapshot;
 * a snapshot record (``snapshot``) is written *before* the entries it covers
-  are erased (entries at or below the snapshot index are ignored, then
-  erased, at load), and *after* any entry above it that must go (installing a
+  are erased (entries at or below the log's base are ignored, then erased,
+  at load), and *after* any entry above it that must go (installing a
   snapshot whose last entry conflicts with the log first erases the entries
   after that index, from the end backwards: none of them can be committed);
+* the log's *base* (where its entries start) may trail the snapshot: a
+  compaction keeps a window of entries the snapshot already covers (etcd's
+  ``SnapshotCatchUpEntries``), so a follower a little behind gets entries
+  instead of the whole snapshot. The snapshot record then names the base
+  too (index, term, digest, configuration), in the same write;
 * a snapshot larger than ``SNAPSHOT_PIECE_BYTES`` keeps its state in pieces
   (``sp:<index>:<i>``, each within one codec frame and one WAL record),
   written *before* the ``snapshot`` record that names their count; the
@@ -133,15 +138,23 @@ class HardState:
 
 
 class RaftLog:
-    """The log after a snapshot, with the configuration history and digests.
+    """The log after its base, with the configuration history and digests.
 
-    Entries ``snapshot_index + 1 .. last_index`` are in memory (``entries``);
-    the snapshot (its index, term, digest, configuration and the state
-    machine's bytes) stands for everything before. Terms never decrease
-    along a log, which makes "last index of a term" a binary search.
+    Entries ``base_index + 1 .. last_index`` are in memory (``entries``); the
+    base (its index, term, digest and configuration) stands for everything
+    before. The snapshot (its index, term, digest, configuration and the
+    state machine's bytes) covers everything up to ``snapshot_index``, with
+    ``base_index <= snapshot_index <= last_index``: the entries between the
+    two are a trailing window kept for followers a little behind. Terms
+    never decrease along a log, which makes "last index of a term" a binary
+    search.
     """
 
     __slots__ = (
+        "base_config",
+        "base_digest",
+        "base_index",
+        "base_term",
         "config_indexes",
         "context",
         "digests",
@@ -156,6 +169,10 @@ class RaftLog:
 
     def __init__(self, context: Context, initial: Config) -> None:
         self.context = context
+        self.base_index = 0
+        self.base_term = 0
+        self.base_digest = ZERO_DIGEST
+        self.base_config = initial
         self.snapshot_index = 0
         self.snapshot_term = 0
         self.snapshot_digest = ZERO_DIGEST
@@ -170,40 +187,40 @@ class RaftLog:
 
     @property
     def last_index(self) -> int:
-        return self.snapshot_index + len(self.entries)
+        return self.base_index + len(self.entries)
 
     @property
     def last_term(self) -> int:
-        return self.entries[-1].term if self.entries else self.snapshot_term
+        return self.entries[-1].term if self.entries else self.base_term
 
     @property
     def last_digest(self) -> bytes:
-        return self.digests[-1] if self.digests else self.snapshot_digest
+        return self.digests[-1] if self.digests else self.base_digest
 
     def term_at(self, index: int) -> int | None:
         """The term of entry ``index``; ``None`` if compacted away or beyond the end
         (index 0 has term 0: the empty prefix)."""
-        if index == self.snapshot_index:
-            return self.snapshot_term
-        if self.snapshot_index < index <= self.last_index:
-            return self.entries[index - self.snapshot_index - 1].term
+        if index == self.base_index:
+            return self.base_term
+        if self.base_index < index <= self.last_index:
+            return self.entries[index - self.base_index - 1].term
         return None
 
     def entry(self, index: int) -> Entry:
-        assert self.snapshot_index < index <= self.last_index, f"no entry {index} in memory"
-        return self.entries[index - self.snapshot_index - 1]
+        assert self.base_index < index <= self.last_index, f"no entry {index} in memory"
+        return self.entries[index - self.base_index - 1]
 
     def digest_at(self, index: int) -> bytes:
-        if index == self.snapshot_index:
-            return self.snapshot_digest
-        assert self.snapshot_index < index <= self.last_index
-        return self.digests[index - self.snapshot_index - 1]
+        if index == self.base_index:
+            return self.base_digest
+        assert self.base_index < index <= self.last_index
+        return self.digests[index - self.base_index - 1]
 
     def slice(self, start: int, count_max: int, bytes_max: int) -> tuple[Entry, ...]:
         """Entries from ``start`` on, at most ``count_max`` of them and (but for
         the first) at most ``bytes_max`` payload bytes."""
-        assert start > self.snapshot_index
-        begin = start - self.snapshot_index - 1
+        assert start > self.base_index
+        begin = start - self.base_index - 1
         found: list[Entry] = []
         size = 0
         for entry in self.entries[begin : begin + count_max]:
@@ -224,26 +241,26 @@ class RaftLog:
         """The last index whose entry has ``term`` (``None``: no such entry here)."""
         position = bisect_right(self.entries, term, key=lambda entry: entry.term)
         if position > 0 and self.entries[position - 1].term == term:
-            return self.snapshot_index + position
-        if position == 0 and self.snapshot_term == term and self.snapshot_index > 0:
-            return self.snapshot_index
+            return self.base_index + position
+        if position == 0 and self.base_term == term and self.base_index > 0:
+            return self.base_index
         return None
 
     def first_index_of_term_at(self, index: int) -> int:
         """The first index of the run of ``term_at(index)`` that contains ``index``
-        (not below ``snapshot_index + 1``)."""
+        (not below ``base_index + 1``)."""
         term = self.term_at(index)
         assert term is not None
         position = bisect_right(self.entries, term - 1, key=lambda entry: entry.term)
-        return max(self.snapshot_index + 1 + position, self.snapshot_index + 1)
+        return max(self.base_index + 1 + position, self.base_index + 1)
 
     def runs(self) -> tuple[tuple[int, int], ...]:
-        """``(first index, term)`` of each run of equal terms after the snapshot."""
+        """``(first index, term)`` of each run of equal terms after the base."""
         found: list[tuple[int, int]] = []
         previous = None
         for offset, entry in enumerate(self.entries):
             if entry.term != previous:
-                found.append((self.snapshot_index + 1 + offset, entry.term))
+                found.append((self.base_index + 1 + offset, entry.term))
                 previous = entry.term
         return tuple(found)
 
@@ -256,19 +273,19 @@ class RaftLog:
             config = self.entry(self.config_indexes[-1]).config
             assert config is not None
             return config
-        return self.snapshot_config
+        return self.base_config
 
     @property
     def config_index(self) -> int:
-        """The index of the latest configuration entry (the snapshot's index if none)."""
-        return self.config_indexes[-1] if self.config_indexes else self.snapshot_index
+        """The index of the latest configuration entry (the base's index if none)."""
+        return self.config_indexes[-1] if self.config_indexes else self.base_index
 
     def config_at(self, index: int) -> Config:
-        """The configuration in force at ``index`` (``index >= snapshot_index``)."""
-        assert index >= self.snapshot_index
+        """The configuration in force at ``index`` (``index >= base_index``)."""
+        assert index >= self.base_index
         position = bisect_right(self.config_indexes, index)
         if position == 0:
-            return self.snapshot_config
+            return self.base_config
         config = self.entry(self.config_indexes[position - 1]).config
         assert config is not None
         return config
@@ -287,7 +304,8 @@ class RaftLog:
                 self.config_indexes.append(index)
 
     def truncate_after(self, index: int) -> None:
-        """Drop entries after ``index``, erasing from the end backwards."""
+        """Drop entries after ``index``, erasing from the end backwards (never
+        below the snapshot: what it covers is committed)."""
         assert index >= self.snapshot_index
         while self.last_index > index:
             last = self.last_index
@@ -301,9 +319,9 @@ class RaftLog:
         self, index: int, term: int, digest: bytes, config: Config, data: bytes
     ) -> None:
         """Make a snapshot at ``(index, term)`` the log's base. When the log holds
-        that very entry, the entries after it stay (compaction, or a leader's
-        snapshot of a prefix this log already has); otherwise the whole log goes
-        (Figure 13, steps 6-7).
+        that very entry, the entries after it stay (a leader's snapshot of a
+        prefix this log already has); otherwise the whole log goes (Figure 13,
+        steps 6-7).
 
         Order: entries *after* a conflicting snapshot index first, from the end
         backwards (they follow an entry that is not the committed one, so Log
@@ -315,35 +333,76 @@ class RaftLog:
         keep_suffix = self.term_at(index) == term
         if not keep_suffix and self.last_index > index:
             self.truncate_after(index)
-        covered = range(self.snapshot_index + 1, min(index, self.last_index) + 1)
-        self.persist_snapshot(index, term, digest, config, data)
+        self.replace_base(index, term, digest, config, data, index)
+        assert keep_suffix or not self.entries, "a foreign snapshot replaces the whole log"
+        assert self.term_at(index) == term
+
+    def compact(self, index: int, data: bytes, base: int) -> None:
+        """This log's own entry ``index`` (applied) is covered by the state
+        machine's snapshot ``data``; the entries up to ``base`` go, those from
+        ``base + 1`` on stay (``base_index <= base <= index``)."""
+        assert self.snapshot_index < index <= self.last_index
+        assert self.base_index <= base <= index
+        term = self.term_at(index)
+        assert term is not None
+        self.replace_base(
+            index, term, self.digest_at(index), self.config_at(index), data, base
+        )
+
+    def replace_base(
+        self, index: int, term: int, digest: bytes, config: Config, data: bytes, base: int
+    ) -> None:
+        """Write the snapshot record (the snapshot at ``index`` and the log's new
+        base ``base``), then erase the entries up to the base. The base's own
+        term, digest and configuration are read before anything changes (for
+        ``base == index``: the snapshot's)."""
+        if base == index:
+            base_term, base_digest, base_config = term, digest, config
+        else:
+            found = self.term_at(base)
+            assert found is not None and self.snapshot_index < index <= self.last_index
+            base_term, base_digest, base_config = found, self.digest_at(base), self.config_at(base)
+        covered = range(self.base_index + 1, min(base, self.last_index) + 1)
+        self.persist_snapshot(
+            index, term, digest, config, data, (base, base_term, base_digest, base_config)
+        )
         for covered_index in covered:
             self.context.erase(entry_name(covered_index))
         del self.entries[: len(covered)]
         del self.digests[: len(covered)]
+        self.base_index, self.base_term = base, base_term
+        self.base_digest, self.base_config = base_digest, base_config
         self.snapshot_index, self.snapshot_term = index, term
         self.snapshot_digest, self.snapshot_config, self.snapshot_data = digest, config, data
-        self.config_indexes = [i for i in self.config_indexes if i > index]
-        assert keep_suffix or not self.entries, "a foreign snapshot replaces the whole log"
-        assert self.term_at(index) == term
+        self.config_indexes = [i for i in self.config_indexes if i > base]
 
     def persist_snapshot(
-        self, index: int, term: int, digest: bytes, config: Config, data: bytes
+        self, index: int, term: int, digest: bytes, config: Config, data: bytes,
+        base: tuple[int, int, bytes, Config],
     ) -> None:
         """Write the ``snapshot`` record (its state inline, or in pieces written
-        first), then erase the previous snapshot's pieces."""
+        first; the log's base with it when the base trails the snapshot), then
+        erase the previous snapshot's pieces."""
         plain = config_to_plain(config)
-        if len(data) <= SNAPSHOT_PIECE_BYTES:
-            self.context.persist("snapshot", (index, term, digest, plain, data))
-        else:
-            pieces = range(0, len(data), SNAPSHOT_PIECE_BYTES)
-            for piece, start in enumerate(pieces):
-                chunk = data[start : start + SNAPSHOT_PIECE_BYTES]
-                self.context.persist(piece_name(index, piece), chunk)
-            self.context.persist("snapshot", (index, term, digest, plain, b"", len(pieces)))
+        pieces = 0 if len(data) <= SNAPSHOT_PIECE_BYTES else len(
+            range(0, len(data), SNAPSHOT_PIECE_BYTES)
+        )
+        inline = data if pieces == 0 else b""
+        for piece in range(pieces):
+            start = piece * SNAPSHOT_PIECE_BYTES
+            self.context.persist(
+                piece_name(index, piece), data[start : start + SNAPSHOT_PIECE_BYTES]
+            )
+        record: tuple[Any, ...] = (index, term, digest, plain, inline)
+        base_index, base_term, base_digest, base_config = base
+        if base_index != index:
+            record += (pieces, base_index, base_term, base_digest, config_to_plain(base_config))
+        elif pieces:
+            record += (pieces,)
+        self.context.persist("snapshot", record)
         for piece in range(self.snapshot_pieces):
             self.context.erase(piece_name(self.snapshot_index, piece))
-        self.snapshot_pieces = 0 if len(data) <= SNAPSHOT_PIECE_BYTES else len(pieces)
+        self.snapshot_pieces = pieces
 
     def load_snapshot(self) -> None:
         """The ``snapshot`` record and its pieces; leftover pieces are erased."""
@@ -361,6 +420,14 @@ class RaftLog:
                 assert chunk is not None, f"snapshot {index}: piece {piece} missing"
                 parts.append(bytes(chunk))
             self.snapshot_data = b"".join(parts)
+            if len(more) > 1:
+                base_index, base_term, base_digest, base_config = more[1:5]
+                self.base_index, self.base_term = int(base_index), int(base_term)
+                self.base_digest = bytes(base_digest)
+                self.base_config = config_from_plain(base_config)
+            else:
+                self.base_index, self.base_term = self.snapshot_index, self.snapshot_term
+                self.base_digest, self.base_config = self.snapshot_digest, self.snapshot_config
         mine = {piece_name(self.snapshot_index, piece) for piece in range(self.snapshot_pieces)}
         for name in list(context.stored_names(PIECE_PREFIX)):
             if name not in mine:
@@ -370,14 +437,15 @@ class RaftLog:
 
     def load(self) -> None:
         """Rebuild from durable state (see the module docstring for why every
-        crash leaves a contiguous run of entries after the snapshot)."""
+        crash leaves a contiguous run of entries after the base, through the
+        snapshot's index at least)."""
         context = self.context
         self.load_snapshot()
-        expected = self.snapshot_index + 1
+        expected = self.base_index + 1
         for name in context.stored_names(ENTRY_PREFIX):
             index = int(name[len(ENTRY_PREFIX) :])
-            if index <= self.snapshot_index:
-                context.erase(name)  # covered by the snapshot; a crash cut compaction short
+            if index <= self.base_index:
+                context.erase(name)  # covered by the base; a crash cut compaction short
                 continue
             assert index == expected, f"log gap at {expected} (found {index})"
             entry = entry_from_plain(context.load(name))
@@ -386,4 +454,8 @@ class RaftLog:
             if entry.config is not None:
                 self.config_indexes.append(index)
             expected += 1
-
+        assert self.last_index >= self.snapshot_index, (
+            f"entries {self.base_index + 1}..{self.snapshot_index} of the window missing"
+        )
+        if self.snapshot_index > self.base_index:
+            assert self.digest_at(self.snapshot_index) == self.snapshot_digest

@@ -7,7 +7,8 @@ event loop between steps, so no lock is needed):
 2. else its ordering protocol's ``status()``;
 3. else its ordering protocol's ``observe()`` (Raft's ``RaftView``): term,
    leader, commit and applied indexes, snapshot index, last index, role;
-   log length is ``last_index - snapshot_index``; the snapshot size is read
+   log length is the entries the log holds (else ``last_index -
+   snapshot_index``); the snapshot size is read
    from the log's snapshot bytes when the protocol keeps them;
 
 plus the SMR replica's ``figures()`` (applied index, sessions, pending,
@@ -55,7 +56,10 @@ def from_view(view: Any, ordering: Any) -> dict[str, int]:
     role = getattr(view, "role", None)
     if role is not None:
         found["is_leader"] = int(getattr(role, "value", role) == "leader")
-    if "last_index" in found and "snapshot_index" in found:
+    entries = getattr(getattr(ordering, "log", None), "entries", None)
+    if isinstance(entries, list):
+        found["log_entries"] = len(entries)  # with the window a compaction keeps
+    elif "last_index" in found and "snapshot_index" in found:
         found["log_entries"] = found["last_index"] - found["snapshot_index"]
     snapshot = getattr(getattr(ordering, "log", None), "snapshot_data", None)
     if isinstance(snapshot, bytes):

@@ -18,7 +18,8 @@ from replicaio.protocols.raft.membership import Membership
 from replicaio.protocols.raft.messages import NO_NODE, ReadConfirmed, ReadRequested
 from replicaio.protocols.raft.raft import Raft
 from replicaio.protocols.raft.reads import PendingRead, Reads
-from replicaio.protocols.raft.replication import Replication
+from replicaio.protocols.raft.replication import SNAPSHOT, Progress, Replication
+from replicaio.protocols.raft.snapshot import Snapshots
 from replicaio.protocols.raft.state import HardState
 from replicaio.smr.messages import ReadIndexReply
 from replicaio.smr.replica import Replica
@@ -98,6 +99,46 @@ class RaftFollowerReads(Raft):
 
 class RaftCountLeaderUnsynced(Raft):
     replication_type = CountLeaderUnsynced
+
+
+class RestartSnapshotOnCompaction(Snapshots):
+    """Not unsafe, wasteful (the behaviour before perf18): every compaction
+    restarts a snapshot transfer in progress with the newer snapshot, and the
+    outstanding chunk goes again whenever a heartbeat is due (every commit
+    makes one due). Under load a lagging follower receives snapshot after
+    snapshot (``tests/test_raft_snapshot.py`` counts them; run it with
+    ``snapshot_trailing_entries_max=0``, as compaction was then)."""
+
+    def send_chunk(self, peer: int, progress: Progress) -> None:
+        held = progress.snapshot
+        if held is not None and held.index != self.raft.log.snapshot_index:
+            progress.snapshot = None  # start over with the newest snapshot
+        elif progress.heartbeat_due:
+            progress.snapshot_tick = None  # send the outstanding chunk again
+        super().send_chunk(peer, progress)
+
+
+class RaftRestartSnapshotOnCompaction(Raft):
+    snapshots_type = RestartSnapshotOnCompaction
+
+
+class SnapshotLabelledLatest(Snapshots):
+    """BROKEN on purpose: a transfer the leader goes on with after compacting
+    again sends the snapshot it started (the bytes) labelled with its latest
+    snapshot's index, term, digest and configuration. A follower installs an
+    older state as a newer index: it skips the batches in between."""
+
+    def send_chunk(self, peer: int, progress: Progress) -> None:
+        held = progress.snapshot
+        log = self.raft.log
+        if held is not None and progress.state == SNAPSHOT:
+            held.index, held.term = log.snapshot_index, log.snapshot_term
+            held.digest, held.config = log.snapshot_digest, log.snapshot_config
+        super().send_chunk(peer, progress)
+
+
+class RaftSnapshotLabelledLatest(Raft):
+    snapshots_type = SnapshotLabelledLatest
 
 
 class RaftTrustDamagedTail(Raft):
@@ -208,6 +249,11 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-quorum-one-too-many", RaftQuorumOneTooMany,
             "a quorum one voter larger than a majority: the cluster stops with f nodes down",
             "liveness",
+        ),
+        RaftVariant(
+            "raft-snapshot-labelled-latest", RaftSnapshotLabelledLatest,
+            "a snapshot transfer that outlives a compaction sends the old state under the "
+            "new snapshot's index (run with snapshot=4)", "node-raised",
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
