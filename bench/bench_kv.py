@@ -744,7 +744,8 @@ class ReplicaioSystem(System):
         keep = ("retransmissions", "steps_total", "batches_total", "syncs_total",
                 "messages_out_total", "fsync_seconds_sum", "fsync_seconds_count",
                 "step_batch_inputs_sum", "step_batch_inputs_count", "timers_stale",
-                "raft_elections_won", "bound_", "read", "timeout", "busy", "rejected")
+                "raft_elections_won", "bound_", "read", "timeout", "busy", "rejected",
+                "raft_snapshot", "raft_compactions", "presumed_lost")
         nodes = {}
         for node_id in range(self.nodes):
             with contextlib.suppress(Exception):
