@@ -141,7 +141,7 @@ def test_a_session_table_that_never_evicts_is_caught_as_unbounded(
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("seed", [2, 10])  # re-pinned when compaction kept a window (perf18)
+@pytest.mark.parametrize("seed", [10, 14])  # re-pinned when compaction kept a window (perf18)
 def test_sessions_evicted_by_bytes_differently_on_a_restored_replica_are_caught(seed: int) -> None:
     """``session_results_bytes_max`` evictions must be the same on every replica:
     the planted table forgets its results' bytes when restored from a

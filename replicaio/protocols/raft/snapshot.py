@@ -16,7 +16,11 @@
   (immutable bytes: at most one snapshot per peer besides the log's): a
   later compaction does not restart a transfer in progress. Once it is
   installed, the follower catches up by entries, or by the next snapshot if
-  the leader compacted past it meanwhile.
+  the leader compacted past it meanwhile. Only a transfer the peer has
+  acknowledged nothing of (it is down, or not answering) takes the latest
+  snapshot when its first chunk is due again: re-sending the old one would
+  cost as much, and a peer back after a long absence would otherwise install
+  a stale snapshot and then need another.
 * A follower assembles the chunks in memory (at most ``snapshot_bytes_max``
   bytes; a restart drops a partial transfer and the leader starts over) and,
   once complete, installs it: it keeps the log suffix if its log has the
@@ -101,17 +105,20 @@ class Snapshots:
         if progress.state != SNAPSHOT or progress.snapshot is None:
             progress.state = SNAPSHOT
             progress.inflight.clear()
-            progress.snapshot = SentSnapshot(
-                log.snapshot_index, log.snapshot_term, log.snapshot_digest,
-                log.snapshot_config, log.snapshot_data,
-            )
+            progress.snapshot = self.latest()
             progress.snapshot_offset = 0
             progress.snapshot_tick = None
             raft.count("raft_snapshots_sent")
         elif progress.snapshot_tick is not None:
             if progress.snapshot_tick >= tick - 1:
                 return  # one chunk in flight, sent less than an interval ago
-            raft.count("raft_snapshot_chunks_resent")
+            if progress.snapshot_offset == 0 and progress.snapshot.index != log.snapshot_index:
+                # The peer acknowledged nothing of it (down, or not answering):
+                # sending it again costs as much as sending the latest one.
+                progress.snapshot = self.latest()
+                raft.count("raft_snapshot_transfers_renewed")
+            else:
+                raft.count("raft_snapshot_chunks_resent")
         snapshot = progress.snapshot
         data = snapshot.data
         offset = progress.snapshot_offset
@@ -125,6 +132,13 @@ class Snapshots:
         )
         raft.count("raft_snapshot_chunks_sent")
         progress.snapshot_tick = tick
+    def latest(self) -> SentSnapshot:
+        log = self.raft.log
+        return SentSnapshot(
+            log.snapshot_index, log.snapshot_term, log.snapshot_digest, log.snapshot_config,
+            log.snapshot_data,
+        )
+
     def on_install_snapshot_response(
         self, source: int, response: InstallSnapshotResponse
     ) -> None:
