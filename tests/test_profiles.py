@@ -135,10 +135,16 @@ def test_long_service_runs_loop_crashes_and_aim_them_after_rare_sends() -> None:
     options = [draw_options(args, seed) for seed in range(1, 9)]
     aimed = [crash for option in options for crash in option.crashes if crash.rare]
     assert aimed and all(crash.mid_step and 1 <= crash.rare <= 3 for crash in aimed)
-    seed = next(option.seed for option in options if any(c.rare for c in option.crashes))
-    result = run_one(args, seed)
-    assert result.violations == []
-    assert result.stats["crashes_after_rare_send"] > 0
+    # Whether an aimed crash finds its rare send depends on the run (Raft sends
+    # fewer snapshots since compaction keeps a trailing window): every run with
+    # aimed crashes stays correct, and some land after such a step.
+    landed = 0
+    for option in options:
+        if any(crash.rare for crash in option.crashes):
+            result = run_one(args, option.seed)
+            assert result.violations == [], option.seed
+            landed += result.stats["crashes_after_rare_send"]
+    assert landed > 0
     # options without aimed crashes keep their old shape (event-log hashes unchanged)
     plain = Crash(0, 1, 2, mid_step=True, keep_unsynced=0)
     assert "rare" not in crash_dict(plain)
