@@ -924,12 +924,15 @@ def live_byzantine(mix: str, cluster: Any, node_id: int) -> Callable[[int, Any],
     """``replicaio node --byzantine MIX``: the simulator's adversary behaviours
     (``replicaio.sim.adversary``, ``replicaio.sim.pbft_adversary``) rewriting a
     live node's messages. Behaviours that re-sign sign with the node's own key
-    (it holds no other). Only ``rewrite`` runs live: what a behaviour would send
-    on its own (``attack``) needs the simulator's view of the run."""
+    (it holds no other). ``rewrite`` runs live, and ``core_factory`` (the
+    transaction drivers that lie or alter, ``replicaio.sim.txn_adversary``): what
+    a behaviour would send on its own (``attack``) needs the simulator's view of
+    the run."""
     # Registers PBFT's and MinBFT's behaviours (MinBFT's that mint UIs ask the
     # node's own USIG through the host's live view: Host.attach_live_view).
     import replicaio.sim.minbft_adversary
-    import replicaio.sim.pbft_adversary  # noqa: F401
+    import replicaio.sim.pbft_adversary
+    import replicaio.sim.txn_adversary  # noqa: F401  (drivers that lie or alter)
     from replicaio.sim.adversary import BEHAVIOURS, Composite, build_strategy
 
     unknown = [name for name in mix.split("+") if name not in BEHAVIOURS]

@@ -205,10 +205,19 @@ class NodeHost:
         repair = cluster.f >= 1 and recovers_lost_state(cluster.protocol)
         self.storage = FileStorage(self.entry.data_dir, fsync=self.params.fsync, repair=repair)
         config = cluster.cluster_config()
+        factory = protocol_factory(cluster.protocol)
+        # A live Byzantine node whose behaviour acts from inside the node (a
+        # transaction driver that lies or alters, ``Strategy.core_factory``) is
+        # built from the behaviour's factory; its event log then replays only
+        # with that behaviour (tests and demos).
+        behaviour = getattr(self.outgoing, "__self__", None)
+        core_factory = getattr(behaviour, "core_factory", None)
+        if callable(core_factory):
+            factory = core_factory(factory)
         self.core = Node(
             self.node_id,
             config,
-            protocol_factory(cluster.protocol),
+            factory,
             choose=self.choose,
             params=cluster.node_params,
             codec=Codec(frame_bytes_max=self.frame_bytes_max),

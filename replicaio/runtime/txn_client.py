@@ -20,18 +20,37 @@ answer within ``timeout_s``, or the node gave up: it may have committed).
 Leaving by an exception sends nothing. ``client.run(body, attempts=...)``
 retries aborted attempts with a fresh id after a random pause.
 
+**Byzantine fault tolerant clusters** (``txn-pbft``). Every attempt is signed
+with the client's own Ed25519 key (its client id is the key's,
+``smr.auth.client_id_of``; ``signing="keyed"`` for clusters whose nodes sign
+with keyed hashes): every participant group prepares only the operations the
+client signed (``docs/transactions.md``). A node's answer alone proves
+nothing, so ``TxnClient.connect(addresses, replies=f + 1)`` sends each
+attempt to *every* node (each drives it; the groups' records make the
+drivers converge on one decision) and accepts an outcome only once
+``replies`` nodes gave the same one: ``committed`` with the same reads, or
+``aborted`` (an abort for ``busy``, which a node may answer without any
+decision, never counts). Short of that by ``timeout_s``, or once every node
+answered without a match: :class:`TransactionUnknown`.
+
 Bounds: ``ops_max`` micro-operations per transaction; outputs are read as
-they come and only those for this client are kept (one per attempt).
+they come and only those for this client are kept (one per node per attempt).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from replicaio.assembly import raft_leader_of
 from replicaio.core.codec import Codec, DecodeError
@@ -39,10 +58,30 @@ from replicaio.core.errors import UsageError
 from replicaio.core.stream import GroupOutput
 from replicaio.runtime.config import Address
 from replicaio.runtime.framing import LENGTH, LENGTH_BYTES, frame_header
-from replicaio.services.txn.protocol import LockReport, TxnRequest, TxnResult
+from replicaio.services.txn.protocol import (
+    LockReport,
+    SignedTxnRequest,
+    TxnRequest,
+    TxnResult,
+)
+from replicaio.services.txn.store import request_bytes
+from replicaio.smr.auth import ED25519, KEYED, SIMULATION_CLIENT_SECRET, client_id_of, client_key
 
 OPS_MAX: Final = 64
 FRAME_BYTES_MAX: Final = 1 << 24
+# An abort a node may answer without any decision of the attempt (its drivers
+# are all busy, or the coordinator's table is full): another node may still
+# commit it, so it never counts towards ``replies`` matching aborts.
+UNDECIDED_ABORTS: Final = frozenset({"busy"})
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The answers heard for one attempt, one per node, until one outcome has enough."""
+
+    future: asyncio.Future[TxnResult]
+    sent: int = 0  # nodes the attempt went to, once it went to all it could
+    answers: dict[int, TxnResult] = field(default_factory=dict)
 
 
 class TransactionAborted(Exception):
@@ -103,15 +142,29 @@ class Transaction:
 class TxnClient:
     """Connections to a cluster's nodes and the transactions sent over them."""
 
-    def __init__(self, addresses: list[Address], *, timeout_s: float = 10.0) -> None:
+    def __init__(self, addresses: list[Address], *, timeout_s: float = 10.0,
+                 replies: int = 1, signing: str = ED25519) -> None:
         if not addresses:
             raise UsageError("give at least one node address")
+        if not 1 <= replies <= len(addresses):
+            raise UsageError(f"replies must be in 1..{len(addresses)} (the nodes given)")
+        if signing not in (ED25519, KEYED):
+            raise UsageError(f"signing is {ED25519} or {KEYED}, not {signing!r}")
         self.addresses = addresses
         self.timeout_s = timeout_s
+        self.replies = replies
         self.codec = Codec()
-        self.client_id = secrets.randbelow(1 << 48)
+        # Every attempt is signed (groups of a BFT cluster check it; others ignore it).
+        self.signing = signing
+        self.private = Ed25519PrivateKey.generate()
+        self.public = self.private.public_key().public_bytes_raw()
+        self.client_id = (client_id_of(self.public) if signing == ED25519
+                          else secrets.randbelow(1 << 48))
         self.nonce = 0
-        self.waiting: dict[int, asyncio.Future[TxnResult]] = {}
+        self.waiting: dict[int, Attempt] = {}
+        # Per node, the answers heard that differed from the outcome accepted
+        # (``replies`` > 1): a lying node, or an honest one that saw less.
+        self.outvoted: Counter[int] = Counter()
         self.streams: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
         self.readers: dict[int, asyncio.Task[None]] = {}
         self.next_node = secrets.randbelow(len(addresses))
@@ -121,8 +174,12 @@ class TxnClient:
         self.reports: dict[tuple[int, int], LockReport] = {}
 
     @classmethod
-    async def connect(cls, addresses: list[Address], *, timeout_s: float = 10.0) -> TxnClient:
-        return cls(addresses, timeout_s=timeout_s)
+    async def connect(cls, addresses: list[Address], *, timeout_s: float = 10.0,
+                      replies: int = 1, signing: str = ED25519) -> TxnClient:
+        """A client of the nodes at ``addresses``; ``replies`` > 1 (f + 1 for a BFT
+        cluster): every attempt goes to every node and an outcome needs that many
+        matching answers (see the module docstring)."""
+        return cls(addresses, timeout_s=timeout_s, replies=replies, signing=signing)
 
     def transaction(self) -> Transaction:
         return Transaction(self)
@@ -174,9 +231,12 @@ class TxnClient:
 
     def on_message(self, node: int, message: Any) -> None:
         if type(message) is TxnResult and message.client == self.client_id:
-            future = self.waiting.get(message.nonce)
-            if future is not None and not future.done():
-                future.set_result(message)
+            attempt = self.waiting.get(message.nonce)
+            if attempt is not None and not attempt.future.done():
+                attempt.answers.setdefault(node, message)  # a node's first word stands
+                outcome = self.matched(attempt)
+                if outcome is not None:
+                    attempt.future.set_result(outcome)
         elif type(message) is LockReport:
             self.reports[(node, message.group)] = message
         elif type(message) is GroupOutput:
@@ -198,26 +258,81 @@ class TxnClient:
         return [report for report in self.reports.values()
                 if report.locks or report.prepared or report.open_records]
 
+    def matched(self, attempt: Attempt) -> TxnResult | None:
+        """The outcome ``replies`` nodes agree on (committed: with the same reads;
+        aborted: any reason but an undecided one), or, once every node asked
+        answered without such a match, ``unknown``; else ``None`` (wait)."""
+        answers = list(attempt.answers.values())
+        if self.replies == 1:
+            return answers[0] if answers else None
+        same = Counter((answer.outcome, answer.reads if answer.outcome == "committed" else b"")
+                       for answer in answers
+                       if answer.outcome == "committed" or (
+                           answer.outcome == "aborted"
+                           and answer.reason not in UNDECIDED_ABORTS))
+        for (outcome, reads), count in same.items():
+            if count >= self.replies:
+                reasons = Counter(a.reason for a in answers if a.outcome == outcome)
+                return TxnResult(self.client_id, answers[0].nonce, outcome,
+                                 reasons.most_common(1)[0][0], reads)
+        if attempt.sent and len(answers) >= attempt.sent:
+            seen = ", ".join(f"{a.outcome} {a.reason}".strip() for a in answers)
+            return TxnResult(self.client_id, answers[0].nonce, "unknown",
+                             f"no {self.replies} matching answers: {seen}"[:200], b"")
+        return None
+
+    def signed(self, request: TxnRequest) -> SignedTxnRequest:
+        """``request`` with this client's signature (``smr.auth``'s schemes)."""
+        data = request_bytes(self.codec, request.client, request.nonce, request.ops)
+        if self.signing == KEYED:
+            key = client_key(SIMULATION_CLIENT_SECRET, request.client)
+            return SignedTxnRequest(request, b"", hmac.digest(key, data, hashlib.sha256))
+        return SignedTxnRequest(request, self.public, self.private.sign(data))
+
     async def commit(self, ops: list[list[Any]]) -> list[Any]:
         """One attempt: its reads if committed; raises otherwise (see the module docstring)."""
         self.nonce += 1
         nonce = self.nonce
-        request = self.codec.encode(TxnRequest(self.client_id, nonce, self.codec.encode_value(ops)))
-        body = self.codec.encode_value(request)
-        future: asyncio.Future[TxnResult] = asyncio.get_running_loop().create_future()
-        self.waiting[nonce] = future
-        node = self.next_node
-        self.next_node = (self.next_node + 1) % len(self.addresses)
+        request = TxnRequest(self.client_id, nonce, self.codec.encode_value(ops))
+        body = self.codec.encode_value(self.codec.encode(self.signed(request)))
+        attempt = Attempt(asyncio.get_running_loop().create_future())
+        self.waiting[nonce] = attempt
+        if self.replies == 1:
+            nodes = [self.next_node]
+            self.next_node = (self.next_node + 1) % len(self.addresses)
+        else:
+            nodes = list(range(len(self.addresses)))
+        failed: list[str] = []
+        sent = 0
         try:
+            for node in nodes:
+                try:
+                    writer = await self.stream(node)
+                    writer.write(frame_header(len(body)) + body)
+                    await writer.drain()
+                    sent += 1
+                except OSError as error:
+                    failed.append(f"node {node}: {error!r}")
+            attempt.sent = sent  # (0 until all are sent: no early "unknown")
+            if not sent:
+                raise TransactionUnknown("; ".join(failed))
+            # (An answer heard before all were sent may complete the match now.)
+            settled = self.matched(attempt)
+            if settled is not None and not attempt.future.done():
+                attempt.future.set_result(settled)
             try:
-                writer = await self.stream(node)
-                writer.write(frame_header(len(body)) + body)
-                await writer.drain()
-                result = await asyncio.wait_for(future, self.timeout_s)
-            except (TimeoutError, OSError) as error:
-                raise TransactionUnknown(f"node {node}: {error!r}") from None
+                result = await asyncio.wait_for(attempt.future, self.timeout_s)
+            except TimeoutError as error:
+                heard = sorted(attempt.answers)
+                raise TransactionUnknown(
+                    f"nodes {nodes} (answers from {heard}): {error!r}") from None
         finally:
             del self.waiting[nonce]
+        if self.replies > 1 and result.outcome != "unknown":
+            for node, answer in attempt.answers.items():
+                if (answer.outcome, answer.reads) != (result.outcome, result.reads) and (
+                        answer.outcome != "aborted" or result.outcome != "aborted"):
+                    self.outvoted[node] += 1
         if result.outcome == "committed":
             reads: Any = self.codec.decode_value(result.reads)
             return list(reads)

@@ -26,6 +26,16 @@ Against groups that check no certificates (``txn-pbft-uncertified``, the code
 before issue 12's fix) this breaks atomicity: a bank run loses its total.
 Against certified groups every lie is refused and counted (``uncertified_*``)
 and the leases resolve what it left prepared.
+
+The behaviour ``txn_altering_driver`` (:class:`AlteringDriver`) changes what
+its client asked instead, and drives the altered attempt by the protocol,
+certificates and all, with the client's signature of the original request.
+Against groups that prepare without checking that signature against the
+operations (``txn-pbft-unsigned-requests``) the bank total breaks and appends
+no client wrote are read; groups that check refuse every altered prepare
+(``refused_altered``). The simulator draws each behaviour into a Byzantine
+node's mix (the lying one always, the altering one one time in two); both
+together drive an altered attempt as a liar.
 """
 
 from __future__ import annotations
@@ -33,8 +43,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from replicaio.services.txn.protocol import TxnFactory, TxnNode, TxnRequest
+from replicaio.services.txn.protocol import SignedTxnRequest, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import (
+    ADD,
+    APPEND,
     CLAIM,
     COMMIT,
     COMMITTED,
@@ -44,20 +56,21 @@ from replicaio.services.txn.store import (
 from replicaio.sim.adversary import Strategy, register_behaviour
 from replicaio.smr.certified import attestation_bytes
 
-TXN_BFT_FAMILY = ("txn-pbft", "txn-pbft-uncertified")
+TXN_BFT_FAMILY = ("txn-pbft", "txn-pbft-uncertified", "txn-pbft-unsigned-requests")
 
 
 class LyingDriver(TxnNode):
     """A transaction driver that lies (see the module docstring); a mixin base
     for the cluster's own node type (:func:`lying`)."""
 
-    async def transaction(self, request: TxnRequest) -> None:
+    async def transaction(self, request: TxnRequest,
+                          signed: SignedTxnRequest | None = None) -> None:
         opened = await self.begin(request)
         if opened is None:
             return
         plan, participants, coordinator = opened
         client, nonce = request.client, request.nonce
-        votes = await self.prepare(request, plan, participants, coordinator)
+        votes = await self.prepare(request, plan, participants, coordinator, signed)
         prepared = [vote is not None and vote[0][0] == PREPARED for vote in votes]
         proofs = [vote[1] if vote is not None and vote[1] is not None
                   else self.forged_vote(group, client, nonce, coordinator, participants)
@@ -85,17 +98,52 @@ class LyingDriver(TxnNode):
         return [group, claim, [[self.context.id, signature], [self.context.id, signature]]]
 
 
-_LYING: dict[type[TxnNode], type[TxnNode]] = {}
+class AlteringDriver(TxnNode):
+    """A transaction driver that changes what its client asked, and otherwise drives
+    by the protocol (certificates and all): every participant is asked to prepare
+    the altered operations, with the client's signature of the *original* request
+    (the only one it has). On an attempt of several groups with an odd nonce it
+    drops the last group's operations (and the group: a transfer half done);
+    otherwise every ``add`` of a positive amount adds one more (money from
+    nowhere), and every ``append`` appends another element (one no client wrote)."""
+
+    async def transaction(self, request: TxnRequest,
+                          signed: SignedTxnRequest | None = None) -> None:
+        await super().transaction(self.altered(request), signed)
+
+    def altered(self, request: TxnRequest) -> TxnRequest:
+        plan = self.plan(request)
+        if isinstance(plan, str):
+            return request
+        ordered = sorted((entry for entries in plan.values() for entry in entries),
+                         key=lambda entry: entry[0])
+        ops: list[list[Any]] = [op for _, op in ordered]
+        if len(plan) > 1 and request.nonce % 2:
+            dropped = max(plan)
+            ops = [op for op in ops if self.slots.group_of(op[1]) != dropped]
+        else:
+            for op in ops:
+                if op[0] == ADD and isinstance(op[2], int) and op[2] > 0:
+                    op[2] += 1
+                elif op[0] == APPEND and isinstance(op[2], int):
+                    op[2] += 1 << 40
+        self.context.count("txn_requests_altered")
+        return TxnRequest(request.client, request.nonce, self.codec.encode_value(ops))
 
 
-def lying(node_type: type[TxnNode]) -> type[TxnNode]:
-    """``node_type`` (the cluster's own: certified or not) with a lying driver."""
-    if issubclass(node_type, LyingDriver):
+_LYING: dict[tuple[type[TxnNode], type[TxnNode]], type[TxnNode]] = {}
+
+
+def lying(node_type: type[TxnNode], driver: type[TxnNode] = LyingDriver) -> type[TxnNode]:
+    """``node_type`` (the cluster's own: certified or not) with ``driver``'s
+    transactions (a lying or an altering driver)."""
+    if issubclass(node_type, driver):
         return node_type
-    found = _LYING.get(node_type)
+    found = _LYING.get((node_type, driver))
     if found is None:
-        found = _LYING[node_type] = type(f"Lying{node_type.__name__}",
-                                         (LyingDriver, node_type), {})
+        found = _LYING[(node_type, driver)] = type(
+            f"{driver.__name__.removesuffix('Driver')}{node_type.__name__}",
+            (driver, node_type), {})
     return found
 
 
@@ -110,6 +158,23 @@ class LyingDriverStrategy(Strategy):
             return factory.with_node_type(lying(factory.node_type))
         return factory
 
+
+class AlteringDriverStrategy(Strategy):
+    """Builds the faulty node's core with an altering driver; its messages pass as
+    they are."""
+
+    def core_factory(self, factory: Any) -> Any:
+        if isinstance(factory, TxnFactory):
+            return factory.with_node_type(lying(factory.node_type, AlteringDriver))
+        return factory
+
+
+register_behaviour(
+    "txn_altering_driver", AlteringDriverStrategy,
+    "drives transactions with operations its client never asked for (a transfer's credit "
+    "raised, an append's element changed, one group's operations dropped), proving them "
+    "with the client's signature of the original (transactional clusters over BFT groups)",
+    protocols=TXN_BFT_FAMILY, weight=0.5)
 
 register_behaviour(
     "txn_lying_driver", LyingDriverStrategy,

@@ -39,6 +39,8 @@ Everything random comes from ``random.Random`` seeded by the run's seed.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -59,9 +61,9 @@ from replicaio.core.config import ClusterConfig
 from replicaio.core.errors import UsageError
 from replicaio.core.stream import GroupOutput
 from replicaio.services.txn.kv_store import KvTxnStore
-from replicaio.services.txn.protocol import LockReport, TxnRequest, TxnResult
+from replicaio.services.txn.protocol import LockReport, SignedTxnRequest, TxnRequest, TxnResult
 from replicaio.services.txn.slots import SlotMap
-from replicaio.services.txn.store import CHECK
+from replicaio.services.txn.store import CHECK, request_bytes
 from replicaio.sim.harness import HarnessApi
 from replicaio.sim.kv_harness import KvWorkload, kv_options
 from replicaio.sim.options import Crash, SimOptions
@@ -74,6 +76,7 @@ from replicaio.sim.txn_kv_ops import (
     version_of,
     version_op,
 )
+from replicaio.smr.auth import SIMULATION_CLIENT_SECRET, client_key
 
 EXTRA_KEY = "txn"
 
@@ -161,6 +164,9 @@ class TxnHarness:
         # A sharded key-value cluster (txn-kv) runs the workloads as key-value
         # commands (``txn_kv_ops``): LISTS or COUNTERS say how reads come back.
         self.key_value = issubclass(spec.store_type, KvTxnStore)
+        # Clients of BFT groups sign their requests (the simulator's ``keyed``
+        # scheme, as SMR's clients: ``smr.auth``), and the groups check them.
+        self.signs = spec.ordering != "raft"
         self.reads = LISTS
         self.api: HarnessApi | None = None
         self.clients: list[Client] = []
@@ -266,9 +272,16 @@ class TxnHarness:
             watch = self.watch_ops(client, ops) if handle is not None else []
             ops = [to_kv(kind, key, value, self.reads) for kind, key, value in ops] + watch
         request = TxnRequest(client.client_id, client.nonce, self.codec.encode_value(ops))
-        self.api.request(client.node, self.codec.encode(request))
+        self.api.request(client.node, self.codec.encode(
+            self.signed(request) if self.signs else request))
         self.api.call_at(self.api.now() + self.workload.attempt_timeout_us,
                          lambda: self.on_timeout(client, token))
+
+    def signed(self, request: TxnRequest) -> SignedTxnRequest:
+        """``request`` with its client's signature (``keyed``: a keyed hash)."""
+        data = request_bytes(self.codec, request.client, request.nonce, request.ops)
+        key = client_key(SIMULATION_CLIENT_SECRET, request.client)
+        return SignedTxnRequest(request, b"", hmac.digest(key, data, hashlib.sha256))
 
     def watch_ops(self, client: Client, ops: list[list[Any]]) -> list[list[Any]]:
         """txn-kv, list-append: the version reads and the WATCH check sent after

@@ -240,8 +240,8 @@ class KvTxnStore(TxnStore):
         return {}, []
 
     def on_prepare(self, client: int, nonce: int, coordinator: int, ops: Any,
-                   participants: Any = ()) -> list[Any]:
-        answer = super().on_prepare(client, nonce, coordinator, ops, participants)
+                   participants: Any = (), signed: Any = None) -> list[Any]:
+        answer = super().on_prepare(client, nonce, coordinator, ops, participants, signed)
         txn = (client, nonce)
         if txn in self.prepared and txn not in self.commands:
             self.commands[txn] = tuple(

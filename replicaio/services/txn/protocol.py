@@ -45,6 +45,7 @@ from replicaio.core.codec import Codec, DecodeError, Message, Meta, Name
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context
 from replicaio.core.errors import ConfigError
+from replicaio.core.signing import SIGNATURE_BYTES_MAX
 from replicaio.services.txn.kv_store import KV
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import (
@@ -58,9 +59,12 @@ from replicaio.services.txn.store import (
     PREPARED,
     READ,
     REFUSED,
+    UNSIGNED,
     TxnId,
     TxnStore,
+    request_bytes,
 )
+from replicaio.smr.auth import ED25519, ED25519_PUBLIC_BYTES, KEYED, SignedClients
 from replicaio.smr.certified import Certifier
 from replicaio.smr.groups import CallerParams, GroupCaller, GroupRequest, Groups
 from replicaio.smr.protocol import BYZANTINE, SmrFactory
@@ -79,6 +83,18 @@ class TxnRequest(Message, tag="txn.TxnRequest"):
     client: Annotated[int, Meta(ge=0, le=(1 << 63) - 1)]
     nonce: Annotated[int, Meta(ge=0, lt=1 << 62)]
     ops: Annotated[bytes, Meta(max_length=TXN_OPS_BYTES_MAX)]
+
+
+class SignedTxnRequest(Message, tag="txn.SignedTxnRequest"):
+    """A transaction attempt signed by its client, as a client of a Byzantine fault
+    tolerant cluster sends it: ``signature`` covers ``request_bytes(client, nonce,
+    ops)``; ``key`` as in ``smr.AuthenticatedRequest`` (``ed25519``: the public
+    key, the client id derived from it; ``keyed``: empty). Every participant group
+    checks it before it locks anything (``TxnStore.unsigned``)."""
+
+    request: TxnRequest
+    key: Annotated[bytes, Meta(max_length=64)]
+    signature: Annotated[bytes, Meta(max_length=SIGNATURE_BYTES_MAX)]
 
 
 class TxnResult(Message, tag="txn.TxnResult"):
@@ -141,11 +157,20 @@ class TxnNode:
         self.certify = self.certifies(factory)
         certifier = Certifier(context.signer.verify, lambda group: range(context.n),
                               context.f + 1)
+        # ... and prepare only the operations their client signed (``smr.auth``'s
+        # schemes: ``ed25519``, a client id being its key's, on any cluster; the
+        # keyed-hash stand-in where the nodes sign so, as SMR's clients).
+        scheme = ED25519 if context.signer.name == "ed25519" else KEYED
+        self.signatures = SignedClients(self.codec, scheme, nodes=context.signer)
+        self.ed25519 = SignedClients(self.codec, ED25519)
+        requests = self.verify_request if self.certify and self.checks_requests() else None
         for group, replica in enumerate(self.groups.replicas):
             store = replica.state_machine
             assert isinstance(store, TxnStore)
             store.group = group
             store.certifier = certifier if self.certify else None
+            store.requests = requests
+            store.slots = factory.slots
             self.stores.append(store)
         self.caller: GroupCaller | None = None
         self.drivers = 0
@@ -156,6 +181,26 @@ class TxnNode:
         """Whether the groups take only certified votes, decisions and acks: in
         Byzantine fault tolerant groups (no single node's word moves a group)."""
         return factory.resilience in BYZANTINE
+
+    def checks_requests(self) -> bool:
+        """Whether groups that take certificates also check that a prepare's
+        operations are exactly what its client signed (always: a variant says no)."""
+        return True
+
+    def verify_request(self, client: int, key: bytes, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is ``client``'s of ``data``: Ed25519 with ``key`` (32
+        bytes), else the cluster's own scheme. Pure: every replica agrees."""
+        if len(key) == ED25519_PUBLIC_BYTES:
+            return self.ed25519.verify(client, key, data, signature)
+        return self.signatures.verify(client, key, data, signature)
+
+    def authentic(self, signed: SignedTxnRequest) -> bool:
+        """Whether ``signed`` carries its client's signature of its request."""
+        request = signed.request
+        return self.verify_request(
+            request.client, signed.key,
+            request_bytes(self.codec, request.client, request.nonce, request.ops),
+            signed.signature)
 
     def footprint(self) -> dict[str, int]:
         """What this node holds now, by the names of :meth:`TxnFactory.footprint_max`
@@ -190,13 +235,22 @@ class TxnNode:
                 return "bad_request"
         if type(payload) is GroupRequest:
             return self.groups.on_request(payload)
+        signed: SignedTxnRequest | None = None
+        if type(payload) is SignedTxnRequest:
+            signed, payload = payload, payload.request
         if type(payload) is not TxnRequest:
             return "bad_request"
+        if self.certify and (signed is None or not self.authentic(signed)):
+            # Groups of a BFT cluster prepare only what a client signed: an
+            # attempt without its client's signature can never commit.
+            self.context.count("txn_request_unsigned")
+            self.answer(payload, ABORTED, UNSIGNED)
+            return UNSIGNED
         if self.drivers >= self.params.drivers_max:
             self.answer(payload, ABORTED, "busy")
             return "busy"
         self.drivers += 1
-        self.context.spawn(self.drive(payload), "txn.driver")
+        self.context.spawn(self.drive(payload, signed), "txn.driver")
         return None
 
     # -- one attempt ------------------------------------------------------------
@@ -242,21 +296,24 @@ class TxnNode:
             tasks = [scope.spawn(call) for call in calls]
             return [await task.result for task in tasks]
 
-    async def drive(self, request: TxnRequest) -> None:
+    async def drive(self, request: TxnRequest, signed: SignedTxnRequest | None) -> None:
         try:
-            await self.transaction(request)
+            await self.transaction(request, signed)
         finally:
             self.drivers -= 1
 
-    async def transaction(self, request: TxnRequest) -> None:
-        """Two-phase commit of one attempt across the groups its keys live in."""
+    async def transaction(self, request: TxnRequest,
+                          signed: SignedTxnRequest | None = None) -> None:
+        """Two-phase commit of one attempt across the groups its keys live in
+        (``signed``: the client's signature of it, which every participant of a
+        BFT cluster checks)."""
         opened = await self.begin(request)
         if opened is None:
             return
         plan, participants, coordinator = opened
         client, nonce = request.client, request.nonce
         # Every participant prepares its part through its own replication.
-        certified_votes = await self.prepare(request, plan, participants, coordinator)
+        certified_votes = await self.prepare(request, plan, participants, coordinator, signed)
         votes = [None if vote is None else vote[0] for vote in certified_votes]
         proofs = [None if vote is None else vote[1] for vote in certified_votes]
         prepared = all(vote is not None and vote[0] == PREPARED for vote in votes) and (
@@ -276,7 +333,13 @@ class TxnNode:
         # commands' replies come from the commit itself: the client waits for it.)
         outcome = str(decided[0])
         deferred = any(op[0] == KV for ops in plan.values() for _, op in ops)
-        if outcome == COMMITTED and not deferred:
+        if outcome == COMMITTED and not deferred and not all(
+                vote is not None and vote[0] == PREPARED for vote in votes):
+            # Another driver of the same attempt (a client asking several nodes)
+            # had it committed on votes this one did not see: its reads are known
+            # only if it reads nothing.
+            self.answer_decided(request, plan)
+        elif outcome == COMMITTED and not deferred:
             self.answer(request, COMMITTED, "", self.reads(plan, participants, votes))
         elif outcome != COMMITTED:
             refusals = [str(v[1]) for v in votes if v is not None and v[0] != PREPARED]
@@ -307,13 +370,27 @@ class TxnNode:
         coordinator = participants[(request.client + request.nonce) % len(participants)]
         begun = await self.call(coordinator, "begin", request.client, request.nonce,
                                 participants)
+        if begun is not None and begun[0] == COMMITTED and not any(
+                op[0] == KV for ops in plan.values() for _, op in ops):
+            self.answer_decided(request, plan)  # another driver of it was first
+            return None
         if begun is None or begun[0] != PENDING:
             self.answer(request, *self.not_begun(begun))
             return None
         return plan, participants, coordinator
 
+    def answer_decided(self, request: TxnRequest, plan: Plan) -> None:
+        """Answer an attempt the coordinator decided committed while this driver
+        holds none of its reads: ``committed`` if it reads nothing, else ``unknown``."""
+        if any(op[0] == READ for ops in plan.values() for _, op in ops):
+            self.answer(request, UNKNOWN, "already_decided")
+        else:
+            self.answer(request, COMMITTED, "",
+                        [None] * sum(len(ops) for ops in plan.values()))
+
     async def prepare(self, request: TxnRequest, plan: Plan, participants: list[int],
-                      coordinator: int) -> list[tuple[tuple[Any, ...], Any] | None]:
+                      coordinator: int, signed: SignedTxnRequest | None = None
+                      ) -> list[tuple[tuple[Any, ...], Any] | None]:
         """Every participant's vote, with its certificate (``call_certified``).
         Without waiting for locks (no-wait), every group at once. With bounded
         waiting, group by group in ascending order (``participants`` is sorted),
@@ -323,17 +400,18 @@ class TxnNode:
         (ordered locking). Waiting in every group at once let 64 clients on 3
         keys hold some locks each while waiting for the others' until their
         waits ran out, again and again: 8 clients committed nothing in the 30 s
-        after the heal (docs/benchmarks.md, *Contention*)."""
+        after the heal (docs/benchmarks.md, *Contention*). Groups that take
+        certificates get the client's signed request with every prepare."""
         if not self.params.lock_wait_us:
             return await self.together(*(
                 self.prepare_in(group, request, [op for _, op in plan[group]], coordinator,
-                                participants)
+                                participants, signed=signed)
                 for group in participants))
         votes: list[tuple[tuple[Any, ...], Any] | None] = []
         budget = [self.params.lock_wait_us]  # one budget for the attempt: within its lease
         for group in participants:
             vote = await self.prepare_in(group, request, [op for _, op in plan[group]],
-                                         coordinator, participants, budget)
+                                         coordinator, participants, budget, signed)
             votes.append(vote)
             if vote is None or vote[0][0] != PREPARED:
                 votes += [None] * (len(participants) - len(votes))  # not asked: abort
@@ -343,6 +421,7 @@ class TxnNode:
     async def prepare_in(self, group: int, request: TxnRequest, ops: list[Any],
                          coordinator: int, participants: list[int],
                          budget: list[int] | None = None,
+                         signed: SignedTxnRequest | None = None,
                          ) -> tuple[tuple[Any, ...], Any] | None:
         """One participant's vote; a refusal for a locked key is asked again while
         the attempt's waiting ``budget`` lasts (``[lock_wait_us]``, spent in
@@ -350,9 +429,12 @@ class TxnNode:
         the attempt's lease)."""
         if budget is None:
             budget = [self.params.lock_wait_us]
+        proof: tuple[Any, ...] = ()
+        if self.certify and signed is not None:
+            proof = ([signed.request.ops, signed.key, signed.signature],)
         while True:
             vote = await self.call_certified(group, "prepare", request.client, request.nonce,
-                                             coordinator, ops, participants)
+                                             coordinator, ops, participants, *proof)
             if vote is None or vote[0][:2] != (REFUSED, "locked") or budget[0] <= 0:
                 return vote
             await self.context.sleep(self.params.lock_retry_us)

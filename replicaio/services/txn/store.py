@@ -51,11 +51,12 @@ raises. Every table is bounded.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from replicaio.core.codec import Codec, DecodeError, EncodeError
+from replicaio.services.txn.slots import SlotMap
 from replicaio.smr.certified import Certifier
 
 APPEND: Final = "append"
@@ -86,8 +87,23 @@ APPLIED: Final = "applied"  # ..., committed|aborted: this participant finished 
 UNCERTIFIED: Final = "uncertified"
 UNKNOWN_HERE: Final = "unknown"  # a participant holds nothing for the transaction
 
+# What a client of a Byzantine fault tolerant cluster signs: this label and the
+# codec value [client, nonce, ops] (``request_bytes``); a prepare carries it
+# as [ops, key, signature] and the group checks it (``TxnStore.unsigned``).
+TXN_REQUEST_LABEL: Final = b"replicaio txn request v1"
+UNSIGNED: Final = "unsigned"  # refused: no valid client signature of the request
+ALTERED: Final = "altered"  # refused: not exactly the signed operations for this group
+
 TxnId = tuple[int, int]  # (client, nonce)
 Value = int | tuple[int, ...]
+# (client, key, signed bytes, signature) -> authentic: ``smr.auth.SignedClients.verify``
+RequestCheck = Callable[[int, bytes, bytes, bytes], bool]
+
+
+def request_bytes(codec: Codec, client: int, nonce: int, ops: bytes) -> bytes:
+    """What the client of attempt ``(client, nonce)`` signs: a label, then its
+    identity and its operations (the ``TxnRequest.ops`` bytes) as one codec value."""
+    return TXN_REQUEST_LABEL + codec.encode_value([client, nonce, ops])
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +162,11 @@ class TxnStore:
         # certificates of the groups that made them (docs/transactions.md).
         self.certifier: Certifier | None = getattr(self, "certifier", None)
         self.group: int = getattr(self, "group", -1)
+        # Set by the node for the same groups: a prepare must carry its client's
+        # signed request, and its operations must be exactly the signed ones for
+        # this group's slots (a Byzantine driver may not change them).
+        self.requests: RequestCheck | None = getattr(self, "requests", None)
+        self.slots: SlotMap | None = getattr(self, "slots", None)
 
     # -- the StateMachine interface -------------------------------------------
 
@@ -301,7 +322,7 @@ class TxnStore:
     # -- participant ------------------------------------------------------------
 
     def on_prepare(self, client: int, nonce: int, coordinator: int, ops: Any,
-                   participants: Any = ()) -> list[Any]:
+                   participants: Any = (), signed: Any = None) -> list[Any]:
         txn = (_int(client), _int(nonce))
         if txn in self.prepared:  # a retry of the same attempt
             record = self.prepared[txn]
@@ -309,6 +330,10 @@ class TxnStore:
         if txn in self.finished:
             return [REFUSED, "finished"]
         parsed = self.parse_ops(ops)
+        why = self.unsigned(txn, ops, participants, signed)
+        if why is not None:
+            self.count(f"refused_{why}")  # a correct driver never sends it
+            return [REFUSED, why]
         keys = self.op_keys(parsed)
         if len(keys) > self.params.prepare_keys_max:
             raise ValueError(f"a prepare locks at most {self.params.prepare_keys_max} keys")
@@ -329,6 +354,38 @@ class TxnStore:
         for key in keys:
             self.locks[key] = txn
         return [PREPARED, reads, self.vote(txn, record)]
+
+    def unsigned(self, txn: TxnId, ops: Any, participants: Any, signed: Any) -> str | None:
+        """Why a prepare may not lock: its client's signature of the request is
+        missing or wrong (``unsigned``), or ``ops`` are not exactly the signed
+        operations whose keys live in this group, in their order, or
+        ``participants`` not exactly the groups of all of them (``altered``);
+        ``None`` when it may, or when this group checks no signatures (crash
+        faults only: drivers are trusted)."""
+        if self.requests is None:
+            return None
+        assert self.slots is not None, "a group checking signatures knows the slot map"
+        if not (isinstance(signed, tuple) and len(signed) == 3
+                and all(type(part) is bytes for part in signed)):
+            return UNSIGNED
+        request_ops, key, signature = signed
+        if not self.requests(txn[0], key, request_bytes(self.codec, *txn, request_ops),
+                             signature):
+            return UNSIGNED
+        try:
+            value: Any = self.codec.decode_value(request_ops)
+        except DecodeError:
+            return ALTERED  # signed, but no correct driver would prepare it
+        if not (isinstance(value, tuple) and all(
+                isinstance(op, tuple) and len(op) == 3 and isinstance(op[1], bytes)
+                for op in value)):
+            return ALTERED
+        slots = self.slots
+        mine = tuple(op for op in value if slots.group_of(op[1]) == self.group)
+        groups = tuple(sorted({slots.group_of(op[1]) for op in value}))
+        if mine != ops or groups != _groups(participants):
+            return ALTERED
+        return None
 
     @staticmethod
     def vote(txn: TxnId, record: Prepared) -> tuple[Any, ...]:

@@ -20,6 +20,12 @@ decided, ``abort`` in a participant of a decided commit. Every group orders and
 executes exactly what it is sent (its PBFT ordering is intact), so one
 Byzantine node driving as a liar (the simulator's ``txn_lying_driver``,
 ``replicaio.sim.txn_adversary``) breaks atomicity: the bank total changes.
+
+``txn-pbft-unsigned-requests``: PBFT groups that take certificates but
+prepare whatever operations a driver sends (the code before client-signed
+requests): a Byzantine node driving an attempt may change what its client
+asked (``txn_altering_driver``: a credit raised, an element changed, one
+group's part dropped), every certificate being genuine; the bank total breaks.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from replicaio.services.txn.protocol import Plan, TxnFactory, TxnNode, TxnRequest
+from replicaio.services.txn.protocol import Plan, SignedTxnRequest, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import PREPARED, TxnStore
 
 
@@ -35,8 +41,8 @@ class UnlockEarlyStore(TxnStore):
     """Releases a transaction's locks right after preparing it."""
 
     def on_prepare(self, client: int, nonce: int, coordinator: int, ops: Any,
-                   participants: Any = ()) -> list[Any]:
-        answer = super().on_prepare(client, nonce, coordinator, ops, participants)
+                   participants: Any = (), signed: Any = None) -> list[Any]:
+        answer = super().on_prepare(client, nonce, coordinator, ops, participants, signed)
         txn = (client, nonce)
         record = self.prepared.get(txn)
         if answer[0] == PREPARED and record is not None:
@@ -62,11 +68,20 @@ class UnorderedWaitNode(TxnNode):
     """Prepares in every participant at once even when it waits for locks."""
 
     async def prepare(self, request: TxnRequest, plan: Plan, participants: list[int],
-                      coordinator: int) -> list[tuple[tuple[Any, ...], Any] | None]:
+                      coordinator: int, signed: SignedTxnRequest | None = None
+                      ) -> list[tuple[tuple[Any, ...], Any] | None]:
         return await self.together(*(
             self.prepare_in(group, request, [op for _, op in plan[group]], coordinator,
-                            participants)
+                            participants, signed=signed)
             for group in participants))
+
+
+class UnsignedRequestsNode(TxnNode):
+    """Its groups take certificates but prepare operations unchecked against the
+    client's signed request."""
+
+    def checks_requests(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,4 +103,8 @@ TXN_VARIANTS: dict[str, TxnVariant] = {
         "PBFT groups taking votes and decisions without certificates (one Byzantine "
         "driver breaks atomicity: run with --byzantine 1 --behaviour txn_lying_driver)",
         node_type=UncertifiedNode, ordering="pbft"),
+    "txn-pbft-unsigned-requests": TxnVariant(
+        "PBFT groups preparing operations a driver changed (certificates, but no check of "
+        "the client's signed request: run with --byzantine 1 --adversary "
+        "txn_altering_driver)", node_type=UnsignedRequestsNode, ordering="pbft"),
 }
