@@ -732,8 +732,8 @@ TRANSACTIONAL: dict[str, TransactionalSpec] = {
         "slot, MULTI/EXEC across groups by the transaction protocol",
         store_type=KvTxnStore),
     "txn-pbft": TransactionalSpec(
-        "txn-pbft", "atomic transactions across G PBFT groups (crash faults only: a node "
-        "trusts its own replica's answers), keys by hash slot",
+        "txn-pbft", "atomic transactions across G PBFT groups (certified votes and "
+        "decisions, client-signed requests: f Byzantine nodes), keys by hash slot",
         ordering="pbft", checkers=pbft_checkers),
 }
 TRANSACTIONAL.update(
