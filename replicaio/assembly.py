@@ -75,7 +75,7 @@ from replicaio.services.kv.state_machine import (
 from replicaio.services.txn.kv_store import KvTxnStore
 from replicaio.services.txn.protocol import TxnFactory, TxnNode, TxnParams
 from replicaio.services.txn.slots import SlotMap
-from replicaio.services.txn.store import TxnStore
+from replicaio.services.txn.store import StoreParams, TxnStore
 from replicaio.smr.auth import ClientAuthenticator, MacClients
 from replicaio.smr.client import read_only_quorum
 from replicaio.smr.params import SNAPSHOT_DEFERRALS_MAX, SmrConstants, SmrParams
@@ -117,6 +117,11 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "32768; SMR's command and batch bounds and the node's frames follow)",
     "wait": "transactional clusters: ms a prepare refused for a locked key is asked again "
     "within the attempt (bounded waiting; default 0: no-wait)",
+    "remember": "transactional clusters: StoreParams.finished_max and coordinated_max, the "
+    "outcomes and coordinator records a group remembers (small values make groups forget "
+    "attempts within a run: what the nonce windows of BFT groups must still refuse)",
+    "windows": "transactional clusters over BFT groups: StoreParams.nonce_clients_max, the "
+    "clients whose nonce windows a group keeps (LRU beyond: small values make swarms evict)",
     "memory": "KvParams.bytes_max in MiB: what the key-value store holds (Redis's maxmemory; "
     "writes beyond are refused with OOM). Default 512 (Raft), 32 (PBFT, MinBFT: a checkpoint "
     "must fit one state transfer)",
@@ -692,6 +697,15 @@ class TransactionalSpec:
 def build_transactional(spec: TransactionalSpec, name: str,
                         parameters: Mapping[str, int]) -> TxnFactory:
     groups = parameters.get("groups", TXN_GROUPS_DEFAULT)
+    store_params = StoreParams()
+    if "remember" in parameters:
+        store_params = dataclasses.replace(
+            store_params, finished_max=max(1, parameters["remember"]),
+            coordinated_max=max(1, parameters["remember"]))
+    if "windows" in parameters:
+        store_params = dataclasses.replace(
+            store_params, nonce_clients_max=max(1, parameters["windows"]))
+    store_type = functools.partial(spec.store_type, store_params)
     group_factory: SmrFactory
     if spec.ordering == "pbft":
         interval = PBFT_CHECKPOINT_INTERVAL
@@ -700,7 +714,7 @@ def build_transactional(spec: TransactionalSpec, name: str,
         smr_params = SmrParams()
         group_factory = SmrFactory(
             name, Resilience.BYZANTINE, lambda context: Pbft(context, pbft_params),
-            spec.store_type, smr_params, ordering_path="pbft",
+            store_type, smr_params, ordering_path="pbft",
             constants=smr_constants(
                 {"sessions": parameters.get("sessions", SmrConstants().sessions_max)}, interval,
                 batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
@@ -715,7 +729,7 @@ def build_transactional(spec: TransactionalSpec, name: str,
         constants = smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL)
         group_factory = SmrFactory(
             name, Resilience.CRASH, lambda context: Raft(context, raft_params),
-            spec.store_type, smr_params, ordering_path="raft", constants=constants,
+            store_type, smr_params, ordering_path="raft", constants=constants,
             ordering_footprint_max=functools.partial(
                 raft_footprint_max, raft_params, smr_params, constants),
         )

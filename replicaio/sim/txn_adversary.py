@@ -11,6 +11,7 @@ the faulty node's core with :class:`LyingDriver` (``Strategy.core_factory``);
 its replicas, its resolver and everything it sends stay honest, and every
 other node drives correctly. For every attempt a client sends it, it:
 
+* **goes on whatever ``begin`` answered** (a refusal included);
 * **decides commit whatever the votes**: ``decide commit`` in the
   coordinator group with the certificates it collected, and, for a
   participant that refused, a forged one (its own signature of a prepared
@@ -41,8 +42,10 @@ together drive an altered attempt as a liar.
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections import deque
+from typing import Any, Final
 
+from replicaio.core.context import Context
 from replicaio.services.txn.protocol import SignedTxnRequest, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import (
     ADD,
@@ -52,11 +55,16 @@ from replicaio.services.txn.store import (
     COMMITTED,
     PREPARED,
     VOTE,
+    coordinator_of,
 )
 from replicaio.sim.adversary import Strategy, register_behaviour
 from replicaio.smr.certified import attestation_bytes
 
-TXN_BFT_FAMILY = ("txn-pbft", "txn-pbft-uncertified", "txn-pbft-unsigned-requests")
+TXN_BFT_FAMILY = ("txn-pbft", "txn-pbft-uncertified", "txn-pbft-unsigned-requests",
+                  "txn-pbft-replayable")
+REPLAY_AGE: Final = 4  # a replaying driver sends an attempt again this many attempts later
+REPLAY_TIMES: Final = 4  # ... and again, as many times, each as many attempts later
+REPLAY_KEPT: Final = 64  # signed attempts it keeps (bounded)
 
 
 class LyingDriver(TxnNode):
@@ -65,11 +73,16 @@ class LyingDriver(TxnNode):
 
     async def transaction(self, request: TxnRequest,
                           signed: SignedTxnRequest | None = None) -> None:
-        opened = await self.begin(request)
-        if opened is None:
+        plan = self.plan(request)
+        if isinstance(plan, str):
+            self.answer(request, COMMITTED, "")
             return
-        plan, participants, coordinator = opened
         client, nonce = request.client, request.nonce
+        participants = sorted(plan)
+        coordinator = coordinator_of(client, nonce, tuple(participants))
+        # Begins whatever the coordinator answers (a refusal: the liar goes on).
+        await self.call(coordinator, "begin", client, nonce, participants,
+                        *self.signed_proof(signed))
         votes = await self.prepare(request, plan, participants, coordinator, signed)
         prepared = [vote is not None and vote[0][0] == PREPARED for vote in votes]
         proofs = [vote[1] if vote is not None and vote[1] is not None
@@ -131,6 +144,42 @@ class AlteringDriver(TxnNode):
         return TxnRequest(request.client, request.nonce, self.codec.encode_value(ops))
 
 
+class ReplayingDriver(TxnNode):
+    """A transaction driver that drives every attempt honestly, keeps the signed
+    ones that committed (at most ``REPLAY_KEPT``), and drives each again ``REPLAY_AGE`` attempts
+    later, and again, up to ``REPLAY_TIMES`` times: by then the groups' bounded
+    tables (``finished_max``, ``coordinated_max``) may have forgotten it, and
+    only their nonce windows (ADR 0030) tell the copy from a new attempt. Its
+    answers to a copy carry an old nonce: clients ignore them."""
+
+    def __init__(self, context: Context, factory: TxnFactory) -> None:
+        super().__init__(context, factory)
+        self.kept: deque[tuple[TxnRequest, SignedTxnRequest, int]] = deque()
+        self.committed: dict[tuple[int, int], None] = {}  # the last few it saw commit
+
+    def answer(self, request: TxnRequest, outcome: str, reason: str,
+               reads: list[Any] | None = None) -> None:
+        if outcome == COMMITTED:
+            self.committed[(request.client, request.nonce)] = None
+            while len(self.committed) > REPLAY_KEPT:
+                del self.committed[next(iter(self.committed))]
+        super().answer(request, outcome, reason, reads)
+
+    async def transaction(self, request: TxnRequest,
+                          signed: SignedTxnRequest | None = None) -> None:
+        await super().transaction(request, signed)
+        if signed is None or (request.client, request.nonce) not in self.committed:
+            return
+        kept = self.kept
+        kept.append((request, signed, 1))
+        if len(kept) > REPLAY_AGE:  # one copy per attempt it is sent
+            old, old_signed, times = kept.popleft()
+            self.context.count("txn_requests_replayed")
+            await super().transaction(old, old_signed)
+            if times < REPLAY_TIMES and len(kept) < REPLAY_KEPT:
+                kept.append((old, old_signed, times + 1))
+
+
 _LYING: dict[tuple[type[TxnNode], type[TxnNode]], type[TxnNode]] = {}
 
 
@@ -169,6 +218,16 @@ class AlteringDriverStrategy(Strategy):
         return factory
 
 
+class ReplayingDriverStrategy(Strategy):
+    """Builds the faulty node's core with a replaying driver; its messages pass as
+    they are."""
+
+    def core_factory(self, factory: Any) -> Any:
+        if isinstance(factory, TxnFactory):
+            return factory.with_node_type(lying(factory.node_type, ReplayingDriver))
+        return factory
+
+
 register_behaviour(
     "txn_altering_driver", AlteringDriverStrategy,
     "drives transactions with operations its client never asked for (a transfer's credit "
@@ -181,3 +240,10 @@ register_behaviour(
     "drives transactions as a liar: decides commit whatever the votes, commits undecided, "
     "aborts decided-commit (transactional clusters over BFT groups)",
     protocols=TXN_BFT_FAMILY, weight=1.0)
+
+register_behaviour(
+    "txn_replaying_driver", ReplayingDriverStrategy,
+    "drives every signed attempt it is sent again, long after (once the groups may have "
+    "forgotten it): only per-client nonce windows refuse the copy (transactional clusters "
+    "over BFT groups)",
+    protocols=TXN_BFT_FAMILY)  # forced only: the drawn mixes stay as pinned

@@ -59,9 +59,11 @@ from replicaio.services.txn.store import (
     PREPARED,
     READ,
     REFUSED,
+    REPLAYED,
     UNSIGNED,
     TxnId,
     TxnStore,
+    coordinator_of,
     request_bytes,
 )
 from replicaio.smr.auth import ED25519, ED25519_PUBLIC_BYTES, KEYED, SignedClients
@@ -164,12 +166,14 @@ class TxnNode:
         self.signatures = SignedClients(self.codec, scheme, nodes=context.signer)
         self.ed25519 = SignedClients(self.codec, ED25519)
         requests = self.verify_request if self.certify and self.checks_requests() else None
+        guards = requests is not None and self.guards_replays()
         for group, replica in enumerate(self.groups.replicas):
             store = replica.state_machine
             assert isinstance(store, TxnStore)
             store.group = group
             store.certifier = certifier if self.certify else None
             store.requests = requests
+            store.guards_replays = guards
             store.slots = factory.slots
             self.stores.append(store)
         self.caller: GroupCaller | None = None
@@ -185,6 +189,12 @@ class TxnNode:
     def checks_requests(self) -> bool:
         """Whether groups that take certificates also check that a prepare's
         operations are exactly what its client signed (always: a variant says no)."""
+        return True
+
+    def guards_replays(self) -> bool:
+        """Whether groups that check signed requests also refuse a signed attempt
+        they began or prepared before, once they forgot it (per-client nonce
+        windows, ADR 0030; always: a variant says no)."""
         return True
 
     def verify_request(self, client: int, key: bytes, data: bytes, signature: bytes) -> bool:
@@ -307,7 +317,7 @@ class TxnNode:
         """Two-phase commit of one attempt across the groups its keys live in
         (``signed``: the client's signature of it, which every participant of a
         BFT cluster checks)."""
-        opened = await self.begin(request)
+        opened = await self.begin(request, signed)
         if opened is None:
             return
         plan, participants, coordinator = opened
@@ -359,17 +369,20 @@ class TxnNode:
                 not self.certify or all(ack is not None for ack in acks)):
             await self.call(coordinator, "ack", client, nonce, participants, acks)
 
-    async def begin(self, request: TxnRequest) -> tuple[Plan, list[int], int] | None:
-        """Plan the attempt, choose its coordinator group and have it record the
-        attempt with its lease; ``None`` once the client was answered (it cannot)."""
+    async def begin(self, request: TxnRequest, signed: SignedTxnRequest | None = None
+                    ) -> tuple[Plan, list[int], int] | None:
+        """Plan the attempt, choose its coordinator group (fixed by the attempt id:
+        ``store.coordinator_of``) and have it record the attempt with its lease
+        (groups that check signed requests get the client's); ``None`` once the
+        client was answered (it cannot)."""
         plan = self.plan(request)
         if isinstance(plan, str):
             self.answer(request, ABORTED, plan)
             return None
         participants = sorted(plan)
-        coordinator = participants[(request.client + request.nonce) % len(participants)]
+        coordinator = coordinator_of(request.client, request.nonce, tuple(participants))
         begun = await self.call(coordinator, "begin", request.client, request.nonce,
-                                participants)
+                                participants, *self.signed_proof(signed))
         if begun is not None and begun[0] == COMMITTED and not any(
                 op[0] == KV for ops in plan.values() for _, op in ops):
             self.answer_decided(request, plan)  # another driver of it was first
@@ -429,9 +442,7 @@ class TxnNode:
         the attempt's lease)."""
         if budget is None:
             budget = [self.params.lock_wait_us]
-        proof: tuple[Any, ...] = ()
-        if self.certify and signed is not None:
-            proof = ([signed.request.ops, signed.key, signed.signature],)
+        proof = self.signed_proof(signed)
         while True:
             vote = await self.call_certified(group, "prepare", request.client, request.nonce,
                                              coordinator, ops, participants, *proof)
@@ -441,12 +452,23 @@ class TxnNode:
             budget[0] -= self.params.lock_retry_us
             self.context.count("txn_lock_waits")
 
+    def signed_proof(self, signed: SignedTxnRequest | None) -> tuple[Any, ...]:
+        """What a begin or prepare carries for groups that check signed requests:
+        ``([ops, key, signature],)``, else nothing."""
+        if self.certify and signed is not None:
+            return ([signed.request.ops, signed.key, signed.signature],)
+        return ()
+
     @staticmethod
     def not_begun(begun: tuple[Any, ...] | None) -> tuple[str, str]:
         if begun is None:
             return UNKNOWN, "no_answer"
         if begun[0] == COMMITTED:
             return UNKNOWN, "already_decided"  # a duplicate of a decided attempt
+        if begun[:2] == (REFUSED, REPLAYED):
+            # Begun here before and forgotten since: decided long ago, but which
+            # way is no longer known here (another driver of it may have answered).
+            return UNKNOWN, REPLAYED
         return ABORTED, str(begun[-1])
 
     @staticmethod

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from replicaio.core.codec import Codec, DecodeError, EncodeError
+from replicaio.services.txn.nonces import NonceWindows, WindowParams
 from replicaio.services.txn.slots import SlotMap
 from replicaio.smr.certified import Certifier
 
@@ -75,7 +76,7 @@ PREPARED: Final = "prepared"
 REFUSED: Final = "refused"
 
 SNAPSHOT_FORMAT: Final = "replicaio.txn-store"
-SNAPSHOT_VERSION: Final = 2  # 2: prepared records keep their participants
+SNAPSHOT_VERSION: Final = 3  # 2: prepared records keep their participants; 3: nonce windows
 
 # What a certifiable result claims (its last item), for certificates
 # (``replicaio.smr.certified``): ("claim", kind, client, nonce, ...).
@@ -93,6 +94,7 @@ UNKNOWN_HERE: Final = "unknown"  # a participant holds nothing for the transacti
 TXN_REQUEST_LABEL: Final = b"replicaio txn request v1"
 UNSIGNED: Final = "unsigned"  # refused: no valid client signature of the request
 ALTERED: Final = "altered"  # refused: not exactly the signed operations for this group
+REPLAYED: Final = "replayed"  # refused: this group began or prepared that signed attempt before
 
 TxnId = tuple[int, int]  # (client, nonce)
 Value = int | tuple[int, ...]
@@ -118,6 +120,15 @@ class StoreParams:
     prepare_keys_max: int = 256  # keys one prepare locks (a command may name several)
     list_length_max: int = 4096  # elements of one list value
     keys_max: int = 1 << 16  # keys of the store
+    # Groups that check signed requests refuse an attempt they began (coordinator)
+    # or prepared (participant) before, even once they forgot it: per-client nonce
+    # windows (``nonces.py``, ADR 0030), this many clients, LRU beyond.
+    nonce_clients_max: int = 4096
+    nonce_window: int = 64  # nonces below a client's highest still accepted once
+    nonce_buckets: int = 1024  # floors of evicted clients' highest nonces
+
+    def windows(self) -> WindowParams:
+        return WindowParams(self.nonce_clients_max, self.nonce_window, self.nonce_buckets)
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -157,6 +168,10 @@ class TxnStore:
         self.finished: dict[TxnId, str] = {}
         self.coordinated: dict[TxnId, Coordinated] = {}
         self.counters: dict[str, int] = {}
+        # Attempts begun here as coordinator, prepared here as participant, by client:
+        # what a copy of a signed attempt is refused on once the records forgot it.
+        self.begun = NonceWindows(self.params.windows())
+        self.prepares = NonceWindows(self.params.windows())
         # Set by the node for Byzantine fault tolerant groups (kept across
         # restores): votes, decisions and acknowledgements must then carry
         # certificates of the groups that made them (docs/transactions.md).
@@ -167,6 +182,9 @@ class TxnStore:
         # this group's slots (a Byzantine driver may not change them).
         self.requests: RequestCheck | None = getattr(self, "requests", None)
         self.slots: SlotMap | None = getattr(self, "slots", None)
+        # Set by the node for the same groups: refuse a signed attempt begun or
+        # prepared here before (the nonce windows; a variant says no).
+        self.guards_replays: bool = getattr(self, "guards_replays", False)
 
     # -- the StateMachine interface -------------------------------------------
 
@@ -208,14 +226,16 @@ class TxnStore:
             [[list(txn), list(c.participants), c.deadline, c.decision, sorted(c.acked)]
              for txn, c in self.coordinated.items()],
             sorted(self.counters.items()),
+            self.begun.snapshot(), self.prepares.snapshot(),
         ]
         return self.codec.encode_value(state)
 
     def restore(self, snapshot: bytes) -> None:
         value: Any = self.codec.decode_value(snapshot)
         assert isinstance(value, tuple) and value[0] == SNAPSHOT_FORMAT
-        assert value[1] in (1, SNAPSHOT_VERSION), value[1]
-        _, _, revision, ticks, data, tombstones, prepared, finished, coordinated, counters = value
+        assert value[1] in (1, 2, SNAPSHOT_VERSION), value[1]
+        (_, _, revision, ticks, data, tombstones, prepared, finished, coordinated, counters,
+         *windows) = value
         self.__init__(self.params)  # type: ignore[misc]
         self.revision, self.ticks = revision, ticks
         for key, stored, version in data:
@@ -235,6 +255,9 @@ class TxnStore:
             self.coordinated[(txn[0], txn[1])] = Coordinated(
                 tuple(participants), deadline, decision, set(acked))
         self.counters = dict(counters)
+        if windows:  # (before version 3: none kept)
+            self.begun.restore(windows[0])
+            self.prepares.restore(windows[1])
 
     # -- helpers --------------------------------------------------------------
 
@@ -282,7 +305,9 @@ class TxnStore:
     def footprint(self) -> dict[str, int]:
         """What this replica's tables hold now (bounded by :meth:`footprint_max`)."""
         return {"txn_locks": len(self.locks), "txn_prepared": len(self.prepared),
-                "txn_finished": len(self.finished), "txn_coordinated": len(self.coordinated)}
+                "txn_finished": len(self.finished), "txn_coordinated": len(self.coordinated),
+                "txn_nonce_windows": len(self.begun) + len(self.prepares),
+                "txn_nonce_floors": len(self.begun.floors) + len(self.prepares.floors)}
 
     def footprint_max(self) -> dict[str, int]:
         """The bound of every table, whatever drivers and clients send: a prepare
@@ -290,7 +315,9 @@ class TxnStore:
         params = self.params
         return {"txn_locks": params.prepared_max * params.prepare_keys_max,
                 "txn_prepared": params.prepared_max, "txn_finished": params.finished_max,
-                "txn_coordinated": params.coordinated_max}
+                "txn_coordinated": params.coordinated_max,
+                "txn_nonce_windows": 2 * params.nonce_clients_max,
+                "txn_nonce_floors": 2 * params.nonce_buckets}
 
     def certified(self, certificate: Any, group: int, *claim: Any) -> bool:
         """Whether ``certificate`` proves ``group`` claimed ``claim`` (always, in a
@@ -330,10 +357,13 @@ class TxnStore:
         if txn in self.finished:
             return [REFUSED, "finished"]
         parsed = self.parse_ops(ops)
-        why = self.unsigned(txn, ops, participants, signed)
+        why = self.unsigned(txn, ops, participants, signed, _int(coordinator))
         if why is not None:
             self.count(f"refused_{why}")  # a correct driver never sends it
             return [REFUSED, why]
+        if self.guards_replays and not self.prepares.fresh(*txn):
+            self.count("refused_replayed")  # prepared here before, forgotten since
+            return [REFUSED, REPLAYED]
         keys = self.op_keys(parsed)
         if len(keys) > self.params.prepare_keys_max:
             raise ValueError(f"a prepare locks at most {self.params.prepare_keys_max} keys")
@@ -353,15 +383,20 @@ class TxnStore:
             _groups(participants))
         for key in keys:
             self.locks[key] = txn
+        if self.guards_replays:
+            self.prepares.accept(*txn)
         return [PREPARED, reads, self.vote(txn, record)]
 
-    def unsigned(self, txn: TxnId, ops: Any, participants: Any, signed: Any) -> str | None:
-        """Why a prepare may not lock: its client's signature of the request is
-        missing or wrong (``unsigned``), or ``ops`` are not exactly the signed
-        operations whose keys live in this group, in their order, or
-        ``participants`` not exactly the groups of all of them (``altered``);
-        ``None`` when it may, or when this group checks no signatures (crash
-        faults only: drivers are trusted)."""
+    def unsigned(self, txn: TxnId, ops: Any, participants: Any, signed: Any,
+                 coordinator: int) -> str | None:
+        """Why a prepare (or, with ``ops`` ``None``, a begin) may not proceed: its
+        client's signature of the request is missing or wrong (``unsigned``), or
+        ``ops`` are not exactly the signed operations whose keys live in this
+        group, in their order, ``participants`` not exactly the groups of all of
+        them, or ``coordinator`` not the one those groups and the attempt id
+        choose (``altered``: a copy begun in another coordinator group would
+        escape the first one's nonce window); ``None`` when it may, or when this
+        group checks no signatures (crash faults only: drivers are trusted)."""
         if self.requests is None:
             return None
         assert self.slots is not None, "a group checking signatures knows the slot map"
@@ -383,7 +418,8 @@ class TxnStore:
         slots = self.slots
         mine = tuple(op for op in value if slots.group_of(op[1]) == self.group)
         groups = tuple(sorted({slots.group_of(op[1]) for op in value}))
-        if mine != ops or groups != _groups(participants):
+        if not groups or (ops is not None and mine != ops) or (
+                groups != _groups(participants)) or coordinator != coordinator_of(*txn, groups):
             return ALTERED
         return None
 
@@ -501,7 +537,11 @@ class TxnStore:
 
     # -- coordinator ------------------------------------------------------------
 
-    def on_begin(self, client: int, nonce: int, participants: Any) -> list[Any]:
+    def on_begin(self, client: int, nonce: int, participants: Any,
+                 signed: Any = None) -> list[Any]:
+        """Record the attempt as pending (with its client's signed request, in a
+        group that checks them; one begun here before and forgotten since is
+        refused ``replayed``)."""
         txn = (_int(client), _int(nonce))
         record = self.coordinated.get(txn)
         if record is not None:
@@ -509,10 +549,19 @@ class TxnStore:
         groups = tuple(sorted({_int(group) for group in participants}))
         if not groups:
             raise ValueError("a transaction has at least one participant")
+        why = self.unsigned(txn, None, participants, signed, self.group)
+        if why is not None:
+            self.count(f"refused_begin_{why}")  # a correct driver never sends it
+            return [REFUSED, why]
+        if self.guards_replays and not self.begun.fresh(*txn):
+            self.count("refused_begin_replayed")  # begun here before, forgotten since
+            return [REFUSED, REPLAYED]
         if len(self.coordinated) >= self.params.coordinated_max and not self.forget_one():
             self.count("refused_coordinated_max")
             return [REFUSED, "busy"]
         self.coordinated[txn] = Coordinated(groups, self.ticks + self.params.lease_ticks)
+        if self.guards_replays:
+            self.begun.accept(*txn)
         return [PENDING]
 
     def forget_one(self) -> bool:
@@ -597,6 +646,13 @@ class TxnStore:
         if record is not None and record.decision is not None:
             record.acked.update(g for g in acked if g in record.participants)
         return ["ok"]
+
+
+def coordinator_of(client: int, nonce: int, participants: tuple[int, ...]) -> int:
+    """The coordinator group of attempt ``(client, nonce)`` over ``participants``
+    (sorted): one of them, fixed by the attempt id, so a copy of a signed attempt
+    cannot be begun in another group than the first."""
+    return participants[(client + nonce) % len(participants)]
 
 
 def unclaimed(answer: Any) -> Any:

@@ -26,6 +26,14 @@ prepare whatever operations a driver sends (the code before client-signed
 requests): a Byzantine node driving an attempt may change what its client
 asked (``txn_altering_driver``: a credit raised, an element changed, one
 group's part dropped), every certificate being genuine; the bank total breaks.
+
+``txn-pbft-replayable``: PBFT groups that check signed requests but keep no
+per-client nonce windows (the code before ADR 0030): once a group's bounded
+tables forgot an attempt (``finished_max``, ``coordinated_max``; run with
+``txn-pbft-replayable:remember=16`` so they do within a run), a Byzantine
+node that kept the client's signed request drives it again
+(``txn_replaying_driver``) and it executes a second time: an element appended
+twice (``duplicate-elements``).
 """
 
 from __future__ import annotations
@@ -84,6 +92,13 @@ class UnsignedRequestsNode(TxnNode):
         return False
 
 
+class ReplayableNode(TxnNode):
+    """Its groups check signed requests but refuse no copy of one they forgot."""
+
+    def guards_replays(self) -> bool:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class TxnVariant:
     summary: str
@@ -107,4 +122,8 @@ TXN_VARIANTS: dict[str, TxnVariant] = {
         "PBFT groups preparing operations a driver changed (certificates, but no check of "
         "the client's signed request: run with --byzantine 1 --adversary "
         "txn_altering_driver)", node_type=UnsignedRequestsNode, ordering="pbft"),
+    "txn-pbft-replayable": TxnVariant(
+        "PBFT groups without per-client nonce windows: a copy of a signed attempt they forgot "
+        "executes again (run txn-pbft-replayable:remember=16 with --byzantine 1 --adversary "
+        "txn_replaying_driver)", node_type=ReplayableNode, ordering="pbft"),
 }
