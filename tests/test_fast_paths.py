@@ -115,3 +115,68 @@ def test_run_restores_the_collector_thresholds() -> None:
     with pytest.raises(RuntimeError), young_collections_every(GC_YOUNG_ALLOCATIONS + 1):
         raise RuntimeError("a bug in a run")
     assert gc.get_threshold() == before
+
+
+def _plain_records() -> Any:
+    from hypothesis import strategies as st
+
+    scalars = (
+        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
+        | st.text() | st.binary()
+    )
+    integers = st.integers(-(2**63), 2**64 - 1)
+    keys = st.text() | integers | st.tuples(integers, st.text())
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+        | st.dictionaries(keys, inner, max_size=4),
+        max_leaves=12,
+    )
+
+
+def test_log_writer_writes_what_msgpack_packs() -> None:
+    """The writer appends with msgspec (falling back to msgpack for what msgspec
+    refuses, such as tuple map keys); msgpack's bytes define the format."""
+    import hashlib
+    import io
+
+    import msgpack
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from replicaio.trace.eventlog import EventLogWriter
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(_plain_records(), max_size=6))
+    def check(records: list[Any]) -> None:
+        sink = io.BytesIO()
+        writer = EventLogWriter({"protocol": "x"}, sink, records_per_flush_max=3)
+        for record in records:
+            writer.write(record)
+        expected = msgpack.packb(
+            {"format": "replicaio-eventlog", "version": 2, "protocol": "x"}, use_bin_type=True
+        ) + b"".join(msgpack.packb(record, use_bin_type=True) for record in records)
+        assert writer.hexdigest() == hashlib.sha256(expected).hexdigest()
+        assert sink.getvalue() == expected
+
+    check()
+
+
+def test_log_writer_refuses_what_msgpack_refuses() -> None:
+    import io
+
+    import msgpack
+
+    from replicaio.trace.eventlog import EventLogWriter
+
+    sink = io.BytesIO()
+    writer = EventLogWriter({}, sink)
+    with pytest.raises(TypeError):
+        writer.write([1, object()])
+    with pytest.raises(OverflowError):
+        writer.write([2**64])
+    writer.write([1])
+    writer.flush()
+    # Nothing of the refused records stayed in the buffer.
+    header = {"format": "replicaio-eventlog", "version": 2}
+    assert sink.getvalue() == msgpack.packb(header) + msgpack.packb([1])

@@ -33,7 +33,7 @@ time; replay: the recorded answer; a Byzantine node's adversary: anything).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 Path = tuple[int | str, ...]
@@ -128,18 +128,36 @@ class Request:
 Input = Start | Receive | TimerFired | Request
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Effects:
     """One batch of effects from one step; see the module docstring for the order."""
 
-    persists: list[tuple[str, bytes | None]] = field(default_factory=list)
-    sends: list[tuple[int, Any]] = field(default_factory=list)
-    timers_cancelled: list[int] = field(default_factory=list)
-    timers_set: list[tuple[int, int]] = field(default_factory=list)
-    outputs: list[Any] = field(default_factory=list)
+    persists: list[tuple[str, bytes | None]]
+    sends: list[tuple[int, Any]]
+    timers_cancelled: list[int]
+    timers_set: list[tuple[int, int]]
+    outputs: list[Any]
     # Positions in ``sends`` that may leave before the sync (see the module
     # docstring); None when there are none (the common case, no list made).
-    sends_before_sync: list[int] | None = None
+    sends_before_sync: list[int] | None
+
+    def __init__(
+        self,
+        persists: list[tuple[str, bytes | None]] | None = None,
+        sends: list[tuple[int, Any]] | None = None,
+        timers_cancelled: list[int] | None = None,
+        timers_set: list[tuple[int, int]] | None = None,
+        outputs: list[Any] | None = None,
+        sends_before_sync: list[int] | None = None,
+    ) -> None:
+        # Written out: the generated __init__ (default factories) costs twice
+        # as much, and every step makes one batch.
+        self.persists = [] if persists is None else persists
+        self.sends = [] if sends is None else sends
+        self.timers_cancelled = [] if timers_cancelled is None else timers_cancelled
+        self.timers_set = [] if timers_set is None else timers_set
+        self.outputs = [] if outputs is None else outputs
+        self.sends_before_sync = sends_before_sync
 
     def __bool__(self) -> bool:
         return bool(

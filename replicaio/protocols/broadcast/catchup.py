@@ -118,10 +118,14 @@ class CatchUp:
     def behind(self, sender: int) -> bool:
         """An instance of ``sender`` is undelivered while a later one is
         delivered, or a peer already talks beyond our window."""
-        delivered = self.owner.delivered[sender]
         if sender in self.beyond_window:
             return True
-        return bool(delivered) and max(delivered) > self.first_missing(sender)
+        owner = self.owner
+        delivered = owner.delivered[sender]
+        # Every key of ``delivered`` is a distinct seq >= low: the highest is
+        # past the first missing one exactly when there is a gap, when fewer
+        # keys than low..highest (first_missing's walk, without the walk).
+        return bool(delivered) and max(delivered) - owner.low[sender] >= len(delivered)
 
     def suspect(self, sender: int, *, beyond_window: bool = False) -> None:
         """Evidence that this node may be behind on ``sender``: watch it."""
