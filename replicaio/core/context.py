@@ -171,7 +171,9 @@ class Link(Generic[T]):
     ) -> None:
         self.node = context.node
         self.path = context.path
-        self.storage_prefix_cached: str | None = None
+        # Its context's, when made (a durable link's context makes it: it is
+        # needed anyway when the component is forgotten).
+        self.storage_prefix_cached: str | None = context.storage_prefix
         self.name = name
         self.accepts = accepts
         self.durable = durable
@@ -399,6 +401,8 @@ class Context:
         """The link ``name`` of this component (created once)."""
         link = self.links_by_name.get(name)
         if link is None:
+            if durable and self.storage_prefix is None:
+                self.storage_prefix = self.node.storage_key(self.path, "")
             link = Link(self, name, accepts_function(body), durable)
             self.links_by_name[name] = link
             self.node.reliable.restore_link(link)
@@ -448,7 +452,7 @@ class Context:
     def forget(self) -> None:
         """Close, and drop everything retained for this path, durable records included."""
         self.close()
-        self.node.forget_path(self.path)
+        self.node.forget_path(self.path, self.storage_prefix)
 
     # -- time, choice, output ------------------------------------------------
 

@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
+
 Path = tuple[int | str, ...]
 
 CLOCK_CHOICE = "clock_ms"  # a choice point the host resolves with its clock (ms)
@@ -102,8 +104,12 @@ class Start:
     incarnation_floor: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Receive:
+# The inputs a host makes at every step are frozen msgspec structs: built five
+# times faster than a frozen dataclass (whose __init__ goes through
+# object.__setattr__), and a simulated run makes one per delivered message.
+
+
+class Receive(msgspec.Struct, frozen=True):
     """A message from peer ``source``: wire bytes, or a decoded message when the
     host skips encoding (simulation speed mode)."""
 
@@ -111,15 +117,13 @@ class Receive:
     message: Any
 
 
-@dataclass(frozen=True, slots=True)
-class TimerFired:
+class TimerFired(msgspec.Struct, frozen=True):
     """A timer armed by an earlier ``timers_set`` effect expired."""
 
     timer_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(msgspec.Struct, frozen=True):
     """A request from a local client or application (e.g. "broadcast this")."""
 
     payload: Any

@@ -470,10 +470,13 @@ class Node:
         self.routes.pop(context.path, None)
         self.child_handlers.pop(context.path, None)
 
-    def forget_path(self, path: Path) -> None:
-        """Drop what ``path`` sent: retained copies, retransmissions, durable records."""
+    def forget_path(self, path: Path, prefix: str | None = None) -> None:
+        """Drop what ``path`` sent: retained copies, retransmissions, durable
+        records; ``prefix``: ``storage_key(path, "")`` if the caller has it."""
         self.reliable.forget(path)
-        keys = self.storage_keys.get(self.storage_key(path, ""))
+        if prefix is None:
+            prefix = self.storage_key(path, "")
+        keys = self.storage_keys.get(prefix)
         if keys:
             for key in list(keys):
                 self.persist(key, None)

@@ -118,11 +118,14 @@ def check_key_value(key: str, value: bytes | None) -> None:
     """Raise ``StorageUsageError`` unless ``key``/``value`` are within the contract."""
     if not isinstance(key, str) or not key:
         raise StorageUsageError(f"storage key must be a non-empty str, got {key!r}")
-    try:
-        key_bytes = key.encode()
-    except UnicodeEncodeError as error:  # lone surrogates: not representable on disk
-        raise StorageUsageError(f"storage key is not valid UTF-8 text: {key!r}") from error
-    if len(key_bytes) > KEY_BYTES_MAX:
+    if key.isascii():  # the common case: one byte per character, no encoding to do
+        key_length = len(key)
+    else:
+        try:
+            key_length = len(key.encode())
+        except UnicodeEncodeError as error:  # lone surrogates: not representable on disk
+            raise StorageUsageError(f"storage key is not valid UTF-8 text: {key!r}") from error
+    if key_length > KEY_BYTES_MAX:
         raise StorageUsageError(f"storage key longer than {KEY_BYTES_MAX} bytes")
     if value is None:
         return
