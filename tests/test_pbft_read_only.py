@@ -51,7 +51,7 @@ def test_2f_plus_1_outvote_a_replica_answering_as_the_most_lagging_one() -> None
     least would, so its lie matches a lagging replica's honest answer. With
     2f+1 the histories stay linearizable; with f+1 (the broken client) the
     same seeds read values overwritten before the read began."""
-    for seed in (1, 3, 9):
+    for seed in (3, 5, 8):  # found again with one batch in flight (PBFT's default)
         result = run(seed, "pbft_lagging_reads")
         assert result.violations == [], (seed, result.violations)
         assert result.stats["linearizable"] is True

@@ -63,7 +63,7 @@ def test_a_commit_from_its_author_counts_on_the_channel_and_a_relayed_one_is_che
 
 
 def test_without_the_option_every_commit_is_checked() -> None:
-    sim, result = finished("pbft")
+    sim, result = finished("pbft:replica_macs=0")
     receiver, author = pbft_of(sim, 1), pbft_of(sim, 2)
     assert result.counters.get("pbft_commits_on_channel", 0) == 0
     seq = receiver.high

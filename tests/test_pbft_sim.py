@@ -30,8 +30,10 @@ def run(options: SimOptions, protocol: str = "pbft", record: bool = False) -> Si
     return Simulator(protocol, options, f=(options.nodes - 1) // 3, record=record).run()
 
 
+# n=7 seeds 2-5: with one batch in flight (PBFT's default) seeds 1-4 execute no
+# request twice (smr_duplicates), seed 5 does.
 @pytest.mark.parametrize(("nodes", "byzantine", "seeds"), [(4, 1, range(1, 13)),
-                                                          (7, 2, range(1, 5))])
+                                                          (7, 2, range(2, 6))])
 def test_sweep_with_every_fault_and_byzantine_replicas_is_safe_and_live(
     nodes: int, byzantine: int, seeds: range
 ) -> None:
@@ -112,9 +114,13 @@ def test_a_request_timer_shorter_than_the_queue_does_not_replace_primaries_forev
     result = run(short_timer_options(seed), protocol="pbft:view_timeout=8")
     assert result.violations == [], result.violations[:2]
     assert result.stats["linearizable"] is True
-    # Seed 2 completes about 220 of its 640 in the 2 s of the safety phase (the
-    # rest unissued at the heal; 26 views), seed 3 all of them.
-    assert result.stats["ops_completed"] > 200
+    # Seed 2 completed about 220 of its 640 in the 2 s of the safety phase (the
+    # rest unissued at the heal; 26 views), seed 3 all of them, until a primary
+    # freed the batch window of batches submitted in an older view at once
+    # (SMR's release_older_views): now all of seed 2's and 567 of seed 3's
+    # with one batch in flight (PBFT's default), where seed 3 completed 50
+    # while each view change left the window full until the batch timeout.
+    assert result.stats["ops_completed"] > 500
     assert result.stats["pbft_view_max"] < 40
     assert result.counters.get("pbft_primary_suspected", 0) > 0  # the timer did fire
 

@@ -93,7 +93,10 @@ def test_backups_refuse_to_prepare_a_byzantine_primarys_invalid_batches() -> Non
     none of them prepared (so none reaches execution, where SMR would have to
     skip it) and is replaced."""
     options = replace(quiet_options(23), byzantine=(0,), behaviours=("pbft_invalid_batch",))
-    result = simulator(options).run()
+    # Four batches in flight: the behaviour makes each kind of lie in turn, one
+    # per batch, and with one batch in flight (PBFT's default) the primary is
+    # replaced after its first.
+    result = simulator(options, "pbft:inflight=4").run()
     assert result.violations == []
     counters = result.counters
     assert counters.get("smr_request_unauthenticated_in_batch", 0) == 0

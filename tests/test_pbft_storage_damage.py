@@ -37,7 +37,9 @@ def lost_votes_options(seed: int) -> SimOptions:
     )
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+# 2 -> 3 with one batch in flight (PBFT's default): seed 2's broken run no
+# longer breaks agreement (seeds 1-11: the variant is caught on 7 of them).
+@pytest.mark.parametrize("seed", [1, 3])
 def test_a_replica_that_lost_its_votes_withholds_them(seed: int) -> None:
     """Byzantine replica and damaged replica together are more than f: the
     cluster waits (replica 1 sends no VIEW-CHANGE and, primary of view 1, no

@@ -20,7 +20,11 @@ It is the protocol-neutral half of state machine replication (Schneider,
    submitted while fewer than ``batches_inflight_max`` own batches are in
    flight; the window is the backpressure, and it is what makes batches grow
    under load. An in-flight batch not applied within ``batch_timeout_us`` is
-   presumed lost (leadership changed) and frees its slot. If the state machine
+   presumed lost (leadership changed) and frees its slot; so does, at once,
+   an own batch submitted in an older view or term once the window is full
+   (its fate is the new view's: committed through the view change or lost,
+   and a request ordered twice executes once), or a replica with one batch in
+   flight would wait out the timeout after every view change. If the state machine
    keeps time (``api.Clocked``), each batch is stamped with the host's clock
    (the ``clock_ms`` choice point), never below an earlier stamp; on apply,
    every replica advances the state machine to the stamp before its requests.
@@ -217,6 +221,7 @@ class Replica:
         # own batch number -> its expiry task (None while submit runs)
         self.inflight: dict[int, Task[None] | None] = {}
         self.inflight_requests: dict[int, tuple[tuple[int, int], ...]] = {}
+        self.inflight_views: dict[int, int] = {}  # own batch number -> view at submit
         self.batch_next = 0
         self.reads_active = 0
         self.read_next = 0  # low bits of the next read number; see next_read_number
@@ -373,6 +378,8 @@ class Replica:
         params = self.params
         constants = self.constants
         pending = self.pending
+        if pending and len(self.inflight) >= params.batches_inflight_max and self.has_views:
+            self.release_older_views()
         while pending and len(self.inflight) < params.batches_inflight_max:
             taken: list[Pending] = []
             size = BATCH_OVERHEAD_BYTES
@@ -384,6 +391,20 @@ class Replica:
                 taken.append(pending.popleft())
                 size += size_next
             self.submit(taken)
+
+    def release_older_views(self) -> None:
+        """Free the window of own batches submitted in an older view or term."""
+        view: int = getattr(self.ordering, "view_hint", -1)
+        for number, submitted in tuple(self.inflight_views.items()):
+            if submitted == view:
+                continue
+            expiry = self.inflight.pop(number, None)
+            if expiry is not None:
+                expiry.cancel()
+            del self.inflight_views[number]
+            for client, seq in self.inflight_requests.pop(number, ()):
+                self.dequeue(client, seq)
+            self.context.count("smr_batches_released_view_changed")
 
     def submit(self, taken: list[Pending]) -> None:
         assert taken
@@ -409,6 +430,7 @@ class Replica:
         outcome = self.ordering.submit(data)
         if isinstance(outcome, NotLeader):
             del self.inflight[number]
+            self.inflight_views.pop(number, None)
             for client, seq in self.inflight_requests.pop(number):
                 self.dequeue(client, seq)
             self.context.count("smr_submit_not_leader")
@@ -418,6 +440,8 @@ class Replica:
         self.context.count("smr_batches_submitted")
         self.context.count("smr_requests_submitted", len(taken))
         if number in self.inflight:
+            if self.has_views:
+                self.inflight_views[number] = getattr(self.ordering, "view_hint", -1)
             self.inflight[number] = self.context.spawn(self.expire(number), "smr.inflight")
 
     def stamp(self) -> int:
@@ -433,6 +457,7 @@ class Replica:
         await self.context.sleep(self.params.batch_timeout_us)
         self.context.count("smr_batches_presumed_lost")
         del self.inflight[number]
+        self.inflight_views.pop(number, None)
         for client, seq in self.inflight_requests.pop(number, ()):
             self.dequeue(client, seq)
         self.wake()
@@ -442,6 +467,7 @@ class Replica:
         expiry = self.inflight.pop(number, None)
         if expiry is not None:
             expiry.cancel()
+        self.inflight_views.pop(number, None)
         for client, seq in self.inflight_requests.pop(number, ()):
             self.dequeue(client, seq)
 
