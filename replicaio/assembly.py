@@ -117,7 +117,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "values": "Raft: KvParams.value_bytes_max in KiB, the largest value (default 8192, at most "
     "32768; SMR's command and batch bounds and the node's frames follow)",
     "wait": "transactional clusters: ms a prepare refused for a locked key is asked again "
-    "within the attempt (bounded waiting; default 0: no-wait)",
+    "within the attempt, the groups prepared in lock order (bounded waiting; default 100; "
+    "0: no-wait)",
     "remember": "transactional clusters: StoreParams.finished_max and coordinated_max, the "
     "outcomes and coordinator records a group remembers (small values make groups forget "
     "attempts within a run: what the nonce windows of BFT groups must still refuse)",
@@ -684,6 +685,7 @@ SERVICES.update(
 
 
 TXN_GROUPS_DEFAULT = 3
+TXN_WAIT_MS_DEFAULT = 100  # bounded waiting in lock order (ADR 0009, amendment 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -740,7 +742,7 @@ def build_transactional(spec: TransactionalSpec, name: str,
             ordering_footprint_max=functools.partial(
                 raft_footprint_max, raft_params, smr_params, constants),
         )
-    params = TxnParams(lock_wait_us=parameters.get("wait", 0) * 1000)
+    params = TxnParams(lock_wait_us=parameters.get("wait", TXN_WAIT_MS_DEFAULT) * 1000)
     return TxnFactory(name, SlotMap.even(groups), group_factory, params,
                       node_type=spec.node_type)
 

@@ -104,7 +104,7 @@ def test_an_altering_driver_breaks_groups_that_do_not_check_the_signed_request()
     """The variant keeps certificates but prepares whatever a driver sends: one
     Byzantine node driving altered attempts (with genuine certificates) breaks
     the bank total and has appends no client wrote read (pinned seeds)."""
-    bank = run("txn-pbft-unsigned-requests", 3, TxnWorkload(workload="bank"))
+    bank = run("txn-pbft-unsigned-requests", 5, TxnWorkload(workload="bank"))
     assert [v["property"] for v in bank.violations] == ["bank"], bank.violations
     assert "wrong-total" in bank.violations[0]["detail"]
     appends = run("txn-pbft-unsigned-requests", 7, TxnWorkload())
@@ -114,7 +114,7 @@ def test_an_altering_driver_breaks_groups_that_do_not_check_the_signed_request()
 
 
 def test_checking_groups_hold_against_the_same_altering_driver() -> None:
-    for seed, workload in ((3, TxnWorkload(workload="bank")), (7, TxnWorkload())):
+    for seed, workload in ((5, TxnWorkload(workload="bank")), (7, TxnWorkload())):
         result = run("txn-pbft", seed, workload)
         assert result.ok, (seed, result.violations)
         assert result.counters.get("txn_requests_altered", 0) > 0, "the alterer drove"

@@ -127,9 +127,10 @@ class TxnParams:
     resolve_max: int = 32  # resolutions in flight per group
     ops_max: int = 64
     # A prepare refused because a key is locked is asked again every
-    # ``lock_retry_us`` within the same attempt, for at most ``lock_wait_us``
-    # (0: no-wait, the default; ADR 0009 and docs/benchmarks.md).
-    lock_wait_us: int = 0
+    # ``lock_retry_us`` within the same attempt, for at most ``lock_wait_us``,
+    # the participants prepared in ascending group order (bounded waiting in
+    # lock order, the default; 0: no-wait; ADR 0009 and docs/benchmarks.md).
+    lock_wait_us: int = 100_000
     lock_retry_us: int = 20_000
     caller: CallerParams = field(default_factory=CallerParams)
 
