@@ -758,6 +758,11 @@ TRANSACTIONAL: dict[str, TransactionalSpec] = {
         "txn-pbft", "atomic transactions across G PBFT groups (certified votes and "
         "decisions, client-signed requests: f Byzantine nodes), keys by hash slot",
         ordering="pbft", checkers=pbft_checkers),
+    "txn-kv-pbft": TransactionalSpec(
+        "txn-kv-pbft", "a sharded Redis store over G PBFT groups (txn-kv-pbft:groups=G): "
+        "MULTI/EXEC across groups by certified, client-signed transactions (f Byzantine "
+        "nodes), keys by hash slot", store_type=KvTxnStore, ordering="pbft",
+        checkers=pbft_checkers),
 }
 TRANSACTIONAL.update(
     (name, TransactionalSpec(

@@ -17,7 +17,7 @@ from replicaio.testing.conformance import assert_conformant
 
 ROOT = Path(__file__).resolve().parent.parent
 # Seeds per protocol in the suite (the kit's default is 5; `replicaio conformance --all`).
-SEEDS = {"txn-pbft": 1}
+SEEDS = {"txn-pbft": 1, "txn-kv-pbft": 1}
 # The cross-process (PYTHONHASHSEED) check costs two fresh processes: one of each family.
 ACROSS_PROCESSES = {"bracha", "raft"}
 # Protocols that declare no footprint bound: the kit reports it, and every other

@@ -60,7 +60,7 @@ from replicaio.services.txn.store import (
 from replicaio.sim.adversary import Strategy, register_behaviour
 from replicaio.smr.certified import attestation_bytes
 
-TXN_BFT_FAMILY = ("txn-pbft", "txn-pbft-uncertified", "txn-pbft-unsigned-requests",
+TXN_BFT_FAMILY = ("txn-pbft", "txn-kv-pbft", "txn-pbft-uncertified", "txn-pbft-unsigned-requests",
                   "txn-pbft-replayable")
 REPLAY_AGE: Final = 4  # a replaying driver sends an attempt again this many attempts later
 REPLAY_TIMES: Final = 4  # ... and again, as many times, each as many attempts later

@@ -129,16 +129,19 @@ def workload_of(history: Sequence[Transaction]) -> str:
 
 
 def check_transactions(
-    history: Sequence[Transaction], *, bank_total: int | None = None, strict: bool = True
+    history: Sequence[Transaction], *, bank_total: int | None = None, strict: bool = True,
+    negative_allowed: bool = False,
 ) -> TransactionCheckResult:
     """Judge ``history`` (see the module docstring). A bank history needs
-    ``bank_total``; ``strict=False`` leaves out real-time edges (serializability)."""
+    ``bank_total``; ``strict=False`` leaves out real-time edges (serializability);
+    ``negative_allowed`` takes negative balances (a store whose transfers may
+    overdraw: Redis's ``INCRBY``) and still checks every total."""
     validate_clients(history)
     workload = workload_of(history)
     if workload == BANK:
         if bank_total is None:
             raise HistoryError("a bank history is checked against its total (bank_total)")
-        findings = check_bank(history, bank_total)
+        findings = check_bank(history, bank_total, negative_allowed=negative_allowed)
         committed = sum(t.status == "ok" for t in history)
         anomalies = tuple(_from_finding(f) for f in findings)
         return TransactionCheckResult(BANK, not anomalies, anomalies, len(history), committed,
