@@ -69,6 +69,8 @@ from replicaio.runtime.config import (
 
 PROBE_KEY = b"replicaio:kv-up-probe"
 SHARDED_PROTOCOL = "txn-kv"  # kv up --groups G: txn-kv:groups=G
+# kv up --groups G --protocol P: the sharded store over groups of P
+SHARDED_PROTOCOLS = {"raft": SHARDED_PROTOCOL, "pbft": "txn-kv-pbft"}
 DEFAULT_BASE_PORT = 7000
 DEFAULT_HOST = "127.0.0.1"
 
@@ -85,7 +87,8 @@ def add_kv_commands(commands: Any) -> None:
     up.add_argument("--protocol", default="raft", help="a replicated service (default: raft)")
     up.add_argument("--groups", type=positive_int, default=None, metavar="G",
                     help="G replicated groups, keys by hash slot, MULTI/EXEC across them "
-                    "(protocol txn-kv:groups=G; every node hosts a replica of each group)")
+                    "(protocol txn-kv:groups=G, or txn-kv-pbft:groups=G with --protocol "
+                    "pbft; every node hosts a replica of each group)")
     up.add_argument("--host", default=None, help="address every node binds (default 127.0.0.1)")
     up.add_argument("--auth", choices=("hmac", "ed25519"), default=None,
                     help="node keys (default: ed25519 for Byzantine fault tolerant protocols, "
@@ -162,9 +165,9 @@ def command_kv_up(args: argparse.Namespace) -> int:
     if service_spec(args.protocol) is None:
         raise UsageError(f"--protocol {args.protocol!r} is not a replicated service (try raft)")
     if args.groups is not None:
-        if args.protocol != "raft":
-            raise UsageError("--groups runs Raft groups (--protocol raft)")
-        args.protocol = f"{SHARDED_PROTOCOL}:groups={args.groups}"
+        if args.protocol not in SHARDED_PROTOCOLS:
+            raise UsageError("--groups runs Raft or PBFT groups (--protocol raft or pbft)")
+        args.protocol = f"{SHARDED_PROTOCOLS[args.protocol]}:groups={args.groups}"
     directory = Path(args.data_dir).resolve()
     if args.node is not None:
         return start_one_node(directory, args)
@@ -252,14 +255,16 @@ def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
     host = DEFAULT_HOST if args.host is None else args.host
     if n < 1 or base < 1 or base + 3 * n > 65535:
         raise UsageError("--nodes must be >= 1 and the ports P+1 .. P+3N must be valid")
-    from replicaio.assembly import service_spec
+    from replicaio.assembly import service_spec, transactional_spec
     from replicaio.core.config import Resilience
     from replicaio.runtime.crypto import generate_ed25519_key
 
     auth = getattr(args, "auth", None)
     if auth is None:
         found = service_spec(args.protocol)
-        byzantine = found is not None and found[0].resilience is not Resilience.CRASH
+        sharded = transactional_spec(args.protocol)
+        byzantine = (found is not None and found[0].resilience is not Resilience.CRASH) or (
+            sharded is not None and sharded[0].ordering != "raft")
         auth = "ed25519" if byzantine else "hmac"
     if auth == "hmac":
         write_private(directory / SECRET_FILE, secrets.token_hex(32) + "\n")
