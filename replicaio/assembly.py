@@ -83,7 +83,11 @@ from replicaio.smr.protocol import SmrFactory
 from replicaio.smr.replica import Replica
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
 from replicaio.testing.variants.minbft import MINBFT_VARIANTS
-from replicaio.testing.variants.minbft_byzantine import HidingMinbft, UnseenViewChanges
+from replicaio.testing.variants.minbft_byzantine import (
+    HidingMinbft,
+    SecondNewViewChanges,
+    UnseenViewChanges,
+)
 from replicaio.testing.variants.pbft import PBFT_VARIANTS
 from replicaio.testing.variants.raft import RAFT_VARIANTS
 from replicaio.testing.variants.txn import TXN_VARIANTS
@@ -506,10 +510,11 @@ def minbft_wire() -> ModuleType:
     return minbft_messages
 
 
-def minbft_byzantine_code() -> tuple[type[Minbft], type[Any]]:
+def minbft_byzantine_code() -> tuple[type[Minbft], type[Any], type[Any]]:
     """The code a Byzantine MinBFT replica's behaviours swap into its core (the
-    hiding ``Minbft``, the lying ``ViewChanges``), for the simulator."""
-    return HidingMinbft, UnseenViewChanges
+    hiding ``Minbft``, the lying ``ViewChanges``, the ``ViewChanges`` that
+    builds a second NEW-VIEW of a view), for the simulator."""
+    return HidingMinbft, UnseenViewChanges, SecondNewViewChanges
 
 
 def usig_lost(output: Any) -> tuple[int, int] | None:

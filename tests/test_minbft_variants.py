@@ -25,6 +25,8 @@ TARGETED: dict[str, str] = {
     "test_a_replica_under_a_new_epoch_withholds_what_it_may_have_forgotten",
     "minbft-new-view-uncertified": "test_minbft_new_view_gap.py::"
     "test_without_the_certificate_the_lies_outrank_an_executed_batch",
+    "minbft-resume-forgets-new-views": "test_minbft_second_new_view.py::"
+    "test_without_the_attestation_the_second_header_is_certified_and_executed",
 }
 
 

@@ -36,8 +36,12 @@ class DictUsigStore:
     def load(self) -> tuple[int, int, bytes] | None:
         return self.value
 
-    def save(self, epoch: int, counter: int, digest: bytes) -> None:
+    def load_new_view_max(self) -> int:
+        return getattr(self, "new_view_max", 0)
+
+    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0) -> None:
         self.value = (epoch, counter, digest)
+        self.new_view_max = new_view_max
 
 EXAMPLE = f"""
 [protocol]

@@ -44,8 +44,12 @@ class DictStore:
     def load(self) -> tuple[int, int, bytes] | None:
         return self.value
 
-    def save(self, epoch: int, counter: int, digest: bytes) -> None:
+    def load_new_view_max(self) -> int:
+        return getattr(self, "new_view_max", 0)
+
+    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0) -> None:
         self.value = (epoch, counter, digest)
+        self.new_view_max = new_view_max
         self.saves += 1
 
 
@@ -128,8 +132,11 @@ class StorageStore:
         epoch, counter, digest = data.split(b":", 2)
         return int(epoch), int(counter), digest
 
-    def save(self, epoch: int, counter: int, digest: bytes) -> None:
+    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0) -> None:
         self.storage.put("usig", b"%d:%d:" % (epoch, counter) + digest)
+
+    def load_new_view_max(self) -> int:
+        return 0
 
 
 @pytest.mark.parametrize("ui_per_step", [1, 3])

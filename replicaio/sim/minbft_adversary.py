@@ -33,6 +33,14 @@ and every receiver drops it.
   VIEW-CHANGE (without the certificate, the variant
   ``minbft-new-view-uncertified``, the lies outrank executed batches:
   docs/minbft.md, *The NEW-VIEW choice*). Forcible by name only (weight 0);
+* ``minbft_second_new_view``: as the primary of a view it starts, keeps its
+  NEW-VIEW from a backup whose VIEW-CHANGE it did not use, then certifies a
+  second NEW-VIEW of the view from that backup's VIEW-CHANGE and its own, a
+  fresh CHECKPOINT to ``Resume`` the backup's stream past the first one, and
+  its certified NEW-VIEW-COMMIT of the second: the resumed stream cannot tell
+  it from a first one, the backup commits, and with n = 3 the two headers are
+  both certified and executed (an agreement violation, open: docs/minbft.md,
+  *A second NEW-VIEW of a view*). Forcible by name only (weight 0);
 * ``minbft_claim_unfollowable``: as soon as a view starts, asks for the next
   one, saying it cannot follow (``ReqViewChange.unfollowable``), so correct
   primaries step down once their view ran one timeout: a faulty backup can end
@@ -54,7 +62,9 @@ wire: Any = minbft_wire()
 MINBFT_FAMILY = tuple(name for name, spec in SERVICES.items() if spec.family == "minbft")
 LIES_MAX = 256
 # The Byzantine replica's own code (replicaio/testing/variants/minbft_byzantine.py).
-HidingMinbft, UnseenViewChanges = minbft_byzantine_code()
+HidingMinbft, UnseenViewChanges, SecondNewViewChanges = minbft_byzantine_code()
+SECOND_NEW_VIEW_SENDS = 30  # times the second NEW-VIEW's messages go to a victim
+SECOND_NEW_VIEW_EVERY = 16  # ... one time per this many steps of the faulty replica
 
 
 class UsigOracle:
@@ -76,9 +86,22 @@ class UsigOracle:
             return None
         usig = minbft.usig
         ui = usig.create_ui(wire.certified_bytes(message))
-        value = core.codec.encode_value((usig.identity.epoch, usig.counter, usig.last_digest))
+        value = core.codec.encode_value((usig.identity.epoch, usig.counter, usig.last_digest,
+                                         usig.new_view_max))
         view.trusted_write(self.node, minbft.context.key("usig"), value)
         return replace(message, ui=ui)
+
+    def attest(self, view: RunView | None) -> Any | None:
+        """The USIG's attestation of where its counter stands now (it consumes
+        no value and says only the truth: the highest view of a NEW-VIEW it
+        certified)."""
+        if view is None:
+            return None
+        core = view.cores[self.node]
+        minbft = None if core is None else minbft_of(core.protocol)
+        if core is None or minbft is None or minbft.usig is None:
+            return None
+        return minbft.usig.attest()
 
 
 class MinbftStrategy(Strategy):
@@ -213,6 +236,83 @@ class PrepareUnseenView(MinbftStrategy):
         return []
 
 
+class SecondNewView(MinbftStrategy):
+    """As the primary of a view it starts, keeps its NEW-VIEW from the backups
+    whose VIEW-CHANGE it did not use (re-sends too); once such a victim's
+    VIEW-CHANGE arrives, certifies (its own USIG, fresh counters) another
+    CHECKPOINT of the stable checkpoint it had when the view change began,
+    the NEW-VIEW its own and the victim's VIEW-CHANGEs give, and its certified
+    NEW-VIEW-COMMIT of that one, and sends the victim a ``Resume`` to that
+    CHECKPOINT (skipping the first NEW-VIEW), the second NEW-VIEW and the
+    commitment. Swaps its core's view-change code for ``SecondNewViewChanges``."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.victims: dict[int, frozenset[int]] = {}  # view -> kept from its NEW-VIEW
+        self.told: dict[tuple[int, int], list[Any]] = {}  # (view, victim) -> the lie
+        self.sent: dict[tuple[int, int], int] = {}
+        self.steps = 0
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is wire.NewView and message.header.replica == self.node:
+            view = message.header.view
+            victims = self.victims.get(view)
+            if victims is None:
+                used = {vc.replica for vc in message.view_changes}
+                victims = frozenset(peer for peer in range(self.n)
+                                    if peer != self.node and peer not in used)
+                if len(self.victims) >= LIES_MAX:
+                    self.victims.clear()
+                self.victims[view] = victims
+            if destination in victims:
+                return []
+        return [(destination, message)]
+
+    def attack(self, view: RunView) -> Sends:
+        self.view = view
+        core = view.cores[self.node]
+        minbft = None if core is None else minbft_of(core.protocol)
+        if minbft is None or minbft.usig is None:
+            return []
+        changes = minbft.view_changes
+        if not isinstance(changes, SecondNewViewChanges):
+            changes.__class__ = SecondNewViewChanges
+            return []
+        self.steps += 1
+        sends: Sends = []
+        for victim in sorted(self.victims.get(minbft.view, ())):
+            key = (minbft.view, victim)
+            told = self.told.get(key)
+            if told is None:
+                told = self.lie(view, changes, victim)
+                if told is None:
+                    continue
+                if len(self.told) >= LIES_MAX:
+                    self.told.clear()
+                self.told[key] = told
+            sent = self.sent.get(key, 0)
+            if sent < SECOND_NEW_VIEW_SENDS and (sent == 0 or
+                                                 self.steps % SECOND_NEW_VIEW_EVERY == 0):
+                self.sent[key] = sent + 1
+                sends.extend((victim, message) for message in told)
+        return sends
+
+    def lie(self, view: RunView, changes: Any, victim: int) -> list[Any] | None:
+        anchor = getattr(changes, "start_anchor", None)
+        unsigned = changes.second_new_view(victim)
+        if anchor is None or unsigned is None:
+            return None
+        checkpoint, proof = anchor
+        fresh = self.oracle.certify(view, replace(checkpoint, ui=wire.EMPTY_UI))
+        attestation = None if fresh is None else self.oracle.attest(view)
+        second = None if fresh is None else self.oracle.certify(view, unsigned)
+        commit = None if second is None else self.oracle.certify(view, wire.NewViewCommit(
+            second.header, second.ui, self.node, wire.EMPTY_UI, True))
+        if fresh is None or second is None or commit is None:
+            return None
+        return [wire.Resume(fresh, proof, attestation), second, commit]
+
+
 class ClaimUnfollowable(MinbftStrategy):
     """Every view it sees start, a signed REQ-VIEW-CHANGE for the next one,
     flagged unfollowable, to every peer."""
@@ -244,6 +344,9 @@ for _name, _factory, _summary, _weight in (
      "VIEW-CHANGE logs from the anchor on, hiding earlier commitments above it", 0.0),
     ("minbft_prepare_unseen_view", PrepareUnseenView,
      "PREPAREs of an earlier view nobody started, in its VIEW-CHANGE logs", 0.0),
+    ("minbft_second_new_view", SecondNewView,
+     "as a new primary, a second NEW-VIEW of its view for a backup it resumes past the first",
+     0.0),
     ("minbft_claim_unfollowable", ClaimUnfollowable,
      "asks for the next view as soon as one starts, claiming it cannot follow", 0.0),
 ):

@@ -29,6 +29,7 @@ from replicaio.protocols.minbft.messages import (
     CheckpointDisagreement,
     checkpoint_digest,
 )
+from replicaio.protocols.minbft.usig import UsigAttestation
 
 if TYPE_CHECKING:
     from replicaio.protocols.minbft.minbft import Minbft
@@ -191,9 +192,12 @@ class Checkpoints:
         minbft.stable_seq, minbft.stable_digest = seq, digest
         minbft.stable_snapshot, minbft.stable_proof = snapshot, proof
         if own is not None:
-            minbft.context.persist("anchor", (minbft.encode(own),
-                                              tuple(minbft.encode(vote) for vote in proof)))
+            attestation = minbft.attestations.get(own.ui.counter)
+            minbft.context.persist("anchor", (
+                minbft.encode(own), tuple(minbft.encode(vote) for vote in proof),
+                b"" if attestation is None else minbft.encode(attestation)))
             minbft.own_checkpoint, minbft.anchor_proof = own, proof
+            minbft.anchor_attestation = attestation
             # keep the anchor itself too: a peer may still ask for it (its resume point)
             minbft.trim_own_log(min(minbft.log_start(), own.ui.counter))
         for number in range(old + 1, seq + 1):
@@ -227,7 +231,9 @@ class Checkpoints:
         minbft.executed = seq
         anchor = minbft.context.load("anchor")
         if anchor is not None:
-            own, anchor_proof = anchor
+            own, anchor_proof = anchor[:2]
+            if len(anchor) > 2 and anchor[2]:
+                minbft.anchor_attestation = minbft.codec.decode_as(anchor[2], UsigAttestation)
             minbft.own_checkpoint = minbft.codec.decode_as(own, Checkpoint)
             minbft.anchor_proof = tuple(
                 minbft.codec.decode_as(item, Checkpoint) for item in anchor_proof)

@@ -23,6 +23,7 @@ and ``replicaio.check.pbft`` checks them for either protocol.
 
 from __future__ import annotations
 
+import struct
 from typing import Annotated, Any
 
 import msgspec
@@ -30,7 +31,7 @@ from msgspec.structs import replace
 
 from replicaio.core.codec import Message, Meta
 from replicaio.core.signing import SIGNATURE_BYTES_MAX
-from replicaio.protocols.minbft.usig import UI, UsigAdmission
+from replicaio.protocols.minbft.usig import NEW_VIEW_LABEL, UI, UsigAdmission, UsigAttestation
 from replicaio.protocols.pbft.messages import (
     BATCH_BYTES_MAX,
     DIGEST_BYTES,
@@ -252,6 +253,9 @@ class Resume(Message, tag="minbft.Resume"):
 
     checkpoint: Checkpoint
     proof: Certificate
+    # Its USIG's attestation made at ``checkpoint``'s counter: the highest view
+    # of a NEW-VIEW it certified before (the receiver skips those messages).
+    attestation: UsigAttestation | None = None
 
 
 UI_TYPES: tuple[type, ...] = (Prepare, Commit, Checkpoint, NewViewCommit, ViewChange, NewView)
@@ -284,8 +288,13 @@ def stripped(message: Any) -> Any:
 
 
 def certified_bytes(message: Any) -> bytes:
-    """The bytes whose digest a message's UI certifies."""
-    return b"minbft\x00" + _ENCODER.encode(stripped(message))
+    """The bytes whose digest a message's UI certifies. A NEW-VIEW's (its
+    header's) start with the USIG's ``NEW_VIEW_LABEL`` and the view, so the
+    USIG knows the highest view it certified a NEW-VIEW of (``Usig.attest``)."""
+    covered = stripped(message)
+    if type(covered) is NewViewHeader:
+        return NEW_VIEW_LABEL + struct.pack(">Q", covered.view) + _ENCODER.encode(covered)
+    return b"minbft\x00" + _ENCODER.encode(covered)
 
 
 def certified_digest(message: Any) -> bytes:

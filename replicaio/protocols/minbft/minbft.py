@@ -77,9 +77,11 @@ from replicaio.protocols.minbft.recovery import Recovery
 from replicaio.protocols.minbft.streams import PeerStream
 from replicaio.protocols.minbft.usig import (
     Usig,
+    UsigAttestation,
     UsigId,
     UsigScheme,
     simulation_scheme,
+    verify_attestation,
 )
 from replicaio.protocols.minbft.view_change import ViewChanges, message_view
 from replicaio.protocols.pbft.state_transfer import StateTransfer
@@ -118,6 +120,10 @@ class Minbft:
         # checkpoint's certificate: where VIEW-CHANGE logs start.
         self.own_checkpoint: Checkpoint | None = None
         self.anchor_proof: tuple[Checkpoint, ...] = ()
+        # The USIG's attestation made at the anchor's counter (Resume), and at
+        # each own CHECKPOINT's in the own log (kept in its ``own<c>`` record).
+        self.anchor_attestation: UsigAttestation | None = None
+        self.attestations: dict[int, UsigAttestation] = {}
         self.own_last_checkpoint = 0  # the highest number of an own CHECKPOINT
         self.executed = 0
         self.slots: dict[int, Slot] = {}
@@ -360,12 +366,26 @@ class Minbft:
         ui = usig.create_ui(certified_bytes(message))  # writes the counter first
         assert ui.counter == counter
         certified = replace(message, ui=ui)
-        self.context.persist(f"own{counter}", (self.encode(certified), batch, b"\x01"))
+        self.context.persist(f"own{counter}", self.own_record(certified, batch))
         if len(self.own_log) >= self.params.own_log_max:
             self.count("bound_minbft_own_log_max")  # a VIEW-CHANGE cannot be built: liveness only
         self.own_log[counter] = (certified, batch)
         self.send_all(certified)
         return certified
+
+    def own_record(self, certified: Any, batch: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+        """``own<c>`` of a certified own message; an own CHECKPOINT's carries the
+        USIG's attestation made right after it (at its counter): the resume
+        point it may become needs one (``Resume``)."""
+        attestation = b""
+        if type(certified) is Checkpoint:
+            usig = self.usig
+            assert usig is not None and usig.counter == certified.ui.counter
+            made = usig.attest()
+            assert made is not None
+            self.attestations[certified.ui.counter] = made
+            attestation = self.encode(made)
+        return self.encode(certified), batch, b"\x01", attestation
 
     def send(self, peer: int, message: Any) -> None:
         assert peer != self.id
@@ -492,7 +512,7 @@ class Minbft:
         anchor = self.own_checkpoint
         if start <= usig.counter and start not in self.own_log and anchor is not None \
                 and start < anchor.ui.counter:
-            self.send(peer, Resume(anchor, self.anchor_proof))
+            self.send(peer, Resume(anchor, self.anchor_proof, self.anchor_attestation))
             return
         for counter in range(start, usig.counter + 1):
             entry = self.own_log.get(counter)
@@ -519,17 +539,32 @@ class Minbft:
                 checkpoint.seq, checkpoint.digest, resume.proof):
             self.reject("resume_invalid")
             return
+        attestation = resume.attestation
+        if attestation is None or not self.attestation_valid(source, resume):
+            # Without it, what the skipped messages hold may be a NEW-VIEW of a
+            # view the stream would take a second one of (docs/minbft.md, *A
+            # second NEW-VIEW of a view*).
+            self.reject("resume_unattested")
+            return
         if checkpoint.seq > self.stable_seq:
             # Catch up to it first (state transfer); the offer comes again.
             self.checkpoints.on_certificate(checkpoint.seq, checkpoint.digest, resume.proof)
             return
         self.count("minbft_streams_resumed")
         stream.resume(checkpoint.ui.counter, checkpoint.seq, self.view,
-                      self.params.checkpoint_interval)
+                      self.params.checkpoint_interval, attestation.new_view_max)
         for admitted in stream.receive(self, checkpoint):
             self.on_certified(source, admitted)
         stream.dirty = False
         self.context.persist(f"rx{source}", stream.record())
+
+    def attestation_valid(self, source: int, resume: Resume) -> bool:
+        """Whether ``resume`` carries ``source``'s USIG attestation made at the
+        counter of the CHECKPOINT it offers."""
+        attestation = resume.attestation
+        return attestation is not None \
+            and attestation.counter == resume.checkpoint.ui.counter \
+            and verify_attestation(self.scheme, attestation, self.usig_id(source))
 
     # -- durable state ---------------------------------------------------------------------
 
@@ -574,7 +609,8 @@ class Minbft:
         assert usig is not None
         for name in sorted(context.stored_names("own"), key=lambda name: int(name[3:])):
             counter = int(name[3:])
-            data, batch, complete = context.load(name)
+            stored = context.load(name)
+            data, batch, complete = stored[:3]
             if counter > usig.counter:
                 context.erase(name)  # written, never certified, never sent
                 continue
@@ -583,7 +619,9 @@ class Minbft:
                 ui = usig.reissue_last(certified_bytes(message))
                 assert ui is not None and ui.counter == counter, f"own message {counter} lost"
                 message = replace(message, ui=ui)
-                context.persist(name, (self.encode(message), batch, b"\x01"))
+                context.persist(name, self.own_record(message, batch))  # the last one
+            elif len(stored) > 3 and stored[3]:
+                self.attestations[counter] = self.codec.decode_as(stored[3], UsigAttestation)
             self.own_log[counter] = (message, batch)
             if type(message) is Checkpoint:
                 self.own_last_checkpoint = max(self.own_last_checkpoint, message.seq)
@@ -610,6 +648,7 @@ class Minbft:
         of the stable checkpoint: no VIEW-CHANGE needs them again)."""
         for counter in [counter for counter in self.own_log if counter < start]:
             del self.own_log[counter]
+            self.attestations.pop(counter, None)
             self.context.erase(f"own{counter}")
         self.view_changes.trim_certificates(
             {message_view(message) for message, _ in self.own_log.values()})

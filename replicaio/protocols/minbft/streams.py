@@ -42,7 +42,7 @@ class PeerStream:
 
     __slots__ = (
         "dirty", "epoch", "faulty_view", "held", "last_checkpoint", "last_seq", "next",
-        "nv_view", "peer", "resumed_below", "view",
+        "nv_floor", "nv_view", "peer", "resumed_below", "view",
     )
 
     def __init__(self, peer: int) -> None:
@@ -56,28 +56,40 @@ class PeerStream:
         self.faulty_view = -1  # a view in which its PREPAREs no longer count
         # After a resume (messages skipped): nothing of a view below this counts.
         self.resumed_below = 0
+        # No NEW-VIEW of a view up to this is taken: after a resume, the highest
+        # view of a NEW-VIEW the peer's USIG certified before the resume point
+        # (its attestation). A faulty primary resumed this stream past its
+        # first NEW-VIEW of a view to show it a second one, which with n = 3
+        # certified two headers of one view (docs/minbft.md, *A second
+        # NEW-VIEW of a view*; tests/test_minbft_second_new_view.py).
+        self.nv_floor = 0
         self.held: dict[int, Any] = {}
         self.dirty = False
 
     def record(self) -> tuple[int, ...]:
         return (self.epoch, self.next, self.view, self.nv_view, self.last_seq,
-                self.last_checkpoint, self.faulty_view, self.resumed_below)
+                self.last_checkpoint, self.faulty_view, self.resumed_below, self.nv_floor)
 
     def restore(self, stored: Any) -> None:
         if stored is None:
             return
+        values = [int(value) for value in stored]
         (self.epoch, self.next, self.view, self.nv_view, self.last_seq,
-         self.last_checkpoint, self.faulty_view, self.resumed_below) = (
-            int(value) for value in stored)
+         self.last_checkpoint, self.faulty_view, self.resumed_below) = values[:8]
+        self.nv_floor = values[8] if len(values) > 8 else 0
 
-    def resume(self, counter: int, checkpoint_seq: int, view: int, interval: int) -> None:
+    def resume(self, counter: int, checkpoint_seq: int, view: int, interval: int,
+               new_view_max: int) -> None:
         """Skip to ``counter`` (the peer's own CHECKPOINT of ``checkpoint_seq``,
         which the receiver's state already covers: every PREPARE or COMMIT the
         peer certified before it is for a number at or below it). What the
         skipped messages said about views is unknown: the peer's PREPAREs and
         COMMITs count again only for views from ``view`` on that its stream
-        enters after the resume (its VIEW-CHANGE, its NEW-VIEW)."""
+        enters after the resume (its VIEW-CHANGE, its NEW-VIEW), and no
+        NEW-VIEW of a view up to ``new_view_max`` (the highest its USIG
+        certified before ``counter``, attested) is taken: one was skipped."""
         assert counter > self.next
+        self.nv_floor = max(self.nv_floor, new_view_max)
         self.next = counter
         self.view = -1
         self.nv_view = -1
@@ -102,6 +114,7 @@ class PeerStream:
         self.last_checkpoint = 0
         self.faulty_view = -1
         self.resumed_below = view
+        self.nv_floor = 0  # the new USIG's: nothing of its epoch skipped
         self.held = {}
         self.dirty = True
 
@@ -215,6 +228,11 @@ class PeerStream:
         if minbft.primary(view) != self.peer or view < self.view or view <= self.nv_view \
                 or view < self.resumed_below:
             minbft.reject("new_view_out_of_stream")
+            return False
+        if view <= self.nv_floor:
+            # The peer certified a NEW-VIEW of this view or a later one before
+            # the point this stream resumed at: this one cannot be its first.
+            minbft.reject("new_view_skipped_view")
             return False
         self.view = view
         self.nv_view = view

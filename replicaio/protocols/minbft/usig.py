@@ -76,6 +76,8 @@ CERTIFICATE_BYTES_MAX = 64
 COUNTER_MAX = (1 << 63) - 1
 EPOCH_MAX = (1 << 62) - 1
 USIG_LABEL = b"replicaio usig v1"
+NEW_VIEW_LABEL = b"minbft-nv\x00"  # a NEW-VIEW's certified bytes start so (messages.py)
+ATTESTATION_LABEL = b"replicaio usig attestation v1"
 ADMISSION_LABEL = b"replicaio usig admission v1"
 # Public on purpose: simulated runs replay from their seed alone. Unforgeable in
 # simulation because the adversary is never handed it (nor a scheme built on it).
@@ -90,6 +92,20 @@ class UI(Message, tag="minbft.UI"):
 
     epoch: Annotated[int, Meta(ge=0, le=EPOCH_MAX)]
     counter: Annotated[int, Meta(ge=1, le=COUNTER_MAX)]
+    certificate: Annotated[bytes, Meta(max_length=CERTIFICATE_BYTES_MAX)]
+
+
+class UsigAttestation(Message, tag="minbft.UsigAttestation"):
+    """The USIG ``epoch``'s statement, made when its counter stood at
+    ``counter`` (no value consumed): the highest view of a NEW-VIEW it had
+    certified by then was ``new_view_max`` (0: none). A peer whose stream of
+    this replica resumes at ``counter`` skips what was certified before it;
+    this tells it which NEW-VIEWs it can no longer take (docs/minbft.md, *A
+    second NEW-VIEW of a view*)."""
+
+    epoch: Annotated[int, Meta(ge=0, le=EPOCH_MAX)]
+    counter: Annotated[int, Meta(ge=1, le=COUNTER_MAX)]
+    new_view_max: Annotated[int, Meta(ge=0, le=COUNTER_MAX)]
     certificate: Annotated[bytes, Meta(max_length=CERTIFICATE_BYTES_MAX)]
 
 
@@ -154,6 +170,35 @@ def certified_bytes(usig: UsigId, counter: int, digest: bytes) -> bytes:
 
 def message_digest(message: bytes) -> bytes:
     return hashlib.sha256(message).digest()
+
+
+def new_view_of(message: bytes) -> int | None:
+    """The view a message announces itself a NEW-VIEW of (None: not one): the
+    protocol certifies a NEW-VIEW's header as :data:`NEW_VIEW_LABEL`, then the
+    view (8 bytes, big-endian), then the rest; no other message starts so."""
+    if not message.startswith(NEW_VIEW_LABEL) or len(message) < len(NEW_VIEW_LABEL) + 8:
+        return None
+    return int(struct.unpack_from(">Q", message, len(NEW_VIEW_LABEL))[0])
+
+
+def attestation_digest(new_view_max: int) -> bytes:
+    """What an attestation's certificate covers besides the USIG and counter
+    (never a message's digest: every certified message starts with ``minbft``)."""
+    return message_digest(ATTESTATION_LABEL + struct.pack(">Q", new_view_max))
+
+
+def verify_attestation(scheme: UsigScheme, attestation: Any, usig_id: UsigId) -> bool:
+    """Whether ``attestation`` is the USIG ``usig_id``'s (never raises)."""
+    if type(attestation) is not UsigAttestation or not valid_usig_id(usig_id) \
+            or attestation.epoch != usig_id.epoch:
+        return False
+    if type(attestation.counter) is not int or not 1 <= attestation.counter <= COUNTER_MAX:
+        return False
+    if type(attestation.new_view_max) is not int or \
+            not 0 <= attestation.new_view_max <= COUNTER_MAX:
+        return False
+    return scheme.check(usig_id, attestation.counter,
+                        attestation_digest(attestation.new_view_max), attestation.certificate)
 
 
 class UsigScheme(Protocol):
@@ -364,7 +409,13 @@ class UsigStore(Protocol):
         the counter went to), or ``None`` if never saved or lost."""
         ...
 
-    def save(self, epoch: int, counter: int, digest: bytes) -> None: ...
+    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0) -> None:
+        """Also the highest view of a NEW-VIEW certified so far (0: none)."""
+        ...
+
+    def load_new_view_max(self) -> int:
+        """``new_view_max`` as last saved (0 if never)."""
+        ...
 
 
 class ContextUsigStore:
@@ -385,8 +436,12 @@ class ContextUsigStore:
             return None
         return int(stored[0]), int(stored[1]), bytes(stored[2])
 
-    def save(self, epoch: int, counter: int, digest: bytes) -> None:
-        self.persist_value(self.NAME, (epoch, counter, digest))
+    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0) -> None:
+        self.persist_value(self.NAME, (epoch, counter, digest, new_view_max))
+
+    def load_new_view_max(self) -> int:
+        stored = self.load_value(self.NAME)
+        return int(stored[3]) if stored is not None and len(stored) > 3 else 0
 
 
 class UsigExhausted(Exception):
@@ -397,16 +452,19 @@ class Usig:
     """One replica's USIG: a counter, an identity and a scheme (see the module
     docstring for the promises). Not thread-safe: one step at a time."""
 
-    __slots__ = ("counter", "identity", "last_digest", "scheme", "store")
+    __slots__ = ("counter", "identity", "last_digest", "new_view_max", "scheme", "store")
 
     def __init__(self, scheme: UsigScheme, identity: UsigId, store: UsigStore,
-                 counter: int = 0, last_digest: bytes = b"") -> None:
+                 counter: int = 0, last_digest: bytes = b"", new_view_max: int = 0) -> None:
         assert 0 <= counter <= COUNTER_MAX
         self.scheme = scheme
         self.identity = identity
         self.store = store
         self.counter = counter  # the last value given out (0: none yet)
         self.last_digest = last_digest  # the digest of the message it went to
+        # The highest view of a NEW-VIEW it certified (``new_view_of``), kept
+        # with the counter: what ``attest`` states.
+        self.new_view_max = new_view_max
 
     @classmethod
     def open(cls, scheme: UsigScheme, replica: int, store: UsigStore,
@@ -417,7 +475,8 @@ class Usig:
         stored = store.load()
         if stored is not None:
             epoch, counter, digest = stored
-            return cls(scheme, UsigId(replica, epoch), store, counter, digest)
+            return cls(scheme, UsigId(replica, epoch), store, counter, digest,
+                       store.load_new_view_max())
         epoch = fresh_epoch()
         assert 0 <= epoch <= EPOCH_MAX
         store.save(epoch, 0, b"")
@@ -432,10 +491,22 @@ class Usig:
             raise UsigExhausted(f"USIG {self.identity} has no counter values left")
         counter = self.counter + 1
         digest = message_digest(message)
-        self.store.save(self.identity.epoch, counter, digest)  # durable BEFORE release
-        self.counter, self.last_digest = counter, digest
+        new_view_max = max(self.new_view_max, new_view_of(message) or 0)
+        # durable BEFORE release
+        self.store.save(self.identity.epoch, counter, digest, new_view_max)
+        self.counter, self.last_digest, self.new_view_max = counter, digest, new_view_max
         certificate = self.scheme.certify(self.identity, counter, digest)
         return UI(self.identity.epoch, counter, certificate)
+
+    def attest(self) -> UsigAttestation | None:
+        """A statement of where the counter stands and the highest view of a
+        NEW-VIEW certified so far (no counter value consumed; None before the
+        first value)."""
+        if self.counter == 0:
+            return None
+        certificate = self.scheme.certify(self.identity, self.counter,
+                                          attestation_digest(self.new_view_max))
+        return UsigAttestation(self.identity.epoch, self.counter, self.new_view_max, certificate)
 
     def reissue_last(self, message: bytes) -> UI | None:
         """The UI of the last value again, if it went to ``message`` (the same

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from msgspec.structs import replace
+
+from replicaio.protocols.minbft.messages import Resume
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.normal import NormalCase
 from replicaio.protocols.minbft.recovery import Recovery
@@ -63,6 +66,23 @@ class UncertifiedViewChanges(ViewChanges):
     certificates_required = False
 
 
+class MinbftResumeForgetsNewViews(Minbft):
+    """A resumed stream takes any NEW-VIEW of a view from the receiver's on,
+    whatever its peer's USIG attests it certified before the resume point (the
+    rule before docs/minbft.md's *A second NEW-VIEW of a view*): a faulty
+    primary resumes a backup past its first NEW-VIEW of a view and shows it a
+    second one, which with n = 3 gets certified and executed too."""
+
+    def on_resume(self, source: int, resume: Resume) -> None:
+        attestation = resume.attestation
+        if attestation is not None:
+            resume = replace(resume, attestation=replace(attestation, new_view_max=0))
+        super().on_resume(source, resume)
+
+    def attestation_valid(self, source: int, resume: Resume) -> bool:
+        return resume.attestation is not None
+
+
 class MinbftCommitOffByOne(Minbft):
     normal_type = CommitQuorumOffByOne
 
@@ -98,5 +118,8 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
         MinbftVariant("minbft-new-view-uncertified", MinbftNewViewUncertified,
                       "a VIEW-CHANGE's entries of a view count without its NEW-VIEW "
                       "certificate"),
+        MinbftVariant("minbft-resume-forgets-new-views", MinbftResumeForgetsNewViews,
+                      "a resumed stream takes a second NEW-VIEW of a view its primary "
+                      "certified one of before the resume point"),
     )
 }

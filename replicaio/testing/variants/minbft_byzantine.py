@@ -8,9 +8,19 @@ pre-anchor hiding gap*."""
 
 from __future__ import annotations
 
-from replicaio.protocols.minbft.messages import EMPTY_UI, Commit, Prepare, ViewChange, digest_of
+from typing import Any
+
+from replicaio.protocols.minbft.messages import (
+    EMPTY_UI,
+    Commit,
+    NewView,
+    Prepare,
+    ViewChange,
+    digest_of,
+    without_batches,
+)
 from replicaio.protocols.minbft.minbft import Minbft
-from replicaio.protocols.minbft.view_change import ViewChanges
+from replicaio.protocols.minbft.view_change import ViewChanges, choose
 
 
 class HidingMinbft(Minbft):
@@ -60,3 +70,56 @@ class UnseenViewChanges(ViewChanges):
 
     def send_new_view(self, view: int) -> None:
         """Never starts a view it is the primary of."""
+
+
+class SecondNewViewChanges(ViewChanges):
+    """Keeps what a second NEW-VIEW of a view it started needs: the VIEW-CHANGEs
+    of its view that arrive after the view started (an honest core drops them)
+    and its anchor (own CHECKPOINT and certificate) when the view change began.
+    ``second_new_view`` builds the NEW-VIEW a different set of VIEW-CHANGEs
+    gives; the behaviour ``minbft_second_new_view`` certifies and sends it."""
+
+    late: dict[int, ViewChange]
+    start_anchor: tuple[Any, Any] | None
+
+    def start(self, view: int) -> None:
+        minbft = self.minbft
+        anchor = minbft.own_checkpoint
+        self.start_anchor = None if anchor is None else (anchor, minbft.anchor_proof)
+        self.late = {}
+        super().start(view)
+
+    def on_view_change(self, view_change: ViewChange) -> None:
+        late: dict[int, ViewChange] = getattr(self, "late", {})
+        self.late = late
+        if view_change.view == self.minbft.view and \
+                self.invalid_view_change(view_change, batches=True) is None:
+            late[view_change.replica] = view_change
+        super().on_view_change(view_change)
+
+    def second_new_view(self, victim: int) -> NewView | None:
+        """An unsigned NEW-VIEW of the view this replica started (as its primary)
+        from its own VIEW-CHANGE, ``victim``'s and others, if its header differs
+        from the first one's; None otherwise."""
+        minbft = self.minbft
+        first = self.new_view
+        late: dict[int, ViewChange] = getattr(self, "late", {})
+        own = self.own
+        theirs = late.get(victim)
+        if first is None or not minbft.active or first.header.replica != minbft.id \
+                or own is None or own.view != minbft.view or theirs is None:
+            return None
+        chosen = {minbft.id: own, victim: theirs}
+        for replica, vc in sorted({**self.received, **late}.items()):
+            if len(chosen) >= minbft.quorum:
+                break
+            if vc.view == minbft.view and replica not in chosen:
+                chosen[replica] = vc
+        if len(chosen) < minbft.quorum:
+            return None
+        view_changes = [chosen[replica] for replica in sorted(chosen)]
+        header, batches = choose(minbft, minbft.view, view_changes)
+        if batches is None or header == first.header:
+            return None
+        return NewView(header, tuple(without_batches(vc) for vc in view_changes),
+                       tuple(batches), EMPTY_UI)
