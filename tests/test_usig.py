@@ -5,13 +5,17 @@ its writes and releases none of its messages) lets it issue a value twice."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 import pytest
+from msgspec.structs import replace
 
 from replicaio.core.errors import ConfigError
 from replicaio.core.signing import SIMULATION_SECRET
 from replicaio.protocols.minbft.usig import (
+    ATTESTATION_LABEL,
+    NEW_VIEW_LABEL,
     UI,
     USIG_SIMULATION_SECRET,
     Ed25519KeyedUsigScheme,
@@ -23,6 +27,7 @@ from replicaio.protocols.minbft.usig import (
     UsigStore,
     message_digest,
     simulation_scheme,
+    verify_attestation,
     verify_ui,
     verify_ui_digest,
 )
@@ -69,6 +74,51 @@ def test_counters_are_sequential_from_one_and_verify(scheme: UsigScheme) -> None
     for i, ui in enumerate(uis):
         assert usig.verify_ui(f"m{i}".encode(), ui, usig.id())
     assert usig.id() == UsigId(2, 0)
+
+
+def new_view_bytes(view: int) -> bytes:
+    return NEW_VIEW_LABEL + struct.pack(">Q", view) + b"header"
+
+
+def test_the_attestation_states_the_highest_new_view_view_and_survives_a_restart(
+    scheme: UsigScheme,
+) -> None:
+    store = DictStore()
+    usig = new_usig(scheme, replica=1, store=store)
+    assert usig.attest() is None  # no value given out yet
+    usig.create_ui(b"minbft\x00a")
+    first = usig.attest()
+    assert first is not None and (first.counter, first.new_view_max) == (1, 0)
+    usig.create_ui(new_view_bytes(7))
+    usig.create_ui(new_view_bytes(4))  # a lower view later: the highest stays
+    usig.create_ui(b"minbft\x00b")
+    attestation = usig.attest()
+    assert attestation is not None
+    assert (attestation.counter, attestation.new_view_max) == (4, 7)
+    assert verify_attestation(scheme, attestation, usig.id())
+    assert usig.counter == 4  # attesting takes no value
+    for forged in (replace(attestation, new_view_max=3), replace(attestation, counter=3),
+                   replace(attestation, epoch=1)):
+        assert not verify_attestation(scheme, forged, usig.id())
+    assert not verify_attestation(scheme, attestation, UsigId(0, 0))
+    reopened = Usig.open(scheme, 1, store, lambda: 0)
+    again = reopened.attest()
+    assert again is not None and again.new_view_max == 7
+
+
+def test_an_attestation_and_a_ui_never_pass_for_each_other(scheme: UsigScheme) -> None:
+    usig = new_usig(scheme)
+    usig.create_ui(b"minbft\x00a")
+    # A faulty host has its USIG certify the bytes an attestation covers...
+    forged_bytes = ATTESTATION_LABEL + struct.pack(">Q", 0)
+    ui = usig.create_ui(forged_bytes)
+    attestation = usig.attest()
+    assert attestation is not None and attestation.counter == ui.counter
+    as_attestation = replace(attestation, new_view_max=0, certificate=ui.certificate)
+    assert not verify_attestation(scheme, as_attestation, usig.id())
+    # ... and an attestation's certificate is no UI.
+    assert not verify_ui_digest(scheme, message_digest(forged_bytes),
+                                replace(ui, certificate=attestation.certificate), usig.id())
 
 
 def test_one_message_twice_gets_two_values(scheme: UsigScheme) -> None:

@@ -78,6 +78,10 @@ EPOCH_MAX = (1 << 62) - 1
 USIG_LABEL = b"replicaio usig v1"
 NEW_VIEW_LABEL = b"minbft-nv\x00"  # a NEW-VIEW's certified bytes start so (messages.py)
 ATTESTATION_LABEL = b"replicaio usig attestation v1"
+# An attestation is certified as if for this bit | its counter: no UI has such a
+# counter (COUNTER_MAX is below it), so neither verifies as the other, whatever
+# bytes a faulty host has its USIG certify.
+ATTESTATION_BIT = 1 << 63
 ADMISSION_LABEL = b"replicaio usig admission v1"
 # Public on purpose: simulated runs replay from their seed alone. Unforgeable in
 # simulation because the adversary is never handed it (nor a scheme built on it).
@@ -182,8 +186,8 @@ def new_view_of(message: bytes) -> int | None:
 
 
 def attestation_digest(new_view_max: int) -> bytes:
-    """What an attestation's certificate covers besides the USIG and counter
-    (never a message's digest: every certified message starts with ``minbft``)."""
+    """What an attestation's certificate covers besides the USIG and its
+    counter (with :data:`ATTESTATION_BIT` set)."""
     return message_digest(ATTESTATION_LABEL + struct.pack(">Q", new_view_max))
 
 
@@ -197,7 +201,7 @@ def verify_attestation(scheme: UsigScheme, attestation: Any, usig_id: UsigId) ->
     if type(attestation.new_view_max) is not int or \
             not 0 <= attestation.new_view_max <= COUNTER_MAX:
         return False
-    return scheme.check(usig_id, attestation.counter,
+    return scheme.check(usig_id, ATTESTATION_BIT | attestation.counter,
                         attestation_digest(attestation.new_view_max), attestation.certificate)
 
 
@@ -504,7 +508,7 @@ class Usig:
         first value)."""
         if self.counter == 0:
             return None
-        certificate = self.scheme.certify(self.identity, self.counter,
+        certificate = self.scheme.certify(self.identity, ATTESTATION_BIT | self.counter,
                                           attestation_digest(self.new_view_max))
         return UsigAttestation(self.identity.epoch, self.counter, self.new_view_max, certificate)
 
