@@ -201,6 +201,13 @@ class ViewChanges:
     def announce(self) -> None:
         minbft = self.minbft
         minbft.start_view_tasks([self.resend(minbft.view)])
+        # The new scope cancelled a new-view timer started in this view (a
+        # replica that recovered its USIG in the middle of a view change,
+        # Minbft.on_recovered): check_quorum starts it again. Left marked as
+        # started, neither it nor ``resend``'s stuck request ever fired, and
+        # the replica waited for ever for a NEW-VIEW its resumed stream had
+        # skipped (the live wiped-replica test, about one run in ten).
+        self.timer_view = -1
         self.check_quorum()
 
     def build(self, view: int) -> ViewChange:
