@@ -16,6 +16,12 @@ committed one (no-wait refusals of locked keys), unknown outcomes, and the
 latency of committed ones (p50, p99). Nothing is asserted: figures go to
 docs/benchmarks.md with the machine's load.
 
+``--protocol txn-pbft --nodes 4`` runs it over PBFT groups (certified,
+client-signed attempts) and ``--replies 1 2`` measures, side by side in one
+run, the client of one node (``TxnClient(replies=1)``: every attempt to one
+node, which it trusts) against the f+1 client (``replies=2`` for n = 4: every
+attempt to every node, an outcome on f+1 matching answers; ADR 0029).
+
 ``--front redis`` measures the Redis front of a sharded store instead
 (``txn-kv``, ``kv up --groups 3``), through redis-py's asyncio client, shapes
 side by side in one run: ``get-set`` (one single-group command: ``INCRBY`` of
@@ -25,6 +31,8 @@ between accounts of two groups: a transaction across groups). Lock conflicts
 are retried inside the front; ``errors`` counts what reached the client.
 
     .venv/bin/python bench/bench_txn.py --seconds 10 --json
+    .venv/bin/python bench/bench_txn.py --protocol txn-pbft --nodes 4 --replies 1 2 \
+        --clients 16 --contention low --shapes cross --seconds 8
     .venv/bin/python bench/bench_txn.py --front redis --seconds 8 --json
 """
 
@@ -84,14 +92,14 @@ async def fund(client: TxnClient, names: list[str]) -> None:
 
 
 async def measure(addresses: list[Any], accounts: list[list[str]], clients: int,
-                  shape: str, seconds: float) -> dict[str, Any]:
+                  shape: str, seconds: float, replies: int = 1) -> dict[str, Any]:
     latencies: list[float] = []
     counts = {"committed": 0, "aborted": 0, "unknown": 0}
     deadline = time.monotonic() + seconds
     groups = len(accounts)
 
     async def worker(index: int) -> None:
-        client = await TxnClient.connect(addresses, timeout_s=10.0)
+        client = await TxnClient.connect(addresses, timeout_s=10.0, replies=replies)
         step = index
         while time.monotonic() < deadline:
             step += 1
@@ -117,7 +125,7 @@ async def measure(addresses: list[Any], accounts: list[list[str]], clients: int,
 
     elapsed = await run_workers(worker, clients)
     return {
-        "clients": clients, "shape": shape,
+        "clients": clients, "shape": shape, "replies": replies,
         "committed_per_s": round(counts["committed"] / elapsed, 1),
         "aborts_per_commit": round(counts["aborted"] / max(1, counts["committed"]), 2),
         "unknown": counts["unknown"], **percentiles(latencies),
@@ -238,6 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--front", choices=("api", "redis"), default="api",
                         help="the Python API over txn, or redis-py over txn-kv")
+    parser.add_argument("--protocol", choices=("txn", "txn-pbft"), default="txn",
+                        help="the API's cluster: Raft groups, or PBFT groups (--nodes 4)")
+    parser.add_argument("--replies", type=int, nargs="+", default=[1],
+                        help="TxnClient(replies=R) for each R, side by side (f+1: a BFT client)")
+    parser.add_argument("--contention", choices=("low", "high"), nargs="+",
+                        default=["low", "high"])
+    parser.add_argument("--shapes", choices=("single", "cross"), nargs="+",
+                        default=["single", "cross"])
     args = parser.parse_args(argv)
     if args.front == "redis":
         rows = redis_rows(args)
@@ -247,28 +263,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     with tempfile.TemporaryDirectory() as directory:
-        cluster = LocalCluster(Path(directory), protocol="txn", nodes=args.nodes,
+        cluster = LocalCluster(Path(directory), protocol=args.protocol, nodes=args.nodes,
                                sections=FAST)
         try:
             cluster.start_all()
             addresses = [entry.client for entry in cluster.cluster.nodes]
             for contention, per_group in (("low", args.accounts), ("high", 2)):
+                if contention not in args.contention:
+                    continue
                 accounts = accounts_by_group(TXN_GROUPS_DEFAULT, per_group)
 
-                async def run_one(clients: int, shape: str,
+                async def run_one(clients: int, shape: str, replies: int,
                                   accounts: list[list[str]] = accounts) -> dict[str, Any]:
                     funder = await TxnClient.connect(addresses)
                     await fund(funder, [name for names in accounts for name in names])
                     await funder.close()
-                    return await measure(addresses, accounts, clients, shape, args.seconds)
+                    return await measure(addresses, accounts, clients, shape, args.seconds,
+                                         replies)
 
                 for clients in args.clients:
-                    for shape in ("single", "cross"):
-                        row = asyncio.run(run_one(clients, shape))
-                        row["contention"] = contention
-                        rows.append(row)
-                        if not args.json:
-                            print(row, flush=True)
+                    for shape in args.shapes:
+                        for replies in args.replies:
+                            row = asyncio.run(run_one(clients, shape, replies))
+                            row["contention"] = contention
+                            rows.append(row)
+                            if not args.json:
+                                print(row, flush=True)
         finally:
             cluster.close()
     if args.json:
