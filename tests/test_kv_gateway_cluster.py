@@ -14,6 +14,7 @@ Every wait is bounded; the fixture's finalizer kills every process.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import subprocess
 import sys
@@ -317,3 +318,50 @@ def test_the_asyncio_client_library_signs_and_votes(
 
     results = [decode_result(result) for result in asyncio.run(scenario())]
     assert results == [KvOk(5), KvOk(10), KvOk(15), KvOk(b"15"), KvOk(3)]
+
+
+def test_redis_cli_and_redis_benchmark_work_through_the_gateway(
+    pbft: tuple[LocalCluster, Gateway],
+) -> None:
+    """Issue 10 section 4: the Redis tools users point at a server work through
+    the gateway: redis-cli's commands and a MULTI/EXEC block, redis-benchmark's
+    SET and GET (every reply still voted by f+1 replicas), and what they wrote
+    is there afterwards through the gateway and on a replica's own port."""
+    cluster, gateway = pbft
+    redis_cli = shutil.which("redis-cli")
+    redis_benchmark = shutil.which("redis-benchmark")
+    assert redis_cli is not None and redis_benchmark is not None, (
+        "redis-tools is part of the test environment (./run setup installs it)")
+    port = str(gateway.port)
+
+    def cli(*args: str, stdin: str | None = None) -> str:
+        done = subprocess.run([redis_cli, "-p", port, *args], input=stdin, text=True,
+                              capture_output=True, timeout=DEADLINE_S, check=False)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    assert cli("SET", "tool", "cli").strip() == "OK"
+    assert cli("INCRBY", "tool:n", "41").strip() == "41"
+    block = cli(stdin="MULTI\nINCR tool:n\nAPPEND tool x\nGET tool\nEXEC\n")
+    assert block.split() == ["OK", "QUEUED", "QUEUED", "QUEUED", "42", "4", "clix"], block
+    bench = subprocess.run(
+        [redis_benchmark, "-p", port, "-t", "set,get", "-n", "300", "-c", "4", "-r", "50",
+         "-d", "16", "-q"],
+        text=True, capture_output=True, timeout=DEADLINE_S * 2, check=True)
+    lines = {line.split(":")[0].strip(): line for line in bench.stdout.splitlines()
+             if "requests per second" in line}
+    assert {"SET", "GET"} <= set(lines), bench.stdout + bench.stderr
+    assert "error" not in bench.stdout.lower(), bench.stdout
+    keys = set(cli("--scan", "--pattern", "key:*").split())
+    assert keys and len(keys) <= 50, keys
+    client = connect(gateway.port)
+    replica = connect(cluster.cluster.nodes[1].client.port)
+    try:
+        for key in sorted(keys)[:5]:
+            value = client.get(key)
+            assert value is not None and len(value) == 16
+            assert replica.get(key) == value
+        assert client.get("tool:n") == b"42"
+    finally:
+        client.close()
+        replica.close()

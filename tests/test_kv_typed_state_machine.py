@@ -15,8 +15,15 @@ import random
 import pytest
 
 from replicaio.core.codec import Codec
-from replicaio.services.kv import KeyValueStateMachine, KvError, KvOk, KvParams, decode_result
-from replicaio.services.kv.commands_keys import decode_cursor, encode_cursor
+from replicaio.services.kv import (
+    KeyValueStateMachine,
+    KvError,
+    KvOk,
+    KvParams,
+    commands_keys,
+    decode_result,
+)
+from replicaio.services.kv.commands_keys import CURSOR_MAX, decode_cursor
 from replicaio.services.kv.state_machine import (
     KvSnapshotError,
     encode_at,
@@ -149,6 +156,7 @@ def test_scan_returns_every_stable_key_exactly_once_despite_changes() -> None:
         reply = read(kv, "scan", cursor, b"COUNT", b"7")
         assert isinstance(reply, tuple)
         cursor, keys = reply
+        assert 0 <= int(cursor) <= CURSOR_MAX  # clients parse it as an unsigned 64-bit integer
         seen.extend(keys)
         redis(kv, "set", f"new{rounds}", b"v")  # changes during the scan
         kv.apply(encode_command("delete", b"k049"))
@@ -157,7 +165,33 @@ def test_scan_returns_every_stable_key_exactly_once_despite_changes() -> None:
             break
     stable = [f"k{index:03d}".encode() for index in range(49)]
     assert all(seen.count(key) == 1 for key in stable)
-    assert decode_cursor(encode_cursor(b"\x00ab")) == b"\x00ab"
+    assert decode_cursor(b"18446744073709551615") == CURSOR_MAX
+    for bad in (b"18446744073709551616", b"-1", b"x", b"1" * 30):
+        assert decode_cursor(bad) is None
+        refused = read(kv, "scan", bad)
+        assert isinstance(refused, KvError) and "invalid cursor" in refused.detail
+
+
+def test_scan_keeps_colliding_keys_in_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys of one position (a 64-bit hash collision) come in one batch, so a
+    cursor never falls between them."""
+    kv = KeyValueStateMachine()
+    for index in range(9):
+        redis(kv, "set", f"c{index}", b"v")
+    monkeypatch.setattr(commands_keys, "key_position", lambda key: 1 + int(key[1:]) // 3)
+    seen: list[bytes] = []
+    cursor = b"0"
+    batches = []
+    while True:
+        reply = read(kv, "scan", cursor, b"COUNT", b"2")
+        assert isinstance(reply, tuple)
+        cursor, keys = reply
+        batches.append(sorted(keys))
+        seen.extend(keys)
+        if cursor == b"0":
+            break
+    assert sorted(seen) == [f"c{index}".encode() for index in range(9)]
+    assert batches[0] == [b"c0", b"c1", b"c2"]  # COUNT 2, but the third shares the position
 
 
 def test_glob() -> None:

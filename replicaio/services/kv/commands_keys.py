@@ -11,6 +11,7 @@ read time only through ``store.now()``, the log's clock.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from typing import TYPE_CHECKING, Final
 
@@ -334,25 +335,47 @@ def command_keys(store: Store, arguments: tuple[object, ...]) -> object:
     return found
 
 
-def encode_cursor(key: bytes) -> bytes:
-    """A SCAN cursor: the last key looked at, as a decimal (``0``: done)."""
-    return str(int.from_bytes(b"\x01" + key, "big")).encode()
+CURSOR_MAX: Final = (1 << 64) - 1  # Redis cursors are unsigned 64-bit integers
 
 
-def decode_cursor(word: bytes) -> bytes | None:
-    """The key after which a SCAN resumes (``b""`` for cursor 0); None if invalid."""
-    if word == b"0":
-        return b""
-    if not word.isdigit() or len(word) > 2600:
+def key_position(key: bytes) -> int:
+    """Where SCAN visits ``key``: a hash of the key in 1 .. 2**64 - 1, the same on
+    every replica and in every process (never Python's salted ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % CURSOR_MAX + 1
+
+
+def decode_cursor(word: bytes) -> int | None:
+    """The position after which a SCAN resumes (``0``: from the start); None if
+    the word is not an unsigned 64-bit decimal, which Redis refuses too."""
+    if not word.isdigit() or len(word) > 20:
         return None
     value = int(word)
-    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
-    return raw[1:] if raw[:1] == b"\x01" else None
+    return value if value <= CURSOR_MAX else None
+
+
+def scan_batch(store: Store, after: int, count: int) -> tuple[int, list[bytes]]:
+    """The keys of the ``count`` smallest positions above ``after`` (in position
+    order; every key of the last position with them, so a collision never splits)
+    and the cursor to resume from (``0``: nothing is left)."""
+    positioned = ((position, key) for key in store.data
+                  if (position := key_position(key)) > after)
+    taken = heapq.nsmallest(count + 1, positioned)
+    if len(taken) <= count:
+        return 0, [key for _, key in taken]
+    last = taken[count - 1][0]
+    if taken[count][0] == last:  # a 64-bit collision: take every key of that position
+        taken = sorted(item for item in ((key_position(key), key) for key in store.data)
+                       if after < item[0] <= last)
+    else:
+        taken = taken[:count]
+    return last, [key for _, key in taken]
 
 
 def command_scan(store: Store, arguments: tuple[object, ...]) -> object:
-    """``SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]``: keys in byte order after
-    the cursor's, so a key present for the whole scan is returned (exactly once)."""
+    """``SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]``: keys in the order of a
+    deterministic 64-bit hash, after the cursor's position, so a key present for
+    the whole scan is returned (exactly once), and the cursor is an unsigned
+    64-bit integer as clients expect (redis-cli parses it with ``strtoull``)."""
     args = need(arguments, 1, "scan")
     after = decode_cursor(args[0])
     if after is None:
@@ -376,8 +399,8 @@ def command_scan(store: Store, arguments: tuple[object, ...]) -> object:
             wanted = word.lower().decode("utf-8", "replace")
         index += 2
     count = min(count, SCAN_COUNT_MAX)
-    batch = heapq.nsmallest(count, (key for key in store.data if key > after))
-    cursor = encode_cursor(batch[-1]) if len(batch) == count else b"0"
+    position, batch = scan_batch(store, after, count)
+    cursor = str(position).encode()
     found: list[bytes] = []
     for key in batch:
         value = store.lookup(key)
