@@ -654,6 +654,11 @@ class Codec:
 
     def encode_value(self, value: Value | list[Any]) -> bytes:
         """The frame of plain data; lists are accepted and come back as tuples."""
+        if type(value) is bytes:  # the common case (a link's body): nothing to check, cannot fail
+            data = self._encode(value)
+            if len(data) <= self._frame_bytes_max:
+                return data
+            return self._frame(value)  # raises, with the reason
         bounds = self._value_bounds
         _check_plain(value, bounds.depth_max, bounds.items_max)
         return self._frame(value)

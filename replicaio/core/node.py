@@ -232,7 +232,8 @@ class Node:
         else:
             assert isinstance(event, Start), f"unknown input {event!r}"
             self.start(event.storage, event.damaged, event.incarnation_floor)
-        self.run()
+        if self.scheduler.ready or self.local or self.local_stream:
+            self.run()  # most deliveries wake nothing: no call for them
         reliable = self.reliable
         if not self.tick_armed and (reliable.has_unacked() or reliable.has_acks_pending()):
             self.tick_armed = True
@@ -291,7 +292,7 @@ class Node:
             return
         if isinstance(data, (bytes, bytearray, memoryview)):  # a tuple: faster than a union
             try:
-                data = self.codec.decode(bytes(data))
+                data = self.codec.decode(data if type(data) is bytes else bytes(data))
             except DecodeError as error:
                 self.count(f"rejected_decode_{error.reason}")
                 return
