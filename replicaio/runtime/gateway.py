@@ -31,6 +31,24 @@ as before (the client library's read: ``SmrClient.read_unordered``). Writes
 then need 2f+1 matching replies too: a read's 2f+1 then meet every completed
 write in a correct replica that executed it.
 
+**Sharded clusters** (``txn-kv-pbft``: G PBFT groups, every node a replica
+of each; ``docs/transactions.md``). The gateway reads the slot map from the
+cluster file's protocol, so its front routes as a node's does: a command (or
+pipeline, or ``MULTI``/``EXEC``) whose keys live in one group is one SMR
+request of that group, sent with ``REPLICAIO.SUBMIT``/``AWAIT`` naming the
+group, signed under a key of the gateway's own *per front session and group*
+(so no replica can pass a request signed for one group off in another) and
+numbered 1, 2, 3... in that group's session whatever the front's numbers;
+accepted on f+1 matching replies, as above. A transaction across groups
+(``MULTI``/``EXEC``, ``MSET``/``MGET``/``DEL`` over several groups) is an
+attempt the gateway signs with the front session's key
+(``SignedTxnRequest``) and sends with ``REPLICAIO.TXN`` to **every** node;
+each node drives it, and the outcome counts once f+1 nodes gave the same
+(``txn_client.match_outcome``, what ``TxnClient(replies=f+1)`` does): a
+Byzantine node can neither alter the attempt (every group checks its part
+against the signature, ADR 0029) nor make the client believe an outcome no
+correct node reached.
+
 A node's own RESP port stays a *trusted shortcut*: it answers from that one
 replica (which is all a Raft client ever trusts). Use the gateway when the
 replica you would talk to may be Byzantine.
@@ -38,7 +56,10 @@ replica you would talk to may be Byzantine.
 The voting and the replica connections are the client library's
 (``replicaio.runtime.smr_client.SmrClient``). Bounds: the library's
 connections per replica, ``SIGNERS_MAX`` client keys (the oldest forgotten: its session then
-starts over under a new id), every wait bounded by the front's timeouts.
+starts over under a new id), every wait bounded by the front's timeouts; a
+request the gateway cannot place (a group the slot map does not have, a
+payload it cannot read) is refused to the front and counted
+``gateway_refused_input_<reason>``.
 Counters (``/metrics`` is not served; ``INFO`` shows the front's): ``gateway_*``.
 """
 
@@ -50,14 +71,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
 
+from replicaio.assembly import protocol_factory
 from replicaio.core.codec import Codec, DecodeError
 from replicaio.runtime.config import Address, ClusterFile, HostParams
 from replicaio.runtime.counters import Counters
+from replicaio.runtime.kv.relay import UNGROUPED
 from replicaio.runtime.kv.service import RespService
 from replicaio.runtime.smr_client import SmrClient
+from replicaio.services.txn.slots import SlotMap
 from replicaio.smr.api import ClientRequest, Rejected, Reply
 from replicaio.smr.auth import ClientSigner
 from replicaio.smr.client import Accepted, Refused
+from replicaio.smr.groups import GroupRequest
 
 logger = logging.getLogger("replicaio.gateway")
 
@@ -68,6 +93,33 @@ logger = logging.getLogger("replicaio.gateway")
 MULTICAST_AFTER_S: Final = 1.0
 SIGNERS_MAX: Final = 65_536
 OnDone = Callable[[str | None], None]
+
+
+def cluster_slots(cluster: ClusterFile) -> SlotMap | None:
+    """The slot map of a sharded cluster's protocol (``txn-kv-pbft:groups=G``...),
+    ``None`` for a cluster of one group."""
+    slots = getattr(protocol_factory(cluster.protocol), "slots", None)
+    return slots if isinstance(slots, SlotMap) else None
+
+
+class Session:
+    """A front session's identity in one group: its key, and the numbers it uses
+    there (1, 2, 3...: a fresh session, whatever numbers the front gives)."""
+
+    __slots__ = ("front_seq", "seq", "signer")
+
+    def __init__(self, signer: ClientSigner) -> None:
+        self.signer = signer
+        self.front_seq = -1  # the front's number of the request numbered ``seq``
+        self.seq = 0
+
+    def number(self, front_seq: int) -> int:
+        """The session's number for the front's ``front_seq`` (the same one again
+        for the front's resend of it)."""
+        if front_seq != self.front_seq:
+            self.front_seq = front_seq
+            self.seq += 1
+        return self.seq
 
 
 def unwrap_read(codec: Codec, command: bytes) -> bytes:
@@ -97,39 +149,68 @@ class GatewayHost:
         self.n = self.smr.n
         self.fast_reads = self.smr.fast_reads
         self.quorum = self.smr.quorum  # 2f+1 with fast reads (the module docstring)
-        self.signers: OrderedDict[int, ClientSigner] = OrderedDict()
-        # unordered reads: one reader identity per front client, and its numbers
-        self.readers: OrderedDict[int, tuple[ClientSigner, int]] = OrderedDict()
-        # front client id -> (seq, when first sent, multicast yet) of its request
-        self.sent: OrderedDict[int, tuple[int, float, bool]] = OrderedDict()
+        # A sharded cluster's slot map (the front routes by it: ``kv.sharded``).
+        self.slots = cluster_slots(cluster)
+        # (front client id, group) -> its session in that group
+        self.sessions: OrderedDict[tuple[int, int], Session] = OrderedDict()
+        # unordered reads: one reader identity per front client and group, and its numbers
+        self.readers: OrderedDict[tuple[int, int], tuple[ClientSigner, int]] = OrderedDict()
+        # (front client id, group) -> (seq, when first sent, multicast yet) of its request
+        self.sent: OrderedDict[tuple[int, int], tuple[int, float, bool]] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
         self.node_id = 0
 
-    def signer(self, local: int) -> ClientSigner:
-        """The signer (and so the cluster-wide client id) of the front's id ``local``."""
-        signer = self.signers.get(local)
-        if signer is not None:
-            self.signers.move_to_end(local)
-            return signer
-        if len(self.signers) >= SIGNERS_MAX:
-            self.signers.popitem(last=False)
+    def session(self, local: int, group: int = UNGROUPED) -> Session:
+        """The session (signer, hence cluster-wide client id, and numbers) of the
+        front's id ``local`` in ``group``."""
+        key = (local, group)
+        session = self.sessions.get(key)
+        if session is not None:
+            self.sessions.move_to_end(key)
+            return session
+        if len(self.sessions) >= SIGNERS_MAX:
+            self.sessions.popitem(last=False)
             self.counters.count("bound_gateway_signers_max")
-        signer = self.smr.new_signer()
-        self.signers[local] = signer
-        return signer
+        session = Session(self.smr.new_signer())
+        self.sessions[key] = session
+        return session
+
+    def refuse_input(self, reason: str, on_done: OnDone | None) -> None:
+        """A request from the front the gateway cannot place: refused, counted."""
+        self.counters.count(f"gateway_refused_input_{reason}")
+        if on_done is not None:
+            on_done(reason)
 
     async def submit(self, payload: Any, on_done: OnDone | None = None) -> None:
         """A front's request: sign it, send it to every replica, vote (in a task)."""
         try:
-            request = self.codec.decode_as(payload, ClientRequest)
+            decoded = self.codec.decode(payload) if type(payload) is bytes else payload
         except DecodeError:
-            if on_done is not None:
-                on_done("bad_request")
+            self.refuse_input("bad_request", on_done)
             return
+        group = UNGROUPED
+        if type(decoded) is GroupRequest:
+            if self.slots is None or decoded.group >= self.slots.groups:
+                self.refuse_input("unknown_group", on_done)
+                return
+            group = decoded.group
+            try:
+                decoded = self.codec.decode(decoded.payload)
+            except DecodeError:
+                self.refuse_input("bad_request", on_done)
+                return
+        elif self.slots is not None:
+            self.refuse_input("group_required", on_done)
+            return
+        if type(decoded) is not ClientRequest:
+            self.refuse_input("bad_request", on_done)
+            return
+        request = decoded
         if on_done is not None:
             on_done(None)
         loop = asyncio.get_running_loop()
-        sent = self.sent.get(request.client)
+        key = (request.client, group)
+        sent = self.sent.get(key)
         multicast = False
         if sent is not None and sent[0] == request.seq:
             # The front sends it again: it is either still being voted on, or
@@ -140,62 +221,70 @@ class GatewayHost:
             multicast = True
             self.counters.count("gateway_multicasts")
         first_sent = sent[1] if sent is not None and sent[0] == request.seq else loop.time()
-        self.remember_sent(request.client, (request.seq, first_sent, multicast))
-        task = loop.create_task(self.vote(request, multicast))
+        self.remember_sent(key, (request.seq, first_sent, multicast))
+        task = loop.create_task(self.vote(request, multicast, group))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def reader(self, local: int) -> tuple[ClientSigner, int]:
-        """The reader identity of the front's id ``local`` and its next number."""
-        found = self.readers.pop(local, None)
+    def reader(self, local: int, group: int = UNGROUPED) -> tuple[ClientSigner, int]:
+        """The reader identity of the front's id ``local`` (in ``group``) and its
+        next number."""
+        key = (local, group)
+        found = self.readers.pop(key, None)
         if found is None:
             if len(self.readers) >= SIGNERS_MAX:
                 self.readers.popitem(last=False)
             found = (self.smr.new_signer(), 0)
         signer, number = found[0], found[1] + 1
-        self.readers[local] = (signer, number)
+        self.readers[key] = (signer, number)
         return signer, number
 
-    async def read_unordered(self, local: ClientRequest) -> bool:
+    async def read_unordered(self, local: ClientRequest, group: int = UNGROUPED) -> bool:
         """The read-only optimisation: whether 2f+1 replicas' matching answers
         from their current state decided ``local`` (else it goes through the log)."""
-        signer, number = self.reader(local.client)
+        signer, number = self.reader(local.client, group)
         self.counters.count("gateway_reads_unordered")
-        decision = await self.smr.read_unordered(signer, number, local.command)
+        decision = await self.smr.read_unordered(
+            signer, number, local.command, group=None if group == UNGROUPED else group)
         if decision is not None:
             self.decide(local, decision)
             return True
         self.counters.count("gateway_reads_unordered_fallbacks")
         return False
 
-    async def vote(self, local: ClientRequest, multicast: bool) -> None:
+    async def vote(self, local: ClientRequest, multicast: bool, group: int = UNGROUPED) -> None:
         unordered = self.fast_reads and local.read_only and not multicast
-        if unordered and await self.read_unordered(local):
+        if unordered and await self.read_unordered(local, group):
             return
-        signer = self.signer(local.client)
+        session = self.session(local.client, group)
+        signer = session.signer
         # Reads go through the log like writes: every replica executes them at the
         # same position and answers alike, so f+1 can match (a read served from
         # each replica's own state would need 2f+1 matching, and rarely get it
         # under writes). The front's clock wrapper is for unordered reads only.
         command = unwrap_read(self.codec, local.command) if local.read_only else local.command
-        request = ClientRequest(signer.client, local.seq, command, False)
+        # (A sharded front's reads and its groups' sessions share its numbers:
+        # each group's session numbers its own requests 1, 2, 3...)
+        request = ClientRequest(signer.client, session.number(local.seq), command, False)
         timeout_s = self.service.params.request_timeout_ms / 1000
         self.counters.count("gateway_requests")
-        decision = await self.smr.attempt(signer, request, multicast, timeout_s, self.quorum)
+        decision = await self.smr.attempt(signer, request, multicast, timeout_s, self.quorum,
+                                          None if group == UNGROUPED else group)
         if decision is not None:
             self.decide(local, decision)
             return
         self.counters.count("gateway_undecided")  # the front sends it again: multicast
-        sent = self.sent.get(local.client)
+        key = (local.client, group)
+        sent = self.sent.get(key)
         if sent is not None and sent[0] == local.seq:
-            self.sent[local.client] = (sent[0], sent[1] - MULTICAST_AFTER_S, False)
+            self.sent[key] = (sent[0], sent[1] - MULTICAST_AFTER_S, False)
 
-    def remember_sent(self, client: int, state: tuple[int, float, bool]) -> None:
+    def remember_sent(self, key: tuple[int, int], state: tuple[int, float, bool]) -> None:
         sent = self.sent
-        sent.pop(client, None)
+        sent.pop(key, None)
         if len(sent) >= SIGNERS_MAX:
             sent.popitem(last=False)
-        sent[client] = state
+        sent[key] = state
 
     def decide(self, local: ClientRequest, decision: Accepted | Refused) -> None:
         if isinstance(decision, Accepted):

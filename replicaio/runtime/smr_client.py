@@ -188,15 +188,17 @@ class SmrClient:
 
     async def attempt(
         self, signer: ClientSigner, request: ClientRequest, multicast: bool, timeout_s: float,
-        quorum: int | None = None,
+        quorum: int | None = None, group: int | None = None,
     ) -> Decision | None:
         """Send ``request`` (signed by ``signer``) once; the decision, or ``None`` if
         no answer reached the quorum (``self.quorum`` unless given) within
-        ``timeout_s``, or every replica answered and none can reach it."""
+        ``timeout_s``, or every replica answered and none can reach it. On a
+        sharded cluster, ``group`` is the group it goes to (``relay``)."""
         payload = self.codec.encode(signer.wrap(request))
         votes = Votes(request.client, request.seq, quorum or self.quorum, self.n)
-        submit = (b"REPLICAIO.SUBMIT", payload)
-        wait = (b"REPLICAIO.AWAIT", b"%d" % request.client, b"%d" % request.seq)
+        where = () if group is None else (b"%d" % group,)
+        submit = (b"REPLICAIO.SUBMIT", payload, *where)
+        wait = (b"REPLICAIO.AWAIT", b"%d" % request.client, b"%d" % request.seq, *where)
         primary = self.primary
 
         async def ask(replica: int) -> tuple[int, bytes | None]:
@@ -221,7 +223,7 @@ class SmrClient:
 
     async def read_unordered(
         self, signer: ClientSigner, seq: int, command: bytes,
-        timeout_s: float = READ_UNORDERED_TIMEOUT_S,
+        timeout_s: float = READ_UNORDERED_TIMEOUT_S, group: int | None = None,
     ) -> Accepted | None:
         """The read-only optimisation's first try: the read-only ``command`` as
         ``(signer's client, seq)``, unordered, to every replica; the result once
@@ -231,7 +233,8 @@ class SmrClient:
             raise UsageError("unordered reads need fast_reads, on a Byzantine fault tolerant "
                              "cluster")
         request = ClientRequest(signer.client, seq, command, True, True)
-        decision = await self.attempt(signer, request, True, timeout_s, self.read_quorum)
+        decision = await self.attempt(signer, request, True, timeout_s, self.read_quorum,
+                                      group)
         return decision if isinstance(decision, Accepted) else None
 
     def count_vote(self, votes: Votes, replica: int, answer: bytes | None) -> Decision | None:

@@ -117,7 +117,7 @@ from replicaio.runtime.kv.connection import (
 )
 from replicaio.runtime.kv.info import role_reply, server_info
 from replicaio.runtime.kv.params import RespParams, parse_resp_params
-from replicaio.runtime.kv.relay import GATEWAY_COMMANDS, GatewaySubmits
+from replicaio.runtime.kv.relay import GATEWAY_COMMANDS, UNGROUPED, GatewaySubmits
 from replicaio.runtime.kv.requests import (
     CLIENT_IDS_MAX,
     EXPIRED_ERROR,
@@ -294,13 +294,18 @@ class RespService(ListeningService):
         submits = self.gateway_submits
         for output in outputs:
             kind = type(output)
+            group = UNGROUPED
             if kind is GroupOutput or kind is TxnResult:
+                if kind is GroupOutput:
+                    group = output.group
+                elif submits.attempts:
+                    submits.on_output(output)
                 output = self.on_group_output(output)
                 kind = type(output)
             if kind is not SmrReply and kind is not Rejected and kind is not Redirect:
                 continue
             if submits.waiting:
-                submits.on_output(output)
+                submits.on_output(output, group)
             waiter = waiters.get(output.client)
             if waiter is None or waiter.seq != output.seq or waiter.future is None:
                 continue  # another node's client, or an answer we no longer wait for
@@ -494,7 +499,8 @@ class RespService(ListeningService):
                 await self.drain(connection)
                 assert self.host is not None
                 submitted, rejected = await self.gateway_submits.answer(
-                    self.host, item.argv, self.params.request_timeout_ms / 1000
+                    self.host, item.argv, self.params.request_timeout_ms / 1000,
+                    None if self.slots is None else self.slots.groups,
                 )
                 if rejected is not None:
                     self.count(f"rejected_resp_command_gateway_{rejected}")

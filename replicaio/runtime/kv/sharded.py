@@ -62,7 +62,11 @@ Target = int | tuple[int, ...] | None  # one group; several (a transaction); key
 
 
 def slots_of(service: RespService) -> SlotMap | None:
-    """The slot map of the node protocol under ``service``, if it is sharded."""
+    """The slot map of the node protocol under ``service``, if it is sharded (a
+    gateway's host has the cluster's own: ``replicaio.runtime.gateway``)."""
+    own = getattr(service.host, "slots", None)
+    if isinstance(own, SlotMap):
+        return own
     protocol = getattr(getattr(service.host, "core", None), "protocol", None)
     slots = getattr(protocol, "slots", None)
     return slots if isinstance(slots, SlotMap) and hasattr(protocol, "groups") else None
