@@ -1,35 +1,59 @@
 """The client-side gateway in front of a sharded store over PBFT groups
 (``txn-kv-pbft``), with real processes on 127.0.0.1: four node processes, each
 a replica of three PBFT groups, and ``replicaio kv gateway`` reading the slot
-map from the cluster file.
+map from the cluster file. Node 3 is Byzantine throughout (``replicaio node
+--byzantine``): its replicas answer every client with results they gave
+earlier, and its transaction driver alters what it is asked and lies about
+outcomes; every answer through the gateway is still right, and concurrent
+redis-py transfers across groups keep the bank total.
 
 Through the gateway: single-group commands go to their group as SMR requests
 the gateway signs (a session of its own per front session and group) and are
-accepted on f+1 matching replies. Bad input (an unknown group, a malformed signed attempt) on
+accepted on f+1 matching replies; MULTI/EXEC, WATCH and MSET/MGET across groups
+are attempts the gateway signs and sends to every node, accepted on f+1
+matching outcomes. Bad input (an unknown group, a malformed signed attempt) on
 the replicas' ``REPLICAIO.*`` commands is refused and counted.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 import redis
 from test_kv_gateway_cluster import Gateway
-from test_kv_groups_cluster import connect, key_in
+from test_kv_groups_cluster import ACCOUNTS, BALANCE, connect, key_in, worker
+from test_kv_groups_pbft_cluster import read_all
 
 from replicaio.runtime.local import LocalCluster
 
 GROUPS = 3
 DEADLINE_S = 60.0
+LIAR = 3
+BEHAVIOUR = "pbft_stale_reads+txn_lying_driver+txn_altering_driver"
 SECTIONS = {
     "protocol.params": {"groups": GROUPS},
     "node": {"tick_us": 10_000},
     "transport": {"reconnect_delay_ms_min": 10, "reconnect_delay_ms_max": 200},
-    "host": {"client_service": "resp", "fsync": False},
+    "host": {"client_service": "resp"},  # fsync on: acknowledged means durable
     "service": {"retry_after_ms": 300, "retry_backoff_ms": 20, "request_timeout_ms": 8000},
 }
+
+
+def lies(cluster: LocalCluster) -> float:
+    """The Byzantine node's outputs that differ from what its core computed."""
+    address = cluster.cluster.nodes[LIAR].metrics
+    assert address is not None
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    wanted = 'replicaio_runtime_events_total{event="byzantine_outputs"} '
+    return sum(float(line[len(wanted):]) for line in text.splitlines()
+               if line.startswith(wanted))
 
 
 def until_serving(port: int) -> None:
@@ -53,10 +77,12 @@ def until_serving(port: int) -> None:
 def sharded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Gateway]]:
     directory = tmp_path_factory.mktemp("gateway-groups")
     cluster = LocalCluster(directory / "cluster", protocol="txn-kv-pbft", nodes=4,
-                           sections=SECTIONS, auth="ed25519")
+                           sections=SECTIONS, auth="ed25519", metrics=True)
     gateway: Gateway | None = None
     try:
-        cluster.start_all()
+        for node in range(4):
+            cluster.start(node, byzantine=BEHAVIOUR if node == LIAR else None)
+        cluster.wait_ready(range(4))
         gateway = Gateway(cluster, directory / "gateway.log")
         until_serving(gateway.port)
         yield cluster, gateway
@@ -81,10 +107,49 @@ def test_single_group_commands_through_the_gateway(
     pipe = client.pipeline(transaction=True)  # MULTI/EXEC of one group: one exec
     pipe.incr(keys[2] + "-n").get(keys[2])
     assert pipe.execute() == [2, "v2"]
-    node = connect(cluster.cluster.nodes[3].client.port)  # every replica executed it
+    node = connect(cluster.cluster.nodes[2].client.port)  # another replica executed it
     assert node.get(keys[1]) == "ab"
     client.close()
     node.close()
+
+
+def test_transactions_across_groups_through_the_gateway(
+        sharded: tuple[LocalCluster, Gateway]) -> None:
+    cluster, gateway = sharded
+    client = connect(gateway.port)
+    keys = [key_in(group, "multi") for group in range(GROUPS)]
+    assert client.mset({key: str(index) for index, key in enumerate(keys)})
+    assert client.mget(keys) == ["0", "1", "2"]
+    a, b, c = (key_in(group, "tx") for group in range(GROUPS))
+    client.set(c, "seen")
+    pipe = client.pipeline(transaction=True)
+    pipe.set(a, 10).incrby(b, 5).get(c).rpush(a + "-list", "x", "y").get(a)
+    assert pipe.execute() == [True, 5, "seen", 2, "10"]
+    node = connect(cluster.cluster.nodes[2].client.port)
+    assert node.mget([a, b]) == ["10", "5"]
+    # WATCH across groups: another client's change in any group aborts it.
+    pipe = client.pipeline(transaction=True)
+    pipe.watch(a, b)
+    node.set(b, "changed")
+    pipe.multi()
+    pipe.set(a, "mine").set(b, "mine")
+    with pytest.raises(redis.WatchError):
+        pipe.execute()
+    assert client.mget([a, b]) == ["10", "changed"]
+    client.close()
+    node.close()
+
+
+def test_redis_cli_multi_exec_across_groups_through_the_gateway(
+        sharded: tuple[LocalCluster, Gateway]) -> None:
+    _, gateway = sharded
+    redis_cli = shutil.which("redis-cli")
+    assert redis_cli is not None, "redis-cli is part of the test environment"
+    a, b = key_in(0, "cli"), key_in(1, "cli")
+    script = f"MULTI\nSET {a} 1\nINCRBY {b} 7\nGET {a}\nEXEC\n"
+    done = subprocess.run([redis_cli, "-p", str(gateway.port)], input=script.encode(),
+                          capture_output=True, timeout=60, check=True)
+    assert done.stdout.decode().split() == ["OK", "QUEUED", "QUEUED", "QUEUED", "OK", "7", "1"]
 
 
 def test_bad_gateway_input_on_a_sharded_node_is_refused(
@@ -108,3 +173,36 @@ def test_bad_gateway_input_on_a_sharded_node_is_refused(
     assert client.set(key_in(1, "after"), "1") is True
     client.close()
 
+
+
+def test_transfers_through_the_gateway_keep_the_total_despite_a_byzantine_node(
+        sharded: tuple[LocalCluster, Gateway]) -> None:
+    """Four redis-py clients of the gateway transfer between six accounts of three
+    groups (WATCH/MULTI/EXEC: attempts across groups, reads of one group)."""
+    cluster, gateway = sharded
+    client = connect(gateway.port)
+    assert client.mset({account: str(BALANCE) for account in ACCOUNTS})
+    lies_before = lies(cluster)
+    counts = {"committed": 0, "empty": 0, "errors": 0}
+    lock = threading.Lock()
+    stop = threading.Event()
+    workers = [threading.Thread(target=worker, args=(gateway.port, index, stop, counts, lock),
+                                daemon=True) for index in range(4)]
+    for thread in workers:
+        thread.start()
+    deadline = time.monotonic() + DEADLINE_S
+    while counts["committed"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    for thread in workers:
+        thread.join(timeout=30)
+    print(f"transfers through the gateway, node {LIAR} Byzantine: {counts}")
+    assert counts["committed"] >= 20
+    balances = [int(value) for value in read_all(client, ACCOUNTS)]
+    assert sum(balances) == BALANCE * len(ACCOUNTS), balances
+    honest = connect(cluster.cluster.nodes[1].client.port)  # its replicas agree
+    assert [int(value) for value in read_all(honest, ACCOUNTS)] == balances
+    # The Byzantine node did lie (stale replies to the gateway, false outcomes).
+    assert lies(cluster) > lies_before
+    client.close()
+    honest.close()

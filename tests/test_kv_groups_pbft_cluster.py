@@ -165,14 +165,14 @@ def test_transfers_across_pbft_groups_keep_the_total_through_a_kill(
     assert sum(balances) == BALANCE * len(ACCOUNTS), balances
 
 
-def read_all(client: redis.Redis) -> list[Any]:
+def read_all(client: redis.Redis, accounts: list[str] = ACCOUNTS) -> list[Any]:
     """Every account in one MGET (a transaction across groups), asked again while
     the front answers TRYAGAIN (keys still locked by transfers the stopped workers
     left to their leases)."""
     deadline = time.monotonic() + DEADLINE_S
     while True:
         try:
-            return list(client.mget(ACCOUNTS))
+            return list(client.mget(accounts))
         except redis.exceptions.TryAgainError:
             if time.monotonic() > deadline:
                 raise

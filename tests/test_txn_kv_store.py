@@ -14,7 +14,13 @@ from replicaio.services.kv.state_machine import (
     encode_command,
     encode_redis,
 )
-from replicaio.services.txn.kv_store import LOCKED_RESULT, KvTxnStore, command_keys
+from replicaio.services.txn.kv_store import (
+    LOCKED_RESULT,
+    REPLIES_MAX,
+    KvTxnStore,
+    command_keys,
+)
+from replicaio.services.txn.protocol import TxnNode
 from replicaio.services.txn.store import unclaimed
 
 CODEC = Codec()
@@ -109,3 +115,34 @@ def test_snapshot_keeps_prepared_commands_and_the_store() -> None:
     assert copy.apply(encode_command("get", b"a")) == LOCKED_RESULT
     assert [value(result) for result in run(copy, "commit", 7, 1)[1]] == [2]
     assert value(copy.read(encode_command("get", b"k"))) == b"v"
+
+
+def test_a_repeated_commit_answers_the_same_results() -> None:
+    """Every driver of one attempt (an f+1 client or the gateway has every node
+    drive it) commits it; each must hear the commands' results, not only the
+    first: the store answers them again, from a bounded table kept in snapshots.
+    (Before, a repeated commit answered ``[committed, claim]`` and its driver took
+    the claim's items for the replies: a wrong reply f+1 drivers agreed on.)"""
+    store = KvTxnStore()
+    prepare(store, 1, ["kv", b"a", encode_command("incr", b"a", 5)])
+    first = run(store, "commit", 7, 1)
+    again = run(store, "commit", 7, 1)
+    assert first == again and [value(result) for result in again[1]] == [5]
+    restored = KvTxnStore()
+    restored.restore(store.snapshot())
+    assert run(restored, "commit", 7, 1) == first
+    for nonce in range(2, REPLIES_MAX + 3):  # bounded: the oldest results go first
+        prepare(store, nonce, ["kv", b"a", encode_command("incr", b"a", 1)])
+        run(store, "commit", 7, nonce)
+    assert len(store.replies) == REPLIES_MAX and (7, 1) not in store.replies
+    assert run(store, "commit", 7, 1) == ("committed",)  # known committed, results gone
+    assert store.footprint()["txn_kv_replies"] <= store.footprint_max()["txn_kv_replies"]
+
+
+def test_a_driver_takes_no_claim_for_the_replies() -> None:
+    """A commit answered without results (``[committed, claim]``: applied before,
+    its results forgotten) gives its driver no replies (``replies_lost``)."""
+    plan = {0: [(0, ["kv", b"a", encode_command("incr", b"a", 1)])]}
+    claim = ("claim", "applied", 7, 1, "committed")
+    assert TxnNode.replies(plan, [0], [("committed", claim)]) is None
+    assert TxnNode.replies(plan, [0], [("committed", (b"r",), claim)]) == [b"r"]

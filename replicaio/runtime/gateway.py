@@ -68,7 +68,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 from replicaio.assembly import protocol_factory
@@ -78,6 +78,8 @@ from replicaio.runtime.counters import Counters
 from replicaio.runtime.kv.relay import UNGROUPED
 from replicaio.runtime.kv.service import RespService
 from replicaio.runtime.smr_client import SmrClient
+from replicaio.runtime.txn_client import match_outcome, sign_attempt
+from replicaio.services.txn.protocol import TxnRequest, TxnResult
 from replicaio.services.txn.slots import SlotMap
 from replicaio.smr.api import ClientRequest, Rejected, Reply
 from replicaio.smr.auth import ClientSigner
@@ -92,6 +94,7 @@ logger = logging.getLogger("replicaio.gateway")
 # arms its view-change timer.
 MULTICAST_AFTER_S: Final = 1.0
 SIGNERS_MAX: Final = 65_536
+ATTEMPTS: Final = -2  # the "group" of a front session's attempts across groups
 OnDone = Callable[[str | None], None]
 
 
@@ -159,6 +162,8 @@ class GatewayHost:
         self.sent: OrderedDict[tuple[int, int], tuple[int, float, bool]] = OrderedDict()
         self.tasks: set[asyncio.Task[None]] = set()
         self.node_id = 0
+        # An attempt across groups is decided by f+1 nodes' matching outcomes.
+        self.txn_replies = cluster.cluster_config().f + 1
 
     def session(self, local: int, group: int = UNGROUPED) -> Session:
         """The session (signer, hence cluster-wide client id, and numbers) of the
@@ -199,6 +204,14 @@ class GatewayHost:
             except DecodeError:
                 self.refuse_input("bad_request", on_done)
                 return
+        elif type(decoded) is TxnRequest:
+            if self.slots is None:
+                self.refuse_input("not_sharded", on_done)
+                return
+            if on_done is not None:
+                on_done(None)
+            self.spawn(self.transact(decoded))
+            return
         elif self.slots is not None:
             self.refuse_input("group_required", on_done)
             return
@@ -222,9 +235,65 @@ class GatewayHost:
             self.counters.count("gateway_multicasts")
         first_sent = sent[1] if sent is not None and sent[0] == request.seq else loop.time()
         self.remember_sent(key, (request.seq, first_sent, multicast))
-        task = loop.create_task(self.vote(request, multicast, group))
+        self.spawn(self.vote(request, multicast, group))
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def transact(self, local: TxnRequest) -> None:
+        """A front's attempt across groups: signed under the front session's key
+        (its attempts numbered 1, 2, 3...), sent with ``REPLICAIO.TXN`` to every
+        node (each drives it), decided once f+1 nodes gave the same outcome
+        (``match_outcome``); ``unknown`` when every node answered without a match,
+        or none in time (the front says ``TRYAGAIN``: it may have committed)."""
+        session = self.session(local.client, ATTEMPTS)
+        signer = session.signer
+        request = TxnRequest(signer.client, session.number(local.nonce), local.ops)
+        argv = (b"REPLICAIO.TXN", self.codec.encode(sign_attempt(self.codec, request, signer)))
+        timeout_s = self.service.params.request_timeout_ms / 1000
+        self.counters.count("gateway_attempts")
+
+        async def ask(node: int) -> tuple[int, bytes | None]:
+            return node, await self.smr.pools[node].command(argv, timeout_s)
+
+        answers: dict[int, TxnResult] = {}
+        outcome: TxnResult | None = None
+        pending = {asyncio.ensure_future(ask(node)) for node in range(self.n)}
+        try:
+            while pending and outcome is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    node, answer = finished.result()
+                    result = self.txn_answer(answer, request)
+                    if result is not None:
+                        answers.setdefault(node, result)
+                outcome = match_outcome(list(answers.values()), self.txn_replies, not pending,
+                                        request.client, request.nonce)
+        finally:
+            for task in pending:
+                task.cancel()
+        if outcome is None:
+            outcome = TxnResult(request.client, request.nonce, "unknown",
+                                "no answers in time", b"")
+        self.counters.count(f"gateway_attempts_{outcome.outcome}")
+        self.service.on_outputs([TxnResult(local.client, local.nonce, outcome.outcome,
+                                           outcome.reason, outcome.reads)])
+
+    def txn_answer(self, answer: bytes | None, request: TxnRequest) -> TxnResult | None:
+        """A node's answer to ``request``: its outcome, or ``None`` (none, or not one)."""
+        if answer is None:
+            return None
+        try:
+            result = self.codec.decode_as(answer, TxnResult)
+        except DecodeError:
+            self.counters.count("gateway_attempt_answers_undecodable")
+            return None
+        if result.client != request.client or result.nonce != request.nonce:
+            self.counters.count("gateway_attempt_answers_unexpected")
+            return None
+        return result
 
     def reader(self, local: int, group: int = UNGROUPED) -> tuple[ClientSigner, int]:
         """The reader identity of the front's id ``local`` (in ``group``) and its
@@ -310,9 +379,11 @@ async def serve_gateway(
     service = RespService()
     host = GatewayHost(cluster, service, fast_reads=fast_reads)
     await service.start(host, address, HostParams())
-    logger.info("gateway listening on %s:%s for %d replicas (%d matching replies%s)",
+    logger.info("gateway listening on %s:%s for %d replicas (%d matching replies%s%s)",
                 address.host, service.port, host.n, host.quorum,
-                ", unordered reads" if host.fast_reads else "")
+                ", unordered reads" if host.fast_reads else "",
+                "" if host.slots is None else f", {host.slots.groups} groups, transactions "
+                f"across them on {host.txn_replies} matching outcomes")
     if ready is not None:
         ready.set()
     try:

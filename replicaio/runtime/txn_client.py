@@ -43,14 +43,13 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from replicaio.assembly import raft_leader_of
 from replicaio.core.codec import Codec, DecodeError
@@ -65,7 +64,13 @@ from replicaio.services.txn.protocol import (
     TxnResult,
 )
 from replicaio.services.txn.store import request_bytes
-from replicaio.smr.auth import ED25519, KEYED, SIMULATION_CLIENT_SECRET, client_id_of, client_key
+from replicaio.smr.auth import (
+    ED25519,
+    KEYED,
+    ClientSigner,
+    Ed25519ClientSigner,
+    KeyedClientSigner,
+)
 
 OPS_MAX: Final = 64
 FRAME_BYTES_MAX: Final = 1 << 24
@@ -73,6 +78,44 @@ FRAME_BYTES_MAX: Final = 1 << 24
 # are all busy, or the coordinator's table is full): another node may still
 # commit it, so it never counts towards ``replies`` matching aborts.
 UNDECIDED_ABORTS: Final = frozenset({"busy"})
+
+
+def sign_attempt(codec: Codec, request: TxnRequest, signer: ClientSigner) -> SignedTxnRequest:
+    """``request`` signed by its client ``signer`` (ADR 0029: Ed25519, its client
+    id the key's, or the keyed-hash scheme of clusters whose nodes use one)."""
+    if request.client != signer.client:
+        raise UsageError("an attempt is signed by its own client")
+    data = request_bytes(codec, request.client, request.nonce, request.ops)
+    if isinstance(signer, Ed25519ClientSigner):
+        return SignedTxnRequest(request, signer.public, signer.private.sign(data))
+    if isinstance(signer, KeyedClientSigner):
+        return SignedTxnRequest(request, b"", hmac.digest(signer.key, data, hashlib.sha256))
+    raise UsageError(f"attempts are signed with {ED25519} or {KEYED} client keys")
+
+
+def match_outcome(answers: list[TxnResult], replies: int, complete: bool, client: int,
+                  nonce: int) -> TxnResult | None:
+    """The outcome ``replies`` nodes' ``answers`` (one per node) agree on:
+    ``committed`` with the same reads, or ``aborted`` for any reason but an
+    undecided one (``UNDECIDED_ABORTS``); once the answers are ``complete``
+    (every node asked answered) without such a match, ``unknown``; else ``None``
+    (wait). The f+1 client's rule, the gateway's too (``runtime.gateway``)."""
+    if replies == 1:
+        return answers[0] if answers else None
+    same = Counter((answer.outcome, answer.reads if answer.outcome == "committed" else b"")
+                   for answer in answers
+                   if answer.outcome == "committed" or (
+                       answer.outcome == "aborted"
+                       and answer.reason not in UNDECIDED_ABORTS))
+    for (outcome, reads), count in same.items():
+        if count >= replies:
+            reasons = Counter(a.reason for a in answers if a.outcome == outcome)
+            return TxnResult(client, nonce, outcome, reasons.most_common(1)[0][0], reads)
+    if complete and answers:
+        seen = ", ".join(f"{a.outcome} {a.reason}".strip() for a in answers)
+        return TxnResult(client, nonce, "unknown",
+                         f"no {replies} matching answers: {seen}"[:200], b"")
+    return None
 
 
 @dataclass(slots=True)
@@ -156,10 +199,10 @@ class TxnClient:
         self.codec = Codec()
         # Every attempt is signed (groups of a BFT cluster check it; others ignore it).
         self.signing = signing
-        self.private = Ed25519PrivateKey.generate()
-        self.public = self.private.public_key().public_bytes_raw()
-        self.client_id = (client_id_of(self.public) if signing == ED25519
-                          else secrets.randbelow(1 << 48))
+        self.signer: ClientSigner = (
+            Ed25519ClientSigner(self.codec, os.urandom(32)) if signing == ED25519
+            else KeyedClientSigner(self.codec, secrets.randbelow(1 << 48)))
+        self.client_id = self.signer.client
         self.nonce = 0
         self.waiting: dict[int, Attempt] = {}
         # Per node, the answers heard that differed from the outcome accepted
@@ -263,31 +306,15 @@ class TxnClient:
         aborted: any reason but an undecided one), or, once every node asked
         answered without such a match, ``unknown``; else ``None`` (wait)."""
         answers = list(attempt.answers.values())
-        if self.replies == 1:
-            return answers[0] if answers else None
-        same = Counter((answer.outcome, answer.reads if answer.outcome == "committed" else b"")
-                       for answer in answers
-                       if answer.outcome == "committed" or (
-                           answer.outcome == "aborted"
-                           and answer.reason not in UNDECIDED_ABORTS))
-        for (outcome, reads), count in same.items():
-            if count >= self.replies:
-                reasons = Counter(a.reason for a in answers if a.outcome == outcome)
-                return TxnResult(self.client_id, answers[0].nonce, outcome,
-                                 reasons.most_common(1)[0][0], reads)
-        if attempt.sent and len(answers) >= attempt.sent:
-            seen = ", ".join(f"{a.outcome} {a.reason}".strip() for a in answers)
-            return TxnResult(self.client_id, answers[0].nonce, "unknown",
-                             f"no {self.replies} matching answers: {seen}"[:200], b"")
-        return None
+        if not answers:
+            return None
+        complete = bool(attempt.sent) and len(answers) >= attempt.sent
+        return match_outcome(answers, self.replies, complete, self.client_id,
+                             answers[0].nonce)
 
     def signed(self, request: TxnRequest) -> SignedTxnRequest:
         """``request`` with this client's signature (``smr.auth``'s schemes)."""
-        data = request_bytes(self.codec, request.client, request.nonce, request.ops)
-        if self.signing == KEYED:
-            key = client_key(SIMULATION_CLIENT_SECRET, request.client)
-            return SignedTxnRequest(request, b"", hmac.digest(key, data, hashlib.sha256))
-        return SignedTxnRequest(request, self.public, self.private.sign(data))
+        return sign_attempt(self.codec, request, self.signer)
 
     async def commit(self, ops: list[list[Any]]) -> list[Any]:
         """One attempt: its reads if committed; raises otherwise (see the module docstring)."""

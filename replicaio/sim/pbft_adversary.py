@@ -58,6 +58,7 @@ from replicaio.assembly import SERVICES, pbft_wire, smr_replica_of
 from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.effects import Request
 from replicaio.core.signing import simulation_signer
+from replicaio.core.stream import GroupOutput
 from replicaio.sim.adversary import RunView, Sends, Strategy, register_behaviour
 from replicaio.smr.api import AuthenticatedRequest, ClientRequest, Reply
 from replicaio.smr.messages import Batch, SignedBatch
@@ -285,13 +286,22 @@ class ReplayOld(PbftStrategy):
 
 
 class StaleReads(PbftStrategy):
-    """Every reply to a client carries a result this replica gave earlier."""
+    """Every reply to a client carries a result this replica gave earlier (on a
+    node of several groups too: its groups' replies, inside ``GroupOutput``)."""
 
     def __init__(self, node: int, n: int, rng: random.Random) -> None:
         super().__init__(node, n, rng)
         self.results: deque[bytes] = deque(maxlen=REMEMBERED_MAX)
+        self.codec = Codec()
 
     def rewrite_output(self, output: Any) -> Any:
+        if type(output) is GroupOutput:
+            try:
+                inner = self.codec.decode(output.body)
+            except DecodeError:
+                return output
+            lie = self.rewrite_output(inner) if type(inner) is Reply else inner
+            return output if lie is inner else replace(output, body=self.codec.encode(lie))
         if type(output) is not Reply:
             return output
         honest = output.result

@@ -30,7 +30,13 @@ coordinator roles (:class:`~replicaio.services.txn.store.TxnStore`).
   nothing can have touched those keys in between, so they run on exactly the
   state the prepare locked (a key's expiry is the one exception: it may pass
   in between, and the command sees the key gone, as it would an instant later).
-  ``abort`` drops the commands. Everything else (coordinator records, leases
+  ``abort`` drops the commands. A ``commit`` of an attempt committed here before
+  (another driver of it: an f+1 client, or the gateway, has every node drive
+  it; or the resolver applied it first) answers the same results again, from
+  a table of the latest commits' results (:data:`REPLIES_MAX` attempts,
+  :data:`REPLIES_BYTES_MAX` bytes, the oldest dropped first, part of the
+  snapshot), so every driver answers its client alike; past the table it
+  answers none (its driver says ``replies_lost``). Everything else (coordinator records, leases
   in ticks, presumed abort, bounds) is :class:`TxnStore`'s.
 
 Deterministic, bounded (the key-value store's and the transaction store's
@@ -52,8 +58,11 @@ from replicaio.services.kv.state_machine import (
     KvParams,
 )
 from replicaio.services.txn.store import (
+    APPLIED,
     CHECK,
+    CLAIM,
     COMMANDS,
+    COMMITTED,
     Prepared,
     StoreParams,
     TxnId,
@@ -63,7 +72,10 @@ from replicaio.services.txn.store import (
 
 KV: Final = "kv"  # a micro-operation: one key-value command (bytes)
 SNAPSHOT_FORMAT: Final = "replicaio.kv-txn"
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2  # 2: the latest commits' results (``replies``)
+# The latest commits' results, answered again to a repeated commit: attempts, bytes.
+REPLIES_MAX: Final = 1024
+REPLIES_BYTES_MAX: Final = 8 << 20
 LOCKED_CODE: Final = "locked"
 _CODEC: Final = Codec(frame_bytes_max=1 << 26)
 LOCKED_RESULT: Final = _CODEC.encode_value(
@@ -137,6 +149,9 @@ class KvTxnStore(TxnStore):
         super().__init__(params)
         self.kv = KeyValueStateMachine(kv_params)
         self.commands: dict[TxnId, tuple[bytes, ...]] = {}  # prepared: their commands
+        # committed: their commands' results, the latest first dropped last
+        self.replies: dict[TxnId, tuple[bytes, ...]] = {}
+        self.replies_bytes = 0
         self.locked_reads_refused = 0  # this replica's alone: reads change no state
 
     # -- the StateMachine interface ----------------------------------------------
@@ -167,24 +182,31 @@ class KvTxnStore(TxnStore):
         return self.codec.encode_value([
             SNAPSHOT_FORMAT, SNAPSHOT_VERSION, super().snapshot(), self.kv.snapshot(),
             [[list(txn), list(commands)] for txn, commands in self.commands.items()],
+            [[list(txn), list(results)] for txn, results in self.replies.items()],
         ])
 
     def restore(self, snapshot: bytes) -> None:
         value: Any = self.codec.decode_value(snapshot)
-        assert isinstance(value, tuple) and value[:2] == (SNAPSHOT_FORMAT, SNAPSHOT_VERSION)
-        _, _, transactions, kv, commands = value
+        assert isinstance(value, tuple) and value[0] == SNAPSHOT_FORMAT
+        assert value[1] in (1, SNAPSHOT_VERSION)
+        transactions, kv, commands = value[2:5]
         kv_params = self.kv.params
         super().restore(transactions)  # (re-initialises: a fresh key-value store)
         self.kv = KeyValueStateMachine(kv_params)
         self.kv.restore(kv)
         self.commands = {(txn[0], txn[1]): tuple(items) for txn, items in commands}
+        self.replies, self.replies_bytes = {}, 0
+        for txn, results in value[5] if value[1] >= 2 else ():
+            self.keep_replies((txn[0], txn[1]), tuple(results))
 
     def footprint(self) -> dict[str, int]:
-        return {**super().footprint(), "txn_kv_commands": len(self.commands)}
+        return {**super().footprint(), "txn_kv_commands": len(self.commands),
+                "txn_kv_replies": len(self.replies)}
 
     def footprint_max(self) -> dict[str, int]:
         # Commands are recorded only for a prepared transaction and dropped with it.
-        return {**super().footprint_max(), "txn_kv_commands": self.params.prepared_max}
+        return {**super().footprint_max(), "txn_kv_commands": self.params.prepared_max,
+                "txn_kv_replies": REPLIES_MAX}
 
     # -- single-group commands meet the locks ------------------------------------
 
@@ -253,6 +275,26 @@ class KvTxnStore(TxnStore):
                 argument for kind, _, argument in self.parse_ops(ops) if kind == KV)
         return answer
 
+    def on_commit(self, client: int, nonce: int, certificate: Any = None) -> list[Any]:
+        txn = (client, nonce)
+        if (type(client) is int and type(nonce) is int and txn not in self.prepared
+                and self.finished.get(txn) == COMMITTED):
+            results = self.replies.get(txn)
+            if results is not None:  # committed before: the same results again
+                return [COMMITTED, results, (CLAIM, APPLIED, *txn, COMMITTED)]
+        return super().on_commit(client, nonce, certificate)
+
+    def keep_replies(self, txn: TxnId, results: tuple[bytes, ...]) -> None:
+        """Remember ``txn``'s results (the oldest forgotten past the bounds)."""
+        size = sum(len(result) for result in results)
+        if size > REPLIES_BYTES_MAX:
+            return
+        self.replies[txn] = results
+        self.replies_bytes += size
+        while len(self.replies) > REPLIES_MAX or self.replies_bytes > REPLIES_BYTES_MAX:
+            oldest = next(iter(self.replies))
+            self.replies_bytes -= sum(len(result) for result in self.replies.pop(oldest))
+
     def apply_effect(self, txn: TxnId, record: Prepared) -> list[Any]:
         """Run the recorded commands, each only if every key it touches is locked for
         ``txn``; their results, in order."""
@@ -266,6 +308,7 @@ class KvTxnStore(TxnStore):
                     ["error", "outside_locks", "a key of the command was not locked"]))
                 continue
             results.append(self.kv.apply(command))
+        self.keep_replies(txn, tuple(results))
         return [results]
 
     def release(self, txn: TxnId, record: Prepared) -> None:

@@ -492,7 +492,11 @@ class TxnNode:
         when the resolver applied it first)."""
         replies: list[Any] = [None] * sum(len(ops) for ops in plan.values())
         for group, answer in zip(participants, applied, strict=True):
-            if not (answer is not None and len(answer) >= 2 and isinstance(answer[1], tuple)):
+            # ``[committed, results, claim]``; a commit applied before (by the
+            # resolver, or another driver) past the store's table of results is
+            # ``[committed, claim]``: not its results (until 2026-12-05 its claim's
+            # items were taken for them).
+            if not (answer is not None and len(answer) >= 3 and isinstance(answer[1], tuple)):
                 return None
             results = iter(answer[1])
             for index, op in plan[group]:
