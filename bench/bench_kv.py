@@ -555,18 +555,21 @@ class System:
         return {"nodes": self.nodes, "durability": self.durability, "driven": self.driven}
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, int], dict[str, int]]:
-    """``NAME:node.tick_us=5000,protocol.snapshot=64`` -> (name, node params, protocol params)."""
+def parse_variant(
+    text: str,
+) -> tuple[str, dict[str, int], dict[str, int], dict[str, int]]:
+    """``NAME:node.tick_us=5000,protocol.snapshot=64,host.batch_inputs_max=64``
+    -> (name, node params, protocol params, host params)."""
     name, _, spec = text.partition(":")
-    node: dict[str, int] = {}
-    protocol: dict[str, int] = {}
+    sections: dict[str, dict[str, int]] = {"node": {}, "protocol": {}, "host": {}}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
         section, _, param = key.strip().partition(".")
-        if section not in ("node", "protocol") or not param:
-            raise SystemExit(f"bench_kv: bad variant item {item!r} (node.X=N or protocol.X=N)")
-        (node if section == "node" else protocol)[param] = int(value)
-    return f"replicaio[{name}]", node, protocol
+        if section not in sections or not param:
+            raise SystemExit(
+                f"bench_kv: bad variant item {item!r} (node.X=N, protocol.X=N or host.X=N)")
+        sections[section][param] = int(value)
+    return f"replicaio[{name}]", sections["node"], sections["protocol"], sections["host"]
 
 
 class ReplicaioSystem(System):
@@ -577,9 +580,11 @@ class ReplicaioSystem(System):
 
     def __init__(self, settings: Settings, label: str = "replicaio",
                  node_params: dict[str, int] | None = None,
-                 protocol_params: dict[str, int] | None = None) -> None:
+                 protocol_params: dict[str, int] | None = None,
+                 host_params: dict[str, int] | None = None) -> None:
         super().__init__(settings)
         self.name = label
+        self.host_params = host_params or {}
         self.node_params = settings.node_params if node_params is None else node_params
         self.protocol_params = (settings.protocol_params if protocol_params is None
                                 else protocol_params)
@@ -613,7 +618,7 @@ class ReplicaioSystem(System):
                        if self.front == "resp" else
                        "this process, asyncio, one stream connection to the leader muxing "
                        "every client")
-        sections: dict[str, dict[str, Any]] = {"host": {"fsync": True}}
+        sections: dict[str, dict[str, Any]] = {"host": {"fsync": True, **self.host_params}}
         if self.front == "resp":
             sections["host"]["client_service"] = "resp"
         if self.node_params:
@@ -1480,8 +1485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="client counts for replicaio-pbft-gateway")
     parser.add_argument("--variant", action="append", default=[],
                         help="another replicaio cluster measured alongside, e.g. "
-                             "'fast-tick:node.tick_us=5000' or 'snap64:protocol.snapshot=64' "
-                             "(repeatable)")
+                             "'fast-tick:node.tick_us=5000', 'snap64:protocol.snapshot=64' or "
+                             "'batch64:host.batch_inputs_max=64' (repeatable)")
     parser.add_argument("--pysyncobj-memory", default="16,128",
                         help="clients for the in-memory PySyncObj variant ('' to skip)")
     parser.add_argument("--redis-benchmark", default="10000:1,20000:50",
@@ -1554,9 +1559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "replicaio":
             plan.append((ReplicaioSystem(settings), args.clients, workloads))
             for variant in args.variant:
-                label, node, protocol = parse_variant(variant)
-                plan.append((ReplicaioSystem(settings, label, node, protocol), args.clients,
-                             workloads))
+                label, node, protocol, host = parse_variant(variant)
+                plan.append((ReplicaioSystem(settings, label, node, protocol, host),
+                             args.clients, workloads))
         elif name == "replicaio-pbft":
             plan.append((PbftSystem(settings), args.clients, workloads))
         elif name == "replicaio-pbft-gateway":
@@ -1610,6 +1615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["systems"][system.name]["front"] = system.front
                 report["systems"][system.name]["node_params"] = system.node_params
                 report["systems"][system.name]["protocol_params"] = system.protocol_params
+                report["systems"][system.name]["host_params"] = system.host_params
                 report["systems"][system.name]["counters_after"] = system.counters()
                 if system.name != "replicaio":
                     continue

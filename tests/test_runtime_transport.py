@@ -163,6 +163,36 @@ def test_messages_flow_both_ways_in_order(kind: str) -> None:
     run(scenario)
 
 
+def test_a_frame_to_an_idle_peer_is_written_at_once_the_rest_of_a_turn_joined() -> None:
+    """``send`` to a peer whose writer waits with nothing queued writes the frame
+    before it returns (no wake-up of the write loop); the next frames of the same
+    turn of the loop queue for one joined write; every frame arrives, in order."""
+
+    async def scenario() -> None:
+        acceptor = await make_node(1, {0: 1})
+        dialer = await make_node(0, {1: acceptor.transport.port})
+        channel = dialer.transport.channels[1]
+        try:
+            dialer.transport.send(1, b"hello")
+            assert await receive(acceptor) == (0, b"hello")
+            await until(lambda: channel.idle_writer is not None, "the writer idles")
+            for round_ in range(3):
+                sent = channel.frames_out
+                for index in range(5):  # one turn of the loop: a batch's release
+                    dialer.transport.send(1, b"%d %d" % (round_, index))
+                assert channel.frames_out == sent + 1  # the first one, at once
+                assert len(channel.queue) == 4  # the others wait for the write loop
+                for index in range(5):
+                    assert await receive(acceptor) == (0, b"%d %d" % (round_, index))
+                await until(lambda: channel.idle_writer is not None, "the writer idles")
+            assert not [name for name in acceptor.counters.values if name.startswith("rejected")]
+        finally:
+            await dialer.transport.close()
+            await acceptor.transport.close()
+
+    run(scenario)
+
+
 def test_dialler_reconnects_after_the_acceptor_restarts() -> None:
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1})

@@ -4,7 +4,9 @@ Who uses it: the node host (``replicaio.runtime.host``) hands it encoded
 messages with :meth:`Transport.send` and receives authenticated payloads
 through the ``deliver`` coroutine it gave the constructor. The transport
 never decodes payloads (the core does, strictly) and never blocks the host:
-``send`` only queues.
+``send`` queues, or writes a frame at once when the peer's writer is idle
+(nothing queued, nothing unsent in the socket's buffer; at most one such
+write per peer per turn of the event loop), which never blocks either.
 
 Connections. One TCP connection per pair of nodes, dialled by the lower id;
 the higher id only accepts. A dialler that loses its connection, or cannot
@@ -67,7 +69,9 @@ link messages until acknowledged and streams are unreliable by contract.
 What has left the queue is bounded too: the writer takes at most
 ``WRITE_BATCH_BYTES_MAX`` bytes (or one larger frame) per write and waits for
 the connection to drain before it takes more, so a peer that stops reading
-holds at most the queue's bound, one write and the socket's buffers. Inbound
+holds at most the queue's bound, one write and the socket's buffers (a frame
+``send`` writes at once goes only into an empty buffer, so at most one such
+frame is added). Inbound
 flow control is TCP's: the host's ``deliver`` blocks while its inbox is full,
 so the reader stops reading.
 
@@ -219,6 +223,7 @@ class PeerChannel:
         "dropped",
         "frames_in",
         "frames_out",
+        "idle_writer",
         "peer",
         "queue",
         "queued_bytes",
@@ -232,6 +237,9 @@ class PeerChannel:
         self.queued_bytes = 0  # payload bytes in ``queue``
         self.wakeup = asyncio.Event()
         self.connection: Connection | None = None
+        # The connection whose write loop waits with nothing queued: ``send``
+        # writes to it at once (see ``send``).
+        self.idle_writer: Connection | None = None
         self.connections = 0
         self.frames_in = 0
         self.frames_out = 0
@@ -394,6 +402,28 @@ class Transport:
             self.counters.count("rejected_outbound_oversized")
             return
         queue = channel.queue
+        connection = channel.idle_writer
+        if connection is not None and not queue and connection is channel.connection:
+            # The write loop waits for work and the socket has sent everything it was
+            # given: write now rather than wake the loop for it (one task switch less
+            # for a lone message, and the frame is in the kernel before the host goes
+            # on to its sync). At most one such write per peer per turn of the event
+            # loop: the next frames of the same turn (a batch's release) queue and
+            # wake the write loop, which joins them into one write.
+            writer = connection.writer
+            transport = writer.transport
+            if not transport.is_closing() and transport.get_write_buffer_size() == 0:
+                channel.idle_writer = None
+                asyncio.get_running_loop().call_soon(self.rearm, channel, connection)
+                frame = self.seal(connection, payload)
+                try:
+                    writer.write(frame)
+                except (ConnectionError, OSError):
+                    writer.close()  # the reader sees the end and cleans up
+                    return
+                channel.frames_out += 1
+                channel.bytes_out += len(frame)
+                return
         if len(queue) >= self.params.outbound_queue_max:
             channel.queued_bytes -= len(queue.popleft())
             channel.dropped += 1
@@ -407,6 +437,15 @@ class Transport:
         channel.queued_bytes += len(payload)
         channel.wakeup.set()
 
+    @staticmethod
+    def rearm(channel: PeerChannel, connection: Connection) -> None:
+        """After a frame written at once: the writer is idle again unless frames
+        were queued for its loop since."""
+        if not channel.queue and not channel.wakeup.is_set() and (
+            channel.connection is connection
+        ):
+            channel.idle_writer = connection
+
     def seal(self, connection: Connection, payload: bytes) -> bytes:
         connection.send_seq += 1
         head = SEQUENCE.pack(connection.send_seq)
@@ -419,7 +458,11 @@ class Transport:
             while channel.connection is connection:
                 if not channel.queue:
                     channel.wakeup.clear()
-                    await channel.wakeup.wait()
+                    channel.idle_writer = connection
+                    try:
+                        await channel.wakeup.wait()
+                    finally:
+                        channel.idle_writer = None
                     continue
                 frames: list[bytes] = []
                 taken = 0
