@@ -17,6 +17,7 @@ the replicas' ``REPLICAIO.*`` commands is refused and counted.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
@@ -30,7 +31,11 @@ from test_kv_gateway_cluster import Gateway
 from test_kv_groups_cluster import ACCOUNTS, BALANCE, connect, key_in, worker
 from test_kv_groups_pbft_cluster import read_all
 
+from replicaio.core.codec import Codec
 from replicaio.runtime.local import LocalCluster
+from replicaio.services.kv.state_machine import encode_command
+from replicaio.smr.api import ClientRequest
+from replicaio.smr.auth import Ed25519ClientSigner
 
 GROUPS = 3
 DEADLINE_S = 60.0
@@ -157,6 +162,12 @@ def test_bad_gateway_input_on_a_sharded_node_is_refused(
     cluster, gateway = sharded
     node = redis.Redis(host="127.0.0.1", port=cluster.cluster.nodes[0].client.port,
                        socket_timeout=10.0)
+    codec = Codec()
+    signer = Ed25519ClientSigner(codec, os.urandom(32))
+    elsewhere = codec.encode(signer.wrap(ClientRequest(  # a key of group 1, sent to group 0
+        signer.client, 1, encode_command("put", key_in(1, "wrong").encode(), b"1"), False)))
+    with pytest.raises(redis.ResponseError, match="does not live in group 0"):
+        node.execute_command("REPLICAIO.SUBMIT", elsewhere, "0")
     refusals = [
         ("REPLICAIO.AWAIT", "1", "1"),  # no group on a sharded cluster
         ("REPLICAIO.AWAIT", "1", "1", "7"),  # no group 7

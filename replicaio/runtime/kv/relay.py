@@ -17,7 +17,8 @@ On a sharded cluster (``txn-kv-pbft``: G groups, every node a replica of
 each) both take the group last: ``REPLICAIO.SUBMIT <payload> <group>`` hands
 the request to that group (a ``GroupRequest``) and ``REPLICAIO.AWAIT <client>
 <seq> <group>`` waits for that group's answer; a group is required there and
-refused elsewhere (``-ERR``, counted ``..._group``). ``REPLICAIO.TXN <payload>``
+refused elsewhere (``-ERR``, counted ``..._group``), and a request whose keys
+live in another group is refused (``..._wrong_group``). ``REPLICAIO.TXN <payload>``
 takes a client-signed transaction attempt across groups (a codec-encoded
 ``SignedTxnRequest``), has this node drive it, and answers with the
 ``TxnResult`` this node's driver reached (the gateway needs f+1 nodes to
@@ -40,7 +41,9 @@ from replicaio.core.codec import Codec, DecodeError
 from replicaio.runtime.client import ServiceHost
 from replicaio.services.kv.resp import Reply as RespReply
 from replicaio.services.kv.resp import RespError
+from replicaio.services.txn.kv_store import encoded_command_keys
 from replicaio.services.txn.protocol import SignedTxnRequest, TxnResult
+from replicaio.services.txn.slots import SlotMap
 from replicaio.smr.api import AuthenticatedRequest, Rejected, Reply
 from replicaio.smr.groups import GroupRequest
 
@@ -75,11 +78,13 @@ class GatewaySubmits:
         found[1].set_result(output)
 
     async def answer(
-        self, host: ServiceHost, argv: list[bytes], timeout_s: float, groups: int | None = None
+        self, host: ServiceHost, argv: list[bytes], timeout_s: float,
+        slots: SlotMap | None = None,
     ) -> tuple[RespReply, str | None]:
         """Answer one ``REPLICAIO.SUBMIT``, ``AWAIT`` or ``TXN``: the reply, and a
-        rejection label if the command is bad. ``groups``: the cluster's groups,
-        ``None`` on a cluster of one group."""
+        rejection label if the command is bad. ``slots``: a sharded cluster's slot
+        map (``None`` on a cluster of one group)."""
+        groups = None if slots is None else slots.groups
         name = argv[0].lower()
         if name == TXN_COMMAND:
             return await self.transaction(host, argv, timeout_s, groups)
@@ -113,6 +118,12 @@ class GatewaySubmits:
         except DecodeError as error:
             return RespError(f"ERR undecodable request: {error.reason}"), "undecodable"
         client, seq = request.request.client, request.request.seq
+        if slots is not None:
+            keys = encoded_command_keys(request.request.command) or ()
+            if any(slots.group_of(key) != group for key in keys):
+                # (a gateway with another slot map: it would write where no read looks)
+                return RespError(f"ERR a key of the request does not live in group {group} "
+                                 "(the cluster's slot map)"), "wrong_group"
         payload = argv[1] if group == UNGROUPED else host.codec.encode(
             GroupRequest(group, argv[1]))
         return await self.wait(host, client, seq, payload, timeout_s, group), None

@@ -500,7 +500,7 @@ class RespService(ListeningService):
                 assert self.host is not None
                 submitted, rejected = await self.gateway_submits.answer(
                     self.host, item.argv, self.params.request_timeout_ms / 1000,
-                    None if self.slots is None else self.slots.groups,
+                    self.slots,
                 )
                 if rejected is not None:
                     self.count(f"rejected_resp_command_gateway_{rejected}")
