@@ -95,7 +95,9 @@ ANCHORS_VENV = BENCH_DIR / ".venv-anchors"
 PYSYNCOBJ_NODE = BENCH_DIR / "kv_pysyncobj_node.py"
 LOOPBACK = "127.0.0.1"
 SYSTEMS = ("replicaio", "replicaio-pbft", "replicaio-pbft-gateway", "replicaio-minbft",
-           "pysyncobj", "etcd", "redis")
+           "pysyncobj", "etcd", "redis", "replicaio-pbft-groups",
+           "replicaio-pbft-groups-gateway")
+SHARDED_GROUPS = 3  # the replicaio-pbft-groups systems: txn-kv-pbft:groups=3
 OP_TIMEOUT_S = 5.0  # one request; beyond it the client counts a timeout (and retries)
 
 
@@ -248,6 +250,10 @@ class RespClient:
 
     async def get(self, key: bytes) -> Any:
         return await self.command(b"GET", key)
+
+    async def mset(self, key: bytes, other: bytes, value: bytes) -> None:
+        if await self.command(b"MSET", key, value, other, value) != b"OK":
+            raise OpError("MSET did not answer OK")
 
     async def close(self) -> None:
         self.writer.close()
@@ -451,6 +457,7 @@ async def closed_loop(
     latencies = result.latencies_s
     errors = result.errors
     mixed = workload == "mixed"
+    mset = workload == "mset"  # two keys: on a sharded store, in two groups 2 times in 3
 
     async def one(connection: Any, index: int) -> None:
         rng = random.Random(seed * 100_003 + index)
@@ -462,6 +469,9 @@ async def closed_loop(
             try:
                 if mixed and rng.random() < 0.5:
                     await asyncio.wait_for(connection.get(key), OP_TIMEOUT_S * 4)
+                elif mset:
+                    other = b"key:%d" % rng.randrange(keys)
+                    await asyncio.wait_for(connection.mset(key, other, value), OP_TIMEOUT_S * 4)
                 else:
                     await asyncio.wait_for(connection.set(key, value), OP_TIMEOUT_S * 4)
             except (OpError, TimeoutError) as error:
@@ -841,6 +851,32 @@ class PbftGatewaySystem(PbftSystem):
             PROCESSES.stop(self.gateway)
             self.gateway = None
         super().stop()
+
+
+class PbftGroupsSystem(PbftSystem):
+    """The sharded store over PBFT groups (``txn-kv-pbft:groups=3``, n = 4),
+    clients on node 0's RESP port (the trusted shortcut: MSET across groups is a
+    transaction that node drives, signed as the node)."""
+
+    name = "replicaio-pbft-groups"
+    protocol = "txn-kv-pbft"
+
+    def __init__(self, settings: Settings, label: str = "replicaio-pbft-groups") -> None:
+        ReplicaioSystem.__init__(self, settings, label, {}, {"groups": SHARDED_GROUPS})
+
+
+class PbftGroupsGatewaySystem(PbftGatewaySystem):
+    """The same sharded store through ``replicaio kv gateway``: single-group
+    commands voted f+1 per group, MSET across groups an attempt the gateway signs
+    and every node drives, accepted on f+1 matching outcomes."""
+
+    name = "replicaio-pbft-groups-gateway"
+    protocol = "txn-kv-pbft"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.name = "replicaio-pbft-groups-gateway"
+        self.protocol_params = {"groups": SHARDED_GROUPS}
 
 
 class MinbftSystem(PbftSystem):
@@ -1264,7 +1300,8 @@ def conditions(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "event_loop": loop,
         "nodes": f"{args.nodes} (replicaio, pysyncobj, etcd), 1 (redis)",
         "clients": args.clients,
-        "workloads": {"set": "100% SET", "mixed": "50% GET / 50% SET"},
+        "workloads": {"set": "100% SET", "mixed": "50% GET / 50% SET",
+                      "mset": "100% MSET of two random keys"},
         "value_bytes": args.value_bytes,
         "keys": args.keys,
         "warmup_s": args.warmup,
@@ -1424,12 +1461,12 @@ def print_markdown(report: dict[str, Any]) -> None:
     """The figure and ratio tables of a saved ``--json`` report, as Markdown."""
     rows = {(row["system"], row["workload"], row["clients"]): row for row in report["rows"]}
     systems = list(dict.fromkeys(row["system"] for row in report["rows"]))
-    for workload in ("set", "mixed"):
+    titles = {"set": "100% SET", "mixed": "50/50 GET/SET", "mset": "100% MSET of two keys"}
+    for workload, title in titles.items():
         clients = sorted({c for (_, w, c) in rows if w == workload})
         if not clients:
             continue
-        print(f"\n{'100% SET' if workload == 'set' else '50/50 GET/SET'}: ops/s, "
-              "p50 / p99 ms (server CPU ms per 1000 ops)\n")
+        print(f"\n{title}: ops/s, p50 / p99 ms (server CPU ms per 1000 ops)\n")
         print("| system | " + " | ".join(f"{c} clients" for c in clients) + " |")
         print("| --- |" + " --- |" * len(clients))
         for system in systems:
@@ -1569,6 +1606,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          [int(c) for c in args.gateway_clients.split(",") if c], workloads))
         elif name == "replicaio-minbft":
             plan.append((MinbftSystem(settings), args.clients, workloads))
+        elif name == "replicaio-pbft-groups":
+            plan.append((PbftGroupsSystem(settings), args.clients, workloads))
+        elif name == "replicaio-pbft-groups-gateway":
+            plan.append((PbftGroupsGatewaySystem(settings),
+                         [int(c) for c in args.gateway_clients.split(",") if c], workloads))
         elif name == "pysyncobj":
             plan.append((PySyncObjSystem(settings, journal=True), args.clients, workloads))
             if args.pysyncobj_memory:
