@@ -67,14 +67,16 @@ def test_the_same_schedule_without_the_lies_is_safe() -> None:
     assert honest.counters.get("minbft_new_view_conflicts_executed", 0) == 0
 
 
-@pytest.mark.parametrize("seed", [8, 13])
+@pytest.mark.parametrize("seed", [6, 46])
 def test_the_swarm_with_the_lie_forced_catches_the_variant_and_passes_the_protocol(
     seed: int,
 ) -> None:
     """Seeds of `replicaio swarm minbft --nodes 3 --byzantine 1 --adversary
     minbft_prepare_unseen_view --faults crash,partition,loss,dup,reorder`:
-    main before the certificate failed agreement on 10 of the first 100 (8 and
-    13 among them), the variant on 26 of 300; the protocol passes all 300."""
+    main before the certificate failed agreement on 10 of the first 100, the
+    variant on 26 of 300; the protocol passes all 300. Pinned 8 and 13 until
+    MinBFT's reads shared barriers (2026-12-05), which moved the schedules: the
+    first two of 1..120 where the variant breaks agreement are 6 and 46."""
     options = kv_options(seed, 3, ("crash", "partition", "loss", "dup", "reorder"),
                          KvWorkload(nemesis_every_us=2_000_000), byzantine=1,
                          adversary=LIE, protocol="minbft")

@@ -176,7 +176,8 @@ def forgotten_commitments_options(seed: int) -> SimOptions:
     )
 
 
-@pytest.mark.parametrize("seed", [1, 2])  # the variant breaks on 1, 2, 4, 8, 12 of 1..12
+# The variant breaks on 2, 4, 5, 8, 13 of 1..13 (since reads share barriers; 1, 2, 4, 8, 12 before).
+@pytest.mark.parametrize("seed", [2, 4])
 def test_a_replica_under_a_new_epoch_withholds_what_it_may_have_forgotten(seed: int) -> None:
     """Replica 1 sends no VIEW-CHANGE while it withholds (a peer is down, so its
     target is not even set): the view change waits for the primary, and no
