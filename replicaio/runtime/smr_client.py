@@ -143,6 +143,12 @@ class ReplicaPool:
             if connection is not None:
                 connection.close()
             return None
+        except asyncio.CancelledError:
+            # Decided without this replica's answer: its connection is mid-command
+            # (an answer may still come), so it is closed, never reused or left open.
+            if connection is not None:
+                connection.close()
+            raise
         if len(self.idle) < CONNECTIONS_PER_REPLICA_MAX:
             self.idle.append(connection)
         else:
