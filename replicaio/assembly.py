@@ -695,9 +695,11 @@ TXN_WAIT_MS_DEFAULT = 100  # bounded waiting in lock order (ADR 0009, amendment 
 
 @dataclass(frozen=True, slots=True)
 class TransactionalSpec:
-    """A transactional cluster: G groups of an ordering protocol (``raft`` or
-    ``pbft``) + SMR + the transaction store (``replicaio.services.txn``), with the
-    transaction protocol on every node; ``checkers`` are each group's own."""
+    """A transactional cluster: G groups of an ordering protocol (``raft``,
+    ``pbft`` or ``minbft``) + SMR + the transaction store
+    (``replicaio.services.txn``), with the transaction protocol on every node;
+    ``checkers`` are each group's own; ``ordering_type``: a broken variant's
+    class for the ordering (``None``: the protocol's own)."""
 
     name: str
     summary: str
@@ -706,6 +708,7 @@ class TransactionalSpec:
     broken: bool = False
     ordering: str = "raft"
     checkers: Callable[[ClusterConfig], list[Any]] = raft_checkers
+    ordering_type: type[Any] | None = None
 
 
 def build_transactional(spec: TransactionalSpec, name: str,
@@ -734,6 +737,25 @@ def build_transactional(spec: TransactionalSpec, name: str,
                 batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
             ),
             ordering_footprint_max=functools.partial(pbft_footprint_max, pbft_params, smr_params),
+        )
+    elif spec.ordering == "minbft":
+        # One USIG per (node, group): each group's replica certifies under an
+        # identity naming its group (ADR 0031), in its own storage slice.
+        interval = MINBFT_CHECKPOINT_INTERVAL
+        minbft_params = MinbftParams(checkpoint_interval=interval, log_size=2 * interval,
+                                     batch_bytes_max=PBFT_BATCH_BYTES_MAX).validate()
+        minbft_type: type[Minbft] = spec.ordering_type or Minbft
+        smr_params = SmrParams()
+        group_factory = SmrFactory(
+            name, Resilience.BYZANTINE_TRUSTED,
+            lambda context: minbft_type(context, minbft_params),
+            store_type, smr_params, ordering_path="minbft",
+            constants=smr_constants(
+                {"sessions": parameters.get("sessions", SmrConstants().sessions_max)}, interval,
+                batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
+            ),
+            ordering_footprint_max=functools.partial(
+                minbft_footprint_max, minbft_params, smr_params),
         )
     else:
         # The group's store adds transaction tables to the key-value store: a
@@ -768,12 +790,21 @@ TRANSACTIONAL: dict[str, TransactionalSpec] = {
         "MULTI/EXEC across groups by certified, client-signed transactions (f Byzantine "
         "nodes), keys by hash slot", store_type=KvTxnStore, ordering="pbft",
         checkers=pbft_checkers),
+    "txn-minbft": TransactionalSpec(
+        "txn-minbft", "atomic transactions across G MinBFT groups (n >= 2f+1, one USIG per "
+        "node and group; certified votes and decisions, client-signed requests), keys by "
+        "hash slot", ordering="minbft", checkers=pbft_checkers),
+    "txn-kv-minbft": TransactionalSpec(
+        "txn-kv-minbft", "a sharded Redis store over G MinBFT groups (txn-kv-minbft:groups=G, "
+        "one USIG per node and group): MULTI/EXEC across groups by certified, client-signed "
+        "transactions, keys by hash slot", store_type=KvTxnStore, ordering="minbft",
+        checkers=pbft_checkers),
 }
 TRANSACTIONAL.update(
     (name, TransactionalSpec(
         name, f"BROKEN on purpose: {variant.summary}", variant.node_type, variant.store_type,
-        broken=True, ordering=variant.ordering,
-        checkers=pbft_checkers if variant.ordering == "pbft" else raft_checkers))
+        broken=True, ordering=variant.ordering, ordering_type=variant.ordering_type,
+        checkers=raft_checkers if variant.ordering == "raft" else pbft_checkers))
     for name, variant in TXN_VARIANTS.items()
 )
 

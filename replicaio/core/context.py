@@ -23,7 +23,7 @@ broadcast and agreement protocols have (one ECHO per instance per peer):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Hashable, Iterable
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -492,8 +492,13 @@ class Context:
     @property
     def usig_admission(self) -> object | None:
         """The operator's admission of this node's USIG epoch as configured, or
-        ``None`` (MinBFT's recovery of a lost USIG, docs/minbft.md)."""
-        return self.node.usig_admission
+        ``None`` (MinBFT's recovery of a lost USIG, docs/minbft.md). A node
+        hosting several MinBFT groups is configured with a mapping from group to
+        admission (each group's USIG has its epochs: ADR 0031)."""
+        admission = self.node.usig_admission
+        if isinstance(admission, Mapping):
+            return admission.get(self.group)
+        return admission
 
     def sign(self, data: bytes) -> bytes:
         """This node's signature of ``data``: deterministic, checkable by any node.

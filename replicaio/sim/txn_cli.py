@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from replicaio.assembly import transactional_spec
+from replicaio.assembly import faults_tolerated, transactional_spec
 from replicaio.check.transactions import BANK, LIST_APPEND, dump_transactions
 from replicaio.core.errors import UsageError
 from replicaio.sim.options import SimOptions, parse_adversary, parse_faults
@@ -64,16 +64,30 @@ def options_of(args: argparse.Namespace, seed: int) -> SimOptions:
                        protocol=args.protocol.partition(":")[0])
 
 
+def fault_bound(args: argparse.Namespace) -> int | None:
+    """The f of the run: ``--f`` if given; MinBFT groups tolerate (n - 1) / 2
+    (a USIG per node and group); ``None`` (the simulator's (n - 1) / 3) for the
+    others, as their pinned runs have it."""
+    given: int | None = getattr(args, "f", None)
+    if given is not None:
+        return given
+    found = transactional_spec(args.protocol)
+    if found is not None and found[0].ordering == "minbft":
+        return faults_tolerated(args.protocol, args.nodes)
+    return None
+
+
 def run(args: argparse.Namespace, options: SimOptions, log_path: str | None,
         history_path: str | None) -> SimResult:
     """Run one simulation; write its transaction history (JSON lines) if asked,
     for ``replicaio check-transactions``."""
+    f = fault_bound(args)
     if log_path is None:
-        simulator = Simulator(args.protocol, options)
+        simulator = Simulator(args.protocol, options, f=f)
         result = simulator.run()
     else:
         with open(log_path, "wb") as sink:
-            simulator = Simulator(args.protocol, options, log_sink=sink)
+            simulator = Simulator(args.protocol, options, f=f, log_sink=sink)
             result = simulator.run()
     if history_path is not None:
         harness = simulator.harness

@@ -108,6 +108,10 @@ class Minbft:
         self.id = context.id
         self.n = context.n
         self.f = context.f
+        # The replicated group this replica orders for (None: the node's only
+        # MinBFT): every USIG identity it certifies or checks under names it,
+        # so a UI of another group's USIG on this node never verifies here.
+        self.group: int | None = context.group
         configured = cast("UsigScheme | None", context.usig_scheme)
         self.scheme = scheme or configured or simulation_scheme()
         self.view = 0
@@ -360,7 +364,7 @@ class Minbft:
         if replica == self.id:
             assert self.usig is not None
             return self.usig.id()
-        return UsigId(replica, self.streams[replica].epoch)
+        return UsigId(replica, self.streams[replica].epoch, self.group)
 
     def known_usig(self, replica: int, ui: Any) -> UsigId | None:
         """The identity of ``ui``'s USIG if it is ``replica``'s current epoch or
@@ -372,7 +376,7 @@ class Minbft:
         epoch = getattr(ui, "epoch", None)
         if type(epoch) is not int or not 0 <= epoch <= current.epoch:
             return None
-        return current if epoch == current.epoch else UsigId(replica, epoch)
+        return current if epoch == current.epoch else UsigId(replica, epoch, self.group)
 
     def verify_ui(self, replica: int, message: Any) -> bool:
         """Whether ``message`` carries a valid UI of ``replica``'s USIG."""
@@ -520,7 +524,7 @@ class Minbft:
                 not isinstance(getattr(admission, "epoch", None), int) or \
                 admission.epoch <= stream.epoch:
             return
-        if not self.scheme.check_admission(admission):
+        if not self.scheme.check_admission(admission, self.group):
             self.reject("admission_invalid")
             return
         stream.switch_epoch(admission.epoch, self.view)

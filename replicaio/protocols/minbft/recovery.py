@@ -105,7 +105,8 @@ class Recovery:
         if admission is None:
             return None
         if not isinstance(admission, UsigAdmission) or not valid_admission(admission) \
-                or admission.replica != minbft.id or not minbft.scheme.check_admission(admission):
+                or admission.replica != minbft.id \
+                or not minbft.scheme.check_admission(admission, minbft.group):
             minbft.count("minbft_usig_admission_invalid")
             return None
         return admission
@@ -135,7 +136,8 @@ class Recovery:
             self.admission = admission
         if context.load(RECOVERING_KEY) is not None:
             self.recovering = True  # a restart before it recovered
-        return minbft.usig_type.open(minbft.scheme, minbft.id, store, minbft.fresh_epoch)
+        return minbft.usig_type.open(minbft.scheme, minbft.id, store, minbft.fresh_epoch,
+                                     minbft.group)
 
     def go_inert(self, epoch: int) -> None:
         minbft = self.minbft
@@ -160,7 +162,8 @@ class Recovery:
         self.recovering = True
         self.admission = admission
         minbft.count("minbft_usig_new_epoch")
-        return minbft.usig_type(minbft.scheme, UsigId(minbft.id, admission.epoch), store, 0)
+        return minbft.usig_type(minbft.scheme, UsigId(minbft.id, admission.epoch, minbft.group),
+                                store, 0)
 
     def on_start(self) -> None:
         """Tell the host (and the checkers) what this start found."""

@@ -76,6 +76,10 @@ CERTIFICATE_BYTES_MAX = 64
 COUNTER_MAX = (1 << 63) - 1
 EPOCH_MAX = (1 << 62) - 1
 USIG_LABEL = b"replicaio usig v1"
+# A USIG of one replicated group among several on a node certifies under this
+# label, with the group (docs/minbft.md, *One USIG per group*; ADR 0031).
+USIG_GROUP_LABEL = b"replicaio usig v1 group"
+GROUP_MAX = (1 << 32) - 1
 NEW_VIEW_LABEL = b"minbft-nv\x00"  # a NEW-VIEW's certified bytes start so (messages.py)
 ATTESTATION_LABEL = b"replicaio usig attestation v1"
 # An attestation is certified as if for this bit | its counter: no UI has such a
@@ -114,11 +118,16 @@ class UsigAttestation(Message, tag="minbft.UsigAttestation"):
 
 
 class UsigId(Message, tag="minbft.UsigId"):
-    """A USIG's identity: the replica hosting it and the epoch of its state (a
-    USIG whose state was lost comes back under a new epoch)."""
+    """A USIG's identity: the replica hosting it, the epoch of its state (a
+    USIG whose state was lost comes back under a new epoch) and the replicated
+    group it orders for (``None``: the node's only MinBFT, no group). A node
+    hosting several MinBFT groups has one USIG per group, each certifying its
+    group with every value, so a value of one group's counter never verifies
+    in another group (ADR 0031)."""
 
     replica: Annotated[int, Meta(ge=0)]
     epoch: Annotated[int, Meta(ge=0, le=EPOCH_MAX)]
+    group: Annotated[int, Meta(ge=0, le=GROUP_MAX)] | None = None
 
 
 class UsigAdmission(Message, tag="minbft.UsigAdmission"):
@@ -133,29 +142,43 @@ class UsigAdmission(Message, tag="minbft.UsigAdmission"):
     certificate: Annotated[bytes, Meta(max_length=CERTIFICATE_BYTES_MAX)]
 
 
-def admission_bytes(replica: int, epoch: int) -> bytes:
-    """What an admission's certificate covers."""
-    return ADMISSION_LABEL + struct.pack(">QQ", replica, epoch)
+def admission_bytes(replica: int, epoch: int, group: int | None = None) -> bytes:
+    """What an admission's certificate covers: the replica, the epoch and the
+    group whose USIG it admits (``None``: the node's only MinBFT). The group is
+    not in the message: a verifier checks the admission for its own group, so
+    one group's admission never opens an epoch in another (ADR 0031)."""
+    if group is None:
+        return ADMISSION_LABEL + struct.pack(">QQ", replica, epoch)
+    return ADMISSION_LABEL + b" group" + struct.pack(">QQQ", replica, epoch, group)
 
 
-def sign_admission(operator_key: bytes, replica: int, epoch: int) -> UsigAdmission:
-    """The operator's Ed25519 admission of ``epoch`` for ``replica`` (live: the
-    operator's private key, ``replicaio kv admit-usig``)."""
+def sign_admission(operator_key: bytes, replica: int, epoch: int,
+                   group: int | None = None) -> UsigAdmission:
+    """The operator's Ed25519 admission of ``epoch`` for ``replica`` (in
+    ``group``; live: the operator's private key, ``replicaio kv admit-usig``)."""
     if len(operator_key) != 32:
         raise ConfigError("a USIG operator key is 32 raw bytes")
     key = Ed25519PrivateKey.from_private_bytes(operator_key)
-    return UsigAdmission(replica, epoch, key.sign(admission_bytes(replica, epoch)))
+    return UsigAdmission(replica, epoch, key.sign(admission_bytes(replica, epoch, group)))
 
 
-def check_admission_ed25519(public: Ed25519PublicKey | None, admission: Any) -> bool:
-    """Whether ``admission`` is signed by the operator key ``public`` (never raises)."""
-    if public is None or not valid_admission(admission) or len(admission.certificate) != 64:
+def check_admission_ed25519(public: Ed25519PublicKey | None, admission: Any,
+                            group: int | None = None) -> bool:
+    """Whether ``admission`` is signed by the operator key ``public`` for
+    ``group`` (never raises)."""
+    if public is None or not valid_admission(admission) or len(admission.certificate) != 64 \
+            or not valid_group(group):
         return False
     try:
-        public.verify(admission.certificate, admission_bytes(admission.replica, admission.epoch))
+        public.verify(admission.certificate,
+                      admission_bytes(admission.replica, admission.epoch, group))
     except InvalidSignature:
         return False
     return True
+
+
+def valid_group(group: Any) -> bool:
+    return group is None or (type(group) is int and 0 <= group <= GROUP_MAX)
 
 
 def valid_admission(admission: Any) -> bool:
@@ -168,8 +191,15 @@ def valid_admission(admission: Any) -> bool:
 
 
 def certified_bytes(usig: UsigId, counter: int, digest: bytes) -> bytes:
-    """What a certificate covers: the USIG, the counter and the message digest."""
-    return USIG_LABEL + struct.pack(">QQQ", usig.replica, usig.epoch, counter) + digest
+    """What a certificate covers: the USIG (its replica, epoch and group), the
+    counter and the message digest. Without a group the bytes are those of a
+    single-group node (unchanged since ADR 0013); with one, another label and
+    the group: the two forms differ in length (the digest is always 32 bytes),
+    so no UI of one USIG passes for another's (ADR 0031)."""
+    if usig.group is None:
+        return USIG_LABEL + struct.pack(">QQQ", usig.replica, usig.epoch, counter) + digest
+    return USIG_GROUP_LABEL + struct.pack(
+        ">QQQQ", usig.replica, usig.epoch, usig.group, counter) + digest
 
 
 def message_digest(message: bytes) -> bytes:
@@ -216,8 +246,9 @@ class UsigScheme(Protocol):
 
     def check(self, usig: UsigId, counter: int, digest: bytes, certificate: bytes) -> bool: ...
 
-    def check_admission(self, admission: Any) -> bool:
-        """Whether ``admission`` is the operator's (never raises)."""
+    def check_admission(self, admission: Any, group: int | None = None) -> bool:
+        """Whether ``admission`` is the operator's, for the USIG of ``group``
+        (never raises)."""
         ...
 
 
@@ -236,17 +267,19 @@ class HmacUsigScheme:
         # operator holds the secret (usig.secret live; the simulator's operator).
         self.admission_key = hmac.digest(secret, ADMISSION_LABEL + b" hmac", hashlib.sha256)
 
-    def admit(self, replica: int, epoch: int) -> UsigAdmission:
-        """The operator's admission of ``epoch`` for ``replica`` (never called by
-        a replica: the simulator's operator, ``replicaio kv admit-usig``)."""
-        certificate = hmac.digest(self.admission_key, admission_bytes(replica, epoch),
+    def admit(self, replica: int, epoch: int, group: int | None = None) -> UsigAdmission:
+        """The operator's admission of ``epoch`` for ``replica`` (in ``group``;
+        never called by a replica: the simulator's operator, ``replicaio kv
+        admit-usig``)."""
+        certificate = hmac.digest(self.admission_key, admission_bytes(replica, epoch, group),
                                   hashlib.sha256)
         return UsigAdmission(replica, epoch, certificate)
 
-    def check_admission(self, admission: Any) -> bool:
-        if not valid_admission(admission) or len(admission.certificate) != 32:
+    def check_admission(self, admission: Any, group: int | None = None) -> bool:
+        if not valid_admission(admission) or len(admission.certificate) != 32 \
+                or not valid_group(group):
             return False
-        expected = self.admit(admission.replica, admission.epoch).certificate
+        expected = self.admit(admission.replica, admission.epoch, group).certificate
         return hmac.compare_digest(expected, admission.certificate)
 
     def certify(self, usig: UsigId, counter: int, digest: bytes) -> bytes:
@@ -300,13 +333,13 @@ class Ed25519UsigScheme:
     def operator_key(self) -> bytes:
         return hmac.digest(self.secret, ADMISSION_LABEL, hashlib.sha256)
 
-    def admit(self, replica: int, epoch: int) -> UsigAdmission:
-        """The operator's admission of ``epoch`` for ``replica``."""
-        return sign_admission(self.operator_key(), replica, epoch)
+    def admit(self, replica: int, epoch: int, group: int | None = None) -> UsigAdmission:
+        """The operator's admission of ``epoch`` for ``replica`` (in ``group``)."""
+        return sign_admission(self.operator_key(), replica, epoch, group)
 
-    def check_admission(self, admission: Any) -> bool:
+    def check_admission(self, admission: Any, group: int | None = None) -> bool:
         public = Ed25519PrivateKey.from_private_bytes(self.operator_key()).public_key()
-        return check_admission_ed25519(public, admission)
+        return check_admission_ed25519(public, admission, group)
 
     def check(self, usig: UsigId, counter: int, digest: bytes, certificate: bytes) -> bool:
         if not isinstance(certificate, bytes) or len(certificate) != 64:
@@ -352,8 +385,8 @@ class Ed25519KeyedUsigScheme:
                 raise ConfigError("a USIG operator public key is 32 raw bytes")
             self.operator = Ed25519PublicKey.from_public_bytes(operator_public_key)
 
-    def check_admission(self, admission: Any) -> bool:
-        return check_admission_ed25519(self.operator, admission)
+    def check_admission(self, admission: Any, group: int | None = None) -> bool:
+        return check_admission_ed25519(self.operator, admission, group)
 
     def certify(self, usig: UsigId, counter: int, digest: bytes) -> bytes:
         assert usig.replica == self.replica, "a USIG certifies for its own replica only"
@@ -381,6 +414,7 @@ def valid_usig_id(usig: Any) -> bool:
         type(usig) is UsigId
         and type(usig.replica) is int and usig.replica >= 0
         and type(usig.epoch) is int and 0 <= usig.epoch <= EPOCH_MAX
+        and valid_group(usig.group)
     )
 
 
@@ -472,19 +506,21 @@ class Usig:
 
     @classmethod
     def open(cls, scheme: UsigScheme, replica: int, store: UsigStore,
-             fresh_epoch: Callable[[], int]) -> Usig:
+             fresh_epoch: Callable[[], int], group: int | None = None) -> Usig:
         """The USIG as ``store`` left it, or, if it holds nothing, a new one
         under a fresh epoch (``fresh_epoch``: 0 for the very first start of a
-        replica; otherwise a value never used before, see docs/minbft.md)."""
+        replica; otherwise a value never used before, see docs/minbft.md).
+        ``group``: the replicated group it orders for (``None``: the node's
+        only MinBFT); the store is that group's own."""
         stored = store.load()
         if stored is not None:
             epoch, counter, digest = stored
-            return cls(scheme, UsigId(replica, epoch), store, counter, digest,
+            return cls(scheme, UsigId(replica, epoch, group), store, counter, digest,
                        store.load_new_view_max())
         epoch = fresh_epoch()
         assert 0 <= epoch <= EPOCH_MAX
         store.save(epoch, 0, b"")
-        return cls(scheme, UsigId(replica, epoch), store, 0)
+        return cls(scheme, UsigId(replica, epoch, group), store, 0)
 
     def id(self) -> UsigId:
         return self.identity

@@ -343,7 +343,7 @@ class ViewChanges:
         if vc.ui.counter != start + len(vc.log) or (anchor is not None and \
                 anchor.ui.epoch != vc.ui.epoch):
             return "view_change_log_not_contiguous"
-        usig = UsigId(vc.replica, vc.ui.epoch)
+        usig = UsigId(vc.replica, vc.ui.epoch, self.minbft.group)
         shown: set[int] = set()  # the views of its entries
         needed: set[int] = set()  # ... that need their NEW-VIEW certificate
         for offset, entry in enumerate(vc.log):

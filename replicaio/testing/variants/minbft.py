@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 from msgspec.structs import replace
 
+from replicaio.core.context import Context
 from replicaio.protocols.minbft.messages import Resume
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.normal import NormalCase
+from replicaio.protocols.minbft.params import MinbftParams
 from replicaio.protocols.minbft.recovery import Recovery
-from replicaio.protocols.minbft.usig import UI, Usig, message_digest
+from replicaio.protocols.minbft.usig import UI, Usig, UsigScheme, message_digest
 from replicaio.protocols.minbft.view_change import ViewChanges
 
 
@@ -97,6 +99,20 @@ class MinbftVoteWhileRecovering(Minbft):
 
 class MinbftNewViewUncertified(Minbft):
     view_changes_type = UncertifiedViewChanges
+
+
+class MinbftGroupUnbound(Minbft):
+    """Its USIG identities name no group (the code before ADR 0031): on a node
+    hosting several MinBFT groups, every group's USIG certifies and checks as
+    the node's one identity, so a UI one group's counter gave verifies in
+    another group. Not a service of its own (with one group it is MinBFT);
+    the transactional variant ``txn-minbft-group-unbound`` builds its groups
+    with it."""
+
+    def __init__(self, context: Context, params: MinbftParams | None = None,
+                 scheme: UsigScheme | None = None) -> None:
+        super().__init__(context, params, scheme)
+        self.group = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from typing import Any
 
 from replicaio.services.txn.protocol import Plan, SignedTxnRequest, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import PREPARED, TxnStore
+from replicaio.testing.variants.minbft import MinbftGroupUnbound
 
 
 class UnlockEarlyStore(TxnStore):
@@ -105,6 +106,9 @@ class TxnVariant:
     node_type: type[TxnNode] = TxnNode
     store_type: type[TxnStore] = TxnStore
     ordering: str = "raft"
+    # The ordering's class when a variant breaks the groups' ordering itself
+    # (``None``: the ordering's own).
+    ordering_type: type[Any] | None = None
 
 
 TXN_VARIANTS: dict[str, TxnVariant] = {
@@ -126,4 +130,8 @@ TXN_VARIANTS: dict[str, TxnVariant] = {
         "PBFT groups without per-client nonce windows: a copy of a signed attempt they forgot "
         "executes again (run txn-pbft-replayable:remember=16 with --byzantine 1 --adversary "
         "txn_replaying_driver)", node_type=ReplayableNode, ordering="pbft"),
+    "txn-minbft-group-unbound": TxnVariant(
+        "MinBFT groups whose USIGs name no group: a UI one group's USIG gave on a node "
+        "verifies in every group of that node (tests/test_txn_minbft.py)",
+        ordering="minbft", ordering_type=MinbftGroupUnbound),
 }
