@@ -206,3 +206,35 @@ def test_usigs_that_name_no_group_take_another_groups_ui() -> None:
     result, strategy = cross_group_run("txn-minbft-group-unbound", 1)
     assert strategy.replaced > 0
     assert result.counters.get("minbft_rejected_stream_bad_ui", 0) == 0
+
+
+SWARM_FAULTS = ("crash", "partition", "loss", "dup", "reorder")
+
+
+def swarm_run(seed: int) -> Any:
+    """``replicaio sim txn-minbft:groups=3 --nodes 3 --byzantine 1 --faults
+    crash,partition,loss,dup,reorder --seed SEED``, as the swarm draws it."""
+    options = txn_options(seed, 3, SWARM_FAULTS, TxnWorkload(), byzantine=1,
+                          protocol="txn-minbft")
+    return Simulator("txn-minbft:groups=3", options, f=1).run()
+
+
+def test_a_primary_that_cannot_execute_its_own_prepares_gets_its_view_ended() -> None:
+    """Found by the first txn-minbft swarm (10 of 300 seeds, this one first):
+    group 2's primary restarted and resumed its backups' streams, so their
+    COMMITs no longer counted at it and its own PREPAREs never executed there;
+    its request to end the view was one, not f+1, and its backups had nothing
+    pending (a node's in-node calls go to its own replica), so the group's
+    ticks stopped and a prepared transaction held its lock for good
+    (locks_released). The backups now join their primary's request."""
+    result = swarm_run(33)
+    assert result.ok, result.violations
+    assert result.counters.get("minbft_primary_gave_up", 0) > 0
+
+
+def test_a_lying_driver_on_a_vote_prepared_before_does_not_raise() -> None:
+    """Swarm seed 51: the Byzantine node's lying driver read the values of a
+    vote prepared before under the attempt's id (fewer than its plan reads)
+    and raised StopIteration inside its coroutine."""
+    result = swarm_run(51)
+    assert result.ok, result.violations
