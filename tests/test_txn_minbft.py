@@ -238,3 +238,15 @@ def test_a_lying_driver_on_a_vote_prepared_before_does_not_raise() -> None:
     and raised StopIteration inside its coroutine."""
     result = swarm_run(51)
     assert result.ok, result.violations
+
+
+def test_a_commit_applied_first_by_the_resolver_gives_no_claim_as_replies() -> None:
+    """``txn-kv-minbft`` swarm seed 88: the resolver applied a commit before its
+    driver's own ``commit`` arrived, which then answered ``[committed, claim]``;
+    the driver took the claim's items for the commands' replies and answered
+    its client ``'claim'`` as a reply (txn_kv_reply). Now: ``replies_lost``
+    (fixed on main at the same time, for every ordering)."""
+    options = txn_options(88, 3, SWARM_FAULTS, TxnWorkload(), byzantine=1,
+                          protocol="txn-kv-minbft")
+    result = Simulator("txn-kv-minbft:groups=3", options, f=1).run()
+    assert result.ok, result.violations
