@@ -70,7 +70,7 @@ from replicaio.runtime.config import (
 PROBE_KEY = b"replicaio:kv-up-probe"
 SHARDED_PROTOCOL = "txn-kv"  # kv up --groups G: txn-kv:groups=G
 # kv up --groups G --protocol P: the sharded store over groups of P
-SHARDED_PROTOCOLS = {"raft": SHARDED_PROTOCOL, "pbft": "txn-kv-pbft"}
+SHARDED_PROTOCOLS = {"raft": SHARDED_PROTOCOL, "pbft": "txn-kv-pbft", "minbft": "txn-kv-minbft"}
 DEFAULT_BASE_PORT = 7000
 DEFAULT_HOST = "127.0.0.1"
 
@@ -88,7 +88,8 @@ def add_kv_commands(commands: Any) -> None:
     up.add_argument("--groups", type=positive_int, default=None, metavar="G",
                     help="G replicated groups, keys by hash slot, MULTI/EXEC across them "
                     "(protocol txn-kv:groups=G, or txn-kv-pbft:groups=G with --protocol "
-                    "pbft; every node hosts a replica of each group)")
+                    "pbft, txn-kv-minbft:groups=G with --protocol minbft; every node hosts "
+                    "a replica of each group)")
     up.add_argument("--host", default=None, help="address every node binds (default 127.0.0.1)")
     up.add_argument("--auth", choices=("hmac", "ed25519"), default=None,
                     help="node keys (default: ed25519 for Byzantine fault tolerant protocols, "
@@ -166,7 +167,8 @@ def command_kv_up(args: argparse.Namespace) -> int:
         raise UsageError(f"--protocol {args.protocol!r} is not a replicated service (try raft)")
     if args.groups is not None:
         if args.protocol not in SHARDED_PROTOCOLS:
-            raise UsageError("--groups runs Raft or PBFT groups (--protocol raft or pbft)")
+            raise UsageError("--groups runs Raft, PBFT or MinBFT groups "
+                             "(--protocol raft, pbft or minbft)")
         args.protocol = f"{SHARDED_PROTOCOLS[args.protocol]}:groups={args.groups}"
     directory = Path(args.data_dir).resolve()
     if args.node is not None:
