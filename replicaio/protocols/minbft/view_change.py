@@ -141,15 +141,18 @@ class ViewChanges:
             self.requests[source] = request.view
         if step_down:
             minbft.normal.step_down_asked = True  # acted on by the primary's timer
-        if fresh and source == minbft.primary() and request.view == minbft.view + 1 \
-                and minbft.active and self.requests.get(minbft.id, 0) < request.view:
-            # The primary gives up its own view (its PREPAREs do not execute at
-            # it: it resumed its backups' streams, so their COMMITs no longer
-            # count there). Its backups may have nothing pending to time out on
-            # (a transactional node's in-node calls go to its own replica only:
-            # txn-minbft seed 33), and its request alone is not f+1: join it, as
-            # a primary joins a backup that cannot follow. A faulty primary gains
-            # nothing it could not get by going silent.
+        if fresh and minbft.group is not None and source == minbft.primary() \
+                and request.view == minbft.view + 1 and minbft.active \
+                and self.requests.get(minbft.id, 0) < request.view:
+            # A group's primary gives up its own view (its PREPAREs do not
+            # execute at it: it resumed its backups' streams, so their COMMITs
+            # no longer count there). In a transactional cluster its backups may
+            # have nothing pending to time out on (a node's in-node calls go to
+            # its own replica only: txn-minbft seed 33), and its request alone
+            # is not f+1: join it, as a primary joins a backup that cannot
+            # follow. A faulty primary gains nothing it could not get by going
+            # silent. A single group (clients send to every replica) keeps the
+            # rule of before.
             minbft.count("minbft_primary_gave_up")
             self.request(request.view)
             return
