@@ -84,6 +84,7 @@ from replicaio.smr.replica import Replica
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
 from replicaio.testing.variants.minbft import MINBFT_VARIANTS
 from replicaio.testing.variants.minbft_byzantine import (
+    FreshAnchorViewChanges,
     HidingMinbft,
     SecondNewViewChanges,
     UnseenViewChanges,
@@ -510,11 +511,12 @@ def minbft_wire() -> ModuleType:
     return minbft_messages
 
 
-def minbft_byzantine_code() -> tuple[type[Minbft], type[Any], type[Any]]:
+def minbft_byzantine_code() -> tuple[type[Minbft], type[Any], type[Any], type[Any]]:
     """The code a Byzantine MinBFT replica's behaviours swap into its core (the
     hiding ``Minbft``, the lying ``ViewChanges``, the ``ViewChanges`` that
-    builds a second NEW-VIEW of a view), for the simulator."""
-    return HidingMinbft, UnseenViewChanges, SecondNewViewChanges
+    builds a second NEW-VIEW of a view, the one that anchors its VIEW-CHANGEs
+    at a fresh CHECKPOINT), for the simulator."""
+    return HidingMinbft, UnseenViewChanges, SecondNewViewChanges, FreshAnchorViewChanges
 
 
 def usig_lost(output: Any) -> tuple[int, int] | None:

@@ -62,7 +62,8 @@ wire: Any = minbft_wire()
 MINBFT_FAMILY = tuple(name for name, spec in SERVICES.items() if spec.family == "minbft")
 LIES_MAX = 256
 # The Byzantine replica's own code (replicaio/testing/variants/minbft_byzantine.py).
-HidingMinbft, UnseenViewChanges, SecondNewViewChanges = minbft_byzantine_code()
+HidingMinbft, UnseenViewChanges, SecondNewViewChanges, FreshAnchorViewChanges = \
+    minbft_byzantine_code()
 SECOND_NEW_VIEW_SENDS = 30  # times the second NEW-VIEW's messages go to a victim
 SECOND_NEW_VIEW_EVERY = 16  # ... one time per this many steps of the faulty replica
 
@@ -313,6 +314,20 @@ class SecondNewView(MinbftStrategy):
         return [wire.Resume(fresh, proof, attestation), second, commit]
 
 
+class FreshAnchor(MinbftStrategy):
+    """Swaps its core's view-change code for ``FreshAnchorViewChanges``: each
+    VIEW-CHANGE anchored at a CHECKPOINT of its stable checkpoint certified
+    again just before it, hiding everything it certified earlier."""
+
+    def attack(self, view: RunView) -> Sends:
+        self.view = view
+        core = view.cores[self.node]
+        minbft = None if core is None else minbft_of(core.protocol)
+        if minbft is not None and not isinstance(minbft.view_changes, FreshAnchorViewChanges):
+            minbft.view_changes.__class__ = FreshAnchorViewChanges
+        return []
+
+
 class ClaimUnfollowable(MinbftStrategy):
     """Every view it sees start, a signed REQ-VIEW-CHANGE for the next one,
     flagged unfollowable, to every peer."""
@@ -346,6 +361,9 @@ for _name, _factory, _summary, _weight in (
      "PREPAREs of an earlier view nobody started, in its VIEW-CHANGE logs", 0.0),
     ("minbft_second_new_view", SecondNewView,
      "as a new primary, a second NEW-VIEW of its view for a backup it resumes past the first",
+     0.0),
+    ("minbft_fresh_anchor", FreshAnchor,
+     "VIEW-CHANGEs anchored at a fresh CHECKPOINT of an old number, hiding what came before",
      0.0),
     ("minbft_claim_unfollowable", ClaimUnfollowable,
      "asks for the next view as soon as one starts, claiming it cannot follow", 0.0),

@@ -12,6 +12,7 @@ from typing import Any
 
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
+    Checkpoint,
     Commit,
     NewView,
     Prepare,
@@ -123,3 +124,21 @@ class SecondNewViewChanges(ViewChanges):
             return None
         return NewView(header, tuple(without_batches(vc) for vc in view_changes),
                        tuple(batches), EMPTY_UI)
+
+
+class FreshAnchorViewChanges(ViewChanges):
+    """Each VIEW-CHANGE anchored at a *fresh* CHECKPOINT of its stable
+    checkpoint (the same number and digest, certified again by its USIG at the
+    next counter), with the log starting after it: everything it certified
+    before, commitments to numbers above the anchor included, is left out, and
+    the counters stay contiguous (docs/minbft.md, *The pre-anchor hiding gap*,
+    the second case: an anchor that is not the CHECKPOINT its peers' streams
+    took)."""
+
+    def build(self, view: int) -> ViewChange:
+        minbft = self.minbft
+        anchor = minbft.own_checkpoint
+        if anchor is None:
+            return super().build(view)
+        fresh = minbft.emit(Checkpoint(anchor.seq, anchor.digest, minbft.id, EMPTY_UI))
+        return ViewChange(view, minbft.id, fresh, minbft.anchor_proof, (), (), EMPTY_UI, ())
