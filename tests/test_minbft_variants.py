@@ -27,6 +27,8 @@ TARGETED: dict[str, str] = {
     "test_without_the_certificate_the_lies_outrank_an_executed_batch",
     "minbft-resume-forgets-new-views": "test_minbft_second_new_view.py::"
     "test_without_the_attestation_the_second_header_is_certified_and_executed",
+    "minbft-anchor-unattested": "test_minbft_fresh_anchor.py::"
+    "test_without_the_attested_anchor_a_correct_replica_executes_other_batches",
 }
 
 

@@ -39,9 +39,15 @@ class DictUsigStore:
     def load_new_view_max(self) -> int:
         return getattr(self, "new_view_max", 0)
 
-    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0) -> None:
+    def load_marks(self) -> tuple[int, ...]:
+        marks: tuple[int, ...] = getattr(self, "marks", ())
+        return marks
+
+    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0,
+             marks: tuple[int, ...] = ()) -> None:
         self.value = (epoch, counter, digest)
         self.new_view_max = new_view_max
+        self.marks = marks
 
 EXAMPLE = f"""
 [protocol]

@@ -56,11 +56,15 @@ class DictStore:
     def load(self) -> tuple[int, int, bytes] | None:
         return None if self.value is None else self.value[:3]
 
-    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0) -> None:
+    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0,
+             marks: tuple[int, ...] = ()) -> None:
         self.value = (epoch, counter, digest, new_view_max)
 
     def load_new_view_max(self) -> int:
         return 0 if self.value is None else self.value[3]
+
+    def load_marks(self) -> tuple[int, ...]:
+        return ()
 
 
 def schemes() -> list[tuple[UsigScheme, UsigScheme]]:

@@ -52,9 +52,15 @@ class DictStore:
     def load_new_view_max(self) -> int:
         return getattr(self, "new_view_max", 0)
 
-    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0) -> None:
+    def load_marks(self) -> tuple[int, ...]:
+        marks: tuple[int, ...] = getattr(self, "marks", ())
+        return marks
+
+    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0,
+             marks: tuple[int, ...] = ()) -> None:
         self.value = (epoch, counter, digest)
         self.new_view_max = new_view_max
+        self.marks = marks
         self.saves += 1
 
 
@@ -182,11 +188,15 @@ class StorageStore:
         epoch, counter, digest = data.split(b":", 2)
         return int(epoch), int(counter), digest
 
-    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0) -> None:
+    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0,
+             marks: tuple[int, ...] = ()) -> None:
         self.storage.put("usig", b"%d:%d:" % (epoch, counter) + digest)
 
     def load_new_view_max(self) -> int:
         return 0
+
+    def load_marks(self) -> tuple[int, ...]:
+        return ()
 
 
 @pytest.mark.parametrize("ui_per_step", [1, 3])

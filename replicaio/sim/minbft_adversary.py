@@ -87,8 +87,8 @@ class UsigOracle:
             return None
         usig = minbft.usig
         ui = usig.create_ui(wire.certified_bytes(message))
-        value = core.codec.encode_value((usig.identity.epoch, usig.counter, usig.last_digest,
-                                         usig.new_view_max))
+        epoch, counter, digest, new_view_max, marks = usig.saved_values()
+        value = core.codec.encode_value((epoch, counter, digest, new_view_max, *marks))
         view.trusted_write(self.node, minbft.context.key("usig"), value)
         return replace(message, ui=ui)
 

@@ -31,7 +31,14 @@ from msgspec.structs import replace
 
 from replicaio.core.codec import Message, Meta
 from replicaio.core.signing import SIGNATURE_BYTES_MAX
-from replicaio.protocols.minbft.usig import NEW_VIEW_LABEL, UI, UsigAdmission, UsigAttestation
+from replicaio.protocols.minbft.usig import (
+    CHECKPOINT_LABEL,
+    DECIDED_LABEL,
+    NEW_VIEW_LABEL,
+    UI,
+    UsigAdmission,
+    UsigAttestation,
+)
 from replicaio.protocols.pbft.messages import (
     BATCH_BYTES_MAX,
     DIGEST_BYTES,
@@ -214,6 +221,11 @@ class ViewChange(Message, tag="minbft.ViewChange"):
     # a view above 0 without it makes the VIEW-CHANGE invalid.
     certificates: Annotated[tuple[NewViewCertificate, ...],
                             Meta(max_length=LOG_ENTRIES_MAX)] = ()
+    # The author's USIG attestation made at ``checkpoint``'s counter: that
+    # CHECKPOINT is the first of a number that high it certified, and the log
+    # starts at or before the first certified NEW-VIEW-COMMIT still open then
+    # (docs/minbft.md, *The pre-anchor hiding gap*). Required with a checkpoint.
+    attestation: UsigAttestation | None = None
 
 
 class NewView(Message, tag="minbft.NewView"):
@@ -290,10 +302,21 @@ def stripped(message: Any) -> Any:
 def certified_bytes(message: Any) -> bytes:
     """The bytes whose digest a message's UI certifies. A NEW-VIEW's (its
     header's) start with the USIG's ``NEW_VIEW_LABEL`` and the view, so the
-    USIG knows the highest view it certified a NEW-VIEW of (``Usig.attest``)."""
+    USIG knows the highest view it certified a NEW-VIEW of (``Usig.attest``);
+    a CHECKPOINT's with ``CHECKPOINT_LABEL`` and its number, a certified
+    NEW-VIEW-COMMIT's with ``DECIDED_LABEL`` and the last number its header
+    decides, so the USIG knows where its VIEW-CHANGE logs must start
+    (``UsigMarks``). No other message starts so."""
     covered = stripped(message)
-    if type(covered) is NewViewHeader:
+    kind = type(covered)
+    if kind is NewViewHeader:
         return NEW_VIEW_LABEL + struct.pack(">Q", covered.view) + _ENCODER.encode(covered)
+    if kind is Checkpoint:
+        return CHECKPOINT_LABEL + struct.pack(">Q", covered.seq) + _ENCODER.encode(covered)
+    if kind is NewViewCommit and covered.certified:
+        chosen = covered.header.chosen
+        last = chosen[-1].seq if chosen else 0
+        return DECIDED_LABEL + struct.pack(">Q", last) + _ENCODER.encode(covered)
     return b"minbft\x00" + _ENCODER.encode(covered)
 
 

@@ -678,6 +678,11 @@ class Minbft:
         if anchor is None:
             return 1
         start = anchor.ui.counter + 1
+        attestation = self.anchor_attestation
+        if attestation is not None and attestation.decided_from:
+            # The USIG's mark: a certified NEW-VIEW-COMMIT still open at the
+            # anchor (docs/minbft.md, *The pre-anchor hiding gap*).
+            start = min(start, attestation.decided_from)
         for counter, (message, _) in self.own_log.items():
             if counter < start and concerns_above(message, anchor.seq):
                 start = counter

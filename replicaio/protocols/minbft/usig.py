@@ -81,6 +81,11 @@ USIG_LABEL = b"replicaio usig v1"
 USIG_GROUP_LABEL = b"replicaio usig v1 group"
 GROUP_MAX = (1 << 32) - 1
 NEW_VIEW_LABEL = b"minbft-nv\x00"  # a NEW-VIEW's certified bytes start so (messages.py)
+# A CHECKPOINT's certified bytes start so, then its number (8 bytes big-endian).
+CHECKPOINT_LABEL = b"minbft-cp\x00"
+# A *certified* NEW-VIEW-COMMIT's start so, then the last number its header
+# decides (8 bytes big-endian; 0 if it decides none).
+DECIDED_LABEL = b"minbft-nvc\x00"
 ATTESTATION_LABEL = b"replicaio usig attestation v1"
 # An attestation is certified as if for this bit | its counter: no UI has such a
 # counter (COUNTER_MAX is below it), so neither verifies as the other, whatever
@@ -109,12 +114,23 @@ class UsigAttestation(Message, tag="minbft.UsigAttestation"):
     certified by then was ``new_view_max`` (0: none). A peer whose stream of
     this replica resumes at ``counter`` skips what was certified before it;
     this tells it which NEW-VIEWs it can no longer take (docs/minbft.md, *A
-    second NEW-VIEW of a view*)."""
+    second NEW-VIEW of a view*).
+
+    ``checkpoint_at``: the counter of the CHECKPOINT that raised the highest
+    number of a CHECKPOINT it certified to where it stands (0: none); an
+    attestation made at a CHECKPOINT's own counter with ``checkpoint_at`` that
+    counter says it is the *first* CHECKPOINT of a number that high.
+    ``decided_from``: the counter of the first certified NEW-VIEW-COMMIT whose
+    decisions reach above every CHECKPOINT certified before it, while one is
+    still open (0: none). A VIEW-CHANGE anchored at that CHECKPOINT must show
+    its log from there (docs/minbft.md, *The pre-anchor hiding gap*)."""
 
     epoch: Annotated[int, Meta(ge=0, le=EPOCH_MAX)]
     counter: Annotated[int, Meta(ge=1, le=COUNTER_MAX)]
     new_view_max: Annotated[int, Meta(ge=0, le=COUNTER_MAX)]
     certificate: Annotated[bytes, Meta(max_length=CERTIFICATE_BYTES_MAX)]
+    checkpoint_at: Annotated[int, Meta(ge=0, le=COUNTER_MAX)] = 0
+    decided_from: Annotated[int, Meta(ge=0, le=COUNTER_MAX)] = 0
 
 
 class UsigId(Message, tag="minbft.UsigId"):
@@ -215,10 +231,60 @@ def new_view_of(message: bytes) -> int | None:
     return int(struct.unpack_from(">Q", message, len(NEW_VIEW_LABEL))[0])
 
 
-def attestation_digest(new_view_max: int) -> bytes:
+def labelled_number(label: bytes, message: bytes) -> int | None:
+    """The number behind ``label`` at the start of ``message`` (None: not so
+    labelled): a CHECKPOINT's number (:data:`CHECKPOINT_LABEL`), the last number
+    a certified NEW-VIEW-COMMIT decides (:data:`DECIDED_LABEL`)."""
+    if not message.startswith(label) or len(message) < len(label) + 8:
+        return None
+    return int(struct.unpack_from(">Q", message, len(label))[0])
+
+
+class UsigMarks:
+    """What the USIG keeps besides the counter about what it certified, for its
+    attestations (all durable with the counter): the highest NEW-VIEW view; the
+    highest CHECKPOINT number and the counter of the CHECKPOINT that reached it;
+    the highest number a certified NEW-VIEW-COMMIT decided and the counter of
+    the first such commitment still *open* (deciding above every CHECKPOINT
+    certified before it, and not yet covered by a later CHECKPOINT)."""
+
+    __slots__ = ("checkpoint_at", "checkpoint_max", "decided_from", "decided_max",
+                 "new_view_max")
+
+    def __init__(self, new_view_max: int = 0, checkpoint_max: int = 0, checkpoint_at: int = 0,
+                 decided_max: int = 0, decided_from: int = 0) -> None:
+        self.new_view_max = new_view_max
+        self.checkpoint_max = checkpoint_max
+        self.checkpoint_at = checkpoint_at
+        self.decided_max = decided_max
+        self.decided_from = decided_from
+
+    def values(self) -> tuple[int, int, int, int, int]:
+        return (self.new_view_max, self.checkpoint_max, self.checkpoint_at, self.decided_max,
+                self.decided_from)
+
+    def after(self, counter: int, message: bytes) -> UsigMarks:
+        """The marks once ``message`` got ``counter``."""
+        marks = UsigMarks(*self.values())
+        marks.new_view_max = max(marks.new_view_max, new_view_of(message) or 0)
+        checkpoint = labelled_number(CHECKPOINT_LABEL, message)
+        if checkpoint is not None and checkpoint > marks.checkpoint_max:
+            marks.checkpoint_max, marks.checkpoint_at = checkpoint, counter
+            if checkpoint >= marks.decided_max:
+                marks.decided_from = 0  # every decision so far is at or below it
+        decided = labelled_number(DECIDED_LABEL, message)
+        if decided is not None and decided > marks.checkpoint_max:
+            marks.decided_max = max(marks.decided_max, decided)
+            if marks.decided_from == 0:
+                marks.decided_from = counter
+        return marks
+
+
+def attestation_digest(new_view_max: int, checkpoint_at: int = 0, decided_from: int = 0) -> bytes:
     """What an attestation's certificate covers besides the USIG and its
     counter (with :data:`ATTESTATION_BIT` set)."""
-    return message_digest(ATTESTATION_LABEL + struct.pack(">Q", new_view_max))
+    return message_digest(ATTESTATION_LABEL + struct.pack(">QQQ", new_view_max, checkpoint_at,
+                                                          decided_from))
 
 
 def verify_attestation(scheme: UsigScheme, attestation: Any, usig_id: UsigId) -> bool:
@@ -228,11 +294,14 @@ def verify_attestation(scheme: UsigScheme, attestation: Any, usig_id: UsigId) ->
         return False
     if type(attestation.counter) is not int or not 1 <= attestation.counter <= COUNTER_MAX:
         return False
-    if type(attestation.new_view_max) is not int or \
-            not 0 <= attestation.new_view_max <= COUNTER_MAX:
-        return False
+    for value in (attestation.new_view_max, attestation.checkpoint_at,
+                  attestation.decided_from):
+        if type(value) is not int or not 0 <= value <= COUNTER_MAX:
+            return False
     return scheme.check(usig_id, ATTESTATION_BIT | attestation.counter,
-                        attestation_digest(attestation.new_view_max), attestation.certificate)
+                        attestation_digest(attestation.new_view_max, attestation.checkpoint_at,
+                                           attestation.decided_from),
+                        attestation.certificate)
 
 
 class UsigScheme(Protocol):
@@ -447,12 +516,18 @@ class UsigStore(Protocol):
         the counter went to), or ``None`` if never saved or lost."""
         ...
 
-    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0) -> None:
-        """Also the highest view of a NEW-VIEW certified so far (0: none)."""
+    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0,
+             marks: tuple[int, ...] = ()) -> None:
+        """Also the highest view of a NEW-VIEW certified so far (0: none) and the
+        rest of the :class:`UsigMarks` (``values()[1:]``)."""
         ...
 
     def load_new_view_max(self) -> int:
         """``new_view_max`` as last saved (0 if never)."""
+        ...
+
+    def load_marks(self) -> tuple[int, ...]:
+        """``marks`` as last saved (empty if never)."""
         ...
 
 
@@ -474,12 +549,17 @@ class ContextUsigStore:
             return None
         return int(stored[0]), int(stored[1]), bytes(stored[2])
 
-    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0) -> None:
-        self.persist_value(self.NAME, (epoch, counter, digest, new_view_max))
+    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0,
+             marks: tuple[int, ...] = ()) -> None:
+        self.persist_value(self.NAME, (epoch, counter, digest, new_view_max, *marks))
 
     def load_new_view_max(self) -> int:
         stored = self.load_value(self.NAME)
         return int(stored[3]) if stored is not None and len(stored) > 3 else 0
+
+    def load_marks(self) -> tuple[int, ...]:
+        stored = self.load_value(self.NAME)
+        return tuple(int(value) for value in stored[4:8]) if stored is not None else ()
 
 
 class UsigExhausted(Exception):
@@ -490,19 +570,29 @@ class Usig:
     """One replica's USIG: a counter, an identity and a scheme (see the module
     docstring for the promises). Not thread-safe: one step at a time."""
 
-    __slots__ = ("counter", "identity", "last_digest", "new_view_max", "scheme", "store")
+    __slots__ = ("counter", "identity", "last_digest", "marks", "scheme", "store")
 
     def __init__(self, scheme: UsigScheme, identity: UsigId, store: UsigStore,
-                 counter: int = 0, last_digest: bytes = b"", new_view_max: int = 0) -> None:
+                 counter: int = 0, last_digest: bytes = b"", new_view_max: int = 0,
+                 marks: tuple[int, ...] = ()) -> None:
         assert 0 <= counter <= COUNTER_MAX
         self.scheme = scheme
         self.identity = identity
         self.store = store
         self.counter = counter  # the last value given out (0: none yet)
         self.last_digest = last_digest  # the digest of the message it went to
-        # The highest view of a NEW-VIEW it certified (``new_view_of``), kept
-        # with the counter: what ``attest`` states.
-        self.new_view_max = new_view_max
+        # The highest view of a NEW-VIEW it certified (``new_view_of``) and the
+        # rest of what ``attest`` states, kept with the counter.
+        self.marks = UsigMarks(new_view_max, *marks[:4])
+
+    @property
+    def new_view_max(self) -> int:
+        return self.marks.new_view_max
+
+    def saved_values(self) -> tuple[int, int, bytes, int, tuple[int, ...]]:
+        """What ``store.save`` was last given (for a host that writes it itself)."""
+        values = self.marks.values()
+        return self.identity.epoch, self.counter, self.last_digest, values[0], values[1:]
 
     @classmethod
     def open(cls, scheme: UsigScheme, replica: int, store: UsigStore,
@@ -516,7 +606,7 @@ class Usig:
         if stored is not None:
             epoch, counter, digest = stored
             return cls(scheme, UsigId(replica, epoch, group), store, counter, digest,
-                       store.load_new_view_max())
+                       store.load_new_view_max(), store.load_marks())
         epoch = fresh_epoch()
         assert 0 <= epoch <= EPOCH_MAX
         store.save(epoch, 0, b"")
@@ -531,10 +621,11 @@ class Usig:
             raise UsigExhausted(f"USIG {self.identity} has no counter values left")
         counter = self.counter + 1
         digest = message_digest(message)
-        new_view_max = max(self.new_view_max, new_view_of(message) or 0)
+        marks = self.marks.after(counter, message)
+        values = marks.values()
         # durable BEFORE release
-        self.store.save(self.identity.epoch, counter, digest, new_view_max)
-        self.counter, self.last_digest, self.new_view_max = counter, digest, new_view_max
+        self.store.save(self.identity.epoch, counter, digest, values[0], values[1:])
+        self.counter, self.last_digest, self.marks = counter, digest, marks
         certificate = self.scheme.certify(self.identity, counter, digest)
         return UI(self.identity.epoch, counter, certificate)
 
@@ -544,9 +635,12 @@ class Usig:
         first value)."""
         if self.counter == 0:
             return None
-        certificate = self.scheme.certify(self.identity, ATTESTATION_BIT | self.counter,
-                                          attestation_digest(self.new_view_max))
-        return UsigAttestation(self.identity.epoch, self.counter, self.new_view_max, certificate)
+        marks = self.marks
+        certificate = self.scheme.certify(
+            self.identity, ATTESTATION_BIT | self.counter,
+            attestation_digest(marks.new_view_max, marks.checkpoint_at, marks.decided_from))
+        return UsigAttestation(self.identity.epoch, self.counter, marks.new_view_max, certificate,
+                               marks.checkpoint_at, marks.decided_from)
 
     def reissue_last(self, message: bytes) -> UI | None:
         """The UI of the last value again, if it went to ``message`` (the same

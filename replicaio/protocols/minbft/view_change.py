@@ -67,7 +67,7 @@ from replicaio.protocols.minbft.messages import (
     without_batches,
 )
 from replicaio.protocols.minbft.normal import Slot
-from replicaio.protocols.minbft.usig import UsigId, verify_ui_digest
+from replicaio.protocols.minbft.usig import UsigId, verify_attestation, verify_ui_digest
 
 if TYPE_CHECKING:
     from replicaio.protocols.minbft.minbft import Minbft
@@ -82,6 +82,13 @@ class ViewChanges:
     # NEW-VIEW certificate, and ``choose`` counts a view only through it (the
     # broken variant ``minbft-new-view-uncertified`` turns this off).
     certificates_required: ClassVar[bool] = True
+    # A VIEW-CHANGE's anchor must be attested by its author's USIG as the first
+    # CHECKPOINT of a number that high it certified, and its log must start at
+    # or before the first certified NEW-VIEW-COMMIT still open then
+    # (docs/minbft.md, *The pre-anchor hiding gap*; the broken variants
+    # ``minbft-anchor-unattested`` and ``minbft-log-from-anchor`` turn these off).
+    anchors_attested: ClassVar[bool] = True
+    decisions_shown: ClassVar[bool] = True
 
     def __init__(self, minbft: Minbft) -> None:
         self.minbft = minbft
@@ -256,7 +263,7 @@ class ViewChanges:
                              if shown > 0 and shown in self.certificates)
         return ViewChange(view, minbft.id, anchor, proof, tuple(log),
                           tuple(batches[digest] for digest in sorted(batches)), EMPTY_UI,
-                          certificates)
+                          certificates, minbft.anchor_attestation if anchor is not None else None)
 
     async def resend(self, view: int) -> None:
         """Re-send the VIEW-CHANGE (and the request) until the view starts. A
@@ -355,6 +362,9 @@ class ViewChanges:
             start = anchor.ui.counter + 1
             if vc.log and 1 <= vc.log[0].ui.counter < start:
                 start = vc.log[0].ui.counter
+            reason = self.invalid_anchor(vc, anchor, start)
+            if reason is not None:
+                return reason
         if vc.ui.counter != start + len(vc.log) or (anchor is not None and \
                 anchor.ui.epoch != vc.ui.epoch):
             return "view_change_log_not_contiguous"
@@ -373,6 +383,34 @@ class ViewChanges:
                     isinstance(entry, NewViewCommit) and entry.certified)):
                 needed.add(view)
         return self.invalid_certificates(vc, shown, needed)
+
+    def invalid_anchor(self, vc: ViewChange, anchor: Checkpoint, start: int) -> str | None:
+        """The anchor must be the first CHECKPOINT of a number that high its
+        author's USIG certified, and the log must start at or before the first
+        certified NEW-VIEW-COMMIT still open at it, both as the USIG attests at
+        the anchor's counter. A commitment about a number above the anchor that
+        a correct replica counted is then in the log: a PREPARE or COMMIT passed
+        its stream's window, so it follows a CHECKPOINT of a number at least the
+        anchor's, which the first such CHECKPOINT does not follow; a certified
+        NEW-VIEW-COMMIT has no window, and the USIG marks it. Without the first
+        rule a faulty replica certifies a CHECKPOINT of its stable checkpoint
+        again and anchors there, after the commitments it hides
+        (``minbft_fresh_anchor``: an agreement violation); without the second
+        it starts its log after a NEW-VIEW-COMMIT it certified before its anchor
+        (``minbft_hide_before_anchor``)."""
+        if not self.anchors_attested and not self.decisions_shown:
+            return None
+        attestation = vc.attestation
+        if attestation is None or attestation.counter != anchor.ui.counter or \
+                not verify_attestation(self.minbft.scheme, attestation,
+                                       UsigId(vc.replica, anchor.ui.epoch, self.minbft.group)):
+            return "view_change_anchor_unattested"
+        if self.anchors_attested and attestation.checkpoint_at != anchor.ui.counter:
+            return "view_change_anchor_not_first"
+        if self.decisions_shown and attestation.decided_from and \
+                start > attestation.decided_from:
+            return "view_change_log_hides_decisions"
+        return None
 
     def invalid_certificates(self, vc: ViewChange, shown: set[int],
                              needed: set[int]) -> str | None:

@@ -41,6 +41,7 @@ class CounterWrittenAfterRelease(Usig):
         self.store.save(self.identity.epoch, self.counter, self.last_digest)  # the previous
         self.counter += 1
         self.last_digest = message_digest(message)
+        self.marks = self.marks.after(self.counter, message)
         return UI(self.identity.epoch, self.counter,
                   self.scheme.certify(self.identity, self.counter, self.last_digest))
 
@@ -68,6 +69,16 @@ class UncertifiedViewChanges(ViewChanges):
     certificates_required = False
 
 
+class AnyAnchorViewChanges(ViewChanges):
+    """A VIEW-CHANGE may be anchored at any CHECKPOINT of its author's with a
+    certificate, whatever its USIG attests about it (the rule before
+    docs/minbft.md's *The pre-anchor hiding gap* was closed): a faulty replica
+    certifies a CHECKPOINT of its stable checkpoint again and anchors its
+    VIEW-CHANGE there, hiding its commitments above the checkpoint."""
+
+    anchors_attested = False
+
+
 class MinbftResumeForgetsNewViews(Minbft):
     """A resumed stream takes any NEW-VIEW of a view from the receiver's on,
     whatever its peer's USIG attests it certified before the resume point (the
@@ -83,6 +94,10 @@ class MinbftResumeForgetsNewViews(Minbft):
 
     def attestation_valid(self, source: int, resume: Resume) -> bool:
         return resume.attestation is not None
+
+
+class MinbftAnchorUnattested(Minbft):
+    view_changes_type = AnyAnchorViewChanges
 
 
 class MinbftCommitOffByOne(Minbft):
@@ -137,5 +152,8 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
         MinbftVariant("minbft-resume-forgets-new-views", MinbftResumeForgetsNewViews,
                       "a resumed stream takes a second NEW-VIEW of a view its primary "
                       "certified one of before the resume point"),
+        MinbftVariant("minbft-anchor-unattested", MinbftAnchorUnattested,
+                      "a VIEW-CHANGE may be anchored at a CHECKPOINT its author certified "
+                      "again, after the commitments it hides"),
     )
 }

@@ -141,4 +141,6 @@ class FreshAnchorViewChanges(ViewChanges):
         if anchor is None:
             return super().build(view)
         fresh = minbft.emit(Checkpoint(anchor.seq, anchor.digest, minbft.id, EMPTY_UI))
-        return ViewChange(view, minbft.id, fresh, minbft.anchor_proof, (), (), EMPTY_UI, ())
+        # Its USIG's attestation at the fresh CHECKPOINT (the truth: not the first).
+        return ViewChange(view, minbft.id, fresh, minbft.anchor_proof, (), (), EMPTY_UI, (),
+                          minbft.attestations.get(fresh.ui.counter))
