@@ -86,7 +86,11 @@ from replicaio.testing.variants.minbft import MINBFT_VARIANTS
 from replicaio.testing.variants.minbft_byzantine import (
     FreshAnchorViewChanges,
     HidingMinbft,
+    JoiningViewChanges,
+    LateAnchorMinbft,
+    LateCheckpoints,
     SecondNewViewChanges,
+    SilentPrimary,
     UnseenViewChanges,
 )
 from replicaio.testing.variants.pbft import PBFT_VARIANTS
@@ -511,12 +515,13 @@ def minbft_wire() -> ModuleType:
     return minbft_messages
 
 
-def minbft_byzantine_code() -> tuple[type[Minbft], type[Any], type[Any], type[Any]]:
-    """The code a Byzantine MinBFT replica's behaviours swap into its core (the
-    hiding ``Minbft``, the lying ``ViewChanges``, the ``ViewChanges`` that
-    builds a second NEW-VIEW of a view, the one that anchors its VIEW-CHANGEs
-    at a fresh CHECKPOINT), for the simulator."""
-    return HidingMinbft, UnseenViewChanges, SecondNewViewChanges, FreshAnchorViewChanges
+def minbft_byzantine_code() -> dict[str, type[Any]]:
+    """The code a Byzantine MinBFT replica's behaviours swap into its core
+    (``replicaio/testing/variants/minbft_byzantine.py``, by class name), for
+    the simulator."""
+    return {code.__name__: code for code in (
+        HidingMinbft, UnseenViewChanges, SecondNewViewChanges, FreshAnchorViewChanges,
+        LateAnchorMinbft, LateCheckpoints, SilentPrimary, JoiningViewChanges)}
 
 
 def usig_lost(output: Any) -> tuple[int, int] | None:

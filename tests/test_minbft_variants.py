@@ -29,6 +29,8 @@ TARGETED: dict[str, str] = {
     "test_without_the_attestation_the_second_header_is_certified_and_executed",
     "minbft-anchor-unattested": "test_minbft_fresh_anchor.py::"
     "test_without_the_attested_anchor_a_correct_replica_executes_other_batches",
+    "minbft-log-from-anchor": "test_minbft_decided_before_anchor.py::"
+    "test_without_the_decided_mark_a_correct_replica_executes_other_batches",
 }
 
 

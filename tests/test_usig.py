@@ -15,6 +15,8 @@ from replicaio.core.errors import ConfigError
 from replicaio.core.signing import SIMULATION_SECRET
 from replicaio.protocols.minbft.usig import (
     ATTESTATION_LABEL,
+    CHECKPOINT_LABEL,
+    DECIDED_LABEL,
     NEW_VIEW_LABEL,
     UI,
     USIG_SIMULATION_SECRET,
@@ -112,11 +114,59 @@ def test_the_attestation_states_the_highest_new_view_view_and_survives_a_restart
     assert again is not None and again.new_view_max == 7
 
 
+def checkpoint_bytes(seq: int) -> bytes:
+    return CHECKPOINT_LABEL + struct.pack(">Q", seq) + b"checkpoint"
+
+
+def decided_bytes(last: int) -> bytes:
+    return DECIDED_LABEL + struct.pack(">Q", last) + b"new-view-commit"
+
+
+def test_the_attestation_marks_the_first_checkpoint_of_a_number_and_open_decisions(
+    scheme: UsigScheme,
+) -> None:
+    """``checkpoint_at``: the counter of the CHECKPOINT that raised the highest
+    number (one of an old number certified again is not it); ``decided_from``:
+    the first certified NEW-VIEW-COMMIT deciding above every CHECKPOINT before
+    it, until a CHECKPOINT reaches every number decided (docs/minbft.md, *The
+    pre-anchor hiding gap*)."""
+    store = DictStore()
+    usig = new_usig(scheme, replica=1, store=store)
+
+    def marks() -> tuple[int, int]:
+        attestation = usig.attest()
+        assert attestation is not None
+        assert verify_attestation(scheme, attestation, usig.id())
+        return attestation.checkpoint_at, attestation.decided_from
+
+    usig.create_ui(checkpoint_bytes(16))  # 1
+    assert marks() == (1, 0)
+    usig.create_ui(decided_bytes(40))  # 2: decides above 16
+    usig.create_ui(checkpoint_bytes(32))  # 3: first of 32, 40 still open
+    assert marks() == (3, 2)
+    usig.create_ui(decided_bytes(36))  # 4: the first open one stays
+    usig.create_ui(checkpoint_bytes(32))  # 5: 32 again: not the first
+    assert marks() == (3, 2)
+    usig.create_ui(checkpoint_bytes(48))  # 6: covers 40
+    assert marks() == (6, 0)
+    usig.create_ui(decided_bytes(48))  # 7: decides nothing above 48
+    assert marks() == (6, 0)
+    usig.create_ui(decided_bytes(60))  # 8
+    attestation = usig.attest()
+    assert attestation is not None and (attestation.checkpoint_at,
+                                        attestation.decided_from) == (6, 8)
+    for forged in (replace(attestation, checkpoint_at=8), replace(attestation, decided_from=0)):
+        assert not verify_attestation(scheme, forged, usig.id())
+    reopened = Usig.open(scheme, 1, store, lambda: 0)
+    again = reopened.attest()
+    assert again is not None and (again.checkpoint_at, again.decided_from) == (6, 8)
+
+
 def test_an_attestation_and_a_ui_never_pass_for_each_other(scheme: UsigScheme) -> None:
     usig = new_usig(scheme)
     usig.create_ui(b"minbft\x00a")
     # A faulty host has its USIG certify the bytes an attestation covers...
-    forged_bytes = ATTESTATION_LABEL + struct.pack(">Q", 0)
+    forged_bytes = ATTESTATION_LABEL + struct.pack(">QQQ", 0, 0, 0)
     ui = usig.create_ui(forged_bytes)
     attestation = usig.attest()
     assert attestation is not None and attestation.counter == ui.counter

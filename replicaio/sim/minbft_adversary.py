@@ -62,8 +62,12 @@ wire: Any = minbft_wire()
 MINBFT_FAMILY = tuple(name for name, spec in SERVICES.items() if spec.family == "minbft")
 LIES_MAX = 256
 # The Byzantine replica's own code (replicaio/testing/variants/minbft_byzantine.py).
-HidingMinbft, UnseenViewChanges, SecondNewViewChanges, FreshAnchorViewChanges = \
-    minbft_byzantine_code()
+BYZANTINE_CODE = minbft_byzantine_code()
+HidingMinbft = BYZANTINE_CODE["HidingMinbft"]
+UnseenViewChanges = BYZANTINE_CODE["UnseenViewChanges"]
+SecondNewViewChanges = BYZANTINE_CODE["SecondNewViewChanges"]
+FreshAnchorViewChanges = BYZANTINE_CODE["FreshAnchorViewChanges"]
+LateAnchorMinbft = BYZANTINE_CODE["LateAnchorMinbft"]
 SECOND_NEW_VIEW_SENDS = 30  # times the second NEW-VIEW's messages go to a victim
 SECOND_NEW_VIEW_EVERY = 16  # ... one time per this many steps of the faulty replica
 
@@ -328,6 +332,60 @@ class FreshAnchor(MinbftStrategy):
         return []
 
 
+class DecidedBeforeAnchor(MinbftStrategy):
+    """Runs ``LateAnchorMinbft`` (with its checkpoint, normal-case and
+    view-change parts): its first CHECKPOINT comes after its first certified
+    NEW-VIEW-COMMIT and anchors VIEW-CHANGEs whose logs start after it. As the
+    primary of a view it starts, keeps its NEW-VIEW from the backups whose
+    VIEW-CHANGE it did not use, and once it has its anchor offers them a
+    ``Resume`` there (past the NEW-VIEW their streams wait at)."""
+
+    def __init__(self, node: int, n: int, rng: random.Random) -> None:
+        super().__init__(node, n, rng)
+        self.victims: set[int] = set()
+        self.steps = 0
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is wire.NewView and message.header.replica == self.node:
+            used = {vc.replica for vc in message.view_changes}
+            if destination not in used:
+                self.victims.add(destination)
+                return []
+        return [(destination, message)]
+
+    def attack(self, view: RunView) -> Sends:
+        self.view = view
+        core = view.cores[self.node]
+        minbft = None if core is None else minbft_of(core.protocol)
+        if minbft is None or minbft.usig is None:
+            return []
+        if not isinstance(minbft, LateAnchorMinbft):
+            late = LATE_TYPES.get(type(minbft))
+            if late is None:
+                late = type("Late" + type(minbft).__name__, (LateAnchorMinbft, type(minbft)), {})
+                LATE_TYPES[type(minbft)] = late
+            minbft.__class__ = late
+            minbft.checkpoints.__class__ = BYZANTINE_CODE["LateCheckpoints"]
+            minbft.normal.__class__ = BYZANTINE_CODE["SilentPrimary"]
+            changes = type(minbft.view_changes)
+            joining = LATE_TYPES.get(changes)
+            if joining is None:
+                joining = type("Joining" + changes.__name__,
+                               (BYZANTINE_CODE["JoiningViewChanges"], changes), {})
+                LATE_TYPES[changes] = joining
+            minbft.view_changes.__class__ = joining
+            return []
+        self.steps += 1
+        anchor = minbft.own_checkpoint
+        if not minbft.decided or anchor is None or self.steps % SECOND_NEW_VIEW_EVERY:
+            return []
+        resume = wire.Resume(anchor, minbft.anchor_proof, minbft.anchor_attestation)
+        return [(victim, resume) for victim in sorted(self.victims)]
+
+
+LATE_TYPES: dict[type, type] = {}  # a core's Minbft type -> the late-anchor one
+
+
 class ClaimUnfollowable(MinbftStrategy):
     """Every view it sees start, a signed REQ-VIEW-CHANGE for the next one,
     flagged unfollowable, to every peer."""
@@ -364,6 +422,9 @@ for _name, _factory, _summary, _weight in (
      0.0),
     ("minbft_fresh_anchor", FreshAnchor,
      "VIEW-CHANGEs anchored at a fresh CHECKPOINT of an old number, hiding what came before",
+     0.0),
+    ("minbft_decided_before_anchor", DecidedBeforeAnchor,
+     "its first CHECKPOINT after a certified NEW-VIEW-COMMIT, VIEW-CHANGE logs from there",
      0.0),
     ("minbft_claim_unfollowable", ClaimUnfollowable,
      "asks for the next view as soon as one starts, claiming it cannot follow", 0.0),

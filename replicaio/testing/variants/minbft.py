@@ -79,6 +79,15 @@ class AnyAnchorViewChanges(ViewChanges):
     anchors_attested = False
 
 
+class LogFromAnchorViewChanges(ViewChanges):
+    """A VIEW-CHANGE's log may start right after its anchor, whatever
+    certified NEW-VIEW-COMMIT its author's USIG attests is still open there
+    (the rule before docs/minbft.md's *The pre-anchor hiding gap* was closed):
+    a faulty replica leaves out a NEW-VIEW's decisions it committed to."""
+
+    decisions_shown = False
+
+
 class MinbftResumeForgetsNewViews(Minbft):
     """A resumed stream takes any NEW-VIEW of a view from the receiver's on,
     whatever its peer's USIG attests it certified before the resume point (the
@@ -98,6 +107,10 @@ class MinbftResumeForgetsNewViews(Minbft):
 
 class MinbftAnchorUnattested(Minbft):
     view_changes_type = AnyAnchorViewChanges
+
+
+class MinbftLogFromAnchor(Minbft):
+    view_changes_type = LogFromAnchorViewChanges
 
 
 class MinbftCommitOffByOne(Minbft):
@@ -155,5 +168,8 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
         MinbftVariant("minbft-anchor-unattested", MinbftAnchorUnattested,
                       "a VIEW-CHANGE may be anchored at a CHECKPOINT its author certified "
                       "again, after the commitments it hides"),
+        MinbftVariant("minbft-log-from-anchor", MinbftLogFromAnchor,
+                      "a VIEW-CHANGE's log may start after a certified NEW-VIEW-COMMIT "
+                      "its author made before its anchor"),
     )
 }

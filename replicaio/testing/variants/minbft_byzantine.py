@@ -10,17 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from replicaio.protocols.minbft.checkpoint import Checkpoints
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
     Checkpoint,
     Commit,
     NewView,
+    NewViewCommit,
     Prepare,
+    ReqViewChange,
     ViewChange,
     digest_of,
     without_batches,
 )
 from replicaio.protocols.minbft.minbft import Minbft
+from replicaio.protocols.minbft.normal import NormalCase
 from replicaio.protocols.minbft.view_change import ViewChanges, choose
 
 
@@ -144,3 +148,53 @@ class FreshAnchorViewChanges(ViewChanges):
         # Its USIG's attestation at the fresh CHECKPOINT (the truth: not the first).
         return ViewChange(view, minbft.id, fresh, minbft.anchor_proof, (), (), EMPTY_UI, (),
                           minbft.attestations.get(fresh.ui.counter))
+
+
+class LateAnchorMinbft(HidingMinbft):
+    """The first hideable case of docs/minbft.md's *The pre-anchor hiding gap*:
+    a certified NEW-VIEW-COMMIT before the anchor. Certifies no CHECKPOINT of
+    its own until it has certified a NEW-VIEW-COMMIT (so its first CHECKPOINT,
+    of its stable checkpoint, comes after it and is its anchor), never
+    PREPAREs as a primary (nothing of that view shows after the anchor), and
+    joins every view a peer asks for; its VIEW-CHANGE logs start right after
+    the anchor (``HidingMinbft``). Its USIG is untouched."""
+
+    decided = False
+
+    def emit(self, message: Any, batch: bytes = b"") -> Any:
+        certified = super().emit(message, batch)
+        if type(message) is NewViewCommit and message.certified and not self.decided:
+            self.decided = True
+            own = self.checkpoints.certify_own(self.stable_seq, self.stable_digest) \
+                if self.stable_seq > 0 else None
+            if own is not None:
+                self.own_checkpoint, self.anchor_proof = own, self.stable_proof
+                self.anchor_attestation = self.attestations.get(own.ui.counter)
+        return certified
+
+
+class LateCheckpoints(Checkpoints):
+    """No own CHECKPOINT before the first certified NEW-VIEW-COMMIT."""
+
+    def certify_own(self, seq: int, digest: bytes) -> Checkpoint | None:
+        if not getattr(self.minbft, "decided", False):
+            return None
+        return super().certify_own(seq, digest)
+
+
+class SilentPrimary(NormalCase):
+    """Never numbers a batch."""
+
+    def assign(self) -> None:
+        return
+
+
+class JoiningViewChanges(ViewChanges):
+    """Asks for every view a peer asks for above its own."""
+
+    def on_request(self, source: int, request: ReqViewChange) -> None:
+        super().on_request(source, request)
+        minbft = self.minbft
+        if request.replica == source and request.view > minbft.view and \
+                request.view > self.requests.get(minbft.id, 0):
+            self.request(request.view)
