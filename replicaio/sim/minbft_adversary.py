@@ -23,8 +23,9 @@ and every receiver drops it.
 * ``minbft_hide_before_anchor``: runs a core whose VIEW-CHANGE logs start
   right after its anchor CHECKPOINT, leaving out its commitments to numbers
   above the anchor that it certified before it (docs/minbft.md, *The
-  pre-anchor hiding gap*): the counters stay contiguous, so receivers cannot tell.
-  Forcible by name only (weight 0);
+  pre-anchor hiding gap*): the counters stay contiguous, but its USIG's
+  attestation at the anchor (``decided_from``) shows a certified
+  NEW-VIEW-COMMIT hidden. Forcible by name only (weight 0);
 * ``minbft_prepare_unseen_view``: before each VIEW-CHANGE, as the primary of
   an earlier view that no correct replica started, certifies PREPAREs of that
   view for the numbers its log shows above its anchor, each with another of
@@ -41,6 +42,18 @@ and every receiver drops it.
   it from a first one, the backup commits, and with n = 3 the two headers are
   both certified and executed (an agreement violation, open: docs/minbft.md,
   *A second NEW-VIEW of a view*). Forcible by name only (weight 0);
+* ``minbft_fresh_anchor``: before each VIEW-CHANGE, certifies a CHECKPOINT of
+  its stable checkpoint again and anchors there with an empty log, hiding
+  what it certified before (docs/minbft.md, *The pre-anchor hiding gap*):
+  its USIG attests the anchor is not the first CHECKPOINT of that number, so
+  correct replicas refuse it (the variant ``minbft-anchor-unattested`` breaks
+  agreement). Forcible by name only (weight 0);
+* ``minbft_decided_before_anchor``: certifies its first CHECKPOINT only after
+  its first certified NEW-VIEW-COMMIT and logs from there, hiding that
+  commitment; keeps its own NEW-VIEW from the backups it did not use and
+  offers them a ``Resume`` past it: its USIG's ``decided_from`` refuses the
+  VIEW-CHANGE (the variant ``minbft-log-from-anchor`` breaks agreement).
+  Forcible by name only (weight 0);
 * ``minbft_claim_unfollowable``: as soon as a view starts, asks for the next
   one, saying it cannot follow (``ReqViewChange.unfollowable``), so correct
   primaries step down once their view ran one timeout: a faulty backup can end
