@@ -72,3 +72,17 @@ def test_the_same_schedule_without_the_lie_is_safe() -> None:
     honest = run(1, ())
     assert honest.violations == []
     assert honest.stats["linearizable"] is True
+
+
+def test_the_swarm_with_the_lie_forced_catches_the_variant_and_passes_the_protocol() -> None:
+    """Seed 38 of `replicaio swarm minbft --nodes 3 --byzantine 1 --adversary
+    minbft_decided_before_anchor --faults crash,partition,loss,dup,reorder`:
+    the variant fails agreement on 1 of 300 (this one), the protocol passes
+    all 300."""
+    options = kv_options(38, 3, ("crash", "partition", "loss", "dup", "reorder"),
+                         KvWorkload(nemesis_every_us=2_000_000), byzantine=1, adversary=LIE,
+                         protocol="minbft")
+    broken = Simulator(BROKEN, options, f=1, record=False).run()
+    assert "agreement" in {violation["property"] for violation in broken.violations}
+    fixed = Simulator("minbft", options, f=1, record=False).run()
+    assert fixed.violations == []
