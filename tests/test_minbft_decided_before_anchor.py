@@ -17,7 +17,9 @@ cut off and 1 comes back: 1 and 2 change views to view 4 (primary 1), where
 the NEW-VIEW decides nothing where 0 executed, 1's PREPAREs there are decided
 in view 5, and 1 executes other batches than 0 did. Under the rule before
 (the broken variant ``minbft-log-from-anchor``) the agreement checker reports
-it on seeds 1 and 3.
+it on seeds 2 and 6 (1 and 3 before reads shared read barriers). The swarm
+with the behaviour forced failed the variant on 1 of 300 seeds before that
+change (38), and on none of 900 after: the targeted schedule is the pin.
 
 Now the USIG marks the first certified NEW-VIEW-COMMIT still open above its
 CHECKPOINTs (``UsigAttestation.decided_from``, attested at the anchor's
@@ -48,7 +50,7 @@ def run(seed: int, adversary: tuple[str, ...], protocol: str = "minbft") -> SimR
     return Simulator(protocol, options, f=1, record=False).run()
 
 
-@pytest.mark.parametrize("seed", [1, 3])
+@pytest.mark.parametrize("seed", [2, 6])
 def test_a_view_change_hiding_a_new_view_commit_before_its_anchor_is_refused(
     seed: int,
 ) -> None:
@@ -61,7 +63,7 @@ def test_a_view_change_hiding_a_new_view_commit_before_its_anchor_is_refused(
     assert refused > 0
 
 
-@pytest.mark.parametrize("seed", [1, 3])
+@pytest.mark.parametrize("seed", [2, 6])
 def test_without_the_decided_mark_a_correct_replica_executes_other_batches(seed: int) -> None:
     lied = run(seed, LIE, BROKEN)
     assert "agreement" in {violation["property"] for violation in lied.violations}
@@ -73,16 +75,3 @@ def test_the_same_schedule_without_the_lie_is_safe() -> None:
     assert honest.violations == []
     assert honest.stats["linearizable"] is True
 
-
-def test_the_swarm_with_the_lie_forced_catches_the_variant_and_passes_the_protocol() -> None:
-    """Seed 38 of `replicaio swarm minbft --nodes 3 --byzantine 1 --adversary
-    minbft_decided_before_anchor --faults crash,partition,loss,dup,reorder`:
-    the variant fails agreement on 1 of 300 (this one), the protocol passes
-    all 300."""
-    options = kv_options(38, 3, ("crash", "partition", "loss", "dup", "reorder"),
-                         KvWorkload(nemesis_every_us=2_000_000), byzantine=1, adversary=LIE,
-                         protocol="minbft")
-    broken = Simulator(BROKEN, options, f=1, record=False).run()
-    assert "agreement" in {violation["property"] for violation in broken.violations}
-    fixed = Simulator("minbft", options, f=1, record=False).run()
-    assert fixed.violations == []
