@@ -208,8 +208,14 @@ class Forger:
     def near(self, value: Any, hint: Any, depth: int) -> Any:
         """A value of type ``hint`` close to ``value`` (or any, when not comparable)."""
         bounds = NO_BOUNDS
-        if typing.get_origin(hint) is typing.Annotated:
-            bounds = Bounds.of(typing.get_args(hint)[1:])
+        annotated = hint
+        if typing.get_origin(hint) in (Union, types.UnionType):
+            # An optional bounded int (``Annotated[int, Meta(ge=0)] | None``):
+            # its int's bounds hold for a neighbour too.
+            annotated = next((arg for arg in typing.get_args(hint)
+                              if typing.get_origin(arg) is typing.Annotated), hint)
+        if typing.get_origin(annotated) is typing.Annotated:
+            bounds = Bounds.of(typing.get_args(annotated)[1:])
         if type(value) is int and admits_any_int(hint) and self.rng.random() < 0.7:
             return bounds.clamp(value + self.rng.choice((-1, 1, -2, 2)))
         return self.value(hint, depth)
