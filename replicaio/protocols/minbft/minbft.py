@@ -38,7 +38,6 @@ Durable records, and why each prefix of a step's writes restarts:
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, cast
 
@@ -84,6 +83,7 @@ from replicaio.protocols.minbft.usig import (
     verify_attestation,
 )
 from replicaio.protocols.minbft.view_change import ViewChanges, message_view
+from replicaio.protocols.pbft.barriers import ReadBarriers
 from replicaio.protocols.pbft.state_transfer import StateTransfer
 
 RECORD_FRAME_BYTES_MAX = 1 << 28
@@ -133,13 +133,11 @@ class Minbft:
         self.slots: dict[int, Slot] = {}
         self.prepared_proofs: dict[int, Any] = {}  # (PBFT's state transfer clears it)
         self.relayed: dict[bytes, bytes] = {}
-        self.barriers: dict[bytes, Line[int]] = {}
-        self.barrier_next = 0
-        # Reads share barriers (as PBFT's): one in flight (submitted), and the next
-        # one open to every read that comes until the one in flight executes (or a
-        # status period passes: the one in flight may have been lost with a primary).
-        self.barrier_in_flight: bytes | None = None
-        self.barrier_open: tuple[bytes, Line[int]] | None = None
+        # Reads share barriers, as PBFT's (before 2026-12-05 each read ordered a
+        # barrier of its own: with half the clients reading, MinBFT did less than
+        # with writes alone).
+        self.barriers = ReadBarriers(context, "minbft", BARRIER_MAGIC, self.params.barriers_max,
+                                     lambda batch: self.normal.submit(batch))
         self.own_log: dict[int, tuple[Any, bytes]] = {}  # counter -> (own message, batch)
         self.streams: dict[int, PeerStream] = {
             peer: PeerStream(peer) for peer in range(self.n) if peer != self.id
@@ -241,38 +239,7 @@ class Minbft:
         one open to every read until it is submitted), so under load a read costs
         no PREPARE of its own (each did before 2026-12-05: with half the clients
         reading, MinBFT did less than with writes alone)."""
-        found = self.barrier_open
-        if found is not None:
-            self.count("minbft_reads_sharing_barrier")
-            return found[1]
-        barriers = self.barriers
-        if len(barriers) >= self.params.barriers_max:
-            del barriers[next(iter(barriers))]  # the oldest has long timed out in SMR
-            self.count("bound_minbft_barriers_max")
-        number = self.barrier_next
-        self.barrier_next += 1
-        data = BARRIER_MAGIC + struct.pack(">IQQ", self.id, self.context.node.incarnation, number)
-        line: Line[int] = Line(self.context.node.scheduler, ("minbft.barrier", number))
-        barriers[data] = line
-        if self.barrier_in_flight is None:
-            self.submit_barrier(data)
-        else:
-            self.barrier_open = (data, line)
-        return line
-
-    def submit_barrier(self, data: bytes) -> None:
-        self.barrier_in_flight = data
-        self.normal.submit(data)
-
-    def submit_open_barrier(self) -> None:
-        """The open barrier, if any, leaves (the one in flight executed, or a
-        status period went by)."""
-        found = self.barrier_open
-        self.barrier_in_flight = None
-        if found is not None:
-            self.barrier_open = None
-            if found[0] in self.barriers:
-                self.submit_barrier(found[0])
+        return self.barriers.barrier()
 
     def compact(self, index: int, snapshot: bytes) -> None:
         self.checkpoints.on_snapshot(index, snapshot)
@@ -475,11 +442,7 @@ class Minbft:
         self.context.output(Executed(self.id, slot.view, slot.seq, slot.digest))
         self.relayed.pop(slot.digest, None)
         if batch.startswith(BARRIER_MAGIC):
-            line = self.barriers.pop(batch, None)
-            if line is not None:
-                line.set(slot.seq)
-            if batch == self.barrier_in_flight:
-                self.submit_open_barrier()
+            self.barriers.executed(batch, slot.seq)
             batch = b""
         handlers.on_commit(Committed(slot.seq, batch))
 
@@ -488,8 +451,7 @@ class Minbft:
     async def status_loop(self) -> None:
         while True:
             await self.context.sleep(self.params.status_us)
-            if self.barrier_open is not None:
-                self.submit_open_barrier()
+            self.barriers.on_status_tick()
             expected = tuple(
                 self.streams[peer].next if peer != self.id else 0 for peer in range(self.n)
             )

@@ -31,7 +31,6 @@ of a step's writes is a state to restart from:
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
@@ -41,6 +40,7 @@ from replicaio.core.errors import UsageError
 from replicaio.core.lines import Line
 from replicaio.core.scheduler import Scope
 from replicaio.interfaces.ordering import Committed, NotLeader, OrderingHandlers
+from replicaio.protocols.pbft.barriers import BARRIER_FIELDS, ReadBarriers
 from replicaio.protocols.pbft.catch_up import LateCommits
 from replicaio.protocols.pbft.checkpoint import Checkpoints
 from replicaio.protocols.pbft.messages import (
@@ -72,7 +72,7 @@ from replicaio.protocols.pbft.view_change import ViewChanges
 # to SMR as an empty batch (section 5.1.3's read-only optimisation needs the
 # client library's 2f+1 replies; until then reads go through the order).
 BARRIER_MAGIC = b"\x00pbft-read-barrier\x00"
-BARRIER_BYTES = len(BARRIER_MAGIC) + struct.calcsize(">IQQ")
+BARRIER_BYTES = len(BARRIER_MAGIC) + BARRIER_FIELDS.size
 
 
 def is_barrier(batch: bytes) -> bool:
@@ -111,13 +111,8 @@ class Pbft:
         self.slots: dict[int, Slot] = {}  # seq in (h, H] -> its messages in this view
         self.prepared_proofs: dict[int, PreparedProof] = {}  # the P set, seq in (h, H]
         self.relayed: dict[bytes, bytes] = {}  # own batches not yet executed: digest -> batch
-        self.barriers: dict[bytes, Line[int]] = {}  # read barriers not yet executed
-        self.barrier_next = 0
-        # Reads share barriers: one in flight (submitted), and the next one open
-        # (its line handed to every read that comes meanwhile, submitted when the
-        # one in flight executes, or at the next status tick if that one is lost).
-        self.barrier_in_flight: bytes | None = None
-        self.barrier_open: tuple[bytes, Line[int]] | None = None
+        self.barriers = ReadBarriers(context, "pbft", BARRIER_MAGIC, self.params.barriers_max,
+                                     lambda batch: self.normal.submit(batch))
         self.status_tick = 0  # status periods elapsed (this incarnation)
         self.status_answered: dict[int, int] = {}  # peer -> the period its STATUS was answered
         self.handlers: OrderingHandlers | None = None
@@ -223,39 +218,7 @@ class Pbft:
         completed before the call is below it. Reads share barriers (one in
         flight, the next one open to every read until it is submitted), so a
         read costs no sequence number of its own under load."""
-        found = self.barrier_open
-        if found is not None:
-            self.count("pbft_reads_sharing_barrier")
-            return found[1]
-        barriers = self.barriers
-        if len(barriers) >= self.params.barriers_max:
-            del barriers[next(iter(barriers))]  # the oldest has long timed out in SMR
-            self.count("bound_pbft_barriers_max")
-        number = self.barrier_next
-        self.barrier_next += 1
-        data = BARRIER_MAGIC + struct.pack(">IQQ", self.id, self.context.node.incarnation, number)
-        assert is_barrier(data)
-        line: Line[int] = Line(self.context.node.scheduler, ("pbft.barrier", number))
-        barriers[data] = line
-        if self.barrier_in_flight is None:
-            self.submit_barrier(data)
-        else:
-            self.barrier_open = (data, line)
-        return line
-
-    def submit_barrier(self, data: bytes) -> None:
-        self.barrier_in_flight = data
-        self.normal.submit(data)
-
-    def submit_open_barrier(self) -> None:
-        """The open barrier, if any, leaves (the one in flight executed, or a
-        status period went by: it may have been lost with a primary)."""
-        found = self.barrier_open
-        self.barrier_in_flight = None
-        if found is not None:
-            self.barrier_open = None
-            if found[0] in self.barriers:
-                self.submit_barrier(found[0])
+        return self.barriers.barrier()
 
     def compact(self, index: int, snapshot: bytes) -> None:
         """SMR's snapshot at ``index``: a checkpoint when ``index`` is a multiple of K."""
@@ -364,11 +327,7 @@ class Pbft:
         if self.normal.awaited:
             self.normal.on_executed_requests(handlers.requests_of(batch))
         if is_barrier(batch):
-            line = self.barriers.pop(batch, None)
-            if line is not None:
-                line.set(seq)
-            if batch == self.barrier_in_flight:
-                self.submit_open_barrier()
+            self.barriers.executed(batch, seq)
             batch = b""
         handlers.on_commit(Committed(seq, batch))
 
@@ -380,8 +339,7 @@ class Pbft:
         while True:
             await self.context.sleep(self.params.status_us)
             self.status_tick += 1
-            if self.barrier_open is not None:
-                self.submit_open_barrier()
+            self.barriers.on_status_tick()
             self.send_all(Status(self.view, self.active, self.stable_seq, self.executed, self.id))
             if self.active:
                 self.normal.retransmit_stalled()
