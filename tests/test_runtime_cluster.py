@@ -22,7 +22,7 @@ import pytest
 from replicaio.cli import main
 from replicaio.protocols.broadcast import Accepted, Delivered
 from replicaio.runtime.client import HistoryEnd, StreamClient
-from replicaio.runtime.local import LocalCluster, free_ports
+from replicaio.runtime.local import LocalCluster, free_port_block
 
 DEADLINE_S = 20.0
 # Fast ticks and reconnects so that a restarted node is caught up quickly.
@@ -276,15 +276,10 @@ def test_a_corrupted_wal_record_in_the_middle_makes_the_node_refuse_to_start(
 
 
 def test_cluster_up_broadcast_metrics_and_down_commands(tmp_path: Path) -> None:
-    base = pick_base_port(12)
     directory = tmp_path / "up"
     command = [sys.executable, "-m", "replicaio.cli"]
     try:
-        up = subprocess.run(
-            [*command, "cluster", "up", "--protocol", "bracha", "--nodes", "4", "--base-port",
-             str(base), "--data-dir", str(directory), "--metrics", "--no-fsync"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )
+        base, up = cluster_up_bracha(command, directory)
         assert up.returncode == 0, up.stderr + up.stdout
         assert "cluster up: 4 bracha nodes" in up.stdout
         sent = subprocess.run(
@@ -310,24 +305,21 @@ def test_cluster_up_broadcast_metrics_and_down_commands(tmp_path: Path) -> None:
     assert not list(directory.glob("*.pid"))
 
 
-def pick_base_port(count: int) -> int:
-    """A base port whose next ``count`` ports are free (bounded attempts)."""
-    import socket
-
-    for _ in range(50):
-        base = free_ports(1)[0]
-        if base + count > 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sock.bind(("127.0.0.1", port))
-                sockets.append(sock)
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise AssertionError("no block of free ports")
+def cluster_up_bracha(command: list[str], directory: Path
+                      ) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """``cluster up`` of 4 Bracha nodes on a free block of 12 ports. The block
+    is free when chosen, but parallel test runs on this machine may take a port
+    before the nodes listen: ``cluster up`` then refuses with "already in use"
+    (or a node exits for it), and the test takes another block (bounded)."""
+    for _ in range(3):
+        base = free_port_block(12)
+        up = subprocess.run(
+            [*command, "cluster", "up", "--protocol", "bracha", "--nodes", "4", "--base-port",
+             str(base), "--data-dir", str(directory), "--metrics", "--no-fsync"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        if up.returncode == 0 or "already in use" not in up.stderr + up.stdout:
+            return base, up
+        subprocess.run([*command, "cluster", "down", "--data-dir", str(directory)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    return base, up

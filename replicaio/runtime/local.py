@@ -189,12 +189,17 @@ class LocalCluster:
         self.processes[node_id] = process
         return process
 
-    def start_all(self, timeout_s: float = 20.0) -> None:
+    # A node that is not listening within this is reported with its log. Generous:
+    # under a load of 15+ on 2 cores (parallel test runs) a node's imports and key
+    # loading alone took over 20 s; a ready node returns at once.
+    READY_TIMEOUT_S = 60.0
+
+    def start_all(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         for node_id in range(self.cluster.n):
             self.start(node_id)
         self.wait_ready(range(self.cluster.n), timeout_s)
 
-    def wait_ready(self, node_ids: Any, timeout_s: float = 20.0) -> None:
+    def wait_ready(self, node_ids: Any, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Return once every node's client port accepts; raise with its log otherwise."""
         deadline = time.monotonic() + timeout_s
         for node_id in node_ids:
