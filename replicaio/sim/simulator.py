@@ -77,7 +77,14 @@ from replicaio.sim.options import (
 )
 from replicaio.storage.base import after_start, start_input
 from replicaio.storage.memory import DAMAGED_MID_LOG, LOST_SYNCED_WRITES, MemoryStorage
-from replicaio.trace.eventlog import STEP, Choice, EventLogWriter, encode_input, pack_effects
+from replicaio.trace.eventlog import (
+    EMPTY_EFFECTS,
+    STEP,
+    Choice,
+    EventLogWriter,
+    encode_input,
+    pack_effects,
+)
 
 DELIVER, TIMER, REQUEST, CRASH, RESTART, LIVENESS, CALL = range(7)
 
@@ -351,16 +358,17 @@ class Simulator:
 
     def run_events(self) -> None:
         """Execute events in heap order until the run is over."""
-        options = self.options
         heap = self.heap
         pop = heapq.heappop
         nodes = self.nodes
         stats = self.stats
-        while heap and not self.violations:
+        violations = self.violations
+        liveness_us = self.options.liveness_us
+        while heap and not violations:
             if self.liveness and self.harness.settled():
                 break
             at_us, _, kind, node_id, a, b = pop(heap)
-            if at_us > options.liveness_us:
+            if at_us > liveness_us:
                 break
             self.now = at_us
             if kind == DELIVER:
@@ -393,47 +401,58 @@ class Simulator:
         assert core is not None
         if node.choices:
             node.choices = []
-        if node.strategy is not None:
-            node.strategy.observe_input(event)
+        strategy = node.strategy
+        if strategy is not None:
+            strategy.observe_input(event)
         try:
             effects = core.step(event)
         except Exception as error:  # a failed assertion included: see node_raised
             self.node_raised(node, event, error)
             return
         stats = self.stats
-        stats["steps"] += 1
-        if not stats["steps"] & (CHECK_EVERY_STEPS - 1) and self.footprint_max:
+        steps = stats["steps"] + 1
+        stats["steps"] = steps
+        if not steps & (CHECK_EVERY_STEPS - 1) and self.footprint_max:
             self.check_footprint(node)
         crash = node.pending_crash
         if crash is not None and not crash.rare and self.crash_lands(node, effects, crash):
             self.crash_mid_step(node, effects, crash)
             return
+        persists = effects.persists
         if node.waiting is not None or (
-            effects.persists and self.options.sync_us_mean and type(event) is not Start
+            persists and self.options.sync_us_mean and type(event) is not Start
         ):
             hold(self, node, event, effects)
             return
-        if effects.persists:
-            node.storage.write_and_sync(effects.persists)
-        encoded = self.send_all(node, effects) if effects.sends else None
-        if node.strategy is not None and self.view is not None:
+        if persists:
+            node.storage.write_and_sync(persists)
+        sends = effects.sends
+        encoded = self.send_all(node, effects) if sends else None
+        if strategy is not None and self.view is not None:
             self.attack(node)
-        if effects.timers_cancelled:
-            for timer_id in effects.timers_cancelled:
+        timers_cancelled = effects.timers_cancelled
+        if timers_cancelled:
+            for timer_id in timers_cancelled:
                 node.timers.pop(timer_id, None)
-        if effects.timers_set:
-            for timer_id, delay in effects.timers_set:
+        timers_set = effects.timers_set
+        if timers_set:
+            for timer_id, delay in timers_set:
                 self.arm_timer(node, timer_id, delay)
-        if effects.outputs:
-            self.release_outputs(node, effects.outputs)
+        outputs = effects.outputs
+        if outputs:
+            self.release_outputs(node, outputs)
         log = self.log
         if log is not None:
             if type(event) is Receive and type(event.message) is bytes:
                 record: Any = ("receive", event.source, event.message)  # packs as encode_input's
             else:
                 record = encode_input(self.codec, event)
+            if persists or sends or timers_cancelled or timers_set or outputs:
+                packed = pack_effects(self.codec, effects, encoded)
+            else:
+                packed = EMPTY_EFFECTS  # what pack_effects gives an empty batch
             log.write((STEP, self.now, node.node_id, node.incarnation, record, node.choices,
-                       pack_effects(self.codec, effects, encoded)))  # = log.step(...)
+                       packed))  # = log.step(...)
         if self.count_kinds:
             self.after_sends(node, effects)
 
@@ -481,31 +500,28 @@ class Simulator:
         """Put the step's messages on the network; returns their encodings when
         the event log needs them (``log``), so nothing is encoded twice. A message
         object sent to several peers in a row (a link's ``to_all``) is encoded once."""
-        codec = self.codec
         wire = self.options.encode
         encoded: list[bytes] | None = [] if log and self.log is not None else None
+        options = self.options
+        if (
+            node.strategy is None
+            and not options.reorder_us
+            and (self.liveness or not (options.loss or options.duplicate))
+            and type(self).transmit is Simulator.transmit
+        ):
+            # No adversary, loss, duplication or reordering, and transmit() not
+            # overridden: messages go on the heap right here, with the draw and
+            # the formula of transmit() (its common case, inlined).
+            recent = self.view.recent if self.view is not None else None
+            self.send_plain(node.node_id, effects.sends, wire, encoded, recent)
+            return encoded
+        codec = self.codec
         strategy = node.strategy
         source = node.node_id
         transmit = self.transmit
         last: Any = None
         data: Any = None
         recent = self.view.recent if self.view is not None else None
-        options = self.options
-        # No adversary, loss, duplication or reordering, and transmit() not
-        # overridden: messages go on the heap right here.
-        plain = (
-            strategy is None
-            and not options.reorder_us
-            and (self.liveness or not (options.loss or options.duplicate))
-            and type(self).transmit is Simulator.transmit
-        )
-        stats = self.stats
-        now = self.now
-        latency_min_us = options.latency_min_us
-        rate = self.latency_rate
-        draw = self.rng.random
-        link_clock = self.link_clock
-        heap = self.heap
         for destination, message in effects.sends:
             if recent is not None and message is not last:
                 recent.append((source, destination, message))
@@ -517,18 +533,6 @@ class Simulator:
                     data = codec.encode(message)
                 if encoded is not None:
                     encoded.append(data)
-            if plain:  # transmit()'s common case, inlined: the same draw per message
-                stats["messages_sent"] += 1
-                at_us = now + latency_min_us + int(-natural_log(1.0 - draw()) / rate)
-                link = (source, destination)
-                previous = link_clock.get(link, 0)
-                if previous > at_us:
-                    at_us = previous  # FIFO link: never overtake the previous message
-                link_clock[link] = at_us
-                self.sequence += 1
-                heappush(heap, (at_us, self.sequence, DELIVER, destination, source,
-                                data if wire else message))
-                continue
             if strategy is None:
                 transmit(source, destination, data if wire else message)
                 continue
@@ -538,6 +542,47 @@ class Simulator:
                     rewritten = data if rewritten is message else codec.encode(rewritten)
                 transmit(source, target, rewritten)
         return encoded
+
+    def send_plain(
+        self,
+        source: int,
+        sends: list[tuple[int, Any]],
+        wire: bool,
+        encoded: list[bytes] | None,
+        recent: Any,
+    ) -> None:
+        """``send_all`` from a node with no strategy over a network with no
+        loss, duplication or reordering (``recent``: the adversary's view of
+        recent messages, if some other node has a strategy)."""
+        encode = self.codec.encode if wire or encoded is not None else None
+        now_min = self.now + self.options.latency_min_us
+        rate = self.latency_rate
+        draw = self.rng.random
+        link_clock = self.link_clock
+        heap = self.heap
+        sequence = self.sequence
+        last: Any = None
+        data: Any = None
+        for destination, message in sends:
+            if message is not last:
+                last = message
+                if recent is not None:
+                    recent.append((source, destination, message))
+                if encode is not None:
+                    data = encode(message)
+            if encoded is not None:
+                encoded.append(data)
+            at_us = now_min + int(-natural_log(1.0 - draw()) / rate)
+            link = (source, destination)
+            previous = link_clock.get(link, 0)
+            if previous > at_us:
+                at_us = previous  # FIFO link: never overtake the previous message
+            link_clock[link] = at_us
+            sequence += 1
+            heappush(heap, (at_us, sequence, DELIVER, destination, source,
+                            data if wire else message))
+        self.stats["messages_sent"] += len(sends)
+        self.sequence = sequence
 
     def trusted_write(self, node_id: int, key: str, value: bytes) -> None:
         """A Byzantine node's trusted component (MinBFT's USIG) writes durably
