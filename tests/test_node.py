@@ -13,7 +13,7 @@ import pytest
 from replicaio.core.codec import Message
 from replicaio.core.config import ClusterConfig, Fault, Resilience
 from replicaio.core.context import Context
-from replicaio.core.effects import Effects, Receive, Request, Start, TimerFired
+from replicaio.core.effects import NO_EFFECTS, Effects, Receive, Request, Start, TimerFired
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.node import (
     INCARNATION_KEY,
@@ -139,6 +139,22 @@ def test_one_batch_lists_persists_sends_and_outputs() -> None:
     assert effects.timers_set == []  # the tick is already armed
     assert bool(effects)
     assert not Effects()
+
+
+def test_a_step_that_does_nothing_returns_the_shared_sealed_batch() -> None:
+    node, _ = started()
+    effects = node.step(Receive(1, envelope(b"a")))  # one peer: no quorum, ack on the tick
+    assert effects is NO_EFFECTS
+    assert not effects and effects.outputs == [] and effects.sends == []
+    with pytest.raises(TypeError, match="NO_EFFECTS"):
+        effects.sends.append((1, b"x"))
+    with pytest.raises(TypeError, match="NO_EFFECTS"):
+        effects.outputs += ["x"]
+    # the node's own batch served again: the next step's effects are its own
+    effects = node.step(Receive(2, envelope(b"a")))
+    assert effects is not NO_EFFECTS
+    assert effects.outputs == [("delivered", b"a")]
+    assert not NO_EFFECTS
 
 
 def test_rejected_request_is_counted() -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import msgspec
 
@@ -171,3 +171,23 @@ class Effects:
             or self.timers_set
             or self.outputs
         )
+
+
+class SealedList(list):  # type: ignore[type-arg]
+    """An empty list that refuses to change: the parts of :data:`NO_EFFECTS`
+    (equal to ``[]``, and read like any list)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("NO_EFFECTS is shared by every step that did nothing: never add to it")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+
+
+# The batch of every step that did nothing (most steps of a busy node: a message
+# that completes nothing), returned instead of a fresh batch; the node keeps its
+# own empty batch for the next step. Shared, so sealed: a host that tried to
+# add to it would fail at once.
+NO_EFFECTS = Effects(SealedList(), SealedList(), SealedList(), SealedList(), SealedList())

@@ -32,7 +32,16 @@ from typing import Any, Protocol
 from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context, Ignore
-from replicaio.core.effects import Effects, Input, Path, Receive, Request, Start, TimerFired
+from replicaio.core.effects import (
+    NO_EFFECTS,
+    Effects,
+    Input,
+    Path,
+    Receive,
+    Request,
+    Start,
+    TimerFired,
+)
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.lines import Line
 from replicaio.core.reliable import (
@@ -206,7 +215,7 @@ class Node:
 
     def step(self, event: Input) -> Effects:
         """Consume one input; return the effects, to be executed in documented order."""
-        effects = self.effects  # fresh: made at the end of the previous step
+        effects = self.effects  # fresh: made by (or left unused in) the previous step
         if (
             effects.persists
             or effects.sends
@@ -238,10 +247,18 @@ class Node:
         if not self.tick_armed and (reliable.has_unacked() or reliable.has_acks_pending()):
             self.tick_armed = True
             effects.timers_set.append((TICK_TIMER, self.params.tick_us))
-        # A fresh batch for the next step, so that nothing done between steps
-        # reaches the one handed to the host.
-        self.effects = Effects()
-        return effects
+        if (
+            effects.persists
+            or effects.sends
+            or effects.outputs
+            or effects.timers_set
+            or effects.timers_cancelled
+        ):
+            # A fresh batch for the next step, so that nothing done between steps
+            # reaches the one handed to the host.
+            self.effects = Effects()
+            return effects
+        return NO_EFFECTS  # and this step's empty batch serves the next one
 
     def run(self) -> None:
         """Run tasks and local deliveries until nothing more can happen."""
@@ -287,20 +304,21 @@ class Node:
         if not 0 <= source < self.n or source == self.node_id:
             self.count("rejected_unknown_peer")
             return
-        if type(data) is Envelope:  # the common case, decoded or not
-            self.dispatch(source, data)
-            return
-        if isinstance(data, (bytes, bytearray, memoryview)):  # a tuple: faster than a union
+        kind = type(data)
+        if kind is bytes or (
+            kind is not Envelope and isinstance(data, (bytearray, memoryview))
+        ):  # a tuple: faster than a union
             try:
-                data = self.codec.decode(data if type(data) is bytes else bytes(data))
+                data = self.codec.decode(data if kind is bytes else bytes(data))
             except DecodeError as error:
                 self.count(f"rejected_decode_{error.reason}")
                 return
-        if type(data) is Envelope:
+            kind = type(data)
+        if kind is Envelope:  # the common case, decoded or not
             self.dispatch(source, data)
-        elif type(data) is Acks:
+        elif kind is Acks:
             self.reliable.on_acks(source, data)
-        elif type(data) is Hello:
+        elif kind is Hello:
             self.reliable.on_hello(source, data)
         else:
             self.route_stream(source, data)

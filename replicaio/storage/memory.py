@@ -29,7 +29,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from replicaio.storage.base import StorageDamage, StorageUsageError, check_key_value
+from replicaio.storage.base import (
+    KEY_BYTES_MAX,
+    VALUE_BYTES_MAX,
+    StorageDamage,
+    StorageUsageError,
+    check_key_value,
+)
 
 UNSYNCED_WRITES_MAX_DEFAULT = 1_000_000
 SYNCED_HISTORY_MAX_DEFAULT = 256  # durable writes ``crash(lose_synced=...)`` may revert
@@ -116,12 +122,21 @@ class MemoryStorage:
         in one call (a simulated step's batch of writes)."""
         self._check_open()
         pending = self._pending
+        limit = self._unsynced_writes_max
         for key, value in writes:
-            if len(pending) >= self._unsynced_writes_max:
+            if len(pending) >= limit:
                 self._check_writable()  # raises
-            check_key_value(key, value)
-            if value is not None and type(value) is not bytes:
-                value = bytes(value)  # a bytearray/memoryview the caller may still mutate
+            # check_key_value's common case (an ASCII key, a bytes value) inline
+            if not (
+                type(key) is str
+                and key
+                and len(key) <= KEY_BYTES_MAX
+                and key.isascii()
+                and (value is None or (type(value) is bytes and len(value) <= VALUE_BYTES_MAX))
+            ):
+                check_key_value(key, value)
+                if value is not None and type(value) is not bytes:
+                    value = bytes(value)  # a bytearray/memoryview the caller may still mutate
             pending.append((key, value))
             self.writes += 1
         self._apply(len(pending), remember=True)
@@ -253,8 +268,9 @@ class MemoryStorage:
         durable = self._durable
         pending = self._pending
         history = self._history
+        remembered = remember and history.maxlen
         for key, value in pending[:count] if count < len(pending) else pending:
-            if remember and history.maxlen:
+            if remembered:
                 history.append((key, durable.get(key)))
             if value is None:
                 durable.pop(key, None)
