@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_runtime_cluster import pick_base_port
+
+from replicaio.runtime.local import free_port_block
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "docs" / "tutorial.md"
@@ -78,7 +79,7 @@ def shell_line(command: Command, site: Path) -> str:
                            "--disable-pip-version-check", "--target", str(site), *words[2:]])
     if f"--base-port {TUTORIAL_BASE_PORT}" in command.line:  # free ports, picked just now
         return command.line.replace(f"--base-port {TUTORIAL_BASE_PORT}",
-                                    f"--base-port {pick_base_port(12)}")
+                                    f"--base-port {free_port_block(12)}")
     return command.line
 
 
