@@ -65,6 +65,7 @@ from replicaio.services.txn.store import (
     TxnStore,
     coordinator_of,
     request_bytes,
+    unclaimed,
 )
 from replicaio.smr.auth import ED25519, ED25519_PUBLIC_BYTES, KEYED, SignedClients
 from replicaio.smr.certified import Certifier
@@ -343,7 +344,7 @@ class TxnNode:
         # until they applied it, so nobody can see the state before it. (Key-value
         # commands' replies come from the commit itself: the client waits for it.)
         outcome = str(decided[0])
-        deferred = any(op[0] == KV for ops in plan.values() for _, op in ops)
+        deferred = self.deferred(plan)
         if outcome == COMMITTED and not deferred and not all(
                 vote is not None and vote[0] == PREPARED for vote in votes):
             # Another driver of the same attempt (a client asking several nodes)
@@ -355,20 +356,33 @@ class TxnNode:
         elif outcome != COMMITTED:
             refusals = [str(v[1]) for v in votes if v is not None and v[0] != PREPARED]
             self.answer(request, ABORTED, refusals[0] if refusals else "lease")
-        # Every participant applies the outcome (on the coordinator's certified
-        # decision); then the coordinator may forget it (on their certified acks).
+        await self.finish(request, plan, participants, coordinator, outcome, decision_proof)
+
+    async def finish(self, request: TxnRequest, plan: Plan, participants: list[int],
+                     coordinator: int, outcome: str, decision_proof: Any) -> None:
+        """Every participant applies the decided ``outcome`` (on the coordinator's
+        certified decision); a committed key-value attempt's client is answered
+        now, with the commits' results (a participant that applied it before
+        answers the same results again, from its table); then the coordinator
+        may forget it (on their certified acks)."""
+        client, nonce = request.client, request.nonce
         finish = "commit" if outcome == COMMITTED else "abort"
         finished = await self.together(*(
             self.call_certified(group, finish, client, nonce, decision_proof)
             for group in participants))
         applied = [None if answer is None else answer[0] for answer in finished]
-        if outcome == COMMITTED and deferred:
+        if outcome == COMMITTED and self.deferred(plan):
             replies = self.replies(plan, participants, applied)
             self.answer(request, COMMITTED, "" if replies else "replies_lost", replies)
         acks = [answer[1] for answer in finished if answer is not None]
         if len(acks) == len(participants) and (
                 not self.certify or all(ack is not None for ack in acks)):
             await self.call(coordinator, "ack", client, nonce, participants, acks)
+
+    @staticmethod
+    def deferred(plan: Plan) -> bool:
+        """Whether the attempt's results come from its commits (key-value commands)."""
+        return any(op[0] == KV for ops in plan.values() for _, op in ops)
 
     async def begin(self, request: TxnRequest, signed: SignedTxnRequest | None = None
                     ) -> tuple[Plan, list[int], int] | None:
@@ -382,11 +396,24 @@ class TxnNode:
             return None
         participants = sorted(plan)
         coordinator = coordinator_of(request.client, request.nonce, tuple(participants))
-        begun = await self.call(coordinator, "begin", request.client, request.nonce,
-                                participants, *self.signed_proof(signed))
-        if begun is not None and begun[0] == COMMITTED and not any(
-                op[0] == KV for ops in plan.values() for _, op in ops):
-            self.answer_decided(request, plan)  # another driver of it was first
+        certified = await self.call_certified(coordinator, "begin", request.client,
+                                              request.nonce, participants,
+                                              *self.signed_proof(signed))
+        begun = None if certified is None else certified[0]
+        if begun is not None and begun[0] == COMMITTED:
+            assert certified is not None
+            # Another driver of it was first (a client asking several nodes: the f+1
+            # client, the gateway). A key-value attempt's replies come from the
+            # commits: finish it as that driver does, on the certified decision
+            # ``begin`` answered, and answer what it answered. (Until 2026-12-05
+            # this answered ``unknown``, and with fewer than f+1 drivers in time
+            # the gateway told a Redis client TRYAGAIN for a committed attempt.)
+            if self.deferred(plan) and (not self.certify or certified[1] is not None):
+                self.context.count("txn_finished_decided")
+                await self.finish(request, plan, participants, coordinator, COMMITTED,
+                                  certified[1])
+            else:
+                self.answer_decided(request, plan)
             return None
         if begun is None or begun[0] != PENDING:
             self.answer(request, *self.not_begun(begun))
@@ -395,8 +422,9 @@ class TxnNode:
 
     def answer_decided(self, request: TxnRequest, plan: Plan) -> None:
         """Answer an attempt the coordinator decided committed while this driver
-        holds none of its reads: ``committed`` if it reads nothing, else ``unknown``."""
-        if any(op[0] == READ for ops in plan.values() for _, op in ops):
+        holds none of its reads: ``committed`` if it reads nothing, else ``unknown``
+        (a key-value attempt too, if the decision's certificate did not come)."""
+        if self.deferred(plan) or any(op[0] == READ for ops in plan.values() for _, op in ops):
             self.answer(request, UNKNOWN, "already_decided")
         else:
             self.answer(request, COMMITTED, "",
@@ -470,7 +498,7 @@ class TxnNode:
             # Begun here before and forgotten since: decided long ago, but which
             # way is no longer known here (another driver of it may have answered).
             return UNKNOWN, REPLAYED
-        return ABORTED, str(begun[-1])
+        return ABORTED, str(unclaimed(begun)[-1])
 
     @staticmethod
     def reads(plan: Plan, participants: list[int],

@@ -541,11 +541,16 @@ class TxnStore:
                  signed: Any = None) -> list[Any]:
         """Record the attempt as pending (with its client's signed request, in a
         group that checks them; one begun here before and forgotten since is
-        refused ``replayed``)."""
+        refused ``replayed``); one decided already answers its certified decision."""
         txn = (_int(client), _int(nonce))
         record = self.coordinated.get(txn)
+        if record is not None and record.decision is not None:
+            # Another driver of the attempt was first and it is decided: the same
+            # certified decision ``decide`` answers, so this driver can finish it
+            # (a key-value attempt's replies come from the participants' commits).
+            return [record.decision, (CLAIM, DECISION, *txn, record.decision)]
         if record is not None:
-            return [record.decision or PENDING]
+            return [PENDING]
         groups = tuple(sorted({_int(group) for group in participants}))
         if not groups:
             raise ValueError("a transaction has at least one participant")
