@@ -73,6 +73,7 @@ from replicaio.services.kv.state_machine import (
     KvParams,
 )
 from replicaio.services.txn.kv_store import KvTxnStore
+from replicaio.services.txn.outcomes import GatewayRule
 from replicaio.services.txn.protocol import TxnFactory, TxnNode, TxnParams
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import StoreParams, TxnStore
@@ -131,6 +132,10 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "remember": "transactional clusters: StoreParams.finished_max and coordinated_max, the "
     "outcomes and coordinator records a group remembers (small values make groups forget "
     "attempts within a run: what the nonce windows of BFT groups must still refuse)",
+    "gateway": "transactional clusters over BFT groups: 1 makes the simulator's clients "
+    "what `replicaio kv gateway` is (every attempt signed, to every node, f+1 matching "
+    "outcomes, the undecided nodes asked the same attempt again; the nodes' answers taken "
+    "at face value)",
     "windows": "transactional clusters over BFT groups: StoreParams.nonce_clients_max, the "
     "clients whose nonce windows a group keeps (LRU beyond: small values make swarms evict)",
     "memory": "KvParams.bytes_max in MiB: what the key-value store holds (Redis's maxmemory; "
@@ -716,6 +721,8 @@ class TransactionalSpec:
     ordering: str = "raft"
     checkers: Callable[[ClusterConfig], list[Any]] = raft_checkers
     ordering_type: type[Any] | None = None
+    # The simulator's clients are gateways with this rule (else with ``gateway=1``).
+    gateway: GatewayRule | None = None
 
 
 def build_transactional(spec: TransactionalSpec, name: str,
@@ -811,6 +818,7 @@ TRANSACTIONAL.update(
     (name, TransactionalSpec(
         name, f"BROKEN on purpose: {variant.summary}", variant.node_type, variant.store_type,
         broken=True, ordering=variant.ordering, ordering_type=variant.ordering_type,
+        gateway=variant.gateway,
         checkers=raft_checkers if variant.ordering == "raft" else pbft_checkers))
     for name, variant in TXN_VARIANTS.items()
 )

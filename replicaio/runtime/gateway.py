@@ -44,7 +44,10 @@ accepted on f+1 matching replies, as above. A transaction across groups
 attempt the gateway signs with the front session's key
 (``SignedTxnRequest``) and sends with ``REPLICAIO.TXN`` to **every** node;
 each node drives it, and the outcome counts once f+1 nodes gave the same
-(``txn_client.match_outcome``, what ``TxnClient(replies=f+1)`` does): a
+definite one (``services.txn.outcomes``, the rule of ``TxnClient(replies=f+1)``;
+the nodes that answered nothing definite are asked the same signed attempt
+again before the outcome is called unknown, which the front answers
+``-UNKNOWN``, never ``-TRYAGAIN``): a
 Byzantine node can neither alter the attempt (every group checks its part
 against the signature, ADR 0029) nor make the client believe an outcome no
 correct node reached.
@@ -78,7 +81,8 @@ from replicaio.runtime.counters import Counters
 from replicaio.runtime.kv.relay import UNGROUPED
 from replicaio.runtime.kv.service import RespService
 from replicaio.runtime.smr_client import SmrClient
-from replicaio.runtime.txn_client import match_outcome, sign_attempt
+from replicaio.runtime.txn_client import sign_attempt
+from replicaio.services.txn.outcomes import OutcomeVotes
 from replicaio.services.txn.protocol import TxnRequest, TxnResult
 from replicaio.services.txn.slots import SlotMap
 from replicaio.smr.api import ClientRequest, Rejected, Reply
@@ -245,38 +249,51 @@ class GatewayHost:
     async def transact(self, local: TxnRequest) -> None:
         """A front's attempt across groups: signed under the front session's key
         (its attempts numbered 1, 2, 3...), sent with ``REPLICAIO.TXN`` to every
-        node (each drives it), decided once f+1 nodes gave the same outcome
-        (``match_outcome``); ``unknown`` when every node answered without a match,
-        or none in time (the front says ``TRYAGAIN``: it may have committed)."""
+        node (each drives it), decided once f+1 nodes gave the same definite
+        outcome (``services.txn.outcomes``). Once every node answered without a
+        match, the same signed attempt is asked again of the nodes that answered
+        nothing definite (``OutcomeVotes.reask``: at most ``REASKS_MAX`` times,
+        within the front's timeout); only then ``unknown`` (the front says
+        ``-UNKNOWN``, never ``TRYAGAIN``: it may have committed)."""
         session = self.session(local.client, ATTEMPTS)
         signer = session.signer
         request = TxnRequest(signer.client, session.number(local.nonce), local.ops)
         argv = (b"REPLICAIO.TXN", self.codec.encode(sign_attempt(self.codec, request, signer)))
-        timeout_s = self.service.params.request_timeout_ms / 1000
+        params = self.service.params
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + params.request_timeout_ms / 1000
         self.counters.count("gateway_attempts")
 
         async def ask(node: int) -> tuple[int, bytes | None]:
-            return node, await self.smr.pools[node].command(argv, timeout_s)
+            return node, await self.smr.pools[node].command(
+                argv, max(0.0, deadline - loop.time()))
 
-        answers: dict[int, TxnResult] = {}
+        votes = OutcomeVotes(request.client, request.nonce, self.txn_replies, range(self.n))
         outcome: TxnResult | None = None
         pending = {asyncio.ensure_future(ask(node)) for node in range(self.n)}
         try:
-            while pending and outcome is None:
+            while outcome is None:
+                if not pending:
+                    again = votes.reask() if loop.time() < deadline else []
+                    if not again:
+                        break
+                    # Undecided answers (drivers that gave up, or found it decided
+                    # without its results): the same signed attempt again, a little later.
+                    self.counters.count("gateway_attempt_reasks")
+                    await asyncio.sleep(min(params.retry_backoff_ms / 1000,
+                                            max(0.0, deadline - loop.time())))
+                    pending = {asyncio.ensure_future(ask(node)) for node in again}
+                    continue
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for finished in done:
                     node, answer = finished.result()
-                    result = self.txn_answer(answer, request)
-                    if result is not None:
-                        answers.setdefault(node, result)
-                outcome = match_outcome(list(answers.values()), self.txn_replies, not pending,
-                                        request.client, request.nonce)
+                    votes.heard(node, self.txn_answer(answer, request))
+                outcome = votes.matched()
         finally:
             for task in pending:
                 task.cancel()
         if outcome is None:
-            outcome = TxnResult(request.client, request.nonce, "unknown",
-                                "no answers in time", b"")
+            outcome = votes.unknown()
         self.counters.count(f"gateway_attempts_{outcome.outcome}")
         self.service.on_outputs([TxnResult(local.client, local.nonce, outcome.outcome,
                                            outcome.reason, outcome.reads)])

@@ -57,6 +57,7 @@ from replicaio.core.errors import UsageError
 from replicaio.core.stream import GroupOutput
 from replicaio.runtime.config import Address
 from replicaio.runtime.framing import LENGTH, LENGTH_BYTES, frame_header
+from replicaio.services.txn.outcomes import match_outcome
 from replicaio.services.txn.protocol import (
     LockReport,
     SignedTxnRequest,
@@ -74,10 +75,6 @@ from replicaio.smr.auth import (
 
 OPS_MAX: Final = 64
 FRAME_BYTES_MAX: Final = 1 << 24
-# An abort a node may answer without any decision of the attempt (its drivers
-# are all busy, or the coordinator's table is full): another node may still
-# commit it, so it never counts towards ``replies`` matching aborts.
-UNDECIDED_ABORTS: Final = frozenset({"busy"})
 
 
 def sign_attempt(codec: Codec, request: TxnRequest, signer: ClientSigner) -> SignedTxnRequest:
@@ -91,31 +88,6 @@ def sign_attempt(codec: Codec, request: TxnRequest, signer: ClientSigner) -> Sig
     if isinstance(signer, KeyedClientSigner):
         return SignedTxnRequest(request, b"", hmac.digest(signer.key, data, hashlib.sha256))
     raise UsageError(f"attempts are signed with {ED25519} or {KEYED} client keys")
-
-
-def match_outcome(answers: list[TxnResult], replies: int, complete: bool, client: int,
-                  nonce: int) -> TxnResult | None:
-    """The outcome ``replies`` nodes' ``answers`` (one per node) agree on:
-    ``committed`` with the same reads, or ``aborted`` for any reason but an
-    undecided one (``UNDECIDED_ABORTS``); once the answers are ``complete``
-    (every node asked answered) without such a match, ``unknown``; else ``None``
-    (wait). The f+1 client's rule, the gateway's too (``runtime.gateway``)."""
-    if replies == 1:
-        return answers[0] if answers else None
-    same = Counter((answer.outcome, answer.reads if answer.outcome == "committed" else b"")
-                   for answer in answers
-                   if answer.outcome == "committed" or (
-                       answer.outcome == "aborted"
-                       and answer.reason not in UNDECIDED_ABORTS))
-    for (outcome, reads), count in same.items():
-        if count >= replies:
-            reasons = Counter(a.reason for a in answers if a.outcome == outcome)
-            return TxnResult(client, nonce, outcome, reasons.most_common(1)[0][0], reads)
-    if complete and answers:
-        seen = ", ".join(f"{a.outcome} {a.reason}".strip() for a in answers)
-        return TxnResult(client, nonce, "unknown",
-                         f"no {replies} matching answers: {seen}"[:200], b"")
-    return None
 
 
 @dataclass(slots=True)

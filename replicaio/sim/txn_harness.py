@@ -21,6 +21,18 @@ replica of each group; ``replicaio.services.txn``) with closed-loop clients:
   (``txn_kv_ops``), with ``WATCH``: a list-append attempt also reads the
   versions of the keys it reads, and a third of a client's attempts check
   a version it read before (aborted ``version`` if the key changed since).
+* **Gateway clients** (``txn-kv-pbft:gateway=1``, or a variant's rule): a
+  client is what ``replicaio kv gateway`` is, with the same rule
+  (``services.txn.outcomes``): its signed attempt goes to every node (after
+  the heal, every correct one), every node's answer is taken at face value
+  (a Byzantine driver's too), an outcome needs f+1 matching definite
+  answers, and once every node asked answered (or ``attempt_timeout_us``
+  passed) without one, the nodes without a definite answer are asked the
+  same signed attempt again (``GatewayRule.reasks`` times); then ``unknown``
+  (``info``). With ``unknown_retried`` (the variant
+  ``txn-kv-pbft-gateway-tryagain``) an unknown outcome is TRYAGAIN and the
+  client sends the same operations again as a new attempt, as a Redis
+  client does.
 * **Nemesis.** With the crash fault, about every ``nemesis_every_us`` during
   the safety phase the harness picks a transaction in flight and crashes
   the node that leads its *coordinator group* (learnt from the groups'
@@ -61,6 +73,7 @@ from replicaio.core.config import ClusterConfig
 from replicaio.core.errors import UsageError
 from replicaio.core.stream import GroupOutput
 from replicaio.services.txn.kv_store import KvTxnStore
+from replicaio.services.txn.outcomes import GatewayRule, OutcomeVotes
 from replicaio.services.txn.protocol import LockReport, SignedTxnRequest, TxnRequest, TxnResult
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import CHECK, request_bytes
@@ -139,13 +152,20 @@ class Client:
     version_reads: list[bytes] = field(default_factory=list)
     watching: bool = False
     versions: dict[bytes, int] = field(default_factory=dict)
+    # Gateway clients: the attempt's encoded ops, its signed payload, its answers.
+    sent_ops: bytes = b""
+    payload: bytes = b""
+    votes: OutcomeVotes | None = None
 
 
 class TxnHarness:
     """See the module docstring."""
 
-    def __init__(self, config: ClusterConfig, groups: int, spec: TransactionalSpec) -> None:
+    def __init__(self, config: ClusterConfig, groups: int, spec: TransactionalSpec,
+                 gateway: GatewayRule | None = None) -> None:
         self.config = config
+        # Gateway clients (see the module docstring): their rule, else ``None``.
+        self.gateway = gateway
         self.slots = SlotMap.even(groups)
         self.checkers = [spec.checkers(config) for _ in range(groups)]
         # Replicas of a group that must end with nothing held: all of them for a
@@ -271,11 +291,86 @@ class TxnHarness:
         if self.key_value:
             watch = self.watch_ops(client, ops) if handle is not None else []
             ops = [to_kv(kind, key, value, self.reads) for kind, key, value in ops] + watch
-        request = TxnRequest(client.client_id, client.nonce, self.codec.encode_value(ops))
+        encoded = self.codec.encode_value(ops)
+        if self.gateway is not None:
+            self.send_to_all(client, encoded)
+            return
+        request = TxnRequest(client.client_id, client.nonce, encoded)
         self.api.request(client.node, self.codec.encode(
             self.signed(request) if self.signs else request))
         self.api.call_at(self.api.now() + self.workload.attempt_timeout_us,
                          lambda: self.on_timeout(client, token))
+
+    # -- gateway clients ----------------------------------------------------------
+
+    def send_to_all(self, client: Client, ops: bytes) -> None:
+        """A gateway's attempt: signed, to every node (every correct one after the
+        heal, as a client gives up on a node that never answers)."""
+        assert self.api is not None and self.gateway is not None
+        client.sent_ops = ops
+        request = TxnRequest(client.client_id, client.nonce, ops)
+        client.payload = self.codec.encode(self.signed(request))
+        nodes = self.correct if self.healed else range(self.config.n)
+        client.votes = OutcomeVotes(client.client_id, client.nonce, self.config.f + 1, nodes,
+                                    self.gateway.reasks)
+        self.ask(client, client.votes.asked)
+
+    def ask(self, client: Client, nodes: list[int]) -> None:
+        assert self.api is not None
+        client.timeout_token += 1
+        token = client.timeout_token
+        for node in nodes:
+            self.api.request(node, client.payload)
+        self.api.call_at(self.api.now() + self.workload.attempt_timeout_us,
+                         lambda: self.on_round_timeout(client, token))
+
+    def on_round_timeout(self, client: Client, token: int) -> None:
+        """No match in time: the silent nodes count as answering nothing."""
+        if token != client.timeout_token or client.votes is None:
+            return
+        for node in client.votes.silent():
+            client.votes.heard(node, None)
+        self.settle(client)
+
+    def on_gateway_answer(self, node: int, result: TxnResult) -> None:
+        client = self.by_id.get(result.client)
+        if client is None or result.nonce != client.nonce or client.votes is None:
+            return  # an earlier attempt's late answer
+        client.votes.heard(node, result)
+        self.settle(client)
+
+    def settle(self, client: Client) -> None:
+        """The outcome once f+1 match; else, once every node asked answered, the
+        undecided asked again, or (no re-ask left) unknown."""
+        assert self.api is not None and self.gateway is not None
+        votes = client.votes
+        assert votes is not None
+        outcome = votes.matched()
+        if outcome is None and not votes.complete():
+            return
+        if outcome is None:
+            again = votes.reask()
+            if again:
+                self.count("gateway_reasks")
+                client.timeout_token += 1
+                token = client.timeout_token
+                delay = self.rng.randrange(1, self.workload.think_us_max + 1)
+                self.api.call_at(self.api.now() + delay,
+                                 lambda: self.reask(client, token, again))
+                return
+            outcome = votes.unknown()
+            if self.gateway.unknown_retried:
+                # TRYAGAIN: the Redis client sends the same commands again, anew.
+                self.count("gateway_tryagain")
+                client.nonce += 1
+                self.send_to_all(client, client.sent_ops)
+                return
+        client.votes = None
+        self.on_result(outcome)
+
+    def reask(self, client: Client, token: int, nodes: list[int]) -> None:
+        if token == client.timeout_token and client.votes is not None:
+            self.ask(client, nodes)
 
     def signed(self, request: TxnRequest) -> SignedTxnRequest:
         """``request`` with its client's signature (``keyed``: a keyed hash)."""
@@ -401,6 +496,10 @@ class TxnHarness:
 
     def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]:
         if type(output) is TxnResult:
+            if self.gateway is not None:
+                # A gateway cannot tell who is Byzantine: f+1 matching answers.
+                self.on_gateway_answer(node, output)
+                return []
             if node in self.config.byzantine:
                 # A Byzantine driver's word proves nothing: the client learns no
                 # outcome from it (info), as a client trusting one node would not.
@@ -524,4 +623,7 @@ def txn_harness_for(protocol: str, config: ClusterConfig) -> TxnHarness | None:
     spec, parameters = found
     from replicaio.assembly import TXN_GROUPS_DEFAULT
 
-    return TxnHarness(config, parameters.get("groups", TXN_GROUPS_DEFAULT), spec)
+    gateway = spec.gateway or (GatewayRule() if parameters.get("gateway") else None)
+    if gateway is not None and spec.ordering == "raft":
+        raise UsageError("gateway clients need BFT groups (their attempts are signed)")
+    return TxnHarness(config, parameters.get("groups", TXN_GROUPS_DEFAULT), spec, gateway)

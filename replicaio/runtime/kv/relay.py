@@ -22,7 +22,7 @@ live in another group is refused (``..._wrong_group``). ``REPLICAIO.TXN <payload
 takes a client-signed transaction attempt across groups (a codec-encoded
 ``SignedTxnRequest``), has this node drive it, and answers with the
 ``TxnResult`` this node's driver reached (the gateway needs f+1 nodes to
-agree: ``replicaio.runtime.txn_client.match_outcome``).
+agree: ``replicaio.services.txn.outcomes``).
 
 Bounds: one outstanding submit per connection (the RESP front answers a
 connection's commands in order), so at most ``client_connections_max`` at once;

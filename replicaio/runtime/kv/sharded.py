@@ -151,11 +151,19 @@ async def transact(service: RespService, connection: Connection, ops: list[list[
         if result.outcome != ABORTED or result.reason not in RETRY_REASONS:
             if result.outcome == ABORTED:
                 return RespError(f"ERR transaction aborted: {result.reason}; nothing applied")
-            return RespError("TRYAGAIN transaction outcome unknown (it may have committed)")
+            # Not TRYAGAIN: a Redis client takes that as "nothing happened" and
+            # sends the transaction again as a new one (twice applied if it committed).
+            return unknown_outcome(connection.write_client, connection.nonce)
         service.count("kv_transactions_retried")
         if loop.time() >= deadline:
             return RespError("TRYAGAIN transaction kept meeting locked keys; nothing applied")
         await asyncio.sleep(service.params.retry_backoff_ms / 1000 * (0.5 + random.random()))
+
+
+def unknown_outcome(client: int, nonce: int, why: str = "it may have committed") -> RespError:
+    """The error of an attempt whose outcome is unknown: ``-UNKNOWN``, never
+    ``TRYAGAIN`` (which tells a Redis client that nothing happened)."""
+    return RespError(f"UNKNOWN outcome of transaction {client}:{nonce} unknown ({why})")
 
 
 async def attempt(service: RespService, client: int, nonce: int, ops: bytes,
@@ -181,8 +189,7 @@ async def attempt(service: RespService, client: int, nonce: int, ops: bytes,
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             service.count("kv_no_quorum")
-            return RespError("TRYAGAIN no outcome for a transaction across groups in time "
-                             "(it may still commit)")
+            return unknown_outcome(client, nonce, "no outcome in time; it may still commit")
     finally:
         service.transactions.pop(client, None)
 

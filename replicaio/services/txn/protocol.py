@@ -408,17 +408,26 @@ class TxnNode:
             # ``begin`` answered, and answer what it answered. (Until 2026-12-05
             # this answered ``unknown``, and with fewer than f+1 drivers in time
             # the gateway told a Redis client TRYAGAIN for a committed attempt.)
-            if self.deferred(plan) and (not self.certify or certified[1] is not None):
-                self.context.count("txn_finished_decided")
-                await self.finish(request, plan, participants, coordinator, COMMITTED,
-                                  certified[1])
-            else:
-                self.answer_decided(request, plan)
+            await self.finish_decided(request, plan, participants, coordinator, certified[1])
             return None
         if begun is None or begun[0] != PENDING:
             self.answer(request, *self.not_begun(begun))
             return None
         return plan, participants, coordinator
+
+    async def finish_decided(self, request: TxnRequest, plan: Plan, participants: list[int],
+                             coordinator: int, decision_proof: Any) -> None:
+        """An attempt ``begin`` found decided committed by another driver: a
+        key-value attempt is finished as that driver finishes it, on the certified
+        decision, and answered with the commits' results (the participants keep
+        the latest commits' results: the same ones); otherwise
+        :meth:`answer_decided`."""
+        if self.deferred(plan) and (not self.certify or decision_proof is not None):
+            self.context.count("txn_finished_decided")
+            await self.finish(request, plan, participants, coordinator, COMMITTED,
+                              decision_proof)
+        else:
+            self.answer_decided(request, plan)
 
     def answer_decided(self, request: TxnRequest, plan: Plan) -> None:
         """Answer an attempt the coordinator decided committed while this driver

@@ -34,6 +34,15 @@ tables forgot an attempt (``finished_max``, ``coordinated_max``; run with
 node that kept the client's signed request drives it again
 (``txn_replaying_driver``) and it executes a second time: an element appended
 twice (``duplicate-elements``).
+
+``txn-kv-pbft-gateway-tryagain``: the sharded Redis store over PBFT groups,
+its simulated clients the gateway (``sim.txn_harness``: every attempt to every
+node, f+1 matching outcomes) as it was before 2026-12-05: a late driver whose
+``begin`` finds the attempt committed answers ``unknown already_decided`` (its
+results come from the commits it did not see), the gateway asks nobody again
+and answers ``TRYAGAIN``, and the Redis client sends the same commands again
+as a new attempt: a committed attempt applies twice (an element appended
+twice, ``duplicate-elements``).
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from replicaio.services.txn.kv_store import KvTxnStore
+from replicaio.services.txn.outcomes import GatewayRule
 from replicaio.services.txn.protocol import Plan, SignedTxnRequest, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import PREPARED, TxnStore
 from replicaio.testing.variants.minbft import MinbftGroupUnbound
@@ -100,6 +111,15 @@ class ReplayableNode(TxnNode):
         return False
 
 
+class LateUnknownNode(TxnNode):
+    """A driver that finds its attempt committed by another answers ``unknown``
+    (without the results of a key-value attempt's commits)."""
+
+    async def finish_decided(self, request: TxnRequest, plan: Plan, participants: list[int],
+                             coordinator: int, decision_proof: Any) -> None:
+        self.answer_decided(request, plan)
+
+
 @dataclass(frozen=True, slots=True)
 class TxnVariant:
     summary: str
@@ -109,6 +129,8 @@ class TxnVariant:
     # The ordering's class when a variant breaks the groups' ordering itself
     # (``None``: the ordering's own).
     ordering_type: type[Any] | None = None
+    # The simulator's clients are gateways with this rule (``None``: as asked).
+    gateway: GatewayRule | None = None
 
 
 TXN_VARIANTS: dict[str, TxnVariant] = {
@@ -134,4 +156,9 @@ TXN_VARIANTS: dict[str, TxnVariant] = {
         "MinBFT groups whose USIGs name no group: a UI one group's USIG gave on a node "
         "verifies in every group of that node (tests/test_txn_minbft.py)",
         ordering="minbft", ordering_type=MinbftGroupUnbound),
+    "txn-kv-pbft-gateway-tryagain": TxnVariant(
+        "the gateway before 2026-12-05 over txn-kv-pbft: a late driver of a committed "
+        "attempt answers unknown, the gateway TRYAGAIN, the Redis client sends it again as a "
+        "new attempt (applied twice)", node_type=LateUnknownNode, store_type=KvTxnStore,
+        ordering="pbft", gateway=GatewayRule(reasks=0, unknown_retried=True)),
 }
