@@ -96,7 +96,7 @@ PYSYNCOBJ_NODE = BENCH_DIR / "kv_pysyncobj_node.py"
 LOOPBACK = "127.0.0.1"
 SYSTEMS = ("replicaio", "replicaio-pbft", "replicaio-pbft-gateway", "replicaio-minbft",
            "pysyncobj", "etcd", "redis", "replicaio-pbft-groups",
-           "replicaio-pbft-groups-gateway")
+           "replicaio-pbft-groups-gateway", "replicaio-pbft-groups-gateway-wave")
 SHARDED_GROUPS = 3  # the replicaio-pbft-groups systems: txn-kv-pbft:groups=3
 OP_TIMEOUT_S = 5.0  # one request; beyond it the client counts a timeout (and retries)
 
@@ -811,6 +811,7 @@ class PbftGatewaySystem(PbftSystem):
     -> the replicas. The gateway's CPU is counted with the servers'."""
 
     name = "replicaio-pbft-gateway"
+    gateway_args: tuple[str, ...] = ()
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, "replicaio-pbft-gateway")
@@ -821,7 +822,8 @@ class PbftGatewaySystem(PbftSystem):
         super().start()
         self.gateway_port = free_ports(1)[0]
         command = [sys.executable, "-m", "replicaio.cli", "kv", "gateway", "--cluster",
-                   str(self.cluster.config_path), "--port", str(self.gateway_port)]
+                   str(self.cluster.config_path), "--port", str(self.gateway_port),
+                   *self.gateway_args]
         self.gateway = PROCESSES.start(command, self.cluster.directory / "gateway.log",
                                        stdin=subprocess.DEVNULL)
 
@@ -877,6 +879,19 @@ class PbftGroupsGatewaySystem(PbftGatewaySystem):
         super().__init__(settings)
         self.name = "replicaio-pbft-groups-gateway"
         self.protocol_params = {"groups": SHARDED_GROUPS}
+
+
+class PbftGroupsGatewayWaveSystem(PbftGroupsGatewaySystem):
+    """The same, the gateway sending each attempt across groups to f+1 nodes first
+    (the others once those cannot settle it, or after 500 ms:
+    ``--txn-first-wave-ms 500``)."""
+
+    name = "replicaio-pbft-groups-gateway-wave"
+    gateway_args = ("--txn-first-wave-ms", "500")
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.name = "replicaio-pbft-groups-gateway-wave"
 
 
 class MinbftSystem(PbftSystem):
@@ -1610,6 +1625,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan.append((PbftGroupsSystem(settings), args.clients, workloads))
         elif name == "replicaio-pbft-groups-gateway":
             plan.append((PbftGroupsGatewaySystem(settings),
+                         [int(c) for c in args.gateway_clients.split(",") if c], workloads))
+        elif name == "replicaio-pbft-groups-gateway-wave":
+            plan.append((PbftGroupsGatewayWaveSystem(settings),
                          [int(c) for c in args.gateway_clients.split(",") if c], workloads))
         elif name == "pysyncobj":
             plan.append((PySyncObjSystem(settings, journal=True), args.clients, workloads))

@@ -135,7 +135,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "gateway": "transactional clusters over BFT groups: 1 makes the simulator's clients "
     "what `replicaio kv gateway` is (every attempt signed, to every node, f+1 matching "
     "outcomes, the undecided nodes asked the same attempt again; the nodes' answers taken "
-    "at face value)",
+    "at face value); 2: the same, each attempt to f+1 nodes first and to the others once "
+    "those cannot settle it or do not in time",
     "windows": "transactional clusters over BFT groups: StoreParams.nonce_clients_max, the "
     "clients whose nonce windows a group keeps (LRU beyond: small values make swarms evict)",
     "memory": "KvParams.bytes_max in MiB: what the key-value store holds (Redis's maxmemory; "

@@ -146,7 +146,8 @@ class GatewayHost:
     """What the Redis front needs of a host (``ServiceHost``), over the replicas."""
 
     def __init__(
-        self, cluster: ClusterFile, service: RespService, *, fast_reads: bool = False
+        self, cluster: ClusterFile, service: RespService, *, fast_reads: bool = False,
+        first_wave_ms: int = 0,
     ) -> None:
         self.cluster = cluster
         self.service = service
@@ -168,6 +169,9 @@ class GatewayHost:
         self.node_id = 0
         # An attempt across groups is decided by f+1 nodes' matching outcomes.
         self.txn_replies = cluster.cluster_config().f + 1
+        # > 0: an attempt goes to f+1 nodes first, to the others once those cannot
+        # settle it or after this long (``OutcomeVotes.widen``); 0: to all at once.
+        self.first_wave_s = first_wave_ms / 1000
 
     def session(self, local: int, group: int = UNGROUPED) -> Session:
         """The session (signer, hence cluster-wide client id, and numbers) of the
@@ -268,11 +272,19 @@ class GatewayHost:
             return node, await self.smr.pools[node].command(
                 argv, max(0.0, deadline - loop.time()))
 
-        votes = OutcomeVotes(request.client, request.nonce, self.txn_replies, range(self.n))
+        votes = OutcomeVotes(request.client, request.nonce, self.txn_replies, range(self.n),
+                             first=self.txn_replies if self.first_wave_s else None)
         outcome: TxnResult | None = None
-        pending = {asyncio.ensure_future(ask(node)) for node in range(self.n)}
+        pending = {asyncio.ensure_future(ask(node)) for node in votes.asked}
+        widen_at = loop.time() + self.first_wave_s
         try:
             while outcome is None:
+                if len(votes.asked) < self.n and (
+                        votes.short() or votes.complete() or loop.time() >= widen_at):
+                    # The first wave cannot settle it, or did not in time (a faulty
+                    # node among them may lie or stay silent): ask the others.
+                    self.counters.count("gateway_attempts_widened")
+                    pending |= {asyncio.ensure_future(ask(node)) for node in votes.widen()}
                 if not pending:
                     again = votes.reask() if loop.time() < deadline else []
                     if not again:
@@ -284,7 +296,10 @@ class GatewayHost:
                                             max(0.0, deadline - loop.time())))
                     pending = {asyncio.ensure_future(ask(node)) for node in again}
                     continue
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                wait_s = (max(0.0, widen_at - loop.time()) if len(votes.asked) < self.n
+                          else None)
+                done, pending = await asyncio.wait(pending, timeout=wait_s,
+                                                   return_when=asyncio.FIRST_COMPLETED)
                 for finished in done:
                     node, answer = finished.result()
                     votes.heard(node, self.txn_answer(answer, request))
@@ -390,11 +405,11 @@ class GatewayHost:
 
 async def serve_gateway(
     cluster: ClusterFile, address: Address, ready: asyncio.Event | None = None,
-    *, fast_reads: bool = False,
+    *, fast_reads: bool = False, first_wave_ms: int = 0,
 ) -> None:
     """Run the gateway on ``address`` until cancelled."""
     service = RespService()
-    host = GatewayHost(cluster, service, fast_reads=fast_reads)
+    host = GatewayHost(cluster, service, fast_reads=fast_reads, first_wave_ms=first_wave_ms)
     await service.start(host, address, HostParams())
     logger.info("gateway listening on %s:%s for %d replicas (%d matching replies%s%s)",
                 address.host, service.port, host.n, host.quorum,

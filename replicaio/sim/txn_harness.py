@@ -311,22 +311,33 @@ class TxnHarness:
         request = TxnRequest(client.client_id, client.nonce, ops)
         client.payload = self.codec.encode(self.signed(request))
         nodes = self.correct if self.healed else range(self.config.n)
+        first = self.config.f + 1 if self.gateway.first_wave else None
         client.votes = OutcomeVotes(client.client_id, client.nonce, self.config.f + 1, nodes,
-                                    self.gateway.reasks)
+                                    self.gateway.reasks, first)
         self.ask(client, client.votes.asked)
 
     def ask(self, client: Client, nodes: list[int]) -> None:
-        assert self.api is not None
+        assert self.api is not None and client.votes is not None
         client.timeout_token += 1
         token = client.timeout_token
         for node in nodes:
             self.api.request(node, client.payload)
-        self.api.call_at(self.api.now() + self.workload.attempt_timeout_us,
+        # The first wave (f+1 nodes) gets a third of the time before the others are asked.
+        wait_us = self.workload.attempt_timeout_us
+        if len(client.votes.asked) < len(client.votes.nodes):
+            wait_us //= 3
+        self.api.call_at(self.api.now() + wait_us,
                          lambda: self.on_round_timeout(client, token))
 
     def on_round_timeout(self, client: Client, token: int) -> None:
-        """No match in time: the silent nodes count as answering nothing."""
+        """No match in time: the nodes not asked yet are asked; else the silent
+        ones count as answering nothing."""
         if token != client.timeout_token or client.votes is None:
+            return
+        wider = client.votes.widen()
+        if wider:
+            self.count("gateway_widened")
+            self.ask(client, wider)
             return
         for node in client.votes.silent():
             client.votes.heard(node, None)
@@ -346,6 +357,12 @@ class TxnHarness:
         votes = client.votes
         assert votes is not None
         outcome = votes.matched()
+        if outcome is None and (votes.short() or votes.complete()):
+            wider = votes.widen()  # the first wave cannot settle it: ask the others
+            if wider:
+                self.count("gateway_widened")
+                self.ask(client, wider)
+                return
         if outcome is None and not votes.complete():
             return
         if outcome is None:
@@ -623,7 +640,9 @@ def txn_harness_for(protocol: str, config: ClusterConfig) -> TxnHarness | None:
     spec, parameters = found
     from replicaio.assembly import TXN_GROUPS_DEFAULT
 
-    gateway = spec.gateway or (GatewayRule() if parameters.get("gateway") else None)
+    gateway = spec.gateway or (
+        GatewayRule(first_wave=parameters["gateway"] == 2) if parameters.get("gateway")
+        else None)
     if gateway is not None and spec.ordering == "raft":
         raise UsageError("gateway clients need BFT groups (their attempts are signed)")
     return TxnHarness(config, parameters.get("groups", TXN_GROUPS_DEFAULT), spec, gateway)

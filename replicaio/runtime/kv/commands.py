@@ -128,6 +128,12 @@ def add_kv_commands(commands: Any) -> None:
         help="the read-only optimisation: reads answered by 2f+1 matching replicas from "
         "their current state, else through the log; writes then need 2f+1 matching too",
     )
+    gateway.add_argument(
+        "--txn-first-wave-ms", type=int, default=0, metavar="MS",
+        help="sharded clusters: send a transaction across groups to f+1 nodes first, and "
+        "to the others only once those cannot settle it or after MS ms (0, the default: "
+        "to every node at once)",
+    )
     gateway.set_defaults(handler=command_kv_gateway)
     from replicaio.runtime.kv.usig_admission import add_admit_usig_command
 
@@ -145,9 +151,12 @@ def command_kv_gateway(args: argparse.Namespace) -> int:
     cluster = load_cluster_file(args.cluster)
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be in 0..65535")
+    if args.txn_first_wave_ms < 0:
+        raise UsageError("--txn-first-wave-ms must be >= 0")
     try:
         asyncio.run(serve_gateway(cluster, Address(args.host, args.port),
-                                  fast_reads=args.fast_reads))
+                                  fast_reads=args.fast_reads,
+                                  first_wave_ms=args.txn_first_wave_ms))
     except KeyboardInterrupt:
         return EXIT_OK
     except OSError as error:

@@ -77,12 +77,19 @@ class OutcomeVotes:
     the undecided ones again at most ``reasks`` times (see the module docstring)."""
 
     def __init__(self, client: int, nonce: int, replies: int, nodes: Iterable[int],
-                 reasks: int = REASKS_MAX) -> None:
+                 reasks: int = REASKS_MAX, first: int | None = None) -> None:
+        """``nodes``: those that may be asked; with ``first``, only that many of
+        them at first (from the attempt's nonce on, so attempts spread), the
+        others once those cannot settle it (:meth:`widen`)."""
         assert replies >= 1 and reasks >= 0
         self.client = client
         self.nonce = nonce
         self.replies = replies
-        self.asked = sorted(set(nodes))
+        self.nodes = sorted(set(nodes))
+        count = len(self.nodes) if first is None else max(replies, min(first, len(self.nodes)))
+        start = nonce % len(self.nodes) if self.nodes else 0
+        rotated = self.nodes[start:] + self.nodes[:start]
+        self.asked = sorted(rotated[:count])
         self.reasks_left = reasks
         self.answers: dict[int, TxnResult] = {}  # node -> its latest answer
 
@@ -111,6 +118,22 @@ class OutcomeVotes:
         if self.replies == 1:  # (match_outcome takes any first answer then)
             return definite_answers[0] if definite_answers else None
         return match_outcome(definite_answers, self.replies, False, self.client, self.nonce)
+
+    def short(self) -> bool:
+        """Whether the nodes asked can no longer give ``replies`` matching definite
+        answers (those silent so far included): time to :meth:`widen`."""
+        same = Counter((a.outcome, a.reads if a.outcome == COMMITTED else b"")
+                       for a in self.answers.values() if definite(a))
+        best = max(same.values(), default=0)
+        return best + len(self.silent()) < self.replies
+
+    def widen(self) -> list[int]:
+        """The nodes not asked yet, now asked (``[]``: every node was): when the
+        first ones cannot settle it (:meth:`short`) or do not in time (a
+        Byzantine node among them may lie, or stay silent)."""
+        wider = [node for node in self.nodes if node not in self.asked]
+        self.asked = list(self.nodes)
+        return wider
 
     def reask(self) -> list[int]:
         """Once every node asked answered without a match: the nodes to ask the same
@@ -144,7 +167,10 @@ class GatewayRule:
     clients) settles an attempt: the undecided nodes asked again ``reasks``
     times; an unknown outcome reported as such (``-UNKNOWN``), or, with
     ``unknown_retried`` (the rule before 2026-12-05, kept for the variant), as
-    ``TRYAGAIN``, which a Redis client sends again as a *new* attempt."""
+    ``TRYAGAIN``, which a Redis client sends again as a *new* attempt. With
+    ``first_wave``, an attempt goes to f+1 nodes first and to the others only
+    once those cannot settle it or do not in time (``OutcomeVotes.widen``)."""
 
     reasks: int = REASKS_MAX
     unknown_retried: bool = False
+    first_wave: bool = False
