@@ -26,28 +26,28 @@ from typing import TYPE_CHECKING
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
     Checkpoint,
-    CheckpointDisagreement,
     checkpoint_digest,
 )
 from replicaio.protocols.minbft.usig import UsigAttestation
+from replicaio.protocols.pbft.checkpoint import CheckpointVotes
 
 if TYPE_CHECKING:
     from replicaio.protocols.minbft.minbft import Minbft
 
 
-class Checkpoints:
-    """Section 4.3 over the shared state of a :class:`Minbft`."""
+class Checkpoints(CheckpointVotes[Checkpoint]):
+    """Section 4.3 over the shared state of a :class:`Minbft`: UI-certified
+    CHECKPOINTs, f+1 of them a certificate."""
+
+    name = "minbft"
 
     def __init__(self, minbft: Minbft) -> None:
+        super().__init__(minbft)
         self.minbft = minbft
-        self.snapshots: dict[int, tuple[bytes, bytes]] = {}  # own: seq -> (digest, snapshot)
         self.own: dict[int, Checkpoint] = {}  # own CHECKPOINTs above h
-        self.votes: dict[int, dict[int, Checkpoint]] = {}
-        self.far: dict[int, Checkpoint] = {}
-        self.reported: set[int] = set()
 
-    def votes_held(self) -> int:
-        return sum(len(votes) for votes in self.votes.values()) + len(self.far)
+    def verify_vote(self, vote: Checkpoint) -> bool:
+        return self.minbft.verify_ui(vote.replica, vote)
 
     # -- own checkpoints -------------------------------------------------------------------
 
@@ -87,93 +87,6 @@ class Checkpoints:
             self.minbft.reject("checkpoint_bad_ui")
             return
         self.on_checkpoint(checkpoint)
-
-    def record(self, checkpoint: Checkpoint) -> None:
-        minbft = self.minbft
-        seq = checkpoint.seq
-        if seq > minbft.high:
-            known = self.far.get(checkpoint.replica)
-            if known is None or known.seq < seq:
-                self.far[checkpoint.replica] = checkpoint
-            self.check_far()
-            return
-        votes = self.votes.setdefault(seq, {})
-        if checkpoint.replica in votes:
-            return
-        votes[checkpoint.replica] = checkpoint
-        self.check_certificate(seq)
-
-    def certificate(self, votes: list[Checkpoint]) -> tuple[Checkpoint, ...] | None:
-        """f+1 matching votes, lowest replicas first; or None."""
-        by_digest: dict[bytes, list[Checkpoint]] = {}
-        for vote in votes:
-            by_digest.setdefault(vote.digest, []).append(vote)
-        for digest in sorted(by_digest):
-            matching = sorted(by_digest[digest], key=lambda vote: vote.replica)
-            if len(matching) >= self.minbft.quorum:
-                return tuple(matching[: self.minbft.quorum])
-        return None
-
-    def check_certificate(self, seq: int) -> None:
-        votes = self.votes.get(seq)
-        if votes is None:
-            return
-        proof = self.certificate(list(votes.values()))
-        if proof is not None:
-            self.on_certificate(seq, proof[0].digest, proof)
-
-    def check_far(self) -> None:
-        by_seq: dict[int, list[Checkpoint]] = {}
-        for vote in self.far.values():
-            by_seq.setdefault(vote.seq, []).append(vote)
-        for seq in sorted(by_seq, reverse=True):
-            proof = self.certificate(by_seq[seq])
-            if proof is not None:
-                self.on_certificate(seq, proof[0].digest, proof)
-                return
-
-    def valid_certificate(self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...]) -> bool:
-        """f+1 distinct replicas' UI-certified matching CHECKPOINTs (the initial
-        state, number 0, needs none)."""
-        minbft = self.minbft
-        if seq == 0:
-            return digest == b"" and not proof
-        if seq < 0 or seq % minbft.params.checkpoint_interval != 0:
-            return False
-        signers: set[int] = set()
-        for vote in proof:
-            if vote.seq != seq or vote.digest != digest or vote.replica in signers:
-                return False
-            if not minbft.verify_ui(vote.replica, vote):
-                return False
-            signers.add(vote.replica)
-        return len(signers) >= minbft.quorum
-
-    def on_certificate(self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
-        minbft = self.minbft
-        if seq <= minbft.stable_seq:
-            return
-        own = self.snapshots.get(seq)
-        if own is not None:
-            if own[0] == digest:
-                self.make_stable(seq, digest, own[1], proof)
-            else:
-                self.report_disagreement(seq, own[0], digest)
-            return
-        if seq > minbft.executed:
-            minbft.transfer.fetch(seq, digest, proof)  # type: ignore[arg-type]
-        else:
-            minbft.count("minbft_checkpoint_without_snapshot")
-
-    def report_disagreement(self, seq: int, own: bytes, certified: bytes) -> None:
-        minbft = self.minbft
-        if seq in self.reported:
-            return
-        if len(self.reported) >= minbft.params.log_size:
-            self.reported.clear()
-        self.reported.add(seq)
-        minbft.count("minbft_checkpoint_disagreement")
-        minbft.context.output(CheckpointDisagreement(minbft.id, seq, own, certified))
 
     def make_stable(
         self, seq: int, digest: bytes, snapshot: bytes, proof: tuple[Checkpoint, ...]

@@ -26,8 +26,10 @@ per replica each), and for numbers beyond H only each replica's newest one
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from replicaio.core.context import Context
 from replicaio.protocols.pbft.messages import (
     Checkpoint,
     CheckpointDisagreement,
@@ -38,18 +40,190 @@ if TYPE_CHECKING:
     from replicaio.protocols.pbft.pbft import Pbft
 
 
-class Checkpoints:
-    """Section 4.3 over the shared state of a :class:`Pbft`."""
+class CheckpointVote(Protocol):
+    """What a CHECKPOINT says, whatever vouches for it (a signature, a UI)."""
 
-    def __init__(self, pbft: Pbft) -> None:
-        self.pbft = pbft
+    @property
+    def seq(self) -> int: ...
+    @property
+    def digest(self) -> bytes: ...
+    @property
+    def replica(self) -> int: ...
+
+
+class CheckpointParams(Protocol):
+    @property
+    def checkpoint_interval(self) -> int: ...
+    @property
+    def log_size(self) -> int: ...
+
+
+class StateFetcher(Protocol):
+    def fetch(self, seq: int, digest: bytes, proof: tuple[Any, ...]) -> None: ...
+
+
+class CheckpointHost(Protocol):
+    """The replica state the checkpoint votes read (PBFT's and MinBFT's)."""
+
+    id: int
+    context: Context
+    stable_seq: int
+    executed: int
+
+    @property
+    def params(self) -> CheckpointParams: ...
+    @property
+    def high(self) -> int: ...
+    @property
+    def quorum(self) -> int: ...
+    @property
+    def transfer(self) -> StateFetcher: ...
+    def count(self, counter: str, by: int = 1) -> None: ...
+
+
+V = TypeVar("V", bound=CheckpointVote)
+
+
+class CheckpointVotes(ABC, Generic[V]):
+    """The part of section 4.3 PBFT and MinBFT share: CHECKPOINT votes held in
+    the window (h, H] (one per replica and number, the first counts) and each
+    replica's newest beyond H (``far``); ``quorum`` matching votes are a
+    certificate; a certificate makes this replica's own checkpoint stable,
+    reports a disagreement with its own digest, or fetches the state it has not
+    reached. The protocol says what vouches for a vote (``verify_vote``), how a
+    checkpoint becomes stable (``make_stable``) and prefixes its counters
+    (``name``). Bounded: at most L/K numbers of n votes, n far votes, and
+    ``log_size`` reported numbers."""
+
+    name = ""  # the counters' prefix
+
+    def __init__(self, host: CheckpointHost) -> None:
+        self.host = host
         self.snapshots: dict[int, tuple[bytes, bytes]] = {}  # own: seq -> (digest, snapshot)
-        self.votes: dict[int, dict[int, Checkpoint]] = {}  # seq in (h, H] -> replica -> vote
-        self.far: dict[int, Checkpoint] = {}  # replica -> its newest vote beyond H
+        self.votes: dict[int, dict[int, V]] = {}  # seq in (h, H] -> replica -> vote
+        self.far: dict[int, V] = {}  # replica -> its newest vote beyond H
         self.reported: set[int] = set()  # numbers whose disagreement was reported
+
+    @abstractmethod
+    def verify_vote(self, vote: V) -> bool:
+        """Whether ``vote`` is vouched for by its replica (never raises)."""
+
+    @abstractmethod
+    def make_stable(self, seq: int, digest: bytes, snapshot: bytes, proof: tuple[V, ...]) -> None:
+        """The checkpoint at ``seq`` is stable (this replica's snapshot has ``digest``)."""
 
     def votes_held(self) -> int:
         return sum(len(votes) for votes in self.votes.values()) + len(self.far)
+
+    def record(self, checkpoint: V) -> None:
+        host = self.host
+        seq = checkpoint.seq
+        if seq > host.high:
+            known = self.far.get(checkpoint.replica)
+            if known is None or known.seq < seq:
+                self.far[checkpoint.replica] = checkpoint
+            self.check_far()
+            return
+        votes = self.votes.setdefault(seq, {})
+        if checkpoint.replica in votes:
+            return  # the first vote of a replica counts
+        votes[checkpoint.replica] = checkpoint
+        self.check_certificate(seq)
+
+    def certificate(self, votes: list[V]) -> tuple[V, ...] | None:
+        """``quorum`` matching votes (by digest), lowest replicas first; or None."""
+        by_digest: dict[bytes, list[V]] = {}
+        for vote in votes:
+            by_digest.setdefault(vote.digest, []).append(vote)
+        quorum = self.host.quorum
+        for digest in sorted(by_digest):
+            matching = sorted(by_digest[digest], key=lambda vote: vote.replica)
+            if len(matching) >= quorum:
+                return tuple(matching[:quorum])
+        return None
+
+    def check_certificate(self, seq: int) -> None:
+        votes = self.votes.get(seq)
+        if votes is None:
+            return
+        proof = self.certificate(list(votes.values()))
+        if proof is not None:
+            self.on_certificate(seq, proof[0].digest, proof)
+
+    def check_far(self) -> None:
+        """A quorum vouches for a state beyond H: this replica fell behind."""
+        by_seq: dict[int, list[V]] = {}
+        for vote in self.far.values():
+            by_seq.setdefault(vote.seq, []).append(vote)
+        for seq in sorted(by_seq, reverse=True):
+            proof = self.certificate(by_seq[seq])
+            if proof is not None:
+                self.on_certificate(seq, proof[0].digest, proof)
+                return
+
+    # -- certificates ------------------------------------------------------------------------
+
+    def valid_certificate(self, seq: int, digest: bytes, proof: tuple[V, ...]) -> bool:
+        """Whether ``proof`` certifies ``(seq, digest)``: ``quorum`` distinct
+        replicas' vouched-for matching CHECKPOINTs (the genesis state, number 0,
+        needs none)."""
+        host = self.host
+        if seq == 0:
+            return digest == b"" and not proof
+        if seq < 0 or seq % host.params.checkpoint_interval != 0:
+            return False
+        signers: set[int] = set()
+        for vote in proof:
+            if vote.seq != seq or vote.digest != digest or vote.replica in signers:
+                return False
+            if not self.verify_vote(vote):
+                return False
+            signers.add(vote.replica)
+        return len(signers) >= host.quorum
+
+    def on_certificate(self, seq: int, digest: bytes, proof: tuple[V, ...]) -> None:
+        """A checked certificate for ``(seq, digest)``: make it stable, report a
+        disagreement, or fetch the state."""
+        host = self.host
+        if seq <= host.stable_seq:
+            return
+        own = self.snapshots.get(seq)
+        if own is not None:
+            if own[0] == digest:
+                self.make_stable(seq, digest, own[1], proof)
+            else:
+                self.report_disagreement(seq, own[0], digest)
+            return
+        if seq > host.executed:
+            host.transfer.fetch(seq, digest, proof)
+        else:
+            # Executed past it without its snapshot (SMR hands over the newest
+            # only): a later checkpoint will do.
+            host.count(f"{self.name}_checkpoint_without_snapshot")
+
+    def report_disagreement(self, seq: int, own: bytes, certified: bytes) -> None:
+        host = self.host
+        if seq in self.reported:
+            return
+        if len(self.reported) >= host.params.log_size:
+            self.reported.clear()
+        self.reported.add(seq)
+        host.count(f"{self.name}_checkpoint_disagreement")
+        host.context.output(CheckpointDisagreement(host.id, seq, own, certified))
+
+
+class Checkpoints(CheckpointVotes[Checkpoint]):
+    """Section 4.3 over the shared state of a :class:`Pbft`: signed CHECKPOINTs,
+    2f+1 of them a certificate."""
+
+    name = "pbft"
+
+    def __init__(self, pbft: Pbft) -> None:
+        super().__init__(pbft)
+        self.pbft = pbft
+
+    def verify_vote(self, vote: Checkpoint) -> bool:
+        return self.pbft.verify(vote.replica, vote)
 
     # -- own checkpoints --------------------------------------------------------------
 
@@ -85,100 +259,6 @@ class Checkpoints:
             self.pbft.reject(reason)
             return
         self.record(checkpoint)
-
-    def record(self, checkpoint: Checkpoint) -> None:
-        pbft = self.pbft
-        seq = checkpoint.seq
-        if seq > pbft.high:
-            known = self.far.get(checkpoint.replica)
-            if known is None or known.seq < seq:
-                self.far[checkpoint.replica] = checkpoint
-            self.check_far()
-            return
-        votes = self.votes.setdefault(seq, {})
-        if checkpoint.replica in votes:
-            return  # the first vote of a replica counts
-        votes[checkpoint.replica] = checkpoint
-        self.check_certificate(seq)
-
-    def certificate(self, votes: list[Checkpoint]) -> tuple[Checkpoint, ...] | None:
-        """2f+1 matching votes (by digest), lowest replicas first; or None."""
-        by_digest: dict[bytes, list[Checkpoint]] = {}
-        for vote in votes:
-            by_digest.setdefault(vote.digest, []).append(vote)
-        for digest in sorted(by_digest):
-            matching = sorted(by_digest[digest], key=lambda vote: vote.replica)
-            if len(matching) >= self.pbft.quorum:
-                return tuple(matching[: self.pbft.quorum])
-        return None
-
-    def check_certificate(self, seq: int) -> None:
-        votes = self.votes.get(seq)
-        if votes is None:
-            return
-        proof = self.certificate(list(votes.values()))
-        if proof is not None:
-            self.on_certificate(seq, proof[0].digest, proof)
-
-    def check_far(self) -> None:
-        """2f+1 replicas vouch for a state beyond H: this replica fell behind."""
-        by_seq: dict[int, list[Checkpoint]] = {}
-        for vote in self.far.values():
-            by_seq.setdefault(vote.seq, []).append(vote)
-        for seq in sorted(by_seq, reverse=True):
-            proof = self.certificate(by_seq[seq])
-            if proof is not None:
-                self.on_certificate(seq, proof[0].digest, proof)
-                return
-
-    # -- certificates ------------------------------------------------------------------------
-
-    def valid_certificate(self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...]) -> bool:
-        """Whether ``proof`` certifies ``(seq, digest)``: 2f+1 distinct replicas'
-        signed matching CHECKPOINTs (the genesis state, number 0, needs none)."""
-        pbft = self.pbft
-        if seq == 0:
-            return digest == b"" and not proof
-        if seq < 0 or seq % pbft.params.checkpoint_interval != 0:
-            return False
-        signers = set()
-        for vote in proof:
-            if vote.seq != seq or vote.digest != digest or vote.replica in signers:
-                return False
-            if not pbft.verify(vote.replica, vote):
-                return False
-            signers.add(vote.replica)
-        return len(signers) >= pbft.quorum
-
-    def on_certificate(self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
-        """A checked certificate for ``(seq, digest)``: make it stable, report a
-        disagreement, or fetch the state."""
-        pbft = self.pbft
-        if seq <= pbft.stable_seq:
-            return
-        own = self.snapshots.get(seq)
-        if own is not None:
-            if own[0] == digest:
-                self.make_stable(seq, digest, own[1], proof)
-            else:
-                self.report_disagreement(seq, own[0], digest)
-            return
-        if seq > pbft.executed:
-            pbft.transfer.fetch(seq, digest, proof)
-        else:
-            # Executed past it without its snapshot (SMR hands over the newest
-            # only): a later checkpoint will do.
-            pbft.count("pbft_checkpoint_without_snapshot")
-
-    def report_disagreement(self, seq: int, own: bytes, certified: bytes) -> None:
-        pbft = self.pbft
-        if seq in self.reported:
-            return
-        if len(self.reported) >= pbft.params.log_size:
-            self.reported.clear()
-        self.reported.add(seq)
-        pbft.count("pbft_checkpoint_disagreement")
-        pbft.context.output(CheckpointDisagreement(pbft.id, seq, own, certified))
 
     def make_stable(
         self, seq: int, digest: bytes, snapshot: bytes, proof: tuple[Checkpoint, ...]
