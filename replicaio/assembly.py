@@ -583,9 +583,16 @@ def smr_replica_of(protocol: Any) -> Replica | None:
     return replica if isinstance(replica, Replica) else None
 
 
-def minbft_of(protocol: Any) -> Minbft | None:
+def minbft_of(protocol: Any, group: int | None = None) -> Minbft | None:
     """The MinBFT replica inside a node's protocol (for the simulator's
-    adversary, which asks a Byzantine replica's own USIG for UIs)."""
+    adversary, which asks a Byzantine replica's own USIG for UIs): the node's
+    only one, or with ``group`` its replica of that group on a node hosting
+    several (``replicaio.smr.groups.Groups``)."""
+    if group is not None:
+        replicas = getattr(getattr(protocol, "groups", None), "replicas", None)
+        if not isinstance(replicas, list) or not 0 <= group < len(replicas):
+            return None
+        protocol = replicas[group]
     ordering = getattr(protocol, "ordering", None)
     return ordering if isinstance(ordering, Minbft) else None
 

@@ -254,3 +254,36 @@ def test_a_commit_applied_first_by_the_resolver_gives_no_claim_as_replies() -> N
                           protocol="txn-kv-minbft")
     result = Simulator("txn-kv-minbft:groups=3", options, f=1).run()
     assert result.ok, result.violations
+
+
+def forced_run(protocol: str, seed: int, adversary: tuple[str, ...] | None) -> Any:
+    options = txn_options(seed, 3, SWARM_FAULTS, TxnWorkload(), byzantine=1,
+                          adversary=adversary, protocol=protocol)
+    return options, Simulator(f"{protocol}:groups=3", options, f=1).run()
+
+
+def test_minbft_behaviours_act_in_every_group_of_a_node() -> None:
+    """MinBFT's own behaviours act inside each group a faulty node hosts
+    (``PerGroup``: its group's MinBFT replica and USIG, its group's stream
+    messages). ``minbft_borrowed_counter`` certifies a PREPARE's lie at the
+    PREPARE's own counter value with another group's USIG: every group checks
+    UIs for its own group, so the lies are refused and the run holds; the
+    variant whose USIGs name no group takes them and two correct replicas
+    execute different batches at one number."""
+    _, result = forced_run("txn-minbft", 2, ("minbft_borrowed_counter",))
+    assert result.ok, result.violations
+    assert result.counters.get("minbft_rejected_stream_bad_ui", 0) > 0
+    _, broken = forced_run("txn-minbft-group-unbound", 2, ("minbft_borrowed_counter",))
+    assert {violation["property"] for violation in broken.violations} == {"agreement"}
+
+
+def test_the_swarm_finds_usigs_that_name_no_group() -> None:
+    """``replicaio swarm txn-minbft-group-unbound --groups 3 --nodes 3 --byzantine 1
+    --f 1 --faults crash,partition,loss,dup,reorder``: seed 39 draws
+    ``replay+delay+minbft_selective+minbft_borrowed_counter+txn_lying_driver``
+    (no generic forging) and breaks agreement; the correct code holds on it."""
+    options, broken = forced_run("txn-minbft-group-unbound", 39, None)
+    assert "minbft_borrowed_counter" in options.behaviours[0].split("+")
+    assert "agreement" in {violation["property"] for violation in broken.violations}
+    _, result = forced_run("txn-minbft", 39, None)
+    assert result.ok, result.violations

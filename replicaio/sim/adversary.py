@@ -27,6 +27,7 @@ adversary where its windows and watermarks are with :func:`register_probe`.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -36,8 +37,10 @@ from typing import Any
 from msgspec.structs import replace
 
 from replicaio.assembly import adversary_probes
+from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.node import Node
 from replicaio.core.reliable import Acks, Envelope, Hello
+from replicaio.core.stream import GroupDatagram
 from replicaio.sim.forge import Forger, Pool
 
 REPLAY_BUFFER_MAX = 256
@@ -208,6 +211,9 @@ class Strategy:
         self.node = node
         self.n = n
         self.rng = rng
+        # The replicated group this instance acts in, on a node hosting several
+        # (:class:`PerGroup` sets it); ``None``: the node's only protocol.
+        self.group: int | None = None
 
     def choose(self, label: str, count: int) -> int:
         """Resolve a choice point of the faulty node (may force any alternative)."""
@@ -483,6 +489,109 @@ class Composite(Strategy):
         for part in self.parts:
             factory = part.core_factory(factory)
         return factory
+
+
+class PerGroup(Strategy):
+    """A protocol's own behaviour on a node that may host replicas of several
+    groups (``replicaio.services.txn``): one instance of the behaviour per
+    group, each with its own seeded stream and ``group`` set, so it finds its
+    group's ordering component (``minbft_of(protocol, group)``) and sees its
+    group's stream messages unwrapped from their :class:`GroupDatagram`; what
+    it changes or sends on its own is wrapped again for that group. On a node
+    running one protocol only, the instance built first (from ``rng``, as the
+    behaviour was before groups) does everything, so those runs keep their
+    schedules."""
+
+    def __init__(self, node: int, n: int, rng: random.Random,
+                 factory: Callable[[int, int, random.Random], Strategy]) -> None:
+        # The groups' streams are derived from the seed's stream without
+        # consuming it (the single-protocol instance draws from it as before).
+        material = hashlib.sha256(repr(rng.getstate()).encode()).hexdigest()[:32]
+        super().__init__(node, n, rng)
+        self.factory = factory
+        self.material = material
+        self.plain = factory(node, n, rng)
+        self.groups: dict[int, Strategy] = {}
+        self.hosted = 0  # groups the node hosts, once seen
+
+    def inner(self, group: int) -> Strategy:
+        found = self.groups.get(group)
+        if found is None:
+            rng = random.Random(f"replicaio-adversary-group:{self.material}:{group}")
+            found = self.groups[group] = self.factory(self.node, self.n, rng)
+            found.group = group
+        return found
+
+    def choose(self, label: str, count: int) -> int:
+        return self.plain.choose(label, count)
+
+    def rewrite(self, destination: int, message: Any) -> Sends:
+        if type(message) is not GroupDatagram or not 0 <= message.group < GROUPS_HOSTED_MAX:
+            return self.plain.rewrite(destination, message)
+        body = datagram_body(message)
+        if body is None:
+            return [(destination, message)]
+        group = message.group
+        return [(target, message if item is body else wrap(group, item))
+                for target, item in self.inner(group).rewrite(destination, body)]
+
+    def attack(self, view: RunView) -> Sends:
+        sends = self.plain.attack(view)
+        core = view.cores[self.node]
+        groups = getattr(getattr(core, "protocol", None), "groups", None)
+        replicas = getattr(groups, "replicas", None)
+        if isinstance(replicas, list):
+            self.hosted = min(len(replicas), GROUPS_HOSTED_MAX)
+        for group in range(self.hosted):
+            sends += [(target, wrap(group, item))
+                      for target, item in self.inner(group).attack(view)]
+        return sends
+
+    def rewrite_output(self, output: Any) -> Any:
+        return self.plain.rewrite_output(output)
+
+    def attach_live(self, view: Any) -> None:
+        self.plain.attach_live(view)
+
+    def observe_input(self, event: Any) -> None:
+        self.plain.observe_input(event)
+
+    def core_factory(self, factory: Any) -> Any:
+        return self.plain.core_factory(factory)
+
+
+GROUPS_HOSTED_MAX = 64  # groups of one node a per-group behaviour acts in, at most
+GROUP_CODEC = Codec()
+_last_body: list[Any] = [None, None]  # (a datagram's body bytes, its decoded message)
+
+
+def datagram_body(datagram: GroupDatagram) -> Any | None:
+    """The stream message inside ``datagram`` (``None`` if it does not decode);
+    the last one is kept, as the parts of a mix see the same datagram in turn."""
+    if _last_body[0] is datagram.body:
+        return _last_body[1]
+    try:
+        body = GROUP_CODEC.decode(datagram.body)
+    except DecodeError:
+        return None
+    _last_body[0], _last_body[1] = datagram.body, body
+    return body
+
+
+def wrap(group: int, item: Any) -> Any:
+    """``item`` as group ``group``'s stream sends it (raw bytes stay as they are)."""
+    if type(item) is bytes or type(item) is GroupDatagram:
+        return item
+    return GroupDatagram(group, GROUP_CODEC.encode(item))
+
+
+def per_group(factory: Callable[[int, int, random.Random], Strategy]
+              ) -> Callable[[int, int, random.Random], Strategy]:
+    """``factory``'s behaviour, acting in every group of a multi-group node
+    (:class:`PerGroup`); for a protocol's own behaviours (MinBFT's, PBFT's)."""
+    def build(node: int, n: int, rng: random.Random) -> Strategy:
+        return PerGroup(node, n, rng, factory)
+    return build
 
 
 # -- registry --------------------------------------------------------------------

@@ -68,11 +68,22 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from replicaio.assembly import SERVICES, minbft_byzantine_code, minbft_of, minbft_wire
-from replicaio.sim.adversary import RunView, Sends, Strategy, register_behaviour
+from replicaio.assembly import (
+    SERVICES,
+    TRANSACTIONAL,
+    minbft_byzantine_code,
+    minbft_of,
+    minbft_wire,
+)
+from replicaio.sim.adversary import RunView, Sends, Strategy, per_group, register_behaviour
 
 wire: Any = minbft_wire()
-MINBFT_FAMILY = tuple(name for name, spec in SERVICES.items() if spec.family == "minbft")
+# MinBFT, its broken variants, and the transactional clusters of MinBFT groups
+# (each behaviour acts in every group of the faulty node: ``PerGroup``).
+TXN_MINBFT_FAMILY = tuple(name for name, spec in TRANSACTIONAL.items()
+                          if spec.ordering == "minbft")
+MINBFT_FAMILY = (
+    *(name for name, spec in SERVICES.items() if spec.family == "minbft"), *TXN_MINBFT_FAMILY)
 LIES_MAX = 256
 # The Byzantine replica's own code (replicaio/testing/variants/minbft_byzantine.py).
 BYZANTINE_CODE = minbft_byzantine_code()
@@ -90,8 +101,14 @@ class UsigOracle:
     counter value, durably first; never a chosen value, never a certificate
     for another replica."""
 
-    def __init__(self, node: int) -> None:
+    def __init__(self, node: int, owner: Strategy | None = None) -> None:
         self.node = node
+        self.owner = owner  # whose ``group`` names the USIG (None: the node's only one)
+
+    def minbft(self, view: RunView) -> Any | None:
+        core = view.cores[self.node]
+        group = None if self.owner is None else self.owner.group
+        return None if core is None else minbft_of(core.protocol, group)
 
     def certify(self, view: RunView | None, message: Any) -> Any | None:
         """``message`` with a fresh UI of this replica's USIG (None if the
@@ -99,7 +116,7 @@ class UsigOracle:
         if view is None or view.trusted_write is None:
             return None
         core = view.cores[self.node]
-        minbft = None if core is None else minbft_of(core.protocol)
+        minbft = self.minbft(view)
         if core is None or minbft is None or minbft.usig is None:
             return None
         usig = minbft.usig
@@ -115,9 +132,8 @@ class UsigOracle:
         certified)."""
         if view is None:
             return None
-        core = view.cores[self.node]
-        minbft = None if core is None else minbft_of(core.protocol)
-        if core is None or minbft is None or minbft.usig is None:
+        minbft = self.minbft(view)
+        if minbft is None or minbft.usig is None:
             return None
         return minbft.usig.attest()
 
@@ -125,8 +141,13 @@ class UsigOracle:
 class MinbftStrategy(Strategy):
     def __init__(self, node: int, n: int, rng: random.Random) -> None:
         super().__init__(node, n, rng)
-        self.oracle = UsigOracle(node)
+        self.oracle = UsigOracle(node, self)
         self.view: RunView | None = None
+
+    def minbft(self, view: RunView) -> Any | None:
+        """The node's MinBFT replica this behaviour acts in (of its ``group``
+        on a node hosting several)."""
+        return self.oracle.minbft(view)
 
     def attack(self, view: RunView) -> Sends:
         self.view = view
@@ -160,7 +181,7 @@ class Equivocate(MinbftStrategy):
         if lie is None:
             others = [batch for batch in self.batches if batch != message.batch]
             batch = self.rng.choice(others) if others else b""
-            lie = self.oracle.certify(self.view, replace(
+            lie = self.certify_lie(message, replace(
                 message, batch=batch, digest=wire.digest_of(batch), ui=wire.EMPTY_UI))
             if lie is None:
                 return [(destination, message)]
@@ -168,6 +189,53 @@ class Equivocate(MinbftStrategy):
                 self.lies.clear()
             self.lies[key] = lie
         return [(destination, lie)]
+
+    def certify_lie(self, honest: Any, lie: Any) -> Any | None:
+        """``lie`` (the other batch) with a UI: the next value of its USIG."""
+        return self.oracle.certify(self.view, lie)
+
+
+class BorrowedCounter(Equivocate):
+    """``minbft_equivocate`` on a node hosting several MinBFT groups, with the
+    lie certified at the honest PREPARE's own counter value by the USIG of
+    another group: that USIG's counter is raised (UIs for junk) to just below
+    the value, then gives it to the lie. The node owns every USIG it hosts (the
+    hybrid model lets it ask any of them for anything), so one counter value of
+    a group goes to two messages unless every group checks UIs for its own group
+    (ADR 0031; the variant ``txn-minbft-group-unbound`` does not). Acts in groups
+    only."""
+
+    def certify_lie(self, honest: Any, lie: Any) -> Any | None:
+        view = self.view
+        ui = honest.ui
+        if view is None or view.trusted_write is None or self.group is None:
+            return None
+        core = view.cores[self.node]
+        replicas = getattr(getattr(core, "protocol", None), "groups", None)
+        count = len(getattr(replicas, "replicas", ()))
+        lenders: list[tuple[int, int]] = []  # (its counter, a group whose USIG can lend)
+        for group in range(count):
+            minbft = None if core is None else minbft_of(core.protocol, group)
+            usig = None if minbft is None else minbft.usig
+            if (group != self.group and usig is not None and usig.identity.epoch == ui.epoch
+                    and ui.counter - BORROW_GAP_MAX <= usig.counter < ui.counter):
+                lenders.append((usig.counter, group))
+        if core is None or not lenders:
+            return None
+        lender: Any = minbft_of(core.protocol, max(lenders)[1])
+        usig = lender.usig
+        while usig.counter < ui.counter - 1:
+            usig.create_ui(BORROWED_JUNK)
+        borrowed = usig.create_ui(wire.certified_bytes(lie))
+        assert borrowed.counter == ui.counter
+        epoch, counter, digest, new_view_max, marks = usig.saved_values()
+        value = core.codec.encode_value((epoch, counter, digest, new_view_max, *marks))
+        view.trusted_write(self.node, lender.context.key("usig"), value)
+        return replace(lie, ui=borrowed)
+
+
+BORROW_GAP_MAX = 4096  # counter values a borrowed USIG skips for one lie, at most
+BORROWED_JUNK = b"replicaio adversary: a counter value spent"
 
 
 def certified(message: Any) -> bool:
@@ -227,8 +295,7 @@ class HideBeforeAnchor(MinbftStrategy):
 
     def attack(self, view: RunView) -> Sends:
         self.view = view
-        core = view.cores[self.node]
-        minbft = None if core is None else minbft_of(core.protocol)
+        minbft = self.minbft(view)
         if minbft is not None and not isinstance(minbft, HidingMinbft):
             hiding = HIDING_TYPES.get(type(minbft))
             if hiding is None:
@@ -247,8 +314,7 @@ class PrepareUnseenView(MinbftStrategy):
 
     def attack(self, view: RunView) -> Sends:
         self.view = view
-        core = view.cores[self.node]
-        minbft = None if core is None else minbft_of(core.protocol)
+        minbft = self.minbft(view)
         if minbft is not None and not isinstance(minbft.view_changes, UnseenViewChanges):
             minbft.view_changes.__class__ = UnseenViewChanges
         return []
@@ -288,8 +354,7 @@ class SecondNewView(MinbftStrategy):
 
     def attack(self, view: RunView) -> Sends:
         self.view = view
-        core = view.cores[self.node]
-        minbft = None if core is None else minbft_of(core.protocol)
+        minbft = self.minbft(view)
         if minbft is None or minbft.usig is None:
             return []
         changes = minbft.view_changes
@@ -338,8 +403,7 @@ class FreshAnchor(MinbftStrategy):
 
     def attack(self, view: RunView) -> Sends:
         self.view = view
-        core = view.cores[self.node]
-        minbft = None if core is None else minbft_of(core.protocol)
+        minbft = self.minbft(view)
         if minbft is not None and not isinstance(minbft.view_changes, FreshAnchorViewChanges):
             minbft.view_changes.__class__ = FreshAnchorViewChanges
         return []
@@ -368,8 +432,7 @@ class DecidedBeforeAnchor(MinbftStrategy):
 
     def attack(self, view: RunView) -> Sends:
         self.view = view
-        core = view.cores[self.node]
-        minbft = None if core is None else minbft_of(core.protocol)
+        minbft = self.minbft(view)
         if minbft is None or minbft.usig is None:
             return []
         if not isinstance(minbft, LateAnchorMinbft):
@@ -409,8 +472,7 @@ class ClaimUnfollowable(MinbftStrategy):
 
     def attack(self, view: RunView) -> Sends:
         self.view = view
-        core = view.cores[self.node]
-        minbft = None if core is None else minbft_of(core.protocol)
+        minbft = self.minbft(view)
         if minbft is None or minbft.usig is None or not minbft.active \
                 or minbft.view <= self.claimed:
             return []
@@ -442,4 +504,10 @@ for _name, _factory, _summary, _weight in (
     ("minbft_claim_unfollowable", ClaimUnfollowable,
      "asks for the next view as soon as one starts, claiming it cannot follow", 0.0),
 ):
-    register_behaviour(_name, _factory, _summary, protocols=MINBFT_FAMILY, weight=_weight)
+    register_behaviour(_name, per_group(_factory), _summary, protocols=MINBFT_FAMILY,
+                       weight=_weight)
+# Drawn for transactional clusters of MinBFT groups only (it needs two groups).
+register_behaviour(
+    "minbft_borrowed_counter", per_group(BorrowedCounter),
+    "as a group's primary, another batch at one number for half, its UI at the same "
+    "counter value from another group's USIG", protocols=TXN_MINBFT_FAMILY, weight=0.3)

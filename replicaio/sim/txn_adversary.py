@@ -45,6 +45,11 @@ import random
 from collections import deque
 from typing import Any, Final
 
+# The ordering protocols' behaviours register first, whoever imports this module
+# first: the seed draws a node's extras in the registry's order, so a swarm and a
+# test that imported in another order would draw other mixes for one seed.
+import replicaio.sim.minbft_adversary
+import replicaio.sim.pbft_adversary  # noqa: F401
 from replicaio.core.context import Context
 from replicaio.services.txn.protocol import SignedTxnRequest, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import (
