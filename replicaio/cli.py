@@ -933,7 +933,7 @@ def live_byzantine(mix: str, cluster: Any, node_id: int) -> Callable[[int, Any],
     import replicaio.sim.minbft_adversary
     import replicaio.sim.pbft_adversary
     import replicaio.sim.txn_adversary  # noqa: F401  (drivers that lie or alter)
-    from replicaio.sim.adversary import BEHAVIOURS, Composite, build_strategy
+    from replicaio.sim.adversary import BEHAVIOURS, Composite, PerGroup, build_strategy
 
     unknown = [name for name in mix.split("+") if name not in BEHAVIOURS]
     if unknown:
@@ -942,6 +942,9 @@ def live_byzantine(mix: str, cluster: Any, node_id: int) -> Callable[[int, Any],
     strategy = build_strategy(mix, node_id, cluster.n, int.from_bytes(os.urandom(4), "big"))
     parts = strategy.parts if isinstance(strategy, Composite) else [strategy]
     for part in parts:
+        # A protocol's behaviour acting per group: its groups' instances take
+        # the signer of its first one when they are made.
+        part = part.plain if isinstance(part, PerGroup) else part
         if hasattr(part, "signer"):
             part.signer = cluster.signer(node_id)
     return strategy.rewrite

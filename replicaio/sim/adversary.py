@@ -513,6 +513,7 @@ class PerGroup(Strategy):
         self.plain = factory(node, n, rng)
         self.groups: dict[int, Strategy] = {}
         self.hosted = 0  # groups the node hosts, once seen
+        self.live_view: Any = None
 
     def inner(self, group: int) -> Strategy:
         found = self.groups.get(group)
@@ -520,6 +521,11 @@ class PerGroup(Strategy):
             rng = random.Random(f"replicaio-adversary-group:{self.material}:{group}")
             found = self.groups[group] = self.factory(self.node, self.n, rng)
             found.group = group
+            for name in SHARED_WITH_GROUPS:  # the node's own key serves every group
+                if hasattr(self.plain, name):
+                    setattr(found, name, getattr(self.plain, name))
+            if self.live_view is not None:
+                found.attach_live(self.live_view)
         return found
 
     def choose(self, label: str, count: int) -> int:
@@ -551,7 +557,9 @@ class PerGroup(Strategy):
         return self.plain.rewrite_output(output)
 
     def attach_live(self, view: Any) -> None:
-        self.plain.attach_live(view)
+        self.live_view = view
+        for instance in (self.plain, *self.groups.values()):
+            instance.attach_live(view)
 
     def observe_input(self, event: Any) -> None:
         self.plain.observe_input(event)
@@ -560,6 +568,7 @@ class PerGroup(Strategy):
         return self.plain.core_factory(factory)
 
 
+SHARED_WITH_GROUPS = ("signer",)  # what the groups' instances take from the first one
 GROUPS_HOSTED_MAX = 64  # groups of one node a per-group behaviour acts in, at most
 GROUP_CODEC = Codec()
 _last_body: list[Any] = [None, None]  # (a datagram's body bytes, its decoded message)

@@ -54,12 +54,12 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from replicaio.assembly import SERVICES, pbft_wire, smr_replica_of
+from replicaio.assembly import SERVICES, TRANSACTIONAL, pbft_wire, smr_replica_of
 from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.effects import Request
 from replicaio.core.signing import simulation_signer
 from replicaio.core.stream import GroupOutput
-from replicaio.sim.adversary import RunView, Sends, Strategy, register_behaviour
+from replicaio.sim.adversary import RunView, Sends, Strategy, per_group, register_behaviour
 from replicaio.smr.api import AuthenticatedRequest, ClientRequest, Reply
 from replicaio.smr.messages import Batch, SignedBatch
 
@@ -68,10 +68,14 @@ HELD_MAX = 512
 LAG_US = 1_500_000
 wire: Any = pbft_wire()
 # PBFT and its broken variants: their runs draw these behaviours too.
-PBFT_FAMILY = tuple(name for name, spec in SERVICES.items() if spec.family == "pbft")
+# The transactional clusters of PBFT groups too: each behaviour acts in every
+# group of the faulty node (``PerGroup``).
+PBFT_SERVICES = tuple(name for name, spec in SERVICES.items() if spec.family == "pbft")
+PBFT_FAMILY = (*PBFT_SERVICES,
+               *(name for name, spec in TRANSACTIONAL.items() if spec.ordering == "pbft"))
 # Those whose simulated clients always read unordered (broken ones: plain
 # ``pbft:reads=1`` runs keep the schedules their seeds had).
-PBFT_READERS = tuple(name for name in PBFT_FAMILY if SERVICES[name].reads)
+PBFT_READERS = tuple(name for name in PBFT_SERVICES if SERVICES[name].reads)
 
 
 class PbftStrategy(Strategy):
@@ -415,7 +419,8 @@ for _name, _factory, _summary, _weight in (
     # Never drawn (weight 0: the seeds' schedules stay as they were), forced by name.
     ("pbft_stale_reads", StaleReads, "answer clients with results given earlier", 0.0),
 ):
-    register_behaviour(_name, _factory, _summary, protocols=PBFT_FAMILY, weight=_weight)
+    register_behaviour(_name, per_group(_factory), _summary, protocols=PBFT_FAMILY,
+                       weight=_weight)
 # Drawn for runs whose clients always read unordered, forcible in any run.
 register_behaviour(
     "pbft_lagging_reads", LaggingReads,
