@@ -32,7 +32,8 @@ then need 2f+1 matching replies too: a read's 2f+1 then meet every completed
 write in a correct replica that executed it.
 
 **Sharded clusters** (``txn-kv-pbft``: G PBFT groups, every node a replica
-of each; ``docs/transactions.md``). The gateway reads the slot map from the
+of each; ``txn-kv-minbft``: G MinBFT groups, n = 2f+1, alike: nothing here
+depends on the ordering; ``docs/transactions.md``). The gateway reads the slot map from the
 cluster file's protocol, so its front routes as a node's does: a command (or
 pipeline, or ``MULTI``/``EXEC``) whose keys live in one group is one SMR
 request of that group, sent with ``REPLICAIO.SUBMIT``/``AWAIT`` naming the
