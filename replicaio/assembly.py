@@ -544,14 +544,16 @@ def simulation_admission(replica: int, epoch: int) -> object:
     return HmacUsigScheme(USIG_SIMULATION_SECRET).admit(replica, epoch)
 
 
-def admit_usig(kind: str, replica: int, epoch: int, key: bytes | None) -> bytes:
-    """The operator's admission certificate of USIG ``epoch`` for ``replica``:
+def admit_usig(kind: str, replica: int, epoch: int, key: bytes | None,
+               group: int | None = None) -> bytes:
+    """The operator's admission certificate of USIG ``epoch`` for ``replica``
+    (of its USIG of ``group`` on a node of several MinBFT groups, ADR 0031):
     ``hmac`` under the trusted components' shared secret ``key``; ``ed25519``
     with the operator's private ``key`` (``replicaio kv admit-usig``)."""
     assert key is not None
     if kind == "hmac":
-        return HmacUsigScheme(key).admit(replica, epoch).certificate
-    return sign_admission(key, replica, epoch).certificate
+        return HmacUsigScheme(key).admit(replica, epoch, group).certificate
+    return sign_admission(key, replica, epoch, group).certificate
 
 
 def usig_admission(replica: int, epoch: int, certificate: bytes) -> object:

@@ -489,8 +489,11 @@ def live_node_extras(path: str) -> Callable[[dict[str, Any], int], dict[str, Any
                              f"{cluster.n} nodes; the log: {header['protocol']} with "
                              f"{header['n']})")
         options = header.get("options") or {}
-        admission = None
-        if "usig_admission" in options:
+        admission: Any = None
+        if "usig_groups" in options:  # a node of several MinBFT groups (ADR 0031)
+            admission = {int(group): usig_admission(node_id, int(epoch), bytes.fromhex(str(text)))
+                         for group, epoch, text in options["usig_groups"]}
+        elif "usig_admission" in options:
             admission = usig_admission(node_id, int(options["usig_epoch"]),
                                        bytes.fromhex(str(options["usig_admission"])))
         return {"signer": cluster.signer(node_id), "usig_scheme": cluster.usig_scheme(node_id),

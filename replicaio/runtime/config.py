@@ -44,6 +44,7 @@ from replicaio.core.config import NODES_MAX, ClusterConfig, Resilience
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.core.node import NodeParams
 from replicaio.core.signing import Ed25519Signer, KeyedHashSigner, Signer
+from replicaio.core.stream import GROUPS_MAX
 from replicaio.runtime.crypto import (
     ED25519_KEY_BYTES,
     SECRET_BYTES_MIN,
@@ -52,6 +53,8 @@ from replicaio.runtime.crypto import (
     HmacAuthenticator,
 )
 from replicaio.runtime.tls import TlsConfig
+
+USIG_EPOCH_MAX = (1 << 62) - 1  # MinBFT's ``usig.EPOCH_MAX``: an admission's epoch, at most
 
 AUTH_KINDS = ("hmac", "ed25519")
 USIG_KINDS = ("ed25519", "hmac")
@@ -204,6 +207,9 @@ class NodeEntry:
     usig_public_key: bytes | None = None
     usig_epoch: int = 0  # above 0: the operator admitted a new USIG (ADR 0026)
     usig_admission: bytes | None = None  # the operator's certificate of that epoch
+    # A node of several MinBFT groups: each group's USIG has its epochs (ADR
+    # 0031), admitted per group: ``usig_groups = [[group, epoch, "hex"], ...]``.
+    usig_groups: tuple[tuple[int, int, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +234,16 @@ class ClusterFile:
 
     def usig_admission(self, node_id: int) -> object | None:
         """The operator's admission of this node's current USIG epoch (ADR
-        0024), or ``None`` (epoch 0: the first USIG)."""
+        0024), or ``None`` (epoch 0: the first USIG). A node of several MinBFT
+        groups with admitted groups: a mapping group -> admission (ADR 0031;
+        ``Context.usig_admission`` gives each group its own)."""
         entry = self.node(node_id)
-        if self.usig is None or entry.usig_admission is None:
+        if self.usig is None:
+            return None
+        if entry.usig_groups:
+            return {group: usig_admission(node_id, epoch, certificate)
+                    for group, epoch, certificate in entry.usig_groups}
+        if entry.usig_admission is None:
             return None
         return usig_admission(node_id, entry.usig_epoch, entry.usig_admission)
 
@@ -460,7 +473,8 @@ def parse_nodes(raw: Any, base: Path) -> tuple[NodeEntry, ...]:
             raise ClusterFileError(where, "must be a table")
         check_keys(item, where, {"id", "peer", "client", "data_dir", "metrics", "key_file",
                                  "public_key", "tls_cert", "tls_key", "usig_key_file",
-                                 "usig_public_key", "usig_epoch", "usig_admission"})
+                                 "usig_public_key", "usig_epoch", "usig_admission",
+                                 "usig_groups"})
         node_id = integer(item, "id", f"{where}.id", required=True, minimum=0)
         if node_id in entries:
             raise ClusterFileError(f"{where}.id", f"node {node_id} is listed twice")
@@ -478,6 +492,7 @@ def parse_nodes(raw: Any, base: Path) -> tuple[NodeEntry, ...]:
             usig_public_key=optional_hex(item, "usig_public_key", f"{where}.usig_public_key"),
             usig_epoch=integer(item, "usig_epoch", f"{where}.usig_epoch", default=0, minimum=0),
             usig_admission=optional_hex(item, "usig_admission", f"{where}.usig_admission"),
+            usig_groups=usig_groups(item, f"{where}.usig_groups"),
         )
         if (entry.usig_epoch > 0) != (entry.usig_admission is not None):
             raise ClusterFileError(f"{where}.usig_admission", "usig_epoch above 0 and "
@@ -559,7 +574,7 @@ def parse_usig(
         operator = optional_hex(values, "operator_public_key", "usig.operator_public_key")
         if operator is not None and len(operator) != ED25519_KEY_BYTES:
             raise ClusterFileError("usig.operator_public_key", "needs 32 bytes of hex")
-        if operator is None and any(entry.usig_epoch for entry in nodes):
+        if operator is None and any(entry.usig_epoch or entry.usig_groups for entry in nodes):
             raise ClusterFileError("usig.operator_public_key",
                                    "an admitted USIG epoch needs the operator's key")
         return kind, None, operator
@@ -755,6 +770,34 @@ def optional_path(values: dict[str, Any], key: str, field_name: str, base: Path)
     if not isinstance(found, str) or not found:
         raise ClusterFileError(field_name, f"must be a non-empty path string, got {found!r}")
     return base / found
+
+
+def usig_groups(values: dict[str, Any], field_name: str) -> tuple[tuple[int, int, bytes], ...]:
+    """A node's per-group USIG admissions: ``[[group, epoch, "hex"], ...]``, one
+    per group, epochs above 0 (``replicaio kv admit-usig --group``)."""
+    found = values.get("usig_groups")
+    if found is None:
+        return ()
+    if not isinstance(found, list) or len(found) > GROUPS_MAX:
+        raise ClusterFileError(field_name, "must be a list of [group, epoch, \"hex\"]")
+    admitted: dict[int, tuple[int, int, bytes]] = {}
+    for index, item in enumerate(found):
+        where = f"{field_name}[{index}]"
+        if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int
+                or type(item[1]) is not int or not isinstance(item[2], str)):
+            raise ClusterFileError(where, "must be [group, epoch, \"hex\"]")
+        group, epoch, text = item
+        if not 0 <= group < GROUPS_MAX or not 0 < epoch <= USIG_EPOCH_MAX:
+            raise ClusterFileError(where, f"needs a group in 0..{GROUPS_MAX - 1} and an "
+                                   "epoch above 0")
+        if group in admitted:
+            raise ClusterFileError(where, f"group {group} is listed twice")
+        try:
+            certificate = bytes.fromhex(text)
+        except ValueError as error:
+            raise ClusterFileError(where, "the admission must be a hex string") from error
+        admitted[group] = (group, epoch, certificate)
+    return tuple(admitted[group] for group in sorted(admitted))
 
 
 def optional_hex(values: dict[str, Any], key: str, field_name: str) -> bytes | None:

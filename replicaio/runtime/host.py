@@ -306,7 +306,12 @@ class NodeHost:
         log: ``replay --cluster`` must not take a later admission from the
         cluster file."""
         entry = self.cluster.node(self.node_id)
-        if self.cluster.usig is None or entry.usig_admission is None:
+        if self.cluster.usig is None:
+            return {}
+        if entry.usig_groups:  # a node of several MinBFT groups (ADR 0031)
+            return {"usig_groups": [[group, epoch, certificate.hex()]
+                                    for group, epoch, certificate in entry.usig_groups]}
+        if entry.usig_admission is None:
             return {}
         return {"usig_epoch": entry.usig_epoch, "usig_admission": entry.usig_admission.hex()}
 
