@@ -538,10 +538,11 @@ def usig_lost(output: Any) -> tuple[int, int] | None:
     return None
 
 
-def simulation_admission(replica: int, epoch: int) -> object:
-    """The operator's admission of USIG ``epoch`` for ``replica`` under the
-    simulation scheme (``replicaio/sim/operator.py``; ADR 0026)."""
-    return HmacUsigScheme(USIG_SIMULATION_SECRET).admit(replica, epoch)
+def simulation_admission(replica: int, epoch: int, group: int | None = None) -> object:
+    """The operator's admission of USIG ``epoch`` for ``replica`` (of its USIG of
+    ``group`` on a node of several MinBFT groups, ADR 0031) under the simulation
+    scheme (``replicaio/sim/operator.py``; ADR 0026)."""
+    return HmacUsigScheme(USIG_SIMULATION_SECRET).admit(replica, epoch, group)
 
 
 def admit_usig(kind: str, replica: int, epoch: int, key: bytes | None,

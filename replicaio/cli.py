@@ -64,6 +64,7 @@ from replicaio.sim.options import (
 from replicaio.sim.profiles import PROFILES, check_profile, long_broadcast
 from replicaio.sim.progress import RunProgress
 from replicaio.sim.simulator import SimResult, simulate
+from replicaio.sim.txn_harness import takes_disk_faults
 
 EXIT_OK = 0
 EXIT_VIOLATION = 1
@@ -156,9 +157,9 @@ def inert_disk_faults(args: argparse.Namespace) -> str | None:
     if getattr(args, "options", None) or "disk" not in parse_faults(args.faults):
         return None
     protocol, nodes, byzantine = args.protocol, args.nodes, args.byzantine
-    if txn_cli.is_transactional(protocol):
-        return f"{protocol}: the transaction harness injects no disk faults"
-    if kv_cli.is_service(protocol):
+    if txn_cli.is_transactional(protocol) and not takes_disk_faults(protocol):
+        return f"{protocol}: the transaction harness injects no disk faults (MinBFT groups only)"
+    if kv_cli.is_service(protocol) or txn_cli.is_transactional(protocol):
         from replicaio.assembly import damaged_disks_max
 
         bound = damaged_disks_max(protocol, nodes, byzantine)

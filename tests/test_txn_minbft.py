@@ -287,3 +287,24 @@ def test_the_swarm_finds_usigs_that_name_no_group() -> None:
     assert "agreement" in {violation["property"] for violation in broken.violations}
     _, result = forced_run("txn-minbft", 39, None)
     assert result.ok, result.violations
+
+
+def test_the_operator_admits_a_lost_usig_per_group() -> None:
+    """``replicaio sim txn-minbft:groups=3 --nodes 3 --faults
+    crash,partition,loss,dup,reorder,disk --seed 2``: a damaged disk makes each
+    of the node's MinBFT replicas inert (its group's USIG may have gone back);
+    each reports it in its group's output, and the simulated operator admits
+    that group's next epoch only (an admission naming the group, ADR 0031), as
+    ``kv admit-usig --group`` does live. The groups start their new epochs,
+    recover, and the run holds every property."""
+    options = txn_options(2, 3, (*SWARM_FAULTS, "disk"), TxnWorkload(), protocol="txn-minbft")
+    simulator = Simulator("txn-minbft:groups=3", options, f=1)
+    result = simulator.run()
+    assert result.ok, result.violations
+    assert result.stats["disk_faults"] > 0
+    admitted = simulator.operator.epochs
+    assert admitted and all(group is not None for _, group in admitted)
+    assert result.stats["operator_usig_admissions"] >= len(admitted)
+    assert result.counters.get("minbft_usig_new_epoch", 0) > 0
+    assert result.counters.get("minbft_recovered_usig", 0) > 0
+    assert result.counters.get("minbft_usig_admission_invalid", 0) == 0
