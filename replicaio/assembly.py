@@ -112,6 +112,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "inflight": "SmrParams.batches_inflight_max: own batches submitted and not yet applied",
     "lease": "RaftParams.read_lease: 1 serves reads from a leader lease (0: read-index only)",
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
+    "notice": "RaftParams.commit_notice: 1 tells a follower a new commit index by an "
+    "unanswered CommitNotice (0: an empty AppendEntries it acknowledges)",
     "macs": "PBFT: 1 authenticates client requests with a vector of per-replica MACs "
     "(the paper's option) instead of signatures (simulation: the harness's clients sign so)",
     "replica_macs": "PBFT: 1 (the default) lets a COMMIT from its author count on the "
@@ -325,6 +327,7 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
         raft_params = RaftParams(
             read_lease=bool(parameters.get("lease", 0)),
             clock_drift_ppm_max=parameters.get("drift", defaults_raft.clock_drift_ppm_max),
+            commit_notice=bool(parameters.get("notice", int(defaults_raft.commit_notice))),
             join=bool(parameters.get("join", 0)),
         ).validate()
         smr_params = SmrParams(

@@ -107,6 +107,20 @@ class AppendEntries(Message, tag="raft.AppendEntries"):
     round: int
 
 
+class CommitNotice(Message, tag="raft.CommitNotice"):
+    """A leader's new commit index, told at once and not answered
+    (``RaftParams.commit_notice``): the follower treats it as an entry-less
+    AppendEntries (the same checks, Figure 2's rule 5) but sends no
+    acknowledgement; heartbeats still carry the rounds and the acks that
+    read-index, leases, check-quorum and loss detection count."""
+
+    term: int
+    leader: int
+    prev_log_index: int
+    prev_log_term: int
+    leader_commit: int
+
+
 class AppendEntriesResponse(Message, tag="raft.AppendEntriesResponse"):
     """``success`` with ``match_index`` (the follower's log matches the
     leader's up to there), or a rejection of ``rejected_index`` (the request's
@@ -318,6 +332,7 @@ __all__ = [
     "AppendEntriesResponse",
     "Applied",
     "BecameLeader",
+    "CommitNotice",
     "Config",
     "ConfigChanged",
     "Entry",

@@ -27,6 +27,7 @@ from replicaio.protocols.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Applied,
+    CommitNotice,
     Config,
     ConfigChanged,
     InstallSnapshot,
@@ -54,6 +55,7 @@ MESSAGE_TYPES = (
     AppendEntriesResponse,
     InstallSnapshot,
     InstallSnapshotResponse,
+    CommitNotice,
 )
 
 
@@ -125,6 +127,7 @@ class Raft:
             TimeoutNow: self.election.on_timeout_now,
             AppendEntries: self.replication.on_append_entries,
             AppendEntriesResponse: self.replication.on_append_entries_response,
+            CommitNotice: self.replication.on_commit_notice,
             InstallSnapshot: self.snapshots.on_install_snapshot,
             InstallSnapshotResponse: self.snapshots.on_install_snapshot_response,
         }

@@ -38,7 +38,13 @@ as stored on the leader before it is. AppendEntries go before the sync only
 once the no-op of the term is durable (so the term and vote they carry are),
 and they carry a commit index computed only from durable copies.
 When the commit index advances, every follower hears of it at once (an
-AppendEntries, empty if need be), not at the next heartbeat.
+AppendEntries, empty if need be), not at the next heartbeat. With
+``RaftParams.commit_notice``, a follower whose match is known and that has
+no new entries to receive hears it by a :class:`CommitNotice` instead, which
+it does not answer: the answer to an entry-less AppendEntries tells the
+leader nothing it needs for the commit (the entries' own acknowledgements
+do that), and heartbeats keep carrying the read rounds, the check-quorum
+activity and the match of a follower whose acknowledgements were lost.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from replicaio.protocols.raft.messages import (
     NO_NODE,
     AppendEntries,
     AppendEntriesResponse,
+    CommitNotice,
     Config,
     Entry,
     FollowerLogRegressed,
@@ -116,6 +123,7 @@ class Progress:
 
     __slots__ = (
         "acked_round",
+        "commit_due",
         "heartbeat_due",
         "identity",
         "inflight",
@@ -138,6 +146,7 @@ class Progress:
         self.inflight: deque[tuple[int, int]] = deque()
         self.probe_tick: int | None = None  # tick the outstanding probe was sent at
         self.heartbeat_due = True
+        self.commit_due = False  # a new commit index to tell (RaftParams.commit_notice)
         self.recent_active = False
         self.acked_round = 0
         self.identity = 0  # the disk identity the peer last answered with
@@ -318,7 +327,10 @@ class Replication:
                 sent = True
             if progress.heartbeat_due and not sent:
                 self.send_append(peer, progress, empty=True)
+            elif progress.commit_due and not sent:
+                self.send_commit_notice(peer, progress)
         progress.heartbeat_due = False
+        progress.commit_due = False
 
     def send_append(self, peer: int, progress: Progress, *, empty: bool = False) -> int:
         """One AppendEntries from ``progress.next_index``; returns the last index it carries."""
@@ -348,6 +360,20 @@ class Replication:
         )
         return prev + len(entries)
 
+    def send_commit_notice(self, peer: int, progress: Progress) -> None:
+        """The commit index, unanswered, to a follower in ``REPLICATE`` that
+        has nothing new to receive (checked there like an empty AppendEntries
+        from ``progress.next_index``)."""
+        raft = self.raft
+        prev = progress.next_index - 1
+        prev_term = raft.log.term_at(prev)
+        assert prev_term is not None, "entries after the snapshot are in memory"
+        raft.send(
+            peer,
+            CommitNotice(raft.hard.term, raft.id, prev, prev_term, raft.commit_index),
+            before_sync=self.may_send_before_sync(),
+        )
+
     # -- follower: Figure 2's AppendEntries receiver -----------------------------------
 
     def ignore_append_entries(self, source: int, message: AppendEntries) -> str | None:
@@ -365,7 +391,21 @@ class Replication:
             term = entry.term
         return None
 
-    def on_append_entries(self, source: int, message: AppendEntries) -> None:
+    def on_commit_notice(self, source: int, notice: CommitNotice) -> None:
+        """An entry-less AppendEntries that is not answered (but a stale
+        leader still learns our newer term)."""
+        self.on_append_entries(
+            source,
+            AppendEntries(
+                notice.term, notice.leader, notice.prev_log_index, notice.prev_log_term, (),
+                notice.leader_commit, 0,
+            ),
+            answer=False,
+        )
+
+    def on_append_entries(
+        self, source: int, message: AppendEntries, *, answer: bool = True
+    ) -> None:
         raft = self.raft
         reason = self.ignore_append_entries(source, message)
         if reason is not None:
@@ -387,19 +427,26 @@ class Replication:
             skip = min(raft.commit_index - prev, len(entries))
             prev, entries = prev + skip, entries[skip:]
             if prev < raft.commit_index:
-                self.accept(source, message, raft.commit_index)
+                if answer:
+                    self.accept(source, message, raft.commit_index)
                 return
         here = log.term_at(prev)
         if here is None:
             # Figure 2 (2), log too short: hint our last index + 1.
-            self.reject(source, message, log.last_index + 1, 0)
+            if answer:
+                self.reject(source, message, log.last_index + 1, 0)
+            else:
+                raft.count("raft_ignored_commit_notice_mismatch")
             return
         if prev == message.prev_log_index and here != message.prev_log_term:
             if prev <= raft.commit_index:
                 raft.count("raft_rejected_prev_conflicts_committed")
                 return
             # Figure 2 (2), term mismatch: hint the first index of our conflicting term.
-            self.reject(source, message, log.first_index_of_term_at(prev), here)
+            if answer:
+                self.reject(source, message, log.first_index_of_term_at(prev), here)
+            else:
+                raft.count("raft_ignored_commit_notice_mismatch")
             return
         if not self.append_new_entries(prev, entries):
             return
@@ -409,7 +456,8 @@ class Replication:
             commit = min(message.leader_commit, match)
             if commit > raft.commit_index:
                 raft.advance_commit(commit)
-        self.accept(source, message, match)
+        if answer:
+            self.accept(source, message, match)
 
     def matches_committed(self, prev: int, prev_term: int, entries: tuple[Entry, ...]) -> bool:
         """Whether a leader's entries at or below our commit index agree with
@@ -605,8 +653,13 @@ class Replication:
             LeaderCommitted(raft.id, raft.hard.term, index, raft.log.term_at(index) or 0)
         )
         raft.advance_commit(index)
+        notice = raft.params.commit_notice
         for progress in self.progress.values():
-            progress.heartbeat_due = True  # followers learn the new commit index now
+            # Followers learn the new commit index now.
+            if notice and progress.state == REPLICATE:
+                progress.commit_due = True
+            else:
+                progress.heartbeat_due = True
             progress.wakeup.notify()
 
     def self_match_index(self) -> int:
