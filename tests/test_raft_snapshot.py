@@ -227,7 +227,8 @@ def test_7_i_compacting_again_during_a_transfer_does_not_restart_it() -> None:
         cluster.submit(0, f"a{index}".encode())
     assert cluster.run(until=lambda: cluster.all_applied(b"a9", [0, 1]))
     cluster.restart(2)
-    cluster.run(10_000)  # the transfer has begun
+    # the transfer has begun (at the next heartbeat at the latest)
+    assert cluster.run(until=lambda: bool(cluster.messages(InstallSnapshot, 0)), limit_us=40_000)
     first = cluster.messages(InstallSnapshot, 0)[0][2].last_included_index
     for index in range(10):
         cluster.submit(0, f"b{index}".encode())  # and the leader compacts meanwhile

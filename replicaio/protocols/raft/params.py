@@ -63,7 +63,7 @@ class RaftParams:
     # does not answer (one message per follower per commit). Off: an empty
     # AppendEntries the follower acknowledges (two messages and two more
     # steps on the leader per follower per commit).
-    commit_notice: bool = False
+    commit_notice: bool = True
 
     @property
     def election_timeout_range_us(self) -> int:

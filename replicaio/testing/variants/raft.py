@@ -15,7 +15,12 @@ from typing import Any
 from replicaio.core.lines import Line
 from replicaio.interfaces.ordering import NotLeader
 from replicaio.protocols.raft.membership import Membership
-from replicaio.protocols.raft.messages import NO_NODE, ReadConfirmed, ReadRequested
+from replicaio.protocols.raft.messages import (
+    NO_NODE,
+    CommitNotice,
+    ReadConfirmed,
+    ReadRequested,
+)
 from replicaio.protocols.raft.raft import Raft
 from replicaio.protocols.raft.reads import PendingRead, Reads
 from replicaio.protocols.raft.replication import SNAPSHOT, Progress, Replication
@@ -99,6 +104,26 @@ class RaftFollowerReads(Raft):
 
 class RaftCountLeaderUnsynced(Raft):
     replication_type = CountLeaderUnsynced
+
+
+class NoticeUnchecked(Replication):
+    """BROKEN on purpose: a follower takes a ``CommitNotice``'s commit index
+    up to its own last entry without the AppendEntries consistency check
+    (Figure 2 (2) and (5): the index of the last *new* entry). A follower
+    holding a stale suffix of an earlier term applies entries that were never
+    committed."""
+
+    def on_commit_notice(self, source: int, notice: CommitNotice) -> None:
+        raft = self.raft
+        if notice.term < raft.hard.term or not raft.accept_leader(notice.term, source):
+            return
+        commit = min(notice.leader_commit, raft.log.last_index)
+        if commit > raft.commit_index:
+            raft.advance_commit(commit)
+
+
+class RaftNoticeUnchecked(Raft):
+    replication_type = NoticeUnchecked
 
 
 class RestartSnapshotOnCompaction(Snapshots):
@@ -244,6 +269,11 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-count-leader-unsynced", RaftCountLeaderUnsynced,
             "the leader counts its own unsynced entry toward a commit (thesis 10.2.1)",
             "state_machine_safety",
+        ),
+        RaftVariant(
+            "raft-notice-unchecked", RaftNoticeUnchecked,
+            "a follower takes a CommitNotice's commit index without the AppendEntries "
+            "consistency check", "state_machine_safety",
         ),
         RaftVariant(
             "raft-quorum-one-too-many", RaftQuorumOneTooMany,
