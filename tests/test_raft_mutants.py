@@ -102,7 +102,7 @@ SNAPSHOT_ONLY = {
 
 # Variants no swarm has caught, pinned by a hand-made history:
 # raft-notice-unchecked (0 of 100 seeds at n=3 and 300 at n=5 with every fault
-# kind; tests/test_raft_commit_notice.py breaks state machine safety with it).
+# kind but disk; tests/test_raft_commit_notice.py breaks state machine safety with it).
 TARGETED_ONLY = {
     "raft-notice-unchecked": "state_machine_safety",
 }
@@ -151,7 +151,8 @@ def test_a_session_table_that_never_evicts_is_caught_as_unbounded(
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("seed", [4, 14])  # re-pinned: perf18 (compaction window), perf21 (CommitNotice)
+# re-pinned: perf18 (compaction kept a window), perf21 (CommitNotice)
+@pytest.mark.parametrize("seed", [4, 14])
 def test_sessions_evicted_by_bytes_differently_on_a_restored_replica_are_caught(seed: int) -> None:
     """``session_results_bytes_max`` evictions must be the same on every replica:
     the planted table forgets its results' bytes when restored from a
