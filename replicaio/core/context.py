@@ -86,6 +86,8 @@ def accepts_str(body: Any) -> bool:
 def accepts_function(body_type: Any) -> Callable[[Any], bool]:
     """A fast type test for link bodies decoded from the wire (shared, not made
     per link, for the common body types)."""
+    if body_type is bytes:  # the usual one
+        return accepts_bytes
     if body_type is Any or body_type is object:
         return hashable
     if body_type is int:

@@ -90,7 +90,7 @@ class AnyOf:
         self.lines = lines
 
     def __await__(self) -> Generator[Any, None, None]:
-        if not any(line.ready for line in self.lines):
+        if not any(line._is_set for line in self.lines):
             yield self
 
 
@@ -104,7 +104,7 @@ async def first(*lines: Line[Any], label: str = "first") -> Any:
     """
     assert lines, "first() needs at least one line"
     await AnyOf(lines)
-    available = [line for line in lines if line.ready]
+    available = [line for line in lines if line._is_set]
     assert available
     if len(available) == 1:
         return available[0].value()

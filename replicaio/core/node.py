@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.config import ClusterConfig, Resilience
-from replicaio.core.context import Context, Ignore
+from replicaio.core.context import Context, Ignore, accepts_bytes
 from replicaio.core.effects import (
     NO_EFFECTS,
     Effects,
@@ -405,7 +405,8 @@ class Node:
             self.count("rejected_unknown_channel")
             return
         body = envelope.body
-        if not link.accepts(body):
+        accepts = link.accepts
+        if not (accepts is accepts_bytes and type(body) is bytes) and not accepts(body):
             self.count("rejected_body_type")
             return
         link.receive(source, body)

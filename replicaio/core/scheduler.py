@@ -126,7 +126,7 @@ class Task(Generic[T]):
         finally:
             scheduler.current = previous
         if isinstance(waited, Line):
-            assert not waited.ready
+            assert not waited._is_set
             waiters = waited.waiters
             if waiters is None:
                 waited.waiters = {self: None}
@@ -141,7 +141,7 @@ class Task(Generic[T]):
     def _wait_on_any(self, waited: object) -> None:
         assert isinstance(waited, AnyOf), f"task {self.name} awaited {waited!r}: not a line"
         for line in waited.lines:
-            assert not line.ready
+            assert not line._is_set
             waiters = line.waiters
             if waiters is None:
                 line.waiters = {self: None}
@@ -226,9 +226,12 @@ class Scope:
     def cancel(self) -> None:
         """Cancel every task of the scope, newest first, and refuse new ones."""
         self.cancelled = True
-        for task in reversed(list(self.tasks)):
+        tasks = self.tasks
+        if not tasks:
+            return  # the common case: every task already finished
+        for task in reversed(list(tasks)):
             task.cancel()
-        assert all(task.cancel_pending for task in self.tasks), f"scope {self.name} kept tasks"
+        assert all(task.cancel_pending for task in tasks), f"scope {self.name} kept tasks"
 
     async def wait(self) -> None:
         """Wait until every task of the scope has finished (not only been cancelled)."""

@@ -153,7 +153,7 @@ class EventLogWriter:
     """
 
     __slots__ = (
-        "buffer", "buffered", "digest", "encode_into", "pack", "records",
+        "buffer", "buffered", "digest", "encode_into", "pack",
         "records_per_flush_max", "sink",
     )
 
@@ -174,7 +174,6 @@ class EventLogWriter:
         self.buffer = bytearray()
         self.encode_into = msgspec.msgpack.Encoder().encode_into
         self.pack = msgpack.Packer(use_bin_type=True).pack
-        self.records = 0
         self.buffered = 0
         self.records_per_flush_max = records_per_flush_max
         self.write({"format": FORMAT, "version": VERSION, **header})
@@ -187,9 +186,9 @@ class EventLogWriter:
         except Exception:  # a type msgspec refuses: msgpack packs it, or raises
             del buffer[size:]
             buffer += self.pack(record)
-        self.records += 1
-        self.buffered += 1
-        if self.buffered >= self.records_per_flush_max:
+        buffered = self.buffered + 1
+        self.buffered = buffered
+        if buffered >= self.records_per_flush_max:
             self.flush()
 
     def flush(self) -> None:
