@@ -227,7 +227,21 @@ class Node:
             self.effects = effects = Effects()
         if isinstance(event, Receive):
             assert self.started, "input before Start"
-            self.receive(event.source, event.message)
+            source = event.source
+            data = event.message
+            if type(data) is bytes and 0 <= source < self.n and source != self.node_id:
+                # receive()'s common case, inline: a peer's frame
+                try:
+                    data = self.codec.decode(data)
+                except DecodeError as error:
+                    self.count(f"rejected_decode_{error.reason}")
+                else:
+                    if type(data) is Envelope:
+                        self.dispatch(source, data)
+                    else:
+                        self.receive(source, data)
+            else:
+                self.receive(source, data)
         elif isinstance(event, TimerFired):
             assert self.started, "input before Start"
             self.on_timer(event.timer_id)

@@ -49,6 +49,7 @@ from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig
 from replicaio.core.effects import (
     CLOCK_CHOICE,
+    NO_EFFECTS,
     Effects,
     Input,
     Receive,
@@ -225,7 +226,9 @@ class Simulator:
         self.partitions: list[Partition] = list(options.partitions)
         # Each node's clock rate, in parts per million off true time (options.py).
         self.clock_ppm = list(options.clock_rates_ppm or (0,) * n)
-        self.link_clock: dict[tuple[int, int], int] = {}
+        # link_clock[source][destination]: when the link's last message arrives
+        # (links are FIFO unless reordering is on)
+        self.link_clock: list[list[int]] = [[0] * n for _ in range(n)]
         # The rate of the exponential part of every message's latency (transmit).
         self.latency_rate = 1.0 / (options.latency_mean_us - options.latency_min_us)
         # Sends are counted by kind only when some crash is aimed at rare ones.
@@ -418,39 +421,46 @@ class Simulator:
         if crash is not None and not crash.rare and self.crash_lands(node, effects, crash):
             self.crash_mid_step(node, effects, crash)
             return
-        persists = effects.persists
-        if node.waiting is not None or (
-            persists and self.options.sync_us_mean and type(event) is not Start
-        ):
-            hold(self, node, event, effects)
-            return
-        if persists:
-            node.storage.write_and_sync(persists)
-        sends = effects.sends
-        encoded = self.send_all(node, effects) if sends else None
-        if strategy is not None and self.view is not None:
-            self.attack(node)
-        timers_cancelled = effects.timers_cancelled
-        if timers_cancelled:
-            for timer_id in timers_cancelled:
-                node.timers.pop(timer_id, None)
-        timers_set = effects.timers_set
-        if timers_set:
-            for timer_id, delay in timers_set:
-                self.arm_timer(node, timer_id, delay)
-        outputs = effects.outputs
-        if outputs:
-            self.release_outputs(node, outputs)
+        encoded: list[bytes] | None = None
+        if effects is NO_EFFECTS and node.waiting is None:
+            # The common step that did nothing: no write, send, timer or output.
+            busy = False
+            if strategy is not None and self.view is not None:
+                self.attack(node)
+        else:
+            persists = effects.persists
+            if node.waiting is not None or (
+                persists and self.options.sync_us_mean and type(event) is not Start
+            ):
+                hold(self, node, event, effects)
+                return
+            if persists:
+                node.storage.write_and_sync(persists)
+            sends = effects.sends
+            if sends:
+                encoded = self.send_all(node, effects)
+            if strategy is not None and self.view is not None:
+                self.attack(node)
+            timers_cancelled = effects.timers_cancelled
+            if timers_cancelled:
+                for timer_id in timers_cancelled:
+                    node.timers.pop(timer_id, None)
+            timers_set = effects.timers_set
+            if timers_set:
+                for timer_id, delay in timers_set:
+                    self.arm_timer(node, timer_id, delay)
+            outputs = effects.outputs
+            if outputs:
+                self.release_outputs(node, outputs)
+            busy = bool(persists or sends or timers_cancelled or timers_set or outputs)
         log = self.log
         if log is not None:
             if type(event) is Receive and type(event.message) is bytes:
                 record: Any = ("receive", event.source, event.message)  # packs as encode_input's
             else:
                 record = encode_input(self.codec, event)
-            if persists or sends or timers_cancelled or timers_set or outputs:
-                packed = pack_effects(self.codec, effects, encoded)
-            else:
-                packed = EMPTY_EFFECTS  # what pack_effects gives an empty batch
+            # EMPTY_EFFECTS: what pack_effects gives an empty batch
+            packed = pack_effects(self.codec, effects, encoded) if busy else EMPTY_EFFECTS
             log.write((STEP, self.now, node.node_id, node.incarnation, record, node.choices,
                        packed))  # = log.step(...)
         if self.count_kinds:
@@ -558,7 +568,7 @@ class Simulator:
         now_min = self.now + self.options.latency_min_us
         rate = self.latency_rate
         draw = self.rng.random
-        link_clock = self.link_clock
+        link_clock = self.link_clock[source]
         heap = self.heap
         sequence = self.sequence
         last: Any = None
@@ -573,11 +583,10 @@ class Simulator:
             if encoded is not None:
                 encoded.append(data)
             at_us = now_min + int(-natural_log(1.0 - draw()) / rate)
-            link = (source, destination)
-            previous = link_clock.get(link, 0)
+            previous = link_clock[destination]
             if previous > at_us:
                 at_us = previous  # FIFO link: never overtake the previous message
-            link_clock[link] = at_us
+            link_clock[destination] = at_us
             sequence += 1
             heappush(heap, (at_us, sequence, DELIVER, destination, source,
                             data if wire else message))
@@ -698,12 +707,12 @@ class Simulator:
                 delay += rng.randrange(options.reorder_us)
                 at_us = now + delay
             else:
-                link = (source, destination)
                 at_us = now + delay
-                previous = self.link_clock.get(link, 0)
+                clocks = self.link_clock[source]
+                previous = clocks[destination]
                 if previous > at_us:
                     at_us = previous  # FIFO link: never overtake the previous message
-                self.link_clock[link] = at_us
+                clocks[destination] = at_us
             self.sequence += 1
             heappush(self.heap, (at_us, self.sequence, DELIVER, destination, source, message))
 
