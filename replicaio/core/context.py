@@ -188,8 +188,10 @@ class Link(Generic[T]):
         # peer -> the line of from_peer(peer), made only when asked for: most
         # links are only ever counted (quorums), never read per peer.
         self.from_lines: dict[int, Line[T]] | None = None
-        self.quorums: list[tuple[int, Line[T]]] = []
-        self.certificates: list[CertificateWait[T]] = []
+        # Waiting quorums and certificates: an empty tuple until the first is
+        # asked for (three links per Bracha instance, most asked for one or none).
+        self.quorums: list[tuple[int, Line[T]]] | tuple[()] = ()
+        self.certificates: list[CertificateWait[T]] | tuple[()] = ()
 
     # -- sending -------------------------------------------------------------
 
@@ -254,7 +256,11 @@ class Link(Generic[T]):
         if count <= len(self.reached):
             line.set(self.reached[count - 1])
             return line
-        self.quorums.append((count, line))
+        quorums = self.quorums
+        if quorums:
+            quorums.append((count, line))
+        else:
+            self.quorums = [(count, line)]
         return line
 
     def certificate(
@@ -276,7 +282,11 @@ class Link(Generic[T]):
         for source, value in received.items():
             if wait.add(source, value, received):
                 return line
-        self.certificates.append(wait)
+        certificates = self.certificates
+        if certificates:
+            certificates.append(wait)
+        else:
+            self.certificates = [wait]
         return line
 
     def receive(self, source: int, value: T) -> None:
@@ -397,7 +407,7 @@ class Context:
 
     def links(self, *names: str, body: Any = bytes, durable: bool = True) -> tuple[Link[Any], ...]:
         """One link per name, all carrying bodies of type ``body``."""
-        return tuple(self.link(name, body=body, durable=durable) for name in names)
+        return tuple([self.link(name, body=body, durable=durable) for name in names])
 
     def link(self, name: str, *, body: Any = bytes, durable: bool = True) -> Link[Any]:
         """The link ``name`` of this component (created once)."""
