@@ -21,7 +21,12 @@ node.
     taskset -c 0 .venv/bin/python bench/bench_sim.py --sizes 4 --modes a --profile
 
 ``--profile`` runs each configuration under cProfile once more (slower) and
-prints where the time goes, per component and per function.
+prints where the time goes, per component and per function. ``--opcodes``
+counts the bytecodes and Python calls each function executes per delivered
+message instead (``sys.settrace``, much slower): a count, so the same on a
+loaded machine as on a quiet one, and what most of the interpreter's
+instructions follow (the per-delivery figure is the run's minus a one-request
+run's, so start-up is not counted).
 """
 
 from __future__ import annotations
@@ -199,6 +204,63 @@ def profile(n: int, mode: str, requests: int, runs: int, top: int) -> dict[str, 
     }
 
 
+def count_opcodes(n: int, mode: str, requests: int, top: int) -> dict[str, Any]:
+    """Bytecodes and calls per function per delivered message (seed 1), the
+    one-request run's counts subtracted."""
+    _, encode, record = MODES[mode]
+    opcodes: dict[tuple[str, int, str], int] = {}
+    calls: dict[tuple[str, int, str], int] = {}
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        key = (code.co_filename, code.co_firstlineno, code.co_name)
+        if event == "call":
+            calls[key] = calls.get(key, 0) + 1
+            frame.f_trace_opcodes = True
+        elif event == "opcode":
+            opcodes[key] = opcodes.get(key, 0) + 1
+        return tracer
+
+    counted: list[tuple[dict[Any, int], dict[Any, int], int]] = []
+    for size in (requests, 1):
+        opcodes, calls = {}, {}
+        sys.settrace(tracer)
+        try:
+            result = run_once(n, 1, size, encode, record)
+        finally:
+            sys.settrace(None)
+        counted.append((opcodes, calls, result.stats["messages_delivered"]))
+    (ops, calls_made, delivered), (ops_one, calls_one, delivered_one) = counted
+    messages = max(1, delivered - delivered_one)
+    per_function = {
+        key: ((ops[key] - ops_one.get(key, 0)) / messages,
+              (calls_made.get(key, 0) - calls_one.get(key, 0)) / messages)
+        for key in ops
+    }
+    ranked = sorted(per_function.items(), key=lambda item: -item[1][0])[:top]
+    return {
+        "n": n,
+        "mode": mode,
+        "opcodes_per_delivery": round(sum(pair[0] for pair in per_function.values()), 1),
+        "calls_per_delivery": round(
+            (sum(calls_made.values()) - sum(calls_one.values())) / messages, 2),
+        "top": [
+            {"function": f"{os.path.relpath(filename)}:{line}({function})",
+             "opcodes": round(count, 1), "calls": round(made, 2)}
+            for (filename, line, function), (count, made) in ranked
+        ],
+    }
+
+
+def print_opcodes(report: dict[str, Any]) -> None:
+    print(f"\nopcodes n={report['n']} mode {report['mode']}: "
+          f"{report['opcodes_per_delivery']} bytecodes and "
+          f"{report['calls_per_delivery']} Python calls per delivered message")
+    print(f"  {'opcodes':>8} {'calls':>6}  function")
+    for entry in report["top"]:
+        print(f"  {entry['opcodes']:>8.1f} {entry['calls']:>6.2f}  {entry['function']}")
+
+
 def print_profile(report: dict[str, Any]) -> None:
     print(f"\nprofile n={report['n']} mode {report['mode']} "
           f"(cProfile self time {report['total_self_seconds']} s)")
@@ -245,7 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="seeds per configuration")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--profile", action="store_true", help="also profile each configuration")
-    parser.add_argument("--top", type=int, default=25, help="functions shown by --profile")
+    parser.add_argument("--opcodes", action="store_true",
+                        help="also count bytecodes per delivery and function (sys.settrace)")
+    parser.add_argument("--top", type=int, default=25,
+                        help="functions shown by --profile and --opcodes")
     arguments = parser.parse_args(argv)
     sizes = [int(size) for size in parse_list(arguments.sizes)]
     modes = parse_list(arguments.modes)
@@ -256,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--requests must be >= 1")
     rows: list[Row] = []
     profiles: list[dict[str, Any]] = []
+    opcode_counts: list[dict[str, Any]] = []
     # One tiny run first: the modules a run imports on first use (about 45 ms
     # of CPU) would otherwise be charged to the first configuration measured.
     run_once(4, 1, 1, encode=True, record=True)
@@ -265,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(measure(n, mode, requests, runs))
             if arguments.profile:
                 profiles.append(profile(n, mode, requests, runs, arguments.top))
+            if arguments.opcodes:
+                opcode_counts.append(count_opcodes(n, mode, requests, arguments.top))
     machine = {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -276,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = {"protocol": PROTOCOL, "machine": machine, "rows": [asdict(row) for row in rows]}
         if profiles:
             report["profiles"] = profiles
+        if opcode_counts:
+            report["opcodes"] = opcode_counts
         json.dump(report, sys.stdout, indent=2)
         print()
         return 0
@@ -284,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(rows)
     for report in profiles:
         print_profile(report)
+    for report in opcode_counts:
+        print_opcodes(report)
     return 0
 
 

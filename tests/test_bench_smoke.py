@@ -56,6 +56,20 @@ def test_bench_sim_table_and_profile(capsys: pytest.CaptureFixture[str]) -> None
     assert "scheduler/tasks" in out
 
 
+def test_bench_sim_counts_opcodes_per_delivery(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_bench()
+    status = bench.main(["--sizes", "4", "--modes", "a", "--requests", "2", "--runs", "1",
+                         "--opcodes", "--top", "5", "--json"])
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    (counted,) = report["opcodes"]
+    assert counted["mode"] == "a"
+    assert counted["opcodes_per_delivery"] > 0
+    assert counted["calls_per_delivery"] > 0
+    assert len(counted["top"]) == 5
+    assert any("simulator.py" in entry["function"] for entry in counted["top"])
+
+
 def test_bench_sim_refuses_an_empty_workload() -> None:
     bench = load_bench()
     with pytest.raises(SystemExit):
