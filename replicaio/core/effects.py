@@ -2,7 +2,9 @@
 
 A host (the simulator or the live runtime) owns one :class:`~replicaio.core.node.Node`
 per node and calls ``node.step(input)`` with one of the inputs below. The core
-runs until nothing more can happen and returns one :class:`Effects` batch.
+runs until nothing more can happen and returns one :class:`Effects` batch (a
+step that did nothing returns the shared :data:`NO_EFFECTS`, which nobody may
+add to).
 
 The host MUST execute a batch in this order (after etcd raft's ``Ready``):
 
