@@ -48,7 +48,8 @@ each node drives it, and the outcome counts once f+1 nodes gave the same
 definite one (``services.txn.outcomes``, the rule of ``TxnClient(replies=f+1)``;
 the nodes that answered nothing definite are asked the same signed attempt
 again before the outcome is called unknown, which the front answers
-``-UNKNOWN``, never ``-TRYAGAIN``): a
+``-UNKNOWN``, never ``-TRYAGAIN``; ``--txn-first-wave-ms`` sends it to f+1
+nodes first, the others once those cannot settle it or after that long): a
 Byzantine node can neither alter the attempt (every group checks its part
 against the signature, ADR 0029) nor make the client believe an outcome no
 correct node reached.

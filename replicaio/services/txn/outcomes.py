@@ -21,6 +21,12 @@ and finishes it), at most ``reasks`` times; only then is the outcome
 Redis client retries a TRYAGAIN as a new attempt, and a committed transfer
 would apply twice).
 
+**Fewer drivers.** With ``first``, an attempt goes to ``replies`` nodes first
+and to the others once those cannot give ``replies`` matching definite
+answers (:meth:`OutcomeVotes.short`: a disagreement, an undecided answer)
+or do not in time (the caller's timer): a Byzantine node among the first
+may lie or stay silent, and then more are asked (:meth:`OutcomeVotes.widen`).
+
 Pure: no I/O, clock or randomness; the caller sends, times out and feeds answers.
 """
 
