@@ -67,7 +67,11 @@ class Line(Generic[T]):
         if waiters:
             self.waiters = None
             for task in waiters:
-                task.wake(self)
+                if len(task.waiting) == 1:  # Task.wake's common case, inline
+                    task.waiting = ()
+                    task.scheduler.ready.append(task)
+                else:
+                    task.wake(self)
 
     def __await__(self) -> Generator[Any, None, T]:
         if not self._is_set:

@@ -528,8 +528,12 @@ class Node:
                 if not keys:
                     del self.storage_keys[prefix]
         else:
-            if key not in storage:
-                self.index_key(key)
+            if key not in storage:  # index_key(key), inline
+                prefix = key[: key.find("#") + 1]
+                indexed = self.storage_keys.get(prefix)
+                if indexed is None:
+                    indexed = self.storage_keys[prefix] = {}
+                indexed[key] = None
             storage[key] = value
         self.effects.persists.append((key, value))
 

@@ -187,7 +187,8 @@ class ReliableLinks:
         path = link.path
         channel = link.name
         if persist:
-            key = f"{link.storage_prefix()}link:{channel}:{destination}"
+            prefix = link.storage_prefix_cached or link.storage_prefix()
+            key = f"{prefix}link:{channel}:{destination}"
             node.persist(key, node.codec.encode_value(body))
         # One frozen message for every target: retained, sent and encoded once.
         envelope = Envelope(path, channel, body)
