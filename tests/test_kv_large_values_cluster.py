@@ -46,14 +46,17 @@ def pattern(size: int, seed: bytes) -> bytes:
 
 
 def patient(call: Callable[[], T], timeout_s: float = 120.0) -> T:
-    """``call()``, again while the cluster answers TRYAGAIN (a large write with
-    fsync on a loaded machine can outlast the front's 5 s request timeout; SET
-    and GET are safe to repeat)."""
+    """``call()``, again while the cluster answers TRYAGAIN, or UNKNOWN for a
+    write (a large write with fsync on a loaded machine can outlast the front's
+    5 s request timeout; SET and GET are safe to repeat)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return call()
-        except redis.exceptions.TryAgainError:
+        except redis.exceptions.ResponseError as error:  # TRYAGAIN, or UNKNOWN (a write)
+            if not str(error).startswith(("TRYAGAIN", "UNKNOWN")) and not isinstance(
+                    error, redis.exceptions.TryAgainError):
+                raise
             assert time.monotonic() < deadline, "the cluster kept answering TRYAGAIN"
             time.sleep(0.5)
 

@@ -50,7 +50,7 @@ class RespParams:
     watch_keys_max: int = 1024  # keys one connection watches
     retry_after_ms: int = 1000  # send a request again if unanswered this long
     retry_backoff_ms: int = 50  # wait before sending again after a passing refusal
-    request_timeout_ms: int = 5000  # then -TRYAGAIN no quorum
+    request_timeout_ms: int = 5000  # then -TRYAGAIN no quorum (a read), -UNKNOWN (a write)
     idle_timeout_ms: int = 300_000  # Redis's `timeout`: close an idle connection (0: never)
     request_read_timeout_ms: int = 10_000  # close one that sends half a command (0: never)
     # With every client slot taken, a new client evicts the connection idle the

@@ -19,9 +19,23 @@ NODE_BITS: Final = 10  # NODES_MAX = 1024
 CLIENT_IDS_MAX: Final = 1 << CLIENT_BITS
 # Refusals after which the same request may be sent again (it was not executed).
 RETRYABLE: Final = frozenset({"busy", "read_timeout", "no_quorum", "not_leader"})
+# A write whose outcome is unknown is ``-UNKNOWN``, never ``-TRYAGAIN``: a Redis
+# client (redis-py's cluster client, redis-cli's scripts) takes TRYAGAIN as
+# "nothing happened" and sends the write again as a new one, so an INCR whose
+# answer was lost would apply twice. A read refused for the same reasons had no
+# effect and stays TRYAGAIN. (The transactions across groups answer -UNKNOWN
+# alike: ``sharded.unknown_outcome``.)
 EXPIRED_ERROR: Final = RespError(
+    "UNKNOWN session expired: this node's session for the connection was evicted "
+    "(the write may have taken effect)"
+)
+NOT_REGISTERED_ERROR: Final = RespError(
+    "TRYAGAIN no session: the connection's session could not be registered in time "
+    "(nothing was applied)"
+)
+READ_EXPIRED_ERROR: Final = RespError(
     "TRYAGAIN session expired: this node's session for the connection was evicted "
-    "(a write may have taken effect)"
+    "(a read has no effect)"
 )
 
 

@@ -55,10 +55,12 @@ known, a read timing out), is sent again with the **same** (client, seq): the
 session table executes it at most once, even if the session is evicted
 meanwhile (SMR then refuses it: ``session_expired``; sent once, it certainly
 did not run and goes again under a new registered id; sent more than once, its
-outcome is unknown: ``-TRYAGAIN session expired ...``). After
-``request_timeout_ms`` without a result the client gets ``-TRYAGAIN no quorum
-...``: a read had no effect; a write's outcome is unknown (it may still take
-effect), which the client must treat as such. No reply is ever made up: every
+outcome is unknown: ``-UNKNOWN session expired ...``). After
+``request_timeout_ms`` without a result a read gets ``-TRYAGAIN no quorum ...``
+(it had no effect) and a write ``-UNKNOWN no quorum ...``: its outcome is
+unknown (it may still take effect), which the client must treat as such. Never
+``TRYAGAIN`` for a write: Redis clients send a TRYAGAIN again as a new command,
+and an INCR whose answer was lost would apply twice. No reply is ever made up: every
 answer comes from the state machine's execution.
 
 Bounds (:class:`RespParams`, the cluster file's ``[service]`` table): the
@@ -121,6 +123,8 @@ from replicaio.runtime.kv.relay import GATEWAY_COMMANDS, UNGROUPED, GatewaySubmi
 from replicaio.runtime.kv.requests import (
     CLIENT_IDS_MAX,
     EXPIRED_ERROR,
+    NOT_REGISTERED_ERROR,
+    READ_EXPIRED_ERROR,
     RETRY_LATER,
     RETRY_NOW,
     RETRYABLE,
@@ -751,13 +755,17 @@ class RespService(ListeningService):
             connection.read_seq += 1
             outcome, _ = await self.request(connection.read_client, connection.read_seq,
                                             command, True, group)
-            return outcome if not isinstance(outcome, SessionExpired) else EXPIRED_ERROR
+            return outcome if not isinstance(outcome, SessionExpired) else READ_EXPIRED_ERROR
         while True:
             if connection.write_seq == 0:
                 registered, _ = await self.request(connection.write_client, 1, b"", False,
                                                    group)
                 if not isinstance(registered, bytes):
-                    return registered if isinstance(registered, RespError) else EXPIRED_ERROR
+                    # The command itself was not sent: nothing of it can have run.
+                    if isinstance(registered, RespError) and not registered.text.startswith(
+                            "UNKNOWN"):
+                        return registered
+                    return NOT_REGISTERED_ERROR
                 connection.write_seq = 1
                 self.count("kv_sessions_registered")
             connection.write_seq += 1
@@ -780,7 +788,8 @@ class RespService(ListeningService):
         self, client: int, seq: int, command: bytes, read_only: bool, group: int | None = None
     ) -> tuple[bytes | RespError | SessionExpired, int]:
         """One SMR request, sent again with the same (client, seq) until it is answered
-        or ``request_timeout_ms`` passes (then ``-TRYAGAIN``); and how many times it
+        or ``request_timeout_ms`` passes (then ``-TRYAGAIN`` for a read, ``-UNKNOWN`` for a
+        write); and how many times it
         was sent."""
         host = self.host
         assert host is not None
@@ -817,9 +826,14 @@ class RespService(ListeningService):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     self.count("kv_no_quorum")
-                    return RespError(
-                        f"TRYAGAIN no quorum: no answer within {params.request_timeout_ms} ms "
-                        "(a write may still take effect)"
+                    if read_only:  # it had no effect: the client may send it again
+                        return RespError(
+                            f"TRYAGAIN no quorum: no answer within {params.request_timeout_ms} "
+                            "ms (a read has no effect)"
+                        ), attempts
+                    return RespError(  # not TRYAGAIN: see requests.EXPIRED_ERROR
+                        f"UNKNOWN no quorum: no answer within {params.request_timeout_ms} ms "
+                        "(the write may still take effect)"
                     ), attempts
                 self.count("kv_retries")
                 if outcome.delay:
