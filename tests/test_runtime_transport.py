@@ -41,6 +41,7 @@ from replicaio.runtime.transport import (
     shared_secret,
     transcript,
 )
+from replicaio.runtime.transport import Connection as PeerConnection
 
 SECRET = bytes(range(32))
 TIMEOUT_S = 10.0
@@ -207,6 +208,40 @@ def test_dialler_reconnects_after_the_acceptor_restarts() -> None:
             dialer.transport.send(1, b"second")
             assert await receive(acceptor) == (0, b"second")
             assert dialer.counters.get("connections_established") == 2
+        finally:
+            await dialer.transport.close()
+            await acceptor.transport.close()
+
+    run(scenario)
+
+
+def test_a_dial_whose_socket_closes_under_the_handshake_is_retried(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop raises RuntimeError (not ConnectionError) for a write to a transport
+    the peer closed meanwhile. The dial loop counts it as a failed handshake and
+    dials again; uncaught, it ended the loop and the node never reconnected."""
+    real = Transport.handshake_as_dialer
+    failures = [1]
+
+    async def closed_once(self: Transport, peer: int, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> PeerConnection:
+        if failures[0]:
+            failures[0] -= 1
+            writer.close()
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; "
+                               "the handler is closed")
+        return await real(self, peer, reader, writer)
+
+    monkeypatch.setattr(Transport, "handshake_as_dialer", closed_once)
+
+    async def scenario() -> None:
+        acceptor = await make_node(1, {0: 1})
+        dialer = await make_node(0, {1: acceptor.transport.port})
+        try:
+            dialer.transport.send(1, b"after the failed dial")
+            assert await receive(acceptor) == (0, b"after the failed dial")
+            assert failures == [0]
+            assert dialer.counters.get("handshake_failures") == 1
         finally:
             await dialer.transport.close()
             await acceptor.transport.close()
