@@ -9,6 +9,8 @@ finalizer whatever happens.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ import pytest
 from replicaio.cli import main
 from replicaio.protocols.broadcast import Accepted, Delivered
 from replicaio.runtime.client import HistoryEnd, StreamClient
-from replicaio.runtime.local import LocalCluster, free_port_block
+from replicaio.runtime.local import LocalCluster, free_port_block, listens_on
 
 DEADLINE_S = 20.0
 # Fast ticks and reconnects so that a restarted node is caught up quickly.
@@ -115,6 +117,33 @@ def test_bracha_cluster_of_processes_delivers_every_broadcast_everywhere(
         assert watcher.values() == expected  # agreement and validity, in every process
         assert sorted(watcher.fresh()) == sorted(expected)  # exactly once each
     assert [a.seq for a in watchers[0].accepted] == [0, 1, 2, 3, 4]
+
+
+def test_a_client_port_another_process_took_moves_the_cluster_to_fresh_ports(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """A port free when chosen may be bound by a concurrent test run before the
+    node binds it: the node exits (address in use), and ``wait_ready`` used to
+    take the other process's listener for the node's. A test then talked to that
+    process (a cross-group MGET read ``[None, None]``: docs/transactions.md,
+    *Reads across groups*). Now the port must be the node's own, and a first
+    start moves the cluster to fresh ports."""
+    cluster = make_cluster(nodes=4)
+    taken = cluster.cluster.nodes[2].client.port
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind(("127.0.0.1", taken))
+        other.listen(8)
+        assert listens_on(os.getpid(), taken) is True
+        cluster.start_all()
+        assert taken not in [entry.client.port for entry in cluster.cluster.nodes]
+        assert cluster.runs == dict.fromkeys(range(4), 1)
+        assert all(process.poll() is None for process in cluster.processes.values())
+        moved = (cluster.directory / "node-2.run-1.log.port-taken").read_text()
+        assert "address already in use" in moved
+    watchers = [watch(cluster, node) for node in range(4)]
+    broadcast(watchers[2], [b"moved"])
+    pump_until(watchers, lambda: all(len(w.delivered) == 1 for w in watchers), "1 delivery")
 
 
 def test_live_event_logs_replay_exactly_like_simulated_ones(

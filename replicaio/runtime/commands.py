@@ -40,6 +40,7 @@ from replicaio.runtime.config import (
     render_cluster_file,
     write_usig_keys,
 )
+from replicaio.runtime.local import listens_on
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -315,7 +316,8 @@ def wait_until_ready(
     cluster: ClusterFile, processes: list[subprocess.Popen[bytes]], timeout_s: float,
     directory: Path | None = None,
 ) -> str | None:
-    """``None`` once every node's client port accepts, else what went wrong (with
+    """``None`` once every node's client port accepts on the node's own socket, else
+    what went wrong (with
     the error a node that exited wrote to ``directory/node-I.log``)."""
     deadline = time.monotonic() + timeout_s
     waiting = {entry.id for entry in cluster.nodes}
@@ -327,9 +329,13 @@ def wait_until_ready(
             entry = cluster.nodes[node_id]
             try:
                 with socket.create_connection((entry.client.host, entry.client.port), 0.2):
-                    waiting.discard(node_id)
+                    pass
             except OSError:
-                pass
+                continue
+            # The port may be another process's (bound after the check before the
+            # start): then this node exits, address in use, and says so above.
+            if listens_on(processes[node_id].pid, entry.client.port) is not False:
+                waiting.discard(node_id)
         if waiting and time.monotonic() > deadline:
             return f"nodes {sorted(waiting)} not ready after {timeout_s} s"
         if waiting:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,6 +32,10 @@ from replicaio.runtime.config import (
 )
 
 LOOPBACK = "127.0.0.1"
+# What a node's log or :meth:`LocalCluster.wait_ready` says when a port is another
+# process's; how many times a first start moves the cluster to fresh ports for it.
+PORT_TAKEN_SIGNS = ("address already in use", "is another process's")
+PORT_MOVES_MAX = 2
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -69,6 +74,48 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """The inodes of the TCP sockets listening on ``port`` (any address), from
+    ``/proc/net/tcp`` and ``tcp6``; ``None`` where there is no such file."""
+    found: set[str] = set()
+    read = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        read = True
+        for line in lines:
+            fields = line.split()
+            # local_address is ADDRESS:PORT in hex; state 0A is LISTEN
+            if len(fields) > 9 and fields[3] == "0A" and \
+                    int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])
+    return found if read else None
+
+
+def listens_on(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds a socket listening on ``port``; ``None``
+    where this cannot be told (no ``/proc``). A port that accepts connections
+    may be another process's: a node whose bind failed exits, and a concurrent
+    test run's node may hold the port (see :meth:`LocalCluster.wait_ready`)."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    if not inodes:
+        return False
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):
+            if os.readlink(descriptor) in wanted:
+                return True
+    return False
 
 
 def free_port_block(count: int) -> int:
@@ -195,12 +242,54 @@ class LocalCluster:
     READY_TIMEOUT_S = 60.0
 
     def start_all(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        for node_id in range(self.cluster.n):
-            self.start(node_id)
-        self.wait_ready(range(self.cluster.n), timeout_s)
+        """Start every node and wait until each serves on its own ports. On the
+        cluster's first start, a port that another process bound between its
+        choice and the node's bind (a concurrent test run) moves the whole
+        cluster to a fresh block of ports, on fresh disks (at most twice)."""
+        for moves_left in range(PORT_MOVES_MAX, -1, -1):
+            first = not any(self.runs.values())
+            for node_id in range(self.cluster.n):
+                self.start(node_id)
+            try:
+                self.wait_ready(range(self.cluster.n), timeout_s)
+                return
+            except RuntimeError as error:
+                if not (first and moves_left and any(
+                        sign in str(error) for sign in PORT_TAKEN_SIGNS)):
+                    raise
+            self.close()
+            self.move_ports()
+
+    def move_ports(self) -> None:
+        """Give every node fresh ports (the cluster file rewritten), a fresh data
+        directory and run numbering from 1 again (the failed runs' logs kept
+        aside as ``*.port-taken``). Only before any node has served."""
+        assert not self.processes, "move_ports with nodes running"
+        old = [port for entry in self.cluster.nodes
+               for port in (entry.peer.port, entry.client.port)] + [
+            entry.metrics.port for entry in self.cluster.nodes if entry.metrics is not None]
+        new = free_ports(len(old))
+        text = self.config_path.read_text()
+        for before, after in zip(old, new, strict=True):
+            text = text.replace(f'"{LOOPBACK}:{before}"', f'"{LOOPBACK}:{after}"')
+        self.config_path.write_text(text)
+        self.cluster = load_cluster_file(self.config_path)
+        for entry in self.cluster.nodes:
+            shutil.rmtree(self.directory / entry.data_dir, ignore_errors=True)
+            for run in range(1, self.runs[entry.id] + 1):
+                for path in (self.event_log(entry.id, run), self.stderr_log(entry.id, run)):
+                    with contextlib.suppress(OSError):
+                        path.rename(path.with_name(path.name + ".port-taken"))
+            self.runs[entry.id] = 0
 
     def wait_ready(self, node_ids: Any, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Return once every node's client port accepts; raise with its log otherwise."""
+        """Return once every node's client port accepts *and is the node's own*;
+        raise with its log otherwise. A port that accepts may be another
+        process's: the ports were free when chosen, but a concurrent test run may
+        bind one before the node does. The node then exits (address in use)
+        while a test talks to the other process: a cross-group MGET through such
+        a port read ``[None, None]`` (a key-value node of another cluster) and
+        looked like a stale read (docs/transactions.md, *Reads across groups*)."""
         deadline = time.monotonic() + timeout_s
         for node_id in node_ids:
             entry = self.cluster.nodes[node_id]
@@ -210,13 +299,16 @@ class LocalCluster:
                     raise RuntimeError(f"node {node_id} exited: {self.tail(node_id)}")
                 try:
                     with socket.create_connection((entry.client.host, entry.client.port), 0.2):
+                        pass
+                    owned = listens_on(process.pid, entry.client.port)
+                    if owned is None or owned:
                         break
+                    problem = f"its client port {entry.client.port} is another process's"
                 except OSError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"node {node_id} not ready: {self.tail(node_id)}"
-                        ) from None
-                    time.sleep(0.02)
+                    problem = "not ready"
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {node_id} {problem}: {self.tail(node_id)}")
+                time.sleep(0.02)
 
     def tail(self, node_id: int, lines: int = 10) -> str:
         path = self.stderr_log(node_id, self.runs[node_id])
