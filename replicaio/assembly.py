@@ -104,7 +104,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "PBFT: the checkpoint interval K, L = 2K)",
     "snapshotkib": "Raft: SmrConstants.snapshot_log_bytes_min in KiB: snapshots sized by "
     "bytes, a multiple of `snapshot` skipped while the log since the last snapshot is smaller "
-    "than this and than that snapshot (at most 63 in a row; 0: off, the default)",
+    "than this and than that snapshot (at most 63 in a row; 0: off, the simulator's default; a "
+    "live cluster file without `snapshot` or `snapshotkib` gets 1024)",
     "batch": "SmrConstants.batch_requests_max: requests per batch",
     "sessions": "SmrConstants.sessions_max: client sessions remembered (LRU beyond)",
     "results": "SmrConstants.session_results_bytes_max: bytes of results the sessions remember "
@@ -148,6 +149,11 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "one (set per node: `replicaio kv node --join`)",
 }
 RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary runs
+# The live runtime's snapshots of a Raft service are sized by bytes unless its cluster
+# file names `snapshot` or `snapshotkib`: a live store of any size is otherwise encoded
+# again every 16 batches, which at low load is every 16 requests (docs/smr.md). The
+# simulator keeps the plain interval, so its small stores still snapshot often.
+RAFT_LIVE_SNAPSHOT_KIB = 1024
 RAFT_SNAPSHOT_BYTES_CEILING = 8 << 30  # what a follower assembles in memory, at most
 # The broadcast family, correct and deliberately broken.
 BROADCASTS: dict[str, BroadcastSpec] = {**PROTOCOLS, **BROADCAST_VARIANTS}
@@ -314,6 +320,20 @@ def snapshot_bytes_needed(name: str, kv: KvParams, constants: SmrConstants,
             f"lagging replica ({carried_max}); lower memory= (MiB)"
         )
     return needed
+
+
+def live_protocol_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` of a cluster file's ``[protocol]`` with the live runtime's defaults
+    added: a Raft service (correct or a variant) sizes its snapshots by bytes
+    (``snapshotkib``, ``RAFT_LIVE_SNAPSHOT_KIB``) unless the file sets ``snapshot``
+    or ``snapshotkib`` itself. The result becomes the protocol's name, so what the
+    event log records still builds the same nodes."""
+    spec = SERVICES.get(name)
+    if spec is None or (spec.name != "raft" and spec.name not in RAFT_VARIANTS):
+        return dict(params)
+    if "snapshot" in params or "snapshotkib" in params:
+        return dict(params)
+    return {**params, "snapshotkib": RAFT_LIVE_SNAPSHOT_KIB}
 
 
 def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], ProtocolFactory]:

@@ -34,6 +34,7 @@ from replicaio.assembly import SERVICES as REPLICATED_SERVICES
 from replicaio.assembly import (
     TRANSACTIONAL,
     frame_bytes_needed,
+    live_protocol_params,
     protocol_factory,
     protocol_names,
     usig_admission,
@@ -360,7 +361,9 @@ def parse_cluster(data: dict[str, Any], *, base: Path, path: Path | None = None)
         raise ClusterFileError(
             "protocol.name", f"unknown protocol {protocol!r}; known: {', '.join(protocol_names())}"
         )
-    params = table(protocol_table, "params", field_name="protocol.params")
+    params = live_protocol_params(
+        protocol, table(protocol_table, "params", field_name="protocol.params")
+    )
     protocol = protocol_with_params(protocol, params)
     nodes = parse_nodes(data.get("nodes"), base)
     resilience = protocol_factory(protocol).resilience

@@ -170,7 +170,7 @@ def command_kv_node(args: argparse.Namespace) -> int:
 
 
 def command_kv_up(args: argparse.Namespace) -> int:
-    from replicaio.assembly import service_spec
+    from replicaio.assembly import live_protocol_params, service_spec
 
     if service_spec(args.protocol) is None:
         raise UsageError(f"--protocol {args.protocol!r} is not a replicated service (try raft)")
@@ -194,7 +194,7 @@ def command_kv_up(args: argparse.Namespace) -> int:
     base, parameters = split_name(args.protocol)
     if (
         cluster.n != args.nodes
-        or cluster.protocol != protocol_with_params(base, dict(parameters))
+        or cluster.protocol != protocol_with_params(base, live_protocol_params(base, parameters))
         or cluster.host.client_service != "resp"
     ):
         raise UsageError(
