@@ -54,7 +54,9 @@ def test_key_value_groups_over_pbft_hold_against_a_byzantine_driver(
 def test_key_value_groups_over_pbft_refuse_replayed_attempts() -> None:
     """Small tables (remember=16) and a replaying driver: copies are refused by the
     nonce windows, and the history has no element appended twice."""
-    result, simulator = run("txn-kv-pbft:groups=3,remember=16", 3,
+    # (Seed 3 until 2026-12-06: drivers that ask a commit again changed its
+    # schedule, and its three copies all came while the records remembered them.)
+    result, simulator = run("txn-kv-pbft:groups=3,remember=16", 1,
                             TxnWorkload(transactions=300), ("txn_replaying_driver",))
     assert result.ok, result.violations
     assert result.counters.get("txn_requests_replayed", 0) > 0

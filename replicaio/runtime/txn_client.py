@@ -30,8 +30,15 @@ attempt to *every* node (each drives it; the groups' records make the
 drivers converge on one decision) and accepts an outcome only once
 ``replies`` nodes gave the same one: ``committed`` with the same reads, or
 ``aborted`` (an abort for ``busy``, which a node may answer without any
-decision, never counts). Short of that by ``timeout_s``, or once every node
-answered without a match: :class:`TransactionUnknown`.
+decision, never counts). Once every node answered without a match, the nodes
+that answered nothing definite (a driver that gave up, a connection lost) are
+sent the *same* signed attempt again, at most ``REASKS_MAX`` times, as the
+Redis gateway does (``services.txn.outcomes.OutcomeVotes``: the groups' nonce
+windows let it run at most once; a node driving it again finds it decided at
+``begin`` and answers the outcome, the reads included, from the
+participants' commits). Short of a match by ``timeout_s``, or with no re-ask
+left: :class:`TransactionUnknown` (it may have committed: never send the
+operations again as a new attempt on that alone).
 
 Bounds: ``ops_max`` micro-operations per transaction; outputs are read as
 they come and only those for this client are kept (one per node per attempt).
@@ -57,7 +64,7 @@ from replicaio.core.errors import UsageError
 from replicaio.core.stream import GroupOutput
 from replicaio.runtime.config import Address
 from replicaio.runtime.framing import LENGTH, LENGTH_BYTES, frame_header
-from replicaio.services.txn.outcomes import match_outcome
+from replicaio.services.txn.outcomes import REASKS_MAX, OutcomeVotes, match_outcome
 from replicaio.services.txn.protocol import (
     LockReport,
     SignedTxnRequest,
@@ -74,6 +81,8 @@ from replicaio.smr.auth import (
 )
 
 OPS_MAX: Final = 64
+# Before an attempt is asked again of the nodes without a definite answer.
+REASK_PAUSE_S: Final = 0.05
 FRAME_BYTES_MAX: Final = 1 << 24
 
 
@@ -92,11 +101,15 @@ def sign_attempt(codec: Codec, request: TxnRequest, signer: ClientSigner) -> Sig
 
 @dataclass(slots=True)
 class Attempt:
-    """The answers heard for one attempt, one per node, until one outcome has enough."""
+    """The answers heard for one attempt, one per node, until one outcome has enough
+    (``votes``: with ``replies`` > 1, the nodes asked and the re-asks left)."""
 
     future: asyncio.Future[TxnResult]
     sent: int = 0  # nodes the attempt went to, once it went to all it could
     answers: dict[int, TxnResult] = field(default_factory=dict)
+    votes: OutcomeVotes | None = None
+    # Set once every node asked answered without a match: time to re-ask.
+    round_over: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class TransactionAborted(Exception):
@@ -158,7 +171,7 @@ class TxnClient:
     """Connections to a cluster's nodes and the transactions sent over them."""
 
     def __init__(self, addresses: list[Address], *, timeout_s: float = 10.0,
-                 replies: int = 1, signing: str = ED25519) -> None:
+                 replies: int = 1, signing: str = ED25519, reasks: int = REASKS_MAX) -> None:
         if not addresses:
             raise UsageError("give at least one node address")
         if not 1 <= replies <= len(addresses):
@@ -168,6 +181,10 @@ class TxnClient:
         self.addresses = addresses
         self.timeout_s = timeout_s
         self.replies = replies
+        # With ``replies`` > 1: times an attempt without a match is asked again of
+        # the nodes without a definite answer (0: the rule before 2026-12-06).
+        self.reasks = reasks
+        self.reasked = 0  # re-asks made, over every attempt
         self.codec = Codec()
         # Every attempt is signed (groups of a BFT cluster check it; others ignore it).
         self.signing = signing
@@ -190,11 +207,14 @@ class TxnClient:
 
     @classmethod
     async def connect(cls, addresses: list[Address], *, timeout_s: float = 10.0,
-                      replies: int = 1, signing: str = ED25519) -> TxnClient:
+                      replies: int = 1, signing: str = ED25519,
+                      reasks: int = REASKS_MAX) -> TxnClient:
         """A client of the nodes at ``addresses``; ``replies`` > 1 (f + 1 for a BFT
-        cluster): every attempt goes to every node and an outcome needs that many
-        matching answers (see the module docstring)."""
-        return cls(addresses, timeout_s=timeout_s, replies=replies, signing=signing)
+        cluster): every attempt goes to every node, an outcome needs that many
+        matching answers, and the undecided are asked again up to ``reasks``
+        times (see the module docstring)."""
+        return cls(addresses, timeout_s=timeout_s, replies=replies, signing=signing,
+                   reasks=reasks)
 
     def transaction(self) -> Transaction:
         return Transaction(self)
@@ -243,11 +263,17 @@ class TxnClient:
             pass
         finally:
             self.streams.pop(node, None)
+            for attempt in list(self.waiting.values()):  # nothing more comes from it
+                if attempt.votes is not None and not attempt.future.done():
+                    self.hear(attempt, node, None)
 
     def on_message(self, node: int, message: Any) -> None:
         if type(message) is TxnResult and message.client == self.client_id:
             attempt = self.waiting.get(message.nonce)
             if attempt is not None and not attempt.future.done():
+                if attempt.votes is not None:
+                    self.hear(attempt, node, message)
+                    return
                 attempt.answers.setdefault(node, message)  # a node's first word stands
                 outcome = self.matched(attempt)
                 if outcome is not None:
@@ -272,6 +298,21 @@ class TxnClient:
         """The lock reports that still show something held."""
         return [report for report in self.reports.values()
                 if report.locks or report.prepared or report.open_records]
+
+    def hear(self, attempt: Attempt, node: int, answer: TxnResult | None) -> None:
+        """``node``'s answer (``None``: none will come) to an attempt asked of
+        several nodes: its outcome once ``replies`` match; the round's end once
+        every node asked answered without a match (:meth:`commit` re-asks)."""
+        votes = attempt.votes
+        assert votes is not None
+        votes.heard(node, answer)
+        if answer is not None:
+            attempt.answers[node] = votes.answers[node]
+        outcome = votes.matched()
+        if outcome is not None:
+            attempt.future.set_result(outcome)
+        elif votes.complete():
+            attempt.round_over.set()
 
     def matched(self, attempt: Attempt) -> TxnResult | None:
         """The outcome ``replies`` nodes agree on (committed: with the same reads;
@@ -301,30 +342,13 @@ class TxnClient:
             self.next_node = (self.next_node + 1) % len(self.addresses)
         else:
             nodes = list(range(len(self.addresses)))
-        failed: list[str] = []
-        sent = 0
+            attempt.votes = OutcomeVotes(self.client_id, nonce, self.replies, nodes,
+                                         self.reasks)
         try:
-            for node in nodes:
-                try:
-                    writer = await self.stream(node)
-                    writer.write(frame_header(len(body)) + body)
-                    await writer.drain()
-                    sent += 1
-                except OSError as error:
-                    failed.append(f"node {node}: {error!r}")
-            attempt.sent = sent  # (0 until all are sent: no early "unknown")
-            if not sent:
-                raise TransactionUnknown("; ".join(failed))
-            # (An answer heard before all were sent may complete the match now.)
-            settled = self.matched(attempt)
-            if settled is not None and not attempt.future.done():
-                attempt.future.set_result(settled)
-            try:
-                result = await asyncio.wait_for(attempt.future, self.timeout_s)
-            except TimeoutError as error:
-                heard = sorted(attempt.answers)
-                raise TransactionUnknown(
-                    f"nodes {nodes} (answers from {heard}): {error!r}") from None
+            if attempt.votes is not None:
+                result = await self.collect(attempt, body)
+            else:
+                result = await self.ask_one(attempt, nodes, body)
         finally:
             del self.waiting[nonce]
         if self.replies > 1 and result.outcome != "unknown":
@@ -338,6 +362,87 @@ class TxnClient:
         if result.outcome == "aborted":
             raise TransactionAborted(result.reason)
         raise TransactionUnknown(result.reason)
+
+    async def send(self, node: int, body: bytes) -> str | None:
+        """Send ``body`` to ``node``; why it could not be (``None``: sent)."""
+        try:
+            writer = await self.stream(node)
+            writer.write(frame_header(len(body)) + body)
+            await writer.drain()
+        except OSError as error:
+            return f"node {node}: {error!r}"
+        return None
+
+    async def ask_one(self, attempt: Attempt, nodes: list[int], body: bytes) -> TxnResult:
+        """``replies`` = 1: the attempt to one node, its answer."""
+        failed = [why for why in [await self.send(node, body) for node in nodes] if why]
+        attempt.sent = len(nodes) - len(failed)
+        if not attempt.sent:
+            raise TransactionUnknown("; ".join(failed))
+        # (An answer heard before all were sent may complete the match now.)
+        settled = self.matched(attempt)
+        if settled is not None and not attempt.future.done():
+            attempt.future.set_result(settled)
+        try:
+            return await asyncio.wait_for(attempt.future, self.timeout_s)
+        except TimeoutError as error:
+            heard = sorted(attempt.answers)
+            raise TransactionUnknown(
+                f"nodes {nodes} (answers from {heard}): {error!r}") from None
+
+    async def collect(self, attempt: Attempt, body: bytes) -> TxnResult:
+        """``replies`` > 1: the attempt to every node until ``replies`` give the
+        same definite outcome. A round ends once every node asked answered, or
+        after its share of ``timeout_s`` (the silent ones then count as
+        undecided); without a match, the same signed attempt goes again to the
+        nodes without a definite answer (at most ``reasks`` times); once none is
+        left, a match is awaited until ``timeout_s``, then ``unknown``."""
+        votes = attempt.votes
+        assert votes is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        round_s = self.timeout_s / (votes.reasks_left + 1)
+        asked = list(votes.asked)
+        while True:
+            attempt.round_over.clear()
+            for node in asked:
+                if await self.send(node, body) is not None and not attempt.future.done():
+                    self.hear(attempt, node, None)  # (the round may end here)
+            await self.until(attempt, min(loop.time() + round_s, deadline))
+            if attempt.future.done():
+                return attempt.future.result()
+            if not votes.reasks_left or loop.time() >= deadline:
+                break
+            for node in votes.silent():  # no answer this round: undecided
+                votes.heard(node, None)
+            asked = votes.reask()
+            if not asked:  # every answer definite, and no match: nobody to ask again
+                break
+            self.reasked += 1
+            await asyncio.sleep(min(REASK_PAUSE_S, max(0.0, deadline - loop.time())))
+        if not votes.complete():  # the silent ones may still answer: until the deadline
+            await self.until(attempt, deadline)
+            if attempt.future.done():
+                return attempt.future.result()
+        if votes.complete():
+            return votes.unknown()
+        heard = sorted(node for node in votes.asked if node not in votes.silent())
+        raise TransactionUnknown(f"no {self.replies} matching answers in {self.timeout_s} s "
+                                 f"(answers from {heard})")
+
+    @staticmethod
+    async def until(attempt: Attempt, when: float) -> None:
+        """Wait for ``attempt``'s outcome or its round's end, until the loop time
+        ``when``."""
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(asyncio.shield(attempt.future)),
+            asyncio.ensure_future(attempt.round_over.wait())]
+        timeout = max(0.0, when - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
 
     async def close(self) -> None:
         for _, writer in list(self.streams.values()):

@@ -67,7 +67,8 @@ from replicaio.smr.certified import attestation_bytes
 
 TXN_BFT_FAMILY = ("txn-pbft", "txn-kv-pbft", "txn-pbft-uncertified", "txn-pbft-unsigned-requests",
                   "txn-pbft-replayable", "txn-minbft", "txn-kv-minbft",
-                  "txn-minbft-group-unbound", "txn-kv-pbft-gateway-tryagain")
+                  "txn-minbft-group-unbound", "txn-kv-pbft-gateway-tryagain",
+                  "txn-pbft-late-unknown")
 REPLAY_AGE: Final = 4  # a replaying driver sends an attempt again this many attempts later
 REPLAY_TIMES: Final = 4  # ... and again, as many times, each as many attempts later
 REPLAY_KEPT: Final = 64  # signed attempts it keeps (bounded)

@@ -74,9 +74,15 @@ from replicaio.core.errors import UsageError
 from replicaio.core.stream import GroupOutput
 from replicaio.services.txn.kv_store import KvTxnStore
 from replicaio.services.txn.outcomes import GatewayRule, OutcomeVotes
-from replicaio.services.txn.protocol import LockReport, SignedTxnRequest, TxnRequest, TxnResult
+from replicaio.services.txn.protocol import (
+    ALREADY_DECIDED,
+    LockReport,
+    SignedTxnRequest,
+    TxnRequest,
+    TxnResult,
+)
 from replicaio.services.txn.slots import SlotMap
-from replicaio.services.txn.store import CHECK, request_bytes
+from replicaio.services.txn.store import CHECK, COMMITTED, request_bytes
 from replicaio.sim.harness import HarnessApi
 from replicaio.sim.kv_harness import KvWorkload, kv_options
 from replicaio.sim.options import Crash, SimOptions
@@ -386,6 +392,7 @@ class TxnHarness:
                                  lambda: self.reask(client, token, again))
                 return
             outcome = votes.unknown()
+            self.unknown_decided(client, votes)
             if self.gateway.unknown_retried:
                 # TRYAGAIN: the Redis client sends the same commands again, anew.
                 self.count("gateway_tryagain")
@@ -394,6 +401,28 @@ class TxnHarness:
                 return
         client.votes = None
         self.on_result(outcome)
+
+    def unknown_decided(self, client: Client, votes: OutcomeVotes) -> None:
+        """A gateway client (``TxnClient(replies=f+1)``, the Redis gateway) must not
+        be told ``unknown`` when f+1 correct nodes knew the attempt committed: each
+        answered ``committed`` (with its reads: not ``replies_lost``), or
+        ``unknown already_decided`` (its driver found the
+        decision, certified, but answered without the reads: the rule before
+        2026-12-06, kept as a variant; now it fetches them from the participants'
+        commits). ``txn_unknown_decided``."""
+        knew = sorted(node for node, answer in votes.answers.items()
+                      if node not in self.config.byzantine and (
+                          (answer.outcome == COMMITTED and not answer.reason)
+                          or answer.reason == ALREADY_DECIDED))
+        if len(knew) <= self.config.f:
+            return
+        heard = ", ".join(f"node {node}: {answer.outcome} {answer.reason}".strip()
+                          for node, answer in sorted(votes.answers.items()))
+        self.violations.append(Violation(
+            "txn_unknown_decided",
+            f"client {client.client_id} attempt {client.nonce}: correct nodes {knew} knew it "
+            f"committed, the client was told unknown ({heard})"[:600],
+            None, self.api.now() if self.api is not None else 0))
 
     def reask(self, client: Client, token: int, nodes: list[int]) -> None:
         if token == client.timeout_token and client.votes is not None:

@@ -142,7 +142,12 @@ async def transact(service: RespService, connection: Connection, ops: list[list[
         service.count("kv_transactions_across_groups")
         if result.outcome == COMMITTED:
             if result.reason:  # replies_lost: it committed, we cannot say with what
-                return RespError("ERR transaction committed, but its replies were not heard")
+                # Not ERR: a Redis client takes an EXEC error for "nothing applied"
+                # and may send the transaction again (twice applied).
+                service.count("kv_transactions_replies_lost")
+                return RespError(f"UNKNOWN transaction {connection.write_client}:"
+                                 f"{connection.nonce} committed, but its replies were not "
+                                 "heard (do not send it again)")
             replies: Any = _CODEC.decode_value(result.reads)
             assert isinstance(replies, tuple)
             return [reply for reply, op in zip(replies, ops, strict=True) if op[0] == KV]

@@ -73,9 +73,19 @@ from replicaio.smr.groups import CallerParams, GroupCaller, GroupRequest, Groups
 from replicaio.smr.protocol import BYZANTINE, SmrFactory
 
 UNKNOWN: Final = "unknown"
+# Why a driver answers ``unknown`` for an attempt decided committed by another
+# driver: a variant's rule (it holds none of the reads and fetches none); the
+# decision's certificate did not come (the commits cannot be asked); a
+# participant's commit answered no reads (its table forgot them, or no answer).
+ALREADY_DECIDED: Final = "already_decided"
+DECISION_UNCERTIFIED: Final = "decision_uncertified"
+READS_UNHEARD: Final = "reads_unheard"
 # What a node's core holds for all its groups together: their bounds add up.
 NODE_WIDE: Final = ("contexts", "tasks", "timers", "unacked", "storage_keys", "stream_inbox")
 TXN_OPS_BYTES_MAX: Final = 1 << 20
+# Times a driver asks again for what it needs to answer a committed attempt's
+# results: the decision's certificate, a participant's commit.
+FINISH_RETRIES: Final = 2
 Plan = dict[int, list[tuple[int, list[Any]]]]  # group -> (position, micro-operation)
 
 
@@ -345,39 +355,87 @@ class TxnNode:
         # commands' replies come from the commit itself: the client waits for it.)
         outcome = str(decided[0])
         deferred = self.deferred(plan)
+        late = False
         if outcome == COMMITTED and not deferred and not all(
                 vote is not None and vote[0] == PREPARED for vote in votes):
             # Another driver of the same attempt (a client asking several nodes)
-            # had it committed on votes this one did not see: its reads are known
-            # only if it reads nothing.
-            self.answer_decided(request, plan)
+            # had it committed on votes this one did not see: its reads come
+            # from the commits (the participants keep them), once applied.
+            late = self.reads_late(plan)
+            if not late:
+                self.answer_decided(request, plan)
         elif outcome == COMMITTED and not deferred:
             self.answer(request, COMMITTED, "", self.reads(plan, participants, votes))
         elif outcome != COMMITTED:
             refusals = [str(v[1]) for v in votes if v is not None and v[0] != PREPARED]
             self.answer(request, ABORTED, refusals[0] if refusals else "lease")
-        await self.finish(request, plan, participants, coordinator, outcome, decision_proof)
+        await self.finish(request, plan, participants, coordinator, outcome, decision_proof,
+                          late)
 
     async def finish(self, request: TxnRequest, plan: Plan, participants: list[int],
-                     coordinator: int, outcome: str, decision_proof: Any) -> None:
+                     coordinator: int, outcome: str, decision_proof: Any,
+                     late: bool = False) -> None:
         """Every participant applies the decided ``outcome`` (on the coordinator's
         certified decision); a committed key-value attempt's client is answered
         now, with the commits' results (a participant that applied it before
-        answers the same results again, from its table); then the coordinator
-        may forget it (on their certified acks)."""
+        answers the same results again, from its table), and so is, with
+        ``late``, the client of a committed attempt that reads, which this
+        driver did not see prepared (its reads from the commits: each
+        participant keeps the reads of its latest commits); then the
+        coordinator may forget it (on their certified acks)."""
         client, nonce = request.client, request.nonce
+        answers = outcome == COMMITTED and (late or self.deferred(plan))
+        if answers and self.certify and decision_proof is None:
+            # The decision's attestations came too late (a loaded machine): the
+            # commits would be refused uncertified and the client would not get
+            # its results. Ask the coordinator for the decision again.
+            decision_proof = await self.decision_again(request, participants, coordinator)
         finish = "commit" if outcome == COMMITTED else "abort"
         finished = await self.together(*(
             self.call_certified(group, finish, client, nonce, decision_proof)
             for group in participants))
+        for _ in range(FINISH_RETRIES if answers else 0):
+            # A commit call that gave up (or was refused: no certificate) is sent
+            # again: a participant that applied it answers the same results.
+            missing = [index for index, answer in enumerate(finished)
+                       if answer is None or answer[0][0] != COMMITTED]
+            if not missing:
+                break
+            self.context.count("txn_commits_asked_again")
+            again = await self.together(*(
+                self.call_certified(participants[index], finish, client, nonce, decision_proof)
+                for index in missing))
+            for index, answer in zip(missing, again, strict=True):
+                finished[index] = answer
         applied = [None if answer is None else answer[0] for answer in finished]
         if outcome == COMMITTED and self.deferred(plan):
             replies = self.replies(plan, participants, applied)
             self.answer(request, COMMITTED, "" if replies else "replies_lost", replies)
+        elif outcome == COMMITTED and late:
+            reads = self.kept_reads(plan, participants, applied)
+            if reads is None:  # a participant's table forgot them, or no answer
+                self.answer(request, UNKNOWN, READS_UNHEARD)
+            else:
+                self.context.count("txn_late_reads")
+                self.answer(request, COMMITTED, "", reads)
         acks = [answer[1] for answer in finished if answer is not None]
         if len(acks) == len(participants) and (
                 not self.certify or all(ack is not None for ack in acks)):
             await self.call(coordinator, "ack", client, nonce, participants, acks)
+
+    async def decision_again(self, request: TxnRequest, participants: list[int],
+                             coordinator: int) -> Any:
+        """The coordinator's certified decision of a decided attempt, asked again
+        (``begin`` answers it for a decided attempt, whatever else it carries);
+        ``None`` if its certificate still does not come."""
+        for _ in range(FINISH_RETRIES):
+            self.context.count("txn_decision_asked_again")
+            certified = await self.call_certified(coordinator, "begin", request.client,
+                                                  request.nonce, participants)
+            if certified is not None and certified[0][0] == COMMITTED and (
+                    certified[1] is not None):
+                return certified[1]
+        return None
 
     @staticmethod
     def deferred(plan: Plan) -> bool:
@@ -422,19 +480,33 @@ class TxnNode:
         decision, and answered with the commits' results (the participants keep
         the latest commits' results: the same ones); otherwise
         :meth:`answer_decided`."""
-        if self.deferred(plan) and (not self.certify or decision_proof is not None):
+        deferred = self.deferred(plan)
+        if (deferred or self.reads_late(plan)) and (
+                not self.certify or decision_proof is not None):
             self.context.count("txn_finished_decided")
             await self.finish(request, plan, participants, coordinator, COMMITTED,
-                              decision_proof)
+                              decision_proof, late=not deferred)
+        elif deferred or self.reads_late(plan):
+            self.answer_decided(request, plan, DECISION_UNCERTIFIED)
         else:
             self.answer_decided(request, plan)
 
-    def answer_decided(self, request: TxnRequest, plan: Plan) -> None:
+    def reads_late(self, plan: Plan) -> bool:
+        """Whether this driver, which did not see the votes of an attempt decided
+        committed, answers its reads from the participants' commits (their kept
+        reads, ``TxnStore.keep_reads``): when it reads. (Until 2026-12-06 it
+        answered ``unknown``, and the f+1 client ``TransactionUnknown`` with
+        fewer than f+1 drivers in time; a variant still does.)"""
+        return any(op[0] == READ for ops in plan.values() for _, op in ops)
+
+    def answer_decided(self, request: TxnRequest, plan: Plan,
+                       why: str = ALREADY_DECIDED) -> None:
         """Answer an attempt the coordinator decided committed while this driver
         holds none of its reads: ``committed`` if it reads nothing, else ``unknown``
-        (a key-value attempt too, if the decision's certificate did not come)."""
+        ``why`` (``decision_uncertified``: the decision's certificate did not come,
+        so the commits cannot be asked; ``already_decided``: a variant's rule)."""
         if self.deferred(plan) or any(op[0] == READ for ops in plan.values() for _, op in ops):
-            self.answer(request, UNKNOWN, "already_decided")
+            self.answer(request, UNKNOWN, why)
         else:
             self.answer(request, COMMITTED, "",
                         [None] * sum(len(ops) for ops in plan.values()))
@@ -502,7 +574,7 @@ class TxnNode:
         if begun is None:
             return UNKNOWN, "no_answer"
         if begun[0] == COMMITTED:
-            return UNKNOWN, "already_decided"  # a duplicate of a decided attempt
+            return UNKNOWN, ALREADY_DECIDED  # a duplicate of a decided attempt
         if begun[:2] == (REFUSED, REPLAYED):
             # Begun here before and forgotten since: decided long ago, but which
             # way is no longer known here (another driver of it may have answered).
@@ -519,6 +591,25 @@ class TxnNode:
             for index, op in plan[group]:
                 if op[0] == READ:
                     reads[index] = next(values)
+        return reads
+
+    @staticmethod
+    def kept_reads(plan: Plan, participants: list[int],
+                   applied: list[Any]) -> list[Any] | None:
+        """The values read, one entry per micro-operation, from the participants'
+        commits (``[committed, reads, claim]`` where the attempt read; ``None``
+        when a participant that read answered no reads)."""
+        reads: list[Any] = [None] * sum(len(ops) for ops in plan.values())
+        for group, answer in zip(participants, applied, strict=True):
+            if not any(op[0] == READ for _, op in plan[group]):
+                continue
+            if not (answer is not None and len(answer) >= 3 and answer[0] == COMMITTED
+                    and isinstance(answer[1], tuple)):
+                return None
+            values = iter(answer[1])
+            for index, op in plan[group]:
+                if op[0] == READ:
+                    reads[index] = next(values, None)
         return reads
 
     @staticmethod

@@ -77,6 +77,11 @@ REFUSED: Final = "refused"
 
 SNAPSHOT_FORMAT: Final = "replicaio.txn-store"
 SNAPSHOT_VERSION: Final = 3  # 2: prepared records keep their participants; 3: nonce windows
+# (a version 3 snapshot may end with the reads of the latest commits: ``reads_kept``)
+# The reads of the latest committed attempts that read (answered again to a
+# repeated commit: a late driver's, ``TxnNode.finish_decided``): attempts, bytes.
+READS_KEPT_MAX: Final = 1024
+READS_KEPT_BYTES_MAX: Final = 1 << 20
 
 # What a certifiable result claims (its last item), for certificates
 # (``replicaio.smr.certified``): ("claim", kind, client, nonce, ...).
@@ -168,6 +173,9 @@ class TxnStore:
         self.finished: dict[TxnId, str] = {}
         self.coordinated: dict[TxnId, Coordinated] = {}
         self.counters: dict[str, int] = {}
+        # Committed attempts that read: their reads, the latest dropped last.
+        self.reads_kept: dict[TxnId, tuple[Any, ...]] = {}
+        self.reads_kept_bytes = 0
         # Attempts begun here as coordinator, prepared here as participant, by client:
         # what a copy of a signed attempt is refused on once the records forgot it.
         self.begun = NonceWindows(self.params.windows())
@@ -228,6 +236,8 @@ class TxnStore:
             sorted(self.counters.items()),
             self.begun.snapshot(), self.prepares.snapshot(),
         ]
+        if self.reads_kept:  # (only then: a store whose attempts read nothing is unchanged)
+            state.append([[list(txn), list(reads)] for txn, reads in self.reads_kept.items()])
         return self.codec.encode_value(state)
 
     def restore(self, snapshot: bytes) -> None:
@@ -258,6 +268,8 @@ class TxnStore:
         if windows:  # (before version 3: none kept)
             self.begun.restore(windows[0])
             self.prepares.restore(windows[1])
+        for txn, reads in windows[2] if len(windows) > 2 else ():
+            self.keep_reads((txn[0], txn[1]), tuple(reads))
 
     # -- helpers --------------------------------------------------------------
 
@@ -307,7 +319,8 @@ class TxnStore:
         return {"txn_locks": len(self.locks), "txn_prepared": len(self.prepared),
                 "txn_finished": len(self.finished), "txn_coordinated": len(self.coordinated),
                 "txn_nonce_windows": len(self.begun) + len(self.prepares),
-                "txn_nonce_floors": len(self.begun.floors) + len(self.prepares.floors)}
+                "txn_nonce_floors": len(self.begun.floors) + len(self.prepares.floors),
+                "txn_reads_kept": len(self.reads_kept)}
 
     def footprint_max(self) -> dict[str, int]:
         """The bound of every table, whatever drivers and clients send: a prepare
@@ -317,7 +330,8 @@ class TxnStore:
                 "txn_prepared": params.prepared_max, "txn_finished": params.finished_max,
                 "txn_coordinated": params.coordinated_max,
                 "txn_nonce_windows": 2 * params.nonce_clients_max,
-                "txn_nonce_floors": 2 * params.nonce_buckets}
+                "txn_nonce_floors": 2 * params.nonce_buckets,
+                "txn_reads_kept": READS_KEPT_MAX}
 
     def certified(self, certificate: Any, group: int, *claim: Any) -> bool:
         """Whether ``certificate`` proves ``group`` claimed ``claim`` (always, in a
@@ -472,6 +486,9 @@ class TxnStore:
             if known is None:
                 self.count("commit_unprepared")  # a correct coordinator never sends it
                 return [UNKNOWN_HERE, (CLAIM, APPLIED, *txn, UNKNOWN_HERE)]
+            kept = self.reads_kept.get(txn) if known == COMMITTED else None
+            if kept is not None:  # committed before: its reads again (a late driver)
+                return [known, kept, (CLAIM, APPLIED, *txn, known)]
             return [known, (CLAIM, APPLIED, *txn, known)]
         if not self.certified(certificate, record.coordinator, DECISION, *txn, COMMITTED):
             return [REFUSED, UNCERTIFIED]
@@ -483,7 +500,9 @@ class TxnStore:
 
     def apply_effect(self, txn: TxnId, record: Prepared) -> list[Any]:
         """Write ``record``'s effect, only on keys locked for ``txn``; extra result
-        items of ``commit`` (none here)."""
+        items of ``commit``: the reads of an attempt that read here (those its
+        vote carried), kept for a repeated commit (:meth:`keep_reads`), so that
+        a driver that did not see the votes answers the same reads."""
         for key, value in record.effects.items():
             if self.locks.get(key) != txn or key not in record.keys:
                 self.count("effect_outside_locks")  # refused: only locked keys change
@@ -491,7 +510,24 @@ class TxnStore:
             self.data[key] = value
             self.revision += 1
             self.versions[key] = self.revision
-        return []
+        if not record.reads:
+            return []
+        reads = tuple(record.reads)
+        self.keep_reads(txn, reads)
+        return [reads]
+
+    def keep_reads(self, txn: TxnId, reads: tuple[Any, ...]) -> None:
+        """Remember a committed attempt's ``reads`` (the oldest forgotten past
+        :data:`READS_KEPT_MAX` attempts or :data:`READS_KEPT_BYTES_MAX` bytes)."""
+        size = len(self.codec.encode_value(list(reads)))
+        if size > READS_KEPT_BYTES_MAX:
+            return
+        self.reads_kept[txn] = reads
+        self.reads_kept_bytes += size
+        while (len(self.reads_kept) > READS_KEPT_MAX
+               or self.reads_kept_bytes > READS_KEPT_BYTES_MAX):
+            dropped = self.reads_kept.pop(next(iter(self.reads_kept)))
+            self.reads_kept_bytes -= len(self.codec.encode_value(list(dropped)))
 
     def on_abort(self, client: int, nonce: int, certificate: Any = None) -> list[Any]:
         """Drop a prepared transaction's effect and locks (on its coordinator's

@@ -43,6 +43,15 @@ results come from the commits it did not see), the gateway asks nobody again
 and answers ``TRYAGAIN``, and the Redis client sends the same commands again
 as a new attempt: a committed attempt applies twice (an element appended
 twice, ``duplicate-elements``).
+
+``txn-pbft-late-unknown``: transactions over PBFT groups, its simulated
+clients ``TxnClient(replies=f+1)`` as it was before 2026-12-06 (every attempt
+to every node, f+1 matching outcomes, nobody asked again: ``reasks=0``), and
+a driver that finds an attempt that reads committed by another driver (at
+``begin``, or on votes it did not see) answers ``unknown already_decided``
+instead of fetching its reads from the participants' commits: a committed
+attempt reported unknown to its client (``txn_unknown_after_heal`` after the
+heal; ``info`` before).
 """
 
 from __future__ import annotations
@@ -120,6 +129,14 @@ class LateUnknownNode(TxnNode):
         self.answer_decided(request, plan)
 
 
+class LateReadsUnknownNode(TxnNode):
+    """A driver that finds an attempt that reads committed by another driver
+    answers ``unknown`` (its reads were in votes it did not see)."""
+
+    def reads_late(self, plan: Plan) -> bool:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class TxnVariant:
     summary: str
@@ -161,4 +178,8 @@ TXN_VARIANTS: dict[str, TxnVariant] = {
         "attempt answers unknown, the gateway TRYAGAIN, the Redis client sends it again as a "
         "new attempt (applied twice)", node_type=LateUnknownNode, store_type=KvTxnStore,
         ordering="pbft", gateway=GatewayRule(reasks=0, unknown_retried=True)),
+    "txn-pbft-late-unknown": TxnVariant(
+        "the f+1 Python client before 2026-12-06 over txn-pbft: a late driver of a "
+        "committed attempt that reads answers unknown, and the client asks nobody again",
+        node_type=LateReadsUnknownNode, ordering="pbft", gateway=GatewayRule(reasks=0)),
 }
