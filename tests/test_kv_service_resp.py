@@ -488,6 +488,36 @@ def test_a_pipeline_is_answered_in_order_and_travels_as_few_smr_requests() -> No
     run(scenario)
 
 
+def test_the_replies_of_a_pipelined_group_leave_in_one_write() -> None:
+    """The replies to the commands of one SMR request are joined into one write to
+    the socket, not one system call per reply."""
+
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            client = node.client()
+            await client.ping()
+            (connection,) = node.service.connections_open
+            writes: list[int] = []
+            write = connection.writer.write
+
+            def counted(data: bytes | bytearray | memoryview) -> None:
+                writes.append(len(data))
+                write(data)
+
+            connection.writer.write = counted  # type: ignore[method-assign]
+            sent = len(node.requests)
+            async with client.pipeline(transaction=False) as pipe:
+                for index in range(200):
+                    pipe.set(f"k{index}", f"v{index}")
+                results = await pipe.execute()
+            assert results == [True] * 200
+            groups = len(node.requests) - sent  # (the session's registration among them)
+            assert 1 <= len(writes) <= groups < 20, (writes, groups)
+            await client.aclose()
+
+    run(scenario)
+
+
 def test_pipelined_reads_of_large_values_are_split_so_every_reply_fits() -> None:
     """Reads alone travel in groups of up to ``group_commands_max``; when their values
     do not fit in one result (``result_bytes_max``), the node answers what fit and

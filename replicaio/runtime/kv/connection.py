@@ -210,6 +210,23 @@ class Connection:
             assert self.unanswered_bytes >= 0
         self.room.set()
 
+    def write_replies(self, replies: list[bytes], answered: list[Command]) -> None:
+        """The replies to ``answered`` (one each, in order) in one write to the
+        socket, not one per reply: a pipelining client's group of commands is
+        answered with one system call."""
+        assert len(replies) == len(answered)
+        if len(replies) == 1:
+            self.write(replies[0], answered[0])
+            return
+        if replies and not self.writer.is_closing():
+            self.writer.write(b"".join(replies))
+            self.active = time.monotonic()
+        self.unanswered -= len(answered)
+        self.unanswered_bytes -= sum(item.size for item in answered)
+        assert self.unanswered >= 0
+        assert self.unanswered_bytes >= 0
+        self.room.set()
+
     def expired(self, now: float, params: RespParams) -> str | None:
         """The timeout this connection has run into, if any (see the module docstring)."""
         if self.waiting is REQUEST:

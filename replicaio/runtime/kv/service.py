@@ -236,6 +236,9 @@ class RespService(ListeningService):
             "Redis command latency at the node, from parse to reply, by command",
             ["command"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
+        # Each command's child of ``latency`` (``labels`` takes a lock and builds a key
+        # on every call); as many as there are command names, a bounded set.
+        self.latency_by_command: dict[str, Histogram] = {}
 
     @staticmethod
     def check_params(table: Mapping[str, Any], protocol: str | None = None) -> None:
@@ -543,13 +546,21 @@ class RespService(ListeningService):
         return connection.closing
 
     def finish(self, connection: Connection, item: Command, name: str, reply: Reply) -> None:
+        connection.write(self.answered(connection, item, name, reply), item)
+
+    def answered(self, connection: Connection, item: Command, name: str, reply: Reply) -> bytes:
+        """Count and time the answer to ``item``; its encoded reply, for the caller
+        to write (alone, or joined with the rest of its group's)."""
         self.commands_processed += 1
         connection.last_command = item.argv[0][:32].lower().decode("ascii", "replace")
         if name == "local":
             word = item.argv[0].lower().decode("ascii", "replace")
             name = word if word in COMMAND_NAMES else "unknown"
-        connection.write(encode_reply(reply, connection.protocol), item)
-        self.latency.labels(name).observe(time.perf_counter() - item.received)
+        latency = self.latency_by_command.get(name)
+        if latency is None:
+            latency = self.latency_by_command[name] = self.latency.labels(name)
+        latency.observe(time.perf_counter() - item.received)
+        return encode_reply(reply, connection.protocol)
 
     async def run_group(
         self, connection: Connection, group: list[tuple[Command, Replicated]]
@@ -575,8 +586,10 @@ class RespService(ListeningService):
                 f"ERR command too large for one replicated request ({len(payload)} > "
                 f"{self.smr_command_bytes_max} bytes)"
             )
-            for item, planned in group:
-                self.finish(connection, item, planned.name, error)
+            connection.write_replies(
+                [self.answered(connection, item, planned.name, error) for item, planned in group],
+                [item for item, _ in group],
+            )
             return len(group)
         if self.slots is None:
             outcome = await self.call(connection, payload, read_only)
@@ -593,6 +606,7 @@ class RespService(ListeningService):
             if answered < len(group):
                 self.count("kv_read_groups_split")
         offset = 0
+        replies: list[bytes] = []
         for item, planned in group[:answered]:
             count = len(planned.commands)
             if isinstance(results, RespError):
@@ -600,7 +614,9 @@ class RespService(ListeningService):
             else:
                 reply = planned.finish(results[offset : offset + count])
             offset += count
-            self.finish(connection, item, planned.name, reply)
+            replies.append(self.answered(connection, item, planned.name, reply))
+        # One write for the group's replies (pipelined commands come back together).
+        connection.write_replies(replies, [item for item, _ in group[:answered]])
         return answered
 
     async def run_transaction(
