@@ -809,10 +809,11 @@ def build_transactional(spec: TransactionalSpec, name: str,
         # The group's store adds transaction tables to the key-value store: a
         # follower takes whatever snapshot the leader made (crash faults only).
         raft_params = RaftParams(snapshot_bytes_max=RAFT_SNAPSHOT_BYTES_CEILING).validate()
+        raft_type: type[Raft] = spec.ordering_type or Raft
         smr_params = SmrParams()
         constants = smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL)
         group_factory = SmrFactory(
-            name, Resilience.CRASH, lambda context: Raft(context, raft_params),
+            name, Resilience.CRASH, lambda context: raft_type(context, raft_params),
             store_type, smr_params, ordering_path="raft", constants=constants,
             ordering_footprint_max=functools.partial(
                 raft_footprint_max, raft_params, smr_params, constants),
@@ -995,8 +996,7 @@ def damaged_disks_max(name: str | None, nodes: int, byzantine: int) -> int:
     crash_bound = (nodes - 1) // 2 - byzantine
     if name is None or not recovers_lost_state(name):
         return crash_bound
-    spec = service_spec(name)
-    if spec is None or spec[0].resilience is not Resilience.BYZANTINE:
+    if protocol_factory(name).resilience is not Resilience.BYZANTINE:
         return crash_bound
     return max(crash_bound, (nodes - 1) // 3)
 
@@ -1019,6 +1019,10 @@ def recovers_lost_state(name: str) -> bool:
     their peers, so that their storage may cut a log damaged in its middle back
     to its intact prefix rather than refuse to start (docs/storage.md)."""
     factory = protocol_factory(name)
+    if isinstance(factory, TxnFactory):
+        # A node of several groups: one storage, so a damaged disk damages
+        # every group's log, and each group's replica recovers its own.
+        factory = factory.group_factory
     if isinstance(factory, SmrFactory):
         return factory.ordering_path in RECOVERING_ORDERINGS
     return False

@@ -158,7 +158,8 @@ def inert_disk_faults(args: argparse.Namespace) -> str | None:
         return None
     protocol, nodes, byzantine = args.protocol, args.nodes, args.byzantine
     if txn_cli.is_transactional(protocol) and not takes_disk_faults(protocol):
-        return f"{protocol}: the transaction harness injects no disk faults (MinBFT groups only)"
+        return (f"{protocol}: the transaction harness injects no disk faults "
+                "(not for these groups yet)")
     if kv_cli.is_service(protocol) or txn_cli.is_transactional(protocol):
         from replicaio.assembly import damaged_disks_max
 

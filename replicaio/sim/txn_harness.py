@@ -146,12 +146,23 @@ def txn_options(seed: int, nodes: int, faults: tuple[str, ...], workload: TxnWor
 
 
 def takes_disk_faults(protocol: str) -> bool:
-    """Whether transaction runs of ``protocol`` take disk faults: over MinBFT
-    groups, whose replicas on a damaged disk go inert until the operator admits
-    a new USIG epoch, per group (``sim/operator.py``); other groups' runs do not
-    take them yet."""
+    """Whether transaction runs of ``protocol`` take disk faults: whenever its
+    groups' ordering recovers what a damaged disk lost from its peers
+    (``assembly.recovers_lost_state``). A node's groups share its storage, so a
+    damaged disk damages every group's log on it, and each group's replica
+    recovers its own: Raft rejoins like a replaced disk, PBFT withholds its
+    votes until a stable checkpoint passes them, MinBFT goes inert until the
+    operator admits a new USIG epoch for that group (``sim/operator.py``)."""
+    from replicaio.assembly import recovers_lost_state
+
     found = transactional_spec(protocol)
-    return found is not None and found[0].ordering == "minbft"
+    if found is None or found[0].ordering not in DISK_FAULT_ORDERINGS:
+        return False
+    return recovers_lost_state(protocol)
+
+
+# The groups' orderings whose transaction runs take disk faults so far.
+DISK_FAULT_ORDERINGS = frozenset({"raft", "minbft"})
 
 
 @dataclass(slots=True)

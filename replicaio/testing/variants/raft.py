@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from replicaio.core.lines import Line
+from replicaio.core.stream import GROUP_PATH
 from replicaio.interfaces.ordering import NotLeader
 from replicaio.protocols.raft.membership import Membership
 from replicaio.protocols.raft.messages import (
@@ -173,6 +174,23 @@ class RaftTrustDamagedTail(Raft):
 
     def lost_acknowledged_state(self) -> bool:
         return False
+
+
+class RaftOnlyFirstGroupRepairs(Raft):
+    """On a node of several groups (``txn``, ``txn-kv``), only group 0's Raft
+    honours the storage's report of lost acknowledged writes; every other
+    group's replica trusts its log as if the disk were intact (a repair done
+    for the node's first group only). Their storage is one, so the others lost
+    the same suffix, and vote and count at once with a log and a vote that went
+    back. Not a service of its own (with one group it is Raft); the
+    transactional variant ``txn-raft-first-group-repairs`` builds its groups
+    with it."""
+
+    def lost_acknowledged_state(self) -> bool:
+        path = self.context.path
+        if len(path) >= 2 and path[0] == GROUP_PATH and path[1] != 0:
+            return False
+        return super().lost_acknowledged_state()
 
 
 class UnboundedSessionsReplica(Replica):

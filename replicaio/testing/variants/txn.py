@@ -35,6 +35,13 @@ node that kept the client's signed request drives it again
 (``txn_replaying_driver``) and it executes a second time: an element appended
 twice (``duplicate-elements``).
 
+``txn-raft-first-group-repairs``: Raft groups where only group 0's replica
+honours a damaged disk (``Start.damaged``); the node's other replicas lost the
+same suffix of the one storage they share, yet keep their disk identity and
+vote and count at once with the votes and entries they lost (a repair done for
+the first group only). Under ``--faults ...,disk`` the swarm finds two leaders
+of one term, or a restart below what the node had applied.
+
 ``txn-kv-pbft-gateway-tryagain``: the sharded Redis store over PBFT groups,
 its simulated clients the gateway (``sim.txn_harness``: every attempt to every
 node, f+1 matching outcomes) as it was before 2026-12-05: a late driver whose
@@ -64,6 +71,7 @@ from replicaio.services.txn.outcomes import GatewayRule
 from replicaio.services.txn.protocol import Plan, SignedTxnRequest, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import PREPARED, TxnStore
 from replicaio.testing.variants.minbft import MinbftGroupUnbound
+from replicaio.testing.variants.raft import RaftOnlyFirstGroupRepairs
 
 
 class UnlockEarlyStore(TxnStore):
@@ -173,6 +181,10 @@ TXN_VARIANTS: dict[str, TxnVariant] = {
         "MinBFT groups whose USIGs name no group: a UI one group's USIG gave on a node "
         "verifies in every group of that node (tests/test_txn_minbft.py)",
         ordering="minbft", ordering_type=MinbftGroupUnbound),
+    "txn-raft-first-group-repairs": TxnVariant(
+        "Raft groups where only group 0 honours a damaged disk: the node's other groups "
+        "vote and count at once with the log and vote they lost (run with --faults "
+        "...,disk)", ordering_type=RaftOnlyFirstGroupRepairs),
     "txn-kv-pbft-gateway-tryagain": TxnVariant(
         "the gateway before 2026-12-05 over txn-kv-pbft: a late driver of a committed "
         "attempt answers unknown, the gateway TRYAGAIN, the Redis client sends it again as a "
