@@ -777,8 +777,9 @@ def build_transactional(spec: TransactionalSpec, name: str,
         pbft_params = PbftParams(checkpoint_interval=interval, log_size=2 * interval,
                                  batch_bytes_max=PBFT_BATCH_BYTES_MAX).validate()
         smr_params = SmrParams()
+        pbft_type: type[Pbft] = spec.ordering_type or Pbft
         group_factory = SmrFactory(
-            name, Resilience.BYZANTINE, lambda context: Pbft(context, pbft_params),
+            name, Resilience.BYZANTINE, lambda context: pbft_type(context, pbft_params),
             store_type, smr_params, ordering_path="pbft",
             constants=smr_constants(
                 {"sessions": parameters.get("sessions", SmrConstants().sessions_max)}, interval,

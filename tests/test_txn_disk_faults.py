@@ -17,15 +17,15 @@ def test_transactional_factories_recover_lost_state() -> None:
     for name in ("txn", "txn-kv", "txn-pbft", "txn-kv-pbft", "txn-minbft", "txn-kv-minbft"):
         assert recovers_lost_state(name), name
         assert recovers_lost_state(f"{name}:groups=2"), name
-    for name in ("txn", "txn-kv", "txn-minbft", "txn-kv-minbft"):
+    for name in ("txn", "txn-kv", "txn-pbft", "txn-kv-pbft", "txn-minbft", "txn-kv-minbft"):
         assert takes_disk_faults(name), name
     # PBFT groups: as a PBFT service, f besides the Byzantine nodes.
     assert damaged_disks_max("txn-pbft", 4, 1) == damaged_disks_max("pbft", 4, 1) == 1
     assert damaged_disks_max("txn", 3, 0) == 1
 
 
-def run(protocol: str, seed: int) -> SimResult:
-    options = txn_options(seed, 3, FAULTS, TxnWorkload(), protocol=protocol)
+def run(protocol: str, seed: int, nodes: int = 3) -> SimResult:
+    options = txn_options(seed, nodes, FAULTS, TxnWorkload(), protocol=protocol)
     return Simulator(f"{protocol}:groups=3", options).run()
 
 
@@ -50,3 +50,23 @@ def test_the_swarm_finds_a_repair_done_for_the_first_group_only() -> None:
     result = run("txn-raft-first-group-repairs", 56)
     assert not result.ok
     assert "election_safety" in {violation["property"] for violation in result.violations}
+
+
+def test_a_pbft_group_with_a_withholding_replica_does_not_stall() -> None:
+    """``replicaio sim txn-pbft:groups=3 --nodes 4 --faults
+    crash,partition,loss,dup,reorder,disk --seed 20``: node 2's disk is
+    damaged again and again, so in every group its replica withholds its votes
+    (docs/pbft.md) and only 2f+1 replicas vote. In group 0 the primary lost a
+    COMMIT of its view for number 34 that the two others had executed (one in
+    the view before, one before a restart that kept no COMMITs of its own);
+    nothing moved it, and a transaction's locks stayed held for the whole
+    liveness phase (``locks_released``). The replicas that executed 34 now
+    vouch for it with a COMMIT of the current view once the primary's STATUS
+    shows it stuck there (``NormalCase.vouch_executed``); the variant without
+    that (``txn-pbft-no-vouch``, the code before) still stalls on this seed."""
+    result = run("txn-pbft", 20, nodes=4)
+    assert result.ok, result.violations
+    assert result.counters.get("pbft_storage_damaged_withholding", 0) > 0
+    assert result.counters.get("pbft_executed_vouched", 0) > 0
+    broken = run("txn-pbft-no-vouch", 20, nodes=4)
+    assert {violation["property"] for violation in broken.violations} == {"locks_released"}

@@ -155,14 +155,7 @@ def takes_disk_faults(protocol: str) -> bool:
     operator admits a new USIG epoch for that group (``sim/operator.py``)."""
     from replicaio.assembly import recovers_lost_state
 
-    found = transactional_spec(protocol)
-    if found is None or found[0].ordering not in DISK_FAULT_ORDERINGS:
-        return False
-    return recovers_lost_state(protocol)
-
-
-# The groups' orderings whose transaction runs take disk faults so far.
-DISK_FAULT_ORDERINGS = frozenset({"raft", "minbft"})
+    return transactional_spec(protocol) is not None and recovers_lost_state(protocol)
 
 
 @dataclass(slots=True)

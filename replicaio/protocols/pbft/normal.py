@@ -79,6 +79,9 @@ class NormalCase:
         self.awaited: dict[int, int] = {}
         # The backup's request timer is view_change_timeout_us << timeout_exponent.
         self.timeout_exponent = 0
+        # peer -> (view, executed) of its last STATUS that lagged this replica's
+        # (``retransmit_to``): the same twice, it is stuck (one entry per replica).
+        self.lagging: dict[int, tuple[int, int]] = {}
 
     # -- slots ------------------------------------------------------------------------
 
@@ -366,6 +369,38 @@ class NormalCase:
             pbft.count("pbft_commits_on_channel")
         self.check_committed(slot)
 
+    def vouch_executed(self, slot: Slot, pre_prepare: PrePrepare) -> None:
+        """This replica's COMMIT in this view for a batch it already executed at
+        this number (committed in an older view and carried into this one by
+        the NEW-VIEW, or executed before a restart that kept no COMMITs), made
+        when a replica of this view is stuck just below it (``retransmit_to``:
+        the same point in two STATUS messages in a row).
+
+        Without it, a lagging replica may wait for ever: this one never prepares
+        the batch again in this view if a PREPARE it needs was lost with its
+        author's restart, and the other replicas' COMMITs of this view may be
+        gone too (a restart keeps none; a damaged disk's replica withholds its
+        votes, recovery.py). With only 2f+1 replicas voting, no third COMMIT
+        ever comes, no checkpoint above gets 2f+1 signatures (the lagging
+        replicas cannot execute up to it), and the replicas that executed wait
+        for nothing, so no view change ends it either (seen as a transaction's
+        locks never released in ``txn-pbft`` with disk faults).
+
+        Safe: the batch committed at this number (2f+1 COMMITs of some view, or
+        a certificate), so every later view's NEW-VIEW carries the same batch
+        there; a COMMIT for it adds no second value anywhere. Withheld while
+        recovering, as every vote."""
+        pbft = self.pbft
+        committed = slot.committed
+        if committed is None or committed.digest != pre_prepare.digest:
+            return
+        if pbft.id in slot.commits or pbft.withholding:
+            return
+        unsigned = Commit(pbft.view, slot.seq, pre_prepare.digest, pbft.id, b"")
+        slot.commits[pbft.id] = Commit(unsigned.view, unsigned.seq, unsigned.digest, pbft.id,
+                                       pbft.sign(unsigned))
+        pbft.count("pbft_executed_vouched")
+
     def forwardable_commits(self, slot: Slot, digest: bytes) -> list[Commit]:
         """The COMMITs for ``digest`` a third replica will accept: one that counted
         on the channel's word has its signature checked now (once); a bad one
@@ -411,7 +446,7 @@ class NormalCase:
         pbft.context.persist(f"pc{slot.seq}", pbft.encode(proof))
         if pbft.withholding:
             pbft.count("pbft_withheld_commits")
-        else:
+        elif pbft.id not in slot.commits:  # (else vouched for already: vouch_executed)
             self.vote(slot, Commit, pre_prepare)
         self.check_committed(slot)  # withholding: on 2f+1 COMMITs of others
 
@@ -542,12 +577,18 @@ class NormalCase:
         pbft = self.pbft
         start = max(their_executed, pbft.stable_seq) + 1
         end = min(pbft.executed, start + pbft.params.retransmit_max - 1)
+        # Stuck: it reported the same point a status period ago, and what was
+        # sent then did not move it (``vouch_executed``).
+        stuck = self.lagging.get(peer) == (pbft.view, their_executed)
+        self.lagging[peer] = (pbft.view, their_executed)
         for seq in range(start, end + 1):
             slot = pbft.slots.get(seq)
             if slot is None or slot.pre_prepare is None:
                 continue
             pre_prepare = slot.pre_prepare
             pbft.send(peer, pre_prepare)
+            if stuck and seq == their_executed + 1:
+                self.vouch_executed(slot, pre_prepare)
             for prepare in slot.prepares.values():
                 if prepare.digest == pre_prepare.digest and prepare.replica != peer:
                     pbft.send(peer, prepare)

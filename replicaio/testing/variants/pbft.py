@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from replicaio.core.config import Resilience
 from replicaio.protocols.pbft.messages import PrePrepare, Status, ViewChange
-from replicaio.protocols.pbft.normal import NormalCase
+from replicaio.protocols.pbft.normal import NormalCase, Slot
 from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.pbft.recovery import Recovery
 from replicaio.protocols.pbft.view_change import Chosen, ViewChanges
@@ -90,6 +90,24 @@ class RequestTimerNotDoubled(NormalCase):
 
     def request_timeout_us(self) -> int:
         return self.pbft.params.view_change_timeout_us
+
+
+class NoVouchForExecuted(NormalCase):
+    """A replica never vouches, in the current view, for a batch it executed
+    in an older one (the code before 2026-12-06, ``NormalCase.vouch_executed``):
+    when only 2f+1 replicas vote (one withholding after a damaged disk), a
+    replica whose view's COMMITs for one number were lost waits for ever, and
+    the replicas that executed it wait for nothing, so no view change comes."""
+
+    def vouch_executed(self, slot: Slot, pre_prepare: PrePrepare) -> None:
+        return
+
+
+class PbftNoVouchForExecuted(Pbft):
+    """Not a service of its own; the transactional variant
+    ``txn-pbft-no-vouch`` builds its groups with it."""
+
+    normal_type = NoVouchForExecuted
 
 
 class PbftCommitOffByOne(Pbft):

@@ -42,6 +42,13 @@ vote and count at once with the votes and entries they lost (a repair done for
 the first group only). Under ``--faults ...,disk`` the swarm finds two leaders
 of one term, or a restart below what the node had applied.
 
+``txn-pbft-no-vouch``: PBFT groups whose replicas never send, in the current
+view, a COMMIT for a batch they executed in an older one (the code before
+2026-12-06). With disk faults, a damaged disk's replica withholds its votes,
+so only 2f+1 replicas vote; one that lost the COMMITs of its view for a number
+waits for ever, the others executed it and wait for nothing, and the group
+stalls with a transaction's locks held (``locks_released``).
+
 ``txn-kv-pbft-gateway-tryagain``: the sharded Redis store over PBFT groups,
 its simulated clients the gateway (``sim.txn_harness``: every attempt to every
 node, f+1 matching outcomes) as it was before 2026-12-05: a late driver whose
@@ -71,6 +78,7 @@ from replicaio.services.txn.outcomes import GatewayRule
 from replicaio.services.txn.protocol import Plan, SignedTxnRequest, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import PREPARED, TxnStore
 from replicaio.testing.variants.minbft import MinbftGroupUnbound
+from replicaio.testing.variants.pbft import PbftNoVouchForExecuted
 from replicaio.testing.variants.raft import RaftOnlyFirstGroupRepairs
 
 
@@ -185,6 +193,11 @@ TXN_VARIANTS: dict[str, TxnVariant] = {
         "Raft groups where only group 0 honours a damaged disk: the node's other groups "
         "vote and count at once with the log and vote they lost (run with --faults "
         "...,disk)", ordering_type=RaftOnlyFirstGroupRepairs),
+    "txn-pbft-no-vouch": TxnVariant(
+        "PBFT groups whose replicas never vouch for a batch they executed in an older view: "
+        "with a damaged disk's replica withholding, a group can stall with locks held (run "
+        "with --nodes 4 --faults ...,disk)", ordering="pbft",
+        ordering_type=PbftNoVouchForExecuted),
     "txn-kv-pbft-gateway-tryagain": TxnVariant(
         "the gateway before 2026-12-05 over txn-kv-pbft: a late driver of a committed "
         "attempt answers unknown, the gateway TRYAGAIN, the Redis client sends it again as a "
