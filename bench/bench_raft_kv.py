@@ -48,6 +48,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
+from replicaio import compiled
 from replicaio.core.codec import Codec
 from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
 from replicaio.sim.options import parse_faults
@@ -242,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "compiled": compiled.planned(),
     }
     if args.part in ("throughput", "both"):
         sizes = [int(size) for size in args.sizes.split(",")]
@@ -257,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, sort_keys=True))
         return 0
+    print(f"python {report['python']} on {report['machine']}; {report['compiled']}")
     for row in report.get("throughput", []):
         print(f"{row['protocol']} n={row['n']}: {row['ops_completed']} ops in "
               f"{row['wall_seconds']} s wall "

@@ -38,12 +38,14 @@ import json
 import os
 import platform
 import pstats
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from replicaio import compiled
 from replicaio.sim.options import SimOptions
 from replicaio.sim.simulator import SimResult, simulate
 
@@ -319,6 +321,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     if arguments.requests is not None and arguments.requests < 1:
         parser.error("--requests must be >= 1")
+    if (arguments.profile or arguments.opcodes) and compiled.status()["loaded"]:
+        # cProfile and the bytecode tracer see a compiled module as one opaque
+        # call: run the whole benchmark again with every module interpreted
+        # (ADR 0034), so its rows and its profile describe the same code.
+        rerun = subprocess.run(
+            [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)],
+            env={**os.environ, "REPLICAIO_COMPILED": "0"}, capture_output=True, text=True,
+            check=False,
+        )
+        print(rerun.stdout, end="")
+        print(rerun.stderr, end="", file=sys.stderr)
+        return rerun.returncode
     rows: list[Row] = []
     profiles: list[dict[str, Any]] = []
     opcode_counts: list[dict[str, Any]] = []
@@ -339,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": platform.machine(),
         "cpus_available": len(os.sched_getaffinity(0)),
         "cpus": os.cpu_count(),
+        "compiled": compiled.describe(),
     }
     if arguments.json:
         report = {"protocol": PROTOCOL, "machine": machine, "rows": [asdict(row) for row in rows]}
@@ -350,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         return 0
     print(f"{PROTOCOL}, no faults; python {machine['python']} on {machine['machine']}, "
-          f"{machine['cpus_available']} of {machine['cpus']} cpus available to this process")
+          f"{machine['cpus_available']} of {machine['cpus']} cpus available to this process; "
+          f"{machine['compiled']}")
     print_table(rows)
     for report in profiles:
         print_profile(report)

@@ -7,3 +7,9 @@ logs (``replicaio.trace``) and checked against the properties they claim
 """
 
 __version__ = "0.1.0"
+
+from replicaio import compiled as _compiled
+
+# The hot modules compiled by ``./run setup``, when they match their source
+# (replicaio/compiled.py); ``REPLICAIO_COMPILED=0`` imports everything as source.
+_compiled.install()

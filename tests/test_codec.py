@@ -16,7 +16,6 @@ import pickle
 import random
 import tracemalloc
 import typing
-from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import msgpack
@@ -24,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from replicaio.compiled import source_path
 from replicaio.core import codec as codec_module
 from replicaio.core import msgpack_scan
 from replicaio.core.codec import (
@@ -235,7 +235,7 @@ def test_errors_carry_reason_and_detail_and_pickle() -> None:
 
 
 def test_codec_module_stays_deterministic() -> None:
-    tree = ast.parse(Path(codec_module.__file__).read_text())
+    tree = ast.parse(source_path(codec_module.__name__).read_text())
     imported = {
         alias.name.split(".")[0]
         for node in ast.walk(tree)

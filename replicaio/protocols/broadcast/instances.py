@@ -135,7 +135,8 @@ class Instances:
         for path in context.node.reliable.sent:
             if path[:prefix_length] != context.path or len(path) != prefix_length + 2:
                 continue
-            found_sender, found_seq = path[prefix_length:]
+            found_sender = path[prefix_length]
+            found_seq = path[prefix_length + 1]
             assert isinstance(found_sender, int)
             assert isinstance(found_seq, int)
             delivered = self.delivered[found_sender]
@@ -147,7 +148,7 @@ class Instances:
             context.child(sender, seq).forget()
         mine = [seq for sender, seq in in_progress if sender == context.id]
         mine += list(self.delivered[context.id])
-        self.next_seq = max([self.low[context.id], *(seq + 1 for seq in mine)])
+        self.next_seq = max([self.low[context.id]] + [seq + 1 for seq in mine])
         for sender, seq in sorted(in_progress):
             self.open(sender, seq, None)
         # Delivered but retained instances run again, already delivered: what

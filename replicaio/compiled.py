@@ -1,0 +1,174 @@
+"""Load the hot modules compiled by Cython when they match their source.
+
+``./run setup`` compiles the modules on the simulator's and the node's hot
+path (``replicaio.compiled_build.HOT_MODULES``) with Cython, from the same
+``.py`` files, unchanged: pure-Python mode with annotation typing off, so
+every name, integer and exception behaves as the interpreter's. The results
+go to ``replicaio/_compiled/`` beside a manifest of each source's SHA-256.
+
+Guarantee: a compiled module is loaded only when the SHA-256 of its ``.py``
+file now equals the one it was compiled from; an edited source is imported
+as source (and recompiled by the next ``./run setup`` or ``./run test``), so
+a stale build never runs. The event log hash of every run is the same
+compiled or not (``tests/test_compiled.py`` compares them on several
+targets); only speed differs.
+
+``REPLICAIO_COMPILED=0`` in the environment turns the compiled modules off
+(``bench_sim.py --profile`` and ``--opcodes`` rerun themselves so: cProfile
+and the bytecode tracer see a compiled module as one opaque call). Without a
+build (no C compiler, a wheel install), every module is imported as source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUILD_DIR = PACKAGE_DIR / "_compiled"
+MANIFEST = "manifest.json"
+ENV_SWITCH = "REPLICAIO_COMPILED"
+
+
+def source_path(module: str, package_dir: Path = PACKAGE_DIR) -> Path:
+    """The ``.py`` file of a dotted module name under the package directory."""
+    parts = module.split(".")
+    assert parts[0] == "replicaio", module
+    return package_dir.joinpath(*parts[1:]).with_suffix(".py")
+
+
+def source_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def abi_tag() -> str:
+    """The interpreter a build is for (an extension built for another will not load)."""
+    return f"{sys.implementation.cache_tag}-{sys.platform}-{os.uname().machine}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One compiled module: its extension file and the source digest it came from."""
+
+    module: str
+    library: Path
+    digest: str
+
+
+def read_manifest(build_dir: Path = BUILD_DIR) -> dict[str, Entry]:
+    """The manifest's entries for this interpreter; empty when there is none or it is unreadable."""
+    try:
+        raw = json.loads((build_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict) or raw.get("abi") != abi_tag():
+        return {}
+    modules = raw.get("modules")
+    if not isinstance(modules, dict):
+        return {}
+    entries: dict[str, Entry] = {}
+    for module, item in modules.items():
+        if isinstance(item, dict) and isinstance(item.get("library"), str) \
+                and isinstance(item.get("sha256"), str):
+            entries[module] = Entry(module, build_dir / item["library"], item["sha256"])
+    return entries
+
+
+class CompiledFinder(importlib.abc.MetaPathFinder):
+    """A meta path finder that answers the compiled extension of a listed module.
+
+    It answers only for a module in the manifest whose extension file exists
+    and whose source's digest matches; for anything else it answers ``None``
+    and the normal finders import the source.
+    """
+
+    def __init__(self, entries: dict[str, Entry], package_dir: Path = PACKAGE_DIR) -> None:
+        self.entries = entries
+        self.package_dir = package_dir
+        self.loaded: list[str] = []
+        self.stale: list[str] = []
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        entry = self.entries.get(fullname)
+        if entry is None:
+            return None
+        source = source_path(fullname, self.package_dir)
+        try:
+            fresh = entry.library.is_file() and source_digest(source) == entry.digest
+        except OSError:
+            fresh = False
+        if not fresh:
+            self.stale.append(fullname)
+            return None
+        self.loaded.append(fullname)
+        loader = importlib.machinery.ExtensionFileLoader(fullname, str(entry.library))
+        spec = importlib.machinery.ModuleSpec(fullname, loader, origin=str(entry.library))
+        spec.has_location = True
+        return spec
+
+
+_finder: CompiledFinder | None = None
+
+
+def install() -> CompiledFinder | None:
+    """Put the finder first on ``sys.meta_path`` (once), unless switched off or unbuilt."""
+    global _finder
+    if _finder is not None:
+        return _finder
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return None
+    entries = read_manifest()
+    if not entries:
+        return None
+    _finder = CompiledFinder(entries)
+    sys.meta_path.insert(0, _finder)
+    return _finder
+
+
+def status() -> dict[str, object]:
+    """What this process runs: for benchmarks to print beside their figures."""
+    if _finder is None:
+        reason = "off (REPLICAIO_COMPILED=0)" if os.environ.get(ENV_SWITCH, "1") == "0" \
+            else "not built"
+        return {"compiled": False, "reason": reason, "loaded": [], "stale": []}
+    return {"compiled": bool(_finder.loaded), "reason": "manifest",
+            "loaded": sorted(_finder.loaded), "stale": sorted(_finder.stale)}
+
+
+def planned() -> str:
+    """One line: what a process started now from this checkout would load compiled.
+
+    For a benchmark whose measured processes are others (the live nodes).
+    """
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return "compiled hot modules: none (REPLICAIO_COMPILED=0)"
+    entries = read_manifest()
+    fresh = [module for module, entry in entries.items() if entry.library.is_file()
+             and source_digest(source_path(module)) == entry.digest]
+    if not fresh:
+        return "compiled hot modules: none (not built)"
+    stale = len(entries) - len(fresh)
+    return f"compiled hot modules: {len(fresh)} (Cython)" + (f"; {stale} stale" if stale else "")
+
+
+def describe() -> str:
+    """One line for a benchmark's conditions."""
+    info = status()
+    loaded = info["loaded"]
+    stale = info["stale"]
+    assert isinstance(loaded, list) and isinstance(stale, list)
+    if not loaded:
+        return f"compiled hot modules: none ({info['reason']})"
+    text = f"compiled hot modules: {len(loaded)} (Cython)"
+    if stale:
+        text += f"; {len(stale)} stale, imported as source: {', '.join(stale)}"
+    return text

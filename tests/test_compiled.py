@@ -1,0 +1,134 @@
+"""The compiled hot modules (replicaio/compiled.py, ADR 0034): a stale build
+never runs, and a compiled run is the same run as an interpreted one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from replicaio import compiled
+from replicaio.compiled import CompiledFinder, Entry, read_manifest, source_digest
+from replicaio.compiled_build import HOT_MODULES
+
+# Targets whose hot path crosses every compiled module: broadcast with the
+# adversary, Raft with the KV store under crashes and partitions, PBFT and
+# MinBFT with a Byzantine node, transactions across groups.
+RUNS = (
+    ("bracha", "--nodes", "4", "--byzantine", "1", "--faults", "crash,partition,loss,dup,reorder",
+     "--seed", "7"),
+    ("raft", "--nodes", "3", "--faults", "crash,partition,loss", "--seed", "11"),
+    ("pbft", "--nodes", "4", "--byzantine", "1", "--faults", "crash,loss,reorder", "--seed", "5"),
+    ("minbft", "--nodes", "3", "--byzantine", "1", "--faults", "crash,loss", "--seed", "4"),
+    ("txn-kv:groups=2", "--nodes", "3", "--faults", "crash,loss", "--seed", "3"),
+)
+
+PROBE = """
+import json, sys
+from replicaio.cli import main
+from replicaio import compiled
+import replicaio.core.node, replicaio.sim.simulator
+print(json.dumps({"file": replicaio.core.node.__file__, "status": compiled.status()}))
+"""
+
+
+def run_python(code: str, *args: str, compiled_on: bool) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REPLICAIO_COMPILED": "1" if compiled_on else "0"}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=600, check=False, env=env)
+
+
+def sim_hash(args: tuple[str, ...], *, compiled_on: bool) -> str:
+    code = "import sys; from replicaio.cli import main; sys.exit(main())"
+    done = run_python(code, "sim", *args, "--json", compiled_on=compiled_on)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["violations"] == []
+    digest = report["log_sha256"]
+    assert isinstance(digest, str) and len(digest) == 64
+    return digest
+
+
+def built() -> bool:
+    return bool(read_manifest())
+
+
+def test_a_compiled_run_is_the_interpreted_run() -> None:
+    """The event log hash of each target is the same compiled and interpreted."""
+    if not built():
+        pytest.skip("no compiled build here (./run setup without a C compiler or Cython)")
+    for args in RUNS:
+        assert sim_hash(args, compiled_on=True) == sim_hash(args, compiled_on=False), args
+
+
+def test_setup_compiled_every_hot_module_and_they_load() -> None:
+    if not built():
+        pytest.skip("no compiled build here (./run setup without a C compiler or Cython)")
+    manifest = read_manifest()
+    missing = [module for module in HOT_MODULES if module not in manifest]
+    assert missing == [], f"./run setup left these as source: {missing}"
+    on = json.loads(run_python(PROBE, compiled_on=True).stdout)
+    assert on["file"].endswith(".so"), on
+    assert "replicaio.core.node" in on["status"]["loaded"]
+    off = json.loads(run_python(PROBE, compiled_on=False).stdout)
+    assert off["file"].endswith("node.py"), off
+    assert off["status"] == {"compiled": False, "reason": "off (REPLICAIO_COMPILED=0)",
+                             "loaded": [], "stale": []}
+
+
+def fake_package(tmp_path: Path) -> tuple[Path, Path]:
+    package = tmp_path / "pkg"
+    (package / "core").mkdir(parents=True)
+    source = package / "core" / "hot.py"
+    source.write_text("VALUE = 1\n")
+    library = tmp_path / "replicaio.core.hot.so"
+    library.write_bytes(b"not loaded by this test")
+    return source, library
+
+
+def test_a_build_of_an_edited_source_is_not_used(tmp_path: Path) -> None:
+    source, library = fake_package(tmp_path)
+    entry = Entry("replicaio.core.hot", library, source_digest(source))
+    finder = CompiledFinder({entry.module: entry}, package_dir=source.parent.parent)
+    spec = finder.find_spec("replicaio.core.hot", None)
+    assert spec is not None and spec.origin == str(library)
+    assert isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
+    source.write_text("VALUE = 2\n")  # edited after the build
+    assert finder.find_spec("replicaio.core.hot", None) is None
+    assert finder.stale == ["replicaio.core.hot"]
+    assert finder.find_spec("replicaio.core.other", None) is None  # not listed: not ours
+
+
+def test_a_missing_library_or_source_falls_back(tmp_path: Path) -> None:
+    source, library = fake_package(tmp_path)
+    entry = Entry("replicaio.core.hot", library, source_digest(source))
+    finder = CompiledFinder({entry.module: entry}, package_dir=source.parent.parent)
+    library.unlink()
+    assert finder.find_spec("replicaio.core.hot", None) is None
+    gone = Entry("replicaio.core.gone", library, entry.digest)
+    finder = CompiledFinder({gone.module: gone}, package_dir=source.parent.parent)
+    assert finder.find_spec("replicaio.core.gone", None) is None
+
+
+@pytest.mark.parametrize("text", [
+    "", "not json", "[]", '{"abi": "cpython-27-other", "modules": {}}',
+    json.dumps({"abi": compiled.abi_tag(), "modules": []}),
+])
+def test_a_foreign_or_damaged_manifest_is_no_build(tmp_path: Path, text: str) -> None:
+    (tmp_path / compiled.MANIFEST).write_text(text)
+    assert read_manifest(tmp_path) == {}
+
+
+def test_a_manifest_for_this_interpreter_is_read(tmp_path: Path) -> None:
+    entry = {"library": "replicaio.core.hot.so", "sha256": "ab" * 32}
+    (tmp_path / compiled.MANIFEST).write_text(json.dumps(
+        {"abi": compiled.abi_tag(), "modules": {"replicaio.core.hot": entry, "bad": 3}}))
+    assert read_manifest(tmp_path) == {
+        "replicaio.core.hot": Entry("replicaio.core.hot", tmp_path / entry["library"],
+                                    entry["sha256"])}
