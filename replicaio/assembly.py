@@ -140,6 +140,10 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "outcomes, the undecided nodes asked the same attempt again; the nodes' answers taken "
     "at face value); 2: the same, each attempt to f+1 nodes first and to the others once "
     "those cannot settle it or do not in time",
+    "fronts": "transactional clusters (simulation): after the heal every client attempt goes "
+    "to one of this many correct nodes up, drawn at the heal (as when every client connects "
+    "to one node's Redis port; with `degraded`, a group whose primary is kept down must "
+    "still make progress through its backups' fronts); 0: any node (the default)",
     "windows": "transactional clusters over BFT groups: StoreParams.nonce_clients_max, the "
     "clients whose nonce windows a group keeps (LRU beyond: small values make swarms evict)",
     "memory": "KvParams.bytes_max in MiB: what the key-value store holds (Redis's maxmemory; "

@@ -29,6 +29,10 @@ def add_txn_arguments(parser: argparse.ArgumentParser) -> None:
                        help="list-append (strict serializability) or bank (the total)")
     group.add_argument("--transactions", type=int, default=None,
                        help=f"transactions in the run (default {TxnWorkload().transactions})")
+    group.add_argument("--ops-max", type=int, default=None,
+                       help="list-append: operations per transaction at most (default "
+                       f"{TxnWorkload().ops_max}; 1: every transaction touches one key, so one "
+                       "group, as single-key commands do)")
 
 
 def is_transactional(protocol: str) -> bool:
@@ -56,6 +60,7 @@ def options_of(args: argparse.Namespace, seed: int) -> SimOptions:
         workload=args.workload,
         transactions=args.transactions if args.transactions is not None else base.transactions,
         clients=args.clients if getattr(args, "clients", None) is not None else base.clients,
+        ops_max=args.ops_max if getattr(args, "ops_max", None) is not None else base.ops_max,
     )
     adversary = getattr(args, "adversary", None) or getattr(args, "behaviour", None)
     return txn_options(seed, args.nodes, parse_faults(args.faults), workload,
@@ -104,4 +109,6 @@ def reproduce_words(args: argparse.Namespace) -> list[str]:
         words += ["--workload", args.workload]
     if getattr(args, "transactions", None) is not None:
         words += ["--transactions", str(args.transactions)]
+    if getattr(args, "ops_max", None) is not None:
+        words += ["--ops-max", str(args.ops_max)]
     return words

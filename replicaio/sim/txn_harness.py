@@ -182,7 +182,7 @@ class TxnHarness:
     """See the module docstring."""
 
     def __init__(self, config: ClusterConfig, groups: int, spec: TransactionalSpec,
-                 gateway: GatewayRule | None = None) -> None:
+                 gateway: GatewayRule | None = None, fronts: int = 0) -> None:
         self.config = config
         # Gateway clients (see the module docstring): their rule, else ``None``.
         self.gateway = gateway
@@ -196,6 +196,11 @@ class TxnHarness:
                              else config.n - config.f)
         self.correct = [node for node in range(config.n) if node not in config.byzantine]
         self.down: set[int] = set()  # kept down for good (the degraded kind)
+        # ``fronts=K``: after the heal every attempt goes to one of K correct
+        # nodes up (drawn at the heal), as when every client connects to one
+        # node's Redis port; 0: any node, as before.
+        self.fronts_wanted = fronts
+        self.fronts: list[int] = []
         self.leaders: dict[int, tuple[int, int]] = {}  # group -> (term, node)
         self.reports: dict[tuple[int, int], LockReport] = {}
         self.codec = Codec()
@@ -306,6 +311,8 @@ class TxnHarness:
             # Liveness asks correct drivers: a Byzantine one's answers prove nothing,
             # and a client that asked it in vain would move on to another node.
             client.node = self.rng.choice(self.correct)
+        if self.fronts:
+            client.node = self.rng.choice(self.fronts)
         client.timeout_token += 1
         token = client.timeout_token
         if self.key_value:
@@ -588,6 +595,9 @@ class TxnHarness:
         assert self.api is not None
         self.healed = True
         self.healed_at = float(self.api.now())
+        if self.fronts_wanted:
+            self.fronts = sorted(self.rng.sample(
+                self.correct, min(self.fronts_wanted, len(self.correct))))
         for checkers in self.checkers:
             for checker in checkers:
                 begin = getattr(checker, "begin_liveness", None)
@@ -688,4 +698,5 @@ def txn_harness_for(protocol: str, config: ClusterConfig) -> TxnHarness | None:
         else None)
     if gateway is not None and spec.ordering == "raft":
         raise UsageError("gateway clients need BFT groups (their attempts are signed)")
-    return TxnHarness(config, parameters.get("groups", TXN_GROUPS_DEFAULT), spec, gateway)
+    return TxnHarness(config, parameters.get("groups", TXN_GROUPS_DEFAULT), spec, gateway,
+                      parameters.get("fronts", 0))
