@@ -479,6 +479,8 @@ def pbft_footprint_max(
         "pbft_prepared_proofs": window,
         "pbft_relayed": pbft.relayed_max,
         "pbft_awaited": pbft.awaited_max,
+        "pbft_awaited_batches": pbft.relayed_max,
+        "pbft_forwarded": pbft.forwarded_max * (n - 1),
         "pbft_barriers": pbft.barriers_max,
         "pbft_proposals": pbft.proposals_max,
         "pbft_checkpoint_votes": (checkpoints + 1) * n,
@@ -639,6 +641,7 @@ def minbft_footprint_max(
     return {
         "minbft_slots": window,
         "minbft_relayed": minbft.relayed_max,
+        "minbft_forwarded": minbft.forwarded_max * (n - 1),
         "minbft_barriers": minbft.barriers_max,
         "minbft_proposals": minbft.proposals_max,
         "minbft_held": minbft.held_max * n,

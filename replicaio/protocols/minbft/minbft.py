@@ -441,6 +441,7 @@ class Minbft:
         assert batch is not None, "a committed slot has its batch"
         self.context.output(Executed(self.id, slot.view, slot.seq, slot.digest))
         self.relayed.pop(slot.digest, None)
+        self.normal.forwarded.pop(slot.digest, None)
         if batch.startswith(BARRIER_MAGIC):
             self.barriers.executed(batch, slot.seq)
             batch = b""
@@ -666,6 +667,7 @@ class Minbft:
         return {
             "minbft_slots": len(self.slots),
             "minbft_relayed": len(self.relayed),
+            "minbft_forwarded": len(self.normal.forwarded),
             "minbft_barriers": len(self.barriers),
             "minbft_proposals": len(self.normal.proposals),
             "minbft_held": sum(len(stream.held) for stream in self.streams.values()),

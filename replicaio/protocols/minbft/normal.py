@@ -13,7 +13,16 @@ batch can get f+1 at one number in one view); it executes in number order.
 Batches reach the primary from every replica (``submit``), as in PBFT: a
 backup relays its batch, keeps it (``relayed_max``) until it executes,
 re-relays it, and asks for a view change (REQ-VIEW-CHANGE) if the primary
-leaves it waiting for ``view_change_timeout_us``.
+leaves it waiting for ``view_change_timeout_us``. Its request alone is not
+f+1, and the other backups may wait for nothing (a node's in-node clients
+call its own replica only), so on suspicion it also sends the batches it
+waits for to every other backup, as a PBFT client multicasts its request on
+its retransmission timeout: each of them keeps such a *forwarded* batch
+(``forwarded_max`` per peer), relays it to the primary and times it as its
+own, so a primary that is down gets f+1 requests. A faulty backup's forwards
+start nothing a correct primary would not end: the batch must be valid (SMR
+checks every request's signature) and one the receiver has not seen ordered,
+and the receiver relays it to the primary itself.
 
 Windows: the primary numbers up to ``log_size`` above the stable checkpoint;
 nobody sends a PREPARE or COMMIT for a number more than K above its own
@@ -39,6 +48,11 @@ if TYPE_CHECKING:
     from replicaio.protocols.minbft.minbft import Minbft
 
 BARRIER_MAGIC = b"\x00minbft-read-barrier\x00"
+
+# A backup that suspects its primary forwards its waiting batches again this often
+# (in status periods) while the view lasts.
+FORWARD_EVERY_TICKS = 4
+FORWARD_BATCHES_MAX = 4  # the oldest waiting batches a suspecting backup forwards
 
 Vote = tuple[int, bytes, int]  # (view, digest, key: the PREPARE's counter, -NEW-VIEW's)
 
@@ -75,6 +89,11 @@ class NormalCase:
         self.proposals: deque[bytes] = deque()
         self.last_prepared = 0  # primary: the number of its last PREPARE of this view
         self.relay_ticks: dict[bytes, int] = {}
+        # Batches other backups forwarded on suspicion: digest -> (source, batch),
+        # at most ``forwarded_max`` per source (its oldest dropped beyond).
+        self.forwarded: dict[bytes, tuple[int, bytes]] = {}
+        self.suspected = False  # this backup asked to end the view for its batches
+        self.status_ticks = 0
         # Primary: a backup that cannot follow this view asked for the next one.
         self.step_down_asked = False
 
@@ -88,18 +107,23 @@ class NormalCase:
 
     def tasks(self) -> list[Coroutine[Any, Any, None]]:
         self.step_down_asked = False
+        self.suspected = False
         return [self.watch_own_view()] if self.minbft.is_primary else [self.watch_primary()]
 
     def on_view_started(self) -> None:
         minbft = self.minbft
         if minbft.is_primary:
-            for batch in minbft.relayed.values():
+            for batch in self.waiting_batches():
                 self.enqueue(batch)
             self.assign()
         else:
             self.proposals.clear()
-            for batch in minbft.relayed.values():
+            for batch in self.waiting_batches():
                 minbft.send(minbft.primary(), Relay(batch))
+
+    def waiting_batches(self) -> list[bytes]:
+        """The own relayed batches, then the forwarded ones."""
+        return [*self.minbft.relayed.values(), *(batch for _, batch in self.forwarded.values())]
 
     # -- proposing ------------------------------------------------------------------------
 
@@ -125,6 +149,11 @@ class NormalCase:
 
     def on_relay(self, source: int, relay: Relay) -> None:
         minbft = self.minbft
+        if minbft.active and not minbft.is_primary:
+            # Another backup's forward, or a relay of a replica in another view
+            # (this one's primary among them, once it left the view: its forward).
+            self.on_forward(source, relay)
+            return
         if not minbft.active or not minbft.is_primary:
             minbft.reject("relay_not_primary")
             return
@@ -136,6 +165,50 @@ class NormalCase:
             return
         self.enqueue(relay.batch)
         self.assign()
+
+    def on_forward(self, source: int, relay: Relay) -> None:
+        """A batch another backup waits for and forwarded on suspicion: keep it,
+        relay it to the primary and time it as an own one (``watch_primary``)."""
+        minbft = self.minbft
+        batch = relay.batch
+        if len(batch) > minbft.params.batch_bytes_max:
+            minbft.reject("forward_oversized")
+            return
+        digest = digest_of(batch)
+        if digest in minbft.relayed or digest in self.forwarded:
+            minbft.count("minbft_forward_duplicate")
+            return
+        if any(slot.digest == digest for slot in minbft.slots.values()):
+            # Seen ordered here: a correct primary would not number it again
+            # (``enqueue``), so timing it would suspect a correct primary.
+            minbft.count("minbft_forward_ordered")
+            return
+        if not batch or not self.valid_batch(batch):  # (a read barrier needs no check)
+            minbft.reject("forward_invalid_batch")
+            return
+        from_source = [key for key, (peer, _) in self.forwarded.items() if peer == source]
+        if len(from_source) >= minbft.params.forwarded_max:
+            del self.forwarded[from_source[0]]
+            self.relay_ticks.pop(from_source[0], None)
+            minbft.count("bound_minbft_forwarded_max")
+        self.forwarded[digest] = (source, batch)
+        self.relay_ticks[digest] = 0
+        minbft.count("minbft_forwards_taken")
+        minbft.send(minbft.primary(), Relay(batch))
+
+    def forward_waiting(self) -> None:
+        """Suspecting the primary (or changing views): send the own batches left
+        waiting to every other backup, so that their timers run too (the primary
+        gets them again)."""
+        minbft = self.minbft
+        primary = minbft.primary() if minbft.active else -1
+        # The oldest few (read barriers too: reads wait on them) are enough to
+        # start the peers' timers; the new primary gets them all (``on_view_started``).
+        for batch in list(minbft.relayed.values())[:FORWARD_BATCHES_MAX]:
+            for peer in range(minbft.n):
+                if peer != minbft.id and peer != primary:
+                    minbft.send(peer, Relay(batch))
+            minbft.count("minbft_forwarded_on_suspicion")
 
     def enqueue(self, batch: bytes) -> None:
         minbft = self.minbft
@@ -305,12 +378,20 @@ class NormalCase:
         asked = False
         while True:
             waited = set(minbft.relayed)
+            forwarded = set(self.forwarded)
             executed = minbft.executed
             waiting = self.waiting_for_execution()
             await minbft.context.sleep(minbft.params.view_change_timeout_us)
             still = any(digest in minbft.relayed for digest in waited)
+            still_forwarded = any(digest in self.forwarded for digest in forwarded)
             unfollowable = self.unfollowable() and not minbft.withholding
-            if not asked and (still or (waiting and minbft.executed == executed)):
+            if still and not self.suspected:
+                # (also after asking for another reason: its request may be
+                # the only one, and the other backups may wait for nothing)
+                self.suspected = True
+                self.forward_waiting()
+            if not asked and (still or still_forwarded
+                              or (waiting and minbft.executed == executed)):
                 minbft.count("minbft_primary_suspected")
                 view_changes.request(minbft.view + 1, unfollowable=unfollowable)
                 asked = True
@@ -365,13 +446,19 @@ class NormalCase:
         minbft = self.minbft
         if not minbft.active or minbft.is_primary:
             return
-        for digest, batch in minbft.relayed.items():
+        waiting = [*minbft.relayed.items(),
+                   *((digest, batch) for digest, (_, batch) in self.forwarded.items())]
+        for digest, batch in waiting:
             ticks = self.relay_ticks.get(digest, 0) + 1
             self.relay_ticks[digest] = ticks
             if ticks % 2 == 0:
                 minbft.send(minbft.primary(), Relay(batch))
-        for digest in [digest for digest in self.relay_ticks if digest not in minbft.relayed]:
+        for digest in [digest for digest in self.relay_ticks
+                       if digest not in minbft.relayed and digest not in self.forwarded]:
             del self.relay_ticks[digest]
+        self.status_ticks += 1
+        if self.suspected and self.status_ticks % FORWARD_EVERY_TICKS == 0:
+            self.forward_waiting()  # (a backup down or cut off then gets them now)
 
     # -- recovery -----------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ class MinbftParams:
     batch_bytes_max: int = 64 * 1024
     proposals_max: int = 256
     relayed_max: int = 64
+    forwarded_max: int = 16  # batches kept per peer that forwarded them on suspicion
     barriers_max: int = 1024
     held_max: int = 128  # out-of-order UI messages held per peer (a gap waits for its fill)
     retransmit_max: int = 64  # own messages re-sent in one answer to a STATUS
@@ -49,8 +50,8 @@ class MinbftParams:
         for name in (
             "checkpoint_interval", "log_size", "view_change_timeout_us", "view_change_resend_us",
             "status_us", "state_fetch_timeout_us", "batch_bytes_max", "proposals_max",
-            "relayed_max", "barriers_max", "held_max", "retransmit_max", "own_log_max",
-            "requests_max", "snapshot_bytes_max", "snapshots_served_max",
+            "relayed_max", "forwarded_max", "barriers_max", "held_max", "retransmit_max",
+            "own_log_max", "requests_max", "snapshot_bytes_max", "snapshots_served_max",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"MinbftParams.{name} must be >= 1")

@@ -288,6 +288,9 @@ class ViewChanges:
             own_request = self.requests.get(minbft.id, 0)
             if own_request >= view:
                 minbft.send_all(self.own_request(own_request))
+            # Its batches wait for this view change: a peer still in the old view
+            # (which may wait for nothing) times them too (normal.py).
+            minbft.normal.forward_waiting()
 
     async def new_view_timer(self, view: int) -> None:
         minbft = self.minbft

@@ -19,6 +19,18 @@ executes, re-relays it while it waits, and moves to the next view if the
 primary leaves it waiting for ``view_change_timeout_us`` (section 4.4: the
 view-change timer runs while a backup waits for a request to execute).
 
+A backup's VIEW-CHANGE alone is fewer than the f+1 others join on, and the
+other backups may wait for nothing: a node's in-node clients call their own
+replica only, where the paper's client multicasts its request on its
+retransmission timeout, so that every backup's timer runs. So a backup that
+suspects the primary for its own batches or requests sends those batches to
+every other backup first (and again with each re-sent VIEW-CHANGE): each
+checks it (SMR's ``validate_batch``, every request's signature), keeps it
+(``forwarded_max`` per peer) until its requests execute, relays it to the
+primary and suspects the primary too if it does not order them. A batch it
+saw ordered in its window is not kept: a correct primary would not number it
+again.
+
 Retransmission (messages travel on unreliable streams): every ``status_us``
 a replica re-sends its messages for numbers that made no progress since the
 previous tick, and answers a STATUS from a replica that executed less with
@@ -77,6 +89,13 @@ class NormalCase:
         self.relay_ticks: dict[bytes, int] = {}  # relayed digest -> status ticks waited
         # backup: client -> the request seq it waits to see executed (SMR relayed it)
         self.awaited: dict[int, int] = {}
+        # backup: its own batches SMR relayed the requests of (``relayed_max``),
+        # forwarded to the other backups when it suspects the primary.
+        self.awaited_batches: dict[bytes, bytes] = {}
+        # Batches other backups forwarded on suspicion: digest -> (source, the
+        # requests still awaited: client -> seq), ``forwarded_max`` per source.
+        self.forwarded: dict[bytes, tuple[int, dict[int, int]]] = {}
+        self.suspected = False  # this backup left its view for its own waits
         # The backup's request timer is view_change_timeout_us << timeout_exponent.
         self.timeout_exponent = 0
         # peer -> (view, executed) of its last STATUS that lagged this replica's
@@ -113,6 +132,9 @@ class NormalCase:
         # Requests relayed to an older primary are lost with it: the clients
         # retry (to every replica), which arms the timer of this view again.
         self.awaited.clear()
+        self.awaited_batches.clear()
+        self.forwarded.clear()
+        self.suspected = False
 
     # -- proposing (the primary) -------------------------------------------------------
 
@@ -152,6 +174,12 @@ class NormalCase:
         handlers = pbft.handlers
         assert handlers is not None
         awaited = self.awaited
+        digest = digest_of(batch)
+        if digest not in self.awaited_batches:
+            if len(self.awaited_batches) >= pbft.params.relayed_max:
+                del self.awaited_batches[next(iter(self.awaited_batches))]
+                pbft.count("bound_pbft_awaited_batches_max")
+            self.awaited_batches[digest] = batch
         for client, seq in handlers.requests_of(batch):
             if awaited.get(client, 0) >= seq:
                 continue
@@ -167,9 +195,68 @@ class NormalCase:
         for client, seq in requests:
             if awaited.get(client, seq + 1) <= seq:
                 del awaited[client]
+        for digest, (_, waits) in list(self.forwarded.items()):
+            for client, seq in requests:
+                if waits.get(client, seq + 1) <= seq:
+                    del waits[client]
+            if not waits:
+                del self.forwarded[digest]
+
+    def forward_waiting(self) -> None:
+        """Suspecting the primary: send the own batches whose requests (or
+        barriers) it still waits for to every other backup."""
+        pbft = self.pbft
+        handlers = pbft.handlers
+        assert handlers is not None
+        batches = list(pbft.relayed.values())
+        for batch in self.awaited_batches.values():
+            if any(self.awaited.get(client) == seq for client, seq in handlers.requests_of(batch)):
+                batches.append(batch)
+        for batch in batches:  # (a primary takes it as a relay)
+            for peer in range(pbft.n):
+                if peer != pbft.id:
+                    pbft.send(peer, Relay(batch))
+            pbft.count("pbft_forwarded_on_suspicion")
+
+    def on_forward(self, source: int, relay: Relay) -> None:
+        """A batch another backup waits for and forwarded on suspicion: keep its
+        requests, relay it to the primary, suspect the primary if it does not
+        order them (``watch_primary``)."""
+        pbft = self.pbft
+        batch = relay.batch
+        if len(batch) > pbft.params.batch_bytes_max:
+            pbft.reject("forward_oversized")
+            return
+        digest = digest_of(batch)
+        if digest in self.forwarded or digest in pbft.relayed:
+            pbft.count("pbft_forward_duplicate")
+            return
+        if any(slot.pre_prepare is not None and slot.pre_prepare.digest == digest
+               for slot in pbft.slots.values()):
+            pbft.count("pbft_forward_ordered")  # a correct primary numbers it no more
+            return
+        if not batch or not pbft.valid_batch(batch):
+            pbft.reject("forward_invalid_batch")
+            return
+        handlers = pbft.handlers
+        assert handlers is not None
+        # A read barrier has no request: waited for until it executes (``deliver``).
+        waits = dict(handlers.requests_of(batch)) or {-1: 0}
+        from_source = [key for key, (peer, _) in self.forwarded.items() if peer == source]
+        if len(from_source) >= pbft.params.forwarded_max:
+            del self.forwarded[from_source[0]]
+            pbft.count("bound_pbft_forwarded_max")
+        self.forwarded[digest] = (source, waits)
+        pbft.count("pbft_forwards_taken")
+        pbft.send(pbft.primary(), Relay(batch))
 
     def on_relay(self, source: int, relay: Relay) -> None:
         pbft = self.pbft
+        if pbft.active and not pbft.is_primary:
+            # Another backup's forward, or a relay of a replica in another view
+            # (this one's primary among them, once it left the view: its forward).
+            self.on_forward(source, relay)
+            return
         if not pbft.active or not pbft.is_primary:
             pbft.reject("relay_not_primary")
             return
@@ -473,11 +560,14 @@ class NormalCase:
 
     # -- the view-change timer of a backup (section 4.4) -------------------------------------
 
-    def oldest_waits(self) -> tuple[bytes | None, tuple[int, int] | None, int | None]:
+    def oldest_waits(
+        self,
+    ) -> tuple[bytes | None, tuple[int, int] | None, int | None, bytes | None]:
         """What this backup has waited for longest, of each kind: its oldest
         relayed batch, its clients' oldest awaited request, the lowest number
         pre-prepared and not executed (the primary orders FIFO, so the oldest
-        comes first; a request it censors becomes the oldest)."""
+        comes first; a request it censors becomes the oldest), the oldest batch
+        another backup forwarded."""
         pbft = self.pbft
         digest = next(iter(pbft.relayed), None)
         request = next(iter(self.awaited.items()), None)
@@ -485,7 +575,8 @@ class NormalCase:
             seq for seq, slot in pbft.slots.items()
             if seq > pbft.executed and slot.pre_prepare is not None
         ]
-        return digest, request, min(pending) if pending else None
+        return (digest, request, min(pending) if pending else None,
+                next(iter(self.forwarded), None))
 
     def request_timeout_us(self) -> int:
         return self.pbft.params.view_change_timeout_us << self.timeout_exponent
@@ -505,19 +596,23 @@ class NormalCase:
         while True:
             tracked = self.oldest_waits()
             await pbft.context.sleep(self.request_timeout_us())
-            if tracked == self.oldest_waits() == (None, None, None):
+            if tracked == self.oldest_waits() == (None, None, None, None):
                 self.timeout_exponent = 0  # idle: the load that needed it is gone
             cause = self.suspicion(*tracked)
             if cause is not None:
                 pbft.count("pbft_primary_suspected")
                 pbft.count(f"pbft_primary_suspected_{cause}")
+                if cause in ("relayed", "requests"):
+                    self.suspected = True  # (forwarded again with the VIEW-CHANGE)
+                    self.forward_waiting()
                 exponent_max = pbft.params.view_change_backoff_exponent_max
                 self.timeout_exponent = min(self.timeout_exponent + 1, exponent_max)
                 pbft.view_changes.start(pbft.view + 1)
                 return
 
     def suspicion(
-        self, digest: bytes | None, request: tuple[int, int] | None, seq: int | None
+        self, digest: bytes | None, request: tuple[int, int] | None, seq: int | None,
+        forwarded: bytes | None = None,
     ) -> str | None:
         """Why the primary is suspected after a timeout (``None``: it is not)."""
         pbft = self.pbft
@@ -527,6 +622,8 @@ class NormalCase:
             return "requests"
         if seq is not None and pbft.executed < seq:
             return "stalled"
+        if forwarded is not None and forwarded in self.forwarded:
+            return "forwarded"
         return None
 
     # -- retransmission ------------------------------------------------------------------------

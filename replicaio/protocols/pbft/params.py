@@ -34,6 +34,7 @@ class PbftParams:
     proposals_max: int = 256  # batches the primary holds before assigning them a number
     relayed_max: int = 64  # own batches relayed to the primary and not yet executed
     awaited_max: int = 1024  # clients' requests a backup watches the primary order
+    forwarded_max: int = 16  # batches kept per peer that forwarded them on suspicion
     barriers_max: int = 1024  # read barriers waiting for their null batch to execute
     retransmit_max: int = 64  # sequence numbers re-sent in one answer to a STATUS
     snapshot_bytes_max: int = 16 << 20  # a state this replica will fetch
@@ -52,7 +53,8 @@ class PbftParams:
         for name in (
             "checkpoint_interval", "log_size", "view_change_timeout_us", "view_change_resend_us",
             "status_us", "state_fetch_timeout_us", "batch_bytes_max", "proposals_max",
-            "relayed_max", "awaited_max", "barriers_max", "retransmit_max", "snapshot_bytes_max",
+            "relayed_max", "awaited_max", "forwarded_max", "barriers_max", "retransmit_max",
+            "snapshot_bytes_max",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"PbftParams.{name} must be >= 1")

@@ -324,7 +324,8 @@ class Pbft:
         batch = pre_prepare.batch
         self.context.output(Executed(self.id, pre_prepare.view, seq, pre_prepare.digest))
         self.relayed.pop(pre_prepare.digest, None)
-        if self.normal.awaited:
+        self.normal.forwarded.pop(pre_prepare.digest, None)
+        if self.normal.awaited or self.normal.forwarded:
             self.normal.on_executed_requests(handlers.requests_of(batch))
         if is_barrier(batch):
             self.barriers.executed(batch, seq)
@@ -502,6 +503,8 @@ class Pbft:
             "pbft_prepared_proofs": len(self.prepared_proofs),
             "pbft_relayed": len(self.relayed),
             "pbft_awaited": len(self.normal.awaited),
+            "pbft_awaited_batches": len(self.normal.awaited_batches),
+            "pbft_forwarded": len(self.normal.forwarded),
             "pbft_barriers": len(self.barriers),
             "pbft_proposals": len(self.normal.proposals),
             "pbft_checkpoint_votes": self.checkpoints.votes_held(),

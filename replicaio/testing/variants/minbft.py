@@ -30,6 +30,17 @@ class CommitQuorumOffByOne(NormalCase):
         return max(1, self.minbft.f)
 
 
+class SuspectsAlone(NormalCase):
+    """A backup that suspects its primary asks for a view change and forwards
+    nothing (the code before 2026-12-06): when its batches come only through
+    it (a node's in-node clients call their own replica), the other backups
+    wait for nothing, its request alone is not f+1, and a group whose primary
+    is down stays stalled (docs/minbft.md, *View change*)."""
+
+    def forward_waiting(self) -> None:
+        return
+
+
 class CounterWrittenAfterRelease(Usig):
     """The USIG writes a counter value only when it gives out the next one: a
     crash loses the last value it released, which it then gives to another
@@ -115,6 +126,14 @@ class MinbftLogFromAnchor(Minbft):
 
 class MinbftCommitOffByOne(Minbft):
     normal_type = CommitQuorumOffByOne
+
+
+class MinbftSuspectsAlone(Minbft):
+    """Not a service of its own (clients of a single group send to every
+    replica on a retry): the transactional variant
+    ``txn-minbft-suspects-alone`` builds its groups with it."""
+
+    normal_type = SuspectsAlone
 
 
 class MinbftUsigLateWrite(Minbft):

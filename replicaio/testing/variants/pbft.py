@@ -109,6 +109,24 @@ class PbftNoVouchForExecuted(Pbft):
 
     normal_type = NoVouchForExecuted
 
+class SuspectsAlone(NormalCase):
+    """A backup that suspects its primary moves to the next view and forwards
+    nothing (the code before 2026-12-06): when its requests come only through
+    it (a node's in-node clients call their own replica), the other backups
+    wait for nothing and never join its lone VIEW-CHANGE (docs/pbft.md, *View
+    change*)."""
+
+    def forward_waiting(self) -> None:
+        return
+
+
+class PbftSuspectsAlone(Pbft):
+    """Not a service of its own (clients of a single group multicast a retried
+    request): the transactional variant ``txn-pbft-suspects-alone`` builds its
+    groups with it."""
+
+    normal_type = SuspectsAlone
+
 
 class PbftCommitOffByOne(Pbft):
     normal_type = CommitQuorumOffByOne

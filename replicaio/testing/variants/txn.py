@@ -66,6 +66,16 @@ a driver that finds an attempt that reads committed by another driver (at
 instead of fetching its reads from the participants' commits: a committed
 attempt reported unknown to its client (``txn_unknown_after_heal`` after the
 heal; ``info`` before).
+
+``txn-minbft-suspects-alone``: MinBFT groups whose backup, suspecting its
+primary, only asks for a view change (the code before 2026-12-06,
+``variants.minbft.SuspectsAlone``): with the primary kept down
+(``degraded``) and every client through one node (``fronts=1``, single-key
+attempts with ``--ops-max 1``), that node's replica is the only one waiting,
+its request is not f+1, and the group stalls (liveness).
+``txn-pbft-suspects-alone`` is the same over PBFT groups
+(``variants.pbft.SuspectsAlone``): the lone VIEW-CHANGE is fewer than the f+1
+the other backups join on.
 """
 
 from __future__ import annotations
@@ -77,8 +87,8 @@ from replicaio.services.txn.kv_store import KvTxnStore
 from replicaio.services.txn.outcomes import GatewayRule
 from replicaio.services.txn.protocol import Plan, SignedTxnRequest, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import PREPARED, TxnStore
-from replicaio.testing.variants.minbft import MinbftGroupUnbound
-from replicaio.testing.variants.pbft import PbftNoVouchForExecuted
+from replicaio.testing.variants.minbft import MinbftGroupUnbound, MinbftSuspectsAlone
+from replicaio.testing.variants.pbft import PbftNoVouchForExecuted, PbftSuspectsAlone
 from replicaio.testing.variants.raft import RaftOnlyFirstGroupRepairs
 
 
@@ -198,6 +208,16 @@ TXN_VARIANTS: dict[str, TxnVariant] = {
         "with a damaged disk's replica withholding, a group can stall with locks held (run "
         "with --nodes 4 --faults ...,disk)", ordering="pbft",
         ordering_type=PbftNoVouchForExecuted),
+    "txn-minbft-suspects-alone": TxnVariant(
+        "MinBFT groups whose backup suspecting the primary forwards nothing: with the "
+        "primary down and clients through one node, the view change never gets f+1 (run "
+        "txn-minbft-suspects-alone:fronts=1 --ops-max 1 --faults ...,degraded)",
+        ordering="minbft", ordering_type=MinbftSuspectsAlone),
+    "txn-pbft-suspects-alone": TxnVariant(
+        "PBFT groups whose backup suspecting the primary forwards nothing: with the primary "
+        "down and clients through one node, the others never join its VIEW-CHANGE (run "
+        "txn-pbft-suspects-alone:fronts=1 --ops-max 1 --faults ...,degraded)",
+        ordering="pbft", ordering_type=PbftSuspectsAlone),
     "txn-kv-pbft-gateway-tryagain": TxnVariant(
         "the gateway before 2026-12-05 over txn-kv-pbft: a late driver of a committed "
         "attempt answers unknown, the gateway TRYAGAIN, the Redis client sends it again as a "
