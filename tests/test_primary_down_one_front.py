@@ -23,6 +23,7 @@ import pytest
 from replicaio.protocols.minbft.messages import Relay
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.normal import BARRIER_MAGIC
+from replicaio.services.txn.protocol import TxnNode
 from replicaio.sim.simulator import Simulator
 from replicaio.sim.txn_harness import TxnWorkload, txn_options
 
@@ -72,7 +73,9 @@ def a_backup() -> tuple[Minbft, Any]:
     simulator.run()
     core = simulator.nodes[1].core
     assert core is not None
-    minbft = core.protocol.groups.replicas[0].ordering
+    node = core.protocol
+    assert isinstance(node, TxnNode)
+    minbft = node.groups.replicas[0].ordering
     assert isinstance(minbft, Minbft)
     assert minbft.active and not minbft.is_primary and minbft.primary() == 0
     return minbft, core
