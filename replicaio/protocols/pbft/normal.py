@@ -79,6 +79,9 @@ class Slot:
         self.stalled = 0  # status ticks without progress
 
 
+FORWARD_BATCHES_MAX = 4  # the newest waiting batches a suspecting backup forwards
+
+
 class NormalCase:
     """Section 4.2 over the shared state of a :class:`Pbft`."""
 
@@ -95,7 +98,6 @@ class NormalCase:
         # Batches other backups forwarded on suspicion: digest -> (source, the
         # requests still awaited: client -> seq), ``forwarded_max`` per source.
         self.forwarded: dict[bytes, tuple[int, dict[int, int]]] = {}
-        self.suspected = False  # this backup left its view for its own waits
         # The backup's request timer is view_change_timeout_us << timeout_exponent.
         self.timeout_exponent = 0
         # peer -> (view, executed) of its last STATUS that lagged this replica's
@@ -134,7 +136,6 @@ class NormalCase:
         self.awaited.clear()
         self.awaited_batches.clear()
         self.forwarded.clear()
-        self.suspected = False
 
     # -- proposing (the primary) -------------------------------------------------------
 
@@ -174,12 +175,7 @@ class NormalCase:
         handlers = pbft.handlers
         assert handlers is not None
         awaited = self.awaited
-        digest = digest_of(batch)
-        if digest not in self.awaited_batches:
-            if len(self.awaited_batches) >= pbft.params.relayed_max:
-                del self.awaited_batches[next(iter(self.awaited_batches))]
-                pbft.count("bound_pbft_awaited_batches_max")
-            self.awaited_batches[digest] = batch
+        self.keep_batch(batch)
         for client, seq in handlers.requests_of(batch):
             if awaited.get(client, 0) >= seq:
                 continue
@@ -202,17 +198,32 @@ class NormalCase:
             if not waits:
                 del self.forwarded[digest]
 
+    def keep_batch(self, batch: bytes) -> None:
+        """Keep an own batch SMR relays the requests of (``relayed_max``, the
+        oldest dropped beyond), to forward it on suspicion."""
+        pbft = self.pbft
+        digest = digest_of(batch)
+        if digest not in self.awaited_batches:
+            if len(self.awaited_batches) >= pbft.params.relayed_max:
+                del self.awaited_batches[next(iter(self.awaited_batches))]
+                pbft.count("bound_pbft_awaited_batches_max")
+            self.awaited_batches[digest] = batch
+
     def forward_waiting(self) -> None:
-        """Suspecting the primary: send the own batches whose requests (or
-        barriers) it still waits for to every other backup."""
+        """Suspecting the primary, or changing views: send the newest own batches
+        whose requests (or barriers) still wait to every other replica (while
+        changing views every kept batch waits: none executes before the view
+        starts, and the others may still be in the old view, waiting for
+        nothing)."""
         pbft = self.pbft
         handlers = pbft.handlers
         assert handlers is not None
         batches = list(pbft.relayed.values())
         for batch in self.awaited_batches.values():
-            if any(self.awaited.get(client) == seq for client, seq in handlers.requests_of(batch)):
+            if not pbft.active or any(
+                    self.awaited.get(client) == seq for client, seq in handlers.requests_of(batch)):
                 batches.append(batch)
-        for batch in batches:  # (a primary takes it as a relay)
+        for batch in batches[-FORWARD_BATCHES_MAX:]:  # (a primary takes it as a relay)
             for peer in range(pbft.n):
                 if peer != pbft.id:
                     pbft.send(peer, Relay(batch))
@@ -603,8 +614,7 @@ class NormalCase:
                 pbft.count("pbft_primary_suspected")
                 pbft.count(f"pbft_primary_suspected_{cause}")
                 if cause in ("relayed", "requests"):
-                    self.suspected = True  # (forwarded again with the VIEW-CHANGE)
-                    self.forward_waiting()
+                    self.forward_waiting()  # (again with each re-sent VIEW-CHANGE)
                 exponent_max = pbft.params.view_change_backoff_exponent_max
                 self.timeout_exponent = min(self.timeout_exponent + 1, exponent_max)
                 pbft.view_changes.start(pbft.view + 1)

@@ -207,6 +207,8 @@ class Pbft:
             return None
         if self.active:
             self.normal.await_requests(batch)
+        else:
+            self.normal.keep_batch(batch)  # (forwarded with the re-sent VIEW-CHANGE)
         # Changing views: the requests wait in SMR for the view to start (the
         # primary-to-be takes no batch it would have to keep across a failed view
         # change; its clients retry, as the paper's do).

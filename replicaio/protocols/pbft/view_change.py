@@ -164,8 +164,9 @@ class ViewChanges:
             if self.own is not None:
                 pbft.send_all(self.own)
                 pbft.count("pbft_view_change_resent")
-            if pbft.normal.suspected:
-                pbft.normal.forward_waiting()
+            # Its batches wait for this view change: replicas still in the old
+            # view (which may wait for nothing) time them too (normal.py).
+            pbft.normal.forward_waiting()
 
     async def new_view_timer(self, view: int) -> None:
         """Started once 2f+1 VIEW-CHANGEs for ``view`` are in; doubles per view
