@@ -23,6 +23,9 @@ import pytest
 from replicaio.protocols.minbft.messages import Relay
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.normal import BARRIER_MAGIC
+from replicaio.protocols.pbft.messages import Relay as PbftRelay
+from replicaio.protocols.pbft.pbft import BARRIER_BYTES, Pbft, is_barrier
+from replicaio.protocols.pbft.pbft import BARRIER_MAGIC as PBFT_BARRIER_MAGIC
 from replicaio.services.txn.protocol import TxnNode
 from replicaio.sim.simulator import Simulator
 from replicaio.sim.txn_harness import TxnWorkload, txn_options
@@ -100,3 +103,27 @@ def test_a_peer_forwards_at_most_forwarded_max_batches_and_an_ordered_one_is_not
     normal.on_forward(2, Relay(ordered.batch))
     assert core.counters.get("minbft_forward_ordered") == 1
     assert len(normal.forwarded) == bound
+
+
+def test_a_pbft_peer_forwards_at_most_forwarded_max_batches() -> None:
+    """The same bound over PBFT (requests kept per forwarded batch, a read
+    barrier's until it executes)."""
+    options = txn_options(1, 4, (), TxnWorkload(transactions=6), protocol="txn-pbft")
+    simulator = Simulator("txn-pbft", options, f=1, record=False)
+    simulator.run()
+    core = simulator.nodes[1].core
+    assert core is not None
+    node = core.protocol
+    assert isinstance(node, TxnNode)
+    pbft = node.groups.replicas[0].ordering
+    assert isinstance(pbft, Pbft)
+    assert pbft.active and not pbft.is_primary
+    bound = pbft.params.forwarded_max
+    for number in range(bound + 3):
+        barrier = PBFT_BARRIER_MAGIC + number.to_bytes(BARRIER_BYTES - len(PBFT_BARRIER_MAGIC),
+                                                        "big")
+        assert is_barrier(barrier)
+        pbft.normal.on_forward(3, PbftRelay(barrier))
+    assert len(pbft.normal.forwarded) == bound
+    assert core.counters.get("bound_pbft_forwarded_max") == 3
+    assert pbft.footprint()["pbft_forwarded"] == bound
