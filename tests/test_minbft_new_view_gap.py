@@ -67,7 +67,7 @@ def test_the_same_schedule_without_the_lies_is_safe() -> None:
     assert honest.counters.get("minbft_new_view_conflicts_executed", 0) == 0
 
 
-@pytest.mark.parametrize("seed", [6, 46])
+@pytest.mark.parametrize("seed", [1, 46])
 def test_the_swarm_with_the_lie_forced_catches_the_variant_and_passes_the_protocol(
     seed: int,
 ) -> None:
@@ -76,7 +76,9 @@ def test_the_swarm_with_the_lie_forced_catches_the_variant_and_passes_the_protoc
     main before the certificate failed agreement on 10 of the first 100, the
     variant on 26 of 300; the protocol passes all 300. Pinned 8 and 13 until
     MinBFT's reads shared barriers (2026-12-05), which moved the schedules: the
-    first two of 1..120 where the variant breaks agreement are 6 and 46."""
+    first two of 1..120 where the variant breaks agreement are 6 and 46; since
+    backups forward what they wait for on suspicion (2026-12-06) 1, 14, 19,
+    26, 31, 46, 64, 69 and 80 of 1..80."""
     options = kv_options(seed, 3, ("crash", "partition", "loss", "dup", "reorder"),
                          KvWorkload(nemesis_every_us=2_000_000), byzantine=1,
                          adversary=LIE, protocol="minbft")

@@ -77,10 +77,11 @@ def test_a_silent_primary_is_replaced() -> None:
 
 
 def test_a_replica_behind_a_peers_stable_checkpoint_resumes_its_stream() -> None:
-    """Seed 14 (n=3, one equivocating replica): the two correct replicas each
-    trimmed what the other waited for; each resumes the other's stream at its
-    CHECKPOINT (``Resume``), and the view change completes."""
-    result = run_seed(14, 3, 1)
+    """Seed 1 (n=3, one Byzantine replica; seed 14 until backups forwarded what
+    they wait for on suspicion, 2026-12-06): a correct replica trimmed what
+    another waited for, which resumes its stream at its CHECKPOINT
+    (``Resume``), and the run completes."""
+    result = run_seed(1, 3, 1)
     assert result.violations == []
     assert result.counters.get("minbft_streams_resumed", 0) > 0
 

@@ -53,5 +53,7 @@ def test_a_backup_that_cannot_follow_makes_its_primary_step_down() -> None:
     assert result.violations == []
     assert result.stats["linearizable"] is True
     assert result.counters.get("minbft_view_unfollowable", 0) >= 1
-    assert result.counters.get("minbft_primary_steps_down", 0) == 1
+    # Once at least (twice since backups forward what they wait for on
+    # suspicion, 2026-12-06, which moved the schedule).
+    assert result.counters.get("minbft_primary_steps_down", 0) >= 1
     assert result.counters.get("minbft_views_started", 0) >= 1
