@@ -1002,6 +1002,10 @@ def damaged_disks_max(name: str | None, nodes: int, byzantine: int) -> int:
     faults together may stop it: its checker excuses liveness then, never
     safety)."""
     crash_bound = (nodes - 1) // 2 - byzantine
+    if name is not None and transactional_spec(name) is not None:
+        # The transaction harness demands liveness after the heal (every lock
+        # released, every client committing) and excuses none: f faults in all.
+        return max(0, faults_tolerated(name, nodes) - byzantine)
     if name is None or not recovers_lost_state(name):
         return crash_bound
     if protocol_factory(name).resilience is not Resilience.BYZANTINE:

@@ -56,6 +56,7 @@ from msgspec.structs import replace
 
 from replicaio.assembly import SERVICES, TRANSACTIONAL, pbft_wire, smr_replica_of
 from replicaio.core.codec import Codec, DecodeError
+from replicaio.core.context import group_domain
 from replicaio.core.effects import Request
 from replicaio.core.signing import simulation_signer
 from replicaio.core.stream import GroupOutput
@@ -79,14 +80,18 @@ PBFT_READERS = tuple(name for name in PBFT_SERVICES if SERVICES[name].reads)
 
 
 class PbftStrategy(Strategy):
-    """A PBFT behaviour: signs what it changes with its own node's key."""
+    """A PBFT behaviour: signs what it changes with its own node's key, within
+    its group's signing domain on a node of several groups (``group``, set by
+    ``PerGroup``; ``context.group_domain``), as the group's replica signs: its
+    re-signed messages verify in that group (and in no other)."""
 
     def __init__(self, node: int, n: int, rng: random.Random) -> None:
         super().__init__(node, n, rng)
         self.signer = simulation_signer(node, n)
 
     def signed(self, message: Any) -> Any:
-        return replace(message, signature=self.signer.sign(wire.signed_bytes(message)))
+        data = group_domain(self.group, wire.signed_bytes(message))
+        return replace(message, signature=self.signer.sign(data))
 
 
 class Equivocate(PbftStrategy):

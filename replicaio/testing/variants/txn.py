@@ -88,7 +88,11 @@ from replicaio.services.txn.outcomes import GatewayRule
 from replicaio.services.txn.protocol import Plan, SignedTxnRequest, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import PREPARED, TxnStore
 from replicaio.testing.variants.minbft import MinbftGroupUnbound, MinbftSuspectsAlone
-from replicaio.testing.variants.pbft import PbftNoVouchForExecuted, PbftSuspectsAlone
+from replicaio.testing.variants.pbft import (
+    PbftCommitOffByOne,
+    PbftNoVouchForExecuted,
+    PbftSuspectsAlone,
+)
 from replicaio.testing.variants.raft import RaftOnlyFirstGroupRepairs
 
 
@@ -218,6 +222,11 @@ TXN_VARIANTS: dict[str, TxnVariant] = {
         "down and clients through one node, the others never join its VIEW-CHANGE (run "
         "txn-pbft-suspects-alone:fronts=1 --ops-max 1 --faults ...,degraded)",
         ordering="pbft", ordering_type=PbftSuspectsAlone),
+    "txn-pbft-commit-off-by-one": TxnVariant(
+        "PBFT groups committing on 2f COMMITs instead of 2f+1 (run with --nodes 4 "
+        "--byzantine 1 --adversary pbft_equivocate: the group's equivocating primary, "
+        "its lies signed in the group's domain, splits a number)", ordering="pbft",
+        ordering_type=PbftCommitOffByOne),
     "txn-kv-pbft-gateway-tryagain": TxnVariant(
         "the gateway before 2026-12-05 over txn-kv-pbft: a late driver of a committed "
         "attempt answers unknown, the gateway TRYAGAIN, the Redis client sends it again as a "

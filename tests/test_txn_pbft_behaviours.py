@@ -1,0 +1,52 @@
+"""PBFT's own behaviours inside the groups of ``txn-pbft`` (issue 12): a
+behaviour that re-signs what it changes (an equivocating PRE-PREPARE, a
+VIEW-CHANGE with its P set dropped, a forged CHECKPOINT) signs within its
+group's signing domain (``context.group_domain``), as the group's replica on
+that node signs, so its lies verify in that group. Before, it signed with the
+raw node key, outside every group's domain: the groups refused its messages
+as badly signed and the behaviour acted as a drop."""
+
+from __future__ import annotations
+
+from replicaio.core.context import group_domain
+from replicaio.sim.simulator import SimResult, Simulator
+from replicaio.sim.txn_harness import TxnWorkload, txn_options
+
+FAULTS = ("crash", "partition", "loss", "dup", "reorder")
+
+
+def run(protocol: str, seed: int, adversary: tuple[str, ...]) -> tuple[Simulator, SimResult]:
+    options = txn_options(seed, 4, FAULTS, TxnWorkload(), byzantine=1, adversary=adversary,
+                          protocol=protocol)
+    simulator = Simulator(f"{protocol}:groups=3", options)
+    return simulator, simulator.run()
+
+
+def test_a_groups_copy_of_a_behaviour_signs_as_that_groups_replica() -> None:
+    simulator, result = run("txn-pbft", 3, ("pbft_equivocate",))
+    assert result.ok, result.violations
+    faulty = simulator.options.byzantine[0]
+    core = simulator.nodes[faulty].core
+    assert core is not None
+    strategy = simulator.nodes[faulty].strategy
+    per_group = getattr(strategy, "groups", None) or strategy.parts[0].groups  # type: ignore[union-attr]
+    data = b"pbft\x00anything"
+    for group, behaviour in per_group.items():
+        replica = core.protocol.groups.replicas[group].ordering  # type: ignore[attr-defined]
+        assert behaviour.group == group
+        assert behaviour.signer.sign(group_domain(group, data)) == replica.context.sign(data)
+    # Its lies are now seen for what they are: another batch at a number.
+    assert result.counters.get("pbft_rejected_pre_prepare_conflicting", 0) > 0
+
+
+def test_the_swarm_finds_a_commit_quorum_off_by_one_inside_a_group() -> None:
+    """``replicaio swarm txn-pbft-commit-off-by-one --groups 3 --nodes 4
+    --byzantine 1 --adversary pbft_drop_prepared --faults
+    crash,partition,loss,dup,reorder --seeds 40``: seeds 14 and 33 break
+    agreement (a VIEW-CHANGE without the P set, validly signed in its group,
+    and 2f COMMITs commit a batch the next view replaces). With the raw-key
+    signing before, both seeds passed: the VIEW-CHANGE was refused."""
+    _, broken = run("txn-pbft-commit-off-by-one", 14, ("pbft_drop_prepared",))
+    assert {violation["property"] for violation in broken.violations} == {"agreement"}
+    _, result = run("txn-pbft", 14, ("pbft_drop_prepared",))
+    assert result.ok, result.violations
