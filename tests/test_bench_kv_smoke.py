@@ -35,3 +35,23 @@ def test_bench_kv_against_replicaio_only_json_and_cleanup() -> None:
     assert report["systems"]["replicaio"]["nodes"] == 3
     # Every process was stopped and the temporary directory removed.
     assert not Path(report["workdir"]["path"]).exists()
+
+
+HOPS = BENCH.parent / "trace_kv_hops.py"
+
+
+def test_trace_kv_hops_follows_sets_through_every_node() -> None:
+    """The opt-in hop stamps (REPLICAIO_HOP_TRACE) of three live nodes merge with the
+    client's: every SET is followed from the client to the leader, a follower's sync
+    and back, and every hop is in order (no negative span)."""
+    done = subprocess.run(
+        [sys.executable, str(HOPS), "--sets", "40", "--warmup", "10", "--json"],
+        capture_output=True, text=True, timeout=90, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["sets"] == 40
+    assert report["sets_followed"] >= 30, report["not_followed_at"]
+    assert len(report["critical_path"]) == 18
+    for hop in report["critical_path"] + report["leader_sync"]:
+        assert hop["p50_us"] >= 0, hop

@@ -68,6 +68,7 @@ from replicaio.core.effects import (
     TimerFired,
 )
 from replicaio.core.node import Node
+from replicaio.runtime import hoptrace
 from replicaio.runtime.client import ClientService, OnDone, service_factory
 from replicaio.runtime.config import Address, ClusterFile
 from replicaio.runtime.counters import Counters
@@ -178,6 +179,8 @@ class NodeHost:
                       "messages_in": 0}
         self.ready = asyncio.Event()
         self.stopping = False
+        # Opt-in hop stamps (REPLICAIO_HOP_TRACE; replicaio.runtime.hoptrace), else None.
+        self.hops = hoptrace.from_environment(node_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -204,6 +207,8 @@ class NodeHost:
         # tolerates a node that does not count until then; else it is refused.
         repair = cluster.f >= 1 and recovers_lost_state(cluster.protocol)
         self.storage = FileStorage(self.entry.data_dir, fsync=self.params.fsync, repair=repair)
+        if self.hops is not None:
+            self.hops.trace_storage(self.storage)
         config = cluster.cluster_config()
         factory = protocol_factory(cluster.protocol)
         # A live Byzantine node whose behaviour acts from inside the node (a
@@ -240,6 +245,7 @@ class NodeHost:
             self.counters,
             tls=tls if tls is not None and tls.peer else None,
         )
+        self.transport.hops = self.hops
         await listening("peer", self.entry.peer, self.transport.start())
         # The service listens first so that it sees the outputs of the start
         # (re-announced deliveries); requests wait in the inbox until it is done.
@@ -345,6 +351,8 @@ class NodeHost:
         if self.event_log_file is not None:
             self.flush_event_log()
             self.event_log_file.close()
+        if self.hops is not None:
+            self.hops.write()
         log(logger, logging.INFO, "node stopped", steps=self.stats["steps"])
 
     # -- inputs ------------------------------------------------------------------------------
@@ -360,6 +368,8 @@ class NodeHost:
         assert self.slots is not None and self.inbox is not None
         await self.slots.acquire()
         self.inbox.put_nowait((REQUEST, payload, on_done))
+        if self.hops is not None:
+            self.hops.stamp(hoptrace.SUBMIT)
 
     def timer_fired(self, timer_id: int, token: int) -> None:
         assert self.inbox is not None
@@ -386,10 +396,15 @@ class NodeHost:
         inbox, slots = self.inbox, self.slots
         assert inbox is not None and slots is not None
         batch_max = self.params.batch_inputs_max
+        hops = self.hops
         while True:
             items = [await inbox.get()]
             while len(items) < batch_max and not inbox.empty():
                 items.append(inbox.get_nowait())
+            if hops is not None:
+                kinds = [item[0] for item in items]
+                hops.stamp(hoptrace.BATCH, kinds.count(RECEIVE) + 1000 * kinds.count(REQUEST)
+                           + 1_000_000 * kinds.count(TIMER))
             batch: list[tuple[OnDone | None, Input]] = []
             requests: list[tuple[OnDone | None, Input]] = []  # stepped after the rest
             stop = False
@@ -441,10 +456,15 @@ class NodeHost:
                 completions.append((len(outputs), on_done, core.request_rejection))
             if not wrote:
                 clean = (len(sends), len(outputs), len(completions))
+        hops = self.hops
+        if hops is not None:
+            hops.stamp(hoptrace.STEPPED, int(wrote))
         if wrote and before_release is None and (clean != (0, 0, 0) or early):
             self.flush_event_log()
             self.release_sends(sends[: clean[0]] + early)
             self.release_replies(outputs[: clean[1]], completions[: clean[2]])
+            if hops is not None:
+                hops.stamp(hoptrace.EARLY)
         else:
             clean = (0, 0, 0)
             sends += early  # nothing left early: they go with the rest
@@ -463,6 +483,8 @@ class NodeHost:
         )
         self.stats["batches"] += 1
         self.metrics.batch_inputs.observe(len(batch))
+        if hops is not None:
+            hops.stamp(hoptrace.RELEASED)
 
     def step(
         self, core: Node, event: Input, sends: list[tuple[int, bytes]], outputs: list[Any],
@@ -552,12 +574,25 @@ class NodeHost:
 
     async def sync(self, storage: FileStorage) -> None:
         started = time.perf_counter()
-        if self.params.fsync:
+        hops = self.hops
+        if hops is not None:
+            hops.stamp(hoptrace.SYNC_CALL)
+            if self.params.fsync:
+                await asyncio.to_thread(self.traced_sync, storage, hops)
+            else:
+                storage.sync()
+            hops.stamp(hoptrace.SYNC_BACK)
+        elif self.params.fsync:
             await asyncio.to_thread(storage.sync)
         else:
             storage.sync()  # no fsync: a write(2), cheaper than a thread hop
         self.metrics.fsync_seconds.observe(time.perf_counter() - started)
         self.stats["syncs"] += 1
+
+    @staticmethod
+    def traced_sync(storage: FileStorage, hops: hoptrace.HopTrace) -> None:
+        hops.stamp(hoptrace.SYNC_IN)
+        storage.sync()
 
     def release_sends(self, sends: list[tuple[int, bytes]]) -> None:
         transport = self.transport

@@ -109,6 +109,7 @@ from typing import Any
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from replicaio.runtime import hoptrace
 from replicaio.runtime.config import Address, TransportParams
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.crypto import Authenticator
@@ -350,6 +351,7 @@ class Transport:
         self.tls_acceptor = (None if tls is None
                              else TlsAcceptor(tls, counters, nodes_only=True))
         self.tls_dial = None if tls is None else client_context(tls)
+        self.hops: hoptrace.HopTrace | None = None  # set by the host when it traces
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -416,6 +418,8 @@ class Transport:
                 channel.idle_writer = None
                 asyncio.get_running_loop().call_soon(self.rearm, channel, connection)
                 frame = self.seal(connection, payload)
+                if self.hops is not None:  # before the write: it may wake the peer first
+                    self.hops.stamp(hoptrace.FRAME_OUT, peer * hoptrace.PEER_UNIT + len(frame))
                 try:
                     writer.write(frame)
                 except (ConnectionError, OSError):
@@ -473,6 +477,9 @@ class Transport:
                     frames.append(self.seal(connection, payload))
                 channel.queued_bytes -= taken
                 data = b"".join(frames)
+                if self.hops is not None:
+                    self.hops.stamp(hoptrace.FRAME_OUT,
+                                    channel.peer * hoptrace.PEER_UNIT + len(data))
                 writer.write(data)
                 channel.frames_out += len(frames)
                 channel.bytes_out += len(data)
@@ -524,6 +531,9 @@ class Transport:
                 if body is None:
                     break
                 payload = self.open_frame(connection, body)
+                if self.hops is not None:
+                    self.hops.stamp(hoptrace.FRAME_IN,
+                                    channel.peer * hoptrace.PEER_UNIT + len(body))
                 channel.frames_in += 1
                 channel.bytes_in += len(body)
                 await self.deliver(channel.peer, payload)

@@ -99,6 +99,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from replicaio.assembly import kv_value_sizes
 from replicaio.core.codec import DecodeError
 from replicaio.core.stream import GroupOutput
+from replicaio.runtime import hoptrace
 from replicaio.runtime.client import ListeningService, ServiceHost, register_service
 from replicaio.runtime.config import Address, HostParams
 from replicaio.runtime.kv import sharded
@@ -239,6 +240,7 @@ class RespService(ListeningService):
         # Each command's child of ``latency`` (``labels`` takes a lock and builds a key
         # on every call); as many as there are command names, a bounded set.
         self.latency_by_command: dict[str, Histogram] = {}
+        self.hops: hoptrace.HopTrace | None = None  # the host's, when it traces
 
     @staticmethod
     def check_params(table: Mapping[str, Any], protocol: str | None = None) -> None:
@@ -262,6 +264,8 @@ class RespService(ListeningService):
         self.node_id = int(getattr(host, "node_id", 0))
         self.vouch = node_vouch(host)
         self.slots = sharded.slots_of(self)
+        hops = getattr(host, "hops", None)
+        self.hops = hops if isinstance(hops, hoptrace.HopTrace) else None
         await self.listen(address, self.on_client)
         timeouts = [timeout for timeout in (self.params.idle_timeout_ms,
                                             self.params.request_read_timeout_ms) if timeout]
@@ -397,6 +401,8 @@ class RespService(ListeningService):
             while True:
                 argv = parser.next_command()
                 if argv is not None:
+                    if self.hops is not None:
+                        self.hops.stamp(hoptrace.COMMAND)
                     connection.push(Command(argv, time.perf_counter(), command_size(argv)))
                     connection.waiting = IDLE
                     await self.wait_for_room(connection)
@@ -616,6 +622,8 @@ class RespService(ListeningService):
             offset += count
             replies.append(self.answered(connection, item, planned.name, reply))
         # One write for the group's replies (pipelined commands come back together).
+        if self.hops is not None:
+            self.hops.stamp(hoptrace.REPLY)
         connection.write_replies(replies, [item for item, _ in group[:answered]])
         return answered
 

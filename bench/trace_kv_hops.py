@@ -1,0 +1,331 @@
+"""Where one SET's time goes at one client, hop by hop, on a live 3-node Raft KV.
+
+Starts the cluster ``bench_kv.py`` starts (3 ``replicaio node`` processes,
+fsync on, the Redis front) with ``REPLICAIO_HOP_TRACE`` set, so every node
+stamps the moments a request passes through it (``replicaio.runtime.hoptrace``;
+off by default). One RESP client then sends ``--sets`` SETs one after the other
+(after ``--warmup`` more), stamping each send and each reply on the same
+monotonic clock. The nodes are stopped cleanly (they write their stamps), and
+the script follows each SET through the stamps:
+
+    client -> leader front -> leader batch -> its steps (SMR, Raft append) ->
+    AppendEntries written -> follower reads it -> follower batch -> steps ->
+    sync handed to the thread -> thread starts -> log write + fdatasync ->
+    mark fdatasync -> loop back -> ack written -> leader reads it -> commit
+    batch -> its steps (commit, apply) -> reply written -> client
+
+taking the follower whose acknowledgement reached the leader first (the one on
+the critical path), and prints the median and 90th percentile of every hop in
+microseconds, the leader's own sync beside it, and how often the leader's own
+sync rather than the follower's acknowledgement was the later of the two.
+Hops telescope: on a SET where every stamp was found, the critical path's hops
+sum to the client's round trip.
+
+    .venv/bin/python bench/trace_kv_hops.py --sets 2000
+    .venv/bin/python bench/trace_kv_hops.py --sets 2000 --variant 'host.batch_inputs_max=64' --json
+
+Tracing costs a few microseconds per stamp (about 30 stamps per SET over the
+three nodes); the round trip it reports is a little slower than an untraced one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import bisect
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_kv import (  # noqa: E402
+    PROCESSES,
+    ReplicaioSystem,
+    RespClient,
+    Settings,
+    fsync_probe,
+    parse_variant,
+    run_async,
+)
+
+from replicaio.runtime import hoptrace  # noqa: E402
+from replicaio.runtime.hoptrace import (  # noqa: E402
+    BATCH,
+    COMMAND,
+    FRAME_IN,
+    FRAME_OUT,
+    LOG_FLUSHED,
+    MARKED,
+    PEER_UNIT,
+    RELEASED,
+    REPLY,
+    STEPPED,
+    SYNC_BACK,
+    SYNC_CALL,
+    SYNC_IN,
+)
+
+Events = dict[int, tuple[list[int], list[int]]]  # kind -> (times, args), by time
+
+
+def load(path: Path) -> Events:
+    by_kind: dict[int, list[tuple[int, int]]] = {}
+    with open(path, encoding="ascii") as lines:
+        for line in lines:
+            if line.startswith("#"):
+                continue
+            at, kind, arg = (int(word) for word in line.split())
+            by_kind.setdefault(kind, []).append((at, arg))
+    events: Events = {}
+    for kind, pairs in by_kind.items():
+        pairs.sort()
+        events[kind] = ([at for at, _ in pairs], [arg for _, arg in pairs])
+    return events
+
+
+class Missing(Exception):
+    """A stamp the SET should have left was not found (a retry, a stop, a drop)."""
+
+
+def first(events: Events, kind: int, after: int, before: int,
+          match: Callable[[int], bool] | None = None) -> tuple[int, int]:
+    """The first stamp of ``kind`` in [after, before] whose argument matches."""
+    times, args = events.get(kind, ([], []))
+    index = bisect.bisect_left(times, after)
+    while index < len(times) and times[index] <= before:
+        if match is None or match(args[index]):
+            return times[index], args[index]
+        index += 1
+    raise Missing(hoptrace.NAMES[kind])
+
+
+def last(events: Events, kind: int, after: int, before: int) -> int:
+    times, _ = events.get(kind, ([], []))
+    index = bisect.bisect_right(times, before) - 1
+    if index < 0 or times[index] < after:
+        raise Missing(hoptrace.NAMES[kind])
+    return times[index]
+
+
+def peer_is(peer: int) -> Callable[[int], bool]:
+    return lambda arg: arg // PEER_UNIT == peer
+
+
+CRITICAL = (
+    ("client's SET -> leader's front parsed it", "sent", "command"),
+    ("front -> leader's batch took it (dispatch task, submit, inbox)", "command", "batch"),
+    ("leader's steps (SMR, Raft append, encode)", "batch", "stepped"),
+    ("steps done -> AppendEntries to that follower about to be written", "stepped", "ae_out"),
+    ("AppendEntries on the wire -> follower read it", "ae_out", "f_in"),
+    ("follower read -> its batch took it", "f_in", "f_batch"),
+    ("follower's steps", "f_batch", "f_stepped"),
+    ("follower's steps -> sync handed to the thread", "f_stepped", "f_sync_call"),
+    ("follower: hand-off -> the sync thread runs", "f_sync_call", "f_sync_in"),
+    ("follower: log write + fdatasync", "f_sync_in", "f_log"),
+    ("follower: the mark's fdatasync", "f_log", "f_mark"),
+    ("follower: thread done -> the loop resumes", "f_mark", "f_back"),
+    ("follower: loop resumed -> ack about to be written", "f_back", "f_ack"),
+    ("ack on the wire -> leader read it", "f_ack", "ack_in"),
+    ("leader read ack -> the commit batch starts", "ack_in", "commit_batch"),
+    ("leader's commit steps (commit, apply)", "commit_batch", "commit_stepped"),
+    ("commit steps -> reply about to be written (notices first)", "commit_stepped", "reply"),
+    ("reply about to be written -> client read it", "reply", "received"),
+)
+LEADER_SYNC = (
+    ("leader: steps done -> sync handed to the thread", "stepped", "sync_call"),
+    ("leader: hand-off -> the sync thread runs", "sync_call", "sync_in"),
+    ("leader: log write + fdatasync", "sync_in", "log"),
+    ("leader: the mark's fdatasync", "log", "mark"),
+    ("leader: thread done -> the loop resumes", "mark", "back"),
+    ("leader: loop resumed -> batch released", "back", "released"),
+)
+
+
+def follow(client: tuple[int, int], leader: int, nodes: dict[int, Events]) -> dict[str, int]:
+    """Every stamp of one SET on the critical path (see the module docstring)."""
+    sent, received = client
+    lead = nodes[leader]
+    at: dict[str, int] = {"sent": sent, "received": received}
+    at["command"], _ = first(lead, COMMAND, sent, received)
+    at["batch"], _ = first(lead, BATCH, at["command"], received,
+                           lambda arg: (arg // 1000) % 1000 > 0)
+    at["stepped"], _ = first(lead, STEPPED, at["batch"], received)
+    at["sync_call"], _ = first(lead, SYNC_CALL, at["stepped"], received)
+    at["sync_in"], _ = first(lead, SYNC_IN, at["sync_call"], received)
+    at["log"], _ = first(lead, LOG_FLUSHED, at["sync_in"], received)
+    at["mark"], _ = first(lead, MARKED, at["log"], received)
+    at["back"], _ = first(lead, SYNC_BACK, at["mark"], received)
+    at["released"], _ = first(lead, RELEASED, at["back"], received)
+    best: dict[str, int] | None = None
+    for follower, events in nodes.items():
+        if follower == leader:
+            continue
+        path: dict[str, int] = {}
+        try:
+            path["ae_out"], size = first(lead, FRAME_OUT, at["stepped"], received,
+                                         peer_is(follower))
+            body = size % PEER_UNIT - 4
+            try:
+                path["f_in"], _ = first(events, FRAME_IN, path["ae_out"], received,
+                                        lambda arg, body=body: arg % PEER_UNIT == body)
+            except Missing:
+                path["f_in"], _ = first(events, FRAME_IN, path["ae_out"], received,
+                                        peer_is(leader))
+            path["f_batch"], _ = first(events, BATCH, path["f_in"], received)
+            path["f_stepped"], _ = first(events, STEPPED, path["f_batch"], received)
+            path["f_sync_call"], _ = first(events, SYNC_CALL, path["f_stepped"], received)
+            path["f_sync_in"], _ = first(events, SYNC_IN, path["f_sync_call"], received)
+            path["f_log"], _ = first(events, LOG_FLUSHED, path["f_sync_in"], received)
+            path["f_mark"], _ = first(events, MARKED, path["f_log"], received)
+            path["f_back"], _ = first(events, SYNC_BACK, path["f_mark"], received)
+            path["f_ack"], _ = first(events, FRAME_OUT, path["f_back"], received,
+                                     peer_is(leader))
+            path["ack_in"], _ = first(lead, FRAME_IN, path["f_ack"], received,
+                                      peer_is(follower))
+        except Missing:
+            continue
+        if best is None or path["ack_in"] < best["ack_in"]:
+            best = path
+    if best is None:
+        raise Missing("a follower's path")
+    at.update(best)
+    at["reply"], _ = first(lead, REPLY, max(at["ack_in"], at["released"]), received)
+    at["commit_batch"] = last(lead, BATCH, at["ack_in"], at["reply"])
+    at["commit_stepped"], _ = first(lead, STEPPED, at["commit_batch"], at["reply"])
+    at["leader_later"] = int(at["released"] > at["ack_in"])
+    return at
+
+
+def quantile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def table(paths: list[dict[str, int]]) -> dict[str, Any]:
+    def row(name: str, start: str, end: str) -> dict[str, Any]:
+        spans = [(path[end] - path[start]) / 1000 for path in paths]
+        return {"hop": name, "p50_us": round(statistics.median(spans), 1),
+                "p90_us": round(quantile(spans, 0.9), 1),
+                "mean_us": round(statistics.fmean(spans), 1)}
+
+    critical = [row(*hop) for hop in CRITICAL]
+    leader = [row(*hop) for hop in LEADER_SYNC]
+    trips = [(path["received"] - path["sent"]) / 1000 for path in paths]
+    return {
+        "sets_followed": len(paths),
+        "round_trip_us": {"p50": round(statistics.median(trips), 1),
+                          "p90": round(quantile(trips, 0.9), 1),
+                          "mean": round(statistics.fmean(trips), 1)},
+        "critical_path": critical,
+        "sum_of_medians_us": round(sum(hop["p50_us"] for hop in critical), 1),
+        "leader_sync": leader,
+        "leader_sync_later_than_first_ack": round(
+            sum(path["leader_later"] for path in paths) / len(paths), 3),
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"\n{report['sets_followed']} SETs followed; client round trip p50 "
+          f"{report['round_trip_us']['p50']} us, p90 {report['round_trip_us']['p90']} us, "
+          f"mean {report['round_trip_us']['mean']} us")
+    print("\n| hop (critical path) | p50 us | p90 us | mean us |\n| --- | --- | --- | --- |")
+    for hop in report["critical_path"]:
+        print(f"| {hop['hop']} | {hop['p50_us']} | {hop['p90_us']} | {hop['mean_us']} |")
+    print(f"| sum of the medians | {report['sum_of_medians_us']} | | |")
+    print("\n| the leader's own sync, beside it | p50 us | p90 us | mean us |\n"
+          "| --- | --- | --- | --- |")
+    for hop in report["leader_sync"]:
+        print(f"| {hop['hop']} | {hop['p50_us']} | {hop['p90_us']} | {hop['mean_us']} |")
+    print(f"\nthe leader's own sync released after the first ack arrived in "
+          f"{report['leader_sync_later_than_first_ack'] * 100:.1f} % of SETs")
+
+
+async def drive(port: int, warmup: int, sets: int, value: bytes) -> list[tuple[int, int]]:
+    client = await RespClient.connect(port)
+    stamps: list[tuple[int, int]] = []
+    try:
+        for index in range(warmup + sets):
+            key = b"key:%d" % (index % 1000)
+            sent = time.monotonic_ns()
+            await client.set(key, value)
+            if index >= warmup:
+                stamps.append((sent, time.monotonic_ns()))
+    finally:
+        await client.close()
+    return stamps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sets", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--variant", default="",
+                        help="node.X=N,protocol.X=N,host.X=N (as bench_kv.py's --variant)")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="replicaio-hops-"))
+    atexit.register(PROCESSES.stop_all)
+    hops_dir = workdir / "hops"
+    os.environ[hoptrace.ENV] = str(hops_dir)
+    _, node_params, protocol_params, host_params = parse_variant(f"x:{args.variant}")
+    settings = Settings(workdir=workdir, warmup_s=0, duration_s=0, keys=1000,
+                        value_bytes=args.value_bytes, front="resp", node_params=node_params,
+                        protocol_params=protocol_params, install=False)
+    system = ReplicaioSystem(settings, host_params=host_params)
+    load_before = os.getloadavg()
+    probe = fsync_probe(workdir)
+    system.start()
+    try:
+        stamps = run_async(drive(system.client_port(), args.warmup, args.sets,
+                                 b"v" * args.value_bytes))
+        leader = system.leader
+    finally:
+        system.stop()
+    del os.environ[hoptrace.ENV]
+    nodes = {node: load(hops_dir / f"node{node}.hops") for node in range(system.nodes)}
+    paths: list[dict[str, int]] = []
+    reasons: dict[str, int] = {}
+    for stamp in stamps:
+        try:
+            paths.append(follow(stamp, leader, nodes))
+        except Missing as error:
+            reasons[str(error)] = reasons.get(str(error), 0) + 1
+    missing = sum(reasons.values())
+    report = table(paths)
+    report.update({
+        "sets": len(stamps), "not_followed": missing, "not_followed_at": reasons, "leader": leader,
+        "variant": args.variant, "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()], "fsync_probe": probe,
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+    })
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(report["uptime"])
+        print(f"disk probe (4 KiB append + fdatasync): {probe}; leader node {leader}; "
+              f"{missing} of {len(stamps)} SETs not followed {reasons or ''}")
+        print_table(report)
+    if args.keep:
+        with open(hops_dir / "client.stamps", "w", encoding="ascii") as out:
+            out.writelines(f"{sent} {received}\n" for sent, received in stamps)
+        (hops_dir / "leader").write_text(f"{leader}\n")
+        print(f"kept {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

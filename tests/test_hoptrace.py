@@ -1,0 +1,36 @@
+"""The opt-in hop stamps of a live node (replicaio.runtime.hoptrace): off unless
+asked, bounded, and written one line per stamp."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from replicaio.runtime import hoptrace
+
+
+def test_off_unless_the_environment_names_a_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(hoptrace.ENV, raising=False)
+    assert hoptrace.from_environment(0) is None
+    monkeypatch.setenv(hoptrace.ENV, str(tmp_path))
+    trace = hoptrace.from_environment(2)
+    assert trace is not None and trace.path == tmp_path / "node2.hops"
+
+
+def test_bounded_and_written(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(hoptrace, "EVENTS_MAX", 3)
+    trace = hoptrace.HopTrace(tmp_path / "out" / "node0.hops")
+    for kind in (hoptrace.COMMAND, hoptrace.BATCH, hoptrace.STEPPED, hoptrace.REPLY):
+        trace.stamp(kind, 7)
+    assert len(trace.events) == 3 and trace.dropped == 1
+    trace.write()
+    lines = trace.path.read_text().splitlines()
+    assert lines[0] == "# dropped 1"
+    stamps = [line.split() for line in lines if not line.startswith("#")]
+    assert [int(kind) for _, kind, _ in stamps] == [hoptrace.COMMAND, hoptrace.BATCH,
+                                                    hoptrace.STEPPED]
+    times = [int(at) for at, _, _ in stamps]
+    assert times == sorted(times)
