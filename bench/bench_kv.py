@@ -578,7 +578,8 @@ def parse_variant(
         if section not in sections or not param:
             raise SystemExit(
                 f"bench_kv: bad variant item {item!r} (node.X=N, protocol.X=N or host.X=N)")
-        sections[section][param] = int(value)
+        flag = {"true": True, "false": False}.get(value.strip().lower())
+        sections[section][param] = int(value) if flag is None else flag
     return f"replicaio[{name}]", sections["node"], sections["protocol"], sections["host"]
 
 

@@ -82,6 +82,13 @@ class RecordingHost(NodeHost):
 
     async def sync(self, storage: FileStorage) -> None:
         await super().sync(storage)
+        self.synced()
+
+    def sync_inline(self, storage: FileStorage) -> None:
+        super().sync_inline(storage)
+        self.synced()
+
+    def synced(self) -> None:
         self.dirty = False
         self.must_wait = []
         self.trace.append(("sync",))
@@ -158,15 +165,19 @@ def test_one_sync_per_batch_and_nothing_leaves_before_its_writes_are_durable(
     assert any(sample.name.endswith("_sum") and sample.value > 0 for sample in batches)
 
 
+@pytest.mark.parametrize("host", [{}, {"replies_first": False}, {"sync_inline": True}],
+                         ids=["default", "sends-first", "sync-inline"])
 def test_a_raft_leader_sends_append_entries_before_its_sync_and_nothing_else(
-    tmp_path: Path,
+    tmp_path: Path, host: dict[str, Any],
 ) -> None:
     """Thesis 10.2.1 live: the leader's AppendEntries leave before its fsync;
-    every other effect of a writing step waits for it (RecordingHost checks)."""
+    every other effect of a writing step waits for it (RecordingHost checks),
+    whichever comes first after the sync, replies or sends, and with the sync on
+    the loop's thread."""
     from replicaio.services.kv.state_machine import encode_command
     from replicaio.smr.api import ClientRequest, Reply
 
-    cluster = cluster_file(tmp_path, 3, protocol="raft")
+    cluster = cluster_file(tmp_path, 3, protocol="raft", host=host)
     hosts = [RecordingHost(cluster, node) for node in range(3)]
     writes = 20
 
@@ -189,7 +200,9 @@ def test_a_raft_leader_sends_append_entries_before_its_sync_and_nothing_else(
         writer.close()
 
     asyncio.run(run_hosts(list(hosts), body))
-    assert sum(host.left_early for host in hosts) > 0
+    assert sum(node.left_early for node in hosts) > 0
+    inline = sum(node.counters.get("syncs_inline") for node in hosts)
+    assert (inline > 0) == bool(host.get("sync_inline"))
 
 
 def test_a_batch_of_one_input_syncs_every_writing_step(tmp_path: Path) -> None:

@@ -23,6 +23,11 @@ The host MUST execute a batch in this order (after etcd raft's ``Ready``):
    the core that everything it wrote up to that step is durable.
 4. ``outputs``: hand each output (a delivery, a reply) to the application.
 
+A host may hand a batch's outputs to the application before its sends (the
+live host does, ``[host] replies_first``): a send is only handed to a
+transport that delivers it later anyway, so nobody can tell the two orders
+apart; the order among sends, and everything after the sync, stays.
+
 Time is virtual to the core: delays are integers in microseconds, relative to
 the moment the host executes the batch. The core never reads a clock. A
 protocol that needs to know the time of day (SMR stamps each batch so that
