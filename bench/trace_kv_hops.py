@@ -22,7 +22,13 @@ Hops telescope: on a SET where every stamp was found, the critical path's hops
 sum to the client's round trip.
 
     .venv/bin/python bench/trace_kv_hops.py --sets 2000
-    .venv/bin/python bench/trace_kv_hops.py --sets 2000 --variant 'host.batch_inputs_max=64' --json
+    .venv/bin/python bench/trace_kv_hops.py --sets 2000 --variant 'default:' \
+        --variant 'sendsfirst:host.replies_first=false' --json
+
+With several ``--variant`` s it starts one cluster per variant and the client
+sends its SETs to each in turn, so every variant is measured under the same
+load (this machine's load moves one-client latency by 2x between runs), and
+prints the medians side by side.
 
 Tracing costs a few microseconds per stamp (about 30 stamps per SET over the
 three nodes); the round trip it reports is a little slower than an untraced one.
@@ -212,6 +218,8 @@ def quantile(values: list[float], fraction: float) -> float:
 
 
 def table(paths: list[dict[str, int]]) -> dict[str, Any]:
+    if not paths:
+        raise SystemExit("trace_kv_hops: no SET could be followed through the stamps")
     def row(name: str, start: str, end: str) -> dict[str, Any]:
         spans = [(path[end] - path[start]) / 1000 for path in paths]
         return {"hop": name, "p50_us": round(statistics.median(spans), 1),
@@ -250,51 +258,29 @@ def print_table(report: dict[str, Any]) -> None:
           f"{report['leader_sync_later_than_first_ack'] * 100:.1f} % of SETs")
 
 
-async def drive(port: int, warmup: int, sets: int, value: bytes) -> list[tuple[int, int]]:
-    client = await RespClient.connect(port)
-    stamps: list[tuple[int, int]] = []
+async def drive(ports: list[int], warmup: int, sets: int,
+                value: bytes) -> list[list[tuple[int, int]]]:
+    """One client per cluster, one SET at a time, the clusters in turn (so that
+    several variants see the same machine load)."""
+    clients = [await RespClient.connect(port) for port in ports]
+    stamps: list[list[tuple[int, int]]] = [[] for _ in ports]
     try:
         for index in range(warmup + sets):
             key = b"key:%d" % (index % 1000)
-            sent = time.monotonic_ns()
-            await client.set(key, value)
-            if index >= warmup:
-                stamps.append((sent, time.monotonic_ns()))
+            for client, mine in zip(clients, stamps, strict=True):
+                sent = time.monotonic_ns()
+                await client.set(key, value)
+                if index >= warmup:
+                    mine.append((sent, time.monotonic_ns()))
     finally:
-        await client.close()
+        for client in clients:
+            await client.close()
     return stamps
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sets", type=int, default=2000)
-    parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--value-bytes", type=int, default=100)
-    parser.add_argument("--variant", default="",
-                        help="node.X=N,protocol.X=N,host.X=N (as bench_kv.py's --variant)")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--keep", action="store_true", help="keep the run directory")
-    args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="replicaio-hops-"))
-    atexit.register(PROCESSES.stop_all)
-    hops_dir = workdir / "hops"
-    os.environ[hoptrace.ENV] = str(hops_dir)
-    _, node_params, protocol_params, host_params = parse_variant(f"x:{args.variant}")
-    settings = Settings(workdir=workdir, warmup_s=0, duration_s=0, keys=1000,
-                        value_bytes=args.value_bytes, front="resp", node_params=node_params,
-                        protocol_params=protocol_params, install=False)
-    system = ReplicaioSystem(settings, host_params=host_params)
-    load_before = os.getloadavg()
-    probe = fsync_probe(workdir)
-    system.start()
-    try:
-        stamps = run_async(drive(system.client_port(), args.warmup, args.sets,
-                                 b"v" * args.value_bytes))
-        leader = system.leader
-    finally:
-        system.stop()
-    del os.environ[hoptrace.ENV]
-    nodes = {node: load(hops_dir / f"node{node}.hops") for node in range(system.nodes)}
+def analyse(stamps: list[tuple[int, int]], leader: int, hops_dir: Path,
+            nodes_count: int) -> dict[str, Any]:
+    nodes = {node: load(hops_dir / f"node{node}.hops") for node in range(nodes_count)}
     paths: list[dict[str, int]] = []
     reasons: dict[str, int] = {}
     for stamp in stamps:
@@ -302,25 +288,95 @@ def main(argv: list[str] | None = None) -> int:
             paths.append(follow(stamp, leader, nodes))
         except Missing as error:
             reasons[str(error)] = reasons.get(str(error), 0) + 1
-    missing = sum(reasons.values())
     report = table(paths)
-    report.update({
-        "sets": len(stamps), "not_followed": missing, "not_followed_at": reasons, "leader": leader,
-        "variant": args.variant, "load_before": [round(x, 2) for x in load_before],
+    report.update({"sets": len(stamps), "not_followed": sum(reasons.values()),
+                   "not_followed_at": reasons, "leader": leader})
+    return report
+
+
+def print_side_by_side(reports: list[dict[str, Any]]) -> None:
+    names = [report["variant"] or "default" for report in reports]
+    print("\n| hop (critical path), p50 us | " + " | ".join(names) + " |")
+    print("| --- |" + " --- |" * len(reports))
+    for index, hop in enumerate(reports[0]["critical_path"]):
+        print(f"| {hop['hop']} | "
+              + " | ".join(str(report["critical_path"][index]["p50_us"]) for report in reports)
+              + " |")
+    for key in ("p50", "p90", "mean"):
+        print(f"| **client round trip, {key}** | "
+              + " | ".join(str(report["round_trip_us"][key]) for report in reports) + " |")
+    for index, hop in enumerate(reports[0]["leader_sync"]):
+        print(f"| {hop['hop']} | "
+              + " | ".join(str(report["leader_sync"][index]["p50_us"]) for report in reports)
+              + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sets", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME:node.X=N,protocol.X=N,host.X=N (as bench_kv.py's "
+                             "--variant); repeat it to run several clusters side by side, "
+                             "the client's SETs going to each in turn; 'default:' for none")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory")
+    args = parser.parse_args(argv)
+    variants = args.variant or ["default:"]
+    workdir = Path(tempfile.mkdtemp(prefix="replicaio-hops-"))
+    atexit.register(PROCESSES.stop_all)
+    load_before = os.getloadavg()
+    probe = fsync_probe(workdir)
+    systems: list[tuple[str, ReplicaioSystem, Path]] = []
+    try:
+        for index, variant in enumerate(variants):
+            spec = variant if ":" in variant else f"v{index}:{variant}"
+            label, node_params, protocol_params, host_params = parse_variant(spec)
+            settings = Settings(workdir=workdir, warmup_s=0, duration_s=0, keys=1000,
+                                value_bytes=args.value_bytes, front="resp",
+                                node_params=node_params, protocol_params=protocol_params,
+                                install=False)
+            hops_dir = workdir / f"hops{index}"
+            os.environ[hoptrace.ENV] = str(hops_dir)  # the nodes started now inherit it
+            system = ReplicaioSystem(settings, label=label, host_params=host_params)
+            systems.append((spec, system, hops_dir))
+            system.start()
+        del os.environ[hoptrace.ENV]
+        stamps = run_async(drive([system.client_port() for _, system, _ in systems],
+                                 args.warmup, args.sets, b"v" * args.value_bytes))
+        leaders = [system.leader for _, system, _ in systems]
+    finally:
+        for _, system, _ in systems:
+            system.stop()
+    reports = []
+    for (spec, system, hops_dir), mine, leader in zip(systems, stamps, leaders, strict=True):
+        report = analyse(mine, leader, hops_dir, system.nodes)
+        report["variant"] = spec
+        reports.append(report)
+        if args.keep:
+            with open(hops_dir / "client.stamps", "w", encoding="ascii") as out:
+                out.writelines(f"{sent} {received}\n" for sent, received in mine)
+            (hops_dir / "leader").write_text(f"{leader}\n")
+    conditions = {
+        "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()], "fsync_probe": probe,
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-    })
+    }
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({"conditions": conditions, "reports": reports}, indent=2))
     else:
-        print(report["uptime"])
-        print(f"disk probe (4 KiB append + fdatasync): {probe}; leader node {leader}; "
-              f"{missing} of {len(stamps)} SETs not followed {reasons or ''}")
-        print_table(report)
+        print(conditions["uptime"])
+        print(f"load before {conditions['load_before']}; disk probe (4 KiB append + "
+              f"fdatasync): {probe}")
+        for report in reports:
+            print(f"\n== {report['variant']}: leader node {report['leader']}; "
+                  f"{report['not_followed']} of {report['sets']} SETs not followed "
+                  f"{report['not_followed_at'] or ''}")
+            print_table(report)
+        if len(reports) > 1:
+            print_side_by_side(reports)
     if args.keep:
-        with open(hops_dir / "client.stamps", "w", encoding="ascii") as out:
-            out.writelines(f"{sent} {received}\n" for sent, received in stamps)
-        (hops_dir / "leader").write_text(f"{leader}\n")
         print(f"kept {workdir}", file=sys.stderr)
     else:
         shutil.rmtree(workdir, ignore_errors=True)

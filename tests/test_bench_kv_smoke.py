@@ -49,7 +49,7 @@ def test_trace_kv_hops_follows_sets_through_every_node() -> None:
         capture_output=True, text=True, timeout=90, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout)
+    report = json.loads(done.stdout)["reports"][0]
     assert report["sets"] == 40
     assert report["sets_followed"] >= 30, report["not_followed_at"]
     assert len(report["critical_path"]) == 18

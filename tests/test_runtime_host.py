@@ -84,10 +84,6 @@ class RecordingHost(NodeHost):
         await super().sync(storage)
         self.synced()
 
-    def sync_inline(self, storage: FileStorage) -> None:
-        super().sync_inline(storage)
-        self.synced()
-
     def synced(self) -> None:
         self.dirty = False
         self.must_wait = []
@@ -165,15 +161,13 @@ def test_one_sync_per_batch_and_nothing_leaves_before_its_writes_are_durable(
     assert any(sample.name.endswith("_sum") and sample.value > 0 for sample in batches)
 
 
-@pytest.mark.parametrize("host", [{}, {"replies_first": False}, {"sync_inline": True}],
-                         ids=["default", "sends-first", "sync-inline"])
+@pytest.mark.parametrize("host", [{}, {"replies_first": False}], ids=["default", "sends-first"])
 def test_a_raft_leader_sends_append_entries_before_its_sync_and_nothing_else(
     tmp_path: Path, host: dict[str, Any],
 ) -> None:
     """Thesis 10.2.1 live: the leader's AppendEntries leave before its fsync;
     every other effect of a writing step waits for it (RecordingHost checks),
-    whichever comes first after the sync, replies or sends, and with the sync on
-    the loop's thread."""
+    whichever comes first after the sync, replies or sends."""
     from replicaio.services.kv.state_machine import encode_command
     from replicaio.smr.api import ClientRequest, Reply
 
@@ -201,8 +195,6 @@ def test_a_raft_leader_sends_append_entries_before_its_sync_and_nothing_else(
 
     asyncio.run(run_hosts(list(hosts), body))
     assert sum(node.left_early for node in hosts) > 0
-    inline = sum(node.counters.get("syncs_inline") for node in hosts)
-    assert (inline > 0) == bool(host.get("sync_inline"))
 
 
 def test_a_batch_of_one_input_syncs_every_writing_step(tmp_path: Path) -> None:
@@ -348,3 +340,25 @@ def test_random_choice_points_are_drawn_and_recorded_other_choices_take_the_firs
     assert host.choose("first", 3) == 0
     assert [label for label, _, _ in host.choices] == ["random"] * 8 + ["first"]
     assert {index for _, _, index in host.choices[:8]} == draws  # replay gets them back
+
+
+def test_the_sync_thread_runs_jobs_in_turn_and_hands_back_their_errors() -> None:
+    from replicaio.runtime.host import SyncWorker
+
+    ran: list[int] = []
+
+    def broken() -> None:
+        raise OSError(5, "Input/output error")
+
+    async def body() -> SyncWorker:
+        worker = SyncWorker(asyncio.get_running_loop())
+        await worker.submit(lambda: ran.append(1))
+        with pytest.raises(OSError, match="Input/output"):
+            await worker.submit(broken)  # a failed sync stops the node loudly
+        await worker.submit(lambda: ran.append(2))
+        worker.close()
+        return worker
+
+    worker = asyncio.run(body())
+    assert ran == [1, 2]
+    assert not worker.thread.is_alive()

@@ -143,8 +143,6 @@ class HostParams:
     client_history_max: int = 4_096  # outputs replayed to a client that connects later
     client_history_bytes_max: int = 4 << 20  # their bytes
     client_frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT + 1024
-    # A batch's sync on the loop's thread when nothing else waits for the loop.
-    sync_inline: bool = False
     # After the sync, a batch's replies go before its sends (docs/runtime.md).
     replies_first: bool = True
 

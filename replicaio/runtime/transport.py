@@ -772,19 +772,6 @@ class Transport:
 
     # -- introspection (metrics) ---------------------------------------------------------
 
-    def idle(self) -> bool:
-        """No frame waits for a peer: every queue is empty and every socket's
-        buffer sent."""
-        for channel in self.channels.values():
-            if channel.queue:
-                return False
-            connection = channel.connection
-            if connection is not None:
-                transport = connection.writer.transport
-                if transport is not None and transport.get_write_buffer_size():
-                    return False
-        return True
-
     def queue_depths(self) -> dict[int, int]:
         return {peer: len(channel.queue) for peer, channel in self.channels.items()}
 
