@@ -16,15 +16,21 @@ committed one (no-wait refusals of locked keys), unknown outcomes, and the
 latency of committed ones (p50, p99). Nothing is asserted: figures go to
 docs/benchmarks.md with the machine's load.
 
-``--protocol txn-pbft --nodes 4`` runs it over PBFT groups (certified,
-client-signed attempts) and ``--replies 1 2`` measures, side by side in one
-run, the client of one node (``TxnClient(replies=1)``: every attempt to one
-node, which it trusts) against the f+1 client (``replies=2`` for n = 4: every
+``--protocol txn-pbft`` runs it over PBFT groups (certified, client-signed
+attempts; 4 nodes unless ``--nodes``), ``--protocol txn-minbft`` over MinBFT
+groups (a USIG per replica; 3 nodes unless ``--nodes``), and several
+protocols given at once run one after the other in one invocation (one
+cluster each, every row naming its protocol), so their ratios share the
+machine's load. ``--replies 1 2`` measures, side by side in one run, the
+client of one node (``TxnClient(replies=1)``: every attempt to one node,
+which it trusts) against the f+1 client (``replies=2`` for f = 1: every
 attempt to every node, an outcome on f+1 matching answers; ADR 0029).
 
 ``--front redis`` measures the Redis front of a sharded store instead
-(``txn-kv``, ``kv up --groups 3``), through redis-py's asyncio client, shapes
-side by side in one run: ``get-set`` (one single-group command: ``INCRBY`` of
+(``txn-kv``, ``kv up --groups 3``; with ``--protocol txn-pbft`` or
+``txn-minbft``, ``txn-kv-pbft`` or ``txn-kv-minbft``, clients on node 0's own
+port, the trusted shortcut), through redis-py's asyncio client, shapes side
+by side in one run: ``get-set`` (one single-group command: ``INCRBY`` of
 one account), ``multi-1`` (``MULTI``/``EXEC`` transferring between two accounts
 of one group: one replicated command), ``multi-cross`` (the same transfer
 between accounts of two groups: a transaction across groups). Lock conflicts
@@ -34,6 +40,8 @@ are retried inside the front; ``errors`` counts what reached the client.
     .venv/bin/python bench/bench_txn.py --protocol txn-pbft --nodes 4 --replies 1 2 \
         --clients 16 --contention low --shapes cross --seconds 8
     .venv/bin/python bench/bench_txn.py --front redis --seconds 8 --json
+    .venv/bin/python bench/bench_txn.py --protocol txn txn-pbft txn-minbft --seconds 8
+    .venv/bin/python bench/bench_txn.py --front redis --protocol txn txn-minbft --seconds 8
 """
 
 from __future__ import annotations
@@ -55,6 +63,10 @@ from replicaio.runtime.txn_client import TransactionAborted, TransactionUnknown,
 from replicaio.services.txn.slots import SlotMap
 
 FAST = {"transport": {"reconnect_delay_ms_min": 10, "reconnect_delay_ms_max": 200}}
+# The API's protocol: its Redis store (``--front redis``) and its smallest cluster
+# tolerating one fault (``--nodes`` overrides it).
+PROTOCOLS = {"txn": ("txn-kv", 3), "txn-pbft": ("txn-kv-pbft", 4),
+             "txn-minbft": ("txn-kv-minbft", 3)}
 
 
 def accounts_by_group(groups: int, per_group: int) -> list[list[str]]:
@@ -191,27 +203,34 @@ async def measure_redis(port: int, accounts: list[list[str]], clients: int, shap
     }
 
 
-def redis_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+def nodes_of(args: argparse.Namespace, protocol: str) -> int:
+    return int(args.nodes) if args.nodes is not None else PROTOCOLS[protocol][1]
+
+
+def redis_rows(args: argparse.Namespace, protocol: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    store, nodes = PROTOCOLS[protocol][0], nodes_of(args, protocol)
     sections: dict[str, dict[str, Any]] = {
         **FAST, "host": {"client_service": "resp"},
         "protocol.params": {"groups": TXN_GROUPS_DEFAULT},
         "service": {"request_timeout_ms": 20_000},
     }
     with tempfile.TemporaryDirectory() as directory:
-        cluster = LocalCluster(Path(directory), protocol="txn-kv", nodes=args.nodes,
+        cluster = LocalCluster(Path(directory), protocol=store, nodes=nodes,
                                sections=sections)
         try:
             cluster.start_all()
             ports = [entry.client.port for entry in cluster.cluster.nodes]
             asyncio.run(redis_ready(ports[0]))
             for contention, per_group in (("low", args.accounts), ("high", 2)):
+                if contention not in args.contention:
+                    continue
                 accounts = accounts_by_group(TXN_GROUPS_DEFAULT, per_group)
                 for clients in args.clients:
                     for shape in ("get-set", "multi-1", "multi-cross"):
                         row = asyncio.run(measure_redis(ports[0], accounts, clients, shape,
                                                         args.seconds))
-                        row["contention"] = contention
+                        row.update(protocol=store, nodes=nodes, contention=contention)
                         rows.append(row)
                         if not args.json:
                             print(row, flush=True)
@@ -237,34 +256,11 @@ async def redis_ready(port: int) -> None:
     await client.aclose()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--clients", type=int, nargs="+", default=[16, 64])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--accounts", type=int, default=1000, help="per group, low contention")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--front", choices=("api", "redis"), default="api",
-                        help="the Python API over txn, or redis-py over txn-kv")
-    parser.add_argument("--protocol", choices=("txn", "txn-pbft"), default="txn",
-                        help="the API's cluster: Raft groups, or PBFT groups (--nodes 4)")
-    parser.add_argument("--replies", type=int, nargs="+", default=[1],
-                        help="TxnClient(replies=R) for each R, side by side (f+1: a BFT client)")
-    parser.add_argument("--contention", choices=("low", "high"), nargs="+",
-                        default=["low", "high"])
-    parser.add_argument("--shapes", choices=("single", "cross"), nargs="+",
-                        default=["single", "cross"])
-    args = parser.parse_args(argv)
-    if args.front == "redis":
-        rows = redis_rows(args)
-        if args.json:
-            print(json.dumps({"load": os.getloadavg(), "python": sys.version.split()[0],
-                              "rows": rows}))
-        return 0
-    rows = []
+def api_rows(args: argparse.Namespace, protocol: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    nodes = nodes_of(args, protocol)
     with tempfile.TemporaryDirectory() as directory:
-        cluster = LocalCluster(Path(directory), protocol=args.protocol, nodes=args.nodes,
-                               sections=FAST)
+        cluster = LocalCluster(Path(directory), protocol=protocol, nodes=nodes, sections=FAST)
         try:
             cluster.start_all()
             addresses = [entry.client for entry in cluster.cluster.nodes]
@@ -285,14 +281,44 @@ def main(argv: list[str] | None = None) -> int:
                     for shape in args.shapes:
                         for replies in args.replies:
                             row = asyncio.run(run_one(clients, shape, replies))
-                            row["contention"] = contention
+                            row.update(protocol=protocol, nodes=nodes, contention=contention)
                             rows.append(row)
                             if not args.json:
                                 print(row, flush=True)
         finally:
             cluster.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=None,
+                        help="nodes per cluster (default: 3, or 4 for txn-pbft)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--accounts", type=int, default=1000, help="per group, low contention")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--front", choices=("api", "redis"), default="api",
+                        help="the Python API over the protocol, or redis-py over its "
+                        "Redis store (txn-kv, txn-kv-pbft, txn-kv-minbft)")
+    parser.add_argument("--protocol", choices=tuple(PROTOCOLS), nargs="+", default=["txn"],
+                        help="the groups: Raft, PBFT or MinBFT; several run one after "
+                        "the other in one invocation")
+    parser.add_argument("--replies", type=int, nargs="+", default=[1],
+                        help="TxnClient(replies=R) for each R, side by side (f+1: a BFT client)")
+    parser.add_argument("--contention", choices=("low", "high"), nargs="+",
+                        default=["low", "high"])
+    parser.add_argument("--shapes", choices=("single", "cross"), nargs="+",
+                        default=["single", "cross"])
+    args = parser.parse_args(argv)
+    started = time.time()
+    rows: list[dict[str, Any]] = []
+    for protocol in args.protocol:
+        rows += redis_rows(args, protocol) if args.front == "redis" else api_rows(args, protocol)
     if args.json:
         print(json.dumps({"load": os.getloadavg(), "python": sys.version.split()[0],
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                   time.gmtime(started)),
                           "rows": rows}))
     return 0
 
