@@ -14,10 +14,17 @@ twice."""
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from replicaio.core.codec import Codec
+from replicaio.runtime.kv import sharded
+from replicaio.runtime.kv.params import RespParams
 from replicaio.runtime.kv.sharded import unknown_outcome
+from replicaio.services.kv.resp import RespError
 from replicaio.services.txn.outcomes import NO_ANSWER, OutcomeVotes
 from replicaio.services.txn.protocol import TxnResult
 from replicaio.services.txn.store import TxnStore
@@ -80,6 +87,43 @@ def test_an_unknown_outcome_is_not_tryagain() -> None:
     outcome that may have committed."""
     error = unknown_outcome(5, 9)
     assert error.text.startswith("UNKNOWN outcome of transaction 5:9 unknown")
+
+
+def transact_with(monkeypatch: pytest.MonkeyPatch, answer: TxnResult | RespError,
+                  read_only: bool) -> Any:
+    """The front's answer to a transaction across groups whose one attempt ends
+    with ``answer`` (``attempt`` stubbed: what the node's driver or the gateway's
+    votes settled)."""
+    async def attempt(*_: Any) -> TxnResult | RespError:
+        return answer
+
+    monkeypatch.setattr(sharded, "attempt", attempt)
+    service: Any = SimpleNamespace(params=RespParams(), count=lambda name: None)
+    connection: Any = SimpleNamespace(write_client=5, nonce=8)
+    return asyncio.run(sharded.transact(service, connection, [["kv", b"get"]], read_only))
+
+
+@pytest.mark.parametrize("answer", [
+    unknown_outcome(5, 9, "no outcome in time; it may still commit"),  # the front's wait
+    TxnResult(5, 9, "unknown", "no answers in time", b""),  # the votes settled nothing
+    TxnResult(5, 9, "committed", "replies_lost", b""),
+])
+def test_an_unknown_outcome_of_only_reads_is_tryagain(
+        monkeypatch: pytest.MonkeyPatch, answer: TxnResult | RespError) -> None:
+    """A cross-group ``MGET`` (an attempt of reads) had no effect whatever its
+    outcome: ``-TRYAGAIN``, as a single-group read's, so a client may send it again
+    (found as the flaky gateway test: an ``MGET`` under load answered ``-UNKNOWN
+    ... no outcome in time``); the same attempt with a write stays ``-UNKNOWN``."""
+    read = transact_with(monkeypatch, answer, read_only=True)
+    assert isinstance(read, RespError) and read.text.startswith("TRYAGAIN "), read
+    assert read.text.endswith("(a read has no effect)")
+    write = transact_with(monkeypatch, answer, read_only=False)
+    assert isinstance(write, RespError) and write.text.startswith("UNKNOWN "), write
+
+
+def test_a_read_only_attempt_refused_keeps_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    refused = RespError("ERR transaction refused by the node: overloaded")
+    assert transact_with(monkeypatch, refused, read_only=True) == refused
 
 
 # -- the coordinator answers a decided attempt's begin with its decision ------------

@@ -678,7 +678,7 @@ class RespService(ListeningService):
         else:
             ops = sharded.transaction_ops(self.slots, planned.commands, [])
             results = ops if isinstance(ops, RespError) else await sharded.transact(
-                self, connection, ops)
+                self, connection, ops, planned.read_only)
             if results is None or isinstance(results, RespError):
                 reply = results or RespError("ERR internal error: no results")
             else:
@@ -731,7 +731,7 @@ class RespService(ListeningService):
         ops = sharded.transaction_ops(self.slots, commands, watches)
         if isinstance(ops, RespError):
             return ops
-        results = await sharded.transact(self, connection, ops)
+        results = await sharded.transact(self, connection, ops, read_only)
         return results if isinstance(results, RespError) else sharded.exec_result(results)
 
     @staticmethod

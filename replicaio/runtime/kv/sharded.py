@@ -126,10 +126,14 @@ async def call_group(service: RespService, connection: Connection, command: byte
         await asyncio.sleep(service.params.retry_backoff_ms / 1000 * (0.5 + random.random()))
 
 
-async def transact(service: RespService, connection: Connection, ops: list[list[Any]]
-                   ) -> list[bytes] | RespError | None:
+async def transact(service: RespService, connection: Connection, ops: list[list[Any]],
+                   read_only: bool) -> list[bytes] | RespError | None:
     """Run ``ops`` as one transaction across groups: the results of its ``kv``
-    operations in order, ``None`` if a watched key changed, or an error."""
+    operations in order, ``None`` if a watched key changed, or an error. An
+    attempt of only reads (``read_only``: ``MGET``, an ``EXEC`` of reads) whose
+    outcome is unknown answers ``-TRYAGAIN``, as a single-group read does: it
+    has no effect, so the client may send it again; a write answers
+    ``-UNKNOWN``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + service.params.request_timeout_ms / 1000
     encoded = _CODEC.encode_value(ops)
@@ -138,9 +142,12 @@ async def transact(service: RespService, connection: Connection, ops: list[list[
         result = await attempt(service, connection.write_client, connection.nonce, encoded,
                                max(0.0, deadline - loop.time()))
         if isinstance(result, RespError):
-            return result
+            return read_again(result) if read_only else result
         service.count("kv_transactions_across_groups")
         if result.outcome == COMMITTED:
+            if result.reason and read_only:
+                return read_again(unknown_outcome(connection.write_client, connection.nonce,
+                                                  "its replies were not heard"))
             if result.reason:  # replies_lost: it committed, we cannot say with what
                 # Not ERR: a Redis client takes an EXEC error for "nothing applied"
                 # and may send the transaction again (twice applied).
@@ -158,7 +165,8 @@ async def transact(service: RespService, connection: Connection, ops: list[list[
                 return RespError(f"ERR transaction aborted: {result.reason}; nothing applied")
             # Not TRYAGAIN: a Redis client takes that as "nothing happened" and
             # sends the transaction again as a new one (twice applied if it committed).
-            return unknown_outcome(connection.write_client, connection.nonce)
+            unknown = unknown_outcome(connection.write_client, connection.nonce)
+            return read_again(unknown) if read_only else unknown
         service.count("kv_transactions_retried")
         if loop.time() >= deadline:
             return RespError("TRYAGAIN transaction kept meeting locked keys; nothing applied")
@@ -169,6 +177,14 @@ def unknown_outcome(client: int, nonce: int, why: str = "it may have committed")
     """The error of an attempt whose outcome is unknown: ``-UNKNOWN``, never
     ``TRYAGAIN`` (which tells a Redis client that nothing happened)."""
     return RespError(f"UNKNOWN outcome of transaction {client}:{nonce} unknown ({why})")
+
+
+def read_again(error: RespError) -> RespError:
+    """A read-only attempt's ``-UNKNOWN`` as ``-TRYAGAIN`` (it had no effect, whatever
+    its outcome); any other error as it is."""
+    if not error.text.startswith("UNKNOWN "):
+        return error
+    return RespError("TRYAGAIN " + error.text[len("UNKNOWN "):] + " (a read has no effect)")
 
 
 async def attempt(service: RespService, client: int, nonce: int, ops: bytes,
