@@ -285,8 +285,13 @@ def check_hash_seeds(runner: Runner, seed: int, expected: str) -> Check:
     found = []
     for hash_seed in ("1", "2"):
         environment = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        done = subprocess.run(words, capture_output=True, text=True, env=environment,
-                              timeout=PROCESS_TIMEOUT_S, check=False)
+        try:
+            done = subprocess.run(words, capture_output=True, text=True, env=environment,
+                                  timeout=PROCESS_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:  # a report, not a traceback without one
+            return Check("determinism-across-processes", False,
+                         f"PYTHONHASHSEED={hash_seed}: no result within "
+                         f"{PROCESS_TIMEOUT_S:.0f} s")
         try:
             found.append(json.loads(done.stdout)["log_sha256"])
         except (ValueError, KeyError):

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,11 +174,19 @@ def test_a_stricter_node_bound_is_refused_up_front(site: Path) -> None:
     assert fine.returncode == 0, fine.stderr
 
 
+def report_of(done: subprocess.CompletedProcess[str]) -> Any:
+    """The conformance report a run that found a failure printed. Exit 1 is also
+    an uncaught exception's (a traceback, no report): then the failure shows its
+    stderr, not a JSON error on empty output."""
+    assert done.returncode == 1 and done.stdout.strip(), (done.returncode, done.stderr)
+    return json.loads(done.stdout)
+
+
 def test_conformance_catches_an_impure_plug_in(site: Path) -> None:
     done = replicaio(site, "conformance", "plug-impure", "--seeds", "1", "--in-process",
                      "--json")
-    assert done.returncode == 1, done.stderr
-    (report,) = json.loads(done.stdout)["protocols"]
+    report_all = report_of(done)
+    (report,) = report_all["protocols"]
     checks = {check["name"]: check for check in report["checks"]}
     assert checks["purity"]["passed"] is False
     assert "plug_impure.py:2 imports time" in checks["purity"]["detail"]
@@ -187,8 +196,7 @@ def test_conformance_catches_an_impure_plug_in(site: Path) -> None:
 def test_conformance_catches_an_order_decided_by_string_hashing(site: Path) -> None:
     done = replicaio(site, "conformance", "plug-set-order", "--seeds", "1", "--json",
                      hash_seed="0")
-    assert done.returncode == 1, done.stderr
-    (report,) = json.loads(done.stdout)["protocols"]
+    (report,) = report_of(done)["protocols"]
     checks = {check["name"]: check for check in report["checks"]}
     assert checks["determinism"]["passed"] is True  # one process: the same order twice
     assert checks["determinism-across-processes"]["passed"] is False
