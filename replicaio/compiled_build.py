@@ -68,6 +68,30 @@ HOT_MODULES: tuple[str, ...] = (
     "replicaio.services.kv.state_machine",
     "replicaio.check.broadcast",
     "replicaio.check.history",
+    # The Raft KV simulation's own path (sim23: its profile with the modules
+    # above compiled): SMR's front and sessions, Raft's reads, snapshots,
+    # elections and lease, the KV commands and snapshot, the simulator's
+    # observers and the checkers that run at every output.
+    "replicaio.smr.protocol",
+    "replicaio.smr.sessions",
+    "replicaio.smr.auth",
+    "replicaio.protocols.raft.reads",
+    "replicaio.protocols.raft.snapshot",
+    "replicaio.protocols.raft.election",
+    "replicaio.protocols.raft.lease",
+    "replicaio.services.kv.kv_snapshot",
+    "replicaio.services.kv.values",
+    "replicaio.services.kv.commands_keys",
+    "replicaio.services.kv.commands_collections",
+    "replicaio.sim.membership",
+    "replicaio.sim.operator",
+    "replicaio.sim.footprint",
+    "replicaio.sim.kv_ops",
+    "replicaio.sim.kv_transactions",
+    "replicaio.check.raft",
+    "replicaio.check.linearizability.model",
+    "replicaio.check.linearizability.search",
+    "replicaio.check.linearizability.transactions",
 )
 
 DIRECTIVES: dict[str, Any] = {"language_level": 3, "annotation_typing": False}
