@@ -16,7 +16,7 @@ business of :mod:`replicaio.protocols.broadcast.instances` and the node core.
 
 from __future__ import annotations
 
-from replicaio.core.context import Context
+from replicaio.core.context import Context, Link
 from replicaio.core.lines import first
 
 
@@ -31,16 +31,24 @@ async def bracha(node: Context, sender: int, value: bytes | None = None) -> byte
     send, echo, ready = node.links("SEND", "ECHO", "READY")
     if value is not None:
         send.to_all(value)
-
-    async def echo_the_send() -> None:
-        echo.to_all(await send.from_peer(sender))
-
-    async def ready_once_justified() -> None:
-        justified = await first(echo.quorum(echo_quorum(n, f)), ready.quorum(f + 1))
-        ready.to_all(justified)
-
     async with node.scope() as scope:
-        scope.spawn(echo_the_send())
-        scope.spawn(ready_once_justified())
+        scope.spawn(echo_the_send(send, echo, sender))
+        scope.spawn(ready_once_justified(echo, ready, n, f))
         delivered: bytes = await ready.quorum(2 * f + 1)
         return delivered
+
+
+# The two tasks of an instance, at module level rather than nested in
+# ``bracha``: compiled (ADR 0034), a nested function shares the coroutine's
+# closure, which holds the function in turn, so every finished instance was a
+# reference cycle (its links, lines, scope and context) left for the cyclic
+# collector: 17 % of a compiled run's CPU, none interpreted (sim23).
+
+
+async def echo_the_send(send: Link, echo: Link, sender: int) -> None:
+    echo.to_all(await send.from_peer(sender))
+
+
+async def ready_once_justified(echo: Link, ready: Link, n: int, f: int) -> None:
+    justified = await first(echo.quorum(echo_quorum(n, f)), ready.quorum(f + 1))
+    ready.to_all(justified)
