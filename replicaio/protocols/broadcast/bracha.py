@@ -45,10 +45,10 @@ async def bracha(node: Context, sender: int, value: bytes | None = None) -> byte
 # collector: 17 % of a compiled run's CPU, none interpreted (sim23).
 
 
-async def echo_the_send(send: Link, echo: Link, sender: int) -> None:
+async def echo_the_send(send: Link[bytes], echo: Link[bytes], sender: int) -> None:
     echo.to_all(await send.from_peer(sender))
 
 
-async def ready_once_justified(echo: Link, ready: Link, n: int, f: int) -> None:
+async def ready_once_justified(echo: Link[bytes], ready: Link[bytes], n: int, f: int) -> None:
     justified = await first(echo.quorum(echo_quorum(n, f)), ready.quorum(f + 1))
     ready.to_all(justified)
