@@ -71,7 +71,9 @@ HOT_MODULES: tuple[str, ...] = (
     # The Raft KV simulation's own path (sim23: its profile with the modules
     # above compiled): SMR's front and sessions, Raft's reads, snapshots,
     # elections and lease, the KV commands and snapshot, the simulator's
-    # observers and the checkers that run at every output.
+    # observers and the Raft checker, which runs at every output. Not the
+    # linearizability checker: compiled, its search crashed the process
+    # (a segmentation fault in every Raft KV run with faults; not pursued).
     "replicaio.smr.protocol",
     "replicaio.smr.sessions",
     "replicaio.smr.auth",
@@ -89,9 +91,6 @@ HOT_MODULES: tuple[str, ...] = (
     "replicaio.sim.kv_ops",
     "replicaio.sim.kv_transactions",
     "replicaio.check.raft",
-    "replicaio.check.linearizability.model",
-    "replicaio.check.linearizability.search",
-    "replicaio.check.linearizability.transactions",
 )
 
 DIRECTIVES: dict[str, Any] = {"language_level": 3, "annotation_typing": False}
@@ -175,6 +174,14 @@ def write_manifest(build_dir: Path, modules: dict[str, dict[str, str]]) -> None:
     os.replace(temporary, build_dir / MANIFEST)
 
 
+def prune(build_dir: Path, modules: dict[str, dict[str, str]]) -> None:
+    """Remove every built library the manifest no longer lists."""
+    listed = {entry["library"] for entry in modules.values()} | {MANIFEST}
+    for path in build_dir.iterdir():
+        if path.name not in listed:
+            path.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -188,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     build_dir.mkdir(exist_ok=True)
     todo, keep = wanted(build_dir)
     if not todo:
+        if set(read_manifest(build_dir)) != set(keep):
+            # A module left HOT_MODULES: it must not load from an old build.
+            write_manifest(build_dir, keep)
+            prune(build_dir, keep)
         return 0
     try:
         import Cython  # noqa: F401
@@ -209,11 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             os.replace(target.with_suffix(".tmp"), target)
             # The digest taken before compiling: a source edited meanwhile is then stale.
             modules[module] = {"library": target.name, "sha256": digests[module]}
-    listed = {entry["library"] for entry in modules.values()} | {MANIFEST}
-    for path in build_dir.iterdir():
-        if path.name not in listed:
-            path.unlink()
     write_manifest(build_dir, modules)
+    prune(build_dir, modules)
     failed = sorted(set(todo) - set(built))
     print(f"compiled_build: {len(built)} compiled in {time.monotonic() - started:.0f} s"
           + (f"; left as source: {', '.join(failed)}" if failed else ""), file=sys.stderr)

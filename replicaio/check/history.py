@@ -36,7 +36,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -599,14 +599,22 @@ class HistoryRecorder:
         return self._complete(handle, INFO, None)
 
     def _complete(self, handle: PendingOperation, status: str, output: object) -> Operation:
-        if self._pending.get(handle.index) != handle:
+        pending = self._pending.get(handle.index)
+        if pending is not handle and pending != handle:
             raise HistoryError(f"operation {handle.index} is not pending (completed twice?)")
         invoked = self._operations[handle.index]
         if invoked.op == INCR:
             output = _canonical_integer(output)
-        completed = replace(
-            invoked,
+        # Built directly: dataclasses.replace walks the fields by reflection
+        # (one completion per simulated client operation).
+        completed = Operation(
+            client=invoked.client,
+            op=invoked.op,
+            key=invoked.key,
+            value=invoked.value,
+            expected=invoked.expected,
             output=output,  # type: ignore[arg-type]  # validated just below
+            call=invoked.call,
             return_=None if status == INFO else self._clock(),
             status=status,
         )
