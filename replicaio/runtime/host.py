@@ -140,6 +140,19 @@ class SyncWorker:
         self.thread.join(5.0)
 
 
+class DueNow:
+    """The handle of a timer of delay 0, put in the inbox as it is armed:
+    cancelling it does nothing (its token no longer matching drops it)."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+
+DUE_NOW = DueNow()
+
+
 def succeed(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -224,7 +237,7 @@ class NodeHost:
         self.choices: list[Choice] = []
         self.random = random.SystemRandom()
         self.timer_tokens: dict[int, int] = {}
-        self.timer_handles: dict[int, asyncio.TimerHandle] = {}
+        self.timer_handles: dict[int, asyncio.TimerHandle | DueNow] = {}
         self.timers_to_arm: dict[int, int] = {}
         # A batch's sends released after its replies (``replies_first``), until the
         # next turn of the loop or the next release of sends, whichever comes first.
@@ -543,10 +556,10 @@ class NodeHost:
             # them have run (their writes would wake the peers' processes first).
             self.release_replies(replies, done)
             self.defer_sends(sends[clean[0]:])
-            self.arm_timers()
+            self.arm_timers(wrote)
         else:
             self.release_sends(sends[clean[0]:])
-            self.arm_timers()
+            self.arm_timers(wrote)
             self.release_replies(replies, done)
         self.stats["batches"] += 1
         self.metrics.batch_inputs.observe(len(batch))
@@ -682,15 +695,28 @@ class NodeHost:
         if sends:
             self.release_sends(sends)
 
-    def arm_timers(self) -> None:
-        """Arm the batch's timers: only after its sync (``replicaio.core.effects``)."""
+    def arm_timers(self, synced: bool) -> None:
+        """Arm the batch's timers: only after its sync (``replicaio.core.effects``).
+        A timer of delay 0 (a core learning that its writes are durable) goes into
+        the inbox at once, behind what already waits there, rather than through
+        the loop's next turn: a Raft leader's own durability then shares a batch
+        with the acknowledgements that arrived during its sync, and it commits
+        there instead of in a batch of its own. Only after a sync (``synced``),
+        which let the loop run: a core that arms delay-0 timers without writing
+        cannot keep the batch loop from yielding."""
         loop = asyncio.get_running_loop()
+        inbox = self.inbox
+        assert inbox is not None
         for timer_id, delay_us in self.timers_to_arm.items():
             self.token += 1
             self.timer_tokens[timer_id] = self.token
-            self.timer_handles[timer_id] = loop.call_later(
-                delay_us / 1_000_000, self.timer_fired, timer_id, self.token
-            )
+            if delay_us <= 0 and synced:
+                inbox.put_nowait((TIMER, timer_id, self.token))
+                self.timer_handles[timer_id] = DUE_NOW
+            else:
+                self.timer_handles[timer_id] = loop.call_later(
+                    delay_us / 1_000_000, self.timer_fired, timer_id, self.token
+                )
         self.timers_to_arm.clear()
 
     def release_replies(
