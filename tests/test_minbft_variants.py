@@ -31,6 +31,8 @@ TARGETED: dict[str, str] = {
     "test_without_the_attested_anchor_a_correct_replica_executes_other_batches",
     "minbft-log-from-anchor": "test_minbft_decided_before_anchor.py::"
     "test_without_the_decided_mark_a_correct_replica_executes_other_batches",
+    "minbft-suspects-alone": "test_primary_down_one_front.py::"
+    "test_a_single_group_through_one_front_does_not_stall_on_a_lone_suspicion",
 }
 
 

@@ -50,6 +50,10 @@ CAUGHT_ELSEWHERE = {
         "tests/test_pbft_storage_damage.py::test_a_replica_that_lost_its_votes_withholds_them",
     "pbft-request-timer-not-doubled":
         "tests/test_pbft_sim.py::test_a_request_timer_that_never_doubles_is_caught_by_liveness",
+    # Only with every client through one node and the primary kept down (the
+    # default clients send a retry to every replica).
+    "pbft-suspects-alone": "tests/test_primary_down_one_front.py::"
+        "test_a_single_group_through_one_front_does_not_stall_on_a_lone_suspicion",
 }
 # variant -> its fault kinds, if more than ALL_FAULTS (disk faults: a replica
 # whose storage lost writes, besides the Byzantine one)

@@ -27,6 +27,7 @@ from replicaio.protocols.pbft.messages import Relay as PbftRelay
 from replicaio.protocols.pbft.pbft import BARRIER_BYTES, Pbft, is_barrier
 from replicaio.protocols.pbft.pbft import BARRIER_MAGIC as PBFT_BARRIER_MAGIC
 from replicaio.services.txn.protocol import TxnNode
+from replicaio.sim.kv_harness import KvWorkload, kv_options
 from replicaio.sim.simulator import Simulator
 from replicaio.sim.txn_harness import TxnWorkload, txn_options
 
@@ -67,6 +68,38 @@ def test_a_backup_that_suspects_its_primary_forwards_what_it_waits_for(
     assert result.ok, result.violations
     assert result.counters.get(f"{protocol}_forwarded_on_suspicion", 0) > 0
     assert result.counters.get(f"{protocol}_forwards_taken", 0) > 0
+
+
+# A single group (``kv up --protocol minbft`` or ``pbft``) with every client
+# through one node's port: seeds of ``replicaio swarm minbft-suspects-alone:fronts=1
+# --nodes 3 --faults crash,partition,loss,dup,reorder,degraded`` (7 of 60 fail
+# liveness) and of ``pbft-suspects-alone:fronts=1 --nodes 4`` (3 of 140) that
+# fail liveness while the real protocol passes them.
+SINGLE_STALLED_SEEDS = {"minbft": (5, 9), "pbft": (25, 61)}
+
+
+def run_single(protocol: str, seed: int) -> Any:
+    """``replicaio sim PROTOCOL:fronts=1 --nodes N --faults ...,degraded --seed SEED``
+    (the CLI's default workload): every attempt after the heal goes to one
+    correct node and to no other (``KvHarness.draw_fronts``)."""
+    nodes = 4 if protocol.startswith("pbft") else 3
+    workload = KvWorkload(membership_every_us=400_000, nemesis_every_us=2_000_000)
+    options = kv_options(seed, nodes, DEGRADED, workload, protocol=protocol.split("-")[0])
+    assert options.kept_down
+    return Simulator(f"{protocol}:fronts=1", options, f=1, record=False).run()
+
+
+@pytest.mark.parametrize(("protocol", "seed"), [
+    (protocol, seed) for protocol, seeds in SINGLE_STALLED_SEEDS.items() for seed in seeds
+])
+def test_a_single_group_through_one_front_does_not_stall_on_a_lone_suspicion(
+    protocol: str, seed: int,
+) -> None:
+    broken = run_single(f"{protocol}-suspects-alone", seed)
+    assert "liveness" in {violation["property"] for violation in broken.violations}
+    result = run_single(protocol, seed)
+    assert result.ok, result.violations
+    assert result.counters.get(f"{protocol}_forwarded_on_suspicion", 0) > 0
 
 
 def a_backup() -> tuple[Minbft, Any]:

@@ -258,8 +258,14 @@ class KvHarness:
         client_macs: bool = False,
         fast_reads: bool = False,
         read_only_quorum: Callable[[Resilience, int], int] = read_only_quorum,
+        fronts: int = 0,
     ) -> None:
         self.config = config
+        # ``fronts=K``: after the heal every attempt goes to one of K correct nodes
+        # up, drawn at the heal, and only there (``on_heal``).
+        self.fronts_wanted = fronts
+        self.fronts: list[int] = []
+        self.down: set[int] = set()  # kept down from the heal on (``degraded``)
         self.client_macs = client_macs  # BFT clients authenticate with MAC vectors
         # BFT clients read with the read-only optimisation (section 5.1.3)
         self.fast_reads = fast_reads and config.resilience in BYZANTINE
@@ -495,6 +501,8 @@ class KvHarness:
             client.unordered = True
         request = ClientRequest(client.client_id, client.seq, command, op.read_only,
                                 client.unordered)
+        if self.fronts and client.target not in self.fronts:
+            client.target = self.rng.choice(self.fronts)
         if self.bft:
             self.send_signed(client, request)
         else:
@@ -520,7 +528,7 @@ class KvHarness:
         )
         data = self.codec.encode(signer.wrap(request))
         api = self.require_api()
-        if client.attempts > 1 or request.read_only:
+        if (client.attempts > 1 or request.read_only) and not self.fronts:
             for node in self.config.nodes:
                 api.request(node, data)
         else:
@@ -734,9 +742,32 @@ class KvHarness:
             begin = getattr(checker, "begin_liveness", None)
             if begin is not None:
                 begin(now)
+        if self.fronts_wanted:
+            self.draw_fronts()
         for client in self.clients:
             if client.idle:
                 self.next_op(client)
+
+    def kept_down(self, node: int) -> None:
+        """``node`` stays down from the heal on (the ``degraded`` kind): never a front."""
+        self.down.add(node)
+
+    def draw_fronts(self) -> None:
+        """``fronts=K``: every client's attempts from now on go to one of K correct
+        nodes up, and to no other, retries and reads included, as every client of
+        a live cluster that connects to one node's Redis port: that node's
+        replica is then the only one a request reaches, and it relays it to the
+        primary. With ``degraded`` and the primary kept down, this is the shape
+        of the stall of ADR 0033 (a backup's lone suspicion), which the default
+        clients hide: under BFT they send a retry to every replica, so every
+        backup times it. The requests are still signed by their clients (live,
+        the front's node vouches for them): which replicas hold a request is
+        what the stall is about."""
+        up = [node for node in self.config.nodes
+              if node not in self.down and node not in self.config.byzantine]
+        self.fronts = sorted(self.rng.sample(up, min(self.fronts_wanted, len(up))))
+        for client in self.clients:
+            client.target = self.rng.choice(self.fronts)
 
     # -- the operations ------------------------------------------------------------------
 
@@ -955,7 +986,8 @@ def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
     if spec.membership is None:
         return KvHarness(config, checkers, client_macs=bool(parameters.get("macs", 0)),
                          fast_reads=spec.reads or bool(parameters.get("reads", 0)),
-                         read_only_quorum=spec.read_only_quorum)
+                         read_only_quorum=spec.read_only_quorum,
+                         fronts=parameters.get("fronts", 0))
     nemesis = MembershipNemesis(config, spec.membership)
     harness = KvHarness(config, checkers, nemesis, leader_hint=lambda: nemesis.leader)
     harness.observers.append(nemesis.observe)

@@ -283,6 +283,7 @@ class Checkpoints(CheckpointVotes[Checkpoint]):
                 self.votes.setdefault(vote.seq, {}).setdefault(replica, vote)
         pbft.count("pbft_checkpoints_stable")
         pbft.recovery.maybe_recovered()
+        pbft.view_changes.accept_carried()
         pbft.normal.assign()
         for pending in sorted(self.votes):
             self.check_certificate(pending)

@@ -490,14 +490,34 @@ class NormalCase:
         recovering, as every vote."""
         pbft = self.pbft
         committed = slot.committed
-        if committed is None or committed.digest != pre_prepare.digest:
+        if committed is None or committed.digest != pre_prepare.digest or pbft.withholding:
             return
-        if pbft.id in slot.commits or pbft.withholding:
+        if not pbft.is_primary and pbft.id not in slot.prepares:
+            self.vouch_prepare(slot, pre_prepare)
+        if pbft.id in slot.commits:
             return
         unsigned = Commit(pbft.view, slot.seq, pre_prepare.digest, pbft.id, b"")
         slot.commits[pbft.id] = Commit(unsigned.view, unsigned.seq, unsigned.digest, pbft.id,
                                        pbft.sign(unsigned))
         pbft.count("pbft_executed_vouched")
+
+    def vouch_prepare(self, slot: Slot, pre_prepare: PrePrepare) -> None:
+        """This backup's PREPARE in this view for the executed batch the view's
+        PRE-PREPARE carries at this number (``vouch_executed``): a COMMIT alone
+        does not move a replica that is not prepared. After restarts that keep
+        no votes (a backup rebuilds an executed number from its ``pp`` and
+        ``cm`` records, with no PREPARE), the primary of the view may hold its
+        PRE-PREPARE and 2f COMMITs but no PREPARE, and the backups never prepare
+        a number they executed again: nothing moves it (``txn-pbft:fronts=1``
+        seed 154, group 0's primary stuck at 49 while its backups executed 80,
+        the window full, a transaction's record left open). Safe as the PREPARE
+        a backup sends on taking the PRE-PREPARE: the same digest at the same
+        number in the same view."""
+        pbft = self.pbft
+        unsigned = Prepare(pbft.view, slot.seq, pre_prepare.digest, pbft.id, b"")
+        slot.prepares[pbft.id] = Prepare(unsigned.view, unsigned.seq, unsigned.digest, pbft.id,
+                                         pbft.sign(unsigned))
+        pbft.count("pbft_executed_vouched_prepare")
 
     def forwardable_commits(self, slot: Slot, digest: bytes) -> list[Commit]:
         """The COMMITs for ``digest`` a third replica will accept: one that counted

@@ -189,7 +189,9 @@ class Pbft:
         if self.active:
             self.context.output(ViewStarted(self.id, self.view, self.primary()))
             self.start_view_tasks(self.normal.tasks())
-            self.normal.on_view_started(max_sequence=self.max_pre_prepared())
+            self.view_changes.accept_carried()
+            self.normal.on_view_started(max_sequence=max(
+                self.max_pre_prepared(), self.view_changes.carried_top()))
         else:
             self.view_changes.resume()
 

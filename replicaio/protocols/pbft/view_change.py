@@ -413,6 +413,8 @@ class ViewChanges:
         for pre_prepare in new_view.pre_prepares:
             if pbft.in_window(pre_prepare.seq):
                 pbft.normal.accept_pre_prepare(pre_prepare)  # durable, then PREPARE
+            else:
+                pbft.count("pbft_new_view_above_window")  # taken when the window gets there
         # Kept to show replicas still changing to this view, across restarts too
         # (a primary that restarts must still be able to start its backups).
         pbft.context.persist("nv", pbft.encode(new_view))
@@ -424,6 +426,45 @@ class ViewChanges:
         top = max((pp.seq for pp in new_view.pre_prepares), default=low)
         pbft.normal.on_view_started(max_sequence=top)
         pbft.execute_ready()
+
+    def accept_carried(self) -> None:
+        """The window moved (a checkpoint became stable, or state was installed):
+        accept the PRE-PREPAREs of the NEW-VIEW that started this view which were
+        above the window when this replica entered it, and are in it now.
+
+        A replica may enter a view behind the NEW-VIEW's checkpoint (min-s): it
+        takes the certificate, fetches the state, and only then does its window
+        reach the top of the O set. The O set's PRE-PREPAREs above its window
+        were not logged at the entry; without this, the primary (which takes no
+        PRE-PREPARE from a peer, and none of these comes from anyone else) holds
+        COMMITs but no PRE-PREPARE for those numbers and never executes them, so
+        with one replica down no checkpoint above gets 2f+1 signatures and the
+        group stalls (``txn-pbft:fronts=1`` seeds 15, 154, 267: a lock never
+        released); a backup waited for a retransmission. Safe: these are the
+        PRE-PREPAREs of the view's own NEW-VIEW, checked when it was taken (or
+        made here); a number that holds another PRE-PREPARE of this view
+        (a faulty primary's) keeps it."""
+        pbft = self.pbft
+        new_view = self.new_view
+        if new_view is None or new_view.view != pbft.view or not pbft.active:
+            return
+        for pre_prepare in new_view.pre_prepares:
+            if not pbft.in_window(pre_prepare.seq) or pre_prepare.seq <= pbft.executed:
+                continue
+            slot = pbft.slots.get(pre_prepare.seq)
+            if slot is not None and slot.pre_prepare is not None:
+                continue
+            pbft.normal.accept_pre_prepare(pre_prepare)
+            pbft.count("pbft_new_view_carried")
+
+    def carried_top(self) -> int:
+        """The highest number the NEW-VIEW of this view assigned (0: none): a
+        primary that restarts numbers after it, whether or not its window
+        reached it (its ``pp`` records hold only what was in the window)."""
+        new_view = self.new_view
+        if new_view is None or new_view.view != self.pbft.view:
+            return 0
+        return max((pre_prepare.seq for pre_prepare in new_view.pre_prepares), default=0)
 
     # -- helping a replica behind ---------------------------------------------------------------
 

@@ -21,9 +21,10 @@ once). ``docs/transactions.md`` states the protocol and its guarantees.
   participant applies the outcome; the coordinator is told it may forget.
   The client gets the outcome (and the reads) once it is decided.
 * :meth:`TxnNode.resolver` is what makes it total: on the node that leads a
-  group, it ticks the group's lease clock while the group holds locks or
-  open records, asks the coordinator about every prepared transaction whose
-  lease ran out (the coordinator decides abort once *its* lease runs out),
+  group (and on any node once the clock stood still: ``clock_stalled``), it
+  ticks the group's lease clock while the group holds locks or open
+  records, asks the coordinator about every prepared transaction whose lease
+  ran out (the coordinator decides abort once *its* lease runs out),
   applies the answer, and delivers every decision the coordinator group
   holds to the participants that did not acknowledge it. So a crashed
   driver, a lost message or a crashed leader never leaves a key locked
@@ -143,11 +144,14 @@ class TxnParams:
     # lock order, the default; 0: no-wait; ADR 0009 and docs/benchmarks.md).
     lock_wait_us: int = 100_000
     lock_retry_us: int = 20_000
+    # A node not hosting a busy group's leader ticks its lease clock too once
+    # the clock stood still for this many resolver rounds (``TxnNode.resolver``).
+    clock_stalled_rounds: int = 32
     caller: CallerParams = field(default_factory=CallerParams)
 
     def validate(self) -> TxnParams:
         for name in ("resolve_every_us", "drivers_max", "resolve_max", "ops_max",
-                     "lock_retry_us"):
+                     "lock_retry_us", "clock_stalled_rounds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TxnParams.{name} must be >= 1")
         if self.lock_wait_us < 0:
@@ -192,6 +196,9 @@ class TxnNode:
         self.drivers = 0
         self.in_flight: dict[tuple[Any, ...], None] = {}
         self.reported: list[tuple[int, int, int] | None] = [None] * len(self.stores)
+        # Per group: the lease clock (ticks) last seen busy, and the resolver rounds
+        # it has stood still since (``clock_stalled``).
+        self.clock_seen: list[tuple[int, int]] = [(-1, 0)] * len(self.stores)
 
     def certifies(self, factory: TxnFactory) -> bool:
         """Whether the groups take only certified votes, decisions and acks: in
@@ -661,21 +668,51 @@ class TxnNode:
             for group, store in enumerate(self.stores):
                 self.report(group, store)
                 if not store.busy():
+                    self.clock_seen[group] = (-1, 0)
                     continue
                 # The leader's node acts at once and paces the clock; every other
                 # node once a lease more has passed (its leader's node may have a
-                # replica of another group stuck behind: the work still gets done).
+                # replica of another group stuck behind: the work still gets done),
+                # and ticks too once the clock stood still (``clock_stalled``).
                 slack = 0
+                stalled = self.clock_stalled(group, store)
                 if self.groups.replicas[group].ordering.leader_hint == self.context.id:
                     self.once(("tick", group), self.call(group, "tick"))
                 else:
                     slack = store.params.lease_ticks
+                    if stalled:
+                        self.once(("tick", group), self.call(group, "tick"))
                 for txn, coordinator in list(store.expired(slack))[: self.params.resolve_max]:
                     self.once(("resolve", group, txn), self.resolve(group, txn, coordinator))
                 for txn, decision, missing in list(store.undelivered(slack))[
                         : self.params.resolve_max]:
                     self.once(("deliver", group, txn),
                               self.deliver(group, txn, decision, missing))
+
+    def clock_stalled(self, group: int, store: TxnStore) -> bool:
+        """Whether ``group``'s lease clock, busy, stood still here for
+        ``clock_stalled_rounds`` resolver rounds: then this node ticks it too.
+
+        Ticks come from the node that hosts the group's leader (as its replica
+        sees it). If that node is down and the group is idle (nothing else to
+        order), a BFT group's backups wait for nothing and never replace their
+        primary; no lease runs out and a prepared transaction's locks stay
+        (``txn-pbft:fronts=1`` seed 181: the primary of group 2 kept down, its
+        only work a transaction whose driver died). A tick from any other node
+        is a request its replica relays and times, so it also brings the view
+        change (Raft: an election) that gives the group a leader again. In the
+        normal case the leader's node ticks every round and nobody else does; a
+        stalled clock costs at most one tick in flight per node and group
+        (``once``), and a few extra ticks only shorten leases (attempts abort,
+        nothing breaks). A node whose own replica lags sees a still clock while
+        the group runs: its ticks are such extra ticks."""
+        ticks, rounds = self.clock_seen[group]
+        if store.ticks != ticks:
+            self.clock_seen[group] = (store.ticks, 0)
+            return False
+        rounds += 1
+        self.clock_seen[group] = (ticks, rounds)
+        return rounds >= self.params.clock_stalled_rounds
 
     def once(self, key: tuple[Any, ...], call: Coroutine[Any, Any, Any]) -> None:
         """Run ``call`` unless the same one is still in flight (bounded)."""

@@ -129,9 +129,10 @@ class MinbftCommitOffByOne(Minbft):
 
 
 class MinbftSuspectsAlone(Minbft):
-    """Not a service of its own (clients of a single group send to every
-    replica on a retry): the transactional variant
-    ``txn-minbft-suspects-alone`` builds its groups with it."""
+    """``minbft-suspects-alone`` (a single group; its swarm needs ``fronts=1``
+    and ``degraded``: the default clients send a retry to every replica, so
+    every backup times it), and the groups of the transactional variant
+    ``txn-minbft-suspects-alone``."""
 
     normal_type = SuspectsAlone
 
@@ -187,6 +188,11 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
         MinbftVariant("minbft-anchor-unattested", MinbftAnchorUnattested,
                       "a VIEW-CHANGE may be anchored at a CHECKPOINT its author certified "
                       "again, after the commitments it hides"),
+        MinbftVariant("minbft-suspects-alone", MinbftSuspectsAlone,
+                      "a backup that suspects its primary forwards nothing: with the "
+                      "primary kept down and every client through one backup (run "
+                      "minbft-suspects-alone:fronts=1 --faults ...,degraded), its lone "
+                      "REQ-VIEW-CHANGE is not f+1"),
         MinbftVariant("minbft-log-from-anchor", MinbftLogFromAnchor,
                       "a VIEW-CHANGE's log may start after a certified NEW-VIEW-COMMIT "
                       "its author made before its anchor"),

@@ -109,6 +109,44 @@ class PbftNoVouchForExecuted(Pbft):
 
     normal_type = NoVouchForExecuted
 
+class VouchesCommitsOnly(NormalCase):
+    """A replica vouches for a batch it executed with a COMMIT of the current view
+    but never with a PREPARE (the code of 2026-12-06 before
+    ``NormalCase.vouch_prepare``): a primary that holds the view's PRE-PREPARE
+    and 2f COMMITs for a number, but none of the PREPAREs its backups sent
+    before they restarted, is never prepared there and never executes it."""
+
+    def vouch_prepare(self, slot: Slot, pre_prepare: PrePrepare) -> None:
+        return
+
+
+class PbftVouchesCommitsOnly(Pbft):
+    """Not a service of its own; the transactional variant
+    ``txn-pbft-vouch-commits-only`` builds its groups with it."""
+
+    normal_type = VouchesCommitsOnly
+
+
+class DropsCarried(ViewChanges):
+    """A replica that entered a view below the NEW-VIEW's checkpoint never takes
+    the NEW-VIEW's PRE-PREPAREs that were above its window then (the code before
+    ``ViewChanges.accept_carried``): a primary in that state holds COMMITs and
+    no PRE-PREPARE for those numbers, and takes none from its backups."""
+
+    def accept_carried(self) -> None:
+        return
+
+    def carried_top(self) -> int:
+        return 0
+
+
+class PbftDropsCarried(Pbft):
+    """Not a service of its own; the transactional variant
+    ``txn-pbft-drops-carried`` builds its groups with it."""
+
+    view_changes_type = DropsCarried
+
+
 class SuspectsAlone(NormalCase):
     """A backup that suspects its primary moves to the next view and forwards
     nothing (the code before 2026-12-06): when its requests come only through
@@ -121,9 +159,10 @@ class SuspectsAlone(NormalCase):
 
 
 class PbftSuspectsAlone(Pbft):
-    """Not a service of its own (clients of a single group multicast a retried
-    request): the transactional variant ``txn-pbft-suspects-alone`` builds its
-    groups with it."""
+    """``pbft-suspects-alone`` (a single group; its swarm needs ``fronts=1`` and
+    ``degraded``: the default clients multicast a retried request, so every
+    backup times it), and the groups of the transactional variant
+    ``txn-pbft-suspects-alone``."""
 
     normal_type = SuspectsAlone
 
@@ -210,6 +249,12 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
         PbftVariant(
             "pbft-request-timer-not-doubled", PbftRequestTimerNotDoubled,
             "the backups' request timer never doubles (section 4.5.2)", "liveness",
+        ),
+        PbftVariant(
+            "pbft-suspects-alone", PbftSuspectsAlone,
+            "a backup that suspects its primary forwards nothing: with the primary kept "
+            "down and every client through one backup (run pbft-suspects-alone:fronts=1 "
+            "--faults ...,degraded), the others never join its VIEW-CHANGE", "liveness",
         ),
         PbftVariant(
             "pbft-read-only-f-plus-1", Pbft,

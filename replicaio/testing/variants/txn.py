@@ -76,6 +76,32 @@ its request is not f+1, and the group stalls (liveness).
 ``txn-pbft-suspects-alone`` is the same over PBFT groups
 (``variants.pbft.SuspectsAlone``): the lone VIEW-CHANGE is fewer than the f+1
 the other backups join on.
+
+``txn-pbft-drops-carried``: PBFT groups whose replica, having entered a view
+below the NEW-VIEW's checkpoint (it fetched the state after), never takes the
+NEW-VIEW's PRE-PREPAREs that were above its window at the entry
+(``variants.pbft.DropsCarried``, the code before
+``ViewChanges.accept_carried``). When that replica is the view's primary, it
+takes no PRE-PREPARE from anyone else and never executes those numbers; with
+a node kept down (``degraded``), no checkpoint above gets 2f+1 signatures, the
+window fills and a transaction's lock is never released (``locks_released``).
+Its nodes tick as ``txn-pbft-leader-ticks-only``'s do: the ticks of a stalled
+clock would bring a view change, which repairs the group later (100 seeds of
+the variant with them passed), so they are off to show the PBFT part alone.
+
+``txn-pbft-leader-ticks-only``: transactions over PBFT groups where only the
+node hosting a group's leader ticks its lease clock (``TxnNode.clock_stalled``
+never true, the code before): a group whose primary is kept down and which has
+nothing else to order (its one open transaction's driver died) has backups
+that wait for nothing, so no view change comes, no lease runs out, and the
+transaction's locks stay (``locks_released``).
+
+``txn-pbft-vouch-commits-only``: PBFT groups whose replicas vouch for a batch
+they executed in an older view (or before a restart) with a COMMIT of the
+current view but no PREPARE (``variants.pbft.VouchesCommitsOnly``): a primary
+whose backups restarted after executing a number holds its PRE-PREPARE and
+their COMMITs but none of their PREPAREs, is never prepared there, and the
+group stalls as above (its nodes tick as ``txn-pbft-leader-ticks-only``'s).
 """
 
 from __future__ import annotations
@@ -90,8 +116,10 @@ from replicaio.services.txn.store import PREPARED, TxnStore
 from replicaio.testing.variants.minbft import MinbftGroupUnbound, MinbftSuspectsAlone
 from replicaio.testing.variants.pbft import (
     PbftCommitOffByOne,
+    PbftDropsCarried,
     PbftNoVouchForExecuted,
     PbftSuspectsAlone,
+    PbftVouchesCommitsOnly,
 )
 from replicaio.testing.variants.raft import RaftOnlyFirstGroupRepairs
 
@@ -167,6 +195,14 @@ class LateReadsUnknownNode(TxnNode):
         return False
 
 
+class LeaderTicksOnlyNode(TxnNode):
+    """Only the node hosting a group's leader ticks its lease clock, however long
+    the clock stands still."""
+
+    def clock_stalled(self, group: int, store: TxnStore) -> bool:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class TxnVariant:
     summary: str
@@ -212,6 +248,24 @@ TXN_VARIANTS: dict[str, TxnVariant] = {
         "with a damaged disk's replica withholding, a group can stall with locks held (run "
         "with --nodes 4 --faults ...,disk)", ordering="pbft",
         ordering_type=PbftNoVouchForExecuted),
+    "txn-pbft-vouch-commits-only": TxnVariant(
+        "PBFT groups whose replicas vouch for a batch executed in an older view with a "
+        "COMMIT only, never a PREPARE: a primary that lost its backups' PREPAREs stays "
+        "stuck below them (run txn-pbft-vouch-commits-only:fronts=1 --ops-max 1 --nodes 4 "
+        "--faults ...,degraded; only the leader's node ticks, as in "
+        "txn-pbft-leader-ticks-only)", node_type=LeaderTicksOnlyNode, ordering="pbft",
+        ordering_type=PbftVouchesCommitsOnly),
+    "txn-pbft-drops-carried": TxnVariant(
+        "PBFT groups whose replicas never take the PRE-PREPAREs of their view's NEW-VIEW "
+        "that were above their window when they entered it: such a primary never executes "
+        "them (run txn-pbft-drops-carried:fronts=1 --ops-max 1 --nodes 4 --faults "
+        "...,degraded; only the leader's node ticks, as in txn-pbft-leader-ticks-only)",
+        node_type=LeaderTicksOnlyNode, ordering="pbft", ordering_type=PbftDropsCarried),
+    "txn-pbft-leader-ticks-only": TxnVariant(
+        "transactions over PBFT groups where only the leader's node ticks a group's lease "
+        "clock: an idle group whose primary is down never runs a lease out (run "
+        "txn-pbft-leader-ticks-only:fronts=1 --ops-max 1 --nodes 4 --faults ...,degraded)",
+        node_type=LeaderTicksOnlyNode, ordering="pbft"),
     "txn-minbft-suspects-alone": TxnVariant(
         "MinBFT groups whose backup suspecting the primary forwards nothing: with the "
         "primary down and clients through one node, the view change never gets f+1 (run "
