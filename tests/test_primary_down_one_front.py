@@ -33,8 +33,11 @@ from replicaio.sim.txn_harness import TxnWorkload, txn_options
 
 DEGRADED = ("crash", "partition", "loss", "dup", "reorder", "degraded")
 # Seeds of `replicaio swarm txn-minbft-suspects-alone:fronts=1 --ops-max 1 --nodes 3
-# --faults crash,partition,loss,dup,reorder,degraded` that fail liveness.
-STALLED_SEEDS = (10, 15, 16)
+# --faults crash,partition,loss,dup,reorder,degraded` that fail liveness (16 -> 29
+# once any node ticked a lease clock that stood still: those ticks are requests
+# other backups wait for too, which moves some groups; 4 of the first 40 seeds
+# fail since, 11 before).
+STALLED_SEEDS = (10, 15, 29)
 # The same with txn-pbft-suspects-alone and --nodes 4.
 PBFT_STALLED_SEEDS = (5, 25)
 

@@ -769,10 +769,11 @@ class TxnNode:
 
     def status(self) -> dict[str, int]:
         """Read-only figures for ``INFO``, metrics and ``replicaio status``: per group,
-        its leader as this node sees it, its term or view, its locks, and whether
-        its replica here is recovering (after a damaged disk: a Raft replica not
-        yet re-admitted as a voter, a PBFT or MinBFT one withholding its votes);
-        ``recovering``: how many are (``/healthz`` is unhealthy while any is)."""
+        its leader as this node sees it, its term or view, its commit index (PBFT:
+        executed), its locks, and whether its replica here is recovering (after a
+        damaged disk: a Raft replica not yet re-admitted as a voter, a PBFT or
+        MinBFT one withholding its votes); ``recovering``: how many are
+        (``/healthz`` is unhealthy while any is)."""
         found = {"groups": len(self.stores), "txn_drivers": self.drivers,
                  "groups_led": 0, "recovering": 0}
         for group, replica in enumerate(self.groups.replicas):
@@ -782,15 +783,16 @@ class TxnNode:
             found["groups_led"] += int(leader == self.context.id)
             observe = getattr(ordering, "observe", None)
             view = observe() if callable(observe) else None
+            own_status = getattr(ordering, "status", None)
+            figures = own_status() if view is None and callable(own_status) else {}
             for name in ("term", "commit_index", "applied_index"):
-                number = getattr(view, name, None)
+                number = getattr(view, name, figures.get(name))
                 if type(number) is int:
                     found[f"group_{group}_{name}"] = number
             found[f"group_{group}_locks"] = len(self.stores[group].locks)
             recovering = getattr(view, "recovering", None)
             if recovering is None:
-                figures = getattr(ordering, "status", None)
-                recovering = figures().get("recovering", 0) if callable(figures) else 0
+                recovering = figures.get("recovering", 0)
             found[f"group_{group}_recovering"] = int(bool(recovering))
             found["recovering"] += int(bool(recovering))
         return found
