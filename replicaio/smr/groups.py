@@ -225,7 +225,7 @@ class GroupCaller:
                 answer: Line[Any] = Line(self.context.node.scheduler, "caller.answer")
                 self.waiting[(group, client)] = answer
                 carries = replica.replica.authenticator.carries
-                replica.on_request(self.vouch.wrap(request) if carries else request)
+                replica.on_request(self.vouch.wrap(request, group) if carries else request)
                 got = await first(answer, self.context.sleep(self.params.attempt_timeout_us))
                 if type(got) is Reply and got.seq == request.seq:
                     return bytes(got.result)

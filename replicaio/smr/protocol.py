@@ -113,7 +113,8 @@ def signed_clients(context: Context, params: SmrParams) -> ClientAuthenticator:
     ``hmac`` clusters); see ``replicaio.smr.auth``."""
     scheme = ED25519 if context.node.signer.name == "ed25519" else KEYED
     return SignedClients(
-        context.node.codec, scheme, verified_max=params.verified_max, nodes=context.node.signer
+        context.node.codec, scheme, verified_max=params.verified_max, nodes=context.node.signer,
+        group=context.group,
     )
 
 

@@ -819,7 +819,7 @@ class RespService(ListeningService):
         assert host is not None
         request = ClientRequest(client, seq, command, read_only)
         vouch = self.vouch
-        payload = host.codec.encode(request if vouch is None else vouch.wrap(request))
+        payload = host.codec.encode(request if vouch is None else vouch.wrap(request, group))
         if group is not None:
             payload = host.codec.encode(GroupRequest(group, payload))
         waiter = Waiter(seq)
