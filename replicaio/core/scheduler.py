@@ -285,3 +285,12 @@ class Scheduler:
             task = ready.popleft()
             self.steps += 1
             task.step()
+
+    def abandon(self) -> None:
+        """The node is being discarded after its step raised (the simulator's
+        ``node-raised``): close the coroutines of the tasks still queued, so none
+        that never ran is left to warn "never awaited" when it is collected. A
+        coroutine that already ran is closed as its collection would close it."""
+        ready = self.ready
+        while ready:
+            ready.popleft().coroutine.close()

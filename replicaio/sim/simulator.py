@@ -639,6 +639,9 @@ class Simulator:
         })
         if self.log is not None:
             self.log.note(self.now, node.node_id, "raised", {"error": repr(error)})
+        core = node.core
+        assert core is not None
+        core.scheduler.abandon()
         node.core = None
         node.timers.clear()
         node.waiting = None
