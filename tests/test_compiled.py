@@ -15,7 +15,7 @@ import pytest
 
 from replicaio import compiled
 from replicaio.compiled import CompiledFinder, Entry, read_manifest, source_digest
-from replicaio.compiled_build import HOT_MODULES
+from replicaio.compiled_build import HOT_MODULES, miscompiled
 
 # Targets whose hot path crosses every compiled module: broadcast with the
 # adversary, Raft with the KV store under crashes and partitions, PBFT and
@@ -132,3 +132,35 @@ def test_a_manifest_for_this_interpreter_is_read(tmp_path: Path) -> None:
     assert read_manifest(tmp_path) == {
         "replicaio.core.hot": Entry("replicaio.core.hot", tmp_path / entry["library"],
                                     entry["sha256"])}
+
+
+# Cython 3.3.1 compiled this ``and`` chain (object comparisons, then ``bool``
+# tests) into a C int cast to an object pointer: the linearizability model's
+# latent writes crashed every Raft KV run with faults (sim24).
+MISCOMPILED = '''
+def latent(ops, seen):
+    return [op[0] == "info" and op[1] in ("put", "append") and op[2] not in seen for op in ops]
+'''
+REWRITTEN = '''
+def latent(ops, seen):
+    return [one(op, seen) for op in ops]
+
+def one(op, seen):
+    if op[0] != "info" or op[1] not in ("put", "append"):
+        return False
+    return op[2] not in seen
+'''
+
+
+@pytest.mark.parametrize(("source", "refused"), [(MISCOMPILED, True), (REWRITTEN, False)])
+def test_the_build_refuses_c_that_casts_a_c_int_to_an_object(
+    tmp_path: Path, source: str, refused: bool
+) -> None:
+    cython = pytest.importorskip("Cython.Compiler.Main")
+    (tmp_path / "probe.py").write_text(source)
+    options = cython.CompilationOptions(
+        cython.default_options, language_level=3, output_file=str(tmp_path / "probe.c")
+    )
+    cython.compile(str(tmp_path / "probe.py"), options)
+    found = miscompiled((tmp_path / "probe.c").read_text())
+    assert bool(found) == refused, found

@@ -129,15 +129,24 @@ def _latent_writes(part: Sequence[Operation]) -> list[bool]:
         [op.output for op in part if op.op == GET and op.status == OK and op.output]
         + [op.expected for op in part if op.op == CAS and op.expected]
     )
-    return [
-        op.status == INFO
-        and op.op in (PUT, APPEND)
-        and op.value is not None
-        and _NON_INTEGER_CHARACTER.search(op.value) is not None
-        and _SEEN_SEPARATOR not in op.value
-        and op.value not in seen
-        for op in part
-    ]
+    return [_latent(op, seen) for op in part]
+
+
+def _latent(op: Operation, seen: str) -> bool:
+    """One operation of :func:`_latent_writes`.
+
+    Written as tests that each give a ``bool``: compiled by Cython 3.3.1, the
+    one ``and`` chain of object comparisons (``==``, ``in`` a tuple) and
+    ``bool`` tests (``not in`` a str) it replaces cast a C ``int`` to an
+    object pointer, and the list comprehension then crashed the process
+    (``compiled_build`` now refuses any module whose C shows that cast).
+    """
+    if op.status != INFO or op.op not in (PUT, APPEND):
+        return False
+    value = op.value
+    if value is None or _NON_INTEGER_CHARACTER.search(value) is None:
+        return False
+    return _SEEN_SEPARATOR not in value and value not in seen
 
 
 def _counter_dead_end(state: str | None, op: Operation) -> bool:
