@@ -113,11 +113,14 @@ def last_segment(cluster: LocalCluster, node: int) -> Path:
 
 
 def records(path: Path, *, live: bool = False) -> list[Record]:
-    """The segment's records; ``live``: of a segment a running node is writing
+    """The segment's records, up to its preallocated zeros (a node killed with its
+    segment open leaves them); ``live``: of a segment a running node is writing
     (stop at a record still being written)."""
     data = path.read_bytes()
     offset, found = SEGMENT_HEADER.size, []
     while offset < len(data):
+        if data.count(0, offset) == len(data) - offset:
+            break  # the zeros written ahead of the log
         decoded = decode_record(data, offset)
         if live and not isinstance(decoded, Record):
             break
@@ -144,7 +147,7 @@ def last_record(path: Path) -> Record:
 
 
 def damage(path: Path, how: str) -> None:
-    size = path.stat().st_size
+    size = last_record(path).end  # the log's end: the file may run on with zeros
     if how == "cut-10":
         with path.open("r+b") as file:
             file.truncate(size - 10)

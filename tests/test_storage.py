@@ -222,7 +222,7 @@ def _directory_bytes(directory: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(
     "tail",
-    [b"\x00" * 100, b"RREC" + b"\xff" * 30, b"garbage that is no record"],
+    [b"\x00" * 90 + b"\x01" * 10, b"RREC" + b"\xff" * 30, b"garbage that is no record"],
     ids=["zeros", "header-with-huge-length", "garbage"],
 )
 def test_torn_tail_is_truncated(tmp_path: Path, tail: bytes) -> None:
@@ -240,6 +240,64 @@ def test_torn_tail_is_truncated(tmp_path: Path, tail: bytes) -> None:
     with FileStorage(tmp_path) as store:
         assert store.recover() == {**model, "after": b"tail"}
         assert store.torn_bytes_discarded == 0
+
+
+def test_a_tail_of_zeros_is_preallocated_space_not_a_torn_tail(tmp_path: Path) -> None:
+    """The zeros a store writes ahead of its log (``preallocate_bytes``) read as the
+    end of the log: nothing discarded, nothing reported, the next batch overwrites them."""
+    model = _write_batches(tmp_path, batches=2)
+    [segment] = _segments(tmp_path)
+    length = segment.stat().st_size
+    with segment.open("ab") as file:
+        file.write(bytes(4096))
+    with FileStorage(tmp_path, mark_syncs=False) as store:
+        assert store.recover() == model
+        assert store.torn_bytes_discarded == 0
+        assert store.damage is None
+        assert segment.stat().st_size == length + 4096  # kept, to be overwritten
+        store.put("after", b"zeros")
+        store.sync()
+        assert segment.stat().st_size > length  # the records went into the zeros
+        assert store.wal_bytes < segment.stat().st_size
+    assert segment.stat().st_size == store.wal_bytes  # a close trims the zeros away
+    with FileStorage(tmp_path) as store:
+        assert store.recover() == {**model, "after": b"zeros"}
+        assert store.torn_bytes_discarded == 0
+        assert store.damage is None
+
+
+def test_the_log_is_written_into_preallocated_zeros(tmp_path: Path) -> None:
+    """A sync writes into the zeros ahead of it; the file grows only by whole steps of
+    ``preallocate_bytes``, never past ``segment_bytes_max``; a rotation trims them."""
+    step = 8192
+    store = FileStorage(tmp_path, preallocate_bytes=step, segment_bytes_max=64 * 1024)
+    sizes = set()
+    for index in range(600):
+        store.put(f"k{index}", b"v" * 100)
+        store.sync()
+        [*_, last] = _segments(tmp_path)
+        sizes.add(last.stat().st_size)
+        assert last.stat().st_size <= 64 * 1024
+    segments = _segments(tmp_path)
+    assert len(segments) > 1
+    for older in segments[:-1]:
+        assert not _zeros_tail(older.read_bytes())  # trimmed at the rotation
+    assert len(sizes) < 600 // 4  # grown in steps, not at every sync
+    model = store.recover()
+    store.close()
+    assert not _zeros_tail(segments[-1].read_bytes())
+    with FileStorage(tmp_path, preallocate_bytes=0) as reopened:  # the old way reads it too
+        assert reopened.recover() == model
+        reopened.put("more", b"m")
+        reopened.sync()
+        model["more"] = b"m"
+    with FileStorage(tmp_path) as reopened:
+        assert reopened.recover() == model
+        assert reopened.damage is None
+
+
+def _zeros_tail(data: bytes) -> bool:
+    return data.endswith(bytes(16))
 
 
 def test_partial_last_record_is_a_torn_tail(tmp_path: Path) -> None:
@@ -462,8 +520,9 @@ def test_damaged_snapshot(tmp_path: Path) -> None:
     with pytest.raises(StorageCorruptError, match=f"{snapshot.name}.*checksum.*is gone"):
         FileStorage(tmp_path)
     # If the segments it covers are still there, nothing is lost: replay them instead.
+    # (As the compaction's rotation left them: without the last one's preallocated zeros.)
     for name, data in segments.items():
-        (tmp_path / name).write_bytes(data)
+        (tmp_path / name).write_bytes(data.rstrip(b"\0"))
     with FileStorage(tmp_path) as store:
         assert store.recover() == model
 
@@ -532,6 +591,7 @@ def test_an_io_error_in_sync_closes_the_store(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fdatasync", failing_fsync)
     with pytest.raises(OSError, match="Input/output error"):
         store.sync()
     monkeypatch.undo()
@@ -608,8 +668,10 @@ class FileStorageMachine(RuleBasedStateMachine):
     def crash_during_sync(self, data: st.DataObject, lose_a_sector: bool) -> None:
         states = self._prefix_states()
         snapshots = set(self.directory.glob("snapshot-*"))
-        segment = max(self.directory.glob("wal-*.log"))
-        start = segment.stat().st_size
+        segments = sorted(self.directory.glob("wal-*.log"))
+        segment = segments[-1]
+        # Where the last segment's records end (the file runs on with preallocated zeros).
+        start = self.store.wal_bytes - sum(path.stat().st_size for path in segments[:-1])
         self.store.sync()
         self.store.close()
         last = max(self.directory.glob("wal-*.log"))

@@ -145,8 +145,12 @@ class HostParams:
     client_frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT + 1024
     # After the sync, a batch's replies go before its sends (docs/runtime.md).
     replies_first: bool = True
+    # Zeros kept written ahead of the log's write position (docs/storage.md, "Writing").
+    preallocate_bytes: int = 1 << 20
 
     def validate(self) -> HostParams:
+        if self.preallocate_bytes < 0:
+            raise ClusterFileError("host.preallocate_bytes", "must be >= 0")
         for name in (
             "inbox_max",
             "batch_inputs_max",

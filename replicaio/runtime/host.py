@@ -275,7 +275,10 @@ class NodeHost:
         # recovered from the peers) if the protocol can do that and the cluster
         # tolerates a node that does not count until then; else it is refused.
         repair = cluster.f >= 1 and recovers_lost_state(cluster.protocol)
-        self.storage = FileStorage(self.entry.data_dir, fsync=self.params.fsync, repair=repair)
+        self.storage = FileStorage(
+            self.entry.data_dir, fsync=self.params.fsync, repair=repair,
+            preallocate_bytes=self.params.preallocate_bytes,
+        )
         if self.params.fsync:
             self.sync_worker = SyncWorker(asyncio.get_running_loop())
         if self.hops is not None:

@@ -6,7 +6,10 @@ Theory of operation (the full format and the argument are in docs/storage.md):
   as one *batch* of records, appends them to the current segment file
   ``wal-<seq>.log`` with one ``write`` and makes them durable with one
   ``fsync`` (group commit). Every record carries its batch number; the last
-  record of a batch carries the COMMIT flag. A segment that would exceed
+  record of a batch carries the COMMIT flag. The segment file is zero-filled
+  ahead of the write position (``preallocate_bytes``), so that the flush after
+  an append is a data flush (``fdatasync``) with no file size to commit; a tail
+  of zeros reads as the end of the log. A segment that would exceed
   ``segment_bytes_max`` is fsynced and closed, and a new one is created
   atomically (temporary name, header, fsync, rename, directory fsync), so every
   segment but the last is complete and durable.
@@ -105,6 +108,8 @@ SEGMENT_BYTES_MIN = SEGMENT_HEADER.size + RECORD_HEADER.size
 WAL_BYTES_COMPACT_THRESHOLD_DEFAULT = 256 * MEBIBYTE
 UNSYNCED_BYTES_MAX_DEFAULT = 256 * MEBIBYTE
 SNAPSHOT_WRITE_CHUNK_BYTES = MEBIBYTE
+# Zeros written ahead of the segment's write position (docs/storage.md, "Writing").
+PREALLOCATE_BYTES_DEFAULT = MEBIBYTE
 
 LOCK_FILE_NAME = "LOCK"
 TEMPORARY_SUFFIX = ".tmp"
@@ -299,6 +304,20 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        assert written > 0
+        view = view[written:]
+        offset += written
+
+
+def _zeros_from(data: bytes, offset: int) -> bool:
+    """Whether every byte of ``data`` from ``offset`` on is zero (preallocated space)."""
+    return data.count(0, offset) == len(data) - offset
+
+
 def _fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -333,6 +352,11 @@ class FileStorage:
     without it only closes, rotations and compactions are marked, and any torn
     tail is reported as possibly acknowledged.
 
+    ``preallocate_bytes`` (1 MiB by default; 0 turns it off) keeps that many
+    zero bytes written ahead of the current segment's write position, so
+    that a sync overwrites space the file already has and its flush commits
+    no new file size; a close or a rotation trims the zeros away again.
+
     Bounds: a segment holds at most ``segment_bytes_max`` bytes (a single
     record larger than that gets a segment of its own); at most
     ``unsynced_bytes_max`` bytes of encoded records may wait for ``sync``, more
@@ -354,6 +378,7 @@ class FileStorage:
         unsynced_bytes_max: int = UNSYNCED_BYTES_MAX_DEFAULT,
         mark_syncs: bool = True,
         repair: bool = False,
+        preallocate_bytes: int = PREALLOCATE_BYTES_DEFAULT,
     ) -> None:
         if segment_bytes_max < SEGMENT_BYTES_MIN:
             raise StorageUsageError(f"segment_bytes_max must be >= {SEGMENT_BYTES_MIN}")
@@ -363,6 +388,8 @@ class FileStorage:
             )
         if wal_bytes_compact_threshold is not None and wal_bytes_compact_threshold < 0:
             raise StorageUsageError("wal_bytes_compact_threshold must be >= 0 or None")
+        if preallocate_bytes < 0:
+            raise StorageUsageError("preallocate_bytes must be >= 0")
         self.directory = Path(directory)
         self._segment_bytes_max = segment_bytes_max
         self._fsync_enabled = fsync
@@ -370,6 +397,7 @@ class FileStorage:
         self._unsynced_bytes_max = unsynced_bytes_max
         self._mark_syncs = mark_syncs
         self._repair = repair
+        self._preallocate_bytes = preallocate_bytes
         self._superblock: Superblock | None = None
         self.damage: StorageDamage | None = None  # what the recovery below found lost
         # Buffered writes: (key, encoded key, value or None for a delete).
@@ -380,6 +408,8 @@ class FileStorage:
         self._segments: dict[int, int] = {}  # live segment seq -> size in bytes
         self._segment_seq = 0  # the segment appended to
         self._segment_fd = -1
+        self._segment_file_bytes = 0  # the current segment file's size (zeros past the used)
+        self._zero_tail = False  # the recovered last segment ended in preallocated zeros
         self._batch_last = 0  # last batch written and committed
         self._closed_reason: str | None = None
         self._lock_fd = -1
@@ -453,6 +483,7 @@ class FileStorage:
         if self._closed_reason is None:
             self._closed_reason = "closed"
             with contextlib.suppress(OSError):
+                self._trim_segment()
                 self._mark()
         self._release_descriptors()
 
@@ -602,13 +633,41 @@ class FileStorage:
             kind = KIND_DELETE if value is None else KIND_PUT
             encode_record(chunk, batch, flags, kind, key_bytes, value or b"")
         self._append(chunk)
-        self._fsync(self._segment_fd)
+        self._flush_segment()
         self._batch_last = batch
 
     def _append(self, data: bytes | bytearray) -> None:
-        _write_all(self._segment_fd, data)
-        self._segments[self._segment_seq] += len(data)
+        """Write ``data`` at the segment's end (not durable until ``_flush_segment``).
+
+        Zeros are written past it when it reaches the preallocated end: a crash
+        before the flush leaves a prefix of ``data`` followed by zeros or by the
+        end of the file, which recovery reads alike.
+        """
+        offset = self._segments[self._segment_seq]
+        end = offset + len(data)
+        _pwrite_all(self._segment_fd, data, offset)
+        if self._preallocate_bytes and end > self._segment_file_bytes:
+            target = max(end, min(end + self._preallocate_bytes, self._segment_bytes_max))
+            if target > end:
+                _pwrite_all(self._segment_fd, bytes(target - end), end)
+            self._segment_file_bytes = target
+        self._segment_file_bytes = max(self._segment_file_bytes, end)
+        self._segments[self._segment_seq] = end
         self.bytes_written += len(data)
+
+    def _flush_segment(self) -> None:
+        """Make the segment's writes durable: data and size, not its times."""
+        if self._fsync_enabled:
+            os.fdatasync(self._segment_fd)
+            self.fsyncs += 1
+
+    def _trim_segment(self) -> None:
+        """Cut the current segment's preallocated zeros and make the cut durable."""
+        used = self._segments.get(self._segment_seq, 0)
+        if self._segment_fd >= 0 and self._segment_file_bytes > used:
+            os.ftruncate(self._segment_fd, used)
+            self._segment_file_bytes = used
+            self._fsync(self._segment_fd)
 
     def _apply(self, key: str, key_length: int, value: bytes | None) -> None:
         previous = self._state.pop(key, None)
@@ -620,7 +679,9 @@ class FileStorage:
         assert self._state_bytes >= 0
 
     def _rotate(self) -> None:
-        """Make the current segment durable, then start the next one."""
+        """Make the current segment durable (no zeros after its records: every
+        segment but the last ends with its last record), then start the next one."""
+        self._trim_segment()
         self._fsync(self._segment_fd)
         os.close(self._segment_fd)
         self._segment_fd = -1
@@ -637,14 +698,16 @@ class FileStorage:
         )
         self._segment_seq = seq
         self._segments[seq] = len(header)
+        self._segment_file_bytes = len(header)
 
     def _create_atomically(self, name: str, write: Callable[[int], None]) -> int:
         """Create ``name`` with the content ``write`` produces, all or nothing.
 
-        Returns a descriptor of the new file, open for appending.
+        Returns a descriptor of the new file, open for writing after the content
+        (no ``O_APPEND``: segments are written with ``pwrite`` at their end).
         """
         temporary = self.directory / (name + TEMPORARY_SUFFIX)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             write(fd)
             self._fsync(fd)
@@ -743,7 +806,7 @@ class FileStorage:
         if self._segments:
             self._segment_seq = max(self._segments)
             path = self.directory / segment_file_name(self._segment_seq)
-            self._segment_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            self._segment_fd = os.open(path, os.O_WRONLY)
             self._truncate_torn_tail(path)
         else:
             self._open_new_segment(covered + 1)
@@ -869,7 +932,9 @@ class FileStorage:
         """Apply the records of one segment; return its valid length.
 
         Bytes past the returned length form a torn tail (possible only in the
-        last segment); they are truncated by ``_truncate_torn_tail``.
+        last segment); they are truncated by ``_truncate_torn_tail``. A tail of
+        zeros in the last segment is preallocated space, read as the end of the
+        log (as a file cut there), and kept.
         """
         data = path.read_bytes()
         _check_segment_header(path, data, seq)
@@ -882,6 +947,9 @@ class FileStorage:
                     f"{path}: invalid record at offset {offset}: {error}", seq, offset
                 ) from error
             if isinstance(result, str):
+                if is_last and _zeros_from(data, offset):
+                    self._zero_tail = True
+                    return offset
                 self._check_torn(path, seq, data, offset, result, is_last, cursor)
                 self.torn_bytes_discarded = len(data) - offset
                 return offset
@@ -938,9 +1006,12 @@ class FileStorage:
 
     def _truncate_torn_tail(self, path: Path) -> None:
         length = self._segments[self._segment_seq]
-        if os.fstat(self._segment_fd).st_size != length:
+        size = os.fstat(self._segment_fd).st_size
+        self._segment_file_bytes = size  # zeros past ``length`` (preallocated) are kept
+        if size != length and not self._zero_tail:
             assert self.torn_bytes_discarded > 0
             os.ftruncate(self._segment_fd, length)
+            self._segment_file_bytes = length
             self._fsync(self._segment_fd)
 
     def _seal(self, batch: int) -> None:
@@ -951,7 +1022,7 @@ class FileStorage:
         if used + len(record) > self._segment_bytes_max and used > SEGMENT_HEADER.size:
             self._rotate()
         self._append(record)
-        self._fsync(self._segment_fd)
+        self._flush_segment()
 
     def _unlink_all(self, paths: list[Path]) -> None:
         """Delete leftovers: segments a snapshot covers, older snapshots, temporaries."""

@@ -457,7 +457,8 @@ class FileStorageCrashes:
                 files = dict(after)
                 for later, _, _ in regions[index + 1 :]:
                     del files[later]  # created after this crash point
-                files[name] = after[name][:cut]
+                # Past the cut, what the file held before: preallocated zeros, or its end.
+                files[name] = after[name][:cut] + before.get(name, b"")[cut:]
                 yield from self._outcome({**files, superblock.name: marks})
         if regions:
             name, start, end = regions[-1]
@@ -476,13 +477,19 @@ class FileStorageCrashes:
 
         A segment created during the sync has its header made durable before
         any record goes in (atomic creation), so its region starts after it.
+        The region runs from the first to the last byte that the sync changed
+        (a segment's zeros written ahead of its end, ``preallocate_bytes``,
+        read as nothing written; the sync overwrites them).
         """
         regions = []
         for name in sorted(after):
             if SEGMENT_NAME.fullmatch(name):
-                start = len(before[name]) if name in before else SEGMENT_HEADER.size
-                if len(after[name]) > start:
-                    regions.append((name, start, len(after[name])))
+                new = after[name]
+                old = before.get(name, new[: SEGMENT_HEADER.size])
+                old = old[: len(new)] + bytes(max(0, len(new) - len(old)))
+                changed = [i for i in range(len(new)) if new[i] != old[i]] if new != old else []
+                if changed:
+                    regions.append((name, changed[0], changed[-1] + 1))
         assert all(name not in before for name, _, _ in regions[1:]), "only the last grows"
         return regions
 
