@@ -25,6 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+import replicaio.storage.file as file_module
 from replicaio.storage.base import VALUE_BYTES_MAX, StorageCorruptError, StorageUsageError
 from replicaio.storage.file import (
     FORMAT_VERSION,
@@ -298,6 +299,36 @@ def test_the_log_is_written_into_preallocated_zeros(tmp_path: Path) -> None:
 
 def _zeros_tail(data: bytes) -> bool:
     return data.endswith(bytes(16))
+
+
+def test_zeroed_records_before_a_later_batch_are_damage_not_the_end(tmp_path: Path) -> None:
+    """Only a tail of zeros reads as the end of the log: zeros over an acknowledged
+    record with a later batch after them are damage, refused as before."""
+    _write_batches(tmp_path, batches=3)
+    [segment] = _segments(tmp_path)
+    first = _records(segment)[0]
+    data = bytearray(segment.read_bytes())
+    data[first.offset : first.end] = bytes(first.end - first.offset)
+    segment.write_bytes(bytes(data) + bytes(4096))
+    with pytest.raises(StorageCorruptError, match="valid record of batch 2 follows"):
+        FileStorage(tmp_path)
+
+
+def test_the_checks_catch_a_broken_preallocation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Broken on purpose, each way is caught: a rotation that leaves its zeros in the
+    closed segment (every segment but the last must end with its last record), and a
+    reader that takes zeros anywhere for the end of the log."""
+    with monkeypatch.context() as patched:
+        patched.setattr(FileStorage, "_trim_segment", lambda self: None)
+        kit = FileStorageCrashes(tmp_path / "untrimmed", segment_bytes_max=100, sector_bytes=16)
+        with pytest.raises(StorageCorruptError, match="not the last"):
+            check_crash_during_sync(kit.make, kit.crash_and_reopen, kit.crash_during_sync)
+    with monkeypatch.context() as patched:
+        patched.setattr(file_module, "_zeros_from", lambda data, offset: True)
+        with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+            test_zeroed_records_before_a_later_batch_are_damage_not_the_end(tmp_path / "zeros")
 
 
 def test_partial_last_record_is_a_torn_tail(tmp_path: Path) -> None:
