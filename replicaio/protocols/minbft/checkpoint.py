@@ -128,6 +128,7 @@ class Checkpoints(CheckpointVotes[Checkpoint]):
             if vote.seq > seq:
                 self.votes.setdefault(vote.seq, {}).setdefault(replica, vote)
         minbft.count("minbft_checkpoints_stable")
+        minbft.view_changes.take_decided()  # the NEW-VIEW's numbers the window reaches now
         minbft.normal.assign()
         for pending in sorted(self.votes):
             self.check_certificate(pending)

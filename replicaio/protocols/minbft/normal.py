@@ -469,6 +469,7 @@ class NormalCase:
         stored = context.load("lp")
         if stored is not None and int(stored[0]) == minbft.view:
             self.last_prepared = int(stored[1])
+        self.number_above_new_view()
         for prefix in ("pp", "vt", "cm"):
             for name in sorted(context.stored_names(prefix), key=lambda name: int(name[2:])):
                 seq = int(name[2:])
@@ -496,6 +497,22 @@ class NormalCase:
                 slot.commit_pending = False
         for seq in sorted(minbft.slots):
             self.check_committed(minbft.slots[seq])  # its votes may have come in before a crash
+
+    def number_above_new_view(self) -> None:
+        """At load: the primary numbers above the last number the view's
+        NEW-VIEW decided, as its backups' streams expect (``ViewChanges.enter``
+        sets it when the view starts; no ``lp`` record holds it). A primary
+        restarted before its first PREPARE of the view numbered from its stable
+        checkpoint again, every backup's stream marked the view faulty
+        (``minbft_primary_misbehaved``), and with its clients at the primary
+        alone nobody else asked for the next view (swarm ``minbft:fronts=1``
+        seed 33; the broken variant ``minbft-renumbers-after-restart``)."""
+        minbft = self.minbft
+        new_view = minbft.view_changes.new_view
+        if minbft.active and new_view is not None and new_view.header.view == minbft.view:
+            header = new_view.header
+            self.last_prepared = max(self.last_prepared, max(
+                (chosen.seq for chosen in header.chosen), default=header.base))
 
     def load_record(self, prefix: str, slot: Slot, value: Any) -> None:
         minbft = self.minbft

@@ -95,6 +95,10 @@ class ViewChanges:
         self.requests: dict[int, int] = {}  # replica -> the highest view it asked for
         self.received: dict[int, ViewChange] = {}  # replica -> its VIEW-CHANGE for our view
         self.own: ViewChange | None = None
+        # The view of this replica's last own VIEW-CHANGE or NEW-VIEW: the view
+        # its peers' streams of it are in, the only one whose NEW-VIEW-COMMIT
+        # they take (streams.py). Rebuilt from the own log at load (``load``).
+        self.joined = 0
         self.new_view: NewView | None = None  # what started the current view
         # Replicas whose *certified* NEW-VIEW-COMMIT of the current view counted:
         # the NEW-VIEW's numbers execute once f+1 did.
@@ -148,22 +152,28 @@ class ViewChanges:
             self.requests[source] = request.view
         if step_down:
             minbft.normal.step_down_asked = True  # acted on by the primary's timer
-        if fresh and minbft.group is not None and source == minbft.primary() \
+        if fresh and source == minbft.primary() \
                 and request.view == minbft.view + 1 and minbft.active \
-                and self.requests.get(minbft.id, 0) < request.view:
-            # A group's primary gives up its own view (its PREPAREs do not
-            # execute at it: it resumed its backups' streams, so their COMMITs
-            # no longer count there). In a transactional cluster its backups may
-            # have nothing pending to time out on (a node's in-node calls go to
-            # its own replica only: txn-minbft seed 33), and its request alone
-            # is not f+1: join it, as a primary joins a backup that cannot
-            # follow. A faulty primary gains nothing it could not get by going
-            # silent. A single group (clients send to every replica) keeps the
-            # rule of before.
+                and self.requests.get(minbft.id, 0) < request.view \
+                and self.joins_primary():
+            # The primary gives up its own view (its PREPAREs do not execute at
+            # it: it resumed its backups' streams, so their COMMITs no longer
+            # count there). Its backups may have nothing pending to time out on
+            # (a node's in-node calls go to its own replica only: txn-minbft
+            # seed 33; a single group's clients all at the primary: swarm
+            # minbft:fronts=1 seeds 114 and 159), and its request alone is not
+            # f+1: join it, as a primary joins a backup that cannot follow. A
+            # faulty primary gains nothing it could not get by going silent.
             minbft.count("minbft_primary_gave_up")
             self.request(request.view)
             return
         self.check_requests()
+
+    def joins_primary(self) -> bool:
+        """Whether a backup joins its primary's request to end its own view
+        (always; the broken variant ``minbft-primary-gives-up-alone`` keeps the
+        rule before 2026-12-06: only in a group of a transactional cluster)."""
+        return True
 
     def check_requests(self) -> None:
         """f+1 replicas ask for views above ours: move to the highest view f+1
@@ -201,6 +211,7 @@ class ViewChanges:
             self.own = None  # it follows the view others start (recovery.py)
         else:
             self.own = minbft.emit(self.build(view))
+            self.joined = view
             self.received[minbft.id] = self.own
         self.announce()
 
@@ -216,9 +227,32 @@ class ViewChanges:
         if self.own is None and not minbft.recovery.withheld("view_change"):
             self.own = minbft.emit(self.build(minbft.view))
         if self.own is not None:
+            self.joined = max(self.joined, self.own.view)
             self.received[minbft.id] = self.own
             minbft.send_all(self.own)
         self.announce()
+
+    def join(self, view: int) -> None:
+        """Certify this replica's VIEW-CHANGE for ``view`` unless its last own
+        VIEW-CHANGE (or NEW-VIEW) already is of ``view``: called before its
+        first NEW-VIEW-COMMIT of the view. A replica that was down (or behind)
+        while the others changed to ``view`` takes the NEW-VIEW without having
+        sent a VIEW-CHANGE for it, and its peers' streams take a
+        NEW-VIEW-COMMIT only of the view of its author's last VIEW-CHANGE
+        (``new_view_commit_out_of_stream``): refused everywhere and never sent
+        again, its commitment was lost, and with n = 3 and the other backup
+        down the view was never certified (swarm ``minbft:fronts=1`` seed 92;
+        ADR 0035). The late VIEW-CHANGE is an ordinary one, built from the own
+        log: it closes this replica's part in the older views in its stream, as
+        any VIEW-CHANGE does, and asks for a view a valid NEW-VIEW already
+        started (the broken variant ``minbft-joins-without-view-change`` skips
+        it)."""
+        if self.joined >= view:
+            return
+        minbft = self.minbft
+        minbft.count("minbft_view_change_to_join")
+        self.own = minbft.emit(self.build(view))
+        self.joined = view
 
     def announce(self) -> None:
         minbft = self.minbft
@@ -480,6 +514,7 @@ class ViewChanges:
         new_view = NewView(header, tuple(without_batches(vc) for vc in view_changes),
                            tuple(batches), EMPTY_UI)
         new_view = minbft.emit(new_view)
+        self.joined = view
         self.enter(new_view)
 
     def invalid_new_view(self, new_view: NewView) -> str | None:
@@ -523,6 +558,12 @@ class ViewChanges:
         """Start the NEW-VIEW's view: its numbers wait for f+1 commitments."""
         minbft = self.minbft
         header = new_view.header
+        backup = minbft.primary(header.view) != minbft.id
+        if backup and not minbft.withholding:
+            # Before anything of the view is written: a step cut after it
+            # restarts in the old view, and the NEW-VIEW (its stream not
+            # advanced) comes again.
+            self.join(header.view)
         if minbft.active:
             self.last_active_view = minbft.view
         minbft.view = header.view
@@ -637,6 +678,8 @@ class ViewChanges:
             self.certificates[view] = certificate
             minbft.count("minbft_new_view_certified")
         if minbft.id not in self.new_view_votes and not minbft.withholding:
+            if minbft.id != header.replica:
+                self.join(view)  # (entered while recovering: no VIEW-CHANGE sent)
             # Logged with the batches its header decided: a later VIEW-CHANGE
             # that shows this commitment must carry them, or the next primary
             # cannot build its NEW-VIEW (degraded swarm, minbft n=3 seed 177).
@@ -650,7 +693,25 @@ class ViewChanges:
     def on_restart(self) -> None:
         """Started (or recovered) in an active view: finish what a cut step left."""
         if self.new_view is not None:
+            self.take_decided()
             self.check_certificate()
+
+    def take_decided(self) -> None:
+        """Take the current NEW-VIEW's decisions the window holds now and did not
+        when the view started (``take_chosen`` skips the numbers above it),
+        and after a restart (slots of the NEW-VIEW are not records of their
+        own): called when the stable checkpoint moves and at start. A replica
+        that entered the view below the NEW-VIEW's checkpoint, caught up by
+        state transfer, never executed the decisions above its old window, so
+        with n = 3 and one replica down the primary's own CHECKPOINT above them
+        never came and its window stayed full (swarm ``minbft:fronts=1`` seed
+        92, once the late backup's VIEW-CHANGE and the joined step-down let it
+        reach that far)."""
+        new_view = self.new_view
+        if new_view is None or not self.minbft.active:
+            return
+        self.take_chosen(new_view)
+        self.check_new_view_committed()
 
     def trim_certificates(self, views: set[int]) -> None:
         """Forget certificates of views no own logged message is of (any more)."""
@@ -707,6 +768,8 @@ class ViewChanges:
 
     def load(self) -> None:
         minbft = self.minbft
+        self.joined = max((joined_view(message) for message, _ in minbft.own_log.values()),
+                          default=0)
         self.load_certificates()
         stored = minbft.context.load("nv")
         if stored is None:
@@ -829,6 +892,20 @@ def choose(minbft: Minbft, view: int, view_changes: list[ViewChange], *,
             return header, None
         needed.append(found)
     return header, needed
+
+
+def joined_view(message: Any) -> int:
+    """The view an own logged message shows its author's stream in: a
+    VIEW-CHANGE's or NEW-VIEW's own view, and the view of a commitment or
+    PREPARE (its stream took it only in that view); 0 for the rest."""
+    kind = type(message)
+    if kind is ViewChange:
+        return int(message.view)
+    if kind is NewView or kind is NewViewCommit:
+        return int(message.header.view)
+    if kind is Prepare or kind is Commit:
+        return int(message.view)
+    return 0
 
 
 def message_view(message: Any) -> int:

@@ -99,6 +99,48 @@ class LogFromAnchorViewChanges(ViewChanges):
     decisions_shown = False
 
 
+class PrimaryGivesUpAlone(ViewChanges):
+    """A single group's backups do not join their primary's request to end its
+    own view (the rule before 2026-12-06; a group of a transactional cluster
+    did): with every client at the primary, the backups have nothing to time
+    out on and its lone request is not f+1."""
+
+    def joins_primary(self) -> bool:
+        return self.minbft.group is not None
+
+
+class JoinsWithoutViewChange(PrimaryGivesUpAlone):
+    """A replica that takes the NEW-VIEW of a view it sent no VIEW-CHANGE for
+    commits to it at once (the code before ADR 0035): its NEW-VIEW-COMMIT is
+    of a later view than its last VIEW-CHANGE, every peer's stream refuses it
+    (``new_view_commit_out_of_stream``), and nothing sends it again. With the
+    rule before for the primary's own request too (:class:`PrimaryGivesUpAlone`):
+    joining that request hides the loss behind a later view change (two more
+    views in swarm ``minbft:fronts=1`` seed 25, no failure)."""
+
+    def join(self, view: int) -> None:
+        return
+
+
+class UntakenDecisions(ViewChanges):
+    """The current NEW-VIEW's decisions above the window when the view started
+    are never taken (the code before 2026-12-06): a replica that entered the
+    view below the NEW-VIEW's checkpoint and caught up by state transfer never
+    executes them."""
+
+    def take_decided(self) -> None:
+        return
+
+
+class RenumbersAfterRestart(NormalCase):
+    """A primary restarted in a view before its first PREPARE numbers from its
+    stable checkpoint, not above the NEW-VIEW's decisions (the code before
+    2026-12-06): its backups' streams mark the view faulty."""
+
+    def number_above_new_view(self) -> None:
+        return
+
+
 class MinbftResumeForgetsNewViews(Minbft):
     """A resumed stream takes any NEW-VIEW of a view from the receiver's on,
     whatever its peer's USIG attests it certified before the resume point (the
@@ -122,6 +164,27 @@ class MinbftAnchorUnattested(Minbft):
 
 class MinbftLogFromAnchor(Minbft):
     view_changes_type = LogFromAnchorViewChanges
+
+
+class MinbftJoinsWithoutViewChange(Minbft):
+    view_changes_type = JoinsWithoutViewChange
+
+
+class MinbftPrimaryGivesUpAlone(Minbft):
+    view_changes_type = PrimaryGivesUpAlone
+
+
+class MinbftUntakenDecisions(Minbft):
+    view_changes_type = UntakenDecisions
+
+
+class MinbftRenumbersAfterRestart(Minbft):
+    """With the rule before for the primary's own request too
+    (:class:`PrimaryGivesUpAlone`): joining it moves the view on before the
+    renumbered PREPAREs matter."""
+
+    normal_type = RenumbersAfterRestart
+    view_changes_type = PrimaryGivesUpAlone
 
 
 class MinbftCommitOffByOne(Minbft):
@@ -193,6 +256,22 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
                       "primary kept down and every client through one backup (run "
                       "minbft-suspects-alone:fronts=1 --faults ...,degraded), its lone "
                       "REQ-VIEW-CHANGE is not f+1"),
+        MinbftVariant("minbft-joins-without-view-change", MinbftJoinsWithoutViewChange,
+                      "a replica that takes the NEW-VIEW of a view it sent no VIEW-CHANGE "
+                      "for commits to it at once, which every peer's stream refuses (run "
+                      "minbft-joins-without-view-change:fronts=1 --faults ...,degraded)"),
+        MinbftVariant("minbft-primary-gives-up-alone", MinbftPrimaryGivesUpAlone,
+                      "a single group's backups do not join their primary's request to "
+                      "end its view (run minbft-primary-gives-up-alone:fronts=1 --faults "
+                      "...,degraded)"),
+        MinbftVariant("minbft-untaken-decisions", MinbftUntakenDecisions,
+                      "a NEW-VIEW's decisions above the window when the view started are "
+                      "never taken (run minbft-untaken-decisions:fronts=1 --faults "
+                      "...,degraded)"),
+        MinbftVariant("minbft-renumbers-after-restart", MinbftRenumbersAfterRestart,
+                      "a primary restarted before its first PREPARE of a view numbers "
+                      "from its stable checkpoint (run minbft-renumbers-after-restart:"
+                      "fronts=1 --faults ...,degraded)"),
         MinbftVariant("minbft-log-from-anchor", MinbftLogFromAnchor,
                       "a VIEW-CHANGE's log may start after a certified NEW-VIEW-COMMIT "
                       "its author made before its anchor"),
