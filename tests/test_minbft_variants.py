@@ -33,6 +33,12 @@ TARGETED: dict[str, str] = {
     "test_without_the_decided_mark_a_correct_replica_executes_other_batches",
     "minbft-suspects-alone": "test_primary_down_one_front.py::"
     "test_a_single_group_through_one_front_does_not_stall_on_a_lone_suspicion",
+    **{name: "test_minbft_one_front_stalls.py::"
+       "test_the_swarm_finds_each_old_rule_and_the_protocol_passes" for name in (
+           "minbft-joins-without-view-change", "minbft-primary-gives-up-alone",
+           "minbft-untaken-decisions")},
+    "minbft-renumbers-after-restart": "test_minbft_one_front_stalls.py::"
+    "test_a_restarted_primary_numbers_above_the_new_view",
 }
 
 

@@ -36,8 +36,10 @@ DEGRADED = ("crash", "partition", "loss", "dup", "reorder", "degraded")
 # --faults crash,partition,loss,dup,reorder,degraded` that fail liveness (16 -> 29
 # once any node ticked a lease clock that stood still: those ticks are requests
 # other backups wait for too, which moves some groups; 4 of the first 40 seeds
-# fail since, 11 before).
-STALLED_SEEDS = (10, 15, 29)
+# fail since, 11 before; 29 passes since a late backup sends its VIEW-CHANGE
+# before its NEW-VIEW-COMMIT and a NEW-VIEW's decisions are taken once the window
+# reaches them, ADR 0035: 10, 12, 15, 44, 49, 54 of the first 60 fail).
+STALLED_SEEDS = (10, 12, 15)
 # The same with txn-pbft-suspects-alone and --nodes 4.
 PBFT_STALLED_SEEDS = (5, 25)
 
@@ -76,9 +78,10 @@ def test_a_backup_that_suspects_its_primary_forwards_what_it_waits_for(
 # A single group (``kv up --protocol minbft`` or ``pbft``) with every client
 # through one node's port: seeds of ``replicaio swarm minbft-suspects-alone:fronts=1
 # --nodes 3 --faults crash,partition,loss,dup,reorder,degraded`` (7 of 60 fail
-# liveness) and of ``pbft-suspects-alone:fronts=1 --nodes 4`` (3 of 140) that
+# liveness; 5 passes since a single group's backups join their primary's
+# request to end its view, ADR 0035) and of ``pbft-suspects-alone:fronts=1 --nodes 4`` (3 of 140) that
 # fail liveness while the real protocol passes them.
-SINGLE_STALLED_SEEDS = {"minbft": (5, 9), "pbft": (25, 61)}
+SINGLE_STALLED_SEEDS = {"minbft": (9, 31), "pbft": (25, 61)}
 
 
 def run_single(protocol: str, seed: int) -> Any:

@@ -511,8 +511,10 @@ class NormalCase:
         new_view = minbft.view_changes.new_view
         if minbft.active and new_view is not None and new_view.header.view == minbft.view:
             header = new_view.header
-            self.last_prepared = max(self.last_prepared, max(
-                (chosen.seq for chosen in header.chosen), default=header.base))
+            decided = max((chosen.seq for chosen in header.chosen), default=header.base)
+            if minbft.is_primary and decided > max(self.last_prepared, minbft.stable_seq):
+                minbft.count("minbft_primary_numbers_above_new_view")
+            self.last_prepared = max(self.last_prepared, decided)
 
     def load_record(self, prefix: str, slot: Slot, value: Any) -> None:
         minbft = self.minbft

@@ -179,12 +179,7 @@ class MinbftUntakenDecisions(Minbft):
 
 
 class MinbftRenumbersAfterRestart(Minbft):
-    """With the rule before for the primary's own request too
-    (:class:`PrimaryGivesUpAlone`): joining it moves the view on before the
-    renumbered PREPAREs matter."""
-
     normal_type = RenumbersAfterRestart
-    view_changes_type = PrimaryGivesUpAlone
 
 
 class MinbftCommitOffByOne(Minbft):
