@@ -41,3 +41,16 @@ def test_the_swarm_seed_that_replayed_a_vouch_across_groups_passes() -> None:
                           protocol="txn-minbft")
     result = Simulator("txn-minbft", options, f=1).run()
     assert result.ok, result.violations
+
+
+def test_the_swarm_catches_the_unbound_vouch_on_the_seed_it_found() -> None:
+    """The old behaviour, the variant ``txn-minbft-vouch-unbound`` (vouches
+    signed and checked without the group): the same run raises in a correct
+    node, as the swarm found it (``replicaio swarm txn-minbft-vouch-unbound
+    --nodes 3 --f 1 --byzantine 1 --adversary silent,forge --faults
+    crash,partition,loss,dup,reorder``)."""
+    options = txn_options(50, N, ("crash", "partition", "loss", "dup", "reorder"),
+                          TxnWorkload(), byzantine=1, adversary=("silent", "forge"),
+                          protocol="txn-minbft")
+    broken = Simulator("txn-minbft-vouch-unbound", options, f=1, record=False).run()
+    assert "node-raised" in {violation["property"] for violation in broken.violations}

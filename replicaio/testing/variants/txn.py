@@ -77,6 +77,17 @@ its request is not f+1, and the group stalls (liveness).
 (``variants.pbft.SuspectsAlone``): the lone VIEW-CHANGE is fewer than the f+1
 the other backups join on.
 
+``txn-minbft-vouch-unbound``: MinBFT groups whose nodes sign their vouch
+for an in-node request over the request alone, and whose groups check every
+node's vouch so (``UnboundVouchNode``, the code before the vouch was signed
+in the group's signing domain). In-node client ids carry no group (a node's
+sessions are per group), so a Byzantine node replays a correct node's vouched
+request of one group into another, where the correct node's session has the
+same client id; the group executes it at that (client, seq), and the correct
+node's own next call there is answered with the replayed command's cached
+result (``txn-minbft`` seed 50 under ``silent,forge``: an ``IndexError`` in a
+correct node; ``tests/test_vouch_group_domain.py``).
+
 ``txn-pbft-drops-carried``: PBFT groups whose replica, having entered a view
 below the NEW-VIEW's checkpoint (it fetched the state after), never takes the
 NEW-VIEW's PRE-PREPAREs that were above its window at the entry
@@ -113,6 +124,8 @@ from replicaio.services.txn.kv_store import KvTxnStore
 from replicaio.services.txn.outcomes import GatewayRule
 from replicaio.services.txn.protocol import Plan, SignedTxnRequest, TxnFactory, TxnNode, TxnRequest
 from replicaio.services.txn.store import PREPARED, TxnStore
+from replicaio.smr.api import AuthenticatedRequest, ClientRequest
+from replicaio.smr.auth import NodeClientSigner, SignedClients
 from replicaio.testing.variants.minbft import MinbftGroupUnbound, MinbftSuspectsAlone
 from replicaio.testing.variants.pbft import (
     PbftCommitOffByOne,
@@ -195,6 +208,30 @@ class LateReadsUnknownNode(TxnNode):
         return False
 
 
+class UnboundVouch(NodeClientSigner):
+    """Signs a node's in-node request over the request alone, whatever group it
+    is for (the code before the vouch was bound to its group's signing domain)."""
+
+    def wrap(self, request: ClientRequest, group: int | None = None) -> AuthenticatedRequest:
+        return super().wrap(request, None)
+
+
+class UnboundVouchNode(TxnNode):
+    """Its vouches for in-node requests are signed, and its groups check every
+    node's vouches, without the group (``group_domain(None, ...)``): a vouch
+    for a call into one group of a node verifies in every group of it."""
+
+    def start(self) -> None:
+        for replica in self.groups.replicas:
+            authenticator = replica.replica.authenticator
+            if isinstance(authenticator, SignedClients):
+                authenticator.group = None
+        super().start()
+        caller = self.caller
+        assert caller is not None
+        caller.vouch = UnboundVouch(caller.vouch.codec, caller.vouch.signer)
+
+
 class LeaderTicksOnlyNode(TxnNode):
     """Only the node hosting a group's leader ticks its lease clock, however long
     the clock stands still."""
@@ -239,6 +276,12 @@ TXN_VARIANTS: dict[str, TxnVariant] = {
         "MinBFT groups whose USIGs name no group: a UI one group's USIG gave on a node "
         "verifies in every group of that node (tests/test_txn_minbft.py)",
         ordering="minbft", ordering_type=MinbftGroupUnbound),
+    "txn-minbft-vouch-unbound": TxnVariant(
+        "MinBFT groups whose nodes vouch for in-node requests without the group: a "
+        "Byzantine node replays a correct node's vouched request of one group into another, "
+        "where the same (client, seq) answers the correct node's next call with the replayed "
+        "command's result (run with --byzantine 1 --adversary silent,forge)",
+        node_type=UnboundVouchNode, ordering="minbft"),
     "txn-raft-first-group-repairs": TxnVariant(
         "Raft groups where only group 0 honours a damaged disk: the node's other groups "
         "vote and count at once with the log and vote they lost (run with --faults "
