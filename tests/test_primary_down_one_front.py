@@ -79,8 +79,8 @@ def test_a_backup_that_suspects_its_primary_forwards_what_it_waits_for(
 # through one node's port: seeds of ``replicaio swarm minbft-suspects-alone:fronts=1
 # --nodes 3 --faults crash,partition,loss,dup,reorder,degraded`` (7 of 60 fail
 # liveness; 5 passes since a single group's backups join their primary's
-# request to end its view, ADR 0035) and of ``pbft-suspects-alone:fronts=1 --nodes 4`` (3 of 140) that
-# fail liveness while the real protocol passes them.
+# request to end its view, ADR 0035) and of ``pbft-suspects-alone:fronts=1
+# --nodes 4`` (3 of 140) that fail liveness while the real protocol passes them.
 SINGLE_STALLED_SEEDS = {"minbft": (9, 31), "pbft": (25, 61)}
 
 
