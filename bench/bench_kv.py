@@ -96,7 +96,8 @@ PYSYNCOBJ_NODE = BENCH_DIR / "kv_pysyncobj_node.py"
 LOOPBACK = "127.0.0.1"
 SYSTEMS = ("replicaio", "replicaio-pbft", "replicaio-pbft-gateway", "replicaio-minbft",
            "pysyncobj", "etcd", "redis", "replicaio-pbft-groups",
-           "replicaio-pbft-groups-gateway", "replicaio-pbft-groups-gateway-wave")
+           "replicaio-pbft-groups-gateway", "replicaio-pbft-groups-gateway-wave",
+           "replicaio-minbft-groups", "replicaio-minbft-groups-gateway")
 SHARDED_GROUPS = 3  # the replicaio-pbft-groups systems: txn-kv-pbft:groups=3
 OP_TIMEOUT_S = 5.0  # one request; beyond it the client counts a timeout (and retries)
 
@@ -916,6 +917,34 @@ class MinbftSystem(PbftSystem):
         return total
 
 
+class MinbftGroupsSystem(MinbftSystem):
+    """The sharded store over MinBFT groups (``txn-kv-minbft:groups=3``, n = 3,
+    f = 1), clients on node 0's RESP port (the trusted shortcut: MSET across
+    groups is a transaction that node drives, vouched as the node)."""
+
+    name = "replicaio-minbft-groups"
+    protocol = "txn-kv-minbft"
+
+    def __init__(self, settings: Settings) -> None:
+        ReplicaioSystem.__init__(self, settings, "replicaio-minbft-groups", {},
+                                 {"groups": SHARDED_GROUPS})
+
+
+class MinbftGroupsGatewaySystem(PbftGroupsGatewaySystem):
+    """The same sharded MinBFT store through ``replicaio kv gateway``: f+1 = 2
+    matching replies of the 3 replicas per single-group command, MSET across
+    groups an attempt the gateway signs and every node drives."""
+
+    name = "replicaio-minbft-groups-gateway"
+    nodes = 3
+    protocol = "txn-kv-minbft"
+    elections = MinbftSystem.elections
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.name = "replicaio-minbft-groups-gateway"
+
+
 class RedisSystem(System):
     name = "redis"
     durability = "appendonly yes, appendfsync always (fsync before every reply)"
@@ -1629,6 +1658,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          [int(c) for c in args.gateway_clients.split(",") if c], workloads))
         elif name == "replicaio-pbft-groups-gateway-wave":
             plan.append((PbftGroupsGatewayWaveSystem(settings),
+                         [int(c) for c in args.gateway_clients.split(",") if c], workloads))
+        elif name == "replicaio-minbft-groups":
+            plan.append((MinbftGroupsSystem(settings), args.clients, workloads))
+        elif name == "replicaio-minbft-groups-gateway":
+            plan.append((MinbftGroupsGatewaySystem(settings),
                          [int(c) for c in args.gateway_clients.split(",") if c], workloads))
         elif name == "pysyncobj":
             plan.append((PySyncObjSystem(settings, journal=True), args.clients, workloads))
