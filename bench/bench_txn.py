@@ -13,7 +13,11 @@ default 16 and 64) and each shape, runs closed-loop clients of the Python API
 with contention ``low`` (``--accounts`` accounts per group, default 1000) and
 ``high`` (2 per group). Reports committed transfers per second, aborts per
 committed one (no-wait refusals of locked keys), unknown outcomes, and the
-latency of committed ones (p50, p99). Nothing is asserted: figures go to
+latency of committed ones (p50, p99), and the groups' view changes during the
+row, read from the nodes' metrics: ``views_started`` (views the groups started,
+and ``views_per_min``), ``view_changes`` and ``suspicions`` (VIEW-CHANGEs
+sent and primaries suspected, per replica; ``suspected``: what the suspecting
+backups had waited for). Nothing is asserted: figures go to
 docs/benchmarks.md with the machine's load.
 
 ``--protocol txn-pbft`` runs it over PBFT groups (certified, client-signed
@@ -59,6 +63,7 @@ from typing import Any
 
 from replicaio.assembly import TXN_GROUPS_DEFAULT
 from replicaio.runtime.local import LocalCluster
+from replicaio.runtime.status import fetch_metrics, samples
 from replicaio.runtime.txn_client import TransactionAborted, TransactionUnknown, TxnClient
 from replicaio.services.txn.slots import SlotMap
 
@@ -67,6 +72,56 @@ FAST = {"transport": {"reconnect_delay_ms_min": 10, "reconnect_delay_ms_max": 20
 # tolerating one fault (``--nodes`` overrides it).
 PROTOCOLS = {"txn": ("txn-kv", 3), "txn-pbft": ("txn-kv-pbft", 4),
              "txn-minbft": ("txn-kv-minbft", 3)}
+
+
+# The protocol events each row reports, summed over the nodes (and their groups):
+# view changes started (``pbft_view_changes``: one per replica that sent a
+# VIEW-CHANGE), views started, and the backups' suspicions of their primary.
+# ``suspected_*``: what the suspecting backup had waited for (normal.py's
+# ``suspicion``), ``new_view_timeouts``: views that did not start in time.
+SUSPECTED = ("relayed", "requests", "stalled", "forwarded")
+EVENTS = ("pbft_view_changes", "pbft_views_started", "pbft_primary_suspected",
+          "pbft_new_view_timeouts", "minbft_view_changes", "minbft_views_started",
+          *(f"pbft_primary_suspected_{cause}" for cause in SUSPECTED))
+
+
+def events_of(cluster: LocalCluster) -> dict[str, float]:
+    """The ``EVENTS`` counters of every node's metrics, summed (a node that does
+    not answer counts nothing)."""
+    async def read() -> dict[str, float]:
+        totals = dict.fromkeys(EVENTS, 0.0)
+        for entry in cluster.cluster.nodes:
+            if entry.metrics is None:
+                continue
+            try:
+                text = await fetch_metrics(entry.metrics, 5.0)
+            except (OSError, TimeoutError):
+                continue
+            for (name, labels), value in samples(text).items():
+                event = dict(labels).get("event")
+                if name == "replicaio_core_events_total" and event in totals:
+                    totals[event] += value
+        return totals
+
+    return asyncio.run(read())
+
+
+def with_events(row: dict[str, Any], before: dict[str, float], after: dict[str, float],
+                seconds: float, nodes: int) -> dict[str, Any]:
+    """``row`` with the row's views started (each node hosts one replica of every
+    group, so the replicas' count over ``nodes`` is the groups' views; per minute)
+    and its VIEW-CHANGEs and suspicions (counted per replica)."""
+    delta = {name: after[name] - before[name] for name in EVENTS}
+    started = (delta["pbft_views_started"] + delta["minbft_views_started"]) / nodes
+    row.update(views_started=round(started, 1),
+               views_per_min=round(60 * started / seconds, 1),
+               view_changes=int(delta["pbft_view_changes"] + delta["minbft_view_changes"]),
+               suspicions=int(delta["pbft_primary_suspected"]),
+               suspected={cause: int(delta[f"pbft_primary_suspected_{cause}"])
+                          for cause in SUSPECTED
+                          if delta[f"pbft_primary_suspected_{cause}"]},
+               new_view_timeouts=int(delta["pbft_new_view_timeouts"]))
+    return row
 
 
 def accounts_by_group(groups: int, per_group: int) -> list[list[str]]:
@@ -217,7 +272,7 @@ def redis_rows(args: argparse.Namespace, protocol: str) -> list[dict[str, Any]]:
     }
     with tempfile.TemporaryDirectory() as directory:
         cluster = LocalCluster(Path(directory), protocol=store, nodes=nodes,
-                               sections=sections)
+                               sections=sections, metrics=True)
         try:
             cluster.start_all()
             ports = [entry.client.port for entry in cluster.cluster.nodes]
@@ -228,8 +283,11 @@ def redis_rows(args: argparse.Namespace, protocol: str) -> list[dict[str, Any]]:
                 accounts = accounts_by_group(TXN_GROUPS_DEFAULT, per_group)
                 for clients in args.clients:
                     for shape in ("get-set", "multi-1", "multi-cross"):
+                        before, started = events_of(cluster), time.monotonic()
                         row = asyncio.run(measure_redis(ports[0], accounts, clients, shape,
                                                         args.seconds))
+                        with_events(row, before, events_of(cluster), time.monotonic() - started,
+                                    nodes)
                         row.update(protocol=store, nodes=nodes, contention=contention)
                         rows.append(row)
                         if not args.json:
@@ -260,7 +318,8 @@ def api_rows(args: argparse.Namespace, protocol: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     nodes = nodes_of(args, protocol)
     with tempfile.TemporaryDirectory() as directory:
-        cluster = LocalCluster(Path(directory), protocol=protocol, nodes=nodes, sections=FAST)
+        cluster = LocalCluster(Path(directory), protocol=protocol, nodes=nodes, sections=FAST,
+                               metrics=True)
         try:
             cluster.start_all()
             addresses = [entry.client for entry in cluster.cluster.nodes]
@@ -281,8 +340,11 @@ def api_rows(args: argparse.Namespace, protocol: str) -> list[dict[str, Any]]:
                 for clients in args.clients:
                     for shape in args.shapes:
                         for replies in args.replies:
+                            before, started = events_of(cluster), time.monotonic()
                             row = asyncio.run(measure(addresses, accounts, clients, shape,
                                                       args.seconds, replies))
+                            with_events(row, before, events_of(cluster),
+                                        time.monotonic() - started, nodes)
                             row.update(protocol=protocol, nodes=nodes, contention=contention)
                             rows.append(row)
                             if not args.json:
