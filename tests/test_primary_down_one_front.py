@@ -40,8 +40,10 @@ DEGRADED = ("crash", "partition", "loss", "dup", "reorder", "degraded")
 # before its NEW-VIEW-COMMIT and a NEW-VIEW's decisions are taken once the window
 # reaches them, ADR 0035: 10, 12, 15, 44, 49, 54 of the first 60 fail).
 STALLED_SEEDS = (10, 12, 15)
-# The same with txn-pbft-suspects-alone and --nodes 4.
-PBFT_STALLED_SEEDS = (5, 25)
+# The same with txn-pbft-suspects-alone and --nodes 4 (2 of the first 60 seeds;
+# 25 -> 27 once a backup's request timer restarted on any execution: seed 25's
+# front no longer suspects its primary alone there).
+PBFT_STALLED_SEEDS = (5, 27)
 
 
 def run(protocol: str, seed: int) -> Any:

@@ -80,6 +80,9 @@ class Slot:
 
 
 FORWARD_BATCHES_MAX = 4  # the newest waiting batches a suspecting backup forwards
+# Timeouts a backup's oldest wait of a kind may outlast while the group executes
+# other work before the primary is suspected for it (``watch_primary``).
+PATIENCE_TIMEOUTS = 4
 
 
 class NormalCase:
@@ -100,6 +103,11 @@ class NormalCase:
         self.forwarded: dict[bytes, tuple[int, dict[int, int]]] = {}
         # The backup's request timer is view_change_timeout_us << timeout_exponent.
         self.timeout_exponent = 0
+        # The oldest wait of each kind that a younger one of its kind overtook
+        # (executed first: a primary ordering what it is given in turn does not).
+        self.overtaken_relayed: bytes | None = None
+        self.overtaken_request: tuple[int, int] | None = None
+        self.overtaken_forwarded: bytes | None = None
         # peer -> (view, executed) of its last STATUS that lagged this replica's
         # (``retransmit_to``): the same twice, it is stuck (one entry per replica).
         self.lagging: dict[int, tuple[int, int]] = {}
@@ -185,18 +193,53 @@ class NormalCase:
                 pbft.count("bound_pbft_awaited_max")
             awaited[client] = seq
 
+    def on_executed(self, digest: bytes, batch: bytes) -> None:
+        """Batch ``digest`` executed: stop waiting for it and its requests (and
+        older ones of their clients), noting an older wait of its kind that it
+        overtook (``watch_primary``)."""
+        pbft = self.pbft
+        relayed = pbft.relayed
+        if digest in relayed:
+            oldest = next(iter(relayed))
+            del relayed[digest]
+            if oldest != digest:
+                self.overtaken_relayed = oldest
+        forwarded = self.forwarded
+        if digest in forwarded:
+            oldest = next(iter(forwarded))
+            del forwarded[digest]
+            if oldest != digest:
+                self.overtaken_forwarded = oldest
+        if self.awaited or forwarded:
+            handlers = pbft.handlers
+            assert handlers is not None
+            self.on_executed_requests(handlers.requests_of(batch))
+
     def on_executed_requests(self, requests: tuple[tuple[int, int], ...]) -> None:
         """A batch executed: stop waiting for its requests (and older ones)."""
         awaited = self.awaited
-        for client, seq in requests:
-            if awaited.get(client, seq + 1) <= seq:
-                del awaited[client]
-        for digest, (_, waits) in list(self.forwarded.items()):
+        if awaited:
+            oldest = next(iter(awaited.items()))
+            done = 0
             for client, seq in requests:
-                if waits.get(client, seq + 1) <= seq:
-                    del waits[client]
-            if not waits:
-                del self.forwarded[digest]
+                if awaited.get(client, seq + 1) <= seq:
+                    del awaited[client]
+                    done += 1
+            if done and awaited.get(oldest[0]) == oldest[1]:
+                self.overtaken_request = oldest
+        forwarded = self.forwarded
+        if forwarded:
+            oldest_digest = next(iter(forwarded))
+            emptied = False
+            for digest, (_, waits) in list(forwarded.items()):
+                for client, seq in requests:
+                    if waits.get(client, seq + 1) <= seq:
+                        del waits[client]
+                if not waits:
+                    del forwarded[digest]
+                    emptied = True
+            if emptied and oldest_digest in forwarded:
+                self.overtaken_forwarded = oldest_digest
 
     def keep_batch(self, batch: bytes) -> None:
         """Keep an own batch SMR relays the requests of (``relayed_max``, the
@@ -615,21 +658,37 @@ class NormalCase:
     async def watch_primary(self) -> None:
         """Section 4.4: the backup's timer runs while it waits for something to
         execute (its own barrier batches, its clients' requests SMR relayed, a
-        batch pre-prepared); it is restarted when what it timed executes, so a
-        primary that keeps executing is not replaced for a long queue of
-        requests while one that skips a request (or leaves a hole) is, within
-        two timeouts. The timeout doubles for every primary replaced this way
-        (section 4.5.2: a timeout too short for the load, a queue longer than
-        the timeout's worth of batches, cannot replace primary after primary
-        forever) and is back to ``view_change_timeout_us`` once this backup
-        waited for nothing at both ends of a timeout."""
+        batch pre-prepared, a batch another backup forwarded), timing the oldest
+        of each kind, and is restarted when the backup executes something: a
+        wait that outlasts a timeout counts against the primary only if nothing
+        executed meanwhile, or a younger wait of its kind executed before it
+        (the primary orders what it is given in turn: it skipped this one), or
+        it has outlasted ``PATIENCE_TIMEOUTS`` timeouts (a primary that orders
+        others' work but never this backup's). A primary working through a
+        queue longer than a timeout is not replaced (the live storm of issue 12:
+        at 64 clients the queue at a PBFT group's primary held more than 400 ms
+        of batches), while one that stops, skips a request or leaves a hole is,
+        within two timeouts, and one that starves a whole front within
+        ``PATIENCE_TIMEOUTS`` + 1. The timeout doubles for every primary
+        replaced this way (section 4.5.2: a timeout too short for the load
+        cannot replace primary after primary forever) and is back to
+        ``view_change_timeout_us`` once this backup waited for nothing at both
+        ends of a timeout."""
         pbft = self.pbft
+        outlasted = [0, 0, 0, 0]  # timeouts the tracked wait of each kind outlasted
+        tracked: tuple[bytes | None, tuple[int, int] | None, int | None, bytes | None]
+        tracked = (None, None, None, None)
         while True:
+            before = tracked
             tracked = self.oldest_waits()
+            for kind in range(4):
+                if tracked[kind] is None or tracked[kind] != before[kind]:
+                    outlasted[kind] = 0
+            executed = pbft.executed
             await pbft.context.sleep(self.request_timeout_us())
             if tracked == self.oldest_waits() == (None, None, None, None):
                 self.timeout_exponent = 0  # idle: the load that needed it is gone
-            cause = self.suspicion(*tracked)
+            cause = self.suspicion(*tracked, executed=executed, outlasted=outlasted)
             if cause is not None:
                 pbft.count("pbft_primary_suspected")
                 pbft.count(f"pbft_primary_suspected_{cause}")
@@ -642,19 +701,47 @@ class NormalCase:
 
     def suspicion(
         self, digest: bytes | None, request: tuple[int, int] | None, seq: int | None,
-        forwarded: bytes | None = None,
+        forwarded: bytes | None = None, *, executed: int | None = None,
+        outlasted: list[int] | None = None,
     ) -> str | None:
-        """Why the primary is suspected after a timeout (``None``: it is not)."""
+        """Why the primary is suspected after a timeout (``None``: it is not):
+        what it timed of some kind still waits, and (given ``executed``, the
+        number executed at the timeout's start, and ``outlasted``, the timeouts
+        each kind's wait had outlasted before, bumped here for those that still
+        wait) nothing executed meanwhile, or it was overtaken, or it has now
+        outlasted ``PATIENCE_TIMEOUTS``. Without ``executed``: it still waits."""
         pbft = self.pbft
-        if digest is not None and digest in pbft.relayed:
-            return "relayed"
-        if request is not None and self.awaited.get(request[0]) == request[1]:
-            return "requests"
-        if seq is not None and pbft.executed < seq:
-            return "stalled"
-        if forwarded is not None and forwarded in self.forwarded:
-            return "forwarded"
-        return None
+        waits = (
+            digest is not None and digest in pbft.relayed,
+            request is not None and self.awaited.get(request[0]) == request[1],
+            seq is not None and pbft.executed < seq,
+            forwarded is not None and forwarded in self.forwarded,
+        )
+        overtaken = (
+            digest is not None and self.overtaken_relayed == digest,
+            request is not None and self.overtaken_request == request,
+            False,  # numbers execute in order
+            forwarded is not None and self.overtaken_forwarded == forwarded,
+        )
+        cause: str | None = None
+        for kind, name in enumerate(("relayed", "requests", "stalled", "forwarded")):
+            if not waits[kind]:
+                continue
+            if executed is None or outlasted is None:
+                return name
+            outlasted[kind] += 1
+            if cause is not None:
+                continue
+            if pbft.executed == executed:
+                pbft.count("pbft_suspected_nothing_executed")
+            elif overtaken[kind]:
+                pbft.count("pbft_suspected_overtaken")
+            elif outlasted[kind] >= PATIENCE_TIMEOUTS:
+                pbft.count("pbft_suspected_patience")
+            else:
+                continue
+            cause = name
+        return cause
 
     # -- retransmission ------------------------------------------------------------------------
 

@@ -327,10 +327,7 @@ class Pbft:
     def deliver(self, handlers: OrderingHandlers, seq: int, pre_prepare: PrePrepare) -> None:
         batch = pre_prepare.batch
         self.context.output(Executed(self.id, pre_prepare.view, seq, pre_prepare.digest))
-        self.relayed.pop(pre_prepare.digest, None)
-        self.normal.forwarded.pop(pre_prepare.digest, None)
-        if self.normal.awaited or self.normal.forwarded:
-            self.normal.on_executed_requests(handlers.requests_of(batch))
+        self.normal.on_executed(pre_prepare.digest, batch)
         if is_barrier(batch):
             self.barriers.executed(batch, seq)
             batch = b""
