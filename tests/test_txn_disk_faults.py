@@ -70,7 +70,11 @@ def test_a_pbft_group_with_a_withholding_replica_does_not_stall() -> None:
     them (``ViewChanges.accept_carried``, 2026-12-06), which now moves it there
     too; ``swarm txn-pbft-no-vouch:groups=3 --nodes 4 --faults
     crash,partition,loss,dup,reorder,disk --seeds 60`` then failed seed 43 only
-    (group 1 left with an open record), which the vouching passes."""
+    (group 1 left with an open record), which the vouching passes. Since a
+    backup's request timer restarts when it executes something (2026-12-06)
+    the variant passes seed 43 too, and seeds 1-200 of that swarm (and 1-60 of
+    ``txn-pbft-no-vouch:fronts=1 --ops-max 1 --faults ...,disk,degraded``): no
+    seed catches it now; the real protocol's seeds stay pinned."""
     result = run("txn-pbft", 20, nodes=4)
     assert result.ok, result.violations
     assert result.counters.get("pbft_storage_damaged_withholding", 0) > 0
@@ -78,5 +82,3 @@ def test_a_pbft_group_with_a_withholding_replica_does_not_stall() -> None:
     fixed = run("txn-pbft", 43, nodes=4)
     assert fixed.ok, fixed.violations
     assert fixed.counters.get("pbft_executed_vouched", 0) > 0
-    broken = run("txn-pbft-no-vouch", 43, nodes=4)
-    assert {violation["property"] for violation in broken.violations} == {"locks_released"}
