@@ -7,13 +7,14 @@ naive scan of the node's state says it must be.
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 import pytest
 
 from replicaio.core.node import Node
 from replicaio.sim.options import SimOptions, parse_faults
-from replicaio.sim.simulator import SimNode, Simulator
+from replicaio.sim.simulator import REQUEST, SimNode, Simulator
 
 
 def naive_storage_keys(node: Node) -> dict[str, list[str]]:
@@ -180,3 +181,36 @@ def test_log_writer_refuses_what_msgpack_refuses() -> None:
     # Nothing of the refused records stayed in the buffer.
     header = {"format": "replicaio-eventlog", "version": 2}
     assert sink.getvalue() == msgpack.packb(header) + msgpack.packb([1])
+
+
+class AllRequestsOnTheHeap(Simulator):
+    """Every harness request on the heap from the start, as before sim24."""
+
+    def next_request_due(self) -> None:
+        while self.requests_due:
+            heapq.heappush(self.heap, self.requests_due.pop())
+        self.request_next = None
+
+
+class HeapWatched(Simulator):
+    """Records the most harness requests the heap held at once."""
+
+    most = 0
+
+    def step(self, node: SimNode, event: Any) -> None:
+        waiting = sum(1 for entry in self.heap if entry[2] == REQUEST)
+        self.most = max(self.most, waiting)
+        super().step(node, event)
+
+
+@pytest.mark.parametrize("seed", range(1, 5))
+def test_requests_fed_to_the_heap_one_at_a_time_run_the_same_events(seed: int) -> None:
+    faults = parse_faults("crash,partition,loss,dup,reorder")
+    options = SimOptions.draw(seed, 4, 1, faults, requests_per_node=30)
+    lazy = HeapWatched("bracha", options, record=True)
+    result = lazy.run()
+    assert result.ok, result.violations
+    assert lazy.most == 1  # the next one only (the simulator's own API adds none here)
+    assert AllRequestsOnTheHeap("bracha", options, record=True).run().log_sha256 == (
+        result.log_sha256
+    )
