@@ -362,3 +362,65 @@ def test_the_sync_thread_runs_jobs_in_turn_and_hands_back_their_errors() -> None
     worker = asyncio.run(body())
     assert ran == [1, 2]
     assert not worker.thread.is_alive()
+
+
+def test_the_inbox_bound_is_exact_and_who_waits_for_room_is_served_in_turn(
+    tmp_path: Path,
+) -> None:
+    """``inbox_max`` counts peers' and clients' inputs exactly: a full inbox
+    refuses an offer and a ``try_submit``; ``submit`` waits; as the batch loop
+    frees room the waiters are served in the order they came (a peer reader's
+    resume delivers what it can, a client is granted one unit), and a submit
+    cancelled while waiting takes nothing."""
+    cluster = cluster_file(tmp_path, 1, host={"inbox_max": 3})
+
+    async def body() -> None:
+        host = NodeHost(cluster, 0)
+        assert host.offer(1, b"a") and host.try_submit("r1") and host.offer(2, b"b")
+        assert not host.offer(1, b"c") and not host.try_submit("r2")
+        resumed: list[bool] = []
+        host.when_room(lambda: resumed.append(host.offer(1, b"c")))
+        first = asyncio.ensure_future(host.submit("r3"))
+        cancelled = asyncio.ensure_future(host.submit("r4"))
+        last = asyncio.ensure_future(host.submit("r5"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        host.timer_fired(7, 1)  # timers and the stop are not counted
+        assert len(host.inbox) == 4 and host.inbox_room == 0
+        for _ in range(3):  # what a batch of three takes: a, r1, b
+            host.inbox.popleft()
+        host.free_room(2)  # two of the three units, for the test
+        assert resumed == [True]  # the peer first: it waited first
+        await asyncio.sleep(0)
+        assert first.done() and not last.done()
+        assert host.inbox_room == 0
+        host.free_room(1)
+        await asyncio.sleep(0)
+        assert last.done() and host.inbox_room == 0
+        assert [item[1] for item in host.inbox] == [7, 1, "r3", "r5"]
+        assert not host.room_waiters
+
+    asyncio.run(body())
+
+
+def test_a_cluster_runs_with_an_inbox_of_two(tmp_path: Path) -> None:
+    """Every reader pauses and resumes all the time: nothing is lost or reordered."""
+    cluster = cluster_file(tmp_path, 4, host={"inbox_max": 2})
+    hosts = [NodeHost(cluster, node) for node in range(4)]
+    requests = 40
+
+    async def body() -> None:
+        host = hosts[0]
+        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.nodes[0].client.port)
+        await read_until(reader, host.codec, lambda m: type(m) is HistoryEnd)
+        for index in range(requests):
+            body = host.codec.encode_value(b"value %d" % index)
+            writer.write(frame_header(len(body)) + body)
+        await read_until(reader, host.codec,
+                         lambda m: type(m) is Delivered and m.seq == requests - 1)
+        writer.close()
+
+    asyncio.run(run_hosts(list(hosts), body))
+    assert all(host.inbox_room == 2 for host in hosts)
+    assert sum(host.counters.get("bound_inbox_max") for host in hosts) > 0

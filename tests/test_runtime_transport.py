@@ -52,10 +52,38 @@ LOCAL = "127.0.0.1"
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
+class QueueInbox:
+    """A host's inbox as the transport sees it: takes every payload into
+    ``received`` while it holds fewer than ``room`` of them (the test takes
+    them out with ``receive``) and calls back the readers it refused once
+    room frees."""
+
+    def __init__(self, room: int = 1 << 30) -> None:
+        self.received: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+        self.room = room
+        self.waiters: list[Callable[[], None]] = []
+
+    def offer(self, peer: int, payload: bytes) -> bool:
+        if self.received.qsize() >= self.room:
+            return False
+        self.received.put_nowait((peer, payload))
+        return True
+
+    def when_room(self, resume: Callable[[], None]) -> None:
+        self.waiters.append(resume)
+
+    async def get(self) -> tuple[int, bytes]:
+        item = await self.received.get()
+        waiters, self.waiters = self.waiters, []
+        for resume in waiters:
+            resume()
+        return item
+
+
 class Node:
     """A transport plus what it received."""
 
-    def __init__(self, transport: Transport, received: asyncio.Queue[tuple[int, bytes]]) -> None:
+    def __init__(self, transport: Transport, received: QueueInbox) -> None:
         self.transport = transport
         self.received = received
 
@@ -71,12 +99,9 @@ async def make_node(
     authenticator: Authenticator | None = None,
     params: TransportParams = PARAMS,
     port: int = 0,
+    inbox: QueueInbox | None = None,
 ) -> Node:
-    received: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-
-    async def deliver(peer: int, payload: bytes) -> None:
-        received.put_nowait((peer, payload))
-
+    received = QueueInbox() if inbox is None else inbox
     nodes = tuple(range(max([node_id, *peers]) + 1))
     transport = Transport(
         node_id,
@@ -84,7 +109,7 @@ async def make_node(
         {peer: Address(LOCAL, peer_port) for peer, peer_port in peers.items()},
         authenticator or HmacAuthenticator(node_id, SECRET, nodes),
         params,
-        deliver,
+        received,
         Counters(),
     )
     await transport.start()
@@ -103,8 +128,16 @@ async def receive(node: Node) -> tuple[int, bytes]:
         return await node.received.get()
 
 
-def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(scenario())
+def run(scenario: Callable[[], Coroutine[Any, Any, None]], loop: str = "asyncio") -> None:
+    """On plain asyncio, or on uvloop (the live runtime's loop where installed)."""
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())
+
+
+LOOPS = ["asyncio", "uvloop"]
 
 
 async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
@@ -139,8 +172,9 @@ def ed25519_pair() -> tuple[Ed25519Authenticator, Ed25519Authenticator]:
             Ed25519Authenticator(1, keys[1][0], publics))
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("kind", ["hmac", "ed25519"])
-def test_messages_flow_both_ways_in_order(kind: str) -> None:
+def test_messages_flow_both_ways_in_order(kind: str, loop: str) -> None:
     async def scenario() -> None:
         authenticators: tuple[Any, Any] = (None, None)
         if kind == "ed25519":
@@ -161,7 +195,7 @@ def test_messages_flow_both_ways_in_order(kind: str) -> None:
             await dialer.transport.close()
             await acceptor.transport.close()
 
-    run(scenario)
+    run(scenario, loop)
 
 
 def test_a_frame_to_an_idle_peer_is_written_at_once_the_rest_of_a_turn_joined() -> None:
@@ -394,7 +428,7 @@ def test_bad_input_is_rejected_counted_and_the_node_keeps_serving(name: str) -> 
             assert await closed_by_peer(reader)
             if name == "replayed frame":  # the first copy was genuine and got through
                 assert await receive(acceptor) == (0, b"once")
-            assert acceptor.received.empty()
+            assert acceptor.received.received.empty()
             await legitimate_peer_still_gets_through(acceptor, b"still serving")
             assert acceptor.counters.get(counter) == 1
             writer.close()
@@ -433,7 +467,7 @@ def test_a_node_with_the_wrong_key_cannot_connect_and_counts_why() -> None:
             impostor.transport.send(1, b"let me in")
             # The impostor checks the acceptor's proof first, and fails it.
             await until(lambda: impostor.counters.get("rejected_bad_auth") >= 2, "retries")
-            assert acceptor.received.empty()
+            assert acceptor.received.received.empty()
             assert acceptor.counters.get("connections_established") == 0
         finally:
             await impostor.transport.close()
@@ -578,7 +612,7 @@ def test_outbound_queue_bound_drops_the_oldest_and_counts() -> None:
 
 
 def test_outbound_queue_to_a_peer_that_stopped_reading_is_bounded_in_bytes() -> None:
-    """A peer that stops reading (its host's inbox full: ``deliver`` blocks) while
+    """A peer that stops reading (its host's inbox full: its reader pauses) while
     256 KiB frames (snapshot chunks, large values) keep coming: the queue holds
     at most ``outbound_queue_bytes_max`` bytes, dropping the oldest, and the
     writer holds at most one write batch beyond it."""
@@ -587,25 +621,13 @@ def test_outbound_queue_to_a_peer_that_stopped_reading_is_bounded_in_bytes() -> 
     params = replace(PARAMS, frame_bytes_max=chunk + 1024, outbound_queue_bytes_max=bound)
 
     async def scenario() -> None:
-        stalled = asyncio.Event()
-        release = asyncio.Event()
-        received: list[bytes] = []
-
-        async def deliver(peer: int, payload: bytes) -> None:
-            received.append(payload)
-            stalled.set()
-            await release.wait()  # the reader stops reading: TCP pushes back
-
-        acceptor = Transport(1, Address(LOCAL, 0), {0: Address(LOCAL, 1)},
-                             HmacAuthenticator(1, SECRET, (0, 1)),
-                             params, deliver, Counters())
-        await acceptor.start()
-        dialer = await make_node(0, {1: acceptor.port}, params=params)
+        inbox = QueueInbox(room=1)
+        acceptor = await make_node(1, {0: 1}, params=params, inbox=inbox)
+        dialer = await make_node(0, {1: acceptor.transport.port}, params=params)
         channel = dialer.transport.channels[1]
         try:
             dialer.transport.send(1, b"first")
-            async with asyncio.timeout(TIMEOUT_S):
-                await stalled.wait()
+            await until(lambda: inbox.received.qsize() == 1, "the first frame")
             held = 0
             for index in range(400):  # 100 MiB, far beyond what the sockets buffer
                 dialer.transport.send(1, index.to_bytes(4, "big") + bytes(chunk - 4))
@@ -622,19 +644,69 @@ def test_outbound_queue_to_a_peer_that_stopped_reading_is_bounded_in_bytes() -> 
             # Beyond the queue: at most one write batch (1 MiB of payload and its
             # frames' overhead) waits in the writer's buffer.
             assert held <= WRITE_BATCH_BYTES_MAX + chunk + 1024, held
-            release.set()  # the peer reads again: the newest frames arrive, in order
-            await until(lambda: not channel.queue, "the queue to drain")
-            last = 399
-            await until(lambda: bool(received) and received[-1][:4] == last.to_bytes(4, "big"),
-                        "the last frame")
+            # The peer reads again: the newest frames arrive, in order.
+            received = [(await receive(acceptor))[1]]
+            last = (399).to_bytes(4, "big")
+            while received[-1][:4] != last:
+                received.append((await receive(acceptor))[1])
             numbers = [int.from_bytes(item[:4], "big") for item in received[1:]]
             assert numbers == sorted(numbers) and len(numbers) < 400
         finally:
-            release.set()
             await dialer.transport.close()
-            await acceptor.close()
+            await acceptor.transport.close()
 
     run(scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_flooding_peer_is_paused_not_buffered(loop: str) -> None:
+    """A peer that sends far more than the inbox takes: the reader delivers until
+    the inbox refuses, then holds that one payload and pauses reading; what it
+    buffers stays within one read and one frame, the rest waits in the sockets
+    and the sender's bounded queue. Once the inbox has room again it reads on:
+    every frame that left the sender arrives, in order."""
+    room = 8
+    frame = 1024
+    params = replace(PARAMS, outbound_queue_max=2048)
+
+    async def scenario() -> None:
+        inbox = QueueInbox(room=room)
+        acceptor = await make_node(1, {0: 1}, params=params, inbox=inbox)
+        dialer = await make_node(0, {1: acceptor.transport.port}, params=params)
+        channel = dialer.transport.channels[1]
+        try:
+            for index in range(20_000):  # 20 MiB
+                dialer.transport.send(1, index.to_bytes(4, "big") + bytes(frame - 4))
+                if index % 64 == 0:
+                    await asyncio.sleep(0)
+            await until(lambda: dialer.counters.get("bound_outbound_queue_max") > 0,
+                        "the sender's queue to reach its bound")
+            connection = acceptor.transport.channels[0].connection
+            assert connection is not None and connection.protocol is not None
+            reader = connection.protocol
+            await until(lambda: reader.held is not None, "the inbox to refuse a payload")
+            await asyncio.sleep(0.05)  # the loop runs on: nothing more is read
+            assert inbox.received.qsize() == room
+            assert reader.paused and not reader.reading
+            assert len(reader.buffer) <= (1 << 18) + frame + 64, len(reader.buffer)
+            assert not connection.writer.transport.is_closing()
+            frames_in = acceptor.transport.channels[0].frames_in
+            await asyncio.sleep(0.05)
+            assert acceptor.transport.channels[0].frames_in == frames_in  # paused
+            # Room again: it reads on, every frame in order, to the last one sent.
+            numbers: list[int] = []
+            while not numbers or numbers[-1] != 19_999:
+                numbers.append(int.from_bytes((await receive(acceptor))[1][:4], "big"))
+            assert numbers == sorted(numbers)
+            assert numbers[: room] == list(range(room))
+            dropped = channel.dropped
+            assert len(numbers) == 20_000 - dropped
+            assert not [name for name in acceptor.counters.values if name.startswith("rejected")]
+        finally:
+            await dialer.transport.close()
+            await acceptor.transport.close()
+
+    run(scenario, loop)
 
 
 def test_an_outbound_message_larger_than_a_frame_is_refused_locally() -> None:

@@ -134,7 +134,7 @@ class HostParams:
     """Bounds of the node host and its client port (``[host]``)."""
 
     fsync: bool = True
-    inbox_max: int = 16_384  # inputs waiting for a step; readers block beyond it
+    inbox_max: int = 16_384  # inputs waiting for a step; readers pause beyond it
     batch_inputs_max: int = 1_024  # inputs stepped together before one sync
     client_service: str = "stream"
     client_connections_max: int = 256

@@ -39,13 +39,24 @@ Timers: one ``loop.call_later`` per armed timer id; expiry puts
 timer was cancelled or re-armed meanwhile) is dropped and counted
 ``timers_stale`` instead of reaching the core.
 
-Bounds: ``inbox_max`` inputs from peers and clients wait at most (producers
-block beyond it: TCP backpressure), ``batch_inputs_max`` per batch.
+The inbox is a deque and one future the batch loop waits on only when the
+inbox is empty (an input put into a non-empty inbox wakes nothing); room is
+counted by hand rather than with a semaphore. Peer payloads come in
+synchronously from the transport's readers (:meth:`NodeHost.offer`), client
+requests through :meth:`NodeHost.submit` (awaits room) or
+:meth:`NodeHost.try_submit` (``False`` when full).
+
+Bounds: ``inbox_max`` inputs from peers and clients wait at most (beyond it a
+peer's reader pauses reading and a client's ``submit`` waits, counted
+``bound_inbox_max``: TCP backpressure; they are served in arrival order as
+room frees),
+``batch_inputs_max`` per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -53,6 +64,7 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -231,9 +243,14 @@ class NodeHost:
         self.service: ClientService | None = None
         self.metrics = NodeMetrics(self)
         self.metrics_server: asyncio.Server | None = None
-        self.inbox: asyncio.Queue[tuple[Any, ...]] | None = None
+        # The inbox (module docstring): inputs, the room left for peers' and
+        # clients' inputs, who waits for room (a client's future, a paused peer
+        # reader's resume) and the batch loop's waiter while it is empty.
+        self.inbox: deque[tuple[Any, ...]] = deque()
+        self.inbox_room = self.params.inbox_max
+        self.room_waiters: deque[asyncio.Future[None] | Callable[[], None]] = deque()
+        self.batch_waiter: asyncio.Future[None] | None = None
         self.sync_worker: SyncWorker | None = None
-        self.slots: asyncio.Semaphore | None = None
         self.choices: list[Choice] = []
         self.random = random.SystemRandom()
         self.timer_tokens: dict[int, int] = {}
@@ -269,8 +286,6 @@ class NodeHost:
 
     async def start(self) -> None:
         cluster = self.cluster
-        self.inbox = asyncio.Queue()
-        self.slots = asyncio.Semaphore(self.params.inbox_max)
         # A log damaged in its middle is cut back to its intact prefix (reported, and
         # recovered from the peers) if the protocol can do that and the cluster
         # tolerates a node that does not count until then; else it is refused.
@@ -315,7 +330,7 @@ class NodeHost:
             peers,
             cluster.authenticator(self.node_id),
             cluster.transport,
-            self.deliver,
+            self,
             self.counters,
             tls=tls if tls is not None and tls.peer else None,
         )
@@ -406,9 +421,9 @@ class NodeHost:
 
     def stop(self) -> None:
         """Ask the batch loop to finish its batch and stop (signal-handler safe)."""
-        if not self.stopping and self.inbox is not None:
+        if not self.stopping:
             self.stopping = True
-            self.inbox.put_nowait((STOP,))
+            self.put((STOP,))
 
     async def shutdown(self) -> None:
         for timer in self.timer_handles.values():
@@ -433,23 +448,80 @@ class NodeHost:
 
     # -- inputs ------------------------------------------------------------------------------
 
-    async def deliver(self, peer: int, payload: bytes) -> None:
-        """The transport's callback: an authenticated payload from ``peer``."""
-        assert self.slots is not None and self.inbox is not None
-        await self.slots.acquire()
-        self.inbox.put_nowait((RECEIVE, peer, payload))
+    def put(self, item: tuple[Any, ...]) -> None:
+        """Into the inbox (room already counted, or not counted: timers, stop);
+        wakes the batch loop if it waits."""
+        self.inbox.append(item)
+        waiter = self.batch_waiter
+        if waiter is not None:
+            self.batch_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def offer(self, peer: int, payload: bytes) -> bool:
+        """The transport's readers: an authenticated payload from ``peer``;
+        ``False`` (not taken) when the inbox is full: the reader then waits for
+        :meth:`when_room`."""
+        if self.inbox_room <= 0:
+            self.counters.count("bound_inbox_max")
+            return False
+        self.inbox_room -= 1
+        self.put((RECEIVE, peer, payload))
+        return True
+
+    def when_room(self, resume: Callable[[], None]) -> None:
+        """Call ``resume`` (a paused peer reader's) when the inbox has room, in
+        turn with every other input waiting for room."""
+        self.room_waiters.append(resume)
+
+    def try_submit(self, payload: Any, on_done: OnDone | None = None) -> bool:
+        """A client request if the inbox has room (``False`` otherwise: nothing
+        was taken); ``on_done`` is called as for :meth:`submit`."""
+        if self.inbox_room <= 0:
+            self.counters.count("bound_inbox_max")
+            return False
+        self.inbox_room -= 1
+        self.put((REQUEST, payload, on_done))
+        if self.hops is not None:
+            self.hops.stamp(hoptrace.SUBMIT)
+        return True
 
     async def submit(self, payload: Any, on_done: OnDone | None = None) -> None:
         """A client request (called by the client service); waits for inbox room."""
-        assert self.slots is not None and self.inbox is not None
-        await self.slots.acquire()
-        self.inbox.put_nowait((REQUEST, payload, on_done))
+        if self.try_submit(payload, on_done):
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.room_waiters.append(granted)
+        try:
+            await granted  # resolved with one unit of room set aside for this request
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.free_room(1)  # granted, then cancelled before it could use it
+            else:
+                with contextlib.suppress(ValueError):
+                    self.room_waiters.remove(granted)
+            raise
+        self.put((REQUEST, payload, on_done))
         if self.hops is not None:
             self.hops.stamp(hoptrace.SUBMIT)
 
+    def free_room(self, count: int) -> None:
+        """``count`` inputs left the inbox: serve who waits for room, in turn (a
+        client's request is granted one unit; a peer reader delivers what it
+        can and waits again if the room runs out)."""
+        self.inbox_room += count
+        waiters = self.room_waiters
+        while waiters and self.inbox_room > 0:
+            waiter = waiters.popleft()
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():  # (a cancelled submit)
+                    self.inbox_room -= 1
+                    waiter.set_result(None)
+            else:
+                waiter()
+
     def timer_fired(self, timer_id: int, token: int) -> None:
-        assert self.inbox is not None
-        self.inbox.put_nowait((TIMER, timer_id, token))
+        self.put((TIMER, timer_id, token))
 
     def choose(self, label: str, count: int) -> int:
         """Resolve a choice point, recorded for replay. ``random`` choice points
@@ -469,14 +541,17 @@ class NodeHost:
     # -- the batch loop ----------------------------------------------------------------------
 
     async def batch_loop(self) -> None:
-        inbox, slots = self.inbox, self.slots
-        assert inbox is not None and slots is not None
+        inbox = self.inbox
+        loop = asyncio.get_running_loop()
         batch_max = self.params.batch_inputs_max
         hops = self.hops
         while True:
-            items = [await inbox.get()]
-            while len(items) < batch_max and not inbox.empty():
-                items.append(inbox.get_nowait())
+            if not inbox:
+                waiter = loop.create_future()
+                self.batch_waiter = waiter
+                await waiter
+            take = min(len(inbox), batch_max)
+            items = [inbox.popleft() for _ in range(take)]
             if hops is not None:
                 kinds = [item[0] for item in items]
                 hops.stamp(hoptrace.BATCH, kinds.count(RECEIVE) + 1000 * kinds.count(REQUEST)
@@ -484,13 +559,14 @@ class NodeHost:
             batch: list[tuple[OnDone | None, Input]] = []
             requests: list[tuple[OnDone | None, Input]] = []  # stepped after the rest
             stop = False
+            freed = 0
             for item in items:
                 kind = item[0]
                 if kind == RECEIVE:
-                    slots.release()
+                    freed += 1
                     batch.append((None, Receive(item[1], item[2])))
                 elif kind == REQUEST:
-                    slots.release()
+                    freed += 1
                     requests.append((item[2], Request(item[1])))
                 elif kind == TIMER:
                     if self.timer_tokens.get(item[1]) != item[2]:
@@ -501,6 +577,8 @@ class NodeHost:
                     batch.append((None, TimerFired(item[1])))
                 else:
                     stop = True
+            if freed:
+                self.free_room(freed)
             batch += requests
             if batch:
                 await self.process(batch)
@@ -708,13 +786,11 @@ class NodeHost:
         which let the loop run: a core that arms delay-0 timers without writing
         cannot keep the batch loop from yielding."""
         loop = asyncio.get_running_loop()
-        inbox = self.inbox
-        assert inbox is not None
         for timer_id, delay_us in self.timers_to_arm.items():
             self.token += 1
             self.timer_tokens[timer_id] = self.token
             if delay_us <= 0 and synced:
-                inbox.put_nowait((TIMER, timer_id, self.token))
+                self.put((TIMER, timer_id, self.token))
                 self.timer_handles[timer_id] = DUE_NOW
             else:
                 self.timer_handles[timer_id] = loop.call_later(
@@ -768,7 +844,7 @@ class NodeHost:
     # -- introspection -----------------------------------------------------------------------
 
     def inbox_depth(self) -> int:
-        return self.inbox.qsize() if self.inbox is not None else 0
+        return len(self.inbox)
 
 
 def run_node(

@@ -2,7 +2,9 @@
 
 Who uses it: the node host (``replicaio.runtime.host``) hands it encoded
 messages with :meth:`Transport.send` and receives authenticated payloads
-through the ``deliver`` coroutine it gave the constructor. The transport
+through the ``inbox`` it gave the constructor (``PeerInbox.offer``, called
+synchronously as frames are cut out of what the socket yields: no task wakes
+per frame; ``replicaio.runtime.peer_reader``). The transport
 never decodes payloads (the core does, strictly) and never blocks the host:
 ``send`` queues, or writes a frame at once when the peer's writer is idle
 (nothing queued, nothing unsent in the socket's buffer; at most one such
@@ -72,8 +74,9 @@ the connection to drain before it takes more, so a peer that stops reading
 holds at most the queue's bound, one write and the socket's buffers (a frame
 ``send`` writes at once goes only into an empty buffer, so at most one such
 frame is added). Inbound
-flow control is TCP's: the host's ``deliver`` blocks while its inbox is full,
-so the reader stops reading.
+flow control is TCP's: when the host's inbox refuses a payload, the
+connection's reader holds it and pauses reading until the inbox has room
+(``PeerReader``), so the peer's frames wait in the sockets and its own queue.
 
 Handshake slots. Anyone who reaches the peer port can open connections, so
 unauthenticated ones are limited in number and time, and a legitimate peer can
@@ -103,8 +106,8 @@ import socket
 import ssl
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -115,6 +118,12 @@ from replicaio.runtime.counters import Counters
 from replicaio.runtime.crypto import Authenticator
 from replicaio.runtime.framing import FrameError, frame_header, read_frame
 from replicaio.runtime.logs import RateLimitedLog, log
+from replicaio.runtime.peer_reader import (
+    SEQUENCE,
+    SESSION_TAG_BYTES,
+    PeerInbox,
+    PeerReader,
+)
 from replicaio.runtime.tls import (
     TlsAcceptor,
     TlsConfig,
@@ -133,14 +142,10 @@ NONCE_BYTES = 32
 SHARE_BYTES = 32  # an X25519 public key
 TRANSCRIPT_LABEL = b"replicaio handshake v2"
 SESSION_LABEL = b"replicaio session v2"
-SESSION_TAG_BYTES = 32  # HMAC-SHA256
-SEQUENCE = struct.Struct(">Q")
 FROM_DIALER = b"\x00"
 FROM_ACCEPTOR = b"\x01"
 WRITE_BATCH_MAX = 256  # frames sealed and written per drain
 WRITE_BATCH_BYTES_MAX = 1 << 20  # payload bytes per drain (a larger frame goes alone)
-
-Deliver = Callable[[int, bytes], Awaitable[None]]
 
 logger = logging.getLogger("replicaio.transport")
 
@@ -160,8 +165,8 @@ class Connection:
         "incoming_key",
         "outgoing_key",
         "peer",
+        "protocol",
         "reader",
-        "receive_seq",
         "send_seq",
         "task",
         "writer",
@@ -182,8 +187,10 @@ class Connection:
         self.outgoing_key = from_dialer if dialer else from_acceptor
         self.incoming_key = from_acceptor if dialer else from_dialer
         self.send_seq = 0
-        self.receive_seq = 0
         self.task: asyncio.Task[Any] | None = None
+        # The read side once the handshake is done (it then owns the transport's
+        # callbacks, the write side's flow control included).
+        self.protocol: PeerReader | None = None
 
 
 class PendingHandshake:
@@ -329,7 +336,7 @@ class Transport:
         peers: Mapping[int, Address],
         authenticator: Authenticator,
         params: TransportParams,
-        deliver: Deliver,
+        inbox: PeerInbox,
         counters: Counters,
         tls: TlsConfig | None = None,
     ) -> None:
@@ -338,7 +345,7 @@ class Transport:
         self.listen = listen
         self.authenticator = authenticator
         self.params = params
-        self.deliver = deliver
+        self.inbox = inbox
         self.counters = counters
         self.channels = {peer: PeerChannel(peer, address) for peer, address in peers.items()}
         self.server: asyncio.Server | TlsServer | None = None
@@ -458,6 +465,8 @@ class Transport:
 
     async def write_loop(self, channel: PeerChannel, connection: Connection) -> None:
         writer = connection.writer
+        protocol = connection.protocol
+        assert protocol is not None
         try:
             while channel.connection is connection:
                 if not channel.queue:
@@ -483,7 +492,7 @@ class Transport:
                 writer.write(data)
                 channel.frames_out += len(frames)
                 channel.bytes_out += len(data)
-                await writer.drain()
+                await protocol.drain()
         except (ConnectionError, OSError):
             writer.close()  # the reader sees the end and cleans up
         except RuntimeError:  # uvloop's write to a closed transport (see dial_once)
@@ -493,21 +502,11 @@ class Transport:
 
     # -- receiving -------------------------------------------------------------------------
 
-    def open_frame(self, connection: Connection, body: bytes) -> bytes:
-        """The payload of a data frame, or :class:`FrameError` if it must be rejected."""
-        if len(body) < SEQUENCE.size + SESSION_TAG_BYTES:
-            raise FrameError("short_frame", f"{len(body)} bytes")
-        signed, tag = body[:-SESSION_TAG_BYTES], body[-SESSION_TAG_BYTES:]
-        expected = hmac.digest(connection.incoming_key, signed, hashlib.sha256)
-        if not hmac.compare_digest(expected, tag):
-            raise FrameError("bad_mac", "frame tag does not verify")
-        (seq,) = SEQUENCE.unpack_from(signed)
-        if seq != connection.receive_seq + 1:
-            raise FrameError(
-                "replayed_frame", f"sequence {seq}, expected {connection.receive_seq + 1}"
-            )
-        connection.receive_seq = seq
-        return signed[SEQUENCE.size :]
+    def rejected(self, peer: int, error: FrameError) -> None:
+        """A connection's reader refused a frame (the connection ends)."""
+        self.counters.count(f"rejected_{error.reason}")
+        self.warn(logging.WARNING, f"{peer}:{error.reason}", "peer frame rejected",
+                  peer=peer, reason=error.reason, detail=str(error))
 
     async def serve_connection(self, channel: PeerChannel, connection: Connection) -> None:
         """Read frames until the connection ends; the caller installed nothing yet."""
@@ -522,30 +521,21 @@ class Transport:
         connection.task = asyncio.current_task()
         self.counters.count("connections_established")
         log(logger, logging.INFO, "peer connected", peer=channel.peer)
+        peer = channel.peer
+        reader = PeerReader(peer, connection.incoming_key, self.inbox, channel,
+                            self.params.frame_bytes_max,
+                            lambda error: self.rejected(peer, error), self.hops)
+        connection.protocol = reader
+        # Read and write transport alike (asyncio's, TLS's or uvloop's).
+        reader.take_over(cast(asyncio.Transport, connection.writer.transport), connection.reader)
         channel.wakeup.set()
         writer_task = self.spawn(self.write_loop(channel, connection))
-        reason = "closed"
+        reason = "cancelled"
         try:
-            while True:
-                body = await read_frame(connection.reader, self.params.frame_bytes_max)
-                if body is None:
-                    break
-                payload = self.open_frame(connection, body)
-                if self.hops is not None:
-                    self.hops.stamp(hoptrace.FRAME_IN,
-                                    channel.peer * hoptrace.PEER_UNIT + len(body))
-                channel.frames_in += 1
-                channel.bytes_in += len(body)
-                await self.deliver(channel.peer, payload)
-        except FrameError as error:
-            reason = error.reason
-            self.counters.count(f"rejected_{error.reason}")
-            self.warn(logging.WARNING, f"{channel.peer}:{error.reason}", "peer frame rejected",
-                      peer=channel.peer, reason=error.reason, detail=str(error))
-        except (ConnectionError, OSError) as error:
-            reason = type(error).__name__
+            reason = await reader.done
         finally:
             writer_task.cancel()
+            reader.finish(reason)  # nothing more is delivered from it
             connection.writer.close()
             if channel.connection is connection:
                 channel.connection = None
