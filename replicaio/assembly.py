@@ -115,6 +115,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
     "notice": "RaftParams.commit_notice: 1 tells a follower a new commit index by an "
     "unanswered CommitNotice (0: an empty AppendEntries it acknowledges)",
+    "notice_us": "RaftParams.commit_notice_delay_us: how long a commit index waits for the "
+    "next entries to a follower to carry it before a CommitNotice goes alone (0: at once)",
     "macs": "PBFT: 1 authenticates client requests with a vector of per-replica MACs "
     "(the paper's option) instead of signatures (simulation: the harness's clients sign so)",
     "replica_macs": "PBFT: 1 (the default) lets a COMMIT from its author count on the "
@@ -352,6 +354,9 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             read_lease=bool(parameters.get("lease", 0)),
             clock_drift_ppm_max=parameters.get("drift", defaults_raft.clock_drift_ppm_max),
             commit_notice=bool(parameters.get("notice", int(defaults_raft.commit_notice))),
+            commit_notice_delay_us=parameters.get(
+                "notice_us", defaults_raft.commit_notice_delay_us
+            ),
             join=bool(parameters.get("join", 0)),
         ).validate()
         smr_params = SmrParams(

@@ -9,7 +9,15 @@ import dataclasses
 import pytest
 from test_raft_cluster import FAST_PARAMS, Cluster
 
-from replicaio.protocols.raft import AppendEntries, AppendEntriesResponse, CommitNotice, Entry, Raft
+from replicaio.core.errors import ConfigError
+from replicaio.protocols.raft import (
+    AppendEntries,
+    AppendEntriesResponse,
+    CommitNotice,
+    Entry,
+    Raft,
+    RaftParams,
+)
 from replicaio.testing.variants.raft import RAFT_VARIANTS
 
 NOTICE = dataclasses.replace(FAST_PARAMS, commit_notice=True)
@@ -83,3 +91,57 @@ def test_a_notice_commits_only_where_the_followers_log_matches_the_leaders(
     else:
         assert cluster.view(2).commit_index == last + 2
         assert "state_machine_safety" in properties, cluster.checker.violations
+
+
+HELD_US = 5_000  # five network latencies
+
+
+def test_a_held_notice_goes_alone_only_when_no_entries_carried_the_commit() -> None:
+    """``commit_notice_delay_us``: the commit of ``a`` waits for entries; ``b``
+    follows within the delay and its AppendEntries tell the followers that
+    ``a`` is committed (they apply it without a notice); nothing follows ``b``,
+    so its commit goes by one notice per follower once the delay that began
+    at ``a``'s commit is over."""
+    params = dataclasses.replace(SLOW_HEARTBEAT, commit_notice_delay_us=HELD_US)
+    cluster = Cluster(3, params)
+    cluster.start()
+    cluster.elect(0)
+    assert cluster.run(until=cluster.caught_up)
+    cluster.sent.clear()
+    cluster.submit(0, b"a")
+    assert cluster.run(until=lambda: cluster.all_applied(b"a", [0]))
+    committed_a = cluster.now
+    cluster.submit(0, b"b")
+    assert cluster.run(until=lambda: cluster.all_applied(b"a"))
+    assert cluster.messages(CommitNotice) == []
+    assert cluster.now - committed_a < HELD_US
+    assert cluster.run(until=lambda: cluster.all_applied(b"b", [0]))
+    assert cluster.run(until=lambda: cluster.all_applied(b"b"))
+    # (the delay counts from the first commit left untold: a's, told by b's entries)
+    assert HELD_US <= cluster.now - committed_a <= HELD_US + 2 * cluster.latency_us
+    assert [d for _, d, _ in cluster.messages(CommitNotice, 0)] == [1, 2]
+    assert len(cluster.messages(AppendEntries, 0)) == 4  # a and b, to each follower
+    cluster.assert_safe()
+
+
+def test_a_notice_at_once_costs_one_frame_per_follower_per_commit() -> None:
+    """The same history with no delay: four notices, the followers apply ``a``
+    before ``b`` is sent."""
+    cluster = Cluster(3, SLOW_HEARTBEAT)
+    cluster.start()
+    cluster.elect(0)
+    assert cluster.run(until=cluster.caught_up)
+    cluster.sent.clear()
+    cluster.submit(0, b"a")
+    assert cluster.run(until=lambda: cluster.all_applied(b"a", [0]))
+    cluster.submit(0, b"b")
+    assert cluster.run(until=lambda: cluster.all_applied(b"b"))
+    assert sorted(d for _, d, _ in cluster.messages(CommitNotice, 0)) == [1, 1, 2, 2]
+    cluster.assert_safe()
+
+
+@pytest.mark.parametrize("delay_us", [-1, 40_000])
+def test_a_notice_delay_outside_zero_to_a_heartbeat_is_refused(delay_us: int) -> None:
+    with pytest.raises(ConfigError, match="commit_notice_delay_us"):
+        dataclasses.replace(SLOW_HEARTBEAT, commit_notice_delay_us=delay_us).validate()
+    assert RaftParams().commit_notice_delay_us == 0

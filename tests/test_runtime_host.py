@@ -424,3 +424,39 @@ def test_a_cluster_runs_with_an_inbox_of_two(tmp_path: Path) -> None:
     asyncio.run(run_hosts(list(hosts), body))
     assert all(host.inbox_room == 2 for host in hosts)
     assert sum(host.counters.get("bound_inbox_max") for host in hosts) > 0
+
+
+@pytest.mark.parametrize("marks", [True, False], ids=["marked", "unmarked"])
+def test_every_sync_is_marked_on_disk_unless_the_host_turns_marks_off(
+    tmp_path: Path, marks: bool,
+) -> None:
+    """``[host] mark_syncs``: with it (the default) the superblock on disk names
+    the batch of every sync before anything of that batch is released; without
+    it the mark stays behind (written only at rotations, compactions, close)."""
+    from replicaio.storage.superblock import read_superblock
+
+    cluster = cluster_file(tmp_path, 1, host={"batch_inputs_max": 1, "mark_syncs": marks})
+    marked: list[bool] = []
+
+    class MarkWatchingHost(RecordingHost):
+        def synced(self) -> None:
+            super().synced()
+            storage = self.storage
+            assert storage is not None
+            state = read_superblock(storage.directory).state
+            assert state is not None
+            marked.append(state.synced_batch == storage.batch_last)
+
+    host = MarkWatchingHost(cluster, 0)
+
+    async def body() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.nodes[0].client.port)
+        for index in range(10):
+            body = host.codec.encode_value(b"v%d" % index)
+            writer.write(frame_header(len(body)) + body)
+        await read_until(reader, host.codec, lambda m: type(m) is Delivered and m.seq == 9)
+        writer.close()
+
+    asyncio.run(run_hosts([host], body))
+    assert len(marked) >= 10
+    assert all(marked) if marks else not any(marked[1:])

@@ -147,6 +147,10 @@ class HostParams:
     replies_first: bool = True
     # Zeros kept written ahead of the log's write position (docs/storage.md, "Writing").
     preallocate_bytes: int = 1 << 20
+    # Every sync marked in the superblock (a second fdatasync) before what depends
+    # on it leaves, so that a lost acknowledged batch is told from a torn write
+    # (docs/storage.md, "Marks"; ADR 0032). false: etcd's guarantee, one flush.
+    mark_syncs: bool = True
 
     def validate(self) -> HostParams:
         if self.preallocate_bytes < 0:

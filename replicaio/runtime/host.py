@@ -293,6 +293,7 @@ class NodeHost:
         self.storage = FileStorage(
             self.entry.data_dir, fsync=self.params.fsync, repair=repair,
             preallocate_bytes=self.params.preallocate_bytes,
+            mark_syncs=self.params.mark_syncs,
         )
         if self.params.fsync:
             self.sync_worker = SyncWorker(asyncio.get_running_loop())

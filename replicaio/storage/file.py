@@ -517,6 +517,11 @@ class FileStorage:
         return len(self._segments)
 
     @property
+    def batch_last(self) -> int:
+        """The number of the last batch written to the log and committed."""
+        return self._batch_last
+
+    @property
     def epoch(self) -> int:
         """The highest number ever passed to ``set_epoch``; survives any damage to the log."""
         return self._superblock.state.epoch if self._superblock is not None else 0

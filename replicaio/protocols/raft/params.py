@@ -64,6 +64,14 @@ class RaftParams:
     # AppendEntries the follower acknowledges (two messages and two more
     # steps on the leader per follower per commit).
     commit_notice: bool = True
+    # How long the leader holds that news back for an AppendEntries with new
+    # entries to carry it (0: it is sent at once). A follower that receives
+    # entries within the delay learns the commit index from them and gets no
+    # frame of its own; one that receives nothing hears of it when the delay
+    # ends, far below a heartbeat. Under a steady load nearly every commit
+    # rides on the next batch's entries, which halves the frames a follower
+    # reads; a write through an idle follower waits up to the delay more.
+    commit_notice_delay_us: int = 0
 
     @property
     def election_timeout_range_us(self) -> int:
@@ -106,6 +114,11 @@ class RaftParams:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RaftParams.{name} must be >= 1")
+        if not 0 <= self.commit_notice_delay_us < self.heartbeat_us:
+            raise ConfigError(
+                "RaftParams.commit_notice_delay_us must be >= 0 and below a heartbeat "
+                f"({self.heartbeat_us} us), got {self.commit_notice_delay_us}"
+            )
         for name in (
             "promote_lag_entries_max",
             "snapshot_trailing_entries_max",
