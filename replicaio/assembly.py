@@ -123,8 +123,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "authenticated channel "
     "(MAC authenticators between replicas, ADR 0025): its signature is checked only before it is "
     "shown to a third replica; what enters certificates stays checked; 0 checks every COMMIT",
-    "view_timeout": "PBFT: PbftParams.view_change_timeout_us in ms, the backups' request timer "
-    "(default 400; doubled for every view in a row that times out, section 4.5.2)",
+    "view_timeout": "PBFT, MinBFT: view_change_timeout_us in ms, the backups' request timer "
+    "(default 400; PBFT's doubled for every view in a row that times out, section 4.5.2)",
     "reads": "PBFT: 1 makes the simulator's clients read with the read-only optimisation "
     "(2f+1 matching unordered answers, else the read again, ordered; writes then need 2f+1 "
     "matching replies too)",
@@ -685,6 +685,8 @@ def build_minbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protoc
             batch_bytes_max=PBFT_BATCH_BYTES_MAX,
             snapshot_bytes_max=snapshot_bytes_needed(
                 name, kv, constants, minbft_messages.SNAPSHOT_BYTES_MAX),
+            view_change_timeout_us=1000 * parameters.get(
+                "view_timeout", MinbftParams().view_change_timeout_us // 1000),
         ).validate()
         return SmrFactory(
             name,

@@ -37,6 +37,8 @@ TARGETED: dict[str, str] = {
        "test_the_swarm_finds_each_old_rule_and_the_protocol_passes" for name in (
            "minbft-joins-without-view-change", "minbft-primary-gives-up-alone",
            "minbft-untaken-decisions")},
+    "minbft-request-timer-oldest": "test_minbft_request_timer.py::"
+    "test_a_queue_longer_than_the_request_timer_does_not_replace_a_correct_primary",
     "minbft-renumbers-after-restart": "test_minbft_one_front_stalls.py::"
     "test_a_restarted_primary_numbers_above_the_new_view",
 }

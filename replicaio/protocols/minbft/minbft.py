@@ -440,8 +440,7 @@ class Minbft:
         batch = slot.batch
         assert batch is not None, "a committed slot has its batch"
         self.context.output(Executed(self.id, slot.view, slot.seq, slot.digest))
-        self.relayed.pop(slot.digest, None)
-        self.normal.forwarded.pop(slot.digest, None)
+        self.normal.on_executed(slot.digest)
         if batch.startswith(BARRIER_MAGIC):
             self.barriers.executed(batch, slot.seq)
             batch = b""

@@ -53,6 +53,9 @@ BARRIER_MAGIC = b"\x00minbft-read-barrier\x00"
 # (in status periods) while the view lasts.
 FORWARD_EVERY_TICKS = 4
 FORWARD_BATCHES_MAX = 4  # the oldest waiting batches a suspecting backup forwards
+# Timeouts a backup's oldest wait of a kind may outlast while the group executes
+# other work before the primary is suspected for it (``watch_primary``), as PBFT's.
+PATIENCE_TIMEOUTS = 4
 
 Vote = tuple[int, bytes, int]  # (view, digest, key: the PREPARE's counter, -NEW-VIEW's)
 
@@ -93,6 +96,11 @@ class NormalCase:
         # at most ``forwarded_max`` per source (its oldest dropped beyond).
         self.forwarded: dict[bytes, tuple[int, bytes]] = {}
         self.suspected = False  # this backup asked to end the view for its batches
+        # The oldest wait of each kind (own relayed, forwarded) that a younger one
+        # of its kind overtook (executed first: a primary ordering what it is given
+        # in turn does not): ``watch_primary``.
+        self.overtaken_relayed: bytes | None = None
+        self.overtaken_forwarded: bytes | None = None
         self.status_ticks = 0
         # Primary: a backup that cannot follow this view asked for the next one.
         self.step_down_asked = False
@@ -366,33 +374,70 @@ class NormalCase:
             seq > minbft.executed and slot.batch is not None for seq, slot in minbft.slots.items()
         )
 
+    def on_executed(self, digest: bytes) -> None:
+        """Batch ``digest`` executed: stop waiting for it, noting an older wait of
+        its kind that it overtook (``watch_primary``)."""
+        relayed = self.minbft.relayed
+        if digest in relayed:
+            oldest = next(iter(relayed))
+            del relayed[digest]
+            if oldest != digest:
+                self.overtaken_relayed = oldest
+        forwarded = self.forwarded
+        if digest in forwarded:
+            oldest = next(iter(forwarded))
+            del forwarded[digest]
+            if oldest != digest:
+                self.overtaken_forwarded = oldest
+
+    def oldest_waits(self) -> tuple[bytes | None, bytes | None]:
+        """The oldest own relayed batch and the oldest forwarded one waiting."""
+        return (next(iter(self.minbft.relayed), None), next(iter(self.forwarded), None))
+
     async def watch_primary(self) -> None:
         """Ask for the next view when what this backup waits for does not
         execute, or when it cannot take part in this view: it resumed a peer's
         stream (``streams.py``), so that peer's PREPAREs or COMMITs count for it
         again only in a view entered later. Until then it follows by state
         transfer alone and does not count towards any quorum, so with one more
-        replica down a view would stall with f+1 replicas up."""
+        replica down a view would stall with f+1 replicas up.
+
+        The timer times the oldest wait of each kind (its own relayed batches,
+        the batches other backups forwarded) and, as PBFT's (section 4.4 of
+        Castro and Liskov, whose view change MinBFT's follows; libbyz), is
+        restarted when the backup executes something: a timed wait that
+        outlasts the timeout counts against the primary only if **nothing
+        executed** meanwhile, or a **younger wait of its kind executed first**
+        (the primary orders what it is given in turn: it skipped this one), or
+        it has outlasted ``PATIENCE_TIMEOUTS`` timeouts (a primary that orders
+        others' work but never this backup's). A primary working through a
+        queue longer than a timeout is not replaced; before (until 2026-12-06)
+        any batch that waited a whole timeout was held against it, and a
+        starved machine changed views over a queue (docs/minbft.md)."""
         minbft = self.minbft
         view_changes = minbft.view_changes
         asked = False
+        outlasted = [0, 0]  # timeouts the tracked wait of each kind outlasted
+        tracked: tuple[bytes | None, bytes | None] = (None, None)
         while True:
-            waited = set(minbft.relayed)
-            forwarded = set(self.forwarded)
+            before = tracked
+            tracked = self.oldest_waits()
+            for kind in range(2):
+                if tracked[kind] is None or tracked[kind] != before[kind]:
+                    outlasted[kind] = 0
             executed = minbft.executed
             waiting = self.waiting_for_execution()
             await minbft.context.sleep(minbft.params.view_change_timeout_us)
-            still = any(digest in minbft.relayed for digest in waited)
-            still_forwarded = any(digest in self.forwarded for digest in forwarded)
+            cause = self.suspicion(tracked, executed, outlasted)
             unfollowable = self.unfollowable() and not minbft.withholding
-            if still and not self.suspected:
+            if cause == "relayed" and not self.suspected:
                 # (also after asking for another reason: its request may be
                 # the only one, and the other backups may wait for nothing)
                 self.suspected = True
                 self.forward_waiting()
-            if not asked and (still or still_forwarded
-                              or (waiting and minbft.executed == executed)):
+            if not asked and (cause is not None or (waiting and minbft.executed == executed)):
                 minbft.count("minbft_primary_suspected")
+                minbft.count(f"minbft_primary_suspected_{cause or 'stalled'}")
                 view_changes.request(minbft.view + 1, unfollowable=unfollowable)
                 asked = True
             elif unfollowable and view_changes.unfollowable_view != minbft.view + 1:
@@ -400,6 +445,36 @@ class NormalCase:
                 minbft.count("minbft_view_unfollowable")
                 view_changes.request(minbft.view + 1, unfollowable=True)
                 asked = True
+
+    def suspicion(self, tracked: tuple[bytes | None, bytes | None], executed: int,
+                  outlasted: list[int]) -> str | None:
+        """Why the primary is suspected after a timeout that started with
+        ``executed`` batches executed and timed the waits ``tracked`` (``None``:
+        it is not); ``outlasted`` (the timeouts each kind's wait had outlasted
+        before) is bumped for those that still wait."""
+        minbft = self.minbft
+        digest, forwarded = tracked
+        waits = (digest is not None and digest in minbft.relayed,
+                 forwarded is not None and forwarded in self.forwarded)
+        overtaken = (digest is not None and self.overtaken_relayed == digest,
+                     forwarded is not None and self.overtaken_forwarded == forwarded)
+        cause: str | None = None
+        for kind, name in enumerate(("relayed", "forwarded")):
+            if not waits[kind]:
+                continue
+            outlasted[kind] += 1
+            if cause is not None:
+                continue
+            if minbft.executed == executed:
+                minbft.count("minbft_suspected_nothing_executed")
+            elif overtaken[kind]:
+                minbft.count("minbft_suspected_overtaken")
+            elif outlasted[kind] >= PATIENCE_TIMEOUTS:
+                minbft.count("minbft_suspected_patience")
+            else:
+                continue
+            cause = name
+        return cause
 
     def waiting_for_certificate(self) -> bool:
         """Whether batches wait for the view's NEW-VIEW certificate to be numbered."""

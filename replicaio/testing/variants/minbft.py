@@ -41,6 +41,41 @@ class SuspectsAlone(NormalCase):
         return
 
 
+class SuspectsOverAQueue(NormalCase):
+    """A backup's request timer as it was before 2026-12-06: any own relayed
+    (or forwarded) batch that waited a whole timeout counts against the
+    primary, whatever executed meanwhile, so a correct primary working
+    through a queue longer than the timeout is replaced (the live MinBFT
+    transactions at load 14-16; docs/minbft.md, *The backup's request
+    timer*)."""
+
+    async def watch_primary(self) -> None:
+        minbft = self.minbft
+        view_changes = minbft.view_changes
+        asked = False
+        while True:
+            waited = set(minbft.relayed)
+            forwarded = set(self.forwarded)
+            executed = minbft.executed
+            waiting = self.waiting_for_execution()
+            await minbft.context.sleep(minbft.params.view_change_timeout_us)
+            still = any(digest in minbft.relayed for digest in waited)
+            still_forwarded = any(digest in self.forwarded for digest in forwarded)
+            unfollowable = self.unfollowable() and not minbft.withholding
+            if still and not self.suspected:
+                self.suspected = True
+                self.forward_waiting()
+            if not asked and (still or still_forwarded
+                              or (waiting and minbft.executed == executed)):
+                minbft.count("minbft_primary_suspected")
+                view_changes.request(minbft.view + 1, unfollowable=unfollowable)
+                asked = True
+            elif unfollowable and view_changes.unfollowable_view != minbft.view + 1:
+                minbft.count("minbft_view_unfollowable")
+                view_changes.request(minbft.view + 1, unfollowable=True)
+                asked = True
+
+
 class CounterWrittenAfterRelease(Usig):
     """The USIG writes a counter value only when it gives out the next one: a
     crash loses the last value it released, which it then gives to another
@@ -195,6 +230,10 @@ class MinbftSuspectsAlone(Minbft):
     normal_type = SuspectsAlone
 
 
+class MinbftSuspectsOverAQueue(Minbft):
+    normal_type = SuspectsOverAQueue
+
+
 class MinbftUsigLateWrite(Minbft):
     usig_type = CounterWrittenAfterRelease
 
@@ -267,6 +306,12 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
                       "a primary restarted before its first PREPARE of a view numbers "
                       "from its stable checkpoint (run minbft-renumbers-after-restart:"
                       "fronts=1 --faults ...,degraded)"),
+        MinbftVariant("minbft-request-timer-oldest", MinbftSuspectsOverAQueue,
+                      "a backup holds any batch that waited a whole request timeout "
+                      "against the primary, whatever executed meanwhile: a queue longer "
+                      "than the timer replaces correct primaries (run "
+                      "minbft-request-timer-oldest:view_timeout=20 with 40 clients without "
+                      "think time)"),
         MinbftVariant("minbft-log-from-anchor", MinbftLogFromAnchor,
                       "a VIEW-CHANGE's log may start after a certified NEW-VIEW-COMMIT "
                       "its author made before its anchor"),
