@@ -401,6 +401,13 @@ class Minbft:
         return self.context.sign(data)
 
     def reject(self, reason: str) -> None:
+        """A peer's message dropped: counted (``minbft_rejected_<reason>``; a
+        ``stale_`` one, a late message for a number at or below the stable
+        checkpoint, harmless and common under load, as ``minbft_<reason>``),
+        never asserted on."""
+        if reason.startswith("stale_"):
+            self.context.count(f"minbft_{reason}")
+            return
         self.context.count(f"minbft_rejected_{reason}")
 
     def count(self, counter: str, by: int = 1) -> None:

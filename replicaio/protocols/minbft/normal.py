@@ -265,6 +265,9 @@ class NormalCase:
         if prepare.view != minbft.view or not minbft.active:
             minbft.reject("prepare_other_view")
             return
+        if prepare.seq <= minbft.stable_seq:
+            minbft.reject("stale_prepare")  # (late: this replica's checkpoint passed it)
+            return
         if not minbft.in_window(prepare.seq):
             minbft.reject("prepare_out_of_window")
             return
@@ -334,6 +337,9 @@ class NormalCase:
         minbft = self.minbft
         if commit.view != minbft.view or not minbft.active:
             minbft.reject("commit_other_view")
+            return
+        if commit.seq <= minbft.stable_seq:
+            minbft.reject("stale_commit")  # (late: this replica's checkpoint passed it)
             return
         if not minbft.in_window(commit.seq):
             minbft.reject("commit_out_of_window")

@@ -375,6 +375,8 @@ class NormalCase:
             return "pre_prepare_other_view"
         if pbft.is_primary:
             return "pre_prepare_to_primary"
+        if pre_prepare.seq <= pbft.stable_seq:
+            return "stale_pre_prepare"
         if not pbft.in_window(pre_prepare.seq):
             return "pre_prepare_out_of_window"
         if len(pre_prepare.batch) > pbft.params.batch_bytes_max:
@@ -466,6 +468,8 @@ class NormalCase:
             return "vote_not_active"
         if vote.view != pbft.view:
             return "vote_other_view"
+        if vote.seq <= pbft.stable_seq:
+            return "stale_prepare" if isinstance(vote, Prepare) else "stale_commit"
         if not pbft.in_window(vote.seq):
             return "vote_out_of_window"
         if not on_channel and not pbft.verify(vote.replica, vote):

@@ -280,7 +280,13 @@ class Pbft:
         return handlers.validate_batch(batch, proposer)
 
     def reject(self, reason: str) -> None:
-        """A peer's message dropped: counted, never asserted on."""
+        """A peer's message dropped: counted (``pbft_rejected_<reason>``; a
+        ``stale_`` one, a late message for a number at or below the stable
+        checkpoint, harmless and common under load, as ``pbft_<reason>``),
+        never asserted on."""
+        if reason.startswith("stale_"):
+            self.context.count(f"pbft_{reason}")
+            return
         self.context.count(f"pbft_rejected_{reason}")
 
     def count(self, counter: str, by: int = 1) -> None:
