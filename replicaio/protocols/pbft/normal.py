@@ -96,8 +96,10 @@ class NormalCase:
         # backup: client -> the request seq it waits to see executed (SMR relayed it)
         self.awaited: dict[int, int] = {}
         # backup: its own batches SMR relayed the requests of (``relayed_max``),
-        # forwarded to the other backups when it suspects the primary.
-        self.awaited_batches: dict[bytes, bytes] = {}
+        # forwarded to the other backups when it suspects the primary: digest ->
+        # (batch, its requests); dropped, oldest first, once none of their
+        # requests is awaited any more (``keep_batch``).
+        self.awaited_batches: dict[bytes, tuple[bytes, tuple[tuple[int, int], ...]]] = {}
         # Batches other backups forwarded on suspicion: digest -> (source, the
         # requests still awaited: client -> seq), ``forwarded_max`` per source.
         self.forwarded: dict[bytes, tuple[int, dict[int, int]]] = {}
@@ -183,8 +185,9 @@ class NormalCase:
         handlers = pbft.handlers
         assert handlers is not None
         awaited = self.awaited
-        self.keep_batch(batch)
-        for client, seq in handlers.requests_of(batch):
+        requests = handlers.requests_of(batch)
+        self.keep_batch(batch, requests)
+        for client, seq in requests:
             if awaited.get(client, 0) >= seq:
                 continue
             awaited.pop(client, None)  # the newest request of a client, last
@@ -241,16 +244,35 @@ class NormalCase:
             if emptied and oldest_digest in forwarded:
                 self.overtaken_forwarded = oldest_digest
 
-    def keep_batch(self, batch: bytes) -> None:
-        """Keep an own batch SMR relays the requests of (``relayed_max``, the
-        oldest dropped beyond), to forward it on suspicion."""
+    def keep_batch(self, batch: bytes, requests: tuple[tuple[int, int], ...] | None = None,
+                   ) -> None:
+        """Keep an own batch SMR relays the requests of (``requests``, ``None``:
+        read from it), to forward it on suspicion: at most ``relayed_max``; the
+        oldest ones none of whose requests is awaited any more are dropped
+        first, and only dropping one whose requests still wait counts
+        ``bound_pbft_awaited_batches_max`` (before 2026-12-06 nothing was
+        dropped on execution, the bound was hit by nearly every batch under
+        load, and the counter said nothing)."""
         pbft = self.pbft
         digest = digest_of(batch)
-        if digest not in self.awaited_batches:
-            if len(self.awaited_batches) >= pbft.params.relayed_max:
-                del self.awaited_batches[next(iter(self.awaited_batches))]
-                pbft.count("bound_pbft_awaited_batches_max")
-            self.awaited_batches[digest] = batch
+        kept = self.awaited_batches
+        if digest in kept:
+            return
+        if requests is None:
+            handlers = pbft.handlers
+            assert handlers is not None
+            requests = handlers.requests_of(batch)
+        if pbft.active:  # (changing views, every kept batch waits: ``forward_waiting``)
+            awaited = self.awaited
+            while kept:
+                oldest = next(iter(kept))
+                if any(awaited.get(client) == seq for client, seq in kept[oldest][1]):
+                    break
+                del kept[oldest]
+        if len(kept) >= pbft.params.relayed_max:
+            del kept[next(iter(kept))]
+            pbft.count("bound_pbft_awaited_batches_max")
+        kept[digest] = (batch, requests)
 
     def forward_waiting(self) -> None:
         """Suspecting the primary, or changing views: send the newest own batches
@@ -259,12 +281,10 @@ class NormalCase:
         starts, and the others may still be in the old view, waiting for
         nothing)."""
         pbft = self.pbft
-        handlers = pbft.handlers
-        assert handlers is not None
         batches = list(pbft.relayed.values())
-        for batch in self.awaited_batches.values():
+        for batch, requests in self.awaited_batches.values():
             if not pbft.active or any(
-                    self.awaited.get(client) == seq for client, seq in handlers.requests_of(batch)):
+                    self.awaited.get(client) == seq for client, seq in requests):
                 batches.append(batch)
         for batch in batches[-FORWARD_BATCHES_MAX:]:  # (a primary takes it as a relay)
             for peer in range(pbft.n):
