@@ -283,6 +283,7 @@ class FakeNode:
         self.mode = "ok"  # or "silent", "redirect", "busy"
         self.replies_to_lose = 0  # replies to writes executed and then lost
         self.evictions_after_write = 0  # evict every session after a write executes
+        self.inbox_full = False  # try_submit refuses: every request goes through submit
         self.service = RespService()
 
     async def submit(
@@ -292,6 +293,19 @@ class FakeNode:
         assert type(request) is ClientRequest
         self.requests.append(request)
         asyncio.get_running_loop().call_soon(self.execute, request, on_done)
+
+    def try_submit(
+        self, payload: Any, on_done: Callable[[str | None], None] | None = None
+    ) -> bool:
+        """The host's synchronous submit (the front's common path); False while
+        ``inbox_full`` (the front then awaits ``submit``)."""
+        if self.inbox_full:
+            return False
+        request = self.codec.decode(payload)
+        assert type(request) is ClientRequest
+        self.requests.append(request)
+        asyncio.get_running_loop().call_soon(self.execute, request, on_done)
+        return True
 
     def execute(self, request: ClientRequest, on_done: Callable[[str | None], None] | None) -> None:
         output: Any
@@ -498,13 +512,13 @@ def test_the_replies_of_a_pipelined_group_leave_in_one_write() -> None:
             await client.ping()
             (connection,) = node.service.connections_open
             writes: list[int] = []
-            write = connection.writer.write
+            write = connection.transport.write
 
             def counted(data: bytes | bytearray | memoryview) -> None:
                 writes.append(len(data))
                 write(data)
 
-            connection.writer.write = counted  # type: ignore[method-assign]
+            connection.transport.write = counted  # type: ignore[method-assign]
             sent = len(node.requests)
             async with client.pipeline(transaction=False) as pipe:
                 for index in range(200):

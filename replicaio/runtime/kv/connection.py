@@ -1,12 +1,15 @@
 """One Redis client connection of the front, and the group of commands it sends as
 one SMR request.
 
-A :class:`Connection` holds what its reader queued (``items``), what is read and
-not yet answered (bounded by ``pipeline_depth_max`` and ``pipeline_bytes_max``),
-and its SMR client ids and MULTI/WATCH state; :meth:`Connection.full` names the
-bound that stops its reader, :meth:`Connection.expired` the timeout it ran into.
-A :class:`Group` gathers consecutive replicated commands within the bounds of one
-SMR request. The asyncio tasks that drive both live in ``service``.
+A :class:`Connection` holds its parser, what was parsed and not yet taken
+(``items``), what is read and not yet answered (bounded by ``pipeline_depth_max``
+and ``pipeline_bytes_max``), its SMR client ids and MULTI/WATCH state, and what
+it is busy with (one SMR request in flight, or a task answering what needs to
+wait); :meth:`Connection.full` names the bound that stops reading it,
+:meth:`Connection.expired` the timeout it ran into. :class:`ClientProtocol` is
+asyncio's side of it (bytes in, write buffer full or drained, closed). A
+:class:`Group` gathers consecutive replicated commands within the bounds of one
+SMR request. What drives them lives in ``service``.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from replicaio.runtime.kv.params import RespParams
+from replicaio.runtime.kv.requests import Outcome, Waiter
 from replicaio.services.kv.redis_commands import KV_PARAMS, Replicated
-from replicaio.services.kv.resp import RESP2, Reply, RespProtocolError
+from replicaio.services.kv.resp import RESP2, Reply, RespParser, RespProtocolError
 from replicaio.services.kv.state_machine import KvError, KvResult
 from replicaio.services.kv.transactions import Transaction
 
@@ -93,38 +97,46 @@ class Connection:
 
     __slots__ = (
         "active",
+        "busy",
         "closing",
         "command_started",
         "connection_id",
+        "ended",
+        "eof",
         "finished",
         "group_seqs",
         "items",
         "last_command",
+        "lost",
         "name",
         "nonce",
         "opened",
+        "parser",
         "protocol",
+        "pumping",
         "read_client",
         "read_seq",
-        "room",
+        "reading_paused",
         "service",
         "timed_out",
         "transaction",
+        "transport",
         "unanswered",
         "unanswered_bytes",
         "waiting",
-        "wake",
+        "writable",
         "write_client",
         "write_seq",
-        "writer",
+        "writing_paused",
     )
 
     def __init__(
-        self, service: RespService, writer: asyncio.StreamWriter, connection_id: int,
-        read_client: int, write_client: int,
+        self, service: RespService, transport: asyncio.Transport, connection_id: int,
+        read_client: int, write_client: int, parser: RespParser,
     ) -> None:
         self.service = service
-        self.writer = writer
+        self.transport = transport
+        self.parser = parser
         self.connection_id = connection_id
         self.read_client = read_client
         self.read_seq = 0
@@ -136,12 +148,21 @@ class Connection:
         self.name: bytes | None = None
         self.closing = False
         self.transaction = Transaction()  # MULTI/WATCH state; dropped with the connection
-        self.finished = False  # the dispatcher is done: the reader stops too
-        self.items: deque[Item] = deque()
+        self.finished = False  # answered to its end and closed (or the service closed)
+        self.items: deque[Item] = deque()  # parsed, not yet taken, in order
         self.unanswered = 0  # commands read and not yet answered
         self.unanswered_bytes = 0  # their size
-        self.wake = asyncio.Event()  # items were queued
-        self.room = asyncio.Event()  # unanswered fell below the pipeline bound
+        # What the connection is busy with, in order: None (nothing: what is queued
+        # can be taken), the one SMR request in flight (a Flight) or the task
+        # answering what needs to wait. Nothing else is taken meanwhile.
+        self.busy: object | None = None
+        self.pumping = False  # in RespService.pump (which is not reentrant)
+        self.eof = False  # the client closed its side (or the connection was lost)
+        self.lost = False  # the connection is gone: nothing written arrives
+        self.ended = False  # EndOfInput is queued: nothing more is parsed
+        self.reading_paused = False  # at a bound: the transport does not read
+        self.writing_paused = False  # more than reply_bytes_max replies unsent
+        self.writable: asyncio.Future[None] | None = None  # a task waits for that to end
         self.waiting = IDLE  # what the reader waits for (which timeout applies)
         self.active = time.monotonic()  # when it last read, or wrote a reply
         self.command_started = 0.0  # when the command being read began to arrive
@@ -151,8 +172,7 @@ class Connection:
 
     def reply_backlog(self) -> int:
         """Reply bytes written and not yet taken by the kernel."""
-        transport = self.writer.transport
-        return 0 if transport is None else transport.get_write_buffer_size()
+        return self.transport.get_write_buffer_size()
 
     def server_info(self) -> dict[str, dict[str, str | int]]:
         return self.service.server_info()
@@ -174,7 +194,7 @@ class Connection:
         return self.service.role()
 
     def address(self) -> str:
-        peer = self.writer.get_extra_info("peername")
+        peer = self.transport.get_extra_info("peername")
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
 
     def describe(self, now: float) -> dict[str, str | int]:
@@ -197,18 +217,16 @@ class Connection:
         if isinstance(item, Command):
             self.unanswered += 1
             self.unanswered_bytes += item.size
-        self.wake.set()
 
     def write(self, data: bytes, answered: Command | None) -> None:
-        if data and not self.writer.is_closing():
-            self.writer.write(data)
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
             self.active = time.monotonic()
         if answered is not None:
             self.unanswered -= 1
             self.unanswered_bytes -= answered.size
             assert self.unanswered >= 0
             assert self.unanswered_bytes >= 0
-        self.room.set()
 
     def write_replies(self, replies: list[bytes], answered: list[Command]) -> None:
         """The replies to ``answered`` (one each, in order) in one write to the
@@ -218,14 +236,29 @@ class Connection:
         if len(replies) == 1:
             self.write(replies[0], answered[0])
             return
-        if replies and not self.writer.is_closing():
-            self.writer.write(b"".join(replies))
+        if replies and not self.transport.is_closing():
+            self.transport.write(b"".join(replies))
             self.active = time.monotonic()
         self.unanswered -= len(answered)
         self.unanswered_bytes -= sum(item.size for item in answered)
         assert self.unanswered >= 0
         assert self.unanswered_bytes >= 0
-        self.room.set()
+
+    async def until_writable(self) -> None:
+        """Wait until fewer than the low mark of replies are unsent (the transport's
+        ``resume_writing``); ``ConnectionResetError`` once the connection is gone."""
+        while self.writing_paused and not self.lost:
+            if self.writable is None:
+                self.writable = asyncio.get_running_loop().create_future()
+            await self.writable
+        if self.lost:
+            raise ConnectionResetError("the client's connection is gone")
+
+    def wake_writers(self) -> None:
+        """Wake the task waiting in :meth:`until_writable`, if any."""
+        writable, self.writable = self.writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     def expired(self, now: float, params: RespParams) -> str | None:
         """The timeout this connection has run into, if any (see the module docstring)."""
@@ -304,3 +337,94 @@ class Group:
         self.read_only = True
         return members
 
+
+
+class ClientProtocol(asyncio.Protocol):
+    """asyncio's side of one client connection: each callback goes straight to the
+    service (``RespService.on_data`` and the rest), on the loop, without a task."""
+
+    def __init__(self, service: RespService) -> None:
+        self.service = service
+        self.connection: Connection | None = None  # once admitted
+        self.early = bytearray()  # bytes that came before it was admitted (bounded: paused)
+        self.early_eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not asyncio.Transport subclasses, but are one)
+        self.service.on_connected(self, cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        connection = self.connection
+        if connection is not None:
+            self.service.on_data(connection, data)
+        else:
+            self.early += data
+
+    def eof_received(self) -> bool:
+        connection = self.connection
+        if connection is not None:
+            self.service.on_eof(connection)
+        else:
+            self.early_eof = True
+        return True  # keep the transport open: the replies to what came before go out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        connection = self.connection
+        if connection is not None:
+            self.service.on_lost(connection)
+
+    def pause_writing(self) -> None:
+        connection = self.connection
+        if connection is not None:
+            connection.writing_paused = True
+            self.service.count(REPLY_BOUND)
+
+    def resume_writing(self) -> None:
+        connection = self.connection
+        if connection is not None:
+            connection.writing_paused = False
+            connection.active = time.monotonic()
+            connection.wake_writers()
+            self.service.pump(connection)
+
+
+class Flight:
+    """The one SMR request of a connection's group of replicated commands, sent and
+    answered without a task (``RespService.send``): its outcome arrives by
+    :meth:`settled` (from the node's outputs, a refusal, or the retry timer). A
+    final one answers the group at once; one that asks to send again (or a
+    session that expired) hands the request to a task that goes on as
+    ``RespService.request`` would have (``RespService.resume``)."""
+
+    __slots__ = ("client", "command", "connection", "deadline", "members", "over",
+                 "read_only", "seq", "service", "timer", "waiter")
+
+    def __init__(self, service: RespService, connection: Connection,
+                 members: list[tuple[Command, Replicated]], client: int, seq: int,
+                 command: bytes, read_only: bool) -> None:
+        self.service = service
+        self.connection = connection
+        self.members = members
+        self.client = client
+        self.seq = seq
+        self.command = command
+        self.read_only = read_only
+        self.deadline = 0.0  # loop time: request_timeout_ms after the first send
+        self.timer: asyncio.TimerHandle | None = None  # retry_after_ms
+        self.over = False  # its first attempt is settled
+        self.waiter = Waiter(seq, None, self.settled)
+
+    def on_done(self, reason: str | None) -> None:
+        """The host's completion: a reason if the request was refused before SMR saw it."""
+        if reason is not None:
+            self.settled(self.service.refused(reason))
+
+    def settled(self, outcome: Outcome) -> None:
+        if self.over:
+            return
+        self.over = True
+        self.waiter.on_outcome = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.service.landed(self, outcome)

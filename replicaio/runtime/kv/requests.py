@@ -8,6 +8,7 @@ restarts (:func:`smr_client_id`); a request is answered by the node's outputs
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -75,10 +76,19 @@ Outcome = bytes | Retry | RespError | SessionExpired
 
 @dataclass(slots=True)
 class Waiter:
-    """The one request a connection has in SMR."""
+    """The one request a connection has in SMR: its outcome settles ``future`` (a
+    task awaits it) or goes to ``on_outcome`` at once (no task: the front's
+    common path, ``service.Flight``)."""
 
     seq: int
     future: asyncio.Future[Outcome] | None = None
+    on_outcome: Callable[[Outcome], None] | None = None
+
+    def settle(self, outcome: Outcome) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        elif self.future is not None:
+            settle(self.future, outcome)
 
 
 def settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:

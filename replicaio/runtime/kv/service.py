@@ -90,8 +90,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any, Final
+from collections.abc import Coroutine, Iterator, Mapping
+from typing import Any, Final, cast
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -110,9 +110,11 @@ from replicaio.runtime.kv.connection import (
     REPLY_BOUND,
     REQUEST,
     ROOM,
+    ClientProtocol,
     Command,
     Connection,
     EndOfInput,
+    Flight,
     Group,
     Item,
     command_size,
@@ -192,7 +194,10 @@ def node_vouch(host: ServiceHost) -> NodeClientSigner | None:
 
 logger = logging.getLogger("replicaio.kv")
 
-READ_BYTES: Final = 64 * 1024
+# Commands that may need to wait (an operator's, a gateway's, MULTI ... EXEC and
+# WATCH, RESET): answered by a task (``RespService.answer``), not on the pump.
+AWAITING_COMMANDS: Final = frozenset(
+    {ADMIN_COMMAND, SNAPSHOT_COMMAND, b"reset", *TRANSACTION_COMMANDS, *GATEWAY_COMMANDS})
 LATENCY_BUCKETS: Final = (
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 )
@@ -266,7 +271,7 @@ class RespService(ListeningService):
         self.slots = sharded.slots_of(self)
         hops = getattr(host, "hops", None)
         self.hops = hops if isinstance(hops, hoptrace.HopTrace) else None
-        await self.listen(address, self.on_client)
+        await self.listen_clients(address)
         timeouts = [timeout for timeout in (self.params.idle_timeout_ms,
                                             self.params.request_read_timeout_ms) if timeout]
         if timeouts:
@@ -278,6 +283,15 @@ class RespService(ListeningService):
             self.sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.sweeper
+        if self.server is not None:
+            self.server.close()  # no new clients; then every connection is closed
+        for connection in list(self.connections_open):
+            connection.finished = True
+            busy = connection.busy
+            if isinstance(busy, Flight) and busy.timer is not None:
+                busy.timer.cancel()
+            connection.transport.abort()
+        self.connections_open.clear()
         await super().close()
 
     async def sweep(self, period: float) -> None:
@@ -292,9 +306,7 @@ class RespService(ListeningService):
                     continue
                 connection.timed_out = kind
                 self.count(f"timeout_resp_{kind}")
-                transport = connection.writer.transport
-                if transport is not None:
-                    transport.abort()  # unsent replies are dropped: nobody reads them
+                connection.transport.abort()  # unsent replies are dropped: nobody reads them
 
     def connections(self) -> int:
         return len(self.connections_open)
@@ -318,15 +330,15 @@ class RespService(ListeningService):
             if submits.waiting:
                 submits.on_output(output, group)
             waiter = waiters.get(output.client)
-            if waiter is None or waiter.seq != output.seq or waiter.future is None:
+            if waiter is None or waiter.seq != output.seq:
                 continue  # another node's client, or an answer we no longer wait for
             if kind is SmrReply:
-                settle(waiter.future, output.result)
+                waiter.settle(output.result)
             elif kind is Redirect:
                 self.count("kv_redirects")  # no leader known yet (we forward otherwise)
-                settle(waiter.future, RETRY_LATER)
+                waiter.settle(RETRY_LATER)
             else:
-                settle(waiter.future, self.refused(output.reason))
+                waiter.settle(self.refused(output.reason))
 
     def on_group_output(self, output: Any) -> Any:
         """A sharded cluster's output: a group's reply (unwrapped, for the loop of
@@ -356,131 +368,387 @@ class RespService(ListeningService):
 
     # -- one client ----------------------------------------------------------------------------
 
-    async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def listen_clients(self, address: Address) -> None:
+        """Accept Redis clients on ``address``: each connection's bytes go straight
+        from asyncio's callbacks (:class:`ClientProtocol`) to the parser and the
+        connection's :meth:`pump`, on the loop. A TLS connection is handed over to
+        the same protocol once its handshake is done (:meth:`on_tls_client`)."""
+        if self.tls is not None:
+            await self.listen(address, self.on_tls_client)
+            return
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: ClientProtocol(self), address.host, address.port, reuse_address=True
+        )
+
+    async def on_tls_client(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        """A client whose TLS handshake passed (``replicaio.runtime.tls``): its
+        transport goes over to a :class:`ClientProtocol`, with what the
+        handshake's stream reader still holds."""
+        ready = getattr(self.host, "ready", None)
+        if isinstance(ready, asyncio.Event):
+            await ready.wait()
+        transport = cast(asyncio.Transport, writer.transport)  # (uvloop's: not a subclass)
+        protocol = ClientProtocol(self)
+        held = getattr(reader, "_buffer", None)  # (StreamReader has no public peek)
+        data = bytes(held) if held else b""
+        if held:
+            held.clear()
+        eof = reader.at_eof() or bool(getattr(reader, "_eof", False))
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if data:
+            protocol.data_received(data)
+        if eof:
+            protocol.eof_received()
+        connection = protocol.connection
+        if connection is not None and not connection.reading_paused:
+            transport.resume_reading()  # (the stream reader may have paused it)
+
+    def on_connected(self, protocol: ClientProtocol, transport: asyncio.Transport) -> None:
+        """A new connection: admitted at once, or once the node has started."""
+        ready = getattr(self.host, "ready", None)
+        if isinstance(ready, asyncio.Event) and not ready.is_set():
+            transport.pause_reading()
+            task = asyncio.get_running_loop().create_task(
+                self.admit_when_ready(protocol, transport, ready))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
+        self.admit(protocol, transport)
+
+    async def admit_when_ready(self, protocol: ClientProtocol, transport: asyncio.Transport,
+                               ready: asyncio.Event) -> None:
+        await ready.wait()  # the incarnation is known once the node has started
+        if transport.is_closing():
+            return
+        self.admit(protocol, transport)
+        connection = protocol.connection
+        if connection is None:
+            return
+        if not connection.reading_paused:
+            transport.resume_reading()
+        if protocol.early:
+            data, protocol.early = bytes(protocol.early), bytearray()
+            self.on_data(connection, data)
+        if protocol.early_eof:
+            self.on_eof(connection)
+
+    def admit(self, protocol: ClientProtocol, transport: asyncio.Transport) -> None:
         host = self.host
         assert host is not None
-        self.track()
-        ready = getattr(host, "ready", None)
-        if isinstance(ready, asyncio.Event):
-            await ready.wait()  # the incarnation is known once the node has started
         if self.slots is None:
             self.slots = sharded.slots_of(self)  # (the node protocol exists by now)
         if (len(self.connections_open) >= self.host_params.client_connections_max
                 and not self.evict_idle()):
             self.count("bound_client_connections_max")
-            writer.write(b"-ERR max number of clients reached\r\n")
-            writer.close()
+            transport.write(b"-ERR max number of clients reached\r\n")
+            transport.close()
             return
         self.incarnation = int(getattr(getattr(host, "core", None), "incarnation", 0))
         read_client, write_client = self.new_client_id(), self.new_client_id()
         if read_client is None or write_client is None:
-            writer.write(b"-ERR this node ran out of client ids; restart it\r\n")
-            writer.close()
+            transport.write(b"-ERR this node ran out of client ids; restart it\r\n")
+            transport.close()
             return
         connection_id = self.connection_next
         self.connection_next += 1
         self.connections_received += 1
-        connection = Connection(self, writer, connection_id, read_client, write_client)
-        # drain() waits while more than reply_bytes_max replies are unsent.
-        writer.transport.set_write_buffer_limits(high=self.params.reply_bytes_max)
+        connection = Connection(self, transport, connection_id, read_client, write_client,
+                                RespParser(self.limits))
+        # pause_writing once more than reply_bytes_max replies are unsent.
+        transport.set_write_buffer_limits(high=self.params.reply_bytes_max)
         self.connections_open.add(connection)
-        dispatcher = asyncio.get_running_loop().create_task(self.dispatch(connection))
-        try:
-            await self.read_loop(connection, reader)
-            await dispatcher
-        except asyncio.CancelledError:
-            pass
-        finally:
-            dispatcher.cancel()
-            self.connections_open.discard(connection)
-            writer.close()
+        protocol.connection = connection
 
-    async def read_loop(self, connection: Connection, reader: asyncio.StreamReader) -> None:
-        parser = RespParser(self.limits)
+    # -- a connection's bytes, in order, without a task --------------------------------------
+
+    def on_data(self, connection: Connection, data: bytes) -> None:
+        connection.active = time.monotonic()
+        connection.parser.feed(data)
+        self.pump(connection)
+
+    def on_eof(self, connection: Connection) -> None:
+        connection.eof = True
+        self.pump(connection)
+
+    def on_lost(self, connection: Connection) -> None:
+        """The connection is gone (reset, or aborted by us: a timeout, an eviction,
+        CLIENT KILL): the request in flight runs to its end, the commands not yet
+        sent are dropped (as Redis drops a gone client's query buffer: nobody could
+        learn their outcome), and it ends."""
+        connection.lost = connection.eof = True
+        for item in connection.items:
+            if isinstance(item, Command):
+                connection.write(b"", item)
+        connection.items.clear()
+        connection.writing_paused = False
+        connection.wake_writers()
+        self.pump(connection)
+
+    def pump(self, connection: Connection) -> None:
+        """Parse what was read (within the connection's bounds) and answer what can be
+        answered now, in order, until the connection is busy (an SMR request in
+        flight, or a task) or has nothing left. Called from asyncio's callbacks and
+        from a request's outcome: no task switch on the common path."""
+        if connection.pumping or connection.finished:
+            return
+        connection.pumping = True
+        try:
+            while connection.busy is None:
+                self.parse(connection)
+                if not connection.items or not self.take(connection):
+                    break
+        finally:
+            connection.pumping = False
+
+    def parse(self, connection: Connection) -> None:
+        """Queue the commands the parser holds while the connection is within its
+        bounds; stop reading the socket at a bound, read again below it."""
+        if connection.ended:
+            return
+        if connection.lost:  # reset: what was not parsed is dropped
+            connection.push(EndOfInput())
+            connection.ended = True
+            return
+        parser = connection.parser
+        params = self.params
+        hops = self.hops
         try:
             while True:
+                bound = connection.full(params)
+                if bound is not None:
+                    if not connection.reading_paused:
+                        if bound != REPLY_BOUND:  # (that one is counted by pause_writing)
+                            self.count(bound)
+                        connection.reading_paused = True
+                        connection.waiting = ROOM
+                        connection.transport.pause_reading()
+                    return
                 argv = parser.next_command()
-                if argv is not None:
-                    if self.hops is not None:
-                        self.hops.stamp(hoptrace.COMMAND)
-                    connection.push(Command(argv, time.perf_counter(), command_size(argv)))
-                    connection.waiting = IDLE
-                    await self.wait_for_room(connection)
-                    if connection.finished:
-                        return
-                    continue
-                if not parser.in_command():
-                    connection.waiting = IDLE
-                elif connection.waiting is not REQUEST:
-                    connection.waiting = REQUEST
-                    connection.command_started = time.monotonic()
-                data = await reader.read(READ_BYTES)
-                connection.active = time.monotonic()
-                if not data:
-                    if parser.in_command() and connection.timed_out is None:
-                        self.reject("truncated_frame")
+                if argv is None:
                     break
-                parser.feed(data)
+                if hops is not None:
+                    hops.stamp(hoptrace.COMMAND)
+                connection.push(Command(argv, time.perf_counter(), command_size(argv)))
         except RespProtocolError as error:
             self.reject(error.reason)
             connection.push(EndOfInput(error))
+            connection.ended = True
+            connection.transport.pause_reading()
             return
-        except (ConnectionError, OSError):
-            pass
-        connection.push(EndOfInput())
+        if connection.eof:
+            if parser.in_command() and connection.timed_out is None:
+                self.reject("truncated_frame")
+            connection.push(EndOfInput())
+            connection.ended = True
+            return
+        if connection.reading_paused:
+            connection.reading_paused = False
+            connection.transport.resume_reading()
+        if not parser.in_command():
+            connection.waiting = IDLE
+        elif connection.waiting is not REQUEST:
+            connection.waiting = REQUEST
+            connection.command_started = time.monotonic()
 
-    async def wait_for_room(self, connection: Connection) -> None:
-        """Stop reading while the connection is at one of its bounds (backpressure)."""
-        bound = connection.full(self.params)
-        if bound is None:
+    def plain(self, connection: Connection, item: Command) -> bool:
+        """Whether ``item`` can be answered without a task: a key-value command (one
+        SMR request with its neighbours) or a local one, outside MULTI, on a cluster
+        of one group; the rest goes to :meth:`answer` in a task."""
+        if connection.closing or connection.transaction.active or self.slots is not None:
+            return False
+        return item.argv[0].lower() not in AWAITING_COMMANDS
+
+    def take(self, connection: Connection) -> bool:
+        """Take queued items: answer a local command, or send the next group of
+        replicated ones as one SMR request, or hand what needs to wait to a task.
+        True if the pump may go on at once."""
+        items = connection.items
+        head = items[0]
+        if isinstance(head, EndOfInput):
+            items.popleft()
+            if head.error is not None:
+                reply = RespError(f"ERR Protocol error: {head.error.message}")
+                connection.write(encode_reply(reply, connection.protocol), None)
+            self.end(connection)
+            return False
+        if connection.writing_paused and (
+                connection.reply_backlog() > self.params.reply_bytes_max):
+            return False  # resume_writing pumps again
+        if not self.plain(connection, head):
+            taken = list(items)
+            items.clear()
+            self.spawn(connection, self.answer(connection, taken))
+            return False
+        group = Group()
+        while items:
+            item = items[0]
+            if isinstance(item, EndOfInput) or not self.plain(connection, item):
+                break
+            argv = item.argv
+            if group.members and not is_replicated(argv):
+                break  # (before HELLO changes the encoding of the group's replies)
+            planned = plan(connection, argv)
+            if not isinstance(planned, Local) and any(
+                len(word) > self.value_bytes_max for word in argv[2:]
+            ):  # the store would refuse it: say so before it costs a request
+                planned = Local(RespError(
+                    f"ERR value too large (at most {self.value_bytes_max} bytes)"
+                ), "value_too_large")
+            if isinstance(planned, Local):
+                if group.members:
+                    break  # (a replicated command's plan has no effect: planned again)
+                items.popleft()
+                if planned.rejected is not None:
+                    self.count(f"rejected_resp_command_{planned.rejected}")
+                self.finish(connection, item, "local", planned.reply)
+                if connection.closing:  # QUIT: nothing after it is answered
+                    for rest in items:
+                        if isinstance(rest, Command):
+                            connection.write(b"", rest)
+                    items.clear()
+                    self.end(connection)
+                    return False
+                return True
+            if not group.fits(planned, self.params, self.reply_budget):
+                break
+            group.add(item, planned)
+            items.popleft()
+        self.send(connection, group.take())
+        return True
+
+    def send(self, connection: Connection, members: list[tuple[Command, Replicated]]) -> None:
+        """One SMR request for a group, sent without a task (:class:`Flight`) when the
+        inbox has room and the connection's writes have a session; else by a task
+        (the first write registers the session)."""
+        commands = [command for _, planned in members for command in planned.commands]
+        read_only = all(planned.read_only for _, planned in members)
+        payload = commands[0] if len(commands) == 1 else encode_batch(commands)
+        if len(payload) > self.smr_command_bytes_max:
+            self.too_large(connection, members, payload)
             return
-        if bound != REPLY_BOUND:  # (that one is counted by the dispatcher that waits)
-            self.count(bound)
-        connection.waiting = ROOM
-        while connection.full(self.params) is not None and not connection.finished:
-            connection.room.clear()
-            await connection.room.wait()
-        connection.waiting = IDLE
+        if not read_only and connection.write_seq == 0:
+            self.spawn(connection, self.run_group(connection, members))
+            return
+        host = self.host
+        assert host is not None
+        if read_only:  # at this node's clock (see call_in)
+            payload = encode_at(time.time_ns() // 1_000_000, payload)
+            connection.read_seq += 1
+            client, seq = connection.read_client, connection.read_seq
+        else:
+            connection.write_seq += 1
+            client, seq = connection.write_client, connection.write_seq
+        flight = Flight(self, connection, members, client, seq, payload, read_only)
+        request = ClientRequest(client, seq, payload, read_only)
+        vouch = self.vouch
+        encoded = host.codec.encode(request if vouch is None else vouch.wrap(request, None))
+        self.waiters[client] = flight.waiter
+        connection.busy = flight
+        loop = asyncio.get_running_loop()
+        flight.deadline = loop.time() + self.params.request_timeout_ms / 1000
+        try_submit = getattr(host, "try_submit", None)
+        if try_submit is not None and try_submit(encoded, flight.on_done):
+            flight.timer = loop.call_later(self.params.retry_after_ms / 1000, flight.settled,
+                                           RETRY_NOW)
+            return
+        # The inbox is full (or the host has no try_submit): wait for room in a task.
+        task = loop.create_task(self.submit_flight(flight, encoded))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def submit_flight(self, flight: Flight, encoded: bytes) -> None:
+        host = self.host
+        assert host is not None
+        await host.submit(encoded, flight.on_done)
+        if not flight.over:
+            flight.timer = asyncio.get_running_loop().call_later(
+                self.params.retry_after_ms / 1000, flight.settled, RETRY_NOW)
+
+    def landed(self, flight: Flight, outcome: Outcome) -> None:
+        """A flight's first attempt settled: answer its group, or go on in a task."""
+        connection = flight.connection
+        if isinstance(outcome, Retry | SessionExpired):
+            self.spawn(connection, self.resume(flight, outcome))
+            return
+        if self.waiters.get(flight.client) is flight.waiter:
+            del self.waiters[flight.client]
+        members = flight.members
+        answered = self.answer_group(connection, members, outcome)
+        connection.busy = None
+        if answered < len(members):
+            self.spawn(connection, self.run_group(connection, members[answered:]))
+            return
+        self.pump(connection)
+
+    async def resume(self, flight: Flight, outcome: Outcome) -> bool:
+        """Go on with a flight whose first attempt asked to send again, as
+        :meth:`call` would have (same (client, seq); a new session if it expired)."""
+        connection = flight.connection
+        result, attempts = await self.request(
+            flight.client, flight.seq, flight.command, flight.read_only,
+            sent=(flight.waiter, flight.deadline, outcome),
+        )
+        if isinstance(result, SessionExpired):
+            if flight.read_only:
+                result = READ_EXPIRED_ERROR
+            else:
+                result = self.session_expired(connection, attempts) or await self.call_in(
+                    connection, flight.command, False, None)
+        members = flight.members
+        answered = self.answer_group(connection, members, result)
+        await self.run_group(connection, members[answered:])
+        return False
+
+    def spawn(self, connection: Connection, work: Coroutine[Any, Any, bool | None]) -> None:
+        """Let a task answer what needs to wait; the connection takes nothing else
+        meanwhile, and is pumped again (or ended) when it is done."""
+        task = asyncio.get_running_loop().create_task(self.run_busy(connection, work))
+        connection.busy = task
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run_busy(self, connection: Connection,
+                       work: Coroutine[Any, Any, bool | None]) -> None:
+        try:
+            done = bool(await work)
+            await self.drain(connection)
+        except (ConnectionError, OSError):
+            done = True
+        connection.busy = None
+        if done:
+            self.end(connection)
+        else:
+            self.pump(connection)
+
+    def end(self, connection: Connection) -> None:
+        """Close the connection once its replies are sent; its slot is free."""
+        if connection.finished:
+            return
+        connection.finished = True
+        connection.items.clear()
+        self.connections_open.discard(connection)
+        connection.transport.close()
 
     def reject(self, reason: str) -> None:
         self.count(f"rejected_resp_{reason}")
         self.warn(logging.WARNING, reason, "client input rejected", reason=reason)
 
-    async def dispatch(self, connection: Connection) -> None:
-        """Answer the connection's commands in order, one SMR request at a time."""
-        writer = connection.writer
-        try:
-            while True:
-                if not connection.items:
-                    connection.wake.clear()
-                    await connection.wake.wait()
-                    continue
-                items = list(connection.items)
-                connection.items.clear()
-                try:
-                    done = await self.answer(connection, items)
-                    await self.drain(connection)
-                except (ConnectionError, OSError):
-                    return
-                if done:
-                    return
-        finally:
-            connection.finished = True
-            connection.room.set()
-            writer.close()
-
     async def drain(self, connection: Connection) -> None:
         """Wait while more than ``reply_bytes_max`` replies wait to be sent."""
         if connection.reply_backlog() > self.params.reply_bytes_max:
-            self.count(REPLY_BOUND)
-            await connection.writer.drain()
+            await connection.until_writable()
             connection.active = time.monotonic()
-            connection.room.set()
 
     async def answer(self, connection: Connection, items: list[Item]) -> bool:
         """Answer ``items`` in order; True once the connection must close."""
         group = Group()
         for item in items:
+            if connection.lost and isinstance(item, Command):  # gone: see on_lost
+                connection.write(b"", item)
+                continue
             if isinstance(item, EndOfInput):
                 await self.run_group(connection, group.take())
                 if item.error is not None:
@@ -587,25 +855,36 @@ class RespService(ListeningService):
         read_only = all(planned.read_only for _, planned in group)
         payload = commands[0] if len(commands) == 1 else encode_batch(commands)
         if len(payload) > self.smr_command_bytes_max:
-            self.count("rejected_resp_command_too_large")
-            error = RespError(
-                f"ERR command too large for one replicated request ({len(payload)} > "
-                f"{self.smr_command_bytes_max} bytes)"
-            )
-            connection.write_replies(
-                [self.answered(connection, item, planned.name, error) for item, planned in group],
-                [item for item, _ in group],
-            )
-            return len(group)
+            return self.too_large(connection, group, payload)
         if self.slots is None:
             outcome = await self.call(connection, payload, read_only)
         else:
             where = sharded.target(self.slots, commands)
             assert isinstance(where, int)  # (answer() groups commands by group)
             outcome = await sharded.call_group(self, connection, payload, read_only, where)
+        return self.answer_group(connection, group, outcome)
+
+    def too_large(self, connection: Connection, group: list[tuple[Command, Replicated]],
+                  payload: bytes) -> int:
+        self.count("rejected_resp_command_too_large")
+        error = RespError(
+            f"ERR command too large for one replicated request ({len(payload)} > "
+            f"{self.smr_command_bytes_max} bytes)"
+        )
+        connection.write_replies(
+            [self.answered(connection, item, planned.name, error) for item, planned in group],
+            [item for item, _ in group],
+        )
+        return len(group)
+
+    def answer_group(self, connection: Connection, group: list[tuple[Command, Replicated]],
+                     outcome: bytes | RespError) -> int:
+        """Answer ``group`` from its SMR request's outcome, in one write; how many of
+        its commands were answered (a read-only group may be cut: ``plans_that_fit``)."""
+        commands = sum(len(planned.commands) for _, planned in group)
         self.count("kv_smr_requests")
         self.count("kv_smr_commands", len(group))
-        results = self.results(outcome, len(commands))
+        results = self.results(outcome, commands)
         answered = len(group)
         if not isinstance(results, RespError):
             answered = plans_that_fit(group, results)
@@ -798,23 +1077,32 @@ class RespService(ListeningService):
             )
             if not isinstance(outcome, SessionExpired):
                 return outcome
-            # Evicted from the session table: continue under a new, registered id.
-            self.count("kv_sessions_expired")
-            fresh = self.new_client_id()
-            if fresh is None:
-                return EXPIRED_ERROR
-            connection.write_client, connection.write_seq = fresh, 0
-            connection.group_seqs.clear()  # a new id: a new session in every group
-            if attempts > 1:
-                return EXPIRED_ERROR  # an earlier attempt may have run before the eviction
+            expired = self.session_expired(connection, attempts)
+            if expired is not None:
+                return expired
+
+    def session_expired(self, connection: Connection, attempts: int) -> RespError | None:
+        """The connection's write session was evicted from the session table: go on
+        under a new id (registered before its next write); the error to answer if
+        the write may have run (sent more than once) or no id is left."""
+        self.count("kv_sessions_expired")
+        fresh = self.new_client_id()
+        if fresh is None:
+            return EXPIRED_ERROR
+        connection.write_client, connection.write_seq = fresh, 0
+        connection.group_seqs.clear()  # a new id: a new session in every group
+        if attempts > 1:
+            return EXPIRED_ERROR  # an earlier attempt may have run before the eviction
+        return None
 
     async def request(
-        self, client: int, seq: int, command: bytes, read_only: bool, group: int | None = None
+        self, client: int, seq: int, command: bytes, read_only: bool, group: int | None = None,
+        *, sent: tuple[Waiter, float, Outcome] | None = None,
     ) -> tuple[bytes | RespError | SessionExpired, int]:
         """One SMR request, sent again with the same (client, seq) until it is answered
         or ``request_timeout_ms`` passes (then ``-TRYAGAIN`` for a read, ``-UNKNOWN`` for a
-        write); and how many times it
-        was sent."""
+        write); and how many times it was sent. ``sent``: it was sent once already
+        (a :class:`Flight`): its waiter, deadline and that attempt's outcome."""
         host = self.host
         assert host is not None
         request = ClientRequest(client, seq, command, read_only)
@@ -822,29 +1110,39 @@ class RespService(ListeningService):
         payload = host.codec.encode(request if vouch is None else vouch.wrap(request, group))
         if group is not None:
             payload = host.codec.encode(GroupRequest(group, payload))
-        waiter = Waiter(seq)
-        self.waiters[client] = waiter
         loop = asyncio.get_running_loop()
         params = self.params
-        deadline = loop.time() + params.request_timeout_ms / 1000
-        attempts = 0
+        first: Outcome | None = None
+        if sent is None:
+            waiter = Waiter(seq)
+            deadline = loop.time() + params.request_timeout_ms / 1000
+            attempts = 0
+        else:
+            waiter, deadline, first = sent
+            waiter.on_outcome = None
+            attempts = 1
+        self.waiters[client] = waiter
         try:
             while True:
-                attempts += 1
-                future: asyncio.Future[Outcome] = loop.create_future()
-                waiter.future = future
+                if first is not None:
+                    outcome, first = first, None
+                else:
+                    attempts += 1
+                    future: asyncio.Future[Outcome] = loop.create_future()
+                    waiter.future = future
 
-                def on_done(reason: str | None, future: asyncio.Future[Outcome] = future) -> None:
-                    if reason is not None:  # refused before SMR even saw it
-                        settle(future, self.refused(reason))
+                    def on_done(reason: str | None,
+                                future: asyncio.Future[Outcome] = future) -> None:
+                        if reason is not None:  # refused before SMR even saw it
+                            settle(future, self.refused(reason))
 
-                await host.submit(payload, on_done)
-                wait = max(0.0, min(params.retry_after_ms / 1000, deadline - loop.time()))
-                timer = loop.call_later(wait, settle, future, RETRY_NOW)
-                try:
-                    outcome = await future
-                finally:
-                    timer.cancel()
+                    await host.submit(payload, on_done)
+                    wait = max(0.0, min(params.retry_after_ms / 1000, deadline - loop.time()))
+                    timer = loop.call_later(wait, settle, future, RETRY_NOW)
+                    try:
+                        outcome = await future
+                    finally:
+                        timer.cancel()
                 if not isinstance(outcome, Retry):
                     return outcome, attempts
                 remaining = deadline - loop.time()
@@ -863,7 +1161,8 @@ class RespService(ListeningService):
                 if outcome.delay:
                     await asyncio.sleep(min(params.retry_backoff_ms / 1000, remaining))
         finally:
-            del self.waiters[client]
+            if self.waiters.get(client) is waiter:
+                del self.waiters[client]
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -900,9 +1199,7 @@ class RespService(ListeningService):
         self.connections_open.discard(connection)  # its slot is the new client's now
         self.clients_evicted += 1
         self.count("kv_clients_evicted_idle")
-        transport = connection.writer.transport
-        if transport is not None:
-            transport.abort()
+        connection.transport.abort()
         return True
 
     def kill_clients(self, client_id: int | None, address: str | None,
@@ -916,9 +1213,7 @@ class RespService(ListeningService):
                 continue
             if address is not None and connection.address() != address:
                 continue
-            transport = connection.writer.transport
-            if transport is not None:
-                transport.abort()
+            connection.transport.abort()
             killed += 1
         self.count("kv_clients_killed", killed)
         return killed
