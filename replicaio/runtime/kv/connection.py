@@ -348,6 +348,7 @@ class ClientProtocol(asyncio.Protocol):
         self.connection: Connection | None = None  # once admitted
         self.early = bytearray()  # bytes that came before it was admitted (bounded: paused)
         self.early_eof = False
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None  # TLS
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not asyncio.Transport subclasses, but are one)

@@ -391,6 +391,7 @@ class RespService(ListeningService):
             await ready.wait()
         transport = cast(asyncio.Transport, writer.transport)  # (uvloop's: not a subclass)
         protocol = ClientProtocol(self)
+        protocol.streams = (reader, writer)  # kept: a StreamWriter closes its transport in __del__
         held = getattr(reader, "_buffer", None)  # (StreamReader has no public peek)
         data = bytes(held) if held else b""
         if held:
