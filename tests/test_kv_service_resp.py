@@ -532,6 +532,141 @@ def test_the_replies_of_a_pipelined_group_leave_in_one_write() -> None:
     run(scenario)
 
 
+async def read_replies(reader: asyncio.StreamReader, count: int) -> bytes:
+    """Read until ``count`` simple replies (one line each) have come."""
+    answer = b""
+    while answer.count(b"\r\n") < count:
+        chunk = await asyncio.wait_for(reader.read(65536), DEADLINE_S)
+        assert chunk, answer[-200:]
+        answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("inbox_full", [False, True])
+def test_a_pipeline_cut_anywhere_across_reads_is_answered_in_order(inbox_full: bool) -> None:
+    """Commands cut at random places across many reads (a command's bytes in two
+    reads, several commands in one) are answered once each, in order, mixing local
+    and replicated ones; with the node's inbox full (``try_submit`` refuses) the
+    front waits for room and the order holds."""
+
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            node.inbox_full = inbox_full
+            commands: list[bytes] = []
+            expected: list[bytes] = []
+            for index in range(300):
+                commands.append(multibulk(b"INCR", b"n"))
+                expected.append(b":%d\r\n" % (index + 1))
+                if index % 7 == 0:
+                    commands.append(multibulk(b"PING"))
+                    expected.append(b"+PONG\r\n")
+                if index % 11 == 0:
+                    commands.append(multibulk(b"GET", b"n"))
+                    expected.append(b"$%d\r\n%d\r\n" % (len(str(index + 1)), index + 1))
+            data = b"".join(commands)
+            reader, writer = await asyncio.open_connection(LOCAL, node.service.port)
+            rng = random.Random(7)
+            position = 0
+            while position < len(data):
+                step = rng.choice([1, 2, 5, 17, 64, 300])
+                writer.write(data[position : position + step])
+                position += step
+                await writer.drain()
+                if rng.random() < 0.2:
+                    await asyncio.sleep(0.002)  # a separate read on the node's side
+            answer = await read_replies(reader, sum(reply.count(b"\r\n") for reply in expected))
+            assert answer == b"".join(expected)
+            assert node.kv.data[b"n"] == b"300"
+            writer.close()
+            await still_serving(node)
+
+    run(scenario)
+
+
+def test_the_common_path_runs_no_task_per_command() -> None:
+    """Plain commands (key-value and local ones) are answered on the loop's
+    callbacks: a thousand commands, one at a time and pipelined, start no task
+    beyond the connection's first write (its session's registration)."""
+
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            loop = asyncio.get_running_loop()
+            created: list[str] = []
+
+            def factory(loop: asyncio.AbstractEventLoop, coroutine: Any,
+                        **options: Any) -> asyncio.Task[Any]:
+                created.append(getattr(coroutine, "__qualname__", "?"))
+                return asyncio.Task(coroutine, loop=loop, **options)
+
+            reader, writer = await asyncio.open_connection(LOCAL, node.service.port)
+            writer.write(multibulk(b"SET", b"k", b"0"))
+            assert await read_replies(reader, 1) == b"+OK\r\n"
+            loop.set_task_factory(factory)
+            try:
+                for index in range(500):
+                    writer.write(multibulk(b"SET", b"k", b"%d" % index) + multibulk(b"PING"))
+                    assert await read_replies(reader, 2) == b"+OK\r\n+PONG\r\n"
+                writer.write((multibulk(b"INCR", b"n") + multibulk(b"GET", b"k")) * 250)
+                answer = await read_replies(reader, 750)
+                assert answer.endswith(b":250\r\n$3\r\n499\r\n")
+                assert [name for name in created if "RespService" in name] == [], created
+                writer.write(multibulk(b"MULTI") + multibulk(b"INCR", b"n") + multibulk(b"EXEC"))
+                assert await read_replies(reader, 4) == b"+OK\r\n+QUEUED\r\n*1\r\n:251\r\n"
+                assert "RespService.run_busy" in created  # (the factory sees the front's)
+            finally:
+                loop.set_task_factory(None)
+            writer.close()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("how", ["reset", "half_close"])
+def test_a_client_closing_mid_pipeline(how: str) -> None:
+    """A client that sends a long pipeline and closes before its replies: on a
+    half close (FIN) every command is still executed and answered, in order; on a
+    reset the request in flight runs to its end and the commands not yet sent are
+    dropped. Either way the connection is released and the node keeps serving."""
+
+    async def scenario() -> None:
+        async with FakeNode() as node:
+            client = node.client()
+            assert await client.set("warm", "up") is True
+            reader, writer = await asyncio.open_connection(LOCAL, node.service.port)
+            writer.write(multibulk(b"SET", b"k", b"v"))  # its session, registered
+            assert await read_replies(reader, 1) == b"+OK\r\n"
+            pipeline = b"".join(multibulk(b"INCR", b"n") + multibulk(b"PING")
+                                for _ in range(2000))
+            writer.write(pipeline)
+            await writer.drain()
+            if how == "half_close":
+                writer.write_eof()
+                answer = await read_replies(reader, 4000)
+                assert answer == b"".join(b":%d\r\n+PONG\r\n" % (index + 1)
+                                          for index in range(2000))
+                assert await reader.read() == b""  # and the node closed its side
+            else:
+                sock = writer.get_extra_info("socket")
+                import socket
+                import struct
+
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()  # RST
+            deadline = time.monotonic() + DEADLINE_S
+            while len(node.service.connections_open) > 1:
+                assert time.monotonic() < deadline, node.service.connections_open
+                await asyncio.sleep(0.01)
+            executed = int(node.kv.data.get(b"n", b"0"))
+            assert executed == 2000 if how == "half_close" else 0 <= executed <= 2000
+            assert not node.service.waiters or all(
+                client_id in (c.read_client, c.write_client)
+                for c in node.service.connections_open for client_id in node.service.waiters)
+            await still_serving(node)
+            await client.aclose()
+            writer.close()
+
+    run(scenario)
+
+
 def test_pipelined_reads_of_large_values_are_split_so_every_reply_fits() -> None:
     """Reads alone travel in groups of up to ``group_commands_max``; when their values
     do not fit in one result (``result_bytes_max``), the node answers what fit and
