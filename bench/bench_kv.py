@@ -1215,11 +1215,14 @@ def ensure_anchors_venv(install: bool) -> Path:
 
 
 def redis_benchmark(port: int, requests: int, clients: int, keys: int,
-                    value_bytes: int, timeout_s: float) -> dict[str, Any]:
-    """``redis-benchmark -t set,get`` against ``port``: rows by test, or the reason it failed."""
+                    value_bytes: int, timeout_s: float, pipeline: int = 1) -> dict[str, Any]:
+    """``redis-benchmark -t set,get`` against ``port`` (``-P pipeline`` commands in
+    flight per client when above 1): rows by test, or the reason it failed."""
     command = ["redis-benchmark", "-h", LOOPBACK, "-p", str(port), "-t", "set,get",
                "-n", str(requests), "-c", str(clients), "-d", str(value_bytes),
                "-r", str(keys), "--csv"]
+    if pipeline > 1:
+        command[-1:-1] = ["-P", str(pipeline)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
                               check=False)
@@ -1572,7 +1575,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pysyncobj-memory", default="16,128",
                         help="clients for the in-memory PySyncObj variant ('' to skip)")
     parser.add_argument("--redis-benchmark", default="10000:1,20000:50",
-                        help="N:C pairs for redis-benchmark ('' to skip)")
+                        help="N:C pairs for redis-benchmark, or N:C:P with -P P commands "
+                             "pipelined per client ('' to skip)")
     parser.add_argument("--profile", type=float, default=0.0,
                         help="py-spy the replicaio leader for this many seconds (0: no)")
     parser.add_argument("--profile-clients", type=int, default=64)
@@ -1628,9 +1632,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Skip as reason:
             report["skipped"][f"redis-benchmark against {target}"] = str(reason)
             return
-        for requests, clients in redis_pairs:
-            report["redis_benchmark"][f"{target} c={clients}"] = redis_benchmark(
-                port, requests, clients, args.keys, args.value_bytes, 120.0)
+        for requests, clients, *pipeline in redis_pairs:
+            depth = pipeline[0] if pipeline else 1
+            key = f"{target} c={clients}" + (f" P={depth}" if depth > 1 else "")
+            report["redis_benchmark"][key] = redis_benchmark(
+                port, requests, clients, args.keys, args.value_bytes, 120.0, depth)
 
     # Every system runs at once and the cells are interleaved (round r: every workload,
     # every client count, every system in turn), so the systems share the machine's noise
@@ -1712,10 +1718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["systems"][system.name]["protocol_params"] = system.protocol_params
                 report["systems"][system.name]["host_params"] = system.host_params
                 report["systems"][system.name]["counters_after"] = system.counters()
-                if system.name != "replicaio":
-                    continue
-                if system.front == "resp":
-                    bench_redis_benchmark("replicaio", system.client_port())
+                if system.front == "resp":  # (each variant's too)
+                    bench_redis_benchmark(system.name, system.client_port())
                 else:
                     report["skipped"]["redis-benchmark against replicaio"] = (
                         "needs the RESP front (client_service 'resp'), not in this tree yet")
