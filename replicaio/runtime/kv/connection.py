@@ -367,7 +367,9 @@ class ClientProtocol(asyncio.Protocol):
             self.service.on_eof(connection)
         else:
             self.early_eof = True
-        return True  # keep the transport open: the replies to what came before go out
+        # Keep the transport open: the replies to what came before go out (TLS
+        # cannot half-close: asyncio warns if asked to, and closes it anyway).
+        return self.streams is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         connection = self.connection

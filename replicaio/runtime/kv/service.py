@@ -10,25 +10,42 @@ node a client talks to: writes are ordered by the log, reads are served after
 the read barrier (Raft's read-index), and a follower forwards both to the leader
 (SMR forwarding; no ``MOVED`` redirections: clients need not know the leader).
 
-One connection, two tasks. The **reader** parses requests (``resp.RespParser``,
-bounded) and queues them; it stops reading (TCP backpressure) while
-``pipeline_depth_max`` commands, or ``pipeline_bytes_max`` bytes of them, wait
-for their replies, or while more than ``reply_bytes_max`` bytes of replies wait
-to be sent (a client that does not read its replies). A protocol violation is
-counted (``rejected_resp_<reason>``), answered ``-ERR Protocol error: ...``
-after the replies to the commands before it, and closes the connection. The
-**dispatcher** takes every queued command, plans each one
-(``redis_commands.plan``), answers local ones at once and packs consecutive
-replicated ones into **one SMR request** (a ``batch`` command when there are
-several; at most ``group_commands_max`` commands and ``group_bytes_max``
-bytes): a pipeline becomes one replicated request, executed at one position
-of the log, in order. Replies are written in request order. Before each
-request and each local reply the dispatcher waits while more than
-``reply_bytes_max`` bytes of replies are unsent, so a connection holds at most
-that plus one request's replies. Those come back as one SMR result, bounded by
-the store's ``result_bytes_max``: a group with writes counts each read's
-largest reply (:func:`reply_bytes_max`) against it; a group of reads only is
-sent whole, and if its values do not all fit (``result_too_large``), the
+One connection, no task on the common path. Each connection is an
+``asyncio.Protocol`` (``connection.ClientProtocol``; a TLS connection is handed
+over to one once its handshake is done): the bytes asyncio reads go to the
+connection's parser (``resp.RespParser``, bounded) and its **pump**
+(:meth:`RespService.pump`), on the loop's callback. The pump queues the commands
+parsed, stops reading (``pause_reading``: TCP backpressure) while
+``pipeline_depth_max`` commands, or ``pipeline_bytes_max`` bytes of them, wait for
+their replies, or while more than ``reply_bytes_max`` bytes of replies wait to be
+sent (a client that does not read its replies: the transport's write buffer high
+mark, ``pause_writing``), and answers them in order: a local command at once
+(``redis_commands.plan``), consecutive replicated ones packed into **one SMR
+request** (a ``batch`` command when there are several; at most
+``group_commands_max`` commands and ``group_bytes_max`` bytes), so a pipeline
+(the commands of one read, or of the reads that came while the request before
+was in flight) becomes one replicated request, executed at one position of the
+log, in order. That request is handed to the node by ``host.try_submit``
+(:class:`connection.Flight`, no task), and its outcome, delivered by
+:meth:`RespService.on_outputs` from the node's batch, writes the group's replies
+in one write and pumps the next commands. What must wait goes to a task that
+runs the general path (:meth:`RespService.answer`) while the connection takes
+nothing else: ``MULTI`` ... ``EXEC``, ``WATCH``, ``RESET``, an operator's and a
+gateway's commands, a sharded cluster's commands, a connection's first write
+(its session's registration), a request to send again (no answer within
+``retry_after_ms``, a passing refusal, an expired session), a full inbox
+(``submit`` waits for room). A protocol violation is counted
+(``rejected_resp_<reason>``), answered ``-ERR Protocol error: ...`` after the
+replies to the commands before it, and closes the connection; so does the end of
+the client's input (after the replies to everything it sent). A connection
+reset (or aborted by a timeout, an eviction, ``CLIENT KILL``) lets its request
+in flight finish and drops the commands not yet sent, as Redis drops a gone
+client's query buffer. Before each request and each local reply the pump waits
+while more than ``reply_bytes_max`` bytes of replies are unsent, so a connection
+holds at most that plus one request's replies. Those come back as one SMR
+result, bounded by the store's ``result_bytes_max``: a group with writes counts
+each read's largest reply (:func:`reply_bytes_max`) against it; a group of reads
+only is sent whole, and if its values do not all fit (``result_too_large``), the
 commands that got their values are answered and the rest is sent again
 (``kv_read_groups_split``). ``MULTI`` ... ``EXEC`` and ``WATCH`` are planned by
 ``transactions.plan_transaction`` first: a transaction is queued on the
