@@ -17,7 +17,9 @@ latency of committed ones (p50, p99), and the groups' view changes during the
 row, read from the nodes' metrics: ``views_started`` (views the groups started,
 and ``views_per_min``), ``view_changes`` and ``suspicions`` (VIEW-CHANGEs
 sent and primaries suspected, per replica; ``suspected``: what the suspecting
-backups had waited for). Nothing is asserted: figures go to
+backups had waited for, ``suspected_why``: why it counted against the
+primary; ``primaries_stalled``: MinBFT primaries that asked to end their own
+view). Nothing is asserted: figures go to
 docs/benchmarks.md with the machine's load.
 
 ``--protocol txn-pbft`` runs it over PBFT groups (certified, client-signed
@@ -79,10 +81,20 @@ PROTOCOLS = {"txn": ("txn-kv", 3), "txn-pbft": ("txn-kv-pbft", 4),
 # VIEW-CHANGE), views started, and the backups' suspicions of their primary.
 # ``suspected_*``: what the suspecting backup had waited for (normal.py's
 # ``suspicion``), ``new_view_timeouts``: views that did not start in time.
+# MinBFT's (its ``minbft_`` counters, added in): a backup's suspicions by what it
+# waited for (``relayed``, ``forwarded``, ``stalled``) and the primaries that
+# asked to end their own view (``minbft_primary_stalled``).
 SUSPECTED = ("relayed", "requests", "stalled", "forwarded")
+# Why a timed wait counted against the primary (``suspicion``: nothing executed
+# during the timeout, a younger wait executed first, or it outlasted 4 timeouts).
+SUSPECTED_WHY = ("nothing_executed", "overtaken", "patience")
 EVENTS = ("pbft_view_changes", "pbft_views_started", "pbft_primary_suspected",
           "pbft_new_view_timeouts", "minbft_view_changes", "minbft_views_started",
-          *(f"pbft_primary_suspected_{cause}" for cause in SUSPECTED))
+          "minbft_primary_suspected", "minbft_new_view_timeouts", "minbft_primary_stalled",
+          *(f"{family}_suspected_{why}" for family in ("pbft", "minbft")
+            for why in SUSPECTED_WHY),
+          *(f"{family}_primary_suspected_{cause}" for family in ("pbft", "minbft")
+            for cause in SUSPECTED))
 
 
 def events_of(cluster: LocalCluster) -> dict[str, float]:
@@ -116,11 +128,19 @@ def with_events(row: dict[str, Any], before: dict[str, float], after: dict[str, 
     row.update(views_started=round(started, 1),
                views_per_min=round(60 * started / seconds, 1),
                view_changes=int(delta["pbft_view_changes"] + delta["minbft_view_changes"]),
-               suspicions=int(delta["pbft_primary_suspected"]),
-               suspected={cause: int(delta[f"pbft_primary_suspected_{cause}"])
-                          for cause in SUSPECTED
-                          if delta[f"pbft_primary_suspected_{cause}"]},
-               new_view_timeouts=int(delta["pbft_new_view_timeouts"]))
+               suspicions=int(delta["pbft_primary_suspected"]
+                              + delta["minbft_primary_suspected"]),
+               suspected={cause: count for cause in SUSPECTED if (count := int(
+                   delta[f"pbft_primary_suspected_{cause}"]
+                   + delta[f"minbft_primary_suspected_{cause}"]))},
+               new_view_timeouts=int(delta["pbft_new_view_timeouts"]
+                                     + delta["minbft_new_view_timeouts"]))
+    why = {reason: count for reason in SUSPECTED_WHY if (count := int(
+        delta[f"pbft_suspected_{reason}"] + delta[f"minbft_suspected_{reason}"]))}
+    if why:
+        row.update(suspected_why=why)
+    if delta["minbft_primary_stalled"]:
+        row.update(primaries_stalled=int(delta["minbft_primary_stalled"]))
     return row
 
 
