@@ -46,7 +46,14 @@ def source_path(module: str, package_dir: Path = PACKAGE_DIR) -> Path:
 
 
 def source_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The SHA-256 of a module's ``.py`` file, and of the ``.pxd`` beside it when
+    there is one (its typed declarations are part of what was compiled)."""
+    digest = hashlib.sha256(path.read_bytes())
+    declarations = path.with_suffix(".pxd")
+    if declarations.is_file():
+        digest.update(b"\0pxd\0")
+        digest.update(declarations.read_bytes())
+    return digest.hexdigest()
 
 
 def abi_tag() -> str:

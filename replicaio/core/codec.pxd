@@ -1,0 +1,4 @@
+cdef class Codec:
+    cdef public object _accepted, _canonical, _decode_typed, _decoder_version, _encode
+    cdef public object _fast_bytes_max, _frame_bytes_max, _value_bounds, _value_tags, _values
+

@@ -1,0 +1,3 @@
+cdef class Stream:
+    cdef public object context, group, handler, inbox, inbox_max, name, types, waiting
+
