@@ -32,6 +32,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from types import GetSetDescriptorType
 from typing import Any
 
 from msgspec.structs import replace
@@ -191,10 +192,38 @@ def probe(root: Any) -> Iterator[int]:
 
 
 def attributes(item: Any) -> list[Any]:
+    """``item``'s attribute values in the order the interpreter's ``__dict__``
+    holds them. A class compiled as an extension type (a ``.pxd`` beside its
+    module, ADR 0036) keeps its declared attributes out of ``__dict__``: they
+    come first, in their declared order, which is the order its ``__init__``
+    assigns them, so a compiled run probes what an interpreted one does."""
     found = getattr(item, "__dict__", None)
     if found is not None:
+        declared = declared_attributes(type(item))
+        if declared:
+            return [getattr(item, name, None) for name in declared] + list(found.values())
         return list(found.values())
     return [getattr(item, name, None) for name in getattr(type(item), "__slots__", ())]
+
+
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement, not compiled
+_DECLARED: dict[type, tuple[str, ...]] = {}
+
+
+def declared_attributes(cls: type) -> tuple[str, ...]:
+    """The attributes an extension type in ``cls``'s bases declares (its ``.pxd``)."""
+    found = _DECLARED.get(cls)
+    if found is None:
+        names: list[str] = []
+        for base in reversed(cls.__mro__):
+            if base.__flags__ & _HEAP_TYPE or not base.__module__.startswith("replicaio."):
+                continue
+            names += [
+                name for name, value in vars(base).items()
+                if type(value) is GetSetDescriptorType and name not in ("__dict__", "__weakref__")
+            ]
+        found = _DECLARED[cls] = tuple(names)
+    return found
 
 
 # -- strategies ------------------------------------------------------------------

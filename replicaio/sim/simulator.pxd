@@ -6,3 +6,5 @@ cdef class Simulator:
     cdef public object view, footprint_max, partitions, clock_ppm, link_clock, latency_rate
     cdef public object count_kinds, log, stats, violations
 
+cdef class SimulatorApi:
+    cdef public object simulator

@@ -1,0 +1,2 @@
+cdef class AnyOf:
+    cdef public object lines

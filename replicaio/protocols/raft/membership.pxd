@@ -1,0 +1,4 @@
+cdef class Membership:
+    cdef dict __dict__
+    cdef public object raft, identities_seen
+
