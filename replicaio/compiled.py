@@ -7,7 +7,8 @@ every name, integer and exception behaves as the interpreter's. The results
 go to ``replicaio/_compiled/`` beside a manifest of each source's SHA-256.
 
 Guarantee: a compiled module is loaded only when the SHA-256 of its ``.py``
-file now equals the one it was compiled from; an edited source is imported
+file (and of the ``.pxd`` beside it, if any: ADR 0036) now equals the one it
+was compiled from; an edited source is imported
 as source (and recompiled by the next ``./run setup`` or ``./run test``), so
 a stale build never runs. The event log hash of every run is the same
 compiled or not (``tests/test_compiled.py`` compares them on several
@@ -26,6 +27,7 @@ import importlib.abc
 import importlib.machinery
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +56,30 @@ def source_digest(path: Path) -> str:
         digest.update(b"\0pxd\0")
         digest.update(declarations.read_bytes())
     return digest.hexdigest()
+
+
+_CDEF_CLASS = re.compile(r"^cdef class (\w+):\n((?:    .*\n?)*)", re.MULTILINE)
+_DECLARATIONS: dict[str, dict[str, tuple[str, ...]]] = {}
+
+
+def declarations(module: str) -> dict[str, tuple[str, ...]]:
+    """The classes the ``.pxd`` beside ``module`` declares as extension types
+    (ADR 0036), each with its declared attributes in order; empty when none."""
+    found = _DECLARATIONS.get(module)
+    if found is None:
+        found = {}
+        path = source_path(module).with_suffix(".pxd")
+        if path.is_file():
+            for match in _CDEF_CLASS.finditer(path.read_text()):
+                names: list[str] = []
+                for line in match.group(2).splitlines():
+                    line = line.strip()
+                    if line.startswith("cdef public object "):
+                        names += [name.strip() for name in
+                                  line.removeprefix("cdef public object ").split(",")]
+                found[match.group(1)] = tuple(names)
+        _DECLARATIONS[module] = found
+    return found
 
 
 def abi_tag() -> str:

@@ -6,6 +6,10 @@ was never built), from the unchanged ``.py`` file, into
 ``replicaio/_compiled/``, and records each source's SHA-256 in the manifest
 ``replicaio.compiled`` checks before it loads one (a stale build never runs).
 
+A ``.pxd`` beside a module (ADR 0036) declares some of its classes as
+extension types with their attributes, so that compiled methods read
+``self``'s attributes from the object's struct; the build digest covers it.
+
 Compilation is an optimisation, never a requirement: without Cython or a C
 compiler, or when a module fails to compile, it says so and that module is
 imported as source. Directives: ``annotation_typing=False`` (the annotations

@@ -1,8 +1,8 @@
 cdef class Node:
     cdef dict __dict__
-    cdef public object child_handlers, codec, config, counters, effects, evidence_log
-    cdef public object group_output_handlers, incarnation, local, local_stream, n, node_id
-    cdef public object params, protocol, protocol_factory, reliable, request_rejection, root
-    cdef public object routes, scheduler, signer, started, storage, storage_damaged
-    cdef public object storage_keys, streams, tick_armed, timer_finishers, timer_next, timers
-    cdef public object usig_admission, usig_scheme
+    cdef public object node_id, config, n, params, codec, signer, usig_scheme, usig_admission
+    cdef public object protocol_factory, scheduler, effects, counters, request_rejection
+    cdef public object evidence_log, storage, storage_keys, incarnation, storage_damaged
+    cdef public object started, routes, child_handlers, reliable, local, local_stream
+    cdef public object streams, group_output_handlers, timers, timer_finishers, timer_next
+    cdef public object tick_armed, protocol, root

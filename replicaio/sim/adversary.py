@@ -32,12 +32,12 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from types import GetSetDescriptorType
 from typing import Any
 
 from msgspec.structs import replace
 
 from replicaio.assembly import adversary_probes
+from replicaio.compiled import declarations
 from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.node import Node
 from replicaio.core.reliable import Acks, Envelope, Hello
@@ -211,17 +211,18 @@ _DECLARED: dict[type, tuple[str, ...]] = {}
 
 
 def declared_attributes(cls: type) -> tuple[str, ...]:
-    """The attributes an extension type in ``cls``'s bases declares (its ``.pxd``)."""
+    """The attributes the extension types among ``cls``'s bases declare in their
+    ``.pxd`` (ADR 0036), bases first; empty for a class the interpreter made."""
     found = _DECLARED.get(cls)
     if found is None:
         names: list[str] = []
         for base in reversed(cls.__mro__):
-            if base.__flags__ & _HEAP_TYPE or not base.__module__.startswith("replicaio."):
+            module = base.__module__
+            if base.__flags__ & _HEAP_TYPE or type(module) is not str or not module.startswith(
+                "replicaio."
+            ):
                 continue
-            names += [
-                name for name, value in vars(base).items()
-                if type(value) is GetSetDescriptorType and name not in ("__dict__", "__weakref__")
-            ]
+            names += declarations(module).get(base.__name__, ())
         found = _DECLARED[cls] = tuple(names)
     return found
 
