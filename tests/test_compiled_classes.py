@@ -163,3 +163,29 @@ def test_the_build_digest_covers_the_pxd(tmp_path: Path) -> None:
     assert declared != alone
     (tmp_path / "module.pxd").write_text("cdef class A:\n    cdef public object y\n")
     assert source_digest(source) != declared
+
+
+def test_a_slots_class_declares_its_slots() -> None:
+    """A compiled class with ``__slots__`` has no ``__dict__``: an attribute
+    its source adds to ``__slots__`` but its ``.pxd`` does not declare would
+    raise ``AttributeError`` compiled, and only there."""
+    import ast
+
+    for module, classes in declarations().items():
+        source = ast.parse(Path(PACKAGE_DIR, *module.split(".")[1:]).with_suffix(".py")
+                           .read_text())
+        for node in source.body:
+            if not isinstance(node, ast.ClassDef) or node.name not in classes:
+                continue
+            names, has_dict = classes[node.name]
+            slots = [
+                ast.literal_eval(item.value) for item in node.body
+                if isinstance(item, ast.Assign)
+                and any(isinstance(target, ast.Name) and target.id == "__slots__"
+                        for target in item.targets)
+            ]
+            if slots:
+                assert not has_dict, (module, node.name)
+                assert sorted(names) == sorted(slots[0]), (module, node.name)
+            else:
+                assert has_dict, (module, node.name)

@@ -3,10 +3,9 @@ cdef class Signal:
 
 cdef class Progress:
     cdef public object acked_round, commit_due, heartbeat_due, identity, inflight
-    cdef public object match_index, next_index, probe_tick, recent_active, snapshot
-    cdef public object snapshot_offset, snapshot_tick, state, wakeup
+    cdef public object match_index, next_index, notice_due, probe_tick, recent_active
+    cdef public object snapshot, snapshot_offset, snapshot_tick, state, wakeup
 
 cdef class Replication:
     cdef dict __dict__
-    cdef public object raft, progress, peer_tasks, tick, synced_index, appended
-
+    cdef public object raft, progress, peer_tasks, tick, synced_index, appended, committed
