@@ -566,15 +566,25 @@ class System:
         return {"nodes": self.nodes, "durability": self.durability, "driven": self.driven}
 
 
+# A variant's nodes run under another interpreter (``python=PATH``: the .venv of
+# another worktree, say main's, to measure the old code beside the new in one run).
+VARIANT_PYTHON: dict[str, str] = {}
+
+
 def parse_variant(
     text: str,
 ) -> tuple[str, dict[str, int], dict[str, int], dict[str, int]]:
     """``NAME:node.tick_us=5000,protocol.snapshot=64,host.batch_inputs_max=64``
-    -> (name, node params, protocol params, host params)."""
+    -> (name, node params, protocol params, host params); an item
+    ``python=PATH`` runs the variant's nodes with that interpreter
+    (``VARIANT_PYTHON``)."""
     name, _, spec = text.partition(":")
     sections: dict[str, dict[str, int]] = {"node": {}, "protocol": {}, "host": {}}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
+        if key.strip() == "python":
+            VARIANT_PYTHON[f"replicaio[{name}]"] = value.strip()
+            continue
         section, _, param = key.strip().partition(".")
         if section not in sections or not param:
             raise SystemExit(
@@ -652,7 +662,8 @@ class ReplicaioSystem(System):
     def start_node(self, node_id: int) -> None:
         cluster = self.cluster
         cluster.runs[node_id] += 1
-        command = [sys.executable, "-m", "replicaio.cli", "node", "--config",
+        python = VARIANT_PYTHON.get(self.name, sys.executable)
+        command = [python, "-m", "replicaio.cli", "node", "--config",
                    str(cluster.config_path), "--id", str(node_id), "--log-level", "warning"]
         process = PROCESSES.start(command, cluster.stderr_log(node_id, cluster.runs[node_id]),
                                   stdin=subprocess.DEVNULL)
@@ -698,6 +709,12 @@ class ReplicaioSystem(System):
 
     def client_port(self) -> int:
         return int(self.cluster.cluster.nodes[self.leader].client.port)
+
+    def describe(self) -> dict[str, Any]:
+        found = super().describe()
+        if self.name in VARIANT_PYTHON:
+            found["python"] = VARIANT_PYTHON[self.name]
+        return found
 
     def server_pids(self) -> list[int]:
         return [process.pid for process in self.cluster.processes.values()]
