@@ -14,10 +14,12 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from replicaio.runtime.certs import init_certs
 from replicaio.runtime.config import Address, TransportParams
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.crypto import (
@@ -27,6 +29,7 @@ from replicaio.runtime.crypto import (
     generate_ed25519_key,
 )
 from replicaio.runtime.framing import frame_header
+from replicaio.runtime.tls import TlsConfig
 from replicaio.runtime.transport import (
     NONCE_BYTES,
     SEQUENCE,
@@ -100,6 +103,7 @@ async def make_node(
     params: TransportParams = PARAMS,
     port: int = 0,
     inbox: QueueInbox | None = None,
+    tls: Path | None = None,
 ) -> Node:
     received = QueueInbox() if inbox is None else inbox
     nodes = tuple(range(max([node_id, *peers]) + 1))
@@ -111,6 +115,9 @@ async def make_node(
         params,
         received,
         Counters(),
+        tls=None if tls is None else TlsConfig(
+            ca_file=tls / "ca.pem", cert_file=tls / f"node-{node_id}.pem",
+            key_file=tls / f"node-{node_id}.key"),
     )
     await transport.start()
     return Node(transport, received)
@@ -658,21 +665,28 @@ def test_outbound_queue_to_a_peer_that_stopped_reading_is_bounded_in_bytes() -> 
     run(scenario)
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_flooding_peer_is_paused_not_buffered(loop: str) -> None:
+def test_a_flooding_peer_is_paused_not_buffered(loop: str, tls: bool, tmp_path: Path) -> None:
     """A peer that sends far more than the inbox takes: the reader delivers until
     the inbox refuses, then holds that one payload and pauses reading; what it
     buffers stays within one read and one frame, the rest waits in the sockets
     and the sender's bounded queue. Once the inbox has room again it reads on:
-    every frame that left the sender arrives, in order."""
+    every frame that left the sender arrives, in order. Over TCP and mutual
+    TLS, on asyncio and uvloop."""
+    certificates = None
+    if tls:
+        init_certs(tmp_path, 2)
+        certificates = tmp_path
     room = 8
     frame = 1024
     params = replace(PARAMS, outbound_queue_max=2048)
 
     async def scenario() -> None:
         inbox = QueueInbox(room=room)
-        acceptor = await make_node(1, {0: 1}, params=params, inbox=inbox)
-        dialer = await make_node(0, {1: acceptor.transport.port}, params=params)
+        acceptor = await make_node(1, {0: 1}, params=params, inbox=inbox, tls=certificates)
+        dialer = await make_node(0, {1: acceptor.transport.port}, params=params,
+                                 tls=certificates)
         channel = dialer.transport.channels[1]
         try:
             for index in range(20_000):  # 20 MiB
