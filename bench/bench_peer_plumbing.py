@@ -122,7 +122,8 @@ def main() -> int:
     run_event_loop(rounds(), args.loop)
     figures = {
         "code": str(Path(replicaio.__file__).parent.parent),
-        "inbox": "deque + waiter, PeerReader" if NEW_INBOX else "asyncio.Queue + Semaphore, streams",
+        "inbox": ("deque + waiter, PeerReader" if NEW_INBOX
+                  else "asyncio.Queue + Semaphore, streams"),
         "loop": args.loop, "window": args.window, "load": os.getloadavg()[0],
         "cpu_ms_per_1000_median": statistics.median(r["cpu_ms_per_1000"] for r in results),
         "per_wall_s_median": statistics.median(r["per_wall_s"] for r in results),
@@ -132,8 +133,9 @@ def main() -> int:
         print(json.dumps(figures))
     else:
         print(f"{figures['code']} ({figures['inbox']}), loop {args.loop}, window "
-              f"{args.window}, load {figures['load']:.1f}: CPU {figures['cpu_ms_per_1000_median']:.1f}"
-              f" ms per 1,000 round trips, {figures['per_wall_s_median']:.0f} round trips/s "
+              f"{args.window}, load {figures['load']:.1f}: "
+              f"CPU {figures['cpu_ms_per_1000_median']:.1f} ms per 1,000 round trips, "
+              f"{figures['per_wall_s_median']:.0f} round trips/s "
               f"(rounds: {', '.join(format(r['cpu_ms_per_1000'], '.1f') for r in results)})")
     return 0
 
