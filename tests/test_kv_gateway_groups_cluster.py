@@ -29,7 +29,7 @@ import pytest
 import redis
 from test_kv_gateway_cluster import Gateway
 from test_kv_groups_cluster import ACCOUNTS, BALANCE, connect, key_in, worker
-from test_kv_groups_pbft_cluster import read_all
+from test_kv_groups_pbft_cluster import read_all, settled
 
 from replicaio.core.codec import Codec
 from replicaio.runtime.local import LocalCluster
@@ -158,24 +158,29 @@ def test_transactions_across_groups_through_the_gateway(
     cluster, gateway = sharded
     client = connect(gateway.port)
     keys = [key_in(group, "multi") for group in range(GROUPS)]
-    assert client.mset({key: str(index) for index, key in enumerate(keys)})
-    assert client.mget(keys) == ["0", "1", "2"]
+    assert settled(lambda: client.mset({key: str(index) for index, key in enumerate(keys)}))
+    assert settled(lambda: client.mget(keys)) == ["0", "1", "2"]
     a, b, c = (key_in(group, "tx") for group in range(GROUPS))
-    client.set(c, "seen")
+    settled(lambda: client.set(c, "seen"))
     pipe = client.pipeline(transaction=True)
     pipe.set(a, 10).incrby(b, 5).get(c).rpush(a + "-list", "x", "y").get(a)
     assert pipe.execute() == [True, 5, "seen", 2, "10"]
     node = connect(cluster.cluster.nodes[liar(cluster) - 1].client.port)
-    assert node.mget([a, b]) == ["10", "5"]
-    # WATCH across groups: another client's change in any group aborts it.
-    pipe = client.pipeline(transaction=True)
-    pipe.watch(a, b)
-    node.set(b, "changed")
-    pipe.multi()
-    pipe.set(a, "mine").set(b, "mine")
-    with pytest.raises(redis.WatchError):
-        pipe.execute()
-    assert client.mget([a, b]) == ["10", "changed"]
+    assert settled(lambda: node.mget([a, b])) == ["10", "5"]
+
+    def watched() -> None:
+        """WATCH across groups: another client's change in any group aborts it
+        (sent again whole if its EXEC applied nothing: TRYAGAIN)."""
+        pipe = client.pipeline(transaction=True)
+        pipe.watch(a, b)
+        settled(lambda: node.set(b, "changed"))
+        pipe.multi()
+        pipe.set(a, "mine").set(b, "mine")
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+
+    settled(watched)
+    assert settled(lambda: client.mget([a, b])) == ["10", "changed"]
     client.close()
     node.close()
 
