@@ -197,19 +197,21 @@ def test_a_raft_leader_sends_append_entries_before_its_sync_and_nothing_else(
     assert sum(node.left_early for node in hosts) > 0
 
 
+async def broadcast_ten(cluster: ClusterFile, host: NodeHost) -> None:
+    """Ten broadcasts through node 0's client port, until the last is delivered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", cluster.nodes[0].client.port)
+    for index in range(10):
+        body = host.codec.encode_value(b"v%d" % index)
+        writer.write(frame_header(len(body)) + body)
+    await read_until(reader, host.codec, lambda m: type(m) is Delivered and m.seq == 9)
+    writer.close()
+
+
 def test_a_batch_of_one_input_syncs_every_writing_step(tmp_path: Path) -> None:
     cluster = cluster_file(tmp_path, 1, host={"batch_inputs_max": 1})
     host = RecordingHost(cluster, 0)
 
-    async def body() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.nodes[0].client.port)
-        for index in range(10):
-            body = host.codec.encode_value(b"v%d" % index)
-            writer.write(frame_header(len(body)) + body)
-        await read_until(reader, host.codec, lambda m: type(m) is Delivered and m.seq == 9)
-        writer.close()
-
-    asyncio.run(run_hosts([host], body))
+    asyncio.run(run_hosts([host], lambda: broadcast_ten(cluster, host)))
     writing_steps = sum(1 for entry in host.trace if entry[0] == "step" and entry[1])
     assert sum(1 for entry in host.trace if entry[0] == "sync") == writing_steps
 
@@ -453,14 +455,6 @@ def test_every_sync_is_marked_on_disk_unless_the_host_turns_marks_off(
 
     host = MarkWatchingHost(cluster, 0)
 
-    async def body() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.nodes[0].client.port)
-        for index in range(10):
-            body = host.codec.encode_value(b"v%d" % index)
-            writer.write(frame_header(len(body)) + body)
-        await read_until(reader, host.codec, lambda m: type(m) is Delivered and m.seq == 9)
-        writer.close()
-
-    asyncio.run(run_hosts([host], body))
+    asyncio.run(run_hosts([host], lambda: broadcast_ten(cluster, host)))
     assert len(marked) >= 10
     assert all(marked) if marks else not any(marked[1:])
