@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from replicaio.core.patience import suspected_kind
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
     Commit,
@@ -53,9 +54,6 @@ BARRIER_MAGIC = b"\x00minbft-read-barrier\x00"
 # (in status periods) while the view lasts.
 FORWARD_EVERY_TICKS = 4
 FORWARD_BATCHES_MAX = 4  # the oldest waiting batches a suspecting backup forwards
-# Timeouts a backup's oldest wait of a kind may outlast while the group executes
-# other work before the primary is suspected for it (``watch_primary``), as PBFT's.
-PATIENCE_TIMEOUTS = 4
 
 Vote = tuple[int, bytes, int]  # (view, digest, key: the PREPARE's counter, -NEW-VIEW's)
 
@@ -464,23 +462,9 @@ class NormalCase:
                  forwarded is not None and forwarded in self.forwarded)
         overtaken = (digest is not None and self.overtaken_relayed == digest,
                      forwarded is not None and self.overtaken_forwarded == forwarded)
-        cause: str | None = None
-        for kind, name in enumerate(("relayed", "forwarded")):
-            if not waits[kind]:
-                continue
-            outlasted[kind] += 1
-            if cause is not None:
-                continue
-            if minbft.executed == executed:
-                minbft.count("minbft_suspected_nothing_executed")
-            elif overtaken[kind]:
-                minbft.count("minbft_suspected_overtaken")
-            elif outlasted[kind] >= PATIENCE_TIMEOUTS:
-                minbft.count("minbft_suspected_patience")
-            else:
-                continue
-            cause = name
-        return cause
+        return suspected_kind(("relayed", "forwarded"), waits, overtaken, outlasted,
+                              minbft.executed == executed,
+                              lambda why: minbft.count(f"minbft_{why}"))
 
     def waiting_for_certificate(self) -> bool:
         """Whether batches wait for the view's NEW-VIEW certificate to be numbered."""

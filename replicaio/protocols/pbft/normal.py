@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from replicaio.core.patience import suspected_kind
 from replicaio.protocols.pbft.messages import (
     Commit,
     Prepare,
@@ -80,9 +81,7 @@ class Slot:
 
 
 FORWARD_BATCHES_MAX = 4  # the newest waiting batches a suspecting backup forwards
-# Timeouts a backup's oldest wait of a kind may outlast while the group executes
-# other work before the primary is suspected for it (``watch_primary``).
-PATIENCE_TIMEOUTS = 4
+SUSPECTED_KINDS = ("relayed", "requests", "stalled", "forwarded")  # (suspicion)
 
 
 class NormalCase:
@@ -747,25 +746,11 @@ class NormalCase:
             False,  # numbers execute in order
             forwarded is not None and self.overtaken_forwarded == forwarded,
         )
-        cause: str | None = None
-        for kind, name in enumerate(("relayed", "requests", "stalled", "forwarded")):
-            if not waits[kind]:
-                continue
-            if executed is None or outlasted is None:
-                return name
-            outlasted[kind] += 1
-            if cause is not None:
-                continue
-            if pbft.executed == executed:
-                pbft.count("pbft_suspected_nothing_executed")
-            elif overtaken[kind]:
-                pbft.count("pbft_suspected_overtaken")
-            elif outlasted[kind] >= PATIENCE_TIMEOUTS:
-                pbft.count("pbft_suspected_patience")
-            else:
-                continue
-            cause = name
-        return cause
+        if executed is None or outlasted is None:
+            return next((name for name, wait in zip(SUSPECTED_KINDS, waits, strict=True)
+                         if wait), None)
+        return suspected_kind(SUSPECTED_KINDS, waits, overtaken, outlasted,
+                              pbft.executed == executed, lambda why: pbft.count(f"pbft_{why}"))
 
     # -- retransmission ------------------------------------------------------------------------
 

@@ -1,0 +1,57 @@
+"""How a BFT backup's request timer judges its primary (Castro and Liskov,
+section 4.4; libbyz), shared by PBFT and MinBFT, whose view changes follow it.
+
+A backup times the oldest wait of each kind it tracks (its own relayed
+batches, the requests it awaits, the batches other backups forwarded, ...)
+and restarts the timer whenever it executes something. When a timeout ends
+and a timed wait of some kind still waits, the wait counts against the
+primary only if **nothing executed** during the timeout, a **younger wait of
+its kind executed first** (a primary ordering what it is given in turn does
+not skip one), or the wait has outlasted :data:`PATIENCE_TIMEOUTS` timeouts
+(a primary that orders others' work but never this backup's). A primary
+working through a queue longer than one timeout is not replaced.
+
+Pure: no clock, no I/O; the caller owns the timer and the counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+# Timeouts a backup's oldest wait of a kind may outlast while the group executes
+# other work before the primary is suspected for it.
+PATIENCE_TIMEOUTS = 4
+
+
+def suspected_kind(
+    names: Sequence[str],
+    waits: Sequence[bool],
+    overtaken: Sequence[bool],
+    outlasted: list[int],
+    nothing_executed: bool,
+    count: Callable[[str], None],
+) -> str | None:
+    """The first kind (of ``names``) whose timed wait counts against the
+    primary after a timeout, or ``None``. ``waits[k]``: kind k's timed wait
+    still waits; ``overtaken[k]``: a younger wait of kind k executed first;
+    ``outlasted[k]``: the timeouts kind k's wait had outlasted before this one,
+    bumped here for every kind that still waits. ``count`` is told why
+    (``suspected_nothing_executed``, ``suspected_overtaken``,
+    ``suspected_patience``) for the kind that decided."""
+    cause: str | None = None
+    for kind, name in enumerate(names):
+        if not waits[kind]:
+            continue
+        outlasted[kind] += 1
+        if cause is not None:
+            continue
+        if nothing_executed:
+            count("suspected_nothing_executed")
+        elif overtaken[kind]:
+            count("suspected_overtaken")
+        elif outlasted[kind] >= PATIENCE_TIMEOUTS:
+            count("suspected_patience")
+        else:
+            continue
+        cause = name
+    return cause

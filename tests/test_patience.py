@@ -1,0 +1,42 @@
+"""``replicaio.core.patience``: the request timer's judgement PBFT and MinBFT share."""
+
+from __future__ import annotations
+
+from replicaio.core.patience import PATIENCE_TIMEOUTS, suspected_kind
+
+KINDS = ("relayed", "forwarded")
+
+
+def judge(waits: tuple[bool, bool], overtaken: tuple[bool, bool], outlasted: list[int],
+          nothing_executed: bool) -> tuple[str | None, list[str]]:
+    why: list[str] = []
+    return suspected_kind(KINDS, waits, overtaken, outlasted, nothing_executed, why.append), why
+
+
+def test_a_wait_while_nothing_executed_suspects_the_primary_at_once() -> None:
+    outlasted = [0, 0]
+    assert judge((True, False), (False, False), outlasted, True) == (
+        "relayed", ["suspected_nothing_executed"])
+    assert outlasted == [1, 0]
+
+
+def test_a_queue_worked_through_is_not_held_against_the_primary_until_patience_runs_out() -> None:
+    outlasted = [0, 0]
+    for _ in range(PATIENCE_TIMEOUTS - 1):
+        assert judge((False, True), (False, False), outlasted, False) == (None, [])
+    assert judge((False, True), (False, False), outlasted, False) == (
+        "forwarded", ["suspected_patience"])
+    assert outlasted == [0, PATIENCE_TIMEOUTS]
+
+
+def test_an_overtaken_wait_suspects_the_primary_and_every_waiting_kind_is_bumped() -> None:
+    outlasted = [0, 2]
+    assert judge((True, True), (False, True), outlasted, False) == (
+        "forwarded", ["suspected_overtaken"])
+    assert outlasted == [1, 3]
+
+
+def test_nothing_waiting_is_no_suspicion() -> None:
+    outlasted = [3, 3]
+    assert judge((False, False), (True, True), outlasted, True) == (None, [])
+    assert outlasted == [3, 3]
