@@ -110,7 +110,7 @@ import time
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, Final, cast
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from replicaio.assembly import kv_value_sizes
@@ -157,6 +157,7 @@ from replicaio.runtime.kv.requests import (
     smr_client_id,
 )
 from replicaio.runtime.logs import RateLimitedLog
+from replicaio.runtime.metrics import LoopHistogram, LoopHistograms
 from replicaio.services.kv.redis_commands import (
     KV_PARAMS,
     METRIC_NAMES,
@@ -254,14 +255,14 @@ class RespService(ListeningService):
         self.started = time.monotonic()
         self.warn = RateLimitedLog(logger)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.latency = Histogram(
+        self.latency = LoopHistograms(
             "replicaio_kv_request_seconds",
             "Redis command latency at the node, from parse to reply, by command",
-            ["command"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            LATENCY_BUCKETS, ["command"], registry=self.registry,
         )
-        # Each command's child of ``latency`` (``labels`` takes a lock and builds a key
-        # on every call); as many as there are command names, a bounded set.
-        self.latency_by_command: dict[str, Histogram] = {}
+        # Each command's child of ``latency``, found without building a tuple per
+        # call; as many as there are command names, a bounded set.
+        self.latency_by_command: dict[str, LoopHistogram] = {}
         self.hops: hoptrace.HopTrace | None = None  # the host's, when it traces
 
     @staticmethod
