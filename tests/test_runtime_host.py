@@ -157,8 +157,7 @@ def test_one_sync_per_batch_and_nothing_leaves_before_its_writes_are_durable(
         writing_steps = sum(1 for entry in host.trace if entry[0] == "step" and entry[1])
         syncs = sum(1 for entry in host.trace if entry[0] == "sync")
         assert syncs < writing_steps  # group commit: several steps share a sync
-    batches = next(iter(hosts[0].metrics.batch_inputs.collect())).samples
-    assert any(sample.name.endswith("_sum") and sample.value > 0 for sample in batches)
+    assert hosts[0].metrics.batch_inputs.total > 0  # the histogram's sum
 
 
 @pytest.mark.parametrize("host", [{}, {"replies_first": False}], ids=["default", "sends-first"])
