@@ -7,10 +7,13 @@ every name, integer and exception behaves as the interpreter's. The results
 go to ``replicaio/_compiled/`` beside a manifest of each source's SHA-256.
 
 Guarantee: a compiled module is loaded only when the SHA-256 of its ``.py``
-file (and of the ``.pxd`` beside it, if any: ADR 0036) now equals the one it
-was compiled from; an edited source is imported
-as source (and recompiled by the next ``./run setup`` or ``./run test``), so
-a stale build never runs. The event log hash of every run is the same
+file (and of the ``.pxd`` beside it, if any: ADR 0036, and of every ``.pxd``
+that one cimports, transitively: ADR 0038) now equals the one it was compiled
+from, and only when every module it cimports is loaded compiled as well (its
+code reads their objects' C structs: beside a module imported as source it
+would fail at import, or worse). Anything else is imported as source (and
+recompiled by the next ``./run setup`` or ``./run test``), so a stale build
+never runs. The event log hash of every run is the same
 compiled or not (``tests/test_compiled.py`` compares them on several
 targets); only speed differs.
 
@@ -47,18 +50,64 @@ def source_path(module: str, package_dir: Path = PACKAGE_DIR) -> Path:
     return package_dir.joinpath(*parts[1:]).with_suffix(".py")
 
 
-def source_digest(path: Path) -> str:
-    """The SHA-256 of a module's ``.py`` file, and of the ``.pxd`` beside it when
-    there is one (its typed declarations are part of what was compiled)."""
+_CIMPORT = re.compile(
+    r"^(?:from\s+(replicaio(?:\.\w+)+)\s+cimport\b|cimport\s+(replicaio(?:\.\w+)+))",
+    re.MULTILINE,
+)
+
+
+def cimports(declarations: str) -> list[str]:
+    """The project's modules a ``.pxd`` text cimports (``from replicaio.x cimport
+    Y`` or ``cimport replicaio.x``), in order of appearance."""
+    return [match.group(1) or match.group(2) for match in _CIMPORT.finditer(declarations)]
+
+
+def _closure(names: list[str], package_dir: Path, without: str = "") -> list[str]:
+    found: set[str] = set()
+    todo = [name for name in names if name != without]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        path = source_path(name, package_dir).with_suffix(".pxd")
+        if path.is_file():
+            todo += [other for other in cimports(path.read_text()) if other != without]
+    return sorted(found)
+
+
+def cimported(module: str, package_dir: Path = PACKAGE_DIR) -> list[str]:
+    """Every module whose declarations ``module``'s ``.pxd`` depends on: the ones it
+    cimports, theirs, and so on (sorted; without ``module`` itself)."""
+    path = source_path(module, package_dir).with_suffix(".pxd")
+    if not path.is_file():
+        return []
+    return _closure(cimports(path.read_text()), package_dir, without=module)
+
+
+def source_digest(path: Path, package_dir: Path = PACKAGE_DIR) -> str:
+    """The SHA-256 of a module's ``.py`` file, of the ``.pxd`` beside it when there
+    is one (its typed declarations are part of what was compiled), and of the
+    ``.pxd`` of every module that one cimports, transitively (their struct layouts
+    are compiled into this module's code: ADR 0038). ``package_dir``: where the
+    cimported modules' files are."""
     digest = hashlib.sha256(path.read_bytes())
     declarations = path.with_suffix(".pxd")
     if declarations.is_file():
+        text = declarations.read_bytes()
         digest.update(b"\0pxd\0")
-        digest.update(declarations.read_bytes())
+        digest.update(text)
+        for name in _closure(cimports(text.decode()), package_dir):
+            other = source_path(name, package_dir).with_suffix(".pxd")
+            digest.update(b"\0cimport\0" + name.encode() + b"\0")
+            digest.update(other.read_bytes() if other.is_file() else b"\0missing\0")
     return digest.hexdigest()
 
 
 _CDEF_CLASS = re.compile(r"^cdef class (\w+):\n((?:    .*\n?)*)", re.MULTILINE)
+# An attribute declaration in a class body: ``cdef public object a, b`` or, for
+# an attribute typed with another declared class (ADR 0038), ``cdef public Raft raft``.
+ATTRIBUTE = re.compile(r"^cdef public (\w+) (\w+(?:\s*,\s*\w+)*)$")
 _DECLARATIONS: dict[str, dict[str, tuple[str, ...]]] = {}
 
 
@@ -73,10 +122,9 @@ def declarations(module: str) -> dict[str, tuple[str, ...]]:
             for match in _CDEF_CLASS.finditer(path.read_text()):
                 names: list[str] = []
                 for line in match.group(2).splitlines():
-                    line = line.strip()
-                    if line.startswith("cdef public object "):
-                        names += [name.strip() for name in
-                                  line.removeprefix("cdef public object ").split(",")]
+                    attribute = ATTRIBUTE.match(line.strip())
+                    if attribute:
+                        names += [name.strip() for name in attribute.group(2).split(",")]
                 found[match.group(1)] = tuple(names)
         _DECLARATIONS[module] = found
     return found
@@ -118,9 +166,11 @@ def read_manifest(build_dir: Path = BUILD_DIR) -> dict[str, Entry]:
 class CompiledFinder(importlib.abc.MetaPathFinder):
     """A meta path finder that answers the compiled extension of a listed module.
 
-    It answers only for a module in the manifest whose extension file exists
-    and whose source's digest matches; for anything else it answers ``None``
-    and the normal finders import the source.
+    It answers only for a module in the manifest whose extension file exists,
+    whose source's digest matches, and each of whose cimported modules
+    (``cimported``) would be answered too and is not already imported as
+    source; for anything else it answers ``None`` and the normal finders
+    import the source.
     """
 
     def __init__(self, entries: dict[str, Entry], package_dir: Path = PACKAGE_DIR) -> None:
@@ -129,17 +179,32 @@ class CompiledFinder(importlib.abc.MetaPathFinder):
         self.loaded: list[str] = []
         self.stale: list[str] = []
 
+    def fresh(self, module: str) -> bool:
+        """Whether ``module`` has a build of its current source and declarations
+        (read again at every call: a source edited meanwhile is stale at once)."""
+        entry = self.entries.get(module)
+        try:
+            return entry is not None and entry.library.is_file() and source_digest(
+                source_path(module, self.package_dir), self.package_dir) == entry.digest
+        except OSError:
+            return False
+
+    def loadable(self, module: str) -> bool:
+        """Fresh, and so is every module it cimports."""
+        return self.fresh(module) and all(
+            self.fresh(name) for name in cimported(module, self.package_dir))
+
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         entry = self.entries.get(fullname)
         if entry is None:
             return None
-        source = source_path(fullname, self.package_dir)
-        try:
-            fresh = entry.library.is_file() and source_digest(source) == entry.digest
-        except OSError:
-            fresh = False
-        if not fresh:
+        # A cimported module already imported, but not by us, is source: its
+        # classes are not the structs this build reads.
+        if not self.loadable(fullname) or any(
+            name in sys.modules and name not in self.loaded
+            for name in cimported(fullname, self.package_dir)
+        ):
             self.stale.append(fullname)
             return None
         self.loaded.append(fullname)
@@ -185,8 +250,8 @@ def planned() -> str:
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return "compiled hot modules: none (REPLICAIO_COMPILED=0)"
     entries = read_manifest()
-    fresh = [module for module, entry in entries.items() if entry.library.is_file()
-             and source_digest(source_path(module)) == entry.digest]
+    finder = CompiledFinder(entries)
+    fresh = [module for module in entries if finder.loadable(module)]
     if not fresh:
         return "compiled hot modules: none (not built)"
     stale = len(entries) - len(fresh)

@@ -9,6 +9,10 @@ was never built), from the unchanged ``.py`` file, into
 A ``.pxd`` beside a module (ADR 0036) declares some of its classes as
 extension types with their attributes, so that compiled methods read
 ``self``'s attributes from the object's struct; the build digest covers it.
+It may type an attribute with a class another ``.pxd`` declares (``from
+replicaio... cimport Raft``, ADR 0038): the digest then covers that ``.pxd``
+too, transitively, so changing a layout rebuilds every module compiled
+against it, and the loader loads a module only with everything it cimports.
 
 Compilation is an optimisation, never a requirement: without Cython or a C
 compiler, or when a module fails to compile, it says so and that module is
@@ -170,8 +174,11 @@ def compile_modules(modules: list[str], work: Path, jobs: int) -> dict[str, Path
         extension = Extension(module, [str(source_path(module))],
                               extra_compile_args=list(C_FLAGS))
         try:
+            # include_path: where a .pxd's ``cimport replicaio...`` finds the
+            # others (ADR 0038).
             made = cythonize([extension], build_dir=str(work / "c"), quiet=True,
-                             compiler_directives=DIRECTIVES)
+                             compiler_directives=DIRECTIVES,
+                             include_path=[str(PACKAGE_DIR.parent)])
         except Exception as error:
             print(f"compiled_build: {module}: Cython failed ({type(error).__name__}); "
                   "it stays source", file=sys.stderr)

@@ -116,6 +116,80 @@ def test_a_missing_library_or_source_falls_back(tmp_path: Path) -> None:
     assert finder.find_spec("replicaio.core.gone", None) is None
 
 
+def cimporting_package(tmp_path: Path) -> tuple[Path, dict[str, Entry]]:
+    """``replicaio.core.hot`` cimports ``replicaio.core.base``, which cimports
+    ``replicaio.core.root`` (ADR 0038): each with a ``.pxd``, each "built"."""
+    package = tmp_path / "pkg"
+    (package / "core").mkdir(parents=True)
+    declarations = {
+        "hot": "from replicaio.core.base cimport Base\n\ncdef class Hot:\n"
+               "    cdef public Base base\n",
+        "base": "cimport replicaio.core.root\n\ncdef class Base:\n"
+                "    cdef public object x\n",
+        "root": "cdef class Root:\n    cdef public object y\n",
+    }
+    for name, text in declarations.items():
+        (package / "core" / f"{name}.py").write_text(f"NAME = {name!r}\n")
+        (package / "core" / f"{name}.pxd").write_text(text)
+    entries = {}
+    for name in declarations:
+        library = tmp_path / f"replicaio.core.{name}.so"
+        library.write_bytes(b"not loaded by this test")
+        module = f"replicaio.core.{name}"
+        entries[module] = Entry(module, library,
+                                source_digest(package / "core" / f"{name}.py", package))
+    return package, entries
+
+
+def test_the_digest_covers_every_cimported_declaration(tmp_path: Path) -> None:
+    package, entries = cimporting_package(tmp_path)
+    assert compiled.cimported("replicaio.core.hot", package) == [
+        "replicaio.core.base", "replicaio.core.root"]
+    hot = package / "core" / "hot.py"
+    before = source_digest(hot, package)
+    # A layout two cimports away changes: the module compiled against it must be rebuilt.
+    (package / "core" / "root.pxd").write_text("cdef class Root:\n    cdef public object z\n")
+    assert source_digest(hot, package) != before
+    assert source_digest(package / "core" / "root.py", package) != \
+        entries["replicaio.core.root"].digest
+    # Editing a cimported module's .py (not its declarations) leaves this digest alone.
+    after = source_digest(hot, package)
+    (package / "core" / "base.py").write_text("NAME = 'edited'\n")
+    assert source_digest(hot, package) == after
+
+
+def test_a_module_is_loaded_only_with_everything_it_cimports(tmp_path: Path) -> None:
+    package, entries = cimporting_package(tmp_path)
+    finder = CompiledFinder(entries, package_dir=package)
+    assert all(finder.loadable(module) for module in entries)
+    # The root's source edited: it is imported as source, so neither module
+    # compiled against its struct (directly or not) may load.
+    (package / "core" / "root.py").write_text("NAME = 'edited'\n")
+    finder = CompiledFinder(entries, package_dir=package)
+    assert not finder.loadable("replicaio.core.root")
+    assert not finder.loadable("replicaio.core.base")
+    assert finder.find_spec("replicaio.core.hot", None) is None
+    assert finder.stale == ["replicaio.core.hot"]
+    assert compiled.cimported("replicaio.core.root", package) == []
+
+
+def test_a_cimported_module_already_imported_as_source_keeps_the_build_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package, entries = cimporting_package(tmp_path)
+    finder = CompiledFinder(entries, package_dir=package)
+    spec = finder.find_spec("replicaio.core.base", None)
+    assert spec is not None and spec.origin == str(entries["replicaio.core.base"].library)
+    # Imported before the finder could answer (as source): not the struct compiled against.
+    monkeypatch.setitem(sys.modules, "replicaio.core.root", importlib.util.module_from_spec(
+        importlib.machinery.ModuleSpec("replicaio.core.root", None)))
+    finder = CompiledFinder(entries, package_dir=package)
+    assert finder.loadable("replicaio.core.base")  # the build itself is fresh
+    assert finder.find_spec("replicaio.core.base", None) is None
+    assert finder.find_spec("replicaio.core.hot", None) is None
+    assert finder.stale == ["replicaio.core.base", "replicaio.core.hot"]
+
+
 @pytest.mark.parametrize("text", [
     "", "not json", "[]", '{"abi": "cpython-27-other", "modules": {}}',
     json.dumps({"abi": compiled.abi_tag(), "modules": []}),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from replicaio.compiled import PACKAGE_DIR, read_manifest, source_digest
+from replicaio.compiled import ATTRIBUTE, PACKAGE_DIR, read_manifest, source_digest
 from replicaio.compiled_build import HOT_MODULES
 from replicaio.sim.adversary import attributes
 
@@ -35,9 +35,8 @@ def declarations() -> dict[str, dict[str, tuple[tuple[str, ...], bool]]]:
                 line = line.strip()
                 if line == "cdef dict __dict__":
                     has_dict = True
-                elif line.startswith("cdef public object "):
-                    names += [name.strip() for name in line.removeprefix(
-                        "cdef public object ").split(",")]
+                elif attribute := ATTRIBUTE.match(line):
+                    names += [name.strip() for name in attribute.group(2).split(",")]
                 elif line:
                     raise AssertionError(f"{path}: unexpected declaration {line!r}")
             classes[match.group(1)] = (tuple(names), has_dict)

@@ -1,3 +1,5 @@
+from replicaio.protocols.raft.raft cimport Raft
+
 cdef class Signal:
     cdef public object line, pending, scheduler
 
@@ -8,4 +10,5 @@ cdef class Progress:
 
 cdef class Replication:
     cdef dict __dict__
-    cdef public object raft, progress, peer_tasks, tick, synced_index, appended, committed
+    cdef public Raft raft
+    cdef public object progress, peer_tasks, tick, synced_index, appended, committed
