@@ -139,9 +139,22 @@ class Request(msgspec.Struct, frozen=True):
 Input = Start | Receive | TimerFired | Request
 
 
-@dataclass(slots=True, init=False)
 class Effects:
-    """One batch of effects from one step; see the module docstring for the order."""
+    """One batch of effects from one step; see the module docstring for the order.
+
+    A plain class with ``__slots__`` (not a dataclass: the compiled build makes
+    it an extension type, ADR 0038, whose attributes a node's and the
+    simulator's compiled code read from its struct), with a dataclass's
+    ``__eq__`` and ``__repr__``."""
+
+    __slots__ = (
+        "outputs",
+        "persists",
+        "sends",
+        "sends_before_sync",
+        "timers_cancelled",
+        "timers_set",
+    )
 
     persists: list[tuple[str, bytes | None]]
     sends: list[tuple[int, Any]]
@@ -178,6 +191,21 @@ class Effects:
             or self.timers_set
             or self.outputs
         )
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.persists, self.sends, self.timers_cancelled, self.timers_set,
+                self.outputs, self.sends_before_sync)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Effects)
+        return self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return (f"Effects(persists={self.persists!r}, sends={self.sends!r}, "
+                f"timers_cancelled={self.timers_cancelled!r}, timers_set={self.timers_set!r}, "
+                f"outputs={self.outputs!r}, sends_before_sync={self.sends_before_sync!r})")
 
 
 class SealedList(list):  # type: ignore[type-arg]

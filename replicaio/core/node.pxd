@@ -1,8 +1,19 @@
+from replicaio.core.codec cimport Codec
+from replicaio.core.context cimport Context
+from replicaio.core.effects cimport Effects
+from replicaio.core.reliable cimport ReliableLinks
+from replicaio.core.scheduler cimport Scheduler
+
 cdef class Node:
     cdef dict __dict__
-    cdef public object node_id, config, n, params, codec, signer, usig_scheme, usig_admission
-    cdef public object protocol_factory, scheduler, effects, counters, request_rejection
-    cdef public object evidence_log, storage, storage_keys, incarnation, storage_damaged
-    cdef public object started, routes, child_handlers, reliable, local, local_stream
-    cdef public object streams, group_output_handlers, timers, timer_finishers, timer_next
-    cdef public object tick_armed, protocol, root
+    cdef public object node_id, config, n, params
+    cdef public Codec codec
+    cdef public object signer, usig_scheme, usig_admission, protocol_factory
+    cdef public Scheduler scheduler
+    cdef public Effects effects
+    cdef public object counters, request_rejection, evidence_log, storage, storage_keys
+    cdef public object incarnation, storage_damaged, started, routes, child_handlers
+    cdef public ReliableLinks reliable
+    cdef public object local, local_stream, streams, group_output_handlers, timers
+    cdef public object timer_finishers, timer_next, tick_armed, protocol
+    cdef public Context root

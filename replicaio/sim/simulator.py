@@ -38,7 +38,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from heapq import heappush
 from math import log
 from math import log as natural_log  # send_all's own parameter is named log
@@ -119,37 +119,69 @@ def young_collections_every(allocations: int) -> Iterator[None]:
 ChooseOverride = Callable[[int, str, int], int]
 
 
-@dataclass(slots=True)
 class SimNode:
-    """The simulator's view of one node: its core, disk, timers and faults."""
+    """The simulator's view of one node: its core, disk, timers and faults.
 
-    node_id: int
-    storage: MemoryStorage
-    chooser_rng: random.Random
-    strategy: Strategy | None
-    core: Node | None = None
-    incarnation: int = 0
-    timers: dict[int, int] = field(default_factory=dict)  # timer id -> token
-    choices: list[Choice] = field(default_factory=list)
-    pending_crash: Crash | None = None
-    held: list[tuple[int, Any]] = field(default_factory=list)  # for after the restart
-    read_errors: int = 0  # restarts that will fail to read the disk (a storage fault)
-    usig_admission: Any = None  # the operator's admission of a new USIG (sim/operator.py)
-    counters: dict[str, int] = field(default_factory=dict)
-    # what the node sent so far, by message kind (only counted when a crash is
-    # aimed at rare sends: Crash.rare)
-    sent_kinds: dict[str, int] = field(default_factory=dict)
-    sent_total: int = 0
-    rare_steps: int = 0  # steps since the pending crash's at_us that sent a rare kind
-    # Group commit (SimOptions.sync_us_mean): the effects of the steps since the
-    # pending sync began, released when it completes; None: no sync pending.
-    waiting: list[Effects] | None = None
-    timers_to_arm: dict[int, int] = field(default_factory=dict)  # timer id -> delay
-    sync_token: int = 0  # the pending sync's event (0: none)
+    A plain class with ``__slots__`` rather than a dataclass: the compiled
+    build makes it an extension type (ADR 0038), whose attributes the
+    simulator's compiled step reads from its struct."""
+
+    __slots__ = (
+        "choices",
+        "chooser_rng",
+        "core",
+        "counters",
+        "held",
+        "incarnation",
+        "node_id",
+        "pending_crash",
+        "rare_steps",
+        "read_errors",
+        "sent_kinds",
+        "sent_total",
+        "storage",
+        "strategy",
+        "sync_token",
+        "timers",
+        "timers_to_arm",
+        "usig_admission",
+        "waiting",
+    )
+
+    def __init__(
+        self, node_id: int, storage: MemoryStorage, chooser_rng: random.Random,
+        strategy: Strategy | None,
+    ) -> None:
+        self.node_id = node_id
+        self.storage = storage
+        self.chooser_rng = chooser_rng
+        self.strategy = strategy
+        self.core: Node | None = None
+        self.incarnation = 0
+        self.timers: dict[int, int] = {}  # timer id -> token
+        self.choices: list[Choice] = []
+        self.pending_crash: Crash | None = None
+        self.held: list[tuple[int, Any]] = []  # for after the restart
+        self.read_errors = 0  # restarts that will fail to read the disk (a storage fault)
+        self.usig_admission: Any = None  # the operator's admission of a new USIG (sim/operator.py)
+        self.counters: dict[str, int] = {}
+        # what the node sent so far, by message kind (only counted when a crash is
+        # aimed at rare sends: Crash.rare)
+        self.sent_kinds: dict[str, int] = {}
+        self.sent_total = 0
+        self.rare_steps = 0  # steps since the pending crash's at_us that sent a rare kind
+        # Group commit (SimOptions.sync_us_mean): the effects of the steps since the
+        # pending sync began, released when it completes; None: no sync pending.
+        self.waiting: list[Effects] | None = None
+        self.timers_to_arm: dict[int, int] = {}  # timer id -> delay
+        self.sync_token = 0  # the pending sync's event (0: none)
 
     @property
     def up(self) -> bool:
         return self.core is not None
+
+    def __repr__(self) -> str:
+        return f"SimNode(node_id={self.node_id}, up={self.up}, incarnation={self.incarnation})"
 
 
 @dataclass(slots=True)

@@ -1,9 +1,17 @@
+from replicaio.core.codec cimport Codec
+from replicaio.core.context cimport Context
+from replicaio.core.stream cimport Stream
+from replicaio.smr.sessions cimport SessionTable
+
 cdef class Replica:
     cdef dict __dict__
-    cdef public object context, ordering, state_machine, constants, params, authenticator
-    cdef public object reply_all, sessions, applied, snapshot_index, checkpoint_index
-    cdef public object checkpoint_bytes, log_bytes, pending, queued, waiting, inflight
-    cdef public object inflight_requests, inflight_views, batch_next, reads_active, read_next
-    cdef public object remote_reads, applied_waiters, kick, kicked, checkpoints, stream
-    cdef public object clocked, has_views, clock_ms, codec
-
+    cdef public Context context
+    cdef public object ordering, state_machine, constants, params, authenticator, reply_all
+    cdef public SessionTable sessions
+    cdef public object applied, snapshot_index, checkpoint_index, checkpoint_bytes
+    cdef public object log_bytes, pending, queued, waiting, inflight, inflight_requests
+    cdef public object inflight_views, batch_next, reads_active, read_next, remote_reads
+    cdef public object applied_waiters, kick, kicked, checkpoints
+    cdef public Stream stream
+    cdef public object clocked, has_views, clock_ms
+    cdef public Codec codec

@@ -1,4 +1,6 @@
+from replicaio.protocols.raft.raft cimport Raft
+
 cdef class Membership:
     cdef dict __dict__
-    cdef public object raft, identities_seen
-
+    cdef public Raft raft
+    cdef public object identities_seen

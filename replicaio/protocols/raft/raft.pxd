@@ -1,11 +1,17 @@
+from replicaio.core.context cimport Context
+from replicaio.core.scheduler cimport Scheduler
+from replicaio.core.stream cimport Stream
 from replicaio.protocols.raft.state cimport RaftLog
 
 cdef class Raft:
     cdef dict __dict__
-    cdef public object context, params, id, hard
+    cdef public Context context
+    cdef public object params, id, hard
     cdef public RaftLog log
-    cdef public object identity, joiner, role, leader_id
-    cdef public object commit_index, applied_index, term_start_index, handlers, role_scope
-    cdef public object scheduler, started, applying, election, replication, snapshots
-    cdef public object membership, reads, stream, dispatch
-
+    cdef public object identity, joiner, role, leader_id, commit_index, applied_index
+    cdef public object term_start_index, handlers, role_scope
+    cdef public Scheduler scheduler
+    cdef public object started, applying, election, replication, snapshots, membership
+    cdef public object reads
+    cdef public Stream stream
+    cdef public object dispatch

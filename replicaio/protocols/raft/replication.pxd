@@ -1,7 +1,9 @@
+from replicaio.core.scheduler cimport Scheduler
 from replicaio.protocols.raft.raft cimport Raft
 
 cdef class Signal:
-    cdef public object line, pending, scheduler
+    cdef public object line, pending
+    cdef public Scheduler scheduler
 
 cdef class Progress:
     cdef public object acked_round, commit_due, heartbeat_due, identity, inflight

@@ -1,4 +1,6 @@
+from replicaio.protocols.raft.raft cimport Raft
+
 cdef class Snapshots:
     cdef dict __dict__
-    cdef public object raft, receiving, buffer
-
+    cdef public Raft raft
+    cdef public object receiving, buffer
