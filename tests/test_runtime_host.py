@@ -30,7 +30,7 @@ from replicaio.runtime.config import (
 )
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.framing import frame_header
-from replicaio.runtime.host import RECEIVE, REQUEST, NodeHost
+from replicaio.runtime.host import RECEIVE, REQUEST, Flight, NodeHost
 from replicaio.runtime.local import free_ports
 from replicaio.storage.file import FileStorage
 
@@ -58,44 +58,63 @@ def cluster_file(
 
 
 class RecordingHost(NodeHost):
-    """Records steps, syncs and releases, and checks at every release made while
-    the store holds unsynced writes that nothing released depends on them: only
-    sends marked ``sends_before_sync`` and the effects of the steps before the
-    first write since the last sync may leave then."""
+    """Records steps, syncs and releases, and checks at every release that nothing
+    released depends on a write that is not durable yet. Every send and output
+    of a step may depend on the writes of that step and of every earlier one:
+    on the storage batch that holds (or will hold) them; it may leave only once
+    that batch is durable (marked in the superblock, or with marks off flushed).
+    Only sends marked ``sends_before_sync`` are exempt. Pipelined or not."""
 
     def __init__(self, cluster: ClusterFile, node_id: int) -> None:
         super().__init__(cluster, node_id)
         self.trace: list[tuple[Any, ...]] = []
-        self.dirty = False  # a step wrote since the last sync
-        self.must_wait: list[Any] = []  # effects that must not leave before the sync
+        self.needs: dict[int, tuple[Any, int]] = {}  # id(effect) -> (effect, batch)
         self.left_early = 0
+        # (A release from a disk thread's callback cannot fail the run: checked after it.)
+        self.violations: list[str] = []
 
     def step(self, core: Node, event: Input, sends: list[tuple[int, bytes]],
              outputs: list[Any], early: list[tuple[int, bytes]]) -> bool:
         held, shown = len(sends), len(outputs)
         wrote = super().step(core, event, sends, outputs, early)
-        self.dirty = self.dirty or wrote
-        if self.dirty:
-            self.must_wait += sends[held:] + outputs[shown:]
+        storage = self.storage
+        assert storage is not None
+        batch = storage._batch_sealed + (1 if storage._pending else 0)
+        for item in sends[held:] + outputs[shown:]:
+            self.needs[id(item)] = (item, batch)
         self.trace.append(("step", wrote))
         return wrote
 
+    def durable_batch(self) -> int:
+        storage = self.storage
+        assert storage is not None and storage._superblock is not None
+        if self.params.mark_syncs:
+            return storage._superblock.state.synced_batch
+        return storage._batch_last
+
     async def sync(self, storage: FileStorage) -> None:
         await super().sync(storage)
-        self.synced()
+        self.synced(storage.batch_last)
 
-    def synced(self) -> None:
-        self.dirty = False
-        self.must_wait = []
+    def release_flight(self, flight: Flight) -> None:
+        if flight.batch:
+            self.synced(flight.batch)
+        super().release_flight(flight)
+
+    def synced(self, batch: int) -> None:
         self.trace.append(("sync",))
 
     def check_release(self, released: list[Any]) -> None:
-        assert self.storage is not None
-        if self.storage._pending:
+        storage = self.storage
+        assert storage is not None
+        durable = self.durable_batch()
+        if storage._pending or storage._batch_sealed > durable:
             self.left_early += len(released)
-            for item in released:
-                assert not any(item is waiting for waiting in self.must_wait), (
-                    "an effect released before the writes it may depend on were synced"
+        for item in released:
+            entry = self.needs.pop(id(item), None)
+            if entry is not None and entry[0] is item and entry[1] > durable:
+                self.violations.append(
+                    f"an effect that needs batch {entry[1]} released with batch {durable} durable"
                 )
         self.trace.append(("release", len(released)))
 
@@ -120,6 +139,8 @@ async def run_hosts(hosts: list[NodeHost], body: Callable[[], Awaitable[None]]) 
         for host in hosts:
             host.stop()
         await asyncio.gather(*tasks)
+    for host in hosts:
+        assert not getattr(host, "violations", None), host.violations  # type: ignore[attr-defined]
 
 
 async def read_message(reader: asyncio.StreamReader, codec: Any) -> Any:
@@ -444,13 +465,13 @@ def test_every_sync_is_marked_on_disk_unless_the_host_turns_marks_off(
     marked: list[bool] = []
 
     class MarkWatchingHost(RecordingHost):
-        def synced(self) -> None:
-            super().synced()
+        def synced(self, batch: int) -> None:
+            super().synced(batch)
             storage = self.storage
             assert storage is not None
             state = read_superblock(storage.directory).state
             assert state is not None
-            marked.append(state.synced_batch == storage.batch_last)
+            marked.append(state.synced_batch >= batch)
 
     host = MarkWatchingHost(cluster, 0)
 

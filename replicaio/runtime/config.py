@@ -129,6 +129,9 @@ class TransportParams:
         return self
 
 
+PIPELINE_MAX = 8  # batches in flight in a pipelined host (``[host] pipeline``)
+
+
 @dataclass(frozen=True, slots=True)
 class HostParams:
     """Bounds of the node host and its client port (``[host]``)."""
@@ -151,10 +154,15 @@ class HostParams:
     # on it leaves, so that a lost acknowledged batch is told from a torn write
     # (docs/storage.md, "Marks"; ADR 0032). false: etcd's guarantee, one flush.
     mark_syncs: bool = True
+    # Batches stepped, written and marked at once (ADR 0037): the next batch is
+    # stepped while earlier ones are flushed and marked; 1 = one batch at a time.
+    pipeline: int = 1
 
     def validate(self) -> HostParams:
         if self.preallocate_bytes < 0:
             raise ClusterFileError("host.preallocate_bytes", "must be >= 0")
+        if not 1 <= self.pipeline <= PIPELINE_MAX:
+            raise ClusterFileError("host.pipeline", f"must be >= 1 and <= {PIPELINE_MAX}")
         for name in (
             "inbox_max",
             "batch_inputs_max",

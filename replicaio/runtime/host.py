@@ -86,6 +86,7 @@ from replicaio.runtime import hoptrace
 from replicaio.runtime.client import ClientService, OnDone, service_factory
 from replicaio.runtime.config import Address, ClusterFile
 from replicaio.runtime.counters import Counters
+from replicaio.runtime.durability import DurabilityPipeline
 from replicaio.runtime.logs import FIELDS, log, monotonic_us
 from replicaio.runtime.metrics import NodeMetrics
 from replicaio.runtime.tls import TlsAcceptor
@@ -152,6 +153,23 @@ class SyncWorker:
         self.thread.join(5.0)
 
 
+@dataclasses.dataclass(slots=True, eq=False)
+class Flight:
+    """A stepped batch of a pipelined host, not yet released (ADR 0037): what it
+    holds back until it is durable and every earlier batch was released."""
+
+    sends: list[tuple[int, bytes]]
+    outputs: list[Any]
+    completions: list[tuple[int, OnDone, str | None]]
+    clean: tuple[int, int, int]  # what of the above left already (the clean prefix)
+    timers: dict[int, int]  # timer id -> delay, armed at the release
+    wrote: bool
+    inputs: int
+    batch: int = 0  # the storage batch it waits for (0: none)
+    durable: bool = False
+    sealed_at: float = 0.0
+
+
 class DueNow:
     """The handle of a timer of delay 0, put in the inbox as it is armed:
     cancelling it does nothing (its token no longer matching drops it)."""
@@ -206,6 +224,10 @@ def output_fields(output: Any) -> dict[str, Any]:
 class NodeHost:
     """Runs node ``node_id`` of ``cluster``; see the module docstring."""
 
+    # The disk threads of a pipelined host (a test swaps in a broken one:
+    # ``replicaio.testing.host_variants``).
+    durability_pipeline: type[DurabilityPipeline] = DurabilityPipeline
+
     def __init__(
         self,
         cluster: ClusterFile,
@@ -251,6 +273,13 @@ class NodeHost:
         self.room_waiters: deque[asyncio.Future[None] | Callable[[], None]] = deque()
         self.batch_waiter: asyncio.Future[None] | None = None
         self.sync_worker: SyncWorker | None = None
+        # The pipelined host (``[host] pipeline`` > 1, fsync on; ADR 0037): batches
+        # stepped and not yet released, oldest first, and the threads that make
+        # them durable; the batch loop's waiter while it waits for a release.
+        self.pipeline: DurabilityPipeline | None = None
+        self.flights: deque[Flight] = deque()
+        self.release_waiter: asyncio.Future[None] | None = None
+        self.failure: BaseException | None = None
         self.choices: list[Choice] = []
         self.random = random.SystemRandom()
         self.timer_tokens: dict[int, int] = {}
@@ -297,6 +326,11 @@ class NodeHost:
         )
         if self.params.fsync:
             self.sync_worker = SyncWorker(asyncio.get_running_loop())
+            if self.params.pipeline > 1:
+                self.pipeline = self.durability_pipeline(
+                    asyncio.get_running_loop(), self.storage, mark=self.params.mark_syncs,
+                    on_durable=self.durable_upto, on_error=self.pipeline_failed,
+                )
         if self.hops is not None:
             self.hops.trace_storage(self.storage)
         config = cluster.cluster_config()
@@ -438,6 +472,8 @@ class NodeHost:
             self.metrics_server.close()
         if self.sync_worker is not None:
             self.sync_worker.close()
+        if self.pipeline is not None:
+            self.pipeline.close()  # what was submitted is written (not released)
         if self.storage is not None:
             self.storage.close()  # every batch was synced before its release
         if self.event_log_file is not None:
@@ -546,7 +582,10 @@ class NodeHost:
         loop = asyncio.get_running_loop()
         batch_max = self.params.batch_inputs_max
         hops = self.hops
+        pipelined = self.pipeline is not None
         while True:
+            if self.failure is not None:
+                raise self.failure
             if not inbox:
                 waiter = loop.create_future()
                 self.batch_waiter = waiter
@@ -582,8 +621,13 @@ class NodeHost:
                 self.free_room(freed)
             batch += requests
             if batch:
-                await self.process(batch)
+                if pipelined:
+                    await self.process_pipelined(batch)
+                else:
+                    await self.process(batch)
             if stop:
+                while self.flights:  # every stepped batch released before the stop
+                    await self.wait_release()
                 return
 
     async def process(
@@ -648,6 +692,137 @@ class NodeHost:
         if hops is not None:
             hops.stamp(hoptrace.RELEASED)
 
+    async def process_pipelined(self, batch: list[tuple[OnDone | None, Input]]) -> None:
+        """Step every input, seal the batch's writes and hand them to the disk
+        threads, and return once fewer than ``[host] pipeline`` batches are
+        unreleased: the next batch is stepped while this one is made durable.
+        Batches are released strictly in order, each once it is durable
+        (:meth:`durable_upto`). What leaves before that (ADR 0037): the sends
+        marked ``sends_before_sync``, at once (they depend on no unsynced write,
+        of this batch or an earlier one); and, if no earlier batch is
+        unreleased, the effects of the steps before the batch's first write,
+        as :meth:`process` does (with an earlier batch unreleased they may depend
+        on its writes: they wait for its release)."""
+        core, storage, pipeline = self.core, self.storage, self.pipeline
+        assert core is not None and storage is not None and pipeline is not None
+        sends: list[tuple[int, bytes]] = []
+        early: list[tuple[int, bytes]] = []
+        outputs: list[Any] = []
+        completions: list[tuple[int, OnDone, str | None]] = []
+        timers: dict[int, int] = {}
+        self.timers_to_arm = timers
+        wrote = False
+        clean = (0, 0, 0)
+        for on_done, event in batch:
+            if self.step(core, event, sends, outputs, early):
+                wrote = True
+            if isinstance(event, Request) and on_done is not None:
+                completions.append((len(outputs), on_done, core.request_rejection))
+            if not wrote:
+                clean = (len(sends), len(outputs), len(completions))
+        self.timers_to_arm = {}
+        hops = self.hops
+        if hops is not None:
+            hops.stamp(hoptrace.STEPPED, int(wrote))
+        if not wrote:
+            clean = (0, 0, 0)
+            sends += early  # released in its turn, right after the batch before
+        elif self.flights:
+            clean = (0, 0, 0)  # may depend on an unreleased batch's writes
+            if early:
+                self.flush_event_log()
+                self.release_sends(early)
+        elif clean != (0, 0, 0) or early:
+            self.flush_event_log()
+            self.release_sends(sends[: clean[0]] + early)
+            self.release_replies(outputs[: clean[1]], completions[: clean[2]])
+            if hops is not None:
+                hops.stamp(hoptrace.EARLY)
+        flight = Flight(sends, outputs, completions, clean, timers, wrote, len(batch))
+        sealed = storage.seal() if wrote else None
+        if sealed is None:
+            flight.durable = True
+        else:
+            flight.batch = sealed.batch
+            flight.sealed_at = time.perf_counter()
+            if hops is not None:
+                hops.stamp(hoptrace.SYNC_CALL)
+            pipeline.submit(sealed)
+        self.flights.append(flight)
+        self.release_durable()
+        while len(self.flights) >= self.params.pipeline:
+            await self.wait_release()
+
+    async def wait_release(self) -> None:
+        """Until the oldest unreleased batch was released (or the disk failed)."""
+        if self.failure is not None:
+            raise self.failure
+        waiter = asyncio.get_running_loop().create_future()
+        self.release_waiter = waiter
+        await waiter
+
+    def durable_upto(self, batch: int) -> None:
+        """The disk threads: every storage batch up to ``batch`` is durable (a
+        callback of the loop: a failure here stops the batch loop)."""
+        try:
+            for flight in self.flights:
+                if flight.batch > batch:
+                    break
+                flight.durable = True
+            self.release_durable()
+        except BaseException as error:
+            self.pipeline_failed(error)
+            raise
+
+    def release_durable(self) -> None:
+        """Release the oldest batches while they are durable, in order."""
+        flights = self.flights
+        if not flights or not flights[0].durable:
+            return
+        while flights and flights[0].durable:
+            self.release_flight(flights.popleft())
+        waiter = self.release_waiter
+        if waiter is not None:
+            self.release_waiter = None
+            succeed(waiter)
+
+    def pipeline_failed(self, error: BaseException) -> None:
+        """A disk thread failed (the store closed itself): stop the batch loop with
+        ``error``; nothing stepped after the last durable batch is released."""
+        if self.failure is None:
+            self.failure = error
+        for waiter in (self.release_waiter, self.batch_waiter):
+            if waiter is not None:
+                fail(waiter, error)
+        self.release_waiter = self.batch_waiter = None
+
+    def release_flight(self, flight: Flight) -> None:
+        """What :meth:`process` does after the sync, for one pipelined batch."""
+        hops = self.hops
+        if flight.batch:
+            if hops is not None:
+                hops.stamp(hoptrace.SYNC_BACK)
+            self.metrics.fsync_seconds.observe(time.perf_counter() - flight.sealed_at)
+            self.stats["syncs"] += 1
+        self.flush_event_log()
+        sends, clean = flight.sends, flight.clean
+        position = clean[1]
+        replies = flight.outputs[position:]
+        done = [(index - position, on_done, reason)
+                for index, on_done, reason in flight.completions[clean[2]:]]
+        if self.params.replies_first and (replies or done) and len(sends) > clean[0]:
+            self.release_replies(replies, done)
+            self.defer_sends(sends[clean[0]:])
+            self.arm_timers(flight.wrote, flight.timers)
+        else:
+            self.release_sends(sends[clean[0]:])
+            self.arm_timers(flight.wrote, flight.timers)
+            self.release_replies(replies, done)
+        self.stats["batches"] += 1
+        self.metrics.batch_inputs.observe(flight.inputs)
+        if hops is not None:
+            hops.stamp(hoptrace.RELEASED)
+
     def step(
         self, core: Node, event: Input, sends: list[tuple[int, bytes]], outputs: list[Any],
         early: list[tuple[int, bytes]],
@@ -683,6 +858,9 @@ class NodeHost:
         for timer_id in effects.timers_cancelled:
             self.cancel_timer(timer_id)
         for timer_id, delay_us in effects.timers_set:
+            # Re-armed: the earlier arming (running, or waiting for an earlier
+            # batch's release) must not fire after this step.
+            self.cancel_timer(timer_id)
             self.timers_to_arm[timer_id] = delay_us
         outputs.extend(effects.outputs)
         if self.event_log is not None:
@@ -777,7 +955,7 @@ class NodeHost:
         if sends:
             self.release_sends(sends)
 
-    def arm_timers(self, synced: bool) -> None:
+    def arm_timers(self, synced: bool, timers: dict[int, int] | None = None) -> None:
         """Arm the batch's timers: only after its sync (``replicaio.core.effects``).
         A timer of delay 0 (a core learning that its writes are durable) goes into
         the inbox at once, behind what already waits there, rather than through
@@ -787,7 +965,9 @@ class NodeHost:
         which let the loop run: a core that arms delay-0 timers without writing
         cannot keep the batch loop from yielding."""
         loop = asyncio.get_running_loop()
-        for timer_id, delay_us in self.timers_to_arm.items():
+        if timers is None:
+            timers = self.timers_to_arm
+        for timer_id, delay_us in timers.items():
             self.token += 1
             self.timer_tokens[timer_id] = self.token
             if delay_us <= 0 and synced:
@@ -797,7 +977,7 @@ class NodeHost:
                 self.timer_handles[timer_id] = loop.call_later(
                     delay_us / 1_000_000, self.timer_fired, timer_id, self.token
                 )
-        self.timers_to_arm.clear()
+        timers.clear()
 
     def release_replies(
         self, outputs: list[Any], completions: list[tuple[int, OnDone, str | None]]
@@ -835,8 +1015,11 @@ class NodeHost:
             self.service.on_outputs(outputs)
 
     def cancel_timer(self, timer_id: int) -> None:
-        if self.timers_to_arm.pop(timer_id, None) is not None:
-            return  # armed earlier in this very batch, never started
+        """Cancel ``timer_id`` wherever it is: set earlier in this batch, set in an
+        unreleased batch (pipelined), or running."""
+        self.timers_to_arm.pop(timer_id, None)
+        for flight in self.flights:
+            flight.timers.pop(timer_id, None)
         handle = self.timer_handles.pop(timer_id, None)
         self.timer_tokens.pop(timer_id, None)
         if handle is not None:

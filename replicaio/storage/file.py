@@ -45,6 +45,7 @@ import fcntl
 import os
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -149,6 +150,18 @@ class Snapshot:
     covered_offset: int
     batch_last: int
     state: dict[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class SealedBatch:
+    """A batch sealed by ``FileStorage.seal``: its number, its records encoded
+    (``ends``: where each record ends in ``data``, the points a segment rotation
+    may split at) and the writes to apply to the map once it is written."""
+
+    batch: int
+    data: bytes
+    ends: list[int]
+    writes: list[tuple[str, bytes, bytes | None]]
 
 
 @dataclass(slots=True)
@@ -411,6 +424,9 @@ class FileStorage:
         self._segment_file_bytes = 0  # the current segment file's size (zeros past the used)
         self._zero_tail = False  # the recovered last segment ended in preallocated zeros
         self._batch_last = 0  # last batch written and committed
+        self._batch_sealed = 0  # last batch sealed (>= _batch_last; seal() numbers them)
+        # One superblock writer at a time: marks, rotations, compactions, epochs.
+        self._superblock_lock = threading.Lock()
         self._closed_reason: str | None = None
         self._lock_fd = -1
         self._directory_fd = -1
@@ -457,6 +473,63 @@ class FileStorage:
         self._sync_batch()
         if self._mark_syncs:
             self._mark()
+        self.compact_if_due()
+
+    # -- the same in steps, on two threads (the pipelined host, ADR 0037) ---------------------
+
+    def seal(self) -> SealedBatch | None:
+        """Take every buffered write as the next batch, numbered and encoded
+        (``None`` if nothing is buffered). On the thread that buffers (the
+        host's loop): later writes go to the batch after it.
+
+        Sealed batches are handed to :meth:`write_sealed` in the order they
+        were sealed; until that returns, a sealed batch is not durable (nor in
+        the map ``recover`` returns)."""
+        self._check_open()
+        if not self._pending:
+            return None
+        pending = self._pending
+        self._pending = []
+        self._pending_bytes = 0
+        self._batch_sealed += 1
+        batch = self._batch_sealed
+        chunk = bytearray()
+        ends: list[int] = []
+        last = len(pending) - 1
+        for index, (_, key_bytes, value) in enumerate(pending):
+            flags = FLAG_COMMIT if index == last else 0
+            kind = KIND_DELETE if value is None else KIND_PUT
+            encode_record(chunk, batch, flags, kind, key_bytes, value or b"")
+            ends.append(len(chunk))
+        return SealedBatch(batch, bytes(chunk), ends, pending)
+
+    def write_sealed(self, sealed: SealedBatch) -> None:
+        """Append ``sealed`` to the log and flush it (``fdatasync``): durable on
+        return, and applied to the map. One thread at a time (the host's log
+        thread), in batch order. Does not mark (see :meth:`mark_flushed`).
+
+        On an ``OSError`` the store closes itself and the error propagates."""
+        self._check_open()
+        assert sealed.batch == self._batch_last + 1, (sealed.batch, self._batch_last)
+        self.syncs += 1
+        try:
+            self._write_sealed(sealed)
+        except OSError as error:
+            self._fail(error)
+            raise
+        for key, key_bytes, value in sealed.writes:
+            self._apply(key, len(key_bytes), value)
+
+    def mark_flushed(self) -> int:
+        """Mark in the superblock every batch whose log flush has returned; return
+        the last one (thread-safe against the log thread, which only moves that
+        number on after a flush). A mark that finds them marked writes nothing."""
+        self._check_open()
+        return self._mark()
+
+    def compact_if_due(self) -> None:
+        """Compact if the log has outgrown the threshold and the live data (on the
+        thread that writes the log: it reads the map the writes are applied to)."""
         threshold = self._wal_bytes_compact_threshold
         wal_bytes = self.wal_bytes
         # Compacting only once the log outgrows the live data bounds write amplification.
@@ -509,7 +582,7 @@ class FileStorage:
     @property
     def wal_bytes(self) -> int:
         """Bytes in the live log segments (those not yet covered by a snapshot)."""
-        return sum(self._segments.values())
+        return sum(self._segments.copy().values())  # (a copy: the log thread may rotate)
 
     @property
     def segment_count(self) -> int:
@@ -533,7 +606,10 @@ class FileStorage:
             raise StorageUsageError(f"the epoch never goes back: {epoch} < {self.epoch}")
         assert self._superblock is not None
         try:
-            self._superblock.write(replace(self._superblock.state, epoch=epoch), every_slot=True)
+            with self._superblock_lock:
+                self._superblock.write(
+                    replace(self._superblock.state, epoch=epoch), every_slot=True
+                )
         except OSError as error:
             self._fail(error)
             raise
@@ -545,20 +621,28 @@ class FileStorage:
         if self._superblock.state.damage == DAMAGE_NONE:
             return
         try:
-            self._superblock.write(replace(self._superblock.state, damage=DAMAGE_NONE))
+            with self._superblock_lock:
+                self._superblock.write(replace(self._superblock.state, damage=DAMAGE_NONE))
         except OSError as error:
             self._fail(error)
             raise
 
-    def _mark(self) -> None:
-        """Record in the superblock that every batch so far is synced."""
+    def _mark(self) -> int:
+        """Record in the superblock that every batch so far is synced; return the
+        last. Under the superblock lock: the pipelined host marks on a thread of
+        its own while the log thread may rotate or compact (which mark too)."""
         superblock = self._superblock
-        if superblock is not None and superblock.state.synced_batch < self._batch_last:
-            try:
-                superblock.write(replace(superblock.state, synced_batch=self._batch_last))
-            except OSError as error:
-                self._fail(error)
-                raise
+        batch = self._batch_last  # read once: the log thread moves it on after a flush
+        if superblock is None:
+            return batch
+        with self._superblock_lock:
+            if superblock.state.synced_batch < batch:
+                try:
+                    superblock.write(replace(superblock.state, synced_batch=batch))
+                except OSError as error:
+                    self._fail(error)
+                    raise
+        return batch
 
     def compact(self) -> None:
         """Sync, then fold the whole log into a snapshot and delete the covered segments.
@@ -608,40 +692,30 @@ class FileStorage:
         self.writes += 1
 
     def _sync_batch(self) -> None:
-        self.syncs += 1
-        if not self._pending:
+        sealed = self.seal()
+        if sealed is None:
+            self.syncs += 1
             return  # nothing buffered: everything acknowledged is already durable
-        pending = self._pending
-        self._pending = []
-        self._pending_bytes = 0
-        try:
-            self._write_batch(pending)
-        except OSError as error:
-            self._fail(error)
-            raise
-        for key, key_bytes, value in pending:
-            self._apply(key, len(key_bytes), value)
+        self.write_sealed(sealed)
 
-    def _write_batch(self, pending: list[tuple[str, bytes, bytes | None]]) -> None:
-        """Append ``pending`` as the next batch; rotate segments on the way if needed."""
-        batch = self._batch_last + 1
-        chunk = bytearray()
-        last = len(pending) - 1
-        for index, (_, key_bytes, value) in enumerate(pending):
-            record_bytes = RECORD_HEADER.size + len(key_bytes) + (len(value) if value else 0)
-            used = self._segments[self._segment_seq] + len(chunk)
-            if used + record_bytes > self._segment_bytes_max and used > SEGMENT_HEADER.size:
-                self._append(chunk)
-                chunk = bytearray()
+    def _write_sealed(self, sealed: SealedBatch) -> None:
+        """Append ``sealed`` as the next batch; rotate segments on the way if needed
+        (between two of its records, never inside one)."""
+        data = memoryview(sealed.data)
+        start = 0  # the first byte of data not yet appended
+        previous = 0  # where the record being looked at starts
+        for end in sealed.ends:
+            used = self._segments[self._segment_seq] + previous - start
+            if used + end - previous > self._segment_bytes_max and used > SEGMENT_HEADER.size:
+                self._append(data[start:previous])
+                start = previous
                 self._rotate()
-            flags = FLAG_COMMIT if index == last else 0
-            kind = KIND_DELETE if value is None else KIND_PUT
-            encode_record(chunk, batch, flags, kind, key_bytes, value or b"")
-        self._append(chunk)
+            previous = end
+        self._append(data[start:])
         self._flush_segment()
-        self._batch_last = batch
+        self._batch_last = sealed.batch
 
-    def _append(self, data: bytes | bytearray) -> None:
+    def _append(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at the segment's end (not durable until ``_flush_segment``).
 
         Zeros are written past it when it reaches the preallocated end: a crash
@@ -815,7 +889,7 @@ class FileStorage:
             self._truncate_torn_tail(path)
         else:
             self._open_new_segment(covered + 1)
-        self._batch_last = cursor.batch
+        self._batch_last = self._batch_sealed = cursor.batch
         if not cursor.committed:
             self._seal(cursor.batch)
         self._mark()

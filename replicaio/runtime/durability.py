@@ -1,0 +1,140 @@
+"""The pipelined host's two disk threads (ADR 0037): batches made durable in order.
+
+The host seals a batch on its loop (``FileStorage.seal``: numbered, encoded)
+and hands it to :meth:`DurabilityPipeline.submit`. Two threads then make it
+durable:
+
+* the **log thread** takes sealed batches first in, first out and writes and
+  flushes each (``FileStorage.write_sealed``: append + ``fdatasync``; then a
+  compaction if one is due), so batch k+1 is written only once batch k's flush
+  has returned: at most one batch is ever partly on disk, the last, which is
+  what recovery's torn-write rule assumes;
+* the **mark thread** (``mark_syncs`` on) marks in the superblock the latest
+  batch whose log flush has returned (``FileStorage.mark_flushed``, one
+  ``fdatasync``). Marks coalesce: if batches k and k+1 are both flushed when
+  the thread comes round, one mark covers both.
+
+A batch is *durable* once its mark has returned (with ``mark_syncs`` off:
+once its log flush has). ``on_durable(batch)`` is then called on the loop
+with the highest durable batch, never decreasing, so the host can release
+every batch up to it in order. The first ``OSError`` (or bug) of either
+thread stops both and is handed to ``on_error`` on the loop; the store has
+closed itself by then (``FileStorage._fail``), and nothing after the failed
+batch is called durable.
+
+Superblock writes of the two threads (a mark; a rotation's or compaction's
+mark) are serialised by the store's superblock lock. Bounded: the host holds
+at most ``[host] pipeline`` batches sealed and not yet released, so the log
+queue holds at most that many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from replicaio.storage.file import FileStorage, SealedBatch
+
+
+class DurabilityPipeline:
+    """The log thread and the mark thread of one pipelined host; see the module
+    docstring. Every method is called on the loop's thread."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        storage: FileStorage,
+        *,
+        mark: bool,
+        on_durable: Callable[[int], None],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self.loop = loop
+        self.storage = storage
+        self.mark = mark
+        self.on_durable = on_durable
+        self.on_error = on_error
+        self.jobs: queue.SimpleQueue[SealedBatch | None] = queue.SimpleQueue()
+        self.condition = threading.Condition()
+        self.flushed = 0  # the last batch whose log flush returned (log thread sets it)
+        self.stopping = False  # no more batches will be flushed (mark thread's cue)
+        self.failed = False
+        self.log_thread = threading.Thread(target=self.run_log, name="replicaio-log",
+                                           daemon=True)
+        self.mark_thread = threading.Thread(target=self.run_mark, name="replicaio-mark",
+                                            daemon=True)
+        self.log_thread.start()
+        if mark:
+            self.mark_thread.start()
+
+    def submit(self, sealed: SealedBatch) -> None:
+        """Queue ``sealed`` behind the batches sealed before it."""
+        self.jobs.put(sealed)
+
+    def close(self) -> None:
+        """Let the threads finish what was submitted (or stop at a failure) and end."""
+        self.jobs.put(None)
+        self.log_thread.join(10.0)
+        if self.mark:
+            self.mark_thread.join(10.0)
+
+    # -- the threads -------------------------------------------------------------------------
+
+    def run_log(self) -> None:
+        storage = self.storage
+        try:
+            while True:
+                sealed = self.jobs.get()
+                if sealed is None:
+                    return
+                try:
+                    storage.write_sealed(sealed)
+                    storage.compact_if_due()
+                except BaseException as error:
+                    self.fail(error)
+                    return
+                if self.mark:
+                    with self.condition:
+                        self.flushed = sealed.batch
+                        self.condition.notify()
+                else:
+                    self.tell(self.on_durable, sealed.batch)
+        finally:
+            with self.condition:
+                self.stopping = True
+                self.condition.notify()
+
+    def run_mark(self) -> None:
+        marked = 0
+        condition = self.condition
+        while True:
+            with condition:
+                while self.flushed <= marked and not self.stopping:
+                    condition.wait()
+                if self.flushed <= marked or self.failed:
+                    return  # stopping with every flushed batch marked (or failed)
+            try:
+                marked = self.storage.mark_flushed()
+            except BaseException as error:
+                self.fail(error)
+                return
+            self.tell(self.on_durable, marked)
+
+    def fail(self, error: BaseException) -> None:
+        with self.condition:
+            if self.failed:
+                return
+            self.failed = True
+            self.stopping = True
+            self.condition.notify()
+        self.tell(self.on_error, error)
+
+    def tell(self, callback: Callable[[Any], None], argument: object) -> None:
+        """Call ``callback(argument)`` on the loop (unless it is closed: the host
+        failed and stopped meanwhile)."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(callback, argument)

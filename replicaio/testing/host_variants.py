@@ -1,0 +1,33 @@
+"""Deliberately broken disk threads for the pipelined host (ADR 0037), for the
+tests that must catch them (``tests/test_runtime_host.py``): each releases a
+batch before it is durable in its own way."""
+
+from __future__ import annotations
+
+from replicaio.runtime.durability import DurabilityPipeline
+from replicaio.storage.file import SealedBatch
+
+
+class ReleaseAtSubmit(DurabilityPipeline):
+    """Calls a batch durable as it is handed over, before its write: a host that
+    does not wait for its disk at all."""
+
+    def submit(self, sealed: SealedBatch) -> None:
+        super().submit(sealed)
+        self.loop.call_soon(self.on_durable, sealed.batch)
+
+
+class ReleaseAtLogFlush(DurabilityPipeline):
+    """Calls a batch durable once its log flush returns, without waiting for the
+    mark (``mark_syncs`` on): a crash then may lose the mark of a released
+    batch, and a later loss of that batch reads as a torn write (ADR 0032)."""
+
+    def run_log(self) -> None:
+        storage, write = self.storage, self.storage.write_sealed
+
+        def write_and_tell(sealed: SealedBatch) -> None:
+            write(sealed)
+            self.tell(self.on_durable, sealed.batch)
+
+        storage.write_sealed = write_and_tell  # type: ignore[method-assign]
+        super().run_log()
