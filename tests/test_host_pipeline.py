@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_runtime_host import RecordingHost, cluster_file, frame_header, read_until, run_hosts
+from test_runtime_host import (
+    RecordingHost,
+    cluster_file,
+    frame_header,
+    raft_writes,
+    read_until,
+    run_hosts,
+)
 
 from replicaio.protocols.broadcast import Delivered
 from replicaio.runtime.durability import DurabilityPipeline
@@ -108,35 +115,13 @@ def test_a_raft_cluster_serves_writes_pipelined(tmp_path: Path) -> None:
     """Raft's leader marks its AppendEntries ``sends_before_sync``: with a batch in
     flight they still leave at once, and every other effect waits for the
     batches before it (RecordingHost checks); the writes are answered."""
-    from replicaio.services.kv.state_machine import encode_command
-    from replicaio.smr.api import ClientRequest, Reply
-
     cluster = cluster_file(tmp_path, 3, protocol="raft", host={"pipeline": 2})
     hosts = [PipelineHost(cluster, node) for node in range(3)]
-    writes = 10
-
-    async def client(client_id: int) -> None:
-        codec = hosts[0].codec
-        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.nodes[0].client.port)
-        for seq in range(1, writes + 1):
-            command = encode_command("put", b"k%d" % client_id, b"%d" % seq)
-            request = codec.encode_value(codec.encode(ClientRequest(client_id, seq, command,
-                                                                    False)))
-            for _ in range(100):  # refused or lost before the election: the same seq again
-                writer.write(frame_header(len(request)) + request)
-                try:
-                    await asyncio.wait_for(read_until(reader, codec, lambda m, seq=seq: (
-                        type(m) is Reply and (m.client, m.seq) == (client_id, seq))), 0.5)
-                    break
-                except TimeoutError:
-                    continue
-            else:
-                raise AssertionError(f"no reply to seq {seq}")
-        writer.close()
 
     async def body() -> None:
         # Three clients at once: their requests share batches, batches overlap.
-        await asyncio.gather(*(client(client_id) for client_id in (7, 8, 9)))
+        await asyncio.gather(*(raft_writes(cluster, hosts[0].codec, client, 10)
+                               for client in (7, 8, 9)))
 
     asyncio.run(run_hosts(list(hosts), body))
     assert sum(node.left_early for node in hosts) > 0

@@ -188,33 +188,37 @@ def test_a_raft_leader_sends_append_entries_before_its_sync_and_nothing_else(
     """Thesis 10.2.1 live: the leader's AppendEntries leave before its fsync;
     every other effect of a writing step waits for it (RecordingHost checks),
     whichever comes first after the sync, replies or sends."""
-    from replicaio.services.kv.state_machine import encode_command
-    from replicaio.smr.api import ClientRequest, Reply
-
     cluster = cluster_file(tmp_path, 3, protocol="raft", host=host)
     hosts = [RecordingHost(cluster, node) for node in range(3)]
-    writes = 20
 
     async def body() -> None:
-        codec = hosts[0].codec
-        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.nodes[0].client.port)
-        for seq in range(1, writes + 1):
-            command = encode_command("put", b"k", b"%d" % seq)
-            request = codec.encode_value(codec.encode(ClientRequest(7, seq, command, False)))
-            for _ in range(100):  # refused or lost before the election: the same seq again
-                writer.write(frame_header(len(request)) + request)
-                try:
-                    await asyncio.wait_for(read_until(reader, codec, lambda m, seq=seq: (
-                        type(m) is Reply and (m.client, m.seq) == (7, seq))), 0.5)
-                    break
-                except TimeoutError:
-                    continue
-            else:
-                raise AssertionError(f"no reply to seq {seq}")
-        writer.close()
+        await raft_writes(cluster, hosts[0].codec, 7, 20)
 
     asyncio.run(run_hosts(list(hosts), body))
     assert sum(node.left_early for node in hosts) > 0
+
+
+async def raft_writes(cluster: ClusterFile, codec: Any, client: int, writes: int) -> None:
+    """``writes`` puts of one client through node 0's client port, one at a time
+    (each sent again until answered: refused or lost before the election)."""
+    from replicaio.services.kv.state_machine import encode_command
+    from replicaio.smr.api import ClientRequest, Reply
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", cluster.nodes[0].client.port)
+    for seq in range(1, writes + 1):
+        command = encode_command("put", b"k%d" % client, b"%d" % seq)
+        request = codec.encode_value(codec.encode(ClientRequest(client, seq, command, False)))
+        for _ in range(100):
+            writer.write(frame_header(len(request)) + request)
+            try:
+                await asyncio.wait_for(read_until(reader, codec, lambda m, seq=seq: (
+                    type(m) is Reply and (m.client, m.seq) == (client, seq))), 0.5)
+                break
+            except TimeoutError:
+                continue
+        else:
+            raise AssertionError(f"no reply to seq {seq}")
+    writer.close()
 
 
 async def broadcast_ten(cluster: ClusterFile, host: NodeHost) -> None:

@@ -37,6 +37,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from replicaio.storage.base import StorageUsageError
 from replicaio.storage.file import FileStorage, SealedBatch
 
 
@@ -119,6 +120,12 @@ class DurabilityPipeline:
                     return  # stopping with every flushed batch marked (or failed)
             try:
                 marked = self.storage.mark_flushed()
+            except StorageUsageError as error:
+                # The store was closed under the mark: by the log thread's failure,
+                # which is the error to tell (it is on its way; this one is its echo).
+                self.log_thread.join(5.0)
+                self.fail(error)
+                return
             except BaseException as error:
                 self.fail(error)
                 return

@@ -28,6 +28,16 @@ batch, so that prefix holds the acknowledgements, commits and replies that
 new requests would otherwise hold back behind their fsync. Timers are armed
 only after the sync (a timer of delay 0 tells the core its writes are durable).
 
+Pipelined (``[host] pipeline`` = N > 1, fsync on; ADR 0037): the batch's
+writes are sealed (``FileStorage.seal``) and handed to two disk threads
+(``replicaio.runtime.durability``: the log's write and flush in batch order,
+then the superblock mark of the latest flushed batch), and the loop steps the
+next batch at once unless N batches are unreleased. Batches are released
+strictly in order, each once durable, with their timers armed then. Early:
+``sends_before_sync`` sends at once (they depend on no unsynced write, of any
+batch); the clean prefix only if no earlier batch is unreleased, since it may
+depend on that batch's writes. ``pipeline = 1`` is the code path above.
+
 Choice points are resolved by the production default, the first alternative,
 and recorded. With an event log, every step is written as the simulator
 writes it (``replicaio.trace.eventlog``): ``replicaio replay FILE --node I``
@@ -639,26 +649,17 @@ class NodeHost:
         """Step every input, sync once, then release the effects in step order
         (``before_release`` runs between the two). What depends on no unsynced
         write leaves before the sync (see the module docstring)."""
-        core, storage = self.core, self.storage
-        assert core is not None and storage is not None
+        storage = self.storage
+        assert storage is not None
         sends: list[tuple[int, bytes]] = []
         early: list[tuple[int, bytes]] = []  # sends_before_sync of the writing steps
         outputs: list[Any] = []
         # (outputs released before it, callback, rejection): completions keep step order.
         completions: list[tuple[int, OnDone, str | None]] = []
-        wrote = False
-        clean = (0, 0, 0)  # sends, outputs, completions of the steps before the first write
-        for on_done, event in batch:
-            if self.step(core, event, sends, outputs, early):
-                wrote = True
-            if isinstance(event, Request) and on_done is not None:
-                completions.append((len(outputs), on_done, core.request_rejection))
-            if not wrote:
-                clean = (len(sends), len(outputs), len(completions))
+        wrote, clean = self.step_batch(batch, sends, early, outputs, completions)
         hops = self.hops
         if hops is not None:
             hops.stamp(hoptrace.STEPPED, int(wrote))
-        params = self.params
         if wrote and before_release is None and (clean != (0, 0, 0) or early):
             self.flush_event_log()
             self.release_sends(sends[: clean[0]] + early)
@@ -672,25 +673,55 @@ class NodeHost:
             await self.sync(storage)
         if before_release is not None:
             before_release()
+        self.release_held(sends, outputs, completions, clean, wrote, self.timers_to_arm)
+        self.metrics.batch_inputs.observe(len(batch))
+        if hops is not None:
+            hops.stamp(hoptrace.RELEASED)
+
+    def step_batch(
+        self, batch: list[tuple[OnDone | None, Input]], sends: list[tuple[int, bytes]],
+        early: list[tuple[int, bytes]], outputs: list[Any],
+        completions: list[tuple[int, OnDone, str | None]],
+    ) -> tuple[bool, tuple[int, int, int]]:
+        """Step every input of ``batch``; whether one wrote, and the clean prefix:
+        how many sends, outputs and completions the steps before the first
+        writing step made."""
+        core = self.core
+        assert core is not None
+        wrote = False
+        clean = (0, 0, 0)
+        for on_done, event in batch:
+            if self.step(core, event, sends, outputs, early):
+                wrote = True
+            if isinstance(event, Request) and on_done is not None:
+                completions.append((len(outputs), on_done, core.request_rejection))
+            if not wrote:
+                clean = (len(sends), len(outputs), len(completions))
+        return wrote, clean
+
+    def release_held(
+        self, sends: list[tuple[int, bytes]], outputs: list[Any],
+        completions: list[tuple[int, OnDone, str | None]], clean: tuple[int, int, int],
+        synced: bool, timers: dict[int, int],
+    ) -> None:
+        """Release what a batch held back (all but its ``clean`` prefix, which
+        left already) once it is durable, and arm its timers."""
         self.flush_event_log()
         position = clean[1]
         replies = outputs[position:]
         done = [(index - position, on_done, reason)
                 for index, on_done, reason in completions[clean[2]:]]
-        if params.replies_first and (replies or done) and len(sends) > clean[0]:
+        if self.params.replies_first and (replies or done) and len(sends) > clean[0]:
             # The replies first: the sends leave once the client tasks woken by
             # them have run (their writes would wake the peers' processes first).
             self.release_replies(replies, done)
             self.defer_sends(sends[clean[0]:])
-            self.arm_timers(wrote)
+            self.arm_timers(synced, timers)
         else:
             self.release_sends(sends[clean[0]:])
-            self.arm_timers(wrote)
+            self.arm_timers(synced, timers)
             self.release_replies(replies, done)
         self.stats["batches"] += 1
-        self.metrics.batch_inputs.observe(len(batch))
-        if hops is not None:
-            hops.stamp(hoptrace.RELEASED)
 
     async def process_pipelined(self, batch: list[tuple[OnDone | None, Input]]) -> None:
         """Step every input, seal the batch's writes and hand them to the disk
@@ -703,23 +734,15 @@ class NodeHost:
         unreleased, the effects of the steps before the batch's first write,
         as :meth:`process` does (with an earlier batch unreleased they may depend
         on its writes: they wait for its release)."""
-        core, storage, pipeline = self.core, self.storage, self.pipeline
-        assert core is not None and storage is not None and pipeline is not None
+        storage, pipeline = self.storage, self.pipeline
+        assert storage is not None and pipeline is not None
         sends: list[tuple[int, bytes]] = []
         early: list[tuple[int, bytes]] = []
         outputs: list[Any] = []
         completions: list[tuple[int, OnDone, str | None]] = []
         timers: dict[int, int] = {}
-        self.timers_to_arm = timers
-        wrote = False
-        clean = (0, 0, 0)
-        for on_done, event in batch:
-            if self.step(core, event, sends, outputs, early):
-                wrote = True
-            if isinstance(event, Request) and on_done is not None:
-                completions.append((len(outputs), on_done, core.request_rejection))
-            if not wrote:
-                clean = (len(sends), len(outputs), len(completions))
+        self.timers_to_arm = timers  # this batch's, armed at its release
+        wrote, clean = self.step_batch(batch, sends, early, outputs, completions)
         self.timers_to_arm = {}
         hops = self.hops
         if hops is not None:
@@ -804,21 +827,8 @@ class NodeHost:
                 hops.stamp(hoptrace.SYNC_BACK)
             self.metrics.fsync_seconds.observe(time.perf_counter() - flight.sealed_at)
             self.stats["syncs"] += 1
-        self.flush_event_log()
-        sends, clean = flight.sends, flight.clean
-        position = clean[1]
-        replies = flight.outputs[position:]
-        done = [(index - position, on_done, reason)
-                for index, on_done, reason in flight.completions[clean[2]:]]
-        if self.params.replies_first and (replies or done) and len(sends) > clean[0]:
-            self.release_replies(replies, done)
-            self.defer_sends(sends[clean[0]:])
-            self.arm_timers(flight.wrote, flight.timers)
-        else:
-            self.release_sends(sends[clean[0]:])
-            self.arm_timers(flight.wrote, flight.timers)
-            self.release_replies(replies, done)
-        self.stats["batches"] += 1
+        self.release_held(flight.sends, flight.outputs, flight.completions, flight.clean,
+                          flight.wrote, flight.timers)
         self.metrics.batch_inputs.observe(flight.inputs)
         if hops is not None:
             hops.stamp(hoptrace.RELEASED)
@@ -955,7 +965,7 @@ class NodeHost:
         if sends:
             self.release_sends(sends)
 
-    def arm_timers(self, synced: bool, timers: dict[int, int] | None = None) -> None:
+    def arm_timers(self, synced: bool, timers: dict[int, int]) -> None:
         """Arm the batch's timers: only after its sync (``replicaio.core.effects``).
         A timer of delay 0 (a core learning that its writes are durable) goes into
         the inbox at once, behind what already waits there, rather than through
@@ -965,8 +975,6 @@ class NodeHost:
         which let the loop run: a core that arms delay-0 timers without writing
         cannot keep the batch loop from yielding."""
         loop = asyncio.get_running_loop()
-        if timers is None:
-            timers = self.timers_to_arm
         for timer_id, delay_us in timers.items():
             self.token += 1
             self.timer_tokens[timer_id] = self.token

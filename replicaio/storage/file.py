@@ -13,6 +13,10 @@ Theory of operation (the full format and the argument are in docs/storage.md):
   ``segment_bytes_max`` is fsynced and closed, and a new one is created
   atomically (temporary name, header, fsync, rename, directory fsync), so every
   segment but the last is complete and durable.
+* **In steps.** ``sync`` is also ``seal`` (on the buffering thread: number
+  and encode the batch) + ``write_sealed`` (one log thread, in batch order:
+  append, flush, apply) + ``mark_flushed`` (a mark thread: mark the latest
+  flushed batch), for a host that steps while it flushes (ADR 0037).
 * **Snapshot.** ``compact`` (also triggered when the log outgrows
   ``wal_bytes_compact_threshold`` and the live data) syncs, starts a new
   segment, writes the whole map to ``snapshot-<seq>.snap`` atomically, then
@@ -378,7 +382,10 @@ class FileStorage:
     (``None`` disables this; ``compact`` may always be called).
 
     The map is also held in memory (for ``recover`` and snapshots). One thread
-    at a time; ``close`` discards unsynced writes (``sync`` first to keep them).
+    at a time, except for the steps of ``sync`` (``seal`` on the buffering
+    thread, ``write_sealed`` and ``compact_if_due`` on one log thread,
+    ``mark_flushed`` on one mark thread; ``recover`` only with no sealed batch
+    unwritten); ``close`` discards unsynced writes (``sync`` first to keep them).
     """
 
     def __init__(
