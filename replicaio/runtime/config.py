@@ -155,8 +155,9 @@ class HostParams:
     # (docs/storage.md, "Marks"; ADR 0032). false: etcd's guarantee, one flush.
     mark_syncs: bool = True
     # Batches stepped, written and marked at once (ADR 0037): the next batch is
-    # stepped while earlier ones are flushed and marked; 1 = one batch at a time.
-    pipeline: int = 1
+    # stepped while earlier ones are flushed and marked; 1 = one batch at a time
+    # (docs/benchmarks.md, "A pipelined host (pipe26)").
+    pipeline: int = 2
 
     def validate(self) -> HostParams:
         if self.preallocate_bytes < 0:
