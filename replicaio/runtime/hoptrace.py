@@ -34,7 +34,7 @@ BATCH = 2  # the batch loop took a batch (arg: receives + 1000 requests + 10^6 t
 STEPPED = 3  # every step of the batch done (arg: 1 if it wrote)
 EARLY = 4  # the sends and replies that leave before the sync released
 SYNC_CALL = 5  # the sync handed to the worker thread
-SYNC_IN = 6  # the worker thread started the sync
+SYNC_IN = 6  # the worker (pipelined: log) thread started the batch's write
 LOG_FLUSHED = 7  # the log's write and flush returned
 MARKED = 8  # the superblock mark's flush returned
 SYNC_BACK = 9  # the batch loop resumed after the sync
@@ -66,19 +66,24 @@ class HopTrace:
             self.dropped += 1
 
     def trace_storage(self, storage: Any) -> None:
-        """Stamp the two flushes of ``storage.sync()`` (the log's, then the mark's)
-        by wrapping the store's own methods on this instance only."""
-        sync_batch, mark = storage._sync_batch, storage._mark
+        """Stamp the two flushes of a sync (the log's write and flush, then the
+        mark's) by wrapping the store's own methods on this instance only: the
+        same stamps whether the host syncs in one call (``storage.sync()``) or
+        pipelined (``write_sealed`` on its log thread, ``mark_flushed`` on its
+        mark thread, ADR 0037)."""
+        write_sealed, mark = storage.write_sealed, storage._mark
 
-        def traced_sync_batch() -> None:
-            sync_batch()
+        def traced_write_sealed(sealed: Any) -> None:
+            self.stamp(SYNC_IN)
+            write_sealed(sealed)
             self.stamp(LOG_FLUSHED)
 
-        def traced_mark() -> None:
-            mark()
+        def traced_mark() -> int:
+            marked: int = mark()
             self.stamp(MARKED)
+            return marked
 
-        storage._sync_batch = traced_sync_batch
+        storage.write_sealed = traced_write_sealed
         storage._mark = traced_mark
 
     def write(self) -> None:

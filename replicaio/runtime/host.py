@@ -929,7 +929,7 @@ class NodeHost:
         if hops is not None:
             hops.stamp(hoptrace.SYNC_CALL)
             if worker is not None:
-                await worker.submit(lambda: self.traced_sync(storage, hops))
+                await worker.submit(storage.sync)
             else:
                 storage.sync()
             hops.stamp(hoptrace.SYNC_BACK)
@@ -939,11 +939,6 @@ class NodeHost:
             storage.sync()  # no fsync: a write(2), cheaper than a thread hop
         self.metrics.fsync_seconds.observe(time.perf_counter() - started)
         self.stats["syncs"] += 1
-
-    @staticmethod
-    def traced_sync(storage: FileStorage, hops: hoptrace.HopTrace) -> None:
-        hops.stamp(hoptrace.SYNC_IN)
-        storage.sync()
 
     def release_sends(self, sends: list[tuple[int, bytes]]) -> None:
         if self.deferred_sends:
