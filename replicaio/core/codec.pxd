@@ -2,3 +2,5 @@ cdef class Codec:
     cdef public object _accepted, _canonical, _decode_typed, _decoder_version, _encode
     cdef public object _fast_bytes_max, _frame_bytes_max, _value_bounds, _value_tags, _values
 
+    cpdef encode(self, message)
+    cpdef decode(self, data)

@@ -5,3 +5,4 @@ cdef class Scope:
 
 cdef class Scheduler:
     cdef public object choose_function, current, ready, steps
+    cpdef run(self)

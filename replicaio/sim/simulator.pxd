@@ -29,6 +29,10 @@ cdef class Simulator:
 
     @cython.locals(node=SimNode, core=Node, effects=Effects)
     cpdef step(self, node, event)
+    @cython.locals(node=SimNode)
+    cpdef arm_timer(self, node, timer_id, delay)
+    @cython.locals(node=SimNode)
+    cpdef release_outputs(self, node, outputs)
 
 cdef class SimulatorApi:
     cdef public Simulator simulator

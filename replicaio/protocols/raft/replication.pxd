@@ -1,3 +1,5 @@
+cimport cython
+
 from replicaio.core.scheduler cimport Scheduler
 from replicaio.protocols.raft.raft cimport Raft
 
@@ -14,3 +16,8 @@ cdef class Replication:
     cdef dict __dict__
     cdef public Raft raft
     cdef public object progress, peer_tasks, tick, synced_index, appended, committed
+
+    @cython.locals(progress=Progress)
+    cpdef send_to(self, peer, progress)
+    @cython.locals(progress=Progress)
+    cpdef on_match(self, peer, progress, match)

@@ -5,3 +5,6 @@ cdef class RaftLog:
     cdef public Context context
     cdef public object digests, entries, snapshot_config, snapshot_data, snapshot_digest
     cdef public object snapshot_index, snapshot_pieces, snapshot_term
+    cpdef term_at(self, index)
+    cpdef slice(self, start, count_max, bytes_max)
+    cpdef append(self, entries)
