@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from replicaio.core.patience import PATIENCE_TIMEOUTS, suspected_kind
+from replicaio.core.patience import PATIENCE_TIMEOUTS, stop_waiting, suspected_kind
 
 KINDS = ("relayed", "forwarded")
 
@@ -40,3 +40,16 @@ def test_nothing_waiting_is_no_suspicion() -> None:
     outlasted = [3, 3]
     assert judge((False, False), (True, True), outlasted, True) == (None, [])
     assert outlasted == [3, 3]
+
+
+def test_a_younger_wait_executed_first_marks_the_oldest_overtaken() -> None:
+    waits = {b"a": 1, b"b": 2, b"c": 3}
+    assert stop_waiting(waits, b"b", None) == b"a"
+    assert list(waits) == [b"a", b"c"]
+
+
+def test_the_oldest_executed_or_an_unknown_one_leaves_the_overtaken_wait_as_it_was() -> None:
+    waits = {b"a": 1, b"b": 2}
+    assert stop_waiting(waits, b"a", b"x") == b"x"
+    assert stop_waiting(waits, b"z", b"x") == b"x"
+    assert list(waits) == [b"b"]

@@ -16,7 +16,10 @@ Pure: no clock, no I/O; the caller owns the timer and the counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Any, TypeVar
+
+K = TypeVar("K")
 
 # Timeouts a backup's oldest wait of a kind may outlast while the group executes
 # other work before the primary is suspected for it.
@@ -55,3 +58,14 @@ def suspected_kind(
             continue
         cause = name
     return cause
+
+
+def stop_waiting(waits: MutableMapping[K, Any], key: K, overtaken: K | None) -> K | None:
+    """``key`` executed: stop waiting for it in ``waits`` (oldest first) and
+    return what the kind's *overtaken* wait is now: the oldest wait if ``key``
+    was a younger one (it overtook the oldest), else ``overtaken`` unchanged."""
+    if key not in waits:
+        return overtaken
+    oldest = next(iter(waits))
+    del waits[key]
+    return overtaken if oldest == key else oldest

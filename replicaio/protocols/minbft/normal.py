@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from replicaio.core.patience import suspected_kind
+from replicaio.core.patience import stop_waiting, suspected_kind
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
     Commit,
@@ -381,18 +381,8 @@ class NormalCase:
     def on_executed(self, digest: bytes) -> None:
         """Batch ``digest`` executed: stop waiting for it, noting an older wait of
         its kind that it overtook (``watch_primary``)."""
-        relayed = self.minbft.relayed
-        if digest in relayed:
-            oldest = next(iter(relayed))
-            del relayed[digest]
-            if oldest != digest:
-                self.overtaken_relayed = oldest
-        forwarded = self.forwarded
-        if digest in forwarded:
-            oldest = next(iter(forwarded))
-            del forwarded[digest]
-            if oldest != digest:
-                self.overtaken_forwarded = oldest
+        self.overtaken_relayed = stop_waiting(self.minbft.relayed, digest, self.overtaken_relayed)
+        self.overtaken_forwarded = stop_waiting(self.forwarded, digest, self.overtaken_forwarded)
 
     def oldest_waits(self) -> tuple[bytes | None, bytes | None]:
         """The oldest own relayed batch and the oldest forwarded one waiting."""

@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from replicaio.core.patience import suspected_kind
+from replicaio.core.patience import stop_waiting, suspected_kind
 from replicaio.protocols.pbft.messages import (
     Commit,
     Prepare,
@@ -200,19 +200,9 @@ class NormalCase:
         older ones of their clients), noting an older wait of its kind that it
         overtook (``watch_primary``)."""
         pbft = self.pbft
-        relayed = pbft.relayed
-        if digest in relayed:
-            oldest = next(iter(relayed))
-            del relayed[digest]
-            if oldest != digest:
-                self.overtaken_relayed = oldest
-        forwarded = self.forwarded
-        if digest in forwarded:
-            oldest = next(iter(forwarded))
-            del forwarded[digest]
-            if oldest != digest:
-                self.overtaken_forwarded = oldest
-        if self.awaited or forwarded:
+        self.overtaken_relayed = stop_waiting(pbft.relayed, digest, self.overtaken_relayed)
+        self.overtaken_forwarded = stop_waiting(self.forwarded, digest, self.overtaken_forwarded)
+        if self.awaited or self.forwarded:
             handlers = pbft.handlers
             assert handlers is not None
             self.on_executed_requests(handlers.requests_of(batch))
