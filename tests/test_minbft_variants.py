@@ -39,6 +39,8 @@ TARGETED: dict[str, str] = {
            "minbft-untaken-decisions")},
     "minbft-request-timer-oldest": "test_minbft_request_timer.py::"
     "test_a_queue_longer_than_the_request_timer_does_not_replace_a_correct_primary",
+    "minbft-backoff-reset-by-view-start": "test_minbft_timer_backoff.py::"
+    "test_a_timer_shorter_than_a_round_backs_off_until_views_execute",
     "minbft-renumbers-after-restart": "test_minbft_one_front_stalls.py::"
     "test_a_restarted_primary_numbers_above_the_new_view",
 }

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from replicaio.core.patience import PATIENCE_TIMEOUTS, stop_waiting, suspected_kind
+from replicaio.core.patience import (
+    PATIENCE_TIMEOUTS,
+    backoff_exponent,
+    stop_waiting,
+    suspected_kind,
+)
 
 KINDS = ("relayed", "forwarded")
 
@@ -53,3 +58,10 @@ def test_the_oldest_executed_or_an_unknown_one_leaves_the_overtaken_wait_as_it_w
     assert stop_waiting(waits, b"a", b"x") == b"x"
     assert stop_waiting(waits, b"z", b"x") == b"x"
     assert list(waits) == [b"b"]
+
+
+def test_a_timer_doubles_per_view_without_progress_and_a_view_that_executed_resets_it() -> None:
+    assert backoff_exponent(5, 5, 6) == 0  # something executed in this view
+    assert backoff_exponent(6, 5, 6) == 0  # the first view after one that executed
+    assert backoff_exponent(8, 5, 6) == 2  # views 6 and 7 executed nothing
+    assert backoff_exponent(40, 5, 6) == 6  # at most exponent_max

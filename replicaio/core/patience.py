@@ -11,6 +11,11 @@ not skip one), or the wait has outlasted :data:`PATIENCE_TIMEOUTS` timeouts
 (a primary that orders others' work but never this backup's). A primary
 working through a queue longer than one timeout is not replaced.
 
+Every timer of a view backs off on failed views (section 4.5.2):
+:func:`backoff_exponent` doubles it per view in a row before it in which this
+replica executed nothing, so the back-off is reset by progress (a batch
+executed in a view), never by a view merely starting.
+
 Pure: no clock, no I/O; the caller owns the timer and the counters.
 """
 
@@ -69,3 +74,13 @@ def stop_waiting(waits: MutableMapping[K, Any], key: K, overtaken: K | None) -> 
     oldest = next(iter(waits))
     del waits[key]
     return overtaken if oldest == key else oldest
+
+
+def backoff_exponent(view: int, progress_view: int, exponent_max: int) -> int:
+    """The doubling of a timer of ``view`` (``timeout << exponent``): one per
+    view after ``progress_view`` (the last view this replica executed
+    something in) and before ``view``, at most ``exponent_max``. Section 4.5.2:
+    a replica whose timer expires before a request executes in the new view
+    waits twice as long for the one after, so that a timeout too short for the
+    load cannot change views for ever."""
+    return min(max(0, view - progress_view - 1), exponent_max)

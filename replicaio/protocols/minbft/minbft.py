@@ -448,6 +448,7 @@ class Minbft:
         assert batch is not None, "a committed slot has its batch"
         self.context.output(Executed(self.id, slot.view, slot.seq, slot.digest))
         self.normal.on_executed(slot.digest)
+        self.view_changes.on_progress()
         if batch.startswith(BARRIER_MAGIC):
             self.barriers.executed(batch, slot.seq)
             batch = b""

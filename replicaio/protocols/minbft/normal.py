@@ -421,7 +421,7 @@ class NormalCase:
                     outlasted[kind] = 0
             executed = minbft.executed
             waiting = self.waiting_for_execution()
-            await minbft.context.sleep(minbft.params.view_change_timeout_us)
+            await minbft.context.sleep(minbft.view_changes.timeout_us(minbft.view))
             cause = self.suspicion(tracked, executed, outlasted)
             unfollowable = self.unfollowable() and not minbft.withholding
             if cause == "relayed" and not self.suspected:
@@ -479,7 +479,7 @@ class NormalCase:
             executed = minbft.executed
             waiting = self.waiting_for_execution()
             uncertified = self.waiting_for_certificate()
-            await minbft.context.sleep(minbft.params.view_change_timeout_us)
+            await minbft.context.sleep(minbft.view_changes.timeout_us(minbft.view))
             if waiting and minbft.executed == executed:
                 minbft.count("minbft_primary_stalled")
                 minbft.view_changes.request(minbft.view + 1)

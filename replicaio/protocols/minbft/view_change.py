@@ -31,9 +31,12 @@ its log shows an entry of, and :func:`choose` counts a view only through it
 above the header's last number.
 
 Timers: the VIEW-CHANGE is re-sent until the view starts; once f+1
-VIEW-CHANGEs for its view are in, a replica starts the new-view timer,
-doubled per view that fails in a row, and asks for the next view when it
-expires.
+VIEW-CHANGEs for its view are in, a replica starts the new-view timer and
+asks for the next view when it expires. Every timer of a view (this one, the
+backup's request timer, the primary's own, a stuck view change's) is
+doubled per view in a row before it in which this replica executed nothing
+(:meth:`ViewChanges.timeout_us`; Castro and Liskov, section 4.5.2): the
+back-off is reset by progress, not by a view starting (ADR 0039).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 from msgspec.structs import replace
 
+from replicaio.core.patience import backoff_exponent
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
     NULL_DIGEST,
@@ -109,7 +113,11 @@ class ViewChanges:
         # view -> its NEW-VIEW certificate, for every view this replica's own
         # log shows an entry of (and the current one): durable, ``nvc<view>``.
         self.certificates: dict[int, NewViewCertificate] = {}
-        self.last_active_view = 0
+        # The last view this replica executed a batch in while active in it
+        # (``Minbft.deliver``): every timer of a later view is doubled per view
+        # since (``timeout_us``). Not durable: a restart counts as progress in
+        # the view it restarts in (``resume``, ``load``).
+        self.progress_view = 0
         self.timer_view = -1
         self.sent_new_view_for = -1
         self.unfollowable_view = -1  # the view this replica asked for as unfollowable
@@ -190,8 +198,6 @@ class ViewChanges:
         """Move to ``view``: leave the current one, multicast a VIEW-CHANGE."""
         minbft = self.minbft
         assert view > minbft.view
-        if minbft.active:
-            self.last_active_view = minbft.view
         minbft.view = view
         minbft.active = False
         minbft.save_view()
@@ -219,7 +225,7 @@ class ViewChanges:
         """After a restart in the middle of a view change: the VIEW-CHANGE sent
         (from the own log) again, or a new one."""
         minbft = self.minbft
-        self.last_active_view = max(self.last_active_view, minbft.view - 1)
+        self.progress_view = max(self.progress_view, minbft.view - 1)
         for _, (message, _) in sorted(minbft.own_log.items(), reverse=True):
             if type(message) is ViewChange and message.view == minbft.view:
                 self.own = message
@@ -313,7 +319,7 @@ class ViewChanges:
             if minbft.view != view or minbft.active:
                 return
             waited += minbft.params.view_change_resend_us
-            if waited >= minbft.params.view_change_timeout_us and self.timer_view != view \
+            if waited >= self.timeout_us(view) and self.timer_view != view \
                     and self.requests.get(minbft.id, 0) <= view and not minbft.withholding:
                 minbft.count("minbft_view_change_stuck")
                 self.request(view + 1, unfollowable=minbft.normal.unfollowable())
@@ -326,11 +332,29 @@ class ViewChanges:
             # (which may wait for nothing) times them too (normal.py).
             minbft.normal.forward_waiting()
 
+    def timeout_us(self, view: int) -> int:
+        """The timeout of every timer of ``view``: ``view_change_timeout_us``
+        doubled per view in a row before it in which this replica executed
+        nothing (:func:`~replicaio.core.patience.backoff_exponent`). A view
+        that starts but executes nothing within its timeout does not reset the
+        back-off (before 2026-12-06 a view start did, and the request and
+        primary timers never doubled: on a starved machine a new primary whose
+        PREPAREs could not execute within one 400 ms timeout was replaced,
+        view after view; docs/minbft.md). Once a batch executes in the view,
+        its timers are back to ``view_change_timeout_us``."""
+        params = self.minbft.params
+        return params.view_change_timeout_us << backoff_exponent(
+            view, self.progress_view, params.view_change_backoff_exponent_max)
+
+    def on_progress(self) -> None:
+        """A batch executed: in an active view, that view made progress."""
+        minbft = self.minbft
+        if minbft.active:
+            self.progress_view = minbft.view
+
     async def new_view_timer(self, view: int) -> None:
         minbft = self.minbft
-        attempt = max(0, view - self.last_active_view - 1)
-        exponent = min(attempt, minbft.params.view_change_backoff_exponent_max)
-        await minbft.context.sleep(minbft.params.view_change_timeout_us << exponent)
+        await minbft.context.sleep(self.timeout_us(view))
         if minbft.view == view and not minbft.active:
             minbft.count("minbft_new_view_timeouts")
             # A replica that resumed the new primary's stream past its NEW-VIEW
@@ -564,8 +588,6 @@ class ViewChanges:
             # restarts in the old view, and the NEW-VIEW (its stream not
             # advanced) comes again.
             self.join(header.view)
-        if minbft.active:
-            self.last_active_view = minbft.view
         minbft.view = header.view
         minbft.active = True
         minbft.context.persist("nv", minbft.encode(new_view))
@@ -778,7 +800,7 @@ class ViewChanges:
         if new_view.header.view != minbft.view or not minbft.active:
             return
         self.new_view = new_view
-        self.last_active_view = minbft.view
+        self.progress_view = minbft.view
         stored_votes = minbft.context.load("nvv")
         if stored_votes is not None and len(stored_votes) == 3 and \
                 int(stored_votes[0]) == minbft.view:

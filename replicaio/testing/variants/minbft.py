@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from msgspec.structs import replace
 
 from replicaio.core.context import Context
-from replicaio.protocols.minbft.messages import Resume
+from replicaio.protocols.minbft.messages import NewView, Resume
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.normal import NormalCase
 from replicaio.protocols.minbft.params import MinbftParams
@@ -167,6 +167,19 @@ class UntakenDecisions(ViewChanges):
         return
 
 
+class BackoffResetByViewStart(ViewChanges):
+    """The timers' back-off as it was before 2026-12-06: reset when a view
+    starts, whether or not anything executes in it, so the backup's request
+    timer and the primary's own timer never double and a new primary whose
+    PREPAREs cannot execute within one timeout (a starved machine, a timeout
+    shorter than a batch round) is replaced view after view (docs/minbft.md,
+    *Timers that back off on progress*; ADR 0039)."""
+
+    def enter(self, new_view: NewView) -> None:
+        super().enter(new_view)
+        self.progress_view = max(self.progress_view, self.minbft.view)
+
+
 class RenumbersAfterRestart(NormalCase):
     """A primary restarted in a view before its first PREPARE numbers from its
     stable checkpoint, not above the NEW-VIEW's decisions (the code before
@@ -211,6 +224,10 @@ class MinbftPrimaryGivesUpAlone(Minbft):
 
 class MinbftUntakenDecisions(Minbft):
     view_changes_type = UntakenDecisions
+
+
+class MinbftBackoffResetByViewStart(Minbft):
+    view_changes_type = BackoffResetByViewStart
 
 
 class MinbftRenumbersAfterRestart(Minbft):
@@ -312,6 +329,11 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
                       "than the timer replaces correct primaries (run "
                       "minbft-request-timer-oldest:view_timeout=20 with 40 clients without "
                       "think time)"),
+        MinbftVariant("minbft-backoff-reset-by-view-start", MinbftBackoffResetByViewStart,
+                      "the timers' back-off is reset when a view starts, executed or not: "
+                      "a timeout shorter than a batch round changes views without end "
+                      "(run minbft-backoff-reset-by-view-start:view_timeout=8 with 40 "
+                      "clients without think time)"),
         MinbftVariant("minbft-log-from-anchor", MinbftLogFromAnchor,
                       "a VIEW-CHANGE's log may start after a certified NEW-VIEW-COMMIT "
                       "its author made before its anchor"),
