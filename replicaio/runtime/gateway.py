@@ -191,43 +191,51 @@ class GatewayHost:
         return session
 
     def refuse_input(self, reason: str, on_done: OnDone | None) -> None:
-        """A request from the front the gateway cannot place: refused, counted."""
+        """A request from the front the gateway cannot place: refused, counted (told
+        on the loop's next turn: the front's ``send`` is still running)."""
         self.counters.count(f"gateway_refused_input_{reason}")
         if on_done is not None:
-            on_done(reason)
+            asyncio.get_running_loop().call_soon(on_done, reason)
 
     async def submit(self, payload: Any, on_done: OnDone | None = None) -> None:
-        """A front's request: sign it, send it to every replica, vote (in a task)."""
+        """A front's request (the task path): as :meth:`try_submit`."""
+        self.try_submit(payload, on_done)
+
+    def try_submit(self, payload: Any, on_done: OnDone | None = None) -> bool:
+        """A front's request, on the loop's callback (the front's fast path, no
+        task of the front's): sign it, send it to the replicas and vote, in a
+        task of the gateway's (the votes wait on the network). Always taken
+        (``True``): the front bounds what it sends, one request per connection."""
         try:
             decoded = self.codec.decode(payload) if type(payload) is bytes else payload
         except DecodeError:
             self.refuse_input("bad_request", on_done)
-            return
+            return True
         group = UNGROUPED
         if type(decoded) is GroupRequest:
             if self.slots is None or decoded.group >= self.slots.groups:
                 self.refuse_input("unknown_group", on_done)
-                return
+                return True
             group = decoded.group
             try:
                 decoded = self.codec.decode(decoded.payload)
             except DecodeError:
                 self.refuse_input("bad_request", on_done)
-                return
+                return True
         elif type(decoded) is TxnRequest:
             if self.slots is None:
                 self.refuse_input("not_sharded", on_done)
-                return
+                return True
             if on_done is not None:
                 on_done(None)
             self.spawn(self.transact(decoded))
-            return
+            return True
         elif self.slots is not None:
             self.refuse_input("group_required", on_done)
-            return
+            return True
         if type(decoded) is not ClientRequest:
             self.refuse_input("bad_request", on_done)
-            return
+            return True
         request = decoded
         if on_done is not None:
             on_done(None)
@@ -240,12 +248,13 @@ class GatewayHost:
             # long undecided; then, once, to every replica.
             if sent[2] or loop.time() - sent[1] < MULTICAST_AFTER_S:
                 self.counters.count("gateway_resends_absorbed")
-                return
+                return True
             multicast = True
             self.counters.count("gateway_multicasts")
         first_sent = sent[1] if sent is not None and sent[0] == request.seq else loop.time()
         self.remember_sent(key, (request.seq, first_sent, multicast))
         self.spawn(self.vote(request, multicast, group))
+        return True
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -399,13 +399,14 @@ class Flight:
     session that expired) hands the request to a task that goes on as
     ``RespService.request`` would have (``RespService.resume``)."""
 
-    __slots__ = ("client", "command", "connection", "deadline", "members", "over",
+    __slots__ = ("client", "command", "connection", "deadline", "group", "members", "over",
                  "read_only", "seq", "service", "timer", "waiter")
 
     def __init__(self, service: RespService, connection: Connection,
                  members: list[tuple[Command, Replicated]], client: int, seq: int,
-                 command: bytes, read_only: bool) -> None:
+                 command: bytes, read_only: bool, group: int | None = None) -> None:
         self.service = service
+        self.group = group  # a sharded cluster: the group it was sent to
         self.connection = connection
         self.members = members
         self.client = client

@@ -106,6 +106,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, Final, cast
@@ -190,6 +191,7 @@ from replicaio.services.kv.transactions import (
     Watch,
     plan_transaction,
 )
+from replicaio.services.txn.kv_store import LOCKED_RESULT
 from replicaio.services.txn.protocol import TxnResult
 from replicaio.services.txn.slots import SlotMap
 from replicaio.smr.api import ClientRequest, Redirect, Rejected
@@ -573,10 +575,11 @@ class RespService(ListeningService):
             connection.command_started = time.monotonic()
 
     def plain(self, connection: Connection, item: Command) -> bool:
-        """Whether ``item`` can be answered without a task: a key-value command (one
-        SMR request with its neighbours) or a local one, outside MULTI, on a cluster
-        of one group; the rest goes to :meth:`answer` in a task."""
-        if connection.closing or connection.transaction.active or self.slots is not None:
+        """Whether ``item`` may be answered without a task: a key-value command (one
+        SMR request with its neighbours; on a sharded cluster, if its keys live in
+        one group: ``take``) or a local one, outside MULTI; the rest goes to
+        :meth:`answer` in a task."""
+        if connection.closing or connection.transaction.active:
             return False
         return item.argv[0].lower() not in AWAITING_COMMANDS
 
@@ -597,11 +600,10 @@ class RespService(ListeningService):
                 connection.reply_backlog() > self.params.reply_bytes_max):
             return False  # resume_writing pumps again
         if not self.plain(connection, head):
-            taken = list(items)
-            items.clear()
-            self.spawn(connection, self.answer(connection, taken))
+            self.answer_in_task(connection)
             return False
         group = Group()
+        slots = self.slots
         while items:
             item = items[0]
             if isinstance(item, EndOfInput) or not self.plain(connection, item):
@@ -631,24 +633,44 @@ class RespService(ListeningService):
                     self.end(connection)
                     return False
                 return True
+            if slots is not None:  # sharded: one group's commands per request
+                where = sharded.target(slots, planned.commands)
+                if not isinstance(where, int):  # across groups, keyless, CROSSSLOT
+                    if group.members:
+                        break
+                    self.answer_in_task(connection)
+                    return False
+                if group.members and where != group.target:
+                    break
+                group.target = where
             if not group.fits(planned, self.params, self.reply_budget):
                 break
             group.add(item, planned)
             items.popleft()
-        self.send(connection, group.take())
+        self.send(connection, group.take(), group.target if slots is not None else None)
         return True
 
-    def send(self, connection: Connection, members: list[tuple[Command, Replicated]]) -> None:
-        """One SMR request for a group, sent without a task (:class:`Flight`) when the
-        inbox has room and the connection's writes have a session; else by a task
-        (the first write registers the session)."""
+    def answer_in_task(self, connection: Connection) -> None:
+        """Hand every queued item to :meth:`answer` in a task."""
+        taken = list(connection.items)
+        connection.items.clear()
+        self.spawn(connection, self.answer(connection, taken))
+
+    def send(self, connection: Connection, members: list[tuple[Command, Replicated]],
+             group: int | None = None) -> None:
+        """One SMR request for a group of commands (on a sharded cluster, in
+        ``group``, under the connection's session there), sent without a task
+        (:class:`Flight`) when the inbox has room and the connection's writes have
+        a session (in that group); else by a task (the first write registers the
+        session)."""
         commands = [command for _, planned in members for command in planned.commands]
         read_only = all(planned.read_only for _, planned in members)
         payload = commands[0] if len(commands) == 1 else encode_batch(commands)
         if len(payload) > self.smr_command_bytes_max:
             self.too_large(connection, members, payload)
             return
-        if not read_only and connection.write_seq == 0:
+        write_seq = connection.write_seq if group is None else connection.group_seqs.get(group, 0)
+        if not read_only and write_seq == 0:
             self.spawn(connection, self.run_group(connection, members))
             return
         host = self.host
@@ -658,12 +680,18 @@ class RespService(ListeningService):
             connection.read_seq += 1
             client, seq = connection.read_client, connection.read_seq
         else:
-            connection.write_seq += 1
-            client, seq = connection.write_client, connection.write_seq
-        flight = Flight(self, connection, members, client, seq, payload, read_only)
+            seq = write_seq + 1
+            if group is None:
+                connection.write_seq = seq
+            else:
+                connection.group_seqs[group] = seq
+            client = connection.write_client
+        flight = Flight(self, connection, members, client, seq, payload, read_only, group)
         request = ClientRequest(client, seq, payload, read_only)
         vouch = self.vouch
-        encoded = host.codec.encode(request if vouch is None else vouch.wrap(request, None))
+        encoded = host.codec.encode(request if vouch is None else vouch.wrap(request, group))
+        if group is not None:
+            encoded = host.codec.encode(GroupRequest(group, encoded))
         self.waiters[client] = flight.waiter
         connection.busy = flight
         loop = asyncio.get_running_loop()
@@ -687,7 +715,9 @@ class RespService(ListeningService):
                 self.params.retry_after_ms / 1000, flight.settled, RETRY_NOW)
 
     def landed(self, flight: Flight, outcome: Outcome) -> None:
-        """A flight's first attempt settled: answer its group, or go on in a task."""
+        """A flight's first attempt settled: answer its group, or go on in a task
+        (sent again; or, sharded, its keys locked by a transaction across groups:
+        sent again as ``sharded.call_group`` does, after a pause)."""
         connection = flight.connection
         if isinstance(outcome, Retry | SessionExpired):
             self.spawn(connection, self.resume(flight, outcome))
@@ -695,6 +725,9 @@ class RespService(ListeningService):
         if self.waiters.get(flight.client) is flight.waiter:
             del self.waiters[flight.client]
         members = flight.members
+        if flight.group is not None and outcome == LOCKED_RESULT:
+            self.spawn(connection, self.locked(connection, members))
+            return
         answered = self.answer_group(connection, members, outcome)
         connection.busy = None
         if answered < len(members):
@@ -706,19 +739,32 @@ class RespService(ListeningService):
         """Go on with a flight whose first attempt asked to send again, as
         :meth:`call` would have (same (client, seq); a new session if it expired)."""
         connection = flight.connection
+        group = flight.group
         result, attempts = await self.request(
-            flight.client, flight.seq, flight.command, flight.read_only,
+            flight.client, flight.seq, flight.command, flight.read_only, group,
             sent=(flight.waiter, flight.deadline, outcome),
         )
         if isinstance(result, SessionExpired):
             if flight.read_only:
                 result = READ_EXPIRED_ERROR
             else:
-                result = self.session_expired(connection, attempts) or await self.call_in(
-                    connection, flight.command, False, None)
+                result = self.session_expired(connection, attempts) or await self.call(
+                    connection, flight.command, False, group)
         members = flight.members
+        if group is not None and result == LOCKED_RESULT:
+            await self.locked(connection, members)
+            return False
         answered = self.answer_group(connection, members, result)
         await self.run_group(connection, members[answered:])
+        return False
+
+    async def locked(self, connection: Connection,
+                     members: list[tuple[Command, Replicated]]) -> bool:
+        """A sharded group's request refused for keys a transaction across groups
+        holds (nothing applied): sent again after a pause, by ``sharded.call_group``."""
+        self.count("kv_locked_retries")
+        await asyncio.sleep(self.params.retry_backoff_ms / 1000 * (0.5 + random.random()))
+        await self.run_group(connection, members)
         return False
 
     def spawn(self, connection: Connection, work: Coroutine[Any, Any, bool | None]) -> None:
