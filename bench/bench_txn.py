@@ -41,6 +41,11 @@ one account), ``multi-1`` (``MULTI``/``EXEC`` transferring between two accounts
 of one group: one replicated command), ``multi-cross`` (the same transfer
 between accounts of two groups: a transaction across groups). Lock conflicts
 are retried inside the front; ``errors`` counts what reached the client.
+``--through node gateway`` runs the Redis rows both on node 0's port and
+through a ``replicaio kv gateway`` process on the same cluster (f+1 matching
+replies per command, ADR 0029's rule for attempts across groups; the cluster's
+clients then sign with Ed25519), the rows side by side; ``--redis-shapes``
+picks the Redis shapes.
 
     .venv/bin/python bench/bench_txn.py --seconds 10 --json
     .venv/bin/python bench/bench_txn.py --protocol txn-pbft --nodes 4 --replies 1 2 \
@@ -48,6 +53,8 @@ are retried inside the front; ``errors`` counts what reached the client.
     .venv/bin/python bench/bench_txn.py --front redis --seconds 8 --json
     .venv/bin/python bench/bench_txn.py --protocol txn txn-pbft txn-minbft --seconds 8
     .venv/bin/python bench/bench_txn.py --front redis --protocol txn txn-minbft --seconds 8
+    .venv/bin/python bench/bench_txn.py --front redis --protocol txn-pbft \
+        --through node gateway --redis-shapes get-set multi-1 --contention low --seconds 8
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,7 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from replicaio.assembly import TXN_GROUPS_DEFAULT
-from replicaio.runtime.local import LocalCluster
+from replicaio.runtime.local import LocalCluster, free_ports
 from replicaio.runtime.status import fetch_metrics, samples
 from replicaio.runtime.txn_client import TransactionAborted, TransactionUnknown, TxnClient
 from replicaio.services.txn.slots import SlotMap
@@ -85,6 +93,7 @@ PROTOCOLS = {"txn": ("txn-kv", 3), "txn-pbft": ("txn-kv-pbft", 4),
 # waited for (``relayed``, ``forwarded``, ``stalled``) and the primaries that
 # asked to end their own view (``minbft_primary_stalled``).
 SUSPECTED = ("relayed", "requests", "stalled", "forwarded")
+REDIS_SHAPES = ("get-set", "multi-1", "multi-cross")
 # Why a timed wait counted against the primary (``suspicion``: nothing executed
 # during the timeout, a younger wait executed first, or it outlasted 4 timeouts).
 SUSPECTED_WHY = ("nothing_executed", "overtaken", "patience")
@@ -290,29 +299,44 @@ def redis_rows(args: argparse.Namespace, protocol: str) -> list[dict[str, Any]]:
         "protocol.params": {"groups": TXN_GROUPS_DEFAULT},
         "service": {"request_timeout_ms": 20_000},
     }
+    through = args.through
     with tempfile.TemporaryDirectory() as directory:
         cluster = LocalCluster(Path(directory), protocol=store, nodes=nodes,
-                               sections=sections, metrics=True)
+                               sections=sections, metrics=True,
+                               auth="ed25519" if "gateway" in through else "hmac")
+        gateway: subprocess.Popen[bytes] | None = None
         try:
             cluster.start_all()
-            ports = [entry.client.port for entry in cluster.cluster.nodes]
-            asyncio.run(redis_ready(ports[0]))
+            ports = {"node": cluster.cluster.nodes[0].client.port}
+            asyncio.run(redis_ready(ports["node"]))
+            if "gateway" in through:
+                ports["gateway"] = free_ports(1)[0]
+                gateway = subprocess.Popen(
+                    [sys.executable, "-m", "replicaio.cli", "kv", "gateway", "--cluster",
+                     str(cluster.config_path), "--port", str(ports["gateway"])],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                asyncio.run(redis_ready(ports["gateway"]))
             for contention, per_group in (("low", args.accounts), ("high", 2)):
                 if contention not in args.contention:
                     continue
                 accounts = accounts_by_group(TXN_GROUPS_DEFAULT, per_group)
                 for clients in args.clients:
-                    for shape in ("get-set", "multi-1", "multi-cross"):
-                        before, started = events_of(cluster), time.monotonic()
-                        row = asyncio.run(measure_redis(ports[0], accounts, clients, shape,
-                                                        args.seconds))
-                        with_events(row, before, events_of(cluster), time.monotonic() - started,
-                                    nodes)
-                        row.update(protocol=store, nodes=nodes, contention=contention)
-                        rows.append(row)
-                        if not args.json:
-                            print(row, flush=True)
+                    for shape in args.redis_shapes:
+                        for via in through:
+                            before, started = events_of(cluster), time.monotonic()
+                            row = asyncio.run(measure_redis(ports[via], accounts, clients,
+                                                            shape, args.seconds))
+                            with_events(row, before, events_of(cluster),
+                                        time.monotonic() - started, nodes)
+                            row.update(protocol=store, nodes=nodes, contention=contention,
+                                       through=via)
+                            rows.append(row)
+                            if not args.json:
+                                print(row, flush=True)
         finally:
+            if gateway is not None:
+                gateway.kill()
+                gateway.wait(10)
             cluster.close()
     return rows
 
@@ -394,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
                         default=["low", "high"])
     parser.add_argument("--shapes", choices=("single", "cross"), nargs="+",
                         default=["single", "cross"])
+    parser.add_argument("--redis-shapes", choices=REDIS_SHAPES, nargs="+",
+                        default=list(REDIS_SHAPES), help="the shapes of --front redis")
+    parser.add_argument("--through", choices=("node", "gateway"), nargs="+", default=["node"],
+                        help="--front redis: on node 0's port, through a `kv gateway` "
+                        "process, or both side by side")
     args = parser.parse_args(argv)
     started = time.time()
     rows: list[dict[str, Any]] = []
