@@ -31,10 +31,15 @@ log, in order. That request is handed to the node by ``host.try_submit``
 in one write and pumps the next commands. What must wait goes to a task that
 runs the general path (:meth:`RespService.answer`) while the connection takes
 nothing else: ``MULTI`` ... ``EXEC``, ``WATCH``, ``RESET``, an operator's and a
-gateway's commands, a sharded cluster's commands, a connection's first write
-(its session's registration), a request to send again (no answer within
-``retry_after_ms``, a passing refusal, an expired session), a full inbox
-(``submit`` waits for room). A protocol violation is counted
+gateway's commands, a connection's first write (its session's registration), a
+request to send again (no answer within ``retry_after_ms``, a passing refusal,
+an expired session), a full inbox (``submit`` waits for room). On a sharded
+cluster a run of commands whose keys live in one group takes the same path as
+that group's request (``GroupRequest``, under the connection's session in that
+group, ``Connection.group_seqs``); a command across groups or without keys, a
+group's first write and a request refused for keys a transaction across
+groups holds (``LOCKED_RESULT``: nothing applied; sent again after a pause) go
+to the task. A protocol violation is counted
 (``rejected_resp_<reason>``), answered ``-ERR Protocol error: ...`` after the
 replies to the commands before it, and closes the connection; so does the end of
 the client's input (after the replies to everything it sent). A connection
