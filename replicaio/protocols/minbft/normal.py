@@ -13,7 +13,8 @@ batch can get f+1 at one number in one view); it executes in number order.
 Batches reach the primary from every replica (``submit``), as in PBFT: a
 backup relays its batch, keeps it (``relayed_max``) until it executes,
 re-relays it, and asks for a view change (REQ-VIEW-CHANGE) if the primary
-leaves it waiting for ``view_change_timeout_us``. Its request alone is not
+leaves it waiting for the view's timeout (``view_change_timeout_us``, doubled
+per failed view before it: ``ViewChanges.timeout_us``). Its request alone is not
 f+1, and the other backups may wait for nothing (a node's in-node clients
 call its own replica only), so on suspicion it also sends the batches it
 waits for to every other backup, as a PBFT client multicasts its request on
@@ -407,7 +408,9 @@ class NormalCase:
         others' work but never this backup's). A primary working through a
         queue longer than a timeout is not replaced; before (until 2026-12-06)
         any batch that waited a whole timeout was held against it, and a
-        starved machine changed views over a queue (docs/minbft.md)."""
+        starved machine changed views over a queue (docs/minbft.md). The
+        timeout is the view's (``ViewChanges.timeout_us``): doubled per view in
+        a row before it that executed nothing, back to one once this one does."""
         minbft = self.minbft
         view_changes = minbft.view_changes
         asked = False
@@ -473,7 +476,9 @@ class NormalCase:
         down or cannot follow: a backup's timer alone, one request, cannot end
         the view), or when a backup that cannot follow asked for it. Either way
         only after the view ran one timeout, so a faulty backup cannot end views
-        faster than that (docs/minbft.md, *A backup that cannot follow*)."""
+        faster than that (docs/minbft.md, *A backup that cannot follow*). The
+        timeout is the view's (``ViewChanges.timeout_us``): a new primary after
+        views that executed nothing waits longer for its PREPAREs (ADR 0039)."""
         minbft = self.minbft
         while True:
             executed = minbft.executed
