@@ -13,7 +13,8 @@ there, with an empty log: contiguous, every UI genuine, and its COMMITs above
 c left out. Before the fix (the broken variant ``minbft-anchor-unattested``)
 the NEW-VIEW of view 1 decided nothing above c, and replica 2 executed 1's
 new batches at numbers where 0 had executed others: the agreement checker
-reports it on seeds 1, 2 and 3.
+reports it on seeds 2, 3 and 4 (1, 2 and 3 until MinBFT's timers backed off
+on failed views, ADR 0039, which moved seed 1's schedule).
 
 Now a VIEW-CHANGE carries its author's USIG attestation made at the anchor's
 counter, which says whether that CHECKPOINT was the first of a number that
@@ -52,7 +53,7 @@ def run(seed: int, adversary: tuple[str, ...], protocol: str = "minbft") -> SimR
     return Simulator(protocol, options, f=1, record=False).run()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [2, 3, 4])
 def test_a_view_change_anchored_at_a_recertified_checkpoint_is_refused(seed: int) -> None:
     lied = run(seed, LIE)
     assert lied.violations == [], lied.violations[:2]
@@ -62,7 +63,7 @@ def test_a_view_change_anchored_at_a_recertified_checkpoint_is_refused(seed: int
     assert lied.counters.get("minbft_prepare_conflicts_committed", 0) == 0
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [2, 3, 4])
 def test_without_the_attested_anchor_a_correct_replica_executes_other_batches(
     seed: int,
 ) -> None:
