@@ -127,6 +127,29 @@ def test_a_raft_cluster_serves_writes_pipelined(tmp_path: Path) -> None:
     assert sum(node.left_early for node in hosts) > 0
 
 
+@pytest.mark.usefixtures("slow_disk")
+def test_a_raft_cluster_compacts_its_logs_while_batches_are_in_flight(tmp_path: Path) -> None:
+    """A live pipelined Raft cluster whose logs outgrow a small
+    ``wal_compact_bytes``: the log thread compacts between two batches while
+    the loop steps and seals the next ones (the first pipelined store asserted
+    that nothing was buffered, which a node stepping at that moment fails;
+    ``test_storage_pipeline`` pins that case; the 256 MiB default kept every
+    live test away from compaction). Every write is answered, nothing left
+    before it was durable, and every node compacted."""
+    cluster = cluster_file(tmp_path, 3, protocol="raft",
+                           host={"pipeline": 2, "wal_compact_bytes": 8192})
+    hosts = [PipelineHost(cluster, node) for node in range(3)]
+
+    async def body() -> None:
+        await asyncio.gather(*(raft_writes(cluster, hosts[0].codec, client, 30)
+                               for client in range(7, 13)))
+
+    asyncio.run(run_hosts(list(hosts), body))
+    for node in hosts:
+        assert node.storage is not None and node.storage.compactions > 0, node.node_id
+    assert max(node.in_flight_max for node in hosts) == 1
+
+
 def test_a_failed_disk_thread_stops_the_host_and_releases_nothing_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

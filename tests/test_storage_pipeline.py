@@ -196,3 +196,38 @@ def test_a_log_thread_and_a_mark_thread_at_once(tmp_path: Path, marks: bool) -> 
     reopened = FileStorage(tmp_path)
     assert reopened.damage is None and reopened.recover() == expected
     reopened.close()
+
+
+def test_a_compaction_on_the_log_thread_while_the_loop_buffers_the_next_batch(
+    tmp_path: Path,
+) -> None:
+    """The pipelined host's log thread compacts (``compact_if_due``) while the
+    loop already buffers, and seals, the batches after the one just written:
+    the snapshot covers what was written, the later batches land after it, and
+    what reopens is every batch. (The first version asserted that nothing was
+    buffered, which a live pipelined node hits at its first compaction.)"""
+    store = FileStorage(tmp_path, segment_bytes_max=600, wal_bytes_compact_threshold=2_000)
+    expected: dict[str, bytes] = {}
+    store.put("k0", b"v" * 50)
+    expected["k0"] = b"v" * 50
+    in_flight = [store.seal()]
+    for batch in range(1, 200):
+        key, value = f"k{batch % 7}", b"%d" % batch * 10
+        store.put(key, value)  # the next batch, buffered before the last one is written
+        expected[key] = value
+        sealed = in_flight.pop(0)
+        assert sealed is not None
+        store.write_sealed(sealed)
+        store.compact_if_due()
+        store.mark_flushed()
+        in_flight.append(store.seal())
+    last = in_flight.pop()
+    assert last is not None
+    store.write_sealed(last)
+    store.mark_flushed()
+    assert store.compactions > 3
+    assert store.recover() == expected
+    crash(store)
+    reopened = FileStorage(tmp_path)
+    assert reopened.damage is None and reopened.recover() == expected
+    reopened.close()

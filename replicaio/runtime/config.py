@@ -54,6 +54,7 @@ from replicaio.runtime.crypto import (
     HmacAuthenticator,
 )
 from replicaio.runtime.tls import TlsConfig
+from replicaio.storage.file import WAL_BYTES_COMPACT_THRESHOLD_DEFAULT
 
 USIG_EPOCH_MAX = (1 << 62) - 1  # MinBFT's ``usig.EPOCH_MAX``: an admission's epoch, at most
 
@@ -129,6 +130,7 @@ class TransportParams:
         return self
 
 
+WAL_COMPACT_BYTES_MIN = 4096  # below it every batch or two would compact
 PIPELINE_MAX = 8  # batches in flight in a pipelined host (``[host] pipeline``)
 
 
@@ -158,10 +160,15 @@ class HostParams:
     # stepped while earlier ones are flushed and marked; 1 = one batch at a time
     # (docs/benchmarks.md, "A pipelined host (pipe26)").
     pipeline: int = 2
+    # The log is folded into a snapshot once its live segments exceed this many
+    # bytes (and the live data): FileStorage's wal_bytes_compact_threshold.
+    wal_compact_bytes: int = WAL_BYTES_COMPACT_THRESHOLD_DEFAULT
 
     def validate(self) -> HostParams:
         if self.preallocate_bytes < 0:
             raise ClusterFileError("host.preallocate_bytes", "must be >= 0")
+        if self.wal_compact_bytes < WAL_COMPACT_BYTES_MIN:
+            raise ClusterFileError("host.wal_compact_bytes", f"must be >= {WAL_COMPACT_BYTES_MIN}")
         if not 1 <= self.pipeline <= PIPELINE_MAX:
             raise ClusterFileError("host.pipeline", f"must be >= 1 and <= {PIPELINE_MAX}")
         for name in (

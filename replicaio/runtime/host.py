@@ -333,6 +333,7 @@ class NodeHost:
             self.entry.data_dir, fsync=self.params.fsync, repair=repair,
             preallocate_bytes=self.params.preallocate_bytes,
             mark_syncs=self.params.mark_syncs,
+            wal_bytes_compact_threshold=self.params.wal_compact_bytes,
         )
         if self.params.fsync:
             self.sync_worker = SyncWorker(asyncio.get_running_loop())

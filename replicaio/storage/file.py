@@ -668,7 +668,11 @@ class FileStorage:
             raise
 
     def _compact(self) -> None:
-        assert not self._pending
+        # The snapshot covers the map as written (every batch up to _batch_last).
+        # Writes buffered or sealed meanwhile belong to later batches: the loop
+        # buffers the next batch while the pipelined host's log thread compacts
+        # (ADR 0037), and those batches go to the segment started below.
+        assert self._batch_sealed >= self._batch_last
         if self._segments[self._segment_seq] > SEGMENT_HEADER.size:
             self._rotate()
         covered = self._segment_seq - 1
