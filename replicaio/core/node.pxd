@@ -17,11 +17,3 @@ cdef class Node:
     cdef public object local, local_stream, streams, group_output_handlers, timers
     cdef public object timer_finishers, timer_next, tick_armed, protocol
     cdef public Context root
-
-    cpdef step(self, event)
-    cpdef run(self)
-    cpdef receive(self, source, data)
-    cpdef route_stream(self, source, message, group=*)
-    cpdef dispatch(self, source, envelope)
-    cpdef on_timer(self, timer_id)
-    cpdef persist(self, key, value)
