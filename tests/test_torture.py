@@ -153,6 +153,29 @@ def test_a_short_live_torture_of_raft_passes_and_leaves_nothing_behind(tmp_path:
 
 
 @needs_root
+@pytest.mark.parametrize(("protocol", "nodes"), [("minbft", "3"), ("pbft", "4")])
+def test_a_short_live_torture_of_a_bft_service_passes(
+    tmp_path: Path, protocol: str, nodes: str
+) -> None:
+    """The BFT services through the same faults: Ed25519 node keys, MinBFT's USIG
+    keys (``write_usig_keys``), a primary INFO does not name; kill -9 and restart,
+    SIGSTOP, partitions, a full disk; linearizable, nothing left behind."""
+    done = torture(
+        ["--protocol", protocol, "--nodes", nodes, "--duration", "30", "--seed", "1",
+         "--clients", "4", "--out", str(tmp_path), "--check-budget", "60", "--json"],
+        timeout_s=300,
+    )
+    print(f"\n{done.stdout}\n{done.stderr}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["passed"] is True and result["linearizable"] is True
+    assert result["problems"] == [] and result["leftovers"] == []
+    assert "kill" in {fault["kind"] for fault in result["faults"]}
+    assert result["ok"] > 50 and result["acknowledged"] > 5
+    assert leftovers(run_tag(done.stdout)) == []
+
+
+@needs_root
 def test_a_short_live_torture_over_mutual_tls_passes(tmp_path: Path) -> None:
     """The same torture with ``--tls``: certificates from ``certs init``, mutual TLS
     1.3 between the nodes and to every redis-py client, through the same faults."""

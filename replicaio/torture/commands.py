@@ -24,7 +24,7 @@ def add_torture_command(commands: Any) -> None:
     """Add ``torture`` to the ``replicaio`` parser's subparsers."""
     parser = commands.add_parser(
         "torture", help="a live cluster in network namespaces under real faults (root)")
-    parser.add_argument("--protocol", default="raft", help="a replicated service (raft, pbft)")
+    parser.add_argument("--protocol", default="raft", help="a replicated service (raft, pbft, minbft)")
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of faults")
     parser.add_argument("--seed", type=int, default=0, help="draws the fault schedule")
