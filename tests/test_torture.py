@@ -1,7 +1,7 @@
 """``replicaio torture``: the seed's fault schedule (pure), and, as root with ``ip``,
 ``tc`` and ``nft``/``iptables``, a short live torture of a Raft cluster across
-network namespaces, an interrupted one that must leave nothing behind, and the
-plain refusal without root.
+network namespaces (and of PBFT and MinBFT with a Byzantine node), an interrupted
+one that must leave nothing behind, and the plain refusal without root.
 
 The live tests run the real command as a subprocess (as a user would) and look
 at the machine afterwards: no namespace, link or mount of the run's tag may
@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from replicaio.sim.adversary import BASE_BEHAVIOURS
 from replicaio.torture.nemesis import FAULT_KINDS, LEADER, PARTITION_KINDS, draw_schedule
-from replicaio.torture.network import missing_requirements, run_command
+from replicaio.torture.network import TortureError, missing_requirements, run_command
+from replicaio.torture.run import TortureOptions
 
 MISSING = missing_requirements()
 needs_root = pytest.mark.skipif(MISSING is not None, reason=f"live torture skipped: {MISSING}")
@@ -153,16 +155,19 @@ def test_a_short_live_torture_of_raft_passes_and_leaves_nothing_behind(tmp_path:
 
 
 @needs_root
-@pytest.mark.parametrize(("protocol", "nodes"), [("minbft", "3"), ("pbft", "4")])
-def test_a_short_live_torture_of_a_bft_service_passes(
-    tmp_path: Path, protocol: str, nodes: str
+@pytest.mark.parametrize(("protocol", "nodes", "behaviour"), [
+    ("minbft", "3", "minbft_equivocate"), ("pbft", "4", "pbft_equivocate")])
+def test_a_short_live_torture_of_a_bft_service_with_a_byzantine_node_passes(
+    tmp_path: Path, protocol: str, nodes: str, behaviour: str
 ) -> None:
-    """The BFT services through the same faults: Ed25519 node keys, MinBFT's USIG
-    keys (``write_usig_keys``), a primary INFO does not name; kill -9 and restart,
-    SIGSTOP, partitions, a full disk; linearizable, nothing left behind."""
+    """The BFT services through the same faults (Ed25519 node keys, MinBFT's USIG
+    keys, a primary INFO does not name; kill -9 and restart, SIGSTOP, partitions, a
+    full disk) with one node equivocating on the real network the whole run, its
+    restarts included: linearizable through the correct nodes, nothing left behind."""
     done = torture(
         ["--protocol", protocol, "--nodes", nodes, "--duration", "30", "--seed", "1",
-         "--clients", "4", "--out", str(tmp_path), "--check-budget", "60", "--json"],
+         "--clients", "4", "--out", str(tmp_path), "--check-budget", "60",
+         "--byzantine", behaviour, "--json"],
         timeout_s=300,
     )
     print(f"\n{done.stdout}\n{done.stderr}")
@@ -172,7 +177,35 @@ def test_a_short_live_torture_of_a_bft_service_passes(
     assert result["problems"] == [] and result["leftovers"] == []
     assert "kill" in {fault["kind"] for fault in result["faults"]}
     assert result["ok"] > 50 and result["acknowledged"] > 5
+    ((node, mix),) = result["byzantine"].items()
+    assert mix == behaviour and f"node {node} is Byzantine" in done.stdout
+    assert result["byzantine_sends"] > 0  # its messages went through the behaviour
+    assert f"--byzantine {behaviour}" in result["rerun"]
     assert leftovers(run_tag(done.stdout)) == []
+
+
+def test_a_byzantine_node_is_a_function_of_the_options_and_bad_ones_are_refused() -> None:
+    """No root needed: which node and which mix, and the clear refusals."""
+    options = TortureOptions(protocol="pbft", nodes=4, seed=3, byzantine="seed")
+    plan = options.validate().byzantine_plan()
+    assert plan == options.byzantine_plan()  # the seed decides
+    ((node, mix),) = plan.items()
+    assert 0 <= node < 4 and mix.split("+")[0] in BASE_BEHAVIOURS
+    named = TortureOptions(protocol="minbft", nodes=3, byzantine="minbft_equivocate+replay",
+                           byzantine_node=2)
+    assert named.byzantine_plan() == {2: "minbft_equivocate+replay"}
+    assert "--byzantine minbft_equivocate+replay --byzantine-node 2" in named.rerun_command()
+    assert TortureOptions(protocol="pbft").byzantine_plan() == {}
+    for bad, message in [
+        (TortureOptions(protocol="raft", nodes=3, byzantine="equivocate"), "Byzantine-tolerant"),
+        (TortureOptions(protocol="pbft", byzantine="minbft_equivocate"), "not one of pbft's"),
+        (TortureOptions(protocol="pbft", byzantine="no_such_thing"), "not one of pbft's"),
+        (TortureOptions(protocol="pbft", nodes=4, byzantine="silent", byzantine_node=4),
+         "must be in 0..3"),
+        (TortureOptions(protocol="pbft", byzantine_node=1), "needs --byzantine"),
+    ]:
+        with pytest.raises(TortureError, match=message):
+            bad.validate()
 
 
 @needs_root

@@ -8,7 +8,10 @@ Each run of a node writes its output to ``node-I.run-K.log``. ``close``
 resumes and kills whatever still runs; it is idempotent. With ``tls``, ``certs
 init`` makes ``certs/`` (each node's certificate names its namespace address)
 and both ports speak mutual TLS 1.3; the workload's clients present
-``certs/client.pem``.
+``certs/client.pem``. With ``byzantine_nodes`` (node -> behaviour mix) those nodes run
+``kv node --byzantine MIX`` at every start: the simulator's adversary rewrites
+every message they send (``replicaio node --byzantine``); :meth:`correct_nodes`
+are the others, the only ones the workload and the judge talk to.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "service": {"retry_after_ms": 300, "retry_backoff_ms": 20, "request_timeout_ms": 2500},
 }
 READY_TIMEOUT_S = 30.0
+# The node's event counters by name (``replicaio.runtime.metrics``), as scraped.
+EVENT_FAMILIES = ("replicaio_core_events_total{", "replicaio_runtime_events_total{")
 
 
 def byzantine(protocol: str) -> bool:
@@ -58,9 +64,10 @@ class NamespacedCluster:
     """See the module docstring."""
 
     def __init__(self, directory: Path, testbed: Testbed, protocol: str, *,
-                 tls: bool = False) -> None:
+                 tls: bool = False, byzantine_nodes: dict[int, str] | None = None) -> None:
         self.directory = directory
         self.testbed = testbed
+        self.byzantine = dict(byzantine_nodes or {})
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "cluster.key").write_text(SECRET + "\n")
         tables: list[dict[str, Any]] = [
@@ -116,6 +123,38 @@ class NamespacedCluster:
         return [Endpoint(entry.client.host, entry.client.port, self.client_tls)
                 for entry in self.cluster.nodes]
 
+    def correct_nodes(self) -> list[int]:
+        """The nodes that run the protocol as written (all but the Byzantine ones)."""
+        return [node for node in range(self.n) if node not in self.byzantine]
+
+    def correct_endpoints(self) -> list[Endpoint]:
+        """Client endpoints of the correct nodes: a Byzantine node's own clients
+        have no guarantee in the BFT model, so nothing is asked of its front."""
+        endpoints = self.endpoints()
+        return [endpoints[node] for node in self.correct_nodes()]
+
+    def events(self, node: int, timeout_s: float = 2.0) -> dict[str, float]:
+        """``node``'s event counters since its last start (its metrics endpoint:
+        ``replicaio_core_events`` and ``replicaio_runtime_events`` by name); empty
+        if it does not answer."""
+        entry = self.cluster.nodes[node]
+        if entry.metrics is None:
+            return {}
+        url = f"http://{entry.metrics.host}:{entry.metrics.port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                text = response.read().decode("utf-8", "replace")
+        except OSError:
+            return {}
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line.startswith(EVENT_FAMILIES):
+                continue
+            labels, _, value = line.rpartition(" ")
+            name = labels.split('event="', 1)[1].split('"', 1)[0]
+            found[name] = found.get(name, 0.0) + float(value)
+        return found
+
     def data_dir(self, node: int) -> Path:
         return self.cluster.nodes[node].data_dir
 
@@ -127,6 +166,8 @@ class NamespacedCluster:
         self.runs[node] += 1
         command = [*self.testbed.exec_prefix(node), sys.executable, "-m", "replicaio.cli",
                    "kv", "node", "--config", str(self.config_path), "--id", str(node)]
+        if node in self.byzantine:
+            command += ["--byzantine", self.byzantine[node]]
         with open(self.log_path(node), "wb") as output:
             self.processes[node] = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,

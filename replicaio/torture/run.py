@@ -15,6 +15,14 @@ Phases (each bounded in time):
 4. **judge**: the clients stop; every acknowledged key is read back; the
    whole history is checked linearizable (``check_budget_s``).
 
+With ``byzantine`` (a BFT protocol only) one node, drawn from the seed or
+named, runs the simulator's adversary behaviours on the real network for the
+whole run, restarts included (``kv node --byzantine MIX``), on top of the
+nemesis's faults. The workload, the progress demand and the read-back use the
+correct nodes' fronts only (a Byzantine node's own clients have no guarantee),
+and the report gives the Byzantine node's rewritten sends and the correct
+nodes' counted rejections, the evidence that the behaviour ran and was refused.
+
 The testbed is torn down in a ``finally``, whatever happened (an exception,
 Ctrl-C, SIGTERM: both become :class:`KeyboardInterrupt` during the run and
 are ignored during the teardown), and what it left behind, if anything, is a
@@ -42,6 +50,7 @@ import redis
 from replicaio.check.history import dump_history
 from replicaio.check.linearizability import LinearizabilityResult, check_linearizable
 from replicaio.torture.cluster import NamespacedCluster
+from replicaio.torture.cluster import byzantine as byzantine_tolerant
 from replicaio.torture.nemesis import FAULT_KINDS, LEADER, PARTITION_KINDS, Fault, draw_schedule
 from replicaio.torture.network import (
     Testbed,
@@ -73,6 +82,8 @@ class TortureOptions:
     progress_timeout_s: float = 30.0
     tmpfs_bytes: int = TMPFS_BYTES_DEFAULT
     tls: bool = False  # mutual TLS on the peer and client ports (certs init)
+    byzantine: str = ""  # a behaviour mix (``a+b``), "seed" to draw one; "" none
+    byzantine_node: int | None = None  # which node (None: drawn from the seed)
 
     def validate(self) -> TortureOptions:
         if not 1 <= self.nodes <= NODES_MAX:
@@ -82,7 +93,39 @@ class TortureOptions:
         unknown = [kind for kind in self.faults if kind not in FAULT_KINDS]
         if unknown:
             raise TortureError(f"unknown fault kinds {unknown}; known: {', '.join(FAULT_KINDS)}")
+        if self.byzantine or self.byzantine_node is not None:
+            self.byzantine_plan()  # (raises on a bad mix or node)
         return self
+
+    def byzantine_plan(self) -> dict[int, str]:
+        """The Byzantine node and its behaviour mix (empty without ``byzantine``),
+        a function of the options: the node and a drawn mix come from the seed."""
+        if not self.byzantine:
+            if self.byzantine_node is not None:
+                raise TortureError("--byzantine-node needs --byzantine")
+            return {}
+        if not byzantine_tolerant(self.protocol):
+            raise TortureError(f"--byzantine needs a Byzantine-tolerant protocol (pbft, "
+                               f"minbft), not {self.protocol!r}")
+        # PBFT's and MinBFT's own behaviours register when their modules load.
+        import replicaio.sim.minbft_adversary
+        import replicaio.sim.pbft_adversary  # noqa: F401
+        from replicaio.sim.adversary import BASE_BEHAVIOURS, behaviour_names, draw_extras
+
+        rng = random.Random(f"replicaio-torture-byzantine-{self.seed}")
+        node = rng.randrange(self.nodes) if self.byzantine_node is None else self.byzantine_node
+        if not 0 <= node < self.nodes:
+            raise TortureError(f"--byzantine-node must be in 0..{self.nodes - 1}")
+        allowed = behaviour_names(self.protocol)
+        if self.byzantine == "seed":
+            names = [rng.choice(BASE_BEHAVIOURS), *draw_extras(rng, self.protocol)]
+        else:
+            names = self.byzantine.split("+")
+            unknown = [name for name in names if name not in allowed]
+            if unknown:
+                raise TortureError(f"behaviour {unknown[0]!r} is not one of {self.protocol}'s: "
+                                   f"{', '.join(sorted(allowed))}")
+        return {node: "+".join(names)}
 
     def rerun_command(self) -> str:
         words = ["replicaio", "torture", "--protocol", self.protocol, "--nodes", str(self.nodes),
@@ -92,6 +135,10 @@ class TortureOptions:
             words += ["--faults", ",".join(self.faults)]
         if self.tls:
             words.append("--tls")
+        if self.byzantine:
+            words += ["--byzantine", self.byzantine]
+            if self.byzantine_node is not None:
+                words += ["--byzantine-node", str(self.byzantine_node)]
         return shlex.join(words)
 
 
@@ -112,6 +159,11 @@ class TortureResult:
     acknowledged: int = 0
     leftovers: list[str] = field(default_factory=list)
     healed_s: float | None = None  # when every fault was healed (seconds since the start)
+    byzantine: dict[int, str] = field(default_factory=dict)  # node -> its behaviour mix
+    # The Byzantine node's sends rewritten since its last start, and the correct
+    # nodes' counted rejections and ignored messages (their metrics, at the end).
+    byzantine_sends: float = 0.0
+    rejections: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -151,11 +203,13 @@ def run_torture(options: TortureOptions, say: Callable[[str], None] = print) -> 
     directory = (options.out / f"seed-{options.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
                  ).resolve()
     directory.mkdir(parents=True, exist_ok=False)
-    result = TortureResult(options, directory, tag)
+    result = TortureResult(options, directory, tag, byzantine=options.byzantine_plan())
     testbed = Testbed(tag, options.nodes, choose_subnet(options.seed))
     say(f"torture: {options.nodes} {options.protocol} nodes in namespaces replicaio-{tag}-n*, "
         f"subnet {testbed.subnet}, seed {options.seed}, {options.duration_s:g} s"
         f"{', mutual TLS' if options.tls else ''}; out {directory}")
+    for node, mix in result.byzantine.items():
+        say(f"torture: node {node} is Byzantine ({mix}); clients use the other nodes")
     (directory / "testbed.json").write_text(json.dumps({
         "tag": tag, "namespaces": [testbed.namespace(n) for n in range(options.nodes)],
         "bridge": testbed.bridge_name(), "subnet": str(testbed.subnet)}, indent=1))
@@ -164,7 +218,8 @@ def run_torture(options: TortureOptions, say: Callable[[str], None] = print) -> 
     with interrupts_as_keyboard_interrupt() as shield:
         try:
             testbed.create()
-            cluster = NamespacedCluster(directory, testbed, options.protocol, tls=options.tls)
+            cluster = NamespacedCluster(directory, testbed, options.protocol, tls=options.tls,
+                                        byzantine_nodes=result.byzantine)
             workload = torture(options, testbed, cluster, result, say)
         except KeyboardInterrupt:
             result.problems.append("interrupted (Ctrl-C or SIGTERM)")
@@ -197,7 +252,7 @@ def torture(options: TortureOptions, testbed: Testbed, cluster: NamespacedCluste
         raise TortureError(failed)
     if wait_for_leader(cluster) is None:
         raise TortureError(f"no leader within {LEADER_TIMEOUT_S} s")
-    workload = Workload(cluster.endpoints(), options.clients, options.seed)
+    workload = Workload(cluster.correct_endpoints(), options.clients, options.seed)
     origin = time.monotonic()
     workload.start()
     nemesis = Nemesis(testbed, cluster, options, origin, say)
@@ -226,7 +281,7 @@ def wait_for_leader(cluster: NamespacedCluster) -> int | None:
         if leader is not None:
             return leader
         with contextlib.suppress(redis.RedisError, OSError):
-            client = connect(endpoints[0])
+            client = connect(cluster.correct_endpoints()[0])
             try:
                 if client.set("torture:ready", "1") is True:
                     return -1
@@ -340,11 +395,12 @@ class Nemesis:
 
 def demand_progress(workload: Workload, cluster: NamespacedCluster, timeout_s: float
                     ) -> list[str]:
-    """A write through every node within ``timeout_s`` (recorded in the history). The
-    nodes are tried in turn, so one that never answers cannot use up the others' time."""
+    """A write through every correct node within ``timeout_s`` (recorded in the
+    history). The nodes are tried in turn, so one that never answers cannot use up
+    the others' time."""
     deadline = time.monotonic() + timeout_s
     endpoints = cluster.endpoints()
-    waiting = list(range(len(endpoints)))
+    waiting = cluster.correct_nodes()
     attempt = 0
     while waiting and time.monotonic() < deadline:
         attempt += 1
@@ -377,7 +433,7 @@ def judge(options: TortureOptions, workload: Workload, cluster: NamespacedCluste
     read_back_s = time.monotonic() - origin  # the plot stops here: MGET batches are no load
     deadline = time.monotonic() + options.progress_timeout_s
     keys = [*sorted(acknowledged), *REGISTERS, *COUNTERS]
-    found = workload.read_back(cluster.endpoints()[0], keys, deadline)
+    found = workload.read_back(cluster.correct_endpoints()[0], keys, deadline)
     missing = [key for key, value in acknowledged.items() if found.get(key) != value]
     unread = [key for key in keys if key not in found]
     if unread:
@@ -395,6 +451,8 @@ def judge(options: TortureOptions, workload: Workload, cluster: NamespacedCluste
     say(f"torture: {len(operations)} operations ({result.ok} ok), {len(acknowledged)} "
         f"acknowledged writes read back; checking linearizability")
     result.linearizability = check_linearizable(operations, time_budget_s=options.check_budget_s)
+    if result.byzantine:
+        count_byzantine_evidence(cluster, result)
     buckets = timeline(operations, origin)
     write_timeline(buckets, directory / "timeline.csv")
     (directory / "faults.json").write_text(json.dumps([asdict(e) for e in result.faults],
@@ -404,6 +462,20 @@ def judge(options: TortureOptions, workload: Workload, cluster: NamespacedCluste
                          f"seed {options.seed}", result.healed_s)
     if skipped is not None:
         result.notes.append(skipped)
+
+
+REJECTION_WORDS = ("rejected", "ignored", "invalid", "bad_", "conflict", "refused", "forged")
+
+
+def count_byzantine_evidence(cluster: NamespacedCluster, result: TortureResult) -> None:
+    """What the Byzantine node rewrote and what the correct nodes refused (their
+    counters since their last start: a node restarted late counts less)."""
+    for node in result.byzantine:
+        result.byzantine_sends += cluster.events(node).get("byzantine_sends", 0.0)
+    for node in cluster.correct_nodes():
+        for name, value in cluster.events(node).items():
+            if any(word in name for word in REJECTION_WORDS):
+                result.rejections[name] = result.rejections.get(name, 0.0) + value
 
 
 def summary(result: TortureResult) -> str:
@@ -417,6 +489,11 @@ def summary(result: TortureResult) -> str:
         lines.append(f"  {event.started_s:8.2f} .. {healed:>8} s  {event.description}")
     lines.append(f"operations: {result.operations} ({result.ok} ok); acknowledged writes "
                  f"checked: {result.acknowledged}")
+    for node, mix in result.byzantine.items():
+        top = sorted(result.rejections.items(), key=lambda item: -item[1])[:6]
+        shown = ", ".join(f"{name} {value:g}" for name, value in top) or "none"
+        lines.append(f"byzantine: node {node} ({mix}) rewrote {result.byzantine_sends:g} sends; "
+                     f"the correct nodes' rejection counters (every cause): {shown}")
     if result.linearizability is not None:
         lines.append(f"history: {result.linearizability.describe()}")
     for problem in result.problems:
@@ -439,5 +516,7 @@ def result_json(result: TortureResult) -> dict[str, Any]:
         "passed": result.passed, "linearizable": verdict, "problems": result.problems,
         "leftovers": result.leftovers, "operations": result.operations, "ok": result.ok,
         "acknowledged": result.acknowledged, "faults": [asdict(e) for e in result.faults],
+        "byzantine": {str(node): mix for node, mix in result.byzantine.items()},
+        "byzantine_sends": result.byzantine_sends, "rejections": result.rejections,
         "rerun": result.options.rerun_command(),
     }
