@@ -15,11 +15,14 @@ the script follows each SET through the stamps:
     batch -> its steps (commit, apply) -> reply written -> client
 
 taking the follower whose acknowledgement reached the leader first (the one on
-the critical path), and prints the median and 90th percentile of every hop in
-microseconds, the leader's own sync beside it, and how often the leader's own
-sync rather than the follower's acknowledgement was the later of the two.
+the critical path), and prints the median, 90th and 99th percentile and the
+maximum of every hop in microseconds, the leader's own sync beside it, and how
+often the leader's own sync rather than the follower's acknowledgement was the later of the two.
 Hops telescope: on a SET where every stamp was found, the critical path's hops
-sum to the client's round trip.
+sum to the client's round trip. Then, for the slowest 1 % of SETs, the hop
+furthest above its own median in each (what makes the tail), and every node's
+garbage collections (stamped through ``gc.callbacks``): how many, how many
+longer than 1 ms, and how many of the slowest SETs one of them overlapped.
 
     .venv/bin/python bench/trace_kv_hops.py --sets 2000
     .venv/bin/python bench/trace_kv_hops.py --sets 2000 --variant 'default:' \
@@ -70,6 +73,8 @@ from replicaio.runtime.hoptrace import (  # noqa: E402
     COMMAND,
     FRAME_IN,
     FRAME_OUT,
+    GC_END,
+    GC_START,
     LOG_FLUSHED,
     MARKED,
     PEER_UNIT,
@@ -217,45 +222,136 @@ def quantile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values), 1),
+            "p90": round(quantile(values, 0.9), 1),
+            "p99": round(quantile(values, 0.99), 1),
+            "max": round(max(values), 1),
+            "mean": round(statistics.fmean(values), 1)}
+
+
+def gc_pauses(events: Events) -> list[tuple[int, int, int]]:
+    """(start ns, end ns, generation) of every collection a node stamped."""
+    starts, generations = events.get(GC_START, ([], []))
+    ends, _ = events.get(GC_END, ([], []))
+    pauses = []
+    for start, generation in zip(starts, generations, strict=False):
+        index = bisect.bisect_left(ends, start)
+        if index < len(ends):
+            pauses.append((start, ends[index], generation))
+    return pauses
+
+
+def gc_summary(pauses: list[tuple[int, int, int]], window_s: float) -> dict[str, Any]:
+    """How many collections of each generation, how many longer than 1 ms, the
+    longest, and their total per second of the run."""
+    by_generation: dict[str, dict[str, Any]] = {}
+    for generation in (0, 1, 2):
+        spans = [(end - start) / 1e6 for start, end, gen in pauses if gen == generation]
+        by_generation[f"gen{generation}"] = {
+            "count": len(spans), "over_1ms": sum(1 for span in spans if span > 1.0),
+            "max_ms": round(max(spans, default=0.0), 2),
+            "total_ms": round(sum(spans), 1)}
+    total_ms = sum((end - start) / 1e6 for start, end, _ in pauses)
+    return {"collections": len(pauses), "ms_per_s": round(total_ms / max(window_s, 1e-9), 2),
+            **by_generation}
+
+
+def overlap_ms(pauses: list[tuple[int, int, int]], starts: list[int], begin: int,
+               end: int) -> float:
+    """Milliseconds of ``pauses`` (sorted by start; ``starts`` their starts) inside
+    [begin, end]."""
+    total = 0
+    index = max(0, bisect.bisect_left(starts, begin) - 1)
+    while index < len(pauses) and pauses[index][0] <= end:
+        start, stop, _ = pauses[index]
+        total += max(0, min(stop, end) - max(start, begin))
+        index += 1
+    return total / 1e6
+
+
 def table(paths: list[dict[str, int]]) -> dict[str, Any]:
     if not paths:
         raise SystemExit("trace_kv_hops: no SET could be followed through the stamps")
     def row(name: str, start: str, end: str) -> dict[str, Any]:
         spans = [(path[end] - path[start]) / 1000 for path in paths]
-        return {"hop": name, "p50_us": round(statistics.median(spans), 1),
-                "p90_us": round(quantile(spans, 0.9), 1),
-                "mean_us": round(statistics.fmean(spans), 1)}
+        figures = spread(spans)
+        return {"hop": name, "p50_us": figures["p50"], "p90_us": figures["p90"],
+                "p99_us": figures["p99"], "max_us": figures["max"],
+                "mean_us": figures["mean"]}
 
     critical = [row(*hop) for hop in CRITICAL]
     leader = [row(*hop) for hop in LEADER_SYNC]
     trips = [(path["received"] - path["sent"]) / 1000 for path in paths]
+    # The slowest 1 % (at least 5): which hop exceeded its own median the most.
+    slow_count = max(5, len(paths) // 100)
+    slowest = sorted(paths, key=lambda path: path["received"] - path["sent"])[-slow_count:]
+    blame: dict[str, dict[str, float]] = {}
+    for path in slowest:
+        excess = [((path[end] - path[start]) / 1000 - hop["p50_us"], name)
+                  for (name, start, end), hop in zip(CRITICAL + LEADER_SYNC, critical + leader,
+                                                     strict=True)]
+        worst, name = max(excess)
+        entry = blame.setdefault(name, {"sets": 0, "excess_us": 0.0})
+        entry["sets"] += 1
+        entry["excess_us"] += worst
+    worst_hops: list[dict[str, Any]] = [
+        {"hop": name, "sets": int(entry["sets"]),
+         "mean_excess_us": round(entry["excess_us"] / entry["sets"], 1)}
+        for name, entry in sorted(blame.items(), key=lambda item: -item[1]["sets"])]
     return {
         "sets_followed": len(paths),
-        "round_trip_us": {"p50": round(statistics.median(trips), 1),
-                          "p90": round(quantile(trips, 0.9), 1),
-                          "mean": round(statistics.fmean(trips), 1)},
+        "round_trip_us": spread(trips),
         "critical_path": critical,
         "sum_of_medians_us": round(sum(hop["p50_us"] for hop in critical), 1),
         "leader_sync": leader,
         "leader_sync_later_than_first_ack": round(
             sum(path["leader_later"] for path in paths) / len(paths), 3),
+        "slowest": {"sets": slow_count,
+                    "round_trip_from_us": round(
+                        (slowest[0]["received"] - slowest[0]["sent"]) / 1000, 1),
+                    "worst_hops": worst_hops},
     }
 
 
 def print_table(report: dict[str, Any]) -> None:
+    trip = report["round_trip_us"]
     print(f"\n{report['sets_followed']} SETs followed; client round trip p50 "
-          f"{report['round_trip_us']['p50']} us, p90 {report['round_trip_us']['p90']} us, "
-          f"mean {report['round_trip_us']['mean']} us")
-    print("\n| hop (critical path) | p50 us | p90 us | mean us |\n| --- | --- | --- | --- |")
+          f"{trip['p50']} us, p90 {trip['p90']} us, p99 {trip['p99']} us, max {trip['max']} us, "
+          f"mean {trip['mean']} us")
+    print("\n| hop (critical path) | p50 us | p90 us | p99 us | max us | mean us |\n"
+          "| --- | --- | --- | --- | --- | --- |")
     for hop in report["critical_path"]:
-        print(f"| {hop['hop']} | {hop['p50_us']} | {hop['p90_us']} | {hop['mean_us']} |")
-    print(f"| sum of the medians | {report['sum_of_medians_us']} | | |")
-    print("\n| the leader's own sync, beside it | p50 us | p90 us | mean us |\n"
-          "| --- | --- | --- | --- |")
+        print(f"| {hop['hop']} | {hop['p50_us']} | {hop['p90_us']} | {hop['p99_us']} | "
+              f"{hop['max_us']} | {hop['mean_us']} |")
+    print(f"| sum of the medians | {report['sum_of_medians_us']} | | | | |")
+    print("\n| the leader's own sync, beside it | p50 us | p90 us | p99 us | max us | mean us |\n"
+          "| --- | --- | --- | --- | --- | --- |")
     for hop in report["leader_sync"]:
-        print(f"| {hop['hop']} | {hop['p50_us']} | {hop['p90_us']} | {hop['mean_us']} |")
+        print(f"| {hop['hop']} | {hop['p50_us']} | {hop['p90_us']} | {hop['p99_us']} | "
+              f"{hop['max_us']} | {hop['mean_us']} |")
     print(f"\nthe leader's own sync released after the first ack arrived in "
           f"{report['leader_sync_later_than_first_ack'] * 100:.1f} % of SETs")
+    slowest = report["slowest"]
+    print(f"\nthe {slowest['sets']} slowest SETs (round trip >= "
+          f"{slowest['round_trip_from_us']} us): the hop furthest above its median")
+    print("\n| hop | SETs | mean excess us |\n| --- | --- | --- |")
+    for row in slowest["worst_hops"]:
+        print(f"| {row['hop']} | {row['sets']} | {row['mean_excess_us']} |")
+    gc_report = report.get("gc")
+    if gc_report:
+        print("\n| node: garbage collections | all | gen0 | gen1 | gen2 | > 1 ms | longest ms "
+              "| ms per s |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for node, summary in gc_report["nodes"].items():
+            over = sum(summary[f"gen{g}"]["over_1ms"] for g in (0, 1, 2))
+            longest = max(summary[f"gen{g}"]["max_ms"] for g in (0, 1, 2))
+            print(f"| {node} | {summary['collections']} | {summary['gen0']['count']} | "
+                  f"{summary['gen1']['count']} | {summary['gen2']['count']} | {over} | "
+                  f"{longest} | {summary['ms_per_s']} |")
+        print(f"\nSETs a collection on some node overlapped: {gc_report['sets_overlapped']} "
+              f"of {report['sets_followed']}; of the slowest {slowest['sets']}: "
+              f"{gc_report['slowest_overlapped']} (mean {gc_report['slowest_overlap_ms']} ms "
+              f"of collection inside each)")
 
 
 async def drive(ports: list[int], warmup: int, sets: int,
@@ -291,6 +387,27 @@ def analyse(stamps: list[tuple[int, int]], leader: int, hops_dir: Path,
     report = table(paths)
     report.update({"sets": len(stamps), "not_followed": sum(reasons.values()),
                    "not_followed_at": reasons, "leader": leader})
+    window_s = (stamps[-1][1] - stamps[0][0]) / 1e9 if stamps else 0.0
+    pauses = {node: [pause for pause in gc_pauses(events)
+                     if stamps and stamps[0][0] <= pause[0] <= stamps[-1][1]]
+              for node, events in nodes.items()}
+    if any(pauses.values()):
+        starts = {node: [pause[0] for pause in mine] for node, mine in pauses.items()}
+
+        def inside(path: dict[str, int]) -> float:
+            return sum(overlap_ms(pauses[node], starts[node], path["sent"], path["received"])
+                       for node in pauses)
+
+        slow_count = report["slowest"]["sets"]
+        slowest = sorted(paths, key=lambda path: path["received"] - path["sent"])[-slow_count:]
+        slow_overlaps = [inside(path) for path in slowest]
+        report["gc"] = {
+            "nodes": {f"node {node}" + (" (leader)" if node == leader else ""):
+                      gc_summary(mine, window_s) for node, mine in pauses.items()},
+            "sets_overlapped": sum(1 for path in paths if inside(path) > 0),
+            "slowest_overlapped": sum(1 for ms in slow_overlaps if ms > 0),
+            "slowest_overlap_ms": round(statistics.fmean(slow_overlaps), 2),
+        }
     return report
 
 
@@ -302,7 +419,7 @@ def print_side_by_side(reports: list[dict[str, Any]]) -> None:
         print(f"| {hop['hop']} | "
               + " | ".join(str(report["critical_path"][index]["p50_us"]) for report in reports)
               + " |")
-    for key in ("p50", "p90", "mean"):
+    for key in ("p50", "p90", "p99", "max", "mean"):
         print(f"| **client round trip, {key}** | "
               + " | ".join(str(report["round_trip_us"][key]) for report in reports) + " |")
     for index, hop in enumerate(reports[0]["leader_sync"]):

@@ -7,7 +7,10 @@ for every process of the machine, so the stamps of several nodes and of the
 load generator merge): a RESP command parsed, an input into the inbox, a batch
 taken, its steps done, its early sends released, its sync handed to the worker
 thread, the thread started, the log's flush, the mark's flush, the loop back,
-the batch released, a peer frame read and written, a reply written. At a clean
+the batch released, a peer frame read and written, a reply written; and the
+start and end of every garbage collection in the process (``gc.callbacks``),
+whichever thread it ran on, so that a slow request can be matched with the
+collections that paused its nodes. At a clean
 stop (``NodeHost.shutdown``) it writes them to ``DIRECTORY/node<ID>.hops``,
 one ``nanoseconds kind argument`` line per stamp; ``bench/trace_kv_hops.py``
 merges them with its client's own stamps into a table of hops.
@@ -19,6 +22,8 @@ one ``list.append`` of one tuple, atomic under the GIL.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import time
 from pathlib import Path
@@ -42,9 +47,12 @@ RELEASED = 10  # the batch's sends, timers, outputs and completions released
 FRAME_IN = 11  # a peer frame read (arg: peer * 10^9 + bytes)
 FRAME_OUT = 12  # peer frames written (arg: peer * 10^9 + bytes)
 REPLY = 13  # the RESP front wrote a reply
+GC_START = 14  # a garbage collection started (arg: its generation)
+GC_END = 15  # it ended (arg: generation + 10 * objects collected)
 
 NAMES = ("command", "submit", "batch", "stepped", "early", "sync_call", "sync_in",
-         "log_flushed", "marked", "sync_back", "released", "frame_in", "frame_out", "reply")
+         "log_flushed", "marked", "sync_back", "released", "frame_in", "frame_out", "reply",
+         "gc_start", "gc_end")
 PEER_UNIT = 1_000_000_000
 
 
@@ -85,6 +93,21 @@ class HopTrace:
 
         storage.write_sealed = traced_write_sealed
         storage._mark = traced_mark
+
+    def trace_gc(self) -> None:
+        """Stamp every garbage collection's start and end (until :meth:`untrace_gc`)."""
+        if self.on_gc not in gc.callbacks:
+            gc.callbacks.append(self.on_gc)
+
+    def untrace_gc(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self.on_gc)
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.stamp(GC_START, info["generation"])
+        else:
+            self.stamp(GC_END, info["generation"] + 10 * info["collected"])
 
     def write(self) -> None:
         """Write the stamps to the file (at a clean stop)."""

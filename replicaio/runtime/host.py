@@ -68,10 +68,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import importlib
 import logging
 import queue
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -94,7 +96,7 @@ from replicaio.core.effects import (
 from replicaio.core.node import Node
 from replicaio.runtime import hoptrace
 from replicaio.runtime.client import ClientService, OnDone, service_factory
-from replicaio.runtime.config import Address, ClusterFile
+from replicaio.runtime.config import Address, ClusterFile, HostParams
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.durability import DurabilityPipeline
 from replicaio.runtime.logs import FIELDS, log, monotonic_us
@@ -344,6 +346,7 @@ class NodeHost:
                 )
         if self.hops is not None:
             self.hops.trace_storage(self.storage)
+            self.hops.trace_gc()
         config = cluster.cluster_config()
         factory = protocol_factory(cluster.protocol)
         # A live Byzantine node whose behaviour acts from inside the node (a
@@ -491,6 +494,7 @@ class NodeHost:
             self.flush_event_log()
             self.event_log_file.close()
         if self.hops is not None:
+            self.hops.untrace_gc()
             self.hops.write()
         log(logger, logging.INFO, "node stopped", steps=self.stats["steps"])
 
@@ -1051,9 +1055,25 @@ def run_node(
         running = asyncio.get_running_loop()
         for number in (signal.SIGTERM, signal.SIGINT):
             running.add_signal_handler(number, host.stop)
-        await host.run()
+        await host.run(on_ready=lambda _: started(cluster.host))
 
+    set_up_process(cluster.host)
     run_event_loop(main(), loop)
+
+
+def set_up_process(params: HostParams) -> None:
+    """What a node's process sets for itself before its loop starts (the
+    ``replicaio node`` command; not a host run inside another program, whose
+    process is not the host's to tune): the GIL's switch interval."""
+    sys.setswitchinterval(params.switch_interval_us / 1_000_000)
+
+
+def started(params: HostParams) -> None:
+    """Once the node has started (recovered its store): freeze what exists
+    now out of the collector's reach (``gc_freeze``)."""
+    if params.gc_freeze:
+        gc.collect()
+        gc.freeze()
 
 
 def run_event_loop(coroutine: Any, loop: str = "auto") -> None:
