@@ -162,6 +162,15 @@ LEADER_SYNC = (
 )
 
 
+def marked(events: Events, flushed: int, before: int) -> int:
+    """When the mark after the log flush at ``flushed`` returned; with marks off
+    (``[host] mark_syncs = false``: no mark follows a flush), the flush itself."""
+    try:
+        return first(events, MARKED, flushed, before)[0]
+    except Missing:
+        return flushed
+
+
 def follow(client: tuple[int, int], leader: int, nodes: dict[int, Events]) -> dict[str, int]:
     """Every stamp of one SET on the critical path (see the module docstring)."""
     sent, received = client
@@ -174,7 +183,7 @@ def follow(client: tuple[int, int], leader: int, nodes: dict[int, Events]) -> di
     at["sync_call"], _ = first(lead, SYNC_CALL, at["stepped"], received)
     at["sync_in"], _ = first(lead, SYNC_IN, at["sync_call"], received)
     at["log"], _ = first(lead, LOG_FLUSHED, at["sync_in"], received)
-    at["mark"], _ = first(lead, MARKED, at["log"], received)
+    at["mark"] = marked(lead, at["log"], received)
     at["back"], _ = first(lead, SYNC_BACK, at["mark"], received)
     at["released"], _ = first(lead, RELEASED, at["back"], received)
     best: dict[str, int] | None = None
@@ -197,7 +206,7 @@ def follow(client: tuple[int, int], leader: int, nodes: dict[int, Events]) -> di
             path["f_sync_call"], _ = first(events, SYNC_CALL, path["f_stepped"], received)
             path["f_sync_in"], _ = first(events, SYNC_IN, path["f_sync_call"], received)
             path["f_log"], _ = first(events, LOG_FLUSHED, path["f_sync_in"], received)
-            path["f_mark"], _ = first(events, MARKED, path["f_log"], received)
+            path["f_mark"] = marked(events, path["f_log"], received)
             path["f_back"], _ = first(events, SYNC_BACK, path["f_mark"], received)
             path["f_ack"], _ = first(events, FRAME_OUT, path["f_back"], received,
                                      peer_is(leader))
@@ -384,6 +393,9 @@ def analyse(stamps: list[tuple[int, int]], leader: int, hops_dir: Path,
             paths.append(follow(stamp, leader, nodes))
         except Missing as error:
             reasons[str(error)] = reasons.get(str(error), 0) + 1
+    if not paths:
+        raise SystemExit(f"trace_kv_hops: no SET could be followed through the stamps of "
+                         f"{hops_dir}; missing: {reasons}")
     report = table(paths)
     report.update({"sets": len(stamps), "not_followed": sum(reasons.values()),
                    "not_followed_at": reasons, "leader": leader})

@@ -174,6 +174,8 @@ class HostParams:
     # ``gc.freeze()`` once the node has started (recovered): what it recovered is
     # never scanned by a collection again (docs/runtime.md, "The node process").
     gc_freeze: bool = False
+    sync_inline: bool = False  # EXPERIMENT
+    submit_first: bool = False  # EXPERIMENT
 
     def validate(self) -> HostParams:
         if self.preallocate_bytes < 0:

@@ -337,7 +337,7 @@ class NodeHost:
             mark_syncs=self.params.mark_syncs,
             wal_bytes_compact_threshold=self.params.wal_compact_bytes,
         )
-        if self.params.fsync:
+        if self.params.fsync and not self.params.sync_inline:
             self.sync_worker = SyncWorker(asyncio.get_running_loop())
             if self.params.pipeline > 1:
                 self.pipeline = self.durability_pipeline(
@@ -752,11 +752,14 @@ class NodeHost:
         hops = self.hops
         if hops is not None:
             hops.stamp(hoptrace.STEPPED, int(wrote))
+        flight = Flight(sends, outputs, completions, clean, timers, wrote, len(batch))
+        if self.params.submit_first:
+            self.submit_sealed(storage, pipeline, flight, wrote)
         if not wrote:
-            clean = (0, 0, 0)
+            flight.clean = (0, 0, 0)
             sends += early  # released in its turn, right after the batch before
         elif self.flights:
-            clean = (0, 0, 0)  # may depend on an unreleased batch's writes
+            flight.clean = (0, 0, 0)  # may depend on an unreleased batch's writes
             if early:
                 self.flush_event_log()
                 self.release_sends(early)
@@ -766,20 +769,24 @@ class NodeHost:
             self.release_replies(outputs[: clean[1]], completions[: clean[2]])
             if hops is not None:
                 hops.stamp(hoptrace.EARLY)
-        flight = Flight(sends, outputs, completions, clean, timers, wrote, len(batch))
+        if not self.params.submit_first:
+            self.submit_sealed(storage, pipeline, flight, wrote)
+        self.flights.append(flight)
+        self.release_durable()
+        while len(self.flights) >= self.params.pipeline:
+            await self.wait_release()
+
+    def submit_sealed(self, storage: FileStorage, pipeline: DurabilityPipeline, flight: Flight,
+                      wrote: bool) -> None:
         sealed = storage.seal() if wrote else None
         if sealed is None:
             flight.durable = True
         else:
             flight.batch = sealed.batch
             flight.sealed_at = time.perf_counter()
-            if hops is not None:
-                hops.stamp(hoptrace.SYNC_CALL)
+            if self.hops is not None:
+                self.hops.stamp(hoptrace.SYNC_CALL)
             pipeline.submit(sealed)
-        self.flights.append(flight)
-        self.release_durable()
-        while len(self.flights) >= self.params.pipeline:
-            await self.wait_release()
 
     async def wait_release(self) -> None:
         """Until the oldest unreleased batch was released (or the disk failed)."""
