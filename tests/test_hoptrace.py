@@ -34,3 +34,25 @@ def test_bounded_and_written(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
                                                     hoptrace.STEPPED]
     times = [int(at) for at, _, _ in stamps]
     assert times == sorted(times)
+
+
+def test_garbage_collections_stamped_until_untraced(tmp_path: Path) -> None:
+    """Every collection's start and end while traced (its generation in both), none
+    after ``untrace_gc``: a slow request can be matched with the pauses of its nodes."""
+    import gc
+
+    trace = hoptrace.HopTrace(tmp_path / "node0.hops")
+    trace.trace_gc()
+    trace.trace_gc()  # once only
+    try:
+        gc.collect(1)
+    finally:
+        trace.untrace_gc()
+    traced = len(trace.events)
+    gc.collect(0)
+    assert len(trace.events) == traced
+    kinds = [(kind, arg % 10) for _, kind, arg in trace.events]
+    # (an automatic young collection may have come first)
+    assert kinds[-2:] == [(hoptrace.GC_START, 1), (hoptrace.GC_END, 1)]
+    assert {kind for kind, _ in kinds} == {hoptrace.GC_START, hoptrace.GC_END}
+    trace.untrace_gc()  # idempotent

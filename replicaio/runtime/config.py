@@ -176,6 +176,7 @@ class HostParams:
     gc_freeze: bool = False
     sync_inline: bool = False  # EXPERIMENT
     submit_first: bool = False  # EXPERIMENT
+    mark_inline: bool = True  # EXPERIMENT
 
     def validate(self) -> HostParams:
         if self.preallocate_bytes < 0:

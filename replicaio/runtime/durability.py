@@ -12,7 +12,13 @@ durable:
 * the **mark thread** (``mark_syncs`` on) marks in the superblock the latest
   batch whose log flush has returned (``FileStorage.mark_flushed``, one
   ``fdatasync``). Marks coalesce: if batches k and k+1 are both flushed when
-  the thread comes round, one mark covers both.
+  the thread comes round, one mark covers both. When no later batch waits to
+  be written and the mark thread is idle, the log thread marks its batch
+  itself (*marks inline*): the mark's flush then overlaps nothing anyway, and
+  the batch is spared the hand-off to the mark thread (a wake-up, and the
+  GIL, on its critical path: ``docs/benchmarks.md``, "tail27"). Either way one
+  thread marks at a time (``marking``), and each tells what it marked in turn,
+  so the durable batch told never decreases.
 
 A batch is *durable* once its mark has returned (with ``mark_syncs`` off:
 once its log flush has). ``on_durable(batch)`` is then called on the loop
@@ -53,8 +59,10 @@ class DurabilityPipeline:
         mark: bool,
         on_durable: Callable[[int], None],
         on_error: Callable[[BaseException], None],
+        mark_inline: bool = True,
     ) -> None:
         self.loop = loop
+        self.mark_inline = mark_inline
         self.storage = storage
         self.mark = mark
         self.on_durable = on_durable
@@ -62,6 +70,8 @@ class DurabilityPipeline:
         self.jobs: queue.SimpleQueue[SealedBatch | None] = queue.SimpleQueue()
         self.condition = threading.Condition()
         self.flushed = 0  # the last batch whose log flush returned (log thread sets it)
+        self.marked = 0  # the last batch marked (and told durable)
+        self.marking = False  # a thread is marking (the mark thread or, inline, the log's)
         self.stopping = False  # no more batches will be flushed (mark thread's cue)
         self.failed = False
         self.log_thread = threading.Thread(target=self.run_log, name="replicaio-log",
@@ -101,7 +111,13 @@ class DurabilityPipeline:
                 if self.mark:
                     with self.condition:
                         self.flushed = sealed.batch
-                        self.condition.notify()
+                        inline = self.mark_inline and not self.marking and self.jobs.empty()
+                        if inline:
+                            self.marking = True
+                        else:
+                            self.condition.notify()
+                    if inline and not self.mark_and_tell():
+                        return
                 else:
                     self.tell(self.on_durable, sealed.batch)
         finally:
@@ -110,26 +126,40 @@ class DurabilityPipeline:
                 self.condition.notify()
 
     def run_mark(self) -> None:
-        marked = 0
         condition = self.condition
         while True:
             with condition:
-                while self.flushed <= marked and not self.stopping:
+                while ((self.flushed <= self.marked or self.marking)
+                       and not self.stopping):
                     condition.wait()
-                if self.flushed <= marked or self.failed:
+                if self.flushed <= self.marked or self.failed or self.marking:
                     return  # stopping with every flushed batch marked (or failed)
-            try:
-                marked = self.storage.mark_flushed()
-            except StorageUsageError as error:
-                # The store was closed under the mark: by the log thread's failure,
-                # which is the error to tell (it is on its way; this one is its echo).
+                self.marking = True
+            if not self.mark_and_tell():
+                return
+
+    def mark_and_tell(self) -> bool:
+        """Mark every flushed batch, tell the loop, and end this thread's turn
+        (``marking`` was claimed); ``False`` if the mark failed (told as well)."""
+        try:
+            marked = self.storage.mark_flushed()
+        except StorageUsageError as error:
+            # The store was closed under the mark: by the log thread's failure,
+            # which is the error to tell (it is on its way; this one is its echo).
+            if threading.current_thread() is not self.log_thread:
                 self.log_thread.join(5.0)
-                self.fail(error)
-                return
-            except BaseException as error:
-                self.fail(error)
-                return
-            self.tell(self.on_durable, marked)
+            self.fail(error)
+            return False
+        except BaseException as error:
+            self.fail(error)
+            return False
+        with self.condition:
+            # Told before the turn ends: the other thread's next mark is told after.
+            self.marked = max(self.marked, marked)
+            self.tell(self.on_durable, self.marked)
+            self.marking = False
+            self.condition.notify()
+        return True
 
     def fail(self, error: BaseException) -> None:
         with self.condition:

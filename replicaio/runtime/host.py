@@ -343,6 +343,7 @@ class NodeHost:
                 self.pipeline = self.durability_pipeline(
                     asyncio.get_running_loop(), self.storage, mark=self.params.mark_syncs,
                     on_durable=self.durable_upto, on_error=self.pipeline_failed,
+                    mark_inline=self.params.mark_inline,
                 )
         if self.hops is not None:
             self.hops.trace_storage(self.storage)
