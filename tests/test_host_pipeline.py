@@ -8,6 +8,7 @@ really are in flight together; deliberately broken disk threads
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,11 @@ from test_runtime_host import (
 from replicaio.protocols.broadcast import Delivered
 from replicaio.runtime.durability import DurabilityPipeline
 from replicaio.storage.file import FileStorage, SealedBatch
-from replicaio.testing.host_variants import ReleaseAtLogFlush, ReleaseAtSubmit
+from replicaio.testing.host_variants import (
+    ReleaseAtLogFlush,
+    ReleaseAtSubmit,
+    ReleaseBeforeInlineMark,
+)
 
 DISK_DELAY_S = 0.004
 
@@ -41,16 +46,21 @@ class PipelineHost(RecordingHost):
         self.in_flight_max = max(self.in_flight_max, len(self.flights))
 
 
+MARKED_BY: list[str] = []  # the threads that marked, in order (slow_disk)
+
+
 @pytest.fixture
 def slow_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every log write and every mark of a pipelined host takes a few ms more."""
     write, mark = FileStorage.write_sealed, FileStorage.mark_flushed
+    MARKED_BY.clear()
 
     def slow_write(self: FileStorage, sealed: SealedBatch) -> None:
         time.sleep(DISK_DELAY_S)
         write(self, sealed)
 
     def slow_mark(self: FileStorage) -> int:
+        MARKED_BY.append(threading.current_thread().name)
         time.sleep(DISK_DELAY_S)
         return mark(self)
 
@@ -83,12 +93,14 @@ def run_broadcasts(tmp_path: Path, host: dict[str, Any],
 
 
 @pytest.mark.usefixtures("slow_disk")
-@pytest.mark.parametrize(("depth", "marks"), [(2, True), (3, True), (2, False)],
-                         ids=["depth2", "depth3", "depth2-unmarked"])
+@pytest.mark.parametrize(("depth", "marks", "inline"),
+                         [(2, True, True), (3, True, True), (2, False, True), (2, True, False)],
+                         ids=["depth2", "depth3", "depth2-unmarked", "depth2-mark-thread-only"])
 def test_batches_overlap_and_nothing_leaves_before_it_is_durable(
-    tmp_path: Path, depth: int, marks: bool,
+    tmp_path: Path, depth: int, marks: bool, inline: bool,
 ) -> None:
-    hosts = run_broadcasts(tmp_path, {"pipeline": depth, "mark_syncs": marks})
+    hosts = run_broadcasts(tmp_path, {"pipeline": depth, "mark_syncs": marks,
+                                      "mark_inline": inline})
     # run_hosts checked every release (RecordingHost.violations); batches overlapped:
     assert max(node.in_flight_max for node in hosts) == depth - 1
     for node in hosts:
@@ -102,8 +114,23 @@ def test_batches_overlap_and_nothing_leaves_before_it_is_durable(
 
 
 @pytest.mark.usefixtures("slow_disk")
-@pytest.mark.parametrize("broken", [ReleaseAtSubmit, ReleaseAtLogFlush],
-                         ids=["at-submit", "at-log-flush"])
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "mark-thread-only"])
+def test_the_log_thread_marks_only_when_inline_marks_are_on(tmp_path: Path,
+                                                             inline: bool) -> None:
+    """``[host] mark_inline``: the log thread marks a batch itself when nothing
+    waits behind it (and the mark thread is idle): a broadcast's last batches at
+    least; the mark thread still marks while later batches wait to be written."""
+    run_broadcasts(tmp_path, {"pipeline": 2, "mark_inline": inline})
+    by_log = MARKED_BY.count("replicaio-log")
+    if inline:
+        assert by_log > 0, MARKED_BY
+    else:
+        assert by_log == 0 and MARKED_BY.count("replicaio-mark") > 0, MARKED_BY
+
+
+@pytest.mark.usefixtures("slow_disk")
+@pytest.mark.parametrize("broken", [ReleaseAtSubmit, ReleaseAtLogFlush, ReleaseBeforeInlineMark],
+                         ids=["at-submit", "at-log-flush", "before-inline-mark"])
 def test_disk_threads_that_release_before_durability_are_caught(
     tmp_path: Path, broken: type[DurabilityPipeline],
 ) -> None:

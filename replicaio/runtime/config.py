@@ -132,10 +132,6 @@ class TransportParams:
 
 WAL_COMPACT_BYTES_MIN = 4096  # below it every batch or two would compact
 PIPELINE_MAX = 8  # batches in flight in a pipelined host (``[host] pipeline``)
-# ``[host] switch_interval_us``: below 50 us the GIL changes hands more often
-# than a step takes; above 1 s a disk thread could stall a node for seconds.
-SWITCH_INTERVAL_US_MIN = 50
-SWITCH_INTERVAL_US_MAX = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,19 +160,13 @@ class HostParams:
     # stepped while earlier ones are flushed and marked; 1 = one batch at a time
     # (docs/benchmarks.md, "A pipelined host (pipe26)").
     pipeline: int = 2
+    # A pipelined host's log thread marks its own batch when no later batch waits
+    # to be written and the mark thread is idle, sparing the batch a hand-off
+    # (ADR 0042); false: the mark thread marks every batch (docs/runtime.md).
+    mark_inline: bool = True
     # The log is folded into a snapshot once its live segments exceed this many
     # bytes (and the live data): FileStorage's wal_bytes_compact_threshold.
     wal_compact_bytes: int = WAL_BYTES_COMPACT_THRESHOLD_DEFAULT
-    # The node process's GIL switch interval (``sys.setswitchinterval``), in
-    # microseconds: how long a disk thread whose flush returned may wait for the
-    # loop's thread to let go of the GIL (docs/runtime.md, "The node process").
-    switch_interval_us: int = 5_000
-    # ``gc.freeze()`` once the node has started (recovered): what it recovered is
-    # never scanned by a collection again (docs/runtime.md, "The node process").
-    gc_freeze: bool = False
-    sync_inline: bool = False  # EXPERIMENT
-    submit_first: bool = False  # EXPERIMENT
-    mark_inline: bool = True  # EXPERIMENT
 
     def validate(self) -> HostParams:
         if self.preallocate_bytes < 0:
@@ -185,10 +175,6 @@ class HostParams:
             raise ClusterFileError("host.wal_compact_bytes", f"must be >= {WAL_COMPACT_BYTES_MIN}")
         if not 1 <= self.pipeline <= PIPELINE_MAX:
             raise ClusterFileError("host.pipeline", f"must be >= 1 and <= {PIPELINE_MAX}")
-        if not SWITCH_INTERVAL_US_MIN <= self.switch_interval_us <= SWITCH_INTERVAL_US_MAX:
-            raise ClusterFileError(
-                "host.switch_interval_us",
-                f"must be >= {SWITCH_INTERVAL_US_MIN} and <= {SWITCH_INTERVAL_US_MAX}")
         for name in (
             "inbox_max",
             "batch_inputs_max",

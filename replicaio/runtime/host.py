@@ -68,12 +68,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import importlib
 import logging
 import queue
 import random
-import sys
 import threading
 import time
 from collections import deque
@@ -96,7 +94,7 @@ from replicaio.core.effects import (
 from replicaio.core.node import Node
 from replicaio.runtime import hoptrace
 from replicaio.runtime.client import ClientService, OnDone, service_factory
-from replicaio.runtime.config import Address, ClusterFile, HostParams
+from replicaio.runtime.config import Address, ClusterFile
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.durability import DurabilityPipeline
 from replicaio.runtime.logs import FIELDS, log, monotonic_us
@@ -337,7 +335,7 @@ class NodeHost:
             mark_syncs=self.params.mark_syncs,
             wal_bytes_compact_threshold=self.params.wal_compact_bytes,
         )
-        if self.params.fsync and not self.params.sync_inline:
+        if self.params.fsync:
             self.sync_worker = SyncWorker(asyncio.get_running_loop())
             if self.params.pipeline > 1:
                 self.pipeline = self.durability_pipeline(
@@ -753,14 +751,11 @@ class NodeHost:
         hops = self.hops
         if hops is not None:
             hops.stamp(hoptrace.STEPPED, int(wrote))
-        flight = Flight(sends, outputs, completions, clean, timers, wrote, len(batch))
-        if self.params.submit_first:
-            self.submit_sealed(storage, pipeline, flight, wrote)
         if not wrote:
-            flight.clean = (0, 0, 0)
+            clean = (0, 0, 0)
             sends += early  # released in its turn, right after the batch before
         elif self.flights:
-            flight.clean = (0, 0, 0)  # may depend on an unreleased batch's writes
+            clean = (0, 0, 0)  # may depend on an unreleased batch's writes
             if early:
                 self.flush_event_log()
                 self.release_sends(early)
@@ -770,24 +765,20 @@ class NodeHost:
             self.release_replies(outputs[: clean[1]], completions[: clean[2]])
             if hops is not None:
                 hops.stamp(hoptrace.EARLY)
-        if not self.params.submit_first:
-            self.submit_sealed(storage, pipeline, flight, wrote)
-        self.flights.append(flight)
-        self.release_durable()
-        while len(self.flights) >= self.params.pipeline:
-            await self.wait_release()
-
-    def submit_sealed(self, storage: FileStorage, pipeline: DurabilityPipeline, flight: Flight,
-                      wrote: bool) -> None:
+        flight = Flight(sends, outputs, completions, clean, timers, wrote, len(batch))
         sealed = storage.seal() if wrote else None
         if sealed is None:
             flight.durable = True
         else:
             flight.batch = sealed.batch
             flight.sealed_at = time.perf_counter()
-            if self.hops is not None:
-                self.hops.stamp(hoptrace.SYNC_CALL)
+            if hops is not None:
+                hops.stamp(hoptrace.SYNC_CALL)
             pipeline.submit(sealed)
+        self.flights.append(flight)
+        self.release_durable()
+        while len(self.flights) >= self.params.pipeline:
+            await self.wait_release()
 
     async def wait_release(self) -> None:
         """Until the oldest unreleased batch was released (or the disk failed)."""
@@ -1063,25 +1054,9 @@ def run_node(
         running = asyncio.get_running_loop()
         for number in (signal.SIGTERM, signal.SIGINT):
             running.add_signal_handler(number, host.stop)
-        await host.run(on_ready=lambda _: started(cluster.host))
+        await host.run()
 
-    set_up_process(cluster.host)
     run_event_loop(main(), loop)
-
-
-def set_up_process(params: HostParams) -> None:
-    """What a node's process sets for itself before its loop starts (the
-    ``replicaio node`` command; not a host run inside another program, whose
-    process is not the host's to tune): the GIL's switch interval."""
-    sys.setswitchinterval(params.switch_interval_us / 1_000_000)
-
-
-def started(params: HostParams) -> None:
-    """Once the node has started (recovered its store): freeze what exists
-    now out of the collector's reach (``gc_freeze``)."""
-    if params.gc_freeze:
-        gc.collect()
-        gc.freeze()
 
 
 def run_event_loop(coroutine: Any, loop: str = "auto") -> None:

@@ -4,6 +4,8 @@ batch before it is durable in its own way."""
 
 from __future__ import annotations
 
+import threading
+
 from replicaio.runtime.durability import DurabilityPipeline
 from replicaio.storage.file import SealedBatch
 
@@ -31,3 +33,14 @@ class ReleaseAtLogFlush(DurabilityPipeline):
 
         storage.write_sealed = write_and_tell  # type: ignore[method-assign]
         super().run_log()
+
+
+class ReleaseBeforeInlineMark(DurabilityPipeline):
+    """The log thread, marking its own batch (``[host] mark_inline``), calls it
+    durable before the mark has returned: the inline path's own way to release
+    a batch whose mark a crash may still lose."""
+
+    def mark_and_tell(self) -> bool:
+        if threading.current_thread() is self.log_thread:
+            self.tell(self.on_durable, self.flushed)
+        return super().mark_and_tell()
