@@ -14,9 +14,9 @@ durable:
   ``fdatasync``). Marks coalesce: if batches k and k+1 are both flushed when
   the thread comes round, one mark covers both. When no later batch waits to
   be written and the mark thread is idle, the log thread marks its batch
-  itself (*marks inline*): the mark's flush then overlaps nothing anyway, and
-  the batch is spared the hand-off to the mark thread (a wake-up, and the
-  GIL, on its critical path: ``docs/benchmarks.md``, "tail27"). Either way one
+  itself (*marks inline*, ADR 0042; ``[host] mark_inline``): its flush then
+  overlaps nothing anyway, and the batch is spared the hand-off to the mark
+  thread (a wake-up, and the GIL, on its critical path). Either way one
   thread marks at a time (``marking``), and each tells what it marked in turn,
   so the durable batch told never decreases.
 
