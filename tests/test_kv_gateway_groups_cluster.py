@@ -28,8 +28,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 from test_kv_gateway_cluster import Gateway
-from test_kv_groups_cluster import ACCOUNTS, BALANCE, connect, key_in, worker
-from test_kv_groups_pbft_cluster import read_all, settled
+from test_kv_groups_cluster import ACCOUNTS, BALANCE, connect, key_in, read_all, worker
+from test_kv_groups_pbft_cluster import settled
 
 from replicaio.core.codec import Codec
 from replicaio.runtime.local import LocalCluster
@@ -254,10 +254,10 @@ def test_transfers_through_the_gateway_keep_the_total_despite_a_byzantine_node(
     assert counts["committed"] >= COMMITS
     # Stopped: no transfer runs between the two reads below.
     assert not any(thread.is_alive() for thread in workers)
-    balances = [int(value) for value in read_all(client, ACCOUNTS)]
+    balances = [int(value) for value in read_all(client, ACCOUNTS, DEADLINE_S)]
     assert sum(balances) == BALANCE * len(ACCOUNTS), balances
     honest = connect(cluster.cluster.nodes[1].client.port)  # its replicas agree
-    assert [int(value) for value in read_all(honest, ACCOUNTS)] == balances
+    assert [int(value) for value in read_all(honest, ACCOUNTS, DEADLINE_S)] == balances
     # The Byzantine node did lie (stale replies to the gateway, false outcomes).
     assert lies(cluster) > lies_before
     client.close()

@@ -190,6 +190,74 @@ def transfer(client: redis.Redis, source: str, target: str, amount: int) -> bool
     return bool(results)
 
 
+def transfers_through_a_kill(cluster: LocalCluster, accounts: list[str], balance: int,
+                             kill: int, label: str, deadline_s: float) -> None:
+    """Four redis-py clients of nodes 0 and 1 transfer between ``accounts`` (WATCH,
+    MULTI/EXEC across groups) while node ``kill`` (a backup of view 0 in every BFT
+    group) is killed -9 after five commits and restarted after five more: the
+    transfers go on and the bank total holds."""
+    client = connect(ports(cluster)[0])
+    assert client.mset({account: str(balance) for account in accounts})
+    counts = {"committed": 0, "errors": 0}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def work(port: int, index: int) -> None:
+        mine = connect(port)
+        step = index
+        while not stop.is_set():
+            step += 1
+            source = accounts[step % len(accounts)]
+            target = accounts[(step * 5 + index + 1) % len(accounts)]
+            if source == target:
+                continue
+            try:
+                done = transfer(mine, source, target, 1)
+                with lock:
+                    counts["committed"] += int(done)
+            except redis.RedisError:  # TRYAGAIN, a timeout: retried with the next one
+                with lock:
+                    counts["errors"] += 1
+                time.sleep(0.05)
+        mine.close()
+
+    workers = [threading.Thread(target=work, args=(ports(cluster)[i % 2], i), daemon=True)
+               for i in range(4)]
+    for thread in workers:
+        thread.start()
+    deadline = time.monotonic() + deadline_s
+    while counts["committed"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    cluster.kill(kill)
+    before = counts["committed"]
+    while counts["committed"] < before + 5 and time.monotonic() < deadline + deadline_s:
+        time.sleep(0.1)
+    cluster.start(kill)
+    cluster.wait_ready([kill])
+    time.sleep(1.0)
+    stop.set()
+    for thread in workers:
+        thread.join(timeout=30)
+    print(f"live transfers over {label} groups: {counts}")
+    assert counts["committed"] >= before + 5 > 5
+    balances = [int(value) for value in read_all(client, accounts, deadline_s)]
+    assert sum(balances) == balance * len(accounts), balances
+
+
+def read_all(client: redis.Redis, accounts: list[str], deadline_s: float) -> list[Any]:
+    """Every account in one MGET (a transaction across groups), asked again while
+    the front answers TRYAGAIN (keys still locked by transfers the stopped workers
+    left to their leases)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return list(client.mget(accounts))
+        except redis.exceptions.TryAgainError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def worker(port: int, index: int, stop: threading.Event, counts: dict[str, int],
            lock: threading.Lock) -> None:
     client = connect(port)

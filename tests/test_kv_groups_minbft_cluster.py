@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import redis
-from test_kv_groups_cluster import connect, key_in, leader_of, transfer
+from test_kv_groups_cluster import connect, key_in, leader_of, transfers_through_a_kill
 from test_kv_minbft_usig_recovery import core_counters, wait_for_counter
 
 from replicaio.core.errors import UsageError
@@ -117,67 +117,9 @@ def test_redis_cli_multi_exec_across_minbft_groups(cluster: LocalCluster) -> Non
 
 def test_transfers_across_minbft_groups_keep_the_total_through_a_kill(
         cluster: LocalCluster) -> None:
-    client = connect(ports(cluster)[0])
-    assert client.mset({account: str(BALANCE) for account in ACCOUNTS})
-    counts = {"committed": 0, "errors": 0}
-    lock = threading.Lock()
-    stop = threading.Event()
+    transfers_through_a_kill(cluster, ACCOUNTS, BALANCE, kill=2, label="MinBFT",
+                             deadline_s=DEADLINE_S)
 
-    def work(port: int, index: int) -> None:
-        mine = connect(port)
-        step = index
-        while not stop.is_set():
-            step += 1
-            source = ACCOUNTS[step % len(ACCOUNTS)]
-            target = ACCOUNTS[(step * 5 + index + 1) % len(ACCOUNTS)]
-            if source == target:
-                continue
-            try:
-                done = transfer(mine, source, target, 1)
-                with lock:
-                    counts["committed"] += int(done)
-            except redis.RedisError:  # TRYAGAIN, a timeout: retried with the next one
-                with lock:
-                    counts["errors"] += 1
-                time.sleep(0.05)
-        mine.close()
-
-    # Clients of nodes 0 and 1; node 2 is killed (a backup of view 0 in every group).
-    workers = [threading.Thread(target=work, args=(ports(cluster)[i % 2], i), daemon=True)
-               for i in range(4)]
-    for thread in workers:
-        thread.start()
-    deadline = time.monotonic() + DEADLINE_S
-    while counts["committed"] < 5 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    cluster.kill(2)
-    before = counts["committed"]
-    while counts["committed"] < before + 5 and time.monotonic() < deadline + DEADLINE_S:
-        time.sleep(0.1)
-    cluster.start(2)
-    cluster.wait_ready([2])
-    time.sleep(1.0)
-    stop.set()
-    for thread in workers:
-        thread.join(timeout=30)
-    print(f"live transfers over MinBFT groups: {counts}")
-    assert counts["committed"] >= before + 5 > 5
-    balances = [int(value) for value in read_all(client)]
-    assert sum(balances) == BALANCE * len(ACCOUNTS), balances
-
-
-def read_all(client: redis.Redis) -> list[Any]:
-    """Every account in one MGET (a transaction across groups), asked again while
-    the front answers TRYAGAIN (keys still locked by transfers the stopped workers
-    left to their leases)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        try:
-            return list(client.mget(ACCOUNTS))
-        except redis.exceptions.TryAgainError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def test_a_wiped_usig_of_one_group_is_admitted_in_that_group_and_the_node_serves_again(

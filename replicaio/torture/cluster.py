@@ -133,19 +133,24 @@ class NamespacedCluster:
         endpoints = self.endpoints()
         return [endpoints[node] for node in self.correct_nodes()]
 
-    def events(self, node: int, timeout_s: float = 2.0) -> dict[str, float]:
+    def events(self, node: int, attempts: int = 3, timeout_s: float = 5.0
+               ) -> dict[str, float] | None:
         """``node``'s event counters since its last start (its metrics endpoint:
-        ``replicaio_core_events`` and ``replicaio_runtime_events`` by name); empty
-        if it does not answer."""
+        ``replicaio_core_events`` and ``replicaio_runtime_events`` by name);
+        ``None`` if it did not answer (a loaded node may take seconds)."""
         entry = self.cluster.nodes[node]
         if entry.metrics is None:
-            return {}
+            return None
         url = f"http://{entry.metrics.host}:{entry.metrics.port}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
-                text = response.read().decode("utf-8", "replace")
-        except OSError:
-            return {}
+        for attempt in range(attempts):
+            try:
+                with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                    text = response.read().decode("utf-8", "replace")
+                break
+            except OSError:
+                if attempt == attempts - 1:
+                    return None
+                time.sleep(0.5)
         found: dict[str, float] = {}
         for line in text.splitlines():
             if not line.startswith(EVENT_FAMILIES):

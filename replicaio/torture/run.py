@@ -470,10 +470,16 @@ REJECTION_WORDS = ("rejected", "ignored", "invalid", "bad_", "conflict", "refuse
 def count_byzantine_evidence(cluster: NamespacedCluster, result: TortureResult) -> None:
     """What the Byzantine node rewrote and what the correct nodes refused (their
     counters since their last start: a node restarted late counts less)."""
-    for node in result.byzantine:
-        result.byzantine_sends += cluster.events(node).get("byzantine_sends", 0.0)
-    for node in cluster.correct_nodes():
-        for name, value in cluster.events(node).items():
+    for node in [*result.byzantine, *cluster.correct_nodes()]:
+        events = cluster.events(node)
+        if events is None:
+            result.notes.append(f"node {node}'s metrics did not answer: its counters are "
+                                "left out of the Byzantine evidence")
+            continue
+        if node in result.byzantine:
+            result.byzantine_sends += events.get("byzantine_sends", 0.0)
+            continue
+        for name, value in events.items():
             if any(word in name for word in REJECTION_WORDS):
                 result.rejections[name] = result.rejections.get(name, 0.0) + value
 
