@@ -52,3 +52,17 @@ def test_the_swarm_finds_a_commit_quorum_off_by_one_inside_a_group() -> None:
     assert {violation["property"] for violation in broken.violations} == {"agreement"}
     _, result = run("txn-pbft", 4, ("pbft_drop_prepared",))
     assert result.ok, result.violations
+
+
+def test_a_refused_resolve_is_counted_not_raised() -> None:
+    """``replicaio sim txn-pbft --nodes 4 --byzantine 1 --faults
+    crash,partition,loss,dup,reorder --seed 273`` (found by pbft27's swarm): the
+    coordinator group answered a participant's ``resolve`` with a certified
+    ``[refused, ...]`` (an attempt of the lying driver it never began), and
+    ``TxnNode.resolve`` looked the answer up among commit/abort/discard and raised
+    ``KeyError('refused')`` inside the node. Now it is counted and asked again at
+    the next lease expiry."""
+    from replicaio.cli import main
+
+    assert main(["sim", "txn-pbft", "--nodes", "4", "--byzantine", "1", "--faults",
+                 ",".join(FAULTS), "--seed", "273"]) == 0

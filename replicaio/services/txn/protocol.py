@@ -90,6 +90,9 @@ FINISH_RETRIES: Final = 2
 Plan = dict[int, list[tuple[int, list[Any]]]]  # group -> (position, micro-operation)
 
 
+# What a participant applies for the coordinator's certified answer to ``resolve``.
+RESOLVED_BY: Final = {COMMITTED: "commit", ABORTED: "abort", DISCARD: "discard"}
+
 class TxnRequest(Message, tag="txn.TxnRequest"):
     """A client's transaction attempt: ``ops`` is the codec value
     ``[[kind, key, argument], ...]`` (kinds ``append``, ``r``, ``add``, ``check``)."""
@@ -738,7 +741,13 @@ class TxnNode:
         if certified is None or certified[0][0] == PENDING:
             return False
         answer, proof = certified
-        finish = {COMMITTED: "commit", ABORTED: "abort", DISCARD: "discard"}[str(answer[0])]
+        finish = RESOLVED_BY.get(str(answer[0]))
+        if finish is None:
+            # The coordinator group refused the question (``[refused, why]``: a
+            # lying driver's attempt it never began, a replayed or uncertified
+            # call): nothing to apply; asked again at the next lease expiry.
+            self.context.count("txn_resolve_refused")
+            return False
         applied = await self.call_certified(group, finish, txn[0], txn[1], proof)
         if applied is None or finish == "discard" or applied[0][0] not in (
                 COMMITTED, ABORTED, UNKNOWN):
