@@ -173,8 +173,11 @@ class TortureResult:
 
 @contextmanager
 def interrupts_as_keyboard_interrupt() -> Iterator[Callable[[], None]]:
-    """SIGTERM raises KeyboardInterrupt like Ctrl-C; the yielded function then makes
-    both ignored (for the teardown). The handlers are restored on exit."""
+    """SIGINT and SIGTERM raise KeyboardInterrupt; the yielded function then makes
+    both ignored (for the teardown). The handlers are restored on exit. SIGINT is
+    set too, not left to Python's default: a process started with SIGINT ignored
+    (a background job of a non-interactive shell, and so a test run in one) keeps
+    it ignored, and Ctrl-C would not tear the testbed down."""
     previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
 
     def interrupt(number: int, frame: FrameType | None) -> None:
@@ -184,6 +187,7 @@ def interrupts_as_keyboard_interrupt() -> Iterator[Callable[[], None]]:
         for number in previous:
             signal.signal(number, signal.SIG_IGN)
 
+    signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     try:
         yield shield
