@@ -164,6 +164,27 @@ def test_attributes_lists_declared_then_dict() -> None:
     assert attributes(Plain()) == [1, [2]]
 
 
+def test_attributes_lists_slots_then_dict_of_a_subclass() -> None:
+    """An interpreted subclass of a class with ``__slots__`` (a planted variant of
+    ``Replication``, ADR 0041) has both: the slots come first, in their order, as the
+    compiled base's declarations do, so both runs probe the same values."""
+
+    class Slotted:
+        __slots__ = ("a", "b")
+
+        def __init__(self) -> None:
+            self.b = 2
+            self.a = 1
+
+    class Variant(Slotted):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = [3]
+
+    assert attributes(Slotted()) == [1, 2]
+    assert attributes(Variant()) == [1, 2, [3]]
+
+
 def test_the_build_digest_covers_the_pxd(tmp_path: Path) -> None:
     source = tmp_path / "module.py"
     source.write_text("class A:\n    pass\n")

@@ -5,7 +5,6 @@ from replicaio.core.reliable cimport ReliableLinks
 from replicaio.core.scheduler cimport Scheduler
 
 cdef class Node:
-    cdef dict __dict__
     cdef public object node_id, config, n, params
     cdef public Codec codec
     cdef public object signer, usig_scheme, usig_admission, protocol_factory
@@ -17,3 +16,11 @@ cdef class Node:
     cdef public object local, local_stream, streams, group_output_handlers, timers
     cdef public object timer_finishers, timer_next, tick_armed, protocol
     cdef public Context root
+
+    cpdef step(self, event)
+    cpdef run(self)
+    cpdef receive(self, source, data)
+    cpdef route_stream(self, source, message, group=*)
+    cpdef dispatch(self, source, envelope)
+    cpdef on_timer(self, timer_id)
+    cpdef persist(self, key, value)

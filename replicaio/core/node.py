@@ -143,6 +143,19 @@ def choose_first(label: str, count: int) -> int:
 class Node:
     """One node's deterministic core. See the module docstring."""
 
+    # Exactly the attributes its ``.pxd`` declares, in that order: compiled it has
+    # no ``__dict__`` (a ``cpdef`` method's override check is then free, ADR 0041),
+    # and interpreted it refuses an undeclared attribute just the same. Unsorted: the
+    # adversary's probe reads them in this order (sim/adversary.py: attributes).
+    __slots__ = (  # noqa: RUF023
+        "node_id", "config", "n", "params", "codec", "signer", "usig_scheme", "usig_admission",
+        "protocol_factory", "scheduler", "effects", "counters", "request_rejection",
+        "evidence_log", "storage", "storage_keys", "incarnation", "storage_damaged", "started",
+        "routes", "child_handlers", "reliable", "local", "local_stream", "streams",
+        "group_output_handlers", "timers", "timer_finishers", "timer_next", "tick_armed",
+        "protocol", "root",
+    )
+
     def __init__(
         self,
         node_id: int,

@@ -1,3 +1,5 @@
 cdef class ReliableLinks:
-    cdef dict __dict__
     cdef public object node, sent, unacked, acks_pending, peer_incarnations, tick
+
+    cpdef has_unacked(self)
+    cpdef has_acks_pending(self)

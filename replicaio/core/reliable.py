@@ -86,6 +86,14 @@ class Unacked(msgspec.Struct):
 class ReliableLinks:
     """The reliable-link state of one incarnation of a node; see the module docstring."""
 
+    # Exactly the attributes its ``.pxd`` declares, in that order: compiled it has
+    # no ``__dict__`` (a ``cpdef`` method's override check is then free, ADR 0041),
+    # and interpreted it refuses an undeclared attribute just the same. Unsorted: the
+    # adversary's probe reads them in this order (sim/adversary.py: attributes).
+    __slots__ = (  # noqa: RUF023
+        "node", "sent", "unacked", "acks_pending", "peer_incarnations", "tick",
+    )
+
     def __init__(self, node: Node) -> None:
         self.node = node
         nodes = node.config.nodes

@@ -199,11 +199,27 @@ def attributes(item: Any) -> list[Any]:
     assigns them, so a compiled run probes what an interpreted one does."""
     found = getattr(item, "__dict__", None)
     if found is not None:
-        declared = declared_attributes(type(item))
-        if declared:
-            return [getattr(item, name, None) for name in declared] + list(found.values())
+        # a subclass of a class with ``__slots__`` (an interpreted ``Replication``'s
+        # variant) has both: the slots first, as the compiled base's declarations
+        named = declared_attributes(type(item)) or slot_names(type(item))
+        if named:
+            return [getattr(item, name, None) for name in named] + list(found.values())
         return list(found.values())
-    return [getattr(item, name, None) for name in getattr(type(item), "__slots__", ())]
+    slots = getattr(type(item), "__slots__", None)
+    if slots is None:  # an extension type without a ``__dict__``: its declarations
+        return [getattr(item, name, None) for name in declared_attributes(type(item))]
+    return [getattr(item, name, None) for name in slots]
+
+
+def slot_names(cls: type) -> tuple[str, ...]:
+    """The ``__slots__`` of ``cls`` and its bases, bases first."""
+    names: list[str] = []
+    for base in reversed(cls.__mro__):
+        slots = base.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__"):
+                names.append(name)
+    return tuple(names)
 
 
 _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement, not compiled

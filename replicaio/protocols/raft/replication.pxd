@@ -13,7 +13,6 @@ cdef class Progress:
     cdef public object snapshot, snapshot_offset, snapshot_tick, state, wakeup
 
 cdef class Replication:
-    cdef dict __dict__
     cdef public Raft raft
     cdef public object progress, peer_tasks, tick, synced_index, appended, committed
 

@@ -172,6 +172,14 @@ class Progress:
 class Replication:
     """AppendEntries on both sides, the peers' progress, and the commit rule."""
 
+    # Exactly the attributes its ``.pxd`` declares, in that order: compiled it has
+    # no ``__dict__`` (a ``cpdef`` method's override check is then free, ADR 0041),
+    # and interpreted it refuses an undeclared attribute just the same. Unsorted: the
+    # adversary's probe reads them in this order (sim/adversary.py: attributes).
+    __slots__ = (  # noqa: RUF023
+        "raft", "progress", "peer_tasks", "tick", "synced_index", "appended", "committed",
+    )
+
     def __init__(self, raft: Raft) -> None:
         self.raft = raft
         self.progress: dict[int, Progress] = {}
