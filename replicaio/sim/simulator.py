@@ -526,6 +526,19 @@ class Simulator:
         if self.count_kinds:
             self.after_sends(node, effects)
 
+    def make_core(self, node: SimNode, factory: ProtocolFactory) -> Node:
+        """A fresh incarnation's core (a subclass's hook: the crash-prefix checker
+        records each step's writes through a subclass of :class:`Node`)."""
+        return Node(
+            node.node_id,
+            self.config,
+            factory,
+            choose=self.choose_for(node),
+            params=self.params,
+            codec=self.codec,
+            usig_admission=node.usig_admission,
+        )
+
     def arm_timer(self, node: SimNode, timer_id: int, delay: int) -> None:
         self.sequence += 1
         node.timers[timer_id] = self.sequence
@@ -930,15 +943,7 @@ class Simulator:
         factory = self.factory
         if node.strategy is not None:  # a behaviour may act from inside the node
             factory = node.strategy.core_factory(factory)
-        node.core = Node(
-            node.node_id,
-            self.config,
-            factory,
-            choose=self.choose_for(node),
-            params=self.params,
-            codec=self.codec,
-            usig_admission=node.usig_admission,
-        )
+        node.core = self.make_core(node, factory)
         if self.view is not None:
             self.view.cores[node.node_id] = node.core
             self.view.incarnations[node.node_id] = node.incarnation
