@@ -116,17 +116,10 @@ class PrefixSimulator(Simulator):
         ]
         self.truncated = False
 
-    def make_core(self, node: SimNode, factory: ProtocolFactory) -> Node:
+    def make_core(self, node: SimNode, factory: ProtocolFactory,
+                  kind: type[Node] = RecordingNode) -> Node:
         """A :class:`RecordingNode`, so that ``step`` sees each batch's writes."""
-        return RecordingNode(
-            node.node_id,
-            self.config,
-            factory,
-            choose=self.choose_for(node),
-            params=self.params,
-            codec=self.codec,
-            usig_admission=node.usig_admission,
-        )
+        return super().make_core(node, factory, kind)
 
     def step(self, node: SimNode, event: Input) -> None:
         if isinstance(event, Receive):

@@ -526,10 +526,12 @@ class Simulator:
         if self.count_kinds:
             self.after_sends(node, effects)
 
-    def make_core(self, node: SimNode, factory: ProtocolFactory) -> Node:
-        """A fresh incarnation's core (a subclass's hook: the crash-prefix checker
-        records each step's writes through a subclass of :class:`Node`)."""
-        return Node(
+    def make_core(self, node: SimNode, factory: ProtocolFactory,
+                  kind: type[Node] = Node) -> Node:
+        """A fresh incarnation's core, a ``kind`` (a subclass's hook: the
+        crash-prefix checker records each step's writes through a subclass of
+        :class:`Node`)."""
+        return kind(
             node.node_id,
             self.config,
             factory,
