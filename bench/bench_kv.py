@@ -554,10 +554,11 @@ class System:
     def cell(self, clients: int, workload: str, seed: int) -> CellResult:
         """Default: the asyncio closed loop in this process with :meth:`connect`."""
         settings = self.settings
-        return run_async(closed_loop(
+        result: CellResult = run_async(closed_loop(
             self.connect, clients, workload, settings.warmup_s, settings.duration_s,
             settings.keys, b"v" * settings.value_bytes, self.server_pids(), seed,
-        ))  # type: ignore[no-any-return]
+        ))
+        return result
 
     async def connect(self, index: int) -> Any:
         raise NotImplementedError
@@ -773,7 +774,7 @@ class ReplicaioSystem(System):
     async def connect(self, index: int) -> Any:
         return await RespClient.connect(self.client_port())
 
-    def counters(self) -> dict[str, Any]:
+    def counters(self) -> dict[int, dict[str, float]]:
         """Core and host figures of every node (retransmissions, batches, syncs)."""
         keep = ("retransmissions", "steps_total", "batches_total", "syncs_total",
                 "messages_out_total", "fsync_seconds_sum", "fsync_seconds_count",
@@ -1708,8 +1709,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["skipped"][system.name] = str(reason)
                 system.stop()
                 continue
+            version = getattr(system, "version", "")
             report["systems"][system.name] = system.describe() | (
-                {"version": system.version} if getattr(system, "version", "") else {})
+                {"version": version} if version else {})
             running.append((system, clients_list, system_workloads))
         for system, _, _ in running:  # what each costs while idle, every system started
             if args.idle_seconds <= 0:
@@ -1743,7 +1745,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(system, RedisSystem):
                 bench_redis_benchmark("redis", system.port)
         for system, _, _ in running:
-            if system.name == "replicaio" and args.profile > 0:
+            if isinstance(system, ReplicaioSystem) and system.name == "replicaio" \
+                    and args.profile > 0:
                 report["profile"] = profile_leader(
                     system, args.profile, args.profile_clients, "set", workdir / "profile",
                     settings.install)

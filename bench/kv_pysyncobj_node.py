@@ -44,23 +44,31 @@ class KeyValue(SyncObj):  # type: ignore[misc]
         super().__init__(self_address, partners, conf)
         self.data: dict[bytes, bytes] = {}
 
-    @replicated  # type: ignore[misc]
+    @replicated  # type: ignore[untyped-decorator]
     def set(self, key: bytes, value: bytes) -> None:
         self.data[key] = value
 
-    @replicated  # type: ignore[misc]
+    @replicated  # type: ignore[untyped-decorator]
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
 
+def number(request: dict[str, object], name: str, default: float | None = None) -> float:
+    """The request's field *name* as an int or float (the bench's JSON request), checked."""
+    value = request.get(name, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"request field {name!r} must be a number, got {value!r}")
+    return value
+
+
 def run(node: KeyValue, request: dict[str, object]) -> dict[str, object]:
-    clients = int(request["clients"])  # type: ignore[arg-type]
-    warmup_s = float(request["warmup_s"])  # type: ignore[arg-type]
-    duration_s = float(request["duration_s"])  # type: ignore[arg-type]
+    clients = int(number(request, "clients"))
+    warmup_s = number(request, "warmup_s")
+    duration_s = number(request, "duration_s")
     mixed = request["workload"] == "mixed"
-    keys = int(request["keys"])  # type: ignore[arg-type]
-    value = b"v" * int(request["value_bytes"])  # type: ignore[arg-type]
-    rng = random.Random(int(request.get("seed", 1)))  # type: ignore[arg-type]
+    keys = int(number(request, "keys"))
+    value = b"v" * int(number(request, "value_bytes"))
+    rng = random.Random(int(number(request, "seed", 1)))
     started = time.perf_counter()
     measure_from = started + warmup_s
     deadline = measure_from + duration_s

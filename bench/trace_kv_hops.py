@@ -128,6 +128,11 @@ def last(events: Events, kind: int, after: int, before: int) -> int:
     return times[index]
 
 
+def size_is(body: int) -> Callable[[int], bool]:
+    """A test of an event's argument: a frame whose body has *body* bytes."""
+    return lambda arg: arg % PEER_UNIT == body
+
+
 def peer_is(peer: int) -> Callable[[int], bool]:
     return lambda arg: arg // PEER_UNIT == peer
 
@@ -203,7 +208,7 @@ def follow(client: tuple[int, int], leader: int, nodes: dict[int, Events]) -> di
             body = size % PEER_UNIT - 4
             try:
                 path["f_in"], _ = first(events, FRAME_IN, path["ae_out"], received,
-                                        lambda arg, body=body: arg % PEER_UNIT == body)
+                                        size_is(body))
             except Missing:
                 path["f_in"], _ = first(events, FRAME_IN, path["ae_out"], received,
                                         peer_is(leader))
