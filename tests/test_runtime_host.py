@@ -38,7 +38,8 @@ TIMEOUT_S = 15.0
 
 
 def cluster_file(
-    tmp_path: Path, nodes: int, host: dict[str, Any] | None = None, protocol: str = "bracha"
+    tmp_path: Path, nodes: int, host: dict[str, Any] | None = None, protocol: str = "bracha",
+    sections: dict[str, Any] | None = None,
 ) -> ClusterFile:
     ports = free_ports(2 * nodes)
     (tmp_path / "secret").write_text("42" * 32)
@@ -47,13 +48,15 @@ def cluster_file(
          "client": f"127.0.0.1:{ports[nodes + node]}", "data_dir": f"node{node}"}
         for node in range(nodes)
     ]
-    sections = {"node": {"tick_us": 10_000},
-                "transport": {"reconnect_delay_ms_min": 5, "reconnect_delay_ms_max": 50}}
+    tables_of: dict[str, Any] = {
+        "node": {"tick_us": 10_000},
+        "transport": {"reconnect_delay_ms_min": 5, "reconnect_delay_ms_max": 50}}
     if host:
-        sections["host"] = host
+        tables_of["host"] = host
+    tables_of |= sections or {}
     path = tmp_path / "cluster.toml"
     path.write_text(render_cluster_file(protocol=protocol, nodes=tables, secret_file="secret",
-                                        sections=sections))
+                                        sections=tables_of))
     return load_cluster_file(path)
 
 
