@@ -28,8 +28,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 from test_kv_gateway_cluster import Gateway
+from test_kv_groups_bft_cluster import settled
 from test_kv_groups_cluster import ACCOUNTS, BALANCE, connect, key_in, read_all, worker
-from test_kv_groups_pbft_cluster import settled
 
 from replicaio.core.codec import Codec
 from replicaio.runtime.local import LocalCluster

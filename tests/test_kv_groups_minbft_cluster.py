@@ -1,25 +1,20 @@
-"""A sharded Redis store over MinBFT groups (protocol ``txn-kv-minbft``, ``kv up
---groups 3 --protocol minbft``): three node processes on 127.0.0.1, each
-hosting a replica of three MinBFT groups with a USIG per group (ADR 0031:
-one Ed25519 key per node, the group in what each USIG certifies), through
-redis-py and redis-cli on the nodes' own Redis ports. As
-``test_kv_groups_pbft_cluster.py`` (which says what a node's front does on
-BFT groups), with n = 2f+1 = 3.
+"""A sharded Redis store over MinBFT groups (protocol ``txn-kv-minbft``): what is
+MinBFT's own, a USIG per group (ADR 0031) wiped in one group and admitted again,
+with three node processes on 127.0.0.1. What the store does on MinBFT groups as on
+PBFT groups (MULTI/EXEC, WATCH and redis-cli across groups, transfers through a
+kill) is tested on both by ``test_kv_groups_bft_cluster.py``.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from test_kv_groups_cluster import connect, key_in, leader_of, transfers_through_a_kill
+from test_kv_groups_bft_cluster import DEADLINE_S, GROUPS, SECTIONS, ports, until_serving
+from test_kv_groups_cluster import connect, key_in, leader_of
 from test_kv_minbft_usig_recovery import core_counters, wait_for_counter
 
 from replicaio.core.errors import UsageError
@@ -29,97 +24,7 @@ from replicaio.runtime.kv.usig_admission import admit_group_usig_epochs, admit_u
 from replicaio.runtime.local import LocalCluster
 from replicaio.storage.file import FileStorage
 
-GROUPS = 3
-DEADLINE_S = 60.0
-SECTIONS: dict[str, dict[str, Any]] = {
-    "protocol.params": {"groups": GROUPS},
-    "node": {"tick_us": 10_000},
-    "transport": {"reconnect_delay_ms_min": 10, "reconnect_delay_ms_max": 200},
-    "host": {"client_service": "resp", "fsync": False},
-    "service": {"retry_after_ms": 300, "retry_backoff_ms": 20, "request_timeout_ms": 8000},
-}
-ACCOUNTS = [key_in(group, f"mbft{index}-") for index in range(2) for group in range(GROUPS)]
-BALANCE = 100
 GROUP_KEY = f"s{GROUP_PATH}"  # a group's slice of a node's storage: "sgroup/i<g>/..."
-
-
-def ports(cluster: LocalCluster) -> list[int]:
-    return [entry.client.port for entry in cluster.cluster.nodes]
-
-
-def until_serving(cluster: LocalCluster, node: int = 0) -> None:
-    """A write in every group answers through ``node``'s front."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        try:
-            client = connect(ports(cluster)[node])
-            for group in range(GROUPS):
-                client.set(key_in(group, "probe"), "1")
-            client.close()
-            return
-        except redis.RedisError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    made = LocalCluster(tmp_path_factory.mktemp("minbft-groups"), protocol="txn-kv-minbft",
-                        nodes=3, sections=SECTIONS)
-    try:
-        made.start_all()
-        until_serving(made)
-        yield made
-    finally:
-        made.close()
-
-
-def test_transactions_across_minbft_groups_apply_whole(cluster: LocalCluster) -> None:
-    client = connect(ports(cluster)[1])
-    keys = [key_in(group, "multi") for group in range(GROUPS)]
-    assert client.mset({key: str(index) for index, key in enumerate(keys)})
-    assert client.mget(keys) == ["0", "1", "2"]
-    a, b, c = (key_in(group, "tx") for group in range(GROUPS))
-    client.set(c, "seen")
-    pipe = client.pipeline(transaction=True)
-    pipe.set(a, 10).incrby(b, 5).get(c).rpush(a + "-list", "x", "y").get(a)
-    assert pipe.execute() == [True, 5, "seen", 2, "10"]
-    other = connect(ports(cluster)[2])  # another node's replicas executed the same
-    assert other.mget([a, b]) == ["10", "5"]
-    assert other.lrange(a + "-list", 0, -1) == ["x", "y"]
-
-
-def test_watch_across_minbft_groups_aborts_on_a_change(cluster: LocalCluster) -> None:
-    client = connect(ports(cluster)[0])
-    other = connect(ports(cluster)[2])
-    a, b = key_in(0, "watch"), key_in(2, "watch")
-    client.mset({a: "1", b: "1"})
-    pipe = client.pipeline(transaction=True)
-    pipe.watch(a, b)
-    other.set(b, "changed")
-    pipe.multi()
-    pipe.set(a, "mine").set(b, "mine")
-    with pytest.raises(redis.WatchError):
-        pipe.execute()
-    assert client.mget([a, b]) == ["1", "changed"]
-
-
-def test_redis_cli_multi_exec_across_minbft_groups(cluster: LocalCluster) -> None:
-    redis_cli = shutil.which("redis-cli")
-    assert redis_cli is not None, "redis-cli is part of the test environment"
-    a, b = key_in(0, "cli"), key_in(1, "cli")
-    script = f"MULTI\nSET {a} 1\nINCRBY {b} 7\nGET {a}\nEXEC\n"
-    done = subprocess.run([redis_cli, "-p", str(ports(cluster)[2])], input=script.encode(),
-                          capture_output=True, timeout=60, check=True)
-    assert done.stdout.decode().split() == ["OK", "QUEUED", "QUEUED", "QUEUED", "OK", "7", "1"]
-
-
-def test_transfers_across_minbft_groups_keep_the_total_through_a_kill(
-        cluster: LocalCluster) -> None:
-    transfers_through_a_kill(cluster, ACCOUNTS, BALANCE, kill=2, label="MinBFT",
-                             deadline_s=DEADLINE_S)
-
 
 
 def test_a_wiped_usig_of_one_group_is_admitted_in_that_group_and_the_node_serves_again(

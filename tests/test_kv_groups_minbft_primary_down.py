@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import redis
+from test_kv_groups_bft_cluster import GROUPS, SECTIONS, ports, until_serving
 from test_kv_groups_cluster import connect, key_in
-from test_kv_groups_minbft_cluster import GROUPS, SECTIONS, ports, until_serving
 from test_kv_service_cluster import SECTIONS as SINGLE_SECTIONS
 
 from replicaio.runtime.local import LocalCluster

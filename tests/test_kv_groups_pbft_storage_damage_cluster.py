@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_kv_groups_bft_cluster import GROUPS, SECTIONS, until_serving
 from test_kv_groups_cluster import connect, key_in
-from test_kv_groups_pbft_cluster import GROUPS, SECTIONS, until_serving
 from test_kv_storage_damage_cluster import (
     LATER_BATCHES_MIN,
     batches_span,
