@@ -10,6 +10,7 @@ import asyncio
 import time
 from pathlib import Path
 
+from replicaio.runtime.config import Address
 from replicaio.runtime.local import LocalCluster
 from replicaio.runtime.txn_client import (
     Transaction,
@@ -55,42 +56,56 @@ async def read_all(client: TxnClient) -> list[int]:
     raise AssertionError("no read of every account committed")
 
 
-async def scenario(cluster: LocalCluster) -> dict[str, int]:
-    addresses = [entry.client for entry in cluster.cluster.nodes]
-    watcher = await TxnClient.connect(addresses, timeout_s=5.0)
-    await watcher.watch()
+async def deposit(watcher: TxnClient) -> None:
+    """Every account gets its opening balance, once (a retry after an unknown
+    first attempt finds it done and aborts on the version check)."""
 
-    def deposit(t: Transaction) -> None:
+    def body(t: Transaction) -> None:
         for account in ACCOUNTS:
             t.check(account, 0)
             t.add(account, BALANCE)
 
     try:
-        await watcher.run(deposit)
-    except TransactionAborted as error:  # a retry after an unknown first attempt
+        await watcher.run(body)
+    except TransactionAborted as error:
         assert error.reason == "version"
+
+
+async def transfer_worker(addresses: list[Address], index: int, stop: asyncio.Event,
+                          counts: dict[str, int], *, timeout_s: float,
+                          pause_s: float) -> None:
+    """Transfers of 1 between accounts of different groups until ``stop``, each
+    outcome counted (``committed``, ``aborted``: pause, ``unknown``)."""
+    client = await TxnClient.connect(addresses, timeout_s=timeout_s)
+    step = 0
+    while not stop.is_set():
+        step += 1
+        source, target = ACCOUNTS[(index + step) % 6], ACCOUNTS[(index + 2 * step + 1) % 6]
+        if source == target:
+            continue
+        try:
+            async with client.transaction() as t:
+                t.add(source, -1)
+                t.add(target, 1)
+            counts["committed"] += 1
+        except TransactionAborted:
+            counts["aborted"] += 1
+            await asyncio.sleep(pause_s)
+        except TransactionUnknown:
+            counts["unknown"] += 1
+    await client.close()
+
+
+async def scenario(cluster: LocalCluster) -> dict[str, int]:
+    addresses = [entry.client for entry in cluster.cluster.nodes]
+    watcher = await TxnClient.connect(addresses, timeout_s=5.0)
+    await watcher.watch()
+    await deposit(watcher)
     counts = {"committed": 0, "aborted": 0, "unknown": 0}
     stop = asyncio.Event()
 
     async def worker(index: int) -> None:
-        client = await TxnClient.connect(addresses, timeout_s=5.0)
-        step = 0
-        while not stop.is_set():
-            step += 1
-            source, target = ACCOUNTS[(index + step) % 6], ACCOUNTS[(index + 2 * step + 1) % 6]
-            if source == target:
-                continue
-            try:
-                async with client.transaction() as t:
-                    t.add(source, -1)
-                    t.add(target, 1)
-                counts["committed"] += 1
-            except TransactionAborted:
-                counts["aborted"] += 1
-                await asyncio.sleep(0.01)
-            except TransactionUnknown:
-                counts["unknown"] += 1
-        await client.close()
+        await transfer_worker(addresses, index, stop, counts, timeout_s=5.0, pause_s=0.01)
 
     workers = [asyncio.get_running_loop().create_task(worker(i)) for i in range(4)]
     await until(lambda: counts["committed"] >= 5, "transfers before the kills")

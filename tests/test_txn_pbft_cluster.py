@@ -11,7 +11,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from test_txn_cluster import ACCOUNTS, BALANCE, FAST, read_all, until
+from test_txn_cluster import ACCOUNTS, BALANCE, FAST, deposit, read_all, transfer_worker, until
 
 from replicaio.runtime.local import LocalCluster
 from replicaio.runtime.txn_client import TransactionAborted, TransactionUnknown, TxnClient
@@ -21,33 +21,12 @@ async def scenario(cluster: LocalCluster) -> dict[str, int]:
     addresses = [entry.client for entry in cluster.cluster.nodes]
     watcher = await TxnClient.connect(addresses, timeout_s=10.0)
     await watcher.watch()
-    try:
-        await watcher.run(lambda t: [(t.check(a, 0), t.add(a, BALANCE)) for a in ACCOUNTS]
-                          and None)
-    except TransactionAborted as error:  # a retry after an unknown first attempt
-        assert error.reason == "version"
+    await deposit(watcher)
     counts = {"committed": 0, "aborted": 0, "unknown": 0}
     stop = asyncio.Event()
 
     async def worker(index: int) -> None:
-        client = await TxnClient.connect(addresses, timeout_s=10.0)
-        step = 0
-        while not stop.is_set():
-            step += 1
-            source, target = ACCOUNTS[(index + step) % 6], ACCOUNTS[(index + 2 * step + 1) % 6]
-            if source == target:
-                continue
-            try:
-                async with client.transaction() as t:
-                    t.add(source, -1)
-                    t.add(target, 1)
-                counts["committed"] += 1
-            except TransactionAborted:
-                counts["aborted"] += 1
-                await asyncio.sleep(0.02)
-            except TransactionUnknown:
-                counts["unknown"] += 1
-        await client.close()
+        await transfer_worker(addresses, index, stop, counts, timeout_s=10.0, pause_s=0.02)
 
     workers = [asyncio.get_running_loop().create_task(worker(i)) for i in range(3)]
     await until(lambda: counts["committed"] >= 5, "certified transfers")
@@ -92,11 +71,7 @@ async def outvoting(cluster: LocalCluster) -> dict[str, int]:
     # f + 1 = 2 matching answers of the four nodes, every attempt sent to all.
     client = await TxnClient.connect(addresses, timeout_s=10.0, replies=2)
     await client.watch()
-    try:
-        await client.run(lambda t: [(t.check(a, 0), t.add(a, BALANCE)) for a in ACCOUNTS]
-                         and None)
-    except TransactionAborted as error:  # a retry after an unknown first attempt
-        assert error.reason == "version"
+    await deposit(client)
     # The Byzantine node alone tells a client that an overdraft committed...
     fooled = await TxnClient.connect([addresses[LIAR]], timeout_s=10.0)
     async with fooled.transaction() as t:
