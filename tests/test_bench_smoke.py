@@ -1,9 +1,10 @@
-"""The simulator benchmark still runs (tiny size), so it cannot rot unnoticed."""
+"""The benchmarks still run (tiny sizes), so they cannot rot unnoticed."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -74,3 +75,15 @@ def test_bench_sim_refuses_an_empty_workload() -> None:
     bench = load_bench()
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "4", "--requests", "0"])
+
+
+def test_bench_flush_layouts_runs_every_layout(tmp_path: Path) -> None:
+    script = BENCH.parent / "bench_flush_layouts.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--writers", "2", "--batches", "5", "--rounds", "1",
+         "--directory", str(tmp_path / "disk")],
+        capture_output=True, text=True, timeout=120, check=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("round 0")]
+    assert [line.split()[2] for line in lines] == ["two-files", "one-file", "data-only"]
+    assert all("batches/s per writer" in line for line in lines)
+    assert not (tmp_path / "disk").exists()  # it cleans up after itself
