@@ -20,7 +20,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,13 +33,15 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from replicaio.check.history import HistoryRecorder, PendingOperation, dump_history
+from replicaio.check.history import dump_history
 from replicaio.check.linearizability import check_linearizable
 from replicaio.cli import main
 from replicaio.runtime.crypto import HmacAuthenticator
 from replicaio.runtime.framing import frame_header
 from replicaio.runtime.local import LocalCluster, free_port_block
 from replicaio.runtime.transport import ephemeral_share, handshake_frame, transcript
+from replicaio.torture.workload import COUNTERS, REGISTERS, Endpoint, execute
+from replicaio.torture.workload import Workload as TortureWorkload
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = "127.0.0.1"
@@ -52,8 +53,6 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "host": {"client_service": "resp"},  # fsync stays on: acknowledged means durable
     "service": {"retry_after_ms": 300, "retry_backoff_ms": 20, "request_timeout_ms": 2500},
 }
-REGISTERS = ("r0", "r1", "r2")
-COUNTERS = ("c0", "c1")
 
 
 @pytest.fixture
@@ -98,121 +97,22 @@ def leader_of(cluster: LocalCluster, among: list[int]) -> int:
     raise AssertionError("no leader")
 
 
-class Workload:
-    """Concurrent redis-py clients recording one history (JSON-lines format)."""
+class Workload(TortureWorkload):
+    """The torture's concurrent redis-py clients (``replicaio.torture.workload``:
+    one history, JSON-lines format) over ``cluster``'s Redis ports, with the
+    tests' socket timeout and no acknowledged-key puts; ``finish`` fails the test
+    on any client error."""
 
     def __init__(self, cluster: LocalCluster, clients: int) -> None:
+        endpoints = [Endpoint(LOCAL, port_of(cluster, node)) for node in range(cluster.cluster.n)]
+        super().__init__(endpoints, clients, seed=0, timeout_s=CLIENT_TIMEOUT_S,
+                         acknowledged_share=0.0)
         self.cluster = cluster
-        self.recorder = HistoryRecorder(time.monotonic)
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self.threads = [threading.Thread(target=self.run_client, args=(index,), daemon=True)
-                        for index in range(clients)]
 
-    def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
-
-    def finish(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(CLIENT_TIMEOUT_S * 3)
-        assert not any(thread.is_alive() for thread in self.threads)
-        assert not self.errors, self.errors
-
-    def new_client(self) -> int:
-        with self.lock:
-            return self.recorder.new_client()
-
-    def open(self, rng: random.Random) -> redis.Redis:
-        """A connection to a live node (a refused connect is not an operation)."""
-        while not self.stop.is_set():
-            client = connect(port_of(self.cluster, rng.randrange(self.cluster.cluster.n)))
-            try:
-                client.ping()
-                return client
-            except (redis.RedisError, OSError):
-                client.close()
-                time.sleep(0.05)
-        raise InterruptedError
-
-    def run_client(self, index: int) -> None:
-        rng = random.Random(index)
-        seen: dict[str, str] = {}
-        try:
-            client = self.open(rng)
-            actor = self.new_client()
-            count = 0
-            while not self.stop.is_set():
-                count += 1
-                status = self.operation(client, actor, rng, seen, f"{index}.{count}")
-                if status != "ok":
-                    actor = self.new_client()  # after info: a new id (history rule)
-                if status == "lost":
-                    client.close()
-                    client = self.open(rng)
-            client.close()
-        except InterruptedError:
-            pass
-        except BaseException as error:  # reported by finish()
-            self.errors.append(error)
-
-    def operation(
-        self, client: redis.Redis, actor: int, rng: random.Random, seen: dict[str, str],
-        unique: str,
-    ) -> str:
-        kind = rng.choice(("put", "get", "append", "cas", "incr", "get"))
-        key = rng.choice(COUNTERS if kind == "incr" or (kind == "get" and rng.random() < 0.3)
-                         else REGISTERS)
-        expected = seen.get(key) if kind == "cas" else None
-        if kind == "cas" and expected is None:
-            kind = "get"
-        value: str | None = {"put": f"p{unique}", "append": f"[{unique}]", "cas": f"c{unique}",
-                             "incr": "1"}.get(kind)
-        with self.lock:
-            handle = self.recorder.invoke(actor, kind, key, value, expected=expected)
-        try:
-            output = self.execute(client, kind, key, value, expected)
-        except redis.ResponseError:
-            # -TRYAGAIN: a read had no effect; a write's outcome is unknown.
-            self.complete(handle, "fail" if kind == "get" else "info")
-            return "error"
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            self.complete(handle, "info")
-            return "lost"
-        if kind == "get" and output is not None:
-            seen[key] = output
-        self.complete(handle, "ok", output)
-        return "ok"
-
-    @staticmethod
-    def execute(
-        client: redis.Redis, kind: str, key: str, value: str | None, expected: str | None
-    ) -> str | int | None:
-        if kind == "get":
-            found = client.get(key)
-            return None if found is None else found.decode()
-        if kind == "put":
-            assert client.set(key, value or "") is True
-            return None
-        if kind == "append":
-            client.append(key, value or "")
-            return None
-        if kind == "incr":
-            result: int = client.incr(key)
-            return result
-        swapped = client.execute_command("CAS", key, expected, value)
-        return "ok" if swapped == 1 else "fail"
-
-    def complete(self, handle: PendingOperation, status: str, output: Any = None) -> None:
-        with self.lock:
-            if status == "ok":
-                self.recorder.ok(handle, output)
-            elif status == "fail":
-                self.recorder.fail(handle)
-            else:
-                self.recorder.info(handle)
+    def finish(self) -> list[str]:
+        problems = super().finish()
+        assert not problems, problems
+        return problems
 
     def ok_count(self) -> int:
         with self.lock:
@@ -278,7 +178,7 @@ def no_quorum(workload: Workload, leader: int) -> None:
                         else redis.exceptions.ResponseError)
             prefix = "no quorum" if kind == "get" else "^UNKNOWN no quorum"
             with pytest.raises(expected, match=prefix):
-                workload.execute(client, kind, key, value, None)
+                execute(client, kind, key, value, None)
             assert time.monotonic() - started < CLIENT_TIMEOUT_S
         finally:
             workload.complete(handle, "fail" if kind == "get" else "info")

@@ -78,10 +78,18 @@ class Workload:
     """Client threads over ``endpoints``; see the module docstring."""
 
     def __init__(self, endpoints: Sequence[Endpoint], clients: int, seed: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 timeout_s: float = SOCKET_TIMEOUT_S,
+                 acknowledged_share: float = ACKNOWLEDGED_SHARE) -> None:
         if not 1 <= clients <= CLIENTS_MAX:
             raise ValueError(f"clients must be in 1..{CLIENTS_MAX}")
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be > 0")
+        if not 0 <= acknowledged_share <= 1:
+            raise ValueError("acknowledged_share must be in [0, 1]")
         self.endpoints = tuple(endpoints)
+        self.timeout_s = timeout_s  # every call's socket timeout
+        self.acknowledged_share = acknowledged_share  # of operations: a fresh key's put
         self.recorder = HistoryRecorder(clock)
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -117,7 +125,7 @@ class Workload:
     def open(self, rng: random.Random) -> redis.Redis:
         """A connection to a node that answers PING (a refused connect is no operation)."""
         while not self.stop.is_set():
-            client = connect(rng.choice(self.endpoints))
+            client = connect(rng.choice(self.endpoints), self.timeout_s)
             try:
                 client.ping()
                 return client
@@ -151,7 +159,7 @@ class Workload:
         self, client: redis.Redis, actor: int, rng: random.Random, seen: dict[str, str],
         unique: str,
     ) -> str:
-        if rng.random() < ACKNOWLEDGED_SHARE:
+        if rng.random() < self.acknowledged_share:
             kind, key, expected = "put", f"a{unique}", None
             value: str | None = f"v{unique}"
         else:
