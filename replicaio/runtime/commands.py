@@ -168,6 +168,35 @@ def joining(cluster: ClusterFile) -> ClusterFile:
 # -- cluster up / down -------------------------------------------------------------------
 
 
+NODE: tuple[str, ...] = ("node",)  # the CLI command a node process runs
+KV_NODE: tuple[str, ...] = ("kv", "node")
+
+
+def start_nodes(
+    directory: Path, config_path: Path, cluster: ClusterFile, event_logs: bool,
+    log_level: str = "info", only: int | None = None, kind: tuple[str, ...] = NODE,
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``cluster``'s node processes (or node ``only``) as ``replicaio <kind>``,
+    each in its own session, output appended to ``node-<id>.log`` and its pid
+    written to ``node-<id>.pid`` in ``directory``."""
+    processes = []
+    for entry in cluster.nodes:
+        if only is not None and entry.id != only:
+            continue
+        command = [sys.executable, "-m", "replicaio.cli", *kind, "--config",
+                   str(config_path), "--id", str(entry.id), "--log-level", log_level]
+        if event_logs:
+            command += ["--event-log", str(directory / f"node-{entry.id}.events")]
+        with open(directory / f"node-{entry.id}.log", "ab") as output:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        (directory / f"node-{entry.id}.pid").write_text(f"{process.pid}\n")
+        processes.append(process)
+    return processes
+
+
 def command_cluster_up(args: argparse.Namespace) -> int:
     directory = Path(args.data_dir).resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -186,19 +215,7 @@ def command_cluster_up(args: argparse.Namespace) -> int:
     if busy:
         print(f"replicaio: error: cannot start: {'; '.join(busy)}", file=sys.stderr)
         return EXIT_FAILED
-    processes = []
-    for entry in cluster.nodes:
-        command = [sys.executable, "-m", "replicaio.cli", "node", "--config", str(config_path),
-                   "--id", str(entry.id), "--log-level", args.log_level]
-        if args.event_logs:
-            command += ["--event-log", str(directory / f"node-{entry.id}.events")]
-        with open(directory / f"node-{entry.id}.log", "ab") as output:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        (directory / f"node-{entry.id}.pid").write_text(f"{process.pid}\n")
-        processes.append(process)
+    processes = start_nodes(directory, config_path, cluster, args.event_logs, args.log_level)
     failed = wait_until_ready(cluster, processes, args.ready_timeout, directory)
     if failed is not None:
         print(f"replicaio: error: {failed}; see {directory}/node-*.log", file=sys.stderr)

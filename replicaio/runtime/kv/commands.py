@@ -45,6 +45,7 @@ from replicaio.runtime.commands import (
     CLUSTER_FILE,
     EXIT_FAILED,
     EXIT_OK,
+    KV_NODE,
     LOG_LEVELS,
     SECRET_FILE,
     add_down_arguments,
@@ -55,6 +56,7 @@ from replicaio.runtime.commands import (
     node_id_of,
     ports_in_use,
     running_pids,
+    start_nodes,
     stop_cluster,
     wait_until_ready,
     write_private,
@@ -210,7 +212,8 @@ def command_kv_up(args: argparse.Namespace) -> int:
     if busy:
         print(f"replicaio: error: cannot start: {'; '.join(busy)}", file=sys.stderr)
         return EXIT_FAILED
-    processes = start_nodes(directory, config_path, cluster, args.event_logs, args.log_level)
+    processes = start_nodes(directory, config_path, cluster, args.event_logs, args.log_level,
+                            kind=KV_NODE)
     failed = wait_until_ready(cluster, processes, args.ready_timeout, directory)
     if failed is None:
         failed = wait_until_serving(cluster, processes, args.ready_timeout, directory)
@@ -324,28 +327,6 @@ def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
     (directory / CLUSTER_FILE).write_text(text)
 
 
-def start_nodes(
-    directory: Path, config_path: Path, cluster: ClusterFile, event_logs: bool,
-    log_level: str = "info", only: int | None = None,
-) -> list[subprocess.Popen[bytes]]:
-    processes = []
-    for entry in cluster.nodes:
-        if only is not None and entry.id != only:
-            continue
-        command = [sys.executable, "-m", "replicaio.cli", "kv", "node", "--config",
-                   str(config_path), "--id", str(entry.id), "--log-level", log_level]
-        if event_logs:
-            command += ["--event-log", str(directory / f"node-{entry.id}.events")]
-        with open(directory / f"node-{entry.id}.log", "ab") as output:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        (directory / f"node-{entry.id}.pid").write_text(f"{process.pid}\n")
-        processes.append(process)
-    return processes
-
-
 def start_one_node(directory: Path, args: argparse.Namespace) -> int:
     """``kv up --node I``: start (or restart) node I of the cluster in ``directory``,
     which must exist; the other nodes are left as they are."""
@@ -364,7 +345,7 @@ def start_one_node(directory: Path, args: argparse.Namespace) -> int:
         print(f"replicaio: error: cannot start: {'; '.join(busy)}", file=sys.stderr)
         return EXIT_FAILED
     process = start_nodes(directory, config_path, cluster, args.event_logs, args.log_level,
-                          only=args.node)[0]
+                          only=args.node, kind=KV_NODE)[0]
     deadline = time.monotonic() + args.ready_timeout
     while not ask(entry.client.host, entry.client.port, b"*1\r\n$4\r\nPING\r\n", b"+PONG",
                   time.monotonic() + 1.0, client_tls(cluster)):
