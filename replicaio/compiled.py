@@ -104,7 +104,8 @@ def source_digest(path: Path, package_dir: Path = PACKAGE_DIR) -> str:
     return digest.hexdigest()
 
 
-_CDEF_CLASS = re.compile(r"^cdef class (\w+):\n((?:    .*\n?)*)", re.MULTILINE)
+# ``cdef class Line(Slotted):`` names its extension-type base (ADR 0043).
+_CDEF_CLASS = re.compile(r"^cdef class (\w+)(?:\(\w+\))?:\n((?:    .*\n?)*)", re.MULTILINE)
 # An attribute declaration in a class body: ``cdef public object a, b`` or, for
 # an attribute typed with another declared class (ADR 0038), ``cdef public Raft raft``.
 ATTRIBUTE = re.compile(r"^cdef public (\w+) (\w+(?:\s*,\s*\w+)*)$")

@@ -55,6 +55,7 @@ HOT_MODULES: tuple[str, ...] = (
     "replicaio.core.codec",
     "replicaio.core.context",
     "replicaio.core.effects",
+    "replicaio.core.generic",
     "replicaio.core.lines",
     "replicaio.core.node",
     "replicaio.core.reliable",

@@ -19,7 +19,7 @@ from replicaio.compiled import ATTRIBUTE, PACKAGE_DIR, read_manifest, source_dig
 from replicaio.compiled_build import HOT_MODULES
 from replicaio.sim.adversary import attributes
 
-CLASS = re.compile(r"^cdef class (\w+):\n((?:    .*\n?)*)", re.MULTILINE)
+CLASS = re.compile(r"^cdef class (\w+)(?:\(\w+\))?:\n((?:    .*\n?)*)", re.MULTILINE)
 
 
 def declarations() -> dict[str, dict[str, tuple[tuple[str, ...], bool]]]:
@@ -33,6 +33,8 @@ def declarations() -> dict[str, dict[str, tuple[tuple[str, ...], bool]]]:
             has_dict = False
             for line in match.group(2).splitlines():
                 line = line.strip()
+                if line == "pass":  # an empty base (core/generic.pxd, ADR 0043)
+                    continue
                 if line == "cdef dict __dict__":
                     has_dict = True
                 elif attribute := ATTRIBUTE.match(line):

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from replicaio.core.errors import UsageError
+from replicaio.core.generic import Generic, Slotted
 from replicaio.core.lines import Line
 from replicaio.core.scheduler import Scope, Task
 from replicaio.core.stream import Stream, group_of_path
@@ -144,7 +145,7 @@ def identity(value: Any) -> Hashable:
     return result
 
 
-class Link(Generic[T]):
+class Link(Slotted, Generic[T]):
     """A one-shot channel of one component; see the module docstring.
 
     A link keeps its node and path, not its context: the context holds its

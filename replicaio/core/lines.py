@@ -12,7 +12,9 @@ only touched from that node's step, so no locking is involved anywhere.
 from __future__ import annotations
 
 from collections.abc import Generator, Hashable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from replicaio.core.generic import Generic, Slotted
 
 if TYPE_CHECKING:
     from replicaio.core.scheduler import Scheduler, Task
@@ -21,7 +23,7 @@ T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 
 
-class Line(Generic[T]):
+class Line(Slotted, Generic[T]):
     """A one-shot value. ``await line`` yields the value once it is set.
 
     ``name`` is for people (repr, assertion messages); a hot path may pass it

@@ -27,9 +27,10 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from functools import partial
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from replicaio.core.errors import Cancelled
+from replicaio.core.generic import Generic, Slotted
 from replicaio.core.lines import AnyOf, Line
 
 T = TypeVar("T")
@@ -41,7 +42,7 @@ ChooseFunction = Callable[[str, int], int]
 CANCEL_ROUNDS_MAX = 64
 
 
-class Task(Generic[T]):
+class Task(Slotted, Generic[T]):
     """A coroutine driven by the scheduler, owned by one scope.
 
     ``result`` is a line set with the coroutine's return value when it
@@ -126,13 +127,14 @@ class Task(Generic[T]):
         finally:
             scheduler.current = previous
         if isinstance(waited, Line):
-            assert not waited._is_set
-            waiters = waited.waiters
+            line = waited  # typed in scheduler.pxd: its attributes are C reads compiled
+            assert not line._is_set
+            waiters = line.waiters
             if waiters is None:
-                waited.waiters = {self: None}
+                line.waiters = {self: None}
             else:
                 waiters[self] = None
-            self.waiting = (waited,)
+            self.waiting = (line,)
         else:
             self._wait_on_any(waited)
         if self.cancel_pending:
