@@ -248,3 +248,40 @@ def test_every_hot_module_can_be_imported_first() -> None:
         assert status["stale"] == [], (module, status["stale"])
         if module in entries:
             assert module in status["loaded"], module
+
+
+GENERIC = """
+import json
+from replicaio.core.context import Link
+from replicaio.core.lines import Line
+from replicaio.core.scheduler import Scheduler, Task
+scheduler = Scheduler(lambda label, count: 0)
+line = Line(scheduler, "x")
+class Sub(Line):  # an interpreted subclass, as a test or a variant makes
+    __slots__ = ("extra",)
+sub = Sub(scheduler, "y")
+sub.extra = 1
+line.set(5)
+print(json.dumps([
+    [cls[int] is cls for cls in (Line, Task, Link)],
+    [bool(cls.__flags__ & (1 << 9)) for cls in (Line, Task, Link)],
+    hasattr(line, "__dict__"), isinstance(sub, Line), line.value(), sub.extra,
+]))
+"""
+
+
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_generic_classes_compiled_or_not(compiled: str) -> None:
+    """``Line``, ``Task`` and ``Link`` are generic for mypy and extension types
+    compiled (ADR 0043): subscribing one at run time gives the class itself,
+    compiled or not; they have no ``__dict__``; interpreted subclasses work."""
+    if compiled == "1" and not read_manifest():
+        pytest.skip("no compiled build here (./run setup without a C compiler or Cython)")
+    done = subprocess.run([sys.executable, "-c", GENERIC], capture_output=True, text=True,
+                          env={**os.environ, "REPLICAIO_COMPILED": compiled}, check=False,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    subscribed, heap, has_dict, is_line, value, extra = json.loads(done.stdout)
+    assert subscribed == [True, True, True]
+    assert heap == [compiled == "0"] * 3  # extension types only compiled
+    assert (has_dict, is_line, value, extra) == (False, True, 5, 1)
