@@ -151,10 +151,7 @@ class Cluster:
 
     def start(self, *nodes: int, join: bool = False) -> None:
         """Start nodes (all by default); ``join``: on a new disk replacing a lost one."""
-        factory = self.factory
-        if join:
-            params = dataclasses.replace(self.params, join=True)
-            factory = Factory(params, self.factory.compact_every, self.factory.raft_type)
+        factory = self.node_factory(join=join)
         for node in nodes or range(self.n):
             assert self.nodes[node] is None
             self.nodes[node] = Node(
@@ -164,6 +161,13 @@ class Cluster:
             core = self.nodes[node]
             if core is not None:  # the start step was synced
                 after_start(self.disks[node], core.incarnation)
+
+    def node_factory(self, *, join: bool) -> Callable[[Any], Any]:
+        """What builds a node's protocol at its start (``join``: on a new disk)."""
+        if not join:
+            return self.factory
+        params = dataclasses.replace(self.params, join=True)
+        return Factory(params, self.factory.compact_every, self.factory.raft_type)
 
     def step(self, node: int, event: Input) -> None:
         core = self.nodes[node]

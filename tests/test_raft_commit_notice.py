@@ -5,19 +5,26 @@ consistency check it keeps (``raft-notice-unchecked`` drops the check)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from test_raft_cluster import FAST_PARAMS, Cluster
+from test_smr import read, value_of, write
 
+from replicaio.assembly import protocol_factory
 from replicaio.core.errors import ConfigError
 from replicaio.protocols.raft import (
     AppendEntries,
     AppendEntriesResponse,
     CommitNotice,
     Entry,
+    LeaderCommitted,
     Raft,
     RaftParams,
 )
+from replicaio.smr.api import Reply
+from replicaio.smr.protocol import SmrProtocol
 from replicaio.testing.variants.raft import RAFT_VARIANTS
 
 NOTICE = dataclasses.replace(FAST_PARAMS, commit_notice=True)
@@ -145,3 +152,84 @@ def test_a_notice_delay_outside_zero_to_a_heartbeat_is_refused(delay_us: int) ->
     with pytest.raises(ConfigError, match="commit_notice_delay_us"):
         dataclasses.replace(SLOW_HEARTBEAT, commit_notice_delay_us=delay_us).validate()
     assert RaftParams().commit_notice_delay_us == 0
+
+
+# -- hurry: a notice held for entries goes at once where a client waits ----------
+
+
+class SmrCluster(Cluster):
+    """The hand-driven cluster with SMR and the key-value store over Raft, as
+    the service ``name`` builds them (``replicaio.assembly``)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(3, RaftParams())  # the service's Raft periods: the default ones
+        self.service = protocol_factory(name)
+
+    def node_factory(self, *, join: bool) -> Callable[[Any], Any]:
+        assert not join
+        return self.service
+
+    def raft(self, node: int) -> Raft:
+        core = self.nodes[node]
+        assert core is not None and isinstance(core.protocol, SmrProtocol)
+        ordering = core.protocol.ordering
+        assert isinstance(ordering, Raft)
+        return ordering
+
+    def replies(self, node: int) -> list[tuple[int, Reply]]:
+        return [(at, output) for at, source, output in self.outputs
+                if source == node and isinstance(output, Reply)]
+
+    def committed_at(self, index: int) -> int:
+        """When the leader committed ``index``."""
+        return min(at for at, _, output in self.outputs
+                   if isinstance(output, LeaderCommitted) and output.index >= index)
+
+    def settle(self) -> None:
+        """Elected, caught up, every held commit told."""
+        self.elect(0)
+        assert self.run(until=self.caught_up)
+        self.run(for_us=2 * HELD_US)
+        self.sent.clear()
+
+
+def test_a_write_through_a_follower_is_told_its_commit_at_once_the_idle_follower_later() -> None:
+    """Notices held ``HELD_US``: follower 2 relays its client's write to the
+    leader, whose SMR names 2 as waiting (``Hurry``). The commit reaches 2 by a
+    notice at once and its client has the reply about one latency after the
+    commit; follower 1, where nobody waits, still hears of it only after the
+    delay. Without the hurry, 2's reply would wait out the delay too."""
+    cluster = SmrCluster(f"raft:notice_us={HELD_US}")
+    cluster.start()
+    cluster.settle()
+    cluster.request(2, write(7, 1, "put", b"k", b"v"))
+    assert cluster.run(until=lambda: bool(cluster.replies(2)), limit_us=HELD_US * 4)
+    [(replied_at, reply)] = cluster.replies(2)
+    assert (reply.client, reply.seq, reply.replica) == (7, 1, 2)
+    committed_at = cluster.committed_at(cluster.view(0).last_index)
+    assert replied_at - committed_at <= 2 * cluster.latency_us < HELD_US
+    assert [d for _, d, _ in cluster.messages(CommitNotice, 0)] == [2]
+    assert cluster.run(until=lambda: cluster.view(1).commit_index == cluster.view(0).commit_index)
+    assert cluster.now - committed_at >= HELD_US
+    cluster.assert_safe()
+
+
+def test_a_lease_read_through_a_follower_is_told_the_commit_with_its_read_index() -> None:
+    """A write through the leader, then at once a read through follower 2:
+    the leader's lease answers the read index at once, and the commit of the
+    write, held for entries, goes to 2 with it, so the read is served within
+    a few latencies instead of after the delay."""
+    cluster = SmrCluster(f"raft:lease=1,notice_us={HELD_US}")
+    cluster.start()
+    cluster.settle()
+    cluster.request(0, write(7, 1, "put", b"k", b"v"))
+    assert cluster.run(until=lambda: bool(cluster.replies(0)), limit_us=HELD_US * 4)
+    assert cluster.view(2).commit_index < cluster.view(0).commit_index  # held
+    asked_at = cluster.now
+    cluster.request(2, read(8, 1, b"k"))
+    assert cluster.run(until=lambda: bool(cluster.replies(2)), limit_us=HELD_US * 4)
+    [(replied_at, reply)] = cluster.replies(2)
+    assert value_of(reply) == b"v"
+    assert cluster.node_counters(0).get("raft_reads_lease", 0) == 1
+    assert replied_at - asked_at <= 3 * cluster.latency_us < HELD_US
+    cluster.assert_safe()

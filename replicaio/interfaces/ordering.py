@@ -134,4 +134,20 @@ class Views(Protocol):
         ...
 
 
+@runtime_checkable
+class Hurry(Protocol):
+    """Optional for an ordering protocol that may hold back telling the other
+    replicas of a commit (Raft's ``RaftParams.commit_notice_delay_us``): SMR
+    names the replica one of whose clients waits for that news, so that it
+    hears it at once (docs/raft.md, "A notice held for entries to carry it").
+    Only a latency hint: safety never depends on it."""
+
+    def hurry(self, replica: int) -> None:
+        """A client of ``replica`` waits until ``replica`` has applied every
+        batch ordered so far (a write it relayed, a read index it asked for):
+        tell it each commit up to there without delay. Ignored unless this
+        replica orders now and ``replica`` is one of its peers."""
+        ...
+
+
 OrderingFactory = Callable[..., Ordering]

@@ -28,6 +28,7 @@ from typing import Annotated, Protocol, runtime_checkable
 from replicaio.core.codec import Message, Meta, Name
 from replicaio.interfaces.ordering import (
     Committed,
+    Hurry,
     NotLeader,
     Ordering,
     OrderingFactory,
@@ -40,6 +41,7 @@ __all__ = [
     "ClientRequest",
     "Clocked",
     "Committed",
+    "Hurry",
     "NotLeader",
     "Ordering",
     "OrderingFactory",

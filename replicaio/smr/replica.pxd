@@ -13,5 +13,5 @@ cdef class Replica:
     cdef public object inflight_views, batch_next, reads_active, read_next, remote_reads
     cdef public object applied_waiters, kick, kicked, checkpoints
     cdef public Stream stream
-    cdef public object clocked, has_views, clock_ms
+    cdef public object clocked, has_views, hurry, clock_ms
     cdef public Codec codec

@@ -76,6 +76,7 @@ from replicaio.smr.api import (
     ClientRequest,
     Clocked,
     Committed,
+    Hurry,
     NotLeader,
     Ordering,
     Redirect,
@@ -236,6 +237,8 @@ class Replica:
         # applied or cut here, so stamps never go back in the log.
         self.clocked = isinstance(state_machine, Clocked)
         self.has_views = isinstance(ordering, Views)
+        # An ordering that may hold commit news back learns whose client waits.
+        self.hurry: Hurry | None = ordering if isinstance(ordering, Hurry) else None
         self.clock_ms = 0
         # One codec for batches and snapshots (each codec holds a packer buffer);
         # a batch's size is checked apart.
@@ -437,6 +440,11 @@ class Replica:
             self.on_not_leader(taken, outcome.leader)
             return
         assert outcome is None
+        hurry = self.hurry
+        if hurry is not None:
+            me = self.context.id
+            for origin in {origin for _, _, origin in taken if origin != me}:
+                hurry.hurry(origin)  # it relayed a client's write: tell it the commit at once
         self.context.count("smr_batches_submitted")
         self.context.count("smr_requests_submitted", len(taken))
         if number in self.inflight:
@@ -835,6 +843,8 @@ class Replica:
         if index is None:
             stream.send(source, ReadIndexReply(number, -1, -1))
         else:
+            if self.hurry is not None:
+                self.hurry.hurry(source)  # its client waits for it to apply up to index
             stream.send(source, ReadIndexReply(number, index, self.context.id))
 
     # -- snapshots -------------------------------------------------------------------------------

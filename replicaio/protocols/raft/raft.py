@@ -186,6 +186,11 @@ class Raft:
         received from client: append entry to local log")."""
         return self.replication.propose(batch)
 
+    def hurry(self, replica: int) -> None:
+        """A client of ``replica`` waits for what is appended so far
+        (``replicaio.interfaces.ordering.Hurry``; ``Replication.hurry``)."""
+        self.replication.hurry(replica)
+
     def read_barrier(self) -> Line[int] | NotLeader:
         """Read-index (thesis section 6.4); see ``reads.py``."""
         return self.reads.read_barrier()

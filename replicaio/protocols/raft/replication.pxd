@@ -8,8 +8,8 @@ cdef class Signal:
     cdef public Scheduler scheduler
 
 cdef class Progress:
-    cdef public object acked_round, commit_due, heartbeat_due, identity, inflight
-    cdef public object match_index, next_index, notice_due, probe_tick, recent_active
+    cdef public object acked_round, commit_due, heartbeat_due, hurry_index, identity
+    cdef public object inflight, match_index, next_index, notice_due, probe_tick, recent_active
     cdef public object snapshot, snapshot_offset, snapshot_tick, state, wakeup
 
 cdef class Replication:

@@ -48,7 +48,10 @@ activity and the match of a follower whose acknowledgements were lost.
 With ``RaftParams.commit_notice_delay_us`` the notice waits that long for
 the next entries to that follower to carry the commit index instead (under
 a steady load they nearly always do, and the follower reads one frame per
-batch instead of two); a notice is sent only if none did.
+batch instead of two); a notice is sent only if none did. Except where a
+client waits on the follower (:meth:`Replication.hurry`, called by SMR for a
+write the follower relayed or a read index it asked for): a commit covering
+what that client waits for is told at once.
 """
 
 from __future__ import annotations
@@ -129,6 +132,7 @@ class Progress:
         "acked_round",
         "commit_due",
         "heartbeat_due",
+        "hurry_index",
         "identity",
         "inflight",
         "match_index",
@@ -153,6 +157,8 @@ class Progress:
         self.heartbeat_due = True
         self.commit_due = False  # a new commit index to tell (RaftParams.commit_notice)
         self.notice_due = False  # ... by a CommitNotice if nothing else carries it now
+        # A client of the peer waits for the commit of the entries up to here (hurry).
+        self.hurry_index = 0
         self.recent_active = False
         self.acked_round = 0
         self.identity = 0  # the disk identity the peer last answered with
@@ -246,6 +252,20 @@ class Replication:
 
     def notify_all(self) -> None:
         for progress in self.progress.values():
+            progress.wakeup.notify()
+
+    def hurry(self, peer: int) -> None:
+        """A client of ``peer`` waits for the commit of every entry appended so
+        far (SMR relayed its write here, or gave it a read index): each commit up
+        to there goes to it at once, not held ``commit_notice_delay_us`` for
+        entries to carry it, and so does a commit held now. Nothing on a
+        follower, or for a replica that is not a peer."""
+        progress = self.progress.get(peer)
+        if progress is None:
+            return
+        progress.hurry_index = self.raft.log.last_index
+        if progress.commit_due:
+            progress.notice_due = True
             progress.wakeup.notify()
 
     def match_index(self, peer: int) -> int:
@@ -688,16 +708,18 @@ class Replication:
         raft.context.output(
             LeaderCommitted(raft.id, raft.hard.term, index, raft.log.term_at(index) or 0)
         )
+        previous = raft.commit_index
         raft.advance_commit(index)
         notice = raft.params.commit_notice
         at_once = not raft.params.commit_notice_delay_us
         for progress in self.progress.values():
             # Followers learn the new commit index now, or (with a notice
             # delay) from the next entries sent to them, at the latest when
-            # the delay ends.
+            # the delay ends; at once again where a client waits for an entry
+            # this commit covers (hurry).
             if notice and progress.state == REPLICATE:
                 progress.commit_due = True
-                if at_once:
+                if at_once or progress.hurry_index > previous:
                     progress.notice_due = True
                     progress.wakeup.notify()
                 else:
