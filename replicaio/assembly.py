@@ -116,7 +116,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "notice": "RaftParams.commit_notice: 1 tells a follower a new commit index by an "
     "unanswered CommitNotice (0: an empty AppendEntries it acknowledges)",
     "notice_us": "RaftParams.commit_notice_delay_us: how long a commit index waits for the "
-    "next entries to a follower to carry it before a CommitNotice goes alone (0: at once)",
+    "next entries to a follower to carry it before a CommitNotice goes alone (0: at once; "
+    "default 1000; a follower whose client waits is told at once)",
     "macs": "PBFT: 1 authenticates client requests with a vector of per-replica MACs "
     "(the paper's option) instead of signatures (simulation: the harness's clients sign so)",
     "replica_macs": "PBFT: 1 (the default) lets a COMMIT from its author count on the "

@@ -134,7 +134,7 @@ def test_a_held_notice_goes_alone_only_when_no_entries_carried_the_commit() -> N
 def test_a_notice_at_once_costs_one_frame_per_follower_per_commit() -> None:
     """The same history with no delay: four notices, the followers apply ``a``
     before ``b`` is sent."""
-    cluster = Cluster(3, SLOW_HEARTBEAT)
+    cluster = Cluster(3, dataclasses.replace(SLOW_HEARTBEAT, commit_notice_delay_us=0))
     cluster.start()
     cluster.elect(0)
     assert cluster.run(until=cluster.caught_up)
@@ -151,7 +151,7 @@ def test_a_notice_at_once_costs_one_frame_per_follower_per_commit() -> None:
 def test_a_notice_delay_outside_zero_to_a_heartbeat_is_refused(delay_us: int) -> None:
     with pytest.raises(ConfigError, match="commit_notice_delay_us"):
         dataclasses.replace(SLOW_HEARTBEAT, commit_notice_delay_us=delay_us).validate()
-    assert RaftParams().commit_notice_delay_us == 0
+    assert RaftParams().commit_notice_delay_us == 1_000  # ADR 0044
 
 
 # -- hurry: a notice held for entries goes at once where a client waits ----------

@@ -153,8 +153,9 @@ def test_a_session_table_that_never_evicts_is_caught_as_unbounded(
     capsys.readouterr()
 
 
-# re-pinned: perf18 (compaction kept a window), perf21 (CommitNotice)
-@pytest.mark.parametrize("seed", [4, 14])
+# re-pinned: perf18 (compaction kept a window), perf21 (CommitNotice), live28
+# (notices held 1 ms: seed 2 breaks linearizability, seed 3 raises a node)
+@pytest.mark.parametrize("seed", [2, 3])
 def test_sessions_evicted_by_bytes_differently_on_a_restored_replica_are_caught(seed: int) -> None:
     """``session_results_bytes_max`` evictions must be the same on every replica:
     the planted table forgets its results' bytes when restored from a
@@ -163,7 +164,8 @@ def test_sessions_evicted_by_bytes_differently_on_a_restored_replica_are_caught(
     its leader's snapshot (found by
     ``replicaio swarm raft-session-bytes-forgotten:results=64,snapshot=4
     --nodes 3 --faults crash,partition,loss,dup,reorder --ops 400``: 7 of 40
-    seeds fail). The correct table passes the same seeds."""
+    seeds failed, 10 of 40 with commit notices held 1 ms). The correct table
+    passes the same seeds."""
     options = kv_options(seed, 3, ALL_FAULTS, KvWorkload(ops=400))
     params = "results=64,snapshot=4"
     with warnings.catch_warnings(record=True) as caught_warnings:

@@ -570,8 +570,9 @@ def test_5_2_h_a_leader_is_a_scope_of_one_task_per_peer_cancelled_by_stepping_do
     tasks = list(scope.tasks)
     assert sorted(raft.replication.peer_tasks) == [1, 2, 3, 4]
     assert all(task in scope.tasks for task in raft.replication.peer_tasks.values())
-    # one pipeline per peer, heartbeats, the durability watch (10.2.1), check-quorum
-    assert len(tasks) == 4 + 3
+    # one pipeline per peer, heartbeats, the durability watch (10.2.1), the
+    # notice loop (commit_notice_delay_us), check-quorum
+    assert len(tasks) == 4 + 4
     timers_before = len(cluster.timer_tokens[0])
     cluster.inject(1, 0, AppendEntriesResponse(cluster.view(0).term + 1, False, 0, 0, 0, 0, 0, 0))
     assert cluster.view(0).role is Role.FOLLOWER

@@ -38,7 +38,9 @@ def cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[
     return status, json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize(("nodes", "seeds"), [(3, range(1, 41)), (5, range(1, 26))])
+# (5 nodes: 55 seeds; the first retried request executed again, smr_duplicates,
+# came at seed 16 with commit notices at once and at seed 53 with them held 1 ms.)
+@pytest.mark.parametrize(("nodes", "seeds"), [(3, range(1, 41)), (5, range(1, 56))])
 def test_sweep_with_every_fault_is_safe_linearizable_and_live(nodes: int, seeds: range) -> None:
     totals: dict[str, int] = {}
     for seed in seeds:

@@ -289,10 +289,11 @@ def test_7_j_a_follower_behind_under_load_gets_one_snapshot_not_one_per_compacti
     old_sent, new_sent = old.count("raft_snapshots_sent"), new.count("raft_snapshots_sent")
     # (measured: 61 transfers begun, 757 chunks and one install, after the load
     # stopped; now 2 transfers, 8 chunks, 2 installs: the window of 4 entries
-    # a 16-byte snapshot allows is shorter than what one transfer lags.)
+    # a 16-byte snapshot allows is shorter than what one transfer lags. With
+    # commit notices held 1 ms, the default since ADR 0044, 3 transfers.)
     assert old_sent >= 20, old_sent
     assert old.count("raft_snapshots_installed") == 1
-    assert new_sent <= 2, new_sent
+    assert new_sent <= 3, new_sent
     assert new.count("raft_snapshots_installed") == new_sent  # each transfer ran to its end
     assert new.count("raft_snapshot_chunks_sent") * 10 < old.count("raft_snapshot_chunks_sent")
 
