@@ -16,8 +16,9 @@ queues its own and relayed ones (``proposals_max``) and assigns numbers
 while the window allows: the window is the bound on batches in flight. A
 backup relays its batch to the primary, keeps it (``relayed_max``) until it
 executes, re-relays it while it waits, and moves to the next view if the
-primary leaves it waiting for ``view_change_timeout_us`` (section 4.4: the
-view-change timer runs while a backup waits for a request to execute).
+primary leaves it waiting for the view's timeout (section 4.4: the
+view-change timer runs while a backup waits for a request to execute;
+``ViewChanges.timeout_us``: doubled per view in a row before it without progress).
 
 A backup's VIEW-CHANGE alone is fewer than the f+1 others join on, and the
 other backups may wait for nothing: a node's in-node clients call their own
@@ -44,7 +45,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from replicaio.core.patience import stop_waiting, suspected_kind
+from replicaio.core.patience import PATIENCE_TIMEOUTS, stop_waiting, suspected_kind
 from replicaio.protocols.pbft.messages import (
     Commit,
     Prepare,
@@ -102,8 +103,6 @@ class NormalCase:
         # Batches other backups forwarded on suspicion: digest -> (source, the
         # requests still awaited: client -> seq), ``forwarded_max`` per source.
         self.forwarded: dict[bytes, tuple[int, dict[int, int]]] = {}
-        # The backup's request timer is view_change_timeout_us << timeout_exponent.
-        self.timeout_exponent = 0
         # The oldest wait of each kind that a younger one of its kind overtook
         # (executed first: a primary ordering what it is given in turn does not).
         self.overtaken_relayed: bytes | None = None
@@ -666,7 +665,10 @@ class NormalCase:
                 next(iter(self.forwarded), None))
 
     def request_timeout_us(self) -> int:
-        return self.pbft.params.view_change_timeout_us << self.timeout_exponent
+        """The backup's request timer: the view's timeout (every timer of a
+        view backs off alike, ``ViewChanges.timeout_us``)."""
+        pbft = self.pbft
+        return pbft.view_changes.timeout_us()
 
     async def watch_primary(self) -> None:
         """Section 4.4: the backup's timer runs while it waits for something to
@@ -682,15 +684,20 @@ class NormalCase:
         at 64 clients the queue at a PBFT group's primary held more than 400 ms
         of batches), while one that stops, skips a request or leaves a hole is,
         within two timeouts, and one that starves a whole front within
-        ``PATIENCE_TIMEOUTS`` + 1. The timeout doubles for every primary
-        replaced this way (section 4.5.2: a timeout too short for the load
-        cannot replace primary after primary forever) and is back to
-        ``view_change_timeout_us`` once this backup waited for nothing at both
-        ends of a timeout."""
+        ``PATIENCE_TIMEOUTS`` + 1. The timeout is the view's
+        (``request_timeout_us``): doubled per view in a row before this one
+        without progress (section 4.5.2: a timeout too short for the load
+        cannot replace primary after primary forever). A view that executes
+        through ``PATIENCE_TIMEOUTS`` timeouts without this backup suspecting
+        its primary made progress (``ViewChanges.on_view_held``): the next
+        view's timers start from ``view_change_timeout_us`` again (ADR 0040;
+        before, the timeout doubled per primary this backup replaced and was
+        reset only by a timeout that began and ended idle)."""
         pbft = self.pbft
         outlasted = [0, 0, 0, 0]  # timeouts the tracked wait of each kind outlasted
         tracked: tuple[bytes | None, tuple[int, int] | None, int | None, bytes | None]
         tracked = (None, None, None, None)
+        held = 0  # timeouts of this view in which something executed, no suspicion
         while True:
             before = tracked
             tracked = self.oldest_waits()
@@ -699,16 +706,16 @@ class NormalCase:
                     outlasted[kind] = 0
             executed = pbft.executed
             await pbft.context.sleep(self.request_timeout_us())
-            if tracked == self.oldest_waits() == (None, None, None, None):
-                self.timeout_exponent = 0  # idle: the load that needed it is gone
             cause = self.suspicion(*tracked, executed=executed, outlasted=outlasted)
+            if cause is None and pbft.executed > executed:
+                held += 1
+                if held == PATIENCE_TIMEOUTS:
+                    pbft.view_changes.on_view_held()
             if cause is not None:
                 pbft.count("pbft_primary_suspected")
                 pbft.count(f"pbft_primary_suspected_{cause}")
                 if cause in ("relayed", "requests"):
                     self.forward_waiting()  # (again with each re-sent VIEW-CHANGE)
-                exponent_max = pbft.params.view_change_backoff_exponent_max
-                self.timeout_exponent = min(self.timeout_exponent + 1, exponent_max)
                 pbft.view_changes.start(pbft.view + 1)
                 return
 

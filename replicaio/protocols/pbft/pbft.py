@@ -334,6 +334,7 @@ class Pbft:
         batch = pre_prepare.batch
         self.context.output(Executed(self.id, pre_prepare.view, seq, pre_prepare.digest))
         self.normal.on_executed(pre_prepare.digest, batch)
+        self.view_changes.on_progress()
         if is_barrier(batch):
             self.barriers.executed(batch, seq)
             batch = b""
@@ -403,6 +404,7 @@ class Pbft:
             if new_view.view == self.view and self.active:
                 self.view_changes.new_view = new_view
                 self.view_changes.last_active_view = self.view
+                self.view_changes.progress_view = self.view  # (a restart: progress)
         pre_prepares = self.load_records("pp", PrePrepare)
         for seq, proof in self.load_records("pc", PreparedProof).items():
             self.prepared_proofs[seq] = proof

@@ -15,8 +15,18 @@ above its own joins the smallest of them even before its timer expires
 leave correct replicas behind. Once 2f+1 VIEW-CHANGEs for its view are in,
 a replica starts the *new-view timer* (not before: 4.5.2, else a replica
 could time out views no quorum even tried); if the view does not start in
-time it moves to the next one with the timeout doubled, for every view in
-a row that fails.
+time it moves to the next one.
+
+Every timer of a view (this one and the backup's request timer, ``normal.py``)
+is ``view_change_timeout_us`` doubled per view in a row before it in which this
+replica saw no progress (:meth:`ViewChanges.timeout_us`; section 4.5.2: the
+timer for v+2 is 2T when v+1 executed no request), fixed when the replica
+moves to the view. The back-off is reset by progress, never by a view merely
+starting: a backup's progress is a view that executed through
+``PATIENCE_TIMEOUTS`` of its request timeouts without the backup suspecting
+its primary, the primary's a batch executed in its view (ADR 0040; one batch
+executed, MinBFT's progress in ADR 0039, leaves a timer shorter than a batch
+round replacing primaries: ``pbft-backoff-reset-by-one-batch``).
 
 The primary of v+1, with 2f+1 valid VIEW-CHANGEs (the V set), computes the O
 set: min-s is the newest stable checkpoint in V, max-s the highest number in
@@ -43,6 +53,7 @@ from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
+from replicaio.core.patience import backoff_exponent
 from replicaio.protocols.pbft.messages import (
     NULL_DIGEST,
     NewView,
@@ -73,7 +84,19 @@ class ViewChanges:
         self.for_view: dict[int, ViewChange] = {}
         self.own: ViewChange | None = None
         self.new_view: NewView | None = None  # what started the current view (re-sent)
+        # The last view this replica was active in (``help_peer``: it prepared
+        # nothing in the views after it).
         self.last_active_view = 0
+        # The last view this replica saw progress in (``on_progress``,
+        # ``on_view_held``): the timers of a later view are doubled per view
+        # since. Not durable: a restart counts as progress in the view it
+        # restarts in (``resume``, ``Pbft.load``).
+        self.progress_view = 0
+        # The doubling of every timer of the current view, fixed when this
+        # replica moved to it (``back_off``): progress made in the view shortens
+        # the next view's timers, not its own (a timer shorter than a batch round
+        # would be back as soon as one batch executed).
+        self.exponent = 0
         self.timer_view = -1  # the view whose new-view timer runs
         self.sent_new_view_for = -1
 
@@ -85,6 +108,7 @@ class ViewChanges:
         assert view > pbft.view, f"view change to {view} from {pbft.view}"
         if pbft.active:
             self.last_active_view = pbft.view
+        self.back_off(view)
         pbft.view = view
         pbft.active = False
         pbft.save_view()
@@ -102,6 +126,8 @@ class ViewChanges:
     def resume(self) -> None:
         """After a restart in the middle of a view change: announce it again."""
         self.last_active_view = max(self.last_active_view, self.pbft.view - 1)
+        self.progress_view = max(self.progress_view, self.pbft.view - 1)
+        self.back_off(self.pbft.view)
         self.announce()
 
     def announce(self) -> None:
@@ -168,13 +194,41 @@ class ViewChanges:
             # view (which may wait for nothing) time them too (normal.py).
             pbft.normal.forward_waiting()
 
-    async def new_view_timer(self, view: int) -> None:
-        """Started once 2f+1 VIEW-CHANGEs for ``view`` are in; doubles per view
-        that fails to start in a row."""
+    def back_off(self, view: int) -> None:
+        """This replica moves to ``view``: fix its timers' doubling, one per
+        view in a row since the last one it saw progress in
+        (:func:`~replicaio.core.patience.backoff_exponent`)."""
+        self.exponent = backoff_exponent(
+            view, self.progress_view, self.pbft.params.view_change_backoff_exponent_max)
+
+    def timeout_us(self) -> int:
+        """The timeout of every timer of the current view (the new-view timer,
+        the backup's request timer): ``view_change_timeout_us`` doubled per view
+        in a row before it in which this replica saw no progress. A view that
+        starts and makes no progress does not reset the back-off (before
+        2026-12-06 a view start reset the new-view timer's, and the request
+        timer's doubled per primary the backup replaced until a timeout began
+        and ended idle; ADR 0040)."""
+        return self.pbft.params.view_change_timeout_us << self.exponent
+
+    def on_progress(self) -> None:
+        """A batch executed: the primary of an active view (which runs no
+        request timer to judge its view by) made progress in it."""
         pbft = self.pbft
-        attempt = max(0, view - self.last_active_view - 1)
-        exponent = min(attempt, pbft.params.view_change_backoff_exponent_max)
-        await pbft.context.sleep(pbft.params.view_change_timeout_us << exponent)
+        if pbft.active and pbft.is_primary:
+            self.progress_view = pbft.view
+
+    def on_view_held(self) -> None:
+        """A backup's view executed through ``PATIENCE_TIMEOUTS`` of its request
+        timeouts without the backup suspecting its primary (``normal.py``): the
+        timeout is long enough for the load, the view made progress."""
+        self.progress_view = self.pbft.view
+
+    async def new_view_timer(self, view: int) -> None:
+        """Started once 2f+1 VIEW-CHANGEs for ``view`` are in; its timeout is
+        the view's (``timeout_us``)."""
+        pbft = self.pbft
+        await pbft.context.sleep(self.timeout_us())
         if pbft.view == view and not pbft.active:
             pbft.count("pbft_new_view_timeouts")
             self.start(view + 1)
@@ -395,6 +449,8 @@ class ViewChanges:
         best, _ = self.choose(new_view.view_changes)
         if pbft.active:
             self.last_active_view = pbft.view
+        if new_view.view != pbft.view:
+            self.back_off(new_view.view)  # (a view change it did not take part in)
         pbft.checkpoints.on_certificate(best.stable_seq, best.stable_digest, best.checkpoint_proof)
         kept: dict[int, Slot] = {}
         for seq, slot in pbft.slots.items():

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from replicaio.core.config import Resilience
+from replicaio.core.patience import backoff_exponent
 from replicaio.protocols.pbft.messages import PrePrepare, Status, ViewChange
 from replicaio.protocols.pbft.normal import NormalCase, Slot
 from replicaio.protocols.pbft.pbft import Pbft
@@ -90,6 +91,71 @@ class RequestTimerNotDoubled(NormalCase):
 
     def request_timeout_us(self) -> int:
         return self.pbft.params.view_change_timeout_us
+
+
+class RequestTimerResetWhenIdle(NormalCase):
+    """The backup's request timer as it was before 2026-12-06 (ADR 0040):
+    doubled per primary this backup suspected, back to ``view_change_timeout_us``
+    only after a timeout that began and ended with nothing waited for, whatever
+    executed in the views between."""
+
+    def __init__(self, pbft: Pbft) -> None:
+        super().__init__(pbft)
+        self.timeout_exponent = 0
+
+    def request_timeout_us(self) -> int:
+        return self.pbft.params.view_change_timeout_us << self.timeout_exponent
+
+    def suspicion(
+        self, digest: bytes | None, request: tuple[int, int] | None, seq: int | None,
+        forwarded: bytes | None = None, *, executed: int | None = None,
+        outlasted: list[int] | None = None,
+    ) -> str | None:
+        timed = executed is not None
+        if timed and (digest, request, seq, forwarded) == self.oldest_waits() == IDLE:
+            self.timeout_exponent = 0  # idle: the load that needed it is gone
+        cause = super().suspicion(digest, request, seq, forwarded, executed=executed,
+                                  outlasted=outlasted)
+        if timed and cause is not None:
+            self.timeout_exponent = min(self.timeout_exponent + 1,
+                                        self.pbft.params.view_change_backoff_exponent_max)
+        return cause
+
+
+IDLE = (None, None, None, None)  # ``oldest_waits`` of a backup that waits for nothing
+
+
+class BackoffResetByViewStart(ViewChanges):
+    """The new-view timer as it was before 2026-12-06 (ADR 0040): doubled per
+    view since the last one this replica was *active* in, so a view that
+    starts and executes nothing resets it."""
+
+    def timeout_us(self) -> int:
+        params = self.pbft.params
+        attempt = max(0, self.pbft.view - self.last_active_view - 1)
+        return params.view_change_timeout_us << min(
+            attempt, params.view_change_backoff_exponent_max)
+
+
+class BackoffResetByOneBatch(ViewChanges):
+    """MinBFT's rule (ADR 0039) in PBFT: every timer of a view doubled per view
+    in a row before it in which this replica executed nothing, and back to
+    ``view_change_timeout_us`` as soon as one batch executes in the view. A
+    timer shorter than a batch round is then back after each view's first
+    batch and replaces primary after primary (ADR 0040)."""
+
+    def on_progress(self) -> None:
+        if self.pbft.active:
+            self.progress_view = self.pbft.view
+
+    def on_view_held(self) -> None:
+        return
+
+    def timeout_us(self) -> int:
+        pbft = self.pbft
+        params = pbft.params
+        return params.view_change_timeout_us << backoff_exponent(
+            pbft.view, self.progress_view, params.view_change_backoff_exponent_max)
 
 
 class NoVouchForExecuted(NormalCase):
@@ -195,6 +261,19 @@ class PbftTrustDamagedTail(Pbft):
     recovery_type = TrustDamagedTail
 
 
+class PbftBackoffResetByViewStart(Pbft):
+    """``pbft-backoff-reset-by-view-start``: both timers as they were before
+    2026-12-06; the transactional ``txn-pbft-backoff-reset-by-view-start``
+    builds its groups with it."""
+
+    normal_type = RequestTimerResetWhenIdle
+    view_changes_type = BackoffResetByViewStart
+
+
+class PbftBackoffResetByOneBatch(Pbft):
+    view_changes_type = BackoffResetByOneBatch
+
+
 def read_only_quorum_f_plus_1(resilience: Resilience, f: int) -> int:
     """An unordered read accepted on f+1 matching answers (the quorum of an
     ordered reply) instead of 2f+1: f+1 may be one faulty replica and f correct
@@ -249,6 +328,21 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
         PbftVariant(
             "pbft-request-timer-not-doubled", PbftRequestTimerNotDoubled,
             "the backups' request timer never doubles (section 4.5.2)", "liveness",
+        ),
+        PbftVariant(
+            "pbft-backoff-reset-by-view-start", PbftBackoffResetByViewStart,
+            "the timers' back-off is reset by a view start (the new-view timer) or an "
+            "idle timeout (the request timer), executed or not: a timeout shorter than "
+            "a batch round changes views more often (run "
+            "pbft-backoff-reset-by-view-start:view_timeout=8 with 40 clients without think "
+            "time)", "views",
+        ),
+        PbftVariant(
+            "pbft-backoff-reset-by-one-batch", PbftBackoffResetByOneBatch,
+            "the timers' back-off is reset as soon as one batch executes in a view "
+            "(MinBFT's rule): a timeout shorter than a batch round is back after each "
+            "view's first batch (run pbft-backoff-reset-by-one-batch:view_timeout=8 with "
+            "40 clients without think time)", "views",
         ),
         PbftVariant(
             "pbft-suspects-alone", PbftSuspectsAlone,
