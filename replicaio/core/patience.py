@@ -12,9 +12,14 @@ not skip one), or the wait has outlasted :data:`PATIENCE_TIMEOUTS` timeouts
 working through a queue longer than one timeout is not replaced.
 
 Every timer of a view backs off on failed views (section 4.5.2):
-:func:`backoff_exponent` doubles it per view in a row before it in which this
-replica executed nothing, so the back-off is reset by progress (a batch
-executed in a view), never by a view merely starting.
+:func:`backoff_exponent` doubles it per view in a row before it without
+progress, so the back-off is reset by progress, never by a view merely
+starting. What counts as progress is the protocol's: MinBFT's is a batch
+executed in the view (ADR 0039); a PBFT backup's is a view that executed
+through :data:`PATIENCE_TIMEOUTS` of its timeouts without the backup
+suspecting its primary, and a PBFT view keeps the doubling it was entered with
+(ADR 0040: with pipelined batches one batch executed said nothing about a
+timeout shorter than a round).
 
 Pure: no clock, no I/O; the caller owns the timer and the counters.
 """
@@ -78,8 +83,8 @@ def stop_waiting(waits: MutableMapping[K, Any], key: K, overtaken: K | None) -> 
 
 def backoff_exponent(view: int, progress_view: int, exponent_max: int) -> int:
     """The doubling of a timer of ``view`` (``timeout << exponent``): one per
-    view after ``progress_view`` (the last view this replica executed
-    something in) and before ``view``, at most ``exponent_max``. Section 4.5.2:
+    view after ``progress_view`` (the last view this replica saw progress in)
+    and before ``view``, at most ``exponent_max``. Section 4.5.2:
     a replica whose timer expires before a request executes in the new view
     waits twice as long for the one after, so that a timeout too short for the
     load cannot change views for ever."""

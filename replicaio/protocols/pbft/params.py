@@ -22,8 +22,9 @@ class PbftParams:
     checkpoint_interval: int = 16  # K: a CHECKPOINT every K sequence numbers
     log_size: int = 32  # L: sequence numbers in (h, h + L] may be assigned; a multiple of K
     # A backup waiting for work (a relayed batch, a pre-prepared one) that sees
-    # nothing executed for this long moves to the next view; doubled for every
-    # view in a row that fails to start (section 4.5.2).
+    # nothing executed for this long moves to the next view; every timer of a
+    # view is this doubled per view in a row before it without progress
+    # (section 4.5.2; ``ViewChanges.timeout_us``, ADR 0040).
     view_change_timeout_us: int = 400_000
     view_change_backoff_exponent_max: int = 6
     view_change_resend_us: int = 200_000  # VIEW-CHANGE re-sent while the view is not started
