@@ -35,6 +35,10 @@ K = TypeVar("K")
 # other work before the primary is suspected for it.
 PATIENCE_TIMEOUTS = 4
 
+# Batches a replica executes in a view before the view counts as progress for
+# the back-off of the views after it (PBFT, ADR 0040; MinBFT counts one).
+PROGRESS_BATCHES = 4
+
 
 def suspected_kind(
     names: Sequence[str],

@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from replicaio.core.patience import PATIENCE_TIMEOUTS, stop_waiting, suspected_kind
+from replicaio.core.patience import stop_waiting, suspected_kind
 from replicaio.protocols.pbft.messages import (
     Commit,
     Prepare,
@@ -83,6 +83,7 @@ class Slot:
 
 FORWARD_BATCHES_MAX = 4  # the newest waiting batches a suspecting backup forwards
 SUSPECTED_KINDS = ("relayed", "requests", "stalled", "forwarded")  # (suspicion)
+IDLE = (None, None, None, None)  # ``oldest_waits`` of a backup that waits for nothing
 
 
 class NormalCase:
@@ -103,6 +104,11 @@ class NormalCase:
         # Batches other backups forwarded on suspicion: digest -> (source, the
         # requests still awaited: client -> seq), ``forwarded_max`` per source.
         self.forwarded: dict[bytes, tuple[int, dict[int, int]]] = {}
+        # Primaries this backup replaced since it last waited for nothing at
+        # both ends of a timeout: every timer of a view doubles at least as
+        # often (``ViewChanges.timeout_us``; the load that needed a longer
+        # timeout is still there).
+        self.replaced = 0
         # The oldest wait of each kind that a younger one of its kind overtook
         # (executed first: a primary ordering what it is given in turn does not).
         self.overtaken_relayed: bytes | None = None
@@ -697,7 +703,6 @@ class NormalCase:
         outlasted = [0, 0, 0, 0]  # timeouts the tracked wait of each kind outlasted
         tracked: tuple[bytes | None, tuple[int, int] | None, int | None, bytes | None]
         tracked = (None, None, None, None)
-        held = 0  # timeouts of this view in which something executed, no suspicion
         while True:
             before = tracked
             tracked = self.oldest_waits()
@@ -706,16 +711,15 @@ class NormalCase:
                     outlasted[kind] = 0
             executed = pbft.executed
             await pbft.context.sleep(self.request_timeout_us())
+            if tracked == self.oldest_waits() == IDLE:
+                self.replaced = 0  # idle: the load that needed it is gone
             cause = self.suspicion(*tracked, executed=executed, outlasted=outlasted)
-            if cause is None and pbft.executed > executed:
-                held += 1
-                if held == PATIENCE_TIMEOUTS:
-                    pbft.view_changes.on_view_held()
             if cause is not None:
                 pbft.count("pbft_primary_suspected")
                 pbft.count(f"pbft_primary_suspected_{cause}")
                 if cause in ("relayed", "requests"):
                     self.forward_waiting()  # (again with each re-sent VIEW-CHANGE)
+                self.replaced += 1
                 pbft.view_changes.start(pbft.view + 1)
                 return
 

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
-from replicaio.core.patience import backoff_exponent
+from replicaio.core.patience import PROGRESS_BATCHES, backoff_exponent
 from replicaio.protocols.pbft.messages import (
     NULL_DIGEST,
     NewView,
@@ -97,6 +97,7 @@ class ViewChanges:
         # the next view's timers, not its own (a timer shorter than a batch round
         # would be back as soon as one batch executed).
         self.exponent = 0
+        self.executed_in_view = (0, 0)  # (view, batches this replica executed in it)
         self.timer_view = -1  # the view whose new-view timer runs
         self.sent_new_view_for = -1
 
@@ -209,20 +210,22 @@ class ViewChanges:
         2026-12-06 a view start reset the new-view timer's, and the request
         timer's doubled per primary the backup replaced until a timeout began
         and ended idle; ADR 0040)."""
-        return self.pbft.params.view_change_timeout_us << self.exponent
+        pbft = self.pbft
+        params = pbft.params
+        return params.view_change_timeout_us << min(
+            max(self.exponent, pbft.normal.replaced), params.view_change_backoff_exponent_max)
 
     def on_progress(self) -> None:
-        """A batch executed: the primary of an active view (which runs no
-        request timer to judge its view by) made progress in it."""
+        """A batch executed: in an active view, the ``PROGRESS_BATCHES``-th this
+        replica executed in it makes it a view with progress."""
         pbft = self.pbft
-        if pbft.active and pbft.is_primary:
+        if not pbft.active:
+            return
+        view, executed = self.executed_in_view
+        executed = executed + 1 if view == pbft.view else 1
+        self.executed_in_view = (pbft.view, executed)
+        if executed == PROGRESS_BATCHES:
             self.progress_view = pbft.view
-
-    def on_view_held(self) -> None:
-        """A backup's view executed through ``PATIENCE_TIMEOUTS`` of its request
-        timeouts without the backup suspecting its primary (``normal.py``): the
-        timeout is long enough for the load, the view made progress."""
-        self.progress_view = self.pbft.view
 
     async def new_view_timer(self, view: int) -> None:
         """Started once 2f+1 VIEW-CHANGEs for ``view`` are in; its timeout is

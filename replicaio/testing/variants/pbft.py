@@ -148,9 +148,6 @@ class BackoffResetByOneBatch(ViewChanges):
         if self.pbft.active:
             self.progress_view = self.pbft.view
 
-    def on_view_held(self) -> None:
-        return
-
     def timeout_us(self) -> int:
         pbft = self.pbft
         params = pbft.params
