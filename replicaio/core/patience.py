@@ -15,9 +15,8 @@ Every timer of a view backs off on failed views (section 4.5.2):
 :func:`backoff_exponent` doubles it per view in a row before it without
 progress, so the back-off is reset by progress, never by a view merely
 starting. What counts as progress is the protocol's: MinBFT's is a batch
-executed in the view (ADR 0039); a PBFT backup's is a view that executed
-through :data:`PATIENCE_TIMEOUTS` of its timeouts without the backup
-suspecting its primary, and a PBFT view keeps the doubling it was entered with
+executed in the view (ADR 0039); PBFT's is :data:`PROGRESS_BATCHES` batches
+executed in the view, and a PBFT view keeps the doubling it was entered with
 (ADR 0040: with pipelined batches one batch executed said nothing about a
 timeout shorter than a round).
 

@@ -693,12 +693,11 @@ class NormalCase:
         ``PATIENCE_TIMEOUTS`` + 1. The timeout is the view's
         (``request_timeout_us``): doubled per view in a row before this one
         without progress (section 4.5.2: a timeout too short for the load
-        cannot replace primary after primary forever). A view that executes
-        through ``PATIENCE_TIMEOUTS`` timeouts without this backup suspecting
-        its primary made progress (``ViewChanges.on_view_held``): the next
-        view's timers start from ``view_change_timeout_us`` again (ADR 0040;
-        before, the timeout doubled per primary this backup replaced and was
-        reset only by a timeout that began and ended idle)."""
+        cannot replace primary after primary forever; a view counts as progress
+        once this replica executed ``PROGRESS_BATCHES`` batches in it,
+        ``ViewChanges.on_progress``), and at least once per primary this backup
+        replaced since it last waited for nothing at both ends of a timeout
+        (``replaced``; ADR 0040)."""
         pbft = self.pbft
         outlasted = [0, 0, 0, 0]  # timeouts the tracked wait of each kind outlasted
         tracked: tuple[bytes | None, tuple[int, int] | None, int | None, bytes | None]

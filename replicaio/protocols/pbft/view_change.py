@@ -21,10 +21,10 @@ Every timer of a view (this one and the backup's request timer, ``normal.py``)
 is ``view_change_timeout_us`` doubled per view in a row before it in which this
 replica saw no progress (:meth:`ViewChanges.timeout_us`; section 4.5.2: the
 timer for v+2 is 2T when v+1 executed no request), fixed when the replica
-moves to the view. The back-off is reset by progress, never by a view merely
-starting: a backup's progress is a view that executed through
-``PATIENCE_TIMEOUTS`` of its request timeouts without the backup suspecting
-its primary, the primary's a batch executed in its view (ADR 0040; one batch
+moves to the view, and at least once per primary a backup replaced since it
+last waited for nothing (``NormalCase.replaced``). The back-off is reset by
+progress, never by a view merely starting: a view in which this replica
+executed ``PROGRESS_BATCHES`` (4) batches while active (ADR 0040; one batch
 executed, MinBFT's progress in ADR 0039, leaves a timer shorter than a batch
 round replacing primaries: ``pbft-backoff-reset-by-one-batch``).
 
@@ -87,8 +87,8 @@ class ViewChanges:
         # The last view this replica was active in (``help_peer``: it prepared
         # nothing in the views after it).
         self.last_active_view = 0
-        # The last view this replica saw progress in (``on_progress``,
-        # ``on_view_held``): the timers of a later view are doubled per view
+        # The last view this replica saw progress in (``on_progress``): the
+        # timers of a later view are doubled per view
         # since. Not durable: a restart counts as progress in the view it
         # restarts in (``resume``, ``Pbft.load``).
         self.progress_view = 0
