@@ -19,10 +19,14 @@ batch)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from test_pbft_pitfalls import quiet_options
 from test_pbft_sim import run, short_timer_options
 
-from replicaio.sim.simulator import SimResult
+from replicaio.sim.options import Partition
+from replicaio.sim.simulator import SimResult, Simulator
 
 
 def views(protocol: str, seed: int) -> SimResult:
@@ -58,3 +62,47 @@ def test_one_batch_executed_does_not_reset_the_back_off(seed: int) -> None:
         one_batch.stats["pbft_view_max"], fixed.stats["pbft_view_max"])
     assert one_batch.counters.get("pbft_primary_suspected", 0) >= \
         3 * fixed.counters.get("pbft_primary_suspected", 0)
+
+
+def sparse_run(protocol: str) -> SimResult:
+    """One client with up to 8 s of think time, so that a view executes fewer
+    than ``PROGRESS_BATCHES`` batches, and the primary of each of eight views
+    cut off in turn for 10 s (round k cuts off replica k mod 4, the primary of
+    view k when each round changes one view); every operation must complete
+    within 4 s of the heal."""
+    rounds, cut_us, gap_us = 8, 10_000_000, 1_000_000
+    safety_us = gap_us + rounds * (cut_us + gap_us) + gap_us
+    options = replace(
+        quiet_options(1, clients=1, ops=30, think_us_max=8_000_000,
+                      op_deadline_us=60_000_000, attempts_max=200),
+        faults=("partition",),
+        partitions=tuple(
+            Partition(gap_us + k * (cut_us + gap_us), gap_us + k * (cut_us + gap_us) + cut_us,
+                      (k % 4,), True) for k in range(rounds)),
+        safety_us=safety_us, liveness_us=safety_us + 4_000_000,
+    )
+    return Simulator(protocol, options, f=1, record=False).run()
+
+
+def test_a_group_with_sparse_traffic_counts_idle_timeouts_as_progress() -> None:
+    """A view in which a backup's request timer ran ``PATIENCE_TIMEOUTS``
+    timeouts in a row with nothing waited for counts as progress
+    (``ViewChanges.on_idle``): a group that executes a batch now and then does
+    not pile up a doubling for every view it changes. Measured 2026-12-06: 8
+    views, 24 operations, every one completed. Without the idle signal
+    (``pbft-backoff-idle-not-progress``, rule D of pbft27) no view executes four
+    batches, the timers reach 16 timeouts (6.4 s), two cut-off primaries are
+    never replaced (7 views), the client completes 14 operations and one not in
+    the 4 s after the heal; with the back-off never reset
+    (``pbft-backoff-never-reset``) 6 views and 15 operations. The older rules
+    (view start, one batch) replace every primary, as this one does."""
+    fixed = sparse_run("pbft")
+    assert fixed.violations == [], fixed.violations[:2]
+    assert fixed.stats["pbft_view_max"] == 8
+    assert fixed.stats["ops_completed"] == fixed.stats["ops_invoked"]
+    idle_ignored = sparse_run("pbft-backoff-idle-not-progress")
+    assert {v["property"] for v in idle_ignored.violations} == {"liveness"}, \
+        idle_ignored.violations[:2]
+    for broken in (idle_ignored, sparse_run("pbft-backoff-never-reset")):
+        assert broken.stats["pbft_view_max"] < fixed.stats["pbft_view_max"]
+        assert broken.stats["ops_completed"] <= fixed.stats["ops_completed"] - 8

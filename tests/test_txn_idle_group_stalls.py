@@ -19,11 +19,7 @@ causes, each fixed and each kept as a variant (the code before):
 * seed 181: group 2's primary kept down, the group idle but for a
   transaction whose driver died; only the leader's node ticked the lease
   clock, so no lease ran out and no backup had anything to time:
-  ``TxnNode.clock_stalled``; ``txn-pbft-leader-ticks-only`` (pinned on seed
-  387 since PBFT's timers back off per view without progress, ADR 0040: seed
-  181's views went otherwise and the variant passed it; of seeds 170-386 it
-  fails none, 387 fails it with ``locks_released`` and the real protocol
-  passes it, the variant differing from it only in who ticks the clock).
+  ``TxnNode.clock_stalled``; ``txn-pbft-leader-ticks-only``.
 """
 
 from __future__ import annotations
@@ -65,7 +61,7 @@ def test_a_replica_stuck_below_the_others_catches_up(variant: str, seed: int,
 
 
 def test_any_node_ticks_a_lease_clock_that_stood_still() -> None:
-    broken = run("txn-pbft-leader-ticks-only", 387)
+    broken = run("txn-pbft-leader-ticks-only", 181)
     assert {violation["property"] for violation in broken.violations} == {"locks_released"}
-    fixed = run("txn-pbft", 387)
+    fixed = run("txn-pbft", 181)
     assert fixed.ok, fixed.violations

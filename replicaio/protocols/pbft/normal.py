@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from replicaio.core.patience import stop_waiting, suspected_kind
+from replicaio.core.patience import PATIENCE_TIMEOUTS, stop_waiting, suspected_kind
 from replicaio.protocols.pbft.messages import (
     Commit,
     Prepare,
@@ -702,6 +702,7 @@ class NormalCase:
         outlasted = [0, 0, 0, 0]  # timeouts the tracked wait of each kind outlasted
         tracked: tuple[bytes | None, tuple[int, int] | None, int | None, bytes | None]
         tracked = (None, None, None, None)
+        idle = 0  # timeouts in a row that began and ended with nothing waited for
         while True:
             before = tracked
             tracked = self.oldest_waits()
@@ -712,6 +713,15 @@ class NormalCase:
             await pbft.context.sleep(self.request_timeout_us())
             if tracked == self.oldest_waits() == IDLE:
                 self.replaced = 0  # idle: the load that needed it is gone
+                idle += 1
+                if idle == PATIENCE_TIMEOUTS:
+                    # A group with nothing to execute shows no other progress
+                    # (ADR 0040); one idle timeout is not enough: after a view
+                    # change the clients' retries may leave a loaded group
+                    # idle for a few short timeouts.
+                    pbft.view_changes.on_idle()
+            else:
+                idle = 0
             cause = self.suspicion(*tracked, executed=executed, outlasted=outlasted)
             if cause is not None:
                 pbft.count("pbft_primary_suspected")

@@ -227,6 +227,13 @@ class ViewChanges:
         if executed == PROGRESS_BATCHES:
             self.progress_view = pbft.view
 
+    def on_idle(self) -> None:
+        """This backup waited for nothing at both ends of ``PATIENCE_TIMEOUTS``
+        request timeouts in a row in its active view: the view counts as
+        progress, as ``PROGRESS_BATCHES`` executed would (a group with nothing
+        to execute shows no other; ADR 0040). The view keeps its own doubling."""
+        self.progress_view = self.pbft.view
+
     async def new_view_timer(self, view: int) -> None:
         """Started once 2f+1 VIEW-CHANGEs for ``view`` are in; its timeout is
         the view's (``timeout_us``)."""

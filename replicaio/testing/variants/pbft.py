@@ -148,11 +148,37 @@ class BackoffResetByOneBatch(ViewChanges):
         if self.pbft.active:
             self.progress_view = self.pbft.view
 
+    def on_idle(self) -> None:
+        pass  # (MinBFT's rule knows only batches executed)
+
     def timeout_us(self) -> int:
         pbft = self.pbft
         params = pbft.params
         return params.view_change_timeout_us << backoff_exponent(
             pbft.view, self.progress_view, params.view_change_backoff_exponent_max)
+
+
+class BackoffIdleNotProgress(ViewChanges):
+    """Rule D of pbft27 (ADR 0040, before 2026-12-06 evening): only
+    ``PROGRESS_BATCHES`` batches executed make a view progress, an idle request
+    timeout does not. A group whose traffic is sparser than four batches a view
+    piles up a doubling with every view it changes, executing or not, and a
+    primary failing after a few of them is replaced only after many timeouts."""
+
+    def on_idle(self) -> None:
+        pass
+
+
+class BackoffNeverReset(ViewChanges):
+    """The back-off never reset: every timer of a view doubled per view since
+    the first (up to ``2^view_change_backoff_exponent_max``), whatever executed
+    and however long the backup waited for nothing."""
+
+    def on_progress(self) -> None:
+        pass
+
+    def on_idle(self) -> None:
+        pass
 
 
 class NoVouchForExecuted(NormalCase):
@@ -271,6 +297,14 @@ class PbftBackoffResetByOneBatch(Pbft):
     view_changes_type = BackoffResetByOneBatch
 
 
+class PbftBackoffIdleNotProgress(Pbft):
+    view_changes_type = BackoffIdleNotProgress
+
+
+class PbftBackoffNeverReset(Pbft):
+    view_changes_type = BackoffNeverReset
+
+
 def read_only_quorum_f_plus_1(resilience: Resilience, f: int) -> int:
     """An unordered read accepted on f+1 matching answers (the quorum of an
     ordered reply) instead of 2f+1: f+1 may be one faulty replica and f correct
@@ -340,6 +374,17 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
             "(MinBFT's rule): a timeout shorter than a batch round is back after each "
             "view's first batch (run pbft-backoff-reset-by-one-batch:view_timeout=8 with "
             "40 clients without think time)", "views",
+        ),
+        PbftVariant(
+            "pbft-backoff-idle-not-progress", PbftBackoffIdleNotProgress,
+            "only four batches executed make a view progress, a request timeout with "
+            "nothing waited for does not: a group with sparse traffic piles up a doubling "
+            "per view changed and replaces a failed primary late", "liveness",
+        ),
+        PbftVariant(
+            "pbft-backoff-never-reset", PbftBackoffNeverReset,
+            "the timers' back-off is never reset: every view changed doubles every timer "
+            "for good", "liveness",
         ),
         PbftVariant(
             "pbft-suspects-alone", PbftSuspectsAlone,
