@@ -11,7 +11,12 @@ causes, each fixed and each kept as a variant (the code before):
 * seed 15: group 2's primary entered its view below the NEW-VIEW's
   checkpoint, fetched the state, and never took the NEW-VIEW's PRE-PREPAREs
   that had been above its window (a primary takes none from its backups):
-  ``ViewChanges.accept_carried``; ``txn-pbft-drops-carried``;
+  ``ViewChanges.accept_carried``; ``txn-pbft-drops-carried`` (pinned on seed
+  337 since a PBFT view counts an idle stretch as progress, ADR 0040: seed
+  15's views go otherwise and the variant passes it; of seeds 1-336 only 181
+  fails it, where the clock's variant fails too; 337 fails it with
+  ``locks_released``, and the variant with the PBFT fixes passes it having
+  taken carried PRE-PREPAREs);
 * seed 154: group 0's primary held a PRE-PREPARE and two COMMITs for a number
   its backups had executed before restarting (they keep no votes), but no
   PREPARE, and a vouching backup sent only a COMMIT:
@@ -43,7 +48,7 @@ def run(protocol: str, seed: int) -> Any:
 
 
 @pytest.mark.parametrize(("variant", "seed", "counter"), [
-    ("txn-pbft-drops-carried", 15, "pbft_new_view_carried"),
+    ("txn-pbft-drops-carried", 337, "pbft_new_view_carried"),
     ("txn-pbft-vouch-commits-only", 154, "pbft_executed_vouched_prepare"),
 ])
 def test_a_replica_stuck_below_the_others_catches_up(variant: str, seed: int,
