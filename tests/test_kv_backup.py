@@ -70,7 +70,8 @@ def test_save_while_writing_then_restore_into_a_new_cluster(tmp_path: Path) -> N
         writer = redis.Redis(port=base + 2, socket_timeout=20)
         while not stop.is_set():
             with writer.pipeline() as pipe:
-                pipe.incr("left").incr("right")
+                pipe.incr("left")
+                pipe.incr("right")
                 writes.append(pipe.execute()[0])
         writer.close()
 
@@ -106,7 +107,9 @@ def test_save_while_writing_then_restore_into_a_new_cluster(tmp_path: Path) -> N
     try:
         new = redis.Redis(port=new_base + 1, socket_timeout=20)
         found = dump(new)
-        left, right = (int(str(found.pop(key), "ascii")) for key in (b"left", b"right"))
+        left_text, right_text = found.pop(b"left"), found.pop(b"right")
+        assert isinstance(left_text, bytes) and isinstance(right_text, bytes)  # two strings
+        left, right = int(left_text), int(right_text)
         assert left == right  # the backup is one consistent state
         assert 20 <= left <= max(writes)
         for key in (b"left", b"right"):

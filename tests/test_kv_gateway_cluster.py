@@ -133,7 +133,9 @@ def test_redis_clients_through_the_gateway_survive_kill_9_of_a_backup(
     assert client.get("hello") == b"world"
     assert client.incr("c0") == 1
     pipe = client.pipeline()
-    pipe.set("r0", "a").append("r0", "b").get("r0")
+    pipe.set("r0", "a")
+    pipe.append("r0", "b")
+    pipe.get("r0")
     assert pipe.execute() == [True, 2, b"ab"]
     client.delete("r0", "c0")
     client.close()

@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -51,7 +52,7 @@ TRANSFER_S = 3 * REQUEST_TIMEOUT_MS / 1000
 TRANSFERS_DEADLINE_S = COMMITS / WORKERS * TRANSFER_S
 LIAR = 3  # the last node (``liar``: of whatever cluster a fixture made)
 BEHAVIOUR = "pbft_stale_reads+txn_lying_driver+txn_altering_driver"
-SECTIONS = {
+SECTIONS: dict[str, dict[str, Any]] = {
     "protocol.params": {"groups": GROUPS},
     "node": {"tick_us": 10_000},
     "transport": {"reconnect_delay_ms_min": 10, "reconnect_delay_ms_max": 200},
@@ -141,10 +142,13 @@ def test_single_group_commands_through_the_gateway(
         assert client.incr(key + "-n") == 1
     assert [client.get(key) for key in keys] == ["v0", "v1", "v2"]
     pipe = client.pipeline(transaction=False)  # a pipeline of one group: one request
-    pipe.set(keys[1], "a").append(keys[1], "b").get(keys[1])
+    pipe.set(keys[1], "a")
+    pipe.append(keys[1], "b")
+    pipe.get(keys[1])
     assert pipe.execute() == [True, 2, "ab"]
     pipe = client.pipeline(transaction=True)  # MULTI/EXEC of one group: one exec
-    pipe.incr(keys[2] + "-n").get(keys[2])
+    pipe.incr(keys[2] + "-n")
+    pipe.get(keys[2])
     assert pipe.execute() == [2, "v2"]
     # Another (correct) replica executed it: read on its own port, which trusts it.
     node = connect(cluster.cluster.nodes[liar(cluster) - 1].client.port)
@@ -163,7 +167,11 @@ def test_transactions_across_groups_through_the_gateway(
     a, b, c = (key_in(group, "tx") for group in range(GROUPS))
     settled(lambda: client.set(c, "seen"))
     pipe = client.pipeline(transaction=True)
-    pipe.set(a, 10).incrby(b, 5).get(c).rpush(a + "-list", "x", "y").get(a)
+    pipe.set(a, 10)
+    pipe.incrby(b, 5)
+    pipe.get(c)
+    pipe.rpush(a + "-list", "x", "y")
+    pipe.get(a)
     assert pipe.execute() == [True, 5, "seen", 2, "10"]
     node = connect(cluster.cluster.nodes[liar(cluster) - 1].client.port)
     assert settled(lambda: node.mget([a, b])) == ["10", "5"]
@@ -175,7 +183,8 @@ def test_transactions_across_groups_through_the_gateway(
         pipe.watch(a, b)
         settled(lambda: node.set(b, "changed"))
         pipe.multi()
-        pipe.set(a, "mine").set(b, "mine")
+        pipe.set(a, "mine")
+        pipe.set(b, "mine")
         with pytest.raises(redis.WatchError):
             pipe.execute()
 

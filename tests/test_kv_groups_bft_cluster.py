@@ -130,7 +130,11 @@ def test_transactions_across_groups_apply_whole(cluster: LocalCluster) -> None:
     a, b, c = (key_in(group, "tx") for group in range(GROUPS))
     client.set(c, "seen")
     pipe = client.pipeline(transaction=True)
-    pipe.set(a, 10).incrby(b, 5).get(c).rpush(a + "-list", "x", "y").get(a)
+    pipe.set(a, 10)
+    pipe.incrby(b, 5)
+    pipe.get(c)
+    pipe.rpush(a + "-list", "x", "y")
+    pipe.get(a)
     assert pipe.execute() == [True, 5, "seen", 2, "10"]
     other = connect(ports(cluster)[2])  # another node's replicas executed the same
     assert other.mget([a, b]) == ["10", "5"]
@@ -148,7 +152,8 @@ def test_watch_across_groups_aborts_on_a_change(cluster: LocalCluster) -> None:
         pipe.watch(a, b)
         settled(lambda: other.set(b, "changed"))
         pipe.multi()
-        pipe.set(a, "mine").set(b, "mine")
+        pipe.set(a, "mine")
+        pipe.set(b, "mine")
         with pytest.raises(redis.WatchError):
             pipe.execute()
 

@@ -116,14 +116,19 @@ def test_multi_exec_across_groups_answers_every_command(cluster: LocalCluster) -
     a, b, c = (key_in(group, "tx") for group in range(GROUPS))
     client.set(c, "seen")
     pipe = client.pipeline(transaction=True)
-    pipe.set(a, 10).incrby(b, 5).get(c).rpush(a + "-list", "x", "y").get(a)
+    pipe.set(a, 10)
+    pipe.incrby(b, 5)
+    pipe.get(c)
+    pipe.rpush(a + "-list", "x", "y")
+    pipe.get(a)
     assert pipe.execute() == [True, 5, "seen", 2, "10"]
     other = connect(ports(cluster)[0])
     assert other.get(a) == "10" and other.get(b) == "5" and other.lrange(a + "-list", 0, -1) == [
         "x", "y"]
     # A run-time error is that command's element; the rest applies (Redis's rule).
     pipe = client.pipeline(transaction=True)
-    pipe.lpush(c, "not-a-list").incr(b)
+    pipe.lpush(c, "not-a-list")
+    pipe.incr(b)
     results = pipe.execute(raise_on_error=False)
     assert isinstance(results[0], redis.ResponseError) and results[1] == 6
 
@@ -137,14 +142,16 @@ def test_watch_across_groups_aborts_on_a_change_in_any_group(cluster: LocalClust
     pipe.watch(a, b)
     other.set(b, "changed")  # another client, another node, the other group
     pipe.multi()
-    pipe.set(a, "mine").set(b, "mine")
+    pipe.set(a, "mine")
+    pipe.set(b, "mine")
     with pytest.raises(redis.WatchError):
         pipe.execute()
     assert client.mget([a, b]) == ["1", "changed"]
     pipe = client.pipeline(transaction=True)  # unchanged: it commits
     pipe.watch(a, b)
     pipe.multi()
-    pipe.set(a, "mine").set(b, "mine")
+    pipe.set(a, "mine")
+    pipe.set(b, "mine")
     assert pipe.execute() == [True, True]
     assert other.mget([a, b]) == ["mine", "mine"]
 
@@ -244,6 +251,13 @@ def transfers_through_a_kill(cluster: LocalCluster, accounts: list[str], balance
     assert sum(balances) == balance * len(accounts), balances
 
 
+def balance_of(value: bytes | str | None) -> int:
+    """An account's balance as read back: every account is set once and never deleted,
+    so a missing one fails here rather than counting as 0."""
+    assert value is not None, "an account is missing"
+    return int(value)
+
+
 def read_all(client: redis.Redis, accounts: list[str], deadline_s: float) -> list[Any]:
     """Every account in one MGET (a transaction across groups), asked again while
     the front answers TRYAGAIN (keys still locked by transfers the stopped workers
@@ -333,14 +347,14 @@ def test_bank_total_holds_with_leaders_killed(tmp_path: Path) -> None:
         for thread in threads:
             thread.join(timeout=DEADLINE_S)
         reader = connect(ports(cluster)[2])
-        balances = [int(value) for value in reader.mget(ACCOUNTS)]
+        balances = [balance_of(value) for value in reader.mget(ACCOUNTS)]
         assert sum(balances) == BALANCE * len(ACCOUNTS), balances
         assert all(balance >= 0 for balance in balances), balances
         # Nothing stays locked: every key reads one by one, on every node, and every
         # replica of every group reports no lock once the leases ran out.
         for port in ports(cluster):
             client = connect(port)
-            assert sum(int(client.get(account)) for account in ACCOUNTS) == BALANCE * len(
+            assert sum(balance_of(client.get(account)) for account in ACCOUNTS) == BALANCE * len(
                 ACCOUNTS)
 
         def unlocked() -> bool:

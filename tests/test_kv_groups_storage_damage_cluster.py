@@ -27,6 +27,7 @@ from test_kv_groups_cluster import (
     DEADLINE_S,
     GROUPS,
     SECTIONS,
+    balance_of,
     connect,
     key_in,
     ports,
@@ -135,7 +136,7 @@ def check_keys(cluster: LocalCluster, node: int, model: dict[str, str]) -> None:
 def bank_total(cluster: LocalCluster, node: int) -> int:
     client = connect(ports(cluster)[node])
     try:
-        return sum(int(value) for value in client.mget(ACCOUNTS))
+        return sum(balance_of(value) for value in client.mget(ACCOUNTS))
     finally:
         client.close()
 

@@ -19,7 +19,7 @@ from replicaio.core.errors import UsageError
 from replicaio.services.kv import KeyValueStateMachine, encode_command
 from replicaio.sim.harness import harness_for
 from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
-from replicaio.sim.options import Crash, SimOptions
+from replicaio.sim.options import Crash, Partition, SimOptions
 from replicaio.sim.simulator import Simulator
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
 from replicaio.smr.params import SmrConstants, SmrParams
@@ -115,6 +115,7 @@ class FakeApi:
         self.requests: list[tuple[int, Any]] = []
         self.calls: list[tuple[int, Callable[[], None]]] = []
         self.crashes: list[Crash] = []
+        self.partitions: list[Partition] = []
 
     def now(self) -> int:
         return self.time
@@ -127,6 +128,9 @@ class FakeApi:
 
     def crash(self, crash: Crash) -> None:
         self.crashes.append(crash)
+
+    def partition(self, partition: Partition) -> None:
+        self.partitions.append(partition)
 
     def advance(self, until_us: int) -> None:
         while True:

@@ -124,13 +124,18 @@ def test_large_values_reach_a_follower_by_snapshot_and_are_served_whole(
     # A pipeline mixing large reads with writes: in order, each write once.
     with client.pipeline(transaction=False) as pipe:
         for _ in range(3):
-            pipe.get("big").incr("n").get("largest").incr("n")
+            pipe.get("big")
+            pipe.incr("n")
+            pipe.get("largest")
+            pipe.incr("n")
         answers = pipe.execute()
     assert answers == [big + b"+tail", 1, largest, 2, big + b"+tail", 3, largest, 4,
                        big + b"+tail", 5, largest, 6]
     # A transaction (redis-py's default pipeline) writes and reads back one.
     with client.pipeline() as pipe:
-        pipe.set("in-exec", big).get("in-exec").incr("n")
+        pipe.set("in-exec", big)
+        pipe.get("in-exec")
+        pipe.incr("n")
         assert pipe.execute() == [True, big, 7]
     for index in range(24):  # many batches: the leader compacts past the follower
         assert client.set(f"small:{index}", index) is True

@@ -206,13 +206,13 @@ def test_sets_and_sorted_sets(clients: tuple[redis.Redis, redis.Redis]) -> None:
     a.sadd("s2", "b", "c", "d")
     assert b.smembers("s1") == {b"a", b"b", b"c"} and b.scard("s1") == 3
     assert b.sismember("s1", "a") and b.smismember("s1", ["a", "z"]) == [1, 0]
-    assert b.sinter("s1", "s2") == {b"b", b"c"}
-    assert b.sunion("s1", "s2") == {b"a", b"b", b"c", b"d"}
-    assert b.sdiff("s1", "s2") == {b"a"}
+    assert b.sinter(["s1", "s2"]) == {b"b", b"c"}
+    assert b.sunion(["s1", "s2"]) == {b"a", b"b", b"c", b"d"}
+    assert b.sdiff(["s1", "s2"]) == {b"a"}
     assert a.sinterstore("s3", ["s1", "s2"]) == 2 and b.scard("s3") == 2
     assert a.srem("s1", "a", "z") == 1 and a.smove("s1", "s2", "b")
     popped = a.spop("s2")
-    assert popped is not None and b.sismember("s2", popped) == 0
+    assert isinstance(popped, bytes) and b.sismember("s2", popped.decode()) == 0
     assert a.zadd("z", {"a": 1, "b": 2, "c": 3}) == 3
     assert a.zadd("z", {"a": 5}, xx=True, ch=True) == 1
     assert b.zscore("z", "a") == 5.0 and b.zcard("z") == 3
@@ -232,7 +232,7 @@ def test_string_commands(clients: tuple[redis.Redis, redis.Redis]) -> None:
     assert a.getset("st:k", "1") is None and a.getset("st:k", "2") == b"1"
     assert a.msetnx({"st:a": "1", "st:b": "2"}) is True
     assert a.msetnx({"st:b": "x", "st:c": "3"}) is False and b.exists("st:c") == 0
-    assert a.incrbyfloat("st:f", 1.5) == 1.5 and a.incrbyfloat("st:f", "0.25") == 1.75
+    assert a.incrbyfloat("st:f", 1.5) == 1.5 and a.incrbyfloat("st:f", 0.25) == 1.75
     a.set("st:r", "Hello World")
     assert b.getrange("st:r", 0, 4) == b"Hello" and b.getrange("st:r", -5, -1) == b"World"
     assert a.setrange("st:r", 6, "Redis") == 11 and b.get("st:r") == b"Hello Redis"
@@ -273,7 +273,7 @@ def test_info_client_time_role(cluster: LocalCluster,
     victim = connect(port_of(cluster, 1), client_name="victim")
     victim.ping()
     entry = next(item for item in b.client_list() if item["name"] == "victim")
-    assert b.client_kill_filter(_id=int(entry["id"])) == 1
+    assert b.client_kill_filter(_id=entry["id"]) == 1
     time.sleep(0.1)
     assert all(item["name"] != "victim" for item in b.client_list())
     victim.close()

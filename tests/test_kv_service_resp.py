@@ -17,15 +17,15 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from replicaio.core.codec import Codec
 from replicaio.runtime.client import check_service_params, service_factory
@@ -341,7 +341,7 @@ class FakeNode:
             return
         self.service.on_outputs([output])
 
-    async def __aenter__(self) -> FakeNode:
+    async def __aenter__(self) -> Self:
         await self.service.start(self, Address(LOCAL, 0), self.host_params)
         return self
 
@@ -655,7 +655,9 @@ def test_a_client_closing_mid_pipeline(how: str) -> None:
             while len(node.service.connections_open) > 1:
                 assert time.monotonic() < deadline, node.service.connections_open
                 await asyncio.sleep(0.01)
-            executed = int(node.kv.data.get(b"n", b"0"))
+            counter = node.kv.data.get(b"n", b"0")
+            assert isinstance(counter, bytes), counter
+            executed = int(counter)
             assert executed == 2000 if how == "half_close" else 0 <= executed <= 2000
             assert not node.service.waiters or all(
                 client_id in (c.read_client, c.write_client)
@@ -1056,7 +1058,7 @@ def test_random_and_mutated_input_never_crashes_the_service(chunks: list[bytes])
 def test_service_params_are_validated_when_the_cluster_file_is_loaded() -> None:
     assert service_factory("resp") is RespService
     check_service_params("resp", {"request_timeout_ms": 100, "retry_after_ms": 50})
-    for table, field in [
+    cases: list[tuple[dict[str, object], str]] = [
         ({"bogus": 1}, "service.bogus"),
         ({"pipeline_depth_max": "8"}, "service.pipeline_depth_max"),
         ({"retry_after_ms": 0}, "service.retry_after_ms"),
@@ -1064,7 +1066,8 @@ def test_service_params_are_validated_when_the_cluster_file_is_loaded() -> None:
         ({"group_bytes_max": 1 << 24}, "service.group_bytes_max"),
         ({"idle_timeout_ms": -1}, "service.idle_timeout_ms"),
         ({"reply_bytes_max": 0}, "service.reply_bytes_max"),
-    ]:
+    ]
+    for table, field in cases:
         with pytest.raises(ClusterFileError) as raised:
             check_service_params("resp", table)
         assert raised.value.field == field
@@ -1100,7 +1103,11 @@ def test_a_real_single_node_raft_host_serves_redis_py(tmp_path: Path) -> None:
             client = aioredis.Redis(host=LOCAL, port=client_port, retry=Retry(NoBackoff(), 0))
             await until(lambda: client.set("k", "v"), True)
             async with client.pipeline(transaction=False) as pipe:
-                pipe.append("k", "w").get("k").incr("n").mget("k", "n").exists("k", "z")
+                pipe.append("k", "w")
+                pipe.get("k")
+                pipe.incr("n")
+                pipe.mget("k", "n")
+                pipe.exists("k", "z")
                 assert await pipe.execute() == [2, b"vw", 1, [b"vw", b"1"], 1]
             assert (await client.info("replication"))["role"] == "leader"
             await client.aclose()

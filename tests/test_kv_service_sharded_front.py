@@ -151,7 +151,8 @@ def test_a_command_on_locked_keys_is_sent_again_after_a_pause() -> None:
             assert await client.get(key) == b"2"
             node.locked[1] = 1
             pipe = client.pipeline(transaction=False)
-            pipe.incr(key).incr(key)
+            pipe.incr(key)
+            pipe.incr(key)
             assert await pipe.execute() == [3, 4]  # (one request, sent again whole)
 
     run(scenario)

@@ -397,7 +397,8 @@ def test_exec_refuses_nesting_and_bad_watches() -> None:
     assert fails(kv, RAW.encode_value(["exec", [[b"k", "1"]], []])) == "bad_arguments"
     assert fails(kv, RAW.encode_value(["exec", [], [1]])) == "bad_arguments"
     inner = RAW.decode_value(kv.apply(RAW.encode_value(["batch", [encode_exec([], [])]])))
-    assert isinstance(inner, tuple)
+    assert isinstance(inner, tuple) and isinstance(inner[1], tuple)
+    assert isinstance(inner[1][0], bytes), inner
     assert decode_result(inner[1][0]) == KvError("bad_arguments", "exec inside a batch or exec")
     too_many = [[b"k", 0]] * (WATCH_KEYS_MAX + 1)
     assert fails(kv, RAW.encode_value(["exec", too_many, []])) == "bad_arguments"

@@ -90,7 +90,8 @@ def get(client: redis.Redis, key: str) -> bytes | None:
     deadline = time.monotonic() + DEADLINE_S
     while True:
         try:
-            found: bytes | None = client.get(key)
+            found = client.get(key)
+            assert not isinstance(found, str)  # connect() leaves decode_responses off
             return found
         except (redis.RedisError, OSError):
             if time.monotonic() > deadline:

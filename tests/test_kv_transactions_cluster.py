@@ -109,15 +109,24 @@ class Raw:
 def test_the_issue_example_applies_once_and_answers_each_command(cluster: LocalCluster) -> None:
     client = connect(port_of(cluster, 0))
     with client.pipeline() as pipe:  # transaction=True: MULTI, the commands, EXEC
-        pipe.set("txk", "applied?").incr("txn")
+        pipe.set("txk", "applied?")
+        pipe.incr("txn")
         assert pipe.execute() == [True, 1]
     assert client.get("txk") == b"applied?" and client.get("txn") == b"1"
     with client.pipeline() as pipe:
-        pipe.set("a", "1").get("a").incr("a").append("a", "0").mget("a", "txk").delete("a")
-        pipe.exists("a").setnx("b", "x").strlen("b")
+        pipe.set("a", "1")
+        pipe.get("a")
+        pipe.incr("a")
+        pipe.append("a", "0")
+        pipe.mget("a", "txk")
+        pipe.delete("a")
+        pipe.exists("a")
+        pipe.setnx("b", "x")
+        pipe.strlen("b")
         assert pipe.execute() == [True, b"1", 2, 2, [b"20", b"applied?"], 1, 0, True, 1]
     with client.pipeline() as pipe:  # read-only transactions go through the read barrier
-        pipe.get("txk").mget("txn", "b")
+        pipe.get("txk")
+        pipe.mget("txn", "b")
         assert pipe.execute() == [b"applied?", [b"1", b"x"]]
     client.close()
 
@@ -129,7 +138,8 @@ def test_a_queue_time_error_aborts_the_whole_transaction(cluster: LocalCluster) 
                          (("CLIENT", "ID"), "not allowed inside a transaction"),
                          (("SELECT", "0"), "not allowed inside a transaction")):
         with client.pipeline() as pipe:
-            pipe.set("aborted", "1").incr("aborted-counter")
+            pipe.set("aborted", "1")
+            pipe.incr("aborted-counter")
             pipe.execute_command(*bad)
             # redis-py reads EXEC's -EXECABORT and raises the queued command's error.
             with pytest.raises(redis.ResponseError, match=message):
@@ -148,7 +158,10 @@ def test_a_runtime_error_is_one_element_of_the_exec_reply(cluster: LocalCluster)
     client = connect(port_of(cluster, 2))
     client.set("text", "not a number")
     with client.pipeline() as pipe:
-        pipe.set("before", "1").incr("text").incr("after").set("k", "v", ex=0)
+        pipe.set("before", "1")
+        pipe.incr("text")
+        pipe.incr("after")
+        pipe.set("k", "v", ex=0)
         results = pipe.execute(raise_on_error=False)
     assert results[0] is True and results[2] == 1
     assert isinstance(results[1], redis.ResponseError) and "not an integer" in str(results[1])
@@ -339,7 +352,8 @@ def test_transactions_stay_atomic_while_the_leader_is_killed(tmp_path: Path) -> 
         while not stop.is_set():
             try:
                 with client.pipeline() as pipe:
-                    pipe.incr("x").incr("y")
+                    pipe.incr("x")
+                    pipe.incr("y")
                     first, second = pipe.execute()
                 assert first == second, (first, second)
                 outcome = "acknowledged"

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_kv_service_resp import FakeSession
 
 from replicaio.services.kv.redis_commands import Local
-from replicaio.services.kv.resp import NULL_ARRAY, OK, PONG, QUEUED, RESP2, RespError
+from replicaio.services.kv.resp import NULL_ARRAY, OK, PONG, QUEUED, RespError
 from replicaio.services.kv.state_machine import KeyValueStateMachine
 from replicaio.services.kv.transactions import (
     EXECABORT,
@@ -21,16 +22,6 @@ from replicaio.services.kv.transactions import (
 )
 
 LIMITS = TransactionLimits(commands_max=4, bytes_max=200, watch_keys_max=3)
-
-
-class Session:
-    protocol = RESP2
-    name: bytes | None = None
-    connection_id = 1
-    closing = False
-
-    def server_info(self) -> dict[str, dict[str, str | int]]:
-        return {}
 
 
 WORDS = st.sampled_from([b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH", b"SET", b"GET",
@@ -47,7 +38,7 @@ def test_any_command_sequence_is_planned_within_bounds(
     kv = KeyValueStateMachine()
     for word, arguments in commands:
         was_active = transaction.active
-        step = plan_transaction(transaction, Session(), [word, *arguments], LIMITS)
+        step = plan_transaction(transaction, FakeSession(), [word, *arguments], LIMITS)
         assert len(transaction.queued) <= LIMITS.commands_max
         assert transaction.queued_bytes <= LIMITS.bytes_max
         assert len(transaction.watches) <= LIMITS.watch_keys_max
@@ -66,9 +57,9 @@ def test_any_command_sequence_is_planned_within_bounds(
 
 
 def plan_all(transaction: Transaction, *commands: list[bytes]) -> list[object]:
-    found = []
+    found: list[object] = []
     for argv in commands:
-        step = plan_transaction(transaction, Session(), argv, LIMITS)
+        step = plan_transaction(transaction, FakeSession(), argv, LIMITS)
         found.append(step.reply if isinstance(step, Local) else step)
     return found
 
@@ -92,5 +83,7 @@ def test_redis_state_rules() -> None:
     # A run-time error (a bad argument) is queued and becomes its element of the reply.
     replies = plan_all(transaction, [b"MULTI"], [b"INCRBY", b"k", b"x"], [b"PING"], [b"EXEC"])
     assert replies[1:3] == [QUEUED, QUEUED]
-    error, pong = replies[3]  # type: ignore[misc]
+    exec_reply = replies[3]
+    assert isinstance(exec_reply, list) and len(exec_reply) == 2, exec_reply
+    error, pong = exec_reply
     assert isinstance(error, RespError) and "not an integer" in error.text and pong == PONG

@@ -98,7 +98,8 @@ def test_watch_aborts_when_a_watched_key_expires() -> None:
     version = kv.version(b"w")
     kv.advance_clock(105)
     exec_command = encode_exec([(b"w", version)], [encode_command("put", b"out", b"1")])
-    assert decode_result(kv.apply(exec_command)).value is not None  # not yet expired
+    result = decode_result(kv.apply(exec_command))
+    assert isinstance(result, KvOk) and result.value is not None  # not yet expired
     kv.advance_clock(200)
     kv.expiry_heap.clear()  # (so only the lazy path can see it)
     exec_command = encode_exec([(b"w", version)], [encode_command("put", b"out2", b"1")])
@@ -235,7 +236,8 @@ def test_replicas_agree_byte_for_byte_across_a_snapshot(seed: int) -> None:
     commands = random_commands(rng, 200)
     cut = rng.randrange(len(commands))
     one, two = KeyValueStateMachine(), KeyValueStateMachine()
-    results_one, results_two = [], []
+    results_one: list[bytes] = []
+    results_two: list[bytes] = []
     for index, (clock, command) in enumerate(commands):
         if index == cut:
             restored = KeyValueStateMachine()

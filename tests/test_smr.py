@@ -120,7 +120,8 @@ class LogOrdering:
         if self.context.id != self.shared.leader:
             return NotLeader(self.shared.leader)
         self.shared.entries.append(batch)
-        kind = SignedBatch if CODEC.decode(batch).__class__ is SignedBatch else Batch
+        signed = CODEC.decode(batch).__class__ is SignedBatch
+        kind: type[SignedBatch] | type[Batch] = SignedBatch if signed else Batch
         self.shared.submitted.append(len(CODEC.decode_as(batch, kind).requests))
         if self.shared.mode == "sync":
             self.commit()

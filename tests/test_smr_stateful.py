@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from test_smr import Cluster, CommitNow, DropUncommitted
 
 from replicaio.services.kv import KvOk, decode_result, encode_command
+from replicaio.services.kv.values import Value
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
 from replicaio.smr.params import SmrConstants, SmrParams
 
@@ -97,13 +98,14 @@ class SessionMachine(RuleBasedStateMachine):
 
     @invariant()
     def replicas_at_one_index_agree(self) -> None:
-        states: dict[int, dict[bytes, bytes]] = {}
+        states: dict[int, dict[bytes, Value]] = {}
         for node in range(NODES):
             replica = self.cluster.protocol(node).replica
             data = self.cluster.kv(node).data
             assert states.setdefault(replica.applied, data) == data
             for client in range(CLIENTS):
                 value = data.get(f"c{client}".encode())
+                assert value is None or isinstance(value, bytes), value  # a counter: a string
                 executed = 0 if value is None else int(value)
                 assert executed <= self.seq[client], "an operation ran more than once"
 
