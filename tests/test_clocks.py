@@ -27,7 +27,7 @@ CUT_AFTER_US = 300_000
 
 
 def test_clock_rates_are_drawn_from_the_seed_within_the_bound() -> None:
-    seen = set()
+    seen: set[int] = set()
     for seed in range(50):
         options = SimOptions.draw(seed, 5, 0, (), clock_drift_ppm=DRIFT_PPM)
         assert options == SimOptions.draw(seed, 5, 0, (), clock_drift_ppm=DRIFT_PPM)
@@ -123,6 +123,8 @@ def run(protocol: str, options: SimOptions) -> SimResult:
     simulator = Simulator(protocol, options, f=1, record=False)
     slow = options.clock_rates_ppm.index(min(options.clock_rates_ppm))
     api = SimulatorApi(simulator)
+    harness = simulator.harness
+    assert isinstance(harness, KvHarness)
     leader = [-1]
 
     def observe(node: int, output: Any, time_us: int) -> None:
@@ -140,8 +142,6 @@ def run(protocol: str, options: SimOptions) -> SimResult:
             api.request(leader[0], harness.codec.encode(RaftAdmin("transfer", slow)))
         api.call_at(api.now() + 300_000, transfer)
 
-    harness = simulator.harness
-    assert isinstance(harness, KvHarness)
     harness.observers.append(observe)
     api.call_at(300_000, transfer)
     return simulator.run()

@@ -143,7 +143,7 @@ def test_message_is_a_frozen_slotted_hashable_struct() -> None:
     assert hash(echo) == hash(Echo(1, 2, b"x"))
     assert not hasattr(echo, "__dict__")
     with pytest.raises(AttributeError):
-        echo.seq = 3  # type: ignore[misc]
+        echo.seq = 3
     assert registered_messages()["test_codec.Echo"] is Echo
 
 

@@ -17,7 +17,9 @@ from test_runtime_host import cluster_file
 
 from replicaio.core.codec import Codec
 from replicaio.runtime import gateway as gateway_module
+from replicaio.runtime.config import ClusterFile
 from replicaio.runtime.gateway import GatewayHost
+from replicaio.runtime.kv.relay import UNGROUPED
 from replicaio.runtime.kv.service import RespService
 from replicaio.services.txn.protocol import TxnRequest
 from replicaio.smr.api import ClientRequest
@@ -26,23 +28,29 @@ from replicaio.smr.groups import GroupRequest
 CODEC = Codec()
 
 
-class Recorded:
+class Unsent(GatewayHost):
     """A gateway whose votes and attempts are recorded instead of sent."""
 
-    def __init__(self, host: GatewayHost) -> None:
-        self.host = host
+    def __init__(self, cluster: ClusterFile, service: RespService) -> None:
+        super().__init__(cluster, service)
         self.votes: list[tuple[ClientRequest, bool, int]] = []
         self.attempts: list[TxnRequest] = []
+
+    async def vote(self, local: ClientRequest, multicast: bool, group: int = UNGROUPED) -> None:
+        self.votes.append((local, multicast, group))
+
+    async def transact(self, local: TxnRequest) -> None:
+        self.attempts.append(local)
+
+
+class Recorded:
+    """An :class:`Unsent` gateway and what ``try_submit`` told the front."""
+
+    def __init__(self, host: Unsent) -> None:
+        self.host = host
+        self.votes = host.votes
+        self.attempts = host.attempts
         self.told: list[str | None] = []
-
-        async def vote(request: ClientRequest, multicast: bool, group: int) -> None:
-            self.votes.append((request, multicast, group))
-
-        async def transact(request: TxnRequest) -> None:
-            self.attempts.append(request)
-
-        host.vote = vote  # type: ignore[method-assign]
-        host.transact = transact  # type: ignore[method-assign]
 
     def submit(self, payload: Any) -> bool:
         return self.host.try_submit(payload, self.told.append)
@@ -63,7 +71,7 @@ def make(tmp_path: Path, groups: int = 0) -> Recorded:
                                sections={"protocol.params": {"groups": groups}})
     else:
         cluster = cluster_file(tmp_path, 4, protocol="pbft")
-    return Recorded(GatewayHost(cluster, RespService()))
+    return Recorded(Unsent(cluster, RespService()))
 
 
 def request(client: int, seq: int, command: bytes = b"x") -> ClientRequest:

@@ -24,7 +24,7 @@ from replicaio.cli import main
 from replicaio.sim.kv_harness import KvWorkload, kv_options
 from replicaio.sim.options import Crash, SimOptions
 from replicaio.sim.shrink import candidates
-from replicaio.sim.simulator import Simulator, SimulatorApi
+from replicaio.sim.simulator import SimNode, Simulator, SimulatorApi
 from replicaio.trace.replay import replay
 
 VARIANT = "raft-count-leader-unsynced"
@@ -114,7 +114,9 @@ def test_broadcast_swarms_hold_under_group_commit(protocol: str, byzantine: int)
     assert held > 0
 
 
-def test_a_crash_during_a_sync_loses_the_unsynced_writes_and_the_held_effects() -> None:
+def test_a_crash_during_a_sync_loses_the_unsynced_writes_and_the_held_effects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Kill node 0 between steps while its sync is pending: the writes of the
     steps since the sync began are gone from its disk (all but the kept
     prefix), and nothing those steps held back ever left."""
@@ -124,13 +126,13 @@ def test_a_crash_during_a_sync_loses_the_unsynced_writes_and_the_held_effects() 
     caught: list[tuple[int, int]] = []
     original = simulator.go_down
 
-    def go_down(target: Any, crash: Any, keep_unsynced: int) -> None:
+    def go_down(target: SimNode, crash: Crash, keep_unsynced: int) -> None:
         if target is node and target.waiting is not None:
             caught.append((target.storage.unsynced_count, keep_unsynced))
         original(target, crash, keep_unsynced)
         assert target.waiting is None and not target.timers_to_arm
 
-    simulator.go_down = go_down  # type: ignore[method-assign]
+    monkeypatch.setattr(simulator, "go_down", go_down)
 
     api = SimulatorApi(simulator)
 

@@ -17,7 +17,6 @@ import pytest
 from test_runtime_host import (
     RecordingHost,
     cluster_file,
-    frame_header,
     raft_writes,
     read_until,
     run_hosts,
@@ -25,6 +24,7 @@ from test_runtime_host import (
 
 from replicaio.protocols.broadcast import Delivered
 from replicaio.runtime.durability import DurabilityPipeline
+from replicaio.runtime.framing import frame_header
 from replicaio.storage.file import FileStorage, SealedBatch
 from replicaio.testing.host_variants import (
     ReleaseAtLogFlush,

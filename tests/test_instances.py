@@ -14,11 +14,11 @@ from replicaio.core.context import Context, Ignore
 from replicaio.core.effects import Effects, Receive, Request, Start, TimerFired
 from replicaio.core.errors import ConfigError
 from replicaio.core.node import TICK_TIMER, Envelope, Node
+from replicaio.interfaces.broadcast import VALUE_BYTES_MAX
 from replicaio.protocols.broadcast import Accepted, Delivered, Instances
 from replicaio.protocols.broadcast.beb import best_effort
 from replicaio.protocols.broadcast.bracha import bracha
 from replicaio.protocols.broadcast.catchup import CATCHUP_INTERVAL_US, Archived, Fetch, Gone
-from replicaio.protocols.broadcast.instances import VALUE_BYTES_MAX
 
 N = 4
 WINDOW = 4

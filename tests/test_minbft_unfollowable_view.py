@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from replicaio.sim.kv_harness import KvWorkload, kv_options
+from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
 from replicaio.sim.options import Crash, Partition
 from replicaio.sim.simulator import SimResult, Simulator
 
@@ -33,7 +33,9 @@ def run(seed: int, crash: bool) -> tuple[SimResult, list[float]]:
                       crashes=(Crash(1, CRASH_US, DOWN_US, False, 0),) if crash else ())
     simulator = Simulator("minbft", options, f=1, record=False)
     result = simulator.run()
-    returned = [op.return_ for op in simulator.harness.operations()
+    harness = simulator.harness
+    assert isinstance(harness, KvHarness)
+    returned = [op.return_ for op in harness.operations()
                 if op.status == "ok" and op.return_ is not None]
     return result, returned
 

@@ -332,7 +332,9 @@ def test_link_on_the_root_context_receives() -> None:
     assert node.counters == {}
     node.step(Request(b"mine"))
     assert node.counters == {}
-    assert node.protocol.link.received == {1: b"hi", 0: b"mine"}  # type: ignore[attr-defined]
+    root = node.protocol
+    assert isinstance(root, Root)
+    assert root.link.received == {1: b"hi", 0: b"mine"}
 
 
 # -- one-shot link semantics -----------------------------------------------------------
@@ -427,7 +429,8 @@ def test_send_to_all_after_send_to_one_peer_never_equivocates() -> None:
     # this correct node look like an equivocator
     assert effects.sends == [(1, envelope(6, channel="NOTE")), (3, envelope(6, channel="NOTE"))]
     assert node.counters == {"link_second_send": 1}
-    assert node.reliable.unacked[2][(PATH, "NOTE")].envelope.body == 5
+    retained = node.reliable.unacked[2][(PATH, "NOTE")].envelope
+    assert isinstance(retained, Envelope) and retained.body == 5
     assert protocol(node).note.received == {0: 6}
     effects = node.step(Request(("note_all", 6)))
     assert not effects  # the others have it; node 2's conflict is counted again

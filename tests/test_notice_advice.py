@@ -7,6 +7,7 @@ from __future__ import annotations
 import string
 
 import replicaio.assembly  # noqa: F401  (registers every protocol's outputs)
+from replicaio.core.codec import Message
 from replicaio.core.effects import NOTICE_ADVICE, NOTICE_TYPES
 from replicaio.protocols.minbft.recovery import UsigLost
 
@@ -15,6 +16,7 @@ def test_every_advice_names_only_fields_of_its_notice() -> None:
     assert UsigLost in NOTICE_ADVICE
     for kind, advice in NOTICE_ADVICE.items():
         assert kind in NOTICE_TYPES
+        assert issubclass(kind, Message), kind  # a notice is an output message
         fields = set(kind.__struct_fields__)
         names = {name for _, name, _, _ in string.Formatter().parse(advice) if name}
         assert names and names <= fields, (kind.__name__, names - fields)

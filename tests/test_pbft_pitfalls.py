@@ -16,7 +16,7 @@ from replicaio.services.kv.state_machine import KeyValueStateMachine
 from replicaio.sim.kv_harness import KvHarness, KvWorkload, kv_options
 from replicaio.sim.options import Crash, Partition, SimOptions
 from replicaio.sim.simulator import SimResult, Simulator
-from replicaio.smr.protocol import SmrProtocol
+from replicaio.smr.protocol import SmrFactory, SmrProtocol
 
 
 def quiet_options(seed: int, nodes: int = 4, **workload: Any) -> SimOptions:
@@ -165,13 +165,12 @@ def test_a_checkpoint_digest_outvoted_by_the_quorum_is_reported() -> None:
     """Non-determinism: replica 3's state differs; 2f+1 others certify theirs,
     and replica 3 reports its disagreement instead of ignoring it."""
     base = protocol_factory("pbft")
+    assert type(base) is SmrFactory
 
-    class Factory(type(base)):  # type: ignore[misc]
+    class Factory(SmrFactory):
         def __call__(self, context: Context) -> SmrProtocol:
-            if context.id == 3:
-                self.state_machine = ReplicaThreeDiverges
-            else:
-                self.state_machine = KeyValueStateMachine
+            diverges = context.id == 3
+            self.state_machine = ReplicaThreeDiverges if diverges else KeyValueStateMachine
             return super().__call__(context)
 
     factory = Factory.__new__(Factory)

@@ -21,6 +21,7 @@ from replicaio.sim.options import Crash, Partition
 from replicaio.sim.simulator import Simulator
 from replicaio.smr.api import ClientRequest
 from replicaio.smr.auth import KeyedClientSigner
+from replicaio.smr.protocol import SmrProtocol
 
 CLIENT = 1 << 40  # no harness client has this id
 
@@ -120,7 +121,9 @@ def test_a_primary_cannot_move_the_stores_clock_ahead() -> None:
     for node in (1, 2, 3):
         core = sim.nodes[node].core
         assert core is not None
-        clocks.append(core.protocol.replica.clock_ms)  # type: ignore[attr-defined]
+        protocol = core.protocol
+        assert isinstance(protocol, SmrProtocol)
+        clocks.append(protocol.replica.clock_ms)
     assert max(clocks) <= sim.now // 1000 + 2_000, clocks
     assert result.counters.get("smr_validate_stamp_ahead", 0) > 0
     assert result.stats["pbft_view_max"] >= 1
@@ -141,7 +144,10 @@ def test_a_damaged_stable_checkpoint_is_refused_on_load_and_recovered_by_state_t
         durable = storage._durable  # bit rot in a synced record: below the Storage API
         key = next(key for key in durable if key.endswith("stable"))
         assert sim.nodes[3].core is None  # down
-        seq, digest, snapshot, proof = Codec().decode_value(durable[key])
+        record = Codec().decode_value(durable[key])
+        assert isinstance(record, tuple), record
+        seq, digest, snapshot, proof = record
+        assert isinstance(snapshot, bytes), snapshot
         flipped = bytearray(snapshot)
         flipped[len(flipped) // 2] ^= 0x40
         durable[key] = Codec().encode_value((seq, digest, bytes(flipped), proof))

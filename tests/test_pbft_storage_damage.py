@@ -8,6 +8,7 @@ the recovery of a replica with only crash faults around it."""
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import pytest
 from test_pbft_pitfalls import at, pbft_of, quiet_options, simulator
@@ -76,7 +77,7 @@ def test_a_damaged_replica_recovers_once_a_checkpoint_passes_its_window() -> Non
         seen.append((time_us, pbft_of(sim, 1).withholding))
 
     for time_us in (355_000, 420_000, 3_000_000):
-        at(sim, time_us, lambda time_us=time_us: look(time_us))
+        at(sim, time_us, partial(look, time_us))
     result = sim.run()
     assert result.violations == []
     assert seen == [(355_000, True), (420_000, True), (3_000_000, False)]

@@ -172,8 +172,11 @@ def test_6_i_adding_and_removing_in_turns_keeps_every_property() -> None:
         assert cluster.run(until=lambda: committed_config(cluster, 0))
         assert cluster.admin(0, "add", target) is None
         cluster.submit(0, f"a{round_}".encode())
-        assert cluster.run(until=lambda target=target: target in voters(cluster, 0)
-                           and committed_config(cluster, 0))
+
+        def joined(target: int = target) -> bool:
+            return target in voters(cluster, 0) and committed_config(cluster, 0)
+
+        assert cluster.run(until=joined)
     assert voters(cluster, 0) == (0, 1, 2, 3, 4)
     cluster.submit(0, b"end")
     assert cluster.run(until=lambda: cluster.all_applied(b"end"))

@@ -326,7 +326,7 @@ def test_5_3_h_lost_append_entries_are_retransmitted() -> None:
     cluster.start()
     cluster.elect(0)
     settle(cluster)
-    dropped = []
+    dropped: list[AppendEntries] = []
 
     def drop(source: int, destination: int, message: object) -> bool:
         if type(message) is AppendEntries and message.entries and len(dropped) < 6:

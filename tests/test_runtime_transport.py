@@ -29,10 +29,10 @@ from replicaio.runtime.crypto import (
     generate_ed25519_key,
 )
 from replicaio.runtime.framing import frame_header
+from replicaio.runtime.peer_reader import SEQUENCE
 from replicaio.runtime.tls import TlsConfig
 from replicaio.runtime.transport import (
     NONCE_BYTES,
-    SEQUENCE,
     WRITE_BATCH_BYTES_MAX,
     HandshakeRejected,
     Transport,

@@ -205,7 +205,7 @@ def test_explore_enumerates_choice_sequences_and_finds_broken_runs() -> None:
     assert bad.failures[0]["violations"][0]["property"] == "agreement"
 
 
-def test_explore_branches_on_every_alternative() -> None:
+def test_explore_branches_on_every_alternative(monkeypatch: pytest.MonkeyPatch) -> None:
     """With a choice override, the explorer visits every outcome sequence once."""
     from replicaio.sim import explore as explore_module
 
@@ -221,12 +221,8 @@ def test_explore_branches_on_every_alternative() -> None:
 
         return Result()
 
-    original = explore_module.simulate
-    explore_module.simulate = fake_simulate  # type: ignore[assignment]
-    try:
-        result = explore_module.explore("bracha", SimOptions.draw(1, 4, 0, ()), runs_max=100)
-    finally:
-        explore_module.simulate = original
+    monkeypatch.setattr(explore_module, "simulate", fake_simulate)
+    result = explore_module.explore("bracha", SimOptions.draw(1, 4, 0, ()), runs_max=100)
     assert sorted(seen) == [(a, b) for a in range(3) for b in range(2)]
     assert result.exhaustive
     assert result.runs == 6

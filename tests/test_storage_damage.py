@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from replicaio.storage.base import StorageCorruptError, StorageUsageError
+from replicaio.storage.base import StorageCorruptError, StorageDamage, StorageUsageError
 from replicaio.storage.file import SEGMENT_HEADER, FileStorage, Record, decode_record
 from replicaio.storage.memory import MemoryStorage
 from replicaio.storage.superblock import SLOT_BYTES, SUPERBLOCK_FILE_NAME
@@ -189,6 +189,12 @@ def test_a_superblock_with_every_copy_damaged_refuses_to_open(tmp_path: Path) ->
         FileStorage(tmp_path)
 
 
+def damage_of(store: MemoryStorage) -> StorageDamage | None:
+    """``store.damage`` read by a call: mypy keeps an attribute narrowed by an
+    assert across the calls that change it (``clear_damage``, ``crash``)."""
+    return store.damage
+
+
 def test_memory_storage_reports_lost_synced_writes_and_keeps_the_epoch() -> None:
     store = MemoryStorage()
     store.set_epoch(3)
@@ -204,7 +210,7 @@ def test_memory_storage_reports_lost_synced_writes_and_keeps_the_epoch() -> None
     assert store.damage is not None  # until cleared
     store.clear_damage()
     store.crash()
-    assert store.damage is None
+    assert damage_of(store) is None
     store.wipe_log()
     assert store.recover() == {}
     assert store.damage is not None

@@ -7,6 +7,7 @@ format version) it still refuses, changing nothing."""
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from replicaio.storage.base import StorageCorruptError
 from replicaio.storage.file import (
     FORMAT_VERSION,
+    SEGMENT_BYTES_MAX_DEFAULT,
     SEGMENT_HEADER,
     SEGMENT_MAGIC,
     FileStorage,
@@ -30,11 +32,13 @@ MID_LOG = "damaged log cut back to its intact prefix"
 Batches = list[dict[str, bytes]]
 
 
-def _write(directory: Path, batches: int, **options: int) -> Batches:
+def _write(directory: Path, batches: int,
+           segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT) -> Batches:
     """``batches`` syncs of three puts each (and a delete from the fourth on);
     returns the whole state after each batch."""
     states: Batches = [{}]
-    with FileStorage(directory, wal_bytes_compact_threshold=None, **options) as store:
+    with FileStorage(directory, wal_bytes_compact_threshold=None,
+                     segment_bytes_max=segment_bytes_max) as store:
         model: dict[str, bytes] = {}
         for batch in range(batches):
             for index in range(3):
@@ -254,9 +258,7 @@ def test_a_crash_at_any_step_of_a_repair_is_repaired_again(
     """A crash before each rename of the cut (every intermediate state: the
     report recorded, some of the suffix moved) opens to the same prefix, still
     reported, with nothing of the evidence lost."""
-    import replicaio.storage.repair as repair
-
-    rename = repair.os.rename
+    rename = os.rename  # what repair.py calls (os.rename, looked up at each call)
     for crash_at in range(40):
         directory = tmp_path / str(crash_at)
         states = _write(directory, batches=8, segment_bytes_max=200)
@@ -267,19 +269,19 @@ def test_a_crash_at_any_step_of_a_repair_is_repaired_again(
         del states
         calls = iter(range(crash_at + 1))
 
-        def crashing(source: object, target: object, calls: Iterator[int] = calls,
+        def crashing(source: Path, target: Path, calls: Iterator[int] = calls,
                      crash_at: int = crash_at) -> None:
             if next(calls, None) == crash_at:
                 raise _Crash
-            rename(source, target)  # type: ignore[arg-type]
+            rename(source, target)
 
-        monkeypatch.setattr(repair.os, "rename", crashing)
+        monkeypatch.setattr(os, "rename", crashing)
         try:
             FileStorage(directory, repair=True).close()
             crashed = False
         except _Crash:
             crashed = True
-        monkeypatch.setattr(repair.os, "rename", rename)
+        monkeypatch.setattr(os, "rename", rename)
         with FileStorage(directory, repair=True) as store:
             assert store.recover() == expected, crash_at
             assert store.damage is not None

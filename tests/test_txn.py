@@ -17,6 +17,7 @@ from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.effects import Receive, Start
 from replicaio.core.node import Node
 from replicaio.core.stream import GroupDatagram
+from replicaio.services.txn.protocol import TxnNode
 from replicaio.services.txn.slots import SLOTS, SlotMap, crc16, hash_slot
 from replicaio.services.txn.store import StoreParams, TxnStore, unclaimed
 from replicaio.sim.simulator import Simulator
@@ -209,7 +210,9 @@ def test_sharded_key_value_watch_aborts_on_a_changed_version() -> None:
     refused = 0
     for node in simulator.nodes:
         assert node.core is not None
-        for store in node.core.protocol.stores:
+        protocol = node.core.protocol
+        assert isinstance(protocol, TxnNode)
+        for store in protocol.stores:
             refused += store.counters.get("refused_version", 0)
     assert refused > 0
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from replicaio.core.codec import Codec
+from replicaio.core.codec import Codec, Value
 from replicaio.core.context import group_domain
 from replicaio.core.signing import SIMULATION_SECRET, KeyedHashSigner
 from replicaio.services.txn.store import (
@@ -50,6 +50,12 @@ def signer(node: int) -> KeyedHashSigner:
     return signers[node] if node < N else KeyedHashSigner(node, SIMULATION_SECRET, node + 1)
 
 
+def as_tuple(value: Value, length: int) -> tuple[Value, ...]:
+    """``value`` decoded from the wire: a tuple of ``length`` items."""
+    assert isinstance(value, tuple) and len(value) == length, value
+    return value
+
+
 def certified_store(group: int) -> TxnStore:
     store = TxnStore()
     store.group = group
@@ -72,10 +78,11 @@ def test_a_certificate_needs_f_plus_1_distinct_members_over_the_same_claim() -> 
     outsider = codec.decode_value(codec.encode_value(
         certificate(1, VOTE, 1, 1, 0, [0, 1], nodes=(1, 7))))
     assert certifier.claim(outsider, 1) is None  # not a member of the group
-    group, signed_claim, signed = good
+    group, signed_claim, signed = as_tuple(good, 3)
     other = codec.encode_value([CLAIM, VOTE, 1, 2, 0, [0, 1]])
     assert certifier.claim((group, other, signed), 1) is None  # signatures of another claim
-    bad = ((signed[0][0], signed[0][1]), (signed[1][0], b"\x00" * 32))
+    first, second = (as_tuple(pair, 2) for pair in as_tuple(signed, 2))
+    bad = (first, (second[0], b"\x00" * 32))
     assert certifier.claim((group, signed_claim, bad), 1) is None
     for junk in (None, (), (1,), (1, claim, None), (1, "text", ()), (1, claim, ((1,),)),
                  (1, claim, (("x", b""),)), [1, claim, []]):

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from replicaio.services.txn.protocol import TxnNode
 from replicaio.sim.simulator import Simulator
 from replicaio.sim.txn_harness import TxnWorkload, txn_options
 
@@ -31,7 +32,9 @@ def store_counter(simulator: Simulator, name: str) -> int:
     total = 0
     for node in simulator.nodes:
         if node.core is not None:
-            total += sum(store.counters.get(name, 0) for store in node.core.protocol.stores)
+            protocol = node.core.protocol
+            assert isinstance(protocol, TxnNode)
+            total += sum(store.counters.get(name, 0) for store in protocol.stores)
     return total
 
 

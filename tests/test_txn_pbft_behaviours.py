@@ -9,6 +9,8 @@ as badly signed and the behaviour acted as a drop."""
 from __future__ import annotations
 
 from replicaio.core.context import group_domain
+from replicaio.protocols.pbft.pbft import Pbft
+from replicaio.services.txn.protocol import TxnNode
 from replicaio.sim.simulator import SimResult, Simulator
 from replicaio.sim.txn_harness import TxnWorkload, txn_options
 
@@ -31,8 +33,11 @@ def test_a_groups_copy_of_a_behaviour_signs_as_that_groups_replica() -> None:
     strategy = simulator.nodes[faulty].strategy
     per_group = getattr(strategy, "groups", None) or strategy.parts[0].groups  # type: ignore[union-attr]
     data = b"pbft\x00anything"
+    protocol = core.protocol
+    assert isinstance(protocol, TxnNode)
     for group, behaviour in per_group.items():
-        replica = core.protocol.groups.replicas[group].ordering  # type: ignore[attr-defined]
+        replica = protocol.groups.replicas[group].ordering
+        assert isinstance(replica, Pbft)
         assert behaviour.group == group
         assert behaviour.signer.sign(group_domain(group, data)) == replica.context.sign(data)
     # Its lies are now seen for what they are: another batch at a number.

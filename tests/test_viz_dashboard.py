@@ -18,7 +18,9 @@ SUFFIXES = ("_total", "_bucket", "_sum", "_count")
 
 
 def load() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert isinstance(dashboard, dict)
+    return dashboard
 
 
 def declared_metrics() -> set[str]:

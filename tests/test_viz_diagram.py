@@ -26,11 +26,10 @@ from replicaio.trace.diagram import (
 )
 from replicaio.trace.eventlog import STEP, EventLogWriter, read_log
 
-EMPTY = [[], [], [], [], []]
-
 
 def frame(*fields: Any) -> bytes:
-    return msgpack.packb(["Hello", *fields], use_bin_type=True)
+    packed: bytes = msgpack.packb(["Hello", *fields], use_bin_type=True)  # (msgpack: untyped)
+    return packed
 
 
 def step(log: EventLogWriter, time_us: int, node: int, event: list[Any],
