@@ -27,10 +27,8 @@ import pytest
 import redis
 from test_kv_service_cluster import (
     CLIENT_TIMEOUT_S,
-    COUNTERS,
     DEADLINE_S,
     LOCAL,
-    REGISTERS,
     SECTIONS,
     Workload,
     connect,
@@ -44,6 +42,7 @@ from replicaio.runtime.local import LocalCluster, free_ports
 from replicaio.runtime.smr_client import SmrClient
 from replicaio.services.kv.state_machine import KvOk, decode_result, encode_command
 from replicaio.smr.auth import client_id_of
+from replicaio.torture.workload import COUNTERS, REGISTERS
 
 ROOT = Path(__file__).resolve().parent.parent
 

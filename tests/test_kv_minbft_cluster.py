@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from test_kv_gateway_cluster import Gateway, GatewayWorkload, wait_for_progress
 from test_kv_hostile_clients import runtime_counters
-from test_kv_service_cluster import COUNTERS, REGISTERS, SECTIONS, connect
+from test_kv_service_cluster import SECTIONS, connect
 
 from replicaio.check.history import dump_history
 from replicaio.check.linearizability import check_linearizable
 from replicaio.cli import main as cli_main
 from replicaio.runtime.local import LocalCluster
+from replicaio.torture.workload import COUNTERS, REGISTERS
 
 ROOT = Path(__file__).resolve().parent.parent
 

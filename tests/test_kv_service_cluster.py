@@ -145,6 +145,7 @@ def final_reads(workload: Workload, keys: list[str]) -> dict[str, str | None]:
                 continue
             finally:
                 client.close()
+            assert not isinstance(value, str)  # connect() leaves decode_responses off
             found[key] = None if value is None else value.decode()
             workload.complete(handle, "ok", found[key])
     return found
