@@ -28,7 +28,7 @@ from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.effects import Input, Receive, Request, TimerFired
 from replicaio.core.lines import Line
-from replicaio.core.node import Node
+from replicaio.core.node import Node, ProtocolFactory
 from replicaio.protocols.raft import (
     Raft,
     RaftAdmin,
@@ -162,7 +162,7 @@ class Cluster:
             if core is not None:  # the start step was synced
                 after_start(self.disks[node], core.incarnation)
 
-    def node_factory(self, *, join: bool) -> Callable[[Any], Any]:
+    def node_factory(self, *, join: bool) -> ProtocolFactory:
         """What builds a node's protocol at its start (``join``: on a new disk)."""
         if not join:
             return self.factory

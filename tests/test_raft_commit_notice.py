@@ -5,8 +5,6 @@ consistency check it keeps (``raft-notice-unchecked`` drops the check)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 from test_raft_cluster import FAST_PARAMS, Cluster
@@ -14,6 +12,7 @@ from test_smr import read, value_of, write
 
 from replicaio.assembly import protocol_factory
 from replicaio.core.errors import ConfigError
+from replicaio.core.node import ProtocolFactory
 from replicaio.protocols.raft import (
     AppendEntries,
     AppendEntriesResponse,
@@ -165,7 +164,7 @@ class SmrCluster(Cluster):
         super().__init__(3, RaftParams())  # the service's Raft periods: the default ones
         self.service = protocol_factory(name)
 
-    def node_factory(self, *, join: bool) -> Callable[[Any], Any]:
+    def node_factory(self, *, join: bool) -> ProtocolFactory:
         assert not join
         return self.service
 
