@@ -111,6 +111,8 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "results": "SmrConstants.session_results_bytes_max: bytes of results the sessions remember "
     "(LRU beyond; small values make swarms evict sessions all the time)",
     "inflight": "SmrParams.batches_inflight_max: own batches submitted and not yet applied",
+    "fill": "SmrParams.batch_fill_min: while own batches are in flight, the next waits for "
+    "this many pending requests (1: none waits)",
     "lease": "RaftParams.read_lease: 1 serves reads from a leader lease (0: read-index only)",
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
     "notice": "RaftParams.commit_notice: 1 tells a follower a new commit index by an "
@@ -362,6 +364,7 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
         ).validate()
         smr_params = SmrParams(
             batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
+            batch_fill_min=parameters.get("fill", SmrParams().batch_fill_min),
         )
         store_sizes, smr_sizes = value_sized(name, parameters)
         constants = smr_constants(

@@ -504,6 +504,23 @@ def test_batches_grow_while_the_inflight_window_is_full_and_pending_max_rejects(
     assert sorted(r.client for r in cluster.take(0)) == [1, 2, 3, 4, 5, 6]
 
 
+def test_with_a_batch_in_flight_the_next_waits_to_fill() -> None:
+    """``batch_fill_min``: the first request goes alone at once; while it is in
+    flight the next ones wait until three are pending, then go together (the
+    window still has room); once nothing is in flight, one alone goes at once."""
+    params = SmrParams(batches_inflight_max=4, batch_fill_min=3)
+    cluster = Cluster(params=params, mode="manual")
+    for client in range(1, 5):
+        cluster.request(0, write(client, 1, "put", b"k", bytes([client])))
+    assert cluster.shared.submitted == [1, 3]
+    cluster.request(0, write(5, 1, "put", b"k", b"e"))
+    assert cluster.shared.submitted == [1, 3]  # waits: two in flight, one pending
+    cluster.request(0, CommitNow())
+    assert cluster.shared.submitted == [1, 3, 1]  # the window emptied: it goes
+    cluster.request(0, CommitNow())
+    assert sorted(r.client for r in cluster.take(0)) == [1, 2, 3, 4, 5]
+
+
 def test_batch_bytes_max_cuts_batches() -> None:
     params = SmrParams(batches_inflight_max=1, pending_max=64)
     constants = SmrConstants(batch_bytes_max=2200, command_bytes_max=1000)
@@ -548,6 +565,8 @@ def test_params_are_validated() -> None:
         SmrConstants(snapshot_interval=-1).validate()
     with pytest.raises(ConfigError):
         SmrParams(checkpoints_pending_max=0).validate()
+    with pytest.raises(ConfigError):
+        SmrParams(batch_fill_min=0).validate()
 
 
 # -- forwarding and redirection -----------------------------------------------------------------

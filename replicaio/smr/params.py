@@ -112,6 +112,10 @@ class SmrParams:
 
     pending_max: int = 1024  # requests accepted but not yet submitted
     batches_inflight_max: int = 4  # own batches submitted, not yet applied
+    # While own batches are in flight, the next one waits until this many
+    # requests are pending (or the window empties): under load, fewer and
+    # larger batches; alone, a request never waits. 1: every request at once.
+    batch_fill_min: int = 1
     batch_timeout_us: int = 1_000_000  # an in-flight batch not applied by then is presumed lost
     waiting_max: int = 4096  # local requests awaiting their reply (oldest evicted)
     reads_pending_max: int = 1024  # reads in progress, local and for other replicas
@@ -130,6 +134,7 @@ class SmrParams:
         for name in (
             "pending_max",
             "batches_inflight_max",
+            "batch_fill_min",
             "batch_timeout_us",
             "waiting_max",
             "reads_pending_max",

@@ -384,6 +384,8 @@ class Replica:
         if pending and len(self.inflight) >= params.batches_inflight_max and self.has_views:
             self.release_older_views()
         while pending and len(self.inflight) < params.batches_inflight_max:
+            if self.inflight and len(pending) < params.batch_fill_min:
+                break  # a batch is in flight: let this one fill (it goes when that one lands)
             taken: list[Pending] = []
             size = BATCH_OVERHEAD_BYTES
             while pending and len(taken) < constants.batch_requests_max:
