@@ -4,3 +4,8 @@ cdef class Codec:
 
     cpdef encode(self, message)
     cpdef decode(self, data)
+    cpdef encode_value(self, value)
+    cpdef decode_value(self, data)
+    cpdef _frame(self, wire)
+
+cpdef _check_plain(value, budget, items_max)

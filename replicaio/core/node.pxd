@@ -1,8 +1,11 @@
+cimport cython
+
 from replicaio.core.codec cimport Codec
 from replicaio.core.context cimport Context
 from replicaio.core.effects cimport Effects
 from replicaio.core.reliable cimport ReliableLinks
 from replicaio.core.scheduler cimport Scheduler
+from replicaio.core.stream cimport Stream
 
 cdef class Node:
     cdef public object node_id, config, n, params
@@ -20,7 +23,9 @@ cdef class Node:
     cpdef step(self, event)
     cpdef run(self)
     cpdef receive(self, source, data)
+    @cython.locals(stream=Stream)
     cpdef route_stream(self, source, message, group=*)
     cpdef dispatch(self, source, envelope)
     cpdef on_timer(self, timer_id)
     cpdef persist(self, key, value)
+    cpdef count(self, counter, by=*)

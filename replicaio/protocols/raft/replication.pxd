@@ -1,16 +1,21 @@
 cimport cython
 
+from replicaio.core.lines cimport Line
 from replicaio.core.scheduler cimport Scheduler
 from replicaio.protocols.raft.raft cimport Raft
 
 cdef class Signal:
-    cdef public object line, pending
+    cdef public Line line
+    cdef public object pending
     cdef public Scheduler scheduler
+    cpdef notify(self)
+    cpdef wait(self)
 
 cdef class Progress:
     cdef public object acked_round, commit_due, heartbeat_due, hurry_index, identity
     cdef public object inflight, match_index, next_index, notice_due, probe_tick, recent_active
-    cdef public object snapshot, snapshot_offset, snapshot_tick, state, wakeup
+    cdef public object snapshot, snapshot_offset, snapshot_tick, state
+    cdef public Signal wakeup
 
 cdef class Replication:
     cdef public Raft raft
@@ -20,3 +25,13 @@ cdef class Replication:
     cpdef send_to(self, peer, progress)
     @cython.locals(progress=Progress)
     cpdef on_match(self, peer, progress, match)
+    @cython.locals(progress=Progress)
+    cpdef maybe_commit(self)
+    cpdef self_match_index(self)
+    cpdef may_commit_by_counting(self, index)
+    @cython.locals(progress=Progress)
+    cpdef leader_progress(self, source, term, round_, identity)
+    @cython.locals(progress=Progress)
+    cpdef on_append_entries_response(self, source, response)
+    cpdef ignore_append_entries(self, source, message)
+    cpdef accept(self, source, message, match)
