@@ -238,6 +238,16 @@ class MinbftCommitOffByOne(Minbft):
     normal_type = CommitQuorumOffByOne
 
 
+class MinbftQuorumFPlusOne(Minbft):
+    """The paper's quorum, f + 1, whatever n is (the code before 2026-12-06): right
+    for n = 2f+1 only; with four replicas and f = 1 two disjoint pairs commit
+    different batches at one number."""
+
+    @property
+    def quorum(self) -> int:
+        return self.f + 1
+
+
 class MinbftSuspectsAlone(Minbft):
     """``minbft-suspects-alone`` (a single group; its swarm needs ``fronts=1``
     and ``degraded``: the default clients send a retry to every replica, so
@@ -334,6 +344,9 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
                       "a timeout shorter than a batch round changes views without end "
                       "(run minbft-backoff-reset-by-view-start:view_timeout=8 with 40 "
                       "clients without think time)"),
+        MinbftVariant("minbft-quorum-f-plus-one", MinbftQuorumFPlusOne,
+                      "every quorum is f+1 replicas whatever n is: with more than 2f+1 "
+                      "replicas two quorums need not meet (run with --nodes 4)"),
         MinbftVariant("minbft-log-from-anchor", MinbftLogFromAnchor,
                       "a VIEW-CHANGE's log may start after a certified NEW-VIEW-COMMIT "
                       "its author made before its anchor"),
