@@ -603,8 +603,9 @@ class NormalCase:
         return found
 
     def prepared_quorum(self) -> int:
-        """PREPAREs from distinct backups that, with the PRE-PREPARE, prepare: 2f."""
-        return 2 * self.pbft.f
+        """PREPAREs from distinct backups that, with the PRE-PREPARE, prepare: a
+        quorum less the primary (2f with n = 3f+1)."""
+        return self.pbft.quorum - 1
 
     def check_prepared(self, slot: Slot) -> None:
         """prepared(m, v, n, i): the PRE-PREPARE and 2f matching PREPAREs."""
@@ -630,7 +631,8 @@ class NormalCase:
         self.check_committed(slot)  # withholding: on 2f+1 COMMITs of others
 
     def commit_quorum(self) -> int:
-        """COMMITs that, with a prepared certificate, commit: 2f + 1."""
+        """COMMITs that, with a prepared certificate, commit: a quorum (2f + 1
+        with n = 3f+1)."""
         return self.pbft.quorum
 
     def check_committed(self, slot: Slot) -> None:

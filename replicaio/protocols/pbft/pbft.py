@@ -165,8 +165,13 @@ class Pbft:
 
     @property
     def quorum(self) -> int:
-        """2f + 1: any two quorums share a correct replica."""
-        return 2 * self.f + 1
+        """ceil((n + f + 1) / 2): any two quorums share f + 1 replicas, so a
+        correct one, and the n - f correct replicas are one. With the paper's
+        n = 3f+1 that is 2f + 1; with more replicas (``--nodes 5``, f = 1) 2f + 1
+        would let two quorums meet in one replica, a Byzantine primary's, and
+        commit two batches at one number (found 2026-12-06: ``swarm pbft --nodes 5
+        --byzantine 1``, seeds 4 and 35)."""
+        return (self.n + self.f + 2) // 2
 
     # -- Ordering ----------------------------------------------------------------
 

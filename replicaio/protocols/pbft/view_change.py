@@ -316,7 +316,7 @@ class ViewChanges:
             if not pbft.verify(prepare.replica, prepare):
                 return "view_change_prepared_bad_prepare"
             backups.add(prepare.replica)
-        if len(backups) < 2 * pbft.f:
+        if len(backups) < pbft.quorum - 1:  # with the PRE-PREPARE, a quorum (2f with n = 3f+1)
             return "view_change_prepared_too_few"
         return None
 

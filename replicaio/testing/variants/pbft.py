@@ -35,14 +35,14 @@ class CommitQuorumOffByOne(NormalCase):
     """Commits on 2f matching COMMITs instead of 2f+1."""
 
     def commit_quorum(self) -> int:
-        return 2 * self.pbft.f
+        return self.pbft.quorum - 1
 
 
 class PrepareQuorumOffByOne(NormalCase):
     """Prepared on 2f-1 PREPAREs instead of 2f."""
 
     def prepared_quorum(self) -> int:
-        return max(1, 2 * self.pbft.f - 1)
+        return max(1, self.pbft.quorum - 2)
 
 
 class ForgetPrePrepares(NormalCase):
@@ -260,6 +260,16 @@ class PbftCommitOffByOne(Pbft):
     normal_type = CommitQuorumOffByOne
 
 
+class PbftQuorum2fPlus1(Pbft):
+    """Every quorum 2f + 1 whatever n is (the code before 2026-12-06): right for
+    n = 3f+1 only; with five replicas and f = 1 two quorums of three meet in one
+    replica, and a Byzantine one there commits two batches at one number."""
+
+    @property
+    def quorum(self) -> int:
+        return 2 * self.f + 1
+
+
 class PbftPrepareOffByOne(Pbft):
     normal_type = PrepareQuorumOffByOne
 
@@ -333,6 +343,11 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
         PbftVariant(
             "pbft-commit-off-by-one", PbftCommitOffByOne,
             "commits on 2f COMMITs instead of 2f+1", "agreement",
+        ),
+        PbftVariant(
+            "pbft-quorum-2f-plus-1", PbftQuorum2fPlus1,
+            "every quorum is 2f+1 replicas whatever n is: with more than 3f+1 replicas "
+            "two quorums may meet only in a faulty one (run with --nodes 5)", "agreement",
         ),
         PbftVariant(
             "pbft-prepare-off-by-one", PbftPrepareOffByOne,
