@@ -31,6 +31,7 @@ import asyncio
 import cProfile
 import os
 import pstats
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,6 +154,8 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("raft", "pbft"), default="raft")
     parser.add_argument("--auth", choices=("hmac", "ed25519"), default="",
                         help="channel and node keys (default: hmac for raft, ed25519 for pbft)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the run's directory (profiles, node logs, data)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="profile-kv-"))
     sections: dict[str, dict[str, Any]] = {
@@ -210,6 +213,10 @@ def main() -> None:
     report(workdir / f"node-{leader}.prof", f"leader (node {leader})", args.top)
     follower = next(node for node in range(nodes) if node != leader)
     report(workdir / f"node-{follower}.prof", f"follower (node {follower})", args.top)
+    if args.keep:
+        print(f"profiles, logs and data kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
