@@ -41,6 +41,13 @@ def run(kv: KeyValueStateMachine, op: str, key: bytes, *arguments: bytes | int |
     return result.value
 
 
+def version_of(kv: KeyValueStateMachine, key: bytes) -> int:
+    """The ``version`` command's answer for ``key`` (0 if it never existed)."""
+    version = run(kv, "version", key)
+    assert isinstance(version, int), version
+    return version
+
+
 def fails(kv: KeyValueStateMachine, command: bytes) -> str:
     result = decode_result(kv.apply(command))
     assert isinstance(result, KvError), result
@@ -213,8 +220,9 @@ def test_encode_command_refuses_misuse() -> None:
 
 
 def test_decode_result_never_raises() -> None:
-    assert decode_result(b"\xc1").code == "bad_result"  # type: ignore[union-attr]
-    assert decode_result(RAW.encode_value(["ok"])).code == "bad_result"  # type: ignore[union-attr]
+    for data in (b"\xc1", RAW.encode_value(["ok"])):
+        result = decode_result(data)
+        assert isinstance(result, KvError) and result.code == "bad_result", result
     assert decode_result(RAW.encode_value(["error", 1, "x"])) == KvError(
         "bad_result", "not a result: ('error', 1, 'x')"
     )
@@ -232,7 +240,8 @@ def test_snapshot_round_trip_and_versioning() -> None:
     assert other.snapshot() == snapshot
     assert other.versions == kv.versions
     assert (other.revision, other.floor) == (kv.revision, kv.floor)
-    assert RAW.decode_value(snapshot)[:2] == ("replicaio.kv", 3)  # type: ignore[index]
+    decoded = RAW.decode_value(snapshot)
+    assert isinstance(decoded, tuple) and decoded[:2] == ("replicaio.kv", 3)
     # Equal states give equal bytes: keys in byte order, whatever dict order they have.
     shuffled = KeyValueStateMachine()
     shuffled.restore(snapshot)
@@ -343,19 +352,19 @@ def test_exec_runs_every_command_at_one_point_and_a_runtime_error_stops_nothing(
 def test_exec_aborts_whole_if_a_watched_key_changed_after_the_watch() -> None:
     kv = KeyValueStateMachine()
     run(kv, "put", b"w", b"0")
-    watched = int(run(kv, "version", b"w"))  # type: ignore[call-overload]
+    watched = version_of(kv, b"w")
     run(kv, "put", b"w", b"0")  # modified (to the same value) by anyone
     before = (dict(kv.data), dict(kv.versions), kv.revision)
     assert execute(kv, [(b"w", watched)], encode_command("put", b"x", b"1")) is None
     assert (kv.data, kv.versions, kv.revision) == before  # nothing applied
-    fresh = int(run(kv, "version", b"w"))  # type: ignore[call-overload]
+    fresh = version_of(kv, b"w")
     assert execute(kv, [(b"w", fresh)], encode_command("put", b"x", b"1")) == [None]
     assert kv.data[b"x"] == b"1"
 
 
 def test_watching_an_absent_key_sees_it_created_and_deleted_again() -> None:
     kv = KeyValueStateMachine()
-    absent = int(run(kv, "version", b"ghost"))  # type: ignore[call-overload]
+    absent = version_of(kv, b"ghost")
     run(kv, "put", b"ghost", b"boo")
     run(kv, "delete", b"ghost")
     assert b"ghost" not in kv.data
@@ -369,13 +378,13 @@ def test_tombstones_are_bounded_and_versions_never_go_back() -> None:
     for key in (b"a", b"b", b"c", b"d"):
         run(kv, "put", key, b"v")
         run(kv, "delete", key)
-        seen[key] = int(run(kv, "version", key))  # type: ignore[call-overload]
+        seen[key] = version_of(kv, key)
     assert len(kv.tombstones) == 2  # the bound was reached: a and b were forgotten
     assert kv.floor == seen[b"b"]
     for key, version in seen.items():
-        assert int(run(kv, "version", key)) >= version  # type: ignore[call-overload]
+        assert version_of(kv, key) >= version
     # A modification after a watch always changes what the watch read.
-    watched = int(run(kv, "version", b"a"))  # type: ignore[call-overload]
+    watched = version_of(kv, b"a")
     run(kv, "put", b"a", b"again")
     run(kv, "delete", b"a")
     for key in (b"e", b"f", b"g"):  # push a's new tombstone out too
@@ -411,7 +420,7 @@ def test_exec_refuses_nesting_and_bad_watches() -> None:
 def test_read_serves_an_exec_of_reads_after_checking_its_watches() -> None:
     kv = KeyValueStateMachine()
     run(kv, "put", b"a", b"1")
-    version = int(run(kv, "version", b"a"))  # type: ignore[call-overload]
+    version = version_of(kv, b"a")
     command = encode_exec([(b"a", version)], [encode_command("get", b"a")])
     found = decode_exec_result(kv.read(command))
     assert found is not None and not isinstance(found, KvError)

@@ -265,4 +265,5 @@ def test_snapshot_versions() -> None:
     other = KeyValueStateMachine()
     other.restore(kv.snapshot())
     assert other.snapshot() == kv.snapshot() and other.expires == {b"e": 82}
-    assert RAW.decode_value(kv.snapshot())[:2] == ("replicaio.kv", 3)  # type: ignore[index]
+    decoded = RAW.decode_value(kv.snapshot())
+    assert isinstance(decoded, tuple) and decoded[:2] == ("replicaio.kv", 3)

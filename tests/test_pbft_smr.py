@@ -17,26 +17,30 @@ from replicaio.protocols.pbft import messages as pbft_messages
 from replicaio.protocols.pbft import state_transfer as pbft_state_transfer
 from replicaio.protocols.pbft.catch_up import LateCommits
 from replicaio.protocols.pbft.messages import checkpoint_digest
+from replicaio.sim.kv_harness import KvHarness
 from replicaio.sim.options import Crash, Partition
 from replicaio.sim.simulator import Simulator
-from replicaio.smr.api import ClientRequest
+from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
 from replicaio.smr.auth import KeyedClientSigner
 from replicaio.smr.protocol import SmrProtocol
 
 CLIENT = 1 << 40  # no harness client has this id
 
 
-def multicast(sim: object, time_us: int, seq: int) -> None:
+def multicast(sim: Simulator, time_us: int, seq: int) -> None:
     """At ``time_us``, one signed request of ``CLIENT`` to every replica."""
     codec = Codec()
     request = ClientRequest(CLIENT, seq, b"", False)
     data = codec.encode(KeyedClientSigner(codec, CLIENT).wrap(request))
+    harness = sim.harness
+    assert isinstance(harness, KvHarness) and harness.api is not None
+    api = harness.api
 
     def send() -> None:
         for node in range(4):
-            sim.harness.api.request(node, data)  # type: ignore[attr-defined]
+            api.request(node, data)
 
-    at(sim, time_us, send)  # type: ignore[arg-type]
+    at(sim, time_us, send)
 
 
 def foreign(violations: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -62,7 +66,7 @@ def test_a_backup_answers_not_leader_and_a_multicast_request_is_ordered_once() -
         "smr_requests_queued_again", 0) > 0
 
 
-def test_replies_carry_the_view_and_the_primary() -> None:
+def test_replies_carry_the_view_and_the_primary(monkeypatch: pytest.MonkeyPatch) -> None:
     """After the silent primary of view 0 is replaced, replies name view >= 1
     and its primary: a client's next request goes there first."""
     sim = simulator(replace(quiet_options(22), byzantine=(0,),
@@ -72,15 +76,16 @@ def test_replies_carry_the_view_and_the_primary() -> None:
         (pbft_of(sim, node).view_hint, pbft_of(sim, node).leader_hint) for node in (1, 2, 3)
     ))
     replies: list[tuple[int, int]] = []
-    original = sim.harness.on_client_output  # type: ignore[attr-defined]
+    harness = sim.harness
+    assert isinstance(harness, KvHarness)
+    original = harness.on_client_output
 
-    def spy(node: int, output: object) -> None:
-        view = getattr(output, "view", None)
-        if view is not None and node != 0:
-            replies.append((view, output.leader))  # type: ignore[attr-defined]
+    def spy(node: int, output: Reply | Redirect | Rejected) -> None:
+        if isinstance(output, Reply) and node != 0:  # (the one answer with a view)
+            replies.append((output.view, output.leader))
         original(node, output)
 
-    sim.harness.on_client_output = spy  # type: ignore[attr-defined]
+    monkeypatch.setattr(harness, "on_client_output", spy)
     result = sim.run()
     assert result.violations == []
     assert all(view >= 1 and leader == view % 4 for view, leader in hints), hints

@@ -143,7 +143,8 @@ async def run_hosts(hosts: list[NodeHost], body: Callable[[], Awaitable[None]]) 
             host.stop()
         await asyncio.gather(*tasks)
     for host in hosts:
-        assert not getattr(host, "violations", None), host.violations  # type: ignore[attr-defined]
+        violations = getattr(host, "violations", None)
+        assert not violations, violations
 
 
 async def read_message(reader: asyncio.StreamReader, codec: Any) -> Any:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from replicaio.testing.scenario import (
+    InFlight,
     Scenario,
     ScenarioError,
     main,
@@ -135,7 +136,8 @@ def test_errors_carry_file_and_line(tmp_path: Path, text: str, line: int, messag
     assert str(caught.value).startswith(f"{path}:{line}: ")
 
 
-def test_stabilize_reports_its_step_budget(tmp_path: Path) -> None:
+def test_stabilize_reports_its_step_budget(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # Node 1 keeps losing everything node 0 retransmits: never settles.
     scenario = Scenario()
     scenario.execute("cluster protocol=beb n=2")
@@ -145,13 +147,13 @@ def test_stabilize_reports_its_step_budget(tmp_path: Path) -> None:
     scenario.groups = [frozenset({0}), frozenset({1})]  # stabilize heals; cut again
     original = scenario.deliver
 
-    def deliver_but_lose_to_1(message):  # type: ignore[no-untyped-def]
+    def deliver_but_lose_to_1(message: InFlight) -> None:
         if message.destination == 1:
             scenario.pending.remove(message)
             return
         original(message)
 
-    scenario.deliver = deliver_but_lose_to_1  # type: ignore[method-assign]
+    monkeypatch.setattr(scenario, "deliver", deliver_but_lose_to_1)
     with pytest.raises(ScenarioError, match=r"not settled after step_max=50 steps: .*awaits acks"):
         scenario.execute("stabilize step_max=50")
 

@@ -697,7 +697,9 @@ def test_long_lived_task_does_not_accumulate_state_per_timer() -> None:
         assert delay_us == 10
         effects = node.step(TimerFired(timer_id))
         assert effects.outputs == ["beat"]
-    task = node.protocol.task  # type: ignore[union-attr]
+    heartbeat = node.protocol
+    assert isinstance(heartbeat, Heartbeat)
+    task = heartbeat.task
     assert len(node.timers) == 1
     assert len(task.on_finish) <= 1  # flat memory however long the task lives
     task.scope.cancel()

@@ -24,7 +24,13 @@ from replicaio.core.effects import Effects, Receive, Request, Start, TimerFired
 from replicaio.core.errors import ConfigError
 from replicaio.core.lines import Line
 from replicaio.core.node import Node
-from replicaio.services.kv import KeyValueStateMachine, KvOk, decode_result, encode_command
+from replicaio.services.kv import (
+    KeyValueStateMachine,
+    KvError,
+    KvOk,
+    decode_result,
+    encode_command,
+)
 from replicaio.smr.api import (
     AuthenticatedRequest,
     ClientRequest,
@@ -693,7 +699,8 @@ def test_a_bad_command_is_replicated_and_answered_with_a_typed_error() -> None:
     cluster = Cluster()
     cluster.request(0, ClientRequest(1, 1, b"\x93\xa3bad", False))
     reply = cluster.take(0)[0]
-    assert decode_result(reply.result).code == "malformed"  # type: ignore[union-attr]
+    result = decode_result(reply.result)
+    assert isinstance(result, KvError) and result.code == "malformed", result
     assert all(cluster.kv(i).errors == {"malformed": 1} for i in range(3))
 
 

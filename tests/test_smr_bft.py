@@ -81,6 +81,13 @@ class BftLogOrdering(LogOrdering):
         return super().on_admin(payload)
 
 
+def verdicts_of(cluster: Cluster, node: int) -> dict[int, bool]:
+    """What ``node``'s :class:`BftLogOrdering` decided of each batch it validated."""
+    ordering = cluster.protocol(node).ordering
+    assert isinstance(ordering, BftLogOrdering)
+    return ordering.verdicts
+
+
 def bft_cluster(**options: Any) -> Cluster:
     return Cluster(
         N,
@@ -179,7 +186,7 @@ def test_requests_carry_their_authenticators_through_batches() -> None:
     [entry] = cluster.shared.entries
     assert CODEC.decode_as(entry, SignedBatch).requests == (request,)
     for i in range(1, N):
-        assert cluster.protocol(i).ordering.verdicts == {1: True}  # type: ignore[attr-defined]
+        assert verdicts_of(cluster, i) == {1: True}
 
 
 def test_unauthenticated_and_bare_requests_are_refused_at_admission() -> None:
@@ -204,8 +211,7 @@ def test_backups_refuse_a_batch_with_a_forged_request_and_nobody_executes_it() -
     cluster.shared.entries.append(CODEC.encode(bare))
     cluster.request(0, CommitNow())
     for i in range(1, N):
-        verdicts = cluster.protocol(i).ordering.verdicts  # type: ignore[attr-defined]
-        assert verdicts == {1: False, 2: False}
+        assert verdicts_of(cluster, i) == {1: False, 2: False}
         assert cluster.counter(i, "smr_validate_unauthenticated") == 1
         assert cluster.counter(i, "smr_validate_undecodable") == 1
     for i in range(N):
@@ -260,7 +266,7 @@ def test_mac_vectors_are_checked_per_replica_and_not_again_at_execution() -> Non
     cluster.shared.entries.append(CODEC.encode(SignedBatch(0, 1, 0, (good,))))
     cluster.shared.entries.append(CODEC.encode(SignedBatch(0, 1, 1, (partial,))))
     cluster.request(0, CommitNow())
-    verdicts = [cluster.protocol(i).ordering.verdicts for i in (1, 2, 3)]  # type: ignore[attr-defined]
+    verdicts = [verdicts_of(cluster, i) for i in (1, 2, 3)]
     assert verdicts == [{1: True, 2: True}, {1: True, 2: False}, {1: True, 2: True}]
     # Once committed, every replica executes alike (no per-replica re-check).
     for i in range(N):

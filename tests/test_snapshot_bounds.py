@@ -33,6 +33,7 @@ from replicaio.core.errors import ConfigError, UsageError
 from replicaio.services.kv import KeyValueStateMachine, KvParams, decode_result
 from replicaio.services.kv.state_machine import encode_command, encode_redis
 from replicaio.smr.params import SmrConstants
+from replicaio.smr.protocol import SmrFactory
 from replicaio.smr.replica import encode_snapshot
 from replicaio.smr.sessions import SessionTable
 
@@ -142,15 +143,17 @@ def test_an_smr_snapshot_of_full_tables_stays_within_its_bound(seed: int) -> Non
 def test_every_kv_protocol_carries_its_stores_largest_snapshot(name: str) -> None:
     """The protocol's transfer ceiling is derived from the store's bound."""
     factory = protocol_factory(name)
+    assert isinstance(factory, SmrFactory)
     base, parameters = split_name(name)
     if base == "raft":
         kv = kv_params(parameters, KvParams().bytes_max)
-        constants = factory.constants  # type: ignore[attr-defined]
+        constants = factory.constants
     else:
         kv = bft_kv_params(parameters)
         constants = bft_constants(parameters, 16)
     needed = constants.snapshot_bytes_bound(kv.snapshot_bytes_bound(), kv.result_bytes_bound())
-    store = factory.state_machine()  # type: ignore[attr-defined]
+    store = factory.state_machine()
+    assert isinstance(store, KeyValueStateMachine)
     assert store.params == kv
     if "memory" in parameters:
         assert kv.bytes_max == parameters["memory"] << 20

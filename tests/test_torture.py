@@ -328,7 +328,8 @@ def test_the_shaper_delays_real_packets_where_the_kernel_has_no_netem() -> None:
         assert round_trip(testbed, 1, 0) >= 0.100  # node 0's answers are held too
         said = testbed.stop_shaper(0)
         assert re.search(r"packets (\d+), released \1, overflowed 0", said), said
-        assert int(re.search(r"packets (\d+)", said).group(1)) >= 10  # type: ignore[union-attr]
+        packets = re.search(r"packets (\d+)", said)
+        assert packets is not None and int(packets.group(1)) >= 10, said
         testbed.clear_shape(0)
         assert testbed.shapers == {}
     finally:

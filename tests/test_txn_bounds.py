@@ -11,6 +11,7 @@ from replicaio.core.codec import Codec
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.services.kv.state_machine import encode_redis
 from replicaio.services.txn.kv_store import KvTxnStore
+from replicaio.services.txn.protocol import TxnFactory
 from replicaio.services.txn.store import StoreParams, TxnStore, unclaimed
 
 codec = Codec()
@@ -92,7 +93,8 @@ def test_every_transactional_protocol_declares_its_footprint() -> None:
         factory = protocol_factory(name)
         n = 4 if resilience is Resilience.BYZANTINE else 3
         config = ClusterConfig(n, 1, resilience=resilience)
-        bounds = factory.footprint_max(config)  # type: ignore[attr-defined]
+        assert isinstance(factory, TxnFactory)
+        bounds = factory.footprint_max(config)
         for table in ("txn_drivers", "txn_in_flight", "txn_callers", "txn_locks",
                       "txn_prepared", "txn_finished", "txn_coordinated", "smr_sessions",
                       "tasks", "timers", "storage_keys"):

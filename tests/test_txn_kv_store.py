@@ -9,6 +9,7 @@ from typing import Any
 
 from replicaio.core.codec import Codec
 from replicaio.services.kv.state_machine import (
+    KvError,
     decode_result,
     encode_batch,
     encode_command,
@@ -94,7 +95,8 @@ def test_a_command_outside_its_locks_is_refused_at_commit() -> None:
     prepare(store, 1, ["kv", b"a", encode_command("put", b"a", b"1")])
     store.commands[(7, 1)] = (encode_command("put", b"b", b"stolen"),)  # a forged effect
     committed = run(store, "commit", 7, 1)
-    assert decode_result(committed[1][0]).code == "outside_locks"  # type: ignore[union-attr]
+    result = decode_result(committed[1][0])
+    assert isinstance(result, KvError) and result.code == "outside_locks", result
     assert value(store.read(encode_command("get", b"b"))) is None
     assert store.counters["effect_outside_locks"] == 1
 

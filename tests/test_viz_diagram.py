@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def frame(*fields: Any) -> bytes:
 
 
 def step(log: EventLogWriter, time_us: int, node: int, event: list[Any],
-         sends: list[tuple[int, bytes]] = ()) -> None:  # type: ignore[assignment]
+         sends: Sequence[tuple[int, bytes]] = ()) -> None:
     log.step(time_us, node, 1, event, [], [[], [list(send) for send in sends], [], [], []])
 
 

@@ -210,5 +210,7 @@ def check_cut_logs(logs: list[Path], whole: dict[str, Any], tmp_path: Path,
         assert ("cut mid-record" if how == "mid-record" else "malformed record") in said
         html = page.read_text()
         assert html.count('class="cut-log"') == len(logs)
-        drawn = int(re.search(r"diagram: (\d+) steps", said).group(1))  # type: ignore[union-attr]
+        diagram = re.search(r"diagram: (\d+) steps", said)
+        assert diagram is not None, said
+        drawn = int(diagram.group(1))
         assert 0 < steps - len(logs) <= drawn <= steps
