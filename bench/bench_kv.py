@@ -531,6 +531,10 @@ class Settings:
     protocol_params: dict[str, int]
     install: bool
     pbft_params: dict[str, int] = field(default_factory=dict)
+    # Which Raft node replicaio's clients talk to: "leader", or "follower" (the first
+    # node that does not lead: its writes are relayed to the leader and it learns
+    # their commit from the leader's notices, ADR 0044's hurried path).
+    connect: str = "leader"
 
 
 class System:
@@ -637,9 +641,10 @@ class ReplicaioSystem(System):
         if self.front == "resp" and not self.resp_available():
             raise Skip("the RESP front (replicaio.services.kv.resp, client_service 'resp') "
                        "is not in this tree yet")
-        self.driven = ("this process, asyncio, one RESP connection per client, to the leader"
+        target = self.settings.connect
+        self.driven = (f"this process, asyncio, one RESP connection per client, to the {target}"
                        if self.front == "resp" else
-                       "this process, asyncio, one stream connection to the leader muxing "
+                       f"this process, asyncio, one stream connection to the {target} muxing "
                        "every client")
         sections: dict[str, dict[str, Any]] = {"host": {"fsync": True, **self.host_params}}
         if self.front == "resp":
@@ -708,8 +713,15 @@ class ReplicaioSystem(System):
 
         run_async(probe())
 
+    def client_node(self) -> int:
+        """The node the clients talk to: the leader, or with ``--connect follower``
+        the first node that does not lead."""
+        if self.settings.connect == "follower" and self.protocol == "raft":
+            return next(node for node in range(self.nodes) if node != self.leader)
+        return self.leader
+
     def client_port(self) -> int:
-        return int(self.cluster.cluster.nodes[self.leader].client.port)
+        return int(self.cluster.cluster.nodes[self.client_node()].client.port)
 
     def describe(self) -> dict[str, Any]:
         found = super().describe()
@@ -1376,6 +1388,7 @@ def conditions(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "disk_fdatasync_4k": fsync_probe(workdir),
         "replicaio_node_params": args.node_params or "defaults",
         "replicaio_protocol_params": args.protocol_params or "defaults",
+        "replicaio_clients_connect_to": args.connect,
     }
 
 
@@ -1575,6 +1588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--nodes", type=int, default=3,
                         help="cluster size of replicaio (Raft), etcd and PySyncObj")
+    parser.add_argument("--connect", choices=("leader", "follower"), default="leader",
+                        help="the Raft node replicaio's clients talk to (follower: writes "
+                             "relayed to the leader; etcd's and PySyncObj's clients are not moved)")
     parser.add_argument("--front", choices=("auto", "resp", "stream"), default="auto",
                         help="replicaio client front (auto: resp when registered)")
     parser.add_argument("--node-params", default="",
@@ -1636,7 +1652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(workdir, args.warmup, args.duration, args.keys, args.value_bytes,
                         args.front, parse_params(args.node_params),
                         parse_params(args.protocol_params), not args.no_install,
-                        parse_params(args.pbft_params))
+                        parse_params(args.pbft_params), args.connect)
     report: dict[str, Any] = {"conditions": conditions(args, workdir), "systems": {},
                               "rows": [], "skipped": {}, "redis_benchmark": {}}
     redis_pairs = [tuple(int(x) for x in pair.split(":"))

@@ -77,9 +77,12 @@ def leader_of(cluster: LocalCluster, protocol: str) -> int:
         for node in range(3):
             address = cluster.cluster.nodes[node].metrics
             assert address is not None
-            with urllib.request.urlopen(f"http://{address.host}:{address.port}/metrics",
-                                        timeout=5) as page:
-                text = page.read().decode()
+            try:
+                with urllib.request.urlopen(f"http://{address.host}:{address.port}/metrics",
+                                            timeout=5) as page:
+                    text = page.read().decode()
+            except OSError:
+                continue  # not listening yet, or too slow under load: ask again
             won = down = 0.0
             for line in text.splitlines():
                 if line.startswith('replicaio_core_events_total{event="raft_elections_won"}'):
