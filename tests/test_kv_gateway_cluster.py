@@ -14,12 +14,13 @@ Every wait is bounded; the fixture's finalizer kills every process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,22 @@ class Gateway:
         self.process.wait(10)
 
 
+@contextlib.contextmanager
+def behind_gateway(cluster: LocalCluster, log: Path,
+                   start: Callable[[], None] | None = None) -> Iterator[Gateway]:
+    """``cluster`` started (every node, or by ``start``) with a gateway in front of it;
+    both stopped on the way out, however it is left."""
+    gateway: Gateway | None = None
+    try:
+        (start or cluster.start_all)()
+        gateway = Gateway(cluster, log)
+        yield gateway
+    finally:
+        if gateway is not None:
+            gateway.close()
+        cluster.close()
+
+
 class GatewayWorkload(Workload):
     """The service tests' concurrent clients, every one through the gateway."""
 
@@ -104,15 +121,8 @@ class GatewayWorkload(Workload):
 def pbft(tmp_path: Path) -> Iterator[tuple[LocalCluster, Gateway]]:
     cluster = LocalCluster(tmp_path / "cluster", protocol="pbft", nodes=4, sections=SECTIONS,
                            auth="ed25519")
-    gateway: Gateway | None = None
-    try:
-        cluster.start_all()
-        gateway = Gateway(cluster, tmp_path / "gateway.log")
+    with behind_gateway(cluster, tmp_path / "gateway.log") as gateway:
         yield cluster, gateway
-    finally:
-        if gateway is not None:
-            gateway.close()
-        cluster.close()
 
 
 def wait_for_progress(workload: Workload, more: int) -> None:

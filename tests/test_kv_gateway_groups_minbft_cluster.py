@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from test_kv_gateway_cluster import Gateway
+from test_kv_gateway_cluster import Gateway, behind_gateway
 from test_kv_gateway_groups_cluster import (  # noqa: F401  (its tests, on MinBFT groups)
     SECTIONS,
     test_bad_gateway_input_on_a_sharded_node_is_refused,
@@ -44,15 +44,12 @@ def sharded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
     directory = tmp_path_factory.mktemp("gateway-minbft-groups")
     cluster = LocalCluster(directory / "cluster", protocol="txn-kv-minbft", nodes=NODES,
                            sections=SECTIONS, auth="ed25519", metrics=True)
-    gateway: Gateway | None = None
-    try:
+
+    def start() -> None:
         for node in range(NODES):
             cluster.start(node, byzantine=BEHAVIOUR if node == LIAR else None)
         cluster.wait_ready(range(NODES))
-        gateway = Gateway(cluster, directory / "gateway.log")
+
+    with behind_gateway(cluster, directory / "gateway.log", start) as gateway:
         until_serving(gateway.port)
         yield cluster, gateway
-    finally:
-        if gateway is not None:
-            gateway.close()
-        cluster.close()

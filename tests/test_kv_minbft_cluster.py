@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_kv_gateway_cluster import Gateway, GatewayWorkload, wait_for_progress
+from test_kv_gateway_cluster import Gateway, GatewayWorkload, behind_gateway, wait_for_progress
 from test_kv_hostile_clients import runtime_counters
 from test_kv_service_cluster import SECTIONS, connect
 
@@ -31,15 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def minbft(tmp_path: Path) -> Iterator[tuple[LocalCluster, Gateway]]:
     cluster = LocalCluster(tmp_path / "cluster", protocol="minbft", nodes=3, sections=SECTIONS,
                            auth="ed25519")
-    gateway: Gateway | None = None
-    try:
-        cluster.start_all()
-        gateway = Gateway(cluster, tmp_path / "gateway.log")
+    with behind_gateway(cluster, tmp_path / "gateway.log") as gateway:
         yield cluster, gateway
-    finally:
-        if gateway is not None:
-            gateway.close()
-        cluster.close()
 
 
 def test_redis_clients_through_the_gateway_survive_kill_9_of_the_primary(

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from test_kv_gateway_cluster import Gateway, GatewayWorkload, wait_for_progress
+from test_kv_gateway_cluster import GatewayWorkload, behind_gateway, wait_for_progress
 from test_kv_service_cluster import SECTIONS
 
 from replicaio.check.linearizability import check_linearizable
@@ -58,10 +58,7 @@ def test_a_wiped_replica_rejoins_under_an_admitted_usig_epoch_and_serves(
 ) -> None:
     cluster = LocalCluster(tmp_path / "cluster", protocol="minbft", nodes=3, sections=SECTIONS,
                            auth="ed25519", metrics=True)
-    gateway: Gateway | None = None
-    try:
-        cluster.start_all()
-        gateway = Gateway(cluster, tmp_path / "gateway.log")
+    with behind_gateway(cluster, tmp_path / "gateway.log") as gateway:
         workload = GatewayWorkload(cluster, 3, gateway.port)
         workload.start()
         try:
@@ -82,10 +79,6 @@ def test_a_wiped_replica_rejoins_under_an_admitted_usig_epoch_and_serves(
             wait_for_progress(workload, 30)
         finally:
             workload.finish()
-    finally:
-        if gateway is not None:
-            gateway.close()
-        cluster.close()
     operations = workload.recorder.operations()
     result = check_linearizable(operations, time_budget_s=120)
     assert result.linearizable is True, result.describe()[:2000]
