@@ -205,7 +205,7 @@ class ServiceSpec:
     broken: bool = False
     checkers: Callable[[ClusterConfig], list[Any]] = no_checkers
     membership: Membership | None = None
-    read_only_quorum: Callable[[Resilience, int], int] = read_only_quorum
+    read_only_quorum: Callable[[Resilience, int, int], int] = read_only_quorum
     reads: bool = False
 
 

@@ -11,6 +11,8 @@ live gateway's side: ``tests/test_kv_gateway_cluster.py``."""
 
 from __future__ import annotations
 
+import pytest
+
 from replicaio.sim.kv_harness import KvWorkload, kv_options
 from replicaio.sim.simulator import SimResult, Simulator
 
@@ -61,3 +63,39 @@ def test_2f_plus_1_outvote_a_replica_answering_as_the_most_lagging_one() -> None
         broken = run(seed, "pbft_lagging_reads", "pbft-read-only-f-plus-1")
         caught = {violation["property"] for violation in broken.violations}
         assert caught == {"linearizability"}, (seed, broken.violations)
+
+
+
+def run_n(protocol: str, nodes: int, seed: int) -> SimResult:
+    options = kv_options(seed, nodes, FAULTS, KvWorkload(), byzantine=1,
+                         adversary=("pbft_lagging_reads",), protocol=protocol)
+    return Simulator(protocol, options, f=1, record=False).run()
+
+
+# Found 2026-12-06 (``swarm pbft:reads=1 --adversary pbft_lagging_reads``, f = 1)
+# while reads and a fast reader's writes took 2f+1 whatever n: five replicas
+# read stale values on seeds 2, 6, 9, 12 of 1-12, six on 1, 6, 9, 11, 12, and
+# MinBFT with five (f = 1) on 13 of seeds 1-20.
+@pytest.mark.parametrize("protocol, nodes, seed", [
+    ("pbft:reads=1", 5, 2), ("pbft:reads=1", 6, 1), ("pbft:reads=1", 6, 6),
+    ("minbft:reads=1", 5, 2),
+])
+def test_more_replicas_than_3f_plus_1_read_on_quorums_that_meet(
+    protocol: str, nodes: int, seed: int
+) -> None:
+    """With n > 3f+1 (n > 2f+1 for MinBFT), 2f+1 matching answers may all come
+    from replicas that have not executed a write the client saw complete on
+    2f+1 replies (six replicas: the faulty one and two correct ones complete
+    the write, the faulty one and two of the three others answer the read): the unordered
+    read and the fast reader's write each need ceil((n + f + 1) / 2), any two
+    of which share f+1 replicas, a correct one among them (docs/pbft.md, *The
+    read-only optimisation for any n*). The broken client still on 2f+1
+    (``pbft-read-only-2f-plus-1``) reads a stale value on the same runs."""
+    result = run_n(protocol, nodes, seed)
+    assert result.violations == [], (seed, result.violations[:1])
+    assert result.stats["linearizable"] is True
+    assert result.counters.get("smr_reads_unordered", 0) > 0
+    if protocol.startswith("pbft"):
+        broken = run_n("pbft-read-only-2f-plus-1", nodes, seed)
+        caught = {violation["property"] for violation in broken.violations}
+        assert caught == {"linearizability"}, (seed, broken.violations[:1])

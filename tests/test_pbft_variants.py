@@ -52,6 +52,9 @@ CAUGHT_ELSEWHERE = {
     # Four replicas are 3f+1 exactly, where 2f+1 is right: caught with five.
     "pbft-quorum-2f-plus-1": "tests/test_pbft_quorum.py::"
         "test_five_replicas_with_a_byzantine_one_agree_and_2f_plus_1_does_not",
+    # The client's 2f+1 whatever n: caught with five and six replicas.
+    "pbft-read-only-2f-plus-1": "tests/test_pbft_read_only.py::"
+        "test_more_replicas_than_3f_plus_1_read_on_quorums_that_meet",
     "pbft-trust-damaged-tail":
         "tests/test_pbft_storage_damage.py::test_a_replica_that_lost_its_votes_withholds_them",
     "pbft-request-timer-not-doubled":

@@ -113,7 +113,7 @@ def test_every_replica_replies_with_hints_and_f_plus_1_match() -> None:
     cluster = bft_cluster()
     cluster.request(0, signed(7, 1, "incr", b"n", 5))
     answers = replies(cluster)
-    votes = Votes(7, 1, reply_quorum(Resilience.BYZANTINE, F), N)
+    votes = Votes(7, 1, reply_quorum(Resilience.BYZANTINE, F, N), N)
     decision = None
     for replica, outputs in answers.items():
         [reply] = outputs
@@ -133,7 +133,7 @@ def test_a_replica_lying_in_its_reply_cannot_make_the_client_accept_a_wrong_resu
     cluster.request(0, signed(7, 1, "incr", b"n", 5))
     honest = [cluster.take(i)[0] for i in range(7)]
     lie = Reply(7, 1, KeyValueStateMachine().apply(encode_command("incr", b"n", 99)), 5)
-    votes = Votes(7, 1, reply_quorum(Resilience.BYZANTINE, 2), 7)
+    votes = Votes(7, 1, reply_quorum(Resilience.BYZANTINE, 2, 7), 7)
     assert votes.add(lie, 5) is None
     assert votes.add(lie, 6) is None
     # The liar cannot vote twice, nor in another replica's name.
@@ -148,12 +148,12 @@ def test_a_replica_lying_in_its_reply_cannot_make_the_client_accept_a_wrong_resu
 
 
 def test_refusals_need_f_plus_1_matching_and_reads_need_2f_plus_1() -> None:
-    votes = Votes(1, 1, reply_quorum(Resilience.BYZANTINE, F), N)
+    votes = Votes(1, 1, reply_quorum(Resilience.BYZANTINE, F, N), N)
     assert votes.add(Rejected(1, 1, "session_expired"), 3) is None  # one liar
     assert votes.add(Rejected(1, 1, "busy"), 0) is None
     assert votes.add(Rejected(1, 1, "session_expired"), 1) == Refused("session_expired", (1, 3))
-    assert reply_quorum(Resilience.BYZANTINE, F, read_only=True) == 3
-    assert reply_quorum(Resilience.CRASH, 2) == 1
+    assert reply_quorum(Resilience.BYZANTINE, F, N, read_only=True) == 3
+    assert reply_quorum(Resilience.CRASH, 2, 5) == 1
     read = Votes(1, 2, 3, N)
     for replica, result in enumerate((b"a", b"b", b"a")):
         read.add(Reply(1, 2, result, replica), replica)
@@ -162,6 +162,29 @@ def test_refusals_need_f_plus_1_matching_and_reads_need_2f_plus_1() -> None:
     assert read.split()  # no answer can reach 2f+1: retry through the log
     with pytest.raises(UsageError):
         Votes(1, 1, 5, N)
+
+
+def test_read_quorums_grow_with_n_so_that_any_two_share_a_correct_replica() -> None:
+    """ceil((n + f + 1) / 2): 2f+1 of the paper's 3f+1, more with more replicas
+    (2f+1 of six could be the faulty replica and two correct ones that missed a
+    write completed on the faulty one and two others); never more than the n - f
+    correct replicas once n >= 3f+1. MinBFT's n = 2f+1 needs every replica
+    with f = 1 and n - 1 with f = 2 (docs/pbft.md)."""
+    byzantine = Resilience.BYZANTINE
+    expected = {(4, 1): 3, (5, 1): 4, (6, 1): 4, (7, 1): 5, (7, 2): 5, (10, 3): 7, (12, 3): 8}
+    for (n, f), quorum in expected.items():
+        assert reply_quorum(byzantine, f, n, read_only=True) == quorum
+        assert reply_quorum(byzantine, f, n) == f + 1
+        assert quorum <= n - f
+        # any two quorums share f + 1 replicas
+        assert 2 * quorum - n >= f + 1
+    trusted = Resilience.BYZANTINE_TRUSTED
+    assert reply_quorum(trusted, 1, 3, read_only=True) == 3
+    assert reply_quorum(trusted, 2, 5, read_only=True) == 4
+    assert reply_quorum(trusted, 1, 5, read_only=True) == 4
+    assert reply_quorum(Resilience.CRASH, 1, 5, read_only=True) == 1
+    with pytest.raises(UsageError):
+        reply_quorum(byzantine, 1, 0)
 
 
 def test_a_cached_answer_comes_from_every_replica_too() -> None:

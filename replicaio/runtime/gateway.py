@@ -25,11 +25,12 @@ Where a node's front hands a request to its own replica, the gateway
 With ``--fast-reads`` (the read-only optimisation, Castro and Liskov, TOCS
 2002, section 5.1.3) a read goes first *unordered* to every replica, under a
 reader identity of its own (its numbers never meet the ordered ones), and is
-answered once 2f+1 replicas sent the same result from their current state; on
-a mismatch or a timeout (``READ_UNORDERED_TIMEOUT_S``) it goes through the log
-as before (the client library's read: ``SmrClient.read_unordered``). Writes
-then need 2f+1 matching replies too: a read's 2f+1 then meet every completed
-write in a correct replica that executed it.
+answered once ceil((n + f + 1) / 2) replicas (2f+1 of 3f+1) sent the same
+result from their current state; on a mismatch or a timeout
+(``READ_UNORDERED_TIMEOUT_S``) it goes through the log as before (the client
+library's read: ``SmrClient.read_unordered``). Writes then need as many
+matching replies: a read's quorum then meets every completed write in a
+correct replica that executed it (``replicaio.smr.client.reply_quorum``).
 
 **Sharded clusters** (``txn-kv-pbft``: G PBFT groups, every node a replica
 of each; ``txn-kv-minbft``: G MinBFT groups, n = 2f+1, alike: nothing here
@@ -158,7 +159,7 @@ class GatewayHost:
         self.smr = SmrClient(cluster, self.counters, fast_reads=fast_reads)
         self.n = self.smr.n
         self.fast_reads = self.smr.fast_reads
-        self.quorum = self.smr.quorum  # 2f+1 with fast reads (the module docstring)
+        self.quorum = self.smr.quorum  # ceil((n+f+1)/2) with fast reads (module docstring)
         # A sharded cluster's slot map (the front routes by it: ``kv.sharded``).
         self.slots = cluster_slots(cluster)
         # (front client id, group) -> its session in that group
@@ -352,7 +353,7 @@ class GatewayHost:
         return signer, number
 
     async def read_unordered(self, local: ClientRequest, group: int = UNGROUPED) -> bool:
-        """The read-only optimisation: whether 2f+1 replicas' matching answers
+        """The read-only optimisation: whether a read quorum's matching answers
         from their current state decided ``local`` (else it goes through the log)."""
         signer, number = self.reader(local.client, group)
         self.counters.count("gateway_reads_unordered")
@@ -372,7 +373,7 @@ class GatewayHost:
         signer = session.signer
         # Reads go through the log like writes: every replica executes them at the
         # same position and answers alike, so f+1 can match (a read served from
-        # each replica's own state would need 2f+1 matching, and rarely get it
+        # each replica's own state would need a read quorum matching, and rarely get it
         # under writes). The front's clock wrapper is for unordered reads only.
         command = unwrap_read(self.codec, local.command) if local.read_only else local.command
         # (A sharded front's reads and its groups' sessions share its numbers:

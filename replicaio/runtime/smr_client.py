@@ -25,15 +25,17 @@ execution) until decided or ``timeout_s`` passes::
 read-only optimisation, Castro and Liskov, TOCS 2002, section 5.1.3; Byzantine
 fault tolerant clusters only) it goes first *unordered* to every replica, which
 answers at once from its current (executed, committed) state, and is accepted
-on 2f+1 matching answers; on answers that can no longer reach 2f+1, or none
-within ``READ_UNORDERED_TIMEOUT_S``, it runs through the log like any request,
-under a new number (so that no unordered answer still on its way counts
-towards it). Every write of the client then needs 2f+1 matching replies too:
-a read's 2f+1 and a completed write's 2f+1 share f+1 replicas, one of them
-correct and past the write. The guarantee holds only if *every* client that
-writes to what fast readers read uses 2f+1 for its writes (an f+1 writer's
-write may be completed at a single correct replica, and a read's 2f+1 can miss
-it): give the whole deployment ``fast_reads``, or none of it. Without
+on ceil((n + f + 1) / 2) matching answers (2f+1 of the paper's 3f+1
+replicas; 4 of 5 or 6 with f = 1: ``replicaio.smr.client.reply_quorum``); on
+answers that can no longer reach it, or none within
+``READ_UNORDERED_TIMEOUT_S``, it runs through the log like any request, under a
+new number (so that no unordered answer still on its way counts towards it).
+Every write of the client then needs as many matching replies: a read's quorum
+and a completed write's share f+1 replicas, one of them correct and past the
+write. The guarantee holds only if *every* client that writes to what fast
+readers read uses that quorum for its writes (an f+1 writer's write may be
+completed at a single correct replica, and a read's quorum can miss it): give
+the whole deployment ``fast_reads``, or none of it. Without
 ``fast_reads``, and on a crash-fault cluster, a read is ordered like a write.
 
 The Redis gateway (``replicaio.runtime.gateway``) is this library under the
@@ -173,11 +175,12 @@ class SmrClient:
         config = cluster.cluster_config()
         self.n = config.n
         # The read-only optimisation (module docstring): unordered reads on
-        # 2f+1 matching answers, and then writes on 2f+1 too.
+        # ceil((n + f + 1) / 2) matching answers, and then writes on as many.
         self.fast_reads = fast_reads and config.resilience in BYZANTINE
-        self.read_quorum = reply_quorum(config.resilience, config.f, read_only=True)
+        self.read_quorum = reply_quorum(config.resilience, config.f, config.n, read_only=True)
         self.quorum = (
-            self.read_quorum if self.fast_reads else reply_quorum(config.resilience, config.f)
+            self.read_quorum if self.fast_reads
+            else reply_quorum(config.resilience, config.f, config.n)
         )
         self.ed25519 = cluster.auth == "ed25519"
         self.pools = [ReplicaPool(entry.client, self.counters) for entry in cluster.nodes]
@@ -233,7 +236,8 @@ class SmrClient:
     ) -> Accepted | None:
         """The read-only optimisation's first try: the read-only ``command`` as
         ``(signer's client, seq)``, unordered, to every replica; the result once
-        2f+1 of them answered alike from their current state, else ``None`` (the
+        ``read_quorum`` of them (2f+1 of 3f+1) answered alike from their current
+        state, else ``None`` (the
         caller orders it, under another number)."""
         if not self.fast_reads:
             raise UsageError("unordered reads need fast_reads, on a Byzantine fault tolerant "
@@ -276,7 +280,7 @@ class SmrSession:
 
     async def execute(self, command: bytes) -> bytes:
         """Run ``command`` (at most once) and return its result, once f+1 replicas
-        agree (2f+1 with ``fast_reads``); :class:`SmrRefused` or
+        agree (``read_quorum`` with ``fast_reads``); :class:`SmrRefused` or
         :class:`SmrTimeout` otherwise."""
         await self.register()
         return await self.request(command)
@@ -291,7 +295,7 @@ class SmrSession:
 
     async def read(self, command: bytes) -> bytes:
         """Run the read-only ``command`` and return its result: with the
-        client's ``fast_reads``, unordered first (2f+1 matching answers), else
+        client's ``fast_reads``, unordered first (``read_quorum`` matching answers), else
         or then ordered as :meth:`execute` runs it (module docstring). A command
         that is not read-only gets the service's refusal as its result (the KV
         store's ``not_read_only``) if it went unordered: send writes with

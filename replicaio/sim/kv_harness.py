@@ -257,7 +257,7 @@ class KvHarness:
         *,
         client_macs: bool = False,
         fast_reads: bool = False,
-        read_only_quorum: Callable[[Resilience, int], int] = read_only_quorum,
+        read_only_quorum: Callable[[Resilience, int, int], int] = read_only_quorum,
         fronts: int = 0,
     ) -> None:
         self.config = config
@@ -295,18 +295,16 @@ class KvHarness:
         # Clients of a Byzantine fault tolerant service sign their requests and
         # accept f+1 matching answers (replicaio.smr.client); of Raft, one.
         self.bft = config.resilience in BYZANTINE
-        self.quorum = reply_quorum(config.resilience, config.f)
-        # With unordered reads, a write completes on 2f+1 matching replies: a
-        # read's 2f+1 then meet it in a correct replica that executed it (with
-        # f+1 a read could still find 2f+1 replicas that had not).
-        self.write_quorum = reply_quorum(
-            config.resilience, config.f, read_only=True
-        ) if self.fast_reads else self.quorum
-        # How many matching unordered answers a read accepts (2f+1; a broken
-        # client's rule in ``replicaio.testing.variants.pbft``).
-        self.quorum_unordered = read_only_quorum(
-            config.resilience, config.f
-        ) if self.fast_reads else self.quorum
+        self.quorum = reply_quorum(config.resilience, config.f, config.n)
+        # With unordered reads, a read and a write each complete on
+        # ceil((n + f + 1) / 2) matching answers (2f+1 of 3f+1): any two such
+        # share a correct replica, so a read meets every completed write in one
+        # that executed it (with f+1 for writes, a read could still find a
+        # quorum of replicas that had not). One rule for both, the service's
+        # (a broken client's in ``replicaio.testing.variants.pbft``).
+        fast_quorum = read_only_quorum(config.resilience, config.f, config.n)
+        self.write_quorum = fast_quorum if self.fast_reads else self.quorum
+        self.quorum_unordered = fast_quorum if self.fast_reads else self.quorum
 
     # -- the Harness protocol ----------------------------------------------------
 

@@ -9,9 +9,12 @@ clients (``replicaio.sim.kv_harness``), the asyncio client library
   distinct replicas sent the same ``result`` for the same ``(client, seq)``:
   at least one of them is correct, and a correct replica answers only what its
   execution of the totally ordered requests gave. A **read-only** request
-  answered without ordering (section 5.1.3) needs 2f+1 matching replies (a
-  read quorum intersecting every write quorum in a correct replica); without
-  them the client sends it again as an ordinary request;
+  answered without ordering (section 5.1.3) needs ceil((n + f + 1) / 2)
+  matching replies, and so does every write of a client reading so (2f+1 of
+  the paper's 3f+1; more with more replicas): any read quorum then meets every
+  write quorum in f + 1 replicas, so in a correct one that executed the write
+  (docs/pbft.md, *The read-only optimisation for any n*); without them the
+  client sends the read again as an ordinary request;
 * a **refusal** is the same kind of claim ("this was not executed", "your
   session expired") and needs as many matching ``Rejected`` reasons;
 * each replica has one vote per request: a later answer from the same replica
@@ -26,27 +29,46 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from replicaio.core.config import Resilience
+from replicaio.core.config import Resilience, intersecting_quorum
 from replicaio.core.errors import UsageError
 from replicaio.smr.api import Rejected, Reply
 
 BYZANTINE = (Resilience.BYZANTINE, Resilience.BYZANTINE_TRUSTED)
 
 
-def reply_quorum(resilience: Resilience, f: int, *, read_only: bool = False) -> int:
-    """How many matching answers a client needs (1; f+1; 2f+1 for unordered reads)."""
+def reply_quorum(resilience: Resilience, f: int, n: int, *, read_only: bool = False) -> int:
+    """How many matching answers out of ``n`` replicas a client needs: 1 with
+    crash faults; f+1 with Byzantine ones; with ``read_only``, for an unordered
+    read and for every write of a client that reads so, ceil((n + f + 1) / 2).
+
+    Why that many: a write accepted on W matching replies ran at W - f correct
+    replicas at least, so at most n - W correct ones, with f faulty ones, can
+    answer a later read as if it had not run; a read accepted on R matching
+    answers therefore reflects it when R > n - W + f, i.e. R + W >= n + f + 1,
+    and both at ceil((n + f + 1) / 2) (two reads likewise, so reads never go
+    back either). That is Castro and Liskov's 2f + 1 with n = 3f + 1 (section
+    5.1.3), more with more replicas, where 2f + 1 matching answers may all come
+    from replicas that had not run a completed write (n = 6, f = 1: a write
+    accepted on three replies, the faulty replica's among them, leaves three
+    correct replicas that had not run it).
+    Live while it is at most n - f, the correct replicas: n >= 3f + 1; with
+    MinBFT's n = 2f + 1 an unordered read needs more than the correct replicas
+    and falls back to the log when one is silent."""
     if f < 0:
         raise UsageError("f must be >= 0")
+    if n < 1:
+        raise UsageError("n must be >= 1")
     if resilience not in BYZANTINE:
         return 1
-    return 2 * f + 1 if read_only else f + 1
+    return intersecting_quorum(n, f) if read_only else f + 1
 
 
-def read_only_quorum(resilience: Resilience, f: int) -> int:
-    """How many matching answers an unordered read needs (2f+1 with Byzantine
-    faults): :func:`reply_quorum` with ``read_only``, as a rule a service names
-    (``replicaio.assembly.ServiceSpec.read_only_quorum``)."""
-    return reply_quorum(resilience, f, read_only=True)
+def read_only_quorum(resilience: Resilience, f: int, n: int) -> int:
+    """How many matching answers an unordered read, and a write of a client
+    reading so, need out of ``n`` replicas (ceil((n + f + 1) / 2) with
+    Byzantine faults): :func:`reply_quorum` with ``read_only``, as a rule a
+    service names (``replicaio.assembly.ServiceSpec.read_only_quorum``)."""
+    return reply_quorum(resilience, f, n, read_only=True)
 
 
 @dataclass(frozen=True, slots=True)

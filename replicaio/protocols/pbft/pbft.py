@@ -35,6 +35,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
 from replicaio.core.codec import Codec, DecodeError
+from replicaio.core.config import intersecting_quorum
 from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
 from replicaio.core.lines import Line
@@ -171,7 +172,7 @@ class Pbft:
         would let two quorums meet in one replica, a Byzantine primary's, and
         commit two batches at one number (found 2026-12-06: ``swarm pbft --nodes 5
         --byzantine 1``, seeds 4 and 35)."""
-        return (self.n + self.f + 2) // 2
+        return intersecting_quorum(self.n, self.f)
 
     # -- Ordering ----------------------------------------------------------------
 

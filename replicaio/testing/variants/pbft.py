@@ -13,7 +13,10 @@ clients read with the read-only optimisation (section 5.1.3), but accept an
 unordered read on f+1 matching answers instead of 2f+1
 (:func:`read_only_quorum_f_plus_1`): a Byzantine replica answering as a
 lagging correct one does then makes the client read a stale value
-(``pbft_lagging_reads``, ``replicaio.sim.pbft_adversary``).
+(``pbft_lagging_reads``, ``replicaio.sim.pbft_adversary``). Another,
+``pbft-read-only-2f-plus-1``, accepts 2f+1 whatever n is
+(:func:`read_only_quorum_2f_plus_1`, the rule before 2026-12-06), which with
+more than 3f+1 replicas reads stale values the same way.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from replicaio.protocols.pbft.normal import NormalCase, Slot
 from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.pbft.recovery import Recovery
 from replicaio.protocols.pbft.view_change import Chosen, ViewChanges
-from replicaio.smr.client import read_only_quorum, reply_quorum
+from replicaio.smr.client import BYZANTINE, read_only_quorum, reply_quorum
 
 
 class CommitQuorumOffByOne(NormalCase):
@@ -315,11 +318,23 @@ class PbftBackoffNeverReset(Pbft):
     view_changes_type = BackoffNeverReset
 
 
-def read_only_quorum_f_plus_1(resilience: Resilience, f: int) -> int:
-    """An unordered read accepted on f+1 matching answers (the quorum of an
-    ordered reply) instead of 2f+1: f+1 may be one faulty replica and f correct
-    ones that have not executed a write the client saw complete."""
-    return reply_quorum(resilience, f)
+def read_only_quorum_f_plus_1(resilience: Resilience, f: int, n: int) -> int:
+    """An unordered read (and a fast reader's write) accepted on f+1 matching
+    answers (the quorum of an ordered reply) instead of ceil((n + f + 1) / 2):
+    f+1 may be one faulty replica and f correct ones that have not executed a
+    write the client saw complete."""
+    return reply_quorum(resilience, f, n)
+
+
+def read_only_quorum_2f_plus_1(resilience: Resilience, f: int, n: int) -> int:
+    """An unordered read and a fast reader's write accepted on 2f+1 matching
+    answers whatever n is (the rule before 2026-12-06): right for n = 3f+1
+    only; with six replicas and f = 1 a write completes on three replies, the
+    faulty replica's among them, and three replicas that have not executed it
+    (the faulty one lying along) make a read's three stale answers."""
+    if resilience not in BYZANTINE:
+        return 1
+    return 2 * f + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +348,7 @@ class PbftVariant:
     pbft_type: type[Pbft]
     summary: str
     caught_by: str
-    read_only_quorum: Callable[[Resilience, int], int] = read_only_quorum
+    read_only_quorum: Callable[[Resilience, int, int], int] = read_only_quorum
     reads: bool = False
 
 
@@ -411,6 +426,14 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
             "pbft-read-only-f-plus-1", Pbft,
             "clients read unordered and accept f+1 matching answers instead of 2f+1",
             "linearizability", read_only_quorum=read_only_quorum_f_plus_1, reads=True,
+        ),
+        PbftVariant(
+            "pbft-read-only-2f-plus-1", Pbft,
+            "clients read unordered and accept 2f+1 matching answers (and writes on "
+            "2f+1) whatever n is: with more than 3f+1 replicas a read's quorum may miss "
+            "every correct replica that executed a completed write (run with --nodes 6 "
+            "--byzantine 1 --adversary pbft_lagging_reads)",
+            "linearizability", read_only_quorum=read_only_quorum_2f_plus_1, reads=True,
         ),
     )
 }
