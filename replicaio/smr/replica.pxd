@@ -4,7 +4,6 @@ from replicaio.core.stream cimport Stream
 from replicaio.smr.sessions cimport SessionTable
 
 cdef class Replica:
-    cdef dict __dict__
     cdef public Context context
     cdef public object ordering, state_machine, constants, params, authenticator, reply_all
     cdef public SessionTable sessions
@@ -15,3 +14,19 @@ cdef class Replica:
     cdef public Stream stream
     cdef public object clocked, has_views, hurry, clock_ms
     cdef public Codec codec
+
+    cpdef wake(self)
+    cpdef well_formed(self, request)
+    cpdef admit_write(self, request, carried)
+    cpdef enqueue(self, request, carried, origin)
+    cpdef dequeue(self, client, seq)
+    cpdef owe_reply(self, client, seq)
+    cpdef reply(self, client, seq, result)
+    cpdef flush(self)
+    cpdef stamp(self)
+    cpdef batch_applied(self, number)
+    cpdef decode_batch(self, data)
+    cpdef execute(self, request, index)
+    cpdef wake_readers(self)
+    cpdef maybe_checkpoint(self, index)
+    cpdef hand_over_checkpoints(self)

@@ -186,6 +186,18 @@ def request_size(request: ClientRequest, carried: AuthenticatedRequest | None) -
 class Replica:
     """One replica's SMR; implements ``OrderingHandlers``. See the module docstring."""
 
+    # Exactly the attributes ``replica.pxd`` declares, in its order: no instance
+    # dict, so the compiled class's ``cpdef`` methods are C calls without an
+    # override check (ADR 0041, 0047); a variant (a subclass) has a dict of its own.
+    __slots__ = (  # noqa: RUF023
+        "context", "ordering", "state_machine", "constants", "params", "authenticator",
+        "reply_all", "sessions", "applied", "snapshot_index", "checkpoint_index",
+        "checkpoint_bytes", "log_bytes", "pending", "queued", "waiting", "inflight",
+        "inflight_requests", "inflight_views", "batch_next", "reads_active", "read_next",
+        "remote_reads", "applied_waiters", "kick", "kicked", "checkpoints", "stream",
+        "clocked", "has_views", "hurry", "clock_ms", "codec",
+    )
+
     def __init__(
         self,
         context: Context,

@@ -1,6 +1,13 @@
 from replicaio.protocols.raft.raft cimport Raft
 
 cdef class Membership:
-    cdef dict __dict__
     cdef public Raft raft
     cdef public object identities_seen
+    cpdef voters(self)
+    cpdef is_voter(self, node)
+    cpdef quorum(self)
+    cpdef counts(self, node, identity)
+    cpdef registered(self, node)
+    cpdef observe_identity(self, node, identity)
+    cpdef on_progress(self, node)
+    cpdef on_commit(self)

@@ -73,6 +73,9 @@ def with_member(
 class Membership:
     """The configuration as the node sees it, and the leader's changes."""
 
+    # Exactly ``membership.pxd``'s declarations: no instance dict (ADR 0041, 0047).
+    __slots__ = ("raft", "identities_seen")  # noqa: RUF023
+
     def __init__(self, raft: Raft) -> None:
         self.raft = raft
         self.identities_seen: dict[int, int] = {}  # node -> disk identity it last answered with
@@ -84,13 +87,17 @@ class Membership:
         return self.raft.log.config
 
     def voters(self) -> tuple[int, ...]:
-        return tuple(node for node, _ in self.config.voters)
+        # (a list, not a generator: a compiled ``cpdef`` method may hold no closure)
+        return tuple([node for node, _ in self.raft.log.config.voters])
 
     def learners(self) -> tuple[int, ...]:
         return tuple(node for node, _ in self.config.learners)
 
     def is_voter(self, node: int) -> bool:
-        return any(member == node for member, _ in self.config.voters)
+        for member, _ in self.raft.log.config.voters:  # (no generator: cpdef)
+            if member == node:
+                return True
+        return False
 
     def peers(self) -> tuple[int, ...]:
         """Every other member (voters and learners), in node order."""
@@ -101,11 +108,11 @@ class Membership:
 
     def quorum(self) -> int:
         """A majority of the voters."""
-        return len(self.config.voters) // 2 + 1
+        return len(self.raft.log.config.voters) // 2 + 1
 
     def counts(self, node: int, identity: int) -> bool:
         """Whether ``node`` answering with disk ``identity`` counts as a voter."""
-        for member, registered in self.config.voters:
+        for member, registered in self.raft.log.config.voters:
             if member == node:
                 return registered in (UNREGISTERED, identity)
         return False
@@ -138,7 +145,7 @@ class Membership:
         return self.registered(raft.id) in (None, UNREGISTERED, raft.identity)
 
     def registered(self, node: int) -> int | None:
-        config = self.config
+        config = self.raft.log.config
         for member, identity in (*config.voters, *config.learners):
             if member == node:
                 return identity
@@ -326,7 +333,7 @@ class Membership:
     def on_progress(self, node: int) -> None:
         """A peer's match index grew: it may now be caught up enough to be
         promoted, or to have its disk identity registered."""
-        if node in self.config.promoting or self.registered(node) == UNREGISTERED:
+        if node in self.raft.log.config.promoting or self.registered(node) == UNREGISTERED:
             self.maybe_next_change()
 
     def on_commit(self) -> None:

@@ -4,7 +4,6 @@ from replicaio.core.stream cimport Stream
 from replicaio.protocols.raft.state cimport RaftLog
 
 cdef class Raft:
-    cdef dict __dict__
     cdef public Context context
     cdef public object params, id, hard
     cdef public RaftLog log
@@ -15,3 +14,8 @@ cdef class Raft:
     cdef public object reads
     cdef public Stream stream
     cdef public object dispatch
+
+    cpdef count(self, counter, by=*)
+    cpdef accept_leader(self, term, leader)
+    cpdef advance_commit(self, index)
+    cpdef apply(self)

@@ -94,6 +94,16 @@ class Raft:
     membership_type: ClassVar[type[Membership]] = Membership
     snapshots_type: ClassVar[type[Snapshots]] = Snapshots
 
+    # Exactly the attributes ``raft.pxd`` declares, in its order: no instance dict,
+    # so the compiled class's ``cpdef`` methods are C calls without an override
+    # check (ADR 0041, 0047); a variant (a subclass) has a dict of its own.
+    __slots__ = (  # noqa: RUF023
+        "context", "params", "id", "hard", "log", "identity", "joiner", "role", "leader_id",
+        "commit_index", "applied_index", "term_start_index", "handlers", "role_scope",
+        "scheduler", "started", "applying", "election", "replication", "snapshots",
+        "membership", "reads", "stream", "dispatch",
+    )
+
     def __init__(self, context: Context, params: RaftParams | None = None) -> None:
         self.context = context
         self.params = (params or RaftParams()).validate()

@@ -2,6 +2,7 @@ cimport cython
 
 from replicaio.core.lines cimport Line
 from replicaio.core.scheduler cimport Scheduler
+from replicaio.protocols.raft.membership cimport Membership
 from replicaio.protocols.raft.raft cimport Raft
 
 cdef class Signal:
@@ -23,13 +24,13 @@ cdef class Replication:
 
     @cython.locals(progress=Progress)
     cpdef send_to(self, peer, progress)
-    @cython.locals(progress=Progress)
+    @cython.locals(progress=Progress, membership=Membership)
     cpdef on_match(self, peer, progress, match)
-    @cython.locals(progress=Progress)
+    @cython.locals(progress=Progress, membership=Membership)
     cpdef maybe_commit(self)
     cpdef self_match_index(self)
     cpdef may_commit_by_counting(self, index)
-    @cython.locals(progress=Progress)
+    @cython.locals(progress=Progress, membership=Membership)
     cpdef leader_progress(self, source, term, round_, identity)
     @cython.locals(progress=Progress)
     cpdef on_append_entries_response(self, source, response)

@@ -598,7 +598,8 @@ class Replication:
         if progress is None:
             raft.count("raft_ignored_response_not_peer")
             return None
-        raft.membership.observe_identity(source, identity)
+        membership = raft.membership
+        membership.observe_identity(source, identity)
         progress.recent_active = True
         if round_ > progress.acked_round:
             progress.acked_round = round_
@@ -634,7 +635,8 @@ class Replication:
         self.maybe_commit()
         if raft.role is Role.LEADER:
             raft.election.maybe_timeout_now(peer)
-            raft.membership.on_progress(peer)
+            membership = raft.membership
+            membership.on_progress(peer)
 
     def on_regressed(
         self, source: int, progress: Progress, response: AppendEntriesResponse
@@ -687,15 +689,16 @@ class Replication:
         if raft.role is not Role.LEADER:
             return
         matches = []
-        for voter in raft.membership.voters():
+        membership = raft.membership
+        for voter in membership.voters():
             if voter == raft.id:
-                if raft.membership.counts(voter, raft.identity):
+                if membership.counts(voter, raft.identity):
                     matches.append(self.self_match_index())
                 continue
             progress = self.progress.get(voter)
-            if progress is not None and raft.membership.counts(voter, progress.identity):
+            if progress is not None and membership.counts(voter, progress.identity):
                 matches.append(progress.match_index)
-        quorum = raft.membership.quorum()
+        quorum = membership.quorum()
         if len(matches) < quorum:
             return
         matches.sort(reverse=True)

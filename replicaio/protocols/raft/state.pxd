@@ -3,8 +3,8 @@ from replicaio.core.context cimport Context
 cdef class RaftLog:
     cdef public object base_config, base_digest, base_index, base_term, config_indexes
     cdef public Context context
-    cdef public object digests, entries, snapshot_config, snapshot_data, snapshot_digest
-    cdef public object snapshot_index, snapshot_pieces, snapshot_term
+    cdef public object digests, entries, last_index, snapshot_config, snapshot_data
+    cdef public object snapshot_digest, snapshot_index, snapshot_pieces, snapshot_term
     cpdef term_at(self, index)
     cpdef slice(self, start, count_max, bytes_max)
     cpdef append(self, entries)
