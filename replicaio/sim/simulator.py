@@ -639,7 +639,10 @@ class Simulator:
         """``send_all`` from a node with no strategy over a network with no
         loss, duplication or reordering (``recent``: the adversary's view of
         recent messages, if some other node has a strategy)."""
-        encode = self.codec.encode if wire or encoded is not None else None
+        # (the codec called, not ``encode = codec.encode``: a compiled ``cpdef``
+        # method taken as an object is a new closure per call)
+        codec = self.codec
+        encoding = wire or encoded is not None
         now_min = self.now + self.options.latency_min_us
         rate = self.latency_rate
         draw = self.rng.random
@@ -653,8 +656,8 @@ class Simulator:
                 last = message
                 if recent is not None:
                     recent.append((source, destination, message))
-                if encode is not None:
-                    data = encode(message)
+                if encoding:
+                    data = codec.encode(message)
             if encoded is not None:
                 encoded.append(data)
             at_us = now_min + int(-natural_log(1.0 - draw()) / rate)

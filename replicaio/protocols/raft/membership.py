@@ -94,10 +94,7 @@ class Membership:
         return tuple(node for node, _ in self.config.learners)
 
     def is_voter(self, node: int) -> bool:
-        for member, _ in self.raft.log.config.voters:  # (no generator: cpdef)
-            if member == node:
-                return True
-        return False
+        return node in [member for member, _ in self.raft.log.config.voters]  # (cpdef: no genexpr)
 
     def peers(self) -> tuple[int, ...]:
         """Every other member (voters and learners), in node order."""
