@@ -43,6 +43,10 @@ TARGETED: dict[str, str] = {
     "test_a_queue_longer_than_the_request_timer_does_not_replace_a_correct_primary",
     "minbft-backoff-reset-by-view-start": "test_minbft_timer_backoff.py::"
     "test_a_timer_shorter_than_a_round_backs_off_until_views_execute",
+    "minbft-backoff-reset-by-one-batch": "test_minbft_timer_backoff.py::"
+    "test_one_batch_executed_does_not_reset_the_back_off",
+    "minbft-backoff-never-reset": "test_minbft_timer_backoff.py::"
+    "test_a_group_with_sparse_traffic_replaces_each_cut_off_primary",
     "minbft-renumbers-after-restart": "test_minbft_one_front_stalls.py::"
     "test_a_restarted_primary_numbers_above_the_new_view",
 }

@@ -12,13 +12,16 @@ not skip one), or the wait has outlasted :data:`PATIENCE_TIMEOUTS` timeouts
 working through a queue longer than one timeout is not replaced.
 
 Every timer of a view backs off on failed views (section 4.5.2):
-:func:`backoff_exponent` doubles it per view in a row before it without
-progress, so the back-off is reset by progress, never by a view merely
-starting. What counts as progress is the protocol's: MinBFT's is a batch
-executed in the view (ADR 0039); PBFT's is :data:`PROGRESS_BATCHES` batches
-executed in the view, and a PBFT view keeps the doubling it was entered with
-(ADR 0040: with pipelined batches one batch executed said nothing about a
-timeout shorter than a round).
+:class:`ViewBackoff` doubles it per view in a row before it without progress
+(:func:`backoff_exponent`), so the back-off is reset by progress, never by a
+view merely starting. Progress is a view in which the replica executed
+:data:`PROGRESS_BATCHES` batches while active, or in which a backup's request
+timer ran :data:`PATIENCE_TIMEOUTS` timeouts in a row with nothing waited for
+(a group with nothing to execute shows no other), and a view keeps the
+doubling it was entered with (ADR 0040: with pipelined batches one batch
+executed says nothing about a timeout shorter than a round). PBFT (ADR 0040)
+and MinBFT (ADR 0046; ADR 0039's rule before: one batch executed reset the
+current view's timers) share it.
 
 Pure: no clock, no I/O; the caller owns the timer and the counters.
 """
@@ -92,3 +95,67 @@ def backoff_exponent(view: int, progress_view: int, exponent_max: int) -> int:
     waits twice as long for the one after, so that a timeout too short for the
     load cannot change views for ever."""
     return min(max(0, view - progress_view - 1), exponent_max)
+
+
+
+class ViewBackoff:
+    """The doubling of every timer of a replica's current view (ADR 0040, 0046),
+    mixed into PBFT's and MinBFT's ``ViewChanges`` (its attributes are theirs:
+    :meth:`init_backoff` assigns them where their ``__init__`` calls it).
+
+    * :meth:`enter_backoff` fixes it when the replica moves to a view: one per
+      view in a row before it without progress (:func:`backoff_exponent`);
+      progress made in a view shortens the *next* view's timers, not its own
+      (a timer shorter than a batch round would be back after each view's first
+      batch);
+    * a view is one with progress once the replica executed
+      :data:`PROGRESS_BATCHES` batches in it while active
+      (:meth:`executed_in_backoff`), or a backup's request timer ran
+      :data:`PATIENCE_TIMEOUTS` timeouts in a row that began and ended with
+      nothing waited for (:meth:`idle_in_backoff`, counted by that timer);
+    * the timeout is doubled at least once per primary the backup replaced
+      since it last waited for nothing at both ends of a timeout (``replaced``,
+      the backup's count: the load that needed a longer timeout is still there).
+
+    Volatile: a restart counts as progress in the view before the one it
+    restarts in (:meth:`restarted_in_backoff`), or in that view if the replica
+    restarts active in it; nothing is durable. Pure; the caller owns timers and
+    counters."""
+
+    progress_view: int  # the last view this replica saw progress in
+    exponent: int  # the current view's doubling, fixed by ``enter_backoff``
+    executed_in_view: tuple[int, int]  # (view, batches executed in it while active)
+
+    def init_backoff(self) -> None:
+        self.progress_view = 0
+        self.exponent = 0
+        self.executed_in_view = (0, 0)
+
+    def enter_backoff(self, view: int, exponent_max: int) -> None:
+        """The replica moves to ``view``: fix its timers' doubling."""
+        self.exponent = backoff_exponent(view, self.progress_view, exponent_max)
+
+    def restarted_in_backoff(self, view: int, exponent_max: int) -> None:
+        """After a restart in ``view`` (not active in it): the view before counts
+        as progress."""
+        self.progress_view = max(self.progress_view, view - 1)
+        self.enter_backoff(view, exponent_max)
+
+    def executed_in_backoff(self, view: int) -> None:
+        """A batch executed while active in ``view``: its ``PROGRESS_BATCHES``-th
+        makes ``view`` a view with progress."""
+        last, count = self.executed_in_view
+        count = count + 1 if last == view else 1
+        self.executed_in_view = (view, count)
+        if count == PROGRESS_BATCHES:
+            self.progress_view = view
+
+    def idle_in_backoff(self, view: int) -> None:
+        """``PATIENCE_TIMEOUTS`` request timeouts in a row waited for nothing in
+        ``view``: progress, as ``PROGRESS_BATCHES`` executed would be."""
+        self.progress_view = view
+
+    def backoff_timeout_us(self, base_us: int, replaced: int, exponent_max: int) -> int:
+        """Every timer of the current view: ``base_us`` doubled ``exponent``
+        times, or ``replaced`` times if more, at most ``exponent_max`` times."""
+        return base_us << min(max(self.exponent, replaced), exponent_max)

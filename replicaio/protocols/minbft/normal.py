@@ -14,7 +14,7 @@ Batches reach the primary from every replica (``submit``), as in PBFT: a
 backup relays its batch, keeps it (``relayed_max``) until it executes,
 re-relays it, and asks for a view change (REQ-VIEW-CHANGE) if the primary
 leaves it waiting for the view's timeout (``view_change_timeout_us``, doubled
-per failed view before it: ``ViewChanges.timeout_us``). Its request alone is not
+per view without progress before it: ``ViewChanges.timeout_us``). Its request alone is not
 f+1, and the other backups may wait for nothing (a node's in-node clients
 call its own replica only), so on suspicion it also sends the batches it
 waits for to every other backup, as a PBFT client multicasts its request on
@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from replicaio.core.patience import stop_waiting, suspected_kind
+from replicaio.core.patience import PATIENCE_TIMEOUTS, stop_waiting, suspected_kind
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
     Commit,
@@ -55,6 +55,7 @@ BARRIER_MAGIC = b"\x00minbft-read-barrier\x00"
 # (in status periods) while the view lasts.
 FORWARD_EVERY_TICKS = 4
 FORWARD_BATCHES_MAX = 4  # the oldest waiting batches a suspecting backup forwards
+IDLE = (None, None)  # ``oldest_waits`` of a backup that waits for nothing
 
 Vote = tuple[int, bytes, int]  # (view, digest, key: the PREPARE's counter, -NEW-VIEW's)
 
@@ -95,6 +96,11 @@ class NormalCase:
         # at most ``forwarded_max`` per source (its oldest dropped beyond).
         self.forwarded: dict[bytes, tuple[int, bytes]] = {}
         self.suspected = False  # this backup asked to end the view for its batches
+        # Primaries this backup asked to replace since it last waited for nothing
+        # at both ends of a timeout: every timer of a view doubles at least as
+        # often (``ViewChanges.timeout_us``; the load that needed a longer
+        # timeout is still there; PBFT's, ADR 0046).
+        self.replaced = 0
         # The oldest wait of each kind (own relayed, forwarded) that a younger one
         # of its kind overtook (executed first: a primary ordering what it is given
         # in turn does not): ``watch_primary``.
@@ -410,12 +416,17 @@ class NormalCase:
         any batch that waited a whole timeout was held against it, and a
         starved machine changed views over a queue (docs/minbft.md). The
         timeout is the view's (``ViewChanges.timeout_us``): doubled per view in
-        a row before it that executed nothing, back to one once this one does."""
+        a row before it without progress (``PROGRESS_BATCHES`` executed in it,
+        or ``PATIENCE_TIMEOUTS`` of these timeouts in a row that began and ended
+        with nothing waited for: ``ViewChanges.on_idle``), and at least once
+        per primary this backup asked to replace since it last waited for
+        nothing (``replaced``; ADR 0046, PBFT's rule)."""
         minbft = self.minbft
         view_changes = minbft.view_changes
         asked = False
         outlasted = [0, 0]  # timeouts the tracked wait of each kind outlasted
         tracked: tuple[bytes | None, bytes | None] = (None, None)
+        idle = 0  # timeouts in a row that began and ended with nothing waited for
         while True:
             before = tracked
             tracked = self.oldest_waits()
@@ -424,7 +435,17 @@ class NormalCase:
                     outlasted[kind] = 0
             executed = minbft.executed
             waiting = self.waiting_for_execution()
-            await minbft.context.sleep(minbft.view_changes.timeout_us(minbft.view))
+            await minbft.context.sleep(view_changes.timeout_us())
+            if tracked == self.oldest_waits() == IDLE and not waiting \
+                    and not self.waiting_for_execution():
+                self.replaced = 0  # idle: the load that needed it is gone
+                idle += 1
+                if idle == PATIENCE_TIMEOUTS:
+                    # (one idle timeout is not enough: after a view change the
+                    # clients' retries may leave a loaded group idle for a few)
+                    view_changes.on_idle()
+            else:
+                idle = 0
             cause = self.suspicion(tracked, executed, outlasted)
             unfollowable = self.unfollowable() and not minbft.withholding
             if cause == "relayed" and not self.suspected:
@@ -435,6 +456,7 @@ class NormalCase:
             if not asked and (cause is not None or (waiting and minbft.executed == executed)):
                 minbft.count("minbft_primary_suspected")
                 minbft.count(f"minbft_primary_suspected_{cause or 'stalled'}")
+                self.replaced += 1
                 view_changes.request(minbft.view + 1, unfollowable=unfollowable)
                 asked = True
             elif unfollowable and view_changes.unfollowable_view != minbft.view + 1:
@@ -484,7 +506,7 @@ class NormalCase:
             executed = minbft.executed
             waiting = self.waiting_for_execution()
             uncertified = self.waiting_for_certificate()
-            await minbft.context.sleep(minbft.view_changes.timeout_us(minbft.view))
+            await minbft.context.sleep(minbft.view_changes.timeout_us())
             if waiting and minbft.executed == executed:
                 minbft.count("minbft_primary_stalled")
                 minbft.view_changes.request(minbft.view + 1)

@@ -34,9 +34,15 @@ Timers: the VIEW-CHANGE is re-sent until the view starts; once f+1
 VIEW-CHANGEs for its view are in, a replica starts the new-view timer and
 asks for the next view when it expires. Every timer of a view (this one, the
 backup's request timer, the primary's own, a stuck view change's) is
-doubled per view in a row before it in which this replica executed nothing
-(:meth:`ViewChanges.timeout_us`; Castro and Liskov, section 4.5.2): the
-back-off is reset by progress, not by a view starting (ADR 0039).
+doubled per view in a row before it without progress, fixed when the
+replica moves to the view (:meth:`ViewChanges.timeout_us`; Castro and
+Liskov, section 4.5.2; PBFT's rule, ``replicaio.core.patience.ViewBackoff``):
+the back-off is reset by progress, not by a view starting (ADR 0039), and
+progress is ``PROGRESS_BATCHES`` (4) batches executed in the view, or a
+backup's ``PATIENCE_TIMEOUTS`` request timeouts in a row with nothing waited
+for (ADR 0046; before, one batch executed brought the current view's timers
+back to one timeout, and a timer shorter than a batch round replaced primary
+after primary: ``minbft-backoff-reset-by-one-batch``).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 from msgspec.structs import replace
 
-from replicaio.core.patience import backoff_exponent
+from replicaio.core.patience import ViewBackoff
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
     NULL_DIGEST,
@@ -79,7 +85,7 @@ if TYPE_CHECKING:
 Candidate = tuple[int, int, bytes]  # (view, key, digest): the highest view, then the lowest key
 
 
-class ViewChanges:
+class ViewChanges(ViewBackoff):
     """Section 4.4 over the shared state of a :class:`Minbft`."""
 
     # A VIEW-CHANGE showing an entry of a view above 0 must carry the view's
@@ -113,11 +119,13 @@ class ViewChanges:
         # view -> its NEW-VIEW certificate, for every view this replica's own
         # log shows an entry of (and the current one): durable, ``nvc<view>``.
         self.certificates: dict[int, NewViewCertificate] = {}
-        # The last view this replica executed a batch in while active in it
-        # (``Minbft.deliver``): every timer of a later view is doubled per view
-        # since (``timeout_us``). Not durable: a restart counts as progress in
-        # the view it restarts in (``resume``, ``load``).
-        self.progress_view = 0
+        # The back-off of every timer of the current view (PBFT's,
+        # ``replicaio.core.patience.ViewBackoff``; ADR 0046): ``exponent``, fixed
+        # when this replica moves to a view (``start``), one doubling per view
+        # in a row before it without progress since ``progress_view``
+        # (``on_progress``, ``on_idle``). Not durable: a restart counts as
+        # progress in the view it restarts in (``resume``, ``load``).
+        self.init_backoff()
         self.timer_view = -1
         self.sent_new_view_for = -1
         self.unfollowable_view = -1  # the view this replica asked for as unfollowable
@@ -198,6 +206,7 @@ class ViewChanges:
         """Move to ``view``: leave the current one, multicast a VIEW-CHANGE."""
         minbft = self.minbft
         assert view > minbft.view
+        self.enter_backoff(view, minbft.params.view_change_backoff_exponent_max)
         minbft.view = view
         minbft.active = False
         minbft.save_view()
@@ -225,7 +234,7 @@ class ViewChanges:
         """After a restart in the middle of a view change: the VIEW-CHANGE sent
         (from the own log) again, or a new one."""
         minbft = self.minbft
-        self.progress_view = max(self.progress_view, minbft.view - 1)
+        self.restarted_in_backoff(minbft.view, minbft.params.view_change_backoff_exponent_max)
         for _, (message, _) in sorted(minbft.own_log.items(), reverse=True):
             if type(message) is ViewChange and message.view == minbft.view:
                 self.own = message
@@ -319,7 +328,7 @@ class ViewChanges:
             if minbft.view != view or minbft.active:
                 return
             waited += minbft.params.view_change_resend_us
-            if waited >= self.timeout_us(view) and self.timer_view != view \
+            if waited >= self.timeout_us() and self.timer_view != view \
                     and self.requests.get(minbft.id, 0) <= view and not minbft.withholding:
                 minbft.count("minbft_view_change_stuck")
                 self.request(view + 1, unfollowable=minbft.normal.unfollowable())
@@ -332,29 +341,40 @@ class ViewChanges:
             # (which may wait for nothing) times them too (normal.py).
             minbft.normal.forward_waiting()
 
-    def timeout_us(self, view: int) -> int:
-        """The timeout of every timer of ``view``: ``view_change_timeout_us``
-        doubled per view in a row before it in which this replica executed
-        nothing (:func:`~replicaio.core.patience.backoff_exponent`). A view
-        that starts but executes nothing within its timeout does not reset the
-        back-off (before 2026-12-06 a view start did, and the request and
-        primary timers never doubled: on a starved machine a new primary whose
-        PREPAREs could not execute within one 400 ms timeout was replaced,
-        view after view; docs/minbft.md). Once a batch executes in the view,
-        its timers are back to ``view_change_timeout_us``."""
-        params = self.minbft.params
-        return params.view_change_timeout_us << backoff_exponent(
-            view, self.progress_view, params.view_change_backoff_exponent_max)
+    def timeout_us(self) -> int:
+        """The timeout of every timer of the current view:
+        ``view_change_timeout_us`` doubled per view in a row before it without
+        progress, fixed when this replica moved to the view, and at least once
+        per primary this backup asked to replace since it last waited for
+        nothing (``NormalCase.replaced``; ``ViewBackoff``, shared with PBFT; ADR
+        0046). A view that starts but
+        executes nothing does not reset the back-off (before 2026-12-06 a view
+        start did, and the request and primary timers never doubled: ADR
+        0039), nor does its first batch (until ADR 0046 one batch executed
+        brought the view's own timers back to one timeout: a timer shorter than
+        a batch round then replaced primary after primary)."""
+        minbft = self.minbft
+        params = minbft.params
+        return self.backoff_timeout_us(params.view_change_timeout_us, minbft.normal.replaced,
+                                       params.view_change_backoff_exponent_max)
 
     def on_progress(self) -> None:
-        """A batch executed: in an active view, that view made progress."""
+        """A batch executed: in an active view, the ``PROGRESS_BATCHES``-th this
+        replica executed in it makes it a view with progress."""
         minbft = self.minbft
         if minbft.active:
-            self.progress_view = minbft.view
+            self.executed_in_backoff(minbft.view)
+
+    def on_idle(self) -> None:
+        """This backup's request timer waited for nothing at both ends of
+        ``PATIENCE_TIMEOUTS`` timeouts in a row in its active view: progress, as
+        ``PROGRESS_BATCHES`` executed would be (a group with sparse traffic
+        shows no other). The view keeps its own doubling."""
+        self.idle_in_backoff(self.minbft.view)
 
     async def new_view_timer(self, view: int) -> None:
         minbft = self.minbft
-        await minbft.context.sleep(self.timeout_us(view))
+        await minbft.context.sleep(self.timeout_us())
         if minbft.view == view and not minbft.active:
             minbft.count("minbft_new_view_timeouts")
             # A replica that resumed the new primary's stream past its NEW-VIEW
@@ -800,7 +820,7 @@ class ViewChanges:
         if new_view.header.view != minbft.view or not minbft.active:
             return
         self.new_view = new_view
-        self.progress_view = minbft.view
+        self.progress_view = minbft.view  # (a restart: progress)
         stored_votes = minbft.context.load("nvv")
         if stored_votes is not None and len(stored_votes) == 3 and \
                 int(stored_votes[0]) == minbft.view:

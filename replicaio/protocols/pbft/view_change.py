@@ -25,7 +25,7 @@ moves to the view, and at least once per primary a backup replaced since it
 last waited for nothing (``NormalCase.replaced``). The back-off is reset by
 progress, never by a view merely starting: a view in which this replica
 executed ``PROGRESS_BATCHES`` (4) batches while active (ADR 0040; one batch
-executed, MinBFT's progress in ADR 0039, leaves a timer shorter than a batch
+executed, ADR 0039's progress and MinBFT's until ADR 0046, leaves a timer shorter than a batch
 round replacing primaries: ``pbft-backoff-reset-by-one-batch``).
 
 The primary of v+1, with 2f+1 valid VIEW-CHANGEs (the V set), computes the O
@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
-from replicaio.core.patience import PROGRESS_BATCHES, backoff_exponent
+from replicaio.core.patience import ViewBackoff
 from replicaio.protocols.pbft.messages import (
     NULL_DIGEST,
     NewView,
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 Chosen = list[tuple[int, PrePrepare | None]]  # the O set: number -> what to re-propose (None: null)
 
 
-class ViewChanges:
+class ViewChanges(ViewBackoff):
     """Sections 4.4 and 4.5.2 over the shared state of a :class:`Pbft`."""
 
     def __init__(self, pbft: Pbft) -> None:
@@ -87,17 +87,15 @@ class ViewChanges:
         # The last view this replica was active in (``help_peer``: it prepared
         # nothing in the views after it).
         self.last_active_view = 0
-        # The last view this replica saw progress in (``on_progress``): the
-        # timers of a later view are doubled per view
-        # since. Not durable: a restart counts as progress in the view it
-        # restarts in (``resume``, ``Pbft.load``).
-        self.progress_view = 0
-        # The doubling of every timer of the current view, fixed when this
-        # replica moved to it (``back_off``): progress made in the view shortens
-        # the next view's timers, not its own (a timer shorter than a batch round
-        # would be back as soon as one batch executed).
-        self.exponent = 0
-        self.executed_in_view = (0, 0)  # (view, batches this replica executed in it)
+        # The back-off of every timer of the current view (``ViewBackoff``,
+        # shared with MinBFT): ``progress_view``, the last view this replica saw
+        # progress in (``on_progress``, ``on_idle``; not durable: a restart
+        # counts as progress in the view it restarts in, ``resume``,
+        # ``Pbft.load``), and ``exponent``, the doubling fixed when this replica
+        # moved to the view (``back_off``): progress made in the view shortens
+        # the next view's timers, not its own (a timer shorter than a batch
+        # round would be back as soon as one batch executed).
+        self.init_backoff()
         self.timer_view = -1  # the view whose new-view timer runs
         self.sent_new_view_for = -1
 
@@ -127,8 +125,8 @@ class ViewChanges:
     def resume(self) -> None:
         """After a restart in the middle of a view change: announce it again."""
         self.last_active_view = max(self.last_active_view, self.pbft.view - 1)
-        self.progress_view = max(self.progress_view, self.pbft.view - 1)
-        self.back_off(self.pbft.view)
+        self.restarted_in_backoff(self.pbft.view,
+                                  self.pbft.params.view_change_backoff_exponent_max)
         self.announce()
 
     def announce(self) -> None:
@@ -199,8 +197,7 @@ class ViewChanges:
         """This replica moves to ``view``: fix its timers' doubling, one per
         view in a row since the last one it saw progress in
         (:func:`~replicaio.core.patience.backoff_exponent`)."""
-        self.exponent = backoff_exponent(
-            view, self.progress_view, self.pbft.params.view_change_backoff_exponent_max)
+        self.enter_backoff(view, self.pbft.params.view_change_backoff_exponent_max)
 
     def timeout_us(self) -> int:
         """The timeout of every timer of the current view (the new-view timer,
@@ -212,27 +209,22 @@ class ViewChanges:
         and ended idle; ADR 0040)."""
         pbft = self.pbft
         params = pbft.params
-        return params.view_change_timeout_us << min(
-            max(self.exponent, pbft.normal.replaced), params.view_change_backoff_exponent_max)
+        return self.backoff_timeout_us(params.view_change_timeout_us, pbft.normal.replaced,
+                                       params.view_change_backoff_exponent_max)
 
     def on_progress(self) -> None:
         """A batch executed: in an active view, the ``PROGRESS_BATCHES``-th this
         replica executed in it makes it a view with progress."""
         pbft = self.pbft
-        if not pbft.active:
-            return
-        view, executed = self.executed_in_view
-        executed = executed + 1 if view == pbft.view else 1
-        self.executed_in_view = (pbft.view, executed)
-        if executed == PROGRESS_BATCHES:
-            self.progress_view = pbft.view
+        if pbft.active:
+            self.executed_in_backoff(pbft.view)
 
     def on_idle(self) -> None:
         """This backup waited for nothing at both ends of ``PATIENCE_TIMEOUTS``
         request timeouts in a row in its active view: the view counts as
         progress, as ``PROGRESS_BATCHES`` executed would (a group with nothing
         to execute shows no other; ADR 0040). The view keeps its own doubling."""
-        self.progress_view = self.pbft.view
+        self.idle_in_backoff(self.pbft.view)
 
     async def new_view_timer(self, view: int) -> None:
         """Started once 2f+1 VIEW-CHANGEs for ``view`` are in; its timeout is

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from msgspec.structs import replace
 
 from replicaio.core.context import Context
+from replicaio.core.patience import backoff_exponent
 from replicaio.protocols.minbft.messages import NewView, Resume
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.normal import NormalCase
@@ -167,7 +168,29 @@ class UntakenDecisions(ViewChanges):
         return
 
 
-class BackoffResetByViewStart(ViewChanges):
+class BackoffResetByOneBatch(ViewChanges):
+    """ADR 0039's rule (MinBFT's before ADR 0046): every timer of a view doubled
+    per view in a row before it in which this replica executed nothing, and
+    back to ``view_change_timeout_us`` as soon as one batch executes in the view;
+    no idle evidence, no doubling per primary replaced. A timer shorter than a
+    batch round is back after each view's first batch and replaces primary
+    after primary (PBFT's ``pbft-backoff-reset-by-one-batch``, ADR 0040)."""
+
+    def on_progress(self) -> None:
+        if self.minbft.active:
+            self.progress_view = self.minbft.view
+
+    def on_idle(self) -> None:
+        pass  # (ADR 0039's rule knows only batches executed)
+
+    def timeout_us(self) -> int:
+        minbft = self.minbft
+        params = minbft.params
+        return params.view_change_timeout_us << backoff_exponent(
+            minbft.view, self.progress_view, params.view_change_backoff_exponent_max)
+
+
+class BackoffResetByViewStart(BackoffResetByOneBatch):
     """The timers' back-off as it was before 2026-12-06: reset when a view
     starts, whether or not anything executes in it, so the backup's request
     timer and the primary's own timer never double and a new primary whose
@@ -178,6 +201,18 @@ class BackoffResetByViewStart(ViewChanges):
     def enter(self, new_view: NewView) -> None:
         super().enter(new_view)
         self.progress_view = max(self.progress_view, self.minbft.view)
+
+
+class BackoffNeverReset(ViewChanges):
+    """The back-off never reset: every timer of a view doubled per view since
+    the first (up to ``2^view_change_backoff_exponent_max``), whatever executed
+    and however long the backup waited for nothing."""
+
+    def on_progress(self) -> None:
+        pass
+
+    def on_idle(self) -> None:
+        pass
 
 
 class RenumbersAfterRestart(NormalCase):
@@ -228,6 +263,14 @@ class MinbftUntakenDecisions(Minbft):
 
 class MinbftBackoffResetByViewStart(Minbft):
     view_changes_type = BackoffResetByViewStart
+
+
+class MinbftBackoffResetByOneBatch(Minbft):
+    view_changes_type = BackoffResetByOneBatch
+
+
+class MinbftBackoffNeverReset(Minbft):
+    view_changes_type = BackoffNeverReset
 
 
 class MinbftRenumbersAfterRestart(Minbft):
@@ -344,6 +387,15 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
                       "a timeout shorter than a batch round changes views without end "
                       "(run minbft-backoff-reset-by-view-start:view_timeout=8 with 40 "
                       "clients without think time)"),
+        MinbftVariant("minbft-backoff-reset-by-one-batch", MinbftBackoffResetByOneBatch,
+                      "the timers' back-off is reset as soon as one batch executes in a "
+                      "view (ADR 0039's rule): a timeout shorter than a batch round is back "
+                      "after each view's first batch (run "
+                      "minbft-backoff-reset-by-one-batch:view_timeout=8 with 40 clients "
+                      "without think time)"),
+        MinbftVariant("minbft-backoff-never-reset", MinbftBackoffNeverReset,
+                      "the timers' back-off is never reset: every view changed doubles every "
+                      "timer for good"),
         MinbftVariant("minbft-quorum-f-plus-one", MinbftQuorumFPlusOne,
                       "every quorum is f+1 replicas whatever n is: with more than 2f+1 "
                       "replicas two quorums need not meet (run with --nodes 4)"),
