@@ -67,7 +67,7 @@ def test_the_same_schedule_without_the_lies_is_safe() -> None:
     assert honest.counters.get("minbft_new_view_conflicts_executed", 0) == 0
 
 
-@pytest.mark.parametrize("seed", [1, 46])
+@pytest.mark.parametrize("seed", [8, 19])
 def test_the_swarm_with_the_lie_forced_catches_the_variant_and_passes_the_protocol(
     seed: int,
 ) -> None:
@@ -78,7 +78,8 @@ def test_the_swarm_with_the_lie_forced_catches_the_variant_and_passes_the_protoc
     MinBFT's reads shared barriers (2026-12-05), which moved the schedules: the
     first two of 1..120 where the variant breaks agreement are 6 and 46; since
     backups forward what they wait for on suspicion (2026-12-06) 1, 14, 19,
-    26, 31, 46, 64, 69 and 80 of 1..80."""
+    26, 31, 46, 64, 69 and 80 of 1..80; since MinBFT's timers back off as
+    PBFT's (ADR 0046) 8, 19 and 26 are the first three of 1..26."""
     options = kv_options(seed, 3, ("crash", "partition", "loss", "dup", "reorder"),
                          KvWorkload(nemesis_every_us=2_000_000), byzantine=1,
                          adversary=LIE, protocol="minbft")

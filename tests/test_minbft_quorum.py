@@ -27,7 +27,9 @@ def test_a_quorum_is_a_majority_and_within_the_correct_replicas(
 
 @pytest.mark.parametrize("protocol", ["minbft:view_timeout=8", "minbft-quorum-f-plus-one"])
 def test_four_replicas_agree_and_the_paper_count_does_not(protocol: str) -> None:
-    options = short_timer_options(2)  # four replicas, no fault, a short timer
+    # four replicas, no fault, a short timer; seed 2 until MinBFT's timers
+    # backed off as PBFT's (ADR 0046), which moved the run: 3 is the first of 1-3
+    options = short_timer_options(3)
     timer = "" if protocol.endswith("=8") else ":view_timeout=8"
     outcome = Simulator(protocol + timer, options, f=1, record=False).run()
     broken = {violation["property"] for violation in outcome.violations}
