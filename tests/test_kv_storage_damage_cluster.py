@@ -29,7 +29,7 @@ import redis
 from test_kv_service_cluster import DEADLINE_S, connect, leader_of, make_cluster, port_of
 
 from replicaio.runtime.local import LocalCluster
-from replicaio.storage.file import SEGMENT_HEADER, Record, decode_record
+from replicaio.storage.file import SEGMENT_RECORDS_START, Record, decode_record
 
 __all__ = ["make_cluster"]  # the fixture, shared with test_kv_service_cluster
 
@@ -118,7 +118,7 @@ def records(path: Path, *, live: bool = False) -> list[Record]:
     segment open leaves them); ``live``: of a segment a running node is writing
     (stop at a record still being written)."""
     data = path.read_bytes()
-    offset, found = SEGMENT_HEADER.size, []
+    offset, found = SEGMENT_RECORDS_START, []
     while offset < len(data):
         if data.count(0, offset) == len(data) - offset:
             break  # the zeros written ahead of the log

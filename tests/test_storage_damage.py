@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from replicaio.storage.base import StorageCorruptError, StorageDamage, StorageUsageError
-from replicaio.storage.file import SEGMENT_HEADER, FileStorage, Record, decode_record
+from replicaio.storage.file import (
+    SEGMENT_MARK_OFFSET,
+    SEGMENT_RECORDS_START,
+    FileStorage,
+    Record,
+    decode_record,
+)
 from replicaio.storage.memory import MemoryStorage
 from replicaio.storage.superblock import SLOT_BYTES, SUPERBLOCK_FILE_NAME
 
@@ -39,13 +45,19 @@ def _segment(directory: Path) -> Path:
 
 def _records(path: Path) -> list[Record]:
     data = path.read_bytes()
-    records, offset = [], SEGMENT_HEADER.size
+    records, offset = [], SEGMENT_RECORDS_START
     while offset < len(data):
         record = decode_record(data, offset)
         assert isinstance(record, Record)
         records.append(record)
         offset = record.end
     return records
+
+
+def _cut_records(path: Path, fraction: float) -> None:
+    """Cut the segment's records (not its first sector) to ``fraction`` of them."""
+    size = path.stat().st_size
+    _cut(path, SEGMENT_RECORDS_START + int((size - SEGMENT_RECORDS_START) * fraction))
 
 
 def _cut(path: Path, length: int) -> None:
@@ -70,7 +82,7 @@ def test_lost_synced_writes_are_reported_until_cleared(tmp_path: Path, damage: s
     if damage == "cut-10-bytes":
         _cut(segment, size - 10)
     elif damage == "cut-to-half":
-        _cut(segment, size // 2)
+        _cut_records(segment, 0.45)  # inside a batch
     elif damage == "flip-last-record":
         data = bytearray(segment.read_bytes())
         data[records[-1].end - 3] ^= 0x01
@@ -109,8 +121,10 @@ def test_a_torn_write_of_a_sync_that_never_returned_is_no_damage(tmp_path: Path)
         store.sync()
     written = segment.read_bytes()  # after the close trimmed its preallocated zeros
     # The crash came during that sync: half its bytes reached the disk, and the
-    # superblock still holds the marks from before it (they follow the fsync).
-    segment.write_bytes(written[: len(synced) + (len(written) - len(synced)) // 2])
+    # mark slots and the superblock still hold the marks from before it (they
+    # follow the fsync).
+    torn = written[: len(synced) + (len(written) - len(synced)) // 2]
+    segment.write_bytes(synced[:SEGMENT_RECORDS_START] + torn[SEGMENT_RECORDS_START:])
     (tmp_path / SUPERBLOCK_FILE_NAME).write_bytes(marks)
     with FileStorage(tmp_path) as store:
         assert store.torn_bytes_discarded > 0
@@ -131,8 +145,11 @@ def test_without_marks_a_torn_tail_is_possibly_acknowledged(tmp_path: Path) -> N
 
 def test_without_a_superblock_a_torn_tail_is_possibly_acknowledged(tmp_path: Path) -> None:
     _write_batches(tmp_path, batches=2)
-    (tmp_path / SUPERBLOCK_FILE_NAME).unlink()  # a directory from before superblocks
+    (tmp_path / SUPERBLOCK_FILE_NAME).unlink()  # no marks at all: no superblock ...
     segment = _segment(tmp_path)
+    data = segment.read_bytes()  # ... and empty mark slots in the log
+    segment.write_bytes(data[:SEGMENT_MARK_OFFSET].ljust(SEGMENT_RECORDS_START, b"\0")
+                        + data[SEGMENT_RECORDS_START:])
     _cut(segment, segment.stat().st_size - 1)
     with FileStorage(tmp_path) as store:
         assert store.damage is not None
@@ -168,7 +185,7 @@ def test_the_epoch_survives_damage_to_the_log_and_to_one_superblock_copy(tmp_pat
         store.put("k", b"v")
         store.sync()  # a mark: one copy now differs from the other
     segment = _segment(tmp_path)
-    _cut(segment, segment.stat().st_size // 2)
+    _cut_records(segment, 0.5)
     superblock = tmp_path / SUPERBLOCK_FILE_NAME
     for slot in range(2):
         data = bytearray(superblock.read_bytes())

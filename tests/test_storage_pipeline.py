@@ -25,7 +25,7 @@ def directory_bytes(directory: Path) -> dict[str, bytes]:
             if path.name != "LOCK"}
 
 
-@pytest.mark.parametrize("segment_bytes_max", [1 << 20, 200], ids=["one-segment", "rotating"])
+@pytest.mark.parametrize("segment_bytes_max", [1 << 20, 692], ids=["one-segment", "rotating"])
 def test_the_steps_write_exactly_what_sync_writes(tmp_path: Path, segment_bytes_max: int) -> None:
     stores = [FileStorage(tmp_path / name, segment_bytes_max=segment_bytes_max,
                           wal_bytes_compact_threshold=None) for name in ("synced", "stepped")]
@@ -44,15 +44,18 @@ def test_the_steps_write_exactly_what_sync_writes(tmp_path: Path, segment_bytes_
         assert stepped.recover() == synced.recover()
     assert stepped.seal() is None  # nothing buffered: no batch
     assert synced.rotations == stepped.rotations
-    if segment_bytes_max == 200:
+    if segment_bytes_max == 692:
         assert stepped.rotations > 5
     for store in stores:
         store.close()
     assert directory_bytes(tmp_path / "synced") == directory_bytes(tmp_path / "stepped")
 
 
-def test_writes_after_a_seal_go_to_the_next_batch_and_marks_coalesce(tmp_path: Path) -> None:
-    store = FileStorage(tmp_path)
+@pytest.mark.parametrize("in_log", [True, False], ids=["in-log", "superblock"])
+def test_writes_after_a_seal_go_to_the_next_batch_and_marks_coalesce(
+    tmp_path: Path, in_log: bool
+) -> None:
+    store = FileStorage(tmp_path, marks_in_log=in_log)
     store.put("a", b"1")
     first = store.seal()
     store.put("a", b"2")  # while batch 1 is in flight
@@ -63,8 +66,18 @@ def test_writes_after_a_seal_go_to_the_next_batch_and_marks_coalesce(tmp_path: P
     assert store.recover() == {}  # sealed is not written
     store.write_sealed(first)
     assert store.recover() == {"a": b"1"}
+    marks = store.mark_writes
     store.write_sealed(second)
     assert store.recover() == {"a": b"2", "b": b"3"}
+    if in_log:  # batch 1's mark rode on batch 2's flush; batch 2 gets one of its own
+        assert store.mark_writes == marks + 1 and store.batch_marked == 1
+        assert store.mark_flushed() == 2 and store.batch_marked == 2
+        assert store.mark_writes == marks + 2
+        assert store.mark_flushed() == 2
+        assert store.mark_writes == marks + 2  # nothing new: nothing written
+        store.close()
+        return
+    assert store.batch_marked == 0
     assert store._superblock is not None
     writes = store._superblock.writes
     assert store.mark_flushed() == 2  # one mark for both batches
@@ -144,13 +157,16 @@ def test_a_torn_unmarked_batch_is_an_honest_torn_write_and_a_lost_marked_one_is_
     again.close()
 
 
-@pytest.mark.parametrize("marks", [True, False], ids=["marked", "unmarked"])
-def test_a_log_thread_and_a_mark_thread_at_once(tmp_path: Path, marks: bool) -> None:
+@pytest.mark.parametrize("marks", ["in-log", "superblock", "unmarked"])
+def test_a_log_thread_and_a_mark_thread_at_once(tmp_path: Path, marks: str) -> None:
     """Rotations and compactions (which mark too) on the log thread while the
     mark thread marks: no superblock write interleaves, every batch is applied
-    in order, and what reopens is what was written."""
-    store = FileStorage(tmp_path, segment_bytes_max=600, wal_bytes_compact_threshold=3_000,
-                        mark_syncs=marks)
+    in order, and what reopens is what was written. With marks in the log (ADR
+    0045) the log thread marks (they go into the segment it writes): every
+    third batch by a flush of its own, the others carried by the next flush."""
+    in_log = marks == "in-log"
+    store = FileStorage(tmp_path, segment_bytes_max=1092, wal_bytes_compact_threshold=3_000,
+                        mark_syncs=marks != "unmarked", marks_in_log=in_log)
     batches = 300
     sealed = []
     expected: dict[str, bytes] = {}
@@ -169,12 +185,18 @@ def test_a_log_thread_and_a_mark_thread_at_once(tmp_path: Path, marks: bool) -> 
             for item in sealed:
                 store.write_sealed(item)
                 store.compact_if_due()
+                if in_log and item.batch % 3 == 0:
+                    store.mark_flushed()
+            if in_log:
+                store.mark_flushed()
         except BaseException as error:  # handed to the test
             errors.append(error)
         finally:
             flushed.set()
 
     def mark_thread() -> None:
+        if in_log:
+            return
         try:
             while not flushed.is_set():
                 store.mark_flushed()
@@ -190,7 +212,8 @@ def test_a_log_thread_and_a_mark_thread_at_once(tmp_path: Path, marks: bool) -> 
     assert not errors
     assert store.rotations > 10 and store.compactions > 1
     state = read_superblock(tmp_path).state
-    assert state is not None and state.synced_batch == batches
+    assert state is not None and (in_log or state.synced_batch == batches)
+    assert store.batch_marked == batches
     assert store.recover() == expected
     crash(store)
     reopened = FileStorage(tmp_path)
@@ -206,7 +229,7 @@ def test_a_compaction_on_the_log_thread_while_the_loop_buffers_the_next_batch(
     the snapshot covers what was written, the later batches land after it, and
     what reopens is every batch. (The first version asserted that nothing was
     buffered, which a live pipelined node hits at its first compaction.)"""
-    store = FileStorage(tmp_path, segment_bytes_max=600, wal_bytes_compact_threshold=2_000)
+    store = FileStorage(tmp_path, segment_bytes_max=1092, wal_bytes_compact_threshold=2_000)
     expected: dict[str, bytes] = {}
     store.put("k0", b"v" * 50)
     expected["k0"] = b"v" * 50

@@ -21,6 +21,7 @@ from replicaio.storage.file import (
     SEGMENT_BYTES_MAX_DEFAULT,
     SEGMENT_HEADER,
     SEGMENT_MAGIC,
+    SEGMENT_RECORDS_START,
     FileStorage,
     Record,
     decode_record,
@@ -59,7 +60,7 @@ def _segments(directory: Path) -> list[Path]:
 
 def _records(path: Path) -> list[Record]:
     data = path.read_bytes()
-    records, offset = [], SEGMENT_HEADER.size
+    records, offset = [], SEGMENT_RECORDS_START
     while offset < len(data):
         record = decode_record(data, offset)
         assert isinstance(record, Record)
@@ -154,12 +155,12 @@ def test_a_misdirected_write_mid_log_is_caught_by_its_batch_number(tmp_path: Pat
 
 
 def test_damage_in_an_earlier_segment_moves_every_later_segment(tmp_path: Path) -> None:
-    states = _write(tmp_path, batches=8, segment_bytes_max=200)
+    states = _write(tmp_path, batches=8, segment_bytes_max=692)
     segments = _segments(tmp_path)
     assert len(segments) > 3
     second = segments[1]
     first_record = _records(second)[0]
-    _flip(second, SEGMENT_HEADER.size + 6)  # the checksum field of its first record
+    _flip(second, SEGMENT_RECORDS_START + 6)  # the checksum field of its first record
     evidence = _files(tmp_path)
     with pytest.raises(StorageCorruptError, match="not the last"):
         FileStorage(tmp_path)
@@ -174,7 +175,7 @@ def test_damage_in_an_earlier_segment_moves_every_later_segment(tmp_path: Path) 
 
 
 def test_a_damaged_segment_header_and_a_missing_segment(tmp_path: Path) -> None:
-    _write(tmp_path, batches=8, segment_bytes_max=200)
+    _write(tmp_path, batches=8, segment_bytes_max=692)
     segments = _segments(tmp_path)
     _flip(segments[2], 9)  # its header
     evidence = _files(tmp_path)
@@ -184,7 +185,7 @@ def test_a_damaged_segment_header_and_a_missing_segment(tmp_path: Path) -> None:
                     {path.name: evidence[path.name] for path in segments[2:]})
     # A missing segment: the log is cut where it goes missing.
     directory = tmp_path / "missing"
-    _write(directory, batches=8, segment_bytes_max=200)
+    _write(directory, batches=8, segment_bytes_max=692)
     segments = _segments(directory)
     evidence = _files(directory)
     segments[1].unlink()
@@ -195,7 +196,7 @@ def test_a_damaged_segment_header_and_a_missing_segment(tmp_path: Path) -> None:
 
 
 def test_a_damaged_snapshot_whose_segments_are_gone_starts_empty(tmp_path: Path) -> None:
-    with FileStorage(tmp_path, segment_bytes_max=150, wal_bytes_compact_threshold=None) as store:
+    with FileStorage(tmp_path, segment_bytes_max=642, wal_bytes_compact_threshold=None) as store:
         for index in range(8):
             store.put(f"k{index}", b"v" * 40)
             store.sync()
@@ -261,9 +262,9 @@ def test_a_crash_at_any_step_of_a_repair_is_repaired_again(
     rename = os.rename  # what repair.py calls (os.rename, looked up at each call)
     for crash_at in range(40):
         directory = tmp_path / str(crash_at)
-        states = _write(directory, batches=8, segment_bytes_max=200)
+        states = _write(directory, batches=8, segment_bytes_max=692)
         segments = _segments(directory)
-        _flip(segments[1], SEGMENT_HEADER.size + 6)
+        _flip(segments[1], SEGMENT_RECORDS_START + 6)
         evidence = {path.name: path.read_bytes() for path in segments[1:]}
         expected = _replayed(segments[:1])
         del states

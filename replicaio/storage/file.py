@@ -81,14 +81,28 @@ from replicaio.storage.superblock import (
     read_superblock,
 )
 
-# 2: values are frames of the msgspec codec (docs/codec.md); a file of another
-# version is refused, naming its version (docs/storage.md, "Format versions").
-FORMAT_VERSION = 2
+# 3: each segment's first sector holds two sync mark slots, records start after
+# it (ADR 0045); 2: values are frames of the msgspec codec (docs/codec.md). A file
+# of another version is refused, naming its version (docs/storage.md, "Format versions").
+FORMAT_VERSION = 3
 MEBIBYTE = 1024 * 1024
 
 SEGMENT_MAGIC = b"RWAL"
 # magic, format version, reserved (0), segment sequence number, CRC32 of the preceding fields
 SEGMENT_HEADER = struct.Struct("<4sHHQI")
+# The segment's first sector: the header, then SEGMENT_MARK_SLOTS mark slots of
+# SEGMENT_MARK_BYTES at SEGMENT_MARK_OFFSET; records start at SEGMENT_RECORDS_START.
+SEGMENT_MARK_MAGIC = b"RMRK"
+# magic, sequence (the newest valid slot wins), segment number, batch; then CRC32 of those.
+SEGMENT_MARK = struct.Struct("<4sQQQ")
+SEGMENT_MARK_CHECKSUM = struct.Struct("<I")
+SEGMENT_MARK_BYTES = 64
+SEGMENT_MARK_SLOTS = 2
+SEGMENT_MARK_OFFSET = 64
+SEGMENT_RECORDS_START = 512
+assert SEGMENT_HEADER.size <= SEGMENT_MARK_OFFSET
+assert SEGMENT_MARK.size + SEGMENT_MARK_CHECKSUM.size <= SEGMENT_MARK_BYTES
+assert SEGMENT_MARK_OFFSET + SEGMENT_MARK_SLOTS * SEGMENT_MARK_BYTES <= SEGMENT_RECORDS_START
 RECORD_MAGIC = b"RREC"
 # magic, CRC32 of everything after this field up to the record's end,
 # value length, batch number, flags, kind, key length; then key and value bytes.
@@ -109,7 +123,7 @@ KIND_SEAL = 3  # ends a batch whose tail was torn away; carries no data
 FLAG_COMMIT = 1  # the record is the last of its batch
 
 SEGMENT_BYTES_MAX_DEFAULT = 64 * MEBIBYTE
-SEGMENT_BYTES_MIN = SEGMENT_HEADER.size + RECORD_HEADER.size
+SEGMENT_BYTES_MIN = SEGMENT_RECORDS_START + RECORD_HEADER.size
 WAL_BYTES_COMPACT_THRESHOLD_DEFAULT = 256 * MEBIBYTE
 UNSYNCED_BYTES_MAX_DEFAULT = 256 * MEBIBYTE
 SNAPSHOT_WRITE_CHUNK_BYTES = MEBIBYTE
@@ -257,6 +271,38 @@ def encode_segment_header(seq: int) -> bytes:
     return fields + zlib.crc32(fields).to_bytes(4, "little")
 
 
+def encode_segment_mark(sequence: int, seq: int, batch: int) -> bytes:
+    """One mark slot of segment ``seq``: every batch up to ``batch`` is durable."""
+    fields = SEGMENT_MARK.pack(SEGMENT_MARK_MAGIC, sequence, seq, batch)
+    data = fields + SEGMENT_MARK_CHECKSUM.pack(zlib.crc32(fields))
+    return data + bytes(SEGMENT_MARK_BYTES - len(data))
+
+
+def segment_mark_offset(sequence: int) -> int:
+    """Where the slot that a mark of ``sequence`` goes to lies (slots alternate)."""
+    return SEGMENT_MARK_OFFSET + (sequence % SEGMENT_MARK_SLOTS) * SEGMENT_MARK_BYTES
+
+
+def decode_segment_marks(data: bytes, seq: int) -> tuple[int, int]:
+    """``(sequence, batch)`` of the newest valid mark slot of segment ``seq`` whose
+    first bytes are ``data`` (``(0, 0)``: none). A slot that is empty, torn
+    (checksum mismatch) or names another segment does not count: a torn slot is
+    the one a crash interrupted, and its flush never returned."""
+    newest = (0, 0)
+    for slot in range(SEGMENT_MARK_SLOTS):
+        start = SEGMENT_MARK_OFFSET + slot * SEGMENT_MARK_BYTES
+        fields = data[start : start + SEGMENT_MARK.size]
+        if len(fields) < SEGMENT_MARK.size:
+            continue
+        (checksum,) = SEGMENT_MARK_CHECKSUM.unpack_from(data, start + SEGMENT_MARK.size)
+        if zlib.crc32(fields) != checksum:
+            continue
+        magic, sequence, mark_seq, batch = SEGMENT_MARK.unpack(fields)
+        if magic == SEGMENT_MARK_MAGIC and mark_seq == seq and sequence > newest[0]:
+            newest = (sequence, batch)
+    return newest
+
+
 def _check_segment_header(path: Path, data: bytes, seq: int) -> None:
     if len(data) < SEGMENT_HEADER.size:
         raise LogDamageError(f"{path}: segment header truncated ({len(data)} bytes)", seq, 0)
@@ -272,6 +318,11 @@ def _check_segment_header(path: Path, data: bytes, seq: int) -> None:
         )
     if header_seq != seq:
         raise LogDamageError(f"{path}: header says segment {header_seq}, name says {seq}", seq, 0)
+    if len(data) < SEGMENT_RECORDS_START:
+        raise LogDamageError(
+            f"{path}: segment's first sector truncated ({len(data)} of "
+            f"{SEGMENT_RECORDS_START} bytes)", seq, 0,
+        )
 
 
 def decode_snapshot(path: Path, data: bytes) -> Snapshot:
@@ -399,6 +450,7 @@ class FileStorage:
         mark_syncs: bool = True,
         repair: bool = False,
         preallocate_bytes: int = PREALLOCATE_BYTES_DEFAULT,
+        marks_in_log: bool = True,
     ) -> None:
         if segment_bytes_max < SEGMENT_BYTES_MIN:
             raise StorageUsageError(f"segment_bytes_max must be >= {SEGMENT_BYTES_MIN}")
@@ -416,6 +468,9 @@ class FileStorage:
         self._wal_bytes_compact_threshold = wal_bytes_compact_threshold
         self._unsynced_bytes_max = unsynced_bytes_max
         self._mark_syncs = mark_syncs
+        # Marks in the segment's slots, carried by the next batch's flush (ADR 0045);
+        # False: in the superblock, a flush of their own (ADR 0032).
+        self._carry_marks = mark_syncs and marks_in_log
         self._repair = repair
         self._preallocate_bytes = preallocate_bytes
         self._superblock: Superblock | None = None
@@ -432,6 +487,12 @@ class FileStorage:
         self._zero_tail = False  # the recovered last segment ended in preallocated zeros
         self._batch_last = 0  # last batch written and committed
         self._batch_sealed = 0  # last batch sealed (>= _batch_last; seal() numbers them)
+        self._batch_marked = 0  # last batch a durable slot mark names (see batch_marked)
+        self._slot_sequence = 0  # sequence of the current segment's newest mark slot
+        self._segment_first_batch: int | None = None  # first batch with records in it
+        # Replay: the newest valid mark slot (sequence, batch) and first batch of each segment.
+        self._replayed_marks: dict[int, tuple[int, int]] = {}
+        self._replayed_first: dict[int, int] = {}
         # One superblock writer at a time: marks, rotations, compactions, epochs.
         self._superblock_lock = threading.Lock()
         self._closed_reason: str | None = None
@@ -443,6 +504,7 @@ class FileStorage:
         self.bytes_written = 0
         self.rotations = 0
         self.compactions = 0
+        self.mark_writes = 0  # mark slots written (each made durable by a segment flush)
         self.torn_bytes_discarded = 0  # by the recovery in the constructor
         try:
             if not self.directory.is_dir():
@@ -479,7 +541,7 @@ class FileStorage:
         self._check_open()
         self._sync_batch()
         if self._mark_syncs:
-            self._mark()
+            self._mark_flushed()
         self.compact_if_due()
 
     # -- the same in steps, on two threads (the pipelined host, ADR 0037) ---------------------
@@ -513,7 +575,10 @@ class FileStorage:
     def write_sealed(self, sealed: SealedBatch) -> None:
         """Append ``sealed`` to the log and flush it (``fdatasync``): durable on
         return, and applied to the map. One thread at a time (the host's log
-        thread), in batch order. Does not mark (see :meth:`mark_flushed`).
+        thread), in batch order. Does not mark ``sealed`` (see
+        :meth:`mark_flushed`); with marks in the log (ADR 0045) the same flush
+        carries the mark of the batch before it if that one was flushed and not
+        yet marked: :attr:`batch_marked` says what is marked on return.
 
         On an ``OSError`` the store closes itself and the error propagates."""
         self._check_open()
@@ -528,11 +593,22 @@ class FileStorage:
             self._apply(key, len(key_bytes), value)
 
     def mark_flushed(self) -> int:
-        """Mark in the superblock every batch whose log flush has returned; return
-        the last one (thread-safe against the log thread, which only moves that
-        number on after a flush). A mark that finds them marked writes nothing."""
+        """Mark every batch whose log flush has returned; return the last one. A
+        mark that finds them marked writes nothing. With marks in the log (ADR
+        0045): a mark slot written and flushed with the segment, on the log
+        thread (it writes the segment). Else in the superblock (ADR 0032),
+        thread-safe against the log thread, which only moves that number on
+        after a flush."""
         self._check_open()
-        return self._mark()
+        return self._mark_flushed()
+
+    @property
+    def batch_marked(self) -> int:
+        """The last batch whose mark is durable (in the log or in the superblock):
+        what may be released (``mark_syncs``); read by any thread."""
+        superblock = self._superblock
+        synced = superblock.state.synced_batch if superblock is not None else 0
+        return max(self._batch_marked, synced)
 
     def compact_if_due(self) -> None:
         """Compact if the log has outgrown the threshold and the live data (on the
@@ -638,8 +714,44 @@ class FileStorage:
         """Record in the superblock that every batch so far is synced; return the
         last. Under the superblock lock: the pipelined host marks on a thread of
         its own while the log thread may rotate or compact (which mark too)."""
+        return self._mark_superblock(self._batch_last)  # read once: the log thread moves it
+
+    def _mark_flushed(self) -> int:
+        """Mark every flushed batch: a mark slot and a segment flush of its own
+        (ADR 0045; a lone batch), or the superblock (ADR 0032)."""
+        if not self._carry_marks:
+            return self._mark()
+        batch = self._batch_last
+        if batch > self.batch_marked:
+            try:
+                self._write_mark_slot(batch)
+                self._flush_segment()
+            except OSError as error:
+                self._fail(error)
+                raise
+            self._batch_marked = batch
+        return batch
+
+    def _write_mark_slot(self, batch: int) -> None:
+        """Write the mark of ``batch`` into the current segment's next slot (not
+        durable until the segment's next flush). The first mark that names a
+        batch with records in this segment goes to the superblock first (its own
+        flush, once per segment): otherwise a loss of the whole segment, slots
+        and all, would go unseen."""
+        first = self._segment_first_batch
         superblock = self._superblock
-        batch = self._batch_last  # read once: the log thread moves it on after a flush
+        if (first is not None and batch >= first and superblock is not None
+                and superblock.state.synced_batch < first):
+            self._mark_superblock(batch)
+        self._slot_sequence += 1
+        os.pwrite(self._segment_fd, encode_segment_mark(self._slot_sequence, self._segment_seq,
+                                                        batch),
+                  segment_mark_offset(self._slot_sequence))
+        self.mark_writes += 1
+
+    def _mark_superblock(self, batch: int) -> int:
+        """Record in the superblock that every batch up to ``batch`` is synced."""
+        superblock = self._superblock
         if superblock is None:
             return batch
         with self._superblock_lock:
@@ -673,7 +785,7 @@ class FileStorage:
         # buffers the next batch while the pipelined host's log thread compacts
         # (ADR 0037), and those batches go to the segment started below.
         assert self._batch_sealed >= self._batch_last
-        if self._segments[self._segment_seq] > SEGMENT_HEADER.size:
+        if self._segments[self._segment_seq] > SEGMENT_RECORDS_START:
             self._rotate()
         covered = self._segment_seq - 1
         if covered not in self._segments:
@@ -717,14 +829,25 @@ class FileStorage:
         previous = 0  # where the record being looked at starts
         for end in sealed.ends:
             used = self._segments[self._segment_seq] + previous - start
-            if used + end - previous > self._segment_bytes_max and used > SEGMENT_HEADER.size:
+            if used + end - previous > self._segment_bytes_max and used > SEGMENT_RECORDS_START:
                 self._append(data[start:previous])
                 start = previous
                 self._rotate()
             previous = end
         self._append(data[start:])
+        if self._segment_first_batch is None:
+            self._segment_first_batch = sealed.batch
+        # The batch before, flushed and not marked: its mark rides on this flush
+        # (ADR 0045). Written after the data, into the segment the flush covers.
+        carried = self._batch_last if self._carry_marks else 0
+        if carried and carried > self.batch_marked:
+            self._write_mark_slot(carried)
+        else:
+            carried = 0
         self._flush_segment()
         self._batch_last = sealed.batch
+        if carried:
+            self._batch_marked = carried
 
     def _append(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at the segment's end (not durable until ``_flush_segment``).
@@ -782,13 +905,16 @@ class FileStorage:
 
     def _open_new_segment(self, seq: int) -> None:
         assert seq not in self._segments
-        header = encode_segment_header(seq)
+        # The header and empty mark slots: the first sector, before any record.
+        header = encode_segment_header(seq).ljust(SEGMENT_RECORDS_START, b"\0")
         self._segment_fd = self._create_atomically(
             segment_file_name(seq), lambda fd: _write_all(fd, header)
         )
         self._segment_seq = seq
         self._segments[seq] = len(header)
         self._segment_file_bytes = len(header)
+        self._slot_sequence = 0
+        self._segment_first_batch = None
 
     def _create_atomically(self, name: str, write: Callable[[int], None]) -> int:
         """Create ``name`` with the content ``write`` produces, all or nothing.
@@ -890,7 +1016,8 @@ class FileStorage:
         obsolete += [path for seq, path in snapshots.items() if seq < covered]
         self._unlink_all(obsolete + temporaries)
         # Record what was lost before the log changes: a crash from here on keeps the report.
-        self._open_superblock(read, cursor.batch if cursor.committed else cursor.batch - 1, cut)
+        committed = cursor.batch if cursor.committed else cursor.batch - 1
+        self._open_superblock(read, committed, cut)
         if cut is not None:
             self._cut(cut)
         if self._segments:
@@ -898,12 +1025,27 @@ class FileStorage:
             path = self.directory / segment_file_name(self._segment_seq)
             self._segment_fd = os.open(path, os.O_WRONLY)
             self._truncate_torn_tail(path)
+            self._open_marks(committed)
         else:
             self._open_new_segment(covered + 1)
         self._batch_last = self._batch_sealed = cursor.batch
         if not cursor.committed:
             self._seal(cursor.batch)
         self._mark()
+
+    def _open_marks(self, committed: int) -> None:
+        """Take up the last segment's mark slots. If they name a batch past
+        ``committed`` (a loss, now recorded in the superblock), both are
+        rewritten to ``committed``: the same loss is not found again at the next
+        open, once the node has reacted to it (``clear_damage``)."""
+        seq = self._segment_seq
+        sequence, marked = self._replayed_marks.get(seq, (0, 0))
+        self._slot_sequence = sequence
+        self._segment_first_batch = self._replayed_first.get(seq)
+        if marked > committed:
+            for _ in range(SEGMENT_MARK_SLOTS):
+                self._write_mark_slot(committed)
+            self._flush_segment()
 
     def _replay_log(self, segments: dict[int, Path], covered: int, origin: str,
                     cursor: _Cursor, repair: bool) -> Cut | None:
@@ -949,7 +1091,9 @@ class FileStorage:
                 f"{self.torn_bytes_discarded} bytes of log after it moved to {quarantined}/"
             )
         else:
-            code, detail = classify(read, committed, self.torn_bytes_discarded, self.directory)
+            marked = max((batch for _, batch in self._replayed_marks.values()), default=0)
+            code, detail = classify(read, committed, self.torn_bytes_discarded, self.directory,
+                                    marked)
         state = previous or SuperblockState()
         target = replace(
             state,
@@ -1028,7 +1172,8 @@ class FileStorage:
         """
         data = path.read_bytes()
         _check_segment_header(path, data, seq)
-        offset = SEGMENT_HEADER.size
+        self._replayed_marks[seq] = decode_segment_marks(data, seq)
+        offset = SEGMENT_RECORDS_START
         while offset < len(data):
             try:
                 result = decode_record(data, offset)
@@ -1049,6 +1194,8 @@ class FileStorage:
                     f"expected {cursor.batch_next()}: records are missing or misplaced",
                     seq, offset,
                 )
+            if offset == SEGMENT_RECORDS_START:
+                self._replayed_first[seq] = result.batch
             if result.kind != KIND_SEAL:
                 value = result.value if result.kind == KIND_PUT else None
                 self._apply(result.key, len(result.key.encode()), value)
@@ -1109,8 +1256,10 @@ class FileStorage:
         record = bytearray()
         encode_record(record, batch, FLAG_COMMIT, KIND_SEAL, b"", b"")
         used = self._segments[self._segment_seq]
-        if used + len(record) > self._segment_bytes_max and used > SEGMENT_HEADER.size:
+        if used + len(record) > self._segment_bytes_max and used > SEGMENT_RECORDS_START:
             self._rotate()
+        if self._segment_first_batch is None:
+            self._segment_first_batch = batch
         self._append(record)
         self._flush_segment()
 

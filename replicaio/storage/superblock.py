@@ -178,15 +178,21 @@ class Superblock:
             os.close(fd)
 
 
-def classify(read: SuperblockRead, committed: int, torn: int, directory: Path) -> tuple[int, str]:
+def classify(
+    read: SuperblockRead, committed: int, torn: int, directory: Path, log_marked: int = 0
+) -> tuple[int, str]:
     """``(damage code, detail)`` of a recovery that kept batches up to ``committed``
-    and discarded ``torn`` bytes of a damaged tail, judged by the superblock's marks."""
+    and discarded ``torn`` bytes of a damaged tail, judged by the superblock's marks
+    and ``log_marked``, the highest batch the log segments' mark slots name (ADR 0045)."""
     state = read.state
-    if state is not None and committed < state.synced_batch:
+    marked = max(state.synced_batch if state is not None else 0, log_marked)
+    if committed < marked:
+        where = "the superblock" if state is not None and state.synced_batch == marked else (
+            "the log's mark slots")
         return DAMAGE_LOST_SYNCED, (
             f"{directory}: the log recovers to batch {committed} ({torn} bytes of a "
-            f"damaged tail discarded) but batches up to {state.synced_batch} had been "
-            "synced: acknowledged writes are lost"
+            f"damaged tail discarded) but batches up to {marked} had been "
+            f"synced ({where}): acknowledged writes are lost"
         )
     if not torn:
         return DAMAGE_NONE, ""

@@ -37,8 +37,9 @@ from replicaio.storage.base import (
     StorageUsageError,
 )
 from replicaio.storage.file import (
-    SEGMENT_HEADER,
+    SEGMENT_MARK_OFFSET,
     SEGMENT_NAME,
+    SEGMENT_RECORDS_START,
     SNAPSHOT_NAME,
     FileStorage,
 )
@@ -441,16 +442,79 @@ class FileStorageCrashes:
         return self.open(store.directory, fsync=fsync)
 
     def crash_during_sync(self, store: FileStorage) -> Iterator[FileStorage]:
-        """Sync ``store``; yield the store recovered after each crash point within it."""
+        """Sync ``store``; yield the store recovered after each crash point within it.
+
+        The sync flushes its records, then its mark (a slot in the segment's
+        first sector, ADR 0045, or the superblock): while the records are
+        volatile, the marks are as before the sync; once they are durable, the
+        mark slot is old, torn at any byte, or new."""
         before = _log_files(store.directory)
         superblock = store.directory / SUPERBLOCK_FILE_NAME
         marks = superblock.read_bytes()  # the sync marks itself only after its fsync
         store.sync()
         after = _log_files(store.directory)
+        marks_after = superblock.read_bytes()
         if any(name not in after for name in before) or any(
             SNAPSHOT_NAME.fullmatch(name) for name in after.keys() - before.keys()
         ):
             raise AssertionError("crash_during_sync does not model compaction inside sync")
+        unmarked = {name: _with_marks(data, _marks_sector(before, name, data))
+                    for name, data in after.items()}
+        yield from self._record_outcomes(before, unmarked, {superblock.name: marks})
+        # The records durable; the mark's flush interrupted at every byte of its slot.
+        for name, data in after.items():
+            old = _marks_sector(before, name, data)
+            new = data[SEGMENT_MARK_OFFSET:SEGMENT_RECORDS_START]
+            changed = [i for i in range(len(new)) if new[i] != old[i]]
+            if not changed:
+                continue
+            for cut in range(changed[0], changed[-1] + 2):
+                torn = new[:cut] + old[cut:]
+                for superblock_bytes in {marks, marks_after}:
+                    yield from self._outcome({**unmarked, name: _with_marks(data, torn),
+                                              superblock.name: superblock_bytes})
+
+    def crash_during_carried_mark(
+        self, store: FileStorage, carried: list[Operation], batch: list[Operation]
+    ) -> Iterator[tuple[FileStorage, bool]]:
+        """Write ``carried`` as a batch (flushed, not marked), then ``batch``,
+        whose flush carries ``carried``'s mark (ADR 0045), and yield the store
+        recovered after each crash point of that flush, with whether its mark
+        slot had become durable: the records of ``batch`` cut at every byte (and
+        one sector lost), crossed with the slot old, torn, or new."""
+        _buffer(store, carried)
+        sealed = store.seal()
+        assert sealed is not None
+        store.write_sealed(sealed)
+        assert store.batch_marked < sealed.batch, "the batch must wait for its mark"
+        before = _log_files(store.directory)
+        superblock = store.directory / SUPERBLOCK_FILE_NAME
+        marks = superblock.read_bytes()
+        _buffer(store, batch)
+        second = store.seal()
+        assert second is not None
+        store.write_sealed(second)
+        assert store.batch_marked == sealed.batch, "the flush carries the mark"
+        after = _log_files(store.directory)
+        extra = {superblock.name: superblock.read_bytes()}
+        unmarked = {name: _with_marks(data, _marks_sector(before, name, data))
+                    for name, data in after.items()}
+        [(name, data)] = [(n, d) for n, d in after.items() if unmarked[n] != d]
+        old = _marks_sector(before, name, data)
+        new = data[SEGMENT_MARK_OFFSET:SEGMENT_RECORDS_START]
+        changed = [i for i in range(len(new)) if new[i] != old[i]]
+        torn = new[: (changed[0] + changed[-1]) // 2] + old[(changed[0] + changed[-1]) // 2 :]
+        for slot, durable in ((old, False), (torn, False), (new, True)):
+            marked = {**unmarked, name: _with_marks(data, slot)}
+            for outcome in self._record_outcomes(before, marked, extra if durable else {
+                    superblock.name: marks}):
+                yield outcome, durable
+
+    def _record_outcomes(
+        self, before: Mapping[str, bytes], after: Mapping[str, bytes], extra: Mapping[str, bytes]
+    ) -> Iterator[FileStorage]:
+        """The log's records of one flush cut at every byte, then with one sector
+        lost (what it held before: zeros over preallocated space)."""
         regions = self._volatile_regions(before, after)
         for index, (name, start, end) in enumerate(regions):
             for cut in range(start, end + 1):
@@ -459,35 +523,39 @@ class FileStorageCrashes:
                     del files[later]  # created after this crash point
                 # Past the cut, what the file held before: preallocated zeros, or its end.
                 files[name] = after[name][:cut] + before.get(name, b"")[cut:]
-                yield from self._outcome({**files, superblock.name: marks})
+                yield from self._outcome({**files, **extra})
         if regions:
             name, start, end = regions[-1]
             first_sector = start - start % self._sector_bytes
+            old = before.get(name, b"")
             for sector in range(first_sector, end, self._sector_bytes):
                 low, high = max(sector, start), min(sector + self._sector_bytes, end)
                 damaged = bytearray(after[name])
-                damaged[low:high] = bytes(high - low)
-                yield from self._outcome({**after, name: bytes(damaged), superblock.name: marks})
+                damaged[low:high] = old[low:high].ljust(high - low, b"\0")
+                yield from self._outcome({**after, name: bytes(damaged), **extra})
 
     @staticmethod
     def _volatile_regions(
         before: Mapping[str, bytes], after: Mapping[str, bytes]
     ) -> list[tuple[str, int, int]]:
-        """(segment, start, end) of the bytes the sync appended, in write order.
+        """(segment, start, end) of the records the sync appended, in write order.
 
-        A segment created during the sync has its header made durable before
-        any record goes in (atomic creation), so its region starts after it.
-        The region runs from the first to the last byte that the sync changed
-        (a segment's zeros written ahead of its end, ``preallocate_bytes``,
-        read as nothing written; the sync overwrites them).
+        A segment created during the sync has its first sector (header, empty
+        mark slots) made durable before any record goes in (atomic creation),
+        so its region starts after it; mark slots are not records (the callers
+        give ``after`` the slots they model). The region runs from the first to
+        the last byte that the sync changed (a segment's zeros written ahead of
+        its end, ``preallocate_bytes``, read as nothing written; the sync
+        overwrites them).
         """
         regions = []
         for name in sorted(after):
             if SEGMENT_NAME.fullmatch(name):
                 new = after[name]
-                old = before.get(name, new[: SEGMENT_HEADER.size])
+                old = before.get(name, new[:SEGMENT_RECORDS_START])
                 old = old[: len(new)] + bytes(max(0, len(new) - len(old)))
-                changed = [i for i in range(len(new)) if new[i] != old[i]] if new != old else []
+                changed = [i for i in range(SEGMENT_RECORDS_START, len(new))
+                           if new[i] != old[i]] if new != old else []
                 if changed:
                     regions.append((name, changed[0], changed[-1] + 1))
         assert all(name not in before for name, _, _ in regions[1:]), "only the last grows"
@@ -504,6 +572,28 @@ class FileStorageCrashes:
         finally:
             outcome.close()
             shutil.rmtree(directory)
+
+
+def _marks_sector(before: Mapping[str, bytes], name: str, data: bytes) -> bytes:
+    """The mark slots of segment ``name`` before (empty if it is new)."""
+    if name not in before:
+        return bytes(SEGMENT_RECORDS_START - SEGMENT_MARK_OFFSET)
+    return before[name][SEGMENT_MARK_OFFSET:SEGMENT_RECORDS_START]
+
+
+def _with_marks(data: bytes, marks: bytes) -> bytes:
+    """``data`` (a segment's bytes, or a snapshot's: unchanged) with ``marks`` as its slots."""
+    if not data.startswith(b"RWAL"):
+        return data
+    return data[:SEGMENT_MARK_OFFSET] + marks + data[SEGMENT_RECORDS_START:]
+
+
+def _buffer(store: Storage, batch: list[Operation]) -> None:
+    for key, value in batch:
+        if value is None:
+            store.delete(key)
+        else:
+            store.put(key, value)
 
 
 def _log_files(directory: Path) -> dict[str, bytes]:
