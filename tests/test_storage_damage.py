@@ -17,9 +17,11 @@ from replicaio.storage.file import (
     FileStorage,
     Record,
     decode_record,
+    decode_segment_marks,
+    segment_mark_offset,
 )
 from replicaio.storage.memory import MemoryStorage
-from replicaio.storage.superblock import SLOT_BYTES, SUPERBLOCK_FILE_NAME
+from replicaio.storage.superblock import SLOT_BYTES, SUPERBLOCK_FILE_NAME, read_superblock
 
 LOST = "lost synced writes"
 UNCERTAIN = "damaged tail, possibly acknowledged"
@@ -48,6 +50,8 @@ def _records(path: Path) -> list[Record]:
     records, offset = [], SEGMENT_RECORDS_START
     while offset < len(data):
         record = decode_record(data, offset)
+        if not any(data[offset:]):
+            break  # preallocated zeros (a store killed before its close trimmed them)
         assert isinstance(record, Record)
         records.append(record)
         offset = record.end
@@ -234,3 +238,81 @@ def test_memory_storage_reports_lost_synced_writes_and_keeps_the_epoch() -> None
     assert store.epoch == 3
     with pytest.raises(StorageUsageError):
         store.crash(lose_synced=1)
+
+
+# -- the mark slots in the log (ADR 0045) ----------------------------------------------------
+
+
+def _kill(store: FileStorage) -> None:
+    """Drop the store as a kill -9 would: no close, so no last superblock mark."""
+    store._release_descriptors()
+
+
+def _write_killed(directory: Path, batches: int, **options: int) -> dict[str, bytes]:
+    """``batches`` synced batches (each marked in the log's slots), then a kill -9."""
+    model: dict[str, bytes] = {}
+    store = FileStorage(directory, wal_bytes_compact_threshold=None, **options)
+    for batch in range(batches):
+        for index in range(3):
+            key, value = f"key-{batch}-{index}", f"value-{batch}-{index}".encode() * 3
+            store.put(key, value)
+            model[key] = value
+        store.sync()
+    _kill(store)
+    return model
+
+
+def _newest_slot_offset(segment: Path) -> int:
+    data = segment.read_bytes()
+    sequence, _ = decode_segment_marks(data, int(segment.name[4:20]))
+    return segment_mark_offset(sequence)
+
+
+def test_a_lost_batch_named_only_by_the_slots_is_reported(tmp_path: Path) -> None:
+    _write_killed(tmp_path, batches=4)
+    state = read_superblock(tmp_path).state
+    assert state is not None and state.synced_batch < 4  # the slots alone name batch 4
+    segment = _segment(tmp_path)
+    _cut(segment, _records(segment)[-1].end - 5)
+    with FileStorage(tmp_path) as store:
+        assert store.damage is not None and store.damage.kind == LOST
+        assert "mark slots" in store.damage.detail
+
+
+def test_a_damaged_slot_counts_as_absent_and_the_other_one_holds(tmp_path: Path) -> None:
+    """A slot whose checksum fails (here: its batch raised past the log) is not
+    believed: the other slot's older mark holds, and nothing is reported."""
+    model = _write_killed(tmp_path, batches=3)
+    segment = _segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[_newest_slot_offset(segment) + 4 + 8 + 8 + 7] ^= 0x40  # the batch field's top byte
+    segment.write_bytes(bytes(data))
+    with FileStorage(tmp_path) as store:
+        assert store.damage is None
+        assert store.recover() == model
+
+
+def test_a_lost_last_segment_is_reported(tmp_path: Path) -> None:
+    """Its slots go with it: the superblock, marked with a segment's first marks,
+    still knows that batches past the segment before it were acknowledged."""
+    _write_killed(tmp_path, batches=12, segment_bytes_max=SEGMENT_RECORDS_START + 300)
+    segments = sorted(tmp_path.glob("wal-*.log"))
+    assert len(segments) > 2
+    segments[-1].unlink()
+    with FileStorage(tmp_path) as store:
+        assert store.damage is not None and store.damage.kind == LOST
+
+
+def test_a_loss_found_and_cleared_is_not_found_again(tmp_path: Path) -> None:
+    """The open that finds a loss rewrites the last segment's slots: once the
+    node has reacted (``clear_damage``), the next open finds nothing, even
+    with no batch written since."""
+    _write_killed(tmp_path, batches=4)
+    segment = _segment(tmp_path)
+    _cut(segment, _records(segment)[-3].offset)  # batch 4 lost whole: no seal follows
+    store = FileStorage(tmp_path)
+    assert store.damage is not None and store.damage.kind == LOST
+    store.clear_damage()
+    _kill(store)
+    with FileStorage(tmp_path) as store:
+        assert store.damage is None

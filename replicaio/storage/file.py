@@ -734,14 +734,17 @@ class FileStorage:
 
     def _write_mark_slot(self, batch: int) -> None:
         """Write the mark of ``batch`` into the current segment's next slot (not
-        durable until the segment's next flush). The first mark that names a
-        batch with records in this segment goes to the superblock first (its own
-        flush, once per segment): otherwise a loss of the whole segment, slots
-        and all, would go unseen."""
+        durable until the segment's next flush). The segment's first mark, and
+        the first that names a batch with records in it, go to the superblock
+        first (a flush of their own, at most twice per segment): otherwise a loss
+        of the whole last segment, slots and all, would go unseen, whether the
+        batches it lost lay in it or in the tail of the segment before."""
         first = self._segment_first_batch
         superblock = self._superblock
-        if (first is not None and batch >= first and superblock is not None
-                and superblock.state.synced_batch < first):
+        if superblock is not None and superblock.state.synced_batch < batch and (
+                self._slot_sequence == 0
+                or (first is not None and batch >= first
+                    and superblock.state.synced_batch < first)):
             self._mark_superblock(batch)
         self._slot_sequence += 1
         os.pwrite(self._segment_fd, encode_segment_mark(self._slot_sequence, self._segment_seq,

@@ -42,9 +42,11 @@ from replicaio.storage.file import (
     SEGMENT_RECORDS_START,
     SNAPSHOT_NAME,
     FileStorage,
+    Record,
+    decode_record,
 )
 from replicaio.storage.memory import MemoryStorage
-from replicaio.storage.superblock import SUPERBLOCK_FILE_NAME
+from replicaio.storage.superblock import SUPERBLOCK_FILE_NAME, read_superblock
 
 S = TypeVar("S", bound=Storage)
 Operation = tuple[str, bytes | None]  # (key, value); a value of None is a delete
@@ -376,6 +378,45 @@ def _check_outcome(
     return prefix
 
 
+def check_crash_during_carried_mark(crashes: FileStorageCrashes) -> tuple[int, int]:
+    """A batch's mark carried by the next batch's flush (ADR 0045; ``FileStorage``
+    only). Batch *k* is flushed, not marked (not released); batch *k* + 1's flush
+    writes *k*'s mark slot too. Every crash point of that flush (records of *k* + 1
+    cut at every byte or missing a sector; *k*'s slot old, torn or new) recovers
+    *k* plus a prefix of *k* + 1 and reports nothing. Once the flush has returned
+    (*k* released), *k*'s loss is reported, which only the slot can tell (the
+    superblock does not name *k* unless the flush began a segment), while losing
+    *k* + 1 (never marked) is not. Returns the superblock's batch and *k*."""
+    store = crashes.make()
+    base: dict[str, bytes] = {"base-0": b"0", "base-1": b"1", "base-2": b"2"}
+    _buffer(store, list(base.items()))
+    store.sync()
+    carried: list[Operation] = [("k", b"k1"), ("base-0", None), ("c", bytes(range(100)))]
+    batch: list[Operation] = [("n", b"n1"), ("k", b"k2"), ("base-1", None), ("d", b"d" * 90)]
+    after_carried = _prefix_states(base, carried)[-1]
+    states = _prefix_states(after_carried, batch)
+    reached: set[tuple[int, bool]] = set()
+    for outcome, durable in crashes.crash_during_carried_mark(store, carried, batch):
+        reached.add((_check_outcome(outcome, states, 1, crashes.crash_and_reopen), durable))
+    expected = {(prefix, durable) for prefix in range(len(batch) + 1)
+                for durable in (False, True)}
+    assert expected <= reached, f"carried mark: reached {sorted(reached)}"
+    _expect(store, states[-1], "after the carrying flush")
+    carried_batch = store.batch_marked
+    superblock = read_superblock(store.directory).state
+    assert superblock is not None
+    for lost, kind in ((carried_batch, "lost synced writes"), (carried_batch + 1, None)):
+        reopened = crashes.kill_and_lose(store, lost)
+        damage = reopened.damage
+        if (damage.kind if damage is not None else None) != kind:
+            raise AssertionError(
+                f"carried mark: batch {lost} lost after the flush that carried batch "
+                f"{carried_batch}'s mark returned: expected {kind!r}, the store reports {damage}")
+        reopened.close()
+    store._release_descriptors()
+    return superblock.synced_batch, carried_batch
+
+
 # -- harnesses for the built-in stores -------------------------------------------------------
 
 
@@ -510,6 +551,29 @@ class FileStorageCrashes:
                     superblock.name: marks}):
                 yield outcome, durable
 
+    def kill_and_lose(self, store: FileStorage, batch: int) -> FileStorage:
+        """A copy of ``store``'s directory as a kill -9 now leaves it (no close,
+        no last mark), with the log cut inside ``batch`` (its last record torn),
+        recovered."""
+        directory = self._root / f"lost-{next(self._names)}"
+        shutil.copytree(store.directory, directory, ignore=shutil.ignore_patterns("LOCK"))
+        segments = sorted(path for path in directory.iterdir() if SEGMENT_NAME.fullmatch(path.name))
+        for index, segment in enumerate(segments):
+            data = segment.read_bytes()
+            offset, ends = SEGMENT_RECORDS_START, []
+            while isinstance(record := decode_record(data, offset), Record):
+                if record.batch == batch:
+                    ends.append(record.end)
+                offset = record.end
+            if ends and record_ends_batch(data, ends[-1]):
+                segment.write_bytes(data[: ends[-1] - 3])
+                for later in segments[index + 1 :]:
+                    later.unlink()  # lost with the tail
+                break
+        else:
+            raise AssertionError(f"batch {batch} is not in the log")
+        return self.open(directory, fsync=False)
+
     def _record_outcomes(
         self, before: Mapping[str, bytes], after: Mapping[str, bytes], extra: Mapping[str, bytes]
     ) -> Iterator[FileStorage]:
@@ -572,6 +636,16 @@ class FileStorageCrashes:
         finally:
             outcome.close()
             shutil.rmtree(directory)
+
+
+def record_ends_batch(data: bytes, end: int) -> bool:
+    """Whether the record ending at ``end`` of segment bytes ``data`` carries COMMIT."""
+    offset = SEGMENT_RECORDS_START
+    while isinstance(record := decode_record(data, offset), Record):
+        if record.end == end:
+            return bool(record.flags & 1)
+        offset = record.end
+    return False
 
 
 def _marks_sector(before: Mapping[str, bytes], name: str, data: bytes) -> bytes:
