@@ -66,7 +66,9 @@ def test_file_storage_conformance(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("segment_bytes_max", [64 * 1024, 700], ids=["one-segment", "rotating"])
-def test_file_storage_crash_points_of_a_carried_mark(tmp_path: Path, segment_bytes_max: int) -> None:
+def test_file_storage_crash_points_of_a_carried_mark(
+    tmp_path: Path, segment_bytes_max: int
+) -> None:
     """ADR 0045: the mark of batch k in the flush of batch k + 1 (docs/storage.md)."""
     superblock, carried = check_crash_during_carried_mark(
         FileStorageCrashes(tmp_path, segment_bytes_max=segment_bytes_max, sector_bytes=64))
