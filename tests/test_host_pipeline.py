@@ -29,6 +29,7 @@ from replicaio.storage.file import FileStorage, SealedBatch
 from replicaio.testing.host_variants import (
     ReleaseAtLogFlush,
     ReleaseAtSubmit,
+    ReleaseBeforeCarryingFlush,
     ReleaseBeforeInlineMark,
 )
 
@@ -93,14 +94,17 @@ def run_broadcasts(tmp_path: Path, host: dict[str, Any],
 
 
 @pytest.mark.usefixtures("slow_disk")
-@pytest.mark.parametrize(("depth", "marks", "inline"),
-                         [(2, True, True), (3, True, True), (2, False, True), (2, True, False)],
-                         ids=["depth2", "depth3", "depth2-unmarked", "depth2-mark-thread-only"])
+@pytest.mark.parametrize(("depth", "marks", "inline", "in_log"),
+                         [(2, True, True, True), (3, True, True, True), (2, False, True, True),
+                          (2, True, True, False), (3, True, True, False),
+                          (2, True, False, False)],
+                         ids=["depth2", "depth3", "depth2-unmarked", "depth2-superblock",
+                              "depth3-superblock", "depth2-superblock-mark-thread-only"])
 def test_batches_overlap_and_nothing_leaves_before_it_is_durable(
-    tmp_path: Path, depth: int, marks: bool, inline: bool,
+    tmp_path: Path, depth: int, marks: bool, inline: bool, in_log: bool,
 ) -> None:
     hosts = run_broadcasts(tmp_path, {"pipeline": depth, "mark_syncs": marks,
-                                      "mark_inline": inline})
+                                      "mark_inline": inline, "marks_in_log": in_log})
     # run_hosts checked every release (RecordingHost.violations); batches overlapped:
     assert max(node.in_flight_max for node in hosts) == depth - 1
     for node in hosts:
@@ -120,7 +124,7 @@ def test_the_log_thread_marks_only_when_inline_marks_are_on(tmp_path: Path,
     """``[host] mark_inline``: the log thread marks a batch itself when nothing
     waits behind it (and the mark thread is idle): a broadcast's last batches at
     least; the mark thread still marks while later batches wait to be written."""
-    run_broadcasts(tmp_path, {"pipeline": 2, "mark_inline": inline})
+    run_broadcasts(tmp_path, {"pipeline": 2, "mark_inline": inline, "marks_in_log": False})
     by_log = MARKED_BY.count("replicaio-log")
     if inline:
         assert by_log > 0, MARKED_BY
@@ -129,13 +133,38 @@ def test_the_log_thread_marks_only_when_inline_marks_are_on(tmp_path: Path,
 
 
 @pytest.mark.usefixtures("slow_disk")
-@pytest.mark.parametrize("broken", [ReleaseAtSubmit, ReleaseAtLogFlush, ReleaseBeforeInlineMark],
-                         ids=["at-submit", "at-log-flush", "before-inline-mark"])
+@pytest.mark.parametrize("depth", [2, 3])
+def test_with_marks_in_the_log_the_next_flush_carries_a_batch_s_mark(
+    tmp_path: Path, depth: int,
+) -> None:
+    """ADR 0045: one thread; a batch's mark rides on the next batch's flush when
+    that one is already waiting, else it gets a flush of its own (the last
+    batches at least)."""
+    hosts = run_broadcasts(tmp_path, {"pipeline": depth})
+    assert set(MARKED_BY) == {"replicaio-log"}, MARKED_BY  # no mark thread
+    for node in hosts:
+        assert node.pipeline is not None and not node.pipeline.mark_thread.is_alive()
+    storages = [node.storage for node in hosts]
+    assert all(storage is not None for storage in storages)
+    carried = sum(storage.marks_carried for storage in storages if storage is not None)
+    alone = sum(storage.mark_writes - storage.marks_carried
+                for storage in storages if storage is not None)
+    assert carried > 0 and alone > 0, (carried, alone)
+
+
+@pytest.mark.usefixtures("slow_disk")
+@pytest.mark.parametrize(("broken", "host"), [
+    (ReleaseAtSubmit, {}), (ReleaseAtLogFlush, {}), (ReleaseBeforeCarryingFlush, {}),
+    (ReleaseBeforeCarryingFlush, {"pipeline": 3}),
+    (ReleaseAtLogFlush, {"marks_in_log": False}),
+    (ReleaseBeforeInlineMark, {"marks_in_log": False}),
+], ids=["at-submit", "at-log-flush", "before-carrying-flush", "before-carrying-flush-depth3",
+        "superblock-at-log-flush", "superblock-before-inline-mark"])
 def test_disk_threads_that_release_before_durability_are_caught(
-    tmp_path: Path, broken: type[DurabilityPipeline],
+    tmp_path: Path, broken: type[DurabilityPipeline], host: dict[str, Any],
 ) -> None:
     with pytest.raises(AssertionError, match="released with batch"):
-        run_broadcasts(tmp_path, {"pipeline": 2}, broken)
+        run_broadcasts(tmp_path, {"pipeline": 2, **host}, broken)
 
 
 def test_a_raft_cluster_serves_writes_pipelined(tmp_path: Path) -> None:

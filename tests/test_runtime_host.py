@@ -92,7 +92,7 @@ class RecordingHost(NodeHost):
         storage = self.storage
         assert storage is not None and storage._superblock is not None
         if self.params.mark_syncs:
-            return storage._superblock.state.synced_batch
+            return storage.batch_marked  # in the log's slots or the superblock
         return storage._batch_last
 
     async def sync(self, storage: FileStorage) -> None:

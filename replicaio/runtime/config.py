@@ -156,6 +156,10 @@ class HostParams:
     # on it leaves, so that a lost acknowledged batch is told from a torn write
     # (docs/storage.md, "Marks"; ADR 0032). false: etcd's guarantee, one flush.
     mark_syncs: bool = True
+    # Marks in a slot of the log segment itself, a batch's mark carried by the next
+    # batch's flush (ADR 0045); false: in the superblock, a flush and a thread of
+    # their own (ADR 0032's layout, kept for comparison; docs/storage.md, "Marks").
+    marks_in_log: bool = True
     # Batches stepped, written and marked at once (ADR 0037): the next batch is
     # stepped while earlier ones are flushed and marked; 1 = one batch at a time
     # (docs/benchmarks.md, "A pipelined host (pipe26)").

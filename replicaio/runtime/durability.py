@@ -1,8 +1,23 @@
-"""The pipelined host's two disk threads (ADR 0037): batches made durable in order.
+"""The pipelined host's disk threads (ADR 0037): batches made durable in order.
 
 The host seals a batch on its loop (``FileStorage.seal``: numbered, encoded)
-and hands it to :meth:`DurabilityPipeline.submit`. Two threads then make it
-durable:
+and hands it to :meth:`DurabilityPipeline.submit`.
+
+**Marks in the log** (the default, ADR 0045: ``FileStorage.carries_marks``):
+one thread, the log thread, takes sealed batches first in, first out and
+writes each (``FileStorage.write_sealed``: append, then one ``fdatasync``). If
+the batch before it was flushed and not yet marked, the same flush carries that
+batch's mark (a slot in the segment's first sector), and that batch is told
+durable when the flush returns. When no later batch waits to be written, the
+log thread marks its batch at once with a flush of its own (a lone batch, one
+client: the same two flushes as before, no hand-off). So under load there is
+one flush per batch; batch k is released only once k + 1's flush has returned,
+which needs ``[host] pipeline`` >= 3 to have k + 2 sealed meanwhile (with 2 the
+loop waits for k's release before it seals k + 2, and every other batch gets a
+mark-only flush).
+
+**Marks in the superblock** (``[host] marks_in_log = false``, ADR 0032's
+layout), two threads:
 
 * the **log thread** takes sealed batches first in, first out and writes and
   flushes each (``FileStorage.write_sealed``: append + ``fdatasync``; then a
@@ -78,8 +93,10 @@ class DurabilityPipeline:
                                            daemon=True)
         self.mark_thread = threading.Thread(target=self.run_mark, name="replicaio-mark",
                                             daemon=True)
+        # Marks carried by the log's own flushes (ADR 0045): no mark thread.
+        self.carry = mark and storage.carries_marks
         self.log_thread.start()
-        if mark:
+        if mark and not self.carry:
             self.mark_thread.start()
 
     def submit(self, sealed: SealedBatch) -> None:
@@ -90,12 +107,15 @@ class DurabilityPipeline:
         """Let the threads finish what was submitted (or stop at a failure) and end."""
         self.jobs.put(None)
         self.log_thread.join(10.0)
-        if self.mark:
+        if self.mark and not self.carry:
             self.mark_thread.join(10.0)
 
     # -- the threads -------------------------------------------------------------------------
 
     def run_log(self) -> None:
+        if self.carry:
+            self.run_log_carrying()
+            return
         storage = self.storage
         try:
             while True:
@@ -124,6 +144,29 @@ class DurabilityPipeline:
             with self.condition:
                 self.stopping = True
                 self.condition.notify()
+
+    def run_log_carrying(self) -> None:
+        """The log thread with marks in the log (ADR 0045): each flush carries the
+        mark of the batch before; a batch with none waiting behind it is marked
+        by a flush of its own."""
+        storage = self.storage
+        jobs = self.jobs
+        while True:
+            sealed = jobs.get()
+            if sealed is None:
+                return
+            try:
+                storage.write_sealed(sealed)  # carries the previous batch's mark
+                storage.compact_if_due()
+                marked = storage.batch_marked
+                if jobs.empty():
+                    marked = storage.mark_flushed()  # nothing to carry it: its own flush
+            except BaseException as error:
+                self.fail(error)
+                return
+            if marked > self.marked:
+                self.marked = marked
+                self.tell(self.on_durable, marked)
 
     def run_mark(self) -> None:
         condition = self.condition

@@ -332,7 +332,7 @@ class NodeHost:
         self.storage = FileStorage(
             self.entry.data_dir, fsync=self.params.fsync, repair=repair,
             preallocate_bytes=self.params.preallocate_bytes,
-            mark_syncs=self.params.mark_syncs,
+            mark_syncs=self.params.mark_syncs, marks_in_log=self.params.marks_in_log,
             wal_bytes_compact_threshold=self.params.wal_compact_bytes,
         )
         if self.params.fsync:

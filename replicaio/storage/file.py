@@ -505,6 +505,7 @@ class FileStorage:
         self.rotations = 0
         self.compactions = 0
         self.mark_writes = 0  # mark slots written (each made durable by a segment flush)
+        self.marks_carried = 0  # of them, those a batch's flush carried (no flush of their own)
         self.torn_bytes_discarded = 0  # by the recovery in the constructor
         try:
             if not self.directory.is_dir():
@@ -656,6 +657,12 @@ class FileStorage:
             self._release_descriptors()
 
     # -- beyond the interface ------------------------------------------------------------------
+
+    @property
+    def carries_marks(self) -> bool:
+        """Whether syncs are marked in the log's slots, a batch's mark carried by
+        the next batch's flush (ADR 0045), rather than in the superblock."""
+        return self._carry_marks
 
     @property
     def fsync_enabled(self) -> bool:
@@ -851,6 +858,7 @@ class FileStorage:
         self._batch_last = sealed.batch
         if carried:
             self._batch_marked = carried
+            self.marks_carried += 1
 
     def _append(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at the segment's end (not durable until ``_flush_segment``).

@@ -1,5 +1,5 @@
 """Deliberately broken disk threads for the pipelined host (ADR 0037), for the
-tests that must catch them (``tests/test_runtime_host.py``): each releases a
+tests that must catch them (``tests/test_host_pipeline.py``): each releases a
 batch before it is durable in its own way."""
 
 from __future__ import annotations
@@ -33,6 +33,24 @@ class ReleaseAtLogFlush(DurabilityPipeline):
 
         storage.write_sealed = write_and_tell  # type: ignore[method-assign]
         super().run_log()
+
+
+class ReleaseBeforeCarryingFlush(DurabilityPipeline):
+    """With marks in the log (ADR 0045): calls batch k durable as the write of
+    batch k + 1 begins, before the flush that carries k's mark has returned. A
+    crash inside that flush may keep k's records and lose its mark, and a later
+    loss of k then reads as a torn write: a released batch lost unnoticed."""
+
+    def run_log_carrying(self) -> None:
+        storage, write = self.storage, self.storage.write_sealed
+
+        def tell_and_write(sealed: SealedBatch) -> None:
+            if sealed.batch > 1:
+                self.tell(self.on_durable, sealed.batch - 1)
+            write(sealed)
+
+        storage.write_sealed = tell_and_write  # type: ignore[method-assign]
+        super().run_log_carrying()
 
 
 class ReleaseBeforeInlineMark(DurabilityPipeline):
