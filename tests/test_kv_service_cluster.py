@@ -40,6 +40,7 @@ from replicaio.runtime.crypto import HmacAuthenticator
 from replicaio.runtime.framing import frame_header
 from replicaio.runtime.local import LocalCluster, free_port_block
 from replicaio.runtime.transport import ephemeral_share, handshake_frame, transcript
+from replicaio.storage.file import SEGMENT_RECORDS_START
 from replicaio.torture.workload import COUNTERS, REGISTERS, Endpoint, execute
 from replicaio.torture.workload import Workload as TortureWorkload
 
@@ -371,7 +372,7 @@ def test_a_kv_node_whose_wal_has_a_corrupted_middle_record_refuses_to_start(
     assert "every effect matches" in capsys.readouterr().out
     segments = sorted((cluster.directory / "node-0").glob("wal-*.log"))
     data = bytearray(segments[0].read_bytes())
-    data[20 + 5] ^= 0xFF  # inside the checksum of the first record
+    data[SEGMENT_RECORDS_START + 5] ^= 0xFF  # inside the checksum of the first record
     segments[0].write_bytes(bytes(data))
     process = cluster.start(0)
     status = process.wait(DEADLINE_S)

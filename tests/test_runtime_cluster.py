@@ -25,6 +25,7 @@ from replicaio.cli import main
 from replicaio.protocols.broadcast import Accepted, Delivered
 from replicaio.runtime.client import HistoryEnd, StreamClient
 from replicaio.runtime.local import LocalCluster, free_port_block, listens_on
+from replicaio.storage.file import SEGMENT_RECORDS_START
 
 DEADLINE_S = 20.0
 # Fast ticks and reconnects so that a restarted node is caught up quickly.
@@ -300,7 +301,7 @@ def test_a_corrupted_wal_record_in_the_middle_makes_the_node_refuse_to_start(
     assert cluster.stop(0) == 0
     segments = sorted((cluster.directory / "node-0").glob("wal-*.log"))
     data = bytearray(segments[0].read_bytes())
-    data[20 + 5] ^= 0xFF  # inside the checksum of the first record (batch 1)
+    data[SEGMENT_RECORDS_START + 5] ^= 0xFF  # inside the checksum of the first record (batch 1)
     segments[0].write_bytes(bytes(data))
     process = cluster.start(0)
     status = process.wait(DEADLINE_S)

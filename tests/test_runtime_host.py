@@ -464,9 +464,11 @@ def test_a_cluster_runs_with_an_inbox_of_two(tmp_path: Path) -> None:
 def test_every_sync_is_marked_on_disk_unless_the_host_turns_marks_off(
     tmp_path: Path, marks: bool,
 ) -> None:
-    """``[host] mark_syncs``: with it (the default) the superblock on disk names
-    the batch of every sync before anything of that batch is released; without
-    it the mark stays behind (written only at rotations, compactions, close)."""
+    """``[host] mark_syncs``: with it (the default) a mark on disk (the log's
+    mark slots, ADR 0045, or the superblock) names the batch of every sync
+    before anything of that batch is released; without it the mark stays behind
+    (written only at rotations, compactions, close)."""
+    from replicaio.storage.file import decode_segment_marks
     from replicaio.storage.superblock import read_superblock
 
     cluster = cluster_file(tmp_path, 1, host={"batch_inputs_max": 1, "mark_syncs": marks})
@@ -479,7 +481,9 @@ def test_every_sync_is_marked_on_disk_unless_the_host_turns_marks_off(
             assert storage is not None
             state = read_superblock(storage.directory).state
             assert state is not None
-            marked.append(state.synced_batch >= batch)
+            segment = max(storage.directory.glob("wal-*.log"))
+            _, slot = decode_segment_marks(segment.read_bytes(), int(segment.name[4:20]))
+            marked.append(max(state.synced_batch, slot) >= batch)
 
     host = MarkWatchingHost(cluster, 0)
 
