@@ -15,8 +15,12 @@ Theory of operation (the full format and the argument are in docs/storage.md):
   segment but the last is complete and durable.
 * **In steps.** ``sync`` is also ``seal`` (on the buffering thread: number
   and encode the batch) + ``write_sealed`` (one log thread, in batch order:
-  append, flush, apply) + ``mark_flushed`` (a mark thread: mark the latest
-  flushed batch), for a host that steps while it flushes (ADR 0037).
+  append, flush, apply) + ``mark_flushed`` (mark the latest flushed batch),
+  for a host that steps while it flushes (ADR 0037).
+* **Marks in the log** (ADR 0045): each segment's first sector holds two mark
+  slots. A batch's mark is written after its own flush returned: carried by
+  the next batch's flush (``write_sealed``) or by a flush of its own
+  (``sync``, ``mark_flushed``); ``batch_marked`` says what may be released.
 * **Snapshot.** ``compact`` (also triggered when the log outgrows
   ``wal_bytes_compact_threshold`` and the live data) syncs, starts a new
   segment, writes the whole map to ``snapshot-<seq>.snap`` atomically, then
@@ -30,8 +34,9 @@ Theory of operation (the full format and the argument are in docs/storage.md):
   with a COMMIT-flagged SEAL record. Any other bad record means data that was
   acknowledged as durable is damaged: ``StorageCorruptError``, naming the file
   and the offset, and nothing is modified.
-* **What was lost** (``damage``): the superblock (``superblock.py``) remembers
-  the last batch known to be synced. A log that recovers to an earlier batch
+* **What was lost** (``damage``): the mark slots and the superblock
+  (``superblock.py``) remember the last batch known to be synced. A log that
+  recovers to an earlier batch
   (a cut, a lost write, a flipped bit in the last batch) lost acknowledged
   data; the store says so in ``damage`` and keeps saying so at every open
   until ``clear_damage``. With ``mark_syncs`` (the default) every sync is
