@@ -248,10 +248,12 @@ def _kill(store: FileStorage) -> None:
     store._release_descriptors()
 
 
-def _write_killed(directory: Path, batches: int, **options: int) -> dict[str, bytes]:
+def _write_killed(directory: Path, batches: int,
+                  segment_bytes_max: int = 64 << 20) -> dict[str, bytes]:
     """``batches`` synced batches (each marked in the log's slots), then a kill -9."""
     model: dict[str, bytes] = {}
-    store = FileStorage(directory, wal_bytes_compact_threshold=None, **options)
+    store = FileStorage(directory, wal_bytes_compact_threshold=None,
+                        segment_bytes_max=segment_bytes_max)
     for batch in range(batches):
         for index in range(3):
             key, value = f"key-{batch}-{index}", f"value-{batch}-{index}".encode() * 3
