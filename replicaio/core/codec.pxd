@@ -9,3 +9,4 @@ cdef class Codec:
     cpdef _frame(self, wire)
 
 cpdef _check_plain(value, budget, items_max)
+cpdef _check_value(value, budget, items_max)

@@ -390,10 +390,10 @@ def _check_value(value: Any, budget: int, items_max: int) -> Any:
             raise DecodeError("too_deep", "Value nesting deeper than depth_max")
         if len(value) > items_max:
             raise DecodeError("too_long", f"{len(value)} items exceeds items_max={items_max}")
-        return tuple(
+        return tuple([  # (a list, not a generator: cpdef, and no closure per array)
             item if type(item) in _SCALARS else _check_value(item, budget - 1, items_max)
             for item in value
-        )
+        ])
     if kind is dict:
         if budget < 1:
             raise DecodeError("too_deep", "Value nesting deeper than depth_max")

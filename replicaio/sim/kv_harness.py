@@ -46,9 +46,12 @@ run stays a pure function of its options.
 from __future__ import annotations
 
 import functools
+import math
 import random
-from collections.abc import Callable
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from itertools import accumulate
 from typing import Any, Protocol
 
 import replicaio.sim.minbft_adversary  # registers MinBFT's behaviours
@@ -243,6 +246,19 @@ class Figures:
     byzantine_outputs: int = 0  # client outputs of Byzantine replicas (votes like any)
     unordered_fallbacks: int = 0  # unordered reads whose answers split: read again, ordered
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def weighted_choice(rng: random.Random, population: Sequence[Any], weights: Sequence[float]) -> Any:
+    """``rng.choices(population, weights)[0]``: the very same draw (one
+    ``rng.random()``, CPython's bisection over the cumulative weights), without
+    the interpreted frames of ``random.choices`` (one per planned operation)."""
+    cumulative = list(accumulate(weights))
+    if len(cumulative) != len(population):
+        raise ValueError("the number of weights does not match the population")
+    total = cumulative[-1] + 0.0
+    if total <= 0.0 or not math.isfinite(total):
+        raise ValueError("the weights must add up to a finite number above zero")
+    return population[bisect_right(cumulative, rng.random() * total, 0, len(cumulative) - 1)]
 
 
 class KvHarness:
@@ -775,7 +791,7 @@ class KvHarness:
         workload = self.workload
         kinds = [kind for kind, _ in workload.mix]
         weights = [weight for _, weight in workload.mix]
-        kind = rng.choices(kinds, weights)[0]
+        kind = weighted_choice(rng, kinds, weights)
         counter = kind == INCR or (
             kind in (GET, DELETE) and workload.counters and rng.random() < 0.3
         )

@@ -4,7 +4,7 @@ from replicaio.core.codec cimport Codec
 from replicaio.core.effects cimport Effects
 from replicaio.core.node cimport Node
 from replicaio.storage.memory cimport MemoryStorage
-from replicaio.trace.eventlog cimport EventLogWriter
+from replicaio.trace.eventlog cimport EventLogWriter, pack_effects
 
 cdef class SimNode:
     cdef public object node_id

@@ -321,15 +321,19 @@ class Replica:
 
     def well_formed(self, request: ClientRequest) -> str | None:
         """Why ``request`` is unusable (``bad_request``, ``too_large``), or ``None``."""
-        if type(request.client) is not int or type(request.seq) is not int:
+        # (each field read once: a message's field is a generic attribute look-up)
+        client, seq = request.client, request.seq
+        if type(client) is not int or type(seq) is not int:
             return "bad_request"
-        if request.client < 0 or request.seq < 1:
+        if client < 0 or seq < 1:
             return "bad_request"
-        if type(request.command) is not bytes or type(request.read_only) is not bool:
+        command, read_only = request.command, request.read_only
+        if type(command) is not bytes or type(read_only) is not bool:
             return "bad_request"
-        if type(request.unordered) is not bool or (request.unordered and not request.read_only):
+        unordered = request.unordered
+        if type(unordered) is not bool or (unordered and not read_only):
             return "bad_request"
-        if len(request.command) > self.constants.command_bytes_max:
+        if len(command) > self.constants.command_bytes_max:
             return "too_large"
         return None
 
@@ -588,13 +592,14 @@ class Replica:
 
     def on_commit(self, committed: Committed) -> None:
         """``OrderingHandlers.on_commit``: apply batch ``index`` (exactly once, in order)."""
-        assert committed.index == self.applied + 1, (
-            f"commit {committed.index} after applied {self.applied}: the ordering skipped"
+        # (each field read once: a message's field is a generic attribute look-up)
+        index, data = committed.index, committed.batch
+        assert index == self.applied + 1, (
+            f"commit {index} after applied {self.applied}: the ordering skipped"
         )
-        index = committed.index
         batch: Batch | SignedBatch | None = None
-        if committed.batch:  # empty: the protocol's own entry (a no-op, a config)
-            batch = self.decode_batch(committed.batch)
+        if data:  # empty: the protocol's own entry (a no-op, a config)
+            batch = self.decode_batch(data)
             if batch is None:
                 # Every correct replica decodes the same bytes the same way, so
                 # skipping is deterministic; only a faulty proposer orders such bytes.
@@ -618,10 +623,10 @@ class Replica:
                 self.batch_applied(batch.number)
         self.applied = index
         self.context.count("smr_batches_applied")
-        self.log_bytes += len(committed.batch)
+        self.log_bytes += len(data)
         self.maybe_checkpoint(index)
         if self.params.emit_applied:
-            self.context.output(Applied(index, batch_digest(committed.batch)))
+            self.context.output(Applied(index, batch_digest(data)))
         self.wake_readers()
         self.wake()
 

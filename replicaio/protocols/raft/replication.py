@@ -436,15 +436,19 @@ class Replication:
         raft = self.raft
         if message.leader != source:
             return "leader_not_sender"
-        if message.prev_log_index < 0 or message.leader_commit < 0 or message.prev_log_term < 0:
-            return "negative"
-        if len(message.entries) > raft.params.entries_per_message_max:
-            return "too_many_entries"
+        # (each field read once: a message's field is a generic attribute look-up)
         term = message.prev_log_term
-        for entry in message.entries:
-            if entry.term < term or entry.term > message.term:
+        if message.prev_log_index < 0 or message.leader_commit < 0 or term < 0:
+            return "negative"
+        entries = message.entries
+        if len(entries) > raft.params.entries_per_message_max:
+            return "too_many_entries"
+        top = message.term
+        for entry in entries:
+            entry_term = entry.term
+            if entry_term < term or entry_term > top:
                 return "entry_terms_out_of_order"
-            term = entry.term
+            term = entry_term
         return None
 
     def on_commit_notice(self, source: int, notice: CommitNotice) -> None:

@@ -1,5 +1,10 @@
 from replicaio.core.context cimport Context
 
+cpdef entry_name(index)
+cpdef chain_digest(previous, entry)
+cpdef config_to_plain(config)
+cpdef entry_to_plain(entry)
+
 cdef class RaftLog:
     cdef public object base_config, base_digest, base_index, base_term, config_indexes
     cdef public Context context
