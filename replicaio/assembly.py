@@ -63,9 +63,11 @@ from replicaio.protocols.minbft.usig import (
 from replicaio.protocols.pbft import messages as pbft_messages
 from replicaio.protocols.pbft.params import PbftParams
 from replicaio.protocols.pbft.pbft import Pbft
-from replicaio.protocols.raft.messages import BecameLeader, ConfigChanged, RaftAdmin
+from replicaio.protocols.raft.messages import RaftAdmin
 from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft
+from replicaio.protocols.raft.raft import raft_config_of as raft_config_of  # re-exported
+from replicaio.protocols.raft.raft import raft_leader_of as raft_leader_of  # re-exported
 from replicaio.services.kv.state_machine import (
     VALUE_BYTES_CEILING,
     VALUE_BYTES_MAX_DEFAULT,
@@ -212,20 +214,6 @@ class ServiceSpec:
 def raft_checkers(config: ClusterConfig) -> list[Any]:
     """Raft's own checkers (``replicaio.check.raft``), fed with every output."""
     return [RaftChecker()]
-
-
-def raft_leader_of(output: Any) -> tuple[int, int] | None:
-    if type(output) is BecameLeader:
-        return output.term, output.node
-    return None
-
-
-def raft_config_of(output: Any) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
-    if type(output) is ConfigChanged:
-        config = output.config
-        voters = tuple(member for member, _ in config.voters)
-        return output.index, voters, tuple(member for member, _ in config.learners)
-    return None
 
 
 RAFT_MEMBERSHIP = Membership(raft_leader_of, raft_config_of, RaftAdmin)

@@ -1,8 +1,9 @@
 """What the simulator's hot path keeps instead of recomputing (ADR 0047) equals
 what it replaced: ``RaftLog.last_index``, a field every mutator maintains, is
 ``base_index + len(entries)`` after appends, truncations, compactions, installed
-snapshots and a restart; ``weighted_choice`` draws what ``random.choices``
-draws and leaves the generator where it leaves it."""
+snapshots and a restart; ``weighted_choice`` and ``randbelow`` draw what
+``random.choices`` and ``random.randrange`` draw and leave the generator where
+they leave it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from test_raft_cluster import FAST_PARAMS, Cluster
 from test_raft_snapshot import follower_with_log, snapshot_message
 
 from replicaio.protocols.raft.state import RaftLog
-from replicaio.sim.kv_harness import weighted_choice
+from replicaio.sim.kv_harness import randbelow, weighted_choice
 
 
 def consistent(log: RaftLog) -> bool:
@@ -74,3 +75,13 @@ def test_weighted_choice_draws_what_random_choices_draws(
         drawn = [weighted_choice(ours, population, weights) for _ in range(40)]
         assert drawn == [theirs.choices(population, weights)[0] for _ in range(40)]
         assert ours.getstate() == theirs.getstate()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 16, 100, 12_345, (1 << 40) + 3])
+def test_randbelow_draws_what_randrange_draws(n: int) -> None:
+    for seed in range(50):
+        ours, theirs = random.Random(seed), random.Random(seed)
+        assert [randbelow(ours, n) for _ in range(20)] == [theirs.randrange(n) for _ in range(20)]
+        assert ours.getstate() == theirs.getstate()
+    with pytest.raises(ValueError, match="empty range"):
+        randbelow(random.Random(0), 0)

@@ -381,7 +381,7 @@ class Context:
     @property
     def n(self) -> int:
         """Number of nodes."""
-        return self.node.config.n
+        return self.node.n
 
     @property
     def f(self) -> int:

@@ -261,6 +261,18 @@ def weighted_choice(rng: random.Random, population: Sequence[Any], weights: Sequ
     return population[bisect_right(cumulative, rng.random() * total, 0, len(cumulative) - 1)]
 
 
+
+def randbelow(rng: random.Random, n: int) -> int:
+    """``rng.randrange(n)``: the very same draw (CPython's rejection sampling
+    over ``getrandbits``), without ``randrange``'s interpreted frames."""
+    if n <= 0:
+        raise ValueError(f"empty range for randrange({n})")
+    bits = n.bit_length()
+    drawn = rng.getrandbits(bits)
+    while drawn >= n:
+        drawn = rng.getrandbits(bits)
+    return drawn
+
 class KvHarness:
     """Closed-loop KV clients, their history and checks; see the module docstring."""
 
@@ -570,7 +582,7 @@ class KvHarness:
         if client.op is None or client.token != token:
             return  # answered, or a later attempt is running
         self.figures.timeouts += 1
-        client.target = self.rng.randrange(self.config.n)
+        client.target = randbelow(self.rng, self.config.n)
         self.attempt(client)
 
     def retry_later(self, client: Client, delay_us: int) -> None:
@@ -619,7 +631,7 @@ class KvHarness:
                 client.target = output.leader
                 self.retry_later(client, 0)
             else:
-                client.target = self.rng.randrange(self.config.n)
+                client.target = randbelow(self.rng, self.config.n)
                 self.retry_later(client, self.workload.backoff_us)
         else:
             assert type(output) is Rejected
@@ -642,7 +654,7 @@ class KvHarness:
             return
         if not self.bft:  # BFT: f+1 said busy, but the primary may hold a copy
             client.refusals += 1
-        client.target = self.rng.randrange(self.config.n)
+        client.target = randbelow(self.rng, self.config.n)
         self.retry_later(client, self.workload.backoff_us)
 
     def complete(self, client: Client, reply: Reply) -> None:
@@ -741,7 +753,7 @@ class KvHarness:
         if self.workload.client_ops_max and client.ops_done >= self.workload.client_ops_max:
             self.new_identity(client)  # a client process that comes and goes
         api = self.require_api()
-        delay = self.rng.randrange(self.workload.think_us_max + 1)
+        delay = randbelow(self.rng, self.workload.think_us_max + 1)
         api.call_at(api.now() + delay, lambda: self.next_op(client))
 
     def on_heal(self) -> None:
@@ -800,13 +812,13 @@ class KvHarness:
             and rng.random() < 0.3
         )
         if kind in (RPUSH, LRANGE):
-            key = f"l{rng.randrange(workload.keys)}"
+            key = f"l{randbelow(rng, workload.keys)}"
         elif timed:
-            key = f"x{rng.randrange(workload.keys)}"  # (t0.. are the transactions' keys)
+            key = f"x{randbelow(rng, workload.keys)}"  # (t0.. are the transactions' keys)
         elif counter:
-            key = f"n{rng.randrange(workload.counters)}"
+            key = f"n{randbelow(rng, workload.counters)}"
         else:
-            key = f"k{rng.randrange(workload.keys)}"
+            key = f"k{randbelow(rng, workload.keys)}"
         self.write_next += 1
         unique = f"w{self.write_next}"
         if kind == TXN:

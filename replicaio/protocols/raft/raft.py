@@ -27,6 +27,7 @@ from replicaio.protocols.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Applied,
+    BecameLeader,
     CommitNotice,
     Config,
     ConfigChanged,
@@ -58,6 +59,22 @@ MESSAGE_TYPES = (
     CommitNotice,
 )
 
+
+
+# The simulator's observers of a Raft group's outputs (``assembly.RAFT_MEMBERSHIP``):
+# here, compiled with Raft, since the simulator calls them at every output.
+def raft_leader_of(output: Any) -> tuple[int, int] | None:
+    if type(output) is BecameLeader:
+        return output.term, output.node
+    return None
+
+
+def raft_config_of(output: Any) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
+    if type(output) is ConfigChanged:
+        config = output.config
+        voters = tuple(member for member, _ in config.voters)
+        return output.index, voters, tuple(member for member, _ in config.learners)
+    return None
 
 @dataclass(frozen=True, slots=True)
 class RaftView:

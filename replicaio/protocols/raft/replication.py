@@ -471,18 +471,21 @@ class Replication:
         if reason is not None:
             raft.count(f"raft_rejected_{reason}")
             return
-        if message.term < raft.hard.term:
+        # (each field read once: a message's field is a generic attribute look-up)
+        term = message.term
+        if term < raft.hard.term:
             # Figure 2 (1): reply false; the stale leader learns the newer term.
             self.reject(source, message, 0, 0)
             return
-        if not raft.accept_leader(message.term, source):
+        if not raft.accept_leader(term, source):
             return
         log = raft.log
-        prev, entries = message.prev_log_index, message.entries
+        first, prev_term = message.prev_log_index, message.prev_log_term
+        prev, entries = first, message.entries
         if prev < raft.commit_index:
             # Committed entries match the leader's (Leader Completeness): skip
             # them, after checking those still in memory.
-            if not self.matches_committed(prev, message.prev_log_term, entries):
+            if not self.matches_committed(prev, prev_term, entries):
                 return
             skip = min(raft.commit_index - prev, len(entries))
             prev, entries = prev + skip, entries[skip:]
@@ -498,7 +501,7 @@ class Replication:
             else:
                 raft.count("raft_ignored_commit_notice_mismatch")
             return
-        if prev == message.prev_log_index and here != message.prev_log_term:
+        if prev == first and here != prev_term:
             if prev <= raft.commit_index:
                 raft.count("raft_rejected_prev_conflicts_committed")
                 return
@@ -511,9 +514,10 @@ class Replication:
         if not self.append_new_entries(prev, entries):
             return
         match = prev + len(entries)
-        if message.leader_commit > raft.commit_index:
+        leader_commit = message.leader_commit
+        if leader_commit > raft.commit_index:
             # Figure 2 (5): commitIndex = min(leaderCommit, index of last new entry).
-            commit = min(message.leader_commit, match)
+            commit = min(leader_commit, match)
             if commit > raft.commit_index:
                 raft.advance_commit(commit)
         if answer:
