@@ -80,7 +80,7 @@ from replicaio.services.txn.protocol import TxnFactory, TxnNode, TxnParams
 from replicaio.services.txn.slots import SlotMap
 from replicaio.services.txn.store import StoreParams, TxnStore
 from replicaio.smr.auth import ClientAuthenticator, MacClients
-from replicaio.smr.client import read_only_quorum
+from replicaio.smr.client import FastQuorums, fast_quorums
 from replicaio.smr.params import SNAPSHOT_DEFERRALS_MAX, SmrConstants, SmrParams
 from replicaio.smr.protocol import SmrFactory
 from replicaio.smr.replica import Replica
@@ -202,9 +202,10 @@ class ServiceSpec:
     protocol's own properties (``checkers``, fed every output) and how the
     simulated operator changes its membership (``membership``; ``None``: never).
     ``family`` names the ordering protocol, for reports. The simulator's
-    clients accept an unordered read (section 5.1.3) on ``read_only_quorum``
-    matching answers, and read so if ``reads`` (else with the ``reads``
-    parameter): a broken client's rule is a variant like any other."""
+    clients accept an unordered read (section 5.1.3) and a write of a client
+    reading so on ``fast_quorums`` matching answers, and read so if ``reads``
+    (else with the ``reads`` parameter): a broken client's rule is a variant
+    like any other."""
 
     name: str
     family: str
@@ -214,7 +215,7 @@ class ServiceSpec:
     broken: bool = False
     checkers: Callable[[ClusterConfig], list[Any]] = no_checkers
     membership: Membership | None = None
-    read_only_quorum: Callable[[Resilience, int, int], int] = read_only_quorum
+    fast_quorums: Callable[[Resilience, int, int], FastQuorums] = fast_quorums
     reads: bool = False
 
 
@@ -738,14 +739,15 @@ SERVICES.update(
 SERVICES.update(
     (name, ServiceSpec(name, "minbft", Resilience.BYZANTINE_TRUSTED, build_minbft(name),
                        f"BROKEN on purpose: {variant.summary}", broken=True,
-                       checkers=pbft_checkers))
+                       checkers=pbft_checkers, fast_quorums=variant.fast_quorums,
+                       reads=variant.reads))
     for name, variant in MINBFT_VARIANTS.items()
 )
 # The deliberately broken variants of PBFT.
 SERVICES.update(
     (name, ServiceSpec(name, "pbft", Resilience.BYZANTINE, build_pbft(name),
                        f"BROKEN on purpose: {variant.summary}", broken=True,
-                       checkers=pbft_checkers, read_only_quorum=variant.read_only_quorum,
+                       checkers=pbft_checkers, fast_quorums=variant.fast_quorums,
                        reads=variant.reads))
     for name, variant in PBFT_VARIANTS.items()
 )

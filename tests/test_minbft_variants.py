@@ -49,6 +49,10 @@ TARGETED: dict[str, str] = {
     "test_a_group_with_sparse_traffic_replaces_each_cut_off_primary",
     "minbft-renumbers-after-restart": "test_minbft_one_front_stalls.py::"
     "test_a_restarted_primary_numbers_above_the_new_view",
+    "minbft-backoff-idle-not-progress": "test_minbft_timer_backoff.py::"
+    "test_a_group_with_sparse_writes_counts_idle_timeouts_as_progress",
+    "minbft-fast-write-quorum-f": "test_minbft_fast_reads.py::"
+    "test_a_write_quorum_one_too_small_reads_stale_values",
 }
 
 

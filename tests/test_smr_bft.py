@@ -34,7 +34,7 @@ from replicaio.smr.auth import (
     SignedClients,
     client_id_of,
 )
-from replicaio.smr.client import Accepted, Refused, Votes, reply_quorum
+from replicaio.smr.client import Accepted, FastQuorums, Refused, Votes, fast_quorums, reply_quorum
 from replicaio.smr.messages import Batch, SignedBatch, SignedForward
 from replicaio.smr.params import SmrConstants, SmrParams
 from replicaio.smr.replica import encode_snapshot
@@ -165,26 +165,42 @@ def test_refusals_need_f_plus_1_matching_and_reads_need_2f_plus_1() -> None:
 
 
 def test_read_quorums_grow_with_n_so_that_any_two_share_a_correct_replica() -> None:
-    """ceil((n + f + 1) / 2): 2f+1 of the paper's 3f+1, more with more replicas
-    (2f+1 of six could be the faulty replica and two correct ones that missed a
-    write completed on the faulty one and two others); never more than the n - f
-    correct replicas once n >= 3f+1. MinBFT's n = 2f+1 needs every replica
-    with f = 1 and n - 1 with f = 2 (docs/pbft.md)."""
+    """ceil((n + f + 1) / 2) for reads and writes alike: 2f+1 of the paper's
+    3f+1, more with more replicas (2f+1 of six could be the faulty replica and
+    two correct ones that missed a write completed on the faulty one and two
+    others); never more than the n - f correct replicas once n >= 3f+1."""
     byzantine = Resilience.BYZANTINE
     expected = {(4, 1): 3, (5, 1): 4, (6, 1): 4, (7, 1): 5, (7, 2): 5, (10, 3): 7, (12, 3): 8}
     for (n, f), quorum in expected.items():
+        assert fast_quorums(byzantine, f, n) == FastQuorums(quorum, quorum)
         assert reply_quorum(byzantine, f, n, read_only=True) == quorum
         assert reply_quorum(byzantine, f, n) == f + 1
         assert quorum <= n - f
         # any two quorums share f + 1 replicas
         assert 2 * quorum - n >= f + 1
-    trusted = Resilience.BYZANTINE_TRUSTED
-    assert reply_quorum(trusted, 1, 3, read_only=True) == 3
-    assert reply_quorum(trusted, 2, 5, read_only=True) == 4
-    assert reply_quorum(trusted, 1, 5, read_only=True) == 4
     assert reply_quorum(Resilience.CRASH, 1, 5, read_only=True) == 1
+    assert fast_quorums(Resilience.CRASH, 1, 5) == FastQuorums(1, 1)
     with pytest.raises(UsageError):
         reply_quorum(byzantine, 1, 0)
+    with pytest.raises(UsageError):
+        fast_quorums(byzantine, -1, 3)
+
+
+def test_below_3f_plus_1_reads_take_every_replica_and_writes_stay_at_f_plus_1() -> None:
+    """Where ceil((n + f + 1) / 2) is more than the n - f correct replicas
+    (MinBFT's n = 2f+1: 3 of 3, 4 of 5), a fast reader's write on it would wait
+    for a replica that may be silent for good: reads take every replica and
+    writes the ordinary f + 1, R + W = n + f + 1 still (docs/minbft.md)."""
+    trusted = Resilience.BYZANTINE_TRUSTED
+    expected = {(3, 1): (3, 2), (5, 2): (5, 3), (7, 3): (7, 4), (6, 2): (6, 3),
+                (4, 1): (3, 3), (5, 1): (4, 4), (1, 0): (1, 1), (2, 0): (2, 2)}
+    for (n, f), (read, write) in expected.items():
+        quorums = fast_quorums(trusted, f, n)
+        assert quorums == FastQuorums(read, write), (n, f, quorums)
+        assert reply_quorum(trusted, f, n, read_only=True) == read
+        assert read + write >= n + f + 1  # a read meets every completed write
+        assert 2 * read >= n + f + 1  # and every earlier read
+        assert write <= n - f  # writes stay live with f silent
 
 
 def test_a_cached_answer_comes_from_every_replica_too() -> None:

@@ -25,12 +25,13 @@ Where a node's front hands a request to its own replica, the gateway
 With ``--fast-reads`` (the read-only optimisation, Castro and Liskov, TOCS
 2002, section 5.1.3) a read goes first *unordered* to every replica, under a
 reader identity of its own (its numbers never meet the ordered ones), and is
-answered once ceil((n + f + 1) / 2) replicas (2f+1 of 3f+1) sent the same
-result from their current state; on a mismatch or a timeout
-(``READ_UNORDERED_TIMEOUT_S``) it goes through the log as before (the client
-library's read: ``SmrClient.read_unordered``). Writes then need as many
-matching replies: a read's quorum then meets every completed write in a
-correct replica that executed it (``replicaio.smr.client.reply_quorum``).
+answered once R replicas sent the same result from their current state
+(ceil((n + f + 1) / 2), 2f+1 of 3f+1; every replica with MinBFT's 2f+1); on a
+mismatch or a timeout (``READ_UNORDERED_TIMEOUT_S``) it goes through the log
+as before (the client library's read: ``SmrClient.read_unordered``). Writes
+then need W matching replies, R + W >= n + f + 1 (as many as R for n >= 3f+1,
+the ordinary f+1 with R = n): a read's quorum then meets every completed write
+in a correct replica that executed it (``replicaio.smr.client.fast_quorums``).
 
 **Sharded clusters** (``txn-kv-pbft``: G PBFT groups, every node a replica
 of each; ``txn-kv-minbft``: G MinBFT groups, n = 2f+1, alike: nothing here
@@ -159,7 +160,7 @@ class GatewayHost:
         self.smr = SmrClient(cluster, self.counters, fast_reads=fast_reads)
         self.n = self.smr.n
         self.fast_reads = self.smr.fast_reads
-        self.quorum = self.smr.quorum  # ceil((n+f+1)/2) with fast reads (module docstring)
+        self.quorum = self.smr.quorum  # W with fast reads (module docstring)
         # A sharded cluster's slot map (the front routes by it: ``kv.sharded``).
         self.slots = cluster_slots(cluster)
         # (front client id, group) -> its session in that group

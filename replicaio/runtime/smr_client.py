@@ -25,13 +25,15 @@ execution) until decided or ``timeout_s`` passes::
 read-only optimisation, Castro and Liskov, TOCS 2002, section 5.1.3; Byzantine
 fault tolerant clusters only) it goes first *unordered* to every replica, which
 answers at once from its current (executed, committed) state, and is accepted
-on ceil((n + f + 1) / 2) matching answers (2f+1 of the paper's 3f+1
-replicas; 4 of 5 or 6 with f = 1: ``replicaio.smr.client.reply_quorum``); on
+on R matching answers (ceil((n + f + 1) / 2) for n >= 3f+1: 2f+1 of the
+paper's 3f+1 replicas, 4 of 5 or 6 with f = 1; every replica below, MinBFT's
+2f+1: ``replicaio.smr.client.fast_quorums``); on
 answers that can no longer reach it, or none within
 ``READ_UNORDERED_TIMEOUT_S``, it runs through the log like any request, under a
 new number (so that no unordered answer still on its way counts towards it).
-Every write of the client then needs as many matching replies: a read's quorum
-and a completed write's share f+1 replicas, one of them correct and past the
+Every write of the client then needs W matching replies, R + W >= n + f + 1
+(as many as R for n >= 3f+1, the ordinary f+1 with R = n): a read's quorum and
+a completed write's share f+1 replicas, one of them correct and past the
 write. The guarantee holds only if *every* client that writes to what fast
 readers read uses that quorum for its writes (an f+1 writer's write may be
 completed at a single correct replica, and a read's quorum can miss it): give
@@ -56,7 +58,7 @@ from replicaio.runtime.config import Address, ClusterFile
 from replicaio.runtime.counters import Counters
 from replicaio.smr.api import ClientRequest, Rejected, Reply
 from replicaio.smr.auth import ClientSigner, Ed25519ClientSigner, KeyedClientSigner
-from replicaio.smr.client import BYZANTINE, Accepted, Refused, Votes, reply_quorum
+from replicaio.smr.client import BYZANTINE, Accepted, Refused, Votes, fast_quorums, reply_quorum
 
 logger = logging.getLogger("replicaio.smr_client")
 
@@ -174,12 +176,13 @@ class SmrClient:
         self.counters = counters or Counters()
         config = cluster.cluster_config()
         self.n = config.n
-        # The read-only optimisation (module docstring): unordered reads on
-        # ceil((n + f + 1) / 2) matching answers, and then writes on as many.
+        # The read-only optimisation (module docstring): unordered reads on R
+        # matching answers, writes then on W, R + W >= n + f + 1.
         self.fast_reads = fast_reads and config.resilience in BYZANTINE
-        self.read_quorum = reply_quorum(config.resilience, config.f, config.n, read_only=True)
+        quorums = fast_quorums(config.resilience, config.f, config.n)
+        self.read_quorum = quorums.read
         self.quorum = (
-            self.read_quorum if self.fast_reads
+            quorums.write if self.fast_reads
             else reply_quorum(config.resilience, config.f, config.n)
         )
         self.ed25519 = cluster.auth == "ed25519"
@@ -236,7 +239,7 @@ class SmrClient:
     ) -> Accepted | None:
         """The read-only optimisation's first try: the read-only ``command`` as
         ``(signer's client, seq)``, unordered, to every replica; the result once
-        ``read_quorum`` of them (2f+1 of 3f+1) answered alike from their current
+        ``read_quorum`` of them (2f+1 of 3f+1, all of 2f+1) answered alike from their current
         state, else ``None`` (the
         caller orders it, under another number)."""
         if not self.fast_reads:

@@ -108,9 +108,10 @@ from replicaio.smr.auth import KeyedClientSigner, MacClientSigner
 from replicaio.smr.client import (
     BYZANTINE,
     Accepted,
+    FastQuorums,
     Refused,
     Votes,
-    read_only_quorum,
+    fast_quorums,
     reply_quorum,
 )
 
@@ -285,7 +286,7 @@ class KvHarness:
         *,
         client_macs: bool = False,
         fast_reads: bool = False,
-        read_only_quorum: Callable[[Resilience, int, int], int] = read_only_quorum,
+        fast_quorums: Callable[[Resilience, int, int], FastQuorums] = fast_quorums,
         fronts: int = 0,
     ) -> None:
         self.config = config
@@ -324,15 +325,14 @@ class KvHarness:
         # accept f+1 matching answers (replicaio.smr.client); of Raft, one.
         self.bft = config.resilience in BYZANTINE
         self.quorum = reply_quorum(config.resilience, config.f, config.n)
-        # With unordered reads, a read and a write each complete on
-        # ceil((n + f + 1) / 2) matching answers (2f+1 of 3f+1): any two such
-        # share a correct replica, so a read meets every completed write in one
-        # that executed it (with f+1 for writes, a read could still find a
-        # quorum of replicas that had not). One rule for both, the service's
-        # (a broken client's in ``replicaio.testing.variants.pbft``).
-        fast_quorum = read_only_quorum(config.resilience, config.f, config.n)
-        self.write_quorum = fast_quorum if self.fast_reads else self.quorum
-        self.quorum_unordered = fast_quorum if self.fast_reads else self.quorum
+        # With unordered reads, a read completes on R matching answers and a
+        # write on W, R + W >= n + f + 1 (2f+1 both of 3f+1; n and f+1 with
+        # MinBFT's 2f+1): a read's quorum meets every completed write in a
+        # correct replica that executed it. The service's rule (a broken
+        # client's in ``replicaio.testing.variants``).
+        quorums = fast_quorums(config.resilience, config.f, config.n)
+        self.write_quorum = quorums.write if self.fast_reads else self.quorum
+        self.quorum_unordered = quorums.read if self.fast_reads else self.quorum
 
     # -- the Harness protocol ----------------------------------------------------
 
@@ -1012,7 +1012,7 @@ def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
     if spec.membership is None:
         return KvHarness(config, checkers, client_macs=bool(parameters.get("macs", 0)),
                          fast_reads=spec.reads or bool(parameters.get("reads", 0)),
-                         read_only_quorum=spec.read_only_quorum,
+                         fast_quorums=spec.fast_quorums,
                          fronts=parameters.get("fronts", 0))
     nemesis = MembershipNemesis(config, spec.membership)
     harness = KvHarness(config, checkers, nemesis, leader_hint=lambda: nemesis.leader)

@@ -9,12 +9,15 @@ clients (``replicaio.sim.kv_harness``), the asyncio client library
   distinct replicas sent the same ``result`` for the same ``(client, seq)``:
   at least one of them is correct, and a correct replica answers only what its
   execution of the totally ordered requests gave. A **read-only** request
-  answered without ordering (section 5.1.3) needs ceil((n + f + 1) / 2)
-  matching replies, and so does every write of a client reading so (2f+1 of
-  the paper's 3f+1; more with more replicas): any read quorum then meets every
-  write quorum in f + 1 replicas, so in a correct one that executed the write
-  (docs/pbft.md, *The read-only optimisation for any n*); without them the
-  client sends the read again as an ordinary request;
+  answered without ordering (section 5.1.3) needs R matching replies and
+  every write of a client reading so W, with R + W >= n + f + 1 (any read
+  quorum then meets every write quorum in a correct replica that executed the
+  write) and R + R >= n + f + 1 (reads never go back): ceil((n + f + 1) / 2)
+  both where that is live (n >= 3f+1: 2f+1 of the paper's 3f+1), else R = n
+  and W = f + 1 (MinBFT's n = 2f+1: writes stay live, a read with a silent
+  replica goes through the log) (:func:`fast_quorums`; docs/pbft.md, *The
+  read-only optimisation for any n*); without R alike the client sends the
+  read again as an ordinary request;
 * a **refusal** is the same kind of claim ("this was not executed", "your
   session expired") and needs as many matching ``Rejected`` reasons;
 * each replica has one vote per request: a later answer from the same replica
@@ -36,39 +39,66 @@ from replicaio.smr.api import Rejected, Reply
 BYZANTINE = (Resilience.BYZANTINE, Resilience.BYZANTINE_TRUSTED)
 
 
+@dataclass(frozen=True, slots=True)
+class FastQuorums:
+    """A client's quorums with the read-only optimisation: ``read`` matching
+    answers accept an unordered read, ``write`` matching replies a write of a
+    client reading so (an ordered read takes the ordinary f+1)."""
+
+    read: int
+    write: int
+
+
+def fast_quorums(resilience: Resilience, f: int, n: int) -> FastQuorums:
+    """The read and write quorums of a client reading without ordering, out of
+    ``n`` replicas: 1 and 1 with crash faults; with Byzantine ones
+    ceil((n + f + 1) / 2) both where that is at most the n - f correct
+    replicas (n >= 3f + 1), else the asymmetric R = n, W = f + 1.
+
+    Why: a write accepted on W matching replies ran at W - f correct replicas
+    at least, so at most n - W correct ones, with f faulty ones, can answer a
+    later read as if it had not run; a read accepted on R matching answers
+    therefore reflects it when R > n - W + f, i.e. R + W >= n + f + 1. Two
+    reads likewise (R + R >= n + f + 1: the second meets the first's correct
+    voters in one, whose state only moved on), so R >= ceil((n + f + 1) / 2).
+    Writes must stay live, W <= n - f, and reads need not (a read that finds
+    fewer than R alike goes through the log). The symmetric choice is that
+    least R: Castro and Liskov's 2f + 1 with n = 3f + 1 (section 5.1.3), more
+    with more replicas (n = 6, f = 1: 2f + 1 = 3 matching answers may all come
+    from replicas that had not run a write accepted on three replies, the
+    faulty replica's among them). It is live only for n >= 3f + 1; below
+    (MinBFT's n = 2f + 1: every replica for f = 1, n - 1 for f = 2) a fast
+    reader's write would wait for more replies than the correct replicas
+    give. There R = n and W = n + f + 1 - R = f + 1, the ordinary write
+    quorum: a read then needs every replica alike (with one silent or lying,
+    it falls back to the log), and a write needs f + 1 replies, one from a
+    correct replica that ran it, which every read's quorum holds."""
+    if f < 0:
+        raise UsageError("f must be >= 0")
+    if n < 1:
+        raise UsageError("n must be >= 1")
+    if resilience not in BYZANTINE:
+        return FastQuorums(1, 1)
+    symmetric = intersecting_quorum(n, f)
+    if symmetric <= n - f:
+        return FastQuorums(symmetric, symmetric)
+    return FastQuorums(n, min(f + 1, n))
+
+
 def reply_quorum(resilience: Resilience, f: int, n: int, *, read_only: bool = False) -> int:
     """How many matching answers out of ``n`` replicas a client needs: 1 with
     crash faults; f+1 with Byzantine ones; with ``read_only``, for an unordered
-    read and for every write of a client that reads so, ceil((n + f + 1) / 2).
-
-    Why that many: a write accepted on W matching replies ran at W - f correct
-    replicas at least, so at most n - W correct ones, with f faulty ones, can
-    answer a later read as if it had not run; a read accepted on R matching
-    answers therefore reflects it when R > n - W + f, i.e. R + W >= n + f + 1,
-    and both at ceil((n + f + 1) / 2) (two reads likewise, so reads never go
-    back either). That is Castro and Liskov's 2f + 1 with n = 3f + 1 (section
-    5.1.3), more with more replicas, where 2f + 1 matching answers may all come
-    from replicas that had not run a completed write (n = 6, f = 1: a write
-    accepted on three replies, the faulty replica's among them, leaves three
-    correct replicas that had not run it).
-    Live while it is at most n - f, the correct replicas: n >= 3f + 1; with
-    MinBFT's n = 2f + 1 an unordered read needs more than the correct replicas
-    and falls back to the log when one is silent."""
+    read, :func:`fast_quorums`' ``read`` (ceil((n + f + 1) / 2) for n >= 3f+1,
+    n below)."""
+    if read_only:
+        return fast_quorums(resilience, f, n).read
     if f < 0:
         raise UsageError("f must be >= 0")
     if n < 1:
         raise UsageError("n must be >= 1")
     if resilience not in BYZANTINE:
         return 1
-    return intersecting_quorum(n, f) if read_only else f + 1
-
-
-def read_only_quorum(resilience: Resilience, f: int, n: int) -> int:
-    """How many matching answers an unordered read, and a write of a client
-    reading so, need out of ``n`` replicas (ceil((n + f + 1) / 2) with
-    Byzantine faults): :func:`reply_quorum` with ``read_only``, as a rule a
-    service names (``replicaio.assembly.ServiceSpec.read_only_quorum``)."""
-    return reply_quorum(resilience, f, n, read_only=True)
+    return f + 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,12 @@ part. See ``docs/minbft.md``, *Broken variants*, and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from msgspec.structs import replace
 
+from replicaio.core.config import Resilience
 from replicaio.core.context import Context
 from replicaio.core.patience import backoff_exponent
 from replicaio.protocols.minbft.messages import NewView, Resume
@@ -22,6 +24,8 @@ from replicaio.protocols.minbft.params import MinbftParams
 from replicaio.protocols.minbft.recovery import Recovery
 from replicaio.protocols.minbft.usig import UI, Usig, UsigScheme, message_digest
 from replicaio.protocols.minbft.view_change import ViewChanges
+from replicaio.smr.client import FastQuorums, fast_quorums
+from replicaio.testing.variants.backoff import IdleNotProgress, NeverReset
 
 
 class CommitQuorumOffByOne(NormalCase):
@@ -203,16 +207,14 @@ class BackoffResetByViewStart(BackoffResetByOneBatch):
         self.progress_view = max(self.progress_view, self.minbft.view)
 
 
-class BackoffNeverReset(ViewChanges):
-    """The back-off never reset: every timer of a view doubled per view since
-    the first (up to ``2^view_change_backoff_exponent_max``), whatever executed
-    and however long the backup waited for nothing."""
+class BackoffIdleNotProgress(IdleNotProgress, ViewChanges):
+    """Idle request timeouts are not progress (:class:`IdleNotProgress`): a
+    group that executes fewer than ``PROGRESS_BATCHES`` batches a view piles up
+    a doubling per view it changes (ADR 0046)."""
 
-    def on_progress(self) -> None:
-        pass
 
-    def on_idle(self) -> None:
-        pass
+class BackoffNeverReset(NeverReset, ViewChanges):
+    """The back-off never reset (:class:`NeverReset`)."""
 
 
 class RenumbersAfterRestart(NormalCase):
@@ -273,6 +275,10 @@ class MinbftBackoffNeverReset(Minbft):
     view_changes_type = BackoffNeverReset
 
 
+class MinbftBackoffIdleNotProgress(Minbft):
+    view_changes_type = BackoffIdleNotProgress
+
+
 class MinbftRenumbersAfterRestart(Minbft):
     normal_type = RenumbersAfterRestart
 
@@ -330,11 +336,30 @@ class MinbftGroupUnbound(Minbft):
         self.group = None
 
 
+def fast_write_quorum_f(resilience: Resilience, f: int, n: int) -> FastQuorums:
+    """The read-only optimisation's quorums with the write one too small: reads
+    on the rule's R (every replica at n = 2f+1) and a fast reader's writes on
+    one reply fewer than n + f + 1 - R (f instead of f+1 at n = 2f+1): the
+    writes' replies may then all come from faulty replicas, the faulty one
+    answers a later read as the correct replicas that had not run the write
+    yet do, and the client reads a value older than its own completed write
+    (``pbft_lagging_reads``; docs/minbft.md)."""
+    quorums = fast_quorums(resilience, f, n)
+    return FastQuorums(quorums.read, max(1, n + f - quorums.read))
+
+
 @dataclass(frozen=True, slots=True)
 class MinbftVariant:
+    """A broken MinBFT: its protocol name, class and what it breaks;
+    ``fast_quorums`` is the rule its simulated clients accept unordered reads
+    and their writes by, and ``reads`` whether they read so whatever the
+    protocol's parameters say (a client broken, not the replicas)."""
+
     name: str
     minbft_type: type[Minbft]
     summary: str
+    fast_quorums: Callable[[Resilience, int, int], FastQuorums] = fast_quorums
+    reads: bool = False
 
 
 MINBFT_VARIANTS: dict[str, MinbftVariant] = {
@@ -396,11 +421,21 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
         MinbftVariant("minbft-backoff-never-reset", MinbftBackoffNeverReset,
                       "the timers' back-off is never reset: every view changed doubles every "
                       "timer for good"),
+        MinbftVariant("minbft-backoff-idle-not-progress", MinbftBackoffIdleNotProgress,
+                      "only four batches executed make a view progress, a request timeout "
+                      "with nothing waited for does not: a group with sparse traffic piles "
+                      "up a doubling per view changed and replaces a failed primary late"),
         MinbftVariant("minbft-quorum-f-plus-one", MinbftQuorumFPlusOne,
                       "every quorum is f+1 replicas whatever n is: with more than 2f+1 "
                       "replicas two quorums need not meet (run with --nodes 4)"),
         MinbftVariant("minbft-log-from-anchor", MinbftLogFromAnchor,
                       "a VIEW-CHANGE's log may start after a certified NEW-VIEW-COMMIT "
                       "its author made before its anchor"),
+        MinbftVariant("minbft-fast-write-quorum-f", Minbft,
+                      "clients read unordered on every replica and write on f replies "
+                      "instead of f+1: a write's replies may all be a faulty replica's, "
+                      "which then answers reads as the replicas that had not run it (run "
+                      "with --byzantine 1 --adversary pbft_lagging_reads --faults ...)",
+                      fast_quorums=fast_write_quorum_f, reads=True),
     )
 }

@@ -31,7 +31,8 @@ from replicaio.protocols.pbft.normal import NormalCase, Slot
 from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.pbft.recovery import Recovery
 from replicaio.protocols.pbft.view_change import Chosen, ViewChanges
-from replicaio.smr.client import BYZANTINE, read_only_quorum, reply_quorum
+from replicaio.smr.client import BYZANTINE, FastQuorums, fast_quorums, reply_quorum
+from replicaio.testing.variants.backoff import IdleNotProgress, NeverReset
 
 
 class CommitQuorumOffByOne(NormalCase):
@@ -161,27 +162,12 @@ class BackoffResetByOneBatch(ViewChanges):
             pbft.view, self.progress_view, params.view_change_backoff_exponent_max)
 
 
-class BackoffIdleNotProgress(ViewChanges):
-    """Rule D of pbft27 (ADR 0040, before 2026-12-06 evening): only
-    ``PROGRESS_BATCHES`` batches executed make a view progress, an idle request
-    timeout does not. A group whose traffic is sparser than four batches a view
-    piles up a doubling with every view it changes, executing or not, and a
-    primary failing after a few of them is replaced only after many timeouts."""
-
-    def on_idle(self) -> None:
-        pass
+class BackoffIdleNotProgress(IdleNotProgress, ViewChanges):
+    """Idle request timeouts are not progress (:class:`IdleNotProgress`)."""
 
 
-class BackoffNeverReset(ViewChanges):
-    """The back-off never reset: every timer of a view doubled per view since
-    the first (up to ``2^view_change_backoff_exponent_max``), whatever executed
-    and however long the backup waited for nothing."""
-
-    def on_progress(self) -> None:
-        pass
-
-    def on_idle(self) -> None:
-        pass
+class BackoffNeverReset(NeverReset, ViewChanges):
+    """The back-off never reset (:class:`NeverReset`)."""
 
 
 class NoVouchForExecuted(NormalCase):
@@ -318,37 +304,39 @@ class PbftBackoffNeverReset(Pbft):
     view_changes_type = BackoffNeverReset
 
 
-def read_only_quorum_f_plus_1(resilience: Resilience, f: int, n: int) -> int:
+def read_only_quorum_f_plus_1(resilience: Resilience, f: int, n: int) -> FastQuorums:
     """An unordered read (and a fast reader's write) accepted on f+1 matching
     answers (the quorum of an ordered reply) instead of ceil((n + f + 1) / 2):
     f+1 may be one faulty replica and f correct ones that have not executed a
     write the client saw complete."""
-    return reply_quorum(resilience, f, n)
+    quorum = reply_quorum(resilience, f, n)
+    return FastQuorums(quorum, quorum)
 
 
-def read_only_quorum_2f_plus_1(resilience: Resilience, f: int, n: int) -> int:
+def read_only_quorum_2f_plus_1(resilience: Resilience, f: int, n: int) -> FastQuorums:
     """An unordered read and a fast reader's write accepted on 2f+1 matching
     answers whatever n is (the rule before 2026-12-06): right for n = 3f+1
     only; with six replicas and f = 1 a write completes on three replies, the
     faulty replica's among them, and three replicas that have not executed it
     (the faulty one lying along) make a read's three stale answers."""
     if resilience not in BYZANTINE:
-        return 1
-    return 2 * f + 1
+        return FastQuorums(1, 1)
+    return FastQuorums(2 * f + 1, 2 * f + 1)
 
 
 @dataclass(frozen=True, slots=True)
 class PbftVariant:
     """A broken PBFT: its protocol name, class, what it breaks, and the property
-    a seed sweep of the simulator catches it by. ``read_only_quorum`` is the
-    rule its clients accept unordered reads by, and ``reads`` whether they read
-    so (section 5.1.3) whatever the protocol's parameters say."""
+    a seed sweep of the simulator catches it by. ``fast_quorums`` is the
+    rule its clients accept unordered reads and their writes by, and ``reads``
+    whether they read so (section 5.1.3) whatever the protocol's parameters
+    say."""
 
     name: str
     pbft_type: type[Pbft]
     summary: str
     caught_by: str
-    read_only_quorum: Callable[[Resilience, int, int], int] = read_only_quorum
+    fast_quorums: Callable[[Resilience, int, int], FastQuorums] = fast_quorums
     reads: bool = False
 
 
@@ -425,7 +413,7 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
         PbftVariant(
             "pbft-read-only-f-plus-1", Pbft,
             "clients read unordered and accept f+1 matching answers instead of 2f+1",
-            "linearizability", read_only_quorum=read_only_quorum_f_plus_1, reads=True,
+            "linearizability", fast_quorums=read_only_quorum_f_plus_1, reads=True,
         ),
         PbftVariant(
             "pbft-read-only-2f-plus-1", Pbft,
@@ -433,7 +421,7 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
             "2f+1) whatever n is: with more than 3f+1 replicas a read's quorum may miss "
             "every correct replica that executed a completed write (run with --nodes 6 "
             "--byzantine 1 --adversary pbft_lagging_reads)",
-            "linearizability", read_only_quorum=read_only_quorum_2f_plus_1, reads=True,
+            "linearizability", fast_quorums=read_only_quorum_2f_plus_1, reads=True,
         ),
     )
 }
