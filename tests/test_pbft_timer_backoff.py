@@ -21,13 +21,11 @@ batch)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
+from sparse_traffic import SPARSE_CLIENT, cut_off_in_turn
 from test_pbft_pitfalls import quiet_options
 from test_pbft_sim import run, short_timer_options
 
-from replicaio.sim.options import Partition
 from replicaio.sim.simulator import SimResult, Simulator
 
 
@@ -73,17 +71,7 @@ def sparse_run(protocol: str) -> SimResult:
     cut off in turn for 10 s (round k cuts off replica k mod 4, the primary of
     view k when each round changes one view); every operation must complete
     within 4 s of the heal."""
-    rounds, cut_us, gap_us = 8, 10_000_000, 1_000_000
-    safety_us = gap_us + rounds * (cut_us + gap_us) + gap_us
-    options = replace(
-        quiet_options(1, clients=1, ops=30, think_us_max=8_000_000,
-                      op_deadline_us=60_000_000, attempts_max=200),
-        faults=("partition",),
-        partitions=tuple(
-            Partition(gap_us + k * (cut_us + gap_us), gap_us + k * (cut_us + gap_us) + cut_us,
-                      (k % 4,), True) for k in range(rounds)),
-        safety_us=safety_us, liveness_us=safety_us + 4_000_000,
-    )
+    options = cut_off_in_turn(quiet_options(1, **SPARSE_CLIENT), 4, 4_000_000)
     return Simulator(protocol, options, f=1, record=False).run()
 
 

@@ -194,13 +194,13 @@ def test_below_3f_plus_1_reads_take_every_replica_and_writes_stay_at_f_plus_1() 
     trusted = Resilience.BYZANTINE_TRUSTED
     expected = {(3, 1): (3, 2), (5, 2): (5, 3), (7, 3): (7, 4), (6, 2): (6, 3),
                 (4, 1): (3, 3), (5, 1): (4, 4), (1, 0): (1, 1), (2, 0): (2, 2)}
-    for (n, f), (read, write) in expected.items():
+    for (n, f), (reads, writes) in expected.items():
         quorums = fast_quorums(trusted, f, n)
-        assert quorums == FastQuorums(read, write), (n, f, quorums)
-        assert reply_quorum(trusted, f, n, read_only=True) == read
-        assert read + write >= n + f + 1  # a read meets every completed write
-        assert 2 * read >= n + f + 1  # and every earlier read
-        assert write <= n - f  # writes stay live with f silent
+        assert quorums == FastQuorums(reads, writes), (n, f, quorums)
+        assert reply_quorum(trusted, f, n, read_only=True) == reads
+        assert reads + writes >= n + f + 1  # a read meets every completed write
+        assert 2 * reads >= n + f + 1  # and every earlier read
+        assert writes <= n - f  # writes stay live with f silent
 
 
 def test_a_cached_answer_comes_from_every_replica_too() -> None:

@@ -22,6 +22,14 @@ Where a node's front hands a request to its own replica, the gateway
    ``(client, seq)`` again; a replica that lies, or f that do, cannot make the
    client see a result no correct replica computed.
 
+The front's deadline for a request (``-UNKNOWN`` for a write after it, its
+outcome unknown) is the gateway's, not the nodes' ``request_timeout_ms``:
+``retry_after_ms`` + ``MULTICAST_AFTER_S`` + ``ATTEMPTS_COVERED`` x the nodes'
+``request_timeout_ms`` (:meth:`GatewayHost.deadline_ms`; ADR 0050), so that
+the attempt sent to every replica after a dead primary's, which waits the
+nodes' whole timeout at each node, is not cut short. Each attempt still waits
+the nodes' ``request_timeout_ms``.
+
 With ``--fast-reads`` (the read-only optimisation, Castro and Liskov, TOCS
 2002, section 5.1.3) a read goes first *unordered* to every replica, under a
 reader identity of its own (its numbers never meet the ordered ones), and is
@@ -73,6 +81,7 @@ Counters (``/metrics`` is not served; ``INFO`` shows the front's): ``gateway_*``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
@@ -101,6 +110,9 @@ logger = logging.getLogger("replicaio.gateway")
 # with copies, and a Byzantine fault tolerant backup that relays a request
 # arms its view-change timer.
 MULTICAST_AFTER_S: Final = 1.0
+# Attempts of the node's whole ``request_timeout_ms`` the gateway's deadline
+# covers after the multicast (``GatewayHost.deadline_ms``).
+ATTEMPTS_COVERED: Final = 2
 SIGNERS_MAX: Final = 65_536
 ATTEMPTS: Final = -2  # the "group" of a front session's attempts across groups
 OnDone = Callable[[str | None], None]
@@ -176,6 +188,32 @@ class GatewayHost:
         # > 0: an attempt goes to f+1 nodes first, to the others once those cannot
         # settle it or after this long (``OutcomeVotes.widen``); 0: to all at once.
         self.first_wave_s = first_wave_ms / 1000
+        # The nodes' ``request_timeout_ms`` (what one attempt waits), set by
+        # ``widen_deadline`` once the front read the cluster file's ``[service]``.
+        self.node_timeout_ms = service.params.request_timeout_ms
+
+    def deadline_ms(self) -> int:
+        """The front's deadline for one of its requests, the gateway's: a
+        first attempt through the believed primary for ``MULTICAST_AFTER_S``
+        (plus the front's ``retry_after_ms``, when it sends the request again
+        and the gateway multicasts it), then ``ATTEMPTS_COVERED`` attempts of
+        the node's whole ``request_timeout_ms`` (each node waits that long for
+        the result before it answers without one). The node's own timeout as
+        the gateway's deadline (until 2026-12-07) cut the multicast attempt
+        short: a write in flight when the primary died came back ``-UNKNOWN``
+        after 2.5 s although the view change had ordered it
+        (``tests/test_kv_gateway_deadline.py``)."""
+        params = self.service.params
+        return (int(MULTICAST_AFTER_S * 1000) + params.retry_after_ms
+                + ATTEMPTS_COVERED * self.node_timeout_ms)
+
+    def widen_deadline(self) -> None:
+        """Once the front started (its ``params`` the cluster file's, as a
+        node's front): keep the nodes' ``request_timeout_ms`` for each attempt
+        and give the front :meth:`deadline_ms` for a request."""
+        params = self.service.params
+        self.node_timeout_ms = params.request_timeout_ms
+        self.service.params = dataclasses.replace(params, request_timeout_ms=self.deadline_ms())
 
     def session(self, local: int, group: int = UNGROUPED) -> Session:
         """The session (signer, hence cluster-wide client id, and numbers) of the
@@ -278,7 +316,7 @@ class GatewayHost:
         argv = (b"REPLICAIO.TXN", self.codec.encode(sign_attempt(self.codec, request, signer)))
         params = self.service.params
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + params.request_timeout_ms / 1000
+        deadline = loop.time() + self.node_timeout_ms / 1000
         self.counters.count("gateway_attempts")
 
         async def ask(node: int) -> tuple[int, bytes | None]:
@@ -380,7 +418,7 @@ class GatewayHost:
         # (A sharded front's reads and its groups' sessions share its numbers:
         # each group's session numbers its own requests 1, 2, 3...)
         request = ClientRequest(signer.client, session.number(local.seq), command, False)
-        timeout_s = self.service.params.request_timeout_ms / 1000
+        timeout_s = self.node_timeout_ms / 1000
         self.counters.count("gateway_requests")
         decision = await self.smr.attempt(signer, request, multicast, timeout_s, self.quorum,
                                           None if group == UNGROUPED else group)
@@ -424,8 +462,11 @@ async def serve_gateway(
     service = RespService()
     host = GatewayHost(cluster, service, fast_reads=fast_reads, first_wave_ms=first_wave_ms)
     await service.start(host, address, HostParams())
-    logger.info("gateway listening on %s:%s for %d replicas (%d matching replies%s%s)",
+    host.widen_deadline()
+    logger.info("gateway listening on %s:%s for %d replicas (%d matching replies, "
+                "%d ms per request%s%s)",
                 address.host, service.port, host.n, host.quorum,
+                service.params.request_timeout_ms,
                 ", unordered reads" if host.fast_reads else "",
                 "" if host.slots is None else f", {host.slots.groups} groups, transactions "
                 f"across them on {host.txn_replies} matching outcomes")
