@@ -117,12 +117,19 @@ class GatewayWorkload(Workload):
         raise InterruptedError
 
 
-@pytest.fixture
-def pbft(tmp_path: Path) -> Iterator[tuple[LocalCluster, Gateway]]:
+@contextlib.contextmanager
+def pbft_behind_gateway(tmp_path: Path) -> Iterator[tuple[LocalCluster, Gateway]]:
+    """A 4-node PBFT cluster with Ed25519 node keys, and a gateway in front."""
     cluster = LocalCluster(tmp_path / "cluster", protocol="pbft", nodes=4, sections=SECTIONS,
                            auth="ed25519")
     with behind_gateway(cluster, tmp_path / "gateway.log") as gateway:
         yield cluster, gateway
+
+
+@pytest.fixture
+def pbft(tmp_path: Path) -> Iterator[tuple[LocalCluster, Gateway]]:
+    with pbft_behind_gateway(tmp_path) as running:
+        yield running
 
 
 def wait_for_progress(workload: Workload, more: int) -> None:

@@ -22,8 +22,8 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from test_kv_gateway_cluster import Gateway, behind_gateway, replication
-from test_kv_service_cluster import DEADLINE_S, LOCAL, SECTIONS
+from test_kv_gateway_cluster import Gateway, pbft_behind_gateway, replication
+from test_kv_service_cluster import DEADLINE_S, LOCAL
 
 from replicaio.runtime.local import LocalCluster
 
@@ -92,10 +92,8 @@ class Writers:
 
 @pytest.fixture
 def pbft(tmp_path: Path) -> Iterator[tuple[LocalCluster, Gateway]]:
-    cluster = LocalCluster(tmp_path / "cluster", protocol="pbft", nodes=4, sections=SECTIONS,
-                           auth="ed25519")
-    with behind_gateway(cluster, tmp_path / "gateway.log") as gateway:
-        yield cluster, gateway
+    with pbft_behind_gateway(tmp_path) as running:
+        yield running
 
 
 def test_writes_in_flight_when_the_primary_dies_get_their_results(
