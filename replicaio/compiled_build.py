@@ -105,6 +105,18 @@ HOT_MODULES: tuple[str, ...] = (
     "replicaio.check.linearizability.model",
     "replicaio.check.linearizability.search",
     "replicaio.check.linearizability.transactions",
+    # The live path (cpu30, ADR 0049): a live node's main thread spends its time
+    # in the host's batch loop, the peer transport and reader, and (the leader)
+    # the Redis front: the parser, the command table, the connection and the
+    # service that groups commands into SMR requests and answers them.
+    "replicaio.runtime.host",
+    "replicaio.runtime.peer_reader",
+    "replicaio.runtime.transport",
+    "replicaio.runtime.kv.connection",
+    "replicaio.runtime.kv.requests",
+    "replicaio.runtime.kv.service",
+    "replicaio.services.kv.redis_commands",
+    "replicaio.services.kv.resp",
 )
 
 DIRECTIVES: dict[str, Any] = {"language_level": 3, "annotation_typing": False}
