@@ -67,6 +67,35 @@ def profiled_node(output: str, argv: list[str]) -> None:
         profile.dump_stats(output)
 
 
+def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
+    """User and system CPU seconds of each thread of ``pid``: ``main``, or the
+    thread's id (Python does not name its threads for the kernel); a thread
+    gone by then is not counted."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[str, tuple[float, float]] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            head, _, rest = (task / "stat").read_text().rpartition(")")
+        except OSError:
+            continue
+        name = "main" if task.name == str(pid) else f"t{task.name}"
+        fields = rest.split()
+        user, system = found.get(name, (0.0, 0.0))
+        found[name] = (user + int(fields[11]) / ticks, system + int(fields[12]) / ticks)
+    return found
+
+
+def thread_report(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+                  ops: int) -> str:
+    """Each thread's user + system CPU per 1,000 ops between two ``thread_cpu``."""
+    parts = []
+    for name, (user, system) in sorted(after.items()):
+        user0, system0 = before.get(name, (0.0, 0.0))
+        parts.append(f"{name} {1e6 * (user - user0) / ops:.0f}u+"
+                     f"{1e6 * (system - system0) / ops:.0f}s")
+    return ", ".join(parts)
+
+
 def leader_of(cluster: LocalCluster, protocol: str) -> int:
     import urllib.request
 
@@ -189,12 +218,14 @@ def main() -> None:
         load_before = os.getloadavg()
         disk = fsync_probe(workdir)
         cpu_before = [cpu_seconds([process.pid]) for process in processes]
+        threads_before = [thread_cpu(process.pid) for process in processes]
         began = time.perf_counter()
         latencies = asyncio.run(drive(port, args.clients, args.seconds,
                                       args.workload == "mixed"))
         wall = time.perf_counter() - began
         cpu = [cpu_seconds([process.pid]) - before
                for process, before in zip(processes, cpu_before, strict=True)]
+        threads_after = [thread_cpu(process.pid) for process in processes]
         load_after = os.getloadavg()
     finally:
         for process in processes:
@@ -212,10 +243,13 @@ def main() -> None:
           f"fdatasync p50 {disk['p50_ms']} ms, p99 {disk['p99_ms']} ms (cProfile on)")
     for node in range(nodes):
         role = "leader" if node == leader else "follower"
-        print(f"  node {node} ({role}): {1e3 * cpu[node] / ops * 1000:.0f} ms CPU per 1,000 ops")
-    report(workdir / f"node-{leader}.prof", f"leader (node {leader})", args.top)
-    follower = next(node for node in range(nodes) if node != leader)
-    report(workdir / f"node-{follower}.prof", f"follower (node {follower})", args.top)
+        print(f"  node {node} ({role}): {1e3 * cpu[node] / ops * 1000:.0f} ms CPU per 1,000 ops"
+              f" (by thread, ms user + system: "
+              f"{thread_report(threads_before[node], threads_after[node], ops)})")
+    if not os.environ.get("PROFILE_KV_OFF"):  # (no profiles without the profiler)
+        report(workdir / f"node-{leader}.prof", f"leader (node {leader})", args.top)
+        follower = next(node for node in range(nodes) if node != leader)
+        report(workdir / f"node-{follower}.prof", f"follower (node {follower})", args.top)
     if args.keep:
         print(f"profiles, logs and data kept in {workdir}")
     else:
