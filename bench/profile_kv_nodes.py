@@ -75,7 +75,7 @@ def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
     found: dict[str, tuple[float, float]] = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            head, _, rest = (task / "stat").read_text().rpartition(")")
+            rest = (task / "stat").read_text().rpartition(")")[2]
         except OSError:
             continue
         name = "main" if task.name == str(pid) else f"t{task.name}"
