@@ -10,10 +10,46 @@ one that ends exactly between frames is a clean close.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import struct
+from typing import Final
 
 LENGTH = struct.Struct(">I")
 LENGTH_BYTES = LENGTH.size
+SHA256_BLOCK_BYTES: Final = 64
+_INNER_PAD: Final = bytes(byte ^ 0x36 for byte in range(256))
+_OUTER_PAD: Final = bytes(byte ^ 0x5C for byte in range(256))
+
+
+class FrameMac:
+    """HMAC-SHA256 (RFC 2104) under one key, for the frames of a session.
+
+    The key's inner and outer SHA-256 states (the key padded to the block and
+    XORed with ``0x36`` and ``0x5c``) are computed once; :meth:`tag` copies
+    them and hashes the frame, so it returns exactly
+    ``hmac.digest(key, data + more, hashlib.sha256)`` (tested for keys of
+    every length around the block) without setting a MAC context up per frame
+    (ADR 0049: about half the CPU of ``hmac.digest`` per frame). The tag, the
+    key and what the tag covers are unchanged: so is the guarantee."""
+
+    __slots__ = ("inner", "outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > SHA256_BLOCK_BYTES:
+            key = hashlib.sha256(key).digest()
+        padded = key.ljust(SHA256_BLOCK_BYTES, b"\0")
+        self.inner = hashlib.sha256(padded.translate(_INNER_PAD))
+        self.outer = hashlib.sha256(padded.translate(_OUTER_PAD))
+
+    def tag(self, data: bytes | memoryview, more: bytes = b"") -> bytes:
+        """The MAC of ``data`` followed by ``more``."""
+        inner = self.inner.copy()
+        inner.update(data)
+        if more:
+            inner.update(more)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 class FrameError(Exception):

@@ -35,14 +35,13 @@ protocol now receives the transport's ``pause_writing`` and
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import struct
 from collections.abc import Callable
 from typing import Protocol
 
 from replicaio.runtime import hoptrace
-from replicaio.runtime.framing import LENGTH, LENGTH_BYTES, FrameError
+from replicaio.runtime.framing import LENGTH, LENGTH_BYTES, FrameError, FrameMac
 
 SEQUENCE = struct.Struct(">Q")
 SESSION_TAG_BYTES = 32  # HMAC-SHA256
@@ -81,6 +80,7 @@ class PeerReader(asyncio.Protocol):
     ) -> None:
         self.peer = peer
         self.key = key
+        self.mac = FrameMac(key)  # hmac.digest(key, ..., sha256), set up once
         self.inbox = inbox
         self.traffic = traffic
         self.frame_bytes_max = frame_bytes_max
@@ -154,8 +154,8 @@ class PeerReader(asyncio.Protocol):
         try:
             end = len(source)
             unpack = LENGTH.unpack_from
-            digest = hmac.digest
-            key, peer, inbox, hops = self.key, self.peer, self.inbox, self.hops
+            tag = self.mac.tag
+            peer, inbox, hops = self.peer, self.inbox, self.hops
             while end - offset >= LENGTH_BYTES:
                 (length,) = unpack(source, offset)
                 if length > self.frame_bytes_max:
@@ -171,7 +171,7 @@ class PeerReader(asyncio.Protocol):
                     self.fail(FrameError("short_frame", f"{length} bytes"))
                     return offset
                 signed_end = stop - SESSION_TAG_BYTES
-                expected = digest(key, view[body:signed_end], hashlib.sha256)
+                expected = tag(view[body:signed_end])
                 if not hmac.compare_digest(expected, view[signed_end:stop]):
                     self.fail(FrameError("bad_mac", "frame tag does not verify"))
                     return offset

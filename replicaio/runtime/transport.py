@@ -116,7 +116,7 @@ from replicaio.runtime import hoptrace
 from replicaio.runtime.config import Address, TransportParams
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.crypto import Authenticator
-from replicaio.runtime.framing import FrameError, frame_header, read_frame
+from replicaio.runtime.framing import FrameError, FrameMac, frame_header, read_frame
 from replicaio.runtime.logs import RateLimitedLog, log
 from replicaio.runtime.peer_reader import (
     SEQUENCE,
@@ -164,6 +164,7 @@ class Connection:
     __slots__ = (
         "incoming_key",
         "outgoing_key",
+        "outgoing_mac",
         "peer",
         "protocol",
         "reader",
@@ -186,6 +187,7 @@ class Connection:
         from_dialer, from_acceptor = keys
         self.outgoing_key = from_dialer if dialer else from_acceptor
         self.incoming_key = from_acceptor if dialer else from_dialer
+        self.outgoing_mac = FrameMac(self.outgoing_key)  # frame_tag's, set up once
         self.send_seq = 0
         self.task: asyncio.Task[Any] | None = None
         # The read side once the handshake is done (it then owns the transport's
@@ -460,7 +462,7 @@ class Transport:
     def seal(self, connection: Connection, payload: bytes) -> bytes:
         connection.send_seq += 1
         head = SEQUENCE.pack(connection.send_seq)
-        tag = frame_tag(connection.outgoing_key, head, payload)
+        tag = connection.outgoing_mac.tag(head, payload)  # frame_tag(outgoing_key, ...)
         return frame_header(len(head) + len(payload) + len(tag)) + head + payload + tag
 
     async def write_loop(self, channel: PeerChannel, connection: Connection) -> None:
