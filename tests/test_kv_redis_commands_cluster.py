@@ -273,6 +273,7 @@ def test_info_client_time_role(cluster: LocalCluster,
     victim = connect(port_of(cluster, 1), client_name="victim")
     victim.ping()
     entry = next(item for item in b.client_list() if item["name"] == "victim")
+    assert entry["cmd"] == "ping"  # its last command, lower case
     assert b.client_kill_filter(_id=entry["id"]) == 1
     time.sleep(0.1)
     assert all(item["name"] != "victim" for item in b.client_list())

@@ -34,6 +34,7 @@ from replicaio.runtime.counters import Counters
 from replicaio.runtime.kv.service import RespService, smr_client_id
 from replicaio.services.kv.redis_commands import KV_PARAMS, Local, plan
 from replicaio.services.kv.resp import (
+    OK,
     RESP2,
     RESP3,
     RespError,
@@ -205,6 +206,7 @@ def test_mutated_commands_parse_or_raise_a_protocol_error(
 def test_replies_in_resp2_and_resp3() -> None:
     cases: list[tuple[Any, bytes, bytes]] = [
         (RespSimple("OK"), b"+OK\r\n", b"+OK\r\n"),
+        (OK, b"+OK\r\n", b"+OK\r\n"),  # the constant's own bytes (encode_reply's short cut)
         (RespError("ERR bad\r\nthing"), b"-ERR bad  thing\r\n", b"-ERR bad  thing\r\n"),
         (42, b":42\r\n", b":42\r\n"),
         (True, b":1\r\n", b"#t\r\n"),

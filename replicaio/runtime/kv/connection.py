@@ -168,7 +168,7 @@ class Connection:
         self.command_started = 0.0  # when the command being read began to arrive
         self.timed_out: str | None = None  # the timeout that closed the connection
         self.opened = time.monotonic()
-        self.last_command = "NULL"  # CLIENT LIST's cmd
+        self.last_command = b"NULL"  # CLIENT LIST's cmd (the name as sent)
 
     def reply_backlog(self) -> int:
         """Reply bytes written and not yet taken by the kernel."""
@@ -209,7 +209,7 @@ class Connection:
             "multi": len(self.transaction.queued) if self.transaction.active else -1,
             "watch": len(self.transaction.watches),
             "resp": self.protocol,
-            "cmd": self.last_command,
+            "cmd": self.last_command[:32].lower().decode("ascii", "replace"),
         }
 
     def push(self, item: Item) -> None:

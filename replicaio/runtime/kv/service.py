@@ -896,7 +896,7 @@ class RespService(ListeningService):
         """Count and time the answer to ``item``; its encoded reply, for the caller
         to write (alone, or joined with the rest of its group's)."""
         self.commands_processed += 1
-        connection.last_command = item.argv[0][:32].lower().decode("ascii", "replace")
+        connection.last_command = item.argv[0]  # (decoded only when CLIENT LIST asks)
         if name == "local":
             word = item.argv[0].lower().decode("ascii", "replace")
             name = word if word in COMMAND_NAMES else "unknown"

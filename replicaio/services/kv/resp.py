@@ -403,6 +403,7 @@ Reply: TypeAlias = (
 )
 
 OK: Final = RespSimple("OK")
+OK_BYTES: Final = b"+OK\r\n"
 PONG: Final = RespSimple("PONG")
 QUEUED: Final = RespSimple("QUEUED")
 NULL_ARRAY: Final = RespNullArray()
@@ -417,6 +418,8 @@ def one_line(text: str) -> bytes:
 
 def encode_reply(value: Reply, protocol: int = RESP2) -> bytes:
     """The bytes of ``value`` in RESP2 or RESP3 (see the module table)."""
+    if value is OK:  # the commonest reply (every SET), the same in both
+        return OK_BYTES
     parts: list[bytes] = []
     _encode(value, protocol, parts)
     return b"".join(parts)
