@@ -105,9 +105,10 @@ HELD_US = 5_000  # five network latencies
 def test_a_held_notice_goes_alone_only_when_no_entries_carried_the_commit() -> None:
     """``commit_notice_delay_us``: the commit of ``a`` waits for entries; ``b``
     follows within the delay and its AppendEntries tell the followers that
-    ``a`` is committed (they apply it without a notice); nothing follows ``b``,
-    so its commit goes by one notice per follower once the delay that began
-    at ``a``'s commit is over."""
+    ``a`` is committed (they apply it without a notice), which ends that
+    delay early (no timer step that would find nothing to tell); nothing
+    follows ``b``, so its commit goes by one notice per follower once a delay
+    begun at ``b``'s commit is over."""
     params = dataclasses.replace(SLOW_HEARTBEAT, commit_notice_delay_us=HELD_US)
     cluster = Cluster(3, params)
     cluster.start()
@@ -122,9 +123,11 @@ def test_a_held_notice_goes_alone_only_when_no_entries_carried_the_commit() -> N
     assert cluster.messages(CommitNotice) == []
     assert cluster.now - committed_a < HELD_US
     assert cluster.run(until=lambda: cluster.all_applied(b"b", [0]))
+    committed_b = cluster.now
     assert cluster.run(until=lambda: cluster.all_applied(b"b"))
-    # (the delay counts from the first commit left untold: a's, told by b's entries)
-    assert HELD_US <= cluster.now - committed_a <= HELD_US + 2 * cluster.latency_us
+    # (the delay counts from the first commit left untold since every follower
+    # heard one: b's, as b's entries told a's and ended a's delay)
+    assert HELD_US <= cluster.now - committed_b <= HELD_US + 2 * cluster.latency_us
     assert [d for _, d, _ in cluster.messages(CommitNotice, 0)] == [1, 2]
     assert len(cluster.messages(AppendEntries, 0)) == 4  # a and b, to each follower
     cluster.assert_safe()
@@ -231,4 +234,93 @@ def test_a_lease_read_through_a_follower_is_told_the_commit_with_its_read_index(
     assert value_of(reply) == b"v"
     assert cluster.node_counters(0).get("raft_reads_lease", 0) == 1
     assert replied_at - asked_at <= 3 * cluster.latency_us < HELD_US
+    cluster.assert_safe()
+
+
+# -- heartbeats that need no answer (docs/raft.md) --------------------------------------------
+
+# check-quorum every 60 ms, heartbeats every 10 ms: six heartbeats per interval
+IDLE = dataclasses.replace(FAST_PARAMS, election_timeout_min_us=60_000)
+
+
+def idle_cluster(params: RaftParams) -> Cluster:
+    cluster = Cluster(3, params)
+    cluster.start()
+    cluster.elect(0)
+    cluster.submit(0, b"a")
+    assert cluster.run(until=lambda: cluster.all_applied(b"a"))
+    cluster.sent.clear()
+    return cluster
+
+
+def heartbeats_to(cluster: Cluster, peer: int) -> tuple[int, int]:
+    """(entry-less AppendEntries, CommitNotices) the leader sent ``peer``."""
+    answered = [m for _, d, m in cluster.messages(AppendEntries, 0) if d == peer and not m.entries]
+    return len(answered), len([d for _, d, _ in cluster.messages(CommitNotice, 0) if d == peer])
+
+
+def test_an_idle_followers_heartbeats_go_unanswered_but_one_per_check_quorum_interval() -> None:
+    """Every entry acknowledged, no read waiting: a heartbeat's answer could
+    change nothing but check-quorum's activity, so only the first heartbeat of
+    each check-quorum interval is an AppendEntries; the rest are notices. The
+    leader keeps its leadership (its quorum answered in every interval)."""
+    cluster = idle_cluster(IDLE)
+    cluster.run(600_000)
+    for peer in (1, 2):
+        answered, unanswered = heartbeats_to(cluster, peer)
+        assert 8 <= answered <= 12, (answered, unanswered)  # 600 ms / 60 ms
+        assert unanswered >= 4 * answered, (answered, unanswered)
+    assert len(cluster.messages(AppendEntriesResponse)) == len(
+        [m for _, _, m in cluster.messages(AppendEntries, 0)]
+    )
+    assert cluster.leaders() == [0]
+    assert cluster.count("raft_check_quorum_stepped_down") == 0
+    cluster.assert_safe()
+
+
+def test_without_check_quorum_every_heartbeat_is_answered() -> None:
+    cluster = idle_cluster(dataclasses.replace(IDLE, check_quorum=False))
+    cluster.run(600_000)
+    for peer in (1, 2):
+        answered, unanswered = heartbeats_to(cluster, peer)
+        assert answered >= 55 and unanswered == 0, (answered, unanswered)
+    cluster.assert_safe()
+
+
+def test_a_read_round_is_always_an_answered_heartbeat() -> None:
+    """A read on an idle leader starts a round: it goes to every follower as
+    an AppendEntries (the answers confirm it), not as an unanswered notice,
+    however recently check-quorum heard from them."""
+    cluster = idle_cluster(IDLE)
+    cluster.run(15_000)  # into the interval: the followers are recently active
+    cluster.sent.clear()
+    cluster.request(0, "read")
+    assert cluster.run(until=lambda: all(read.ready for read in cluster.protocol(0).reads))
+    rounds = [m.round for _, _, m in cluster.messages(AppendEntries, 0)]
+    assert len(rounds) == 2 and rounds[0] == rounds[1] > 0
+    assert cluster.messages(CommitNotice, 0) == []
+    cluster.assert_safe()
+
+
+def test_a_follower_with_an_unacknowledged_entry_gets_an_answered_heartbeat() -> None:
+    """Follower 2's acknowledgement of ``b`` is lost: its next heartbeat is an
+    AppendEntries, whose answer tells the leader its match."""
+    cluster = idle_cluster(IDLE)
+    cluster.run(15_000)
+    drop_from_2 = cluster.transmit
+
+    def transmit(source: int, destination: int, message: object) -> None:
+        if source == 2 and isinstance(message, AppendEntriesResponse):
+            return  # the acknowledgement is lost
+        drop_from_2(source, destination, message)
+
+    cluster.transmit = transmit  # type: ignore[method-assign]
+    cluster.sent.clear()
+    cluster.submit(0, b"b")
+    assert cluster.run(until=lambda: cluster.all_applied(b"b", [0, 1]))
+    cluster.transmit = drop_from_2  # type: ignore[method-assign]
+    cluster.run(12_000)  # the next heartbeat
+    to_2 = [m for _, d, m in cluster.messages(AppendEntries, 0) if d == 2 and not m.entries]
+    assert to_2, cluster.messages(CommitNotice, 0)
+    assert cluster.raft(0).replication.match_index(2) == cluster.view(0).last_index
     cluster.assert_safe()

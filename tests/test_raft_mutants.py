@@ -154,8 +154,10 @@ def test_a_session_table_that_never_evicts_is_caught_as_unbounded(
 
 
 # re-pinned: perf18 (compaction kept a window), perf21 (CommitNotice), live28
-# (notices held 1 ms: seed 2 breaks linearizability, seed 3 raises a node)
-@pytest.mark.parametrize("seed", [2, 3])
+# (notices held 1 ms: seed 2 breaks linearizability, seed 3 raises a node), sim30
+# (unanswered heartbeats, notice waits ended early: seed 2 still breaks
+# linearizability, seed 26 raises a node; seed 3 is caught no more; 6 of 40 caught)
+@pytest.mark.parametrize("seed", [2, 26])
 def test_sessions_evicted_by_bytes_differently_on_a_restored_replica_are_caught(seed: int) -> None:
     """``session_results_bytes_max`` evictions must be the same on every replica:
     the planted table forgets its results' bytes when restored from a

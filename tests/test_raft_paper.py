@@ -22,6 +22,7 @@ from replicaio.core.node import Node
 from replicaio.protocols.raft import (
     AppendEntries,
     AppendEntriesResponse,
+    CommitNotice,
     Entry,
     LeaderCommitted,
     RaftNodeFactory,
@@ -137,7 +138,10 @@ def test_5_2_b_a_candidate_with_a_majority_becomes_leader_and_sends_heartbeats()
         assert any(destination == peer and message.term == term
                    for _, destination, message in cluster.messages(AppendEntries, 0))
         assert cluster.view(peer).leader == 0
+    # A heartbeat whose answer could change nothing goes as an unanswered
+    # CommitNotice (docs/raft.md, "Heartbeats that need no answer").
     heartbeats = [m for s, d, m in cluster.messages(AppendEntries, 0) if d == 1 and not m.entries]
+    heartbeats += [m for s, d, m in cluster.messages(CommitNotice, 0) if d == 1]
     assert len(heartbeats) >= 5  # one per heartbeat interval
 
 

@@ -162,7 +162,7 @@ MUTANT_CATCHES = [
     ("replicaio sim raft-follower-reads --nodes 5 --faults crash,partition,loss,dup,reorder "
      "--seed 1", "linearizable_read"),
     ("replicaio sim raft-commit-previous-term --nodes 3 --faults "
-     "crash,partition,loss,dup,reorder --seed 1", "commit_rule"),
+     "crash,partition,loss,dup,reorder --seed 2", "commit_rule"),
     ("replicaio sim raft-forget-vote --nodes 3 --faults crash,partition,loss,dup,reorder "
      "--seed 3", "durable_state"),
 ]

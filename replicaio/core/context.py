@@ -473,6 +473,18 @@ class Context:
         """A line set ``delay_us`` microseconds of virtual time from now."""
         return self.node.timer(delay_us)
 
+    def timer(self, delay_us: int) -> tuple[int, Line[None]]:
+        """:meth:`sleep`, with the timer's id for :meth:`end_timer`."""
+        line = self.node.timer(delay_us)
+        return self.node.timer_next - 1, line
+
+    def end_timer(self, timer_id: int, line: Line[None]) -> None:
+        """Set ``line`` (of :meth:`timer` ``timer_id``) now and withdraw its
+        timer from the host: the task waiting for it goes on at once, in this
+        step, and the timer never fires. Nothing if the timer has fired."""
+        if self.node.end_timer(timer_id):
+            line.set(None)
+
     def choose(self, label: str, count: int) -> int:
         """An explicit choice point among ``count`` alternatives (resolved by the host)."""
         if count < 1:

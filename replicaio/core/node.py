@@ -487,6 +487,18 @@ class Node:
             self.timer_finishers[timer_id] = (owner, cancel)
         return line
 
+    def end_timer(self, timer_id: int) -> bool:
+        """Withdraw a timer that has not fired (its owner's finish callback
+        included) and say whether it had not: the caller sets its line."""
+        finisher = self.timer_finishers.get(timer_id)
+        if finisher is not None:
+            owner, callback = finisher
+            owner.on_finish.remove(callback)
+        if timer_id not in self.timers:
+            return False
+        self.cancel_timer(timer_id)
+        return True
+
     def cancel_timer(self, timer_id: int) -> None:
         self.timer_finishers.pop(timer_id, None)
         if self.timers.pop(timer_id, None) is None:

@@ -21,9 +21,14 @@ cdef class Progress:
 cdef class Replication:
     cdef public Raft raft
     cdef public object progress, peer_tasks, tick, synced_index, appended, committed
+    cdef public object notice_wait
 
     @cython.locals(progress=Progress)
     cpdef send_to(self, peer, progress)
+    @cython.locals(progress=Progress)
+    cpdef end_notice_wait(self)
+    @cython.locals(progress=Progress)
+    cpdef answer_needed(self, progress)
     @cython.locals(progress=Progress, membership=Membership)
     cpdef on_match(self, peer, progress, match)
     @cython.locals(progress=Progress, membership=Membership)

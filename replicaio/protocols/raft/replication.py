@@ -184,6 +184,7 @@ class Replication:
     # adversary's probe reads them in this order (sim/adversary.py: attributes).
     __slots__ = (  # noqa: RUF023
         "raft", "progress", "peer_tasks", "tick", "synced_index", "appended", "committed",
+        "notice_wait",
     )
 
     def __init__(self, raft: Raft) -> None:
@@ -195,6 +196,8 @@ class Replication:
         self.synced_index = 0
         self.appended = Signal(raft.scheduler)  # the leader appended: learn when durable
         self.committed = Signal(raft.scheduler)  # a commit index to tell later (notice_loop)
+        # notice_loop's timer and line while it holds a commit index, else None
+        self.notice_wait: tuple[int, Line[None]] | None = None
 
     # -- becoming and leaving leader ---------------------------------------------------
 
@@ -208,6 +211,7 @@ class Replication:
         self.synced_index = 0  # nothing counted before the first sync of the term
         self.appended = Signal(raft.scheduler)
         self.committed = Signal(raft.scheduler)
+        self.notice_wait = None
         tasks: list[Coroutine[Any, Any, None]] = [self.heartbeat_loop(), self.durability_loop()]
         if raft.params.commit_notice and raft.params.commit_notice_delay_us:
             tasks.append(self.notice_loop())
@@ -231,6 +235,7 @@ class Replication:
     def on_step_down(self) -> None:
         self.progress = {}
         self.peer_tasks = {}
+        self.notice_wait = None
 
     def sync_peers(self) -> None:
         """One replication task per peer of the latest configuration."""
@@ -309,12 +314,16 @@ class Replication:
     async def notice_loop(self) -> None:
         """Tell the followers a commit index that no AppendEntries carried
         within ``commit_notice_delay_us`` of the commit (``send_to`` clears
-        ``commit_due`` whenever it sends one)."""
+        ``commit_due`` whenever it sends one, and ends the wait early once no
+        follower has a commit index left to hear: the timer never fires)."""
         raft = self.raft
         committed = self.committed
         while True:
             await committed.wait()
-            await raft.context.sleep(raft.params.commit_notice_delay_us)
+            timer_id, line = raft.context.timer(raft.params.commit_notice_delay_us)
+            self.notice_wait = (timer_id, line)
+            await line
+            self.notice_wait = None
             committed.pending = False  # every commit so far is told below
             for progress in self.progress.values():
                 if progress.commit_due:
@@ -379,14 +388,54 @@ class Replication:
                 progress.next_index = last + 1
                 sent = True
             if progress.heartbeat_due and not sent:
-                self.send_append(peer, progress, empty=True)
+                if self.answer_needed(progress):
+                    self.send_append(peer, progress, empty=True)
+                else:
+                    self.send_commit_notice(peer, progress)
             elif progress.commit_due and not sent:
                 if not progress.notice_due:
                     return  # held for entries to carry it (commit_notice_delay_us)
                 self.send_commit_notice(peer, progress)
         progress.heartbeat_due = False
-        progress.commit_due = False
-        progress.notice_due = False
+        if progress.commit_due:
+            progress.commit_due = False
+            progress.notice_due = False
+            if self.notice_wait is not None:
+                self.end_notice_wait()
+
+    def end_notice_wait(self) -> None:
+        """notice_loop's wait, ended once every follower has heard the commit
+        index (a timer step that would find nothing to tell, saved)."""
+        for progress in self.progress.values():
+            if progress.commit_due:
+                return
+        wait = self.notice_wait
+        assert wait is not None
+        self.notice_wait = None
+        self.raft.context.end_timer(wait[0], wait[1])
+
+    def answer_needed(self, progress: Progress) -> bool:
+        """Whether a heartbeat to a follower in ``REPLICATE`` must be answered
+        (an entry-less AppendEntries) or may go as an unanswered
+        :class:`CommitNotice`: its answer is needed unless it could change
+        nothing here, that is unless commit notices are on, every entry sent
+        to the follower is acknowledged up to our last index, no read-index
+        round or lease waits on its answer (it has answered the current
+        round), and check-quorum has heard from it in this interval (without
+        check-quorum every heartbeat is answered, as before). A follower that
+        lost entries it had acknowledged is then found by the first heartbeat
+        of the next check-quorum interval (docs/raft.md, "Heartbeats that
+        need no answer")."""
+        raft = self.raft
+        params = raft.params
+        return not (
+            params.commit_notice
+            and params.check_quorum
+            and progress.recent_active
+            and not progress.inflight
+            and progress.match_index == raft.log.last_index
+            and raft.reads.round <= progress.acked_round
+        )
 
     def send_append(self, peer: int, progress: Progress, *, empty: bool = False) -> int:
         """One AppendEntries from ``progress.next_index``; returns the last index it carries."""
