@@ -12,6 +12,7 @@ from test_smr import read, value_of, write
 
 from replicaio.assembly import protocol_factory
 from replicaio.core.errors import ConfigError
+from replicaio.core.lines import Line
 from replicaio.core.node import ProtocolFactory
 from replicaio.protocols.raft import (
     AppendEntries,
@@ -295,7 +296,9 @@ def test_a_read_round_is_always_an_answered_heartbeat() -> None:
     cluster.run(15_000)  # into the interval: the followers are recently active
     cluster.sent.clear()
     cluster.request(0, "read")
-    assert cluster.run(until=lambda: all(read.ready for read in cluster.protocol(0).reads))
+    assert cluster.run(until=lambda: all(
+        isinstance(read, Line) and read.ready for read in cluster.protocol(0).reads
+    ))
     rounds = [m.round for _, _, m in cluster.messages(AppendEntries, 0)]
     assert len(rounds) == 2 and rounds[0] == rounds[1] > 0
     assert cluster.messages(CommitNotice, 0) == []
