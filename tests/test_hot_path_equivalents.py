@@ -3,7 +3,8 @@ what it replaced: ``RaftLog.last_index``, a field every mutator maintains, is
 ``base_index + len(entries)`` after appends, truncations, compactions, installed
 snapshots and a restart; ``weighted_choice`` and ``randbelow`` draw what
 ``random.choices`` and ``random.randrange`` draw and leave the generator where
-they leave it."""
+they leave it; the harness's table of the operation mix draws what
+``weighted_choice`` draws, and ``unregistered`` is what registration fills."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ import pytest
 from test_raft_cluster import FAST_PARAMS, Cluster
 from test_raft_snapshot import follower_with_log, snapshot_message
 
+from replicaio.core.config import ClusterConfig, Resilience
+from replicaio.protocols.raft.membership import unregistered
+from replicaio.protocols.raft.messages import UNREGISTERED, Config
 from replicaio.protocols.raft.state import RaftLog
-from replicaio.sim.kv_harness import randbelow, weighted_choice
+from replicaio.sim.kv_harness import KvHarness, KvWorkload, mix_table, randbelow, weighted_choice
 
 
 def consistent(log: RaftLog) -> bool:
@@ -85,3 +89,45 @@ def test_randbelow_draws_what_randrange_draws(n: int) -> None:
         assert ours.getstate() == theirs.getstate()
     with pytest.raises(ValueError, match="empty range"):
         randbelow(random.Random(0), 0)
+
+
+def test_the_planned_kind_from_the_mix_table_is_weighted_choices_draw() -> None:
+    """``KvHarness.plan`` draws the kind from a table made once per mix
+    (``mix_table``): the same kinds, in the same order, as ``weighted_choice``
+    over the mix, and the same generator state after; a new mix, a new table."""
+    workload = KvWorkload(ops=400, mix=(("get", 5), ("put", 3), ("putx", 0), ("cas", 2)))
+    harness = KvHarness(ClusterConfig(n=3, f=1, resilience=Resilience.CRASH))
+    harness.workload = workload
+    for seed in range(20):
+        harness.rng, theirs = random.Random(seed), random.Random(seed)
+        kinds = [kind for kind, _ in workload.mix]
+        weights = [weight for _, weight in workload.mix]
+        for _ in range(30):
+            assert harness.plan().kind == weighted_choice(theirs, kinds, weights)
+            # (plan draws more after the kind: the key, a value, read_via_log)
+            theirs.setstate(harness.rng.getstate())
+    table = harness.plan_table
+    assert table is not None and table[0] is workload.mix and table[4] is True
+    harness.workload = dataclasses.replace(workload, mix=(("get", 1), ("put", 1)))
+    harness.plan()
+    assert harness.plan_table is not None and harness.plan_table[4] is False
+    with pytest.raises(ValueError, match="finite number above zero"):
+        mix_table((("get", 0),))
+
+
+def test_unregistered_says_whether_registration_would_fill_anything() -> None:
+    """``Membership.maybe_next_change`` builds ``registration(config)`` only if
+    a member's identity is unregistered: with none, it would equal ``config``."""
+    cluster = Cluster(3, FAST_PARAMS)
+    cluster.start()
+    cluster.elect(0)
+    cluster.submit(0, b"a")
+    assert cluster.run(until=lambda: cluster.all_applied(b"a"))
+    membership = cluster.raft(0).membership
+    config = cluster.raft(0).log.config
+    assert not unregistered(config)
+    assert membership.registration(config) == config
+    voters = ((config.voters[0][0], UNREGISTERED), *config.voters[1:])
+    assert unregistered(Config(voters, config.learners, config.promoting))
+    learners = ((7, UNREGISTERED),)
+    assert unregistered(Config(config.voters, learners, config.promoting))

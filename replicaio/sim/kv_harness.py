@@ -262,6 +262,23 @@ def weighted_choice(rng: random.Random, population: Sequence[Any], weights: Sequ
     return population[bisect_right(cumulative, rng.random() * total, 0, len(cumulative) - 1)]
 
 
+MixTable = tuple[tuple[tuple[str, int], ...], list[str], list[int], float, bool]
+
+
+def mix_table(mix: tuple[tuple[str, int], ...]) -> MixTable:
+    """What :meth:`KvHarness.plan` draws from, made once per mix: the mix, its
+    kinds, their cumulative weights and total (``weighted_choice``'s, checked
+    the same way), and whether the mix has ``PUTX`` (timed reads)."""
+    kinds = [kind for kind, _ in mix]
+    cumulative = list(accumulate(weight for _, weight in mix))
+    if len(cumulative) != len(kinds):
+        raise ValueError("the number of weights does not match the population")
+    total = cumulative[-1] + 0.0
+    if total <= 0.0 or not math.isfinite(total):
+        raise ValueError("the weights must add up to a finite number above zero")
+    return mix, kinds, cumulative, total, PUTX in kinds
+
+
 
 def randbelow(rng: random.Random, n: int) -> int:
     """``rng.randrange(n)``: the very same draw (CPython's rejection sampling
@@ -304,6 +321,7 @@ class KvHarness:
         self.nemesis_aims_at_syncs = False  # set at the start of a run with group commit
         self.api: HarnessApi | None = None
         self.workload = KvWorkload()
+        self.plan_table: MixTable | None = None  # plan's table of workload.mix, made on first use
         self.rng = random.Random(0)
         self.disk_nodes: frozenset[int] = frozenset()  # nodes whose storage may fail
         self.recorder: HistoryRecorder | None = None
@@ -801,16 +819,16 @@ class KvHarness:
         """Draw the next operation (values written are unique per write)."""
         rng = self.rng
         workload = self.workload
-        kinds = [kind for kind, _ in workload.mix]
-        weights = [weight for _, weight in workload.mix]
-        kind = weighted_choice(rng, kinds, weights)
+        table = self.plan_table
+        if table is None or table[0] is not workload.mix:
+            table = self.plan_table = mix_table(workload.mix)
+        _, kinds, cumulative, total, timed_reads = table
+        # weighted_choice(rng, kinds, weights): the same draw, from the table
+        kind = kinds[bisect_right(cumulative, rng.random() * total, 0, len(cumulative) - 1)]
         counter = kind == INCR or (
             kind in (GET, DELETE) and workload.counters and rng.random() < 0.3
         )
-        timed = kind == PUTX or (
-            kind in (GET, DELETE) and any(name == PUTX for name, _ in workload.mix)
-            and rng.random() < 0.3
-        )
+        timed = kind == PUTX or (kind in (GET, DELETE) and timed_reads and rng.random() < 0.3)
         if kind in (RPUSH, LRANGE):
             key = f"l{randbelow(rng, workload.keys)}"
         elif timed:

@@ -1,5 +1,7 @@
 from replicaio.protocols.raft.raft cimport Raft
 
+cpdef unregistered(config)
+
 cdef class Membership:
     cdef public Raft raft
     cdef public object identities_seen
