@@ -40,8 +40,9 @@ class Resilience(enum.Enum):
 
 def intersecting_quorum(n: int, f: int) -> int:
     """ceil((n + f + 1) / 2), the least size of which any two sets out of n
-    replicas share f + 1 (so a correct one whichever f are faulty): PBFT's
-    replica quorums (``Pbft.quorum``) and a Byzantine client's quorum of an
+    replicas share f + 1 (so a correct one whichever f are faulty): the echo
+    quorums of Bracha's and of consistent (echo) broadcast, PBFT's replica
+    quorums (``Pbft.quorum``) and a Byzantine client's quorum of an
     unordered read and of a fast reader's write (``replicaio.smr.client``).
     With n = 3f+1 it is 2f + 1; with more replicas, more (n = 5, f = 1: 4)."""
     return (n + f + 2) // 2

@@ -16,13 +16,9 @@ business of :mod:`replicaio.protocols.broadcast.instances` and the node core.
 
 from __future__ import annotations
 
+from replicaio.core.config import intersecting_quorum
 from replicaio.core.context import Context, Link
 from replicaio.core.lines import first
-
-
-def echo_quorum(n: int, f: int) -> int:
-    """ceil((n + f + 1) / 2): two such quorums share a correct node."""
-    return (n + f + 2) // 2
 
 
 async def bracha(node: Context, sender: int, value: bytes | None = None) -> bytes:
@@ -50,5 +46,5 @@ async def echo_the_send(send: Link[bytes], echo: Link[bytes], sender: int) -> No
 
 
 async def ready_once_justified(echo: Link[bytes], ready: Link[bytes], n: int, f: int) -> None:
-    justified = await first(echo.quorum(echo_quorum(n, f)), ready.quorum(f + 1))
+    justified = await first(echo.quorum(intersecting_quorum(n, f)), ready.quorum(f + 1))
     ready.to_all(justified)

@@ -10,12 +10,8 @@ correct nodes may deliver while others never do.
 
 from __future__ import annotations
 
+from replicaio.core.config import intersecting_quorum
 from replicaio.core.context import Context
-
-
-def echo_quorum(n: int, f: int) -> int:
-    """More than (n + f) / 2 echoes: two such quorums share a correct node."""
-    return (n + f) // 2 + 1
 
 
 async def consistent(node: Context, sender: int, value: bytes | None = None) -> bytes:
@@ -31,5 +27,5 @@ async def consistent(node: Context, sender: int, value: bytes | None = None) -> 
     # scope): a node may deliver on others' echoes before the SEND reaches it,
     # and the remaining correct nodes still need its echo.
     node.spawn(echo_the_send())
-    delivered: bytes = await echo.quorum(echo_quorum(node.n, node.f))
+    delivered: bytes = await echo.quorum(intersecting_quorum(node.n, node.f))
     return delivered
