@@ -48,9 +48,12 @@ COMMITS = 20
 # each answered within request_timeout_ms: the budget for every worker's share
 # of the commits, and for a stopped worker's last transfer. Not a performance
 # bound: at load 19-21 on 2 cores the 20 commits took 40 s of the old 60 s, and
-# a PBFT view change under load leaves some transfers UNKNOWN after 8 s.
+# a PBFT view change under load leaves some transfers UNKNOWN after 8 s. At load
+# 11-15 (2026-12-06, three helpers' suites) 19 of the 20 took the whole 120 s with
+# 10 TRYAGAIN/UNKNOWN answers between them: twice that is the cap; a stuck cluster
+# still fails it, a slow one that progresses does not.
 TRANSFER_S = 3 * REQUEST_TIMEOUT_MS / 1000
-TRANSFERS_DEADLINE_S = COMMITS / WORKERS * TRANSFER_S
+TRANSFERS_DEADLINE_S = 2 * COMMITS / WORKERS * TRANSFER_S
 LIAR = 3  # the last node (``liar``: of whatever cluster a fixture made)
 BEHAVIOUR = "pbft_stale_reads+txn_lying_driver+txn_altering_driver"
 SECTIONS: dict[str, dict[str, Any]] = {
