@@ -165,13 +165,15 @@ RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary
 # again every 16 batches, which at low load is every 16 requests (docs/smr.md). The
 # simulator keeps the plain interval, so its small stores still snapshot often.
 RAFT_LIVE_SNAPSHOT_KIB = 1024
-# A live Raft service fills its next batch to 8 requests while one is in flight
-# (``fill``, ``SmrParams.batch_fill_min``) unless its file names ``fill``: three
-# side-by-side runs (docs/benchmarks.md, "fill=8 as the live default") gave 1.2x the
-# throughput and 0.8x the CPU per SET at 16 clients, the same at 1 and 64. A request
-# alone never waits, so one client is unchanged; the simulator keeps fill = 1 and
-# with it every pinned schedule.
-RAFT_LIVE_BATCH_FILL = 8
+# A live Raft service, while one of its batches is in flight, cuts the next only
+# once a full batch is pending (``fill`` = ``batch``, SmrConstants.batch_requests_max,
+# 64 by default) or when the window empties, unless its file names ``fill``: below
+# 64 clients one batch is in flight at a time, above it full batches pipeline
+# (ADR 0054, which replaced ADR 0051's fill = 8). A request alone never waits, so
+# one client is unchanged; the simulator keeps fill = 1 and every pinned schedule.
+def raft_live_batch_fill(params: Mapping[str, Any]) -> int:
+    """The ``fill`` a live Raft service takes when its file names none: its batch size."""
+    return int(params.get("batch", SmrConstants().batch_requests_max))
 RAFT_SNAPSHOT_BYTES_CEILING = 8 << 30  # what a follower assembles in memory, at most
 # The broadcast family, correct and deliberately broken.
 BROADCASTS: dict[str, BroadcastSpec] = {**PROTOCOLS, **BROADCAST_VARIANTS}
@@ -331,8 +333,8 @@ def live_protocol_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]
     """``params`` of a cluster file's ``[protocol]`` with the live runtime's defaults
     added: a Raft service (correct or a variant) sizes its snapshots by bytes
     (``snapshotkib``, ``RAFT_LIVE_SNAPSHOT_KIB``) unless the file sets ``snapshot``
-    or ``snapshotkib`` itself, and fills its batches under load (``fill``,
-    ``RAFT_LIVE_BATCH_FILL``) unless the file sets ``fill``. The result becomes the
+    or ``snapshotkib`` itself, and fills its batches under load (``fill``, a full
+    batch: :func:`raft_live_batch_fill`) unless the file sets ``fill``. The result becomes the
     protocol's name, so what the event log records still builds the same nodes."""
     spec = SERVICES.get(name)
     live = dict(params)
@@ -340,7 +342,7 @@ def live_protocol_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]
         return live
     if "snapshot" not in params and "snapshotkib" not in params:
         live["snapshotkib"] = RAFT_LIVE_SNAPSHOT_KIB
-    live.setdefault("fill", RAFT_LIVE_BATCH_FILL)
+    live.setdefault("fill", raft_live_batch_fill(params))
     return live
 
 
