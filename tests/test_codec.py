@@ -162,6 +162,28 @@ def test_samples_round_trip_and_re_encode_identically(codec: Codec, sample: obje
     assert codec.encode(decoded) == data
 
 
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda sample: type(sample).__name__)
+def test_encode_checked_gives_the_frame_and_what_a_peer_decodes(
+    codec: Codec, sample: object
+) -> None:
+    data, decoded = codec.encode_checked(sample)
+    assert data == codec.encode(sample)
+    peer = codec.decode(data)
+    assert type(decoded) is type(peer)
+    assert decoded == peer
+    assert repr(decoded) == repr(peer)  # lists as tuples, floats as floats, NaN as NaN
+    assert decoded is not sample
+
+
+def test_encode_checked_gives_value_lists_as_tuples(codec: Codec) -> None:
+    sample = everything(ratio=2, table={"a": (1, 2.5)}, blob=[1, [2]])
+    data, decoded = codec.encode_checked(sample)
+    assert isinstance(decoded, Everything)
+    assert decoded.blob == (1, (2,))
+    assert type(decoded.ratio) is float
+    assert repr(decoded) == repr(codec.decode(data))
+
+
 def test_wire_form_is_tag_then_fields(codec: Codec) -> None:
     assert msgpack.unpackb(codec.encode(Echo(1, 2, b"x"))) == ["test_codec.Echo", 1, 2, b"x"]
     nested = msgpack.unpackb(codec.encode(Later(Inner(3))))

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from replicaio.core.effects import Receive
 from replicaio.core.node import Node
 from replicaio.sim.options import SimOptions, parse_faults
 from replicaio.sim.simulator import REQUEST, SimNode, Simulator
@@ -33,8 +34,8 @@ def check_node(node: Node) -> None:
 class CheckedSimulator(Simulator):
     """Checks every live core after each of its steps."""
 
-    def step(self, node: SimNode, event: Any) -> None:
-        super().step(node, event)
+    def step(self, node: SimNode, event: Any, data: bytes | None = None) -> None:
+        super().step(node, event, data)
         if node.core is not None:
             check_node(node.core)
 
@@ -197,10 +198,10 @@ class HeapWatched(Simulator):
 
     most = 0
 
-    def step(self, node: SimNode, event: Any) -> None:
+    def step(self, node: SimNode, event: Any, data: bytes | None = None) -> None:
         waiting = sum(1 for entry in self.heap if entry[2] == REQUEST)
         self.most = max(self.most, waiting)
-        super().step(node, event)
+        super().step(node, event, data)
 
 
 @pytest.mark.parametrize("seed", range(1, 5))
@@ -214,3 +215,48 @@ def test_requests_fed_to_the_heap_one_at_a_time_run_the_same_events(seed: int) -
     assert AllRequestsOnTheHeap("bracha", options, record=True).run().log_sha256 == (
         result.log_sha256
     )
+
+
+class FramesWatched(Simulator):
+    """Checks what each receiver steps on: a correct node the sender's decode
+    of the frame the log records, a Byzantine node (its adversary observes its
+    inputs) the frame's bytes."""
+
+    decoded = 0
+    raw = 0
+
+    def step(self, node: SimNode, event: Any, data: bytes | None = None) -> None:
+        if isinstance(event, Receive):
+            if data is not None:
+                assert node.strategy is None
+                assert type(event.message) is not bytes
+                peer = self.codec.decode(data)
+                assert type(event.message) is type(peer)
+                assert repr(event.message) == repr(peer)
+                self.decoded += 1
+            elif node.strategy is not None and type(event.message) is bytes:
+                self.raw += 1
+        super().step(node, event, data)
+
+
+@pytest.mark.parametrize(("seed", "faults"), [(1, ""), (2, "crash,partition,loss,dup,reorder")])
+def test_receivers_step_on_the_decode_of_the_frame_the_log_records(
+    seed: int, faults: str
+) -> None:
+    options = SimOptions.draw(seed, 4, 1, parse_faults(faults), requests_per_node=10)
+    watched = FramesWatched("bracha", options, record=True)
+    result = watched.run()
+    assert result.ok, result.violations
+    assert watched.decoded > 100
+    assert watched.raw > 10
+    # The same run, every receiver decoding the bytes itself, logs the same events.
+    assert BytesOnly("bracha", options, record=True).run().log_sha256 == result.log_sha256
+
+
+class BytesOnly(Simulator):
+    """Steps every receiver on the frame's bytes (the receiver decodes them)."""
+
+    def step(self, node: SimNode, event: Any, data: bytes | None = None) -> None:
+        if data is not None:
+            event = Receive(event.source, data)
+        super().step(node, event)

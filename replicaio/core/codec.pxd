@@ -3,6 +3,7 @@ cdef class Codec:
     cdef public object _fast_bytes_max, _frame_bytes_max, _value_bounds, _value_tags, _values
 
     cpdef encode(self, message)
+    cpdef tuple encode_checked(self, message)
     cpdef decode(self, data)
     cpdef encode_value(self, value)
     cpdef decode_value(self, data)

@@ -576,6 +576,11 @@ class Codec:
         self._rebuild()
 
     @property
+    def canonical(self) -> bool:
+        """Whether ``decode`` refuses a frame that is not its value's canonical encoding."""
+        return bool(self._canonical)
+
+    @property
     def frame_bytes_max(self) -> int:
         return self._frame_bytes_max
 
@@ -594,6 +599,17 @@ class Codec:
 
         The frame is decoded again here, exactly as a peer would decode it, so
         a local bug (a wrong type, a bound exceeded) stops at the sender.
+        """
+        data: bytes = self.encode_checked(message)[0]
+        return data
+
+    def encode_checked(self, message: object) -> tuple[bytes, object]:
+        """:meth:`encode`, with the message its frame decodes to: what
+        :meth:`decode` gives a peer for that frame (a fresh object, equal to
+        ``message`` but for ``Value`` data: lists come back as tuples). The
+        simulator hands it to the receivers instead of decoding the frame once
+        more per receiver. A ``canonical`` codec's :meth:`decode` also checks
+        the frame is canonical, which this does not: use :meth:`decode` there.
         """
         cls = type(message)
         values = _VALUE_FIELDS.get(cls)
@@ -621,7 +637,7 @@ class Codec:
             data = self._encode(message)
         if decoded != message:
             _check_round_trip(message, decoded, values)
-        return data
+        return data, decoded
 
     def decode(self, data: bytes | bytearray | memoryview) -> object:
         """The message in ``data``; ``DecodeError`` (and nothing else) if it is not one."""

@@ -121,11 +121,11 @@ class PrefixSimulator(Simulator):
         """A :class:`RecordingNode`, so that ``step`` sees each batch's writes."""
         return super().make_core(node, factory, kind)
 
-    def step(self, node: SimNode, event: Input) -> None:
+    def step(self, node: SimNode, event: Input, data: bytes | None = None) -> None:
         if isinstance(event, Receive):
             self.received[node.node_id].append((event.source, event.message))
         if node.strategy is not None or node.pending_crash is not None or not self.checking():
-            super().step(node, event)
+            super().step(node, event, data)
             return
         before = node.storage.clone()
         assert before.unsynced_count == 0, "every step ends with a sync"
@@ -137,7 +137,7 @@ class PrefixSimulator(Simulator):
         assert isinstance(core, RecordingNode)
         core.recording = persists
         try:
-            super().step(node, event)
+            super().step(node, event, data)
         finally:
             core.recording = None
         if persists:

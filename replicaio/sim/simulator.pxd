@@ -6,6 +6,9 @@ from replicaio.core.node cimport Node
 from replicaio.storage.memory cimport MemoryStorage
 from replicaio.trace.eventlog cimport EventLogWriter, pack_effects
 
+cdef class Frame:
+    cdef public object data, message
+
 cdef class SimNode:
     cdef public object node_id
     cdef public MemoryStorage storage
@@ -27,8 +30,10 @@ cdef class Simulator:
     cdef public EventLogWriter log
     cdef public object stats, violations
 
+    @cython.locals(node=SimNode, frame=Frame)
+    cpdef run_events(self)
     @cython.locals(node=SimNode, core=Node, effects=Effects)
-    cpdef step(self, node, event)
+    cpdef step(self, node, event, data=*)
     @cython.locals(node=SimNode)
     cpdef arm_timer(self, node, timer_id, delay)
     @cython.locals(node=SimNode)

@@ -119,6 +119,25 @@ def young_collections_every(allocations: int) -> Iterator[None]:
 ChooseOverride = Callable[[int, str, int], int]
 
 
+class Frame:
+    """A message on the simulated wire: its frame (``data``, what the event log
+    records) and the message that frame decodes to (``message``, from the
+    sender's :meth:`~replicaio.core.codec.Codec.encode_checked`, which decodes
+    each frame exactly as a peer's ``decode`` would). A receiver without a
+    strategy steps on ``message``, so a frame is decoded once, not once more
+    per receiver; the protocol still sees only what the wire carries. Frozen
+    messages, shared among receivers as the objects of an unencoded run are
+    (the simulator's codec is not ``canonical``: that check needs ``decode``).
+    A receiver with a strategy (a Byzantine node's adversary observes its
+    inputs) steps on the bytes."""
+
+    __slots__ = ("data", "message")
+
+    def __init__(self, data: bytes, message: object) -> None:
+        self.data = data
+        self.message = message
+
+
 class SimNode:
     """The simulator's view of one node: its core, disk, timers and faults.
 
@@ -235,6 +254,7 @@ class Simulator:
         ).validate()
         self.params = params or NodeParams()
         self.codec = Codec()
+        assert not self.codec.canonical  # a Frame's message stands for decode's (Frame)
         self.harness: Harness = harness_for(protocol, self.config)
         bind = getattr(self.harness, "bind", None)
         if bind is not None:  # a harness acting during the run (see sim/harness.py)
@@ -438,7 +458,14 @@ class Simulator:
                     self.deliver(node_id, a, b)
                 else:  # deliver()'s common case, inlined: one call less per message
                     stats["messages_delivered"] += 1
-                    self.step(node, Receive(a, b))
+                    if type(b) is Frame:
+                        frame = b
+                        if node.strategy is None:
+                            self.step(node, Receive(a, frame.message), frame.data)
+                        else:
+                            self.step(node, Receive(a, frame.data))
+                    else:
+                        self.step(node, Receive(a, b))
             elif kind == TIMER:
                 self.fire_timer(node_id, a, b)
             elif kind == REQUEST:
@@ -459,7 +486,9 @@ class Simulator:
 
     # -- node steps ----------------------------------------------------------
 
-    def step(self, node: SimNode, event: Input) -> None:
+    def step(self, node: SimNode, event: Input, data: bytes | None = None) -> None:
+        """One step of ``node`` on ``event`` (``data``: the frame of a
+        :class:`Receive`'s decoded message, which the event log records)."""
         core = node.core
         assert core is not None
         if node.choices:
@@ -492,6 +521,8 @@ class Simulator:
             if node.waiting is not None or (
                 persists and self.options.sync_us_mean and type(event) is not Start
             ):
+                if data is not None and type(event) is Receive:  # the log holds the frame
+                    event = Receive(event.source, data)
                 hold(self, node, event, effects)
                 return
             if persists:
@@ -515,8 +546,11 @@ class Simulator:
             busy = bool(persists or sends or timers_cancelled or timers_set or outputs)
         log = self.log
         if log is not None:
-            if type(event) is Receive and type(event.message) is bytes:
-                record: Any = ("receive", event.source, event.message)  # packs as encode_input's
+            record: Any
+            if data is not None and type(event) is Receive:
+                record = ("receive", event.source, data)  # packs as encode_input's
+            elif type(event) is Receive and type(event.message) is bytes:
+                record = ("receive", event.source, event.message)
             else:
                 record = encode_input(self.codec, event)
             # EMPTY_EFFECTS: what pack_effects gives an empty batch
@@ -606,6 +640,7 @@ class Simulator:
         transmit = self.transmit
         last: Any = None
         data: Any = None
+        frame: Frame | None = None
         recent = self.view.recent if self.view is not None else None
         for destination, message in effects.sends:
             if recent is not None and message is not last:
@@ -615,11 +650,12 @@ class Simulator:
             if wire or encoded is not None:
                 if message is not last:
                     last = message
-                    data = codec.encode(message)
+                    data, decoded = codec.encode_checked(message)
+                    frame = Frame(data, decoded) if wire else None
                 if encoded is not None:
                     encoded.append(data)
             if strategy is None:
-                transmit(source, destination, data if wire else message)
+                transmit(source, destination, frame if wire else message)
                 continue
             # The adversary rewrites the honest message (objects, not bytes).
             for target, rewritten in strategy.rewrite(destination, message):
@@ -651,13 +687,19 @@ class Simulator:
         sequence = self.sequence
         last: Any = None
         data: Any = None
+        payload: Any = None  # what goes on the heap: a Frame (wire), else the message
         for destination, message in sends:
             if message is not last:
                 last = message
                 if recent is not None:
                     recent.append((source, destination, message))
-                if encoding:
-                    data = codec.encode(message)
+                if wire:
+                    data, decoded = codec.encode_checked(message)
+                    payload = Frame(data, decoded)
+                else:
+                    payload = message
+                    if encoding:
+                        data = codec.encode(message)
             if encoded is not None:
                 encoded.append(data)
             at_us = now_min + int(-natural_log(1.0 - draw()) / rate)
@@ -666,8 +708,7 @@ class Simulator:
                 at_us = previous  # FIFO link: never overtake the previous message
             link_clock[destination] = at_us
             sequence += 1
-            heappush(heap, (at_us, sequence, DELIVER, destination, source,
-                            data if wire else message))
+            heappush(heap, (at_us, sequence, DELIVER, destination, source, payload))
         self.stats["messages_sent"] += len(sends)
         self.sequence = sequence
 
@@ -828,7 +869,14 @@ class Simulator:
             self.stats["messages_partitioned"] += 1
             return
         self.stats["messages_delivered"] += 1
-        self.step(node, Receive(source, message))
+        if type(message) is Frame:
+            frame: Frame = message
+            if node.strategy is None:
+                self.step(node, Receive(source, frame.message), frame.data)
+            else:
+                self.step(node, Receive(source, frame.data))
+        else:
+            self.step(node, Receive(source, message))
 
     def fire_timer(self, node_id: int, timer_id: int, token: int) -> None:
         node = self.nodes[node_id]
