@@ -1,7 +1,7 @@
 cimport cython
 
 from replicaio.core.codec cimport Codec
-from replicaio.core.context cimport Context
+from replicaio.core.context cimport Context, Link
 from replicaio.core.effects cimport Effects
 from replicaio.core.reliable cimport ReliableLinks
 from replicaio.core.scheduler cimport Scheduler
@@ -13,11 +13,15 @@ cdef class Node:
     cdef public object signer, usig_scheme, usig_admission, protocol_factory
     cdef public Scheduler scheduler
     cdef public Effects effects
-    cdef public object counters, request_rejection, evidence_log, storage, storage_keys
-    cdef public object incarnation, storage_damaged, started, routes, child_handlers
+    cdef public dict counters
+    cdef public object request_rejection, evidence_log
+    cdef public dict storage, storage_keys
+    cdef public object incarnation, storage_damaged, started
+    cdef public dict routes, child_handlers
     cdef public ReliableLinks reliable
-    cdef public object local, local_stream, streams, group_output_handlers, timers
-    cdef public object timer_finishers, timer_next, tick_armed, protocol
+    cdef public object local, local_stream
+    cdef public dict streams, group_output_handlers, timers, timer_finishers
+    cdef public object timer_next, tick_armed, protocol
     cdef public Context root
 
     cpdef step(self, event)
@@ -25,6 +29,7 @@ cdef class Node:
     cpdef receive(self, source, data)
     @cython.locals(stream=Stream)
     cpdef route_stream(self, source, message, group=*)
+    @cython.locals(context=Context, link=Link)
     cpdef dispatch(self, source, envelope)
     cpdef on_timer(self, timer_id)
     cpdef persist(self, key, value)

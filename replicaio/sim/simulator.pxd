@@ -36,6 +36,9 @@ cdef class Simulator:
     cpdef step(self, node, event, data=*)
     @cython.locals(node=SimNode)
     cpdef arm_timer(self, node, timer_id, delay)
+    @cython.locals(node=SimNode, effects=Effects)
+    cpdef send_all(self, node, effects, log=*)
+    cpdef send_plain(self, source, sends, wire, encoded, recent)
     @cython.locals(node=SimNode)
     cpdef release_outputs(self, node, outputs)
 

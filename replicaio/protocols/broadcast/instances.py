@@ -64,6 +64,15 @@ ABSTAIN_KEY = "abstain"  # durable: this node lost writes and no longer takes pa
 class Instances:
     """Runs sequence-numbered instances of a one-shot broadcast for every sender."""
 
+    # Exactly the attributes its ``.pxd`` declares, in that order: compiled it has no
+    # dict, so its ``cpdef`` methods are C calls without an override check (ADR 0041);
+    # a variant (a subclass, ``replicaio.testing.variants``) has a dict of its own.
+    __slots__ = (  # noqa: RUF023
+        "context", "instance", "window_max", "retained_max", "archived_max", "vouch_link",
+        "low", "delivered", "active", "next_seq", "abstaining", "step_effects",
+        "step_deliveries", "catchup",
+    )
+
     def __init__(
         self,
         context: Context,
