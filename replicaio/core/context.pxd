@@ -9,6 +9,7 @@ cdef class Context:
     cdef public object node, path
     cdef public object storage_prefix, streams, tasks
 
+    cpdef link(self, name, body=*, durable=*)
     cpdef output(self, value)
     cpdef key(self, name)
     cpdef persist(self, name, value)

@@ -91,7 +91,8 @@ class ReliableLinks:
     # and interpreted it refuses an undeclared attribute just the same. Unsorted: the
     # adversary's probe reads them in this order (sim/adversary.py: attributes).
     __slots__ = (  # noqa: RUF023
-        "node", "sent", "unacked", "acks_pending", "peer_incarnations", "tick",
+        "node", "sent", "unacked", "acks_pending", "peer_incarnations", "tick", "codec",
+        "node_id", "nodes", "unacked_max", "retransmit_after_ticks",
     )
 
     def __init__(self, node: Node) -> None:
@@ -103,6 +104,12 @@ class ReliableLinks:
         self.acks_pending: list[dict[tuple[Path, str], None]] = [{} for _ in nodes]
         self.peer_incarnations: list[int] = [0 for _ in nodes]
         self.tick = 0
+        # The node's, read on every send (an incarnation's node never changes them).
+        self.codec = node.codec
+        self.node_id = node.node_id
+        self.nodes = nodes
+        self.unacked_max = node.params.unacked_max
+        self.retransmit_after_ticks = node.params.retransmit_after_ticks
 
     def due_tick(self) -> int:
         # +1: a message sent just before a tick still waits full tick intervals.
@@ -197,19 +204,19 @@ class ReliableLinks:
         if persist:
             prefix = link.storage_prefix_cached or link.storage_prefix()
             key = f"{prefix}link:{channel}:{destination}"
-            node.persist(key, node.codec.encode_value(body))
+            node.persist(key, self.codec.encode_value(body))
         # One frozen message for every target: retained, sent and encoded once.
         envelope = Envelope(path, channel, body)
         sent = self.sent.get(path)
         if sent is None:
             sent = self.sent[path] = {}
-        node_id = node.node_id
+        node_id = self.node_id
         sends = node.effects.sends
         unacked_by_peer = self.unacked
-        unacked_max = node.params.unacked_max
-        due = self.tick + node.params.retransmit_after_ticks + 1  # due_tick(), inlined
+        unacked_max = self.unacked_max
+        due = self.tick + self.retransmit_after_ticks + 1  # due_tick(), inlined
         retained_key = (path, channel)
-        for target in node.config.nodes if destination == ALL else (destination,):
+        for target in self.nodes if destination == ALL else (destination,):
             sent[(channel, target)] = envelope
             if target == node_id:
                 node.local.append(envelope)
