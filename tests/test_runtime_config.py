@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from replicaio.assembly import (
+    RAFT_LIVE_NOTICE_US,
     RAFT_LIVE_SNAPSHOT_KIB,
     live_protocol_params,
     minbft_of,
@@ -131,7 +132,7 @@ def test_protocol_params_become_the_registry_name(tmp_path: Path) -> None:
     text = EXAMPLE.replace('name = "bracha"\nf = 1\n',
                            'name = "raft"\n[protocol.params]\nsnapshot = 8\nbatch = 4\n')
     cluster = load_cluster_file(write(tmp_path, text))
-    assert cluster.protocol == "raft:batch=4,fill=4,snapshot=8"  # (a full batch fills it)
+    assert cluster.protocol == "raft:batch=4,fill=4,notice_us=4000,snapshot=8"  # (live defaults)
     assert cluster.f == 1  # crash resilience: n = 4 tolerates 1
     bad = text.replace("snapshot = 8", "snapshots = 8")
     with pytest.raises(ClusterFileError) as caught:
@@ -143,7 +144,8 @@ def test_live_raft_snapshots_are_sized_by_bytes_unless_the_file_says_otherwise(
     tmp_path: Path,
 ) -> None:
     """A live Raft service takes ``snapshotkib`` = ``RAFT_LIVE_SNAPSHOT_KIB`` and
-    ``fill`` = its batch size (``raft_live_batch_fill``, 64) by default (in its name,
+    ``fill`` = its batch size (``raft_live_batch_fill``, 64) and ``notice_us`` =
+    ``RAFT_LIVE_NOTICE_US`` by default (in its name,
     so its event logs replay the same); a file that names ``snapshot``, ``snapshotkib``
     or ``fill`` keeps what it says; other protocols are left alone (the simulator never
     reads a cluster file, so its defaults are unchanged)."""
@@ -152,16 +154,22 @@ def test_live_raft_snapshots_are_sized_by_bytes_unless_the_file_says_otherwise(
         text = EXAMPLE.replace('name = "bracha"\nf = 1\n', f'name = "{name}"\n{table}')
         return load_cluster_file(write(tmp_path, text)).protocol
 
-    fill = f"fill={SmrConstants().batch_requests_max}"
+    fill = f"fill={SmrConstants().batch_requests_max},notice_us={RAFT_LIVE_NOTICE_US}"
     assert loaded("raft") == f"raft:{fill},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
     assert loaded("raft-forget-vote") == (
         f"raft-forget-vote:{fill},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
     )
     assert loaded("raft", "snapshotkib = 0\n") == f"raft:{fill},snapshotkib=0"
     assert loaded("raft", "snapshot = 8\n") == f"raft:{fill},snapshot=8"
-    assert loaded("raft", "fill = 1\n") == f"raft:fill=1,snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
+    notice = f"notice_us={RAFT_LIVE_NOTICE_US}"
+    assert loaded("raft", "fill = 1\n") == (
+        f"raft:fill=1,{notice},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
+    )
     assert loaded("raft", "batch = 16\n") == (
-        f"raft:batch=16,fill=16,snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
+        f"raft:batch=16,fill=16,{notice},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
+    )
+    assert loaded("raft", "notice_us = 0\n") == (
+        f"raft:fill=64,notice_us=0,snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
     )
     assert loaded("pbft") == "pbft"
     assert loaded("txn", "groups = 3\n") == "txn:groups=3"
@@ -175,7 +183,7 @@ def test_the_frames_follow_the_protocols_largest_value(tmp_path: Path) -> None:
     text = EXAMPLE.replace('name = "bracha"\nf = 1\n',
                            'name = "raft"\n[protocol.params]\nvalues = 20480\n')
     cluster = load_cluster_file(write(tmp_path, text))
-    assert cluster.protocol == "raft:fill=64,snapshotkib=1024,values=20480"  # (the live defaults)
+    assert cluster.protocol == "raft:fill=64,notice_us=4000,snapshotkib=1024,values=20480"
     assert cluster.transport.frame_bytes_max > 20 << 20
     assert cluster.host.client_frame_bytes_max > 20 << 20
     assert cluster.host.client_queue_bytes_max >= 2 * cluster.host.client_frame_bytes_max
