@@ -43,7 +43,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_kv import OpError, RespClient, cpu_seconds, fsync_probe  # noqa: E402
+from bench_kv import (  # noqa: E402
+    OpError,
+    RespClient,
+    cpu_seconds,
+    fsync_probe,
+    summarize_collapsed,
+)
 
 from replicaio.runtime.local import LocalCluster  # noqa: E402
 
@@ -67,33 +73,83 @@ def profiled_node(output: str, argv: list[str]) -> None:
         profile.dump_stats(output)
 
 
-def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
-    """User and system CPU seconds of each thread of ``pid``: ``main``, or the
-    thread's id (Python does not name its threads for the kernel); a thread
+def thread_cpu(pid: int) -> dict[str, tuple[float, float, int]]:
+    """User and system CPU seconds and voluntary context switches (wake-ups: each
+    time the thread slept and was woken) of each thread of ``pid``: ``main``, or
+    the thread's id (Python does not name its threads for the kernel); a thread
     gone by then is not counted."""
     ticks = os.sysconf("SC_CLK_TCK")
-    found: dict[str, tuple[float, float]] = {}
+    found: dict[str, tuple[float, float, int]] = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             rest = (task / "stat").read_text().rpartition(")")[2]
+            status = (task / "status").read_text()
         except OSError:
             continue
         name = "main" if task.name == str(pid) else f"t{task.name}"
         fields = rest.split()
-        user, system = found.get(name, (0.0, 0.0))
-        found[name] = (user + int(fields[11]) / ticks, system + int(fields[12]) / ticks)
+        switches = int(status.partition("voluntary_ctxt_switches:")[2].split()[0])
+        found[name] = (int(fields[11]) / ticks, int(fields[12]) / ticks, switches)
     return found
 
 
-def thread_report(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
-                  ops: int) -> str:
-    """Each thread's user + system CPU per 1,000 ops between two ``thread_cpu``."""
+def thread_report(before: dict[str, tuple[float, float, int]],
+                  after: dict[str, tuple[float, float, int]], ops: int) -> str:
+    """Each busy thread's user + system CPU (ms) per 1,000 ops between two
+    ``thread_cpu``, and its wake-ups per op (``w``)."""
     parts = []
-    for name, (user, system) in sorted(after.items()):
-        user0, system0 = before.get(name, (0.0, 0.0))
+    for name, (user, system, switches) in sorted(after.items()):
+        user0, system0, switches0 = before.get(name, (0.0, 0.0, 0))
+        if user == user0 and system == system0 and name != "main":
+            continue  # an idle thread (the resolver's, the executor's)
         parts.append(f"{name} {1e6 * (user - user0) / ops:.0f}u+"
-                     f"{1e6 * (system - system0) / ops:.0f}s")
+                     f"{1e6 * (system - system0) / ops:.0f}s {(switches - switches0) / ops:.2f}w")
     return ", ".join(parts)
+
+
+def node_stats(cluster: LocalCluster, node: int) -> dict[str, float]:
+    """The host's step, batch, sync and message counters of ``node`` (from its
+    metrics endpoint; empty if it does not answer)."""
+    import urllib.request
+
+    address = cluster.cluster.nodes[node].metrics
+    assert address is not None
+    try:
+        with urllib.request.urlopen(f"http://{address.host}:{address.port}/metrics",
+                                    timeout=5) as page:
+            text = page.read().decode()
+    except OSError:
+        return {}
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in STAT_NAMES:
+            found[STAT_NAMES[name]] = found.get(STAT_NAMES[name], 0.0) + float(value)
+        elif name.startswith("replicaio_peer_messages_in_total"):
+            found["messages_in"] = found.get("messages_in", 0.0) + float(value)
+    return found
+
+
+STAT_NAMES = {f"replicaio_{stat}_total": stat
+              for stat in ("steps", "batches", "syncs", "outputs", "messages_out")}
+
+
+def strace_start(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """``strace -c -f`` attached to ``pid`` (every thread), summary to ``output``."""
+    return subprocess.Popen(["strace", "-c", "-f", "-q", "-o", str(output), "-p", str(pid)],
+                            stderr=subprocess.DEVNULL)
+
+
+def strace_report(output: Path, ops: int) -> str:
+    """The system calls per operation of an ``strace -c`` summary (the top ones)."""
+    calls: list[tuple[int, str]] = []
+    for line in output.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+            calls.append((int(fields[3]), fields[-1]))
+    total = sum(count for count, _ in calls)
+    top = ", ".join(f"{name} {count / ops:.2f}" for count, name in sorted(calls, reverse=True)[:8])
+    return f"{total / ops:.1f} system calls per op ({top})"
 
 
 def leader_of(cluster: LocalCluster, protocol: str) -> int:
@@ -188,6 +244,14 @@ def main() -> None:
                         help="channel and node keys (default: hmac for raft, ed25519 for pbft)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the run's directory (profiles, node logs, data)")
+    parser.add_argument("--py-spy", default="", metavar="PY_SPY",
+                        help="py-spy (its path) records the leader's threads, --native, while "
+                        "the clients run (it stops the process per sample: slows it)")
+    parser.add_argument("--perf", action="store_true",
+                        help="perf record (CPU samples, user and kernel) of the leader's "
+                        "threads while the clients run; perf report's top symbols")
+    parser.add_argument("--strace", action="store_true",
+                        help="count each node's system calls per op (strace -c -f; slows it)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="profile-kv-"))
     sections: dict[str, dict[str, Any]] = {
@@ -218,11 +282,37 @@ def main() -> None:
         load_before = os.getloadavg()
         disk = fsync_probe(workdir)
         cpu_before = [cpu_seconds([process.pid]) for process in processes]
+        stats_before = [node_stats(cluster, node) for node in range(nodes)]
+        tracers = [strace_start(process.pid, workdir / f"node-{node}.strace")
+                   for node, process in enumerate(processes)] if args.strace else []
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen(
+                [args.py_spy, "record", "--pid", str(processes[leader].pid), "--duration",
+                 str(int(args.seconds)), "--rate", "250", "--format", "raw", "--native",
+                 "--threads", "--output", str(workdir / "leader.collapsed")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        perf = None
+        if args.perf:
+            perf = subprocess.Popen(
+                ["perf", "record", "-F", "1999", "-q", "-p", str(processes[leader].pid),
+                 "-o", str(workdir / "leader.perf"), "--", "sleep", str(args.seconds + 1)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if tracers or spy or perf:
+            time.sleep(1.0)  # attached to every thread
         threads_before = [thread_cpu(process.pid) for process in processes]
         began = time.perf_counter()
         latencies = asyncio.run(drive(port, args.clients, args.seconds,
                                       args.workload == "mixed"))
         wall = time.perf_counter() - began
+        for tracer in tracers:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(30)
+        if spy is not None:
+            spy.wait(60)
+        if perf is not None:
+            perf.wait(60)
+        stats_after = [node_stats(cluster, node) for node in range(nodes)]
         cpu = [cpu_seconds([process.pid]) - before
                for process, before in zip(processes, cpu_before, strict=True)]
         threads_after = [thread_cpu(process.pid) for process in processes]
@@ -244,12 +334,39 @@ def main() -> None:
     for node in range(nodes):
         role = "leader" if node == leader else "follower"
         print(f"  node {node} ({role}): {1e3 * cpu[node] / ops * 1000:.0f} ms CPU per 1,000 ops"
-              f" (by thread, ms user + system: "
+              f" (by thread, ms user + system, wake-ups per op: "
               f"{thread_report(threads_before[node], threads_after[node], ops)})")
+        before, after = stats_before[node], stats_after[node]
+        print("    per op: " + ", ".join(
+            f"{stat} {(after.get(stat, 0.0) - before.get(stat, 0.0)) / ops:.2f}"
+            for stat in ("batches", "steps", "syncs", "messages_out", "messages_in")))
+        if args.strace:
+            print("    " + strace_report(workdir / f"node-{node}.strace", ops))
     if not os.environ.get("PROFILE_KV_OFF"):  # (no profiles without the profiler)
         report(workdir / f"node-{leader}.prof", f"leader (node {leader})", args.top)
         follower = next(node for node in range(nodes) if node != leader)
         report(workdir / f"node-{follower}.prof", f"follower (node {follower})", args.top)
+    if args.py_spy and (workdir / "leader.collapsed").exists():
+        # The leader's main thread only (py-spy names it by the process id).
+        main_only = workdir / "leader-main.collapsed"
+        with open(workdir / "leader.collapsed") as raw, open(main_only, "w") as out:
+            for line in raw:
+                if line.startswith(f"thread ({processes[leader].pid}):"):
+                    out.write(line)
+        summary = summarize_collapsed(main_only, top=args.top)
+        print(f"\nleader's main thread, py-spy --native: {summary['samples']} samples")
+        for title in ("self_pct", "inclusive_pct", "self_by_file_pct"):
+            print(f"  {title}:")
+            for name, share in summary[title]:
+                print(f"    {share:5.1f} %  {name}")
+    if args.perf and (workdir / "leader.perf").exists():
+        print(f"\nleader's threads, perf (CPU samples by thread, library, symbol; top {args.top}):")
+        shown = subprocess.run(
+            ["perf", "report", "-i", str(workdir / "leader.perf"), "--stdio", "--sort",
+             "pid,dso,sym", "--percent-limit", "0.3"],
+            capture_output=True, text=True, check=False).stdout
+        rows = [line for line in shown.splitlines() if line.strip() and not line.startswith("#")]
+        print("\n".join(rows[: args.top]))
     if args.keep:
         print(f"profiles, logs and data kept in {workdir}")
     else:
