@@ -247,9 +247,9 @@ def main() -> None:
     parser.add_argument("--py-spy", default="", metavar="PY_SPY",
                         help="py-spy (its path) records the leader's threads, --native, while "
                         "the clients run (it stops the process per sample: slows it)")
-    parser.add_argument("--perf", action="store_true",
-                        help="perf record (CPU samples, user and kernel) of the leader's "
-                        "threads while the clients run; perf report's top symbols")
+    parser.add_argument("--perf", choices=("leader", "follower"), default=None,
+                        help="perf record (CPU samples, user and kernel) of the leader's or "
+                        "a follower's threads while the clients run; perf report's top symbols")
     parser.add_argument("--strace", action="store_true",
                         help="count each node's system calls per op (strace -c -f; slows it)")
     args = parser.parse_args()
@@ -295,7 +295,8 @@ def main() -> None:
         perf = None
         if args.perf:
             perf = subprocess.Popen(
-                ["perf", "record", "-F", "1999", "-q", "-p", str(processes[leader].pid),
+                ["perf", "record", "-F", "1999", "-q", "-p",
+                 str(processes[leader if args.perf == "leader" else (leader + 1) % nodes].pid),
                  "-o", str(workdir / "leader.perf"), "--", "sleep", str(args.seconds + 1)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if tracers or spy or perf:
@@ -360,7 +361,8 @@ def main() -> None:
             for name, share in summary[title]:
                 print(f"    {share:5.1f} %  {name}")
     if args.perf and (workdir / "leader.perf").exists():
-        print(f"\nleader's threads, perf (CPU samples by thread, library, symbol; top {args.top}):")
+        print(f"\n{args.perf}'s threads, perf (CPU samples by thread, library, symbol; "
+              f"top {args.top}):")
         shown = subprocess.run(
             ["perf", "report", "-i", str(workdir / "leader.perf"), "--stdio", "--sort",
              "pid,dso,sym", "--percent-limit", "0.3"],

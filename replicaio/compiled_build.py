@@ -117,6 +117,14 @@ HOT_MODULES: tuple[str, ...] = (
     "replicaio.runtime.kv.service",
     "replicaio.services.kv.redis_commands",
     "replicaio.services.kv.resp",
+    # The rest of a live node's per-batch path (cpu31, ADR 0053): the store's
+    # writes, seal and flushes (on the loop and, holding the GIL between its
+    # system calls, the log thread), the disk threads, the frame MAC and the
+    # histograms a batch observes.
+    "replicaio.storage.file",
+    "replicaio.runtime.durability",
+    "replicaio.runtime.framing",
+    "replicaio.runtime.metrics",
 )
 
 DIRECTIVES: dict[str, Any] = {"language_level": 3, "annotation_typing": False}

@@ -306,6 +306,9 @@ class NodeHost:
         self.stopping = False
         # Opt-in hop stamps (REPLICAIO_HOP_TRACE; replicaio.runtime.hoptrace), else None.
         self.hops = hoptrace.from_environment(node_id)
+        # The loop, taken once at start: ``asyncio.get_running_loop`` checks the
+        # process id (a system call) each time it is asked (ADR 0053).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -325,6 +328,7 @@ class NodeHost:
 
     async def start(self) -> None:
         cluster = self.cluster
+        self.loop = loop = asyncio.get_running_loop()
         # A log damaged in its middle is cut back to its intact prefix (reported, and
         # recovered from the peers) if the protocol can do that and the cluster
         # tolerates a node that does not count until then; else it is refused.
@@ -336,10 +340,10 @@ class NodeHost:
             wal_bytes_compact_threshold=self.params.wal_compact_bytes,
         )
         if self.params.fsync:
-            self.sync_worker = SyncWorker(asyncio.get_running_loop())
+            self.sync_worker = SyncWorker(loop)
             if self.params.pipeline > 1:
                 self.pipeline = self.durability_pipeline(
-                    asyncio.get_running_loop(), self.storage, mark=self.params.mark_syncs,
+                    loop, self.storage, mark=self.params.mark_syncs,
                     on_durable=self.durable_upto, on_error=self.pipeline_failed,
                     mark_inline=self.params.mark_inline,
                 )
@@ -593,7 +597,7 @@ class NodeHost:
 
     async def batch_loop(self) -> None:
         inbox = self.inbox
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         batch_max = self.params.batch_inputs_max
         hops = self.hops
         pipelined = self.pipeline is not None
@@ -784,7 +788,8 @@ class NodeHost:
         """Until the oldest unreleased batch was released (or the disk failed)."""
         if self.failure is not None:
             raise self.failure
-        waiter = asyncio.get_running_loop().create_future()
+        loop = self.loop or asyncio.get_running_loop()
+        waiter = loop.create_future()
         self.release_waiter = waiter
         await waiter
 
@@ -956,7 +961,8 @@ class NodeHost:
     def defer_sends(self, sends: list[tuple[int, bytes]]) -> None:
         """Release ``sends`` at the next turn of the loop (before any later send)."""
         if not self.deferred_sends:
-            asyncio.get_running_loop().call_soon(self.send_deferred)
+            loop = self.loop or asyncio.get_running_loop()
+            loop.call_soon(self.send_deferred)
         self.deferred_sends += sends
 
     def send_deferred(self) -> None:
@@ -973,7 +979,7 @@ class NodeHost:
         there instead of in a batch of its own. Only after a sync (``synced``),
         which let the loop run: a core that arms delay-0 timers without writing
         cannot keep the batch loop from yielding."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         for timer_id, delay_us in timers.items():
             self.token += 1
             self.timer_tokens[timer_id] = self.token

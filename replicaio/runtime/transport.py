@@ -8,7 +8,9 @@ per frame; ``replicaio.runtime.peer_reader``). The transport
 never decodes payloads (the core does, strictly) and never blocks the host:
 ``send`` queues, or writes a frame at once when the peer's writer is idle
 (nothing queued, nothing unsent in the socket's buffer; at most one such
-write per peer per turn of the event loop), which never blocks either.
+write per peer per turn of the event loop, the frames queued behind it in the
+same turn joined into one write at the turn's end, without a task switch),
+which never blocks either.
 
 Connections. One TCP connection per pair of nodes, dialled by the lower id;
 the higher id only accepts. A dialler that loses its connection, or cannot
@@ -72,8 +74,9 @@ What has left the queue is bounded too: the writer takes at most
 ``WRITE_BATCH_BYTES_MAX`` bytes (or one larger frame) per write and waits for
 the connection to drain before it takes more, so a peer that stops reading
 holds at most the queue's bound, one write and the socket's buffers (a frame
-``send`` writes at once goes only into an empty buffer, so at most one such
-frame is added). Inbound
+``send`` writes at once, and what was queued behind it in the same turn of the
+loop, joined into one write at the turn's end, go only into an empty buffer, so
+at most one such write is added). Inbound
 flow control is TCP's: when the host's inbox refuses a payload, the
 connection's reader holds it and pauses reading until the inbox has room
 (``PeerReader``), so the peer's frames wait in the sockets and its own queue.
@@ -232,6 +235,7 @@ class PeerChannel:
         "connections",
         "dropped",
         "frames_in",
+        "flushing",
         "frames_out",
         "idle_writer",
         "peer",
@@ -250,6 +254,11 @@ class PeerChannel:
         # The connection whose write loop waits with nothing queued: ``send``
         # writes to it at once (see ``send``).
         self.idle_writer: Connection | None = None
+        # The connection ``send`` wrote to at once this turn of the loop, its write
+        # loop still waiting: frames queued behind that one in the same turn are
+        # written together at the turn's end (``Transport.flush_written``), the
+        # write loop left asleep.
+        self.flushing: Connection | None = None
         self.connections = 0
         self.frames_in = 0
         self.frames_out = 0
@@ -361,11 +370,18 @@ class Transport:
                              else TlsAcceptor(tls, counters, nodes_only=True))
         self.tls_dial = None if tls is None else client_context(tls)
         self.hops: hoptrace.HopTrace | None = None  # set by the host when it traces
+        # The loop, taken once at start (``asyncio.get_running_loop`` checks the
+        # process id, a system call, each time it is asked; ADR 0053).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # The channels ``send`` wrote to at once this turn of the loop, flushed and
+        # made idle again by one callback at the end of the turn (``flush_written``).
+        self.written: list[PeerChannel] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Listen (lower ids dial this node) and dial every peer with a higher id."""
+        self.loop = asyncio.get_running_loop()
         if self.tls_acceptor is not None:
             self.server = await start_tls_server(
                 self.tls_acceptor, self.on_inbound, self.listen.host, self.listen.port
@@ -398,7 +414,8 @@ class Transport:
             await self.server.wait_closed()
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coroutine)
+        loop = self.loop or asyncio.get_running_loop()
+        task: asyncio.Task[Any] = loop.create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
@@ -419,23 +436,19 @@ class Transport:
             # given: write now rather than wake the loop for it (one task switch less
             # for a lone message, and the frame is in the kernel before the host goes
             # on to its sync). At most one such write per peer per turn of the event
-            # loop: the next frames of the same turn (a batch's release) queue and
-            # wake the write loop, which joins them into one write.
-            writer = connection.writer
-            transport = writer.transport
+            # loop: the next frames of the same turn (a batch's release) queue, and
+            # are joined into one write at the end of the turn (``flush_written``),
+            # without waking the write loop.
+            transport = connection.writer.transport
             if not transport.is_closing() and transport.get_write_buffer_size() == 0:
                 channel.idle_writer = None
-                asyncio.get_running_loop().call_soon(self.rearm, channel, connection)
-                frame = self.seal(connection, payload)
-                if self.hops is not None:  # before the write: it may wake the peer first
-                    self.hops.stamp(hoptrace.FRAME_OUT, peer * hoptrace.PEER_UNIT + len(frame))
-                try:
-                    writer.write(frame)
-                except (ConnectionError, OSError):
-                    writer.close()  # the reader sees the end and cleans up
-                    return
-                channel.frames_out += 1
-                channel.bytes_out += len(frame)
+                channel.flushing = connection
+                written = self.written
+                if not written:
+                    loop = self.loop or asyncio.get_running_loop()
+                    loop.call_soon(self.flush_written)
+                written.append(channel)
+                self.write_frames(channel, connection, [self.seal(connection, payload)])
                 return
         if len(queue) >= self.params.outbound_queue_max:
             channel.queued_bytes -= len(queue.popleft())
@@ -448,16 +461,66 @@ class Transport:
             self.counters.count("bound_outbound_queue_bytes_max")
         queue.append(payload)
         channel.queued_bytes += len(payload)
-        channel.wakeup.set()
+        if channel.flushing is None:
+            channel.wakeup.set()
 
-    @staticmethod
-    def rearm(channel: PeerChannel, connection: Connection) -> None:
-        """After a frame written at once: the writer is idle again unless frames
-        were queued for its loop since."""
-        if not channel.queue and not channel.wakeup.is_set() and (
-            channel.connection is connection
-        ):
-            channel.idle_writer = connection
+    def write_frames(self, channel: PeerChannel, connection: Connection,
+                     frames: list[bytes]) -> None:
+        """Write ``frames`` (sealed) to ``connection`` in one write, now."""
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        if self.hops is not None:  # before the write: it may wake the peer first
+            self.hops.stamp(hoptrace.FRAME_OUT, channel.peer * hoptrace.PEER_UNIT + len(data))
+        writer = connection.writer
+        try:
+            writer.transport.write(data)  # (StreamWriter.write's only work)
+        except (ConnectionError, OSError):
+            writer.close()  # the reader sees the end and cleans up
+            return
+        except RuntimeError:  # uvloop's write to a closed transport (see dial_once)
+            if not writer.is_closing():
+                raise
+            writer.close()
+            return
+        channel.frames_out += len(frames)
+        channel.bytes_out += len(data)
+
+    def flush_written(self) -> None:
+        """The end of a turn in which ``send`` wrote frames at once: what was queued
+        behind them meanwhile goes in one write per peer if the socket took all
+        it was given (else the write loop takes it, waiting for the drain), and
+        each write loop with nothing left is idle again."""
+        written, self.written = self.written, []
+        for channel in written:
+            connection, channel.flushing = channel.flushing, None
+            queue = channel.queue
+            if connection is None or channel.connection is not connection:
+                if queue:
+                    channel.wakeup.set()  # (the current connection's loop, if any)
+                continue
+            if queue:
+                transport = connection.writer.transport
+                if transport.is_closing() or transport.get_write_buffer_size():
+                    channel.wakeup.set()
+                    continue
+                self.write_frames(channel, connection, self.take_frames(channel, connection))
+                if queue:
+                    channel.wakeup.set()  # beyond one write's bound: the loop goes on
+                    continue
+            if not channel.wakeup.is_set():
+                channel.idle_writer = connection
+
+    def take_frames(self, channel: PeerChannel, connection: Connection) -> list[bytes]:
+        """Seal the queue's frames for one write (at most ``WRITE_BATCH_MAX`` frames
+        and ``WRITE_BATCH_BYTES_MAX`` bytes, or one larger frame)."""
+        frames: list[bytes] = []
+        taken = 0
+        queue = channel.queue
+        while queue and len(frames) < WRITE_BATCH_MAX and taken < WRITE_BATCH_BYTES_MAX:
+            payload = queue.popleft()
+            taken += len(payload)
+            frames.append(self.seal(connection, payload))
+        channel.queued_bytes -= taken
+        return frames
 
     def seal(self, connection: Connection, payload: bytes) -> bytes:
         connection.send_seq += 1
@@ -479,14 +542,7 @@ class Transport:
                     finally:
                         channel.idle_writer = None
                     continue
-                frames: list[bytes] = []
-                taken = 0
-                queue = channel.queue
-                while queue and len(frames) < WRITE_BATCH_MAX and taken < WRITE_BATCH_BYTES_MAX:
-                    payload = queue.popleft()
-                    taken += len(payload)
-                    frames.append(self.seal(connection, payload))
-                channel.queued_bytes -= taken
+                frames = self.take_frames(channel, connection)
                 data = b"".join(frames)
                 if self.hops is not None:
                     self.hops.stamp(hoptrace.FRAME_OUT,

@@ -247,6 +247,7 @@ class RespService(ListeningService):
         self.waiters: dict[int, Waiter] = {}
         self.connection_next = 0
         self.sweeper: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # start()'s
         self.reply_budget = min(self.params.reply_bytes_max, GROUP_REPLY_BYTES_MAX)
         self.client_next = 0  # SMR client ids handed out in this incarnation
         self.scripts: dict[str, str] = {}  # SCRIPT LOAD: sha1 -> store command (bounded)
@@ -281,6 +282,9 @@ class RespService(ListeningService):
 
     async def start(self, host: ServiceHost, address: Address, params: HostParams) -> None:
         self.host = host
+        # Taken once (``asyncio.get_running_loop`` checks the process id, a system
+        # call, each time it is asked; ADR 0053).
+        self.loop = asyncio.get_running_loop()
         self.host_params = params
         cluster = getattr(host, "cluster", None)
         protocol = getattr(cluster, "protocol", None)
@@ -699,7 +703,7 @@ class RespService(ListeningService):
             encoded = host.codec.encode(GroupRequest(group, encoded))
         self.waiters[client] = flight.waiter
         connection.busy = flight
-        loop = asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         flight.deadline = loop.time() + self.params.request_timeout_ms / 1000
         try_submit = getattr(host, "try_submit", None)
         if try_submit is not None and try_submit(encoded, flight.on_done):
@@ -775,7 +779,8 @@ class RespService(ListeningService):
     def spawn(self, connection: Connection, work: Coroutine[Any, Any, bool | None]) -> None:
         """Let a task answer what needs to wait; the connection takes nothing else
         meanwhile, and is pumped again (or ended) when it is done."""
-        task = asyncio.get_running_loop().create_task(self.run_busy(connection, work))
+        loop = self.loop or asyncio.get_running_loop()
+        task = loop.create_task(self.run_busy(connection, work))
         connection.busy = task
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
