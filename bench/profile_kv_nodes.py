@@ -239,6 +239,8 @@ def main() -> None:
                         help="mixed: half GETs, half SETs")
     parser.add_argument("--no-fsync", action="store_true", help="fsync off (labelled)")
     parser.add_argument("--protocol-params", default="", help="e.g. snapshot=256")
+    parser.add_argument("--host-params", default="",
+                        help="[host] keys, e.g. sync_inline=true,pipeline=3")
     parser.add_argument("--protocol", choices=("raft", "pbft"), default="raft")
     parser.add_argument("--auth", choices=("hmac", "ed25519"), default="",
                         help="channel and node keys (default: hmac for raft, ed25519 for pbft)")
@@ -256,6 +258,10 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="profile-kv-"))
     sections: dict[str, dict[str, Any]] = {
         "host": {"fsync": not args.no_fsync, "client_service": "resp"}}
+    for item in filter(None, args.host_params.split(",")):
+        key, _, value = item.partition("=")
+        flag = {"true": True, "false": False}.get(value.strip().lower())
+        sections["host"][key.strip()] = int(value) if flag is None else flag
     if args.protocol_params:
         sections["protocol.params"] = {
             key: int(value) for key, value in

@@ -163,21 +163,30 @@ class SyncWorker:
         self.thread.join(5.0)
 
 
-@dataclasses.dataclass(slots=True, eq=False)
 class Flight:
     """A stepped batch of a pipelined host, not yet released (ADR 0037): what it
-    holds back until it is durable and every earlier batch was released."""
+    holds back until it is durable and every earlier batch was released. (A
+    plain class: a dataclass's ``__init__`` is generated source, interpreted
+    even where this module is compiled, and one is made per batch.)"""
 
-    sends: list[tuple[int, bytes]]
-    outputs: list[Any]
-    completions: list[tuple[int, OnDone, str | None]]
-    clean: tuple[int, int, int]  # what of the above left already (the clean prefix)
-    timers: dict[int, int]  # timer id -> delay, armed at the release
-    wrote: bool
-    inputs: int
-    batch: int = 0  # the storage batch it waits for (0: none)
-    durable: bool = False
-    sealed_at: float = 0.0
+    __slots__ = ("batch", "clean", "completions", "durable", "inputs", "outputs",
+                 "sealed_at", "sends", "timers", "wrote")
+
+    def __init__(
+        self, sends: list[tuple[int, bytes]], outputs: list[Any],
+        completions: list[tuple[int, OnDone, str | None]], clean: tuple[int, int, int],
+        timers: dict[int, int], wrote: bool, inputs: int,
+    ) -> None:
+        self.sends = sends
+        self.outputs = outputs
+        self.completions = completions
+        self.clean = clean  # what of the above left already (the clean prefix)
+        self.timers = timers  # timer id -> delay, armed at the release
+        self.wrote = wrote
+        self.inputs = inputs
+        self.batch = 0  # the storage batch it waits for (0: none)
+        self.durable = False
+        self.sealed_at = 0.0
 
 
 class DueNow:
