@@ -205,34 +205,91 @@ def test_messages_flow_both_ways_in_order(kind: str, loop: str) -> None:
     run(scenario, loop)
 
 
-def test_a_frame_to_an_idle_peer_is_written_at_once_the_rest_of_a_turn_joined() -> None:
+def counting_writes(node: Node, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The frames of each write ``node``'s transport makes outside its write loop."""
+    writes: list[int] = []
+    write_frames = node.transport.write_frames
+
+    def counted(channel: Any, connection: Any, frames: list[bytes]) -> None:
+        writes.append(len(frames))
+        write_frames(channel, connection, frames)
+
+    monkeypatch.setattr(node.transport, "write_frames", counted)
+    return writes
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_frame_to_an_idle_peer_is_written_at_once_the_rest_of_a_turn_joined(
+        monkeypatch: pytest.MonkeyPatch, loop: str) -> None:
     """``send`` to a peer whose writer waits with nothing queued writes the frame
     before it returns (no wake-up of the write loop); the next frames of the same
-    turn of the loop queue for one joined write; every frame arrives, in order."""
+    turn of the loop queue, and leave in one write at the turn's end, the write
+    loop left asleep (ADR 0053); every frame arrives, in order."""
 
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1})
         dialer = await make_node(0, {1: acceptor.transport.port})
         channel = dialer.transport.channels[1]
+        writes = counting_writes(dialer, monkeypatch)
         try:
             dialer.transport.send(1, b"hello")
             assert await receive(acceptor) == (0, b"hello")
             await until(lambda: channel.idle_writer is not None, "the writer idles")
             for round_ in range(3):
                 sent = channel.frames_out
+                writes.clear()
                 for index in range(5):  # one turn of the loop: a batch's release
                     dialer.transport.send(1, b"%d %d" % (round_, index))
                 assert channel.frames_out == sent + 1  # the first one, at once
-                assert len(channel.queue) == 4  # the others wait for the write loop
+                assert len(channel.queue) == 4  # the others wait for the turn's end
+                assert not channel.wakeup.is_set()  # ... not for the write loop
+                await asyncio.sleep(0)  # the turn ends
+                assert writes == [1, 4] and channel.frames_out == sent + 5
+                assert channel.idle_writer is not None and not channel.queue
                 for index in range(5):
                     assert await receive(acceptor) == (0, b"%d %d" % (round_, index))
-                await until(lambda: channel.idle_writer is not None, "the writer idles")
             assert not [name for name in acceptor.counters.values if name.startswith("rejected")]
         finally:
             await dialer.transport.close()
             await acceptor.transport.close()
 
-    run(scenario)
+    run(scenario, loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_peer_s_frames_of_one_release_leave_in_one_write(
+        monkeypatch: pytest.MonkeyPatch, loop: str) -> None:
+    """``send_many``: the frames for a peer whose writer is idle leave in one write
+    at once (a commit notice and the AppendEntries behind it: one read and one
+    wake-up for the peer); frames for it later in the same turn join at the
+    turn's end; every frame arrives, in order."""
+
+    async def scenario() -> None:
+        acceptor = await make_node(1, {0: 1})
+        dialer = await make_node(0, {1: acceptor.transport.port})
+        channel = dialer.transport.channels[1]
+        writes = counting_writes(dialer, monkeypatch)
+        try:
+            dialer.transport.send(1, b"hello")
+            assert await receive(acceptor) == (0, b"hello")
+            for round_ in range(3):
+                await until(lambda: channel.idle_writer is not None, "the writer idles")
+                writes.clear()
+                dialer.transport.send_many([(1, b"%d a" % round_), (1, b"%d b" % round_),
+                                            (1, b"%d c" % round_)])
+                assert writes == [3] and not channel.queue  # at once, one write
+                dialer.transport.send_many([(1, b"%d d" % round_), (1, b"%d e" % round_)])
+                assert writes == [3] and len(channel.queue) == 2
+                await asyncio.sleep(0)  # the turn ends
+                assert writes == [3, 2] and not channel.wakeup.is_set()
+                for name in (b"a", b"b", b"c", b"d", b"e"):
+                    assert await receive(acceptor) == (0, b"%d %s" % (round_, name))
+            assert not [name for name in acceptor.counters.values if name.startswith("rejected")]
+        finally:
+            await dialer.transport.close()
+            await acceptor.transport.close()
+
+    run(scenario, loop)
 
 
 def test_dialler_reconnects_after_the_acceptor_restarts() -> None:

@@ -963,8 +963,8 @@ class NodeHost:
             self.send_deferred()  # an earlier batch's sends go first
         transport = self.transport
         assert transport is not None
-        for destination, data in sends:
-            transport.send(destination, data)
+        if sends:
+            transport.send_many(sends)  # a peer's frames in one write where they can
         self.stats["messages_out"] += len(sends)
 
     def defer_sends(self, sends: list[tuple[int, bytes]]) -> None:

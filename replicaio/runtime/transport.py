@@ -234,8 +234,8 @@ class PeerChannel:
         "connection",
         "connections",
         "dropped",
-        "frames_in",
         "flushing",
+        "frames_in",
         "frames_out",
         "idle_writer",
         "peer",
@@ -463,6 +463,45 @@ class Transport:
         channel.queued_bytes += len(payload)
         if channel.flushing is None:
             channel.wakeup.set()
+
+    def send_many(self, sends: list[tuple[int, bytes]]) -> None:
+        """``send`` each ``(peer, payload)`` in order, except that several
+        payloads for a peer whose writer is idle (as ``send`` writes at once)
+        leave in one write: a batch's release (a commit notice and the
+        AppendEntries behind it) costs the peer one read and one wake-up."""
+        if len(sends) == 1:
+            self.send(*sends[0])
+            return
+        by_peer: dict[int, list[bytes]] = {}
+        for peer, payload in sends:
+            by_peer.setdefault(peer, []).append(payload)
+        for peer, payloads in by_peer.items():
+            channel = self.channels[peer]
+            connection = channel.idle_writer
+            if (len(payloads) == 1 or connection is None or channel.queue
+                    or connection is not channel.connection):
+                for payload in payloads:
+                    self.send(peer, payload)
+                continue
+            transport = connection.writer.transport
+            if transport.is_closing() or transport.get_write_buffer_size():
+                for payload in payloads:
+                    self.send(peer, payload)
+                continue
+            # Written now as ``send`` writes a lone frame, the writer idle again at
+            # the turn's end (``flush_written``); queued first, so that the bounds
+            # and the oversize check apply as to any frame.
+            channel.idle_writer = None
+            channel.flushing = connection
+            written = self.written
+            if not written:
+                loop = self.loop or asyncio.get_running_loop()
+                loop.call_soon(self.flush_written)
+            written.append(channel)
+            for payload in payloads:
+                self.send(peer, payload)
+            if channel.queue:
+                self.write_frames(channel, connection, self.take_frames(channel, connection))
 
     def write_frames(self, channel: PeerChannel, connection: Connection,
                      frames: list[bytes]) -> None:
