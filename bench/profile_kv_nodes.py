@@ -107,9 +107,9 @@ def thread_report(before: dict[str, tuple[float, float, int]],
     return ", ".join(parts)
 
 
-def node_stats(cluster: LocalCluster, node: int) -> dict[str, float]:
-    """The host's step, batch, sync and message counters of ``node`` (from its
-    metrics endpoint; empty if it does not answer)."""
+def metrics_text(cluster: LocalCluster, node: int) -> str | None:
+    """``node``'s metrics page (``None`` if it does not answer: not listening yet,
+    or too slow under load)."""
     import urllib.request
 
     address = cluster.cluster.nodes[node].metrics
@@ -117,8 +117,16 @@ def node_stats(cluster: LocalCluster, node: int) -> dict[str, float]:
     try:
         with urllib.request.urlopen(f"http://{address.host}:{address.port}/metrics",
                                     timeout=5) as page:
-            text = page.read().decode()
+            return str(page.read().decode())
     except OSError:
+        return None
+
+
+def node_stats(cluster: LocalCluster, node: int) -> dict[str, float]:
+    """The host's step, batch, sync and message counters of ``node`` (from its
+    metrics endpoint; empty if it does not answer)."""
+    text = metrics_text(cluster, node)
+    if text is None:
         return {}
     found: dict[str, float] = {}
     for line in text.splitlines():
@@ -153,21 +161,14 @@ def strace_report(output: Path, ops: int) -> str:
 
 
 def leader_of(cluster: LocalCluster, protocol: str) -> int:
-    import urllib.request
-
     if protocol != "raft":
         return 0  # the primary of view 0 (bench_kv.py's PbftSystem)
 
     for _ in range(300):
         for node in range(3):
-            address = cluster.cluster.nodes[node].metrics
-            assert address is not None
-            try:
-                with urllib.request.urlopen(f"http://{address.host}:{address.port}/metrics",
-                                            timeout=5) as page:
-                    text = page.read().decode()
-            except OSError:
-                continue  # not listening yet, or too slow under load: ask again
+            text = metrics_text(cluster, node)
+            if text is None:
+                continue  # ask again
             won = down = 0.0
             for line in text.splitlines():
                 if line.startswith('replicaio_core_events_total{event="raft_elections_won"}'):

@@ -429,27 +429,19 @@ class Transport:
         if len(payload) + overhead > self.params.frame_bytes_max:
             self.counters.count("rejected_outbound_oversized")
             return
+        # The write loop waits for work and the socket has sent everything it was
+        # given: write now rather than wake the loop for it (one task switch less
+        # for a lone message, and the frame is in the kernel before the host goes
+        # on to its sync). At most one such write per peer per turn of the event
+        # loop: the next frames of the same turn (a batch's release) queue, and
+        # are joined into one write at the end of the turn (``flush_written``),
+        # without waking the write loop.
+        connection = self.idle_now(channel)
+        if connection is not None:
+            self.claim(channel, connection)
+            self.write_frames(channel, connection, [self.seal(connection, payload)])
+            return
         queue = channel.queue
-        connection = channel.idle_writer
-        if connection is not None and not queue and connection is channel.connection:
-            # The write loop waits for work and the socket has sent everything it was
-            # given: write now rather than wake the loop for it (one task switch less
-            # for a lone message, and the frame is in the kernel before the host goes
-            # on to its sync). At most one such write per peer per turn of the event
-            # loop: the next frames of the same turn (a batch's release) queue, and
-            # are joined into one write at the end of the turn (``flush_written``),
-            # without waking the write loop.
-            transport = connection.writer.transport
-            if not transport.is_closing() and transport.get_write_buffer_size() == 0:
-                channel.idle_writer = None
-                channel.flushing = connection
-                written = self.written
-                if not written:
-                    loop = self.loop or asyncio.get_running_loop()
-                    loop.call_soon(self.flush_written)
-                written.append(channel)
-                self.write_frames(channel, connection, [self.seal(connection, payload)])
-                return
         if len(queue) >= self.params.outbound_queue_max:
             channel.queued_bytes -= len(queue.popleft())
             channel.dropped += 1
@@ -477,31 +469,39 @@ class Transport:
             by_peer.setdefault(peer, []).append(payload)
         for peer, payloads in by_peer.items():
             channel = self.channels[peer]
-            connection = channel.idle_writer
-            if (len(payloads) == 1 or connection is None or channel.queue
-                    or connection is not channel.connection):
-                for payload in payloads:
-                    self.send(peer, payload)
-                continue
-            transport = connection.writer.transport
-            if transport.is_closing() or transport.get_write_buffer_size():
-                for payload in payloads:
-                    self.send(peer, payload)
-                continue
-            # Written now as ``send`` writes a lone frame, the writer idle again at
-            # the turn's end (``flush_written``); queued first, so that the bounds
-            # and the oversize check apply as to any frame.
-            channel.idle_writer = None
-            channel.flushing = connection
-            written = self.written
-            if not written:
-                loop = self.loop or asyncio.get_running_loop()
-                loop.call_soon(self.flush_written)
-            written.append(channel)
+            # Claimed as ``send`` claims a writer for a lone frame, so the payloads
+            # queue (the bounds and the oversize check apply as to any frame), and
+            # leave at once in one write.
+            connection = self.idle_now(channel) if len(payloads) > 1 else None
+            if connection is not None:
+                self.claim(channel, connection)
             for payload in payloads:
                 self.send(peer, payload)
-            if channel.queue:
+            if connection is not None and channel.queue:
                 self.write_frames(channel, connection, self.take_frames(channel, connection))
+
+    @staticmethod
+    def idle_now(channel: PeerChannel) -> Connection | None:
+        """The connection to write to at once, if any: its write loop waits with
+        nothing queued and its socket has sent everything it was given."""
+        connection = channel.idle_writer
+        if connection is None or channel.queue or connection is not channel.connection:
+            return None
+        transport = connection.writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size():
+            return None
+        return connection
+
+    def claim(self, channel: PeerChannel, connection: Connection) -> None:
+        """This turn writes to ``connection`` at once: frames for it queue without
+        waking its write loop, until ``flush_written`` at the turn's end."""
+        channel.idle_writer = None
+        channel.flushing = connection
+        written = self.written
+        if not written:
+            loop = self.loop or asyncio.get_running_loop()
+            loop.call_soon(self.flush_written)
+        written.append(channel)
 
     def write_frames(self, channel: PeerChannel, connection: Connection,
                      frames: list[bytes]) -> None:
