@@ -30,8 +30,10 @@ cdef class Simulator:
     cdef public EventLogWriter log
     cdef public object stats, violations
 
-    @cython.locals(node=SimNode, frame=Frame)
+    @cython.locals(node=SimNode)
     cpdef run_events(self)
+    @cython.locals(node=SimNode, frame=Frame)
+    cpdef receive(self, node, source, payload)
     @cython.locals(node=SimNode, core=Node, effects=Effects)
     cpdef step(self, node, event, data=*)
     @cython.locals(node=SimNode)

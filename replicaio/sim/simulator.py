@@ -458,14 +458,7 @@ class Simulator:
                     self.deliver(node_id, a, b)
                 else:  # deliver()'s common case, inlined: one call less per message
                     stats["messages_delivered"] += 1
-                    if type(b) is Frame:
-                        frame = b
-                        if node.strategy is None:
-                            self.step(node, Receive(a, frame.message), frame.data)
-                        else:
-                            self.step(node, Receive(a, frame.data))
-                    else:
-                        self.step(node, Receive(a, b))
+                    self.receive(node, a, b)
             elif kind == TIMER:
                 self.fire_timer(node_id, a, b)
             elif kind == REQUEST:
@@ -869,14 +862,20 @@ class Simulator:
             self.stats["messages_partitioned"] += 1
             return
         self.stats["messages_delivered"] += 1
-        if type(message) is Frame:
-            frame: Frame = message
+        self.receive(node, source, message)
+
+    def receive(self, node: SimNode, source: int, payload: Any) -> None:
+        """Step ``node`` on a message from ``source`` as the network carried it:
+        a :class:`Frame` (its decoded message, or its bytes for a node with a
+        strategy) or an unencoded message."""
+        if type(payload) is Frame:
+            frame: Frame = payload
             if node.strategy is None:
                 self.step(node, Receive(source, frame.message), frame.data)
             else:
                 self.step(node, Receive(source, frame.data))
         else:
-            self.step(node, Receive(source, message))
+            self.step(node, Receive(source, payload))
 
     def fire_timer(self, node_id: int, timer_id: int, token: int) -> None:
         node = self.nodes[node_id]
