@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
 from replicaio.runtime.kv.params import RespParams
-from replicaio.runtime.kv.requests import Outcome, Waiter
+from replicaio.runtime.kv.requests import RETRY_NOW, Outcome, Waiter
 from replicaio.services.kv.redis_commands import KV_PARAMS, Replicated
 from replicaio.services.kv.resp import RESP2, Reply, RespParser, RespProtocolError
 from replicaio.services.kv.state_machine import KvError, KvResult
@@ -400,7 +400,7 @@ class Flight:
     ``RespService.request`` would have (``RespService.resume``)."""
 
     __slots__ = ("client", "command", "connection", "deadline", "group", "members", "over",
-                 "read_only", "seq", "service", "timer", "waiter")
+                 "read_only", "seq", "service", "waiter")
 
     def __init__(self, service: RespService, connection: Connection,
                  members: list[tuple[Command, Replicated]], client: int, seq: int,
@@ -414,7 +414,6 @@ class Flight:
         self.command = command
         self.read_only = read_only
         self.deadline = 0.0  # loop time: request_timeout_ms after the first send
-        self.timer: asyncio.TimerHandle | None = None  # retry_after_ms
         self.over = False  # its first attempt is settled
         self.waiter = Waiter(seq, None, self.settled)
 
@@ -428,7 +427,52 @@ class Flight:
             return
         self.over = True
         self.waiter.on_outcome = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self.service.landed(self, outcome)
+
+
+class RetryTimers:
+    """The ``retry_after_ms`` timers of every :class:`Flight` of a front, as one
+    loop timer: flights wait in the order they were sent, each due ``delay``
+    seconds after, and a flight still unsettled when it is due settles with
+    ``RETRY_NOW`` (sent again by its task), as its own ``call_later`` did before
+    (docs/benchmarks.md, "The front's retry timers": a timer made and cancelled
+    per request cost the leader's main thread a handle, a heap entry and the
+    garbage they left). The delay is the
+    same for every flight, so the queue is in due order. A settled flight stays
+    queued until it is due or a later :meth:`add` finds it at the head: at most
+    the flights sent in the last ``delay`` seconds wait, each a reference."""
+
+    __slots__ = ("delay", "handle", "loop", "queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self.loop = loop
+        self.delay = delay
+        self.queue: deque[tuple[float, Flight]] = deque()
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, flight: Flight) -> None:
+        """``flight`` settles with ``RETRY_NOW`` in ``delay`` seconds unless it settled first."""
+        queue = self.queue
+        while queue and queue[0][1].over:
+            queue.popleft()
+        queue.append((self.loop.time() + self.delay, flight))
+        if self.handle is None:
+            self.handle = self.loop.call_at(queue[0][0], self.fire)
+
+    def fire(self) -> None:
+        self.handle = None
+        queue = self.queue
+        now = self.loop.time()
+        while queue and (queue[0][1].over or queue[0][0] <= now):
+            _, flight = queue.popleft()
+            if not flight.over:
+                flight.settled(RETRY_NOW)
+        if queue and self.handle is None:
+            self.handle = self.loop.call_at(queue[0][0], self.fire)
+
+    def close(self) -> None:
+        """Nothing settles by this any more."""
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.queue.clear()

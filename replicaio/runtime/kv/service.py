@@ -140,6 +140,7 @@ from replicaio.runtime.kv.connection import (
     Flight,
     Group,
     Item,
+    RetryTimers,
     command_size,
     plans_that_fit,
 )
@@ -247,6 +248,7 @@ class RespService(ListeningService):
         self.waiters: dict[int, Waiter] = {}
         self.connection_next = 0
         self.sweeper: asyncio.Task[None] | None = None
+        self.retries: RetryTimers | None = None  # every Flight's retry_after_ms
         self.loop: asyncio.AbstractEventLoop | None = None  # start()'s
         self.reply_budget = min(self.params.reply_bytes_max, GROUP_REPLY_BYTES_MAX)
         self.client_next = 0  # SMR client ids handed out in this incarnation
@@ -312,13 +314,12 @@ class RespService(ListeningService):
             self.sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.sweeper
+        if self.retries is not None:
+            self.retries.close()
         if self.server is not None:
             self.server.close()  # no new clients; then every connection is closed
         for connection in list(self.connections_open):
             connection.finished = True
-            busy = connection.busy
-            if isinstance(busy, Flight) and busy.timer is not None:
-                busy.timer.cancel()
             connection.transport.abort()
         self.connections_open.clear()
         await super().close()
@@ -707,8 +708,7 @@ class RespService(ListeningService):
         flight.deadline = loop.time() + self.params.request_timeout_ms / 1000
         try_submit = getattr(host, "try_submit", None)
         if try_submit is not None and try_submit(encoded, flight.on_done):
-            flight.timer = loop.call_later(self.params.retry_after_ms / 1000, flight.settled,
-                                           RETRY_NOW)
+            self.retry_timers(loop).add(flight)
             return
         # The inbox is full (or the host has no try_submit): wait for room in a task.
         task = loop.create_task(self.submit_flight(flight, encoded))
@@ -720,8 +720,14 @@ class RespService(ListeningService):
         assert host is not None
         await host.submit(encoded, flight.on_done)
         if not flight.over:
-            flight.timer = asyncio.get_running_loop().call_later(
-                self.params.retry_after_ms / 1000, flight.settled, RETRY_NOW)
+            self.retry_timers(self.loop or asyncio.get_running_loop()).add(flight)
+
+    def retry_timers(self, loop: asyncio.AbstractEventLoop) -> RetryTimers:
+        """The front's one :class:`RetryTimers`, made at its first flight."""
+        timers = self.retries
+        if timers is None:
+            timers = self.retries = RetryTimers(loop, self.params.retry_after_ms / 1000)
+        return timers
 
     def landed(self, flight: Flight, outcome: Outcome) -> None:
         """A flight's first attempt settled: answer its group, or go on in a task
