@@ -14,8 +14,10 @@ import itertools
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from replicaio.sim.adversary import BASE_BEHAVIOURS
 from replicaio.torture.nemesis import FAULT_KINDS, LEADER, PARTITION_KINDS, draw_schedule
 from replicaio.torture.network import TortureError, missing_requirements, run_command
 from replicaio.torture.run import TortureOptions
+from replicaio.torture.workload import Endpoint, Workload
 
 MISSING = missing_requirements()
 needs_root = pytest.mark.skipif(MISSING is not None, reason=f"live torture skipped: {MISSING}")
@@ -336,3 +339,49 @@ def test_the_shaper_delays_real_packets_where_the_kernel_has_no_netem() -> None:
         left = testbed.teardown()
     assert left == []
     assert leftovers(testbed.tag) == []
+
+
+def test_a_read_back_that_fails_says_how_often_and_why() -> None:
+    """The read-back retries refused ``MGET`` batches until its deadline and keeps
+    each failure (a real socket: a port nothing listens on, then a server that
+    answers every command with an error), so a report can say why keys went unread."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    workload = Workload([Endpoint("127.0.0.1", port)], clients=1, seed=1)
+    found = workload.read_back(Endpoint("127.0.0.1", port), ["k1", "k2"], time.monotonic() + 0.5)
+    assert found == {}
+    assert len(workload.read_back_failures) >= 2
+    assert all(f.startswith("ConnectionError") for f in workload.read_back_failures)
+
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer_errors() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                try:
+                    while conn.recv(4096):
+                        conn.sendall(b"-TRYAGAIN not now\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=answer_errors, daemon=True)
+    thread.start()
+    try:
+        endpoint = Endpoint("127.0.0.1", server.getsockname()[1])
+        found = workload.read_back(endpoint, ["k1"], time.monotonic() + 0.5)
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    assert found == {}
+    assert workload.read_back_failures[-1] == "TryAgainError: not now"
+    assert all(op.status == "info" for op in workload.operations())

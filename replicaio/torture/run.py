@@ -441,8 +441,11 @@ def judge(options: TortureOptions, workload: Workload, cluster: NamespacedCluste
     missing = [key for key, value in acknowledged.items() if found.get(key) != value]
     unread = [key for key in keys if key not in found]
     if unread:
+        failures = workload.read_back_failures
+        last = f"; last error: {failures[-1]}" if failures else ""
         result.problems.append(f"could not read back {len(unread)} keys within "
-                               f"{options.progress_timeout_s} s")
+                               f"{options.progress_timeout_s} s ({len(failures)} failed MGET "
+                               f"attempts{last})")
     lost = [key for key in missing if key in found]
     if lost:
         result.problems.append(f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}")

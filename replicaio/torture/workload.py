@@ -95,6 +95,7 @@ class Workload:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.acknowledged: dict[str, str] = {}
+        self.read_back_failures: list[str] = []  # :meth:`read_back`'s failed MGETs
         self.threads = [
             threading.Thread(target=self.run_client, args=(seed * 1000 + index, index),
                              name=f"torture-client-{index}", daemon=True)
@@ -203,8 +204,10 @@ class Workload:
                   ) -> dict[str, str | None]:
         """Read ``keys`` with ``MGET`` in batches, each recorded as one ``get`` per key
         over the batch's interval (MGET reads them at one point of the log); retries
-        refused batches until ``deadline``."""
+        refused batches until ``deadline``. Failed attempts and the last error are
+        kept in :attr:`read_back_failures` for the report."""
         found: dict[str, str | None] = {}
+        self.read_back_failures = []
         keys = list(keys)
         position = 0
         while position < len(keys) and time.monotonic() < deadline:
@@ -216,9 +219,10 @@ class Workload:
             client = connect(endpoint)
             try:
                 values: Any = client.mget(batch)
-            except (redis.RedisError, OSError):
+            except (redis.RedisError, OSError) as error:
                 for handle in handles:
                     self.complete(handle, "info")  # reads: no effect either way
+                self.read_back_failures.append(f"{type(error).__name__}: {error}")
                 time.sleep(0.2)
                 continue
             finally:
