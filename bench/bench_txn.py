@@ -291,12 +291,23 @@ def nodes_of(args: argparse.Namespace, protocol: str) -> int:
     return int(args.nodes) if args.nodes is not None else PROTOCOLS[protocol][1]
 
 
-def redis_rows(args: argparse.Namespace, protocol: str) -> list[dict[str, Any]]:
+def parse_params(text: str) -> dict[str, int]:
+    """``"fill=1,notice_us=1000"`` -> ``{"fill": 1, "notice_us": 1000}`` ("" -> {})."""
+    found: dict[str, int] = {}
+    for item in filter(None, text.split(",")):
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise SystemExit(f"--params: {item!r} is not key=value")
+        found[key] = int(value)
+    return found
+
+
+def redis_rows(args: argparse.Namespace, protocol: str, params: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     store, nodes = PROTOCOLS[protocol][0], nodes_of(args, protocol)
     sections: dict[str, dict[str, Any]] = {
         **FAST, "host": {"client_service": "resp"},
-        "protocol.params": {"groups": TXN_GROUPS_DEFAULT},
+        "protocol.params": {"groups": TXN_GROUPS_DEFAULT, **parse_params(params)},
         "service": {"request_timeout_ms": 20_000},
     }
     through = args.through
@@ -329,7 +340,8 @@ def redis_rows(args: argparse.Namespace, protocol: str) -> list[dict[str, Any]]:
                             with_events(row, before, events_of(cluster),
                                         time.monotonic() - started, nodes)
                             row.update(protocol=store, nodes=nodes, contention=contention,
-                                       through=via)
+                                       through=via, params=params,
+                                       cluster_protocol=cluster.cluster.protocol)
                             rows.append(row)
                             if not args.json:
                                 print(row, flush=True)
@@ -358,11 +370,14 @@ async def redis_ready(port: int) -> None:
     await client.aclose()
 
 
-def api_rows(args: argparse.Namespace, protocol: str) -> list[dict[str, Any]]:
+def api_rows(args: argparse.Namespace, protocol: str, params: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     nodes = nodes_of(args, protocol)
+    sections: dict[str, dict[str, Any]] = {**FAST}
+    if params:
+        sections["protocol.params"] = {"groups": TXN_GROUPS_DEFAULT, **parse_params(params)}
     with tempfile.TemporaryDirectory() as directory:
-        cluster = LocalCluster(Path(directory), protocol=protocol, nodes=nodes, sections=FAST,
+        cluster = LocalCluster(Path(directory), protocol=protocol, nodes=nodes, sections=sections,
                                metrics=True)
         try:
             cluster.start_all()
@@ -389,7 +404,8 @@ def api_rows(args: argparse.Namespace, protocol: str) -> list[dict[str, Any]]:
                                                       args.seconds, replies))
                             with_events(row, before, events_of(cluster),
                                         time.monotonic() - started, nodes)
-                            row.update(protocol=protocol, nodes=nodes, contention=contention)
+                            row.update(protocol=protocol, nodes=nodes, contention=contention,
+                                       params=params, cluster_protocol=cluster.cluster.protocol)
                             rows.append(row)
                             if not args.json:
                                 print(row, flush=True)
@@ -423,11 +439,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--through", choices=("node", "gateway"), nargs="+", default=["node"],
                         help="--front redis: on node 0's port, through a `kv gateway` "
                         "process, or both side by side")
+    parser.add_argument("--params", nargs="+", default=[""],
+                        help="the cluster file's [protocol.params] besides groups, as "
+                        "key=value,...: each its own cluster, one after the other, for "
+                        "--rounds rounds ('' = none: the live defaults)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every --params cluster this many times, in turn")
     args = parser.parse_args(argv)
     started = time.time()
     rows: list[dict[str, Any]] = []
     for protocol in args.protocol:
-        rows += redis_rows(args, protocol) if args.front == "redis" else api_rows(args, protocol)
+        for round_ in range(args.rounds):
+            for params in args.params:
+                measured = (redis_rows(args, protocol, params) if args.front == "redis"
+                            else api_rows(args, protocol, params))
+                for row in measured:
+                    row["round"] = round_ + 1
+                rows += measured
     if args.json:
         print(json.dumps({"load": os.getloadavg(), "python": sys.version.split()[0],
                           "started": time.strftime("%Y-%m-%d %H:%M:%S UTC",

@@ -114,14 +114,16 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "(LRU beyond; small values make swarms evict sessions all the time)",
     "inflight": "SmrParams.batches_inflight_max: own batches submitted and not yet applied",
     "fill": "SmrParams.batch_fill_min: while own batches are in flight, the next waits for "
-    "this many pending requests (1: none waits)",
+    "this many pending requests (1: none waits; a live Raft service's, and each Raft group's "
+    "of txn and txn-kv, is its batch size)",
     "lease": "RaftParams.read_lease: 1 serves reads from a leader lease (0: read-index only)",
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
     "notice": "RaftParams.commit_notice: 1 tells a follower a new commit index by an "
     "unanswered CommitNotice (0: an empty AppendEntries it acknowledges)",
     "notice_us": "RaftParams.commit_notice_delay_us: how long a commit index waits for the "
     "next entries to a follower to carry it before a CommitNotice goes alone (0: at once; "
-    "default 1000, a live cluster file's 4000; a follower whose client waits is told at once)",
+    "default 1000, a live cluster file's 4000; a follower whose client waits is told at once; "
+    "Raft groups of txn and txn-kv too)",
     "macs": "PBFT: 1 authenticates client requests with a vector of per-replica MACs "
     "(the paper's option) instead of signatures (simulation: the harness's clients sign so)",
     "replica_macs": "PBFT: 1 (the default) lets a COMMIT from its author count on the "
@@ -159,6 +161,19 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "join": "RaftParams.join: 1 on ONE node started on a new, empty disk that replaces a lost "
     "one (set per node: `replicaio kv node --join`)",
 }
+# The parameters each family of protocols reads (its builder, or the simulator's
+# harness for its clients: ``reads``, ``macs``, ``fronts``, ``gateway``); a name with
+# any other is refused (``protocol_parameters_refused``), not silently ignored.
+SMR_PARAMETERS = frozenset({"snapshot", "batch", "sessions", "results", "inflight", "memory",
+                            "values", "fronts"})
+RAFT_PARAMETERS = SMR_PARAMETERS | {"snapshotkib", "fill", "lease", "drift", "notice",
+                                    "notice_us", "join"}
+PBFT_PARAMETERS = SMR_PARAMETERS | {"replica_macs", "view_timeout", "macs", "reads"}
+MINBFT_PARAMETERS = SMR_PARAMETERS | {"view_timeout", "reads"}
+TXN_PARAMETERS = frozenset({"groups", "sessions", "wait", "remember", "fronts"})
+TXN_RAFT_PARAMETERS = TXN_PARAMETERS | {"snapshot", "snapshotkib", "batch", "results", "fill",
+                                         "notice_us"}
+TXN_BFT_PARAMETERS = TXN_PARAMETERS | {"windows", "gateway"}
 RAFT_SNAPSHOT_INTERVAL = 16  # snapshots (and log compaction) happen in ordinary runs
 # The live runtime's snapshots of a Raft service are sized by bytes unless its cluster
 # file names `snapshot` or `snapshotkib`: a live store of any size is otherwise encoded
@@ -225,6 +240,9 @@ class ServiceSpec:
     membership: Membership | None = None
     fast_quorums: Callable[[Resilience, int, int], FastQuorums] = fast_quorums
     reads: bool = False
+    # The name's parameters it takes (``None``: any of ``SERVICE_PARAMETERS``, for
+    # plug-ins written before this field).
+    parameters: frozenset[str] | None = None
 
 
 def raft_checkers(config: ClusterConfig) -> list[Any]:
@@ -337,7 +355,8 @@ def snapshot_bytes_needed(name: str, kv: KvParams, constants: SmrConstants,
 
 def live_protocol_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` of a cluster file's ``[protocol]`` with the live runtime's defaults
-    added: a Raft service (correct or a variant) sizes its snapshots by bytes
+    added: a Raft service (correct or a variant), and each Raft group of a sharded
+    service (``txn``, ``txn-kv`` and their variants), sizes its snapshots by bytes
     (``snapshotkib``, ``RAFT_LIVE_SNAPSHOT_KIB``) unless the file sets ``snapshot``
     or ``snapshotkib`` itself, and fills its batches under load (``fill``, a full
     batch: :func:`raft_live_batch_fill`) unless the file sets ``fill``, and holds a
@@ -345,8 +364,11 @@ def live_protocol_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]
     it. The result becomes the protocol's name, so what the event log records still
     builds the same nodes."""
     spec = SERVICES.get(name)
+    sharded = TRANSACTIONAL.get(name)
     live = dict(params)
-    if spec is None or (spec.name != "raft" and spec.name not in RAFT_VARIANTS):
+    raft_groups = sharded is not None and sharded.ordering == "raft"
+    if not raft_groups and (
+            spec is None or (spec.name != "raft" and spec.name not in RAFT_VARIANTS)):
         return live
     if "snapshot" not in params and "snapshotkib" not in params:
         live["snapshotkib"] = RAFT_LIVE_SNAPSHOT_KIB
@@ -724,18 +746,18 @@ SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec(
             "raft", "raft", Resilience.CRASH, build_raft(""),
             "Raft, with SMR and the key-value store, n >= 2f+1",
-            checkers=raft_checkers, membership=RAFT_MEMBERSHIP,
+            checkers=raft_checkers, membership=RAFT_MEMBERSHIP, parameters=RAFT_PARAMETERS,
         ),
         ServiceSpec(
             "pbft", "pbft", Resilience.BYZANTINE, build_pbft(""),
             "PBFT, with SMR and the key-value store, n >= 3f+1 (f Byzantine)",
-            checkers=pbft_checkers,
+            checkers=pbft_checkers, parameters=PBFT_PARAMETERS,
         ),
         ServiceSpec(
             "minbft", "minbft", Resilience.BYZANTINE_TRUSTED, build_minbft(""),
             "MinBFT, with SMR and the key-value store, n >= 2f+1 (f Byzantine, a trusted "
             "USIG each)",
-            checkers=pbft_checkers,
+            checkers=pbft_checkers, parameters=MINBFT_PARAMETERS,
         ),
     )
 }
@@ -743,7 +765,8 @@ SERVICES: dict[str, ServiceSpec] = {
 SERVICES.update(
     (name, ServiceSpec(name, "raft", Resilience.CRASH, build_raft(name),
                        f"BROKEN on purpose: {variant.summary}", broken=True,
-                       checkers=raft_checkers, membership=RAFT_MEMBERSHIP))
+                       checkers=raft_checkers, membership=RAFT_MEMBERSHIP,
+                       parameters=RAFT_PARAMETERS))
     for name, variant in RAFT_VARIANTS.items()
 )
 # The deliberately broken variants of MinBFT.
@@ -751,7 +774,7 @@ SERVICES.update(
     (name, ServiceSpec(name, "minbft", Resilience.BYZANTINE_TRUSTED, build_minbft(name),
                        f"BROKEN on purpose: {variant.summary}", broken=True,
                        checkers=pbft_checkers, fast_quorums=variant.fast_quorums,
-                       reads=variant.reads))
+                       reads=variant.reads, parameters=MINBFT_PARAMETERS))
     for name, variant in MINBFT_VARIANTS.items()
 )
 # The deliberately broken variants of PBFT.
@@ -759,7 +782,7 @@ SERVICES.update(
     (name, ServiceSpec(name, "pbft", Resilience.BYZANTINE, build_pbft(name),
                        f"BROKEN on purpose: {variant.summary}", broken=True,
                        checkers=pbft_checkers, fast_quorums=variant.fast_quorums,
-                       reads=variant.reads))
+                       reads=variant.reads, parameters=PBFT_PARAMETERS))
     for name, variant in PBFT_VARIANTS.items()
 )
 
@@ -786,6 +809,11 @@ class TransactionalSpec:
     ordering_type: type[Any] | None = None
     # The simulator's clients are gateways with this rule (else with ``gateway=1``).
     gateway: GatewayRule | None = None
+
+    @property
+    def parameters(self) -> frozenset[str]:
+        """The name's parameters it takes."""
+        return TXN_RAFT_PARAMETERS if self.ordering == "raft" else TXN_BFT_PARAMETERS
 
 
 def build_transactional(spec: TransactionalSpec, name: str,
@@ -838,10 +866,15 @@ def build_transactional(spec: TransactionalSpec, name: str,
     else:
         # The group's store adds transaction tables to the key-value store: a
         # follower takes whatever snapshot the leader made (crash faults only).
-        raft_params = RaftParams(snapshot_bytes_max=RAFT_SNAPSHOT_BYTES_CEILING).validate()
+        raft_params = RaftParams(
+            snapshot_bytes_max=RAFT_SNAPSHOT_BYTES_CEILING,
+            commit_notice_delay_us=parameters.get(
+                "notice_us", RaftParams().commit_notice_delay_us),
+        ).validate()
         raft_type: type[Raft] = spec.ordering_type or Raft
-        smr_params = SmrParams()
-        constants = smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL)
+        smr_params = SmrParams(batch_fill_min=parameters.get("fill", SmrParams().batch_fill_min))
+        constants = smr_constants(parameters, RAFT_SNAPSHOT_INTERVAL,
+                                  snapshot_log_bytes_min=parameters.get("snapshotkib", 0) * 1024)
         group_factory = SmrFactory(
             name, Resilience.CRASH, lambda context: raft_type(context, raft_params),
             store_type, smr_params, ordering_path="raft", constants=constants,
@@ -893,7 +926,10 @@ def transactional_spec(name: str) -> tuple[TransactionalSpec, dict[str, int]] | 
     """The transactional cluster ``name`` names (with its parameters), or ``None``."""
     base, parameters = split_name(name)
     spec = TRANSACTIONAL.get(base)
-    return None if spec is None else (spec, parameters)
+    if spec is None:
+        return None
+    refuse_parameters(name, parameters, spec.parameters)
+    return spec, parameters
 
 
 # -- protocols from other packages (entry point group replicaio.protocols) ------------
@@ -975,6 +1011,20 @@ def split_name(name: str) -> tuple[str, dict[str, int]]:
     return base, parameters
 
 
+def refuse_parameters(name: str, parameters: Mapping[str, int],
+                      accepted: frozenset[str] | None) -> None:
+    """Raise ``UsageError`` if ``name`` sets a parameter its protocol does not read
+    (``accepted``; ``None``: any known one): a setting that would do nothing is an
+    error, not a silent no-op."""
+    if accepted is None:
+        return
+    ignored = sorted(set(parameters) - accepted)
+    if ignored:
+        raise UsageError(
+            f"protocol {name!r}: {', '.join(ignored)} does not apply to "
+            f"{name.partition(':')[0]}; it takes {', '.join(sorted(accepted))}")
+
+
 def service_spec(name: str) -> tuple[ServiceSpec, dict[str, int]] | None:
     """The replicated service ``name`` names (with its parameters), or ``None``."""
     load_plugins()
@@ -982,6 +1032,7 @@ def service_spec(name: str) -> tuple[ServiceSpec, dict[str, int]] | None:
     spec = SERVICES.get(base)
     if spec is None:
         return None
+    refuse_parameters(name, parameters, spec.parameters)
     return spec, parameters
 
 

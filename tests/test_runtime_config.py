@@ -172,7 +172,12 @@ def test_live_raft_snapshots_are_sized_by_bytes_unless_the_file_says_otherwise(
         f"raft:fill=64,notice_us=0,snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
     )
     assert loaded("pbft") == "pbft"
-    assert loaded("txn", "groups = 3\n") == "txn:groups=3"
+    # The Raft groups of a sharded service take the same defaults; BFT groups none.
+    assert loaded("txn", "groups = 3\n") == (
+        f"txn:fill=64,groups=3,{notice},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
+    )
+    assert loaded("txn-kv", "fill = 1\nsnapshot = 8\n") == f"txn-kv:fill=1,{notice},snapshot=8"
+    assert loaded("txn-kv-pbft", "groups = 2\n") == "txn-kv-pbft:groups=2"
     assert live_protocol_params("bracha", {}) == {}
 
 
@@ -199,7 +204,9 @@ def test_the_frames_follow_the_protocols_largest_value(tmp_path: Path) -> None:
 def test_transactional_clusters_take_their_groups(tmp_path: Path) -> None:
     text = EXAMPLE.replace('name = "bracha"\nf = 1\n',
                            'name = "txn"\n[protocol.params]\ngroups = 5\n')
-    assert load_cluster_file(write(tmp_path, text)).protocol == "txn:groups=5"
+    assert load_cluster_file(write(tmp_path, text)).protocol == (
+        f"txn:fill=64,groups=5,notice_us={RAFT_LIVE_NOTICE_US},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
+    )
 
 
 def test_the_secret_may_come_from_a_file(tmp_path: Path) -> None:
