@@ -173,6 +173,7 @@ class Connection:
         "reader",
         "send_seq",
         "task",
+        "transport",
         "writer",
     )
 
@@ -187,6 +188,10 @@ class Connection:
         self.peer = peer
         self.reader = reader
         self.writer = writer
+        # The writer's transport, taken once: ``StreamWriter.transport`` is a
+        # property in asyncio's Python source, an interpreted call per read, and
+        # the release path reads it per write (a StreamWriter keeps its transport).
+        self.transport: asyncio.WriteTransport = writer.transport
         from_dialer, from_acceptor = keys
         self.outgoing_key = from_dialer if dialer else from_acceptor
         self.incoming_key = from_acceptor if dialer else from_dialer
@@ -487,7 +492,7 @@ class Transport:
         connection = channel.idle_writer
         if connection is None or channel.queue or connection is not channel.connection:
             return None
-        transport = connection.writer.transport
+        transport = connection.transport
         if transport.is_closing() or transport.get_write_buffer_size():
             return None
         return connection
@@ -509,13 +514,13 @@ class Transport:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         if self.hops is not None:  # before the write: it may wake the peer first
             self.hops.stamp(hoptrace.FRAME_OUT, channel.peer * hoptrace.PEER_UNIT + len(data))
-        writer = connection.writer
         try:
-            writer.transport.write(data)  # (StreamWriter.write's only work)
+            connection.transport.write(data)  # (StreamWriter.write's only work)
         except (ConnectionError, OSError):
-            writer.close()  # the reader sees the end and cleans up
+            connection.writer.close()  # the reader sees the end and cleans up
             return
         except RuntimeError:  # uvloop's write to a closed transport (see dial_once)
+            writer = connection.writer
             if not writer.is_closing():
                 raise
             writer.close()
@@ -537,7 +542,7 @@ class Transport:
                     channel.wakeup.set()  # (the current connection's loop, if any)
                 continue
             if queue:
-                transport = connection.writer.transport
+                transport = connection.transport
                 if transport.is_closing() or transport.get_write_buffer_size():
                     channel.wakeup.set()
                     continue

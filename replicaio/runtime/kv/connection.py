@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
 from replicaio.runtime.kv.params import RespParams
@@ -65,11 +64,17 @@ def plans_that_fit(group: list[tuple[Command, Replicated]], results: list[KvResu
 
 
 
-@dataclass(slots=True)
 class Command:
-    argv: list[bytes]
-    received: float  # perf_counter at parse: latency is measured from here
-    size: int  # bytes it holds (pipeline_bytes_max)
+    """One parsed command. (A plain class, not a dataclass: a dataclass's
+    ``__init__`` is generated source, interpreted even where this module is
+    compiled, and one is made per command.)"""
+
+    __slots__ = ("argv", "received", "size")
+
+    def __init__(self, argv: list[bytes], received: float, size: int) -> None:
+        self.argv = argv
+        self.received = received  # perf_counter at parse: latency is measured from here
+        self.size = size  # bytes it holds (pipeline_bytes_max)
 
 
 def command_size(argv: list[bytes]) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 from replicaio.services.kv.resp import RespError
@@ -74,15 +73,20 @@ SESSION_EXPIRED: Final = SessionExpired()
 Outcome = bytes | Retry | RespError | SessionExpired
 
 
-@dataclass(slots=True)
 class Waiter:
     """The one request a connection has in SMR: its outcome settles ``future`` (a
     task awaits it) or goes to ``on_outcome`` at once (no task: the front's
-    common path, ``service.Flight``)."""
+    common path, ``service.Flight``). (A plain class: a dataclass's ``__init__``
+    is interpreted even where this module is compiled, and one is made per
+    request.)"""
 
-    seq: int
-    future: asyncio.Future[Outcome] | None = None
-    on_outcome: Callable[[Outcome], None] | None = None
+    __slots__ = ("future", "on_outcome", "seq")
+
+    def __init__(self, seq: int, future: asyncio.Future[Outcome] | None = None,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
+        self.seq = seq
+        self.future = future
+        self.on_outcome = on_outcome
 
     def settle(self, outcome: Outcome) -> None:
         if self.on_outcome is not None:

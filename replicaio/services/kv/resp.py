@@ -271,6 +271,10 @@ def shown(line: bytes) -> str:
 
 def parse_length(line: bytes) -> int | None:
     """A length header's number (strict decimal, optional minus), or ``None``."""
+    # The common case without the regular expression (one per command and one per
+    # argument on the front's hot path): ``bytes.isdigit`` is ASCII digits only.
+    if 0 < len(line) <= 19 and line.isdigit():
+        return int(line)
     if _LENGTH.fullmatch(line) is None:
         return None
     return int(line)
