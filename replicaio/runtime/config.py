@@ -171,10 +171,18 @@ class HostParams:
     # The log is folded into a snapshot once its live segments exceed this many
     # bytes (and the live data): FileStorage's wal_bytes_compact_threshold.
     wal_compact_bytes: int = WAL_BYTES_COMPACT_THRESHOLD_DEFAULT
+    # The node process's generation-0 garbage collection threshold (``gc``): a
+    # collection every this many container allocations net; 0 keeps Python's
+    # (700). Larger: fewer young collections on the leader's loop, the cyclic
+    # garbage freed later (docs/benchmarks.md, "cpu32"). Objects made at start-up
+    # are frozen (``gc.freeze``) either way once the node serves.
+    gc_young: int = 0
 
     def validate(self) -> HostParams:
         if self.preallocate_bytes < 0:
             raise ClusterFileError("host.preallocate_bytes", "must be >= 0")
+        if self.gc_young < 0:
+            raise ClusterFileError("host.gc_young", "must be >= 0 (0: Python's threshold)")
         if self.wal_compact_bytes < WAL_COMPACT_BYTES_MIN:
             raise ClusterFileError("host.wal_compact_bytes", f"must be >= {WAL_COMPACT_BYTES_MIN}")
         if not 1 <= self.pipeline <= PIPELINE_MAX:

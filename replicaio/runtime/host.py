@@ -70,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import importlib
 import logging
 import queue
@@ -1059,12 +1060,20 @@ def run_node(
     """Run one node until SIGTERM or SIGINT (the ``replicaio node`` command)."""
     import signal
 
+    young = cluster.host.gc_young
+    if young:  # the whole process's (so here, not in NodeHost: tests run several)
+        gc.set_threshold(young, *gc.get_threshold()[1:])
+
+    def serving(host: NodeHost) -> None:
+        # What start-up made lives as long as the node: no collection scans it again.
+        gc.freeze()
+
     async def main() -> None:
         host = NodeHost(cluster, node_id, event_log=event_log, outgoing=outgoing)
         running = asyncio.get_running_loop()
         for number in (signal.SIGTERM, signal.SIGINT):
             running.add_signal_handler(number, host.stop)
-        await host.run()
+        await host.run(serving)
 
     run_event_loop(main(), loop)
 
