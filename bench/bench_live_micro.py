@@ -14,9 +14,7 @@ where installed), and the fastest round of each is printed in ns per call:
 * **command**, **waiter**: a ``Command`` and a ``Waiter`` made by a dataclass's
   generated ``__init__`` (old) against the plain classes (new);
 * **transport**: ``StreamWriter.transport`` (old, a Python property) against the
-  connection's own slot (new);
-* **count**: ``Counters.count`` interpreted (old) against the module as built
-  (new: compiled where the hot modules are).
+  connection's own slot (new).
 
 Run it with the tree's interpreter, from a directory without a ``replicaio``
 package (``cd /tmp; /work/wt/cpu32/.venv/bin/python /work/wt/cpu32/bench/bench_live_micro.py``).
@@ -36,7 +34,6 @@ from collections.abc import Callable
 from typing import Any
 
 from replicaio.compiled import status
-from replicaio.runtime.counters import Counters
 from replicaio.runtime.host import run_event_loop
 from replicaio.runtime.kv.connection import Command
 from replicaio.runtime.kv.requests import Waiter
@@ -64,16 +61,6 @@ class OldWaiter:
     seq: int
     future: Any = None
     on_outcome: Any = None
-
-
-class OldCounters:  # the module's source, interpreted
-    __slots__ = ("values",)
-
-    def __init__(self) -> None:
-        self.values: dict[str, int] = {}
-
-    def count(self, name: str, by: int = 1) -> None:
-        self.values[name] = self.values.get(name, 0) + by
 
 
 def timed(body: Callable[[int], None], calls: int) -> float:
@@ -139,8 +126,10 @@ async def pairs(calls: int) -> dict[str, tuple[Callable[[int], None], Callable[[
     class Slot:
         __slots__ = ("transport",)
 
-    slot = Slot()
-    slot.transport = writer.transport
+        def __init__(self, transport: asyncio.WriteTransport) -> None:
+            self.transport = transport
+
+    slot = Slot(writer.transport)
 
     def transport_old(count: int) -> None:
         for _ in range(count):
@@ -150,20 +139,10 @@ async def pairs(calls: int) -> dict[str, tuple[Callable[[int], None], Callable[[
         for _ in range(count):
             slot.transport.get_write_buffer_size()
 
-    old_counters, new_counters = OldCounters(), Counters()
-
-    def count_old(count: int) -> None:
-        for _ in range(count):
-            old_counters.count("kv_smr_requests")
-
-    def count_new(count: int) -> None:
-        for _ in range(count):
-            new_counters.count("kv_smr_requests")
-
     pairs.closing = (writer, server)  # type: ignore[attr-defined]
     return {"re-arm": (rearm_old, rearm_new), "length": (length_old, length_new),
             "command": (command_old, command_new), "waiter": (waiter_old, waiter_new),
-            "transport": (transport_old, transport_new), "count": (count_old, count_new)}
+            "transport": (transport_old, transport_new)}
 
 
 def main() -> int:
