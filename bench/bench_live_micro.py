@@ -6,9 +6,6 @@ machine's drift in a cluster run; here each old way and its replacement run
 in one process, alternated round by round, on the loop the node runs (uvloop
 where installed), and the fastest round of each is printed in ns per call:
 
-* **re-arm**: a timer re-armed later than it is due (a follower's election timer
-  at every AppendEntries): ``handle.cancel()`` + ``loop.call_later`` (old)
-  against ``LazyTimers.disarm`` + ``LazyTimers.arm`` (new), as the host does;
 * **length**: a RESP length header through the regular expression (old)
   against ``resp.parse_length`` (new, the digits' fast path);
 * **command**, **waiter**: a ``Command`` and a ``Waiter`` made by a dataclass's
@@ -37,7 +34,6 @@ from replicaio.compiled import status
 from replicaio.runtime.host import run_event_loop
 from replicaio.runtime.kv.connection import Command
 from replicaio.runtime.kv.requests import Waiter
-from replicaio.runtime.timers import LazyTimers
 from replicaio.services.kv.resp import parse_length
 
 LENGTH = re.compile(rb"-?[0-9]{1,19}")
@@ -70,26 +66,8 @@ def timed(body: Callable[[int], None], calls: int) -> float:
 
 
 async def pairs(calls: int) -> dict[str, tuple[Callable[[int], None], Callable[[int], None]]]:
-    loop = asyncio.get_running_loop()
-
     def nothing(*_: object) -> None:
         pass
-
-    handles: dict[int, asyncio.TimerHandle] = {}
-
-    def rearm_old(count: int) -> None:
-        for token in range(count):
-            handle = handles.pop(1, None)
-            if handle is not None:
-                handle.cancel()
-            handles[1] = loop.call_later(10.0, nothing, 1, token)
-
-    lazy = LazyTimers(loop, nothing)
-
-    def rearm_new(count: int) -> None:
-        for _ in range(count):
-            lazy.disarm(1)
-            lazy.arm(1, 10.0)
 
     lines = [b"3", b"17", b"100", b"1024"]
 
@@ -140,7 +118,7 @@ async def pairs(calls: int) -> dict[str, tuple[Callable[[int], None], Callable[[
             slot.transport.get_write_buffer_size()
 
     pairs.closing = (writer, server)  # type: ignore[attr-defined]
-    return {"re-arm": (rearm_old, rearm_new), "length": (length_old, length_new),
+    return {"length": (length_old, length_new),
             "command": (command_old, command_new), "waiter": (waiter_old, waiter_new),
             "transport": (transport_old, transport_new)}
 

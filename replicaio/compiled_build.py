@@ -125,8 +125,6 @@ HOT_MODULES: tuple[str, ...] = (
     "replicaio.runtime.durability",
     "replicaio.runtime.framing",
     "replicaio.runtime.metrics",
-    # A live node's timers (cpu32): re-armed at every AppendEntries on a follower.
-    "replicaio.runtime.timers",
 )
 
 DIRECTIVES: dict[str, Any] = {"language_level": 3, "annotation_typing": False}

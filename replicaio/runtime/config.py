@@ -175,8 +175,8 @@ class HostParams:
     # young collection every this many container allocations net; 0 keeps
     # Python's (700). At 700 a leader at 128 clients collected once per ~90 SETs
     # and promoted what was in flight to the older generations, scanned again
-    # there; at 10,000, 0.27-0.36x the collection time per SET, each collection
-    # about a millisecond (ADR 0057). Only cyclic garbage waits longer (the rest
+    # there; at 10,000, 0.27x the collection time per SET, each collection a
+    # millisecond or two (ADR 0057). Only cyclic garbage waits longer (the rest
     # is freed by reference counting). Objects made at start-up are frozen
     # (``gc.freeze``) either way once the node serves.
     gc_young: int = 10_000

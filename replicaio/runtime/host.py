@@ -44,9 +44,7 @@ writes it (``replicaio.trace.eventlog``): ``replicaio replay FILE --node I``
 re-executes a live node exactly like a simulated one. The log is flushed to
 the OS before the batch is released, so whatever left the node is in it.
 
-Timers: at most one loop timer per armed timer id (``runtime.timers``: a re-arm
-due no earlier than the id's loop timer keeps it, so a follower's election timer
-re-armed at every AppendEntries makes no loop timer per message); expiry puts
+Timers: one ``loop.call_later`` per armed timer id; expiry puts
 ``(timer, id, token)`` in the inbox, and a token that no longer matches (the
 timer was cancelled or re-armed meanwhile) is dropped and counted
 ``timers_stale`` instead of reaching the core.
@@ -102,7 +100,6 @@ from replicaio.runtime.counters import Counters
 from replicaio.runtime.durability import DurabilityPipeline
 from replicaio.runtime.logs import FIELDS, log, monotonic_us
 from replicaio.runtime.metrics import NodeMetrics
-from replicaio.runtime.timers import LazyTimers
 from replicaio.runtime.tls import TlsAcceptor
 from replicaio.runtime.transport import Transport
 from replicaio.storage.base import after_start, start_input
@@ -191,6 +188,19 @@ class Flight:
         self.batch = 0  # the storage batch it waits for (0: none)
         self.durable = False
         self.sealed_at = 0.0
+
+
+class DueNow:
+    """The handle of a timer of delay 0, put in the inbox as it is armed:
+    cancelling it does nothing (its token no longer matching drops it)."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
+
+
+DUE_NOW = DueNow()
 
 
 def succeed(future: asyncio.Future[None]) -> None:
@@ -292,8 +302,8 @@ class NodeHost:
         self.failure: BaseException | None = None
         self.choices: list[Choice] = []
         self.random = random.SystemRandom()
-        self.timer_tokens: dict[int, int] = {}  # armed timer ids: their arming's token
-        self.lazy_timers: LazyTimers | None = None  # their loop timers, made at the first
+        self.timer_tokens: dict[int, int] = {}
+        self.timer_handles: dict[int, asyncio.TimerHandle | DueNow] = {}
         self.timers_to_arm: dict[int, int] = {}
         # A batch's sends released after its replies (``replies_first``), until the
         # next turn of the loop or the next release of sends, whichever comes first.
@@ -478,8 +488,9 @@ class NodeHost:
             self.put((STOP,))
 
     async def shutdown(self) -> None:
-        if self.lazy_timers is not None:
-            self.lazy_timers.close()
+        for timer in self.timer_handles.values():
+            timer.cancel()
+        self.timer_handles.clear()
         if self.service is not None:
             await self.service.close()
         if self.transport is not None:
@@ -577,11 +588,6 @@ class NodeHost:
     def timer_fired(self, timer_id: int, token: int) -> None:
         self.put((TIMER, timer_id, token))
 
-    def timer_due(self, timer_id: int) -> None:
-        """``LazyTimers``: an armed timer is due (its arming is in ``timer_tokens``:
-        cancelling or re-arming it disarms it there too)."""
-        self.put((TIMER, timer_id, self.timer_tokens[timer_id]))
-
     def choose(self, label: str, count: int) -> int:
         """Resolve a choice point, recorded for replay. ``random`` choice points
         (``ctx.random_below``: Raft's election timeouts and disk identities) are
@@ -635,6 +641,7 @@ class NodeHost:
                         self.counters.count("timers_stale")
                         continue
                     del self.timer_tokens[item[1]]
+                    del self.timer_handles[item[1]]
                     batch.append((None, TimerFired(item[1])))
                 else:
                     stop = True
@@ -982,21 +989,17 @@ class NodeHost:
         there instead of in a batch of its own. Only after a sync (``synced``),
         which let the loop run: a core that arms delay-0 timers without writing
         cannot keep the batch loop from yielding."""
-        if not timers:
-            return
-        lazy = self.lazy_timers
-        if lazy is None:
-            lazy = self.lazy_timers = LazyTimers(self.loop or asyncio.get_running_loop(),
-                                                 self.timer_due)
-        tokens = self.timer_tokens
+        loop = self.loop or asyncio.get_running_loop()
         for timer_id, delay_us in timers.items():
             self.token += 1
-            tokens[timer_id] = self.token
+            self.timer_tokens[timer_id] = self.token
             if delay_us <= 0 and synced:
-                lazy.disarm(timer_id)
                 self.put((TIMER, timer_id, self.token))
+                self.timer_handles[timer_id] = DUE_NOW
             else:
-                lazy.arm(timer_id, delay_us / 1_000_000)
+                self.timer_handles[timer_id] = loop.call_later(
+                    delay_us / 1_000_000, self.timer_fired, timer_id, self.token
+                )
         timers.clear()
 
     def release_replies(
@@ -1040,8 +1043,10 @@ class NodeHost:
         self.timers_to_arm.pop(timer_id, None)
         for flight in self.flights:
             flight.timers.pop(timer_id, None)
-        if self.timer_tokens.pop(timer_id, None) is not None and self.lazy_timers is not None:
-            self.lazy_timers.disarm(timer_id)  # (its loop timer stays: see runtime.timers)
+        handle = self.timer_handles.pop(timer_id, None)
+        self.timer_tokens.pop(timer_id, None)
+        if handle is not None:
+            handle.cancel()
 
     # -- introspection -----------------------------------------------------------------------
 
