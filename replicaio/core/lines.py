@@ -110,8 +110,15 @@ async def first(*lines: Line[Any], label: str = "first") -> Any:
     """
     assert lines, "first() needs at least one line"
     await AnyOf(lines)
+    return first_set(*lines, label=label)
+
+
+def first_set(*lines: Line[Any], label: str = "first") -> Any:
+    """What :func:`first` returns once it has waited: the value of the one line
+    of ``lines`` that is set, or, when several are, the one the host chooses
+    (the same choice point, ``label``). At least one must be set."""
     available = [line for line in lines if line._is_set]
-    assert available
+    assert available, "first_set() with no line set"
     if len(available) == 1:
         return available[0].value()
     index = lines[0].scheduler.choose(label, len(available))
