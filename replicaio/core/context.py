@@ -218,7 +218,7 @@ class Link(Slotted, Generic[T]):
                 self.node.count("link_second_send")
             return
         self.sent[destination] = value
-        self.node.reliable.send(self, destination, value, persist=self.durable)
+        self.node.reliable.send(self, destination, value, self.durable)
 
     def storage_prefix(self) -> str:
         """``Node.storage_key(path, "")``, made once per link: every send persists."""
@@ -241,7 +241,7 @@ class Link(Slotted, Generic[T]):
             lines = self.from_lines = {}
         line = lines.get(peer)
         if line is None:
-            assert len(lines) < self.node.config.n, f"link {self.name}: over n peers"
+            assert len(lines) < self.node.n, f"link {self.name}: over n peers"
             line = Line(self.node.scheduler, (self.name, ".from[", peer, "]"))
             lines[peer] = line
             received = self.received
@@ -251,7 +251,7 @@ class Link(Slotted, Generic[T]):
 
     def quorum(self, count: int) -> Line[T]:
         """The first value that ``count`` distinct peers sent on this link."""
-        if not 1 <= count <= self.node.config.n:
+        if not 1 <= count <= self.node.n:
             raise UsageError(f"link {self.name}: quorum of {count} out of range")
         line: Line[T] = Line(self.node.scheduler, (self.name, ".quorum(", count, ")"))
         if count <= len(self.reached):
@@ -273,7 +273,7 @@ class Link(Slotted, Generic[T]):
         count, in arrival order, as for quorums; ``key`` is protocol code and sees
         whatever body the link accepts (an exception counts the message as
         unreadable, never raises)."""
-        if not 1 <= count <= self.node.config.n:
+        if not 1 <= count <= self.node.n:
             raise UsageError(f"link {self.name}: certificate of {count} out of range")
         line: Line[Certificate[T]] = Line(
             self.node.scheduler, (self.name, ".certificate(", count, ")")
@@ -418,7 +418,9 @@ class Context:
                 self.storage_prefix = self.node.storage_key(self.path, "")
             link = Link(self, name, accepts_function(body), durable)
             self.links_by_name[name] = link
-            self.node.reliable.restore_link(link)
+            reliable = self.node.reliable
+            if reliable.sent.get(self.path):  # what this path sent (restore_link's test)
+                reliable.restore_link(link)
         return link
 
     def stream(

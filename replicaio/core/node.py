@@ -519,7 +519,8 @@ class Node:
         context = self.routes.get(path)
         if context is None:
             for element in path:
-                assert isinstance(element, int | str)
+                # a tuple of types: `int | str` would make a union object per test
+                assert isinstance(element, (int, str))
                 assert not isinstance(element, str) or ("/" not in element and "#" not in element)
             context = Context(self, path)
             self.routes[path] = context

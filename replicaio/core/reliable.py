@@ -196,7 +196,7 @@ class ReliableLinks:
 
     # -- sending ---------------------------------------------------------------
 
-    def send(self, link: Link[Any], destination: int, body: Any, *, persist: bool) -> None:
+    def send(self, link: Link[Any], destination: int, body: Any, persist: bool) -> None:
         """Send a link value (called by :class:`Link`), durably first when asked."""
         node = self.node
         path = link.path
