@@ -14,9 +14,9 @@ from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context
 from replicaio.core.effects import Request, Start, TimerFired
 from replicaio.core.errors import Cancelled
-from replicaio.core.lines import Family, Line, first
+from replicaio.core.lines import AnyOf, Family, Line, first
 from replicaio.core.node import TICK_TIMER, Node
-from replicaio.core.scheduler import CANCEL_ROUNDS_MAX, Scheduler, Scope
+from replicaio.core.scheduler import CANCEL_ROUNDS_MAX, LIVELOCK_TURNS, Scheduler, Scope
 
 
 def never_choose(label: str, count: int) -> int:
@@ -704,3 +704,64 @@ def test_long_lived_task_does_not_accumulate_state_per_timer() -> None:
     assert len(task.on_finish) <= 1  # flat memory however long the task lives
     task.scope.cancel()
     assert node.timers == {}
+
+
+# -- livelocks fail loudly ------------------------------------------------------------
+
+
+async def spin(wait: Any, spins: list[int]) -> None:
+    while len(spins) < 2 * LIVELOCK_TURNS:  # (ends, so a missing bound fails, not hangs)
+        spins.append(1)
+        await wait
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_a_loop_whose_wait_is_already_satisfied_fails_instead_of_spinning(wrap: bool) -> None:
+    """An await of a set line (or of AnyOf with one set) returns at once; a loop that
+    only awaits such a line would never give the step back. The run counts those
+    awaits with its task steps and fails an assertion at ``LIVELOCK_TURNS``."""
+    scheduler, scope = make()
+    line: Line[int] = scheduler.line("done")
+    line.set(1)
+    spins: list[int] = []
+    scope.spawn(spin(AnyOf((line,)) if wrap else line, spins))
+    with pytest.raises(AssertionError, match="livelock"):
+        scheduler.run()
+    assert LIVELOCK_TURNS - 2 <= len(spins) <= LIVELOCK_TURNS
+
+
+def test_tasks_that_requeue_each_other_forever_fail_too() -> None:
+    scheduler, scope = make()
+    mine: list[Line[None]] = []
+    theirs: list[Line[None]] = []
+
+    async def ping(own: list[Line[None]], other: list[Line[None]]) -> None:
+        for _ in range(LIVELOCK_TURNS):  # (ends, so a missing bound fails, not hangs)
+            line: Line[None] = scheduler.line()
+            own.append(line)
+            if other:
+                other.pop().set(None)  # wakes the other task, which wakes this one
+            await line
+
+    scope.spawn(ping(mine, theirs))
+    scope.spawn(ping(theirs, mine))
+    with pytest.raises(AssertionError, match="livelock: tasks re-queued forever"):
+        scheduler.run()
+    scheduler.abandon()
+
+
+def test_a_run_s_count_starts_again_at_every_run() -> None:
+    """Many runs each below the bound never trip it: the count is per run (per step)."""
+    scheduler, scope = make()
+    line: Line[int] = scheduler.line("set")
+    line.set(7)
+    total: list[int] = []
+
+    async def awaits_a_few() -> None:
+        for _ in range(1000):
+            total.append(await line)
+
+    for _ in range(LIVELOCK_TURNS // 1000 + 5):
+        scope.spawn(awaits_a_few())
+        scheduler.run()
+    assert len(total) == 1000 * (LIVELOCK_TURNS // 1000 + 5)

@@ -71,6 +71,15 @@ def test_broken_variants_are_caught_within_a_few_seeds(protocol: str, property_n
     assert property_name in caught
 
 
+def test_a_protocol_loop_that_spins_is_reported_not_a_hung_run() -> None:
+    """``bracha-spins`` awaits a line already set in its loop, so the await returns at
+    once and the step would never end: the core's livelock bound fails it, and the
+    run reports ``node-raised`` (before the bound a swarm hung on such a seed)."""
+    result = simulate("bracha-spins", SimOptions.draw(1, 4, 1, ALL_FAULTS), record=False)
+    raised = [v for v in result.violations if v["property"] == "node-raised"]
+    assert raised and "livelock" in raised[0]["detail"], result.violations
+
+
 def test_same_seed_same_log_in_one_process() -> None:
     options = SimOptions.draw(11, 4, 1, ALL_FAULTS)
     first = simulate("bracha", options)

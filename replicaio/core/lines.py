@@ -78,6 +78,8 @@ class Line(Slotted, Generic[T]):
     def __await__(self) -> Generator[Any, None, T]:
         if not self._is_set:
             yield self
+        else:
+            self.scheduler.turn()  # see scheduler.LIVELOCK_TURNS
         assert self._is_set
         result: T = self._value
         return result
@@ -96,8 +98,11 @@ class AnyOf:
         self.lines = lines
 
     def __await__(self) -> Generator[Any, None, None]:
-        if not any(line._is_set for line in self.lines):
+        lines = self.lines
+        if not any(line._is_set for line in lines):
             yield self
+        else:
+            lines[0].scheduler.turn()  # see scheduler.LIVELOCK_TURNS
 
 
 async def first(*lines: Line[Any], label: str = "first") -> Any:

@@ -19,6 +19,7 @@ cdef class Scope:
     cdef public object tasks
 
 cdef class Scheduler:
-    cdef public object choose_function, current, ready, steps
+    cdef public object choose_function, current, ready, steps, turns
     @cython.locals(task=Task)
     cpdef run(self)
+    cpdef turn(self)

@@ -40,6 +40,14 @@ ChooseFunction = Callable[[str, int], int]
 # A cancelled task that keeps awaiting in ``finally`` blocks is re-cancelled at
 # most this many times before it is treated as a bug.
 CANCEL_ROUNDS_MAX = 64
+# One ``Scheduler.run`` (one node step) that runs more task steps, or returns
+# from more awaits at once (an awaited line already set), than this is a
+# livelock: a loop whose wait is already satisfied spins inside its task, or
+# tasks re-queue each other forever, and the step never returns. It is our bug,
+# failed as an assertion (the simulator's ``node-raised``, a live node's crash)
+# rather than a simulator that hangs or a node at full CPU. Legitimate steps run
+# a few hundred (Bracha's long profile: at most 212 task steps in one run).
+LIVELOCK_TURNS = 1_000_000
 
 
 class Task(Slotted, Generic[T]):
@@ -261,13 +269,14 @@ class Scope:
 class Scheduler:
     """Runs one node's tasks deterministically. One per node; never shared."""
 
-    __slots__ = ("choose_function", "current", "ready", "steps")
+    __slots__ = ("choose_function", "current", "ready", "steps", "turns")
 
     def __init__(self, choose_function: ChooseFunction) -> None:
         self.ready: deque[Task[Any]] = deque()
         self.current: Task[Any] | None = None
         self.choose_function = choose_function
         self.steps = 0
+        self.turns = 0  # task steps and awaits that did not suspend, this run
 
     def choose(self, label: str, count: int) -> int:
         """Resolve a choice point among ``count`` alternatives through the host."""
@@ -283,10 +292,23 @@ class Scheduler:
     def run(self) -> None:
         """Run ready tasks until nothing more can happen."""
         ready = self.ready
+        self.turns = 0
         while ready:
             task = ready.popleft()
             self.steps += 1
+            self.turns += 1
+            assert self.turns < LIVELOCK_TURNS, f"livelock: tasks re-queued forever ({task.name})"
             task.step()
+
+    def turn(self) -> None:
+        """An await returned at once (its line was already set): counted with the
+        run's task steps, so a loop whose wait is already satisfied fails its
+        assertion instead of spinning forever (``LIVELOCK_TURNS``)."""
+        self.turns += 1
+        assert self.turns < LIVELOCK_TURNS, (
+            "livelock: a task's awaits keep returning at once (an already satisfied wait "
+            "in a loop?)"
+        )
 
     def abandon(self) -> None:
         """The node is being discarded after its step raised (the simulator's

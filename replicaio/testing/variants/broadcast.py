@@ -26,10 +26,12 @@ the adversary's two rules (docs/adversary.md):
 
 from __future__ import annotations
 
-from replicaio.core.config import Resilience
+from typing import Any
+
+from replicaio.core.config import Resilience, intersecting_quorum
 from replicaio.core.context import Context, Ignore
 from replicaio.core.effects import Path
-from replicaio.core.lines import first
+from replicaio.core.lines import AnyOf, Line, first
 from replicaio.protocols.broadcast import BroadcastSpec, Instances
 from replicaio.protocols.broadcast.bracha import bracha
 from replicaio.testing.variants.instances import WatermarkLastInstances
@@ -54,6 +56,36 @@ async def bracha_weak_echo(node: Context, sender: int, value: bytes | None = Non
         scope.spawn(ready_once_justified())
         delivered: bytes = await ready.quorum(2 * f + 1)
         return delivered
+
+
+async def bracha_spins(node: Context, sender: int, value: bytes | None = None) -> bytes:
+    """Bracha's one task (``bracha.bracha``) with the f + 1 READY rule dropped from
+    its condition but its line still awaited: once f + 1 READYs arrive before
+    enough ECHOs, the await returns at once and the loop spins inside one step
+    (the core's livelock bound must fail it: ``node-raised``, not a hung run)."""
+    n, f = node.n, node.f
+    send, echo, ready = node.links("SEND", "ECHO", "READY")
+    if value is not None:
+        send.to_all(value)
+    the_send: Line[bytes] | None = send.from_peer(sender)
+    echoes: Line[bytes] = echo.quorum(intersecting_quorum(n, f))
+    readies: Line[bytes] | None = ready.quorum(f + 1)
+    delivery: Line[bytes] = ready.quorum(2 * f + 1)
+    while True:
+        if the_send is not None and the_send.ready:
+            echo.to_all(the_send.value())
+            the_send = None
+        if readies is not None and echoes.ready:  # the bug: "or readies.ready" dropped
+            ready.to_all(echoes.value())
+            readies = None
+        if delivery.ready:
+            delivered: bytes = delivery.value()
+            return delivered
+        waited: tuple[Line[Any], ...] = (echoes, readies) if readies is not None else (delivery,)
+        if the_send is not None:
+            await AnyOf((the_send, *waited))
+        else:
+            await AnyOf(waited)
 
 
 async def consistent_weak(node: Context, sender: int, value: bytes | None = None) -> bytes:
@@ -116,6 +148,12 @@ BROADCAST_VARIANTS: dict[str, BroadcastSpec] = {
             "bracha-weak-echo", bracha_weak_echo, Resilience.BYZANTINE, agreement=True,
             totality=True, broken=True,
             summary="BROKEN on purpose: Bracha with an echo quorum of f+1",
+        ),
+        BroadcastSpec(
+            "bracha-spins", bracha_spins, Resilience.BYZANTINE, agreement=True,
+            totality=True, broken=True,
+            summary="BROKEN on purpose: Bracha's loop spins once f+1 READYs come before "
+            "its ECHO quorum",
         ),
         BroadcastSpec(
             "echo-weak", consistent_weak, Resilience.BYZANTINE, agreement=True,
