@@ -214,3 +214,34 @@ def check_cut_logs(logs: list[Path], whole: dict[str, Any], tmp_path: Path,
         assert diagram is not None, said
         drawn = int(diagram.group(1))
         assert 0 < steps - len(logs) <= drawn <= steps
+
+
+def test_wall_clock_pairing_keeps_the_tightest_bracket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live log's header pairs the wall clock with the monotonic one. A node
+    preempted between two readings (here 5 ms on the first try) must not shift
+    its whole log by that long: the tightest of the bracketed tries is taken."""
+    from replicaio.runtime import logs
+
+    wall_true = 1_700_000_000_000_000_000  # ns; the wall clock minus the monotonic one
+    readings: list[int] = []
+
+    class Clock:
+        now = 10_000_000_000
+
+        def monotonic_ns(self) -> int:
+            value = self.now
+            self.now += 2_000  # 2 us a reading
+            return value
+
+        def time_ns(self) -> int:
+            value = self.now + wall_true
+            readings.append(value)
+            # Preempted for 5 ms right after the wall reading on the first try only.
+            self.now += 5_000_000 if len(readings) == 1 else 2_000
+            return value
+
+    monkeypatch.setattr(logs, "time", Clock())
+    offset, error = logs.wall_minus_monotonic_us()
+    assert len(readings) == logs.WALL_PAIR_TRIES
+    assert error <= 3  # half of a 4 us bracket, rounded up
+    assert abs(offset - wall_true // 1000) <= error

@@ -98,7 +98,7 @@ from replicaio.runtime.client import ClientService, OnDone, service_factory
 from replicaio.runtime.config import Address, ClusterFile
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.durability import DurabilityPipeline
-from replicaio.runtime.logs import FIELDS, log, monotonic_us
+from replicaio.runtime.logs import FIELDS, log, monotonic_us, wall_minus_monotonic_us
 from replicaio.runtime.metrics import NodeMetrics
 from replicaio.runtime.tls import TlsAcceptor
 from replicaio.runtime.transport import Transport
@@ -440,6 +440,7 @@ class NodeHost:
         assert self.event_log_path is not None and self.core is not None
         self.event_log_file = open(self.event_log_path, "wb")  # noqa: SIM115 (closed at shutdown)
         params = self.cluster.node_params
+        wall_offset, wall_error = wall_minus_monotonic_us()
         self.event_log = EventLogWriter(
             {
                 "protocol": self.cluster.protocol,
@@ -450,9 +451,11 @@ class NodeHost:
                 "params": {name: getattr(params, name) for name in params.__dataclass_fields__},
                 # Step times count from started_us; this is that instant on the
                 # wall clock, so logs of several nodes merge by time (trace/diagram.py).
+                # The clocks are paired tightly: a delivery drawn before its send
+                # (an error above the ~0.1 ms a message takes) would not match it.
                 "options": {"host": "live", "node": self.node_id,
-                            "started_unix_us": time.time_ns() // 1000
-                            - (monotonic_us() - self.started_us),
+                            "started_unix_us": wall_offset + self.started_us,
+                            "clock_error_us": wall_error,
                             **self.usig_header()},
             },
             self.event_log_file,

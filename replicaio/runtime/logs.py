@@ -84,3 +84,28 @@ class RateLimitedLog:
 
 def monotonic_us() -> int:
     return time.monotonic_ns() // 1000
+
+
+WALL_PAIR_TRIES = 8  # readings of the clock pair; the tightest bracket is kept
+
+
+def wall_minus_monotonic_us() -> tuple[int, int]:
+    """The wall clock minus the monotonic clock, in microseconds, and the bound on
+    its error: ``(offset, error)``.
+
+    Each try reads the monotonic clock, the wall clock, the monotonic clock again,
+    and keeps the try whose two monotonic readings are closest: a process
+    preempted between two readings (a loaded machine: milliseconds) would
+    otherwise put every time it converts off by that long. The wall reading is
+    taken to be at the bracket's middle, so ``error`` is half the bracket.
+    """
+    best: tuple[int, int] | None = None
+    for _ in range(WALL_PAIR_TRIES):
+        before = time.monotonic_ns()
+        wall = time.time_ns()
+        after = time.monotonic_ns()
+        width = after - before
+        if best is None or width < best[1]:
+            best = (wall - (before + after) // 2, width)
+    assert best is not None
+    return best[0] // 1000, (best[1] + 1999) // 2000
