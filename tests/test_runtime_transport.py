@@ -807,3 +807,63 @@ def test_handshake_parser_refuses_what_is_not_a_handshake() -> None:
         with pytest.raises(HandshakeRejected) as caught:
             parse_handshake(body, "proof", 1)
         assert caught.value.reason == reason
+
+
+def test_frames_read_with_the_handshake_s_last_bytes_are_delivered_after_take_over() -> None:
+    """The handshake reads with a ``StreamReader``, which may already hold the
+    first frames (and the end of the stream) when the ``PeerReader`` takes the
+    connection over: they are delivered first, in order, then the end. The
+    reader takes them from the stream's private fields; a Python that keeps
+    them elsewhere must fail this test, not lose the frames."""
+    from replicaio.runtime.framing import FrameMac
+    from replicaio.runtime.peer_reader import PeerReader
+
+    key = secrets.token_bytes(32)
+    mac = FrameMac(key)
+
+    def frame(seq: int, payload: bytes) -> bytes:
+        body = SEQUENCE.pack(seq) + payload
+        body += mac.tag(body)
+        return frame_header(len(body)) + body
+
+    class Inbox:
+        def __init__(self) -> None:
+            self.taken: list[tuple[int, bytes]] = []
+
+        def offer(self, peer: int, payload: bytes) -> bool:
+            self.taken.append((peer, payload))
+            return True
+
+        def when_room(self, resume: Callable[[], None]) -> None:
+            raise AssertionError("the inbox is never full here")
+
+    class Traffic:
+        frames_in = 0
+        bytes_in = 0
+
+    async def scenario() -> tuple[list[tuple[int, bytes]], str]:
+        import socket
+
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        theirs.sendall(b"HELLO" + frame(1, b"first") + frame(2, b"second") + frame(3, b"th"))
+        theirs.close()  # the end of the stream, too, before the take-over
+        assert await reader.readexactly(5) == b"HELLO"  # the handshake
+        buffered: Any = reader
+        for _ in range(500):  # every byte and the end buffered (bounded wait)
+            if buffered._eof:
+                break
+            await asyncio.sleep(0.01)
+        assert buffered._eof and len(buffered._buffer) > 0
+        inbox = Inbox()
+        errors: list[Any] = []
+        protocol = PeerReader(7, key, inbox, Traffic(), 1 << 20, errors.append)
+        protocol.take_over(writer.transport, reader)  # type: ignore[arg-type]
+        reason = await asyncio.wait_for(protocol.done, 5)
+        writer.close()
+        assert not errors
+        return inbox.taken, reason
+
+    taken, reason = asyncio.run(scenario())
+    assert taken == [(7, b"first"), (7, b"second"), (7, b"th")]
+    assert reason == "closed"

@@ -38,7 +38,7 @@ import asyncio
 import hmac
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from replicaio.runtime import hoptrace
 from replicaio.runtime.framing import LENGTH, LENGTH_BYTES, FrameError, FrameMac
@@ -110,9 +110,13 @@ class PeerReader(asyncio.Protocol):
         if error is not None:
             self.finish(type(error).__name__)
             return
-        # StreamReader has no public way to hand over its buffer without awaiting.
-        buffered: bytearray = getattr(stream, "_buffer", bytearray())
-        self.ended = bool(getattr(stream, "_eof", False))
+        # StreamReader has no public way to hand over its buffer without awaiting:
+        # its private fields are read directly, so a Python whose StreamReader
+        # keeps them elsewhere fails here loudly (and in
+        # tests/test_runtime_transport.py) instead of dropping the bytes.
+        private: Any = stream
+        buffered: bytearray = private._buffer
+        self.ended = bool(private._eof)
         if buffered:
             self.buffer += buffered
             buffered.clear()
