@@ -38,17 +38,16 @@ Durable records, and why each prefix of a step's writes restarts:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 from msgspec.structs import replace
 
 from replicaio.core.codec import Codec
 from replicaio.core.context import Context
-from replicaio.core.errors import UsageError
 from replicaio.core.lines import Line
-from replicaio.core.scheduler import Scope
 from replicaio.interfaces.ordering import Committed, NotLeader, OrderingHandlers
+from replicaio.protocols.bft import BftReplica
 from replicaio.protocols.minbft.checkpoint import Checkpoints
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
@@ -89,7 +88,7 @@ from replicaio.protocols.pbft.state_transfer import StateTransfer
 RECORD_FRAME_BYTES_MAX = 1 << 28
 
 
-class Minbft:
+class Minbft(BftReplica):
     """MinBFT (Veronese et al., IEEE TC 2013) as an
     :class:`~replicaio.interfaces.ordering.Ordering`; n >= 2f+1 with a USIG per
     replica. Give it its own context (a child path) and the USIG scheme of the
@@ -100,11 +99,12 @@ class Minbft:
     view_changes_type: ClassVar[type[ViewChanges]] = ViewChanges
     usig_type: ClassVar[type[Usig]] = Usig
     recovery_type: ClassVar[type[Recovery]] = Recovery
+    prefix: ClassVar[str] = "minbft"
 
     def __init__(self, context: Context, params: MinbftParams | None = None,
                  scheme: UsigScheme | None = None) -> None:
         self.context = context
-        self.params = (params or MinbftParams()).validate()
+        self.params: MinbftParams = (params or MinbftParams()).validate()
         self.id = context.id
         self.n = context.n
         self.f = context.f
@@ -147,8 +147,8 @@ class Minbft:
         # NEW-VIEW from the primary's; replayed when the view starts. At most
         # ``held_max`` per peer, of its newest view.
         self.deferred: dict[int, list[Commit | NewViewCommit]] = {}
-        self.handlers: OrderingHandlers | None = None
-        self.view_scope: Scope | None = None
+        self.handlers = None
+        self.view_scope = None
         self.started = False
         self.executing = False
         self.codec = Codec(frame_bytes_max=RECORD_FRAME_BYTES_MAX)
@@ -172,13 +172,6 @@ class Minbft:
 
     # -- quorums and windows ----------------------------------------------------
 
-    def primary(self, view: int | None = None) -> int:
-        return (self.view if view is None else view) % self.n
-
-    @property
-    def is_primary(self) -> bool:
-        return self.primary() == self.id
-
     @property
     def quorum(self) -> int:
         """A majority, n // 2 + 1: any two quorums share a replica, whose
@@ -190,25 +183,10 @@ class Minbft:
         than n - f, the correct replicas (f <= (n - 1) / 2), so still live."""
         return self.n // 2 + 1
 
-    @property
-    def high(self) -> int:
-        return self.stable_seq + self.params.log_size
-
-    def in_window(self, seq: int) -> bool:
-        return self.stable_seq < seq <= self.high
-
     # -- Ordering ------------------------------------------------------------------
 
-    def bind(self, handlers: OrderingHandlers) -> None:
-        if self.handlers is not None:
-            raise UsageError("Minbft.bind called twice")
-        self.handlers = handlers
-
     def start(self) -> None:
-        if self.handlers is None:
-            raise UsageError("Minbft.start before bind")
-        assert not self.started
-        self.started = True
+        self.starting()
         self.load()
         self.recovery.on_start()
         if self.usig is None:
@@ -248,10 +226,6 @@ class Minbft:
 
     def compact(self, index: int, snapshot: bytes) -> None:
         self.checkpoints.on_snapshot(index, snapshot)
-
-    @property
-    def leader_hint(self) -> int:
-        return self.primary()
 
     # -- messages --------------------------------------------------------------------
 
@@ -395,41 +369,8 @@ class Minbft:
             attestation = self.encode(made)
         return self.encode(certified), batch, b"\x01", attestation
 
-    def send(self, peer: int, message: Any) -> None:
-        assert peer != self.id
-        self.stream.send(peer, message)
-
-    def send_all(self, message: Any) -> None:
-        self.stream.send_all(message)
-
     def sign(self, data: bytes) -> bytes:
         return self.context.sign(data)
-
-    def reject(self, reason: str) -> None:
-        """A peer's message dropped: counted (``minbft_rejected_<reason>``; a
-        ``stale_`` one, a late message for a number at or below the stable
-        checkpoint, harmless and common under load, as ``minbft_<reason>``),
-        never asserted on."""
-        if reason.startswith("stale_"):
-            self.context.count(f"minbft_{reason}")
-            return
-        self.context.count(f"minbft_rejected_{reason}")
-
-    def count(self, counter: str, by: int = 1) -> None:
-        self.context.count(counter, by)
-
-    # -- views -------------------------------------------------------------------------
-
-    def start_view_tasks(self, tasks: list[Coroutine[Any, Any, None]]) -> None:
-        previous = self.view_scope
-        self.view_scope = self.context.scope(f"minbft.view{self.view}")
-        if previous is not None:
-            previous.cancel()
-        for task in tasks:
-            self.view_scope.spawn(task, f"minbft.view{self.view}")
-
-    def save_view(self) -> None:
-        self.context.persist("view", (self.view, self.active))
 
     # -- execution -----------------------------------------------------------------------
 
@@ -582,9 +523,6 @@ class Minbft:
             and verify_attestation(self.scheme, attestation, self.usig_id(source))
 
     # -- durable state ---------------------------------------------------------------------
-
-    def encode(self, message: Any) -> bytes:
-        return self.codec.encode(message)
 
     def decode(self, data: bytes) -> Any:
         return self.codec.decode(data)

@@ -38,6 +38,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from replicaio.core.patience import PATIENCE_TIMEOUTS, stop_waiting, suspected_kind
+from replicaio.protocols.bft import BftNormalCase
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
     Commit,
@@ -84,14 +85,14 @@ class Slot:
         return sum(1 for cast in self.votes.values() if cast == vote)
 
 
-class NormalCase:
+class NormalCase(BftNormalCase):
     """Section 4.2 over the shared state of a :class:`Minbft`."""
 
     def __init__(self, minbft: Minbft) -> None:
-        self.minbft = minbft
+        super().__init__(minbft)
+        self.minbft = minbft  # (``replica``, typed as the Minbft)
         self.proposals: deque[bytes] = deque()
         self.last_prepared = 0  # primary: the number of its last PREPARE of this view
-        self.relay_ticks: dict[bytes, int] = {}
         # Batches other backups forwarded on suspicion: digest -> (source, batch),
         # at most ``forwarded_max`` per source (its oldest dropped beyond).
         self.forwarded: dict[bytes, tuple[int, bytes]] = {}
@@ -140,44 +141,11 @@ class NormalCase:
 
     # -- proposing ------------------------------------------------------------------------
 
-    def submit(self, batch: bytes) -> None:
-        minbft = self.minbft
-        digest = digest_of(batch)
-        relayed = minbft.relayed
-        if digest not in relayed:
-            if len(relayed) >= minbft.params.relayed_max:
-                oldest = next(iter(relayed))
-                del relayed[oldest]
-                self.relay_ticks.pop(oldest, None)
-                minbft.count("bound_minbft_relayed_max")
-            relayed[digest] = batch
-            self.relay_ticks[digest] = 0
-        if not minbft.active:
-            return
-        if minbft.is_primary:
-            self.enqueue(batch)
-            self.assign()
-        else:
-            minbft.send(minbft.primary(), Relay(batch))
+    # (``submit``, a batch of this replica's own, and ``on_relay``: ``BftNormalCase``)
 
-    def on_relay(self, source: int, relay: Relay) -> None:
+    def relay(self, batch: bytes) -> None:
         minbft = self.minbft
-        if minbft.active and not minbft.is_primary:
-            # Another backup's forward, or a relay of a replica in another view
-            # (this one's primary among them, once it left the view: its forward).
-            self.on_forward(source, relay)
-            return
-        if not minbft.active or not minbft.is_primary:
-            minbft.reject("relay_not_primary")
-            return
-        if len(relay.batch) > minbft.params.batch_bytes_max:
-            minbft.reject("relay_oversized")
-            return
-        if not self.valid_batch(relay.batch):
-            minbft.reject("relay_invalid_batch")  # backups would refuse to commit it
-            return
-        self.enqueue(relay.batch)
-        self.assign()
+        minbft.send(minbft.primary(), Relay(batch))
 
     def on_forward(self, source: int, relay: Relay) -> None:
         """A batch another backup waits for and forwarded on suspicion: keep it,

@@ -46,6 +46,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from replicaio.core.patience import PATIENCE_TIMEOUTS, stop_waiting, suspected_kind
+from replicaio.protocols.bft import BftNormalCase
 from replicaio.protocols.pbft.messages import (
     Commit,
     Prepare,
@@ -86,14 +87,14 @@ SUSPECTED_KINDS = ("relayed", "requests", "stalled", "forwarded")  # (suspicion)
 IDLE = (None, None, None, None)  # ``oldest_waits`` of a backup that waits for nothing
 
 
-class NormalCase:
+class NormalCase(BftNormalCase):
     """Section 4.2 over the shared state of a :class:`Pbft`."""
 
     def __init__(self, pbft: Pbft) -> None:
-        self.pbft = pbft
+        super().__init__(pbft)
+        self.pbft = pbft  # (``replica``, typed as the Pbft)
         self.proposals: deque[bytes] = deque()  # primary: batches waiting for a number
         self.seq_next = 1  # primary: the next number to assign
-        self.relay_ticks: dict[bytes, int] = {}  # relayed digest -> status ticks waited
         # backup: client -> the request seq it waits to see executed (SMR relayed it)
         self.awaited: dict[int, int] = {}
         # backup: its own batches SMR relayed the requests of (``relayed_max``),
@@ -153,27 +154,14 @@ class NormalCase:
 
     # -- proposing (the primary) -------------------------------------------------------
 
-    def submit(self, batch: bytes) -> None:
-        """A batch of this replica's own (a read barrier): kept until executed,
-        queued on the primary, relayed by a backup, re-relayed after a view change."""
+    # (``submit``, a batch of this replica's own, and ``on_relay``: ``BftNormalCase``)
+
+    def relay(self, batch: bytes) -> None:
         pbft = self.pbft
-        digest = digest_of(batch)
-        relayed = pbft.relayed
-        if digest not in relayed:
-            if len(relayed) >= pbft.params.relayed_max:
-                oldest = next(iter(relayed))
-                del relayed[oldest]
-                self.relay_ticks.pop(oldest, None)
-                pbft.count("bound_pbft_relayed_max")
-            relayed[digest] = batch
-            self.relay_ticks[digest] = 0
-        if not pbft.active:
-            return  # re-relayed (or queued) when the next view starts
-        if pbft.is_primary:
-            self.enqueue(batch)
-            self.assign()
-        else:
-            pbft.send(pbft.primary(), Relay(batch))
+        pbft.send(pbft.primary(), Relay(batch))
+
+    def valid_batch(self, batch: bytes) -> bool:
+        return self.pbft.valid_batch(batch)
 
     def propose(self, batch: bytes) -> None:
         """A batch of this primary's SMR: numbered while the window allows."""
@@ -317,27 +305,6 @@ class NormalCase:
         self.forwarded[digest] = (source, waits)
         pbft.count("pbft_forwards_taken")
         pbft.send(pbft.primary(), Relay(batch))
-
-    def on_relay(self, source: int, relay: Relay) -> None:
-        pbft = self.pbft
-        if pbft.active and not pbft.is_primary:
-            # Another backup's forward, or a relay of a replica in another view
-            # (this one's primary among them, once it left the view: its forward).
-            self.on_forward(source, relay)
-            return
-        if not pbft.active or not pbft.is_primary:
-            pbft.reject("relay_not_primary")
-            return
-        if len(relay.batch) > pbft.params.batch_bytes_max:
-            pbft.reject("relay_oversized")
-            return
-        if not pbft.valid_batch(relay.batch):
-            # A faulty backup's: proposed, correct backups would refuse it and
-            # this (correct) primary would be suspected.
-            pbft.reject("relay_invalid_batch")
-            return
-        self.enqueue(relay.batch)
-        self.assign()
 
     def enqueue(self, batch: bytes) -> None:
         pbft = self.pbft

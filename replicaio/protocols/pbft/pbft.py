@@ -31,16 +31,15 @@ of a step's writes is a state to restart from:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from replicaio.core.codec import Codec, DecodeError
 from replicaio.core.config import intersecting_quorum
 from replicaio.core.context import Context
-from replicaio.core.errors import UsageError
 from replicaio.core.lines import Line
-from replicaio.core.scheduler import Scope
 from replicaio.interfaces.ordering import Committed, NotLeader, OrderingHandlers
+from replicaio.protocols.bft import BftReplica
 from replicaio.protocols.pbft.barriers import BARRIER_FIELDS, ReadBarriers
 from replicaio.protocols.pbft.catch_up import LateCommits
 from replicaio.protocols.pbft.checkpoint import Checkpoints
@@ -82,7 +81,7 @@ def is_barrier(batch: bytes) -> bool:
 RECORD_FRAME_BYTES_MAX = 1 << 28
 
 
-class Pbft:
+class Pbft(BftReplica):
     """PBFT (Castro and Liskov, OSDI 1999; TOCS 2002) as an
     :class:`~replicaio.interfaces.ordering.Ordering`. Give it its own context (a
     child path): it opens one stream for the ``pbft.*`` messages there.
@@ -95,10 +94,11 @@ class Pbft:
     view_changes_type: ClassVar[type[ViewChanges]] = ViewChanges
     transfer_type: ClassVar[type[StateTransfer]] = StateTransfer
     recovery_type: ClassVar[type[Recovery]] = Recovery
+    prefix: ClassVar[str] = "pbft"
 
     def __init__(self, context: Context, params: PbftParams | None = None) -> None:
         self.context = context
-        self.params = (params or PbftParams()).validate()
+        self.params: PbftParams = (params or PbftParams()).validate()
         self.id = context.id
         self.n = context.n
         self.f = context.f
@@ -116,8 +116,8 @@ class Pbft:
                                      lambda batch: self.normal.submit(batch))
         self.status_tick = 0  # status periods elapsed (this incarnation)
         self.status_answered: dict[int, int] = {}  # peer -> the period its STATUS was answered
-        self.handlers: OrderingHandlers | None = None
-        self.view_scope: Scope | None = None
+        self.handlers = None
+        self.view_scope = None
         self.started = False
         self.executing = False
         self.codec = Codec(frame_bytes_max=RECORD_FRAME_BYTES_MAX)
@@ -142,22 +142,7 @@ class Pbft:
         }
 
     # -- quorums and windows -----------------------------------------------------
-
-    def primary(self, view: int | None = None) -> int:
-        """The primary of ``view`` (section 4.1: p = v mod |R|)."""
-        return (self.view if view is None else view) % self.n
-
-    @property
-    def is_primary(self) -> bool:
-        return self.primary() == self.id
-
-    @property
-    def high(self) -> int:
-        """H, the high watermark: h + L."""
-        return self.stable_seq + self.params.log_size
-
-    def in_window(self, seq: int) -> bool:
-        return self.stable_seq < seq <= self.high
+    # (``primary``, section 4.1's p = v mod |R|, and the window (h, H]: ``BftReplica``)
 
     @property
     def withholding(self) -> bool:
@@ -176,19 +161,10 @@ class Pbft:
 
     # -- Ordering ----------------------------------------------------------------
 
-    def bind(self, handlers: OrderingHandlers) -> None:
-        """Register SMR's handlers; once, before :meth:`start`."""
-        if self.handlers is not None:
-            raise UsageError("Pbft.bind called twice")
-        self.handlers = handlers
-
     def start(self) -> None:
         """Recover durable state, hand SMR the stable checkpoint and re-execute
         what committed above it, then resume the view (or the view change)."""
-        if self.handlers is None:
-            raise UsageError("Pbft.start before bind")
-        assert not self.started
-        self.started = True
+        self.starting()
         self.recovery.on_start()
         self.load()
         self.context.spawn(self.status_loop(), "pbft.status")
@@ -235,10 +211,6 @@ class Pbft:
         self.checkpoints.on_snapshot(index, snapshot)
 
     @property
-    def leader_hint(self) -> int:
-        return self.primary()
-
-    @property
     def view_hint(self) -> int:
         """The view (``Views``): every reply carries it, with the primary."""
         return self.view
@@ -255,13 +227,6 @@ class Pbft:
         if late and self.late.offer(message):  # committed certificates of older views
             return
         self.dispatch[kind](source, message)
-
-    def send(self, peer: int, message: Any) -> None:
-        assert peer != self.id
-        self.stream.send(peer, message)
-
-    def send_all(self, message: Any) -> None:
-        self.stream.send_all(message)
 
     def sign(self, message: Any) -> bytes:
         return self.context.sign(signed_bytes(message))
@@ -285,32 +250,7 @@ class Pbft:
         assert handlers is not None
         return handlers.validate_batch(batch, proposer)
 
-    def reject(self, reason: str) -> None:
-        """A peer's message dropped: counted (``pbft_rejected_<reason>``; a
-        ``stale_`` one, a late message for a number at or below the stable
-        checkpoint, harmless and common under load, as ``pbft_<reason>``),
-        never asserted on."""
-        if reason.startswith("stale_"):
-            self.context.count(f"pbft_{reason}")
-            return
-        self.context.count(f"pbft_rejected_{reason}")
-
-    def count(self, counter: str, by: int = 1) -> None:
-        self.context.count(counter, by)
-
     # -- views ---------------------------------------------------------------------
-
-    def start_view_tasks(self, tasks: list[Coroutine[Any, Any, None]]) -> None:
-        """Leave the current view's tasks (cancelling them) and run ``tasks``."""
-        previous = self.view_scope
-        self.view_scope = self.context.scope(f"pbft.view{self.view}")
-        if previous is not None:
-            previous.cancel()
-        for task in tasks:
-            self.view_scope.spawn(task, f"pbft.view{self.view}")
-
-    def save_view(self) -> None:
-        self.context.persist("view", (self.view, self.active))
 
     def max_pre_prepared(self) -> int:
         """The highest number with a PRE-PREPARE of this view (else h)."""
@@ -384,9 +324,6 @@ class Pbft:
             self.late.send(source, status.executed)  # catch_up.py
 
     # -- durable state ----------------------------------------------------------------
-
-    def encode(self, message: Any) -> bytes:
-        return self.codec.encode(message)
 
     def load(self) -> None:
         """Recover the records (see the module docstring) and rebuild execution."""
