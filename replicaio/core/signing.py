@@ -146,6 +146,28 @@ class KeyedHashSigner:
         return hmac.compare_digest(expected, signature)
 
 
+def ed25519_keys(
+    node_id: int, private_key: bytes, public_keys: Mapping[int, bytes]
+) -> tuple[Ed25519PrivateKey, dict[int, Ed25519PublicKey]]:
+    """Node ``node_id``'s Ed25519 private key and every node's public key (its
+    own among them), from the raw keys of a cluster file. Raises
+    :class:`~replicaio.core.errors.ConfigError` for a key of the wrong length,
+    or a private key whose public key is not ``public_keys[node_id]``.
+    (The channel's ``Ed25519Authenticator`` loads its keys here too.)"""
+    if len(private_key) != ED25519_KEY_BYTES:
+        raise ConfigError(f"an Ed25519 private key is {ED25519_KEY_BYTES} raw bytes")
+    private = Ed25519PrivateKey.from_private_bytes(private_key)
+    own = private.public_key().public_bytes_raw()
+    if public_keys.get(node_id) != own:
+        raise ConfigError(f"node {node_id}: private key does not match its public key")
+    publics: dict[int, Ed25519PublicKey] = {}
+    for node, raw in public_keys.items():
+        if len(raw) != ED25519_KEY_BYTES:
+            raise ConfigError(f"node {node}: an Ed25519 public key is 32 raw bytes")
+        publics[node] = Ed25519PublicKey.from_public_bytes(raw)
+    return private, publics
+
+
 class Ed25519Signer:
     """Ed25519 signatures: this node's private key, every node's public key."""
 
@@ -155,18 +177,8 @@ class Ed25519Signer:
     signature_bytes = ED25519_SIGNATURE_BYTES
 
     def __init__(self, node_id: int, private_key: bytes, public_keys: Mapping[int, bytes]) -> None:
-        if len(private_key) != ED25519_KEY_BYTES:
-            raise ConfigError(f"an Ed25519 private key is {ED25519_KEY_BYTES} raw bytes")
         self.node_id = node_id
-        self.private = Ed25519PrivateKey.from_private_bytes(private_key)
-        own = self.private.public_key().public_bytes_raw()
-        if public_keys.get(node_id) != own:
-            raise ConfigError(f"node {node_id}: private key does not match its public key")
-        self.publics: dict[int, Ed25519PublicKey] = {}
-        for node, raw in public_keys.items():
-            if len(raw) != ED25519_KEY_BYTES:
-                raise ConfigError(f"node {node}: an Ed25519 public key is 32 raw bytes")
-            self.publics[node] = Ed25519PublicKey.from_public_bytes(raw)
+        self.private, self.publics = ed25519_keys(node_id, private_key, public_keys)
         # SHA-256 of data -> this node's signature of it, oldest first (bounded).
         self.own: dict[bytes, bytes] = {}
 

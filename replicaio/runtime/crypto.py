@@ -39,18 +39,18 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from replicaio.core import signing
 from replicaio.core.errors import ConfigError
+from replicaio.core.signing import ed25519_keys
+
+ED25519_KEY_BYTES = signing.ED25519_KEY_BYTES  # a raw key, private or public
 
 SECRET_BYTES_MIN = 16
 PAIR_LABEL = b"replicaio pair v1"
 HMAC_TAG_BYTES = 32
 ED25519_TAG_BYTES = 64
-ED25519_KEY_BYTES = 32
 
 
 class Authenticator(Protocol):
@@ -124,19 +124,9 @@ class Ed25519Authenticator:
     def __init__(
         self, node_id: int, private_key: bytes, public_keys: Mapping[int, bytes]
     ) -> None:
-        if len(private_key) != ED25519_KEY_BYTES:
-            raise ConfigError(f"an Ed25519 private key is {ED25519_KEY_BYTES} raw bytes")
         self.node_id = node_id
-        self.private = Ed25519PrivateKey.from_private_bytes(private_key)
-        own = self.private.public_key().public_bytes_raw()
-        if public_keys.get(node_id) != own:
-            raise ConfigError(f"node {node_id}: private key does not match its public key")
-        self.publics: dict[int, Ed25519PublicKey] = {}
-        for peer, raw in public_keys.items():
-            if len(raw) != ED25519_KEY_BYTES:
-                raise ConfigError(f"node {peer}: an Ed25519 public key is 32 raw bytes")
-            if peer != node_id:
-                self.publics[peer] = Ed25519PublicKey.from_public_bytes(raw)
+        self.private, self.publics = ed25519_keys(node_id, private_key, public_keys)
+        del self.publics[node_id]  # (its own: a channel has a peer at the other end)
 
     def knows(self, peer: int) -> bool:
         return peer in self.publics
