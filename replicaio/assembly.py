@@ -38,7 +38,7 @@ import importlib.metadata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from replicaio.check.pbft import PbftChecker
 from replicaio.check.raft import RaftChecker
@@ -85,7 +85,7 @@ from replicaio.smr.params import SNAPSHOT_DEFERRALS_MAX, SmrConstants, SmrParams
 from replicaio.smr.protocol import SmrFactory
 from replicaio.smr.replica import Replica
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
-from replicaio.testing.variants.minbft import MINBFT_VARIANTS
+from replicaio.testing.variants.minbft import MINBFT_VARIANTS, MinbftVariant
 from replicaio.testing.variants.minbft_byzantine import (
     FreshAnchorViewChanges,
     HidingMinbft,
@@ -96,7 +96,7 @@ from replicaio.testing.variants.minbft_byzantine import (
     SilentPrimary,
     UnseenViewChanges,
 )
-from replicaio.testing.variants.pbft import PBFT_VARIANTS
+from replicaio.testing.variants.pbft import PBFT_VARIANTS, PbftVariant
 from replicaio.testing.variants.raft import RAFT_VARIANTS
 from replicaio.testing.variants.txn import TXN_VARIANTS
 
@@ -494,6 +494,39 @@ def bft_kv_params(parameters: Mapping[str, int]) -> KvParams:
     return kv_params(parameters, BFT_STORE_BYTES_DEFAULT, tombstones_max=BFT_TOMBSTONES_MAX)
 
 
+class BftWindow(TypedDict):
+    """The parameters PBFT and MinBFT take alike from a service's (``PbftParams``,
+    ``MinbftParams`` keywords)."""
+
+    checkpoint_interval: int
+    log_size: int
+    batch_bytes_max: int
+    snapshot_bytes_max: int
+    view_change_timeout_us: int
+
+
+def bft_parts(
+    name: str, parameters: Mapping[str, int], *, interval_default: int, inflight_default: int,
+    snapshot_bytes_max: int, view_timeout_us_default: int,
+) -> tuple[SmrParams, SmrConstants, KvParams, BftWindow]:
+    """What PBFT's and MinBFT's builders derive alike from a service's
+    parameters: SMR's parameters and constants, the store's bounds, and the
+    protocol's window (K = ``snapshot=``, L = 2K), batch and snapshot bounds
+    and view-change timeout (``view_timeout=``, milliseconds)."""
+    interval = parameters.get("snapshot", interval_default) or interval_default
+    smr_params = SmrParams(batches_inflight_max=parameters.get("inflight", inflight_default))
+    constants = bft_constants(parameters, interval)
+    kv = bft_kv_params(parameters)
+    window = BftWindow(
+        checkpoint_interval=interval, log_size=2 * interval,
+        batch_bytes_max=PBFT_BATCH_BYTES_MAX,
+        snapshot_bytes_max=snapshot_bytes_needed(name, kv, constants, snapshot_bytes_max),
+        view_change_timeout_us=1000 * parameters.get(
+            "view_timeout", view_timeout_us_default // 1000),
+    )
+    return smr_params, constants, kv, window
+
+
 def pbft_wire() -> ModuleType:
     """PBFT's wire messages and how they are signed, for the simulator's PBFT
     behaviours (``replicaio.sim.pbft_adversary``), which attack with them."""
@@ -550,20 +583,14 @@ def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
 
     def build(name: str, parameters: Mapping[str, int]) -> ProtocolFactory:
         pbft_type = PBFT_VARIANTS[variant].pbft_type if variant else Pbft
-        interval = parameters.get("snapshot", PBFT_CHECKPOINT_INTERVAL) or PBFT_CHECKPOINT_INTERVAL
-        smr_params = SmrParams(
-            batches_inflight_max=parameters.get("inflight", PBFT_BATCHES_INFLIGHT),
+        smr_params, constants, kv, window = bft_parts(
+            name, parameters, interval_default=PBFT_CHECKPOINT_INTERVAL,
+            inflight_default=PBFT_BATCHES_INFLIGHT,
+            snapshot_bytes_max=pbft_messages.SNAPSHOT_BYTES_MAX,
+            view_timeout_us_default=PbftParams().view_change_timeout_us,
         )
-        constants = bft_constants(parameters, interval)
-        kv = bft_kv_params(parameters)
         pbft_params = PbftParams(
-            checkpoint_interval=interval, log_size=2 * interval,
-            batch_bytes_max=PBFT_BATCH_BYTES_MAX,
-            snapshot_bytes_max=snapshot_bytes_needed(
-                name, kv, constants, pbft_messages.SNAPSHOT_BYTES_MAX),
-            commits_on_channel=bool(parameters.get("replica_macs", 1)),
-            view_change_timeout_us=1000 * parameters.get(
-                "view_timeout", PbftParams().view_change_timeout_us // 1000),
+            **window, commits_on_channel=bool(parameters.get("replica_macs", 1)),
         ).validate()
         return SmrFactory(
             name,
@@ -709,21 +736,13 @@ def build_minbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protoc
 
     def build(name: str, parameters: Mapping[str, int]) -> ProtocolFactory:
         minbft_type = MINBFT_VARIANTS[variant].minbft_type if variant else Minbft
-        interval = parameters.get("snapshot", MINBFT_CHECKPOINT_INTERVAL) or \
-            MINBFT_CHECKPOINT_INTERVAL
-        smr_params = SmrParams(
-            batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
+        smr_params, constants, kv, window = bft_parts(
+            name, parameters, interval_default=MINBFT_CHECKPOINT_INTERVAL,
+            inflight_default=SmrParams().batches_inflight_max,
+            snapshot_bytes_max=minbft_messages.SNAPSHOT_BYTES_MAX,
+            view_timeout_us_default=MinbftParams().view_change_timeout_us,
         )
-        constants = bft_constants(parameters, interval)
-        kv = bft_kv_params(parameters)
-        minbft_params = MinbftParams(
-            checkpoint_interval=interval, log_size=2 * interval,
-            batch_bytes_max=PBFT_BATCH_BYTES_MAX,
-            snapshot_bytes_max=snapshot_bytes_needed(
-                name, kv, constants, minbft_messages.SNAPSHOT_BYTES_MAX),
-            view_change_timeout_us=1000 * parameters.get(
-                "view_timeout", MinbftParams().view_change_timeout_us // 1000),
-        ).validate()
+        minbft_params = MinbftParams(**window).validate()
         return SmrFactory(
             name,
             Resilience.BYZANTINE_TRUSTED,
@@ -769,22 +788,28 @@ SERVICES.update(
                        parameters=RAFT_PARAMETERS))
     for name, variant in RAFT_VARIANTS.items()
 )
-# The deliberately broken variants of MinBFT.
-SERVICES.update(
-    (name, ServiceSpec(name, "minbft", Resilience.BYZANTINE_TRUSTED, build_minbft(name),
-                       f"BROKEN on purpose: {variant.summary}", broken=True,
-                       checkers=pbft_checkers, fast_quorums=variant.fast_quorums,
-                       reads=variant.reads, parameters=MINBFT_PARAMETERS))
-    for name, variant in MINBFT_VARIANTS.items()
-)
-# The deliberately broken variants of PBFT.
-SERVICES.update(
-    (name, ServiceSpec(name, "pbft", Resilience.BYZANTINE, build_pbft(name),
-                       f"BROKEN on purpose: {variant.summary}", broken=True,
-                       checkers=pbft_checkers, fast_quorums=variant.fast_quorums,
-                       reads=variant.reads, parameters=PBFT_PARAMETERS))
-    for name, variant in PBFT_VARIANTS.items()
-)
+
+
+def broken_bft_services(
+    family: str, resilience: Resilience,
+    build: Callable[[str], Callable[[str, Mapping[str, int]], ProtocolFactory]],
+    variants: Mapping[str, PbftVariant | MinbftVariant], parameters: frozenset[str],
+) -> dict[str, ServiceSpec]:
+    """The services of PBFT's or MinBFT's deliberately broken ``variants``: the
+    protocol's, each with its variant's summary and client rule."""
+    return {
+        name: ServiceSpec(name, family, resilience, build(name),
+                          f"BROKEN on purpose: {variant.summary}", broken=True,
+                          checkers=pbft_checkers, fast_quorums=variant.fast_quorums,
+                          reads=variant.reads, parameters=parameters)
+        for name, variant in variants.items()
+    }
+
+
+SERVICES.update(broken_bft_services(
+    "minbft", Resilience.BYZANTINE_TRUSTED, build_minbft, MINBFT_VARIANTS, MINBFT_PARAMETERS))
+SERVICES.update(broken_bft_services(
+    "pbft", Resilience.BYZANTINE, build_pbft, PBFT_VARIANTS, PBFT_PARAMETERS))
 
 
 TXN_GROUPS_DEFAULT = 3
