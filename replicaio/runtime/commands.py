@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,15 +211,8 @@ def command_cluster_up(args: argparse.Namespace) -> int:
             f"{config_path} describes {cluster.n} {cluster.protocol} nodes; remove the "
             "directory to start a different cluster"
         )
-    busy = ports_in_use(cluster)
-    if busy:
-        print(f"replicaio: error: cannot start: {'; '.join(busy)}", file=sys.stderr)
-        return EXIT_FAILED
-    processes = start_nodes(directory, config_path, cluster, args.event_logs, args.log_level)
-    failed = wait_until_ready(cluster, processes, args.ready_timeout, directory)
-    if failed is not None:
-        print(f"replicaio: error: {failed}; see {directory}/node-*.log", file=sys.stderr)
-        stop_cluster(directory, timeout_s=5.0)
+    processes = launch(directory, config_path, cluster, args)
+    if processes is None:
         return EXIT_FAILED
     if args.json:
         print_json(cluster_report("cluster up", cluster, processes, config_path))
@@ -230,6 +223,34 @@ def command_cluster_up(args: argparse.Namespace) -> int:
               f"{metrics}")
     print(f"cluster up: {cluster.n} {cluster.protocol} nodes; config {config_path}")
     return EXIT_OK
+
+
+Waiter = Callable[[ClusterFile, list[subprocess.Popen[bytes]], float, Path], str | None]
+
+
+def launch(
+    directory: Path, config_path: Path, cluster: ClusterFile, args: argparse.Namespace, *,
+    client: str = "client", kind: tuple[str, ...] = NODE, serving: Waiter | None = None,
+) -> list[subprocess.Popen[bytes]] | None:
+    """Start every node of ``cluster`` (``cluster up``, ``kv up``: ``args`` gives
+    the event logs, log level and ready timeout) once all its ports are free,
+    and wait until every one is ready, and then until ``serving`` says so too:
+    the processes, or ``None`` once what failed is said on stderr (the nodes
+    started are stopped). ``client`` names the client port in what it says."""
+    busy = ports_in_use(cluster, client)
+    if busy:
+        print(f"replicaio: error: cannot start: {'; '.join(busy)}", file=sys.stderr)
+        return None
+    processes = start_nodes(directory, config_path, cluster, args.event_logs, args.log_level,
+                            kind=kind)
+    failed = wait_until_ready(cluster, processes, args.ready_timeout, directory)
+    if failed is None and serving is not None:
+        failed = serving(cluster, processes, args.ready_timeout, directory)
+    if failed is not None:
+        print(f"replicaio: error: {failed}; see {directory}/node-*.log", file=sys.stderr)
+        stop_cluster(directory, timeout_s=5.0)
+        return None
+    return processes
 
 
 def cluster_report(command: str, cluster: ClusterFile, processes: Sequence[Any],
@@ -247,8 +268,6 @@ def cluster_report(command: str, cluster: ClusterFile, processes: Sequence[Any],
 
 def write_local_cluster(directory: Path, args: argparse.Namespace) -> None:
     """Write the cluster file (and keys) of a cluster on one host."""
-    from replicaio.runtime.crypto import generate_ed25519_key
-
     n, base, host = args.nodes, args.base_port, args.host
     if n < 1 or base < 1 or base + 3 * n > 65536:
         raise UsageError("--nodes must be >= 1 and the ports B .. B+3N-1 must be valid")
@@ -265,10 +284,7 @@ def write_local_cluster(directory: Path, args: argparse.Namespace) -> None:
         if args.metrics:
             node["metrics"] = f"{host}:{base + 2 * n + node_id}"
         if args.auth == "ed25519":
-            private, public = generate_ed25519_key()
-            write_private(directory / f"node-{node_id}.key", private.hex() + "\n")
-            node["key_file"] = f"node-{node_id}.key"
-            node["public_key"] = public.hex()
+            write_node_key(directory, node)
         nodes.append(node)
     sections = write_usig_keys(directory, args.protocol, nodes)
     if args.no_fsync:
@@ -278,6 +294,19 @@ def write_local_cluster(directory: Path, args: argparse.Namespace) -> None:
         secret_file=SECRET_FILE if args.auth == "hmac" else None, sections=sections,
     )
     (directory / CLUSTER_FILE).write_text(text)
+
+
+def write_node_key(directory: Path, node: dict[str, Any]) -> None:
+    """Give ``node``, a cluster file's entry, a fresh Ed25519 key pair: the
+    private key in ``directory/node-<id>.key`` (mode 0600), named by the entry
+    with the public key."""
+    from replicaio.runtime.crypto import generate_ed25519_key
+
+    private, public = generate_ed25519_key()
+    key_file = f"node-{node['id']}.key"
+    write_private(directory / key_file, private.hex() + "\n")
+    node["key_file"] = key_file
+    node["public_key"] = public.hex()
 
 
 def write_private(path: Path, text: str) -> None:
@@ -361,14 +390,20 @@ def wait_until_ready(
 
 
 def command_cluster_down(args: argparse.Namespace) -> int:
+    return command_down(args, "cluster down")
+
+
+def command_down(args: argparse.Namespace, command: str) -> int:
+    """``cluster down``, ``kv down``: stop the cluster of ``--data-dir`` and say
+    how many node processes stopped."""
     directory = Path(args.data_dir).resolve()
     if not (directory / CLUSTER_FILE).exists():
         raise UsageError(f"no cluster in {directory}")
     stopped = stop_cluster(directory, timeout_s=args.timeout)
     if args.json:
-        print_json({"command": "cluster down", "stopped": stopped, "data_dir": str(directory)})
+        print_json({"command": command, "stopped": stopped, "data_dir": str(directory)})
     else:
-        print(f"cluster down: {stopped} node process(es) stopped")
+        print(f"{command}: {stopped} node process(es) stopped")
     return EXIT_OK
 
 

@@ -51,14 +51,15 @@ from replicaio.runtime.commands import (
     add_down_arguments,
     add_node_arguments,
     cluster_report,
+    command_down,
     command_node,
     exit_reason,
+    launch,
     node_id_of,
     ports_in_use,
     running_pids,
     start_nodes,
-    stop_cluster,
-    wait_until_ready,
+    write_node_key,
     write_private,
 )
 from replicaio.runtime.config import (
@@ -208,18 +209,9 @@ def command_kv_up(args: argparse.Namespace) -> int:
         print(f"replicaio: warning: {config_path} exists and is used as it is; ignored: "
               f"{'; '.join(ignored)} (remove the directory, or edit the file, to change them)",
               file=sys.stderr)
-    busy = ports_in_use(cluster, "RESP")
-    if busy:
-        print(f"replicaio: error: cannot start: {'; '.join(busy)}", file=sys.stderr)
-        return EXIT_FAILED
-    processes = start_nodes(directory, config_path, cluster, args.event_logs, args.log_level,
-                            kind=KV_NODE)
-    failed = wait_until_ready(cluster, processes, args.ready_timeout, directory)
-    if failed is None:
-        failed = wait_until_serving(cluster, processes, args.ready_timeout, directory)
-    if failed is not None:
-        print(f"replicaio: error: {failed}; see {directory}/node-*.log", file=sys.stderr)
-        stop_cluster(directory, timeout_s=5.0)
+    processes = launch(directory, config_path, cluster, args, client="RESP", kind=KV_NODE,
+                       serving=wait_until_serving)
+    if processes is None:
         return EXIT_FAILED
     if args.json:
         print_json(cluster_report("kv up", cluster, processes, config_path))
@@ -271,7 +263,6 @@ def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
         raise UsageError("--nodes must be >= 1 and the ports P+1 .. P+3N must be valid")
     from replicaio.assembly import service_spec, transactional_spec
     from replicaio.core.config import Resilience
-    from replicaio.runtime.crypto import generate_ed25519_key
 
     auth = getattr(args, "auth", None)
     if auth is None:
@@ -293,10 +284,7 @@ def write_kv_cluster(directory: Path, args: argparse.Namespace) -> None:
         if not args.no_metrics:
             node["metrics"] = f"{host}:{base + 2 * n + 1 + node_id}"
         if auth == "ed25519":
-            private, public = generate_ed25519_key()
-            write_private(directory / f"node-{node_id}.key", private.hex() + "\n")
-            node["key_file"] = f"node-{node_id}.key"
-            node["public_key"] = public.hex()
+            write_node_key(directory, node)
         nodes.append(node)
     host_section: dict[str, Any] = {"client_service": "resp"}
     if args.no_fsync:
@@ -452,12 +440,4 @@ def ask(host: str, port: int, request: bytes, expected: bytes, deadline: float,
 
 
 def command_kv_down(args: argparse.Namespace) -> int:
-    directory = Path(args.data_dir).resolve()
-    if not (directory / CLUSTER_FILE).exists():
-        raise UsageError(f"no cluster in {directory}")
-    stopped = stop_cluster(directory, timeout_s=args.timeout)
-    if args.json:
-        print_json({"command": "kv down", "stopped": stopped, "data_dir": str(directory)})
-    else:
-        print(f"kv down: {stopped} node process(es) stopped")
-    return EXIT_OK
+    return command_down(args, "kv down")
