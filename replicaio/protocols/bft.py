@@ -27,7 +27,7 @@ or ``start`` before ``bind`` raises :class:`~replicaio.core.errors.UsageError`.
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from replicaio.core.codec import Codec
 from replicaio.core.context import Context
@@ -37,25 +37,11 @@ from replicaio.core.stream import Stream
 from replicaio.interfaces.ordering import OrderingHandlers
 from replicaio.protocols.pbft.messages import digest_of  # (MinBFT's digests are PBFT's)
 
-
-class BatchMessage(Protocol):
-    """A RELAY (``pbft.Relay``, ``minbft.Relay``): a batch for the primary."""
-
-    @property
-    def batch(self) -> bytes: ...
-
-
-class BftParams(Protocol):
-    """The parameters the shared pieces read (``PbftParams``, ``MinbftParams``)."""
-
-    @property
-    def log_size(self) -> int: ...
-
-    @property
-    def relayed_max(self) -> int: ...
-
-    @property
-    def batch_bytes_max(self) -> int: ...
+if TYPE_CHECKING:
+    from replicaio.protocols.minbft.messages import Relay as MinbftRelay
+    from replicaio.protocols.minbft.params import MinbftParams
+    from replicaio.protocols.pbft.messages import Relay as PbftRelay
+    from replicaio.protocols.pbft.params import PbftParams
 
 
 class BftReplica:
@@ -66,7 +52,7 @@ class BftReplica:
     prefix: ClassVar[str]  # "pbft", "minbft": counters, task names, errors
 
     context: Context
-    params: BftParams
+    params: PbftParams | MinbftParams
     id: int
     n: int
     view: int
@@ -196,7 +182,7 @@ class BftNormalCase:
         else:
             self.relay(batch)
 
-    def on_relay(self, source: int, relay: BatchMessage) -> None:
+    def on_relay(self, source: int, relay: PbftRelay | MinbftRelay) -> None:
         """A batch relayed to this replica: the primary of an active view queues
         it; otherwise it is dropped, except by a backup of an active view, which
         takes it as another backup's forward (or a relay of a replica in another
