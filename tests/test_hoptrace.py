@@ -56,3 +56,28 @@ def test_garbage_collections_stamped_until_untraced(tmp_path: Path) -> None:
     assert kinds[-2:] == [(hoptrace.GC_START, 1), (hoptrace.GC_END, 1)]
     assert {kind for kind, _ in kinds} == {hoptrace.GC_START, hoptrace.GC_END}
     trace.untrace_gc()  # idempotent
+
+
+@pytest.mark.parametrize("marks_in_log", [True, False])
+def test_the_marks_flush_is_stamped_where_the_mark_lives(tmp_path: Path,
+                                                         marks_in_log: bool) -> None:
+    """A lone batch's two flushes each get their stamp, the log's (``SYNC_IN`` ->
+    ``LOG_FLUSHED``) and then the mark's (``MARKED``), with the mark in a slot of
+    the log (ADR 0045, the default) as in the superblock, whether the host syncs
+    in one call or pipelined (``write_sealed``, then ``mark_flushed``). A mark
+    carried by the next batch's flush writes nothing and is stamped at once."""
+    from replicaio.storage.file import FileStorage
+
+    trace = hoptrace.HopTrace(tmp_path / "node0.hops")
+    with FileStorage(tmp_path / "data", marks_in_log=marks_in_log) as storage:
+        trace.trace_storage(storage)
+        storage.put("a", b"1")
+        storage.sync()  # one call: write and flush, then the mark
+        storage.put("b", b"2")
+        sealed = storage.seal()
+        assert sealed is not None
+        storage.write_sealed(sealed)  # pipelined, the log thread's two calls
+        assert storage.mark_flushed() == sealed.batch
+        kinds = [kind for _, kind, _ in trace.events]
+        assert kinds == [hoptrace.SYNC_IN, hoptrace.LOG_FLUSHED, hoptrace.MARKED] * 2
+        assert storage.batch_marked == sealed.batch

@@ -41,7 +41,7 @@ EARLY = 4  # the sends and replies that leave before the sync released
 SYNC_CALL = 5  # the sync handed to the worker thread
 SYNC_IN = 6  # the worker (pipelined: log) thread started the batch's write
 LOG_FLUSHED = 7  # the log's write and flush returned
-MARKED = 8  # the superblock mark's flush returned
+MARKED = 8  # the mark's flush returned (in the log or in the superblock; none if carried)
 SYNC_BACK = 9  # the batch loop resumed after the sync
 RELEASED = 10  # the batch's sends, timers, outputs and completions released
 FRAME_IN = 11  # a peer frame read (arg: peer * 10^9 + bytes)
@@ -77,22 +77,28 @@ class HopTrace:
         """Stamp the two flushes of a sync (the log's write and flush, then the
         mark's) by wrapping the store's own methods on this instance only: the
         same stamps whether the host syncs in one call (``storage.sync()``) or
-        pipelined (``write_sealed`` on its log thread, ``mark_flushed`` on its
-        mark thread, ADR 0037)."""
-        write_sealed, mark = storage.write_sealed, storage._mark
+        pipelined (``write_sealed`` on its log thread; the mark on the log
+        thread or the mark thread, ADR 0037). The mark is stamped where every
+        path marks, ``_mark_flushed``: with marks in the log (ADR 0045, the
+        default) that is a mark slot and a flush of the segment of its own (a
+        lone batch) or nothing (the mark rode the next batch's flush), with
+        marks in the superblock the superblock's write and flush. (Until
+        one33 the superblock's ``_mark`` was wrapped, which a mark in the log
+        never calls: its flush showed up in "thread done -> the loop resumes".)"""
+        write_sealed, mark_flushed = storage.write_sealed, storage._mark_flushed
 
         def traced_write_sealed(sealed: Any) -> None:
             self.stamp(SYNC_IN)
             write_sealed(sealed)
             self.stamp(LOG_FLUSHED)
 
-        def traced_mark() -> int:
-            marked: int = mark()
+        def traced_mark_flushed() -> int:
+            marked: int = mark_flushed()
             self.stamp(MARKED)
             return marked
 
         storage.write_sealed = traced_write_sealed
-        storage._mark = traced_mark
+        storage._mark_flushed = traced_mark_flushed
 
     def trace_gc(self) -> None:
         """Stamp every garbage collection's start and end (until :meth:`untrace_gc`)."""
