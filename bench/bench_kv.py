@@ -669,7 +669,10 @@ class ReplicaioSystem(System):
         cluster = self.cluster
         cluster.runs[node_id] += 1
         python = VARIANT_PYTHON.get(self.name, sys.executable)
-        command = [python, "-m", "replicaio.cli", "node", "--config",
+        # -P: without it ``-m`` puts the working directory first on sys.path, and a
+        # variant's interpreter run from a worktree's root imports that worktree's
+        # package instead of its own (a 'base' variant measured the new code).
+        command = [python, "-P", "-m", "replicaio.cli", "node", "--config",
                    str(cluster.config_path), "--id", str(node_id), "--log-level", "warning"]
         process = PROCESSES.start(command, cluster.stderr_log(node_id, cluster.runs[node_id]),
                                   stdin=subprocess.DEVNULL)

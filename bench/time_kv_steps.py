@@ -22,7 +22,10 @@ node's step starts from); ``TIME_KV_PAUSE=-S`` spins S seconds instead (the
 CPU kept busy, nothing of ours evicted but by the interpreter's own loop);
 ``TIME_KV_SPIN=S`` with a positive pause spins S seconds after the sleep (if
 a step is slow only for the CPU's wake-up, that hides it; if for cold
-caches, it does not).
+caches, it does not). ``TIME_KV_SHADOW=1`` replays the same log on a second
+core and steps it just before each timed step: the code, the types and the
+module globals are warm again, the timed core's own objects are not (so the
+cold cost splits into code and data).
 
 ``--profile`` replays under cProfile instead (run it with
 ``REPLICAIO_COMPILED=0`` to see the interpreted functions: compiled ones are
@@ -66,6 +69,7 @@ from replicaio.trace.replay import RecordedChoices, node_from_header  # noqa: E4
 
 PAUSE_S = float(os.environ.get("TIME_KV_PAUSE", "0"))
 SPIN_S = float(os.environ.get("TIME_KV_SPIN", "0"))
+SHADOW = bool(os.environ.get("TIME_KV_SHADOW"))
 
 
 def record(workdir: Path, seconds: float, clients: int) -> tuple[LocalCluster, int, int]:
@@ -107,7 +111,7 @@ def kind_of(event: Any, codec: Codec) -> str:
 
 
 def replay_timed(cluster: LocalCluster, node_id: int, profile: cProfile.Profile | None,
-                 only: str) -> dict[str, list[int]]:
+                 only: str, repeat: int = 1) -> dict[str, list[int]]:
     path = cluster.event_log(node_id, 1)
     extras = live_node_extras(str(cluster.config_path))
     with open(path, "rb") as stream:
@@ -116,13 +120,18 @@ def replay_timed(cluster: LocalCluster, node_id: int, profile: cProfile.Profile 
     codec = Codec()
     choices = RecordedChoices()
     node = None
+    shadow: Any = None  # TIME_KV_SHADOW: a second core replaying the same log
+    shadow_choices = RecordedChoices()
     timings: dict[str, list[int]] = {}
     clock = time.perf_counter_ns
-    for step in steps:
+    for step in steps * repeat:
         _, _, _, _, event_record, recorded_choices, _ = step
         event = decode_input(event_record)
         if event_record[0] == "start":
             node = node_from_header(header, node_id, choices, protocol_factory, extras)
+            if SHADOW:
+                shadow = node_from_header(header, node_id, shadow_choices, protocol_factory,
+                                          extras)
         assert node is not None
         choices.pending = deque(recorded_choices)
         kind = kind_of(event, codec)
@@ -137,6 +146,12 @@ def replay_timed(cluster: LocalCluster, node_id: int, profile: cProfile.Profile 
             until = time.perf_counter() - PAUSE_S
             while time.perf_counter() < until:
                 pass
+        if shadow is not None:
+            # The same step on a copy of the core first: the code, the types and
+            # the module globals are warm again, the node's own objects are not.
+            shadow_choices.pending = deque(recorded_choices)
+            shadow_event = decode_input(event_record)
+            shadow.step(shadow_event)
         began = clock()
         if profiled:
             assert profile is not None
@@ -170,6 +185,8 @@ def main() -> int:
     parser.add_argument("--from", dest="source", default="",
                         help="replay the logs a --keep run left in this directory")
     parser.add_argument("--nodes", default="leader,follower")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="replay each log this many times (a fresh core each time)")
     args = parser.parse_args()
     from replicaio import compiled
 
@@ -191,10 +208,12 @@ def main() -> int:
             if title not in args.nodes.split(","):
                 continue
             profile = cProfile.Profile() if args.profile else None
-            timings = replay_timed(cluster, node_id, profile, args.only)
+            timings = replay_timed(cluster, node_id, profile, args.only, args.repeat)
             show(f"{title} (node {node_id})", timings)
             if profile is not None and profile.getstats():
                 stats = pstats.Stats(profile)
+                print(f"  distinct functions called in the profiled steps: "
+                      f"{len(stats.stats)}")  # type: ignore[attr-defined]
                 stats.sort_stats("tottime").print_stats(args.top)
                 stats.sort_stats("cumulative").print_stats(args.top)
     finally:
