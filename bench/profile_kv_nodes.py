@@ -20,7 +20,13 @@ writes each profile) and the script prints:
     .venv/bin/python bench/profile_kv_nodes.py --protocol pbft --clients 64 --seconds 10
 
 cProfile slows Python code (about 1.5-2x), so absolute CPU figures are higher
-than without it; the shares are what to read. Load average and the disk's
+than without it; the shares are what to read. It sees interpreted functions
+only: with the compiled build (ADR 0049) a node's batch loop, transport and
+front run inside one compiled call and the profile is one line (uvloop's
+``wrapper``); ``REPLICAIO_COMPILED=0`` in the environment profiles the same
+code interpreted (the nodes inherit it), ``--perf`` samples the compiled one.
+At one client a step's cost is mostly its code being cold (ADR 0060): for
+that, ``bench/time_kv_steps.py``. Load average and the disk's
 fdatasync latency are printed with the figures.
 """
 
