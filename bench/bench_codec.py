@@ -5,7 +5,8 @@
 Best of 9 runs of 100,000 calls each, CPU time (``time.process_time``), for:
 a 3-field ``Echo(sender: int, seq: int, value: bytes)``, the node's
 ``Envelope(path, channel, body)`` with a bytes body, and ``Echo`` through a
-``Codec(canonical=True)``. A round trip is ``decode(encode(message))``;
+``Codec(canonical=True)``, and ``Echo`` with 4 KiB and 16 KiB values (frames
+above the fast path's 2,048 bytes: a batch of many commands). A round trip is ``decode(encode(message))``;
 ``encode`` includes the codec's own check that a peer would accept the frame.
 Figures are recorded in docs/benchmarks.md and docs/codec.md.
 """
@@ -72,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("Echo", Codec(), Echo(1, 2, b"x" * 16)),
         ("Envelope", Codec(), Envelope((3, "bracha", 7), "ECHO", b"x" * 16)),
         ("Echo canonical", Codec(canonical=True), Echo(1, 2, b"x" * 16)),
+        ("Echo 4 KiB", Codec(), Echo(1, 2, b"x" * 4096)),
+        ("Echo 16 KiB", Codec(), Echo(1, 2, b"x" * 16384)),
     ]
     for label, codec, message in cases:
         print(measure(label, codec, message, args.calls, args.repeat))

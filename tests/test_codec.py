@@ -409,6 +409,32 @@ def test_encode_error_names_the_field(codec: Codec) -> None:
         codec.encode(everything(anything=nested_tuple(5)))
 
 
+def test_a_large_frame_is_checked_as_a_peer_checks_it() -> None:
+    """A frame above the fast path's size (``_SCAN_BYTES_MIN``) is checked on
+    the very bytes that were encoded (size, scan, decode, value bounds): it
+    round-trips, and every refusal names the same reason as for a small frame."""
+    codec = Codec(frame_bytes_max=8192)
+    cls = define(
+        {
+            "pad": Annotated[bytes, Meta(max_length=8192)],
+            "items": Annotated[tuple[int, ...], Meta(max_length=4)],
+            "blob": Annotated[Value, ValueBounds(depth_max=2, items_max=4)],
+        }
+    )
+    pad = b"p" * 4000
+    good = cls(pad, (1, 2, 3), ([1, 2], {"k": 3}))
+    data, decoded = codec.encode_checked(good)
+    assert len(data) > 2048
+    assert decoded == cls(pad, (1, 2, 3), ((1, 2), {"k": 3}))  # lists come back as tuples
+    assert codec.decode(data) == decoded
+    assert encode_reason(codec, cls(pad, (1, 2, 3, 4, 5), None)) == "too_long"
+    assert encode_reason(codec, cls(pad, (), (((),),))) == "too_deep"
+    assert encode_reason(codec, cls(pad, (), (1, 2, 3, 4, 5))) == "too_long"
+    assert encode_reason(codec, cls(pad * 3, (), None)) == "oversized"
+    assert encode_reason(codec, cls(pad, ["a"], None)) == "field_type"
+    assert codec.encode(good) == data  # a failure leaves the codec as it was
+
+
 def test_packer_recovers_after_a_failed_encode(codec: Codec) -> None:
     good = codec.encode(Echo(1, 2, b"x"))
     encode_reason(codec, Tree("\ud800", ()))

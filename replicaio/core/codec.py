@@ -489,10 +489,6 @@ def _decode_error(error: Exception) -> DecodeError:
     return DecodeError("malformed", f"{type(error).__name__}: {error}")  # e.g. unhashable key
 
 
-class _SlowPath(Exception):
-    """Raised inside ``Codec.encode``'s fast path: take the slow one."""
-
-
 _ENCODE_REASON = {
     "oversized": "oversized",
     "too_deep": "too_deep",
@@ -628,10 +624,13 @@ class Codec:
         try:
             data = self._encode(message)
             if len(data) > self._fast_bytes_max:
-                raise _SlowPath
-            decoded = self._decode_typed(data)  # the peer's check, run here
-            if values:
-                _check_value_fields(decoded, values)
+                # A large frame: the peer's whole check (size, scan, decode) on
+                # these very bytes; only a failure re-encodes, to name the error.
+                decoded = self._decode_frame(data)
+            else:
+                decoded = self._decode_typed(data)  # the peer's check, run here
+                if values:
+                    _check_value_fields(decoded, values)
         except Exception as error:
             decoded = self._encode_failed(message, error)
             data = self._encode(message)
