@@ -6,8 +6,9 @@ Best of 9 runs of 100,000 calls each, CPU time (``time.process_time``), for:
 a 3-field ``Echo(sender: int, seq: int, value: bytes)``, the node's
 ``Envelope(path, channel, body)`` with a bytes body, and ``Echo`` through a
 ``Codec(canonical=True)``, and ``Echo`` with 4 KiB and 16 KiB values (frames
-above the fast path's 2,048 bytes: a batch of many commands). A round trip is ``decode(encode(message))``;
-``encode`` includes the codec's own check that a peer would accept the frame.
+above the fast path's 2,048 bytes: a batch of many commands). A round trip
+is ``decode(encode(message))``; ``encode`` includes the codec's own check
+that a peer would accept the frame.
 Figures are recorded in docs/benchmarks.md and docs/codec.md.
 """
 
