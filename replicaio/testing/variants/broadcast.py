@@ -26,36 +26,50 @@ the adversary's two rules (docs/adversary.md):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from replicaio.core.config import Resilience, intersecting_quorum
-from replicaio.core.context import Context, Ignore
+from replicaio.core.context import Context, Ignore, Link
 from replicaio.core.effects import Path
-from replicaio.core.lines import AnyOf, Line, first
+from replicaio.core.lines import AnyOf, Line
 from replicaio.protocols.broadcast import BroadcastSpec, Instances
 from replicaio.protocols.broadcast.bracha import bracha
 from replicaio.testing.variants.instances import WatermarkLastInstances
 
 
 async def bracha_weak_echo(node: Context, sender: int, value: bytes | None = None) -> bytes:
-    """Bracha with READY after only f + 1 ECHOs (the bound is ceil((n + f + 1) / 2))."""
-    f = node.f
-    send, echo, ready = node.links("SEND", "ECHO", "READY")
-    if value is not None:
-        send.to_all(value)
+    """Bracha's own one task (``bracha.bracha``, ADR 0056) with READY after only
+    f + 1 ECHOs (the bound is ceil((n + f + 1) / 2)): the shipped code, handed a
+    node whose ECHO link answers every quorum with one of f + 1."""
+    return await bracha(cast(Context, WeakEchoNode(node)), sender, value)
 
-    async def echo_the_send() -> None:
-        echo.to_all(await send.from_peer(sender))
 
-    async def ready_once_justified() -> None:
-        justified = await first(echo.quorum(f + 1), ready.quorum(f + 1))
-        ready.to_all(justified)
+class WeakEchoNode:
+    """``node`` as ``bracha-weak-echo`` shows it to Bracha: the same links, but
+    the ECHO quorum it asks for is f + 1 ECHOs (the planted bug)."""
 
-    async with node.scope() as scope:
-        scope.spawn(echo_the_send())
-        scope.spawn(ready_once_justified())
-        delivered: bytes = await ready.quorum(2 * f + 1)
-        return delivered
+    def __init__(self, node: Context) -> None:
+        self.node = node
+        self.n = node.n
+        self.f = node.f
+
+    def links(self, *names: str) -> tuple[Link[Any] | WeakQuorum, ...]:
+        return tuple(WeakQuorum(link, self.f + 1) if link.name == "ECHO" else link
+                     for link in self.node.links(*names))
+
+
+class WeakQuorum:
+    """A link whose every quorum is ``size`` peers, whatever count is asked."""
+
+    def __init__(self, link: Link[Any], size: int) -> None:
+        self.link = link
+        self.size = size
+
+    def to_all(self, value: Any) -> None:
+        self.link.to_all(value)
+
+    def quorum(self, count: int) -> Line[Any]:
+        return self.link.quorum(self.size)
 
 
 async def bracha_spins(node: Context, sender: int, value: bytes | None = None) -> bytes:
