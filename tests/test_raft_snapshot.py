@@ -39,13 +39,28 @@ def entry_keys(cluster: Cluster, node: int) -> list[str]:
     return [key for key in cluster.disks[node].recover() if f"#{ENTRY_PREFIX}" in key]
 
 
-def test_7_a_compaction_replaces_the_log_prefix_by_a_durable_snapshot() -> None:
-    cluster = Cluster(3, NO_WINDOW, compact_every=5)
+def compacted(
+    params: RaftParams, entries: int, prefix: str, *, compact_every: int = 5,
+    lagging: bool = False, latency_us: int = 1_000, raft_type: type[Raft] = Raft,
+) -> Cluster:
+    """A 3-node cluster with leader 0 (compacting every ``compact_every`` entries)
+    that applied the batches ``<prefix>0`` .. ``<prefix><entries - 1>``; with
+    ``lagging``, node 2 crashed first and only 0 and 1 applied them."""
+    cluster = Cluster(3, params, compact_every=compact_every, latency_us=latency_us,
+                      raft_type=raft_type)
     cluster.start()
     cluster.elect(0)
-    for index in range(12):
-        cluster.submit(0, f"c{index}".encode())
-    assert cluster.run(until=lambda: cluster.all_applied(b"c11"))
+    if lagging:
+        cluster.crash(2)
+    for index in range(entries):
+        cluster.submit(0, f"{prefix}{index}".encode())
+    last = f"{prefix}{entries - 1}".encode()
+    assert cluster.run(until=lambda: cluster.all_applied(last, [0, 1] if lagging else None))
+    return cluster
+
+
+def test_7_a_compaction_replaces_the_log_prefix_by_a_durable_snapshot() -> None:
+    cluster = compacted(NO_WINDOW, 12, "c")
     view = cluster.view(1)
     assert view.snapshot_index == view.applied_index // 5 * 5
     assert view.snapshot_index > 0
@@ -70,13 +85,7 @@ def test_7_a_compaction_replaces_the_log_prefix_by_a_durable_snapshot() -> None:
 
 
 def test_7_b_a_lagging_follower_receives_the_snapshot_in_chunks_then_the_rest() -> None:
-    cluster = Cluster(3, SMALL_CHUNKS, compact_every=5)
-    cluster.start()
-    cluster.elect(0)
-    cluster.crash(2)
-    for index in range(23):
-        cluster.submit(0, f"s{index}".encode())
-    assert cluster.run(until=lambda: cluster.all_applied(b"s22", [0, 1]))
+    cluster = compacted(SMALL_CHUNKS, 23, "s", lagging=True)
     cluster.restart(2)
     assert cluster.run(until=cluster.caught_up)
     chunks = [m for _, d, m in cluster.messages(InstallSnapshot, 0) if d == 2]
@@ -90,13 +99,7 @@ def test_7_b_a_lagging_follower_receives_the_snapshot_in_chunks_then_the_rest() 
 
 
 def test_7_c_a_lost_chunk_is_sent_again() -> None:
-    cluster = Cluster(3, SMALL_CHUNKS, compact_every=5)
-    cluster.start()
-    cluster.elect(0)
-    cluster.crash(2)
-    for index in range(12):
-        cluster.submit(0, f"s{index}".encode())
-    assert cluster.run(until=lambda: cluster.all_applied(b"s11", [0, 1]))
+    cluster = compacted(SMALL_CHUNKS, 12, "s", lagging=True)
     lost: list[InstallSnapshot] = []
 
     def drop(source: int, destination: int, message: object) -> bool:
@@ -218,14 +221,8 @@ def test_7_h_compacting_beyond_the_applied_index_is_a_usage_error() -> None:
 
 
 def test_7_i_compacting_again_during_a_transfer_does_not_restart_it() -> None:
-    cluster = Cluster(3, dataclasses.replace(SMALL_CHUNKS, heartbeat_us=20_000), compact_every=3,
-                      latency_us=4_000)
-    cluster.start()
-    cluster.elect(0)
-    cluster.crash(2)
-    for index in range(10):
-        cluster.submit(0, f"a{index}".encode())
-    assert cluster.run(until=lambda: cluster.all_applied(b"a9", [0, 1]))
+    cluster = compacted(dataclasses.replace(SMALL_CHUNKS, heartbeat_us=20_000), 10, "a",
+                        compact_every=3, latency_us=4_000, lagging=True)
     cluster.restart(2)
     # the transfer has begun (at the next heartbeat at the latest)
     assert cluster.run(until=lambda: bool(cluster.messages(InstallSnapshot, 0)), limit_us=40_000)
@@ -257,13 +254,7 @@ def lagging_follower_under_load(
     """Follower 2 comes back 30 entries behind while the leader keeps
     committing one entry a millisecond and compacting every 5; the snapshot
     goes in chunks of 4 bytes (16 bytes: 4 round trips of 2 ms)."""
-    cluster = Cluster(3, params, compact_every=5, raft_type=raft_type)
-    cluster.start()
-    cluster.elect(0)
-    cluster.crash(2)
-    for index in range(30):
-        cluster.submit(0, f"a{index}".encode())
-    assert cluster.run(until=lambda: cluster.all_applied(b"a29", [0, 1]))
+    cluster = compacted(params, 30, "a", lagging=True, raft_type=raft_type)
     cluster.restart(2)
     for index in range(entries):
         cluster.submit(0, f"b{index}".encode())
@@ -332,12 +323,7 @@ def test_7_k_a_follower_a_few_entries_behind_catches_up_by_entries() -> None:
 
 def test_7_l_the_window_kept_behind_the_snapshot_is_bounded_and_survives_a_restart() -> None:
     params = dataclasses.replace(FAST_PARAMS, snapshot_trailing_entries_max=3)
-    cluster = Cluster(3, params, compact_every=5)
-    cluster.start()
-    cluster.elect(0)
-    for index in range(12):
-        cluster.submit(0, f"c{index}".encode())
-    assert cluster.run(until=lambda: cluster.all_applied(b"c11"))
+    cluster = compacted(params, 12, "c")
     log = cluster.raft(1).log
     view = cluster.view(1)
     assert view.snapshot_index == view.applied_index // 5 * 5 > 3
@@ -356,12 +342,7 @@ def test_7_l_the_window_kept_behind_the_snapshot_is_bounded_and_survives_a_resta
     # The window never holds more bytes than the snapshot itself (a catch-up by
     # entries would cost more than the snapshot).
     tiny = dataclasses.replace(FAST_PARAMS, snapshot_trailing_bytes_max=5)
-    cluster = Cluster(3, tiny, compact_every=5)
-    cluster.start()
-    cluster.elect(0)
-    for index in range(12):
-        cluster.submit(0, f"c{index}".encode())
-    assert cluster.run(until=lambda: cluster.all_applied(b"c11"))
+    cluster = compacted(tiny, 12, "c")
     log = cluster.raft(1).log
     window = [log.entry(index) for index in range(log.base_index + 1, log.snapshot_index + 1)]
     assert 1 <= len(window) <= 2 and sum(len(entry.data) for entry in window) <= 5  # "cN": 2 bytes
