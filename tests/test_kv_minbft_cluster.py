@@ -14,17 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_kv_gateway_cluster import Gateway, GatewayWorkload, behind_gateway, wait_for_progress
+from test_kv_gateway_cluster import (
+    Gateway,
+    GatewayWorkload,
+    assert_linearizable,
+    behind_gateway,
+    kill_and_restart_under_load,
+    wait_for_progress,
+)
 from test_kv_hostile_clients import runtime_counters
 from test_kv_service_cluster import SECTIONS, connect
 
-from replicaio.check.history import dump_history
-from replicaio.check.linearizability import check_linearizable
 from replicaio.cli import main as cli_main
 from replicaio.runtime.local import LocalCluster
 from replicaio.torture.workload import COUNTERS, REGISTERS
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -47,23 +50,8 @@ def test_redis_clients_through_the_gateway_survive_kill_9_of_the_primary(
     client.close()
 
     workload = GatewayWorkload(cluster, 3, gateway.port)
-    workload.start()
-    try:
-        wait_for_progress(workload, 20)
-        cluster.kill(0)  # the primary of view 0
-        wait_for_progress(workload, 20)
-        cluster.start(0)
-        cluster.wait_ready([0])
-        wait_for_progress(workload, 20)
-    finally:
-        workload.finish()
-    operations = workload.recorder.operations()
-    artifacts = ROOT / "artifacts"
-    artifacts.mkdir(exist_ok=True)
-    path = artifacts / "kv-gateway-minbft-history.jsonl"
-    dump_history(operations, path)
-    result = check_linearizable(operations, time_budget_s=120)
-    assert result.linearizable is True, result.describe()[:2000]
+    kill_and_restart_under_load(cluster, workload, 0)  # the primary of view 0
+    assert_linearizable(workload, "kv-gateway-minbft-history.jsonl")
     assert workload.ok_count() >= 60
     assert set(REGISTERS) | set(COUNTERS)
 
@@ -112,9 +100,7 @@ def test_an_hmac_usig_cluster_serves_past_a_live_byzantine_primary(tmp_path: Pat
             gateway.close()
         cluster.close()
     assert lies > 0
-    operations = workload.recorder.operations()
-    result = check_linearizable(operations, time_budget_s=120)
-    assert result.linearizable is True, result.describe()[:2000]
+    assert_linearizable(workload)
 
 
 def core_counters(cluster: LocalCluster, node: int) -> dict[str, float]:
@@ -168,7 +154,5 @@ def test_a_live_byzantine_primary_minting_uis_is_replaced_and_clients_are_answer
     if behaviour == "minbft_equivocate":
         # the lie reached a backup, certified: a view change followed
         assert any(counters.get("minbft_views_started", 0) >= 1 for counters in correct), correct
-    operations = workload.recorder.operations()
-    result = check_linearizable(operations, time_budget_s=120)
-    assert result.linearizable is True, result.describe()[:2000]
+    assert_linearizable(workload)
     assert workload.ok_count() >= 30
