@@ -19,8 +19,6 @@ of one group): ``test_kv_groups_minbft_cluster.py``."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +26,13 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
-from test_kv_groups_cluster import connect, key_in, transfers_through_a_kill
+from test_kv_groups_cluster import (
+    connect,
+    key_in,
+    multi_exec_across_groups,
+    redis_cli_multi_exec,
+    transfers_through_a_kill,
+)
 
 from replicaio.runtime.local import LocalCluster
 
@@ -127,18 +131,8 @@ def test_transactions_across_groups_apply_whole(cluster: LocalCluster) -> None:
     keys = [key_in(group, "multi") for group in range(GROUPS)]
     assert client.mset({key: str(index) for index, key in enumerate(keys)})
     assert client.mget(keys) == ["0", "1", "2"]
-    a, b, c = (key_in(group, "tx") for group in range(GROUPS))
-    client.set(c, "seen")
-    pipe = client.pipeline(transaction=True)
-    pipe.set(a, 10)
-    pipe.incrby(b, 5)
-    pipe.get(c)
-    pipe.rpush(a + "-list", "x", "y")
-    pipe.get(a)
-    assert pipe.execute() == [True, 5, "seen", 2, "10"]
-    other = connect(ports(cluster)[2])  # another node's replicas executed the same
-    assert other.mget([a, b]) == ["10", "5"]
-    assert other.lrange(a + "-list", 0, -1) == ["x", "y"]
+    # (another node's replicas executed the same)
+    multi_exec_across_groups(client, connect(ports(cluster)[2]))
 
 
 def test_watch_across_groups_aborts_on_a_change(cluster: LocalCluster) -> None:
@@ -162,13 +156,7 @@ def test_watch_across_groups_aborts_on_a_change(cluster: LocalCluster) -> None:
 
 
 def test_redis_cli_multi_exec_across_groups(cluster: LocalCluster) -> None:
-    redis_cli = shutil.which("redis-cli")
-    assert redis_cli is not None, "redis-cli is part of the test environment"
-    a, b = key_in(0, "cli"), key_in(1, "cli")
-    script = f"MULTI\nSET {a} 1\nINCRBY {b} 7\nGET {a}\nEXEC\n"
-    done = subprocess.run([redis_cli, "-p", str(ports(cluster)[2])], input=script.encode(),
-                          capture_output=True, timeout=60, check=True)
-    assert done.stdout.decode().split() == ["OK", "QUEUED", "QUEUED", "QUEUED", "OK", "7", "1"]
+    redis_cli_multi_exec(ports(cluster)[2], key_in(0, "cli"), key_in(1, "cli"), timeout_s=60)
 
 
 def test_transfers_across_groups_keep_the_total_through_a_kill(

@@ -113,18 +113,7 @@ def test_multi_key_commands_across_groups_apply_whole(cluster: LocalCluster) -> 
 
 def test_multi_exec_across_groups_answers_every_command(cluster: LocalCluster) -> None:
     client = connect(ports(cluster)[2])
-    a, b, c = (key_in(group, "tx") for group in range(GROUPS))
-    client.set(c, "seen")
-    pipe = client.pipeline(transaction=True)
-    pipe.set(a, 10)
-    pipe.incrby(b, 5)
-    pipe.get(c)
-    pipe.rpush(a + "-list", "x", "y")
-    pipe.get(a)
-    assert pipe.execute() == [True, 5, "seen", 2, "10"]
-    other = connect(ports(cluster)[0])
-    assert other.get(a) == "10" and other.get(b) == "5" and other.lrange(a + "-list", 0, -1) == [
-        "x", "y"]
+    _, b, c = multi_exec_across_groups(client, connect(ports(cluster)[0]))
     # A run-time error is that command's element; the rest applies (Redis's rule).
     pipe = client.pipeline(transaction=True)
     pipe.lpush(c, "not-a-list")
@@ -167,12 +156,35 @@ def test_one_command_across_groups_is_crossslot(cluster: LocalCluster) -> None:
 
 
 def test_redis_cli_multi_exec_across_groups(cluster: LocalCluster) -> None:
+    redis_cli_multi_exec(ports(cluster)[1], key_in(0, "cli"), key_in(2, "cli"), timeout_s=30)
+
+
+def multi_exec_across_groups(client: redis.Redis, other: redis.Redis) -> tuple[str, str, str]:
+    """A MULTI/EXEC through ``client`` over a key ``a``, ``b``, ``c`` of each group
+    answers every command, and ``other`` (another node's front) reads what it
+    wrote: ``(a, b, c)``."""
+    a, b, c = (key_in(group, "tx") for group in range(GROUPS))
+    client.set(c, "seen")
+    pipe = client.pipeline(transaction=True)
+    pipe.set(a, 10)
+    pipe.incrby(b, 5)
+    pipe.get(c)
+    pipe.rpush(a + "-list", "x", "y")
+    pipe.get(a)
+    assert pipe.execute() == [True, 5, "seen", 2, "10"]
+    assert other.mget([a, b]) == ["10", "5"]
+    assert other.lrange(a + "-list", 0, -1) == ["x", "y"]
+    return a, b, c
+
+
+def redis_cli_multi_exec(port: int, a: str, b: str, *, timeout_s: float) -> None:
+    """``redis-cli`` on ``port`` runs MULTI, SET ``a``, INCRBY ``b``, GET ``a``, EXEC
+    (two keys of different groups) and prints every answer."""
     redis_cli = shutil.which("redis-cli")
     assert redis_cli is not None, "redis-cli is part of the test environment"
-    a, b = key_in(0, "cli"), key_in(2, "cli")
     script = f"MULTI\nSET {a} 1\nINCRBY {b} 7\nGET {a}\nEXEC\n"
-    done = subprocess.run([redis_cli, "-p", str(ports(cluster)[1])], input=script.encode(),
-                          capture_output=True, timeout=30, check=True)
+    done = subprocess.run([redis_cli, "-p", str(port)], input=script.encode(),
+                          capture_output=True, timeout=timeout_s, check=True)
     assert done.stdout.decode().split() == ["OK", "QUEUED", "QUEUED", "QUEUED", "OK", "7", "1"]
 
 
