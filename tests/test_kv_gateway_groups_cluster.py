@@ -30,7 +30,15 @@ import pytest
 import redis
 from test_kv_gateway_cluster import Gateway
 from test_kv_groups_bft_cluster import settled
-from test_kv_groups_cluster import ACCOUNTS, BALANCE, connect, key_in, read_all, worker
+from test_kv_groups_cluster import (
+    ACCOUNTS,
+    BALANCE,
+    connect,
+    cross_group_exec,
+    key_in,
+    read_all,
+    worker,
+)
 
 from replicaio.core.codec import Codec
 from replicaio.runtime.local import LocalCluster
@@ -198,13 +206,7 @@ def test_transactions_across_groups_through_the_gateway(
     settled(lambda: client.set(c, "seen"))
 
     def transaction() -> list[Any]:
-        pipe = client.pipeline(transaction=True)
-        pipe.set(a, 10)
-        pipe.incrby(b, 5)
-        pipe.get(c)
-        pipe.rpush(a + "-list", "x", "y")
-        pipe.get(a)
-        return pipe.execute()
+        return cross_group_exec(client, a, b, c)
 
     def applied() -> bool:
         """Read back through the gateway (f+1 replicas vouch): the transaction

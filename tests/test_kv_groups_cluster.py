@@ -165,16 +165,23 @@ def multi_exec_across_groups(client: redis.Redis, other: redis.Redis) -> tuple[s
     wrote: ``(a, b, c)``."""
     a, b, c = (key_in(group, "tx") for group in range(GROUPS))
     client.set(c, "seen")
+    assert cross_group_exec(client, a, b, c) == [True, 5, "seen", 2, "10"]
+    assert other.mget([a, b]) == ["10", "5"]
+    assert other.lrange(a + "-list", 0, -1) == ["x", "y"]
+    return a, b, c
+
+
+def cross_group_exec(client: redis.Redis, a: str, b: str, c: str) -> list[Any]:
+    """What ``client`` is answered for MULTI, SET ``a`` 10, INCRBY ``b`` 5, GET
+    ``c``, RPUSH ``a``-list x y, GET ``a``, EXEC (keys of different groups)."""
     pipe = client.pipeline(transaction=True)
     pipe.set(a, 10)
     pipe.incrby(b, 5)
     pipe.get(c)
     pipe.rpush(a + "-list", "x", "y")
     pipe.get(a)
-    assert pipe.execute() == [True, 5, "seen", 2, "10"]
-    assert other.mget([a, b]) == ["10", "5"]
-    assert other.lrange(a + "-list", 0, -1) == ["x", "y"]
-    return a, b, c
+    results: list[Any] = pipe.execute()
+    return results
 
 
 def redis_cli_multi_exec(port: int, a: str, b: str, *, timeout_s: float) -> None:
