@@ -72,9 +72,14 @@ SPIN_S = float(os.environ.get("TIME_KV_SPIN", "0"))
 SHADOW = bool(os.environ.get("TIME_KV_SHADOW"))
 
 
-def record(workdir: Path, seconds: float, clients: int) -> tuple[LocalCluster, int, int]:
+def record(workdir: Path, seconds: float, clients: int,
+           protocol_params: str = "") -> tuple[LocalCluster, int, int]:
     """Run the cluster with event logs; its leader and the SETs done."""
     sections: dict[str, dict[str, Any]] = {"host": {"fsync": True, "client_service": "resp"}}
+    if protocol_params:  # e.g. notice_us=0
+        sections["protocol.params"] = {
+            key: int(value) for key, value in
+            (item.split("=") for item in protocol_params.split(","))}
     cluster = LocalCluster(workdir, protocol="raft", nodes=3, sections=sections, metrics=True,
                            auth="hmac")
     cluster.start_all()
@@ -185,6 +190,7 @@ def main() -> int:
     parser.add_argument("--from", dest="source", default="",
                         help="replay the logs a --keep run left in this directory")
     parser.add_argument("--nodes", default="leader,follower")
+    parser.add_argument("--protocol-params", default="", help="recorded with, e.g. notice_us=0")
     parser.add_argument("--repeat", type=int, default=1,
                         help="replay each log this many times (a fresh core each time)")
     args = parser.parse_args()
@@ -198,7 +204,8 @@ def main() -> int:
             cluster.directory, cluster.config_path = workdir, workdir / "cluster.toml"
             leader = int((workdir / "leader").read_text())
         else:
-            cluster, leader, ops = record(workdir, args.seconds, args.clients)
+            cluster, leader, ops = record(workdir, args.seconds, args.clients,
+                                         args.protocol_params)
             (workdir / "leader").write_text(f"{leader}\n")
             print(f"{ops} SETs at {args.clients} client(s)")
         follower = (leader + 1) % 3
