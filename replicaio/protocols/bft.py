@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from replicaio.core.codec import Codec
 from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
+from replicaio.core.patience import ViewBackoff
 from replicaio.core.scheduler import Scope
 from replicaio.core.stream import Stream
 from replicaio.interfaces.ordering import OrderingHandlers
@@ -64,6 +65,7 @@ class BftReplica:
     started: bool
     codec: Codec
     stream: Stream
+    normal: BftNormalCase
 
     # -- quorums and windows -----------------------------------------------------
 
@@ -156,6 +158,11 @@ class BftNormalCase:
     :meth:`relay`, :meth:`enqueue`, :meth:`assign`, :meth:`on_forward` and
     :meth:`valid_batch`."""
 
+    # Primaries this backup asked to replace since it last waited for nothing
+    # at both ends of a timeout (each doubles every timer of a view once more:
+    # ``BftViewChanges.timeout_us``); set by the subclass.
+    replaced: int
+
     def __init__(self, replica: BftReplica) -> None:
         self.replica = replica
         self.relay_ticks: dict[bytes, int] = {}  # relayed digest -> status ticks waited
@@ -226,3 +233,42 @@ class BftNormalCase:
     def valid_batch(self, batch: bytes) -> bool:
         """Whether a batch another replica gives this one may be ordered."""
         raise NotImplementedError
+
+
+class BftViewChanges(ViewBackoff):
+    """The back-off of every timer of a :class:`BftReplica`'s current view
+    (:class:`~replicaio.core.patience.ViewBackoff`, ADR 0040, 0046), under the
+    protocol's view changes (a subclass). The view's timeout is
+    ``view_change_timeout_us`` doubled per view in a row before it without
+    progress, fixed when the replica moved to the view, and at least once per
+    primary this backup asked to replace since it last waited for nothing
+    (``replaced``). A view that starts but executes nothing does not reset the
+    back-off (before 2026-12-06 a view start did: ADR 0039, 0040), nor does its
+    first batch (a timer shorter than a batch round would replace primary after
+    primary: ADR 0046)."""
+
+    def __init__(self, replica: BftReplica) -> None:
+        self.replica = replica
+        self.init_backoff()
+
+    def timeout_us(self) -> int:
+        """The timeout of every timer of the current view (the new-view timer,
+        the backup's request timer)."""
+        replica = self.replica
+        params = replica.params
+        return self.backoff_timeout_us(params.view_change_timeout_us, replica.normal.replaced,
+                                       params.view_change_backoff_exponent_max)
+
+    def on_progress(self) -> None:
+        """A batch executed: in an active view, the ``PROGRESS_BATCHES``-th this
+        replica executed in it makes it a view with progress."""
+        replica = self.replica
+        if replica.active:
+            self.executed_in_backoff(replica.view)
+
+    def on_idle(self) -> None:
+        """This backup's request timer waited for nothing at both ends of
+        ``PATIENCE_TIMEOUTS`` timeouts in a row in its active view: the view
+        counts as progress, as ``PROGRESS_BATCHES`` executed would (a group with
+        sparse traffic shows no other; ADR 0040). The view keeps its own doubling."""
+        self.idle_in_backoff(self.replica.view)

@@ -154,7 +154,7 @@ class Minbft(BftReplica):
         self.codec = Codec(frame_bytes_max=RECORD_FRAME_BYTES_MAX)
         self.usig: Usig | None = None  # None: not started, or inert (its state lost)
         self.recovery = self.recovery_type(self)
-        self.normal = self.normal_type(self)
+        self.normal: NormalCase = self.normal_type(self)
         self.checkpoints = self.checkpoints_type(self)
         self.view_changes = self.view_changes_type(self)
         # PBFT's state transfer over this state (the same attribute names): a

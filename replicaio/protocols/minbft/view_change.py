@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 from msgspec.structs import replace
 
-from replicaio.core.patience import ViewBackoff
+from replicaio.protocols.bft import BftViewChanges
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
     NULL_DIGEST,
@@ -85,7 +85,7 @@ if TYPE_CHECKING:
 Candidate = tuple[int, int, bytes]  # (view, key, digest): the highest view, then the lowest key
 
 
-class ViewChanges(ViewBackoff):
+class ViewChanges(BftViewChanges):
     """Section 4.4 over the shared state of a :class:`Minbft`."""
 
     # A VIEW-CHANGE showing an entry of a view above 0 must carry the view's
@@ -101,7 +101,8 @@ class ViewChanges(ViewBackoff):
     decisions_shown: ClassVar[bool] = True
 
     def __init__(self, minbft: Minbft) -> None:
-        self.minbft = minbft
+        super().__init__(minbft)  # (the timers' back-off: ``BftViewChanges``)
+        self.minbft = minbft  # (``replica``, typed as the Minbft)
         self.requests: dict[int, int] = {}  # replica -> the highest view it asked for
         self.received: dict[int, ViewChange] = {}  # replica -> its VIEW-CHANGE for our view
         self.own: ViewChange | None = None
@@ -119,13 +120,10 @@ class ViewChanges(ViewBackoff):
         # view -> its NEW-VIEW certificate, for every view this replica's own
         # log shows an entry of (and the current one): durable, ``nvc<view>``.
         self.certificates: dict[int, NewViewCertificate] = {}
-        # The back-off of every timer of the current view (PBFT's,
-        # ``replicaio.core.patience.ViewBackoff``; ADR 0046): ``exponent``, fixed
-        # when this replica moves to a view (``start``), one doubling per view
-        # in a row before it without progress since ``progress_view``
-        # (``on_progress``, ``on_idle``). Not durable: a restart counts as
-        # progress in the view it restarts in (``resume``, ``load``).
-        self.init_backoff()
+        # (The back-off of every timer of the current view, ``BftViewChanges``:
+        # ``exponent``, fixed when this replica moves to a view, ``start``; not
+        # durable: a restart counts as progress in the view it restarts in,
+        # ``resume``, ``load``.)
         self.timer_view = -1
         self.sent_new_view_for = -1
         self.unfollowable_view = -1  # the view this replica asked for as unfollowable
@@ -341,36 +339,7 @@ class ViewChanges(ViewBackoff):
             # (which may wait for nothing) times them too (normal.py).
             minbft.normal.forward_waiting()
 
-    def timeout_us(self) -> int:
-        """The timeout of every timer of the current view:
-        ``view_change_timeout_us`` doubled per view in a row before it without
-        progress, fixed when this replica moved to the view, and at least once
-        per primary this backup asked to replace since it last waited for
-        nothing (``NormalCase.replaced``; ``ViewBackoff``, shared with PBFT; ADR
-        0046). A view that starts but
-        executes nothing does not reset the back-off (before 2026-12-06 a view
-        start did, and the request and primary timers never doubled: ADR
-        0039), nor does its first batch (until ADR 0046 one batch executed
-        brought the view's own timers back to one timeout: a timer shorter than
-        a batch round then replaced primary after primary)."""
-        minbft = self.minbft
-        params = minbft.params
-        return self.backoff_timeout_us(params.view_change_timeout_us, minbft.normal.replaced,
-                                       params.view_change_backoff_exponent_max)
-
-    def on_progress(self) -> None:
-        """A batch executed: in an active view, the ``PROGRESS_BATCHES``-th this
-        replica executed in it makes it a view with progress."""
-        minbft = self.minbft
-        if minbft.active:
-            self.executed_in_backoff(minbft.view)
-
-    def on_idle(self) -> None:
-        """This backup's request timer waited for nothing at both ends of
-        ``PATIENCE_TIMEOUTS`` timeouts in a row in its active view: progress, as
-        ``PROGRESS_BATCHES`` executed would be (a group with sparse traffic
-        shows no other). The view keeps its own doubling."""
-        self.idle_in_backoff(self.minbft.view)
+    # (``timeout_us``, ``on_progress`` and ``on_idle``: ``BftViewChanges``)
 
     async def new_view_timer(self, view: int) -> None:
         minbft = self.minbft

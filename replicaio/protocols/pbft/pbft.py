@@ -121,7 +121,7 @@ class Pbft(BftReplica):
         self.started = False
         self.executing = False
         self.codec = Codec(frame_bytes_max=RECORD_FRAME_BYTES_MAX)
-        self.normal = self.normal_type(self)
+        self.normal: NormalCase = self.normal_type(self)
         self.checkpoints = self.checkpoints_type(self)
         self.view_changes = self.view_changes_type(self)
         self.transfer = self.transfer_type(self)

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
-from replicaio.core.patience import ViewBackoff
+from replicaio.protocols.bft import BftViewChanges
 from replicaio.protocols.pbft.messages import (
     NULL_DIGEST,
     NewView,
@@ -73,11 +73,12 @@ if TYPE_CHECKING:
 Chosen = list[tuple[int, PrePrepare | None]]  # the O set: number -> what to re-propose (None: null)
 
 
-class ViewChanges(ViewBackoff):
+class ViewChanges(BftViewChanges):
     """Sections 4.4 and 4.5.2 over the shared state of a :class:`Pbft`."""
 
     def __init__(self, pbft: Pbft) -> None:
-        self.pbft = pbft
+        super().__init__(pbft)  # (the timers' back-off: ``BftViewChanges``)
+        self.pbft = pbft  # (``replica``, typed as the Pbft)
         self.received: dict[int, ViewChange] = {}  # replica -> its newest valid VIEW-CHANGE
         # replica -> its VIEW-CHANGE for the view this replica changes to (one
         # that moved on beyond it still counts toward starting it)
@@ -87,15 +88,11 @@ class ViewChanges(ViewBackoff):
         # The last view this replica was active in (``help_peer``: it prepared
         # nothing in the views after it).
         self.last_active_view = 0
-        # The back-off of every timer of the current view (``ViewBackoff``,
-        # shared with MinBFT): ``progress_view``, the last view this replica saw
-        # progress in (``on_progress``, ``on_idle``; not durable: a restart
-        # counts as progress in the view it restarts in, ``resume``,
-        # ``Pbft.load``), and ``exponent``, the doubling fixed when this replica
-        # moved to the view (``back_off``): progress made in the view shortens
-        # the next view's timers, not its own (a timer shorter than a batch
-        # round would be back as soon as one batch executed).
-        self.init_backoff()
+        # (The back-off of every timer of the current view, ``BftViewChanges``:
+        # ``progress_view``, the last view this replica saw progress in, not
+        # durable: a restart counts as progress in the view it restarts in,
+        # ``resume``, ``Pbft.load``; ``exponent``, the doubling fixed when this
+        # replica moved to the view, ``back_off``.)
         self.timer_view = -1  # the view whose new-view timer runs
         self.sent_new_view_for = -1
 
@@ -199,32 +196,7 @@ class ViewChanges(ViewBackoff):
         (:func:`~replicaio.core.patience.backoff_exponent`)."""
         self.enter_backoff(view, self.pbft.params.view_change_backoff_exponent_max)
 
-    def timeout_us(self) -> int:
-        """The timeout of every timer of the current view (the new-view timer,
-        the backup's request timer): ``view_change_timeout_us`` doubled per view
-        in a row before it in which this replica saw no progress. A view that
-        starts and makes no progress does not reset the back-off (before
-        2026-12-06 a view start reset the new-view timer's, and the request
-        timer's doubled per primary the backup replaced until a timeout began
-        and ended idle; ADR 0040)."""
-        pbft = self.pbft
-        params = pbft.params
-        return self.backoff_timeout_us(params.view_change_timeout_us, pbft.normal.replaced,
-                                       params.view_change_backoff_exponent_max)
-
-    def on_progress(self) -> None:
-        """A batch executed: in an active view, the ``PROGRESS_BATCHES``-th this
-        replica executed in it makes it a view with progress."""
-        pbft = self.pbft
-        if pbft.active:
-            self.executed_in_backoff(pbft.view)
-
-    def on_idle(self) -> None:
-        """This backup waited for nothing at both ends of ``PATIENCE_TIMEOUTS``
-        request timeouts in a row in its active view: the view counts as
-        progress, as ``PROGRESS_BATCHES`` executed would (a group with nothing
-        to execute shows no other; ADR 0040). The view keeps its own doubling."""
-        self.idle_in_backoff(self.pbft.view)
+    # (``timeout_us``, ``on_progress`` and ``on_idle``: ``BftViewChanges``)
 
     async def new_view_timer(self, view: int) -> None:
         """Started once 2f+1 VIEW-CHANGEs for ``view`` are in; its timeout is
