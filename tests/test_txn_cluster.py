@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from replicaio.runtime.config import Address
 from replicaio.runtime.local import LocalCluster
@@ -83,17 +85,63 @@ async def transfer_worker(addresses: list[Address], index: int, stop: asyncio.Ev
         source, target = ACCOUNTS[(index + step) % 6], ACCOUNTS[(index + 2 * step + 1) % 6]
         if source == target:
             continue
-        try:
-            async with client.transaction() as t:
-                t.add(source, -1)
-                t.add(target, 1)
-            counts["committed"] += 1
-        except TransactionAborted:
-            counts["aborted"] += 1
+        if await counted_transfer(client, source, target, counts) == "aborted":
             await asyncio.sleep(pause_s)
-        except TransactionUnknown:
-            counts["unknown"] += 1
     await client.close()
+
+
+async def counted_transfer(client: TxnClient, source: str, target: str,
+                           counts: dict[str, int]) -> str:
+    """Move 1 from ``source`` to ``target`` in one transaction; its outcome
+    (``committed``, ``aborted``, ``unknown``), counted in ``counts``."""
+    try:
+        async with client.transaction() as t:
+            t.add(source, -1)
+            t.add(target, 1)
+        outcome = "committed"
+    except TransactionAborted:
+        outcome = "aborted"
+    except TransactionUnknown:
+        outcome = "unknown"
+    counts[outcome] += 1
+    return outcome
+
+
+def start_transfers(addresses: list[Address], workers: int, stop: asyncio.Event,
+                    counts: dict[str, int], *, timeout_s: float,
+                    pause_s: float) -> list[asyncio.Task[None]]:
+    """``workers`` clients running ``transfer_worker`` until ``stop``."""
+    return [asyncio.get_running_loop().create_task(transfer_worker(
+        addresses, index, stop, counts, timeout_s=timeout_s, pause_s=pause_s))
+        for index in range(workers)]
+
+
+async def kill_and_restart(cluster: LocalCluster, node: int, counts: dict[str, int]) -> None:
+    """Kill ``node`` with -9, start it again a second later, and wait until it is
+    ready and one more transfer committed."""
+    cluster.kill(node)
+    await asyncio.sleep(1.0)
+    cluster.start(node)
+    await asyncio.to_thread(cluster.wait_ready, [node])
+    before = counts["committed"]
+    await until(lambda: counts["committed"] > before, "a transfer after the restart")
+
+
+def run_live(
+    cluster: LocalCluster, scenario: Callable[[], Coroutine[Any, Any, dict[str, int]]],
+    what: str, start: Callable[[LocalCluster], None] = LocalCluster.start_all,
+) -> dict[str, int]:
+    """The counts of ``scenario`` run on ``cluster`` once ``start`` started its
+    nodes, printed with ``what`` and the time it took; the cluster is closed
+    after, whatever happens."""
+    try:
+        start(cluster)
+        started = time.monotonic()
+        counts = asyncio.run(scenario())
+        print(f"{what} {counts} in {time.monotonic() - started:.1f} s")
+        return counts
+    finally:
+        cluster.close()
 
 
 async def scenario(cluster: LocalCluster) -> dict[str, int]:
@@ -103,21 +151,11 @@ async def scenario(cluster: LocalCluster) -> dict[str, int]:
     await deposit(watcher)
     counts = {"committed": 0, "aborted": 0, "unknown": 0}
     stop = asyncio.Event()
-
-    async def worker(index: int) -> None:
-        await transfer_worker(addresses, index, stop, counts, timeout_s=5.0, pause_s=0.01)
-
-    workers = [asyncio.get_running_loop().create_task(worker(i)) for i in range(4)]
+    workers = start_transfers(addresses, 4, stop, counts, timeout_s=5.0, pause_s=0.01)
     await until(lambda: counts["committed"] >= 5, "transfers before the kills")
     for group in (0, 1):  # a coordinator's leader, then a participant's (another group)
         await until(lambda g=group: g in watcher.leaders, f"group {group}'s leader")
-        victim = watcher.leaders[group][1]
-        cluster.kill(victim)
-        await asyncio.sleep(1.0)
-        cluster.start(victim)
-        await asyncio.to_thread(cluster.wait_ready, [victim])
-        before = counts["committed"]
-        await until(lambda b=before: counts["committed"] > b, "a transfer after the restart")
+        await kill_and_restart(cluster, watcher.leaders[group][1], counts)
     stop.set()
     await asyncio.gather(*workers)
     balances = await read_all(watcher)
@@ -132,11 +170,5 @@ async def scenario(cluster: LocalCluster) -> dict[str, int]:
 
 def test_bank_total_holds_with_leaders_killed(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path, protocol="txn", nodes=3, sections=FAST)
-    try:
-        cluster.start_all()
-        started = time.monotonic()
-        counts = asyncio.run(scenario(cluster))
-        print(f"live transfers {counts} in {time.monotonic() - started:.1f} s")
-        assert counts["committed"] >= 10
-    finally:
-        cluster.close()
+    counts = run_live(cluster, lambda: scenario(cluster), "live transfers")
+    assert counts["committed"] >= 10

@@ -8,13 +8,23 @@ bank total holds, transfers commit, and no replica of any group holds a lock."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
-from test_txn_cluster import ACCOUNTS, BALANCE, FAST, deposit, read_all, transfer_worker, until
+from test_txn_cluster import (
+    ACCOUNTS,
+    BALANCE,
+    FAST,
+    counted_transfer,
+    deposit,
+    kill_and_restart,
+    read_all,
+    run_live,
+    start_transfers,
+    until,
+)
 
 from replicaio.runtime.local import LocalCluster
-from replicaio.runtime.txn_client import TransactionAborted, TransactionUnknown, TxnClient
+from replicaio.runtime.txn_client import TransactionAborted, TxnClient
 
 
 async def scenario(cluster: LocalCluster) -> dict[str, int]:
@@ -24,18 +34,9 @@ async def scenario(cluster: LocalCluster) -> dict[str, int]:
     await deposit(watcher)
     counts = {"committed": 0, "aborted": 0, "unknown": 0}
     stop = asyncio.Event()
-
-    async def worker(index: int) -> None:
-        await transfer_worker(addresses, index, stop, counts, timeout_s=10.0, pause_s=0.02)
-
-    workers = [asyncio.get_running_loop().create_task(worker(i)) for i in range(3)]
+    workers = start_transfers(addresses, 3, stop, counts, timeout_s=10.0, pause_s=0.02)
     await until(lambda: counts["committed"] >= 5, "certified transfers")
-    cluster.kill(3)
-    await asyncio.sleep(1.0)
-    cluster.start(3)
-    await asyncio.to_thread(cluster.wait_ready, [3])
-    before = counts["committed"]
-    await until(lambda: counts["committed"] > before, "a transfer after the restart")
+    await kill_and_restart(cluster, 3, counts)
     stop.set()
     await asyncio.gather(*workers)
     balances = await read_all(watcher)
@@ -52,14 +53,8 @@ async def scenario(cluster: LocalCluster) -> dict[str, int]:
 
 def test_certified_transfers_over_pbft_groups(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path, protocol="txn-pbft", nodes=4, sections=FAST)
-    try:
-        cluster.start_all()
-        started = time.monotonic()
-        counts = asyncio.run(scenario(cluster))
-        print(f"live certified transfers {counts} in {time.monotonic() - started:.1f} s")
-        assert counts["committed"] >= 5
-    finally:
-        cluster.close()
+    counts = run_live(cluster, lambda: scenario(cluster), "live certified transfers")
+    assert counts["committed"] >= 5
 
 
 LIAR = 3
@@ -89,15 +84,7 @@ async def outvoting(cluster: LocalCluster) -> dict[str, int]:
     counts = {"committed": 0, "aborted": 0, "unknown": 0}
     for step in range(40):  # transfers, every one driven by the altering liar too
         source, target = ACCOUNTS[step % 6], ACCOUNTS[(step + 1 + step // 6) % 6]
-        try:
-            async with client.transaction() as t:
-                t.add(source, -1)
-                t.add(target, 1)
-            counts["committed"] += 1
-        except TransactionAborted:
-            counts["aborted"] += 1
-        except TransactionUnknown:
-            counts["unknown"] += 1
+        await counted_transfer(client, source, target, counts)
         if counts["committed"] >= 8:
             break
     balances = await read_all(client)
@@ -115,12 +102,12 @@ def test_an_f_plus_1_client_outvotes_a_lying_altering_driver(tmp_path: Path) -> 
     transfers, each also driven (altered) by node 3, keep the bank total: every
     group refuses operations its client did not sign."""
     cluster = LocalCluster(tmp_path, protocol="txn-pbft", nodes=4, sections=FAST)
-    try:
+
+    def start(cluster: LocalCluster) -> None:
         for node in range(4):
             cluster.start(node, byzantine=BEHAVIOUR if node == LIAR else None)
         cluster.wait_ready(range(4))
-        counts = asyncio.run(outvoting(cluster))
-        print(f"live f+1 client against a lying altering driver: {counts}")
-        assert counts["committed"] >= 1
-    finally:
-        cluster.close()
+
+    counts = run_live(cluster, lambda: outvoting(cluster),
+                      "live f+1 client against a lying altering driver:", start)
+    assert counts["committed"] >= 1
