@@ -164,6 +164,9 @@ def test_live_event_logs_draw_as_one_diagram(
     for path in logs:
         with path.open("rb") as stream:
             loaded.append(load_log(stream, path.name))
+    for log in loaded:  # each run paired its clocks and said how well (a bound, >= 0)
+        options = log.header["options"]
+        assert isinstance(options["started_unix_us"], int) and options["clock_error_us"] >= 0
     model = build_diagram(loaded)
     assert model["meta"]["live"] is True and model["meta"]["n"] == 3
     assert all(node["logged"] for node in model["nodes"])
