@@ -365,3 +365,25 @@ def test_a_minbft_node_certifies_with_the_configured_usig(tmp_path: Path) -> Non
     ui = usig.create_ui(b"m")
     assert verify_ui(cluster.usig_scheme(0), b"m", ui, usig.id())  # type: ignore[arg-type]
     assert not verify_ui(simulation_scheme(), b"m", ui, usig.id())
+
+
+def test_a_node_key_is_written_private_from_its_first_byte(tmp_path: Path) -> None:
+    """``write_node_key`` (``kv up``, ``cluster up``, the local and torture
+    clusters) creates the private key with mode 0600, under any umask: a file
+    written and chmod-ed after would be readable by others in between."""
+    import os
+
+    from replicaio.core.signing import ed25519_keys
+    from replicaio.runtime.config import write_node_key
+
+    node: dict[str, Any] = {"id": 4}
+    previous = os.umask(0)
+    try:
+        write_node_key(tmp_path, node)
+    finally:
+        os.umask(previous)
+    path = tmp_path / node["key_file"]
+    assert path.name == "node-4.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    # the key pair matches (ConfigError otherwise)
+    ed25519_keys(4, bytes.fromhex(path.read_text().strip()), {4: bytes.fromhex(node["public_key"])})

@@ -38,6 +38,8 @@ from replicaio.runtime.config import (
     ClusterFile,
     load_cluster_file,
     render_cluster_file,
+    write_node_key,
+    write_private,
     write_usig_keys,
 )
 from replicaio.runtime.local import listens_on
@@ -294,25 +296,6 @@ def write_local_cluster(directory: Path, args: argparse.Namespace) -> None:
         secret_file=SECRET_FILE if args.auth == "hmac" else None, sections=sections,
     )
     (directory / CLUSTER_FILE).write_text(text)
-
-
-def write_node_key(directory: Path, node: dict[str, Any]) -> None:
-    """Give ``node``, a cluster file's entry, a fresh Ed25519 key pair: the
-    private key in ``directory/node-<id>.key`` (mode 0600), named by the entry
-    with the public key."""
-    from replicaio.runtime.crypto import generate_ed25519_key
-
-    private, public = generate_ed25519_key()
-    key_file = f"node-{node['id']}.key"
-    write_private(directory / key_file, private.hex() + "\n")
-    node["key_file"] = key_file
-    node["public_key"] = public.hex()
-
-
-def write_private(path: Path, text: str) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
 
 
 def ports_in_use(cluster: ClusterFile, client: str = "client") -> list[str]:

@@ -637,6 +637,29 @@ def parse_usig(
     return kind, secret, None
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a secret to ``path``, created with mode 0600: never readable by
+    others, not even between its creation and a later ``chmod``."""
+    import os
+
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+
+
+def write_node_key(directory: Path, node: dict[str, Any]) -> None:
+    """Give ``node``, a cluster file's entry, a fresh Ed25519 key pair: the
+    private key in ``directory/node-<id>.key`` (mode 0600), named by the entry
+    with the public key."""
+    from replicaio.runtime.crypto import generate_ed25519_key
+
+    private, public = generate_ed25519_key()
+    key_file = f"node-{node['id']}.key"
+    write_private(directory / key_file, private.hex() + "\n")
+    node["key_file"] = key_file
+    node["public_key"] = public.hex()
+
+
 def write_usig_keys(
     directory: Path, protocol: str, nodes: list[dict[str, Any]], kind: str = "ed25519"
 ) -> dict[str, dict[str, Any]]:
@@ -644,7 +667,6 @@ def write_usig_keys(
     ``directory`` (mode 0600), add each node's ``usig_key_file`` /
     ``usig_public_key`` to ``nodes`` and return the ``[usig]`` section;
     ``{}`` for any other protocol."""
-    import os
     import secrets
 
     from replicaio.runtime.crypto import generate_ed25519_key
@@ -655,9 +677,7 @@ def write_usig_keys(
         raise UsageError(f"--usig must be one of {', '.join(USIG_KINDS)}")
 
     def private(name: str, text: str) -> None:
-        descriptor = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            file.write(text)
+        write_private(directory / name, text)
 
     if kind == "hmac":
         private(USIG_SECRET_FILE, secrets.token_hex(32) + "\n")

@@ -28,6 +28,7 @@ from replicaio.runtime.config import (
     ClusterFile,
     load_cluster_file,
     render_cluster_file,
+    write_node_key,
     write_usig_keys,
 )
 
@@ -175,14 +176,7 @@ class LocalCluster:
             if metrics:
                 table["metrics"] = f"{LOOPBACK}:{ports[2 * nodes + node_id]}"
             if auth == "ed25519":  # node keys, and with them Ed25519 client signatures
-                from replicaio.runtime.crypto import generate_ed25519_key
-
-                private, public = generate_ed25519_key()
-                key_path = directory / f"node-{node_id}.key"
-                key_path.write_text(private.hex() + "\n")
-                key_path.chmod(0o600)
-                table["key_file"] = f"node-{node_id}.key"
-                table["public_key"] = public.hex()
+                write_node_key(directory, table)
             if tls:
                 table["tls_cert"] = f"certs/node-{node_id}.pem"
                 table["tls_key"] = f"certs/node-{node_id}.key"

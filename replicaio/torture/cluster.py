@@ -31,6 +31,7 @@ from replicaio.runtime.config import (
     ClusterFile,
     load_cluster_file,
     render_cluster_file,
+    write_node_key,
     write_usig_keys,
 )
 from replicaio.torture.network import Testbed
@@ -96,15 +97,8 @@ class NamespacedCluster:
                                                 str(certs / "client.key"))
         auth = "ed25519" if byzantine(protocol) else "hmac"
         if auth == "ed25519":  # BFT nodes (and their clients' requests) sign with Ed25519
-            from replicaio.runtime.crypto import generate_ed25519_key
-
             for table in tables:
-                private, public = generate_ed25519_key()
-                key_file = directory / f"node-{table['id']}.key"
-                key_file.write_text(private.hex() + "\n")
-                key_file.chmod(0o600)
-                table["key_file"] = key_file.name
-                table["public_key"] = public.hex()
+                write_node_key(directory, table)
         sections = {**sections, **write_usig_keys(directory, protocol, tables)}
         self.config_path = directory / "cluster.toml"
         self.config_path.write_text(render_cluster_file(

@@ -59,14 +59,14 @@ from replicaio.runtime.commands import (
     ports_in_use,
     running_pids,
     start_nodes,
-    write_node_key,
-    write_private,
 )
 from replicaio.runtime.config import (
     ClusterFile,
     load_cluster_file,
     protocol_with_params,
     render_cluster_file,
+    write_node_key,
+    write_private,
     write_usig_keys,
 )
 
