@@ -16,7 +16,6 @@ from msgspec.structs import replace
 
 from replicaio.core.config import Resilience
 from replicaio.core.context import Context
-from replicaio.core.patience import backoff_exponent
 from replicaio.protocols.minbft.messages import NewView, Resume
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.normal import NormalCase
@@ -25,7 +24,7 @@ from replicaio.protocols.minbft.recovery import Recovery
 from replicaio.protocols.minbft.usig import UI, Usig, UsigScheme, message_digest
 from replicaio.protocols.minbft.view_change import ViewChanges
 from replicaio.smr.client import FastQuorums, fast_quorums
-from replicaio.testing.variants.backoff import IdleNotProgress, NeverReset
+from replicaio.testing.variants.backoff import IdleNotProgress, NeverReset, ResetByOneBatch
 
 
 class CommitQuorumOffByOne(NormalCase):
@@ -172,26 +171,8 @@ class UntakenDecisions(ViewChanges):
         return
 
 
-class BackoffResetByOneBatch(ViewChanges):
-    """ADR 0039's rule (MinBFT's before ADR 0046): every timer of a view doubled
-    per view in a row before it in which this replica executed nothing, and
-    back to ``view_change_timeout_us`` as soon as one batch executes in the view;
-    no idle evidence, no doubling per primary replaced. A timer shorter than a
-    batch round is back after each view's first batch and replaces primary
-    after primary (PBFT's ``pbft-backoff-reset-by-one-batch``, ADR 0040)."""
-
-    def on_progress(self) -> None:
-        if self.minbft.active:
-            self.progress_view = self.minbft.view
-
-    def on_idle(self) -> None:
-        pass  # (ADR 0039's rule knows only batches executed)
-
-    def timeout_us(self) -> int:
-        minbft = self.minbft
-        params = minbft.params
-        return params.view_change_timeout_us << backoff_exponent(
-            minbft.view, self.progress_view, params.view_change_backoff_exponent_max)
+class BackoffResetByOneBatch(ResetByOneBatch, ViewChanges):
+    """ADR 0039's rule, MinBFT's before ADR 0046 (:class:`ResetByOneBatch`)."""
 
 
 class BackoffResetByViewStart(BackoffResetByOneBatch):

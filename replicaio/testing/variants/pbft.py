@@ -25,14 +25,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from replicaio.core.config import Resilience
-from replicaio.core.patience import backoff_exponent
 from replicaio.protocols.pbft.messages import PrePrepare, Status, ViewChange
 from replicaio.protocols.pbft.normal import NormalCase, Slot
 from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.pbft.recovery import Recovery
 from replicaio.protocols.pbft.view_change import Chosen, ViewChanges
 from replicaio.smr.client import BYZANTINE, FastQuorums, fast_quorums, reply_quorum
-from replicaio.testing.variants.backoff import IdleNotProgress, NeverReset
+from replicaio.testing.variants.backoff import IdleNotProgress, NeverReset, ResetByOneBatch
 
 
 class CommitQuorumOffByOne(NormalCase):
@@ -141,25 +140,8 @@ class BackoffResetByViewStart(ViewChanges):
             attempt, params.view_change_backoff_exponent_max)
 
 
-class BackoffResetByOneBatch(ViewChanges):
-    """MinBFT's rule (ADR 0039) in PBFT: every timer of a view doubled per view
-    in a row before it in which this replica executed nothing, and back to
-    ``view_change_timeout_us`` as soon as one batch executes in the view. A
-    timer shorter than a batch round is then back after each view's first
-    batch and replaces primary after primary (ADR 0040)."""
-
-    def on_progress(self) -> None:
-        if self.pbft.active:
-            self.progress_view = self.pbft.view
-
-    def on_idle(self) -> None:
-        pass  # (MinBFT's rule knows only batches executed)
-
-    def timeout_us(self) -> int:
-        pbft = self.pbft
-        params = pbft.params
-        return params.view_change_timeout_us << backoff_exponent(
-            pbft.view, self.progress_view, params.view_change_backoff_exponent_max)
+class BackoffResetByOneBatch(ResetByOneBatch, ViewChanges):
+    """MinBFT's rule of ADR 0039 in PBFT (:class:`ResetByOneBatch`)."""
 
 
 class BackoffIdleNotProgress(IdleNotProgress, ViewChanges):
