@@ -12,3 +12,5 @@ cdef class Instances:
     cpdef record(self, sender, seq, value)
     cpdef archive_low(self, sender)
     cpdef collect(self, sender)
+    cpdef beyond_window(self, sender, seq)
+    cpdef peer_may_open(self, sender)

@@ -211,18 +211,32 @@ class Instances:
             return Ignore("bad_instance_path", acknowledge=False)
         if seq < self.low[sender] or seq in self.delivered[sender]:
             return Ignore("instance_delivered", acknowledge=True)
-        if seq >= self.low[sender] + self.window_max:
-            self.collect(sender)  # what an earlier step delivered may go now
-        if seq >= self.low[sender] + self.window_max:
+        if self.beyond_window(sender, seq):
             self.catchup.suspect(sender, beyond_window=True)
             return Ignore("instance_beyond_window", acknowledge=False)
-        if sender == self.context.id:
-            # Only this node opens its own instances (by a request, or at restart
-            # from what it sent). A peer's message for one it has not opened is a
-            # Byzantine peer's or a stale one: opening it early, without a value,
-            # would run a second copy once the request comes.
+        if not self.peer_may_open(sender):
             return Ignore("own_instance_not_opened", acknowledge=False)
         return self.open(sender, seq, None)
+
+    # The two decisions of ``on_unknown`` that a broken variant overrides, each alone
+    # (``replicaio.testing.variants.broadcast``): called only for a message of an
+    # instance not open here, so they cost nothing on the path of open instances.
+
+    def beyond_window(self, sender: int, seq: int) -> bool:
+        """Whether ``seq`` lies beyond ``sender``'s window ``[low, low + window_max)``
+        even after collecting what earlier steps delivered; its message is then not
+        acknowledged, so the sender retransmits it once the window has moved."""
+        if seq >= self.low[sender] + self.window_max:
+            self.collect(sender)  # what an earlier step delivered may go now
+        return seq >= self.low[sender] + self.window_max
+
+    def peer_may_open(self, sender: int) -> bool:
+        """Whether a peer's message may open an instance of ``sender``: not of this
+        node. Only this node opens its own instances (by a request, or at restart
+        from what it sent); a peer's message for one it has not opened is a
+        Byzantine peer's or a stale one: opening it early, without a value, would
+        run a second copy once the request comes."""
+        return sender != self.context.id
 
     def open(self, sender: int, seq: int, value: Any, *, delivered: bool = False) -> Context:
         instance_context = self.context.child(sender, seq)

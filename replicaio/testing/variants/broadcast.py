@@ -29,8 +29,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from replicaio.core.config import Resilience, intersecting_quorum
-from replicaio.core.context import Context, Ignore, Link
-from replicaio.core.effects import Path
+from replicaio.core.context import Context, Link
 from replicaio.core.lines import AnyOf, Line
 from replicaio.protocols.broadcast import BroadcastSpec, Instances
 from replicaio.protocols.broadcast.bracha import bracha
@@ -117,19 +116,11 @@ async def consistent_weak(node: Context, sender: int, value: bytes | None = None
 
 
 class OpensOwnInstances(Instances):
-    """BROKEN on purpose: opens this node's own instances on a peer's message."""
+    """BROKEN on purpose: opens this node's own instances on a peer's message
+    (``Instances.on_unknown`` as shipped, but for its own-instance decision)."""
 
-    def on_unknown(self, rest: Path) -> Context | Ignore:
-        if len(rest) != 2:
-            return Ignore("bad_instance_path", acknowledge=False)
-        sender, seq = rest
-        if type(sender) is not int or type(seq) is not int or not 0 <= sender < self.context.n:
-            return Ignore("bad_instance_path", acknowledge=False)
-        if seq < self.low[sender] or seq in self.delivered[sender]:
-            return Ignore("instance_delivered", acknowledge=True)
-        if seq >= self.low[sender] + self.window_max:
-            return Ignore("instance_beyond_window", acknowledge=False)
-        return self.open(sender, seq, None)
+    def peer_may_open(self, sender: int) -> bool:
+        return True
 
 
 class TrustDamagedDisk(Instances):
@@ -140,19 +131,11 @@ class TrustDamagedDisk(Instances):
 
 
 class Unwindowed(Instances):
-    """BROKEN on purpose: opens an instance for any sequence number above ``low``."""
+    """BROKEN on purpose: opens an instance for any sequence number above ``low``
+    (``Instances.on_unknown`` as shipped, but for its window check)."""
 
-    def on_unknown(self, rest: Path) -> Context | Ignore:
-        if len(rest) != 2:
-            return Ignore("bad_instance_path", acknowledge=False)
-        sender, seq = rest
-        if type(sender) is not int or type(seq) is not int or not 0 <= sender < self.context.n:
-            return Ignore("bad_instance_path", acknowledge=False)
-        if seq < self.low[sender] or seq in self.delivered[sender]:
-            return Ignore("instance_delivered", acknowledge=True)
-        if sender == self.context.id:
-            return Ignore("own_instance_not_opened", acknowledge=False)
-        return self.open(sender, seq, None)
+    def beyond_window(self, sender: int, seq: int) -> bool:
+        return False
 
 
 BROADCAST_VARIANTS: dict[str, BroadcastSpec] = {
