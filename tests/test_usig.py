@@ -368,9 +368,12 @@ def test_per_replica_ed25519_keys_verify_across_replicas_and_refuse_others() -> 
 
 def test_per_replica_ed25519_keys_are_checked_up_front() -> None:
     (private, public), (_, other) = generate_ed25519_key(), generate_ed25519_key()
-    with pytest.raises(ConfigError):
+    # The checks are core.signing.ed25519_keys', their messages naming the USIG's keys.
+    with pytest.raises(ConfigError, match="replica 0: USIG Ed25519 private key does not match"):
         Ed25519KeyedUsigScheme(0, private, {0: other, 1: public})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError,
+                       match="replica 1: USIG Ed25519 public key of 5 bytes, not 32 raw bytes"):
         Ed25519KeyedUsigScheme(0, private, {0: public, 1: b"short"})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError,
+                       match="replica 0: USIG Ed25519 private key of 31 bytes, not 32 raw bytes"):
         Ed25519KeyedUsigScheme(0, private[:31], {0: public})

@@ -147,23 +147,28 @@ class KeyedHashSigner:
 
 
 def ed25519_keys(
-    node_id: int, private_key: bytes, public_keys: Mapping[int, bytes]
+    node_id: int, private_key: bytes, public_keys: Mapping[int, bytes], *,
+    kind: str = "Ed25519", who: str = "node",
 ) -> tuple[Ed25519PrivateKey, dict[int, Ed25519PublicKey]]:
     """Node ``node_id``'s Ed25519 private key and every node's public key (its
     own among them), from the raw keys of a cluster file. Raises
     :class:`~replicaio.core.errors.ConfigError` for a key of the wrong length,
-    or a private key whose public key is not ``public_keys[node_id]``.
-    (The channel's ``Ed25519Authenticator`` loads its keys here too.)"""
+    or a private key whose public key is not ``public_keys[node_id]``; its
+    message names the keys (``kind``) and whose they are (``who``, then the id).
+    (The channel's ``Ed25519Authenticator`` and MinBFT's per-replica USIG keys,
+    ``Ed25519KeyedUsigScheme``, load their keys here too.)"""
     if len(private_key) != ED25519_KEY_BYTES:
-        raise ConfigError(f"an Ed25519 private key is {ED25519_KEY_BYTES} raw bytes")
+        raise ConfigError(f"{who} {node_id}: {kind} private key of {len(private_key)} bytes, "
+                          f"not {ED25519_KEY_BYTES} raw bytes")
     private = Ed25519PrivateKey.from_private_bytes(private_key)
     own = private.public_key().public_bytes_raw()
     if public_keys.get(node_id) != own:
-        raise ConfigError(f"node {node_id}: private key does not match its public key")
+        raise ConfigError(f"{who} {node_id}: {kind} private key does not match its public key")
     publics: dict[int, Ed25519PublicKey] = {}
     for node, raw in public_keys.items():
         if len(raw) != ED25519_KEY_BYTES:
-            raise ConfigError(f"node {node}: an Ed25519 public key is 32 raw bytes")
+            raise ConfigError(f"{who} {node}: {kind} public key of {len(raw)} bytes, "
+                              f"not {ED25519_KEY_BYTES} raw bytes")
         publics[node] = Ed25519PublicKey.from_public_bytes(raw)
     return private, publics
 

@@ -71,6 +71,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from replicaio.core.codec import Message, Meta
 from replicaio.core.errors import ConfigError
+from replicaio.core.signing import ed25519_keys
 
 CERTIFICATE_BYTES_MAX = 64
 COUNTER_MAX = (1 << 63) - 1
@@ -436,17 +437,9 @@ class Ed25519KeyedUsigScheme:
 
     def __init__(self, replica: int, private_key: bytes, public_keys: dict[int, bytes],
                  operator_public_key: bytes | None = None) -> None:
-        if len(private_key) != 32:
-            raise ConfigError("a USIG Ed25519 private key is 32 raw bytes")
         self.replica = replica
-        self.private = Ed25519PrivateKey.from_private_bytes(private_key)
-        if public_keys.get(replica) != self.private.public_key().public_bytes_raw():
-            raise ConfigError(f"replica {replica}: USIG private key does not match its public key")
-        self.publics: dict[int, Ed25519PublicKey] = {}
-        for peer, raw in public_keys.items():
-            if len(raw) != 32:
-                raise ConfigError(f"replica {peer}: a USIG Ed25519 public key is 32 raw bytes")
-            self.publics[peer] = Ed25519PublicKey.from_public_bytes(raw)
+        self.private, self.publics = ed25519_keys(
+            replica, private_key, public_keys, kind="USIG Ed25519", who="replica")
         # The operator's key, which admits a new USIG epoch (None: no admissions).
         self.operator: Ed25519PublicKey | None = None
         if operator_public_key is not None:
