@@ -82,6 +82,36 @@ def test_setup_compiled_every_hot_module_and_they_load() -> None:
                              "loaded": [], "stale": []}
 
 
+# ``status()`` before any hot module is imported, and after the hot path's are.
+STATUS_FIRST = """
+import json
+from replicaio import compiled
+print(json.dumps(compiled.status()))
+"""
+STATUS_AFTER = """
+import json
+import replicaio.core.node, replicaio.sim.simulator
+from replicaio import compiled
+print(json.dumps(compiled.status()))
+"""
+
+
+def test_status_tells_the_truth_before_and_after_the_hot_modules_are_imported() -> None:
+    """Called first thing (one33: it said ``compiled: False`` then), ``status()``
+    reports what the process runs as it does once the hot path is imported: every
+    module of the manifest loaded compiled, none stale."""
+    if not built():
+        pytest.skip("no compiled build here (./run setup without a C compiler or Cython)")
+    first = json.loads(run_python(STATUS_FIRST, compiled_on=True).stdout)
+    after = json.loads(run_python(STATUS_AFTER, compiled_on=True).stdout)
+    assert first == after
+    assert first["compiled"] is True and first["reason"] == "manifest"
+    assert first["loaded"] == sorted(read_manifest()) and first["stale"] == []
+    for code in (STATUS_FIRST, STATUS_AFTER):
+        assert json.loads(run_python(code, compiled_on=False).stdout) == {
+            "compiled": False, "reason": "off (REPLICAIO_COMPILED=0)", "loaded": [], "stale": []}
+
+
 def fake_package(tmp_path: Path) -> tuple[Path, Path]:
     package = tmp_path / "pkg"
     (package / "core").mkdir(parents=True)
