@@ -93,11 +93,13 @@ from replicaio.runtime.local import free_ports
 BENCH_DIR = Path(__file__).resolve().parent
 ANCHORS_VENV = BENCH_DIR / ".venv-anchors"
 PYSYNCOBJ_NODE = BENCH_DIR / "kv_pysyncobj_node.py"
+FLOOR_NODE = BENCH_DIR / "kv_floor_node.py"
 LOOPBACK = "127.0.0.1"
 SYSTEMS = ("replicaio", "replicaio-pbft", "replicaio-pbft-gateway", "replicaio-minbft",
            "pysyncobj", "etcd", "redis", "replicaio-pbft-groups",
            "replicaio-pbft-groups-gateway", "replicaio-pbft-groups-gateway-wave",
-           "replicaio-minbft-groups", "replicaio-minbft-groups-gateway")
+           "replicaio-minbft-groups", "replicaio-minbft-groups-gateway", "floor",
+           "floor-1flush")
 SHARDED_GROUPS = 3  # the replicaio-pbft-groups systems: txn-kv-pbft:groups=3
 OP_TIMEOUT_S = 5.0  # one request; beyond it the client counts a timeout (and retries)
 
@@ -1192,6 +1194,69 @@ class PySyncObjSystem(System):
         self.processes = []
 
 
+class FloorSystem(System):
+    """``bench/kv_floor_node.py``: the thinnest Python replicated KV with replicaio's
+    shape (its docstring says what it does and leaves out), as a floor beside
+    replicaio at the same client count. Three nodes, node 0 leads (fixed)."""
+
+    nodes = 3
+    driven = "this process, asyncio, one RESP connection per client"
+
+    def __init__(self, settings: Settings, flushes: int) -> None:
+        super().__init__(settings)
+        self.flushes = flushes
+        self.name = "floor" if flushes == 2 else "floor-1flush"
+        self.durability = (
+            "fdatasync per batch; a lone batch's mark gets a second (replicaio's default)"
+            if flushes == 2 else "fdatasync per batch (etcd's guarantee)")
+        self.processes: list[subprocess.Popen[Any]] = []
+        self.port = 0
+        self.loop_name = ""
+
+    def start(self) -> None:
+        client_port, *peer_ports = free_ports(3)
+        self.port = client_port
+        for node in (1, 2, 0):
+            directory = self.settings.workdir / self.name / f"n{node}"
+            directory.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-P", str(FLOOR_NODE), "--id", str(node), "--dir",
+                       str(directory), "--flushes", str(self.flushes)]
+            command += (["--client-port", str(client_port), "--peers",
+                         ",".join(map(str, peer_ports))] if node == 0
+                        else ["--listen", str(peer_ports[node - 1])])
+            with open(directory / "node.log", "ab") as errors:
+                process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                           stdout=subprocess.PIPE, stderr=errors, text=True)
+            PROCESSES.track(process)
+            self.processes.append(process)
+            ready = PySyncObjSystem.read(process, 30.0)
+            self.loop_name = str(ready.get("loop", "?"))
+
+        async def ping() -> bool:
+            client = await RespClient.connect(self.port)
+            try:
+                return bool(await client.command(b"PING") == b"PONG")
+            finally:
+                await client.close()
+
+        wait_for(lambda: bool(run_async(ping())), 20.0, self.name)
+        log(f"{self.name}: loop {self.loop_name}")
+
+    async def connect(self, index: int) -> Any:
+        return await RespClient.connect(self.port)
+
+    def server_pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            PROCESSES.stop(process)
+        self.processes = []
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "loop": self.loop_name}
+
+
 # -- installing the anchors ---------------------------------------------------------------------
 
 
@@ -1714,6 +1779,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              [int(c) for c in args.pysyncobj_memory.split(",")], ["set"]))
         elif name == "etcd":
             plan.append((EtcdSystem(settings), args.clients, workloads))
+        elif name in ("floor", "floor-1flush"):
+            plan.append((FloorSystem(settings, 2 if name == "floor" else 1), args.clients,
+                         workloads))
         elif name == "redis":
             plan.append((RedisSystem(settings), args.clients, workloads))
     running: list[tuple[System, list[int], list[str]]] = []

@@ -37,6 +37,29 @@ def test_bench_kv_against_replicaio_only_json_and_cleanup() -> None:
     assert not Path(report["workdir"]["path"]).exists()
 
 
+def test_bench_kv_floor_answers_sets_and_gets_with_both_flush_counts() -> None:
+    """The floor (``bench/kv_floor_node.py``, the thinnest replicated KV with replicaio's
+    shape) serves the closed loop's SETs and GETs through three real processes and
+    their fsynced logs, with one flush per batch and with a lone batch's mark flush."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--systems", "floor,floor-1flush", "--clients", "1,4",
+         "--workloads", "set,mixed", "--repeat", "1", "--duration", "0.5", "--warmup", "0.2",
+         "--idle-seconds", "0", "--redis-benchmark", "", "--pysyncobj-memory", "",
+         "--no-install", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["skipped"] == {}, report["skipped"]
+    rows = {(row["system"], row["workload"], row["clients"]): row for row in report["rows"]}
+    assert set(rows) == {(system, workload, clients) for system in ("floor", "floor-1flush")
+                         for workload in ("set", "mixed") for clients in (1, 4)}
+    for row in rows.values():
+        assert row["ops"] > 0 and not row["errors"], row
+    assert report["systems"]["floor"]["loop"] == "uvloop"
+    assert not Path(report["workdir"]["path"]).exists()
+
+
 HOPS = BENCH.parent / "trace_kv_hops.py"
 
 
