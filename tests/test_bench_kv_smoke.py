@@ -78,3 +78,29 @@ def test_trace_kv_hops_follows_sets_through_every_node() -> None:
     assert len(report["critical_path"]) == 18
     for hop in report["critical_path"] + report["leader_sync"]:
         assert hop["p50_us"] >= 0, hop
+
+
+CENSUS = BENCH.parent / "census_kv_calls.py"
+
+
+def test_census_counts_the_code_one_set_runs_on_every_node() -> None:
+    """``census_kv_calls.py`` counts, between two snapshots of a profile hook in every
+    node, the functions one SET runs: the leader runs more than a follower (it also
+    parses, commits and replies), and replicaio's nodes run more than the floor's."""
+    done = subprocess.run(
+        [sys.executable, str(CENSUS), "--sets", "60", "--warmup", "20", "--floor", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    systems = json.loads(done.stdout)["systems"]
+    replicaio, floor = systems["replicaio"], systems["floor"]
+    assert len(replicaio) == 3 and "leader" in replicaio, sorted(replicaio)
+    leader = replicaio.pop("leader")
+    for follower in replicaio.values():
+        assert 0 < follower["python_functions"] < leader["python_functions"], follower
+        # Only the leader parses and answers the client's SET.
+        assert not any(module.endswith("redis_commands.py")
+                       for module, _functions, _calls in follower["modules"])
+    assert any(module.endswith("redis_commands.py") for module, _functions, _calls
+               in leader["modules"]), leader["modules"]
+    assert 0 < floor["leader"]["python_functions"] < leader["python_functions"]
