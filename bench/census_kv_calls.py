@@ -80,8 +80,9 @@ def module_of(filename: str) -> str:
 
 
 def report(before: dict[tuple[str, int, str], int], after: dict[tuple[str, int, str], int],
-           sets: int, minimum: float) -> dict[str, Any]:
-    """Functions called at least ``minimum`` times per SET between the snapshots."""
+           sets: int, minimum: float, limit: int | None = 40) -> dict[str, Any]:
+    """Functions called at least ``minimum`` times per SET between the snapshots (the
+    ``limit`` most called of them by name, every one with ``None``)."""
     per_set = {key: (count - before.get(key, 0)) / sets for key, count in after.items()}
     kept = {key: value for key, value in per_set.items() if value >= minimum}
     modules: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
@@ -98,8 +99,8 @@ def report(before: dict[tuple[str, int, str], int], after: dict[tuple[str, int, 
         "python_calls_per_set": round(sum(kept[key] for key in python), 1),
         "modules": sorted(([name, int(n), round(calls, 1)] for name, (n, calls)
                            in modules.items()), key=lambda row: (-row[1], row[0])),
-        "top": [[module_of(f) + f":{line} {name}", round(value, 1)] for (f, line, name), value
-                in sorted(kept.items(), key=lambda item: -item[1])[:40]],
+        "top": [[module_of(f) + f":{line} {name}", round(value, 2)] for (f, line, name), value
+                in sorted(kept.items(), key=lambda item: -item[1])[:limit]],
     }
 
 
@@ -119,7 +120,8 @@ def census(system: System, roles: dict[int, str], port: int, args: argparse.Name
     before = snapshot(pids, directory, 0)
     run_async(sets(port, args.sets, b"v" * args.value_bytes))
     after = snapshot(pids, directory, 1)
-    return {roles[pid]: report(before[pid], after[pid], args.sets, args.min_per_set)
+    limit = None if args.list else 40
+    return {roles[pid]: report(before[pid], after[pid], args.sets, args.min_per_set, limit)
             for pid in pids}
 
 
@@ -135,6 +137,12 @@ def print_report(name: str, nodes: dict[str, Any], top: int) -> None:
         print(f"  {role}: modules (functions, calls per SET)")
         for module, functions, calls in found["modules"][:top]:
             print(f"    {module:58} {functions:4} {calls:8}")
+    if not any(len(found["top"]) > 40 for found in nodes.values()):
+        return
+    for role, found in nodes.items():
+        print(f"  {role}: every function counted (calls per SET)")
+        for name, calls in sorted(found["top"]):
+            print(f"    {calls:7} {name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the floor (bench/kv_floor_node.py) too, after replicaio")
     parser.add_argument("--top", type=int, default=25, help="modules listed per node")
     parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument("--list", action="store_true",
+                        help="every function counted, by module (not only the 40 most called)")
     args = parser.parse_args(argv)
     if args.sets <= 0 or args.warmup < 0 or args.min_per_set <= 0:
         parser.error("--sets and --min-per-set must be positive, --warmup not negative")
