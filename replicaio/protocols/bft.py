@@ -26,8 +26,8 @@ or ``start`` before ``bind`` raises :class:`~replicaio.core.errors.UsageError`.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from replicaio.core.codec import Codec
 from replicaio.core.context import Context
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from replicaio.protocols.minbft.params import MinbftParams
     from replicaio.protocols.pbft.messages import Relay as PbftRelay
     from replicaio.protocols.pbft.params import PbftParams
+
+SlotT = TypeVar("SlotT")  # the protocol's record of one sequence number in the view
 
 
 class BftReplica:
@@ -60,12 +62,13 @@ class BftReplica:
     active: bool  # False while changing to ``view``
     stable_seq: int  # h, the low watermark
     relayed: dict[bytes, bytes]  # own batches not yet executed: digest -> batch
+    slots: dict[int, Any]  # seq in (h, H] -> the protocol's slot (``BftNormalCase.slot``)
     handlers: OrderingHandlers | None
     view_scope: Scope | None
     started: bool
     codec: Codec
     stream: Stream
-    normal: BftNormalCase
+    normal: BftNormalCase[Any]
 
     # -- quorums and windows -----------------------------------------------------
 
@@ -148,24 +151,36 @@ class BftReplica:
         return self.codec.encode(message)
 
 
-class BftNormalCase:
-    """The normal case's own batches and relays, over a :class:`BftReplica`.
+class BftNormalCase(Generic[SlotT]):
+    """The normal case's slots, own batches and relays, over a :class:`BftReplica`.
 
-    An own batch (SMR's, or a read barrier) is kept until it executes (at most
-    ``relayed_max``: the oldest is dropped, counted ``bound_<prefix>_relayed_max``);
-    the primary of an active view queues and numbers it, a backup relays it to
-    the primary (and re-relays it when a view starts). A subclass gives
-    :meth:`relay`, :meth:`enqueue`, :meth:`assign`, :meth:`on_forward` and
-    :meth:`valid_batch`."""
+    A slot (the protocol's ``SlotT``) is made on first use, for a number within
+    the window only. An own batch (SMR's, or a read barrier) is kept until it
+    executes (at most ``relayed_max``: the oldest is dropped, counted
+    ``bound_<prefix>_relayed_max``); the primary of an active view queues and
+    numbers it, a backup relays it to the primary (and re-relays it when a view
+    starts). A subclass gives :attr:`slot_type`, :meth:`relay`, :meth:`enqueue`,
+    :meth:`assign`, :meth:`on_forward` and :meth:`valid_batch`."""
 
     # Primaries this backup asked to replace since it last waited for nothing
     # at both ends of a timeout (each doubles every timer of a view once more:
     # ``BftViewChanges.timeout_us``); set by the subclass.
     replaced: int
+    slot_type: Callable[[int], SlotT]  # the protocol's slot class (made from its number)
 
     def __init__(self, replica: BftReplica) -> None:
         self.replica = replica
         self.relay_ticks: dict[bytes, int] = {}  # relayed digest -> status ticks waited
+
+    def slot(self, seq: int) -> SlotT:
+        """The slot of ``seq``, made on first use (``seq`` in the window: its
+        callers check that a peer's number is)."""
+        slots: dict[int, SlotT] = self.replica.slots
+        found = slots.get(seq)
+        if found is None:
+            assert self.replica.in_window(seq), f"slot {seq} outside the window"
+            found = slots[seq] = self.slot_type(seq)
+        return found
 
     def submit(self, batch: bytes) -> None:
         """A batch of this replica's own (a read barrier): kept until executed,

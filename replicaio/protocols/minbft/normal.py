@@ -85,8 +85,10 @@ class Slot:
         return sum(1 for cast in self.votes.values() if cast == vote)
 
 
-class NormalCase(BftNormalCase):
+class NormalCase(BftNormalCase[Slot]):
     """Section 4.2 over the shared state of a :class:`Minbft`."""
+
+    slot_type = Slot
 
     def __init__(self, minbft: Minbft) -> None:
         super().__init__(minbft)
@@ -110,14 +112,6 @@ class NormalCase(BftNormalCase):
         self.status_ticks = 0
         # Primary: a backup that cannot follow this view asked for the next one.
         self.step_down_asked = False
-
-    def slot(self, seq: int) -> Slot:
-        slots = self.minbft.slots
-        found = slots.get(seq)
-        if found is None:
-            assert self.minbft.in_window(seq), f"slot {seq} outside the window"
-            found = slots[seq] = Slot(seq)
-        return found
 
     def tasks(self) -> list[Coroutine[Any, Any, None]]:
         self.step_down_asked = False

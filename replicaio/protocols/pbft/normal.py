@@ -87,8 +87,10 @@ SUSPECTED_KINDS = ("relayed", "requests", "stalled", "forwarded")  # (suspicion)
 IDLE = (None, None, None, None)  # ``oldest_waits`` of a backup that waits for nothing
 
 
-class NormalCase(BftNormalCase):
+class NormalCase(BftNormalCase[Slot]):
     """Section 4.2 over the shared state of a :class:`Pbft`."""
+
+    slot_type = Slot
 
     def __init__(self, pbft: Pbft) -> None:
         super().__init__(pbft)
@@ -119,15 +121,7 @@ class NormalCase(BftNormalCase):
         # (``retransmit_to``): the same twice, it is stuck (one entry per replica).
         self.lagging: dict[int, tuple[int, int]] = {}
 
-    # -- slots ------------------------------------------------------------------------
-
-    def slot(self, seq: int) -> Slot:
-        slots = self.pbft.slots
-        found = slots.get(seq)
-        if found is None:
-            assert self.pbft.in_window(seq), f"slot {seq} outside the window"
-            found = slots[seq] = Slot(seq)
-        return found
+    # -- views ------------------------------------------------------------------------
 
     def tasks(self) -> list[Coroutine[Any, Any, None]]:
         """The tasks of an active view: a backup watches the primary."""
