@@ -226,17 +226,27 @@ class NormalCase(BftNormalCase[Slot]):
 
     # -- PREPARE and COMMIT ----------------------------------------------------------------
 
+    def admits(self, kind: str, view: int, seq: int) -> bool:
+        """Whether a PREPARE or COMMIT (``kind``) of ``view`` for ``seq`` is
+        taken: of this active view, above the stable checkpoint, in the window;
+        otherwise it is rejected (``<kind>_other_view``, ``stale_<kind>``: late,
+        this replica's checkpoint passed it, ``<kind>_out_of_window``)."""
+        minbft = self.minbft
+        if view != minbft.view or not minbft.active:
+            minbft.reject(f"{kind}_other_view")
+            return False
+        if seq <= minbft.stable_seq:
+            minbft.reject(f"stale_{kind}")
+            return False
+        if not minbft.in_window(seq):
+            minbft.reject(f"{kind}_out_of_window")
+            return False
+        return True
+
     def on_prepare(self, prepare: Prepare) -> None:
         """A PREPARE its primary's stream admitted: take it if it is of this view."""
         minbft = self.minbft
-        if prepare.view != minbft.view or not minbft.active:
-            minbft.reject("prepare_other_view")
-            return
-        if prepare.seq <= minbft.stable_seq:
-            minbft.reject("stale_prepare")  # (late: this replica's checkpoint passed it)
-            return
-        if not minbft.in_window(prepare.seq):
-            minbft.reject("prepare_out_of_window")
+        if not self.admits("prepare", prepare.view, prepare.seq):
             return
         handlers = minbft.handlers
         assert handlers is not None
@@ -301,15 +311,7 @@ class NormalCase(BftNormalCase[Slot]):
         self.assign()
 
     def on_commit(self, commit: Commit) -> None:
-        minbft = self.minbft
-        if commit.view != minbft.view or not minbft.active:
-            minbft.reject("commit_other_view")
-            return
-        if commit.seq <= minbft.stable_seq:
-            minbft.reject("stale_commit")  # (late: this replica's checkpoint passed it)
-            return
-        if not minbft.in_window(commit.seq):
-            minbft.reject("commit_out_of_window")
+        if not self.admits("commit", commit.view, commit.seq):
             return
         slot = self.slot(commit.seq)
         if commit.replica in slot.votes or slot.committed:
