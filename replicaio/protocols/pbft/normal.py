@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from replicaio.core.patience import PATIENCE_TIMEOUTS, stop_waiting, suspected_kind
 from replicaio.protocols.bft import BftNormalCase
@@ -58,6 +58,8 @@ from replicaio.protocols.pbft.messages import (
 
 if TYPE_CHECKING:
     from replicaio.protocols.pbft.pbft import Pbft
+
+Vote = TypeVar("Vote", Prepare, Commit)  # a replica's vote in a slot
 
 
 class Slot:
@@ -460,13 +462,20 @@ class NormalCase(BftNormalCase[Slot]):
             pbft.reject(reason)
             return
         slot = self.slot(prepare.seq)
-        known = slot.prepares.get(prepare.replica)
+        if self.take_vote(slot.prepares, prepare, "prepare"):
+            self.check_prepared(slot)
+
+    def take_vote(self, votes: dict[int, Vote], vote: Vote, kind: str) -> bool:
+        """Keep ``vote`` as its replica's first PREPARE or COMMIT (``kind``) of
+        its slot; a later one is dropped (counted as equivocation if its digest
+        differs): whether it was kept."""
+        known = votes.get(vote.replica)
         if known is not None:
-            if known.digest != prepare.digest:
-                pbft.count("pbft_prepare_equivocation_seen")
-            return
-        slot.prepares[prepare.replica] = prepare
-        self.check_prepared(slot)
+            if known.digest != vote.digest:
+                self.pbft.count(f"pbft_{kind}_equivocation_seen")
+            return False
+        votes[vote.replica] = vote
+        return True
 
     def on_commit(self, source: int, commit: Commit) -> None:
         pbft = self.pbft
@@ -478,12 +487,8 @@ class NormalCase(BftNormalCase[Slot]):
             pbft.reject(reason)
             return
         slot = self.slot(commit.seq)
-        known = slot.commits.get(commit.replica)
-        if known is not None:
-            if known.digest != commit.digest:
-                pbft.count("pbft_commit_equivocation_seen")
+        if not self.take_vote(slot.commits, commit, "commit"):
             return
-        slot.commits[commit.replica] = commit
         if on_channel:
             slot.unchecked[commit.replica] = True
             pbft.count("pbft_commits_on_channel")
