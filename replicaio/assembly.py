@@ -38,7 +38,7 @@ import importlib.metadata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, TypeVar
 
 from replicaio.check.pbft import PbftChecker
 from replicaio.check.raft import RaftChecker
@@ -82,7 +82,7 @@ from replicaio.services.txn.store import StoreParams, TxnStore
 from replicaio.smr.auth import ClientAuthenticator, MacClients
 from replicaio.smr.client import FastQuorums, fast_quorums
 from replicaio.smr.params import SNAPSHOT_DEFERRALS_MAX, SmrConstants, SmrParams
-from replicaio.smr.protocol import SmrFactory
+from replicaio.smr.protocol import AuthenticatorFactory, SmrFactory, StateMachineFactory
 from replicaio.smr.replica import Replica
 from replicaio.testing.variants.broadcast import BROADCAST_VARIANTS
 from replicaio.testing.variants.minbft import MINBFT_VARIANTS, MinbftVariant
@@ -527,6 +527,50 @@ def bft_parts(
     return smr_params, constants, kv, window
 
 
+def bft_footprint_max(smr: SmrParams, own: dict[str, int]) -> dict[str, int]:
+    """``own``, what PBFT or MinBFT may hold in its buffers, and the tasks, timers
+    and contexts both may hold beside SMR's (the simulator's bounded-memory check)."""
+    reads = smr.reads_pending_max
+    return {
+        **own,
+        "tasks": reads + smr.batches_inflight_max + 16,
+        "timers": reads + smr.batches_inflight_max + 16,
+        "contexts": 8,
+    }
+
+
+BftParamsT = TypeVar("BftParamsT", PbftParams, MinbftParams)
+
+
+def bft_factory(
+    name: str, ordering_type: Callable[[Context, BftParamsT], Any], params: BftParamsT,
+    state_machine: StateMachineFactory, smr_params: SmrParams, constants: SmrConstants,
+    authenticator: AuthenticatorFactory | None = None,
+) -> SmrFactory:
+    """PBFT or MinBFT (as ``params`` says: ``ordering_type`` is the protocol's
+    class or a broken variant of it) under SMR over ``state_machine``, with the
+    protocol's resilience, ordering path and declared footprint."""
+    if isinstance(params, PbftParams):
+        resilience, path = Resilience.BYZANTINE, "pbft"
+        footprint = functools.partial(pbft_footprint_max, params, smr_params)
+    else:
+        resilience, path = Resilience.BYZANTINE_TRUSTED, "minbft"
+        footprint = functools.partial(minbft_footprint_max, params, smr_params)
+    return SmrFactory(
+        name, resilience, lambda context: ordering_type(context, params), state_machine,
+        smr_params, ordering_path=path, constants=constants, authenticator=authenticator,
+        ordering_footprint_max=footprint,
+    )
+
+
+def txn_bft_constants(parameters: Mapping[str, int], interval: int) -> SmrConstants:
+    """SMR's constants for a transaction group of PBFT or MinBFT replicas."""
+    return smr_constants(
+        {"sessions": parameters.get("sessions", SmrConstants().sessions_max)}, interval,
+        batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
+    )
+
+
 def pbft_wire() -> ModuleType:
     """PBFT's wire messages and how they are signed, for the simulator's PBFT
     behaviours (``replicaio.sim.pbft_adversary``), which attack with them."""
@@ -547,8 +591,7 @@ def pbft_footprint_max(
     n = config.n
     window = pbft.log_size
     checkpoints = window // pbft.checkpoint_interval + 1
-    reads = smr.reads_pending_max
-    return {
+    return bft_footprint_max(smr, {
         "pbft_slots": window,
         "pbft_prepared_proofs": window,
         "pbft_relayed": pbft.relayed_max,
@@ -562,10 +605,7 @@ def pbft_footprint_max(
         "pbft_view_changes": 2 * n,
         "pbft_late": window,
         "storage_keys": 3 * window + 16,
-        "tasks": reads + smr.batches_inflight_max + 16,
-        "timers": reads + smr.batches_inflight_max + 16,
-        "contexts": 8,
-    }
+    })
 
 
 def mac_clients(context: Context, params: SmrParams) -> ClientAuthenticator:
@@ -592,16 +632,9 @@ def build_pbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
         pbft_params = PbftParams(
             **window, commits_on_channel=bool(parameters.get("replica_macs", 1)),
         ).validate()
-        return SmrFactory(
-            name,
-            Resilience.BYZANTINE,
-            lambda context: pbft_type(context, pbft_params),
-            functools.partial(KeyValueStateMachine, kv),
-            smr_params,
-            ordering_path="pbft",
-            constants=constants,
-            authenticator=mac_clients if parameters.get("macs", 0) else None,
-            ordering_footprint_max=functools.partial(pbft_footprint_max, pbft_params, smr_params),
+        return bft_factory(
+            name, pbft_type, pbft_params, functools.partial(KeyValueStateMachine, kv),
+            smr_params, constants, mac_clients if parameters.get("macs", 0) else None,
         )
 
     return build
@@ -705,8 +738,7 @@ def minbft_footprint_max(
     n = config.n
     window = minbft.log_size
     checkpoints = window // minbft.checkpoint_interval + 1
-    reads = smr.reads_pending_max
-    return {
+    return bft_footprint_max(smr, {
         "minbft_slots": window,
         "minbft_relayed": minbft.relayed_max,
         "minbft_forwarded": minbft.forwarded_max * (n - 1),
@@ -724,10 +756,7 @@ def minbft_footprint_max(
         # commitment), and the current view's.
         "minbft_certificates": 2 * window + 9,
         "storage_keys": 8 * window + 4 * n + 32 + 2 * window + 9,
-        "tasks": reads + smr.batches_inflight_max + 16,
-        "timers": reads + smr.batches_inflight_max + 16,
-        "contexts": 8,
-    }
+    })
 
 
 def build_minbft(variant: str = "") -> Callable[[str, Mapping[str, int]], ProtocolFactory]:
@@ -743,17 +772,9 @@ def build_minbft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protoc
             view_timeout_us_default=MinbftParams().view_change_timeout_us,
         )
         minbft_params = MinbftParams(**window).validate()
-        return SmrFactory(
-            name,
-            Resilience.BYZANTINE_TRUSTED,
-            lambda context: minbft_type(context, minbft_params),
-            functools.partial(KeyValueStateMachine, kv),
-            smr_params,
-            ordering_path="minbft",
-            constants=constants,
-            ordering_footprint_max=functools.partial(
-                minbft_footprint_max, minbft_params, smr_params
-            ),
+        return bft_factory(
+            name, minbft_type, minbft_params, functools.partial(KeyValueStateMachine, kv),
+            smr_params, constants,
         )
 
     return build
@@ -860,15 +881,8 @@ def build_transactional(spec: TransactionalSpec, name: str,
                                  batch_bytes_max=PBFT_BATCH_BYTES_MAX).validate()
         smr_params = SmrParams()
         pbft_type: type[Pbft] = spec.ordering_type or Pbft
-        group_factory = SmrFactory(
-            name, Resilience.BYZANTINE, lambda context: pbft_type(context, pbft_params),
-            store_type, smr_params, ordering_path="pbft",
-            constants=smr_constants(
-                {"sessions": parameters.get("sessions", SmrConstants().sessions_max)}, interval,
-                batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
-            ),
-            ordering_footprint_max=functools.partial(pbft_footprint_max, pbft_params, smr_params),
-        )
+        group_factory = bft_factory(name, pbft_type, pbft_params, store_type, smr_params,
+                                    txn_bft_constants(parameters, interval))
     elif spec.ordering == "minbft":
         # One USIG per (node, group): each group's replica certifies under an
         # identity naming its group (ADR 0031), in its own storage slice.
@@ -877,17 +891,8 @@ def build_transactional(spec: TransactionalSpec, name: str,
                                      batch_bytes_max=PBFT_BATCH_BYTES_MAX).validate()
         minbft_type: type[Minbft] = spec.ordering_type or Minbft
         smr_params = SmrParams()
-        group_factory = SmrFactory(
-            name, Resilience.BYZANTINE_TRUSTED,
-            lambda context: minbft_type(context, minbft_params),
-            store_type, smr_params, ordering_path="minbft",
-            constants=smr_constants(
-                {"sessions": parameters.get("sessions", SmrConstants().sessions_max)}, interval,
-                batch_bytes_max=PBFT_BATCH_BYTES_MAX, command_bytes_max=PBFT_COMMAND_BYTES_MAX,
-            ),
-            ordering_footprint_max=functools.partial(
-                minbft_footprint_max, minbft_params, smr_params),
-        )
+        group_factory = bft_factory(name, minbft_type, minbft_params, store_type, smr_params,
+                                    txn_bft_constants(parameters, interval))
     else:
         # The group's store adds transaction tables to the key-value store: a
         # follower takes whatever snapshot the leader made (crash faults only).
