@@ -308,16 +308,25 @@ class HideBeforeAnchor(MinbftStrategy):
 HIDING_TYPES: dict[type, type] = {}  # a core's Minbft type -> the hiding one
 
 
-class PrepareUnseenView(MinbftStrategy):
-    """Swaps its core's view-change code for ``UnseenViewChanges`` (lies in
-    VIEW-CHANGE logs about a view it never starts)."""
+class SwapsViewChanges(MinbftStrategy):
+    """Swaps its core's view-change code for ``view_changes_type`` (a subclass
+    of MinBFT's ``ViewChanges`` written to lie) once its replica exists."""
+
+    view_changes_type: type
 
     def attack(self, view: RunView) -> Sends:
         self.view = view
         minbft = self.minbft(view)
-        if minbft is not None and not isinstance(minbft.view_changes, UnseenViewChanges):
-            minbft.view_changes.__class__ = UnseenViewChanges
+        if minbft is not None and not isinstance(minbft.view_changes, self.view_changes_type):
+            minbft.view_changes.__class__ = self.view_changes_type
         return []
+
+
+class PrepareUnseenView(SwapsViewChanges):
+    """Swaps its core's view-change code for ``UnseenViewChanges`` (lies in
+    VIEW-CHANGE logs about a view it never starts)."""
+
+    view_changes_type = UnseenViewChanges
 
 
 class SecondNewView(MinbftStrategy):
@@ -396,17 +405,12 @@ class SecondNewView(MinbftStrategy):
         return [wire.Resume(fresh, proof, attestation), second, commit]
 
 
-class FreshAnchor(MinbftStrategy):
+class FreshAnchor(SwapsViewChanges):
     """Swaps its core's view-change code for ``FreshAnchorViewChanges``: each
     VIEW-CHANGE anchored at a CHECKPOINT of its stable checkpoint certified
     again just before it, hiding everything it certified earlier."""
 
-    def attack(self, view: RunView) -> Sends:
-        self.view = view
-        minbft = self.minbft(view)
-        if minbft is not None and not isinstance(minbft.view_changes, FreshAnchorViewChanges):
-            minbft.view_changes.__class__ = FreshAnchorViewChanges
-        return []
+    view_changes_type = FreshAnchorViewChanges
 
 
 class DecidedBeforeAnchor(MinbftStrategy):
