@@ -320,14 +320,20 @@ def twist(body: Any) -> Any:
     return body
 
 
+def half_the_others(node: int, n: int, rng: random.Random) -> frozenset[int]:
+    """Half of the nodes other than ``node`` (one at least), drawn by ``rng``: those
+    an equivocating or selective behaviour tells one thing, the rest another."""
+    others = [peer for peer in range(n) if peer != node]
+    rng.shuffle(others)
+    return frozenset(others[: max(1, len(others) // 2)])
+
+
 class Equivocate(Strategy):
     """Tell half of the other nodes something else than the other half."""
 
     def __init__(self, node: int, n: int, rng: random.Random) -> None:
         super().__init__(node, n, rng)
-        others = [peer for peer in range(n) if peer != node]
-        rng.shuffle(others)
-        self.lied_to = frozenset(others[: max(1, len(others) // 2)])
+        self.lied_to = half_the_others(node, n, rng)
 
     def rewrite(self, destination: int, message: Any) -> Sends:
         if destination in self.lied_to and type(message) is Envelope:

@@ -75,6 +75,7 @@ from replicaio.assembly import (
     minbft_of,
     minbft_wire,
 )
+from replicaio.sim import adversary
 from replicaio.sim.adversary import RunView, Sends, Strategy, per_group, register_behaviour
 
 wire: Any = minbft_wire()
@@ -165,9 +166,7 @@ class Equivocate(MinbftStrategy):
 
     def __init__(self, node: int, n: int, rng: random.Random) -> None:
         super().__init__(node, n, rng)
-        others = [peer for peer in range(n) if peer != node]
-        rng.shuffle(others)
-        self.lied_to = frozenset(others[: max(1, len(others) // 2)])
+        self.lied_to = adversary.half_the_others(node, n, rng)
         self.batches: list[bytes] = []
         self.lies: dict[tuple[int, int], Any] = {}  # (view, seq) -> the lie told
 
@@ -256,9 +255,7 @@ class Withhold(MinbftStrategy):
 class Selective(MinbftStrategy):
     def __init__(self, node: int, n: int, rng: random.Random) -> None:
         super().__init__(node, n, rng)
-        others = [peer for peer in range(n) if peer != node]
-        rng.shuffle(others)
-        self.told = frozenset(others[: max(1, len(others) // 2)])
+        self.told = adversary.half_the_others(node, n, rng)
 
     def rewrite(self, destination: int, message: Any) -> Sends:
         if certified(message) and destination not in self.told:

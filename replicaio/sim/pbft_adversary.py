@@ -60,6 +60,7 @@ from replicaio.core.context import group_domain
 from replicaio.core.effects import Request
 from replicaio.core.signing import simulation_signer
 from replicaio.core.stream import GroupOutput
+from replicaio.sim import adversary
 from replicaio.sim.adversary import RunView, Sends, Strategy, per_group, register_behaviour
 from replicaio.smr.api import AuthenticatedRequest, ClientRequest, Reply
 from replicaio.smr.messages import Batch, SignedBatch
@@ -99,9 +100,7 @@ class Equivocate(PbftStrategy):
 
     def __init__(self, node: int, n: int, rng: random.Random) -> None:
         super().__init__(node, n, rng)
-        others = [peer for peer in range(n) if peer != node]
-        rng.shuffle(others)
-        self.lied_to = frozenset(others[: max(1, len(others) // 2)])
+        self.lied_to = adversary.half_the_others(node, n, rng)
         self.batches: deque[bytes] = deque(maxlen=REMEMBERED_MAX)
 
     def rewrite(self, destination: int, message: Any) -> Sends:
