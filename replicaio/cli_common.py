@@ -30,26 +30,25 @@ RANDOM_SEEDS_MAX: Final = 1 << 31
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")  # --first-seed random draws below this
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
+def int_at_least(low: int, text: str) -> int:
+    """``text`` as an integer >= ``low``, or an argparse error saying why not."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return int_at_least(1, text)
 
 
 def non_negative_int(text: str) -> int:
     """An argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return int_at_least(0, text)
 
 
 def seed_or_random(text: str) -> int:
