@@ -55,6 +55,7 @@ __all__ = [
     "Message",
     "Meta",
     "Name",
+    "ReasonedError",
     "Value",
     "ValueBounds",
     "registered_messages",
@@ -83,32 +84,28 @@ ENCODE_REASONS = frozenset({"unregistered", "field_type", "too_deep", "too_long"
 # --------------------------------------------------------------------------- errors
 
 
-class DecodeError(Exception):
+class ReasonedError(Exception):
+    """An error with a stable ``reason`` (for metrics labels) and a human-readable
+    ``detail`` that may change between versions; shown as ``reason: detail``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+class DecodeError(ReasonedError):
     """Bytes that are not a valid frame for this codec (a peer's fault, never ours).
 
-    ``reason`` is one of ``DECODE_REASONS`` (stable, for metrics labels);
-    ``detail`` is human-readable and may change between versions.
+    ``reason`` is one of ``DECODE_REASONS``.
     """
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
 
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}"
-
-
-class EncodeError(Exception):
+class EncodeError(ReasonedError):
     """A value the codec refuses to encode (a caller bug); ``reason`` in ``ENCODE_REASONS``."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}"
 
 
 class CodecDefinitionError(TypeError):
