@@ -10,9 +10,10 @@ and counted too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,21 @@ async def make_node(
     return Node(transport, received)
 
 
+@contextlib.asynccontextmanager
+async def closing(*nodes: Node) -> AsyncIterator[None]:
+    """Close the nodes' transports on the way out, in this order, whatever happened."""
+    try:
+        yield
+    finally:
+        for node in nodes:
+            await node.transport.close()
+
+
+def rejections(node: Node) -> list[str]:
+    """The ``rejected_*`` counters ``node`` has counted (a clean run has none)."""
+    return [name for name in node.counters.values if name.startswith("rejected")]
+
+
 async def until(condition: Callable[[], bool], what: str) -> None:
     async with asyncio.timeout(TIMEOUT_S):
         while not condition():
@@ -160,13 +176,11 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
 
 async def legitimate_peer_still_gets_through(acceptor: Node, payload: bytes) -> None:
     dialer = await make_node(0, {1: acceptor.transport.port})
-    try:
+    async with closing(dialer):
         dialer.transport.send(1, payload)
         assert await receive(acceptor) == (0, payload)
         acceptor.transport.send(0, b"reply")
         assert await receive(dialer) == (1, b"reply")
-    finally:
-        await dialer.transport.close()
 
 
 # -- the good case ---------------------------------------------------------------------------
@@ -189,7 +203,7 @@ def test_messages_flow_both_ways_in_order(kind: str, loop: str) -> None:
         acceptor = await make_node(1, {0: 1}, authenticator=authenticators[1])
         dialer = await make_node(0, {1: acceptor.transport.port},
                                  authenticator=authenticators[0])
-        try:
+        async with closing(dialer, acceptor):
             for index in range(50):
                 dialer.transport.send(1, b"to-1 %d" % index)
                 acceptor.transport.send(0, b"to-0 %d" % index)
@@ -197,10 +211,7 @@ def test_messages_flow_both_ways_in_order(kind: str, loop: str) -> None:
                 assert await receive(acceptor) == (0, b"to-1 %d" % index)
                 assert await receive(dialer) == (1, b"to-0 %d" % index)
             assert acceptor.counters.get("connections_established") == 1
-            assert not [name for name in acceptor.counters.values if name.startswith("rejected")]
-        finally:
-            await dialer.transport.close()
-            await acceptor.transport.close()
+            assert not rejections(acceptor)
 
     run(scenario, loop)
 
@@ -231,7 +242,7 @@ def test_a_frame_to_an_idle_peer_is_written_at_once_the_rest_of_a_turn_joined(
         dialer = await make_node(0, {1: acceptor.transport.port})
         channel = dialer.transport.channels[1]
         writes = counting_writes(dialer, monkeypatch)
-        try:
+        async with closing(dialer, acceptor):
             dialer.transport.send(1, b"hello")
             assert await receive(acceptor) == (0, b"hello")
             await until(lambda: channel.idle_writer is not None, "the writer idles")
@@ -248,10 +259,7 @@ def test_a_frame_to_an_idle_peer_is_written_at_once_the_rest_of_a_turn_joined(
                 assert channel.idle_writer is not None and not channel.queue
                 for index in range(5):
                     assert await receive(acceptor) == (0, b"%d %d" % (round_, index))
-            assert not [name for name in acceptor.counters.values if name.startswith("rejected")]
-        finally:
-            await dialer.transport.close()
-            await acceptor.transport.close()
+            assert not rejections(acceptor)
 
     run(scenario, loop)
 
@@ -269,7 +277,7 @@ def test_a_peer_s_frames_of_one_release_leave_in_one_write(
         dialer = await make_node(0, {1: acceptor.transport.port})
         channel = dialer.transport.channels[1]
         writes = counting_writes(dialer, monkeypatch)
-        try:
+        async with closing(dialer, acceptor):
             dialer.transport.send(1, b"hello")
             assert await receive(acceptor) == (0, b"hello")
             for round_ in range(3):
@@ -284,10 +292,7 @@ def test_a_peer_s_frames_of_one_release_leave_in_one_write(
                 assert writes == [3, 2] and not channel.wakeup.is_set()
                 for name in (b"a", b"b", b"c", b"d", b"e"):
                     assert await receive(acceptor) == (0, b"%d %s" % (round_, name))
-            assert not [name for name in acceptor.counters.values if name.startswith("rejected")]
-        finally:
-            await dialer.transport.close()
-            await acceptor.transport.close()
+            assert not rejections(acceptor)
 
     run(scenario, loop)
 
@@ -335,14 +340,11 @@ def test_a_dial_whose_socket_closes_under_the_handshake_is_retried(
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1})
         dialer = await make_node(0, {1: acceptor.transport.port})
-        try:
+        async with closing(dialer, acceptor):
             dialer.transport.send(1, b"after the failed dial")
             assert await receive(acceptor) == (0, b"after the failed dial")
             assert failures == [0]
             assert dialer.counters.get("handshake_failures") == 1
-        finally:
-            await dialer.transport.close()
-            await acceptor.transport.close()
 
     run(scenario)
 
@@ -486,7 +488,7 @@ def test_bad_input_is_rejected_counted_and_the_node_keeps_serving(name: str) -> 
 
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1})
-        try:
+        async with closing(acceptor):
             reader, writer = await attack(acceptor.transport.port)
             await until(lambda: acceptor.counters.get(counter) == 1, counter)
             assert await closed_by_peer(reader)
@@ -496,8 +498,6 @@ def test_bad_input_is_rejected_counted_and_the_node_keeps_serving(name: str) -> 
             await legitimate_peer_still_gets_through(acceptor, b"still serving")
             assert acceptor.counters.get(counter) == 1
             writer.close()
-        finally:
-            await acceptor.transport.close()
 
     run(scenario)
 
@@ -505,7 +505,7 @@ def test_bad_input_is_rejected_counted_and_the_node_keeps_serving(name: str) -> 
 def test_one_connection_per_pair_a_newer_one_replaces_the_old() -> None:
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1})
-        try:
+        async with closing(acceptor):
             # Node 0's old connection (say, before it restarted) is still open...
             old_reader, old_writer, _ = await authenticated_raw(acceptor.transport.port)
             await until(lambda: acceptor.transport.channels[0].connection is not None, "old")
@@ -514,8 +514,6 @@ def test_one_connection_per_pair_a_newer_one_replaces_the_old() -> None:
             assert acceptor.counters.get("connections_replaced") == 1
             assert await closed_by_peer(old_reader)
             old_writer.close()
-        finally:
-            await acceptor.transport.close()
 
     run(scenario)
 
@@ -527,15 +525,12 @@ def test_a_node_with_the_wrong_key_cannot_connect_and_counts_why() -> None:
             0, {1: acceptor.transport.port},
             authenticator=HmacAuthenticator(0, b"not the cluster secret", (0, 1)),
         )
-        try:
+        async with closing(impostor, acceptor):
             impostor.transport.send(1, b"let me in")
             # The impostor checks the acceptor's proof first, and fails it.
             await until(lambda: impostor.counters.get("rejected_bad_auth") >= 2, "retries")
             assert acceptor.received.received.empty()
             assert acceptor.counters.get("connections_established") == 0
-        finally:
-            await impostor.transport.close()
-            await acceptor.transport.close()
 
     run(scenario)
 
@@ -543,14 +538,12 @@ def test_a_node_with_the_wrong_key_cannot_connect_and_counts_why() -> None:
 def test_a_higher_id_may_not_dial_a_lower_one() -> None:
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1, 2: 1})
-        try:
+        async with closing(acceptor):
             reader, writer = await asyncio.open_connection(LOCAL, acceptor.transport.port)
             writer.write(handshake_frame("hello", 2, 1, secrets.token_bytes(NONCE_BYTES),
                                          ephemeral_share()[1]))
             await until(lambda: acceptor.counters.get("rejected_unknown_peer") == 1, "reject")
             assert await closed_by_peer(reader)
-        finally:
-            await acceptor.transport.close()
 
     run(scenario)
 
@@ -560,7 +553,7 @@ def test_a_silent_connection_times_out_and_pending_handshakes_are_bounded() -> N
 
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1}, params=params)
-        try:
+        async with closing(acceptor):
             port = acceptor.transport.port
             silent = [await asyncio.open_connection(LOCAL, port) for _ in range(3)]
             await until(
@@ -572,8 +565,6 @@ def test_a_silent_connection_times_out_and_pending_handshakes_are_bounded() -> N
             for reader, _ in silent:
                 assert await closed_by_peer(reader)
             await legitimate_peer_still_gets_through(acceptor, b"after the silence")
-        finally:
-            await acceptor.transport.close()
 
     run(scenario)
 
@@ -634,7 +625,7 @@ def test_one_source_holds_at_most_its_share_and_the_busiest_source_yields() -> N
                 counts[slot.source] = counts.get(slot.source, 0) + 1
             return counts
 
-        try:
+        async with closing(acceptor):
             first = [await open_from("127.0.0.2") for _ in range(4)]
             await until(lambda: acceptor.counters.get("handshakes_evicted") == 1, "eviction")
             assert acceptor.counters.get("bound_handshakes_per_source_max") == 1
@@ -649,8 +640,6 @@ def test_one_source_holds_at_most_its_share_and_the_busiest_source_yields() -> N
             assert await closed_by_peer(first[1][0])
             for _, writer in [*first, *others, late]:
                 writer.close()
-        finally:
-            await acceptor.transport.close()
 
     run(scenario)
 
@@ -661,7 +650,7 @@ def test_outbound_queue_bound_drops_the_oldest_and_counts() -> None:
     async def scenario() -> None:
         unreachable = 1  # nothing listens on port 1 of 127.0.0.1
         dialer = await make_node(0, {1: unreachable}, params=params)
-        try:
+        async with closing(dialer):
             for index in range(10):
                 dialer.transport.send(1, b"m%d" % index)
             channel = dialer.transport.channels[1]
@@ -669,8 +658,6 @@ def test_outbound_queue_bound_drops_the_oldest_and_counts() -> None:
             assert channel.dropped == 6
             assert dialer.counters.get("bound_outbound_queue_max") == 6
             await until(lambda: dialer.counters.get("connect_failures") >= 2, "retries")
-        finally:
-            await dialer.transport.close()
 
     run(scenario)
 
@@ -689,7 +676,7 @@ def test_outbound_queue_to_a_peer_that_stopped_reading_is_bounded_in_bytes() -> 
         acceptor = await make_node(1, {0: 1}, params=params, inbox=inbox)
         dialer = await make_node(0, {1: acceptor.transport.port}, params=params)
         channel = dialer.transport.channels[1]
-        try:
+        async with closing(dialer, acceptor):
             dialer.transport.send(1, b"first")
             await until(lambda: inbox.received.qsize() == 1, "the first frame")
             held = 0
@@ -715,9 +702,6 @@ def test_outbound_queue_to_a_peer_that_stopped_reading_is_bounded_in_bytes() -> 
                 received.append((await receive(acceptor))[1])
             numbers = [int.from_bytes(item[:4], "big") for item in received[1:]]
             assert numbers == sorted(numbers) and len(numbers) < 400
-        finally:
-            await dialer.transport.close()
-            await acceptor.transport.close()
 
     run(scenario)
 
@@ -745,7 +729,7 @@ def test_a_flooding_peer_is_paused_not_buffered(loop: str, tls: bool, tmp_path: 
         dialer = await make_node(0, {1: acceptor.transport.port}, params=params,
                                  tls=certificates)
         channel = dialer.transport.channels[1]
-        try:
+        async with closing(dialer, acceptor):
             for index in range(20_000):  # 20 MiB
                 dialer.transport.send(1, index.to_bytes(4, "big") + bytes(frame - 4))
                 if index % 64 == 0:
@@ -772,10 +756,7 @@ def test_a_flooding_peer_is_paused_not_buffered(loop: str, tls: bool, tmp_path: 
             assert numbers[: room] == list(range(room))
             dropped = channel.dropped
             assert len(numbers) == 20_000 - dropped
-            assert not [name for name in acceptor.counters.values if name.startswith("rejected")]
-        finally:
-            await dialer.transport.close()
-            await acceptor.transport.close()
+            assert not rejections(acceptor)
 
     run(scenario, loop)
 
@@ -783,12 +764,10 @@ def test_a_flooding_peer_is_paused_not_buffered(loop: str, tls: bool, tmp_path: 
 def test_an_outbound_message_larger_than_a_frame_is_refused_locally() -> None:
     async def scenario() -> None:
         dialer = await make_node(0, {1: 1})
-        try:
+        async with closing(dialer):
             dialer.transport.send(1, bytes(PARAMS.frame_bytes_max))
             assert dialer.counters.get("rejected_outbound_oversized") == 1
             assert not dialer.transport.channels[1].queue
-        finally:
-            await dialer.transport.close()
 
     run(scenario)
 
