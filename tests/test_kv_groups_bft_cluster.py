@@ -116,14 +116,11 @@ def kind(request: pytest.FixtureRequest) -> Kind:
 
 @pytest.fixture(scope="module")
 def cluster(kind: Kind, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    made = LocalCluster(tmp_path_factory.mktemp(f"{kind.label}-groups"), protocol=kind.protocol,
-                        nodes=kind.nodes, sections=SECTIONS)
-    try:
+    with LocalCluster(tmp_path_factory.mktemp(f"{kind.label}-groups"), protocol=kind.protocol,
+                      nodes=kind.nodes, sections=SECTIONS) as made:
         made.start_all()
         until_serving(made)
         yield made
-    finally:
-        made.close()
 
 
 def test_transactions_across_groups_apply_whole(cluster: LocalCluster) -> None:

@@ -80,14 +80,11 @@ def until_serving(cluster: LocalCluster) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    made = LocalCluster(tmp_path_factory.mktemp("groups"), protocol="txn-kv", nodes=3,
-                        sections=SECTIONS)
-    try:
+    with LocalCluster(tmp_path_factory.mktemp("groups"), protocol="txn-kv", nodes=3,
+                      sections=SECTIONS) as made:
         made.start_all()
         until_serving(made)
         yield made
-    finally:
-        made.close()
 
 
 def test_keys_spread_over_groups_and_commands_reach_them(cluster: LocalCluster) -> None:

@@ -31,14 +31,11 @@ from replicaio.runtime.local import LocalCluster
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    made = LocalCluster(tmp_path_factory.mktemp("redis_commands"), protocol="raft", nodes=3,
-                        sections=SECTIONS)
-    try:
+    with LocalCluster(tmp_path_factory.mktemp("redis_commands"), protocol="raft", nodes=3,
+                      sections=SECTIONS) as made:
         made.start_all()
         ready(made)
         yield made
-    finally:
-        made.close()
 
 
 @pytest.fixture()

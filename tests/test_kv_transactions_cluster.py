@@ -42,14 +42,11 @@ SECTIONS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    made = LocalCluster(tmp_path_factory.mktemp("transactions"), protocol="raft", nodes=3,
-                        sections=SECTIONS)
-    try:
+    with LocalCluster(tmp_path_factory.mktemp("transactions"), protocol="raft", nodes=3,
+                      sections=SECTIONS) as made:
         made.start_all()
         ready(made)
         yield made
-    finally:
-        made.close()
 
 
 def connect(port: int, **options: Any) -> redis.Redis:

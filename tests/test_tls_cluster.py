@@ -62,13 +62,10 @@ def test_certs_init_makes_a_ca_node_and_client_certificates(tmp_path: Path,
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    made = LocalCluster(tmp_path / "tls", protocol="raft", nodes=3, sections=SECTIONS,
-                        metrics=True, tls=True)
-    try:
+    with LocalCluster(tmp_path / "tls", protocol="raft", nodes=3, sections=SECTIONS,
+                      metrics=True, tls=True) as made:
         made.start_all()
         yield made
-    finally:
-        made.close()
 
 
 def tls_client(cluster: LocalCluster, node: int, certificate: Path | None, key: Path | None

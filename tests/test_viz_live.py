@@ -40,14 +40,11 @@ WRITES = 30
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    made = LocalCluster(tmp_path_factory.mktemp("live"), protocol="raft", nodes=3,
-                        sections=SECTIONS, metrics=True)
-    try:
+    with LocalCluster(tmp_path_factory.mktemp("live"), protocol="raft", nodes=3,
+                      sections=SECTIONS, metrics=True) as made:
         made.start_all()
         write(made, WRITES)
         yield made
-    finally:
-        made.close()
 
 
 def write(cluster: LocalCluster, count: int) -> None:
