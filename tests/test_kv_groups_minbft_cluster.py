@@ -15,7 +15,7 @@ import pytest
 import redis
 from test_kv_groups_bft_cluster import DEADLINE_S, GROUPS, SECTIONS, ports, until_serving
 from test_kv_groups_cluster import connect, key_in, leader_of
-from test_kv_minbft_usig_recovery import core_counters, wait_for_counter
+from test_kv_minbft_usig_recovery import wait_for_counter
 
 from replicaio.core.errors import UsageError
 from replicaio.core.stream import GROUP_PATH
@@ -23,6 +23,7 @@ from replicaio.runtime.config import load_cluster_file
 from replicaio.runtime.kv.usig_admission import admit_group_usig_epochs, admit_usig_epoch
 from replicaio.runtime.local import LocalCluster
 from replicaio.storage.file import FileStorage
+from replicaio.testing.live import core_counters
 
 GROUP_KEY = f"s{GROUP_PATH}"  # a group's slice of a node's storage: "sgroup/i<g>/..."
 

@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from replicaio.runtime.local import LocalCluster
+from replicaio.testing.live import runtime_counters
 
 LOCAL = "127.0.0.1"
 DEADLINE_S = 20.0
@@ -66,20 +67,6 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-def runtime_counters(cluster: LocalCluster, node: int) -> dict[str, float]:
-    address = cluster.cluster.nodes[node].metrics
-    assert address is not None
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
-        text = page.read().decode()
-    found = {}
-    prefix = 'replicaio_runtime_events_total{event="'
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            name, _, number = line[len(prefix):].partition('"} ')
-            found[name] = float(number)
-    return found
 
 
 def until(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:

@@ -9,7 +9,6 @@ fixture's finalizer kills every process."""
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +21,11 @@ from test_kv_gateway_cluster import (
     kill_and_restart_under_load,
     wait_for_progress,
 )
-from test_kv_hostile_clients import runtime_counters
 from test_kv_service_cluster import SECTIONS, connect
 
 from replicaio.cli import main as cli_main
 from replicaio.runtime.local import LocalCluster
+from replicaio.testing.live import core_counters, runtime_counters
 from replicaio.torture.workload import COUNTERS, REGISTERS
 
 
@@ -101,21 +100,6 @@ def test_an_hmac_usig_cluster_serves_past_a_live_byzantine_primary(tmp_path: Pat
         cluster.close()
     assert lies > 0
     assert_linearizable(workload)
-
-
-def core_counters(cluster: LocalCluster, node: int) -> dict[str, float]:
-    """The node's core counters (``replicaio_core_events_total``) from its metrics."""
-    address = cluster.cluster.nodes[node].metrics
-    assert address is not None
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
-        text = page.read().decode()
-    prefix = 'replicaio_core_events_total{event="'
-    found = {}
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            name, _, number = line[len(prefix):].partition('"} ')
-            found[name] = float(number)
-    return found
 
 
 @pytest.mark.parametrize("behaviour", ["minbft_equivocate", "minbft_forge_log+minbft_selective"])

@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_kv_minbft_usig_recovery import core_counters, wait_for_counter
+from test_kv_minbft_usig_recovery import wait_for_counter
 from test_kv_service_cluster import SECTIONS
 from test_kv_storage_damage_cluster import check_reads, damage, last_segment, wait_for, write
 
 from replicaio.runtime.kv.usig_admission import admit_usig_epoch
 from replicaio.runtime.local import LocalCluster
+from replicaio.testing.live import core_counters
 
 DAMAGED = 2
 ROUNDS_MAX = 30  # of 10 acknowledged SETs each

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-import urllib.request
 from pathlib import Path
 
 from test_kv_gateway_cluster import GatewayWorkload, behind_gateway, wait_for_progress
@@ -23,22 +22,9 @@ from replicaio.check.linearizability import check_linearizable
 from replicaio.runtime.config import load_cluster_file
 from replicaio.runtime.kv.usig_admission import admit_usig_epoch
 from replicaio.runtime.local import LocalCluster
+from replicaio.testing.live import core_counters
 
 RECOVERY_DEADLINE_S = 90.0
-
-
-def core_counters(cluster: LocalCluster, node: int) -> dict[str, float]:
-    address = cluster.cluster.nodes[node].metrics
-    assert address is not None
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
-        text = page.read().decode()
-    found = {}
-    prefix = 'replicaio_core_events_total{event="'
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            name, _, number = line[len(prefix):].partition('"} ')
-            found[name] = float(number)
-    return found
 
 
 def wait_for_counter(cluster: LocalCluster, node: int, name: str, what: str) -> None:

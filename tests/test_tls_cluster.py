@@ -16,7 +16,6 @@ import ssl
 import stat
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from redis.retry import Retry
 from replicaio.cli import main
 from replicaio.runtime.certs import make_ca, make_leaf, read_ca, write_pair
 from replicaio.runtime.local import LocalCluster
+from replicaio.testing.live import runtime_counters
 
 SECTIONS: dict[str, dict[str, Any]] = {
     "node": {"tick_us": 10_000},
@@ -89,15 +89,6 @@ def write_until_ok(client: redis.Redis, key: str, value: str) -> None:
         except redis.ResponseError:  # -TRYAGAIN while no leader is known
             assert time.monotonic() < deadline, "no write within the deadline"
             time.sleep(0.1)
-
-
-def counters(cluster: LocalCluster, node: int) -> dict[str, float]:
-    address = cluster.cluster.nodes[node].metrics
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
-        text = page.read().decode()
-    prefix = 'replicaio_runtime_events_total{event="'
-    return {line[len(prefix):].partition('"} ')[0]: float(line.partition('"} ')[2])
-            for line in text.splitlines() if line.startswith(prefix)}
 
 
 def refused(attempt: Any) -> BaseException:
@@ -168,7 +159,7 @@ def test_a_tls_cluster_serves_certified_clients_and_refuses_the_rest(
     for pair in (None, bad["foreign-node-0"], bad["expired-node-0"], bad["client-on-peer"]):
         refused(lambda pair=pair: dial_peer_port(cluster, 2, pair))
     time.sleep(0.3)
-    on_client_port, on_peer_port = counters(cluster, 1), counters(cluster, 2)
+    on_client_port, on_peer_port = runtime_counters(cluster, 1), runtime_counters(cluster, 2)
     for reason in ("plaintext", "no_certificate", "unknown_ca", "expired"):
         assert on_client_port.get(f"rejected_tls_{reason}", 0) >= 1, (reason, on_client_port)
     for reason in ("plaintext", "unknown_ca", "expired", "not_a_node"):
@@ -214,8 +205,8 @@ def test_a_node_restarted_with_another_cas_certificate_is_shut_out(
     cluster.start(2)
     cluster.wait_ready([2])
     deadline = time.monotonic() + DEADLINE_S
-    while counters(cluster, 0).get("rejected_tls_unknown_ca", 0) < 1:  # node 0 dials node 2
-        assert time.monotonic() < deadline, counters(cluster, 0)
+    while runtime_counters(cluster, 0).get("rejected_tls_unknown_ca", 0) < 1:  # node 0 dials node 2
+        assert time.monotonic() < deadline, runtime_counters(cluster, 0)
         time.sleep(0.2)
     write_until_ok(client, "after", "2")  # nodes 0 and 1 are a quorum
     log = cluster.stderr_log(0, 1).read_text()
