@@ -30,13 +30,11 @@ counter) and a VIEW-CHANGE whose log starts after it is refused."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
+from minbft_lies import properties, run_cut
 
-from replicaio.sim.kv_harness import KvWorkload, kv_options
-from replicaio.sim.options import Partition, SimOptions
-from replicaio.sim.simulator import SimResult, Simulator
+from replicaio.sim.options import Partition
+from replicaio.sim.simulator import SimResult
 
 LIE = ("minbft_decided_before_anchor",)
 BROKEN = "minbft-log-from-anchor"
@@ -53,14 +51,9 @@ VIEW_TIMEOUT_MS = 100
 
 def run(seed: int, adversary: tuple[str, ...], protocol: str = "minbft") -> SimResult:
     """Replica 1 cut off from 0.3 s to 2.5 s, replica 0 from 2.5 s to 6 s."""
-    options: SimOptions = kv_options(seed, 3, (), KvWorkload(ops=600, clients=4),
-                                     byzantine=1 if adversary else 0,
-                                     adversary=adversary or None, protocol="minbft")
-    options = replace(options, byzantine=(2,) if adversary else (), partitions=(
-        Partition(300_000, 2_500_000, (1,), True),
-        Partition(2_500_000, 6_000_000, (0,), True)))
-    return Simulator(f"{protocol}:view_timeout={VIEW_TIMEOUT_MS}", options, f=1,
-                     record=False).run()
+    return run_cut(seed, adversary, f"{protocol}:view_timeout={VIEW_TIMEOUT_MS}", liar=2,
+                   partitions=(Partition(300_000, 2_500_000, (1,), True),
+                               Partition(2_500_000, 6_000_000, (0,), True)))
 
 
 @pytest.mark.parametrize("seed", [2, 6])
@@ -79,7 +72,7 @@ def test_a_view_change_hiding_a_new_view_commit_before_its_anchor_is_refused(
 @pytest.mark.parametrize("seed", [2, 6])
 def test_without_the_decided_mark_a_correct_replica_executes_other_batches(seed: int) -> None:
     lied = run(seed, LIE, BROKEN)
-    assert "agreement" in {violation["property"] for violation in lied.violations}
+    assert "agreement" in properties(lied)
     assert lied.counters.get("minbft_new_view_conflicts_executed", 0) > 0
 
 

@@ -27,30 +27,23 @@ it is in the log."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
+from minbft_lies import properties, run_cut, swarm_seed
 
-from replicaio.sim.kv_harness import KvWorkload, kv_options
-from replicaio.sim.options import Partition, SimOptions
-from replicaio.sim.simulator import SimResult, Simulator
+from replicaio.sim.options import Partition
+from replicaio.sim.simulator import SimResult
 
 CUT_US = 300_000
 LIE = ("minbft_fresh_anchor",)
-FAULTS = ("crash", "partition", "loss", "dup", "reorder")
 BROKEN = "minbft-anchor-unattested"
 
 
 def run(seed: int, adversary: tuple[str, ...], protocol: str = "minbft") -> SimResult:
     """Replica 2 cut off while 0 and 1 execute; then replica 0 cut off, so 1
     and 2 change views without it."""
-    options: SimOptions = kv_options(seed, 3, (), KvWorkload(ops=600, clients=4),
-                                     byzantine=1 if adversary else 0,
-                                     adversary=adversary or None, protocol="minbft")
-    options = replace(options, byzantine=(1,) if adversary else (), partitions=(
+    return run_cut(seed, adversary, protocol, liar=1, partitions=(
         Partition(CUT_US, CUT_US + 400_000, (2,), True),
         Partition(CUT_US + 400_000, CUT_US + 3_000_000, (0,), True)))
-    return Simulator(protocol, options, f=1, record=False).run()
 
 
 @pytest.mark.parametrize("seed", [2, 3, 4])
@@ -68,7 +61,7 @@ def test_without_the_attested_anchor_a_correct_replica_executes_other_batches(
     seed: int,
 ) -> None:
     lied = run(seed, LIE, BROKEN)
-    assert "agreement" in {violation["property"] for violation in lied.violations}
+    assert "agreement" in properties(lied)
     # The faulty primary of view 1 proposed at numbers it had executed itself.
     assert lied.counters.get("minbft_prepare_conflicts_committed", 0) > 0
 
@@ -89,10 +82,7 @@ def test_the_swarm_with_the_lie_forced_catches_the_variant_and_passes_the_protoc
     read barriers; 12 and 17 since; 17 and 21 of the first 60 since backups
     forward what they wait for on suspicion, 2026-12-06), the protocol passes
     all 300."""
-    options = kv_options(seed, 3, FAULTS, KvWorkload(nemesis_every_us=2_000_000), byzantine=1,
-                         adversary=LIE, protocol="minbft")
-    broken = Simulator(BROKEN, options, f=1, record=False).run()
-    assert "agreement" in {violation["property"] for violation in broken.violations}
-    fixed = Simulator("minbft", options, f=1, record=False).run()
+    broken, fixed = swarm_seed(seed, LIE, BROKEN)
+    assert "agreement" in properties(broken)
     assert fixed.violations == []
     assert fixed.counters.get("minbft_rejected_view_change_anchor_not_first", 0) > 0

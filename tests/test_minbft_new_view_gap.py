@@ -18,13 +18,11 @@ counted, and the run is safe. The pre-fix rule is kept as the broken variant
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
+from minbft_lies import properties, run_cut, swarm_seed
 
-from replicaio.sim.kv_harness import KvWorkload, kv_options
-from replicaio.sim.options import Partition, SimOptions
-from replicaio.sim.simulator import SimResult, Simulator
+from replicaio.sim.options import Partition
+from replicaio.sim.simulator import SimResult
 
 CUT_US = 300_000
 LIE = ("minbft_prepare_unseen_view",)
@@ -33,13 +31,9 @@ LIE = ("minbft_prepare_unseen_view",)
 def run(seed: int, adversary: tuple[str, ...], protocol: str = "minbft") -> SimResult:
     """Replica 2 cut off while 0 (primary of view 0) and 1 execute; then
     replica 0 cut off, so 1 and 2 change views without it."""
-    options: SimOptions = kv_options(seed, 3, (), KvWorkload(ops=600, clients=4),
-                                     byzantine=1 if adversary else 0,
-                                     adversary=adversary or None, protocol="minbft")
-    options = replace(options, byzantine=(1,) if adversary else (), partitions=(
+    return run_cut(seed, adversary, protocol, liar=1, partitions=(
         Partition(CUT_US, CUT_US + 400_000, (2,), True),
         Partition(CUT_US + 400_000, CUT_US + 3_000_000, (0,), True)))
-    return Simulator(protocol, options, f=1, record=False).run()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -57,7 +51,7 @@ def test_prepares_of_a_view_no_correct_replica_started_are_refused(seed: int) ->
 def test_without_the_certificate_the_lies_outrank_an_executed_batch(seed: int) -> None:
     lied = run(seed, LIE, "minbft-new-view-uncertified")
     assert lied.counters.get("minbft_new_view_conflicts_executed", 0) > 0
-    assert any(violation["property"] == "agreement" for violation in lied.violations)
+    assert "agreement" in properties(lied)
 
 
 def test_the_same_schedule_without_the_lies_is_safe() -> None:
@@ -80,11 +74,7 @@ def test_the_swarm_with_the_lie_forced_catches_the_variant_and_passes_the_protoc
     backups forward what they wait for on suspicion (2026-12-06) 1, 14, 19,
     26, 31, 46, 64, 69 and 80 of 1..80; since MinBFT's timers back off as
     PBFT's (ADR 0046) 8, 19 and 26 are the first three of 1..26."""
-    options = kv_options(seed, 3, ("crash", "partition", "loss", "dup", "reorder"),
-                         KvWorkload(nemesis_every_us=2_000_000), byzantine=1,
-                         adversary=LIE, protocol="minbft")
-    broken = Simulator("minbft-new-view-uncertified", options, f=1, record=False).run()
-    assert "agreement" in {violation["property"] for violation in broken.violations}
-    fixed = Simulator("minbft", options, f=1, record=False).run()
+    broken, fixed = swarm_seed(seed, LIE, "minbft-new-view-uncertified")
+    assert "agreement" in properties(broken)
     assert fixed.violations == []
     assert fixed.counters.get("minbft_rejected_view_change_uncertified_view", 0) > 0

@@ -21,28 +21,21 @@ it."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
+from minbft_lies import properties, run_cut, swarm_seed
 
-from replicaio.sim.kv_harness import KvWorkload, kv_options
-from replicaio.sim.options import Partition, SimOptions
-from replicaio.sim.simulator import SimResult, Simulator
+from replicaio.sim.options import Partition
+from replicaio.sim.simulator import SimResult
 
 CUT_US = 300_000
 CUT_LENGTH_US = 1_500_000
 LIE = ("minbft_second_new_view",)
-FAULTS = ("crash", "partition", "loss", "dup", "reorder")
 BROKEN = "minbft-resume-forgets-new-views"
 
 
 def run(seed: int, adversary: tuple[str, ...], protocol: str = "minbft") -> SimResult:
-    options: SimOptions = kv_options(seed, 3, (), KvWorkload(ops=600, clients=4),
-                                     byzantine=1 if adversary else 0,
-                                     adversary=adversary or None, protocol="minbft")
-    options = replace(options, byzantine=(1,) if adversary else (), partitions=(
-        Partition(CUT_US, CUT_US + CUT_LENGTH_US, (0,), True),))
-    return Simulator(protocol, options, f=1, record=False).run()
+    return run_cut(seed, adversary, protocol, liar=1,
+                   partitions=(Partition(CUT_US, CUT_US + CUT_LENGTH_US, (0,), True),))
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -60,7 +53,7 @@ def test_without_the_attestation_the_second_header_is_certified_and_executed(
     seed: int,
 ) -> None:
     lied = run(seed, LIE, BROKEN)
-    assert "agreement" in {violation["property"] for violation in lied.violations}
+    assert "agreement" in properties(lied)
 
 
 def test_the_same_schedule_without_the_lie_is_safe() -> None:
@@ -80,9 +73,6 @@ def test_the_swarm_with_the_lie_forced_catches_the_variant_and_passes_the_protoc
     since backups forward what they wait for on suspicion, 2026-12-06; 29, 45
     and 47 of the first 120 since ADR 0035, the same day), the protocol passes
     all 300."""
-    options = kv_options(seed, 3, FAULTS, KvWorkload(nemesis_every_us=2_000_000), byzantine=1,
-                         adversary=LIE, protocol="minbft")
-    broken = Simulator(BROKEN, options, f=1, record=False).run()
-    assert "agreement" in {violation["property"] for violation in broken.violations}
-    fixed = Simulator("minbft", options, f=1, record=False).run()
+    broken, fixed = swarm_seed(seed, LIE, BROKEN)
+    assert "agreement" in properties(broken)
     assert fixed.violations == []
