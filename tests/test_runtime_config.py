@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_usig import DictStore
 
 from replicaio.assembly import (
     RAFT_LIVE_NOTICE_US,
@@ -35,26 +36,6 @@ from replicaio.smr.params import SmrConstants
 
 SECRET_HEX = "ab" * 32
 
-
-class DictUsigStore:
-    def __init__(self) -> None:
-        self.value: tuple[int, int, bytes] | None = None
-
-    def load(self) -> tuple[int, int, bytes] | None:
-        return self.value
-
-    def load_new_view_max(self) -> int:
-        return getattr(self, "new_view_max", 0)
-
-    def load_marks(self) -> tuple[int, ...]:
-        marks: tuple[int, ...] = getattr(self, "marks", ())
-        return marks
-
-    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0,
-             marks: tuple[int, ...] = ()) -> None:
-        self.value = (epoch, counter, digest)
-        self.new_view_max = new_view_max
-        self.marks = marks
 
 EXAMPLE = f"""
 [protocol]
@@ -313,7 +294,7 @@ def test_minbft_nodes_get_their_own_ed25519_usig_keys(tmp_path: Path) -> None:
     assert all(isinstance(scheme, Ed25519KeyedUsigScheme) for scheme in schemes)
     assert len({node["usig_public_key"] for node in nodes}) == 3
     assert (tmp_path / "node-1.usig").stat().st_mode & 0o077 == 0
-    usig = Usig.open(schemes[1], 1, DictUsigStore(), lambda: 0)  # type: ignore[arg-type]
+    usig = Usig.open(schemes[1], 1, DictStore(), lambda: 0)  # type: ignore[arg-type]
     ui = usig.create_ui(b"m")
     assert verify_ui(schemes[0], b"m", ui, usig.id())  # type: ignore[arg-type]
     assert not verify_ui(simulation_scheme(), b"m", ui, usig.id())
