@@ -12,6 +12,10 @@ writes each profile) and the script prints:
 
 * ops, wall rate, p50, and per node: CPU per 1,000 operations from /proc
   (user and system, every thread, so the fsync thread's system time too);
+* the machine's CPU over the run (/proc/stat: how busy its cores were, and
+  how that splits into the nodes, this script's own load generator and the
+  rest of the machine: other sessions' processes, interrupts): whether a
+  client count is bounded by the CPU at all;
 * the top functions by self CPU time of the leader and of one follower, and
   the share of self time per source file.
 
@@ -111,6 +115,17 @@ def thread_report(before: dict[str, tuple[float, float, int]],
         parts.append(f"{name} {1e6 * (user - user0) / ops:.0f}u+"
                      f"{1e6 * (system - system0) / ops:.0f}s {(switches - switches0) / ops:.2f}w")
     return ", ".join(parts)
+
+
+def machine_cpu() -> tuple[float, float, float]:
+    """The machine's busy, stolen and total CPU seconds, all cores, from /proc/stat
+    (busy: user, nice, system, irq, softirq; stolen: time the hypervisor ran
+    something else while this VM wanted the CPU)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    busy = user + nice + system + irq + softirq
+    return busy / ticks, steal / ticks, (busy + idle + iowait + steal) / ticks
 
 
 def metrics_text(cluster: LocalCluster, node: int) -> str | None:
@@ -259,6 +274,11 @@ def main() -> None:
     parser.add_argument("--perf", choices=("leader", "follower"), default=None,
                         help="perf record (CPU samples, user and kernel) of the leader's or "
                         "a follower's threads while the clients run; perf report's top symbols")
+    parser.add_argument("--perf-calls", choices=("fp", "dwarf"), default=None,
+                        help="with --perf: record call chains (fp: frame pointers, the kernel's "
+                        "whole, the interpreter's and compiled modules' cut short; dwarf: whole, "
+                        "large files, slows the node); read them with --keep and perf report "
+                        "-i DIR/leader.perf")
     parser.add_argument("--strace", action="store_true",
                         help="count each node's system calls per op (strace -c -f; slows it)")
     args = parser.parse_args()
@@ -308,17 +328,20 @@ def main() -> None:
         perf = None
         if args.perf:
             perf = subprocess.Popen(
-                ["perf", "record", "-F", "1999", "-q", "-p",
+                ["perf", "record", "-F", "1999", "-q",
+                 *([f"--call-graph={args.perf_calls}"] if args.perf_calls else []), "-p",
                  str(processes[leader if args.perf == "leader" else (leader + 1) % nodes].pid),
                  "-o", str(workdir / "leader.perf"), "--", "sleep", str(args.seconds + 1)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if tracers or spy or perf:
             time.sleep(1.0)  # attached to every thread
         threads_before = [thread_cpu(process.pid) for process in processes]
+        machine_before, driver_before = machine_cpu(), os.times()
         began = time.perf_counter()
         latencies = asyncio.run(drive(port, args.clients, args.seconds,
                                       args.workload == "mixed"))
         wall = time.perf_counter() - began
+        machine_after, driver_after = machine_cpu(), os.times()
         for tracer in tracers:
             tracer.send_signal(signal.SIGINT)
             tracer.wait(30)
@@ -345,6 +368,17 @@ def main() -> None:
           f"p50 {1e3 * latencies[ops // 2]:.2f} ms, p99 {1e3 * latencies[int(ops * 0.99)]:.2f} ms")
     print(f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}; disk 4 KiB append + "
           f"fdatasync p50 {disk['p50_ms']} ms, p99 {disk['p99_ms']} ms (cProfile on)")
+    busy, stolen, capacity = (after - before for after, before in
+                              zip(machine_after, machine_before, strict=True))
+    driver = (driver_after.user + driver_after.system
+              - driver_before.user - driver_before.system)
+    print(f"machine: {os.cpu_count()} cores {100 * busy / capacity:.0f} % busy over the run, "
+          f"{100 * stolen / capacity:.0f} % stolen ({busy:.2f} and {stolen:.2f} of "
+          f"{capacity:.2f} CPU s); per 1,000 ops: nodes "
+          f"{1e6 * sum(cpu) / ops:.0f} ms, this load generator {1e6 * driver / ops:.0f} ms, "
+          f"the rest of the machine {1e6 * (busy - sum(cpu) - driver) / ops:.0f} ms "
+          f"(other processes, interrupts; the nodes' CPU counted from before the run's start "
+          f"to after its end)")
     for node in range(nodes):
         role = "leader" if node == leader else "follower"
         print(f"  node {node} ({role}): {1e3 * cpu[node] / ops * 1000:.0f} ms CPU per 1,000 ops"
