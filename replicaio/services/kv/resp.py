@@ -175,9 +175,10 @@ class RespParser:
         assert arguments is not None
         buffer = self.buffer
         limits = self.limits
+        size = len(buffer)
         while self.items_left > 0:
             if self.bulk_length < 0:
-                if self.position >= len(buffer):
+                if self.position >= size:
                     return None
                 if buffer[self.position] != 0x24:  # "$"
                     found = chr(buffer[self.position])
@@ -197,9 +198,10 @@ class RespParser:
                 self.bulk_length = length
             start = self.position
             end = start + self.bulk_length
-            if len(buffer) < end + 2:
+            if size < end + 2:
                 return None
-            if buffer[end : end + 2] != CRLF:
+            # (the two bytes compared one by one: a slice would be an object per argument)
+            if buffer[end] != 0x0D or buffer[end + 1] != 0x0A:  # CRLF
                 raise RespProtocolError("bulk_not_terminated", "bulk string not terminated by CRLF")
             arguments.append(bytes(buffer[start:end]))
             self.position = end + 2
@@ -208,7 +210,7 @@ class RespParser:
         self.arguments = None
         return arguments
 
-    def bulk_length_of(self, line: bytes) -> int:
+    def bulk_length_of(self, line: bytes | bytearray) -> int:
         """The length a ``$`` header announces, or the protocol error that says
         what is wrong with it."""
         length = parse_length(line)
@@ -222,8 +224,9 @@ class RespParser:
             return length
         raise RespProtocolError("invalid_bulk_length", f"invalid bulk length {problem}")
 
-    def length_line(self) -> bytes | None:
-        """The body of a ``*``/``$`` header line (without its type byte and CRLF)."""
+    def length_line(self) -> bytearray | None:
+        """The body of a ``*``/``$`` header line (without its type byte and CRLF; a
+        copy out of the buffer, read by :func:`parse_length` and not kept)."""
         buffer = self.buffer
         start = self.position
         end = buffer.find(CRLF, start, start + LENGTH_LINE_BYTES_MAX + 2)
@@ -232,7 +235,7 @@ class RespParser:
                 raise RespProtocolError("length_line_too_long", "length line too long")
             return None
         self.position = end + 2
-        return bytes(buffer[start + 1 : end])
+        return buffer[start + 1 : end]
 
     # -- inline --------------------------------------------------------------------------
 
@@ -264,12 +267,12 @@ class RespParser:
             self.position = 0
 
 
-def shown(line: bytes) -> str:
+def shown(line: bytes | bytearray) -> str:
     """A length line as the client is told it (printable, quoted)."""
     return repr(line.decode("ascii", "replace"))
 
 
-def parse_length(line: bytes) -> int | None:
+def parse_length(line: bytes | bytearray) -> int | None:
     """A length header's number (strict decimal, optional minus), or ``None``."""
     # The common case without the regular expression (one per command and one per
     # argument on the front's hot path): ``bytes.isdigit`` is ASCII digits only.
