@@ -872,21 +872,24 @@ class NodeHost:
                 storage.delete(key)
             else:
                 storage.put(key, value)
-        encode = self.codec.encode
-        encoded = [encode(message) for _, message in effects.sends]
-        marked = effects.sends_before_sync
-        if self.outgoing is not None:
-            self.rewrite_sends(effects.sends, sends)
-        elif marked:
-            for position, ((destination, _), data) in enumerate(
-                zip(effects.sends, encoded, strict=True)
-            ):
-                (early if position in marked else sends).append((destination, data))
-        else:
-            sends.extend(
-                (destination, data)
-                for (destination, _), data in zip(effects.sends, encoded, strict=True)
-            )
+        sent = effects.sends
+        encoded: list[bytes] = []
+        if sent:  # (a client request queued for the next batch sends nothing)
+            encode = self.codec.encode
+            encoded = [encode(message) for _, message in sent]
+            marked = effects.sends_before_sync
+            if self.outgoing is not None:
+                self.rewrite_sends(sent, sends)
+            elif marked:
+                for position, ((destination, _), data) in enumerate(
+                    zip(sent, encoded, strict=True)
+                ):
+                    (early if position in marked else sends).append((destination, data))
+            else:
+                sends.extend(
+                    (destination, data)
+                    for (destination, _), data in zip(sent, encoded, strict=True)
+                )
         for timer_id in effects.timers_cancelled:
             self.cancel_timer(timer_id)
         for timer_id, delay_us in effects.timers_set:

@@ -614,10 +614,12 @@ class RespService(ListeningService):
             return False
         group = Group()
         slots = self.slots
+        checked = True  # (the head: plain, as found above)
         while items:
             item = items[0]
-            if isinstance(item, EndOfInput) or not self.plain(connection, item):
+            if isinstance(item, EndOfInput) or not (checked or self.plain(connection, item)):
                 break
+            checked = False
             argv = item.argv
             if group.members and not is_replicated(argv):
                 break  # (before HELLO changes the encoding of the group's replies)

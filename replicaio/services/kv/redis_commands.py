@@ -102,7 +102,7 @@ class Local:
 Finish = Callable[[Sequence[KvResult]], Reply]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Replicated:
     """Key-value commands that go through SMR as one request (in this order)."""
 
@@ -110,6 +110,17 @@ class Replicated:
     commands: tuple[bytes, ...]
     read_only: bool
     finish: Finish
+
+    def __init__(self, name: str, commands: tuple[bytes, ...], read_only: bool,
+                 finish: Finish) -> None:
+        # What the generated ``__init__`` of a frozen dataclass does, written out: that
+        # one is generated source, interpreted even where this module is compiled, and
+        # one plan is made per command.
+        setter = object.__setattr__
+        setter(self, "name", name)
+        setter(self, "commands", commands)
+        setter(self, "read_only", read_only)
+        setter(self, "finish", finish)
 
 
 Plan = Local | Replicated
