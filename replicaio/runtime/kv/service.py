@@ -965,14 +965,18 @@ class RespService(ListeningService):
         """Answer ``group`` from its SMR request's outcome, in one write; how many of
         its commands were answered (a read-only group may be cut: ``plans_that_fit``)."""
         commands = sum(len(planned.commands) for _, planned in group)
-        self.count("kv_smr_requests")
-        self.count("kv_smr_commands", len(group))
+        host = self.host
+        assert host is not None
+        counters = host.counters
+        counters.count("kv_smr_requests")
+        counters.count("kv_smr_commands", len(group))
         results = self.results(outcome, commands)
         answered = len(group)
-        if not isinstance(results, RespError):
+        # (a group of one is answered whole: plans_that_fit answers the first plan always)
+        if answered > 1 and not isinstance(results, RespError):
             answered = plans_that_fit(group, results)
             if answered < len(group):
-                self.count("kv_read_groups_split")
+                counters.count("kv_read_groups_split")
         offset = 0
         replies: list[bytes] = []
         for item, planned in group[:answered]:
