@@ -108,6 +108,8 @@ LIMITS = RespLimits(bulk_bytes_max=16, array_items_max=4, inline_bytes_max=32,
         (b"*1\r\n$1x\r\n", "invalid_bulk_length"),
         (b"*2\r\n:1\r\n", "expected_bulk"),
         (b"*1\r\n$1\r\nab\r\n", "bulk_not_terminated"),
+        (b"*1\r\n$1\r\na\rb", "bulk_not_terminated"),  # (each byte of the CRLF checked)
+        (b"*1\r\n$1\r\na\n\r", "bulk_not_terminated"),
         (b"*" + b"1" * 40, "length_line_too_long"),
         (b"P" * 33, "inline_too_long"),  # inline_bytes_max, no newline yet
         (b"*3\r\n$16\r\n" + b"a" * 16 + b"\r\n$16\r\n" + b"b" * 16 + b"\r\n$16\r\n",
