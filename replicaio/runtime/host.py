@@ -726,8 +726,11 @@ class NodeHost:
         synced: bool, timers: dict[int, int],
     ) -> None:
         """Release what a batch held back (all but its ``clean`` prefix, which
-        left already) once it is durable, and arm its timers."""
-        self.flush_event_log()
+        left already) once it is durable, and arm its timers. (Each release is
+        called only when it has something to do: many batches, those of client
+        requests queued for the next SMR batch, release nothing.)"""
+        if self.event_log is not None:
+            self.flush_event_log()
         position = clean[1]
         replies = outputs[position:]
         done = [(index - position, on_done, reason)
@@ -737,11 +740,15 @@ class NodeHost:
             # them have run (their writes would wake the peers' processes first).
             self.release_replies(replies, done)
             self.defer_sends(sends[clean[0]:])
-            self.arm_timers(synced, timers)
+            if timers:
+                self.arm_timers(synced, timers)
         else:
-            self.release_sends(sends[clean[0]:])
-            self.arm_timers(synced, timers)
-            self.release_replies(replies, done)
+            if len(sends) > clean[0] or self.deferred_sends:
+                self.release_sends(sends[clean[0]:])
+            if timers:
+                self.arm_timers(synced, timers)
+            if replies or done:
+                self.release_replies(replies, done)
         self.stats["batches"] += 1
 
     async def process_pipelined(self, batch: list[tuple[OnDone | None, Input]]) -> None:
