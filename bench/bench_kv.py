@@ -1202,10 +1202,12 @@ class FloorSystem(System):
     nodes = 3
     driven = "this process, asyncio, one RESP connection per client"
 
-    def __init__(self, settings: Settings, flushes: int) -> None:
+    def __init__(self, settings: Settings, flushes: int, ballast: int = 0) -> None:
         super().__init__(settings)
         self.flushes = flushes
-        self.name = "floor" if flushes == 2 else "floor-1flush"
+        self.ballast = ballast
+        self.name = ("floor" if flushes == 2 else "floor-1flush") + (
+            f"+ballast{ballast}" if ballast else "")
         self.durability = (
             "fdatasync per batch; a lone batch's mark gets a second (replicaio's default)"
             if flushes == 2 else "fdatasync per batch (etcd's guarantee)")
@@ -1220,7 +1222,8 @@ class FloorSystem(System):
             directory = self.settings.workdir / self.name / f"n{node}"
             directory.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-P", str(FLOOR_NODE), "--id", str(node), "--dir",
-                       str(directory), "--flushes", str(self.flushes)]
+                       str(directory), "--flushes", str(self.flushes), "--ballast",
+                       str(self.ballast)]
             command += (["--client-port", str(client_port), "--peers",
                          ",".join(map(str, peer_ports))] if node == 0
                         else ["--listen", str(peer_ports[node - 1])])
@@ -1670,6 +1673,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="[protocol.params] of the PBFT clusters, e.g. replica_macs=1")
     parser.add_argument("--gateway-clients", default="16",
                         help="client counts for replicaio-pbft-gateway")
+    parser.add_argument("--floor-ballast", default="",
+                        help="with the system floor: also the floor with N distinct small "
+                             "functions run at each per-batch point (comma-separated Ns; "
+                             "bench/kv_floor_node.py --ballast)")
     parser.add_argument("--variant", action="append", default=[],
                         help="another replicaio cluster measured alongside, e.g. "
                              "'fast-tick:node.tick_us=5000', 'snap64:protocol.snapshot=64' or "
@@ -1782,6 +1789,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif name in ("floor", "floor-1flush"):
             plan.append((FloorSystem(settings, 2 if name == "floor" else 1), args.clients,
                          workloads))
+            for ballast in ([int(n) for n in args.floor_ballast.split(",") if n]
+                            if name == "floor" else []):
+                plan.append((FloorSystem(settings, 2, ballast), args.clients, workloads))
         elif name == "redis":
             plan.append((RedisSystem(settings), args.clients, workloads))
     running: list[tuple[System, list[int], list[str]]] = []

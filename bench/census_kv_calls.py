@@ -46,6 +46,7 @@ from bench_kv import (  # noqa: E402
     RespClient,
     Settings,
     System,
+    cpu_seconds,
     run_async,
 )
 
@@ -125,6 +126,23 @@ def census(system: System, roles: dict[int, str], port: int, args: argparse.Name
             for pid in pids}
 
 
+def cpu_per_set(roles: dict[int, str], port: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``--cpu``: each node's CPU time (user + system, all threads, from /proc) per SET
+    over the same SETs, without the hook, the build as deployed."""
+    run_async(sets(port, args.warmup, b"v" * args.value_bytes))
+    before = {pid: cpu_seconds([pid]) for pid in roles}
+    started = time.perf_counter()
+    run_async(sets(port, args.sets, b"v" * args.value_bytes))
+    elapsed = time.perf_counter() - started
+    after = {pid: cpu_seconds([pid]) for pid in roles}
+    found: dict[str, Any] = {
+        roles[pid]: {"cpu_us_per_set": round((after[pid] - before[pid]) * 1e6 / args.sets, 1)}
+        for pid in roles}
+    found["client"] = {"sets_per_s": round(args.sets / elapsed, 1),
+                       "round_trip_us": round(elapsed * 1e6 / args.sets, 1)}
+    return found
+
+
 def print_report(name: str, nodes: dict[str, Any], top: int) -> None:
     print(f"\n{name}: per SET, functions called >= the threshold on each node")
     print(f"  {'node':10} {'functions':>9} {'python':>7} {'C':>5} {'calls':>7} "
@@ -158,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON only")
     parser.add_argument("--list", action="store_true",
                         help="every function counted, by module (not only the 40 most called)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="no census: each node's CPU time per SET, the build as deployed")
     args = parser.parse_args(argv)
     if args.sets <= 0 or args.warmup < 0 or args.min_per_set <= 0:
         parser.error("--sets and --min-per-set must be positive, --warmup not negative")
@@ -168,10 +188,17 @@ def main(argv: list[str] | None = None) -> int:
                                "min_per_set": args.min_per_set, "systems": {}}
     saved = {name: os.environ.get(name) for name in
              ("REPLICAIO_CENSUS_DIR", "REPLICAIO_COMPILED", "PYTHONPATH")}
-    os.environ["REPLICAIO_CENSUS_DIR"] = str(directory)
-    os.environ["REPLICAIO_COMPILED"] = "0"
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(CENSUS), saved["PYTHONPATH"]]))
+    if not args.cpu:
+        os.environ["REPLICAIO_CENSUS_DIR"] = str(directory)
+        os.environ["REPLICAIO_COMPILED"] = "0"
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(CENSUS), saved["PYTHONPATH"]]))
+
+    def measure(system: System, roles: dict[int, str], port: int) -> dict[str, Any]:
+        if args.cpu:
+            return cpu_per_set(roles, port, args)
+        return census(system, roles, port, args, directory)
+
     try:
         settings = Settings(workdir=workdir, warmup_s=0, duration_s=0, keys=1000,
                             value_bytes=args.value_bytes, front="resp", node_params={},
@@ -183,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             roles = {pid: "leader" if node == replicaio.leader else f"follower {node}"
                      for pid, node in pids.items()}
             port = replicaio.client_port()
-            results["systems"]["replicaio"] = census(replicaio, roles, port, args, directory)
+            results["systems"]["replicaio"] = measure(replicaio, roles, port)
         finally:
             replicaio.stop()
         if args.floor:
@@ -193,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 roles = {process.pid: role for process, role in
                          zip(floor.processes, ("follower 1", "follower 2", "leader"),
                              strict=True)}
-                results["systems"]["floor"] = census(floor, roles, floor.port, args,
-                                                     directory)
+                results["systems"]["floor"] = measure(floor, roles, floor.port)
             finally:
                 floor.stop()
     finally:
@@ -207,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=1))
+    elif args.cpu:
+        print(f"CPU per SET (us, user + system, every thread) over {args.sets} SETs of one "
+              f"client after {args.warmup}; the build as deployed")
+        for name, nodes in results["systems"].items():
+            client = nodes.pop("client")
+            print(f"  {name:10} " + ", ".join(f"{role} {found['cpu_us_per_set']}"
+                                              for role, found in sorted(nodes.items()))
+                  + f"; {client['sets_per_s']} SETs/s, round trip {client['round_trip_us']} us")
     else:
         print(f"SETs counted {args.sets} (after {args.warmup}), one client, interpreted "
               f"build, threshold {args.min_per_set} calls per SET")

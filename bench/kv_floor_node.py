@@ -67,6 +67,36 @@ MARK = struct.Struct("!QQ")  # slot sequence, batch
 FRAME = struct.Struct("!IQ")  # payload length, batch (leader -> follower: a batch)
 ACK = struct.Struct("!Q")  # the highest durable batch (follower -> leader)
 
+# ``--ballast N``: N distinct small functions, each run once at each of a node's
+# per-batch points on the critical path (the leader's batch and its commit, a
+# follower's batch), to test whether distinct code per SET, cold after every wait,
+# is what a SET's round trip pays for (ADR 0060, 0063). Each is a few lines of the
+# kind a protocol step runs: a dict read and write, a branch, a small list.
+BALLAST_SOURCE = """
+def ballast_{i}(state):
+    count = state.get({slot}, 0) + {i}
+    if count & 1:
+        state[{slot}] = count - 1
+    else:
+        state[{slot}] = count + 1
+    items = [count, {i}, len(state)]
+    return items[{pick}] + state.get("x{i}", 0)
+"""
+
+
+def make_ballast(count: int) -> list[Callable[[dict[object, int]], int]]:
+    """``count`` functions, each its own code object (none shares bytecode)."""
+    namespace: dict[str, Any] = {}
+    source = "".join(BALLAST_SOURCE.format(i=i, slot=i % 7, pick=i % 3) for i in range(count))
+    exec(compile(source, "<ballast>", "exec"), namespace)
+    return [namespace[f"ballast_{i}"] for i in range(count)]
+
+
+def run_ballast(functions: list[Callable[[dict[object, int]], int]],
+                state: dict[object, int]) -> None:
+    for function in functions:
+        function(state)
+
 
 class Log:
     """One node's log file and its log thread; see the module docstring."""
@@ -185,8 +215,11 @@ class ClientConnection(asyncio.Protocol):
 class Leader:
     """Node 0: batches, replicates, commits in order, replies."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, directory: str, flushes: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, directory: str, flushes: int,
+                 ballast: int = 0) -> None:
         self.loop = loop
+        self.ballast = make_ballast(ballast)
+        self.ballast_state: dict[object, int] = {}
         self.log = Log(os.path.join(directory, "log"), flushes, loop, self.on_own_durable)
         self.data: dict[bytes, bytes] = {}
         self.pending: list[tuple[ClientConnection, list[bytes]]] = []
@@ -220,6 +253,7 @@ class Leader:
         self.flush_scheduled = False
         commands = self.pending
         self.pending = []
+        run_ballast(self.ballast, self.ballast_state)
         self.batch += 1
         payload = b"".join(encode_command(words) for _, words in commands)
         frame = FRAME.pack(len(payload), self.batch) + payload
@@ -239,6 +273,8 @@ class Leader:
 
     def commit(self) -> None:
         target = min(self.durable, self.acked)
+        if self.committed < target:
+            run_ballast(self.ballast, self.ballast_state)
         replies: dict[ClientConnection, list[bytes]] = {}
         while self.committed < target:
             self.committed += 1
@@ -287,7 +323,10 @@ def decode_sets(payload: bytes) -> list[tuple[bytes, bytes]]:
 class Follower:
     """Nodes 1 and 2: log each batch, acknowledge it once durable, apply it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, directory: str, flushes: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, directory: str, flushes: int,
+                 ballast: int = 0) -> None:
+        self.ballast = make_ballast(ballast)
+        self.ballast_state: dict[object, int] = {}
         self.log = Log(os.path.join(directory, "log"), flushes, loop, self.on_durable)
         self.data: dict[bytes, bytes] = {}
         self.payloads: dict[int, bytes] = {}
@@ -307,6 +346,7 @@ class Follower:
             length, batch = FRAME.unpack(header)
             payload = await reader.readexactly(length)
             self.payloads[batch] = payload
+            run_ballast(self.ballast, self.ballast_state)
             self.log.submit(batch, payload)
 
 
@@ -322,7 +362,7 @@ async def main_async(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     loop_name = type(loop).__module__.split(".")[0]
     if args.id == 0:
-        leader = Leader(loop, args.dir, args.flushes)
+        leader = Leader(loop, args.dir, args.flushes, args.ballast)
         for port in (int(p) for p in args.peers.split(",")):
             reader, writer = await asyncio.open_connection(LOOPBACK, port)
             nodelay(writer)
@@ -331,7 +371,7 @@ async def main_async(args: argparse.Namespace) -> None:
         server = await loop.create_server(lambda: ClientConnection(leader), LOOPBACK,
                                           args.client_port)
     else:
-        follower = Follower(loop, args.dir, args.flushes)
+        follower = Follower(loop, args.dir, args.flushes, args.ballast)
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             nodelay(writer)
@@ -342,7 +382,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
         server = await asyncio.start_server(serve, LOOPBACK, args.listen)
     print(json.dumps({"ready": True, "id": args.id, "loop": loop_name,
-                      "flushes": args.flushes}), flush=True)
+                      "flushes": args.flushes, "ballast": args.ballast}), flush=True)
     async with server:
         await server.serve_forever()
 
@@ -357,11 +397,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", type=int, default=0, help="a follower's peer port")
     parser.add_argument("--client-port", type=int, default=0, help="the leader's RESP port")
     parser.add_argument("--peers", default="", help="the leader: the followers' ports")
+    parser.add_argument("--ballast", type=int, default=0,
+                        help="distinct small functions run at each per-batch point (a "
+                             "measurement of cold code; see BALLAST_SOURCE)")
     args = parser.parse_args(argv)
     if args.id == 0 and (not args.client_port or len(args.peers.split(",")) != 2):
         parser.error("the leader needs --client-port and two --peers")
     if args.id != 0 and not args.listen:
         parser.error("a follower needs --listen")
+    if args.ballast < 0:
+        parser.error("--ballast must not be negative")
     run: Any
     try:
         import uvloop

@@ -40,10 +40,12 @@ def test_bench_kv_against_replicaio_only_json_and_cleanup() -> None:
 def test_bench_kv_floor_answers_sets_and_gets_with_both_flush_counts() -> None:
     """The floor (``bench/kv_floor_node.py``, the thinnest replicated KV with replicaio's
     shape) serves the closed loop's SETs and GETs through three real processes and
-    their fsynced logs, with one flush per batch and with a lone batch's mark flush."""
+    their fsynced logs, with one flush per batch, with a lone batch's mark flush, and
+    with ballast (distinct functions run per batch)."""
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--systems", "floor,floor-1flush", "--clients", "1,4",
-         "--workloads", "set,mixed", "--repeat", "1", "--duration", "0.5", "--warmup", "0.2",
+        [sys.executable, str(BENCH), "--systems", "floor,floor-1flush", "--floor-ballast", "20",
+         "--clients", "1,4", "--workloads", "set,mixed", "--repeat", "1", "--duration", "0.5",
+         "--warmup", "0.2",
          "--idle-seconds", "0", "--redis-benchmark", "", "--pysyncobj-memory", "",
          "--no-install", "--json"],
         capture_output=True, text=True, timeout=60, check=False,
@@ -52,7 +54,8 @@ def test_bench_kv_floor_answers_sets_and_gets_with_both_flush_counts() -> None:
     report = json.loads(done.stdout)
     assert report["skipped"] == {}, report["skipped"]
     rows = {(row["system"], row["workload"], row["clients"]): row for row in report["rows"]}
-    assert set(rows) == {(system, workload, clients) for system in ("floor", "floor-1flush")
+    assert set(rows) == {(system, workload, clients)
+                         for system in ("floor", "floor-1flush", "floor+ballast20")
                          for workload in ("set", "mixed") for clients in (1, 4)}
     for row in rows.values():
         assert row["ops"] > 0 and not row["errors"], row
@@ -104,3 +107,17 @@ def test_census_counts_the_code_one_set_runs_on_every_node() -> None:
     assert any(module.endswith("redis_commands.py") for module, _functions, _calls
                in leader["modules"]), leader["modules"]
     assert 0 < floor["leader"]["python_functions"] < leader["python_functions"]
+
+
+def test_census_cpu_mode_reads_each_nodes_cpu_per_set() -> None:
+    """``--cpu``: no hook, each node's CPU time per SET from /proc, and the client's round
+    trip; a leader does more per SET than nothing."""
+    done = subprocess.run(
+        [sys.executable, str(CENSUS), "--cpu", "--sets", "100", "--warmup", "20", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    nodes = json.loads(done.stdout)["systems"]["replicaio"]
+    client = nodes.pop("client")
+    assert client["sets_per_s"] > 0 and client["round_trip_us"] > 0
+    assert len(nodes) == 3 and nodes["leader"]["cpu_us_per_set"] > 0, nodes
