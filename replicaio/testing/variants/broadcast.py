@@ -26,14 +26,19 @@ the adversary's two rules (docs/adversary.md):
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Coroutine
+from typing import Any, TypeVar, cast
 
 from replicaio.core.config import Resilience, intersecting_quorum
 from replicaio.core.context import Context, Link
 from replicaio.core.lines import AnyOf, Line
+from replicaio.core.scheduler import Task
 from replicaio.protocols.broadcast import BroadcastSpec, Instances
 from replicaio.protocols.broadcast.bracha import bracha
+from replicaio.protocols.broadcast.echo import consistent
 from replicaio.testing.variants.instances import WatermarkLastInstances
+
+T = TypeVar("T")
 
 
 async def bracha_weak_echo(node: Context, sender: int, value: bytes | None = None) -> bytes:
@@ -44,8 +49,9 @@ async def bracha_weak_echo(node: Context, sender: int, value: bytes | None = Non
 
 
 class WeakEchoNode:
-    """``node`` as ``bracha-weak-echo`` shows it to Bracha: the same links, but
-    the ECHO quorum it asks for is f + 1 ECHOs (the planted bug)."""
+    """``node`` as ``bracha-weak-echo`` and ``echo-weak`` show it to the shipped
+    instance function: the same links and tasks, but the ECHO quorum it asks for
+    is f + 1 ECHOs (the planted bug)."""
 
     def __init__(self, node: Context) -> None:
         self.node = node
@@ -55,6 +61,9 @@ class WeakEchoNode:
     def links(self, *names: str) -> tuple[Link[Any] | WeakQuorum, ...]:
         return tuple(WeakQuorum(link, self.f + 1) if link.name == "ECHO" else link
                      for link in self.node.links(*names))
+
+    def spawn(self, coroutine: Coroutine[Any, Any, T], name: str = "") -> Task[T]:
+        return self.node.spawn(coroutine, name)
 
 
 class WeakQuorum:
@@ -102,17 +111,10 @@ async def bracha_spins(node: Context, sender: int, value: bytes | None = None) -
 
 
 async def consistent_weak(node: Context, sender: int, value: bytes | None = None) -> bytes:
-    """Consistent broadcast delivering on f + 1 echoes (the bound is more than (n + f) / 2)."""
-    send, echo = node.links("SEND", "ECHO")
-    if value is not None:
-        send.to_all(value)
-
-    async def echo_the_send() -> None:
-        echo.to_all(await send.from_peer(sender))
-
-    node.spawn(echo_the_send())
-    delivered: bytes = await echo.quorum(node.f + 1)
-    return delivered
+    """Consistent broadcast (``echo.consistent``, the shipped function) delivering
+    on f + 1 echoes (the bound is more than (n + f) / 2): handed a node whose
+    ECHO link answers every quorum with one of f + 1."""
+    return await consistent(cast(Context, WeakEchoNode(node)), sender, value)
 
 
 class OpensOwnInstances(Instances):
