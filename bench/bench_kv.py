@@ -980,6 +980,34 @@ class MinbftGroupsGatewaySystem(PbftGroupsGatewaySystem):
         self.name = "replicaio-minbft-groups-gateway"
 
 
+def resp_answers_ping(port: int) -> bool:
+    """Whether the RESP server on ``port`` answers ``PING`` with ``PONG``."""
+
+    async def ping() -> bool:
+        client = await RespClient.connect(port)
+        try:
+            return bool(await client.command(b"PING") == b"PONG")
+        finally:
+            await client.close()
+
+    return bool(run_async(ping()))
+
+
+class ProcessesSystem(System):
+    """A system of server processes this script started (``processes``), stopped
+    together."""
+
+    processes: list[subprocess.Popen[Any]]
+
+    def server_pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            PROCESSES.stop(process)
+        self.processes = []
+
+
 class RedisSystem(System):
     name = "redis"
     durability = "appendonly yes, appendfsync always (fsync before every reply)"
@@ -1001,14 +1029,7 @@ class RedisSystem(System):
              "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning"],
             directory / "redis.log", stdin=subprocess.DEVNULL)
 
-        async def ping() -> bool:
-            client = await RespClient.connect(self.port)
-            try:
-                return bool(await client.command(b"PING") == b"PONG")
-            finally:
-                await client.close()
-
-        wait_for(lambda: bool(run_async(ping())), 20.0, "redis-server")
+        wait_for(lambda: resp_answers_ping(self.port), 20.0, "redis-server")
 
     async def connect(self, index: int) -> Any:
         return await RespClient.connect(self.port)
@@ -1021,7 +1042,7 @@ class RedisSystem(System):
             PROCESSES.stop(self.process)
 
 
-class EtcdSystem(System):
+class EtcdSystem(ProcessesSystem):
     name = "etcd"
     nodes = 3
     durability = "fsync of the WAL before every commit (etcd default)"
@@ -1078,14 +1099,6 @@ class EtcdSystem(System):
 
     async def connect(self, index: int) -> Any:
         return await EtcdClient.connect(self.leader_port)
-
-    def server_pids(self) -> list[int]:
-        return [process.pid for process in self.processes]
-
-    def stop(self) -> None:
-        for process in self.processes:
-            PROCESSES.stop(process)
-        self.processes = []
 
 
 class PySyncObjSystem(System):
@@ -1194,7 +1207,7 @@ class PySyncObjSystem(System):
         self.processes = []
 
 
-class FloorSystem(System):
+class FloorSystem(ProcessesSystem):
     """``bench/kv_floor_node.py``: the thinnest Python replicated KV with replicaio's
     shape (its docstring says what it does and leaves out), as a floor beside
     replicaio at the same client count. Three nodes, node 0 leads (fixed)."""
@@ -1235,26 +1248,11 @@ class FloorSystem(System):
             ready = PySyncObjSystem.read(process, 30.0)
             self.loop_name = str(ready.get("loop", "?"))
 
-        async def ping() -> bool:
-            client = await RespClient.connect(self.port)
-            try:
-                return bool(await client.command(b"PING") == b"PONG")
-            finally:
-                await client.close()
-
-        wait_for(lambda: bool(run_async(ping())), 20.0, self.name)
+        wait_for(lambda: resp_answers_ping(self.port), 20.0, self.name)
         log(f"{self.name}: loop {self.loop_name}")
 
     async def connect(self, index: int) -> Any:
         return await RespClient.connect(self.port)
-
-    def server_pids(self) -> list[int]:
-        return [process.pid for process in self.processes]
-
-    def stop(self) -> None:
-        for process in self.processes:
-            PROCESSES.stop(process)
-        self.processes = []
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "loop": self.loop_name}
