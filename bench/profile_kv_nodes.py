@@ -269,7 +269,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true",
                         help="keep the run's directory (profiles, node logs, data)")
     parser.add_argument("--py-spy", default="", metavar="PY_SPY",
-                        help="py-spy (its path) records the leader's threads, --native, while "
+                        help="py-spy (its path, or 'py-spy': the one ./run setup installs "
+                        "beside this interpreter) records the leader's threads, --native, while "
                         "the clients run (it stops the process per sample: slows it)")
     parser.add_argument("--perf", choices=("leader", "follower"), default=None,
                         help="perf record (CPU samples, user and kernel) of the leader's or "
@@ -282,6 +283,12 @@ def main() -> None:
     parser.add_argument("--strace", action="store_true",
                         help="count each node's system calls per op (strace -c -f; slows it)")
     args = parser.parse_args()
+    if args.py_spy == "py-spy":  # the dev dependency, beside this interpreter, else on PATH
+        beside = Path(sys.executable).with_name("py-spy")
+        args.py_spy = str(beside) if beside.exists() else (shutil.which("py-spy") or "")
+        if not args.py_spy:
+            parser.error("--py-spy py-spy: no py-spy beside this interpreter nor on PATH "
+                         "(./run setup installs it)")
     workdir = Path(tempfile.mkdtemp(prefix="profile-kv-"))
     sections: dict[str, dict[str, Any]] = {
         "host": {"fsync": not args.no_fsync, "client_service": "resp"}}
