@@ -126,17 +126,55 @@ def census(system: System, roles: dict[int, str], port: int, args: argparse.Name
             for pid in pids}
 
 
+def thread_times(pid: int) -> dict[int, tuple[int, int, int]]:
+    """Each thread of ``pid``: (user ticks, system ticks, voluntary context switches),
+    from /proc (a thread gone meanwhile is left out)."""
+    found: dict[int, tuple[int, int, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        switches = next((int(line.split()[1]) for line in status.splitlines()
+                         if line.startswith("voluntary_ctxt_switches")), 0)
+        found[int(task.name)] = (int(fields[11]), int(fields[12]), switches)
+    return found
+
+
+def by_thread(pid: int, before: dict[int, tuple[int, int, int]],
+              after: dict[int, tuple[int, int, int]], sets: int) -> dict[str, Any]:
+    """Per SET: the main thread's and the other threads' user and system CPU (us)
+    and wake-ups (voluntary context switches: each a sleep the thread woke from)."""
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    parts: dict[str, list[float]] = {"main": [0.0, 0.0, 0.0], "threads": [0.0, 0.0, 0.0]}
+    for tid, (user, system, switches) in after.items():
+        was = before.get(tid, (0, 0, 0))
+        part = parts["main" if tid == pid else "threads"]
+        part[0] += (user - was[0]) * tick_us / sets
+        part[1] += (system - was[1]) * tick_us / sets
+        part[2] += (switches - was[2]) / sets
+    return {name: {"user_us": round(user, 1), "system_us": round(system, 1),
+                   "wakeups": round(wakeups, 2)}
+            for name, (user, system, wakeups) in parts.items()}
+
+
 def cpu_per_set(roles: dict[int, str], port: int, args: argparse.Namespace) -> dict[str, Any]:
     """``--cpu``: each node's CPU time (user + system, all threads, from /proc) per SET
-    over the same SETs, without the hook, the build as deployed."""
+    over the same SETs, without the hook, the build as deployed; and the same split
+    into the main thread and the others (the disk threads), with wake-ups."""
     run_async(sets(port, args.warmup, b"v" * args.value_bytes))
+    threads_before = {pid: thread_times(pid) for pid in roles}
     before = {pid: cpu_seconds([pid]) for pid in roles}
     started = time.perf_counter()
     run_async(sets(port, args.sets, b"v" * args.value_bytes))
     elapsed = time.perf_counter() - started
     after = {pid: cpu_seconds([pid]) for pid in roles}
+    threads_after = {pid: thread_times(pid) for pid in roles}
     found: dict[str, Any] = {
-        roles[pid]: {"cpu_us_per_set": round((after[pid] - before[pid]) * 1e6 / args.sets, 1)}
+        roles[pid]: {"cpu_us_per_set": round((after[pid] - before[pid]) * 1e6 / args.sets, 1),
+                     "threads": by_thread(pid, threads_before[pid], threads_after[pid],
+                                          args.sets)}
         for pid in roles}
     found["client"] = {"sets_per_s": round(args.sets / elapsed, 1),
                        "round_trip_us": round(elapsed * 1e6 / args.sets, 1)}
@@ -241,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:10} " + ", ".join(f"{role} {found['cpu_us_per_set']}"
                                               for role, found in sorted(nodes.items()))
                   + f"; {client['sets_per_s']} SETs/s, round trip {client['round_trip_us']} us")
+            for role, found in sorted(nodes.items()):
+                print(f"    {role:10} " + "; ".join(
+                    f"{part} {figures['user_us']}u + {figures['system_us']}s us, "
+                    f"{figures['wakeups']} wake-ups" for part, figures in found["threads"].items()))
     else:
         print(f"SETs counted {args.sets} (after {args.warmup}), one client, interpreted "
               f"build, threshold {args.min_per_set} calls per SET")

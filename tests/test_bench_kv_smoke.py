@@ -121,3 +121,8 @@ def test_census_cpu_mode_reads_each_nodes_cpu_per_set() -> None:
     client = nodes.pop("client")
     assert client["sets_per_s"] > 0 and client["round_trip_us"] > 0
     assert len(nodes) == 3 and nodes["leader"]["cpu_us_per_set"] > 0, nodes
+    # Split by thread: the main thread works on every SET, and the disk threads
+    # (fsync on) sleep in at least one flush per SET.
+    threads = nodes["leader"]["threads"]
+    assert threads["main"]["user_us"] + threads["main"]["system_us"] > 0, threads
+    assert threads["threads"]["wakeups"] >= 1, threads
