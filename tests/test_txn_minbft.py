@@ -29,6 +29,7 @@ from replicaio.core.stream import GroupDatagram
 from replicaio.protocols.minbft.messages import certified_bytes
 from replicaio.protocols.minbft.usig import (
     UI,
+    ContextUsigStore,
     Ed25519KeyedUsigScheme,
     Ed25519UsigScheme,
     HmacUsigScheme,
@@ -49,22 +50,10 @@ FAULTS = ("crash", "loss", "dup", "reorder")
 SOURCE_GROUP, TARGET_GROUP = 0, 1
 
 
-class DictStore:
-    def __init__(self) -> None:
-        self.value: tuple[int, int, bytes, int] | None = None
-
-    def load(self) -> tuple[int, int, bytes] | None:
-        return None if self.value is None else self.value[:3]
-
-    def save(self, epoch: int, counter: int, digest: bytes, new_view_max: int = 0,
-             marks: tuple[int, ...] = ()) -> None:
-        self.value = (epoch, counter, digest, new_view_max)
-
-    def load_new_view_max(self) -> int:
-        return 0 if self.value is None else self.value[3]
-
-    def load_marks(self) -> tuple[int, ...]:
-        return ()
+def memory_store() -> ContextUsigStore:
+    """The shipped store of a USIG's counter, over a dict instead of a node's storage."""
+    records: dict[str, Any] = {}
+    return ContextUsigStore(records.get, records.__setitem__)
 
 
 def schemes() -> list[tuple[UsigScheme, UsigScheme]]:
@@ -83,7 +72,7 @@ def test_a_ui_of_one_groups_usig_verifies_in_no_other_group(pair: Any) -> None:
     messages; each UI verifies for its own group only (and neither as the
     node's only MinBFT, group None), so no counter value serves twice in a group."""
     certifier, verifier = pair
-    usigs = {group: Usig.open(certifier, 1, DictStore(), lambda: 0, group)
+    usigs = {group: Usig.open(certifier, 1, memory_store(), lambda: 0, group)
              for group in (None, 0, 1)}
     uis = {group: usig.create_ui(b"m" if group == 0 else b"n") for group, usig in usigs.items()}
     assert {ui.counter for ui in uis.values()} == {1}
@@ -109,7 +98,7 @@ def test_the_single_group_bytes_are_unchanged() -> None:
     """A node's only MinBFT (group None) certifies exactly as before groups were
     bound (ADR 0013's bytes), so single-group runs keep their event-log hashes."""
     scheme = simulation_scheme()
-    usig = Usig.open(scheme, 2, DictStore(), lambda: 0)
+    usig = Usig.open(scheme, 2, memory_store(), lambda: 0)
     ui = usig.create_ui(b"hello")
     key = hmac.digest(b"replicaio simulation usig secret v1", b"replicaio usig v1 hmac",
                       hashlib.sha256)
