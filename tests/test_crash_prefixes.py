@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from replicaio.cli import main
+from replicaio.cli import EXIT_VIOLATION, main
 from replicaio.sim.kv_harness import KvWorkload, kv_options
 from replicaio.sim.options import SimOptions
 from replicaio.sim.prefixes import check_prefixes
@@ -31,9 +31,15 @@ def test_every_prefix_of_a_small_broadcast_run_restarts_correctly(protocol: str)
 
 @pytest.mark.parametrize("protocol", ["bracha", "beb"])
 def test_the_watermark_last_collection_order_is_caught(protocol: str) -> None:
+    """``WatermarkLastInstances`` is the shipped collection with only its write order
+    broken; with the archive off (as before the fix: collection erases the records
+    it collects) a prefix keeping the erasure but not the watermark delivers an
+    instance twice. The shipped order passes the same runs."""
     for seed in (1, 2, 3):
         options = SimOptions.draw(seed, 4, 0, (), requests_per_node=4)
-        factory = SmallInstancesFactory(protocol, WatermarkLastInstances)
+        shipped = SmallInstancesFactory(protocol, archived_max=0)
+        assert check_prefixes(protocol, options, factory=shipped).ok, seed
+        factory = SmallInstancesFactory(protocol, WatermarkLastInstances, archived_max=0)
         result = check_prefixes(protocol, options, factory=factory)
         assert result.run_violations == []  # no crash lands there in the run itself
         assert result.failures, seed
@@ -64,3 +70,18 @@ def test_explore_crash_prefixes_from_the_command_line(capsys: Any) -> None:
     assert report["exhaustive"] is True
     assert report["states_checked"] > report["steps_checked"] > 0
     assert report["reproduce"].endswith("--seed 2 --crash-prefixes")
+
+
+def test_the_watermark_last_variant_is_caught_from_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``replicaio explore bracha-watermark-last --crash-prefixes``: the registered
+    variant runs small (window 4, 2 retained, archive off), so a four-request run
+    collects and the crash-prefix mode finds the duplicate delivery."""
+    code = main(["explore", "bracha-watermark-last", "--nodes", "4", "--requests", "4",
+                 "--seed", "1", "--crash-prefixes", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == EXIT_VIOLATION
+    assert report["violations"] and all(
+        violation["property"] == "no-duplication" for violation in report["violations"]
+    ), report["violations"]

@@ -12,5 +12,8 @@ cdef class Instances:
     cpdef record(self, sender, seq, value)
     cpdef archive_low(self, sender)
     cpdef collect(self, sender)
+    cpdef fresh_deliveries(self)
+    cpdef move_watermark(self, sender, low)
+    cpdef erase_below(self, sender, low)
     cpdef beyond_window(self, sender, seq)
     cpdef peer_may_open(self, sender)

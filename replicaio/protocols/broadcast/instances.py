@@ -319,10 +319,7 @@ class Instances:
         """Forget the oldest delivered instances beyond ``retained_max``."""
         delivered = self.delivered[sender]
         low = self.low[sender]
-        fresh = self.step_deliveries if self.step_effects is self.context.node.effects else ()
-        # Never past a delivery of this very step: a crash inside it may keep the
-        # new watermark and lose the output, and below the watermark a delivery
-        # is not announced again at restart (long profile, aimed crash, seed 130).
+        fresh = self.fresh_deliveries()
         while (
             len(delivered) - (low - self.low[sender]) > self.retained_max
             and low in delivered
@@ -331,13 +328,34 @@ class Instances:
             low += 1
         if low == self.low[sender]:
             return
-        # The watermark is durable before anything below it is erased: a crash
-        # keeping any prefix of this step's writes restarts with the new
-        # watermark (and ``start`` erases what is left below it) or with the old
-        # one and every record intact. Never a collected instance without its
-        # record, which a peer's retransmission would deliver again.
+        self.move_watermark(sender, low)
+
+    def fresh_deliveries(self) -> Any:
+        """The ``(sender, seq)`` delivered in this very step, which collection
+        never passes: a crash inside the step may keep the new watermark and
+        lose the output, and below the watermark a delivery is not announced
+        again at restart (long profile, aimed crash, seed 130). (A seam:
+        ``replicaio.testing.variants`` plants collection past them.)"""
+        if self.step_effects is self.context.node.effects:
+            return self.step_deliveries
+        return ()
+
+    def move_watermark(self, sender: int, low: int) -> None:
+        """Collect ``sender``'s instances below ``low``, in this write order: the
+        watermark is durable before anything below it is erased, so a crash
+        keeping any prefix of this step's writes restarts with the new
+        watermark (and ``start`` erases what is left below it) or with the old
+        one and every record intact. Never a collected instance without its
+        record, which a peer's retransmission would deliver again. (A seam:
+        ``replicaio.testing.variants`` plants the other order here.)"""
         self.context.persist(f"low:{sender}", low)
+        self.erase_below(sender, low)
+
+    def erase_below(self, sender: int, low: int) -> None:
+        """Forget ``sender``'s instances below ``low`` and erase the records that
+        fall out of the archive; the watermark in memory becomes ``low``."""
         self.context.count("broadcast_instances_collected", low - self.low[sender])
+        delivered = self.delivered[sender]
         old_archive_low = self.archive_low(sender)
         for seq in range(self.low[sender], low):
             self.context.child(sender, seq).forget()

@@ -18,7 +18,11 @@ the adversary's two rules (docs/adversary.md):
   erases the delivered records before it saves the advanced watermark, so a
   crash inside a collecting step restarts with the old watermark and no
   record, and a peer's re-send delivers the instance again
-  (``no-duplication``; the long profile's crashes aimed at heavy steps).
+  (``no-duplication``; the crash-prefix mode, ``replicaio.sim.prefixes``, with
+  the archive off as before the fix);
+* ``bracha-collects-fresh``: collection passes an instance delivered in the
+  same step, so a crash keeping the step's new watermark but not its output
+  loses that delivery (the long profile's crashes aimed at heavy steps);
 * ``bracha-trust-damaged-disk``: ignores ``Start.damaged`` and goes on after
   its storage lost writes, as before issue 9: it delivers again what it had
   delivered (``no-duplication``, under ``--faults crash,disk``).
@@ -36,7 +40,7 @@ from replicaio.core.scheduler import Task
 from replicaio.protocols.broadcast import BroadcastSpec, Instances
 from replicaio.protocols.broadcast.bracha import bracha
 from replicaio.protocols.broadcast.echo import consistent
-from replicaio.testing.variants.instances import WatermarkLastInstances
+from replicaio.testing.variants.instances import CollectsFreshInstances, WatermarkLastInstances
 
 T = TypeVar("T")
 
@@ -178,8 +182,14 @@ BROADCAST_VARIANTS: dict[str, BroadcastSpec] = {
         BroadcastSpec(
             "bracha-watermark-last", bracha, Resilience.BYZANTINE, agreement=True,
             totality=True, broken=True, runner=WatermarkLastInstances, vouch_link="READY",
-            archived_max=0,
+            window_max=4, retained_max=2, archived_max=0,
             summary="BROKEN on purpose: collection erases before it saves the watermark",
+        ),
+        BroadcastSpec(
+            "bracha-collects-fresh", bracha, Resilience.BYZANTINE, agreement=True,
+            totality=True, broken=True, runner=CollectsFreshInstances, vouch_link="READY",
+            summary="BROKEN on purpose: collection passes an instance delivered in the "
+            "same step",
         ),
     )
 }
