@@ -24,6 +24,7 @@ cdef class Node:
     cdef public object timer_next, tick_armed, protocol
     cdef public Context root
 
+    @cython.locals(effects=Effects, reliable=ReliableLinks)
     cpdef step(self, event)
     cpdef run(self)
     cpdef receive(self, source, data)

@@ -621,8 +621,11 @@ class NodeHost:
                 waiter = loop.create_future()
                 self.batch_waiter = waiter
                 await waiter
-            take = min(len(inbox), batch_max)
-            items = [inbox.popleft() for _ in range(take)]
+            if len(inbox) <= batch_max:  # (the common case: all of it)
+                items = list(inbox)
+                inbox.clear()
+            else:
+                items = [inbox.popleft() for _ in range(batch_max)]
             if hops is not None:
                 kinds = [item[0] for item in items]
                 hops.stamp(hoptrace.BATCH, kinds.count(RECEIVE) + 1000 * kinds.count(REQUEST)
@@ -731,24 +734,38 @@ class NodeHost:
         requests queued for the next SMR batch, release nothing.)"""
         if self.event_log is not None:
             self.flush_event_log()
-        position = clean[1]
-        replies = outputs[position:]
-        done = [(index - position, on_done, reason)
-                for index, on_done, reason in completions[clean[2]:]]
-        if self.params.replies_first and (replies or done) and len(sends) > clean[0]:
+        sent, shown, completed = clean
+        held = len(sends) > sent
+        if sent:
+            sends = sends[sent:]
+        if len(outputs) <= shown and len(completions) <= completed:
+            # No replies (most batches: an acknowledgement that commits nothing, a
+            # follower's append, a request queued for the next SMR batch).
+            if held or self.deferred_sends:
+                self.release_sends(sends)
+            if timers:
+                self.arm_timers(synced, timers)
+            self.stats["batches"] += 1
+            return
+        replies = outputs[shown:] if shown else outputs
+        if shown:
+            done = [(index - shown, on_done, reason)
+                    for index, on_done, reason in completions[completed:]]
+        else:
+            done = completions[completed:] if completed else completions
+        if held and self.params.replies_first:
             # The replies first: the sends leave once the client tasks woken by
             # them have run (their writes would wake the peers' processes first).
             self.release_replies(replies, done)
-            self.defer_sends(sends[clean[0]:])
+            self.defer_sends(sends)
             if timers:
                 self.arm_timers(synced, timers)
         else:
-            if len(sends) > clean[0] or self.deferred_sends:
-                self.release_sends(sends[clean[0]:])
+            if held or self.deferred_sends:
+                self.release_sends(sends)
             if timers:
                 self.arm_timers(synced, timers)
-            if replies or done:
-                self.release_replies(replies, done)
+            self.release_replies(replies, done)
         self.stats["batches"] += 1
 
     async def process_pipelined(self, batch: list[tuple[OnDone | None, Input]]) -> None:
@@ -871,10 +888,12 @@ class NodeHost:
         ``sends``."""
         storage = self.storage
         assert storage is not None
-        self.choices = []
+        if self.choices:  # (most steps choose nothing: their empty list serves the next)
+            self.choices = []
         effects = core.step(event)
         self.stats["steps"] += 1
-        for key, value in effects.persists:
+        persists = effects.persists
+        for key, value in persists:
             if value is None:
                 storage.delete(key)
             else:
@@ -897,14 +916,30 @@ class NodeHost:
                     (destination, data)
                     for (destination, _), data in zip(sent, encoded, strict=True)
                 )
-        for timer_id in effects.timers_cancelled:
-            self.cancel_timer(timer_id)
-        for timer_id, delay_us in effects.timers_set:
-            # Re-armed: the earlier arming (running, or waiting for an earlier
-            # batch's release) must not fire after this step.
-            self.cancel_timer(timer_id)
-            self.timers_to_arm[timer_id] = delay_us
-        outputs.extend(effects.outputs)
+        cancelled = effects.timers_cancelled
+        if cancelled:
+            for timer_id in cancelled:
+                self.cancel_timer(timer_id)
+        armed = effects.timers_set
+        if armed:
+            timers_to_arm = self.timers_to_arm
+            handles = self.timer_handles
+            tokens = self.timer_tokens
+            flights = self.flights
+            for timer_id, delay_us in armed:
+                # Re-armed: the earlier arming (running, or waiting for an earlier
+                # batch's release) must not fire after this step. (cancel_timer,
+                # inline: the popped key goes to the end, as the order of arming.)
+                timers_to_arm.pop(timer_id, None)
+                for flight in flights:
+                    flight.timers.pop(timer_id, None)
+                handle = handles.pop(timer_id, None)
+                tokens.pop(timer_id, None)
+                if handle is not None:
+                    handle.cancel()
+                timers_to_arm[timer_id] = delay_us
+        if effects.outputs:
+            outputs.extend(effects.outputs)
         if self.event_log is not None:
             self.event_log.step(
                 monotonic_us() - self.started_us,
@@ -914,8 +949,11 @@ class NodeHost:
                 self.choices,
                 encode_effects(self.codec, effects, encoded),
             )
-        wrote, self.trusted_wrote = self.trusted_wrote, False
-        return bool(effects.persists) or wrote
+            self.choices = []  # the record holds this step's list
+        if self.trusted_wrote:
+            self.trusted_wrote = False
+            return True
+        return bool(persists)
 
     def attach_live_view(self) -> None:
         """A live Byzantine behaviour that needs its node's trusted component
@@ -1021,6 +1059,10 @@ class NodeHost:
         """Outputs to the client service and request completions, in step order
         (a completion's position counts the outputs released before it)."""
         self.stats["outputs"] += len(outputs)
+        if not completions:  # (a follower's replies, a commit's without a request)
+            if outputs:
+                self.release_outputs(outputs)
+            return
         released = 0
         for position, on_done, reason in completions:
             self.release_outputs(outputs[released:position])

@@ -119,7 +119,7 @@ from replicaio.runtime import hoptrace
 from replicaio.runtime.config import Address, TransportParams
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.crypto import Authenticator
-from replicaio.runtime.framing import FrameError, FrameMac, frame_header, read_frame
+from replicaio.runtime.framing import LENGTH, FrameError, FrameMac, frame_header, read_frame
 from replicaio.runtime.logs import RateLimitedLog, log
 from replicaio.runtime.peer_reader import (
     SEQUENCE,
@@ -570,7 +570,8 @@ class Transport:
         connection.send_seq += 1
         head = SEQUENCE.pack(connection.send_seq)
         tag = connection.outgoing_mac.tag(head, payload)  # frame_tag(outgoing_key, ...)
-        return frame_header(len(head) + len(payload) + len(tag)) + head + payload + tag
+        # (frame_header, inline; one join rather than three concatenations)
+        return b"".join((LENGTH.pack(len(head) + len(payload) + len(tag)), head, payload, tag))
 
     async def write_loop(self, channel: PeerChannel, connection: Connection) -> None:
         writer = connection.writer
