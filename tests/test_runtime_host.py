@@ -490,3 +490,41 @@ def test_every_sync_is_marked_on_disk_unless_the_host_turns_marks_off(
     asyncio.run(run_hosts([host], lambda: broadcast_ten(cluster, host)))
     assert len(marked) >= 10
     assert all(marked) if marks else not any(marked[1:])
+
+
+class Front:
+    """A client service's one question the release asks: how many clients are connected."""
+
+    def __init__(self, connected: int) -> None:
+        self.connected = connected
+
+    def connections(self) -> int:
+        return self.connected
+
+
+def test_replies_go_before_sends_only_where_a_client_can_take_them(tmp_path: Path) -> None:
+    """``replies_first`` holds a batch's sends a turn of the loop behind its replies
+    so that the clients they wake write first; on a node no client is connected to
+    (a follower at one client: the replies of its applied entries, which its front
+    drops) nothing is woken, and its sends (the acknowledgement the leader waits
+    for) leave at once. A batch with completions (requests this node took) keeps
+    the order whatever the count says."""
+    host = NodeHost(cluster_file(tmp_path, 3, protocol="raft"), 1)
+    calls: list[tuple[str, list[Any]]] = []
+
+    def record(kind: str) -> Callable[..., None]:
+        return lambda items, *rest: calls.append((kind, list(items)))
+
+    host.release_sends = record("sends")  # type: ignore[method-assign]
+    host.defer_sends = record("defer")  # type: ignore[method-assign]
+    host.release_replies = record("replies")  # type: ignore[method-assign]
+    done: list[tuple[int, Any, str | None]] = [(1, lambda reason: None, None)]
+    for connected, completions, expected in (
+        (1, [], [("replies", ["reply"]), ("defer", [(0, b"ack")])]),
+        (0, [], [("sends", [(0, b"ack")]), ("replies", ["reply"])]),
+        (0, done, [("replies", ["reply"]), ("defer", [(0, b"ack")])]),
+    ):
+        host.service = Front(connected)  # type: ignore[assignment]
+        calls.clear()
+        host.release_held([(0, b"ack")], ["reply"], completions, (0, 0, 0), True, {})
+        assert calls == expected, (connected, completions)

@@ -753,7 +753,7 @@ class NodeHost:
                     for index, on_done, reason in completions[completed:]]
         else:
             done = completions[completed:] if completed else completions
-        if held and self.params.replies_first:
+        if held and self.params.replies_first and (done or self.serves_clients()):
             # The replies first: the sends leave once the client tasks woken by
             # them have run (their writes would wake the peers' processes first).
             self.release_replies(replies, done)
@@ -767,6 +767,15 @@ class NodeHost:
                 self.arm_timers(synced, timers)
             self.release_replies(replies, done)
         self.stats["batches"] += 1
+
+    def serves_clients(self) -> bool:
+        """Whether a client is connected to this node's front: else replies can wake
+        no client's task, and putting them before the batch's sends (``replies_first``)
+        would only hold the sends back a turn of the loop: a follower's
+        acknowledgement behind the replies of its applied entries, which its front
+        drops (every SET's critical path at one client, on the leader)."""
+        service = self.service
+        return service is None or service.connections() > 0
 
     async def process_pipelined(self, batch: list[tuple[OnDone | None, Input]]) -> None:
         """Step every input, seal the batch's writes and hand them to the disk
