@@ -175,6 +175,34 @@ def test_encode_checked_gives_the_frame_and_what_a_peer_decodes(
     assert decoded is not sample
 
 
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda sample: type(sample).__name__)
+def test_encode_unchecked_gives_the_same_frame(codec: Codec, sample: object) -> None:
+    assert codec.encode_unchecked(sample) == codec.encode(sample)
+
+
+def test_encode_unchecked_leaves_the_check_to_the_receiver(codec: Codec) -> None:
+    """ADR 0066: what :meth:`Codec.encode` refuses for its fields leaves, and the
+    receiver's decode refuses it; msgspec's own refusals and the frame bound
+    still stop at the sender. What msgspec writes as something plain (a set in a
+    ``Value`` field, as an array) reaches the peer as that: only the checked
+    encode, which the simulator runs on every message, refuses it."""
+    for refused in (Echo(1, 2, b"x" * 65), Echo(True, 2, b"x")):
+        with pytest.raises(EncodeError):
+            codec.encode(refused)
+        with pytest.raises(DecodeError):
+            codec.decode(codec.encode_unchecked(refused))
+    with pytest.raises(EncodeError):
+        codec.encode(everything(blob={1, 2}))
+    arrived = codec.decode(codec.encode_unchecked(everything(blob={1, 2})))
+    assert isinstance(arrived, Everything) and arrived.blob == (1, 2)
+    with pytest.raises(EncodeError) as caught:
+        codec.encode_unchecked(everything(ratio=1 << 1100))  # msgspec: no such int
+    assert caught.value.reason == "field_type"
+    with pytest.raises(EncodeError) as caught:
+        Codec(frame_bytes_max=64).encode_unchecked(Echo(1, 2, b"x" * 60))
+    assert caught.value.reason == "oversized"
+
+
 def test_encode_checked_gives_value_lists_as_tuples(codec: Codec) -> None:
     sample = everything(ratio=2, table={"a": (1, 2.5)}, blob=[1, [2]])
     data, decoded = codec.encode_checked(sample)

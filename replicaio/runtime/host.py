@@ -910,7 +910,8 @@ class NodeHost:
         sent = effects.sends
         encoded: list[bytes] = []
         if sent:  # (a client request queued for the next batch sends nothing)
-            encode = self.codec.encode
+            # Not decoded again here: the peers decode and check it (ADR 0066)
+            encode = self.codec.encode_unchecked
             encoded = [encode(message) for _, message in sent]
             marked = effects.sends_before_sync
             if self.outgoing is not None:
