@@ -78,7 +78,10 @@ class Command:
 
 
 def command_size(argv: list[bytes]) -> int:
-    return sum(len(word) for word in argv) + ARGUMENT_OVERHEAD_BYTES * len(argv)
+    size = ARGUMENT_OVERHEAD_BYTES * len(argv)
+    for word in argv:  # (a loop, not sum() of a generator: a frame per word)
+        size += len(word)
+    return size
 
 
 class EndOfInput:

@@ -170,11 +170,14 @@ from replicaio.services.kv.redis_commands import (
     METRIC_NAMES,
     Local,
     Replicated,
+    finish_get,
+    finish_set,
     is_replicated,
     plan,
 )
 from replicaio.services.kv.resp import (
     NULL_ARRAY,
+    OK,
     Reply,
     RespError,
     RespParser,
@@ -182,12 +185,16 @@ from replicaio.services.kv.resp import (
     encode_reply,
 )
 from replicaio.services.kv.state_machine import (
+    PUT_RESULT,
+    VALUE_BYTES_CEILING,
     KvError,
     KvResult,
     decode_batch_result,
     decode_result,
     encode_at,
     encode_batch,
+    encode_get,
+    encode_put,
 )
 from replicaio.services.kv.status import protocol_status, role_name
 from replicaio.services.kv.transactions import (
@@ -557,7 +564,9 @@ class RespService(ListeningService):
                         connection.waiting = ROOM
                         connection.transport.pause_reading()
                     return
-                argv = parser.next_command()
+                # (an empty buffer holds no command: whole_multibulk empties it
+                # after the last one, so a lone command's second look costs no call)
+                argv = parser.next_command() if parser.buffer else None
                 if argv is None:
                     break
                 if hops is not None:
@@ -609,6 +618,8 @@ class RespService(ListeningService):
         if connection.writing_paused and (
                 connection.reply_backlog() > self.params.reply_bytes_max):
             return False  # resume_writing pumps again
+        if len(items) == 1 and self.slots is None and self.take_lone(connection, head):
+            return True
         if not self.plain(connection, head):
             self.answer_in_task(connection)
             return False
@@ -662,6 +673,43 @@ class RespService(ListeningService):
         self.send(connection, group.take(), group.target if slots is not None else None)
         return True
 
+    def take_lone(self, connection: Connection, item: Command) -> bool:
+        """Send ``item``, the only command queued, at once if it is a plain ``SET key
+        value`` (on a connection with a session) or ``GET key`` whose key and value
+        are within every bound: what :meth:`take` and :meth:`send` would send for
+        it, without planning a group (ADR 0064: a one-client SET runs this). False
+        for anything else, which takes the general path."""
+        argv = item.argv
+        count = len(argv)
+        if count == 3:
+            if connection.write_seq == 0 or argv[0].lower() != b"set":
+                return False  # (a first write registers the session: run_group)
+            data = argv[2]
+            if len(data) > self.value_bytes_max or len(data) > VALUE_BYTES_CEILING:
+                return False  # refused by plan or take, with their errors
+            read_only = False
+        elif count == 2:
+            if argv[0].lower() != b"get":
+                return False
+            data = b""
+            read_only = True
+        else:
+            return False
+        key = argv[1]
+        if (len(key) > KV_PARAMS.key_bytes_max or connection.closing
+                or connection.transaction.active):
+            return False
+        if read_only:
+            planned = Replicated("get", (encode_get(key),), True, finish_get)
+        else:
+            planned = Replicated("set", (encode_put(key, data),), False, finish_set)
+        payload = planned.commands[0]
+        if len(payload) > self.smr_command_bytes_max:
+            return False  # too_large, said by send
+        connection.items.popleft()
+        self.send_payload(connection, [(item, planned)], payload, read_only, None)
+        return True
+
     def answer_in_task(self, connection: Connection) -> None:
         """Hand every queued item to :meth:`answer` in a task."""
         taken = list(connection.items)
@@ -681,6 +729,11 @@ class RespService(ListeningService):
         if len(payload) > self.smr_command_bytes_max:
             self.too_large(connection, members, payload)
             return
+        self.send_payload(connection, members, payload, read_only, group)
+
+    def send_payload(self, connection: Connection, members: list[tuple[Command, Replicated]],
+                     payload: bytes, read_only: bool, group: int | None) -> None:
+        """:meth:`send`'s request for ``members``, whose commands are ``payload``."""
         write_seq = connection.write_seq if group is None else connection.group_seqs.get(group, 0)
         if not read_only and write_seq == 0:
             self.spawn(connection, self.run_group(connection, members))
@@ -710,7 +763,7 @@ class RespService(ListeningService):
         flight.deadline = loop.time() + self.params.request_timeout_ms / 1000
         try_submit = getattr(host, "try_submit", None)
         if try_submit is not None and try_submit(encoded, flight.on_done):
-            self.retry_timers(loop).add(flight)
+            (self.retries or self.retry_timers(loop)).add(flight)
             return
         # The inbox is full (or the host has no try_submit): wait for room in a task.
         task = loop.create_task(self.submit_flight(flight, encoded))
@@ -964,12 +1017,15 @@ class RespService(ListeningService):
                      outcome: bytes | RespError) -> int:
         """Answer ``group`` from its SMR request's outcome, in one write; how many of
         its commands were answered (a read-only group may be cut: ``plans_that_fit``)."""
-        commands = sum(len(planned.commands) for _, planned in group)
         host = self.host
         assert host is not None
         counters = host.counters
         counters.count("kv_smr_requests")
         counters.count("kv_smr_commands", len(group))
+        if len(group) == 1:
+            self.answer_one(connection, group[0], outcome)
+            return 1
+        commands = sum(len(planned.commands) for _, planned in group)
         results = self.results(outcome, commands)
         answered = len(group)
         # (a group of one is answered whole: plans_that_fit answers the first plan always)
@@ -992,6 +1048,23 @@ class RespService(ListeningService):
             self.hops.stamp(hoptrace.REPLY)
         connection.write_replies(replies, [item for item, _ in group[:answered]])
         return answered
+
+    def answer_one(self, connection: Connection, member: tuple[Command, Replicated],
+                   outcome: bytes | RespError) -> None:
+        """:meth:`answer_group` for a group of one (a one-client SET's or GET's): a
+        SET's ``PUT_RESULT`` is ``OK`` without decoding it (what ``finish_set``
+        would make of it)."""
+        item, planned = member
+        reply: Reply
+        if outcome == PUT_RESULT and planned.finish is finish_set:
+            reply = OK
+        else:
+            results = self.results(outcome, len(planned.commands))
+            reply = results if isinstance(results, RespError) else planned.finish(results)
+        data = self.answered(connection, item, planned.name, reply)
+        if self.hops is not None:
+            self.hops.stamp(hoptrace.REPLY)
+        connection.write(data, item)
 
     async def run_transaction(
         self, connection: Connection, item: Command, step: TransactionPlan

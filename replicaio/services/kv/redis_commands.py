@@ -285,13 +285,14 @@ def replicated(
     return Replicated(name, tuple(commands), read_only, finish)
 
 
+def finish_get(results: Sequence[KvResult]) -> Reply:
+    """GET's reply (a module function, not a lambda per command: the front's
+    lone GET shares it, ADR 0064)."""
+    return single(results[0], as_bulk)
+
+
 def command_get(session: Session, argv: list[bytes]) -> Plan:
-    return replicated(
-        "get",
-        [encode_command("get", key(argv[1]))],
-        lambda results: single(results[0], as_bulk),
-        read_only=True,
-    )
+    return replicated("get", [encode_command("get", key(argv[1]))], finish_get, read_only=True)
 
 
 def command_strlen(session: Session, argv: list[bytes]) -> Plan:
@@ -306,9 +307,7 @@ def command_set(session: Session, argv: list[bytes]) -> Plan:
     target, data = key(argv[1]), value(argv[2])
     options = [word.upper() for word in argv[3:]]
     if not options:
-        return replicated(
-            "set", [encode_command("put", target, data)], lambda results: single(results[0], ok)
-        )
+        return replicated("set", [encode_command("put", target, data)], finish_set)
     if options == [b"NX"]:  # set only if absent: a cas from "absent"
         return replicated(
             "set",
@@ -322,6 +321,12 @@ def command_set(session: Session, argv: list[bytes]) -> Plan:
 
 def ok(payload: object) -> Reply:
     return OK
+
+
+def finish_set(results: Sequence[KvResult]) -> Reply:
+    """A plain SET's reply (a module function, not a lambda per command: the front
+    answers ``state_machine.PUT_RESULT`` with ``OK`` when it finds this one, ADR 0064)."""
+    return single(results[0], ok)
 
 
 def command_setnx(session: Session, argv: list[bytes]) -> Plan:

@@ -5,6 +5,7 @@ cdef class RespParser:
     cpdef buffered(self)
     cpdef in_command(self)
     cpdef next_command(self)
+    cpdef whole_multibulk(self)
     cpdef start_multibulk(self)
     cpdef continue_multibulk(self)
     cpdef bulk_length_of(self, line)

@@ -115,7 +115,7 @@ class RespParser:
 
     def in_command(self) -> bool:
         """Whether a command has started but is not complete (a truncated frame at EOF)."""
-        return self.arguments is not None or self.buffered() > 0
+        return self.arguments is not None or len(self.buffer) > self.position
 
     def next_command(self) -> list[bytes] | None:
         """The next complete command, or ``None`` if more bytes are needed.
@@ -127,6 +127,9 @@ class RespParser:
                     self.compact()
                     return None
                 if self.buffer[self.position] == 0x2A:  # "*"
+                    command = self.whole_multibulk()
+                    if command is not None:
+                        return command
                     if not self.start_multibulk():
                         self.compact()
                         return None
@@ -145,6 +148,58 @@ class RespParser:
             return command
 
     # -- multibulk ---------------------------------------------------------------------
+
+    def whole_multibulk(self) -> list[bytes] | None:
+        """The multibulk command at ``position`` if the buffer holds all of it and
+        its headers are plain decimals within every bound: read in one go, without
+        the state a partial command keeps (ADR 0064: a client's command mostly
+        arrives whole); the buffer is emptied if nothing follows it. ``None``, with
+        nothing consumed, otherwise: :meth:`start_multibulk` and
+        :meth:`continue_multibulk` then read it step by step, and name what is
+        wrong with it."""
+        buffer = self.buffer
+        limits = self.limits
+        size = len(buffer)
+        position = self.position
+        end = buffer.find(CRLF, position, position + LENGTH_LINE_BYTES_MAX + 2)
+        if end < 0:
+            return None
+        line = buffer[position + 1 : end]
+        if not (0 < len(line) <= 19 and line.isdigit()):  # (parse_length's common case)
+            return None
+        count = int(line)
+        if count == 0 or count > limits.array_items_max:
+            return None
+        bulk_bytes_max = limits.bulk_bytes_max
+        command_bytes_max = limits.command_bytes_max
+        command_bytes = 0
+        arguments: list[bytes] = []
+        position = end + 2
+        while count > 0:
+            if position >= size or buffer[position] != 0x24:  # "$"
+                return None
+            end = buffer.find(CRLF, position, position + LENGTH_LINE_BYTES_MAX + 2)
+            if end < 0:
+                return None
+            line = buffer[position + 1 : end]
+            if not (0 < len(line) <= 19 and line.isdigit()):
+                return None
+            length = int(line)
+            command_bytes += length
+            if length > bulk_bytes_max or command_bytes > command_bytes_max:
+                return None
+            position = end + 2
+            end = position + length
+            if size < end + 2 or buffer[end] != 0x0D or buffer[end + 1] != 0x0A:
+                return None
+            arguments.append(bytes(buffer[position:end]))
+            position = end + 2
+            count -= 1
+        if position == size:
+            buffer.clear()
+            position = 0
+        self.position = position
+        return arguments
 
     def start_multibulk(self) -> bool:
         """Read ``*<n>``; False if the line is incomplete."""

@@ -118,6 +118,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+import msgspec
+
 from replicaio.core.codec import Codec, DecodeError, EncodeError
 from replicaio.core.errors import ConfigError, UsageError
 from replicaio.services.kv.commands_table import REDIS_COMMANDS
@@ -132,6 +134,7 @@ from replicaio.services.kv.values import (
     ERROR_CODES,
     INT64_MAX,
     INT64_MIN,
+    KEY_OVERHEAD_BYTES,
     WRONGTYPE,
     Collection,
     Refused,
@@ -240,6 +243,27 @@ class KvParams:
 # -- client side: commands and results ---------------------------------------
 
 _CLIENT_CODEC = Codec(frame_bytes_max=VALUE_BYTES_CEILING + (1 << 20))
+
+
+# The client codec's encoder without its checks, for the two commands a front
+# builds per plain SET or GET from a key and a value it has bounded (ADR 0064).
+_ENCODE: Final = msgspec.msgpack.Encoder().encode
+
+
+def encode_put(key: bytes, value: bytes) -> bytes:
+    """``encode_command("put", key, value)``, byte for byte, for a ``key`` and a
+    ``value`` within the client codec's frame (a front's bounded arguments)."""
+    return _ENCODE(["put", key, value])
+
+
+def encode_get(key: bytes) -> bytes:
+    """``encode_command("get", key)``, byte for byte (``key`` bounded, as above)."""
+    return _ENCODE(["get", key])
+
+
+# The result of every ``put`` that stored its value (``["ok", nil]``): a front
+# answers a SET that got it without decoding it.
+PUT_RESULT: Final = _CLIENT_CODEC.encode_value([OK, None])
 
 
 def encode_command(op: str, key: bytes, *arguments: bytes | int | None) -> bytes:
@@ -465,12 +489,49 @@ class KeyValueStateMachine:
     # -- StateMachine ----------------------------------------------------------
 
     def apply(self, command: bytes) -> bytes:
-        """Execute ``command``; an error result for a bad one, never an exception."""
-        return self._apply(command, nested=False)
+        """Execute ``command``; an error result for a bad one, never an exception.
+
+        A ``put`` of a string within every bound (a Redis ``SET``: the commonest
+        command) is stored here, in one function, as ``_store`` and ``touch``
+        would store it (ADR 0064); any other command, or a ``put`` the store
+        would refuse, takes the general path (:meth:`_apply_value`), which
+        answers it exactly (nothing has changed by then)."""
+        try:
+            value = self._decode(command)
+        except _Refused as refused:
+            return self._error(refused)
+        if type(value) is tuple and len(value) == 3 and value[0] == PUT:
+            key, data = value[1], value[2]
+            params = self.params
+            if (type(key) is bytes and type(data) is bytes
+                    and len(key) <= params.key_bytes_max and len(data) <= params.value_bytes_max):
+                stored = self.data
+                sizes = self.sizes
+                size = len(key) + KEY_OVERHEAD_BYTES + len(data)  # values.value_bytes
+                extra = size - sizes.get(key, 0)
+                if ((key in stored or len(stored) < params.keys_max)
+                        and self.used_bytes + extra <= params.bytes_max):
+                    stored[key] = data
+                    self.expires.pop(key, None)
+                    self.used_bytes += extra
+                    sizes[key] = size
+                    self.revision += 1
+                    self.versions[key] = self.revision
+                    self.tombstones.pop(key, None)
+                    return PUT_RESULT
+        return self._apply_value(value, nested=False)
 
     def _apply(self, command: bytes, *, nested: bool) -> bytes:
         try:
-            op, key, arguments = self._parse(command, nested=nested)
+            value = self._decode(command)
+        except _Refused as refused:
+            return self._error(refused)
+        return self._apply_value(value, nested=nested)
+
+    def _apply_value(self, value: object, *, nested: bool) -> bytes:
+        """Execute a decoded command (see :meth:`_decode`)."""
+        try:
+            op, key, arguments = self._parse_value(value, nested=nested)
             if op == BATCH:
                 payload: object = self._batch(arguments, self._apply, stop=True)
             elif op == EXEC:
@@ -589,14 +650,24 @@ class KeyValueStateMachine:
     def _parse(
         self, command: bytes, *, nested: bool = False
     ) -> tuple[str, bytes, tuple[object, ...]]:
+        return self._parse_value(self._decode(command), nested=nested)
+
+    def _decode(self, command: bytes) -> object:
+        """The plain data of ``command``; ``malformed`` if it is not bytes within
+        ``command_bytes_max`` that decode."""
         if type(command) is not bytes:
             raise _Refused("malformed", "a command is bytes")
         if len(command) > self.params.command_bytes_max:
             raise _Refused("malformed", f"command of {len(command)} bytes over command_bytes_max")
         try:
-            value = self._codec.decode_value(command)
+            return self._codec.decode_value(command)
         except DecodeError as error:
             raise _Refused("malformed", str(error)) from None
+
+    def _parse_value(
+        self, value: object, *, nested: bool = False
+    ) -> tuple[str, bytes, tuple[object, ...]]:
+        """``(op, key, arguments)`` of a decoded command, its shape checked."""
         if not isinstance(value, tuple) or not value or not isinstance(value[0], str):
             raise _Refused("malformed", "a command is an array starting with the operation")
         op = value[0]
