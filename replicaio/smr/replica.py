@@ -433,13 +433,25 @@ class Replica:
         self.batch_next += 1
         batch: Batch | SignedBatch
         node = self.context.node
+        # (loops, not generators: a one-client batch of one request paid a frame
+        # per generator and per item, ADR 0064)
+        identities: list[tuple[int, int]] = []
         if self.authenticator.carries:
-            carried = tuple(entry for _, entry, _ in taken if entry is not None)
-            assert len(carried) == len(taken), "an unauthenticated request was queued"
-            batch = SignedBatch(self.context.id, node.incarnation, number, carried, self.stamp())
+            entries: list[AuthenticatedRequest] = []
+            for request, entry, _ in taken:
+                identities.append((request.client, request.seq))
+                if entry is not None:
+                    entries.append(entry)
+            assert len(entries) == len(taken), "an unauthenticated request was queued"
+            batch = SignedBatch(
+                self.context.id, node.incarnation, number, tuple(entries), self.stamp()
+            )
         else:
-            requests = tuple(request for request, _, _ in taken)
-            batch = Batch(self.context.id, node.incarnation, number, requests, self.stamp())
+            requests: list[ClientRequest] = []
+            for request, _, _ in taken:
+                requests.append(request)
+                identities.append((request.client, request.seq))
+            batch = Batch(self.context.id, node.incarnation, number, tuple(requests), self.stamp())
         try:
             data = self.codec.encode(batch)
         except EncodeError as error:  # the size estimate is an upper bound: a bug
@@ -447,7 +459,7 @@ class Replica:
         assert len(data) <= self.constants.batch_bytes_max, "the batch size estimate is a bound"
         # In flight before submit: an ordering may commit within the call.
         self.inflight[number] = None
-        self.inflight_requests[number] = tuple((r.client, r.seq) for r, _, _ in taken)
+        self.inflight_requests[number] = tuple(identities)
         outcome = self.ordering.submit(data)
         if isinstance(outcome, NotLeader):
             del self.inflight[number]
@@ -461,7 +473,11 @@ class Replica:
         hurry = self.hurry
         if hurry is not None:
             me = self.context.id
-            for origin in {origin for _, _, origin in taken if origin != me}:
+            told: set[int] = set()  # (the set the comprehension built, in its order)
+            for _, _, origin in taken:
+                if origin != me:
+                    told.add(origin)
+            for origin in told:
                 hurry.hurry(origin)  # it relayed a client's write: tell it the commit at once
         self.context.count("smr_batches_submitted")
         self.context.count("smr_requests_submitted", len(taken))

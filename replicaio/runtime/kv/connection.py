@@ -298,7 +298,7 @@ class Connection:
             return "bound_resp_pipeline_depth_max"
         if self.unanswered_bytes >= params.pipeline_bytes_max:
             return "bound_resp_pipeline_bytes_max"
-        if self.reply_backlog() > params.reply_bytes_max:
+        if self.transport.get_write_buffer_size() > params.reply_bytes_max:  # reply_backlog
             return REPLY_BOUND
         return None
 

@@ -178,6 +178,7 @@ from replicaio.services.kv.redis_commands import (
 from replicaio.services.kv.resp import (
     NULL_ARRAY,
     OK,
+    OK_BYTES,
     Reply,
     RespError,
     RespParser,
@@ -970,7 +971,7 @@ class RespService(ListeningService):
         if latency is None:
             latency = self.latency_by_command[name] = self.latency.labels(name)
         latency.observe(time.perf_counter() - item.received)
-        return encode_reply(reply, connection.protocol)
+        return OK_BYTES if reply is OK else encode_reply(reply, connection.protocol)
 
     async def run_group(
         self, connection: Connection, group: list[tuple[Command, Replicated]]

@@ -496,13 +496,15 @@ class KeyValueStateMachine:
         would store it (ADR 0064); any other command, or a ``put`` the store
         would refuse, takes the general path (:meth:`_apply_value`), which
         answers it exactly (nothing has changed by then)."""
+        params = self.params
+        if type(command) is not bytes or len(command) > params.command_bytes_max:
+            return self._apply(command, nested=False)  # malformed, said by _decode
         try:
-            value = self._decode(command)
-        except _Refused as refused:
-            return self._error(refused)
+            value = self._codec.decode_value(command)
+        except DecodeError:
+            return self._apply(command, nested=False)
         if type(value) is tuple and len(value) == 3 and value[0] == PUT:
             key, data = value[1], value[2]
-            params = self.params
             if (type(key) is bytes and type(data) is bytes
                     and len(key) <= params.key_bytes_max and len(data) <= params.value_bytes_max):
                 stored = self.data
