@@ -371,7 +371,11 @@ class RespService(ListeningService):
             if waiter is None or waiter.seq != output.seq:
                 continue  # another node's client, or an answer we no longer wait for
             if kind is SmrReply:
-                waiter.settle(output.result)
+                on_outcome = waiter.on_outcome  # (Waiter.settle, inline: every reply)
+                if on_outcome is not None:
+                    on_outcome(output.result)
+                else:
+                    waiter.settle(output.result)
             elif kind is Redirect:
                 self.count("kv_redirects")  # no leader known yet (we forward otherwise)
                 waiter.settle(RETRY_LATER)
@@ -804,7 +808,12 @@ class RespService(ListeningService):
         if answered < len(members):
             self.spawn(connection, self.run_group(connection, members[answered:]))
             return
-        self.pump(connection)
+        parser = connection.parser
+        if (connection.items or parser.buffer or parser.arguments is not None
+                or connection.eof or connection.reading_paused):
+            self.pump(connection)
+        # (else the pump would find nothing to parse, take or resume: a one-client
+        # SET's answer ends here, ADR 0064)
 
     async def resume(self, flight: Flight, outcome: Outcome) -> bool:
         """Go on with a flight whose first attempt asked to send again, as
