@@ -4,7 +4,9 @@ cpdef unregistered(config)
 
 cdef class Membership:
     cdef public Raft raft
-    cdef public object identities_seen
+    cdef public object identities_seen, cached_config, voter_ids, member_identities
+    cdef public object quorum_size, peer_ids
+    cpdef refresh(self)
     cpdef voters(self)
     cpdef is_voter(self, node)
     cpdef quorum(self)

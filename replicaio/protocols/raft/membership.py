@@ -83,11 +83,23 @@ class Membership:
     """The configuration as the node sees it, and the leader's changes."""
 
     # Exactly ``membership.pxd``'s declarations: no instance dict (ADR 0041, 0047).
-    __slots__ = ("raft", "identities_seen")  # noqa: RUF023
+    __slots__ = (  # noqa: RUF023
+        "raft", "identities_seen", "cached_config", "voter_ids", "member_identities",
+        "quorum_size", "peer_ids",
+    )
 
     def __init__(self, raft: Raft) -> None:
         self.raft = raft
         self.identities_seen: dict[int, int] = {}  # node -> disk identity it last answered with
+        # What the queries below derive from the log's latest configuration, for the
+        # configuration object ``cached_config`` (ADR 0065): recomputed when the log's
+        # ``config`` is another object (configurations are immutable), read as is
+        # otherwise. The leader asks them a dozen times per client operation.
+        self.cached_config: Config | None = None
+        self.voter_ids: tuple[int, ...] = ()  # the voters, in the configuration's order
+        self.member_identities: dict[int, int] = {}  # member -> registered identity
+        self.quorum_size = 0
+        self.peer_ids: tuple[int, ...] = ()  # every other member, in node order
 
     # -- the configuration in force ---------------------------------------------------
 
@@ -95,33 +107,54 @@ class Membership:
     def config(self) -> Config:
         return self.raft.log.config
 
+    def refresh(self) -> None:
+        """Derive the caches from the log's latest configuration, if it changed
+        since they were last derived (an identity test: one load and a compare)."""
+        config = self.raft.log.config
+        if config is self.cached_config:
+            return
+        voters = config.voters
+        self.voter_ids = tuple([node for node, _ in voters])
+        identities: dict[int, int] = {}
+        for member, identity in (*voters, *config.learners):
+            if member not in identities:  # the first listed wins, voters before learners
+                identities[member] = identity
+        self.member_identities = identities
+        self.quorum_size = len(voters) // 2 + 1
+        me = self.raft.id
+        self.peer_ids = tuple(
+            sorted([node for node, _ in (*voters, *config.learners) if node != me])
+        )
+        self.cached_config = config
+
     def voters(self) -> tuple[int, ...]:
-        # (a list, not a generator: a compiled ``cpdef`` method may hold no closure)
-        return tuple([node for node, _ in self.raft.log.config.voters])
+        self.refresh()
+        return self.voter_ids
 
     def learners(self) -> tuple[int, ...]:
         return tuple(node for node, _ in self.config.learners)
 
     def is_voter(self, node: int) -> bool:
-        return node in [member for member, _ in self.raft.log.config.voters]  # (cpdef: no genexpr)
+        self.refresh()
+        return node in self.voter_ids
 
     def peers(self) -> tuple[int, ...]:
         """Every other member (voters and learners), in node order."""
-        config = self.config
-        return tuple(
-            sorted(node for node, _ in (*config.voters, *config.learners) if node != self.raft.id)
-        )
+        self.refresh()
+        return self.peer_ids
 
     def quorum(self) -> int:
         """A majority of the voters."""
-        return len(self.raft.log.config.voters) // 2 + 1
+        self.refresh()
+        return self.quorum_size
 
     def counts(self, node: int, identity: int) -> bool:
         """Whether ``node`` answering with disk ``identity`` counts as a voter."""
-        for member, registered in self.raft.log.config.voters:
-            if member == node:
-                return registered in (UNREGISTERED, identity)
-        return False
+        self.refresh()
+        if node not in self.voter_ids:
+            return False
+        registered = self.member_identities[node]
+        return registered in (UNREGISTERED, identity)
 
     def may_campaign(self) -> bool:
         """A voter of the latest configuration may campaign; so may a voter of
@@ -151,14 +184,11 @@ class Membership:
         return self.registered(raft.id) in (None, UNREGISTERED, raft.identity)
 
     def registered(self, node: int) -> int | None:
-        config = self.raft.log.config
-        for member, identity in (*config.voters, *config.learners):
-            if member == node:
-                return identity
-        return None
+        self.refresh()
+        return self.member_identities.get(node)
 
     def on_config_changed(self) -> None:
-        """Nothing cached: queries read the log's latest configuration."""
+        """The caches follow the log's configuration object (``refresh``)."""
 
     # -- identities -------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ from replicaio.core.scheduler import Scheduler, Task
 from replicaio.interfaces.ordering import NotLeader
 from replicaio.protocols.raft.messages import (
     NO_NODE,
+    UNREGISTERED,
     AppendEntries,
     AppendEntriesResponse,
     CommitNotice,
@@ -689,7 +690,10 @@ class Replication:
         progress.next_index = max(progress.next_index, match + 1)
         while progress.inflight and progress.inflight[0][0] <= match:
             progress.inflight.popleft()
-        self.maybe_commit()
+        if match > raft.commit_index:
+            # (a match at or below the commit index leaves as many counted matches
+            # above it as before: the commit rule would find what it found last)
+            self.maybe_commit()
         if raft.role is Role.LEADER:
             raft.election.maybe_timeout_now(peer)
             membership = raft.membership
@@ -745,23 +749,41 @@ class Replication:
         raft = self.raft
         if raft.role is not Role.LEADER:
             return
-        matches = []
+        # The quorum-th largest match of the voters that count is above the commit
+        # index exactly when a quorum of them is, and is then the quorum-th largest
+        # of those: only matches above the commit index are gathered (most calls
+        # find fewer than a quorum and stop there, without a sort).
+        commit = raft.commit_index
         membership = raft.membership
-        for voter in membership.voters():
-            if voter == raft.id:
-                if membership.counts(voter, raft.identity):
-                    matches.append(self.self_match_index())
+        membership.refresh()  # (the caches, for the latest configuration)
+        voters = membership.voter_ids
+        identities = membership.member_identities
+        me = raft.id
+        above = []
+        for voter in voters:
+            registered = identities[voter]
+            if voter == me:
+                # (membership.counts, inline: the voter's registered disk, or none yet)
+                if registered == UNREGISTERED or registered == raft.identity:
+                    match = self.self_match_index()
+                    if match > commit:
+                        above.append(match)
                 continue
             progress = self.progress.get(voter)
-            if progress is not None and membership.counts(voter, progress.identity):
-                matches.append(progress.match_index)
+            if progress is not None and (
+                registered == UNREGISTERED or registered == progress.identity
+            ):
+                match = progress.match_index
+                if match > commit:
+                    above.append(match)
         quorum = membership.quorum()
-        if len(matches) < quorum:
+        if len(above) < quorum:
             return
-        matches.sort(reverse=True)
-        index = matches[quorum - 1]
-        if index <= raft.commit_index:
-            return
+        if len(above) == quorum:
+            index = min(above)
+        else:
+            above.sort(reverse=True)
+            index = above[quorum - 1]
         assert index <= raft.log.last_index, "a quorum matches only what the leader has"
         if not self.may_commit_by_counting(index):
             return

@@ -157,6 +157,8 @@ class RaftLog:
         "base_digest",
         "base_index",
         "base_term",
+        "config",
+        "config_index",
         "config_indexes",
         "context",
         "digests",
@@ -185,6 +187,13 @@ class RaftLog:
         self.entries: list[Entry] = []
         self.digests: list[bytes] = []
         self.config_indexes: list[int] = []  # indexes of configuration entries, ascending
+        # The latest configuration in the log (it takes effect when appended) and its
+        # index (the base's if no configuration entry is in memory): derived from
+        # ``config_indexes`` and ``base_config`` by ``refresh_config``, which every
+        # method that changes either calls. Fields, not properties: the leader reads
+        # them a few dozen times per client operation (ADR 0065).
+        self.config = initial
+        self.config_index = 0
         # ``base_index + len(entries)``, kept by every method that changes either
         # (a field, not a property: the hot path reads it a few dozen times per
         # client operation, and a compiled field read is a load, ADR 0047)
@@ -269,19 +278,16 @@ class RaftLog:
 
     # -- configuration -------------------------------------------------------------
 
-    @property
-    def config(self) -> Config:
-        """The latest configuration in the log (it takes effect when appended)."""
+    def refresh_config(self) -> None:
+        """Recompute ``config`` and ``config_index`` from ``config_indexes`` and
+        the base (the configuration history changed: a truncation, a new base)."""
         if self.config_indexes:
-            config = self.entry(self.config_indexes[-1]).config
+            index = self.config_indexes[-1]
+            config = self.entry(index).config
             assert config is not None
-            return config
-        return self.base_config
-
-    @property
-    def config_index(self) -> int:
-        """The index of the latest configuration entry (the base's index if none)."""
-        return self.config_indexes[-1] if self.config_indexes else self.base_index
+            self.config, self.config_index = config, index
+        else:
+            self.config, self.config_index = self.base_config, self.base_index
 
     def config_at(self, index: int) -> Config:
         """The configuration in force at ``index`` (``index >= base_index``)."""
@@ -304,13 +310,16 @@ class RaftLog:
             self.digests.append(chain_digest(self.last_digest, entry))
             self.entries.append(entry)
             self.last_index = index
-            if entry.config is not None:
+            config = entry.config
+            if config is not None:
                 self.config_indexes.append(index)
+                self.config, self.config_index = config, index
 
     def truncate_after(self, index: int) -> None:
         """Drop entries after ``index``, erasing from the end backwards (never
         below the snapshot: what it covers is committed)."""
         assert index >= self.snapshot_index
+        config_removed = False
         while self.last_index > index:
             last = self.last_index
             self.context.erase(entry_name(last))
@@ -319,6 +328,9 @@ class RaftLog:
             self.last_index = last - 1
             if self.config_indexes and self.config_indexes[-1] == last:
                 self.config_indexes.pop()
+                config_removed = True
+        if config_removed:
+            self.refresh_config()
 
     def install_snapshot(
         self, index: int, term: int, digest: bytes, config: Config, data: bytes
@@ -381,6 +393,7 @@ class RaftLog:
         self.snapshot_index, self.snapshot_term = index, term
         self.snapshot_digest, self.snapshot_config, self.snapshot_data = digest, config, data
         self.config_indexes = [i for i in self.config_indexes if i > base]
+        self.refresh_config()
 
     def persist_snapshot(
         self, index: int, term: int, digest: bytes, config: Config, data: bytes,
@@ -462,6 +475,7 @@ class RaftLog:
             if entry.config is not None:
                 self.config_indexes.append(index)
             expected += 1
+        self.refresh_config()  # (the base and entries loaded: load_snapshot's base too)
         assert self.last_index >= self.snapshot_index, (
             f"entries {self.base_index + 1}..{self.snapshot_index} of the window missing"
         )
