@@ -14,6 +14,7 @@ from test_raft_cluster import FAST_PARAMS, Cluster
 
 from replicaio.core.effects import Input
 from replicaio.protocols.raft import Config, ConfigChanged, Raft
+from replicaio.protocols.raft.audit import audit_raft
 from replicaio.protocols.raft.messages import UNREGISTERED
 from replicaio.protocols.raft.state import RaftLog
 
@@ -65,7 +66,9 @@ class CheckedCluster(Cluster):
         super().step(node, event)
         core = self.nodes[node]
         if core is not None:
-            assert_caches_fresh(self.raft(node))
+            raft = self.raft(node)
+            assert_caches_fresh(raft)
+            assert audit_raft(raft) == []  # the simulator's check agrees
             self.checked_steps += 1
 
 

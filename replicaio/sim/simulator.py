@@ -20,8 +20,11 @@ and a run is a pure function of its options. The simulator:
   (``replicaio.sim.adversary``);
 * holds every node to two rules besides the protocol's properties: a node
   that raises (a failed assertion included) on any input is a
-  ``node-raised`` violation, and a correct node whose footprint exceeds the
-  protocol's bound is a ``bounded-memory`` one (``replicaio.sim.footprint``);
+  ``node-raised`` violation, a correct node whose footprint exceeds the
+  protocol's bound is a ``bounded-memory`` one (``replicaio.sim.footprint``),
+  and one whose derived state disagrees with what it derives from (the
+  protocol's optional ``audit``, asked at the footprint check's cadence) an
+  ``internal-consistency`` one;
 * runs in two phases: a *safety* phase with every fault the options allow and
   the checkers watching every output, then a *liveness* phase that heals the
   network, restarts crashed nodes and requires the protocol's liveness
@@ -378,9 +381,11 @@ class Simulator:
                     self.push(crash.at_us, CRASH, crash.node, crash)
                 self.push(options.safety_us, LIVENESS, -1)
                 self.run_events()
-                if self.footprint_max and not self.violations:
+                if not self.violations:
                     for node in self.nodes:
-                        self.check_footprint(node)
+                        if self.footprint_max:
+                            self.check_footprint(node)
+                        self.check_audit(node)
             finally:
                 if self.log is not None:
                     self.log.flush()  # the sink holds every record, even after a bug
@@ -497,8 +502,10 @@ class Simulator:
         stats = self.stats
         steps = stats["steps"] + 1
         stats["steps"] = steps
-        if not steps & (CHECK_EVERY_STEPS - 1) and self.footprint_max:
-            self.check_footprint(node)
+        if not steps & (CHECK_EVERY_STEPS - 1):
+            if self.footprint_max:
+                self.check_footprint(node)
+            self.check_audit(node)
         crash = node.pending_crash
         if crash is not None and not crash.rare and self.crash_lands(node, effects, crash):
             self.crash_mid_step(node, effects, crash)
@@ -771,6 +778,24 @@ class Simulator:
             self.violations.append({
                 "property": "bounded-memory",
                 "detail": f"node {node.node_id} holds {', '.join(over)}",
+                "node": node.node_id,
+                "time_us": self.now,
+            })
+
+    def check_audit(self, node: SimNode) -> None:
+        """Hold a correct node's derived state to what it derives from: the
+        protocol's optional ``audit() -> list[str]`` (``Raft.audit``), each
+        problem an ``internal-consistency`` violation."""
+        core = node.core
+        if core is None or node.node_id in self.options.byzantine:
+            return
+        audit = getattr(core.protocol, "audit", None)
+        if audit is None:
+            return
+        for problem in audit():
+            self.violations.append({
+                "property": "internal-consistency",
+                "detail": f"node {node.node_id}: {problem}",
                 "node": node.node_id,
                 "time_us": self.now,
             })

@@ -82,6 +82,15 @@ class SmrProtocol:
             measured.update(own())
         return measured
 
+    def audit(self) -> list[str]:
+        """The ordering protocol's self-audit, if it has one (``Raft.audit``):
+        derived state that disagrees with what it derives from."""
+        own = getattr(self.ordering, "audit", None)
+        if own is None:
+            return []
+        problems: list[str] = own()
+        return problems
+
     def on_request(self, payload: Any) -> str | None:
         """A client's (or operator's) payload: a message object, or its wire bytes
         (what a live client sends, and what the event log records)."""

@@ -19,6 +19,7 @@ from replicaio.core.errors import UsageError
 from replicaio.core.lines import Line
 from replicaio.core.scheduler import Scope
 from replicaio.interfaces.ordering import Committed, NotLeader, OrderingHandlers
+from replicaio.protocols.raft.audit import audit_raft
 from replicaio.protocols.raft.election import Election
 from replicaio.protocols.raft.membership import Membership
 from replicaio.protocols.raft.messages import (
@@ -110,6 +111,7 @@ class Raft:
     reads_type: ClassVar[type[Reads]] = Reads
     membership_type: ClassVar[type[Membership]] = Membership
     snapshots_type: ClassVar[type[Snapshots]] = Snapshots
+    log_type: ClassVar[type[RaftLog]] = RaftLog
 
     # Exactly the attributes ``raft.pxd`` declares, in its order: no instance dict,
     # so the compiled class's ``cpdef`` methods are C calls without an override
@@ -129,7 +131,7 @@ class Raft:
             tuple((node, UNREGISTERED) for node in self.params.voters_for(context.n)), ()
         )
         self.hard = self.hard_state_type(context)
-        self.log = RaftLog(context, initial)
+        self.log = self.log_type(context, initial)
         self.identity = UNREGISTERED
         self.joiner = False  # this disk replaced a lost one (RaftParams.join at its first start)
         self.role = Role.FOLLOWER
@@ -158,6 +160,12 @@ class Raft:
             InstallSnapshot: self.snapshots.on_install_snapshot,
             InstallSnapshotResponse: self.snapshots.on_install_snapshot_response,
         }
+
+    def audit(self) -> list[str]:
+        """Every derived field that disagrees with what it derives from, and every
+        broken per-node invariant (``replicaio.protocols.raft.audit``); the
+        simulator asks every few hundred steps."""
+        return audit_raft(self)
 
     # -- Ordering ----------------------------------------------------------------
 

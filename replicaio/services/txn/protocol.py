@@ -234,6 +234,15 @@ class TxnNode:
             request_bytes(self.codec, request.client, request.nonce, request.ops),
             signed.signature)
 
+    def audit(self) -> list[str]:
+        """Every group's self-audit (``SmrProtocol.audit``), each problem named by
+        its group."""
+        return [
+            f"group {group}: {problem}"
+            for group, replica in enumerate(self.groups.replicas)
+            for problem in replica.audit()
+        ]
+
     def footprint(self) -> dict[str, int]:
         """What this node holds now, by the names of :meth:`TxnFactory.footprint_max`
         (per-group figures: the largest over the groups)."""

@@ -26,7 +26,7 @@ from replicaio.protocols.raft.raft import Raft
 from replicaio.protocols.raft.reads import PendingRead, Reads
 from replicaio.protocols.raft.replication import SNAPSHOT, Progress, Replication
 from replicaio.protocols.raft.snapshot import Snapshots
-from replicaio.protocols.raft.state import HardState
+from replicaio.protocols.raft.state import HardState, RaftLog
 from replicaio.smr.messages import ReadIndexReply
 from replicaio.smr.replica import Replica
 from replicaio.smr.sessions import SessionRecord, SessionTable
@@ -193,6 +193,21 @@ class RaftOnlyFirstGroupRepairs(Raft):
         return super().lost_acknowledged_state()
 
 
+class ConfigStaleAfterTruncate(RaftLog):
+    """BROKEN on purpose (a cache of ADR 0065 not refreshed): truncating a
+    configuration entry away leaves ``config`` and ``config_index`` naming it,
+    so the node keeps acting on a configuration no longer in its log."""
+
+    def truncate_after(self, index: int) -> None:
+        config, config_index = self.config, self.config_index
+        super().truncate_after(index)
+        self.config, self.config_index = config, config_index
+
+
+class RaftConfigStaleAfterTruncate(Raft):
+    log_type = ConfigStaleAfterTruncate
+
+
 class UnboundedSessionsReplica(Replica):
     """BROKEN on purpose: the session table never evicts, so clients that come
     and go make every replica hold ever more sessions (``bounded-memory``)."""
@@ -302,6 +317,11 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-snapshot-labelled-latest", RaftSnapshotLabelledLatest,
             "a snapshot transfer that outlives a compaction sends the old state under the "
             "new snapshot's index (run with snapshot=4)", "node-raised",
+        ),
+        RaftVariant(
+            "raft-config-stale-after-truncate", RaftConfigStaleAfterTruncate,
+            "a configuration entry truncated away stays in force (a stale cache; run with "
+            "--membership-every)", "internal-consistency",
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
