@@ -83,12 +83,13 @@ class SmrProtocol:
         return measured
 
     def audit(self) -> list[str]:
-        """The ordering protocol's self-audit, if it has one (``Raft.audit``):
-        derived state that disagrees with what it derives from."""
+        """Derived state that disagrees with what it derives from (ADR 0069): the
+        session table's, and the ordering protocol's if it audits itself
+        (``Raft.audit``)."""
+        problems = self.replica.sessions.audit()
         own = getattr(self.ordering, "audit", None)
-        if own is None:
-            return []
-        problems: list[str] = own()
+        if own is not None:
+            problems.extend(own())
         return problems
 
     def on_request(self, payload: Any) -> str | None:

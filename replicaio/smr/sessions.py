@@ -99,6 +99,22 @@ class SessionTable:
         self.result_bytes -= len(self.sessions.pop(oldest).result)
         self.evictions += 1
 
+    def audit(self) -> list[str]:
+        """Where the table disagrees with itself: ``result_bytes`` against its
+        results' bytes recounted, and the two bounds (the simulator's
+        ``internal-consistency`` check, ADR 0069)."""
+        problems: list[str] = []
+        recounted = sum(len(session.result) for session in self.sessions.values())
+        if self.result_bytes != recounted:
+            problems.append(
+                f"sessions' result_bytes {self.result_bytes} != their results' {recounted}"
+            )
+        if len(self.sessions) > self.sessions_max:
+            problems.append(f"{len(self.sessions)} sessions, over sessions_max")
+        if recounted > self.results_bytes_max and len(self.sessions) > 1:
+            problems.append(f"{recounted} bytes of session results, over the bound")
+        return problems
+
     def records(self) -> list[SessionRecord]:
         """The table as plain records, in eviction order (for snapshots)."""
         return [

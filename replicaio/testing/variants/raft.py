@@ -296,7 +296,7 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-session-bytes-forgotten", Raft,
             "a session table restored from a snapshot forgets its results' bytes "
             "(run with results=64,snapshot=4: replicas evict sessions differently)",
-            "linearizability", ForgetResultBytesReplica,
+            "internal-consistency", ForgetResultBytesReplica,
         ),
         RaftVariant(
             "raft-count-leader-unsynced", RaftCountLeaderUnsynced,
