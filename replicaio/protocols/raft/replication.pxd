@@ -39,5 +39,7 @@ cdef class Replication:
     cpdef leader_progress(self, source, term, round_, identity)
     @cython.locals(progress=Progress)
     cpdef on_append_entries_response(self, source, response)
+    @cython.locals(progress=Progress)
+    cpdef may_send(self, progress)
     cpdef ignore_append_entries(self, source, message)
     cpdef accept(self, source, message, match)

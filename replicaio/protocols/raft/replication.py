@@ -676,7 +676,28 @@ class Replication:
             self.on_match(source, progress, response.match_index)
         else:
             self.on_reject(source, progress, response)
-        progress.wakeup.notify()
+        if self.may_send(progress):
+            progress.wakeup.notify()
+
+    def may_send(self, progress: Progress) -> bool:
+        """Whether :meth:`send_to` could act for ``progress`` now: an
+        acknowledgement wakes the peer's task only then (ADR 0065, decision 4).
+        In ``REPLICATE`` with no entry beyond ``next_index`` (in the window or
+        not: a full window is counted there), no heartbeat due and no commit
+        notice due now, ``send_to`` sends nothing and changes nothing (a peer
+        that needs a snapshot, ``next_index <= log.base_index``, has entries
+        beyond its ``next_index``: the log's last index is never below its
+        base, so the first test covers it); every later change that gives it
+        something to do (new entries, a heartbeat, a commit, a notice's delay
+        over, a hurry, a new configuration) wakes the task itself. Any other
+        state (a probe, a snapshot in progress) wakes it as before."""
+        if progress.state != REPLICATE:
+            return True
+        return (
+            progress.next_index <= self.raft.log.last_index
+            or progress.heartbeat_due
+            or (progress.commit_due and progress.notice_due)
+        )
 
     def on_match(self, peer: int, progress: Progress, match: int) -> None:
         raft = self.raft
