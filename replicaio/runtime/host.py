@@ -170,8 +170,9 @@ class Flight:
     plain class: a dataclass's ``__init__`` is generated source, interpreted
     even where this module is compiled, and one is made per batch.)"""
 
-    __slots__ = ("batch", "clean", "completions", "durable", "inputs", "outputs",
-                 "sealed_at", "sends", "timers", "wrote")
+    # host.pxd's declarations, in their order (ADR 0067).
+    __slots__ = ("sends", "outputs", "completions", "clean", "timers", "wrote", "inputs",  # noqa: RUF023
+                 "batch", "durable", "sealed_at")
 
     def __init__(
         self, sends: list[tuple[int, bytes]], outputs: list[Any],
@@ -244,9 +245,24 @@ def output_fields(output: Any) -> dict[str, Any]:
 class NodeHost:
     """Runs node ``node_id`` of ``cluster``; see the module docstring."""
 
+    # host.pxd's declarations, in their order: compiled, an extension type with
+    # no instance dict (ADR 0067); a subclass (a test's, a bench's) has a dict of
+    # its own and may override any method, ``cpdef`` ones included.
+    __slots__ = (  # noqa: RUF023
+        "cluster", "outgoing", "rewrite_output", "entry", "node_id", "params",
+        "frame_bytes_max", "codec", "counters", "event_log_path", "event_log",
+        "event_log_file", "storage", "core", "trusted_wrote", "transport", "service",
+        "metrics", "metrics_server", "inbox", "inbox_room", "room_waiters", "batch_waiter",
+        "sync_worker", "pipeline", "flights", "release_waiter", "failure", "choices",
+        "random", "timer_tokens", "timer_handles", "timers_to_arm", "deferred_sends",
+        "token", "started_us", "stats", "ready", "stopping", "hops", "loop",
+    )
+
     # The disk threads of a pipelined host (a test swaps in a broken one:
-    # ``replicaio.testing.host_variants``).
-    durability_pipeline: type[DurabilityPipeline] = DurabilityPipeline
+    # ``replicaio.testing.host_variants``, on a subclass or its instance).
+    # (Unannotated: compiled, a class attribute of an extension type; mypy infers
+    # ``type[DurabilityPipeline]``.)
+    durability_pipeline = DurabilityPipeline
 
     def __init__(
         self,
@@ -922,10 +938,10 @@ class NodeHost:
                 ):
                     (early if position in marked else sends).append((destination, data))
             else:
-                sends.extend(
+                sends.extend([  # (a list: a cpdef method holds no generator, ADR 0047)
                     (destination, data)
                     for (destination, _), data in zip(sent, encoded, strict=True)
-                )
+                ])
         cancelled = effects.timers_cancelled
         if cancelled:
             for timer_id in cancelled:
@@ -1097,7 +1113,7 @@ class NodeHost:
             if rewrite is not None:
                 honest = outputs
                 outputs = [rewrite(output) for output in honest]
-                lies = sum(1 for said, did in zip(outputs, honest, strict=True) if said != did)
+                lies = sum([1 for said, did in zip(outputs, honest, strict=True) if said != did])
                 if lies:
                     self.counters.count("byzantine_outputs", lies)
             self.service.on_outputs(outputs)
