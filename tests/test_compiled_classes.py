@@ -285,3 +285,59 @@ def test_generic_classes_compiled_or_not(compiled: str) -> None:
     assert subscribed == [True, True, True]
     assert heap == [compiled == "0"] * 3  # extension types only compiled
     assert (has_dict, is_line, value, extra) == (False, True, 5, 1)
+
+
+HOST = """
+import json, sys
+from replicaio.runtime.config import load_cluster_file
+from replicaio.runtime.durability import DurabilityPipeline
+from replicaio.runtime.host import Flight, NodeHost
+
+cluster = load_cluster_file(sys.argv[1])
+released = []
+
+class Recorder(NodeHost):
+    def release_sends(self, sends):
+        released.append([(peer, data.decode()) for peer, data in sends])
+
+host, recorder = NodeHost(cluster, 1), Recorder(cluster, 1)
+try:
+    host.release_sends = released.append
+    replaced = True
+except AttributeError:
+    replaced = False
+# The compiled release chain calls the subclass's override (Cython's override check).
+recorder.release_held([(0, b"ack")], [], [], (0, 0, 0), True, {})
+recorder.durability_pipeline = Recorder  # a variant's swap, on a subclass's instance
+print(json.dumps([
+    [bool(cls.__flags__ & (1 << 9)) for cls in (NodeHost, Flight)],
+    hasattr(host, "__dict__"), replaced, released, recorder.stats["batches"],
+    NodeHost.durability_pipeline is DurabilityPipeline,
+    recorder.durability_pipeline is Recorder, host.durability_pipeline is DurabilityPipeline,
+]))
+"""
+
+
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_the_node_host_is_an_extension_type_extended_by_subclassing(
+    tmp_path: Path, compiled: str,
+) -> None:
+    """``NodeHost`` and ``Flight`` are extension types compiled (ADR 0067), heap
+    classes interpreted, without an instance dict either way: a method cannot
+    be replaced on one host; a subclass overrides it, and the compiled release
+    chain calls the override; ``durability_pipeline`` is swapped on a subclass."""
+    from test_runtime_host import cluster_file
+
+    if compiled == "1" and not read_manifest():
+        pytest.skip("no compiled build here (./run setup without a C compiler or Cython)")
+    cluster_file(tmp_path, 3, protocol="raft")
+    done = subprocess.run([sys.executable, "-c", HOST, str(tmp_path / "cluster.toml")],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          cwd=tmp_path, env={**os.environ, "REPLICAIO_COMPILED": compiled})
+    assert done.returncode == 0, done.stderr
+    heap, has_dict, replaced, released, batches, *pipelines = json.loads(done.stdout)
+    assert heap == [compiled == "0"] * 2
+    assert (has_dict, replaced) == (False, False)
+    assert released == [[[0, "ack"]]]
+    assert batches == 1
+    assert pipelines == [True, True, True]
