@@ -105,10 +105,11 @@ async def make_node(
     port: int = 0,
     inbox: QueueInbox | None = None,
     tls: Path | None = None,
+    kind: type[Transport] = Transport,
 ) -> Node:
     received = QueueInbox() if inbox is None else inbox
     nodes = tuple(range(max([node_id, *peers]) + 1))
-    transport = Transport(
+    transport = kind(
         node_id,
         Address(LOCAL, port),
         {peer: Address(LOCAL, peer_port) for peer, peer_port in peers.items()},
@@ -216,22 +217,30 @@ def test_messages_flow_both_ways_in_order(kind: str, loop: str) -> None:
     run(scenario, loop)
 
 
-def counting_writes(node: Node, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+class CountingTransport(Transport):
+    """Records the frames of each write it makes outside its write loop (a
+    subclass: compiled, a ``Transport`` is an extension type, whose methods
+    cannot be replaced on an instance; its compiled ``send`` and
+    ``flush_written`` call the override; ADR 0067)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: list[int] = []
+
+    def write_frames(self, channel: Any, connection: Any, frames: list[bytes]) -> None:
+        self.writes.append(len(frames))
+        super().write_frames(channel, connection, frames)
+
+
+def counting_writes(node: Node) -> list[int]:
     """The frames of each write ``node``'s transport makes outside its write loop."""
-    writes: list[int] = []
-    write_frames = node.transport.write_frames
-
-    def counted(channel: Any, connection: Any, frames: list[bytes]) -> None:
-        writes.append(len(frames))
-        write_frames(channel, connection, frames)
-
-    monkeypatch.setattr(node.transport, "write_frames", counted)
-    return writes
+    transport = node.transport
+    assert isinstance(transport, CountingTransport)
+    return transport.writes
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_frame_to_an_idle_peer_is_written_at_once_the_rest_of_a_turn_joined(
-        monkeypatch: pytest.MonkeyPatch, loop: str) -> None:
+def test_a_frame_to_an_idle_peer_is_written_at_once_the_rest_of_a_turn_joined(loop: str) -> None:
     """``send`` to a peer whose writer waits with nothing queued writes the frame
     before it returns (no wake-up of the write loop); the next frames of the same
     turn of the loop queue, and leave in one write at the turn's end, the write
@@ -239,9 +248,9 @@ def test_a_frame_to_an_idle_peer_is_written_at_once_the_rest_of_a_turn_joined(
 
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1})
-        dialer = await make_node(0, {1: acceptor.transport.port})
+        dialer = await make_node(0, {1: acceptor.transport.port}, kind=CountingTransport)
         channel = dialer.transport.channels[1]
-        writes = counting_writes(dialer, monkeypatch)
+        writes = counting_writes(dialer)
         async with closing(dialer, acceptor):
             dialer.transport.send(1, b"hello")
             assert await receive(acceptor) == (0, b"hello")
@@ -265,8 +274,7 @@ def test_a_frame_to_an_idle_peer_is_written_at_once_the_rest_of_a_turn_joined(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_peer_s_frames_of_one_release_leave_in_one_write(
-        monkeypatch: pytest.MonkeyPatch, loop: str) -> None:
+def test_a_peer_s_frames_of_one_release_leave_in_one_write(loop: str) -> None:
     """``send_many``: the frames for a peer whose writer is idle leave in one write
     at once (a commit notice and the AppendEntries behind it: one read and one
     wake-up for the peer); frames for it later in the same turn join at the
@@ -274,9 +282,9 @@ def test_a_peer_s_frames_of_one_release_leave_in_one_write(
 
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1})
-        dialer = await make_node(0, {1: acceptor.transport.port})
+        dialer = await make_node(0, {1: acceptor.transport.port}, kind=CountingTransport)
         channel = dialer.transport.channels[1]
-        writes = counting_writes(dialer, monkeypatch)
+        writes = counting_writes(dialer)
         async with closing(dialer, acceptor):
             dialer.transport.send(1, b"hello")
             assert await receive(acceptor) == (0, b"hello")
@@ -318,28 +326,29 @@ def test_dialler_reconnects_after_the_acceptor_restarts() -> None:
     run(scenario)
 
 
-def test_a_dial_whose_socket_closes_under_the_handshake_is_retried(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dial_whose_socket_closes_under_the_handshake_is_retried() -> None:
     """uvloop raises RuntimeError (not ConnectionError) for a write to a transport
     the peer closed meanwhile. The dial loop counts it as a failed handshake and
     dials again; uncaught, it ended the loop and the node never reconnected."""
-    real = Transport.handshake_as_dialer
     failures = [1]
 
-    async def closed_once(self: Transport, peer: int, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> PeerConnection:
-        if failures[0]:
-            failures[0] -= 1
-            writer.close()
-            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; "
-                               "the handler is closed")
-        return await real(self, peer, reader, writer)
+    class ClosedOnce(Transport):
+        """Its first dial's socket closes under the handshake (a subclass: compiled,
+        a ``Transport`` is an extension type, whose methods cannot be replaced;
+        ADR 0067)."""
 
-    monkeypatch.setattr(Transport, "handshake_as_dialer", closed_once)
+        async def handshake_as_dialer(self, peer: int, reader: asyncio.StreamReader,
+                                      writer: asyncio.StreamWriter) -> PeerConnection:
+            if failures[0]:
+                failures[0] -= 1
+                writer.close()
+                raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; "
+                                   "the handler is closed")
+            return await super().handshake_as_dialer(peer, reader, writer)
 
     async def scenario() -> None:
         acceptor = await make_node(1, {0: 1})
-        dialer = await make_node(0, {1: acceptor.transport.port})
+        dialer = await make_node(0, {1: acceptor.transport.port}, kind=ClosedOnce)
         async with closing(dialer, acceptor):
             dialer.transport.send(1, b"after the failed dial")
             assert await receive(acceptor) == (0, b"after the failed dial")

@@ -3,6 +3,7 @@ cimport cython
 from replicaio.core.codec cimport Codec
 from replicaio.core.effects cimport Effects
 from replicaio.core.node cimport Node
+from replicaio.runtime.transport cimport Transport
 
 cdef class Flight:
     cdef public list sends, outputs, completions
@@ -20,7 +21,8 @@ cdef class NodeHost:
     cdef public object counters, event_log_path, event_log, event_log_file, storage
     cdef public Node core
     cdef public bint trusted_wrote
-    cdef public object transport, service, metrics, metrics_server, inbox
+    cdef public Transport transport
+    cdef public object service, metrics, metrics_server, inbox
     cdef public long inbox_room
     cdef public object room_waiters, batch_waiter, sync_worker, pipeline, flights
     cdef public object release_waiter, failure
@@ -47,6 +49,7 @@ cdef class NodeHost:
     cpdef release_durable(self)
     cpdef pipeline_failed(self, error)
     cpdef release_flight(self, Flight flight)
+    @cython.locals(transport=Transport)
     cpdef release_sends(self, list sends)
     cpdef defer_sends(self, list sends)
     cpdef send_deferred(self)

@@ -164,17 +164,10 @@ class HandshakeRejected(Exception):
 class Connection:
     """An authenticated connection to one peer, with its session keys."""
 
-    __slots__ = (
-        "incoming_key",
-        "outgoing_key",
-        "outgoing_mac",
-        "peer",
-        "protocol",
-        "reader",
-        "send_seq",
-        "task",
-        "transport",
-        "writer",
+    # transport.pxd's declarations, in their order (ADR 0067).
+    __slots__ = (  # noqa: RUF023
+        "peer", "reader", "writer", "transport", "outgoing_key", "incoming_key",
+        "outgoing_mac", "send_seq", "task", "protocol",
     )
 
     def __init__(
@@ -232,21 +225,11 @@ def oldest_evictable(pending: list[PendingHandshake]) -> PendingHandshake:
 class PeerChannel:
     """Everything the transport keeps for one peer: its queue, connection, stats."""
 
-    __slots__ = (
-        "address",
-        "bytes_in",
-        "bytes_out",
-        "connection",
-        "connections",
+    # transport.pxd's declarations, in their order (ADR 0067).
+    __slots__ = (  # noqa: RUF023
+        "peer", "address", "queue", "queued_bytes", "wakeup", "connection", "idle_writer",
+        "flushing", "connections", "frames_in", "frames_out", "bytes_in", "bytes_out",
         "dropped",
-        "flushing",
-        "frames_in",
-        "frames_out",
-        "idle_writer",
-        "peer",
-        "queue",
-        "queued_bytes",
-        "wakeup",
     )
 
     def __init__(self, peer: int, address: Address) -> None:
@@ -343,7 +326,16 @@ def share_or_reject(value: Any) -> bytes:
 
 
 class Transport:
-    """Framed, authenticated TCP to every peer; see the module docstring."""
+    """Framed, authenticated TCP to every peer; see the module docstring.
+    Compiled, an extension type without an instance dict (ADR 0067): a test
+    that changes a method subclasses it."""
+
+    # transport.pxd's declarations, in their order.
+    __slots__ = (  # noqa: RUF023
+        "node_id", "listen", "authenticator", "params", "inbox", "counters", "channels",
+        "server", "tasks", "pending", "closing", "warn", "tls_acceptor", "tls_dial", "hops",
+        "loop", "written",
+    )
 
     def __init__(
         self,
@@ -467,7 +459,8 @@ class Transport:
         leave in one write: a batch's release (a commit notice and the
         AppendEntries behind it) costs the peer one read and one wake-up."""
         if len(sends) == 1:
-            self.send(*sends[0])
+            peer, payload = sends[0]
+            self.send(peer, payload)
             return
         by_peer: dict[int, list[bytes]] = {}
         for peer, payload in sends:
