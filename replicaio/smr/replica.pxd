@@ -14,6 +14,7 @@ cdef class Replica:
     cdef public Stream stream
     cdef public object clocked, has_views, hurry, clock_ms
     cdef public Codec codec
+    cdef public object expiries, expiry_held, expiry_kick
 
     cpdef wake(self)
     cpdef well_formed(self, request)
@@ -24,6 +25,8 @@ cdef class Replica:
     cpdef reply(self, client, seq, result)
     cpdef flush(self)
     cpdef stamp(self)
+    cpdef expire(self, number)
+    cpdef leave_window(self, number)
     cpdef batch_applied(self, number)
     cpdef decode_batch(self, data)
     cpdef execute(self, request, index)

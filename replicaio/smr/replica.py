@@ -20,7 +20,8 @@ It is the protocol-neutral half of state machine replication (Schneider,
    submitted while fewer than ``batches_inflight_max`` own batches are in
    flight; the window is the backpressure, and it is what makes batches grow
    under load. An in-flight batch not applied within ``batch_timeout_us`` is
-   presumed lost (leadership changed) and frees its slot; so does, at once,
+   presumed lost (leadership changed: :meth:`expiry_loop`, one task per
+   replica over the batches' timers) and frees its slot; so does, at once,
    an own batch submitted in an older view or term once the window is full
    (its fate is the new view's: committed through the view change or lost,
    and a request ordered twice executes once), or a replica with one batch in
@@ -69,7 +70,6 @@ from replicaio.core.context import Context
 from replicaio.core.effects import CLOCK_CHOICE
 from replicaio.core.errors import UsageError
 from replicaio.core.lines import Line, first
-from replicaio.core.scheduler import Task
 from replicaio.core.stream import Stream
 from replicaio.smr.api import (
     AuthenticatedRequest,
@@ -195,7 +195,8 @@ class Replica:
         "checkpoint_bytes", "log_bytes", "pending", "queued", "waiting", "inflight",
         "inflight_requests", "inflight_views", "batch_next", "reads_active", "read_next",
         "remote_reads", "applied_waiters", "kick", "kicked", "checkpoints", "stream",
-        "clocked", "has_views", "hurry", "clock_ms", "codec",
+        "clocked", "has_views", "hurry", "clock_ms", "codec", "expiries", "expiry_held",
+        "expiry_kick",
     )
 
     def __init__(
@@ -231,8 +232,8 @@ class Replica:
         # batches: a copy (a multicast, a retry, a relay) is not batched again.
         self.queued: dict[int, int] = {}
         self.waiting: dict[int, int] = {}  # client -> seq this replica owes a reply for
-        # own batch number -> its expiry task (None while submit runs)
-        self.inflight: dict[int, Task[None] | None] = {}
+        # own batch number -> the id of its expiry timer (-1 while submit runs)
+        self.inflight: dict[int, int] = {}
         self.inflight_requests: dict[int, tuple[tuple[int, int], ...]] = {}
         self.inflight_views: dict[int, int] = {}  # own batch number -> view at submit
         self.batch_next = 0
@@ -255,6 +256,13 @@ class Replica:
         # One codec for batches and snapshots (each codec holds a packer buffer);
         # a batch's size is checked apart.
         self.codec = Codec(frame_bytes_max=1 << 40, items_max=self.constants.items_max)
+        # Own batches with an expiry timer, in submission order (number, timer id,
+        # the timer's line); entries no longer in flight are dropped lazily.
+        self.expiries: deque[tuple[int, int, Line[None]]] = deque()
+        # The batch whose timer the expiry task waits on (-1: none); its timer
+        # stays armed when it leaves the window (the task's wake-up), others' go.
+        self.expiry_held = -1
+        self.expiry_kick: Line[None] | None = None  # the expiry task waits for a batch
         ordering.bind(self)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -271,6 +279,7 @@ class Replica:
             handler=self.on_message,
         )
         self.context.spawn(self.housekeeper(), "smr.housekeeper")
+        self.context.spawn(self.expiry_loop(), "smr.expiry")
         self.ordering.start()
 
     async def housekeeper(self) -> None:
@@ -419,9 +428,7 @@ class Replica:
         for number, submitted in tuple(self.inflight_views.items()):
             if submitted == view:
                 continue
-            expiry = self.inflight.pop(number, None)
-            if expiry is not None:
-                expiry.cancel()
+            self.leave_window(number)
             del self.inflight_views[number]
             for client, seq in self.inflight_requests.pop(number, ()):
                 self.dequeue(client, seq)
@@ -458,7 +465,7 @@ class Replica:
             raise AssertionError(f"{len(taken)} requests do not encode: {error}") from error
         assert len(data) <= self.constants.batch_bytes_max, "the batch size estimate is a bound"
         # In flight before submit: an ordering may commit within the call.
-        self.inflight[number] = None
+        self.inflight[number] = -1
         self.inflight_requests[number] = tuple(identities)
         outcome = self.ordering.submit(data)
         if isinstance(outcome, NotLeader):
@@ -484,7 +491,12 @@ class Replica:
         if number in self.inflight:
             if self.has_views:
                 self.inflight_views[number] = getattr(self.ordering, "view_hint", -1)
-            self.inflight[number] = self.context.spawn(self.expire(number), "smr.inflight")
+            timer_id, line = self.context.timer(self.params.batch_timeout_us)
+            self.inflight[number] = timer_id
+            self.expiries.append((number, timer_id, line))
+            kick = self.expiry_kick
+            if kick is not None and not kick.ready:
+                kick.set(None)
 
     def stamp(self) -> int:
         """The time stamp of a batch cut now: the host's clock (a choice point),
@@ -495,8 +507,37 @@ class Replica:
         self.clock_ms = max(self.clock_ms, reading)
         return self.clock_ms
 
-    async def expire(self, number: int) -> None:
-        await self.context.sleep(self.params.batch_timeout_us)
+    async def expiry_loop(self) -> None:
+        """The replica's one expiry task (not one per batch, ADR 0068). Each own
+        batch in flight has a timer of ``batch_timeout_us``, armed at its
+        submission; the timers fire in submission order, and the task waits on
+        the oldest in-flight batch's. When it fires the batch, if still in
+        flight, is presumed lost (:meth:`expire`); when a batch leaves the
+        window its timer is withdrawn, except the one the task waits on, which
+        fires all the same and finds it gone. So each batch still in flight
+        expires exactly ``batch_timeout_us`` after its submission."""
+        expiries = self.expiries
+        inflight = self.inflight
+        while True:
+            while expiries and expiries[0][0] not in inflight:
+                expiries.popleft()  # left the window: its timer was withdrawn
+            if not expiries:
+                kick: Line[None] = Line(self.context.node.scheduler, "smr.expiry")
+                self.expiry_kick = kick
+                await kick
+                self.expiry_kick = None
+                continue
+            number, _, line = expiries[0]
+            self.expiry_held = number
+            await line
+            self.expiry_held = -1
+            expiries.popleft()
+            if number in inflight:
+                self.expire(number)
+
+    def expire(self, number: int) -> None:
+        """Own batch ``number`` was not applied within ``batch_timeout_us``:
+        presumed lost, it frees its slot and its requests may be batched again."""
         self.context.count("smr_batches_presumed_lost")
         del self.inflight[number]
         self.inflight_views.pop(number, None)
@@ -504,11 +545,16 @@ class Replica:
             self.dequeue(client, seq)
         self.wake()
 
+    def leave_window(self, number: int) -> None:
+        """Own batch ``number`` leaves the window before its timeout (applied or
+        released): its timer goes, unless the expiry task waits on it."""
+        timer_id = self.inflight.pop(number, -1)
+        if timer_id >= 0 and number != self.expiry_held:
+            self.context.node.end_timer(timer_id)
+
     def batch_applied(self, number: int) -> None:
         """One of this incarnation's batches committed: it leaves the window."""
-        expiry = self.inflight.pop(number, None)
-        if expiry is not None:
-            expiry.cancel()
+        self.leave_window(number)
         self.inflight_views.pop(number, None)
         for client, seq in self.inflight_requests.pop(number, ()):
             self.dequeue(client, seq)
