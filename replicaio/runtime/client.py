@@ -95,6 +95,12 @@ class ClientService(Protocol):
 
     def on_outputs(self, outputs: list[Any]) -> None: ...
 
+    def expects_outputs(self) -> bool:
+        """Whether an output could concern this service now: ``False`` only when
+        ``on_outputs`` would drop whatever came (no client of this node waits),
+        and the host then does not call it."""
+        ...
+
     async def close(self) -> None: ...
 
     @property
@@ -229,6 +235,9 @@ class StreamService(ListeningService):
         return len(self.clients)
 
     # -- outputs -----------------------------------------------------------------------------
+
+    def expects_outputs(self) -> bool:
+        return True  # every output goes to every client and to the history
 
     def on_outputs(self, outputs: list[Any]) -> None:
         assert self.host is not None

@@ -1116,7 +1116,8 @@ class NodeHost:
                 lies = sum([1 for said, did in zip(outputs, honest, strict=True) if said != did])
                 if lies:
                     self.counters.count("byzantine_outputs", lies)
-            self.service.on_outputs(outputs)
+            if self.service.expects_outputs():  # (no client of this node waits: all dropped)
+                self.service.on_outputs(outputs)
 
     def cancel_timer(self, timer_id: int) -> None:
         """Cancel ``timer_id`` wherever it is: set earlier in this batch, set in an

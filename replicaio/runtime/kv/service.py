@@ -349,6 +349,15 @@ class RespService(ListeningService):
     def connections(self) -> int:
         return len(self.connections_open)
 
+    def expects_outputs(self) -> bool:
+        """Whether a request of this node's clients is open: a waiting client, a
+        gateway's submission or attempt, a transaction across groups (kept once
+        expected). Otherwise ``on_outputs`` would drop every output (another
+        node's clients' replies, Raft's ``Applied``): a follower with no client
+        of its own skips it (the host asks first)."""
+        submits = self.gateway_submits
+        return bool(self.waiters or submits.waiting or submits.attempts or self.transactions)
+
     def on_outputs(self, outputs: list[Any]) -> None:
         """Replies, redirections and refusals for our connections' requests."""
         waiters = self.waiters
