@@ -7,15 +7,14 @@ forwards, reads by read-index). Three Raft hosts in one process, real sockets.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from test_kv_service_resp import DEADLINE_S, LOCAL, run
+from test_kv_service_resp import DEADLINE_S, LOCAL, run, until
 
 from replicaio.runtime.config import load_cluster_file, render_cluster_file
 from replicaio.runtime.host import NodeHost
@@ -81,20 +80,6 @@ def three_nodes(tmp_path: Path) -> tuple[Any, list[int]]:
                   "service": {"request_timeout_ms": 3000}},
     ))
     return load_cluster_file(path), ports[3:]
-
-
-async def until(call: Callable[[], Awaitable[Any]], expected: Any) -> None:
-    """Retry ``call`` until it answers ``expected`` (before a leader: -TRYAGAIN)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while True:
-        try:
-            if await call() == expected:
-                return
-        except redis.ResponseError:
-            pass
-        assert loop.time() < deadline, "no answer before the deadline"
-        await asyncio.sleep(0.05)
 
 
 def test_a_follower_without_clients_skips_the_hand_off_and_one_with_a_client_answers(
