@@ -24,7 +24,7 @@ from replicaio.protocols.raft import Config, Raft
 from replicaio.protocols.raft.audit import audit_raft
 
 STALE_SEED = ("--nodes", "5", "--faults", "crash,partition,loss,dup,reorder", "--profile",
-              "long", "--membership-every", "50", "--seed", "4")
+              "long", "--membership-every", "20", "--seed", "25")
 
 
 def settled_leader() -> Raft:
