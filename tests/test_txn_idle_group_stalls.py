@@ -29,6 +29,7 @@ causes, each fixed and each kept as a variant (the code before):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -39,11 +40,19 @@ from replicaio.sim.txn_harness import TxnWorkload, txn_options
 DEGRADED = ("crash", "partition", "loss", "dup", "reorder", "degraded")
 
 
+# The liveness phase: 10 s after the safety phase, not the default 30 s. The
+# repaired protocols settle and release every lock within it on these seeds, the
+# stalled variants still hold one at its end (the same verdicts as at 30 s), and
+# the broken runs cost 5.2 + 3.1 + 1.7 CPU s, not 15.9 + 7.2 + 2.8.
+LIVENESS_US = 10_000_000
+
+
 def run(protocol: str, seed: int) -> Any:
     """``replicaio sim PROTOCOL:fronts=1 --nodes 4 --faults ...,degraded --ops-max 1
-    --seed SEED``."""
+    --seed SEED`` with a liveness phase of 10 s."""
     options = txn_options(seed, 4, DEGRADED, TxnWorkload(ops_max=1), protocol=protocol)
     assert options.kept_down
+    options = replace(options, liveness_us=options.safety_us + LIVENESS_US)
     return Simulator(f"{protocol}:fronts=1", options, f=1, record=False).run()
 
 
