@@ -20,7 +20,11 @@ replicaio/anchor (``--json`` for the machine-readable report):
 
 Workloads: 100-byte values, keys drawn uniformly from ``--keys`` keys; a
 closed loop of 1, 16, 64 and 256 concurrent clients (``--clients``), each with
-one request outstanding; 100% SET and 50/50 GET/SET. Each cell warms up for
+one request outstanding; 100% SET (``set``), 50/50 GET/SET (``mixed``: its GETs'
+and SETs' latencies are also reported apart, ``get_p50_ms``, ``set_p99_ms``...),
+100% GET (``get``: nothing is preloaded, and a GET of a missing key still takes
+the whole read path, replicaio's read-index barrier included) and ``mset``
+(two keys). Each cell warms up for
 ``--warmup`` seconds, then measures for ``--duration`` seconds: throughput is
 the requests completed inside the window per second, p50/p99 their latencies.
 ``--repeat`` (odd, default 3) runs every cell several times and keeps the run
@@ -430,9 +434,20 @@ class StreamKvClient:
 # -- the closed loop ----------------------------------------------------------------------------
 
 
+WORKLOADS = {
+    "set": "100% SET",
+    "mixed": "50% GET / 50% SET (GET and SET latencies also apart)",
+    "get": "100% GET (no preload: a GET of a missing key takes the same read path, "
+           "replicaio's read-index barrier included)",
+    "mset": "100% MSET of two random keys",
+}
+
+
 @dataclass
 class CellResult:
     latencies_s: list[float] = field(default_factory=list)
+    # The same latencies by kind of request ("get", "set"), for a mixed workload only.
+    by_kind: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     loadgen_cpu_s: float = 0.0
     server_cpu_s: float = 0.0
@@ -459,8 +474,15 @@ async def closed_loop(
     deadline = measure_from + duration_s
     latencies = result.latencies_s
     errors = result.errors
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}")
     mixed = workload == "mixed"
+    only_gets = workload == "get"
     mset = workload == "mset"  # two keys: on a sharded store, in two groups 2 times in 3
+    gets: list[float] = []
+    sets: list[float] = []
+    if mixed:
+        result.by_kind = {"get": gets, "set": sets}
 
     async def one(connection: Any, index: int) -> None:
         rng = random.Random(seed * 100_003 + index)
@@ -469,8 +491,9 @@ async def closed_loop(
             if begun >= deadline:
                 return
             key = b"key:%d" % rng.randrange(keys)
+            is_get = only_gets or (mixed and rng.random() < 0.5)
             try:
-                if mixed and rng.random() < 0.5:
+                if is_get:
                     await asyncio.wait_for(connection.get(key), OP_TIMEOUT_S * 4)
                 elif mset:
                     other = b"key:%d" % rng.randrange(keys)
@@ -490,6 +513,8 @@ async def closed_loop(
             ended = now()
             if begun >= measure_from and ended <= deadline:
                 latencies.append(ended - begun)
+                if mixed:
+                    (gets if is_get else sets).append(ended - begun)
 
     async def meter() -> None:
         await asyncio.sleep(max(0.0, measure_from - now()))
@@ -1447,8 +1472,7 @@ def conditions(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "event_loop": loop,
         "nodes": f"{args.nodes} (replicaio, pysyncobj, etcd), 1 (redis)",
         "clients": args.clients,
-        "workloads": {"set": "100% SET", "mixed": "50% GET / 50% SET",
-                      "mset": "100% MSET of two random keys"},
+        "workloads": {name: WORKLOADS[name] for name in args.workloads.split(",") if name},
         "value_bytes": args.value_bytes,
         "keys": args.keys,
         "warmup_s": args.warmup,
@@ -1475,6 +1499,11 @@ def parse_params(text: str) -> dict[str, int]:
 def measure_cell(system: System, clients: int, workload: str, seed: int) -> dict[str, Any]:
     cell = system.cell(clients, workload, seed)
     summary = summarize(cell.latencies_s, system.settings.duration_s)
+    for kind, latencies in sorted(cell.by_kind.items()):
+        latencies.sort()
+        summary[f"{kind}_ops"] = len(latencies)
+        summary[f"{kind}_p50_ms"] = round(percentile(latencies, 0.50) * 1e3, 3)
+        summary[f"{kind}_p99_ms"] = round(percentile(latencies, 0.99) * 1e3, 3)
     summary.update(
         errors=cell.errors,
         loadgen_cpu_s=round(cell.loadgen_cpu_s, 2),
@@ -1483,8 +1512,10 @@ def measure_cell(system: System, clients: int, workload: str, seed: int) -> dict
                                if summary["ops"] else None),
         load_average=round(os.getloadavg()[0], 2),
     )
+    kinds = "".join(f" {kind.upper()} p50 {summary[f'{kind}_p50_ms']} p99 "
+                    f"{summary[f'{kind}_p99_ms']} ms" for kind in sorted(cell.by_kind))
     log(f"{system.name} {workload} c={clients}: {summary['ops_per_s']:.0f} ops/s "
-        f"p50 {summary['p50_ms']} ms p99 {summary['p99_ms']} ms errors {cell.errors or 0} "
+        f"p50 {summary['p50_ms']} ms p99 {summary['p99_ms']} ms{kinds} errors {cell.errors or 0} "
         f"server cpu {summary['server_cpu_s']} s loadgen cpu {summary['loadgen_cpu_s']} s "
         f"load {summary['load_average']}")
     return summary
@@ -1559,6 +1590,17 @@ def print_report(report: dict[str, Any]) -> None:
               f"{row['ops_per_s']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
               f"{row['server_cpu_ms_per_kop'] or 0:>16.1f}  "
               f"{'/'.join(f'{run:.0f}' for run in row['runs_ops_per_s'])}  {row['errors'] or ''}")
+    split = [row for row in report["rows"] if "get_p50_ms" in row]
+    if split:
+        print()
+        print("the same runs by kind of request (latencies in ms)")
+        print(f"{'system':<24}{'workload':<8}{'clients':>8}{'GET p50':>9}{'GET p99':>9}"
+              f"{'SET p50':>9}{'SET p99':>9}{'GETs':>8}{'SETs':>8}")
+        for row in sorted(split, key=lambda r: (r["system"], r["workload"], r["clients"])):
+            print(f"{row['system']:<24}{row['workload']:<8}{row['clients']:>8}"
+                  f"{row['get_p50_ms']:>9.2f}{row['get_p99_ms']:>9.2f}"
+                  f"{row['set_p50_ms']:>9.2f}{row['set_p99_ms']:>9.2f}"
+                  f"{row['get_ops']:>8}{row['set_ops']:>8}")
     if report["ratios"]:
         print()
         print("replicaio / anchor (throughput: >1 is better for replicaio; latency: <1 is better)")
@@ -1609,7 +1651,8 @@ def print_markdown(report: dict[str, Any]) -> None:
     """The figure and ratio tables of a saved ``--json`` report, as Markdown."""
     rows = {(row["system"], row["workload"], row["clients"]): row for row in report["rows"]}
     systems = list(dict.fromkeys(row["system"] for row in report["rows"]))
-    titles = {"set": "100% SET", "mixed": "50/50 GET/SET", "mset": "100% MSET of two keys"}
+    titles = {"set": "100% SET", "mixed": "50/50 GET/SET", "get": "100% GET",
+              "mset": "100% MSET of two keys"}
     for workload, title in titles.items():
         clients = sorted({c for (_, w, c) in rows if w == workload})
         if not clients:
@@ -1625,6 +1668,15 @@ def print_markdown(report: dict[str, Any]) -> None:
                              f"{row['ops_per_s']:.0f}, {row['p50_ms']:.1f} / {row['p99_ms']:.1f}"
                              f" ({row['server_cpu_ms_per_kop'] or 0:.0f})")
             print(f"| {system} | " + " | ".join(cells) + " |")
+    split = [row for row in report["rows"] if "get_p50_ms" in row]
+    if split:
+        print("\nThe same runs by kind of request: GET p50 / p99, SET p50 / p99 (ms)\n")
+        print("| system | workload | clients | GET | SET |")
+        print("| --- | --- | --- | --- | --- |")
+        for row in split:
+            print(f"| {row['system']} | {row['workload']} | {row['clients']} "
+                  f"| {row['get_p50_ms']:.2f} / {row['get_p99_ms']:.2f} "
+                  f"| {row['set_p50_ms']:.2f} / {row['set_p99_ms']:.2f} |")
     found = report.get("ratios", [])
     if found:
         print("\nreplicaio / anchor: throughput (p50, p99)\n")
@@ -1648,7 +1700,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="comma-separated subset of " + ",".join(SYSTEMS))
     parser.add_argument("--clients", default="1,16,64,128,256")
-    parser.add_argument("--workloads", default="set,mixed")
+    parser.add_argument("--workloads", default="set,mixed",
+                        help="comma-separated: " + "; ".join(
+                            f"{name}: {text}" for name, text in WORKLOADS.items()))
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     parser.add_argument("--repeat", type=int, default=3,
@@ -1704,6 +1758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--repeat must be odd (the median run is kept), got {args.repeat}")
     args.clients = [int(value) for value in args.clients.split(",") if value]
     workloads = [value for value in args.workloads.split(",") if value]
+    if set(workloads) - set(WORKLOADS):
+        parser.error(f"unknown workloads {sorted(set(workloads) - set(WORKLOADS))}")
     systems = [value for value in args.systems.split(",") if value]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:

@@ -5,7 +5,7 @@ project's. The parent talks to it over stdin/stdout, one JSON object per line:
 
     {"cmd": "status"}                      -> {"leader": bool, "has_quorum": bool, ...}
     {"cmd": "run", "clients": C, "warmup_s": W, "duration_s": D,
-     "workload": "set" | "mixed", "keys": K, "value_bytes": V, "seed": S}
+     "workload": "set" | "mixed" | "get", "keys": K, "value_bytes": V, "seed": S}
                                            -> {"ops": N, "latencies_us": [...], "errors": E, ...}
     {"cmd": "quit"}
 
@@ -66,6 +66,7 @@ def run(node: KeyValue, request: dict[str, object]) -> dict[str, object]:
     warmup_s = number(request, "warmup_s")
     duration_s = number(request, "duration_s")
     mixed = request["workload"] == "mixed"
+    only_gets = request["workload"] == "get"
     keys = int(number(request, "keys"))
     value = b"v" * int(number(request, "value_bytes"))
     rng = random.Random(int(number(request, "seed", 1)))
@@ -96,7 +97,7 @@ def run(node: KeyValue, request: dict[str, object]) -> dict[str, object]:
                     if inflight[0] == 0:
                         all_done.set()
 
-        if mixed and rng.random() < 0.5:
+        if only_gets or (mixed and rng.random() < 0.5):
             node.get(key, callback=done)
         else:
             node.set(key, value, callback=done)
