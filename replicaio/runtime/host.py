@@ -819,7 +819,14 @@ class NodeHost:
             hops.stamp(hoptrace.STEPPED, int(wrote))
         if not wrote:
             clean = (0, 0, 0)
-            sends += early  # released in its turn, right after the batch before
+            if early and self.flights:
+                # At once, as in a writing batch (ADR 0070): they depend on no
+                # unsynced write of any batch (a follower's early answer to a read
+                # round, behind an earlier batch's flush otherwise).
+                self.flush_event_log()
+                self.release_sends(early)
+            else:
+                sends += early  # nothing unreleased before: they go now with the rest
         elif self.flights:
             clean = (0, 0, 0)  # may depend on an unreleased batch's writes
             if early:

@@ -138,6 +138,19 @@ class AppendEntriesResponse(Message, tag="raft.AppendEntriesResponse"):
     identity: int
 
 
+class ReadRoundAck(Message, tag="raft.ReadRoundAck"):
+    """A follower's answer to a read round, sent before its flush (ADR 0070):
+    it is in ``term`` (durably, with its vote) and heard round ``round`` of
+    the leader. It claims nothing about the follower's log: the leader counts
+    it for read-index and check-quorum only, never toward a match. The
+    AppendEntriesResponse to the same message follows once the entries it
+    carried are durable."""
+
+    term: int
+    round: int
+    identity: int
+
+
 # -- snapshots (section 7) ------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from replicaio.protocols.raft.messages import (
     InstallSnapshot,
     InstallSnapshotResponse,
     RaftAdmin,
+    ReadRoundAck,
     RequestVote,
     RequestVoteResponse,
     Restarted,
@@ -58,6 +59,7 @@ MESSAGE_TYPES = (
     InstallSnapshot,
     InstallSnapshotResponse,
     CommitNotice,
+    ReadRoundAck,
 )
 
 
@@ -157,6 +159,7 @@ class Raft:
             AppendEntries: self.replication.on_append_entries,
             AppendEntriesResponse: self.replication.on_append_entries_response,
             CommitNotice: self.replication.on_commit_notice,
+            ReadRoundAck: self.reads.on_read_round_ack,
             InstallSnapshot: self.snapshots.on_install_snapshot,
             InstallSnapshotResponse: self.snapshots.on_install_snapshot_response,
         }

@@ -23,6 +23,17 @@ answers to a round extend the lease. They assume a bound on clock drift.
 
 A leader that steps down drops its pending reads: their lines are never
 set and SMR times them out (the ``Ordering.read_barrier`` contract).
+
+A follower answers a round before its flush (ADR 0070). Its answer to an
+AppendEntries leaves only once the entries it carries (and every earlier
+write) are durable, because it claims a match; under a mixed load a round
+mostly rides on entries, so a read waited as long as a write. What the round
+needs is only "this follower is still in the leader's term": at the first
+message of a new round, when the answer would wait for a flush (the message
+carries entries, or entries appended before may not be durable yet) and the
+follower's term and vote are durable, it also sends a :class:`ReadRoundAck`
+marked to leave before the sync. The leader counts it for the round (and
+check-quorum), never toward a match.
 """
 
 from __future__ import annotations
@@ -33,7 +44,13 @@ from typing import TYPE_CHECKING
 from replicaio.core.lines import Line
 from replicaio.interfaces.ordering import NotLeader
 from replicaio.protocols.raft.lease import Lease
-from replicaio.protocols.raft.messages import NO_NODE, ReadConfirmed, ReadRequested
+from replicaio.protocols.raft.messages import (
+    NO_NODE,
+    AppendEntries,
+    ReadConfirmed,
+    ReadRequested,
+    ReadRoundAck,
+)
 from replicaio.protocols.raft.state import Role
 
 if TYPE_CHECKING:
@@ -61,6 +78,15 @@ class Reads:
         self.confirming: deque[PendingRead] = deque()  # step 3, in round order
         self.next_id = 0
         self.lease = Lease(raft)
+        # Follower side (ADR 0070): the latest round heard in term heard_term;
+        # appends since the last known sync (writes counts them); the term and
+        # vote known durable; the scope of the task that learns the latter two.
+        self.heard_term = 0
+        self.heard_round = 0
+        self.writes = 0
+        self.unsynced = False
+        self.durable_hard: tuple[int, int] | None = None
+        self.learning: object | None = None
 
     def new_id(self) -> int:
         # Unique across restarts of this node (the incarnation is durable).
@@ -155,6 +181,67 @@ class Reads:
         waiting, self.waiting_commit = self.waiting_commit, []
         for read in waiting:
             self.start(read)
+
+    def on_read_round_ack(self, source: int, ack: ReadRoundAck) -> None:
+        """A follower's early answer to a round: counted for the round only (its
+        AppendEntriesResponse, with the match, follows after its flush)."""
+        if ack.round < 0 or ack.term < 0:
+            self.raft.count("raft_rejected_negative")
+            return
+        self.raft.replication.leader_progress(source, ack.term, ack.round, ack.identity)
+
+    # -- follower: a round answered before the flush (ADR 0070) ----------------------
+
+    def on_round(self, source: int, message: AppendEntries) -> None:
+        """An AppendEntries of the term we follow ``source`` in (before Figure 2's
+        log checks; its answer, accept or reject, echoes the round after the
+        flush): at the first message of a new round, answer the round before
+        the sync if that answer would otherwise wait for a flush and our term
+        and vote are durable (a term or vote not yet durable may be forgotten
+        by a crash, and nothing may be said in it before)."""
+        raft = self.raft
+        term, round_ = message.term, message.round
+        if term != self.heard_term:
+            self.heard_term, self.heard_round = term, 0
+        if round_ <= self.heard_round:
+            return
+        self.heard_round = round_
+        if not (message.entries or self.unsynced):
+            return  # nothing to flush: the answer leaves as soon
+        hard = raft.hard
+        if self.durable_hard != (hard.term, hard.voted_for):
+            self.learn_durable()
+            return
+        raft.count("raft_read_rounds_answered_early")
+        raft.send(source, ReadRoundAck(term, round_, raft.identity), before_sync=True)
+        if self.unsynced:
+            self.learn_durable()
+
+    def on_appended(self) -> None:
+        """A follower appended entries (not durable before the step's sync)."""
+        self.writes += 1
+        self.unsynced = True
+
+    def learn_durable(self) -> None:
+        """Learn, after the next sync, that the term, vote and appends of now are
+        durable: one task at a time in the role's scope, one timer of delay 0
+        (the host arms it only once the writes of the step that armed it, and
+        of every earlier step, are synced)."""
+        scope = self.raft.role_scope
+        if scope is None or self.learning is scope:
+            return
+        self.learning = scope
+        scope.spawn(self.durable_after_sync(), "raft.read_durable")
+
+    async def durable_after_sync(self) -> None:
+        raft = self.raft
+        hard = raft.hard
+        term, voted_for, writes = hard.term, hard.voted_for, self.writes
+        await raft.context.sleep(0)
+        self.durable_hard = (term, voted_for)
+        if self.writes == writes:
+            self.unsynced = False
+        self.learning = None
 
     # -- leadership ------------------------------------------------------------------
 

@@ -529,6 +529,8 @@ class Replication:
             return
         if not raft.accept_leader(term, source):
             return
+        if answer:
+            raft.reads.on_round(source, message)
         log = raft.log
         first, prev_term = message.prev_log_index, message.prev_log_term
         prev, entries = first, message.entries
@@ -563,6 +565,8 @@ class Replication:
             return
         if not self.append_new_entries(prev, entries):
             return
+        if entries:
+            raft.reads.on_appended()
         match = prev + len(entries)
         leader_commit = message.leader_commit
         if leader_commit > raft.commit_index:
