@@ -11,7 +11,8 @@ modules: production code has no broken branches to take by mistake.
   ``bracha-unwindowed`` (no window: unbounded growth), the last two for the
   adversary's rules (docs/adversary.md);
 * :mod:`replicaio.testing.variants.raft` — ``raft-commit-previous-term``,
-  ``raft-forget-vote``, ``raft-follower-reads`` and ``raft-trust-damaged-tail``;
+  ``raft-forget-vote``, ``raft-follower-reads``, ``raft-trust-damaged-tail``,
+  ``raft-early-round-answer-with-match`` and more (``RAFT_VARIANTS``);
 * :mod:`replicaio.testing.variants.instances` — the multi-instance component
   with a small window (garbage collection within a few requests) and
   ``WatermarkLastInstances``, the collection write order fixed in issue 7

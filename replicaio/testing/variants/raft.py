@@ -18,6 +18,8 @@ from replicaio.interfaces.ordering import NotLeader
 from replicaio.protocols.raft.membership import Membership
 from replicaio.protocols.raft.messages import (
     NO_NODE,
+    AppendEntries,
+    AppendEntriesResponse,
     CommitNotice,
     ReadConfirmed,
     ReadRequested,
@@ -125,6 +127,57 @@ class NoticeUnchecked(Replication):
 
 class RaftNoticeUnchecked(Raft):
     replication_type = NoticeUnchecked
+
+
+class EarlyRoundAnswerWithMatch(Reads):
+    """BROKEN on purpose (ADR 0070 without its condition): a follower's early
+    answer to a read round is its whole acknowledgement, the match of the
+    entries the message carries included, sent before those entries are
+    durable. The leader counts the early answer as a match: a commit may
+    rest on a copy the follower then loses in a crash."""
+
+    def __init__(self, raft: Raft) -> None:
+        super().__init__(raft)
+        self.answer_early = False
+
+    def on_round(self, source: int, message: AppendEntries) -> None:
+        self.answer_early = False
+        term, round_ = message.term, message.round
+        if term != self.heard_term:
+            self.heard_term, self.heard_round = term, 0
+        if round_ <= self.heard_round:
+            return
+        self.heard_round = round_
+        if message.entries or self.unsynced:
+            self.answer_early = True  # Replication.accept sends it before the sync
+            if self.unsynced:
+                self.learn_durable()
+
+
+class AcceptBeforeFlush(Replication):
+    """The acknowledgement :class:`EarlyRoundAnswerWithMatch` marked early."""
+
+    def accept(self, source: int, message: AppendEntries, match: int) -> None:
+        reads = self.raft.reads
+        assert isinstance(reads, EarlyRoundAnswerWithMatch)
+        if not reads.answer_early:
+            super().accept(source, message, match)
+            return
+        reads.answer_early = False
+        raft = self.raft
+        raft.send(
+            source,
+            AppendEntriesResponse(
+                raft.hard.term, True, match, message.prev_log_index, 0, 0, message.round,
+                raft.identity,
+            ),
+            before_sync=True,
+        )
+
+
+class RaftEarlyRoundAnswerWithMatch(Raft):
+    reads_type = EarlyRoundAnswerWithMatch
+    replication_type = AcceptBeforeFlush
 
 
 class RestartSnapshotOnCompaction(Snapshots):
@@ -322,6 +375,12 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-config-stale-after-truncate", RaftConfigStaleAfterTruncate,
             "a configuration entry truncated away stays in force (a stale cache; run with "
             "--membership-every)", "internal-consistency",
+        ),
+        RaftVariant(
+            "raft-early-round-answer-with-match", RaftEarlyRoundAnswerWithMatch,
+            "a follower's early answer to a read round acknowledges the entries it "
+            "carries before they are durable, and the leader counts it (ADR 0070 "
+            "without its condition; run with the sync fault)", "leader_completeness",
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
