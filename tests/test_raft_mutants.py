@@ -190,8 +190,11 @@ def test_the_self_audit_finds_a_session_table_that_forgot_its_bytes(seed: int) -
 # re-pinned: perf18 (compaction kept a window), perf21 (CommitNotice), live28
 # (notices held 1 ms: seed 2 breaks linearizability, seed 3 raises a node), sim30
 # (unanswered heartbeats, notice waits ended early: seed 2 still breaks
-# linearizability, seed 26 raises a node; seed 3 is caught no more; 6 of 40 caught)
-@pytest.mark.parametrize("seed", [2, 26])
+# linearizability, seed 26 raises a node; seed 3 is caught no more; 6 of 40 caught),
+# read37 (a follower's early ReadRoundAck, ADR 0070, moves every schedule with
+# reads: 13 of 40 caught, seed 2 no more; seed 3 breaks linearizability, 12 raises
+# a node)
+@pytest.mark.parametrize("seed", [3, 12])
 def test_sessions_evicted_by_bytes_differently_on_a_restored_replica_are_caught(seed: int) -> None:
     """``session_results_bytes_max`` evictions must be the same on every replica.
     Without the self-audit (which finds the cause at once, above): the planted
