@@ -117,6 +117,9 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "this many pending requests (1: none waits; a live Raft service's, and each Raft group's "
     "of txn and txn-kv, is its batch size)",
     "lease": "RaftParams.read_lease: 1 serves reads from a leader lease (0: read-index only)",
+    "roundack": "RaftParams.read_round_ack: a follower answers a read round before its "
+    "flush (ADR 0070): 0 never, 1 when the round's first message carries entries, 2 (the "
+    "default) also when earlier appends may not be durable yet",
     "drift": "RaftParams.clock_drift_ppm_max: the clock drift bound lease reads assume (ppm)",
     "notice": "RaftParams.commit_notice: 1 tells a follower a new commit index by an "
     "unanswered CommitNotice (0: an empty AppendEntries it acknowledges)",
@@ -167,7 +170,7 @@ SERVICE_PARAMETERS: dict[str, str] = {
 SMR_PARAMETERS = frozenset({"snapshot", "batch", "sessions", "results", "inflight", "memory",
                             "values", "fronts"})
 RAFT_PARAMETERS = SMR_PARAMETERS | {"snapshotkib", "fill", "lease", "drift", "notice",
-                                    "notice_us", "join"}
+                                    "notice_us", "join", "roundack"}
 PBFT_PARAMETERS = SMR_PARAMETERS | {"replica_macs", "view_timeout", "macs", "reads"}
 MINBFT_PARAMETERS = SMR_PARAMETERS | {"view_timeout", "reads"}
 TXN_PARAMETERS = frozenset({"groups", "sessions", "wait", "remember", "fronts"})
@@ -387,6 +390,7 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
         defaults_raft = RaftParams()
         raft_params = RaftParams(
             read_lease=bool(parameters.get("lease", 0)),
+            read_round_ack=parameters.get("roundack", defaults_raft.read_round_ack),
             clock_drift_ppm_max=parameters.get("drift", defaults_raft.clock_drift_ppm_max),
             commit_notice=bool(parameters.get("notice", int(defaults_raft.commit_notice))),
             commit_notice_delay_us=parameters.get(

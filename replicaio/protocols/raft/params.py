@@ -57,6 +57,10 @@ class RaftParams:
     # clock_drift_ppm_max (parts per million); off: read-index only.
     read_lease: bool = False
     clock_drift_ppm_max: int = 10_000
+    # A follower answers a read round before its flush with a ReadRoundAck
+    # (ADR 0070): 0 never; 1 when the round's first message carries entries;
+    # 2 also when entries appended before may not be durable yet.
+    read_round_ack: int = 2
     # -- replication -----------------------------------------------------------
     # When the commit index advances and a follower has no new entries to
     # carry it, the leader tells it at once. On: a CommitNotice the follower
@@ -116,6 +120,10 @@ class RaftParams:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RaftParams.{name} must be >= 1")
+        if self.read_round_ack not in (0, 1, 2):
+            raise ConfigError(
+                f"RaftParams.read_round_ack must be 0, 1 or 2, got {self.read_round_ack}"
+            )
         if not 0 <= self.commit_notice_delay_us < self.heartbeat_us:
             raise ConfigError(
                 "RaftParams.commit_notice_delay_us must be >= 0 and below a heartbeat "

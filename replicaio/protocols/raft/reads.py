@@ -206,15 +206,16 @@ class Reads:
         if round_ <= self.heard_round:
             return
         self.heard_round = round_
-        if not (message.entries or self.unsynced):
-            return  # nothing to flush: the answer leaves as soon
+        mode = raft.params.read_round_ack
+        if mode == 0 or not (message.entries or (self.unsynced and mode > 1)):
+            return  # nothing to flush (or off): the answer leaves as soon
         hard = raft.hard
         if self.durable_hard != (hard.term, hard.voted_for):
             self.learn_durable()
             return
         raft.count("raft_read_rounds_answered_early")
         raft.send(source, ReadRoundAck(term, round_, raft.identity), before_sync=True)
-        if self.unsynced:
+        if self.unsynced and mode > 1:
             self.learn_durable()
 
     def on_appended(self) -> None:
