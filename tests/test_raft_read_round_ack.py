@@ -31,6 +31,10 @@ from replicaio.protocols.raft import (
 from replicaio.sim.kv_harness import KvWorkload, kv_options
 from replicaio.sim.simulator import Simulator
 
+# Two heartbeats (FAST_PARAMS) and a little: a turn of the follower's durability
+# timer that began before the last append, and a whole quiet one after it.
+QUIET_US = 20_010
+
 
 def settled_follower() -> Cluster:
     """Node 0 leads and is then down; node 1 follows it (term durable), and the
@@ -63,12 +67,13 @@ def early(cluster: Cluster, since: int) -> list[Any]:
 def test_a_round_riding_on_entries_is_answered_before_the_flush_once_the_term_is_durable() -> None:
     cluster = settled_follower()
     # First round seen with entries: whether the term and vote are durable is not
-    # known yet (learned after this step's sync), so only the usual answer goes.
+    # known yet (learned a heartbeat later, from a timer armed after this step's
+    # sync), so only the usual answer goes.
     mark = len(cluster.sent_before_sync)
     sent = cluster.inject(0, 1, append(cluster, 1, 1))
     assert [type(message) for message in sent] == [AppendEntriesResponse]
     assert early(cluster, mark) == []
-    cluster.run(10)  # the timer of delay 0, armed after the sync, fires
+    cluster.run(QUIET_US)  # a heartbeat without appends: they and the term are durable
     # A new round without entries and nothing left unsynced: the answer is as
     # quick, no ack.
     sent = cluster.inject(0, 1, append(cluster, 1, 2, entries=0))
@@ -97,14 +102,14 @@ def test_no_early_answer_in_a_term_not_yet_durable() -> None:
     the sync is known, the next round is."""
     cluster = settled_follower()
     cluster.inject(0, 1, append(cluster, 1, 1))
-    cluster.run(10)  # term and vote known durable
+    cluster.run(QUIET_US)  # term and vote known durable
     newer = cluster.view(1).term + 1
     mark = len(cluster.sent_before_sync)
     sent = cluster.inject(0, 1, append(cluster, 1, 1, term=newer))
     assert cluster.view(1).term == newer
     assert [type(message) for message in sent] == [AppendEntriesResponse]
     assert early(cluster, mark) == []
-    cluster.run(10)
+    cluster.run(QUIET_US)
     sent = cluster.inject(0, 1, append(cluster, 1, 2, term=newer))
     assert sent[0] == ReadRoundAck(newer, 2, cluster.view(1).identity)
 

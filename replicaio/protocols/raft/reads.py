@@ -215,33 +215,38 @@ class Reads:
             return
         raft.count("raft_read_rounds_answered_early")
         raft.send(source, ReadRoundAck(term, round_, raft.identity), before_sync=True)
-        if self.unsynced and mode > 1:
-            self.learn_durable()
 
     def on_appended(self) -> None:
         """A follower appended entries (not durable before the step's sync)."""
         self.writes += 1
         self.unsynced = True
+        if self.learning is not self.raft.role_scope:
+            self.learn_durable()
 
     def learn_durable(self) -> None:
-        """Learn, after the next sync, that the term, vote and appends of now are
-        durable: one task at a time in the role's scope, one timer of delay 0
-        (the host arms it only once the writes of the step that armed it, and
-        of every earlier step, are synced)."""
+        """Learn that the term, vote and appends of now are durable: one task at a
+        time in the role's scope, one timer of a heartbeat per turn (the host
+        arms a timer only once the writes of the step that armed it, and of
+        every earlier step, are synced: when it fires, what was written before
+        is durable, and if nothing was appended meanwhile, every append is).
+        Under a steady load the appends go on and the task keeps one timer a
+        heartbeat; it ends after the first quiet one."""
         scope = self.raft.role_scope
         if scope is None or self.learning is scope:
             return
         self.learning = scope
-        scope.spawn(self.durable_after_sync(), "raft.read_durable")
+        scope.spawn(self.durable_after_quiet(), "raft.read_durable")
 
-    async def durable_after_sync(self) -> None:
+    async def durable_after_quiet(self) -> None:
         raft = self.raft
-        hard = raft.hard
-        term, voted_for, writes = hard.term, hard.voted_for, self.writes
-        await raft.context.sleep(0)
-        self.durable_hard = (term, voted_for)
-        if self.writes == writes:
-            self.unsynced = False
+        while True:
+            hard = raft.hard
+            term, voted_for, writes = hard.term, hard.voted_for, self.writes
+            await raft.context.sleep(raft.params.heartbeat_us)
+            self.durable_hard = (term, voted_for)
+            if self.writes == writes:
+                self.unsynced = False
+                break
         self.learning = None
 
     # -- leadership ------------------------------------------------------------------
