@@ -23,8 +23,10 @@ from replicaio.cli import main
 from replicaio.protocols.raft import Config, Raft
 from replicaio.protocols.raft.audit import audit_raft
 
+# Re-pinned by read37: the follower's early ReadRoundAck (ADR 0070) moved every
+# schedule with reads; seed 25 is caught no more, seeds 19 and 24 of 1..60 are.
 STALE_SEED = ("--nodes", "5", "--faults", "crash,partition,loss,dup,reorder", "--profile",
-              "long", "--membership-every", "20", "--seed", "25")
+              "long", "--membership-every", "20", "--seed", "19")
 
 
 def settled_leader() -> Raft:
