@@ -48,6 +48,7 @@ from replicaio.core.context import Context
 from replicaio.core.lines import Line
 from replicaio.interfaces.ordering import Committed, NotLeader, OrderingHandlers
 from replicaio.protocols.bft import BftReplica
+from replicaio.protocols.minbft.audit import audit_minbft
 from replicaio.protocols.minbft.checkpoint import Checkpoints
 from replicaio.protocols.minbft.messages import (
     EMPTY_UI,
@@ -612,6 +613,13 @@ class Minbft(BftReplica):
             {message_view(message) for message, _ in self.own_log.values()})
 
     # -- observation ---------------------------------------------------------------------------
+
+    def audit(self) -> list[str]:
+        """Every derived or bounded value that disagrees with what it derives
+        from, and every broken per-replica invariant (the window, the streams,
+        the own log: ``replicaio.protocols.minbft.audit``, ADR 0071); the
+        simulator asks (ADR 0069), through ``SmrProtocol.audit``."""
+        return audit_minbft(self)
 
     def footprint(self) -> dict[str, int]:
         return {

@@ -40,6 +40,7 @@ from replicaio.core.context import Context
 from replicaio.core.lines import Line
 from replicaio.interfaces.ordering import Committed, NotLeader, OrderingHandlers
 from replicaio.protocols.bft import BftReplica
+from replicaio.protocols.pbft.audit import audit_pbft
 from replicaio.protocols.pbft.barriers import BARRIER_FIELDS, ReadBarriers
 from replicaio.protocols.pbft.catch_up import LateCommits
 from replicaio.protocols.pbft.checkpoint import Checkpoints
@@ -447,6 +448,13 @@ class Pbft(BftReplica):
             "commit_index": self.executed,
             "snapshot_index": self.stable_seq,
         }
+
+    def audit(self) -> list[str]:
+        """Every derived or bounded value that disagrees with what it derives
+        from, and every broken per-replica invariant of the paper
+        (``replicaio.protocols.pbft.audit``, ADR 0071); the simulator asks
+        (ADR 0069), through ``SmrProtocol.audit``."""
+        return audit_pbft(self)
 
     def footprint(self) -> dict[str, int]:
         """Sizes of every buffer (checked against ``footprint_max`` in simulation)."""
