@@ -100,6 +100,7 @@ class Minbft(BftReplica):
     view_changes_type: ClassVar[type[ViewChanges]] = ViewChanges
     usig_type: ClassVar[type[Usig]] = Usig
     recovery_type: ClassVar[type[Recovery]] = Recovery
+    stream_type: ClassVar[type[PeerStream]] = PeerStream
     prefix: ClassVar[str] = "minbft"
 
     def __init__(self, context: Context, params: MinbftParams | None = None,
@@ -141,7 +142,7 @@ class Minbft(BftReplica):
                                      lambda batch: self.normal.submit(batch))
         self.own_log: dict[int, tuple[Any, bytes]] = {}  # counter -> (own message, batch)
         self.streams: dict[int, PeerStream] = {
-            peer: PeerStream(peer) for peer in range(self.n) if peer != self.id
+            peer: self.stream_type(peer) for peer in range(self.n) if peer != self.id
         }
         # peer -> its COMMITs and NEW-VIEW-COMMITs for a view not started here yet,
         # taken from its stream (which will not bring them again) before the

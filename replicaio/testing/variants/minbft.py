@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from msgspec.structs import replace
 
 from replicaio.core.config import Resilience
 from replicaio.core.context import Context
-from replicaio.protocols.minbft.messages import NewView, Resume
+from replicaio.protocols.minbft.checkpoint import Checkpoints
+from replicaio.protocols.minbft.messages import Checkpoint, NewView, Resume, ViewChange
 from replicaio.protocols.minbft.minbft import Minbft
 from replicaio.protocols.minbft.normal import NormalCase
 from replicaio.protocols.minbft.params import MinbftParams
 from replicaio.protocols.minbft.recovery import Recovery
+from replicaio.protocols.minbft.streams import PeerStream
 from replicaio.protocols.minbft.usig import UI, Usig, UsigScheme, message_digest
 from replicaio.protocols.minbft.view_change import ViewChanges
 from replicaio.smr.client import FastQuorums, fast_quorums
@@ -205,6 +208,49 @@ class RenumbersAfterRestart(NormalCase):
 
     def number_above_new_view(self) -> None:
         return
+
+
+class StallsAfterViewChange(PeerStream):
+    """A peer's stream takes its VIEW-CHANGE and stops there: the messages held
+    above it (come early, through reordering or a loss) are not taken with it,
+    so the next expected counter stays at a message held. The peer re-sends
+    from that counter on the next STATUS (MinBFT's retransmission), the
+    stream takes the copy, and the held original leaks below the next expected
+    counter for good. Only a delay of a status period: every run stays safe,
+    live and linearizable; only the audit sees the stream (ADR 0071)."""
+
+    def receive(self, minbft: Minbft, message: Any) -> list[Any]:
+        if type(message) is not ViewChange or message.ui.counter != self.next \
+                or message.ui.epoch != self.epoch:
+            return super().receive(minbft, message)
+        held, self.held = self.held, {}
+        try:
+            return super().receive(minbft, message)
+        finally:
+            self.held = {**held, **self.held}
+
+
+class KeepsStableNumber(Checkpoints):
+    """Garbage collection at a stable checkpoint keeps the slot of the
+    checkpoint's own number (off by one, as ``pbft-gc-keeps-stable-number``):
+    nothing reads it, only the audit sees it (ADR 0071)."""
+
+    def make_stable(
+        self, seq: int, digest: bytes, snapshot: bytes, proof: tuple[Checkpoint, ...]
+    ) -> None:
+        minbft = self.minbft
+        slot = minbft.slots.get(seq)
+        super().make_stable(seq, digest, snapshot, proof)
+        if slot is not None:
+            minbft.slots[seq] = slot
+
+
+class MinbftStreamStallsAfterViewChange(Minbft):
+    stream_type = StallsAfterViewChange
+
+
+class MinbftGcKeepsStableNumber(Minbft):
+    checkpoints_type = KeepsStableNumber
 
 
 class MinbftResumeForgetsNewViews(Minbft):
@@ -406,6 +452,15 @@ MINBFT_VARIANTS: dict[str, MinbftVariant] = {
                       "only four batches executed make a view progress, a request timeout "
                       "with nothing waited for does not: a group with sparse traffic piles "
                       "up a doubling per view changed and replaces a failed primary late"),
+        MinbftVariant("minbft-stream-stalls-after-view-change",
+                      MinbftStreamStallsAfterViewChange,
+                      "a peer's stream takes its VIEW-CHANGE without the messages held "
+                      "above it: they wait for a retransmission and the originals leak "
+                      "below the next expected counter (only the audit sees it, ADR 0071)"),
+        MinbftVariant("minbft-gc-keeps-stable-number", MinbftGcKeepsStableNumber,
+                      "garbage collection at a stable checkpoint keeps the slot of the "
+                      "checkpoint's own number (off by one; only the audit sees it, "
+                      "ADR 0071)"),
         MinbftVariant("minbft-quorum-f-plus-one", MinbftQuorumFPlusOne,
                       "every quorum is f+1 replicas whatever n is: with more than 2f+1 "
                       "replicas two quorums need not meet (run with --nodes 4)"),

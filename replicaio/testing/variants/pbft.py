@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from replicaio.core.config import Resilience
-from replicaio.protocols.pbft.messages import PrePrepare, Status, ViewChange
+from replicaio.protocols.pbft.checkpoint import Checkpoints
+from replicaio.protocols.pbft.messages import Checkpoint, PrePrepare, Status, ViewChange
 from replicaio.protocols.pbft.normal import NormalCase, Slot
 from replicaio.protocols.pbft.pbft import Pbft
 from replicaio.protocols.pbft.recovery import Recovery
@@ -227,6 +228,30 @@ class PbftSuspectsAlone(Pbft):
     normal_type = SuspectsAlone
 
 
+class KeepsStableNumber(Checkpoints):
+    """Garbage collection at a stable checkpoint keeps what it holds for the
+    checkpoint's own number (an off-by-one: ``key < seq`` for ``key <= seq``):
+    the slot and the prepared certificate of h stay until the next checkpoint.
+    Nothing reads them (the window starts above h, a VIEW-CHANGE's P set is
+    taken above h), so every run stays safe, live and linearizable, and the
+    leak is one number, within every bound: only the audit sees it (ADR 0071)."""
+
+    def make_stable(
+        self, seq: int, digest: bytes, snapshot: bytes, proof: tuple[Checkpoint, ...]
+    ) -> None:
+        pbft = self.pbft
+        slot, prepared = pbft.slots.get(seq), pbft.prepared_proofs.get(seq)
+        super().make_stable(seq, digest, snapshot, proof)
+        if slot is not None:
+            pbft.slots[seq] = slot
+        if prepared is not None:
+            pbft.prepared_proofs[seq] = prepared
+
+
+class PbftGcKeepsStableNumber(Pbft):
+    checkpoints_type = KeepsStableNumber
+
+
 class PbftCommitOffByOne(Pbft):
     normal_type = CommitQuorumOffByOne
 
@@ -391,6 +416,12 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
             "a backup that suspects its primary forwards nothing: with the primary kept "
             "down and every client through one backup (run pbft-suspects-alone:fronts=1 "
             "--faults ...,degraded), the others never join its VIEW-CHANGE", "liveness",
+        ),
+        PbftVariant(
+            "pbft-gc-keeps-stable-number", PbftGcKeepsStableNumber,
+            "garbage collection at a stable checkpoint keeps the slot and prepared "
+            "certificate of the checkpoint's own number (off by one): nothing reads them, "
+            "so only the audit sees it (ADR 0071)", "internal-consistency",
         ),
         PbftVariant(
             "pbft-read-only-f-plus-1", Pbft,
