@@ -75,6 +75,9 @@ CAUGHT_ELSEWHERE = {
     # default clients send a retry to every replica).
     "pbft-suspects-alone": "tests/test_primary_down_one_front.py::"
         "test_a_single_group_through_one_front_does_not_stall_on_a_lone_suspicion",
+    # Only the audit sees it (ADR 0071): there with the other checkers' verdicts.
+    "pbft-gc-keeps-stable-number": "tests/test_pbft_audit.py::"
+        "test_the_swarm_finds_a_garbage_collection_off_by_one_that_no_other_checker_sees",
 }
 # variant -> its fault kinds, if more than ALL_FAULTS (disk faults: a replica
 # whose storage lost writes, besides the Byzantine one)
