@@ -1,4 +1,5 @@
-"""The simulator's cost in instructions: per Raft KV client operation, per Bracha delivery.
+"""The simulator's cost in instructions: per KV client operation (Raft, PBFT, MinBFT), per
+Bracha delivery.
 
 Counts instructions with valgrind's callgrind, which the load of a shared
 machine does not move (CPU time on the 2-core machine drifts by a third with
@@ -12,6 +13,9 @@ two runs so that start-up, imports and the final checks' fixed part cancel:
   Each run first runs an unmeasured 1,000-operation simulation of seed 2, so
   that both runs have imported every module and built every class a run
   makes on first use (sim24's method).
+* ``pbft`` and ``minbft``: the same KV simulation over PBFT (4 nodes, f = 1)
+  and MinBFT (3 nodes, f = 1), N = 400 minus N = 10 operations (audit37: the
+  cost of their self-audits, ADR 0071).
 * ``bracha``: Bracha n = 4, seed 1, mode a (codec on, event log recorded),
   R = 100 minus R = 1 requests per node: (instructions at 100 - at 1) /
   (messages delivered at 100 - at 1) (sim21's method).
@@ -47,8 +51,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 # workload -> (small, large) sizes of the two runs whose difference is measured
-SIZES = {"kv": (10, 1000), "bracha": (1, 100)}
-UNITS = {"kv": "client operation", "bracha": "delivery"}
+SIZES = {"kv": (10, 1000), "pbft": (10, 400), "minbft": (10, 400), "bracha": (1, 100)}
+UNITS = {"kv": "client operation", "pbft": "client operation", "minbft": "client operation",
+         "bracha": "delivery"}
+KV_PROTOCOLS = {"kv": ("raft", 3), "pbft": ("pbft", 4), "minbft": ("minbft", 3)}
 TOTALS = re.compile(rb"^(?:totals|summary):\s+(\d+)", re.MULTILINE)
 
 
@@ -79,15 +85,18 @@ def worker(workload: str, size: int) -> None:
     from replicaio.sim.simulator import SimResult
 
     result: SimResult
-    if workload == "kv":
+    if workload in KV_PROTOCOLS:
         from replicaio.sim.kv_harness import KvWorkload, kv_options
         from replicaio.sim.simulator import Simulator
 
-        def run(seed: int, ops: int) -> SimResult:
-            options = kv_options(seed, 3, (), KvWorkload(clients=10, ops=ops))
-            return Simulator("raft", options, f=1, record=True).run()
+        protocol, nodes = KV_PROTOCOLS[workload]
 
-        run(2, 1000)  # warm: every module and class a run makes on first use
+        def run(seed: int, ops: int) -> SimResult:
+            options = kv_options(seed, nodes, (), KvWorkload(clients=10, ops=ops),
+                                 protocol=protocol)
+            return Simulator(protocol, options, f=1, record=True).run()
+
+        run(2, SIZES[workload][1])  # warm: every module and class a run makes on first use
         result = run(1, size)
         if not result.stats["linearizable"]:
             raise SystemExit("callgrind_sim: the history is not linearizable")
@@ -173,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--what", default="kv,bracha",
-                        help="workloads among kv, bracha (default both)")
+                        help="workloads among kv, pbft, minbft, bracha (default kv,bracha)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--keep", metavar="DIR", help="leave the callgrind output files in DIR")
     parser.add_argument("--top", type=int, default=0, metavar="N",
@@ -187,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads = [w.strip() for w in args.what.split(",") if w.strip()]
     for workload in workloads:
         if workload not in SIZES:
-            parser.error(f"unknown workload {workload!r} (kv, bracha)")
+            parser.error(f"unknown workload {workload!r} (kv, pbft, minbft, bracha)")
     tops: dict[str, list[tuple[str, float]]] = {}
 
     def run_all(directory: str) -> list[Figure]:
