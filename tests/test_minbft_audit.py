@@ -116,7 +116,7 @@ PLANTS: dict[str, tuple[Callable[[Minbft], Undo], str]] = {
         "outside the window"),
     "executed ahead of the log": (
         lambda minbft: setting(minbft, "executed", minbft.executed + 5),
-        "hold nothing committed"),
+        "nothing committed"),
     "committed, not executed": (committed_ahead, "committed but not executed"),
     "committed without its batch": (
         lambda minbft: setting(committed_slot(minbft), "batch", None),

@@ -101,7 +101,7 @@ BACKUP_PLANTS: dict[str, tuple[Callable[[Pbft], Undo], str]] = {
                          replace(pbft.prepared_proofs[prepared_slot(pbft).seq], prepares=())),
         "is not one"),
     "executed ahead of the log": (
-        lambda pbft: setting(pbft, "executed", pbft.executed + 5), "hold nothing committed"),
+        lambda pbft: setting(pbft, "executed", pbft.executed + 5), "nothing committed"),
     "committed, not executed": (
         lambda pbft: put(pbft.slots, pbft.executed + 1, committed_slot(pbft)),
         "committed but not executed"),

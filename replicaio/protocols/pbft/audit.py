@@ -60,16 +60,10 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from replicaio.protocols.pbft.checkpoint import CheckpointVote, CheckpointVotes
+from replicaio.protocols.pbft.messages import PreparedProof
 
 if TYPE_CHECKING:
     from replicaio.protocols.pbft.pbft import Pbft
-
-
-class Committable(Protocol):
-    """A slot, PBFT's or MinBFT's: its number and whether it committed."""
-
-    @property
-    def seq(self) -> int: ...
 
 
 class AuditedReplica(Protocol):
@@ -97,20 +91,23 @@ def audit_window(
         problems.append(f"stable checkpoint {low} is not a multiple of K = {interval}")
     if not low <= executed <= high:
         problems.append(f"executed {executed} outside [h, H] = [{low}, {high}]")
-    outside = sorted(seq for seq in slots if not low < seq <= high)
+    outside: list[int] = []
+    misfiled: list[int] = []
+    for seq, slot in slots.items():
+        if not low < seq <= high:
+            outside.append(seq)
+        if slot.seq != seq:
+            misfiled.append(seq)
     if outside:
-        problems.append(f"slots {outside[:4]} outside the window ({low}, {high}]")
-    misfiled = sorted(seq for seq, slot in slots.items() if slot.seq != seq)
+        problems.append(f"slots {sorted(outside)[:4]} outside the window ({low}, {high}]")
     if misfiled:
-        problems.append(f"slots {misfiled[:4]} filed under another number")
-    missing = [
-        seq for seq in range(low + 1, min(executed, high) + 1)
-        if seq not in slots or not committed(slots[seq])
-    ]
-    if missing:
-        problems.append(
-            f"executed up to {executed} but numbers {missing[:4]} hold nothing committed"
-        )
+        problems.append(f"slots {sorted(misfiled)[:4]} filed under another number")
+    get = slots.get
+    for seq in range(low + 1, min(executed, high) + 1):
+        slot = get(seq)
+        if slot is None or not committed(slot):
+            problems.append(f"executed up to {executed} but number {seq} holds nothing committed")
+            break
     following = slots.get(executed + 1)
     if following is not None and committed(following):
         problems.append(f"number {executed + 1} committed but not executed")
@@ -137,9 +134,11 @@ def audit_checkpoint_votes(
         if any(vote.seq != seq or vote.replica != voter for voter, vote in votes.items()):
             problems.append(f"checkpoint votes for {seq} filed under another number or replica")
             continue
-        certificate = votes_of.certificate(list(votes.values()))
         own = votes_of.snapshots.get(seq)
-        if certificate is not None and own is not None and own[0] == certificate[0].digest:
+        if own is None or len(votes) < quorum:
+            continue
+        certificate = votes_of.certificate(list(votes.values()))
+        if certificate is not None and own[0] == certificate[0].digest:
             problems.append(f"checkpoint {seq} certified with this replica's digest, not stable")
     for voter, vote in votes_of.far.items():
         if vote.replica != voter or vote.seq <= high:
@@ -176,15 +175,9 @@ def audit_pbft(pbft: Pbft) -> list[str]:
     if outside:
         problems.append(f"prepared certificates {outside[:4]} outside ({low}, {high}]")
     backups = pbft.quorum - 1
+    n = pbft.n
     for seq, proof in pbft.prepared_proofs.items():
-        pre_prepare = proof.pre_prepare
-        primary = pbft.primary(pre_prepare.view)
-        voters = {prepare.replica for prepare in proof.prepares}
-        if pre_prepare.seq != seq or len(voters) != len(proof.prepares) \
-                or len(voters) < backups or primary in voters or any(
-                    (prepare.view, prepare.seq, prepare.digest)
-                    != (pre_prepare.view, seq, pre_prepare.digest)
-                    for prepare in proof.prepares):
+        if not audit_proof(seq, proof, backups, pbft.primary(proof.pre_prepare.view), n):
             problems.append(f"the prepared certificate kept for {seq} is not one")
     checkpoints = pbft.checkpoints
     problems.extend(audit_checkpoint_votes(
@@ -197,42 +190,70 @@ def audit_pbft(pbft: Pbft) -> list[str]:
     return problems
 
 
+def audit_proof(seq: int, proof: PreparedProof, backups: int, primary: int, n: int) -> bool:
+    """Whether ``proof`` is a prepared certificate for ``seq``: ``backups``
+    PREPAREs matching its PRE-PREPARE, of distinct backups (not ``primary``)."""
+    pre_prepare = proof.pre_prepare
+    if pre_prepare.seq != seq or len(proof.prepares) < backups:
+        return False
+    view, digest = pre_prepare.view, pre_prepare.digest
+    seen = [False] * n
+    for prepare in proof.prepares:
+        replica = prepare.replica
+        if prepare.view != view or prepare.seq != seq or prepare.digest != digest \
+                or replica == primary or not 0 <= replica < n or seen[replica]:
+            return False
+        seen[replica] = True
+    return True
+
+
 def audit_slots(pbft: Pbft) -> list[str]:
     """The current view's messages in the slots (module docstring)."""
     problems: list[str] = []
     view, active = pbft.view, pbft.active
     backups = pbft.quorum - 1
     primary = pbft.primary()
+    proofs = pbft.prepared_proofs
     pre_prepared = 0
     for seq, slot in pbft.slots.items():
         pre_prepare = slot.pre_prepare
-        if not active and (pre_prepare is not None or slot.prepares or slot.commits
-                           or slot.prepared):
-            problems.append(f"slot {seq} holds messages of a view while changing to {view}")
+        prepares, commits = slot.prepares, slot.commits
+        if not active:
+            if pre_prepare is not None or prepares or commits or slot.prepared:
+                problems.append(f"slot {seq} holds messages of a view while changing to {view}")
             continue
         if pre_prepare is not None:
-            pre_prepared = max(pre_prepared, seq)
-            if (pre_prepare.view, pre_prepare.seq) != (view, seq):
+            if pre_prepare.view != view or pre_prepare.seq != seq:
                 problems.append(
                     f"slot {seq} holds the PRE-PREPARE of ({pre_prepare.view}, "
                     f"{pre_prepare.seq}) in view {view}"
                 )
                 continue
-        for kind, votes in (("PREPARE", slot.prepares), ("COMMIT", slot.commits)):
-            if any((vote.view, vote.seq, vote.replica) != (view, seq, voter)
-                   for voter, vote in votes.items()):
-                problems.append(f"slot {seq} holds a {kind} of another view, number or replica")
+            if seq > pre_prepared:
+                pre_prepared = seq
+        for voter, prepare in prepares.items():
+            if prepare.view != view or prepare.seq != seq or prepare.replica != voter:
+                problems.append(f"slot {seq} holds a PREPARE of another view, number or replica")
+                break
+        for voter, commit in commits.items():
+            if commit.view != view or commit.seq != seq or commit.replica != voter:
+                problems.append(f"slot {seq} holds a COMMIT of another view, number or replica")
+                break
         if slot.prepared:
-            proof = pbft.prepared_proofs.get(seq)
-            matching = 0 if pre_prepare is None else sum(
-                1 for voter, prepare in slot.prepares.items()
-                if prepare.digest == pre_prepare.digest and voter != primary)
+            matching = 0
+            if pre_prepare is not None:
+                digest = pre_prepare.digest
+                for voter, prepare in prepares.items():
+                    if prepare.digest == digest and voter != primary:
+                        matching += 1
             if matching < backups:
                 problems.append(f"slot {seq} prepared on {matching} matching PREPAREs")
-            elif proof is None or proof.pre_prepare != pre_prepare:
-                problems.append(f"slot {seq} prepared without its prepared certificate")
+            else:
+                proof = proofs.get(seq)
+                if proof is None or proof.pre_prepare != pre_prepare:
+                    problems.append(f"slot {seq} prepared without its prepared certificate")
     normal = pbft.normal
-    if active and pbft.is_primary and not pbft.withholding and pre_prepared >= normal.seq_next:
+    if active and pre_prepared >= normal.seq_next and pbft.is_primary and not pbft.withholding:
         problems.append(
             f"the primary would number {normal.seq_next}, at or below its PRE-PREPARE "
             f"for {pre_prepared}"
