@@ -22,6 +22,8 @@ PINNED: dict[str, tuple[int, tuple[str, ...] | None]] = {
     # 3 -> 4 when SmrParams gained batch_fill_min (an int the adversary's probe
     # takes, so its forged values and draws moved; PBFT's steps did not: seeds
     # 4, 7, 9, 10, 13 of 1-15 catch it, the real protocol passes each).
+    # Caught by the audit since ADR 0071 (a prepared slot's PREPAREs recounted),
+    # before the liveness check at the end of the run that caught it until then.
     "pbft-prepare-off-by-one": (4, None),
     "pbft-forget-pre-prepares": (15, None),
     # 10 -> 5 with one batch in flight (PBFT's default; seeds 1-4 miss it).

@@ -362,7 +362,8 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
         PbftVariant(
             "pbft-prepare-off-by-one", PbftPrepareOffByOne,
             "prepares on 2f-1 PREPAREs instead of 2f (its certificates are refused in "
-            "view changes)", "liveness",
+            "view changes: liveness; the audit recounts the PREPAREs first, ADR 0071)",
+            "internal-consistency",
         ),
         PbftVariant(
             "pbft-forget-pre-prepares", PbftForgetPrePrepares,
