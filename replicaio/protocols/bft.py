@@ -36,7 +36,7 @@ from replicaio.core.patience import ViewBackoff
 from replicaio.core.scheduler import Scope
 from replicaio.core.stream import Stream
 from replicaio.interfaces.ordering import OrderingHandlers
-from replicaio.protocols.pbft.messages import digest_of  # (MinBFT's digests are PBFT's)
+from replicaio.protocols.digest import digest_of  # (MinBFT's digests are PBFT's)
 
 if TYPE_CHECKING:
     from replicaio.protocols.minbft.messages import Relay as MinbftRelay

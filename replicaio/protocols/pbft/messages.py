@@ -26,7 +26,6 @@ with a counter ``pbft_rejected_<reason>``.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated, Any
 
 import msgspec
@@ -35,6 +34,7 @@ from msgspec.structs import replace
 from replicaio.core.codec import Message, Meta
 from replicaio.core.effects import notice, notice_advising
 from replicaio.core.signing import SIGNATURE_BYTES_MAX
+from replicaio.protocols.digest import digest_of as digest_of  # re-exported
 
 DIGEST_BYTES = 32  # SHA-256
 BATCH_BYTES_MAX = 1 << 20  # the wire bound; PbftParams.batch_bytes_max is at most this
@@ -45,11 +45,6 @@ LOG_SIZE_MAX = 4096  # the wire bound on L (prepared certificates in a VIEW-CHAN
 Digest = Annotated[bytes, Meta(max_length=DIGEST_BYTES)]
 Signature = Annotated[bytes, Meta(max_length=SIGNATURE_BYTES_MAX)]
 BatchBytes = Annotated[bytes, Meta(max_length=BATCH_BYTES_MAX)]
-
-
-def digest_of(data: bytes) -> bytes:
-    """The digest of a batch or a snapshot (SHA-256)."""
-    return hashlib.sha256(data).digest()
 
 
 NULL_DIGEST = digest_of(b"")  # the null request of a NEW-VIEW gap (section 4.4)
