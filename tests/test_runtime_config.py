@@ -12,6 +12,7 @@ from test_usig import DictStore
 
 from replicaio.assembly import (
     RAFT_LIVE_NOTICE_US,
+    RAFT_LIVE_ROUND_ACK,
     RAFT_LIVE_SNAPSHOT_KIB,
     live_protocol_params,
     minbft_of,
@@ -113,7 +114,8 @@ def test_protocol_params_become_the_registry_name(tmp_path: Path) -> None:
     text = EXAMPLE.replace('name = "bracha"\nf = 1\n',
                            'name = "raft"\n[protocol.params]\nsnapshot = 8\nbatch = 4\n')
     cluster = load_cluster_file(write(tmp_path, text))
-    assert cluster.protocol == "raft:batch=4,fill=4,notice_us=4000,snapshot=8"  # (live defaults)
+    # (the live defaults added)
+    assert cluster.protocol == "raft:batch=4,fill=4,notice_us=4000,roundack=0,snapshot=8"
     assert cluster.f == 1  # crash resilience: n = 4 tolerates 1
     bad = text.replace("snapshot = 8", "snapshots = 8")
     with pytest.raises(ClusterFileError) as caught:
@@ -135,7 +137,8 @@ def test_live_raft_snapshots_are_sized_by_bytes_unless_the_file_says_otherwise(
         text = EXAMPLE.replace('name = "bracha"\nf = 1\n', f'name = "{name}"\n{table}')
         return load_cluster_file(write(tmp_path, text)).protocol
 
-    fill = f"fill={SmrConstants().batch_requests_max},notice_us={RAFT_LIVE_NOTICE_US}"
+    fill = (f"fill={SmrConstants().batch_requests_max},notice_us={RAFT_LIVE_NOTICE_US},"
+            f"roundack={RAFT_LIVE_ROUND_ACK}")
     assert loaded("raft") == f"raft:{fill},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
     assert loaded("raft-forget-vote") == (
         f"raft-forget-vote:{fill},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
@@ -143,14 +146,18 @@ def test_live_raft_snapshots_are_sized_by_bytes_unless_the_file_says_otherwise(
     assert loaded("raft", "snapshotkib = 0\n") == f"raft:{fill},snapshotkib=0"
     assert loaded("raft", "snapshot = 8\n") == f"raft:{fill},snapshot=8"
     notice = f"notice_us={RAFT_LIVE_NOTICE_US}"
+    ack = f"roundack={RAFT_LIVE_ROUND_ACK}"
     assert loaded("raft", "fill = 1\n") == (
-        f"raft:fill=1,{notice},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
+        f"raft:fill=1,{notice},{ack},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
     )
     assert loaded("raft", "batch = 16\n") == (
-        f"raft:batch=16,fill=16,{notice},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
+        f"raft:batch=16,fill=16,{notice},{ack},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
     )
     assert loaded("raft", "notice_us = 0\n") == (
-        f"raft:fill=64,notice_us=0,snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
+        f"raft:fill=64,notice_us=0,{ack},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
+    )
+    assert loaded("raft", "roundack = 2\n") == (
+        f"raft:fill=64,{notice},roundack=2,snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
     )
     assert loaded("pbft") == "pbft"
     # The Raft groups of a sharded service take the same defaults; BFT groups none.
@@ -169,7 +176,8 @@ def test_the_frames_follow_the_protocols_largest_value(tmp_path: Path) -> None:
     text = EXAMPLE.replace('name = "bracha"\nf = 1\n',
                            'name = "raft"\n[protocol.params]\nvalues = 20480\n')
     cluster = load_cluster_file(write(tmp_path, text))
-    assert cluster.protocol == "raft:fill=64,notice_us=4000,snapshotkib=1024,values=20480"
+    assert cluster.protocol == (
+        "raft:fill=64,notice_us=4000,roundack=0,snapshotkib=1024,values=20480")
     assert cluster.transport.frame_bytes_max > 20 << 20
     assert cluster.host.client_frame_bytes_max > 20 << 20
     assert cluster.host.client_queue_bytes_max >= 2 * cluster.host.client_frame_bytes_max
