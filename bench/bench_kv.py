@@ -1702,7 +1702,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,16,64,128,256")
     parser.add_argument("--workloads", default="set,mixed",
                         help="comma-separated: " + "; ".join(
-                            f"{name}: {text}" for name, text in WORKLOADS.items()))
+                            f"{name}: {text}" for name, text in WORKLOADS.items()
+                        ).replace("%", "%%"))  # argparse formats help with %
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     parser.add_argument("--repeat", type=int, default=3,

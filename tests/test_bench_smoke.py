@@ -87,3 +87,21 @@ def test_bench_flush_layouts_runs_every_layout(tmp_path: Path) -> None:
     assert [line.split()[2] for line in lines] == ["two-files", "one-file", "data-only"]
     assert all("batches/s per writer" in line for line in lines)
     assert not (tmp_path / "disk").exists()  # it cleans up after itself
+
+
+# The anchors' node scripts import what only their benchmark's own environment has.
+NEEDS_ITS_OWN_ENV = {"kv_pysyncobj_node.py"}
+
+
+@pytest.mark.parametrize(
+    "script",
+    sorted(path.name for path in BENCH.parent.glob("*.py") if path.name not in NEEDS_ITS_OWN_ENV),
+)
+def test_every_benchmark_prints_its_help(script: str) -> None:
+    """`--help` works (bench_kv's once failed on a '%' in a help text)."""
+    result = subprocess.run(
+        [sys.executable, str(BENCH.parent / script), "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout
