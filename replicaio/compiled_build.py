@@ -119,6 +119,7 @@ HOT_MODULES: tuple[str, ...] = (
     "replicaio.runtime.kv.requests",
     "replicaio.runtime.kv.service",
     "replicaio.services.kv.redis_commands",
+    "replicaio.services.kv.redis_plan",
     "replicaio.services.kv.resp",
     # The rest of a live node's per-batch path (cpu31, ADR 0053): the store's
     # writes, seal and flushes (on the loop and, holding the GIL between its

@@ -14,7 +14,8 @@ import itertools
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from replicaio.services.kv.redis_commands import KV_PARAMS, finish_set, plan
+from replicaio.services.kv.redis_commands import finish_set, plan
+from replicaio.services.kv.redis_plan import KV_PARAMS
 from replicaio.services.kv.resp import OK, RespLimits, RespParser, RespProtocolError
 from replicaio.services.kv.state_machine import (
     PUT_RESULT,

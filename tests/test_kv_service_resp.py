@@ -32,7 +32,8 @@ from replicaio.runtime.client import check_service_params, service_factory
 from replicaio.runtime.config import Address, ClusterFileError, HostParams
 from replicaio.runtime.counters import Counters
 from replicaio.runtime.kv.service import RespService, smr_client_id
-from replicaio.services.kv.redis_commands import KV_PARAMS, Local, plan
+from replicaio.services.kv.redis_commands import plan
+from replicaio.services.kv.redis_plan import KV_PARAMS, Local
 from replicaio.services.kv.resp import (
     OK,
     RESP2,

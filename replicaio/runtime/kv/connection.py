@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from replicaio.runtime.kv.params import RespParams
 from replicaio.runtime.kv.requests import RETRY_NOW, Outcome, Waiter
-from replicaio.services.kv.redis_commands import KV_PARAMS, Replicated
+from replicaio.services.kv.redis_plan import KV_PARAMS, Replicated
 from replicaio.services.kv.resp import RESP2, Reply, RespParser, RespProtocolError
 from replicaio.services.kv.state_machine import KvError, KvResult
 from replicaio.services.kv.transactions import Transaction

@@ -166,15 +166,13 @@ from replicaio.runtime.kv.requests import (
 from replicaio.runtime.logs import RateLimitedLog
 from replicaio.runtime.metrics import LoopHistogram, LoopHistograms
 from replicaio.services.kv.redis_commands import (
-    KV_PARAMS,
     METRIC_NAMES,
-    Local,
-    Replicated,
     finish_get,
     finish_set,
     is_replicated,
     plan,
 )
+from replicaio.services.kv.redis_plan import KV_PARAMS, Local, Replicated
 from replicaio.services.kv.resp import (
     NULL_ARRAY,
     OK,

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from replicaio.services.kv.commands_table import REDIS_COMMANDS
-from replicaio.services.kv.redis_commands import (
+from replicaio.services.kv.redis_plan import (
     KV_PARAMS,
     CommandError,
     CommandSpec,

@@ -56,15 +56,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from replicaio.services.kv.redis_commands import (
-    COMMANDS,
+from replicaio.services.kv.redis_commands import COMMANDS, key, plan
+from replicaio.services.kv.redis_plan import (
     CommandError,
     Local,
     Replicated,
     Session,
-    key,
     kv_error,
-    plan,
     printable,
 )
 from replicaio.services.kv.resp import NULL_ARRAY, OK, QUEUED, Reply, RespError
