@@ -96,12 +96,14 @@ from replicaio.sim.options import (
     Crash,
     Partition,
     SimOptions,
+    Slow,
     aim_at_syncs,
     draw_crashes,
     draw_disk_faults,
     draw_disk_nodes,
     draw_kept_down,
     draw_partitions,
+    draw_slow,
 )
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
 from replicaio.smr.auth import KeyedClientSigner, MacClientSigner
@@ -979,14 +981,23 @@ def kv_options(
     disks_max = damaged_disks_max(protocol, nodes, byzantine)
     disks = draw_disk_nodes(seed, correct, disks_max) if "disk" in faults else []
     disk_rng = random.Random(f"replicaio-kv-disk-faults:{seed}")
+    slow_rng = random.Random(f"replicaio-kv-slow:{seed}")
+    slow: list[Slow] = []
     for start in range(0, safety, window):
         span = min(window, safety - start)
         if span < window // 2 or span < 4_000:
             break
+        cuts: tuple[Partition, ...] = ()
         if "partition" in faults:
+            cuts = draw_partitions(rng, nodes, span)
             partitions += [
                 replace(cut, start_us=cut.start_us + start, end_us=cut.end_us + start)
-                for cut in draw_partitions(rng, nodes, span)
+                for cut in cuts
+            ]
+        if "slow" in faults:  # its own stream: the other kinds' draws as they were
+            slow += [
+                replace(window, start_us=window.start_us + start, end_us=window.end_us + start)
+                for window in draw_slow(slow_rng, nodes, span, cuts)
             ]
         if "crash" in faults:
             crashes += [
@@ -1014,6 +1025,7 @@ def kv_options(
         liveness_us=safety + 30_000_000,
         partitions=tuple(partitions),
         crashes=tuple(crashes),
+        slow=tuple(slow),
         extra={**base.extra, EXTRA_KEY: workload.as_extra()},
     )
 

@@ -21,6 +21,7 @@ that will.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -28,8 +29,17 @@ from replicaio.core.errors import UsageError
 from replicaio.sim.adversary import BASE_BEHAVIOURS, BEHAVIOURS, draw_extras
 
 FAULT_KINDS = (
-    "crash", "partition", "loss", "dup", "reorder", "clock", "disk", "sync", "degraded",
+    "crash", "partition", "loss", "dup", "reorder", "clock", "disk", "sync", "degraded", "slow",
 )
+# Slow links (the "slow" kind): for a while, every message from one side to the
+# rest arrives this much later than the network's latency (each delayed by a
+# draw in [delay/2, delay]; a FIFO link stays FIFO, so what follows waits too):
+# a congested or half-broken link, far slower than a timeout (an election, a
+# request's retry), yet never lost. Half of them are drawn against a one-way
+# partition, in the other direction over the same while: one side's messages
+# are cut and the answers it still gets come late, so that what a node learns
+# from a late answer may be older than what the others decided meanwhile.
+SLOW_DELAYS_US = (50_000, 300_000, 1_500_000)
 # Group commit (the "sync" kind, docs/adr/0024): a sync takes time, drawn per
 # sync with one of these means, while the node keeps stepping.
 SYNC_US_MEANS = (200, 1_000, 5_000)
@@ -99,6 +109,17 @@ HEAVY_WAIT_US = 500_000
 RARE_SEND_SHARE = 0.05  # a message kind below this share of a node's sends is rare
 RARE_SENDS_MIN = 100  # ... once the node has sent this many messages
 RARE_WAIT_US = 2_000_000  # an aimed crash that finds no rare send lands after this
+
+
+@dataclass(frozen=True, slots=True)
+class Slow:
+    """Messages sent from ``side`` to the other nodes from ``start_us`` to
+    ``end_us`` are delayed by ``delay_us / 2`` to ``delay_us`` more."""
+
+    start_us: int
+    end_us: int
+    side: tuple[int, ...]
+    delay_us: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +202,8 @@ class SimOptions:
     # quorum (as many faulty nodes as the fault model allows, Byzantine and
     # damaged disks included). Empty: every crashed node restarts at the heal.
     kept_down: tuple[int, ...] = ()
+    # The "slow" kind (SLOW_DELAYS_US): windows of delayed links.
+    slow: tuple[Slow, ...] = ()
 
     @classmethod
     def draw(
@@ -237,6 +260,9 @@ class SimOptions:
         if "sync" in faults:
             sync = draw_sync_us_mean(seed)
             crashes = aim_at_syncs(seed, crashes)
+        slow: tuple[Slow, ...] = ()
+        if "slow" in faults:
+            slow = draw_slow(random.Random(f"replicaio-slow:{seed}"), nodes, safety, partitions)
         kept_down: tuple[int, ...] = ()
         if "degraded" in faults:  # the broadcast family's bound n >= 3f + 1
             kept_down = draw_kept_down(seed, correct, crashes, (nodes - 1) // 3 - len(faulty))
@@ -263,6 +289,7 @@ class SimOptions:
             encode=encode,
             sync_us_mean=sync,
             kept_down=kept_down,
+            slow=slow,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -274,6 +301,10 @@ class SimOptions:
             del data["sync_us_mean"]
         if not self.kept_down:  # the same for the degraded kind
             del data["kept_down"]
+        if self.slow:  # and for the slow kind
+            data["slow"] = [asdict(window) for window in self.slow]
+        else:
+            del data["slow"]
         return data
 
     @classmethod
@@ -303,6 +334,11 @@ class SimOptions:
                 for item in fields.get("crashes", ())
             )
             fields["kept_down"] = tuple(int(node) for node in fields.get("kept_down", ()))
+            fields["slow"] = tuple(
+                Slow(int(item["start_us"]), int(item["end_us"]),
+                     tuple(int(node) for node in item["side"]), int(item["delay_us"]))
+                for item in fields.get("slow", ())
+            )
             for name in ("clock_rates_ppm", "clock_offsets_us"):
                 fields[name] = tuple(int(value) for value in fields.get(name, ()))
             options = cls(**fields)
@@ -328,6 +364,10 @@ class SimOptions:
             problems.append("hold_across_restart is a probability in [0, 1]")
         if not 0 < self.latency_min_us < self.latency_mean_us:
             problems.append("need 0 < latency_min_us < latency_mean_us")
+        for window in self.slow:
+            if not (0 <= window.start_us < window.end_us and window.delay_us > 0
+                    and window.side and all(0 <= node < self.nodes for node in window.side)):
+                problems.append(f"bad slow window {window}")
         if self.sync_us_mean < 0:
             problems.append("sync_us_mean must be >= 0")
         if not 0 < self.safety_us < self.liveness_us:
@@ -436,6 +476,30 @@ def draw_partitions(rng: random.Random, nodes: int, safety_us: int) -> tuple[Par
         size = rng.randint(1, max(1, nodes // 2))
         side = tuple(sorted(rng.sample(range(nodes), size)))
         found.append(Partition(start, end, side, symmetric=rng.random() < 0.7))
+    return tuple(found)
+
+
+def draw_slow(
+    rng: random.Random, nodes: int, span_us: int, partitions: Sequence[Partition]
+) -> tuple[Slow, ...]:
+    """One or two slow windows within ``span_us`` (the "slow" kind): each
+    against a one-way partition of ``partitions`` in the other direction over
+    the same while, half the time when there is one, else anywhere."""
+    found = []
+    one_way = [cut for cut in partitions if not cut.symmetric]
+    for _ in range(rng.randint(1, 2)):
+        delay = rng.choice(SLOW_DELAYS_US)
+        if one_way and rng.random() < 0.5:
+            cut = rng.choice(one_way)
+            rest = tuple(node for node in range(nodes) if node not in cut.side)
+            if rest:
+                found.append(Slow(cut.start_us, cut.end_us, rest, delay))
+                continue
+        start = rng.randrange(0, span_us)
+        end = min(span_us, start + rng.randrange(10_000, span_us // 2 + 10_001))
+        size = rng.randint(1, max(1, nodes // 2))
+        found.append(Slow(start, max(end, start + 1), tuple(sorted(rng.sample(range(nodes), size))),
+                          delay))
     return tuple(found)
 
 

@@ -46,6 +46,8 @@ def candidates(options: SimOptions) -> Iterator[SimOptions]:
         yield replace(
             options, partitions=options.partitions[:index] + options.partitions[index + 1 :]
         )
+    for index in range(len(options.slow)):
+        yield replace(options, slow=options.slow[:index] + options.slow[index + 1 :])
     if options.loss:
         yield replace(options, loss=0.0)
     if options.duplicate:

@@ -625,7 +625,7 @@ class Simulator:
         if (
             node.strategy is None
             and not options.reorder_us
-            and (self.liveness or not (options.loss or options.duplicate))
+            and (self.liveness or not (options.loss or options.duplicate or options.slow))
             and type(self).transmit is Simulator.transmit
         ):
             # No adversary, loss, duplication or reordering, and transmit() not
@@ -843,6 +843,8 @@ class Simulator:
         for _ in range(copies):
             # rng.expovariate(rate), inlined: the same draw and the same formula.
             delay = options.latency_min_us + int(-log(1.0 - draw()) / rate)
+            if options.slow and not self.liveness:
+                delay += self.slow_delay(source, destination)
             if options.reorder_us:
                 delay += rng.randrange(options.reorder_us)
                 at_us = now + delay
@@ -855,6 +857,20 @@ class Simulator:
                 clocks[destination] = at_us
             self.sequence += 1
             heappush(self.heap, (at_us, self.sequence, DELIVER, destination, source, message))
+
+    def slow_delay(self, source: int, destination: int) -> int:
+        """The slow kind's extra delay of a message sent now (options.py)."""
+        extra = 0
+        now = self.now
+        for window in self.options.slow:
+            if (window.start_us <= now < window.end_us and source in window.side
+                    and destination not in window.side):
+                half = window.delay_us // 2
+                extra = max(extra, half + self.rng.randrange(half + 1))
+        if extra:  # (a key only in runs with the kind: other runs' reports as they were)
+            stats = self.stats
+            stats["messages_slowed"] = stats.get("messages_slowed", 0) + 1
+        return extra
 
     def blocked(self, source: int, destination: int) -> bool:
         if self.liveness:

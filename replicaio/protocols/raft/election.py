@@ -12,7 +12,14 @@ period) and ``heard_before`` (the previous one). A follower campaigns after
 a whole randomized period without hearing from a leader or granting a vote,
 so between one and two timeouts after the last contact; a voter holds to a
 leader (ignores vote requests, the thesis' "leader stickiness") while it
-heard from one in this period or the last.
+heard from one in this period or the last. A learner or a server outside the
+configuration runs no timer (it idles), so it cannot tell how long ago it
+heard from a leader: it holds to none. Its vote still counts wherever a
+candidate's configuration names it (a server removed or re-added whose log
+lags); when it held to the last leader it heard, with no timer to let that
+lapse, it ignored every vote request forever, and where the others needed its
+vote no leader was elected again (found by the simulator's ``slow`` fault
+kind: ``swarm raft --faults partition,slow,sync``, seed 1690).
 """
 
 from __future__ import annotations
@@ -65,7 +72,8 @@ class Election:
             return False
         if raft.role is Role.LEADER:
             return True
-        return raft.leader_id != NO_NODE and (self.heard or self.heard_before)
+        # Only a follower that runs watch_leader knows its lease (module docstring).
+        return self.watching and raft.leader_id != NO_NODE and (self.heard or self.heard_before)
 
     # -- follower -------------------------------------------------------------------
 

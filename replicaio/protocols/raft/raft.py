@@ -114,6 +114,7 @@ class Raft:
     membership_type: ClassVar[type[Membership]] = Membership
     snapshots_type: ClassVar[type[Snapshots]] = Snapshots
     log_type: ClassVar[type[RaftLog]] = RaftLog
+    election_type: ClassVar[type[Election]] = Election
 
     # Exactly the attributes ``raft.pxd`` declares, in its order: no instance dict,
     # so the compiled class's ``cpdef`` methods are C calls without an override
@@ -146,7 +147,7 @@ class Raft:
         self.scheduler = context.node.scheduler
         self.started = False
         self.applying = False
-        self.election = Election(self)
+        self.election = self.election_type(self)
         self.replication = self.replication_type(self)
         self.snapshots = self.snapshots_type(self)
         self.membership = self.membership_type(self)

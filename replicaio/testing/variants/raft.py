@@ -15,6 +15,7 @@ from typing import Any
 from replicaio.core.lines import Line
 from replicaio.core.stream import GROUP_PATH
 from replicaio.interfaces.ordering import NotLeader
+from replicaio.protocols.raft.election import Election
 from replicaio.protocols.raft.membership import Membership
 from replicaio.protocols.raft.messages import (
     NO_NODE,
@@ -28,7 +29,7 @@ from replicaio.protocols.raft.raft import Raft
 from replicaio.protocols.raft.reads import PendingRead, Reads
 from replicaio.protocols.raft.replication import SNAPSHOT, Progress, Replication
 from replicaio.protocols.raft.snapshot import Snapshots
-from replicaio.protocols.raft.state import HardState, RaftLog
+from replicaio.protocols.raft.state import HardState, RaftLog, Role
 from replicaio.smr.messages import ReadIndexReply
 from replicaio.smr.replica import Replica
 from replicaio.smr.sessions import SessionRecord, SessionTable
@@ -87,6 +88,27 @@ class QuorumOneTooMany(Membership):
 
     def quorum(self) -> int:
         return min(len(self.config.voters), super().quorum() + 1)
+
+
+class LeaseNeverLapses(Election):
+    """BROKEN on purpose (the fix reverted): a learner or removed server, which
+    runs no election timer, holds to the last leader it heard forever and
+    ignores every vote request; when another configuration still counts its
+    vote, no leader is elected again."""
+
+    def in_lease(self) -> bool:
+        raft = self.raft
+        if raft.reads.lease.holds_votes():
+            return True
+        if not raft.params.check_quorum:
+            return False
+        if raft.role is Role.LEADER:
+            return True
+        return raft.leader_id != NO_NODE and (self.heard or self.heard_before)
+
+
+class RaftLeaseNeverLapses(Raft):
+    election_type = LeaseNeverLapses
 
 
 class RaftQuorumOneTooMany(Raft):
@@ -381,6 +403,11 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "a follower's early answer to a read round acknowledges the entries it "
             "carries before they are durable, and the leader counts it (ADR 0070 "
             "without its condition; run with the sync fault)", "leader_completeness",
+        ),
+        RaftVariant(
+            "raft-nonvoter-lease-never-lapses", RaftLeaseNeverLapses,
+            "a non-voting follower never lets its leader lease lapse and ignores vote "
+            "requests forever (run with the slow fault kind)", "liveness",
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
