@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from replicaio.runtime.local import free_port_block
-from replicaio.services.kv.redis_commands import KV_PARAMS
+from replicaio.services.kv.redis_plan import KV_PARAMS
 
 CLI = [sys.executable, "-m", "replicaio.cli"]
 MIB = 1 << 20

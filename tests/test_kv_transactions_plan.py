@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_kv_service_resp import FakeSession
 
-from replicaio.services.kv.redis_commands import Local
+from replicaio.services.kv.redis_plan import Local
 from replicaio.services.kv.resp import NULL_ARRAY, OK, PONG, QUEUED, RespError
 from replicaio.services.kv.state_machine import KeyValueStateMachine
 from replicaio.services.kv.transactions import (
