@@ -7,5 +7,5 @@ cdef class PendingRead:
 cdef class Reads:
     cdef dict __dict__
     cdef public Raft raft
-    cdef public object round, round_sent, waiting_commit, confirming, next_id
+    cdef public object round, round_sent, confirmed, waiting_commit, queued, confirming, next_id
     cdef public Lease lease

@@ -74,7 +74,9 @@ class Reads:
         self.raft = raft
         self.round = 0
         self.round_sent = True  # the current round's first message has gone out
+        self.confirmed = 0  # the newest round a quorum answered, this term
         self.waiting_commit: list[PendingRead] = []  # step 1
+        self.queued: list[PendingRead] = []  # asked while a round is in flight
         self.confirming: deque[PendingRead] = deque()  # step 3, in round order
         self.next_id = 0
         self.lease = Lease(raft)
@@ -99,7 +101,8 @@ class Reads:
         raft = self.raft
         if raft.role is not Role.LEADER:
             return self.read_on_follower()
-        if len(self.waiting_commit) + len(self.confirming) >= raft.params.reads_pending_max:
+        pending = len(self.waiting_commit) + len(self.queued) + len(self.confirming)
+        if pending >= raft.params.reads_pending_max:
             raft.count("bound_raft_reads_pending_max")
             return NotLeader(NO_NODE)
         read = PendingRead(self.new_id(), Line(raft.scheduler, "raft.read"))
@@ -120,25 +123,48 @@ class Reads:
         return NotLeader(self.raft.leader_id)
 
     def start(self, read: PendingRead) -> None:
+        """Step 2 for a read past step 1: it joins the current round if no message
+        of that round has left yet, else it starts a round if none is in
+        flight, else it waits for the next round (etcd's read loop: one round
+        in flight at a time)."""
         raft = self.raft
         assert raft.commit_index >= raft.term_start_index
-        read.index = raft.commit_index
         if self.round_sent:
+            if self.confirmed < self.round:
+                raft.count("raft_reads_queued")
+                self.queued.append(read)
+                return
             self.new_round()
             raft.replication.heartbeat_all()
-        read.round = self.round
-        self.confirming.append(read)
+        self.join(read)
         self.on_ack()  # a single voter confirms at once
 
+    def join(self, read: PendingRead) -> None:
+        """The read's index, taken now: before any message of the current round
+        leaves (the caller makes sure)."""
+        read.index = self.raft.commit_index
+        read.round = self.round
+        self.confirming.append(read)
+
     def new_round(self) -> None:
+        """Start a round; the queued reads join it (their index taken now, at
+        least the commit index when each was asked)."""
         self.round += 1
         self.round_sent = False
+        self.raft.count("raft_read_rounds")
         self.lease.on_round_started(self.round)
+        if self.queued:
+            queued, self.queued = self.queued, []
+            for read in queued:
+                self.join(read)
 
     def on_heartbeat(self) -> None:
-        """The leader's heartbeat is due: in lease mode it starts a round, so that
-        the answers extend the lease."""
-        if self.lease.enabled and self.round_sent:
+        """The leader's heartbeat is due (its messages follow at once). In lease
+        mode it starts a round, so that the answers extend the lease; with
+        reads queued it starts their round, so that a round whose messages or
+        answers were lost holds them up for at most a heartbeat (the older
+        round's reads are confirmed by an answer to the newer one as well)."""
+        if self.round_sent and (self.queued or self.lease.enabled):
             self.new_round()
             self.on_ack()  # a single voter confirms at once
 
@@ -152,7 +178,9 @@ class Reads:
     def on_ack(self) -> None:
         """A peer answered a round: confirm the reads a majority has answered."""
         raft = self.raft
-        if raft.role is not Role.LEADER or not (self.confirming or self.lease.enabled):
+        if raft.role is not Role.LEADER or not (
+            self.confirming or self.queued or self.lease.enabled
+        ):
             return
         rounds = []
         for voter in raft.membership.voters():
@@ -168,11 +196,19 @@ class Reads:
             return
         rounds.sort(reverse=True)
         confirmed = rounds[quorum - 1]
+        if confirmed > self.confirmed:
+            self.confirmed = confirmed
         self.lease.on_confirmed(confirmed)
         while self.confirming and self.confirming[0].round <= confirmed:
             read = self.confirming.popleft()
             raft.context.output(ReadConfirmed(raft.id, read.read_id, read.index))
             read.line.set(read.index)
+        if self.queued and confirmed >= self.round:
+            # The round in flight is confirmed: the reads asked meanwhile go in the
+            # next one, started now.
+            self.new_round()
+            raft.replication.heartbeat_all()
+            self.on_ack()  # a single voter confirms at once
 
     def on_commit(self) -> None:
         raft = self.raft
@@ -253,12 +289,14 @@ class Reads:
 
     def on_become_leader(self) -> None:
         self.round = 0
+        self.confirmed = 0
         self.round_sent = True
         self.lease.on_become_leader()
 
     def on_step_down(self) -> None:
-        dropped = len(self.waiting_commit) + len(self.confirming)
+        dropped = len(self.waiting_commit) + len(self.queued) + len(self.confirming)
         if dropped:
             self.raft.count("raft_reads_dropped_stepped_down", dropped)
         self.waiting_commit = []
+        self.queued = []
         self.confirming.clear()
