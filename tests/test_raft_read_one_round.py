@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 
 from test_raft_cluster import FAST_PARAMS, Cluster
-from test_raft_reads import confirmed
+from test_raft_reads import NO_CHECK_QUORUM, confirmed
 
-from replicaio.protocols.raft import AppendEntriesResponse, ReadRoundAck
+from replicaio.protocols.raft import AppendEntriesResponse, Raft, ReadRoundAck, Role
 from replicaio.smr.api import NotLeader
+from replicaio.testing.variants.raft import RaftDropQueuedOnConfirm, RaftJoinRoundInFlight
 
 
 def answers_lost(source: int, destination: int, message: object) -> bool:
@@ -115,3 +116,77 @@ def test_queued_reads_count_toward_the_bound_and_are_dropped_on_step_down() -> N
     assert cluster.run(until=lambda: 0 not in cluster.leaders())
     assert cluster.node_counters(0)["raft_reads_dropped_stepped_down"] == 3
     assert cluster.raft(0).reads.queued == []
+
+
+# -- broken on purpose ---------------------------------------------------------------------
+
+
+def stale_read_schedule(raft_type: type[Raft]) -> tuple[Cluster, int]:
+    """Node 0 leads term T and sends round r; both followers answer it, the
+    answers held up in the network. Node 0 is cut off, node 1 leads T + 1 and
+    commits a write. Only then is a read asked at node 0, and the held answers
+    to round r arrive. Returns the cluster and the index of the write."""
+    cluster = Cluster(3, NO_CHECK_QUORUM, raft_type=raft_type)
+    cluster.start()
+    cluster.elect(0)
+    assert cluster.run(until=lambda: cluster.committed_in_term(0))
+    cluster.run(1_000)
+    old = cluster.view(0).term
+    cluster.drop = answers_lost
+    cluster.request(0, "read")  # round r
+    cluster.run(5_000)  # sent, answered, answers held
+    r = cluster.raft(0).reads.round
+    answers = [ReadRoundAck(old, r, cluster.view(node).identity) for node in (1, 2)]
+    cluster.drop = None
+    cluster.isolate(0)
+    cluster.preferred = 1
+    assert cluster.run(until=lambda: 1 in cluster.leaders())
+    cluster.submit(1, b"w")
+    assert cluster.run(until=lambda: cluster.all_applied(b"w", [1]))
+    written = cluster.view(1).commit_index
+    assert cluster.view(0).role is Role.LEADER and cluster.view(0).term == old
+    cluster.request(0, "read")  # asked after the write committed
+    for node, answer in zip((1, 2), answers, strict=True):
+        cluster.inject(node, 0, answer)
+    return cluster, written
+
+
+def test_a_read_that_joins_the_round_in_flight_is_stale_and_caught() -> None:
+    cluster, written = stale_read_schedule(RaftJoinRoundInFlight)
+    first, second = confirmed(cluster, 0)
+    assert first != -1 and second != -1 and second < written  # the write is not in it
+    assert [v.property for v in cluster.checker.violations] == ["linearizable_read"]
+
+
+def test_the_correct_protocol_holds_that_read_for_a_round_that_cannot_be_answered() -> None:
+    cluster, _ = stale_read_schedule(Raft)
+    first, second = confirmed(cluster, 0)
+    assert first != -1 and second == -1  # queued, then in round r + 1: no quorum
+    cluster.assert_safe()
+
+
+def queued_read_schedule(raft_type: type[Raft]) -> Cluster:
+    """A read waits for round r in flight; round r is answered; the network
+    then delivers everything for a few heartbeats."""
+    cluster = Cluster(3, raft_type=raft_type)
+    cluster.start()
+    cluster.elect(0)
+    assert cluster.run(until=lambda: cluster.committed_in_term(0))
+    cluster.drop = answers_lost
+    cluster.request(0, "read")
+    cluster.run(50)
+    r = cluster.raft(0).reads.round
+    cluster.request(0, "read")
+    cluster.inject(1, 0, ack(cluster, 1, r))
+    cluster.drop = None
+    cluster.run(3 * FAST_PARAMS.heartbeat_us)
+    return cluster
+
+
+def test_queued_reads_dropped_when_the_round_is_confirmed_never_complete() -> None:
+    cluster = queued_read_schedule(RaftDropQueuedOnConfirm)
+    assert confirmed(cluster, 0)[1] == -1
+    assert cluster.view(0).role is Role.LEADER
+    assert cluster.node_counters(0)["variant_queued_reads_dropped"] == 1
+    correct = queued_read_schedule(Raft)
+    assert -1 not in confirmed(correct, 0)

@@ -202,6 +202,45 @@ class RaftEarlyRoundAnswerWithMatch(Raft):
     replication_type = AcceptBeforeFlush
 
 
+class JoinRoundInFlight(Reads):
+    """BROKEN on purpose (ADR 0072 without its queue): a read asked while a
+    round is in flight joins that round, its index taken now, after the
+    round's messages left. An answer to the round may have been sent before
+    the read was asked, by a follower that has since helped a newer leader
+    commit a write the client saw: the read returns a state without it (a
+    stale read)."""
+
+    def start(self, read: PendingRead) -> None:
+        raft = self.raft
+        if self.round_sent and self.confirmed >= self.round:
+            self.new_round()
+            raft.replication.heartbeat_all()
+        self.join(read)
+        self.on_ack()
+
+
+class RaftJoinRoundInFlight(Raft):
+    reads_type = JoinRoundInFlight
+
+
+class DropQueuedOnConfirm(Reads):
+    """BROKEN on purpose (a liveness bug): when the round in flight is
+    confirmed, the reads queued for the next round are dropped instead of
+    starting it; their lines are never set and SMR times them out."""
+
+    def on_ack(self) -> None:
+        queued, self.queued = self.queued, []
+        super().on_ack()
+        if self.confirmed < self.round:
+            self.queued = queued + self.queued
+        elif queued:
+            self.raft.count("variant_queued_reads_dropped", len(queued))
+
+
+class RaftDropQueuedOnConfirm(Raft):
+    reads_type = DropQueuedOnConfirm
+
+
 class RestartSnapshotOnCompaction(Snapshots):
     """Not unsafe, wasteful (the behaviour before perf18): every compaction
     restarts a snapshot transfer in progress with the newer snapshot, and the
@@ -408,6 +447,17 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-nonvoter-lease-never-lapses", RaftLeaseNeverLapses,
             "a non-voting follower never lets its leader lease lapse and ignores vote "
             "requests forever (run with the slow fault kind)", "liveness",
+        ),
+        RaftVariant(
+            "raft-join-round-in-flight", RaftJoinRoundInFlight,
+            "a read asked while a read round is in flight joins that round, its index "
+            "taken after the round's messages left (ADR 0072 without its queue)",
+            "linearizable",
+        ),
+        RaftVariant(
+            "raft-drop-queued-reads", RaftDropQueuedOnConfirm,
+            "the reads queued for the next read round are dropped when the round in "
+            "flight is confirmed (a liveness bug)", "liveness",
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
