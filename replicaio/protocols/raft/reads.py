@@ -17,6 +17,26 @@ InstallSnapshot carries the current round and followers echo it. Reads
 asked before a round's first message is sent share that round, so a burst
 of reads costs one heartbeat round.
 
+One round in flight at a time (ADR 0072, etcd's read loop). A read asked
+once the current round's first message has left, while a quorum has not yet
+answered it, waits in ``queued``: it takes no index yet. When a quorum has
+answered the round in flight (``on_ack``), the next round starts at once for
+every queued read, and their read index is the commit index of that moment:
+at least the commit index when each was asked, and taken before any message
+of the new round leaves, so steps 2 and 3 hold for them as for the others.
+A round whose messages or answers are lost holds them up for at most a
+heartbeat: a heartbeat with reads queued starts their round (its messages
+are the heartbeat's own). What a round's number means then: an answer
+echoing round ``r`` proves the follower was in the leader's term after
+every round up to ``r`` started (rounds are numbered in order and a message
+carries the round current when it leaves), so it confirms the reads of
+every round up to ``r`` and none of a newer one; a late answer to the round
+a heartbeat replaced confirms only that round's reads. Under a steady
+stream of reads the leader thus runs one round per round trip (plus at
+most one per heartbeat) instead of one per batch of reads. Queued reads
+count toward ``reads_pending_max`` and are dropped on step-down like the
+others. Lease mode is unchanged: every heartbeat starts a round.
+
 Lease reads (``RaftParams.read_lease``, ``lease.py``) skip step 3 while the
 leader holds a lease: every heartbeat then starts a round, and a majority's
 answers to a round extend the lease. They assume a bound on clock drift.
