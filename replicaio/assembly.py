@@ -198,14 +198,15 @@ def raft_live_batch_fill(params: Mapping[str, Any]) -> int:
 # the next SET's AppendEntries; 4 ms lets that carry them (ADR 0055). A follower a
 # client waits on is told at once all the same; the simulator keeps 1 ms.
 RAFT_LIVE_NOTICE_US = 4_000
-# A live Raft service's followers answer a read round only with their
-# acknowledgement (``roundack`` = 0) unless its file names ``roundack``: ADR 0070's
-# early ``ReadRoundAck`` took a GET from two thirds of a SET's time to under a half
-# at 16-64 clients, but the end-of-session run (docs/benchmarks.md, "The end of the
-# session: main f8d6b35") measured it at 0.89-0.93x the mixed throughput of 0 from 64
-# clients, 8 % more CPU per operation and 2.5x the p99 at 256, and no gain at 16.
-# The simulator keeps 2 (the swarms keep the early answer tested).
-RAFT_LIVE_ROUND_ACK = 0
+# A live Raft service's followers answer a read round early (ADR 0070's
+# ``ReadRoundAck``, ``roundack`` = 2, as the simulator) unless its file names
+# ``roundack``. ADR 0070 amendment 1 had set 0 here: with a round per batch of reads
+# the early answers cost 0.85-0.92x the mixed throughput from 64 clients. With one
+# read round in flight (ADR 0072, amendment 2 of ADR 0070) rounds are few, and 2 was
+# the only setting at least as fast as the session's start at every client count
+# (mixed 1.00 / 1.01 / 1.29 / 1.17 at 1 / 16 / 64 / 256 clients; 0 gave 0.87 at 16,
+# a GET waiting a round more), docs/benchmarks.md, "read38".
+RAFT_LIVE_ROUND_ACK = 2
 RAFT_SNAPSHOT_BYTES_CEILING = 8 << 30  # what a follower assembles in memory, at most
 # The broadcast family, correct and deliberately broken.
 BROADCASTS: dict[str, BroadcastSpec] = {**PROTOCOLS, **BROADCAST_VARIANTS}
@@ -372,10 +373,10 @@ def live_protocol_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]
     or ``snapshotkib`` itself, and fills its batches under load (``fill``, a full
     batch: :func:`raft_live_batch_fill`) unless the file sets ``fill``, and holds a
     commit notice up to ``RAFT_LIVE_NOTICE_US`` (``notice_us``) unless the file sets
-    it; a single Raft service's followers answer read rounds only with their
-    acknowledgement (``roundack``, ``RAFT_LIVE_ROUND_ACK``) unless the file sets
-    it. The result becomes the protocol's name, so what the event log records still
-    builds the same nodes."""
+    it; a single Raft service's followers answer read rounds early or not as
+    ``RAFT_LIVE_ROUND_ACK`` says (``roundack``) unless the file sets it. The result
+    becomes the protocol's name, so what the event log records still builds the
+    same nodes."""
     spec = SERVICES.get(name)
     sharded = TRANSACTIONAL.get(name)
     live = dict(params)

@@ -115,7 +115,7 @@ def test_protocol_params_become_the_registry_name(tmp_path: Path) -> None:
                            'name = "raft"\n[protocol.params]\nsnapshot = 8\nbatch = 4\n')
     cluster = load_cluster_file(write(tmp_path, text))
     # (the live defaults added)
-    assert cluster.protocol == "raft:batch=4,fill=4,notice_us=4000,roundack=0,snapshot=8"
+    assert cluster.protocol == "raft:batch=4,fill=4,notice_us=4000,roundack=2,snapshot=8"
     assert cluster.f == 1  # crash resilience: n = 4 tolerates 1
     bad = text.replace("snapshot = 8", "snapshots = 8")
     with pytest.raises(ClusterFileError) as caught:
@@ -156,8 +156,8 @@ def test_live_raft_snapshots_are_sized_by_bytes_unless_the_file_says_otherwise(
     assert loaded("raft", "notice_us = 0\n") == (
         f"raft:fill=64,notice_us=0,{ack},snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
     )
-    assert loaded("raft", "roundack = 2\n") == (
-        f"raft:fill=64,{notice},roundack=2,snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
+    assert loaded("raft", "roundack = 0\n") == (
+        f"raft:fill=64,{notice},roundack=0,snapshotkib={RAFT_LIVE_SNAPSHOT_KIB}"
     )
     assert loaded("pbft") == "pbft"
     # The Raft groups of a sharded service take the same defaults; BFT groups none.
@@ -177,7 +177,7 @@ def test_the_frames_follow_the_protocols_largest_value(tmp_path: Path) -> None:
                            'name = "raft"\n[protocol.params]\nvalues = 20480\n')
     cluster = load_cluster_file(write(tmp_path, text))
     assert cluster.protocol == (
-        "raft:fill=64,notice_us=4000,roundack=0,snapshotkib=1024,values=20480")
+        "raft:fill=64,notice_us=4000,roundack=2,snapshotkib=1024,values=20480")
     assert cluster.transport.frame_bytes_max > 20 << 20
     assert cluster.host.client_frame_bytes_max > 20 << 20
     assert cluster.host.client_queue_bytes_max >= 2 * cluster.host.client_frame_bytes_max
