@@ -107,14 +107,17 @@ def test_an_altering_driver_breaks_groups_that_do_not_check_the_signed_request()
     bank = run("txn-pbft-unsigned-requests", 5, TxnWorkload(workload="bank"))
     assert [v["property"] for v in bank.violations] == ["bank"], bank.violations
     assert "wrong-total" in bank.violations[0]["detail"]
-    appends = run("txn-pbft-unsigned-requests", 7, TxnWorkload())
+    # (seed 8 since SMR wakes its housekeeper after a commit only with work for
+    # it, ADR 0073: seed 7's schedule moved and passes; of seeds 1-39, 28 fail
+    # strict serializability, 8 the first from the old pin with a garbage read)
+    appends = run("txn-pbft-unsigned-requests", 8, TxnWorkload())
     assert [v["property"] for v in appends.violations] == ["strict_serializability"], (
         appends.violations)
     assert "garbage-read" in appends.violations[0]["detail"]
 
 
 def test_checking_groups_hold_against_the_same_altering_driver() -> None:
-    for seed, workload in ((5, TxnWorkload(workload="bank")), (7, TxnWorkload())):
+    for seed, workload in ((5, TxnWorkload(workload="bank")), (8, TxnWorkload())):
         result = run("txn-pbft", seed, workload)
         assert result.ok, (seed, result.violations)
         assert result.counters.get("txn_requests_altered", 0) > 0, "the alterer drove"

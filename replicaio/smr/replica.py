@@ -285,7 +285,12 @@ class Replica:
     async def housekeeper(self) -> None:
         """After each burst of inputs: take a snapshot if due, then submit batches.
         Deferred to a task so the ordering protocol is never re-entered from its
-        own ``on_commit`` callback."""
+        own ``on_commit`` callback. Woken (:meth:`wake`) by what gives it work:
+        an admitted or forwarded request, an expired batch, a restored
+        snapshot, and a commit only when requests are pending (a freed window
+        slot) or a snapshot waits to be handed over (ADR 0073); a commit with
+        neither, a follower's and a one-client leader's usual case, costs no
+        task step."""
         while True:
             if not self.kicked:
                 kick: Line[None] = Line(self.context.node.scheduler, "smr.kick")
@@ -690,7 +695,10 @@ class Replica:
         if self.params.emit_applied:
             self.context.output(Applied(index, batch_digest(data)))
         self.wake_readers()
-        self.wake()
+        if self.pending or self.checkpoints:
+            # Only with work for it (ADR 0073): a follower and a one-client
+            # leader have none after most commits, and each wake is a task step.
+            self.wake()
 
     def decode_batch(self, data: bytes) -> Batch | SignedBatch | None:
         """The batch in ``data``, of the kind this cluster orders (``SignedBatch``
