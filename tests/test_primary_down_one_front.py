@@ -44,8 +44,11 @@ DEGRADED = ("crash", "partition", "loss", "dup", "reorder", "degraded")
 STALLED_SEEDS = (10, 15, 49)
 # The same with txn-pbft-suspects-alone and --nodes 4 (2 of the first 60 seeds;
 # 25 -> 27 once a backup's request timer restarted on any execution: seed 25's
-# front no longer suspects its primary alone there).
-PBFT_STALLED_SEEDS = (5, 27)
+# front no longer suspects its primary alone there; 27 -> 58 once a commit woke
+# SMR's housekeeper only with work, ADR 0073: seed 27's schedule moved and the
+# variant passes it; of seeds 1-160, 5, 58, 76, 98 and 122 fail since, 58 the
+# first after 27 and the first with liveness alone).
+PBFT_STALLED_SEEDS = (5, 58)
 
 
 def run(protocol: str, seed: int) -> Any:

@@ -52,9 +52,10 @@ from replicaio.smr.messages import (
 )
 from replicaio.smr.params import SmrConstants, SmrParams
 from replicaio.smr.protocol import SmrFactory, SmrProtocol
-from replicaio.smr.replica import SmrSnapshotError, decode_snapshot, encode_snapshot
+from replicaio.smr.replica import Replica, SmrSnapshotError, decode_snapshot, encode_snapshot
 from replicaio.smr.sessions import SessionTable
 from replicaio.storage.memory import MemoryStorage
+from replicaio.testing.variants.raft import CommitForgetsPendingReplica
 
 CODEC = Codec()
 
@@ -177,6 +178,7 @@ class Cluster:
         authenticator: Any = None,
         ordering: Any = None,
         admin_types: tuple[type, ...] = (),
+        replica_type: type[Replica] = Replica,
     ) -> None:
         self.shared = SharedLog(mode=mode)
         ordering_type = ordering or LogOrdering
@@ -189,6 +191,7 @@ class Cluster:
             admin_types=(CommitNow, DropUncommitted, *admin_types),
             constants=constants,
             authenticator=authenticator,
+            replica_type=replica_type,
         )
         f = (n - 1) // 3 if resilience is Resilience.BYZANTINE else (n - 1) // 2
         self.config = ClusterConfig(n=n, f=f, resilience=resilience)
@@ -552,6 +555,46 @@ def test_a_batch_never_applied_frees_its_window_slot_after_batch_timeout() -> No
     assert cluster.shared.submitted == [1, 1]
     cluster.request(0, CommitNow())
     assert [r.client for r in cluster.take(0)] == [2]
+
+
+def test_a_commit_that_frees_a_window_slot_cuts_the_waiting_request_at_once() -> None:
+    """The housekeeper is woken by a commit when requests are pending (ADR 0073)."""
+    assert commit_flushes(Replica)
+
+
+def test_a_commit_that_forgets_the_pending_requests_is_caught() -> None:
+    """``raft-commit-forgets-pending``'s replica: the waiting request stays
+    pending after the commit that freed its slot (no swarm catches it: a new
+    request or a forwarded copy wakes the housekeeper soon enough)."""
+    assert not commit_flushes(CommitForgetsPendingReplica)
+
+
+def commit_flushes(replica_type: type[Replica]) -> bool:
+    """Whether the request that waited for the window is submitted in the step
+    of the commit that frees it."""
+    cluster = Cluster(params=SmrParams(batches_inflight_max=1), mode="manual",
+                      replica_type=replica_type)
+    cluster.request(0, write(1, 1, "put", b"k", b"a"))
+    cluster.request(0, write(2, 1, "put", b"k", b"b"))  # the window is full: it waits
+    assert cluster.shared.submitted == [1]
+    cluster.request(0, CommitNow())
+    return cluster.shared.submitted == [1, 1]
+
+
+def test_a_commit_with_nothing_to_do_leaves_the_housekeeper_asleep() -> None:
+    """Nothing pending, no snapshot to hand over: a commit costs no housekeeper
+    step, on the leader or on a follower (ADR 0073); a snapshot due wakes it."""
+    cluster = Cluster(mode="manual", constants=SmrConstants(snapshot_interval=2))
+    cluster.request(0, write(1, 1, "put", b"k", b"a"))
+    kicks = [cluster.protocol(i).replica.kick for i in range(3)]
+    assert all(kick is not None and not kick.ready for kick in kicks)
+    cluster.request(0, CommitNow())
+    assert cluster.protocol(0).replica.applied == 1
+    assert [cluster.protocol(i).replica.kick for i in range(3)] == kicks
+    assert not any(kick is not None and kick.ready for kick in kicks)
+    cluster.request(0, write(1, 2, "put", b"k", b"b"))
+    cluster.request(0, CommitNow())  # index 2: a snapshot, handed over in the step
+    assert (0, 2) in cluster.shared.compactions
 
 
 def test_an_ordering_that_commits_inside_submit_is_fine() -> None:

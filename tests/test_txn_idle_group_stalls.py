@@ -74,8 +74,14 @@ def test_a_replica_stuck_below_the_others_catches_up(variant: str, seed: int,
     assert run("txn-pbft", seed).ok
 
 
+# (181 -> 122 once a commit woke SMR's housekeeper only with work, ADR 0073:
+# seed 181's schedule moved and the variant passes it; seed 122 is the first of
+# 1-129 it fails with locks_released, and the protocol passes it)
+LEASE_CLOCK_SEED = 122
+
+
 def test_any_node_ticks_a_lease_clock_that_stood_still() -> None:
-    broken = run("txn-pbft-leader-ticks-only", 181)
+    broken = run("txn-pbft-leader-ticks-only", LEASE_CLOCK_SEED)
     assert {violation["property"] for violation in broken.violations} == {"locks_released"}
-    fixed = run("txn-pbft", 181)
+    fixed = run("txn-pbft", LEASE_CLOCK_SEED)
     assert fixed.ok, fixed.violations

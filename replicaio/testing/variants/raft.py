@@ -9,6 +9,7 @@ with what each breaks and the property that catches it (see ``docs/raft.md``,
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,9 @@ from replicaio.protocols.raft.reads import PendingRead, Reads
 from replicaio.protocols.raft.replication import SNAPSHOT, Progress, Replication
 from replicaio.protocols.raft.snapshot import Snapshots
 from replicaio.protocols.raft.state import HardState, RaftLog, Role
+from replicaio.smr.api import Committed
 from replicaio.smr.messages import ReadIndexReply
-from replicaio.smr.replica import Replica
+from replicaio.smr.replica import Pending, Replica
 from replicaio.smr.sessions import SessionRecord, SessionTable
 
 
@@ -382,6 +384,24 @@ class StaleReadIndexReplica(Replica):
         found[1].set((message.index, message.leader))
 
 
+class CommitForgetsPendingReplica(Replica):
+    """BROKEN on purpose (ADR 0073 without its first condition): a commit wakes
+    the housekeeper only for a snapshot to hand over, never for pending
+    requests, so requests that waited for a window slot stay pending when the
+    commit frees it, until some other request or forward arrives (a client's
+    retry of a queued request wakes nothing): with no more traffic, never."""
+
+    def on_commit(self, committed: Committed) -> None:
+        # (on_commit itself never touches the queue: hiding it hides it from
+        # the wake's condition alone)
+        pending: deque[Pending] = self.pending
+        self.pending = deque()
+        try:
+            super().on_commit(committed)
+        finally:
+            self.pending = pending
+
+
 RAFT_VARIANTS: dict[str, RaftVariant] = {
     variant.name: variant
     for variant in (
@@ -458,6 +478,12 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-drop-queued-reads", RaftDropQueuedOnConfirm,
             "the reads queued for the next read round are dropped when the round in "
             "flight is confirmed (a liveness bug)", "liveness",
+        ),
+        RaftVariant(
+            "raft-commit-forgets-pending", Raft,
+            "a commit wakes SMR's housekeeper only for a snapshot, not for requests "
+            "that waited for the window (ADR 0073 without its condition)", "liveness",
+            CommitForgetsPendingReplica,
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
