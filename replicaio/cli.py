@@ -57,6 +57,7 @@ from replicaio.sim import kv_cli, txn_cli
 from replicaio.sim.adversary import BEHAVIOURS
 from replicaio.sim.options import (
     CLOCK_DRIFT_PPM_DEFAULT,
+    FAULT_KINDS,
     SimOptions,
     parse_adversary,
     parse_faults,
@@ -757,11 +758,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         f"forge,replay; from {', '.join(BEHAVIOURS)}; default: drawn from "
                         "the seed); see docs/adversary.md")
     parser.add_argument("--faults", default="",
-                        help="comma list of crash,partition,loss,dup,reorder,clock,disk,sync,"
-                        "degraded (sync: group commit, a sync takes time while the node keeps "
-                        "stepping; degraded: f nodes in all, Byzantine ones included, stay "
-                        "down after the heal; default: none: a run without faults unless you "
-                        "name them)")
+                        help=f"comma list of {','.join(FAULT_KINDS)} (sync: group commit, a "
+                        "sync takes time while the node keeps stepping; degraded: f nodes in "
+                        "all, Byzantine ones included, stay down after the heal; slow: links "
+                        "far slower than a timeout for a while; default: none: a run without "
+                        "faults unless you name them)")
     parser.add_argument("--requests", type=int, default=None,
                         help="client requests per node (default: drawn from the seed)")
     parser.add_argument("--profile", choices=PROFILES, default="default",

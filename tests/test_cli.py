@@ -237,3 +237,14 @@ def test_disk_faults_the_fault_model_leaves_no_room_for_are_said_to_be_inert(
     captured = capsys.readouterr()
     assert "warning" not in captured.err
     assert re.search(r"disk faults +[1-9]", captured.out)
+
+
+def test_swarm_help_names_every_fault_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    """The ``--faults`` help is built from the kinds the options accept, so a new
+    kind is never missing from it (``slow`` once was)."""
+    from replicaio.sim.options import FAULT_KINDS
+
+    with pytest.raises(SystemExit):
+        main(["swarm", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ",".join(FAULT_KINDS).replace(" ", "") in text.replace(" ", "")
