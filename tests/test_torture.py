@@ -164,11 +164,12 @@ def test_a_short_live_torture_of_a_bft_service_with_a_byzantine_node_passes(
     tmp_path: Path, protocol: str, nodes: str, behaviour: str
 ) -> None:
     """The BFT services through the same faults (Ed25519 node keys, MinBFT's USIG
-    keys, a primary INFO does not name; kill -9 and restart, SIGSTOP, partitions, a
-    full disk) with one node equivocating on the real network the whole run, its
-    restarts included: linearizable through the correct nodes, nothing left behind."""
+    keys, a primary INFO does not name; on seed 19: kill -9 and restart, a full
+    disk, links 0.3-1.5 s late, a partition) with one node equivocating on the
+    real network the whole run, its restarts included: linearizable through the
+    correct nodes, nothing left behind."""
     done = torture(
-        ["--protocol", protocol, "--nodes", nodes, "--duration", "30", "--seed", "1",
+        ["--protocol", protocol, "--nodes", nodes, "--duration", "30", "--seed", "19",
          "--clients", "4", "--out", str(tmp_path), "--check-budget", "60",
          "--byzantine", behaviour, "--json"],
         timeout_s=300,
@@ -178,7 +179,7 @@ def test_a_short_live_torture_of_a_bft_service_with_a_byzantine_node_passes(
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["passed"] is True and result["linearizable"] is True
     assert result["problems"] == [] and result["leftovers"] == []
-    assert "kill" in {fault["kind"] for fault in result["faults"]}
+    assert {"kill", "slow"} <= {fault["kind"] for fault in result["faults"]}
     assert result["ok"] > 50 and result["acknowledged"] > 5
     ((node, mix),) = result["byzantine"].items()
     assert mix == behaviour and f"node {node} is Byzantine" in done.stdout
@@ -216,7 +217,7 @@ def test_a_short_live_torture_over_mutual_tls_passes(tmp_path: Path) -> None:
     """The same torture with ``--tls``: certificates from ``certs init``, mutual TLS
     1.3 between the nodes and to every redis-py client, through the same faults."""
     done = torture(
-        ["--nodes", "3", "--duration", "25", "--seed", "1", "--clients", "4",
+        ["--nodes", "3", "--duration", "25", "--seed", "13", "--clients", "4",
          "--out", str(tmp_path), "--check-budget", "60", "--tls", "--json"], timeout_s=240,
     )
     print(f"\n{done.stdout}\n{done.stderr}")
@@ -225,7 +226,8 @@ def test_a_short_live_torture_over_mutual_tls_passes(tmp_path: Path) -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["passed"] is True and result["linearizable"] is True
     assert result["ok"] > 50 and result["acknowledged"] > 5
-    assert "kill" in {fault["kind"] for fault in result["faults"]}  # TLS set up again
+    # seed 13: netem, slow, partition-bridge, kill (TLS set up again after it)
+    assert {"kill", "slow"} <= {fault["kind"] for fault in result["faults"]}
     assert leftovers(run_tag(done.stdout)) == []
     (run,) = tmp_path.iterdir()
     assert "[tls]" in (run / "cluster.toml").read_text()
@@ -385,3 +387,27 @@ def test_a_read_back_that_fails_says_how_often_and_why() -> None:
     assert found == {}
     assert workload.read_back_failures[-1] == "TryAgainError: not now"
     assert all(op.status == "info" for op in workload.operations())
+
+
+def test_a_slow_link_is_late_and_nothing_else() -> None:
+    """``slow`` faults delay what their targets send by far more than a timeout
+    and do nothing else (no loss, duplication, jitter or reordering), never on
+    every node unless it is the leader, and raise netem's queue so that a busy
+    link is late rather than lossy."""
+    from replicaio.torture.nemesis import SLOW_DELAYS_MS, SLOW_HELD_PACKETS
+
+    slow = [fault for seed in range(40)
+            for fault in draw_schedule(seed, 5, 120.0, ("slow",), disk_node=None)]
+    assert len(slow) > 100
+    delays = set()
+    for fault in slow:
+        assert fault.link is not None
+        link = fault.link
+        assert (link.loss_percent, link.duplicate_percent, link.jitter_ms,
+                link.reorder_percent, link.rate_kbit) == (0, 0, 0, 0, 0)
+        delays.add(link.delay_ms)
+        assert fault.nodes == (LEADER,) or 1 <= len(fault.nodes) <= 4
+        assert link.netem_arguments()[-2:] == ["limit", str(SLOW_HELD_PACKETS)]
+    assert delays == set(SLOW_DELAYS_MS)
+    assert any(fault.nodes == (LEADER,) for fault in slow)
+    assert any(fault.nodes != (LEADER,) for fault in slow)

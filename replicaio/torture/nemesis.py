@@ -17,6 +17,10 @@ Kinds (``FAULT_KINDS``):
 * ``netem``: delay with jitter, loss, duplication, reordering and a slow
   link (``tc netem``; see :meth:`Testbed.shape` for kernels without it) on
   what 1..n nodes send;
+* ``slow``: what 1..n-1 nodes (or the leader) send arrives 0.3 to 1.5 s late,
+  nothing lost and nothing reordered (a congested or half-broken link: far
+  slower than an election timeout or a client's retry, yet every byte gets
+  there; the live twin of the simulator's ``slow`` kind);
 * ``kill``: ``kill -9`` of 1..f nodes (possibly the leader), restarted at heal;
 * ``pause``: ``SIGSTOP`` of one node (possibly the leader), ``SIGCONT`` at heal;
 * ``disk-full``: the one node whose data directory is a small tmpfs finds its
@@ -39,7 +43,7 @@ PARTITION_KINDS = (
     "partition-majority",
     "partition-bridge",
 )
-FAULT_KINDS = (*PARTITION_KINDS, "netem", "kill", "pause", "disk-full")
+FAULT_KINDS = (*PARTITION_KINDS, "netem", "slow", "kill", "pause", "disk-full")
 LEADER = -1  # a target resolved when the fault starts: whoever leads then
 
 WARMUP_S = 3.0
@@ -48,6 +52,10 @@ FAULT_S_MAX = 8.0
 GAP_S_MIN = 1.0
 GAP_S_MAX = 3.0
 FAULTS_MAX = 1_000
+# ``slow``: the delays drawn (ms), and how many packets a link may hold late (at
+# 1.5 s and a busy leader, tc netem's default of 1,000 would drop the rest).
+SLOW_DELAYS_MS = (300, 800, 1_500)
+SLOW_HELD_PACKETS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +65,9 @@ class Fault:
     kind: str
     start_s: float
     duration_s: float
-    nodes: tuple[int, ...] = ()  # targets of kill/pause/netem/disk-full (LEADER allowed)
+    nodes: tuple[int, ...] = ()  # targets of kill/pause/netem/slow/disk-full (LEADER allowed)
     groups: tuple[tuple[int, ...], ...] = ()  # partitions: the sides
-    link: LinkShape | None = None  # netem: how the targets' links misbehave
+    link: LinkShape | None = None  # netem, slow: how the targets' links misbehave
 
     @property
     def end_s(self) -> float:
@@ -156,6 +164,13 @@ def draw_fault(
             rate_kbit=rng.choice((0, 0, 0, 512)),
         )
         return Fault(kind, start_s, length, nodes=tuple(sorted(nodes[:count])), link=link)
+    if kind == "slow":
+        count = rng.randint(1, max(1, n - 1))
+        targets = tuple(sorted(nodes[:count]))
+        if rng.random() < 0.4:
+            targets = (LEADER,)
+        link = LinkShape(delay_ms=rng.choice(SLOW_DELAYS_MS), limit_packets=SLOW_HELD_PACKETS)
+        return Fault(kind, start_s, length, nodes=targets, link=link)
     if kind == "kill":
         count = rng.randint(1, max(1, f))
         targets = tuple(sorted(nodes[:count]))

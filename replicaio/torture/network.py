@@ -379,6 +379,7 @@ class LinkShape:
     duplicate_percent: int = 0
     reorder_percent: int = 0
     rate_kbit: int = 0
+    limit_packets: int = 0  # packets held late at most (0: the qdisc's default, 1,000)
 
     def netem_arguments(self) -> list[str]:
         arguments = ["delay", f"{self.delay_ms}ms", f"{self.jitter_ms}ms",
@@ -387,6 +388,8 @@ class LinkShape:
             arguments += ["reorder", f"{self.reorder_percent}%", "50%"]
         if self.rate_kbit:
             arguments += ["rate", f"{self.rate_kbit}kbit"]
+        if self.limit_packets:
+            arguments += ["limit", str(self.limit_packets)]
         return arguments
 
 

@@ -113,7 +113,7 @@ def write_plot(buckets: Sequence[Bucket], faults: Sequence[FaultEvent], path: Pa
     bottom.set_xlabel("seconds since the clients started")
     bottom.legend(loc="upper right")
     colors = {"kill": "tab:red", "pause": "tab:orange", "netem": "tab:olive",
-              "disk-full": "tab:brown"}
+              "slow": "tab:cyan", "disk-full": "tab:brown"}
     end = seconds[-1] if seconds else 0
     for fault in faults:
         color = colors.get(fault.kind, "tab:gray")

@@ -341,12 +341,12 @@ class Nemesis:
             for node, sources in fault.blocks(self.cluster.n).items():
                 self.testbed.block(node, sources)
             return fault.describe()
-        if fault.kind == "netem":
+        if fault.kind in ("netem", "slow"):
             assert fault.link is not None
             applied = ""
             for node in targets:
                 applied = self.testbed.shape(node, fault.link)
-            return f"netem on node {shown}: {applied}"
+            return f"{fault.kind} on node {shown}: {applied}"
         if fault.kind == "kill":
             for node in targets:
                 self.cluster.kill(node)
@@ -363,7 +363,7 @@ class Nemesis:
         if fault.kind in PARTITION_KINDS:
             for node in range(self.cluster.n):
                 self.testbed.unblock(node)
-        elif fault.kind == "netem":
+        elif fault.kind in ("netem", "slow"):
             for node in targets:
                 self.testbed.clear_shape(node)
         elif fault.kind == "pause":
