@@ -248,6 +248,8 @@ def main() -> int:
                         "off-by-one, boolean, negation, call-dropped, return-flipped)")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds one plan may take on one mutant (beyond: caught)")
+    parser.add_argument("--tree", type=Path, default=ROOT,
+                        help="the checkout whose package is mutated (default: this one)")
     parser.add_argument("--list", action="store_true", help="list the sites and stop")
     parser.add_argument("--json", action="store_true", help="print JSON lines only")
     options = parser.parse_args()
@@ -255,8 +257,9 @@ def main() -> int:
     kinds = {kind for kind in options.kinds.split(",") if kind}
 
     everything: list[tuple[str, Site]] = []
+    root: Path = options.tree.resolve()
     for module in options.module:
-        path = ROOT / module
+        path = root / module
         if not path.is_file() or path.suffix != ".py" or "replicaio" not in path.parts:
             parser.error(f"{module}: not a module of the replicaio package")
         for site in sites_of(path.read_text()):
@@ -283,7 +286,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="replicaio-mutants-") as folder:
         work = Path(folder)
-        shutil.copytree(ROOT / "replicaio", work / "replicaio",
+        shutil.copytree(root / "replicaio", work / "replicaio",
                         ignore=shutil.ignore_patterns("_compiled", "__pycache__", "*.so"))
         say = (lambda text: None) if options.json else print
         say(f"{len(chosen)} mutants of {len(everything)} sites in "
