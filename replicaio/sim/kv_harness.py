@@ -103,6 +103,7 @@ from replicaio.sim.options import (
     draw_disk_nodes,
     draw_kept_down,
     draw_partitions,
+    draw_rewrite_faults,
     draw_slow,
 )
 from replicaio.smr.api import ClientRequest, Redirect, Rejected, Reply
@@ -981,6 +982,10 @@ def kv_options(
     disks_max = damaged_disks_max(protocol, nodes, byzantine)
     disks = draw_disk_nodes(seed, correct, disks_max) if "disk" in faults else []
     disk_rng = random.Random(f"replicaio-kv-disk-faults:{seed}")
+    # The "rewrite" kind: lost writes aimed at records rewritten in place, on the
+    # same nodes, from a stream of its own (the other kinds' draws as they were).
+    rewrite_disks = draw_disk_nodes(seed, correct, disks_max) if "rewrite" in faults else []
+    rewrite_rng = random.Random(f"replicaio-kv-rewrite:{seed}")
     slow_rng = random.Random(f"replicaio-kv-slow:{seed}")
     slow: list[Slow] = []
     for start in range(0, safety, window):
@@ -1007,6 +1012,10 @@ def kv_options(
         crashes += [
             replace(crash, at_us=crash.at_us + start)
             for crash in draw_disk_faults(disk_rng, disks, span)
+        ]
+        crashes += [
+            replace(crash, at_us=crash.at_us + start)
+            for crash in draw_rewrite_faults(rewrite_rng, rewrite_disks, span)
         ]
     if "sync" in faults:
         crashes = list(aim_at_syncs(seed, tuple(crashes)))

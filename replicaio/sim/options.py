@@ -30,6 +30,7 @@ from replicaio.sim.adversary import BASE_BEHAVIOURS, BEHAVIOURS, draw_extras
 
 FAULT_KINDS = (
     "crash", "partition", "loss", "dup", "reorder", "clock", "disk", "sync", "degraded", "slow",
+    "rewrite",
 )
 # Slow links (the "slow" kind): for a while, every message from one side to the
 # rest arrives this much later than the network's latency (each delayed by a
@@ -40,6 +41,17 @@ FAULT_KINDS = (
 # are cut and the answers it still gets come late, so that what a node learns
 # from a late answer may be older than what the others decided meanwhile.
 SLOW_DELAYS_US = (50_000, 300_000, 1_500_000)
+# Lost writes of records rewritten in place (the "rewrite" kind): on the nodes
+# whose disks may fail, one or two lost_writes faults per fault window, each
+# aimed (Crash.rewrite) right after the 1st..REWRITE_AIM_MAX-th step from its
+# time that erases a durable record and writes it anew (a log suffix
+# overwritten), or after RARE_WAIT_US; the disk then loses that step's writes at
+# least, so the records it replaced come back. Plain lost writes mostly take
+# back appends (the log only gets shorter); a lost overwrite brings old contents
+# back, which is what a disk that acknowledged a write it never made does to
+# data updated in place.
+REWRITE_AIM_MAX = 1
+REWRITE_DOWN_US_MAX = 100_000  # the node restarts within this (a process restarted)
 # Group commit (the "sync" kind, docs/adr/0024): a sync takes time, drawn per
 # sync with one of these means, while the node keeps stepping.
 SYNC_US_MEANS = (200, 1_000, 5_000)
@@ -149,7 +161,16 @@ class Crash:
     while writes of an earlier step are still unsynced, after those sends
     left, and keeps ``keep_unsynced`` modulo the unsynced writes (a strict
     prefix); or in whatever step comes after ``HEAVY_WAIT_US``. Messages that
-    claimed to depend on nothing unsynced are out, and the writes are lost."""
+    claimed to depend on nothing unsynced are out, and the writes are lost.
+
+    ``rewrite`` (``lost_writes`` storage faults of the ``rewrite`` kind; > 0)
+    aims the fault at data updated in place: the node goes down right after the
+    ``rewrite``-th step from ``at_us`` that erases a durable record and writes
+    the same key anew in one step (a log suffix overwritten), its sends out and
+    its writes synced; the disk loses that step's writes and the
+    ``lose_synced`` synced writes before them, so the records it replaced come
+    back (the store reports the loss, as for every lost write). A fault whose
+    node never rewrites before it crashes otherwise does nothing."""
 
     node: int
     at_us: int
@@ -161,6 +182,7 @@ class Crash:
     heavy: bool = False  # aimed at a step that writes much (see above)
     rare: int = 0  # aimed just after the rare-th step that sends a rare kind (see above)
     unsynced: int = 0  # aimed at the unsynced-th early send during a sync (see above)
+    rewrite: int = 0  # lost writes aimed just after the rewrite-th rewriting step (see above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +278,13 @@ class SimOptions:
                 crashes + draw_disk_faults(disk_rng, disks, safety),
                 key=lambda crash: (crash.at_us, crash.node),
             ))
+        if "rewrite" in faults:  # the same nodes as "disk" (their own stream)
+            disks = draw_disk_nodes(seed, correct, (nodes - 1) // 3 - len(faulty))
+            rewrite_rng = random.Random(f"replicaio-rewrite:{seed}")
+            crashes = tuple(sorted(
+                crashes + draw_rewrite_faults(rewrite_rng, disks, safety),
+                key=lambda crash: (crash.at_us, crash.node),
+            ))
         sync = 0
         if "sync" in faults:
             sync = draw_sync_us_mean(seed)
@@ -330,6 +359,7 @@ class SimOptions:
                     bool(item.get("heavy", False)),
                     int(item.get("rare", 0)),
                     int(item.get("unsynced", 0)),
+                    int(item.get("rewrite", 0)),
                 )
                 for item in fields.get("crashes", ())
             )
@@ -377,6 +407,10 @@ class SimOptions:
                 problems.append(f"crash of node {crash.node}: not a correct node")
             if crash.disk and crash.disk not in DISK_FAULTS:
                 problems.append(f"unknown disk fault {crash.disk!r}")
+            if crash.rewrite and not (crash.rewrite > 0 and crash.disk == "lost_writes"
+                                      and crash.mid_step):
+                problems.append(f"crash of node {crash.node}: a rewrite aim needs a pending "
+                                "lost_writes fault")
         for node in self.kept_down:
             if not 0 <= node < self.nodes or node in self.byzantine:
                 problems.append(f"node {node} kept down: not a correct node")
@@ -512,6 +546,8 @@ def crash_dict(crash: Crash) -> dict[str, Any]:
         del data["rare"]
     if not crash.unsynced:
         del data["unsynced"]
+    if not crash.rewrite:
+        del data["rewrite"]
     return data
 
 
@@ -571,6 +607,28 @@ def draw_disk_faults(rng: random.Random, disks: list[int], safety_us: int) -> tu
             keep_unsynced=rng.randint(0, 3),
             disk=disk,
             lose_synced=draw_lose_synced(rng, disk),
+        ))
+    return tuple(found)
+
+
+def draw_rewrite_faults(
+    rng: random.Random, disks: list[int], span_us: int
+) -> tuple[Crash, ...]:
+    """The "rewrite" kind within ``span_us``: one or two lost_writes faults on the
+    nodes ``disks``, each aimed at a step that rewrites records (``Crash.rewrite``)."""
+    if not disks:
+        return ()
+    found = []
+    for _ in range(rng.randint(1, 2)):
+        found.append(Crash(
+            node=rng.choice(disks),
+            at_us=rng.randrange(0, span_us),
+            down_us=rng.randrange(1_000, REWRITE_DOWN_US_MAX),
+            mid_step=True,
+            keep_unsynced=0,
+            disk="lost_writes",
+            lose_synced=0,  # the rewriting step's writes (Crash.rewrite)
+            rewrite=rng.randint(1, REWRITE_AIM_MAX),
         ))
     return tuple(found)
 

@@ -26,7 +26,7 @@ cdef class Simulator:
     cdef public object harness, rng, hold_rng, sync_rng, heap, requests_due, request_next
     cdef public object sequence, now, liveness, kept_down, nodes, operator, view
     cdef public object footprint_max, partitions, clock_ppm, link_clock, latency_rate
-    cdef public object count_kinds
+    cdef public object count_kinds, aim_rewrites
     cdef public EventLogWriter log
     cdef public object stats, violations
 

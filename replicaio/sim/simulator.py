@@ -41,7 +41,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from heapq import heappush
 from math import log
 from math import log as natural_log  # send_all's own parameter is named log
@@ -293,6 +293,8 @@ class Simulator:
         self.latency_rate = 1.0 / (options.latency_mean_us - options.latency_min_us)
         # Sends are counted by kind only when some crash is aimed at rare ones.
         self.count_kinds = any(crash.rare for crash in options.crashes)
+        # Steps are searched for rewritten records only when a crash is aimed there.
+        self.aim_rewrites = any(crash.rewrite for crash in options.crashes)
         self.log: EventLogWriter | None = None
         if record:
             self.log = EventLogWriter(
@@ -507,7 +509,8 @@ class Simulator:
                 self.check_footprint(node)
             self.check_audit(node)
         crash = node.pending_crash
-        if crash is not None and not crash.rare and self.crash_lands(node, effects, crash):
+        if (crash is not None and not crash.rare and not crash.rewrite
+                and self.crash_lands(node, effects, crash)):
             self.crash_mid_step(node, effects, crash)
             return
         encoded: list[bytes] | None = None
@@ -559,6 +562,8 @@ class Simulator:
                        packed))  # = log.step(...)
         if self.count_kinds:
             self.after_sends(node, effects)
+        if self.aim_rewrites and node.pending_crash is not None:
+            self.after_rewrite(node, effects)
 
     def make_core(self, node: SimNode, factory: ProtocolFactory,
                   kind: type[Node] = Node) -> Node:
@@ -592,6 +597,31 @@ class Simulator:
             for violation in self.harness.on_output(node.node_id, output, self.now):
                 self.violations.append(violation.as_dict())
             self.operator.on_output(node.node_id, output)
+
+    def after_rewrite(self, node: SimNode, effects: Effects) -> None:
+        """Lands a lost-writes fault aimed at a rewrite (``Crash.rewrite``) right
+        after the step that erased a durable record and wrote it anew, its sends
+        out and its writes synced: the disk loses that step's writes (and
+        ``lose_synced`` before them), so the records it replaced come back."""
+        crash = node.pending_crash
+        if crash is None or not crash.rewrite or not node.up or node.waiting is not None:
+            return  # (under group commit, a step whose writes wait for the sync: later)
+        persists = effects.persists
+        rewrote = False
+        if persists:
+            erased = set()
+            for key, value in persists:
+                if value is None:
+                    erased.add(key)
+                elif key in erased:
+                    rewrote = True
+                    break
+        node.rare_steps += rewrote
+        if rewrote and node.rare_steps >= crash.rewrite:
+            stats = self.stats  # (a key only in runs that land one: other reports as before)
+            stats["crashes_after_rewrite"] = stats.get("crashes_after_rewrite", 0) + 1
+            crash = replace(crash, lose_synced=crash.lose_synced + len(persists))
+            self.go_down(node, crash, keep_unsynced=0)
 
     def after_sends(self, node: SimNode, effects: Effects) -> None:
         """Counts what ``node`` sent by kind; lands a crash aimed at rare sends
