@@ -75,7 +75,8 @@ def test_a_notice_commits_only_where_the_followers_log_matches_the_leaders(
     there is of term 2: the check fails, nothing is committed. The variant
     commits up to its own last entry and applies what the others never
     apply: they commit ``b`` at ``last + 1`` and state machine safety breaks.
-    (A hand-made history: the swarms did not reach this, see docs/raft.md.)"""
+    (A hand-made history; the swarms reach it with the ``rewrite`` fault kind,
+    a lost overwrite bringing the stale entries back: tests/test_raft_mutants.py.)"""
     cluster = Cluster(3, NOTICE, raft_type=raft_type)
     cluster.start()
     cluster.elect(0)

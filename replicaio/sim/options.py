@@ -41,16 +41,14 @@ FAULT_KINDS = (
 # are cut and the answers it still gets come late, so that what a node learns
 # from a late answer may be older than what the others decided meanwhile.
 SLOW_DELAYS_US = (50_000, 300_000, 1_500_000)
-# Lost writes of records rewritten in place (the "rewrite" kind): on the nodes
-# whose disks may fail, one or two lost_writes faults per fault window, each
-# aimed (Crash.rewrite) right after the 1st..REWRITE_AIM_MAX-th step from its
-# time that erases a durable record and writes it anew (a log suffix
-# overwritten), or after RARE_WAIT_US; the disk then loses that step's writes at
-# least, so the records it replaced come back. Plain lost writes mostly take
-# back appends (the log only gets shorter); a lost overwrite brings old contents
-# back, which is what a disk that acknowledged a write it never made does to
-# data updated in place.
-REWRITE_AIM_MAX = 1
+# Lost writes of records rewritten in place (the "rewrite" kind): on each node
+# whose disk may fail, one lost_writes fault per fault window, drawn early in it
+# and aimed (Crash.rewrite) right after the node's first step from then on that
+# erases a durable record and writes it anew (a log suffix overwritten); the
+# disk then loses that step's writes, so the records it replaced come back.
+# Plain lost writes mostly take back appends (the log only gets shorter); a lost
+# overwrite brings old contents back, which is what a disk that acknowledged a
+# write it never made does to data updated in place.
 REWRITE_DOWN_US_MAX = 100_000  # the node restarts within this (a process restarted)
 # Group commit (the "sync" kind, docs/adr/0024): a sync takes time, drawn per
 # sync with one of these means, while the node keeps stepping.
@@ -614,21 +612,21 @@ def draw_disk_faults(rng: random.Random, disks: list[int], safety_us: int) -> tu
 def draw_rewrite_faults(
     rng: random.Random, disks: list[int], span_us: int
 ) -> tuple[Crash, ...]:
-    """The "rewrite" kind within ``span_us``: one or two lost_writes faults on the
-    nodes ``disks``, each aimed at a step that rewrites records (``Crash.rewrite``)."""
-    if not disks:
-        return ()
+    """The "rewrite" kind within ``span_us``: a lost_writes fault on each of the
+    nodes ``disks``, aimed at its first step that rewrites records
+    (``Crash.rewrite``) from early in the span on (a rewrite is rare: the aim
+    waits for one, unless another crash of the node comes first)."""
     found = []
-    for _ in range(rng.randint(1, 2)):
+    for node in disks:
         found.append(Crash(
-            node=rng.choice(disks),
-            at_us=rng.randrange(0, span_us),
+            node=node,
+            at_us=rng.randrange(0, max(1, span_us // 10)),
             down_us=rng.randrange(1_000, REWRITE_DOWN_US_MAX),
             mid_step=True,
             keep_unsynced=0,
             disk="lost_writes",
             lose_synced=0,  # the rewriting step's writes (Crash.rewrite)
-            rewrite=rng.randint(1, REWRITE_AIM_MAX),
+            rewrite=1,
         ))
     return tuple(found)
 
