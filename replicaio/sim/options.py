@@ -405,9 +405,8 @@ class SimOptions:
                 problems.append(f"crash of node {crash.node}: not a correct node")
             if crash.disk and crash.disk not in DISK_FAULTS:
                 problems.append(f"unknown disk fault {crash.disk!r}")
-            if crash.rewrite and not (crash.rewrite > 0 and crash.disk == "lost_writes"
-                                      and crash.mid_step):
-                problems.append(f"crash of node {crash.node}: a rewrite aim needs a pending "
+            if crash.rewrite < 0 or (crash.rewrite and crash.disk != "lost_writes"):
+                problems.append(f"crash of node {crash.node}: a rewrite aim needs a "
                                 "lost_writes fault")
         for node in self.kept_down:
             if not 0 <= node < self.nodes or node in self.byzantine:
