@@ -154,6 +154,9 @@ class KvWorkload:
     client_ops_max: int = 0  # a client takes a new id after this many ops (0: never)
     mix: tuple[tuple[str, int], ...] = DEFAULT_MIX
     check_budget_s: float | None = 300.0
+    # Waves of probes once the cluster has settled after the heal, every
+    # operation in them held to ``prompt`` (KvHarness.settled; 0: no probes).
+    prompt_waves: int = 3
 
     def validate(self) -> KvWorkload:
         """Raise :class:`UsageError` unless the workload is usable."""
@@ -165,7 +168,7 @@ class KvWorkload:
             if getattr(self, name) < 1:
                 raise UsageError(f"KvWorkload.{name} must be >= 1")
         if min(self.think_us_max, self.membership_every_us, self.nemesis_every_us,
-               self.client_ops_max) < 0:
+               self.client_ops_max, self.prompt_waves) < 0:
             raise UsageError("think time and membership period must be >= 0")
         if not 0.0 <= self.read_via_log <= 1.0:
             raise UsageError("read_via_log is a share in [0, 1]")
@@ -229,6 +232,9 @@ class Client:
     ok_after_heal: bool = False
     votes: Votes | None = None  # answers to the current (client_id, seq), BFT only
     unordered: bool = False  # the current attempt is a read without ordering (5.1.3)
+    probe: bool = False  # the current operation is a probe, held to ``prompt``
+    probe_at_us: int = 0  # when the probe's wave began (its register included)
+    probe_missed: bool = False  # the probe was found not prompt (reported once)
 
 
 @dataclass(slots=True)
@@ -250,6 +256,8 @@ class Figures:
     byzantine_outputs: int = 0  # client outputs of Byzantine replicas (votes like any)
     unordered_fallbacks: int = 0  # unordered reads whose answers split: read again, ordered
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    probes: int = 0  # operations held to ``prompt``
+    probe_latency_max_us: int = 0
 
 
 def weighted_choice(rng: random.Random, population: Sequence[Any], weights: Sequence[float]) -> Any:
@@ -334,6 +342,15 @@ class KvHarness:
         self.quota_left = 0
         self.healed = False
         self.healed_at = 0.0
+        self.liveness_us = 0  # the run's end (options.liveness_us)
+        # ``prompt`` (see ``settled``): when the cluster settled, when the probes
+        # began, the waves still to run, the probes of the wave still open, and
+        # every probe that was not prompt.
+        self.settled_at: int | None = None
+        self.probes_from: int | None = None
+        self.waves_left = 0
+        self.wave_open = 0
+        self.prompt_missed: list[str] = []
         self.figures = Figures()
         self.violations: list[Violation] = []
         self.result: LinearizabilityResult | None = None
@@ -368,6 +385,7 @@ class KvHarness:
         self.rng = random.Random(f"replicaio-kv-clients:{options.seed}")
         self.disk_nodes = frozenset(crash.node for crash in options.crashes if crash.disk)
         self.quota_left = self.workload.ops
+        self.liveness_us = options.liveness_us
         recorder = self.require_recorder()
         for slot in range(self.workload.clients):
             client = Client(slot, recorder.new_client(), self.rng.randrange(self.config.n))
@@ -409,6 +427,16 @@ class KvHarness:
         result = self.check()
         if result.linearizable is False:
             found.append(Violation("linearizability", result.describe()[:4000], None, time_us))
+        if self.prompt_missed:
+            found.append(Violation(
+                "prompt",
+                f"{len(self.prompt_missed)} of {self.figures.probes} probes invoked after the "
+                f"cluster settled (at {self.settled_at} us, probes from {self.probes_from} us) "
+                f"not answered on their first attempt within {self.prompt_bound_us()} us: "
+                + "; ".join(self.prompt_missed[:4]),
+                None,
+                time_us,
+            ))
         if not self.settled() and not self.liveness_excused():
             busy = [c.client_id for c in self.clients if c.op is not None]
             waiting = [c.client_id for c in self.clients if not c.ok_after_heal]
@@ -430,19 +458,105 @@ class KvHarness:
         return False
 
     def settled(self) -> bool:
+        """Whether the run may stop: liveness met, then the probes answered.
+
+        Liveness: every client completed an operation invoked after the heal,
+        and every checker is settled. The cluster has then *settled*: a leader
+        (a primary in a stable view) served every client after the faults
+        ended. Then ``prompt``: after a quiet ``op_deadline_us`` (the clients'
+        own bound on a whole operation: several election, view-change and
+        request timeouts, time for a restarted node to catch up and for every
+        retry of the faulty stretch to drain), ``prompt_waves`` waves of
+        probes, every client invoking one operation at the same instant in
+        each, and every probe must be answered on its first attempt, within
+        the clients' ``attempt_timeout_us`` of the wave's start: no attempt
+        timeout, no refusal (a request or read SMR timed out, a busy replica),
+        no giving up. A ``Redirect`` to the leader (a hint) and an unordered
+        read falling back to an ordered one (answers split by concurrent
+        writes, section 5.1.3) are the protocol's own paths and allowed inside
+        the bound. The fault model (no faults after the heal, a quorum of
+        correct nodes up, message delays far below the bound) is what makes
+        every correct protocol here answer in a few message delays: a probe
+        that waits for a timeout is a request or read the protocol lost and
+        the clients' retries hid. Not demanded when liveness is excused, nor
+        when the stretch no longer fits in the run (``liveness_us``)."""
         if not self.healed:
             return False
         if self.liveness_excused():
             # Liveness is not demanded; the run goes on a while (a recovery
             # may still make it demanded again), then stops.
             return self.require_api().now() >= self.healed_at + EXCUSED_LIVENESS_US
+        if self.probes_from is not None:
+            return self.waves_left == 0 and self.wave_open == 0
         if not all(client.op is None and client.ok_after_heal for client in self.clients):
             return False
         for checker in self.checkers:
             settled = getattr(checker, "settled", None)
             if settled is not None and not settled():
                 return False
-        return True
+        return self.begin_settle()
+
+    def prompt_bound_us(self) -> int:
+        """How long a probe may take from its wave's start (see ``settled``)."""
+        return self.workload.attempt_timeout_us
+
+    def begin_settle(self) -> bool:
+        """Liveness is met now: schedule the probes (``prompt``), or return that
+        the run may stop (no probes wanted, or no room left for them)."""
+        workload = self.workload
+        if self.settled_at is not None or workload.prompt_waves == 0:
+            return True  # (settled_at set: the stretch did not fit)
+        api = self.require_api()
+        self.settled_at = now = api.now()
+        start = now + workload.op_deadline_us
+        waves = workload.prompt_waves
+        if start + waves * (self.prompt_bound_us() + workload.think_us_max) >= self.liveness_us:
+            return True
+        self.probes_from = start
+        self.waves_left = waves
+        api.call_at(start, self.start_wave)
+        return False
+
+    def start_wave(self) -> None:
+        """Every client invokes a probe at this instant (a burst: reads queued
+        behind a read round, writes waiting for the window)."""
+        assert self.wave_open == 0 and self.waves_left > 0
+        self.waves_left -= 1
+        now = self.require_api().now()
+        for client in self.clients:
+            assert client.op is None, "a client still busy at a wave"
+            client.probe = True
+            client.probe_at_us = now
+            client.probe_missed = False
+            client.idle = False
+            self.wave_open += 1
+            self.figures.probes += 1
+            if client.seq == 0:
+                self.register(client)
+            else:
+                self.begin_op(client)
+
+    def end_probe(self, client: Client) -> None:
+        """``client``'s probe is over: close the wave when it was the last."""
+        client.probe = False
+        client.idle = True
+        self.wave_open -= 1
+        if self.wave_open == 0 and self.waves_left > 0:
+            api = self.require_api()
+            api.call_at(api.now() + self.workload.think_us_max, self.start_wave)
+
+    def miss(self, client: Client, why: str) -> None:
+        """``client``'s probe was not prompt (once per probe)."""
+        if not client.probe or client.probe_missed:
+            return
+        now = self.require_api().now()
+        op = client.op
+        kind = op.kind if op is not None else "?"
+        self.prompt_missed.append(
+            f"client {client.client_id} {kind} of the wave at {client.probe_at_us} us: "
+            f"{why} at {now} us"
+        )
+        client.probe_missed = True
 
     def summary(self) -> dict[str, Any]:
         result = self.check()
@@ -468,6 +582,8 @@ class KvHarness:
             "client_ids_used": len(self.by_id) + len(self.retired),
             "membership_requests": figures.membership_requests,
             "nemesis_crashes": figures.nemesis_crashes,
+            "prompt_probes": figures.probes,
+            "prompt_latency_max_us": figures.probe_latency_max_us,
         }
 
     # -- history ---------------------------------------------------------------------
@@ -603,6 +719,8 @@ class KvHarness:
         if client.op is None or client.token != token:
             return  # answered, or a later attempt is running
         self.figures.timeouts += 1
+        if client.probe:
+            self.miss(client, f"attempt {client.attempts} (to node {client.target}) timed out")
         client.target = randbelow(self.rng, self.config.n)
         self.attempt(client)
 
@@ -663,6 +781,8 @@ class KvHarness:
         figures.rejections += 1
         reasons = figures.rejected_by_reason
         reasons[rejected.reason] = reasons.get(rejected.reason, 0) + 1
+        if client.probe:
+            self.miss(client, f"refused ({rejected.reason}) by node {node}")
         if rejected.reason == "session_expired":
             # The session was evicted: the operation may have run before. Unknown.
             self.give_up(client)
@@ -738,6 +858,8 @@ class KvHarness:
         self.finish_op(client)
 
     def give_up(self, client: Client) -> None:
+        if client.probe:
+            self.miss(client, f"given up after {client.attempts} attempts")
         if client.op is REGISTER:  # nothing recorded; start over under a new id
             client.op = None
             client.token += 1
@@ -774,6 +896,14 @@ class KvHarness:
         if self.workload.client_ops_max and client.ops_done >= self.workload.client_ops_max:
             self.new_identity(client)  # a client process that comes and goes
         api = self.require_api()
+        if client.probe:
+            latency = api.now() - client.probe_at_us
+            figures = self.figures
+            figures.probe_latency_max_us = max(figures.probe_latency_max_us, latency)
+            if latency > self.prompt_bound_us():
+                self.miss(client, f"answered after {latency} us")
+            self.end_probe(client)
+            return
         delay = randbelow(self.rng, self.workload.think_us_max + 1)
         api.call_at(api.now() + delay, lambda: self.next_op(client))
 
