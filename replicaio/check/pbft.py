@@ -34,6 +34,8 @@ from replicaio.protocols.pbft.messages import (
     CheckpointDisagreement,
     Executed,
     StateInstalled,
+    ViewChangeStarted,
+    ViewStarted,
     VotesWithheld,
 )
 
@@ -52,6 +54,9 @@ class PbftChecker:
         self.executed_at_heal = 0
         self.views_max = 0
         self.state_transfers = 0
+        # node -> (view, primary, or -1 while changing to the view): what its
+        # latest ViewStarted / ViewChangeStarted said
+        self.view_of: dict[int, tuple[int, int]] = {}
 
     def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]:
         if node in self.byzantine:
@@ -65,6 +70,10 @@ class PbftChecker:
             else:
                 self.withheld.discard(node)
             return []
+        if kind is ViewStarted:
+            self.view_of[node] = (output.view, output.primary)
+        elif kind is ViewChangeStarted:
+            self.view_of[node] = (output.view, -1)
         if kind is StateInstalled:
             self.state_transfers += 1
             return self.agree(self.installed, "state-transfer", node, output.seq,
@@ -110,6 +119,25 @@ class PbftChecker:
 
     def settled(self) -> bool:
         return self.healed_at is not None and self.executed_max > self.executed_at_heal
+
+    def stable(self, up: list[int]) -> bool:
+        """Whether the correct replicas ``up`` are all active in one view (none
+        in a view change; each started a view since its last start). A
+        replica that suspects its primary alone leaves the view and takes no
+        part in it any more, and its peers join it only on f+1 VIEW-CHANGEs or
+        their own timeouts (OSDI 1999, section 4.4): until then a quorum of the
+        view may lack it, and a request waits for a timeout. The host holds
+        requests to ``prompt`` only once the view is stable."""
+        return self.primary(up) >= 0 or not up
+
+    def primary(self, up: list[int]) -> int:
+        """The primary of the view the correct replicas ``up`` are all active
+        in, or -1 when they are not (see ``stable``)."""
+        states = {self.view_of.get(node, (-1, -1)) for node in up if node not in self.byzantine}
+        if len(states) != 1:
+            return -1
+        ((_, primary),) = states
+        return primary
 
     def excused(self) -> bool:
         """Whether liveness is beyond the fault model now: more than f replicas

@@ -72,6 +72,10 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--snapshot-every", type=int, default=None, metavar="B",
                        help="SMR snapshot (and log compaction) every B applied batches "
                        "(default 16; 0: never)")
+    group.add_argument("--prompt-waves", type=int, default=None, metavar="W",
+                       help="waves of probes once the cluster settled after the heal, each "
+                       "answered on its first attempt or the run fails 'prompt' (default "
+                       f"{KvWorkload().prompt_waves}; 0: no probes)")
 
 
 def is_long(args: argparse.Namespace) -> bool:
@@ -104,6 +108,7 @@ def workload_of(args: argparse.Namespace) -> KvWorkload:
         nemesis = NEMESIS_EVERY_MS
     if membership < 0 or nemesis < 0:
         raise UsageError("--membership-every and --nemesis must be >= 0")
+    waves = getattr(args, "prompt_waves", None)
     long = is_long(args)
     ops = base.ops * LONG_OPS_FACTOR if long else base.ops
     return KvWorkload(
@@ -113,6 +118,7 @@ def workload_of(args: argparse.Namespace) -> KvWorkload:
         nemesis_every_us=nemesis * 1000,
         client_ops_max=LONG_CLIENT_OPS_MAX if long else base.client_ops_max,
         fault_window_us=LONG_FAULT_WINDOW_US if long else base.fault_window_us,
+        prompt_waves=waves if waves is not None else base.prompt_waves,
     ).validate()
 
 
@@ -190,6 +196,7 @@ def reproduce_words(args: argparse.Namespace) -> list[str]:
         ("--membership-every", "membership_every"),
         ("--nemesis", "nemesis"),
         ("--snapshot-every", "snapshot_every"),
+        ("--prompt-waves", "prompt_waves"),
     ):
         value = getattr(args, name, None)
         if value is not None:

@@ -156,7 +156,7 @@ class KvWorkload:
     check_budget_s: float | None = 300.0
     # Waves of probes once the cluster has settled after the heal, every
     # operation in them held to ``prompt`` (KvHarness.settled; 0: no probes).
-    prompt_waves: int = 3
+    prompt_waves: int = 5
 
     def validate(self) -> KvWorkload:
         """Raise :class:`UsageError` unless the workload is usable."""
@@ -235,6 +235,7 @@ class Client:
     probe: bool = False  # the current operation is a probe, held to ``prompt``
     probe_at_us: int = 0  # when the probe's wave began (its register included)
     probe_missed: bool = False  # the probe was found not prompt (reported once)
+    probe_held: bool = False  # its wave began with the view stable (``start_wave``)
 
 
 @dataclass(slots=True)
@@ -257,6 +258,8 @@ class Figures:
     unordered_fallbacks: int = 0  # unordered reads whose answers split: read again, ordered
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     probes: int = 0  # operations held to ``prompt``
+    probes_excused: int = 0  # not prompt, for a Byzantine primary or target (``miss``)
+    waves_unsettled: int = 0  # waves begun with a view change under way: not held
     probe_latency_max_us: int = 0
 
 
@@ -351,6 +354,7 @@ class KvHarness:
         self.waves_left = 0
         self.wave_open = 0
         self.prompt_missed: list[str] = []
+        self.wave_primary = -1  # the primary of the stable view at the wave's start
         self.figures = Figures()
         self.violations: list[Violation] = []
         self.result: LinearizabilityResult | None = None
@@ -519,22 +523,64 @@ class KvHarness:
 
     def start_wave(self) -> None:
         """Every client invokes a probe at this instant (a burst: reads queued
-        behind a read round, writes waiting for the window)."""
+        behind a read round, writes waiting for the window). The wave is held
+        to ``prompt`` only when the view is stable now (``view_stable``);
+        else it is traffic that lets the view change finish (the paper's
+        remedy needs requests to time out at the backups), and does not count,
+        up to ``UNSETTLED_WAVES_PER_WAVE`` times the waves asked for."""
         assert self.wave_open == 0 and self.waves_left > 0
-        self.waves_left -= 1
+        figures = self.figures
+        workload = self.workload
         now = self.require_api().now()
+        if now + 2 * workload.op_deadline_us >= self.liveness_us or (
+            figures.waves_unsettled > UNSETTLED_WAVES_PER_WAVE * workload.prompt_waves
+        ):
+            self.waves_left = 0  # no room left: the probes end here, not demanded
+            return
+        held = self.view_stable()
+        self.wave_primary = self.primary()
+        if held:
+            self.waves_left -= 1
+        else:
+            figures.waves_unsettled += 1
         for client in self.clients:
             assert client.op is None, "a client still busy at a wave"
             client.probe = True
             client.probe_at_us = now
-            client.probe_missed = False
+            client.probe_held = held
+            client.probe_missed = not held
             client.idle = False
             self.wave_open += 1
-            self.figures.probes += 1
+            figures.probes += held
             if client.seq == 0:
                 self.register(client)
             else:
                 self.begin_op(client)
+
+    def up(self) -> list[int]:
+        """The correct nodes not kept down."""
+        byzantine = self.config.byzantine
+        return [node for node in self.config.nodes if node not in self.down
+                and node not in byzantine]
+
+    def primary(self) -> int:
+        """The primary of the view every correct node up is active in, as a
+        checker that knows views says (``primary(up)``), or -1."""
+        for checker in self.checkers:
+            primary = getattr(checker, "primary", None)
+            if primary is not None:
+                return int(primary(self.up()))
+        return -1
+
+    def view_stable(self) -> bool:
+        """Whether every checker that knows views (``stable(up)``: PBFT's and
+        MinBFT's) finds the correct nodes up active in one view."""
+        up = self.up()
+        for checker in self.checkers:
+            stable = getattr(checker, "stable", None)
+            if stable is not None and not stable(up):
+                return False
+        return True
 
     def end_probe(self, client: Client) -> None:
         """``client``'s probe is over: close the wave when it was the last."""
@@ -548,6 +594,16 @@ class KvHarness:
     def miss(self, client: Client, why: str) -> None:
         """``client``'s probe was not prompt (once per probe)."""
         if not client.probe or client.probe_missed:
+            return
+        byzantine = self.config.byzantine
+        if client.target in byzantine or self.wave_primary in byzantine or (
+            self.primary() in byzantine
+        ):
+            # A faulty primary, or a faulty replica the attempt went to alone, may
+            # drop it: the client's retransmission to every replica, and the
+            # backups' timers it starts, are the paper's remedy (PBFT 4.1, 4.4).
+            client.probe_missed = True
+            self.figures.probes_excused += 1
             return
         now = self.require_api().now()
         op = client.op
@@ -583,6 +639,8 @@ class KvHarness:
             "membership_requests": figures.membership_requests,
             "nemesis_crashes": figures.nemesis_crashes,
             "prompt_probes": figures.probes,
+            "prompt_probes_excused": figures.probes_excused,
+            "prompt_waves_unsettled": figures.waves_unsettled,
             "prompt_latency_max_us": figures.probe_latency_max_us,
         }
 
@@ -899,7 +957,8 @@ class KvHarness:
         if client.probe:
             latency = api.now() - client.probe_at_us
             figures = self.figures
-            figures.probe_latency_max_us = max(figures.probe_latency_max_us, latency)
+            if client.probe_held:
+                figures.probe_latency_max_us = max(figures.probe_latency_max_us, latency)
             if latency > self.prompt_bound_us():
                 self.miss(client, f"answered after {latency} us")
             self.end_probe(client)
@@ -1071,6 +1130,10 @@ class KvHarness:
         assert self.recorder is not None, "KvHarness used before bind()"
         return self.recorder
 
+
+# Waves begun before the view is stable (``KvHarness.start_wave``) per wave asked
+# for, at most: beyond, the probes end without a verdict.
+UNSETTLED_WAVES_PER_WAVE = 4
 
 # How long a run whose liveness is excused goes on after the heal.
 EXCUSED_LIVENESS_US = 5_000_000

@@ -112,6 +112,9 @@ class TxnWorkload:
     attempt_timeout_us: int = 1_500_000
     think_us_max: int = 30_000
     nemesis_every_us: int = 700_000
+    # Waves of probes once the cluster has settled after the heal, every
+    # transaction in them held to ``prompt`` (TxnHarness.settled; 0: none).
+    prompt_waves: int = 3
 
     def validate(self) -> TxnWorkload:
         if self.workload not in (LIST_APPEND, BANK):
@@ -176,6 +179,11 @@ class Client:
     sent_ops: bytes = b""
     payload: bytes = b""
     votes: OutcomeVotes | None = None
+    # ``prompt``: the transaction in flight is a probe, its wave's start, and
+    # whether it was found not prompt (reported once).
+    probe: bool = False
+    probe_at_us: int = 0
+    probe_missed: bool = False
 
 
 class TxnHarness:
@@ -223,6 +231,14 @@ class TxnHarness:
         self.funded = False
         self.crashes = 0
         self.outcomes: dict[str, int] = {}
+        # ``prompt`` (see ``settled``), as KvHarness's.
+        self.settled_at: int | None = None
+        self.probes_from: int | None = None
+        self.waves_left = 0
+        self.wave_open = 0
+        self.probes = 0
+        self.probe_latency_max_us = 0
+        self.prompt_missed: list[str] = []
 
     # -- set-up ------------------------------------------------------------------
 
@@ -296,6 +312,10 @@ class TxnHarness:
             return
         if self.healed and client.ok_after_heal and self.groups_settled():
             return  # (a client goes on while a group has committed nothing since the heal)
+        self.issue(client)
+
+    def issue(self, client: Client) -> None:
+        """``client``'s next transaction, drawn and sent now."""
         self.issued += 1
         ops = self.draw()
         client.ops = ops
@@ -473,6 +493,10 @@ class TxnHarness:
         del self.by_id[client.client_id]
         successor = self.new_client()
         self.clients[self.clients.index(client)] = successor
+        if client.probe:
+            self.miss(client, "no definite outcome (timed out or unknown)")
+            successor.ok_after_heal = True  # it takes the slot's place in the waves
+            self.end_probe(client)
         if funding:
             self.fund(successor)
         else:
@@ -516,6 +540,13 @@ class TxnHarness:
                 client.ok_after_heal = True
         else:
             self.recorder.fail(handle)
+        if client.probe:
+            assert self.api is not None
+            latency = self.api.now() - client.probe_at_us
+            self.probe_latency_max_us = max(self.probe_latency_max_us, latency)
+            if latency > self.workload.attempt_timeout_us:
+                self.miss(client, f"{result.outcome} after {latency} us")
+            self.end_probe(client)
         self.next_transaction(client)
 
     def key_value_reads(self, client: Client, replies: Any) -> list[Any] | None:
@@ -631,11 +662,75 @@ class TxnHarness:
         self.correct = [other for other in self.correct if other != node]
 
     def settled(self) -> bool:
+        """Whether the run may stop: liveness met (every client committed a
+        transaction invoked after the heal, nothing held, every group's
+        checkers settled), then the probes answered (``prompt``): after a quiet
+        two ``attempt_timeout_us`` (every attempt of the faulty stretch over,
+        its locks released: ``held`` is empty), ``prompt_waves``
+        waves in which every client invokes a transaction at the same instant,
+        each answered with a definite outcome (committed, or aborted: a lock
+        conflict between the wave's own transactions is the protocol's answer)
+        within ``attempt_timeout_us`` of its wave's start, on its one attempt
+        (no timeout, no ``unknown``). Held to it the same way as the KV
+        clients' probes (``KvHarness.settled``)."""
         if not self.healed or self.held():
             return False
+        if self.probes_from is not None:
+            return self.waves_left == 0 and self.wave_open == 0
         if not all(c.ok_after_heal and c.handle is None for c in self.clients):
             return False
-        return self.groups_settled()
+        if not self.groups_settled():
+            return False
+        return self.begin_settle()
+
+    def begin_settle(self) -> bool:
+        """Liveness is met now: schedule the probes, or return that the run may
+        stop (none wanted, or no room left for them before ``liveness_us``)."""
+        workload = self.workload
+        if self.settled_at is not None or workload.prompt_waves == 0:
+            return True
+        assert self.api is not None
+        self.settled_at = now = self.api.now()
+        start = now + 2 * workload.attempt_timeout_us
+        waves = workload.prompt_waves
+        end = start + waves * (workload.attempt_timeout_us + workload.think_us_max)
+        if end >= self.options.liveness_us:
+            return True
+        self.probes_from = start
+        self.waves_left = waves
+        self.api.call_at(start, self.start_wave)
+        return False
+
+    def start_wave(self) -> None:
+        """Every client invokes a transaction at this instant."""
+        assert self.api is not None and self.wave_open == 0 and self.waves_left > 0
+        self.waves_left -= 1
+        now = self.api.now()
+        for client in list(self.clients):
+            assert client.handle is None, "a client still busy at a wave"
+            client.probe = True
+            client.probe_at_us = now
+            client.probe_missed = False
+            self.wave_open += 1
+            self.probes += 1
+            self.issue(client)
+
+    def end_probe(self, client: Client) -> None:
+        assert self.api is not None
+        client.probe = False
+        self.wave_open -= 1
+        if self.wave_open == 0 and self.waves_left > 0:
+            self.api.call_at(self.api.now() + self.workload.think_us_max, self.start_wave)
+
+    def miss(self, client: Client, why: str) -> None:
+        """``client``'s probe was not prompt (once per probe)."""
+        if not client.probe or client.probe_missed:
+            return
+        client.probe_missed = True
+        now = self.api.now() if self.api is not None else 0
+        self.prompt_missed.append(
+            f"client {client.client_id} (attempt {client.nonce}) of the wave at "
+            f"{client.probe_at_us} us: {why} at {now} us")
 
     def groups_settled(self) -> bool:
         """Whether every group's checkers saw the progress they ask after the heal
@@ -664,6 +759,13 @@ class TxnHarness:
             found.append(Violation(
                 "strict_serializability" if self.workload.workload == LIST_APPEND else "bank",
                 self.history.describe()[:4000], None, time_us))
+        if self.prompt_missed:
+            found.append(Violation(
+                "prompt",
+                f"{len(self.prompt_missed)} of {self.probes} probes invoked after the cluster "
+                f"settled (at {self.settled_at} us, probes from {self.probes_from} us) without "
+                f"a definite outcome within {self.workload.attempt_timeout_us} us: "
+                + "; ".join(self.prompt_missed[:4]), None, time_us))
         if self.healed:
             held = self.held()
             if held:
@@ -681,6 +783,8 @@ class TxnHarness:
             "transactions": len(self.recorder.done),
             "outcomes": dict(sorted(self.outcomes.items())),
             "coordinator_leader_crashes": self.crashes,
+            "prompt_probes": self.probes,
+            "prompt_latency_max_us": self.probe_latency_max_us,
             "committed": history.committed if history else None,
             "edges": history.edges if history else None,
         }

@@ -67,6 +67,7 @@ from replicaio.protocols.minbft.messages import (
     StateRequest,
     Status,
     ViewChange,
+    ViewChangeStarted,
     ViewStarted,
     certified_bytes,
 )
@@ -200,6 +201,7 @@ class Minbft(BftReplica):
             self.view_changes.on_restart()
             self.normal.on_view_started()
         else:
+            self.context.output(ViewChangeStarted(self.id, self.view))
             self.view_changes.resume()
 
     @property

@@ -69,6 +69,7 @@ from replicaio.protocols.minbft.messages import (
     Status,
     Stub,
     ViewChange,
+    ViewChangeStarted,
     ViewStarted,
     certified_digest,
     digest_of,
@@ -208,6 +209,7 @@ class ViewChanges(BftViewChanges):
         minbft.view = view
         minbft.active = False
         minbft.save_view()
+        minbft.context.output(ViewChangeStarted(minbft.id, view))
         kept: dict[int, Slot] = {}
         for seq, slot in minbft.slots.items():
             if slot.committed:

@@ -57,6 +57,7 @@ from replicaio.protocols.pbft.messages import (
     StateRequest,
     Status,
     ViewChange,
+    ViewChangeStarted,
     ViewStarted,
 )
 from replicaio.protocols.pbft.params import PbftParams
@@ -79,5 +80,6 @@ __all__ = [
     "StateRequest",
     "Status",
     "ViewChange",
+    "ViewChangeStarted",
     "ViewStarted",
 ]

@@ -259,6 +259,18 @@ class ViewStarted(Message, tag="pbft.ViewStarted"):
 
 
 @notice
+class ViewChangeStarted(Message, tag="pbft.ViewChangeStarted"):
+    """``node`` left its view for ``view``, not started yet (a VIEW-CHANGE
+    multicast, a restart in the middle of a view change, or a damaged log):
+    it takes part in no older view, and in ``view`` only once a NEW-VIEW
+    starts it (``ViewStarted``). Hosts and checkers learn from it that the
+    replicas do not share an active view (``PbftChecker.stable``)."""
+
+    node: int
+    view: int
+
+
+@notice
 class CheckpointDisagreement(Message, tag="pbft.CheckpointDisagreement"):
     """``node``'s own digest at checkpoint ``seq`` differs from the one 2f+1
     replicas certified: its execution diverged (non-determinism), reported."""

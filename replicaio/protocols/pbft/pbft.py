@@ -58,6 +58,7 @@ from replicaio.protocols.pbft.messages import (
     StateRequest,
     Status,
     ViewChange,
+    ViewChangeStarted,
     ViewStarted,
     checkpoint_digest,
     digest_of,
@@ -176,6 +177,7 @@ class Pbft(BftReplica):
             self.normal.on_view_started(max_sequence=max(
                 self.max_pre_prepared(), self.view_changes.carried_top()))
         else:
+            self.context.output(ViewChangeStarted(self.id, self.view))
             self.view_changes.resume()
 
     def submit(self, batch: bytes) -> NotLeader | None:

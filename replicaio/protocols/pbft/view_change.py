@@ -61,6 +61,7 @@ from replicaio.protocols.pbft.messages import (
     PrePrepare,
     Status,
     ViewChange,
+    ViewChangeStarted,
     ViewStarted,
     digest_of,
     without_batches,
@@ -108,6 +109,7 @@ class ViewChanges(BftViewChanges):
         pbft.view = view
         pbft.active = False
         pbft.save_view()
+        pbft.context.output(ViewChangeStarted(pbft.id, view))
         # Messages of the old view no longer count; what committed stays.
         kept: dict[int, Slot] = {}
         for seq, slot in pbft.slots.items():

@@ -477,12 +477,12 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
         RaftVariant(
             "raft-drop-queued-reads", RaftDropQueuedOnConfirm,
             "the reads queued for the next read round are dropped when the round in "
-            "flight is confirmed (a liveness bug)", "liveness",
+            "flight is confirmed (a liveness bug the clients' retries hide)", "prompt",
         ),
         RaftVariant(
             "raft-commit-forgets-pending", Raft,
             "a commit wakes SMR's housekeeper only for a snapshot, not for requests "
-            "that waited for the window (ADR 0073 without its condition)", "liveness",
+            "that waited for the window (ADR 0073 without its condition)", "prompt",
             CommitForgetsPendingReplica,
         ),
         RaftVariant(
