@@ -236,6 +236,8 @@ class Client:
     probe_at_us: int = 0  # when the probe's wave began (its register included)
     probe_missed: bool = False  # the probe was found not prompt (reported once)
     probe_held: bool = False  # its wave began with the view stable (``start_wave``)
+    # BFT reads: the results correct replicas answered the operation with (split: 2+)
+    read_results: set[bytes] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -549,6 +551,7 @@ class KvHarness:
             client.probe_at_us = now
             client.probe_held = held
             client.probe_missed = not held
+            client.read_results = set()
             client.idle = False
             self.wave_open += 1
             figures.probes += held
@@ -598,10 +601,14 @@ class KvHarness:
         byzantine = self.config.byzantine
         if client.target in byzantine or self.wave_primary in byzantine or (
             self.primary() in byzantine
-        ):
+        ) or len(client.read_results) > 1:
             # A faulty primary, or a faulty replica the attempt went to alone, may
             # drop it: the client's retransmission to every replica, and the
             # backups' timers it starts, are the paper's remedy (PBFT 4.1, 4.4).
+            # A read correct replicas answered differently (a concurrent write
+            # between their read points) is read again once the retransmission
+            # timer expires (5.1.3): with f replicas silent, the f+1 correct
+            # ones must all match.
             client.probe_missed = True
             self.figures.probes_excused += 1
             return
@@ -812,6 +819,9 @@ class KvHarness:
             self.figures.stale_outputs += 1
             return
         if self.bft and not isinstance(output, Redirect):
+            op = client.op
+            if correct and type(output) is Reply and client.probe and op.read_only:
+                client.read_results.add(output.result)
             self.on_vote(node, client, output)
         elif type(output) is Reply:
             self.complete(client, output)
@@ -839,7 +849,9 @@ class KvHarness:
         figures.rejections += 1
         reasons = figures.rejected_by_reason
         reasons[rejected.reason] = reasons.get(rejected.reason, 0) + 1
-        if client.probe:
+        if client.probe and rejected.reason != "session_expired":
+            # (an evicted session is an answer, at once: the session table's
+            # bound at work, Raft thesis 6.3; the client goes on under a new id)
             self.miss(client, f"refused ({rejected.reason}) by node {node}")
         if rejected.reason == "session_expired":
             # The session was evicted: the operation may have run before. Unknown.
