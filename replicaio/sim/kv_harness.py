@@ -849,9 +849,12 @@ class KvHarness:
         figures.rejections += 1
         reasons = figures.rejected_by_reason
         reasons[rejected.reason] = reasons.get(rejected.reason, 0) + 1
-        if client.probe and rejected.reason != "session_expired":
-            # (an evicted session is an answer, at once: the session table's
-            # bound at work, Raft thesis 6.3; the client goes on under a new id)
+        if client.probe and rejected.reason == "session_expired" and not client.probe_missed:
+            # An evicted session is an answer, at once: the session table's bound
+            # at work (Raft thesis 6.3); the client goes on under a new id.
+            client.probe_missed = True
+            figures.probes_excused += 1
+        elif client.probe:
             self.miss(client, f"refused ({rejected.reason}) by node {node}")
         if rejected.reason == "session_expired":
             # The session was evicted: the operation may have run before. Unknown.
