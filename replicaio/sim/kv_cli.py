@@ -7,7 +7,7 @@ harness, for ``--history``) and the report fields:
 
     replicaio sim raft --nodes 5 --seed 7 --faults crash,partition \\
         [--clients C] [--ops K] [--membership-every MS] [--snapshot-every B] \\
-        [--nemesis MS] [--json] [--history FILE] [--log FILE]
+        [--nemesis MS] [--prompt-waves W] [--json] [--history FILE] [--log FILE]
     replicaio swarm raft --nodes 5 --seeds 1000 --faults crash,partition,loss,dup,reorder
 
 Membership changes and snapshots happen within ordinary runs: by default a

@@ -31,8 +31,14 @@ clients do.
 * **Liveness.** The safety phase is sized for the quota of ``ops`` operations
   (50 ms per operation per client); what it did not issue is dropped at the
   heal (``ops_unissued``). After the heal every client must complete at least
-  one operation invoked after it; the run is *settled* once each has, and the
-  protocol's own checkers are settled too.
+  one operation invoked after it, and the protocol's own checkers must be
+  settled: the cluster has then settled.
+* **Prompt** (ADR 0074). Then, after a quiet ``op_deadline_us``,
+  ``prompt_waves`` waves of probes, every client invoking one operation at
+  the same instant: each must be answered on its first attempt within
+  ``attempt_timeout_us`` (``settled`` has the rule, ``miss`` the excusals, the
+  paper's reasons). A wave begun while a BFT replica is in a view change is
+  not held (``start_wave``). The run stops once the probes are answered.
 * **Checks.** Every output goes to the protocol's own checkers (Raft's, from
   ``replicaio.check.raft``, as they happen) and to the client-level checks here
   (a reply for a request never sent, a ``stale_seq`` or ``bad_request`` for a

@@ -44,7 +44,9 @@ replica of each group; ``replicaio.services.txn``) with closed-loop clients:
   the heal every client completes a transaction invoked after it, and every
   replica of every group reports no lock held and no open coordinator
   record (``LockReport``): nothing stays locked once the leases run out (for
-  PBFT groups: n - f replicas of each, see ``clean_quorum``).
+  PBFT groups: n - f replicas of each, see ``clean_quorum``). Then ``prompt``
+  (ADR 0074, ``settled``): waves of transactions, each answered with a
+  definite outcome on its one attempt within ``attempt_timeout_us``.
 
 Everything random comes from ``random.Random`` seeded by the run's seed.
 """
