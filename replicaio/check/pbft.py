@@ -57,6 +57,8 @@ class PbftChecker:
         # node -> (view, primary, or -1 while changing to the view): what its
         # latest ViewStarted / ViewChangeStarted said
         self.view_of: dict[int, tuple[int, int]] = {}
+        # node -> the highest number it executed or installed (state transfer)
+        self.executed_by: dict[int, int] = {}
 
     def on_output(self, node: int, output: Any, time_us: int) -> list[Violation]:
         if node in self.byzantine:
@@ -76,6 +78,8 @@ class PbftChecker:
             self.view_of[node] = (output.view, -1)
         if kind is StateInstalled:
             self.state_transfers += 1
+            if output.seq > self.executed_by.get(node, 0):
+                self.executed_by[node] = output.seq
             return self.agree(self.installed, "state-transfer", node, output.seq,
                               output.digest, time_us)
         if kind is CheckpointDisagreement:
@@ -91,8 +95,11 @@ class PbftChecker:
         return []
 
     def on_executed(self, node: int, output: Executed, time_us: int) -> list[Violation]:
-        if output.seq > self.executed_max:
-            self.executed_max = output.seq
+        seq = output.seq
+        if seq > self.executed_max:
+            self.executed_max = seq
+        if seq > self.executed_by.get(node, 0):
+            self.executed_by[node] = seq
         return self.agree(self.executed, "agreement", node, output.seq, output.digest, time_us)
 
     @staticmethod
@@ -122,13 +129,19 @@ class PbftChecker:
 
     def stable(self, up: list[int]) -> bool:
         """Whether the correct replicas ``up`` are all active in one view (none
-        in a view change; each started a view since its last start). A
+        in a view change; each started a view since its last start) and have
+        all executed as far as any correct replica (none behind: with f
+        replicas down or silent, a quorum needs every correct one, and one
+        behind holds the stable checkpoint, so the window, back). A
         replica that suspects its primary alone leaves the view and takes no
         part in it any more, and its peers join it only on f+1 VIEW-CHANGEs or
         their own timeouts (OSDI 1999, section 4.4): until then a quorum of the
         view may lack it, and a request waits for a timeout. The host holds
         requests to ``prompt`` only once the view is stable."""
-        return self.primary(up) >= 0 or not up
+        if not up:
+            return True
+        executed = {self.executed_by.get(node, 0) for node in up if node not in self.byzantine}
+        return self.primary(up) >= 0 and len(executed) <= 1
 
     def primary(self, up: list[int]) -> int:
         """The primary of the view the correct replicas ``up`` are all active
