@@ -89,7 +89,7 @@ def test_a_byzantine_primary_is_excused_the_first_attempt() -> None:
     """A silent Byzantine primary drops the first attempts; the client's
     retransmission to every replica, and the view change it starts, are the
     paper's remedy (4.1, 4.4): excused, and counted."""
-    options = kv_options(30, 4, (*ALL_FAULTS, "slow"), NEMESIS, byzantine=1, protocol="pbft")
+    options = kv_options(9, 4, (*ALL_FAULTS, "slow"), NEMESIS, byzantine=1, protocol="pbft")
     assert "pbft_silent_primary" in options.behaviours[0]
     violations, stats = run("pbft", options, 1)
     assert violations == set()

@@ -353,16 +353,6 @@ class KvHarness:
         self.quota_left = 0
         self.healed = False
         self.healed_at = 0.0
-        self.liveness_us = 0  # the run's end (options.liveness_us)
-        # ``prompt`` (see ``settled``): when the cluster settled, when the probes
-        # began, the waves still to run, the probes of the wave still open, and
-        # every probe that was not prompt.
-        self.settled_at: int | None = None
-        self.probes_from: int | None = None
-        self.waves_left = 0
-        self.wave_open = 0
-        self.prompt_missed: list[str] = []
-        self.wave_primary = -1  # the primary of the stable view at the wave's start
         self.figures = Figures()
         self.violations: list[Violation] = []
         self.result: LinearizabilityResult | None = None
@@ -383,6 +373,17 @@ class KvHarness:
         quorums = fast_quorums(config.resilience, config.f, config.n)
         self.write_quorum = quorums.write if self.fast_reads else self.quorum
         self.quorum_unordered = quorums.read if self.fast_reads else self.quorum
+        # (not declared in the .pxd: after the declared attributes, in their order)
+        self.liveness_us = 0  # the run's end (options.liveness_us)
+        # ``prompt`` (see ``settled``): when the cluster settled, when the probes
+        # began, the waves still to run, the probes of the wave still open, and
+        # every probe that was not prompt.
+        self.settled_at: int | None = None
+        self.probes_from: int | None = None
+        self.waves_left = 0
+        self.wave_open = 0
+        self.prompt_missed: list[str] = []
+        self.wave_primary = -1  # the primary of the stable view at the wave's start
 
     # -- the Harness protocol ----------------------------------------------------
 
@@ -516,8 +517,10 @@ class KvHarness:
         """Liveness is met now: schedule the probes (``prompt``), or return that
         the run may stop (no probes wanted, or no room left for them)."""
         workload = self.workload
-        if self.settled_at is not None or workload.prompt_waves == 0:
-            return True  # (settled_at set: the stretch did not fit)
+        if self.settled_at is not None or workload.prompt_waves == 0 or self.fronts_wanted:
+            # (settled_at set: the stretch did not fit. ``fronts``: every client
+            # through one node, ADR 0033's shape, is not held to it: ADR 0074)
+            return True
         api = self.require_api()
         self.settled_at = now = api.now()
         start = now + workload.op_deadline_us
