@@ -39,6 +39,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -206,15 +207,20 @@ def run_plan(work: Path, plan: str, timeout_s: float) -> tuple[str, list[str]]:
     command = [sys.executable, "-m", "replicaio.cli", "swarm", *shlex.split(plan),
                "--jobs", "1", "--json", "--no-shrink"]
     environment = {**os.environ, "REPLICAIO_COMPILED": "0", "PYTHONPATH": str(work)}
+    # Its own process group: on a timeout the swarm's worker processes go too
+    # (killing the swarm alone once left a hung worker running for half an hour).
+    process = subprocess.Popen(command, cwd=work, env=environment, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        done = subprocess.run(command, cwd=work, env=environment, capture_output=True,
-                              text=True, timeout=timeout_s, check=False)
+        stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         return "caught", ["timeout"]  # a mutant that hangs the simulator is found
     try:
-        report = json.loads(done.stdout)
+        report = json.loads(stdout)
     except json.JSONDecodeError:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
         return "error", [tail[:160]]
     properties = sorted({violation["property"] for violation in report.get("violations", [])})
     if report.get("failed", 0) or properties:
