@@ -96,6 +96,26 @@ def test_a_byzantine_primary_is_excused_the_first_attempt() -> None:
     assert int(str(stats["prompt_probes_excused"])) >= 1
 
 
+def test_a_backup_does_not_time_requests_it_refused() -> None:
+    """PBFT, n = 4, node 0 Byzantine and silent (ADR 0074, finding 3). Node 1
+    forwarded five requests to node 2 while it believed node 2 the primary;
+    node 2, a backup of view 3 by then, batched them with its own clients',
+    was refused the batch (not the primary) and refused them to node 1 (a
+    forwarded request is never forwarded again), whose clients had given up.
+    Before the fix it timed them all the same (``Pbft.submit`` watched every
+    request of its batch): at 7.3 s, in a quiet cluster, it suspected its
+    correct primary, and with node 0 silent nodes 1 and 3 were no quorum of
+    view 3: no service until view 5 at 10.5 s, four probes of the first wave
+    timed out. Now it times only what SMR relayed (``RelayWatch``), leaves no
+    view in the quiet, and every probe is answered promptly."""
+    options = kv_options(246, 4, (*ALL_FAULTS, "slow"), NEMESIS, byzantine=1, protocol="pbft")
+    assert "pbft_silent_primary" in options.behaviours[0]
+    result = Simulator("pbft", options, f=1, record=False).run()
+    assert result.violations == []
+    assert result.stats["prompt_probes"] == 5 * KvWorkload().clients
+    assert result.counters.get("smr_forward_refused", 0) >= 5  # (the refused requests)
+
+
 def test_a_read_split_by_a_concurrent_write_is_excused() -> None:
     """MinBFT, n = 3, the Byzantine replica silent: a GET needs both correct
     replicas' answers to match, each answers at its own read barrier, and a

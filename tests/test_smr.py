@@ -85,6 +85,7 @@ class SharedLog:
     compactions: list[tuple[int, int]] = field(default_factory=list)  # (node, index)
     snapshots: dict[int, dict[int, bytes]] = field(default_factory=dict)  # index -> node -> data
     submitted: list[int] = field(default_factory=list)  # requests per submitted batch
+    watched: list[tuple[int, tuple[tuple[int, int], ...]]] = field(default_factory=list)
 
 
 class LogOrdering:
@@ -658,6 +659,31 @@ def test_a_forwarded_request_is_refused_not_forwarded_again() -> None:
     assert cluster.take(2) == [Redirect(9, 1, 1, forwarded=True)]
     assert cluster.counter(0, "smr_forward_refused") == 1
     assert cluster.shared.entries == []
+
+
+class WatchingOrdering(LogOrdering):
+    """A BFT-shaped double (``RelayWatch``): notes what SMR says it relayed."""
+
+    def watch_relayed(self, requests: tuple[tuple[int, int], ...]) -> None:
+        self.shared.watched.append((self.context.id, requests))
+
+
+def test_a_bft_ordering_is_told_only_the_requests_relayed_to_the_leader() -> None:
+    """A request forwarded to a replica that is no longer the leader is refused
+    there, not relayed: that replica must not time it (PBFT's request timer,
+    4.4), or it suspects a correct primary once the client gave up (``swarm
+    pbft --nodes 4 --byzantine 1`` seed 246). Its origin relayed it, and says so."""
+    cluster = Cluster(ordering=WatchingOrdering)
+    cluster.request(2, write(9, 1, "put", b"k", b"v"), settle=False)
+    assert cluster.shared.watched == [(2, ((9, 1),))]  # relayed to node 0
+    cluster.shared.leader = 1  # leadership moved while the Forward was in the air
+    cluster.request(0, write(8, 1, "put", b"j", b"w"), settle=False)
+    cluster.settle()
+    # Node 0 batched its own client's request with node 2's, was refused the
+    # batch (not leader), relayed its own to node 1 and refused node 2's.
+    assert (0, ((8, 1),)) in cluster.shared.watched
+    assert all((9, 1) not in requests for node, requests in cluster.shared.watched if node == 0)
+    assert cluster.counter(0, "smr_forward_refused") == 1
 
 
 def test_a_full_leader_refuses_forwarded_requests_as_busy() -> None:

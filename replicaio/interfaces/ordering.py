@@ -150,4 +150,26 @@ class Hurry(Protocol):
         ...
 
 
+@runtime_checkable
+class RelayWatch(Protocol):
+    """Optional for a Byzantine fault tolerant ordering whose backups time the
+    requests they hand to the primary (PBFT's request timer, Castro and Liskov,
+    OSDI 1999, 4.4; TOCS 2002, 4.5.2: "a backup starts a timer when it receives a
+    request", the request it then relays to the primary). After
+    :meth:`Ordering.submit` answered :class:`NotLeader`, SMR calls
+    :meth:`watch_relayed` once, in the same step, with exactly the requests of that
+    batch it sent on to the replica the answer named: its own clients'. The
+    others it did not relay (it refuses a request another replica forwarded to
+    it, whose origin tells the client; it redirects a client when it forwards
+    nothing), so no primary is responsible for ordering them on this replica's
+    word, and timing them would suspect a correct primary once their clients
+    gave up (``swarm pbft --nodes 4 --byzantine 1`` seed 246, 2026-12-08)."""
+
+    def watch_relayed(self, requests: tuple[tuple[int, int], ...]) -> None:
+        """SMR sent these ``(client, seq)`` requests of the batch just refused to
+        the leader it was told: watch them execute (never called with a request
+        SMR kept, refused or redirected)."""
+        ...
+
+
 OrderingFactory = Callable[..., Ordering]

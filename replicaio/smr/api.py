@@ -33,6 +33,7 @@ from replicaio.interfaces.ordering import (
     Ordering,
     OrderingFactory,
     OrderingHandlers,
+    RelayWatch,
     Views,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "OrderingHandlers",
     "Redirect",
     "Rejected",
+    "RelayWatch",
     "Reply",
     "StateMachine",
     "Views",

@@ -12,7 +12,7 @@ cdef class Replica:
     cdef public object inflight_views, batch_next, reads_active, read_next, remote_reads
     cdef public object applied_waiters, kick, kicked, checkpoints
     cdef public Stream stream
-    cdef public object clocked, has_views, hurry, clock_ms
+    cdef public object clocked, has_views, hurry, relay_watch, clock_ms
     cdef public Codec codec
     cdef public object expiries, expiry_held, expiry_kick
 

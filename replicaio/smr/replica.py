@@ -81,6 +81,7 @@ from replicaio.smr.api import (
     Ordering,
     Redirect,
     Rejected,
+    RelayWatch,
     Reply,
     StateMachine,
     Views,
@@ -195,8 +196,8 @@ class Replica:
         "checkpoint_bytes", "log_bytes", "pending", "queued", "waiting", "inflight",
         "inflight_requests", "inflight_views", "batch_next", "reads_active", "read_next",
         "remote_reads", "applied_waiters", "kick", "kicked", "checkpoints", "stream",
-        "clocked", "has_views", "hurry", "clock_ms", "codec", "expiries", "expiry_held",
-        "expiry_kick",
+        "clocked", "has_views", "hurry", "relay_watch", "clock_ms", "codec", "expiries",
+        "expiry_held", "expiry_kick",
     )
 
     def __init__(
@@ -252,6 +253,9 @@ class Replica:
         self.has_views = isinstance(ordering, Views)
         # An ordering that may hold commit news back learns whose client waits.
         self.hurry: Hurry | None = ordering if isinstance(ordering, Hurry) else None
+        # A BFT backup times what it relays to the primary: told which requests.
+        self.relay_watch: RelayWatch | None = (
+            ordering if isinstance(ordering, RelayWatch) else None)
         self.clock_ms = 0
         # One codec for batches and snapshots (each codec holds a packer buffer);
         # a batch's size is checked apart.
@@ -566,7 +570,8 @@ class Replica:
 
     def on_not_leader(self, taken: list[Pending], leader: int) -> None:
         """Forward our clients' requests to ``leader`` (or redirect them); refuse
-        requests other replicas forwarded to us."""
+        requests other replicas forwarded to us. A BFT ordering that times what
+        it relays (``RelayWatch``) is told the forwarded ones, and only those."""
         me = self.context.id
         stream = self.stream
         assert stream is not None
@@ -588,6 +593,9 @@ class Replica:
         else:
             stream.send(leader, Forward(tuple(request for request, _, _ in forward)))
         self.context.count("smr_forwarded", len(forward))
+        watch = self.relay_watch
+        if watch is not None:  # (only these: the refused and redirected ones it never relayed)
+            watch.watch_relayed(tuple((request.client, request.seq) for request, _, _ in forward))
 
     def redirect(self, client: int, seq: int, leader: int, *, forwarded: bool = False) -> None:
         if self.waiting.get(client) == seq:

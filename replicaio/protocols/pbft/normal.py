@@ -166,15 +166,12 @@ class NormalCase(BftNormalCase[Slot]):
         self.enqueue(batch)
         self.assign()
 
-    def await_requests(self, batch: bytes) -> None:
-        """A backup's clients' requests, relayed to the primary by SMR: watched
-        until they execute (a censoring primary is suspected, section 4.4)."""
+    def await_requests(self, requests: tuple[tuple[int, int], ...]) -> None:
+        """A backup's clients' requests, relayed to the primary by SMR
+        (``Pbft.watch_relayed``): watched until they execute (a censoring primary is
+        suspected, section 4.4); one per client, at most ``awaited_max``."""
         pbft = self.pbft
-        handlers = pbft.handlers
-        assert handlers is not None
         awaited = self.awaited
-        requests = handlers.requests_of(batch)
-        self.keep_batch(batch, requests)
         for client, seq in requests:
             if awaited.get(client, 0) >= seq:
                 continue
@@ -222,24 +219,22 @@ class NormalCase(BftNormalCase[Slot]):
             if emptied and oldest_digest in forwarded:
                 self.overtaken_forwarded = oldest_digest
 
-    def keep_batch(self, batch: bytes, requests: tuple[tuple[int, int], ...] | None = None,
-                   ) -> None:
-        """Keep an own batch SMR relays the requests of (``requests``, ``None``:
-        read from it), to forward it on suspicion: at most ``relayed_max``; the
-        oldest ones none of whose requests is awaited any more are dropped
-        first, and only dropping one whose requests still wait counts
-        ``bound_pbft_awaited_batches_max`` (before 2026-12-06 nothing was
-        dropped on execution, the bound was hit by nearly every batch under
-        load, and the counter said nothing)."""
+    def keep_batch(self, batch: bytes) -> None:
+        """Keep an own batch SMR relays the requests of, to forward it on
+        suspicion (only while one of them is awaited, ``forward_waiting``): at
+        most ``relayed_max``; the oldest ones none of whose requests is awaited
+        any more are dropped first, and only dropping one whose requests still
+        wait counts ``bound_pbft_awaited_batches_max`` (before 2026-12-06
+        nothing was dropped on execution, the bound was hit by nearly every
+        batch under load, and the counter said nothing)."""
         pbft = self.pbft
         digest = digest_of(batch)
         kept = self.awaited_batches
         if digest in kept:
             return
-        if requests is None:
-            handlers = pbft.handlers
-            assert handlers is not None
-            requests = handlers.requests_of(batch)
+        handlers = pbft.handlers
+        assert handlers is not None
+        requests = handlers.requests_of(batch)
         if pbft.active:  # (changing views, every kept batch waits: ``forward_waiting``)
             awaited = self.awaited
             while kept:

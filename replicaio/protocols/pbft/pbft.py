@@ -184,22 +184,37 @@ class Pbft(BftReplica):
         """Order ``batch`` (ADR 0011): the primary of an active view assigns it a
         number (it is not kept beyond the view: clients retry); a backup answers
         ``NotLeader(primary)``, so SMR relays the *requests* to the primary (a
-        request multicast to every replica is ordered once), and watches them
-        execute: the per-request timer of section 4.4 (``normal.watch_primary``)."""
+        request multicast to every replica is ordered once), and keeps the batch
+        to forward on suspicion (``normal.keep_batch``). Which requests it
+        watches execute (the per-request timer of section 4.4,
+        ``normal.watch_primary``) SMR tells next (:meth:`watch_relayed`)."""
         if len(batch) > self.params.batch_bytes_max:
             self.count("pbft_submit_oversized")
             return None
         if self.active and self.is_primary:
             self.normal.propose(batch)
             return None
-        if self.active:
-            self.normal.await_requests(batch)
-        else:
-            self.normal.keep_batch(batch)  # (forwarded with the re-sent VIEW-CHANGE)
-        # Changing views: the requests wait in SMR for the view to start (the
-        # primary-to-be takes no batch it would have to keep across a failed view
-        # change; its clients retry, as the paper's do).
+        # Changing views, the batch is forwarded with the re-sent VIEW-CHANGE;
+        # the requests wait in SMR for the view to start (the primary-to-be
+        # takes no batch it would have to keep across a failed view change; its
+        # clients retry, as the paper's do).
+        self.normal.keep_batch(batch)
         return NotLeader(self.primary())
+
+    def watch_relayed(self, requests: tuple[tuple[int, int], ...]) -> None:
+        """``RelayWatch``: SMR sent these requests of the batch :meth:`submit`
+        just refused on to the primary (its own clients'): a backup of an active
+        view watches them execute (TOCS 4.5.2: "a backup starts a timer when it
+        receives a request", the request it relays). Not the batch's other
+        requests: SMR refused those to the replica that forwarded them here (it
+        believed this one the primary) or redirected their clients, so no
+        primary was asked to order them, and once their clients gave up a
+        backup timing them suspected its correct primary in a quiet cluster
+        (``swarm pbft --nodes 4 --byzantine 1 --faults
+        crash,partition,loss,dup,reorder,slow`` seed 246, ADR 0074 finding 3).
+        The watch list stays bounded (``awaited_max``, one entry per client)."""
+        if self.active and not self.is_primary:
+            self.normal.await_requests(requests)
 
     def read_barrier(self) -> Line[int] | NotLeader:
         """A line set to the number at which a barrier batch of this replica's
