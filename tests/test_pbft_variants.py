@@ -46,6 +46,13 @@ PINNED: dict[str, tuple[int, tuple[str, ...] | None]] = {
     # its swarm fails alike; forced here, so the real client runs the same run).
     # 1 -> 3 with one batch in flight (PBFT's default).
     "pbft-read-only-f-plus-1": (3, ("pbft_lagging_reads",)),
+    # The request-timer bugs of ADR 0074's finding 3 and its sibling, caught by
+    # ``prompt`` with slow links (2026-12-08, seeds 1-300 of ``swarm VARIANT
+    # --nodes 4 --byzantine 1 --faults crash,partition,loss,dup,reorder,slow``):
+    # watches-refused fails 246 only (the seed that found the bug),
+    # watches-executed 63, 124, 159, 172, 246 and 254.
+    "pbft-watches-refused": (246, None),
+    "pbft-watches-executed": (63, None),
 }
 # variant -> the test whose targeted run catches it (a loaded run the default
 # swarm does not draw: the request timer matters only once a batch round takes
@@ -82,8 +89,13 @@ CAUGHT_ELSEWHERE = {
         "test_the_swarm_finds_a_garbage_collection_off_by_one_that_no_other_checker_sees",
 }
 # variant -> its fault kinds, if more than ALL_FAULTS (disk faults: a replica
-# whose storage lost writes, besides the Byzantine one)
-FAULTS = {"pbft-trust-damaged-tail": (*ALL_FAULTS, "disk")}
+# whose storage lost writes, besides the Byzantine one; slow links: the sweep
+# that found the request timer's bug)
+FAULTS = {
+    "pbft-trust-damaged-tail": (*ALL_FAULTS, "disk"),
+    "pbft-watches-refused": (*ALL_FAULTS, "slow"),
+    "pbft-watches-executed": (*ALL_FAULTS, "slow"),
+}
 # variant -> the real protocol it is compared with, if not plain "pbft" (the
 # broken client's real counterpart reads unordered with 2f+1)
 REAL = {"pbft-read-only-f-plus-1": "pbft:reads=1"}

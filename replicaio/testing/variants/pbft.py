@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from replicaio.core.config import Resilience
+from replicaio.interfaces.ordering import NotLeader
 from replicaio.protocols.pbft.checkpoint import Checkpoints
 from replicaio.protocols.pbft.messages import Checkpoint, PrePrepare, Status, ViewChange
 from replicaio.protocols.pbft.normal import NormalCase, Slot
@@ -228,6 +229,39 @@ class PbftSuspectsAlone(Pbft):
     normal_type = SuspectsAlone
 
 
+class PbftWatchesRefused(Pbft):
+    """A backup times every request of a batch it was refused (the code before
+    2026-12-08), not only those SMR relayed to the primary: the requests another
+    replica forwarded here, which SMR refuses back to their origin, are timed
+    too, and once their clients gave up nobody orders them: after one request
+    timeout with nothing executed (a quiet cluster) the backup suspects its
+    correct primary (ADR 0074, finding 3; ``Pbft.watch_relayed``)."""
+
+    def submit(self, batch: bytes) -> NotLeader | None:
+        outcome = super().submit(batch)
+        handlers = self.handlers
+        if outcome is not None and self.active and handlers is not None:
+            self.normal.await_requests(handlers.requests_of(batch))
+        return outcome
+
+
+class WatchesExecuted(NormalCase):
+    """A backup never stops watching its clients' requests once they executed
+    (``on_executed_requests`` leaves ``awaited`` alone): the oldest stays the
+    oldest, so after ``PATIENCE_TIMEOUTS`` request timeouts, or one in a quiet
+    cluster, the backup suspects a correct primary that ordered it."""
+
+    def on_executed_requests(self, requests: tuple[tuple[int, int], ...]) -> None:
+        awaited = self.awaited
+        kept = dict(awaited)
+        super().on_executed_requests(requests)
+        awaited.update(kept)
+
+
+class PbftWatchesExecuted(Pbft):
+    normal_type = WatchesExecuted
+
+
 class KeepsStableNumber(Checkpoints):
     """Garbage collection at a stable checkpoint keeps what it holds for the
     checkpoint's own number (an off-by-one: ``key < seq`` for ``key <= seq``):
@@ -417,6 +451,18 @@ PBFT_VARIANTS: dict[str, PbftVariant] = {
             "a backup that suspects its primary forwards nothing: with the primary kept "
             "down and every client through one backup (run pbft-suspects-alone:fronts=1 "
             "--faults ...,degraded), the others never join its VIEW-CHANGE", "liveness",
+        ),
+        PbftVariant(
+            "pbft-watches-refused", PbftWatchesRefused,
+            "a backup times every request of a batch it was refused, those SMR refused "
+            "back to the replica that forwarded them too: once their clients gave up, it "
+            "suspects a correct primary in a quiet cluster (run with --faults "
+            "crash,partition,loss,dup,reorder,slow; ADR 0074 finding 3)", "prompt",
+        ),
+        PbftVariant(
+            "pbft-watches-executed", PbftWatchesExecuted,
+            "a backup never stops watching its clients' requests once they executed: it "
+            "suspects a correct primary that ordered them", "prompt",
         ),
         PbftVariant(
             "pbft-gc-keeps-stable-number", PbftGcKeepsStableNumber,
