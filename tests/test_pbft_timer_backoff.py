@@ -30,8 +30,16 @@ from replicaio.sim.simulator import SimResult, Simulator
 
 
 def views(protocol: str, seed: int) -> SimResult:
+    """The 8 ms run: safe and linearizable whatever the rule; live too, but for
+    the one-batch rule on seed 3, whose views thrash so that one client of 69
+    completes nothing after the heal (since 2026-12-08, when a backup stopped
+    timing requests SMR refused: 83 views against 60 before, liveness then
+    held; the real protocol's run did not move: 6 views, 11 suspicions)."""
     result = run(short_timer_options(seed), protocol=f"{protocol}:view_timeout=8")
-    assert result.violations == [], (protocol, result.violations[:2])
+    thrashes = protocol == "pbft-backoff-reset-by-one-batch" and seed == 3
+    allowed = {"liveness"} if thrashes else set()
+    assert {v["property"] for v in result.violations} <= allowed, (
+        protocol, result.violations[:2])
     assert result.stats["linearizable"] is True
     return result
 
@@ -41,7 +49,10 @@ def views(protocol: str, seed: int) -> SimResult:
 # without its idle signal, pbft27's rule D); 3, 22, 28, 6, 4, 3
 # with the view-start rule (seed 3 issued and completed only 266 of 640
 # operations); 18, 77, 59, 39, 9, 3 with the one-batch rule (seeds 2 and 3
-# completed 144 and 107).
+# completed 144 and 107). Seeds 2 and 3 on 2026-12-08 (a backup times only
+# what SMR relayed): 3 and 6 with this rule (11 suspicions on seed 3, as
+# before), 22 and 28 with the view-start rule, 75 and 83 with the one-batch
+# rule (202 of 207 and 68 of 69 operations completed).
 @pytest.mark.parametrize("seed", [2, 3])
 def test_a_timer_shorter_than_a_round_backs_off_until_views_hold(seed: int) -> None:
     fixed = views("pbft", seed)
