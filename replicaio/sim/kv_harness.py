@@ -94,7 +94,7 @@ from replicaio.sim.kv_transactions import (
     transaction_command,
     transaction_outputs,
 )
-from replicaio.sim.membership import MembershipNemesis
+from replicaio.sim.membership import MembershipNemesis, OperatorScript
 from replicaio.sim.options import (
     CLOCK_DRIFT_PPM_DEFAULT,
     SYNC_AIM_MAX,
@@ -384,6 +384,8 @@ class KvHarness:
         self.wave_open = 0
         self.prompt_missed: list[str] = []
         self.wave_primary = -1  # the primary of the stable view at the wave's start
+        # The operator's requests once the probes are answered (``operator_settled``)
+        self.operator: OperatorScript | None = None
 
     # -- the Harness protocol ----------------------------------------------------
 
@@ -450,6 +452,15 @@ class KvHarness:
                 None,
                 time_us,
             ))
+        operator = self.operator
+        if operator is not None and operator.missed:
+            found.append(Violation(
+                "operator",
+                "an operator's request of the settled cluster not carried out: "
+                + "; ".join(operator.missed),
+                None,
+                time_us,
+            ))
         if not self.settled() and not self.liveness_excused():
             busy = [c.client_id for c in self.clients if c.op is not None]
             waiting = [c.client_id for c in self.clients if not c.ok_after_heal]
@@ -500,7 +511,9 @@ class KvHarness:
             # may still make it demanded again), then stops.
             return self.require_api().now() >= self.healed_at + EXCUSED_LIVENESS_US
         if self.probes_from is not None:
-            return self.waves_left == 0 and self.wave_open == 0
+            if self.waves_left or self.wave_open:
+                return False
+            return self.operator_settled()
         if not all(client.op is None and client.ok_after_heal for client in self.clients):
             return False
         for checker in self.checkers:
@@ -520,17 +533,28 @@ class KvHarness:
         if self.settled_at is not None or workload.prompt_waves == 0 or self.fronts_wanted:
             # (settled_at set: the stretch did not fit. ``fronts``: every client
             # through one node, ADR 0033's shape, is not held to it: ADR 0074)
-            return True
+            return self.operator_settled()
         api = self.require_api()
         self.settled_at = now = api.now()
         start = now + workload.op_deadline_us
         waves = workload.prompt_waves
         if start + waves * (self.prompt_bound_us() + workload.think_us_max) >= self.liveness_us:
-            return True
+            return self.operator_settled()
         self.probes_from = start
         self.waves_left = waves
         api.call_at(start, self.start_wave)
         return False
+
+    def operator_settled(self) -> bool:
+        """Whether the operator's requests of the settled cluster are over
+        (``operator``, ADR 0077: ``replicaio.sim.membership.OperatorScript``;
+        only in runs with membership changes, after the probes)."""
+        script = self.operator
+        if script is None or not self.workload.membership_every_us:
+            return True
+        if not script.started:
+            script.begin()
+        return bool(script.finished)
 
     def start_wave(self) -> None:
         """Every client invokes a probe at this instant (a burst: reads queued
@@ -658,6 +682,19 @@ class KvHarness:
             "prompt_probes_excused": figures.probes_excused,
             "prompt_waves_unsettled": figures.waves_unsettled,
             "prompt_latency_max_us": figures.probe_latency_max_us,
+            **self.operator_summary(),
+        }
+
+    def operator_summary(self) -> dict[str, int]:
+        """The operator's requests of the settled cluster (none: no figures)."""
+        script = self.operator
+        if script is None or not script.started:
+            return {}
+        return {
+            "operator_done": script.done,
+            "operator_skipped": int(script.skipped),
+            "operator_missed": len(script.missed),
+            "operator_latency_max_us": script.latency_max_us,
         }
 
     # -- history ---------------------------------------------------------------------
@@ -1273,4 +1310,5 @@ def kv_harness_for(protocol: str, config: ClusterConfig) -> KvHarness | None:
     nemesis = MembershipNemesis(config, spec.membership)
     harness = KvHarness(config, checkers, nemesis, leader_hint=lambda: nemesis.leader)
     harness.observers.append(nemesis.observe)
+    harness.operator = OperatorScript(nemesis, harness)
     return harness

@@ -113,6 +113,34 @@ class RaftLeaseNeverLapses(Raft):
     election_type = LeaseNeverLapses
 
 
+class TransferRefused(Election):
+    """A leader refuses every leadership transfer as if it named itself (the
+    target check inverted: thesis 3.10 never starts). Nothing a client sees
+    changes; only the operator's requests of a settled cluster (``operator``,
+    ADR 0077) look at whether a transfer happens."""
+
+    def transfer(self, target: int) -> str | None:
+        return "already_leader"
+
+
+class RaftTransferRefused(Raft):
+    election_type = TransferRefused
+
+
+class LearnerNeverPromoted(Membership):
+    """A learner the operator asked to add as a voter is never promoted, however
+    caught up (thesis 4.2.1's second step dropped): the configuration keeps
+    one voter fewer than the operator asked for, which no client notices while
+    a majority of the remaining voters is up (``operator``, ADR 0077)."""
+
+    def caught_up(self, node: int) -> bool:
+        return False
+
+
+class RaftLearnerNeverPromoted(Raft):
+    membership_type = LearnerNeverPromoted
+
+
 class RaftQuorumOneTooMany(Raft):
     membership_type = QuorumOneTooMany
 
@@ -484,6 +512,16 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "a commit wakes SMR's housekeeper only for a snapshot, not for requests "
             "that waited for the window (ADR 0073 without its condition)", "prompt",
             CommitForgetsPendingReplica,
+        ),
+        RaftVariant(
+            "raft-transfer-refused", RaftTransferRefused,
+            "the leader refuses every leadership transfer (thesis 3.10 never starts; run "
+            "with --membership-every)", "operator",
+        ),
+        RaftVariant(
+            "raft-learner-never-promoted", RaftLearnerNeverPromoted,
+            "a learner added as a voter is never promoted (thesis 4.2.1's second step "
+            "dropped; run with --membership-every)", "operator",
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
