@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from replicaio.assembly import Membership
+from replicaio.assembly import Membership, MembershipAction
 from replicaio.core.config import ClusterConfig
 
 if TYPE_CHECKING:
@@ -83,7 +83,9 @@ class MembershipNemesis:
 
 
 # What the operator asks of a settled cluster, in order (``OperatorScript``).
-ADD, REMOVE, TRANSFER = "add", "remove", "transfer"
+ADD: MembershipAction = "add"
+REMOVE: MembershipAction = "remove"
+TRANSFER: MembershipAction = "transfer"
 OPERATOR_POLL_US = 10_000  # how often the script looks at the outputs seen
 
 
@@ -127,7 +129,7 @@ class OperatorScript:
         self.harness = harness
         self.started = False
         self.finished = False
-        self.steps: list[tuple[str, int]] = []  # (action, node), the current first
+        self.steps: list[tuple[MembershipAction, int]] = []  # (action, node), the current first
         self.step_began = 0
         self.step_term = -1  # the leader's term when a transfer was asked
         self.asked_at = -1
@@ -221,7 +223,7 @@ class OperatorScript:
         api = harness.require_api()
         api.request(leader, harness.codec.encode(nemesis.ops.request(action, node)))
 
-    def draw(self, action: str, leader: int) -> int:
+    def draw(self, action: MembershipAction, leader: int) -> int:
         """The node a transfer or a removal names: the lowest-numbered voter up
         other than the leader (a removal: one that leaves a configuration able
         to work, see the class docstring); -1 if none."""
@@ -250,7 +252,7 @@ class OperatorScript:
             return nemesis.config_index, nemesis.voters, nemesis.learners
         return known
 
-    def is_done(self, action: str, node: int) -> bool:
+    def is_done(self, action: MembershipAction, node: int) -> bool:
         nemesis = self.nemesis
         if action == TRANSFER:
             return nemesis.leader == node and nemesis.term > self.step_term
