@@ -255,3 +255,20 @@ def test_the_nemesis_aims_at_the_believed_leader() -> None:
     before = len(api.crashes)
     api.advance(api.time + 3_000_000)
     assert len(api.crashes) == before  # none after the heal
+
+
+def test_think_time_is_a_flag_that_reproduces() -> None:
+    """``--think MS`` sets the clients' pause between operations; the
+    reproducing command carries it; a negative pause is refused."""
+    import argparse
+
+    from replicaio.sim.kv_cli import add_service_arguments, reproduce_words, workload_of
+
+    parser = argparse.ArgumentParser()
+    add_service_arguments(parser)
+    args = parser.parse_args(["--think", "75"])
+    assert workload_of(args).think_us_max == 75_000
+    assert reproduce_words(args)[-2:] == ["--think", "75"]
+    assert workload_of(parser.parse_args([])).think_us_max == KvWorkload().think_us_max
+    with pytest.raises(UsageError):
+        workload_of(parser.parse_args(["--think", "-1"]))

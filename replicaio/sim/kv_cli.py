@@ -72,6 +72,10 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--snapshot-every", type=int, default=None, metavar="B",
                        help="SMR snapshot (and log compaction) every B applied batches "
                        "(default 16; 0: never)")
+    group.add_argument("--think", type=int, default=None, metavar="MS",
+                       help="a client's pause between operations is drawn from 0..MS ms "
+                       f"(default {KvWorkload().think_us_max // 1000}; larger spreads the "
+                       "quota of operations over more of the faulty stretch)")
     group.add_argument("--prompt-waves", type=int, default=None, metavar="W",
                        help="waves of probes once the cluster settled after the heal, each "
                        "answered on its first attempt or the run fails 'prompt' (default "
@@ -109,6 +113,9 @@ def workload_of(args: argparse.Namespace) -> KvWorkload:
     if membership < 0 or nemesis < 0:
         raise UsageError("--membership-every and --nemesis must be >= 0")
     waves = getattr(args, "prompt_waves", None)
+    think = getattr(args, "think", None)
+    if think is not None and think < 0:
+        raise UsageError("--think must be >= 0")
     long = is_long(args)
     ops = base.ops * LONG_OPS_FACTOR if long else base.ops
     return KvWorkload(
@@ -119,6 +126,7 @@ def workload_of(args: argparse.Namespace) -> KvWorkload:
         client_ops_max=LONG_CLIENT_OPS_MAX if long else base.client_ops_max,
         fault_window_us=LONG_FAULT_WINDOW_US if long else base.fault_window_us,
         prompt_waves=waves if waves is not None else base.prompt_waves,
+        think_us_max=think * 1000 if think is not None else base.think_us_max,
     ).validate()
 
 
@@ -197,6 +205,7 @@ def reproduce_words(args: argparse.Namespace) -> list[str]:
         ("--nemesis", "nemesis"),
         ("--snapshot-every", "snapshot_every"),
         ("--prompt-waves", "prompt_waves"),
+        ("--think", "think"),
     ):
         value = getattr(args, name, None)
         if value is not None:
