@@ -31,6 +31,7 @@ def f(a, b, log):
         log.append(a + 1)
         return True
     log.count("x")
+    log.reject("bad_signature")
     return False
 
 
@@ -52,6 +53,10 @@ def test_every_site_is_one_edit_and_checks_and_counters_are_left_alone() -> None
         assert ast.dump(ast.parse(mutant)) != original
         assert "assert a < 10" in mutant and "def describe(a):\n    return a == 1" in mutant
     assert "if a > b and (not log):" in bench.mutant_source(SOURCE, 0)
+    # a BFT protocol's reject("reason") only counts; a reject with more to it does not
+    assert not any("reject" in site.source for site in sites)
+    assert [site.kind for site in bench.sites_of("def g(r):\n    r.reject(1, 2)\n")] == [
+        "call-dropped"]
 
 
 def test_a_dropped_append_is_caught_and_the_report_says_by_what() -> None:
