@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from replicaio.check.pbft import PbftChecker
 from replicaio.protocols.pbft.messages import ViewChangeStarted, ViewStarted
 from replicaio.sim.kv_harness import KvWorkload, kv_options
@@ -114,6 +116,27 @@ def test_a_backup_does_not_time_requests_it_refused() -> None:
     assert result.violations == []
     assert result.stats["prompt_probes"] == 5 * KvWorkload().clients
     assert result.counters.get("smr_forward_refused", 0) >= 5  # (the refused requests)
+
+
+@pytest.mark.parametrize(("protocol", "nodes", "seed"), [("pbft", 4, 25), ("minbft", 3, 9)])
+def test_clients_through_one_front_are_held_and_the_front_answers_their_reads(
+    protocol: str, nodes: int, seed: int,
+) -> None:
+    """``fronts=1`` with the primary kept down (ADR 0033's shape; the pinned
+    seeds of tests/test_primary_down_one_front.py). A read through a front
+    reaches the front's replica alone, so it is that replica's answer the
+    client takes (``KvHarness.front_read``: live, the Redis client on one
+    node's port). Before 2026-12-08 the client waited for f+1 answers only one
+    replica would give, no read through a front completed, and every probe
+    that read gave up after 3 s: 9 of 25 on PBFT's seed 25, 5 on MinBFT's
+    seed 9; ``prompt`` was not held there (ADR 0074). Now it is, and passes."""
+    workload = KvWorkload(membership_every_us=400_000, nemesis_every_us=2_000_000)
+    options = kv_options(seed, nodes, (*ALL_FAULTS, "degraded"), workload, protocol=protocol)
+    assert options.kept_down
+    violations, stats = run(f"{protocol}:fronts=1", options, 1)
+    assert violations == set()
+    assert stats["prompt_probes"] == 5 * workload.clients
+    assert 0 < int(str(stats["prompt_latency_max_us"])) <= workload.attempt_timeout_us
 
 
 def test_a_read_split_by_a_concurrent_write_is_excused() -> None:

@@ -530,10 +530,8 @@ class KvHarness:
         """Liveness is met now: schedule the probes (``prompt``), or return that
         the run may stop (no probes wanted, or no room left for them)."""
         workload = self.workload
-        if self.settled_at is not None or workload.prompt_waves == 0 or self.fronts_wanted:
-            # (settled_at set: the stretch did not fit. ``fronts``: every client
-            # through one node, ADR 0033's shape, is not held to it: ADR 0074)
-            return self.operator_settled()
+        if self.settled_at is not None or workload.prompt_waves == 0:
+            return self.operator_settled()  # (settled_at set: the stretch did not fit)
         api = self.require_api()
         self.settled_at = now = api.now()
         start = now + workload.op_deadline_us
@@ -771,8 +769,8 @@ class KvHarness:
             client.unordered = False
             client.seq += 1
             client.votes = None
-        elif self.fast_reads and op.read_only and client.attempts == 1:
-            client.unordered = True
+        elif self.fast_reads and op.read_only and client.attempts == 1 and not self.fronts:
+            client.unordered = True  # (through a front a read is one replica's: ``front_read``)
         request = ClientRequest(client.client_id, client.seq, command, op.read_only,
                                 client.unordered)
         if self.fronts and client.target not in self.fronts:
@@ -792,7 +790,8 @@ class KvHarness:
         votes = client.votes
         if votes is None or votes.client != request.client or votes.seq != request.seq:
             quorum = (
-                self.quorum_unordered if request.unordered
+                1 if self.front_read(client, request.read_only)
+                else self.quorum_unordered if request.unordered
                 else self.quorum if request.read_only else self.write_quorum
             )
             client.votes = Votes(request.client, request.seq, quorum, self.config.n)
@@ -807,6 +806,24 @@ class KvHarness:
                 api.request(node, data)
         else:
             api.request(client.target, data)
+
+    def front_read(self, client: Client, read_only: bool) -> bool:
+        """Whether ``client``'s request is a read through a front (``fronts=K``),
+        answered by the front's replica alone. PBFT's client (OSDI 1999, 4.1;
+        5.1.3 for reads) multicasts and gathers f+1 (2f+1 unordered) matching
+        replies because it trusts no replica; through a front the client is
+        the front's node (live: a Redis client on one node's port, whose
+        in-node client takes its own replica's answer), a correct node here
+        (``draw_fronts``), and only its replica ever sees the read (SMR
+        serves a read at the replica it reached, after its read barrier;
+        a write executes everywhere and every replica answers it). Until
+        2026-12-08 such a read waited for f+1 answers only one replica would
+        give: no read through a front ever completed (each gave up after
+        ``op_deadline_us``; 0 of them on ``pbft:fronts=1`` seed 25), which
+        is why ``prompt`` was not held there (ADR 0074). Only the front's
+        answer counts (``on_client_output``): a Byzantine replica's made-up
+        reply to a read it never got is not a vote."""
+        return bool(self.fronts) and read_only and client.target in self.fronts
 
     def on_vote(self, node: int, client: Client, output: Reply | Rejected) -> None:
         """BFT: count ``output`` as ``node``'s vote; act once f+1 agree."""
@@ -866,6 +883,9 @@ class KvHarness:
             return
         if self.bft and not isinstance(output, Redirect):
             op = client.op
+            if self.front_read(client, op.read_only) and node != client.target:
+                self.figures.stale_outputs += 1  # (not the front's: see ``front_read``)
+                return
             if correct and type(output) is Reply and client.probe and op.read_only:
                 client.read_results.add(output.result)
             self.on_vote(node, client, output)
