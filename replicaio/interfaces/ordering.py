@@ -163,7 +163,7 @@ class RelayWatch(Protocol):
     it, whose origin tells the client; it redirects a client when it forwards
     nothing), so no primary is responsible for ordering them on this replica's
     word, and timing them would suspect a correct primary once their clients
-    gave up (``swarm pbft --nodes 4 --byzantine 1`` seed 246, 2026-12-08)."""
+    gave up (``swarm pbft --nodes 4 --byzantine 1`` seed 246, 2026-12-08; ADR 0075)."""
 
     def watch_relayed(self, requests: tuple[tuple[int, int], ...]) -> None:
         """SMR sent these ``(client, seq)`` requests of the batch just refused to
