@@ -50,11 +50,9 @@ PINNED: dict[str, tuple[int, tuple[str, ...] | None]] = {
     # ``prompt`` with slow links (2026-12-08, seeds 1-300 of ``swarm VARIANT
     # --nodes 4 --byzantine 1 --faults crash,partition,loss,dup,reorder,slow``):
     # watches-refused fails 246 only (the seed that found the bug),
-    # watches-executed 63, 124, 159, 172, 246 and 254. Since a backup discards a
-    # forward of executed requests (ADR 0075 amendment 1): watches-refused 36 and
-    # 246, watches-executed 165 and 246 (63 -> 165).
+    # watches-executed 63, 124, 159, 172, 246 and 254.
     "pbft-watches-refused": (246, None),
-    "pbft-watches-executed": (165, None),
+    "pbft-watches-executed": (63, None),
 }
 # variant -> the test whose targeted run catches it (a loaded run the default
 # swarm does not draw: the request timer matters only once a batch round takes

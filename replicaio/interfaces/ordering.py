@@ -172,22 +172,4 @@ class RelayWatch(Protocol):
         ...
 
 
-@runtime_checkable
-class ExecutedQuery(Protocol):
-    """Optional for the handlers (SMR's replica): whether a client's request is
-    done here. A Byzantine fault tolerant backup asks before it takes on a batch
-    another replica forwarded it on suspicion (PBFT's forwards, Castro and
-    Liskov 4.4): replicas discard a request whose timestamp is not above the
-    last one they replied to (section 4.1), so a forward whose requests all ran
-    is nothing any primary owes; timing it lets a Byzantine replica that replays
-    old forwards, in an order of its choosing, make a correct backup suspect a
-    correct primary (``swarm pbft --nodes 4 --byzantine 1 --profile long`` seed
-    163, 2026-12-08)."""
-
-    def executed(self, client: int, seq: int) -> bool:
-        """Whether ``client``'s request ``seq`` executed on this replica, or can
-        never execute here any more (its client moved past it). Pure."""
-        ...
-
-
 OrderingFactory = Callable[..., Ordering]

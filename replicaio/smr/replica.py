@@ -754,13 +754,6 @@ class Replica:
                     return False
         return True
 
-    def executed(self, client: int, seq: int) -> bool:
-        """``ExecutedQuery.executed``: request ``seq`` of ``client`` ran here,
-        or never will (a session evicted past its first request: ``execute``
-        refuses it)."""
-        session = self.sessions.lookup(client)
-        return session is not None and seq <= session.last_seq
-
     def requests_of(self, batch: bytes) -> tuple[tuple[int, int], ...]:
         """``OrderingHandlers.requests_of``: who asked for what in ``batch``."""
         decoded = self.decode_batch(batch)

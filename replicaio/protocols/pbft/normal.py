@@ -287,19 +287,8 @@ class NormalCase(BftNormalCase[Slot]):
             return
         handlers = pbft.handlers
         assert handlers is not None
-        requests = handlers.requests_of(batch)
-        executed = getattr(handlers, "executed", None)  # ExecutedQuery (SMR's replica)
-        if requests and executed is not None:
-            # Section 4.1: a request at or below its client's last one executed is
-            # discarded; a forward of only such requests is owed by no primary (a
-            # Byzantine replica replaying old forwards would have this backup
-            # suspect a correct primary for reordering them: ExecutedQuery).
-            requests = tuple(item for item in requests if not executed(*item))
-            if not requests:
-                pbft.count("pbft_forward_executed")
-                return
         # A read barrier has no request: waited for until it executes (``deliver``).
-        waits = dict(requests) or {-1: 0}
+        waits = dict(handlers.requests_of(batch)) or {-1: 0}
         from_source = [key for key, (peer, _) in self.forwarded.items() if peer == source]
         if len(from_source) >= pbft.params.forwarded_max:
             del self.forwarded[from_source[0]]
