@@ -26,6 +26,7 @@ from __future__ import annotations
 from math import log
 from typing import TYPE_CHECKING
 
+from replicaio.core.codec import EncodeError
 from replicaio.core.effects import Effects, Input
 from replicaio.trace.eventlog import encode_input, pack_effects
 
@@ -83,15 +84,19 @@ def finish_sync(simulator: Simulator, node: SimNode, token: int) -> None:
     node.storage.sync()
     node.waiting = None
     node.sync_token = 0
-    for effects in waiting:
-        if effects.sends:
-            send_some(simulator, node, effects, effects.sends_before_sync or (), early=False)
-    timers_to_arm, node.timers_to_arm = node.timers_to_arm, {}
-    for timer_id, delay in timers_to_arm.items():
-        simulator.arm_timer(node, timer_id, delay)
-    for effects in waiting:
-        if effects.outputs:
-            simulator.release_outputs(node, effects.outputs)
+    try:
+        for effects in waiting:
+            if effects.sends:
+                send_some(simulator, node, effects, effects.sends_before_sync or (), early=False)
+        timers_to_arm, node.timers_to_arm = node.timers_to_arm, {}
+        for timer_id, delay in timers_to_arm.items():
+            simulator.arm_timer(node, timer_id, delay)
+        for effects in waiting:
+            if effects.outputs:
+                simulator.release_outputs(node, effects.outputs)
+    except EncodeError as error:  # (the step's own check, Simulator.bad_output)
+        simulator.bad_output(node, None, error)
+        return
     if simulator.count_kinds:
         for effects in waiting:
             if node.up:

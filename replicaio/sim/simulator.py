@@ -18,9 +18,11 @@ and a run is a pure function of its options. The simulator:
   adversary drive each Byzantine node: rewriting what its core sends, and
   after each of its steps sending what it forges from a view of the run
   (``replicaio.sim.adversary``);
-* holds every node to two rules besides the protocol's properties: a node
+* holds every node to rules besides the protocol's properties: a node
   that raises (a failed assertion included) on any input is a
-  ``node-raised`` violation, a correct node whose footprint exceeds the
+  ``node-raised`` violation, one that gives out a message or an output the
+  codec refuses a ``bad-output`` one (never an error escaping the run),
+  a correct node whose footprint exceeds the
   protocol's bound is a ``bounded-memory`` one (``replicaio.sim.footprint``),
   and one whose derived state disagrees with what it derives from (the
   protocol's optional ``audit``, asked at the footprint check's cadence) an
@@ -49,7 +51,7 @@ from operator import itemgetter
 from typing import IO, Any
 
 from replicaio.assembly import protocol_factory
-from replicaio.core.codec import Codec
+from replicaio.core.codec import Codec, EncodeError
 from replicaio.core.config import ClusterConfig
 from replicaio.core.effects import (
     CLOCK_CHOICE,
@@ -508,62 +510,65 @@ class Simulator:
             if self.footprint_max:
                 self.check_footprint(node)
             self.check_audit(node)
-        crash = node.pending_crash
-        if (crash is not None and not crash.rare and not crash.rewrite
-                and self.crash_lands(node, effects, crash)):
-            self.crash_mid_step(node, effects, crash)
-            return
-        encoded: list[bytes] | None = None
-        if effects is NO_EFFECTS and node.waiting is None:
-            # The common step that did nothing: no write, send, timer or output.
-            busy = False
-            if strategy is not None and self.view is not None:
-                self.attack(node)
-        else:
-            persists = effects.persists
-            if node.waiting is not None or (
-                persists and self.options.sync_us_mean and type(event) is not Start
-            ):
-                if data is not None and type(event) is Receive:  # the log holds the frame
-                    event = Receive(event.source, data)
-                hold(self, node, event, effects)
+        try:
+            crash = node.pending_crash
+            if (crash is not None and not crash.rare and not crash.rewrite
+                    and self.crash_lands(node, effects, crash)):
+                self.crash_mid_step(node, effects, crash)
                 return
-            if persists:
-                node.storage.write_and_sync(persists)
-            sends = effects.sends
-            if sends:
-                encoded = self.send_all(node, effects)
-            if strategy is not None and self.view is not None:
-                self.attack(node)
-            timers_cancelled = effects.timers_cancelled
-            if timers_cancelled:
-                for timer_id in timers_cancelled:
-                    node.timers.pop(timer_id, None)
-            timers_set = effects.timers_set
-            if timers_set:
-                for timer_id, delay in timers_set:
-                    self.arm_timer(node, timer_id, delay)
-            outputs = effects.outputs
-            if outputs:
-                self.release_outputs(node, outputs)
-            busy = bool(persists or sends or timers_cancelled or timers_set or outputs)
-        log = self.log
-        if log is not None:
-            record: Any
-            if data is not None and type(event) is Receive:
-                record = ("receive", event.source, data)  # packs as encode_input's
-            elif type(event) is Receive and type(event.message) is bytes:
-                record = ("receive", event.source, event.message)
+            encoded: list[bytes] | None = None
+            if effects is NO_EFFECTS and node.waiting is None:
+                # The common step that did nothing: no write, send, timer or output.
+                busy = False
+                if strategy is not None and self.view is not None:
+                    self.attack(node)
             else:
-                record = encode_input(self.codec, event)
-            # EMPTY_EFFECTS: what pack_effects gives an empty batch
-            packed = pack_effects(self.codec, effects, encoded) if busy else EMPTY_EFFECTS
-            log.write((STEP, self.now, node.node_id, node.incarnation, record, node.choices,
-                       packed))  # = log.step(...)
-        if self.count_kinds:
-            self.after_sends(node, effects)
-        if self.aim_rewrites and node.pending_crash is not None:
-            self.after_rewrite(node, effects)
+                persists = effects.persists
+                if node.waiting is not None or (
+                    persists and self.options.sync_us_mean and type(event) is not Start
+                ):
+                    if data is not None and type(event) is Receive:  # the log holds the frame
+                        event = Receive(event.source, data)
+                    hold(self, node, event, effects)
+                    return
+                if persists:
+                    node.storage.write_and_sync(persists)
+                sends = effects.sends
+                if sends:
+                    encoded = self.send_all(node, effects)
+                if strategy is not None and self.view is not None:
+                    self.attack(node)
+                timers_cancelled = effects.timers_cancelled
+                if timers_cancelled:
+                    for timer_id in timers_cancelled:
+                        node.timers.pop(timer_id, None)
+                timers_set = effects.timers_set
+                if timers_set:
+                    for timer_id, delay in timers_set:
+                        self.arm_timer(node, timer_id, delay)
+                outputs = effects.outputs
+                if outputs:
+                    self.release_outputs(node, outputs)
+                busy = bool(persists or sends or timers_cancelled or timers_set or outputs)
+            log = self.log
+            if log is not None:
+                record: Any
+                if data is not None and type(event) is Receive:
+                    record = ("receive", event.source, data)  # packs as encode_input's
+                elif type(event) is Receive and type(event.message) is bytes:
+                    record = ("receive", event.source, event.message)
+                else:
+                    record = encode_input(self.codec, event)
+                # EMPTY_EFFECTS: what pack_effects gives an empty batch
+                packed = pack_effects(self.codec, effects, encoded) if busy else EMPTY_EFFECTS
+                log.write((STEP, self.now, node.node_id, node.incarnation, record, node.choices,
+                           packed))  # = log.step(...)
+            if self.count_kinds:
+                self.after_sends(node, effects)
+            if self.aim_rewrites and node.pending_crash is not None:
+                self.after_rewrite(node, effects)
+        except EncodeError as error:  # what the node gave out is not plain data
+            self.bad_output(node, event, error)
 
     def make_core(self, node: SimNode, factory: ProtocolFactory,
                   kind: type[Node] = Node) -> Node:
@@ -590,8 +595,11 @@ class Simulator:
 
     def release_outputs(self, node: SimNode, outputs: list[Any]) -> None:
         strategy = node.strategy
+        check = self.log is None and self.options.encode  # (else the log encodes them)
         for output in outputs:
             self.stats["outputs"] += 1
+            if check:
+                self.codec.encode(output)  # EncodeError: the step's bad_output
             if strategy is not None:
                 output = strategy.rewrite_output(output)
             for violation in self.harness.on_output(node.node_id, output, self.now):
@@ -788,6 +796,35 @@ class Simulator:
         })
         if self.log is not None:
             self.log.note(self.now, node.node_id, "raised", {"error": repr(error)})
+        self.stop_node(node)
+
+    def bad_output(self, node: SimNode, event: Input | None, error: EncodeError) -> None:
+        """A node's step gave out a message or an output the codec refuses (not
+        plain data, a field of the wrong type): a peer or a client could never
+        have received it, so the node is at fault, as if it had raised
+        (``bad-output``). The node stops; the run ends with the violation, which
+        replays and shrinks like any other (runs without an event log encode
+        the outputs to check them, ``release_outputs``). ``event``: the step's
+        input, or None for effects held until a sync (``group_commit``)."""
+        cause = "a step before its sync" if event is None else type(event).__name__
+        if isinstance(event, Receive):
+            cause += f" from node {event.source}"
+        role = "byzantine" if node.node_id in self.options.byzantine else "correct"
+        self.violations.append({
+            "property": "bad-output",
+            "detail": f"{role} node {node.node_id} gave out what the codec refuses on "
+            f"{cause}: {error}",
+            "node": node.node_id,
+            "time_us": self.now,
+        })
+        if self.log is not None:
+            self.log.note(self.now, node.node_id, "bad-output", {"error": repr(error)})
+        if node.core is not None:
+            self.stop_node(node)
+
+    def stop_node(self, node: SimNode) -> None:
+        """Stop a node that broke a rule of the host (it raised, or gave out
+        what cannot be encoded) for the rest of the run."""
         core = node.core
         assert core is not None
         core.scheduler.abandon()
