@@ -63,7 +63,8 @@ from replicaio.protocols.minbft.usig import (
 from replicaio.protocols.pbft import messages as pbft_messages
 from replicaio.protocols.pbft.params import PbftParams
 from replicaio.protocols.pbft.pbft import Pbft
-from replicaio.protocols.raft.messages import RaftAdmin
+from replicaio.protocols.raft import durable as raft_durable
+from replicaio.protocols.raft.messages import LeaderCommitted, RaftAdmin
 from replicaio.protocols.raft.params import RaftParams
 from replicaio.protocols.raft.raft import Raft
 from replicaio.protocols.raft.raft import raft_config_of as raft_config_of  # re-exported
@@ -161,6 +162,9 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "memory": "KvParams.bytes_max in MiB: what the key-value store holds (Redis's maxmemory; "
     "writes beyond are refused with OOM). Default 512 (Raft), 32 (PBFT, MinBFT: a checkpoint "
     "must fit one state transfer)",
+    "entries": "RaftParams.entries_per_message_max: log entries per AppendEntries (default "
+    "64; small values make followers acknowledge a leader's log a few entries at a time, "
+    "earlier terms' entries apart from the new term's, as a long backlog does)",
     "join": "RaftParams.join: 1 on ONE node started on a new, empty disk that replaces a lost "
     "one (set per node: `replicaio kv node --join`)",
 }
@@ -170,7 +174,7 @@ SERVICE_PARAMETERS: dict[str, str] = {
 SMR_PARAMETERS = frozenset({"snapshot", "batch", "sessions", "results", "inflight", "memory",
                             "values", "fronts"})
 RAFT_PARAMETERS = SMR_PARAMETERS | {"snapshotkib", "fill", "lease", "drift", "notice",
-                                    "notice_us", "join", "roundack"}
+                                    "notice_us", "join", "roundack", "entries"}
 PBFT_PARAMETERS = SMR_PARAMETERS | {"replica_macs", "view_timeout", "macs", "reads"}
 MINBFT_PARAMETERS = SMR_PARAMETERS | {"view_timeout", "reads"}
 TXN_PARAMETERS = frozenset({"groups", "sessions", "wait", "remember", "fronts"})
@@ -410,6 +414,9 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
                 "notice_us", defaults_raft.commit_notice_delay_us
             ),
             join=bool(parameters.get("join", 0)),
+            entries_per_message_max=parameters.get(
+                "entries", defaults_raft.entries_per_message_max
+            ),
         ).validate()
         smr_params = SmrParams(
             batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
@@ -437,6 +444,7 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             ordering_footprint_max=functools.partial(
                 raft_footprint_max, raft_params, smr_params, constants
             ),
+            ordering_durable_checks={LeaderCommitted: raft_durable.check_commit},
         )
 
     return build

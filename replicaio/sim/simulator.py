@@ -41,7 +41,7 @@ import gc
 import heapq
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from heapq import heappush
@@ -65,6 +65,7 @@ from replicaio.core.effects import (
 )
 from replicaio.core.errors import UsageError
 from replicaio.core.node import Node, NodeParams, ProtocolFactory
+from replicaio.interfaces.durable import DurableCheck
 from replicaio.sim.adversary import RunView, Strategy, build_strategy
 from replicaio.sim.footprint import CHECK_EVERY_STEPS, footprint, footprint_bounds, over_bounds
 from replicaio.sim.group_commit import SYNC, finish_sync, hold, send_some
@@ -225,6 +226,25 @@ class SimResult:
         return not self.violations
 
 
+class SimDurableView:
+    """Every node's disk as the protocol's god's-eye checks see it
+    (``replicaio.interfaces.durable.DurableView``)."""
+
+    def __init__(self, nodes: list[SimNode]) -> None:
+        self.nodes = nodes
+        self.lost_nodes: set[int] = set()  # disks that lost synced writes (go_down)
+
+    def records(self, node: int) -> Mapping[str, bytes]:
+        return self.nodes[node].storage.durable
+
+    def lost(self) -> Collection[int]:
+        return self.lost_nodes
+
+    def protocol(self, node: int) -> Any | None:
+        core = self.nodes[node].core
+        return None if core is None else core.protocol
+
+
 class Simulator:
     """Runs one protocol under one :class:`SimOptions`; see the module docstring."""
 
@@ -284,6 +304,10 @@ class Simulator:
             self.view = RunView(n, options.byzantine)
             self.view.trusted_write = self.trusted_write
         self.footprint_max = footprint_bounds(self.factory, self.config)
+        # The protocol's god's-eye checks on chosen outputs (interfaces/durable.py).
+        self.durable_view = SimDurableView(self.nodes)
+        declare = getattr(self.factory, "durable_checks", None)
+        self.durable_checks: dict[type, DurableCheck] = dict(declare()) if declare else {}
         # The options' partitions and those a harness adds during the run.
         self.partitions: list[Partition] = list(options.partitions)
         # Each node's clock rate, in parts per million off true time (options.py).
@@ -510,6 +534,8 @@ class Simulator:
             if self.footprint_max:
                 self.check_footprint(node)
             self.check_audit(node)
+        if self.durable_checks and effects.outputs and strategy is None:
+            self.check_durable(node, effects.outputs)
         try:
             crash = node.pending_crash
             if (crash is not None and not crash.rare and not crash.rewrite
@@ -605,6 +631,23 @@ class Simulator:
             for violation in self.harness.on_output(node.node_id, output, self.now):
                 self.violations.append(violation.as_dict())
             self.operator.on_output(node.node_id, output)
+
+    def check_durable(self, node: SimNode, outputs: list[Any]) -> None:
+        """Run the god's-eye checks the protocol declared for the outputs a
+        correct node's step just computed: at the step that decides, before
+        its writes are synced or its effects released (under group commit they
+        wait for the sync, and the node goes on stepping meanwhile). Each
+        problem is a violation of the property it names."""
+        checks = self.durable_checks
+        for output in outputs:
+            check = checks.get(type(output))
+            if check is None:
+                continue
+            for prop, detail in check(node.node_id, output, self.durable_view):
+                self.violations.append({
+                    "property": prop, "detail": detail, "node": node.node_id,
+                    "time_us": self.now,
+                })
 
     def after_rewrite(self, node: SimNode, effects: Effects) -> None:
         """Lands a lost-writes fault aimed at a rewrite (``Crash.rewrite``) right
@@ -1063,6 +1106,8 @@ class Simulator:
         mid_log = crash.disk == "corrupt" or (crash.disk == "misdirected" and lose_synced > 1)
         storage.crash(keep_unsynced=keep_unsynced, lose_synced=lose_synced,
                       kind=DAMAGED_MID_LOG if mid_log else LOST_SYNCED_WRITES)
+        if lose_synced or crash.disk == "corrupt":  # (corrupt: cut back, or wiped below)
+            self.durable_view.lost_nodes.add(node.node_id)
         if crash.disk:
             self.stats["disk_faults"] += 1
             self.stats["disk_mid_log_cuts"] += mid_log

@@ -26,6 +26,8 @@ from replicaio.core.codec import DecodeError
 from replicaio.core.config import ClusterConfig, Resilience
 from replicaio.core.context import Context
 from replicaio.core.errors import UsageError
+from replicaio.core.node import Node
+from replicaio.interfaces.durable import DurableCheck, DurableView
 from replicaio.smr.api import Ordering, StateMachine
 from replicaio.smr.auth import ED25519, KEYED, ClientAuthenticator, SignedClients
 from replicaio.smr.params import SmrConstants, SmrParams
@@ -111,6 +113,8 @@ class SmrProtocol:
 SMR_BOUNDED = ("sessions", "pending", "waiting", "inflight", "reads_active", "applied_waiters")
 
 OrderingFactory = Callable[[Context], Ordering]
+# (output, the ordering protocol's live object, the view, its storage prefix)
+OrderingDurableCheck = Callable[[Any, Any, DurableView, str], list[tuple[str, str]]]
 StateMachineFactory = Callable[[], StateMachine]
 AuthenticatorFactory = Callable[[Context, SmrParams], ClientAuthenticator]
 BYZANTINE = (Resilience.BYZANTINE, Resilience.BYZANTINE_TRUSTED)
@@ -150,6 +154,7 @@ class SmrFactory:
         constants: SmrConstants | None = None,
         replica_type: type[Replica] = Replica,
         ordering_footprint_max: Callable[[ClusterConfig], Mapping[str, int]] | None = None,
+        ordering_durable_checks: Mapping[type, OrderingDurableCheck] | None = None,
     ) -> None:
         self.name = name
         self.resilience = resilience
@@ -164,6 +169,7 @@ class SmrFactory:
         self.admin_types = admin_types
         self.replica_type = replica_type  # a test-support variant may replace it
         self.ordering_footprint_max = ordering_footprint_max
+        self.ordering_durable_checks = dict(ordering_durable_checks or {})
 
     def footprint_max(self, config: ClusterConfig) -> dict[str, int]:
         """What a node may hold whatever clients and peers send: SMR's own
@@ -180,6 +186,22 @@ class SmrFactory:
         if self.ordering_footprint_max is not None:
             bounds.update(self.ordering_footprint_max(config))
         return bounds
+
+    def durable_checks(self) -> dict[type, DurableCheck]:
+        """The ordering protocol's god's-eye checks (``replicaio.interfaces.durable``),
+        each given the ordering protocol's live object and its storage prefix."""
+        prefix = Node.storage_key((self.ordering_path,), "")
+
+        def bound(check: OrderingDurableCheck) -> DurableCheck:
+            def run(node: int, output: Any, view: DurableView) -> list[tuple[str, str]]:
+                protocol = view.protocol(node)
+                if not isinstance(protocol, SmrProtocol):
+                    return []  # down (it cannot be: it just gave out ``output``)
+                return check(output, protocol.ordering, view, prefix)
+
+            return run
+
+        return {kind: bound(check) for kind, check in self.ordering_durable_checks.items()}
 
     def __call__(self, context: Context) -> SmrProtocol:
         state_machine = self.state_machine()

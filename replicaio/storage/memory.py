@@ -162,6 +162,13 @@ class MemoryStorage:
     # -- simulation controls -------------------------------------------------------------------
 
     @property
+    def durable(self) -> dict[str, bytes]:
+        """The durable map itself, not a copy (``recover`` copies): for a host's
+        read-only checks across nodes (``replicaio.interfaces.durable``); never
+        to be changed through."""
+        return self._durable
+
+    @property
     def unsynced_count(self) -> int:
         """How many buffered writes a ``crash`` could keep (the bound of ``keep_unsynced``)."""
         return len(self._pending)

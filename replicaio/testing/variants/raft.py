@@ -20,9 +20,11 @@ from replicaio.protocols.raft.election import Election
 from replicaio.protocols.raft.membership import Membership
 from replicaio.protocols.raft.messages import (
     NO_NODE,
+    UNREGISTERED,
     AppendEntries,
     AppendEntriesResponse,
     CommitNotice,
+    LeaderCommitted,
     ReadConfirmed,
     ReadRequested,
 )
@@ -159,6 +161,57 @@ class RaftFollowerReads(Raft):
 
 class RaftCountLeaderUnsynced(Raft):
     replication_type = CountLeaderUnsynced
+
+
+class CommitUnsortedMatches(Replication):
+    """BROKEN on purpose (the mutation sweep's ``replication.py`` 810, the sort
+    dropped): the quorum-th largest match is taken from the matches above the
+    commit index in the voters' order, unsorted, so the leader may commit an
+    index only it holds whenever its own match sits at that place. Reached when
+    a quorum's matches pile up above a commit index the term rule holds back
+    (followers acknowledging an earlier term's entries apart from the new
+    term's: ``raft:entries=1``). Caught at the commit by the simulator's
+    ``commit_durable_quorum``, before any consequence."""
+
+    def maybe_commit(self) -> None:
+        raft = self.raft
+        if raft.role is not Role.LEADER:
+            return
+        commit = raft.commit_index
+        membership = raft.membership
+        membership.refresh()
+        identities = membership.member_identities
+        above = []
+        for voter in membership.voter_ids:
+            registered = identities[voter]
+            if voter == raft.id:
+                if registered in (UNREGISTERED, raft.identity):
+                    match = self.self_match_index()
+                    if match > commit:
+                        above.append(match)
+                continue
+            progress = self.progress.get(voter)
+            if progress is not None and registered in (UNREGISTERED, progress.identity):
+                match = progress.match_index
+                if match > commit:
+                    above.append(match)
+        quorum = membership.quorum()
+        if len(above) < quorum:
+            return
+        index = min(above) if len(above) == quorum else above[quorum - 1]  # (unsorted)
+        if not self.may_commit_by_counting(index):
+            return
+        raft.context.output(
+            LeaderCommitted(raft.id, raft.hard.term, index, raft.log.term_at(index) or 0)
+        )
+        raft.advance_commit(index)
+        for progress in self.progress.values():
+            progress.heartbeat_due = True
+            progress.wakeup.notify()
+
+
+class RaftCommitUnsortedMatches(Raft):
+    replication_type = CommitUnsortedMatches
 
 
 class NoticeUnchecked(Replication):
@@ -463,7 +516,7 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
         RaftVariant(
             "raft-count-leader-unsynced", RaftCountLeaderUnsynced,
             "the leader counts its own unsynced entry toward a commit (thesis 10.2.1)",
-            "state_machine_safety",
+            "commit_durable_quorum",
         ),
         RaftVariant(
             "raft-notice-unchecked", RaftNoticeUnchecked,
@@ -489,7 +542,7 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-early-round-answer-with-match", RaftEarlyRoundAnswerWithMatch,
             "a follower's early answer to a read round acknowledges the entries it "
             "carries before they are durable, and the leader counts it (ADR 0070 "
-            "without its condition; run with the sync fault)", "leader_completeness",
+            "without its condition; run with the sync fault)", "commit_durable_quorum",
         ),
         RaftVariant(
             "raft-nonvoter-lease-never-lapses", RaftLeaseNeverLapses,
@@ -522,6 +575,12 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "raft-learner-never-promoted", RaftLearnerNeverPromoted,
             "a learner added as a voter is never promoted (thesis 4.2.1's second step "
             "dropped; run with --membership-every)", "operator",
+        ),
+        RaftVariant(
+            "raft-commit-unsorted-matches", RaftCommitUnsortedMatches,
+            "the quorum-th largest match taken from the matches unsorted: a leader commits "
+            "an index only it holds (the mutation sweep's replication.py 810; run with "
+            "entries=1)", "commit_durable_quorum",
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
