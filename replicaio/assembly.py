@@ -165,6 +165,9 @@ SERVICE_PARAMETERS: dict[str, str] = {
     "entries": "RaftParams.entries_per_message_max: log entries per AppendEntries (default "
     "64; small values make followers acknowledge a leader's log a few entries at a time, "
     "earlier terms' entries apart from the new term's, as a long backlog does)",
+    "piece": "RaftParams.snapshot_piece_bytes: a snapshot's state beyond this many bytes is "
+    "persisted in pieces of this size (default 4 MiB; small values make every snapshot of a "
+    "simulated run several records, which compactions must erase)",
     "join": "RaftParams.join: 1 on ONE node started on a new, empty disk that replaces a lost "
     "one (set per node: `replicaio kv node --join`)",
 }
@@ -174,7 +177,7 @@ SERVICE_PARAMETERS: dict[str, str] = {
 SMR_PARAMETERS = frozenset({"snapshot", "batch", "sessions", "results", "inflight", "memory",
                             "values", "fronts"})
 RAFT_PARAMETERS = SMR_PARAMETERS | {"snapshotkib", "fill", "lease", "drift", "notice",
-                                    "notice_us", "join", "roundack", "entries"}
+                                    "notice_us", "join", "roundack", "entries", "piece"}
 PBFT_PARAMETERS = SMR_PARAMETERS | {"replica_macs", "view_timeout", "macs", "reads"}
 MINBFT_PARAMETERS = SMR_PARAMETERS | {"view_timeout", "reads"}
 TXN_PARAMETERS = frozenset({"groups", "sessions", "wait", "remember", "fronts"})
@@ -417,6 +420,7 @@ def build_raft(variant: str = "") -> Callable[[str, Mapping[str, int]], Protocol
             entries_per_message_max=parameters.get(
                 "entries", defaults_raft.entries_per_message_max
             ),
+            snapshot_piece_bytes=parameters.get("piece", defaults_raft.snapshot_piece_bytes),
         ).validate()
         smr_params = SmrParams(
             batches_inflight_max=parameters.get("inflight", SmrParams().batches_inflight_max),
@@ -460,9 +464,12 @@ def raft_footprint_max(
     trailing window a compaction keeps (``snapshot_trailing_entries_max``), plus the
     uncommitted tail a leader accepts (``pending_proposals_max``), plus what a
     follower may have received beyond it in one pipelined window. Every entry
-    is one durable record. Tasks and timers: one per read in progress (SMR's
-    and Raft's bounds) plus the fixed ones. Without snapshots the log grows
-    by design, so it is not bounded."""
+    is one durable record. Of those, the applied entries past the snapshot are
+    held to the snapshot cadence itself (``raft_log_uncompacted``: a
+    compaction that never happens); records that are no part of the log or
+    the snapshot are the self-audit's (``audit_durable_records``). Tasks and
+    timers: one per read in progress (SMR's and Raft's bounds) plus the fixed
+    ones. Without snapshots the log grows by design, so it is not bounded."""
     fixed = 32 + 4 * config.n
     bounds = {
         "contexts": 16,
@@ -481,6 +488,10 @@ def raft_footprint_max(
         )
         bounds["raft_log_entries"] = entries
         bounds["storage_keys"] = entries + fixed
+        # Applied entries not yet compacted: SMR snapshots at every multiple of
+        # the interval (or skips up to ``deferrals`` of them) and hands the
+        # snapshot to Raft in the same step, which compacts there.
+        bounds["raft_log_uncompacted"] = constants.snapshot_interval * (deferrals + 1)
     return bounds
 
 

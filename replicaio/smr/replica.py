@@ -977,6 +977,10 @@ class Replica:
         checkpoints = self.checkpoints
         while checkpoints:
             index, data = checkpoints.popleft()
+            # (a checkpoint a restored snapshot superseded is dropped by on_snapshot)
+            assert index > self.snapshot_index, (
+                f"checkpoint {index} after snapshot {self.snapshot_index}"
+            )
             self.snapshot_index = index
             self.ordering.compact(index, data)
 

@@ -15,6 +15,10 @@ an ``internal-consistency`` violation (``replicaio.sim.simulator``), so a
 swarm finds a forgotten refresh (``raft-config-stale-after-truncate``,
 ``replicaio.testing.variants.raft``).
 
+Raft's records in the node's storage are audited against its state too
+(:func:`audit_durable_records`): garbage a compaction or a replaced snapshot
+leaves behind is caught where it appears, not when a disk fills.
+
 The paper's per-node invariants checked here (Ongaro's thesis, figure 3.2 and
 section 3.6): a node's current term is at least the term of every entry in its
 log; terms never decrease along the log; ``lastApplied <= commitIndex <=`` the
@@ -28,6 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from replicaio.protocols.raft.messages import Config
+from replicaio.protocols.raft.state import ENTRY_PREFIX, PIECE_PREFIX, entry_name, piece_name
 
 if TYPE_CHECKING:
     from replicaio.protocols.raft.raft import Raft
@@ -77,6 +82,38 @@ def audit_raft(raft: Raft) -> list[str]:
         problems.append(
             f"applied {raft.applied_index}, commit {raft.commit_index}, "
             f"last index {log.last_index} out of order"
+        )
+    problems.extend(audit_durable_records(raft))
+    return problems
+
+
+def audit_durable_records(raft: Raft) -> list[str]:
+    """Raft's records in the node's storage are exactly its state's (``state.py``):
+    the log's entries after its base, the pieces of the current snapshot, and
+    no others. Garbage a compaction or a snapshot left behind (an entry the
+    base covers, a piece of a replaced snapshot) is a record no bound of the
+    footprint catches by itself until the disk fills; between steps there is
+    none (``load`` erases what a crash cut short)."""
+    problems: list[str] = []
+    log = raft.log
+    context = raft.context
+    entries = list(context.stored_names(ENTRY_PREFIX))
+    expected = log.last_index - log.base_index
+    if len(entries) != expected or (entries and (
+        entries[0] != entry_name(log.base_index + 1) or entries[-1] != entry_name(log.last_index)
+    )):
+        shown = f"{entries[0]}..{entries[-1]}" if entries else "none"
+        problems.append(
+            f"{len(entries)} entry records stored ({shown}) for the log's {expected} "
+            f"entries {log.base_index + 1}..{log.last_index}"
+        )
+    pieces = set(context.stored_names(PIECE_PREFIX))
+    mine = {piece_name(log.snapshot_index, piece) for piece in range(log.snapshot_pieces)}
+    if pieces != mine:
+        problems.append(
+            f"snapshot piece records {sorted(pieces - mine)[:4]} stored beyond the "
+            f"{log.snapshot_pieces} of the snapshot at {log.snapshot_index}"
+            + (f", {sorted(mine - pieces)[:4]} of it missing" if mine - pieces else "")
         )
     return problems
 

@@ -49,6 +49,10 @@ class RaftParams:
     # not by the whole snapshot (etcd's SnapshotCatchUpEntries). 0: none kept.
     snapshot_trailing_entries_max: int = 1024
     snapshot_trailing_bytes_max: int = 4 << 20
+    # A snapshot's state beyond this is persisted in pieces of this size (each
+    # one storage record, within one codec frame); small values in the
+    # simulator make every snapshot several records (``raft:piece=N``).
+    snapshot_piece_bytes: int = 4 << 20
     # A learner is promoted once it lags the leader's last index by at most this.
     promote_lag_entries_max: int = 16
     # -- reads ---------------------------------------------------------------
@@ -117,6 +121,7 @@ class RaftParams:
             "reads_pending_max",
             "snapshot_chunk_bytes_max",
             "snapshot_bytes_max",
+            "snapshot_piece_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"RaftParams.{name} must be >= 1")
@@ -139,6 +144,7 @@ class RaftParams:
         for name, wire_max in (
             ("entries_per_message_max", ENTRIES_PER_MESSAGE_MAX),
             ("snapshot_chunk_bytes_max", SNAPSHOT_CHUNK_BYTES_MAX),
+            ("snapshot_piece_bytes", SNAPSHOT_CHUNK_BYTES_MAX),
         ):
             if getattr(self, name) > wire_max:
                 raise ConfigError(f"RaftParams.{name} must be <= {wire_max} (the wire bound)")

@@ -135,6 +135,7 @@ class Raft:
         )
         self.hard = self.hard_state_type(context)
         self.log = self.log_type(context, initial)
+        self.log.piece_bytes = self.params.snapshot_piece_bytes
         self.identity = UNREGISTERED
         self.joiner = False  # this disk replaced a lost one (RaftParams.join at its first start)
         self.role = Role.FOLLOWER
@@ -239,9 +240,15 @@ class Raft:
         self.snapshots.compact(index, snapshot)
 
     def footprint(self) -> dict[str, int]:
-        """The log entries held in memory past the snapshot (the simulator's
-        bounded-memory check; bounds in ``replicaio.assembly``)."""
-        return {"raft_log_entries": len(self.log.entries)}
+        """The log entries held in memory past the log's base, and those applied
+        past the snapshot (not compacted yet: SMR snapshots at a cadence, so
+        these are bounded by it; a compaction that never happens grows them);
+        the simulator's bounded-memory check, bounds in ``replicaio.assembly``."""
+        log = self.log
+        return {
+            "raft_log_entries": len(log.entries),
+            "raft_log_uncompacted": self.applied_index - log.snapshot_index,
+        }
 
     @property
     def leader_hint(self) -> int:

@@ -11,6 +11,7 @@ cdef class RaftLog:
     cdef public Context context
     cdef public object digests, entries, last_index, snapshot_config, snapshot_data
     cdef public object snapshot_digest, snapshot_index, snapshot_pieces, snapshot_term
+    cdef public object piece_bytes
     cpdef term_at(self, index)
     cpdef slice(self, start, count_max, bytes_max)
     cpdef append(self, entries)

@@ -21,7 +21,8 @@ so that each prefix is a consistent state:
   ``SnapshotCatchUpEntries``), so a follower a little behind gets entries
   instead of the whole snapshot. The snapshot record then names the base
   too (index, term, digest, configuration), in the same write;
-* a snapshot larger than ``SNAPSHOT_PIECE_BYTES`` keeps its state in pieces
+* a snapshot larger than ``SNAPSHOT_PIECE_BYTES`` (``RaftParams.snapshot_piece_bytes``)
+  keeps its state in pieces
   (``sp:<index>:<i>``, each within one codec frame and one WAL record),
   written *before* the ``snapshot`` record that names their count; the
   previous snapshot's pieces are erased after it (pieces of another index
@@ -164,6 +165,7 @@ class RaftLog:
         "digests",
         "entries",
         "last_index",
+        "piece_bytes",
         "snapshot_config",
         "snapshot_data",
         "snapshot_digest",
@@ -184,6 +186,9 @@ class RaftLog:
         self.snapshot_config = initial
         self.snapshot_data = b""
         self.snapshot_pieces = 0  # the snapshot's state is in this many pieces (0: inline)
+        # A snapshot's state beyond this is written in pieces of this size
+        # (``RaftParams.snapshot_piece_bytes``; loading needs only their count).
+        self.piece_bytes = SNAPSHOT_PIECE_BYTES
         self.entries: list[Entry] = []
         self.digests: list[bytes] = []
         self.config_indexes: list[int] = []  # indexes of configuration entries, ascending
@@ -403,15 +408,12 @@ class RaftLog:
         first; the log's base with it when the base trails the snapshot), then
         erase the previous snapshot's pieces."""
         plain = config_to_plain(config)
-        pieces = 0 if len(data) <= SNAPSHOT_PIECE_BYTES else len(
-            range(0, len(data), SNAPSHOT_PIECE_BYTES)
-        )
+        size = self.piece_bytes
+        pieces = 0 if len(data) <= size else len(range(0, len(data), size))
         inline = data if pieces == 0 else b""
         for piece in range(pieces):
-            start = piece * SNAPSHOT_PIECE_BYTES
-            self.context.persist(
-                piece_name(index, piece), data[start : start + SNAPSHOT_PIECE_BYTES]
-            )
+            start = piece * size
+            self.context.persist(piece_name(index, piece), data[start : start + size])
         record: tuple[Any, ...] = (index, term, digest, plain, inline)
         base_index, base_term, base_digest, base_config = base
         if base_index != index:

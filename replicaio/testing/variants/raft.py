@@ -214,6 +214,40 @@ class RaftCommitUnsortedMatches(Raft):
     replication_type = CommitUnsortedMatches
 
 
+class NeverCompacts(Snapshots):
+    """BROKEN on purpose (the mutation sweep's ``snapshot.py`` 71, the call
+    dropped): SMR's snapshots are taken and handed over, and Raft never
+    compacts its log to them, so the log and its records grow with every
+    entry. Caught by the footprint's ``raft_log_uncompacted`` (the applied
+    entries past the snapshot, bounded by SMR's snapshot cadence)."""
+
+    def compact(self, index: int, snapshot: bytes) -> None:
+        self.raft.count("raft_compactions")
+
+
+class RaftNeverCompacts(Raft):
+    snapshots_type = NeverCompacts
+
+
+class PiecesNeverErased(RaftLog):
+    """BROKEN on purpose (the mutation sweep's ``state.py`` 423, the erase
+    dropped): a new snapshot's pieces are written, the replaced snapshot's are
+    never erased, so every snapshot in pieces leaves garbage records behind.
+    Reached only by snapshots larger than a piece (``raft:piece=64``); caught
+    by the self-audit of Raft's durable records (``internal-consistency``)."""
+
+    def persist_snapshot(
+        self, index: int, term: int, digest: bytes, config: Any, data: bytes,
+        base: tuple[int, int, bytes, Any],
+    ) -> None:
+        self.snapshot_pieces = 0  # (the erase loop of the parent finds none)
+        super().persist_snapshot(index, term, digest, config, data, base)
+
+
+class RaftPiecesNeverErased(Raft):
+    log_type = PiecesNeverErased
+
+
 class NoticeUnchecked(Replication):
     """BROKEN on purpose: a follower takes a ``CommitNotice``'s commit index
     up to its own last entry without the AppendEntries consistency check
@@ -581,6 +615,16 @@ RAFT_VARIANTS: dict[str, RaftVariant] = {
             "the quorum-th largest match taken from the matches unsorted: a leader commits "
             "an index only it holds (the mutation sweep's replication.py 810; run with "
             "entries=1)", "commit_durable_quorum",
+        ),
+        RaftVariant(
+            "raft-never-compacts", RaftNeverCompacts,
+            "SMR's snapshots are handed over and Raft never compacts its log to them "
+            "(the mutation sweep's snapshot.py 71)", "bounded-memory",
+        ),
+        RaftVariant(
+            "raft-pieces-never-erased", RaftPiecesNeverErased,
+            "a replaced snapshot's pieces are never erased (the mutation sweep's state.py "
+            "423; run with piece=64)", "internal-consistency",
         ),
         RaftVariant(
             "raft-trust-damaged-tail", RaftTrustDamagedTail,
