@@ -21,7 +21,6 @@ from replicaio.protocols.raft import (
     SnapshotInstalled,
     SnapshotTaken,
 )
-from replicaio.protocols.raft import state as raft_state
 from replicaio.protocols.raft.state import ENTRY_PREFIX, PIECE_PREFIX, chain_digest, piece_name
 from replicaio.testing.variants.raft import RaftRestartSnapshotOnCompaction
 
@@ -115,10 +114,10 @@ def test_7_c_a_lost_chunk_is_sent_again() -> None:
     assert states_agree(cluster)
 
 
-def follower_with_log() -> tuple[Cluster, int, int]:
+def follower_with_log(**params: int) -> tuple[Cluster, int, int]:
     """A 3-node cluster, leader 0, follower 1 with 6 committed entries and 2
     uncommitted; returns the cluster, the term and the commit index."""
-    cluster = Cluster(3, dataclasses.replace(FAST_PARAMS, check_quorum=False))
+    cluster = Cluster(3, dataclasses.replace(FAST_PARAMS, check_quorum=False, **params))
     cluster.start()
     term = cluster.elect(0)
     for index in range(6):
@@ -356,15 +355,12 @@ def piece_keys(cluster: Cluster, node: int) -> list[str]:
 
 
 @pytest.mark.parametrize("keep", range(0, 24, 2))
-def test_7_j_a_snapshot_in_pieces_survives_a_crash_at_any_write_of_its_step(
-    keep: int, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A snapshot larger than SNAPSHOT_PIECE_BYTES is written in pieces before its
-    record (shrunk here to 4 bytes, so a 30-byte state takes 8 pieces): a crash
+def test_7_j_a_snapshot_in_pieces_survives_a_crash_at_any_write_of_its_step(keep: int) -> None:
+    """A snapshot larger than ``snapshot_piece_bytes`` is written in pieces before
+    its record (shrunk here to 4 bytes, so a 30-byte state takes 8 pieces): a crash
     after any prefix of the step's writes restarts on the old snapshot with its
     own pieces, or on the new one whole; no piece of another snapshot stays."""
-    monkeypatch.setattr(raft_state, "SNAPSHOT_PIECE_BYTES", 4)
-    cluster, term, commit = follower_with_log()
+    cluster, term, commit = follower_with_log(snapshot_piece_bytes=4)
     old = (commit + 1).to_bytes(8, "big") + b"old state, in pieces"
     cluster.inject(2, 1, msgspec.structs.replace(
         snapshot_message(cluster, term + 1, commit + 1, term + 1, old), leader=2))

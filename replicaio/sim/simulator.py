@@ -304,10 +304,6 @@ class Simulator:
             self.view = RunView(n, options.byzantine)
             self.view.trusted_write = self.trusted_write
         self.footprint_max = footprint_bounds(self.factory, self.config)
-        # The protocol's god's-eye checks on chosen outputs (interfaces/durable.py).
-        self.durable_view = SimDurableView(self.nodes)
-        declare = getattr(self.factory, "durable_checks", None)
-        self.durable_checks: dict[type, DurableCheck] = dict(declare()) if declare else {}
         # The options' partitions and those a harness adds during the run.
         self.partitions: list[Partition] = list(options.partitions)
         # Each node's clock rate, in parts per million off true time (options.py).
@@ -365,6 +361,11 @@ class Simulator:
             "steps_during_sync": 0,
         }
         self.violations: list[dict[str, Any]] = []
+        # (not declared in the .pxd: after the declared attributes, in their order)
+        # The protocol's god's-eye checks on chosen outputs (interfaces/durable.py).
+        self.durable_view = SimDurableView(self.nodes)
+        declare = getattr(self.factory, "durable_checks", None)
+        self.durable_checks: dict[type, DurableCheck] = dict(declare()) if declare else {}
 
     def make_node(self, node_id: int) -> SimNode:
         seed = self.options.seed
