@@ -114,10 +114,14 @@ def test_7_c_a_lost_chunk_is_sent_again() -> None:
     assert states_agree(cluster)
 
 
-def follower_with_log(**params: int) -> tuple[Cluster, int, int]:
+def follower_with_log(piece_bytes: int | None = None) -> tuple[Cluster, int, int]:
     """A 3-node cluster, leader 0, follower 1 with 6 committed entries and 2
-    uncommitted; returns the cluster, the term and the commit index."""
-    cluster = Cluster(3, dataclasses.replace(FAST_PARAMS, check_quorum=False, **params))
+    uncommitted (snapshots in pieces of ``piece_bytes``, if given); returns the
+    cluster, the term and the commit index."""
+    params = dataclasses.replace(FAST_PARAMS, check_quorum=False)
+    if piece_bytes is not None:
+        params = dataclasses.replace(params, snapshot_piece_bytes=piece_bytes)
+    cluster = Cluster(3, params)
     cluster.start()
     term = cluster.elect(0)
     for index in range(6):
@@ -360,7 +364,7 @@ def test_7_j_a_snapshot_in_pieces_survives_a_crash_at_any_write_of_its_step(keep
     its record (shrunk here to 4 bytes, so a 30-byte state takes 8 pieces): a crash
     after any prefix of the step's writes restarts on the old snapshot with its
     own pieces, or on the new one whole; no piece of another snapshot stays."""
-    cluster, term, commit = follower_with_log(snapshot_piece_bytes=4)
+    cluster, term, commit = follower_with_log(piece_bytes=4)
     old = (commit + 1).to_bytes(8, "big") + b"old state, in pieces"
     cluster.inject(2, 1, msgspec.structs.replace(
         snapshot_message(cluster, term + 1, commit + 1, term + 1, old), leader=2))
